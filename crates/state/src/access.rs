@@ -1,0 +1,372 @@
+//! Typed state declaration and access for the current key.
+//!
+//! Declaration: `backend.value_state(&descriptor)` and friends (inherent methods of
+//! `dyn KeyedStateBackend<K>`) return handles. Access: a [`KeyScope`] binds a
+//! backend to the key of the record being processed; `scope.value(&handle)` gives
+//! that key's value state, and so on. There is no way to reach another key's
+//! state from inside a scope: that is what "scoped to the current key" means.
+
+use std::hash::Hash;
+use std::sync::Arc;
+
+use crate::backend::{KeyedStateBackend, TableLayout, list_slot, map_slot, value_slot};
+use crate::descriptor::{
+    AggregateFunction, AggregatingStateDescriptor, AggregatingStateHandle, ListStateDescriptor,
+    ListStateHandle, MapStateDescriptor, MapStateHandle, ReduceFn, ReducingStateDescriptor,
+    ReducingStateHandle, StateKind, StateSignature, ValueStateDescriptor, ValueStateHandle,
+};
+use crate::error::StateError;
+use crate::heap::{GroupMap, HeapTable};
+use crate::table::{ListTable, MapTable, ValueTable};
+use crate::{KeyGroup, StateKey, StateValue};
+
+fn value_table<K: StateKey, V: StateValue>(name: &str, layout: TableLayout) -> crate::backend::TableSlot<K> {
+    match layout {
+        TableLayout::Heap { range } => value_slot::<K, V>(Box::new(HeapTable::<K, V>::new(name, range))),
+    }
+}
+
+impl<K: StateKey> dyn KeyedStateBackend<K> + '_ {
+    /// Declares (or looks up) a value state.
+    pub fn value_state<V: StateValue>(
+        &mut self,
+        descriptor: &ValueStateDescriptor<V>,
+    ) -> Result<ValueStateHandle<V>, StateError> {
+        let name = descriptor.name.as_str();
+        let id = self.declare(StateSignature::new::<V>(name, StateKind::Value), &mut |layout| {
+            value_table::<K, V>(name, layout)
+        })?;
+        Ok(ValueStateHandle::from_id(id))
+    }
+
+    /// Declares (or looks up) a list state.
+    pub fn list_state<V: StateValue>(
+        &mut self,
+        descriptor: &ListStateDescriptor<V>,
+    ) -> Result<ListStateHandle<V>, StateError> {
+        let name = descriptor.name.as_str();
+        let id = self.declare(StateSignature::new::<V>(name, StateKind::List), &mut |layout| match layout {
+            TableLayout::Heap { range } => {
+                list_slot::<K, V>(Box::new(HeapTable::<K, Vec<V>>::new(name, range)))
+            }
+        })?;
+        Ok(ListStateHandle::from_id(id))
+    }
+
+    /// Declares (or looks up) a map state.
+    pub fn map_state<UK, UV>(
+        &mut self,
+        descriptor: &MapStateDescriptor<UK, UV>,
+    ) -> Result<MapStateHandle<UK, UV>, StateError>
+    where
+        UK: StateKey,
+        UV: StateValue,
+    {
+        let name = descriptor.name.as_str();
+        let id = self.declare(StateSignature::new::<(UK, UV)>(name, StateKind::Map), &mut |layout| {
+            match layout {
+                TableLayout::Heap { range } => map_slot::<K, UK, UV>(Box::new(
+                    HeapTable::<K, GroupMap<UK, UV>>::new(name, range),
+                )),
+            }
+        })?;
+        Ok(MapStateHandle::from_id(id))
+    }
+
+    /// Declares (or looks up) a reducing state.
+    pub fn reducing_state<V: StateValue>(
+        &mut self,
+        descriptor: &ReducingStateDescriptor<V>,
+    ) -> Result<ReducingStateHandle<V>, StateError> {
+        let name = descriptor.name.as_str();
+        let id = self.declare(StateSignature::new::<V>(name, StateKind::Reducing), &mut |layout| {
+            value_table::<K, V>(name, layout)
+        })?;
+        Ok(ReducingStateHandle { id, reduce: Arc::clone(&descriptor.reduce) })
+    }
+
+    /// Declares (or looks up) an aggregating state; the table holds accumulators.
+    pub fn aggregating_state<I: 'static, Acc: StateValue, O: 'static>(
+        &mut self,
+        descriptor: &AggregatingStateDescriptor<I, Acc, O>,
+    ) -> Result<AggregatingStateHandle<I, Acc, O>, StateError> {
+        let name = descriptor.name.as_str();
+        let id = self.declare(
+            StateSignature::new::<(I, Acc, O)>(name, StateKind::Aggregating),
+            &mut |layout| value_table::<K, Acc>(name, layout),
+        )?;
+        Ok(AggregatingStateHandle { id, function: Arc::clone(&descriptor.function) })
+    }
+
+    /// Calls `f` with every key and value of a value state (all key groups of this
+    /// instance), e.g. to emit final results at the end of a bounded input.
+    pub fn for_each_value<V: StateValue>(
+        &mut self,
+        handle: &ValueStateHandle<V>,
+        mut f: impl FnMut(&K, &V),
+    ) -> Result<(), StateError> {
+        self.slot(handle.id)
+            .typed::<Box<dyn ValueTable<K, V>>>()
+            .for_each(&mut f)
+    }
+}
+
+/// The state of one key: a backend bound to the key of the record being processed.
+pub struct KeyScope<'a, K: StateKey> {
+    backend: &'a mut dyn KeyedStateBackend<K>,
+    key: &'a K,
+    key_group: KeyGroup,
+}
+
+impl<'a, K: StateKey> KeyScope<'a, K> {
+    /// Binds `backend` to `key`, whose key group the caller has computed.
+    #[inline]
+    pub fn new(backend: &'a mut dyn KeyedStateBackend<K>, key: &'a K, key_group: KeyGroup) -> Self {
+        debug_assert_eq!(
+            key_group,
+            crate::key_group_of(key, backend.max_parallelism()),
+            "key group passed to KeyScope does not match the key"
+        );
+        Self { backend, key, key_group }
+    }
+
+    /// The current key.
+    #[inline]
+    pub fn key(&self) -> &K {
+        self.key
+    }
+
+    /// The key group of the current key.
+    #[inline]
+    pub fn key_group(&self) -> KeyGroup {
+        self.key_group
+    }
+
+    #[inline]
+    pub fn value<V: StateValue>(&mut self, handle: &ValueStateHandle<V>) -> ValueState<'_, K, V> {
+        ValueState {
+            table: &mut **self.backend.slot(handle.id).typed::<Box<dyn ValueTable<K, V>>>(),
+            key: self.key,
+            key_group: self.key_group,
+        }
+    }
+
+    #[inline]
+    pub fn list<V: StateValue>(&mut self, handle: &ListStateHandle<V>) -> ListState<'_, K, V> {
+        ListState {
+            table: &mut **self.backend.slot(handle.id).typed::<Box<dyn ListTable<K, V>>>(),
+            key: self.key,
+            key_group: self.key_group,
+        }
+    }
+
+    #[inline]
+    pub fn map<UK, UV>(&mut self, handle: &MapStateHandle<UK, UV>) -> MapState<'_, K, UK, UV>
+    where
+        UK: StateKey,
+        UV: StateValue,
+    {
+        MapState {
+            table: &mut **self.backend.slot(handle.id).typed::<Box<dyn MapTable<K, UK, UV>>>(),
+            key: self.key,
+            key_group: self.key_group,
+        }
+    }
+
+    #[inline]
+    pub fn reducing<'h, V: StateValue>(
+        &'h mut self,
+        handle: &'h ReducingStateHandle<V>,
+    ) -> ReducingState<'h, K, V> {
+        ReducingState {
+            table: &mut **self.backend.slot(handle.id).typed::<Box<dyn ValueTable<K, V>>>(),
+            reduce: &handle.reduce,
+            key: self.key,
+            key_group: self.key_group,
+        }
+    }
+
+    #[inline]
+    pub fn aggregating<'h, I: 'static, Acc: StateValue, O: 'static>(
+        &'h mut self,
+        handle: &'h AggregatingStateHandle<I, Acc, O>,
+    ) -> AggregatingState<'h, K, I, Acc, O> {
+        AggregatingState {
+            table: &mut **self.backend.slot(handle.id).typed::<Box<dyn ValueTable<K, Acc>>>(),
+            function: &*handle.function,
+            key: self.key,
+            key_group: self.key_group,
+        }
+    }
+}
+
+/// The value state of the current key.
+pub struct ValueState<'s, K, V> {
+    table: &'s mut dyn ValueTable<K, V>,
+    key: &'s K,
+    key_group: KeyGroup,
+}
+
+impl<K, V> ValueState<'_, K, V> {
+    #[inline]
+    pub fn get(&mut self) -> Result<Option<&V>, StateError> {
+        self.table.get(self.key_group, self.key)
+    }
+
+    #[inline]
+    pub fn set(&mut self, value: V) -> Result<(), StateError> {
+        self.table.put(self.key_group, self.key, value)
+    }
+
+    #[inline]
+    pub fn clear(&mut self) -> Result<Option<V>, StateError> {
+        self.table.remove(self.key_group, self.key)
+    }
+
+    /// Replaces the value with `f(old)` in one lookup (`None` clears it) and
+    /// returns the new value.
+    #[inline]
+    pub fn update(&mut self, f: impl FnOnce(Option<V>) -> Option<V>) -> Result<Option<&V>, StateError> {
+        let mut f = Some(f);
+        self.table.update(self.key_group, self.key, &mut |old| match f.take() {
+            Some(f) => f(old),
+            None => old,
+        })
+    }
+}
+
+/// The list state of the current key.
+pub struct ListState<'s, K, V> {
+    table: &'s mut dyn ListTable<K, V>,
+    key: &'s K,
+    key_group: KeyGroup,
+}
+
+impl<K, V> ListState<'_, K, V> {
+    pub fn get(&mut self) -> Result<&[V], StateError> {
+        self.table.get(self.key_group, self.key)
+    }
+
+    pub fn add(&mut self, value: V) -> Result<(), StateError> {
+        self.table.add(self.key_group, self.key, value)
+    }
+
+    /// Replaces the whole list (an empty list clears it).
+    pub fn update(&mut self, values: Vec<V>) -> Result<(), StateError> {
+        self.table.replace(self.key_group, self.key, values)
+    }
+
+    pub fn clear(&mut self) -> Result<(), StateError> {
+        self.table.remove(self.key_group, self.key)
+    }
+}
+
+/// The map state of the current key.
+pub struct MapState<'s, K, UK, UV> {
+    table: &'s mut dyn MapTable<K, UK, UV>,
+    key: &'s K,
+    key_group: KeyGroup,
+}
+
+impl<K, UK: Hash + Eq, UV> MapState<'_, K, UK, UV> {
+    pub fn get(&mut self, user_key: &UK) -> Result<Option<&UV>, StateError> {
+        self.table.get(self.key_group, self.key, user_key)
+    }
+
+    pub fn contains(&mut self, user_key: &UK) -> Result<bool, StateError> {
+        Ok(self.get(user_key)?.is_some())
+    }
+
+    pub fn put(&mut self, user_key: UK, value: UV) -> Result<(), StateError> {
+        self.table.put(self.key_group, self.key, user_key, value)
+    }
+
+    pub fn remove(&mut self, user_key: &UK) -> Result<Option<UV>, StateError> {
+        self.table.remove(self.key_group, self.key, user_key)
+    }
+
+    pub fn len(&mut self) -> Result<usize, StateError> {
+        self.table.len(self.key_group, self.key)
+    }
+
+    pub fn is_empty(&mut self) -> Result<bool, StateError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Calls `f` on every entry, in no particular order.
+    pub fn for_each(&mut self, mut f: impl FnMut(&UK, &UV)) -> Result<(), StateError> {
+        self.table.for_each_entry(self.key_group, self.key, &mut f)
+    }
+
+    pub fn clear(&mut self) -> Result<(), StateError> {
+        self.table.remove_all(self.key_group, self.key)
+    }
+}
+
+/// The reducing state of the current key.
+pub struct ReducingState<'s, K, V> {
+    table: &'s mut dyn ValueTable<K, V>,
+    reduce: &'s ReduceFn<V>,
+    key: &'s K,
+    key_group: KeyGroup,
+}
+
+impl<K, V> ReducingState<'_, K, V> {
+    /// Combines `value` into the state and returns the combined value.
+    #[inline]
+    pub fn add(&mut self, value: V) -> Result<Option<&V>, StateError> {
+        let reduce = self.reduce;
+        let mut value = Some(value);
+        self.table.update(self.key_group, self.key, &mut |old| match (old, value.take()) {
+            (Some(old), Some(new)) => Some(reduce(old, new)),
+            (None, new) => new,
+            (old, None) => old,
+        })
+    }
+
+    pub fn get(&mut self) -> Result<Option<&V>, StateError> {
+        self.table.get(self.key_group, self.key)
+    }
+
+    pub fn clear(&mut self) -> Result<(), StateError> {
+        self.table.remove(self.key_group, self.key).map(drop)
+    }
+}
+
+/// The aggregating state of the current key.
+pub struct AggregatingState<'s, K, I, Acc, O> {
+    table: &'s mut dyn ValueTable<K, Acc>,
+    function: &'s dyn AggregateFunction<I, Acc, O>,
+    key: &'s K,
+    key_group: KeyGroup,
+}
+
+impl<K, I: 'static, Acc: 'static, O: 'static> AggregatingState<'_, K, I, Acc, O> {
+    /// Adds `input` to the accumulator and returns the new result, in one lookup.
+    #[inline]
+    pub fn add(&mut self, input: I) -> Result<O, StateError> {
+        let function = self.function;
+        let mut input = Some(input);
+        let acc = self.table.update(self.key_group, self.key, &mut |old| {
+            let mut acc = old.unwrap_or_else(|| function.create_accumulator());
+            if let Some(input) = input.take() {
+                function.add(&mut acc, input);
+            }
+            Some(acc)
+        })?;
+        Ok(match acc {
+            Some(acc) => function.result(acc),
+            None => function.result(&function.create_accumulator()),
+        })
+    }
+
+    /// The current result, `None` if nothing was added for this key.
+    pub fn get(&mut self) -> Result<Option<O>, StateError> {
+        let function = self.function;
+        Ok(self.table.get(self.key_group, self.key)?.map(|acc| function.result(acc)))
+    }
+
+    pub fn clear(&mut self) -> Result<(), StateError> {
+        self.table.remove(self.key_group, self.key).map(drop)
+    }
+}

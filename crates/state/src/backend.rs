@@ -1,0 +1,200 @@
+//! The [`KeyedStateBackend`] trait: the one door through which operators reach
+//! keyed state.
+//!
+//! A backend holds one table per declared state for the key-group range of one
+//! operator instance. Tables are typed (`dyn ValueTable<K, V>` and so on) and are
+//! created by the typed declaration methods on `dyn KeyedStateBackend<K>`, which ask
+//! the backend for its [`TableLayout`] and build the matching table.
+
+use std::any::Any;
+
+use crate::descriptor::StateSignature;
+use crate::error::StateError;
+use crate::heap::HeapKeyedStateBackend;
+use crate::key_group::KeyGroupRange;
+use crate::table::KeyedTable;
+use crate::{KeyGroup, StateKey};
+
+/// Index of a declared state within one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StateId(pub(crate) u32);
+
+/// Which backend holds working state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// Objects in memory, laid out by key group with copy-on-write per key group.
+    #[default]
+    Heap,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendKind::Heap => f.write_str("heap"),
+        }
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "heap" => Ok(BackendKind::Heap),
+            other => Err(format!("unknown state backend '{other}' (known: heap)")),
+        }
+    }
+}
+
+/// How a backend stores tables; decides which table implementation a declaration
+/// builds.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum TableLayout {
+    /// Typed objects per key group (the heap backend).
+    Heap { range: KeyGroupRange },
+}
+
+/// A typed table behind `dyn Any`, plus the way back to its untyped operations.
+pub struct TableSlot<K> {
+    /// Holds a `Box<dyn ValueTable<K, V>>` (or `ListTable`, `MapTable`).
+    pub(crate) typed: Box<dyn Any + Send>,
+    pub(crate) untyped: for<'a> fn(&'a mut (dyn Any + Send)) -> Option<&'a mut dyn KeyedTable<K>>,
+}
+
+impl<K> TableSlot<K> {
+    /// The table's untyped operations.
+    pub fn table(&mut self) -> &mut dyn KeyedTable<K> {
+        match (self.untyped)(self.typed.as_mut()) {
+            Some(table) => table,
+            None => unreachable!("a table slot's accessor matches its table by construction"),
+        }
+    }
+
+    /// The typed table; panics if the handle was declared with other types, which
+    /// the declaration check rules out for handles of this backend.
+    pub(crate) fn typed<T: Any>(&mut self) -> &mut T {
+        match self.typed.downcast_mut::<T>() {
+            Some(t) => t,
+            None => panic!(
+                "state handle used with a table of another type (a handle from another operator?)"
+            ),
+        }
+    }
+}
+
+macro_rules! slot_constructor {
+    ($fn_name:ident, $table:ident < $($p:ident),* >) => {
+        pub(crate) fn $fn_name<K: StateKey, $($p: 'static),*>(
+            table: Box<dyn crate::table::$table<K, $($p),*>>,
+        ) -> TableSlot<K> {
+            TableSlot {
+                typed: Box::new(table),
+                untyped: |any| {
+                    any.downcast_mut::<Box<dyn crate::table::$table<K, $($p),*>>>()
+                        .map(|t| &mut **t as &mut dyn KeyedTable<K>)
+                },
+            }
+        }
+    };
+}
+slot_constructor!(value_slot, ValueTable<V>);
+slot_constructor!(list_slot, ListTable<V>);
+slot_constructor!(map_slot, MapTable<UK, UV>);
+
+/// Keyed state of one operator instance.
+///
+/// Object safe: operators hold a `Box<dyn KeyedStateBackend<K>>` and never know
+/// which backend it is. Typed declaration and access are inherent methods on
+/// `dyn KeyedStateBackend<K>` (see [`crate::access`]).
+pub trait KeyedStateBackend<K: StateKey>: Send {
+    fn kind(&self) -> BackendKind;
+    fn key_group_range(&self) -> KeyGroupRange;
+    fn max_parallelism(&self) -> u32;
+    fn layout(&self) -> TableLayout;
+    /// Declares a state: returns the id of the existing table if `signature` was
+    /// declared before (and matches), or stores `create()` under a new id.
+    fn declare(
+        &mut self,
+        signature: StateSignature,
+        create: &mut dyn FnMut(TableLayout) -> TableSlot<K>,
+    ) -> Result<StateId, StateError>;
+    fn slot(&mut self, id: StateId) -> &mut TableSlot<K>;
+    /// Every declared state, in declaration order.
+    fn signatures(&self) -> Vec<StateSignature>;
+    /// Number of keys with an entry in `key_group`, summed over all states.
+    fn key_count(&mut self, key_group: KeyGroup) -> usize;
+}
+
+/// Creates the backend of one operator instance owning `range`.
+pub fn create_keyed_backend<K: StateKey>(
+    kind: BackendKind,
+    range: KeyGroupRange,
+    max_parallelism: u32,
+) -> Box<dyn KeyedStateBackend<K>> {
+    match kind {
+        BackendKind::Heap => Box::new(HeapKeyedStateBackend::<K>::new(range, max_parallelism)),
+    }
+}
+
+/// The declaration bookkeeping every backend shares: signatures checked against
+/// earlier declarations, tables stored by id.
+pub(crate) struct Declarations<K> {
+    entries: Vec<(StateSignature, TableSlot<K>)>,
+}
+
+/// At most this many states per operator instance (a limit on everything).
+pub const MAX_STATES_PER_OPERATOR: usize = 1024;
+/// Longest accepted state name, in bytes.
+pub const MAX_STATE_NAME_BYTES: usize = 256;
+
+impl<K> Declarations<K> {
+    pub(crate) fn new() -> Self {
+        Self { entries: Vec::new() }
+    }
+
+    pub(crate) fn declare(
+        &mut self,
+        signature: StateSignature,
+        layout: TableLayout,
+        create: &mut dyn FnMut(TableLayout) -> TableSlot<K>,
+    ) -> Result<StateId, StateError> {
+        if signature.name.is_empty() || signature.name.len() > MAX_STATE_NAME_BYTES {
+            return Err(StateError::InvalidName {
+                name: signature.name,
+                reason: "a state name must have 1 to 256 bytes",
+            });
+        }
+        if let Some(index) = self.entries.iter().position(|(s, _)| s.name == signature.name) {
+            let existing = &self.entries[index].0;
+            if *existing != signature {
+                return Err(StateError::IncompatibleDeclaration {
+                    name: signature.name.clone(),
+                    existing: existing.to_string(),
+                    requested: signature.to_string(),
+                });
+            }
+            return Ok(StateId(index as u32));
+        }
+        if self.entries.len() >= MAX_STATES_PER_OPERATOR {
+            return Err(StateError::InvalidName {
+                name: signature.name,
+                reason: "too many states in one operator (the limit is 1024)",
+            });
+        }
+        let slot = create(layout);
+        self.entries.push((signature, slot));
+        Ok(StateId((self.entries.len() - 1) as u32))
+    }
+
+    pub(crate) fn slot(&mut self, id: StateId) -> &mut TableSlot<K> {
+        &mut self.entries[id.0 as usize].1
+    }
+
+    pub(crate) fn signatures(&self) -> Vec<StateSignature> {
+        self.entries.iter().map(|(s, _)| s.clone()).collect()
+    }
+
+    pub(crate) fn slots(&mut self) -> impl Iterator<Item = &mut TableSlot<K>> {
+        self.entries.iter_mut().map(|(_, slot)| slot)
+    }
+}

@@ -1,0 +1,24 @@
+//! Errors of state access and declaration.
+
+use thiserror::Error;
+
+/// An error raised by a state backend or by declaring state.
+#[derive(Debug, Error)]
+pub enum StateError {
+    /// A state name was declared twice with different kinds or types.
+    #[error(
+        "state '{name}' is already declared as {existing}; it cannot be declared again as {requested}"
+    )]
+    IncompatibleDeclaration {
+        name: String,
+        existing: String,
+        requested: String,
+    },
+    /// A key was routed to an instance that does not own its key group: a routing bug
+    /// or a state restored into the wrong range.
+    #[error("key group {key_group} is outside the range {range} owned by this instance")]
+    KeyGroupOutOfRange { key_group: u32, range: String },
+    /// A state name is empty or too long.
+    #[error("invalid state name '{name}': {reason}")]
+    InvalidName { name: String, reason: &'static str },
+}

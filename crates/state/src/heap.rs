@@ -1,0 +1,438 @@
+//! The heap backend: state as Rust objects in memory.
+//!
+//! Layout: every table keeps one hash map per key group of the instance's range.
+//! Each key-group map is copy-on-write: [`HeapTable::freeze`] turns every map into
+//! a shared, immutable `Arc` in O(key groups) and hands out clones of those `Arc`s;
+//! the next write to a frozen key group takes the map back (for free if the
+//! snapshot has already dropped it, by cloning that one key group if not). So the
+//! synchronous part of a snapshot does not grow with the state, and the hot path
+//! takes no lock and no atomic operation once a key group is owned again.
+
+use std::hash::Hash;
+use std::sync::Arc;
+
+use rustc_hash::FxBuildHasher;
+
+use crate::backend::{
+    Declarations, KeyedStateBackend, StateId, TableLayout, TableSlot, BackendKind,
+};
+use crate::descriptor::StateSignature;
+use crate::error::StateError;
+use crate::key_group::KeyGroupRange;
+use crate::table::{KeyedTable, ListTable, MapTable, ValueTable};
+use crate::{KeyGroup, StateKey};
+
+/// The hash map of one key group. Fx hashing: keys are already spread by key group
+/// and the map is never exposed to untrusted hash-flooding inputs of its own.
+pub type GroupMap<K, S> = hashbrown::HashMap<K, S, FxBuildHasher>;
+
+/// A key group's map: owned (writable in place) or frozen (shared with a snapshot).
+enum CowMap<K, S> {
+    Owned(GroupMap<K, S>),
+    Frozen(Arc<GroupMap<K, S>>),
+}
+
+impl<K: Clone + Hash + Eq, S: Clone> CowMap<K, S> {
+    #[inline]
+    fn read(&self) -> &GroupMap<K, S> {
+        match self {
+            CowMap::Owned(map) => map,
+            CowMap::Frozen(map) => map,
+        }
+    }
+
+    #[inline]
+    fn write(&mut self) -> &mut GroupMap<K, S> {
+        if let CowMap::Frozen(_) = self {
+            self.thaw();
+        }
+        match self {
+            CowMap::Owned(map) => map,
+            CowMap::Frozen(_) => unreachable!("thawed just above"),
+        }
+    }
+
+    #[cold]
+    fn thaw(&mut self) {
+        if let CowMap::Frozen(shared) = std::mem::replace(self, CowMap::Owned(GroupMap::default())) {
+            // Free when the snapshot has already released the map; one key group's
+            // copy otherwise.
+            *self = CowMap::Owned(Arc::unwrap_or_clone(shared));
+        }
+    }
+
+    fn freeze(&mut self) -> Arc<GroupMap<K, S>> {
+        match self {
+            CowMap::Frozen(shared) => Arc::clone(shared),
+            CowMap::Owned(map) => {
+                let shared = Arc::new(std::mem::take(map));
+                *self = CowMap::Frozen(Arc::clone(&shared));
+                shared
+            }
+        }
+    }
+}
+
+/// One declared state of the heap backend: a map per key group from key to `S`
+/// (`V` for value state, `Vec<V>` for lists, a map for map state).
+pub struct HeapTable<K, S> {
+    name: String,
+    range: KeyGroupRange,
+    groups: Vec<CowMap<K, S>>,
+}
+
+/// An immutable view of a [`HeapTable`] at the moment of [`HeapTable::freeze`].
+pub struct HeapTableView<K, S> {
+    pub groups: Vec<(KeyGroup, Arc<GroupMap<K, S>>)>,
+}
+
+impl<K: StateKey, S: Clone + Send + Sync + 'static> HeapTable<K, S> {
+    pub fn new(name: &str, range: KeyGroupRange) -> Self {
+        let groups = range.iter().map(|_| CowMap::Owned(GroupMap::default())).collect();
+        Self { name: name.to_owned(), range, groups }
+    }
+
+    #[inline]
+    fn index(&self, key_group: KeyGroup) -> Result<usize, StateError> {
+        if self.range.contains(key_group) {
+            Ok((key_group - self.range.start) as usize)
+        } else {
+            Err(StateError::KeyGroupOutOfRange {
+                key_group,
+                range: self.range.to_string(),
+            })
+        }
+    }
+
+    #[inline]
+    fn read(&self, key_group: KeyGroup) -> Result<&GroupMap<K, S>, StateError> {
+        let i = self.index(key_group)?;
+        Ok(self.groups[i].read())
+    }
+
+    #[inline]
+    fn write(&mut self, key_group: KeyGroup) -> Result<&mut GroupMap<K, S>, StateError> {
+        let i = self.index(key_group)?;
+        Ok(self.groups[i].write())
+    }
+
+    /// Freezes every key group and returns a view that later writes never change.
+    /// O(number of key groups), independent of the number of keys.
+    pub fn freeze(&mut self) -> HeapTableView<K, S> {
+        let start = self.range.start;
+        let groups = self
+            .groups
+            .iter_mut()
+            .enumerate()
+            .map(|(i, group)| (start + i as KeyGroup, group.freeze()))
+            .collect();
+        HeapTableView { groups }
+    }
+
+    fn for_each_entry(&self, f: &mut dyn FnMut(&K, &S)) {
+        for group in &self.groups {
+            for (k, s) in group.read() {
+                f(k, s);
+            }
+        }
+    }
+}
+
+impl<K: StateKey, S: Clone + Send + Sync + 'static> KeyedTable<K> for HeapTable<K, S> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn key_count(&self, key_group: KeyGroup) -> usize {
+        self.read(key_group).map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn clear(&mut self) {
+        for group in &mut self.groups {
+            *group = CowMap::Owned(GroupMap::default());
+        }
+    }
+}
+
+impl<K: StateKey, V: Clone + Send + Sync + 'static> ValueTable<K, V> for HeapTable<K, V> {
+    #[inline]
+    fn get(&mut self, key_group: KeyGroup, key: &K) -> Result<Option<&V>, StateError> {
+        Ok(self.read(key_group)?.get(key))
+    }
+
+    #[inline]
+    fn put(&mut self, key_group: KeyGroup, key: &K, value: V) -> Result<(), StateError> {
+        self.write(key_group)?.insert(key.clone(), value);
+        Ok(())
+    }
+
+    #[inline]
+    fn remove(&mut self, key_group: KeyGroup, key: &K) -> Result<Option<V>, StateError> {
+        Ok(self.write(key_group)?.remove(key))
+    }
+
+    #[inline]
+    fn update(
+        &mut self,
+        key_group: KeyGroup,
+        key: &K,
+        f: &mut dyn FnMut(Option<V>) -> Option<V>,
+    ) -> Result<Option<&V>, StateError> {
+        use hashbrown::hash_map::Entry;
+        let map = self.write(key_group)?;
+        let entry = match map.entry(key.clone()) {
+            Entry::Occupied(occupied) => occupied.replace_entry_with(|_, old| f(Some(old))),
+            vacant => vacant,
+        };
+        Ok(match entry {
+            Entry::Occupied(occupied) => Some(&*occupied.into_mut()),
+            Entry::Vacant(vacant) => match f(None) {
+                Some(value) => Some(&*vacant.insert(value)),
+                None => None,
+            },
+        })
+    }
+
+    fn for_each(&mut self, f: &mut dyn FnMut(&K, &V)) -> Result<(), StateError> {
+        self.for_each_entry(f);
+        Ok(())
+    }
+}
+
+impl<K: StateKey, V: Clone + Send + Sync + 'static> ListTable<K, V> for HeapTable<K, Vec<V>> {
+    fn get(&mut self, key_group: KeyGroup, key: &K) -> Result<&[V], StateError> {
+        Ok(self.read(key_group)?.get(key).map(Vec::as_slice).unwrap_or(&[]))
+    }
+
+    fn add(&mut self, key_group: KeyGroup, key: &K, value: V) -> Result<(), StateError> {
+        let map = self.write(key_group)?;
+        match map.get_mut(key) {
+            Some(list) => list.push(value),
+            None => {
+                map.insert(key.clone(), vec![value]);
+            }
+        }
+        Ok(())
+    }
+
+    fn replace(&mut self, key_group: KeyGroup, key: &K, values: Vec<V>) -> Result<(), StateError> {
+        let map = self.write(key_group)?;
+        if values.is_empty() {
+            map.remove(key);
+        } else {
+            map.insert(key.clone(), values);
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, key_group: KeyGroup, key: &K) -> Result<(), StateError> {
+        self.write(key_group)?.remove(key);
+        Ok(())
+    }
+
+    fn for_each(&mut self, f: &mut dyn FnMut(&K, &[V])) -> Result<(), StateError> {
+        self.for_each_entry(&mut |k, list: &Vec<V>| f(k, list));
+        Ok(())
+    }
+}
+
+impl<K, UK, UV> MapTable<K, UK, UV> for HeapTable<K, GroupMap<UK, UV>>
+where
+    K: StateKey,
+    UK: Hash + Eq + Clone + Send + Sync + 'static,
+    UV: Clone + Send + Sync + 'static,
+{
+    fn get(
+        &mut self,
+        key_group: KeyGroup,
+        key: &K,
+        user_key: &UK,
+    ) -> Result<Option<&UV>, StateError> {
+        Ok(self.read(key_group)?.get(key).and_then(|m| m.get(user_key)))
+    }
+
+    fn put(
+        &mut self,
+        key_group: KeyGroup,
+        key: &K,
+        user_key: UK,
+        value: UV,
+    ) -> Result<(), StateError> {
+        let map = self.write(key_group)?;
+        match map.get_mut(key) {
+            Some(inner) => {
+                inner.insert(user_key, value);
+            }
+            None => {
+                let mut inner = GroupMap::default();
+                inner.insert(user_key, value);
+                map.insert(key.clone(), inner);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(
+        &mut self,
+        key_group: KeyGroup,
+        key: &K,
+        user_key: &UK,
+    ) -> Result<Option<UV>, StateError> {
+        let map = self.write(key_group)?;
+        let Some(inner) = map.get_mut(key) else {
+            return Ok(None);
+        };
+        let removed = inner.remove(user_key);
+        if inner.is_empty() {
+            map.remove(key);
+        }
+        Ok(removed)
+    }
+
+    fn len(&mut self, key_group: KeyGroup, key: &K) -> Result<usize, StateError> {
+        Ok(self.read(key_group)?.get(key).map_or(0, |m| m.len()))
+    }
+
+    fn for_each_entry(
+        &mut self,
+        key_group: KeyGroup,
+        key: &K,
+        f: &mut dyn FnMut(&UK, &UV),
+    ) -> Result<(), StateError> {
+        if let Some(inner) = self.read(key_group)?.get(key) {
+            for (uk, uv) in inner {
+                f(uk, uv);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_all(&mut self, key_group: KeyGroup, key: &K) -> Result<(), StateError> {
+        self.write(key_group)?.remove(key);
+        Ok(())
+    }
+}
+
+/// The heap backend of one operator instance.
+pub struct HeapKeyedStateBackend<K> {
+    range: KeyGroupRange,
+    max_parallelism: u32,
+    declarations: Declarations<K>,
+}
+
+impl<K: StateKey> HeapKeyedStateBackend<K> {
+    pub fn new(range: KeyGroupRange, max_parallelism: u32) -> Self {
+        assert!(range.end <= max_parallelism, "range {range} beyond max parallelism {max_parallelism}");
+        Self { range, max_parallelism, declarations: Declarations::new() }
+    }
+}
+
+impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Heap
+    }
+
+    fn key_group_range(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    fn max_parallelism(&self) -> u32 {
+        self.max_parallelism
+    }
+
+    fn layout(&self) -> TableLayout {
+        TableLayout::Heap { range: self.range }
+    }
+
+    fn declare(
+        &mut self,
+        signature: StateSignature,
+        create: &mut dyn FnMut(TableLayout) -> TableSlot<K>,
+    ) -> Result<StateId, StateError> {
+        let layout = self.layout();
+        self.declarations.declare(signature, layout, create)
+    }
+
+    #[inline]
+    fn slot(&mut self, id: StateId) -> &mut TableSlot<K> {
+        self.declarations.slot(id)
+    }
+
+    fn signatures(&self) -> Vec<StateSignature> {
+        self.declarations.signatures()
+    }
+
+    fn key_count(&mut self, key_group: KeyGroup) -> usize {
+        self.declarations.slots().map(|slot| slot.table().key_count(key_group)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frozen_view_does_not_see_later_writes() {
+        let range = KeyGroupRange::new(0, 4);
+        let mut table = HeapTable::<u64, u64>::new("t", range);
+        for k in 0..100u64 {
+            ValueTable::put(&mut table, (k % 4) as u32, &k, k).unwrap();
+        }
+        let view = table.freeze();
+        for k in 0..100u64 {
+            ValueTable::put(&mut table, (k % 4) as u32, &k, k + 1000).unwrap();
+        }
+        ValueTable::put(&mut table, 0, &1000, 1).unwrap();
+        let frozen: u64 = view.groups.iter().flat_map(|(_, m)| m.values()).sum();
+        assert_eq!(frozen, (0..100).sum::<u64>());
+        assert_eq!(view.groups.iter().map(|(_, m)| m.len()).sum::<usize>(), 100);
+        assert_eq!(ValueTable::get(&mut table, 2, &2).unwrap(), Some(&1002));
+    }
+
+    thread_local! {
+        static CLONES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    #[derive(Debug)]
+    struct Counted(u64);
+
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            CLONES.with(|c| c.set(c.get() + 1));
+            Counted(self.0)
+        }
+    }
+
+    #[test]
+    fn thaw_copies_only_while_a_view_holds_the_key_group() {
+        let mut table = HeapTable::<u64, Counted>::new("t", KeyGroupRange::new(0, 2));
+        for k in 0..10u64 {
+            ValueTable::put(&mut table, (k % 2) as u32, &k, Counted(k)).unwrap();
+        }
+        CLONES.with(|c| c.set(0));
+
+        // Snapshot released before the next write: taking the map back is free.
+        drop(table.freeze());
+        ValueTable::put(&mut table, 0, &100, Counted(100)).unwrap();
+        assert_eq!(CLONES.with(|c| c.get()), 0);
+
+        // Snapshot still alive: the first write copies that key group only, once.
+        let view = table.freeze();
+        ValueTable::put(&mut table, 0, &101, Counted(101)).unwrap();
+        ValueTable::put(&mut table, 0, &102, Counted(102)).unwrap();
+        assert_eq!(CLONES.with(|c| c.get()), 6, "key group 0 held 6 entries");
+        assert_eq!(view.groups[0].1.len(), 6);
+        assert_eq!(KeyedTable::key_count(&table, 0), 8);
+    }
+
+    #[test]
+    fn out_of_range_key_group_is_an_error() {
+        let mut table = HeapTable::<u64, u64>::new("t", KeyGroupRange::new(4, 8));
+        assert!(matches!(
+            ValueTable::put(&mut table, 3, &1, 1),
+            Err(StateError::KeyGroupOutOfRange { key_group: 3, .. })
+        ));
+        assert!(ValueTable::put(&mut table, 7, &1, 1).is_ok());
+        assert!(ValueTable::put(&mut table, 8, &1, 1).is_err());
+    }
+}

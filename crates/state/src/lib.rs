@@ -1,0 +1,62 @@
+//! Keyed and operator state.
+//!
+//! This crate owns everything about *state*: how keys map to key groups
+//! ([`key_group`]), how a piece of state is declared ([`descriptor`]), the typed
+//! tables that hold it ([`table`]), the [`KeyedStateBackend`] trait every backend
+//! implements, the [`heap`] backend, the per-record scoped view of state
+//! ([`access::KeyScope`]) and non-keyed operator state ([`operator_state`]).
+//!
+//! It must not touch: threads, channels, tasks or the runtime's scheduling. The
+//! runtime reaches state only through [`KeyedStateBackend`] and the handles in
+//! [`descriptor`]; state never calls back into the runtime.
+
+pub mod access;
+pub mod backend;
+pub mod descriptor;
+pub mod error;
+pub mod heap;
+pub mod key_group;
+pub mod operator_state;
+pub mod table;
+
+pub use access::KeyScope;
+pub use backend::{BackendKind, KeyedStateBackend, StateId, create_keyed_backend};
+pub use descriptor::{
+    AggregateFunction, AggregatingStateDescriptor, AggregatingStateHandle, ListStateDescriptor,
+    ListStateHandle, MapStateDescriptor, MapStateHandle, ReducingStateDescriptor,
+    ReducingStateHandle, StateKind, ValueStateDescriptor, ValueStateHandle,
+};
+pub use error::StateError;
+pub use heap::HeapKeyedStateBackend;
+pub use key_group::{
+    DEFAULT_MAX_PARALLELISM, KeyGroup, KeyGroupRange, MAX_PARALLELISM_LIMIT, key_group_for_hash,
+    key_group_of, operator_index_for_key_group, stable_hash,
+};
+pub use operator_state::{OperatorListHandle, OperatorStateStore, RedistributionMode};
+
+use std::fmt::Debug;
+use std::hash::Hash;
+
+/// A type usable as a key of keyed state.
+///
+/// The key's [`Hash`] implementation must be deterministic (it must not depend on a
+/// random seed or on addresses): it decides the key group, and the key group decides
+/// where the key's state lives after a restore or a rescale.
+pub trait StateKey:
+    Hash + Eq + Clone + Debug + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static
+{
+}
+impl<T> StateKey for T where
+    T: Hash + Eq + Clone + Debug + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static
+{
+}
+
+/// A type usable as a value held in state.
+pub trait StateValue:
+    Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static
+{
+}
+impl<T> StateValue for T where
+    T: Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static
+{
+}

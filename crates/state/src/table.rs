@@ -1,0 +1,65 @@
+//! Typed state tables: the storage of one declared state across the key groups of
+//! one operator instance.
+//!
+//! Each state kind has its own table trait so that every backend can lay the kind
+//! out in its own way (a serialising backend stores map entries as separate keys,
+//! for example). Every operation names the key group explicitly: the caller has
+//! computed it already, and a backend laid out by key group uses it directly.
+
+use crate::KeyGroup;
+use crate::error::StateError;
+
+/// Operations common to every table, independent of its value type.
+pub trait KeyedTable<K>: Send {
+    /// The declared state name.
+    fn name(&self) -> &str;
+    /// Number of keys with an entry in `key_group`.
+    fn key_count(&self, key_group: KeyGroup) -> usize;
+    /// Removes every entry.
+    fn clear(&mut self);
+}
+
+/// Storage of a `ValueState<V>`: at most one `V` per key.
+pub trait ValueTable<K, V>: KeyedTable<K> {
+    fn get(&mut self, key_group: KeyGroup, key: &K) -> Result<Option<&V>, StateError>;
+    fn put(&mut self, key_group: KeyGroup, key: &K, value: V) -> Result<(), StateError>;
+    fn remove(&mut self, key_group: KeyGroup, key: &K) -> Result<Option<V>, StateError>;
+    /// Replaces the value by `f(old)` in one lookup; `None` removes it. Returns the
+    /// new value.
+    fn update(
+        &mut self,
+        key_group: KeyGroup,
+        key: &K,
+        f: &mut dyn FnMut(Option<V>) -> Option<V>,
+    ) -> Result<Option<&V>, StateError>;
+    /// Calls `f` for every key and value of the table, key group by key group.
+    fn for_each(&mut self, f: &mut dyn FnMut(&K, &V)) -> Result<(), StateError>;
+}
+
+/// Storage of a `ListState<V>`: an ordered list of `V` per key.
+pub trait ListTable<K, V>: KeyedTable<K> {
+    fn get(&mut self, key_group: KeyGroup, key: &K) -> Result<&[V], StateError>;
+    fn add(&mut self, key_group: KeyGroup, key: &K, value: V) -> Result<(), StateError>;
+    fn replace(&mut self, key_group: KeyGroup, key: &K, values: Vec<V>) -> Result<(), StateError>;
+    fn remove(&mut self, key_group: KeyGroup, key: &K) -> Result<(), StateError>;
+    fn for_each(&mut self, f: &mut dyn FnMut(&K, &[V])) -> Result<(), StateError>;
+}
+
+/// Storage of a `MapState<UK, UV>`: a map from user keys to user values per key.
+pub trait MapTable<K, UK, UV>: KeyedTable<K> {
+    fn get(&mut self, key_group: KeyGroup, key: &K, user_key: &UK)
+    -> Result<Option<&UV>, StateError>;
+    fn put(&mut self, key_group: KeyGroup, key: &K, user_key: UK, value: UV)
+    -> Result<(), StateError>;
+    fn remove(&mut self, key_group: KeyGroup, key: &K, user_key: &UK)
+    -> Result<Option<UV>, StateError>;
+    fn len(&mut self, key_group: KeyGroup, key: &K) -> Result<usize, StateError>;
+    /// Calls `f` on every entry of the current key's map (in no particular order).
+    fn for_each_entry(
+        &mut self,
+        key_group: KeyGroup,
+        key: &K,
+        f: &mut dyn FnMut(&UK, &UV),
+    ) -> Result<(), StateError>;
+    fn remove_all(&mut self, key_group: KeyGroup, key: &K) -> Result<(), StateError>;
+}
