@@ -1,0 +1,68 @@
+//! Errors of building and running a job.
+
+use thiserror::Error;
+
+/// An error returned by user code (functions, sources, sinks).
+pub type UserError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A task failed; names the operator and the cause.
+#[derive(Debug, Error)]
+pub enum TaskError {
+    #[error("operator '{operator}' failed: {cause}")]
+    Operator { operator: String, cause: String },
+    #[error("operator '{operator}' panicked: {message}")]
+    Panic { operator: String, message: String },
+    #[error("a channel into '{task}' closed before the end of its input")]
+    ChannelClosed { task: String },
+}
+
+impl TaskError {
+    pub fn operator(operator: &str, cause: impl std::fmt::Display) -> Self {
+        TaskError::Operator { operator: operator.to_owned(), cause: cause.to_string() }
+    }
+
+    pub fn panic(operator: &str, payload: Box<dyn std::any::Any + Send>) -> Self {
+        TaskError::Panic { operator: operator.to_owned(), message: panic_message(payload.as_ref()) }
+    }
+}
+
+/// The message of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_owned()
+    }
+}
+
+/// The job graph cannot be turned into tasks.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error("cannot create '{operator}' (subtask {subtask}): {cause}")]
+    Create { operator: String, subtask: u32, cause: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("invalid job graph: {0}")]
+    Graph(String),
+}
+
+/// A job did not complete.
+#[derive(Debug, Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("task '{task}' failed: {source}")]
+    TaskFailed {
+        task: String,
+        #[source]
+        source: TaskError,
+    },
+    #[error("job was cancelled")]
+    Cancelled,
+    #[error("no task can make progress and the job has not finished (a deadlock)")]
+    Stalled,
+    #[error("could not start a worker thread: {0}")]
+    Spawn(std::io::Error),
+}

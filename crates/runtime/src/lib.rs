@@ -1,0 +1,37 @@
+//! The runtime: turns a logical [`JobGraph`] into parallel tasks and runs them.
+//!
+//! It owns: the job graph ([`graph`]), chaining and the physical plan ([`plan`]),
+//! tasks ([`task`]) and the pipelines of chained operators inside a task
+//! ([`pipeline`]), bounded channels that carry batches and in-band control events
+//! ([`channel`], [`message`]), and the executors that drive tasks on worker
+//! threads or on a seeded single-threaded scheduler ([`executor`]). The traits at
+//! its boundaries are [`operator::Operator`], [`connector::Source`] and
+//! [`connector::Sink`].
+//!
+//! It must not touch: how state is stored (operators reach state only through
+//! `flowstate_state::KeyedStateBackend`), connector specifics, or the CLI.
+
+pub mod channel;
+pub mod config;
+pub mod connector;
+pub mod error;
+pub mod executor;
+pub mod graph;
+pub mod message;
+pub mod metrics;
+pub mod operator;
+pub mod pipeline;
+pub mod plan;
+pub mod task;
+
+pub use config::{ExecutionConfig, SubtaskInfo};
+pub use connector::{Sink, SinkWriter, Source, SourcePoll, SourceReader};
+pub use error::{BuildError, JobError, TaskError, UserError};
+pub use executor::{DeterministicExecutor, JobReport, RunningJob, RunState, start_job};
+pub use graph::{JobGraph, KeyGroupFn, NodeId, Partitioning};
+pub use metrics::JobMetrics;
+pub use operator::{Operator, TwoInputOperator};
+
+/// A record type that can flow between operators.
+pub trait Data: Clone + Send + 'static {}
+impl<T: Clone + Send + 'static> Data for T {}

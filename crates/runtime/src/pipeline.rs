@@ -1,0 +1,300 @@
+//! Pipelines: the chain of operators inside one task, ending in channels to other
+//! tasks (an [`ExchangeOutput`]) or in a sink.
+//!
+//! A pipeline is pushed whole batches. Output that a full channel cannot take yet
+//! stays *pending* in the pipeline; the task does not take new input while
+//! anything is pending, so a task holds at most the output of one input batch and
+//! a slow consumer slows its producers (backpressure) with bounded memory.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use flowstate_state::operator_index_for_key_group;
+
+use crate::channel::{ChannelSender, SendError};
+use crate::connector::SinkWriter;
+use crate::error::TaskError;
+use crate::graph::KeyGroupFn;
+use crate::message::Message;
+use crate::metrics::JobMetrics;
+use crate::operator::Operator;
+
+/// The rest of a task from some operator on.
+pub trait Pipeline<T>: Send {
+    /// Processes `batch` (leaving it empty).
+    fn push(&mut self, batch: &mut Vec<T>) -> Result<(), TaskError>;
+    /// The input has ended: finish every operator and send end-of-input on.
+    fn end_of_input(&mut self) -> Result<(), TaskError>;
+    /// Sends pending output; with `partial`, first also turns partly filled
+    /// buffers into batches. Returns true when nothing is left pending.
+    fn flush(&mut self, partial: bool) -> Result<bool, TaskError>;
+}
+
+/// Runs `f` on behalf of operator `name`, turning an error or a panic into a
+/// [`TaskError`] that names the operator.
+#[inline]
+pub(crate) fn guarded<R>(
+    name: &str,
+    f: impl FnOnce() -> Result<R, crate::error::UserError>,
+) -> Result<R, TaskError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(cause)) => Err(TaskError::operator(name, cause)),
+        Err(payload) => Err(TaskError::panic(name, payload)),
+    }
+}
+
+/// One chained operator followed by the rest of the pipeline.
+pub struct OperatorStage<I, O> {
+    name: Arc<str>,
+    operator: Box<dyn Operator<I, O>>,
+    output: Vec<O>,
+    next: Box<dyn Pipeline<O>>,
+}
+
+impl<I, O> OperatorStage<I, O> {
+    pub fn new(name: &str, operator: Box<dyn Operator<I, O>>, next: Box<dyn Pipeline<O>>) -> Self {
+        Self { name: name.into(), operator, output: Vec::new(), next }
+    }
+}
+
+impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
+    #[inline]
+    fn push(&mut self, batch: &mut Vec<I>) -> Result<(), TaskError> {
+        let (operator, output) = (&mut self.operator, &mut self.output);
+        guarded(&self.name, || operator.process_batch(batch, output))?;
+        batch.clear();
+        if !self.output.is_empty() {
+            self.next.push(&mut self.output)?;
+        }
+        Ok(())
+    }
+
+    fn end_of_input(&mut self) -> Result<(), TaskError> {
+        let (operator, output) = (&mut self.operator, &mut self.output);
+        guarded(&self.name, || operator.finish(output))?;
+        if !self.output.is_empty() {
+            self.next.push(&mut self.output)?;
+        }
+        self.next.end_of_input()
+    }
+
+    #[inline]
+    fn flush(&mut self, partial: bool) -> Result<bool, TaskError> {
+        self.next.flush(partial)
+    }
+}
+
+/// The end of a pipeline that writes into a sink.
+pub struct SinkStage<T> {
+    name: Arc<str>,
+    writer: Box<dyn SinkWriter<T>>,
+    metrics: Arc<JobMetrics>,
+}
+
+impl<T> SinkStage<T> {
+    pub fn new(name: &str, writer: Box<dyn SinkWriter<T>>, metrics: Arc<JobMetrics>) -> Self {
+        Self { name: name.into(), writer, metrics }
+    }
+}
+
+impl<T: Send> Pipeline<T> for SinkStage<T> {
+    #[inline]
+    fn push(&mut self, batch: &mut Vec<T>) -> Result<(), TaskError> {
+        self.metrics.add_records_to_sinks(batch.len());
+        let writer = &mut self.writer;
+        guarded(&self.name, || writer.write_batch(batch))?;
+        batch.clear();
+        Ok(())
+    }
+
+    fn end_of_input(&mut self) -> Result<(), TaskError> {
+        let writer = &mut self.writer;
+        guarded(&self.name, || writer.finish())
+    }
+
+    fn flush(&mut self, _partial: bool) -> Result<bool, TaskError> {
+        Ok(true)
+    }
+}
+
+/// The end of a pipeline whose output nobody consumes.
+pub struct Discard;
+
+impl<T: Send> Pipeline<T> for Discard {
+    fn push(&mut self, batch: &mut Vec<T>) -> Result<(), TaskError> {
+        batch.clear();
+        Ok(())
+    }
+    fn end_of_input(&mut self) -> Result<(), TaskError> {
+        Ok(())
+    }
+    fn flush(&mut self, _partial: bool) -> Result<bool, TaskError> {
+        Ok(true)
+    }
+}
+
+/// Hands every batch to several pipelines (a stream consumed more than once).
+pub struct Tee<T> {
+    branches: Vec<Box<dyn Pipeline<T>>>,
+    copy: Vec<T>,
+}
+
+impl<T> Tee<T> {
+    pub fn new(branches: Vec<Box<dyn Pipeline<T>>>) -> Self {
+        assert!(branches.len() >= 2, "a tee needs at least two branches");
+        Self { branches, copy: Vec::new() }
+    }
+}
+
+impl<T: Clone + Send> Pipeline<T> for Tee<T> {
+    fn push(&mut self, batch: &mut Vec<T>) -> Result<(), TaskError> {
+        let last = self.branches.len() - 1;
+        for branch in &mut self.branches[..last] {
+            self.copy.clone_from(batch);
+            branch.push(&mut self.copy)?;
+        }
+        self.branches[last].push(batch)
+    }
+
+    fn end_of_input(&mut self) -> Result<(), TaskError> {
+        for branch in &mut self.branches {
+            branch.end_of_input()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, partial: bool) -> Result<bool, TaskError> {
+        let mut idle = true;
+        for branch in &mut self.branches {
+            idle &= branch.flush(partial)?;
+        }
+        Ok(idle)
+    }
+}
+
+/// How an exchange picks the channel of each record.
+pub enum Router<T> {
+    /// Every record to the single channel.
+    Forward,
+    /// Whole batches round-robin over the channels.
+    Rebalance { next: usize },
+    /// Each record to the instance owning its key group.
+    Hash { key_group: KeyGroupFn<T>, max_parallelism: u32 },
+}
+
+struct Target<T> {
+    sender: ChannelSender<T>,
+    buffer: Vec<T>,
+    pending: VecDeque<Message<T>>,
+}
+
+/// The end of a pipeline that sends records to the tasks of one downstream edge.
+pub struct ExchangeOutput<T> {
+    task: Arc<str>,
+    router: Router<T>,
+    targets: Vec<Target<T>>,
+    batch_size: usize,
+}
+
+impl<T: Send> ExchangeOutput<T> {
+    pub fn new(task: &str, router: Router<T>, senders: Vec<ChannelSender<T>>, batch_size: usize) -> Self {
+        assert!(!senders.is_empty(), "an exchange needs at least one channel");
+        let targets = senders
+            .into_iter()
+            .map(|sender| Target { sender, buffer: Vec::new(), pending: VecDeque::new() })
+            .collect();
+        Self { task: task.into(), router, targets, batch_size }
+    }
+
+    #[inline]
+    fn cut(target: &mut Target<T>, batch_size: usize) {
+        let full = std::mem::replace(&mut target.buffer, Vec::with_capacity(batch_size));
+        target.pending.push_back(Message::Batch(full));
+    }
+
+    fn send_pending(&mut self) -> Result<bool, TaskError> {
+        let mut all_sent = true;
+        for target in &mut self.targets {
+            while let Some(message) = target.pending.pop_front() {
+                match target.sender.try_send(message) {
+                    Ok(()) => {}
+                    Err(SendError::Full(message)) => {
+                        target.pending.push_front(message);
+                        all_sent = false;
+                        break;
+                    }
+                    Err(SendError::Disconnected) => {
+                        return Err(TaskError::ChannelClosed { task: self.task.to_string() });
+                    }
+                }
+            }
+        }
+        Ok(all_sent)
+    }
+}
+
+impl<T: Send> Pipeline<T> for ExchangeOutput<T> {
+    #[inline]
+    fn push(&mut self, batch: &mut Vec<T>) -> Result<(), TaskError> {
+        let batch_size = self.batch_size;
+        match &mut self.router {
+            Router::Forward => {
+                let target = &mut self.targets[0];
+                if target.buffer.is_empty() && batch.len() >= batch_size {
+                    target.pending.push_back(Message::Batch(std::mem::take(batch)));
+                } else {
+                    target.buffer.append(batch);
+                    if target.buffer.len() >= batch_size {
+                        Self::cut(target, batch_size);
+                    }
+                }
+            }
+            Router::Rebalance { next } => {
+                let n = self.targets.len();
+                let target = &mut self.targets[*next];
+                *next = (*next + 1) % n;
+                target.buffer.append(batch);
+                if target.buffer.len() >= batch_size {
+                    Self::cut(target, batch_size);
+                }
+            }
+            Router::Hash { key_group, max_parallelism } => {
+                let parallelism = self.targets.len() as u32;
+                let max_parallelism = *max_parallelism;
+                for record in batch.drain(..) {
+                    let group = key_group(&record);
+                    let index = operator_index_for_key_group(group, parallelism, max_parallelism);
+                    let target = &mut self.targets[index as usize];
+                    target.buffer.push(record);
+                    if target.buffer.len() >= batch_size {
+                        Self::cut(target, batch_size);
+                    }
+                }
+            }
+        }
+        self.send_pending().map(drop)
+    }
+
+    fn end_of_input(&mut self) -> Result<(), TaskError> {
+        for target in &mut self.targets {
+            if !target.buffer.is_empty() {
+                Self::cut(target, 0);
+            }
+            target.pending.push_back(Message::EndOfInput);
+        }
+        self.send_pending().map(drop)
+    }
+
+    fn flush(&mut self, partial: bool) -> Result<bool, TaskError> {
+        if partial {
+            for target in &mut self.targets {
+                if !target.buffer.is_empty() {
+                    Self::cut(target, 0);
+                }
+            }
+        }
+        self.send_pending()
+    }
+}

@@ -1,0 +1,211 @@
+//! From a logical graph to tasks: chaining, channels, placement.
+//!
+//! Chaining rule: a one-input operator (or sink) whose single input edge is
+//! `Forward` runs in its producer's task, as the next stage of the producer's
+//! pipeline. Every other node heads a task of its own. Channels are created per
+//! non-chained edge: one per (producer instance, consumer instance) pair, or only
+//! `i -> i` for forward edges. Subtask `i` of every node runs on worker
+//! `i % workers`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::channel::Signal;
+use crate::config::{ExecutionConfig, SubtaskInfo};
+use crate::error::BuildError;
+use crate::graph::{BuildContext, Erased, JobGraph, NodeId, NodeKind};
+use crate::metrics::JobMetrics;
+use crate::task::Task;
+
+/// A task and the worker it runs on.
+pub(crate) struct PlannedTask {
+    pub worker: usize,
+    pub task: Box<dyn Task>,
+}
+
+struct Planner<'g> {
+    graph: &'g JobGraph,
+    config: &'g ExecutionConfig,
+    metrics: &'g Arc<JobMetrics>,
+    /// Consumers of each node: (consumer, index of the edge in the consumer's inputs).
+    consumers: Vec<Vec<(NodeId, usize)>>,
+    /// Senders of (consumer, edge index, producer subtask), one per consumer subtask.
+    senders: HashMap<(NodeId, usize, u32), Vec<Erased>>,
+    /// Receivers of (consumer, side, consumer subtask).
+    receivers: HashMap<(NodeId, usize, u32), Vec<Erased>>,
+}
+
+impl Planner<'_> {
+    fn chained(&self, node: NodeId) -> bool {
+        let node = &self.graph.nodes[node];
+        matches!(node.kind, NodeKind::Operator(_)) && node.inputs.len() == 1 && node.inputs[0].forward
+    }
+
+    fn context(&self, node: NodeId, index: u32) -> BuildContext<'_> {
+        BuildContext {
+            info: SubtaskInfo {
+                operator: self.graph.nodes[node].name.clone(),
+                index,
+                parallelism: self.config.parallelism,
+                max_parallelism: self.config.max_parallelism,
+                state_backend: self.config.state_backend,
+            },
+            metrics: self.metrics,
+            batch_size: self.config.batch_size,
+        }
+    }
+
+    /// "a -> b -> c": the head and every node chained behind it.
+    fn chain_name(&self, head: NodeId) -> String {
+        let mut name = self.graph.nodes[head].name.clone();
+        for &(consumer, _) in &self.consumers[head] {
+            if self.chained(consumer) {
+                name.push_str(" -> ");
+                name.push_str(&self.chain_name(consumer));
+            }
+        }
+        name
+    }
+
+    fn create_channels(&mut self, signals: &[Arc<Signal>]) {
+        let p = self.config.parallelism;
+        let workers = signals.len();
+        for (consumer, node) in self.graph.nodes.iter().enumerate() {
+            if self.chained(consumer) {
+                continue;
+            }
+            for (edge_index, edge) in node.inputs.iter().enumerate() {
+                let Some((_, port)) = &self.graph.nodes[edge.from].output else {
+                    unreachable!("edges start at nodes with an output");
+                };
+                for producer in 0..p {
+                    let targets: Vec<u32> = if edge.forward { vec![producer] } else { (0..p).collect() };
+                    let mut senders = Vec::with_capacity(targets.len());
+                    for target in targets {
+                        let (tx, rx) = port.channel(
+                            self.config.channel_capacity,
+                            Arc::clone(&signals[producer as usize % workers]),
+                            Arc::clone(&signals[target as usize % workers]),
+                        );
+                        senders.push(tx);
+                        self.receivers.entry((consumer, edge.side, target)).or_default().push(rx);
+                    }
+                    self.senders.insert((consumer, edge_index, producer), senders);
+                }
+            }
+        }
+    }
+
+    /// The pipeline that follows `node` in subtask `index`.
+    fn output_pipeline(&mut self, node: NodeId, index: u32, task: &str) -> Result<Erased, BuildError> {
+        let Some((_, port)) = self.graph.nodes[node].output.clone() else {
+            unreachable!("only nodes with an output have an output pipeline");
+        };
+        let mut branches = Vec::new();
+        for (consumer, edge_index) in self.consumers[node].clone() {
+            if self.chained(consumer) {
+                branches.push(self.stage(consumer, index, task)?);
+            } else {
+                let edge = &self.graph.nodes[consumer].inputs[edge_index];
+                let senders = self.senders.remove(&(consumer, edge_index, index)).ok_or_else(|| {
+                    BuildError::Graph(format!("no channels for edge into '{}'", self.graph.nodes[consumer].name))
+                })?;
+                branches.push(port.exchange(
+                    task,
+                    edge.partitioning.as_ref(),
+                    senders,
+                    self.config.max_parallelism,
+                    self.config.batch_size,
+                ));
+            }
+        }
+        Ok(match branches.len() {
+            0 => port.discard(),
+            1 => branches.pop().unwrap_or_else(|| port.discard()),
+            _ => port.tee(branches),
+        })
+    }
+
+    /// The pipeline starting with one-input node `node` (an operator or a sink).
+    fn stage(&mut self, node: NodeId, index: u32, task: &str) -> Result<Erased, BuildError> {
+        let next = match self.graph.nodes[node].output {
+            Some(_) => Some(self.output_pipeline(node, index, task)?),
+            None => None,
+        };
+        let cx = self.context(node, index);
+        match &self.graph.nodes[node].kind {
+            NodeKind::Operator(op) => op.wrap(&cx, next),
+            _ => unreachable!("only one-input nodes are stages"),
+        }
+    }
+
+    fn take_receivers(&mut self, node: NodeId, side: usize, index: u32) -> Vec<Erased> {
+        self.receivers.remove(&(node, side, index)).unwrap_or_default()
+    }
+
+    fn task(&mut self, head: NodeId, index: u32) -> Result<Box<dyn Task>, BuildError> {
+        let chain = self.chain_name(head);
+        let name = format!("{chain} ({}/{})", index + 1, self.config.parallelism);
+        let graph = self.graph;
+        let node = &graph.nodes[head];
+        match &node.kind {
+            NodeKind::Source(source) => {
+                let pipeline = self.output_pipeline(head, index, &name)?;
+                source.create_task(name, &self.context(head, index), pipeline)
+            }
+            NodeKind::Operator(_) => {
+                let Some((_, port)) = &graph.nodes[node.inputs[0].from].output else {
+                    unreachable!("edges start at nodes with an output");
+                };
+                let pipeline = self.stage(head, index, &name)?;
+                let receivers = self.take_receivers(head, 0, index);
+                Ok(port.one_input_task(name, receivers, pipeline))
+            }
+            NodeKind::TwoInput(two) => {
+                let pipeline = self.output_pipeline(head, index, &name)?;
+                let first = self.take_receivers(head, 0, index);
+                let second = self.take_receivers(head, 1, index);
+                two.create_task(name, &self.context(head, index), first, second, pipeline)
+            }
+        }
+    }
+}
+
+/// Builds every task of `graph`; `signals` has one entry per worker.
+pub(crate) fn build_tasks(
+    graph: &JobGraph,
+    config: &ExecutionConfig,
+    signals: &[Arc<Signal>],
+    metrics: &Arc<JobMetrics>,
+) -> Result<Vec<PlannedTask>, BuildError> {
+    config.validate()?;
+    if graph.nodes.is_empty() {
+        return Err(BuildError::Graph("the job has no operators".into()));
+    }
+    let mut consumers = vec![Vec::new(); graph.nodes.len()];
+    for (id, node) in graph.nodes.iter().enumerate() {
+        for (edge_index, edge) in node.inputs.iter().enumerate() {
+            consumers[edge.from].push((id, edge_index));
+        }
+    }
+    let mut planner = Planner {
+        graph,
+        config,
+        metrics,
+        consumers,
+        senders: HashMap::new(),
+        receivers: HashMap::new(),
+    };
+    planner.create_channels(signals);
+    let mut tasks = Vec::new();
+    for head in 0..graph.nodes.len() {
+        if planner.chained(head) {
+            continue;
+        }
+        for index in 0..config.parallelism {
+            let task = planner.task(head, index)?;
+            tasks.push(PlannedTask { worker: index as usize % signals.len(), task });
+        }
+    }
+    Ok(tasks)
+}
