@@ -1,0 +1,331 @@
+//! Text files in and out.
+//!
+//! [`TextLinesSource`] reads the lines of a file or of every visible file of a
+//! directory; files are dealt to instances (`file % parallelism == instance`). A
+//! line that is not UTF-8 fails the job with the file and line number.
+//!
+//! [`FileSink`] writes one line per record. Data goes to hidden in-progress files
+//! (`.part-*.inprogress`); a file is published under its final name
+//! (`part-<run>-<instance>-<n>`) by an atomic rename only once it is complete and
+//! synced, so a reader of the directory never sees a partial file.
+
+use std::fmt::Display;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use flowstate_runtime::{Data, Sink, SinkWriter, Source, SourcePoll, SourceReader, SubtaskInfo, UserError};
+
+use crate::ConnectorError;
+
+/// Longest accepted line, in bytes (a limit on everything: a file without line
+/// breaks must not exhaust memory).
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
+/// Lines of text files.
+pub struct TextLinesSource {
+    files: Arc<Vec<PathBuf>>,
+}
+
+impl TextLinesSource {
+    /// `path` is a file, or a directory whose visible regular files are read in
+    /// name order.
+    pub fn new(path: impl AsRef<Path>) -> Result<Self, ConnectorError> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => ConnectorError::MissingInput { path: shown.clone() },
+            _ => ConnectorError::Read { path: shown.clone(), source },
+        })?;
+        let files = if meta.is_dir() {
+            let mut files = Vec::new();
+            let entries = std::fs::read_dir(path).map_err(|source| ConnectorError::Read { path: shown.clone(), source })?;
+            for entry in entries {
+                let entry = entry.map_err(|source| ConnectorError::Read { path: shown.clone(), source })?;
+                let hidden = entry.file_name().to_string_lossy().starts_with('.');
+                let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+                if is_file && !hidden {
+                    files.push(entry.path());
+                }
+            }
+            files.sort();
+            files
+        } else {
+            vec![path.to_path_buf()]
+        };
+        Ok(Self { files: Arc::new(files) })
+    }
+
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+}
+
+impl Source<String> for TextLinesSource {
+    fn create_reader(&self, subtask: &SubtaskInfo) -> Result<Box<dyn SourceReader<String>>, UserError> {
+        let mine = self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u32 % subtask.parallelism == subtask.index)
+            .map(|(_, f)| f.clone())
+            .collect();
+        Ok(Box::new(TextLinesReader { files: mine, next_file: 0, open: None, line_buf: Vec::new() }))
+    }
+}
+
+struct OpenFile {
+    path: String,
+    reader: BufReader<File>,
+    line: u64,
+}
+
+struct TextLinesReader {
+    files: Vec<PathBuf>,
+    next_file: usize,
+    open: Option<OpenFile>,
+    line_buf: Vec<u8>,
+}
+
+impl SourceReader<String> for TextLinesReader {
+    fn poll(&mut self, out: &mut Vec<String>, max: usize, _now: Instant) -> Result<SourcePoll, UserError> {
+        if self.open.is_none() {
+            let Some(path) = self.files.get(self.next_file) else {
+                return Ok(SourcePoll::Finished);
+            };
+            self.next_file += 1;
+            let shown = path.display().to_string();
+            let file = File::open(path).map_err(|source| ConnectorError::Read { path: shown.clone(), source })?;
+            self.open = Some(OpenFile { path: shown, reader: BufReader::with_capacity(1 << 16, file), line: 0 });
+        }
+        let Some(open) = self.open.as_mut() else {
+            return Ok(SourcePoll::Ready);
+        };
+        for _ in 0..max {
+            self.line_buf.clear();
+            let n = std::io::Read::take(&mut open.reader, MAX_LINE_BYTES as u64 + 1)
+                .read_until(b'\n', &mut self.line_buf)
+                .map_err(|source| ConnectorError::Read { path: open.path.clone(), source })?;
+            if n == 0 {
+                self.open = None;
+                break;
+            }
+            open.line += 1;
+            if self.line_buf.len() > MAX_LINE_BYTES {
+                return Err(ConnectorError::Config(format!(
+                    "'{}' line {}: longer than {MAX_LINE_BYTES} bytes",
+                    open.path, open.line
+                ))
+                .into());
+            }
+            if self.line_buf.last() == Some(&b'\n') {
+                self.line_buf.pop();
+                if self.line_buf.last() == Some(&b'\r') {
+                    self.line_buf.pop();
+                }
+            }
+            match std::str::from_utf8(&self.line_buf) {
+                Ok(line) => out.push(line.to_owned()),
+                Err(e) => {
+                    return Err(ConnectorError::InvalidUtf8 {
+                        path: open.path.clone(),
+                        line: open.line,
+                        byte_offset: e.valid_up_to(),
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(SourcePoll::Ready)
+    }
+}
+
+/// Default size at which a part file is closed and a new one started.
+pub const DEFAULT_PART_BYTES_MAX: u64 = 128 << 20;
+
+/// Writes records as lines into part files of a directory; see the module docs.
+pub struct FileSink {
+    dir: PathBuf,
+    run: String,
+    part_bytes_max: u64,
+}
+
+impl FileSink {
+    /// Creates `dir` if needed.
+    pub fn new(dir: impl AsRef<Path>) -> Result<Self, ConnectorError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| ConnectorError::Write { path: dir.display().to_string(), source })?;
+        let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        Ok(Self { dir, run: format!("{millis:013x}-{:08x}", std::process::id()), part_bytes_max: DEFAULT_PART_BYTES_MAX })
+    }
+
+    pub fn with_part_bytes_max(mut self, bytes: u64) -> Self {
+        self.part_bytes_max = bytes.max(1);
+        self
+    }
+}
+
+impl<T: Data + Display> Sink<T> for FileSink {
+    fn create_writer(&self, subtask: &SubtaskInfo) -> Result<Box<dyn SinkWriter<T>>, UserError> {
+        Ok(Box::new(FileWriter {
+            dir: self.dir.clone(),
+            prefix: format!("part-{}-{}", self.run, subtask.index),
+            part_bytes_max: self.part_bytes_max,
+            next_part: 0,
+            current: None,
+            pending: Vec::new(),
+            line: String::new(),
+        }))
+    }
+}
+
+struct InProgress {
+    hidden: PathBuf,
+    visible: PathBuf,
+    out: BufWriter<File>,
+    bytes: u64,
+}
+
+struct FileWriter {
+    dir: PathBuf,
+    prefix: String,
+    part_bytes_max: u64,
+    next_part: u64,
+    current: Option<InProgress>,
+    /// Closed, synced part files not yet published.
+    pending: Vec<(PathBuf, PathBuf)>,
+    line: String,
+}
+
+fn write_error(path: &Path, source: std::io::Error) -> ConnectorError {
+    ConnectorError::Write { path: path.display().to_string(), source }
+}
+
+impl FileWriter {
+    fn open_part(&mut self) -> Result<&mut InProgress, ConnectorError> {
+        if self.current.is_none() {
+            let name = format!("{}-{}", self.prefix, self.next_part);
+            self.next_part += 1;
+            let hidden = self.dir.join(format!(".{name}.inprogress"));
+            let visible = self.dir.join(name);
+            let file = File::create(&hidden).map_err(|e| write_error(&hidden, e))?;
+            self.current = Some(InProgress { hidden, visible, out: BufWriter::with_capacity(1 << 20, file), bytes: 0 });
+        }
+        match self.current.as_mut() {
+            Some(part) => Ok(part),
+            None => unreachable!("opened just above"),
+        }
+    }
+
+    fn close_part(&mut self) -> Result<(), ConnectorError> {
+        if let Some(mut part) = self.current.take() {
+            part.out.flush().map_err(|e| write_error(&part.hidden, e))?;
+            part.out.get_ref().sync_all().map_err(|e| write_error(&part.hidden, e))?;
+            self.pending.push((part.hidden, part.visible));
+        }
+        Ok(())
+    }
+
+    fn publish_pending(&mut self) -> Result<(), ConnectorError> {
+        for (hidden, visible) in self.pending.drain(..) {
+            std::fs::rename(&hidden, &visible).map_err(|e| write_error(&visible, e))?;
+        }
+        let dir = File::open(&self.dir).map_err(|e| write_error(&self.dir, e))?;
+        dir.sync_all().map_err(|e| write_error(&self.dir, e))
+    }
+}
+
+impl<T: Data + Display> SinkWriter<T> for FileWriter {
+    fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<(), UserError> {
+        use std::fmt::Write as _;
+        for record in batch.drain(..) {
+            self.line.clear();
+            writeln!(self.line, "{record}")?;
+            let max = self.part_bytes_max;
+            let line = std::mem::take(&mut self.line);
+            let part = self.open_part()?;
+            part.out.write_all(line.as_bytes()).map_err(|e| write_error(&part.hidden, e))?;
+            part.bytes += line.len() as u64;
+            let full = part.bytes >= max;
+            self.line = line;
+            if full {
+                self.close_part()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), UserError> {
+        self.close_part()?;
+        self.publish_pending()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> SubtaskInfo {
+        SubtaskInfo { operator: "t".into(), index: 0, parallelism: 1, max_parallelism: 128, state_backend: Default::default() }
+    }
+
+    fn read_all(source: &TextLinesSource) -> Result<Vec<String>, UserError> {
+        let mut reader = source.create_reader(&info())?;
+        let mut out = Vec::new();
+        while reader.poll(&mut out, 7, Instant::now())? != SourcePoll::Finished {}
+        Ok(out)
+    }
+
+    #[test]
+    fn reads_lines_of_a_directory_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.txt"), "three\r\nfour").unwrap();
+        std::fs::write(dir.path().join("a.txt"), "one\ntwo\n").unwrap();
+        std::fs::write(dir.path().join(".hidden"), "no").unwrap();
+        let source = TextLinesSource::new(dir.path()).unwrap();
+        assert_eq!(read_all(&source).unwrap(), ["one", "two", "three", "four"]);
+    }
+
+    #[test]
+    fn missing_input_names_the_path() {
+        let err = TextLinesSource::new("/no/such/dir/input.txt").err().unwrap();
+        assert_eq!(err.to_string(), "input path '/no/such/dir/input.txt' does not exist");
+    }
+
+    #[test]
+    fn invalid_utf8_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.txt");
+        std::fs::write(&path, b"fine\nalso fine\nbro\xffken\n").unwrap();
+        let source = TextLinesSource::new(&path).unwrap();
+        let err = read_all(&source).unwrap_err().to_string();
+        assert_eq!(err, format!("'{}' line 3: not valid UTF-8 (byte 3 of the line)", path.display()));
+    }
+
+    #[test]
+    fn sink_publishes_only_complete_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::new(dir.path()).unwrap().with_part_bytes_max(10);
+        let mut writer = Sink::<u32>::create_writer(&sink, &info()).unwrap();
+        writer.write_batch(&mut vec![1u32, 22, 333, 4444, 55555]).unwrap();
+        let visible = |d: &Path| {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect();
+            v.sort();
+            v
+        };
+        assert!(visible(dir.path()).is_empty(), "nothing is visible before finish");
+        writer.finish().unwrap();
+        let names = visible(dir.path());
+        assert_eq!(names.len(), 2);
+        let text: String = names.iter().map(|n| std::fs::read_to_string(dir.path().join(n)).unwrap()).collect();
+        assert_eq!(text, "1\n22\n333\n4444\n55555\n");
+    }
+}
