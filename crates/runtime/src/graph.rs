@@ -30,11 +30,11 @@ pub type KeyGroupFn<T> = Arc<dyn Fn(&T) -> KeyGroup + Send + Sync>;
 
 /// Creates the operator instance of one subtask.
 pub type OperatorFactory<I, O> =
-    Box<dyn Fn(&SubtaskInfo) -> Result<Box<dyn Operator<I, O>>, UserError> + Send + Sync>;
+    Box<dyn Fn(&SubtaskInfo) -> Result<Box<dyn Operator<I, O>>, UserError> + Send>;
 
 /// Creates the two-input operator instance of one subtask.
 pub type TwoInputFactory<A, B, O> =
-    Box<dyn Fn(&SubtaskInfo) -> Result<Box<dyn TwoInputOperator<A, B, O>>, UserError> + Send + Sync>;
+    Box<dyn Fn(&SubtaskInfo) -> Result<Box<dyn TwoInputOperator<A, B, O>>, UserError> + Send>;
 
 /// How records of an edge are distributed over the consumer's instances.
 pub enum Partitioning<T> {
@@ -143,17 +143,17 @@ impl<T: Data> Port for TypedPort<T> {
     }
 }
 
-pub(crate) trait SourceNode: Send + Sync {
+pub(crate) trait SourceNode: Send {
     fn create_task(&self, name: String, cx: &BuildContext<'_>, pipeline: Erased)
     -> Result<Box<dyn Task>, BuildError>;
 }
 
-pub(crate) trait OperatorNode: Send + Sync {
+pub(crate) trait OperatorNode: Send {
     /// The operator of one subtask, followed by `next`.
     fn wrap(&self, cx: &BuildContext<'_>, next: Option<Erased>) -> Result<Erased, BuildError>;
 }
 
-pub(crate) trait TwoInputNode: Send + Sync {
+pub(crate) trait TwoInputNode: Send {
     fn create_task(
         &self,
         name: String,
@@ -290,6 +290,11 @@ impl JobGraph {
     /// The name of a node.
     pub fn name(&self, node: NodeId) -> &str {
         &self.nodes[node].name
+    }
+
+    /// Renames a node.
+    pub fn set_name(&mut self, node: NodeId, name: &str) {
+        self.nodes[node].name = name.to_owned();
     }
 
     fn port<T: Data>() -> Option<(TypeId, Arc<dyn Port>)> {

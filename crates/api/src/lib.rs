@@ -1,0 +1,39 @@
+//! The DataStream API.
+//!
+//! ```no_run
+//! use flowstate::{ExecutionConfig, StreamEnvironment};
+//!
+//! let env = StreamEnvironment::new(ExecutionConfig::with_parallelism(2));
+//! let counts = env
+//!     .from_collection(vec!["a", "b", "a"])
+//!     .map(|w| (w.to_string(), 1u64))
+//!     .key_by(|(w, _)| w.clone())
+//!     .reduce(|(w, a), (_, b)| (w, a + b))
+//!     .collect();
+//! env.execute().unwrap();
+//! println!("{:?}", counts.lock().unwrap());
+//! ```
+//!
+//! This crate owns the user-facing builder ([`StreamEnvironment`], [`DataStream`],
+//! [`KeyedStream`]) and the keyed operators that bind user functions to keyed
+//! state ([`keyed`]). It must not touch scheduling or channels (that is the
+//! runtime's) nor how state is stored (that is the state backend's).
+
+pub mod keyed;
+mod stream;
+
+pub use keyed::{FnResult, KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction};
+pub use stream::{ConnectedKeyedStreams, DataStream, KeyedStream, StreamEnvironment};
+
+pub use flowstate_connectors as connectors;
+pub use flowstate_runtime::{
+    Data, ExecutionConfig, JobError, JobReport, RunningJob, Sink, SinkWriter, Source, SourcePoll,
+    SourceReader, SubtaskInfo, UserError,
+};
+pub use flowstate_state as state;
+pub use flowstate_state::{
+    AggregateFunction, AggregatingStateDescriptor, AggregatingStateHandle, BackendKind,
+    KeyedStateBackend, ListStateDescriptor, ListStateHandle, MapStateDescriptor, MapStateHandle,
+    ReducingStateDescriptor, ReducingStateHandle, StateError, StateKey, StateValue,
+    ValueStateDescriptor, ValueStateHandle,
+};

@@ -1,0 +1,406 @@
+//! The builder: an environment holds the job graph; streams are typed handles to
+//! its nodes.
+
+use std::cell::RefCell;
+use std::fmt::Display;
+use std::marker::PhantomData;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use flowstate_connectors::{
+    CollectSink, CollectionSource, ConnectorError, CountingSink, FileSink, StdoutSink, TextLinesSource,
+};
+use flowstate_runtime::graph::{OperatorFactory, TwoInputFactory};
+use flowstate_runtime::{
+    Data, DeterministicExecutor, ExecutionConfig, JobError, JobGraph, JobReport, NodeId, Operator,
+    Partitioning, RunningJob, Sink, Source, start_job,
+};
+use flowstate_state::{
+    AggregateFunction, AggregatingStateDescriptor, AggregatingStateHandle, KeyedStateBackend,
+    ReducingStateDescriptor, ReducingStateHandle, StateKey, StateValue, key_group_of,
+};
+
+use crate::keyed::{
+    FnResult, KeyFn, KeyedCoProcessFunction, KeyedCoProcessOperator, KeyedContext, KeyedProcessFunction,
+    KeyedProcessOperator,
+};
+
+struct EnvInner {
+    graph: RefCell<JobGraph>,
+    config: ExecutionConfig,
+}
+
+/// Where a job is assembled and from which it is run.
+#[derive(Clone)]
+pub struct StreamEnvironment {
+    inner: Rc<EnvInner>,
+}
+
+impl StreamEnvironment {
+    pub fn new(config: ExecutionConfig) -> Self {
+        Self { inner: Rc::new(EnvInner { graph: RefCell::new(JobGraph::new()), config }) }
+    }
+
+    pub fn config(&self) -> &ExecutionConfig {
+        &self.inner.config
+    }
+
+    fn stream<T>(&self, node: NodeId) -> DataStream<T> {
+        DataStream { env: self.clone(), node, _type: PhantomData }
+    }
+
+    /// A stream read from `source`.
+    pub fn from_source<T: Data>(&self, name: &str, source: impl Source<T>) -> DataStream<T> {
+        let node = self.inner.graph.borrow_mut().add_source(name, Arc::new(source));
+        self.stream(node)
+    }
+
+    /// A bounded stream of the given items.
+    pub fn from_collection<T: Data + Sync>(&self, items: Vec<T>) -> DataStream<T> {
+        self.from_source("Source: Collection", CollectionSource::new(items))
+    }
+
+    /// The lines of a text file or of the files of a directory.
+    pub fn read_text_lines(&self, path: impl AsRef<Path>) -> Result<DataStream<String>, ConnectorError> {
+        let source = TextLinesSource::new(path)?;
+        Ok(self.from_source("Source: Text files", source))
+    }
+
+    fn take_graph(&self) -> JobGraph {
+        self.inner.graph.replace(JobGraph::new())
+    }
+
+    /// Starts the job on worker threads and returns at once.
+    pub fn start(&self) -> Result<RunningJob, JobError> {
+        start_job(self.take_graph(), &self.inner.config)
+    }
+
+    /// Runs the job to its end.
+    pub fn execute(&self) -> Result<JobReport, JobError> {
+        self.start()?.join()
+    }
+
+    /// A single-threaded executor whose task interleaving is fixed by `seed`.
+    pub fn deterministic(&self, seed: u64) -> Result<DeterministicExecutor, JobError> {
+        DeterministicExecutor::new(self.take_graph(), &self.inner.config, seed)
+    }
+}
+
+/// A stream of records of type `T`.
+pub struct DataStream<T> {
+    env: StreamEnvironment,
+    node: NodeId,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for DataStream<T> {
+    fn clone(&self) -> Self {
+        Self { env: self.env.clone(), node: self.node, _type: PhantomData }
+    }
+}
+
+struct MapOperator<F>(Arc<F>);
+
+impl<I, O, F: Fn(I) -> O + Send + Sync> Operator<I, O> for MapOperator<F> {
+    #[inline]
+    fn process_batch(&mut self, input: &mut Vec<I>, output: &mut Vec<O>) -> FnResult {
+        let f = &*self.0;
+        output.extend(input.drain(..).map(f));
+        Ok(())
+    }
+}
+
+struct FilterOperator<F>(Arc<F>);
+
+impl<T, F: Fn(&T) -> bool + Send + Sync> Operator<T, T> for FilterOperator<F> {
+    #[inline]
+    fn process_batch(&mut self, input: &mut Vec<T>, output: &mut Vec<T>) -> FnResult {
+        let f = &*self.0;
+        output.extend(input.drain(..).filter(f));
+        Ok(())
+    }
+}
+
+struct FlatMapOperator<F>(Arc<F>);
+
+impl<I, O, R, F> Operator<I, O> for FlatMapOperator<F>
+where
+    R: IntoIterator<Item = O>,
+    F: Fn(I) -> R + Send + Sync,
+{
+    #[inline]
+    fn process_batch(&mut self, input: &mut Vec<I>, output: &mut Vec<O>) -> FnResult {
+        let f = &*self.0;
+        for record in input.drain(..) {
+            output.extend(f(record));
+        }
+        Ok(())
+    }
+}
+
+struct Identity;
+
+impl<T: Send> Operator<T, T> for Identity {
+    fn process_batch(&mut self, input: &mut Vec<T>, output: &mut Vec<T>) -> FnResult {
+        output.append(input);
+        Ok(())
+    }
+}
+
+fn factory<I, O, Op>(make: impl Fn() -> Op + Send + 'static) -> OperatorFactory<I, O>
+where
+    Op: Operator<I, O> + 'static,
+{
+    Box::new(move |_| Ok(Box::new(make()) as Box<dyn Operator<I, O>>))
+}
+
+impl<T: Data> DataStream<T> {
+    /// Renames the operator that produces this stream (names appear in task names
+    /// and error messages).
+    pub fn name(self, name: &str) -> Self {
+        self.env.inner.graph.borrow_mut().set_name(self.node, name);
+        self
+    }
+
+    fn add<O: Data>(&self, name: &str, factory: OperatorFactory<T, O>) -> DataStream<O> {
+        let node = self
+            .env
+            .inner
+            .graph
+            .borrow_mut()
+            .add_operator(name, vec![(self.node, Partitioning::Forward)], factory);
+        self.env.stream(node)
+    }
+
+    pub fn map<O: Data>(&self, f: impl Fn(T) -> O + Send + Sync + 'static) -> DataStream<O> {
+        let f = Arc::new(f);
+        self.add("Map", factory(move || MapOperator(Arc::clone(&f))))
+    }
+
+    pub fn filter(&self, f: impl Fn(&T) -> bool + Send + Sync + 'static) -> DataStream<T> {
+        let f = Arc::new(f);
+        self.add("Filter", factory(move || FilterOperator(Arc::clone(&f))))
+    }
+
+    pub fn flat_map<O: Data, R: IntoIterator<Item = O> + 'static>(
+        &self,
+        f: impl Fn(T) -> R + Send + Sync + 'static,
+    ) -> DataStream<O> {
+        let f = Arc::new(f);
+        self.add("FlatMap", factory(move || FlatMapOperator(Arc::clone(&f))))
+    }
+
+    /// The records of both streams, in no particular order between them.
+    pub fn union(&self, other: &DataStream<T>) -> DataStream<T> {
+        let node = self.env.inner.graph.borrow_mut().add_operator(
+            "Union",
+            vec![(self.node, Partitioning::<T>::Forward), (other.node, Partitioning::Forward)],
+            factory(|| Identity),
+        );
+        self.env.stream(node)
+    }
+
+    /// Redistributes whole batches round-robin over the next operator's instances.
+    pub fn rebalance(&self) -> DataStream<T> {
+        let node = self.env.inner.graph.borrow_mut().add_operator(
+            "Rebalance",
+            vec![(self.node, Partitioning::<T>::Rebalance)],
+            factory(|| Identity),
+        );
+        self.env.stream(node)
+    }
+
+    /// Partitions the stream by key: all records of a key reach the same instance
+    /// of the next (keyed) operator.
+    pub fn key_by<K: StateKey>(&self, key: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<K, T> {
+        KeyedStream { stream: self.clone(), key_fn: Arc::new(key) }
+    }
+
+    /// Writes the stream to `sink`.
+    pub fn sink_to(&self, name: &str, sink: impl Sink<T>) {
+        self.env
+            .inner
+            .graph
+            .borrow_mut()
+            .add_sink(name, (self.node, Partitioning::Forward), Arc::new(sink));
+    }
+
+    /// Collects every record in memory; read the vector after the job ended.
+    pub fn collect(&self) -> Arc<Mutex<Vec<T>>> {
+        let (sink, items) = CollectSink::new();
+        self.sink_to("Sink: Collect", sink);
+        items
+    }
+
+    /// Counts the records and drops them.
+    pub fn count(&self) -> Arc<AtomicU64> {
+        let (sink, count) = CountingSink::new();
+        self.sink_to("Sink: Count", sink);
+        count
+    }
+}
+
+impl<T: Data + Display> DataStream<T> {
+    /// Prints each record to standard output.
+    pub fn print(&self) {
+        self.sink_to("Sink: Stdout", StdoutSink);
+    }
+
+    /// Writes each record as a line into part files under `dir`.
+    pub fn write_lines(&self, dir: impl AsRef<Path>) -> Result<(), ConnectorError> {
+        self.sink_to("Sink: Files", FileSink::new(dir)?);
+        Ok(())
+    }
+}
+
+/// A stream partitioned by a key of type `K`.
+pub struct KeyedStream<K, T> {
+    stream: DataStream<T>,
+    key_fn: KeyFn<T, K>,
+}
+
+impl<K: StateKey, T: Data> KeyedStream<K, T> {
+    fn partitioning(&self) -> Partitioning<T> {
+        let key_fn = Arc::clone(&self.key_fn);
+        let max_parallelism = self.stream.env.config().max_parallelism;
+        Partitioning::Hash(Arc::new(move |record: &T| key_group_of(&key_fn(record), max_parallelism)))
+    }
+
+    /// Runs `function` on every record with the state of the record's key.
+    pub fn process<O: Data>(&self, function: impl KeyedProcessFunction<K, T, O>) -> DataStream<O> {
+        let key_fn = Arc::clone(&self.key_fn);
+        let factory: OperatorFactory<T, O> = Box::new(move |subtask| {
+            let operator = KeyedProcessOperator::create::<O>(subtask, Arc::clone(&key_fn), function.clone())?;
+            Ok(Box::new(operator) as Box<dyn Operator<T, O>>)
+        });
+        let env = &self.stream.env;
+        let node = env
+            .inner
+            .graph
+            .borrow_mut()
+            .add_operator("KeyedProcess", vec![(self.stream.node, self.partitioning())], factory);
+        env.stream(node)
+    }
+
+    /// Combines the records of each key with `f` and emits the combined value after
+    /// every record.
+    pub fn reduce(&self, f: impl Fn(T, T) -> T + Send + Sync + 'static) -> DataStream<T>
+    where
+        T: StateValue,
+    {
+        let reduce = Reduce { f: Arc::new(f), handle: None };
+        self.process(reduce).name("Reduce")
+    }
+
+    /// Folds the records of each key with `function` and emits its result after
+    /// every record.
+    pub fn aggregate<Acc: StateValue, O: Data>(
+        &self,
+        function: impl AggregateFunction<T, Acc, O> + Clone,
+    ) -> DataStream<O> {
+        self.process(Aggregate { function, handle: None }).name("Aggregate")
+    }
+
+    /// Joins this keyed stream with another of the same key type: a two-input
+    /// operator sharing the key's state.
+    pub fn connect<B: Data>(&self, other: &KeyedStream<K, B>) -> ConnectedKeyedStreams<K, T, B> {
+        ConnectedKeyedStreams {
+            first: KeyedStream { stream: self.stream.clone(), key_fn: Arc::clone(&self.key_fn) },
+            second: KeyedStream { stream: other.stream.clone(), key_fn: Arc::clone(&other.key_fn) },
+        }
+    }
+}
+
+/// Two keyed streams processed together.
+pub struct ConnectedKeyedStreams<K, A, B> {
+    first: KeyedStream<K, A>,
+    second: KeyedStream<K, B>,
+}
+
+impl<K: StateKey, A: Data, B: Data> ConnectedKeyedStreams<K, A, B> {
+    pub fn process<O: Data>(&self, function: impl KeyedCoProcessFunction<K, A, B, O>) -> DataStream<O> {
+        let first_key = Arc::clone(&self.first.key_fn);
+        let second_key = Arc::clone(&self.second.key_fn);
+        let factory: TwoInputFactory<A, B, O> = Box::new(move |subtask| {
+            let operator = KeyedCoProcessOperator::create::<O>(
+                subtask,
+                Arc::clone(&first_key),
+                Arc::clone(&second_key),
+                function.clone(),
+            )?;
+            Ok(Box::new(operator) as Box<dyn flowstate_runtime::TwoInputOperator<A, B, O>>)
+        });
+        let env = &self.first.stream.env;
+        let node = env.inner.graph.borrow_mut().add_two_input(
+            "KeyedCoProcess",
+            (self.first.stream.node, self.first.partitioning()),
+            (self.second.stream.node, self.second.partitioning()),
+            factory,
+        );
+        env.stream(node)
+    }
+}
+
+struct Reduce<T> {
+    f: Arc<dyn Fn(T, T) -> T + Send + Sync>,
+    handle: Option<ReducingStateHandle<T>>,
+}
+
+impl<T> Clone for Reduce<T> {
+    fn clone(&self) -> Self {
+        Self { f: Arc::clone(&self.f), handle: self.handle.clone() }
+    }
+}
+
+impl<K: StateKey, T: StateValue> KeyedProcessFunction<K, T, T> for Reduce<T> {
+    fn open(&mut self, state: &mut dyn KeyedStateBackend<K>) -> FnResult {
+        let f = Arc::clone(&self.f);
+        let descriptor = ReducingStateDescriptor::new("reduce", move |a, b| f(a, b));
+        self.handle = Some(state.reducing_state(&descriptor)?);
+        Ok(())
+    }
+
+    #[inline]
+    fn process(&mut self, record: T, ctx: &mut KeyedContext<'_, K>, out: &mut Vec<T>) -> FnResult {
+        let handle = self.handle.as_ref().ok_or("reduce state used before open")?;
+        if let Some(value) = ctx.reducing(handle).add(record)? {
+            out.push(value.clone());
+        }
+        Ok(())
+    }
+}
+
+struct Aggregate<F, I, Acc, O> {
+    function: F,
+    handle: Option<AggregatingStateHandle<I, Acc, O>>,
+}
+
+impl<F: Clone, I, Acc, O> Clone for Aggregate<F, I, Acc, O> {
+    fn clone(&self) -> Self {
+        Self { function: self.function.clone(), handle: self.handle.clone() }
+    }
+}
+
+impl<K, I, Acc, O, F> KeyedProcessFunction<K, I, O> for Aggregate<F, I, Acc, O>
+where
+    K: StateKey,
+    I: Send + 'static,
+    Acc: StateValue,
+    O: Send + 'static,
+    F: AggregateFunction<I, Acc, O> + Clone,
+{
+    fn open(&mut self, state: &mut dyn KeyedStateBackend<K>) -> FnResult {
+        let descriptor = AggregatingStateDescriptor::new("aggregate", self.function.clone());
+        self.handle = Some(state.aggregating_state(&descriptor)?);
+        Ok(())
+    }
+
+    #[inline]
+    fn process(&mut self, record: I, ctx: &mut KeyedContext<'_, K>, out: &mut Vec<O>) -> FnResult {
+        let handle = self.handle.as_ref().ok_or("aggregate state used before open")?;
+        out.push(ctx.aggregating(handle).add(record)?);
+        Ok(())
+    }
+}
