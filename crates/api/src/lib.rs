@@ -30,6 +30,7 @@ pub use flowstate_runtime::{
     Data, ExecutionConfig, JobError, JobReport, RunningJob, Sink, SinkWriter, Source, SourcePoll,
     SourceReader, SubtaskInfo, UserError,
 };
+pub use flowstate_runtime as runtime;
 pub use flowstate_state as state;
 pub use flowstate_state::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateHandle, BackendKind,

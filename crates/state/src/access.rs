@@ -207,9 +207,10 @@ pub struct ValueState<'s, K, V> {
     key_group: KeyGroup,
 }
 
-impl<K, V> ValueState<'_, K, V> {
+impl<'s, K, V> ValueState<'s, K, V> {
+    /// The current key's value (consumes the view so the reference outlives it).
     #[inline]
-    pub fn get(&mut self) -> Result<Option<&V>, StateError> {
+    pub fn get(self) -> Result<Option<&'s V>, StateError> {
         self.table.get(self.key_group, self.key)
     }
 
@@ -226,7 +227,7 @@ impl<K, V> ValueState<'_, K, V> {
     /// Replaces the value with `f(old)` in one lookup (`None` clears it) and
     /// returns the new value.
     #[inline]
-    pub fn update(&mut self, f: impl FnOnce(Option<V>) -> Option<V>) -> Result<Option<&V>, StateError> {
+    pub fn update(self, f: impl FnOnce(Option<V>) -> Option<V>) -> Result<Option<&'s V>, StateError> {
         let mut f = Some(f);
         self.table.update(self.key_group, self.key, &mut |old| match f.take() {
             Some(f) => f(old),
@@ -242,8 +243,9 @@ pub struct ListState<'s, K, V> {
     key_group: KeyGroup,
 }
 
-impl<K, V> ListState<'_, K, V> {
-    pub fn get(&mut self) -> Result<&[V], StateError> {
+impl<'s, K, V> ListState<'s, K, V> {
+    /// The current key's list (consumes the view so the slice outlives it).
+    pub fn get(self) -> Result<&'s [V], StateError> {
         self.table.get(self.key_group, self.key)
     }
 
@@ -268,13 +270,13 @@ pub struct MapState<'s, K, UK, UV> {
     key_group: KeyGroup,
 }
 
-impl<K, UK: Hash + Eq, UV> MapState<'_, K, UK, UV> {
-    pub fn get(&mut self, user_key: &UK) -> Result<Option<&UV>, StateError> {
+impl<'s, K, UK: Hash + Eq, UV> MapState<'s, K, UK, UV> {
+    pub fn get(self, user_key: &UK) -> Result<Option<&'s UV>, StateError> {
         self.table.get(self.key_group, self.key, user_key)
     }
 
     pub fn contains(&mut self, user_key: &UK) -> Result<bool, StateError> {
-        Ok(self.get(user_key)?.is_some())
+        Ok(self.table.get(self.key_group, self.key, user_key)?.is_some())
     }
 
     pub fn put(&mut self, user_key: UK, value: UV) -> Result<(), StateError> {
@@ -311,10 +313,10 @@ pub struct ReducingState<'s, K, V> {
     key_group: KeyGroup,
 }
 
-impl<K, V> ReducingState<'_, K, V> {
+impl<'s, K, V> ReducingState<'s, K, V> {
     /// Combines `value` into the state and returns the combined value.
     #[inline]
-    pub fn add(&mut self, value: V) -> Result<Option<&V>, StateError> {
+    pub fn add(self, value: V) -> Result<Option<&'s V>, StateError> {
         let reduce = self.reduce;
         let mut value = Some(value);
         self.table.update(self.key_group, self.key, &mut |old| match (old, value.take()) {
@@ -324,7 +326,7 @@ impl<K, V> ReducingState<'_, K, V> {
         })
     }
 
-    pub fn get(&mut self) -> Result<Option<&V>, StateError> {
+    pub fn get(self) -> Result<Option<&'s V>, StateError> {
         self.table.get(self.key_group, self.key)
     }
 

@@ -1,0 +1,136 @@
+//! `keyed-count`: workload W through `key_by` into a keyed `(count, sum)`
+//! operator that emits `key,count,sum` on every update.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use flowstate::connectors::sequence::{DEFAULT_SPLITS, SequenceSource};
+use flowstate::connectors::ConnectorError;
+use flowstate::{
+    FnResult, KeyedContext, KeyedProcessFunction, KeyedStateBackend, StreamEnvironment,
+    ValueStateDescriptor, ValueStateHandle,
+};
+
+use crate::workload::{Checksum, DEFAULT_KEYS, record};
+
+/// Parameters of `keyed-count`.
+#[derive(Debug, Clone)]
+pub struct KeyedCountParams {
+    pub records: u64,
+    pub keys: u64,
+    /// Total records per second; `None` for as fast as possible.
+    pub rate_per_s: Option<u64>,
+    /// Where committed output files go; `None` counts and drops the updates.
+    pub output: Option<PathBuf>,
+    pub splits: u32,
+}
+
+impl Default for KeyedCountParams {
+    fn default() -> Self {
+        Self { records: 5_000_000, keys: DEFAULT_KEYS, rate_per_s: None, output: None, splits: DEFAULT_SPLITS }
+    }
+}
+
+/// One update of a key's state, written as `key,count,sum`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountUpdate {
+    pub key: u64,
+    pub count: u64,
+    pub sum: u64,
+}
+
+impl fmt::Display for CountUpdate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{},{},{}", self.key, self.count, self.sum)
+    }
+}
+
+/// The per-key `(count, sum)` function.
+#[derive(Clone)]
+pub struct CountAndSum {
+    state: Option<ValueStateHandle<(u64, u64)>>,
+    totals: Arc<Mutex<Checksum>>,
+}
+
+impl CountAndSum {
+    pub fn new(totals: Arc<Mutex<Checksum>>) -> Self {
+        Self { state: None, totals }
+    }
+}
+
+impl KeyedProcessFunction<u64, (u64, u64), CountUpdate> for CountAndSum {
+    fn open(&mut self, state: &mut dyn KeyedStateBackend<u64>) -> FnResult {
+        self.state = Some(state.value_state(&ValueStateDescriptor::new("count-sum"))?);
+        Ok(())
+    }
+
+    #[inline]
+    fn process(
+        &mut self,
+        (key, value): (u64, u64),
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Vec<CountUpdate>,
+    ) -> FnResult {
+        let handle = self.state.as_ref().ok_or("state used before open")?;
+        let updated = ctx.value(handle).update(|old| {
+            let (count, sum) = old.unwrap_or((0, 0));
+            Some((count + 1, sum.wrapping_add(value)))
+        })?;
+        if let Some(&(count, sum)) = updated {
+            out.push(CountUpdate { key, count, sum });
+        }
+        Ok(())
+    }
+
+    /// Folds this instance's final state into the job's checksum.
+    fn finish(&mut self, state: &mut dyn KeyedStateBackend<u64>, _out: &mut Vec<CountUpdate>) -> FnResult {
+        let handle = self.state.as_ref().ok_or("state used before open")?;
+        let mut local = Checksum::default();
+        state.for_each_value(handle, |key, &(count, sum)| local.add(*key, count, sum))?;
+        self.totals.lock().map_err(|_| "checksum lock poisoned")?.merge(&local);
+        Ok(())
+    }
+}
+
+/// What a built `keyed-count` job reports once it ends.
+pub struct KeyedCountJob {
+    pub totals: Arc<Mutex<Checksum>>,
+}
+
+impl KeyedCountJob {
+    pub fn checksum(&self) -> Checksum {
+        *self.totals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `RESULT records=N keys=K checksum=...`, the job's final line.
+    pub fn result_line(&self) -> String {
+        let c = self.checksum();
+        format!("RESULT records={} keys={} checksum={:016x}", c.records, c.keys, c.value)
+    }
+}
+
+/// Adds `keyed-count` to `env`.
+pub fn build(env: &StreamEnvironment, params: &KeyedCountParams) -> Result<KeyedCountJob, ConnectorError> {
+    if params.keys == 0 {
+        return Err(ConnectorError::Config("--keys must be at least 1".into()));
+    }
+    let keys = params.keys;
+    let mut source = SequenceSource::new(params.records, params.splits, move |i| record(i, keys))?;
+    if let Some(rate) = params.rate_per_s {
+        source = source.with_rate(rate)?;
+    }
+    let totals = Arc::new(Mutex::new(Checksum::default()));
+    let updates = env
+        .from_source("Source: W generator", source)
+        .key_by(|&(key, _): &(u64, u64)| key)
+        .process(CountAndSum::new(Arc::clone(&totals)))
+        .name("Count and sum");
+    match &params.output {
+        Some(dir) => updates.write_lines(dir)?,
+        None => {
+            updates.count();
+        }
+    }
+    Ok(KeyedCountJob { totals })
+}

@@ -1,0 +1,9 @@
+//! The built-in jobs the CLI runs, defined with the public DataStream API only.
+//!
+//! [`workload`] holds the reference definitions of workload W (record generator,
+//! checksum) that tests and benchmarks check against; [`keyed_count`] and
+//! [`wordcount`] build the jobs. Nothing here knows about the CLI.
+
+pub mod keyed_count;
+pub mod wordcount;
+pub mod workload;

@@ -1,0 +1,112 @@
+//! `wordcount`: lower-cased words split on non-alphanumeric characters, with a
+//! running count per word emitted as `word,count`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use flowstate::connectors::ConnectorError;
+use flowstate::{
+    FnResult, KeyedContext, KeyedProcessFunction, KeyedStateBackend, StreamEnvironment,
+    ValueStateDescriptor, ValueStateHandle,
+};
+
+/// Parameters of `wordcount`.
+#[derive(Debug, Clone)]
+pub struct WordcountParams {
+    pub input: PathBuf,
+    pub output: Option<PathBuf>,
+}
+
+/// The words of a line: split on every non-alphanumeric character, lower-cased.
+pub fn words(line: &str) -> impl Iterator<Item = String> + '_ {
+    line.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase)
+}
+
+/// The running count of one word, written as `word,count`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WordCount {
+    pub word: String,
+    pub count: u64,
+}
+
+impl fmt::Display for WordCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{},{}", self.word, self.count)
+    }
+}
+
+/// Totals at the end of the job.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WordTotals {
+    pub words: u64,
+    pub distinct: u64,
+}
+
+#[derive(Clone)]
+struct CountWords {
+    state: Option<ValueStateHandle<u64>>,
+    totals: Arc<Mutex<WordTotals>>,
+}
+
+impl KeyedProcessFunction<String, String, WordCount> for CountWords {
+    fn open(&mut self, state: &mut dyn KeyedStateBackend<String>) -> FnResult {
+        self.state = Some(state.value_state(&ValueStateDescriptor::new("count"))?);
+        Ok(())
+    }
+
+    fn process(&mut self, word: String, ctx: &mut KeyedContext<'_, String>, out: &mut Vec<WordCount>) -> FnResult {
+        let handle = self.state.as_ref().ok_or("state used before open")?;
+        let count = ctx.value(handle).update(|old| Some(old.unwrap_or(0) + 1))?.copied().unwrap_or(0);
+        out.push(WordCount { word, count });
+        Ok(())
+    }
+
+    fn finish(&mut self, state: &mut dyn KeyedStateBackend<String>, _out: &mut Vec<WordCount>) -> FnResult {
+        let handle = self.state.as_ref().ok_or("state used before open")?;
+        let mut local = WordTotals::default();
+        state.for_each_value(handle, |_, &count| {
+            local.words += count;
+            local.distinct += 1;
+        })?;
+        let mut totals = self.totals.lock().map_err(|_| "totals lock poisoned")?;
+        totals.words += local.words;
+        totals.distinct += local.distinct;
+        Ok(())
+    }
+}
+
+/// What a built `wordcount` job reports once it ends.
+pub struct WordcountJob {
+    pub totals: Arc<Mutex<WordTotals>>,
+}
+
+impl WordcountJob {
+    pub fn totals(&self) -> WordTotals {
+        *self.totals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn result_line(&self) -> String {
+        let t = self.totals();
+        format!("RESULT words={} distinct={}", t.words, t.distinct)
+    }
+}
+
+/// Adds `wordcount` to `env`. Fails at once if the input does not exist.
+pub fn build(env: &StreamEnvironment, params: &WordcountParams) -> Result<WordcountJob, ConnectorError> {
+    let totals = Arc::new(Mutex::new(WordTotals::default()));
+    let counts = env
+        .read_text_lines(&params.input)?
+        .flat_map(|line: String| words(&line).collect::<Vec<_>>())
+        .name("Split words")
+        .key_by(|word: &String| word.clone())
+        .process(CountWords { state: None, totals: Arc::clone(&totals) })
+        .name("Count words");
+    match &params.output {
+        Some(dir) => counts.write_lines(dir)?,
+        None => {
+            counts.count();
+        }
+    }
+    Ok(WordcountJob { totals })
+}

@@ -1,0 +1,80 @@
+//! Workload W: record `i` is `(splitmix64(i) % keys, i)`; the job keeps
+//! `(count, sum)` per key; the checksum is the wrapping sum over keys with
+//! `count > 0` of `mix3(key, count, sum)`.
+
+/// Default number of distinct keys.
+pub const DEFAULT_KEYS: u64 = 1_000_000;
+
+/// The stateless splitmix64 finaliser.
+#[inline(always)]
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Record `i` of W with `keys` distinct keys: `(key, value)`.
+#[inline(always)]
+pub fn record(i: u64, keys: u64) -> (u64, u64) {
+    (splitmix64(i) % keys, i)
+}
+
+/// One key's contribution to the checksum.
+#[inline(always)]
+pub fn mix3(key: u64, count: u64, sum: u64) -> u64 {
+    splitmix64(splitmix64(splitmix64(key) ^ count) ^ sum)
+}
+
+/// An order-independent checksum over final per-key state.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Checksum {
+    pub value: u64,
+    pub keys: u64,
+    pub records: u64,
+}
+
+impl Checksum {
+    #[inline]
+    pub fn add(&mut self, key: u64, count: u64, sum: u64) {
+        if count > 0 {
+            self.value = self.value.wrapping_add(mix3(key, count, sum));
+            self.keys += 1;
+            self.records += count;
+        }
+    }
+
+    pub fn merge(&mut self, other: &Checksum) {
+        self.value = self.value.wrapping_add(other.value);
+        self.keys += other.keys;
+        self.records += other.records;
+    }
+}
+
+/// The checksum of W computed by a plain loop (the reference).
+pub fn reference_checksum(records: u64, keys: u64) -> Checksum {
+    let mut state: rustc_hash::FxHashMap<u64, (u64, u64)> = Default::default();
+    for i in 0..records {
+        let (key, value) = record(i, keys);
+        let entry = state.entry(key).or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 = entry.1.wrapping_add(value);
+    }
+    let mut checksum = Checksum::default();
+    for (key, (count, sum)) in state {
+        checksum.add(key, count, sum);
+    }
+    checksum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_checksums_match_the_brief() {
+        let c = reference_checksum(2_000_000, DEFAULT_KEYS);
+        assert_eq!(format!("{:016x}", c.value), "f612517c561877f1");
+        assert_eq!(c.keys, 865_128);
+    }
+}
