@@ -41,8 +41,18 @@ pub trait KeyedCoProcessFunction<K: StateKey, A, B, O>: Clone + Send + 'static {
     fn open(&mut self, _state: &mut dyn KeyedStateBackend<K>) -> FnResult {
         Ok(())
     }
-    fn process_first(&mut self, record: A, ctx: &mut KeyedContext<'_, K>, out: &mut Vec<O>) -> FnResult;
-    fn process_second(&mut self, record: B, ctx: &mut KeyedContext<'_, K>, out: &mut Vec<O>) -> FnResult;
+    fn process_first(
+        &mut self,
+        record: A,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Vec<O>,
+    ) -> FnResult;
+    fn process_second(
+        &mut self,
+        record: B,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Vec<O>,
+    ) -> FnResult;
     fn finish(&mut self, _state: &mut dyn KeyedStateBackend<K>, _out: &mut Vec<O>) -> FnResult {
         Ok(())
     }
@@ -51,7 +61,11 @@ pub trait KeyedCoProcessFunction<K: StateKey, A, B, O>: Clone + Send + 'static {
 pub(crate) type KeyFn<T, K> = Arc<dyn Fn(&T) -> K + Send + Sync>;
 
 fn open_backend<K: StateKey>(subtask: &SubtaskInfo) -> Box<dyn KeyedStateBackend<K>> {
-    create_keyed_backend::<K>(subtask.state_backend, subtask.key_group_range(), subtask.max_parallelism)
+    create_keyed_backend::<K>(
+        subtask.state_backend,
+        subtask.key_group_range(),
+        subtask.max_parallelism,
+    )
 }
 
 /// Runs a [`KeyedProcessFunction`].
@@ -63,13 +77,22 @@ pub(crate) struct KeyedProcessOperator<K: StateKey, I, F> {
 }
 
 impl<K: StateKey, I, F> KeyedProcessOperator<K, I, F> {
-    pub(crate) fn create<O>(subtask: &SubtaskInfo, key_fn: KeyFn<I, K>, mut function: F) -> Result<Self, UserError>
+    pub(crate) fn create<O>(
+        subtask: &SubtaskInfo,
+        key_fn: KeyFn<I, K>,
+        mut function: F,
+    ) -> Result<Self, UserError>
     where
         F: KeyedProcessFunction<K, I, O>,
     {
         let mut backend = open_backend::<K>(subtask);
         function.open(backend.as_mut())?;
-        Ok(Self { key_fn, backend, function, max_parallelism: subtask.max_parallelism })
+        Ok(Self {
+            key_fn,
+            backend,
+            function,
+            max_parallelism: subtask.max_parallelism,
+        })
     }
 }
 
@@ -116,7 +139,13 @@ impl<K: StateKey, A, B, F> KeyedCoProcessOperator<K, A, B, F> {
     {
         let mut backend = open_backend::<K>(subtask);
         function.open(backend.as_mut())?;
-        Ok(Self { first_key, second_key, backend, function, max_parallelism: subtask.max_parallelism })
+        Ok(Self {
+            first_key,
+            second_key,
+            backend,
+            function,
+            max_parallelism: subtask.max_parallelism,
+        })
     }
 }
 

@@ -26,11 +26,11 @@ pub use keyed::{FnResult, KeyedCoProcessFunction, KeyedContext, KeyedProcessFunc
 pub use stream::{ConnectedKeyedStreams, DataStream, KeyedStream, StreamEnvironment};
 
 pub use flowstate_connectors as connectors;
+pub use flowstate_runtime as runtime;
 pub use flowstate_runtime::{
     Data, ExecutionConfig, JobError, JobReport, RunningJob, Sink, SinkWriter, Source, SourcePoll,
     SourceReader, SubtaskInfo, UserError,
 };
-pub use flowstate_runtime as runtime;
 pub use flowstate_state as state;
 pub use flowstate_state::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateHandle, BackendKind,

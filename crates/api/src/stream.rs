@@ -10,7 +10,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use flowstate_connectors::{
-    CollectSink, CollectionSource, ConnectorError, CountingSink, FileSink, StdoutSink, TextLinesSource,
+    CollectSink, CollectionSource, ConnectorError, CountingSink, FileSink, StdoutSink,
+    TextLinesSource,
 };
 use flowstate_runtime::graph::{OperatorFactory, TwoInputFactory};
 use flowstate_runtime::{
@@ -23,8 +24,8 @@ use flowstate_state::{
 };
 
 use crate::keyed::{
-    FnResult, KeyFn, KeyedCoProcessFunction, KeyedCoProcessOperator, KeyedContext, KeyedProcessFunction,
-    KeyedProcessOperator,
+    FnResult, KeyFn, KeyedCoProcessFunction, KeyedCoProcessOperator, KeyedContext,
+    KeyedProcessFunction, KeyedProcessOperator,
 };
 
 struct EnvInner {
@@ -40,7 +41,12 @@ pub struct StreamEnvironment {
 
 impl StreamEnvironment {
     pub fn new(config: ExecutionConfig) -> Self {
-        Self { inner: Rc::new(EnvInner { graph: RefCell::new(JobGraph::new()), config }) }
+        Self {
+            inner: Rc::new(EnvInner {
+                graph: RefCell::new(JobGraph::new()),
+                config,
+            }),
+        }
     }
 
     pub fn config(&self) -> &ExecutionConfig {
@@ -48,12 +54,20 @@ impl StreamEnvironment {
     }
 
     fn stream<T>(&self, node: NodeId) -> DataStream<T> {
-        DataStream { env: self.clone(), node, _type: PhantomData }
+        DataStream {
+            env: self.clone(),
+            node,
+            _type: PhantomData,
+        }
     }
 
     /// A stream read from `source`.
     pub fn from_source<T: Data>(&self, name: &str, source: impl Source<T>) -> DataStream<T> {
-        let node = self.inner.graph.borrow_mut().add_source(name, Arc::new(source));
+        let node = self
+            .inner
+            .graph
+            .borrow_mut()
+            .add_source(name, Arc::new(source));
         self.stream(node)
     }
 
@@ -63,7 +77,10 @@ impl StreamEnvironment {
     }
 
     /// The lines of a text file or of the files of a directory.
-    pub fn read_text_lines(&self, path: impl AsRef<Path>) -> Result<DataStream<String>, ConnectorError> {
+    pub fn read_text_lines(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> Result<DataStream<String>, ConnectorError> {
         let source = TextLinesSource::new(path)?;
         Ok(self.from_source("Source: Text files", source))
     }
@@ -97,7 +114,11 @@ pub struct DataStream<T> {
 
 impl<T> Clone for DataStream<T> {
     fn clone(&self) -> Self {
-        Self { env: self.env.clone(), node: self.node, _type: PhantomData }
+        Self {
+            env: self.env.clone(),
+            node: self.node,
+            _type: PhantomData,
+        }
     }
 }
 
@@ -165,12 +186,11 @@ impl<T: Data> DataStream<T> {
     }
 
     fn add<O: Data>(&self, name: &str, factory: OperatorFactory<T, O>) -> DataStream<O> {
-        let node = self
-            .env
-            .inner
-            .graph
-            .borrow_mut()
-            .add_operator(name, vec![(self.node, Partitioning::Forward)], factory);
+        let node = self.env.inner.graph.borrow_mut().add_operator(
+            name,
+            vec![(self.node, Partitioning::Forward)],
+            factory,
+        );
         self.env.stream(node)
     }
 
@@ -196,7 +216,10 @@ impl<T: Data> DataStream<T> {
     pub fn union(&self, other: &DataStream<T>) -> DataStream<T> {
         let node = self.env.inner.graph.borrow_mut().add_operator(
             "Union",
-            vec![(self.node, Partitioning::<T>::Forward), (other.node, Partitioning::Forward)],
+            vec![
+                (self.node, Partitioning::<T>::Forward),
+                (other.node, Partitioning::Forward),
+            ],
             factory(|| Identity),
         );
         self.env.stream(node)
@@ -214,17 +237,23 @@ impl<T: Data> DataStream<T> {
 
     /// Partitions the stream by key: all records of a key reach the same instance
     /// of the next (keyed) operator.
-    pub fn key_by<K: StateKey>(&self, key: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<K, T> {
-        KeyedStream { stream: self.clone(), key_fn: Arc::new(key) }
+    pub fn key_by<K: StateKey>(
+        &self,
+        key: impl Fn(&T) -> K + Send + Sync + 'static,
+    ) -> KeyedStream<K, T> {
+        KeyedStream {
+            stream: self.clone(),
+            key_fn: Arc::new(key),
+        }
     }
 
     /// Writes the stream to `sink`.
     pub fn sink_to(&self, name: &str, sink: impl Sink<T>) {
-        self.env
-            .inner
-            .graph
-            .borrow_mut()
-            .add_sink(name, (self.node, Partitioning::Forward), Arc::new(sink));
+        self.env.inner.graph.borrow_mut().add_sink(
+            name,
+            (self.node, Partitioning::Forward),
+            Arc::new(sink),
+        );
     }
 
     /// Collects every record in memory; read the vector after the job ended.
@@ -265,22 +294,25 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
     fn partitioning(&self) -> Partitioning<T> {
         let key_fn = Arc::clone(&self.key_fn);
         let max_parallelism = self.stream.env.config().max_parallelism;
-        Partitioning::Hash(Arc::new(move |record: &T| key_group_of(&key_fn(record), max_parallelism)))
+        Partitioning::Hash(Arc::new(move |record: &T| {
+            key_group_of(&key_fn(record), max_parallelism)
+        }))
     }
 
     /// Runs `function` on every record with the state of the record's key.
     pub fn process<O: Data>(&self, function: impl KeyedProcessFunction<K, T, O>) -> DataStream<O> {
         let key_fn = Arc::clone(&self.key_fn);
         let factory: OperatorFactory<T, O> = Box::new(move |subtask| {
-            let operator = KeyedProcessOperator::create::<O>(subtask, Arc::clone(&key_fn), function.clone())?;
+            let operator =
+                KeyedProcessOperator::create::<O>(subtask, Arc::clone(&key_fn), function.clone())?;
             Ok(Box::new(operator) as Box<dyn Operator<T, O>>)
         });
         let env = &self.stream.env;
-        let node = env
-            .inner
-            .graph
-            .borrow_mut()
-            .add_operator("KeyedProcess", vec![(self.stream.node, self.partitioning())], factory);
+        let node = env.inner.graph.borrow_mut().add_operator(
+            "KeyedProcess",
+            vec![(self.stream.node, self.partitioning())],
+            factory,
+        );
         env.stream(node)
     }
 
@@ -290,7 +322,10 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
     where
         T: StateValue,
     {
-        let reduce = Reduce { f: Arc::new(f), handle: None };
+        let reduce = Reduce {
+            f: Arc::new(f),
+            handle: None,
+        };
         self.process(reduce).name("Reduce")
     }
 
@@ -300,15 +335,25 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
         &self,
         function: impl AggregateFunction<T, Acc, O> + Clone,
     ) -> DataStream<O> {
-        self.process(Aggregate { function, handle: None }).name("Aggregate")
+        self.process(Aggregate {
+            function,
+            handle: None,
+        })
+        .name("Aggregate")
     }
 
     /// Joins this keyed stream with another of the same key type: a two-input
     /// operator sharing the key's state.
     pub fn connect<B: Data>(&self, other: &KeyedStream<K, B>) -> ConnectedKeyedStreams<K, T, B> {
         ConnectedKeyedStreams {
-            first: KeyedStream { stream: self.stream.clone(), key_fn: Arc::clone(&self.key_fn) },
-            second: KeyedStream { stream: other.stream.clone(), key_fn: Arc::clone(&other.key_fn) },
+            first: KeyedStream {
+                stream: self.stream.clone(),
+                key_fn: Arc::clone(&self.key_fn),
+            },
+            second: KeyedStream {
+                stream: other.stream.clone(),
+                key_fn: Arc::clone(&other.key_fn),
+            },
         }
     }
 }
@@ -320,7 +365,10 @@ pub struct ConnectedKeyedStreams<K, A, B> {
 }
 
 impl<K: StateKey, A: Data, B: Data> ConnectedKeyedStreams<K, A, B> {
-    pub fn process<O: Data>(&self, function: impl KeyedCoProcessFunction<K, A, B, O>) -> DataStream<O> {
+    pub fn process<O: Data>(
+        &self,
+        function: impl KeyedCoProcessFunction<K, A, B, O>,
+    ) -> DataStream<O> {
         let first_key = Arc::clone(&self.first.key_fn);
         let second_key = Arc::clone(&self.second.key_fn);
         let factory: TwoInputFactory<A, B, O> = Box::new(move |subtask| {
@@ -350,7 +398,10 @@ struct Reduce<T> {
 
 impl<T> Clone for Reduce<T> {
     fn clone(&self) -> Self {
-        Self { f: Arc::clone(&self.f), handle: self.handle.clone() }
+        Self {
+            f: Arc::clone(&self.f),
+            handle: self.handle.clone(),
+        }
     }
 }
 
@@ -364,7 +415,10 @@ impl<K: StateKey, T: StateValue> KeyedProcessFunction<K, T, T> for Reduce<T> {
 
     #[inline]
     fn process(&mut self, record: T, ctx: &mut KeyedContext<'_, K>, out: &mut Vec<T>) -> FnResult {
-        let handle = self.handle.as_ref().ok_or("reduce state used before open")?;
+        let handle = self
+            .handle
+            .as_ref()
+            .ok_or("reduce state used before open")?;
         if let Some(value) = ctx.reducing(handle).add(record)? {
             out.push(value.clone());
         }
@@ -379,7 +433,10 @@ struct Aggregate<F, I, Acc, O> {
 
 impl<F: Clone, I, Acc, O> Clone for Aggregate<F, I, Acc, O> {
     fn clone(&self) -> Self {
-        Self { function: self.function.clone(), handle: self.handle.clone() }
+        Self {
+            function: self.function.clone(),
+            handle: self.handle.clone(),
+        }
     }
 }
 
@@ -399,7 +456,10 @@ where
 
     #[inline]
     fn process(&mut self, record: I, ctx: &mut KeyedContext<'_, K>, out: &mut Vec<O>) -> FnResult {
-        let handle = self.handle.as_ref().ok_or("aggregate state used before open")?;
+        let handle = self
+            .handle
+            .as_ref()
+            .ok_or("aggregate state used before open")?;
         out.push(ctx.aggregating(handle).add(record)?);
         Ok(())
     }

@@ -16,7 +16,11 @@ use flowstate::{ExecutionConfig, StreamEnvironment};
 use flowstate_jobs::{keyed_count, wordcount};
 
 #[derive(Parser)]
-#[command(name = "flowstate", version, about = "A stateful stream processor with consistent snapshots")]
+#[command(
+    name = "flowstate",
+    version,
+    about = "A stateful stream processor with consistent snapshots"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,8 +85,12 @@ struct RuntimeArgs {
 
 impl RuntimeArgs {
     fn config(&self) -> Result<ExecutionConfig> {
-        let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-        let parallelism = self.parallelism.unwrap_or_else(|| cpus.min(self.max_parallelism));
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        let parallelism = self
+            .parallelism
+            .unwrap_or_else(|| cpus.min(self.max_parallelism));
         let config = ExecutionConfig {
             max_parallelism: self.max_parallelism,
             ..ExecutionConfig::with_parallelism(parallelism)
@@ -94,10 +102,18 @@ impl RuntimeArgs {
 
 fn run_job(env: &StreamEnvironment, label: &str) -> Result<()> {
     let job = env.start()?;
-    let reporter = progress::Reporter::start(label, std::sync::Arc::clone(job.metrics()), std::io::stderr().is_terminal());
+    let reporter = progress::Reporter::start(
+        label,
+        std::sync::Arc::clone(job.metrics()),
+        std::io::stderr().is_terminal(),
+    );
     let outcome = job.join();
     let report = reporter.finish();
-    let report_line = format!("{} records in {:.2}s", report.records, report.elapsed.as_secs_f64());
+    let report_line = format!(
+        "{} records in {:.2}s",
+        report.records,
+        report.elapsed.as_secs_f64()
+    );
     let job_report = outcome.with_context(|| format!("job {label} failed after {report_line}"))?;
     tracing::info!(
         records_in = job_report.records_in,
@@ -111,7 +127,9 @@ fn run_job(env: &StreamEnvironment, label: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { job: Job::KeyedCount(args) } => {
+        Command::Run {
+            job: Job::KeyedCount(args),
+        } => {
             if args.keys == 0 {
                 bail!("--keys must be at least 1");
             }
@@ -130,9 +148,14 @@ fn run(cli: Cli) -> Result<()> {
             run_job(&env, "keyed-count")?;
             println!("{}", job.result_line());
         }
-        Command::Run { job: Job::Wordcount(args) } => {
+        Command::Run {
+            job: Job::Wordcount(args),
+        } => {
             let env = StreamEnvironment::new(args.runtime.config()?);
-            let params = wordcount::WordcountParams { input: args.input, output: args.output };
+            let params = wordcount::WordcountParams {
+                input: args.input,
+                output: args.output,
+            };
             let job = wordcount::build(&env, &params)?;
             run_job(&env, "wordcount")?;
             println!("{}", job.result_line());

@@ -28,7 +28,11 @@ pub struct Summary {
 }
 
 fn line(records: u64, rate: f64, elapsed: Duration) -> String {
-    format!("{records} records in, {:.0} records/s, {:.1}s elapsed", rate, elapsed.as_secs_f64())
+    format!(
+        "{records} records in, {:.0} records/s, {:.1}s elapsed",
+        rate,
+        elapsed.as_secs_f64()
+    )
 }
 
 impl Reporter {
@@ -42,20 +46,24 @@ impl Reporter {
             .spawn(move || {
                 let bar = terminal.then(|| {
                     let bar = ProgressBar::new_spinner();
-                    bar.set_style(ProgressStyle::with_template("{spinner} {prefix}: {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                    bar.set_style(
+                        ProgressStyle::with_template("{spinner} {prefix}: {msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
                     bar.set_prefix(label.clone());
                     bar
                 });
-                let interval = if terminal { TERMINAL_REFRESH } else { LOG_INTERVAL };
+                let interval = if terminal {
+                    TERMINAL_REFRESH
+                } else {
+                    LOG_INTERVAL
+                };
                 let (mut last_records, mut last_at) = (0u64, Instant::now());
-                loop {
-                    match stopped.recv_timeout(interval) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        _ => break,
-                    }
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     let records = thread_metrics.records_in();
                     let now = Instant::now();
-                    let rate = (records - last_records) as f64 / now.duration_since(last_at).as_secs_f64().max(1e-9);
+                    let rate = (records - last_records) as f64
+                        / now.duration_since(last_at).as_secs_f64().max(1e-9);
                     (last_records, last_at) = (records, now);
                     let text = line(records, rate, started.elapsed());
                     match &bar {
@@ -71,7 +79,12 @@ impl Reporter {
                 }
             })
             .ok();
-        Self { stop, thread, metrics, started }
+        Self {
+            stop,
+            thread,
+            metrics,
+            started,
+        }
     }
 
     pub fn finish(mut self) -> Summary {
@@ -79,6 +92,9 @@ impl Reporter {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        Summary { records: self.metrics.records_in(), elapsed: self.started.elapsed() }
+        Summary {
+            records: self.metrics.records_in(),
+            elapsed: self.started.elapsed(),
+        }
     }
 }

@@ -12,7 +12,9 @@ pub struct CollectionSource<T> {
 
 impl<T: Data + Sync> CollectionSource<T> {
     pub fn new(items: Vec<T>) -> Self {
-        Self { items: Arc::new(items) }
+        Self {
+            items: Arc::new(items),
+        }
     }
 }
 
@@ -33,12 +35,19 @@ struct CollectionReader<T> {
 }
 
 impl<T: Data + Sync> SourceReader<T> for CollectionReader<T> {
-    fn poll(&mut self, out: &mut Vec<T>, max: usize, _now: Instant) -> Result<SourcePoll, UserError> {
+    fn poll(
+        &mut self,
+        out: &mut Vec<T>,
+        max: usize,
+        _now: Instant,
+    ) -> Result<SourcePoll, UserError> {
         if self.next >= self.items.len() {
             return Ok(SourcePoll::Finished);
         }
         for _ in 0..max {
-            let Some(item) = self.items.get(self.next) else { break };
+            let Some(item) = self.items.get(self.next) else {
+                break;
+            };
             out.push(item.clone());
             self.next += self.stride;
         }

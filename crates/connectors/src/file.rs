@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use flowstate_runtime::{Data, Sink, SinkWriter, Source, SourcePoll, SourceReader, SubtaskInfo, UserError};
+use flowstate_runtime::{
+    Data, Sink, SinkWriter, Source, SourcePoll, SourceReader, SubtaskInfo, UserError,
+};
 
 use crate::ConnectorError;
 
@@ -36,14 +38,25 @@ impl TextLinesSource {
         let path = path.as_ref();
         let shown = path.display().to_string();
         let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => ConnectorError::MissingInput { path: shown.clone() },
-            _ => ConnectorError::Read { path: shown.clone(), source },
+            std::io::ErrorKind::NotFound => ConnectorError::MissingInput {
+                path: shown.clone(),
+            },
+            _ => ConnectorError::Read {
+                path: shown.clone(),
+                source,
+            },
         })?;
         let files = if meta.is_dir() {
             let mut files = Vec::new();
-            let entries = std::fs::read_dir(path).map_err(|source| ConnectorError::Read { path: shown.clone(), source })?;
+            let entries = std::fs::read_dir(path).map_err(|source| ConnectorError::Read {
+                path: shown.clone(),
+                source,
+            })?;
             for entry in entries {
-                let entry = entry.map_err(|source| ConnectorError::Read { path: shown.clone(), source })?;
+                let entry = entry.map_err(|source| ConnectorError::Read {
+                    path: shown.clone(),
+                    source,
+                })?;
                 let hidden = entry.file_name().to_string_lossy().starts_with('.');
                 let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
                 if is_file && !hidden {
@@ -55,7 +68,9 @@ impl TextLinesSource {
         } else {
             vec![path.to_path_buf()]
         };
-        Ok(Self { files: Arc::new(files) })
+        Ok(Self {
+            files: Arc::new(files),
+        })
     }
 
     pub fn files(&self) -> &[PathBuf] {
@@ -64,7 +79,10 @@ impl TextLinesSource {
 }
 
 impl Source<String> for TextLinesSource {
-    fn create_reader(&self, subtask: &SubtaskInfo) -> Result<Box<dyn SourceReader<String>>, UserError> {
+    fn create_reader(
+        &self,
+        subtask: &SubtaskInfo,
+    ) -> Result<Box<dyn SourceReader<String>>, UserError> {
         let mine = self
             .files
             .iter()
@@ -72,7 +90,12 @@ impl Source<String> for TextLinesSource {
             .filter(|(i, _)| *i as u32 % subtask.parallelism == subtask.index)
             .map(|(_, f)| f.clone())
             .collect();
-        Ok(Box::new(TextLinesReader { files: mine, next_file: 0, open: None, line_buf: Vec::new() }))
+        Ok(Box::new(TextLinesReader {
+            files: mine,
+            next_file: 0,
+            open: None,
+            line_buf: Vec::new(),
+        }))
     }
 }
 
@@ -90,15 +113,27 @@ struct TextLinesReader {
 }
 
 impl SourceReader<String> for TextLinesReader {
-    fn poll(&mut self, out: &mut Vec<String>, max: usize, _now: Instant) -> Result<SourcePoll, UserError> {
+    fn poll(
+        &mut self,
+        out: &mut Vec<String>,
+        max: usize,
+        _now: Instant,
+    ) -> Result<SourcePoll, UserError> {
         if self.open.is_none() {
             let Some(path) = self.files.get(self.next_file) else {
                 return Ok(SourcePoll::Finished);
             };
             self.next_file += 1;
             let shown = path.display().to_string();
-            let file = File::open(path).map_err(|source| ConnectorError::Read { path: shown.clone(), source })?;
-            self.open = Some(OpenFile { path: shown, reader: BufReader::with_capacity(1 << 16, file), line: 0 });
+            let file = File::open(path).map_err(|source| ConnectorError::Read {
+                path: shown.clone(),
+                source,
+            })?;
+            self.open = Some(OpenFile {
+                path: shown,
+                reader: BufReader::with_capacity(1 << 16, file),
+                line: 0,
+            });
         }
         let Some(open) = self.open.as_mut() else {
             return Ok(SourcePoll::Ready);
@@ -107,7 +142,10 @@ impl SourceReader<String> for TextLinesReader {
             self.line_buf.clear();
             let n = std::io::Read::take(&mut open.reader, MAX_LINE_BYTES as u64 + 1)
                 .read_until(b'\n', &mut self.line_buf)
-                .map_err(|source| ConnectorError::Read { path: open.path.clone(), source })?;
+                .map_err(|source| ConnectorError::Read {
+                    path: open.path.clone(),
+                    source,
+                })?;
             if n == 0 {
                 self.open = None;
                 break;
@@ -156,10 +194,19 @@ impl FileSink {
     /// Creates `dir` if needed.
     pub fn new(dir: impl AsRef<Path>) -> Result<Self, ConnectorError> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir)
-            .map_err(|source| ConnectorError::Write { path: dir.display().to_string(), source })?;
-        let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-        Ok(Self { dir, run: format!("{millis:013x}-{:08x}", std::process::id()), part_bytes_max: DEFAULT_PART_BYTES_MAX })
+        std::fs::create_dir_all(&dir).map_err(|source| ConnectorError::Write {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        Ok(Self {
+            dir,
+            run: format!("{millis:013x}-{:08x}", std::process::id()),
+            part_bytes_max: DEFAULT_PART_BYTES_MAX,
+        })
     }
 
     pub fn with_part_bytes_max(mut self, bytes: u64) -> Self {
@@ -201,7 +248,10 @@ struct FileWriter {
 }
 
 fn write_error(path: &Path, source: std::io::Error) -> ConnectorError {
-    ConnectorError::Write { path: path.display().to_string(), source }
+    ConnectorError::Write {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 impl FileWriter {
@@ -212,7 +262,12 @@ impl FileWriter {
             let hidden = self.dir.join(format!(".{name}.inprogress"));
             let visible = self.dir.join(name);
             let file = File::create(&hidden).map_err(|e| write_error(&hidden, e))?;
-            self.current = Some(InProgress { hidden, visible, out: BufWriter::with_capacity(1 << 20, file), bytes: 0 });
+            self.current = Some(InProgress {
+                hidden,
+                visible,
+                out: BufWriter::with_capacity(1 << 20, file),
+                bytes: 0,
+            });
         }
         match self.current.as_mut() {
             Some(part) => Ok(part),
@@ -223,7 +278,10 @@ impl FileWriter {
     fn close_part(&mut self) -> Result<(), ConnectorError> {
         if let Some(mut part) = self.current.take() {
             part.out.flush().map_err(|e| write_error(&part.hidden, e))?;
-            part.out.get_ref().sync_all().map_err(|e| write_error(&part.hidden, e))?;
+            part.out
+                .get_ref()
+                .sync_all()
+                .map_err(|e| write_error(&part.hidden, e))?;
             self.pending.push((part.hidden, part.visible));
         }
         Ok(())
@@ -247,7 +305,9 @@ impl<T: Data + Display> SinkWriter<T> for FileWriter {
             let max = self.part_bytes_max;
             let line = std::mem::take(&mut self.line);
             let part = self.open_part()?;
-            part.out.write_all(line.as_bytes()).map_err(|e| write_error(&part.hidden, e))?;
+            part.out
+                .write_all(line.as_bytes())
+                .map_err(|e| write_error(&part.hidden, e))?;
             part.bytes += line.len() as u64;
             let full = part.bytes >= max;
             self.line = line;
@@ -270,7 +330,13 @@ mod tests {
     use super::*;
 
     fn info() -> SubtaskInfo {
-        SubtaskInfo { operator: "t".into(), index: 0, parallelism: 1, max_parallelism: 128, state_backend: Default::default() }
+        SubtaskInfo {
+            operator: "t".into(),
+            index: 0,
+            parallelism: 1,
+            max_parallelism: 128,
+            state_backend: Default::default(),
+        }
     }
 
     fn read_all(source: &TextLinesSource) -> Result<Vec<String>, UserError> {
@@ -292,8 +358,13 @@ mod tests {
 
     #[test]
     fn missing_input_names_the_path() {
-        let err = TextLinesSource::new("/no/such/dir/input.txt").err().unwrap();
-        assert_eq!(err.to_string(), "input path '/no/such/dir/input.txt' does not exist");
+        let err = TextLinesSource::new("/no/such/dir/input.txt")
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "input path '/no/such/dir/input.txt' does not exist"
+        );
     }
 
     #[test]
@@ -303,7 +374,13 @@ mod tests {
         std::fs::write(&path, b"fine\nalso fine\nbro\xffken\n").unwrap();
         let source = TextLinesSource::new(&path).unwrap();
         let err = read_all(&source).unwrap_err().to_string();
-        assert_eq!(err, format!("'{}' line 3: not valid UTF-8 (byte 3 of the line)", path.display()));
+        assert_eq!(
+            err,
+            format!(
+                "'{}' line 3: not valid UTF-8 (byte 3 of the line)",
+                path.display()
+            )
+        );
     }
 
     #[test]
@@ -311,7 +388,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sink = FileSink::new(dir.path()).unwrap().with_part_bytes_max(10);
         let mut writer = Sink::<u32>::create_writer(&sink, &info()).unwrap();
-        writer.write_batch(&mut vec![1u32, 22, 333, 4444, 55555]).unwrap();
+        writer
+            .write_batch(&mut vec![1u32, 22, 333, 4444, 55555])
+            .unwrap();
         let visible = |d: &Path| {
             let mut v: Vec<String> = std::fs::read_dir(d)
                 .unwrap()
@@ -321,11 +400,17 @@ mod tests {
             v.sort();
             v
         };
-        assert!(visible(dir.path()).is_empty(), "nothing is visible before finish");
+        assert!(
+            visible(dir.path()).is_empty(),
+            "nothing is visible before finish"
+        );
         writer.finish().unwrap();
         let names = visible(dir.path());
         assert_eq!(names.len(), 2);
-        let text: String = names.iter().map(|n| std::fs::read_to_string(dir.path().join(n)).unwrap()).collect();
+        let text: String = names
+            .iter()
+            .map(|n| std::fs::read_to_string(dir.path().join(n)).unwrap())
+            .collect();
         assert_eq!(text, "1\n22\n333\n4444\n55555\n");
     }
 }

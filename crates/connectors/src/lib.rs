@@ -27,7 +27,11 @@ pub enum ConnectorError {
         source: std::io::Error,
     },
     #[error("'{path}' line {line}: not valid UTF-8 (byte {byte_offset} of the line)")]
-    InvalidUtf8 { path: String, line: u64, byte_offset: usize },
+    InvalidUtf8 {
+        path: String,
+        line: u64,
+        byte_offset: usize,
+    },
     #[error("cannot write '{path}': {source}")]
     Write {
         path: String,

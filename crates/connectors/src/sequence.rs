@@ -38,15 +38,24 @@ impl<T: Data> SequenceSource<T> {
         make: impl Fn(u64) -> T + Send + Sync + 'static,
     ) -> Result<Self, ConnectorError> {
         if splits == 0 {
-            return Err(ConnectorError::Config("a sequence needs at least one split".into()));
+            return Err(ConnectorError::Config(
+                "a sequence needs at least one split".into(),
+            ));
         }
-        Ok(Self { records, splits, rate_per_s: None, make: Arc::new(make) })
+        Ok(Self {
+            records,
+            splits,
+            rate_per_s: None,
+            make: Arc::new(make),
+        })
     }
 
     /// Throttles all instances together to `rate_per_s` records per second.
     pub fn with_rate(mut self, rate_per_s: u64) -> Result<Self, ConnectorError> {
         if rate_per_s == 0 {
-            return Err(ConnectorError::Config("rate must be at least 1 record/s".into()));
+            return Err(ConnectorError::Config(
+                "rate must be at least 1 record/s".into(),
+            ));
         }
         self.rate_per_s = Some(rate_per_s);
         Ok(self)
@@ -58,7 +67,11 @@ impl<T: Data> SequenceSource<T> {
         let s = u128::from(self.splits);
         let start = (n * u128::from(split) / s) as u64;
         let end = (n * (u128::from(split) + 1) / s) as u64;
-        SplitPosition { split, next: start, end }
+        SplitPosition {
+            split,
+            next: start,
+            end,
+        }
     }
 }
 
@@ -92,8 +105,15 @@ struct SequenceReader<T> {
 }
 
 impl<T: Data> SourceReader<T> for SequenceReader<T> {
-    fn poll(&mut self, out: &mut Vec<T>, max: usize, now: Instant) -> Result<SourcePoll, UserError> {
-        while self.current < self.splits.len() && self.splits[self.current].next >= self.splits[self.current].end {
+    fn poll(
+        &mut self,
+        out: &mut Vec<T>,
+        max: usize,
+        now: Instant,
+    ) -> Result<SourcePoll, UserError> {
+        while self.current < self.splits.len()
+            && self.splits[self.current].next >= self.splits[self.current].end
+        {
             self.current += 1;
         }
         let Some(split) = self.splits.get_mut(self.current) else {
@@ -104,7 +124,8 @@ impl<T: Data> SourceReader<T> for SequenceReader<T> {
             let started = *self.started.get_or_insert(now);
             let allowed = (now.duration_since(started).as_secs_f64() * rate as f64) as u64 + 1;
             if allowed <= self.emitted {
-                let due = started + Duration::from_secs_f64((self.emitted + 1) as f64 / rate as f64);
+                let due =
+                    started + Duration::from_secs_f64((self.emitted + 1) as f64 / rate as f64);
                 return Ok(SourcePoll::Pending { wake_at: Some(due) });
             }
             budget = budget.min(allowed - self.emitted);
@@ -147,7 +168,11 @@ mod tests {
                 }
             }
             all.sort_unstable();
-            assert_eq!(all, (0..10_007).collect::<Vec<u64>>(), "parallelism {parallelism}");
+            assert_eq!(
+                all,
+                (0..10_007).collect::<Vec<u64>>(),
+                "parallelism {parallelism}"
+            );
         }
     }
 }

@@ -16,13 +16,21 @@ impl<T> CollectSink<T> {
     /// The sink and the handle that reads what it collected.
     pub fn new() -> (Self, Arc<Mutex<Vec<T>>>) {
         let items = Arc::new(Mutex::new(Vec::new()));
-        (Self { items: Arc::clone(&items) }, items)
+        (
+            Self {
+                items: Arc::clone(&items),
+            },
+            items,
+        )
     }
 }
 
 impl<T: Data> Sink<T> for CollectSink<T> {
     fn create_writer(&self, _subtask: &SubtaskInfo) -> Result<Box<dyn SinkWriter<T>>, UserError> {
-        Ok(Box::new(CollectWriter { items: Arc::clone(&self.items), local: Vec::new() }))
+        Ok(Box::new(CollectWriter {
+            items: Arc::clone(&self.items),
+            local: Vec::new(),
+        }))
     }
 }
 
@@ -38,7 +46,10 @@ impl<T: Data> SinkWriter<T> for CollectWriter<T> {
     }
 
     fn finish(&mut self) -> Result<(), UserError> {
-        let mut items = self.items.lock().map_err(|_| "collect sink lock poisoned")?;
+        let mut items = self
+            .items
+            .lock()
+            .map_err(|_| "collect sink lock poisoned")?;
         items.append(&mut self.local);
         Ok(())
     }
@@ -52,13 +63,20 @@ pub struct CountingSink {
 impl CountingSink {
     pub fn new() -> (Self, Arc<AtomicU64>) {
         let count = Arc::new(AtomicU64::new(0));
-        (Self { count: Arc::clone(&count) }, count)
+        (
+            Self {
+                count: Arc::clone(&count),
+            },
+            count,
+        )
     }
 }
 
 impl<T: Data> Sink<T> for CountingSink {
     fn create_writer(&self, _subtask: &SubtaskInfo) -> Result<Box<dyn SinkWriter<T>>, UserError> {
-        Ok(Box::new(CountingWriter { count: Arc::clone(&self.count) }))
+        Ok(Box::new(CountingWriter {
+            count: Arc::clone(&self.count),
+        }))
     }
 }
 

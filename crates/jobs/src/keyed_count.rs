@@ -5,8 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use flowstate::connectors::sequence::{DEFAULT_SPLITS, SequenceSource};
 use flowstate::connectors::ConnectorError;
+use flowstate::connectors::sequence::{DEFAULT_SPLITS, SequenceSource};
 use flowstate::{
     FnResult, KeyedContext, KeyedProcessFunction, KeyedStateBackend, StreamEnvironment,
     ValueStateDescriptor, ValueStateHandle,
@@ -28,7 +28,13 @@ pub struct KeyedCountParams {
 
 impl Default for KeyedCountParams {
     fn default() -> Self {
-        Self { records: 5_000_000, keys: DEFAULT_KEYS, rate_per_s: None, output: None, splits: DEFAULT_SPLITS }
+        Self {
+            records: 5_000_000,
+            keys: DEFAULT_KEYS,
+            rate_per_s: None,
+            output: None,
+            splits: DEFAULT_SPLITS,
+        }
     }
 }
 
@@ -55,7 +61,10 @@ pub struct CountAndSum {
 
 impl CountAndSum {
     pub fn new(totals: Arc<Mutex<Checksum>>) -> Self {
-        Self { state: None, totals }
+        Self {
+            state: None,
+            totals,
+        }
     }
 }
 
@@ -73,22 +82,31 @@ impl KeyedProcessFunction<u64, (u64, u64), CountUpdate> for CountAndSum {
         out: &mut Vec<CountUpdate>,
     ) -> FnResult {
         let handle = self.state.as_ref().ok_or("state used before open")?;
-        let updated = ctx.value(handle).update(|old| {
-            let (count, sum) = old.unwrap_or((0, 0));
-            Some((count + 1, sum.wrapping_add(value)))
-        })?;
-        if let Some(&(count, sum)) = updated {
-            out.push(CountUpdate { key, count, sum });
-        }
+        let (count, sum) = ctx.value(handle).modify(
+            || (0, 0),
+            |(count, sum)| {
+                *count += 1;
+                *sum = sum.wrapping_add(value);
+                (*count, *sum)
+            },
+        )?;
+        out.push(CountUpdate { key, count, sum });
         Ok(())
     }
 
     /// Folds this instance's final state into the job's checksum.
-    fn finish(&mut self, state: &mut dyn KeyedStateBackend<u64>, _out: &mut Vec<CountUpdate>) -> FnResult {
+    fn finish(
+        &mut self,
+        state: &mut dyn KeyedStateBackend<u64>,
+        _out: &mut Vec<CountUpdate>,
+    ) -> FnResult {
         let handle = self.state.as_ref().ok_or("state used before open")?;
         let mut local = Checksum::default();
         state.for_each_value(handle, |key, &(count, sum)| local.add(*key, count, sum))?;
-        self.totals.lock().map_err(|_| "checksum lock poisoned")?.merge(&local);
+        self.totals
+            .lock()
+            .map_err(|_| "checksum lock poisoned")?
+            .merge(&local);
         Ok(())
     }
 }
@@ -106,12 +124,18 @@ impl KeyedCountJob {
     /// `RESULT records=N keys=K checksum=...`, the job's final line.
     pub fn result_line(&self) -> String {
         let c = self.checksum();
-        format!("RESULT records={} keys={} checksum={:016x}", c.records, c.keys, c.value)
+        format!(
+            "RESULT records={} keys={} checksum={:016x}",
+            c.records, c.keys, c.value
+        )
     }
 }
 
 /// Adds `keyed-count` to `env`.
-pub fn build(env: &StreamEnvironment, params: &KeyedCountParams) -> Result<KeyedCountJob, ConnectorError> {
+pub fn build(
+    env: &StreamEnvironment,
+    params: &KeyedCountParams,
+) -> Result<KeyedCountJob, ConnectorError> {
     if params.keys == 0 {
         return Err(ConnectorError::Config("--keys must be at least 1".into()));
     }

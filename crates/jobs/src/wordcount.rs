@@ -20,7 +20,9 @@ pub struct WordcountParams {
 
 /// The words of a line: split on every non-alphanumeric character, lower-cased.
 pub fn words(line: &str) -> impl Iterator<Item = String> + '_ {
-    line.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase)
+    line.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
 }
 
 /// The running count of one word, written as `word,count`.
@@ -55,14 +57,29 @@ impl KeyedProcessFunction<String, String, WordCount> for CountWords {
         Ok(())
     }
 
-    fn process(&mut self, word: String, ctx: &mut KeyedContext<'_, String>, out: &mut Vec<WordCount>) -> FnResult {
+    fn process(
+        &mut self,
+        word: String,
+        ctx: &mut KeyedContext<'_, String>,
+        out: &mut Vec<WordCount>,
+    ) -> FnResult {
         let handle = self.state.as_ref().ok_or("state used before open")?;
-        let count = ctx.value(handle).update(|old| Some(old.unwrap_or(0) + 1))?.copied().unwrap_or(0);
+        let count = ctx.value(handle).modify(
+            || 0,
+            |count| {
+                *count += 1;
+                *count
+            },
+        )?;
         out.push(WordCount { word, count });
         Ok(())
     }
 
-    fn finish(&mut self, state: &mut dyn KeyedStateBackend<String>, _out: &mut Vec<WordCount>) -> FnResult {
+    fn finish(
+        &mut self,
+        state: &mut dyn KeyedStateBackend<String>,
+        _out: &mut Vec<WordCount>,
+    ) -> FnResult {
         let handle = self.state.as_ref().ok_or("state used before open")?;
         let mut local = WordTotals::default();
         state.for_each_value(handle, |_, &count| {
@@ -93,14 +110,20 @@ impl WordcountJob {
 }
 
 /// Adds `wordcount` to `env`. Fails at once if the input does not exist.
-pub fn build(env: &StreamEnvironment, params: &WordcountParams) -> Result<WordcountJob, ConnectorError> {
+pub fn build(
+    env: &StreamEnvironment,
+    params: &WordcountParams,
+) -> Result<WordcountJob, ConnectorError> {
     let totals = Arc::new(Mutex::new(WordTotals::default()));
     let counts = env
         .read_text_lines(&params.input)?
         .flat_map(|line: String| words(&line).collect::<Vec<_>>())
         .name("Split words")
         .key_by(|word: &String| word.clone())
-        .process(CountWords { state: None, totals: Arc::clone(&totals) })
+        .process(CountWords {
+            state: None,
+            totals: Arc::clone(&totals),
+        })
         .name("Count words");
     match &params.output {
         Some(dir) => counts.write_lines(dir)?,

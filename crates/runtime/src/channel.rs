@@ -72,7 +72,16 @@ pub fn channel<T>(
     consumer: Arc<Signal>,
 ) -> (ChannelSender<T>, ChannelReceiver<T>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
-    (ChannelSender { inner: tx, consumer }, ChannelReceiver { inner: rx, producer })
+    (
+        ChannelSender {
+            inner: tx,
+            consumer,
+        },
+        ChannelReceiver {
+            inner: rx,
+            producer,
+        },
+    )
 }
 
 impl<T> ChannelSender<T> {

@@ -45,7 +45,11 @@ impl Default for ExecutionConfig {
 impl ExecutionConfig {
     /// A configuration with `parallelism` instances on as many workers.
     pub fn with_parallelism(parallelism: u32) -> Self {
-        Self { parallelism, workers: parallelism as usize, ..Self::default() }
+        Self {
+            parallelism,
+            workers: parallelism as usize,
+            ..Self::default()
+        }
     }
 
     pub fn validate(&self) -> Result<(), BuildError> {
@@ -69,7 +73,10 @@ impl ExecutionConfig {
             ));
         }
         if self.batch_size == 0 || self.batch_size > 1 << 20 {
-            return fail(format!("batch size {} is not between 1 and 2^20", self.batch_size));
+            return fail(format!(
+                "batch size {} is not between 1 and 2^20",
+                self.batch_size
+            ));
         }
         if self.channel_capacity == 0 || self.channel_capacity > 1 << 16 {
             return fail(format!(
@@ -78,7 +85,10 @@ impl ExecutionConfig {
             ));
         }
         if self.workers == 0 || self.workers > 1024 {
-            return fail(format!("workers {} is not between 1 and 1024", self.workers));
+            return fail(format!(
+                "workers {} is not between 1 and 1024",
+                self.workers
+            ));
         }
         Ok(())
     }

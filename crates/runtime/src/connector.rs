@@ -24,7 +24,8 @@ pub trait Source<T>: Send + Sync + 'static {
 /// One parallel instance of a source.
 pub trait SourceReader<T>: Send {
     /// Appends at most `max` records to `out`. Must not block.
-    fn poll(&mut self, out: &mut Vec<T>, max: usize, now: Instant) -> Result<SourcePoll, UserError>;
+    fn poll(&mut self, out: &mut Vec<T>, max: usize, now: Instant)
+    -> Result<SourcePoll, UserError>;
 }
 
 /// A parallel sink: creates one writer per parallel instance.

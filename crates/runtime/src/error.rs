@@ -18,11 +18,17 @@ pub enum TaskError {
 
 impl TaskError {
     pub fn operator(operator: &str, cause: impl std::fmt::Display) -> Self {
-        TaskError::Operator { operator: operator.to_owned(), cause: cause.to_string() }
+        TaskError::Operator {
+            operator: operator.to_owned(),
+            cause: cause.to_string(),
+        }
     }
 
     pub fn panic(operator: &str, payload: Box<dyn std::any::Any + Send>) -> Self {
-        TaskError::Panic { operator: operator.to_owned(), message: panic_message(payload.as_ref()) }
+        TaskError::Panic {
+            operator: operator.to_owned(),
+            message: panic_message(payload.as_ref()),
+        }
     }
 }
 
@@ -41,7 +47,11 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[derive(Debug, Error)]
 pub enum BuildError {
     #[error("cannot create '{operator}' (subtask {subtask}): {cause}")]
-    Create { operator: String, subtask: u32, cause: String },
+    Create {
+        operator: String,
+        subtask: u32,
+        cause: String,
+    },
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("invalid job graph: {0}")]

@@ -63,10 +63,16 @@ pub struct RunningJob {
 fn step_guarded(task: &mut dyn Task) -> Result<Step, JobError> {
     match catch_unwind(AssertUnwindSafe(|| task.step())) {
         Ok(Ok(step)) => Ok(step),
-        Ok(Err(source)) => Err(JobError::TaskFailed { task: task.name().to_owned(), source }),
+        Ok(Err(source)) => Err(JobError::TaskFailed {
+            task: task.name().to_owned(),
+            source,
+        }),
         Err(payload) => Err(JobError::TaskFailed {
             task: task.name().to_owned(),
-            source: TaskError::Panic { operator: task.name().to_owned(), message: panic_message(payload.as_ref()) },
+            source: TaskError::Panic {
+                operator: task.name().to_owned(),
+                message: panic_message(payload.as_ref()),
+            },
         }),
     }
 }
@@ -101,7 +107,9 @@ fn worker_loop(mut tasks: Vec<Box<dyn Task>>, signal: Arc<Signal>, shared: Arc<S
         }
         if !progressed {
             let park = match wake_at {
-                Some(at) => at.saturating_duration_since(Instant::now()).min(IDLE_PARK_MAX),
+                Some(at) => at
+                    .saturating_duration_since(Instant::now())
+                    .min(IDLE_PARK_MAX),
                 None => IDLE_PARK_MAX,
             };
             std::thread::park_timeout(park);
@@ -140,7 +148,12 @@ pub fn start_job(graph: JobGraph, config: &ExecutionConfig) -> Result<RunningJob
             }
         }
     }
-    Ok(RunningJob { metrics, shared, workers, started })
+    Ok(RunningJob {
+        metrics,
+        shared,
+        workers,
+        started,
+    })
 }
 
 impl RunningJob {
@@ -164,11 +177,19 @@ impl RunningJob {
             if let Err(payload) = worker.join() {
                 self.shared.fail(JobError::TaskFailed {
                     task: "worker".into(),
-                    source: TaskError::Panic { operator: "worker".into(), message: panic_message(payload.as_ref()) },
+                    source: TaskError::Panic {
+                        operator: "worker".into(),
+                        message: panic_message(payload.as_ref()),
+                    },
                 });
             }
         }
-        let failure = self.shared.failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let failure = self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         match failure {
             Some(error) => Err(error),
             None => Ok(JobReport {
@@ -203,9 +224,14 @@ impl DeterministicExecutor {
     pub fn new(graph: JobGraph, config: &ExecutionConfig, seed: u64) -> Result<Self, JobError> {
         let metrics = Arc::new(JobMetrics::default());
         let signals = vec![Signal::new(); 1];
-        let config = ExecutionConfig { workers: 1, ..config.clone() };
-        let tasks: Vec<Box<dyn Task>> =
-            build_tasks(&graph, &config, &signals, &metrics)?.into_iter().map(|p| p.task).collect();
+        let config = ExecutionConfig {
+            workers: 1,
+            ..config.clone()
+        };
+        let tasks: Vec<Box<dyn Task>> = build_tasks(&graph, &config, &signals, &metrics)?
+            .into_iter()
+            .map(|p| p.task)
+            .collect();
         Ok(Self {
             finished: vec![false; tasks.len()],
             tasks,
@@ -225,12 +251,20 @@ impl DeterministicExecutor {
 
     /// Steps random runnable tasks (those not finished and not `paused`) until all
     /// finished or none can progress.
-    pub fn run_until_quiescent(&mut self, paused: &dyn Fn(&str) -> bool) -> Result<RunState, JobError> {
-        let runnable: Vec<usize> =
-            (0..self.tasks.len()).filter(|&i| !paused(self.tasks[i].name())).collect();
+    pub fn run_until_quiescent(
+        &mut self,
+        paused: &dyn Fn(&str) -> bool,
+    ) -> Result<RunState, JobError> {
+        let runnable: Vec<usize> = (0..self.tasks.len())
+            .filter(|&i| !paused(self.tasks[i].name()))
+            .collect();
         let mut idle = vec![false; self.tasks.len()];
         loop {
-            let candidates: Vec<usize> = runnable.iter().copied().filter(|&i| !self.finished[i]).collect();
+            let candidates: Vec<usize> = runnable
+                .iter()
+                .copied()
+                .filter(|&i| !self.finished[i])
+                .collect();
             if self.finished.iter().all(|&f| f) {
                 return Ok(RunState::Finished);
             }

@@ -62,7 +62,10 @@ pub(crate) type Erased = Box<dyn Any + Send>;
 pub(crate) fn cast<T: 'static>(erased: Erased) -> T {
     match erased.downcast::<T>() {
         Ok(value) => *value,
-        Err(_) => unreachable!("job graph types are checked when nodes are added: {}", type_name::<T>()),
+        Err(_) => unreachable!(
+            "job graph types are checked when nodes are added: {}",
+            type_name::<T>()
+        ),
     }
 }
 
@@ -85,7 +88,12 @@ impl BuildContext<'_> {
 
 /// Operations on a stream type `T` that the plan needs without knowing `T`.
 pub(crate) trait Port: Send + Sync {
-    fn channel(&self, capacity: usize, producer: Arc<Signal>, consumer: Arc<Signal>) -> (Erased, Erased);
+    fn channel(
+        &self,
+        capacity: usize,
+        producer: Arc<Signal>,
+        consumer: Arc<Signal>,
+    ) -> (Erased, Erased);
     fn exchange(
         &self,
         task: &str,
@@ -96,13 +104,23 @@ pub(crate) trait Port: Send + Sync {
     ) -> Erased;
     fn tee(&self, branches: Vec<Erased>) -> Erased;
     fn discard(&self) -> Erased;
-    fn one_input_task(&self, name: String, receivers: Vec<Erased>, pipeline: Erased) -> Box<dyn Task>;
+    fn one_input_task(
+        &self,
+        name: String,
+        receivers: Vec<Erased>,
+        pipeline: Erased,
+    ) -> Box<dyn Task>;
 }
 
 struct TypedPort<T>(PhantomData<fn() -> T>);
 
 impl<T: Data> Port for TypedPort<T> {
-    fn channel(&self, capacity: usize, producer: Arc<Signal>, consumer: Arc<Signal>) -> (Erased, Erased) {
+    fn channel(
+        &self,
+        capacity: usize,
+        producer: Arc<Signal>,
+        consumer: Arc<Signal>,
+    ) -> (Erased, Erased) {
         let (tx, rx) = channel::<T>(capacity, producer, consumer);
         (Box::new(tx), Box::new(rx))
     }
@@ -119,10 +137,14 @@ impl<T: Data> Port for TypedPort<T> {
         let router = match partitioning.downcast_ref::<Partitioning<T>>() {
             Some(Partitioning::Forward) => Router::Forward,
             Some(Partitioning::Rebalance) => Router::Rebalance { next: 0 },
-            Some(Partitioning::Hash(f)) => Router::Hash { key_group: Arc::clone(f), max_parallelism },
+            Some(Partitioning::Hash(f)) => Router::Hash {
+                key_group: Arc::clone(f),
+                max_parallelism,
+            },
             None => unreachable!("edge partitioning has the edge's type"),
         };
-        let pipeline: Box<dyn Pipeline<T>> = Box::new(ExchangeOutput::new(task, router, senders, batch_size));
+        let pipeline: Box<dyn Pipeline<T>> =
+            Box::new(ExchangeOutput::new(task, router, senders, batch_size));
         Box::new(pipeline)
     }
 
@@ -137,15 +159,28 @@ impl<T: Data> Port for TypedPort<T> {
         Box::new(pipeline)
     }
 
-    fn one_input_task(&self, name: String, receivers: Vec<Erased>, pipeline: Erased) -> Box<dyn Task> {
+    fn one_input_task(
+        &self,
+        name: String,
+        receivers: Vec<Erased>,
+        pipeline: Erased,
+    ) -> Box<dyn Task> {
         let receivers: Vec<ChannelReceiver<T>> = receivers.into_iter().map(cast).collect();
-        Box::new(OneInputTask::new(name, receivers, cast::<Box<dyn Pipeline<T>>>(pipeline)))
+        Box::new(OneInputTask::new(
+            name,
+            receivers,
+            cast::<Box<dyn Pipeline<T>>>(pipeline),
+        ))
     }
 }
 
 pub(crate) trait SourceNode: Send {
-    fn create_task(&self, name: String, cx: &BuildContext<'_>, pipeline: Erased)
-    -> Result<Box<dyn Task>, BuildError>;
+    fn create_task(
+        &self,
+        name: String,
+        cx: &BuildContext<'_>,
+        pipeline: Erased,
+    ) -> Result<Box<dyn Task>, BuildError>;
 }
 
 pub(crate) trait OperatorNode: Send {
@@ -175,7 +210,10 @@ impl<T: Data> SourceNode for SourceNodeImpl<T> {
         cx: &BuildContext<'_>,
         pipeline: Erased,
     ) -> Result<Box<dyn Task>, BuildError> {
-        let reader = self.source.create_reader(&cx.info).map_err(|e| cx.create_error(e))?;
+        let reader = self
+            .source
+            .create_reader(&cx.info)
+            .map_err(|e| cx.create_error(e))?;
         Ok(Box::new(SourceTask::new(
             name,
             &cx.info.operator,
@@ -198,7 +236,8 @@ impl<I: Data, O: Data> OperatorNode for OperatorNodeImpl<I, O> {
             Some(next) => cast::<Box<dyn Pipeline<O>>>(next),
             None => Box::new(Discard),
         };
-        let pipeline: Box<dyn Pipeline<I>> = Box::new(OperatorStage::new(&cx.info.operator, operator, next));
+        let pipeline: Box<dyn Pipeline<I>> =
+            Box::new(OperatorStage::new(&cx.info.operator, operator, next));
         Ok(Box::new(pipeline))
     }
 }
@@ -209,9 +248,15 @@ struct SinkNodeImpl<T> {
 
 impl<T: Data> OperatorNode for SinkNodeImpl<T> {
     fn wrap(&self, cx: &BuildContext<'_>, _next: Option<Erased>) -> Result<Erased, BuildError> {
-        let writer = self.sink.create_writer(&cx.info).map_err(|e| cx.create_error(e))?;
-        let pipeline: Box<dyn Pipeline<T>> =
-            Box::new(SinkStage::new(&cx.info.operator, writer, Arc::clone(cx.metrics)));
+        let writer = self
+            .sink
+            .create_writer(&cx.info)
+            .map_err(|e| cx.create_error(e))?;
+        let pipeline: Box<dyn Pipeline<T>> = Box::new(SinkStage::new(
+            &cx.info.operator,
+            writer,
+            Arc::clone(cx.metrics),
+        ));
         Ok(Box::new(pipeline))
     }
 }
@@ -302,7 +347,11 @@ impl JobGraph {
     }
 
     fn edge<T: Data>(&self, from: NodeId, side: usize, partitioning: Partitioning<T>) -> Edge {
-        let produced = self.nodes.get(from).and_then(|n| n.output.as_ref()).map(|(t, _)| *t);
+        let produced = self
+            .nodes
+            .get(from)
+            .and_then(|n| n.output.as_ref())
+            .map(|(t, _)| *t);
         assert_eq!(
             produced,
             Some(TypeId::of::<T>()),
@@ -318,7 +367,10 @@ impl JobGraph {
     }
 
     fn push(&mut self, node: Node) -> NodeId {
-        assert!(self.nodes.len() < MAX_NODES, "a job graph holds at most {MAX_NODES} nodes");
+        assert!(
+            self.nodes.len() < MAX_NODES,
+            "a job graph holds at most {MAX_NODES} nodes"
+        );
         self.nodes.push(node);
         self.nodes.len() - 1
     }
@@ -341,7 +393,10 @@ impl JobGraph {
         factory: OperatorFactory<I, O>,
     ) -> NodeId {
         assert!(!inputs.is_empty(), "operator '{name}' needs an input");
-        let inputs = inputs.into_iter().map(|(from, p)| self.edge(from, 0, p)).collect();
+        let inputs = inputs
+            .into_iter()
+            .map(|(from, p)| self.edge(from, 0, p))
+            .collect();
         self.push(Node {
             name: name.to_owned(),
             kind: NodeKind::Operator(Box::new(OperatorNodeImpl { factory })),
@@ -357,7 +412,10 @@ impl JobGraph {
         second: (NodeId, Partitioning<B>),
         factory: TwoInputFactory<A, B, O>,
     ) -> NodeId {
-        let inputs = vec![self.edge(first.0, 0, first.1), self.edge(second.0, 1, second.1)];
+        let inputs = vec![
+            self.edge(first.0, 0, first.1),
+            self.edge(second.0, 1, second.1),
+        ];
         self.push(Node {
             name: name.to_owned(),
             kind: NodeKind::TwoInput(Box::new(TwoInputNodeImpl { factory })),
@@ -366,7 +424,12 @@ impl JobGraph {
         })
     }
 
-    pub fn add_sink<T: Data>(&mut self, name: &str, input: (NodeId, Partitioning<T>), sink: Arc<dyn Sink<T>>) -> NodeId {
+    pub fn add_sink<T: Data>(
+        &mut self,
+        name: &str,
+        input: (NodeId, Partitioning<T>),
+        sink: Arc<dyn Sink<T>>,
+    ) -> NodeId {
         let inputs = vec![self.edge(input.0, 0, input.1)];
         self.push(Node {
             name: name.to_owned(),

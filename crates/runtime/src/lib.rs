@@ -27,7 +27,7 @@ pub mod task;
 pub use config::{ExecutionConfig, SubtaskInfo};
 pub use connector::{Sink, SinkWriter, Source, SourcePoll, SourceReader};
 pub use error::{BuildError, JobError, TaskError, UserError};
-pub use executor::{DeterministicExecutor, JobReport, RunningJob, RunState, start_job};
+pub use executor::{DeterministicExecutor, JobReport, RunState, RunningJob, start_job};
 pub use graph::{JobGraph, KeyGroupFn, NodeId, Partitioning};
 pub use metrics::JobMetrics;
 pub use operator::{Operator, TwoInputOperator};

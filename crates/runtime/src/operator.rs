@@ -16,8 +16,10 @@ pub trait Operator<I, O>: Send {
 
 /// A two-input operator (the head of a task with two input gates).
 pub trait TwoInputOperator<I1, I2, O>: Send {
-    fn process_batch1(&mut self, input: &mut Vec<I1>, output: &mut Vec<O>) -> Result<(), UserError>;
-    fn process_batch2(&mut self, input: &mut Vec<I2>, output: &mut Vec<O>) -> Result<(), UserError>;
+    fn process_batch1(&mut self, input: &mut Vec<I1>, output: &mut Vec<O>)
+    -> Result<(), UserError>;
+    fn process_batch2(&mut self, input: &mut Vec<I2>, output: &mut Vec<O>)
+    -> Result<(), UserError>;
     fn finish(&mut self, _output: &mut Vec<O>) -> Result<(), UserError> {
         Ok(())
     }

@@ -55,7 +55,12 @@ pub struct OperatorStage<I, O> {
 
 impl<I, O> OperatorStage<I, O> {
     pub fn new(name: &str, operator: Box<dyn Operator<I, O>>, next: Box<dyn Pipeline<O>>) -> Self {
-        Self { name: name.into(), operator, output: Vec::new(), next }
+        Self {
+            name: name.into(),
+            operator,
+            output: Vec::new(),
+            next,
+        }
     }
 }
 
@@ -95,7 +100,11 @@ pub struct SinkStage<T> {
 
 impl<T> SinkStage<T> {
     pub fn new(name: &str, writer: Box<dyn SinkWriter<T>>, metrics: Arc<JobMetrics>) -> Self {
-        Self { name: name.into(), writer, metrics }
+        Self {
+            name: name.into(),
+            writer,
+            metrics,
+        }
     }
 }
 
@@ -144,7 +153,10 @@ pub struct Tee<T> {
 impl<T> Tee<T> {
     pub fn new(branches: Vec<Box<dyn Pipeline<T>>>) -> Self {
         assert!(branches.len() >= 2, "a tee needs at least two branches");
-        Self { branches, copy: Vec::new() }
+        Self {
+            branches,
+            copy: Vec::new(),
+        }
     }
 }
 
@@ -181,7 +193,10 @@ pub enum Router<T> {
     /// Whole batches round-robin over the channels.
     Rebalance { next: usize },
     /// Each record to the instance owning its key group.
-    Hash { key_group: KeyGroupFn<T>, max_parallelism: u32 },
+    Hash {
+        key_group: KeyGroupFn<T>,
+        max_parallelism: u32,
+    },
 }
 
 struct Target<T> {
@@ -199,13 +214,30 @@ pub struct ExchangeOutput<T> {
 }
 
 impl<T: Send> ExchangeOutput<T> {
-    pub fn new(task: &str, router: Router<T>, senders: Vec<ChannelSender<T>>, batch_size: usize) -> Self {
-        assert!(!senders.is_empty(), "an exchange needs at least one channel");
+    pub fn new(
+        task: &str,
+        router: Router<T>,
+        senders: Vec<ChannelSender<T>>,
+        batch_size: usize,
+    ) -> Self {
+        assert!(
+            !senders.is_empty(),
+            "an exchange needs at least one channel"
+        );
         let targets = senders
             .into_iter()
-            .map(|sender| Target { sender, buffer: Vec::new(), pending: VecDeque::new() })
+            .map(|sender| Target {
+                sender,
+                buffer: Vec::new(),
+                pending: VecDeque::new(),
+            })
             .collect();
-        Self { task: task.into(), router, targets, batch_size }
+        Self {
+            task: task.into(),
+            router,
+            targets,
+            batch_size,
+        }
     }
 
     #[inline]
@@ -226,7 +258,9 @@ impl<T: Send> ExchangeOutput<T> {
                         break;
                     }
                     Err(SendError::Disconnected) => {
-                        return Err(TaskError::ChannelClosed { task: self.task.to_string() });
+                        return Err(TaskError::ChannelClosed {
+                            task: self.task.to_string(),
+                        });
                     }
                 }
             }
@@ -243,7 +277,9 @@ impl<T: Send> Pipeline<T> for ExchangeOutput<T> {
             Router::Forward => {
                 let target = &mut self.targets[0];
                 if target.buffer.is_empty() && batch.len() >= batch_size {
-                    target.pending.push_back(Message::Batch(std::mem::take(batch)));
+                    target
+                        .pending
+                        .push_back(Message::Batch(std::mem::take(batch)));
                 } else {
                     target.buffer.append(batch);
                     if target.buffer.len() >= batch_size {
@@ -260,7 +296,18 @@ impl<T: Send> Pipeline<T> for ExchangeOutput<T> {
                     Self::cut(target, batch_size);
                 }
             }
-            Router::Hash { key_group, max_parallelism } => {
+            Router::Hash { .. } if self.targets.len() == 1 => {
+                // One consumer instance owns every key group: no need to look.
+                let target = &mut self.targets[0];
+                target.buffer.append(batch);
+                if target.buffer.len() >= batch_size {
+                    Self::cut(target, batch_size);
+                }
+            }
+            Router::Hash {
+                key_group,
+                max_parallelism,
+            } => {
                 let parallelism = self.targets.len() as u32;
                 let max_parallelism = *max_parallelism;
                 for record in batch.drain(..) {

@@ -38,7 +38,9 @@ struct Planner<'g> {
 impl Planner<'_> {
     fn chained(&self, node: NodeId) -> bool {
         let node = &self.graph.nodes[node];
-        matches!(node.kind, NodeKind::Operator(_)) && node.inputs.len() == 1 && node.inputs[0].forward
+        matches!(node.kind, NodeKind::Operator(_))
+            && node.inputs.len() == 1
+            && node.inputs[0].forward
     }
 
     fn context(&self, node: NodeId, index: u32) -> BuildContext<'_> {
@@ -79,7 +81,11 @@ impl Planner<'_> {
                     unreachable!("edges start at nodes with an output");
                 };
                 for producer in 0..p {
-                    let targets: Vec<u32> = if edge.forward { vec![producer] } else { (0..p).collect() };
+                    let targets: Vec<u32> = if edge.forward {
+                        vec![producer]
+                    } else {
+                        (0..p).collect()
+                    };
                     let mut senders = Vec::with_capacity(targets.len());
                     for target in targets {
                         let (tx, rx) = port.channel(
@@ -88,16 +94,25 @@ impl Planner<'_> {
                             Arc::clone(&signals[target as usize % workers]),
                         );
                         senders.push(tx);
-                        self.receivers.entry((consumer, edge.side, target)).or_default().push(rx);
+                        self.receivers
+                            .entry((consumer, edge.side, target))
+                            .or_default()
+                            .push(rx);
                     }
-                    self.senders.insert((consumer, edge_index, producer), senders);
+                    self.senders
+                        .insert((consumer, edge_index, producer), senders);
                 }
             }
         }
     }
 
     /// The pipeline that follows `node` in subtask `index`.
-    fn output_pipeline(&mut self, node: NodeId, index: u32, task: &str) -> Result<Erased, BuildError> {
+    fn output_pipeline(
+        &mut self,
+        node: NodeId,
+        index: u32,
+        task: &str,
+    ) -> Result<Erased, BuildError> {
         let Some((_, port)) = self.graph.nodes[node].output.clone() else {
             unreachable!("only nodes with an output have an output pipeline");
         };
@@ -107,9 +122,15 @@ impl Planner<'_> {
                 branches.push(self.stage(consumer, index, task)?);
             } else {
                 let edge = &self.graph.nodes[consumer].inputs[edge_index];
-                let senders = self.senders.remove(&(consumer, edge_index, index)).ok_or_else(|| {
-                    BuildError::Graph(format!("no channels for edge into '{}'", self.graph.nodes[consumer].name))
-                })?;
+                let senders = self
+                    .senders
+                    .remove(&(consumer, edge_index, index))
+                    .ok_or_else(|| {
+                        BuildError::Graph(format!(
+                            "no channels for edge into '{}'",
+                            self.graph.nodes[consumer].name
+                        ))
+                    })?;
                 branches.push(port.exchange(
                     task,
                     edge.partitioning.as_ref(),
@@ -140,7 +161,9 @@ impl Planner<'_> {
     }
 
     fn take_receivers(&mut self, node: NodeId, side: usize, index: u32) -> Vec<Erased> {
-        self.receivers.remove(&(node, side, index)).unwrap_or_default()
+        self.receivers
+            .remove(&(node, side, index))
+            .unwrap_or_default()
     }
 
     fn task(&mut self, head: NodeId, index: u32) -> Result<Box<dyn Task>, BuildError> {
@@ -204,7 +227,10 @@ pub(crate) fn build_tasks(
         }
         for index in 0..config.parallelism {
             let task = planner.task(head, index)?;
-            tasks.push(PlannedTask { worker: index as usize % signals.len(), task });
+            tasks.push(PlannedTask {
+                worker: index as usize % signals.len(),
+                task,
+            });
         }
     }
     Ok(tasks)

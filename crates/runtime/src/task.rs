@@ -145,7 +145,13 @@ pub enum GateEvent<T> {
 impl<T> InputGate<T> {
     pub fn new(task: &str, channels: Vec<ChannelReceiver<T>>) -> Self {
         let n = channels.len();
-        Self { channels, ended: vec![false; n], open: n, cursor: 0, task: task.to_owned() }
+        Self {
+            channels,
+            ended: vec![false; n],
+            open: n,
+            cursor: 0,
+            task: task.to_owned(),
+        }
     }
 
     /// The next batch of any channel, round-robin so that no channel starves.
@@ -156,23 +162,28 @@ impl<T> InputGate<T> {
             if self.ended[i] {
                 continue;
             }
-            loop {
-                match self.channels[i].try_recv() {
-                    Ok(Some(Message::Batch(batch))) => {
-                        self.cursor = (i + 1) % n;
-                        return Ok(GateEvent::Batch(batch));
-                    }
-                    Ok(Some(Message::EndOfInput)) => {
-                        self.ended[i] = true;
-                        self.open -= 1;
-                        break;
-                    }
-                    Ok(None) => break,
-                    Err(_) => return Err(TaskError::ChannelClosed { task: self.task.clone() }),
+            match self.channels[i].try_recv() {
+                Ok(Some(Message::Batch(batch))) => {
+                    self.cursor = (i + 1) % n;
+                    return Ok(GateEvent::Batch(batch));
+                }
+                Ok(Some(Message::EndOfInput)) => {
+                    self.ended[i] = true;
+                    self.open -= 1;
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    return Err(TaskError::ChannelClosed {
+                        task: self.task.clone(),
+                    });
                 }
             }
         }
-        Ok(if self.open == 0 { GateEvent::Ended } else { GateEvent::Empty })
+        Ok(if self.open == 0 {
+            GateEvent::Ended
+        } else {
+            GateEvent::Empty
+        })
     }
 }
 
@@ -185,9 +196,18 @@ pub struct OneInputTask<T> {
 }
 
 impl<T: Send> OneInputTask<T> {
-    pub fn new(name: String, channels: Vec<ChannelReceiver<T>>, pipeline: Box<dyn Pipeline<T>>) -> Self {
+    pub fn new(
+        name: String,
+        channels: Vec<ChannelReceiver<T>>,
+        pipeline: Box<dyn Pipeline<T>>,
+    ) -> Self {
         let gate = InputGate::new(&name, channels);
-        Self { name, gate, pipeline, phase: Phase::Running }
+        Self {
+            name,
+            gate,
+            pipeline,
+            phase: Phase::Running,
+        }
     }
 }
 
@@ -276,7 +296,9 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
             }
             match self.second.poll()? {
                 GateEvent::Batch(mut batch) => {
-                    guarded(&self.operator_name, || operator.process_batch2(&mut batch, output))?;
+                    guarded(&self.operator_name, || {
+                        operator.process_batch2(&mut batch, output)
+                    })?;
                 }
                 GateEvent::Empty => return Ok(false),
                 GateEvent::Ended => {
@@ -290,7 +312,9 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
             }
             match self.first.poll()? {
                 GateEvent::Batch(mut batch) => {
-                    guarded(&self.operator_name, || operator.process_batch1(&mut batch, output))?;
+                    guarded(&self.operator_name, || {
+                        operator.process_batch1(&mut batch, output)
+                    })?;
                 }
                 GateEvent::Empty => return Ok(false),
                 GateEvent::Ended => {

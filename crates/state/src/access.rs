@@ -20,9 +20,14 @@ use crate::heap::{GroupMap, HeapTable};
 use crate::table::{ListTable, MapTable, ValueTable};
 use crate::{KeyGroup, StateKey, StateValue};
 
-fn value_table<K: StateKey, V: StateValue>(name: &str, layout: TableLayout) -> crate::backend::TableSlot<K> {
+fn value_table<K: StateKey, V: StateValue>(
+    name: &str,
+    layout: TableLayout,
+) -> crate::backend::TableSlot<K> {
     match layout {
-        TableLayout::Heap { range } => value_slot::<K, V>(Box::new(HeapTable::<K, V>::new(name, range))),
+        TableLayout::Heap { range } => {
+            value_slot::<K, V>(Box::new(HeapTable::<K, V>::new(name, range)))
+        }
     }
 }
 
@@ -33,9 +38,10 @@ impl<K: StateKey> dyn KeyedStateBackend<K> + '_ {
         descriptor: &ValueStateDescriptor<V>,
     ) -> Result<ValueStateHandle<V>, StateError> {
         let name = descriptor.name.as_str();
-        let id = self.declare(StateSignature::new::<V>(name, StateKind::Value), &mut |layout| {
-            value_table::<K, V>(name, layout)
-        })?;
+        let id = self.declare(
+            StateSignature::new::<V>(name, StateKind::Value),
+            &mut |layout| value_table::<K, V>(name, layout),
+        )?;
         Ok(ValueStateHandle::from_id(id))
     }
 
@@ -45,11 +51,14 @@ impl<K: StateKey> dyn KeyedStateBackend<K> + '_ {
         descriptor: &ListStateDescriptor<V>,
     ) -> Result<ListStateHandle<V>, StateError> {
         let name = descriptor.name.as_str();
-        let id = self.declare(StateSignature::new::<V>(name, StateKind::List), &mut |layout| match layout {
-            TableLayout::Heap { range } => {
-                list_slot::<K, V>(Box::new(HeapTable::<K, Vec<V>>::new(name, range)))
-            }
-        })?;
+        let id = self.declare(
+            StateSignature::new::<V>(name, StateKind::List),
+            &mut |layout| match layout {
+                TableLayout::Heap { range } => {
+                    list_slot::<K, V>(Box::new(HeapTable::<K, Vec<V>>::new(name, range)))
+                }
+            },
+        )?;
         Ok(ListStateHandle::from_id(id))
     }
 
@@ -63,13 +72,16 @@ impl<K: StateKey> dyn KeyedStateBackend<K> + '_ {
         UV: StateValue,
     {
         let name = descriptor.name.as_str();
-        let id = self.declare(StateSignature::new::<(UK, UV)>(name, StateKind::Map), &mut |layout| {
-            match layout {
-                TableLayout::Heap { range } => map_slot::<K, UK, UV>(Box::new(
-                    HeapTable::<K, GroupMap<UK, UV>>::new(name, range),
-                )),
-            }
-        })?;
+        let id = self.declare(
+            StateSignature::new::<(UK, UV)>(name, StateKind::Map),
+            &mut |layout| match layout {
+                TableLayout::Heap { range } => {
+                    map_slot::<K, UK, UV>(Box::new(HeapTable::<K, GroupMap<UK, UV>>::new(
+                        name, range,
+                    )))
+                }
+            },
+        )?;
         Ok(MapStateHandle::from_id(id))
     }
 
@@ -79,10 +91,14 @@ impl<K: StateKey> dyn KeyedStateBackend<K> + '_ {
         descriptor: &ReducingStateDescriptor<V>,
     ) -> Result<ReducingStateHandle<V>, StateError> {
         let name = descriptor.name.as_str();
-        let id = self.declare(StateSignature::new::<V>(name, StateKind::Reducing), &mut |layout| {
-            value_table::<K, V>(name, layout)
-        })?;
-        Ok(ReducingStateHandle { id, reduce: Arc::clone(&descriptor.reduce) })
+        let id = self.declare(
+            StateSignature::new::<V>(name, StateKind::Reducing),
+            &mut |layout| value_table::<K, V>(name, layout),
+        )?;
+        Ok(ReducingStateHandle {
+            id,
+            reduce: Arc::clone(&descriptor.reduce),
+        })
     }
 
     /// Declares (or looks up) an aggregating state; the table holds accumulators.
@@ -95,7 +111,10 @@ impl<K: StateKey> dyn KeyedStateBackend<K> + '_ {
             StateSignature::new::<(I, Acc, O)>(name, StateKind::Aggregating),
             &mut |layout| value_table::<K, Acc>(name, layout),
         )?;
-        Ok(AggregatingStateHandle { id, function: Arc::clone(&descriptor.function) })
+        Ok(AggregatingStateHandle {
+            id,
+            function: Arc::clone(&descriptor.function),
+        })
     }
 
     /// Calls `f` with every key and value of a value state (all key groups of this
@@ -127,7 +146,11 @@ impl<'a, K: StateKey> KeyScope<'a, K> {
             crate::key_group_of(key, backend.max_parallelism()),
             "key group passed to KeyScope does not match the key"
         );
-        Self { backend, key, key_group }
+        Self {
+            backend,
+            key,
+            key_group,
+        }
     }
 
     /// The current key.
@@ -145,7 +168,10 @@ impl<'a, K: StateKey> KeyScope<'a, K> {
     #[inline]
     pub fn value<V: StateValue>(&mut self, handle: &ValueStateHandle<V>) -> ValueState<'_, K, V> {
         ValueState {
-            table: &mut **self.backend.slot(handle.id).typed::<Box<dyn ValueTable<K, V>>>(),
+            table: &mut **self
+                .backend
+                .slot(handle.id)
+                .typed::<Box<dyn ValueTable<K, V>>>(),
             key: self.key,
             key_group: self.key_group,
         }
@@ -154,7 +180,10 @@ impl<'a, K: StateKey> KeyScope<'a, K> {
     #[inline]
     pub fn list<V: StateValue>(&mut self, handle: &ListStateHandle<V>) -> ListState<'_, K, V> {
         ListState {
-            table: &mut **self.backend.slot(handle.id).typed::<Box<dyn ListTable<K, V>>>(),
+            table: &mut **self
+                .backend
+                .slot(handle.id)
+                .typed::<Box<dyn ListTable<K, V>>>(),
             key: self.key,
             key_group: self.key_group,
         }
@@ -167,7 +196,10 @@ impl<'a, K: StateKey> KeyScope<'a, K> {
         UV: StateValue,
     {
         MapState {
-            table: &mut **self.backend.slot(handle.id).typed::<Box<dyn MapTable<K, UK, UV>>>(),
+            table: &mut **self
+                .backend
+                .slot(handle.id)
+                .typed::<Box<dyn MapTable<K, UK, UV>>>(),
             key: self.key,
             key_group: self.key_group,
         }
@@ -179,7 +211,10 @@ impl<'a, K: StateKey> KeyScope<'a, K> {
         handle: &'h ReducingStateHandle<V>,
     ) -> ReducingState<'h, K, V> {
         ReducingState {
-            table: &mut **self.backend.slot(handle.id).typed::<Box<dyn ValueTable<K, V>>>(),
+            table: &mut **self
+                .backend
+                .slot(handle.id)
+                .typed::<Box<dyn ValueTable<K, V>>>(),
             reduce: &handle.reduce,
             key: self.key,
             key_group: self.key_group,
@@ -192,7 +227,10 @@ impl<'a, K: StateKey> KeyScope<'a, K> {
         handle: &'h AggregatingStateHandle<I, Acc, O>,
     ) -> AggregatingState<'h, K, I, Acc, O> {
         AggregatingState {
-            table: &mut **self.backend.slot(handle.id).typed::<Box<dyn ValueTable<K, Acc>>>(),
+            table: &mut **self
+                .backend
+                .slot(handle.id)
+                .typed::<Box<dyn ValueTable<K, Acc>>>(),
             function: &*handle.function,
             key: self.key,
             key_group: self.key_group,
@@ -227,12 +265,46 @@ impl<'s, K, V> ValueState<'s, K, V> {
     /// Replaces the value with `f(old)` in one lookup (`None` clears it) and
     /// returns the new value.
     #[inline]
-    pub fn update(self, f: impl FnOnce(Option<V>) -> Option<V>) -> Result<Option<&'s V>, StateError> {
+    pub fn update(
+        self,
+        f: impl FnOnce(Option<V>) -> Option<V>,
+    ) -> Result<Option<&'s V>, StateError> {
         let mut f = Some(f);
-        self.table.update(self.key_group, self.key, &mut |old| match f.take() {
-            Some(f) => f(old),
-            None => old,
-        })
+        self.table
+            .update(self.key_group, self.key, &mut |old| match f.take() {
+                Some(f) => f(old),
+                None => old,
+            })
+    }
+}
+
+impl<K, V> ValueState<'_, K, V> {
+    /// Changes the value in place (starting from `init()` if there is none) and
+    /// returns what `f` returns. One lookup; the fastest read-modify-write.
+    #[inline]
+    pub fn modify<R>(
+        &mut self,
+        init: impl FnOnce() -> V,
+        f: impl FnOnce(&mut V) -> R,
+    ) -> Result<R, StateError> {
+        let (mut init, mut f, mut result) = (Some(init), Some(f), None);
+        self.table.modify(
+            self.key_group,
+            self.key,
+            &mut || match init.take() {
+                Some(init) => init(),
+                None => unreachable!("a table calls init at most once"),
+            },
+            &mut |value| {
+                if let Some(f) = f.take() {
+                    result = Some(f(value));
+                }
+            },
+        )?;
+        match result {
+            Some(result) => Ok(result),
+            None => unreachable!("a table calls f exactly once"),
+        }
     }
 }
 
@@ -276,7 +348,10 @@ impl<'s, K, UK: Hash + Eq, UV> MapState<'s, K, UK, UV> {
     }
 
     pub fn contains(&mut self, user_key: &UK) -> Result<bool, StateError> {
-        Ok(self.table.get(self.key_group, self.key, user_key)?.is_some())
+        Ok(self
+            .table
+            .get(self.key_group, self.key, user_key)?
+            .is_some())
     }
 
     pub fn put(&mut self, user_key: UK, value: UV) -> Result<(), StateError> {
@@ -315,15 +390,21 @@ pub struct ReducingState<'s, K, V> {
 
 impl<'s, K, V> ReducingState<'s, K, V> {
     /// Combines `value` into the state and returns the combined value.
+    // `add` is the name every stream processor uses for this; it is not `Add::add`.
+    #[allow(clippy::should_implement_trait)]
     #[inline]
     pub fn add(self, value: V) -> Result<Option<&'s V>, StateError> {
         let reduce = self.reduce;
         let mut value = Some(value);
-        self.table.update(self.key_group, self.key, &mut |old| match (old, value.take()) {
-            (Some(old), Some(new)) => Some(reduce(old, new)),
-            (None, new) => new,
-            (old, None) => old,
-        })
+        self.table.update(
+            self.key_group,
+            self.key,
+            &mut |old| match (old, value.take()) {
+                (Some(old), Some(new)) => Some(reduce(old, new)),
+                (None, new) => new,
+                (old, None) => old,
+            },
+        )
     }
 
     pub fn get(self) -> Result<Option<&'s V>, StateError> {
@@ -349,23 +430,31 @@ impl<K, I: 'static, Acc: 'static, O: 'static> AggregatingState<'_, K, I, Acc, O>
     pub fn add(&mut self, input: I) -> Result<O, StateError> {
         let function = self.function;
         let mut input = Some(input);
-        let acc = self.table.update(self.key_group, self.key, &mut |old| {
-            let mut acc = old.unwrap_or_else(|| function.create_accumulator());
-            if let Some(input) = input.take() {
-                function.add(&mut acc, input);
-            }
-            Some(acc)
-        })?;
-        Ok(match acc {
-            Some(acc) => function.result(acc),
-            None => function.result(&function.create_accumulator()),
+        let mut result = None;
+        self.table.modify(
+            self.key_group,
+            self.key,
+            &mut || function.create_accumulator(),
+            &mut |acc| {
+                if let Some(input) = input.take() {
+                    function.add(acc, input);
+                }
+                result = Some(function.result(acc));
+            },
+        )?;
+        Ok(match result {
+            Some(result) => result,
+            None => unreachable!("a table calls f exactly once"),
         })
     }
 
     /// The current result, `None` if nothing was added for this key.
     pub fn get(&mut self) -> Result<Option<O>, StateError> {
         let function = self.function;
-        Ok(self.table.get(self.key_group, self.key)?.map(|acc| function.result(acc)))
+        Ok(self
+            .table
+            .get(self.key_group, self.key)?
+            .map(|acc| function.result(acc)))
     }
 
     pub fn clear(&mut self) -> Result<(), StateError> {

@@ -149,7 +149,9 @@ pub const MAX_STATE_NAME_BYTES: usize = 256;
 
 impl<K> Declarations<K> {
     pub(crate) fn new() -> Self {
-        Self { entries: Vec::new() }
+        Self {
+            entries: Vec::new(),
+        }
     }
 
     pub(crate) fn declare(
@@ -164,7 +166,11 @@ impl<K> Declarations<K> {
                 reason: "a state name must have 1 to 256 bytes",
             });
         }
-        if let Some(index) = self.entries.iter().position(|(s, _)| s.name == signature.name) {
+        if let Some(index) = self
+            .entries
+            .iter()
+            .position(|(s, _)| s.name == signature.name)
+        {
             let existing = &self.entries[index].0;
             if *existing != signature {
                 return Err(StateError::IncompatibleDeclaration {

@@ -42,7 +42,10 @@ pub struct ValueStateDescriptor<V> {
 
 impl<V> ValueStateDescriptor<V> {
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), _value: PhantomData }
+        Self {
+            name: name.into(),
+            _value: PhantomData,
+        }
     }
 }
 
@@ -55,7 +58,10 @@ pub struct ListStateDescriptor<V> {
 
 impl<V> ListStateDescriptor<V> {
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), _value: PhantomData }
+        Self {
+            name: name.into(),
+            _value: PhantomData,
+        }
     }
 }
 
@@ -68,7 +74,10 @@ pub struct MapStateDescriptor<UK, UV> {
 
 impl<UK, UV> MapStateDescriptor<UK, UV> {
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), _value: PhantomData }
+        Self {
+            name: name.into(),
+            _value: PhantomData,
+        }
     }
 }
 
@@ -82,8 +91,14 @@ pub struct ReducingStateDescriptor<V> {
 }
 
 impl<V> ReducingStateDescriptor<V> {
-    pub fn new(name: impl Into<String>, reduce: impl Fn(V, V) -> V + Send + Sync + 'static) -> Self {
-        Self { name: name.into(), reduce: Arc::new(reduce) }
+    pub fn new(
+        name: impl Into<String>,
+        reduce: impl Fn(V, V) -> V + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            reduce: Arc::new(reduce),
+        }
     }
 }
 
@@ -103,7 +118,10 @@ pub struct AggregatingStateDescriptor<I, Acc, O> {
 
 impl<I, Acc, O> AggregatingStateDescriptor<I, Acc, O> {
     pub fn new(name: impl Into<String>, function: impl AggregateFunction<I, Acc, O>) -> Self {
-        Self { name: name.into(), function: Arc::new(function) }
+        Self {
+            name: name.into(),
+            function: Arc::new(function),
+        }
     }
 }
 
@@ -160,13 +178,19 @@ handle_impls!(MapStateHandle<UK, UV>);
 
 impl<V> Clone for ReducingStateHandle<V> {
     fn clone(&self) -> Self {
-        Self { id: self.id, reduce: Arc::clone(&self.reduce) }
+        Self {
+            id: self.id,
+            reduce: Arc::clone(&self.reduce),
+        }
     }
 }
 
 impl<I, Acc, O> Clone for AggregatingStateHandle<I, Acc, O> {
     fn clone(&self) -> Self {
-        Self { id: self.id, function: Arc::clone(&self.function) }
+        Self {
+            id: self.id,
+            function: Arc::clone(&self.function),
+        }
     }
 }
 
@@ -181,7 +205,11 @@ pub struct StateSignature {
 
 impl StateSignature {
     pub(crate) fn new<T: ?Sized>(name: &str, kind: StateKind) -> Self {
-        Self { name: name.to_owned(), kind, types: type_name::<T>().to_owned() }
+        Self {
+            name: name.to_owned(),
+            kind,
+            types: type_name::<T>().to_owned(),
+        }
     }
 }
 

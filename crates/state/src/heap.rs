@@ -14,7 +14,7 @@ use std::sync::Arc;
 use rustc_hash::FxBuildHasher;
 
 use crate::backend::{
-    Declarations, KeyedStateBackend, StateId, TableLayout, TableSlot, BackendKind,
+    BackendKind, Declarations, KeyedStateBackend, StateId, TableLayout, TableSlot,
 };
 use crate::descriptor::StateSignature;
 use crate::error::StateError;
@@ -54,7 +54,8 @@ impl<K: Clone + Hash + Eq, S: Clone> CowMap<K, S> {
 
     #[cold]
     fn thaw(&mut self) {
-        if let CowMap::Frozen(shared) = std::mem::replace(self, CowMap::Owned(GroupMap::default())) {
+        if let CowMap::Frozen(shared) = std::mem::replace(self, CowMap::Owned(GroupMap::default()))
+        {
             // Free when the snapshot has already released the map; one key group's
             // copy otherwise.
             *self = CowMap::Owned(Arc::unwrap_or_clone(shared));
@@ -88,8 +89,15 @@ pub struct HeapTableView<K, S> {
 
 impl<K: StateKey, S: Clone + Send + Sync + 'static> HeapTable<K, S> {
     pub fn new(name: &str, range: KeyGroupRange) -> Self {
-        let groups = range.iter().map(|_| CowMap::Owned(GroupMap::default())).collect();
-        Self { name: name.to_owned(), range, groups }
+        let groups = range
+            .iter()
+            .map(|_| CowMap::Owned(GroupMap::default()))
+            .collect();
+        Self {
+            name: name.to_owned(),
+            range,
+            groups,
+        }
     }
 
     #[inline]
@@ -193,6 +201,26 @@ impl<K: StateKey, V: Clone + Send + Sync + 'static> ValueTable<K, V> for HeapTab
         })
     }
 
+    #[inline]
+    fn modify(
+        &mut self,
+        key_group: KeyGroup,
+        key: &K,
+        init: &mut dyn FnMut() -> V,
+        f: &mut dyn FnMut(&mut V),
+    ) -> Result<(), StateError> {
+        let map = self.write(key_group)?;
+        match map.get_mut(key) {
+            Some(value) => f(value),
+            None => {
+                let mut value = init();
+                f(&mut value);
+                map.insert(key.clone(), value);
+            }
+        }
+        Ok(())
+    }
+
     fn for_each(&mut self, f: &mut dyn FnMut(&K, &V)) -> Result<(), StateError> {
         self.for_each_entry(f);
         Ok(())
@@ -201,7 +229,11 @@ impl<K: StateKey, V: Clone + Send + Sync + 'static> ValueTable<K, V> for HeapTab
 
 impl<K: StateKey, V: Clone + Send + Sync + 'static> ListTable<K, V> for HeapTable<K, Vec<V>> {
     fn get(&mut self, key_group: KeyGroup, key: &K) -> Result<&[V], StateError> {
-        Ok(self.read(key_group)?.get(key).map(Vec::as_slice).unwrap_or(&[]))
+        Ok(self
+            .read(key_group)?
+            .get(key)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]))
     }
 
     fn add(&mut self, key_group: KeyGroup, key: &K, value: V) -> Result<(), StateError> {
@@ -322,8 +354,15 @@ pub struct HeapKeyedStateBackend<K> {
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
     pub fn new(range: KeyGroupRange, max_parallelism: u32) -> Self {
-        assert!(range.end <= max_parallelism, "range {range} beyond max parallelism {max_parallelism}");
-        Self { range, max_parallelism, declarations: Declarations::new() }
+        assert!(
+            range.end <= max_parallelism,
+            "range {range} beyond max parallelism {max_parallelism}"
+        );
+        Self {
+            range,
+            max_parallelism,
+            declarations: Declarations::new(),
+        }
     }
 }
 
@@ -363,7 +402,10 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     }
 
     fn key_count(&mut self, key_group: KeyGroup) -> usize {
-        self.declarations.slots().map(|slot| slot.table().key_count(key_group)).sum()
+        self.declarations
+            .slots()
+            .map(|slot| slot.table().key_count(key_group))
+            .sum()
     }
 }
 

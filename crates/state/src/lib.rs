@@ -47,7 +47,15 @@ pub trait StateKey:
 {
 }
 impl<T> StateKey for T where
-    T: Hash + Eq + Clone + Debug + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static
+    T: Hash
+        + Eq
+        + Clone
+        + Debug
+        + Send
+        + Sync
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + 'static
 {
 }
 

@@ -29,7 +29,10 @@ pub struct OperatorListHandle<V> {
 
 impl<V> Clone for OperatorListHandle<V> {
     fn clone(&self) -> Self {
-        Self { index: self.index, _value: PhantomData }
+        Self {
+            index: self.index,
+            _value: PhantomData,
+        }
     }
 }
 
@@ -67,7 +70,10 @@ impl OperatorStateStore {
                     requested: format!("{mode:?} list of {type_name}"),
                 });
             }
-            return Ok(OperatorListHandle { index, _value: PhantomData });
+            return Ok(OperatorListHandle {
+                index,
+                _value: PhantomData,
+            });
         }
         self.lists.push(OperatorList {
             name: name.to_owned(),
@@ -75,7 +81,10 @@ impl OperatorStateStore {
             type_name,
             values: Box::new(Vec::<V>::new()),
         });
-        Ok(OperatorListHandle { index: self.lists.len() - 1, _value: PhantomData })
+        Ok(OperatorListHandle {
+            index: self.lists.len() - 1,
+            _value: PhantomData,
+        })
     }
 
     /// The list behind `handle`.

@@ -32,6 +32,15 @@ pub trait ValueTable<K, V>: KeyedTable<K> {
         key: &K,
         f: &mut dyn FnMut(Option<V>) -> Option<V>,
     ) -> Result<Option<&V>, StateError>;
+    /// Changes the value in place, inserting `init()` first if there is none: the
+    /// common read-modify-write in one lookup, without moving the value.
+    fn modify(
+        &mut self,
+        key_group: KeyGroup,
+        key: &K,
+        init: &mut dyn FnMut() -> V,
+        f: &mut dyn FnMut(&mut V),
+    ) -> Result<(), StateError>;
     /// Calls `f` for every key and value of the table, key group by key group.
     fn for_each(&mut self, f: &mut dyn FnMut(&K, &V)) -> Result<(), StateError>;
 }
@@ -47,12 +56,25 @@ pub trait ListTable<K, V>: KeyedTable<K> {
 
 /// Storage of a `MapState<UK, UV>`: a map from user keys to user values per key.
 pub trait MapTable<K, UK, UV>: KeyedTable<K> {
-    fn get(&mut self, key_group: KeyGroup, key: &K, user_key: &UK)
-    -> Result<Option<&UV>, StateError>;
-    fn put(&mut self, key_group: KeyGroup, key: &K, user_key: UK, value: UV)
-    -> Result<(), StateError>;
-    fn remove(&mut self, key_group: KeyGroup, key: &K, user_key: &UK)
-    -> Result<Option<UV>, StateError>;
+    fn get(
+        &mut self,
+        key_group: KeyGroup,
+        key: &K,
+        user_key: &UK,
+    ) -> Result<Option<&UV>, StateError>;
+    fn put(
+        &mut self,
+        key_group: KeyGroup,
+        key: &K,
+        user_key: UK,
+        value: UV,
+    ) -> Result<(), StateError>;
+    fn remove(
+        &mut self,
+        key_group: KeyGroup,
+        key: &K,
+        user_key: &UK,
+    ) -> Result<Option<UV>, StateError>;
     fn len(&mut self, key_group: KeyGroup, key: &K) -> Result<usize, StateError>;
     /// Calls `f` on every entry of the current key's map (in no particular order).
     fn for_each_entry(
