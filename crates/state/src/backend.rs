@@ -8,7 +8,10 @@
 
 use std::any::Any;
 
+use std::collections::HashMap;
+
 use crate::descriptor::StateSignature;
+use crate::snapshot::{KeyedStateSnapshot, RestoredKeyedState, RestoredSection, TableSnapshot, parse_section};
 use crate::error::StateError;
 use crate::heap::HeapKeyedStateBackend;
 use crate::key_group::KeyGroupRange;
@@ -123,6 +126,14 @@ pub trait KeyedStateBackend<K: StateKey>: Send {
     fn signatures(&self) -> Vec<StateSignature>;
     /// Number of keys with an entry in `key_group`, summed over all states.
     fn key_count(&mut self, key_group: KeyGroup) -> usize;
+    /// The synchronous part of a snapshot: a consistent, frozen view of every
+    /// state that can be serialised on another thread while processing goes on.
+    fn snapshot(&mut self) -> KeyedStateSnapshot;
+    /// Loads snapshot sections (before or after states are declared: a section
+    /// of a state not declared yet is decoded when it is declared).
+    fn restore(&mut self, restored: RestoredKeyedState) -> Result<(), StateError>;
+    /// Names of restored states that no declaration has claimed.
+    fn unclaimed_restored_states(&self) -> Vec<String>;
 }
 
 /// Creates the backend of one operator instance owning `range`.
@@ -137,9 +148,11 @@ pub fn create_keyed_backend<K: StateKey>(
 }
 
 /// The declaration bookkeeping every backend shares: signatures checked against
-/// earlier declarations, tables stored by id.
+/// earlier declarations, tables stored by id, restored sections waiting for
+/// their state to be declared.
 pub(crate) struct Declarations<K> {
     entries: Vec<(StateSignature, TableSlot<K>)>,
+    waiting: HashMap<String, Vec<RestoredSection>>,
 }
 
 /// At most this many states per operator instance (a limit on everything).
@@ -149,9 +162,53 @@ pub const MAX_STATE_NAME_BYTES: usize = 256;
 
 impl<K> Declarations<K> {
     pub(crate) fn new() -> Self {
-        Self {
-            entries: Vec::new(),
+        Self { entries: Vec::new(), waiting: HashMap::new() }
+    }
+
+    fn load(signature: &StateSignature, slot: &mut TableSlot<K>, section: &RestoredSection) -> Result<(), StateError> {
+        if section.kind != signature.kind || section.types != signature.types {
+            return Err(StateError::IncompatibleDeclaration {
+                name: signature.name.clone(),
+                existing: format!("{} state of {} (in the snapshot)", section.kind, section.types),
+                requested: signature.to_string(),
+            });
         }
+        slot.table().restore_key_group(section.key_group, &section.payload)
+    }
+
+    pub(crate) fn restore(&mut self, range: KeyGroupRange, restored: RestoredKeyedState) -> Result<(), StateError> {
+        for (key_group, bytes) in restored.groups {
+            if !range.contains(key_group) {
+                return Err(StateError::KeyGroupOutOfRange { key_group, range: range.to_string() });
+            }
+            for (name, section) in parse_section(key_group, &bytes)? {
+                match self.entries.iter_mut().find(|(s, _)| s.name == name) {
+                    Some((signature, slot)) => Self::load(signature, slot, &section)?,
+                    None => self.waiting.entry(name).or_default().push(section),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn unclaimed(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.waiting.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    pub(crate) fn snapshot(&mut self) -> Vec<(StateSignature, Box<dyn TableSnapshot>)> {
+        let mut states: Vec<(StateSignature, Box<dyn TableSnapshot>)> =
+            self.entries.iter_mut().map(|(s, slot)| (s.clone(), slot.table().snapshot())).collect();
+        // Restored state nobody declared (yet) is carried into the next snapshot
+        // unchanged, so that a job that declares it lazily does not lose it.
+        for (name, sections) in &self.waiting {
+            if let Some(first) = sections.first() {
+                let signature = StateSignature { name: name.clone(), kind: first.kind, types: first.types.clone() };
+                states.push((signature, Box::new(RawTableSnapshot { sections: sections.clone() })));
+            }
+        }
+        states
     }
 
     pub(crate) fn declare(
@@ -187,7 +244,12 @@ impl<K> Declarations<K> {
                 reason: "too many states in one operator (the limit is 1024)",
             });
         }
-        let slot = create(layout);
+        let mut slot = create(layout);
+        if let Some(sections) = self.waiting.remove(&signature.name) {
+            for section in &sections {
+                Self::load(&signature, &mut slot, section)?;
+            }
+        }
         self.entries.push((signature, slot));
         Ok(StateId((self.entries.len() - 1) as u32))
     }
@@ -202,5 +264,28 @@ impl<K> Declarations<K> {
 
     pub(crate) fn slots(&mut self) -> impl Iterator<Item = &mut TableSlot<K>> {
         self.entries.iter_mut().map(|(_, slot)| slot)
+    }
+}
+
+/// Restored sections of a state nobody declared, written back as they came.
+struct RawTableSnapshot {
+    sections: Vec<RestoredSection>,
+}
+
+impl TableSnapshot for RawTableSnapshot {
+    fn write_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<(), StateError> {
+        match self.sections.iter().find(|s| s.key_group == key_group) {
+            Some(section) => out.extend_from_slice(&section.payload),
+            None => out.extend_from_slice(&0u64.to_le_bytes()),
+        }
+        Ok(())
+    }
+
+    fn entries(&self, key_group: KeyGroup) -> usize {
+        self.sections
+            .iter()
+            .find(|s| s.key_group == key_group)
+            .and_then(|s| s.payload.get(..8))
+            .map_or(0, |b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as usize)
     }
 }

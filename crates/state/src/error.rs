@@ -18,6 +18,12 @@ pub enum StateError {
     /// or a state restored into the wrong range.
     #[error("key group {key_group} is outside the range {range} owned by this instance")]
     KeyGroupOutOfRange { key_group: u32, range: String },
+    /// State could not be encoded or decoded.
+    #[error("state '{state}': cannot {action}: {reason}")]
+    Codec { state: String, action: &'static str, reason: String },
+    /// Snapshot bytes do not have the expected structure.
+    #[error("corrupt keyed state snapshot: {0}")]
+    CorruptSnapshot(String),
     /// A state name is empty or too long.
     #[error("invalid state name '{name}': {reason}")]
     InvalidName { name: String, reason: &'static str },

@@ -17,10 +17,12 @@ use crate::backend::{
     BackendKind, Declarations, KeyedStateBackend, StateId, TableLayout, TableSlot,
 };
 use crate::descriptor::StateSignature;
+use crate::snapshot::{KeyedStateSnapshot, RestoredKeyedState};
 use crate::error::StateError;
 use crate::key_group::KeyGroupRange;
 use crate::table::{KeyedTable, ListTable, MapTable, ValueTable};
-use crate::{KeyGroup, StateKey};
+use crate::snapshot::{decode_entries, encode_entries};
+use crate::{KeyGroup, StateKey, StateValue};
 
 /// The hash map of one key group. Fx hashing: keys are already spread by key group
 /// and the map is never exposed to untrusted hash-flooding inputs of its own.
@@ -84,6 +86,7 @@ pub struct HeapTable<K, S> {
 
 /// An immutable view of a [`HeapTable`] at the moment of [`HeapTable::freeze`].
 pub struct HeapTableView<K, S> {
+    pub name: String,
     pub groups: Vec<(KeyGroup, Arc<GroupMap<K, S>>)>,
 }
 
@@ -134,7 +137,7 @@ impl<K: StateKey, S: Clone + Send + Sync + 'static> HeapTable<K, S> {
             .enumerate()
             .map(|(i, group)| (start + i as KeyGroup, group.freeze()))
             .collect();
-        HeapTableView { groups }
+        HeapTableView { name: self.name.clone(), groups }
     }
 
     fn for_each_entry(&self, f: &mut dyn FnMut(&K, &S)) {
@@ -146,7 +149,20 @@ impl<K: StateKey, S: Clone + Send + Sync + 'static> HeapTable<K, S> {
     }
 }
 
-impl<K: StateKey, S: Clone + Send + Sync + 'static> KeyedTable<K> for HeapTable<K, S> {
+impl<K: StateKey, S: StateValue> crate::snapshot::TableSnapshot for HeapTableView<K, S> {
+    fn write_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<(), StateError> {
+        match self.groups.iter().find(|(g, _)| *g == key_group) {
+            Some((_, map)) => encode_entries(&self.name, map.iter(), out),
+            None => encode_entries::<K, S>(&self.name, std::iter::empty(), out),
+        }
+    }
+
+    fn entries(&self, key_group: KeyGroup) -> usize {
+        self.groups.iter().find(|(g, _)| *g == key_group).map_or(0, |(_, m)| m.len())
+    }
+}
+
+impl<K: StateKey, S: StateValue> KeyedTable<K> for HeapTable<K, S> {
     fn name(&self) -> &str {
         &self.name
     }
@@ -160,9 +176,21 @@ impl<K: StateKey, S: Clone + Send + Sync + 'static> KeyedTable<K> for HeapTable<
             *group = CowMap::Owned(GroupMap::default());
         }
     }
+
+    fn snapshot(&mut self) -> Box<dyn crate::snapshot::TableSnapshot> {
+        Box::new(self.freeze())
+    }
+
+    fn restore_key_group(&mut self, key_group: KeyGroup, payload: &[u8]) -> Result<(), StateError> {
+        let name = self.name.clone();
+        let map = self.write(key_group)?;
+        decode_entries::<K, S>(&name, payload, |key, value| {
+            map.insert(key, value);
+        })
+    }
 }
 
-impl<K: StateKey, V: Clone + Send + Sync + 'static> ValueTable<K, V> for HeapTable<K, V> {
+impl<K: StateKey, V: StateValue> ValueTable<K, V> for HeapTable<K, V> {
     #[inline]
     fn get(&mut self, key_group: KeyGroup, key: &K) -> Result<Option<&V>, StateError> {
         Ok(self.read(key_group)?.get(key))
@@ -227,7 +255,7 @@ impl<K: StateKey, V: Clone + Send + Sync + 'static> ValueTable<K, V> for HeapTab
     }
 }
 
-impl<K: StateKey, V: Clone + Send + Sync + 'static> ListTable<K, V> for HeapTable<K, Vec<V>> {
+impl<K: StateKey, V: StateValue> ListTable<K, V> for HeapTable<K, Vec<V>> {
     fn get(&mut self, key_group: KeyGroup, key: &K) -> Result<&[V], StateError> {
         Ok(self
             .read(key_group)?
@@ -271,8 +299,8 @@ impl<K: StateKey, V: Clone + Send + Sync + 'static> ListTable<K, V> for HeapTabl
 impl<K, UK, UV> MapTable<K, UK, UV> for HeapTable<K, GroupMap<UK, UV>>
 where
     K: StateKey,
-    UK: Hash + Eq + Clone + Send + Sync + 'static,
-    UV: Clone + Send + Sync + 'static,
+    UK: StateKey,
+    UV: StateValue,
 {
     fn get(
         &mut self,
@@ -407,6 +435,18 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
             .map(|slot| slot.table().key_count(key_group))
             .sum()
     }
+
+    fn snapshot(&mut self) -> KeyedStateSnapshot {
+        KeyedStateSnapshot { range: self.range, states: self.declarations.snapshot() }
+    }
+
+    fn restore(&mut self, restored: RestoredKeyedState) -> Result<(), StateError> {
+        self.declarations.restore(self.range, restored)
+    }
+
+    fn unclaimed_restored_states(&self) -> Vec<String> {
+        self.declarations.unclaimed()
+    }
 }
 
 #[cfg(test)]
@@ -435,7 +475,7 @@ mod tests {
         static CLONES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
-    #[derive(Debug)]
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
     struct Counted(u64);
 
     impl Clone for Counted {

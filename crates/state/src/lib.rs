@@ -17,6 +17,7 @@ pub mod error;
 pub mod heap;
 pub mod key_group;
 pub mod operator_state;
+pub mod snapshot;
 pub mod table;
 
 pub use access::KeyScope;
@@ -33,6 +34,7 @@ pub use key_group::{
     key_group_of, operator_index_for_key_group, stable_hash,
 };
 pub use operator_state::{OperatorListHandle, OperatorStateStore, RedistributionMode};
+pub use snapshot::{KeyedStateSnapshot, RestoredKeyedState, TableSnapshot};
 
 use std::fmt::Debug;
 use std::hash::Hash;

@@ -17,6 +17,10 @@ pub trait KeyedTable<K>: Send {
     fn key_count(&self, key_group: KeyGroup) -> usize;
     /// Removes every entry.
     fn clear(&mut self);
+    /// Freezes the table for an asynchronous snapshot (the synchronous part).
+    fn snapshot(&mut self) -> Box<dyn crate::snapshot::TableSnapshot>;
+    /// Loads the entries of one key group from a snapshot payload.
+    fn restore_key_group(&mut self, key_group: KeyGroup, payload: &[u8]) -> Result<(), StateError>;
 }
 
 /// Storage of a `ValueState<V>`: at most one `V` per key.

@@ -1,0 +1,305 @@
+//! Snapshots of keyed state as bytes, by key group.
+//!
+//! The synchronous part of a snapshot is [`crate::KeyedStateBackend::snapshot`]:
+//! it freezes every table (O(key groups) for the heap backend) and returns a
+//! [`KeyedStateSnapshot`] that another thread serialises key group by key group
+//! while processing goes on. Restore hands the same bytes back
+//! ([`RestoredKeyedState`]); a state's bytes are decoded when the state is
+//! declared, because only then are its Rust types known.
+//!
+//! Key-group section layout (all integers little-endian):
+//! `u32 states`, then per state: `u16 name_len, name, u8 kind, u16 types_len,
+//! types, u64 payload_len, payload`; a payload is `u64 entries` followed by the
+//! entries, each `(key, value)` in bincode's standard configuration with
+//! fixed-width integers.
+
+use crate::descriptor::{StateKind, StateSignature};
+use crate::error::StateError;
+use crate::key_group::{KeyGroup, KeyGroupRange};
+
+/// The bincode configuration of snapshot entries.
+pub(crate) fn codec() -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Fixint> {
+    bincode::config::standard().with_fixed_int_encoding()
+}
+
+/// A frozen table, serialisable one key group at a time from any thread.
+pub trait TableSnapshot: Send + Sync {
+    /// Appends the payload of `key_group` (entry count, then entries) to `out`.
+    fn write_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<(), StateError>;
+    /// Entries in `key_group`.
+    fn entries(&self, key_group: KeyGroup) -> usize;
+}
+
+/// A consistent view of all keyed state of one operator instance.
+pub struct KeyedStateSnapshot {
+    pub range: KeyGroupRange,
+    pub states: Vec<(StateSignature, Box<dyn TableSnapshot>)>,
+}
+
+fn kind_code(kind: StateKind) -> u8 {
+    match kind {
+        StateKind::Value => 0,
+        StateKind::List => 1,
+        StateKind::Map => 2,
+        StateKind::Reducing => 3,
+        StateKind::Aggregating => 4,
+    }
+}
+
+fn kind_of(code: u8) -> Option<StateKind> {
+    Some(match code {
+        0 => StateKind::Value,
+        1 => StateKind::List,
+        2 => StateKind::Map,
+        3 => StateKind::Reducing,
+        4 => StateKind::Aggregating,
+        _ => return None,
+    })
+}
+
+impl KeyedStateSnapshot {
+    /// Appends the section of `key_group` (every state's entries) to `out`.
+    pub fn write_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<(), StateError> {
+        out.extend_from_slice(&(self.states.len() as u32).to_le_bytes());
+        for (signature, table) in &self.states {
+            let name = signature.name.as_bytes();
+            let types = signature.types.as_bytes();
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(name);
+            out.push(kind_code(signature.kind));
+            out.extend_from_slice(&(types.len().min(u16::MAX as usize) as u16).to_le_bytes());
+            out.extend_from_slice(&types[..types.len().min(u16::MAX as usize)]);
+            let length_at = out.len();
+            out.extend_from_slice(&0u64.to_le_bytes());
+            table.write_key_group(key_group, out)?;
+            let payload_len = (out.len() - length_at - 8) as u64;
+            out[length_at..length_at + 8].copy_from_slice(&payload_len.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    /// Entries over all states in `key_group`.
+    pub fn entries(&self, key_group: KeyGroup) -> usize {
+        self.states.iter().map(|(_, t)| t.entries(key_group)).sum()
+    }
+}
+
+/// One state's payload in one key group, as read back.
+#[derive(Debug, Clone)]
+pub struct RestoredSection {
+    pub key_group: KeyGroup,
+    pub kind: StateKind,
+    pub types: String,
+    pub payload: Vec<u8>,
+}
+
+/// Keyed state to restore: key-group sections written by
+/// [`KeyedStateSnapshot::write_key_group`], for key groups of the new owner.
+#[derive(Debug, Default, Clone)]
+pub struct RestoredKeyedState {
+    pub groups: Vec<(KeyGroup, Vec<u8>)>,
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StateError> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
+            StateError::CorruptSnapshot(format!("section ends at byte {} but {} more were expected", self.bytes.len(), n))
+        })?;
+        let slice = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn u16(&mut self) -> Result<u16, StateError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, StateError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, StateError> {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(word))
+    }
+}
+
+/// Upper bound on states in one section (matches the declaration limit).
+const MAX_SECTION_STATES: u32 = crate::backend::MAX_STATES_PER_OPERATOR as u32;
+
+/// Splits a key-group section into its states: `(name, section)`.
+pub(crate) fn parse_section(key_group: KeyGroup, bytes: &[u8]) -> Result<Vec<(String, RestoredSection)>, StateError> {
+    let mut cursor = Cursor { bytes, at: 0 };
+    let states = cursor.u32()?;
+    if states > MAX_SECTION_STATES {
+        return Err(StateError::CorruptSnapshot(format!("key group {key_group} claims {states} states")));
+    }
+    let mut out = Vec::with_capacity(states as usize);
+    for _ in 0..states {
+        let name_len = cursor.u16()? as usize;
+        let name = String::from_utf8(cursor.take(name_len)?.to_vec())
+            .map_err(|_| StateError::CorruptSnapshot(format!("key group {key_group}: state name is not UTF-8")))?;
+        let kind_byte = cursor.take(1)?[0];
+        let kind = kind_of(kind_byte)
+            .ok_or_else(|| StateError::CorruptSnapshot(format!("key group {key_group}: unknown state kind {kind_byte}")))?;
+        let types_len = cursor.u16()? as usize;
+        let types = String::from_utf8_lossy(cursor.take(types_len)?).into_owned();
+        let payload_len = cursor.u64()?;
+        let payload_len = usize::try_from(payload_len)
+            .map_err(|_| StateError::CorruptSnapshot(format!("key group {key_group}: payload too large")))?;
+        let payload = cursor.take(payload_len)?.to_vec();
+        out.push((name, RestoredSection { key_group, kind, types, payload }));
+    }
+    if cursor.at != bytes.len() {
+        return Err(StateError::CorruptSnapshot(format!(
+            "key group {key_group}: {} trailing bytes",
+            bytes.len() - cursor.at
+        )));
+    }
+    Ok(out)
+}
+
+/// Encodes the entries of one key group: `u64 count`, then `(key, value)` pairs.
+pub(crate) fn encode_entries<'e, K, S>(
+    state: &str,
+    entries: impl ExactSizeIterator<Item = (&'e K, &'e S)>,
+    out: &mut Vec<u8>,
+) -> Result<(), StateError>
+where
+    K: serde::Serialize + 'e,
+    S: serde::Serialize + 'e,
+{
+    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for entry in entries {
+        bincode::serde::encode_into_std_write(entry, out, codec()).map_err(|e| StateError::Codec {
+            state: state.to_owned(),
+            action: "encode",
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Decodes a payload written by [`encode_entries`], calling `f` per entry.
+pub(crate) fn decode_entries<K, S>(
+    state: &str,
+    payload: &[u8],
+    mut f: impl FnMut(K, S),
+) -> Result<(), StateError>
+where
+    K: serde::de::DeserializeOwned,
+    S: serde::de::DeserializeOwned,
+{
+    let corrupt = |reason: String| StateError::Codec { state: state.to_owned(), action: "decode", reason };
+    if payload.len() < 8 {
+        return Err(corrupt("payload shorter than its entry count".into()));
+    }
+    let mut count = [0u8; 8];
+    count.copy_from_slice(&payload[..8]);
+    let count = u64::from_le_bytes(count);
+    let mut at = 8;
+    for _ in 0..count {
+        let ((key, value), used): ((K, S), usize) =
+            bincode::serde::decode_from_slice(&payload[at..], codec()).map_err(|e| corrupt(e.to_string()))?;
+        at += used;
+        f(key, value);
+    }
+    if at != payload.len() {
+        return Err(corrupt(format!("{} bytes after the last entry", payload.len() - at)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        KeyScope, KeyedStateBackend, ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor,
+        create_keyed_backend, key_group_of,
+    };
+
+    fn write_all(snapshot: &KeyedStateSnapshot) -> Vec<(KeyGroup, Vec<u8>)> {
+        snapshot
+            .range
+            .iter()
+            .map(|g| {
+                let mut bytes = Vec::new();
+                snapshot.write_key_group(g, &mut bytes).unwrap();
+                (g, bytes)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn snapshot_restores_every_state_into_new_ranges() {
+        let m = 16;
+        let mut backend: Box<dyn KeyedStateBackend<u64>> =
+            create_keyed_backend(Default::default(), KeyGroupRange::new(0, m), m);
+        let value = backend.value_state(&ValueStateDescriptor::<(u64, String)>::new("v")).unwrap();
+        let list = backend.list_state(&ListStateDescriptor::<u32>::new("l")).unwrap();
+        let map = backend.map_state(&MapStateDescriptor::<String, i64>::new("m")).unwrap();
+        for key in 0..500u64 {
+            let g = key_group_of(&key, m);
+            let mut scope = KeyScope::new(backend.as_mut(), &key, g);
+            scope.value(&value).set((key * 3, format!("k{key}"))).unwrap();
+            scope.list(&list).add(key as u32).unwrap();
+            scope.list(&list).add(7).unwrap();
+            scope.map(&map).put(format!("x{key}"), -(key as i64)).unwrap();
+        }
+        let snapshot = backend.snapshot();
+        // Writes after the snapshot must not show up in it.
+        let key = 1u64;
+        KeyScope::new(backend.as_mut(), &key, key_group_of(&key, m)).value(&value).set((0, "changed".into())).unwrap();
+        let sections = write_all(&snapshot);
+
+        // Restore into two instances owning halves of the key groups.
+        for (start, end) in [(0, 8), (8, 16)] {
+            let range = KeyGroupRange::new(start, end);
+            let mut restored: Box<dyn KeyedStateBackend<u64>> = create_keyed_backend(Default::default(), range, m);
+            let groups = sections.iter().filter(|(g, _)| range.contains(*g)).cloned().collect();
+            restored.restore(RestoredKeyedState { groups }).unwrap();
+            assert_eq!(restored.unclaimed_restored_states(), ["l", "m", "v"]);
+            let value = restored.value_state(&ValueStateDescriptor::<(u64, String)>::new("v")).unwrap();
+            let list = restored.list_state(&ListStateDescriptor::<u32>::new("l")).unwrap();
+            let map = restored.map_state(&MapStateDescriptor::<String, i64>::new("m")).unwrap();
+            assert!(restored.unclaimed_restored_states().is_empty());
+            for key in (0..500u64).filter(|k| range.contains(key_group_of(k, m))) {
+                let mut scope = KeyScope::new(restored.as_mut(), &key, key_group_of(&key, m));
+                assert_eq!(scope.value(&value).get().unwrap(), Some(&(key * 3, format!("k{key}"))));
+                assert_eq!(scope.list(&list).get().unwrap(), &[key as u32, 7]);
+                assert_eq!(scope.map(&map).get(&format!("x{key}")).unwrap(), Some(&-(key as i64)));
+            }
+        }
+    }
+
+    #[test]
+    fn restore_refuses_a_changed_type_and_damaged_bytes() {
+        let m = 4;
+        let mut backend: Box<dyn KeyedStateBackend<u64>> =
+            create_keyed_backend(Default::default(), KeyGroupRange::new(0, m), m);
+        let value = backend.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
+        for key in 0..20u64 {
+            KeyScope::new(backend.as_mut(), &key, key_group_of(&key, m)).value(&value).set(key).unwrap();
+        }
+        let sections = write_all(&backend.snapshot());
+
+        let mut other: Box<dyn KeyedStateBackend<u64>> = create_keyed_backend(Default::default(), KeyGroupRange::new(0, m), m);
+        other.restore(RestoredKeyedState { groups: sections.clone() }).unwrap();
+        let err = other.value_state(&ValueStateDescriptor::<String>::new("v")).err().unwrap();
+        assert!(matches!(err, StateError::IncompatibleDeclaration { .. }), "{err}");
+
+        let mut truncated = sections.clone();
+        let last = truncated[1].1.len() - 3;
+        truncated[1].1.truncate(last);
+        let mut other: Box<dyn KeyedStateBackend<u64>> = create_keyed_backend(Default::default(), KeyGroupRange::new(0, m), m);
+        assert!(other.restore(RestoredKeyedState { groups: truncated }).is_err());
+    }
+}
