@@ -1,0 +1,47 @@
+//! Checkpoints: where snapshots go, what they look like, and who decides when
+//! one is complete.
+//!
+//! Owns: the [`storage::CheckpointStorage`] trait and its implementations; the
+//! on-storage layout ([`layout`]); the sealed file format with checksums
+//! ([`format`]); checkpoint metadata ([`metadata`]); keyed state files indexed by
+//! key group ([`keyed_file`]); the coordinator's state machine ([`coordinator`]);
+//! finding and validating a checkpoint to restore ([`restore`]).
+//!
+//! Must not touch: tasks, threads or channels. The runtime drives the coordinator
+//! with messages (trigger times, acknowledgements, declines) and carries out what
+//! it answers (inject barrier n, notify completion); this crate never calls into
+//! the runtime.
+
+pub mod coordinator;
+pub mod format;
+pub mod keyed_file;
+pub mod layout;
+pub mod metadata;
+pub mod restore;
+pub mod storage;
+
+pub use coordinator::{CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, TaskAck};
+pub use metadata::{CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, OperatorListState, OperatorSnapshot, SnapshotKind, SubtaskSnapshot};
+pub use storage::{CheckpointStorage, StorageError};
+
+use thiserror::Error;
+
+/// Checkpoint ids start at 1 and only grow within a job.
+pub type CheckpointId = u64;
+
+/// Errors of writing, reading and validating checkpoints.
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("'{path}' is damaged: {reason}")]
+    Corrupt { path: String, reason: String },
+    #[error("'{path}' has format version {found}; this flowstate reads versions up to {supported}")]
+    UnsupportedVersion { path: String, found: u32, supported: u32 },
+    #[error("no completed checkpoint under '{0}'")]
+    NothingToRestore(String),
+    #[error(transparent)]
+    State(#[from] flowstate_state::StateError),
+    #[error("{0}")]
+    Invalid(String),
+}

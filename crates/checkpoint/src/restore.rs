@@ -1,0 +1,138 @@
+//! Finding and loading a checkpoint to restore, and dealing its state out to the
+//! instances of a (possibly rescaled) job.
+
+use std::collections::HashMap;
+
+use flowstate_state::{KeyGroupRange, RedistributionMode, RestoredKeyedState};
+
+use crate::keyed_file::{sections, verify_file};
+use crate::layout::{METADATA_FILE, parse_metadata_path};
+use crate::metadata::{CheckpointMetadata, OperatorListState};
+use crate::storage::CheckpointStorage;
+use crate::{CheckpointError, CheckpointId};
+
+/// A checkpoint read back and verified: its metadata and the bytes of every
+/// file it references.
+pub struct LoadedCheckpoint {
+    pub metadata: CheckpointMetadata,
+    pub metadata_path: String,
+    files: HashMap<String, Vec<u8>>,
+}
+
+/// Completed checkpoints under the storage root, newest first:
+/// `(job id, checkpoint id, metadata path)`.
+pub fn completed_checkpoints(storage: &dyn CheckpointStorage) -> Result<Vec<(String, CheckpointId, String)>, CheckpointError> {
+    let mut found: Vec<(String, CheckpointId, String)> = storage
+        .list("")?
+        .into_iter()
+        .filter_map(|path| parse_metadata_path(&path).map(|(job, id)| (job, id, path)))
+        .collect();
+    found.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+    Ok(found)
+}
+
+/// Loads and verifies one checkpoint (`path` is its directory or its `_metadata`).
+pub fn load(storage: &dyn CheckpointStorage, path: &str) -> Result<LoadedCheckpoint, CheckpointError> {
+    let metadata_path = if path.ends_with(METADATA_FILE) {
+        path.to_owned()
+    } else {
+        format!("{}/{METADATA_FILE}", path.trim_end_matches('/'))
+    };
+    let bytes = storage.get(&metadata_path)?;
+    let metadata = CheckpointMetadata::decode(&metadata_path, &bytes)?;
+    let mut files = HashMap::new();
+    for operator in &metadata.operators {
+        for subtask in &operator.subtasks {
+            if let Some(keyed) = &subtask.keyed {
+                let bytes = storage.get(&keyed.file.path)?;
+                verify_file(&keyed.file, &bytes)?;
+                files.insert(keyed.file.path.clone(), bytes);
+            }
+        }
+    }
+    Ok(LoadedCheckpoint { metadata, metadata_path, files })
+}
+
+/// Loads the newest completed checkpoint that verifies, falling back to older
+/// retained ones when a newer one is damaged. `Ok(None)` if there is none at all;
+/// an error naming the damage if every one is damaged.
+pub fn load_latest(storage: &dyn CheckpointStorage) -> Result<Option<LoadedCheckpoint>, CheckpointError> {
+    let candidates = completed_checkpoints(storage)?;
+    let mut first_error = None;
+    for (_, id, path) in &candidates {
+        match load(storage, path) {
+            Ok(loaded) => return Ok(Some(loaded)),
+            Err(e) => {
+                tracing::warn!(checkpoint = id, "cannot restore {path}: {e}; trying an older checkpoint");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
+}
+
+impl LoadedCheckpoint {
+    pub fn id(&self) -> CheckpointId {
+        self.metadata.checkpoint_id
+    }
+
+    /// Keyed state of operator `uid` for the instance owning `range`, gathered
+    /// from every old instance whose key groups overlap it.
+    pub fn keyed_state(&self, uid: &str, range: KeyGroupRange) -> Result<RestoredKeyedState, CheckpointError> {
+        let mut restored = RestoredKeyedState::default();
+        let Some(operator) = self.metadata.operator(uid) else {
+            return Ok(restored);
+        };
+        for subtask in &operator.subtasks {
+            let Some(handle) = &subtask.keyed else { continue };
+            let old = KeyGroupRange::new(handle.key_group_start, handle.key_group_end);
+            if old.intersect(&range).is_empty() {
+                continue;
+            }
+            let bytes = self.files.get(&handle.file.path).ok_or_else(|| CheckpointError::Corrupt {
+                path: handle.file.path.clone(),
+                reason: "not loaded".into(),
+            })?;
+            restored.groups.extend(sections(handle, bytes, range)?.groups);
+        }
+        Ok(restored)
+    }
+
+    /// Operator list states of `uid` for instance `index` of `parallelism`:
+    /// split lists are dealt round-robin over the new instances, union lists go
+    /// whole to every instance.
+    pub fn operator_lists(&self, uid: &str, index: u32, parallelism: u32) -> Vec<OperatorListState> {
+        let Some(operator) = self.metadata.operator(uid) else {
+            return Vec::new();
+        };
+        let mut merged: Vec<OperatorListState> = Vec::new();
+        for subtask in &operator.subtasks {
+            for list in &subtask.lists {
+                match merged.iter_mut().find(|l| l.name == list.name) {
+                    Some(existing) => existing.elements.extend(list.elements.iter().cloned()),
+                    None => merged.push(list.clone()),
+                }
+            }
+        }
+        for list in &mut merged {
+            if list.mode == RedistributionMode::Split {
+                list.elements = list
+                    .elements
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i as u32 % parallelism == index)
+                    .map(|(_, e)| e.clone())
+                    .collect();
+            }
+        }
+        merged
+    }
+
+    /// Whether the checkpoint holds state of operator `uid`.
+    pub fn has_operator(&self, uid: &str) -> bool {
+        self.metadata.operator(uid).is_some()
+    }
+}
