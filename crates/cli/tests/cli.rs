@@ -432,7 +432,6 @@ fn non_utf8_line_names_file_and_line() {
 
 /// "One clear message": the cause is stated once, not repeated.
 #[test]
-#[ignore = "BUG: error chain printed twice (JobError::TaskFailed shows {source} and also returns it as source())"]
 fn non_utf8_error_is_not_repeated() {
     let tmp = tempdir();
     let input = non_utf8_input(tmp.path());
@@ -484,7 +483,6 @@ fn output_path_that_is_a_file_is_an_error() {
 }
 
 #[test]
-#[ignore = "BUG: io error repeated (ConnectorError::Write/Read show {source} and also return it as source())"]
 fn output_path_error_is_not_repeated() {
     let tmp = tempdir();
     let file = tmp.path().join("taken");
@@ -541,7 +539,6 @@ fn invalid_settings_are_rejected_with_a_message() {
 /// `--max-parallelism 0` without `--parallelism` must blame max parallelism, the
 /// setting the user gave, not a "parallelism 0" the user never asked for.
 #[test]
-#[ignore = "BUG: --max-parallelism 0 is reported as 'parallelism 0 is not between 1 and 1024'"]
 fn max_parallelism_zero_names_max_parallelism() {
     let tmp = tempdir();
     let run = flowstate(
