@@ -90,7 +90,7 @@ impl RuntimeArgs {
             .unwrap_or(1);
         let parallelism = self
             .parallelism
-            .unwrap_or_else(|| cpus.min(self.max_parallelism));
+            .unwrap_or_else(|| cpus.min(self.max_parallelism).max(1));
         let config = ExecutionConfig {
             max_parallelism: self.max_parallelism,
             ..ExecutionConfig::with_parallelism(parallelism)

@@ -20,7 +20,7 @@ use thiserror::Error;
 pub enum ConnectorError {
     #[error("input path '{path}' does not exist")]
     MissingInput { path: String },
-    #[error("cannot read '{path}': {source}")]
+    #[error("cannot read '{path}'")]
     Read {
         path: String,
         #[source]
@@ -32,7 +32,7 @@ pub enum ConnectorError {
         line: u64,
         byte_offset: usize,
     },
-    #[error("cannot write '{path}': {source}")]
+    #[error("cannot write '{path}'")]
     Write {
         path: String,
         #[source]

@@ -63,7 +63,7 @@ pub enum BuildError {
 pub enum JobError {
     #[error(transparent)]
     Build(#[from] BuildError),
-    #[error("task '{task}' failed: {source}")]
+    #[error("task '{task}' failed")]
     TaskFailed {
         task: String,
         #[source]

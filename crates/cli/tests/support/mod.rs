@@ -1,0 +1,350 @@
+//! Helpers for the end-to-end tests of the `flowstate` binary: running it,
+//! reading what its file sink committed, and an independent reference
+//! implementation of workload W and of wordcount to check the results against.
+//!
+//! Nothing here is imported from the flowstate crates: the checker must not share
+//! code (or bugs) with what it checks.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// What one run of the binary produced.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Panics with both streams unless the run exited 0.
+    pub fn assert_success(&self) -> &Self {
+        assert!(self.success(), "flowstate failed: {self}");
+        self
+    }
+
+    /// Panics unless the run exited non-zero (and was not killed by a signal),
+    /// wrote something to stderr and printed no RESULT line.
+    pub fn assert_failure(&self) -> &Self {
+        assert!(
+            matches!(self.code, Some(c) if c != 0),
+            "expected a non-zero exit code: {self}"
+        );
+        assert!(
+            !self.stderr.trim().is_empty(),
+            "expected a message on stderr: {self}"
+        );
+        assert!(
+            !self.stdout.contains("RESULT"),
+            "a failed run must not print a RESULT line: {self}"
+        );
+        self
+    }
+
+    /// The lines of stderr that are the CLI's own error messages.
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("flowstate: error:"))
+            .collect()
+    }
+
+    /// Panics unless stderr holds exactly one `flowstate: error: ...` line;
+    /// returns it.
+    pub fn single_error_line(&self) -> &str {
+        let lines = self.error_lines();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected exactly one 'flowstate: error:' line: {self}"
+        );
+        lines[0]
+    }
+
+    /// Panics unless stdout is exactly one line starting with `RESULT `;
+    /// returns it (without the newline).
+    pub fn result_line(&self) -> &str {
+        let lines: Vec<&str> = self.stdout.lines().collect();
+        assert!(
+            lines.len() == 1 && lines[0].starts_with("RESULT ") && self.stdout.ends_with('\n'),
+            "expected stdout to be exactly one RESULT line: {self}"
+        );
+        lines[0]
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit code {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `flowstate ARGS` in `cwd` (so that nothing it might write lands in the
+/// repository) and waits for it.
+pub fn flowstate(cwd: &Path, args: &[&str]) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(env!("CARGO_BIN_EXE_flowstate"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("FLOWSTATE_LOG")
+        .output()
+        .expect("cannot start the flowstate binary");
+    Run {
+        code: status.code(),
+        stdout: String::from_utf8(stdout).expect("stdout is not UTF-8"),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// `path` as a `&str` argument.
+pub fn arg(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+// ---------------------------------------------------------------------------
+// Workload W, written from the brief.
+
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The final state of W: for every key, the values (= record indices) it got, in
+/// index order. Keys that got no record are absent.
+pub fn workload_values(records: u64, keys: u64) -> BTreeMap<u64, Vec<u64>> {
+    let mut values: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for i in 0..records {
+        values.entry(splitmix64(i) % keys).or_default().push(i);
+    }
+    values
+}
+
+/// `(distinct keys, checksum)` of W's final state, per the brief's definition.
+pub fn workload_checksum(records: u64, keys: u64) -> (u64, u64) {
+    // A dense table: fine for the key counts the tests use (at most 1M).
+    let mut state = vec![(0u64, 0u64); keys as usize];
+    for i in 0..records {
+        let slot = &mut state[(splitmix64(i) % keys) as usize];
+        slot.0 += 1;
+        slot.1 = slot.1.wrapping_add(i);
+    }
+    let mut distinct = 0;
+    let mut checksum = 0u64;
+    for (key, &(count, sum)) in state.iter().enumerate() {
+        if count > 0 {
+            distinct += 1;
+            let mixed = splitmix64(splitmix64(splitmix64(key as u64) ^ count) ^ sum);
+            checksum = checksum.wrapping_add(mixed);
+        }
+    }
+    (distinct, checksum)
+}
+
+/// The exact RESULT line `keyed-count --records N --keys K` must print.
+pub fn expected_keyed_count_result(records: u64, keys: u64) -> String {
+    let (distinct, checksum) = workload_checksum(records, keys);
+    format!("RESULT records={records} keys={distinct} checksum={checksum:016x}")
+}
+
+/// Panics unless `line` has the shape `RESULT records=N keys=K checksum=<16 hex>`.
+pub fn assert_keyed_count_result_shape(line: &str) {
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(fields.len(), 4, "bad RESULT line {line:?}");
+    assert_eq!(fields[0], "RESULT", "bad RESULT line {line:?}");
+    let number = |field: &str, name: &str| {
+        let value = field
+            .strip_prefix(name)
+            .unwrap_or_else(|| panic!("expected {name}... in {line:?}"));
+        assert!(
+            !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()),
+            "not a decimal number after {name} in {line:?}"
+        );
+    };
+    number(fields[1], "records=");
+    number(fields[2], "keys=");
+    let checksum = fields[3]
+        .strip_prefix("checksum=")
+        .unwrap_or_else(|| panic!("expected checksum=... in {line:?}"));
+    assert!(
+        checksum.len() == 16
+            && checksum
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "checksum is not 16 lower-case hex digits in {line:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Committed output of the file sink.
+
+/// The lines of every committed (visible) file in `dir`. Panics if an
+/// in-progress (dot-prefixed) file or a subdirectory remains, or if a committed
+/// file does not end with a complete line.
+pub fn committed_lines(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut leftovers = Vec::new();
+    let entries = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list output dir {}: {e}", dir.display()));
+    for entry in entries {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let file_type = entry.file_type().unwrap();
+        if name.starts_with('.') || !file_type.is_file() {
+            leftovers.push(name);
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path())
+            .unwrap_or_else(|e| panic!("committed file {name} unreadable: {e}"));
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "committed file {name} ends with a partial line"
+        );
+        lines.extend(text.lines().map(str::to_owned));
+    }
+    assert!(
+        leftovers.is_empty(),
+        "hidden or in-progress entries remain in {} after success: {leftovers:?}",
+        dir.display()
+    );
+    lines
+}
+
+/// Names of the visible (committed) entries of `dir`.
+pub fn visible_entries(dir: &Path) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("cannot list {}: {e}", dir.display()),
+    }
+}
+
+/// The brief's exactly-once check of `keyed-count` output, made stronger: for
+/// every key, its lines carry counts exactly 1..c once each, the line with count
+/// c carries the final sum, and the values added between consecutive counts
+/// (sum(j) - sum(j-1), in whatever order the updates happened) are exactly the
+/// values of the records of that key, each once.
+pub fn check_keyed_count_output(lines: &[String], records: u64, keys: u64) {
+    let expected = workload_values(records, keys);
+    let mut by_key: HashMap<u64, BTreeMap<u64, u64>> = HashMap::new();
+    for line in lines {
+        let parse = |s: &str| {
+            s.parse::<u64>()
+                .unwrap_or_else(|_| panic!("bad output line {line:?}"))
+        };
+        let fields: Vec<&str> = line.split(',').collect();
+        assert_eq!(fields.len(), 3, "bad output line {line:?}");
+        let (key, count, sum) = (parse(fields[0]), parse(fields[1]), parse(fields[2]));
+        assert!(key < keys, "key out of range in {line:?}");
+        assert!(count >= 1, "count 0 in {line:?}");
+        let previous = by_key.entry(key).or_default().insert(count, sum);
+        assert!(
+            previous.is_none(),
+            "key {key}: count {count} appears more than once"
+        );
+    }
+    assert_eq!(
+        lines.len() as u64,
+        records,
+        "one output line per record expected"
+    );
+    assert_eq!(
+        by_key.len(),
+        expected.len(),
+        "distinct keys in the output differ from workload W"
+    );
+    for (key, values) in &expected {
+        let updates = by_key
+            .get(key)
+            .unwrap_or_else(|| panic!("key {key} missing from the output"));
+        let c = values.len() as u64;
+        let counts: Vec<u64> = updates.keys().copied().collect();
+        assert_eq!(
+            counts,
+            (1..=c).collect::<Vec<u64>>(),
+            "key {key}: counts are not exactly 1..{c}"
+        );
+        let final_sum = values.iter().fold(0u64, |a, &v| a.wrapping_add(v));
+        assert_eq!(
+            updates[&c], final_sum,
+            "key {key}: the line with count {c} does not carry the final sum"
+        );
+        let mut added = Vec::with_capacity(values.len());
+        let mut previous = 0u64;
+        for &sum in updates.values() {
+            added.push(sum.wrapping_sub(previous));
+            previous = sum;
+        }
+        added.sort_unstable();
+        assert_eq!(
+            &added, values,
+            "key {key}: the values added by its updates are not its records' values"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Wordcount, written from the brief.
+
+/// Lower-cased words split on non-alphanumeric characters, counted.
+pub fn count_words<'a>(texts: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for text in texts {
+        for word in text.split(|c: char| !c.is_alphanumeric()) {
+            if !word.is_empty() {
+                *counts.entry(word.to_lowercase()).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// Checks `word,count` output lines: every word's lines carry counts 1..c
+/// exactly once, and c is the expected count of the word.
+pub fn check_wordcount_output(lines: &[String], expected: &BTreeMap<String, u64>) {
+    let mut by_word: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for line in lines {
+        let (word, count) = line
+            .rsplit_once(',')
+            .unwrap_or_else(|| panic!("bad output line {line:?}"));
+        let count: u64 = count
+            .parse()
+            .unwrap_or_else(|_| panic!("bad count in output line {line:?}"));
+        by_word.entry(word.to_owned()).or_default().push(count);
+    }
+    let words: Vec<&String> = by_word.keys().collect();
+    let expected_words: Vec<&String> = expected.keys().collect();
+    assert_eq!(words, expected_words, "the set of words in the output");
+    for (word, counts) in &mut by_word {
+        counts.sort_unstable();
+        let c = expected[word];
+        assert_eq!(
+            *counts,
+            (1..=c).collect::<Vec<u64>>(),
+            "word {word:?}: counts are not exactly 1..{c} once each"
+        );
+    }
+    let total: u64 = expected.values().sum();
+    assert_eq!(
+        lines.len() as u64,
+        total,
+        "one output line per word occurrence"
+    );
+}
