@@ -22,7 +22,7 @@ pub mod storage;
 
 pub use coordinator::{CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, TaskAck};
 pub use metadata::{CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, OperatorListState, OperatorSnapshot, SnapshotKind, SubtaskSnapshot};
-pub use storage::{CheckpointStorage, StorageError};
+pub use storage::{CheckpointStorage, ObjectStoreStorage, SharedStorage, StorageError, open_storage};
 
 use thiserror::Error;
 
