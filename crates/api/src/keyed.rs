@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use flowstate_runtime::{Operator, SubtaskInfo, TwoInputOperator, UserError};
+use flowstate_runtime::{Operator, StateSnapshot, SubtaskInfo, TwoInputOperator, UserError};
 use flowstate_state::{KeyScope, KeyedStateBackend, StateKey, create_keyed_backend, key_group_of};
 
 /// The result of a user function.
@@ -60,12 +60,28 @@ pub trait KeyedCoProcessFunction<K: StateKey, A, B, O>: Clone + Send + 'static {
 
 pub(crate) type KeyFn<T, K> = Arc<dyn Fn(&T) -> K + Send + Sync>;
 
-fn open_backend<K: StateKey>(subtask: &SubtaskInfo) -> Box<dyn KeyedStateBackend<K>> {
-    create_keyed_backend::<K>(
+/// The instance's backend, with the restored key groups loaded (they are
+/// decoded when the function declares its states in `open`).
+fn open_backend<K: StateKey>(
+    subtask: &SubtaskInfo,
+) -> Result<Box<dyn KeyedStateBackend<K>>, UserError> {
+    let mut backend = create_keyed_backend::<K>(
         subtask.state_backend,
         subtask.key_group_range(),
         subtask.max_parallelism,
-    )
+    );
+    if let Some(restored) = &subtask.restored {
+        backend.restore(restored.keyed.clone())?;
+    }
+    Ok(backend)
+}
+
+/// The keyed part of a checkpoint: the backend's frozen view.
+fn snapshot_backend<K: StateKey>(backend: &mut dyn KeyedStateBackend<K>) -> StateSnapshot {
+    StateSnapshot {
+        keyed: Some(backend.snapshot()),
+        lists: Vec::new(),
+    }
 }
 
 /// Runs a [`KeyedProcessFunction`].
@@ -85,7 +101,7 @@ impl<K: StateKey, I, F> KeyedProcessOperator<K, I, F> {
     where
         F: KeyedProcessFunction<K, I, O>,
     {
-        let mut backend = open_backend::<K>(subtask);
+        let mut backend = open_backend::<K>(subtask)?;
         function.open(backend.as_mut())?;
         Ok(Self {
             key_fn,
@@ -116,6 +132,10 @@ where
     fn finish(&mut self, output: &mut Vec<O>) -> FnResult {
         self.function.finish(self.backend.as_mut(), output)
     }
+
+    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<StateSnapshot, UserError> {
+        Ok(snapshot_backend(self.backend.as_mut()))
+    }
 }
 
 /// Runs a [`KeyedCoProcessFunction`].
@@ -137,7 +157,7 @@ impl<K: StateKey, A, B, F> KeyedCoProcessOperator<K, A, B, F> {
     where
         F: KeyedCoProcessFunction<K, A, B, O>,
     {
-        let mut backend = open_backend::<K>(subtask);
+        let mut backend = open_backend::<K>(subtask)?;
         function.open(backend.as_mut())?;
         Ok(Self {
             first_key,
@@ -178,5 +198,9 @@ where
 
     fn finish(&mut self, output: &mut Vec<O>) -> FnResult {
         self.function.finish(self.backend.as_mut(), output)
+    }
+
+    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<StateSnapshot, UserError> {
+        Ok(snapshot_backend(self.backend.as_mut()))
     }
 }

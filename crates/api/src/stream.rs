@@ -30,6 +30,9 @@ use crate::keyed::{
 
 struct EnvInner {
     graph: RefCell<JobGraph>,
+    /// Bumped whenever the graph is taken to run: streams of an earlier job
+    /// must not be wired into the next one.
+    generation: std::cell::Cell<u64>,
     config: ExecutionConfig,
 }
 
@@ -44,6 +47,7 @@ impl StreamEnvironment {
         Self {
             inner: Rc::new(EnvInner {
                 graph: RefCell::new(JobGraph::new()),
+                generation: std::cell::Cell::new(0),
                 config,
             }),
         }
@@ -57,6 +61,7 @@ impl StreamEnvironment {
         DataStream {
             env: self.clone(),
             node,
+            generation: self.inner.generation.get(),
             _type: PhantomData,
         }
     }
@@ -86,6 +91,7 @@ impl StreamEnvironment {
     }
 
     fn take_graph(&self) -> JobGraph {
+        self.inner.generation.set(self.inner.generation.get() + 1);
         self.inner.graph.replace(JobGraph::new())
     }
 
@@ -109,6 +115,7 @@ impl StreamEnvironment {
 pub struct DataStream<T> {
     env: StreamEnvironment,
     node: NodeId,
+    generation: u64,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -117,6 +124,7 @@ impl<T> Clone for DataStream<T> {
         Self {
             env: self.env.clone(),
             node: self.node,
+            generation: self.generation,
             _type: PhantomData,
         }
     }
@@ -177,20 +185,38 @@ where
     Box::new(move |_| Ok(Box::new(make()) as Box<dyn Operator<I, O>>))
 }
 
+impl<T> DataStream<T> {
+    /// The graph this stream belongs to; panics if that job was already started
+    /// (a programming error: its node ids mean nothing in the next job).
+    fn graph(&self) -> std::cell::RefMut<'_, JobGraph> {
+        assert_eq!(
+            self.generation,
+            self.env.inner.generation.get(),
+            "this stream belongs to a job that was already started; build the next job's streams anew"
+        );
+        self.env.inner.graph.borrow_mut()
+    }
+}
+
 impl<T: Data> DataStream<T> {
+    /// Sets the stable id under which this operator's state is checkpointed
+    /// (restore matches state by it). Without one, `<position>-<name>` is used.
+    pub fn uid(self, uid: &str) -> Self {
+        self.graph().set_uid(self.node, uid);
+        self
+    }
+
     /// Renames the operator that produces this stream (names appear in task names
     /// and error messages).
     pub fn name(self, name: &str) -> Self {
-        self.env.inner.graph.borrow_mut().set_name(self.node, name);
+        self.graph().set_name(self.node, name);
         self
     }
 
     fn add<O: Data>(&self, name: &str, factory: OperatorFactory<T, O>) -> DataStream<O> {
-        let node = self.env.inner.graph.borrow_mut().add_operator(
-            name,
-            vec![(self.node, Partitioning::Forward)],
-            factory,
-        );
+        let node =
+            self.graph()
+                .add_operator(name, vec![(self.node, Partitioning::Forward)], factory);
         self.env.stream(node)
     }
 
@@ -214,7 +240,7 @@ impl<T: Data> DataStream<T> {
 
     /// The records of both streams, in no particular order between them.
     pub fn union(&self, other: &DataStream<T>) -> DataStream<T> {
-        let node = self.env.inner.graph.borrow_mut().add_operator(
+        let node = self.graph().add_operator(
             "Union",
             vec![
                 (self.node, Partitioning::<T>::Forward),
@@ -227,7 +253,7 @@ impl<T: Data> DataStream<T> {
 
     /// Redistributes whole batches round-robin over the next operator's instances.
     pub fn rebalance(&self) -> DataStream<T> {
-        let node = self.env.inner.graph.borrow_mut().add_operator(
+        let node = self.graph().add_operator(
             "Rebalance",
             vec![(self.node, Partitioning::<T>::Rebalance)],
             factory(|| Identity),
@@ -249,11 +275,8 @@ impl<T: Data> DataStream<T> {
 
     /// Writes the stream to `sink`.
     pub fn sink_to(&self, name: &str, sink: impl Sink<T>) {
-        self.env.inner.graph.borrow_mut().add_sink(
-            name,
-            (self.node, Partitioning::Forward),
-            Arc::new(sink),
-        );
+        self.graph()
+            .add_sink(name, (self.node, Partitioning::Forward), Arc::new(sink));
     }
 
     /// Collects every record in memory; read the vector after the job ended.
@@ -308,7 +331,7 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
             Ok(Box::new(operator) as Box<dyn Operator<T, O>>)
         });
         let env = &self.stream.env;
-        let node = env.inner.graph.borrow_mut().add_operator(
+        let node = self.stream.graph().add_operator(
             "KeyedProcess",
             vec![(self.stream.node, self.partitioning())],
             factory,
@@ -381,7 +404,7 @@ impl<K: StateKey, A: Data, B: Data> ConnectedKeyedStreams<K, A, B> {
             Ok(Box::new(operator) as Box<dyn flowstate_runtime::TwoInputOperator<A, B, O>>)
         });
         let env = &self.first.stream.env;
-        let node = env.inner.graph.borrow_mut().add_two_input(
+        let node = self.first.stream.graph().add_two_input(
             "KeyedCoProcess",
             (self.first.stream.node, self.first.partitioning()),
             (self.second.stream.node, self.second.partitioning()),

@@ -9,10 +9,10 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::CheckpointId;
 use crate::layout::{checkpoint_dir, metadata_path};
 use crate::metadata::{CheckpointMetadata, OperatorSnapshot, SnapshotKind, SubtaskSnapshot};
 use crate::storage::SharedStorage;
-use crate::CheckpointId;
 
 /// Defaults of the checkpoint settings.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -54,7 +54,10 @@ impl Default for CoordinatorSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CoordinatorAction {
     /// Have every source record its position and inject barrier `id`.
-    Trigger { id: CheckpointId, kind: SnapshotKind },
+    Trigger {
+        id: CheckpointId,
+        kind: SnapshotKind,
+    },
     /// Checkpoint `id` is complete: notify every task (sinks commit).
     Complete { id: CheckpointId },
     /// Checkpoint `id` failed: tasks drop what they hold for it.
@@ -135,7 +138,7 @@ impl Coordinator {
             next_id: restored.unwrap_or(0) + 1,
             pending: BTreeMap::new(),
             retained: restored.into_iter().collect(),
-            last_trigger: None,
+            last_trigger: Some(Instant::now()),
             last_finished: None,
             consecutive_failures: 0,
             completed: Vec::new(),
@@ -164,8 +167,12 @@ impl Coordinator {
         if self.pending.len() >= self.settings.max_concurrent {
             return None;
         }
-        let by_interval = self.last_trigger.map_or(now, |t| t + self.settings.interval);
-        let by_pause = self.last_finished.map_or(now, |t| t + self.settings.min_pause);
+        let by_interval = self
+            .last_trigger
+            .map_or(now, |t| t + self.settings.interval);
+        let by_pause = self
+            .last_finished
+            .map_or(now, |t| t + self.settings.min_pause);
         Some(by_interval.max(by_pause))
     }
 
@@ -178,12 +185,28 @@ impl Coordinator {
         let id = self.next_id;
         self.next_id += 1;
         self.last_trigger = Some(now);
-        self.pending.insert(id, Pending { kind, started: now, acks: HashMap::new() });
+        self.pending.insert(
+            id,
+            Pending {
+                kind,
+                started: now,
+                acks: HashMap::new(),
+            },
+        );
         Some(CoordinatorAction::Trigger { id, kind })
     }
 
     /// Periodic work: start a due checkpoint, abort timed-out ones.
     pub fn tick(&mut self, now: Instant) -> Vec<CoordinatorAction> {
+        let mut actions = self.tick_timeouts(now);
+        if self.next_trigger_at(now).is_some_and(|at| at <= now) {
+            actions.extend(self.trigger_now(SnapshotKind::Checkpoint, now));
+        }
+        actions
+    }
+
+    /// Aborts checkpoints that ran out of time.
+    pub fn tick_timeouts(&mut self, now: Instant) -> Vec<CoordinatorAction> {
         let mut actions = Vec::new();
         let expired: Vec<CheckpointId> = self
             .pending
@@ -192,10 +215,11 @@ impl Coordinator {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            actions.extend(self.abort(id, format!("not complete after {:?}", self.settings.timeout), now));
-        }
-        if self.next_trigger_at(now).is_some_and(|at| at <= now) {
-            actions.extend(self.trigger_now(SnapshotKind::Checkpoint, now));
+            actions.extend(self.abort(
+                id,
+                format!("not complete after {:?}", self.settings.timeout),
+                now,
+            ));
         }
         actions
     }
@@ -222,9 +246,14 @@ impl Coordinator {
                 let mut actions = vec![CoordinatorAction::Complete { id: ack.id }];
                 self.retained.push_back(ack.id);
                 // Older pending checkpoints can no longer matter.
-                let older: Vec<CheckpointId> = self.pending.range(..ack.id).map(|(id, _)| *id).collect();
+                let older: Vec<CheckpointId> =
+                    self.pending.range(..ack.id).map(|(id, _)| *id).collect();
                 for id in older {
-                    actions.extend(self.abort(id, format!("subsumed by checkpoint {}", ack.id), now));
+                    actions.extend(self.abort(
+                        id,
+                        format!("subsumed by checkpoint {}", ack.id),
+                        now,
+                    ));
                 }
                 self.enforce_retention();
                 actions
@@ -237,7 +266,12 @@ impl Coordinator {
     }
 
     /// A task could not take its part of checkpoint `id`.
-    pub fn on_decline(&mut self, id: CheckpointId, reason: String, now: Instant) -> Vec<CoordinatorAction> {
+    pub fn on_decline(
+        &mut self,
+        id: CheckpointId,
+        reason: String,
+        now: Instant,
+    ) -> Vec<CoordinatorAction> {
         if self.pending.contains_key(&id) {
             self.abort(id, reason, now)
         } else {
@@ -253,10 +287,19 @@ impl Coordinator {
         self.failed += 1;
         self.consecutive_failures += 1;
         self.last_finished = Some(now);
-        if let Err(e) = self.storage.delete_prefix(&checkpoint_dir(&self.job_id, id)) {
-            tracing::warn!(checkpoint = id, "could not remove files of aborted checkpoint: {e}");
+        if let Err(e) = self
+            .storage
+            .delete_prefix(&checkpoint_dir(&self.job_id, id))
+        {
+            tracing::warn!(
+                checkpoint = id,
+                "could not remove files of aborted checkpoint: {e}"
+            );
         }
-        let mut actions = vec![CoordinatorAction::Abort { id, reason: reason.clone() }];
+        let mut actions = vec![CoordinatorAction::Abort {
+            id,
+            reason: reason.clone(),
+        }];
         if self.consecutive_failures > self.settings.tolerable_failures {
             actions.push(CoordinatorAction::FailJob {
                 reason: format!(
@@ -270,7 +313,8 @@ impl Coordinator {
 
     fn finalize(&mut self, id: CheckpointId, pending: &Pending) -> Result<CheckpointStats, String> {
         let mut operators: Vec<OperatorSnapshot> = Vec::new();
-        let (mut bytes, mut sync_pause_max, mut alignment_max) = (0, Duration::ZERO, Duration::ZERO);
+        let (mut bytes, mut sync_pause_max, mut alignment_max) =
+            (0, Duration::ZERO, Duration::ZERO);
         let mut acks: Vec<&TaskAck> = pending.acks.values().collect();
         acks.sort_by_key(|a| a.task);
         for ack in acks {
@@ -300,7 +344,9 @@ impl Coordinator {
             job_id: self.job_id.clone(),
             checkpoint_id: id,
             kind: pending.kind,
-            created_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            created_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             max_parallelism: self.max_parallelism,
             operators,
         };
@@ -313,19 +359,36 @@ impl Coordinator {
         self.storage
             .put_if_absent(&metadata_path(&self.job_id, id), encoded)
             .map_err(|e| format!("writing metadata: {e}"))?;
-        Ok(CheckpointStats { id, kind: pending.kind, duration: Duration::ZERO, bytes, sync_pause_max, alignment_max })
+        Ok(CheckpointStats {
+            id,
+            kind: pending.kind,
+            duration: Duration::ZERO,
+            bytes,
+            sync_pause_max,
+            alignment_max,
+        })
+    }
+
+    /// The job stops: abort whatever is in flight (its files are removed).
+    pub fn abort_all(&mut self, reason: &str, now: Instant) {
+        let ids: Vec<CheckpointId> = self.pending.keys().copied().collect();
+        for id in ids {
+            self.abort(id, reason.to_owned(), now);
+        }
     }
 
     fn enforce_retention(&mut self) {
         let retain = self.settings.retain.max(1);
         while self.retained.len() > retain {
-            let Some(old) = self.retained.pop_front() else { break };
+            let Some(old) = self.retained.pop_front() else {
+                break;
+            };
             // Metadata first: a half-deleted checkpoint must never look complete.
             let metadata = metadata_path(&self.job_id, old);
-            let result = self
-                .storage
-                .delete(&metadata)
-                .and_then(|()| self.storage.delete_prefix(&checkpoint_dir(&self.job_id, old)));
+            let result = self.storage.delete(&metadata).and_then(|()| {
+                self.storage
+                    .delete_prefix(&checkpoint_dir(&self.job_id, old))
+            });
             if let Err(e) = result {
                 tracing::warn!(checkpoint = old, "could not delete old checkpoint: {e}");
             }

@@ -20,9 +20,16 @@ pub mod metadata;
 pub mod restore;
 pub mod storage;
 
-pub use coordinator::{CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, TaskAck};
-pub use metadata::{CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, OperatorListState, OperatorSnapshot, SnapshotKind, SubtaskSnapshot};
-pub use storage::{CheckpointStorage, ObjectStoreStorage, SharedStorage, StorageError, open_storage};
+pub use coordinator::{
+    CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, TaskAck,
+};
+pub use metadata::{
+    CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, OperatorListState,
+    OperatorSnapshot, SnapshotKind, SubtaskSnapshot,
+};
+pub use storage::{
+    CheckpointStorage, ObjectStoreStorage, SharedStorage, StorageError, open_storage,
+};
 
 use thiserror::Error;
 
@@ -37,7 +44,11 @@ pub enum CheckpointError {
     #[error("'{path}' is damaged: {reason}")]
     Corrupt { path: String, reason: String },
     #[error("'{path}' has format version {found}; this flowstate reads versions up to {supported}")]
-    UnsupportedVersion { path: String, found: u32, supported: u32 },
+    UnsupportedVersion {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
     #[error("no completed checkpoint under '{0}'")]
     NothingToRestore(String),
     #[error(transparent)]

@@ -21,7 +21,9 @@ pub struct LoadedCheckpoint {
 
 /// Completed checkpoints under the storage root, newest first:
 /// `(job id, checkpoint id, metadata path)`.
-pub fn completed_checkpoints(storage: &dyn CheckpointStorage) -> Result<Vec<(String, CheckpointId, String)>, CheckpointError> {
+pub fn completed_checkpoints(
+    storage: &dyn CheckpointStorage,
+) -> Result<Vec<(String, CheckpointId, String)>, CheckpointError> {
     let mut found: Vec<(String, CheckpointId, String)> = storage
         .list("")?
         .into_iter()
@@ -32,7 +34,10 @@ pub fn completed_checkpoints(storage: &dyn CheckpointStorage) -> Result<Vec<(Str
 }
 
 /// Loads and verifies one checkpoint (`path` is its directory or its `_metadata`).
-pub fn load(storage: &dyn CheckpointStorage, path: &str) -> Result<LoadedCheckpoint, CheckpointError> {
+pub fn load(
+    storage: &dyn CheckpointStorage,
+    path: &str,
+) -> Result<LoadedCheckpoint, CheckpointError> {
     let metadata_path = if path.ends_with(METADATA_FILE) {
         path.to_owned()
     } else {
@@ -50,20 +55,40 @@ pub fn load(storage: &dyn CheckpointStorage, path: &str) -> Result<LoadedCheckpo
             }
         }
     }
-    Ok(LoadedCheckpoint { metadata, metadata_path, files })
+    Ok(LoadedCheckpoint {
+        metadata,
+        metadata_path,
+        files,
+    })
 }
 
 /// Loads the newest completed checkpoint that verifies, falling back to older
 /// retained ones when a newer one is damaged. `Ok(None)` if there is none at all;
 /// an error naming the damage if every one is damaged.
-pub fn load_latest(storage: &dyn CheckpointStorage) -> Result<Option<LoadedCheckpoint>, CheckpointError> {
-    let candidates = completed_checkpoints(storage)?;
+pub fn load_latest(
+    storage: &dyn CheckpointStorage,
+) -> Result<Option<LoadedCheckpoint>, CheckpointError> {
+    load_latest_of(storage, None)
+}
+
+/// [`load_latest`] restricted to the checkpoints of job `job_id` (all jobs if `None`).
+pub fn load_latest_of(
+    storage: &dyn CheckpointStorage,
+    job_id: Option<&str>,
+) -> Result<Option<LoadedCheckpoint>, CheckpointError> {
+    let mut candidates = completed_checkpoints(storage)?;
+    if let Some(job_id) = job_id {
+        candidates.retain(|(job, _, _)| job == job_id);
+    }
     let mut first_error = None;
     for (_, id, path) in &candidates {
         match load(storage, path) {
             Ok(loaded) => return Ok(Some(loaded)),
             Err(e) => {
-                tracing::warn!(checkpoint = id, "cannot restore {path}: {e}; trying an older checkpoint");
+                tracing::warn!(
+                    checkpoint = id,
+                    "cannot restore {path}: {e}; trying an older checkpoint"
+                );
                 first_error.get_or_insert(e);
             }
         }
@@ -81,22 +106,33 @@ impl LoadedCheckpoint {
 
     /// Keyed state of operator `uid` for the instance owning `range`, gathered
     /// from every old instance whose key groups overlap it.
-    pub fn keyed_state(&self, uid: &str, range: KeyGroupRange) -> Result<RestoredKeyedState, CheckpointError> {
+    pub fn keyed_state(
+        &self,
+        uid: &str,
+        range: KeyGroupRange,
+    ) -> Result<RestoredKeyedState, CheckpointError> {
         let mut restored = RestoredKeyedState::default();
         let Some(operator) = self.metadata.operator(uid) else {
             return Ok(restored);
         };
         for subtask in &operator.subtasks {
-            let Some(handle) = &subtask.keyed else { continue };
+            let Some(handle) = &subtask.keyed else {
+                continue;
+            };
             let old = KeyGroupRange::new(handle.key_group_start, handle.key_group_end);
             if old.intersect(&range).is_empty() {
                 continue;
             }
-            let bytes = self.files.get(&handle.file.path).ok_or_else(|| CheckpointError::Corrupt {
-                path: handle.file.path.clone(),
-                reason: "not loaded".into(),
-            })?;
-            restored.groups.extend(sections(handle, bytes, range)?.groups);
+            let bytes =
+                self.files
+                    .get(&handle.file.path)
+                    .ok_or_else(|| CheckpointError::Corrupt {
+                        path: handle.file.path.clone(),
+                        reason: "not loaded".into(),
+                    })?;
+            restored
+                .groups
+                .extend(sections(handle, bytes, range)?.groups);
         }
         Ok(restored)
     }
@@ -104,7 +140,12 @@ impl LoadedCheckpoint {
     /// Operator list states of `uid` for instance `index` of `parallelism`:
     /// split lists are dealt round-robin over the new instances, union lists go
     /// whole to every instance.
-    pub fn operator_lists(&self, uid: &str, index: u32, parallelism: u32) -> Vec<OperatorListState> {
+    pub fn operator_lists(
+        &self,
+        uid: &str,
+        index: u32,
+        parallelism: u32,
+    ) -> Vec<OperatorListState> {
         let Some(operator) = self.metadata.operator(uid) else {
             return Vec::new();
         };

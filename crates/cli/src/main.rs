@@ -12,6 +12,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use std::time::Duration;
+
+use flowstate::runtime::checkpoint::{CoordinatorSettings, open_storage};
+use flowstate::runtime::{CheckpointingConfig, Guarantee, RestartStrategy, RestoreFrom};
 use flowstate::{ExecutionConfig, StreamEnvironment};
 use flowstate_jobs::{keyed_count, wordcount};
 
@@ -81,21 +85,128 @@ struct RuntimeArgs {
     /// Number of key groups: the most instances state can be rescaled to.
     #[arg(long, default_value_t = flowstate::state::DEFAULT_MAX_PARALLELISM)]
     max_parallelism: u32,
+    /// Time between checkpoints (`500ms`, `1s`, `2m`), or `off`.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    checkpoint_interval: Interval,
+    /// Where checkpoints go: a path, `file:///path`, `s3://bucket/prefix` or
+    /// `memory://` [default: <temp dir>/flowstate/checkpoints/<job>].
+    #[arg(long)]
+    checkpoint_dir: Option<String>,
+    /// A checkpoint not complete after this long is aborted.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    checkpoint_timeout: Duration,
+    /// Least time between the end of a checkpoint and the start of the next.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    min_pause: Duration,
+    /// Consecutive failed checkpoints tolerated before the job fails.
+    #[arg(long, default_value_t = 3)]
+    tolerable_failures: u32,
+    /// Delivery guarantee of checkpoints.
+    #[arg(long, value_enum, default_value_t = Mode::ExactlyOnce)]
+    mode: Mode,
+    /// Completed checkpoints kept.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    retain: u32,
+    /// Start from `latest` (the newest completed checkpoint under
+    /// --checkpoint-dir; a fresh start if there is none) or from a checkpoint
+    /// directory (relative to --checkpoint-dir).
+    #[arg(long)]
+    restore: Option<String>,
+    /// Restarts from the latest checkpoint after a failure, before giving up.
+    #[arg(long, default_value_t = 3)]
+    restart_attempts: u32,
+    /// Delay before the first restart; doubles with each further one (up to 10s).
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    restart_delay: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Interval {
+    Off,
+    Every(Duration),
+}
+
+fn parse_interval(text: &str) -> Result<Interval, String> {
+    if text == "off" {
+        return Ok(Interval::Off);
+    }
+    let every = humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (expected e.g. 500ms, 1s, or off)"))?;
+    if every < Duration::from_millis(10) {
+        return Err("the interval must be at least 10ms".into());
+    }
+    Ok(Interval::Every(every))
 }
 
 impl RuntimeArgs {
-    fn config(&self) -> Result<ExecutionConfig> {
+    fn config(&self, job: &str) -> Result<ExecutionConfig> {
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
         let parallelism = self
             .parallelism
             .unwrap_or_else(|| cpus.min(self.max_parallelism).max(1));
-        let config = ExecutionConfig {
+        let mut config = ExecutionConfig {
             max_parallelism: self.max_parallelism,
             ..ExecutionConfig::with_parallelism(parallelism)
         };
         config.validate()?;
+        config.checkpointing = match self.checkpoint_interval {
+            Interval::Off => {
+                if self.restore.is_some() {
+                    bail!(
+                        "--restore needs checkpoints: it cannot be used with --checkpoint-interval off"
+                    );
+                }
+                None
+            }
+            Interval::Every(interval) => {
+                let dir = match &self.checkpoint_dir {
+                    Some(dir) => dir.clone(),
+                    None => std::env::temp_dir()
+                        .join("flowstate")
+                        .join("checkpoints")
+                        .join(job)
+                        .display()
+                        .to_string(),
+                };
+                let storage =
+                    open_storage(&dir).with_context(|| format!("--checkpoint-dir {dir}"))?;
+                Some(CheckpointingConfig {
+                    storage,
+                    settings: CoordinatorSettings {
+                        interval,
+                        timeout: self.checkpoint_timeout,
+                        min_pause: self.min_pause,
+                        max_concurrent: 1,
+                        tolerable_failures: self.tolerable_failures,
+                        retain: self.retain as usize,
+                    },
+                    guarantee: match self.mode {
+                        Mode::ExactlyOnce => Guarantee::ExactlyOnce,
+                        Mode::AtLeastOnce => Guarantee::AtLeastOnce,
+                    },
+                    job_id: None,
+                    restore: match self.restore.as_deref() {
+                        None => RestoreFrom::Nothing,
+                        Some("latest") => RestoreFrom::Latest,
+                        Some(path) => RestoreFrom::Path(path.to_owned()),
+                    },
+                    restart: RestartStrategy {
+                        attempts: self.restart_attempts,
+                        delay: self.restart_delay,
+                        backoff_multiplier: 2.0,
+                        delay_max: Duration::from_secs(10),
+                    },
+                })
+            }
+        };
         Ok(config)
     }
 }
@@ -120,8 +231,37 @@ fn run_job(env: &StreamEnvironment, label: &str) -> Result<()> {
         records_to_sinks = job_report.records_to_sinks,
         secs = job_report.duration.as_secs_f64(),
         rate = (job_report.records_in as f64 / job_report.duration.as_secs_f64().max(1e-9)) as u64,
+        restarts = job_report.restarts,
         "job {label} finished"
     );
+    if let Some(job_id) = &job_report.job_id {
+        let mut durations: Vec<Duration> =
+            job_report.checkpoints.iter().map(|c| c.duration).collect();
+        durations.sort();
+        let p50 = durations
+            .get(durations.len() / 2)
+            .copied()
+            .unwrap_or_default();
+        let max = durations.last().copied().unwrap_or_default();
+        let pause_max = job_report
+            .checkpoints
+            .iter()
+            .map(|c| c.sync_pause_max)
+            .max()
+            .unwrap_or_default();
+        let bytes = job_report.checkpoints.last().map_or(0, |c| c.bytes);
+        tracing::info!(
+            job_id = job_id.as_str(),
+            completed = job_report.checkpoints.len(),
+            failed = job_report.failed_checkpoints,
+            p50_ms = p50.as_secs_f64() * 1e3,
+            max_ms = max.as_secs_f64() * 1e3,
+            last_bytes = bytes,
+            sync_pause_max_us = pause_max.as_micros() as u64,
+            restored_from = job_report.restored_from.unwrap_or(0),
+            "checkpoints"
+        );
+    }
     Ok(())
 }
 
@@ -136,7 +276,7 @@ fn run(cli: Cli) -> Result<()> {
             if args.rate == Some(0) {
                 bail!("--rate must be at least 1 record/s");
             }
-            let env = StreamEnvironment::new(args.runtime.config()?);
+            let env = StreamEnvironment::new(args.runtime.config("keyed-count")?);
             let params = keyed_count::KeyedCountParams {
                 records: args.records,
                 keys: args.keys,
@@ -151,7 +291,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run {
             job: Job::Wordcount(args),
         } => {
-            let env = StreamEnvironment::new(args.runtime.config()?);
+            let env = StreamEnvironment::new(args.runtime.config("wordcount")?);
             let params = wordcount::WordcountParams {
                 input: args.input,
                 output: args.output,

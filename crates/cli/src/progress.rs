@@ -27,12 +27,29 @@ pub struct Summary {
     pub elapsed: Duration,
 }
 
-fn line(records: u64, rate: f64, elapsed: Duration) -> String {
-    format!(
+fn line(metrics: &JobMetrics, records: u64, rate: f64, elapsed: Duration) -> String {
+    let mut text = format!(
         "{records} records in, {:.0} records/s, {:.1}s elapsed",
         rate,
         elapsed.as_secs_f64()
-    )
+    );
+    let checkpoints = metrics.checkpoints();
+    if checkpoints.completed > 0 || checkpoints.failed > 0 {
+        text.push_str(&format!(
+            ", {} checkpoints (last #{}: {:.1} ms, {} KiB)",
+            checkpoints.completed,
+            checkpoints.last_id,
+            checkpoints.last_duration_us as f64 / 1e3,
+            checkpoints.last_bytes / 1024
+        ));
+        if checkpoints.failed > 0 {
+            text.push_str(&format!(", {} failed", checkpoints.failed));
+        }
+    }
+    if metrics.restarts() > 0 {
+        text.push_str(&format!(", {} restarts", metrics.restarts()));
+    }
+    text
 }
 
 impl Reporter {
@@ -65,7 +82,7 @@ impl Reporter {
                     let rate = (records - last_records) as f64
                         / now.duration_since(last_at).as_secs_f64().max(1e-9);
                     (last_records, last_at) = (records, now);
-                    let text = line(records, rate, started.elapsed());
+                    let text = line(&thread_metrics, records, rate, started.elapsed());
                     match &bar {
                         Some(bar) => {
                             bar.set_message(text);

@@ -16,9 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use flowstate_runtime::checkpoint::OperatorListState;
 use flowstate_runtime::{
     Data, Sink, SinkWriter, Source, SourcePoll, SourceReader, SubtaskInfo, UserError,
 };
+use flowstate_state::RedistributionMode;
 
 use crate::ConnectorError;
 
@@ -183,11 +185,26 @@ impl SourceReader<String> for TextLinesReader {
 /// Default size at which a part file is closed and a new one started.
 pub const DEFAULT_PART_BYTES_MAX: u64 = 128 << 20;
 
+/// Name of the sink's operator list state: files written and closed but not
+/// yet published.
+pub const PENDING_STATE: &str = "pending-files";
+
 /// Writes records as lines into part files of a directory; see the module docs.
+///
+/// Exactly-once with checkpoints (two-phase commit): at a barrier the writer
+/// closes its in-progress file and records it as pending in the checkpoint; when
+/// the checkpoint completes it renames the pending files to their final names.
+/// After a restore, instance 0 publishes the pending files of the restored
+/// checkpoint (idempotently) and deletes in-progress files no checkpoint knows:
+/// their records will be produced again by the replay. An output directory
+/// belongs to one job.
 pub struct FileSink {
     dir: PathBuf,
     run: String,
     part_bytes_max: u64,
+    /// Writers created so far: each gets its own file names, so a writer
+    /// created again after a restart never reuses a published name.
+    writers: std::sync::atomic::AtomicU64,
 }
 
 impl FileSink {
@@ -206,6 +223,7 @@ impl FileSink {
             dir,
             run: format!("{millis:013x}-{:08x}", std::process::id()),
             part_bytes_max: DEFAULT_PART_BYTES_MAX,
+            writers: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -215,11 +233,75 @@ impl FileSink {
     }
 }
 
+/// A closed part file waiting to be published: names relative to the directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct PendingFile {
+    hidden: String,
+    visible: String,
+    /// The checkpoint that recorded it (`u64::MAX` until one did).
+    #[serde(default)]
+    checkpoint: u64,
+}
+
+fn publish(dir: &Path, file: &PendingFile) -> Result<(), ConnectorError> {
+    let (hidden, visible) = (dir.join(&file.hidden), dir.join(&file.visible));
+    match std::fs::rename(&hidden, &visible) {
+        Ok(()) => Ok(()),
+        // Published before (a commit repeated after a restore).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && visible.exists() => Ok(()),
+        Err(e) => Err(write_error(&visible, e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ConnectorError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| write_error(dir, e))
+}
+
+/// After a restore: publish what the restored checkpoint committed, delete
+/// in-progress files it does not know.
+fn recover(dir: &Path, restored: &[Vec<u8>]) -> Result<(), ConnectorError> {
+    let mut known = std::collections::HashSet::new();
+    for element in restored {
+        let file: PendingFile = serde_json::from_slice(element).map_err(|e| {
+            ConnectorError::Config(format!("restored pending file entry is damaged: {e}"))
+        })?;
+        publish(dir, &file)?;
+        known.insert(file.hidden);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| ConnectorError::Read {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".part-") && name.ends_with(".inprogress") && !known.contains(&name) {
+            std::fs::remove_file(entry.path()).map_err(|e| write_error(&entry.path(), e))?;
+        }
+    }
+    sync_dir(dir)
+}
+
 impl<T: Data + Display> Sink<T> for FileSink {
     fn create_writer(&self, subtask: &SubtaskInfo) -> Result<Box<dyn SinkWriter<T>>, UserError> {
+        if let Some(restored) = subtask
+            .restored
+            .as_ref()
+            .and_then(|r| r.list(PENDING_STATE))
+        {
+            // Every instance receives every pending file (union state); one
+            // publishes them, before any writer of this run has written.
+            if subtask.index == 0 {
+                recover(&self.dir, restored)?;
+            }
+        }
+        let generation = self
+            .writers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Box::new(FileWriter {
             dir: self.dir.clone(),
-            prefix: format!("part-{}-{}", self.run, subtask.index),
+            prefix: format!("part-{}-{generation}-{}", self.run, subtask.index),
             part_bytes_max: self.part_bytes_max,
             next_part: 0,
             current: None,
@@ -230,8 +312,8 @@ impl<T: Data + Display> Sink<T> for FileSink {
 }
 
 struct InProgress {
-    hidden: PathBuf,
-    visible: PathBuf,
+    hidden: String,
+    visible: String,
     out: BufWriter<File>,
     bytes: u64,
 }
@@ -243,7 +325,7 @@ struct FileWriter {
     next_part: u64,
     current: Option<InProgress>,
     /// Closed, synced part files not yet published.
-    pending: Vec<(PathBuf, PathBuf)>,
+    pending: Vec<PendingFile>,
     line: String,
 }
 
@@ -257,11 +339,11 @@ fn write_error(path: &Path, source: std::io::Error) -> ConnectorError {
 impl FileWriter {
     fn open_part(&mut self) -> Result<&mut InProgress, ConnectorError> {
         if self.current.is_none() {
-            let name = format!("{}-{}", self.prefix, self.next_part);
+            let visible = format!("{}-{}", self.prefix, self.next_part);
             self.next_part += 1;
-            let hidden = self.dir.join(format!(".{name}.inprogress"));
-            let visible = self.dir.join(name);
-            let file = File::create(&hidden).map_err(|e| write_error(&hidden, e))?;
+            let hidden = format!(".{visible}.inprogress");
+            let path = self.dir.join(&hidden);
+            let file = File::create(&path).map_err(|e| write_error(&path, e))?;
             self.current = Some(InProgress {
                 hidden,
                 visible,
@@ -275,24 +357,38 @@ impl FileWriter {
         }
     }
 
+    /// Flushes, syncs and closes the in-progress file; it becomes pending.
     fn close_part(&mut self) -> Result<(), ConnectorError> {
         if let Some(mut part) = self.current.take() {
-            part.out.flush().map_err(|e| write_error(&part.hidden, e))?;
+            let path = self.dir.join(&part.hidden);
+            part.out.flush().map_err(|e| write_error(&path, e))?;
             part.out
                 .get_ref()
                 .sync_all()
-                .map_err(|e| write_error(&part.hidden, e))?;
-            self.pending.push((part.hidden, part.visible));
+                .map_err(|e| write_error(&path, e))?;
+            self.pending.push(PendingFile {
+                hidden: part.hidden,
+                visible: part.visible,
+                checkpoint: u64::MAX,
+            });
         }
         Ok(())
     }
 
-    fn publish_pending(&mut self) -> Result<(), ConnectorError> {
-        for (hidden, visible) in self.pending.drain(..) {
-            std::fs::rename(&hidden, &visible).map_err(|e| write_error(&visible, e))?;
+    /// Publishes pending files recorded by checkpoints up to `checkpoint`.
+    fn publish_up_to(&mut self, checkpoint: u64) -> Result<(), ConnectorError> {
+        let (ready, waiting): (Vec<PendingFile>, Vec<PendingFile>) = self
+            .pending
+            .drain(..)
+            .partition(|p| p.checkpoint <= checkpoint);
+        self.pending = waiting;
+        for file in &ready {
+            publish(&self.dir, file)?;
         }
-        let dir = File::open(&self.dir).map_err(|e| write_error(&self.dir, e))?;
-        dir.sync_all().map_err(|e| write_error(&self.dir, e))
+        if !ready.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 }
 
@@ -305,12 +401,12 @@ impl<T: Data + Display> SinkWriter<T> for FileWriter {
             let max = self.part_bytes_max;
             let line = std::mem::take(&mut self.line);
             let part = self.open_part()?;
-            part.out
-                .write_all(line.as_bytes())
-                .map_err(|e| write_error(&part.hidden, e))?;
+            let written = part.out.write_all(line.as_bytes());
             part.bytes += line.len() as u64;
             let full = part.bytes >= max;
+            let hidden = part.hidden.clone();
             self.line = line;
+            written.map_err(|e| write_error(&self.dir.join(hidden), e))?;
             if full {
                 self.close_part()?;
             }
@@ -320,7 +416,32 @@ impl<T: Data + Display> SinkWriter<T> for FileWriter {
 
     fn finish(&mut self) -> Result<(), UserError> {
         self.close_part()?;
-        self.publish_pending()?;
+        for file in &mut self.pending {
+            file.checkpoint = 0;
+        }
+        self.publish_up_to(0)?;
+        Ok(())
+    }
+
+    fn prepare_commit(&mut self, checkpoint_id: u64) -> Result<Vec<OperatorListState>, UserError> {
+        self.close_part()?;
+        for file in &mut self.pending {
+            file.checkpoint = file.checkpoint.min(checkpoint_id);
+        }
+        let elements = self
+            .pending
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(vec![OperatorListState {
+            name: PENDING_STATE.into(),
+            mode: RedistributionMode::Union,
+            elements,
+        }])
+    }
+
+    fn commit(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
+        self.publish_up_to(checkpoint_id)?;
         Ok(())
     }
 }
@@ -330,13 +451,7 @@ mod tests {
     use super::*;
 
     fn info() -> SubtaskInfo {
-        SubtaskInfo {
-            operator: "t".into(),
-            index: 0,
-            parallelism: 1,
-            max_parallelism: 128,
-            state_backend: Default::default(),
-        }
+        SubtaskInfo::new("t", 0, 1, 128)
     }
 
     fn read_all(source: &TextLinesSource) -> Result<Vec<String>, UserError> {

@@ -8,15 +8,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flowstate_runtime::checkpoint::OperatorListState;
 use flowstate_runtime::{Data, Source, SourcePoll, SourceReader, SubtaskInfo, UserError};
+use flowstate_state::RedistributionMode;
 
 use crate::ConnectorError;
 
 /// Default number of splits.
 pub const DEFAULT_SPLITS: u32 = 128;
 
+/// Name of the operator list state holding the split positions.
+pub const SPLITS_STATE: &str = "splits";
+
 /// One split: the half-open index range `[next, end)` still to emit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SplitPosition {
     pub split: u32,
     pub next: u64,
@@ -77,10 +82,21 @@ impl<T: Data> SequenceSource<T> {
 
 impl<T: Data> Source<T> for SequenceSource<T> {
     fn create_reader(&self, subtask: &SubtaskInfo) -> Result<Box<dyn SourceReader<T>>, UserError> {
-        let splits: Vec<SplitPosition> = (0..self.splits)
-            .filter(|s| s % subtask.parallelism == subtask.index)
-            .map(|s| self.split_range(s))
-            .collect();
+        let restored = subtask.restored.as_ref().and_then(|r| r.list(SPLITS_STATE));
+        let splits: Vec<SplitPosition> = match restored {
+            // Positions from a checkpoint, already dealt out to this instance.
+            Some(elements) => elements
+                .iter()
+                .map(|e| serde_json::from_slice::<SplitPosition>(e))
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    ConnectorError::Config(format!("restored split position is damaged: {e}"))
+                })?,
+            None => (0..self.splits)
+                .filter(|s| s % subtask.parallelism == subtask.index)
+                .map(|s| self.split_range(s))
+                .collect(),
+        };
         let rate_per_s = self
             .rate_per_s
             .map(|r| (r / u64::from(subtask.parallelism)).max(1));
@@ -137,6 +153,19 @@ impl<T: Data> SourceReader<T> for SequenceReader<T> {
         split.next = end;
         Ok(SourcePoll::Ready)
     }
+
+    fn snapshot(&mut self) -> Result<Vec<OperatorListState>, UserError> {
+        let elements = self
+            .splits
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(vec![OperatorListState {
+            name: SPLITS_STATE.into(),
+            mode: RedistributionMode::Split,
+            elements,
+        }])
+    }
 }
 
 #[cfg(test)]
@@ -144,13 +173,7 @@ mod tests {
     use super::*;
 
     fn info(index: u32, parallelism: u32) -> SubtaskInfo {
-        SubtaskInfo {
-            operator: "seq".into(),
-            index,
-            parallelism,
-            max_parallelism: 128,
-            state_backend: Default::default(),
-        }
+        SubtaskInfo::new("seq", index, parallelism, 128)
     }
 
     #[test]
@@ -174,5 +197,42 @@ mod tests {
                 "parallelism {parallelism}"
             );
         }
+    }
+
+    #[test]
+    fn positions_survive_a_snapshot_and_a_rescale() {
+        let source = SequenceSource::new(5_000, 8, |i| i).unwrap();
+        let mut seen = Vec::new();
+        let mut lists = Vec::new();
+        for index in 0..2 {
+            let mut reader = source.create_reader(&info(index, 2)).unwrap();
+            for _ in 0..3 {
+                reader.poll(&mut seen, 100, Instant::now()).unwrap();
+            }
+            lists.extend(reader.snapshot().unwrap());
+        }
+        // Restore at parallelism 3: the split positions dealt out round-robin.
+        let elements: Vec<Vec<u8>> = lists.into_iter().flat_map(|l| l.elements).collect();
+        for index in 0..3u32 {
+            let mine = elements
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i as u32 % 3 == index)
+                .map(|(_, e)| e.clone());
+            let restored = flowstate_runtime::RestoredState {
+                keyed: Default::default(),
+                lists: vec![OperatorListState {
+                    name: SPLITS_STATE.into(),
+                    mode: RedistributionMode::Split,
+                    elements: mine.collect(),
+                }],
+            };
+            let mut subtask = info(index, 3);
+            subtask.restored = Some(std::sync::Arc::new(restored));
+            let mut reader = source.create_reader(&subtask).unwrap();
+            while reader.poll(&mut seen, 100, Instant::now()).unwrap() != SourcePoll::Finished {}
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..5_000).collect::<Vec<u64>>());
     }
 }

@@ -8,6 +8,7 @@
 //! the task (`std::thread::unpark`, which remembers a wakeup that arrives before
 //! the worker parks, so none is lost).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 
@@ -20,6 +21,9 @@ use crate::message::Message;
 #[derive(Debug, Default)]
 pub struct Signal {
     thread: OnceLock<Thread>,
+    /// Set by every wake; the deterministic executor reads it to know that a
+    /// step made another task runnable even when the step itself said idle.
+    woken: AtomicBool,
 }
 
 impl Signal {
@@ -34,9 +38,15 @@ impl Signal {
 
     #[inline]
     pub fn wake(&self) {
-        if let Some(thread) = self.thread.get() {
-            thread.unpark();
+        match self.thread.get() {
+            Some(thread) => thread.unpark(),
+            None => self.woken.store(true, Ordering::Relaxed),
         }
+    }
+
+    /// Whether a wake happened since the last call (unbound signals only).
+    pub fn take_woken(&self) -> bool {
+        self.woken.swap(false, Ordering::Relaxed)
     }
 }
 

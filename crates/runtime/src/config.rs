@@ -12,6 +12,74 @@ pub const DEFAULT_CHANNEL_CAPACITY: usize = 16;
 /// Largest accepted parallelism.
 pub const MAX_PARALLELISM_PER_OPERATOR: u32 = 1024;
 
+/// The delivery guarantee of checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Guarantee {
+    /// Barriers are aligned: each record affects state once.
+    #[default]
+    ExactlyOnce,
+    /// Barriers are not aligned: lower latency, records may be replayed twice.
+    AtLeastOnce,
+}
+
+/// What a job starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RestoreFrom {
+    #[default]
+    Nothing,
+    /// The newest completed checkpoint in the storage (nothing if there is none).
+    Latest,
+    /// A checkpoint directory or its `_metadata`, relative to the storage root.
+    Path(String),
+}
+
+/// How often and how soon a failed job is restarted from its latest checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartStrategy {
+    pub attempts: u32,
+    pub delay: std::time::Duration,
+    /// 1.0 for a fixed delay; above 1.0 for exponential backoff.
+    pub backoff_multiplier: f64,
+    pub delay_max: std::time::Duration,
+}
+
+impl Default for RestartStrategy {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            delay: std::time::Duration::from_millis(100),
+            backoff_multiplier: 2.0,
+            delay_max: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// Checkpoint settings of a job.
+#[derive(Clone)]
+pub struct CheckpointingConfig {
+    pub storage: flowstate_checkpoint::storage::SharedStorage,
+    pub settings: flowstate_checkpoint::CoordinatorSettings,
+    pub guarantee: Guarantee,
+    /// The job's id in the storage; generated when `None` (and taken over from
+    /// the restored checkpoint with [`RestoreFrom::Latest`]).
+    pub job_id: Option<String>,
+    pub restore: RestoreFrom,
+    pub restart: RestartStrategy,
+}
+
+impl std::fmt::Debug for CheckpointingConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointingConfig")
+            .field("storage", &self.storage.describe())
+            .field("settings", &self.settings)
+            .field("guarantee", &self.guarantee)
+            .field("job_id", &self.job_id)
+            .field("restore", &self.restore)
+            .field("restart", &self.restart)
+            .finish()
+    }
+}
+
 /// How a job runs.
 #[derive(Debug, Clone)]
 pub struct ExecutionConfig {
@@ -27,6 +95,8 @@ pub struct ExecutionConfig {
     pub workers: usize,
     /// Where keyed state lives.
     pub state_backend: BackendKind,
+    /// Checkpoints, restore and restarts; `None` runs without fault tolerance.
+    pub checkpointing: Option<CheckpointingConfig>,
 }
 
 impl Default for ExecutionConfig {
@@ -38,6 +108,7 @@ impl Default for ExecutionConfig {
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             workers: 1,
             state_backend: BackendKind::Heap,
+            checkpointing: None,
         }
     }
 }
@@ -94,19 +165,55 @@ impl ExecutionConfig {
     }
 }
 
+/// State restored into one operator instance.
+#[derive(Debug, Clone, Default)]
+pub struct RestoredState {
+    /// Keyed state of the key groups this instance owns.
+    pub keyed: flowstate_state::RestoredKeyedState,
+    /// Operator list states, already redistributed for this instance.
+    pub lists: Vec<flowstate_checkpoint::OperatorListState>,
+}
+
+impl RestoredState {
+    /// The elements of list `name`, if it was restored.
+    pub fn list(&self, name: &str) -> Option<&[Vec<u8>]> {
+        self.lists
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.elements.as_slice())
+    }
+}
+
 /// What one parallel instance knows about itself when it is created.
 #[derive(Debug, Clone)]
 pub struct SubtaskInfo {
     /// The operator's name.
     pub operator: String,
+    /// The operator's stable id: its state is matched by it on restore.
+    pub uid: String,
     /// This instance's index, `0 <= index < parallelism`.
     pub index: u32,
     pub parallelism: u32,
     pub max_parallelism: u32,
     pub state_backend: BackendKind,
+    /// State from the checkpoint the job restores, if any.
+    pub restored: Option<std::sync::Arc<RestoredState>>,
 }
 
 impl SubtaskInfo {
+    /// Test helper: instance `index` of `parallelism` with nothing restored.
+    pub fn new(operator: &str, index: u32, parallelism: u32, max_parallelism: u32) -> Self {
+        Self {
+            operator: operator.to_owned(),
+            uid: operator.to_owned(),
+            index,
+            parallelism,
+            max_parallelism,
+            state_backend: BackendKind::Heap,
+            restored: None,
+        }
+    }
+
     /// The key groups this instance owns.
     pub fn key_group_range(&self) -> KeyGroupRange {
         KeyGroupRange::for_operator(self.index, self.parallelism, self.max_parallelism)

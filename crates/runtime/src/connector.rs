@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use flowstate_checkpoint::OperatorListState;
+
 use crate::config::SubtaskInfo;
 use crate::error::UserError;
 
@@ -26,6 +28,12 @@ pub trait SourceReader<T>: Send {
     /// Appends at most `max` records to `out`. Must not block.
     fn poll(&mut self, out: &mut Vec<T>, max: usize, now: Instant)
     -> Result<SourcePoll, UserError>;
+
+    /// The reader's position for a checkpoint (operator state; given back through
+    /// `SubtaskInfo::restored` when the reader is created again).
+    fn snapshot(&mut self) -> Result<Vec<OperatorListState>, UserError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A parallel sink: creates one writer per parallel instance.
@@ -39,4 +47,17 @@ pub trait SinkWriter<T>: Send {
     fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<(), UserError>;
     /// Called once at the end of a bounded input: make everything written visible.
     fn finish(&mut self) -> Result<(), UserError>;
+
+    /// First phase of a two-phase commit, in the synchronous part of checkpoint
+    /// `checkpoint_id`: close what was written since the last checkpoint and return
+    /// it as pending (operator state). Nothing becomes visible yet.
+    fn prepare_commit(&mut self, _checkpoint_id: u64) -> Result<Vec<OperatorListState>, UserError> {
+        Ok(Vec::new())
+    }
+
+    /// Second phase: checkpoint `checkpoint_id` is complete; publish everything
+    /// prepared up to it. Must be idempotent.
+    fn commit(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {
+        Ok(())
+    }
 }

@@ -56,6 +56,8 @@ pub enum BuildError {
     Config(String),
     #[error("invalid job graph: {0}")]
     Graph(String),
+    #[error("cannot restore: {0}")]
+    Restore(String),
 }
 
 /// A job did not complete.
@@ -73,6 +75,10 @@ pub enum JobError {
     Cancelled,
     #[error("no task can make progress and the job has not finished (a deadlock)")]
     Stalled,
-    #[error("could not start a worker thread: {0}")]
+    #[error("could not start a thread: {0}")]
     Spawn(std::io::Error),
+    #[error("checkpointing failed the job: {0}")]
+    Checkpointing(String),
+    #[error(transparent)]
+    Restore(#[from] flowstate_checkpoint::CheckpointError),
 }

@@ -3,26 +3,37 @@
 //!
 //! A worker steps each of its tasks in turn; when none made progress it parks
 //! until a channel wakes it (or a source's `wake_at` passes). A task error or
-//! panic fails the job: the first failure is kept, every worker stops, and the
-//! job's result names the task and the operator.
+//! panic fails the attempt: the first failure is kept and every worker stops.
+//! With checkpoints on, a supervisor then restarts the job from its latest
+//! completed checkpoint (restart strategy); otherwise the job fails with a
+//! message naming the task and the operator.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use flowstate_checkpoint::CheckpointStats;
+use flowstate_checkpoint::restore::{LoadedCheckpoint, load, load_latest_of};
 
 use crate::channel::Signal;
-use crate::config::ExecutionConfig;
+use crate::checkpointing::{CoordinatorEvent, CoordinatorLoop, coordinator, upload_loop};
+use crate::config::{CheckpointingConfig, ExecutionConfig, Guarantee, RestoreFrom};
 use crate::error::{JobError, TaskError, panic_message};
 use crate::graph::JobGraph;
 use crate::metrics::JobMetrics;
-use crate::plan::{PlannedTask, build_tasks};
+use crate::plan::{PlanCheckpointing, PlannedTask, build_tasks};
 use crate::task::{Step, Task};
 
 /// Longest a worker parks without a wakeup before it looks at its tasks again.
 /// Wakeups come from channels; this only bounds the cost of a missed one.
 pub const IDLE_PARK_MAX: Duration = Duration::from_millis(50);
+
+/// Capacity of the queue from tasks and uploaders to the coordinator.
+pub const COORDINATOR_QUEUE_CAPACITY: usize = 4096;
+/// Capacity of the queue of snapshots waiting for an upload thread.
+pub const UPLOAD_QUEUE_CAPACITY: usize = 1024;
 
 /// What a finished job reports.
 #[derive(Debug, Clone)]
@@ -30,8 +41,17 @@ pub struct JobReport {
     pub duration: Duration,
     pub records_in: u64,
     pub records_to_sinks: u64,
+    /// The job's id in checkpoint storage (with checkpoints on).
+    pub job_id: Option<String>,
+    /// Completed checkpoints of the last attempt.
+    pub checkpoints: Vec<CheckpointStats>,
+    pub failed_checkpoints: u64,
+    pub restarts: u64,
+    /// The checkpoint the job started from, if any.
+    pub restored_from: Option<u64>,
 }
 
+/// One attempt's failure flag and worker wakeups.
 struct Shared {
     cancelled: AtomicBool,
     failure: Mutex<Option<JobError>>,
@@ -39,6 +59,14 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(signals: Vec<Arc<Signal>>) -> Self {
+        Self {
+            cancelled: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            signals,
+        }
+    }
+
     fn fail(&self, error: JobError) {
         let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         if failure.is_none() {
@@ -50,14 +78,27 @@ impl Shared {
             signal.wake();
         }
     }
+
+    fn take_failure(&self) -> Option<JobError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+/// Cancellation across attempts.
+#[derive(Default)]
+struct JobControl {
+    cancelled: AtomicBool,
+    current: Mutex<Option<Arc<Shared>>>,
 }
 
 /// A job running on worker threads.
 pub struct RunningJob {
     metrics: Arc<JobMetrics>,
-    shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
-    started: Instant,
+    control: Arc<JobControl>,
+    supervisor: JoinHandle<Result<JobReport, JobError>>,
 }
 
 fn step_guarded(task: &mut dyn Task) -> Result<Step, JobError> {
@@ -117,42 +158,264 @@ fn worker_loop(mut tasks: Vec<Box<dyn Task>>, signal: Arc<Signal>, shared: Arc<S
     }
 }
 
-/// Plans `graph` and starts it on `config.workers` threads.
-pub fn start_job(graph: JobGraph, config: &ExecutionConfig) -> Result<RunningJob, JobError> {
-    let metrics = Arc::new(JobMetrics::default());
+fn spawn<T: Send + 'static>(
+    name: String,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>, JobError> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(JobError::Spawn)
+}
+
+/// What one attempt needs to know about checkpoints.
+struct AttemptCheckpointing<'a> {
+    config: &'a CheckpointingConfig,
+    job_id: &'a str,
+    restored: Option<Arc<LoadedCheckpoint>>,
+}
+
+struct AttemptOutcome {
+    result: Result<(), JobError>,
+    checkpoints: Vec<CheckpointStats>,
+}
+
+/// Runs the job once: workers, and with checkpoints the coordinator and the
+/// upload threads.
+fn run_attempt(
+    graph: &JobGraph,
+    config: &ExecutionConfig,
+    metrics: &Arc<JobMetrics>,
+    control: &JobControl,
+    checkpointing: Option<AttemptCheckpointing<'_>>,
+) -> AttemptOutcome {
+    let fail = |e: JobError| AttemptOutcome {
+        result: Err(e),
+        checkpoints: Vec::new(),
+    };
     let signals: Vec<Arc<Signal>> = (0..config.workers).map(|_| Signal::new()).collect();
-    let planned = build_tasks(&graph, config, &signals, &metrics)?;
-    drop(graph);
+    let shared = Arc::new(Shared::new(signals.clone()));
+    *control.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&shared));
+    if control.cancelled.load(Ordering::SeqCst) {
+        return fail(JobError::Cancelled);
+    }
+
+    let (events_tx, events_rx) = crossbeam_channel::bounded(COORDINATOR_QUEUE_CAPACITY);
+    let (uploads_tx, uploads_rx) = crossbeam_channel::bounded(UPLOAD_QUEUE_CAPACITY);
+    let plan_checkpointing = checkpointing.as_ref().map(|c| PlanCheckpointing {
+        aligned: c.config.guarantee == Guarantee::ExactlyOnce,
+        events: events_tx.clone(),
+        uploads: uploads_tx.clone(),
+        restored: c.restored.clone(),
+    });
+    let planned = build_tasks(
+        graph,
+        config,
+        &signals,
+        metrics,
+        plan_checkpointing.as_ref(),
+    );
+    drop(plan_checkpointing);
+    drop(uploads_tx);
+    let (planned, handles) = match planned {
+        Ok(planned) => planned,
+        Err(e) => return fail(e.into()),
+    };
+
+    let mut uploaders = Vec::new();
+    let mut coordinator_thread = None;
+    if let Some(c) = &checkpointing {
+        for index in 0..config.workers.max(1) {
+            let (jobs, storage, job_id, events) = (
+                uploads_rx.clone(),
+                Arc::clone(&c.config.storage),
+                c.job_id.to_owned(),
+                events_tx.clone(),
+            );
+            match spawn(format!("flowstate-upload-{index}"), move || {
+                upload_loop(jobs, storage, job_id, events)
+            }) {
+                Ok(handle) => uploaders.push(handle),
+                Err(e) => return fail(e),
+            }
+        }
+        let coordinator = coordinator(
+            Arc::clone(&c.config.storage),
+            c.job_id,
+            c.config.settings.clone(),
+            handles.len(),
+            config.parallelism,
+            config.max_parallelism,
+            c.restored.as_ref().map(|r| r.id()),
+        );
+        let failing = Arc::clone(&shared);
+        let looped = CoordinatorLoop {
+            coordinator,
+            events: events_rx,
+            tasks: handles,
+            metrics: Arc::clone(metrics),
+            fail: Box::new(move |reason| failing.fail(JobError::Checkpointing(reason))),
+        };
+        match spawn("flowstate-coordinator".into(), move || looped.run()) {
+            Ok(handle) => coordinator_thread = Some(handle),
+            Err(e) => return fail(e),
+        }
+    }
+    drop(uploads_rx);
+
     let mut per_worker: Vec<Vec<Box<dyn Task>>> = (0..config.workers).map(|_| Vec::new()).collect();
     for PlannedTask { worker, task } in planned {
         per_worker[worker].push(task);
     }
-    let shared = Arc::new(Shared {
-        cancelled: AtomicBool::new(false),
-        failure: Mutex::new(None),
-        signals: signals.clone(),
-    });
-    let started = Instant::now();
     let mut workers = Vec::with_capacity(config.workers);
     for (index, tasks) in per_worker.into_iter().enumerate() {
-        let signal = Arc::clone(&signals[index]);
-        let shared_for_worker = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new()
-            .name(format!("flowstate-worker-{index}"))
-            .spawn(move || worker_loop(tasks, signal, shared_for_worker));
-        match spawned {
+        let (signal, worker_shared) = (Arc::clone(&signals[index]), Arc::clone(&shared));
+        match spawn(format!("flowstate-worker-{index}"), move || {
+            worker_loop(tasks, signal, worker_shared)
+        }) {
             Ok(handle) => workers.push(handle),
             Err(e) => {
-                shared.fail(JobError::Spawn(e));
+                shared.fail(e);
                 break;
             }
         }
     }
+    for worker in workers {
+        if let Err(payload) = worker.join() {
+            shared.fail(JobError::TaskFailed {
+                task: "worker".into(),
+                source: TaskError::Panic {
+                    operator: "worker".into(),
+                    message: panic_message(payload.as_ref()),
+                },
+            });
+        }
+    }
+    // Tasks are gone, so are the upload queue's senders: uploaders finish what
+    // they hold, then the coordinator stops (aborting what is still in flight).
+    for uploader in uploaders {
+        let _ = uploader.join();
+    }
+    let _ = events_tx.send(CoordinatorEvent::Stop);
+    let checkpoints = coordinator_thread
+        .and_then(|t| t.join().ok())
+        .unwrap_or_default();
+    AttemptOutcome {
+        result: shared.take_failure().map_or(Ok(()), Err),
+        checkpoints,
+    }
+}
+
+fn generated_job_id() -> String {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("job-{millis:x}-{:x}", std::process::id())
+}
+
+/// Runs attempts until one succeeds or the restart strategy gives up.
+fn supervise(
+    graph: JobGraph,
+    config: ExecutionConfig,
+    metrics: Arc<JobMetrics>,
+    control: Arc<JobControl>,
+) -> Result<JobReport, JobError> {
+    let started = Instant::now();
+    let checkpointing = config.checkpointing.clone();
+    let mut restored: Option<Arc<LoadedCheckpoint>> = None;
+    let mut job_id = None;
+    if let Some(c) = &checkpointing {
+        restored = match &c.restore {
+            RestoreFrom::Nothing => None,
+            RestoreFrom::Latest => load_latest_of(c.storage.as_ref(), None)?.map(Arc::new),
+            RestoreFrom::Path(path) => Some(Arc::new(load(c.storage.as_ref(), path)?)),
+        };
+        job_id = Some(match (&c.job_id, &restored, &c.restore) {
+            (Some(id), _, _) => id.clone(),
+            // Resuming after a crash continues the same job: its checkpoints, ids
+            // and retention carry on.
+            (None, Some(r), RestoreFrom::Latest) => r.metadata.job_id.clone(),
+            _ => generated_job_id(),
+        });
+        if let Some(r) = &restored {
+            tracing::info!(checkpoint = r.id(), "restoring {}", r.metadata_path);
+        }
+    }
+    let restored_from = restored.as_ref().map(|r| r.id());
+    let mut restarts = 0u32;
+    let mut delay = checkpointing
+        .as_ref()
+        .map_or(Duration::ZERO, |c| c.restart.delay);
+    loop {
+        let attempt = checkpointing
+            .as_ref()
+            .zip(job_id.as_deref())
+            .map(|(c, id)| AttemptCheckpointing {
+                config: c,
+                job_id: id,
+                restored: restored.clone(),
+            });
+        let outcome = run_attempt(&graph, &config, &metrics, &control, attempt);
+        let failed_checkpoints = metrics.checkpoints().failed;
+        match outcome.result {
+            Ok(()) => {
+                return Ok(JobReport {
+                    duration: started.elapsed(),
+                    records_in: metrics.records_in(),
+                    records_to_sinks: metrics.records_to_sinks(),
+                    job_id,
+                    checkpoints: outcome.checkpoints,
+                    failed_checkpoints,
+                    restarts: u64::from(restarts),
+                    restored_from,
+                });
+            }
+            Err(error) => {
+                let restartable = matches!(
+                    error,
+                    JobError::TaskFailed { .. } | JobError::Checkpointing(_)
+                );
+                let Some(c) = checkpointing
+                    .as_ref()
+                    .filter(|c| restartable && restarts < c.restart.attempts)
+                else {
+                    return Err(error);
+                };
+                if control.cancelled.load(Ordering::SeqCst) {
+                    return Err(JobError::Cancelled);
+                }
+                restarts += 1;
+                metrics.record_restart();
+                tracing::warn!(
+                    "job failed ({error}); restart {restarts} of {} in {delay:?}",
+                    c.restart.attempts
+                );
+                std::thread::sleep(delay);
+                delay = delay
+                    .mul_f64(c.restart.backoff_multiplier.max(1.0))
+                    .min(c.restart.delay_max);
+                restored = load_latest_of(c.storage.as_ref(), job_id.as_deref())?
+                    .map(Arc::new)
+                    .or(restored);
+            }
+        }
+    }
+}
+
+/// Plans `graph` and starts it on `config.workers` threads.
+pub fn start_job(graph: JobGraph, config: &ExecutionConfig) -> Result<RunningJob, JobError> {
+    config.validate()?;
+    let metrics = Arc::new(JobMetrics::default());
+    let control = Arc::new(JobControl::default());
+    let (config, supervisor_metrics, supervisor_control) =
+        (config.clone(), Arc::clone(&metrics), Arc::clone(&control));
+    let supervisor = spawn("flowstate-supervisor".into(), move || {
+        supervise(graph, config, supervisor_metrics, supervisor_control)
+    })?;
     Ok(RunningJob {
         metrics,
-        shared,
-        workers,
-        started,
+        control,
+        supervisor,
     })
 }
 
@@ -163,39 +426,33 @@ impl RunningJob {
 
     /// Asks every worker to stop; `join` then returns [`JobError::Cancelled`].
     pub fn cancel(&self) {
-        self.shared.fail(JobError::Cancelled);
+        self.control.cancelled.store(true, Ordering::SeqCst);
+        if let Some(shared) = self
+            .control
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            shared.fail(JobError::Cancelled);
+        }
     }
 
-    /// True when every worker has stopped.
+    /// True when the job has ended.
     pub fn is_finished(&self) -> bool {
-        self.workers.iter().all(JoinHandle::is_finished)
+        self.supervisor.is_finished()
     }
 
     /// Waits for the job to end.
     pub fn join(self) -> Result<JobReport, JobError> {
-        for worker in self.workers {
-            if let Err(payload) = worker.join() {
-                self.shared.fail(JobError::TaskFailed {
-                    task: "worker".into(),
-                    source: TaskError::Panic {
-                        operator: "worker".into(),
-                        message: panic_message(payload.as_ref()),
-                    },
-                });
-            }
-        }
-        let failure = self
-            .shared
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        match failure {
-            Some(error) => Err(error),
-            None => Ok(JobReport {
-                duration: self.started.elapsed(),
-                records_in: self.metrics.records_in(),
-                records_to_sinks: self.metrics.records_to_sinks(),
+        match self.supervisor.join() {
+            Ok(result) => result,
+            Err(payload) => Err(JobError::TaskFailed {
+                task: "supervisor".into(),
+                source: TaskError::Panic {
+                    operator: "supervisor".into(),
+                    message: panic_message(payload.as_ref()),
+                },
             }),
         }
     }
@@ -212,7 +469,9 @@ pub enum RunState {
 
 /// Runs every task of a job on the calling thread, choosing the next task to step
 /// with a seeded random generator: the same seed gives the same interleaving.
+/// (Checkpoints need the coordinator's and uploaders' threads: not here.)
 pub struct DeterministicExecutor {
+    signal: Arc<Signal>,
     tasks: Vec<Box<dyn Task>>,
     finished: Vec<bool>,
     rng: fastrand::Rng,
@@ -223,16 +482,16 @@ pub struct DeterministicExecutor {
 impl DeterministicExecutor {
     pub fn new(graph: JobGraph, config: &ExecutionConfig, seed: u64) -> Result<Self, JobError> {
         let metrics = Arc::new(JobMetrics::default());
-        let signals = vec![Signal::new(); 1];
+        let signal = Signal::new();
         let config = ExecutionConfig {
             workers: 1,
+            checkpointing: None,
             ..config.clone()
         };
-        let tasks: Vec<Box<dyn Task>> = build_tasks(&graph, &config, &signals, &metrics)?
-            .into_iter()
-            .map(|p| p.task)
-            .collect();
+        let (planned, _) = build_tasks(&graph, &config, &[Arc::clone(&signal)], &metrics, None)?;
+        let tasks: Vec<Box<dyn Task>> = planned.into_iter().map(|p| p.task).collect();
         Ok(Self {
+            signal,
             finished: vec![false; tasks.len()],
             tasks,
             rng: fastrand::Rng::with_seed(seed),
@@ -272,7 +531,14 @@ impl DeterministicExecutor {
                 return Ok(RunState::Quiescent);
             }
             let i = candidates[self.rng.usize(..candidates.len())];
-            match step_guarded(self.tasks[i].as_mut())? {
+            let step = step_guarded(self.tasks[i].as_mut())?;
+            // A step that sent or took a message may have made others runnable
+            // even if it reports itself idle: they must be looked at again.
+            let woke_others = self.signal.take_woken();
+            if woke_others {
+                idle.iter_mut().for_each(|f| *f = false);
+            }
+            match step {
                 Step::Progress => idle.iter_mut().for_each(|f| *f = false),
                 Step::Finished => {
                     self.finished[i] = true;
@@ -298,6 +564,11 @@ impl DeterministicExecutor {
                 duration: self.started.elapsed(),
                 records_in: self.metrics.records_in(),
                 records_to_sinks: self.metrics.records_to_sinks(),
+                job_id: None,
+                checkpoints: Vec::new(),
+                failed_checkpoints: 0,
+                restarts: 0,
+                restored_from: None,
             }),
             RunState::Quiescent => Err(JobError::Stalled),
         }

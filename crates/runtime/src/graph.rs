@@ -14,11 +14,13 @@ use flowstate_state::KeyGroup;
 
 use crate::Data;
 use crate::channel::{ChannelReceiver, ChannelSender, Signal, channel};
+use crate::checkpointing::TaskControl;
 use crate::config::SubtaskInfo;
 use crate::connector::{Sink, Source};
 use crate::error::{BuildError, UserError};
 use crate::metrics::JobMetrics;
 use crate::operator::{Operator, TwoInputOperator};
+use crate::pipeline::StageIdentity;
 use crate::pipeline::{Discard, ExchangeOutput, OperatorStage, Pipeline, Router, SinkStage, Tee};
 use crate::task::{OneInputTask, SourceTask, Task, TwoInputTask};
 
@@ -109,6 +111,7 @@ pub(crate) trait Port: Send + Sync {
         name: String,
         receivers: Vec<Erased>,
         pipeline: Erased,
+        control: Option<TaskControl>,
     ) -> Box<dyn Task>;
 }
 
@@ -164,12 +167,14 @@ impl<T: Data> Port for TypedPort<T> {
         name: String,
         receivers: Vec<Erased>,
         pipeline: Erased,
+        control: Option<TaskControl>,
     ) -> Box<dyn Task> {
         let receivers: Vec<ChannelReceiver<T>> = receivers.into_iter().map(cast).collect();
         Box::new(OneInputTask::new(
             name,
             receivers,
             cast::<Box<dyn Pipeline<T>>>(pipeline),
+            control,
         ))
     }
 }
@@ -180,6 +185,7 @@ pub(crate) trait SourceNode: Send {
         name: String,
         cx: &BuildContext<'_>,
         pipeline: Erased,
+        control: Option<TaskControl>,
     ) -> Result<Box<dyn Task>, BuildError>;
 }
 
@@ -196,6 +202,7 @@ pub(crate) trait TwoInputNode: Send {
         first: Vec<Erased>,
         second: Vec<Erased>,
         pipeline: Erased,
+        control: Option<TaskControl>,
     ) -> Result<Box<dyn Task>, BuildError>;
 }
 
@@ -209,6 +216,7 @@ impl<T: Data> SourceNode for SourceNodeImpl<T> {
         name: String,
         cx: &BuildContext<'_>,
         pipeline: Erased,
+        control: Option<TaskControl>,
     ) -> Result<Box<dyn Task>, BuildError> {
         let reader = self
             .source
@@ -216,11 +224,12 @@ impl<T: Data> SourceNode for SourceNodeImpl<T> {
             .map_err(|e| cx.create_error(e))?;
         Ok(Box::new(SourceTask::new(
             name,
-            &cx.info.operator,
+            StageIdentity::of(&cx.info),
             reader,
             cast::<Box<dyn Pipeline<T>>>(pipeline),
             cx.batch_size,
             Arc::clone(cx.metrics),
+            control,
         )))
     }
 }
@@ -236,8 +245,11 @@ impl<I: Data, O: Data> OperatorNode for OperatorNodeImpl<I, O> {
             Some(next) => cast::<Box<dyn Pipeline<O>>>(next),
             None => Box::new(Discard),
         };
-        let pipeline: Box<dyn Pipeline<I>> =
-            Box::new(OperatorStage::new(&cx.info.operator, operator, next));
+        let pipeline: Box<dyn Pipeline<I>> = Box::new(OperatorStage::new(
+            StageIdentity::of(&cx.info),
+            operator,
+            next,
+        ));
         Ok(Box::new(pipeline))
     }
 }
@@ -253,7 +265,7 @@ impl<T: Data> OperatorNode for SinkNodeImpl<T> {
             .create_writer(&cx.info)
             .map_err(|e| cx.create_error(e))?;
         let pipeline: Box<dyn Pipeline<T>> = Box::new(SinkStage::new(
-            &cx.info.operator,
+            StageIdentity::of(&cx.info),
             writer,
             Arc::clone(cx.metrics),
         ));
@@ -273,15 +285,17 @@ impl<A: Data, B: Data, O: Data> TwoInputNode for TwoInputNodeImpl<A, B, O> {
         first: Vec<Erased>,
         second: Vec<Erased>,
         pipeline: Erased,
+        control: Option<TaskControl>,
     ) -> Result<Box<dyn Task>, BuildError> {
         let operator = (self.factory)(&cx.info).map_err(|e| cx.create_error(e))?;
         Ok(Box::new(TwoInputTask::new(
             name,
-            &cx.info.operator,
+            StageIdentity::of(&cx.info),
             first.into_iter().map(cast::<ChannelReceiver<A>>).collect(),
             second.into_iter().map(cast::<ChannelReceiver<B>>).collect(),
             operator,
             cast::<Box<dyn Pipeline<O>>>(pipeline),
+            control,
         )))
     }
 }
@@ -304,6 +318,8 @@ pub(crate) struct Edge {
 
 pub(crate) struct Node {
     pub name: String,
+    /// Set by the user; derived from the position and name otherwise.
+    pub uid: Option<String>,
     pub kind: NodeKind,
     pub inputs: Vec<Edge>,
     /// The output stream type; `None` for sinks.
@@ -335,6 +351,34 @@ impl JobGraph {
     /// The name of a node.
     pub fn name(&self, node: NodeId) -> &str {
         &self.nodes[node].name
+    }
+
+    /// The stable id under which a node's state is checkpointed: the one the
+    /// user set, or `<index>-<name>` (deterministic for the same job code).
+    pub fn uid(&self, node: NodeId) -> String {
+        let n = &self.nodes[node];
+        match &n.uid {
+            Some(uid) => uid.clone(),
+            None => {
+                let slug: String = n
+                    .name
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() {
+                            c.to_ascii_lowercase()
+                        } else {
+                            '-'
+                        }
+                    })
+                    .collect();
+                format!("{node}-{}", slug.trim_matches('-'))
+            }
+        }
+    }
+
+    /// Sets the stable id of a node (what restore matches state by).
+    pub fn set_uid(&mut self, node: NodeId, uid: &str) {
+        self.nodes[node].uid = Some(uid.to_owned());
     }
 
     /// Renames a node.
@@ -378,6 +422,7 @@ impl JobGraph {
     pub fn add_source<T: Data>(&mut self, name: &str, source: Arc<dyn Source<T>>) -> NodeId {
         self.push(Node {
             name: name.to_owned(),
+            uid: None,
             kind: NodeKind::Source(Box::new(SourceNodeImpl { source })),
             inputs: Vec::new(),
             output: Self::port::<T>(),
@@ -399,6 +444,7 @@ impl JobGraph {
             .collect();
         self.push(Node {
             name: name.to_owned(),
+            uid: None,
             kind: NodeKind::Operator(Box::new(OperatorNodeImpl { factory })),
             inputs,
             output: Self::port::<O>(),
@@ -418,6 +464,7 @@ impl JobGraph {
         ];
         self.push(Node {
             name: name.to_owned(),
+            uid: None,
             kind: NodeKind::TwoInput(Box::new(TwoInputNodeImpl { factory })),
             inputs,
             output: Self::port::<O>(),
@@ -433,6 +480,7 @@ impl JobGraph {
         let inputs = vec![self.edge(input.0, 0, input.1)];
         self.push(Node {
             name: name.to_owned(),
+            uid: None,
             kind: NodeKind::Operator(Box::new(SinkNodeImpl { sink })),
             inputs,
             output: None,

@@ -12,6 +12,7 @@
 //! `flowstate_state::KeyedStateBackend`), connector specifics, or the CLI.
 
 pub mod channel;
+pub mod checkpointing;
 pub mod config;
 pub mod connector;
 pub mod error;
@@ -24,13 +25,17 @@ pub mod pipeline;
 pub mod plan;
 pub mod task;
 
-pub use config::{ExecutionConfig, SubtaskInfo};
+pub use config::{
+    CheckpointingConfig, ExecutionConfig, Guarantee, RestartStrategy, RestoreFrom, RestoredState,
+    SubtaskInfo,
+};
 pub use connector::{Sink, SinkWriter, Source, SourcePoll, SourceReader};
 pub use error::{BuildError, JobError, TaskError, UserError};
 pub use executor::{DeterministicExecutor, JobReport, RunState, RunningJob, start_job};
+pub use flowstate_checkpoint as checkpoint;
 pub use graph::{JobGraph, KeyGroupFn, NodeId, Partitioning};
-pub use metrics::JobMetrics;
-pub use operator::{Operator, TwoInputOperator};
+pub use metrics::{CheckpointProgress, JobMetrics};
+pub use operator::{Operator, StateSnapshot, TwoInputOperator};
 
 /// A record type that can flow between operators.
 pub trait Data: Clone + Send + 'static {}

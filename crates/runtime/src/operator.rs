@@ -1,6 +1,25 @@
-//! The operator traits: what a chained step of a task does with a batch.
+//! The operator traits: what a chained step of a task does with a batch, and
+//! how it takes part in checkpoints.
+
+use flowstate_checkpoint::OperatorListState;
+use flowstate_state::KeyedStateSnapshot;
 
 use crate::error::UserError;
+
+/// What one operator instance hands over in the synchronous part of a
+/// checkpoint. The keyed part is a frozen view, serialised later on an upload
+/// thread; operator lists are small and taken as they are.
+#[derive(Default)]
+pub struct StateSnapshot {
+    pub keyed: Option<KeyedStateSnapshot>,
+    pub lists: Vec<OperatorListState>,
+}
+
+impl StateSnapshot {
+    pub fn is_empty(&self) -> bool {
+        self.keyed.is_none() && self.lists.is_empty()
+    }
+}
 
 /// A one-input operator. It receives whole batches: per-record work happens in a
 /// loop the compiler can see, and a call through this trait costs once per batch.
@@ -12,6 +31,16 @@ pub trait Operator<I, O>: Send {
     fn finish(&mut self, _output: &mut Vec<O>) -> Result<(), UserError> {
         Ok(())
     }
+
+    /// The synchronous part of checkpoint `checkpoint_id`: must be brief.
+    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<StateSnapshot, UserError> {
+        Ok(StateSnapshot::default())
+    }
+
+    /// Checkpoint `checkpoint_id` is complete everywhere.
+    fn notify_checkpoint_complete(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {
+        Ok(())
+    }
 }
 
 /// A two-input operator (the head of a task with two input gates).
@@ -21,6 +50,12 @@ pub trait TwoInputOperator<I1, I2, O>: Send {
     fn process_batch2(&mut self, input: &mut Vec<I2>, output: &mut Vec<O>)
     -> Result<(), UserError>;
     fn finish(&mut self, _output: &mut Vec<O>) -> Result<(), UserError> {
+        Ok(())
+    }
+    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<StateSnapshot, UserError> {
+        Ok(StateSnapshot::default())
+    }
+    fn notify_checkpoint_complete(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {
         Ok(())
     }
 }

@@ -16,9 +16,9 @@ use crate::channel::{ChannelSender, SendError};
 use crate::connector::SinkWriter;
 use crate::error::TaskError;
 use crate::graph::KeyGroupFn;
-use crate::message::Message;
+use crate::message::{Barrier, Message};
 use crate::metrics::JobMetrics;
-use crate::operator::Operator;
+use crate::operator::{Operator, StateSnapshot};
 
 /// The rest of a task from some operator on.
 pub trait Pipeline<T>: Send {
@@ -29,6 +29,52 @@ pub trait Pipeline<T>: Send {
     /// Sends pending output; with `partial`, first also turns partly filled
     /// buffers into batches. Returns true when nothing is left pending.
     fn flush(&mut self, partial: bool) -> Result<bool, TaskError>;
+    /// The synchronous part of a checkpoint: every stage's operator snapshots,
+    /// in chain order.
+    fn snapshot(
+        &mut self,
+        checkpoint_id: u64,
+        parts: &mut Vec<OperatorPart>,
+    ) -> Result<(), TaskError>;
+    /// Sends `barrier` downstream, behind everything sent before it.
+    fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError>;
+    /// Checkpoint `checkpoint_id` is complete: let every operator know (sinks commit).
+    fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError>;
+}
+
+/// One operator instance's part of a task's checkpoint.
+pub struct OperatorPart {
+    pub uid: Arc<str>,
+    pub name: Arc<str>,
+    pub subtask: u32,
+    pub snapshot: StateSnapshot,
+}
+
+/// Who an operator stage is, for errors and for checkpoints.
+#[derive(Clone)]
+pub struct StageIdentity {
+    pub name: Arc<str>,
+    pub uid: Arc<str>,
+    pub subtask: u32,
+}
+
+impl StageIdentity {
+    pub fn of(info: &crate::config::SubtaskInfo) -> Self {
+        Self {
+            name: info.operator.as_str().into(),
+            uid: info.uid.as_str().into(),
+            subtask: info.index,
+        }
+    }
+
+    fn part(&self, snapshot: StateSnapshot) -> OperatorPart {
+        OperatorPart {
+            uid: Arc::clone(&self.uid),
+            name: Arc::clone(&self.name),
+            subtask: self.subtask,
+            snapshot,
+        }
+    }
 }
 
 /// Runs `f` on behalf of operator `name`, turning an error or a panic into a
@@ -47,16 +93,20 @@ pub(crate) fn guarded<R>(
 
 /// One chained operator followed by the rest of the pipeline.
 pub struct OperatorStage<I, O> {
-    name: Arc<str>,
+    id: StageIdentity,
     operator: Box<dyn Operator<I, O>>,
     output: Vec<O>,
     next: Box<dyn Pipeline<O>>,
 }
 
 impl<I, O> OperatorStage<I, O> {
-    pub fn new(name: &str, operator: Box<dyn Operator<I, O>>, next: Box<dyn Pipeline<O>>) -> Self {
+    pub fn new(
+        id: StageIdentity,
+        operator: Box<dyn Operator<I, O>>,
+        next: Box<dyn Pipeline<O>>,
+    ) -> Self {
         Self {
-            name: name.into(),
+            id,
             operator,
             output: Vec::new(),
             next,
@@ -68,7 +118,7 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
     #[inline]
     fn push(&mut self, batch: &mut Vec<I>) -> Result<(), TaskError> {
         let (operator, output) = (&mut self.operator, &mut self.output);
-        guarded(&self.name, || operator.process_batch(batch, output))?;
+        guarded(&self.id.name, || operator.process_batch(batch, output))?;
         batch.clear();
         if !self.output.is_empty() {
             self.next.push(&mut self.output)?;
@@ -78,7 +128,7 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
 
     fn end_of_input(&mut self) -> Result<(), TaskError> {
         let (operator, output) = (&mut self.operator, &mut self.output);
-        guarded(&self.name, || operator.finish(output))?;
+        guarded(&self.id.name, || operator.finish(output))?;
         if !self.output.is_empty() {
             self.next.push(&mut self.output)?;
         }
@@ -89,19 +139,48 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
     fn flush(&mut self, partial: bool) -> Result<bool, TaskError> {
         self.next.flush(partial)
     }
+
+    fn snapshot(
+        &mut self,
+        checkpoint_id: u64,
+        parts: &mut Vec<OperatorPart>,
+    ) -> Result<(), TaskError> {
+        let operator = &mut self.operator;
+        let snapshot = guarded(&self.id.name, || operator.snapshot(checkpoint_id))?;
+        if !snapshot.is_empty() {
+            parts.push(self.id.part(snapshot));
+        }
+        self.next.snapshot(checkpoint_id, parts)
+    }
+
+    fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError> {
+        self.next.barrier(barrier)
+    }
+
+    fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
+        let operator = &mut self.operator;
+        guarded(&self.id.name, || {
+            operator.notify_checkpoint_complete(checkpoint_id)
+        })?;
+        self.next.notify_complete(checkpoint_id)
+    }
 }
 
 /// The end of a pipeline that writes into a sink.
 pub struct SinkStage<T> {
-    name: Arc<str>,
+    id: StageIdentity,
     writer: Box<dyn SinkWriter<T>>,
     metrics: Arc<JobMetrics>,
 }
 
 impl<T> SinkStage<T> {
-    pub fn new(name: &str, writer: Box<dyn SinkWriter<T>>, metrics: Arc<JobMetrics>) -> Self {
+    pub fn new(
+        id: StageIdentity,
+        writer: Box<dyn SinkWriter<T>>,
+        metrics: Arc<JobMetrics>,
+    ) -> Self {
         Self {
-            name: name.into(),
+            id,
             writer,
             metrics,
         }
@@ -113,18 +192,40 @@ impl<T: Send> Pipeline<T> for SinkStage<T> {
     fn push(&mut self, batch: &mut Vec<T>) -> Result<(), TaskError> {
         self.metrics.add_records_to_sinks(batch.len());
         let writer = &mut self.writer;
-        guarded(&self.name, || writer.write_batch(batch))?;
+        guarded(&self.id.name, || writer.write_batch(batch))?;
         batch.clear();
         Ok(())
     }
 
     fn end_of_input(&mut self) -> Result<(), TaskError> {
         let writer = &mut self.writer;
-        guarded(&self.name, || writer.finish())
+        guarded(&self.id.name, || writer.finish())
     }
 
     fn flush(&mut self, _partial: bool) -> Result<bool, TaskError> {
         Ok(true)
+    }
+
+    fn snapshot(
+        &mut self,
+        checkpoint_id: u64,
+        parts: &mut Vec<OperatorPart>,
+    ) -> Result<(), TaskError> {
+        let writer = &mut self.writer;
+        let lists = guarded(&self.id.name, || writer.prepare_commit(checkpoint_id))?;
+        if !lists.is_empty() {
+            parts.push(self.id.part(StateSnapshot { keyed: None, lists }));
+        }
+        Ok(())
+    }
+
+    fn barrier(&mut self, _barrier: Barrier) -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
+        let writer = &mut self.writer;
+        guarded(&self.id.name, || writer.commit(checkpoint_id))
     }
 }
 
@@ -141,6 +242,19 @@ impl<T: Send> Pipeline<T> for Discard {
     }
     fn flush(&mut self, _partial: bool) -> Result<bool, TaskError> {
         Ok(true)
+    }
+    fn snapshot(
+        &mut self,
+        _checkpoint_id: u64,
+        _parts: &mut Vec<OperatorPart>,
+    ) -> Result<(), TaskError> {
+        Ok(())
+    }
+    fn barrier(&mut self, _barrier: Barrier) -> Result<(), TaskError> {
+        Ok(())
+    }
+    fn notify_complete(&mut self, _checkpoint_id: u64) -> Result<(), TaskError> {
+        Ok(())
     }
 }
 
@@ -183,6 +297,31 @@ impl<T: Clone + Send> Pipeline<T> for Tee<T> {
             idle &= branch.flush(partial)?;
         }
         Ok(idle)
+    }
+
+    fn snapshot(
+        &mut self,
+        checkpoint_id: u64,
+        parts: &mut Vec<OperatorPart>,
+    ) -> Result<(), TaskError> {
+        for branch in &mut self.branches {
+            branch.snapshot(checkpoint_id, parts)?;
+        }
+        Ok(())
+    }
+
+    fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError> {
+        for branch in &mut self.branches {
+            branch.barrier(barrier)?;
+        }
+        Ok(())
+    }
+
+    fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
+        for branch in &mut self.branches {
+            branch.notify_complete(checkpoint_id)?;
+        }
+        Ok(())
     }
 }
 
@@ -343,5 +482,27 @@ impl<T: Send> Pipeline<T> for ExchangeOutput<T> {
             }
         }
         self.send_pending()
+    }
+
+    fn snapshot(
+        &mut self,
+        _checkpoint_id: u64,
+        _parts: &mut Vec<OperatorPart>,
+    ) -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError> {
+        for target in &mut self.targets {
+            if !target.buffer.is_empty() {
+                Self::cut(target, 0);
+            }
+            target.pending.push_back(Message::Barrier(barrier));
+        }
+        self.send_pending().map(drop)
+    }
+
+    fn notify_complete(&mut self, _checkpoint_id: u64) -> Result<(), TaskError> {
+        Ok(())
     }
 }

@@ -10,8 +10,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crossbeam_channel::Sender;
+use flowstate_checkpoint::restore::LoadedCheckpoint;
+
 use crate::channel::Signal;
-use crate::config::{ExecutionConfig, SubtaskInfo};
+use crate::checkpointing::{CoordinatorEvent, TaskControl, TaskHandle, UploadJob};
+use crate::config::{ExecutionConfig, RestoredState, SubtaskInfo};
 use crate::error::BuildError;
 use crate::graph::{BuildContext, Erased, JobGraph, NodeId, NodeKind};
 use crate::metrics::JobMetrics;
@@ -23,10 +27,21 @@ pub(crate) struct PlannedTask {
     pub task: Box<dyn Task>,
 }
 
+/// What the plan needs when checkpoints are on.
+pub(crate) struct PlanCheckpointing {
+    pub aligned: bool,
+    pub events: Sender<CoordinatorEvent>,
+    pub uploads: Sender<UploadJob>,
+    pub restored: Option<Arc<LoadedCheckpoint>>,
+}
+
 struct Planner<'g> {
     graph: &'g JobGraph,
     config: &'g ExecutionConfig,
     metrics: &'g Arc<JobMetrics>,
+    checkpointing: Option<&'g PlanCheckpointing>,
+    signals: &'g [Arc<Signal>],
+    handles: Vec<TaskHandle>,
     /// Consumers of each node: (consumer, index of the edge in the consumer's inputs).
     consumers: Vec<Vec<(NodeId, usize)>>,
     /// Senders of (consumer, edge index, producer subtask), one per consumer subtask.
@@ -43,18 +58,47 @@ impl Planner<'_> {
             && node.inputs[0].forward
     }
 
-    fn context(&self, node: NodeId, index: u32) -> BuildContext<'_> {
-        BuildContext {
-            info: SubtaskInfo {
-                operator: self.graph.nodes[node].name.clone(),
-                index,
-                parallelism: self.config.parallelism,
-                max_parallelism: self.config.max_parallelism,
-                state_backend: self.config.state_backend,
-            },
+    fn context(&self, node: NodeId, index: u32) -> Result<BuildContext<'_>, BuildError> {
+        let uid = self.graph.uid(node);
+        let mut info = SubtaskInfo {
+            operator: self.graph.nodes[node].name.clone(),
+            uid,
+            index,
+            parallelism: self.config.parallelism,
+            max_parallelism: self.config.max_parallelism,
+            state_backend: self.config.state_backend,
+            restored: None,
+        };
+        if let Some(loaded) = self.checkpointing.and_then(|c| c.restored.as_ref())
+            && loaded.has_operator(&info.uid)
+        {
+            let keyed = loaded
+                .keyed_state(&info.uid, info.key_group_range())
+                .map_err(|e| BuildError::Restore(e.to_string()))?;
+            let lists = loaded.operator_lists(&info.uid, index, self.config.parallelism);
+            info.restored = Some(Arc::new(RestoredState { keyed, lists }));
+        }
+        Ok(BuildContext {
+            info,
             metrics: self.metrics,
             batch_size: self.config.batch_size,
-        }
+        })
+    }
+
+    /// The control plane of the next task, if checkpoints are on.
+    fn control(&mut self, index: u32, is_source: bool) -> Option<TaskControl> {
+        let checkpointing = self.checkpointing?;
+        let signal = Arc::clone(&self.signals[index as usize % self.signals.len()]);
+        let (control, handle) = TaskControl::pair(
+            self.handles.len(),
+            checkpointing.aligned,
+            signal,
+            is_source,
+            checkpointing.events.clone(),
+            checkpointing.uploads.clone(),
+        );
+        self.handles.push(handle);
+        Some(control)
     }
 
     /// "a -> b -> c": the head and every node chained behind it.
@@ -153,7 +197,7 @@ impl Planner<'_> {
             Some(_) => Some(self.output_pipeline(node, index, task)?),
             None => None,
         };
-        let cx = self.context(node, index);
+        let cx = self.context(node, index)?;
         match &self.graph.nodes[node].kind {
             NodeKind::Operator(op) => op.wrap(&cx, next),
             _ => unreachable!("only one-input nodes are stages"),
@@ -174,7 +218,8 @@ impl Planner<'_> {
         match &node.kind {
             NodeKind::Source(source) => {
                 let pipeline = self.output_pipeline(head, index, &name)?;
-                source.create_task(name, &self.context(head, index), pipeline)
+                let control = self.control(index, true);
+                source.create_task(name, &self.context(head, index)?, pipeline, control)
             }
             NodeKind::Operator(_) => {
                 let Some((_, port)) = &graph.nodes[node.inputs[0].from].output else {
@@ -182,28 +227,63 @@ impl Planner<'_> {
                 };
                 let pipeline = self.stage(head, index, &name)?;
                 let receivers = self.take_receivers(head, 0, index);
-                Ok(port.one_input_task(name, receivers, pipeline))
+                let control = self.control(index, false);
+                Ok(port.one_input_task(name, receivers, pipeline, control))
             }
             NodeKind::TwoInput(two) => {
                 let pipeline = self.output_pipeline(head, index, &name)?;
                 let first = self.take_receivers(head, 0, index);
                 let second = self.take_receivers(head, 1, index);
-                two.create_task(name, &self.context(head, index), first, second, pipeline)
+                let control = self.control(index, false);
+                two.create_task(
+                    name,
+                    &self.context(head, index)?,
+                    first,
+                    second,
+                    pipeline,
+                    control,
+                )
             }
         }
     }
 }
 
-/// Builds every task of `graph`; `signals` has one entry per worker.
+/// Builds every task of `graph`; `signals` has one entry per worker. With
+/// checkpoints on, also returns the coordinator's handle of every task (indexed
+/// like the tasks' acknowledgements).
 pub(crate) fn build_tasks(
     graph: &JobGraph,
     config: &ExecutionConfig,
     signals: &[Arc<Signal>],
     metrics: &Arc<JobMetrics>,
-) -> Result<Vec<PlannedTask>, BuildError> {
+    checkpointing: Option<&PlanCheckpointing>,
+) -> Result<(Vec<PlannedTask>, Vec<TaskHandle>), BuildError> {
     config.validate()?;
     if graph.nodes.is_empty() {
         return Err(BuildError::Graph("the job has no operators".into()));
+    }
+    if let Some(loaded) = checkpointing.and_then(|c| c.restored.as_ref()) {
+        let uids: Vec<String> = (0..graph.nodes.len()).map(|n| graph.uid(n)).collect();
+        let unknown: Vec<&str> = loaded
+            .metadata
+            .operators
+            .iter()
+            .filter(|o| !uids.contains(&o.uid))
+            .map(|o| o.uid.as_str())
+            .collect();
+        if !unknown.is_empty() {
+            return Err(BuildError::Restore(format!(
+                "{} holds state of operators this job does not have: {}",
+                loaded.metadata_path,
+                unknown.join(", ")
+            )));
+        }
+        if loaded.metadata.max_parallelism != config.max_parallelism {
+            return Err(BuildError::Restore(format!(
+                "{} was taken with max parallelism {}; this job has {} (key groups cannot change)",
+                loaded.metadata_path, loaded.metadata.max_parallelism, config.max_parallelism
+            )));
+        }
     }
     let mut consumers = vec![Vec::new(); graph.nodes.len()];
     for (id, node) in graph.nodes.iter().enumerate() {
@@ -215,6 +295,9 @@ pub(crate) fn build_tasks(
         graph,
         config,
         metrics,
+        checkpointing,
+        signals,
+        handles: Vec::new(),
         consumers,
         senders: HashMap::new(),
         receivers: HashMap::new(),
@@ -233,5 +316,5 @@ pub(crate) fn build_tasks(
             });
         }
     }
-    Ok(tasks)
+    Ok((tasks, planner.handles))
 }

@@ -2,20 +2,26 @@
 //! gates) followed by a pipeline of chained operators.
 //!
 //! Tasks never block: [`Task::step`] does a bounded amount of work (at most one
-//! input batch) and says whether it made progress. That is what lets one worker
-//! thread run many tasks, and lets a seeded scheduler run a whole job on one
-//! thread in a reproducible order.
+//! input batch or one control event) and says whether it made progress. That is
+//! what lets one worker thread run many tasks, and lets a seeded scheduler run a
+//! whole job on one thread in a reproducible order.
+//!
+//! Checkpoints: a source task records its reader's position and emits barrier n
+//! when the coordinator triggers n; other tasks take their snapshot when barrier
+//! n has arrived on every input ([`Aligner`]). The snapshot's synchronous part
+//! runs in the task's step; the frozen state goes to an upload thread.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::channel::ChannelReceiver;
+use crate::checkpointing::{TaskCommand, TaskControl};
 use crate::connector::{SourcePoll, SourceReader};
 use crate::error::TaskError;
-use crate::message::Message;
+use crate::message::{Barrier, Message};
 use crate::metrics::JobMetrics;
-use crate::operator::TwoInputOperator;
-use crate::pipeline::{Pipeline, guarded};
+use crate::operator::{StateSnapshot, TwoInputOperator};
+use crate::pipeline::{OperatorPart, Pipeline, StageIdentity, guarded};
 
 /// What one step achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,37 +63,96 @@ fn drain<T>(phase: &mut Phase, pipeline: &mut dyn Pipeline<T>) -> Result<Step, T
     }
 }
 
+/// The synchronous part of a checkpoint, then the barrier downstream, then the
+/// hand-over to an upload thread.
+fn checkpoint<T>(
+    control: &TaskControl,
+    pipeline: &mut dyn Pipeline<T>,
+    barrier: Barrier,
+    mut parts: Vec<OperatorPart>,
+    alignment: Duration,
+) -> Result<(), TaskError> {
+    let started = Instant::now();
+    pipeline.snapshot(barrier.id, &mut parts)?;
+    let sync_pause = started.elapsed();
+    pipeline.barrier(barrier)?;
+    control.submit(barrier, parts, sync_pause, alignment);
+    Ok(())
+}
+
+/// Handles commands from the coordinator that every task understands.
+/// Returns the newest completed checkpoint id (`u64::MAX` for `Finish`).
+fn drain_commands<T>(
+    control: Option<&TaskControl>,
+    pipeline: &mut dyn Pipeline<T>,
+    mut on_trigger: impl FnMut(Barrier) -> Result<(), TaskError>,
+) -> Result<Option<u64>, TaskError> {
+    let Some(control) = control else {
+        return Ok(None);
+    };
+    let mut completed = None;
+    while let Some(command) = control.next_command() {
+        match command {
+            TaskCommand::Trigger(barrier) => on_trigger(barrier)?,
+            TaskCommand::Complete(id) => {
+                pipeline.notify_complete(id)?;
+                completed = Some(completed.map_or(id, |c: u64| c.max(id)));
+            }
+            TaskCommand::Abort(_) => {}
+            TaskCommand::Finish => completed = Some(u64::MAX),
+        }
+    }
+    Ok(completed)
+}
+
 /// A source followed by its chained operators.
 pub struct SourceTask<T> {
     name: String,
-    operator: Arc<str>,
+    id: StageIdentity,
     reader: Box<dyn SourceReader<T>>,
     pipeline: Box<dyn Pipeline<T>>,
     buffer: Vec<T>,
     batch_size: usize,
     phase: Phase,
     metrics: Arc<JobMetrics>,
+    control: Option<TaskControl>,
+    /// The reader has no more records; with checkpoints, the task ends its
+    /// output only when the coordinator says so (`Finish`), after the checkpoint
+    /// taken once every source was exhausted completed: so the last records are
+    /// committed, and every task is still there to take part in that checkpoint.
+    exhausted: bool,
+    exhaustion_reported: bool,
 }
 
 impl<T: Send> SourceTask<T> {
     pub fn new(
         name: String,
-        operator: &str,
+        id: StageIdentity,
         reader: Box<dyn SourceReader<T>>,
         pipeline: Box<dyn Pipeline<T>>,
         batch_size: usize,
         metrics: Arc<JobMetrics>,
+        control: Option<TaskControl>,
     ) -> Self {
         Self {
             name,
-            operator: operator.into(),
+            id,
             reader,
             pipeline,
             buffer: Vec::with_capacity(batch_size),
             batch_size,
             phase: Phase::Running,
             metrics,
+            control,
+            exhausted: false,
+            exhaustion_reported: false,
         }
+    }
+
+    fn end(&mut self) -> Result<Step, TaskError> {
+        self.pipeline.end_of_input()?;
+        self.phase = Phase::Draining;
+        Ok(Step::Progress)
     }
 }
 
@@ -100,11 +165,48 @@ impl<T: Send> Task for SourceTask<T> {
         if self.phase != Phase::Running {
             return drain(&mut self.phase, self.pipeline.as_mut());
         }
+        let mut triggers: Vec<Barrier> = Vec::new();
+        let completed = drain_commands(self.control.as_ref(), self.pipeline.as_mut(), |barrier| {
+            triggers.push(barrier);
+            Ok(())
+        })?;
+        for barrier in triggers {
+            let Some(control) = self.control.as_ref() else {
+                break;
+            };
+            // The reader's position and the barrier are taken in the same step:
+            // nothing is emitted between them.
+            let reader = &mut self.reader;
+            let lists = guarded(&self.id.name, || reader.snapshot())?;
+            let part = OperatorPart {
+                uid: Arc::clone(&self.id.uid),
+                name: Arc::clone(&self.id.name),
+                subtask: self.id.subtask,
+                snapshot: StateSnapshot { keyed: None, lists },
+            };
+            checkpoint(
+                control,
+                self.pipeline.as_mut(),
+                barrier,
+                vec![part],
+                Duration::ZERO,
+            )?;
+        }
+        if self.exhausted && completed == Some(u64::MAX) {
+            return self.end();
+        }
+        if self.exhausted && !self.exhaustion_reported {
+            self.exhaustion_reported = self.control.as_ref().is_some_and(|c| c.report_exhausted());
+        }
+        if self.exhausted {
+            self.pipeline.flush(true)?;
+            return Ok(Step::Idle { wake_at: None });
+        }
         if !self.pipeline.flush(false)? {
             return Ok(Step::Idle { wake_at: None });
         }
         let (reader, buffer, max) = (&mut self.reader, &mut self.buffer, self.batch_size);
-        let poll = guarded(&self.operator, || reader.poll(buffer, max, Instant::now()))?;
+        let poll = guarded(&self.id.name, || reader.poll(buffer, max, Instant::now()))?;
         if !self.buffer.is_empty() {
             self.metrics.add_records_in(self.buffer.len());
             self.pipeline.push(&mut self.buffer)?;
@@ -115,18 +217,102 @@ impl<T: Send> Task for SourceTask<T> {
                 self.pipeline.flush(true)?;
                 Ok(Step::Idle { wake_at })
             }
-            SourcePoll::Finished => {
-                self.pipeline.end_of_input()?;
-                self.phase = Phase::Draining;
-                Ok(Step::Progress)
-            }
+            SourcePoll::Finished => match &self.control {
+                Some(control) => {
+                    self.exhausted = true;
+                    self.exhaustion_reported = control.report_exhausted();
+                    self.pipeline.flush(true)?;
+                    Ok(Step::Progress)
+                }
+                None => self.end(),
+            },
         }
+    }
+}
+
+/// Barrier alignment over all input channels of a task (of one or two gates).
+///
+/// Exactly-once: a channel that delivered barrier n is blocked until barrier n
+/// arrived on every open channel, so no record after the barrier is processed
+/// before the snapshot. At-least-once: nothing is blocked; the snapshot is taken
+/// when the last barrier arrives (records after the barrier on fast channels are
+/// then in the snapshot and are replayed again after a restore).
+pub struct Aligner {
+    aligned: bool,
+    blocked: Vec<bool>,
+    got: Vec<bool>,
+    ended: Vec<bool>,
+    current: Option<Barrier>,
+    started: Option<Instant>,
+}
+
+impl Aligner {
+    pub fn new(channels: usize, aligned: bool) -> Self {
+        Self {
+            aligned,
+            blocked: vec![false; channels],
+            got: vec![false; channels],
+            ended: vec![false; channels],
+            current: None,
+            started: None,
+        }
+    }
+
+    #[inline]
+    fn is_blocked(&self, channel: usize) -> bool {
+        self.blocked[channel]
+    }
+
+    fn reset(&mut self) {
+        self.blocked.iter_mut().for_each(|b| *b = false);
+        self.got.iter_mut().for_each(|g| *g = false);
+        self.current = None;
+        self.started = None;
+    }
+
+    fn complete(&mut self) -> Option<(Barrier, Duration)> {
+        let barrier = self.current?;
+        let done = (0..self.got.len()).all(|i| self.got[i] || self.ended[i]);
+        if !done {
+            return None;
+        }
+        let alignment = self.started.map_or(Duration::ZERO, |s| s.elapsed());
+        self.reset();
+        Some((barrier, alignment))
+    }
+
+    /// Barrier `barrier` arrived on `channel`; returns it (with the alignment
+    /// time) once it arrived everywhere.
+    fn on_barrier(&mut self, channel: usize, barrier: Barrier) -> Option<(Barrier, Duration)> {
+        match self.current {
+            Some(current) if barrier.id < current.id => return None, // stale: its checkpoint was abandoned
+            Some(current) if barrier.id > current.id => self.reset(), // current one was aborted upstream
+            _ => {}
+        }
+        if self.current.is_none() {
+            self.current = Some(barrier);
+            self.started = Some(Instant::now());
+        }
+        self.got[channel] = true;
+        if self.aligned {
+            self.blocked[channel] = true;
+        }
+        self.complete()
+    }
+
+    /// `channel` ended; it no longer takes part in alignment.
+    fn on_end(&mut self, channel: usize) -> Option<(Barrier, Duration)> {
+        self.ended[channel] = true;
+        self.blocked[channel] = false;
+        self.complete()
     }
 }
 
 /// The channels into one input of a task.
 pub struct InputGate<T> {
     channels: Vec<ChannelReceiver<T>>,
+    /// Index of this gate's first channel in the task's [`Aligner`].
+    offset: usize,
     ended: Vec<bool>,
     open: usize,
     cursor: usize,
@@ -136,6 +322,8 @@ pub struct InputGate<T> {
 /// What an input gate yielded.
 pub enum GateEvent<T> {
     Batch(Vec<T>),
+    /// Barrier n arrived on every input of the task: time to snapshot.
+    Barrier(Barrier, Duration),
     /// Nothing available now.
     Empty,
     /// Every channel has ended.
@@ -143,10 +331,11 @@ pub enum GateEvent<T> {
 }
 
 impl<T> InputGate<T> {
-    pub fn new(task: &str, channels: Vec<ChannelReceiver<T>>) -> Self {
+    pub fn new(task: &str, channels: Vec<ChannelReceiver<T>>, offset: usize) -> Self {
         let n = channels.len();
         Self {
             channels,
+            offset,
             ended: vec![false; n],
             open: n,
             cursor: 0,
@@ -154,12 +343,20 @@ impl<T> InputGate<T> {
         }
     }
 
-    /// The next batch of any channel, round-robin so that no channel starves.
-    pub fn poll(&mut self) -> Result<GateEvent<T>, TaskError> {
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    /// The next event of any unblocked channel, round-robin so none starves.
+    pub fn poll(&mut self, aligner: &mut Aligner) -> Result<GateEvent<T>, TaskError> {
         let n = self.channels.len();
-        for offset in 0..n {
-            let i = (self.cursor + offset) % n;
-            if self.ended[i] {
+        for step in 0..n {
+            let i = (self.cursor + step) % n;
+            if self.ended[i] || aligner.is_blocked(self.offset + i) {
                 continue;
             }
             match self.channels[i].try_recv() {
@@ -167,9 +364,19 @@ impl<T> InputGate<T> {
                     self.cursor = (i + 1) % n;
                     return Ok(GateEvent::Batch(batch));
                 }
+                Ok(Some(Message::Barrier(barrier))) => {
+                    self.cursor = (i + 1) % n;
+                    if let Some((barrier, alignment)) = aligner.on_barrier(self.offset + i, barrier)
+                    {
+                        return Ok(GateEvent::Barrier(barrier, alignment));
+                    }
+                }
                 Ok(Some(Message::EndOfInput)) => {
                     self.ended[i] = true;
                     self.open -= 1;
+                    if let Some((barrier, alignment)) = aligner.on_end(self.offset + i) {
+                        return Ok(GateEvent::Barrier(barrier, alignment));
+                    }
                 }
                 Ok(None) => {}
                 Err(_) => {
@@ -191,8 +398,10 @@ impl<T> InputGate<T> {
 pub struct OneInputTask<T> {
     name: String,
     gate: InputGate<T>,
+    aligner: Aligner,
     pipeline: Box<dyn Pipeline<T>>,
     phase: Phase,
+    control: Option<TaskControl>,
 }
 
 impl<T: Send> OneInputTask<T> {
@@ -200,13 +409,18 @@ impl<T: Send> OneInputTask<T> {
         name: String,
         channels: Vec<ChannelReceiver<T>>,
         pipeline: Box<dyn Pipeline<T>>,
+        control: Option<TaskControl>,
     ) -> Self {
-        let gate = InputGate::new(&name, channels);
+        let gate = InputGate::new(&name, channels, 0);
+        let aligned = control.as_ref().is_none_or(|c| c.aligned);
+        let aligner = Aligner::new(gate.len(), aligned);
         Self {
             name,
             gate,
+            aligner,
             pipeline,
             phase: Phase::Running,
+            control,
         }
     }
 }
@@ -220,12 +434,25 @@ impl<T: Send> Task for OneInputTask<T> {
         if self.phase != Phase::Running {
             return drain(&mut self.phase, self.pipeline.as_mut());
         }
+        drain_commands(self.control.as_ref(), self.pipeline.as_mut(), |_| Ok(()))?;
         if !self.pipeline.flush(false)? {
             return Ok(Step::Idle { wake_at: None });
         }
-        match self.gate.poll()? {
+        match self.gate.poll(&mut self.aligner)? {
             GateEvent::Batch(mut batch) => {
                 self.pipeline.push(&mut batch)?;
+                Ok(Step::Progress)
+            }
+            GateEvent::Barrier(barrier, alignment) => {
+                if let Some(control) = &self.control {
+                    checkpoint(
+                        control,
+                        self.pipeline.as_mut(),
+                        barrier,
+                        Vec::new(),
+                        alignment,
+                    )?;
+                }
                 Ok(Step::Progress)
             }
             GateEvent::Empty => {
@@ -241,12 +468,41 @@ impl<T: Send> Task for OneInputTask<T> {
     }
 }
 
+/// Adapts a two-input operator's snapshot and notifications to the pipeline
+/// walk of a checkpoint: the head's part comes first.
+struct TwoInputHead<'a, A, B, O> {
+    id: &'a StageIdentity,
+    operator: &'a mut dyn TwoInputOperator<A, B, O>,
+    next: &'a mut dyn Pipeline<O>,
+}
+
+impl<A, B, O: Send> TwoInputHead<'_, A, B, O> {
+    fn snapshot(
+        &mut self,
+        checkpoint_id: u64,
+        parts: &mut Vec<OperatorPart>,
+    ) -> Result<(), TaskError> {
+        let operator = &mut *self.operator;
+        let snapshot = guarded(&self.id.name, || operator.snapshot(checkpoint_id))?;
+        if !snapshot.is_empty() {
+            parts.push(OperatorPart {
+                uid: Arc::clone(&self.id.uid),
+                name: Arc::clone(&self.id.name),
+                subtask: self.id.subtask,
+                snapshot,
+            });
+        }
+        self.next.snapshot(checkpoint_id, parts)
+    }
+}
+
 /// A task with two typed inputs and a two-input head operator.
 pub struct TwoInputTask<A, B, O> {
     name: String,
-    operator_name: Arc<str>,
+    id: StageIdentity,
     first: InputGate<A>,
     second: InputGate<B>,
+    aligner: Aligner,
     first_ended: bool,
     second_ended: bool,
     prefer_second: bool,
@@ -254,22 +510,35 @@ pub struct TwoInputTask<A, B, O> {
     output: Vec<O>,
     pipeline: Box<dyn Pipeline<O>>,
     phase: Phase,
+    control: Option<TaskControl>,
+}
+
+enum SideEvent {
+    Nothing,
+    Data,
+    Barrier(Barrier, Duration),
 }
 
 impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
     pub fn new(
         name: String,
-        operator_name: &str,
+        id: StageIdentity,
         first: Vec<ChannelReceiver<A>>,
         second: Vec<ChannelReceiver<B>>,
         operator: Box<dyn TwoInputOperator<A, B, O>>,
         pipeline: Box<dyn Pipeline<O>>,
+        control: Option<TaskControl>,
     ) -> Self {
+        let first = InputGate::new(&name, first, 0);
+        let second = InputGate::new(&name, second, first.len());
+        let aligned = control.as_ref().is_none_or(|c| c.aligned);
+        let aligner = Aligner::new(first.len() + second.len(), aligned);
         Self {
-            first: InputGate::new(&name, first),
-            second: InputGate::new(&name, second),
+            first,
+            second,
+            aligner,
             name,
-            operator_name: operator_name.into(),
+            id,
             first_ended: false,
             second_ended: false,
             prefer_second: false,
@@ -277,6 +546,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
             output: Vec::new(),
             pipeline,
             phase: Phase::Running,
+            control,
         }
     }
 
@@ -287,44 +557,68 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
         Ok(())
     }
 
-    /// Polls one side; true if it yielded a batch.
-    fn poll_side(&mut self, second: bool) -> Result<bool, TaskError> {
+    /// Polls one side.
+    fn poll_side(&mut self, second: bool) -> Result<SideEvent, TaskError> {
         let (operator, output) = (&mut self.operator, &mut self.output);
-        if second {
+        let event = if second {
             if self.second_ended {
-                return Ok(false);
+                return Ok(SideEvent::Nothing);
             }
-            match self.second.poll()? {
+            match self.second.poll(&mut self.aligner)? {
                 GateEvent::Batch(mut batch) => {
-                    guarded(&self.operator_name, || {
+                    guarded(&self.id.name, || {
                         operator.process_batch2(&mut batch, output)
                     })?;
+                    SideEvent::Data
                 }
-                GateEvent::Empty => return Ok(false),
+                GateEvent::Barrier(b, a) => SideEvent::Barrier(b, a),
+                GateEvent::Empty => SideEvent::Nothing,
                 GateEvent::Ended => {
                     self.second_ended = true;
-                    return Ok(false);
+                    SideEvent::Nothing
                 }
             }
         } else {
             if self.first_ended {
-                return Ok(false);
+                return Ok(SideEvent::Nothing);
             }
-            match self.first.poll()? {
+            match self.first.poll(&mut self.aligner)? {
                 GateEvent::Batch(mut batch) => {
-                    guarded(&self.operator_name, || {
+                    guarded(&self.id.name, || {
                         operator.process_batch1(&mut batch, output)
                     })?;
+                    SideEvent::Data
                 }
-                GateEvent::Empty => return Ok(false),
+                GateEvent::Barrier(b, a) => SideEvent::Barrier(b, a),
+                GateEvent::Empty => SideEvent::Nothing,
                 GateEvent::Ended => {
                     self.first_ended = true;
-                    return Ok(false);
+                    SideEvent::Nothing
                 }
             }
+        };
+        if let SideEvent::Data = event {
+            self.forward_output()?;
         }
-        self.forward_output()?;
-        Ok(true)
+        Ok(event)
+    }
+
+    fn take_checkpoint(&mut self, barrier: Barrier, alignment: Duration) -> Result<(), TaskError> {
+        let Some(control) = &self.control else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let mut parts = Vec::new();
+        TwoInputHead {
+            id: &self.id,
+            operator: self.operator.as_mut(),
+            next: self.pipeline.as_mut(),
+        }
+        .snapshot(barrier.id, &mut parts)?;
+        let sync_pause = started.elapsed();
+        self.pipeline.barrier(barrier)?;
+        control.submit(barrier, parts, sync_pause, alignment);
+        Ok(())
     }
 }
 
@@ -337,18 +631,34 @@ impl<A: Send, B: Send, O: Send> Task for TwoInputTask<A, B, O> {
         if self.phase != Phase::Running {
             return drain(&mut self.phase, self.pipeline.as_mut());
         }
+        if let Some(control) = &self.control {
+            while let Some(command) = control.next_command() {
+                if let TaskCommand::Complete(id) = command {
+                    let operator = &mut self.operator;
+                    guarded(&self.id.name, || operator.notify_checkpoint_complete(id))?;
+                    self.pipeline.notify_complete(id)?;
+                }
+            }
+        }
         if !self.pipeline.flush(false)? {
             return Ok(Step::Idle { wake_at: None });
         }
         // Alternate which side goes first so neither input starves the other.
         let first_side = self.prefer_second;
         self.prefer_second = !self.prefer_second;
-        if self.poll_side(first_side)? || self.poll_side(!first_side)? {
-            return Ok(Step::Progress);
+        for side in [first_side, !first_side] {
+            match self.poll_side(side)? {
+                SideEvent::Data => return Ok(Step::Progress),
+                SideEvent::Barrier(barrier, alignment) => {
+                    self.take_checkpoint(barrier, alignment)?;
+                    return Ok(Step::Progress);
+                }
+                SideEvent::Nothing => {}
+            }
         }
         if self.first_ended && self.second_ended {
             let (operator, output) = (&mut self.operator, &mut self.output);
-            guarded(&self.operator_name, || operator.finish(output))?;
+            guarded(&self.id.name, || operator.finish(output))?;
             self.forward_output()?;
             self.pipeline.end_of_input()?;
             self.phase = Phase::Draining;

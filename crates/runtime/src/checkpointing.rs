@@ -1,0 +1,369 @@
+//! The checkpoint control plane inside the runtime: commands to tasks, events to
+//! the coordinator, the upload threads that do the asynchronous part of
+//! snapshots, and the coordinator's thread.
+//!
+//! Architecture invariant: the coordinator reaches tasks only through
+//! [`TaskCommand`] messages (and a wakeup of the task's worker); tasks reach the
+//! coordinator only through [`CoordinatorEvent`]s. Neither holds the other.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use flowstate_checkpoint::coordinator::TaskAck;
+use flowstate_checkpoint::keyed_file::write_keyed_file;
+use flowstate_checkpoint::layout::keyed_state_path;
+use flowstate_checkpoint::storage::SharedStorage;
+use flowstate_checkpoint::{
+    CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, SnapshotKind,
+    SubtaskSnapshot,
+};
+
+use crate::channel::Signal;
+use crate::message::Barrier;
+use crate::metrics::JobMetrics;
+use crate::pipeline::OperatorPart;
+
+/// Commands a task may find in its inbox at every step.
+#[derive(Debug, Clone, Copy)]
+pub enum TaskCommand {
+    /// Sources only: record the position and emit this barrier.
+    Trigger(Barrier),
+    /// Checkpoint n is complete (sinks commit).
+    Complete(u64),
+    /// Checkpoint n was aborted.
+    Abort(u64),
+    /// Sources only: the final checkpoint is complete; end the output.
+    Finish,
+}
+
+/// What tasks and upload threads tell the coordinator.
+pub(crate) enum CoordinatorEvent {
+    Ack(TaskAck),
+    Decline {
+        id: u64,
+        task: usize,
+        reason: String,
+    },
+    /// A source's reader has no more records.
+    Exhausted {
+        task: usize,
+    },
+    /// The job is over; stop.
+    Stop,
+}
+
+/// Capacity of every task's command inbox.
+pub const COMMAND_QUEUE_CAPACITY: usize = 64;
+
+/// A task's end of the control plane.
+pub struct TaskControl {
+    pub(crate) task: usize,
+    /// Exactly-once: align barriers.
+    pub(crate) aligned: bool,
+    commands: Receiver<TaskCommand>,
+    events: Sender<CoordinatorEvent>,
+    uploads: Sender<UploadJob>,
+}
+
+/// The coordinator's end of one task's control plane.
+pub(crate) struct TaskHandle {
+    pub commands: Sender<TaskCommand>,
+    pub signal: Arc<Signal>,
+    pub is_source: bool,
+}
+
+impl TaskHandle {
+    fn send(&self, command: TaskCommand) {
+        match self.commands.try_send(command) {
+            Ok(()) => self.signal.wake(),
+            // A finished task no longer listens; a full inbox means the task is
+            // stuck and the checkpoint will time out.
+            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!("a task's command inbox is full; dropped {command:?}")
+            }
+        }
+    }
+}
+
+impl TaskControl {
+    pub(crate) fn pair(
+        task: usize,
+        aligned: bool,
+        signal: Arc<Signal>,
+        is_source: bool,
+        events: Sender<CoordinatorEvent>,
+        uploads: Sender<UploadJob>,
+    ) -> (TaskControl, TaskHandle) {
+        let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE_CAPACITY);
+        (
+            TaskControl {
+                task,
+                aligned,
+                commands: rx,
+                events,
+                uploads,
+            },
+            TaskHandle {
+                commands: tx,
+                signal,
+                is_source,
+            },
+        )
+    }
+
+    #[inline]
+    pub(crate) fn next_command(&self) -> Option<TaskCommand> {
+        self.commands.try_recv().ok()
+    }
+
+    /// Hands the synchronous part's result to an upload thread.
+    pub(crate) fn submit(
+        &self,
+        barrier: Barrier,
+        parts: Vec<OperatorPart>,
+        sync_pause: Duration,
+        alignment: Duration,
+    ) {
+        let job = UploadJob {
+            barrier,
+            task: self.task,
+            parts,
+            sync_pause,
+            alignment,
+        };
+        if let Err(e) = self.uploads.try_send(job) {
+            let reason = match e {
+                TrySendError::Full(_) => "the snapshot upload queue is full",
+                TrySendError::Disconnected(_) => "the snapshot uploaders have stopped",
+            };
+            let _ = self.events.try_send(CoordinatorEvent::Decline {
+                id: barrier.id,
+                task: self.task,
+                reason: reason.into(),
+            });
+        }
+    }
+
+    /// Tells the coordinator this source is exhausted; false if it must be retried.
+    pub(crate) fn report_exhausted(&self) -> bool {
+        self.events
+            .try_send(CoordinatorEvent::Exhausted { task: self.task })
+            .is_ok()
+    }
+}
+
+/// The asynchronous part of one task's snapshot.
+pub(crate) struct UploadJob {
+    barrier: Barrier,
+    task: usize,
+    parts: Vec<OperatorPart>,
+    sync_pause: Duration,
+    alignment: Duration,
+}
+
+/// Serialises and writes snapshots, then acknowledges them.
+pub(crate) fn upload_loop(
+    jobs: Receiver<UploadJob>,
+    storage: SharedStorage,
+    job_id: String,
+    events: Sender<CoordinatorEvent>,
+) {
+    'jobs: for job in jobs {
+        let id = job.barrier.id;
+        let mut operators = Vec::with_capacity(job.parts.len());
+        let mut bytes = 0;
+        for part in job.parts {
+            let keyed = match &part.snapshot.keyed {
+                Some(snapshot) => {
+                    let path = keyed_state_path(&job_id, id, &part.uid, part.subtask);
+                    match write_keyed_file(storage.as_ref(), &path, snapshot) {
+                        Ok(handle) => {
+                            bytes += handle.file.size;
+                            Some(handle)
+                        }
+                        Err(e) => {
+                            let reason =
+                                format!("writing state of '{}' ({}): {e}", part.name, part.subtask);
+                            let _ = events.send(CoordinatorEvent::Decline {
+                                id,
+                                task: job.task,
+                                reason,
+                            });
+                            continue 'jobs;
+                        }
+                    }
+                }
+                None => None,
+            };
+            let lists = part.snapshot.lists;
+            bytes += lists
+                .iter()
+                .flat_map(|l| &l.elements)
+                .map(|e| e.len() as u64)
+                .sum::<u64>();
+            operators.push((
+                part.uid.to_string(),
+                part.name.to_string(),
+                SubtaskSnapshot {
+                    subtask: part.subtask,
+                    keyed,
+                    lists,
+                },
+            ));
+        }
+        let ack = TaskAck {
+            id,
+            task: job.task,
+            operators,
+            bytes,
+            sync_pause: job.sync_pause,
+            alignment: job.alignment,
+        };
+        if events.send(CoordinatorEvent::Ack(ack)).is_err() {
+            break;
+        }
+    }
+}
+
+/// The coordinator's thread: triggers, collects, completes, notifies.
+pub(crate) struct CoordinatorLoop {
+    pub coordinator: Coordinator,
+    pub events: Receiver<CoordinatorEvent>,
+    pub tasks: Vec<TaskHandle>,
+    pub metrics: Arc<JobMetrics>,
+    /// Called when the job must fail (too many failed checkpoints).
+    pub fail: Box<dyn Fn(String) + Send>,
+}
+
+/// How long the coordinator waits for events before it looks at the clock.
+const COORDINATOR_TICK_MAX: Duration = Duration::from_millis(50);
+
+impl CoordinatorLoop {
+    pub fn run(mut self) -> Vec<CheckpointStats> {
+        let sources = self.tasks.iter().filter(|t| t.is_source).count();
+        let mut exhausted: HashSet<usize> = HashSet::new();
+        // The checkpoint taken after every source was exhausted; once it completes
+        // the sources end their output and no checkpoint is needed any more.
+        let mut final_checkpoint: Option<u64> = None;
+        let mut final_done = false;
+        loop {
+            let now = Instant::now();
+            let wait = self
+                .coordinator
+                .next_trigger_at(now)
+                .map_or(COORDINATOR_TICK_MAX, |at| at.saturating_duration_since(now))
+                .min(COORDINATOR_TICK_MAX);
+            let mut actions = Vec::new();
+            match self.events.recv_timeout(wait) {
+                Ok(CoordinatorEvent::Ack(ack)) => {
+                    actions = self.coordinator.on_ack(ack, Instant::now())
+                }
+                Ok(CoordinatorEvent::Decline { id, task, reason }) => {
+                    actions = self.coordinator.on_decline(
+                        id,
+                        format!("task {task} declined: {reason}"),
+                        Instant::now(),
+                    );
+                }
+                Ok(CoordinatorEvent::Exhausted { task }) => {
+                    exhausted.insert(task);
+                }
+                Ok(CoordinatorEvent::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            if !final_done {
+                if sources > 0 && exhausted.len() == sources {
+                    // Every source is exhausted: take the final checkpoint as soon as
+                    // nothing is in flight (again, if an earlier final one failed).
+                    actions.extend(self.coordinator.tick_timeouts(now));
+                    if final_checkpoint.is_none()
+                        && self.coordinator.in_flight() == 0
+                        && let Some(action) =
+                            self.coordinator.trigger_now(SnapshotKind::Checkpoint, now)
+                    {
+                        if let CoordinatorAction::Trigger { id, .. } = action {
+                            final_checkpoint = Some(id);
+                        }
+                        actions.push(action);
+                    }
+                } else {
+                    actions.extend(self.coordinator.tick(now));
+                }
+            }
+            for action in actions {
+                if let CoordinatorAction::Abort { id, .. } = action
+                    && final_checkpoint == Some(id)
+                {
+                    final_checkpoint = None; // take the final checkpoint again
+                }
+                self.dispatch(&action, final_checkpoint, &mut final_done);
+            }
+        }
+        self.coordinator.completed().to_vec()
+    }
+
+    fn dispatch(
+        &mut self,
+        action: &CoordinatorAction,
+        final_checkpoint: Option<u64>,
+        final_done: &mut bool,
+    ) {
+        match action {
+            CoordinatorAction::Trigger { id, kind } => {
+                let barrier = Barrier {
+                    id: *id,
+                    kind: *kind,
+                };
+                for task in self.tasks.iter().filter(|t| t.is_source) {
+                    task.send(TaskCommand::Trigger(barrier));
+                }
+            }
+            CoordinatorAction::Complete { id } => {
+                if let Some(stats) = self.coordinator.completed().last() {
+                    self.metrics.record_checkpoint(stats);
+                }
+                for task in &self.tasks {
+                    task.send(TaskCommand::Complete(*id));
+                }
+                if final_checkpoint.is_some_and(|f| *id >= f) {
+                    *final_done = true;
+                    for task in self.tasks.iter().filter(|t| t.is_source) {
+                        task.send(TaskCommand::Finish);
+                    }
+                }
+            }
+            CoordinatorAction::Abort { id, .. } => {
+                self.metrics.record_failed_checkpoint();
+                for task in &self.tasks {
+                    task.send(TaskCommand::Abort(*id));
+                }
+            }
+            CoordinatorAction::FailJob { reason } => (self.fail)(reason.clone()),
+        }
+    }
+}
+
+/// Creates a coordinator for a job run.
+pub(crate) fn coordinator(
+    storage: SharedStorage,
+    job_id: &str,
+    settings: CoordinatorSettings,
+    tasks: usize,
+    parallelism: u32,
+    max_parallelism: u32,
+    restored: Option<u64>,
+) -> Coordinator {
+    Coordinator::new(
+        storage,
+        job_id,
+        settings,
+        tasks,
+        parallelism,
+        max_parallelism,
+        restored,
+    )
+}
