@@ -34,12 +34,22 @@ pub fn unseal<'a>(
     path: &str,
     bytes: &'a [u8],
 ) -> Result<(u32, &'a [u8]), CheckpointError> {
-    let corrupt = |reason: String| CheckpointError::Corrupt { path: path.to_owned(), reason };
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
     if bytes.len() < HEADER_BYTES + TRAILER_BYTES {
-        return Err(corrupt(format!("only {} bytes, shorter than any valid file (truncated?)", bytes.len())));
+        return Err(corrupt(format!(
+            "only {} bytes, shorter than any valid file (truncated?)",
+            bytes.len()
+        )));
     }
     if bytes[..4] != magic {
-        return Err(corrupt(format!("wrong magic {:02x?}, expected {:?}", &bytes[..4], String::from_utf8_lossy(&magic))));
+        return Err(corrupt(format!(
+            "wrong magic {:02x?}, expected {:?}",
+            &bytes[..4],
+            String::from_utf8_lossy(&magic)
+        )));
     }
     let body = &bytes[..bytes.len() - TRAILER_BYTES];
     let mut stored = [0u8; 4];
@@ -47,11 +57,17 @@ pub fn unseal<'a>(
     let stored = u32::from_le_bytes(stored);
     let actual = crc32c::crc32c(body);
     if stored != actual {
-        return Err(corrupt(format!("checksum mismatch (stored {stored:08x}, computed {actual:08x}): truncated or modified")));
+        return Err(corrupt(format!(
+            "checksum mismatch (stored {stored:08x}, computed {actual:08x}): truncated or modified"
+        )));
     }
     let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
     if version == 0 || version > max_version {
-        return Err(CheckpointError::UnsupportedVersion { path: path.to_owned(), found: version, supported: max_version });
+        return Err(CheckpointError::UnsupportedVersion {
+            path: path.to_owned(),
+            found: version,
+            supported: max_version,
+        });
     }
     Ok((version, &body[HEADER_BYTES..]))
 }
@@ -63,14 +79,23 @@ mod tests {
     #[test]
     fn every_flipped_byte_and_every_truncation_is_detected() {
         let sealed = seal(KEYED_MAGIC, 1, b"some state bytes");
-        assert_eq!(unseal(KEYED_MAGIC, 1, "f", &sealed).unwrap(), (1, &b"some state bytes"[..]));
+        assert_eq!(
+            unseal(KEYED_MAGIC, 1, "f", &sealed).unwrap(),
+            (1, &b"some state bytes"[..])
+        );
         for i in 0..sealed.len() {
             let mut damaged = sealed.clone();
             damaged[i] ^= 0x40;
-            assert!(unseal(KEYED_MAGIC, 1, "f", &damaged).is_err(), "flip at {i} not detected");
+            assert!(
+                unseal(KEYED_MAGIC, 1, "f", &damaged).is_err(),
+                "flip at {i} not detected"
+            );
         }
         for len in 0..sealed.len() {
-            assert!(unseal(KEYED_MAGIC, 1, "f", &sealed[..len]).is_err(), "truncation to {len} not detected");
+            assert!(
+                unseal(KEYED_MAGIC, 1, "f", &sealed[..len]).is_err(),
+                "truncation to {len} not detected"
+            );
         }
     }
 
@@ -78,6 +103,9 @@ mod tests {
     fn newer_versions_are_refused_with_a_clear_error() {
         let sealed = seal(METADATA_MAGIC, 7, b"{}");
         let err = unseal(METADATA_MAGIC, 1, "chk-3/_metadata", &sealed).unwrap_err();
-        assert_eq!(err.to_string(), "'chk-3/_metadata' has format version 7; this flowstate reads versions up to 1");
+        assert_eq!(
+            err.to_string(),
+            "'chk-3/_metadata' has format version 7; this flowstate reads versions up to 1"
+        );
     }
 }

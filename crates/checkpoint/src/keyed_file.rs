@@ -4,10 +4,10 @@
 
 use flowstate_state::{KeyGroupRange, KeyedStateSnapshot, RestoredKeyedState};
 
+use crate::CheckpointError;
 use crate::format::{KEYED_MAGIC, seal, unseal};
 use crate::metadata::{FileRef, KeyGroupEntry, KeyedStateHandle};
 use crate::storage::CheckpointStorage;
-use crate::CheckpointError;
 
 /// Version of the keyed file format.
 pub const KEYED_FILE_VERSION: u32 = 1;
@@ -39,7 +39,11 @@ pub fn write_keyed_file(
     let size = sealed.len() as u64;
     storage.put(path, sealed)?;
     Ok(KeyedStateHandle {
-        file: FileRef { path: path.to_owned(), size, crc32c },
+        file: FileRef {
+            path: path.to_owned(),
+            size,
+            crc32c,
+        },
         key_group_start: snapshot.range.start,
         key_group_end: snapshot.range.end,
         groups,
@@ -60,22 +64,40 @@ pub fn read_keyed_file(
 
 /// Checks a file's bytes against its reference (size, checksum, format).
 pub fn verify_file(file: &FileRef, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let corrupt = |reason: String| CheckpointError::Corrupt { path: file.path.clone(), reason };
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: file.path.clone(),
+        reason,
+    };
     if bytes.len() as u64 != file.size {
-        return Err(corrupt(format!("{} bytes, the checkpoint recorded {} (truncated?)", bytes.len(), file.size)));
+        return Err(corrupt(format!(
+            "{} bytes, the checkpoint recorded {} (truncated?)",
+            bytes.len(),
+            file.size
+        )));
     }
     unseal(KEYED_MAGIC, KEYED_FILE_VERSION, &file.path, bytes)?;
     let stored = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap_or([0; 4]));
     if stored != file.crc32c {
-        return Err(corrupt(format!("checksum {stored:08x}, the checkpoint recorded {:08x}", file.crc32c)));
+        return Err(corrupt(format!(
+            "checksum {stored:08x}, the checkpoint recorded {:08x}",
+            file.crc32c
+        )));
     }
     Ok(())
 }
 
 /// The sections of `wanted` key groups from verified file bytes.
-pub fn sections(handle: &KeyedStateHandle, bytes: &[u8], wanted: KeyGroupRange) -> Result<RestoredKeyedState, CheckpointError> {
+pub fn sections(
+    handle: &KeyedStateHandle,
+    bytes: &[u8],
+    wanted: KeyGroupRange,
+) -> Result<RestoredKeyedState, CheckpointError> {
     let mut groups = Vec::new();
-    for entry in handle.groups.iter().filter(|e| wanted.contains(e.key_group)) {
+    for entry in handle
+        .groups
+        .iter()
+        .filter(|e| wanted.contains(e.key_group))
+    {
         let start = usize::try_from(entry.offset).ok();
         let end = start.and_then(|s| s.checked_add(usize::try_from(entry.length).ok()?));
         match (start, end) {

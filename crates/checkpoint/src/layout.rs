@@ -16,7 +16,15 @@ pub fn metadata_path(job_id: &str, id: CheckpointId) -> String {
 
 /// Keeps operator uids safe as file names.
 pub fn sanitize(uid: &str) -> String {
-    uid.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    uid.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 pub fn keyed_state_path(job_id: &str, id: CheckpointId, uid: &str, subtask: u32) -> String {

@@ -86,14 +86,18 @@ pub struct CheckpointMetadata {
 impl CheckpointMetadata {
     /// Sealed bytes of the metadata (JSON payload).
     pub fn encode(&self) -> Result<Vec<u8>, CheckpointError> {
-        let json = serde_json::to_vec_pretty(self).map_err(|e| CheckpointError::Invalid(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| CheckpointError::Invalid(e.to_string()))?;
         Ok(seal(METADATA_MAGIC, METADATA_VERSION, &json))
     }
 
     /// Reads metadata, refusing damaged files and unknown versions.
     pub fn decode(path: &str, bytes: &[u8]) -> Result<Self, CheckpointError> {
         let (_, json) = unseal(METADATA_MAGIC, METADATA_VERSION, path, bytes)?;
-        serde_json::from_slice(json).map_err(|e| CheckpointError::Corrupt { path: path.to_owned(), reason: e.to_string() })
+        serde_json::from_slice(json).map_err(|e| CheckpointError::Corrupt {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
     }
 
     /// Total bytes of the files this checkpoint references.

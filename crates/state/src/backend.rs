@@ -11,10 +11,12 @@ use std::any::Any;
 use std::collections::HashMap;
 
 use crate::descriptor::StateSignature;
-use crate::snapshot::{KeyedStateSnapshot, RestoredKeyedState, RestoredSection, TableSnapshot, parse_section};
 use crate::error::StateError;
 use crate::heap::HeapKeyedStateBackend;
 use crate::key_group::KeyGroupRange;
+use crate::snapshot::{
+    KeyedStateSnapshot, RestoredKeyedState, RestoredSection, TableSnapshot, parse_section,
+};
 use crate::table::KeyedTable;
 use crate::{KeyGroup, StateKey};
 
@@ -162,24 +164,42 @@ pub const MAX_STATE_NAME_BYTES: usize = 256;
 
 impl<K> Declarations<K> {
     pub(crate) fn new() -> Self {
-        Self { entries: Vec::new(), waiting: HashMap::new() }
+        Self {
+            entries: Vec::new(),
+            waiting: HashMap::new(),
+        }
     }
 
-    fn load(signature: &StateSignature, slot: &mut TableSlot<K>, section: &RestoredSection) -> Result<(), StateError> {
+    fn load(
+        signature: &StateSignature,
+        slot: &mut TableSlot<K>,
+        section: &RestoredSection,
+    ) -> Result<(), StateError> {
         if section.kind != signature.kind || section.types != signature.types {
             return Err(StateError::IncompatibleDeclaration {
                 name: signature.name.clone(),
-                existing: format!("{} state of {} (in the snapshot)", section.kind, section.types),
+                existing: format!(
+                    "{} state of {} (in the snapshot)",
+                    section.kind, section.types
+                ),
                 requested: signature.to_string(),
             });
         }
-        slot.table().restore_key_group(section.key_group, &section.payload)
+        slot.table()
+            .restore_key_group(section.key_group, &section.payload)
     }
 
-    pub(crate) fn restore(&mut self, range: KeyGroupRange, restored: RestoredKeyedState) -> Result<(), StateError> {
+    pub(crate) fn restore(
+        &mut self,
+        range: KeyGroupRange,
+        restored: RestoredKeyedState,
+    ) -> Result<(), StateError> {
         for (key_group, bytes) in restored.groups {
             if !range.contains(key_group) {
-                return Err(StateError::KeyGroupOutOfRange { key_group, range: range.to_string() });
+                return Err(StateError::KeyGroupOutOfRange {
+                    key_group,
+                    range: range.to_string(),
+                });
             }
             for (name, section) in parse_section(key_group, &bytes)? {
                 match self.entries.iter_mut().find(|(s, _)| s.name == name) {
@@ -198,14 +218,26 @@ impl<K> Declarations<K> {
     }
 
     pub(crate) fn snapshot(&mut self) -> Vec<(StateSignature, Box<dyn TableSnapshot>)> {
-        let mut states: Vec<(StateSignature, Box<dyn TableSnapshot>)> =
-            self.entries.iter_mut().map(|(s, slot)| (s.clone(), slot.table().snapshot())).collect();
+        let mut states: Vec<(StateSignature, Box<dyn TableSnapshot>)> = self
+            .entries
+            .iter_mut()
+            .map(|(s, slot)| (s.clone(), slot.table().snapshot()))
+            .collect();
         // Restored state nobody declared (yet) is carried into the next snapshot
         // unchanged, so that a job that declares it lazily does not lose it.
         for (name, sections) in &self.waiting {
             if let Some(first) = sections.first() {
-                let signature = StateSignature { name: name.clone(), kind: first.kind, types: first.types.clone() };
-                states.push((signature, Box::new(RawTableSnapshot { sections: sections.clone() })));
+                let signature = StateSignature {
+                    name: name.clone(),
+                    kind: first.kind,
+                    types: first.types.clone(),
+                };
+                states.push((
+                    signature,
+                    Box::new(RawTableSnapshot {
+                        sections: sections.clone(),
+                    }),
+                ));
             }
         }
         states
@@ -286,6 +318,8 @@ impl TableSnapshot for RawTableSnapshot {
             .iter()
             .find(|s| s.key_group == key_group)
             .and_then(|s| s.payload.get(..8))
-            .map_or(0, |b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as usize)
+            .map_or(0, |b| {
+                u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as usize
+            })
     }
 }

@@ -20,7 +20,11 @@ pub enum StateError {
     KeyGroupOutOfRange { key_group: u32, range: String },
     /// State could not be encoded or decoded.
     #[error("state '{state}': cannot {action}: {reason}")]
-    Codec { state: String, action: &'static str, reason: String },
+    Codec {
+        state: String,
+        action: &'static str,
+        reason: String,
+    },
     /// Snapshot bytes do not have the expected structure.
     #[error("corrupt keyed state snapshot: {0}")]
     CorruptSnapshot(String),

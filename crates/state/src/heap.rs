@@ -17,11 +17,11 @@ use crate::backend::{
     BackendKind, Declarations, KeyedStateBackend, StateId, TableLayout, TableSlot,
 };
 use crate::descriptor::StateSignature;
-use crate::snapshot::{KeyedStateSnapshot, RestoredKeyedState};
 use crate::error::StateError;
 use crate::key_group::KeyGroupRange;
-use crate::table::{KeyedTable, ListTable, MapTable, ValueTable};
+use crate::snapshot::{KeyedStateSnapshot, RestoredKeyedState};
 use crate::snapshot::{decode_entries, encode_entries};
+use crate::table::{KeyedTable, ListTable, MapTable, ValueTable};
 use crate::{KeyGroup, StateKey, StateValue};
 
 /// The hash map of one key group. Fx hashing: keys are already spread by key group
@@ -137,7 +137,10 @@ impl<K: StateKey, S: Clone + Send + Sync + 'static> HeapTable<K, S> {
             .enumerate()
             .map(|(i, group)| (start + i as KeyGroup, group.freeze()))
             .collect();
-        HeapTableView { name: self.name.clone(), groups }
+        HeapTableView {
+            name: self.name.clone(),
+            groups,
+        }
     }
 
     fn for_each_entry(&self, f: &mut dyn FnMut(&K, &S)) {
@@ -158,7 +161,10 @@ impl<K: StateKey, S: StateValue> crate::snapshot::TableSnapshot for HeapTableVie
     }
 
     fn entries(&self, key_group: KeyGroup) -> usize {
-        self.groups.iter().find(|(g, _)| *g == key_group).map_or(0, |(_, m)| m.len())
+        self.groups
+            .iter()
+            .find(|(g, _)| *g == key_group)
+            .map_or(0, |(_, m)| m.len())
     }
 }
 
@@ -437,7 +443,10 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     }
 
     fn snapshot(&mut self) -> KeyedStateSnapshot {
-        KeyedStateSnapshot { range: self.range, states: self.declarations.snapshot() }
+        KeyedStateSnapshot {
+            range: self.range,
+            states: self.declarations.snapshot(),
+        }
     }
 
     fn restore(&mut self, restored: RestoredKeyedState) -> Result<(), StateError> {

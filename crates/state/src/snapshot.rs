@@ -18,7 +18,8 @@ use crate::error::StateError;
 use crate::key_group::{KeyGroup, KeyGroupRange};
 
 /// The bincode configuration of snapshot entries.
-pub(crate) fn codec() -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Fixint> {
+pub(crate) fn codec()
+-> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Fixint> {
     bincode::config::standard().with_fixed_int_encoding()
 }
 
@@ -59,7 +60,11 @@ fn kind_of(code: u8) -> Option<StateKind> {
 
 impl KeyedStateSnapshot {
     /// Appends the section of `key_group` (every state's entries) to `out`.
-    pub fn write_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<(), StateError> {
+    pub fn write_key_group(
+        &self,
+        key_group: KeyGroup,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StateError> {
         out.extend_from_slice(&(self.states.len() as u32).to_le_bytes());
         for (signature, table) in &self.states {
             let name = signature.name.as_bytes();
@@ -107,9 +112,17 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], StateError> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
-            StateError::CorruptSnapshot(format!("section ends at byte {} but {} more were expected", self.bytes.len(), n))
-        })?;
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| {
+                StateError::CorruptSnapshot(format!(
+                    "section ends at byte {} but {} more were expected",
+                    self.bytes.len(),
+                    n
+                ))
+            })?;
         let slice = &self.bytes[self.at..end];
         self.at = end;
         Ok(slice)
@@ -136,27 +149,45 @@ impl<'a> Cursor<'a> {
 const MAX_SECTION_STATES: u32 = crate::backend::MAX_STATES_PER_OPERATOR as u32;
 
 /// Splits a key-group section into its states: `(name, section)`.
-pub(crate) fn parse_section(key_group: KeyGroup, bytes: &[u8]) -> Result<Vec<(String, RestoredSection)>, StateError> {
+pub(crate) fn parse_section(
+    key_group: KeyGroup,
+    bytes: &[u8],
+) -> Result<Vec<(String, RestoredSection)>, StateError> {
     let mut cursor = Cursor { bytes, at: 0 };
     let states = cursor.u32()?;
     if states > MAX_SECTION_STATES {
-        return Err(StateError::CorruptSnapshot(format!("key group {key_group} claims {states} states")));
+        return Err(StateError::CorruptSnapshot(format!(
+            "key group {key_group} claims {states} states"
+        )));
     }
     let mut out = Vec::with_capacity(states as usize);
     for _ in 0..states {
         let name_len = cursor.u16()? as usize;
-        let name = String::from_utf8(cursor.take(name_len)?.to_vec())
-            .map_err(|_| StateError::CorruptSnapshot(format!("key group {key_group}: state name is not UTF-8")))?;
+        let name = String::from_utf8(cursor.take(name_len)?.to_vec()).map_err(|_| {
+            StateError::CorruptSnapshot(format!("key group {key_group}: state name is not UTF-8"))
+        })?;
         let kind_byte = cursor.take(1)?[0];
-        let kind = kind_of(kind_byte)
-            .ok_or_else(|| StateError::CorruptSnapshot(format!("key group {key_group}: unknown state kind {kind_byte}")))?;
+        let kind = kind_of(kind_byte).ok_or_else(|| {
+            StateError::CorruptSnapshot(format!(
+                "key group {key_group}: unknown state kind {kind_byte}"
+            ))
+        })?;
         let types_len = cursor.u16()? as usize;
         let types = String::from_utf8_lossy(cursor.take(types_len)?).into_owned();
         let payload_len = cursor.u64()?;
-        let payload_len = usize::try_from(payload_len)
-            .map_err(|_| StateError::CorruptSnapshot(format!("key group {key_group}: payload too large")))?;
+        let payload_len = usize::try_from(payload_len).map_err(|_| {
+            StateError::CorruptSnapshot(format!("key group {key_group}: payload too large"))
+        })?;
         let payload = cursor.take(payload_len)?.to_vec();
-        out.push((name, RestoredSection { key_group, kind, types, payload }));
+        out.push((
+            name,
+            RestoredSection {
+                key_group,
+                kind,
+                types,
+                payload,
+            },
+        ));
     }
     if cursor.at != bytes.len() {
         return Err(StateError::CorruptSnapshot(format!(
@@ -179,10 +210,12 @@ where
 {
     out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
     for entry in entries {
-        bincode::serde::encode_into_std_write(entry, out, codec()).map_err(|e| StateError::Codec {
-            state: state.to_owned(),
-            action: "encode",
-            reason: e.to_string(),
+        bincode::serde::encode_into_std_write(entry, out, codec()).map_err(|e| {
+            StateError::Codec {
+                state: state.to_owned(),
+                action: "encode",
+                reason: e.to_string(),
+            }
         })?;
     }
     Ok(())
@@ -198,7 +231,11 @@ where
     K: serde::de::DeserializeOwned,
     S: serde::de::DeserializeOwned,
 {
-    let corrupt = |reason: String| StateError::Codec { state: state.to_owned(), action: "decode", reason };
+    let corrupt = |reason: String| StateError::Codec {
+        state: state.to_owned(),
+        action: "decode",
+        reason,
+    };
     if payload.len() < 8 {
         return Err(corrupt("payload shorter than its entry count".into()));
     }
@@ -208,12 +245,16 @@ where
     let mut at = 8;
     for _ in 0..count {
         let ((key, value), used): ((K, S), usize) =
-            bincode::serde::decode_from_slice(&payload[at..], codec()).map_err(|e| corrupt(e.to_string()))?;
+            bincode::serde::decode_from_slice(&payload[at..], codec())
+                .map_err(|e| corrupt(e.to_string()))?;
         at += used;
         f(key, value);
     }
     if at != payload.len() {
-        return Err(corrupt(format!("{} bytes after the last entry", payload.len() - at)));
+        return Err(corrupt(format!(
+            "{} bytes after the last entry",
+            payload.len() - at
+        )));
     }
     Ok(())
 }
@@ -243,39 +284,71 @@ mod tests {
         let m = 16;
         let mut backend: Box<dyn KeyedStateBackend<u64>> =
             create_keyed_backend(Default::default(), KeyGroupRange::new(0, m), m);
-        let value = backend.value_state(&ValueStateDescriptor::<(u64, String)>::new("v")).unwrap();
-        let list = backend.list_state(&ListStateDescriptor::<u32>::new("l")).unwrap();
-        let map = backend.map_state(&MapStateDescriptor::<String, i64>::new("m")).unwrap();
+        let value = backend
+            .value_state(&ValueStateDescriptor::<(u64, String)>::new("v"))
+            .unwrap();
+        let list = backend
+            .list_state(&ListStateDescriptor::<u32>::new("l"))
+            .unwrap();
+        let map = backend
+            .map_state(&MapStateDescriptor::<String, i64>::new("m"))
+            .unwrap();
         for key in 0..500u64 {
             let g = key_group_of(&key, m);
             let mut scope = KeyScope::new(backend.as_mut(), &key, g);
-            scope.value(&value).set((key * 3, format!("k{key}"))).unwrap();
+            scope
+                .value(&value)
+                .set((key * 3, format!("k{key}")))
+                .unwrap();
             scope.list(&list).add(key as u32).unwrap();
             scope.list(&list).add(7).unwrap();
-            scope.map(&map).put(format!("x{key}"), -(key as i64)).unwrap();
+            scope
+                .map(&map)
+                .put(format!("x{key}"), -(key as i64))
+                .unwrap();
         }
         let snapshot = backend.snapshot();
         // Writes after the snapshot must not show up in it.
         let key = 1u64;
-        KeyScope::new(backend.as_mut(), &key, key_group_of(&key, m)).value(&value).set((0, "changed".into())).unwrap();
+        KeyScope::new(backend.as_mut(), &key, key_group_of(&key, m))
+            .value(&value)
+            .set((0, "changed".into()))
+            .unwrap();
         let sections = write_all(&snapshot);
 
         // Restore into two instances owning halves of the key groups.
         for (start, end) in [(0, 8), (8, 16)] {
             let range = KeyGroupRange::new(start, end);
-            let mut restored: Box<dyn KeyedStateBackend<u64>> = create_keyed_backend(Default::default(), range, m);
-            let groups = sections.iter().filter(|(g, _)| range.contains(*g)).cloned().collect();
+            let mut restored: Box<dyn KeyedStateBackend<u64>> =
+                create_keyed_backend(Default::default(), range, m);
+            let groups = sections
+                .iter()
+                .filter(|(g, _)| range.contains(*g))
+                .cloned()
+                .collect();
             restored.restore(RestoredKeyedState { groups }).unwrap();
             assert_eq!(restored.unclaimed_restored_states(), ["l", "m", "v"]);
-            let value = restored.value_state(&ValueStateDescriptor::<(u64, String)>::new("v")).unwrap();
-            let list = restored.list_state(&ListStateDescriptor::<u32>::new("l")).unwrap();
-            let map = restored.map_state(&MapStateDescriptor::<String, i64>::new("m")).unwrap();
+            let value = restored
+                .value_state(&ValueStateDescriptor::<(u64, String)>::new("v"))
+                .unwrap();
+            let list = restored
+                .list_state(&ListStateDescriptor::<u32>::new("l"))
+                .unwrap();
+            let map = restored
+                .map_state(&MapStateDescriptor::<String, i64>::new("m"))
+                .unwrap();
             assert!(restored.unclaimed_restored_states().is_empty());
             for key in (0..500u64).filter(|k| range.contains(key_group_of(k, m))) {
                 let mut scope = KeyScope::new(restored.as_mut(), &key, key_group_of(&key, m));
-                assert_eq!(scope.value(&value).get().unwrap(), Some(&(key * 3, format!("k{key}"))));
+                assert_eq!(
+                    scope.value(&value).get().unwrap(),
+                    Some(&(key * 3, format!("k{key}")))
+                );
                 assert_eq!(scope.list(&list).get().unwrap(), &[key as u32, 7]);
-                assert_eq!(scope.map(&map).get(&format!("x{key}")).unwrap(), Some(&-(key as i64)));
+                assert_eq!(
+                    scope.map(&map).get(&format!("x{key}")).unwrap(),
+                    Some(&-(key as i64))
+                );
             }
         }
     }
@@ -285,21 +358,42 @@ mod tests {
         let m = 4;
         let mut backend: Box<dyn KeyedStateBackend<u64>> =
             create_keyed_backend(Default::default(), KeyGroupRange::new(0, m), m);
-        let value = backend.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
+        let value = backend
+            .value_state(&ValueStateDescriptor::<u64>::new("v"))
+            .unwrap();
         for key in 0..20u64 {
-            KeyScope::new(backend.as_mut(), &key, key_group_of(&key, m)).value(&value).set(key).unwrap();
+            KeyScope::new(backend.as_mut(), &key, key_group_of(&key, m))
+                .value(&value)
+                .set(key)
+                .unwrap();
         }
         let sections = write_all(&backend.snapshot());
 
-        let mut other: Box<dyn KeyedStateBackend<u64>> = create_keyed_backend(Default::default(), KeyGroupRange::new(0, m), m);
-        other.restore(RestoredKeyedState { groups: sections.clone() }).unwrap();
-        let err = other.value_state(&ValueStateDescriptor::<String>::new("v")).err().unwrap();
-        assert!(matches!(err, StateError::IncompatibleDeclaration { .. }), "{err}");
+        let mut other: Box<dyn KeyedStateBackend<u64>> =
+            create_keyed_backend(Default::default(), KeyGroupRange::new(0, m), m);
+        other
+            .restore(RestoredKeyedState {
+                groups: sections.clone(),
+            })
+            .unwrap();
+        let err = other
+            .value_state(&ValueStateDescriptor::<String>::new("v"))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, StateError::IncompatibleDeclaration { .. }),
+            "{err}"
+        );
 
         let mut truncated = sections.clone();
         let last = truncated[1].1.len() - 3;
         truncated[1].1.truncate(last);
-        let mut other: Box<dyn KeyedStateBackend<u64>> = create_keyed_backend(Default::default(), KeyGroupRange::new(0, m), m);
-        assert!(other.restore(RestoredKeyedState { groups: truncated }).is_err());
+        let mut other: Box<dyn KeyedStateBackend<u64>> =
+            create_keyed_backend(Default::default(), KeyGroupRange::new(0, m), m);
+        assert!(
+            other
+                .restore(RestoredKeyedState { groups: truncated })
+                .is_err()
+        );
     }
 }
