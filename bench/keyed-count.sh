@@ -75,7 +75,7 @@ run_one() {
     if [ "$config" = loop ]; then
         { time "$loop_bin" "$RECORDS" "$KEYS" >"$work/out" 2>"$work/err"; } 2>"$work/time" || status=$?
     else
-        { time "$flowstate_bin" run keyed-count --records "$RECORDS" --keys "$KEYS" \
+        { time "$flowstate_bin" run keyed-count --records "$RECORDS" --keys "$KEYS" --checkpoint-interval off \
             --parallelism "${config#p}" >"$work/out" 2>"$work/err"; } 2>"$work/time" || status=$?
     fi
     out=$(cat "$work/out")

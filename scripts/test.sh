@@ -9,12 +9,17 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# What the suite needs beyond a Rust toolchain: nothing yet. External services or
-# tools a future test needs (an S3-compatible store, ...) are installed and
-# started here, so that a newcomer and CI need only this one command.
+# What the suite needs beyond a Rust toolchain is installed and started here, so
+# that a newcomer and CI need only this one command: a local S3-compatible server
+# (s3s-fs, installed once into ~/.cache/flowstate-tools) for the checkpoint
+# storage tests, which then must not be skipped (FLOWSTATE_REQUIRE_S3=1).
 if ! command -v cargo >/dev/null 2>&1; then
     echo "scripts/test.sh: cargo not found; install Rust with rustup first" >&2
     exit 1
 fi
 
-exec cargo test --workspace --locked "$@"
+exports=$(bash scripts/s3-server.sh)
+eval "$exports"
+trap 'kill "$S3_SERVER_PID" 2>/dev/null || true' EXIT
+
+cargo test --workspace --locked "$@"

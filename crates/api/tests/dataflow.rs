@@ -662,7 +662,6 @@ fn keyed_process_and_named_operators_appear_in_task_names() {
 }
 
 #[test]
-#[ignore = "BUG: a DataStream of an executed job silently binds to a node of the next job"]
 fn a_stream_of_an_executed_job_is_not_silently_rebound() {
     // `execute` takes the graph out of the environment and leaves an empty one;
     // streams built before keep their node index. If a new job reuses that index

@@ -137,7 +137,6 @@ impl KeyedProcessFunction<u64, u64, u64> for EveryThird {
 }
 
 #[test]
-#[ignore = "BUG: DeterministicExecutor reports Stalled when a task sends data in a step that returns Step::Idle"]
 fn seeded_runs_never_report_a_false_stall() {
     // `run_until_quiescent` marks a task idle when its step returns Idle and
     // clears the marks only when some step returns Progress. But tasks also send
@@ -618,7 +617,6 @@ fn a_failing_source_names_the_file_and_the_line() {
 }
 
 #[test]
-#[ignore = "BUG: TaskError::Operator keeps only the cause's Display, so an I/O error under ConnectorError::Read is lost"]
 fn a_source_io_error_keeps_its_cause() {
     // The file is listed when the job is built and gone when the reader opens it:
     // the job fails with ConnectorError::Read { path, source: NotFound }. Since

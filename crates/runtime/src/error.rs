@@ -17,10 +17,12 @@ pub enum TaskError {
 }
 
 impl TaskError {
-    pub fn operator(operator: &str, cause: impl std::fmt::Display) -> Self {
+    /// An operator's error; the message is the cause's whole chain of sources,
+    /// so that e.g. the I/O error under a connector's error is not lost.
+    pub fn operator(operator: &str, cause: UserError) -> Self {
         TaskError::Operator {
             operator: operator.to_owned(),
-            cause: cause.to_string(),
+            cause: error_chain(cause.as_ref()),
         }
     }
 
@@ -81,4 +83,16 @@ pub enum JobError {
     Checkpointing(String),
     #[error(transparent)]
     Restore(#[from] flowstate_checkpoint::CheckpointError),
+}
+
+/// `error: source: source ...`, the way a user should read an error.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
 }

@@ -325,11 +325,21 @@ fn supervise(
     let mut restored: Option<Arc<LoadedCheckpoint>> = None;
     let mut job_id = None;
     if let Some(c) = &checkpointing {
+        let loading = Instant::now();
         restored = match &c.restore {
             RestoreFrom::Nothing => None,
             RestoreFrom::Latest => load_latest_of(c.storage.as_ref(), None)?.map(Arc::new),
             RestoreFrom::Path(path) => Some(Arc::new(load(c.storage.as_ref(), path)?)),
         };
+        if let Some(r) = &restored {
+            tracing::info!(
+                checkpoint = r.id(),
+                bytes = r.metadata.state_bytes(),
+                ms = loading.elapsed().as_secs_f64() * 1e3,
+                "read and verified {}",
+                r.metadata_path
+            );
+        }
         job_id = Some(match (&c.job_id, &restored, &c.restore) {
             (Some(id), _, _) => id.clone(),
             // Resuming after a crash continues the same job: its checkpoints, ids
@@ -337,9 +347,6 @@ fn supervise(
             (None, Some(r), RestoreFrom::Latest) => r.metadata.job_id.clone(),
             _ => generated_job_id(),
         });
-        if let Some(r) = &restored {
-            tracing::info!(checkpoint = r.id(), "restoring {}", r.metadata_path);
-        }
     }
     let restored_from = restored.as_ref().map(|r| r.id());
     let mut restarts = 0u32;

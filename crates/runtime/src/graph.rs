@@ -83,7 +83,7 @@ impl BuildContext<'_> {
         BuildError::Create {
             operator: self.info.operator.clone(),
             subtask: self.info.index,
-            cause: cause.to_string(),
+            cause: crate::error::error_chain(cause.as_ref()),
         }
     }
 }
