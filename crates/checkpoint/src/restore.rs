@@ -20,17 +20,33 @@ pub struct LoadedCheckpoint {
 }
 
 /// Completed checkpoints under the storage root, newest first:
-/// `(job id, checkpoint id, metadata path)`.
+/// `(job id, checkpoint id, metadata path)`. "Newest" is by the time recorded
+/// in the metadata (checkpoint ids restart with every new job); a metadata file
+/// that cannot be read sorts last, so that restore falls back past it.
 pub fn completed_checkpoints(
     storage: &dyn CheckpointStorage,
 ) -> Result<Vec<(String, CheckpointId, String)>, CheckpointError> {
-    let mut found: Vec<(String, CheckpointId, String)> = storage
-        .list("")?
+    let mut found: Vec<(u64, String, CheckpointId, String)> = Vec::new();
+    for path in storage.list("")? {
+        let Some((job, id)) = parse_metadata_path(&path) else {
+            continue;
+        };
+        let created = storage
+            .get(&path)
+            .ok()
+            .and_then(|bytes| CheckpointMetadata::decode(&path, &bytes).ok())
+            .map_or(0, |m| m.created_unix_ms);
+        found.push((created, job, id, path));
+    }
+    found.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then_with(|| b.2.cmp(&a.2))
+            .then_with(|| b.1.cmp(&a.1))
+    });
+    Ok(found
         .into_iter()
-        .filter_map(|path| parse_metadata_path(&path).map(|(job, id)| (job, id, path)))
-        .collect();
-    found.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
-    Ok(found)
+        .map(|(_, job, id, path)| (job, id, path))
+        .collect())
 }
 
 /// Loads and verifies one checkpoint (`path` is its directory or its `_metadata`).
