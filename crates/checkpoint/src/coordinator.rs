@@ -128,7 +128,7 @@ impl Coordinator {
         max_parallelism: u32,
         restored: Option<CheckpointId>,
     ) -> Self {
-        Self {
+        let mut coordinator = Self {
             storage,
             job_id: job_id.to_owned(),
             settings,
@@ -143,7 +143,70 @@ impl Coordinator {
             consecutive_failures: 0,
             completed: Vec::new(),
             failed: 0,
+        };
+        coordinator.adopt_existing();
+        coordinator
+    }
+
+    /// A job that continues (after a restart or a crash) takes over what its
+    /// earlier runs left in storage: completed checkpoints join the retained
+    /// ones (and retention applies to them), directories of checkpoints that
+    /// never completed are deleted, and ids continue after the highest seen.
+    fn adopt_existing(&mut self) {
+        let prefix = format!("{}/", self.job_id);
+        let paths = match self.storage.list(&prefix) {
+            Ok(paths) => paths,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot list earlier checkpoints of job {}: {e}",
+                    self.job_id
+                );
+                return;
+            }
+        };
+        let mut completed = std::collections::BTreeSet::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for path in &paths {
+            let Some(chk) = path
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split('/').next())
+            else {
+                continue;
+            };
+            let Some(id) = chk
+                .strip_prefix("chk-")
+                .and_then(|n| n.parse::<CheckpointId>().ok())
+            else {
+                continue;
+            };
+            seen.insert(id);
+            if path.ends_with(crate::layout::METADATA_FILE) {
+                completed.insert(id);
+            }
         }
+        for id in seen.difference(&completed) {
+            if let Err(e) = self
+                .storage
+                .delete_prefix(&checkpoint_dir(&self.job_id, *id))
+            {
+                tracing::warn!(
+                    checkpoint = id,
+                    "cannot remove an incomplete checkpoint: {e}"
+                );
+            }
+        }
+        if let Some(highest) = seen.iter().next_back() {
+            self.next_id = self.next_id.max(highest + 1);
+        }
+        let mut retained: Vec<CheckpointId> = completed.into_iter().collect();
+        for id in self.retained.drain(..) {
+            if !retained.contains(&id) {
+                retained.push(id);
+            }
+        }
+        retained.sort_unstable();
+        self.retained = retained.into();
+        self.enforce_retention();
     }
 
     pub fn job_id(&self) -> &str {
@@ -227,7 +290,19 @@ impl Coordinator {
     /// A task acknowledged; completes the checkpoint when it was the last.
     pub fn on_ack(&mut self, ack: TaskAck, now: Instant) -> Vec<CoordinatorAction> {
         let Some(pending) = self.pending.get_mut(&ack.id) else {
-            return Vec::new(); // Late ack of an aborted checkpoint.
+            // A late ack of an aborted checkpoint: its task wrote files after the
+            // abort removed the directory; remove them too.
+            if !self.retained.contains(&ack.id)
+                && let Err(e) = self
+                    .storage
+                    .delete_prefix(&checkpoint_dir(&self.job_id, ack.id))
+            {
+                tracing::warn!(
+                    checkpoint = ack.id,
+                    "cannot remove files of an aborted checkpoint: {e}"
+                );
+            }
+            return Vec::new();
         };
         pending.acks.insert(ack.task, ack.clone());
         if pending.acks.len() < self.tasks {

@@ -26,6 +26,21 @@ pub fn seal(magic: [u8; 4], version: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Starts a sealed file in place: the payload is appended to the returned
+/// buffer, then [`finish_sealed`] adds the checksum. Same bytes as [`seal`].
+pub fn begin_sealed(magic: [u8; 4], version: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + TRAILER_BYTES);
+    out.extend_from_slice(&magic);
+    out.extend_from_slice(&version.to_le_bytes());
+    out
+}
+
+/// Appends the checksum of everything in `buffer` (see [`begin_sealed`]).
+pub fn finish_sealed(buffer: &mut Vec<u8>) {
+    let crc = crc32c::crc32c(buffer);
+    buffer.extend_from_slice(&crc.to_le_bytes());
+}
+
 /// Checks magic, version (at most `max_version`) and checksum; returns the
 /// version and the payload.
 pub fn unseal<'a>(

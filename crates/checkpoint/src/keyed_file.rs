@@ -5,7 +5,7 @@
 use flowstate_state::{KeyGroupRange, KeyedStateSnapshot, RestoredKeyedState};
 
 use crate::CheckpointError;
-use crate::format::{KEYED_MAGIC, seal, unseal};
+use crate::format::{KEYED_MAGIC, begin_sealed, finish_sealed, unseal};
 use crate::metadata::{FileRef, KeyGroupEntry, KeyedStateHandle};
 use crate::storage::CheckpointStorage;
 
@@ -20,19 +20,25 @@ pub fn write_keyed_file(
     path: &str,
     snapshot: &KeyedStateSnapshot,
 ) -> Result<KeyedStateHandle, CheckpointError> {
-    let mut payload = Vec::new();
+    // The file is built in one buffer (header, sections, trailer): no copy of
+    // the state between serialising it and handing it to storage.
+    let mut sealed = begin_sealed(KEYED_MAGIC, KEYED_FILE_VERSION);
     let mut groups = Vec::with_capacity(snapshot.range.len());
-    for key_group in snapshot.range.iter() {
-        let start = payload.len();
-        snapshot.write_key_group(key_group, &mut payload)?;
+    for (index, key_group) in snapshot.range.iter().enumerate() {
+        let start = sealed.len();
+        snapshot.write_key_group(key_group, &mut sealed)?;
         groups.push(KeyGroupEntry {
             key_group,
-            offset: HEADER_BYTES + start as u64,
-            length: (payload.len() - start) as u64,
+            offset: start as u64,
+            length: (sealed.len() - start) as u64,
             entries: snapshot.entries(key_group) as u64,
         });
+        if index == 0 {
+            // Key groups are about equally large: size the buffer once.
+            sealed.reserve((sealed.len() - HEADER_BYTES as usize) * snapshot.range.len() * 9 / 8);
+        }
     }
-    let sealed = seal(KEYED_MAGIC, KEYED_FILE_VERSION, &payload);
+    finish_sealed(&mut sealed);
     // Pair assertion: what goes to storage is exactly what a reader will accept.
     unseal(KEYED_MAGIC, KEYED_FILE_VERSION, path, &sealed)?;
     let crc32c = u32::from_le_bytes(sealed[sealed.len() - 4..].try_into().unwrap_or([0; 4]));

@@ -208,6 +208,7 @@ fn run_attempt(
         uploads: uploads_tx.clone(),
         restored: c.restored.clone(),
     });
+    let planning = Instant::now();
     let planned = build_tasks(
         graph,
         config,
@@ -215,6 +216,14 @@ fn run_attempt(
         metrics,
         plan_checkpointing.as_ref(),
     );
+    if let Some(r) = checkpointing.as_ref().and_then(|c| c.restored.as_ref()) {
+        tracing::info!(
+            checkpoint = r.id(),
+            ms = planning.elapsed().as_secs_f64() * 1e3,
+            "state of checkpoint {} loaded into the operators",
+            r.id()
+        );
+    }
     drop(plan_checkpointing);
     drop(uploads_tx);
     let (planned, handles) = match planned {

@@ -190,6 +190,11 @@ impl<K: StateKey, S: StateValue> KeyedTable<K> for HeapTable<K, S> {
     fn restore_key_group(&mut self, key_group: KeyGroup, payload: &[u8]) -> Result<(), StateError> {
         let name = self.name.clone();
         let map = self.write(key_group)?;
+        if let Some(count) = payload.get(..8) {
+            // Size the map once instead of growing it through every power of two.
+            let count = u64::from_le_bytes(count.try_into().unwrap_or([0; 8]));
+            map.reserve(usize::try_from(count).unwrap_or(0).min(payload.len() / 2));
+        }
         decode_entries::<K, S>(&name, payload, |key, value| {
             map.insert(key, value);
         })
