@@ -80,21 +80,49 @@ impl TextLinesSource {
     }
 }
 
+/// Name of the text source's operator list state: one position per file.
+pub const FILE_POSITIONS_STATE: &str = "file-positions";
+
+/// How far a file has been read: the byte offset after the last line emitted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct FilePosition {
+    path: PathBuf,
+    offset: u64,
+    line: u64,
+}
+
 impl Source<String> for TextLinesSource {
     fn create_reader(
         &self,
         subtask: &SubtaskInfo,
     ) -> Result<Box<dyn SourceReader<String>>, UserError> {
-        let mine = self
-            .files
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i as u32 % subtask.parallelism == subtask.index)
-            .map(|(_, f)| f.clone())
-            .collect();
+        let positions = match subtask
+            .restored
+            .as_ref()
+            .and_then(|r| r.list(FILE_POSITIONS_STATE))
+        {
+            // Positions from a checkpoint, already dealt out to this instance.
+            Some(elements) => elements
+                .iter()
+                .map(|e| serde_json::from_slice::<FilePosition>(e))
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    ConnectorError::Config(format!("restored file position is damaged: {e}"))
+                })?,
+            None => self
+                .files
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i as u32 % subtask.parallelism == subtask.index)
+                .map(|(_, f)| FilePosition {
+                    path: f.clone(),
+                    offset: 0,
+                    line: 0,
+                })
+                .collect(),
+        };
         Ok(Box::new(TextLinesReader {
-            files: mine,
-            next_file: 0,
+            positions,
             open: None,
             line_buf: Vec::new(),
         }))
@@ -104,12 +132,11 @@ impl Source<String> for TextLinesSource {
 struct OpenFile {
     path: String,
     reader: BufReader<File>,
-    line: u64,
 }
 
+/// Reads the files of `positions` in order; the first is the one being read.
 struct TextLinesReader {
-    files: Vec<PathBuf>,
-    next_file: usize,
+    positions: std::collections::VecDeque<FilePosition>,
     open: Option<OpenFile>,
     line_buf: Vec<u8>,
 }
@@ -121,20 +148,24 @@ impl SourceReader<String> for TextLinesReader {
         max: usize,
         _now: Instant,
     ) -> Result<SourcePoll, UserError> {
+        let Some(position) = self.positions.front_mut() else {
+            return Ok(SourcePoll::Finished);
+        };
         if self.open.is_none() {
-            let Some(path) = self.files.get(self.next_file) else {
-                return Ok(SourcePoll::Finished);
-            };
-            self.next_file += 1;
-            let shown = path.display().to_string();
-            let file = File::open(path).map_err(|source| ConnectorError::Read {
+            let shown = position.path.display().to_string();
+            let read_error = |source| ConnectorError::Read {
                 path: shown.clone(),
                 source,
-            })?;
+            };
+            let mut file = File::open(&position.path).map_err(read_error)?;
+            if position.offset > 0 {
+                use std::io::Seek;
+                file.seek(std::io::SeekFrom::Start(position.offset))
+                    .map_err(read_error)?;
+            }
             self.open = Some(OpenFile {
                 path: shown,
                 reader: BufReader::with_capacity(1 << 16, file),
-                line: 0,
             });
         }
         let Some(open) = self.open.as_mut() else {
@@ -150,13 +181,15 @@ impl SourceReader<String> for TextLinesReader {
                 })?;
             if n == 0 {
                 self.open = None;
+                self.positions.pop_front();
                 break;
             }
-            open.line += 1;
+            position.offset += n as u64;
+            position.line += 1;
             if self.line_buf.len() > MAX_LINE_BYTES {
                 return Err(ConnectorError::Config(format!(
                     "'{}' line {}: longer than {MAX_LINE_BYTES} bytes",
-                    open.path, open.line
+                    open.path, position.line
                 ))
                 .into());
             }
@@ -171,7 +204,7 @@ impl SourceReader<String> for TextLinesReader {
                 Err(e) => {
                     return Err(ConnectorError::InvalidUtf8 {
                         path: open.path.clone(),
-                        line: open.line,
+                        line: position.line,
                         byte_offset: e.valid_up_to(),
                     }
                     .into());
@@ -179,6 +212,19 @@ impl SourceReader<String> for TextLinesReader {
             }
         }
         Ok(SourcePoll::Ready)
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<OperatorListState>, UserError> {
+        let elements = self
+            .positions
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(vec![OperatorListState {
+            name: FILE_POSITIONS_STATE.into(),
+            mode: RedistributionMode::Split,
+            elements,
+        }])
     }
 }
 
@@ -539,5 +585,28 @@ mod tests {
             .map(|n| std::fs::read_to_string(dir.path().join(n)).unwrap())
             .collect();
         assert_eq!(text, "1\n22\n333\n4444\n55555\n");
+    }
+
+    #[test]
+    fn text_source_resumes_from_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = (0..10).map(|i| format!("line {i}")).collect();
+        std::fs::write(dir.path().join("a.txt"), lines[..6].join("\n") + "\n").unwrap();
+        std::fs::write(dir.path().join("b.txt"), lines[6..].join("\r\n")).unwrap();
+        let source = TextLinesSource::new(dir.path()).unwrap();
+        let mut reader = source.create_reader(&info()).unwrap();
+        let mut seen = Vec::new();
+        reader.poll(&mut seen, 4, Instant::now()).unwrap();
+        let state = reader.snapshot().unwrap();
+        reader.poll(&mut seen, 4, Instant::now()).unwrap(); // read after the snapshot: replayed below
+        let mut subtask = info();
+        subtask.restored = Some(std::sync::Arc::new(flowstate_runtime::RestoredState {
+            keyed: Default::default(),
+            lists: state,
+        }));
+        let mut restored = source.create_reader(&subtask).unwrap();
+        seen.truncate(4);
+        while restored.poll(&mut seen, 3, Instant::now()).unwrap() != SourcePoll::Finished {}
+        assert_eq!(seen, lines);
     }
 }
