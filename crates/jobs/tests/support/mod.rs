@@ -1,0 +1,1144 @@
+//! In-process fault injection for a keyed-count job.
+//!
+//! A run is fully described by a [`RunSpec`] derived from a seed with a tiny
+//! splitmix64 generator: topology, parallelism, input size, batch size,
+//! checkpoint interval, retention, storage and one [`Fault`]. The job is the
+//! keyed-count job rebuilt with the public API so that every stage can fail:
+//!
+//! ```text
+//! SequenceSource(s) -> map (may fail) -> key_by -> CountAndSum (may fail) -> FileSink (may fail)
+//! ```
+//!
+//! and its checkpoint storage is wrapped so that a task file write can fail or
+//! stall (the asynchronous upload) and so that the completion of a checkpoint
+//! (its `_metadata` written) can arm a failure that fires at the next hook,
+//! before or while the commit notification is delivered.
+//!
+//! Every fault fires at most once per run, so the restarted attempt proceeds.
+//! Whether a run passes never depends on timing; only *where* a fault lands does.
+//!
+//! The checks ([`check_exactly_once`], [`check_nothing_lost`]) are independent of
+//! the crate under test: their own splitmix64 and their own expected state.
+
+#![allow(dead_code)] // each test binary uses a part of the harness
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use flowstate::connectors::{FileSink, SequenceSource};
+use flowstate::runtime::checkpoint::{
+    CheckpointStorage, CoordinatorSettings, OperatorListState, SharedStorage, StorageError,
+    open_storage,
+};
+use flowstate::runtime::{CheckpointingConfig, Guarantee, RestartStrategy, RestoreFrom};
+use flowstate::{
+    ExecutionConfig, FnResult, JobReport, KeyedCoProcessFunction, KeyedContext,
+    KeyedProcessFunction, KeyedStateBackend, Sink, SinkWriter, StreamEnvironment, SubtaskInfo,
+    UserError,
+};
+use flowstate_jobs::keyed_count::{CountAndSum, CountUpdate};
+use flowstate_jobs::workload::Checksum;
+
+/// Every injected panic and error carries this text (the panic hook hides them).
+pub const INJECTED: &str = "injected fault";
+
+/// How long one run may take before the test fails with its seed.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------
+// Independent reference: splitmix64, the workload, a seeded generator.
+
+/// splitmix64 as the brief defines it (written again here on purpose).
+pub fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Record `i` of workload W: `(key, value)`.
+pub fn w_record(i: u64, keys: u64) -> (u64, u64) {
+    (mix(i) % keys, i)
+}
+
+/// A splitmix64 sequence generator.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x5EED_F00D_CAFE_0001)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+
+    pub fn coin(&mut self) -> bool {
+        self.next_u64() & 1 == 1
+    }
+
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[(self.next_u64() % items.len() as u64) as usize]
+    }
+}
+
+/// The values of every key's records, in index order: the failure-free result
+/// is `(values.len(), sum(values))` per key.
+pub fn expected_values(records: u64, keys: u64) -> HashMap<u64, Vec<u64>> {
+    let mut by_key: HashMap<u64, Vec<u64>> = HashMap::new();
+    for i in 0..records {
+        let (key, value) = w_record(i, keys);
+        by_key.entry(key).or_default().push(value);
+    }
+    by_key
+}
+
+/// The brief's checksum over a final state, computed independently.
+pub fn checksum_of(state: &HashMap<u64, (u64, u64)>) -> u64 {
+    state
+        .iter()
+        .filter(|(_, (count, _))| *count > 0)
+        .fold(0u64, |acc, (&key, &(count, sum))| {
+            acc.wrapping_add(mix(mix(mix(key) ^ count) ^ sum))
+        })
+}
+
+// ---------------------------------------------------------------------------
+// Run specification.
+
+/// Which graph feeds the keyed operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// One source, the map chained to it, one keyed exchange.
+    Single,
+    /// Two sources (low and high half of the indices) unioned: the union task
+    /// aligns barriers over 2p channels; the map is chained behind the union.
+    Union,
+    /// Two sources, each with its map, keyed and connected into a two-input
+    /// keyed operator (a `TwoInputTask` aligning both gates).
+    Connect,
+}
+
+/// Where an armed failure fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// The next record reaching a map.
+    Map,
+    /// The next record reaching the keyed function.
+    Process,
+    /// The next batch reaching a sink writer.
+    SinkWrite,
+    /// The next commit notification reaching a sink writer (before it commits).
+    SinkCommit,
+}
+
+/// The operator a record fault hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Map,
+    Process,
+    Sink,
+}
+
+/// The one failure of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Record `index` fails in `stage` (in the sink: the update that record
+    /// produces, identified by its key and the count it brings the key to).
+    /// `after`: the stage handles the record first, then fails. `panic`: a
+    /// panic rather than an error return.
+    Record {
+        stage: Stage,
+        index: u64,
+        after: bool,
+        panic: bool,
+    },
+    /// The `put`-th write of a task state file fails (the asynchronous upload):
+    /// that checkpoint must be aborted; the job goes on without a restart.
+    UploadError {
+        put: u64,
+    },
+    /// The `put`-th write of a task state file stalls until a task failed at
+    /// `then` (or 500 ms passed), then succeeds: a task fails while its
+    /// checkpoint is being uploaded.
+    UploadStall {
+        put: u64,
+        then: Hook,
+    },
+    /// Right after the `checkpoint`-th `_metadata` was published, a failure is
+    /// armed; it fires at `then` (or, if nothing reaches `then` any more, when a
+    /// sink finishes): a failure between completion and commit notification.
+    AfterCompletion {
+        checkpoint: u64,
+        then: Hook,
+    },
+}
+
+impl Fault {
+    /// Restarts the fault must cause.
+    pub fn expected_restarts(&self) -> u64 {
+        match self {
+            Fault::None | Fault::UploadError { .. } => 0,
+            _ => 1,
+        }
+    }
+
+    /// The same fault at its earliest point: it fires in every run.
+    pub fn earliest(&self) -> Fault {
+        match *self {
+            Fault::UploadError { .. } => Fault::UploadError { put: 1 },
+            Fault::UploadStall { then, .. } => Fault::UploadStall { put: 1, then },
+            Fault::AfterCompletion { then, .. } => Fault::AfterCompletion {
+                checkpoint: 1,
+                then,
+            },
+            other => other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    /// `memory://<unique name>`
+    Memory,
+    /// A temporary local directory.
+    Local,
+}
+
+/// Everything that determines one run.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub seed: u64,
+    pub topology: Topology,
+    pub parallelism: u32,
+    pub records: u64,
+    pub keys: u64,
+    pub splits: u32,
+    pub batch_size: usize,
+    pub interval: Duration,
+    pub retain: usize,
+    pub storage: StorageKind,
+    pub part_bytes_max: Option<u64>,
+    pub guarantee: Guarantee,
+    pub fault: Fault,
+    /// `(n, delay)`: every task state file of checkpoint n but the one an
+    /// `UploadError` fails is written only after `delay` (a slow upload).
+    pub slow_uploads: Option<(u64, Duration)>,
+}
+
+impl RunSpec {
+    /// The run of `seed`; `kind` (0..6) picks the fault family so that a range
+    /// of seeds covers every family evenly.
+    pub fn from_seed(seed: u64, guarantee: Guarantee) -> Self {
+        let mut rng = Rng::new(seed);
+        let topology = rng.pick(&[Topology::Single, Topology::Union, Topology::Connect]);
+        let parallelism = rng.range(1, 3) as u32;
+        let records = rng.range(20_000, 40_000);
+        let keys = rng.pick(&[50, 500, 500, 2_000]);
+        let splits = rng.range(u64::from(parallelism), 16) as u32;
+        let batch_size = rng.pick(&[16, 64, 64, 256]);
+        let interval = Duration::from_millis(rng.range(5, 20));
+        let retain = rng.range(1, 3) as usize;
+        let storage = if rng.range(0, 4) == 0 {
+            StorageKind::Local
+        } else {
+            StorageKind::Memory
+        };
+        let part_bytes_max = rng.coin().then(|| rng.range(2_000, 20_000));
+        let hooks = [Hook::Map, Hook::Process, Hook::SinkWrite, Hook::SinkCommit];
+        let fault = match seed % 6 {
+            0..=2 => Fault::Record {
+                stage: [Stage::Map, Stage::Process, Stage::Sink][(seed % 6) as usize],
+                index: rng.range(0, records - 1),
+                after: rng.coin(),
+                panic: rng.coin(),
+            },
+            3 => Fault::UploadError {
+                put: rng.range(1, 3 * u64::from(parallelism)),
+            },
+            4 => Fault::UploadStall {
+                put: rng.range(1, 3 * u64::from(parallelism)),
+                then: rng.pick(&hooks),
+            },
+            _ => Fault::AfterCompletion {
+                checkpoint: rng.range(1, 4),
+                then: rng.pick(&hooks),
+            },
+        };
+        RunSpec {
+            seed,
+            topology,
+            parallelism,
+            records,
+            keys,
+            splits,
+            batch_size,
+            interval,
+            retain,
+            storage,
+            part_bytes_max,
+            guarantee,
+            fault,
+            slow_uploads: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The fault plan shared by the operators, the sink and the storage of a run.
+
+/// Shared by every copy of the injecting operators of one run.
+pub struct Faults {
+    fault: Fault,
+    keys: u64,
+    /// The sink update a `Record { stage: Sink }` fault waits for.
+    sink_target: Option<(u64, u64)>,
+    /// A failure is due at the next hook (after completion, or while stalled).
+    armed: AtomicBool,
+    /// The one failure happened.
+    fired: AtomicBool,
+    /// Where it happened.
+    fired_at: Mutex<Option<String>>,
+    slow_uploads: Option<(String, Duration)>,
+    keyed_puts: AtomicU64,
+    metadata_puts: AtomicU64,
+    /// `_metadata` files read: a restart restored a checkpoint.
+    metadata_reads: AtomicU64,
+}
+
+impl Faults {
+    fn new(spec: &RunSpec) -> Self {
+        let sink_target = match spec.fault {
+            Fault::Record {
+                stage: Stage::Sink,
+                index,
+                ..
+            } => {
+                let key = w_record(index, spec.keys).0;
+                let count = (0..=index)
+                    .filter(|&i| w_record(i, spec.keys).0 == key)
+                    .count() as u64;
+                Some((key, count))
+            }
+            _ => None,
+        };
+        Faults {
+            fault: spec.fault,
+            keys: spec.keys,
+            sink_target,
+            armed: AtomicBool::new(false),
+            fired: AtomicBool::new(false),
+            fired_at: Mutex::new(None),
+            slow_uploads: spec
+                .slow_uploads
+                .map(|(n, delay)| (format!("/chk-{n}/"), delay)),
+            keyed_puts: AtomicU64::new(0),
+            metadata_puts: AtomicU64::new(0),
+            metadata_reads: AtomicU64::new(0),
+        }
+    }
+
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    pub fn fired_at(&self) -> Option<String> {
+        self.fired_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Claims the one failure; true for the caller that must fail.
+    fn claim(&self, place: String) -> bool {
+        if self.fired.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.armed.store(false, Ordering::SeqCst);
+        *self.fired_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(place);
+        true
+    }
+
+    /// Fails (panic or error) if the fault is due here.
+    fn fail(&self, place: String, panic: bool) -> FnResult {
+        if !self.claim(place.clone()) {
+            return Ok(());
+        }
+        if panic {
+            panic!("{INJECTED}: {place}");
+        }
+        Err(format!("{INJECTED}: {place}").into())
+    }
+
+    /// An armed failure due at `hook`?
+    fn at_hook(&self, hook: Hook, place: impl FnOnce() -> String) -> FnResult {
+        let due = match self.fault {
+            Fault::UploadStall { then, .. } | Fault::AfterCompletion { then, .. } => then == hook,
+            _ => false,
+        };
+        if due && self.armed.load(Ordering::SeqCst) {
+            // Alternate panics and errors by hook so that both are covered.
+            let panic = matches!(hook, Hook::Map | Hook::SinkCommit);
+            return self.fail(format!("armed {hook:?}: {}", place()), panic);
+        }
+        Ok(())
+    }
+
+    /// A map sees `record`.
+    fn on_map(&self, record: (u64, u64)) {
+        if let Fault::Record {
+            stage: Stage::Map,
+            index,
+            ..
+        } = self.fault
+            && record.1 == index
+        {
+            // A map cannot return an error: always a panic.
+            let _ = self.fail(format!("map at record {index}"), true);
+        }
+        if let Err(e) = self.at_hook(Hook::Map, || format!("map at record {}", record.1)) {
+            panic!("{e}");
+        }
+    }
+
+    /// The keyed function sees `record`; `after` tells whether it was handled.
+    fn on_process(&self, record: (u64, u64), after: bool) -> FnResult {
+        if let Fault::Record {
+            stage: Stage::Process,
+            index,
+            after: fault_after,
+            panic,
+        } = self.fault
+            && record.1 == index
+            && after == fault_after
+        {
+            self.fail(
+                format!(
+                    "keyed function {} record {index}",
+                    if after { "after" } else { "before" }
+                ),
+                panic,
+            )?;
+        }
+        if !after {
+            self.at_hook(Hook::Process, || {
+                format!("keyed function at record {}", record.1)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A sink writer sees `batch`; `after` tells whether it was written.
+    fn on_sink_batch(&self, batch: &[CountUpdate], after: bool) -> FnResult {
+        if let (
+            Some((key, count)),
+            Fault::Record {
+                after: fault_after,
+                panic,
+                ..
+            },
+        ) = (self.sink_target, self.fault)
+            && after == fault_after
+            && batch.iter().any(|u| u.key == key && u.count == count)
+        {
+            self.fail(
+                format!(
+                    "sink {} the batch with update {key},{count}",
+                    if after {
+                        "after writing"
+                    } else {
+                        "before writing"
+                    }
+                ),
+                panic,
+            )?;
+        }
+        if !after && !batch.is_empty() {
+            self.at_hook(Hook::SinkWrite, || "sink write".to_owned())?;
+        }
+        Ok(())
+    }
+
+    /// A keyed state file is about to be written: `Err` to fail the upload.
+    fn on_keyed_put(&self, path: &str) -> Result<(), String> {
+        let n = self.keyed_puts.fetch_add(1, Ordering::SeqCst) + 1;
+        let failing = matches!(self.fault, Fault::UploadError { put } if put == n);
+        if let Some((dir, delay)) = &self.slow_uploads
+            && path.contains(dir.as_str())
+            && !failing
+        {
+            std::thread::sleep(*delay);
+        }
+        match self.fault {
+            Fault::UploadError { .. }
+                if failing && self.claim(format!("upload of {path} (put {n})")) =>
+            {
+                return Err(format!("{INJECTED}: upload of {path}"));
+            }
+            Fault::UploadStall { put, .. } if n == put && !self.fired() => {
+                self.armed.store(true, Ordering::SeqCst);
+                let until = Instant::now() + Duration::from_millis(500);
+                while !self.fired() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `_metadata` of a checkpoint was published.
+    fn on_metadata_published(&self) {
+        let n = self.metadata_puts.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Fault::AfterCompletion { checkpoint, .. } = self.fault
+            && n == checkpoint
+            && !self.fired()
+        {
+            self.armed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A sink writer finishes: an armed failure nothing else picked up fires here.
+    fn on_sink_finish(&self) -> FnResult {
+        if self.armed.load(Ordering::SeqCst) {
+            return self.fail("armed, fired at sink finish".to_owned(), false);
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Injecting wrappers.
+
+/// A checkpoint storage whose task file writes can fail or stall and whose
+/// metadata writes arm after-completion failures.
+pub struct FaultyStorage {
+    inner: SharedStorage,
+    faults: Arc<Faults>,
+}
+
+impl CheckpointStorage for FaultyStorage {
+    fn describe(&self) -> String {
+        format!("faulty {}", self.inner.describe())
+    }
+
+    fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        if path.ends_with(".keyed")
+            && let Err(reason) = self.faults.on_keyed_put(path)
+        {
+            return Err(StorageError::Io {
+                storage: self.describe(),
+                operation: "put",
+                path: path.to_owned(),
+                reason,
+            });
+        }
+        self.inner.put(path, bytes)
+    }
+
+    fn put_if_absent(&self, path: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.inner.put_if_absent(path, bytes)?;
+        if path.ends_with("/_metadata") {
+            self.faults.on_metadata_published();
+        }
+        Ok(())
+    }
+
+    fn get(&self, path: &str) -> Result<Vec<u8>, StorageError> {
+        if path.ends_with("/_metadata") {
+            self.faults.metadata_reads.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.get(path)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.inner.list(prefix)
+    }
+
+    fn delete(&self, path: &str) -> Result<(), StorageError> {
+        self.inner.delete(path)
+    }
+
+    fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
+        self.inner.delete_prefix(prefix)
+    }
+}
+
+/// `CountAndSum` with an injection point before and after each record.
+#[derive(Clone)]
+pub struct FaultyCount {
+    inner: CountAndSum,
+    faults: Arc<Faults>,
+}
+
+impl KeyedProcessFunction<u64, (u64, u64), CountUpdate> for FaultyCount {
+    fn open(&mut self, state: &mut dyn KeyedStateBackend<u64>) -> FnResult {
+        self.inner.open(state)
+    }
+
+    fn process(
+        &mut self,
+        record: (u64, u64),
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Vec<CountUpdate>,
+    ) -> FnResult {
+        self.faults.on_process(record, false)?;
+        self.inner.process(record, ctx, out)?;
+        self.faults.on_process(record, true)
+    }
+
+    fn finish(
+        &mut self,
+        state: &mut dyn KeyedStateBackend<u64>,
+        out: &mut Vec<CountUpdate>,
+    ) -> FnResult {
+        self.inner.finish(state, out)
+    }
+}
+
+/// The same count over two connected inputs.
+#[derive(Clone)]
+pub struct FaultyCoCount(FaultyCount);
+
+impl KeyedCoProcessFunction<u64, (u64, u64), (u64, u64), CountUpdate> for FaultyCoCount {
+    fn open(&mut self, state: &mut dyn KeyedStateBackend<u64>) -> FnResult {
+        self.0.open(state)
+    }
+
+    fn process_first(
+        &mut self,
+        record: (u64, u64),
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Vec<CountUpdate>,
+    ) -> FnResult {
+        self.0.process(record, ctx, out)
+    }
+
+    fn process_second(
+        &mut self,
+        record: (u64, u64),
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Vec<CountUpdate>,
+    ) -> FnResult {
+        self.0.process(record, ctx, out)
+    }
+
+    fn finish(
+        &mut self,
+        state: &mut dyn KeyedStateBackend<u64>,
+        out: &mut Vec<CountUpdate>,
+    ) -> FnResult {
+        self.0.finish(state, out)
+    }
+}
+
+/// The two-phase-commit `FileSink` with injection points.
+pub struct FaultySink {
+    inner: FileSink,
+    faults: Arc<Faults>,
+}
+
+impl Sink<CountUpdate> for FaultySink {
+    fn create_writer(
+        &self,
+        subtask: &SubtaskInfo,
+    ) -> Result<Box<dyn SinkWriter<CountUpdate>>, UserError> {
+        Ok(Box::new(FaultyWriter {
+            inner: Sink::<CountUpdate>::create_writer(&self.inner, subtask)?,
+            faults: Arc::clone(&self.faults),
+        }))
+    }
+}
+
+struct FaultyWriter {
+    inner: Box<dyn SinkWriter<CountUpdate>>,
+    faults: Arc<Faults>,
+}
+
+impl SinkWriter<CountUpdate> for FaultyWriter {
+    fn write_batch(&mut self, batch: &mut Vec<CountUpdate>) -> Result<(), UserError> {
+        self.faults.on_sink_batch(batch, false)?;
+        let copy = (self.faults.sink_target.is_some()
+            && matches!(self.faults.fault, Fault::Record { after: true, .. }))
+        .then(|| batch.clone());
+        self.inner.write_batch(batch)?;
+        if let Some(copy) = copy {
+            self.faults.on_sink_batch(&copy, true)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), UserError> {
+        self.faults.on_sink_finish()?;
+        self.inner.finish()
+    }
+
+    fn prepare_commit(&mut self, checkpoint_id: u64) -> Result<Vec<OperatorListState>, UserError> {
+        self.inner.prepare_commit(checkpoint_id)
+    }
+
+    fn commit(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
+        self.faults.at_hook(Hook::SinkCommit, || {
+            format!("sink commit of checkpoint {checkpoint_id}")
+        })?;
+        self.inner.commit(checkpoint_id)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Running.
+
+/// What a run left behind.
+pub struct RunOutcome {
+    pub spec: RunSpec,
+    pub report: JobReport,
+    pub fired: bool,
+    pub fired_at: Option<String>,
+    /// Lines of the committed (visible) files.
+    pub lines: Vec<String>,
+    /// Hidden entries of the output directory (in-progress files).
+    pub hidden: Vec<String>,
+    /// The job's own RESULT checksum (CountAndSum's totals).
+    pub totals: Checksum,
+    /// Every object left in checkpoint storage.
+    pub storage_objects: Vec<String>,
+    /// A restart restored a checkpoint (false: every restart started from
+    /// nothing, or there was none).
+    pub restored_a_checkpoint: bool,
+    pub elapsed: Duration,
+}
+
+/// Silences the panics this harness injects (others print as usual).
+pub fn quiet_injected_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            if !message.contains(INJECTED) {
+                default(info);
+            }
+        }));
+    });
+}
+
+fn unique_name(seed: u64) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "faults-{}-{seed}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Builds and runs the job of `spec` on this thread.
+fn run_here(spec: &RunSpec) -> Result<RunOutcome, String> {
+    let seed = spec.seed;
+    let started = Instant::now();
+    let out_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let chk_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let url = match spec.storage {
+        StorageKind::Memory => format!("memory://{}", unique_name(seed)),
+        StorageKind::Local => chk_dir.path().display().to_string(),
+    };
+    let inner = open_storage(&url).map_err(|e| format!("seed {seed}: {e}"))?;
+    let faults = Arc::new(Faults::new(spec));
+    let storage: SharedStorage = Arc::new(FaultyStorage {
+        inner: Arc::clone(&inner),
+        faults: Arc::clone(&faults),
+    });
+    let config = ExecutionConfig {
+        batch_size: spec.batch_size,
+        checkpointing: Some(CheckpointingConfig {
+            storage,
+            settings: CoordinatorSettings {
+                interval: spec.interval,
+                timeout: Duration::from_secs(10),
+                retain: spec.retain,
+                tolerable_failures: 100,
+                ..Default::default()
+            },
+            guarantee: spec.guarantee,
+            job_id: None,
+            restore: RestoreFrom::Nothing,
+            restart: RestartStrategy {
+                attempts: 10,
+                delay: Duration::from_millis(1),
+                backoff_multiplier: 1.0,
+                delay_max: Duration::from_millis(1),
+            },
+        }),
+        ..ExecutionConfig::with_parallelism(spec.parallelism)
+    };
+    let env = StreamEnvironment::new(config);
+    let totals = Arc::new(Mutex::new(Checksum::default()));
+    let count = FaultyCount {
+        inner: CountAndSum::new(Arc::clone(&totals)),
+        faults: Arc::clone(&faults),
+    };
+    let mut file_sink = FileSink::new(out_dir.path()).map_err(|e| e.to_string())?;
+    if let Some(bytes) = spec.part_bytes_max {
+        file_sink = file_sink.with_part_bytes_max(bytes);
+    }
+    let sink = FaultySink {
+        inner: file_sink,
+        faults: Arc::clone(&faults),
+    };
+    let keys = spec.keys;
+    let map_faults = Arc::clone(&faults);
+    let faulty_map = move |record: (u64, u64)| {
+        map_faults.on_map(record);
+        record
+    };
+    let source = |name: &str, first: u64, len: u64| {
+        let make = move |i: u64| w_record(first + i, keys);
+        let source =
+            SequenceSource::new(len, spec.splits, make).map_err(|e| format!("seed {seed}: {e}"))?;
+        Ok::<_, String>(env.from_source(name, source))
+    };
+    let low = spec.records / 2;
+    let updates = match spec.topology {
+        Topology::Single => source("Source: W", 0, spec.records)?
+            .map(faulty_map)
+            .key_by(|r: &(u64, u64)| r.0)
+            .process(count)
+            .name("Count and sum"),
+        Topology::Union => {
+            let a = source("Source: W low", 0, low)?;
+            let b = source("Source: W high", low, spec.records - low)?;
+            a.union(&b)
+                .map(faulty_map)
+                .key_by(|r: &(u64, u64)| r.0)
+                .process(count)
+                .name("Count and sum")
+        }
+        Topology::Connect => {
+            let a = source("Source: W low", 0, low)?
+                .map(faulty_map.clone())
+                .key_by(|r: &(u64, u64)| r.0);
+            let b = source("Source: W high", low, spec.records - low)?
+                .map(faulty_map)
+                .key_by(|r: &(u64, u64)| r.0);
+            a.connect(&b)
+                .process(FaultyCoCount(count))
+                .name("Count and sum")
+        }
+    };
+    updates.sink_to("Sink: Files", sink);
+    let report = env
+        .execute()
+        .map_err(|e| format!("seed {seed}: the job failed: {}", error_chain(&e)))?;
+
+    let mut lines = Vec::new();
+    let mut hidden = Vec::new();
+    for entry in std::fs::read_dir(out_dir.path()).map_err(|e| e.to_string())? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            hidden.push(name);
+        } else {
+            let text = std::fs::read_to_string(entry.path()).map_err(|e| e.to_string())?;
+            lines.extend(text.lines().map(str::to_owned));
+        }
+    }
+    let storage_objects = inner.list("").map_err(|e| e.to_string())?;
+    let totals = *totals.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(RunOutcome {
+        spec: spec.clone(),
+        report,
+        fired: faults.fired(),
+        fired_at: faults.fired_at(),
+        lines,
+        hidden,
+        totals,
+        storage_objects,
+        restored_a_checkpoint: faults.metadata_reads.load(Ordering::SeqCst) > 0,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Runs `spec` on its own thread; fails with the seed if it takes longer than
+/// [`RUN_TIMEOUT`] (a hang) or if the job fails.
+pub fn run(spec: &RunSpec) -> RunOutcome {
+    quiet_injected_panics();
+    let seed = spec.seed;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = spec.clone();
+    std::thread::Builder::new()
+        .name(format!("fault-run-{seed}"))
+        .spawn(move || {
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_here(&owned)));
+            let _ = tx.send(result.unwrap_or_else(|_| Err("the harness panicked".to_owned())));
+        })
+        .expect("spawn a run thread");
+    match rx.recv_timeout(RUN_TIMEOUT) {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(message)) => panic!("seed {seed}: {message}\n{spec:?}"),
+        Err(_) => {
+            panic!("seed {seed}: the job did not end within {RUN_TIMEOUT:?} (hang)\n{spec:?}")
+        }
+    }
+}
+
+/// Runs `spec`; if its fault could not fire (the job ended first), runs it again
+/// with the fault at its earliest point, which always fires.
+pub fn run_until_fired(spec: &RunSpec) -> RunOutcome {
+    let outcome = run(spec);
+    if outcome.fired || spec.fault == Fault::None {
+        return outcome;
+    }
+    let earlier = RunSpec {
+        fault: spec.fault.earliest(),
+        ..spec.clone()
+    };
+    let outcome = run(&earlier);
+    assert!(
+        outcome.fired,
+        "seed {}: the fault never fired, even at its earliest point\n{earlier:?}",
+        spec.seed
+    );
+    outcome
+}
+
+// ---------------------------------------------------------------------------
+// Checks.
+
+fn parse_lines(seed: u64, lines: &[String]) -> Result<Vec<(u64, u64, u64)>, String> {
+    lines
+        .iter()
+        .map(|line| {
+            let mut parts = line.split(',').map(str::parse::<u64>);
+            match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                (Some(Ok(k)), Some(Ok(c)), Some(Ok(s)), None) => Ok((k, c, s)),
+                _ => Err(format!("seed {seed}: malformed output line {line:?}")),
+            }
+        })
+        .collect()
+}
+
+/// The brief's exactly-once check, strengthened: for every key its lines carry
+/// the counts 1..c exactly once each; the line with count c carries the final
+/// sum; the increments between consecutive counts are exactly the values of the
+/// key's records (each record affected the state once); no key is missing or
+/// extra; the number of lines equals the number of records. Returns the final
+/// state read from the output.
+pub fn check_exactly_once(
+    seed: u64,
+    lines: &[String],
+    expected: &HashMap<u64, Vec<u64>>,
+    records: u64,
+) -> Result<HashMap<u64, (u64, u64)>, String> {
+    let parsed = parse_lines(seed, lines)?;
+    let mut by_key: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+    for &(key, count, sum) in &parsed {
+        by_key.entry(key).or_default().push((count, sum));
+    }
+    let mut problems = Vec::new();
+    if parsed.len() as u64 != records {
+        problems.push(format!(
+            "{} output lines for {records} records ({:+})",
+            parsed.len(),
+            parsed.len() as i64 - records as i64
+        ));
+    }
+    let mut final_state = HashMap::new();
+    let keys: HashSet<u64> = by_key.keys().chain(expected.keys()).copied().collect();
+    let mut keys: Vec<u64> = keys.into_iter().collect();
+    keys.sort_unstable();
+    for key in keys {
+        let want: &[u64] = expected.get(&key).map_or(&[], Vec::as_slice);
+        let mut got = by_key.remove(&key).unwrap_or_default();
+        got.sort_unstable();
+        let counts: Vec<u64> = got.iter().map(|(c, _)| *c).collect();
+        let c = want.len() as u64;
+        if counts != (1..=c).collect::<Vec<u64>>() {
+            let missing: Vec<u64> = (1..=c).filter(|n| !counts.contains(n)).collect();
+            let mut seen = HashSet::new();
+            let repeated: Vec<u64> = counts
+                .iter()
+                .copied()
+                .filter(|n| !seen.insert(*n))
+                .collect();
+            let beyond: Vec<u64> = counts
+                .iter()
+                .copied()
+                .filter(|&n| n > c || n == 0)
+                .collect();
+            problems.push(format!(
+                "key {key}: expected counts 1..={c}; missing {missing:?}, repeated {repeated:?}, unexpected {beyond:?}"
+            ));
+            continue;
+        }
+        let mut increments: Vec<u64> = Vec::with_capacity(got.len());
+        let mut previous = 0u64;
+        for &(_, sum) in &got {
+            increments.push(sum.wrapping_sub(previous));
+            previous = sum;
+        }
+        increments.sort_unstable();
+        let mut want_sorted = want.to_vec();
+        want_sorted.sort_unstable();
+        if increments != want_sorted {
+            problems.push(format!(
+                "key {key}: the increments of its sums are not exactly its records' values"
+            ));
+        }
+        let want_sum = want.iter().fold(0u64, |a, v| a.wrapping_add(*v));
+        let (last_count, last_sum) = got.last().copied().unwrap_or((0, 0));
+        if last_sum != want_sum {
+            problems.push(format!(
+                "key {key}: final line {last_count},{last_sum}; expected sum {want_sum}"
+            ));
+        }
+        final_state.insert(key, (last_count, last_sum));
+    }
+    if problems.is_empty() {
+        Ok(final_state)
+    } else {
+        let shown = problems.len().min(12);
+        Err(format!(
+            "seed {seed}: exactly-once check failed ({} problems):\n  {}",
+            problems.len(),
+            problems[..shown].join("\n  ")
+        ))
+    }
+}
+
+/// What the at-least-once check saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AtLeastOnceStats {
+    /// Output lines beyond one per record.
+    pub extra_lines: u64,
+    /// Lines that repeat another line exactly.
+    pub repeated_lines: u64,
+    /// Keys whose final count exceeds their number of records (a record counted twice).
+    pub keys_over_counted: u64,
+}
+
+/// At-least-once: nothing lost. For every key, every record's value shows as the
+/// increment from some line `(c-1, s-v)` (or nothing, for c = 1) to a line
+/// `(c, s)`, and the highest count is at least the key's number of records.
+pub fn check_nothing_lost(
+    seed: u64,
+    lines: &[String],
+    expected: &HashMap<u64, Vec<u64>>,
+    records: u64,
+) -> Result<AtLeastOnceStats, String> {
+    let parsed = parse_lines(seed, lines)?;
+    let mut stats = AtLeastOnceStats {
+        extra_lines: (parsed.len() as u64).saturating_sub(records),
+        ..Default::default()
+    };
+    let mut by_key: HashMap<u64, HashSet<(u64, u64)>> = HashMap::new();
+    for &(key, count, sum) in &parsed {
+        if !by_key.entry(key).or_default().insert((count, sum)) {
+            stats.repeated_lines += 1;
+        }
+    }
+    let mut problems = Vec::new();
+    if (parsed.len() as u64) < records {
+        problems.push(format!(
+            "{} output lines for {records} records",
+            parsed.len()
+        ));
+    }
+    let ordered: BTreeMap<u64, &Vec<u64>> = expected.iter().map(|(k, v)| (*k, v)).collect();
+    for (key, values) in ordered {
+        let empty = HashSet::new();
+        let lines = by_key.get(&key).unwrap_or(&empty);
+        let max_count = lines.iter().map(|(c, _)| *c).max().unwrap_or(0);
+        if max_count < values.len() as u64 {
+            problems.push(format!(
+                "key {key}: highest count {max_count} < {} records",
+                values.len()
+            ));
+        }
+        if max_count > values.len() as u64 {
+            stats.keys_over_counted += 1;
+        }
+        // Every increment some line shows over a line with the count before it.
+        let mut sums_by_count: HashMap<u64, Vec<u64>> = HashMap::new();
+        for &(c, s) in lines {
+            sums_by_count.entry(c).or_default().push(s);
+        }
+        let mut increments: HashSet<u64> = HashSet::new();
+        for &(c, s) in lines {
+            if c == 1 {
+                increments.insert(s);
+            } else if let Some(before) = sums_by_count.get(&(c - 1)) {
+                increments.extend(before.iter().map(|b| s.wrapping_sub(*b)));
+            }
+        }
+        let lost: Vec<u64> = values
+            .iter()
+            .copied()
+            .filter(|v| !increments.contains(v))
+            .collect();
+        if !lost.is_empty() {
+            problems.push(format!("key {key}: records with values {lost:?} are lost"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(stats)
+    } else {
+        let shown = problems.len().min(12);
+        Err(format!(
+            "seed {seed}: at-least-once check failed ({} problems):\n  {}",
+            problems.len(),
+            problems[..shown].join("\n  ")
+        ))
+    }
+}
+
+/// Checkpoint files left in storage: `(metadata files, task files of
+/// checkpoints without metadata)`.
+pub fn storage_leftovers(objects: &[String]) -> (Vec<String>, Vec<String>) {
+    let metadata: Vec<String> = objects
+        .iter()
+        .filter(|p| p.ends_with("/_metadata"))
+        .cloned()
+        .collect();
+    let complete: HashSet<&str> = metadata
+        .iter()
+        .filter_map(|p| p.strip_suffix("_metadata"))
+        .collect();
+    let orphans = objects
+        .iter()
+        .filter(|p| !p.ends_with("/_metadata"))
+        .filter(|p| {
+            let dir = p.rsplit_once('/').map_or("", |(d, _)| d);
+            !complete.contains(format!("{dir}/").as_str())
+        })
+        .cloned()
+        .collect();
+    (metadata, orphans)
+}
