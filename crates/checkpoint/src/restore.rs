@@ -38,10 +38,18 @@ pub fn completed_checkpoints(
             .map_or(0, |m| m.created_unix_ms);
         found.push((created, job, id, path));
     }
+    // Jobs by their newest checkpoint's time; within a job by id, which only
+    // grows (a wall clock may step back, ids do not).
+    let mut job_newest: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for (created, job, _, _) in &found {
+        let newest = job_newest.entry(job.clone()).or_insert(0);
+        *newest = (*newest).max(*created);
+    }
     found.sort_by(|a, b| {
-        b.0.cmp(&a.0)
-            .then_with(|| b.2.cmp(&a.2))
+        let (ja, jb) = (job_newest[&a.1], job_newest[&b.1]);
+        jb.cmp(&ja)
             .then_with(|| b.1.cmp(&a.1))
+            .then_with(|| b.2.cmp(&a.2))
     });
     Ok(found
         .into_iter()

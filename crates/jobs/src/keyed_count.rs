@@ -57,6 +57,8 @@ impl fmt::Display for CountUpdate {
 pub struct CountAndSum {
     state: Option<ValueStateHandle<(u64, u64)>>,
     totals: Arc<Mutex<Checksum>>,
+    /// What each instance (by the first key group it owns) added to `totals`.
+    contributions: Arc<Mutex<std::collections::HashMap<u32, Checksum>>>,
 }
 
 impl CountAndSum {
@@ -64,6 +66,7 @@ impl CountAndSum {
         Self {
             state: None,
             totals,
+            contributions: Arc::default(),
         }
     }
 }
@@ -103,10 +106,19 @@ impl KeyedProcessFunction<u64, (u64, u64), CountUpdate> for CountAndSum {
         let handle = self.state.as_ref().ok_or("state used before open")?;
         let mut local = Checksum::default();
         state.for_each_value(handle, |key, &(count, sum)| local.add(*key, count, sum))?;
-        self.totals
+        // An instance may finish in an attempt that then fails and finish again
+        // in the next: its key groups must count once, with the latest state.
+        let range = state.key_group_range().start;
+        let previous = self
+            .contributions
             .lock()
             .map_err(|_| "checksum lock poisoned")?
-            .merge(&local);
+            .insert(range, local);
+        let mut totals = self.totals.lock().map_err(|_| "checksum lock poisoned")?;
+        if let Some(previous) = previous {
+            totals.remove(&previous);
+        }
+        totals.merge(&local);
         Ok(())
     }
 }

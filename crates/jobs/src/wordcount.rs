@@ -49,6 +49,9 @@ pub struct WordTotals {
 struct CountWords {
     state: Option<ValueStateHandle<u64>>,
     totals: Arc<Mutex<WordTotals>>,
+    /// What each instance (by the first key group it owns) added to `totals`:
+    /// an instance finishing again after a restart replaces its share.
+    contributions: Arc<Mutex<std::collections::HashMap<u32, WordTotals>>>,
 }
 
 impl KeyedProcessFunction<String, String, WordCount> for CountWords {
@@ -86,7 +89,17 @@ impl KeyedProcessFunction<String, String, WordCount> for CountWords {
             local.words += count;
             local.distinct += 1;
         })?;
+        let range = state.key_group_range().start;
+        let previous = self
+            .contributions
+            .lock()
+            .map_err(|_| "totals lock poisoned")?
+            .insert(range, local);
         let mut totals = self.totals.lock().map_err(|_| "totals lock poisoned")?;
+        if let Some(previous) = previous {
+            totals.words -= previous.words;
+            totals.distinct -= previous.distinct;
+        }
         totals.words += local.words;
         totals.distinct += local.distinct;
         Ok(())
@@ -123,6 +136,7 @@ pub fn build(
         .process(CountWords {
             state: None,
             totals: Arc::clone(&totals),
+            contributions: Arc::default(),
         })
         .name("Count words");
     match &params.output {

@@ -44,6 +44,13 @@ impl Checksum {
         }
     }
 
+    /// Takes back what `merge(other)` added.
+    pub fn remove(&mut self, other: &Checksum) {
+        self.value = self.value.wrapping_sub(other.value);
+        self.keys -= other.keys;
+        self.records -= other.records;
+    }
+
     pub fn merge(&mut self, other: &Checksum) {
         self.value = self.value.wrapping_add(other.value);
         self.keys += other.keys;

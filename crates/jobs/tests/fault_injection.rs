@@ -82,29 +82,18 @@ fn assert_fault_took_effect(outcome: &RunOutcome) {
     }
 }
 
-/// No in-progress file remains in the output directory. Returns true when
-/// some remain in the one known case that the ignored test
-/// `restart_before_the_first_checkpoint_leaves_no_in_progress_files` pins down
-/// (a restart that had no checkpoint to restore): the output is still checked
-/// in full, only the leftover hidden files are tolerated here.
+/// No in-progress file remains in the output directory (also after a restart
+/// that had no checkpoint to restore). Returns false: kept as a bool so that
+/// callers can count runs with leftovers, which must be none.
 fn assert_no_in_progress_files(outcome: &RunOutcome) -> bool {
-    if outcome.hidden.is_empty() {
-        return false;
-    }
-    let known_bug = outcome.report.restarts > 0 && !outcome.restored_a_checkpoint;
     assert!(
-        known_bug,
+        outcome.hidden.is_empty(),
         "seed {}: in-progress files remain in the output directory: {:?}\n{}",
         outcome.spec.seed,
         outcome.hidden,
         describe(outcome)
     );
-    println!(
-        "  seed {}: KNOWN BUG: {} orphaned in-progress file(s) after a restart from nothing",
-        outcome.spec.seed,
-        outcome.hidden.len()
-    );
-    true
+    false
 }
 
 /// One exactly-once run: the fault fired, the committed output is exactly
@@ -301,7 +290,6 @@ fn the_checkers_reject_damaged_output() {
 /// first checkpoint completed). Deterministic: with a 10 s interval no periodic
 /// checkpoint starts before the failure at record 10,000.
 #[test]
-#[ignore = "BUG: FileSink::create_writer (crates/connectors/src/file.rs:287-298) cleans up orphaned in-progress files only when the restored state has a pending list; a restart from nothing leaves the failed attempt's .part-*.inprogress files in the output directory forever"]
 fn restart_before_the_first_checkpoint_leaves_no_in_progress_files() {
     let mut spec = RunSpec::from_seed(7_000, Guarantee::ExactlyOnce);
     spec.topology = Topology::Single;
@@ -336,7 +324,6 @@ fn restart_before_the_first_checkpoint_leaves_no_in_progress_files() {
 /// them. Here retain = 2, the failure comes right after checkpoint 2 completed,
 /// and the restarted attempt completes at least its final checkpoint.
 #[test]
-#[ignore = "BUG: Coordinator::new (crates/checkpoint/src/coordinator.rs:140) seeds `retained` with the restored checkpoint only, so after an in-process restart (or --restore latest) the older checkpoints the failed attempt retained are never deleted: more than --retain completed checkpoints remain"]
 fn retention_holds_across_a_restart() {
     let mut spec = RunSpec::from_seed(7_001, Guarantee::ExactlyOnce);
     spec.topology = Topology::Single;
@@ -368,7 +355,6 @@ fn retention_holds_across_a_restart() {
 /// finish writing after the abort. Here checkpoint 1's first task file fails
 /// and the other two (parallelism 3) are written 100 ms later.
 #[test]
-#[ignore = "BUG: an upload that ends after its checkpoint was aborted leaves its files: the coordinator deletes chk-<n>/ once, at the abort (crates/checkpoint/src/coordinator.rs:282-292), and ignores the late acknowledgement (coordinator.rs:230, 'Late ack of an aborted checkpoint') without deleting what it references"]
 fn an_aborted_checkpoint_leaves_no_files() {
     let mut spec = RunSpec::from_seed(7_002, Guarantee::ExactlyOnce);
     spec.topology = Topology::Single;
@@ -394,7 +380,6 @@ fn an_aborted_checkpoint_leaves_no_files() {
 /// checkpoint is the final one (10 s interval); the failure it arms fires when
 /// the sink finishes, after `CountAndSum::finish` ran in the same task.
 #[test]
-#[ignore = "BUG: CountAndSum::finish (crates/jobs/src/keyed_count.rs:98-110) merges into totals shared by every attempt; an attempt that fails after an instance finished is restarted and that instance's state is merged again, so the RESULT line double-counts"]
 fn the_result_checksum_survives_a_failure_after_finish() {
     let mut spec = RunSpec::from_seed(7_003, Guarantee::ExactlyOnce);
     spec.topology = Topology::Single;

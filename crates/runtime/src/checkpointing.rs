@@ -303,6 +303,9 @@ impl CoordinatorLoop {
                 self.dispatch(&action, final_checkpoint, &mut final_done);
             }
         }
+        // The job stopped (finished or failed): nothing in flight can complete.
+        self.coordinator
+            .abort_all("the job stopped", Instant::now());
         self.coordinator.completed().to_vec()
     }
 

@@ -1,0 +1,1137 @@
+//! The checkpoint coordinator as a pure state machine, and restore's choice of
+//! checkpoint.
+//!
+//! The coordinator does no I/O with tasks: these tests play the runtime. They
+//! trigger checkpoints with a clock of their own, `put` the task files an
+//! uploader would write, acknowledge or decline, and look at what the storage
+//! holds afterwards (through a wrapper that records every write and delete).
+//!
+//! What is held to account (issue 3, "Retention and cleanup" and "Recovery"):
+//! `_metadata` is written only once every task acknowledged, last, and with
+//! create-if-absent; checkpoint ids only grow; `retain N` keeps exactly the
+//! newest N completed checkpoints; aborted (declined, timed-out, subsumed)
+//! checkpoints' files are deleted; too many consecutive failures fail the job;
+//! late acknowledgements are ignored; no file of a retained checkpoint is ever
+//! deleted. `restore::load_latest` picks the newest checkpoint that verifies,
+//! falls back when it is damaged and names the damaged file when all are.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flowstate_checkpoint::coordinator::{
+    Coordinator, CoordinatorAction, CoordinatorSettings, TaskAck,
+};
+use flowstate_checkpoint::format::{KEYED_MAGIC, METADATA_MAGIC, seal};
+use flowstate_checkpoint::keyed_file::KEYED_FILE_VERSION;
+use flowstate_checkpoint::layout::{keyed_state_path, metadata_path};
+use flowstate_checkpoint::metadata::{
+    CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, OperatorListState, SnapshotKind,
+    SubtaskSnapshot,
+};
+use flowstate_checkpoint::restore::{completed_checkpoints, load, load_latest};
+use flowstate_checkpoint::storage::{CheckpointStorage, SharedStorage, StorageError, open_storage};
+use flowstate_checkpoint::{CheckpointError, CheckpointId};
+use flowstate_state::{KeyGroupRange, RedistributionMode};
+
+const MAX_PARALLELISM: u32 = 8;
+const INTERVAL: Duration = Duration::from_secs(1);
+const TIMEOUT: Duration = Duration::from_secs(30);
+const KEYED_UID: &str = "count";
+const SOURCE_UID: &str = "source";
+
+// ---------------------------------------------------------------------------
+// A storage that records what was written and deleted.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    Put(String),
+    PutIfAbsent(String),
+    Delete(String),
+    DeletePrefix(String),
+}
+
+struct Recording {
+    inner: SharedStorage,
+    log: Mutex<Vec<Op>>,
+}
+
+impl Recording {
+    fn log(&self) -> Vec<Op> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn record(&self, op: Op) {
+        self.log.lock().unwrap().push(op);
+    }
+}
+
+impl CheckpointStorage for Recording {
+    fn describe(&self) -> String {
+        format!("recording {}", self.inner.describe())
+    }
+    fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.record(Op::Put(path.to_owned()));
+        self.inner.put(path, bytes)
+    }
+    fn put_if_absent(&self, path: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.record(Op::PutIfAbsent(path.to_owned()));
+        self.inner.put_if_absent(path, bytes)
+    }
+    fn get(&self, path: &str) -> Result<Vec<u8>, StorageError> {
+        self.inner.get(path)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, path: &str) -> Result<(), StorageError> {
+        self.record(Op::Delete(path.to_owned()));
+        self.inner.delete(path)
+    }
+    fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
+        self.record(Op::DeletePrefix(prefix.to_owned()));
+        self.inner.delete_prefix(prefix)
+    }
+}
+
+/// A memory storage no other test uses.
+fn unique_memory() -> SharedStorage {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    open_storage(&format!(
+        "memory://coordinator-test-{}-{n}",
+        std::process::id()
+    ))
+    .unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Task files and acknowledgements, as an uploader would produce them.
+
+/// Writes the keyed state file of `task` for checkpoint `id` (key groups of
+/// instance `task` of `parallelism`, one section per key group) and returns
+/// the snapshot an uploader would acknowledge with.
+fn write_task_file(
+    storage: &dyn CheckpointStorage,
+    job: &str,
+    id: CheckpointId,
+    task: usize,
+    parallelism: u32,
+) -> SubtaskSnapshot {
+    let range = KeyGroupRange::for_operator(task as u32, parallelism, MAX_PARALLELISM);
+    let mut payload = Vec::new();
+    let mut groups = Vec::new();
+    for g in range.iter() {
+        let section = format!("{job}/{id}/{task}/g{g};").into_bytes();
+        groups.push(KeyGroupEntry {
+            key_group: g,
+            offset: 8 + payload.len() as u64,
+            length: section.len() as u64,
+            entries: 1,
+        });
+        payload.extend_from_slice(&section);
+    }
+    let sealed = seal(KEYED_MAGIC, KEYED_FILE_VERSION, &payload);
+    let crc32c = u32::from_le_bytes(sealed[sealed.len() - 4..].try_into().unwrap());
+    let path = keyed_state_path(job, id, KEYED_UID, task as u32);
+    let size = sealed.len() as u64;
+    storage.put(&path, sealed).unwrap();
+    SubtaskSnapshot {
+        subtask: task as u32,
+        keyed: Some(KeyedStateHandle {
+            file: FileRef { path, size, crc32c },
+            key_group_start: range.start,
+            key_group_end: range.end,
+            groups,
+        }),
+        lists: vec![OperatorListState {
+            name: "positions".into(),
+            mode: RedistributionMode::Split,
+            elements: vec![format!("{id}:{task}").into_bytes()],
+        }],
+    }
+}
+
+fn ack(id: CheckpointId, task: usize, snapshot: SubtaskSnapshot) -> TaskAck {
+    let bytes = snapshot.keyed.as_ref().map_or(0, |k| k.file.size);
+    TaskAck {
+        id,
+        task,
+        operators: vec![(KEYED_UID.into(), "Count and sum".into(), snapshot)],
+        bytes,
+        sync_pause: Duration::from_micros(10 + task as u64),
+        alignment: Duration::ZERO,
+    }
+}
+
+fn settings(retain: usize, tolerable_failures: u32, max_concurrent: usize) -> CoordinatorSettings {
+    CoordinatorSettings {
+        interval: INTERVAL,
+        timeout: TIMEOUT,
+        min_pause: Duration::ZERO,
+        max_concurrent,
+        tolerable_failures,
+        retain,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The test's stand-in for the runtime.
+
+struct Harness {
+    recording: Arc<Recording>,
+    storage: SharedStorage,
+    job: String,
+    tasks: usize,
+    coordinator: Coordinator,
+    t0: Instant,
+    clock: Duration,
+    /// Files written per checkpoint, with their content.
+    written: BTreeMap<CheckpointId, BTreeMap<String, Vec<u8>>>,
+}
+
+impl Harness {
+    fn new(job: &str, settings: CoordinatorSettings, tasks: usize) -> Self {
+        Self::on(unique_memory(), job, settings, tasks, None)
+    }
+
+    fn on(
+        inner: SharedStorage,
+        job: &str,
+        settings: CoordinatorSettings,
+        tasks: usize,
+        restored: Option<CheckpointId>,
+    ) -> Self {
+        let recording = Arc::new(Recording {
+            inner,
+            log: Mutex::new(Vec::new()),
+        });
+        let storage: SharedStorage = recording.clone();
+        let coordinator = Coordinator::new(
+            Arc::clone(&storage),
+            job,
+            settings,
+            tasks,
+            tasks as u32,
+            MAX_PARALLELISM,
+            restored,
+        );
+        Self {
+            recording,
+            storage,
+            job: job.to_owned(),
+            tasks,
+            coordinator,
+            // Taken after the coordinator: its own start is not later than this.
+            t0: Instant::now(),
+            clock: Duration::ZERO,
+            written: BTreeMap::new(),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.t0 + self.clock
+    }
+
+    fn advance(&mut self, by: Duration) -> Instant {
+        self.clock += by;
+        self.now()
+    }
+
+    /// Lets an interval pass and expects the tick to trigger a checkpoint.
+    fn trigger(&mut self) -> CheckpointId {
+        let now = self.advance(INTERVAL);
+        let actions = self.coordinator.tick(now);
+        match actions.as_slice() {
+            [
+                CoordinatorAction::Trigger {
+                    id,
+                    kind: SnapshotKind::Checkpoint,
+                },
+            ] => *id,
+            other => panic!("expected one Trigger, got {other:?}"),
+        }
+    }
+
+    /// What task `task` uploads for checkpoint `id`.
+    fn upload(&mut self, id: CheckpointId, task: usize) -> SubtaskSnapshot {
+        let snapshot = write_task_file(
+            self.storage.as_ref(),
+            &self.job,
+            id,
+            task,
+            self.tasks as u32,
+        );
+        let path = snapshot.keyed.as_ref().unwrap().file.path.clone();
+        let bytes = self.storage.get(&path).unwrap();
+        self.written.entry(id).or_default().insert(path, bytes);
+        snapshot
+    }
+
+    fn upload_and_ack(&mut self, id: CheckpointId, task: usize) -> Vec<CoordinatorAction> {
+        let snapshot = self.upload(id, task);
+        let now = self.advance(Duration::from_millis(1));
+        self.coordinator.on_ack(ack(id, task, snapshot), now)
+    }
+
+    /// Triggers a checkpoint and has every task acknowledge it; expects it to
+    /// complete with the last acknowledgement.
+    fn complete_one(&mut self) -> CheckpointId {
+        let id = self.trigger();
+        for task in 0..self.tasks {
+            let actions = self.upload_and_ack(id, task);
+            if task + 1 < self.tasks {
+                assert!(actions.is_empty(), "ack {task} of {id}: {actions:?}");
+            } else {
+                assert_eq!(
+                    actions.first(),
+                    Some(&CoordinatorAction::Complete { id }),
+                    "the last ack completes checkpoint {id}: {actions:?}"
+                );
+            }
+        }
+        id
+    }
+
+    fn decline(&mut self, id: CheckpointId) -> Vec<CoordinatorAction> {
+        let now = self.advance(Duration::from_millis(1));
+        self.coordinator.on_decline(id, "test declines".into(), now)
+    }
+
+    fn all_files(&self) -> BTreeSet<String> {
+        self.storage.list("").unwrap().into_iter().collect()
+    }
+
+    /// Ids of this job's checkpoints that have a `_metadata`.
+    fn completed_ids(&self) -> Vec<CheckpointId> {
+        let mut ids: Vec<CheckpointId> = completed_checkpoints(self.storage.as_ref())
+            .unwrap()
+            .into_iter()
+            .filter(|(job, _, _)| *job == self.job)
+            .map(|(_, id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Panics unless every file written for checkpoint `id`, and its metadata,
+    /// is still there with its content, and the checkpoint verifies.
+    fn assert_intact(&self, id: CheckpointId) {
+        for (path, bytes) in self.written.get(&id).into_iter().flatten() {
+            match self.storage.get(path) {
+                Ok(now) => assert_eq!(&now, bytes, "{path} changed"),
+                Err(e) => panic!("file {path} of retained checkpoint {id} is gone: {e}"),
+            }
+        }
+        let loaded = load(self.storage.as_ref(), &format!("{}/chk-{id}", self.job))
+            .unwrap_or_else(|e| panic!("retained checkpoint {id} does not load: {e}"));
+        assert_eq!(loaded.id(), id);
+    }
+
+    /// Panics unless nothing of checkpoint `id` is left in storage.
+    fn assert_gone(&self, id: CheckpointId) {
+        let left = self
+            .storage
+            .list(&format!("{}/chk-{id}/", self.job))
+            .unwrap();
+        assert!(
+            left.is_empty(),
+            "files of checkpoint {id} should be deleted: {left:?}"
+        );
+    }
+
+    fn metadata_ops(&self, id: CheckpointId) -> Vec<Op> {
+        let path = metadata_path(&self.job, id);
+        self.recording
+            .log()
+            .into_iter()
+            .filter(|op| match op {
+                Op::Put(p) | Op::PutIfAbsent(p) | Op::Delete(p) => *p == path,
+                Op::DeletePrefix(_) => false,
+            })
+            .collect()
+    }
+}
+
+fn is_abort(action: &CoordinatorAction, of: CheckpointId) -> bool {
+    matches!(action, CoordinatorAction::Abort { id, .. } if *id == of)
+}
+
+fn has_fail_job(actions: &[CoordinatorAction]) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, CoordinatorAction::FailJob { .. }))
+}
+
+// ---------------------------------------------------------------------------
+// Completion.
+
+/// `_metadata` appears only when the last task acknowledged, after every task
+/// file, and it is written with create-if-absent (never a plain put). Repeated
+/// acknowledgements of one task do not count twice.
+#[test]
+fn metadata_is_written_last_with_put_if_absent_once_every_task_acked() {
+    let mut h = Harness::new("job-a", settings(1, 3, 1), 3);
+    let id = h.trigger();
+    assert_eq!(id, 1, "checkpoint ids start at 1");
+    let meta = metadata_path(&h.job, id);
+
+    let snapshots: Vec<SubtaskSnapshot> = (0..3).map(|t| h.upload(id, t)).collect();
+    let now = h.advance(Duration::from_millis(5));
+    assert!(
+        h.coordinator
+            .on_ack(ack(id, 0, snapshots[0].clone()), now)
+            .is_empty()
+    );
+    assert!(
+        h.coordinator
+            .on_ack(ack(id, 0, snapshots[0].clone()), now)
+            .is_empty(),
+        "a repeated ack of task 0 must not count as another task"
+    );
+    assert!(
+        h.coordinator
+            .on_ack(ack(id, 2, snapshots[2].clone()), now)
+            .is_empty()
+    );
+    assert!(
+        matches!(h.storage.get(&meta), Err(StorageError::NotFound { .. })),
+        "_metadata must not exist before every task acknowledged"
+    );
+    assert!(h.coordinator.completed().is_empty());
+    assert_eq!(h.coordinator.in_flight(), 1);
+
+    let now = h.advance(INTERVAL);
+    let actions = h.coordinator.on_ack(ack(id, 1, snapshots[1].clone()), now);
+    assert_eq!(actions, vec![CoordinatorAction::Complete { id }]);
+    assert_eq!(h.coordinator.in_flight(), 0);
+
+    // Written once, with put_if_absent, after every task file.
+    assert_eq!(h.metadata_ops(id), vec![Op::PutIfAbsent(meta.clone())]);
+    let log = h.recording.log();
+    let meta_at = log
+        .iter()
+        .position(|op| *op == Op::PutIfAbsent(meta.clone()))
+        .unwrap();
+    for path in h.written[&id].keys() {
+        let file_at = log
+            .iter()
+            .position(|op| *op == Op::Put(path.clone()))
+            .unwrap();
+        assert!(file_at < meta_at, "{path} written after _metadata");
+    }
+
+    // What the metadata says.
+    let loaded = load(h.storage.as_ref(), &format!("job-a/chk-{id}")).unwrap();
+    let m = &loaded.metadata;
+    assert_eq!(
+        (
+            m.job_id.as_str(),
+            m.checkpoint_id,
+            m.kind,
+            m.max_parallelism
+        ),
+        ("job-a", id, SnapshotKind::Checkpoint, MAX_PARALLELISM)
+    );
+    assert_eq!(m.operators.len(), 1);
+    let op = &m.operators[0];
+    assert_eq!((op.uid.as_str(), op.parallelism), (KEYED_UID, 3));
+    assert_eq!(
+        op.subtasks, snapshots,
+        "subtask snapshots in subtask order, as acknowledged"
+    );
+
+    let stats = h.coordinator.completed();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0].id, id);
+    assert_eq!(
+        stats[0].bytes,
+        snapshots
+            .iter()
+            .map(|s| s.keyed.as_ref().unwrap().file.size)
+            .sum::<u64>()
+    );
+    assert_eq!(stats[0].sync_pause_max, Duration::from_micros(12));
+    h.assert_intact(id);
+}
+
+/// If a `_metadata` already exists for the id, the coordinator does not
+/// overwrite it and does not report the checkpoint complete.
+#[test]
+fn an_existing_metadata_is_never_overwritten() {
+    let mut h = Harness::new("job-a", settings(1, 3, 1), 2);
+    let meta = metadata_path(&h.job, 1);
+    h.storage
+        .put_if_absent(&meta, b"someone else's".to_vec())
+        .unwrap();
+    let id = h.trigger();
+    assert_eq!(id, 1);
+    assert!(h.upload_and_ack(id, 0).is_empty());
+    let actions = h.upload_and_ack(id, 1);
+    assert!(
+        !actions.contains(&CoordinatorAction::Complete { id }),
+        "completed although its metadata could not be written: {actions:?}"
+    );
+    assert!(actions.iter().any(|a| is_abort(a, id)), "{actions:?}");
+    assert!(
+        !h.metadata_ops(id).contains(&Op::Put(meta.clone())),
+        "_metadata must only be written with put_if_absent"
+    );
+    // The next one completes normally.
+    let next = h.complete_one();
+    assert_eq!(next, 2);
+    h.assert_intact(next);
+}
+
+/// Ids only grow: across declines, timeouts and completions, and after a
+/// restore they continue after the restored checkpoint's.
+#[test]
+fn checkpoint_ids_only_grow_and_continue_after_a_restore() {
+    let inner = unique_memory();
+    let mut h = Harness::on(Arc::clone(&inner), "job-a", settings(1, 10, 1), 2, None);
+    let mut ids = Vec::new();
+
+    let declined = h.trigger();
+    ids.push(declined);
+    let actions = h.decline(declined);
+    assert!(is_abort(&actions[0], declined), "{actions:?}");
+
+    let timed_out = h.trigger();
+    ids.push(timed_out);
+    assert!(h.upload_and_ack(timed_out, 0).is_empty());
+    let now = h.advance(TIMEOUT);
+    let actions = h.coordinator.tick_timeouts(now);
+    assert!(is_abort(&actions[0], timed_out), "{actions:?}");
+
+    for _ in 0..3 {
+        ids.push(h.complete_one());
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids must strictly increase: {ids:?}"
+    );
+    assert_eq!(ids[0], 1);
+    let last = *ids.last().unwrap();
+    assert_eq!(h.completed_ids(), vec![last]);
+
+    // A new coordinator of the same job, restored from `last`.
+    let mut restored = Harness::on(inner, "job-a", settings(1, 10, 1), 2, Some(last));
+    restored.written = h.written.clone();
+    let next = restored.complete_one();
+    assert_eq!(next, last + 1, "ids continue after the restored checkpoint");
+    // The restored checkpoint stays retained until a newer one replaced it.
+    assert_eq!(restored.completed_ids(), vec![next]);
+    restored.assert_gone(last);
+    restored.assert_intact(next);
+}
+
+/// No checkpoint starts before the interval passed, nor while one is in
+/// flight (one in flight by default).
+#[test]
+fn triggers_respect_the_interval_and_one_in_flight() {
+    let mut h = Harness::new("job-a", settings(1, 3, 1), 1);
+    let now = h.advance(INTERVAL / 2);
+    assert!(h.coordinator.tick(now).is_empty(), "triggered too early");
+    let id = h.trigger();
+    let now = h.advance(INTERVAL * 5);
+    assert!(
+        h.coordinator.tick(now).is_empty(),
+        "a second checkpoint started while {id} is in flight"
+    );
+    assert_eq!(h.coordinator.next_trigger_at(now), None);
+    assert!(
+        h.coordinator
+            .trigger_now(SnapshotKind::Checkpoint, now)
+            .is_none()
+    );
+    let actions = h.upload_and_ack(id, 0);
+    assert_eq!(actions, vec![CoordinatorAction::Complete { id }]);
+    assert!(h.coordinator.next_trigger_at(h.now()).is_some());
+}
+
+// ---------------------------------------------------------------------------
+// Retention.
+
+/// `retain N` keeps exactly the newest N completed checkpoints, whole, and
+/// deletes everything of older ones.
+#[test]
+fn retain_n_keeps_exactly_the_newest_n_completed_checkpoints() {
+    for retain in 1..=3usize {
+        let mut h = Harness::new(&format!("job-r{retain}"), settings(retain, 3, 1), 2);
+        for k in 1..=7u64 {
+            let id = h.complete_one();
+            assert_eq!(id, k);
+            let first_kept = (k + 1).saturating_sub(retain as u64).max(1);
+            let expected: Vec<u64> = (first_kept..=k).collect();
+            assert_eq!(
+                h.completed_ids(),
+                expected,
+                "retain {retain}, after checkpoint {k}"
+            );
+            for kept in first_kept..=k {
+                h.assert_intact(kept);
+            }
+            for old in 1..first_kept {
+                h.assert_gone(old);
+            }
+        }
+        // Nothing else lies around.
+        let expected_files: BTreeSet<String> = (8 - retain as u64..=7)
+            .flat_map(|id| {
+                let mut files: Vec<String> = h.written[&id].keys().cloned().collect();
+                files.push(metadata_path(&h.job, id));
+                files
+            })
+            .collect();
+        assert_eq!(h.all_files(), expected_files, "retain {retain}");
+        // Metadata of an old checkpoint goes before its files: a half-deleted
+        // checkpoint must never look complete.
+        let log = h.recording.log();
+        let meta_deleted = log
+            .iter()
+            .position(|op| *op == Op::Delete(metadata_path(&h.job, 1)))
+            .expect("metadata of checkpoint 1 deleted");
+        let files_deleted = log
+            .iter()
+            .position(|op| matches!(op, Op::DeletePrefix(p) if p.contains("/chk-1/")))
+            .expect("files of checkpoint 1 deleted");
+        assert!(meta_deleted < files_deleted);
+    }
+}
+
+/// Checkpoint ids that share a prefix (1, 10, 11, 12) are different
+/// directories: deleting checkpoint 1 or 2 never touches 10, 11 or 12. On a
+/// local directory and in memory.
+#[test]
+fn retention_never_deletes_a_file_of_a_retained_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local = open_storage(tmp.path().to_str().unwrap()).unwrap();
+    for inner in [local, unique_memory()] {
+        let name = inner.describe();
+        let mut h = Harness::on(inner, "job-p", settings(10, 3, 1), 3, None);
+        for _ in 0..12 {
+            h.complete_one();
+        }
+        assert_eq!(h.completed_ids(), (3..=12).collect::<Vec<_>>(), "{name}");
+        for id in 3..=12 {
+            h.assert_intact(id);
+        }
+        h.assert_gone(1);
+        h.assert_gone(2);
+        // Abort one in flight, then stop: retained ones stay.
+        let id = h.trigger();
+        h.upload_and_ack(id, 0);
+        let now = h.advance(Duration::from_millis(1));
+        h.coordinator.abort_all("job stops", now);
+        h.assert_gone(id);
+        for id in 3..=12 {
+            h.assert_intact(id);
+        }
+    }
+}
+
+/// A process that resumes a job (`--restore latest` after a crash or a
+/// restart) continues that job's retention: with `retain 2`, the checkpoints
+/// the earlier process retained count, and once newer ones completed only the
+/// newest 2 remain. Likewise what a crashed process left half-done (files of
+/// an in-flight checkpoint, without `_metadata`) does not stay for ever, and
+/// ids never go back.
+#[test]
+fn a_resumed_job_keeps_exactly_retain_checkpoints() {
+    let inner = unique_memory();
+    let mut first = Harness::on(Arc::clone(&inner), "job-c", settings(2, 3, 1), 2, None);
+    for _ in 0..4 {
+        first.complete_one();
+    }
+    assert_eq!(first.completed_ids(), vec![3, 4]);
+    // Killed while checkpoint 5 was being uploaded.
+    let in_flight = first.trigger();
+    assert_eq!(in_flight, 5);
+    first.upload(in_flight, 0);
+
+    // The next process restores 4 and continues the job.
+    let mut second = Harness::on(inner, "job-c", settings(2, 3, 1), 2, Some(4));
+    second.written = first.written.clone();
+    let ids: Vec<CheckpointId> = (0..3).map(|_| second.complete_one()).collect();
+    assert!(ids[0] > 4, "ids continue after the restored one: {ids:?}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let newest_two = ids[1..].to_vec();
+    assert_eq!(
+        second.completed_ids(),
+        newest_two,
+        "retain 2 must hold across processes"
+    );
+    for id in &newest_two {
+        second.assert_intact(*id);
+    }
+    for old in 1..=5 {
+        if !ids.contains(&old) {
+            second.assert_gone(old);
+        }
+    }
+    let stray: Vec<String> = second
+        .all_files()
+        .into_iter()
+        .filter(|p| {
+            !newest_two
+                .iter()
+                .any(|id| p.starts_with(&format!("job-c/chk-{id}/")))
+        })
+        .collect();
+    assert!(stray.is_empty(), "left behind: {stray:?}");
+}
+
+/// A job restored from another job's checkpoint (`--restore PATH` starts a new
+/// job id) must not delete that job's files when its own retention moves on.
+#[test]
+fn retention_never_deletes_the_checkpoint_of_another_job_it_was_restored_from() {
+    let inner = unique_memory();
+    let mut old = Harness::on(Arc::clone(&inner), "job-old", settings(1, 3, 1), 2, None);
+    for _ in 0..5 {
+        old.complete_one();
+    }
+    old.assert_intact(5);
+
+    let mut new = Harness::on(inner, "job-new", settings(1, 3, 1), 2, Some(5));
+    for _ in 0..3 {
+        new.complete_one();
+    }
+    assert_eq!(new.completed_ids(), vec![8]);
+    old.assert_intact(5);
+}
+
+// ---------------------------------------------------------------------------
+// Aborts.
+
+/// A declined checkpoint is aborted and its files are deleted; completed ones
+/// stay. A decline of an id that is not in flight changes nothing.
+#[test]
+fn a_declined_checkpoint_is_aborted_and_its_files_deleted() {
+    let mut h = Harness::new("job-d", settings(1, 3, 1), 3);
+    let kept = h.complete_one();
+
+    let id = h.trigger();
+    assert!(h.upload_and_ack(id, 0).is_empty());
+    h.upload(id, 1); // written, then the task declines
+    let actions = h.decline(id);
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert!(is_abort(&actions[0], id), "{actions:?}");
+    h.assert_gone(id);
+    assert!(
+        h.metadata_ops(id).is_empty(),
+        "no metadata for an aborted one"
+    );
+    h.assert_intact(kept);
+    assert_eq!(h.coordinator.failed_count(), 1);
+
+    // Declining something not in flight (completed, aborted, future) is ignored.
+    for unknown in [kept, id, id + 5] {
+        assert!(h.decline(unknown).is_empty());
+    }
+    h.assert_intact(kept);
+    assert_eq!(h.completed_ids(), vec![kept]);
+    // And the next checkpoint proceeds.
+    let next = h.complete_one();
+    assert_eq!(h.completed_ids(), vec![next]);
+}
+
+/// A checkpoint not complete within the timeout is aborted and its files are
+/// deleted.
+#[test]
+fn a_timed_out_checkpoint_is_aborted_and_its_files_deleted() {
+    let mut h = Harness::new("job-t", settings(2, 3, 1), 2);
+    let kept = h.complete_one();
+    let id = h.trigger();
+    assert!(h.upload_and_ack(id, 0).is_empty());
+    h.upload(id, 1); // uploaded but never acknowledged
+
+    let almost = h.advance(TIMEOUT - Duration::from_millis(10));
+    assert!(
+        h.coordinator.tick_timeouts(almost).is_empty(),
+        "aborted before the timeout"
+    );
+    let now = h.advance(Duration::from_millis(20));
+    let actions = h.coordinator.tick(now);
+    assert!(
+        actions.iter().any(|a| is_abort(a, id)),
+        "not aborted after the timeout: {actions:?}"
+    );
+    h.assert_gone(id);
+    h.assert_intact(kept);
+    assert_eq!(h.completed_ids(), vec![kept]);
+}
+
+/// With two in flight, completing the newer one aborts (subsumes) the older
+/// one and deletes its files, never the newer one's.
+#[test]
+fn a_subsumed_checkpoint_is_aborted_without_touching_the_newer_one() {
+    let mut h = Harness::new("job-s", settings(1, 3, 2), 2);
+    let now = h.advance(INTERVAL);
+    let first = match h.coordinator.trigger_now(SnapshotKind::Checkpoint, now) {
+        Some(CoordinatorAction::Trigger { id, .. }) => id,
+        other => panic!("{other:?}"),
+    };
+    let second = match h.coordinator.trigger_now(SnapshotKind::Checkpoint, now) {
+        Some(CoordinatorAction::Trigger { id, .. }) => id,
+        other => panic!("{other:?}"),
+    };
+    assert!(second > first);
+    assert!(h.upload_and_ack(first, 0).is_empty());
+    let late_snapshot = h.upload(first, 1);
+    assert!(h.upload_and_ack(second, 0).is_empty());
+    let actions = h.upload_and_ack(second, 1);
+    assert_eq!(actions[0], CoordinatorAction::Complete { id: second });
+    assert!(
+        actions.iter().any(|a| is_abort(a, first)),
+        "the older checkpoint is subsumed: {actions:?}"
+    );
+    h.assert_gone(first);
+    h.assert_intact(second);
+    // Its last ack arrives late: ignored.
+    let now = h.advance(Duration::from_millis(1));
+    assert!(
+        h.coordinator
+            .on_ack(ack(first, 1, late_snapshot), now)
+            .is_empty()
+    );
+    assert_eq!(h.completed_ids(), vec![second]);
+}
+
+/// More consecutive failures than tolerated fail the job; a completed
+/// checkpoint resets the count.
+#[test]
+fn exceeding_tolerable_failures_fails_the_job() {
+    // Tolerate 2: the third consecutive failure fails the job.
+    let mut h = Harness::new("job-f", settings(1, 2, 1), 2);
+    for n in 1..=3 {
+        let id = h.trigger();
+        let actions = h.decline(id);
+        assert!(is_abort(&actions[0], id));
+        assert_eq!(
+            has_fail_job(&actions),
+            n == 3,
+            "failure {n} of tolerated 2: {actions:?}"
+        );
+    }
+
+    // A success in between resets the count; timeouts count like declines.
+    let mut h = Harness::new("job-g", settings(1, 2, 1), 2);
+    for _ in 0..2 {
+        let id = h.trigger();
+        assert!(!has_fail_job(&h.decline(id)));
+    }
+    h.complete_one();
+    for n in 1..=3 {
+        let id = h.trigger();
+        let now = h.advance(TIMEOUT);
+        let actions = h.coordinator.tick_timeouts(now);
+        assert!(is_abort(&actions[0], id), "{actions:?}");
+        assert_eq!(has_fail_job(&actions), n == 3, "{actions:?}");
+    }
+
+    // Tolerate 0: the first failure fails the job.
+    let mut h = Harness::new("job-z", settings(1, 0, 1), 1);
+    let id = h.trigger();
+    assert!(has_fail_job(&h.decline(id)));
+}
+
+/// Acknowledgements of an aborted checkpoint that arrive late are ignored:
+/// it never completes, no metadata is written, and later checkpoints proceed.
+#[test]
+fn a_late_ack_of_an_aborted_checkpoint_is_ignored() {
+    let mut h = Harness::new("job-l", settings(1, 3, 1), 3);
+    let id = h.trigger();
+    assert!(h.upload_and_ack(id, 0).is_empty());
+    let now = h.advance(TIMEOUT);
+    assert!(is_abort(&h.coordinator.tick_timeouts(now)[0], id));
+    for task in [1, 2, 0] {
+        let actions = h.upload_and_ack(id, task);
+        assert!(actions.is_empty(), "late ack of task {task}: {actions:?}");
+    }
+    assert!(h.metadata_ops(id).is_empty(), "metadata of an aborted one");
+    assert!(h.completed_ids().is_empty());
+    assert!(h.coordinator.completed().is_empty());
+    let next = h.complete_one();
+    assert!(next > id);
+    assert_eq!(h.completed_ids(), vec![next]);
+    h.assert_intact(next);
+}
+
+/// The files a slow uploader writes after its checkpoint was aborted (it then
+/// acknowledges late) are files of an aborted checkpoint: they must not stay
+/// in storage for ever.
+#[test]
+fn files_of_a_late_ack_of_an_aborted_checkpoint_are_removed() {
+    let mut h = Harness::new("job-m", settings(1, 3, 1), 2);
+    let id = h.trigger();
+    assert!(h.upload_and_ack(id, 0).is_empty());
+    let now = h.advance(TIMEOUT);
+    assert!(is_abort(&h.coordinator.tick_timeouts(now)[0], id));
+    // Task 1's uploader was still writing: its file lands after the abort.
+    assert!(h.upload_and_ack(id, 1).is_empty());
+    let kept = h.complete_one();
+    h.assert_intact(kept);
+    h.assert_gone(id);
+}
+
+// ---------------------------------------------------------------------------
+// Restore: which checkpoint, and what it gives back.
+
+/// Flips one byte in the middle of `path`.
+fn flip_byte(storage: &dyn CheckpointStorage, path: &str) {
+    let mut bytes = storage.get(path).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x01;
+    storage.put(path, bytes).unwrap();
+}
+
+fn truncate(storage: &dyn CheckpointStorage, path: &str) {
+    let mut bytes = storage.get(path).unwrap();
+    bytes.truncate(bytes.len() - 3);
+    storage.put(path, bytes).unwrap();
+}
+
+fn latest_id(storage: &dyn CheckpointStorage) -> Option<CheckpointId> {
+    load_latest(storage)
+        .unwrap_or_else(|e| panic!("load_latest failed: {e}"))
+        .map(|c| c.id())
+}
+
+#[test]
+fn load_latest_with_nothing_to_restore_is_none() {
+    let storage = unique_memory();
+    assert!(load_latest(storage.as_ref()).unwrap().is_none());
+    // Files without a `_metadata` are not a checkpoint.
+    write_task_file(storage.as_ref(), "job-x", 1, 0, 1);
+    assert!(load_latest(storage.as_ref()).unwrap().is_none());
+}
+
+/// The newest checkpoint that verifies is restored; a damaged, truncated,
+/// incomplete or unreadable newest one makes restore fall back to the next
+/// older one; when all are damaged, the error names the damaged file.
+#[test]
+fn load_latest_picks_the_newest_verifiable_checkpoint_and_falls_back() {
+    let mut h = Harness::new("job-q", settings(5, 3, 1), 2);
+    for _ in 0..11 {
+        h.complete_one();
+    }
+    let storage = Arc::clone(&h.storage);
+    let s = storage.as_ref();
+    // Numeric, not textual, order: 11 is newer than 9.
+    assert_eq!(h.completed_ids(), vec![7, 8, 9, 10, 11]);
+    assert_eq!(latest_id(s), Some(11));
+
+    // A checkpoint in flight (files, no metadata) is not a candidate.
+    write_task_file(s, "job-q", 12, 0, 2);
+    assert_eq!(latest_id(s), Some(11));
+
+    let file_of = |id: CheckpointId, task: u32| keyed_state_path("job-q", id, KEYED_UID, task);
+
+    flip_byte(s, &file_of(11, 1));
+    assert_eq!(latest_id(s), Some(10), "flipped byte in a task file");
+    let err = load(s, "job-q/chk-11").err().expect("damaged chk-11 loads");
+    assert!(
+        matches!(&err, CheckpointError::Corrupt { path, .. } if *path == file_of(11, 1)),
+        "{err}"
+    );
+
+    truncate(s, &file_of(10, 0));
+    assert_eq!(latest_id(s), Some(9), "truncated task file");
+    let err = load(s, "job-q/chk-10/").err().unwrap().to_string();
+    assert!(err.contains(&file_of(10, 0)), "{err}");
+
+    s.delete(&file_of(9, 1)).unwrap();
+    assert_eq!(latest_id(s), Some(8), "missing task file");
+    let err = load(s, "job-q/chk-9").err().unwrap().to_string();
+    assert!(err.contains(&file_of(9, 1)), "{err}");
+
+    flip_byte(s, &metadata_path("job-q", 8));
+    assert_eq!(latest_id(s), Some(7), "flipped byte in _metadata");
+    let err = load(s, &metadata_path("job-q", 8))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains(&metadata_path("job-q", 8)), "{err}");
+
+    // A metadata of a format version this build does not know.
+    let newer = load(s, "job-q/chk-7").unwrap().metadata;
+    let json = serde_json::to_vec(&newer).unwrap();
+    s.delete(&metadata_path("job-q", 7)).unwrap();
+    s.put_if_absent(&metadata_path("job-q", 7), seal(METADATA_MAGIC, 99, &json))
+        .unwrap();
+    let err = load(s, "job-q/chk-7").err().unwrap();
+    assert!(
+        matches!(&err, CheckpointError::UnsupportedVersion { found: 99, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&metadata_path("job-q", 7)),
+        "{err}"
+    );
+
+    // Every one damaged: an error naming the damage of the newest.
+    match load_latest(s) {
+        Ok(found) => panic!(
+            "restored {:?} although every checkpoint is damaged",
+            found.map(|c| c.id())
+        ),
+        Err(e) => assert!(e.to_string().contains(&file_of(11, 1)), "{e}"),
+    }
+}
+
+/// Within one job a higher id is always the newer checkpoint (ids only grow),
+/// whatever the wall clock said when it was written: after the clock stepped
+/// back, restoring the older one would replay records whose output the newer
+/// one already committed (duplicates in exactly-once output).
+#[test]
+fn load_latest_within_a_job_goes_by_id_not_by_wall_clock() {
+    let mut h = Harness::new("job-w", settings(2, 3, 1), 2);
+    h.complete_one();
+    let newer = h.complete_one();
+    let older = newer - 1;
+    let s = h.storage.as_ref();
+    let older_created = load(s, &format!("job-w/chk-{older}"))
+        .unwrap()
+        .metadata
+        .created_unix_ms;
+    // chk-`newer` was written after the clock stepped back by 5 seconds.
+    let mut metadata = load(s, &format!("job-w/chk-{newer}")).unwrap().metadata;
+    metadata.created_unix_ms = older_created - 5_000;
+    let path = metadata_path("job-w", newer);
+    s.delete(&path).unwrap();
+    s.put_if_absent(&path, metadata.encode().unwrap()).unwrap();
+    assert_eq!(latest_id(s), Some(newer));
+}
+
+/// A metadata truncated to nothing, or to a part of itself, is refused.
+#[test]
+fn load_detects_a_truncated_metadata() {
+    let mut h = Harness::new("job-u", settings(2, 3, 1), 1);
+    h.complete_one();
+    h.complete_one();
+    let s = h.storage.as_ref();
+    let meta = metadata_path("job-u", 2);
+    let full = s.get(&meta).unwrap();
+    for len in [0, 4, 11, full.len() / 2, full.len() - 1] {
+        s.delete(&meta).unwrap();
+        s.put_if_absent(&meta, full[..len].to_vec()).unwrap();
+        let err = load(s, "job-u/chk-2")
+            .err()
+            .expect("truncated metadata loads");
+        assert!(err.to_string().contains(&meta), "{len} bytes: {err}");
+        assert_eq!(latest_id(s), Some(1), "{len} bytes");
+    }
+}
+
+/// Key groups of a checkpoint taken at parallelism 2 are dealt to 3 (and 1)
+/// new instances by range, each exactly once; split lists are dealt so that
+/// every element lands on exactly one new instance; union lists go whole to
+/// every instance.
+#[test]
+fn a_loaded_checkpoint_deals_state_out_to_another_parallelism() {
+    let storage = unique_memory();
+    let job = "job-scale";
+    let mut coordinator = Coordinator::new(
+        Arc::clone(&storage),
+        job,
+        settings(1, 3, 1),
+        2,
+        2,
+        MAX_PARALLELISM,
+        None,
+    );
+    let now = Instant::now();
+    let id = match coordinator.trigger_now(SnapshotKind::Checkpoint, now) {
+        Some(CoordinatorAction::Trigger { id, .. }) => id,
+        other => panic!("{other:?}"),
+    };
+    let mut all_positions = Vec::new();
+    for task in 0..2usize {
+        let keyed = write_task_file(storage.as_ref(), job, id, task, 2);
+        let positions: Vec<Vec<u8>> = (0..(3 + task))
+            .map(|i| format!("split-{task}-{i}").into_bytes())
+            .collect();
+        all_positions.extend(positions.clone());
+        let source = SubtaskSnapshot {
+            subtask: task as u32,
+            keyed: None,
+            lists: vec![
+                OperatorListState {
+                    name: "positions".into(),
+                    mode: RedistributionMode::Split,
+                    elements: positions,
+                },
+                OperatorListState {
+                    name: "everyone".into(),
+                    mode: RedistributionMode::Union,
+                    elements: vec![format!("union-{task}").into_bytes()],
+                },
+            ],
+        };
+        let mut a = ack(id, task, keyed);
+        a.operators
+            .push((SOURCE_UID.into(), "Source".into(), source));
+        let actions = coordinator.on_ack(a, now);
+        assert_eq!(actions.is_empty(), task == 0, "{actions:?}");
+    }
+    let loaded = load_latest(storage.as_ref()).unwrap().unwrap();
+    assert_eq!(loaded.id(), id);
+    assert!(loaded.has_operator(KEYED_UID) && loaded.has_operator(SOURCE_UID));
+    assert!(!loaded.has_operator("nobody"));
+
+    for parallelism in [1u32, 2, 3, 5] {
+        let mut groups_seen = Vec::new();
+        let mut positions_seen = Vec::new();
+        for index in 0..parallelism {
+            let range = KeyGroupRange::for_operator(index, parallelism, MAX_PARALLELISM);
+            let restored = loaded.keyed_state(KEYED_UID, range).unwrap();
+            for (g, bytes) in &restored.groups {
+                assert!(range.contains(*g), "group {g} outside {range}");
+                let owner = (0..2u32)
+                    .find(|t| KeyGroupRange::for_operator(*t, 2, MAX_PARALLELISM).contains(*g))
+                    .unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(bytes),
+                    format!("{job}/{id}/{owner}/g{g};")
+                );
+                groups_seen.push(*g);
+            }
+            let lists = loaded.operator_lists(SOURCE_UID, index, parallelism);
+            let split = lists.iter().find(|l| l.name == "positions").unwrap();
+            positions_seen.extend(split.elements.clone());
+            let union = lists.iter().find(|l| l.name == "everyone").unwrap();
+            assert_eq!(
+                union.elements,
+                vec![b"union-0".to_vec(), b"union-1".to_vec()],
+                "union lists go whole to every instance"
+            );
+        }
+        groups_seen.sort_unstable();
+        assert_eq!(
+            groups_seen,
+            (0..MAX_PARALLELISM).collect::<Vec<_>>(),
+            "parallelism {parallelism}: every key group exactly once"
+        );
+        positions_seen.sort();
+        let mut expected = all_positions.clone();
+        expected.sort();
+        assert_eq!(
+            positions_seen, expected,
+            "parallelism {parallelism}: every split position exactly once"
+        );
+    }
+}
+
+/// The metadata a coordinator writes decodes to what a reader expects, and
+/// its own encoding is stable (decode(encode(m)) == m).
+#[test]
+fn metadata_round_trips() {
+    let mut h = Harness::new("job-rt", settings(1, 3, 1), 2);
+    let id = h.complete_one();
+    let bytes = h.storage.get(&metadata_path("job-rt", id)).unwrap();
+    let decoded = CheckpointMetadata::decode("m", &bytes).unwrap();
+    let again = CheckpointMetadata::decode("m", &decoded.encode().unwrap()).unwrap();
+    assert_eq!(decoded, again);
+    assert_eq!(decoded.state_bytes(), h.coordinator.completed()[0].bytes);
+}
