@@ -573,10 +573,10 @@ fn unknown_job_and_unknown_flags_are_rejected() {
                 "keyed-count",
                 "--records",
                 "10",
-                "--checkpoint-interval",
-                "1s",
+                "--savepoint-dir",
+                "x",
             ],
-            "--checkpoint-interval",
+            "--savepoint-dir",
         ),
         (
             &["run", "keyed-count", "--records", "10", "--no-such-flag"],
