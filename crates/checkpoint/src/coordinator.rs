@@ -198,7 +198,27 @@ impl Coordinator {
         if let Some(highest) = seen.iter().next_back() {
             self.next_id = self.next_id.max(highest + 1);
         }
-        let mut retained: Vec<CheckpointId> = completed.into_iter().collect();
+        // Completed checkpoints newer than the restored one are ones the restore
+        // skipped as damaged: they can never be restored, and must not take a
+        // retention place from a good one.
+        let restored = self.retained.back().copied();
+        let mut retained: Vec<CheckpointId> = Vec::new();
+        for id in completed {
+            if restored.is_some_and(|r| id > r) {
+                tracing::warn!(
+                    checkpoint = id,
+                    "deleting a checkpoint the restore skipped as damaged"
+                );
+                if let Err(e) = self
+                    .storage
+                    .delete_prefix(&checkpoint_dir(&self.job_id, id))
+                {
+                    tracing::warn!(checkpoint = id, "cannot delete it: {e}");
+                }
+            } else {
+                retained.push(id);
+            }
+        }
         for id in self.retained.drain(..) {
             if !retained.contains(&id) {
                 retained.push(id);

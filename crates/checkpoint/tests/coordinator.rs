@@ -687,7 +687,6 @@ fn a_resumed_job_keeps_exactly_retain_checkpoints() {
 /// the good one it restored: with `retain 2`, after the next checkpoint both
 /// retained checkpoints must be restorable.
 #[test]
-#[ignore = "BUG: Coordinator::adopt_existing (coordinator.rs) adopts every `_metadata` of the job as retained without regard to the restored id, so a damaged newer checkpoint takes a retention slot and the good restored one is deleted first"]
 fn a_resumed_job_does_not_retain_a_damaged_checkpoint_over_the_restored_one() {
     let inner = unique_memory();
     let mut first = Harness::on(Arc::clone(&inner), "job-b", settings(2, 3, 1), 2, None);

@@ -144,6 +144,23 @@ fn parse_interval(text: &str) -> Result<Interval, String> {
     Ok(Interval::Every(every))
 }
 
+/// `--restore PATH` names a checkpoint relative to `--checkpoint-dir`; a local
+/// absolute path (or `file://` URL) inside that directory is accepted too.
+fn restore_path(path: &str, checkpoint_dir: &str) -> Result<String> {
+    let local = |p: &str| p.strip_prefix("file://").unwrap_or(p).to_owned();
+    let (given, root) = (local(path), local(checkpoint_dir));
+    if !given.starts_with('/') {
+        return Ok(given);
+    }
+    let root = std::path::absolute(&root).unwrap_or_else(|_| PathBuf::from(&root));
+    match std::path::Path::new(&given).strip_prefix(&root) {
+        Ok(relative) => Ok(relative.display().to_string()),
+        Err(_) => bail!(
+            "--restore {path} is not inside --checkpoint-dir {checkpoint_dir}: give the checkpoint relative to it (e.g. <job-id>/chk-<n>)"
+        ),
+    }
+}
+
 impl RuntimeArgs {
     fn config(&self, job: &str) -> Result<ExecutionConfig> {
         let cpus = std::thread::available_parallelism()
@@ -196,7 +213,7 @@ impl RuntimeArgs {
                     restore: match self.restore.as_deref() {
                         None => RestoreFrom::Nothing,
                         Some("latest") => RestoreFrom::Latest,
-                        Some(path) => RestoreFrom::Path(path.to_owned()),
+                        Some(path) => RestoreFrom::Path(restore_path(path, &dir)?),
                     },
                     restart: RestartStrategy {
                         attempts: self.restart_attempts,

@@ -914,7 +914,6 @@ fn restore_latest_takes_the_newest_checkpoint_not_the_highest_id() {
 /// next run (`--restore latest` finds no checkpoint and starts fresh) must
 /// remove them: after a successful run only committed files remain.
 #[test]
-#[ignore = "BUG: FileSink::create_writer (connectors/src/file.rs) runs recover() only when restored sink state exists; a fresh start never deletes orphaned .part-*.inprogress files of a killed run"]
 fn a_fresh_start_after_a_kill_removes_orphaned_in_progress_files() {
     let tmp = tempdir();
     let (out, ck, logs) = (

@@ -306,8 +306,8 @@ fn sync_dir(dir: &Path) -> Result<(), ConnectorError> {
 }
 
 /// After a restore: publish what the restored checkpoint committed, delete
-/// in-progress files it does not know (only those starting with `only`, if given).
-fn recover(dir: &Path, restored: &[Vec<u8>], only: Option<&str>) -> Result<(), ConnectorError> {
+/// in-progress files it does not know.
+fn recover(dir: &Path, restored: &[Vec<u8>]) -> Result<(), ConnectorError> {
     let mut known = std::collections::HashSet::new();
     for element in restored {
         let file: PendingFile = serde_json::from_slice(element).map_err(|e| {
@@ -322,12 +322,7 @@ fn recover(dir: &Path, restored: &[Vec<u8>], only: Option<&str>) -> Result<(), C
     })?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = only.is_none_or(|prefix| name.starts_with(prefix));
-        if ours
-            && name.starts_with(".part-")
-            && name.ends_with(".inprogress")
-            && !known.contains(&name)
-        {
+        if name.starts_with(".part-") && name.ends_with(".inprogress") && !known.contains(&name) {
             std::fs::remove_file(entry.path()).map_err(|e| write_error(&entry.path(), e))?;
         }
     }
@@ -340,22 +335,18 @@ impl<T: Data + Display> Sink<T> for FileSink {
             .writers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if subtask.index == 0 {
-            // Writers are all created before any of them writes. Instance 0
-            // cleans up first: after a restore it publishes the restored pending
-            // files (every instance receives all of them: union state) and
-            // deletes in-progress files no checkpoint knows; after a restart
-            // without a checkpoint it deletes this sink's earlier in-progress files.
-            match subtask
+            // Writers are all created before any of them writes, so instance 0
+            // cleans up first: it publishes the pending files of a restored
+            // checkpoint (every instance receives all of them: union state) and
+            // deletes every in-progress file no checkpoint knows: files of a
+            // failed attempt or of a killed run, whose records the replay writes
+            // again. An output directory belongs to one job.
+            let restored = subtask
                 .restored
                 .as_ref()
                 .and_then(|r| r.list(PENDING_STATE))
-            {
-                Some(restored) => recover(&self.dir, restored, None)?,
-                None if generation > 0 => {
-                    recover(&self.dir, &[], Some(&format!(".part-{}-", self.run)))?
-                }
-                None => {}
-            }
+                .unwrap_or(&[]);
+            recover(&self.dir, restored)?;
         }
         Ok(Box::new(FileWriter {
             dir: self.dir.clone(),
