@@ -22,7 +22,7 @@ use flowstate_runtime::{
 };
 use flowstate_state::RedistributionMode;
 
-use crate::ConnectorError;
+use crate::{ConnectorError, list_state};
 
 /// Longest accepted line, in bytes (a limit on everything: a file without line
 /// breaks must not exhaust memory).
@@ -96,19 +96,9 @@ impl Source<String> for TextLinesSource {
         &self,
         subtask: &SubtaskInfo,
     ) -> Result<Box<dyn SourceReader<String>>, UserError> {
-        let positions = match subtask
-            .restored
-            .as_ref()
-            .and_then(|r| r.list(FILE_POSITIONS_STATE))
-        {
-            // Positions from a checkpoint, already dealt out to this instance.
-            Some(elements) => elements
-                .iter()
-                .map(|e| serde_json::from_slice::<FilePosition>(e))
-                .collect::<Result<_, _>>()
-                .map_err(|e| {
-                    ConnectorError::Config(format!("restored file position is damaged: {e}"))
-                })?,
+        // Positions from a checkpoint arrive already dealt out to this instance.
+        let positions = match list_state::decode::<FilePosition>(subtask, FILE_POSITIONS_STATE)? {
+            Some(restored) => restored.into(),
             None => self
                 .files
                 .iter()
@@ -215,16 +205,11 @@ impl SourceReader<String> for TextLinesReader {
     }
 
     fn snapshot(&mut self) -> Result<Vec<OperatorListState>, UserError> {
-        let elements = self
-            .positions
-            .iter()
-            .map(serde_json::to_vec)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(vec![OperatorListState {
-            name: FILE_POSITIONS_STATE.into(),
-            mode: RedistributionMode::Split,
-            elements,
-        }])
+        list_state::encode(
+            FILE_POSITIONS_STATE,
+            RedistributionMode::Split,
+            &self.positions,
+        )
     }
 }
 
@@ -307,12 +292,9 @@ fn sync_dir(dir: &Path) -> Result<(), ConnectorError> {
 
 /// After a restore: publish what the restored checkpoint committed, delete
 /// in-progress files it does not know.
-fn recover(dir: &Path, restored: &[Vec<u8>]) -> Result<(), ConnectorError> {
+fn recover(dir: &Path, restored: Vec<PendingFile>) -> Result<(), ConnectorError> {
     let mut known = std::collections::HashSet::new();
-    for element in restored {
-        let file: PendingFile = serde_json::from_slice(element).map_err(|e| {
-            ConnectorError::Config(format!("restored pending file entry is damaged: {e}"))
-        })?;
+    for file in restored {
         publish(dir, &file)?;
         known.insert(file.hidden);
     }
@@ -341,11 +323,8 @@ impl<T: Data + Display> Sink<T> for FileSink {
             // deletes every in-progress file no checkpoint knows: files of a
             // failed attempt or of a killed run, whose records the replay writes
             // again. An output directory belongs to one job.
-            let restored = subtask
-                .restored
-                .as_ref()
-                .and_then(|r| r.list(PENDING_STATE))
-                .unwrap_or(&[]);
+            let restored =
+                list_state::decode::<PendingFile>(subtask, PENDING_STATE)?.unwrap_or_default();
             recover(&self.dir, restored)?;
         }
         Ok(Box::new(FileWriter {
@@ -477,16 +456,7 @@ impl<T: Data + Display> SinkWriter<T> for FileWriter {
         for file in &mut self.pending {
             file.checkpoint = file.checkpoint.min(checkpoint_id);
         }
-        let elements = self
-            .pending
-            .iter()
-            .map(serde_json::to_vec)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(vec![OperatorListState {
-            name: PENDING_STATE.into(),
-            mode: RedistributionMode::Union,
-            elements,
-        }])
+        list_state::encode(PENDING_STATE, RedistributionMode::Union, &self.pending)
     }
 
     fn commit(&mut self, checkpoint_id: u64) -> Result<(), UserError> {

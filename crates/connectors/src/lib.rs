@@ -5,6 +5,7 @@
 
 pub mod collection;
 pub mod file;
+mod list_state;
 pub mod sequence;
 pub mod sinks;
 

@@ -12,7 +12,7 @@ use flowstate_runtime::checkpoint::OperatorListState;
 use flowstate_runtime::{Data, Source, SourcePoll, SourceReader, SubtaskInfo, UserError};
 use flowstate_state::RedistributionMode;
 
-use crate::ConnectorError;
+use crate::{ConnectorError, list_state};
 
 /// Default number of splits.
 pub const DEFAULT_SPLITS: u32 = 128;
@@ -82,16 +82,9 @@ impl<T: Data> SequenceSource<T> {
 
 impl<T: Data> Source<T> for SequenceSource<T> {
     fn create_reader(&self, subtask: &SubtaskInfo) -> Result<Box<dyn SourceReader<T>>, UserError> {
-        let restored = subtask.restored.as_ref().and_then(|r| r.list(SPLITS_STATE));
-        let splits: Vec<SplitPosition> = match restored {
-            // Positions from a checkpoint, already dealt out to this instance.
-            Some(elements) => elements
-                .iter()
-                .map(|e| serde_json::from_slice::<SplitPosition>(e))
-                .collect::<Result<_, _>>()
-                .map_err(|e| {
-                    ConnectorError::Config(format!("restored split position is damaged: {e}"))
-                })?,
+        // Positions from a checkpoint arrive already dealt out to this instance.
+        let splits = match list_state::decode::<SplitPosition>(subtask, SPLITS_STATE)? {
+            Some(restored) => restored,
             None => (0..self.splits)
                 .filter(|s| s % subtask.parallelism == subtask.index)
                 .map(|s| self.split_range(s))
@@ -155,16 +148,7 @@ impl<T: Data> SourceReader<T> for SequenceReader<T> {
     }
 
     fn snapshot(&mut self) -> Result<Vec<OperatorListState>, UserError> {
-        let elements = self
-            .splits
-            .iter()
-            .map(serde_json::to_vec)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(vec![OperatorListState {
-            name: SPLITS_STATE.into(),
-            mode: RedistributionMode::Split,
-            elements,
-        }])
+        list_state::encode(SPLITS_STATE, RedistributionMode::Split, &self.splits)
     }
 }
 

@@ -16,8 +16,7 @@ use flowstate_checkpoint::keyed_file::write_keyed_file;
 use flowstate_checkpoint::layout::keyed_state_path;
 use flowstate_checkpoint::storage::SharedStorage;
 use flowstate_checkpoint::{
-    CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, SnapshotKind,
-    SubtaskSnapshot,
+    CheckpointStats, Coordinator, CoordinatorAction, SnapshotKind, SubtaskSnapshot,
 };
 
 use crate::channel::Signal;
@@ -348,25 +347,4 @@ impl CoordinatorLoop {
             CoordinatorAction::FailJob { reason } => (self.fail)(reason.clone()),
         }
     }
-}
-
-/// Creates a coordinator for a job run.
-pub(crate) fn coordinator(
-    storage: SharedStorage,
-    job_id: &str,
-    settings: CoordinatorSettings,
-    tasks: usize,
-    parallelism: u32,
-    max_parallelism: u32,
-    restored: Option<u64>,
-) -> Coordinator {
-    Coordinator::new(
-        storage,
-        job_id,
-        settings,
-        tasks,
-        parallelism,
-        max_parallelism,
-        restored,
-    )
 }

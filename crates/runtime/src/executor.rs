@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flowstate_checkpoint::CheckpointStats;
 use flowstate_checkpoint::restore::{LoadedCheckpoint, load, load_latest_of};
+use flowstate_checkpoint::{CheckpointStats, Coordinator};
 
 use crate::channel::Signal;
-use crate::checkpointing::{CoordinatorEvent, CoordinatorLoop, coordinator, upload_loop};
+use crate::checkpointing::{CoordinatorEvent, CoordinatorLoop, upload_loop};
 use crate::config::{CheckpointingConfig, ExecutionConfig, Guarantee, RestoreFrom};
 use crate::error::{JobError, TaskError, panic_message};
 use crate::graph::JobGraph;
@@ -248,7 +248,7 @@ fn run_attempt(
                 Err(e) => return fail(e),
             }
         }
-        let coordinator = coordinator(
+        let coordinator = Coordinator::new(
             Arc::clone(&c.config.storage),
             c.job_id,
             c.config.settings.clone(),
