@@ -67,7 +67,7 @@ impl StageIdentity {
         }
     }
 
-    fn part(&self, snapshot: StateSnapshot) -> OperatorPart {
+    pub(crate) fn part(&self, snapshot: StateSnapshot) -> OperatorPart {
         OperatorPart {
             uid: Arc::clone(&self.uid),
             name: Arc::clone(&self.name),

@@ -65,14 +65,16 @@ fn drain<T>(phase: &mut Phase, pipeline: &mut dyn Pipeline<T>) -> Result<Step, T
 
 /// The synchronous part of a checkpoint, then the barrier downstream, then the
 /// hand-over to an upload thread.
+/// `parts` holds what the task's head snapshotted since `started` (a source's
+/// position, a two-input operator's state): the pause counts from there.
 fn checkpoint<T>(
     control: &TaskControl,
     pipeline: &mut dyn Pipeline<T>,
     barrier: Barrier,
+    started: Instant,
     mut parts: Vec<OperatorPart>,
     alignment: Duration,
 ) -> Result<(), TaskError> {
-    let started = Instant::now();
     pipeline.snapshot(barrier.id, &mut parts)?;
     let sync_pause = started.elapsed();
     pipeline.barrier(barrier)?;
@@ -176,18 +178,15 @@ impl<T: Send> Task for SourceTask<T> {
             };
             // The reader's position and the barrier are taken in the same step:
             // nothing is emitted between them.
+            let started = Instant::now();
             let reader = &mut self.reader;
             let lists = guarded(&self.id.name, || reader.snapshot())?;
-            let part = OperatorPart {
-                uid: Arc::clone(&self.id.uid),
-                name: Arc::clone(&self.id.name),
-                subtask: self.id.subtask,
-                snapshot: StateSnapshot { keyed: None, lists },
-            };
+            let part = self.id.part(StateSnapshot { keyed: None, lists });
             checkpoint(
                 control,
                 self.pipeline.as_mut(),
                 barrier,
+                started,
                 vec![part],
                 Duration::ZERO,
             )?;
@@ -449,6 +448,7 @@ impl<T: Send> Task for OneInputTask<T> {
                         control,
                         self.pipeline.as_mut(),
                         barrier,
+                        Instant::now(),
                         Vec::new(),
                         alignment,
                     )?;
@@ -465,34 +465,6 @@ impl<T: Send> Task for OneInputTask<T> {
                 Ok(Step::Progress)
             }
         }
-    }
-}
-
-/// Adapts a two-input operator's snapshot and notifications to the pipeline
-/// walk of a checkpoint: the head's part comes first.
-struct TwoInputHead<'a, A, B, O> {
-    id: &'a StageIdentity,
-    operator: &'a mut dyn TwoInputOperator<A, B, O>,
-    next: &'a mut dyn Pipeline<O>,
-}
-
-impl<A, B, O: Send> TwoInputHead<'_, A, B, O> {
-    fn snapshot(
-        &mut self,
-        checkpoint_id: u64,
-        parts: &mut Vec<OperatorPart>,
-    ) -> Result<(), TaskError> {
-        let operator = &mut *self.operator;
-        let snapshot = guarded(&self.id.name, || operator.snapshot(checkpoint_id))?;
-        if !snapshot.is_empty() {
-            parts.push(OperatorPart {
-                uid: Arc::clone(&self.id.uid),
-                name: Arc::clone(&self.id.name),
-                subtask: self.id.subtask,
-                snapshot,
-            });
-        }
-        self.next.snapshot(checkpoint_id, parts)
     }
 }
 
@@ -608,17 +580,21 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
             return Ok(());
         };
         let started = Instant::now();
-        let mut parts = Vec::new();
-        TwoInputHead {
-            id: &self.id,
-            operator: self.operator.as_mut(),
-            next: self.pipeline.as_mut(),
-        }
-        .snapshot(barrier.id, &mut parts)?;
-        let sync_pause = started.elapsed();
-        self.pipeline.barrier(barrier)?;
-        control.submit(barrier, parts, sync_pause, alignment);
-        Ok(())
+        let operator = &mut self.operator;
+        let snapshot = guarded(&self.id.name, || operator.snapshot(barrier.id))?;
+        let parts = if snapshot.is_empty() {
+            Vec::new()
+        } else {
+            vec![self.id.part(snapshot)]
+        };
+        checkpoint(
+            control,
+            self.pipeline.as_mut(),
+            barrier,
+            started,
+            parts,
+            alignment,
+        )
     }
 }
 
