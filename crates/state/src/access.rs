@@ -17,6 +17,7 @@ use crate::descriptor::{
 };
 use crate::error::StateError;
 use crate::heap::{GroupMap, HeapTable};
+use crate::serialized::{SerializedListTable, SerializedMapTable, SerializedValueTable};
 use crate::table::{ListTable, MapTable, ValueTable};
 use crate::{KeyGroup, StateKey, StateValue};
 
@@ -28,6 +29,9 @@ fn value_table<K: StateKey, V: StateValue>(
         TableLayout::Heap { range } => {
             value_slot::<K, V>(Box::new(HeapTable::<K, V>::new(name, range)))
         }
+        TableLayout::Serialized { range, column } => value_slot::<K, V>(Box::new(
+            SerializedValueTable::<K, V>::new(name, range, column),
+        )),
     }
 }
 
@@ -57,6 +61,9 @@ impl<K: StateKey> dyn KeyedStateBackend<K> + '_ {
                 TableLayout::Heap { range } => {
                     list_slot::<K, V>(Box::new(HeapTable::<K, Vec<V>>::new(name, range)))
                 }
+                TableLayout::Serialized { range, column } => list_slot::<K, V>(Box::new(
+                    SerializedListTable::<K, V>::new(name, range, column),
+                )),
             },
         )?;
         Ok(ListStateHandle::from_id(id))
@@ -80,6 +87,9 @@ impl<K: StateKey> dyn KeyedStateBackend<K> + '_ {
                         name, range,
                     )))
                 }
+                TableLayout::Serialized { range, column } => map_slot::<K, UK, UV>(Box::new(
+                    SerializedMapTable::<K, UK, UV>::new(name, range, column),
+                )),
             },
         )?;
         Ok(MapStateHandle::from_id(id))

@@ -7,13 +7,15 @@
 //! the backend for its [`TableLayout`] and build the matching table.
 
 use std::any::Any;
-
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::descriptor::StateSignature;
 use crate::error::StateError;
 use crate::heap::HeapKeyedStateBackend;
 use crate::key_group::KeyGroupRange;
+use crate::native::NativeSnapshot;
+use crate::serialized::{BackendInstance, KvColumn, KvStoreFactory, SerializedKeyedStateBackend};
 use crate::snapshot::{
     KeyedStateSnapshot, RestoredKeyedState, RestoredSection, TableSnapshot, parse_section,
 };
@@ -30,12 +32,15 @@ pub enum BackendKind {
     /// Objects in memory, laid out by key group with copy-on-write per key group.
     #[default]
     Heap,
+    /// Serialised in an embedded RocksDB on local disk (crate `flowstate-state-rocksdb`).
+    RocksDb,
 }
 
 impl std::fmt::Display for BackendKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BackendKind::Heap => f.write_str("heap"),
+            BackendKind::RocksDb => f.write_str("rocksdb"),
         }
     }
 }
@@ -45,18 +50,51 @@ impl std::str::FromStr for BackendKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "heap" => Ok(BackendKind::Heap),
-            other => Err(format!("unknown state backend '{other}' (known: heap)")),
+            "rocksdb" => Ok(BackendKind::RocksDb),
+            other => Err(format!(
+                "unknown state backend '{other}' (known: heap, rocksdb)"
+            )),
         }
     }
 }
 
 /// How a backend stores tables; decides which table implementation a declaration
 /// builds.
-#[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub enum TableLayout {
     /// Typed objects per key group (the heap backend).
     Heap { range: KeyGroupRange },
+    /// Serialised entries in one column of a byte-level store.
+    Serialized {
+        range: KeyGroupRange,
+        column: Box<dyn KvColumn>,
+    },
+}
+
+/// What the runtime asks of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    pub checkpoint_id: u64,
+    /// The canonical key-group format is required (savepoints); otherwise a
+    /// backend may snapshot natively.
+    pub canonical: bool,
+}
+
+/// The synchronous part's result: either a frozen view to be written in the
+/// canonical key-group format, or the backend's native files.
+#[derive(Debug)]
+pub enum BackendSnapshot {
+    KeyGroups(KeyedStateSnapshot),
+    Native(NativeSnapshot),
+}
+
+impl std::fmt::Debug for KeyedStateSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedStateSnapshot")
+            .field("range", &self.range)
+            .field("states", &self.states.len())
+            .finish()
+    }
 }
 
 /// A typed table behind `dyn Any`, plus the way back to its untyped operations.
@@ -115,7 +153,6 @@ pub trait KeyedStateBackend<K: StateKey>: Send {
     fn kind(&self) -> BackendKind;
     fn key_group_range(&self) -> KeyGroupRange;
     fn max_parallelism(&self) -> u32;
-    fn layout(&self) -> TableLayout;
     /// Declares a state: returns the id of the existing table if `signature` was
     /// declared before (and matches), or stores `create()` under a new id.
     fn declare(
@@ -127,26 +164,70 @@ pub trait KeyedStateBackend<K: StateKey>: Send {
     /// Every declared state, in declaration order.
     fn signatures(&self) -> Vec<StateSignature>;
     /// Number of keys with an entry in `key_group`, summed over all states.
-    fn key_count(&mut self, key_group: KeyGroup) -> usize;
+    fn key_count(&mut self, key_group: KeyGroup) -> Result<usize, StateError>;
     /// The synchronous part of a snapshot: a consistent, frozen view of every
-    /// state that can be serialised on another thread while processing goes on.
-    fn snapshot(&mut self) -> KeyedStateSnapshot;
+    /// state (or the backend's native files) that another thread writes to
+    /// checkpoint storage while processing goes on.
+    fn snapshot(&mut self, request: SnapshotRequest) -> Result<BackendSnapshot, StateError>;
     /// Loads snapshot sections (before or after states are declared: a section
     /// of a state not declared yet is decoded when it is declared).
     fn restore(&mut self, restored: RestoredKeyedState) -> Result<(), StateError>;
     /// Names of restored states that no declaration has claimed.
     fn unclaimed_restored_states(&self) -> Vec<String>;
+    /// Checkpoint `id` completed everywhere (a backend may now reuse its files).
+    fn notify_checkpoint_complete(&mut self, _id: u64) {}
+    /// Checkpoint `id` was aborted.
+    fn notify_checkpoint_aborted(&mut self, _id: u64) {}
 }
 
-/// Creates the backend of one operator instance owning `range`.
+/// Which backend a job's keyed operators use.
+#[derive(Clone, Default)]
+pub enum StateBackendConfig {
+    #[default]
+    Heap,
+    /// A serialising backend over stores from this factory.
+    Store(Arc<dyn KvStoreFactory>),
+}
+
+impl StateBackendConfig {
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            StateBackendConfig::Heap => BackendKind::Heap,
+            StateBackendConfig::Store(factory) => factory.kind(),
+        }
+    }
+}
+
+impl std::fmt::Debug for StateBackendConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.kind())
+    }
+}
+
+/// Creates the backend of one operator instance.
 pub fn create_keyed_backend<K: StateKey>(
-    kind: BackendKind,
+    config: &StateBackendConfig,
+    instance: &BackendInstance,
+) -> Result<Box<dyn KeyedStateBackend<K>>, StateError> {
+    Ok(match config {
+        StateBackendConfig::Heap => Box::new(HeapKeyedStateBackend::<K>::new(
+            instance.range,
+            instance.max_parallelism,
+        )),
+        StateBackendConfig::Store(factory) => Box::new(SerializedKeyedStateBackend::<K>::new(
+            factory.open(instance)?,
+            instance.range,
+            instance.max_parallelism,
+        )),
+    })
+}
+
+/// A heap backend for `range` (tests and tools).
+pub fn heap_backend<K: StateKey>(
     range: KeyGroupRange,
     max_parallelism: u32,
 ) -> Box<dyn KeyedStateBackend<K>> {
-    match kind {
-        BackendKind::Heap => Box::new(HeapKeyedStateBackend::<K>::new(range, max_parallelism)),
-    }
+    Box::new(HeapKeyedStateBackend::<K>::new(range, max_parallelism))
 }
 
 /// The declaration bookkeeping every backend shares: signatures checked against
@@ -217,12 +298,36 @@ impl<K> Declarations<K> {
         names
     }
 
-    pub(crate) fn snapshot(&mut self) -> Vec<(StateSignature, Box<dyn TableSnapshot>)> {
-        let mut states: Vec<(StateSignature, Box<dyn TableSnapshot>)> = self
-            .entries
-            .iter_mut()
-            .map(|(s, slot)| (s.clone(), slot.table().snapshot()))
-            .collect();
+    /// Every declared state's snapshot (made by `f`), then the restored sections
+    /// nobody declared.
+    pub(crate) fn snapshot_with(
+        &mut self,
+        f: &mut dyn FnMut(
+            &StateSignature,
+            &mut TableSlot<K>,
+        ) -> Result<Box<dyn TableSnapshot>, StateError>,
+    ) -> Result<Vec<(StateSignature, Box<dyn TableSnapshot>)>, StateError> {
+        let mut states: Vec<(StateSignature, Box<dyn TableSnapshot>)> =
+            Vec::with_capacity(self.entries.len() + self.waiting.len());
+        for (signature, slot) in &mut self.entries {
+            states.push((signature.clone(), f(signature, slot)?));
+        }
+        states.extend(self.waiting_states());
+        Ok(states)
+    }
+
+    pub(crate) fn waiting_len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// The waiting sections as a snapshot of `range`, if any wait.
+    pub(crate) fn waiting_snapshot(&self, range: KeyGroupRange) -> Option<KeyedStateSnapshot> {
+        let states = self.waiting_states();
+        (!states.is_empty()).then_some(KeyedStateSnapshot { range, states })
+    }
+
+    fn waiting_states(&self) -> Vec<(StateSignature, Box<dyn TableSnapshot>)> {
+        let mut states: Vec<(StateSignature, Box<dyn TableSnapshot>)> = Vec::new();
         // Restored state nobody declared (yet) is carried into the next snapshot
         // unchanged, so that a job that declares it lazily does not lose it.
         for (name, sections) in &self.waiting {
@@ -240,13 +345,15 @@ impl<K> Declarations<K> {
                 ));
             }
         }
+        states.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         states
     }
 
+    /// `layout(name)` is asked only when the state is new.
     pub(crate) fn declare(
         &mut self,
         signature: StateSignature,
-        layout: TableLayout,
+        layout: &mut dyn FnMut(&str) -> Result<TableLayout, StateError>,
         create: &mut dyn FnMut(TableLayout) -> TableSlot<K>,
     ) -> Result<StateId, StateError> {
         if signature.name.is_empty() || signature.name.len() > MAX_STATE_NAME_BYTES {
@@ -276,7 +383,7 @@ impl<K> Declarations<K> {
                 reason: "too many states in one operator (the limit is 1024)",
             });
         }
-        let mut slot = create(layout);
+        let mut slot = create(layout(&signature.name)?);
         if let Some(sections) = self.waiting.remove(&signature.name) {
             for section in &sections {
                 Self::load(&signature, &mut slot, section)?;
@@ -305,21 +412,19 @@ struct RawTableSnapshot {
 }
 
 impl TableSnapshot for RawTableSnapshot {
-    fn write_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<(), StateError> {
+    fn write_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<u64, StateError> {
         match self.sections.iter().find(|s| s.key_group == key_group) {
-            Some(section) => out.extend_from_slice(&section.payload),
-            None => out.extend_from_slice(&0u64.to_le_bytes()),
+            Some(section) => {
+                out.extend_from_slice(&section.payload);
+                Ok(section
+                    .payload
+                    .first_chunk::<8>()
+                    .map_or(0, |b| u64::from_le_bytes(*b)))
+            }
+            None => {
+                out.extend_from_slice(&0u64.to_le_bytes());
+                Ok(0)
+            }
         }
-        Ok(())
-    }
-
-    fn entries(&self, key_group: KeyGroup) -> usize {
-        self.sections
-            .iter()
-            .find(|s| s.key_group == key_group)
-            .and_then(|s| s.payload.get(..8))
-            .map_or(0, |b| {
-                u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as usize
-            })
     }
 }

@@ -196,7 +196,7 @@ impl<I, Acc, O> Clone for AggregatingStateHandle<I, Acc, O> {
 
 /// What a declaration asks for: name, kind and the Rust types, so that a second
 /// declaration of the same name can be checked against the first.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StateSignature {
     pub name: String,
     pub kind: StateKind,

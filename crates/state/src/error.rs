@@ -31,4 +31,14 @@ pub enum StateError {
     /// A state name is empty or too long.
     #[error("invalid state name '{name}': {reason}")]
     InvalidName { name: String, reason: &'static str },
+    /// The storage under a backend failed (a RocksDB error, a full disk).
+    #[error("{backend} state backend: cannot {action}: {reason}")]
+    Backend {
+        backend: &'static str,
+        action: String,
+        reason: String,
+    },
+    /// An operation this backend or build does not offer.
+    #[error("{0}")]
+    Unsupported(String),
 }

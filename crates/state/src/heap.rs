@@ -14,7 +14,8 @@ use std::sync::Arc;
 use rustc_hash::FxBuildHasher;
 
 use crate::backend::{
-    BackendKind, Declarations, KeyedStateBackend, StateId, TableLayout, TableSlot,
+    BackendKind, BackendSnapshot, Declarations, KeyedStateBackend, SnapshotRequest, StateId,
+    TableLayout, TableSlot,
 };
 use crate::descriptor::StateSignature;
 use crate::error::StateError;
@@ -153,18 +154,17 @@ impl<K: StateKey, S: Clone + Send + Sync + 'static> HeapTable<K, S> {
 }
 
 impl<K: StateKey, S: StateValue> crate::snapshot::TableSnapshot for HeapTableView<K, S> {
-    fn write_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<(), StateError> {
+    fn write_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<u64, StateError> {
         match self.groups.iter().find(|(g, _)| *g == key_group) {
-            Some((_, map)) => encode_entries(&self.name, map.iter(), out),
-            None => encode_entries::<K, S>(&self.name, std::iter::empty(), out),
+            Some((_, map)) => {
+                encode_entries(&self.name, map.iter(), out)?;
+                Ok(map.len() as u64)
+            }
+            None => {
+                encode_entries::<K, S>(&self.name, std::iter::empty(), out)?;
+                Ok(0)
+            }
         }
-    }
-
-    fn entries(&self, key_group: KeyGroup) -> usize {
-        self.groups
-            .iter()
-            .find(|(g, _)| *g == key_group)
-            .map_or(0, |(_, m)| m.len())
     }
 }
 
@@ -173,18 +173,19 @@ impl<K: StateKey, S: StateValue> KeyedTable<K> for HeapTable<K, S> {
         &self.name
     }
 
-    fn key_count(&self, key_group: KeyGroup) -> usize {
-        self.read(key_group).map(|m| m.len()).unwrap_or(0)
+    fn key_count(&self, key_group: KeyGroup) -> Result<usize, StateError> {
+        Ok(self.read(key_group).map(|m| m.len()).unwrap_or(0))
     }
 
-    fn clear(&mut self) {
+    fn clear(&mut self) -> Result<(), StateError> {
         for group in &mut self.groups {
             *group = CowMap::Owned(GroupMap::default());
         }
+        Ok(())
     }
 
-    fn snapshot(&mut self) -> Box<dyn crate::snapshot::TableSnapshot> {
-        Box::new(self.freeze())
+    fn snapshot(&mut self) -> Result<Box<dyn crate::snapshot::TableSnapshot>, StateError> {
+        Ok(Box::new(self.freeze()))
     }
 
     fn restore_key_group(&mut self, key_group: KeyGroup, payload: &[u8]) -> Result<(), StateError> {
@@ -418,17 +419,14 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         self.max_parallelism
     }
 
-    fn layout(&self) -> TableLayout {
-        TableLayout::Heap { range: self.range }
-    }
-
     fn declare(
         &mut self,
         signature: StateSignature,
         create: &mut dyn FnMut(TableLayout) -> TableSlot<K>,
     ) -> Result<StateId, StateError> {
-        let layout = self.layout();
-        self.declarations.declare(signature, layout, create)
+        let range = self.range;
+        self.declarations
+            .declare(signature, &mut |_| Ok(TableLayout::Heap { range }), create)
     }
 
     #[inline]
@@ -440,18 +438,22 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         self.declarations.signatures()
     }
 
-    fn key_count(&mut self, key_group: KeyGroup) -> usize {
-        self.declarations
-            .slots()
-            .map(|slot| slot.table().key_count(key_group))
-            .sum()
+    fn key_count(&mut self, key_group: KeyGroup) -> Result<usize, StateError> {
+        let mut total = 0;
+        for slot in self.declarations.slots() {
+            total += slot.table().key_count(key_group)?;
+        }
+        Ok(total)
     }
 
-    fn snapshot(&mut self) -> KeyedStateSnapshot {
-        KeyedStateSnapshot {
+    fn snapshot(&mut self, _request: SnapshotRequest) -> Result<BackendSnapshot, StateError> {
+        let states = self
+            .declarations
+            .snapshot_with(&mut |_, slot| slot.table().snapshot())?;
+        Ok(BackendSnapshot::KeyGroups(KeyedStateSnapshot {
             range: self.range,
-            states: self.declarations.snapshot(),
-        }
+            states,
+        }))
     }
 
     fn restore(&mut self, restored: RestoredKeyedState) -> Result<(), StateError> {
@@ -518,7 +520,7 @@ mod tests {
         ValueTable::put(&mut table, 0, &102, Counted(102)).unwrap();
         assert_eq!(CLONES.with(|c| c.get()), 6, "key group 0 held 6 entries");
         assert_eq!(view.groups[0].1.len(), 6);
-        assert_eq!(KeyedTable::key_count(&table, 0), 8);
+        assert_eq!(KeyedTable::key_count(&table, 0).unwrap(), 8);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! This crate owns everything about *state*: how keys map to key groups
 //! ([`key_group`]), how a piece of state is declared ([`descriptor`]), the typed
 //! tables that hold it ([`table`]), the [`KeyedStateBackend`] trait every backend
-//! implements, the [`heap`] backend, the per-record scoped view of state
+//! implements, the [`heap`] backend, the [`serialized`] backend over a byte-level
+//! store (RocksDB lives in its own crate), the description of [`native`]
+//! snapshots, the per-record scoped view of state
 //! ([`access::KeyScope`]) and non-keyed operator state ([`operator_state`]).
 //!
 //! It must not touch: threads, channels, tasks or the runtime's scheduling. The
@@ -16,12 +18,18 @@ pub mod descriptor;
 pub mod error;
 pub mod heap;
 pub mod key_group;
+pub mod memory_store;
+pub mod native;
 pub mod operator_state;
+pub mod serialized;
 pub mod snapshot;
 pub mod table;
 
 pub use access::KeyScope;
-pub use backend::{BackendKind, KeyedStateBackend, StateId, create_keyed_backend};
+pub use backend::{
+    BackendKind, BackendSnapshot, KeyedStateBackend, SnapshotRequest, StateBackendConfig, StateId,
+    create_keyed_backend, heap_backend,
+};
 pub use descriptor::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateHandle, ListStateDescriptor,
     ListStateHandle, MapStateDescriptor, MapStateHandle, ReducingStateDescriptor,
@@ -33,7 +41,11 @@ pub use key_group::{
     DEFAULT_MAX_PARALLELISM, KeyGroup, KeyGroupRange, MAX_PARALLELISM_LIMIT, key_group_for_hash,
     key_group_of, operator_index_for_key_group, stable_hash,
 };
+pub use native::{
+    FileFetcher, NativeFile, NativeRestore, NativeSnapshot, StoredFile, UploadReceipt,
+};
 pub use operator_state::{OperatorListHandle, OperatorStateStore, RedistributionMode};
+pub use serialized::{BackendInstance, KvStore, KvStoreFactory, SerializedKeyedStateBackend};
 pub use snapshot::{KeyedStateSnapshot, RestoredKeyedState, TableSnapshot};
 
 use std::fmt::Debug;

@@ -25,10 +25,9 @@ pub(crate) fn codec()
 
 /// A frozen table, serialisable one key group at a time from any thread.
 pub trait TableSnapshot: Send + Sync {
-    /// Appends the payload of `key_group` (entry count, then entries) to `out`.
-    fn write_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<(), StateError>;
-    /// Entries in `key_group`.
-    fn entries(&self, key_group: KeyGroup) -> usize;
+    /// Appends the payload of `key_group` (entry count, then entries) to `out`;
+    /// returns the entry count.
+    fn write_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<u64, StateError>;
 }
 
 /// A consistent view of all keyed state of one operator instance.
@@ -59,12 +58,14 @@ fn kind_of(code: u8) -> Option<StateKind> {
 }
 
 impl KeyedStateSnapshot {
-    /// Appends the section of `key_group` (every state's entries) to `out`.
+    /// Appends the section of `key_group` (every state's entries) to `out`;
+    /// returns the entries over all states.
     pub fn write_key_group(
         &self,
         key_group: KeyGroup,
         out: &mut Vec<u8>,
-    ) -> Result<(), StateError> {
+    ) -> Result<u64, StateError> {
+        let mut entries = 0;
         out.extend_from_slice(&(self.states.len() as u32).to_le_bytes());
         for (signature, table) in &self.states {
             let name = signature.name.as_bytes();
@@ -76,16 +77,11 @@ impl KeyedStateSnapshot {
             out.extend_from_slice(&types[..types.len().min(u16::MAX as usize)]);
             let length_at = out.len();
             out.extend_from_slice(&0u64.to_le_bytes());
-            table.write_key_group(key_group, out)?;
+            entries += table.write_key_group(key_group, out)?;
             let payload_len = (out.len() - length_at - 8) as u64;
             out[length_at..length_at + 8].copy_from_slice(&payload_len.to_le_bytes());
         }
-        Ok(())
-    }
-
-    /// Entries over all states in `key_group`.
-    pub fn entries(&self, key_group: KeyGroup) -> usize {
-        self.states.iter().map(|(_, t)| t.entries(key_group)).sum()
+        Ok(entries)
     }
 }
 
@@ -99,10 +95,18 @@ pub struct RestoredSection {
 }
 
 /// Keyed state to restore: key-group sections written by
-/// [`KeyedStateSnapshot::write_key_group`], for key groups of the new owner.
+/// [`KeyedStateSnapshot::write_key_group`], for key groups of the new owner,
+/// and native snapshots of earlier instances whose ranges overlap it.
 #[derive(Debug, Default, Clone)]
 pub struct RestoredKeyedState {
     pub groups: Vec<(KeyGroup, Vec<u8>)>,
+    pub native: Vec<crate::native::NativeRestore>,
+}
+
+impl RestoredKeyedState {
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.native.is_empty()
+    }
 }
 
 struct Cursor<'a> {
@@ -263,9 +267,20 @@ where
 mod tests {
     use super::*;
     use crate::{
-        KeyScope, KeyedStateBackend, ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor,
-        create_keyed_backend, key_group_of,
+        BackendSnapshot, KeyScope, KeyedStateBackend, ListStateDescriptor, MapStateDescriptor,
+        SnapshotRequest, ValueStateDescriptor, heap_backend, key_group_of,
     };
+
+    fn canonical(backend: &mut dyn KeyedStateBackend<u64>) -> KeyedStateSnapshot {
+        let request = SnapshotRequest {
+            checkpoint_id: 1,
+            canonical: true,
+        };
+        match backend.snapshot(request).unwrap() {
+            BackendSnapshot::KeyGroups(snapshot) => snapshot,
+            BackendSnapshot::Native(_) => panic!("the heap backend snapshots canonically"),
+        }
+    }
 
     fn write_all(snapshot: &KeyedStateSnapshot) -> Vec<(KeyGroup, Vec<u8>)> {
         snapshot
@@ -283,7 +298,7 @@ mod tests {
     fn snapshot_restores_every_state_into_new_ranges() {
         let m = 16;
         let mut backend: Box<dyn KeyedStateBackend<u64>> =
-            create_keyed_backend(Default::default(), KeyGroupRange::new(0, m), m);
+            heap_backend(KeyGroupRange::new(0, m), m);
         let value = backend
             .value_state(&ValueStateDescriptor::<(u64, String)>::new("v"))
             .unwrap();
@@ -307,7 +322,7 @@ mod tests {
                 .put(format!("x{key}"), -(key as i64))
                 .unwrap();
         }
-        let snapshot = backend.snapshot();
+        let snapshot = canonical(backend.as_mut());
         // Writes after the snapshot must not show up in it.
         let key = 1u64;
         KeyScope::new(backend.as_mut(), &key, key_group_of(&key, m))
@@ -320,13 +335,18 @@ mod tests {
         for (start, end) in [(0, 8), (8, 16)] {
             let range = KeyGroupRange::new(start, end);
             let mut restored: Box<dyn KeyedStateBackend<u64>> =
-                create_keyed_backend(Default::default(), range, m);
+                heap_backend(range, m);
             let groups = sections
                 .iter()
                 .filter(|(g, _)| range.contains(*g))
                 .cloned()
                 .collect();
-            restored.restore(RestoredKeyedState { groups }).unwrap();
+            restored
+                .restore(RestoredKeyedState {
+                    groups,
+                    native: Vec::new(),
+                })
+                .unwrap();
             assert_eq!(restored.unclaimed_restored_states(), ["l", "m", "v"]);
             let value = restored
                 .value_state(&ValueStateDescriptor::<(u64, String)>::new("v"))
@@ -357,7 +377,7 @@ mod tests {
     fn restore_refuses_a_changed_type_and_damaged_bytes() {
         let m = 4;
         let mut backend: Box<dyn KeyedStateBackend<u64>> =
-            create_keyed_backend(Default::default(), KeyGroupRange::new(0, m), m);
+            heap_backend(KeyGroupRange::new(0, m), m);
         let value = backend
             .value_state(&ValueStateDescriptor::<u64>::new("v"))
             .unwrap();
@@ -367,13 +387,14 @@ mod tests {
                 .set(key)
                 .unwrap();
         }
-        let sections = write_all(&backend.snapshot());
+        let sections = write_all(&canonical(backend.as_mut()));
 
         let mut other: Box<dyn KeyedStateBackend<u64>> =
-            create_keyed_backend(Default::default(), KeyGroupRange::new(0, m), m);
+            heap_backend(KeyGroupRange::new(0, m), m);
         other
             .restore(RestoredKeyedState {
                 groups: sections.clone(),
+                native: Vec::new(),
             })
             .unwrap();
         let err = other
@@ -389,10 +410,13 @@ mod tests {
         let last = truncated[1].1.len() - 3;
         truncated[1].1.truncate(last);
         let mut other: Box<dyn KeyedStateBackend<u64>> =
-            create_keyed_backend(Default::default(), KeyGroupRange::new(0, m), m);
+            heap_backend(KeyGroupRange::new(0, m), m);
         assert!(
             other
-                .restore(RestoredKeyedState { groups: truncated })
+                .restore(RestoredKeyedState {
+                    groups: truncated,
+                    native: Vec::new(),
+                })
                 .is_err()
         );
     }

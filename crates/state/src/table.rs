@@ -14,11 +14,12 @@ pub trait KeyedTable<K>: Send {
     /// The declared state name.
     fn name(&self) -> &str;
     /// Number of keys with an entry in `key_group`.
-    fn key_count(&self, key_group: KeyGroup) -> usize;
+    fn key_count(&self, key_group: KeyGroup) -> Result<usize, StateError>;
     /// Removes every entry.
-    fn clear(&mut self);
+    fn clear(&mut self) -> Result<(), StateError>;
     /// Freezes the table for an asynchronous snapshot (the synchronous part).
-    fn snapshot(&mut self) -> Box<dyn crate::snapshot::TableSnapshot>;
+    /// Serialised tables are snapshotted through their store instead.
+    fn snapshot(&mut self) -> Result<Box<dyn crate::snapshot::TableSnapshot>, StateError>;
     /// Loads the entries of one key group from a snapshot payload.
     fn restore_key_group(&mut self, key_group: KeyGroup, payload: &[u8]) -> Result<(), StateError>;
 }

@@ -1,0 +1,1 @@
+//! The RocksDB keyed state backend (work in progress).
