@@ -20,9 +20,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use flowstate_state::heap::HeapTable;
 use flowstate_state::table::ValueTable;
 use flowstate_state::{
-    BackendKind, DEFAULT_MAX_PARALLELISM, KeyGroup, KeyGroupRange, KeyScope, KeyedStateBackend,
-    ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor, create_keyed_backend,
-    key_group_of,
+    DEFAULT_MAX_PARALLELISM, KeyGroup, KeyGroupRange, KeyScope, KeyedStateBackend,
+    ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor, key_group_of,
 };
 use rustc_hash::FxHashMap;
 
@@ -99,11 +98,7 @@ fn timed(name: &str, iters: u64, mut f: impl FnMut()) -> Duration {
 }
 
 fn heap_backend() -> Box<dyn KeyedStateBackend<u64>> {
-    create_keyed_backend::<u64>(
-        BackendKind::Heap,
-        KeyGroupRange::new(0, MAX_PARALLELISM),
-        MAX_PARALLELISM,
-    )
+    flowstate_state::heap_backend::<u64>(KeyGroupRange::new(0, MAX_PARALLELISM), MAX_PARALLELISM)
 }
 
 fn value_state(c: &mut Criterion) {

@@ -230,6 +230,12 @@ pub fn heap_backend<K: StateKey>(
     Box::new(HeapKeyedStateBackend::<K>::new(range, max_parallelism))
 }
 
+/// One state of a snapshot.
+pub(crate) type StateSnapshotEntry = (StateSignature, Box<dyn TableSnapshot>);
+/// Snapshots one declared table.
+pub(crate) type SnapshotTableFn<'a, K> = dyn FnMut(&StateSignature, &mut TableSlot<K>) -> Result<Box<dyn TableSnapshot>, StateError>
+    + 'a;
+
 /// The declaration bookkeeping every backend shares: signatures checked against
 /// earlier declarations, tables stored by id, restored sections waiting for
 /// their state to be declared.
@@ -302,12 +308,9 @@ impl<K> Declarations<K> {
     /// nobody declared.
     pub(crate) fn snapshot_with(
         &mut self,
-        f: &mut dyn FnMut(
-            &StateSignature,
-            &mut TableSlot<K>,
-        ) -> Result<Box<dyn TableSnapshot>, StateError>,
-    ) -> Result<Vec<(StateSignature, Box<dyn TableSnapshot>)>, StateError> {
-        let mut states: Vec<(StateSignature, Box<dyn TableSnapshot>)> =
+        f: &mut SnapshotTableFn<'_, K>,
+    ) -> Result<Vec<StateSnapshotEntry>, StateError> {
+        let mut states: Vec<StateSnapshotEntry> =
             Vec::with_capacity(self.entries.len() + self.waiting.len());
         for (signature, slot) in &mut self.entries {
             states.push((signature.clone(), f(signature, slot)?));
@@ -326,8 +329,8 @@ impl<K> Declarations<K> {
         (!states.is_empty()).then_some(KeyedStateSnapshot { range, states })
     }
 
-    fn waiting_states(&self) -> Vec<(StateSignature, Box<dyn TableSnapshot>)> {
-        let mut states: Vec<(StateSignature, Box<dyn TableSnapshot>)> = Vec::new();
+    fn waiting_states(&self) -> Vec<StateSnapshotEntry> {
+        let mut states: Vec<StateSnapshotEntry> = Vec::new();
         // Restored state nobody declared (yet) is carried into the next snapshot
         // unchanged, so that a job that declares it lazily does not lose it.
         for (name, sections) in &self.waiting {
@@ -384,10 +387,13 @@ impl<K> Declarations<K> {
             });
         }
         let mut slot = create(layout(&signature.name)?);
-        if let Some(sections) = self.waiting.remove(&signature.name) {
-            for section in &sections {
+        // Sections leave the waiting list only once they loaded: a refused
+        // declaration keeps them for a correct one.
+        if let Some(sections) = self.waiting.get(&signature.name) {
+            for section in sections {
                 Self::load(&signature, &mut slot, section)?;
             }
+            self.waiting.remove(&signature.name);
         }
         self.entries.push((signature, slot));
         Ok(StateId((self.entries.len() - 1) as u32))

@@ -111,6 +111,9 @@ impl KvBatch {
 /// Flush a restore batch once it holds this many bytes (a limit on memory).
 const RESTORE_BATCH_BYTES_MAX: usize = 4 << 20;
 
+/// Gets one `(user key bytes, value bytes)` of a map.
+type EntryFn<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateError> + 'a;
+
 /// Scan callback: gets `(key, value)`, returns `false` to stop.
 pub type ScanFn<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StateError> + 'a;
 
@@ -725,7 +728,7 @@ impl<K: StateKey, UK: StateKey, UV: StateValue> SerializedMapTable<K, UK, UV> {
         &mut self,
         key_group: KeyGroup,
         key: &K,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StateError>,
+        f: &mut EntryFn<'_>,
     ) -> Result<(), StateError> {
         let prefix_len = self.table.set_map_prefix(key_group, key)?;
         let end = prefix_end(&self.table.key);

@@ -18,10 +18,20 @@ use crate::error::StateError;
 use crate::key_group::{KeyGroup, KeyGroupRange};
 
 /// The bincode configuration of snapshot entries.
-pub(crate) fn codec()
--> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Fixint> {
-    bincode::config::standard().with_fixed_int_encoding()
+pub(crate) fn codec() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Fixint,
+    bincode::config::Limit<DECODE_BYTES_MAX>,
+> {
+    // The limit makes a damaged length field a decode error instead of an
+    // attempt to allocate what it claims. It does not change the encoding.
+    bincode::config::standard()
+        .with_fixed_int_encoding()
+        .with_limit::<DECODE_BYTES_MAX>()
 }
+
+/// Largest single key or value decoded (a limit on everything).
+pub const DECODE_BYTES_MAX: usize = 1 << 30;
 
 /// A frozen table, serialisable one key group at a time from any thread.
 pub trait TableSnapshot: Send + Sync {
@@ -334,8 +344,7 @@ mod tests {
         // Restore into two instances owning halves of the key groups.
         for (start, end) in [(0, 8), (8, 16)] {
             let range = KeyGroupRange::new(start, end);
-            let mut restored: Box<dyn KeyedStateBackend<u64>> =
-                heap_backend(range, m);
+            let mut restored: Box<dyn KeyedStateBackend<u64>> = heap_backend(range, m);
             let groups = sections
                 .iter()
                 .filter(|(g, _)| range.contains(*g))
@@ -389,8 +398,7 @@ mod tests {
         }
         let sections = write_all(&canonical(backend.as_mut()));
 
-        let mut other: Box<dyn KeyedStateBackend<u64>> =
-            heap_backend(KeyGroupRange::new(0, m), m);
+        let mut other: Box<dyn KeyedStateBackend<u64>> = heap_backend(KeyGroupRange::new(0, m), m);
         other
             .restore(RestoredKeyedState {
                 groups: sections.clone(),
@@ -409,8 +417,7 @@ mod tests {
         let mut truncated = sections.clone();
         let last = truncated[1].1.len() - 3;
         truncated[1].1.truncate(last);
-        let mut other: Box<dyn KeyedStateBackend<u64>> =
-            heap_backend(KeyGroupRange::new(0, m), m);
+        let mut other: Box<dyn KeyedStateBackend<u64>> = heap_backend(KeyGroupRange::new(0, m), m);
         assert!(
             other
                 .restore(RestoredKeyedState {
