@@ -8,7 +8,10 @@
 use std::sync::Arc;
 
 use flowstate_runtime::{Operator, StateSnapshot, SubtaskInfo, TwoInputOperator, UserError};
-use flowstate_state::{KeyScope, KeyedStateBackend, StateKey, create_keyed_backend, key_group_of};
+use flowstate_state::{
+    BackendSnapshot, KeyScope, KeyedStateBackend, SnapshotRequest, StateKey, create_keyed_backend,
+    key_group_of,
+};
 
 /// The result of a user function.
 pub type FnResult = Result<(), UserError>;
@@ -65,23 +68,27 @@ pub(crate) type KeyFn<T, K> = Arc<dyn Fn(&T) -> K + Send + Sync>;
 fn open_backend<K: StateKey>(
     subtask: &SubtaskInfo,
 ) -> Result<Box<dyn KeyedStateBackend<K>>, UserError> {
-    let mut backend = create_keyed_backend::<K>(
-        subtask.state_backend,
-        subtask.key_group_range(),
-        subtask.max_parallelism,
-    );
+    let mut backend =
+        create_keyed_backend::<K>(&subtask.state_backend, &subtask.backend_instance())?;
     if let Some(restored) = &subtask.restored {
         backend.restore(restored.keyed.clone())?;
     }
     Ok(backend)
 }
 
-/// The keyed part of a checkpoint: the backend's frozen view.
-fn snapshot_backend<K: StateKey>(backend: &mut dyn KeyedStateBackend<K>) -> StateSnapshot {
-    StateSnapshot {
-        keyed: Some(backend.snapshot()),
+/// The keyed part of a checkpoint: the backend's frozen view (or native files).
+fn snapshot_backend<K: StateKey>(
+    backend: &mut dyn KeyedStateBackend<K>,
+    checkpoint_id: u64,
+) -> Result<StateSnapshot, UserError> {
+    let snapshot: BackendSnapshot = backend.snapshot(SnapshotRequest {
+        checkpoint_id,
+        canonical: false,
+    })?;
+    Ok(StateSnapshot {
+        keyed: Some(snapshot),
         lists: Vec::new(),
-    }
+    })
 }
 
 /// Runs a [`KeyedProcessFunction`].
@@ -133,8 +140,13 @@ where
         self.function.finish(self.backend.as_mut(), output)
     }
 
-    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<StateSnapshot, UserError> {
-        Ok(snapshot_backend(self.backend.as_mut()))
+    fn snapshot(&mut self, checkpoint_id: u64) -> Result<StateSnapshot, UserError> {
+        snapshot_backend(self.backend.as_mut(), checkpoint_id)
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
+        self.backend.notify_checkpoint_complete(checkpoint_id);
+        Ok(())
     }
 }
 
@@ -200,7 +212,12 @@ where
         self.function.finish(self.backend.as_mut(), output)
     }
 
-    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<StateSnapshot, UserError> {
-        Ok(snapshot_backend(self.backend.as_mut()))
+    fn snapshot(&mut self, checkpoint_id: u64) -> Result<StateSnapshot, UserError> {
+        snapshot_backend(self.backend.as_mut(), checkpoint_id)
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
+        self.backend.notify_checkpoint_complete(checkpoint_id);
+        Ok(())
     }
 }

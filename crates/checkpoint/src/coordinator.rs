@@ -5,14 +5,23 @@
 //! `retain` completed checkpoints and deletes the rest, and aborts checkpoints
 //! that time out or that a task declines. It does no I/O with tasks: the runtime
 //! feeds it events and carries out the [`CoordinatorAction`]s it returns.
+//!
+//! It also owns the lifetime of shared native files (`<job>/shared/`, written
+//! by incremental checkpoints and referenced by later ones): it counts their
+//! references across the retained checkpoints and deletes a file only when no
+//! retained checkpoint references it. The rules and the invariant are in the
+//! `shared_registry` module.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::CheckpointId;
-use crate::layout::{checkpoint_dir, metadata_path};
+use crate::layout::{
+    checkpoint_dir, metadata_path, parse_metadata_path, shared_dir, shared_file_checkpoint,
+};
 use crate::metadata::{CheckpointMetadata, OperatorSnapshot, SnapshotKind, SubtaskSnapshot};
-use crate::storage::SharedStorage;
+use crate::shared_registry::SharedRegistry;
+use crate::storage::{SharedStorage, StorageError};
+use crate::{CheckpointError, CheckpointId};
 
 /// Defaults of the checkpoint settings.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -86,7 +95,12 @@ pub struct CheckpointStats {
     pub id: CheckpointId,
     pub kind: SnapshotKind,
     pub duration: Duration,
+    /// Bytes the tasks wrote for this checkpoint (for an incremental one, only
+    /// the new files).
     pub bytes: u64,
+    /// Size of every file the checkpoint references, including shared files
+    /// earlier checkpoints wrote ([`CheckpointMetadata::state_bytes`]).
+    pub full_bytes: u64,
     pub sync_pause_max: Duration,
     pub alignment_max: Duration,
 }
@@ -113,12 +127,19 @@ pub struct Coordinator {
     consecutive_failures: u32,
     completed: Vec<CheckpointStats>,
     failed: u64,
+    /// References to shared files of the retained checkpoints.
+    shared: SharedRegistry,
 }
 
 impl Coordinator {
     /// `tasks` acknowledgements complete a checkpoint. Ids continue after
     /// `last_id` (the restored checkpoint's, or 0), which stays retained until
     /// newer ones replace it.
+    ///
+    /// Construction adopts what earlier runs of the job left in storage,
+    /// including deleting shared files no retained checkpoint references; it
+    /// must therefore happen while no upload of an earlier run of this job is
+    /// still writing (the runtime joins its uploaders between attempts).
     pub fn new(
         storage: SharedStorage,
         job_id: &str,
@@ -143,6 +164,7 @@ impl Coordinator {
             consecutive_failures: 0,
             completed: Vec::new(),
             failed: 0,
+            shared: SharedRegistry::default(),
         };
         coordinator.adopt_existing();
         coordinator
@@ -151,7 +173,9 @@ impl Coordinator {
     /// A job that continues (after a restart or a crash) takes over what its
     /// earlier runs left in storage: completed checkpoints join the retained
     /// ones (and retention applies to them), directories of checkpoints that
-    /// never completed are deleted, and ids continue after the highest seen.
+    /// never completed are deleted, the shared files of the retained
+    /// checkpoints are registered and every other shared file is deleted, and
+    /// ids continue after the highest seen.
     fn adopt_existing(&mut self) {
         let prefix = format!("{}/", self.job_id);
         let paths = match self.storage.list(&prefix) {
@@ -161,12 +185,51 @@ impl Coordinator {
                     "cannot list earlier checkpoints of job {}: {e}",
                     self.job_id
                 );
+                // The restored checkpoint still needs its shared files
+                // registered; what else exists is unknown, so nothing shared
+                // is deleted in this run.
+                self.shared.mark_blind();
+                self.register_retained();
                 return;
             }
         };
-        let mut completed = std::collections::BTreeSet::new();
-        let mut seen = std::collections::BTreeSet::new();
-        for path in &paths {
+        let (seen, completed) = self.scan_checkpoints(&paths);
+        for id in seen.difference(&completed) {
+            if let Err(e) = self
+                .storage
+                .delete_prefix(&checkpoint_dir(&self.job_id, *id))
+            {
+                tracing::warn!(
+                    checkpoint = id,
+                    "cannot remove an incomplete checkpoint: {e}"
+                );
+            }
+        }
+        // Shared file names carry the id of the checkpoint that wrote them: a
+        // new checkpoint must never get the id (and so the paths) of one
+        // whose shared files are still there.
+        let highest_shared = self
+            .shared_files(&paths)
+            .filter_map(shared_file_checkpoint)
+            .max();
+        if let Some(highest) = seen.iter().next_back().copied().max(highest_shared) {
+            self.next_id = self.next_id.max(highest + 1);
+        }
+        self.adopt_completed(completed);
+        self.register_retained();
+        self.enforce_retention();
+        self.collect_orphans(&paths);
+    }
+
+    /// `(every checkpoint id with a directory, the ids of completed ones)`.
+    fn scan_checkpoints(
+        &self,
+        paths: &[String],
+    ) -> (BTreeSet<CheckpointId>, BTreeSet<CheckpointId>) {
+        let prefix = format!("{}/", self.job_id);
+        let mut completed = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        for path in paths {
             let Some(chk) = path
                 .strip_prefix(&prefix)
                 .and_then(|rest| rest.split('/').next())
@@ -180,24 +243,17 @@ impl Coordinator {
                 continue;
             };
             seen.insert(id);
-            if path.ends_with(crate::layout::METADATA_FILE) {
+            // Exactly `<job>/chk-<n>/_metadata`: a native file of that name
+            // one level deeper is not a checkpoint's metadata.
+            if parse_metadata_path(path).is_some_and(|(job, n)| job == self.job_id && n == id) {
                 completed.insert(id);
             }
         }
-        for id in seen.difference(&completed) {
-            if let Err(e) = self
-                .storage
-                .delete_prefix(&checkpoint_dir(&self.job_id, *id))
-            {
-                tracing::warn!(
-                    checkpoint = id,
-                    "cannot remove an incomplete checkpoint: {e}"
-                );
-            }
-        }
-        if let Some(highest) = seen.iter().next_back() {
-            self.next_id = self.next_id.max(highest + 1);
-        }
+        (seen, completed)
+    }
+
+    /// Makes the completed checkpoints found in storage retained ones.
+    fn adopt_completed(&mut self, completed: BTreeSet<CheckpointId>) {
         // Completed checkpoints newer than the restored one are ones the restore
         // skipped as damaged: they can never be restored, and must not take a
         // retention place from a good one.
@@ -226,7 +282,71 @@ impl Coordinator {
         }
         retained.sort_unstable();
         self.retained = retained.into();
-        self.enforce_retention();
+    }
+
+    /// Registers the shared files of every retained checkpoint, from its
+    /// metadata. A checkpoint without metadata under this job (one of another
+    /// job this job was restored from) references none of this job's files.
+    fn register_retained(&mut self) {
+        for id in self.retained.clone() {
+            let path = metadata_path(&self.job_id, id);
+            let read = self
+                .storage
+                .get(&path)
+                .map_err(CheckpointError::from)
+                .and_then(|bytes| CheckpointMetadata::decode(&path, &bytes));
+            match read {
+                Ok(metadata) => self.shared.register(id, metadata.shared_paths()),
+                Err(CheckpointError::Storage(StorageError::NotFound { .. })) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        checkpoint = id,
+                        "cannot read which shared files a retained checkpoint references \
+                         ({e}); no shared file is deleted while it is retained"
+                    );
+                    self.shared.mark_unknown(id);
+                }
+            }
+        }
+    }
+
+    /// Deletes every shared file of the job that no retained checkpoint
+    /// references: what crashed runs and aborted checkpoints left behind.
+    /// Runs before the first trigger, so no checkpoint of this run is
+    /// uploading shared files yet.
+    fn collect_orphans(&self, paths: &[String]) {
+        if !self.shared.is_complete() {
+            tracing::warn!(
+                job = self.job_id,
+                "not collecting unreferenced shared files: {}",
+                self.shared.incompleteness()
+            );
+            return;
+        }
+        for path in self.shared_files(paths) {
+            if !self.shared.is_registered(path) {
+                tracing::info!(
+                    job = self.job_id,
+                    "deleting unreferenced shared file {path}"
+                );
+                self.delete_logged(None, path);
+            }
+        }
+    }
+
+    /// The shared files among `paths`.
+    fn shared_files<'a>(&self, paths: &'a [String]) -> impl Iterator<Item = &'a str> {
+        let dir = shared_dir(&self.job_id);
+        paths
+            .iter()
+            .filter(move |p| p.starts_with(&dir))
+            .map(String::as_str)
+    }
+
+    fn delete_logged(&self, checkpoint: Option<CheckpointId>, path: &str) {
+        if let Err(e) = self.storage.delete(path) {
+            tracing::warn!(checkpoint, "cannot delete shared file {path}: {e}");
+        }
     }
 
     pub fn job_id(&self) -> &str {
@@ -310,54 +430,106 @@ impl Coordinator {
     /// A task acknowledged; completes the checkpoint when it was the last.
     pub fn on_ack(&mut self, ack: TaskAck, now: Instant) -> Vec<CoordinatorAction> {
         let Some(pending) = self.pending.get_mut(&ack.id) else {
-            // A late ack of an aborted checkpoint: its task wrote files after the
-            // abort removed the directory; remove them too.
-            if !self.retained.contains(&ack.id)
-                && let Err(e) = self
-                    .storage
-                    .delete_prefix(&checkpoint_dir(&self.job_id, ack.id))
-            {
-                tracing::warn!(
-                    checkpoint = ack.id,
-                    "cannot remove files of an aborted checkpoint: {e}"
-                );
-            }
+            self.discard_late_ack(&ack);
             return Vec::new();
         };
-        pending.acks.insert(ack.task, ack.clone());
+        let id = ack.id;
+        pending.acks.insert(ack.task, ack);
         if pending.acks.len() < self.tasks {
             return Vec::new();
         }
-        let Some(pending) = self.pending.remove(&ack.id) else {
+        let Some(pending) = self.pending.remove(&id) else {
             return Vec::new();
         };
-        match self.finalize(ack.id, &pending) {
-            Ok(stats) => {
-                let mut stats = stats;
-                stats.duration = now.duration_since(pending.started);
-                self.completed.push(stats);
-                self.consecutive_failures = 0;
-                self.last_finished = Some(now);
-                let mut actions = vec![CoordinatorAction::Complete { id: ack.id }];
-                self.retained.push_back(ack.id);
-                // Older pending checkpoints can no longer matter.
-                let older: Vec<CheckpointId> =
-                    self.pending.range(..ack.id).map(|(id, _)| *id).collect();
-                for id in older {
-                    actions.extend(self.abort(
-                        id,
-                        format!("subsumed by checkpoint {}", ack.id),
-                        now,
-                    ));
-                }
-                self.enforce_retention();
-                actions
-            }
-            Err(reason) => {
-                self.pending.insert(ack.id, pending);
-                self.abort(ack.id, reason, now)
+        let (metadata, mut stats) = self.assemble(id, &pending);
+        let published = self
+            .check_native_files(&metadata)
+            .and_then(|()| self.publish(&metadata));
+        if let Err(reason) = published {
+            self.pending.insert(id, pending);
+            return self.abort(id, reason, now);
+        }
+        stats.duration = now.duration_since(pending.started);
+        self.completed.push(stats);
+        self.consecutive_failures = 0;
+        self.last_finished = Some(now);
+        // Registered before retention runs: a file this checkpoint shares with
+        // one retention discards now must not reach zero references.
+        self.shared.register(id, metadata.shared_paths());
+        self.retained.push_back(id);
+        let mut actions = vec![CoordinatorAction::Complete { id }];
+        // Older pending checkpoints can no longer matter.
+        let older: Vec<CheckpointId> = self.pending.range(..id).map(|(id, _)| *id).collect();
+        for old in older {
+            actions.extend(self.abort(old, format!("subsumed by checkpoint {id}"), now));
+        }
+        self.enforce_retention();
+        actions
+    }
+
+    /// A late ack of an aborted checkpoint: its task wrote files after the
+    /// abort removed the directory; remove them too.
+    fn discard_late_ack(&self, ack: &TaskAck) {
+        if self.retained.contains(&ack.id) {
+            return;
+        }
+        if let Err(e) = self
+            .storage
+            .delete_prefix(&checkpoint_dir(&self.job_id, ack.id))
+        {
+            tracing::warn!(
+                checkpoint = ack.id,
+                "cannot remove files of an aborted checkpoint: {e}"
+            );
+        }
+        self.discard_shared(ack.id, std::iter::once(ack));
+    }
+
+    /// Deletes the shared files of acknowledgements of checkpoint `id`, which
+    /// did not complete, that no retained checkpoint references. While the
+    /// registry is incomplete, only files `id` wrote itself: no completed
+    /// checkpoint can reference those (a backend reuses files of completed
+    /// checkpoints only), but an unregistered older one might be referenced
+    /// by a checkpoint whose references are unknown.
+    fn discard_shared<'a>(&self, id: CheckpointId, acks: impl Iterator<Item = &'a TaskAck>) {
+        let complete = self.shared.is_complete();
+        let mut deleted = BTreeSet::new();
+        for file in acks
+            .flat_map(|a| &a.operators)
+            .filter_map(|(_, _, subtask)| subtask.native.as_ref())
+            .flat_map(|n| &n.files)
+            .filter(|f| f.shared && (complete || f.uploaded_by == id))
+        {
+            let path = file.file.path.as_str();
+            if !self.shared.is_registered(path) && deleted.insert(path) {
+                self.delete_logged(Some(id), path);
             }
         }
+    }
+
+    /// Refuses native files that would not survive until this checkpoint is
+    /// discarded: a reused shared file that retention already deleted (a task
+    /// reused it before it heard of the newer checkpoint that replaced its
+    /// last reference; the next checkpoint uploads it again), or a private
+    /// file outside this checkpoint's directory.
+    fn check_native_files(&self, metadata: &CheckpointMetadata) -> Result<(), String> {
+        let id = metadata.checkpoint_id;
+        let own_dir = checkpoint_dir(&self.job_id, id);
+        for file in metadata.native_files() {
+            let path = &file.file.path;
+            if file.shared && file.uploaded_by != id && !self.shared.is_registered(path) {
+                return Err(format!(
+                    "a task referenced shared file '{path}', which no retained checkpoint \
+                     references any more (retention deleted it); the next checkpoint uploads it again"
+                ));
+            }
+            if !file.shared && !path.starts_with(&own_dir) {
+                return Err(format!(
+                    "private native file '{path}' lies outside the checkpoint's directory {own_dir}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A task could not take its part of checkpoint `id`.
@@ -375,9 +547,9 @@ impl Coordinator {
     }
 
     fn abort(&mut self, id: CheckpointId, reason: String, now: Instant) -> Vec<CoordinatorAction> {
-        if self.pending.remove(&id).is_none() {
+        let Some(pending) = self.pending.remove(&id) else {
             return Vec::new();
-        }
+        };
         tracing::warn!(checkpoint = id, "checkpoint aborted: {reason}");
         self.failed += 1;
         self.consecutive_failures += 1;
@@ -391,6 +563,7 @@ impl Coordinator {
                 "could not remove files of aborted checkpoint: {e}"
             );
         }
+        self.discard_shared(id, pending.acks.values());
         let mut actions = vec![CoordinatorAction::Abort {
             id,
             reason: reason.clone(),
@@ -406,7 +579,13 @@ impl Coordinator {
         actions
     }
 
-    fn finalize(&mut self, id: CheckpointId, pending: &Pending) -> Result<CheckpointStats, String> {
+    /// The metadata of checkpoint `id` from its acknowledgements, and its
+    /// figures (duration still to be set).
+    fn assemble(
+        &self,
+        id: CheckpointId,
+        pending: &Pending,
+    ) -> (CheckpointMetadata, CheckpointStats) {
         let mut operators: Vec<OperatorSnapshot> = Vec::new();
         let (mut bytes, mut sync_pause_max, mut alignment_max) =
             (0, Duration::ZERO, Duration::ZERO);
@@ -445,23 +624,32 @@ impl Coordinator {
             max_parallelism: self.max_parallelism,
             operators,
         };
-        let encoded = metadata.encode().map_err(|e| e.to_string())?;
-        // Pair assertion: the metadata reads back as what we meant to write.
-        match CheckpointMetadata::decode("(new metadata)", &encoded) {
-            Ok(decoded) if decoded == metadata => {}
-            _ => return Err("metadata does not read back identically".into()),
-        }
-        self.storage
-            .put_if_absent(&metadata_path(&self.job_id, id), encoded)
-            .map_err(|e| format!("writing metadata: {e}"))?;
-        Ok(CheckpointStats {
+        let stats = CheckpointStats {
             id,
             kind: pending.kind,
             duration: Duration::ZERO,
             bytes,
+            full_bytes: metadata.state_bytes(),
             sync_pause_max,
             alignment_max,
-        })
+        };
+        (metadata, stats)
+    }
+
+    /// Writes `_metadata`: from now on the checkpoint exists.
+    fn publish(&self, metadata: &CheckpointMetadata) -> Result<(), String> {
+        let encoded = metadata.encode().map_err(|e| e.to_string())?;
+        // Pair assertion: the metadata reads back as what we meant to write.
+        match CheckpointMetadata::decode("(new metadata)", &encoded) {
+            Ok(decoded) if decoded == *metadata => {}
+            _ => return Err("metadata does not read back identically".into()),
+        }
+        self.storage
+            .put_if_absent(
+                &metadata_path(&self.job_id, metadata.checkpoint_id),
+                encoded,
+            )
+            .map_err(|e| format!("writing metadata: {e}"))
     }
 
     /// The job stops: abort whatever is in flight (its files are removed).
@@ -478,15 +666,41 @@ impl Coordinator {
             let Some(old) = self.retained.pop_front() else {
                 break;
             };
-            // Metadata first: a half-deleted checkpoint must never look complete.
-            let metadata = metadata_path(&self.job_id, old);
-            let result = self.storage.delete(&metadata).and_then(|()| {
-                self.storage
-                    .delete_prefix(&checkpoint_dir(&self.job_id, old))
-            });
-            if let Err(e) = result {
-                tracing::warn!(checkpoint = old, "could not delete old checkpoint: {e}");
-            }
+            self.discard(old);
+        }
+    }
+
+    /// Deletes retained checkpoint `old`, then the shared files no retained
+    /// checkpoint references any more.
+    fn discard(&mut self, old: CheckpointId) {
+        let unreferenced = self.shared.release(old);
+        // Metadata first: a half-deleted checkpoint must never look complete.
+        if let Err(e) = self.storage.delete(&metadata_path(&self.job_id, old)) {
+            // It still looks complete, so its files stay; the next start
+            // adopts it again.
+            tracing::warn!(checkpoint = old, "could not delete old checkpoint: {e}");
+            return;
+        }
+        if let Err(e) = self
+            .storage
+            .delete_prefix(&checkpoint_dir(&self.job_id, old))
+        {
+            tracing::warn!(checkpoint = old, "could not delete old checkpoint: {e}");
+        }
+        if unreferenced.is_empty() {
+            return;
+        }
+        if !self.shared.is_complete() {
+            tracing::warn!(
+                checkpoint = old,
+                "keeping {} shared files it alone referenced: {}",
+                unreferenced.len(),
+                self.shared.incompleteness()
+            );
+            return;
+        }
+        for path in &unreferenced {
+            self.delete_logged(Some(old), path);
         }
     }
 }

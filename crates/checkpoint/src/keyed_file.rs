@@ -26,12 +26,12 @@ pub fn write_keyed_file(
     let mut groups = Vec::with_capacity(snapshot.range.len());
     for (index, key_group) in snapshot.range.iter().enumerate() {
         let start = sealed.len();
-        snapshot.write_key_group(key_group, &mut sealed)?;
+        let entries = snapshot.write_key_group(key_group, &mut sealed)?;
         groups.push(KeyGroupEntry {
             key_group,
             offset: start as u64,
             length: (sealed.len() - start) as u64,
-            entries: snapshot.entries(key_group) as u64,
+            entries,
         });
         if index == 0 {
             // Key groups are about equally large: size the buffer once.
@@ -118,5 +118,8 @@ pub fn sections(
             }
         }
     }
-    Ok(RestoredKeyedState { groups })
+    Ok(RestoredKeyedState {
+        groups,
+        native: Vec::new(),
+    })
 }

@@ -3,9 +3,11 @@
 //!
 //! Owns: the [`storage::CheckpointStorage`] trait and its implementations; the
 //! on-storage layout ([`layout`]); the sealed file format with checksums
-//! ([`format`]); checkpoint metadata ([`metadata`]); keyed state files indexed by
-//! key group ([`keyed_file`]); the coordinator's state machine ([`coordinator`]);
-//! finding and validating a checkpoint to restore ([`restore`]).
+//! ([`format`](mod@format)); checkpoint metadata ([`metadata`]); keyed state files indexed by
+//! key group ([`keyed_file`]); a backend's native files, uploaded and fetched
+//! back ([`native_files`]); the coordinator's state machine ([`coordinator`]),
+//! including when files shared between checkpoints are deleted; finding and
+//! validating a checkpoint to restore ([`restore`]).
 //!
 //! Must not touch: tasks, threads or channels. The runtime drives the coordinator
 //! with messages (trigger times, acknowledgements, declines) and carries out what
@@ -17,16 +19,19 @@ pub mod format;
 pub mod keyed_file;
 pub mod layout;
 pub mod metadata;
+pub mod native_files;
 pub mod restore;
+mod shared_registry;
 pub mod storage;
 
 pub use coordinator::{
     CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, TaskAck,
 };
 pub use metadata::{
-    CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, OperatorListState,
-    OperatorSnapshot, SnapshotKind, SubtaskSnapshot,
+    CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, NativeFileRef, NativeStateHandle,
+    OperatorListState, OperatorSnapshot, SnapshotKind, SubtaskSnapshot,
 };
+pub use native_files::{StorageFetcher, native_restore, upload_native};
 pub use storage::{
     CheckpointStorage, ObjectStoreStorage, SharedStorage, StorageError, open_storage,
 };
@@ -53,6 +58,13 @@ pub enum CheckpointError {
     NothingToRestore(String),
     #[error(transparent)]
     State(#[from] flowstate_state::StateError),
+    /// A local file to upload could not be read, or is not what the snapshot
+    /// listed.
+    #[error("local file {}: {reason}", path.display())]
+    LocalFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }

@@ -1,9 +1,17 @@
 //! Checkpoint metadata: the one file that says what a checkpoint holds. It is
 //! written last (atomically, create-if-absent); a checkpoint without it does not
 //! exist.
+//!
+//! Native state ([`NativeStateHandle`]) was added to version 1 without a version
+//! bump: the field is optional and omitted when absent, so older metadata reads
+//! as before and metadata without native state is written byte for byte as
+//! before.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use flowstate_state::descriptor::StateSignature;
 use flowstate_state::{KeyGroup, RedistributionMode};
 
 use crate::format::{METADATA_MAGIC, seal, unseal};
@@ -55,11 +63,40 @@ pub struct OperatorListState {
     pub elements: Vec<Vec<u8>>,
 }
 
+/// One file of a native snapshot, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeFileRef {
+    /// The file's name in the backend's directory (`000012.sst`, `CURRENT`).
+    pub name: String,
+    pub file: FileRef,
+    /// Under `<job>/shared/`, possibly referenced by other checkpoints too;
+    /// otherwise under this checkpoint's directory and deleted with it.
+    pub shared: bool,
+    /// The checkpoint whose upload wrote the file, or 0 if this checkpoint only
+    /// references a file an earlier checkpoint wrote.
+    #[serde(default)]
+    pub uploaded_by: CheckpointId,
+}
+
+/// Keyed state of one operator instance in the backend's own files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeStateHandle {
+    /// The backend that wrote the files (`rocksdb`); only it can read them.
+    pub backend: String,
+    pub key_group_start: KeyGroup,
+    pub key_group_end: KeyGroup,
+    pub states: Vec<StateSignature>,
+    pub files: Vec<NativeFileRef>,
+}
+
 /// Everything one operator instance snapshotted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubtaskSnapshot {
     pub subtask: u32,
     pub keyed: Option<KeyedStateHandle>,
+    /// Keyed state as native files (instead of `keyed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<NativeStateHandle>,
     pub lists: Vec<OperatorListState>,
 }
 
@@ -100,14 +137,45 @@ impl CheckpointMetadata {
         })
     }
 
-    /// Total bytes of the files this checkpoint references.
+    /// Total bytes of the files this checkpoint references: its full size,
+    /// including shared files earlier checkpoints uploaded (each file once,
+    /// however many instances reference it).
     pub fn state_bytes(&self) -> u64 {
+        let subtasks = self.operators.iter().flat_map(|o| &o.subtasks);
+        let keyed: u64 = subtasks
+            .clone()
+            .filter_map(|s| s.keyed.as_ref())
+            .map(|k| k.file.size)
+            .sum();
+        let mut private = 0;
+        let mut shared = BTreeMap::new();
+        for native in subtasks.filter_map(|s| s.native.as_ref()) {
+            for file in &native.files {
+                if file.shared {
+                    shared.insert(file.file.path.as_str(), file.file.size);
+                } else {
+                    private += file.file.size;
+                }
+            }
+        }
+        keyed + private + shared.values().sum::<u64>()
+    }
+
+    /// Every native file this checkpoint references, of every instance.
+    pub fn native_files(&self) -> impl Iterator<Item = &NativeFileRef> {
         self.operators
             .iter()
             .flat_map(|o| &o.subtasks)
-            .filter_map(|s| s.keyed.as_ref())
-            .map(|k| k.file.size)
-            .sum()
+            .filter_map(|s| s.native.as_ref())
+            .flat_map(|n| &n.files)
+    }
+
+    /// Paths of the shared files this checkpoint references (a path appears
+    /// once per referencing instance).
+    pub fn shared_paths(&self) -> impl Iterator<Item = &str> {
+        self.native_files()
+            .filter(|f| f.shared)
+            .map(|f| f.file.path.as_str())
     }
 
     pub fn operator(&self, uid: &str) -> Option<&OperatorSnapshot> {

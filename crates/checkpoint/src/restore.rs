@@ -1,22 +1,30 @@
 //! Finding and loading a checkpoint to restore, and dealing its state out to the
 //! instances of a (possibly rescaled) job.
+//!
+//! Loading reads and verifies every canonical keyed file eagerly. Native files
+//! (a backend's own, possibly large, files) are only checked to exist with
+//! their recorded size; the backend fetches them later through a
+//! [`crate::native_files::StorageFetcher`], which verifies their checksums.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use flowstate_state::{KeyGroupRange, RedistributionMode, RestoredKeyedState};
 
 use crate::keyed_file::{sections, verify_file};
 use crate::layout::{METADATA_FILE, parse_metadata_path};
 use crate::metadata::{CheckpointMetadata, OperatorListState};
-use crate::storage::CheckpointStorage;
+use crate::native_files::native_restore;
+use crate::storage::{CheckpointStorage, SharedStorage};
 use crate::{CheckpointError, CheckpointId};
 
-/// A checkpoint read back and verified: its metadata and the bytes of every
-/// file it references.
+/// A checkpoint read back and verified: its metadata, the bytes of every
+/// canonical file it references, and the storage its native files are
+/// fetched from.
 pub struct LoadedCheckpoint {
     pub metadata: CheckpointMetadata,
     pub metadata_path: String,
     files: HashMap<String, Vec<u8>>,
+    storage: SharedStorage,
 }
 
 /// Completed checkpoints under the storage root, newest first:
@@ -58,10 +66,7 @@ pub fn completed_checkpoints(
 }
 
 /// Loads and verifies one checkpoint (`path` is its directory or its `_metadata`).
-pub fn load(
-    storage: &dyn CheckpointStorage,
-    path: &str,
-) -> Result<LoadedCheckpoint, CheckpointError> {
+pub fn load(storage: &SharedStorage, path: &str) -> Result<LoadedCheckpoint, CheckpointError> {
     let metadata_path = if path.ends_with(METADATA_FILE) {
         path.to_owned()
     } else {
@@ -79,28 +84,55 @@ pub fn load(
             }
         }
     }
+    check_native_files(storage.as_ref(), &metadata)?;
     Ok(LoadedCheckpoint {
         metadata,
         metadata_path,
         files,
+        storage: SharedStorage::clone(storage),
     })
+}
+
+/// Every native file the checkpoint references exists with its recorded size
+/// (a shared file referenced by several instances is asked for once).
+fn check_native_files(
+    storage: &dyn CheckpointStorage,
+    metadata: &CheckpointMetadata,
+) -> Result<(), CheckpointError> {
+    let mut checked = HashSet::new();
+    for file in metadata.native_files() {
+        let file = &file.file;
+        if !checked.insert(file.path.as_str()) {
+            continue;
+        }
+        let found = storage.size(&file.path)?;
+        if found != Some(file.size) {
+            let reason = match found {
+                None => "missing".to_owned(),
+                Some(size) => format!("{size} bytes, the checkpoint recorded {}", file.size),
+            };
+            return Err(CheckpointError::Corrupt {
+                path: file.path.clone(),
+                reason,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Loads the newest completed checkpoint that verifies, falling back to older
 /// retained ones when a newer one is damaged. `Ok(None)` if there is none at all;
 /// an error naming the damage if every one is damaged.
-pub fn load_latest(
-    storage: &dyn CheckpointStorage,
-) -> Result<Option<LoadedCheckpoint>, CheckpointError> {
+pub fn load_latest(storage: &SharedStorage) -> Result<Option<LoadedCheckpoint>, CheckpointError> {
     load_latest_of(storage, None)
 }
 
 /// [`load_latest`] restricted to the checkpoints of job `job_id` (all jobs if `None`).
 pub fn load_latest_of(
-    storage: &dyn CheckpointStorage,
+    storage: &SharedStorage,
     job_id: Option<&str>,
 ) -> Result<Option<LoadedCheckpoint>, CheckpointError> {
-    let mut candidates = completed_checkpoints(storage)?;
+    let mut candidates = completed_checkpoints(storage.as_ref())?;
     if let Some(job_id) = job_id {
         candidates.retain(|(job, _, _)| job == job_id);
     }
@@ -129,34 +161,54 @@ impl LoadedCheckpoint {
     }
 
     /// Keyed state of operator `uid` for the instance owning `range`, gathered
-    /// from every old instance whose key groups overlap it.
+    /// from every old instance whose key groups overlap it: canonical sections
+    /// of the key groups in `range`, and the native state of old instances
+    /// whose ranges overlap it (whole; the backend takes what it owns).
+    ///
+    /// `restoring_job` is the id of the job that restores. Native files are
+    /// reusable by its later checkpoints only if it is the job that wrote this
+    /// checkpoint: then its coordinator retains this checkpoint and counts the
+    /// references to the shared files. Another job must upload its own copies.
     pub fn keyed_state(
         &self,
         uid: &str,
         range: KeyGroupRange,
+        restoring_job: &str,
     ) -> Result<RestoredKeyedState, CheckpointError> {
         let mut restored = RestoredKeyedState::default();
         let Some(operator) = self.metadata.operator(uid) else {
             return Ok(restored);
         };
+        let reusable = restoring_job == self.metadata.job_id;
         for subtask in &operator.subtasks {
-            let Some(handle) = &subtask.keyed else {
-                continue;
-            };
-            let old = KeyGroupRange::new(handle.key_group_start, handle.key_group_end);
-            if old.intersect(&range).is_empty() {
-                continue;
+            let overlaps =
+                |start, end| !KeyGroupRange::new(start, end).intersect(&range).is_empty();
+            if let Some(handle) = subtask
+                .keyed
+                .as_ref()
+                .filter(|h| overlaps(h.key_group_start, h.key_group_end))
+            {
+                let bytes =
+                    self.files
+                        .get(&handle.file.path)
+                        .ok_or_else(|| CheckpointError::Corrupt {
+                            path: handle.file.path.clone(),
+                            reason: "not loaded".into(),
+                        })?;
+                restored
+                    .groups
+                    .extend(sections(handle, bytes, range)?.groups);
             }
-            let bytes =
-                self.files
-                    .get(&handle.file.path)
-                    .ok_or_else(|| CheckpointError::Corrupt {
-                        path: handle.file.path.clone(),
-                        reason: "not loaded".into(),
-                    })?;
-            restored
-                .groups
-                .extend(sections(handle, bytes, range)?.groups);
+            if let Some(handle) = subtask
+                .native
+                .as_ref()
+                .filter(|h| overlaps(h.key_group_start, h.key_group_end))
+            {
+                let storage = SharedStorage::clone(&self.storage);
+                restored
+                    .native
+                    .push(native_restore(storage, handle, reusable));
+            }
         }
         Ok(restored)
     }

@@ -51,6 +51,15 @@ pub trait CheckpointStorage: Send + Sync {
     /// checkpoint.
     fn put_if_absent(&self, path: &str, bytes: Vec<u8>) -> Result<(), StorageError>;
     fn get(&self, path: &str) -> Result<Vec<u8>, StorageError>;
+    /// The size of the object at `path`, `None` if there is none. The default
+    /// reads the whole object; implementations ask the store for its metadata.
+    fn size(&self, path: &str) -> Result<Option<u64>, StorageError> {
+        match self.get(path) {
+            Ok(bytes) => Ok(Some(bytes.len() as u64)),
+            Err(StorageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
     /// Paths of all objects under `prefix` (recursively), in no particular order.
     fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
     /// Deletes one object; deleting a missing object is not an error.

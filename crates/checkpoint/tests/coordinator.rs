@@ -145,6 +145,7 @@ fn write_task_file(
             key_group_end: range.end,
             groups,
         }),
+        native: None,
         lists: vec![OperatorListState {
             name: "positions".into(),
             mode: RedistributionMode::Split,
@@ -324,7 +325,7 @@ impl Harness {
                 Err(e) => panic!("file {path} of retained checkpoint {id} is gone: {e}"),
             }
         }
-        let loaded = load(self.storage.as_ref(), &format!("{}/chk-{id}", self.job))
+        let loaded = load(&self.storage, &format!("{}/chk-{id}", self.job))
             .unwrap_or_else(|e| panic!("retained checkpoint {id} does not load: {e}"));
         assert_eq!(loaded.id(), id);
     }
@@ -423,7 +424,7 @@ fn metadata_is_written_last_with_put_if_absent_once_every_task_acked() {
     }
 
     // What the metadata says.
-    let loaded = load(h.storage.as_ref(), &format!("job-a/chk-{id}")).unwrap();
+    let loaded = load(&h.storage, &format!("job-a/chk-{id}")).unwrap();
     let m = &loaded.metadata;
     assert_eq!(
         (
@@ -694,9 +695,9 @@ fn a_resumed_job_does_not_retain_a_damaged_checkpoint_over_the_restored_one() {
         first.complete_one();
     }
     assert_eq!(first.completed_ids(), vec![2, 3]);
-    let s = first.storage.as_ref();
+    let s = &first.storage;
     // chk-3 is damaged: restore falls back to chk-2 and the job resumes from it.
-    flip_byte(s, &keyed_state_path("job-b", 3, KEYED_UID, 0));
+    flip_byte(s.as_ref(), &keyed_state_path("job-b", 3, KEYED_UID, 0));
     assert_eq!(latest_id(s), Some(2));
 
     let mut second = Harness::on(inner, "job-b", settings(2, 3, 1), 2, Some(2));
@@ -705,7 +706,7 @@ fn a_resumed_job_does_not_retain_a_damaged_checkpoint_over_the_restored_one() {
     let restorable: Vec<CheckpointId> = second
         .completed_ids()
         .into_iter()
-        .filter(|id| load(second.storage.as_ref(), &format!("job-b/chk-{id}")).is_ok())
+        .filter(|id| load(&second.storage, &format!("job-b/chk-{id}")).is_ok())
         .collect();
     assert_eq!(
         restorable,
@@ -924,7 +925,7 @@ fn truncate(storage: &dyn CheckpointStorage, path: &str) {
     storage.put(path, bytes).unwrap();
 }
 
-fn latest_id(storage: &dyn CheckpointStorage) -> Option<CheckpointId> {
+fn latest_id(storage: &SharedStorage) -> Option<CheckpointId> {
     load_latest(storage)
         .unwrap_or_else(|e| panic!("load_latest failed: {e}"))
         .map(|c| c.id())
@@ -933,10 +934,10 @@ fn latest_id(storage: &dyn CheckpointStorage) -> Option<CheckpointId> {
 #[test]
 fn load_latest_with_nothing_to_restore_is_none() {
     let storage = unique_memory();
-    assert!(load_latest(storage.as_ref()).unwrap().is_none());
+    assert!(load_latest(&storage).unwrap().is_none());
     // Files without a `_metadata` are not a checkpoint.
     write_task_file(storage.as_ref(), "job-x", 1, 0, 1);
-    assert!(load_latest(storage.as_ref()).unwrap().is_none());
+    assert!(load_latest(&storage).unwrap().is_none());
 }
 
 /// The newest checkpoint that verifies is restored; a damaged, truncated,
@@ -949,18 +950,18 @@ fn load_latest_picks_the_newest_verifiable_checkpoint_and_falls_back() {
         h.complete_one();
     }
     let storage = Arc::clone(&h.storage);
-    let s = storage.as_ref();
+    let s = &storage;
     // Numeric, not textual, order: 11 is newer than 9.
     assert_eq!(h.completed_ids(), vec![7, 8, 9, 10, 11]);
     assert_eq!(latest_id(s), Some(11));
 
     // A checkpoint in flight (files, no metadata) is not a candidate.
-    write_task_file(s, "job-q", 12, 0, 2);
+    write_task_file(s.as_ref(), "job-q", 12, 0, 2);
     assert_eq!(latest_id(s), Some(11));
 
     let file_of = |id: CheckpointId, task: u32| keyed_state_path("job-q", id, KEYED_UID, task);
 
-    flip_byte(s, &file_of(11, 1));
+    flip_byte(s.as_ref(), &file_of(11, 1));
     assert_eq!(latest_id(s), Some(10), "flipped byte in a task file");
     let err = load(s, "job-q/chk-11").err().expect("damaged chk-11 loads");
     assert!(
@@ -968,7 +969,7 @@ fn load_latest_picks_the_newest_verifiable_checkpoint_and_falls_back() {
         "{err}"
     );
 
-    truncate(s, &file_of(10, 0));
+    truncate(s.as_ref(), &file_of(10, 0));
     assert_eq!(latest_id(s), Some(9), "truncated task file");
     let err = load(s, "job-q/chk-10/").err().unwrap().to_string();
     assert!(err.contains(&file_of(10, 0)), "{err}");
@@ -978,7 +979,7 @@ fn load_latest_picks_the_newest_verifiable_checkpoint_and_falls_back() {
     let err = load(s, "job-q/chk-9").err().unwrap().to_string();
     assert!(err.contains(&file_of(9, 1)), "{err}");
 
-    flip_byte(s, &metadata_path("job-q", 8));
+    flip_byte(s.as_ref(), &metadata_path("job-q", 8));
     assert_eq!(latest_id(s), Some(7), "flipped byte in _metadata");
     let err = load(s, &metadata_path("job-q", 8))
         .err()
@@ -1022,7 +1023,7 @@ fn load_latest_within_a_job_goes_by_id_not_by_wall_clock() {
     h.complete_one();
     let newer = h.complete_one();
     let older = newer - 1;
-    let s = h.storage.as_ref();
+    let s = &h.storage;
     let older_created = load(s, &format!("job-w/chk-{older}"))
         .unwrap()
         .metadata
@@ -1042,7 +1043,7 @@ fn load_detects_a_truncated_metadata() {
     let mut h = Harness::new("job-u", settings(2, 3, 1), 1);
     h.complete_one();
     h.complete_one();
-    let s = h.storage.as_ref();
+    let s = &h.storage;
     let meta = metadata_path("job-u", 2);
     let full = s.get(&meta).unwrap();
     for len in [0, 4, 11, full.len() / 2, full.len() - 1] {
@@ -1088,6 +1089,7 @@ fn a_loaded_checkpoint_deals_state_out_to_another_parallelism() {
         let source = SubtaskSnapshot {
             subtask: task as u32,
             keyed: None,
+            native: None,
             lists: vec![
                 OperatorListState {
                     name: "positions".into(),
@@ -1107,7 +1109,7 @@ fn a_loaded_checkpoint_deals_state_out_to_another_parallelism() {
         let actions = coordinator.on_ack(a, now);
         assert_eq!(actions.is_empty(), task == 0, "{actions:?}");
     }
-    let loaded = load_latest(storage.as_ref()).unwrap().unwrap();
+    let loaded = load_latest(&storage).unwrap().unwrap();
     assert_eq!(loaded.id(), id);
     assert!(loaded.has_operator(KEYED_UID) && loaded.has_operator(SOURCE_UID));
     assert!(!loaded.has_operator("nobody"));
@@ -1117,7 +1119,7 @@ fn a_loaded_checkpoint_deals_state_out_to_another_parallelism() {
         let mut positions_seen = Vec::new();
         for index in 0..parallelism {
             let range = KeyGroupRange::for_operator(index, parallelism, MAX_PARALLELISM);
-            let restored = loaded.keyed_state(KEYED_UID, range).unwrap();
+            let restored = loaded.keyed_state(KEYED_UID, range, job).unwrap();
             for (g, bytes) in &restored.groups {
                 assert!(range.contains(*g), "group {g} outside {range}");
                 let owner = (0..2u32)

@@ -81,6 +81,20 @@ fn conformance(storage: &dyn CheckpointStorage, race: CreateRace) {
         b"task state v2"
     );
 
+    // size without reading: present, empty, missing.
+    assert_eq!(
+        storage.size("job/chk-1/op-0.keyed").unwrap(),
+        Some(13),
+        "{name}"
+    );
+    assert_eq!(storage.size("job/chk-1/empty").unwrap(), Some(0), "{name}");
+    assert_eq!(
+        storage.size("job/chk-1/big").unwrap(),
+        Some(big.len() as u64),
+        "{name}"
+    );
+    assert_eq!(storage.size("job/chk-1/missing").unwrap(), None, "{name}");
+
     // get of a missing object.
     match storage.get("job/chk-1/missing") {
         Err(StorageError::NotFound { path, .. }) => assert_eq!(path, "job/chk-1/missing"),

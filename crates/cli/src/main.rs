@@ -118,6 +118,92 @@ struct RuntimeArgs {
     /// Delay before the first restart; doubles with each further one (up to 10s).
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     restart_delay: Duration,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+#[derive(Args)]
+struct StateArgs {
+    /// Where keyed state lives: `heap` (memory) or `rocksdb` (local disk; needs a
+    /// build with `--features rocksdb`).
+    #[arg(long, default_value = "heap")]
+    state_backend: flowstate::state::BackendKind,
+    /// Local directory of the rocksdb backend's databases
+    /// [default: <temp dir>/flowstate/state].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// rocksdb: checkpoints upload only the files that changed since the last one.
+    #[arg(long)]
+    incremental: bool,
+    /// rocksdb: block cache shared by all instances (`256MiB`, `1GiB`).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    rocksdb_block_cache: u64,
+    /// rocksdb: memtable size per state (`64MiB`).
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    rocksdb_write_buffer: u64,
+}
+
+/// `512`, `64KiB`, `256MiB`, `2GiB` (also `K`, `M`, `G`, all powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &text[digits.len()..];
+    let shift = match unit {
+        "" | "B" => 0,
+        "K" | "KiB" | "k" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => return Err(format!("unknown unit '{unit}' (use B, KiB, MiB or GiB)")),
+    };
+    let value: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 256MiB)"))?;
+    value
+        .checked_mul(1 << shift)
+        .filter(|&bytes| bytes > 0)
+        .ok_or_else(|| format!("'{text}' is not a size between 1 byte and 16 EiB"))
+}
+
+impl StateArgs {
+    fn backend(&self) -> Result<flowstate::state::StateBackendConfig> {
+        use flowstate::state::{BackendKind, StateBackendConfig};
+        match self.state_backend {
+            BackendKind::Heap => {
+                if self.incremental {
+                    bail!(
+                        "--incremental needs --state-backend rocksdb (heap checkpoints are always complete)"
+                    );
+                }
+                Ok(StateBackendConfig::Heap)
+            }
+            BackendKind::RocksDb => self.rocksdb(),
+        }
+    }
+
+    #[cfg(feature = "rocksdb")]
+    fn rocksdb(&self) -> Result<flowstate::state::StateBackendConfig> {
+        use flowstate_state_rocksdb::{RocksDbFactory, RocksDbOptions};
+        let dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("flowstate").join("state"));
+        let options = RocksDbOptions {
+            block_cache_bytes: self.rocksdb_block_cache,
+            write_buffer_bytes: self.rocksdb_write_buffer,
+            incremental: self.incremental,
+            ..RocksDbOptions::new(dir)
+        };
+        Ok(flowstate::state::StateBackendConfig::Store(
+            RocksDbFactory::new(options),
+        ))
+    }
+
+    #[cfg(not(feature = "rocksdb"))]
+    fn rocksdb(&self) -> Result<flowstate::state::StateBackendConfig> {
+        bail!(
+            "this flowstate was built without the rocksdb backend; build it with `cargo build --release -p flowstate-cli --features rocksdb` (needs libclang-dev)"
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -171,6 +257,7 @@ impl RuntimeArgs {
             .unwrap_or_else(|| cpus.min(self.max_parallelism).max(1));
         let mut config = ExecutionConfig {
             max_parallelism: self.max_parallelism,
+            state_backend: self.state.backend()?,
             ..ExecutionConfig::with_parallelism(parallelism)
         };
         config.validate()?;

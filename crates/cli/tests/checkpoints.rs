@@ -341,7 +341,30 @@ fn describe_checkpoints(ck: &Path) -> String {
     text
 }
 
-fn sigkill_and_restore_latest(name: &str, first: u32, restarts: u32) {
+/// Which state backend a crash test runs on.
+#[derive(Clone, Copy)]
+enum Backend {
+    Heap,
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
+    RocksDbIncremental,
+}
+
+impl Backend {
+    fn args(self, state_dir: &Path) -> Vec<String> {
+        match self {
+            Backend::Heap => Vec::new(),
+            Backend::RocksDbIncremental => vec![
+                "--state-backend".into(),
+                "rocksdb".into(),
+                "--incremental".into(),
+                "--state-dir".into(),
+                arg(state_dir).to_owned(),
+            ],
+        }
+    }
+}
+
+fn sigkill_and_restore_latest(name: &str, first: u32, restarts: u32, backend: Backend) {
     let _turn = one_at_a_time();
     let tmp = tempdir();
     let (out, ck, logs) = (
@@ -349,9 +372,11 @@ fn sigkill_and_restore_latest(name: &str, first: u32, restarts: u32) {
         tmp.path().join("ck"),
         tmp.path().join("logs"),
     );
+    let backend_args = backend.args(&tmp.path().join("state"));
+    let backend_args: Vec<&str> = backend_args.iter().map(String::as_str).collect();
     let test = CrashTest {
         name,
-        args: crash_args(&out, &ck, &[]),
+        args: crash_args(&out, &ck, &backend_args),
         first_parallelism: first,
         restart_parallelism: restarts,
         kills: KILLS,
@@ -379,7 +404,23 @@ fn sigkill_and_restore_latest(name: &str, first: u32, restarts: u32) {
 /// the reference checksum.
 #[test]
 fn sigkill_at_random_moments_and_restore_latest_is_exactly_once() {
-    sigkill_and_restore_latest("p2", 2, 2);
+    sigkill_and_restore_latest("p2", 2, 2, Backend::Heap);
+}
+
+/// The acceptance test on RocksDB with incremental checkpoints: restores at
+/// unchanged parallelism open the downloaded files directly.
+#[cfg(feature = "rocksdb")]
+#[test]
+fn rocksdb_incremental_sigkill_at_random_moments_is_exactly_once() {
+    sigkill_and_restore_latest("rocksdb-p2", 2, 2, Backend::RocksDbIncremental);
+}
+
+/// RocksDB, incremental, restarted at parallelism 3: every restore rebuilds
+/// instances from the overlapping key-group ranges of the old ones.
+#[cfg(feature = "rocksdb")]
+#[test]
+fn rocksdb_incremental_sigkill_and_rescale_is_exactly_once() {
+    sigkill_and_restore_latest("rocksdb-p2-to-p3", 2, 3, Backend::RocksDbIncremental);
 }
 
 /// The same, with the first run at parallelism 2 and every restarted run at 3:
@@ -387,7 +428,7 @@ fn sigkill_at_random_moments_and_restore_latest_is_exactly_once() {
 /// redistributed on every restore.
 #[test]
 fn sigkill_and_restore_latest_at_another_parallelism_is_exactly_once() {
-    sigkill_and_restore_latest("p2-to-p3", 2, 3);
+    sigkill_and_restore_latest("p2-to-p3", 2, 3, Backend::Heap);
 }
 
 /// Counts of an at-least-once output check.

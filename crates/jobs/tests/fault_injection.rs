@@ -10,19 +10,28 @@
 //! - without faults the output equals the failure-free result and the job's
 //!   RESULT checksum equals `workload::reference_checksum`.
 //!
+//! Every test body takes the keyed state backend ([`Backend`]): the tests at the
+//! top level run on the heap; with the `rocksdb` feature, module `rocksdb`
+//! runs the same bodies on RocksDB, incremental (native SST files shared
+//! between checkpoints) and full (key-group files).
+//!
 //! A failing seed is printed in every assertion; rerun one with
-//! `FAULT_SEED=<seed> cargo test -p flowstate-jobs --test fault_injection one_seed -- --nocapture`.
+//! `FAULT_SEED=<seed> cargo test -p flowstate-jobs --test fault_injection one_seed -- --nocapture`;
+//! on RocksDB, `FAULT_BACKEND=rocksdb` (incremental) or `rocksdb-full` in a
+//! build with the `rocksdb` feature, e.g.
+//! `FAULT_BACKEND=rocksdb FAULT_SEED=<seed> cargo test --workspace --all-features --test fault_injection one_seed -- --nocapture`.
 
 mod support;
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::time::Instant;
 
 use flowstate::runtime::Guarantee;
 use flowstate_jobs::workload::reference_checksum;
 use support::{
-    Fault, RunOutcome, RunSpec, Topology, check_exactly_once, check_nothing_lost, checksum_of,
-    expected_values, run, run_until_fired, storage_leftovers,
+    Backend, Fault, RunOutcome, RunSpec, Topology, check_checkpoints, check_exactly_once,
+    check_nothing_lost, checksum_of, expected_values, run, run_until_fired,
 };
 
 /// Seeds of the exactly-once runs, split over several tests so that the test
@@ -31,12 +40,18 @@ const EXACTLY_ONCE_SEEDS_PER_TEST: u64 = 26;
 /// Seeds of the at-least-once runs.
 const AT_LEAST_ONCE_SEEDS: u64 = 30;
 
+/// The exactly-once seeds of test `block`.
+fn seed_block(block: u64) -> Range<u64> {
+    block * EXACTLY_ONCE_SEEDS_PER_TEST..(block + 1) * EXACTLY_ONCE_SEEDS_PER_TEST
+}
+
 fn describe(outcome: &RunOutcome) -> String {
     let s = &outcome.spec;
-    let (metadata, orphans) = storage_leftovers(&outcome.storage_objects);
+    let left = outcome.leftovers();
     format!(
-        "seed {:>4} {:?} p={} n={} keys={} batch={} interval={:?} retain={} {:?} {:?}: fired at {}; restarts {}, completed {}, failed {} checkpoints; restored a checkpoint: {}; left in storage: {} metadata, {} orphaned files; {:.0?}",
+        "seed {:>4} {:?} {:?} p={} n={} keys={} batch={} interval={:?} retain={} {:?} {:?}: fired at {}; restarts {}, completed {}, failed {} checkpoints; restored a checkpoint: {}; left in storage: {} metadata, {} shared files, {} orphaned files, {} missing files; {:.0?}",
         s.seed,
+        s.backend,
         s.topology,
         s.parallelism,
         s.records,
@@ -51,8 +66,10 @@ fn describe(outcome: &RunOutcome) -> String {
         outcome.report.checkpoints.len(),
         outcome.report.failed_checkpoints,
         outcome.restored_a_checkpoint,
-        metadata.len(),
-        orphans.len(),
+        left.metadata.len(),
+        left.shared,
+        left.orphans.len(),
+        left.dangling.len(),
         outcome.elapsed,
     )
 }
@@ -96,10 +113,15 @@ fn assert_no_in_progress_files(outcome: &RunOutcome) -> bool {
     false
 }
 
+/// The completed checkpoints left behind are sound ([`check_checkpoints`]).
+fn assert_checkpoints_sound(outcome: &RunOutcome) {
+    check_checkpoints(outcome).unwrap_or_else(|e| panic!("{e}\n{}", describe(outcome)));
+}
+
 /// One exactly-once run: the fault fired, the committed output is exactly
 /// once and equals the failure-free result.
-fn exactly_once_seed(seed: u64) -> RunOutcome {
-    let spec = RunSpec::from_seed(seed, Guarantee::ExactlyOnce);
+fn exactly_once_seed(seed: u64, backend: Backend) -> RunOutcome {
+    let spec = RunSpec::from_seed(seed, Guarantee::ExactlyOnce).on(backend);
     let outcome = run_until_fired(&spec);
     let spec = &outcome.spec;
     assert_fault_took_effect(&outcome);
@@ -117,45 +139,46 @@ fn exactly_once_seed(seed: u64) -> RunOutcome {
         describe(&outcome)
     );
     assert_no_in_progress_files(&outcome);
+    assert_checkpoints_sound(&outcome);
     outcome
 }
 
-fn exactly_once_seeds(block: u64) {
+fn exactly_once_seeds(seeds: Range<u64>, backend: Backend) {
     let started = Instant::now();
-    let seeds = block * EXACTLY_ONCE_SEEDS_PER_TEST..(block + 1) * EXACTLY_ONCE_SEEDS_PER_TEST;
     let count = seeds.end - seeds.start;
     for seed in seeds {
-        let outcome = exactly_once_seed(seed);
+        let outcome = exactly_once_seed(seed, backend);
         println!("ok {}", describe(&outcome));
     }
     println!(
-        "exactly-once: {count} seeds passed in {:.1?}",
+        "exactly-once on {backend:?}: {count} seeds passed in {:.1?}",
         started.elapsed()
     );
 }
 
 #[test]
 fn exactly_once_under_injected_faults_seeds_0_to_25() {
-    exactly_once_seeds(0);
+    exactly_once_seeds(seed_block(0), Backend::Heap);
 }
 
 #[test]
 fn exactly_once_under_injected_faults_seeds_26_to_51() {
-    exactly_once_seeds(1);
+    exactly_once_seeds(seed_block(1), Backend::Heap);
 }
 
 #[test]
 fn exactly_once_under_injected_faults_seeds_52_to_77() {
-    exactly_once_seeds(2);
+    exactly_once_seeds(seed_block(2), Backend::Heap);
 }
 
 #[test]
 fn exactly_once_under_injected_faults_seeds_78_to_103() {
-    exactly_once_seeds(3);
+    exactly_once_seeds(seed_block(3), Backend::Heap);
 }
 
 /// Reruns the seed in `FAULT_SEED` (exactly-once; `FAULT_GUARANTEE=alo` for
-/// at-least-once), printing what happened.
+/// at-least-once) on the backend in `FAULT_BACKEND` (`heap`, the default;
+/// `rocksdb`: incremental; `rocksdb-full`), printing what happened.
 #[test]
 fn one_seed() {
     let Some(seed) = std::env::var("FAULT_SEED")
@@ -164,11 +187,12 @@ fn one_seed() {
     else {
         return;
     };
+    let backend = Backend::from_env();
     if std::env::var("FAULT_GUARANTEE").is_ok_and(|g| g == "alo") {
-        let (outcome, _) = at_least_once_seed(seed);
+        let (outcome, _) = at_least_once_seed(seed, backend);
         println!("ok {}", describe(&outcome));
     } else {
-        let outcome = exactly_once_seed(seed);
+        let outcome = exactly_once_seed(seed, backend);
         println!("ok {}", describe(&outcome));
     }
 }
@@ -180,8 +204,8 @@ fn at_least_once_spec(seed: u64) -> RunSpec {
     spec
 }
 
-fn at_least_once_seed(seed: u64) -> (RunOutcome, support::AtLeastOnceStats) {
-    let spec = at_least_once_spec(seed);
+fn at_least_once_seed(seed: u64, backend: Backend) -> (RunOutcome, support::AtLeastOnceStats) {
+    let spec = at_least_once_spec(seed).on(backend);
     let outcome = run_until_fired(&spec);
     assert_fault_took_effect(&outcome);
     let spec = &outcome.spec;
@@ -193,32 +217,42 @@ fn at_least_once_seed(seed: u64) -> (RunOutcome, support::AtLeastOnceStats) {
         stats.extra_lines, stats.repeated_lines, stats.keys_over_counted
     );
     assert_no_in_progress_files(&outcome);
+    assert_checkpoints_sound(&outcome);
     (outcome, stats)
 }
 
-#[test]
-fn at_least_once_loses_nothing_under_injected_faults() {
+fn at_least_once_seeds(seeds: Range<u64>, backend: Backend) {
     let started = Instant::now();
+    let count = seeds.end - seeds.start;
     let mut extra = 0;
-    for seed in 1_000..1_000 + AT_LEAST_ONCE_SEEDS {
-        let (outcome, stats) = at_least_once_seed(seed);
+    for seed in seeds {
+        let (outcome, stats) = at_least_once_seed(seed, backend);
         extra += stats.extra_lines;
         println!("ok {}", describe(&outcome));
     }
     println!(
-        "at-least-once: {AT_LEAST_ONCE_SEEDS} seeds passed in {:.1?}; {extra} duplicate lines in all",
+        "at-least-once on {backend:?}: {count} seeds passed in {:.1?}; {extra} duplicate lines in all",
         started.elapsed()
     );
 }
 
 #[test]
+fn at_least_once_loses_nothing_under_injected_faults() {
+    at_least_once_seeds(1_000..1_000 + AT_LEAST_ONCE_SEEDS, Backend::Heap);
+}
+
+#[test]
 fn without_faults_the_output_and_the_result_match_the_reference() {
+    without_faults(Backend::Heap);
+}
+
+fn without_faults(backend: Backend) {
     for (seed, topology) in [
         (9_000, Topology::Single),
         (9_001, Topology::Union),
         (9_002, Topology::Connect),
     ] {
-        let mut spec = RunSpec::from_seed(seed, Guarantee::ExactlyOnce);
+        let mut spec = RunSpec::from_seed(seed, Guarantee::ExactlyOnce).on(backend);
         spec.topology = topology;
         spec.parallelism = 2;
         spec.fault = Fault::None;
@@ -233,6 +267,7 @@ fn without_faults_the_output_and_the_result_match_the_reference() {
         let state = check_exactly_once(seed, &outcome.lines, &expected, spec.records)
             .unwrap_or_else(|e| panic!("{e}\n{}", describe(&outcome)));
         assert_no_in_progress_files(&outcome);
+        assert_checkpoints_sound(&outcome);
         let reference = reference_checksum(spec.records, spec.keys);
         assert_eq!(
             checksum_of(&state),
@@ -285,13 +320,55 @@ fn the_checkers_reject_damaged_output() {
     assert!(check_nothing_lost(1, &swapped, &expected, records).is_err());
 }
 
+/// The upload faults see every task state file, and nothing else, as the
+/// checkpoint layout names them; the files of one instance's native snapshot
+/// are one upload.
+#[test]
+fn upload_faults_recognise_task_state_files() {
+    use flowstate::runtime::checkpoint::layout::{
+        keyed_state_path, metadata_path, native_private_path, shared_file_path,
+    };
+    use support::StateWrite;
+    let job = "job-1f-2a";
+    let keyed = StateWrite::of(&keyed_state_path(job, 7, "Count and sum", 2)).expect("keyed");
+    assert_eq!(
+        (keyed.checkpoint, keyed.private, keyed.whole),
+        (7, true, true)
+    );
+    let shared = StateWrite::of(&shared_file_path(job, "count-and-sum", 2, 7, "000012.sst"))
+        .expect("a shared file");
+    assert_eq!(
+        (shared.checkpoint, shared.private, shared.whole),
+        (7, false, false)
+    );
+    let private = StateWrite::of(&native_private_path(job, 7, "count-and-sum", 2, "CURRENT"))
+        .expect("a private native file");
+    assert_eq!(
+        (private.checkpoint, private.private, private.whole),
+        (7, true, false)
+    );
+    assert_eq!(
+        shared.upload, private.upload,
+        "one instance's native upload"
+    );
+    assert_ne!(keyed.upload, private.upload);
+    let other = StateWrite::of(&native_private_path(job, 7, "count-and-sum", 1, "CURRENT"))
+        .expect("a private native file");
+    assert_ne!(other.upload, private.upload, "another instance");
+    assert!(StateWrite::of(&metadata_path(job, 7)).is_none());
+}
+
 /// The file sink removes the in-progress files of a failed attempt when the
 /// restarted attempt has no checkpoint to restore (the failure came before the
 /// first checkpoint completed). Deterministic: with a 10 s interval no periodic
 /// checkpoint starts before the failure at record 10,000.
 #[test]
 fn restart_before_the_first_checkpoint_leaves_no_in_progress_files() {
-    let mut spec = RunSpec::from_seed(7_000, Guarantee::ExactlyOnce);
+    restart_before_the_first_checkpoint(Backend::Heap);
+}
+
+fn restart_before_the_first_checkpoint(backend: Backend) {
+    let mut spec = RunSpec::from_seed(7_000, Guarantee::ExactlyOnce).on(backend);
     spec.topology = Topology::Single;
     spec.parallelism = 2;
     spec.records = 30_000;
@@ -317,15 +394,23 @@ fn restart_before_the_first_checkpoint_leaves_no_in_progress_files() {
         "in-progress files of the failed attempt remain: {:?}",
         outcome.hidden
     );
+    assert_checkpoints_sound(&outcome);
 }
 
 /// Keeping the last `retain` completed checkpoints holds across restarts: the
 /// checkpoints the failed attempt retained are deleted once newer ones replace
 /// them. Here retain = 2, the failure comes right after checkpoint 2 completed,
-/// and the restarted attempt completes at least its final checkpoint.
+/// and the restarted attempt completes at least its final checkpoint. Every
+/// file left in storage belongs to a retained checkpoint (on incremental
+/// RocksDB: the shared files only discarded checkpoints referenced are gone),
+/// and every file a retained checkpoint references is there.
 #[test]
 fn retention_holds_across_a_restart() {
-    let mut spec = RunSpec::from_seed(7_001, Guarantee::ExactlyOnce);
+    retention_holds_across_a_restart_on(Backend::Heap);
+}
+
+fn retention_holds_across_a_restart_on(backend: Backend) {
+    let mut spec = RunSpec::from_seed(7_001, Guarantee::ExactlyOnce).on(backend);
     spec.topology = Topology::Single;
     spec.parallelism = 1;
     spec.records = 60_000;
@@ -341,22 +426,38 @@ fn retention_holds_across_a_restart() {
     let expected = expected_values(spec.records, spec.keys);
     check_exactly_once(spec.seed, &outcome.lines, &expected, spec.records)
         .unwrap_or_else(|e| panic!("{e}"));
-    let (metadata, _) = storage_leftovers(&outcome.storage_objects);
+    let left = outcome.leftovers();
     assert!(
-        metadata.len() <= spec.retain,
-        "{} completed checkpoints remain with retain {}: {metadata:?}\n{}",
-        metadata.len(),
+        left.metadata.len() <= spec.retain,
+        "{} completed checkpoints remain with retain {}: {:?}\n{}",
+        left.metadata.len(),
         spec.retain,
+        left.metadata,
         describe(&outcome)
     );
+    assert!(
+        left.orphans.is_empty(),
+        "files no retained checkpoint references remain: {:?}\n{}",
+        left.orphans,
+        describe(&outcome)
+    );
+    assert_checkpoints_sound(&outcome);
+    println!("ok {}", describe(&outcome));
 }
 
 /// An aborted checkpoint leaves no files behind, even those its other tasks
-/// finish writing after the abort. Here checkpoint 1's first task file fails
-/// and the other two (parallelism 3) are written 100 ms later.
+/// finish writing after the abort. Here checkpoint 1's first task upload fails
+/// and the other two (parallelism 3) are written 100 ms later. On incremental
+/// RocksDB, the shared files the aborted checkpoint's uploads wrote (before the
+/// failure, and after the abort) go too: no file remains that no retained
+/// checkpoint references.
 #[test]
 fn an_aborted_checkpoint_leaves_no_files() {
-    let mut spec = RunSpec::from_seed(7_002, Guarantee::ExactlyOnce);
+    an_aborted_checkpoint_leaves_no_files_on(Backend::Heap);
+}
+
+fn an_aborted_checkpoint_leaves_no_files_on(backend: Backend) {
+    let mut spec = RunSpec::from_seed(7_002, Guarantee::ExactlyOnce).on(backend);
     spec.topology = Topology::Single;
     spec.parallelism = 3;
     spec.records = 30_000;
@@ -367,12 +468,15 @@ fn an_aborted_checkpoint_leaves_no_files() {
     let expected = expected_values(spec.records, spec.keys);
     check_exactly_once(spec.seed, &outcome.lines, &expected, spec.records)
         .unwrap_or_else(|e| panic!("{e}"));
-    let (_, orphans) = storage_leftovers(&outcome.storage_objects);
+    let left = outcome.leftovers();
     assert!(
-        orphans.is_empty(),
-        "files of aborted checkpoints remain: {orphans:?}\n{}",
+        left.orphans.is_empty(),
+        "files of aborted checkpoints remain: {:?}\n{}",
+        left.orphans,
         describe(&outcome)
     );
+    assert_checkpoints_sound(&outcome);
+    println!("ok {}", describe(&outcome));
 }
 
 /// The job's RESULT checksum counts every key once even when the job fails
@@ -381,7 +485,11 @@ fn an_aborted_checkpoint_leaves_no_files() {
 /// the sink finishes, after `CountAndSum::finish` ran in the same task.
 #[test]
 fn the_result_checksum_survives_a_failure_after_finish() {
-    let mut spec = RunSpec::from_seed(7_003, Guarantee::ExactlyOnce);
+    the_result_checksum_survives_a_failure_after_finish_on(Backend::Heap);
+}
+
+fn the_result_checksum_survives_a_failure_after_finish_on(backend: Backend) {
+    let mut spec = RunSpec::from_seed(7_003, Guarantee::ExactlyOnce).on(backend);
     spec.topology = Topology::Single;
     spec.parallelism = 1;
     spec.records = 20_000;
@@ -409,4 +517,78 @@ fn the_result_checksum_survives_a_failure_after_finish() {
         "the RESULT checksum after a restart\n{}",
         describe(&outcome)
     );
+}
+
+/// The same tests on RocksDB: incremental (native SST files, shared between
+/// checkpoints and reference counted by the coordinator) and full (key-group
+/// files from a RocksDB checkpoint). Fewer seeds than on the heap: every run
+/// opens databases and every checkpoint flushes them.
+#[cfg(feature = "rocksdb")]
+mod rocksdb {
+    use super::*;
+
+    const INCREMENTAL: Backend = Backend::RocksDb { incremental: true };
+    const FULL: Backend = Backend::RocksDb { incremental: false };
+
+    /// Seeds 0..52 (every fault family and topology, as on the heap).
+    #[test]
+    fn incremental_exactly_once_seeds_0_to_25() {
+        exactly_once_seeds(seed_block(0), INCREMENTAL);
+    }
+
+    #[test]
+    fn incremental_exactly_once_seeds_26_to_51() {
+        exactly_once_seeds(seed_block(1), INCREMENTAL);
+    }
+
+    /// 13 seeds: every fault family at least twice.
+    #[test]
+    fn full_exactly_once_seeds_52_to_64() {
+        exactly_once_seeds(52..65, FULL);
+    }
+
+    #[test]
+    fn incremental_at_least_once_seeds_1000_to_1009() {
+        at_least_once_seeds(1_000..1_010, INCREMENTAL);
+    }
+
+    #[test]
+    fn incremental_without_faults_the_output_and_the_result_match_the_reference() {
+        without_faults(INCREMENTAL);
+    }
+
+    #[test]
+    fn full_without_faults_the_output_and_the_result_match_the_reference() {
+        without_faults(FULL);
+    }
+
+    #[test]
+    fn incremental_restart_before_the_first_checkpoint_leaves_no_in_progress_files() {
+        restart_before_the_first_checkpoint(INCREMENTAL);
+    }
+
+    #[test]
+    fn incremental_retention_holds_across_a_restart() {
+        retention_holds_across_a_restart_on(INCREMENTAL);
+    }
+
+    #[test]
+    fn full_retention_holds_across_a_restart() {
+        retention_holds_across_a_restart_on(FULL);
+    }
+
+    #[test]
+    fn incremental_an_aborted_checkpoint_leaves_no_files() {
+        an_aborted_checkpoint_leaves_no_files_on(INCREMENTAL);
+    }
+
+    #[test]
+    fn full_an_aborted_checkpoint_leaves_no_files() {
+        an_aborted_checkpoint_leaves_no_files_on(FULL);
+    }
+
+    #[test]
+    fn incremental_the_result_checksum_survives_a_failure_after_finish() {
+        the_result_checksum_survives_a_failure_after_finish_on(INCREMENTAL);
+    }
 }

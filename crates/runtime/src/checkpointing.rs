@@ -14,10 +14,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use flowstate_checkpoint::coordinator::TaskAck;
 use flowstate_checkpoint::keyed_file::write_keyed_file;
 use flowstate_checkpoint::layout::keyed_state_path;
+use flowstate_checkpoint::native_files::upload_native;
 use flowstate_checkpoint::storage::SharedStorage;
 use flowstate_checkpoint::{
     CheckpointStats, Coordinator, CoordinatorAction, SnapshotKind, SubtaskSnapshot,
 };
+
+use flowstate_state::BackendSnapshot;
 
 use crate::channel::Signal;
 use crate::message::Barrier;
@@ -175,28 +178,34 @@ pub(crate) fn upload_loop(
         let mut operators = Vec::with_capacity(job.parts.len());
         let mut bytes = 0;
         for part in job.parts {
-            let keyed = match &part.snapshot.keyed {
-                Some(snapshot) => {
+            let (mut keyed, mut native) = (None, None);
+            let written = match &part.snapshot.keyed {
+                Some(BackendSnapshot::KeyGroups(snapshot)) => {
                     let path = keyed_state_path(&job_id, id, &part.uid, part.subtask);
-                    match write_keyed_file(storage.as_ref(), &path, snapshot) {
-                        Ok(handle) => {
-                            bytes += handle.file.size;
-                            Some(handle)
-                        }
-                        Err(e) => {
-                            let reason =
-                                format!("writing state of '{}' ({}): {e}", part.name, part.subtask);
-                            let _ = events.send(CoordinatorEvent::Decline {
-                                id,
-                                task: job.task,
-                                reason,
-                            });
-                            continue 'jobs;
-                        }
-                    }
+                    write_keyed_file(storage.as_ref(), &path, snapshot).map(|handle| {
+                        bytes += handle.file.size;
+                        keyed = Some(handle);
+                    })
                 }
-                None => None,
+                Some(BackendSnapshot::Native(snapshot)) => {
+                    upload_native(storage.as_ref(), &job_id, &part.uid, part.subtask, snapshot).map(
+                        |(handle, uploaded)| {
+                            bytes += uploaded;
+                            native = Some(handle);
+                        },
+                    )
+                }
+                None => Ok(()),
             };
+            if let Err(e) = written {
+                let reason = format!("writing state of '{}' ({}): {e}", part.name, part.subtask);
+                let _ = events.send(CoordinatorEvent::Decline {
+                    id,
+                    task: job.task,
+                    reason,
+                });
+                continue 'jobs;
+            }
             let lists = part.snapshot.lists;
             bytes += lists
                 .iter()
@@ -209,6 +218,7 @@ pub(crate) fn upload_loop(
                 SubtaskSnapshot {
                     subtask: part.subtask,
                     keyed,
+                    native,
                     lists,
                 },
             ));

@@ -1,6 +1,8 @@
 //! Execution settings: every limit is named here with its default.
 
-use flowstate_state::{BackendKind, DEFAULT_MAX_PARALLELISM, KeyGroupRange, MAX_PARALLELISM_LIMIT};
+use flowstate_state::{
+    DEFAULT_MAX_PARALLELISM, KeyGroupRange, MAX_PARALLELISM_LIMIT, StateBackendConfig,
+};
 
 use crate::error::BuildError;
 
@@ -94,7 +96,7 @@ pub struct ExecutionConfig {
     /// Worker threads; subtask `i` of every operator runs on worker `i % workers`.
     pub workers: usize,
     /// Where keyed state lives.
-    pub state_backend: BackendKind,
+    pub state_backend: StateBackendConfig,
     /// Checkpoints, restore and restarts; `None` runs without fault tolerance.
     pub checkpointing: Option<CheckpointingConfig>,
 }
@@ -107,7 +109,7 @@ impl Default for ExecutionConfig {
             batch_size: DEFAULT_BATCH_SIZE,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             workers: 1,
-            state_backend: BackendKind::Heap,
+            state_backend: StateBackendConfig::Heap,
             checkpointing: None,
         }
     }
@@ -195,7 +197,9 @@ pub struct SubtaskInfo {
     pub index: u32,
     pub parallelism: u32,
     pub max_parallelism: u32,
-    pub state_backend: BackendKind,
+    pub state_backend: StateBackendConfig,
+    /// The job's id (names the backend's local files).
+    pub job_id: String,
     /// State from the checkpoint the job restores, if any.
     pub restored: Option<std::sync::Arc<RestoredState>>,
 }
@@ -209,7 +213,8 @@ impl SubtaskInfo {
             index,
             parallelism,
             max_parallelism,
-            state_backend: BackendKind::Heap,
+            state_backend: StateBackendConfig::Heap,
+            job_id: "local".to_owned(),
             restored: None,
         }
     }
@@ -217,5 +222,16 @@ impl SubtaskInfo {
     /// The key groups this instance owns.
     pub fn key_group_range(&self) -> KeyGroupRange {
         KeyGroupRange::for_operator(self.index, self.parallelism, self.max_parallelism)
+    }
+
+    /// This instance as the state backend sees it.
+    pub fn backend_instance(&self) -> flowstate_state::BackendInstance {
+        flowstate_state::BackendInstance {
+            job_id: self.job_id.clone(),
+            operator_uid: self.uid.clone(),
+            subtask: self.index,
+            range: self.key_group_range(),
+            max_parallelism: self.max_parallelism,
+        }
     }
 }

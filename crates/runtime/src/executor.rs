@@ -207,6 +207,7 @@ fn run_attempt(
         events: events_tx.clone(),
         uploads: uploads_tx.clone(),
         restored: c.restored.clone(),
+        job_id: c.job_id.to_owned(),
     });
     let planning = Instant::now();
     let planned = build_tasks(
@@ -337,8 +338,8 @@ fn supervise(
         let loading = Instant::now();
         restored = match &c.restore {
             RestoreFrom::Nothing => None,
-            RestoreFrom::Latest => load_latest_of(c.storage.as_ref(), None)?.map(Arc::new),
-            RestoreFrom::Path(path) => Some(Arc::new(load(c.storage.as_ref(), path)?)),
+            RestoreFrom::Latest => load_latest_of(&c.storage, None)?.map(Arc::new),
+            RestoreFrom::Path(path) => Some(Arc::new(load(&c.storage, path)?)),
         };
         if let Some(r) = &restored {
             tracing::info!(
@@ -410,7 +411,7 @@ fn supervise(
                 delay = delay
                     .mul_f64(c.restart.backoff_multiplier.max(1.0))
                     .min(c.restart.delay_max);
-                restored = load_latest_of(c.storage.as_ref(), job_id.as_deref())?
+                restored = load_latest_of(&c.storage, job_id.as_deref())?
                     .map(Arc::new)
                     .or(restored);
             }

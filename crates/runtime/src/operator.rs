@@ -2,7 +2,7 @@
 //! how it takes part in checkpoints.
 
 use flowstate_checkpoint::OperatorListState;
-use flowstate_state::KeyedStateSnapshot;
+use flowstate_state::BackendSnapshot;
 
 use crate::error::UserError;
 
@@ -11,7 +11,7 @@ use crate::error::UserError;
 /// thread; operator lists are small and taken as they are.
 #[derive(Default)]
 pub struct StateSnapshot {
-    pub keyed: Option<KeyedStateSnapshot>,
+    pub keyed: Option<BackendSnapshot>,
     pub lists: Vec<OperatorListState>,
 }
 

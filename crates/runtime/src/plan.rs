@@ -33,6 +33,7 @@ pub(crate) struct PlanCheckpointing {
     pub events: Sender<CoordinatorEvent>,
     pub uploads: Sender<UploadJob>,
     pub restored: Option<Arc<LoadedCheckpoint>>,
+    pub job_id: String,
 }
 
 struct Planner<'g> {
@@ -66,14 +67,17 @@ impl Planner<'_> {
             index,
             parallelism: self.config.parallelism,
             max_parallelism: self.config.max_parallelism,
-            state_backend: self.config.state_backend,
+            state_backend: self.config.state_backend.clone(),
+            job_id: self
+                .checkpointing
+                .map_or_else(|| "local".to_owned(), |c| c.job_id.clone()),
             restored: None,
         };
         if let Some(loaded) = self.checkpointing.and_then(|c| c.restored.as_ref())
             && loaded.has_operator(&info.uid)
         {
             let keyed = loaded
-                .keyed_state(&info.uid, info.key_group_range())
+                .keyed_state(&info.uid, info.key_group_range(), &info.job_id)
                 .map_err(|e| BuildError::Restore(e.to_string()))?;
             let lists = loaded.operator_lists(&info.uid, index, self.config.parallelism);
             info.restored = Some(Arc::new(RestoredState { keyed, lists }));

@@ -457,6 +457,13 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     }
 
     fn restore(&mut self, restored: RestoredKeyedState) -> Result<(), StateError> {
+        if let Some(native) = restored.native.first() {
+            // Never start empty in silence: the state is there, in another format.
+            return Err(StateError::Unsupported(format!(
+                "the checkpoint holds native {} files for key groups {}; the heap backend reads only the canonical format: restore with --state-backend {} or from a savepoint",
+                native.backend, native.range, native.backend
+            )));
+        }
         self.declarations.restore(self.range, restored)
     }
 

@@ -1092,9 +1092,18 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
         }
         match self.store.snapshot(request)? {
             StoreSnapshot::View(view) => {
-                let states = self.declarations.snapshot_with(&mut |signature, _| {
+                let mut states = self.declarations.snapshot_with(&mut |signature, _| {
                     Ok(Box::new(ColumnSnapshot::new(Arc::clone(&view), signature)))
                 })?;
+                // States restored natively and not declared (yet) are in the store
+                // too: they go into the snapshot as they are.
+                let declared = self.declarations.signatures();
+                for state in &self.native_states {
+                    if !declared.iter().any(|s| s.name == state.name) {
+                        let table = ColumnSnapshot::new(Arc::clone(&view), state);
+                        states.push((state.clone(), Box::new(table)));
+                    }
+                }
                 Ok(BackendSnapshot::KeyGroups(KeyedStateSnapshot {
                     range: self.range,
                     states,

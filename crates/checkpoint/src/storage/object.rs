@@ -291,6 +291,17 @@ impl CheckpointStorage for ObjectStoreStorage {
             .map_err(|e| self.error("get", path, e))
     }
 
+    /// One `HEAD` request (a `stat` for local directories).
+    fn size(&self, path: &str) -> Result<Option<u64>, StorageError> {
+        let location = self.location("size", path)?;
+        let store = self.store.clone();
+        match block_on(async move { store.head(&location).await }) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error("size", path, e)),
+        }
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let location = self.location("list", prefix)?;
         let store = self.store.clone();

@@ -28,11 +28,13 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use flowstate::connectors::{FileSink, SequenceSource};
+use flowstate::runtime::checkpoint::layout::parse_metadata_path;
 use flowstate::runtime::checkpoint::{
-    CheckpointStorage, CoordinatorSettings, OperatorListState, SharedStorage, StorageError,
-    open_storage,
+    CheckpointMetadata, CheckpointStorage, CoordinatorSettings, OperatorListState, SharedStorage,
+    StorageError, open_storage,
 };
 use flowstate::runtime::{CheckpointingConfig, Guarantee, RestartStrategy, RestoreFrom};
+use flowstate::state::StateBackendConfig;
 use flowstate::{
     ExecutionConfig, FnResult, JobReport, KeyedCoProcessFunction, KeyedContext,
     KeyedProcessFunction, KeyedStateBackend, Sink, SinkWriter, StreamEnvironment, SubtaskInfo,
@@ -165,14 +167,16 @@ pub enum Fault {
         after: bool,
         panic: bool,
     },
-    /// The `put`-th write of a task state file fails (the asynchronous upload):
-    /// that checkpoint must be aborted; the job goes on without a restart.
+    /// The `put`-th task state upload fails (the asynchronous upload): that
+    /// checkpoint must be aborted; the job goes on without a restart. See
+    /// [`StateWrite`] for what counts as one upload and where in it the
+    /// failure lands.
     UploadError {
         put: u64,
     },
-    /// The `put`-th write of a task state file stalls until a task failed at
-    /// `then` (or 500 ms passed), then succeeds: a task fails while its
-    /// checkpoint is being uploaded.
+    /// The `put`-th task state upload stalls until a task failed at `then` (or
+    /// 500 ms passed), then succeeds: a task fails while its checkpoint is
+    /// being uploaded.
     UploadStall {
         put: u64,
         then: Hook,
@@ -217,6 +221,47 @@ pub enum StorageKind {
     Local,
 }
 
+/// The keyed state backend of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Objects on the heap; checkpoints write canonical key-group files.
+    Heap,
+    /// RocksDB in a temporary directory of the run. `incremental`: checkpoints
+    /// upload its SST files (shared between checkpoints under
+    /// `<job>/shared/`); otherwise canonical key-group files like the heap.
+    #[cfg(feature = "rocksdb")]
+    RocksDb { incremental: bool },
+}
+
+impl Backend {
+    /// The backend `FAULT_BACKEND` names: `heap` (or unset), `rocksdb`
+    /// (incremental) or `rocksdb-full`.
+    pub fn from_env() -> Backend {
+        let name = std::env::var("FAULT_BACKEND").unwrap_or_default();
+        match name.as_str() {
+            "" | "heap" => Backend::Heap,
+            #[cfg(feature = "rocksdb")]
+            "rocksdb" => Backend::RocksDb { incremental: true },
+            #[cfg(feature = "rocksdb")]
+            "rocksdb-full" => Backend::RocksDb { incremental: false },
+            #[cfg(not(feature = "rocksdb"))]
+            "rocksdb" | "rocksdb-full" => {
+                panic!("FAULT_BACKEND={name} needs the rocksdb feature (--features rocksdb)")
+            }
+            other => panic!("FAULT_BACKEND={other}: expected heap, rocksdb or rocksdb-full"),
+        }
+    }
+
+    /// Checkpoints hold the backend's native files rather than key-group files.
+    pub fn native_checkpoints(self) -> bool {
+        match self {
+            Backend::Heap => false,
+            #[cfg(feature = "rocksdb")]
+            Backend::RocksDb { incremental } => incremental,
+        }
+    }
+}
+
 /// Everything that determines one run.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
@@ -233,14 +278,15 @@ pub struct RunSpec {
     pub part_bytes_max: Option<u64>,
     pub guarantee: Guarantee,
     pub fault: Fault,
-    /// `(n, delay)`: every task state file of checkpoint n but the one an
-    /// `UploadError` fails is written only after `delay` (a slow upload).
+    /// `(n, delay)`: every task state upload of checkpoint n but the one an
+    /// `UploadError` fails starts only after `delay` (a slow upload).
     pub slow_uploads: Option<(u64, Duration)>,
+    pub backend: Backend,
 }
 
 impl RunSpec {
-    /// The run of `seed`; `kind` (0..6) picks the fault family so that a range
-    /// of seeds covers every family evenly.
+    /// The run of `seed` on the heap backend; `seed % 6` picks the fault
+    /// family so that a range of seeds covers every family evenly.
     pub fn from_seed(seed: u64, guarantee: Guarantee) -> Self {
         let mut rng = Rng::new(seed);
         let topology = rng.pick(&[Topology::Single, Topology::Union, Topology::Connect]);
@@ -292,12 +338,30 @@ impl RunSpec {
             guarantee,
             fault,
             slow_uploads: None,
+            backend: Backend::Heap,
         }
+    }
+
+    /// The same run on `backend`.
+    pub fn on(self, backend: Backend) -> Self {
+        RunSpec { backend, ..self }
     }
 }
 
 // ---------------------------------------------------------------------------
 // The fault plan shared by the operators, the sink and the storage of a run.
+
+/// How far one task state upload got.
+#[derive(Debug, Default)]
+struct UploadProgress {
+    /// Uploads are numbered from 1 in the order of their first write.
+    number: u64,
+    writes: u64,
+    /// Shared files among the writes.
+    shared: u64,
+    /// The write an upload fault lands on has come.
+    past_fault_point: bool,
+}
 
 /// Shared by every copy of the injecting operators of one run.
 pub struct Faults {
@@ -311,8 +375,9 @@ pub struct Faults {
     fired: AtomicBool,
     /// Where it happened.
     fired_at: Mutex<Option<String>>,
-    slow_uploads: Option<(String, Duration)>,
-    keyed_puts: AtomicU64,
+    slow_uploads: Option<(u64, Duration)>,
+    /// Task state uploads by [`StateWrite::upload`].
+    uploads: Mutex<HashMap<String, UploadProgress>>,
     metadata_puts: AtomicU64,
     /// `_metadata` files read: a restart restored a checkpoint.
     metadata_reads: AtomicU64,
@@ -341,10 +406,8 @@ impl Faults {
             armed: AtomicBool::new(false),
             fired: AtomicBool::new(false),
             fired_at: Mutex::new(None),
-            slow_uploads: spec
-                .slow_uploads
-                .map(|(n, delay)| (format!("/chk-{n}/"), delay)),
-            keyed_puts: AtomicU64::new(0),
+            slow_uploads: spec.slow_uploads,
+            uploads: Mutex::new(HashMap::new()),
             metadata_puts: AtomicU64::new(0),
             metadata_reads: AtomicU64::new(0),
         }
@@ -471,19 +534,43 @@ impl Faults {
         Ok(())
     }
 
-    /// A keyed state file is about to be written: `Err` to fail the upload.
-    fn on_keyed_put(&self, path: &str) -> Result<(), String> {
-        let n = self.keyed_puts.fetch_add(1, Ordering::SeqCst) + 1;
+    /// A task state file is about to be written: `Err` to fail the upload.
+    fn on_state_write(&self, path: &str, write: &StateWrite) -> Result<(), String> {
+        let (n, first_write, at_fault_point, shared_before) = {
+            let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+            let next = uploads.len() as u64 + 1;
+            let upload = uploads
+                .entry(write.upload.clone())
+                .or_insert_with(|| UploadProgress {
+                    number: next,
+                    ..Default::default()
+                });
+            let first_write = upload.writes == 0;
+            let at_fault_point =
+                !upload.past_fault_point && (write.whole || (write.private && !first_write));
+            upload.past_fault_point |= at_fault_point;
+            let shared_before = upload.shared;
+            upload.writes += 1;
+            upload.shared += u64::from(!write.private);
+            (upload.number, first_write, at_fault_point, shared_before)
+        };
         let failing = matches!(self.fault, Fault::UploadError { put } if put == n);
-        if let Some((dir, delay)) = &self.slow_uploads
-            && path.contains(dir.as_str())
+        if let Some((checkpoint, delay)) = self.slow_uploads
+            && write.checkpoint == checkpoint
+            && first_write
             && !failing
         {
-            std::thread::sleep(*delay);
+            std::thread::sleep(delay);
+        }
+        if !at_fault_point {
+            return Ok(());
         }
         match self.fault {
             Fault::UploadError { .. }
-                if failing && self.claim(format!("upload of {path} (put {n})")) =>
+                if failing
+                    && self.claim(format!(
+                        "upload of {path} (put {n}, after {shared_before} new shared files)"
+                    )) =>
             {
                 return Err(format!("{INJECTED}: upload of {path}"));
             }
@@ -529,26 +616,92 @@ pub struct FaultyStorage {
     faults: Arc<Faults>,
 }
 
+impl FaultyStorage {
+    /// Fails or stalls a task state file write if the fault says so.
+    fn before_write(&self, path: &str, operation: &'static str) -> Result<(), StorageError> {
+        let Some(write) = StateWrite::of(path) else {
+            return Ok(());
+        };
+        self.faults
+            .on_state_write(path, &write)
+            .map_err(|reason| StorageError::Io {
+                storage: self.describe(),
+                operation,
+                path: path.to_owned(),
+                reason,
+            })
+    }
+}
+
+/// A write of task state, told from its path (see the checkpoint layout).
+///
+/// One *upload* is what one operator instance writes for one checkpoint: a
+/// keyed state file (`<job>/chk-<n>/<uid>-<subtask>.keyed`, heap and full
+/// RocksDB checkpoints), or the native files of an incremental RocksDB
+/// checkpoint: shared SST files (`<job>/shared/<instance>/<n>-<name>`) and
+/// private ones (`<job>/chk-<n>/<instance>/<name>`).
+///
+/// Upload faults count uploads in the order of their first write and land on
+/// one write of the upload: the keyed file itself; for native files, the first
+/// private file that is not the upload's first write. RocksDB's files are
+/// uploaded in name order: the WAL (`000004.log`, private), then the new SST
+/// files (shared), then `CURRENT`, `MANIFEST-*`, `OPTIONS-*` (private), so the
+/// fault lands on `CURRENT`, after the upload wrote its new shared files (which
+/// it must then take back).
+#[derive(Debug)]
+pub struct StateWrite {
+    /// Identifies the upload: `chk-<n>/<instance>`.
+    pub upload: String,
+    pub checkpoint: u64,
+    /// Under the checkpoint's directory (not a shared file).
+    pub private: bool,
+    /// The write is the whole upload (a keyed state file).
+    pub whole: bool,
+}
+
+impl StateWrite {
+    pub fn of(path: &str) -> Option<StateWrite> {
+        let segments: Vec<&str> = path.split('/').collect();
+        let checkpoint_of = |segment: &str| segment.strip_prefix("chk-")?.parse::<u64>().ok();
+        match segments.as_slice() {
+            [.., chk, file] if file.ends_with(".keyed") => Some(StateWrite {
+                checkpoint: checkpoint_of(chk)?,
+                upload: format!("{chk}/{file}"),
+                private: true,
+                whole: true,
+            }),
+            [.., chk, instance, _] if checkpoint_of(chk).is_some() => Some(StateWrite {
+                checkpoint: checkpoint_of(chk)?,
+                upload: format!("{chk}/{instance}"),
+                private: true,
+                whole: false,
+            }),
+            [.., "shared", instance, file] => {
+                let checkpoint = file.split_once('-')?.0.parse().ok()?;
+                Some(StateWrite {
+                    checkpoint,
+                    upload: format!("chk-{checkpoint}/{instance}"),
+                    private: false,
+                    whole: false,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
 impl CheckpointStorage for FaultyStorage {
     fn describe(&self) -> String {
         format!("faulty {}", self.inner.describe())
     }
 
     fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
-        if path.ends_with(".keyed")
-            && let Err(reason) = self.faults.on_keyed_put(path)
-        {
-            return Err(StorageError::Io {
-                storage: self.describe(),
-                operation: "put",
-                path: path.to_owned(),
-                reason,
-            });
-        }
+        self.before_write(path, "put")?;
         self.inner.put(path, bytes)
     }
 
     fn put_if_absent(&self, path: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.before_write(path, "put_if_absent")?;
         self.inner.put_if_absent(path, bytes)?;
         if path.ends_with("/_metadata") {
             self.faults.on_metadata_published();
@@ -714,6 +867,8 @@ pub struct RunOutcome {
     pub totals: Checksum,
     /// Every object left in checkpoint storage.
     pub storage_objects: Vec<String>,
+    /// The metadata of every completed checkpoint left in storage.
+    pub retained: Vec<CheckpointMetadata>,
     /// A restart restored a checkpoint (false: every restart started from
     /// nothing, or there was none).
     pub restored_a_checkpoint: bool,
@@ -737,6 +892,41 @@ pub fn quiet_injected_panics() {
             }
         }));
     });
+}
+
+/// The keyed state backend of a run; RocksDB keeps its databases in `dir`.
+fn state_backend(backend: Backend, dir: &std::path::Path) -> StateBackendConfig {
+    match backend {
+        Backend::Heap => {
+            let _ = dir;
+            StateBackendConfig::Heap
+        }
+        #[cfg(feature = "rocksdb")]
+        Backend::RocksDb { incremental } => {
+            use flowstate_state_rocksdb::{RocksDbFactory, RocksDbOptions};
+            StateBackendConfig::Store(RocksDbFactory::new(RocksDbOptions {
+                incremental,
+                ..RocksDbOptions::new(dir)
+            }))
+        }
+    }
+}
+
+/// The metadata of every completed checkpoint among `objects`.
+fn retained_checkpoints(
+    storage: &dyn CheckpointStorage,
+    objects: &[String],
+) -> Result<Vec<CheckpointMetadata>, String> {
+    let mut retained = Vec::new();
+    for path in objects {
+        if parse_metadata_path(path).is_none() {
+            continue;
+        }
+        let bytes = storage.get(path).map_err(|e| e.to_string())?;
+        retained.push(CheckpointMetadata::decode(path, &bytes).map_err(|e| e.to_string())?);
+    }
+    retained.sort_by_key(|m| m.checkpoint_id);
+    Ok(retained)
 }
 
 fn unique_name(seed: u64) -> String {
@@ -764,8 +954,11 @@ fn run_here(spec: &RunSpec) -> Result<RunOutcome, String> {
         inner: Arc::clone(&inner),
         faults: Arc::clone(&faults),
     });
+    // Owned by the run, and alive until its end: no two runs share databases.
+    let state_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = ExecutionConfig {
         batch_size: spec.batch_size,
+        state_backend: state_backend(spec.backend, state_dir.path()),
         checkpointing: Some(CheckpointingConfig {
             storage,
             settings: CoordinatorSettings {
@@ -859,6 +1052,8 @@ fn run_here(spec: &RunSpec) -> Result<RunOutcome, String> {
         }
     }
     let storage_objects = inner.list("").map_err(|e| e.to_string())?;
+    let retained = retained_checkpoints(inner.as_ref(), &storage_objects)
+        .map_err(|e| format!("seed {seed}: {e}"))?;
     let totals = *totals.lock().unwrap_or_else(|e| e.into_inner());
     Ok(RunOutcome {
         spec: spec.clone(),
@@ -869,6 +1064,7 @@ fn run_here(spec: &RunSpec) -> Result<RunOutcome, String> {
         hidden,
         totals,
         storage_objects,
+        retained,
         restored_a_checkpoint: faults.metadata_reads.load(Ordering::SeqCst) > 0,
         elapsed: started.elapsed(),
     })
@@ -1119,26 +1315,121 @@ pub fn check_nothing_lost(
     }
 }
 
-/// Checkpoint files left in storage: `(metadata files, task files of
-/// checkpoints without metadata)`.
-pub fn storage_leftovers(objects: &[String]) -> (Vec<String>, Vec<String>) {
-    let metadata: Vec<String> = objects
-        .iter()
-        .filter(|p| p.ends_with("/_metadata"))
-        .cloned()
-        .collect();
-    let complete: HashSet<&str> = metadata
-        .iter()
-        .filter_map(|p| p.strip_suffix("_metadata"))
-        .collect();
-    let orphans = objects
-        .iter()
-        .filter(|p| !p.ends_with("/_metadata"))
-        .filter(|p| {
-            let dir = p.rsplit_once('/').map_or("", |(d, _)| d);
-            !complete.contains(format!("{dir}/").as_str())
-        })
-        .cloned()
-        .collect();
-    (metadata, orphans)
+/// What a run left in checkpoint storage, against what its completed
+/// checkpoints reference.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// `_metadata` of the completed checkpoints.
+    pub metadata: Vec<String>,
+    /// Files no completed checkpoint references: files of checkpoints without
+    /// metadata (aborted ones), and shared files no retained checkpoint uses.
+    pub orphans: Vec<String>,
+    /// Files a completed checkpoint references that are not in storage.
+    pub dangling: Vec<String>,
+    /// Shared files (`<job>/shared/...`) in storage.
+    pub shared: usize,
+}
+
+impl RunOutcome {
+    /// Checkpoint files left in storage, by whether a completed checkpoint
+    /// references them.
+    pub fn leftovers(&self) -> Leftovers {
+        let mut referenced: HashSet<&str> = HashSet::new();
+        for metadata in &self.retained {
+            let subtasks = metadata.operators.iter().flat_map(|o| &o.subtasks);
+            for subtask in subtasks {
+                if let Some(keyed) = &subtask.keyed {
+                    referenced.insert(&keyed.file.path);
+                }
+            }
+            referenced.extend(metadata.native_files().map(|f| f.file.path.as_str()));
+        }
+        let present: HashSet<&str> = self.storage_objects.iter().map(String::as_str).collect();
+        let mut leftovers = Leftovers::default();
+        for path in &self.storage_objects {
+            if parse_metadata_path(path).is_some() {
+                leftovers.metadata.push(path.clone());
+            } else if !referenced.contains(path.as_str()) {
+                leftovers.orphans.push(path.clone());
+            }
+            if StateWrite::of(path).is_some_and(|w| !w.private) {
+                leftovers.shared += 1;
+            }
+        }
+        leftovers.dangling = referenced
+            .into_iter()
+            .filter(|p| !present.contains(p))
+            .map(str::to_owned)
+            .collect();
+        leftovers.metadata.sort();
+        leftovers.orphans.sort();
+        leftovers.dangling.sort();
+        leftovers
+    }
+}
+
+/// The completed checkpoints a run left are sound: at least one (the job's
+/// final checkpoint completes), at most `retain`; every file they reference is
+/// in storage and every file in storage is referenced by one of them (nothing
+/// of aborted checkpoints, nor shared files only discarded ones used); every
+/// keyed instance's state is in the backend's format (native files on
+/// incremental RocksDB, key-group files otherwise).
+pub fn check_checkpoints(outcome: &RunOutcome) -> Result<(), String> {
+    let spec = &outcome.spec;
+    let seed = spec.seed;
+    let leftovers = outcome.leftovers();
+    if outcome.retained.is_empty() || outcome.retained.len() > spec.retain {
+        return Err(format!(
+            "seed {seed}: {} completed checkpoints remain with retain {}: {:?}",
+            outcome.retained.len(),
+            spec.retain,
+            leftovers.metadata
+        ));
+    }
+    if !leftovers.orphans.is_empty() {
+        return Err(format!(
+            "seed {seed}: files no completed checkpoint references remain: {:?}",
+            leftovers.orphans
+        ));
+    }
+    if !leftovers.dangling.is_empty() {
+        return Err(format!(
+            "seed {seed}: completed checkpoints reference files that are not in storage: {:?}",
+            leftovers.dangling
+        ));
+    }
+    let native = spec.backend.native_checkpoints();
+    for metadata in &outcome.retained {
+        let subtasks: Vec<_> = metadata
+            .operators
+            .iter()
+            .flat_map(|o| o.subtasks.iter().map(move |s| (&o.name, s)))
+            .filter(|(_, s)| s.keyed.is_some() || s.native.is_some())
+            .collect();
+        let wrong = subtasks
+            .iter()
+            .find(|(_, s)| s.native.is_some() != native || s.keyed.is_some() == native);
+        if subtasks.is_empty() || wrong.is_some() {
+            return Err(format!(
+                "seed {seed}: checkpoint {} of a {:?} run holds keyed state {} (expected {})",
+                metadata.checkpoint_id,
+                spec.backend,
+                wrong.map_or("nowhere".to_owned(), |(name, s)| format!(
+                    "of '{name}' ({}) as {}",
+                    s.subtask,
+                    if s.native.is_some() {
+                        "native files"
+                    } else {
+                        "a key-group file"
+                    }
+                )),
+                if native {
+                    "native files only"
+                } else {
+                    "key-group files only"
+                }
+            ));
+        }
+    }
+    Ok(())
 }
