@@ -12,8 +12,9 @@
 #   bash bench/rocksdb.sh
 #   RECORDS=5000000 RUNS=1 KEYS=1000000 bash bench/rocksdb.sh
 #
-# Builds with `cargo build --release --workspace --all-features --all-targets`
-# (one RocksDB C++ build shared by everything; respects CARGO_TARGET_DIR). Logs
+# Builds with `cargo build --release --workspace --all-features --all-targets`,
+# linking the prebuilt RocksDB of scripts/rocksdb-lib.sh (respects
+# CARGO_TARGET_DIR). Logs
 # go to ${BENCH_LOG_DIR:-/tmp/flowstate-bench}.
 set -euo pipefail
 
@@ -43,6 +44,8 @@ say "# host: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2
 say "# git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates 2>/dev/null || echo ' (crates/ modified)')"
 say "# RECORDS=$RECORDS RUNS=$RUNS KEYS=$KEYS"
 
+bash scripts/install-build-deps.sh
+eval "$(bash scripts/rocksdb-lib.sh)"
 cargo build --release --locked --workspace --all-features --all-targets 2>&1 | tail -n 2 | tee -a "$log"
 target_dir=$(cargo metadata --format-version 1 --no-deps |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')

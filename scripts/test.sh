@@ -19,8 +19,10 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# RocksDB's bindings are generated with libclang at build time.
+# RocksDB's bindings are generated with libclang at build time; its C++ is built
+# once per machine into a static library that every build links.
 bash scripts/install-build-deps.sh
+eval "$(bash scripts/rocksdb-lib.sh)"
 
 exports=$(bash scripts/s3-server.sh)
 eval "$exports"

@@ -60,6 +60,11 @@ pub trait CheckpointStorage: Send + Sync {
             Err(e) => Err(e),
         }
     }
+    /// Where the object at `path` lies on this machine's file system, if the
+    /// storage is a local directory (restore then links instead of copying).
+    fn local_path(&self, _path: &str) -> Option<std::path::PathBuf> {
+        None
+    }
     /// Paths of all objects under `prefix` (recursively), in no particular order.
     fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
     /// Deletes one object; deleting a missing object is not an error.

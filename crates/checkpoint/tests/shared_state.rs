@@ -218,7 +218,7 @@ impl FakeBackend {
         let mut live = BTreeMap::new();
         for (name, stored) in &restore.files {
             let to = db.join(name);
-            restore.fetcher.fetch(stored, &to).unwrap();
+            restore.fetcher.fetch(stored, &to, false).unwrap();
             live.insert(name.clone(), std::fs::read(&to).unwrap());
         }
         assert_eq!(
@@ -972,40 +972,51 @@ fn upload_and_fetch_round_trip() {
         (true, 0, &shared_file_path(job, UID, 0, 1, "000002.sst"))
     );
 
-    // Every file fetches back.
+    // Every file fetches back, copied or (immutable, from a local directory)
+    // linked.
     let fetcher = StorageFetcher::new(Arc::clone(&storage));
     let restore_dir = tmp.path().join("restore");
-    for file in &handle.files {
-        let to = restore_dir.join("db").join(&file.name);
-        fetcher.fetch(&stored(file), &to).unwrap();
-        let original = std::fs::read(second_dir.join(&file.name)).unwrap();
-        assert_eq!(std::fs::read(&to).unwrap(), original, "{}", file.name);
+    for immutable in [false, true] {
+        for file in &handle.files {
+            let to = restore_dir.join(format!("db-{immutable}")).join(&file.name);
+            fetcher.fetch(&stored(file), &to, immutable).unwrap();
+            let original = std::fs::read(second_dir.join(&file.name)).unwrap();
+            assert_eq!(std::fs::read(&to).unwrap(), original, "{}", file.name);
+        }
     }
 
-    // Damage in storage is reported with the path.
+    // Damage in storage is reported with the path, on both paths.
     let target = &handle.files[1];
     let path = &target.file.path;
     let good = storage.get(path).unwrap();
-    let mut flipped = good.clone();
-    flipped[10] ^= 0x01;
-    storage.put(path, flipped).unwrap();
-    let err = fetcher
-        .fetch(&stored(target), &restore_dir.join("x"))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains(path) && err.contains("checksum"), "{err}");
-    storage.put(path, good[..good.len() - 1].to_vec()).unwrap();
-    let err = fetcher
-        .fetch(&stored(target), &restore_dir.join("x"))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains(path) && err.contains("69 bytes"), "{err}");
-    storage.delete(path).unwrap();
-    let err = fetcher
-        .fetch(&stored(target), &restore_dir.join("x"))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains(path), "{err}");
+    for immutable in [false, true] {
+        let to = restore_dir.join(format!("x-{immutable}"));
+        let mut flipped = good.clone();
+        flipped[10] ^= 0x01;
+        storage.put(path, flipped).unwrap();
+        let err = fetcher
+            .fetch(&stored(target), &to, immutable)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(path) && err.contains("checksum"), "{err}");
+        storage.put(path, good[..good.len() - 1].to_vec()).unwrap();
+        let err = fetcher
+            .fetch(&stored(target), &to, immutable)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(path) && err.contains("69 bytes"), "{err}");
+        storage.delete(path).unwrap();
+        let err = fetcher
+            .fetch(&stored(target), &to, immutable)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(path), "{err}");
+        assert!(
+            !to.exists(),
+            "nothing is left at {} after a failed fetch",
+            to.display()
+        );
+    }
 }
 
 /// A local file that is not what the snapshot listed fails the upload naming

@@ -187,7 +187,9 @@ impl RocksDbStore {
                     "native file name '{name}' is not a plain file name"
                 )));
             }
-            restore.fetcher.fetch(stored, &dir.join(name))?;
+            restore
+                .fetcher
+                .fetch(stored, &dir.join(name), name.ends_with(".sst"))?;
         }
         Ok(())
     }

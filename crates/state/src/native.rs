@@ -96,7 +96,9 @@ impl std::fmt::Debug for NativeSnapshot {
 
 /// Copies a stored file to local disk, verifying its size and checksum.
 pub trait FileFetcher: Send + Sync {
-    fn fetch(&self, file: &StoredFile, to: &Path) -> Result<(), StateError>;
+    /// `immutable`: the backend never writes to the file (RocksDB's SST files),
+    /// so a fetcher over a local directory may hard-link it instead of copying.
+    fn fetch(&self, file: &StoredFile, to: &Path, immutable: bool) -> Result<(), StateError>;
 }
 
 /// Native state of one earlier instance, to restore.

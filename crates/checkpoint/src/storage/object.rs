@@ -35,6 +35,8 @@ pub struct ObjectStoreStorage {
     /// Prefix inside the store, without leading or trailing '/'; empty for the root.
     prefix: String,
     description: String,
+    /// The directory of a local store.
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ObjectStoreStorage {
@@ -67,6 +69,7 @@ impl ObjectStoreStorage {
             store,
             prefix,
             description,
+            local_root: None,
         })
     }
 
@@ -107,6 +110,7 @@ impl ObjectStoreStorage {
         let publish = fs.clone().with_fsync(true);
         let mut storage = Self::new(Arc::new(fs), "", description)?;
         storage.publish_store = Arc::new(publish);
+        storage.local_root = std::fs::canonicalize(dir).ok();
         Ok(storage)
     }
 
@@ -273,6 +277,19 @@ impl ObjectStoreStorage {
 impl CheckpointStorage for ObjectStoreStorage {
     fn describe(&self) -> String {
         self.description.clone()
+    }
+
+    fn local_path(&self, path: &str) -> Option<std::path::PathBuf> {
+        // Only plain relative paths map onto the directory.
+        let plain = !path.is_empty()
+            && !path.starts_with('/')
+            && path
+                .split('/')
+                .all(|s| !s.is_empty() && s != "." && s != "..");
+        self.local_root
+            .as_ref()
+            .filter(|_| plain)
+            .map(|root| root.join(path))
     }
 
     fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
