@@ -179,7 +179,7 @@ fn main() {
         .expect("declare");
     for key in [0, keys / 2, keys - 1] {
         let group = key_group_of(&key, MAXP);
-        let round = u64::from(key as usize % step == 0);
+        let round = u64::from((key as usize).is_multiple_of(step));
         let value = KeyScope::new(restored.as_mut(), &key, group)
             .value(&state)
             .get()
