@@ -26,15 +26,8 @@ const END_OF_KEYS: &[u8] = &[0xFF];
 /// Flush a rebuild batch at this many bytes (a limit on memory while restoring).
 const REBUILD_BATCH_BYTES_MAX: usize = 8 << 20;
 
-fn failed(action: impl std::fmt::Display) -> impl FnOnce(rocksdb::Error) -> StateError {
-    move |e| StateError::Backend {
-        backend: BACKEND,
-        action: action.to_string(),
-        reason: e.to_string(),
-    }
-}
-
-fn io_failed(action: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> StateError {
+/// Maps a RocksDB or I/O error of `action` to the backend's error.
+fn failed<E: std::fmt::Display>(action: impl std::fmt::Display) -> impl FnOnce(E) -> StateError {
     move |e| StateError::Backend {
         backend: BACKEND,
         action: action.to_string(),
@@ -141,7 +134,7 @@ impl RocksDbStore {
         db_options.set_keep_log_file_num(2);
         db_options.set_max_log_file_size(1 << 20);
 
-        std::fs::create_dir_all(&dir).map_err(io_failed(format!("create {}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(failed(format!("create {}", dir.display())))?;
         let db_dir = dir.join("db");
         let db = Self::open_db(&db_options, &cf_options, &db_dir, &["default".to_owned()])?;
         Ok(Self {
@@ -180,7 +173,7 @@ impl RocksDbStore {
 
     /// Copies every file of `restore` into `dir` (verified by the fetcher).
     fn fetch_all(restore: &NativeRestore, dir: &Path) -> Result<(), StateError> {
-        std::fs::create_dir_all(dir).map_err(io_failed(format!("create {}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(failed(format!("create {}", dir.display())))?;
         for (name, stored) in &restore.files {
             if name.contains('/') || name.contains("..") {
                 return Err(StateError::CorruptSnapshot(format!(
@@ -476,14 +469,14 @@ impl KvStore for RocksDbStore {
         }
         let mut files = Vec::new();
         let mut reused = Vec::new();
-        let entries = std::fs::read_dir(&guard.0)
-            .map_err(io_failed(format!("list {}", guard.0.display())))?;
+        let entries =
+            std::fs::read_dir(&guard.0).map_err(failed(format!("list {}", guard.0.display())))?;
         for entry in entries {
-            let entry = entry.map_err(io_failed(format!("list {}", guard.0.display())))?;
+            let entry = entry.map_err(failed(format!("list {}", guard.0.display())))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let size = entry
                 .metadata()
-                .map_err(io_failed(format!("stat {name}")))?
+                .map_err(failed(format!("stat {name}")))?
                 .len();
             let shareable = name.ends_with(".sst");
             let stored = shareable

@@ -407,8 +407,13 @@ impl<K> Declarations<K> {
         self.entries.iter().map(|(s, _)| s.clone()).collect()
     }
 
-    pub(crate) fn slots(&mut self) -> impl Iterator<Item = &mut TableSlot<K>> {
-        self.entries.iter_mut().map(|(_, slot)| slot)
+    /// Keys with an entry in `key_group`, summed over every declared state.
+    pub(crate) fn key_count(&mut self, key_group: KeyGroup) -> Result<usize, StateError> {
+        let mut total = 0;
+        for (_, slot) in &mut self.entries {
+            total += slot.table().key_count(key_group)?;
+        }
+        Ok(total)
     }
 }
 

@@ -439,11 +439,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     }
 
     fn key_count(&mut self, key_group: KeyGroup) -> Result<usize, StateError> {
-        let mut total = 0;
-        for slot in self.declarations.slots() {
-            total += slot.table().key_count(key_group)?;
-        }
-        Ok(total)
+        self.declarations.key_count(key_group)
     }
 
     fn snapshot(&mut self, _request: SnapshotRequest) -> Result<BackendSnapshot, StateError> {

@@ -1079,11 +1079,7 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
     }
 
     fn key_count(&mut self, key_group: KeyGroup) -> Result<usize, StateError> {
-        let mut total = 0;
-        for slot in self.declarations.slots() {
-            total += slot.table().key_count(key_group)?;
-        }
-        Ok(total)
+        self.declarations.key_count(key_group)
     }
 
     fn snapshot(&mut self, request: SnapshotRequest) -> Result<BackendSnapshot, StateError> {
