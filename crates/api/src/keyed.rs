@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use flowstate_runtime::{Operator, StateSnapshot, SubtaskInfo, TwoInputOperator, UserError};
+use flowstate_runtime::{
+    Barrier, Operator, SnapshotKind, StateSnapshot, SubtaskInfo, TwoInputOperator, UserError,
+};
 use flowstate_state::{
     BackendSnapshot, KeyScope, KeyedStateBackend, SnapshotRequest, StateKey, create_keyed_backend,
     key_group_of,
@@ -79,11 +81,12 @@ fn open_backend<K: StateKey>(
 /// The keyed part of a checkpoint: the backend's frozen view (or native files).
 fn snapshot_backend<K: StateKey>(
     backend: &mut dyn KeyedStateBackend<K>,
-    checkpoint_id: u64,
+    barrier: Barrier,
 ) -> Result<StateSnapshot, UserError> {
+    // A savepoint must be readable by any backend: canonical format.
     let snapshot: BackendSnapshot = backend.snapshot(SnapshotRequest {
-        checkpoint_id,
-        canonical: false,
+        checkpoint_id: barrier.id,
+        canonical: barrier.kind == SnapshotKind::Savepoint,
     })?;
     Ok(StateSnapshot {
         keyed: Some(snapshot),
@@ -140,8 +143,8 @@ where
         self.function.finish(self.backend.as_mut(), output)
     }
 
-    fn snapshot(&mut self, checkpoint_id: u64) -> Result<StateSnapshot, UserError> {
-        snapshot_backend(self.backend.as_mut(), checkpoint_id)
+    fn snapshot(&mut self, barrier: Barrier) -> Result<StateSnapshot, UserError> {
+        snapshot_backend(self.backend.as_mut(), barrier)
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
@@ -212,8 +215,8 @@ where
         self.function.finish(self.backend.as_mut(), output)
     }
 
-    fn snapshot(&mut self, checkpoint_id: u64) -> Result<StateSnapshot, UserError> {
-        snapshot_backend(self.backend.as_mut(), checkpoint_id)
+    fn snapshot(&mut self, barrier: Barrier) -> Result<StateSnapshot, UserError> {
+        snapshot_backend(self.backend.as_mut(), barrier)
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), UserError> {

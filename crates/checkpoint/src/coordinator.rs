@@ -6,6 +6,12 @@
 //! that time out or that a task declines. It does no I/O with tasks: the runtime
 //! feeds it events and carries out the [`CoordinatorAction`]s it returns.
 //!
+//! Savepoints go through the same state machine, with three differences: their
+//! files and `_metadata` go to their own storage (the savepoint directory, all
+//! paths relative to it), they are never retained, discarded or counted for
+//! shared files (the user owns them), and a failed savepoint does not count
+//! towards the tolerated checkpoint failures.
+//!
 //! It also owns the lifetime of shared native files (`<job>/shared/`, written
 //! by incremental checkpoints and referenced by later ones): it counts their
 //! references across the retained checkpoints and deletes a file only when no
@@ -89,11 +95,22 @@ pub struct TaskAck {
     pub alignment: Duration,
 }
 
+/// One task's part of a completed checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskStats {
+    pub task: usize,
+    pub sync_pause: Duration,
+    pub alignment: Duration,
+    pub bytes: u64,
+}
+
 /// Figures of a completed checkpoint.
 #[derive(Debug, Clone)]
 pub struct CheckpointStats {
     pub id: CheckpointId,
     pub kind: SnapshotKind,
+    /// Wall-clock time of the trigger (ms since the Unix epoch).
+    pub trigger_unix_ms: u64,
     pub duration: Duration,
     /// Bytes the tasks wrote for this checkpoint (for an incremental one, only
     /// the new files).
@@ -103,12 +120,27 @@ pub struct CheckpointStats {
     pub full_bytes: u64,
     pub sync_pause_max: Duration,
     pub alignment_max: Duration,
+    /// Every task's part, by task index.
+    pub tasks: Vec<TaskStats>,
 }
 
 struct Pending {
     kind: SnapshotKind,
     started: Instant,
+    trigger_unix_ms: u64,
     acks: HashMap<usize, TaskAck>,
+    /// A savepoint's own storage (its directory); `None` for checkpoints.
+    target: Option<SharedStorage>,
+}
+
+/// Savepoints aborted recently, remembered so that a late acknowledgement's
+/// files can still be removed from their directory (a limit on everything).
+const ABORTED_SAVEPOINTS_MAX: usize = 16;
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The coordinator of one job.
@@ -129,6 +161,7 @@ pub struct Coordinator {
     failed: u64,
     /// References to shared files of the retained checkpoints.
     shared: SharedRegistry,
+    aborted_savepoints: VecDeque<(CheckpointId, SharedStorage)>,
 }
 
 impl Coordinator {
@@ -165,6 +198,7 @@ impl Coordinator {
             completed: Vec::new(),
             failed: 0,
             shared: SharedRegistry::default(),
+            aborted_savepoints: VecDeque::new(),
         };
         coordinator.adopt_existing();
         coordinator
@@ -382,6 +416,26 @@ impl Coordinator {
     /// Starts checkpoint n now, regardless of the interval (the final checkpoint
     /// of a bounded job, or a savepoint). `None` while too many are in flight.
     pub fn trigger_now(&mut self, kind: SnapshotKind, now: Instant) -> Option<CoordinatorAction> {
+        self.start(kind, None, now)
+    }
+
+    /// Starts a savepoint into `target` (an empty directory of its own: its
+    /// files and `_metadata` go there, paths relative to it). `None` while
+    /// too many snapshots are in flight.
+    pub fn trigger_savepoint(
+        &mut self,
+        target: SharedStorage,
+        now: Instant,
+    ) -> Option<CoordinatorAction> {
+        self.start(SnapshotKind::Savepoint, Some(target), now)
+    }
+
+    fn start(
+        &mut self,
+        kind: SnapshotKind,
+        target: Option<SharedStorage>,
+        now: Instant,
+    ) -> Option<CoordinatorAction> {
         if self.pending.len() >= self.settings.max_concurrent {
             return None;
         }
@@ -393,10 +447,17 @@ impl Coordinator {
             Pending {
                 kind,
                 started: now,
+                trigger_unix_ms: unix_ms_now(),
                 acks: HashMap::new(),
+                target,
             },
         );
         Some(CoordinatorAction::Trigger { id, kind })
+    }
+
+    /// Whether snapshot `id` is a savepoint still in flight.
+    pub fn is_pending_savepoint(&self, id: CheckpointId) -> bool {
+        self.pending.get(&id).is_some_and(|p| p.target.is_some())
     }
 
     /// Periodic work: start a due checkpoint, abort timed-out ones.
@@ -441,6 +502,9 @@ impl Coordinator {
         let Some(pending) = self.pending.remove(&id) else {
             return Vec::new();
         };
+        if pending.target.is_some() {
+            return self.complete_savepoint(id, pending, now);
+        }
         let (metadata, mut stats) = self.assemble(id, &pending);
         let published = self
             .check_native_files(&metadata)
@@ -467,9 +531,48 @@ impl Coordinator {
         actions
     }
 
+    /// All acknowledgements of savepoint `id` arrived: write its `_metadata`
+    /// into its directory. Nothing is retained or registered: the savepoint
+    /// belongs to the user from now on.
+    fn complete_savepoint(
+        &mut self,
+        id: CheckpointId,
+        pending: Pending,
+        now: Instant,
+    ) -> Vec<CoordinatorAction> {
+        let Some(target) = pending.target.clone() else {
+            return Vec::new();
+        };
+        let (metadata, mut stats) = self.assemble(id, &pending);
+        let published = check_self_contained(&metadata).and_then(|()| {
+            publish_to(
+                target.as_ref(),
+                crate::layout::METADATA_FILE,
+                &metadata,
+            )
+        });
+        if let Err(reason) = published {
+            self.pending.insert(id, pending);
+            return self.abort(id, reason, now);
+        }
+        stats.duration = now.duration_since(pending.started);
+        self.completed.push(stats);
+        self.last_finished = Some(now);
+        vec![CoordinatorAction::Complete { id }]
+    }
+
     /// A late ack of an aborted checkpoint: its task wrote files after the
     /// abort removed the directory; remove them too.
     fn discard_late_ack(&self, ack: &TaskAck) {
+        if let Some((_, target)) = self.aborted_savepoints.iter().find(|(id, _)| *id == ack.id) {
+            if let Err(e) = target.delete_prefix("") {
+                tracing::warn!(
+                    savepoint = ack.id,
+                    "cannot remove files of an aborted savepoint: {e}"
+                );
+            }
+            return;
+        }
         if self.retained.contains(&ack.id) {
             return;
         }
@@ -550,6 +653,21 @@ impl Coordinator {
         let Some(pending) = self.pending.remove(&id) else {
             return Vec::new();
         };
+        if let Some(target) = pending.target {
+            // The user's savepoint failed; periodic checkpoints are unaffected,
+            // so it does not count towards the tolerated failures.
+            tracing::warn!(savepoint = id, "savepoint failed: {reason}");
+            self.failed += 1;
+            self.last_finished = Some(now);
+            if let Err(e) = target.delete_prefix("") {
+                tracing::warn!(savepoint = id, "could not remove its files: {e}");
+            }
+            if self.aborted_savepoints.len() >= ABORTED_SAVEPOINTS_MAX {
+                self.aborted_savepoints.pop_front();
+            }
+            self.aborted_savepoints.push_back((id, target));
+            return vec![CoordinatorAction::Abort { id, reason }];
+        }
         tracing::warn!(checkpoint = id, "checkpoint aborted: {reason}");
         self.failed += 1;
         self.consecutive_failures += 1;
@@ -591,7 +709,14 @@ impl Coordinator {
             (0, Duration::ZERO, Duration::ZERO);
         let mut acks: Vec<&TaskAck> = pending.acks.values().collect();
         acks.sort_by_key(|a| a.task);
+        let mut tasks = Vec::with_capacity(acks.len());
         for ack in acks {
+            tasks.push(TaskStats {
+                task: ack.task,
+                sync_pause: ack.sync_pause,
+                alignment: ack.alignment,
+                bytes: ack.bytes,
+            });
             bytes += ack.bytes;
             sync_pause_max = sync_pause_max.max(ack.sync_pause);
             alignment_max = alignment_max.max(ack.alignment);
@@ -618,38 +743,31 @@ impl Coordinator {
             job_id: self.job_id.clone(),
             checkpoint_id: id,
             kind: pending.kind,
-            created_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            created_unix_ms: unix_ms_now(),
             max_parallelism: self.max_parallelism,
             operators,
         };
         let stats = CheckpointStats {
             id,
             kind: pending.kind,
+            trigger_unix_ms: pending.trigger_unix_ms,
             duration: Duration::ZERO,
             bytes,
             full_bytes: metadata.state_bytes(),
             sync_pause_max,
             alignment_max,
+            tasks,
         };
         (metadata, stats)
     }
 
     /// Writes `_metadata`: from now on the checkpoint exists.
     fn publish(&self, metadata: &CheckpointMetadata) -> Result<(), String> {
-        let encoded = metadata.encode().map_err(|e| e.to_string())?;
-        // Pair assertion: the metadata reads back as what we meant to write.
-        match CheckpointMetadata::decode("(new metadata)", &encoded) {
-            Ok(decoded) if decoded == *metadata => {}
-            _ => return Err("metadata does not read back identically".into()),
-        }
-        self.storage
-            .put_if_absent(
-                &metadata_path(&self.job_id, metadata.checkpoint_id),
-                encoded,
-            )
-            .map_err(|e| format!("writing metadata: {e}"))
+        publish_to(
+            self.storage.as_ref(),
+            &metadata_path(&self.job_id, metadata.checkpoint_id),
+            metadata,
+        )
     }
 
     /// The job stops: abort whatever is in flight (its files are removed).
@@ -703,4 +821,43 @@ impl Coordinator {
             self.delete_logged(Some(old), path);
         }
     }
+}
+
+/// Writes `metadata` at `path` of `storage`, create-if-absent, after checking
+/// that it reads back identically (pair assertion).
+fn publish_to(
+    storage: &dyn crate::storage::CheckpointStorage,
+    path: &str,
+    metadata: &CheckpointMetadata,
+) -> Result<(), String> {
+    let encoded = metadata.encode().map_err(|e| e.to_string())?;
+    match CheckpointMetadata::decode("(new metadata)", &encoded) {
+        Ok(decoded) if decoded == *metadata => {}
+        _ => return Err("metadata does not read back identically".into()),
+    }
+    storage
+        .put_if_absent(path, encoded)
+        .map_err(|e| format!("writing metadata: {e}"))
+}
+
+/// A savepoint holds only canonical files inside its own directory: no native
+/// (backend-specific) files, no path that leaves the directory.
+fn check_self_contained(metadata: &CheckpointMetadata) -> Result<(), String> {
+    if let Some(file) = metadata.native_files().next() {
+        return Err(format!(
+            "a savepoint must be in the canonical format, but a task wrote native file '{}'",
+            file.file.path
+        ));
+    }
+    for operator in &metadata.operators {
+        for keyed in operator.subtasks.iter().filter_map(|s| s.keyed.as_ref()) {
+            let path = &keyed.file.path;
+            if path.starts_with('/') || path.split('/').any(|segment| segment == "..") {
+                return Err(format!(
+                    "savepoint file '{path}' lies outside the savepoint directory"
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -53,6 +53,7 @@ pub fn write_keyed_file(
         key_group_start: snapshot.range.start,
         key_group_end: snapshot.range.end,
         groups,
+        key_type: snapshot.key_type.clone(),
     })
 }
 

@@ -116,6 +116,28 @@ pub fn native_private_path(
     )
 }
 
+/// A savepoint's directory name under its target directory:
+/// `savepoint-<first 6 characters of the job id's tail>-<12 hex digits>`.
+pub fn savepoint_dir_name(job_id: &str, unique: u64) -> String {
+    let tail: String = job_id
+        .chars()
+        .rev()
+        .filter(char::is_ascii_alphanumeric)
+        .take(6)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("savepoint-{tail}-{:012x}", unique & 0xffff_ffff_ffff)
+}
+
+/// A savepoint's keyed state file of one instance, relative to the savepoint
+/// directory: `state/<uid>/<subtask>.keyed` (uid escaped, so any uid is one
+/// directory and none can collide with `_metadata`).
+pub fn savepoint_keyed_path(uid: &str, subtask: u32) -> String {
+    format!("state/{}/{subtask}.keyed", escape_segment(uid))
+}
+
 /// `(job id, checkpoint id)` of a `<job-id>/chk-<n>/_metadata` path.
 pub fn parse_metadata_path(path: &str) -> Option<(String, CheckpointId)> {
     let rest = path.strip_suffix(METADATA_FILE)?.strip_suffix('/')?;
@@ -139,6 +161,19 @@ mod tests {
             parse_metadata_path(&native_private_path("job", 3, "op", 0, METADATA_FILE)),
             None,
             "a native file named like metadata is not metadata"
+        );
+    }
+
+    #[test]
+    fn savepoint_paths() {
+        assert_eq!(
+            savepoint_dir_name("job-18f3a2b4c5d-1f2e", 0xabc),
+            "savepoint-5d1f2e-000000000abc"
+        );
+        assert_eq!(savepoint_keyed_path("a/b", 3), "state/a~2fb/3.keyed");
+        assert_eq!(
+            savepoint_keyed_path("_metadata", 0),
+            "state/_metadata/0.keyed"
         );
     }
 

@@ -7,7 +7,8 @@
 //! key group ([`keyed_file`]); a backend's native files, uploaded and fetched
 //! back ([`native_files`]); the coordinator's state machine ([`coordinator`]),
 //! including when files shared between checkpoints are deleted; finding and
-//! validating a checkpoint to restore ([`restore`]).
+//! validating a checkpoint to restore ([`restore`]); reading a snapshot
+//! offline for the state tools ([`inspect`]).
 //!
 //! Must not touch: tasks, threads or channels. The runtime drives the coordinator
 //! with messages (trigger times, acknowledgements, declines) and carries out what
@@ -16,6 +17,7 @@
 
 pub mod coordinator;
 pub mod format;
+pub mod inspect;
 pub mod keyed_file;
 pub mod layout;
 pub mod metadata;
@@ -25,7 +27,7 @@ mod shared_registry;
 pub mod storage;
 
 pub use coordinator::{
-    CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, TaskAck,
+    CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, TaskAck, TaskStats,
 };
 pub use metadata::{
     CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, NativeFileRef, NativeStateHandle,

@@ -2,6 +2,9 @@
 //! written last (atomically, create-if-absent); a checkpoint without it does not
 //! exist.
 //!
+//! The key type of a keyed file ([`KeyedStateHandle::key_type`]) was added the
+//! same way: optional, defaulting to empty (unknown).
+//!
 //! Native state ([`NativeStateHandle`]) was added to version 1 without a version
 //! bump: the field is optional and omitted when absent, so older metadata reads
 //! as before and metadata without native state is written byte for byte as
@@ -53,6 +56,11 @@ pub struct KeyedStateHandle {
     pub key_group_start: KeyGroup,
     pub key_group_end: KeyGroup,
     pub groups: Vec<KeyGroupEntry>,
+    /// The Rust type name of the keys (`std::any::type_name`), for offline
+    /// tools that decode keys without the job's types. Empty (and omitted) in
+    /// metadata written before it was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_type: String,
 }
 
 /// One operator list state of one instance (small; kept inline).

@@ -14,8 +14,53 @@ use crate::keyed_file::{sections, verify_file};
 use crate::layout::{METADATA_FILE, parse_metadata_path};
 use crate::metadata::{CheckpointMetadata, OperatorListState};
 use crate::native_files::native_restore;
-use crate::storage::{CheckpointStorage, SharedStorage};
+use crate::storage::{CheckpointStorage, SharedStorage, open_storage};
 use crate::{CheckpointError, CheckpointId};
+
+/// A snapshot found by its location: the storage its metadata's paths are
+/// relative to, and the metadata's path in it.
+#[derive(Clone)]
+pub struct OpenedSnapshot {
+    pub storage: SharedStorage,
+    pub metadata_path: String,
+}
+
+/// Opens the checkpoint or savepoint at `location` (a local path, `file://`,
+/// `s3://` or `memory://` URL; optionally ending in `/_metadata`).
+///
+/// A checkpoint's paths are relative to its checkpoint storage root, two levels
+/// above it (`<root>/<job>/chk-<n>`): a location whose last segment is
+/// `chk-<n>` opens that root. Anything else is a savepoint directory, whose
+/// paths are relative to itself, so it can be moved or copied anywhere.
+pub fn open_snapshot(location: &str) -> Result<OpenedSnapshot, CheckpointError> {
+    let trimmed = location.trim_end_matches('/');
+    let trimmed = trimmed
+        .strip_suffix(METADATA_FILE)
+        .map_or(trimmed, |t| t.trim_end_matches('/'));
+    let mut segments = trimmed.rsplitn(3, '/');
+    let last = segments.next().unwrap_or("");
+    let is_checkpoint = last
+        .strip_prefix("chk-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if is_checkpoint && let Some(job) = segments.next() {
+        // `file:///x` splits into root `file://`: an empty path means `/`.
+        let root = match segments.next().unwrap_or(".") {
+            "" => "/".to_owned(),
+            r if r.ends_with(':') || r.ends_with("//") => format!("{r}/"),
+            r => r.to_owned(),
+        };
+        if !job.is_empty() {
+            return Ok(OpenedSnapshot {
+                storage: open_storage(&root)?,
+                metadata_path: format!("{job}/{last}/{METADATA_FILE}"),
+            });
+        }
+    }
+    Ok(OpenedSnapshot {
+        storage: open_storage(trimmed)?,
+        metadata_path: METADATA_FILE.to_owned(),
+    })
+}
 
 /// A checkpoint read back and verified: its metadata, the bytes of every
 /// canonical file it references, and the storage its native files are
@@ -69,6 +114,8 @@ pub fn completed_checkpoints(
 pub fn load(storage: &SharedStorage, path: &str) -> Result<LoadedCheckpoint, CheckpointError> {
     let metadata_path = if path.ends_with(METADATA_FILE) {
         path.to_owned()
+    } else if path.trim_matches('/').is_empty() {
+        METADATA_FILE.to_owned()
     } else {
         format!("{}/{METADATA_FILE}", path.trim_end_matches('/'))
     };

@@ -144,6 +144,7 @@ fn write_task_file(
             key_group_start: range.start,
             key_group_end: range.end,
             groups,
+            key_type: String::new(),
         }),
         native: None,
         lists: vec![OperatorListState {

@@ -5,6 +5,9 @@
 //! CLI knows it exists.
 
 mod progress;
+mod remote;
+mod service;
+mod tools;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -37,6 +40,23 @@ enum Command {
         #[command(subcommand)]
         job: Job,
     },
+    /// Lists the jobs of a running flowstate (through its HTTP API).
+    List(remote::ListArgs),
+    /// Takes a savepoint of a running job.
+    Savepoint(remote::SavepointArgs),
+    /// Stops a running job with a final savepoint.
+    Stop(remote::StopArgs),
+    /// Cancels a running job (no savepoint).
+    Cancel(remote::CancelArgs),
+    /// Shows what a checkpoint or savepoint holds.
+    Inspect(tools::InspectArgs),
+    /// Reads the state in a checkpoint or savepoint.
+    State {
+        #[command(subcommand)]
+        command: tools::StateCommand,
+    },
+    /// Checks every file of a checkpoint or savepoint against its checksum.
+    Verify(tools::VerifyArgs),
 }
 
 #[derive(Subcommand)]
@@ -108,10 +128,22 @@ struct RuntimeArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     retain: u32,
     /// Start from `latest` (the newest completed checkpoint under
-    /// --checkpoint-dir; a fresh start if there is none) or from a checkpoint
-    /// directory (relative to --checkpoint-dir).
+    /// --checkpoint-dir; a fresh start if there is none), from a savepoint
+    /// directory (a path or URL), or from a checkpoint directory (anywhere, or
+    /// relative to --checkpoint-dir).
     #[arg(long)]
     restore: Option<String>,
+    /// With --restore: drop the state of operators this job no longer has
+    /// (otherwise the restore fails, naming them).
+    #[arg(long)]
+    allow_non_restored_state: bool,
+    /// Where savepoints go when a request names no directory.
+    #[arg(long)]
+    savepoint_dir: Option<String>,
+    /// Address of the job's HTTP API (`host:port`; port 0 picks a free one),
+    /// or `off`.
+    #[arg(long, default_value = DEFAULT_REST)]
+    rest: String,
     /// Restarts from the latest checkpoint after a failure, before giving up.
     #[arg(long, default_value_t = 3)]
     restart_attempts: u32,
@@ -230,20 +262,38 @@ fn parse_interval(text: &str) -> Result<Interval, String> {
     Ok(Interval::Every(every))
 }
 
-/// `--restore PATH` names a checkpoint relative to `--checkpoint-dir`; a local
-/// absolute path (or `file://` URL) inside that directory is accepted too.
-fn restore_path(path: &str, checkpoint_dir: &str) -> Result<String> {
+/// Where the HTTP API listens unless `--rest` says otherwise.
+const DEFAULT_REST: &str = "127.0.0.1:8081";
+
+/// What `--restore X` names: a checkpoint relative to `--checkpoint-dir` (also
+/// given as a local path inside it), or a savepoint or checkpoint anywhere
+/// else (a local path or a URL).
+fn restore_from(given: &str, checkpoint_dir: &str) -> Result<RestoreFrom> {
+    if given == "latest" {
+        return Ok(RestoreFrom::Latest);
+    }
+    if given.contains("://") && !given.starts_with("file://") {
+        return Ok(RestoreFrom::Location(given.to_owned()));
+    }
     let local = |p: &str| p.strip_prefix("file://").unwrap_or(p).to_owned();
-    let (given, root) = (local(path), local(checkpoint_dir));
-    if !given.starts_with('/') {
-        return Ok(given);
+    let (path, root) = (local(given), local(checkpoint_dir));
+    if !path.starts_with('/') {
+        // A snapshot directory relative to the working directory, else a
+        // checkpoint relative to --checkpoint-dir.
+        let here = std::path::Path::new(&path);
+        let is_snapshot = here.join("_metadata").is_file()
+            || (here.ends_with("_metadata") && here.is_file());
+        if is_snapshot {
+            let absolute = std::path::absolute(here)
+                .with_context(|| format!("--restore {given}"))?;
+            return Ok(RestoreFrom::Location(absolute.display().to_string()));
+        }
+        return Ok(RestoreFrom::Path(path));
     }
     let root = std::path::absolute(&root).unwrap_or_else(|_| PathBuf::from(&root));
-    match std::path::Path::new(&given).strip_prefix(&root) {
-        Ok(relative) => Ok(relative.display().to_string()),
-        Err(_) => bail!(
-            "--restore {path} is not inside --checkpoint-dir {checkpoint_dir}: give the checkpoint relative to it (e.g. <job-id>/chk-<n>)"
-        ),
+    match std::path::Path::new(&path).strip_prefix(&root) {
+        Ok(relative) => Ok(RestoreFrom::Path(relative.display().to_string())),
+        Err(_) => Ok(RestoreFrom::Location(path)),
     }
 }
 
@@ -255,7 +305,11 @@ impl RuntimeArgs {
         let parallelism = self
             .parallelism
             .unwrap_or_else(|| cpus.min(self.max_parallelism).max(1));
+        if self.allow_non_restored_state && self.restore.is_none() {
+            bail!("--allow-non-restored-state only applies with --restore");
+        }
         let mut config = ExecutionConfig {
+            job_name: job.to_owned(),
             max_parallelism: self.max_parallelism,
             state_backend: self.state.backend()?,
             ..ExecutionConfig::with_parallelism(parallelism)
@@ -299,9 +353,10 @@ impl RuntimeArgs {
                     job_id: None,
                     restore: match self.restore.as_deref() {
                         None => RestoreFrom::Nothing,
-                        Some("latest") => RestoreFrom::Latest,
-                        Some(path) => RestoreFrom::Path(restore_path(path, &dir)?),
+                        Some(given) => restore_from(given, &dir)?,
                     },
+                    allow_non_restored_state: self.allow_non_restored_state,
+                    savepoint_dir: self.savepoint_dir.clone(),
                     restart: RestartStrategy {
                         attempts: self.restart_attempts,
                         delay: self.restart_delay,
@@ -315,21 +370,67 @@ impl RuntimeArgs {
     }
 }
 
-fn run_job(env: &StreamEnvironment, label: &str) -> Result<()> {
+/// Serves the HTTP API of `job` on `rest` (unless `off`). The default address
+/// may be taken by another job: then the job runs without an API (a warning
+/// says so); an address the user chose must work.
+fn start_rest(
+    rest: &str,
+    job: &std::sync::Arc<flowstate::runtime::JobController>,
+) -> Result<Option<flowstate_rest::RestServer>> {
+    if rest == "off" {
+        return Ok(None);
+    }
+    let jobs = std::sync::Arc::new(service::LocalJobs::default());
+    jobs.add(std::sync::Arc::clone(job));
+    match flowstate_rest::serve(rest, jobs) {
+        Ok(server) => {
+            tracing::info!("HTTP API listening on http://{}", server.local_addr());
+            Ok(Some(server))
+        }
+        Err(e) if rest == DEFAULT_REST => {
+            tracing::warn!(
+                "HTTP API not started ({e}); pass --rest HOST:PORT to choose another address"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("--rest {rest}"))),
+    }
+}
+
+fn run_job(env: &StreamEnvironment, label: &str, rest: &str) -> Result<()> {
     let job = env.start()?;
+    let server = match start_rest(rest, job.controller()) {
+        Ok(server) => server,
+        Err(e) => {
+            job.cancel();
+            let _ = job.join();
+            return Err(e);
+        }
+    };
     let reporter = progress::Reporter::start(
         label,
         std::sync::Arc::clone(job.metrics()),
         std::io::stderr().is_terminal(),
     );
     let outcome = job.join();
+    if let Some(server) = server {
+        server.shutdown();
+    }
     let report = reporter.finish();
     let report_line = format!(
         "{} records in {:.2}s",
         report.records,
         report.elapsed.as_secs_f64()
     );
-    let job_report = outcome.with_context(|| format!("job {label} failed after {report_line}"))?;
+    let job_report = match outcome {
+        Err(flowstate::JobError::Cancelled) => {
+            bail!("job {label} was cancelled after {report_line}")
+        }
+        outcome => outcome.with_context(|| format!("job {label} failed after {report_line}"))?,
+    };
+    if let Some(location) = &job_report.stopped_with_savepoint {
+        tracing::info!("job {label} stopped with savepoint {location}");
+    }
     tracing::info!(
         records_in = job_report.records_in,
         records_to_sinks = job_report.records_to_sinks,
@@ -389,7 +490,7 @@ fn run(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             let job = keyed_count::build(&env, &params)?;
-            run_job(&env, "keyed-count")?;
+            run_job(&env, "keyed-count", &args.runtime.rest)?;
             println!("{}", job.result_line());
         }
         Command::Run {
@@ -401,9 +502,16 @@ fn run(cli: Cli) -> Result<()> {
                 output: args.output,
             };
             let job = wordcount::build(&env, &params)?;
-            run_job(&env, "wordcount")?;
+            run_job(&env, "wordcount", &args.runtime.rest)?;
             println!("{}", job.result_line());
         }
+        Command::List(args) => remote::list(args)?,
+        Command::Savepoint(args) => remote::savepoint(args)?,
+        Command::Stop(args) => remote::stop(args)?,
+        Command::Cancel(args) => remote::cancel(args)?,
+        Command::Inspect(args) => tools::inspect(args)?,
+        Command::State { command } => tools::state(command)?,
+        Command::Verify(args) => tools::verify(args)?,
     }
     Ok(())
 }

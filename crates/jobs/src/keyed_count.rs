@@ -159,9 +159,11 @@ pub fn build(
     let totals = Arc::new(Mutex::new(Checksum::default()));
     let updates = env
         .from_source("Source: W generator", source)
+        .uid("w-generator")
         .key_by(|&(key, _): &(u64, u64)| key)
         .process(CountAndSum::new(Arc::clone(&totals)))
-        .name("Count and sum");
+        .name("Count and sum")
+        .uid("count-and-sum");
     match &params.output {
         Some(dir) => updates.write_lines(dir)?,
         None => {

@@ -130,15 +130,18 @@ pub fn build(
     let totals = Arc::new(Mutex::new(WordTotals::default()));
     let counts = env
         .read_text_lines(&params.input)?
+        .uid("text-lines")
         .flat_map(|line: String| words(&line).collect::<Vec<_>>())
         .name("Split words")
+        .uid("split-words")
         .key_by(|word: &String| word.clone())
         .process(CountWords {
             state: None,
             totals: Arc::clone(&totals),
             contributions: Arc::default(),
         })
-        .name("Count words");
+        .name("Count words")
+        .uid("count-words");
     match &params.output {
         Some(dir) => counts.write_lines(dir)?,
         None => {

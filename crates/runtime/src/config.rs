@@ -33,6 +33,9 @@ pub enum RestoreFrom {
     Latest,
     /// A checkpoint directory or its `_metadata`, relative to the storage root.
     Path(String),
+    /// A savepoint or checkpoint anywhere (a path or URL, see
+    /// [`flowstate_checkpoint::restore::open_snapshot`]).
+    Location(String),
 }
 
 /// How often and how soon a failed job is restarted from its latest checkpoint.
@@ -66,7 +69,12 @@ pub struct CheckpointingConfig {
     /// the restored checkpoint with [`RestoreFrom::Latest`]).
     pub job_id: Option<String>,
     pub restore: RestoreFrom,
+    /// Restoring may drop state of operators this job no longer has
+    /// (otherwise such a restore fails, naming them).
+    pub allow_non_restored_state: bool,
     pub restart: RestartStrategy,
+    /// Where savepoints go when a request names no directory.
+    pub savepoint_dir: Option<String>,
 }
 
 impl std::fmt::Debug for CheckpointingConfig {
@@ -77,7 +85,9 @@ impl std::fmt::Debug for CheckpointingConfig {
             .field("guarantee", &self.guarantee)
             .field("job_id", &self.job_id)
             .field("restore", &self.restore)
+            .field("allow_non_restored_state", &self.allow_non_restored_state)
             .field("restart", &self.restart)
+            .field("savepoint_dir", &self.savepoint_dir)
             .finish()
     }
 }
@@ -85,6 +95,8 @@ impl std::fmt::Debug for CheckpointingConfig {
 /// How a job runs.
 #[derive(Debug, Clone)]
 pub struct ExecutionConfig {
+    /// The job's name, for people (the HTTP API, logs).
+    pub job_name: String,
     /// Parallel instances of every operator.
     pub parallelism: u32,
     /// Number of key groups (upper bound on parallelism after a rescale).
@@ -104,6 +116,7 @@ pub struct ExecutionConfig {
 impl Default for ExecutionConfig {
     fn default() -> Self {
         Self {
+            job_name: "job".to_owned(),
             parallelism: 1,
             max_parallelism: DEFAULT_MAX_PARALLELISM,
             batch_size: DEFAULT_BATCH_SIZE,

@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flowstate_checkpoint::restore::{LoadedCheckpoint, load, load_latest_of};
+use flowstate_checkpoint::restore::{LoadedCheckpoint, load, load_latest_of, open_snapshot};
 use flowstate_checkpoint::{CheckpointStats, Coordinator};
 
 use crate::channel::Signal;
-use crate::checkpointing::{CoordinatorEvent, CoordinatorLoop, upload_loop};
+use crate::checkpointing::{CoordinatorEvent, CoordinatorLoop, SavepointTargets, upload_loop};
+use crate::control::{JobController, JobDescription, JobStatus};
 use crate::config::{CheckpointingConfig, ExecutionConfig, Guarantee, RestoreFrom};
 use crate::error::{JobError, TaskError, panic_message};
 use crate::graph::JobGraph;
@@ -49,6 +50,8 @@ pub struct JobReport {
     pub restarts: u64,
     /// The checkpoint the job started from, if any.
     pub restored_from: Option<u64>,
+    /// The savepoint a stop ended the job with (stop-with-savepoint).
+    pub stopped_with_savepoint: Option<String>,
 }
 
 /// One attempt's failure flag and worker wakeups.
@@ -94,10 +97,25 @@ struct JobControl {
     current: Mutex<Option<Arc<Shared>>>,
 }
 
+impl JobControl {
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        if let Some(shared) = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            shared.fail(JobError::Cancelled);
+        }
+    }
+}
+
 /// A job running on worker threads.
 pub struct RunningJob {
     metrics: Arc<JobMetrics>,
     control: Arc<JobControl>,
+    controller: Arc<JobController>,
     supervisor: JoinHandle<Result<JobReport, JobError>>,
 }
 
@@ -173,6 +191,9 @@ struct AttemptCheckpointing<'a> {
     config: &'a CheckpointingConfig,
     job_id: &'a str,
     restored: Option<Arc<LoadedCheckpoint>>,
+    /// A restart of the job restores from its own checkpoints: every
+    /// operator was there when they were taken.
+    allow_non_restored_state: bool,
 }
 
 struct AttemptOutcome {
@@ -187,6 +208,7 @@ fn run_attempt(
     config: &ExecutionConfig,
     metrics: &Arc<JobMetrics>,
     control: &JobControl,
+    controller: &Arc<JobController>,
     checkpointing: Option<AttemptCheckpointing<'_>>,
 ) -> AttemptOutcome {
     let fail = |e: JobError| AttemptOutcome {
@@ -208,6 +230,7 @@ fn run_attempt(
         uploads: uploads_tx.clone(),
         restored: c.restored.clone(),
         job_id: c.job_id.to_owned(),
+        allow_non_restored_state: c.allow_non_restored_state,
     });
     let planning = Instant::now();
     let planned = build_tasks(
@@ -234,16 +257,19 @@ fn run_attempt(
 
     let mut uploaders = Vec::new();
     let mut coordinator_thread = None;
+    let task_names: Vec<String> = handles.iter().map(|h| h.name.clone()).collect();
     if let Some(c) = &checkpointing {
+        let savepoint_targets = SavepointTargets::default();
         for index in 0..config.workers.max(1) {
-            let (jobs, storage, job_id, events) = (
+            let (jobs, storage, job_id, events, targets) = (
                 uploads_rx.clone(),
                 Arc::clone(&c.config.storage),
                 c.job_id.to_owned(),
                 events_tx.clone(),
+                savepoint_targets.clone(),
             );
             match spawn(format!("flowstate-upload-{index}"), move || {
-                upload_loop(jobs, storage, job_id, events)
+                upload_loop(jobs, storage, job_id, events, targets)
             }) {
                 Ok(handle) => uploaders.push(handle),
                 Err(e) => return fail(e),
@@ -264,6 +290,8 @@ fn run_attempt(
             events: events_rx,
             tasks: handles,
             metrics: Arc::clone(metrics),
+            controller: Arc::clone(controller),
+            savepoint_targets,
             fail: Box::new(move |reason| failing.fail(JobError::Checkpointing(reason))),
         };
         match spawn("flowstate-coordinator".into(), move || looped.run()) {
@@ -272,6 +300,10 @@ fn run_attempt(
         }
     }
     drop(uploads_rx);
+    controller.on_attempt_started(
+        task_names,
+        checkpointing.as_ref().map(|_| events_tx.clone()),
+    );
 
     let mut per_worker: Vec<Vec<Box<dyn Task>>> = (0..config.workers).map(|_| Vec::new()).collect();
     for PlannedTask { worker, task } in planned {
@@ -329,6 +361,50 @@ fn supervise(
     config: ExecutionConfig,
     metrics: Arc<JobMetrics>,
     control: Arc<JobControl>,
+    controller: Arc<JobController>,
+) -> Result<JobReport, JobError> {
+    let result = supervise_attempts(&graph, &config, &metrics, &control, &controller);
+    let (status, failure) = match &result {
+        Ok(_) => (JobStatus::Finished, None),
+        Err(JobError::Cancelled) => (JobStatus::Cancelled, None),
+        Err(e) => (JobStatus::Failed, Some(e.to_string())),
+    };
+    controller.on_attempt_ended(status, failure);
+    result.map(|mut report| {
+        report.stopped_with_savepoint = controller.stopped_with_savepoint();
+        report
+    })
+}
+
+/// Loads what `restore` names.
+fn load_restore(
+    c: &CheckpointingConfig,
+) -> Result<Option<(Arc<LoadedCheckpoint>, String)>, JobError> {
+    Ok(match &c.restore {
+        RestoreFrom::Nothing => None,
+        RestoreFrom::Latest => load_latest_of(&c.storage, None)?.map(|l| {
+            let shown = format!("{} in {}", l.metadata_path, c.storage.describe());
+            (Arc::new(l), shown)
+        }),
+        RestoreFrom::Path(path) => {
+            let loaded = load(&c.storage, path)?;
+            let shown = format!("{} in {}", loaded.metadata_path, c.storage.describe());
+            Some((Arc::new(loaded), shown))
+        }
+        RestoreFrom::Location(location) => {
+            let opened = open_snapshot(location)?;
+            let loaded = load(&opened.storage, &opened.metadata_path)?;
+            Some((Arc::new(loaded), location.clone()))
+        }
+    })
+}
+
+fn supervise_attempts(
+    graph: &JobGraph,
+    config: &ExecutionConfig,
+    metrics: &Arc<JobMetrics>,
+    control: &Arc<JobControl>,
+    controller: &Arc<JobController>,
 ) -> Result<JobReport, JobError> {
     let started = Instant::now();
     let checkpointing = config.checkpointing.clone();
@@ -336,10 +412,12 @@ fn supervise(
     let mut job_id = None;
     if let Some(c) = &checkpointing {
         let loading = Instant::now();
-        restored = match &c.restore {
-            RestoreFrom::Nothing => None,
-            RestoreFrom::Latest => load_latest_of(&c.storage, None)?.map(Arc::new),
-            RestoreFrom::Path(path) => Some(Arc::new(load(&c.storage, path)?)),
+        restored = match load_restore(c)? {
+            Some((loaded, shown)) => {
+                controller.set_restored_from(shown);
+                Some(loaded)
+            }
+            None => None,
         };
         if let Some(r) = &restored {
             tracing::info!(
@@ -357,7 +435,14 @@ fn supervise(
             (None, Some(r), RestoreFrom::Latest) => r.metadata.job_id.clone(),
             _ => generated_job_id(),
         });
+        if let Some(id) = &job_id {
+            controller.set_job_id(id);
+            tracing::info!(job_id = id.as_str(), "job {} starting", config.job_name);
+        }
     }
+    let mut allow_non_restored_state = checkpointing
+        .as_ref()
+        .is_some_and(|c| c.allow_non_restored_state);
     let restored_from = restored.as_ref().map(|r| r.id());
     let mut restarts = 0u32;
     let mut delay = checkpointing
@@ -371,8 +456,9 @@ fn supervise(
                 config: c,
                 job_id: id,
                 restored: restored.clone(),
+                allow_non_restored_state,
             });
-        let outcome = run_attempt(&graph, &config, &metrics, &control, attempt);
+        let outcome = run_attempt(graph, config, metrics, control, controller, attempt);
         let failed_checkpoints = metrics.checkpoints().failed;
         match outcome.result {
             Ok(()) => {
@@ -385,6 +471,7 @@ fn supervise(
                     failed_checkpoints,
                     restarts: u64::from(restarts),
                     restored_from,
+                    stopped_with_savepoint: None,
                 });
             }
             Err(error) => {
@@ -403,6 +490,7 @@ fn supervise(
                 }
                 restarts += 1;
                 metrics.record_restart();
+                controller.on_attempt_ended(JobStatus::Restarting, Some(error.to_string()));
                 tracing::warn!(
                     "job failed ({error}); restart {restarts} of {} in {delay:?}",
                     c.restart.attempts
@@ -411,9 +499,10 @@ fn supervise(
                 delay = delay
                     .mul_f64(c.restart.backoff_multiplier.max(1.0))
                     .min(c.restart.delay_max);
-                restored = load_latest_of(&c.storage, job_id.as_deref())?
-                    .map(Arc::new)
-                    .or(restored);
+                let own = load_latest_of(&c.storage, job_id.as_deref())?.map(Arc::new);
+                // The job's own checkpoints hold only operators it has.
+                allow_non_restored_state |= own.is_some();
+                restored = own.or(restored);
             }
         }
     }
@@ -424,14 +513,42 @@ pub fn start_job(graph: JobGraph, config: &ExecutionConfig) -> Result<RunningJob
     config.validate()?;
     let metrics = Arc::new(JobMetrics::default());
     let control = Arc::new(JobControl::default());
-    let (config, supervisor_metrics, supervisor_control) =
-        (config.clone(), Arc::clone(&metrics), Arc::clone(&control));
+    let description = JobDescription {
+        name: config.job_name.clone(),
+        parallelism: config.parallelism,
+        max_parallelism: config.max_parallelism,
+        vertices: graph.describe(),
+        checkpointing: config.checkpointing.is_some(),
+        savepoint_dir: config
+            .checkpointing
+            .as_ref()
+            .and_then(|c| c.savepoint_dir.clone()),
+    };
+    let cancelling = Arc::clone(&control);
+    let controller = Arc::new(JobController::new(
+        description,
+        Arc::clone(&metrics),
+        Box::new(move || cancelling.cancel()),
+    ));
+    let (config, supervisor_metrics, supervisor_control, supervisor_controller) = (
+        config.clone(),
+        Arc::clone(&metrics),
+        Arc::clone(&control),
+        Arc::clone(&controller),
+    );
     let supervisor = spawn("flowstate-supervisor".into(), move || {
-        supervise(graph, config, supervisor_metrics, supervisor_control)
+        supervise(
+            graph,
+            config,
+            supervisor_metrics,
+            supervisor_control,
+            supervisor_controller,
+        )
     })?;
     Ok(RunningJob {
         metrics,
         control,
+        controller,
         supervisor,
     })
 }
@@ -443,16 +560,12 @@ impl RunningJob {
 
     /// Asks every worker to stop; `join` then returns [`JobError::Cancelled`].
     pub fn cancel(&self) {
-        self.control.cancelled.store(true, Ordering::SeqCst);
-        if let Some(shared) = self
-            .control
-            .current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            shared.fail(JobError::Cancelled);
-        }
+        self.control.cancel();
+    }
+
+    /// The job's control surface (status, history, savepoints, stop, cancel).
+    pub fn controller(&self) -> &Arc<JobController> {
+        &self.controller
     }
 
     /// True when the job has ended.
@@ -586,6 +699,7 @@ impl DeterministicExecutor {
                 failed_checkpoints: 0,
                 restarts: 0,
                 restored_from: None,
+                stopped_with_savepoint: None,
             }),
             RunState::Quiescent => Err(JobError::Stalled),
         }

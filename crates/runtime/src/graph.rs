@@ -312,6 +312,8 @@ pub(crate) struct Edge {
     /// 0 for the first (or only) input, 1 for the second input of a two-input node.
     pub side: usize,
     pub forward: bool,
+    /// How records are shipped, for people: `FORWARD`, `REBALANCE` or `HASH`.
+    pub ship_strategy: &'static str,
     /// A `Partitioning<T>` for the edge's record type `T`.
     pub partitioning: Box<dyn Any + Send + Sync>,
 }
@@ -324,6 +326,15 @@ pub(crate) struct Node {
     pub inputs: Vec<Edge>,
     /// The output stream type; `None` for sinks.
     pub output: Option<(TypeId, Arc<dyn Port>)>,
+}
+
+/// One node of a job graph as shown to people and tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VertexInfo {
+    pub uid: String,
+    pub name: String,
+    /// `(uid of the producing node, ship strategy)` per input.
+    pub inputs: Vec<(String, &'static str)>,
 }
 
 /// A logical dataflow graph.
@@ -376,6 +387,21 @@ impl JobGraph {
         }
     }
 
+    /// The graph for people and tools: every node's uid, name and inputs.
+    pub fn describe(&self) -> Vec<VertexInfo> {
+        (0..self.nodes.len())
+            .map(|node| VertexInfo {
+                uid: self.uid(node),
+                name: self.nodes[node].name.clone(),
+                inputs: self.nodes[node]
+                    .inputs
+                    .iter()
+                    .map(|edge| (self.uid(edge.from), edge.ship_strategy))
+                    .collect(),
+            })
+            .collect()
+    }
+
     /// Sets the stable id of a node (what restore matches state by).
     pub fn set_uid(&mut self, node: NodeId, uid: &str) {
         self.nodes[node].uid = Some(uid.to_owned());
@@ -406,6 +432,11 @@ impl JobGraph {
             from,
             side,
             forward: matches!(partitioning, Partitioning::Forward),
+            ship_strategy: match partitioning {
+                Partitioning::Forward => "FORWARD",
+                Partitioning::Rebalance => "REBALANCE",
+                Partitioning::Hash(_) => "HASH",
+            },
             partitioning: Box::new(partitioning),
         }
     }

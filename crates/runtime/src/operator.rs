@@ -5,6 +5,7 @@ use flowstate_checkpoint::OperatorListState;
 use flowstate_state::BackendSnapshot;
 
 use crate::error::UserError;
+use crate::message::Barrier;
 
 /// What one operator instance hands over in the synchronous part of a
 /// checkpoint. The keyed part is a frozen view, serialised later on an upload
@@ -32,8 +33,9 @@ pub trait Operator<I, O>: Send {
         Ok(())
     }
 
-    /// The synchronous part of checkpoint `checkpoint_id`: must be brief.
-    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<StateSnapshot, UserError> {
+    /// The synchronous part of the snapshot `barrier` starts (a checkpoint,
+    /// or a savepoint, which must be in the canonical format): must be brief.
+    fn snapshot(&mut self, _barrier: Barrier) -> Result<StateSnapshot, UserError> {
         Ok(StateSnapshot::default())
     }
 
@@ -52,7 +54,7 @@ pub trait TwoInputOperator<I1, I2, O>: Send {
     fn finish(&mut self, _output: &mut Vec<O>) -> Result<(), UserError> {
         Ok(())
     }
-    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<StateSnapshot, UserError> {
+    fn snapshot(&mut self, _barrier: Barrier) -> Result<StateSnapshot, UserError> {
         Ok(StateSnapshot::default())
     }
     fn notify_checkpoint_complete(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {

@@ -31,11 +31,8 @@ pub trait Pipeline<T>: Send {
     fn flush(&mut self, partial: bool) -> Result<bool, TaskError>;
     /// The synchronous part of a checkpoint: every stage's operator snapshots,
     /// in chain order.
-    fn snapshot(
-        &mut self,
-        checkpoint_id: u64,
-        parts: &mut Vec<OperatorPart>,
-    ) -> Result<(), TaskError>;
+    fn snapshot(&mut self, barrier: Barrier, parts: &mut Vec<OperatorPart>)
+    -> Result<(), TaskError>;
     /// Sends `barrier` downstream, behind everything sent before it.
     fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError>;
     /// Checkpoint `checkpoint_id` is complete: let every operator know (sinks commit).
@@ -140,17 +137,13 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
         self.next.flush(partial)
     }
 
-    fn snapshot(
-        &mut self,
-        checkpoint_id: u64,
-        parts: &mut Vec<OperatorPart>,
-    ) -> Result<(), TaskError> {
+    fn snapshot(&mut self, barrier: Barrier, parts: &mut Vec<OperatorPart>) -> Result<(), TaskError> {
         let operator = &mut self.operator;
-        let snapshot = guarded(&self.id.name, || operator.snapshot(checkpoint_id))?;
+        let snapshot = guarded(&self.id.name, || operator.snapshot(barrier))?;
         if !snapshot.is_empty() {
             parts.push(self.id.part(snapshot));
         }
-        self.next.snapshot(checkpoint_id, parts)
+        self.next.snapshot(barrier, parts)
     }
 
     fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError> {
@@ -208,11 +201,11 @@ impl<T: Send> Pipeline<T> for SinkStage<T> {
 
     fn snapshot(
         &mut self,
-        checkpoint_id: u64,
+        barrier: Barrier,
         parts: &mut Vec<OperatorPart>,
     ) -> Result<(), TaskError> {
         let writer = &mut self.writer;
-        let lists = guarded(&self.id.name, || writer.prepare_commit(checkpoint_id))?;
+        let lists = guarded(&self.id.name, || writer.prepare_commit(barrier.id))?;
         if !lists.is_empty() {
             parts.push(self.id.part(StateSnapshot { keyed: None, lists }));
         }
@@ -245,7 +238,7 @@ impl<T: Send> Pipeline<T> for Discard {
     }
     fn snapshot(
         &mut self,
-        _checkpoint_id: u64,
+        _barrier: Barrier,
         _parts: &mut Vec<OperatorPart>,
     ) -> Result<(), TaskError> {
         Ok(())
@@ -301,11 +294,11 @@ impl<T: Clone + Send> Pipeline<T> for Tee<T> {
 
     fn snapshot(
         &mut self,
-        checkpoint_id: u64,
+        barrier: Barrier,
         parts: &mut Vec<OperatorPart>,
     ) -> Result<(), TaskError> {
         for branch in &mut self.branches {
-            branch.snapshot(checkpoint_id, parts)?;
+            branch.snapshot(barrier, parts)?;
         }
         Ok(())
     }
@@ -486,7 +479,7 @@ impl<T: Send> Pipeline<T> for ExchangeOutput<T> {
 
     fn snapshot(
         &mut self,
-        _checkpoint_id: u64,
+        _barrier: Barrier,
         _parts: &mut Vec<OperatorPart>,
     ) -> Result<(), TaskError> {
         Ok(())

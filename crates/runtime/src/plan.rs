@@ -34,6 +34,8 @@ pub(crate) struct PlanCheckpointing {
     pub uploads: Sender<UploadJob>,
     pub restored: Option<Arc<LoadedCheckpoint>>,
     pub job_id: String,
+    /// State of operators the job no longer has may be dropped.
+    pub allow_non_restored_state: bool,
 }
 
 struct Planner<'g> {
@@ -90,10 +92,11 @@ impl Planner<'_> {
     }
 
     /// The control plane of the next task, if checkpoints are on.
-    fn control(&mut self, index: u32, is_source: bool) -> Option<TaskControl> {
+    fn control(&mut self, name: &str, index: u32, is_source: bool) -> Option<TaskControl> {
         let checkpointing = self.checkpointing?;
         let signal = Arc::clone(&self.signals[index as usize % self.signals.len()]);
         let (control, handle) = TaskControl::pair(
+            name.to_owned(),
             self.handles.len(),
             checkpointing.aligned,
             signal,
@@ -222,7 +225,7 @@ impl Planner<'_> {
         match &node.kind {
             NodeKind::Source(source) => {
                 let pipeline = self.output_pipeline(head, index, &name)?;
-                let control = self.control(index, true);
+                let control = self.control(&name, index, true);
                 source.create_task(name, &self.context(head, index)?, pipeline, control)
             }
             NodeKind::Operator(_) => {
@@ -231,14 +234,14 @@ impl Planner<'_> {
                 };
                 let pipeline = self.stage(head, index, &name)?;
                 let receivers = self.take_receivers(head, 0, index);
-                let control = self.control(index, false);
+                let control = self.control(&name, index, false);
                 Ok(port.one_input_task(name, receivers, pipeline, control))
             }
             NodeKind::TwoInput(two) => {
                 let pipeline = self.output_pipeline(head, index, &name)?;
                 let first = self.take_receivers(head, 0, index);
                 let second = self.take_receivers(head, 1, index);
-                let control = self.control(index, false);
+                let control = self.control(&name, index, false);
                 two.create_task(
                     name,
                     &self.context(head, index)?,
@@ -266,21 +269,30 @@ pub(crate) fn build_tasks(
     if graph.nodes.is_empty() {
         return Err(BuildError::Graph("the job has no operators".into()));
     }
-    if let Some(loaded) = checkpointing.and_then(|c| c.restored.as_ref()) {
+    if let Some(c) = checkpointing
+        && let Some(loaded) = c.restored.as_ref()
+    {
         let uids: Vec<String> = (0..graph.nodes.len()).map(|n| graph.uid(n)).collect();
-        let unknown: Vec<&str> = loaded
+        let unknown: Vec<String> = loaded
             .metadata
             .operators
             .iter()
             .filter(|o| !uids.contains(&o.uid))
-            .map(|o| o.uid.as_str())
+            .map(|o| format!("'{}' ({})", o.uid, o.name))
             .collect();
-        if !unknown.is_empty() {
+        if !unknown.is_empty() && !c.allow_non_restored_state {
             return Err(BuildError::Restore(format!(
-                "{} holds state of operators this job does not have: {}",
+                "{} holds state of operators this job does not have: {}. Give them their uids \
+                 again (`.uid(...)`), or drop their state with --allow-non-restored-state",
                 loaded.metadata_path,
                 unknown.join(", ")
             )));
+        }
+        if !unknown.is_empty() {
+            tracing::warn!(
+                "dropping the state of operators this job does not have: {}",
+                unknown.join(", ")
+            );
         }
         if loaded.metadata.max_parallelism != config.max_parallelism {
             return Err(BuildError::Restore(format!(

@@ -75,11 +75,19 @@ fn checkpoint<T>(
     mut parts: Vec<OperatorPart>,
     alignment: Duration,
 ) -> Result<(), TaskError> {
-    pipeline.snapshot(barrier.id, &mut parts)?;
+    pipeline.snapshot(barrier, &mut parts)?;
     let sync_pause = started.elapsed();
     pipeline.barrier(barrier)?;
     control.submit(barrier, parts, sync_pause, alignment);
     Ok(())
+}
+
+/// What a source does about a barrier it is told to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterBarrier {
+    Continue,
+    /// Stop-with-savepoint: emit nothing more until `Finish` or `Resume`.
+    Suspend,
 }
 
 /// Handles commands from the coordinator that every task understands.
@@ -87,7 +95,7 @@ fn checkpoint<T>(
 fn drain_commands<T>(
     control: Option<&TaskControl>,
     pipeline: &mut dyn Pipeline<T>,
-    mut on_trigger: impl FnMut(Barrier) -> Result<(), TaskError>,
+    mut on_trigger: impl FnMut(Option<(Barrier, AfterBarrier)>) -> Result<(), TaskError>,
 ) -> Result<Option<u64>, TaskError> {
     let Some(control) = control else {
         return Ok(None);
@@ -95,7 +103,12 @@ fn drain_commands<T>(
     let mut completed = None;
     while let Some(command) = control.next_command() {
         match command {
-            TaskCommand::Trigger(barrier) => on_trigger(barrier)?,
+            TaskCommand::Trigger(barrier) => on_trigger(Some((barrier, AfterBarrier::Continue)))?,
+            TaskCommand::TriggerAndSuspend(barrier) => {
+                on_trigger(Some((barrier, AfterBarrier::Suspend)))?
+            }
+            // `None`: resume after a suspension.
+            TaskCommand::Resume => on_trigger(None)?,
             TaskCommand::Complete(id) => {
                 pipeline.notify_complete(id)?;
                 completed = Some(completed.map_or(id, |c: u64| c.max(id)));
@@ -124,6 +137,9 @@ pub struct SourceTask<T> {
     /// committed, and every task is still there to take part in that checkpoint.
     exhausted: bool,
     exhaustion_reported: bool,
+    /// Stop-with-savepoint: the barrier is out and nothing may follow it
+    /// until the coordinator says `Finish` or `Resume`.
+    suspended: bool,
 }
 
 impl<T: Send> SourceTask<T> {
@@ -148,6 +164,7 @@ impl<T: Send> SourceTask<T> {
             control,
             exhausted: false,
             exhaustion_reported: false,
+            suspended: false,
         }
     }
 
@@ -168,10 +185,18 @@ impl<T: Send> Task for SourceTask<T> {
             return drain(&mut self.phase, self.pipeline.as_mut());
         }
         let mut triggers: Vec<Barrier> = Vec::new();
-        let completed = drain_commands(self.control.as_ref(), self.pipeline.as_mut(), |barrier| {
-            triggers.push(barrier);
+        let mut suspend = self.suspended;
+        let completed = drain_commands(self.control.as_ref(), self.pipeline.as_mut(), |command| {
+            match command {
+                Some((barrier, after)) => {
+                    triggers.push(barrier);
+                    suspend |= after == AfterBarrier::Suspend;
+                }
+                None => suspend = false,
+            }
             Ok(())
         })?;
+        self.suspended = suspend;
         for barrier in triggers {
             let Some(control) = self.control.as_ref() else {
                 break;
@@ -191,8 +216,12 @@ impl<T: Send> Task for SourceTask<T> {
                 Duration::ZERO,
             )?;
         }
-        if self.exhausted && completed == Some(u64::MAX) {
+        if (self.exhausted || self.suspended) && completed == Some(u64::MAX) {
             return self.end();
+        }
+        if self.suspended {
+            self.pipeline.flush(true)?;
+            return Ok(Step::Idle { wake_at: None });
         }
         if self.exhausted && !self.exhaustion_reported {
             self.exhaustion_reported = self.control.as_ref().is_some_and(|c| c.report_exhausted());
@@ -581,7 +610,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
         };
         let started = Instant::now();
         let operator = &mut self.operator;
-        let snapshot = guarded(&self.id.name, || operator.snapshot(barrier.id))?;
+        let snapshot = guarded(&self.id.name, || operator.snapshot(barrier))?;
         let parts = if snapshot.is_empty() {
             Vec::new()
         } else {

@@ -326,7 +326,11 @@ impl<K> Declarations<K> {
     /// The waiting sections as a snapshot of `range`, if any wait.
     pub(crate) fn waiting_snapshot(&self, range: KeyGroupRange) -> Option<KeyedStateSnapshot> {
         let states = self.waiting_states();
-        (!states.is_empty()).then_some(KeyedStateSnapshot { range, states })
+        (!states.is_empty()).then_some(KeyedStateSnapshot {
+            range,
+            key_type: std::any::type_name::<K>().to_owned(),
+            states,
+        })
     }
 
     fn waiting_states(&self) -> Vec<StateSnapshotEntry> {

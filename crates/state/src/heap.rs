@@ -448,6 +448,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
             .snapshot_with(&mut |_, slot| slot.table().snapshot())?;
         Ok(BackendSnapshot::KeyGroups(KeyedStateSnapshot {
             range: self.range,
+            key_type: std::any::type_name::<K>().to_owned(),
             states,
         }))
     }

@@ -15,6 +15,7 @@
 pub mod access;
 pub mod backend;
 pub mod descriptor;
+pub mod dynamic;
 pub mod error;
 pub mod heap;
 pub mod key_group;

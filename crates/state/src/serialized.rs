@@ -1102,6 +1102,7 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
                 }
                 Ok(BackendSnapshot::KeyGroups(KeyedStateSnapshot {
                     range: self.range,
+                    key_type: std::any::type_name::<K>().to_owned(),
                     states,
                 }))
             }

@@ -43,6 +43,10 @@ pub trait TableSnapshot: Send + Sync {
 /// A consistent view of all keyed state of one operator instance.
 pub struct KeyedStateSnapshot {
     pub range: KeyGroupRange,
+    /// The key type's name (`std::any::type_name::<K>()`), recorded in the
+    /// checkpoint metadata so that offline tools can decode the keys. Sections
+    /// record only the value types.
+    pub key_type: String,
     pub states: Vec<(StateSignature, Box<dyn TableSnapshot>)>,
 }
 
@@ -162,11 +166,32 @@ impl<'a> Cursor<'a> {
 /// Upper bound on states in one section (matches the declaration limit).
 const MAX_SECTION_STATES: u32 = crate::backend::MAX_STATES_PER_OPERATOR as u32;
 
-/// Splits a key-group section into its states: `(name, section)`.
-pub(crate) fn parse_section(
-    key_group: KeyGroup,
-    bytes: &[u8],
-) -> Result<Vec<(String, RestoredSection)>, StateError> {
+/// One state's part of a key-group section, borrowed from the section's bytes
+/// (what offline tools read without copying the payload).
+#[derive(Debug, Clone)]
+pub struct SectionState<'a> {
+    pub name: &'a str,
+    pub kind: StateKind,
+    /// The recorded Rust type names (see [`StateSignature::types`]); lossy
+    /// if the writer cut a name longer than 65,535 bytes inside a character.
+    pub types: std::borrow::Cow<'a, str>,
+    /// `u64 entries`, then the entries.
+    pub payload: &'a [u8],
+}
+
+impl SectionState<'_> {
+    /// The entry count at the start of the payload (`None` if it is shorter
+    /// than 8 bytes).
+    pub fn entries(&self) -> Option<u64> {
+        self.payload.first_chunk::<8>().map(|b| u64::from_le_bytes(*b))
+    }
+}
+
+/// Splits a key-group section (as written by
+/// [`KeyedStateSnapshot::write_key_group`]) into its states, borrowing the
+/// bytes. Refuses a section whose structure is off (truncated, trailing bytes,
+/// unknown kind), naming the key group.
+pub fn read_section(key_group: KeyGroup, bytes: &[u8]) -> Result<Vec<SectionState<'_>>, StateError> {
     let mut cursor = Cursor { bytes, at: 0 };
     let states = cursor.u32()?;
     if states > MAX_SECTION_STATES {
@@ -177,7 +202,7 @@ pub(crate) fn parse_section(
     let mut out = Vec::with_capacity(states as usize);
     for _ in 0..states {
         let name_len = cursor.u16()? as usize;
-        let name = String::from_utf8(cursor.take(name_len)?.to_vec()).map_err(|_| {
+        let name = std::str::from_utf8(cursor.take(name_len)?).map_err(|_| {
             StateError::CorruptSnapshot(format!("key group {key_group}: state name is not UTF-8"))
         })?;
         let kind_byte = cursor.take(1)?[0];
@@ -187,21 +212,18 @@ pub(crate) fn parse_section(
             ))
         })?;
         let types_len = cursor.u16()? as usize;
-        let types = String::from_utf8_lossy(cursor.take(types_len)?).into_owned();
+        let types = String::from_utf8_lossy(cursor.take(types_len)?);
         let payload_len = cursor.u64()?;
         let payload_len = usize::try_from(payload_len).map_err(|_| {
             StateError::CorruptSnapshot(format!("key group {key_group}: payload too large"))
         })?;
-        let payload = cursor.take(payload_len)?.to_vec();
-        out.push((
+        let payload = cursor.take(payload_len)?;
+        out.push(SectionState {
             name,
-            RestoredSection {
-                key_group,
-                kind,
-                types,
-                payload,
-            },
-        ));
+            kind,
+            types,
+            payload,
+        });
     }
     if cursor.at != bytes.len() {
         return Err(StateError::CorruptSnapshot(format!(
@@ -210,6 +232,27 @@ pub(crate) fn parse_section(
         )));
     }
     Ok(out)
+}
+
+/// Splits a key-group section into its states: `(name, section)`.
+pub(crate) fn parse_section(
+    key_group: KeyGroup,
+    bytes: &[u8],
+) -> Result<Vec<(String, RestoredSection)>, StateError> {
+    Ok(read_section(key_group, bytes)?
+        .into_iter()
+        .map(|state| {
+            (
+                state.name.to_owned(),
+                RestoredSection {
+                    key_group,
+                    kind: state.kind,
+                    types: state.types.into_owned(),
+                    payload: state.payload.to_vec(),
+                },
+            )
+        })
+        .collect())
 }
 
 /// Encodes the entries of one key group: `u64 count`, then `(key, value)` pairs.

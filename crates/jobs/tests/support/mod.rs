@@ -971,12 +971,14 @@ fn run_here(spec: &RunSpec) -> Result<RunOutcome, String> {
             guarantee: spec.guarantee,
             job_id: None,
             restore: RestoreFrom::Nothing,
+            allow_non_restored_state: false,
             restart: RestartStrategy {
                 attempts: 10,
                 delay: Duration::from_millis(1),
                 backoff_multiplier: 1.0,
                 delay_max: Duration::from_millis(1),
             },
+            savepoint_dir: None,
         }),
         ..ExecutionConfig::with_parallelism(spec.parallelism)
     };

@@ -1,0 +1,221 @@
+//! Commands that talk to a running job through its HTTP API: `list`,
+//! `savepoint`, `stop`, `cancel`.
+//!
+//! Owns what these commands print and how long they wait. They speak only through
+//! `flowstate_rest::RestClient`: nothing here may reach the runtime, which runs in
+//! another process (possibly elsewhere in the file system, hence absolute targets).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use flowstate_rest::{JobState, RestClient, SavepointStatus};
+
+/// How often a waiting command asks again.
+const POLL_EVERY: Duration = Duration::from_millis(100);
+
+/// Where a job's HTTP API listens, for the client commands.
+#[derive(Args, Clone)]
+pub struct RestAddr {
+    /// Address of the job's HTTP API (`host:port` or `http://host:port`).
+    #[arg(long = "rest", default_value = "127.0.0.1:8081")]
+    pub rest: String,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub rest: RestAddr,
+}
+
+#[derive(Args)]
+pub struct SavepointArgs {
+    /// The job's id (see `flowstate list`).
+    pub job_id: String,
+    /// Directory under which the savepoint is written [default: the job's --savepoint-dir].
+    /// A relative path is taken relative to the current directory.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Print the request id and return instead of waiting for the savepoint.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the savepoint to complete.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub rest: RestAddr,
+}
+
+#[derive(Args)]
+pub struct StopArgs {
+    /// The job's id (see `flowstate list`).
+    pub job_id: String,
+    /// Directory under which the final savepoint is written [default: the job's
+    /// --savepoint-dir]. A relative path is taken relative to the current directory.
+    #[arg(long)]
+    pub savepoint: Option<String>,
+    /// How long to wait for the final savepoint, and then for the job to end.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub rest: RestAddr,
+}
+
+#[derive(Args)]
+pub struct CancelArgs {
+    /// The job's id (see `flowstate list`).
+    pub job_id: String,
+    #[command(flatten)]
+    pub rest: RestAddr,
+}
+
+/// `ID  STATE  NAME`, one line per job.
+pub fn list(args: ListArgs) -> Result<()> {
+    let client = RestClient::new(&args.rest.rest)?;
+    let jobs = client.list()?;
+    let id_width = jobs.iter().map(|j| j.id.len()).max().unwrap_or(0).max(2);
+    let state_width = jobs
+        .iter()
+        .map(|j| j.state.as_str().len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let mut out = String::new();
+    out.push_str(&format!("{:id_width$}  {:state_width$}  NAME\n", "ID", "STATE"));
+    for job in &jobs {
+        out.push_str(&format!(
+            "{:id_width$}  {:state_width$}  {}\n",
+            job.id,
+            job.state.as_str(),
+            job.name
+        ));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+pub fn savepoint(args: SavepointArgs) -> Result<()> {
+    let client = RestClient::new(&args.rest.rest)?;
+    let target = args.target.as_deref().map(absolute_target).transpose()?;
+    let started = Instant::now();
+    let request_id = client.trigger_savepoint(&args.job_id, target.as_deref())?;
+    if args.no_wait {
+        println!("{request_id}");
+        return Ok(());
+    }
+    let location = wait_for_savepoint(&client, &args.job_id, &request_id, started, args.timeout)?;
+    println!("Savepoint completed: {location}");
+    Ok(())
+}
+
+pub fn stop(args: StopArgs) -> Result<()> {
+    let client = RestClient::new(&args.rest.rest)?;
+    let target = args.savepoint.as_deref().map(absolute_target).transpose()?;
+    let started = Instant::now();
+    let job = args.job_id.as_str();
+    let request_id = client.stop_with_savepoint(job, target.as_deref())?;
+    let location = wait_for_savepoint(&client, job, &request_id, started, args.timeout)
+        .map_err(|error| match error.downcast_ref::<flowstate_rest::ClientError>() {
+            Some(e) if e.is_unreachable() => error.context(format!(
+                "the HTTP API went away before it reported job {job}'s final savepoint \
+                 (the job has probably stopped; look for the savepoint in {})",
+                target.as_deref().unwrap_or("the job's --savepoint-dir")
+            )),
+            _ => error,
+        })?;
+    println!("Savepoint completed: {location}");
+    // The savepoint line is the result: show it even if waiting for the end fails.
+    let _ = std::io::stdout().flush();
+    wait_until_ended(&client, job, started, args.timeout)?;
+    println!("Job {job} stopped.");
+    Ok(())
+}
+
+pub fn cancel(args: CancelArgs) -> Result<()> {
+    let client = RestClient::new(&args.rest.rest)?;
+    client.cancel(&args.job_id)?;
+    println!("Cancelled job {}.", args.job_id);
+    Ok(())
+}
+
+/// `dir` made absolute against this process's current directory, unless it is a URL
+/// (`s3://...`): the job may run in another directory.
+fn absolute_target(dir: &str) -> Result<String> {
+    if dir.is_empty() || dir.contains("://") {
+        return Ok(dir.to_owned());
+    }
+    let path = std::path::absolute(dir)
+        .with_context(|| format!("cannot make the savepoint directory '{dir}' absolute"))?;
+    match path.to_str() {
+        Some(path) => Ok(path.to_owned()),
+        None => bail!("the savepoint directory {} is not UTF-8", path.display()),
+    }
+}
+
+/// Polls the savepoint until it completes (its location), fails, or `timeout` has
+/// passed since `started`.
+fn wait_for_savepoint(
+    client: &RestClient,
+    job: &str,
+    request_id: &str,
+    started: Instant,
+    timeout: Duration,
+) -> Result<String> {
+    loop {
+        let status = client.savepoint_status(job, request_id)?;
+        match status.status.as_str() {
+            SavepointStatus::COMPLETED => {
+                return Ok(status
+                    .location
+                    .unwrap_or_else(|| "(no location reported)".to_owned()));
+            }
+            SavepointStatus::FAILED => bail!(
+                "savepoint of job {job} failed: {}",
+                status.failure.as_deref().unwrap_or("no reason given")
+            ),
+            SavepointStatus::IN_PROGRESS => {}
+            other => bail!("savepoint of job {job} has an unknown status '{other}'"),
+        }
+        if started.elapsed() >= timeout {
+            bail!(
+                "savepoint of job {job} still in progress after {} (request {request_id}); \
+                 it may still complete",
+                humantime::format_duration(timeout)
+            );
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// Waits until the job has ended (a terminal state, gone from the API, or the API
+/// itself gone: the process exits when its job ends).
+fn wait_until_ended(
+    client: &RestClient,
+    job: &str,
+    started: Instant,
+    timeout: Duration,
+) -> Result<()> {
+    loop {
+        let state = match client.details(job) {
+            Ok(details) => details.state,
+            Err(flowstate_rest::ClientError::Api { status: 404, .. }) => return Ok(()),
+            Err(flowstate_rest::ClientError::Api { .. }) => JobState::Stopping,
+            // Not answering (or answering garbage while going down): the process ended.
+            Err(_) => return Ok(()),
+        };
+        match state {
+            JobState::Failed => bail!("job {job} failed after its final savepoint"),
+            state if state.is_terminal() => return Ok(()),
+            state => {
+                if started.elapsed() >= timeout {
+                    bail!(
+                        "job {job} is still {state} {} after the stop request",
+                        humantime::format_duration(timeout)
+                    );
+                }
+            }
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}

@@ -1,0 +1,31 @@
+//! The HTTP API of a running flowstate job, shaped like Flink's REST API where it
+//! fits, and its blocking client.
+//!
+//! Owns the wire format (`model`), the server (`server`) and the client (`client`).
+//! **Architecture Invariant:** it knows nothing of the runtime: the process that runs
+//! jobs implements [`JobService`], and this crate only translates between HTTP and
+//! that trait. It must never depend on the runtime, checkpoint or state crates.
+//!
+//! Routes (JSON in and out; every error is `{"error": "...", "status": N}`):
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /jobs` | `{"jobs": [JobSummary]}` |
+//! | `GET /jobs/{id}` | [`JobDetails`] |
+//! | `GET /jobs/{id}/checkpoints` | [`CheckpointHistory`] |
+//! | `POST /jobs/{id}/savepoints` (optional [`SavepointRequest`]) | 202 [`TriggerResponse`] |
+//! | `GET /jobs/{id}/savepoints/{request_id}` | [`SavepointStatus`] |
+//! | `POST /jobs/{id}/stop` (optional [`SavepointRequest`]) | 202 [`TriggerResponse`] |
+//! | `POST /jobs/{id}/cancel`, `PATCH /jobs/{id}?mode=cancel` | 202 `{}` |
+//!
+//! Errors: 400 bad request or body, 404 unknown job/request/route, 405 wrong method,
+//! 409 conflict (e.g. a savepoint in flight), 413 body over [`MAX_BODY_BYTES`],
+//! 503 unavailable.
+
+pub mod client;
+pub mod model;
+pub mod server;
+
+pub use client::{ClientError, RestClient};
+pub use model::*;
+pub use server::{MAX_BODY_BYTES, RestError, RestServer, router, serve};

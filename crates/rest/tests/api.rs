@@ -1,0 +1,956 @@
+//! The HTTP API over a real socket, against an in-memory fake of the job service that
+//! enforces what the real one will (one savepoint in flight per job, unknown jobs).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flowstate_rest::{
+    CheckpointCounts, CheckpointEntry, CheckpointHistory, ClientError, JobDetails, JobService,
+    JobState, JobSummary, RestClient, RestError, RestServer, SavepointStatus, ServiceError,
+    TaskCheckpointEntry, Vertex, VertexInput, serve,
+};
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------
+// The fake service.
+
+#[derive(Default)]
+struct Fake {
+    inner: Mutex<FakeState>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    jobs: Vec<JobSummary>,
+    /// request id -> (job, status, stop)
+    savepoints: HashMap<String, (String, SavepointStatus, bool)>,
+    next_request: u64,
+    /// (job, target_directory, stop) of every accepted trigger.
+    triggers: Vec<(String, Option<String>, bool)>,
+}
+
+const JOB: &str = "a1b2c3";
+const OTHER: &str = "ffff01";
+/// A job whose service answers 503 to triggers (e.g. restarting).
+const RESTARTING: &str = "dead99";
+
+impl Fake {
+    fn new() -> Arc<Fake> {
+        let fake = Fake::default();
+        {
+            let mut state = fake.inner.lock().unwrap();
+            state.jobs = vec![
+                JobSummary {
+                    id: JOB.into(),
+                    name: "keyed-count".into(),
+                    state: JobState::Running,
+                },
+                JobSummary {
+                    id: OTHER.into(),
+                    name: "wordcount".into(),
+                    state: JobState::Running,
+                },
+                JobSummary {
+                    id: RESTARTING.into(),
+                    name: "flaky".into(),
+                    state: JobState::Restarting,
+                },
+            ];
+        }
+        Arc::new(fake)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.inner.lock().unwrap()
+    }
+
+    /// Completes savepoint `request_id` at `location` (a stop also finishes the job).
+    fn complete(&self, request_id: &str, location: &str) {
+        let mut state = self.state();
+        let (job, status, stop) = state
+            .savepoints
+            .get_mut(request_id)
+            .expect("no such request");
+        status.status = SavepointStatus::COMPLETED.into();
+        status.location = Some(location.into());
+        status.checkpoint_id = Some(7);
+        let (job, stop) = (job.clone(), *stop);
+        if stop {
+            state.set_state(&job, JobState::Finished);
+        }
+    }
+
+    fn fail(&self, request_id: &str, failure: &str) {
+        let mut state = self.state();
+        let (_, status, _) = state
+            .savepoints
+            .get_mut(request_id)
+            .expect("no such request");
+        status.status = SavepointStatus::FAILED.into();
+        status.failure = Some(failure.into());
+    }
+
+    fn triggers(&self) -> Vec<(String, Option<String>, bool)> {
+        self.state().triggers.clone()
+    }
+}
+
+impl FakeState {
+    fn job(&self, job: &str) -> Result<&JobSummary, ServiceError> {
+        self.jobs
+            .iter()
+            .find(|j| j.id == job)
+            .ok_or_else(|| ServiceError::NotFound(format!("no job '{job}'")))
+    }
+
+    fn set_state(&mut self, job: &str, new: JobState) {
+        if let Some(j) = self.jobs.iter_mut().find(|j| j.id == job) {
+            j.state = new;
+        }
+    }
+}
+
+fn details_of(summary: &JobSummary) -> JobDetails {
+    JobDetails {
+        id: summary.id.clone(),
+        name: summary.name.clone(),
+        state: summary.state,
+        start_time_ms: 1_700_000_000_000,
+        duration_ms: 5_000,
+        parallelism: 2,
+        max_parallelism: 128,
+        restored_from: Some("/sp/savepoint-3".into()),
+        records_in: 1000,
+        records_to_sinks: 990,
+        restarts: 1,
+        vertices: vec![
+            Vertex {
+                uid: "source".into(),
+                name: "Source: generator".into(),
+                parallelism: 2,
+                inputs: vec![],
+            },
+            Vertex {
+                uid: "count".into(),
+                name: "count".into(),
+                parallelism: 2,
+                inputs: vec![VertexInput {
+                    from_uid: "source".into(),
+                    ship_strategy: "HASH".into(),
+                }],
+            },
+        ],
+    }
+}
+
+fn history() -> CheckpointHistory {
+    let entry = CheckpointEntry {
+        id: 4,
+        kind: "checkpoint".into(),
+        status: "completed".into(),
+        trigger_time_ms: 1_700_000_001_000,
+        duration_ms: Some(120),
+        size_bytes: 4096,
+        full_size_bytes: 8192,
+        alignment_ms_max: 1.5,
+        sync_pause_ms_max: 0.25,
+        failure: None,
+        tasks: vec![TaskCheckpointEntry {
+            task: "count (1/2)".into(),
+            sync_pause_us: 250,
+            alignment_us: 1500,
+            size_bytes: 2048,
+        }],
+    };
+    let in_flight = CheckpointEntry {
+        id: 5,
+        status: "in_progress".into(),
+        duration_ms: None,
+        tasks: vec![],
+        ..entry.clone()
+    };
+    CheckpointHistory {
+        counts: CheckpointCounts {
+            in_progress: 1,
+            completed: 1,
+            failed: 0,
+        },
+        latest_completed: Some(entry.clone()),
+        history: vec![in_flight, entry],
+    }
+}
+
+impl JobService for Fake {
+    fn list(&self) -> Vec<JobSummary> {
+        self.state().jobs.clone()
+    }
+
+    fn details(&self, job: &str) -> Result<JobDetails, ServiceError> {
+        if job == "panic" {
+            panic!("the fake service panics on purpose");
+        }
+        Ok(details_of(self.state().job(job)?))
+    }
+
+    fn checkpoints(&self, job: &str) -> Result<CheckpointHistory, ServiceError> {
+        self.state().job(job)?;
+        Ok(history())
+    }
+
+    fn trigger_savepoint(
+        &self,
+        job: &str,
+        target_directory: Option<String>,
+        stop: bool,
+    ) -> Result<String, ServiceError> {
+        let mut state = self.state();
+        let summary = state.job(job)?;
+        if summary.state == JobState::Restarting {
+            return Err(ServiceError::Unavailable(format!(
+                "job '{job}' is restarting; try again"
+            )));
+        }
+        if summary.state != JobState::Running {
+            return Err(ServiceError::Conflict(format!(
+                "job '{job}' is {}",
+                summary.state
+            )));
+        }
+        if target_directory.as_deref() == Some("") {
+            return Err(ServiceError::BadRequest("target_directory is empty".into()));
+        }
+        let in_flight = state
+            .savepoints
+            .values()
+            .any(|(j, s, _)| j == job && s.status == SavepointStatus::IN_PROGRESS);
+        if in_flight {
+            return Err(ServiceError::Conflict(format!(
+                "a savepoint of job '{job}' is already in progress"
+            )));
+        }
+        state.next_request += 1;
+        let request_id = format!("req-{}", state.next_request);
+        state.savepoints.insert(
+            request_id.clone(),
+            (
+                job.to_owned(),
+                SavepointStatus {
+                    status: SavepointStatus::IN_PROGRESS.into(),
+                    location: None,
+                    checkpoint_id: None,
+                    failure: None,
+                },
+                stop,
+            ),
+        );
+        state
+            .triggers
+            .push((job.to_owned(), target_directory, stop));
+        if stop {
+            state.set_state(job, JobState::Stopping);
+        }
+        Ok(request_id)
+    }
+
+    fn savepoint_status(
+        &self,
+        job: &str,
+        request_id: &str,
+    ) -> Result<SavepointStatus, ServiceError> {
+        let state = self.state();
+        state.job(job)?;
+        match state.savepoints.get(request_id) {
+            Some((j, status, _)) if j == job => Ok(status.clone()),
+            _ => Err(ServiceError::NotFound(format!(
+                "no savepoint request '{request_id}' for job '{job}'"
+            ))),
+        }
+    }
+
+    fn cancel(&self, job: &str) -> Result<(), ServiceError> {
+        let mut state = self.state();
+        let current = state.job(job)?.state;
+        if current.is_terminal() {
+            return Err(ServiceError::Conflict(format!(
+                "job '{job}' is already {current}"
+            )));
+        }
+        state.set_state(job, JobState::Cancelled);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+fn start() -> (Arc<Fake>, RestServer, RestClient) {
+    let fake = Fake::new();
+    let server = serve("127.0.0.1:0", fake.clone()).expect("server starts");
+    let client = RestClient::new(&server.local_addr().to_string()).expect("client");
+    (fake, server, client)
+}
+
+/// One raw HTTP/1.1 exchange (`Connection: close`): status, lower-cased head, body.
+struct Raw {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Raw {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}\n{}", self.body, self.head))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            (n.trim() == name).then_some(v.trim())
+        })
+    }
+
+    /// Asserts the JSON error shape with `status` and returns the message.
+    fn error(&self, status: u16) -> String {
+        assert_eq!(
+            self.status, status,
+            "head: {}\nbody: {}",
+            self.head, self.body
+        );
+        assert!(
+            self.header("content-type")
+                .is_some_and(|v| v.starts_with("application/json")),
+            "error answer not JSON: {}",
+            self.head
+        );
+        let body = self.json();
+        let object = body.as_object().expect("error body is an object");
+        assert_eq!(
+            object.len(),
+            2,
+            "error body has exactly error and status: {body}"
+        );
+        assert_eq!(body["status"], json!(status), "{body}");
+        let message = body["error"]
+            .as_str()
+            .expect("error is a string")
+            .to_owned();
+        assert!(!message.is_empty(), "empty error message");
+        message
+    }
+}
+
+fn raw(addr: SocketAddr, request: &[u8]) -> Raw {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // The server may answer (and close) before reading a body it rejects.
+    let _ = stream.write_all(request);
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if !bytes.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                break;
+            }
+            Err(e) => panic!("reading the answer: {e}"),
+        }
+    }
+    let text = String::from_utf8(bytes).expect("answer is UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        !head.contains("transfer-encoding: chunked"),
+        "unexpected chunked answer: {head}"
+    );
+    Raw {
+        status,
+        head,
+        body: body.to_owned(),
+    }
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Raw {
+    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        text.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        text.push_str("\r\n");
+    }
+    raw(addr, text.as_bytes())
+}
+
+fn get(addr: SocketAddr, path: &str) -> Raw {
+    request(addr, "GET", path, None)
+}
+
+/// The server still serves normal requests.
+fn assert_alive(addr: SocketAddr) {
+    let answer = get(addr, "/jobs");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json()["jobs"].as_array().map(Vec::len), Some(3));
+}
+
+// ---------------------------------------------------------------------------
+// Happy paths and shapes.
+
+#[test]
+fn list_answers_the_jobs_in_json() {
+    let (_fake, server, client) = start();
+    let answer = get(server.local_addr(), "/jobs");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    assert_eq!(
+        answer.json(),
+        json!({"jobs": [
+            {"id": JOB, "name": "keyed-count", "state": "RUNNING"},
+            {"id": OTHER, "name": "wordcount", "state": "RUNNING"},
+            {"id": RESTARTING, "name": "flaky", "state": "RESTARTING"},
+        ]})
+    );
+    let jobs = client.list().unwrap();
+    assert_eq!(jobs.len(), 3);
+    assert_eq!(jobs[0].state, JobState::Running);
+    assert_eq!(jobs[2].id, RESTARTING);
+}
+
+#[test]
+fn details_have_the_documented_shape() {
+    let (_fake, server, client) = start();
+    let answer = get(server.local_addr(), &format!("/jobs/{JOB}"));
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.json(),
+        json!({
+            "id": JOB, "name": "keyed-count", "state": "RUNNING",
+            "start_time_ms": 1_700_000_000_000u64, "duration_ms": 5000,
+            "parallelism": 2, "max_parallelism": 128,
+            "restored_from": "/sp/savepoint-3",
+            "records_in": 1000, "records_to_sinks": 990, "restarts": 1,
+            "vertices": [
+                {"uid": "source", "name": "Source: generator", "parallelism": 2, "inputs": []},
+                {"uid": "count", "name": "count", "parallelism": 2,
+                 "inputs": [{"from_uid": "source", "ship_strategy": "HASH"}]},
+            ],
+        })
+    );
+    let details = client.details(JOB).unwrap();
+    assert_eq!(details, details_of(&client.list().unwrap()[0]));
+}
+
+#[test]
+fn checkpoint_history_has_the_documented_shape() {
+    let (_fake, server, client) = start();
+    let answer = get(server.local_addr(), &format!("/jobs/{JOB}/checkpoints"));
+    assert_eq!(answer.status, 200);
+    let body = answer.json();
+    assert_eq!(
+        body["counts"],
+        json!({"in_progress": 1, "completed": 1, "failed": 0})
+    );
+    assert_eq!(
+        body["latest_completed"],
+        json!({
+            "id": 4, "kind": "checkpoint", "status": "completed",
+            "trigger_time_ms": 1_700_000_001_000u64, "duration_ms": 120,
+            "size_bytes": 4096, "full_size_bytes": 8192,
+            "alignment_ms_max": 1.5, "sync_pause_ms_max": 0.25, "failure": null,
+            "tasks": [{"task": "count (1/2)", "sync_pause_us": 250, "alignment_us": 1500, "size_bytes": 2048}],
+        })
+    );
+    assert_eq!(body["history"][0]["status"], "in_progress");
+    assert_eq!(body["history"][0]["duration_ms"], Value::Null);
+    assert_eq!(client.checkpoints(JOB).unwrap(), history());
+}
+
+#[test]
+fn savepoint_lifecycle_with_one_in_flight_at_a_time() {
+    let (fake, server, client) = start();
+    let addr = server.local_addr();
+
+    let answer = request(
+        addr,
+        "POST",
+        &format!("/jobs/{JOB}/savepoints"),
+        Some(r#"{"target_directory": "/tmp/sp"}"#),
+    );
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let first = answer.json()["request_id"]
+        .as_str()
+        .expect("request_id")
+        .to_owned();
+    assert_eq!(answer.json(), json!({"request_id": first}));
+    assert_eq!(
+        fake.triggers(),
+        vec![(JOB.to_owned(), Some("/tmp/sp".to_owned()), false)]
+    );
+
+    let status = get(addr, &format!("/jobs/{JOB}/savepoints/{first}"));
+    assert_eq!(status.status, 200);
+    assert_eq!(
+        status.json(),
+        json!({"status": "in_progress", "location": null, "checkpoint_id": null, "failure": null})
+    );
+
+    // A second one while the first is in flight: 409, in JSON, through both clients.
+    let message = request(addr, "POST", &format!("/jobs/{JOB}/savepoints"), Some("{}")).error(409);
+    assert!(message.contains("already in progress"), "{message}");
+    let error = client.trigger_savepoint(JOB, None).unwrap_err();
+    assert_eq!(error.status(), Some(409));
+    assert_eq!(
+        error.to_string(),
+        format!("a savepoint of job '{JOB}' is already in progress (HTTP 409)")
+    );
+    // Another job is not blocked by it.
+    let other = client.trigger_savepoint(OTHER, None).unwrap();
+
+    fake.complete(&first, "/tmp/sp/savepoint-7");
+    let done = client.savepoint_status(JOB, &first).unwrap();
+    assert_eq!(
+        done,
+        SavepointStatus {
+            status: "completed".into(),
+            location: Some("/tmp/sp/savepoint-7".into()),
+            checkpoint_id: Some(7),
+            failure: None,
+        }
+    );
+
+    // Once it is done, the next one is accepted; a failure is reported as such.
+    let second = client.trigger_savepoint(JOB, Some("/tmp/sp2")).unwrap();
+    assert_ne!(second, first);
+    fake.fail(&second, "disk full");
+    let failed = client.savepoint_status(JOB, &second).unwrap();
+    assert_eq!(failed.status, "failed");
+    assert_eq!(failed.failure.as_deref(), Some("disk full"));
+
+    // A request id of another job is not found under this one.
+    let error = client.savepoint_status(JOB, &other).unwrap_err();
+    assert_eq!(error.status(), Some(404), "{error}");
+}
+
+#[test]
+fn savepoint_body_may_be_absent_empty_or_flink_spelled() {
+    let (fake, server, _client) = start();
+    let addr = server.local_addr();
+    let path = format!("/jobs/{JOB}/savepoints");
+
+    // No body at all (no Content-Length).
+    let answer = request(addr, "POST", &path, None);
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let id = answer.json()["request_id"].as_str().unwrap().to_owned();
+    fake.complete(&id, "x");
+    // An empty body.
+    let answer = request(addr, "POST", &path, Some(""));
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    fake.complete(answer.json()["request_id"].as_str().unwrap(), "x");
+    // Flink's spelling of the field.
+    let answer = request(addr, "POST", &path, Some(r#"{"target-directory":"/f"}"#));
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(
+        fake.triggers(),
+        vec![
+            (JOB.to_owned(), None, false),
+            (JOB.to_owned(), None, false),
+            (JOB.to_owned(), Some("/f".to_owned()), false),
+        ]
+    );
+}
+
+#[test]
+fn stop_triggers_a_stopping_savepoint_reported_on_the_savepoints_route() {
+    let (fake, server, client) = start();
+    let answer = request(
+        server.local_addr(),
+        "POST",
+        &format!("/jobs/{JOB}/stop"),
+        Some(r#"{"target_directory": "/sp"}"#),
+    );
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let id = answer.json()["request_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        fake.triggers(),
+        vec![(JOB.to_owned(), Some("/sp".to_owned()), true)]
+    );
+    assert_eq!(client.details(JOB).unwrap().state, JobState::Stopping);
+    assert_eq!(
+        client.savepoint_status(JOB, &id).unwrap().status,
+        "in_progress"
+    );
+    fake.complete(&id, "/sp/savepoint-9");
+    assert_eq!(
+        client
+            .savepoint_status(JOB, &id)
+            .unwrap()
+            .location
+            .as_deref(),
+        Some("/sp/savepoint-9")
+    );
+    assert_eq!(client.details(JOB).unwrap().state, JobState::Finished);
+
+    // Through the client too, on the other job.
+    let id = client.stop_with_savepoint(OTHER, None).unwrap();
+    assert_eq!(fake.triggers()[1], (OTHER.to_owned(), None, true));
+    assert_eq!(
+        client.savepoint_status(OTHER, &id).unwrap().status,
+        "in_progress"
+    );
+}
+
+#[test]
+fn cancel_by_post_and_by_flink_patch() {
+    let (_fake, server, client) = start();
+    let addr = server.local_addr();
+    let answer = request(addr, "POST", &format!("/jobs/{JOB}/cancel"), None);
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(answer.json(), json!({}));
+    assert_eq!(client.details(JOB).unwrap().state, JobState::Cancelled);
+    // Cancelling a cancelled job: the service's conflict.
+    assert_eq!(client.cancel(JOB).unwrap_err().status(), Some(409));
+
+    let answer = request(addr, "PATCH", &format!("/jobs/{OTHER}?mode=cancel"), None);
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(answer.json(), json!({}));
+    assert_eq!(client.details(OTHER).unwrap().state, JobState::Cancelled);
+
+    let message = request(addr, "PATCH", &format!("/jobs/{RESTARTING}"), None).error(400);
+    assert!(message.contains("mode=cancel"), "{message}");
+    let message = request(
+        addr,
+        "PATCH",
+        &format!("/jobs/{RESTARTING}?mode=stop"),
+        None,
+    )
+    .error(400);
+    assert!(message.contains("'stop'"), "{message}");
+    assert_eq!(
+        client.details(RESTARTING).unwrap().state,
+        JobState::Restarting
+    );
+    client.cancel(RESTARTING).unwrap();
+    assert_eq!(
+        client.details(RESTARTING).unwrap().state,
+        JobState::Cancelled
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Errors.
+
+#[test]
+fn unknown_job_is_404_json_on_every_route() {
+    let (_fake, server, client) = start();
+    let addr = server.local_addr();
+    for (method, path, body) in [
+        ("GET", "/jobs/nope", None),
+        ("GET", "/jobs/nope/checkpoints", None),
+        ("POST", "/jobs/nope/savepoints", Some("{}")),
+        ("GET", "/jobs/nope/savepoints/req-1", None),
+        ("POST", "/jobs/nope/stop", Some("{}")),
+        ("POST", "/jobs/nope/cancel", None),
+        ("PATCH", "/jobs/nope?mode=cancel", None),
+    ] {
+        let message = request(addr, method, path, body).error(404);
+        assert_eq!(message, "no job 'nope'", "{method} {path}");
+    }
+    let message = get(addr, &format!("/jobs/{JOB}/savepoints/req-99")).error(404);
+    assert!(message.contains("req-99"), "{message}");
+
+    let error = client.details("nope").unwrap_err();
+    assert!(
+        matches!(error, ClientError::Api { status: 404, .. }),
+        "{error:?}"
+    );
+    assert_eq!(error.to_string(), "no job 'nope' (HTTP 404)");
+    // Ids are sent as one path segment, whatever they hold.
+    let error = client.details("a/b c").unwrap_err();
+    assert_eq!(error.to_string(), "no job 'a/b c' (HTTP 404)");
+    assert_alive(addr);
+}
+
+#[test]
+fn malformed_or_invalid_bodies_are_400_json() {
+    let (fake, server, _client) = start();
+    let addr = server.local_addr();
+    let path = format!("/jobs/{JOB}/savepoints");
+    for body in [
+        "{",
+        "not json",
+        r#"{"target_directory": 5}"#,
+        r#"{"target_dir": "/x"}"#,
+        r#"["/x"]"#,
+        "\u{0}",
+    ] {
+        let message = request(addr, "POST", &path, Some(body)).error(400);
+        assert!(
+            message.starts_with("invalid request body"),
+            "{body:?}: {message}"
+        );
+    }
+    let message = request(addr, "POST", &format!("/jobs/{JOB}/stop"), Some("{]")).error(400);
+    assert!(message.starts_with("invalid request body"), "{message}");
+    // The service's own BadRequest.
+    let message = request(addr, "POST", &path, Some(r#"{"target_directory": ""}"#)).error(400);
+    assert_eq!(message, "target_directory is empty");
+    // A request line the HTTP layer cannot parse: answered, and the server lives on.
+    let answer = raw(addr, b"GARBAGE\r\n\r\n");
+    assert_eq!(answer.status, 400);
+    assert!(fake.triggers().is_empty(), "nothing was triggered");
+    assert_alive(addr);
+}
+
+#[test]
+fn unavailable_is_503_json() {
+    let (_fake, server, client) = start();
+    let message = request(
+        server.local_addr(),
+        "POST",
+        &format!("/jobs/{RESTARTING}/savepoints"),
+        None,
+    )
+    .error(503);
+    assert!(message.contains("restarting"), "{message}");
+    assert_eq!(
+        client
+            .trigger_savepoint(RESTARTING, None)
+            .unwrap_err()
+            .status(),
+        Some(503)
+    );
+}
+
+#[test]
+fn wrong_method_is_405_json() {
+    let (_fake, server, _client) = start();
+    let addr = server.local_addr();
+    for (method, path) in [
+        ("DELETE", "/jobs".to_owned()),
+        ("POST", "/jobs".to_owned()),
+        ("PUT", format!("/jobs/{JOB}")),
+        ("GET", format!("/jobs/{JOB}/cancel")),
+        ("GET", format!("/jobs/{JOB}/stop")),
+        ("POST", format!("/jobs/{JOB}/checkpoints")),
+        ("DELETE", format!("/jobs/{JOB}/savepoints/req-1")),
+    ] {
+        let answer = request(addr, method, &path, None);
+        let message = answer.error(405);
+        assert_eq!(message, format!("method {method} not allowed on {path}"));
+        assert!(
+            answer.header("allow").is_some(),
+            "no Allow header: {}",
+            answer.head
+        );
+    }
+    assert_alive(addr);
+}
+
+#[test]
+fn unknown_route_is_404_json() {
+    let (_fake, server, _client) = start();
+    let addr = server.local_addr();
+    for path in [
+        "/",
+        "/nope",
+        "/jobs/x/y/z",
+        "/v1/jobs",
+        "/jobs/x/savepoints/y/z",
+    ] {
+        let message = get(addr, path).error(404);
+        assert_eq!(message, format!("no route for GET {path}"));
+    }
+    let message = request(addr, "POST", "/nope", Some("{}")).error(404);
+    assert_eq!(message, "no route for POST /nope");
+    assert_alive(addr);
+}
+
+#[test]
+fn oversized_bodies_are_413_json() {
+    let (fake, server, _client) = start();
+    let addr = server.local_addr();
+    let limit = flowstate_rest::MAX_BODY_BYTES;
+    // Declared too large: rejected before the body is read, on any route.
+    for path in [
+        format!("/jobs/{JOB}/savepoints"),
+        "/jobs".to_owned(),
+        "/nope".to_owned(),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            limit + 1
+        );
+        let message = raw(addr, head.as_bytes()).error(413);
+        assert!(message.contains(&limit.to_string()), "{message}");
+    }
+    // Chunked, so the length shows only while reading.
+    let chunk = format!("{{\"target_directory\": \"{}\"}}", "x".repeat(limit));
+    let chunked = format!(
+        "POST /jobs/{JOB}/savepoints HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    let message = raw(addr, chunked.as_bytes()).error(413);
+    assert!(message.contains(&limit.to_string()), "{message}");
+    // Just under the limit is fine (the service then rejects nothing).
+    let fits = format!("{{\"target_directory\": \"{}\"}}", "y".repeat(limit - 30));
+    let answer = request(
+        addr,
+        "POST",
+        &format!("/jobs/{JOB}/savepoints"),
+        Some(&fits),
+    );
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(fake.triggers().len(), 1);
+    assert_alive(addr);
+}
+
+#[test]
+fn a_panicking_service_call_is_500_json_and_the_server_lives_on() {
+    let (_fake, server, _client) = start();
+    let message = get(server.local_addr(), "/jobs/panic").error(500);
+    assert!(message.contains("job service failed"), "{message}");
+    assert_alive(server.local_addr());
+}
+
+#[test]
+fn one_connection_serves_many_requests() {
+    let (_fake, server, _client) = start();
+    let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for path in ["/jobs", "/nope", "/jobs/nope", "/jobs"] {
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        // Read one answer: head, then Content-Length bytes.
+        let mut data = Vec::new();
+        let mut byte = [0u8; 1];
+        while !data.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            data.push(byte[0]);
+        }
+        let head = String::from_utf8(data).unwrap().to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .expect("content-length")
+            .trim()
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).unwrap();
+        let body: Value = serde_json::from_slice(&body).expect("JSON body");
+        assert!(body.is_object(), "{path}: {body}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server life cycle and client failures.
+
+#[test]
+fn binding_an_occupied_or_bad_address_fails_at_once_naming_it() {
+    let (fake, server, _client) = start();
+    let taken = server.local_addr().to_string();
+    let error = serve(&taken, fake.clone()).unwrap_err();
+    assert!(matches!(error, RestError::Bind { .. }), "{error:?}");
+    assert!(error.to_string().contains(&taken), "{error}");
+    let error = serve("not an address", fake).unwrap_err();
+    assert!(error.to_string().contains("not an address"), "{error}");
+    assert_alive(server.local_addr());
+}
+
+#[test]
+fn shutdown_stops_answering_and_the_client_says_so() {
+    let (_fake, server, client) = start();
+    let addr = server.local_addr().to_string();
+    client.list().unwrap();
+    let started = Instant::now();
+    server.shutdown();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let error = client.list().unwrap_err();
+    assert!(error.is_unreachable(), "{error:?}");
+    let text = error.to_string();
+    assert!(
+        text.starts_with(&format!("cannot reach the flowstate HTTP API at {addr}: "))
+            && text.ends_with(&format!("(is the job running with --rest {addr}?)")),
+        "{text}"
+    );
+}
+
+#[test]
+fn dropping_the_server_stops_it() {
+    let (_fake, server, client) = start();
+    drop(server);
+    assert!(client.list().unwrap_err().is_unreachable());
+}
+
+#[test]
+fn shutdown_is_bounded_with_a_client_stuck_mid_request() {
+    let (_fake, server, _client) = start();
+    let mut stuck = TcpStream::connect(server.local_addr()).unwrap();
+    stuck
+        .write_all(
+            b"POST /jobs/a1b2c3/savepoints HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{",
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    server.shutdown();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn client_calls_time_out_on_a_silent_server() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let client =
+        RestClient::with_timeout(&format!("http://{addr}/"), Duration::from_millis(300)).unwrap();
+    let started = Instant::now();
+    let error = client.list().unwrap_err();
+    assert!(matches!(error, ClientError::Timeout { .. }), "{error:?}");
+    assert!(error.is_unreachable());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
+
+#[test]
+fn client_reports_a_non_json_error_answer() {
+    // A server that is not flowstate: plain-text 500.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = other.local_addr().unwrap();
+    let answerer = std::thread::spawn(move || {
+        let (mut stream, _) = other.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf);
+        let _ = stream.write_all(
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\nConnection: close\r\n\r\noops",
+        );
+    });
+    let client = RestClient::new(&addr.to_string()).unwrap();
+    let error = client.list().unwrap_err();
+    assert_eq!(error.to_string(), "oops (HTTP 500)");
+    answerer.join().unwrap();
+}

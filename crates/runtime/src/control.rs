@@ -1,0 +1,528 @@
+//! The control surface of a running job, for whatever drives it from outside
+//! (the HTTP API, tests): its status and graph, the history of its
+//! checkpoints, savepoints on request, stop-with-savepoint and cancel.
+//!
+//! Owns: the job's status, a bounded checkpoint history and the state of
+//! savepoint requests. It reaches the running job only by a message to the
+//! current attempt's coordinator loop ([`SavepointOrder`]) and by the cancel
+//! switch; the coordinator loop reports back through the `on_*` methods.
+//! Must not touch: tasks, channels or storage of snapshots (beyond opening a
+//! savepoint's directory).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Sender;
+use flowstate_checkpoint::coordinator::TaskStats;
+use flowstate_checkpoint::layout::savepoint_dir_name;
+use flowstate_checkpoint::storage::{SharedStorage, open_storage};
+use flowstate_checkpoint::{CheckpointId, CheckpointStats, SnapshotKind};
+
+use crate::checkpointing::CoordinatorEvent;
+use crate::graph::VertexInfo;
+use crate::metrics::JobMetrics;
+
+/// Entries the checkpoint history keeps (the newest; counts cover all).
+pub const HISTORY_ENTRIES_MAX: usize = 128;
+/// Savepoint requests whose outcome is remembered.
+pub const SAVEPOINT_REQUESTS_MAX: usize = 64;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Created,
+    Running,
+    /// An attempt failed; the next one starts from the latest checkpoint.
+    Restarting,
+    /// A stop-with-savepoint is in progress.
+    Stopping,
+    Finished,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Finished | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Why a control request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The request is malformed or cannot apply to this job's configuration.
+    #[error("{0}")]
+    Invalid(String),
+    /// The job is not in a state that allows it (e.g. a savepoint in flight).
+    #[error("{0}")]
+    Conflict(String),
+    /// No such savepoint request.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// Status of one checkpoint or savepoint in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotStatus {
+    InProgress,
+    Completed,
+    Failed(String),
+}
+
+/// One entry of the checkpoint history.
+#[derive(Debug, Clone)]
+pub struct CheckpointRecord {
+    pub id: CheckpointId,
+    pub kind: SnapshotKind,
+    pub status: SnapshotStatus,
+    pub trigger_unix_ms: u64,
+    /// Set once it completed or failed.
+    pub duration: Option<Duration>,
+    pub bytes: u64,
+    pub full_bytes: u64,
+    pub alignment_max: Duration,
+    pub sync_pause_max: Duration,
+    /// `(task name, its part)`, for completed ones.
+    pub tasks: Vec<(String, TaskStats)>,
+}
+
+/// The checkpoint history of a job, newest last.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointHistory {
+    pub completed: u64,
+    pub failed: u64,
+    pub in_progress: u64,
+    pub entries: Vec<CheckpointRecord>,
+}
+
+/// What became of a savepoint request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SavepointState {
+    InProgress { checkpoint_id: Option<CheckpointId> },
+    Completed {
+        location: String,
+        checkpoint_id: CheckpointId,
+    },
+    Failed(String),
+}
+
+/// A savepoint for the coordinator loop to take.
+pub(crate) struct SavepointOrder {
+    pub request_id: String,
+    /// The savepoint's own (new, empty) directory.
+    pub storage: SharedStorage,
+    /// Stop-with-savepoint: sources end after it.
+    pub stop: bool,
+}
+
+/// Static facts about the job, known when it starts.
+#[derive(Debug, Clone, Default)]
+pub struct JobDescription {
+    pub name: String,
+    pub parallelism: u32,
+    pub max_parallelism: u32,
+    pub vertices: Vec<VertexInfo>,
+    pub checkpointing: bool,
+    pub savepoint_dir: Option<String>,
+}
+
+struct SavepointRequest {
+    location: String,
+    stop: bool,
+    state: SavepointState,
+}
+
+#[derive(Default)]
+struct ControlState {
+    status: Option<JobStatus>,
+    failure: Option<String>,
+    restored_from: Option<String>,
+    history: VecDeque<CheckpointRecord>,
+    completed: u64,
+    failed: u64,
+    /// Names of the current attempt's tasks, by task index.
+    task_names: Vec<String>,
+    requests: HashMap<String, SavepointRequest>,
+    request_order: VecDeque<String>,
+    /// The current attempt's coordinator loop.
+    coordinator: Option<Sender<CoordinatorEvent>>,
+    /// Location of the savepoint a stop ended the job with.
+    stopped_with: Option<String>,
+}
+
+/// A running job's control surface; shared (`Arc`) by the runtime and
+/// whoever drives the job.
+pub struct JobController {
+    description: JobDescription,
+    job_id: OnceLock<String>,
+    start_unix_ms: u64,
+    metrics: Arc<JobMetrics>,
+    cancel: Box<dyn Fn() + Send + Sync>,
+    state: Mutex<ControlState>,
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `dir` joined with `name`; a relative local directory is made absolute
+/// against this process's working directory.
+fn join_location(dir: &str, name: &str) -> String {
+    let is_url = dir.contains("://");
+    let dir = if is_url || dir.starts_with('/') {
+        dir.to_owned()
+    } else {
+        std::path::absolute(dir)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| dir.to_owned())
+    };
+    format!("{}/{name}", dir.trim_end_matches('/'))
+}
+
+impl JobController {
+    pub(crate) fn new(
+        description: JobDescription,
+        metrics: Arc<JobMetrics>,
+        cancel: Box<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        Self {
+            description,
+            job_id: OnceLock::new(),
+            start_unix_ms: unix_ms_now(),
+            metrics,
+            cancel,
+            state: Mutex::new(ControlState {
+                status: Some(JobStatus::Created),
+                ..ControlState::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ControlState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The job's id (its directory in checkpoint storage); `None` until the
+    /// job has started (and always without checkpoints).
+    pub fn job_id(&self) -> Option<&str> {
+        self.job_id.get().map(String::as_str)
+    }
+
+    pub fn description(&self) -> &JobDescription {
+        &self.description
+    }
+
+    pub fn metrics(&self) -> &Arc<JobMetrics> {
+        &self.metrics
+    }
+
+    pub fn start_unix_ms(&self) -> u64 {
+        self.start_unix_ms
+    }
+
+    pub fn status(&self) -> JobStatus {
+        self.lock().status.unwrap_or(JobStatus::Created)
+    }
+
+    /// Why the job failed, once it did.
+    pub fn failure(&self) -> Option<String> {
+        self.lock().failure.clone()
+    }
+
+    /// The snapshot the job started from.
+    pub fn restored_from(&self) -> Option<String> {
+        self.lock().restored_from.clone()
+    }
+
+    /// The savepoint a stop ended the job with.
+    pub fn stopped_with_savepoint(&self) -> Option<String> {
+        self.lock().stopped_with.clone()
+    }
+
+    pub fn checkpoint_history(&self) -> CheckpointHistory {
+        let state = self.lock();
+        let in_progress = state
+            .history
+            .iter()
+            .filter(|r| r.status == SnapshotStatus::InProgress)
+            .count() as u64;
+        CheckpointHistory {
+            completed: state.completed,
+            failed: state.failed,
+            in_progress,
+            entries: state.history.iter().cloned().collect(),
+        }
+    }
+
+    /// Stops every task now, without a savepoint.
+    pub fn cancel(&self) -> Result<(), ControlError> {
+        let status = self.status();
+        if status.is_terminal() {
+            return Err(ControlError::Conflict(format!(
+                "the job is already {}",
+                status_word(status)
+            )));
+        }
+        (self.cancel)();
+        Ok(())
+    }
+
+    /// Starts a savepoint into a new directory under `target` (or the job's
+    /// default savepoint directory); with `stop`, the job ends once it
+    /// completed (stop-with-savepoint). Returns the request id to ask
+    /// [`Self::savepoint`] about.
+    pub fn trigger_savepoint(
+        &self,
+        target: Option<&str>,
+        stop: bool,
+    ) -> Result<String, ControlError> {
+        if !self.description.checkpointing {
+            return Err(ControlError::Invalid(
+                "savepoints need the checkpoint coordinator: run the job with a \
+                 --checkpoint-interval (not `off`)"
+                    .into(),
+            ));
+        }
+        let target = target
+            .map(str::to_owned)
+            .or_else(|| self.description.savepoint_dir.clone())
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| {
+                ControlError::Invalid(
+                    "no target directory: name one (`--target DIR`, `target_directory`) \
+                     or start the job with --savepoint-dir"
+                        .into(),
+                )
+            })?;
+        let mut state = self.lock();
+        match state.status.unwrap_or(JobStatus::Created) {
+            JobStatus::Running => {}
+            other => {
+                return Err(ControlError::Conflict(format!(
+                    "the job is {}; savepoints are taken of running jobs",
+                    status_word(other)
+                )));
+            }
+        }
+        if let Some((id, _)) = state
+            .requests
+            .iter()
+            .find(|(_, r)| matches!(r.state, SavepointState::InProgress { .. }))
+        {
+            return Err(ControlError::Conflict(format!(
+                "savepoint request {id} is still in progress; wait for it to finish"
+            )));
+        }
+        let job_id = self.job_id().unwrap_or("job");
+        let location = join_location(&target, &savepoint_dir_name(job_id, fastrand::u64(..)));
+        let storage = open_storage(&location)
+            .map_err(|e| ControlError::Invalid(format!("savepoint target {target}: {e}")))?;
+        let Some(coordinator) = state.coordinator.clone() else {
+            return Err(ControlError::Conflict(
+                "the job is between attempts; try again".into(),
+            ));
+        };
+        let request_id = format!("{:016x}", fastrand::u64(..));
+        let order = SavepointOrder {
+            request_id: request_id.clone(),
+            storage,
+            stop,
+        };
+        if coordinator
+            .try_send(CoordinatorEvent::Savepoint(order))
+            .is_err()
+        {
+            return Err(ControlError::Conflict(
+                "the checkpoint coordinator is busy or gone; try again".into(),
+            ));
+        }
+        if state.request_order.len() >= SAVEPOINT_REQUESTS_MAX
+            && let Some(oldest) = state.request_order.pop_front()
+        {
+            state.requests.remove(&oldest);
+        }
+        state.request_order.push_back(request_id.clone());
+        state.requests.insert(
+            request_id.clone(),
+            SavepointRequest {
+                location,
+                stop,
+                state: SavepointState::InProgress {
+                    checkpoint_id: None,
+                },
+            },
+        );
+        if stop {
+            state.status = Some(JobStatus::Stopping);
+        }
+        Ok(request_id)
+    }
+
+    /// What became of savepoint request `request_id`.
+    pub fn savepoint(&self, request_id: &str) -> Result<SavepointState, ControlError> {
+        self.lock()
+            .requests
+            .get(request_id)
+            .map(|r| r.state.clone())
+            .ok_or_else(|| {
+                ControlError::NotFound(format!("no savepoint request '{request_id}'"))
+            })
+    }
+
+    // --- reports from the runtime ------------------------------------------
+
+    pub(crate) fn set_job_id(&self, job_id: &str) {
+        let _ = self.job_id.set(job_id.to_owned());
+    }
+
+    pub(crate) fn set_restored_from(&self, location: String) {
+        self.lock().restored_from = Some(location);
+    }
+
+    /// A new attempt runs, with these tasks and this coordinator loop.
+    pub(crate) fn on_attempt_started(
+        &self,
+        task_names: Vec<String>,
+        coordinator: Option<Sender<CoordinatorEvent>>,
+    ) {
+        let mut state = self.lock();
+        state.task_names = task_names;
+        state.coordinator = coordinator;
+        if state.status != Some(JobStatus::Stopping) {
+            state.status = Some(JobStatus::Running);
+        }
+    }
+
+    /// The attempt ended; `next` is what the job is now.
+    pub(crate) fn on_attempt_ended(&self, next: JobStatus, failure: Option<String>) {
+        let mut state = self.lock();
+        state.coordinator = None;
+        for request in state.requests.values_mut() {
+            if matches!(request.state, SavepointState::InProgress { .. }) {
+                request.state = SavepointState::Failed(
+                    "the job stopped running before the savepoint completed".into(),
+                );
+            }
+        }
+        for record in &mut state.history {
+            if record.status == SnapshotStatus::InProgress {
+                record.status = SnapshotStatus::Failed("the job stopped running".into());
+            }
+        }
+        state.status = Some(next);
+        if failure.is_some() {
+            state.failure = failure;
+        }
+    }
+
+    /// The coordinator started snapshot `id` (for savepoint request
+    /// `request`, if any).
+    pub(crate) fn on_triggered(&self, id: CheckpointId, kind: SnapshotKind, request: Option<&str>) {
+        let mut state = self.lock();
+        if let Some(r) = request.and_then(|r| state.requests.get_mut(r)) {
+            r.state = SavepointState::InProgress {
+                checkpoint_id: Some(id),
+            };
+        }
+        if state.history.len() >= HISTORY_ENTRIES_MAX {
+            state.history.pop_front();
+        }
+        state.history.push_back(CheckpointRecord {
+            id,
+            kind,
+            status: SnapshotStatus::InProgress,
+            trigger_unix_ms: unix_ms_now(),
+            duration: None,
+            bytes: 0,
+            full_bytes: 0,
+            alignment_max: Duration::ZERO,
+            sync_pause_max: Duration::ZERO,
+            tasks: Vec::new(),
+        });
+    }
+
+    pub(crate) fn on_completed(&self, stats: &CheckpointStats, request: Option<&str>) {
+        let mut state = self.lock();
+        state.completed += 1;
+        let tasks = stats
+            .tasks
+            .iter()
+            .map(|t| {
+                let name = state
+                    .task_names
+                    .get(t.task)
+                    .cloned()
+                    .unwrap_or_else(|| format!("task {}", t.task));
+                (name, *t)
+            })
+            .collect();
+        if let Some(record) = state.history.iter_mut().rev().find(|r| r.id == stats.id) {
+            record.status = SnapshotStatus::Completed;
+            record.trigger_unix_ms = stats.trigger_unix_ms;
+            record.duration = Some(stats.duration);
+            record.bytes = stats.bytes;
+            record.full_bytes = stats.full_bytes;
+            record.alignment_max = stats.alignment_max;
+            record.sync_pause_max = stats.sync_pause_max;
+            record.tasks = tasks;
+        }
+        if let Some(request) = request.and_then(|r| state.requests.get_mut(r)) {
+            request.state = SavepointState::Completed {
+                location: request.location.clone(),
+                checkpoint_id: stats.id,
+            };
+            if request.stop {
+                let location = request.location.clone();
+                state.stopped_with = Some(location);
+            }
+        }
+    }
+
+    pub(crate) fn on_failed(&self, id: CheckpointId, reason: &str, request: Option<&str>) {
+        let mut state = self.lock();
+        state.failed += 1;
+        if let Some(record) = state.history.iter_mut().rev().find(|r| r.id == id) {
+            record.status = SnapshotStatus::Failed(reason.to_owned());
+            record.duration = Some(Duration::from_millis(
+                unix_ms_now().saturating_sub(record.trigger_unix_ms),
+            ));
+        }
+        let mut resumed = false;
+        if let Some(request) = request.and_then(|r| state.requests.get_mut(r)) {
+            request.state = SavepointState::Failed(reason.to_owned());
+            resumed = request.stop;
+        }
+        if resumed && state.status == Some(JobStatus::Stopping) {
+            state.status = Some(JobStatus::Running);
+        }
+    }
+
+    /// A savepoint request that never started (the job ended first).
+    pub(crate) fn on_request_dropped(&self, request: &str, reason: &str) {
+        let mut state = self.lock();
+        let mut resumed = false;
+        if let Some(r) = state.requests.get_mut(request) {
+            r.state = SavepointState::Failed(reason.to_owned());
+            resumed = r.stop;
+        }
+        if resumed && state.status == Some(JobStatus::Stopping) {
+            state.status = Some(JobStatus::Running);
+        }
+    }
+}
+
+/// Lower-case word for a status, for messages.
+pub fn status_word(status: JobStatus) -> &'static str {
+    match status {
+        JobStatus::Created => "created",
+        JobStatus::Running => "running",
+        JobStatus::Restarting => "restarting",
+        JobStatus::Stopping => "stopping",
+        JobStatus::Finished => "finished",
+        JobStatus::Failed => "failed",
+        JobStatus::Cancelled => "cancelled",
+    }
+}
