@@ -101,6 +101,13 @@ pub struct SnapshotSummary {
     pub operators: Vec<OperatorSummary>,
 }
 
+impl SnapshotSummary {
+    /// The summary as pretty-printed JSON (for `flowstate inspect --json`).
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string_pretty(self)
+    }
+}
+
 /// One operator of a snapshot.
 #[derive(Debug, Clone, Serialize)]
 pub struct OperatorSummary {
@@ -191,7 +198,10 @@ fn read_part(
     let bytes = storage.get(path)?;
     let start = usize::try_from(offset).map_err(|_| outside())?;
     let end = start.checked_add(len_usize).ok_or_else(outside)?;
-    bytes.get(start..end).map(<[u8]>::to_vec).ok_or_else(outside)
+    bytes
+        .get(start..end)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(outside)
 }
 
 /// The section of the first key group with entries (else the first one).
@@ -321,8 +331,16 @@ pub fn summarize(
 #[serde(rename_all = "snake_case")]
 pub enum FileRole {
     Metadata,
-    Keyed { uid: String, subtask: u32 },
-    Native { uid: String, subtask: u32, name: String, shared: bool },
+    Keyed {
+        uid: String,
+        subtask: u32,
+    },
+    Native {
+        uid: String,
+        subtask: u32,
+        name: String,
+        shared: bool,
+    },
 }
 
 /// The check of one file.
@@ -376,12 +394,16 @@ fn check_keyed(handle: &KeyedStateHandle, bytes: &[u8]) -> Result<(), Checkpoint
         if group.offset != expected_start || end.is_none_or(|e| e > payload_end) {
             return Err(corrupt(
                 path,
-                format!("key group {} lies outside its place in the file", group.key_group),
+                format!(
+                    "key group {} lies outside its place in the file",
+                    group.key_group
+                ),
             ));
         }
         expected_start = end.unwrap_or(payload_end);
         let section = &bytes[group.offset as usize..expected_start as usize];
-        let states = read_section(group.key_group, section).map_err(|e| corrupt(path, e.to_string()))?;
+        let states =
+            read_section(group.key_group, section).map_err(|e| corrupt(path, e.to_string()))?;
         let entries: Option<u64> = states.iter().map(SectionState::entries).sum();
         if entries != Some(group.entries) {
             return Err(corrupt(
@@ -438,7 +460,10 @@ fn check_native(storage: &dyn CheckpointStorage, file: &FileRef) -> Result<(), C
     if size != file.size {
         return Err(corrupt(
             &file.path,
-            format!("{size} bytes, the snapshot recorded {} (truncated?)", file.size),
+            format!(
+                "{size} bytes, the snapshot recorded {} (truncated?)",
+                file.size
+            ),
         ));
     }
     if crc != file.crc32c {
@@ -654,8 +679,7 @@ pub fn dump_state<S: DumpSink>(
             stats.entries += current
                 .for_each_row(found.payload, |row| {
                     rows += 1;
-                    sink.row(&row)
-                        .map_err(RowError::Sink)
+                    sink.row(&row).map_err(RowError::Sink)
                 })
                 .map_err(|e| match e {
                     RowError::Sink(e) => e,
@@ -755,4 +779,429 @@ pub fn csv_line(row: &Row<'_>, out: &mut String) -> Result<(), serde_json::Error
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyed_file::write_keyed_file;
+    use crate::metadata::{
+        NativeFileRef, NativeStateHandle, OperatorListState, OperatorSnapshot, SubtaskSnapshot,
+    };
+    use crate::storage::{SharedStorage, open_storage};
+    use flowstate_state::descriptor::StateSignature;
+    use flowstate_state::{
+        BackendSnapshot, KeyGroupRange, KeyScope, KeyedStateBackend, ListStateDescriptor,
+        MapStateDescriptor, SnapshotRequest, ValueStateDescriptor, heap_backend, key_group_of,
+    };
+
+    const M: u32 = 8;
+    const KEYS: u64 = 200;
+
+    /// Two instances of operator `counter` with a value, a list and a map
+    /// state, written as keyed files to `storage`; returns the metadata path.
+    fn write_snapshot(storage: &dyn CheckpointStorage) -> String {
+        let mut subtasks = Vec::new();
+        for (index, (start, end)) in [(0, 4), (4, M)].into_iter().enumerate() {
+            let range = KeyGroupRange::new(start, end);
+            let mut backend: Box<dyn KeyedStateBackend<u64>> = heap_backend(range, M);
+            let value = backend
+                .value_state(&ValueStateDescriptor::<(u64, u64)>::new("count-sum"))
+                .unwrap();
+            let list = backend
+                .list_state(&ListStateDescriptor::<String>::new("names"))
+                .unwrap();
+            let map = backend
+                .map_state(&MapStateDescriptor::<String, Option<i32>>::new("tags"))
+                .unwrap();
+            for key in (0..KEYS).filter(|k| range.contains(key_group_of(k, M))) {
+                let mut scope = KeyScope::new(backend.as_mut(), &key, key_group_of(&key, M));
+                scope.value(&value).set((key % 7, key * 10)).unwrap();
+                if key % 3 == 0 {
+                    scope.list(&list).add(format!("n,{key}")).unwrap();
+                    scope.list(&list).add("\"q\"".into()).unwrap();
+                }
+                if key % 5 == 0 {
+                    scope.map(&map).put(format!("t{key}"), None).unwrap();
+                }
+            }
+            let request = SnapshotRequest {
+                checkpoint_id: 3,
+                canonical: true,
+            };
+            let BackendSnapshot::KeyGroups(snapshot) = backend.snapshot(request).unwrap() else {
+                panic!("heap snapshots are canonical")
+            };
+            let path = format!("job/chk-3/counter-{index}.keyed");
+            let handle = write_keyed_file(storage, &path, &snapshot).unwrap();
+            subtasks.push(SubtaskSnapshot {
+                subtask: index as u32,
+                keyed: Some(handle),
+                native: None,
+                lists: vec![OperatorListState {
+                    name: "positions".into(),
+                    mode: RedistributionMode::Split,
+                    elements: vec![b"abc".to_vec(), b"de".to_vec()],
+                }],
+            });
+        }
+        let metadata = CheckpointMetadata {
+            job_id: "job".into(),
+            checkpoint_id: 3,
+            kind: SnapshotKind::Checkpoint,
+            created_unix_ms: 1_700_000_000_000,
+            max_parallelism: M,
+            operators: vec![
+                OperatorSnapshot {
+                    uid: "source".into(),
+                    name: "Source".into(),
+                    parallelism: 2,
+                    subtasks: Vec::new(),
+                },
+                OperatorSnapshot {
+                    uid: "counter".into(),
+                    name: "Counter".into(),
+                    parallelism: 2,
+                    subtasks,
+                },
+            ],
+        };
+        let path = "job/chk-3/_metadata".to_owned();
+        storage.put(&path, metadata.encode().unwrap()).unwrap();
+        path
+    }
+
+    fn memory(name: &str) -> SharedStorage {
+        open_storage(&format!("memory://inspect-{name}")).unwrap()
+    }
+
+    /// Collects rows as JSON and CSV lines.
+    #[derive(Default)]
+    struct Lines {
+        header: Option<String>,
+        json: Vec<String>,
+        csv: Vec<String>,
+    }
+
+    impl DumpSink for Lines {
+        type Error = InspectError;
+        fn begin(&mut self, layout: &EntryLayout) -> Result<(), InspectError> {
+            let mut header = String::new();
+            csv_header(layout, &mut header);
+            self.header = Some(header);
+            Ok(())
+        }
+        fn row(&mut self, row: &Row<'_>) -> Result<(), InspectError> {
+            let mut line = String::new();
+            json_line(row, &mut line).unwrap();
+            self.json.push(line);
+            let mut line = String::new();
+            csv_line(row, &mut line).unwrap();
+            self.csv.push(line);
+            Ok(())
+        }
+    }
+
+    fn dump(storage: &dyn CheckpointStorage, path: &str, state: &str) -> (Lines, DumpStats) {
+        let mut lines = Lines::default();
+        let stats = dump_state(storage, path, "counter", state, &mut lines).unwrap();
+        (lines, stats)
+    }
+
+    fn sorted(mut lines: Vec<String>) -> Vec<String> {
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn dump_renders_every_state_kind() {
+        let storage = memory("dump");
+        let path = write_snapshot(storage.as_ref());
+
+        let (lines, stats) = dump(storage.as_ref(), &path, "count-sum");
+        assert_eq!(lines.header.as_deref(), Some("key,value.0,value.1"));
+        let expected_json: Vec<String> = (0..KEYS)
+            .map(|k| format!("{{\"key\":{k},\"value\":[{},{}]}}", k % 7, k * 10))
+            .collect();
+        let expected_csv: Vec<String> = (0..KEYS)
+            .map(|k| format!("{k},{},{}", k % 7, k * 10))
+            .collect();
+        assert_eq!(sorted(lines.json), sorted(expected_json));
+        assert_eq!(sorted(lines.csv), sorted(expected_csv));
+        assert_eq!(
+            stats,
+            DumpStats {
+                files: 2,
+                key_groups: u64::from(M),
+                entries: KEYS,
+                rows: KEYS
+            }
+        );
+
+        let (lines, _) = dump(storage.as_ref(), &path, "names");
+        assert_eq!(lines.header.as_deref(), Some("key,index,value"));
+        let mut expected_json = Vec::new();
+        let mut expected_csv = Vec::new();
+        for k in (0..KEYS).filter(|k| k % 3 == 0) {
+            expected_json.push(format!("{{\"key\":{k},\"index\":0,\"value\":\"n,{k}\"}}"));
+            expected_json.push(format!(
+                "{{\"key\":{k},\"index\":1,\"value\":\"\\\"q\\\"\"}}"
+            ));
+            expected_csv.push(format!("{k},0,\"n,{k}\""));
+            expected_csv.push(format!("{k},1,\"\"\"q\"\"\""));
+        }
+        assert_eq!(sorted(lines.json), sorted(expected_json));
+        assert_eq!(sorted(lines.csv), sorted(expected_csv));
+
+        let (lines, _) = dump(storage.as_ref(), &path, "tags");
+        assert_eq!(lines.header.as_deref(), Some("key,user_key,value"));
+        let expected_json: Vec<String> = (0..KEYS)
+            .filter(|k| k % 5 == 0)
+            .map(|k| format!("{{\"key\":{k},\"user_key\":\"t{k}\",\"value\":null}}"))
+            .collect();
+        let expected_csv: Vec<String> = (0..KEYS)
+            .filter(|k| k % 5 == 0)
+            .map(|k| format!("{k},t{k},"))
+            .collect();
+        assert_eq!(sorted(lines.json), sorted(expected_json));
+        assert_eq!(sorted(lines.csv), sorted(expected_csv));
+    }
+
+    #[test]
+    fn unknown_operators_and_states_list_the_available_ones() {
+        let storage = memory("unknown");
+        let path = write_snapshot(storage.as_ref());
+        let mut lines = Lines::default();
+        let err = dump_state(storage.as_ref(), &path, "nope", "x", &mut lines).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no operator with uid 'nope' in 'job/chk-3/_metadata'; its operators are: 'source', 'counter'"
+        );
+        let err = dump_state(storage.as_ref(), &path, "counter", "x", &mut lines).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "operator 'counter' has no keyed state named 'x'; its states are: 'count-sum', 'names', 'tags'"
+        );
+        let err = dump_state(storage.as_ref(), &path, "source", "x", &mut lines).unwrap_err();
+        assert!(err.to_string().ends_with("its states are: (none)"), "{err}");
+        assert!(lines.header.is_none() && lines.json.is_empty());
+    }
+
+    #[test]
+    fn summary_lists_operators_ranges_states_and_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open_storage(dir.path().to_str().unwrap()).unwrap();
+        let path = write_snapshot(storage.as_ref());
+        let summary = summarize(storage.as_ref(), &path).unwrap();
+        assert_eq!(summary.checkpoint_id, 3);
+        assert_eq!(summary.max_parallelism, M);
+        let counter = &summary.operators[1];
+        assert_eq!(counter.uid, "counter");
+        let states: Vec<(&str, StateKind, &str, &str)> = counter
+            .states
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.kind,
+                    s.types.as_str(),
+                    s.key_type.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("count-sum", StateKind::Value, "(u64, u64)", "u64"),
+                ("names", StateKind::List, "alloc::string::String", "u64"),
+                (
+                    "tags",
+                    StateKind::Map,
+                    "(alloc::string::String, core::option::Option<i32>)",
+                    "u64"
+                ),
+            ]
+        );
+        let ranges: Vec<_> = counter.subtasks.iter().map(|s| s.key_groups).collect();
+        assert_eq!(ranges, [Some((0, 4)), Some((4, M))]);
+        let entries: u64 = counter
+            .subtasks
+            .iter()
+            .map(|s| s.keyed_file.as_ref().unwrap().entries)
+            .sum();
+        // Value entries for every key, list entries for every third, map for every fifth.
+        assert_eq!(entries, KEYS + KEYS.div_ceil(3) + KEYS.div_ceil(5));
+        assert_eq!(counter.subtasks[0].lists[0].elements, 2);
+        assert_eq!(counter.subtasks[0].lists[0].bytes, 5);
+        assert!(counter.subtasks.iter().all(|s| s.problem.is_none()));
+    }
+
+    #[test]
+    fn verify_names_every_damaged_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open_storage(dir.path().to_str().unwrap()).unwrap();
+        let path = write_snapshot(storage.as_ref());
+        let report = verify(storage.as_ref(), &path).unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(report.files.len(), 3);
+
+        // Flip a byte in the middle of one file, truncate the other.
+        let first = dir.path().join("job/chk-3/counter-0.keyed");
+        let mut bytes = std::fs::read(&first).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        std::fs::write(&first, bytes).unwrap();
+        let second = dir.path().join("job/chk-3/counter-1.keyed");
+        let bytes = std::fs::read(&second).unwrap();
+        std::fs::write(&second, &bytes[..bytes.len() - 10]).unwrap();
+        let report = verify(storage.as_ref(), &path).unwrap();
+        let damaged: Vec<(&str, &str)> = report
+            .damaged()
+            .map(|f| (f.path.as_str(), f.problem.as_deref().unwrap()))
+            .collect();
+        assert_eq!(damaged.len(), 2, "{damaged:?}");
+        assert_eq!(damaged[0].0, "job/chk-3/counter-0.keyed");
+        assert!(damaged[0].1.contains("checksum"), "{damaged:?}");
+        assert_eq!(damaged[1].0, "job/chk-3/counter-1.keyed");
+        assert!(damaged[1].1.contains("truncated"), "{damaged:?}");
+
+        // A dump refuses the damaged file, naming it.
+        let mut lines = Lines::default();
+        let err = dump_state(storage.as_ref(), &path, "counter", "names", &mut lines).unwrap_err();
+        assert!(err.to_string().contains("counter-0.keyed"), "{err}");
+
+        // A missing file.
+        std::fs::remove_file(&second).unwrap();
+        let report = verify(storage.as_ref(), &path).unwrap();
+        assert_eq!(
+            report.damaged().nth(1).unwrap().problem.as_deref(),
+            Some("missing")
+        );
+    }
+
+    #[test]
+    fn a_valid_seal_with_a_lying_index_is_damaged() {
+        let storage = memory("index");
+        let path = write_snapshot(storage.as_ref());
+        let mut metadata = read_metadata(storage.as_ref(), &path).unwrap();
+        let keyed = metadata.operators[1].subtasks[0].keyed.as_mut().unwrap();
+        keyed.groups[1].entries += 1;
+        storage.put(&path, metadata.encode().unwrap()).unwrap();
+        let report = verify(storage.as_ref(), &path).unwrap();
+        let damaged: Vec<_> = report.damaged().collect();
+        assert_eq!(damaged.len(), 1);
+        assert!(
+            damaged[0].problem.as_deref().unwrap().contains("entries"),
+            "{damaged:?}"
+        );
+    }
+
+    #[test]
+    fn metadata_without_key_type_reads_and_dump_says_the_key_type_is_unknown() {
+        let storage = memory("old");
+        let path = write_snapshot(storage.as_ref());
+        let bytes = storage.get(&path).unwrap();
+        let (_, json) =
+            crate::format::unseal(crate::format::METADATA_MAGIC, 1, &path, &bytes).unwrap();
+        let mut json: serde_json::Value = serde_json::from_slice(json).unwrap();
+        let mut removed = 0;
+        for subtask in json["operators"][1]["subtasks"].as_array_mut().unwrap() {
+            removed += subtask["keyed"]
+                .as_object_mut()
+                .unwrap()
+                .remove("key_type")
+                .is_some() as usize;
+        }
+        assert_eq!(removed, 2, "the key type is written");
+        let old = crate::format::seal(
+            crate::format::METADATA_MAGIC,
+            1,
+            &serde_json::to_vec(&json).unwrap(),
+        );
+        storage.put(&path, old).unwrap();
+        let summary = summarize(storage.as_ref(), &path).unwrap();
+        assert_eq!(summary.operators[1].states[0].key_type, "");
+        let mut lines = Lines::default();
+        let err =
+            dump_state(storage.as_ref(), &path, "counter", "count-sum", &mut lines).unwrap_err();
+        assert_eq!(
+            format!("{}: {}", err, std::error::Error::source(&err).unwrap()),
+            "state 'count-sum' of operator 'counter' in 'job/chk-3/counter-0.keyed': the snapshot does not record the key type (it was written by an older flowstate): keys cannot be decoded"
+        );
+    }
+
+    #[test]
+    fn native_snapshots_are_verified_but_not_dumped() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open_storage(dir.path().to_str().unwrap()).unwrap();
+        let content = vec![7u8; 3 << 20];
+        let file = FileRef {
+            path: "job/shared/op-0/1-000001.sst".into(),
+            size: content.len() as u64,
+            crc32c: crc32c::crc32c(&content),
+        };
+        storage.put(&file.path, content).unwrap();
+        let native = NativeStateHandle {
+            backend: "rocksdb".into(),
+            key_group_start: 0,
+            key_group_end: M,
+            states: vec![StateSignature {
+                name: "count".into(),
+                kind: StateKind::Value,
+                types: "u64".into(),
+            }],
+            files: vec![NativeFileRef {
+                name: "000001.sst".into(),
+                file: file.clone(),
+                shared: true,
+                uploaded_by: 1,
+            }],
+        };
+        let metadata = CheckpointMetadata {
+            job_id: "job".into(),
+            checkpoint_id: 1,
+            kind: SnapshotKind::Checkpoint,
+            created_unix_ms: 1,
+            max_parallelism: M,
+            operators: vec![OperatorSnapshot {
+                uid: "op".into(),
+                name: "Op".into(),
+                parallelism: 1,
+                subtasks: vec![SubtaskSnapshot {
+                    subtask: 0,
+                    keyed: None,
+                    native: Some(native),
+                    lists: Vec::new(),
+                }],
+            }],
+        };
+        let path = "job/chk-1/_metadata";
+        storage.put(path, metadata.encode().unwrap()).unwrap();
+        assert!(verify(storage.as_ref(), path).unwrap().is_ok());
+        let summary = summarize(storage.as_ref(), path).unwrap();
+        assert_eq!(summary.operators[0].states[0].name, "count");
+        assert_eq!(
+            summary.operators[0].subtasks[0]
+                .native
+                .as_ref()
+                .unwrap()
+                .bytes,
+            3 << 20
+        );
+
+        let mut lines = Lines::default();
+        let err = dump_state(storage.as_ref(), path, "op", "count", &mut lines).unwrap_err();
+        assert!(matches!(err, InspectError::NativeState { .. }), "{err}");
+        assert!(err.to_string().contains("savepoint"), "{err}");
+
+        let local = dir.path().join(&file.path);
+        let mut bytes = std::fs::read(&local).unwrap();
+        bytes[2 << 20] ^= 1;
+        std::fs::write(&local, bytes).unwrap();
+        let report = verify(storage.as_ref(), path).unwrap();
+        let damaged: Vec<_> = report.damaged().collect();
+        assert_eq!(damaged.len(), 1);
+        assert_eq!(damaged[0].path, file.path);
+        assert!(damaged[0].problem.as_deref().unwrap().contains("checksum"));
+    }
 }

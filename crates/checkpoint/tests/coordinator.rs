@@ -25,12 +25,12 @@ use flowstate_checkpoint::coordinator::{
 };
 use flowstate_checkpoint::format::{KEYED_MAGIC, METADATA_MAGIC, seal};
 use flowstate_checkpoint::keyed_file::KEYED_FILE_VERSION;
-use flowstate_checkpoint::layout::{keyed_state_path, metadata_path};
+use flowstate_checkpoint::layout::{keyed_state_path, metadata_path, savepoint_keyed_path};
 use flowstate_checkpoint::metadata::{
     CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, OperatorListState, SnapshotKind,
     SubtaskSnapshot,
 };
-use flowstate_checkpoint::restore::{completed_checkpoints, load, load_latest};
+use flowstate_checkpoint::restore::{completed_checkpoints, load, load_latest, open_snapshot};
 use flowstate_checkpoint::storage::{CheckpointStorage, SharedStorage, StorageError, open_storage};
 use flowstate_checkpoint::{CheckpointError, CheckpointId};
 use flowstate_state::{KeyGroupRange, RedistributionMode};
@@ -1169,4 +1169,155 @@ fn metadata_round_trips() {
     let again = CheckpointMetadata::decode("m", &decoded.encode().unwrap()).unwrap();
     assert_eq!(decoded, again);
     assert_eq!(decoded.state_bytes(), h.coordinator.completed()[0].bytes);
+}
+
+// ---------------------------------------------------------------------------
+// Savepoints (issue 5): their own directory, never retained, relocatable.
+
+/// Writes what task `task` uploads for savepoint `id` into `target`, as the
+/// upload threads do: at `state/<uid>/<subtask>.keyed`, relative to it.
+fn write_savepoint_file(
+    target: &dyn CheckpointStorage,
+    id: CheckpointId,
+    task: usize,
+    parallelism: u32,
+) -> SubtaskSnapshot {
+    let scratch = unique_memory();
+    let mut snapshot = write_task_file(scratch.as_ref(), "sp", id, task, parallelism);
+    let keyed = snapshot.keyed.as_mut().unwrap();
+    let bytes = scratch.get(&keyed.file.path).unwrap();
+    keyed.file.path = savepoint_keyed_path(KEYED_UID, task as u32);
+    target.put(&keyed.file.path, bytes).unwrap();
+    snapshot
+}
+
+impl Harness {
+    fn savepoint(&mut self, target: &SharedStorage) -> CheckpointId {
+        let now = self.advance(Duration::from_millis(1));
+        match self
+            .coordinator
+            .trigger_savepoint(Arc::clone(target), now)
+        {
+            Some(CoordinatorAction::Trigger {
+                id,
+                kind: SnapshotKind::Savepoint,
+            }) => id,
+            other => panic!("expected a savepoint trigger, got {other:?}"),
+        }
+    }
+
+    fn ack_savepoint(
+        &mut self,
+        target: &SharedStorage,
+        id: CheckpointId,
+        task: usize,
+    ) -> Vec<CoordinatorAction> {
+        let snapshot = write_savepoint_file(target.as_ref(), id, task, self.tasks as u32);
+        let now = self.advance(Duration::from_millis(1));
+        self.coordinator.on_ack(ack(id, task, snapshot), now)
+    }
+}
+
+#[test]
+fn a_savepoint_goes_to_its_own_directory_is_never_retained_and_can_be_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("savepoint-a");
+    let target = open_storage(location.to_str().unwrap()).unwrap();
+    let mut h = Harness::new("job-s", settings(1, 3, 1), 2);
+    let first = h.complete_one();
+    let id = h.savepoint(&target);
+    assert!(h.coordinator.is_pending_savepoint(id));
+    assert!(h.ack_savepoint(&target, id, 0).is_empty());
+    let actions = h.ack_savepoint(&target, id, 1);
+    assert_eq!(actions, vec![CoordinatorAction::Complete { id }]);
+    assert!(!h.coordinator.is_pending_savepoint(id));
+
+    // Nothing of it in checkpoint storage; the retained checkpoint is untouched.
+    assert!(
+        h.all_files().iter().all(|p| !p.contains(&format!("chk-{id}"))),
+        "{:?}",
+        h.all_files()
+    );
+    assert_eq!(h.completed_ids(), vec![first]);
+    h.assert_intact(first);
+    // Retention over later checkpoints never touches it.
+    let later = [h.complete_one(), h.complete_one()];
+    assert_eq!(h.completed_ids(), vec![later[1]]);
+
+    // Moved elsewhere, it still loads: every path is relative to it.
+    let moved = dir.path().join("elsewhere").join("savepoint-b");
+    std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+    std::fs::rename(&location, &moved).unwrap();
+    let opened = open_snapshot(moved.to_str().unwrap()).unwrap();
+    let loaded = load(&opened.storage, &opened.metadata_path).unwrap();
+    assert_eq!(loaded.id(), id);
+    assert_eq!(loaded.metadata.kind, SnapshotKind::Savepoint);
+    for subtask in &loaded.metadata.operators[0].subtasks {
+        let path = &subtask.keyed.as_ref().unwrap().file.path;
+        assert!(path.starts_with("state/"), "{path} is not relative");
+    }
+    // Dealt out to three instances, every key group arrives exactly once.
+    let mut groups = Vec::new();
+    for index in 0..3 {
+        let range = KeyGroupRange::for_operator(index, 3, MAX_PARALLELISM);
+        let keyed = loaded.keyed_state(KEYED_UID, range, "other-job").unwrap();
+        groups.extend(keyed.groups.iter().map(|(g, _)| *g));
+    }
+    groups.sort_unstable();
+    assert_eq!(groups, (0..MAX_PARALLELISM).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_failed_savepoint_is_deleted_and_does_not_count_towards_failing_the_job() {
+    let target = unique_memory();
+    // Not a single checkpoint failure is tolerated.
+    let mut h = Harness::new("job-f", settings(1, 0, 1), 2);
+    let id = h.savepoint(&target);
+    assert!(h.ack_savepoint(&target, id, 0).is_empty());
+    let actions = h.decline(id);
+    assert!(is_abort(&actions[0], id), "{actions:?}");
+    assert!(!has_fail_job(&actions), "{actions:?}");
+    assert!(target.list("").unwrap().is_empty(), "its files are deleted");
+    // A late acknowledgement's files are removed too.
+    assert!(h.ack_savepoint(&target, id, 1).is_empty());
+    assert!(target.list("").unwrap().is_empty(), "late files are deleted");
+    // Checkpoints go on.
+    let next = h.complete_one();
+    assert_eq!(h.completed_ids(), vec![next]);
+}
+
+#[test]
+fn a_savepoint_with_native_files_is_refused() {
+    use flowstate_checkpoint::metadata::{NativeFileRef, NativeStateHandle};
+    let target = unique_memory();
+    let mut h = Harness::new("job-n", settings(1, 3, 1), 1);
+    let id = h.savepoint(&target);
+    let mut snapshot = write_savepoint_file(target.as_ref(), id, 0, 1);
+    snapshot.keyed = None;
+    snapshot.native = Some(NativeStateHandle {
+        backend: "rocksdb".into(),
+        key_group_start: 0,
+        key_group_end: MAX_PARALLELISM,
+        states: Vec::new(),
+        files: vec![NativeFileRef {
+            name: "000001.sst".into(),
+            file: FileRef {
+                path: "job-n/shared/x/1-000001.sst".into(),
+                size: 1,
+                crc32c: 0,
+            },
+            shared: true,
+            uploaded_by: id,
+        }],
+    });
+    let now = h.advance(Duration::from_millis(1));
+    let actions = h.coordinator.on_ack(ack(id, 0, snapshot), now);
+    match actions.as_slice() {
+        [CoordinatorAction::Abort { id: aborted, reason }] => {
+            assert_eq!(*aborted, id);
+            assert!(reason.contains("canonical"), "{reason}");
+        }
+        other => panic!("expected the savepoint to abort: {other:?}"),
+    }
+    assert!(target.get("_metadata").is_err());
 }

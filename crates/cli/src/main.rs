@@ -262,6 +262,10 @@ fn parse_interval(text: &str) -> Result<Interval, String> {
     Ok(Interval::Every(every))
 }
 
+/// How long a job stopped with a savepoint keeps its HTTP API up for the
+/// client to read the savepoint's location.
+const STOP_ANSWER_WAIT_MAX: Duration = Duration::from_secs(3);
+
 /// Where the HTTP API listens unless `--rest` says otherwise.
 const DEFAULT_REST: &str = "127.0.0.1:8081";
 
@@ -281,11 +285,11 @@ fn restore_from(given: &str, checkpoint_dir: &str) -> Result<RestoreFrom> {
         // A snapshot directory relative to the working directory, else a
         // checkpoint relative to --checkpoint-dir.
         let here = std::path::Path::new(&path);
-        let is_snapshot = here.join("_metadata").is_file()
-            || (here.ends_with("_metadata") && here.is_file());
+        let is_snapshot =
+            here.join("_metadata").is_file() || (here.ends_with("_metadata") && here.is_file());
         if is_snapshot {
-            let absolute = std::path::absolute(here)
-                .with_context(|| format!("--restore {given}"))?;
+            let absolute =
+                std::path::absolute(here).with_context(|| format!("--restore {given}"))?;
             return Ok(RestoreFrom::Location(absolute.display().to_string()));
         }
         return Ok(RestoreFrom::Path(path));
@@ -412,8 +416,17 @@ fn run_job(env: &StreamEnvironment, label: &str, rest: &str) -> Result<()> {
         std::sync::Arc::clone(job.metrics()),
         std::io::stderr().is_terminal(),
     );
+    let controller = std::sync::Arc::clone(job.controller());
     let outcome = job.join();
     if let Some(server) = server {
+        // A `flowstate stop` client polls for the final savepoint's location:
+        // answer it before the API goes away (bounded: it may never ask).
+        if controller.stopped_with_savepoint().is_some() {
+            let asked_by = std::time::Instant::now() + STOP_ANSWER_WAIT_MAX;
+            while !controller.stop_reported() && std::time::Instant::now() < asked_by {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         server.shutdown();
     }
     let report = reporter.finish();

@@ -82,7 +82,10 @@ pub fn list(args: ListArgs) -> Result<()> {
         .unwrap_or(0)
         .max(5);
     let mut out = String::new();
-    out.push_str(&format!("{:id_width$}  {:state_width$}  NAME\n", "ID", "STATE"));
+    out.push_str(&format!(
+        "{:id_width$}  {:state_width$}  NAME\n",
+        "ID", "STATE"
+    ));
     for job in &jobs {
         out.push_str(&format!(
             "{:id_width$}  {:state_width$}  {}\n",
@@ -115,14 +118,16 @@ pub fn stop(args: StopArgs) -> Result<()> {
     let started = Instant::now();
     let job = args.job_id.as_str();
     let request_id = client.stop_with_savepoint(job, target.as_deref())?;
-    let location = wait_for_savepoint(&client, job, &request_id, started, args.timeout)
-        .map_err(|error| match error.downcast_ref::<flowstate_rest::ClientError>() {
-            Some(e) if e.is_unreachable() => error.context(format!(
-                "the HTTP API went away before it reported job {job}'s final savepoint \
+    let location =
+        wait_for_savepoint(&client, job, &request_id, started, args.timeout).map_err(|error| {
+            match error.downcast_ref::<flowstate_rest::ClientError>() {
+                Some(e) if e.is_unreachable() => error.context(format!(
+                    "the HTTP API went away before it reported job {job}'s final savepoint \
                  (the job has probably stopped; look for the savepoint in {})",
-                target.as_deref().unwrap_or("the job's --savepoint-dir")
-            )),
-            _ => error,
+                    target.as_deref().unwrap_or("the job's --savepoint-dir")
+                )),
+                _ => error,
+            }
         })?;
     println!("Savepoint completed: {location}");
     // The savepoint line is the result: show it even if waiting for the end fails.

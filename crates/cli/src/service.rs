@@ -5,10 +5,10 @@
 
 use std::sync::{Arc, Mutex};
 
+use flowstate::runtime::SnapshotKind;
 use flowstate::runtime::control::{
     CheckpointRecord, ControlError, JobController, JobStatus, SavepointState, SnapshotStatus,
 };
-use flowstate::runtime::SnapshotKind;
 use flowstate_rest::{
     CheckpointCounts, CheckpointEntry, CheckpointHistory, JobDetails, JobService, JobState,
     JobSummary, SavepointStatus, ServiceError, TaskCheckpointEntry, Vertex, VertexInput,
@@ -188,7 +188,11 @@ impl JobService for LocalJobs {
             .map_err(service_error)
     }
 
-    fn savepoint_status(&self, job: &str, request_id: &str) -> Result<SavepointStatus, ServiceError> {
+    fn savepoint_status(
+        &self,
+        job: &str,
+        request_id: &str,
+    ) -> Result<SavepointStatus, ServiceError> {
         let state = self
             .find(job)?
             .savepoint(request_id)

@@ -149,6 +149,8 @@ struct ControlState {
     coordinator: Option<Sender<CoordinatorEvent>>,
     /// Location of the savepoint a stop ended the job with.
     stopped_with: Option<String>,
+    /// Someone asked about that stop's savepoint after it completed.
+    stop_reported: bool,
 }
 
 /// A running job's control surface; shared (`Arc`) by the runtime and
@@ -171,6 +173,10 @@ fn unix_ms_now() -> u64 {
 /// `dir` joined with `name`; a relative local directory is made absolute
 /// against this process's working directory.
 fn join_location(dir: &str, name: &str) -> String {
+    if dir.starts_with("memory://") {
+        // A memory storage has a name, not a path.
+        return format!("{}-{name}", dir.trim_end_matches('/'));
+    }
     let is_url = dir.contains("://");
     let dir = if is_url || dir.starts_with('/') {
         dir.to_owned()
@@ -363,13 +369,21 @@ impl JobController {
 
     /// What became of savepoint request `request_id`.
     pub fn savepoint(&self, request_id: &str) -> Result<SavepointState, ControlError> {
-        self.lock()
-            .requests
-            .get(request_id)
-            .map(|r| r.state.clone())
-            .ok_or_else(|| {
-                ControlError::NotFound(format!("no savepoint request '{request_id}'"))
-            })
+        let mut state = self.lock();
+        let request = state.requests.get(request_id).ok_or_else(|| {
+            ControlError::NotFound(format!("no savepoint request '{request_id}'"))
+        })?;
+        let (answer, stop) = (request.state.clone(), request.stop);
+        if stop && matches!(answer, SavepointState::Completed { .. }) {
+            state.stop_reported = true;
+        }
+        Ok(answer)
+    }
+
+    /// Whether the outcome of the savepoint a stop ended the job with was
+    /// asked for (so a process may exit without leaving its client unanswered).
+    pub fn stop_reported(&self) -> bool {
+        self.lock().stop_reported
     }
 
     // --- reports from the runtime ------------------------------------------

@@ -327,7 +327,10 @@ fn resolve(text: &str, depth: usize) -> Result<Shape, DynamicError> {
     let arg = |i: usize| -> Result<Shape, DynamicError> {
         match args.get(i) {
             Some(a) => next(a),
-            None => Err(invalid(text, format!("`{name}` needs {} type arguments", i + 1))),
+            None => Err(invalid(
+                text,
+                format!("`{name}` needs {} type arguments", i + 1),
+            )),
         }
     };
     let shape = match (name, args.len()) {
@@ -747,7 +750,13 @@ impl EntryLayout {
         out
     }
 
-    fn decode_error(&self, what: &'static str, type_name: &str, base: usize, failure: DecodeFailure) -> DynamicError {
+    fn decode_error(
+        &self,
+        what: &'static str,
+        type_name: &str,
+        base: usize,
+        failure: DecodeFailure,
+    ) -> DynamicError {
         DynamicError::Decode {
             what,
             type_name: type_name.to_owned(),
@@ -859,8 +868,8 @@ mod tests {
 
     /// Encodes `value` with the snapshot codec and decodes it by its type name.
     fn round_trip<T: serde::Serialize>(value: &T) -> Value {
-        let shape = Shape::parse(type_name::<T>())
-            .unwrap_or_else(|e| panic!("{}: {e}", type_name::<T>()));
+        let shape =
+            Shape::parse(type_name::<T>()).unwrap_or_else(|e| panic!("{}: {e}", type_name::<T>()));
         let bytes = encode(value);
         let (decoded, used) = shape.decode(&bytes).unwrap();
         assert_eq!(used, bytes.len(), "{}", type_name::<T>());
@@ -902,7 +911,10 @@ mod tests {
             round_trip(&vec![1u8, 2, 255]),
             Value::Seq(vec![Value::U64(1), Value::U64(2), Value::U64(255)])
         );
-        assert_eq!(round_trip(&Some(-3i32)), Value::Option(Some(Box::new(Value::I64(-3)))));
+        assert_eq!(
+            round_trip(&Some(-3i32)),
+            Value::Option(Some(Box::new(Value::I64(-3))))
+        );
         assert_eq!(round_trip(&None::<i32>), Value::Option(None));
         assert_eq!(
             round_trip(&(7u64, String::from("x"), (true, 'z'))),
@@ -914,7 +926,12 @@ mod tests {
         );
         assert_eq!(
             round_trip(&[1u8, 2, 3, 4]),
-            Value::Tuple(vec![Value::U64(1), Value::U64(2), Value::U64(3), Value::U64(4)])
+            Value::Tuple(vec![
+                Value::U64(1),
+                Value::U64(2),
+                Value::U64(3),
+                Value::U64(4)
+            ])
         );
         let long = [9u16; 20];
         assert_eq!(round_trip(&long), Value::Seq(vec![Value::U64(9); 20]));
@@ -974,10 +991,24 @@ mod tests {
         );
         // The innermost unsupported part is named.
         let err = Shape::parse(type_name::<(u64, Vec<Foo>)>()).unwrap_err();
-        assert_eq!(err, DynamicError::UnsupportedType { type_name: name.to_owned() });
-        for name in ["&str", "&[u8]", "my_crate::Foo", "core::time::Duration", "dyn Fn()"] {
+        assert_eq!(
+            err,
+            DynamicError::UnsupportedType {
+                type_name: name.to_owned()
+            }
+        );
+        for name in [
+            "&str",
+            "&[u8]",
+            "my_crate::Foo",
+            "core::time::Duration",
+            "dyn Fn()",
+        ] {
             assert!(
-                matches!(Shape::parse(name), Err(DynamicError::UnsupportedType { .. })),
+                matches!(
+                    Shape::parse(name),
+                    Err(DynamicError::UnsupportedType { .. })
+                ),
                 "{name}"
             );
         }
@@ -1007,10 +1038,17 @@ mod tests {
         assert!(Shape::Option(Box::new(Shape::U8)).decode(&[7, 0]).is_err());
         assert!(Shape::Char.decode(&[0xff]).is_err());
         assert!(Shape::Char.decode(&[0xc3]).is_err());
-        assert!(Shape::String.decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0xff]).is_err());
+        assert!(
+            Shape::String
+                .decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0xff])
+                .is_err()
+        );
         let units = Shape::parse("alloc::vec::Vec<()>").unwrap();
         assert!(units.decode(&u64::MAX.to_le_bytes()).is_err());
-        assert_eq!(units.decode(&3u64.to_le_bytes()).unwrap().0, Value::Seq(vec![Value::Unit; 3]));
+        assert_eq!(
+            units.decode(&3u64.to_le_bytes()).unwrap().0,
+            Value::Seq(vec![Value::Unit; 3])
+        );
         // Every flipped byte of a small entry either decodes or fails cleanly.
         let bytes = encode(&(Some('é'), vec![1.5f64], String::from("x")));
         let shape = Shape::parse(type_name::<(Option<char>, Vec<f64>, String)>()).unwrap();
@@ -1028,10 +1066,22 @@ mod tests {
         let shape = Shape::parse("(u64, (alloc::string::String, [u8; 2]), core::option::Option<i32>, alloc::vec::Vec<u8>)").unwrap();
         assert_eq!(
             shape.columns("value"),
-            ["value.0", "value.1.0", "value.1.1.0", "value.1.1.1", "value.2", "value.3"]
+            [
+                "value.0",
+                "value.1.0",
+                "value.1.1.0",
+                "value.1.1.1",
+                "value.2",
+                "value.3"
+            ]
         );
         let (value, _) = shape
-            .decode(&encode(&(1u64, (String::from("a,b"), [3u8, 4]), None::<i32>, vec![5u8])))
+            .decode(&encode(&(
+                1u64,
+                (String::from("a,b"), [3u8, 4]),
+                None::<i32>,
+                vec![5u8],
+            )))
             .unwrap();
         let mut leaves = Vec::new();
         value.flatten(&mut leaves);
@@ -1085,7 +1135,9 @@ mod tests {
             .map_state(&MapStateDescriptor::<String, i64>::new("map"))
             .unwrap();
         let reducing = backend
-            .reducing_state(&ReducingStateDescriptor::<u64>::new("reducing", |a, b| a + b))
+            .reducing_state(&ReducingStateDescriptor::<u64>::new("reducing", |a, b| {
+                a + b
+            }))
             .unwrap();
         let aggregating = backend
             .aggregating_state(&AggregatingStateDescriptor::new("aggregating", Average))
@@ -1101,7 +1153,10 @@ mod tests {
                 scope.list(&list).add(element).unwrap();
             }
             for e in 0..(i % 3) {
-                scope.map(&map).put(format!("u{e}"), -(i as i64) * e as i64).unwrap();
+                scope
+                    .map(&map)
+                    .put(format!("u{e}"), -(i as i64) * e as i64)
+                    .unwrap();
             }
             scope.reducing(&reducing).add(i).unwrap();
             scope.reducing(&reducing).add(1).unwrap();
@@ -1201,14 +1256,17 @@ mod tests {
 
     #[test]
     fn layouts_name_their_columns_and_refuse_unknown_keys() {
-        let layout = EntryLayout::new(StateKind::Map, "u64", "(alloc::string::String, (u8, bool))")
-            .unwrap();
+        let layout =
+            EntryLayout::new(StateKind::Map, "u64", "(alloc::string::String, (u8, bool))").unwrap();
         assert_eq!(layout.columns(), ["key", "user_key", "value.0", "value.1"]);
         let layout = EntryLayout::new(StateKind::List, "(u64, u64)", "f64").unwrap();
         assert_eq!(layout.columns(), ["key.0", "key.1", "index", "value"]);
-        let layout =
-            EntryLayout::new(StateKind::Aggregating, "u64", "(my::Input, (u64, u64), my::Output)")
-                .unwrap();
+        let layout = EntryLayout::new(
+            StateKind::Aggregating,
+            "u64",
+            "(my::Input, (u64, u64), my::Output)",
+        )
+        .unwrap();
         assert_eq!(layout.value_type, "(u64, u64)");
         assert_eq!(
             EntryLayout::new(StateKind::Value, "", "u64").unwrap_err(),

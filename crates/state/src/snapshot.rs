@@ -183,7 +183,9 @@ impl SectionState<'_> {
     /// The entry count at the start of the payload (`None` if it is shorter
     /// than 8 bytes).
     pub fn entries(&self) -> Option<u64> {
-        self.payload.first_chunk::<8>().map(|b| u64::from_le_bytes(*b))
+        self.payload
+            .first_chunk::<8>()
+            .map(|b| u64::from_le_bytes(*b))
     }
 }
 
@@ -191,7 +193,10 @@ impl SectionState<'_> {
 /// [`KeyedStateSnapshot::write_key_group`]) into its states, borrowing the
 /// bytes. Refuses a section whose structure is off (truncated, trailing bytes,
 /// unknown kind), naming the key group.
-pub fn read_section(key_group: KeyGroup, bytes: &[u8]) -> Result<Vec<SectionState<'_>>, StateError> {
+pub fn read_section(
+    key_group: KeyGroup,
+    bytes: &[u8],
+) -> Result<Vec<SectionState<'_>>, StateError> {
     let mut cursor = Cursor { bytes, at: 0 };
     let states = cursor.u32()?;
     if states > MAX_SECTION_STATES {

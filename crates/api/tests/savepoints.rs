@@ -1,0 +1,386 @@
+//! Savepoints through the job's control surface ([`JobController`]), in
+//! process: requests refused while one is in flight (held there
+//! deterministically by a sink that blocks in its snapshot), bad requests, and
+//! restoring into a changed job (an operator removed) with and without
+//! `allow_non_restored_state`.
+//!
+//! Waiting loops poll a condition with a generous deadline; none of them
+//! decides the outcome by timing.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flowstate::connectors::SequenceSource;
+use flowstate::runtime::checkpoint::{CoordinatorSettings, OperatorListState, open_storage};
+use flowstate::runtime::control::{ControlError, SavepointState};
+use flowstate::runtime::{
+    CheckpointingConfig, Guarantee, JobController, JobStatus, RestartStrategy, RestoreFrom,
+};
+use flowstate::{
+    ExecutionConfig, FnResult, JobError, KeyedContext, KeyedProcessFunction, KeyedStateBackend,
+    Sink, SinkWriter, StreamEnvironment, SubtaskInfo, UserError, ValueStateDescriptor,
+    ValueStateHandle,
+};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn config(
+    parallelism: u32,
+    checkpoints: &str,
+    savepoint_dir: Option<String>,
+    restore: RestoreFrom,
+    allow_non_restored_state: bool,
+) -> ExecutionConfig {
+    ExecutionConfig {
+        job_name: "savepoint-test".into(),
+        checkpointing: Some(CheckpointingConfig {
+            storage: open_storage(checkpoints).unwrap(),
+            settings: CoordinatorSettings {
+                // Only savepoints: no checkpoint completes on its own.
+                interval: Duration::from_secs(3600),
+                ..CoordinatorSettings::default()
+            },
+            guarantee: Guarantee::ExactlyOnce,
+            job_id: None,
+            restore,
+            allow_non_restored_state,
+            restart: RestartStrategy {
+                attempts: 0,
+                ..RestartStrategy::default()
+            },
+            savepoint_dir,
+        }),
+        ..ExecutionConfig::with_parallelism(parallelism)
+    }
+}
+
+fn running(controller: &JobController) {
+    wait_for("the job to run", || {
+        controller.status() == JobStatus::Running && controller.job_id().is_some()
+    });
+}
+
+fn completed(controller: &JobController, request: &str) -> String {
+    let mut outcome = None;
+    wait_for("the savepoint", || {
+        match controller.savepoint(request).unwrap() {
+            SavepointState::InProgress { .. } => return false,
+            other => outcome = Some(other),
+        }
+        true
+    });
+    match outcome {
+        Some(SavepointState::Completed { location, .. }) => location,
+        other => panic!("savepoint {request} did not complete: {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A sink whose snapshot can be held: the savepoint stays in flight until the
+// test lets it go.
+
+#[derive(Clone)]
+struct Gate {
+    entered: SyncSender<u64>,
+    release: Arc<Mutex<Receiver<()>>>,
+    armed: Arc<Mutex<bool>>,
+}
+
+struct GatedSink(Gate);
+
+struct GatedWriter(Gate);
+
+impl Sink<u64> for GatedSink {
+    fn create_writer(&self, _subtask: &SubtaskInfo) -> Result<Box<dyn SinkWriter<u64>>, UserError> {
+        Ok(Box::new(GatedWriter(self.0.clone())))
+    }
+}
+
+impl SinkWriter<u64> for GatedWriter {
+    fn write_batch(&mut self, batch: &mut Vec<u64>) -> Result<(), UserError> {
+        batch.clear();
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), UserError> {
+        Ok(())
+    }
+
+    fn prepare_commit(&mut self, checkpoint_id: u64) -> Result<Vec<OperatorListState>, UserError> {
+        if *self.0.armed.lock().unwrap() {
+            self.0.entered.send(checkpoint_id).unwrap();
+            self.0.release.lock().unwrap().recv().unwrap();
+        }
+        Ok(Vec::new())
+    }
+}
+
+#[test]
+fn a_savepoint_request_while_one_is_in_flight_is_refused_and_the_job_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let savepoints = dir.path().join("savepoints");
+    let (entered_tx, entered) = sync_channel(4);
+    let (release, release_rx) = sync_channel(4);
+    let gate = Gate {
+        entered: entered_tx,
+        release: Arc::new(Mutex::new(release_rx)),
+        armed: Arc::new(Mutex::new(true)),
+    };
+    let env = StreamEnvironment::new(config(
+        1,
+        dir.path().join("ck").to_str().unwrap(),
+        Some(savepoints.display().to_string()),
+        RestoreFrom::Nothing,
+        false,
+    ));
+    env.from_source(
+        "numbers",
+        SequenceSource::new(u64::MAX / 2, 4, |i| i)
+            .unwrap()
+            .with_rate(10_000)
+            .unwrap(),
+    )
+    .sink_to("gated", GatedSink(gate.clone()));
+    let job = env.start().unwrap();
+    let controller = Arc::clone(job.controller());
+    running(&controller);
+
+    let first = controller.trigger_savepoint(None, false).unwrap();
+    let id = entered.recv_timeout(DEADLINE).expect("the sink's snapshot starts");
+    // Held in flight: every further request is refused, the first is reported.
+    for stop in [false, true] {
+        match controller.trigger_savepoint(None, stop) {
+            Err(ControlError::Conflict(message)) => {
+                assert!(message.contains(&first), "{message}")
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        controller.savepoint(&first).unwrap(),
+        SavepointState::InProgress {
+            checkpoint_id: Some(id)
+        }
+    );
+    assert!(matches!(
+        controller.savepoint("no-such-request"),
+        Err(ControlError::NotFound(_))
+    ));
+    assert_eq!(controller.status(), JobStatus::Running);
+
+    *gate.armed.lock().unwrap() = false;
+    release.send(()).unwrap();
+    let location = completed(&controller, &first);
+    assert!(location.starts_with(savepoints.to_str().unwrap()), "{location}");
+    assert!(std::path::Path::new(&location).join("_metadata").is_file());
+    let history = controller.checkpoint_history();
+    assert_eq!((history.completed, history.in_progress), (1, 0));
+
+    // The next request is accepted again, into an explicit directory.
+    let other = dir.path().join("other");
+    let second = controller
+        .trigger_savepoint(Some(other.to_str().unwrap()), false)
+        .unwrap();
+    assert!(completed(&controller, &second).starts_with(other.to_str().unwrap()));
+
+    controller.cancel().unwrap();
+    assert!(matches!(job.join(), Err(JobError::Cancelled)));
+    assert_eq!(controller.status(), JobStatus::Cancelled);
+    assert!(matches!(
+        controller.trigger_savepoint(None, false),
+        Err(ControlError::Conflict(_))
+    ));
+    assert!(matches!(controller.cancel(), Err(ControlError::Conflict(_))));
+}
+
+#[test]
+fn savepoints_need_a_target_and_checkpointing() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = StreamEnvironment::new(config(
+        1,
+        dir.path().join("ck").to_str().unwrap(),
+        None,
+        RestoreFrom::Nothing,
+        false,
+    ));
+    env.from_source(
+        "numbers",
+        SequenceSource::new(u64::MAX / 2, 2, |i| i)
+            .unwrap()
+            .with_rate(1_000)
+            .unwrap(),
+    )
+    .count();
+    let job = env.start().unwrap();
+    running(job.controller());
+    match job.controller().trigger_savepoint(None, false) {
+        Err(ControlError::Invalid(message)) => {
+            assert!(message.contains("no target directory"), "{message}")
+        }
+        other => panic!("expected an invalid request, got {other:?}"),
+    }
+    job.cancel();
+    let _ = job.join();
+
+    let env = StreamEnvironment::new(ExecutionConfig::with_parallelism(1));
+    env.from_source(
+        "numbers",
+        SequenceSource::new(u64::MAX / 2, 2, |i| i)
+            .unwrap()
+            .with_rate(1_000)
+            .unwrap(),
+    )
+    .count();
+    let job = env.start().unwrap();
+    match job.controller().trigger_savepoint(Some("/tmp/x"), false) {
+        Err(ControlError::Invalid(message)) => {
+            assert!(message.contains("--checkpoint-interval"), "{message}")
+        }
+        other => panic!("expected an invalid request, got {other:?}"),
+    }
+    job.cancel();
+    let _ = job.join();
+}
+
+// ---------------------------------------------------------------------------
+// A changed job: an operator removed.
+
+/// Counts records per key; emits `(key, count)`.
+#[derive(Clone, Default)]
+struct Count {
+    state: Option<ValueStateHandle<u64>>,
+}
+
+impl KeyedProcessFunction<u64, u64, (u64, u64)> for Count {
+    fn open(&mut self, state: &mut dyn KeyedStateBackend<u64>) -> FnResult {
+        self.state = Some(state.value_state(&ValueStateDescriptor::new("count"))?);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        value: u64,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Vec<(u64, u64)>,
+    ) -> FnResult {
+        let handle = self.state.as_ref().ok_or("not open")?;
+        let count = ctx.value(handle).modify(|| 0, |c| {
+            *c += 1;
+            *c
+        })?;
+        out.push((value % KEYS, count));
+        Ok(())
+    }
+}
+
+const KEYS: u64 = 97;
+const RECORDS: u64 = 200_000;
+
+/// `source -> [audit] -> count`, the audit step (keyed, stateful) only in
+/// the first version of the job.
+fn build(env: &StreamEnvironment, with_audit: bool) -> Arc<Mutex<Vec<(u64, u64)>>> {
+    let numbers = env
+        .from_source(
+            "numbers",
+            SequenceSource::new(RECORDS, 16, |i| i)
+                .unwrap()
+                .with_rate(40_000)
+                .unwrap(),
+        )
+        .uid("numbers");
+    let numbers = if with_audit {
+        numbers
+            .key_by(|v: &u64| v % 5)
+            .process(Count::default())
+            .uid("audit")
+            .map(|(_, _)| 0u64)
+            .filter(|_| false)
+            .union(&numbers)
+    } else {
+        numbers
+    };
+    numbers
+        .key_by(|v: &u64| v % KEYS)
+        .process(Count::default())
+        .uid("count")
+        .collect()
+}
+
+#[test]
+fn restoring_a_savepoint_into_a_job_without_one_of_its_operators() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let env = StreamEnvironment::new(config(
+        2,
+        ck.to_str().unwrap(),
+        Some(dir.path().join("sp").display().to_string()),
+        RestoreFrom::Nothing,
+        false,
+    ));
+    let first_output = build(&env, true);
+    let job = env.start().unwrap();
+    let controller = Arc::clone(job.controller());
+    running(&controller);
+    wait_for("some records", || controller.metrics().records_in() > 1000);
+    let request = controller.trigger_savepoint(None, true).unwrap();
+    let location = completed(&controller, &request);
+    let report = job.join().expect("a stopped job ends well");
+    assert_eq!(report.stopped_with_savepoint.as_deref(), Some(location.as_str()));
+    assert_eq!(controller.status(), JobStatus::Finished);
+    assert!(report.records_in < RECORDS, "the stop ended the job early");
+
+    // Without the audit operator, its state cannot be mapped: refused, named.
+    let env = StreamEnvironment::new(config(
+        3,
+        ck.to_str().unwrap(),
+        None,
+        RestoreFrom::Location(location.clone()),
+        false,
+    ));
+    build(&env, false);
+    let error = env.execute().expect_err("the audit state has nowhere to go");
+    let message = flowstate::runtime::error::error_chain(&error);
+    assert!(
+        message.contains("'audit'") && message.contains("allow-non-restored-state"),
+        "{message}"
+    );
+    assert!(!message.contains("'count'"), "{message}");
+
+    // Allowed: the audit state is dropped, the counts carry on exactly once.
+    let env = StreamEnvironment::new(config(
+        3,
+        ck.to_str().unwrap(),
+        None,
+        RestoreFrom::Location(location),
+        true,
+    ));
+    let second_output = build(&env, false);
+    env.execute().expect("the restore drops the audit state");
+    let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut updates = 0;
+    for (key, count) in first_output
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(second_output.lock().unwrap().iter())
+    {
+        let previous = last.insert(*key, *count).unwrap_or(0);
+        assert_eq!(*count, previous + 1, "key {key}: counts go up by one");
+        updates += 1;
+    }
+    assert_eq!(updates, RECORDS, "every record counted exactly once");
+    for key in 0..KEYS {
+        let expected = (0..RECORDS).filter(|i| i % KEYS == key).count() as u64;
+        assert_eq!(last.get(&key).copied().unwrap_or(0), expected, "key {key}");
+    }
+}

@@ -1,0 +1,405 @@
+//! The client commands (`list`, `savepoint`, `stop`, `cancel`) of the `flowstate`
+//! binary against an HTTP API served in this test process by `flowstate-rest`, with a
+//! fake job service behind it. Checks what the commands print and send, not the
+//! runtime (the runtime's side is tested with real jobs elsewhere).
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use flowstate_rest::{
+    CheckpointCounts, CheckpointHistory, JobDetails, JobService, JobState, JobSummary, RestServer,
+    SavepointStatus, ServiceError, serve,
+};
+use support::{Run, flowstate};
+
+/// Completes a savepoint on the third status poll (so the CLI must poll), fails it
+/// for job `doomed`, never completes it for job `slow`; a stopped job reports
+/// `STOPPING` twice more before `FINISHED`.
+#[derive(Default)]
+struct Fake {
+    state: Mutex<FakeState>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    jobs: Vec<JobSummary>,
+    /// request id -> (job, status polls so far, target, stop)
+    requests: HashMap<String, (String, u32, Option<String>, bool)>,
+    /// Details calls left before a stopping job reports FINISHED.
+    stopping_polls: HashMap<String, u32>,
+    triggers: Vec<(String, Option<String>, bool)>,
+}
+
+impl Fake {
+    fn start() -> (Arc<Fake>, RestServer) {
+        let fake = Arc::new(Fake::default());
+        fake.state.lock().unwrap().jobs = [
+            ("0badc0ffee", "keyed-count", JobState::Running),
+            ("1d", "wordcount", JobState::Running),
+            ("doomed", "doomed", JobState::Running),
+            ("slow", "slow", JobState::Running),
+            ("fin", "done", JobState::Finished),
+        ]
+        .into_iter()
+        .map(|(id, name, state)| JobSummary {
+            id: id.into(),
+            name: name.into(),
+            state,
+        })
+        .collect();
+        let server = serve("127.0.0.1:0", fake.clone()).expect("serve");
+        (fake, server)
+    }
+
+    fn triggers(&self) -> Vec<(String, Option<String>, bool)> {
+        self.state.lock().unwrap().triggers.clone()
+    }
+}
+
+fn no_job(job: &str) -> ServiceError {
+    ServiceError::NotFound(format!("no job '{job}'"))
+}
+
+impl JobService for Fake {
+    fn list(&self) -> Vec<JobSummary> {
+        self.state.lock().unwrap().jobs.clone()
+    }
+
+    fn details(&self, job: &str) -> Result<JobDetails, ServiceError> {
+        let mut state = self.state.lock().unwrap();
+        let left = state.stopping_polls.get(job).copied();
+        let summary = state
+            .jobs
+            .iter_mut()
+            .find(|j| j.id == job)
+            .ok_or_else(|| no_job(job))?;
+        match left {
+            Some(0) => summary.state = JobState::Finished,
+            Some(n) => {
+                summary.state = JobState::Stopping;
+                state.stopping_polls.insert(job.to_owned(), n - 1);
+            }
+            None => {}
+        }
+        let summary = state
+            .jobs
+            .iter()
+            .find(|j| j.id == job)
+            .ok_or_else(|| no_job(job))?;
+        Ok(JobDetails {
+            id: summary.id.clone(),
+            name: summary.name.clone(),
+            state: summary.state,
+            start_time_ms: 0,
+            duration_ms: 0,
+            parallelism: 1,
+            max_parallelism: 128,
+            restored_from: None,
+            records_in: 0,
+            records_to_sinks: 0,
+            restarts: 0,
+            vertices: vec![],
+        })
+    }
+
+    fn checkpoints(&self, _job: &str) -> Result<CheckpointHistory, ServiceError> {
+        Ok(CheckpointHistory {
+            counts: CheckpointCounts {
+                in_progress: 0,
+                completed: 0,
+                failed: 0,
+            },
+            latest_completed: None,
+            history: vec![],
+        })
+    }
+
+    fn trigger_savepoint(
+        &self,
+        job: &str,
+        target: Option<String>,
+        stop: bool,
+    ) -> Result<String, ServiceError> {
+        let mut state = self.state.lock().unwrap();
+        let summary = state
+            .jobs
+            .iter()
+            .find(|j| j.id == job)
+            .ok_or_else(|| no_job(job))?;
+        if summary.state != JobState::Running {
+            return Err(ServiceError::Conflict(format!(
+                "job '{job}' is {}",
+                summary.state
+            )));
+        }
+        if state
+            .requests
+            .values()
+            .any(|(j, polls, _, _)| j == job && *polls < 3)
+        {
+            return Err(ServiceError::Conflict(format!(
+                "a savepoint of job '{job}' is already in progress"
+            )));
+        }
+        let id = format!("req-{}", state.requests.len() + 1);
+        state
+            .requests
+            .insert(id.clone(), (job.to_owned(), 0, target.clone(), stop));
+        state.triggers.push((job.to_owned(), target, stop));
+        Ok(id)
+    }
+
+    fn savepoint_status(
+        &self,
+        job: &str,
+        request_id: &str,
+    ) -> Result<SavepointStatus, ServiceError> {
+        let mut state = self.state.lock().unwrap();
+        let (owner, polls, target, stop) = state.requests.get_mut(request_id).ok_or_else(|| {
+            ServiceError::NotFound(format!("no savepoint request '{request_id}'"))
+        })?;
+        assert_eq!(owner, job);
+        *polls += 1;
+        let in_progress = SavepointStatus {
+            status: SavepointStatus::IN_PROGRESS.into(),
+            location: None,
+            checkpoint_id: None,
+            failure: None,
+        };
+        let answer = match job {
+            "slow" => in_progress,
+            _ if *polls < 3 => in_progress,
+            "doomed" => SavepointStatus {
+                status: SavepointStatus::FAILED.into(),
+                failure: Some("task count (1/2) failed: disk full".into()),
+                ..in_progress
+            },
+            _ => SavepointStatus {
+                status: SavepointStatus::COMPLETED.into(),
+                location: Some(format!(
+                    "{}/savepoint-{job}-1",
+                    target.as_deref().unwrap_or("/default")
+                )),
+                checkpoint_id: Some(1),
+                failure: None,
+            },
+        };
+        if *stop && answer.status == SavepointStatus::COMPLETED {
+            let job = job.to_owned();
+            state.stopping_polls.insert(job, 2);
+        }
+        Ok(answer)
+    }
+
+    fn cancel(&self, job: &str) -> Result<(), ServiceError> {
+        let mut state = self.state.lock().unwrap();
+        let summary = state
+            .jobs
+            .iter_mut()
+            .find(|j| j.id == job)
+            .ok_or_else(|| no_job(job))?;
+        summary.state = JobState::Cancelled;
+        Ok(())
+    }
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("cannot create a temporary directory")
+}
+
+/// Runs `flowstate ARGS --rest ADDR` in `cwd`.
+fn client(cwd: &Path, addr: SocketAddr, args: &[&str]) -> Run {
+    let addr = addr.to_string();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--rest", &addr]);
+    flowstate(cwd, &all)
+}
+
+#[test]
+fn list_prints_one_line_per_job() {
+    let (_fake, server) = Fake::start();
+    let dir = tempdir();
+    let run = client(dir.path(), server.local_addr(), &["list"]);
+    run.assert_success();
+    assert_eq!(
+        run.stdout,
+        "ID          STATE     NAME\n\
+         0badc0ffee  RUNNING   keyed-count\n\
+         1d          RUNNING   wordcount\n\
+         doomed      RUNNING   doomed\n\
+         slow        RUNNING   slow\n\
+         fin         FINISHED  done\n"
+    );
+}
+
+#[test]
+fn savepoint_sends_an_absolute_target_polls_and_prints_the_location() {
+    let (fake, server) = Fake::start();
+    let dir = tempdir();
+    let cwd = dir.path().canonicalize().unwrap();
+    let run = client(
+        &cwd,
+        server.local_addr(),
+        &["savepoint", "0badc0ffee", "--target", "sp"],
+    );
+    run.assert_success();
+    let target = cwd.join("sp").to_str().unwrap().to_owned();
+    assert_eq!(
+        run.stdout,
+        format!("Savepoint completed: {target}/savepoint-0badc0ffee-1\n")
+    );
+    assert_eq!(
+        fake.triggers(),
+        vec![("0badc0ffee".to_owned(), Some(target), false)]
+    );
+
+    // Without --target: the job's default; URLs are sent as given.
+    let run = client(&cwd, server.local_addr(), &["savepoint", "1d"]);
+    run.assert_success();
+    assert_eq!(run.stdout, "Savepoint completed: /default/savepoint-1d-1\n");
+    let run = client(
+        &cwd,
+        server.local_addr(),
+        &["savepoint", "1d", "--target", "s3://b/sp"],
+    );
+    run.assert_success();
+    assert_eq!(fake.triggers()[2].1.as_deref(), Some("s3://b/sp"));
+}
+
+#[test]
+fn savepoint_no_wait_prints_the_request_id_and_a_second_one_conflicts() {
+    let (_fake, server) = Fake::start();
+    let dir = tempdir();
+    let run = client(
+        dir.path(),
+        server.local_addr(),
+        &["savepoint", "slow", "--no-wait"],
+    );
+    run.assert_success();
+    assert_eq!(run.stdout, "req-1\n");
+    let run = client(dir.path(), server.local_addr(), &["savepoint", "slow"]);
+    run.assert_failure();
+    assert_eq!(
+        run.single_error_line(),
+        "flowstate: error: a savepoint of job 'slow' is already in progress (HTTP 409)"
+    );
+}
+
+#[test]
+fn a_failed_savepoint_fails_the_command_with_the_reason() {
+    let (_fake, server) = Fake::start();
+    let dir = tempdir();
+    let run = client(dir.path(), server.local_addr(), &["savepoint", "doomed"]);
+    run.assert_failure();
+    assert_eq!(
+        run.single_error_line(),
+        "flowstate: error: savepoint of job doomed failed: task count (1/2) failed: disk full"
+    );
+    assert_eq!(run.stdout, "");
+}
+
+#[test]
+fn savepoint_waits_no_longer_than_its_timeout() {
+    let (_fake, server) = Fake::start();
+    let dir = tempdir();
+    let started = std::time::Instant::now();
+    let run = client(
+        dir.path(),
+        server.local_addr(),
+        &["savepoint", "slow", "--timeout", "300ms"],
+    );
+    run.assert_failure();
+    assert!(
+        run.single_error_line()
+            .contains("still in progress after 300ms"),
+        "{run}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn stop_prints_the_savepoint_then_waits_for_the_job_to_end() {
+    let (fake, server) = Fake::start();
+    let dir = tempdir();
+    let run = client(
+        dir.path(),
+        server.local_addr(),
+        &["stop", "0badc0ffee", "--savepoint", "/sp"],
+    );
+    run.assert_success();
+    assert_eq!(
+        run.stdout,
+        "Savepoint completed: /sp/savepoint-0badc0ffee-1\nJob 0badc0ffee stopped.\n"
+    );
+    assert_eq!(
+        fake.triggers(),
+        vec![("0badc0ffee".to_owned(), Some("/sp".to_owned()), true)]
+    );
+    // It waited through the STOPPING answers until FINISHED.
+    let run = client(dir.path(), server.local_addr(), &["list"]);
+    assert!(
+        run.stdout.contains("0badc0ffee  FINISHED  keyed-count"),
+        "{run}"
+    );
+
+    // A job that has ended cannot be stopped: the service's conflict, one line.
+    let run = client(
+        dir.path(),
+        server.local_addr(),
+        &["stop", "fin", "--savepoint", "/sp"],
+    );
+    run.assert_failure();
+    assert_eq!(
+        run.single_error_line(),
+        "flowstate: error: job 'fin' is FINISHED (HTTP 409)"
+    );
+}
+
+#[test]
+fn cancel_prints_what_it_did_and_unknown_jobs_are_one_clear_line() {
+    let (_fake, server) = Fake::start();
+    let dir = tempdir();
+    let run = client(dir.path(), server.local_addr(), &["cancel", "1d"]);
+    run.assert_success();
+    assert_eq!(run.stdout, "Cancelled job 1d.\n");
+    for args in [
+        &["cancel", "x"][..],
+        &["savepoint", "x"][..],
+        &["stop", "x", "--savepoint", "/sp"][..],
+    ] {
+        let run = client(dir.path(), server.local_addr(), args);
+        run.assert_failure();
+        assert_eq!(
+            run.single_error_line(),
+            "flowstate: error: no job 'x' (HTTP 404)"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_api_is_one_clear_line() {
+    // A port that was free a moment ago: nothing listens there now.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempdir();
+    for args in [&["list"][..], &["cancel", "x"][..]] {
+        let run = client(dir.path(), addr, args);
+        run.assert_failure();
+        let line = run.single_error_line();
+        assert!(
+            line.starts_with(&format!(
+                "flowstate: error: cannot reach the flowstate HTTP API at {addr}: "
+            )) && line.ends_with(&format!("(is the job running with --rest {addr}?)")),
+            "{line}"
+        );
+    }
+    let run = flowstate(dir.path(), &["list", "--rest", "https://h:1"]);
+    run.assert_failure();
+    assert!(run.single_error_line().contains("no TLS"), "{run}");
+}

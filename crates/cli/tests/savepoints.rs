@@ -1,0 +1,1767 @@
+//! End-to-end acceptance tests of savepoints through the `flowstate` binary
+//! (issue 5): a savepoint of a running job taken with `flowstate savepoint`,
+//! the job cancelled, the savepoint moved and restored at other parallelisms
+//! (and state backends); stop-with-savepoint and resume, with the savepoint's
+//! state dumped and compared with the committed output; a savepoint restored
+//! into a changed job; the HTTP API of a real running job over a real socket;
+//! and exactly-once under SIGKILL with savepoints in the mix.
+//!
+//! Results are checked with the independent reference implementation in
+//! `support`; the HTTP API is spoken raw (HTTP/1.1 over a `TcpStream`, with a
+//! small JSON reader here), never through the flowstate crates. Pass or fail
+//! never depends on timing: runs are throttled with `--rate` so that they are
+//! still going when a test acts on them, and no assertion depends on where
+//! exactly a savepoint landed. Kill moments come from a seeded generator: set
+//! `FLOWSTATE_CRASH_SEED` to replay a run's moments (the seed is printed).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use support::{
+    Run, arg, check_keyed_count_output, check_wordcount_output, committed_lines, count_words,
+    expected_keyed_count_result, flowstate, splitmix64, visible_entries, workload_values,
+};
+
+/// Longest any run may take.
+const RUN_DEADLINE: Duration = Duration::from_secs(300);
+/// Longest a job may take to start serving its HTTP API.
+const API_DEADLINE: Duration = Duration::from_secs(60);
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("cannot create a temporary directory")
+}
+
+/// The tests spawn multi-threaded processes that are throttled and acted on
+/// while they run; one at a time keeps a small machine responsive.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static MACHINE: Mutex<()> = Mutex::new(());
+    MACHINE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+fn run_args(cwd: &Path, args: &[String]) -> Run {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    flowstate(cwd, &refs)
+}
+
+// ---------------------------------------------------------------------------
+// Spawned jobs.
+
+/// A child process that is killed if the test ends early.
+struct Process {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    started: Instant,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts `flowstate ARGS` in `cwd`, its stdout and stderr going to
+/// `<logs>/<name>.out` and `.err`.
+fn start(cwd: &Path, logs: &Path, name: &str, args: &[String]) -> Process {
+    std::fs::create_dir_all(logs).unwrap();
+    let stdout = logs.join(format!("{name}.out"));
+    let stderr = logs.join(format!("{name}.err"));
+    let child = Command::new(env!("CARGO_BIN_EXE_flowstate"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("FLOWSTATE_LOG")
+        .stdin(Stdio::null())
+        .stdout(File::create(&stdout).unwrap())
+        .stderr(File::create(&stderr).unwrap())
+        .spawn()
+        .expect("cannot start the flowstate binary");
+    Process {
+        child,
+        stdout,
+        stderr,
+        started: Instant::now(),
+    }
+}
+
+const SIGKILL: i32 = 9;
+
+impl Process {
+    fn run(&self, status: ExitStatus) -> Run {
+        Run {
+            code: status.code(),
+            stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            stderr: String::from_utf8_lossy(&std::fs::read(&self.stderr).unwrap_or_default())
+                .into_owned(),
+        }
+    }
+
+    fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.stderr).unwrap_or_default()).into_owned()
+    }
+
+    /// The run's output if it has ended.
+    fn ended(&mut self) -> Option<Run> {
+        let status = self.child.try_wait().unwrap()?;
+        Some(self.run(status))
+    }
+
+    /// Waits until the process ended by itself (at most `RUN_DEADLINE` after
+    /// its start).
+    fn wait(mut self) -> Run {
+        loop {
+            if let Some(run) = self.ended() {
+                return run;
+            }
+            if self.started.elapsed() > RUN_DEADLINE {
+                let _ = self.child.kill();
+                let status = self.child.wait().unwrap();
+                panic!(
+                    "flowstate did not finish within {RUN_DEADLINE:?}: {}",
+                    self.run(status)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL now, unless the process has ended. `true`: it was killed.
+    fn kill(mut self) -> (bool, Run) {
+        if let Some(run) = self.ended() {
+            return (false, run);
+        }
+        let _ = self.child.kill();
+        let status = self.child.wait().unwrap();
+        (status.signal() == Some(SIGKILL), self.run(status))
+    }
+}
+
+/// A running job with its HTTP API.
+struct Served {
+    process: Process,
+    /// `127.0.0.1:PORT`.
+    addr: String,
+    job: String,
+}
+
+/// Starts `flowstate ARGS --rest 127.0.0.1:0` and waits (reading its stderr as
+/// it grows) until it has logged its job id and the address of its HTTP API.
+fn start_served(cwd: &Path, logs: &Path, name: &str, args: &[String]) -> Served {
+    let mut args = args.to_vec();
+    args.extend(strings(&["--rest", "127.0.0.1:0"]));
+    let mut process = start(cwd, logs, name, &args);
+    loop {
+        let stderr = process.stderr_so_far();
+        let addr = after(&stderr, "HTTP API listening on http://", |c| {
+            c.is_whitespace()
+        });
+        let job = after(&stderr, "job_id=\"", |c| c == '"');
+        if let (Some(addr), Some(job)) = (addr, job) {
+            return Served { process, addr, job };
+        }
+        if let Some(run) = process.ended() {
+            panic!("flowstate ended before serving its HTTP API: {run}");
+        }
+        if process.started.elapsed() > API_DEADLINE {
+            panic!("no HTTP API after {API_DEADLINE:?}; stderr so far:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The text after the first `marker` in `text`, up to `end` (which must
+/// follow: a line still being written is not taken).
+fn after(text: &str, marker: &str, end: impl Fn(char) -> bool) -> Option<String> {
+    let start = text.find(marker)? + marker.len();
+    let rest = &text[start..];
+    let len = rest.find(end)?;
+    Some(rest[..len].to_owned())
+}
+
+impl Served {
+    fn details(&self) -> Json {
+        let answer = http(&self.addr, "GET", &format!("/jobs/{}", self.job), None);
+        answer.expect_status(200);
+        answer.json()
+    }
+
+    /// Polls `GET /jobs/{id}` until `records_in` is at least `at_least`.
+    fn wait_for_records(&mut self, at_least: u64) -> u64 {
+        loop {
+            if let Some(run) = self.process.ended() {
+                panic!("the job ended before {at_least} records were in: {run}");
+            }
+            let records = self.details().field("records_in").u64();
+            if records >= at_least {
+                return records;
+            }
+            if self.process.started.elapsed() > RUN_DEADLINE {
+                panic!("fewer than {at_least} records in after {RUN_DEADLINE:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `flowstate savepoint JOB --target DIR`: the savepoint's directory.
+    fn savepoint(&self, cwd: &Path, target: &Path) -> PathBuf {
+        let run = flowstate(
+            cwd,
+            &[
+                "savepoint",
+                &self.job,
+                "--target",
+                arg(target),
+                "--rest",
+                &self.addr,
+            ],
+        );
+        run.assert_success();
+        let location = completed_location(&run);
+        assert_eq!(
+            run.stdout.lines().count(),
+            1,
+            "savepoint prints one line: {run}"
+        );
+        assert_in_target(&location, target);
+        location
+    }
+
+    /// `flowstate cancel JOB`; then the run must end with the cancel error.
+    fn cancel(self, cwd: &Path) -> Run {
+        let cancel = flowstate(cwd, &["cancel", &self.job, "--rest", &self.addr]);
+        cancel.assert_success();
+        let run = self.process.wait();
+        run.assert_failure();
+        let error = run.single_error_line();
+        assert!(
+            error.contains("job keyed-count was cancelled"),
+            "unexpected error after a cancel: {run}"
+        );
+        run
+    }
+}
+
+/// The location in the `Savepoint completed: <location>` line of a client
+/// command, as a local path.
+fn completed_location(run: &Run) -> PathBuf {
+    let location = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Savepoint completed: "))
+        .unwrap_or_else(|| panic!("no 'Savepoint completed:' line: {run}"));
+    PathBuf::from(location.strip_prefix("file://").unwrap_or(location))
+}
+
+/// A savepoint location is a `savepoint-...` directory right under the
+/// target, with a `_metadata`.
+fn assert_in_target(location: &Path, target: &Path) {
+    assert_eq!(
+        location.parent(),
+        Some(target),
+        "the savepoint {} is not right under its target {}",
+        location.display(),
+        target.display()
+    );
+    let name = location.file_name().unwrap().to_string_lossy();
+    assert!(
+        name.starts_with("savepoint-"),
+        "savepoint directory named {name}"
+    );
+    assert!(
+        location.join("_metadata").is_file(),
+        "no _metadata in {}",
+        location.display()
+    );
+}
+
+/// The keyed state files of operator `uid` in a savepoint, by subtask.
+fn assert_keyed_files(savepoint: &Path, uid: &str, parallelism: u32) {
+    let dir = savepoint.join("state").join(uid);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let expected: Vec<String> = (0..parallelism).map(|i| format!("{i}.keyed")).collect();
+    assert_eq!(names, expected, "keyed files of {uid} in the savepoint");
+}
+
+/// Copies a directory tree, hidden (in-progress) files included.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The lines of the visible (committed) files of `dir`, whatever else it holds.
+fn visible_lines(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for name in visible_entries(dir) {
+        let text = std::fs::read_to_string(dir.join(&name))
+            .unwrap_or_else(|e| panic!("committed file {name} unreadable: {e}"));
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "committed file {name} ends with a partial line"
+        );
+        lines.extend(text.lines().map(str::to_owned));
+    }
+    lines
+}
+
+// ---------------------------------------------------------------------------
+// Raw HTTP/1.1 and a small JSON reader.
+
+struct Http {
+    status: u16,
+    content_type: String,
+    body: String,
+    /// What was asked, for messages.
+    request: String,
+}
+
+impl Http {
+    fn expect_status(&self, status: u16) -> &Self {
+        assert_eq!(
+            self.status, status,
+            "{}: expected {status}, got {} {}",
+            self.request, self.status, self.body
+        );
+        self
+    }
+
+    fn json(&self) -> Json {
+        assert!(
+            self.content_type.starts_with("application/json"),
+            "{}: content type {:?}, body {}",
+            self.request,
+            self.content_type,
+            self.body
+        );
+        Json::parse(&self.body)
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {}", self.request, self.body))
+    }
+
+    /// An error answer: `status`, and a JSON body `{"error": "<non-empty>",
+    /// "status": status}`. Returns the message.
+    fn expect_error(&self, status: u16) -> String {
+        self.expect_status(status);
+        let body = self.json();
+        assert_eq!(
+            body.field("status").u64(),
+            u64::from(status),
+            "{}: {}",
+            self.request,
+            self.body
+        );
+        let message = body.field("error").str().to_owned();
+        assert!(
+            !message.trim().is_empty(),
+            "{}: empty error message",
+            self.request
+        );
+        message
+    }
+}
+
+/// One HTTP/1.1 request over a new connection (`Connection: close`).
+fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> Http {
+    try_http(addr, method, path, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`http`], with connection and read errors returned (the process may be
+/// going away).
+fn try_http(addr: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Result<Http> {
+    let request = format!("{method} {path}");
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n"
+    );
+    let body = match body {
+        Some(body) => {
+            head.push_str("Content-Type: application/json\r\n");
+            body
+        }
+        None => "",
+    };
+    if body.is_empty() && method == "GET" {
+        head.push_str("\r\n");
+    } else {
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    }
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("{request}: no end of headers in {raw:?}"));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut content = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status: u16 = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|s| s.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{request}: bad status line {status_line:?}"));
+    let mut content_type = String::new();
+    let mut chunked = false;
+    for line in lines {
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.trim();
+        match name.to_ascii_lowercase().as_str() {
+            "content-type" => content_type = value.to_owned(),
+            "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+            _ => {}
+        }
+    }
+    if chunked {
+        content = dechunk(&content);
+    }
+    Ok(Http {
+        status,
+        content_type,
+        body: String::from_utf8(content)
+            .unwrap_or_else(|e| panic!("{request}: body is not UTF-8: {e}")),
+        request,
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size_text = String::from_utf8_lossy(&data[..line_end]);
+        let size_text = size_text.split(';').next().unwrap().trim();
+        let size = usize::from_str_radix(size_text, 16).expect("chunk size");
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Json {
+    Null,
+    Bool(bool),
+    /// The number's text (so that u64 values stay exact).
+    Number(String),
+    Str(String),
+    Array(Vec<Json>),
+    Object(Vec<(String, Json)>),
+}
+
+impl Json {
+    fn parse(text: &str) -> Result<Json, String> {
+        let mut parser = JsonParser {
+            bytes: text.as_bytes(),
+            at: 0,
+        };
+        let value = parser.value()?;
+        parser.space();
+        if parser.at != parser.bytes.len() {
+            return Err(format!("trailing text at byte {}", parser.at));
+        }
+        Ok(value)
+    }
+
+    fn get(&self, key: &str) -> Option<&Json> {
+        match self {
+            Json::Object(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn field(&self, key: &str) -> &Json {
+        self.get(key)
+            .unwrap_or_else(|| panic!("no field {key:?} in {self:?}"))
+    }
+
+    fn str(&self) -> &str {
+        match self {
+            Json::Str(s) => s,
+            other => panic!("not a string: {other:?}"),
+        }
+    }
+
+    fn u64(&self) -> u64 {
+        match self {
+            Json::Number(n) => n.parse().unwrap_or_else(|_| panic!("not a u64: {n}")),
+            other => panic!("not a number: {other:?}"),
+        }
+    }
+
+    fn array(&self) -> &[Json] {
+        match self {
+            Json::Array(items) => items,
+            other => panic!("not an array: {other:?}"),
+        }
+    }
+}
+
+struct JsonParser<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl JsonParser<'_> {
+    fn space(&mut self) {
+        while self
+            .bytes
+            .get(self.at)
+            .is_some_and(|b| b" \t\r\n".contains(b))
+        {
+            self.at += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn eat(&mut self, byte: u8) -> Result<(), String> {
+        self.space();
+        if self.peek() == Some(byte) {
+            self.at += 1;
+            Ok(())
+        } else {
+            Err(format!("expected '{}' at byte {}", byte as char, self.at))
+        }
+    }
+
+    fn literal(&mut self, word: &str, value: Json) -> Result<Json, String> {
+        if self.bytes[self.at..].starts_with(word.as_bytes()) {
+            self.at += word.len();
+            Ok(value)
+        } else {
+            Err(format!("bad literal at byte {}", self.at))
+        }
+    }
+
+    fn value(&mut self) -> Result<Json, String> {
+        self.space();
+        match self.peek() {
+            Some(b'{') => {
+                self.at += 1;
+                let mut fields = Vec::new();
+                self.space();
+                if self.peek() == Some(b'}') {
+                    self.at += 1;
+                    return Ok(Json::Object(fields));
+                }
+                loop {
+                    self.space();
+                    let key = self.string()?;
+                    self.eat(b':')?;
+                    fields.push((key, self.value()?));
+                    self.space();
+                    match self.peek() {
+                        Some(b',') => self.at += 1,
+                        Some(b'}') => {
+                            self.at += 1;
+                            return Ok(Json::Object(fields));
+                        }
+                        _ => return Err(format!("bad object at byte {}", self.at)),
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.at += 1;
+                let mut items = Vec::new();
+                self.space();
+                if self.peek() == Some(b']') {
+                    self.at += 1;
+                    return Ok(Json::Array(items));
+                }
+                loop {
+                    items.push(self.value()?);
+                    self.space();
+                    match self.peek() {
+                        Some(b',') => self.at += 1,
+                        Some(b']') => {
+                            self.at += 1;
+                            return Ok(Json::Array(items));
+                        }
+                        _ => return Err(format!("bad array at byte {}", self.at)),
+                    }
+                }
+            }
+            Some(b'"') => Ok(Json::Str(self.string()?)),
+            Some(b't') => self.literal("true", Json::Bool(true)),
+            Some(b'f') => self.literal("false", Json::Bool(false)),
+            Some(b'n') => self.literal("null", Json::Null),
+            Some(b) if b == b'-' || b.is_ascii_digit() => {
+                let start = self.at;
+                while self
+                    .peek()
+                    .is_some_and(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+                {
+                    self.at += 1;
+                }
+                let text = std::str::from_utf8(&self.bytes[start..self.at]).unwrap();
+                text.parse::<f64>()
+                    .map_err(|_| format!("bad number {text:?}"))?;
+                Ok(Json::Number(text.to_owned()))
+            }
+            _ => Err(format!("unexpected input at byte {}", self.at)),
+        }
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        if self.peek() != Some(b'"') {
+            return Err(format!("expected a string at byte {}", self.at));
+        }
+        self.at += 1;
+        let mut out = Vec::new();
+        loop {
+            let b = self.peek().ok_or("unterminated string")?;
+            self.at += 1;
+            match b {
+                b'"' => return String::from_utf8(out).map_err(|e| e.to_string()),
+                b'\\' => {
+                    let e = self.peek().ok_or("unterminated escape")?;
+                    self.at += 1;
+                    let c = match e {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => {
+                            let hex = self
+                                .bytes
+                                .get(self.at..self.at + 4)
+                                .ok_or("short \\u escape")?;
+                            self.at += 4;
+                            let code = u32::from_str_radix(std::str::from_utf8(hex).unwrap(), 16)
+                                .map_err(|e| e.to_string())?;
+                            char::from_u32(code).unwrap_or('\u{fffd}')
+                        }
+                        _ => return Err(format!("bad escape at byte {}", self.at)),
+                    };
+                    let mut buf = [0; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+                _ => out.push(b),
+            }
+        }
+    }
+}
+
+#[test]
+fn the_json_reader_reads_what_the_api_writes() {
+    let value = Json::parse(
+        r#" {"a": [1, -2.5e3, "x\"\u00e9\n"], "b": {"c": null, "d": true}, "e": 18446744073709551615} "#,
+    )
+    .unwrap();
+    assert_eq!(value.field("a").array().len(), 3);
+    assert_eq!(value.field("a").array()[2].str(), "x\"é\n");
+    assert_eq!(value.field("b").field("c"), &Json::Null);
+    assert_eq!(value.field("b").field("d"), &Json::Bool(true));
+    assert_eq!(value.field("e").u64(), u64::MAX);
+    assert!(Json::parse(r#"{"a": }"#).is_err());
+    assert!(Json::parse(r#"{"a": 1} x"#).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// keyed-count.
+
+/// `run keyed-count --records N --keys K --parallelism P` and `extra`.
+fn keyed_count(records: u64, keys: u64, parallelism: u32, extra: &[&str]) -> Vec<String> {
+    let mut args = strings(&[
+        "run",
+        "keyed-count",
+        "--records",
+        &records.to_string(),
+        "--keys",
+        &keys.to_string(),
+        "--parallelism",
+        &parallelism.to_string(),
+    ]);
+    args.extend(strings(extra));
+    args
+}
+
+/// `(records, keys, checksum)` of a `RESULT records=N keys=K checksum=C` line.
+fn parse_result(line: &str) -> (u64, u64, u64) {
+    support::assert_keyed_count_result_shape(line);
+    let fields: Vec<&str> = line.split(' ').collect();
+    let value = |i: usize| fields[i].split_once('=').unwrap().1;
+    (
+        value(1).parse().unwrap(),
+        value(2).parse().unwrap(),
+        u64::from_str_radix(value(3), 16).unwrap(),
+    )
+}
+
+/// The brief's checksum of a keyed-count state (`key -> (count, sum)`).
+fn checksum_of(state: &BTreeMap<u64, (u64, u64)>) -> u64 {
+    state.iter().fold(0u64, |acc, (&key, &(count, sum))| {
+        acc.wrapping_add(splitmix64(splitmix64(splitmix64(key) ^ count) ^ sum))
+    })
+}
+
+/// Checks the committed output of a keyed-count run that stopped part-way:
+/// every key's lines carry counts 1..c exactly once, the values its updates
+/// added are values of distinct records of that key in W, one line per
+/// record. Returns the state it describes: `key -> (c, sum at count c)`.
+fn check_partial_output(lines: &[String], records: u64, keys: u64) -> BTreeMap<u64, (u64, u64)> {
+    let all = workload_values(records, keys);
+    let mut by_key: BTreeMap<u64, BTreeMap<u64, u64>> = BTreeMap::new();
+    for line in lines {
+        let fields: Vec<u64> = line
+            .split(',')
+            .map(|f| {
+                f.parse()
+                    .unwrap_or_else(|_| panic!("bad output line {line:?}"))
+            })
+            .collect();
+        let [key, count, sum] = fields[..] else {
+            panic!("bad output line {line:?}");
+        };
+        assert!(key < keys && count >= 1, "bad output line {line:?}");
+        let previous = by_key.entry(key).or_default().insert(count, sum);
+        assert!(
+            previous.is_none(),
+            "key {key}: count {count} appears more than once"
+        );
+    }
+    let mut state = BTreeMap::new();
+    for (key, updates) in &by_key {
+        let c = updates.len() as u64;
+        assert_eq!(
+            updates.keys().copied().collect::<Vec<_>>(),
+            (1..=c).collect::<Vec<_>>(),
+            "key {key}: counts are not exactly 1..{c}"
+        );
+        let values = all
+            .get(key)
+            .unwrap_or_else(|| panic!("key {key} gets no record in W"));
+        let mut previous = 0u64;
+        let mut added = Vec::new();
+        for &sum in updates.values() {
+            added.push(sum.wrapping_sub(previous));
+            previous = sum;
+        }
+        added.sort_unstable();
+        let mut unused = values.iter().peekable();
+        for value in &added {
+            while unused.peek().is_some_and(|&&v| v < *value) {
+                unused.next();
+            }
+            assert_eq!(
+                unused.next(),
+                Some(value),
+                "key {key}: an update added {value}, not the value of a (distinct) record of the key"
+            );
+        }
+        state.insert(*key, (c, previous));
+    }
+    state
+}
+
+/// Where a run keeps its keyed state: heap or RocksDB (full or incremental).
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Heap,
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
+    RocksDb,
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
+    RocksDbIncremental,
+}
+
+impl Backend {
+    fn args(self, state_dir: &Path) -> Vec<String> {
+        let rocksdb = |incremental: bool| {
+            let mut args = strings(&["--state-backend", "rocksdb", "--state-dir", arg(state_dir)]);
+            if incremental {
+                args.push("--incremental".into());
+            }
+            args
+        };
+        match self {
+            Backend::Heap => Vec::new(),
+            Backend::RocksDb => rocksdb(false),
+            Backend::RocksDbIncremental => rocksdb(true),
+        }
+    }
+}
+
+/// Scenario of tests 1 and 2: a throttled keyed-count run at parallelism 2
+/// on `first` (no periodic checkpoint: `--checkpoint-interval 1h`), a
+/// savepoint with `flowstate savepoint` once half the records are in, then
+/// `flowstate cancel`. The savepoint must not have committed any output. The
+/// savepoint is then moved (and renamed), and for each of `restores`, a copy
+/// of the output directory (in-progress files included) is resumed from it:
+/// the RESULT line and the exactly-once check of the copy must be right.
+fn savepoint_cancel_and_restore(
+    name: &str,
+    records: u64,
+    rate: u64,
+    first: Backend,
+    restores: &[(u32, Backend)],
+) {
+    const KEYS: u64 = 1_000_000;
+    let _turn = one_at_a_time();
+    let started = Instant::now();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let (out, logs, target) = (root.join("out"), root.join("logs"), root.join("savepoints"));
+    let expected = expected_keyed_count_result(records, KEYS);
+
+    let mut args = keyed_count(
+        records,
+        KEYS,
+        2,
+        &[
+            "--checkpoint-interval",
+            "1h",
+            "--checkpoint-dir",
+            arg(&root.join("ck")),
+            "--output",
+            arg(&out),
+            "--rate",
+            &rate.to_string(),
+        ],
+    );
+    args.extend(first.args(&root.join("state")));
+    let mut job = start_served(root, &logs, "run-1", &args);
+    let records_in = job.wait_for_records(records / 2);
+    let savepoint = job.savepoint(root, &target);
+    assert_keyed_files(&savepoint, "count-and-sum", 2);
+    let run = job.cancel(root);
+    eprintln!(
+        "[{name}] savepoint after {records_in} records in, cancelled after {:.1}s: {}",
+        started.elapsed().as_secs_f64(),
+        run.error_lines()[0]
+    );
+    assert!(
+        visible_entries(&out).is_empty(),
+        "an intermediate savepoint (or the cancel) committed output: {:?}",
+        visible_entries(&out)
+    );
+
+    // Relocate the savepoint: every restore below reads it from elsewhere, under
+    // another name, with its original target gone.
+    let elsewhere = root.join("elsewhere").join("deeper");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let moved = elsewhere.join("moved-savepoint");
+    std::fs::rename(&savepoint, &moved).unwrap();
+    std::fs::remove_dir(&target).unwrap();
+
+    for (i, &(parallelism, backend)) in restores.iter().enumerate() {
+        let label = format!("p{parallelism}-{backend:?}");
+        let copy = root.join(format!("out-{label}"));
+        copy_dir(&out, &copy);
+        // Alternately an absolute path and one relative to the working directory.
+        let (cwd, restore) = if i % 2 == 0 {
+            (root.to_path_buf(), arg(&moved).to_owned())
+        } else {
+            (elsewhere.clone(), "moved-savepoint".to_owned())
+        };
+        let mut args = keyed_count(
+            records,
+            KEYS,
+            parallelism,
+            &[
+                "--checkpoint-dir",
+                arg(&root.join(format!("ck-{label}"))),
+                "--output",
+                arg(&copy),
+                "--restore",
+                &restore,
+                "--rest",
+                "off",
+            ],
+        );
+        args.extend(backend.args(&root.join(format!("state-{label}"))));
+        let run = run_args(&cwd, &args);
+        run.assert_success();
+        assert_eq!(run.result_line(), expected, "restore at {label}: {run}");
+        check_keyed_count_output(&committed_lines(&copy), records, KEYS);
+        eprintln!(
+            "[{name}] restored at {label} from {restore}: right; {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Test 1: a savepoint of a running job (heap, p2) taken with `flowstate
+/// savepoint`, the job cancelled; the savepoint, moved elsewhere, resumes the
+/// job at parallelism 1, 3 and 4 (and on RocksDB, full and incremental, at
+/// p2): every resumed run gets W's result and exactly-once output. The
+/// savepoint committed nothing by itself.
+#[test]
+fn a_moved_savepoint_resumes_a_cancelled_job_at_other_parallelisms() {
+    let expected = expected_keyed_count_result(5_000_000, 1_000_000);
+    assert!(
+        expected.ends_with("checksum=3ada6211620c6f1f"),
+        "reference: {expected}"
+    );
+    #[allow(unused_mut)]
+    let mut restores = vec![(1, Backend::Heap), (3, Backend::Heap), (4, Backend::Heap)];
+    #[cfg(feature = "rocksdb")]
+    restores.extend([(2, Backend::RocksDb), (2, Backend::RocksDbIncremental)]);
+    savepoint_cancel_and_restore("heap-p2", 5_000_000, 400_000, Backend::Heap, &restores);
+}
+
+/// Test 2: the reverse switch: a savepoint of a RocksDB job with incremental
+/// checkpoints resumes on the heap backend at parallelism 3.
+#[cfg(feature = "rocksdb")]
+#[test]
+fn a_rocksdb_savepoint_resumes_on_the_heap_backend() {
+    savepoint_cancel_and_restore(
+        "rocksdb-incremental-p2",
+        2_000_000,
+        300_000,
+        Backend::RocksDbIncremental,
+        &[(3, Backend::Heap)],
+    );
+}
+
+/// The rows of `flowstate state dump ... --format csv` of keyed-count's
+/// `count-sum` state: `key -> (count, sum)`.
+fn parse_dump(run: &Run) -> BTreeMap<u64, (u64, u64)> {
+    let mut lines = run.stdout.lines();
+    let header = lines.next().unwrap_or_default();
+    assert!(
+        header.starts_with("key,"),
+        "expected a CSV header line first: {run}"
+    );
+    let mut state = BTreeMap::new();
+    for line in lines {
+        let fields: Vec<u64> = line
+            .split(',')
+            .map(|f| {
+                f.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad dump line {line:?}"))
+            })
+            .collect();
+        let [key, count, sum] = fields[..] else {
+            panic!("bad dump line {line:?} (expected key,count,sum)");
+        };
+        let previous = state.insert(key, (count, sum));
+        assert!(previous.is_none(), "key {key} dumped twice");
+    }
+    state
+}
+
+/// Test 3: stop-with-savepoint, then resume. `flowstate stop JOB --savepoint
+/// DIR` ends the run (exit 0, RESULT of what it processed) with its output
+/// committed up to the savepoint; the savepoint's `count-sum` state, dumped
+/// with `flowstate state dump`, is exactly what that output says (key by key,
+/// and the run's checksum); resuming from the savepoint into the same output
+/// directory finishes W with exactly-once output across both runs.
+#[test]
+fn stop_with_savepoint_then_resume_is_exactly_once_and_the_dump_matches() {
+    const RECORDS: u64 = 2_000_000;
+    const KEYS: u64 = 1_000_000;
+    let _turn = one_at_a_time();
+    let started = Instant::now();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let (out, logs, target, ck) = (
+        root.join("out"),
+        root.join("logs"),
+        root.join("savepoints"),
+        root.join("ck"),
+    );
+    let common = [
+        "--checkpoint-interval",
+        "300ms",
+        "--checkpoint-dir",
+        arg(&ck),
+        "--output",
+        arg(&out),
+    ];
+    let mut first = keyed_count(RECORDS, KEYS, 2, &common);
+    first.extend(strings(&["--rate", "300000"]));
+    let mut job = start_served(root, &logs, "run-1", &first);
+    let records_in = job.wait_for_records(RECORDS / 4);
+
+    let stop = flowstate(
+        root,
+        &[
+            "stop",
+            &job.job,
+            "--savepoint",
+            arg(&target),
+            "--rest",
+            &job.addr,
+        ],
+    );
+    stop.assert_success();
+    let savepoint = completed_location(&stop);
+    assert_in_target(&savepoint, &target);
+    assert_eq!(
+        stop.stdout,
+        format!(
+            "Savepoint completed: {}\nJob {} stopped.\n",
+            savepoint.display(),
+            job.job
+        ),
+        "{stop}"
+    );
+    let run1 = job.process.wait();
+    run1.assert_success();
+    let (records1, keys1, checksum1) = parse_result(run1.result_line());
+    eprintln!(
+        "[stop] {records_in} records in at the stop request; run 1 ended after {:.1}s: {}",
+        started.elapsed().as_secs_f64(),
+        run1.result_line()
+    );
+    assert!(
+        (records_in..RECORDS).contains(&records1),
+        "the stopped run processed {records1} records; {records_in} were in before the stop, \
+         and the throttled run cannot have finished"
+    );
+    assert_keyed_files(&savepoint, "count-and-sum", 2);
+
+    // What run 1 committed: one line per processed record, exactly once, and it
+    // describes the run's final state.
+    let lines1 = visible_lines(&out);
+    assert_eq!(
+        lines1.len() as u64,
+        records1,
+        "stop-with-savepoint commits every update before the savepoint"
+    );
+    let committed_state = check_partial_output(&lines1, RECORDS, KEYS);
+    assert_eq!(committed_state.len() as u64, keys1, "keys of run 1");
+    assert_eq!(
+        checksum_of(&committed_state),
+        checksum1,
+        "checksum of run 1"
+    );
+
+    // The savepoint holds exactly that state.
+    let dump = flowstate(
+        root,
+        &[
+            "state",
+            "dump",
+            arg(&savepoint),
+            "--operator",
+            "count-and-sum",
+            "--state",
+            "count-sum",
+            "--format",
+            "csv",
+        ],
+    );
+    dump.assert_success();
+    let dumped = parse_dump(&dump);
+    for (key, value) in &dumped {
+        assert_eq!(
+            committed_state.get(key),
+            Some(value),
+            "key {key}: (count, sum) in the savepoint vs the last committed output line"
+        );
+    }
+    for key in committed_state.keys() {
+        assert!(
+            dumped.contains_key(key),
+            "key {key} has committed output but is not in the savepoint"
+        );
+    }
+    assert_eq!(
+        checksum_of(&dumped),
+        checksum1,
+        "checksum of the dumped state"
+    );
+
+    // Resume into the same output directory.
+    let mut second = keyed_count(RECORDS, KEYS, 2, &common);
+    second.extend(strings(&["--restore", arg(&savepoint), "--rest", "off"]));
+    let run2 = run_args(root, &second);
+    run2.assert_success();
+    assert_eq!(
+        run2.result_line(),
+        expected_keyed_count_result(RECORDS, KEYS),
+        "{run2}"
+    );
+    check_keyed_count_output(&committed_lines(&out), RECORDS, KEYS);
+    eprintln!(
+        "[stop] resumed: right; {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A changed job.
+
+/// Writes `files` text files of `lines` lines each (seeded words) into `dir`.
+fn write_text(dir: &Path, files: usize, lines: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    const WORDS: [&str; 12] = [
+        "stream",
+        "State",
+        "barrier",
+        "KEY",
+        "group",
+        "savepoint",
+        "flow",
+        "sink",
+        "source",
+        "operator",
+        "Checkpoint",
+        "résumé",
+    ];
+    for f in 0..files {
+        let mut text = String::with_capacity(lines * 48);
+        for l in 0..lines {
+            let r = splitmix64(((f * lines + l) as u64) ^ 0xface);
+            for w in 0..(3 + r % 6) {
+                let word = splitmix64(r ^ w);
+                if word % 5 == 0 {
+                    text.push_str(&format!("w{}", word % 5000));
+                } else {
+                    text.push_str(WORDS[(word % WORDS.len() as u64) as usize]);
+                }
+                text.push_str(if w % 3 == 2 { ", " } else { " " });
+            }
+            text.push('\n');
+        }
+        std::fs::write(dir.join(format!("part-{f}.txt")), text).unwrap();
+    }
+}
+
+/// Test 4: a savepoint of `wordcount` (taken with stop-with-savepoint) does
+/// not fit `keyed-count`: the restore fails with one error line naming every
+/// operator of the savepoint the new job lacks; with
+/// `--allow-non-restored-state` it runs (from scratch) and gets W's result
+/// with exactly-once output. The same savepoint resumes `wordcount` itself
+/// into the same output directory, exactly once.
+#[test]
+fn a_savepoint_of_another_job_needs_allow_non_restored_state() {
+    const RECORDS: u64 = 200_000;
+    const KEYS: u64 = 10_000;
+    let _turn = one_at_a_time();
+    let started = Instant::now();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let logs = root.join("logs");
+
+    // wordcount has no --rate: make its input large enough that the stop lands
+    // while it runs, and make it larger if the job was done first.
+    let mut lines_per_file = 50_000;
+    let (input, wc_out, savepoint) = loop {
+        let attempt = format!("wc-{lines_per_file}");
+        let input = root.join(format!("{attempt}-input"));
+        let wc_out = root.join(format!("{attempt}-out"));
+        let target = root.join(format!("{attempt}-savepoints"));
+        write_text(&input, 4, lines_per_file);
+        let args = strings(&[
+            "run",
+            "wordcount",
+            "--input",
+            arg(&input),
+            "--output",
+            arg(&wc_out),
+            "--parallelism",
+            "2",
+            "--checkpoint-interval",
+            "1h",
+            "--checkpoint-dir",
+            arg(&root.join(format!("{attempt}-ck"))),
+        ]);
+        let job = start_served(root, &logs, &attempt, &args);
+        let stop = flowstate(
+            root,
+            &[
+                "stop",
+                &job.job,
+                "--savepoint",
+                arg(&target),
+                "--rest",
+                &job.addr,
+            ],
+        );
+        let run = job.process.wait();
+        run.assert_success();
+        if stop.success() {
+            let savepoint = completed_location(&stop);
+            assert_in_target(&savepoint, &target);
+            eprintln!(
+                "[changed] wordcount with {} lines stopped: {}",
+                4 * lines_per_file,
+                run.result_line()
+            );
+            break (input, wc_out, savepoint);
+        }
+        // The stop must have failed only because the job had already finished.
+        assert!(
+            lines_per_file < 800_000,
+            "wordcount on {} lines always finished before a stop: {stop}",
+            4 * lines_per_file
+        );
+        eprintln!(
+            "[changed] wordcount with {} lines ended before the stop ({}); again with more",
+            4 * lines_per_file,
+            stop.error_lines().join(" ")
+        );
+        lines_per_file *= 2;
+    };
+
+    // Into keyed-count: refused, naming all three operators on one line.
+    let out = root.join("kc-out");
+    let refused = run_args(
+        root,
+        &keyed_count(
+            RECORDS,
+            KEYS,
+            2,
+            &[
+                "--checkpoint-dir",
+                arg(&root.join("kc-ck")),
+                "--output",
+                arg(&out),
+                "--restore",
+                arg(&savepoint),
+                "--rest",
+                "off",
+            ],
+        ),
+    );
+    refused.assert_failure();
+    let error = refused.single_error_line();
+    for uid in ["text-lines", "split-words", "count-words"] {
+        assert!(
+            error.contains(uid),
+            "the error does not name {uid}: {refused}"
+        );
+    }
+    assert!(
+        visible_entries(&out).is_empty(),
+        "a refused restore committed output"
+    );
+
+    let out = root.join("kc-out-allowed");
+    let allowed = run_args(
+        root,
+        &keyed_count(
+            RECORDS,
+            KEYS,
+            2,
+            &[
+                "--checkpoint-dir",
+                arg(&root.join("kc-ck-allowed")),
+                "--output",
+                arg(&out),
+                "--restore",
+                arg(&savepoint),
+                "--allow-non-restored-state",
+                "--rest",
+                "off",
+            ],
+        ),
+    );
+    allowed.assert_success();
+    assert_eq!(
+        allowed.result_line(),
+        expected_keyed_count_result(RECORDS, KEYS),
+        "{allowed}"
+    );
+    check_keyed_count_output(&committed_lines(&out), RECORDS, KEYS);
+
+    // The same savepoint resumes wordcount itself, exactly once.
+    let resumed = run_args(
+        root,
+        &strings(&[
+            "run",
+            "wordcount",
+            "--input",
+            arg(&input),
+            "--output",
+            arg(&wc_out),
+            "--parallelism",
+            "3",
+            "--checkpoint-dir",
+            arg(&root.join("wc-resume-ck")),
+            "--restore",
+            arg(&savepoint),
+            "--rest",
+            "off",
+        ]),
+    );
+    resumed.assert_success();
+    let mut texts = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(&input)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    for path in names {
+        texts.push(std::fs::read_to_string(path).unwrap());
+    }
+    let expected = count_words(texts.iter().map(String::as_str));
+    let total: u64 = expected.values().sum();
+    assert_eq!(
+        resumed.result_line(),
+        format!("RESULT words={total} distinct={}", expected.len()),
+        "{resumed}"
+    );
+    check_wordcount_output(&committed_lines(&wc_out), &expected);
+    eprintln!("[changed] done in {:.1}s", started.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------
+// The HTTP API of a real job.
+
+/// Test 5: the HTTP API of a running keyed-count job, over a real socket:
+/// errors are JSON with the right status and leave the job running; the job's
+/// details show its vertices; `flowstate list` shows it RUNNING; a savepoint
+/// requested over HTTP completes and shows in the checkpoint history with its
+/// per-task entries; left alone, the job finishes with W's result.
+#[test]
+fn the_http_api_of_a_running_job() {
+    const RECORDS: u64 = 1_000_000;
+    const KEYS: u64 = 100_000;
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let args = keyed_count(
+        RECORDS,
+        KEYS,
+        2,
+        &[
+            "--checkpoint-interval",
+            "1h",
+            "--checkpoint-dir",
+            arg(&root.join("ck")),
+            "--rate",
+            "100000",
+        ],
+    );
+    let mut job = start_served(root, &root.join("logs"), "run", &args);
+    let (addr, id) = (job.addr.clone(), job.job.clone());
+    job.wait_for_records(1);
+
+    // GET /jobs and the CLI's list.
+    let jobs = http(&addr, "GET", "/jobs", None);
+    jobs.expect_status(200);
+    let jobs = jobs.json();
+    let listed = jobs.field("jobs").array();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].field("id").str(), id);
+    assert_eq!(listed[0].field("name").str(), "keyed-count");
+    assert_eq!(listed[0].field("state").str(), "RUNNING");
+    let list = flowstate(root, &["list", "--rest", &addr]);
+    list.assert_success();
+    let row = list
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id.as_str()))
+        .unwrap_or_else(|| panic!("job {id} not listed: {list}"));
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        [id.as_str(), "RUNNING", "keyed-count"],
+        "{list}"
+    );
+
+    // GET /jobs/{id}.
+    let details = job.details();
+    assert_eq!(details.field("id").str(), id);
+    assert_eq!(details.field("state").str(), "RUNNING");
+    assert_eq!(details.field("parallelism").u64(), 2);
+    let vertices = details.field("vertices").array();
+    let uids: Vec<&str> = vertices.iter().map(|v| v.field("uid").str()).collect();
+    for uid in ["w-generator", "count-and-sum"] {
+        assert!(uids.contains(&uid), "no vertex {uid}: {details:?}");
+    }
+    for vertex in vertices {
+        assert_eq!(vertex.field("parallelism").u64(), 2, "{vertex:?}");
+    }
+    let counter = vertices
+        .iter()
+        .find(|v| v.field("uid").str() == "count-and-sum")
+        .unwrap();
+    let inputs = counter.field("inputs").array();
+    assert_eq!(inputs.len(), 1, "{counter:?}");
+    assert_eq!(inputs[0].field("from_uid").str(), "w-generator");
+
+    // Errors.
+    for (method, path, body) in [
+        ("GET", "/jobs/no-such-job".to_owned(), None),
+        ("GET", "/jobs/no-such-job/checkpoints".to_owned(), None),
+        (
+            "POST",
+            "/jobs/no-such-job/savepoints".to_owned(),
+            Some(r#"{"target_directory": "/tmp/x"}"#),
+        ),
+        ("POST", "/jobs/no-such-job/stop".to_owned(), Some("{}")),
+        ("POST", "/jobs/no-such-job/cancel".to_owned(), None),
+        (
+            "GET",
+            format!("/jobs/{id}/savepoints/no-such-request"),
+            None,
+        ),
+        ("GET", "/no/such/route".to_owned(), None),
+    ] {
+        let answer = http(&addr, method, &path, body);
+        let message = answer.expect_error(404);
+        eprintln!("[api] {method} {path}: 404 {message}");
+    }
+    let target = root.join("savepoints");
+    for (path, body, what) in [
+        (
+            format!("/jobs/{id}/savepoints"),
+            r#"{"target_directory": "#,
+            "malformed JSON",
+        ),
+        (format!("/jobs/{id}/savepoints"), "[1, 2", "malformed JSON"),
+        (
+            format!("/jobs/{id}/savepoints"),
+            r#"{"target_directory": 7}"#,
+            "a target that is not a string",
+        ),
+        (
+            format!("/jobs/{id}/savepoints"),
+            r#"{"no_such_field": "x"}"#,
+            "an unknown field",
+        ),
+        (
+            format!("/jobs/{id}/savepoints"),
+            "{}",
+            "no target and no --savepoint-dir",
+        ),
+        (
+            format!("/jobs/{id}/stop"),
+            "{}",
+            "stop with no target and no --savepoint-dir",
+        ),
+        (
+            format!("/jobs/{id}/stop"),
+            r#"{"target_directory": "#,
+            "stop with malformed JSON",
+        ),
+    ] {
+        let answer = http(&addr, "POST", &path, Some(body));
+        let message = answer.expect_error(400);
+        eprintln!("[api] POST {path} with {what}: 400 {message}");
+    }
+    let wrong_method = http(&addr, "DELETE", &format!("/jobs/{id}"), None);
+    wrong_method.expect_error(405);
+    // The client commands report an unknown job as one clear error line.
+    let unknown = flowstate(
+        root,
+        &[
+            "savepoint",
+            "no-such-job",
+            "--target",
+            arg(&target),
+            "--rest",
+            &addr,
+        ],
+    );
+    unknown.assert_failure();
+    assert!(
+        unknown.single_error_line().contains("no-such-job"),
+        "{unknown}"
+    );
+    assert!(
+        !target.exists(),
+        "a refused savepoint wrote {}",
+        target.display()
+    );
+
+    // None of that touched the job.
+    let details = job.details();
+    assert_eq!(details.field("state").str(), "RUNNING", "{details:?}");
+    assert!(job.process.ended().is_none(), "the job ended");
+
+    // A savepoint over HTTP, polled to completion.
+    let trigger = http(
+        &addr,
+        "POST",
+        &format!("/jobs/{id}/savepoints"),
+        Some(&format!(r#"{{"target_directory": "{}"}}"#, arg(&target))),
+    );
+    trigger.expect_status(202);
+    let request = trigger.json().field("request_id").str().to_owned();
+    let status = loop {
+        let answer = http(
+            &addr,
+            "GET",
+            &format!("/jobs/{id}/savepoints/{request}"),
+            None,
+        );
+        answer.expect_status(200);
+        let status = answer.json();
+        match status.field("status").str() {
+            "in_progress" => std::thread::sleep(Duration::from_millis(20)),
+            "completed" => break status,
+            other => panic!("savepoint {other}: {status:?}"),
+        }
+    };
+    let location = status.field("location").str();
+    let location = Path::new(location.strip_prefix("file://").unwrap_or(location));
+    assert_in_target(location, &target);
+    assert_eq!(status.field("failure"), &Json::Null, "{status:?}");
+    let savepoint_id = status.field("checkpoint_id").u64();
+
+    let history = http(&addr, "GET", &format!("/jobs/{id}/checkpoints"), None);
+    history.expect_status(200);
+    let history = history.json();
+    let entries = history.field("history").array();
+    let entry = entries
+        .iter()
+        .find(|e| e.field("id").u64() == savepoint_id)
+        .unwrap_or_else(|| panic!("savepoint {savepoint_id} not in the history: {history:?}"));
+    assert_eq!(entry.field("kind").str(), "savepoint", "{entry:?}");
+    assert_eq!(entry.field("status").str(), "completed", "{entry:?}");
+    assert!(entry.field("size_bytes").u64() > 0, "{entry:?}");
+    let tasks = entry.field("tasks").array();
+    // Two source instances and two chained count-and-sink instances.
+    assert_eq!(tasks.len(), 4, "per-task entries: {entry:?}");
+    for task in tasks {
+        assert!(!task.field("task").str().is_empty(), "{task:?}");
+    }
+    assert!(
+        history.field("counts").field("completed").u64() >= 1,
+        "{history:?}"
+    );
+
+    // Left alone, the job finishes right.
+    assert_eq!(job.details().field("state").str(), "RUNNING");
+    let run = job.process.wait();
+    run.assert_success();
+    assert_eq!(
+        run.result_line(),
+        expected_keyed_count_result(RECORDS, KEYS),
+        "{run}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// SIGKILL with savepoints in the mix.
+
+fn seed() -> u64 {
+    match std::env::var("FLOWSTATE_CRASH_SEED") {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("FLOWSTATE_CRASH_SEED={text:?} is not a u64")),
+        Err(_) => 0x5eed_0005,
+    }
+}
+
+/// A small seeded generator (splitmix64 over a counter).
+struct Rng {
+    seed: u64,
+    n: u64,
+}
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.n += 1;
+        splitmix64(self.seed ^ splitmix64(self.n))
+    }
+
+    /// Uniform in `lo..hi`.
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+/// Asks for a savepoint over HTTP without waiting. `Some(request id)` if
+/// accepted; `None` if the job cannot take one now (not running yet, or one in
+/// flight: 409/503) or the process is gone.
+fn try_savepoint(served: &Served, target: &Path) -> Option<String> {
+    let answer = try_http(
+        &served.addr,
+        "POST",
+        &format!("/jobs/{}/savepoints", served.job),
+        Some(&format!(r#"{{"target_directory": "{}"}}"#, arg(target))),
+    )
+    .ok()?;
+    match answer.status {
+        202 => Some(answer.json().field("request_id").str().to_owned()),
+        409 | 503 => {
+            answer.expect_error(answer.status);
+            None
+        }
+        _ => panic!(
+            "savepoint request: unexpected answer {} {}",
+            answer.status, answer.body
+        ),
+    }
+}
+
+/// Test 6: exactly-once under SIGKILL with intermediate savepoints taken while
+/// the job runs (so savepoints and checkpoints interleave, and kills land
+/// during savepoints too); each restart restores the latest checkpoint. No
+/// savepoint may commit output that a checkpoint restore then replays.
+#[test]
+fn sigkill_with_savepoints_in_the_mix_is_exactly_once() {
+    const RECORDS: u64 = 2_000_000;
+    const KEYS: u64 = 1_000_000;
+    const KILLS: usize = 3;
+    let _turn = one_at_a_time();
+    let started = Instant::now();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let (out, ck, logs, target) = (
+        root.join("out"),
+        root.join("ck"),
+        root.join("logs"),
+        root.join("savepoints"),
+    );
+    let seed = seed();
+    let mut rng = Rng { seed, n: 0 };
+    eprintln!("[mix] seed {seed} (FLOWSTATE_CRASH_SEED), {KILLS} kills");
+    let expected = expected_keyed_count_result(RECORDS, KEYS);
+    let mut completed_savepoints = Vec::new();
+    let mut final_run = None;
+    for attempt in 0..=KILLS {
+        let parallelism = if attempt % 2 == 0 { 2 } else { 3 };
+        let mut args = keyed_count(
+            RECORDS,
+            KEYS,
+            parallelism,
+            &[
+                "--checkpoint-interval",
+                "200ms",
+                "--checkpoint-dir",
+                arg(&ck),
+                "--output",
+                arg(&out),
+                "--rate",
+                "300000",
+            ],
+        );
+        if attempt > 0 {
+            args.extend(strings(&["--restore", "latest"]));
+        }
+        let mut job = start_served(root, &logs, &format!("run-{attempt}"), &args);
+        if attempt == 0 {
+            // At least one savepoint surely completes: the first run cannot
+            // have ended yet (throttled).
+            job.wait_for_records(1);
+            completed_savepoints.push(job.savepoint(root, &target));
+        }
+        let served_at = Instant::now();
+        // Savepoints at random moments, and (but for the last run) a kill.
+        let mut moments: Vec<u64> = (0..rng.between(1, 4))
+            .map(|_| rng.between(0, 2500))
+            .collect();
+        moments.sort_unstable();
+        let kill_at = rng.between(200, 3500);
+        let mut pending: Vec<String> = Vec::new();
+        let mut ended = None;
+        let mut next = 0;
+        loop {
+            let now = served_at.elapsed().as_millis() as u64;
+            if let Some(run) = job.process.ended() {
+                ended = Some(run);
+                break;
+            }
+            if attempt < KILLS && now >= kill_at {
+                break;
+            }
+            if next < moments.len() && now >= moments[next] {
+                next += 1;
+                pending.extend(try_savepoint(&job, &target));
+            }
+            // Follow the savepoints requested.
+            pending.retain(|request| {
+                let Ok(answer) = try_http(
+                    &job.addr,
+                    "GET",
+                    &format!("/jobs/{}/savepoints/{request}", job.job),
+                    None,
+                ) else {
+                    return false; // the process is going away
+                };
+                answer.expect_status(200);
+                let status = answer.json();
+                match status.field("status").str() {
+                    "completed" => {
+                        let location = status.field("location").str();
+                        completed_savepoints.push(PathBuf::from(
+                            location.strip_prefix("file://").unwrap_or(location),
+                        ));
+                        false
+                    }
+                    "failed" => false,
+                    _ => true,
+                }
+            });
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let ended_by_itself = ended.is_some();
+        let run = match ended {
+            Some(run) => run,
+            None if attempt == KILLS => unreachable!(),
+            None => {
+                let (killed, run) = job.process.kill();
+                if !killed {
+                    // It ended just before the signal.
+                    run.assert_success();
+                }
+                run
+            }
+        };
+        eprintln!(
+            "[mix] run {attempt}: p={parallelism}, {} savepoint requests, {} ({:.1}s in all)",
+            next,
+            if ended_by_itself {
+                "ended by itself".to_owned()
+            } else {
+                format!("killed at {kill_at}ms")
+            },
+            started.elapsed().as_secs_f64()
+        );
+        if run.success() {
+            assert_eq!(run.result_line(), expected, "{run}");
+        }
+        if attempt == KILLS {
+            final_run = Some(run);
+        }
+    }
+    let last = final_run.unwrap();
+    last.assert_success();
+    assert_eq!(last.result_line(), expected, "{last}");
+    // Every savepoint reported complete is there, whole.
+    for savepoint in &completed_savepoints {
+        assert_in_target(savepoint, &target);
+    }
+    eprintln!(
+        "[mix] {} savepoints completed; {:.1}s",
+        completed_savepoints.len(),
+        started.elapsed().as_secs_f64()
+    );
+    check_keyed_count_output(&committed_lines(&out), RECORDS, KEYS);
+}
