@@ -300,3 +300,42 @@ impl LoadedCheckpoint {
         self.metadata.operator(uid).is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(described storage root, metadata path)` of `open_snapshot(location)`.
+    fn opened(location: &str) -> (String, String) {
+        let opened = open_snapshot(location).unwrap();
+        (opened.storage.describe(), opened.metadata_path)
+    }
+
+    #[test]
+    fn a_checkpoint_opens_its_storage_root_and_anything_else_is_a_savepoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        for form in [
+            format!("{root}/job-1/chk-12"),
+            format!("{root}/job-1/chk-12/"),
+            format!("{root}/job-1/chk-12/_metadata"),
+            format!("file://{root}/job-1/chk-12"),
+        ] {
+            let (storage, metadata) = opened(&form);
+            assert_eq!(metadata, "job-1/chk-12/_metadata", "{form}");
+            assert!(storage.contains(&root), "{form}: {storage}");
+            assert!(!storage.contains("job-1"), "{form}: {storage}");
+        }
+        for form in [
+            format!("{root}/sp/savepoint-abc-0123"),
+            format!("{root}/sp/savepoint-abc-0123/_metadata"),
+            format!("{root}/job-1/chk-x"),
+            format!("{root}/chk-"),
+        ] {
+            let (storage, metadata) = opened(&form);
+            assert_eq!(metadata, METADATA_FILE, "{form}");
+            let shown = form.trim_end_matches("/_metadata");
+            assert!(storage.contains(shown), "{form}: {storage}");
+        }
+    }
+}

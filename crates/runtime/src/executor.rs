@@ -440,6 +440,12 @@ fn supervise_attempts(
             tracing::info!(job_id = id.as_str(), "job {} starting", config.job_name);
         }
     }
+    if job_id.is_none() {
+        // Without checkpoints the id names the job only for its controller.
+        let id = generated_job_id();
+        controller.set_job_id(&id);
+        tracing::info!(job_id = id.as_str(), "job {} starting", config.job_name);
+    }
     let mut allow_non_restored_state = checkpointing
         .as_ref()
         .is_some_and(|c| c.allow_non_restored_state);

@@ -1274,4 +1274,42 @@ mod tests {
         );
         assert!(EntryLayout::new(StateKind::Map, "u64", "u64").is_err());
     }
+
+    /// The worked example of `docs/savepoint-format.md`, section 6.
+    #[test]
+    fn the_documented_example_section_is_what_a_snapshot_writes() {
+        let m = 4;
+        let mut backend: Box<dyn KeyedStateBackend<u64>> =
+            heap_backend(KeyGroupRange::new(0, m), m);
+        let state = backend
+            .value_state(&ValueStateDescriptor::<(u64, u64)>::new("count-sum"))
+            .unwrap();
+        let key = 17u64;
+        let group = key_group_of(&key, m);
+        KeyScope::new(backend.as_mut(), &key, group)
+            .value(&state)
+            .set((3, 51))
+            .unwrap();
+        let BackendSnapshot::KeyGroups(snapshot) = backend
+            .snapshot(SnapshotRequest {
+                checkpoint_id: 1,
+                canonical: true,
+            })
+            .unwrap()
+        else {
+            panic!("heap snapshots are canonical")
+        };
+        let mut bytes = Vec::new();
+        snapshot.write_key_group(group, &mut bytes).unwrap();
+        let mut expected = vec![1, 0, 0, 0, 9, 0];
+        expected.extend_from_slice(b"count-sum");
+        expected.extend_from_slice(&[0, 10, 0]);
+        expected.extend_from_slice(b"(u64, u64)");
+        expected.extend_from_slice(&32u64.to_le_bytes());
+        expected.extend_from_slice(&1u64.to_le_bytes());
+        for word in [17u64, 3, 51] {
+            expected.extend_from_slice(&word.to_le_bytes());
+        }
+        assert_eq!(bytes, expected);
+    }
 }
