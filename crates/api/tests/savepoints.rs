@@ -156,7 +156,9 @@ fn a_savepoint_request_while_one_is_in_flight_is_refused_and_the_job_goes_on() {
     running(&controller);
 
     let first = controller.trigger_savepoint(None, false).unwrap();
-    let id = entered.recv_timeout(DEADLINE).expect("the sink's snapshot starts");
+    let id = entered
+        .recv_timeout(DEADLINE)
+        .expect("the sink's snapshot starts");
     // Held in flight: every further request is refused, the first is reported.
     for stop in [false, true] {
         match controller.trigger_savepoint(None, stop) {
@@ -181,7 +183,10 @@ fn a_savepoint_request_while_one_is_in_flight_is_refused_and_the_job_goes_on() {
     *gate.armed.lock().unwrap() = false;
     release.send(()).unwrap();
     let location = completed(&controller, &first);
-    assert!(location.starts_with(savepoints.to_str().unwrap()), "{location}");
+    assert!(
+        location.starts_with(savepoints.to_str().unwrap()),
+        "{location}"
+    );
     assert!(std::path::Path::new(&location).join("_metadata").is_file());
     let history = controller.checkpoint_history();
     assert_eq!((history.completed, history.in_progress), (1, 0));
@@ -200,7 +205,10 @@ fn a_savepoint_request_while_one_is_in_flight_is_refused_and_the_job_goes_on() {
         controller.trigger_savepoint(None, false),
         Err(ControlError::Conflict(_))
     ));
-    assert!(matches!(controller.cancel(), Err(ControlError::Conflict(_))));
+    assert!(matches!(
+        controller.cancel(),
+        Err(ControlError::Conflict(_))
+    ));
 }
 
 #[test]
@@ -274,10 +282,13 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for Count {
         out: &mut Vec<(u64, u64)>,
     ) -> FnResult {
         let handle = self.state.as_ref().ok_or("not open")?;
-        let count = ctx.value(handle).modify(|| 0, |c| {
-            *c += 1;
-            *c
-        })?;
+        let count = ctx.value(handle).modify(
+            || 0,
+            |c| {
+                *c += 1;
+                *c
+            },
+        )?;
         out.push((value % KEYS, count));
         Ok(())
     }
@@ -335,7 +346,10 @@ fn restoring_a_savepoint_into_a_job_without_one_of_its_operators() {
     let request = controller.trigger_savepoint(None, true).unwrap();
     let location = completed(&controller, &request);
     let report = job.join().expect("a stopped job ends well");
-    assert_eq!(report.stopped_with_savepoint.as_deref(), Some(location.as_str()));
+    assert_eq!(
+        report.stopped_with_savepoint.as_deref(),
+        Some(location.as_str())
+    );
     assert_eq!(controller.status(), JobStatus::Finished);
     assert!(report.records_in < RECORDS, "the stop ended the job early");
 
@@ -348,7 +362,9 @@ fn restoring_a_savepoint_into_a_job_without_one_of_its_operators() {
         false,
     ));
     build(&env, false);
-    let error = env.execute().expect_err("the audit state has nowhere to go");
+    let error = env
+        .execute()
+        .expect_err("the audit state has nowhere to go");
     let message = flowstate::runtime::error::error_chain(&error);
     assert!(
         message.contains("'audit'") && message.contains("allow-non-restored-state"),
@@ -383,4 +399,19 @@ fn restoring_a_savepoint_into_a_job_without_one_of_its_operators() {
         let expected = (0..RECORDS).filter(|i| i % KEYS == key).count() as u64;
         assert_eq!(last.get(&key).copied().unwrap_or(0), expected, "key {key}");
     }
+}
+
+#[test]
+fn two_operators_with_one_uid_are_refused() {
+    let env = StreamEnvironment::new(ExecutionConfig::with_parallelism(1));
+    let numbers = env
+        .from_collection((0..10u64).collect::<Vec<_>>())
+        .uid("same");
+    numbers.map(|n| n + 1).name("Add one").uid("same").count();
+    let error = env.execute().expect_err("duplicate uids");
+    let message = error.to_string();
+    assert!(
+        message.contains("both have uid 'same'") && message.contains("'Add one'"),
+        "{message}"
+    );
 }

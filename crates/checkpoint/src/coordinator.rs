@@ -544,13 +544,8 @@ impl Coordinator {
             return Vec::new();
         };
         let (metadata, mut stats) = self.assemble(id, &pending);
-        let published = check_self_contained(&metadata).and_then(|()| {
-            publish_to(
-                target.as_ref(),
-                crate::layout::METADATA_FILE,
-                &metadata,
-            )
-        });
+        let published = check_self_contained(&metadata)
+            .and_then(|()| publish_to(target.as_ref(), crate::layout::METADATA_FILE, &metadata));
         if let Err(reason) = published {
             self.pending.insert(id, pending);
             return self.abort(id, reason, now);

@@ -1194,10 +1194,7 @@ fn write_savepoint_file(
 impl Harness {
     fn savepoint(&mut self, target: &SharedStorage) -> CheckpointId {
         let now = self.advance(Duration::from_millis(1));
-        match self
-            .coordinator
-            .trigger_savepoint(Arc::clone(target), now)
-        {
+        match self.coordinator.trigger_savepoint(Arc::clone(target), now) {
             Some(CoordinatorAction::Trigger {
                 id,
                 kind: SnapshotKind::Savepoint,
@@ -1234,7 +1231,9 @@ fn a_savepoint_goes_to_its_own_directory_is_never_retained_and_can_be_moved() {
 
     // Nothing of it in checkpoint storage; the retained checkpoint is untouched.
     assert!(
-        h.all_files().iter().all(|p| !p.contains(&format!("chk-{id}"))),
+        h.all_files()
+            .iter()
+            .all(|p| !p.contains(&format!("chk-{id}"))),
         "{:?}",
         h.all_files()
     );
@@ -1280,7 +1279,10 @@ fn a_failed_savepoint_is_deleted_and_does_not_count_towards_failing_the_job() {
     assert!(target.list("").unwrap().is_empty(), "its files are deleted");
     // A late acknowledgement's files are removed too.
     assert!(h.ack_savepoint(&target, id, 1).is_empty());
-    assert!(target.list("").unwrap().is_empty(), "late files are deleted");
+    assert!(
+        target.list("").unwrap().is_empty(),
+        "late files are deleted"
+    );
     // Checkpoints go on.
     let next = h.complete_one();
     assert_eq!(h.completed_ids(), vec![next]);
@@ -1313,7 +1315,12 @@ fn a_savepoint_with_native_files_is_refused() {
     let now = h.advance(Duration::from_millis(1));
     let actions = h.coordinator.on_ack(ack(id, 0, snapshot), now);
     match actions.as_slice() {
-        [CoordinatorAction::Abort { id: aborted, reason }] => {
+        [
+            CoordinatorAction::Abort {
+                id: aborted,
+                reason,
+            },
+        ] => {
             assert_eq!(*aborted, id);
             assert!(reason.contains("canonical"), "{reason}");
         }

@@ -200,14 +200,16 @@ impl Served {
         answer.json()
     }
 
-    /// Polls `GET /jobs/{id}` until `records_in` is at least `at_least`.
+    /// Polls `GET /jobs/{id}` until the job is RUNNING with `records_in` at
+    /// least `at_least`.
     fn wait_for_records(&mut self, at_least: u64) -> u64 {
         loop {
             if let Some(run) = self.process.ended() {
                 panic!("the job ended before {at_least} records were in: {run}");
             }
-            let records = self.details().field("records_in").u64();
-            if records >= at_least {
+            let details = self.details();
+            let records = details.field("records_in").u64();
+            if records >= at_least && details.field("state").str() == "RUNNING" {
                 return records;
             }
             if self.process.started.elapsed() > RUN_DEADLINE {
@@ -219,13 +221,19 @@ impl Served {
 
     /// `flowstate savepoint JOB --target DIR`: the savepoint's directory.
     fn savepoint(&self, cwd: &Path, target: &Path) -> PathBuf {
+        self.savepoint_as(cwd, arg(target), target)
+    }
+
+    /// `flowstate savepoint JOB --target <given>`, run in `cwd`: the savepoint
+    /// must land right under `target`.
+    fn savepoint_as(&self, cwd: &Path, given: &str, target: &Path) -> PathBuf {
         let run = flowstate(
             cwd,
             &[
                 "savepoint",
                 &self.job,
                 "--target",
-                arg(target),
+                given,
                 "--rest",
                 &self.addr,
             ],
@@ -857,9 +865,13 @@ fn savepoint_cancel_and_restore(
         ],
     );
     args.extend(first.args(&root.join("state")));
-    let mut job = start_served(root, &logs, "run-1", &args);
+    // The job runs in a directory of its own; `flowstate savepoint` is given a
+    // target relative to its own working directory, and must resolve it there.
+    let job_cwd = root.join("job-cwd");
+    std::fs::create_dir_all(&job_cwd).unwrap();
+    let mut job = start_served(&job_cwd, &logs, "run-1", &args);
     let records_in = job.wait_for_records(records / 2);
-    let savepoint = job.savepoint(root, &target);
+    let savepoint = job.savepoint_as(root, "savepoints", &target);
     assert_keyed_files(&savepoint, "count-and-sum", 2);
     let run = job.cancel(root);
     eprintln!(
@@ -907,12 +919,14 @@ fn savepoint_cancel_and_restore(
             ],
         );
         args.extend(backend.args(&root.join(format!("state-{label}"))));
+        let run_started = Instant::now();
         let run = run_args(&cwd, &args);
+        let run_secs = run_started.elapsed().as_secs_f64();
         run.assert_success();
         assert_eq!(run.result_line(), expected, "restore at {label}: {run}");
         check_keyed_count_output(&committed_lines(&copy), records, KEYS);
         eprintln!(
-            "[{name}] restored at {label} from {restore}: right; {:.1}s",
+            "[{name}] restored at {label} from {restore} in {run_secs:.1}s: right; {:.1}s in all",
             started.elapsed().as_secs_f64()
         );
     }
@@ -1103,9 +1117,18 @@ fn stop_with_savepoint_then_resume_is_exactly_once_and_the_dump_matches() {
     );
 
     // Resume into the same output directory.
+    // (Throttled too, so that its API can be asked where it restored from.)
     let mut second = keyed_count(RECORDS, KEYS, 2, &common);
-    second.extend(strings(&["--restore", arg(&savepoint), "--rest", "off"]));
-    let run2 = run_args(root, &second);
+    second.extend(strings(&["--restore", arg(&savepoint), "--rate", "300000"]));
+    let mut job2 = start_served(root, &logs, "run-2", &second);
+    job2.wait_for_records(1);
+    let restored_from = job2.details().field("restored_from").clone();
+    let savepoint_name = savepoint.file_name().unwrap().to_string_lossy();
+    assert!(
+        matches!(&restored_from, Json::Str(from) if from.contains(savepoint_name.as_ref())),
+        "restored_from should name the savepoint {savepoint_name}: {restored_from:?}"
+    );
+    let run2 = job2.process.wait();
     run2.assert_success();
     assert_eq!(
         run2.result_line(),
@@ -1145,7 +1168,7 @@ fn write_text(dir: &Path, files: usize, lines: usize) {
             let r = splitmix64(((f * lines + l) as u64) ^ 0xface);
             for w in 0..(3 + r % 6) {
                 let word = splitmix64(r ^ w);
-                if word % 5 == 0 {
+                if word.is_multiple_of(5) {
                     text.push_str(&format!("w{}", word % 5000));
                 } else {
                     text.push_str(WORDS[(word % WORDS.len() as u64) as usize]);
@@ -1160,7 +1183,7 @@ fn write_text(dir: &Path, files: usize, lines: usize) {
 
 /// Test 4: a savepoint of `wordcount` (taken with stop-with-savepoint) does
 /// not fit `keyed-count`: the restore fails with one error line naming every
-/// operator of the savepoint the new job lacks; with
+/// stateful operator of the savepoint the new job lacks; with
 /// `--allow-non-restored-state` it runs (from scratch) and gets W's result
 /// with exactly-once output. The same savepoint resumes `wordcount` itself
 /// into the same output directory, exactly once.
@@ -1197,7 +1220,21 @@ fn a_savepoint_of_another_job_needs_allow_non_restored_state() {
             "--checkpoint-dir",
             arg(&root.join(format!("{attempt}-ck"))),
         ]);
-        let job = start_served(root, &logs, &attempt, &args);
+        let mut job = start_served(root, &logs, &attempt, &args);
+        // Savepoints are taken of RUNNING jobs (a CREATED one answers 409).
+        let running = loop {
+            if job.process.ended().is_some() {
+                break false;
+            }
+            let answer = try_http(&job.addr, "GET", &format!("/jobs/{}", job.job), None);
+            if let Ok(answer) = answer
+                && answer.status == 200
+                && answer.json().field("state").str() == "RUNNING"
+            {
+                break true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
         let stop = flowstate(
             root,
             &[
@@ -1222,6 +1259,10 @@ fn a_savepoint_of_another_job_needs_allow_non_restored_state() {
             break (input, wc_out, savepoint);
         }
         // The stop must have failed only because the job had already finished.
+        assert!(
+            !running || !stop.stderr.contains("is created"),
+            "the stop of a RUNNING job failed: {stop}"
+        );
         assert!(
             lines_per_file < 800_000,
             "wordcount on {} lines always finished before a stop: {stop}",
@@ -1257,7 +1298,10 @@ fn a_savepoint_of_another_job_needs_allow_non_restored_state() {
     );
     refused.assert_failure();
     let error = refused.single_error_line();
-    for uid in ["text-lines", "split-words", "count-words"] {
+    // `split-words` (a flat_map) has no state, so the savepoint holds nothing
+    // of it and the restore need not name it (Flink skips stateless operators
+    // missing from the new job the same way); the stateful ones must be named.
+    for uid in ["text-lines", "count-words"] {
         assert!(
             error.contains(uid),
             "the error does not name {uid}: {refused}"
@@ -1472,6 +1516,60 @@ fn the_http_api_of_a_running_job() {
         let message = answer.expect_error(400);
         eprintln!("[api] POST {path} with {what}: 400 {message}");
     }
+    // A target that cannot be created (under a regular file).
+    let file = root.join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let impossible = file.join("savepoints");
+    let answer = http(
+        &addr,
+        "POST",
+        &format!("/jobs/{id}/savepoints"),
+        Some(&format!(
+            r#"{{"target_directory": "{}"}}"#,
+            arg(&impossible)
+        )),
+    );
+    if answer.status == 202 {
+        // Refused later: the request must end failed, with a reason.
+        let request = answer.json().field("request_id").str().to_owned();
+        loop {
+            let status = http(
+                &addr,
+                "GET",
+                &format!("/jobs/{id}/savepoints/{request}"),
+                None,
+            );
+            status.expect_status(200);
+            let status = status.json();
+            match status.field("status").str() {
+                "in_progress" => std::thread::sleep(Duration::from_millis(20)),
+                "failed" => {
+                    assert!(!status.field("failure").str().is_empty(), "{status:?}");
+                    break;
+                }
+                other => panic!("a savepoint under a regular file is {other}: {status:?}"),
+            }
+        }
+    } else {
+        let message = answer.expect_error(400);
+        eprintln!("[api] savepoint under a regular file: 400 {message}");
+    }
+    let failed = flowstate(
+        root,
+        &[
+            "savepoint",
+            &id,
+            "--target",
+            arg(&impossible),
+            "--rest",
+            &addr,
+        ],
+    );
+    failed.assert_failure();
+    assert!(
+        failed.single_error_line().contains(arg(&impossible)),
+        "the error does not name the target: {failed}"
+    );
     let wrong_method = http(&addr, "DELETE", &format!("/jobs/{id}"), None);
     wrong_method.expect_error(405);
     // The client commands report an unknown job as one clear error line.
@@ -1596,15 +1694,22 @@ impl Rng {
     }
 }
 
-/// Asks for a savepoint over HTTP without waiting. `Some(request id)` if
-/// accepted; `None` if the job cannot take one now (not running yet, or one in
-/// flight: 409/503) or the process is gone.
-fn try_savepoint(served: &Served, target: &Path) -> Option<String> {
+/// Asks for a savepoint over HTTP without waiting: in turn with no body, with
+/// `{}` (both: the job's `--savepoint-dir`) and naming `target`.
+/// `Some(request id)` if accepted; `None` if the job cannot take one now (not
+/// running yet, or one in flight: 409/503) or the process is gone.
+fn try_savepoint(served: &Served, target: &Path, turn: usize) -> Option<String> {
+    let named = format!(r#"{{"target_directory": "{}"}}"#, arg(target));
+    let body = match turn % 3 {
+        0 => None,
+        1 => Some("{}"),
+        _ => Some(named.as_str()),
+    };
     let answer = try_http(
         &served.addr,
         "POST",
         &format!("/jobs/{}/savepoints", served.job),
-        Some(&format!(r#"{{"target_directory": "{}"}}"#, arg(target))),
+        body,
     )
     .ok()?;
     match answer.status {
@@ -1644,6 +1749,7 @@ fn sigkill_with_savepoints_in_the_mix_is_exactly_once() {
     eprintln!("[mix] seed {seed} (FLOWSTATE_CRASH_SEED), {KILLS} kills");
     let expected = expected_keyed_count_result(RECORDS, KEYS);
     let mut completed_savepoints = Vec::new();
+    let mut requests = 0;
     let mut final_run = None;
     for attempt in 0..=KILLS {
         let parallelism = if attempt % 2 == 0 { 2 } else { 3 };
@@ -1660,6 +1766,8 @@ fn sigkill_with_savepoints_in_the_mix_is_exactly_once() {
                 arg(&out),
                 "--rate",
                 "300000",
+                "--savepoint-dir",
+                arg(&target),
             ],
         );
         if attempt > 0 {
@@ -1693,7 +1801,8 @@ fn sigkill_with_savepoints_in_the_mix_is_exactly_once() {
             }
             if next < moments.len() && now >= moments[next] {
                 next += 1;
-                pending.extend(try_savepoint(&job, &target));
+                requests += 1;
+                pending.extend(try_savepoint(&job, &target, requests));
             }
             // Follow the savepoints requested.
             pending.retain(|request| {

@@ -391,7 +391,8 @@ impl CoordinatorLoop {
                     {
                         Some(action) => {
                             if let CoordinatorAction::Trigger { id, .. } = action {
-                                self.savepoint_targets.insert(id, Arc::clone(&order.storage));
+                                self.savepoint_targets
+                                    .insert(id, Arc::clone(&order.storage));
                                 state.savepoints.insert(id, (order.request_id, order.stop));
                             }
                             actions.push(action);

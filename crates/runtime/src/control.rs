@@ -99,7 +99,9 @@ pub struct CheckpointHistory {
 /// What became of a savepoint request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SavepointState {
-    InProgress { checkpoint_id: Option<CheckpointId> },
+    InProgress {
+        checkpoint_id: Option<CheckpointId>,
+    },
     Completed {
         location: String,
         checkpoint_id: CheckpointId,

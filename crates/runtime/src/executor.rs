@@ -19,8 +19,8 @@ use flowstate_checkpoint::{CheckpointStats, Coordinator};
 
 use crate::channel::Signal;
 use crate::checkpointing::{CoordinatorEvent, CoordinatorLoop, SavepointTargets, upload_loop};
-use crate::control::{JobController, JobDescription, JobStatus};
 use crate::config::{CheckpointingConfig, ExecutionConfig, Guarantee, RestoreFrom};
+use crate::control::{JobController, JobDescription, JobStatus};
 use crate::error::{JobError, TaskError, panic_message};
 use crate::graph::JobGraph;
 use crate::metrics::JobMetrics;

@@ -14,8 +14,8 @@
 pub mod channel;
 pub mod checkpointing;
 pub mod config;
-pub mod control;
 pub mod connector;
+pub mod control;
 pub mod error;
 pub mod executor;
 pub mod graph;
@@ -30,14 +30,14 @@ pub use config::{
     CheckpointingConfig, ExecutionConfig, Guarantee, RestartStrategy, RestoreFrom, RestoredState,
     SubtaskInfo,
 };
-pub use control::{JobController, JobStatus};
 pub use connector::{Sink, SinkWriter, Source, SourcePoll, SourceReader};
+pub use control::{JobController, JobStatus};
 pub use error::{BuildError, JobError, TaskError, UserError};
 pub use executor::{DeterministicExecutor, JobReport, RunState, RunningJob, start_job};
 pub use flowstate_checkpoint as checkpoint;
 pub use graph::{JobGraph, KeyGroupFn, NodeId, Partitioning};
-pub use metrics::{CheckpointProgress, JobMetrics};
 pub use message::{Barrier, SnapshotKind};
+pub use metrics::{CheckpointProgress, JobMetrics};
 pub use operator::{Operator, StateSnapshot, TwoInputOperator};
 
 /// A record type that can flow between operators.

@@ -31,8 +31,11 @@ pub trait Pipeline<T>: Send {
     fn flush(&mut self, partial: bool) -> Result<bool, TaskError>;
     /// The synchronous part of a checkpoint: every stage's operator snapshots,
     /// in chain order.
-    fn snapshot(&mut self, barrier: Barrier, parts: &mut Vec<OperatorPart>)
-    -> Result<(), TaskError>;
+    fn snapshot(
+        &mut self,
+        barrier: Barrier,
+        parts: &mut Vec<OperatorPart>,
+    ) -> Result<(), TaskError>;
     /// Sends `barrier` downstream, behind everything sent before it.
     fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError>;
     /// Checkpoint `checkpoint_id` is complete: let every operator know (sinks commit).
@@ -137,7 +140,11 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
         self.next.flush(partial)
     }
 
-    fn snapshot(&mut self, barrier: Barrier, parts: &mut Vec<OperatorPart>) -> Result<(), TaskError> {
+    fn snapshot(
+        &mut self,
+        barrier: Barrier,
+        parts: &mut Vec<OperatorPart>,
+    ) -> Result<(), TaskError> {
         let operator = &mut self.operator;
         let snapshot = guarded(&self.id.name, || operator.snapshot(barrier))?;
         if !snapshot.is_empty() {

@@ -269,6 +269,19 @@ pub(crate) fn build_tasks(
     if graph.nodes.is_empty() {
         return Err(BuildError::Graph("the job has no operators".into()));
     }
+    // A uid names an operator's state in every snapshot: two operators with
+    // one uid would restore each other's state.
+    let mut seen: HashMap<String, NodeId> = HashMap::new();
+    for node in 0..graph.nodes.len() {
+        if let Some(other) = seen.insert(graph.uid(node), node) {
+            return Err(BuildError::Graph(format!(
+                "operators '{}' and '{}' both have uid '{}'; uids must be unique",
+                graph.nodes[other].name,
+                graph.nodes[node].name,
+                graph.uid(node)
+            )));
+        }
+    }
     if let Some(c) = checkpointing
         && let Some(loaded) = c.restored.as_ref()
     {
