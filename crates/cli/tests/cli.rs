@@ -573,10 +573,10 @@ fn unknown_job_and_unknown_flags_are_rejected() {
                 "keyed-count",
                 "--records",
                 "10",
-                "--savepoint-dir",
+                "--savepoint-target",
                 "x",
             ],
-            "--savepoint-dir",
+            "--savepoint-target",
         ),
         (
             &["run", "keyed-count", "--records", "10", "--no-such-flag"],
