@@ -13,17 +13,14 @@
 
 mod support;
 
-use std::fs::File;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flowstate::runtime::checkpoint::{SharedStorage, open_storage};
 use support::{
-    Run, arg, check_keyed_count_output, committed_lines, expected_keyed_count_result, flowstate,
-    workload_values,
+    Backend, Ending, Rng, Run, arg, check_keyed_count_output, committed_lines, copy_dir,
+    crash_seed, expected_keyed_count_result, keyed_count_line, one_at_a_time, run_args, start,
+    strings, tempdir, workload_values,
 };
 
 /// The brief's reference: `keyed-count --records 2000000` with 1M keys.
@@ -35,150 +32,8 @@ const EXPECTED: &str = "RESULT records=2000000 keys=865128 checksum=f612517c5618
 const RATE: &str = "300000";
 /// SIGKILLs per crash test.
 const KILLS: usize = 20;
-/// Longest a run that is not killed may take.
-const RUN_DEADLINE: Duration = Duration::from_secs(300);
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("cannot create a temporary directory")
-}
-
-/// The crash tests spawn multi-threaded processes; running them one at a time
-/// keeps the kill moments meaningful on a small machine.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static MACHINE: Mutex<()> = Mutex::new(());
-    MACHINE.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn seed() -> u64 {
-    match std::env::var("FLOWSTATE_CRASH_SEED") {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("FLOWSTATE_CRASH_SEED={text:?} is not a u64")),
-        Err(_) => 0x5eed_0003,
-    }
-}
-
-/// A small seeded generator (splitmix64 over a counter).
-struct Rng {
-    seed: u64,
-    n: u64,
-}
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self { seed, n: 0 }
-    }
-
-    fn next(&mut self) -> u64 {
-        self.n += 1;
-        support::splitmix64(self.seed ^ support::splitmix64(self.n))
-    }
-
-    /// Uniform in `lo..hi`.
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
-/// A child process that is killed if the test ends early.
-struct Process {
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-    started: Instant,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Starts `flowstate ARGS` in `cwd`, its stdout and stderr going to
-/// `<logs>/<name>.out` and `.err`.
-fn start(cwd: &Path, logs: &Path, name: &str, args: &[String]) -> Process {
-    std::fs::create_dir_all(logs).unwrap();
-    let stdout = logs.join(format!("{name}.out"));
-    let stderr = logs.join(format!("{name}.err"));
-    let child = Command::new(env!("CARGO_BIN_EXE_flowstate"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("FLOWSTATE_LOG")
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout).unwrap())
-        .stderr(File::create(&stderr).unwrap())
-        .spawn()
-        .expect("cannot start the flowstate binary");
-    Process {
-        child,
-        stdout,
-        stderr,
-        started: Instant::now(),
-    }
-}
-
-impl Process {
-    fn run(&self, status: ExitStatus) -> Run {
-        Run {
-            code: status.code(),
-            stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
-            stderr: String::from_utf8_lossy(&std::fs::read(&self.stderr).unwrap_or_default())
-                .into_owned(),
-        }
-    }
-
-    /// Waits until the process ended by itself (at most `deadline`).
-    fn wait(mut self, deadline: Duration) -> Run {
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return self.run(status);
-            }
-            if self.started.elapsed() > deadline {
-                let _ = self.child.kill();
-                let status = self.child.wait().unwrap();
-                panic!(
-                    "flowstate did not finish within {deadline:?}: {}",
-                    self.run(status)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Sends SIGKILL `at` after the start unless the process ended before.
-    /// Returns what happened and the run's output.
-    fn kill_at(mut self, at: Duration) -> (Ending, Run) {
-        while self.started.elapsed() < at {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (Ending::ByItself, self.run(status));
-            }
-            std::thread::sleep(
-                Duration::from_millis(5).min(at.saturating_sub(self.started.elapsed())),
-            );
-        }
-        let _ = self.child.kill(); // SIGKILL on Unix
-        let status = self.child.wait().unwrap();
-        let run = self.run(status);
-        if status.signal() == Some(SIGKILL) {
-            (Ending::Killed, run)
-        } else {
-            // It ended just before the signal.
-            (Ending::ByItself, run)
-        }
-    }
-}
-
-const SIGKILL: i32 = 9;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ending {
-    Killed,
-    ByItself,
-}
+/// Default seed of the kill moments (`FLOWSTATE_CRASH_SEED` overrides it).
+const SEED: u64 = 0x5eed_0003;
 
 /// The checkpoint a run restored, as its log names it (best effort, for the
 /// report only): the first `chk-<n>/_metadata` on its stderr.
@@ -212,7 +67,7 @@ struct CrashOutcome {
 
 impl CrashTest<'_> {
     fn run(&self, cwd: &Path, logs: &Path) -> CrashOutcome {
-        let seed = seed();
+        let seed = crash_seed(SEED);
         let salt = self
             .name
             .bytes()
@@ -237,7 +92,7 @@ impl CrashTest<'_> {
             }
             let process = start(cwd, logs, &format!("run-{attempt}"), &args);
             if attempt == self.kills {
-                let last = process.wait(RUN_DEADLINE);
+                let last = process.wait();
                 eprintln!(
                     "[{}] run {attempt}: p={parallelism}, ran to the end (restored chk-{:?}) in {:.1}s",
                     self.name,
@@ -290,7 +145,7 @@ impl CrashTest<'_> {
 
 /// `run keyed-count` with the brief's crash-test settings.
 fn crash_args(out: &Path, ck: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
+    let mut args = strings(&[
         "run",
         "keyed-count",
         "--records",
@@ -303,11 +158,8 @@ fn crash_args(out: &Path, ck: &Path, extra: &[&str]) -> Vec<String> {
         arg(ck),
         "--rate",
         RATE,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
+    ]);
+    args.extend(strings(extra));
     args
 }
 
@@ -339,29 +191,6 @@ fn describe_checkpoints(ck: &Path) -> String {
         ));
     }
     text
-}
-
-/// Which state backend a crash test runs on.
-#[derive(Clone, Copy)]
-enum Backend {
-    Heap,
-    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
-    RocksDbIncremental,
-}
-
-impl Backend {
-    fn args(self, state_dir: &Path) -> Vec<String> {
-        match self {
-            Backend::Heap => Vec::new(),
-            Backend::RocksDbIncremental => vec![
-                "--state-backend".into(),
-                "rocksdb".into(),
-                "--incremental".into(),
-                "--state-dir".into(),
-                arg(state_dir).to_owned(),
-            ],
-        }
-    }
 }
 
 fn sigkill_and_restore_latest(name: &str, first: u32, restarts: u32, backend: Backend) {
@@ -455,17 +284,7 @@ fn check_at_least_once(lines: &[String], records: u64, keys: u64) -> AtLeastOnce
     let mut max_count: HashMap<u64, u64> = HashMap::new();
     let mut stats = AtLeastOnce::default();
     for line in lines {
-        let fields: Vec<u64> = line
-            .split(',')
-            .map(|f| {
-                f.parse()
-                    .unwrap_or_else(|_| panic!("bad output line {line:?}"))
-            })
-            .collect();
-        let [key, count, sum] = fields[..] else {
-            panic!("bad output line {line:?}");
-        };
-        assert!(key < keys && count >= 1, "bad output line {line:?}");
+        let (key, count, sum) = keyed_count_line(line, keys);
         stats.lines += 1;
         if let Some(previous) = seen.insert((key, count), sum) {
             stats.repeated += 1;
@@ -585,7 +404,7 @@ const SMALL_RECORDS: u64 = 300_000;
 const SMALL_KEYS: u64 = 1_000;
 
 fn small_args(ck: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
+    let mut args = strings(&[
         "run",
         "keyed-count",
         "--records",
@@ -600,17 +419,9 @@ fn small_args(ck: &Path, extra: &[&str]) -> Vec<String> {
         "2",
         "--parallelism",
         "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
+    ]);
+    args.extend(strings(extra));
     args
-}
-
-fn run_args(cwd: &Path, args: &[String]) -> Run {
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    flowstate(cwd, &refs)
 }
 
 /// Job directories under `ck`.
@@ -668,18 +479,6 @@ fn flip_byte(path: &Path) {
 fn truncate(path: &Path) {
     let bytes = std::fs::read(path).unwrap();
     std::fs::write(path, &bytes[..bytes.len() * 2 / 3]).unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// A checkpoint directory with (at least) two completed checkpoints of one
@@ -916,7 +715,7 @@ fn restore_latest_takes_the_newest_checkpoint_not_the_highest_id() {
     let tmp = tempdir();
     let ck = tmp.path().join("ck");
     let job = |records: &str, extra: &[&str]| {
-        let mut args: Vec<String> = [
+        let mut args = strings(&[
             "run",
             "keyed-count",
             "--records",
@@ -927,11 +726,8 @@ fn restore_latest_takes_the_newest_checkpoint_not_the_highest_id() {
             "1h",
             "--checkpoint-dir",
             arg(&ck),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        ]);
+        args.extend(strings(extra));
         let run = run_args(tmp.path(), &args);
         run.assert_success();
         run.result_line().to_owned()
@@ -964,7 +760,7 @@ fn a_fresh_start_after_a_kill_removes_orphaned_in_progress_files() {
     );
     let (records, keys) = (40_000u64, 1_000u64);
     let args = |restore: bool| {
-        let mut args: Vec<String> = [
+        let mut args = strings(&[
             "run",
             "keyed-count",
             "--records",
@@ -981,10 +777,7 @@ fn a_fresh_start_after_a_kill_removes_orphaned_in_progress_files() {
             arg(&ck),
             "--parallelism",
             "2",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        ]);
         if restore {
             args.extend(["--restore".into(), "latest".into()]);
         }
@@ -1103,7 +896,7 @@ fn sigkill_and_restore_latest_from_s3() {
     let (out, logs) = (tmp.path().join("out"), tmp.path().join("logs"));
     let (records, keys) = (500_000u64, 100_000u64);
     let args = |restore: bool| {
-        let mut args: Vec<String> = [
+        let mut args = strings(&[
             "run",
             "keyed-count",
             "--records",
@@ -1120,16 +913,13 @@ fn sigkill_and_restore_latest_from_s3() {
             &url,
             "--parallelism",
             "2",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        ]);
         if restore {
             args.extend(["--restore".into(), "latest".into()]);
         }
         args
     };
-    let mut rng = Rng::new(seed() ^ 0x53);
+    let mut rng = Rng::new(crash_seed(SEED) ^ 0x53);
     let mut newest_seen = 0;
     for attempt in 0..2 {
         let process = start(
@@ -1172,7 +962,7 @@ fn sigkill_and_restore_latest_from_s3() {
             );
         }
     }
-    let last = start(tmp.path(), &logs, "s3-last", &args(true)).wait(RUN_DEADLINE);
+    let last = start(tmp.path(), &logs, "s3-last", &args(true)).wait();
     last.assert_success();
     assert_eq!(
         last.result_line(),

@@ -14,13 +14,9 @@ use std::path::Path;
 
 use support::{
     arg, assert_keyed_count_result_shape, check_keyed_count_output, check_wordcount_output,
-    committed_lines, count_words, expected_keyed_count_result, flowstate, visible_entries,
+    committed_lines, count_words, expected_keyed_count_result, flowstate, tempdir, visible_entries,
     workload_checksum,
 };
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("cannot create a temporary directory")
-}
 
 // ---------------------------------------------------------------------------
 // keyed-count: the brief's reference values.

@@ -14,7 +14,7 @@ use flowstate_rest::{
     CheckpointCounts, CheckpointHistory, JobDetails, JobService, JobState, JobSummary, RestServer,
     SavepointStatus, ServiceError, serve,
 };
-use support::{Run, flowstate};
+use support::{Run, flowstate, tempdir};
 
 /// Completes a savepoint on the third status poll (so the CLI must poll), fails it
 /// for job `doomed`, never completes it for job `slow`; a stopped job reports
@@ -205,10 +205,6 @@ impl JobService for Fake {
         summary.state = JobState::Cancelled;
         Ok(())
     }
-}
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("cannot create a temporary directory")
 }
 
 /// Runs `flowstate ARGS --rest ADDR` in `cwd`.

@@ -7,149 +7,34 @@
 //! and exactly-once under SIGKILL with savepoints in the mix.
 //!
 //! Results are checked with the independent reference implementation in
-//! `support`; the HTTP API is spoken raw (HTTP/1.1 over a `TcpStream`, with a
-//! small JSON reader here), never through the flowstate crates. Pass or fail
-//! never depends on timing: runs are throttled with `--rate` so that they are
-//! still going when a test acts on them, and no assertion depends on where
+//! `support`; the HTTP API is spoken raw (HTTP/1.1 over a `TcpStream`, the
+//! bodies read with `serde_json`), never through the flowstate crates. Pass or
+//! fail never depends on timing: runs are throttled with `--rate` so that they
+//! are still going when a test acts on them, and no assertion depends on where
 //! exactly a savepoint landed. Kill moments come from a seeded generator: set
 //! `FLOWSTATE_CRASH_SEED` to replay a run's moments (the seed is printed).
 
 mod support;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use support::{
-    Run, arg, check_keyed_count_output, check_wordcount_output, committed_lines, count_words,
-    expected_keyed_count_result, flowstate, splitmix64, visible_entries, workload_values,
+    Backend, Ending, Process, RUN_DEADLINE, Rng, Run, arg, check_keyed_count_output,
+    check_wordcount_output, committed_lines, copy_dir, count_words, crash_seed,
+    expected_keyed_count_result, flowstate, keyed_count_line, one_at_a_time, run_args, splitmix64,
+    start, strings, tempdir, visible_entries, workload_values,
 };
 
-/// Longest any run may take.
-const RUN_DEADLINE: Duration = Duration::from_secs(300);
 /// Longest a job may take to start serving its HTTP API.
 const API_DEADLINE: Duration = Duration::from_secs(60);
 
-fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("cannot create a temporary directory")
-}
-
-/// The tests spawn multi-threaded processes that are throttled and acted on
-/// while they run; one at a time keeps a small machine responsive.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static MACHINE: Mutex<()> = Mutex::new(());
-    MACHINE.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
-
-fn run_args(cwd: &Path, args: &[String]) -> Run {
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    flowstate(cwd, &refs)
-}
-
 // ---------------------------------------------------------------------------
-// Spawned jobs.
-
-/// A child process that is killed if the test ends early.
-struct Process {
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-    started: Instant,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Starts `flowstate ARGS` in `cwd`, its stdout and stderr going to
-/// `<logs>/<name>.out` and `.err`.
-fn start(cwd: &Path, logs: &Path, name: &str, args: &[String]) -> Process {
-    std::fs::create_dir_all(logs).unwrap();
-    let stdout = logs.join(format!("{name}.out"));
-    let stderr = logs.join(format!("{name}.err"));
-    let child = Command::new(env!("CARGO_BIN_EXE_flowstate"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("FLOWSTATE_LOG")
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout).unwrap())
-        .stderr(File::create(&stderr).unwrap())
-        .spawn()
-        .expect("cannot start the flowstate binary");
-    Process {
-        child,
-        stdout,
-        stderr,
-        started: Instant::now(),
-    }
-}
-
-const SIGKILL: i32 = 9;
-
-impl Process {
-    fn run(&self, status: ExitStatus) -> Run {
-        Run {
-            code: status.code(),
-            stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
-            stderr: String::from_utf8_lossy(&std::fs::read(&self.stderr).unwrap_or_default())
-                .into_owned(),
-        }
-    }
-
-    fn stderr_so_far(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.stderr).unwrap_or_default()).into_owned()
-    }
-
-    /// The run's output if it has ended.
-    fn ended(&mut self) -> Option<Run> {
-        let status = self.child.try_wait().unwrap()?;
-        Some(self.run(status))
-    }
-
-    /// Waits until the process ended by itself (at most `RUN_DEADLINE` after
-    /// its start).
-    fn wait(mut self) -> Run {
-        loop {
-            if let Some(run) = self.ended() {
-                return run;
-            }
-            if self.started.elapsed() > RUN_DEADLINE {
-                let _ = self.child.kill();
-                let status = self.child.wait().unwrap();
-                panic!(
-                    "flowstate did not finish within {RUN_DEADLINE:?}: {}",
-                    self.run(status)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL now, unless the process has ended. `true`: it was killed.
-    fn kill(mut self) -> (bool, Run) {
-        if let Some(run) = self.ended() {
-            return (false, run);
-        }
-        let _ = self.child.kill();
-        let status = self.child.wait().unwrap();
-        (status.signal() == Some(SIGKILL), self.run(status))
-    }
-}
+// Spawned jobs, served over HTTP.
 
 /// A running job with its HTTP API.
 struct Served {
@@ -194,7 +79,7 @@ fn after(text: &str, marker: &str, end: impl Fn(char) -> bool) -> Option<String>
 }
 
 impl Served {
-    fn details(&self) -> Json {
+    fn details(&self) -> Value {
         let answer = http(&self.addr, "GET", &format!("/jobs/{}", self.job), None);
         answer.expect_status(200);
         answer.json()
@@ -309,19 +194,6 @@ fn assert_keyed_files(savepoint: &Path, uid: &str, parallelism: u32) {
     assert_eq!(names, expected, "keyed files of {uid} in the savepoint");
 }
 
-/// Copies a directory tree, hidden (in-progress) files included.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// The lines of the visible (committed) files of `dir`, whatever else it holds.
 fn visible_lines(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
@@ -338,7 +210,7 @@ fn visible_lines(dir: &Path) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------------------
-// Raw HTTP/1.1 and a small JSON reader.
+// Raw HTTP/1.1, JSON bodies.
 
 struct Http {
     status: u16,
@@ -358,7 +230,7 @@ impl Http {
         self
     }
 
-    fn json(&self) -> Json {
+    fn json(&self) -> Value {
         assert!(
             self.content_type.starts_with("application/json"),
             "{}: content type {:?}, body {}",
@@ -366,7 +238,7 @@ impl Http {
             self.content_type,
             self.body
         );
-        Json::parse(&self.body)
+        serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {}", self.request, self.body))
     }
 
@@ -477,230 +349,35 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    /// The number's text (so that u64 values stay exact).
-    Number(String),
-    Str(String),
-    Array(Vec<Json>),
-    Object(Vec<(String, Json)>),
+/// Reading what the API answered: a missing field or a value of the wrong
+/// type fails the test, naming what was there instead.
+trait Json {
+    /// The field `key` of an object, which must be there.
+    fn field(&self, key: &str) -> &Value;
+    fn str(&self) -> &str;
+    fn u64(&self) -> u64;
+    fn array(&self) -> &[Value];
 }
 
-impl Json {
-    fn parse(text: &str) -> Result<Json, String> {
-        let mut parser = JsonParser {
-            bytes: text.as_bytes(),
-            at: 0,
-        };
-        let value = parser.value()?;
-        parser.space();
-        if parser.at != parser.bytes.len() {
-            return Err(format!("trailing text at byte {}", parser.at));
-        }
-        Ok(value)
-    }
-
-    fn get(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Object(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    fn field(&self, key: &str) -> &Json {
+impl Json for Value {
+    fn field(&self, key: &str) -> &Value {
         self.get(key)
-            .unwrap_or_else(|| panic!("no field {key:?} in {self:?}"))
+            .unwrap_or_else(|| panic!("no field {key:?} in {self}"))
     }
 
     fn str(&self) -> &str {
-        match self {
-            Json::Str(s) => s,
-            other => panic!("not a string: {other:?}"),
-        }
+        self.as_str()
+            .unwrap_or_else(|| panic!("not a string: {self}"))
     }
 
     fn u64(&self) -> u64 {
-        match self {
-            Json::Number(n) => n.parse().unwrap_or_else(|_| panic!("not a u64: {n}")),
-            other => panic!("not a number: {other:?}"),
-        }
+        self.as_u64().unwrap_or_else(|| panic!("not a u64: {self}"))
     }
 
-    fn array(&self) -> &[Json] {
-        match self {
-            Json::Array(items) => items,
-            other => panic!("not an array: {other:?}"),
-        }
+    fn array(&self) -> &[Value] {
+        self.as_array()
+            .unwrap_or_else(|| panic!("not an array: {self}"))
     }
-}
-
-struct JsonParser<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl JsonParser<'_> {
-    fn space(&mut self) {
-        while self
-            .bytes
-            .get(self.at)
-            .is_some_and(|b| b" \t\r\n".contains(b))
-        {
-            self.at += 1;
-        }
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.bytes.get(self.at).copied()
-    }
-
-    fn eat(&mut self, byte: u8) -> Result<(), String> {
-        self.space();
-        if self.peek() == Some(byte) {
-            self.at += 1;
-            Ok(())
-        } else {
-            Err(format!("expected '{}' at byte {}", byte as char, self.at))
-        }
-    }
-
-    fn literal(&mut self, word: &str, value: Json) -> Result<Json, String> {
-        if self.bytes[self.at..].starts_with(word.as_bytes()) {
-            self.at += word.len();
-            Ok(value)
-        } else {
-            Err(format!("bad literal at byte {}", self.at))
-        }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        self.space();
-        match self.peek() {
-            Some(b'{') => {
-                self.at += 1;
-                let mut fields = Vec::new();
-                self.space();
-                if self.peek() == Some(b'}') {
-                    self.at += 1;
-                    return Ok(Json::Object(fields));
-                }
-                loop {
-                    self.space();
-                    let key = self.string()?;
-                    self.eat(b':')?;
-                    fields.push((key, self.value()?));
-                    self.space();
-                    match self.peek() {
-                        Some(b',') => self.at += 1,
-                        Some(b'}') => {
-                            self.at += 1;
-                            return Ok(Json::Object(fields));
-                        }
-                        _ => return Err(format!("bad object at byte {}", self.at)),
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.at += 1;
-                let mut items = Vec::new();
-                self.space();
-                if self.peek() == Some(b']') {
-                    self.at += 1;
-                    return Ok(Json::Array(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    self.space();
-                    match self.peek() {
-                        Some(b',') => self.at += 1,
-                        Some(b']') => {
-                            self.at += 1;
-                            return Ok(Json::Array(items));
-                        }
-                        _ => return Err(format!("bad array at byte {}", self.at)),
-                    }
-                }
-            }
-            Some(b'"') => Ok(Json::Str(self.string()?)),
-            Some(b't') => self.literal("true", Json::Bool(true)),
-            Some(b'f') => self.literal("false", Json::Bool(false)),
-            Some(b'n') => self.literal("null", Json::Null),
-            Some(b) if b == b'-' || b.is_ascii_digit() => {
-                let start = self.at;
-                while self
-                    .peek()
-                    .is_some_and(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
-                {
-                    self.at += 1;
-                }
-                let text = std::str::from_utf8(&self.bytes[start..self.at]).unwrap();
-                text.parse::<f64>()
-                    .map_err(|_| format!("bad number {text:?}"))?;
-                Ok(Json::Number(text.to_owned()))
-            }
-            _ => Err(format!("unexpected input at byte {}", self.at)),
-        }
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        if self.peek() != Some(b'"') {
-            return Err(format!("expected a string at byte {}", self.at));
-        }
-        self.at += 1;
-        let mut out = Vec::new();
-        loop {
-            let b = self.peek().ok_or("unterminated string")?;
-            self.at += 1;
-            match b {
-                b'"' => return String::from_utf8(out).map_err(|e| e.to_string()),
-                b'\\' => {
-                    let e = self.peek().ok_or("unterminated escape")?;
-                    self.at += 1;
-                    let c = match e {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            let hex = self
-                                .bytes
-                                .get(self.at..self.at + 4)
-                                .ok_or("short \\u escape")?;
-                            self.at += 4;
-                            let code = u32::from_str_radix(std::str::from_utf8(hex).unwrap(), 16)
-                                .map_err(|e| e.to_string())?;
-                            char::from_u32(code).unwrap_or('\u{fffd}')
-                        }
-                        _ => return Err(format!("bad escape at byte {}", self.at)),
-                    };
-                    let mut buf = [0; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                }
-                _ => out.push(b),
-            }
-        }
-    }
-}
-
-#[test]
-fn the_json_reader_reads_what_the_api_writes() {
-    let value = Json::parse(
-        r#" {"a": [1, -2.5e3, "x\"\u00e9\n"], "b": {"c": null, "d": true}, "e": 18446744073709551615} "#,
-    )
-    .unwrap();
-    assert_eq!(value.field("a").array().len(), 3);
-    assert_eq!(value.field("a").array()[2].str(), "x\"é\n");
-    assert_eq!(value.field("b").field("c"), &Json::Null);
-    assert_eq!(value.field("b").field("d"), &Json::Bool(true));
-    assert_eq!(value.field("e").u64(), u64::MAX);
-    assert!(Json::parse(r#"{"a": }"#).is_err());
-    assert!(Json::parse(r#"{"a": 1} x"#).is_err());
 }
 
 // ---------------------------------------------------------------------------
@@ -749,17 +426,7 @@ fn check_partial_output(lines: &[String], records: u64, keys: u64) -> BTreeMap<u
     let all = workload_values(records, keys);
     let mut by_key: BTreeMap<u64, BTreeMap<u64, u64>> = BTreeMap::new();
     for line in lines {
-        let fields: Vec<u64> = line
-            .split(',')
-            .map(|f| {
-                f.parse()
-                    .unwrap_or_else(|_| panic!("bad output line {line:?}"))
-            })
-            .collect();
-        let [key, count, sum] = fields[..] else {
-            panic!("bad output line {line:?}");
-        };
-        assert!(key < keys && count >= 1, "bad output line {line:?}");
+        let (key, count, sum) = keyed_count_line(line, keys);
         let previous = by_key.entry(key).or_default().insert(count, sum);
         assert!(
             previous.is_none(),
@@ -798,33 +465,6 @@ fn check_partial_output(lines: &[String], records: u64, keys: u64) -> BTreeMap<u
         state.insert(*key, (c, previous));
     }
     state
-}
-
-/// Where a run keeps its keyed state: heap or RocksDB (full or incremental).
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Heap,
-    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
-    RocksDb,
-    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
-    RocksDbIncremental,
-}
-
-impl Backend {
-    fn args(self, state_dir: &Path) -> Vec<String> {
-        let rocksdb = |incremental: bool| {
-            let mut args = strings(&["--state-backend", "rocksdb", "--state-dir", arg(state_dir)]);
-            if incremental {
-                args.push("--incremental".into());
-            }
-            args
-        };
-        match self {
-            Backend::Heap => Vec::new(),
-            Backend::RocksDb => rocksdb(false),
-            Backend::RocksDbIncremental => rocksdb(true),
-        }
-    }
 }
 
 /// Scenario of tests 1 and 2: a throttled keyed-count run at parallelism 2
@@ -1125,7 +765,7 @@ fn stop_with_savepoint_then_resume_is_exactly_once_and_the_dump_matches() {
     let restored_from = job2.details().field("restored_from").clone();
     let savepoint_name = savepoint.file_name().unwrap().to_string_lossy();
     assert!(
-        matches!(&restored_from, Json::Str(from) if from.contains(savepoint_name.as_ref())),
+        matches!(&restored_from, Value::String(from) if from.contains(savepoint_name.as_ref())),
         "restored_from should name the savepoint {savepoint_name}: {restored_from:?}"
     );
     let run2 = job2.process.wait();
@@ -1627,7 +1267,7 @@ fn the_http_api_of_a_running_job() {
     let location = status.field("location").str();
     let location = Path::new(location.strip_prefix("file://").unwrap_or(location));
     assert_in_target(location, &target);
-    assert_eq!(status.field("failure"), &Json::Null, "{status:?}");
+    assert_eq!(status.field("failure"), &Value::Null, "{status:?}");
     let savepoint_id = status.field("checkpoint_id").u64();
 
     let history = http(&addr, "GET", &format!("/jobs/{id}/checkpoints"), None);
@@ -1665,34 +1305,6 @@ fn the_http_api_of_a_running_job() {
 
 // ---------------------------------------------------------------------------
 // SIGKILL with savepoints in the mix.
-
-fn seed() -> u64 {
-    match std::env::var("FLOWSTATE_CRASH_SEED") {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("FLOWSTATE_CRASH_SEED={text:?} is not a u64")),
-        Err(_) => 0x5eed_0005,
-    }
-}
-
-/// A small seeded generator (splitmix64 over a counter).
-struct Rng {
-    seed: u64,
-    n: u64,
-}
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.n += 1;
-        splitmix64(self.seed ^ splitmix64(self.n))
-    }
-
-    /// Uniform in `lo..hi`.
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
 
 /// Asks for a savepoint over HTTP without waiting: in turn with no body, with
 /// `{}` (both: the job's `--savepoint-dir`) and naming `target`.
@@ -1744,8 +1356,8 @@ fn sigkill_with_savepoints_in_the_mix_is_exactly_once() {
         root.join("logs"),
         root.join("savepoints"),
     );
-    let seed = seed();
-    let mut rng = Rng { seed, n: 0 };
+    let seed = crash_seed(0x5eed_0005);
+    let mut rng = Rng::new(seed);
     eprintln!("[mix] seed {seed} (FLOWSTATE_CRASH_SEED), {KILLS} kills");
     let expected = expected_keyed_count_result(RECORDS, KEYS);
     let mut completed_savepoints = Vec::new();
@@ -1835,8 +1447,8 @@ fn sigkill_with_savepoints_in_the_mix_is_exactly_once() {
             Some(run) => run,
             None if attempt == KILLS => unreachable!(),
             None => {
-                let (killed, run) = job.process.kill();
-                if !killed {
+                let (ending, run) = job.process.kill();
+                if ending == Ending::ByItself {
                     // It ended just before the signal.
                     run.assert_success();
                 }

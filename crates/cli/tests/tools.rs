@@ -12,14 +12,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use support::{Run, arg, count_words, flowstate, workload_values};
+use support::{Run, arg, count_words, flowstate, tempdir, workload_values};
 
 const RECORDS: u64 = 20_000;
 const KEYS: u64 = 1_000;
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("cannot create a temporary directory")
-}
 
 /// The only `<job>/chk-<n>` directory under `root`.
 fn only_checkpoint(root: &Path) -> PathBuf {

@@ -1,15 +1,26 @@
-//! Helpers for the end-to-end tests of the `flowstate` binary: running it,
-//! reading what its file sink committed, and an independent reference
-//! implementation of workload W and of wordcount to check the results against.
+//! Helpers for the end-to-end tests of the `flowstate` binary: running it (to
+//! the end, or spawned in the background to be acted on and killed), reading
+//! what its file sink committed, and an independent reference implementation
+//! of workload W and of wordcount to check the results against.
 //!
 //! Nothing here is imported from the flowstate crates: the checker must not share
 //! code (or bugs) with what it checks.
+//!
+//! Every test binary compiles this module on its own and uses only part of it,
+//! hence the `dead_code` allowance.
 
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::process::{Command, Output};
+use std::fs::File;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Longest a run that is not killed may take.
+pub const RUN_DEADLINE: Duration = Duration::from_secs(300);
 
 /// What one run of the binary produced.
 pub struct Run {
@@ -112,6 +123,226 @@ pub fn flowstate(cwd: &Path, args: &[&str]) -> Run {
 /// `path` as a `&str` argument.
 pub fn arg(path: &Path) -> &str {
     path.to_str().expect("temporary paths are UTF-8")
+}
+
+/// Owned arguments.
+pub fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// [`flowstate`] with owned arguments.
+pub fn run_args(cwd: &Path, args: &[String]) -> Run {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    flowstate(cwd, &refs)
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("cannot create a temporary directory")
+}
+
+/// The tests that spawn multi-threaded processes (throttled, acted on while
+/// they run, killed at chosen moments) take turns: one at a time keeps a small
+/// machine responsive and the kill moments meaningful. The lock is per test
+/// binary.
+pub fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static MACHINE: Mutex<()> = Mutex::new(());
+    MACHINE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Copies a directory tree, hidden (in-progress) files included.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Where a run keeps its keyed state: heap or RocksDB (full or incremental).
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Heap,
+    RocksDb,
+    RocksDbIncremental,
+}
+
+impl Backend {
+    /// The run's arguments for this backend, its local state under `state_dir`.
+    pub fn args(self, state_dir: &Path) -> Vec<String> {
+        let rocksdb = |incremental: bool| {
+            let mut args = strings(&["--state-backend", "rocksdb", "--state-dir", arg(state_dir)]);
+            if incremental {
+                args.push("--incremental".into());
+            }
+            args
+        };
+        match self {
+            Backend::Heap => Vec::new(),
+            Backend::RocksDb => rocksdb(false),
+            Backend::RocksDbIncremental => rocksdb(true),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Spawned runs, and kill moments.
+
+/// A child process that is killed if the test ends early.
+pub struct Process {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    pub started: Instant,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts `flowstate ARGS` in `cwd`, its stdout and stderr going to
+/// `<logs>/<name>.out` and `.err`.
+pub fn start(cwd: &Path, logs: &Path, name: &str, args: &[String]) -> Process {
+    std::fs::create_dir_all(logs).unwrap();
+    let stdout = logs.join(format!("{name}.out"));
+    let stderr = logs.join(format!("{name}.err"));
+    let child = Command::new(env!("CARGO_BIN_EXE_flowstate"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("FLOWSTATE_LOG")
+        .stdin(Stdio::null())
+        .stdout(File::create(&stdout).unwrap())
+        .stderr(File::create(&stderr).unwrap())
+        .spawn()
+        .expect("cannot start the flowstate binary");
+    Process {
+        child,
+        stdout,
+        stderr,
+        started: Instant::now(),
+    }
+}
+
+const SIGKILL: i32 = 9;
+
+/// How a process that was to be killed ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Killed,
+    ByItself,
+}
+
+impl Process {
+    fn run(&self, status: ExitStatus) -> Run {
+        Run {
+            code: status.code(),
+            stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            stderr: String::from_utf8_lossy(&std::fs::read(&self.stderr).unwrap_or_default())
+                .into_owned(),
+        }
+    }
+
+    pub fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.stderr).unwrap_or_default()).into_owned()
+    }
+
+    /// The run's output if it has ended.
+    pub fn ended(&mut self) -> Option<Run> {
+        let status = self.child.try_wait().unwrap()?;
+        Some(self.run(status))
+    }
+
+    /// Waits until the process ended by itself (at most [`RUN_DEADLINE`]
+    /// after its start).
+    pub fn wait(mut self) -> Run {
+        loop {
+            if let Some(run) = self.ended() {
+                return run;
+            }
+            if self.started.elapsed() > RUN_DEADLINE {
+                let _ = self.child.kill();
+                let status = self.child.wait().unwrap();
+                panic!(
+                    "flowstate did not finish within {RUN_DEADLINE:?}: {}",
+                    self.run(status)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL now, unless the process has ended. Returns what happened and
+    /// the run's output.
+    pub fn kill(mut self) -> (Ending, Run) {
+        if let Some(run) = self.ended() {
+            return (Ending::ByItself, run);
+        }
+        let _ = self.child.kill(); // SIGKILL on Unix
+        let status = self.child.wait().unwrap();
+        let run = self.run(status);
+        if status.signal() == Some(SIGKILL) {
+            (Ending::Killed, run)
+        } else {
+            // It ended just before the signal.
+            (Ending::ByItself, run)
+        }
+    }
+
+    /// SIGKILL `at` after the start, unless the process ended before. Returns
+    /// what happened and the run's output.
+    pub fn kill_at(mut self, at: Duration) -> (Ending, Run) {
+        while self.started.elapsed() < at {
+            if let Some(run) = self.ended() {
+                return (Ending::ByItself, run);
+            }
+            std::thread::sleep(
+                Duration::from_millis(5).min(at.saturating_sub(self.started.elapsed())),
+            );
+        }
+        self.kill()
+    }
+}
+
+/// The seed of the kill moments: `FLOWSTATE_CRASH_SEED` if set (to replay a
+/// run's moments), else `default`.
+pub fn crash_seed(default: u64) -> u64 {
+    match std::env::var("FLOWSTATE_CRASH_SEED") {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("FLOWSTATE_CRASH_SEED={text:?} is not a u64")),
+        Err(_) => default,
+    }
+}
+
+/// A small seeded generator (splitmix64 over a counter).
+pub struct Rng {
+    seed: u64,
+    n: u64,
+}
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self { seed, n: 0 }
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.n += 1;
+        splitmix64(self.seed ^ splitmix64(self.n))
+    }
+
+    /// Uniform in `lo..hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -234,6 +465,23 @@ pub fn visible_entries(dir: &Path) -> Vec<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => panic!("cannot list {}: {e}", dir.display()),
     }
+}
+
+/// `(key, count, sum)` of a `key,count,sum` line of `keyed-count` output,
+/// with a key below `keys` and a count of at least 1.
+pub fn keyed_count_line(line: &str, keys: u64) -> (u64, u64, u64) {
+    let fields: Vec<u64> = line
+        .split(',')
+        .map(|f| {
+            f.parse()
+                .unwrap_or_else(|_| panic!("bad output line {line:?}"))
+        })
+        .collect();
+    let [key, count, sum] = fields[..] else {
+        panic!("bad output line {line:?}");
+    };
+    assert!(key < keys && count >= 1, "bad output line {line:?}");
+    (key, count, sum)
 }
 
 /// The brief's exactly-once check of `keyed-count` output, made stronger: for
