@@ -415,3 +415,84 @@ fn two_operators_with_one_uid_are_refused() {
         "{message}"
     );
 }
+
+/// A stop whose savepoint fails resumes the suspended sources: the job runs
+/// on and ends with every record counted once. The savepoint is made to fail
+/// while the sink holds the snapshot: a regular file named `state` in the
+/// savepoint's directory leaves the keyed files no place to go.
+#[test]
+fn a_failed_stop_with_savepoint_resumes_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("sp");
+    let (entered_tx, entered) = sync_channel(4);
+    let (release, release_rx) = sync_channel(4);
+    let gate = Gate {
+        entered: entered_tx,
+        release: Arc::new(Mutex::new(release_rx)),
+        armed: Arc::new(Mutex::new(true)),
+    };
+    let env = StreamEnvironment::new(config(
+        1,
+        dir.path().join("ck").to_str().unwrap(),
+        Some(target.display().to_string()),
+        RestoreFrom::Nothing,
+        false,
+    ));
+    let counts = env
+        .from_source(
+            "numbers",
+            SequenceSource::new(RECORDS, 16, |i| i)
+                .unwrap()
+                .with_rate(40_000)
+                .unwrap(),
+        )
+        .key_by(|v: &u64| v % KEYS)
+        .process(Count::default())
+        .uid("count");
+    let output = counts.collect();
+    counts
+        .map(|(key, _)| key)
+        .sink_to("gated", GatedSink(gate.clone()));
+    let job = env.start().unwrap();
+    let controller = Arc::clone(job.controller());
+    running(&controller);
+    wait_for("some records", || controller.metrics().records_in() > 1000);
+    let request = controller.trigger_savepoint(None, true).unwrap();
+    entered
+        .recv_timeout(DEADLINE)
+        .expect("the sink's snapshot starts");
+    assert_eq!(controller.status(), JobStatus::Stopping);
+    let savepoint = std::fs::read_dir(&target)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .expect("the savepoint's directory exists");
+    std::fs::write(savepoint.join("state"), b"in the way").unwrap();
+    *gate.armed.lock().unwrap() = false;
+    release.send(()).unwrap();
+    let mut outcome = None;
+    wait_for("the stop to fail", || {
+        match controller.savepoint(&request).unwrap() {
+            SavepointState::InProgress { .. } => return false,
+            other => outcome = Some(other),
+        }
+        true
+    });
+    assert!(
+        matches!(outcome, Some(SavepointState::Failed(_))),
+        "{outcome:?}"
+    );
+    // Suspended sources that were never resumed would hold the job forever.
+    wait_for("the job to end", || controller.status().is_terminal());
+    let report = job.join().expect("the job runs on to its end");
+    assert_eq!(report.stopped_with_savepoint, None);
+    assert_eq!(report.records_in, RECORDS);
+    assert_eq!(controller.status(), JobStatus::Finished);
+    let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+    for (key, count) in output.lock().unwrap().iter() {
+        let previous = last.insert(*key, *count).unwrap_or(0);
+        assert_eq!(*count, previous + 1, "key {key}");
+    }
+    let total: u64 = last.values().sum();
+    assert_eq!(total, RECORDS, "every record counted once");
+}
