@@ -1486,3 +1486,66 @@ fn sigkill_with_savepoints_in_the_mix_is_exactly_once() {
     );
     check_keyed_count_output(&committed_lines(&out), RECORDS, KEYS);
 }
+
+/// A checkpoint is restorable by its path from anywhere too (its directory
+/// copied away from its checkpoint storage), into a job at another
+/// parallelism with another checkpoint directory.
+#[test]
+fn a_copied_checkpoint_restores_by_its_path_at_another_parallelism() {
+    let tmp = tempdir();
+    let (records, keys) = (300_000, 50_000);
+    let first = run_args(
+        tmp.path(),
+        &keyed_count(
+            records,
+            keys,
+            2,
+            &[
+                "--checkpoint-interval",
+                "100ms",
+                "--checkpoint-dir",
+                "ck",
+                "--rest",
+                "off",
+            ],
+        ),
+    );
+    first.assert_success();
+    let expected = expected_keyed_count_result(records, keys);
+    assert_eq!(first.result_line(), expected);
+    let jobs: Vec<PathBuf> = std::fs::read_dir(tmp.path().join("ck"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let checkpoint = std::fs::read_dir(&jobs[0])
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("_metadata").is_file())
+        .expect("the final checkpoint is retained");
+    let moved_root = tmp.path().join("elsewhere");
+    copy_dir(&tmp.path().join("ck"), &moved_root);
+    std::fs::remove_dir_all(tmp.path().join("ck")).unwrap();
+    let moved = moved_root
+        .join(jobs[0].file_name().unwrap())
+        .join(checkpoint.file_name().unwrap());
+    let second = run_args(
+        tmp.path(),
+        &keyed_count(
+            records,
+            keys,
+            3,
+            &[
+                "--checkpoint-dir",
+                "ck2",
+                "--rest",
+                "off",
+                "--restore",
+                arg(&moved),
+            ],
+        ),
+    );
+    second.assert_success();
+    assert_eq!(second.result_line(), expected, "{second}");
+    assert!(second.stderr.contains("read and verified"), "{second}");
+}
