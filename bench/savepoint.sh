@@ -8,6 +8,9 @@
 #
 #   bash bench/savepoint.sh
 #   RECORDS=20000000 RATE=4000000 bash bench/savepoint.sh
+#   RUN_FLAGS="--state-backend rocksdb --incremental" bash bench/savepoint.sh
+#     (the job whose savepoint is taken runs on rocksdb; needs ROCKSDB_LIB_DIR,
+#     see scripts/rocksdb-lib.sh)
 #
 # Every restored run must end with the brief's checksum; a mismatch exits
 # non-zero.
@@ -20,6 +23,7 @@ RECORDS=${RECORDS:-20000000}
 RATE=${RATE:-2000000}
 AT=${AT:-5000000} # records in before the savepoint: every key exists by then
 P=${PARALLELISM:-2}
+read -r -a run_flags <<<"${RUN_FLAGS:-}"
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -37,8 +41,8 @@ json() { # json PYTHON-EXPRESSION-ON-d < JSON
     python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"
 }
 
-echo "== run: keyed-count --records $RECORDS --rate $RATE --parallelism $P --checkpoint-interval 1s, loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
-"$bin" run keyed-count --records "$RECORDS" --rate "$RATE" --parallelism "$P" \
+echo "== run: keyed-count --records $RECORDS --rate $RATE --parallelism $P --checkpoint-interval 1s ${RUN_FLAGS:-}, loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
+"$bin" run keyed-count --records "$RECORDS" --rate "$RATE" --parallelism "$P" "${run_flags[@]}" --state-dir "$work/run-state" \
     --checkpoint-dir "$work/ck" --checkpoint-interval 1s --rest 127.0.0.1:0 \
     >"$work/run.out" 2>"$work/run.err" &
 run=$!
