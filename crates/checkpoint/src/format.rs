@@ -11,6 +11,8 @@ use crate::CheckpointError;
 pub const METADATA_MAGIC: [u8; 4] = *b"FSMD";
 /// Magic of a keyed state file.
 pub const KEYED_MAGIC: [u8; 4] = *b"FSKS";
+/// Magic of a job's restore pointer (`<job>/_restored_from`).
+pub const RESTORE_POINTER_MAGIC: [u8; 4] = *b"FSRP";
 
 const HEADER_BYTES: usize = 8;
 const TRAILER_BYTES: usize = 4;

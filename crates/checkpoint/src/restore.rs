@@ -14,6 +14,9 @@ use crate::keyed_file::{sections, verify_file};
 use crate::layout::{METADATA_FILE, parse_metadata_path};
 use crate::metadata::{CheckpointMetadata, OperatorListState};
 use crate::native_files::native_restore;
+use serde::{Deserialize, Serialize};
+
+use crate::format::{RESTORE_POINTER_MAGIC, seal, unseal};
 use crate::storage::{CheckpointStorage, SharedStorage, open_storage};
 use crate::{CheckpointError, CheckpointId};
 
@@ -68,8 +71,73 @@ pub fn open_snapshot(location: &str) -> Result<OpenedSnapshot, CheckpointError> 
 pub struct LoadedCheckpoint {
     pub metadata: CheckpointMetadata,
     pub metadata_path: String,
+    /// The job that `--restore latest` continues from this snapshot: the one
+    /// that wrote it, or the job whose restore pointer led to it.
+    pub continues_job: String,
     files: HashMap<String, Vec<u8>>,
     storage: SharedStorage,
+}
+
+/// Where a job that started from a snapshot outside its own checkpoints (a
+/// savepoint, another job's checkpoint) came from: `<job>/_restored_from` in
+/// the checkpoint storage. Until the job's first checkpoint completes, this is
+/// the job's newest consistent state, and `--restore latest` resumes from it;
+/// without it, a crash before that first checkpoint would resume from an older
+/// checkpoint of another job and replay output the snapshot had committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePointer {
+    /// A checkpoint in this same storage, by its path in it...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_path: Option<String>,
+    /// ...or a snapshot anywhere, opened with [`open_snapshot`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    pub checkpoint_id: CheckpointId,
+    pub created_unix_ms: u64,
+}
+
+/// Name of a job's restore pointer, beside its `chk-<n>` directories.
+pub const RESTORE_POINTER_FILE: &str = "_restored_from";
+const RESTORE_POINTER_VERSION: u32 = 1;
+
+/// Writes `<job_id>/_restored_from` (sealed JSON, replacing an older one).
+pub fn write_restore_pointer(
+    storage: &dyn CheckpointStorage,
+    job_id: &str,
+    pointer: &RestorePointer,
+) -> Result<(), CheckpointError> {
+    let path = format!("{job_id}/{RESTORE_POINTER_FILE}");
+    let json = serde_json::to_vec(pointer).map_err(|e| CheckpointError::Invalid(e.to_string()))?;
+    let sealed = seal(RESTORE_POINTER_MAGIC, RESTORE_POINTER_VERSION, &json);
+    // Pair assertion: it reads back as written.
+    if read_restore_pointer(&path, &sealed)? != *pointer {
+        return Err(CheckpointError::Invalid(
+            "restore pointer does not read back identically".into(),
+        ));
+    }
+    storage.put(&path, sealed)?;
+    Ok(())
+}
+
+fn read_restore_pointer(path: &str, bytes: &[u8]) -> Result<RestorePointer, CheckpointError> {
+    let (_, json) = unseal(RESTORE_POINTER_MAGIC, RESTORE_POINTER_VERSION, path, bytes)?;
+    serde_json::from_slice(json).map_err(|e| CheckpointError::Corrupt {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// What `--restore latest` may resume from, in order of preference.
+enum Candidate {
+    Checkpoint {
+        id: CheckpointId,
+        path: String,
+    },
+    Pointer {
+        job: String,
+        path: String,
+        pointer: RestorePointer,
+    },
 }
 
 /// Completed checkpoints under the storage root, newest first:
@@ -79,17 +147,29 @@ pub struct LoadedCheckpoint {
 pub fn completed_checkpoints(
     storage: &dyn CheckpointStorage,
 ) -> Result<Vec<(String, CheckpointId, String)>, CheckpointError> {
+    let paths = storage.list("")?;
+    Ok(ordered_checkpoints(storage, &paths)?
+        .into_iter()
+        .map(|(_, job, id, path)| (job, id, path))
+        .collect())
+}
+
+/// [`completed_checkpoints`] with each one's creation time.
+fn ordered_checkpoints(
+    storage: &dyn CheckpointStorage,
+    paths: &[String],
+) -> Result<Vec<(u64, String, CheckpointId, String)>, CheckpointError> {
     let mut found: Vec<(u64, String, CheckpointId, String)> = Vec::new();
-    for path in storage.list("")? {
-        let Some((job, id)) = parse_metadata_path(&path) else {
+    for path in paths {
+        let Some((job, id)) = parse_metadata_path(path) else {
             continue;
         };
         let created = storage
-            .get(&path)
+            .get(path)
             .ok()
-            .and_then(|bytes| CheckpointMetadata::decode(&path, &bytes).ok())
+            .and_then(|bytes| CheckpointMetadata::decode(path, &bytes).ok())
             .map_or(0, |m| m.created_unix_ms);
-        found.push((created, job, id, path));
+        found.push((created, job, id, path.clone()));
     }
     // Jobs by their newest checkpoint's time; within a job by id, which only
     // grows (a wall clock may step back, ids do not).
@@ -104,10 +184,75 @@ pub fn completed_checkpoints(
             .then_with(|| b.1.cmp(&a.1))
             .then_with(|| b.2.cmp(&a.2))
     });
-    Ok(found
-        .into_iter()
-        .map(|(_, job, id, path)| (job, id, path))
-        .collect())
+    Ok(found)
+}
+
+/// Everything `--restore latest` may resume from, newest first: jobs by their
+/// newest checkpoint or restore pointer; within a job its checkpoints by id,
+/// then its restore pointer (older than any checkpoint of the job).
+fn restore_candidates(
+    storage: &dyn CheckpointStorage,
+    job_id: Option<&str>,
+) -> Result<Vec<(String, Candidate)>, CheckpointError> {
+    let paths = storage.list("")?;
+    let checkpoints = ordered_checkpoints(storage, &paths)?;
+    let mut pointers: HashMap<String, (String, RestorePointer)> = HashMap::new();
+    for path in &paths {
+        let Some(job) = path
+            .strip_suffix(RESTORE_POINTER_FILE)
+            .and_then(|p| p.strip_suffix('/'))
+            .filter(|job| !job.is_empty() && !job.contains('/'))
+        else {
+            continue;
+        };
+        match storage
+            .get(path)
+            .map_err(CheckpointError::from)
+            .and_then(|bytes| read_restore_pointer(path, &bytes))
+        {
+            Ok(pointer) => {
+                pointers.insert(job.to_owned(), (path.clone(), pointer));
+            }
+            Err(e) => tracing::warn!("ignoring restore pointer {path}: {e}"),
+        }
+    }
+    let mut newest: HashMap<String, u64> = HashMap::new();
+    for (created, job, _, _) in &checkpoints {
+        let n = newest.entry(job.clone()).or_insert(0);
+        *n = (*n).max(*created);
+    }
+    for (job, (_, pointer)) in &pointers {
+        let n = newest.entry(job.clone()).or_insert(0);
+        *n = (*n).max(pointer.created_unix_ms);
+    }
+    let mut jobs: Vec<(&String, &u64)> = newest.iter().collect();
+    jobs.sort_by(|a, b| b.1.cmp(a.1).then_with(|| b.0.cmp(a.0)));
+    let mut out = Vec::new();
+    for (job, _) in jobs {
+        if job_id.is_some_and(|wanted| wanted != job) {
+            continue;
+        }
+        for (_, _, id, path) in checkpoints.iter().filter(|c| &c.1 == job) {
+            out.push((
+                job.clone(),
+                Candidate::Checkpoint {
+                    id: *id,
+                    path: path.clone(),
+                },
+            ));
+        }
+        if let Some((path, pointer)) = pointers.get(job) {
+            out.push((
+                job.clone(),
+                Candidate::Pointer {
+                    job: job.clone(),
+                    path: path.clone(),
+                    pointer: pointer.clone(),
+                },
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// Loads and verifies one checkpoint (`path` is its directory or its `_metadata`).
@@ -133,6 +278,7 @@ pub fn load(storage: &SharedStorage, path: &str) -> Result<LoadedCheckpoint, Che
     }
     check_native_files(storage.as_ref(), &metadata)?;
     Ok(LoadedCheckpoint {
+        continues_job: metadata.job_id.clone(),
         metadata,
         metadata_path,
         files,
@@ -179,18 +325,43 @@ pub fn load_latest_of(
     storage: &SharedStorage,
     job_id: Option<&str>,
 ) -> Result<Option<LoadedCheckpoint>, CheckpointError> {
-    let mut candidates = completed_checkpoints(storage.as_ref())?;
-    if let Some(job_id) = job_id {
-        candidates.retain(|(job, _, _)| job == job_id);
-    }
+    let candidates = restore_candidates(storage.as_ref(), job_id)?;
     let mut first_error = None;
-    for (_, id, path) in &candidates {
-        match load(storage, path) {
+    for (_, candidate) in &candidates {
+        let (loaded, shown, id) = match candidate {
+            Candidate::Checkpoint { id, path } => (load(storage, path), path.clone(), *id),
+            Candidate::Pointer { job, path, pointer } => {
+                let loaded = match (&pointer.storage_path, &pointer.location) {
+                    (Some(in_storage), _) => load(storage, in_storage),
+                    (None, Some(location)) => open_snapshot(location)
+                        .and_then(|opened| load(&opened.storage, &opened.metadata_path)),
+                    (None, None) => Err(CheckpointError::Corrupt {
+                        path: path.clone(),
+                        reason: "names no snapshot".into(),
+                    }),
+                };
+                let loaded = loaded.map(|mut l| {
+                    tracing::info!(
+                        "job {job} has no checkpoint yet: resuming from the snapshot it \
+                         started from, {}",
+                        pointer
+                            .location
+                            .as_deref()
+                            .or(pointer.storage_path.as_deref())
+                            .unwrap_or("?")
+                    );
+                    l.continues_job = job.clone();
+                    l
+                });
+                (loaded, path.clone(), pointer.checkpoint_id)
+            }
+        };
+        match loaded {
             Ok(loaded) => return Ok(Some(loaded)),
             Err(e) => {
                 tracing::warn!(
                     checkpoint = id,
-                    "cannot restore {path}: {e}; trying an older checkpoint"
+                    "cannot restore {shown}: {e}; trying an older checkpoint"
                 );
                 first_error.get_or_insert(e);
             }

@@ -30,7 +30,9 @@ use flowstate_checkpoint::metadata::{
     CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, OperatorListState, SnapshotKind,
     SubtaskSnapshot,
 };
-use flowstate_checkpoint::restore::{completed_checkpoints, load, load_latest, open_snapshot};
+use flowstate_checkpoint::restore::{
+    completed_checkpoints, load, load_latest, load_latest_of, open_snapshot,
+};
 use flowstate_checkpoint::storage::{CheckpointStorage, SharedStorage, StorageError, open_storage};
 use flowstate_checkpoint::{CheckpointError, CheckpointId};
 use flowstate_state::{KeyGroupRange, RedistributionMode};
@@ -1327,4 +1329,75 @@ fn a_savepoint_with_native_files_is_refused() {
         other => panic!("expected the savepoint to abort: {other:?}"),
     }
     assert!(target.get("_metadata").is_err());
+}
+
+/// A job restored from a savepoint records a restore pointer: until its first
+/// checkpoint, `load_latest` resumes from that savepoint (continuing the new
+/// job), not from the older checkpoints of the job the savepoint came from;
+/// once the new job has a checkpoint, that wins; a pointer to a savepoint that
+/// is gone falls back to the older checkpoints.
+#[test]
+fn load_latest_follows_a_restore_pointer_until_the_job_has_a_checkpoint() {
+    use flowstate_checkpoint::restore::{RestorePointer, write_restore_pointer};
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("sp").join("savepoint-x");
+    let target = open_storage(location.to_str().unwrap()).unwrap();
+    let storage = unique_memory();
+    let mut a = Harness::on(Arc::clone(&storage), "job-a", settings(2, 3, 1), 1, None);
+    a.complete_one();
+    let savepoint = a.savepoint(&target);
+    assert_eq!(
+        a.ack_savepoint(&target, savepoint, 0),
+        vec![CoordinatorAction::Complete { id: savepoint }]
+    );
+    let later = a.complete_one();
+    assert_eq!(load_latest(&storage).unwrap().unwrap().id(), later);
+
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    write_restore_pointer(
+        storage.as_ref(),
+        "job-b",
+        &RestorePointer {
+            storage_path: None,
+            location: Some(location.display().to_string()),
+            checkpoint_id: savepoint,
+            created_unix_ms: now_ms + 1000,
+        },
+    )
+    .unwrap();
+    let loaded = load_latest(&storage).unwrap().unwrap();
+    assert_eq!(loaded.id(), savepoint);
+    assert_eq!(loaded.continues_job, "job-b");
+    assert_eq!(loaded.metadata.kind, SnapshotKind::Savepoint);
+    // The job's own restarts find it too.
+    let own = load_latest_of(&storage, Some("job-b")).unwrap().unwrap();
+    assert_eq!(own.id(), savepoint);
+
+    // Gone: fall back to job A's newest checkpoint.
+    std::fs::rename(&location, dir.path().join("moved")).unwrap();
+    let fallback = load_latest(&storage).unwrap().unwrap();
+    assert_eq!(
+        (fallback.id(), fallback.continues_job.as_str()),
+        (later, "job-a")
+    );
+    std::fs::rename(dir.path().join("moved"), &location).unwrap();
+
+    // Job B's first checkpoint supersedes its pointer.
+    let mut b = Harness::on(
+        Arc::clone(&storage),
+        "job-b",
+        settings(1, 3, 1),
+        1,
+        Some(savepoint),
+    );
+    let first = b.complete_one();
+    let loaded = load_latest(&storage).unwrap().unwrap();
+    assert_eq!(
+        (loaded.id(), loaded.continues_job.as_str()),
+        (first, "job-b")
+    );
+    assert_eq!(loaded.metadata.kind, SnapshotKind::Checkpoint);
 }

@@ -1549,3 +1549,85 @@ fn a_copied_checkpoint_restores_by_its_path_at_another_parallelism() {
     assert_eq!(second.result_line(), expected, "{second}");
     assert!(second.stderr.contains("read and verified"), "{second}");
 }
+
+/// Stop with a savepoint, resume from it, SIGKILL the resumed run before its
+/// first checkpoint, then `--restore latest`: the resumed job's restore
+/// pointer leads back to the savepoint, not to the older checkpoints of the
+/// stopped run (whose replay would repeat output the stop committed).
+#[test]
+fn restore_latest_after_a_resumed_run_died_before_its_first_checkpoint() {
+    const RECORDS: u64 = 1_000_000;
+    const KEYS: u64 = 100_000;
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let (out, logs, target, ck) = (
+        root.join("out"),
+        root.join("logs"),
+        root.join("savepoints"),
+        root.join("ck"),
+    );
+    let common = ["--checkpoint-dir", arg(&ck), "--output", arg(&out)];
+    let mut first = keyed_count(RECORDS, KEYS, 2, &common);
+    first.extend(strings(&[
+        "--checkpoint-interval",
+        "100ms",
+        "--rate",
+        "200000",
+    ]));
+    let mut job = start_served(root, &logs, "run-1", &first);
+    job.wait_for_records(RECORDS / 4);
+    let stop = flowstate(
+        root,
+        &[
+            "stop",
+            &job.job,
+            "--savepoint",
+            arg(&target),
+            "--rest",
+            &job.addr,
+        ],
+    );
+    stop.assert_success();
+    let savepoint = completed_location(&stop);
+    job.process.wait().assert_success();
+
+    // No checkpoint in the resumed run before it dies.
+    let mut second = keyed_count(RECORDS, KEYS, 3, &common);
+    second.extend(strings(&[
+        "--checkpoint-interval",
+        "1h",
+        "--rate",
+        "100000",
+        "--restore",
+        arg(&savepoint),
+    ]));
+    let mut job2 = start_served(root, &logs, "run-2", &second);
+    job2.wait_for_records(1);
+    let (ending, killed) = job2.process.kill();
+    assert_ne!(ending, Ending::ByItself, "run 2 was killed: {killed}");
+
+    let mut third = keyed_count(RECORDS, KEYS, 2, &common);
+    third.extend(strings(&[
+        "--checkpoint-interval",
+        "200ms",
+        "--restore",
+        "latest",
+        "--rest",
+        "off",
+    ]));
+    let run3 = run_args(root, &third);
+    run3.assert_success();
+    // The independent check first: output exactly once across the three runs.
+    check_keyed_count_output(&committed_lines(&out), RECORDS, KEYS);
+    assert_eq!(
+        run3.result_line(),
+        expected_keyed_count_result(RECORDS, KEYS),
+        "{run3}"
+    );
+    let savepoint_name = savepoint.file_name().unwrap().to_string_lossy();
+    assert!(
+        run3.stderr.contains(savepoint_name.as_ref()),
+        "run 3 should resume from the savepoint {savepoint_name}: {run3}"
+    );
+}

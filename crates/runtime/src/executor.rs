@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flowstate_checkpoint::restore::{LoadedCheckpoint, load, load_latest_of, open_snapshot};
+use flowstate_checkpoint::restore::{
+    LoadedCheckpoint, RestorePointer, load, load_latest_of, open_snapshot, write_restore_pointer,
+};
 use flowstate_checkpoint::{CheckpointStats, Coordinator};
 
 use crate::channel::Signal;
@@ -376,6 +378,42 @@ fn supervise(
     })
 }
 
+/// A job that starts from a snapshot that is not one of its own checkpoints
+/// records where it came from, so that `--restore latest` resumes from that
+/// snapshot until the job's first checkpoint exists (see
+/// [`flowstate_checkpoint::restore::RestorePointer`]). A failure to write it
+/// only narrows what `--restore latest` can find: logged, not fatal.
+fn record_restore_pointer(c: &CheckpointingConfig, job_id: &str, restored: &LoadedCheckpoint) {
+    let (storage_path, location) = match &c.restore {
+        RestoreFrom::Nothing | RestoreFrom::Latest => return,
+        RestoreFrom::Path(_) => (Some(restored.metadata_path.clone()), None),
+        RestoreFrom::Location(location) => {
+            let location = if location.contains("://") {
+                location.clone()
+            } else {
+                std::path::absolute(location)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| location.clone())
+            };
+            (None, Some(location))
+        }
+    };
+    let pointer = RestorePointer {
+        storage_path,
+        location,
+        checkpoint_id: restored.id(),
+        created_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    };
+    if let Err(e) = write_restore_pointer(c.storage.as_ref(), job_id, &pointer) {
+        tracing::warn!(
+            "cannot record where job {job_id} was restored from ({e}); until its first \
+             checkpoint, --restore latest will not find that snapshot"
+        );
+    }
+}
+
 /// Loads what `restore` names.
 fn load_restore(
     c: &CheckpointingConfig,
@@ -432,12 +470,15 @@ fn supervise_attempts(
             (Some(id), _, _) => id.clone(),
             // Resuming after a crash continues the same job: its checkpoints, ids
             // and retention carry on.
-            (None, Some(r), RestoreFrom::Latest) => r.metadata.job_id.clone(),
+            (None, Some(r), RestoreFrom::Latest) => r.continues_job.clone(),
             _ => generated_job_id(),
         });
         if let Some(id) = &job_id {
             controller.set_job_id(id);
             tracing::info!(job_id = id.as_str(), "job {} starting", config.job_name);
+            if let Some(r) = &restored {
+                record_restore_pointer(c, id, r);
+            }
         }
     }
     if job_id.is_none() {
