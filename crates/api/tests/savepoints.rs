@@ -482,6 +482,10 @@ fn a_failed_stop_with_savepoint_resumes_the_job() {
         matches!(outcome, Some(SavepointState::Failed(_))),
         "{outcome:?}"
     );
+    assert!(
+        !savepoint.exists(),
+        "a failed savepoint leaves no directory behind"
+    );
     // Suspended sources that were never resumed would hold the job forever.
     wait_for("the job to end", || controller.status().is_terminal());
     let report = job.join().expect("the job runs on to its end");

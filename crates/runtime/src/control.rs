@@ -510,6 +510,9 @@ impl JobController {
         if let Some(request) = request.and_then(|r| state.requests.get_mut(r)) {
             request.state = SavepointState::Failed(reason.to_owned());
             resumed = request.stop;
+            // The coordinator deleted its files; what is left are the
+            // directories this request created, empty.
+            remove_empty_dirs(std::path::Path::new(&request.location));
         }
         if resumed && state.status == Some(JobStatus::Stopping) {
             state.status = Some(JobStatus::Running);
@@ -528,6 +531,24 @@ impl JobController {
             state.status = Some(JobStatus::Running);
         }
     }
+}
+
+/// Removes `dir` and the directories below it if they hold no file (a local
+/// savepoint directory whose files were deleted); leaves anything else alone.
+fn remove_empty_dirs(dir: &std::path::Path) {
+    if dir.as_os_str().to_string_lossy().contains("://") {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty_dirs(&entry.path());
+        }
+    }
+    // Fails, as it should, if a file is left.
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Lower-case word for a status, for messages.
