@@ -13,7 +13,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # What the suite needs beyond a Rust toolchain is installed and started here, so
 # that a newcomer and CI need only this one command: a local S3-compatible server
 # (s3s-fs, installed once into ~/.cache/flowstate-tools) for the checkpoint
-# storage tests, which then must not be skipped (FLOWSTATE_REQUIRE_S3=1).
+# storage tests, a Kafka-protocol broker (tansu) and a throwaway PostgreSQL
+# server for the connectors; tests that need one of them must then not be
+# skipped (FLOWSTATE_REQUIRE_S3/_KAFKA/_PG=1). All are stopped on exit.
 if ! command -v cargo >/dev/null 2>&1; then
     echo "scripts/test.sh: cargo not found; install Rust with rustup first" >&2
     exit 1
@@ -26,6 +28,17 @@ eval "$(bash scripts/rocksdb-lib.sh)"
 
 exports=$(bash scripts/s3-server.sh)
 eval "$exports"
-trap 'kill "$S3_SERVER_PID" 2>/dev/null || true' EXIT
+trap 'kill "$S3_SERVER_PID" 2>/dev/null || true; kill "${KAFKA_SERVER_PID:-}" 2>/dev/null || true; [[ -z "${PG_SERVER_DIR:-}" ]] || bash scripts/postgres-server.sh stop "$PG_SERVER_DIR" || true' EXIT
+
+# A Kafka-protocol broker (tansu, installed once into ~/.cache/flowstate-tools/tansu)
+# for crates/kafka, whose tests then must not be skipped (FLOWSTATE_REQUIRE_KAFKA=1).
+exports=$(bash scripts/kafka-server.sh)
+eval "$exports"
+
+# A throwaway PostgreSQL server (Debian's package, installed with apt-get when no
+# server binaries are there) for crates/postgres, whose tests then must not be
+# skipped (FLOWSTATE_REQUIRE_PG=1); stopped and deleted by the EXIT trap above.
+exports=$(bash scripts/postgres-server.sh)
+eval "$exports"
 
 cargo test --workspace --all-features --locked "$@"

@@ -4,6 +4,7 @@
 //! `flowstate-jobs` and runs them on the embedded local cluster. Nothing below the
 //! CLI knows it exists.
 
+mod kafka;
 mod progress;
 mod remote;
 mod service;
@@ -33,6 +34,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run a built-in job on the embedded local cluster.
@@ -57,14 +60,24 @@ enum Command {
     },
     /// Checks every file of a checkpoint or savepoint against its checksum.
     Verify(tools::VerifyArgs),
+    /// Writes workload W into a Kafka topic (created if missing), for
+    /// `kafka-count`. Needs `--features kafka`.
+    Produce(kafka::ProduceArgs),
+    /// Reads what `produce` wrote with a plain consumer and prints the rate
+    /// (the broker's own, for benchmarks). Needs `--features kafka`.
+    Consume(kafka::ConsumeArgs),
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Job {
     /// Workload W: (count, sum) per key over generated records.
     KeyedCount(KeyedCountArgs),
     /// Running count of the words of text files.
     Wordcount(WordcountArgs),
+    /// Workload W from a Kafka topic (see `flowstate produce`): (count, sum)
+    /// per key into files or a PostgreSQL table. Needs `--features kafka`.
+    KafkaCount(kafka::KafkaCountArgs),
 }
 
 #[derive(Args)]
@@ -98,7 +111,7 @@ struct WordcountArgs {
 }
 
 #[derive(Args)]
-struct RuntimeArgs {
+pub(crate) struct RuntimeArgs {
     /// Parallel instances of every operator [default: number of CPUs].
     #[arg(long)]
     parallelism: Option<u32>,
@@ -525,6 +538,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(args) => tools::inspect(args)?,
         Command::State { command } => tools::state(command)?,
         Command::Verify(args) => tools::verify(args)?,
+        Command::Produce(args) => kafka::produce(args)?,
+        Command::Consume(args) => kafka::consume(args)?,
+        Command::Run {
+            job: Job::KafkaCount(args),
+        } => {
+            let env = StreamEnvironment::new(args.runtime.config("kafka-count")?);
+            let result = kafka::build_kafka_count(&env, &args)?;
+            run_job(&env, "kafka-count", &args.runtime.rest)?;
+            println!("{}", result()?);
+        }
     }
     Ok(())
 }

@@ -4,6 +4,8 @@
 //! checksum) that tests and benchmarks check against; [`keyed_count`] and
 //! [`wordcount`] build the jobs. Nothing here knows about the CLI.
 
+#[cfg(feature = "kafka")]
+pub mod kafka_count;
 pub mod keyed_count;
 pub mod wordcount;
 pub mod workload;

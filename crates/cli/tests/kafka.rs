@@ -1,0 +1,700 @@
+//! End-to-end acceptance tests of the Kafka source and the PostgreSQL sink
+//! through the `flowstate` binary (issue 6): `flowstate produce` writes
+//! workload W into a topic, `flowstate run kafka-count` reads it back into the
+//! exactly-once file sink or a PostgreSQL table, SIGKILLed at seeded random
+//! moments and restored with `--restore latest`; a savepoint taken at one
+//! parallelism restored at another; and bad input (unreachable broker or
+//! database, missing topic) reported as one clear error line.
+//!
+//! The servers come from the environment: `FLOWSTATE_TEST_KAFKA_BROKERS`
+//! (e.g. `eval "$(bash scripts/kafka-server.sh)"`) and `FLOWSTATE_TEST_PG_URL`
+//! (`eval "$(bash scripts/postgres-server.sh)"`). A test whose server is not
+//! configured is skipped with a notice, unless `FLOWSTATE_REQUIRE_KAFKA=1` /
+//! `FLOWSTATE_REQUIRE_PG=1` makes it fail. PostgreSQL is queried with the
+//! `psql` client.
+//!
+//! Results are checked against the independent reference implementation of W
+//! in `support`. Pass or fail never depends on timing: a kill may land before
+//! the first checkpoint, during a restore or after the run ended; the final
+//! result must be right in every case. The kill moments come from a seeded
+//! generator: set `FLOWSTATE_CRASH_SEED` to replay a run's moments (the seed is
+//! printed).
+
+#![cfg(feature = "kafka")]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[cfg(feature = "postgres")]
+use support::workload_values;
+use support::{
+    Ending, Process, Rng, Run, arg, check_keyed_count_output, committed_lines, crash_seed,
+    expected_keyed_count_result, flowstate, one_at_a_time, run_args, start, strings, tempdir,
+};
+
+/// Default seed of the kill moments (`FLOWSTATE_CRASH_SEED` overrides it).
+const SEED: u64 = 0x5eed_0006;
+
+/// SIGKILLs per crash test.
+const KILLS: usize = 5;
+/// Kill moments fall up to this long after a start: a debug build reads the
+/// crash tests' 1M records in about 3 s, so most kills land mid-run, some
+/// during a restore, and a few may come after the end.
+const KILL_HORIZON_MS: u64 = 3500;
+
+/// Longest a run that must fail may take to do so.
+const FAIL_DEADLINE: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------
+// Servers from the environment.
+
+/// The value of `var`, or `None` (the test is skipped, with a notice) when it
+/// is unset, unless `require` is `1` (then the test fails).
+fn server(var: &str, require: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.trim().is_empty() => Some(value.trim().to_owned()),
+        _ => {
+            if std::env::var(require).as_deref() == Ok("1") {
+                panic!("{var} is not set but {require}=1: cannot run {test}");
+            }
+            eprintln!("[{test}] SKIPPED: {var} is not set (set {require}=1 to fail instead)");
+            None
+        }
+    }
+}
+
+fn kafka_brokers(test: &str) -> Option<String> {
+    server(
+        "FLOWSTATE_TEST_KAFKA_BROKERS",
+        "FLOWSTATE_REQUIRE_KAFKA",
+        test,
+    )
+}
+
+#[cfg(feature = "postgres")]
+fn pg_url(test: &str) -> Option<String> {
+    server("FLOWSTATE_TEST_PG_URL", "FLOWSTATE_REQUIRE_PG", test)
+}
+
+/// A name no other test (or earlier run on the same servers) uses: letters,
+/// digits and `_`, usable as a topic and as a table name.
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}_{}_{nanos}", std::process::id())
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    port
+}
+
+/// `flowstate produce`: workload W (`records`, `keys`) into `topic`.
+fn produce(cwd: &Path, brokers: &str, topic: &str, records: u64, keys: u64, partitions: u32) {
+    let run = flowstate(
+        cwd,
+        &[
+            "produce",
+            "--brokers",
+            brokers,
+            "--topic",
+            topic,
+            "--records",
+            &records.to_string(),
+            "--keys",
+            &keys.to_string(),
+            "--partitions",
+            &partitions.to_string(),
+        ],
+    );
+    run.assert_success();
+    assert_eq!(
+        run.stdout,
+        format!("PRODUCED records={records} topic={topic}\n"),
+        "{run}"
+    );
+}
+
+/// `run kafka-count --brokers B --topic T` and `extra`.
+fn kafka_count(brokers: &str, topic: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = strings(&["run", "kafka-count", "--brokers", brokers, "--topic", topic]);
+    args.extend(strings(extra));
+    args
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL through psql.
+
+/// `psql URL -Atc SQL`: its output, trimmed; panics with psql's stderr if it
+/// fails.
+#[cfg(feature = "postgres")]
+fn psql(url: &str, sql: &str) -> String {
+    let output = Command::new("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", url, "-Atc", sql])
+        .output()
+        .expect("cannot start psql (the PostgreSQL client is needed)");
+    assert!(
+        output.status.success(),
+        "psql -c {sql:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("psql output is not UTF-8")
+        .trim()
+        .to_owned()
+}
+
+/// Every row `(key, count, sum)` of `table`.
+#[cfg(feature = "postgres")]
+fn table_rows(url: &str, table: &str) -> BTreeMap<u64, (u64, u64)> {
+    let text = psql(url, &format!("select key, count, sum from {table}"));
+    let mut rows = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let fields: Vec<u64> = line
+            .split('|')
+            .map(|f| {
+                f.parse()
+                    .unwrap_or_else(|_| panic!("bad row {line:?} in {table}"))
+            })
+            .collect();
+        let [key, count, sum] = fields[..] else {
+            panic!("bad row {line:?} in {table}");
+        };
+        assert!(
+            rows.insert(key, (count, sum)).is_none(),
+            "key {key} twice in {table}"
+        );
+    }
+    rows
+}
+
+/// The final `(count, sum)` of every key of W. The sums fit a bigint for the
+/// sizes used here.
+#[cfg(feature = "postgres")]
+fn final_state(records: u64, keys: u64) -> BTreeMap<u64, (u64, u64)> {
+    workload_values(records, keys)
+        .into_iter()
+        .map(|(key, values)| (key, (values.len() as u64, values.iter().sum())))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// SIGKILL and `--restore latest`.
+
+/// Runs `args` (without `--parallelism`/`--restore`), SIGKILLed at `kills`
+/// seeded moments up to `horizon_ms` after each start and restarted with
+/// `--restore latest` (parallelism 2, then 3, 2, ... in turn), then once more
+/// to its end. Every run that ends by itself must print `expected`. Returns
+/// the last run.
+fn sigkill_until_done(
+    name: &str,
+    cwd: &Path,
+    args: &[String],
+    kills: usize,
+    horizon_ms: u64,
+    expected: &str,
+) -> Run {
+    let seed = crash_seed(SEED);
+    let salt = name
+        .bytes()
+        .fold(0u64, |h, b| support::splitmix64(h ^ u64::from(b)));
+    let mut rng = Rng::new(seed ^ salt);
+    eprintln!("[{name}] seed {seed} (FLOWSTATE_CRASH_SEED), {kills} kills");
+    let logs = cwd.join("logs");
+    let started = Instant::now();
+    let check = |run: &Run| {
+        run.assert_success();
+        assert_eq!(run.result_line(), expected, "{run}");
+    };
+    let mut killed_mid_run = 0;
+    for attempt in 0..=kills {
+        let parallelism = if attempt % 2 == 0 { 2 } else { 3 };
+        let mut args = args.to_vec();
+        args.extend(["--parallelism".into(), parallelism.to_string()]);
+        if attempt > 0 {
+            args.extend(strings(&["--restore", "latest"]));
+        }
+        let process = start(cwd, &logs, &format!("run-{attempt}"), &args);
+        if attempt == kills {
+            let last = process.wait();
+            eprintln!(
+                "[{name}] run {attempt}: p={parallelism}, ran to the end; {killed_mid_run} of \
+                 {kills} kills landed mid-run; {:.1}s in all",
+                started.elapsed().as_secs_f64()
+            );
+            check(&last);
+            return last;
+        }
+        // Early moments (before the first checkpoint, during a restore) and
+        // later ones (after some checkpoints, or after the end).
+        let at = match rng.next() % 3 {
+            0 => rng.between(100, 1000),
+            _ => rng.between(1000, horizon_ms),
+        };
+        let (ending, run) = process.kill_at(Duration::from_millis(at));
+        match ending {
+            Ending::Killed => killed_mid_run += 1,
+            Ending::ByItself => check(&run),
+        }
+        eprintln!(
+            "[{name}] run {attempt}: p={parallelism}, {} at {at}ms",
+            match ending {
+                Ending::Killed => "killed",
+                Ending::ByItself => "had ended by itself",
+            }
+        );
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// The issue's acceptance test: W from a 4-partition topic into a PostgreSQL
+/// table through the two-phase-commit sink, SIGKILLed at seeded moments and
+/// restored (at parallelism 2 and 3 in turn) until a run finishes: the table
+/// holds every key's true final (count, sum), the RESULT line is right, and no
+/// prepared transaction is left behind.
+#[cfg(feature = "postgres")]
+#[test]
+fn kafka_to_postgres_under_sigkill_is_exactly_once() {
+    const NAME: &str = "kafka-to-postgres";
+    const RECORDS: u64 = 1_000_000;
+    const KEYS: u64 = 20_000;
+    let (Some(brokers), Some(url)) = (kafka_brokers(NAME), pg_url(NAME)) else {
+        return;
+    };
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let (topic, table) = (unique("kafka_pg"), unique("kafka_counts"));
+    produce(root, &brokers, &topic, RECORDS, KEYS, 4);
+    let ck = root.join("ck");
+    let args = kafka_count(
+        &brokers,
+        &topic,
+        &[
+            "--records",
+            &RECORDS.to_string(),
+            "--checkpoint-interval",
+            "200ms",
+            "--checkpoint-dir",
+            arg(&ck),
+            "--output-table",
+            &table,
+            "--database",
+            &url,
+            "--rest",
+            "off",
+        ],
+    );
+    let expected = expected_keyed_count_result(RECORDS, KEYS);
+    sigkill_until_done(NAME, root, &args, KILLS, KILL_HORIZON_MS, &expected);
+
+    let rows = table_rows(&url, &table);
+    let truth = final_state(RECORDS, KEYS);
+    assert_eq!(rows.len(), truth.len(), "rows in {table} vs keys of W");
+    for (key, want) in &truth {
+        assert_eq!(
+            rows.get(key),
+            Some(want),
+            "key {key}: (count, sum) in {table} vs workload W"
+        );
+    }
+    let prepared = psql(&url, "select count(*) from pg_prepared_xacts");
+    assert_eq!(
+        prepared,
+        "0",
+        "prepared transactions left behind: {}",
+        psql(&url, "select gid, database from pg_prepared_xacts")
+    );
+}
+
+/// The same into the exactly-once file sink: every key's counts 1..c once
+/// each, one committed line per record.
+#[test]
+fn kafka_to_files_under_sigkill_is_exactly_once() {
+    const NAME: &str = "kafka-to-files";
+    const RECORDS: u64 = 1_000_000;
+    const KEYS: u64 = 20_000;
+    let Some(brokers) = kafka_brokers(NAME) else {
+        return;
+    };
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let topic = unique("kafka_files");
+    produce(root, &brokers, &topic, RECORDS, KEYS, 4);
+    let (ck, out) = (root.join("ck"), root.join("out"));
+    let args = kafka_count(
+        &brokers,
+        &topic,
+        &[
+            "--records",
+            &RECORDS.to_string(),
+            "--checkpoint-interval",
+            "200ms",
+            "--checkpoint-dir",
+            arg(&ck),
+            "--output",
+            arg(&out),
+            "--rest",
+            "off",
+        ],
+    );
+    let expected = expected_keyed_count_result(RECORDS, KEYS);
+    sigkill_until_done(NAME, root, &args, KILLS, KILL_HORIZON_MS, &expected);
+    check_keyed_count_output(&committed_lines(&out), RECORDS, KEYS);
+}
+
+// ---------------------------------------------------------------------------
+// A savepoint, restored at another parallelism.
+
+/// A running job with its HTTP API.
+struct Served {
+    process: Process,
+    /// `127.0.0.1:PORT`.
+    addr: String,
+    job: String,
+}
+
+/// Starts `flowstate ARGS --rest 127.0.0.1:0` and waits until it has logged
+/// its job id and the address of its HTTP API.
+fn start_served(cwd: &Path, logs: &Path, name: &str, args: &[String]) -> Served {
+    let mut args = args.to_vec();
+    args.extend(strings(&["--rest", "127.0.0.1:0"]));
+    let mut process = start(cwd, logs, name, &args);
+    loop {
+        let stderr = process.stderr_so_far();
+        let addr = after(
+            &stderr,
+            "HTTP API listening on http://",
+            char::is_whitespace,
+        );
+        let job = after(&stderr, "job_id=\"", |c| c == '"');
+        if let (Some(addr), Some(job)) = (addr, job) {
+            return Served { process, addr, job };
+        }
+        if let Some(run) = process.ended() {
+            panic!("flowstate ended before serving its HTTP API: {run}");
+        }
+        if process.started.elapsed() > Duration::from_secs(60) {
+            panic!("no HTTP API after 60s; stderr so far:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The text after the first `marker` in `text`, up to `end` (which must
+/// follow).
+fn after(text: &str, marker: &str, end: impl Fn(char) -> bool) -> Option<String> {
+    let start = text.find(marker)? + marker.len();
+    let rest = &text[start..];
+    let len = rest.find(end)?;
+    Some(rest[..len].to_owned())
+}
+
+/// `GET path` over a new connection: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("GET {path}: no end of headers in {raw:?}"));
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|s| s.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("GET {path}: bad status line in {head:?}"));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut data: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = data.split_once("\r\n").expect("chunk size line");
+        let size =
+            usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).expect("chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&rest[..size]);
+        data = &rest[size + 2..];
+    }
+}
+
+impl Served {
+    /// Polls `GET /jobs/{id}` until the job is RUNNING with `records_in` at
+    /// least `at_least`.
+    fn wait_for_records(&mut self, at_least: u64) -> u64 {
+        loop {
+            if let Some(run) = self.process.ended() {
+                panic!("the job ended before {at_least} records were in: {run}");
+            }
+            let (status, body) = http_get(&self.addr, &format!("/jobs/{}", self.job));
+            assert_eq!(status, 200, "GET /jobs/{}: {body}", self.job);
+            let details: serde_json::Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("GET /jobs/{}: not JSON ({e}): {body}", self.job));
+            let records = details["records_in"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no records_in in {body}"));
+            if records >= at_least && details["state"] == "RUNNING" {
+                return records;
+            }
+            if self.process.started.elapsed() > support::RUN_DEADLINE {
+                panic!(
+                    "fewer than {at_least} records in after {:?}",
+                    support::RUN_DEADLINE
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `records=N` of a RESULT line.
+fn result_records(line: &str) -> u64 {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix("records="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no records= in {line:?}"))
+}
+
+/// A savepoint of a job reading 4 partitions at parallelism 2 (taken with
+/// `flowstate stop --savepoint`, which commits the output up to it), restored
+/// at parallelism 3 into the same output directory: the partitions' positions
+/// are dealt out anew, and the output is exactly once over both runs.
+///
+/// The first run reads without `--records` (on forever), so it is surely still
+/// going when the stop comes, whatever the machine's speed; the resumed run
+/// reads up to the N records produced and ends.
+#[test]
+fn a_savepoint_at_p2_over_4_partitions_restores_at_p3() {
+    const NAME: &str = "savepoint-p2-to-p3";
+    const RECORDS: u64 = 400_000;
+    const KEYS: u64 = 20_000;
+    let Some(brokers) = kafka_brokers(NAME) else {
+        return;
+    };
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let topic = unique("kafka_savepoint");
+    produce(root, &brokers, &topic, RECORDS, KEYS, 4);
+    let (out, ck, logs, target) = (
+        root.join("out"),
+        root.join("ck"),
+        root.join("logs"),
+        root.join("savepoints"),
+    );
+    let common = [
+        "--checkpoint-interval",
+        "300ms",
+        "--checkpoint-dir",
+        arg(&ck),
+        "--output",
+        arg(&out),
+    ];
+    let mut first = kafka_count(&brokers, &topic, &common);
+    first.extend(strings(&["--parallelism", "2"]));
+    let mut job = start_served(root, &logs, "run-1", &first);
+    let records_in = job.wait_for_records(1);
+    let stop = flowstate(
+        root,
+        &[
+            "stop",
+            &job.job,
+            "--savepoint",
+            arg(&target),
+            "--rest",
+            &job.addr,
+        ],
+    );
+    stop.assert_success();
+    let savepoint: PathBuf = stop
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Savepoint completed: "))
+        .map(|l| PathBuf::from(l.strip_prefix("file://").unwrap_or(l)))
+        .unwrap_or_else(|| panic!("no 'Savepoint completed:' line: {stop}"));
+    assert!(
+        savepoint.join("_metadata").is_file(),
+        "no _metadata in {}: {stop}",
+        savepoint.display()
+    );
+    let run1 = job.process.wait();
+    run1.assert_success();
+    let records1 = result_records(run1.result_line());
+    eprintln!(
+        "[{NAME}] {records_in} records in at the stop request; run 1: {}",
+        run1.result_line()
+    );
+    assert!(
+        records1 >= records_in && records1 <= RECORDS,
+        "run 1 processed {records1} records ({records_in} were in before the stop, {RECORDS} exist)"
+    );
+    let committed1 = committed_lines(&out).len() as u64;
+    assert_eq!(
+        committed1, records1,
+        "stop-with-savepoint commits every update before the savepoint"
+    );
+
+    let mut second = kafka_count(
+        &brokers,
+        &topic,
+        &["--records", &RECORDS.to_string(), "--parallelism", "3"],
+    );
+    second.extend(strings(&common));
+    second.extend(strings(&["--restore", arg(&savepoint), "--rest", "off"]));
+    let run2 = run_args(root, &second);
+    run2.assert_success();
+    assert_eq!(
+        run2.result_line(),
+        expected_keyed_count_result(RECORDS, KEYS),
+        "{run2}"
+    );
+    check_keyed_count_output(&committed_lines(&out), RECORDS, KEYS);
+}
+
+// ---------------------------------------------------------------------------
+// Bad input: one clear error line, in bounded time.
+
+/// Runs `args` to its end (at most [`FAIL_DEADLINE`]); it must fail with
+/// exactly one `flowstate: error:` line, which is returned.
+fn must_fail(cwd: &Path, name: &str, args: &[String]) -> String {
+    let mut process = start(cwd, &cwd.join("logs"), name, args);
+    let run = loop {
+        if let Some(run) = process.ended() {
+            break run;
+        }
+        if process.started.elapsed() > FAIL_DEADLINE {
+            let (_, run) = process.kill();
+            panic!("[{name}] still running after {FAIL_DEADLINE:?}, killed: {run}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!(
+        "[{name}] failed after {:.1}s: {}",
+        process.started.elapsed().as_secs_f64(),
+        run.error_lines().join(" / ")
+    );
+    run.assert_failure();
+    run.single_error_line().to_owned()
+}
+
+/// A broker address nothing listens on: the run fails in bounded time, and
+/// its error names the address.
+#[test]
+fn an_unreachable_broker_is_one_clear_error() {
+    let tmp = tempdir();
+    let brokers = format!("127.0.0.1:{}", closed_port());
+    let out = tmp.path().join("out");
+    let error = must_fail(
+        tmp.path(),
+        "unreachable-broker",
+        &kafka_count(
+            &brokers,
+            "some_topic",
+            &["--records", "100", "--output", arg(&out), "--rest", "off"],
+        ),
+    );
+    assert!(
+        error.contains(&brokers),
+        "the error does not name the broker {brokers}: {error}"
+    );
+}
+
+/// A topic that does not exist: the error names it.
+#[test]
+fn a_missing_topic_is_one_clear_error() {
+    const NAME: &str = "missing-topic";
+    let Some(brokers) = kafka_brokers(NAME) else {
+        return;
+    };
+    let tmp = tempdir();
+    let topic = unique("no_such_topic");
+    let out = tmp.path().join("out");
+    let error = must_fail(
+        tmp.path(),
+        NAME,
+        &kafka_count(
+            &brokers,
+            &topic,
+            &["--records", "100", "--output", arg(&out), "--rest", "off"],
+        ),
+    );
+    assert!(
+        error.contains(&topic),
+        "the error does not name the topic {topic}: {error}"
+    );
+}
+
+/// A database address nothing listens on: the error names host:port, and
+/// the run fails in bounded time.
+#[cfg(feature = "postgres")]
+#[test]
+fn an_unreachable_database_is_one_clear_error() {
+    const NAME: &str = "unreachable-database";
+    let Some(brokers) = kafka_brokers(NAME) else {
+        return;
+    };
+    let tmp = tempdir();
+    let topic = unique("kafka_nodb");
+    produce(tmp.path(), &brokers, &topic, 1000, 100, 2);
+    let host_port = format!("127.0.0.1:{}", closed_port());
+    let url = format!("postgres://x:y@{host_port}/db");
+    let error = must_fail(
+        tmp.path(),
+        NAME,
+        &kafka_count(
+            &brokers,
+            &topic,
+            &[
+                "--records",
+                "1000",
+                "--output-table",
+                "counts",
+                "--database",
+                &url,
+                "--rest",
+                "off",
+            ],
+        ),
+    );
+    assert!(
+        error.contains(&host_port),
+        "the error does not name the database's host:port {host_port}: {error}"
+    );
+    assert!(
+        !error.contains("x:y@"),
+        "the error shows the database password: {error}"
+    );
+}

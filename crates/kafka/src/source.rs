@@ -1,0 +1,725 @@
+//! The Kafka source. Owns partition assignment, the per-partition read
+//! positions and their operator list state; must not commit offsets to the
+//! broker for recovery (a checkpoint's list state is the only truth) and must
+//! never block a task (`poll` uses `BaseConsumer::poll(Duration::ZERO)`).
+//!
+//! - Assignment: every instance fetches the topics' partitions when its reader
+//!   is created and takes partition `p` of the `k`-th configured topic iff
+//!   [`partition_owner`]`(k, p, parallelism) == index`, i.e. `(k + p) %
+//!   parallelism`. The rule depends only on the configuration and the partition,
+//!   so instances that fetch metadata separately agree, and a single topic's
+//!   partition `p` goes to instance `p % parallelism`.
+//! - Positions: one [`PartitionOffset`] per owned partition (the next offset to
+//!   read; `None` before the first record of a partition that starts at the
+//!   earliest offset), snapshotted at the barrier as **Union** list state
+//!   [`OFFSETS_STATE`]: after a restore every instance sees every partition's
+//!   position and picks those it owns at the new parallelism, so a rescale
+//!   moves partitions together with their offsets. Partitions without a stored
+//!   position start at [`StartFrom`].
+//! - The consumer is manually assigned (`assign` with explicit offsets; no
+//!   group membership, no rebalancing, `enable.auto.commit=false`, and
+//!   `auto.offset.reset=error` so that a position the broker no longer has is
+//!   an error, never a silent jump).
+//! - Resuming at a stored offset `n`: the first record must be `n` (or one
+//!   below, dropped). If the broker answers with a later offset, the reader
+//!   re-reads the partition from its start and drops what it already emitted,
+//!   so a broker that skips the rest of a record batch (tansu 0.6) cannot lose
+//!   records silently. tansu also answers a fetch inside its *last* batch with
+//!   nothing at all; [`KafkaSource::reread_on_resume`] avoids both by always
+//!   resuming from the start (for tests against tansu).
+//! - Per-partition state lives in one struct per partition (`PartitionState`),
+//!   so per-partition watermarks can be added beside the offset later (a new
+//!   field with a serde default keeps old checkpoints readable).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use flowstate_runtime::checkpoint::OperatorListState;
+use flowstate_runtime::{Data, Source, SourcePoll, SourceReader, SubtaskInfo, UserError};
+use flowstate_state::RedistributionMode;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::client::ClientSettings;
+use crate::error::KafkaError;
+
+/// Name of the source's operator list state (Union): one [`PartitionOffset`]
+/// per partition, JSON.
+pub const OFFSETS_STATE: &str = "kafka-offsets";
+
+/// How long an idle reader asks not to be polled (records arrive on
+/// librdkafka's threads, which cannot wake a task).
+pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_millis(5);
+
+/// At most one warning about skipped records per reader in this interval.
+const SKIP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// At most one warning about broker trouble per reader in this interval.
+const TRANSIENT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One partition of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+/// A stored position: an element of [`OFFSETS_STATE`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffset {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset to read; `None`: the earliest offset the broker has
+    /// (nothing read yet).
+    pub next: Option<i64>,
+}
+
+/// A record as the broker delivered it, for the deserializer.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    /// Milliseconds since the epoch, if the record has a timestamp.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Turns a record into a `T`, or says why it cannot.
+pub type Deserializer<T> = Arc<dyn Fn(&RawRecord<'_>) -> Result<T, String> + Send + Sync>;
+
+/// What to do with a record the deserializer rejects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorPolicy {
+    /// Fail the job, naming topic, partition, offset and the reason.
+    #[default]
+    Fail,
+    /// Skip it: counted ([`KafkaSource::skipped_records`]) and logged (a
+    /// warning per reader at most every 10 s with the running total).
+    Skip,
+}
+
+/// Where a partition without a stored position starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// The earliest offset the broker holds.
+    #[default]
+    Earliest,
+    /// The high watermark when the reader is created (fetched from the broker;
+    /// note that tansu 0.6 reports it wrongly).
+    Latest,
+}
+
+/// When a reader is finished.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StopAt {
+    /// Never (a streaming job).
+    #[default]
+    Never,
+    /// Each partition up to an exclusive end offset given by the job; every
+    /// partition a reader owns must be listed. Works against any broker (the
+    /// bounded mode for tests and built-in jobs; see [`crate::workload_end_offsets`]).
+    /// The end must be an offset a record has or will have: transaction markers
+    /// are never delivered, so an end just after one is never reached.
+    EndOffsets(BTreeMap<TopicPartition, i64>),
+    /// Each partition up to its high watermark fetched when the reader is
+    /// created. Not reliable on tansu 0.6, which reports the latest offset
+    /// wrongly: use [`StopAt::EndOffsets`] there.
+    HighWatermark,
+}
+
+/// Instance owning partition `partition` of the `topic_index`-th configured
+/// topic at `parallelism`: `(topic_index + partition) % parallelism`.
+pub fn partition_owner(topic_index: usize, partition: i32, parallelism: u32) -> u32 {
+    let parallelism = u64::from(parallelism.max(1));
+    ((topic_index as u64 % parallelism + u64::from(partition.unsigned_abs()) % parallelism)
+        % parallelism) as u32
+}
+
+/// Reads records of one or more topics; see the module documentation.
+pub struct KafkaSource<T> {
+    settings: ClientSettings,
+    topics: Vec<String>,
+    deserializer: Deserializer<T>,
+    on_error: ErrorPolicy,
+    start: StartFrom,
+    stop: StopAt,
+    idle_wait: Duration,
+    reread_on_resume: bool,
+    skipped: Arc<AtomicU64>,
+}
+
+impl<T: Data> KafkaSource<T> {
+    /// A source of `topics` on `brokers` (`host:port[,host:port...]`).
+    pub fn new(
+        brokers: impl Into<String>,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+        deserializer: impl Fn(&RawRecord<'_>) -> Result<T, String> + Send + Sync + 'static,
+    ) -> Result<Self, KafkaError> {
+        Self::with_settings(ClientSettings::new(brokers), topics, deserializer)
+    }
+
+    /// A source with explicit connection settings.
+    pub fn with_settings(
+        settings: ClientSettings,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+        deserializer: impl Fn(&RawRecord<'_>) -> Result<T, String> + Send + Sync + 'static,
+    ) -> Result<Self, KafkaError> {
+        let topics: Vec<String> = topics.into_iter().map(Into::into).collect();
+        if settings.brokers.trim().is_empty() {
+            return Err(KafkaError::Config("no Kafka brokers given".into()));
+        }
+        if topics.is_empty() || topics.iter().any(|t| t.is_empty()) {
+            return Err(KafkaError::Config(
+                "a Kafka source needs at least one topic, and topic names are not empty".into(),
+            ));
+        }
+        for (i, topic) in topics.iter().enumerate() {
+            if topics[..i].contains(topic) {
+                return Err(KafkaError::Config(format!(
+                    "topic '{topic}' is listed twice"
+                )));
+            }
+        }
+        Ok(Self {
+            settings,
+            topics,
+            deserializer: Arc::new(deserializer),
+            on_error: ErrorPolicy::Fail,
+            start: StartFrom::Earliest,
+            stop: StopAt::Never,
+            idle_wait: DEFAULT_IDLE_WAIT,
+            reread_on_resume: false,
+            skipped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    pub fn on_error(mut self, policy: ErrorPolicy) -> Self {
+        self.on_error = policy;
+        self
+    }
+
+    pub fn start_from(mut self, start: StartFrom) -> Self {
+        self.start = start;
+        self
+    }
+
+    pub fn stop_at(mut self, stop: StopAt) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Resume a partition by reading it from its earliest offset and dropping
+    /// the records below the stored position, instead of fetching at that
+    /// position. For brokers that cannot serve a fetch from inside a record
+    /// batch: tansu 0.6 answers such a fetch with the next batch or, at the
+    /// last batch, with nothing, so a restored reader would skip records or
+    /// wait forever. Costs a re-read of every resumed partition on every
+    /// restore; leave it off for Apache Kafka and Redpanda.
+    pub fn reread_on_resume(mut self, reread: bool) -> Self {
+        self.reread_on_resume = reread;
+        self
+    }
+
+    /// How long an idle reader waits before it is polled again.
+    pub fn idle_wait(mut self, wait: Duration) -> Self {
+        self.idle_wait = wait;
+        self
+    }
+
+    /// Bound on metadata and watermark requests (the time an unreachable broker
+    /// takes to become an error when a reader is created).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.request_timeout = timeout;
+        self
+    }
+
+    /// Sets a librdkafka consumer property (applied after this crate's own).
+    pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// Records skipped by [`ErrorPolicy::Skip`], over all readers of this source
+    /// (the counter is shared; read it with `load`).
+    pub fn skipped_records(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.skipped)
+    }
+
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
+    fn consumer(&self, subtask: &SubtaskInfo) -> Result<BaseConsumer, KafkaError> {
+        let mut config = self.settings.base_config();
+        config
+            // Never used for recovery and never committed: librdkafka needs a
+            // group only to accept `assign`.
+            .set(
+                "group.id",
+                format!("flowstate-{}-{}", subtask.job_id, subtask.uid),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error")
+            .set("enable.partition.eof", "false")
+            .set("allow.auto.create.topics", "false");
+        self.settings.apply_overrides(&mut config);
+        config.create().map_err(|e| KafkaError::Client {
+            brokers: self.settings.brokers.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The partitions of `topic` (sorted), or a clear error.
+    fn partitions(&self, consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, KafkaError> {
+        crate::admin::partitions_with(consumer, &self.settings, topic)
+    }
+
+    fn high_watermark(
+        &self,
+        consumer: &BaseConsumer,
+        tp: &TopicPartition,
+    ) -> Result<i64, KafkaError> {
+        consumer
+            .fetch_watermarks(&tp.topic, tp.partition, self.settings.request_timeout)
+            .map(|(_, high)| high)
+            .map_err(|e| KafkaError::Watermarks {
+                brokers: self.settings.brokers.clone(),
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                reason: e.to_string(),
+            })
+    }
+
+    fn restored_offsets(
+        &self,
+        subtask: &SubtaskInfo,
+    ) -> Result<Option<HashMap<TopicPartition, Option<i64>>>, KafkaError> {
+        let Some(elements) = subtask
+            .restored
+            .as_ref()
+            .and_then(|r| r.list(OFFSETS_STATE))
+        else {
+            return Ok(None);
+        };
+        let mut offsets = HashMap::new();
+        for element in elements {
+            let stored: PartitionOffset =
+                serde_json::from_slice(element).map_err(|e| KafkaError::State {
+                    operator: subtask.operator.clone(),
+                    reason: e.to_string(),
+                })?;
+            let tp = TopicPartition::new(stored.topic, stored.partition);
+            // Every partition has one owner, so it is stored once; should it
+            // appear twice, the smaller position replays rather than skips.
+            let entry = offsets.entry(tp).or_insert(stored.next);
+            if stored.next < *entry {
+                *entry = stored.next;
+            }
+        }
+        Ok(Some(offsets))
+    }
+}
+
+impl<T: Data> Source<T> for KafkaSource<T> {
+    fn create_reader(&self, subtask: &SubtaskInfo) -> Result<Box<dyn SourceReader<T>>, UserError> {
+        let consumer = self.consumer(subtask)?;
+        let restored = self.restored_offsets(subtask)?;
+        let mut partitions = Vec::new();
+        for (k, topic) in self.topics.iter().enumerate() {
+            for p in self.partitions(&consumer, topic)? {
+                if partition_owner(k, p, subtask.parallelism) != subtask.index {
+                    continue;
+                }
+                let tp = TopicPartition::new(topic.clone(), p);
+                let next = match restored.as_ref().and_then(|r| r.get(&tp)) {
+                    Some(next) => *next,
+                    None => match self.start {
+                        StartFrom::Earliest => None,
+                        StartFrom::Latest => Some(self.high_watermark(&consumer, &tp)?),
+                    },
+                };
+                let end = match &self.stop {
+                    StopAt::Never => None,
+                    StopAt::HighWatermark => Some(self.high_watermark(&consumer, &tp)?),
+                    StopAt::EndOffsets(ends) => Some(*ends.get(&tp).ok_or_else(|| {
+                        KafkaError::Config(format!(
+                            "no end offset given for topic '{}' partition {}",
+                            tp.topic, tp.partition
+                        ))
+                    })?),
+                };
+                let contiguous = self.reread_on_resume || next.is_none_or(|n| n <= 0);
+                partitions.push(PartitionState {
+                    tp,
+                    next,
+                    end,
+                    contiguous,
+                });
+            }
+        }
+        let mut assignment = TopicPartitionList::new();
+        for state in partitions.iter().filter(|s| !s.done()) {
+            let offset = match state.next {
+                Some(n) if !self.reread_on_resume => Offset::Offset(n),
+                _ => Offset::Beginning,
+            };
+            assignment
+                .add_partition_offset(&state.tp.topic, state.tp.partition, offset)
+                .map_err(|e| KafkaError::Config(e.to_string()))?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|e| KafkaError::Consume {
+                brokers: self.settings.brokers.clone(),
+                topics: self.topics.join(","),
+                reason: format!("cannot assign partitions: {e}"),
+            })?;
+        let mut index: Vec<(String, HashMap<i32, usize>)> = self
+            .topics
+            .iter()
+            .map(|t| (t.clone(), HashMap::new()))
+            .collect();
+        for (i, state) in partitions.iter().enumerate() {
+            if let Some((_, map)) = index.iter_mut().find(|(t, _)| *t == state.tp.topic) {
+                map.insert(state.tp.partition, i);
+            }
+        }
+        tracing::info!(
+            operator = %subtask.operator,
+            instance = subtask.index,
+            partitions = ?partitions.iter().map(|s| (&s.tp.topic, s.tp.partition, s.next)).collect::<Vec<_>>(),
+            "Kafka reader assigned"
+        );
+        Ok(Box::new(KafkaReader {
+            consumer,
+            brokers: self.settings.brokers.clone(),
+            topics: self.topics.join(","),
+            operator: subtask.operator.clone(),
+            bounded: !matches!(self.stop, StopAt::Never),
+            partitions,
+            index,
+            deserializer: Arc::clone(&self.deserializer),
+            on_error: self.on_error,
+            idle_wait: self.idle_wait,
+            skip_log: SkipLog {
+                operator: subtask.operator.clone(),
+                skipped: Arc::clone(&self.skipped),
+                here: 0,
+                last_log: None,
+            },
+            last_transient_log: None,
+        }))
+    }
+}
+
+/// One owned partition's position (and, later, its watermark).
+#[derive(Debug)]
+struct PartitionState {
+    tp: TopicPartition,
+    next: Option<i64>,
+    /// Exclusive end offset of a bounded read.
+    end: Option<i64>,
+    /// Whether the first record after assigning at `next` has been seen (or the
+    /// partition was read from its start). Until then a record past `next`
+    /// may mean the broker skipped records (see `KafkaReader::poll`).
+    contiguous: bool,
+}
+
+impl PartitionState {
+    fn done(&self) -> bool {
+        match self.end {
+            None => false,
+            Some(end) => self.next.unwrap_or(0) >= end,
+        }
+    }
+}
+
+struct KafkaReader<T> {
+    consumer: BaseConsumer,
+    brokers: String,
+    topics: String,
+    operator: String,
+    bounded: bool,
+    partitions: Vec<PartitionState>,
+    /// Per configured topic: partition -> position in `partitions`.
+    index: Vec<(String, HashMap<i32, usize>)>,
+    deserializer: Deserializer<T>,
+    on_error: ErrorPolicy,
+    idle_wait: Duration,
+    skip_log: SkipLog,
+    last_transient_log: Option<Instant>,
+}
+
+/// Consumer errors after which reading cannot go on correctly; every other
+/// error (broker down, timeouts, leader changes) is retried by librdkafka and
+/// only logged here.
+fn is_fatal(error: &RdError) -> bool {
+    if matches!(error, RdError::MessageConsumptionFatal(_)) {
+        return true;
+    }
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::OffsetOutOfRange
+                | RDKafkaErrorCode::AutoOffsetReset
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::Fatal
+        )
+    )
+}
+
+/// Counts and logs skipped records (never silent).
+struct SkipLog {
+    operator: String,
+    skipped: Arc<AtomicU64>,
+    here: u64,
+    last_log: Option<Instant>,
+}
+
+impl SkipLog {
+    fn record(&mut self, record: &RawRecord<'_>, reason: &str, now: Instant) {
+        self.here += 1;
+        let total = self.skipped.fetch_add(1, Ordering::Relaxed) + 1;
+        let due = self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= SKIP_LOG_INTERVAL);
+        if due {
+            self.last_log = Some(now);
+            tracing::warn!(
+                operator = %self.operator,
+                topic = record.topic,
+                partition = record.partition,
+                offset = record.offset,
+                skipped_by_this_reader = self.here,
+                skipped_in_total = total,
+                "skipped a Kafka record that cannot be deserialised: {reason}"
+            );
+        }
+    }
+}
+
+impl<T: Data> SourceReader<T> for KafkaReader<T> {
+    fn poll(
+        &mut self,
+        out: &mut Vec<T>,
+        max: usize,
+        now: Instant,
+    ) -> Result<SourcePoll, UserError> {
+        if self.bounded && self.partitions.iter().all(PartitionState::done) {
+            return Ok(SourcePoll::Finished);
+        }
+        let mut progressed = false;
+        for _ in 0..max.max(1) {
+            let message = match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(message)) => message,
+                Some(Err(error)) if is_fatal(&error) => {
+                    return Err(KafkaError::Consume {
+                        brokers: self.brokers.clone(),
+                        topics: self.topics.clone(),
+                        reason: error.to_string(),
+                    }
+                    .into());
+                }
+                Some(Err(error)) => {
+                    let due = self
+                        .last_transient_log
+                        .is_none_or(|t| now.duration_since(t) >= TRANSIENT_LOG_INTERVAL);
+                    if due {
+                        self.last_transient_log = Some(now);
+                        tracing::warn!(
+                            operator = %self.operator,
+                            brokers = %self.brokers,
+                            "Kafka consumer trouble (retrying): {error}"
+                        );
+                    }
+                    continue;
+                }
+            };
+            progressed = true;
+            let Some(&i) = self
+                .index
+                .iter()
+                .find(|(t, _)| t == message.topic())
+                .and_then(|(_, map)| map.get(&message.partition()))
+            else {
+                continue;
+            };
+            let offset = message.offset();
+            let state = &mut self.partitions[i];
+            if !state.contiguous {
+                let expected = state.next.unwrap_or(0);
+                if offset > expected {
+                    // A fetch at `expected` answered from a later offset: a gap
+                    // (compaction, markers) or a broker that cannot serve a fetch
+                    // from inside a record batch (tansu 0.6 answers with the
+                    // next batch, silently skipping the rest of this one). Read
+                    // the partition again from its start (records below
+                    // `expected` are dropped): what arrives then is contiguous.
+                    tracing::warn!(
+                        operator = %self.skip_log.operator,
+                        topic = %state.tp.topic,
+                        partition = state.tp.partition,
+                        expected,
+                        got = offset,
+                        "Kafka fetch skipped offsets; re-reading the partition from its start"
+                    );
+                    self.consumer
+                        .seek(
+                            &state.tp.topic,
+                            state.tp.partition,
+                            Offset::Beginning,
+                            Duration::ZERO,
+                        )
+                        .map_err(|e| KafkaError::Consume {
+                            brokers: self.brokers.clone(),
+                            topics: self.topics.clone(),
+                            reason: format!(
+                                "cannot seek topic '{}' partition {}: {e}",
+                                state.tp.topic, state.tp.partition
+                            ),
+                        })?;
+                }
+                // From here on records arrive in order from at or below
+                // `expected`: later gaps are real.
+                state.contiguous = true;
+                if offset > expected {
+                    continue;
+                }
+            }
+            if state.end.is_some_and(|end| offset >= end)
+                || state.next.is_some_and(|next| offset < next)
+            {
+                // Past a bounded end, or a record already emitted.
+                continue;
+            }
+            let record = RawRecord {
+                topic: message.topic(),
+                partition: message.partition(),
+                offset,
+                key: message.key(),
+                payload: message.payload(),
+                timestamp_ms: message.timestamp().to_millis(),
+            };
+            match (self.deserializer)(&record) {
+                Ok(value) => out.push(value),
+                Err(reason) => match self.on_error {
+                    ErrorPolicy::Fail => {
+                        return Err(KafkaError::Deserialize {
+                            topic: record.topic.to_owned(),
+                            partition: record.partition,
+                            offset,
+                            reason,
+                        }
+                        .into());
+                    }
+                    ErrorPolicy::Skip => self.skip_log.record(&record, &reason, now),
+                },
+            }
+            self.partitions[i].next = Some(offset + 1);
+        }
+        if progressed {
+            Ok(SourcePoll::Ready)
+        } else if self.partitions.is_empty() && self.bounded {
+            Ok(SourcePoll::Finished)
+        } else {
+            Ok(SourcePoll::Pending {
+                wake_at: Some(now + self.idle_wait),
+            })
+        }
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<OperatorListState>, UserError> {
+        let elements = self
+            .partitions
+            .iter()
+            .map(|s| {
+                serde_json::to_vec(&PartitionOffset {
+                    topic: s.tp.topic.clone(),
+                    partition: s.tp.partition,
+                    next: s.next,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(vec![OperatorListState {
+            name: OFFSETS_STATE.into(),
+            mode: RedistributionMode::Union,
+            elements,
+        }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_topic_deals_partition_p_to_instance_p_mod_parallelism() {
+        for parallelism in 1..6 {
+            for p in 0..20 {
+                assert_eq!(partition_owner(0, p, parallelism), p as u32 % parallelism);
+            }
+        }
+    }
+
+    #[test]
+    fn every_partition_has_exactly_one_owner_at_any_parallelism() {
+        for parallelism in 1..8u32 {
+            let mut load = vec![0u32; parallelism as usize];
+            for topic in 0..3 {
+                for p in 0..10 {
+                    let owner = partition_owner(topic, p, parallelism);
+                    assert!(owner < parallelism);
+                    load[owner as usize] += 1;
+                }
+            }
+            assert_eq!(load.iter().sum::<u32>(), 30);
+            // Every instance reads something: partitions of one topic go round robin.
+            assert!(load.iter().all(|&n| n > 0), "{load:?}");
+        }
+    }
+
+    #[test]
+    fn a_position_is_done_only_at_its_end() {
+        let state = |next, end| PartitionState {
+            tp: TopicPartition::new("t", 0),
+            next,
+            end,
+            contiguous: true,
+        };
+        assert!(!state(None, None).done());
+        assert!(!state(Some(5), None).done());
+        assert!(state(None, Some(0)).done());
+        assert!(!state(None, Some(1)).done());
+        assert!(!state(Some(4), Some(5)).done());
+        assert!(state(Some(5), Some(5)).done());
+    }
+
+    #[test]
+    fn the_source_refuses_a_bad_configuration() {
+        let parse = |_: &RawRecord<'_>| Ok(0u64);
+        assert!(KafkaSource::new("", ["t"], parse).is_err());
+        assert!(KafkaSource::new("b:9092", Vec::<String>::new(), parse).is_err());
+        assert!(KafkaSource::new("b:9092", ["t", "t"], parse).is_err());
+        assert!(KafkaSource::new("b:9092", [""], parse).is_err());
+    }
+}
