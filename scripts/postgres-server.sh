@@ -4,6 +4,7 @@
 #
 #   eval "$(scripts/postgres-server.sh)"     # then: cargo test -p flowstate-postgres
 #   scripts/postgres-server.sh stop          # when done (uses $PG_SERVER_DIR)
+#   scripts/postgres-server.sh restart DIR SECS   # a transient outage (tests)
 #
 # Installs Debian's `postgresql` with apt-get (through sudo when not root) unless
 # server binaries (initdb, pg_ctl, postgres under /usr/lib/postgresql/*/bin) are
@@ -59,8 +60,6 @@ if [[ "${1:-}" == stop ]]; then
     exit 0
 fi
 
-started=$(date +%s.%N)
-
 # The newest installed server version with all three binaries.
 find_bin_dir() {
     local d
@@ -72,6 +71,26 @@ find_bin_dir() {
     done
     return 1
 }
+
+# `restart DIR DOWN_SECS`: a transient outage for the tests: fast shutdown of the
+# server of DIR (clients are disconnected; prepared transactions survive), DOWN_SECS
+# seconds with nothing listening, then a start on the same port and data.
+if [[ "${1:-}" == restart ]]; then
+    dir="${2:-${PG_SERVER_DIR:-}}"
+    down="${3:-2}"
+    [[ -d "$dir/pgdata" ]] || die "restart: $dir/pgdata is not a data directory"
+    BIN_DIR=$(find_bin_dir) || die "restart: no server binaries"
+    SERVER_USER=$(stat -c %U "$dir/pgdata")
+    as_server_user "$BIN_DIR/pg_ctl" -D "$dir/pgdata" -m fast -w stop >/dev/null 2>&1 \
+        || die "restart: the server of $dir did not stop"
+    sleep "$down"
+    as_server_user "$BIN_DIR/pg_ctl" -D "$dir/pgdata" -l "$dir/server.log" -w -t "$WAIT_SECS" start \
+        >/dev/null 2>&1 || die "restart: the server of $dir did not start again"
+    say "restarted the server of $dir after ${down}s down"
+    exit 0
+fi
+
+started=$(date +%s.%N)
 
 if ! BIN_DIR=$(find_bin_dir); then
     say "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin: installing Debian's postgresql"

@@ -635,6 +635,8 @@ fn an_unreachable_broker_is_one_clear_error() {
 /// A topic that does not exist: the error names it.
 #[test]
 fn a_missing_topic_is_one_clear_error() {
+    // Talks to the broker, which another test pauses while holding the turn.
+    let _turn = one_at_a_time();
     const NAME: &str = "missing-topic";
     let Some(brokers) = kafka_brokers(NAME) else {
         return;
@@ -697,4 +699,163 @@ fn an_unreachable_database_is_one_clear_error() {
         !error.contains("x:y@"),
         "the error shows the database password: {error}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Transient faults: the server goes away for a while and comes back.
+
+/// Path of a script of the repository.
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts")
+        .join(name)
+}
+
+/// Waits until `done`, failing after `deadline`.
+fn wait_until(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// PostgreSQL restarts mid-run (its clients are disconnected, nothing listens
+/// for two seconds): the sink's failure fails the task, the job restarts from
+/// its latest checkpoint until the server answers again, the prepared
+/// transactions that survived the restart are resolved, and the table ends
+/// equal to the true counts with nothing left prepared.
+#[cfg(feature = "postgres")]
+#[test]
+fn a_postgres_outage_mid_run_is_recovered_from() {
+    const NAME: &str = "postgres-outage";
+    const RECORDS: u64 = 2_000_000;
+    const KEYS: u64 = 20_000;
+    let (Some(brokers), Some(url)) = (kafka_brokers(NAME), pg_url(NAME)) else {
+        return;
+    };
+    let Some(dir) = server("PG_SERVER_DIR", "FLOWSTATE_REQUIRE_PG", NAME) else {
+        return;
+    };
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let (topic, table) = (unique("pg_outage"), unique("outage_counts"));
+    produce(root, &brokers, &topic, RECORDS, KEYS, 4);
+    let args = kafka_count(
+        &brokers,
+        &topic,
+        &[
+            "--records",
+            &RECORDS.to_string(),
+            "--checkpoint-interval",
+            "200ms",
+            "--checkpoint-dir",
+            arg(&root.join("ck")),
+            "--output-table",
+            &table,
+            "--database",
+            &url,
+            "--restart-attempts",
+            "30",
+            "--restart-delay",
+            "300ms",
+            "--rest",
+            "off",
+        ],
+    );
+    let job = start(root, &root.join("logs"), "run", &args);
+    wait_until("committed rows", Duration::from_secs(120), || {
+        psql(&url, &format!("select to_regclass('{table}') is not null")) == "t"
+            && psql(&url, &format!("select count(*) from {table}")) != "0"
+    });
+    let restart = Command::new("bash")
+        .arg(script("postgres-server.sh"))
+        .args(["restart", &dir, "2"])
+        .output()
+        .unwrap();
+    assert!(
+        restart.status.success(),
+        "restarting PostgreSQL failed: {}",
+        String::from_utf8_lossy(&restart.stderr)
+    );
+    let run = job.wait();
+    run.assert_success();
+    assert_eq!(
+        run.result_line(),
+        expected_keyed_count_result(RECORDS, KEYS),
+        "{run}"
+    );
+    assert!(
+        run.stderr.contains("restart 1 of"),
+        "the outage should have failed and restarted the job (it ended before the outage? \
+         raise RECORDS): {run}"
+    );
+    let rows = table_rows(&url, &table);
+    assert_eq!(
+        rows,
+        final_state(RECORDS, KEYS),
+        "table {table} vs workload W"
+    );
+    assert_eq!(psql(&url, "select count(*) from pg_prepared_xacts"), "0");
+}
+
+/// The broker stops answering for three seconds mid-run (SIGSTOP, then
+/// SIGCONT): the source waits and reads on; the output is exactly once.
+#[test]
+fn a_broker_pause_mid_run_is_ridden_out() {
+    const NAME: &str = "broker-pause";
+    const RECORDS: u64 = 1_000_000;
+    const KEYS: u64 = 20_000;
+    let Some(brokers) = kafka_brokers(NAME) else {
+        return;
+    };
+    let Some(pid) = server("KAFKA_SERVER_PID", "FLOWSTATE_REQUIRE_KAFKA", NAME) else {
+        return;
+    };
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let topic = unique("pause");
+    produce(root, &brokers, &topic, RECORDS, KEYS, 4);
+    let out = root.join("out");
+    let args = kafka_count(
+        &brokers,
+        &topic,
+        &[
+            "--records",
+            &RECORDS.to_string(),
+            "--checkpoint-interval",
+            "200ms",
+            "--checkpoint-dir",
+            arg(&root.join("ck")),
+            "--output",
+            arg(&out),
+            "--rest",
+            "off",
+        ],
+    );
+    let job = start(root, &root.join("logs"), "run", &args);
+    wait_until("committed output", Duration::from_secs(120), || {
+        std::fs::read_dir(&out).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("part-"))
+        })
+    });
+    let signal = |sig: &str| {
+        let status = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_secs(3));
+    signal("-CONT");
+    let run = job.wait();
+    run.assert_success();
+    assert_eq!(
+        run.result_line(),
+        expected_keyed_count_result(RECORDS, KEYS),
+        "{run}"
+    );
+    check_keyed_count_output(&committed_lines(&out), RECORDS, KEYS);
 }

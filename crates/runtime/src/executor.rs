@@ -23,7 +23,7 @@ use crate::channel::Signal;
 use crate::checkpointing::{CoordinatorEvent, CoordinatorLoop, SavepointTargets, upload_loop};
 use crate::config::{CheckpointingConfig, ExecutionConfig, Guarantee, RestoreFrom};
 use crate::control::{JobController, JobDescription, JobStatus};
-use crate::error::{JobError, TaskError, panic_message};
+use crate::error::{BuildError, JobError, TaskError, panic_message};
 use crate::graph::JobGraph;
 use crate::metrics::JobMetrics;
 use crate::plan::{PlanCheckpointing, PlannedTask, build_tasks};
@@ -522,10 +522,15 @@ fn supervise_attempts(
                 });
             }
             Err(error) => {
-                let restartable = matches!(
-                    error,
-                    JobError::TaskFailed { .. } | JobError::Checkpointing(_)
-                );
+                // Creating an operator instance fails for a bad configuration
+                // (fail at once) or for a server that is down (retry): once the
+                // job has run, a failure to create one again is taken for the
+                // transient kind and goes through the restart strategy.
+                let restartable = match &error {
+                    JobError::TaskFailed { .. } | JobError::Checkpointing(_) => true,
+                    JobError::Build(BuildError::Create { .. }) => restarts > 0,
+                    _ => false,
+                };
                 let Some(c) = checkpointing
                     .as_ref()
                     .filter(|c| restartable && restarts < c.restart.attempts)
