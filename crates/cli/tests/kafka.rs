@@ -24,9 +24,9 @@
 
 mod support;
 
+#[cfg(feature = "postgres")]
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,8 +34,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 #[cfg(feature = "postgres")]
 use support::workload_values;
 use support::{
-    Ending, Process, Rng, Run, arg, check_keyed_count_output, committed_lines, crash_seed,
-    expected_keyed_count_result, flowstate, one_at_a_time, run_args, start, strings, tempdir,
+    Ending, Rng, Run, arg, check_keyed_count_output, committed_lines, crash_seed,
+    expected_keyed_count_result, flowstate, one_at_a_time, run_args, start, start_served, strings,
+    tempdir,
 };
 
 /// Default seed of the kill moments (`FLOWSTATE_CRASH_SEED` overrides it).
@@ -358,128 +359,6 @@ fn kafka_to_files_under_sigkill_is_exactly_once() {
 // ---------------------------------------------------------------------------
 // A savepoint, restored at another parallelism.
 
-/// A running job with its HTTP API.
-struct Served {
-    process: Process,
-    /// `127.0.0.1:PORT`.
-    addr: String,
-    job: String,
-}
-
-/// Starts `flowstate ARGS --rest 127.0.0.1:0` and waits until it has logged
-/// its job id and the address of its HTTP API.
-fn start_served(cwd: &Path, logs: &Path, name: &str, args: &[String]) -> Served {
-    let mut args = args.to_vec();
-    args.extend(strings(&["--rest", "127.0.0.1:0"]));
-    let mut process = start(cwd, logs, name, &args);
-    loop {
-        let stderr = process.stderr_so_far();
-        let addr = after(
-            &stderr,
-            "HTTP API listening on http://",
-            char::is_whitespace,
-        );
-        let job = after(&stderr, "job_id=\"", |c| c == '"');
-        if let (Some(addr), Some(job)) = (addr, job) {
-            return Served { process, addr, job };
-        }
-        if let Some(run) = process.ended() {
-            panic!("flowstate ended before serving its HTTP API: {run}");
-        }
-        if process.started.elapsed() > Duration::from_secs(60) {
-            panic!("no HTTP API after 60s; stderr so far:\n{stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// The text after the first `marker` in `text`, up to `end` (which must
-/// follow).
-fn after(text: &str, marker: &str, end: impl Fn(char) -> bool) -> Option<String> {
-    let start = text.find(marker)? + marker.len();
-    let rest = &text[start..];
-    let len = rest.find(end)?;
-    Some(rest[..len].to_owned())
-}
-
-/// `GET path` over a new connection: (status, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("GET {path}: no end of headers in {raw:?}"));
-    let status = head
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|s| s.get(..3))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("GET {path}: bad status line in {head:?}"));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, body)
-}
-
-fn dechunk(mut data: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = data.split_once("\r\n").expect("chunk size line");
-        let size =
-            usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).expect("chunk size");
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&rest[..size]);
-        data = &rest[size + 2..];
-    }
-}
-
-impl Served {
-    /// Polls `GET /jobs/{id}` until the job is RUNNING with `records_in` at
-    /// least `at_least`.
-    fn wait_for_records(&mut self, at_least: u64) -> u64 {
-        loop {
-            if let Some(run) = self.process.ended() {
-                panic!("the job ended before {at_least} records were in: {run}");
-            }
-            let (status, body) = http_get(&self.addr, &format!("/jobs/{}", self.job));
-            assert_eq!(status, 200, "GET /jobs/{}: {body}", self.job);
-            let details: serde_json::Value = serde_json::from_str(&body)
-                .unwrap_or_else(|e| panic!("GET /jobs/{}: not JSON ({e}): {body}", self.job));
-            let records = details["records_in"]
-                .as_u64()
-                .unwrap_or_else(|| panic!("no records_in in {body}"));
-            if records >= at_least && details["state"] == "RUNNING" {
-                return records;
-            }
-            if self.process.started.elapsed() > support::RUN_DEADLINE {
-                panic!(
-                    "fewer than {at_least} records in after {:?}",
-                    support::RUN_DEADLINE
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 /// `records=N` of a RESULT line.
 fn result_records(line: &str) -> u64 {
     line.split(' ')
@@ -705,6 +584,7 @@ fn an_unreachable_database_is_one_clear_error() {
 // Transient faults: the server goes away for a while and comes back.
 
 /// Path of a script of the repository.
+#[cfg(feature = "postgres")]
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../scripts")

@@ -13,11 +13,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// Longest a run that is not killed may take.
 pub const RUN_DEADLINE: Duration = Duration::from_secs(300);
@@ -342,6 +346,249 @@ impl Rng {
     /// Uniform in `lo..hi`.
     pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Spawned jobs, served over HTTP; raw HTTP/1.1 with JSON bodies.
+
+/// Longest a job may take to start serving its HTTP API.
+pub const API_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A running job with its HTTP API.
+pub struct Served {
+    pub process: Process,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    pub job: String,
+}
+
+/// Starts `flowstate ARGS --rest 127.0.0.1:0` and waits (reading its stderr as
+/// it grows) until it has logged its job id and the address of its HTTP API.
+pub fn start_served(cwd: &Path, logs: &Path, name: &str, args: &[String]) -> Served {
+    let mut args = args.to_vec();
+    args.extend(strings(&["--rest", "127.0.0.1:0"]));
+    let mut process = start(cwd, logs, name, &args);
+    loop {
+        let stderr = process.stderr_so_far();
+        let addr = after(&stderr, "HTTP API listening on http://", |c| {
+            c.is_whitespace()
+        });
+        let job = after(&stderr, "job_id=\"", |c| c == '"');
+        if let (Some(addr), Some(job)) = (addr, job) {
+            return Served { process, addr, job };
+        }
+        if let Some(run) = process.ended() {
+            panic!("flowstate ended before serving its HTTP API: {run}");
+        }
+        if process.started.elapsed() > API_DEADLINE {
+            panic!("no HTTP API after {API_DEADLINE:?}; stderr so far:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The text after the first `marker` in `text`, up to `end` (which must
+/// follow: a line still being written is not taken).
+pub fn after(text: &str, marker: &str, end: impl Fn(char) -> bool) -> Option<String> {
+    let start = text.find(marker)? + marker.len();
+    let rest = &text[start..];
+    let len = rest.find(end)?;
+    Some(rest[..len].to_owned())
+}
+
+impl Served {
+    pub fn details(&self) -> Value {
+        let answer = http(&self.addr, "GET", &format!("/jobs/{}", self.job), None);
+        answer.expect_status(200);
+        answer.json()
+    }
+
+    /// Polls `GET /jobs/{id}` until the job is RUNNING with `records_in` at
+    /// least `at_least`.
+    pub fn wait_for_records(&mut self, at_least: u64) -> u64 {
+        loop {
+            if let Some(run) = self.process.ended() {
+                panic!("the job ended before {at_least} records were in: {run}");
+            }
+            let details = self.details();
+            let records = details.field("records_in").u64();
+            if records >= at_least && details.field("state").str() == "RUNNING" {
+                return records;
+            }
+            if self.process.started.elapsed() > RUN_DEADLINE {
+                panic!("fewer than {at_least} records in after {RUN_DEADLINE:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+pub struct Http {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+    /// What was asked, for messages.
+    pub request: String,
+}
+
+impl Http {
+    pub fn expect_status(&self, status: u16) -> &Self {
+        assert_eq!(
+            self.status, status,
+            "{}: expected {status}, got {} {}",
+            self.request, self.status, self.body
+        );
+        self
+    }
+
+    pub fn json(&self) -> Value {
+        assert!(
+            self.content_type.starts_with("application/json"),
+            "{}: content type {:?}, body {}",
+            self.request,
+            self.content_type,
+            self.body
+        );
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {}", self.request, self.body))
+    }
+
+    /// An error answer: `status`, and a JSON body `{"error": "<non-empty>",
+    /// "status": status}`. Returns the message.
+    pub fn expect_error(&self, status: u16) -> String {
+        self.expect_status(status);
+        let body = self.json();
+        assert_eq!(
+            body.field("status").u64(),
+            u64::from(status),
+            "{}: {}",
+            self.request,
+            self.body
+        );
+        let message = body.field("error").str().to_owned();
+        assert!(
+            !message.trim().is_empty(),
+            "{}: empty error message",
+            self.request
+        );
+        message
+    }
+}
+
+/// One HTTP/1.1 request over a new connection (`Connection: close`).
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> Http {
+    try_http(addr, method, path, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`http`], with connection and read errors returned (the process may be
+/// going away).
+pub fn try_http(addr: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Result<Http> {
+    let request = format!("{method} {path}");
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n"
+    );
+    let body = match body {
+        Some(body) => {
+            head.push_str("Content-Type: application/json\r\n");
+            body
+        }
+        None => "",
+    };
+    if body.is_empty() && method == "GET" {
+        head.push_str("\r\n");
+    } else {
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    }
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("{request}: no end of headers in {raw:?}"));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut content = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status: u16 = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|s| s.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{request}: bad status line {status_line:?}"));
+    let mut content_type = String::new();
+    let mut chunked = false;
+    for line in lines {
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.trim();
+        match name.to_ascii_lowercase().as_str() {
+            "content-type" => content_type = value.to_owned(),
+            "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+            _ => {}
+        }
+    }
+    if chunked {
+        content = dechunk(&content);
+    }
+    Ok(Http {
+        status,
+        content_type,
+        body: String::from_utf8(content)
+            .unwrap_or_else(|e| panic!("{request}: body is not UTF-8: {e}")),
+        request,
+    })
+}
+
+pub fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size_text = String::from_utf8_lossy(&data[..line_end]);
+        let size_text = size_text.split(';').next().unwrap().trim();
+        let size = usize::from_str_radix(size_text, 16).expect("chunk size");
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// Reading what the API answered: a missing field or a value of the wrong
+/// type fails the test, naming what was there instead.
+pub trait Json {
+    /// The field `key` of an object, which must be there.
+    fn field(&self, key: &str) -> &Value;
+    fn str(&self) -> &str;
+    fn u64(&self) -> u64;
+    fn array(&self) -> &[Value];
+}
+
+impl Json for Value {
+    fn field(&self, key: &str) -> &Value {
+        self.get(key)
+            .unwrap_or_else(|| panic!("no field {key:?} in {self}"))
+    }
+
+    fn str(&self) -> &str {
+        self.as_str()
+            .unwrap_or_else(|| panic!("not a string: {self}"))
+    }
+
+    fn u64(&self) -> u64 {
+        self.as_u64().unwrap_or_else(|| panic!("not a u64: {self}"))
+    }
+
+    fn array(&self) -> &[Value] {
+        self.as_array()
+            .unwrap_or_else(|| panic!("not an array: {self}"))
     }
 }
 
