@@ -137,7 +137,8 @@ struct Pending {
 /// files can still be removed from their directory (a limit on everything).
 const ABORTED_SAVEPOINTS_MAX: usize = 16;
 
-fn unix_ms_now() -> u64 {
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -122,9 +122,7 @@ impl JobService for LocalJobs {
     fn details(&self, job: &str) -> Result<JobDetails, ServiceError> {
         let j = self.find(job)?;
         let d = j.description();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |t| t.as_millis() as u64);
+        let now_ms = flowstate::runtime::checkpoint::coordinator::unix_ms_now();
         Ok(JobDetails {
             id: job.to_owned(),
             name: d.name.clone(),

@@ -237,15 +237,21 @@ pub(crate) fn upload_loop(
         let mut bytes = 0;
         for part in job.parts {
             let (mut keyed, mut native) = (None, None);
-            let written = match (&part.snapshot.keyed, &savepoint) {
-                (Some(BackendSnapshot::KeyGroups(snapshot)), Some(target)) => {
-                    let path = savepoint_keyed_path(&part.uid, part.subtask);
+            let written = match &part.snapshot.keyed {
+                Some(BackendSnapshot::KeyGroups(snapshot)) => {
+                    let (target, path) = match &savepoint {
+                        Some(target) => (target, savepoint_keyed_path(&part.uid, part.subtask)),
+                        None => (
+                            &storage,
+                            keyed_state_path(&job_id, id, &part.uid, part.subtask),
+                        ),
+                    };
                     write_keyed_file(target.as_ref(), &path, snapshot).map(|handle| {
                         bytes += handle.file.size;
                         keyed = Some(handle);
                     })
                 }
-                (Some(BackendSnapshot::Native(_)), Some(_)) => {
+                Some(BackendSnapshot::Native(_)) if savepoint.is_some() => {
                     decline(format!(
                         "'{}' ({}) snapshotted a savepoint in its backend's native format; \
                          savepoints must be canonical",
@@ -253,14 +259,7 @@ pub(crate) fn upload_loop(
                     ));
                     continue 'jobs;
                 }
-                (Some(BackendSnapshot::KeyGroups(snapshot)), None) => {
-                    let path = keyed_state_path(&job_id, id, &part.uid, part.subtask);
-                    write_keyed_file(storage.as_ref(), &path, snapshot).map(|handle| {
-                        bytes += handle.file.size;
-                        keyed = Some(handle);
-                    })
-                }
-                (Some(BackendSnapshot::Native(snapshot)), None) => {
+                Some(BackendSnapshot::Native(snapshot)) => {
                     upload_native(storage.as_ref(), &job_id, &part.uid, part.subtask, snapshot).map(
                         |(handle, uploaded)| {
                             bytes += uploaded;
@@ -268,7 +267,7 @@ pub(crate) fn upload_loop(
                         },
                     )
                 }
-                (None, _) => Ok(()),
+                None => Ok(()),
             };
             if let Err(e) = written {
                 decline(format!(

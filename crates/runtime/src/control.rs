@@ -11,10 +11,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use flowstate_checkpoint::coordinator::TaskStats;
+use flowstate_checkpoint::coordinator::{TaskStats, unix_ms_now};
 use flowstate_checkpoint::layout::savepoint_dir_name;
 use flowstate_checkpoint::storage::{SharedStorage, open_storage};
 use flowstate_checkpoint::{CheckpointId, CheckpointStats, SnapshotKind};
@@ -164,12 +164,6 @@ pub struct JobController {
     metrics: Arc<JobMetrics>,
     cancel: Box<dyn Fn() + Send + Sync>,
     state: Mutex<ControlState>,
-}
-
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `dir` joined with `name`; a relative local directory is made absolute
@@ -506,29 +500,29 @@ impl JobController {
                 unix_ms_now().saturating_sub(record.trigger_unix_ms),
             ));
         }
-        let mut resumed = false;
-        if let Some(request) = request.and_then(|r| state.requests.get_mut(r)) {
-            request.state = SavepointState::Failed(reason.to_owned());
-            resumed = request.stop;
-            // The coordinator deleted its files; what is left are the
-            // directories this request created, empty.
-            remove_empty_dirs(std::path::Path::new(&request.location));
-        }
-        if resumed && state.status == Some(JobStatus::Stopping) {
-            state.status = Some(JobStatus::Running);
+        if let Some(request) = request {
+            state.fail_request(request, reason);
         }
     }
 
     /// A savepoint request that never started (the job ended first).
     pub(crate) fn on_request_dropped(&self, request: &str, reason: &str) {
-        let mut state = self.lock();
-        let mut resumed = false;
-        if let Some(r) = state.requests.get_mut(request) {
-            r.state = SavepointState::Failed(reason.to_owned());
-            resumed = r.stop;
-        }
-        if resumed && state.status == Some(JobStatus::Stopping) {
-            state.status = Some(JobStatus::Running);
+        self.lock().fail_request(request, reason);
+    }
+}
+
+impl ControlState {
+    /// Savepoint request `request` failed: a stop's sources resume, and the
+    /// directories it created are removed if empty (the coordinator deleted
+    /// its files).
+    fn fail_request(&mut self, request: &str, reason: &str) {
+        let Some(r) = self.requests.get_mut(request) else {
+            return;
+        };
+        r.state = SavepointState::Failed(reason.to_owned());
+        remove_empty_dirs(std::path::Path::new(&r.location));
+        if r.stop && self.status == Some(JobStatus::Stopping) {
+            self.status = Some(JobStatus::Running);
         }
     }
 }

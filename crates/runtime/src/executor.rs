@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use flowstate_checkpoint::coordinator::unix_ms_now;
 use flowstate_checkpoint::restore::{
     LoadedCheckpoint, RestorePointer, load, load_latest_of, open_snapshot, write_restore_pointer,
 };
@@ -402,9 +403,7 @@ fn record_restore_pointer(c: &CheckpointingConfig, job_id: &str, restored: &Load
         storage_path,
         location,
         checkpoint_id: restored.id(),
-        created_unix_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        created_unix_ms: unix_ms_now(),
     };
     if let Err(e) = write_restore_pointer(c.storage.as_ref(), job_id, &pointer) {
         tracing::warn!(
