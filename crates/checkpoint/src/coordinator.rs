@@ -24,7 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::layout::{
     checkpoint_dir, metadata_path, parse_metadata_path, shared_dir, shared_file_checkpoint,
 };
-use crate::metadata::{CheckpointMetadata, OperatorSnapshot, SnapshotKind, SubtaskSnapshot};
+use crate::metadata::{
+    CheckpointMetadata, OperatorSnapshot, SnapshotKind, SubtaskSnapshot, read_metadata,
+};
 use crate::shared_registry::SharedRegistry;
 use crate::storage::{SharedStorage, StorageError};
 use crate::{CheckpointError, CheckpointId};
@@ -183,6 +185,35 @@ impl Coordinator {
         max_parallelism: u32,
         restored: Option<CheckpointId>,
     ) -> Self {
+        Self::after_restore(
+            storage,
+            job_id,
+            settings,
+            tasks,
+            parallelism,
+            max_parallelism,
+            restored,
+            &BTreeSet::new(),
+        )
+    }
+
+    /// [`Coordinator::new`] for a job whose restore skipped newer checkpoints
+    /// of its own: those in `damaged` were proved damaged and are deleted;
+    /// any other completed checkpoint newer than the restored one (a format
+    /// version this build does not know, a read error) is left in place,
+    /// neither retained nor deleted, and the shared files it references are
+    /// kept.
+    #[allow(clippy::too_many_arguments)]
+    pub fn after_restore(
+        storage: SharedStorage,
+        job_id: &str,
+        settings: CoordinatorSettings,
+        tasks: usize,
+        parallelism: u32,
+        max_parallelism: u32,
+        restored: Option<CheckpointId>,
+        damaged: &BTreeSet<CheckpointId>,
+    ) -> Self {
         let mut coordinator = Self {
             storage,
             job_id: job_id.to_owned(),
@@ -201,7 +232,7 @@ impl Coordinator {
             shared: SharedRegistry::default(),
             aborted_savepoints: VecDeque::new(),
         };
-        coordinator.adopt_existing();
+        coordinator.adopt_existing(damaged);
         coordinator
     }
 
@@ -211,7 +242,7 @@ impl Coordinator {
     /// never completed are deleted, the shared files of the retained
     /// checkpoints are registered and every other shared file is deleted, and
     /// ids continue after the highest seen.
-    fn adopt_existing(&mut self) {
+    fn adopt_existing(&mut self, damaged: &BTreeSet<CheckpointId>) {
         let prefix = format!("{}/", self.job_id);
         let paths = match self.storage.list(&prefix) {
             Ok(paths) => paths,
@@ -250,8 +281,9 @@ impl Coordinator {
         if let Some(highest) = seen.iter().next_back().copied().max(highest_shared) {
             self.next_id = self.next_id.max(highest + 1);
         }
-        self.adopt_completed(completed);
+        let kept = self.adopt_completed(completed, damaged);
         self.register_retained();
+        self.register_kept(&kept);
         self.enforce_retention();
         self.collect_orphans(&paths);
     }
@@ -287,18 +319,29 @@ impl Coordinator {
         (seen, completed)
     }
 
-    /// Makes the completed checkpoints found in storage retained ones.
-    fn adopt_completed(&mut self, completed: BTreeSet<CheckpointId>) {
-        // Completed checkpoints newer than the restored one are ones the restore
-        // skipped as damaged: they can never be restored, and must not take a
-        // retention place from a good one.
+    /// Makes the completed checkpoints found in storage retained ones, and
+    /// returns those newer than the restored one that are left alone.
+    ///
+    /// Completed checkpoints newer than the restored one are ones the restore
+    /// skipped. Those proved damaged (`damaged`) can never be restored and
+    /// are deleted. The others (written by a newer flowstate, or unreadable
+    /// for a reason that may pass) must not be destroyed, nor take a
+    /// retention place from a good one: they are kept as they are.
+    fn adopt_completed(
+        &mut self,
+        completed: BTreeSet<CheckpointId>,
+        damaged: &BTreeSet<CheckpointId>,
+    ) -> Vec<CheckpointId> {
         let restored = self.retained.back().copied();
         let mut retained: Vec<CheckpointId> = Vec::new();
+        let mut kept = Vec::new();
         for id in completed {
-            if restored.is_some_and(|r| id > r) {
+            if restored.is_none_or(|r| id <= r) {
+                retained.push(id);
+            } else if damaged.contains(&id) {
                 tracing::warn!(
                     checkpoint = id,
-                    "deleting a checkpoint the restore skipped as damaged"
+                    "deleting a checkpoint the restore found damaged"
                 );
                 if let Err(e) = self
                     .storage
@@ -307,7 +350,13 @@ impl Coordinator {
                     tracing::warn!(checkpoint = id, "cannot delete it: {e}");
                 }
             } else {
-                retained.push(id);
+                tracing::warn!(
+                    checkpoint = id,
+                    "leaving in place a checkpoint the restore skipped (it may be \
+                     readable by another flowstate, or later); delete it by hand when \
+                     it is no longer needed"
+                );
+                kept.push(id);
             }
         }
         for id in self.retained.drain(..) {
@@ -317,6 +366,20 @@ impl Coordinator {
         }
         retained.sort_unstable();
         self.retained = retained.into();
+        kept
+    }
+
+    /// The shared files of checkpoints left in place are never deleted by
+    /// this run: they are registered as referenced (unknown if unreadable,
+    /// which stops all deletion of shared files).
+    fn register_kept(&mut self, kept: &[CheckpointId]) {
+        for &id in kept {
+            let path = metadata_path(&self.job_id, id);
+            match read_metadata(self.storage.as_ref(), &path) {
+                Ok(metadata) => self.shared.register(id, metadata.shared_paths()),
+                Err(_) => self.shared.mark_unknown(id),
+            }
+        }
     }
 
     /// Registers the shared files of every retained checkpoint, from its
@@ -325,11 +388,7 @@ impl Coordinator {
     fn register_retained(&mut self) {
         for id in self.retained.clone() {
             let path = metadata_path(&self.job_id, id);
-            let read = self
-                .storage
-                .get(&path)
-                .map_err(CheckpointError::from)
-                .and_then(|bytes| CheckpointMetadata::decode(&path, &bytes));
+            let read = read_metadata(self.storage.as_ref(), &path);
             match read {
                 Ok(metadata) => self.shared.register(id, metadata.shared_paths()),
                 Err(CheckpointError::Storage(StorageError::NotFound { .. })) => {}

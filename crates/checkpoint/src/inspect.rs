@@ -22,8 +22,8 @@ use flowstate_state::dynamic::{DynamicError, EntryLayout, Row, Value};
 use flowstate_state::snapshot::{SectionState, read_section};
 use flowstate_state::{RedistributionMode, StateKind};
 
-use crate::keyed_file::verify_file;
-use crate::metadata::{CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, SnapshotKind};
+use crate::keyed_file::{read_verified, verify_file};
+use crate::metadata::{FileRef, KeyGroupEntry, KeyedStateHandle, SnapshotKind};
 use crate::storage::{CheckpointStorage, StorageError};
 use crate::{CheckpointError, CheckpointId};
 
@@ -75,14 +75,7 @@ fn corrupt(path: &str, reason: impl Into<String>) -> CheckpointError {
     }
 }
 
-/// Reads and decodes the metadata at `metadata_path`.
-pub fn read_metadata(
-    storage: &dyn CheckpointStorage,
-    metadata_path: &str,
-) -> Result<CheckpointMetadata, CheckpointError> {
-    let bytes = storage.get(metadata_path)?;
-    CheckpointMetadata::decode(metadata_path, &bytes)
-}
+pub use crate::metadata::read_metadata;
 
 // ---------------------------------------------------------------------------
 // Summary.
@@ -496,23 +489,19 @@ pub fn verify(
     storage: &dyn CheckpointStorage,
     metadata_path: &str,
 ) -> Result<VerifyReport, CheckpointError> {
-    let metadata_bytes = storage.get(metadata_path)?;
-    let metadata = CheckpointMetadata::decode(metadata_path, &metadata_bytes)?;
+    let metadata = read_metadata(storage, metadata_path)?;
     let mut files = vec![FileCheck {
         path: metadata_path.to_owned(),
         role: FileRole::Metadata,
-        size: metadata_bytes.len() as u64,
+        size: storage.size(metadata_path)?.unwrap_or(0),
         problem: None,
     }];
-    drop(metadata_bytes);
     let mut seen = HashSet::new();
     for operator in &metadata.operators {
         for subtask in &operator.subtasks {
             if let Some(handle) = &subtask.keyed {
                 let path = handle.file.path.as_str();
-                let problem = storage
-                    .get(path)
-                    .map_err(CheckpointError::from)
+                let problem = read_verified(storage, &handle.file)
                     .and_then(|bytes| check_keyed(handle, &bytes))
                     .err()
                     .map(|e| problem_of(path, e));
@@ -617,10 +606,7 @@ pub fn dump_state<S: DumpSink>(
     let mut seen: BTreeMap<String, ()> = BTreeMap::new();
     for handle in subtasks.iter().filter_map(|s| s.keyed.as_ref()) {
         let path = handle.file.path.as_str();
-        let bytes = storage
-            .get(path)
-            .map_err(|e| InspectError::from(CheckpointError::from(e)))?;
-        verify_file(&handle.file, &bytes).map_err(InspectError::from)?;
+        let bytes = read_verified(storage, &handle.file).map_err(InspectError::from)?;
         stats.files += 1;
         for group in &handle.groups {
             let start = usize::try_from(group.offset).ok();
@@ -786,7 +772,8 @@ mod tests {
     use super::*;
     use crate::keyed_file::write_keyed_file;
     use crate::metadata::{
-        NativeFileRef, NativeStateHandle, OperatorListState, OperatorSnapshot, SubtaskSnapshot,
+        CheckpointMetadata, NativeFileRef, NativeStateHandle, OperatorListState, OperatorSnapshot,
+        SubtaskSnapshot,
     };
     use crate::storage::{SharedStorage, open_storage};
     use flowstate_state::descriptor::StateSignature;

@@ -64,9 +64,35 @@ pub fn read_keyed_file(
     handle: &KeyedStateHandle,
     wanted: KeyGroupRange,
 ) -> Result<RestoredKeyedState, CheckpointError> {
-    let bytes = storage.get(&handle.file.path)?;
-    verify_file(&handle.file, &bytes)?;
+    let bytes = read_verified(storage, &handle.file)?;
     sections(handle, &bytes, wanted)
+}
+
+/// Reads the file `file` refers to, after checking that storage holds it
+/// with the recorded size (so a file replaced by a larger one is never read
+/// whole), then verifies it ([`verify_file`]).
+pub fn read_verified(
+    storage: &dyn CheckpointStorage,
+    file: &FileRef,
+) -> Result<Vec<u8>, CheckpointError> {
+    match storage.size(&file.path)? {
+        Some(size) if size == file.size => {}
+        found => {
+            return Err(CheckpointError::Corrupt {
+                path: file.path.clone(),
+                reason: match found {
+                    None => "missing".to_owned(),
+                    Some(size) => format!(
+                        "{size} bytes, the checkpoint recorded {} (truncated?)",
+                        file.size
+                    ),
+                },
+            });
+        }
+    }
+    let bytes = storage.get(&file.path)?;
+    verify_file(file, &bytes)?;
+    Ok(bytes)
 }
 
 /// Checks a file's bytes against its reference (size, checksum, format).

@@ -7,8 +7,9 @@
 //! key group ([`keyed_file`]); a backend's native files, uploaded and fetched
 //! back ([`native_files`]); the coordinator's state machine ([`coordinator`]),
 //! including when files shared between checkpoints are deleted; finding and
-//! validating a checkpoint to restore ([`restore`]); reading a snapshot
-//! offline for the state tools ([`inspect`]).
+//! validating a checkpoint to restore ([`restore`]); the structural checks
+//! of metadata read from storage ([`validate`]); reading a snapshot offline
+//! for the state tools ([`inspect`]).
 //!
 //! Must not touch: tasks, threads or channels. The runtime drives the coordinator
 //! with messages (trigger times, acknowledgements, declines) and carries out what
@@ -25,13 +26,15 @@ pub mod native_files;
 pub mod restore;
 mod shared_registry;
 pub mod storage;
+pub mod validate;
 
 pub use coordinator::{
     CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, TaskAck, TaskStats,
 };
 pub use metadata::{
-    CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, NativeFileRef, NativeStateHandle,
-    OperatorListState, OperatorSnapshot, SnapshotKind, SubtaskSnapshot,
+    CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, METADATA_BYTES_MAX,
+    NativeFileRef, NativeStateHandle, OperatorListState, OperatorSnapshot, SnapshotKind,
+    SubtaskSnapshot, read_metadata,
 };
 pub use native_files::{StorageFetcher, native_restore, upload_native};
 pub use storage::{

@@ -23,6 +23,42 @@ use crate::{CheckpointError, CheckpointId};
 /// Version of the metadata format this build writes and the newest it reads.
 pub const METADATA_VERSION: u32 = 1;
 
+/// Largest `_metadata` file a reader accepts, checked before it is read. The
+/// metadata holds an index entry per key group and instance and the operator
+/// list states inline (source positions, pending sink files): megabytes for
+/// large jobs, never this much.
+pub const METADATA_BYTES_MAX: u64 = 64 << 20;
+
+/// Reads, verifies and decodes the metadata at `path`: its size first (at most
+/// [`METADATA_BYTES_MAX`]), then seal, version, JSON and structure
+/// ([`crate::validate::check_metadata`]).
+pub fn read_metadata(
+    storage: &dyn crate::storage::CheckpointStorage,
+    path: &str,
+) -> Result<CheckpointMetadata, CheckpointError> {
+    let too_large = |size: u64| CheckpointError::Corrupt {
+        path: path.to_owned(),
+        reason: format!("{size} bytes, more than the limit of {METADATA_BYTES_MAX} for metadata"),
+    };
+    match storage.size(path)? {
+        None => {
+            return Err(crate::storage::StorageError::NotFound {
+                storage: storage.describe(),
+                path: path.to_owned(),
+            }
+            .into());
+        }
+        Some(size) if size > METADATA_BYTES_MAX => return Err(too_large(size)),
+        Some(_) => {}
+    }
+    let bytes = storage.get(path)?;
+    // It may have been replaced between the two calls.
+    if bytes.len() as u64 > METADATA_BYTES_MAX {
+        return Err(too_large(bytes.len() as u64));
+    }
+    CheckpointMetadata::decode(path, &bytes)
+}
+
 /// What kind of snapshot a metadata file describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -136,13 +172,27 @@ impl CheckpointMetadata {
         Ok(seal(METADATA_MAGIC, METADATA_VERSION, &json))
     }
 
-    /// Reads metadata, refusing damaged files and unknown versions.
+    /// Reads metadata, refusing damaged files, unknown versions and a
+    /// structure that does not hold together
+    /// ([`crate::validate::check_metadata`]).
     pub fn decode(path: &str, bytes: &[u8]) -> Result<Self, CheckpointError> {
+        if bytes.len() as u64 > METADATA_BYTES_MAX {
+            return Err(CheckpointError::Corrupt {
+                path: path.to_owned(),
+                reason: format!(
+                    "{} bytes, more than the limit of {METADATA_BYTES_MAX} for metadata",
+                    bytes.len()
+                ),
+            });
+        }
         let (_, json) = unseal(METADATA_MAGIC, METADATA_VERSION, path, bytes)?;
-        serde_json::from_slice(json).map_err(|e| CheckpointError::Corrupt {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })
+        let metadata: Self =
+            serde_json::from_slice(json).map_err(|e| CheckpointError::Corrupt {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        crate::validate::check_metadata(path, &metadata)?;
+        Ok(metadata)
     }
 
     /// Total bytes of the files this checkpoint references: its full size,

@@ -10,9 +10,9 @@ use std::collections::{HashMap, HashSet};
 
 use flowstate_state::{KeyGroupRange, RedistributionMode, RestoredKeyedState};
 
-use crate::keyed_file::{sections, verify_file};
+use crate::keyed_file::{read_verified, sections};
 use crate::layout::{METADATA_FILE, parse_metadata_path};
-use crate::metadata::{CheckpointMetadata, OperatorListState};
+use crate::metadata::{CheckpointMetadata, OperatorListState, read_metadata};
 use crate::native_files::native_restore;
 use serde::{Deserialize, Serialize};
 
@@ -74,8 +74,48 @@ pub struct LoadedCheckpoint {
     /// The job that `--restore latest` continues from this snapshot: the one
     /// that wrote it, or the job whose restore pointer led to it.
     pub continues_job: String,
+    /// Newer snapshots [`load_latest_of`] tried first and could not load,
+    /// newest first (empty for [`load`]).
+    pub skipped: Vec<SkippedSnapshot>,
     files: HashMap<String, Vec<u8>>,
     storage: SharedStorage,
+}
+
+/// A snapshot that `--restore latest` tried and could not load, so that it
+/// fell back to an older one.
+///
+/// Falling back is only safe for the job's *state*: a skipped snapshot that
+/// completed may have had its sinks' output committed, which replaying from
+/// the older one commits again. Whether that is acceptable is the runtime's
+/// decision (it knows the job's sinks and guarantee); this says what was
+/// skipped and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedSnapshot {
+    /// The job whose snapshot it is.
+    pub job: String,
+    pub checkpoint_id: CheckpointId,
+    /// Its metadata (or restore pointer) path in the storage.
+    pub path: String,
+    /// Why it could not be loaded (the error, naming the file).
+    pub reason: String,
+    /// Provably damaged: a size, checksum or structure that does not hold, or
+    /// a file that is missing. Nothing can ever restore it, so it may be
+    /// deleted. False for a format version this build does not know (a newer
+    /// flowstate wrote it) and for errors reading storage (they may pass):
+    /// such a snapshot must be left alone.
+    pub damaged: bool,
+    /// A restore pointer (a savepoint the job started from) rather than a
+    /// checkpoint of the job.
+    pub pointer: bool,
+}
+
+/// Whether a load error proves the snapshot can never be restored.
+pub fn is_provably_damaged(error: &CheckpointError) -> bool {
+    matches!(
+        error,
+        CheckpointError::Corrupt { .. }
+            | CheckpointError::Storage(crate::storage::StorageError::NotFound { .. })
+    )
 }
 
 /// Where a job that started from a snapshot outside its own checkpoints (a
@@ -164,10 +204,8 @@ fn ordered_checkpoints(
         let Some((job, id)) = parse_metadata_path(path) else {
             continue;
         };
-        let created = storage
-            .get(path)
+        let created = read_metadata(storage, path)
             .ok()
-            .and_then(|bytes| CheckpointMetadata::decode(path, &bytes).ok())
             .map_or(0, |m| m.created_unix_ms);
         found.push((created, job, id, path.clone()));
     }
@@ -264,14 +302,12 @@ pub fn load(storage: &SharedStorage, path: &str) -> Result<LoadedCheckpoint, Che
     } else {
         format!("{}/{METADATA_FILE}", path.trim_end_matches('/'))
     };
-    let bytes = storage.get(&metadata_path)?;
-    let metadata = CheckpointMetadata::decode(&metadata_path, &bytes)?;
+    let metadata = read_metadata(storage.as_ref(), &metadata_path)?;
     let mut files = HashMap::new();
     for operator in &metadata.operators {
         for subtask in &operator.subtasks {
             if let Some(keyed) = &subtask.keyed {
-                let bytes = storage.get(&keyed.file.path)?;
-                verify_file(&keyed.file, &bytes)?;
+                let bytes = read_verified(storage.as_ref(), &keyed.file)?;
                 files.insert(keyed.file.path.clone(), bytes);
             }
         }
@@ -281,6 +317,7 @@ pub fn load(storage: &SharedStorage, path: &str) -> Result<LoadedCheckpoint, Che
         continues_job: metadata.job_id.clone(),
         metadata,
         metadata_path,
+        skipped: Vec::new(),
         files,
         storage: SharedStorage::clone(storage),
     })
@@ -327,7 +364,8 @@ pub fn load_latest_of(
 ) -> Result<Option<LoadedCheckpoint>, CheckpointError> {
     let candidates = restore_candidates(storage.as_ref(), job_id)?;
     let mut first_error = None;
-    for (_, candidate) in &candidates {
+    let mut skipped = Vec::new();
+    for (job, candidate) in &candidates {
         let (loaded, shown, id) = match candidate {
             Candidate::Checkpoint { id, path } => (load(storage, path), path.clone(), *id),
             Candidate::Pointer { job, path, pointer } => {
@@ -357,12 +395,23 @@ pub fn load_latest_of(
             }
         };
         match loaded {
-            Ok(loaded) => return Ok(Some(loaded)),
+            Ok(mut loaded) => {
+                loaded.skipped = skipped;
+                return Ok(Some(loaded));
+            }
             Err(e) => {
                 tracing::warn!(
                     checkpoint = id,
                     "cannot restore {shown}: {e}; trying an older checkpoint"
                 );
+                skipped.push(SkippedSnapshot {
+                    job: job.clone(),
+                    checkpoint_id: id,
+                    path: shown,
+                    reason: e.to_string(),
+                    damaged: is_provably_damaged(&e),
+                    pointer: matches!(candidate, Candidate::Pointer { .. }),
+                });
                 first_error.get_or_insert(e);
             }
         }

@@ -13,6 +13,7 @@
 //! | `memory://`, `memory://NAME` | memory of this process, shared by name |
 //! | `s3://bucket`, `s3://bucket/prefix` | any S3-compatible server, configured from `AWS_*` |
 
+pub mod no_follow;
 mod object;
 
 use std::path::{Path as FsPath, PathBuf};
@@ -33,6 +34,14 @@ pub enum StorageError {
     Io {
         storage: String,
         operation: &'static str,
+        path: String,
+        reason: String,
+    },
+    /// The path leads through a symbolic link or to something that is not a
+    /// regular file: never followed or read (see [`no_follow`]).
+    #[error("{storage}: '{path}' refused: {reason}")]
+    Refused {
+        storage: String,
         path: String,
         reason: String,
     },

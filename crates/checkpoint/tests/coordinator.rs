@@ -718,6 +718,73 @@ fn a_resumed_job_does_not_retain_a_damaged_checkpoint_over_the_restored_one() {
     );
 }
 
+/// Issue 11 (4): the restore skipped two newer checkpoints, one proved
+/// damaged (a flipped byte) and one written by a newer flowstate (an unknown
+/// format version). The resumed job deletes only the damaged one: a
+/// downgrade must never destroy a checkpoint it merely cannot read.
+#[test]
+fn a_resumed_job_deletes_only_checkpoints_proved_damaged() {
+    let inner = unique_memory();
+    let mut first = Harness::on(Arc::clone(&inner), "job-v", settings(3, 3, 1), 2, None);
+    for _ in 0..3 {
+        first.complete_one();
+    }
+    assert_eq!(first.completed_ids(), vec![1, 2, 3]);
+    let s = Arc::clone(&first.storage);
+    flip_byte(s.as_ref(), &keyed_state_path("job-v", 2, KEYED_UID, 0));
+    let newer = {
+        let path = metadata_path("job-v", 3);
+        let bytes = s.get(&path).unwrap();
+        let payload = &bytes[8..bytes.len() - 4];
+        let resealed = seal(METADATA_MAGIC, 99, payload);
+        s.put(&path, resealed.clone()).unwrap();
+        resealed
+    };
+
+    let loaded = load_latest_of(&s, Some("job-v")).unwrap().unwrap();
+    assert_eq!(loaded.id(), 1);
+    let skipped: Vec<(CheckpointId, bool)> = loaded
+        .skipped
+        .iter()
+        .map(|k| (k.checkpoint_id, k.damaged))
+        .collect();
+    assert_eq!(skipped, vec![(3, false), (2, true)], "{:?}", loaded.skipped);
+    let damaged: BTreeSet<CheckpointId> = loaded
+        .skipped
+        .iter()
+        .filter(|k| k.damaged)
+        .map(|k| k.checkpoint_id)
+        .collect();
+
+    let _resumed = Coordinator::after_restore(
+        Arc::clone(&s),
+        "job-v",
+        settings(3, 3, 1),
+        2,
+        2,
+        MAX_PARALLELISM,
+        Some(1),
+        &damaged,
+    );
+    assert_eq!(
+        s.get(&metadata_path("job-v", 3)).unwrap(),
+        newer,
+        "the checkpoint of a newer version was touched"
+    );
+    assert!(
+        s.get(&keyed_state_path("job-v", 3, KEYED_UID, 0)).is_ok(),
+        "the checkpoint of a newer version lost a file"
+    );
+    assert!(
+        s.list("job-v/chk-2").unwrap().is_empty(),
+        "the damaged checkpoint is still there"
+    );
+    assert!(
+        load(&s, "job-v/chk-1").is_ok(),
+        "the restored checkpoint is gone"
+    );
+}
+
 /// A job restored from another job's checkpoint (`--restore PATH` starts a new
 /// job id) must not delete that job's files when its own retention moves on.
 #[test]

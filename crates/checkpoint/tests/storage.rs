@@ -277,6 +277,102 @@ fn local_directory_conformance() {
     assert!(!root.join("job").exists());
 }
 
+/// Issue 11 (1): a link inside a checkpoint directory must never make
+/// retention or cleanup delete, or restore read, what it points to.
+#[test]
+fn local_directory_never_follows_symbolic_links() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("checkpoints");
+    let outside = dir.path().join("precious");
+    std::fs::create_dir_all(outside.join("sub")).unwrap();
+    std::fs::write(outside.join("a.txt"), b"keep me").unwrap();
+    std::fs::write(outside.join("sub/b.txt"), b"keep me too").unwrap();
+    let storage = open_storage(root.to_str().unwrap()).unwrap();
+    storage
+        .put("job/chk-5/op-0.keyed", b"state".to_vec())
+        .unwrap();
+    symlink(&outside, root.join("job/chk-5/dir-link")).unwrap();
+    symlink(outside.join("a.txt"), root.join("job/chk-5/file-link")).unwrap();
+    symlink(&outside, root.join("job/chk-6")).unwrap();
+
+    // Listing reports the links themselves, never what lies behind them.
+    let listed = sorted(storage.list("job").unwrap());
+    assert_eq!(
+        listed,
+        vec![
+            "job/chk-5/dir-link".to_owned(),
+            "job/chk-5/file-link".to_owned(),
+            "job/chk-5/op-0.keyed".to_owned(),
+            "job/chk-6".to_owned(),
+        ]
+    );
+    // A prefix that is a link lists as that one entry (so that deleting the
+    // prefix removes the link), never as the directory it points to.
+    assert_eq!(
+        storage.list("job/chk-6").unwrap(),
+        vec!["job/chk-6".to_owned()]
+    );
+
+    // Reading, sizing or writing through a link is refused, naming it.
+    for path in [
+        "job/chk-5/file-link",
+        "job/chk-6/a.txt",
+        "job/chk-5/dir-link/a.txt",
+    ] {
+        match storage.get(path) {
+            Err(StorageError::Refused {
+                path: named,
+                reason,
+                ..
+            }) => {
+                assert_eq!(named, path);
+                assert!(reason.contains("symbolic link"), "{reason}");
+            }
+            other => panic!("get {path}: {other:?}"),
+        }
+        assert!(matches!(
+            storage.size(path),
+            Err(StorageError::Refused { .. })
+        ));
+        assert!(storage.local_path(path).is_none(), "{path}");
+    }
+    assert!(matches!(
+        storage.put("job/chk-6/new", b"x".to_vec()),
+        Err(StorageError::Refused { .. })
+    ));
+    assert!(!outside.join("new").exists());
+
+    // A FIFO is refused instead of blocking the reader.
+    let fifo = root.join("job/chk-5/pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert!(matches!(
+        storage.get("job/chk-5/pipe"),
+        Err(StorageError::Refused { .. })
+    ));
+
+    // Deleting the checkpoints (as retention does) removes the links, not
+    // their targets.
+    storage.delete_prefix("job/chk-5").unwrap();
+    storage.delete_prefix("job/chk-6").unwrap();
+    assert!(!root.join("job").exists(), "emptied directories remain");
+    assert_eq!(std::fs::read(outside.join("a.txt")).unwrap(), b"keep me");
+    assert_eq!(
+        std::fs::read(outside.join("sub/b.txt")).unwrap(),
+        b"keep me too"
+    );
+
+    // Single deletes too.
+    symlink(&outside, root.join("link")).unwrap();
+    storage.delete("link").unwrap();
+    assert!(std::fs::symlink_metadata(root.join("link")).is_err());
+    assert!(outside.join("a.txt").exists());
+}
+
 #[test]
 fn file_url_and_relative_path_open_the_same_directory() {
     let dir = tempfile::tempdir().unwrap();

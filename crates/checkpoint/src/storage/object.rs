@@ -13,6 +13,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
 
+use super::no_follow::{self, Expect, Refusal};
 use super::{CheckpointStorage, StorageError};
 
 /// A [`CheckpointStorage`] over any [`ObjectStore`], with every path placed
@@ -90,6 +91,12 @@ impl ObjectStoreStorage {
     /// back to an older retained checkpoint in that case.
     ///
     /// Deleting the last object of a directory removes the emptied directories.
+    ///
+    /// Symbolic links are never followed below `dir` (see
+    /// [`super::no_follow`]): a listing reports a link as an object, deleting
+    /// it removes the link and never its target, and reading, sizing or
+    /// writing through a link, or reading anything but a regular file, is
+    /// [`StorageError::Refused`]. (`dir` itself may be a link.)
     pub fn local(dir: &std::path::Path) -> Result<Self, StorageError> {
         let description = format!("file://{}", dir.display());
         let invalid = |reason: String| StorageError::InvalidUrl {
@@ -108,9 +115,11 @@ impl ObjectStoreStorage {
             })?
             .with_automatic_cleanup(true);
         let publish = fs.clone().with_fsync(true);
+        let local_root = std::fs::canonicalize(dir)
+            .map_err(|e| invalid(format!("cannot resolve {}: {e}", dir.display())))?;
         let mut storage = Self::new(Arc::new(fs), "", description)?;
         storage.publish_store = Arc::new(publish);
-        storage.local_root = std::fs::canonicalize(dir).ok();
+        storage.local_root = Some(local_root);
         Ok(storage)
     }
 
@@ -219,6 +228,31 @@ impl ObjectStoreStorage {
             .map(str::to_owned)
     }
 
+    /// For a local directory: checks `path` without following links.
+    fn check_local(
+        &self,
+        operation: &'static str,
+        path: &str,
+        expect: Expect,
+    ) -> Result<(), StorageError> {
+        match &self.local_root {
+            Some(root) => no_follow::check(root, path, expect)
+                .map_err(|refusal| self.refused(operation, path, refusal)),
+            None => Ok(()),
+        }
+    }
+
+    fn refused(&self, operation: &'static str, path: &str, refusal: Refusal) -> StorageError {
+        match refusal {
+            Refusal::Io(e) => self.io(operation, path, e.to_string()),
+            other => StorageError::Refused {
+                storage: self.description.clone(),
+                path: path.to_owned(),
+                reason: other.to_string(),
+            },
+        }
+    }
+
     fn io(&self, operation: &'static str, path: &str, reason: String) -> StorageError {
         StorageError::Io {
             storage: self.description.clone(),
@@ -255,6 +289,7 @@ impl ObjectStoreStorage {
         mode: PutMode,
     ) -> Result<(), StorageError> {
         let location = self.location(operation, path)?;
+        self.check_local(operation, path, Expect::ParentsOnly)?;
         let store = if mode == PutMode::Create {
             self.publish_store.clone()
         } else {
@@ -286,10 +321,10 @@ impl CheckpointStorage for ObjectStoreStorage {
             && path
                 .split('/')
                 .all(|s| !s.is_empty() && s != "." && s != "..");
-        self.local_root
-            .as_ref()
-            .filter(|_| plain)
-            .map(|root| root.join(path))
+        let root = self.local_root.as_ref().filter(|_| plain)?;
+        // A link or special file is not handed out to be linked or opened.
+        no_follow::check(root, path, Expect::RegularFile).ok()?;
+        Some(root.join(path))
     }
 
     fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
@@ -302,6 +337,7 @@ impl CheckpointStorage for ObjectStoreStorage {
 
     fn get(&self, path: &str) -> Result<Vec<u8>, StorageError> {
         let location = self.location("get", path)?;
+        self.check_local("get", path, Expect::RegularFile)?;
         let store = self.store.clone();
         block_on(async move { store.get(&location).await?.bytes().await })
             .map(Vec::from)
@@ -311,6 +347,7 @@ impl CheckpointStorage for ObjectStoreStorage {
     /// One `HEAD` request (a `stat` for local directories).
     fn size(&self, path: &str) -> Result<Option<u64>, StorageError> {
         let location = self.location("size", path)?;
+        self.check_local("size", path, Expect::RegularFile)?;
         let store = self.store.clone();
         match block_on(async move { store.head(&location).await }) {
             Ok(meta) => Ok(Some(meta.size)),
@@ -319,8 +356,15 @@ impl CheckpointStorage for ObjectStoreStorage {
         }
     }
 
+    /// Local directories are walked without following links (see
+    /// [`super::no_follow`]); a link is listed as an object of its own.
     fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let location = self.location("list", prefix)?;
+        if let Some(root) = &self.local_root {
+            return no_follow::list(root, prefix)
+                .map(|entries| entries.into_iter().map(|e| e.relative).collect())
+                .map_err(|refusal| self.refused("list", prefix, refusal));
+        }
         let store = self.store.clone();
         let found: Vec<Path> = block_on(async move {
             let root = (!location.as_ref().is_empty()).then_some(&location);
@@ -347,6 +391,10 @@ impl CheckpointStorage for ObjectStoreStorage {
 
     fn delete(&self, path: &str) -> Result<(), StorageError> {
         let location = self.location("delete", path)?;
+        if let Some(root) = &self.local_root {
+            return no_follow::remove(root, path)
+                .map_err(|refusal| self.refused("delete", path, refusal));
+        }
         let store = self.store.clone();
         match block_on(async move { store.delete(&location).await }) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -356,8 +404,18 @@ impl CheckpointStorage for ObjectStoreStorage {
 
     /// Lists, then deletes in batches (one `DeleteObjects` request per 1000
     /// objects on S3). Objects that vanished meanwhile are not an error.
+    /// A local directory: its entries one by one, links removed as links.
     fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
         let location = self.location("delete_prefix", prefix)?;
+        if let Some(root) = &self.local_root {
+            let entries = no_follow::list(root, prefix)
+                .map_err(|refusal| self.refused("delete_prefix", prefix, refusal))?;
+            for entry in entries {
+                no_follow::remove(root, &entry.relative)
+                    .map_err(|refusal| self.refused("delete_prefix", &entry.relative, refusal))?;
+            }
+            return Ok(());
+        }
         let store = self.store.clone();
         block_on(async move {
             let root = (!location.as_ref().is_empty()).then_some(&location);
