@@ -43,7 +43,7 @@ json() { # json PYTHON-EXPRESSION-ON-d < JSON
 
 echo "== run: keyed-count --records $RECORDS --rate $RATE --parallelism $P --checkpoint-interval 1s ${RUN_FLAGS:-}, loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
 "$bin" run keyed-count --records "$RECORDS" --rate "$RATE" --parallelism "$P" "${run_flags[@]}" --state-dir "$work/run-state" \
-    --checkpoint-dir "$work/ck" --checkpoint-interval 1s --rest 127.0.0.1:0 \
+    --checkpoint-dir "$work/ck" --checkpoint-interval 1s --rest 127.0.0.1:0 --savepoint-dir "$work/sp" \
     >"$work/run.out" 2>"$work/run.err" &
 run=$!
 addr=

@@ -54,6 +54,7 @@ fn config(
             job_id: None,
             restore,
             allow_non_restored_state,
+            allow_fallback_duplicates: false,
             restart: RestartStrategy {
                 attempts: 0,
                 ..RestartStrategy::default()
@@ -191,8 +192,9 @@ fn a_savepoint_request_while_one_is_in_flight_is_refused_and_the_job_goes_on() {
     let history = controller.checkpoint_history();
     assert_eq!((history.completed, history.in_progress), (1, 0));
 
-    // The next request is accepted again, into an explicit directory.
-    let other = dir.path().join("other");
+    // The next request is accepted again, into an explicit directory (one
+    // under the savepoint directory: a request may name nothing else by default).
+    let other = savepoints.join("other");
     let second = controller
         .trigger_savepoint(Some(other.to_str().unwrap()), false)
         .unwrap();

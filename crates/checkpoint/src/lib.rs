@@ -9,7 +9,8 @@
 //! including when files shared between checkpoints are deleted; finding and
 //! validating a checkpoint to restore ([`restore`]); the structural checks
 //! of metadata read from storage ([`validate`]); reading a snapshot offline
-//! for the state tools ([`inspect`]).
+//! for the state tools ([`inspect`]); one owner per job directory, the lease a
+//! running job holds on it ([`lease`]).
 //!
 //! Must not touch: tasks, threads or channels. The runtime drives the coordinator
 //! with messages (trigger times, acknowledgements, declines) and carries out what
@@ -21,6 +22,7 @@ pub mod format;
 pub mod inspect;
 pub mod keyed_file;
 pub mod layout;
+pub mod lease;
 pub mod metadata;
 pub mod native_files;
 pub mod restore;
@@ -31,6 +33,7 @@ pub mod validate;
 pub use coordinator::{
     CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, TaskAck, TaskStats,
 };
+pub use lease::{Lease, LeaseError, LeaseOwner, LeaseSettings};
 pub use metadata::{
     CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, METADATA_BYTES_MAX,
     NativeFileRef, NativeStateHandle, OperatorListState, OperatorSnapshot, SnapshotKind,

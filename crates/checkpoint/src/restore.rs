@@ -422,6 +422,36 @@ pub fn load_latest_of(
     }
 }
 
+/// The operator list states instance `index` of `parallelism` gets from the
+/// lists of every old instance (in subtask order): lists of one name are
+/// concatenated; split lists are then dealt round-robin (element `i` to
+/// instance `i % parallelism`), union lists go whole to every instance.
+pub fn deal_operator_lists<'a>(
+    lists: impl IntoIterator<Item = &'a OperatorListState>,
+    index: u32,
+    parallelism: u32,
+) -> Vec<OperatorListState> {
+    let mut merged: Vec<OperatorListState> = Vec::new();
+    for list in lists {
+        match merged.iter_mut().find(|l| l.name == list.name) {
+            Some(existing) => existing.elements.extend(list.elements.iter().cloned()),
+            None => merged.push(list.clone()),
+        }
+    }
+    for list in &mut merged {
+        if list.mode == RedistributionMode::Split {
+            list.elements = list
+                .elements
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i as u32 % parallelism.max(1) == index)
+                .map(|(_, e)| e.clone())
+                .collect();
+        }
+    }
+    merged
+}
+
 impl LoadedCheckpoint {
     pub fn id(&self) -> CheckpointId {
         self.metadata.checkpoint_id
@@ -492,27 +522,11 @@ impl LoadedCheckpoint {
         let Some(operator) = self.metadata.operator(uid) else {
             return Vec::new();
         };
-        let mut merged: Vec<OperatorListState> = Vec::new();
-        for subtask in &operator.subtasks {
-            for list in &subtask.lists {
-                match merged.iter_mut().find(|l| l.name == list.name) {
-                    Some(existing) => existing.elements.extend(list.elements.iter().cloned()),
-                    None => merged.push(list.clone()),
-                }
-            }
-        }
-        for list in &mut merged {
-            if list.mode == RedistributionMode::Split {
-                list.elements = list
-                    .elements
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i as u32 % parallelism == index)
-                    .map(|(_, e)| e.clone())
-                    .collect();
-            }
-        }
-        merged
+        deal_operator_lists(
+            operator.subtasks.iter().flat_map(|s| &s.lists),
+            index,
+            parallelism,
+        )
     }
 
     /// Whether the checkpoint holds state of operator `uid`.

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use std::time::Duration;
 
-use flowstate::runtime::checkpoint::{CoordinatorSettings, open_storage};
+use flowstate::runtime::checkpoint::{CoordinatorSettings, LeaseSettings, open_storage};
 use flowstate::runtime::{CheckpointingConfig, Guarantee, RestartStrategy, RestoreFrom};
 use flowstate::{ExecutionConfig, StreamEnvironment};
 use flowstate_jobs::{keyed_count, wordcount};
@@ -150,13 +150,30 @@ pub(crate) struct RuntimeArgs {
     /// (otherwise the restore fails, naming them).
     #[arg(long)]
     allow_non_restored_state: bool,
-    /// Where savepoints go when a request names no directory.
+    /// With --restore latest: when the newest checkpoint cannot be restored,
+    /// fall back to an older one even though the job's exactly-once sinks
+    /// already published the newer one's output, which the replay then
+    /// publishes again (duplicates). Without it such a restore fails,
+    /// naming the damaged file.
+    #[arg(long)]
+    allow_fallback_duplicates: bool,
+    /// With --restore latest: take over the lease of the job's checkpoint
+    /// directory even though its owner looks alive. Only for a run you know
+    /// is dead where this one cannot tell (on another host, before its lease
+    /// lapses 30s after its last renewal): two live runs of one job destroy
+    /// each other's checkpoints and publish their output twice.
+    #[arg(long)]
+    take_over_lease: bool,
+    /// Where savepoints go when a request names no directory; requests may
+    /// also name it or a directory under it (see --savepoint-root).
     #[arg(long)]
     savepoint_dir: Option<String>,
     /// Address of the job's HTTP API (`host:port`; port 0 picks a free one),
-    /// or `off`.
+    /// or `off`. Anything but loopback needs --rest-token.
     #[arg(long, default_value = DEFAULT_REST)]
     rest: String,
+    #[command(flatten)]
+    api: service::RestArgs,
     /// Restarts from the latest checkpoint after a failure, before giving up.
     #[arg(long, default_value_t = 3)]
     restart_attempts: u32,
@@ -325,10 +342,20 @@ impl RuntimeArgs {
         if self.allow_non_restored_state && self.restore.is_none() {
             bail!("--allow-non-restored-state only applies with --restore");
         }
+        if self.take_over_lease && self.restore.as_deref() != Some("latest") {
+            // Any other start is a new job id, whose lease nobody holds.
+            bail!("--take-over-lease only applies with --restore latest");
+        }
+        self.api.check(&self.rest)?;
         let mut config = ExecutionConfig {
             job_name: job.to_owned(),
             max_parallelism: self.max_parallelism,
             state_backend: self.state.backend()?,
+            savepoint_policy: self.api.savepoint_policy()?,
+            lease: LeaseSettings {
+                take_over: self.take_over_lease,
+                ..LeaseSettings::default()
+            },
             ..ExecutionConfig::with_parallelism(parallelism)
         };
         config.validate()?;
@@ -373,6 +400,7 @@ impl RuntimeArgs {
                         Some(given) => restore_from(given, &dir)?,
                     },
                     allow_non_restored_state: self.allow_non_restored_state,
+                    allow_fallback_duplicates: self.allow_fallback_duplicates,
                     savepoint_dir: self.savepoint_dir.clone(),
                     restart: RestartStrategy {
                         attempts: self.restart_attempts,
@@ -392,6 +420,7 @@ impl RuntimeArgs {
 /// says so); an address the user chose must work.
 fn start_rest(
     rest: &str,
+    api: &service::RestArgs,
     job: &std::sync::Arc<flowstate::runtime::JobController>,
 ) -> Result<Option<flowstate_rest::RestServer>> {
     if rest == "off" {
@@ -399,7 +428,7 @@ fn start_rest(
     }
     let jobs = std::sync::Arc::new(service::LocalJobs::default());
     jobs.add(std::sync::Arc::clone(job));
-    match flowstate_rest::serve(rest, jobs) {
+    match flowstate_rest::serve_with(rest, jobs, &api.serve_options()) {
         Ok(server) => {
             tracing::info!("HTTP API listening on http://{}", server.local_addr());
             Ok(Some(server))
@@ -414,9 +443,9 @@ fn start_rest(
     }
 }
 
-fn run_job(env: &StreamEnvironment, label: &str, rest: &str) -> Result<()> {
+fn run_job(env: &StreamEnvironment, label: &str, runtime: &RuntimeArgs) -> Result<()> {
     let job = env.start()?;
-    let server = match start_rest(rest, job.controller()) {
+    let server = match start_rest(&runtime.rest, &runtime.api, job.controller()) {
         Ok(server) => server,
         Err(e) => {
             job.cancel();
@@ -451,6 +480,15 @@ fn run_job(env: &StreamEnvironment, label: &str, rest: &str) -> Result<()> {
     let job_report = match outcome {
         Err(flowstate::JobError::Cancelled) => {
             bail!("job {label} was cancelled after {report_line}")
+        }
+        Err(e @ flowstate::JobError::FallbackRefused { .. }) => {
+            bail!(
+                "job {label} failed after {report_line}: {e} (run again with \
+                 --allow-fallback-duplicates to accept them)"
+            )
+        }
+        Err(flowstate::JobError::Lease(e)) if e.can_take_over() => {
+            bail!("job {label} did not start: {e} (--take-over-lease)")
         }
         outcome => outcome.with_context(|| format!("job {label} failed after {report_line}"))?,
     };
@@ -516,7 +554,7 @@ fn run(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             let job = keyed_count::build(&env, &params)?;
-            run_job(&env, "keyed-count", &args.runtime.rest)?;
+            run_job(&env, "keyed-count", &args.runtime)?;
             println!("{}", job.result_line());
         }
         Command::Run {
@@ -528,7 +566,7 @@ fn run(cli: Cli) -> Result<()> {
                 output: args.output,
             };
             let job = wordcount::build(&env, &params)?;
-            run_job(&env, "wordcount", &args.runtime.rest)?;
+            run_job(&env, "wordcount", &args.runtime)?;
             println!("{}", job.result_line());
         }
         Command::List(args) => remote::list(args)?,
@@ -545,7 +583,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let env = StreamEnvironment::new(args.runtime.config("kafka-count")?);
             let result = kafka::build_kafka_count(&env, &args)?;
-            run_job(&env, "kafka-count", &args.runtime.rest)?;
+            run_job(&env, "kafka-count", &args.runtime)?;
             println!("{}", result()?);
         }
     }

@@ -10,17 +10,47 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use flowstate_rest::{JobState, RestClient, SavepointStatus};
+use flowstate_rest::{ClientError, JobState, RestClient, SavepointStatus};
 
 /// How often a waiting command asks again.
 const POLL_EVERY: Duration = Duration::from_millis(100);
 
-/// Where a job's HTTP API listens, for the client commands.
+/// Where a job's HTTP API listens, and its token, for the client commands.
 #[derive(Args, Clone)]
 pub struct RestAddr {
     /// Address of the job's HTTP API (`host:port` or `http://host:port`).
     #[arg(long = "rest", default_value = "127.0.0.1:8081")]
     pub rest: String,
+    /// Bearer token of the job's HTTP API [env: FLOWSTATE_REST_TOKEN].
+    #[arg(long, value_name = "TOKEN")]
+    pub rest_token: Option<String>,
+}
+
+impl RestAddr {
+    /// A client of the API, sending the token if there is one.
+    fn client(&self) -> Result<RestClient> {
+        let token = crate::service::token_from(self.rest_token.as_deref());
+        Ok(RestClient::new(&self.rest)?.with_token(token))
+    }
+}
+
+/// A failed call about `job`, for people: the API names no job in its 404s, the
+/// command knows which one it asked about; a 401 says where a token comes from.
+fn about_job(job: &str, error: ClientError) -> anyhow::Error {
+    match error {
+        ClientError::Api { status: 404, .. } => anyhow::anyhow!("no job '{job}' (HTTP 404)"),
+        error => with_token_hint(error),
+    }
+}
+
+fn with_token_hint(error: ClientError) -> anyhow::Error {
+    match error {
+        ClientError::Api { status: 401, .. } => anyhow::Error::new(error).context(format!(
+            "the HTTP API wants its token: pass --rest-token or set {}",
+            crate::service::TOKEN_ENV
+        )),
+        error => error.into(),
+    }
 }
 
 #[derive(Args)]
@@ -34,7 +64,8 @@ pub struct SavepointArgs {
     /// The job's id (see `flowstate list`).
     pub job_id: String,
     /// Directory under which the savepoint is written [default: the job's --savepoint-dir].
-    /// A relative path is taken relative to the current directory.
+    /// A relative path is taken relative to the current directory. The job accepts
+    /// only its --savepoint-dir, its --savepoint-root directories and what lies under them.
     #[arg(long)]
     pub target: Option<String>,
     /// Print the request id and return instead of waiting for the savepoint.
@@ -53,6 +84,8 @@ pub struct StopArgs {
     pub job_id: String,
     /// Directory under which the final savepoint is written [default: the job's
     /// --savepoint-dir]. A relative path is taken relative to the current directory.
+    /// The job accepts only its --savepoint-dir, its --savepoint-root directories
+    /// and what lies under them.
     #[arg(long)]
     pub savepoint: Option<String>,
     /// How long to wait for the final savepoint, and then for the job to end.
@@ -72,8 +105,8 @@ pub struct CancelArgs {
 
 /// `ID  STATE  NAME`, one line per job.
 pub fn list(args: ListArgs) -> Result<()> {
-    let client = RestClient::new(&args.rest.rest)?;
-    let jobs = client.list()?;
+    let client = args.rest.client()?;
+    let jobs = client.list().map_err(with_token_hint)?;
     let id_width = jobs.iter().map(|j| j.id.len()).max().unwrap_or(0).max(2);
     let state_width = jobs
         .iter()
@@ -99,10 +132,12 @@ pub fn list(args: ListArgs) -> Result<()> {
 }
 
 pub fn savepoint(args: SavepointArgs) -> Result<()> {
-    let client = RestClient::new(&args.rest.rest)?;
+    let client = args.rest.client()?;
     let target = args.target.as_deref().map(absolute_target).transpose()?;
     let started = Instant::now();
-    let request_id = client.trigger_savepoint(&args.job_id, target.as_deref())?;
+    let request_id = client
+        .trigger_savepoint(&args.job_id, target.as_deref())
+        .map_err(|e| about_job(&args.job_id, e))?;
     if args.no_wait {
         println!("{request_id}");
         return Ok(());
@@ -113,11 +148,13 @@ pub fn savepoint(args: SavepointArgs) -> Result<()> {
 }
 
 pub fn stop(args: StopArgs) -> Result<()> {
-    let client = RestClient::new(&args.rest.rest)?;
+    let client = args.rest.client()?;
     let target = args.savepoint.as_deref().map(absolute_target).transpose()?;
     let started = Instant::now();
     let job = args.job_id.as_str();
-    let request_id = client.stop_with_savepoint(job, target.as_deref())?;
+    let request_id = client
+        .stop_with_savepoint(job, target.as_deref())
+        .map_err(|e| about_job(job, e))?;
     let location =
         wait_for_savepoint(&client, job, &request_id, started, args.timeout).map_err(|error| {
             match error.downcast_ref::<flowstate_rest::ClientError>() {
@@ -138,8 +175,10 @@ pub fn stop(args: StopArgs) -> Result<()> {
 }
 
 pub fn cancel(args: CancelArgs) -> Result<()> {
-    let client = RestClient::new(&args.rest.rest)?;
-    client.cancel(&args.job_id)?;
+    let client = args.rest.client()?;
+    client
+        .cancel(&args.job_id)
+        .map_err(|e| about_job(&args.job_id, e))?;
     println!("Cancelled job {}.", args.job_id);
     Ok(())
 }

@@ -1,18 +1,120 @@
 //! The HTTP API's view of the jobs this process runs: adapts the runtime's
 //! [`JobController`] to `flowstate_rest::JobService`. Owns the mapping of
 //! runtime types to the API's JSON shapes and of control errors to HTTP
-//! error kinds; nothing else.
+//! error kinds, and the `run` flags that say who may use the API and which
+//! savepoint targets it may name ([`RestArgs`]); nothing else.
 
 use std::sync::{Arc, Mutex};
 
+use anyhow::{Result, bail};
+use clap::Args;
+
 use flowstate::runtime::SnapshotKind;
 use flowstate::runtime::control::{
-    CheckpointRecord, ControlError, JobController, JobStatus, SavepointState, SnapshotStatus,
+    CheckpointRecord, ControlError, JobController, JobStatus, SavepointState,
+    SavepointTargetPolicy, SnapshotStatus,
 };
 use flowstate_rest::{
     CheckpointCounts, CheckpointEntry, CheckpointHistory, JobDetails, JobService, JobState,
-    JobSummary, SavepointStatus, ServiceError, TaskCheckpointEntry, Vertex, VertexInput,
+    JobSummary, RestError, SavepointStatus, ServeOptions, ServiceError, TaskCheckpointEntry,
+    Vertex, VertexInput,
 };
+
+/// The environment variable that holds the API's bearer token when
+/// `--rest-token` is not given (for the job and for the client commands).
+pub const TOKEN_ENV: &str = "FLOWSTATE_REST_TOKEN";
+
+/// `--rest-token`, else a non-empty [`TOKEN_ENV`].
+pub fn token_from(flag: Option<&str>) -> Option<String> {
+    match flag {
+        Some(token) => Some(token.to_owned()),
+        None => std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+    }
+}
+
+/// Who may use a job's HTTP API, and which savepoint targets requests may name.
+/// (No `Debug`: it holds the token.)
+#[derive(Args, Clone)]
+pub struct RestArgs {
+    /// Bearer token every API request must carry [env: FLOWSTATE_REST_TOKEN]
+    /// (prefer the environment: a flag shows in the process list). Required
+    /// with a --rest address that is not loopback.
+    #[arg(long, value_name = "TOKEN")]
+    pub rest_token: Option<String>,
+    /// Serve a --rest address that is not loopback without a token: anyone
+    /// who can reach it can stop the job and write savepoints.
+    #[arg(long)]
+    pub rest_insecure: bool,
+    /// A Host name the API answers to besides its own address (`host` or
+    /// `host:port`, e.g. behind a reverse proxy); repeatable.
+    #[arg(long, value_name = "HOST")]
+    pub rest_allowed_host: Vec<String>,
+    /// A directory (path or URL) under which savepoint requests may write,
+    /// besides --savepoint-dir; repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub savepoint_root: Vec<String>,
+    /// Let savepoint requests name any absolute directory or URL (not only
+    /// --savepoint-dir and --savepoint-root).
+    #[arg(long)]
+    pub allow_any_savepoint_target: bool,
+}
+
+impl RestArgs {
+    /// The savepoint targets requests may name.
+    pub fn savepoint_policy(&self) -> Result<SavepointTargetPolicy> {
+        if self.allow_any_savepoint_target {
+            if !self.savepoint_root.is_empty() {
+                bail!("--savepoint-root has no effect with --allow-any-savepoint-target");
+            }
+            return Ok(SavepointTargetPolicy::any());
+        }
+        Ok(SavepointTargetPolicy::with_roots(&self.savepoint_root)?)
+    }
+
+    /// The server's options.
+    pub fn serve_options(&self) -> ServeOptions {
+        ServeOptions {
+            token: token_from(self.rest_token.as_deref()),
+            allowed_hosts: self.rest_allowed_host.clone(),
+            allow_unprotected_remote: self.rest_insecure,
+            ..ServeOptions::default()
+        }
+    }
+
+    /// Refuses, before the job starts, to serve `rest` in a way the options
+    /// do not allow; warns loudly when it is served unprotected beyond
+    /// loopback.
+    pub fn check(&self, rest: &str) -> Result<()> {
+        if rest == "off" {
+            return Ok(());
+        }
+        if self.rest_token.as_deref() == Some("") {
+            bail!("--rest-token is empty");
+        }
+        let strict = ServeOptions {
+            allow_unprotected_remote: false,
+            ..self.serve_options()
+        };
+        match flowstate_rest::check_exposure(rest, &strict) {
+            Ok(()) => Ok(()),
+            Err(RestError::Unprotected { .. }) if self.rest_insecure => {
+                tracing::warn!(
+                    "SECURITY: the HTTP API on {rest} has no token (--rest-insecure): anyone \
+                     who can reach it can stop or cancel the job and write savepoints"
+                );
+                Ok(())
+            }
+            Err(RestError::Unprotected { .. }) => bail!(
+                "--rest {rest} is not a loopback address: give the HTTP API a token with \
+                 --rest-token or {TOKEN_ENV} (or pass --rest-insecure to serve it to anyone \
+                 who can reach it)"
+            ),
+            Err(RestError::InvalidOption(reason)) => bail!("{reason}"),
+            // Unresolvable or unbindable: reported when it is bound.
+            Err(_) => Ok(()),
+        }
+    }
+}
 
 /// The jobs of this process (one per `flowstate run`).
 #[derive(Default)]
@@ -28,22 +130,14 @@ impl LocalJobs {
             .push(job);
     }
 
+    /// The job `id`; an unknown one names no job (`GET /jobs` lists them to
+    /// whoever may see them).
     fn find(&self, id: &str) -> Result<Arc<JobController>, ServiceError> {
         let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         jobs.iter()
             .find(|j| j.job_id() == Some(id))
             .cloned()
-            .ok_or_else(|| {
-                let known: Vec<&str> = jobs.iter().filter_map(|j| j.job_id()).collect();
-                ServiceError::NotFound(format!(
-                    "no job '{id}' (running here: {})",
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ))
-            })
+            .ok_or(ServiceError::UnknownJob)
     }
 }
 
@@ -62,8 +156,10 @@ fn state_of(status: JobStatus) -> JobState {
 fn service_error(error: ControlError) -> ServiceError {
     match error {
         ControlError::Invalid(m) => ServiceError::BadRequest(m),
+        ControlError::Target(e) if e.is_forbidden() => ServiceError::Forbidden(e.to_string()),
+        ControlError::Target(e) => ServiceError::BadRequest(e.to_string()),
         ControlError::Conflict(m) => ServiceError::Conflict(m),
-        ControlError::NotFound(m) => ServiceError::NotFound(m),
+        ControlError::NotFound(_) => ServiceError::UnknownSavepointRequest,
     }
 }
 

@@ -403,7 +403,13 @@ fn a_savepoint_at_p2_over_4_partitions_restores_at_p3() {
         arg(&out),
     ];
     let mut first = kafka_count(&brokers, &topic, &common);
-    first.extend(strings(&["--parallelism", "2"]));
+    // `stop --savepoint` may name only the job's --savepoint-dir (or under it).
+    first.extend(strings(&[
+        "--parallelism",
+        "2",
+        "--savepoint-dir",
+        arg(&target),
+    ]));
     let mut job = start_served(root, &logs, "run-1", &first);
     let records_in = job.wait_for_records(1);
     let stop = flowstate(

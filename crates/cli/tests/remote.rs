@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use flowstate_rest::{
     CheckpointCounts, CheckpointHistory, JobDetails, JobService, JobState, JobSummary, RestServer,
-    SavepointStatus, ServiceError, serve,
+    SavepointStatus, ServeOptions, ServiceError, serve_with,
 };
-use support::{Run, flowstate, tempdir};
+use support::{Run, flowstate, flowstate_env, tempdir};
 
 /// Completes a savepoint on the third status poll (so the CLI must poll), fails it
 /// for job `doomed`, never completes it for job `slow`; a stopped job reports
@@ -36,6 +36,10 @@ struct FakeState {
 
 impl Fake {
     fn start() -> (Arc<Fake>, RestServer) {
+        Self::start_with(&ServeOptions::default())
+    }
+
+    fn start_with(options: &ServeOptions) -> (Arc<Fake>, RestServer) {
         let fake = Arc::new(Fake::default());
         fake.state.lock().unwrap().jobs = [
             ("0badc0ffee", "keyed-count", JobState::Running),
@@ -51,7 +55,7 @@ impl Fake {
             state,
         })
         .collect();
-        let server = serve("127.0.0.1:0", fake.clone()).expect("serve");
+        let server = serve_with("127.0.0.1:0", fake.clone(), options).expect("serve");
         (fake, server)
     }
 
@@ -60,8 +64,8 @@ impl Fake {
     }
 }
 
-fn no_job(job: &str) -> ServiceError {
-    ServiceError::NotFound(format!("no job '{job}'"))
+fn no_job(_job: &str) -> ServiceError {
+    ServiceError::UnknownJob
 }
 
 impl JobService for Fake {
@@ -159,9 +163,10 @@ impl JobService for Fake {
         request_id: &str,
     ) -> Result<SavepointStatus, ServiceError> {
         let mut state = self.state.lock().unwrap();
-        let (owner, polls, target, stop) = state.requests.get_mut(request_id).ok_or_else(|| {
-            ServiceError::NotFound(format!("no savepoint request '{request_id}'"))
-        })?;
+        let (owner, polls, target, stop) = state
+            .requests
+            .get_mut(request_id)
+            .ok_or(ServiceError::UnknownSavepointRequest)?;
         assert_eq!(owner, job);
         *polls += 1;
         let in_progress = SavepointStatus {
@@ -398,4 +403,79 @@ fn an_unreachable_api_is_one_clear_line() {
     let run = flowstate(dir.path(), &["list", "--rest", "https://h:1"]);
     run.assert_failure();
     assert!(run.single_error_line().contains("no TLS"), "{run}");
+}
+
+#[test]
+fn the_client_commands_send_the_token_from_the_flag_or_the_environment() {
+    const TOKEN: &str = "cli-t0ken";
+    let (fake, server) = Fake::start_with(&ServeOptions {
+        token: Some(TOKEN.into()),
+        ..ServeOptions::default()
+    });
+    let dir = tempdir();
+    let addr = server.local_addr().to_string();
+
+    // Without it: one clear line that says where a token comes from.
+    let run = client(dir.path(), server.local_addr(), &["list"]);
+    run.assert_failure();
+    let line = run.single_error_line();
+    assert!(
+        line.contains("--rest-token")
+            && line.contains("FLOWSTATE_REST_TOKEN")
+            && line.contains("HTTP 401"),
+        "{line}"
+    );
+    let run = client(
+        dir.path(),
+        server.local_addr(),
+        &["list", "--rest-token", "wrong"],
+    );
+    run.assert_failure();
+    assert!(
+        run.single_error_line().contains("wrong bearer token"),
+        "{run}"
+    );
+
+    // With it, by flag or by environment, every command works.
+    let run = client(
+        dir.path(),
+        server.local_addr(),
+        &["list", "--rest-token", TOKEN],
+    );
+    run.assert_success();
+    assert!(
+        run.stdout.contains("0badc0ffee  RUNNING   keyed-count"),
+        "{run}"
+    );
+    let run = flowstate_env(
+        dir.path(),
+        &["list", "--rest", &addr],
+        &[("FLOWSTATE_REST_TOKEN", TOKEN)],
+    );
+    run.assert_success();
+    let run = client(
+        dir.path(),
+        server.local_addr(),
+        &["savepoint", "1d", "--target", "/sp", "--rest-token", TOKEN],
+    );
+    run.assert_success();
+    let run = flowstate_env(
+        dir.path(),
+        &["stop", "0badc0ffee", "--savepoint", "/sp", "--rest", &addr],
+        &[("FLOWSTATE_REST_TOKEN", TOKEN)],
+    );
+    run.assert_success();
+    let run = client(
+        dir.path(),
+        server.local_addr(),
+        &["cancel", "doomed", "--rest-token", TOKEN],
+    );
+    run.assert_success();
+    assert_eq!(
+        fake.triggers(),
+        vec![
+            ("1d".to_owned(), Some("/sp".to_owned()), false),
+            ("0badc0ffee".to_owned(), Some("/sp".to_owned()), true),
+        ]
+    );
 }

@@ -24,8 +24,8 @@ use serde_json::Value;
 use support::{
     Backend, Ending, Json, Rng, Run, Served, arg, check_keyed_count_output, check_wordcount_output,
     committed_lines, copy_dir, count_words, crash_seed, expected_keyed_count_result, flowstate,
-    http, keyed_count_line, one_at_a_time, run_args, splitmix64, start_served, strings, tempdir,
-    try_http, visible_entries, workload_values,
+    flowstate_env, http, http_with, keyed_count_line, one_at_a_time, run_args, splitmix64,
+    start_served, strings, tempdir, try_http, visible_entries, workload_values,
 };
 
 // ---------------------------------------------------------------------------
@@ -258,6 +258,9 @@ fn savepoint_cancel_and_restore(
             arg(&out),
             "--rate",
             &rate.to_string(),
+            // Requests may name only this directory (or one under it).
+            "--savepoint-dir",
+            arg(&target),
         ],
     );
     args.extend(first.args(&root.join("state")));
@@ -418,7 +421,12 @@ fn stop_with_savepoint_then_resume_is_exactly_once_and_the_dump_matches() {
         arg(&out),
     ];
     let mut first = keyed_count(RECORDS, KEYS, 2, &common);
-    first.extend(strings(&["--rate", "300000"]));
+    first.extend(strings(&[
+        "--rate",
+        "300000",
+        "--savepoint-dir",
+        arg(&target),
+    ]));
     let mut job = start_served(root, &logs, "run-1", &first);
     let records_in = job.wait_for_records(RECORDS / 4);
 
@@ -615,6 +623,8 @@ fn a_savepoint_of_another_job_needs_allow_non_restored_state() {
             "1h",
             "--checkpoint-dir",
             arg(&root.join(format!("{attempt}-ck"))),
+            "--savepoint-root",
+            arg(&target),
         ]);
         let mut job = start_served(root, &logs, &attempt, &args);
         // Savepoints are taken of RUNNING jobs (a CREATED one answers 409).
@@ -792,6 +802,10 @@ fn the_http_api_of_a_running_job() {
     let _turn = one_at_a_time();
     let tmp = tempdir();
     let root = tmp.path();
+    // Savepoint requests may name only this directory or one under it (and
+    // there is no --savepoint-dir: a request must name one).
+    let allowed = root.join("allowed");
+    std::fs::create_dir_all(&allowed).unwrap();
     let args = keyed_count(
         RECORDS,
         KEYS,
@@ -803,6 +817,8 @@ fn the_http_api_of_a_running_job() {
             arg(&root.join("ck")),
             "--rate",
             "100000",
+            "--savepoint-root",
+            arg(&allowed),
         ],
     );
     let mut job = start_served(root, &root.join("logs"), "run", &args);
@@ -874,7 +890,7 @@ fn the_http_api_of_a_running_job() {
         let message = answer.expect_error(404);
         eprintln!("[api] {method} {path}: 404 {message}");
     }
-    let target = root.join("savepoints");
+    let target = allowed.join("savepoints");
     for (path, body, what) in [
         (
             format!("/jobs/{id}/savepoints"),
@@ -913,7 +929,7 @@ fn the_http_api_of_a_running_job() {
         eprintln!("[api] POST {path} with {what}: 400 {message}");
     }
     // A target that cannot be created (under a regular file).
-    let file = root.join("a-file");
+    let file = allowed.join("a-file");
     std::fs::write(&file, "not a directory").unwrap();
     let impossible = file.join("savepoints");
     let answer = http(
@@ -968,6 +984,11 @@ fn the_http_api_of_a_running_job() {
     );
     let wrong_method = http(&addr, "DELETE", &format!("/jobs/{id}"), None);
     wrong_method.expect_error(405);
+    refused_savepoint_targets(root, &allowed, &addr, &id);
+    // The 404 of an unknown job names no job, not even the running one.
+    let unknown = http(&addr, "GET", "/jobs/no-such-job", None);
+    assert_eq!(unknown.expect_error(404), "job not known");
+    assert!(!unknown.body.contains(&id), "{}", unknown.body);
     // The client commands report an unknown job as one clear error line.
     let unknown = flowstate(
         root,
@@ -1057,6 +1078,176 @@ fn the_http_api_of_a_running_job() {
         expected_keyed_count_result(RECORDS, KEYS),
         "{run}"
     );
+}
+
+/// Savepoint targets a request may not name, over HTTP and through `flowstate
+/// savepoint`: outside the allowed directory (403), relative or with `..`
+/// (400), another scheme (403), or through a symbolic link out of it (403).
+/// Nothing is created for any of them.
+fn refused_savepoint_targets(root: &Path, allowed: &Path, addr: &str, id: &str) {
+    let outside = root.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, allowed.join("link")).unwrap();
+    let etc = format!("/etc/flowstate-refused-{}", std::process::id());
+    let cases = [
+        (etc.clone(), 403),
+        (format!("file://{etc}"), 403),
+        (arg(&outside.join("sp")).to_owned(), 403),
+        (format!("{}-sibling/sp", arg(allowed)), 403),
+        ("s3://bucket/sp".to_owned(), 403),
+        ("http://169.254.169.254/latest".to_owned(), 403),
+        ("relative/sp".to_owned(), 400),
+        (format!("{}/../outside/sp", arg(allowed)), 400),
+        (format!("{}/./sp", arg(allowed)), 400),
+        (format!("{}//sp", arg(allowed)), 400),
+        (arg(&allowed.join("link").join("sp")).to_owned(), 403),
+    ];
+    for (target, status) in &cases {
+        for route in ["savepoints", "stop"] {
+            let body = serde_json::json!({ "target_directory": target }).to_string();
+            let answer = http(addr, "POST", &format!("/jobs/{id}/{route}"), Some(&body));
+            let message = answer.expect_error(*status);
+            assert!(message.contains("savepoint target"), "{target}: {message}");
+        }
+    }
+    // The CLI says so on one line (relative targets it makes absolute itself).
+    for target in [etc.as_str(), arg(&outside.join("sp")), "s3://bucket/sp"] {
+        let run = flowstate(root, &["savepoint", id, "--target", target, "--rest", addr]);
+        run.assert_failure();
+        let line = run.single_error_line();
+        assert!(line.contains("HTTP 403") && line.contains(target), "{line}");
+    }
+    assert!(
+        !Path::new(&etc).exists(),
+        "a refused savepoint created {etc}"
+    );
+    assert!(
+        visible_entries(&outside).is_empty(),
+        "a refused savepoint wrote into {}: {:?}",
+        outside.display(),
+        visible_entries(&outside)
+    );
+    assert!(!root.join("relative").exists() && !Path::new("relative").exists());
+    let mut entries = visible_entries(allowed);
+    entries.sort();
+    assert_eq!(
+        entries,
+        ["a-file", "link"],
+        "a refused savepoint wrote into the allowed directory"
+    );
+}
+
+/// A job on an address beyond loopback needs a token: without one it does not
+/// start (one clear error line naming the way out); with `--rest-insecure` it
+/// runs, with a loud warning.
+#[test]
+fn a_non_loopback_api_without_a_token_refuses_to_start() {
+    let tmp = tempdir();
+    let root = tmp.path();
+    let ck = root.join("ck");
+    let mut args = keyed_count(1000, 100, 1, &["--checkpoint-dir", arg(&ck)]);
+    args.extend(strings(&["--rest", "0.0.0.0:0"]));
+    let run = run_args(root, &args);
+    run.assert_failure();
+    let line = run.single_error_line();
+    assert!(
+        line.contains("0.0.0.0:0")
+            && line.contains("--rest-token")
+            && line.contains("FLOWSTATE_REST_TOKEN")
+            && line.contains("--rest-insecure"),
+        "{run}"
+    );
+    assert!(!ck.exists(), "the refused job started: {}", ck.display());
+
+    // An empty token is no token.
+    let mut empty = args.clone();
+    empty.extend(strings(&["--rest-token", ""]));
+    run_args(root, &empty).assert_failure();
+
+    let mut insecure = args.clone();
+    insecure.push("--rest-insecure".into());
+    let run = run_args(root, &insecure);
+    run.assert_success();
+    assert!(
+        run.stderr.contains("SECURITY") && run.stderr.contains("no token"),
+        "{run}"
+    );
+
+    let mut protected = args;
+    protected.extend(strings(&["--rest-token", "t0ken"]));
+    let run = run_args(root, &protected);
+    run.assert_success();
+    assert!(!run.stderr.contains("SECURITY"), "{run}");
+}
+
+/// A job served with a token: the client commands work with `--rest-token` (or
+/// the environment) and are refused without it; so is raw HTTP.
+#[test]
+fn the_client_commands_work_against_a_job_with_a_token() {
+    const TOKEN: &str = "job-t0ken";
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let mut args = keyed_count(
+        100_000_000,
+        1000,
+        1,
+        &[
+            "--checkpoint-interval",
+            "1h",
+            "--checkpoint-dir",
+            arg(&root.join("ck")),
+        ],
+    );
+    args.extend(strings(&["--rate", "10000", "--rest-token", TOKEN]));
+    let job = start_served(root, &root.join("logs"), "run", &args);
+    let (addr, id) = (job.addr.clone(), job.job.clone());
+
+    let list = flowstate(root, &["list", "--rest", &addr, "--rest-token", TOKEN]);
+    list.assert_success();
+    assert!(
+        list.stdout
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(id.as_str())),
+        "job {id} not listed: {list}"
+    );
+    let list = flowstate_env(
+        root,
+        &["list", "--rest", &addr],
+        &[("FLOWSTATE_REST_TOKEN", TOKEN)],
+    );
+    list.assert_success();
+    assert!(list.stdout.contains(&id), "{list}");
+
+    let refused = flowstate(root, &["list", "--rest", &addr]);
+    refused.assert_failure();
+    assert!(
+        refused.single_error_line().contains("HTTP 401"),
+        "{refused}"
+    );
+    let refused = flowstate(
+        root,
+        &["cancel", &id, "--rest", &addr, "--rest-token", "nope"],
+    );
+    refused.assert_failure();
+    assert!(
+        refused.single_error_line().contains("HTTP 401"),
+        "{refused}"
+    );
+    http(&addr, "GET", "/jobs", None).expect_error(401);
+    http(&addr, "POST", &format!("/jobs/{id}/cancel"), None).expect_error(401);
+    let authorized = format!("Authorization: Bearer {TOKEN}\r\n");
+    let details = http_with(&addr, "GET", &format!("/jobs/{id}"), &authorized, None);
+    details.expect_status(200);
+
+    let cancel = flowstate(
+        root,
+        &["cancel", &id, "--rest", &addr, "--rest-token", TOKEN],
+    );
+    cancel.assert_success();
+    let run = job.process.wait();
+    run.assert_failure();
+    assert!(run.single_error_line().contains("was cancelled"), "{run}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1330,6 +1521,8 @@ fn restore_latest_after_a_resumed_run_died_before_its_first_checkpoint() {
         "100ms",
         "--rate",
         "200000",
+        "--savepoint-dir",
+        arg(&target),
     ]));
     let mut job = start_served(root, &logs, "run-1", &first);
     job.wait_for_records(RECORDS / 4);

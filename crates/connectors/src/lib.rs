@@ -41,4 +41,40 @@ pub enum ConnectorError {
     },
     #[error("invalid connector setting: {0}")]
     Config(String),
+    /// An input that is not a regular file or a directory (a FIFO, a socket,
+    /// a device): reading it could block a worker thread for good.
+    #[error("input path '{path}' is a {kind}, not a regular file or a directory")]
+    NotRegular { path: String, kind: &'static str },
+    /// A name or path restored from a snapshot is not one this connector owns.
+    #[error("restored state '{state}' of operator '{uid}': {field} {value:?} {problem}")]
+    RestoredState {
+        uid: String,
+        state: String,
+        field: &'static str,
+        value: String,
+        problem: String,
+    },
+    /// The snapshot was taken of another input than this run reads.
+    #[error(
+        "restored state '{state}' of operator '{uid}' was taken reading '{recorded}', \
+         but this run reads '{current}': restore with the same input, or start without \
+         the snapshot"
+    )]
+    InputChanged {
+        uid: String,
+        state: String,
+        recorded: String,
+        current: String,
+    },
+    /// A file is shorter than the position a snapshot recorded in it.
+    #[error(
+        "'{path}' is {size} bytes, shorter than the position restored from the snapshot \
+         (byte {offset}, line {line}): it was changed or truncated since"
+    )]
+    FileShrunk {
+        path: String,
+        size: u64,
+        offset: u64,
+        line: u64,
+    },
 }

@@ -32,18 +32,31 @@ pub(crate) fn decode<T: DeserializeOwned>(
     subtask: &SubtaskInfo,
     name: &str,
 ) -> Result<Option<Vec<T>>, ConnectorError> {
-    let Some(elements) = subtask.restored.as_ref().and_then(|r| r.list(name)) else {
+    Ok(decode_with_mode(subtask, name)?.map(|(_, elements)| elements))
+}
+
+/// Like [`decode`], with the redistribution mode the snapshot recorded for the
+/// list (which says how the elements were dealt to this instance).
+pub(crate) fn decode_with_mode<T: DeserializeOwned>(
+    subtask: &SubtaskInfo,
+    name: &str,
+) -> Result<Option<(RedistributionMode, Vec<T>)>, ConnectorError> {
+    let Some(list) = subtask
+        .restored
+        .as_ref()
+        .and_then(|r| r.lists.iter().find(|l| l.name == name))
+    else {
         return Ok(None);
     };
-    elements
+    list.elements
         .iter()
         .map(|e| serde_json::from_slice(e))
         .collect::<Result<Vec<T>, _>>()
-        .map(Some)
+        .map(|elements| Some((list.mode, elements)))
         .map_err(|e| {
             ConnectorError::Config(format!(
-                "restored '{name}' state of '{}' is damaged: {e}",
-                subtask.operator
+                "restored state '{name}' of operator '{}' is damaged: {e}",
+                subtask.uid
             ))
         })
 }

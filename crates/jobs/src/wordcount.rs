@@ -122,7 +122,10 @@ impl WordcountJob {
     }
 }
 
-/// Adds `wordcount` to `env`. Fails at once if the input does not exist.
+/// Adds `wordcount` to `env`. Fails at once if the input does not exist or is
+/// neither a regular file nor a directory (a FIFO would block a worker). A
+/// restore must read the same input: the source's snapshot records it, and
+/// files added to a directory input since are read after the restore.
 pub fn build(
     env: &StreamEnvironment,
     params: &WordcountParams,

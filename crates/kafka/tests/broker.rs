@@ -116,6 +116,7 @@ fn checkpointed(parallelism: u32) -> ExecutionConfig {
             job_id: None,
             restore: RestoreFrom::Nothing,
             allow_non_restored_state: false,
+            allow_fallback_duplicates: false,
             restart: RestartStrategy {
                 attempts: 0,
                 ..RestartStrategy::default()

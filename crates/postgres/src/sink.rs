@@ -504,6 +504,11 @@ fn recover(
 }
 
 impl<T: Data> Sink<T> for PostgresSink<T> {
+    /// Two-phase commit: output becomes visible when a checkpoint completes.
+    fn commits_on_checkpoint(&self) -> bool {
+        true
+    }
+
     fn create_writer(&self, subtask: &SubtaskInfo) -> Result<Box<dyn SinkWriter<T>>, UserError> {
         let settings = Arc::clone(&self.settings);
         let mut control = settings.connect()?;

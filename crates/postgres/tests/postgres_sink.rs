@@ -470,6 +470,7 @@ fn a_keyed_count_job_with_a_failure_ends_with_the_true_counts_and_nothing_prepar
             job_id: None,
             restore: RestoreFrom::Nothing,
             allow_non_restored_state: false,
+            allow_fallback_duplicates: false,
             restart: RestartStrategy {
                 attempts: 3,
                 delay: Duration::from_millis(20),

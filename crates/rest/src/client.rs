@@ -1,11 +1,14 @@
 //! The blocking client of the HTTP API, used by the CLI's `list`, `savepoint`, `stop`
 //! and `cancel`.
 //!
-//! Owns URLs, timeouts and the translation of HTTP outcomes into [`ClientError`]. It
+//! Owns URLs, timeouts, the bearer token and the translation of HTTP outcomes into
+//! [`ClientError`]. It
 //! speaks only the documents of `model`; it must not interpret job states beyond
 //! returning them (polling and waiting are the caller's).
 
 use std::time::Duration;
+
+use ureq::http::header::AUTHORIZATION;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -66,6 +69,8 @@ pub struct RestClient {
     base: String,
     timeout: Duration,
     agent: ureq::Agent,
+    /// Sent as `Authorization: Bearer <token>` with every call.
+    token: Option<String>,
 }
 
 impl std::fmt::Debug for RestClient {
@@ -104,7 +109,15 @@ impl RestClient {
             base,
             timeout,
             agent: ureq::Agent::new_with_config(config),
+            token: None,
         })
+    }
+
+    /// Sends `token` as a bearer token with every call (for a server started with
+    /// one).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     /// The address as given.
@@ -180,8 +193,11 @@ impl RestClient {
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        let answer = self.agent.get(&url).call();
-        self.read(answer)
+        let mut request = self.agent.get(&url);
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        self.read(request.call())
     }
 
     fn post<B: Serialize, T: DeserializeOwned>(
@@ -190,8 +206,12 @@ impl RestClient {
         body: &B,
     ) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        let answer = self.agent.post(&url).send_json(body);
-        self.read(answer)
+        let mut request = self.agent.post(&url);
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        // send_json says `Content-Type: application/json`, which the server requires.
+        self.read(request.send_json(body))
     }
 
     fn read<T: DeserializeOwned>(

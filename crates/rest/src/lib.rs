@@ -18,9 +18,18 @@
 //! | `POST /jobs/{id}/stop` (optional [`SavepointRequest`]) | 202 [`TriggerResponse`] |
 //! | `POST /jobs/{id}/cancel`, `PATCH /jobs/{id}?mode=cancel` | 202 `{}` |
 //!
-//! Errors: 400 bad request or body, 404 unknown job/request/route, 405 wrong method,
-//! 409 conflict (e.g. a savepoint in flight), 413 body over [`MAX_BODY_BYTES`],
-//! 503 unavailable.
+//! Errors: 400 bad request or body, 401 missing or wrong bearer token, 403 a Host
+//! that is not this server's or a savepoint target that is not allowed, 404
+//! unknown job/request/route (naming no job), 405 wrong method, 408 a request not
+//! complete within the idle timeout, 409 conflict (e.g. a savepoint in flight),
+//! 413 body over [`MAX_BODY_BYTES`], 415 a POST/PUT/PATCH/DELETE that is not
+//! `application/json`, 503 unavailable.
+//!
+//! Access ([`ServeOptions`]): the Host header must name the bound address (on
+//! loopback also `localhost`, `127.0.0.1`, `[::1]`, with the port) or an allowed
+//! host; an optional bearer token, required to serve beyond loopback; at most
+//! [`DEFAULT_MAX_CONNECTIONS`] connections, each closed after
+//! [`DEFAULT_IDLE_TIMEOUT`] without a request.
 
 pub mod client;
 pub mod model;
@@ -28,4 +37,7 @@ pub mod server;
 
 pub use client::{ClientError, RestClient};
 pub use model::*;
-pub use server::{MAX_BODY_BYTES, RestError, RestServer, router, serve};
+pub use server::{
+    Access, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, MAX_BODY_BYTES, RestError, RestServer,
+    ServeOptions, check_exposure, router, serve, serve_with,
+};

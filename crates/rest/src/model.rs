@@ -31,17 +31,27 @@ pub trait JobService: Send + Sync + 'static {
 }
 
 /// Why a [`JobService`] call failed; each variant maps to one HTTP status.
+///
+/// The 404s carry no text: an answer must not tell a client which jobs or
+/// requests exist (nor echo ids back).
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// 404: no such job or savepoint request.
-    #[error("{0}")]
-    NotFound(String),
+    /// 404: no such job.
+    #[error("job not known")]
+    UnknownJob,
+    /// 404: no such savepoint request of the job.
+    #[error("savepoint request not known")]
+    UnknownSavepointRequest,
     /// 409: the job's state forbids it now (e.g. a savepoint already in flight).
     #[error("{0}")]
     Conflict(String),
     /// 400: the request itself is wrong (e.g. an unusable target directory).
     #[error("{0}")]
     BadRequest(String),
+    /// 403: well-formed but not allowed (e.g. a savepoint target outside the
+    /// allowed directories).
+    #[error("{0}")]
+    Forbidden(String),
     /// 503: cannot be served now (e.g. the job is restarting or shutting down).
     #[error("{0}")]
     Unavailable(String),

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use flowstate_rest::{
     CheckpointCounts, CheckpointEntry, CheckpointHistory, ClientError, JobDetails, JobService,
-    JobState, JobSummary, RestClient, RestError, RestServer, SavepointStatus, ServiceError,
-    TaskCheckpointEntry, Vertex, VertexInput, serve,
+    JobState, JobSummary, RestClient, RestError, RestServer, SavepointStatus, ServeOptions,
+    ServiceError, TaskCheckpointEntry, Vertex, VertexInput, check_exposure, serve, serve_with,
 };
 use serde_json::{Value, json};
 
@@ -103,7 +103,7 @@ impl FakeState {
         self.jobs
             .iter()
             .find(|j| j.id == job)
-            .ok_or_else(|| ServiceError::NotFound(format!("no job '{job}'")))
+            .ok_or(ServiceError::UnknownJob)
     }
 
     fn set_state(&mut self, job: &str, new: JobState) {
@@ -264,9 +264,7 @@ impl JobService for Fake {
         state.job(job)?;
         match state.savepoints.get(request_id) {
             Some((j, status, _)) if j == job => Ok(status.clone()),
-            _ => Err(ServiceError::NotFound(format!(
-                "no savepoint request '{request_id}' for job '{job}'"
-            ))),
+            _ => Err(ServiceError::UnknownSavepointRequest),
         }
     }
 
@@ -381,13 +379,35 @@ fn raw(addr: SocketAddr, request: &[u8]) -> Raw {
     }
 }
 
+/// A request as a well-behaved client sends it: the server's address as Host, and
+/// `Content-Type: application/json` on everything but GET.
 fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Raw {
-    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let content_type = if method == "GET" {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
+    request_with(
+        addr,
+        method,
+        path,
+        &format!("Host: {addr}\r\n{content_type}"),
+        body,
+    )
+}
+
+/// A request with `headers` (each ending in CRLF) as the only headers besides
+/// `Connection` and `Content-Length`.
+fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: Option<&str>,
+) -> Raw {
+    let mut text = format!("{method} {path} HTTP/1.1\r\n{headers}Connection: close\r\n");
     if let Some(body) = body {
-        text.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
+        text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     } else {
         text.push_str("\r\n");
     }
@@ -664,21 +684,32 @@ fn unknown_job_is_404_json_on_every_route() {
         ("POST", "/jobs/nope/cancel", None),
         ("PATCH", "/jobs/nope?mode=cancel", None),
     ] {
-        let message = request(addr, method, path, body).error(404);
-        assert_eq!(message, "no job 'nope'", "{method} {path}");
+        let answer = request(addr, method, path, body);
+        let message = answer.error(404);
+        // Says only that the job is not known: no id, neither the one asked for
+        // nor those of the jobs that exist.
+        assert_eq!(message, "job not known", "{method} {path}");
+        for id in ["nope", JOB, OTHER, RESTARTING] {
+            assert!(
+                !answer.body.contains(id),
+                "{method} {path}: {}",
+                answer.body
+            );
+        }
     }
-    let message = get(addr, &format!("/jobs/{JOB}/savepoints/req-99")).error(404);
-    assert!(message.contains("req-99"), "{message}");
+    let answer = get(addr, &format!("/jobs/{JOB}/savepoints/req-99"));
+    assert_eq!(answer.error(404), "savepoint request not known");
+    assert!(!answer.body.contains("req-99"), "{}", answer.body);
 
     let error = client.details("nope").unwrap_err();
     assert!(
         matches!(error, ClientError::Api { status: 404, .. }),
         "{error:?}"
     );
-    assert_eq!(error.to_string(), "no job 'nope' (HTTP 404)");
+    assert_eq!(error.to_string(), "job not known (HTTP 404)");
     // Ids are sent as one path segment, whatever they hold.
     let error = client.details("a/b c").unwrap_err();
-    assert_eq!(error.to_string(), "no job 'a/b c' (HTTP 404)");
+    assert_eq!(error.to_string(), "job not known (HTTP 404)");
     assert_alive(addr);
 }
 
@@ -789,7 +820,7 @@ fn oversized_bodies_are_413_json() {
         "/nope".to_owned(),
     ] {
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             limit + 1
         );
         let message = raw(addr, head.as_bytes()).error(413);
@@ -798,7 +829,7 @@ fn oversized_bodies_are_413_json() {
     // Chunked, so the length shows only while reading.
     let chunk = format!("{{\"target_directory\": \"{}\"}}", "x".repeat(limit));
     let chunked = format!(
-        "POST /jobs/{JOB}/savepoints HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        "POST /jobs/{JOB}/savepoints HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
         chunk.len()
     );
     let message = raw(addr, chunked.as_bytes()).error(413);
@@ -832,7 +863,12 @@ fn one_connection_serves_many_requests() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     for path in ["/jobs", "/nope", "/jobs/nope", "/jobs"] {
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            server.local_addr()
+        )
+        .unwrap();
         // Read one answer: head, then Content-Length bytes.
         let mut data = Vec::new();
         let mut byte = [0u8; 1];
@@ -853,6 +889,427 @@ fn one_connection_serves_many_requests() {
         let body: Value = serde_json::from_slice(&body).expect("JSON body");
         assert!(body.is_object(), "{path}: {body}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Who may talk to the API, and how many connections for how long.
+
+fn start_with(options: ServeOptions) -> (Arc<Fake>, RestServer) {
+    let fake = Fake::new();
+    let server = serve_with("127.0.0.1:0", fake.clone(), &options).expect("server starts");
+    (fake, server)
+}
+
+fn job_state(fake: &Fake, job: &str) -> JobState {
+    fake.list().iter().find(|j| j.id == job).unwrap().state
+}
+
+/// What a browser can send cross-site without a CORS preflight (`text/plain`,
+/// a form, or no content type) must not change anything: 415, and the service is
+/// never called.
+#[test]
+fn a_change_without_json_content_type_is_415_and_reaches_no_service() {
+    let (fake, server, _client) = start();
+    let addr = server.local_addr();
+    let host = format!("Host: {addr}\r\n");
+    for (method, path, content_type, body) in [
+        (
+            "POST",
+            format!("/jobs/{JOB}/stop"),
+            "text/plain",
+            Some("{}"),
+        ),
+        (
+            "POST",
+            format!("/jobs/{JOB}/savepoints"),
+            "application/x-www-form-urlencoded",
+            Some("target_directory=/tmp"),
+        ),
+        (
+            "POST",
+            format!("/jobs/{JOB}/cancel"),
+            "multipart/form-data",
+            Some(""),
+        ),
+        ("POST", format!("/jobs/{JOB}/cancel"), "", None),
+        (
+            "PATCH",
+            format!("/jobs/{JOB}?mode=cancel"),
+            "text/plain",
+            None,
+        ),
+        (
+            "POST",
+            format!("/jobs/{JOB}/stop"),
+            "application/jsonx",
+            Some("{}"),
+        ),
+        ("DELETE", format!("/jobs/{JOB}"), "", None),
+    ] {
+        let headers = if content_type.is_empty() {
+            host.clone()
+        } else {
+            format!("{host}Content-Type: {content_type}\r\n")
+        };
+        let message = request_with(addr, method, &path, &headers, body).error(415);
+        assert!(message.contains("application/json"), "{message}");
+    }
+    assert!(
+        fake.triggers().is_empty(),
+        "a savepoint or stop was triggered"
+    );
+    assert_eq!(job_state(&fake, JOB), JobState::Running);
+    // With its parameters, JSON is JSON.
+    let headers = format!("{host}Content-Type: Application/JSON; charset=utf-8\r\n");
+    let answer = request_with(addr, "POST", &format!("/jobs/{JOB}/cancel"), &headers, None);
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(answer.header("x-content-type-options"), Some("nosniff"));
+}
+
+/// DNS rebinding: a page of another site whose name now resolves to 127.0.0.1
+/// sends its own name as Host. Only names of this server are answered.
+#[test]
+fn a_foreign_host_is_403_whatever_the_request() {
+    let (fake, server, _client) = start();
+    let addr = server.local_addr();
+    let port = addr.port();
+    let json = "Content-Type: application/json\r\n";
+    for host in [
+        format!("evil.example:{port}"),
+        "evil.example".to_owned(),
+        format!("localhost:{}", port.wrapping_add(1)),
+        format!("127.0.0.1.evil.example:{port}"),
+        "".to_owned(),
+        format!("[::2]:{port}"),
+    ] {
+        let headers = format!("Host: {host}\r\n{json}");
+        let message = request_with(
+            addr,
+            "POST",
+            &format!("/jobs/{JOB}/stop"),
+            &headers,
+            Some("{}"),
+        )
+        .error(403);
+        assert!(message.contains("host"), "{host}: {message}");
+        request_with(addr, "GET", "/jobs", &format!("Host: {host}\r\n"), None).error(403);
+    }
+    // No Host at all (HTTP/1.0 allows that).
+    let answer = raw(addr, b"GET /jobs HTTP/1.0\r\n\r\n");
+    assert!(answer.error(403).contains("Host"));
+    // A request target naming another authority.
+    let absolute = format!(
+        "GET http://evil.example:{port}/jobs HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    raw(addr, absolute.as_bytes()).error(403);
+    assert!(
+        fake.triggers().is_empty(),
+        "a foreign host triggered a stop"
+    );
+    assert_eq!(job_state(&fake, JOB), JobState::Running);
+
+    // The loopback names with the bound port are this server.
+    for host in [
+        format!("localhost:{port}"),
+        format!("LOCALHOST:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let answer = request_with(addr, "GET", "/jobs", &format!("Host: {host}\r\n"), None);
+        assert_eq!(answer.status, 200, "{host}: {}", answer.body);
+    }
+
+    // A configured name is answered too (e.g. behind a reverse proxy).
+    let (_fake, server) = start_with(ServeOptions {
+        allowed_hosts: vec!["flowstate.example".into(), "other.example:9".into()],
+        ..ServeOptions::default()
+    });
+    let addr = server.local_addr();
+    for (host, status) in [
+        ("flowstate.example", 200),
+        ("flowstate.example:4443", 200),
+        ("other.example:9", 200),
+        ("other.example:10", 403),
+        ("evil.example", 403),
+    ] {
+        let answer = request_with(addr, "GET", "/jobs", &format!("Host: {host}\r\n"), None);
+        assert_eq!(answer.status, status, "{host}: {}", answer.body);
+    }
+}
+
+#[test]
+fn a_token_is_required_when_set_and_compared_exactly() {
+    const TOKEN: &str = "s3cret-Token_1";
+    let (fake, server) = start_with(ServeOptions {
+        token: Some(TOKEN.into()),
+        ..ServeOptions::default()
+    });
+    let addr = server.local_addr();
+    let host = format!("Host: {addr}\r\n");
+    let json = "Content-Type: application/json\r\n";
+    for authorization in [
+        "".to_owned(),
+        "Authorization: Bearer\r\n".to_owned(),
+        "Authorization: Bearer wrong\r\n".to_owned(),
+        format!("Authorization: Bearer {TOKEN}x\r\n"),
+        format!("Authorization: Bearer {}\r\n", &TOKEN[..TOKEN.len() - 1]),
+        format!("Authorization: Basic {TOKEN}\r\n"),
+        format!("Authorization: {TOKEN}\r\n"),
+    ] {
+        let answer = request_with(
+            addr,
+            "GET",
+            "/jobs",
+            &format!("{host}{authorization}"),
+            None,
+        );
+        let message = answer.error(401);
+        assert!(message.contains("token"), "{authorization:?}: {message}");
+        assert_eq!(
+            answer.header("www-authenticate"),
+            Some("bearer"),
+            "{}",
+            answer.head
+        );
+        assert!(!answer.body.contains(JOB), "{}", answer.body);
+        // Nor does it change anything.
+        let headers = format!("{host}{json}{authorization}");
+        request_with(
+            addr,
+            "POST",
+            &format!("/jobs/{JOB}/stop"),
+            &headers,
+            Some("{}"),
+        )
+        .error(401);
+        // Not even which routes exist.
+        request_with(
+            addr,
+            "GET",
+            "/nope",
+            &format!("{host}{authorization}"),
+            None,
+        )
+        .error(401);
+    }
+    assert!(fake.triggers().is_empty());
+    assert_eq!(job_state(&fake, JOB), JobState::Running);
+
+    let headers = format!("{host}Authorization: bearer {TOKEN}\r\n");
+    let answer = request_with(addr, "GET", "/jobs", &headers, None);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+
+    // The client sends it when given it.
+    let client = RestClient::new(&addr.to_string()).unwrap();
+    let error = client.list().unwrap_err();
+    assert_eq!(error.status(), Some(401), "{error}");
+    let client = client.with_token(Some("wrong".into()));
+    assert_eq!(client.list().unwrap_err().status(), Some(401));
+    let client = client.with_token(Some(TOKEN.into()));
+    assert_eq!(client.list().unwrap().len(), 3);
+    let id = client.trigger_savepoint(JOB, Some("/sp")).unwrap();
+    assert_eq!(
+        client.savepoint_status(JOB, &id).unwrap().status,
+        "in_progress"
+    );
+    client.cancel(OTHER).unwrap();
+    assert_eq!(job_state(&fake, OTHER), JobState::Cancelled);
+
+    // A token that cannot travel in a header is refused at start.
+    for bad in ["", "has space", "tab\there", "é"] {
+        let error = serve_with(
+            "127.0.0.1:0",
+            fake.clone(),
+            &ServeOptions {
+                token: Some(bad.into()),
+                ..ServeOptions::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, RestError::InvalidOption(_)),
+            "{bad:?}: {error:?}"
+        );
+    }
+}
+
+#[test]
+fn beyond_loopback_a_token_is_required_unless_explicitly_waived() {
+    let fake = Fake::new();
+    let error = serve_with("0.0.0.0:0", fake.clone(), &ServeOptions::default()).unwrap_err();
+    assert!(matches!(error, RestError::Unprotected { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("without a bearer token"),
+        "{error}"
+    );
+    let error = check_exposure("0.0.0.0:0", &ServeOptions::default()).unwrap_err();
+    assert!(matches!(error, RestError::Unprotected { .. }), "{error:?}");
+    check_exposure("127.0.0.1:0", &ServeOptions::default()).unwrap();
+    check_exposure("localhost:0", &ServeOptions::default()).unwrap();
+
+    let protected = ServeOptions {
+        token: Some("t0ken".into()),
+        ..ServeOptions::default()
+    };
+    check_exposure("0.0.0.0:0", &protected).unwrap();
+    let server = serve_with("0.0.0.0:0", fake.clone(), &protected).unwrap();
+    let port = server.local_addr().port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Bound to every address: IP literals with the port are this server; names
+    // other than localhost are not.
+    let authorized = "Authorization: Bearer t0ken\r\n";
+    for (host, status) in [
+        (format!("127.0.0.1:{port}"), 200),
+        (format!("10.1.2.3:{port}"), 200),
+        (format!("localhost:{port}"), 200),
+        (format!("evil.example:{port}"), 403),
+        (format!("10.1.2.3:{}", port.wrapping_add(1)), 403),
+    ] {
+        let headers = format!("Host: {host}\r\n{authorized}");
+        let answer = request_with(addr, "GET", "/jobs", &headers, None);
+        assert_eq!(answer.status, status, "{host}: {}", answer.body);
+    }
+    drop(server);
+
+    let waived = ServeOptions {
+        allow_unprotected_remote: true,
+        ..ServeOptions::default()
+    };
+    let server = serve_with("0.0.0.0:0", fake, &waived).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", server.local_addr().port())
+        .parse()
+        .unwrap();
+    assert_alive(addr);
+}
+
+/// Reads from `stream` until the server closes it (end of stream or reset);
+/// panics if it is still open after `bound`. Returns what was read.
+fn read_until_closed(stream: &mut TcpStream, bound: Duration) -> Vec<u8> {
+    let started = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return bytes,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return bytes,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("reading: {e}"),
+        }
+        assert!(
+            started.elapsed() < bound,
+            "the connection is still open after {bound:?}; read so far: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+}
+
+/// Generous: the timeout under test is 200 ms.
+const CLOSE_BOUND: Duration = Duration::from_secs(20);
+
+#[test]
+fn idle_connections_are_closed_after_the_idle_timeout() {
+    let (_fake, server) = start_with(ServeOptions {
+        idle_timeout: Duration::from_millis(200),
+        ..ServeOptions::default()
+    });
+    let addr = server.local_addr();
+
+    // A client that never sends anything.
+    let mut silent = TcpStream::connect(addr).unwrap();
+    read_until_closed(&mut silent, CLOSE_BOUND);
+
+    // A client that never completes its request head.
+    let mut partial = TcpStream::connect(addr).unwrap();
+    partial.write_all(b"GET /jobs HTTP/1.1\r\nHo").unwrap();
+    read_until_closed(&mut partial, CLOSE_BOUND);
+
+    // A kept-alive connection after its answer.
+    let mut kept = TcpStream::connect(addr).unwrap();
+    write!(kept, "GET /jobs HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let answer = read_until_closed(&mut kept, CLOSE_BOUND);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A body that never arrives: answered 408 (or closed), not held open.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    write!(
+        slow,
+        "POST /jobs/{JOB}/savepoints HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    )
+    .unwrap();
+    let answer = read_until_closed(&mut slow, CLOSE_BOUND);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+
+    assert_alive(addr);
+}
+
+#[test]
+fn connections_beyond_the_cap_are_closed_at_once() {
+    const CAP: usize = 3;
+    let (_fake, server) = start_with(ServeOptions {
+        max_connections: CAP,
+        idle_timeout: Duration::from_secs(600),
+        ..ServeOptions::default()
+    });
+    let addr = server.local_addr();
+    // CAP kept-alive connections, each known to be served (it answered).
+    let mut held: Vec<TcpStream> = (0..CAP)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            write!(stream, "GET /nope HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+            let mut buf = [0u8; 12];
+            stream.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"HTTP/1.1 404");
+            stream
+        })
+        .collect();
+    // One more is closed without an answer.
+    for _ in 0..2 {
+        let mut extra = TcpStream::connect(addr).unwrap();
+        let _ = write!(extra, "GET /jobs HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        let answer = read_until_closed(&mut extra, CLOSE_BOUND);
+        assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    }
+    // A held connection ends: its place is free again (eventually: the server
+    // notices the end of the connection first).
+    drop(held.pop());
+    let started = Instant::now();
+    loop {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = write!(
+            stream,
+            "GET /jobs HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        );
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        if answer.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            started.elapsed() < CLOSE_BOUND,
+            "no connection served after one of {CAP} closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(held);
 }
 
 // ---------------------------------------------------------------------------
@@ -903,11 +1360,11 @@ fn dropping_the_server_stops_it() {
 fn shutdown_is_bounded_with_a_client_stuck_mid_request() {
     let (_fake, server, _client) = start();
     let mut stuck = TcpStream::connect(server.local_addr()).unwrap();
-    stuck
-        .write_all(
-            b"POST /jobs/a1b2c3/savepoints HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{",
-        )
-        .unwrap();
+    let head = format!(
+        "POST /jobs/a1b2c3/savepoints HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{{",
+        server.local_addr()
+    );
+    stuck.write_all(head.as_bytes()).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let started = Instant::now();
     server.shutdown();

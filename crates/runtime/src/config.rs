@@ -13,6 +13,10 @@ pub const DEFAULT_BATCH_SIZE: usize = 1024;
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 16;
 /// Largest accepted parallelism.
 pub const MAX_PARALLELISM_PER_OPERATOR: u32 = 1024;
+/// How long a cancelled job may take to stop before [`crate::RunningJob::join`]
+/// gives up on it (like Flink's `task.cancellation.timeout`): a task blocked in
+/// user code or a system call never sees the cancel flag.
+pub const DEFAULT_CANCELLATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The delivery guarantee of checkpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,6 +76,11 @@ pub struct CheckpointingConfig {
     /// Restoring may drop state of operators this job no longer has
     /// (otherwise such a restore fails, naming them).
     pub allow_non_restored_state: bool,
+    /// Restoring the latest checkpoint may fall back past newer ones that
+    /// cannot be loaded even when the job's sinks already published their
+    /// output (which is then published again: duplicates). Off: such a
+    /// restore fails, naming the damaged snapshot.
+    pub allow_fallback_duplicates: bool,
     pub restart: RestartStrategy,
     /// Where savepoints go when a request names no directory.
     pub savepoint_dir: Option<String>,
@@ -86,6 +95,7 @@ impl std::fmt::Debug for CheckpointingConfig {
             .field("job_id", &self.job_id)
             .field("restore", &self.restore)
             .field("allow_non_restored_state", &self.allow_non_restored_state)
+            .field("allow_fallback_duplicates", &self.allow_fallback_duplicates)
             .field("restart", &self.restart)
             .field("savepoint_dir", &self.savepoint_dir)
             .finish()
@@ -111,6 +121,22 @@ pub struct ExecutionConfig {
     pub state_backend: StateBackendConfig,
     /// Checkpoints, restore and restarts; `None` runs without fault tolerance.
     pub checkpointing: Option<CheckpointingConfig>,
+    /// Once the job was cancelled, how long `join` waits for it to stop
+    /// before it returns [`crate::JobError::CancelTimeout`] naming the tasks
+    /// still running (their threads are left behind; a process exit ends them).
+    pub cancellation_timeout: std::time::Duration,
+    /// Which directories a savepoint request may name (with checkpointing):
+    /// by default only `checkpointing.savepoint_dir` and what lies under it.
+    /// Here rather than in [`CheckpointingConfig`] so that adding it broke no
+    /// struct literal of that type.
+    pub savepoint_policy: crate::control::SavepointTargetPolicy,
+    /// How a job with checkpointing holds the lease of its directory in the
+    /// checkpoint storage (one run per job id; see
+    /// [`flowstate_checkpoint::lease`]): its TTL, renewal interval, and
+    /// whether to take over a lease that looks alive. Here rather than in
+    /// [`CheckpointingConfig`] so that adding it broke no struct literal of
+    /// that type.
+    pub lease: flowstate_checkpoint::LeaseSettings,
 }
 
 impl Default for ExecutionConfig {
@@ -124,6 +150,9 @@ impl Default for ExecutionConfig {
             workers: 1,
             state_backend: StateBackendConfig::Heap,
             checkpointing: None,
+            cancellation_timeout: DEFAULT_CANCELLATION_TIMEOUT,
+            savepoint_policy: crate::control::SavepointTargetPolicy::default(),
+            lease: flowstate_checkpoint::LeaseSettings::default(),
         }
     }
 }
@@ -175,6 +204,12 @@ impl ExecutionConfig {
                 "workers {} is not between 1 and 1024",
                 self.workers
             ));
+        }
+        if self.cancellation_timeout.is_zero() {
+            return fail("the cancellation timeout must be longer than zero".to_owned());
+        }
+        if let Err(e) = self.lease.validate() {
+            return fail(e.to_string());
         }
         Ok(())
     }

@@ -39,6 +39,15 @@ pub trait SourceReader<T>: Send {
 /// A parallel sink: creates one writer per parallel instance.
 pub trait Sink<T>: Send + Sync + 'static {
     fn create_writer(&self, subtask: &SubtaskInfo) -> Result<Box<dyn SinkWriter<T>>, UserError>;
+
+    /// Whether output becomes visible when a checkpoint completes
+    /// ([`SinkWriter::commit`], exactly-once by two-phase commit). The runtime
+    /// then refuses to restore from a checkpoint older than the newest
+    /// completed one unless told to accept duplicate output: replaying from it
+    /// would publish what the newer one already published.
+    fn commits_on_checkpoint(&self) -> bool {
+        false
+    }
 }
 
 /// One parallel instance of a sink.

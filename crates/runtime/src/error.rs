@@ -75,6 +75,17 @@ pub enum JobError {
     },
     #[error("job was cancelled")]
     Cancelled,
+    /// The job was cancelled but did not stop within the cancellation
+    /// timeout: some task is blocked where it cannot see the cancel flag.
+    #[error(
+        "job was cancelled but did not stop within {timeout:?}; still running: {}",
+        .running.join(", ")
+    )]
+    CancelTimeout {
+        timeout: std::time::Duration,
+        /// The tasks (or threads) that had not stopped.
+        running: Vec<String>,
+    },
     #[error("no task can make progress and the job has not finished (a deadlock)")]
     Stalled,
     #[error("could not start a thread: {0}")]
@@ -83,6 +94,26 @@ pub enum JobError {
     Checkpointing(String),
     #[error(transparent)]
     Restore(#[from] flowstate_checkpoint::CheckpointError),
+    /// Another run holds the job's checkpoint directory, or this run lost it.
+    #[error(transparent)]
+    Lease(#[from] flowstate_checkpoint::LeaseError),
+    /// The newest checkpoint cannot be restored, and falling back to an older
+    /// one would publish again output the job's sinks already committed.
+    #[error(
+        "cannot restore {newest} ({reason}); the older checkpoint {fallback} is intact, but \
+         restoring it would publish again the output that sink(s) {sinks} committed after it. \
+         Repair or put back the damaged file and run again, or accept the fallback and its \
+         duplicate output knowingly"
+    )]
+    FallbackRefused {
+        /// The newest snapshot that could not be loaded.
+        newest: String,
+        reason: String,
+        /// The snapshot that could be restored instead.
+        fallback: String,
+        /// Uids of the sinks that commit on checkpoints.
+        sinks: String,
+    },
 }
 
 /// `error: source: source ...`, the way a user should read an error.

@@ -6,11 +6,13 @@
 //! panic fails the attempt: the first failure is kept and every worker stops.
 //! With checkpoints on, a supervisor then restarts the job from its latest
 //! completed checkpoint (restart strategy); otherwise the job fails with a
-//! message naming the task and the operator.
+//! message naming the task and the operator. Cancel is bounded: a task blocked
+//! inside a step never sees the cancel flag, so once the cancellation timeout
+//! has passed `RunningJob::join` returns, naming the tasks still in a step.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,8 +26,9 @@ use crate::channel::Signal;
 use crate::checkpointing::{CoordinatorEvent, CoordinatorLoop, SavepointTargets, upload_loop};
 use crate::config::{CheckpointingConfig, ExecutionConfig, Guarantee, RestoreFrom};
 use crate::control::{JobController, JobDescription, JobStatus};
-use crate::error::{BuildError, JobError, TaskError, panic_message};
+use crate::error::{BuildError, JobError, TaskError, error_chain, panic_message};
 use crate::graph::JobGraph;
+use crate::lease::{HeldLease, newer_than_restored};
 use crate::metrics::JobMetrics;
 use crate::plan::{PlanCheckpointing, PlannedTask, build_tasks};
 use crate::task::{Step, Task};
@@ -57,11 +60,36 @@ pub struct JobReport {
     pub stopped_with_savepoint: Option<String>,
 }
 
+/// What one worker thread is doing: read only to name the tasks of a job that
+/// does not stop when cancelled.
+struct WorkerWatch {
+    /// The worker's tasks, by index.
+    tasks: Vec<String>,
+    /// The index of the task in a step, [`WorkerWatch::BETWEEN_STEPS`] otherwise.
+    stepping: AtomicUsize,
+    ended: AtomicBool,
+}
+
+impl WorkerWatch {
+    const BETWEEN_STEPS: usize = usize::MAX;
+}
+
+/// Marks its worker ended when dropped, so a worker that panics counts too.
+struct WorkerEnded(Arc<WorkerWatch>);
+
+impl Drop for WorkerEnded {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::SeqCst);
+    }
+}
+
 /// One attempt's failure flag and worker wakeups.
 struct Shared {
     cancelled: AtomicBool,
     failure: Mutex<Option<JobError>>,
     signals: Vec<Arc<Signal>>,
+    /// One per worker thread, once they are started.
+    watches: Mutex<Vec<Arc<WorkerWatch>>>,
 }
 
 impl Shared {
@@ -70,7 +98,26 @@ impl Shared {
             cancelled: AtomicBool::new(false),
             failure: Mutex::new(None),
             signals,
+            watches: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The tasks of workers that have not ended: the one in a step, or the
+    /// worker itself between steps.
+    fn still_running(&self) -> Vec<String> {
+        let watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        let mut running = Vec::new();
+        for (index, watch) in watches.iter().enumerate() {
+            if watch.ended.load(Ordering::SeqCst) {
+                continue;
+            }
+            let stepping = watch.stepping.load(Ordering::Relaxed);
+            running.push(match watch.tasks.get(stepping) {
+                Some(task) => format!("task '{task}'"),
+                None => format!("worker {index}"),
+            });
+        }
+        running
     }
 
     fn fail(&self, error: JobError) {
@@ -98,11 +145,25 @@ impl Shared {
 struct JobControl {
     cancelled: AtomicBool,
     current: Mutex<Option<Arc<Shared>>>,
+    /// When cancel was first asked for, and whether the supervisor has ended:
+    /// what `RunningJob::join` waits on (`changed`).
+    ending: Mutex<Ending>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Ending {
+    cancel_requested: Option<Instant>,
+    supervisor_ended: bool,
 }
 
 impl JobControl {
     fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
+        let mut ending = self.ending.lock().unwrap_or_else(|e| e.into_inner());
+        ending.cancel_requested.get_or_insert_with(Instant::now);
+        drop(ending);
+        self.changed.notify_all();
         if let Some(shared) = self
             .current
             .lock()
@@ -120,6 +181,7 @@ pub struct RunningJob {
     control: Arc<JobControl>,
     controller: Arc<JobController>,
     supervisor: JoinHandle<Result<JobReport, JobError>>,
+    cancellation_timeout: Duration,
 }
 
 fn step_guarded(task: &mut dyn Task) -> Result<Step, JobError> {
@@ -139,7 +201,13 @@ fn step_guarded(task: &mut dyn Task) -> Result<Step, JobError> {
     }
 }
 
-fn worker_loop(mut tasks: Vec<Box<dyn Task>>, signal: Arc<Signal>, shared: Arc<Shared>) {
+fn worker_loop(
+    mut tasks: Vec<Box<dyn Task>>,
+    signal: Arc<Signal>,
+    shared: Arc<Shared>,
+    watch: Arc<WorkerWatch>,
+) {
+    let _ended = WorkerEnded(Arc::clone(&watch));
     signal.bind_current();
     let mut finished = vec![false; tasks.len()];
     let mut remaining = tasks.len();
@@ -150,7 +218,13 @@ fn worker_loop(mut tasks: Vec<Box<dyn Task>>, signal: Arc<Signal>, shared: Arc<S
             if finished[i] {
                 continue;
             }
-            match step_guarded(task.as_mut()) {
+            // Once per step, not per record: a plain store.
+            watch.stepping.store(i, Ordering::Relaxed);
+            let step = step_guarded(task.as_mut());
+            watch
+                .stepping
+                .store(WorkerWatch::BETWEEN_STEPS, Ordering::Relaxed);
+            match step {
                 Ok(Step::Progress) => progressed = true,
                 Ok(Step::Idle { wake_at: Some(at) }) => {
                     wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
@@ -278,7 +352,16 @@ fn run_attempt(
                 Err(e) => return fail(e),
             }
         }
-        let coordinator = Coordinator::new(
+        // Newer checkpoints of this job the restore proved damaged are
+        // deleted; ones it skipped for another reason are left alone.
+        let damaged: std::collections::BTreeSet<u64> = c
+            .restored
+            .iter()
+            .flat_map(|r| &r.skipped)
+            .filter(|s| s.damaged && !s.pointer && s.job == c.job_id)
+            .map(|s| s.checkpoint_id)
+            .collect();
+        let coordinator = Coordinator::after_restore(
             Arc::clone(&c.config.storage),
             c.job_id,
             c.config.settings.clone(),
@@ -286,6 +369,7 @@ fn run_attempt(
             config.parallelism,
             config.max_parallelism,
             c.restored.as_ref().map(|r| r.id()),
+            &damaged,
         );
         let failing = Arc::clone(&shared);
         let looped = CoordinatorLoop {
@@ -312,11 +396,22 @@ fn run_attempt(
     for PlannedTask { worker, task } in planned {
         per_worker[worker].push(task);
     }
+    let watches: Vec<Arc<WorkerWatch>> = per_worker
+        .iter()
+        .map(|tasks| {
+            Arc::new(WorkerWatch {
+                tasks: tasks.iter().map(|t| t.name().to_owned()).collect(),
+                stepping: AtomicUsize::new(WorkerWatch::BETWEEN_STEPS),
+                ended: AtomicBool::new(false),
+            })
+        })
+        .collect();
+    *shared.watches.lock().unwrap_or_else(|e| e.into_inner()) = watches.clone();
     let mut workers = Vec::with_capacity(config.workers);
-    for (index, tasks) in per_worker.into_iter().enumerate() {
+    for ((index, tasks), watch) in per_worker.into_iter().enumerate().zip(watches) {
         let (signal, worker_shared) = (Arc::clone(&signals[index]), Arc::clone(&shared));
         match spawn(format!("flowstate-worker-{index}"), move || {
-            worker_loop(tasks, signal, worker_shared)
+            worker_loop(tasks, signal, worker_shared, watch)
         }) {
             Ok(handle) => workers.push(handle),
             Err(e) => {
@@ -366,7 +461,16 @@ fn supervise(
     control: Arc<JobControl>,
     controller: Arc<JobController>,
 ) -> Result<JobReport, JobError> {
-    let result = supervise_attempts(&graph, &config, &metrics, &control, &controller);
+    let mut lease = None;
+    let result = supervise_attempts(&graph, &config, &metrics, &control, &controller, &mut lease);
+    // A job that lost its lease ends with that, whatever its attempt ended
+    // with (cancelled by the loss, or finished after it); the lease is
+    // released before the job's end is reported.
+    let result = match lease.as_ref().and_then(HeldLease::lost) {
+        Some(lost) => Err(lost),
+        None => result,
+    };
+    drop(lease);
     let (status, failure) = match &result {
         Ok(_) => (JobStatus::Finished, None),
         Err(JobError::Cancelled) => (JobStatus::Cancelled, None),
@@ -413,16 +517,58 @@ fn record_restore_pointer(c: &CheckpointingConfig, job_id: &str, restored: &Load
     }
 }
 
+/// `--restore latest` (or a restart) fell back past newer snapshots that
+/// could not be loaded. Exactly-once output forbids it when the job has sinks
+/// that publish on checkpoint completion: what the skipped snapshots
+/// published would be published again. Unless the user accepted that, the
+/// job fails naming the damaged snapshot.
+fn check_fallback(
+    c: &CheckpointingConfig,
+    graph: &JobGraph,
+    loaded: &LoadedCheckpoint,
+) -> Result<(), JobError> {
+    let Some(newest) = loaded.skipped.first() else {
+        return Ok(());
+    };
+    let sinks = graph.committing_sinks();
+    if sinks.is_empty() {
+        return Ok(());
+    }
+    let refuse = c.guarantee == Guarantee::ExactlyOnce && !c.allow_fallback_duplicates;
+    if refuse {
+        return Err(JobError::FallbackRefused {
+            newest: newest.path.clone(),
+            reason: newest.reason.clone(),
+            fallback: loaded.metadata_path.clone(),
+            sinks: sinks.join(", "),
+        });
+    }
+    tracing::warn!(
+        "restoring {} although {} newer snapshot(s) could not be loaded (newest: {}): \
+         output that sink(s) {} published after it will be published again",
+        loaded.metadata_path,
+        loaded.skipped.len(),
+        newest.path,
+        sinks.join(", ")
+    );
+    Ok(())
+}
+
 /// Loads what `restore` names.
 fn load_restore(
     c: &CheckpointingConfig,
+    graph: &JobGraph,
 ) -> Result<Option<(Arc<LoadedCheckpoint>, String)>, JobError> {
     Ok(match &c.restore {
         RestoreFrom::Nothing => None,
-        RestoreFrom::Latest => load_latest_of(&c.storage, None)?.map(|l| {
-            let shown = format!("{} in {}", l.metadata_path, c.storage.describe());
-            (Arc::new(l), shown)
-        }),
+        RestoreFrom::Latest => match load_latest_of(&c.storage, None)? {
+            Some(l) => {
+                check_fallback(c, graph, &l)?;
+                let shown = format!("{} in {}", l.metadata_path, c.storage.describe());
+                Some((Arc::new(l), shown))
+            }
+            None => None,
+        },
         RestoreFrom::Path(path) => {
             let loaded = load(&c.storage, path)?;
             let shown = format!("{} in {}", loaded.metadata_path, c.storage.describe());
@@ -442,6 +588,7 @@ fn supervise_attempts(
     metrics: &Arc<JobMetrics>,
     control: &Arc<JobControl>,
     controller: &Arc<JobController>,
+    lease: &mut Option<HeldLease>,
 ) -> Result<JobReport, JobError> {
     let started = Instant::now();
     let checkpointing = config.checkpointing.clone();
@@ -449,7 +596,7 @@ fn supervise_attempts(
     let mut job_id = None;
     if let Some(c) = &checkpointing {
         let loading = Instant::now();
-        restored = match load_restore(c)? {
+        restored = match load_restore(c, graph)? {
             Some((loaded, shown)) => {
                 controller.set_restored_from(shown);
                 Some(loaded)
@@ -475,6 +622,36 @@ fn supervise_attempts(
         if let Some(id) = &job_id {
             controller.set_job_id(id);
             tracing::info!(job_id = id.as_str(), "job {} starting", config.job_name);
+            // One run per job: held before anything writes to the job's
+            // directory (the restore pointer; a coordinator adopting and
+            // deleting checkpoints), across restarts, until `supervise`
+            // releases it. Losing it cancels the job.
+            let cancelling = Arc::clone(control);
+            *lease = Some(HeldLease::acquire(
+                &c.storage,
+                id,
+                &config.lease,
+                Box::new(move || cancelling.cancel()),
+            )?);
+            if c.restore == RestoreFrom::Latest
+                && let Some(r) = &restored
+                && let Some(newer) = newer_than_restored(&c.storage, id, r)?
+            {
+                tracing::info!(
+                    "checkpoint {newer} of job {id} completed while this run was starting: \
+                     reading the job's latest checkpoint again"
+                );
+                if let Some(l) = load_latest_of(&c.storage, Some(id))? {
+                    check_fallback(c, graph, &l)?;
+                    tracing::info!(checkpoint = l.id(), "read and verified {}", l.metadata_path);
+                    controller.set_restored_from(format!(
+                        "{} in {}",
+                        l.metadata_path,
+                        c.storage.describe()
+                    ));
+                    restored = Some(Arc::new(l));
+                }
+            }
             if let Some(r) = &restored {
                 record_restore_pointer(c, id, r);
             }
@@ -521,41 +698,61 @@ fn supervise_attempts(
                 });
             }
             Err(error) => {
-                // Creating an operator instance fails for a bad configuration
-                // (fail at once) or for a server that is down (retry): once the
-                // job has run, a failure to create one again is taken for the
-                // transient kind and goes through the restart strategy.
-                let restartable = match &error {
-                    JobError::TaskFailed { .. } | JobError::Checkpointing(_) => true,
-                    JobError::Build(BuildError::Create { .. }) => restarts > 0,
-                    _ => false,
-                };
-                let Some(c) = checkpointing
-                    .as_ref()
-                    .filter(|c| restartable && restarts < c.restart.attempts)
-                else {
-                    return Err(error);
-                };
-                if control.cancelled.load(Ordering::SeqCst) {
-                    return Err(JobError::Cancelled);
+                // A failed attempt, or a failed load of the checkpoint to
+                // restart from, goes through the restart strategy.
+                let mut error = error;
+                loop {
+                    let Some(c) = checkpointing
+                        .as_ref()
+                        .filter(|c| restartable(&error, restarts) && restarts < c.restart.attempts)
+                    else {
+                        return Err(error);
+                    };
+                    if control.cancelled.load(Ordering::SeqCst) {
+                        return Err(JobError::Cancelled);
+                    }
+                    restarts += 1;
+                    metrics.record_restart();
+                    let cause = error_chain(&error);
+                    controller.on_attempt_ended(JobStatus::Restarting, Some(cause.clone()));
+                    tracing::warn!(
+                        "job failed ({cause}); restart {restarts} of {} in {delay:?}",
+                        c.restart.attempts
+                    );
+                    std::thread::sleep(delay);
+                    delay = delay
+                        .mul_f64(c.restart.backoff_multiplier.max(1.0))
+                        .min(c.restart.delay_max);
+                    match load_latest_of(&c.storage, job_id.as_deref()) {
+                        Ok(own) => {
+                            if let Some(own) = &own {
+                                check_fallback(c, graph, own)?;
+                            }
+                            // The job's own checkpoints hold only operators it has.
+                            allow_non_restored_state |= own.is_some();
+                            restored = own.map(Arc::new).or(restored);
+                            break;
+                        }
+                        Err(e) => error = JobError::Restore(e),
+                    }
                 }
-                restarts += 1;
-                metrics.record_restart();
-                controller.on_attempt_ended(JobStatus::Restarting, Some(error.to_string()));
-                tracing::warn!(
-                    "job failed ({error}); restart {restarts} of {} in {delay:?}",
-                    c.restart.attempts
-                );
-                std::thread::sleep(delay);
-                delay = delay
-                    .mul_f64(c.restart.backoff_multiplier.max(1.0))
-                    .min(c.restart.delay_max);
-                let own = load_latest_of(&c.storage, job_id.as_deref())?.map(Arc::new);
-                // The job's own checkpoints hold only operators it has.
-                allow_non_restored_state |= own.is_some();
-                restored = own.or(restored);
             }
         }
+    }
+}
+
+/// Whether a failure goes through the restart strategy. Creating an operator
+/// instance fails for a bad configuration (fail at once) or for a server that
+/// is down (retry): once the job has run, a failure to create one again is
+/// taken for the transient kind. Reading storage may fail for a while (a
+/// network, a server); a checkpoint that is damaged or of an unknown version
+/// stays so.
+fn restartable(error: &JobError, restarts: u32) -> bool {
+    match error {
+        JobError::TaskFailed { .. } | JobError::Checkpointing(_) => true,
+        JobError::Build(BuildError::Create { .. }) => restarts > 0,
+        JobError::Restore(flowstate_checkpoint::CheckpointError::Storage(_)) => true,
+        _ => false,
     }
 }
 
@@ -574,6 +771,7 @@ pub fn start_job(graph: JobGraph, config: &ExecutionConfig) -> Result<RunningJob
             .checkpointing
             .as_ref()
             .and_then(|c| c.savepoint_dir.clone()),
+        savepoint_policy: config.savepoint_policy.clone(),
     };
     let cancelling = Arc::clone(&control);
     let controller = Arc::new(JobController::new(
@@ -587,7 +785,19 @@ pub fn start_job(graph: JobGraph, config: &ExecutionConfig) -> Result<RunningJob
         Arc::clone(&control),
         Arc::clone(&controller),
     );
+    let cancellation_timeout = config.cancellation_timeout;
     let supervisor = spawn("flowstate-supervisor".into(), move || {
+        /// Tells `join` the supervisor ended, however it ended.
+        struct Ended(Arc<JobControl>);
+        impl Drop for Ended {
+            fn drop(&mut self) {
+                let mut ending = self.0.ending.lock().unwrap_or_else(|e| e.into_inner());
+                ending.supervisor_ended = true;
+                drop(ending);
+                self.0.changed.notify_all();
+            }
+        }
+        let _ended = Ended(Arc::clone(&supervisor_control));
         supervise(
             graph,
             config,
@@ -601,6 +811,7 @@ pub fn start_job(graph: JobGraph, config: &ExecutionConfig) -> Result<RunningJob
         control,
         controller,
         supervisor,
+        cancellation_timeout,
     })
 }
 
@@ -624,8 +835,40 @@ impl RunningJob {
         self.supervisor.is_finished()
     }
 
-    /// Waits for the job to end.
+    /// Waits for the job to end. Once it was cancelled, waits at most the
+    /// cancellation timeout ([`ExecutionConfig::cancellation_timeout`]) more:
+    /// a task blocked where it cannot see the cancel flag then makes this
+    /// return [`JobError::CancelTimeout`] naming it, and its thread is left
+    /// behind (the end of the process ends it).
     pub fn join(self) -> Result<JobReport, JobError> {
+        let mut ending = self
+            .control
+            .ending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while !ending.supervisor_ended {
+            ending = match ending.cancel_requested {
+                None => self
+                    .control
+                    .changed
+                    .wait(ending)
+                    .unwrap_or_else(|e| e.into_inner()),
+                Some(at) => {
+                    let left =
+                        (at + self.cancellation_timeout).saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        drop(ending);
+                        return Err(self.cancel_timed_out());
+                    }
+                    self.control
+                        .changed
+                        .wait_timeout(ending, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+        drop(ending);
         match self.supervisor.join() {
             Ok(result) => result,
             Err(payload) => Err(JobError::TaskFailed {
@@ -635,6 +878,26 @@ impl RunningJob {
                     message: panic_message(payload.as_ref()),
                 },
             }),
+        }
+    }
+
+    /// The error of a job that did not stop within the cancellation timeout.
+    fn cancel_timed_out(&self) -> JobError {
+        let current = self
+            .control
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut running = current.map(|s| s.still_running()).unwrap_or_default();
+        if running.is_empty() {
+            // Every worker ended: the supervisor waits for checkpoint storage
+            // (an upload, the coordinator) or between restarts.
+            running.push("the job's supervisor".to_owned());
+        }
+        JobError::CancelTimeout {
+            timeout: self.cancellation_timeout,
+            running,
         }
     }
 }

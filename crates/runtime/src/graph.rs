@@ -192,6 +192,11 @@ pub(crate) trait SourceNode: Send {
 pub(crate) trait OperatorNode: Send {
     /// The operator of one subtask, followed by `next`.
     fn wrap(&self, cx: &BuildContext<'_>, next: Option<Erased>) -> Result<Erased, BuildError>;
+
+    /// A sink that publishes its output when a checkpoint completes.
+    fn commits_on_checkpoint(&self) -> bool {
+        false
+    }
 }
 
 pub(crate) trait TwoInputNode: Send {
@@ -259,6 +264,10 @@ struct SinkNodeImpl<T> {
 }
 
 impl<T: Data> OperatorNode for SinkNodeImpl<T> {
+    fn commits_on_checkpoint(&self) -> bool {
+        self.sink.commits_on_checkpoint()
+    }
+
     fn wrap(&self, cx: &BuildContext<'_>, _next: Option<Erased>) -> Result<Erased, BuildError> {
         let writer = self
             .sink
@@ -399,6 +408,19 @@ impl JobGraph {
                     .map(|edge| (self.uid(edge.from), edge.ship_strategy))
                     .collect(),
             })
+            .collect()
+    }
+
+    /// Uids of the sinks that publish output when a checkpoint completes
+    /// (two-phase commit): a restore from an older checkpoint than the
+    /// newest completed one would publish that output again.
+    pub fn committing_sinks(&self) -> Vec<String> {
+        (0..self.nodes.len())
+            .filter(|&node| match &self.nodes[node].kind {
+                NodeKind::Operator(operator) => operator.commits_on_checkpoint(),
+                _ => false,
+            })
+            .map(|node| self.uid(node))
             .collect()
     }
 

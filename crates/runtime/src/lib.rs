@@ -19,6 +19,7 @@ pub mod control;
 pub mod error;
 pub mod executor;
 pub mod graph;
+mod lease;
 pub mod message;
 pub mod metrics;
 pub mod operator;

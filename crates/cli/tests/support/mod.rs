@@ -107,6 +107,12 @@ impl std::fmt::Display for Run {
 /// Runs `flowstate ARGS` in `cwd` (so that nothing it might write lands in the
 /// repository) and waits for it.
 pub fn flowstate(cwd: &Path, args: &[&str]) -> Run {
+    flowstate_env(cwd, args, &[])
+}
+
+/// [`flowstate`] with environment variables `env` set (and no other
+/// `FLOWSTATE_` settings of the test's own environment).
+pub fn flowstate_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let Output {
         status,
         stdout,
@@ -115,6 +121,8 @@ pub fn flowstate(cwd: &Path, args: &[&str]) -> Run {
         .args(args)
         .current_dir(cwd)
         .env_remove("FLOWSTATE_LOG")
+        .env_remove("FLOWSTATE_REST_TOKEN")
+        .envs(env.iter().copied())
         .output()
         .expect("cannot start the flowstate binary");
     Run {
@@ -222,6 +230,7 @@ pub fn start(cwd: &Path, logs: &Path, name: &str, args: &[String]) -> Process {
         .args(args)
         .current_dir(cwd)
         .env_remove("FLOWSTATE_LOG")
+        .env_remove("FLOWSTATE_REST_TOKEN")
         .stdin(Stdio::null())
         .stdout(File::create(&stdout).unwrap())
         .stderr(File::create(&stderr).unwrap())
@@ -484,19 +493,36 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> Http {
 /// [`http`], with connection and read errors returned (the process may be
 /// going away).
 pub fn try_http(addr: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Result<Http> {
+    // As a well-behaved client: JSON on everything that is not a GET.
+    let headers = if method == "GET" {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
+    try_http_with(addr, method, path, headers, body)
+}
+
+/// [`http`] with `headers` (each ending in CRLF) as the only headers besides
+/// `Host`, `Connection`, `Accept` and `Content-Length`.
+pub fn http_with(addr: &str, method: &str, path: &str, headers: &str, body: Option<&str>) -> Http {
+    try_http_with(addr, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+pub fn try_http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: Option<&str>,
+) -> std::io::Result<Http> {
     let request = format!("{method} {path}");
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n{headers}"
     );
-    let body = match body {
-        Some(body) => {
-            head.push_str("Content-Type: application/json\r\n");
-            body
-        }
-        None => "",
-    };
+    let body = body.unwrap_or("");
     if body.is_empty() && method == "GET" {
         head.push_str("\r\n");
     } else {

@@ -972,6 +972,7 @@ fn run_here(spec: &RunSpec) -> Result<RunOutcome, String> {
             job_id: None,
             restore: RestoreFrom::Nothing,
             allow_non_restored_state: false,
+            allow_fallback_duplicates: false,
             restart: RestartStrategy {
                 attempts: 10,
                 delay: Duration::from_millis(1),
