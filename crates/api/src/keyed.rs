@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use flowstate_runtime::{
-    Barrier, Operator, SnapshotKind, StateSnapshot, SubtaskInfo, TwoInputOperator, UserError,
+    Barrier, Operator, StateSnapshot, SubtaskInfo, TwoInputOperator, UserError,
 };
 use flowstate_state::{
     BackendSnapshot, KeyScope, KeyedStateBackend, SnapshotRequest, StateKey, create_keyed_backend,
@@ -86,7 +86,7 @@ fn snapshot_backend<K: StateKey>(
     // A savepoint must be readable by any backend: canonical format.
     let snapshot: BackendSnapshot = backend.snapshot(SnapshotRequest {
         checkpoint_id: barrier.id,
-        canonical: barrier.kind == SnapshotKind::Savepoint,
+        canonical: barrier.kind.is_savepoint(),
     })?;
     Ok(StateSnapshot {
         keyed: Some(snapshot),

@@ -28,8 +28,8 @@ pub use stream::{ConnectedKeyedStreams, DataStream, KeyedStream, StreamEnvironme
 pub use flowstate_connectors as connectors;
 pub use flowstate_runtime as runtime;
 pub use flowstate_runtime::{
-    Data, ExecutionConfig, JobError, JobReport, RunningJob, Sink, SinkWriter, Source, SourcePoll,
-    SourceReader, SubtaskInfo, UserError,
+    Barrier, BarrierKind, Data, ExecutionConfig, JobError, JobReport, RunningJob, Sink, SinkWriter,
+    Source, SourcePoll, SourceReader, SubtaskInfo, UserError,
 };
 pub use flowstate_state as state;
 pub use flowstate_state::{

@@ -6,16 +6,28 @@
 //! Storage failures are injected deterministically by a wrapper whose
 //! listing fails a set number of times once the job's operator has failed;
 //! nothing depends on timing.
+//!
+//! The restart strategies (issue 12, item 4) at the level of a whole job: the
+//! default forgives failures between healthy runs, `failure-rate` ends a job
+//! that fails too often, `none` ends it at once, and a cancel ends the wait
+//! for a restart. Time is never raced: a job that must look healthy sleeps
+//! longer than the strategy's threshold before it fails (the supervisor
+//! measures from before the attempt's tasks exist), and time scales are
+//! shrunk (the policy's own tests cover the real defaults with invented
+//! instants hours apart).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flowstate::connectors::SequenceSource;
 use flowstate::runtime::checkpoint::{
     CheckpointStorage, CoordinatorSettings, SharedStorage, StorageError, open_storage,
 };
-use flowstate::runtime::{CheckpointingConfig, Guarantee, RestartStrategy, RestoreFrom};
+use flowstate::runtime::restart::{DEFAULT_RESTART_ATTEMPTS, ExponentialDelay};
+use flowstate::runtime::{
+    CheckpointingConfig, Guarantee, JobError, JobStatus, RestartStrategy, RestoreFrom,
+};
 use flowstate::{ExecutionConfig, StreamEnvironment};
 
 /// Memory storage whose `list` fails while `failing_lists` is above zero.
@@ -63,12 +75,19 @@ impl CheckpointStorage for FlakyStorage {
 }
 
 fn config(storage: SharedStorage, attempts: u32) -> ExecutionConfig {
+    config_with(
+        storage,
+        RestartStrategy::fixed_delay(attempts, Duration::from_millis(1)),
+    )
+}
+
+fn config_with(storage: SharedStorage, restart: RestartStrategy) -> ExecutionConfig {
     ExecutionConfig {
         job_name: "restart-test".into(),
         checkpointing: Some(CheckpointingConfig {
             storage,
             settings: CoordinatorSettings {
-                interval: Duration::from_millis(20),
+                interval: Some(Duration::from_millis(20)),
                 ..CoordinatorSettings::default()
             },
             guarantee: Guarantee::ExactlyOnce,
@@ -76,12 +95,7 @@ fn config(storage: SharedStorage, attempts: u32) -> ExecutionConfig {
             restore: RestoreFrom::Nothing,
             allow_non_restored_state: false,
             allow_fallback_duplicates: false,
-            restart: RestartStrategy {
-                attempts,
-                delay: Duration::from_millis(1),
-                backoff_multiplier: 1.0,
-                delay_max: Duration::from_millis(1),
-            },
+            restart,
             savepoint_dir: None,
         }),
         ..ExecutionConfig::with_parallelism(2)
@@ -168,4 +182,188 @@ fn storage_errors_while_loading_for_a_restart_go_through_the_restart_strategy() 
         error.to_string().contains("connection reset by peer"),
         "{error}"
     );
+}
+
+/// An error and all its sources, as the restart's log line shows them.
+fn chain(error: &JobError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn memory(name: &str) -> SharedStorage {
+    open_storage(&format!("memory://restart-{name}-{}", std::process::id())).unwrap()
+}
+
+/// One instance of every operator: each attempt's first record is the one
+/// that fails, so attempts and failures correspond one to one.
+fn single(config: ExecutionConfig) -> ExecutionConfig {
+    ExecutionConfig {
+        parallelism: 1,
+        workers: 1,
+        ..config
+    }
+}
+
+/// A job whose map, while `failures` remain, runs healthily for `healthy`
+/// (it sleeps: the attempt has been running at least that long) and then
+/// fails, once per attempt. Returns the failures left.
+fn failing_after_healthy_runs(
+    env: &StreamEnvironment,
+    failures: u32,
+    healthy: Duration,
+) -> Arc<AtomicU32> {
+    let left = Arc::new(AtomicU32::new(failures));
+    let failing = Arc::clone(&left);
+    let source = SequenceSource::new(RECORDS, 4, |i| i).unwrap();
+    env.from_source("numbers", source)
+        .uid("numbers")
+        .map(move |x: u64| -> u64 {
+            if failing.load(Ordering::SeqCst) > 0 {
+                std::thread::sleep(healthy);
+                failing.fetch_sub(1, Ordering::SeqCst);
+                panic!("injected failure after a healthy run, at record {x}");
+            }
+            x
+        })
+        .name("Fragile")
+        .count();
+    left
+}
+
+/// Healthy running before each failure of the job-level tests; the reset
+/// threshold of their strategy equals it.
+const HEALTHY: Duration = Duration::from_millis(150);
+
+/// The default strategy's semantics (exponential delay, its attempts, reset
+/// after a healthy run) on a shrunk time scale: `HEALTHY` stands for the
+/// minute of the default threshold, a millisecond for its delays.
+fn default_strategy_scaled() -> RestartStrategy {
+    let RestartStrategy::ExponentialDelay(default) = RestartStrategy::default() else {
+        panic!("the default restart strategy is not exponential-delay");
+    };
+    RestartStrategy::ExponentialDelay(ExponentialDelay {
+        initial_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(4),
+        reset_after: HEALTHY,
+        ..default
+    })
+}
+
+/// A job that keeps failing, each time after a healthy run, keeps running
+/// under the default strategy: twice as many failures as its attempts. With
+/// old code (3 attempts over the job's whole life, never reset) the fourth
+/// failure ended the job.
+#[test]
+fn under_the_default_a_job_that_fails_after_healthy_runs_keeps_running() {
+    let failures = 2 * DEFAULT_RESTART_ATTEMPTS + 1;
+    let env = StreamEnvironment::new(single(config_with(
+        memory("healthy"),
+        default_strategy_scaled(),
+    )));
+    let left = failing_after_healthy_runs(&env, failures, HEALTHY);
+    let report = env
+        .execute()
+        .expect("a job with healthy runs between its failures keeps running");
+    assert_eq!(report.restarts, u64::from(failures));
+    assert_eq!(left.load(Ordering::SeqCst), 0);
+}
+
+/// The same failures under `fixed-delay` with the same attempts end the job:
+/// the reset is what keeps it alive.
+#[test]
+fn fixed_delay_ends_the_same_job_after_its_attempts() {
+    let attempts = DEFAULT_RESTART_ATTEMPTS;
+    let env = StreamEnvironment::new(single(config_with(
+        memory("fixed"),
+        RestartStrategy::fixed_delay(attempts, Duration::from_millis(1)),
+    )));
+    let left = failing_after_healthy_runs(&env, 2 * attempts + 1, HEALTHY);
+    let job = env.start().unwrap();
+    let metrics = Arc::clone(job.metrics());
+    let error = job.join().expect_err("fixed-delay never forgives");
+    assert!(chain(&error).contains("injected failure"), "{error}");
+    assert_eq!(metrics.restarts(), u64::from(attempts));
+    // The first failure and the attempts' failures; the rest never came.
+    assert_eq!(
+        left.load(Ordering::SeqCst),
+        2 * attempts + 1 - (attempts + 1)
+    );
+}
+
+/// `failure-rate` ends a job that fails more often than it tolerates: three
+/// failures an hour, and this job fails at every attempt.
+#[test]
+fn failure_rate_ends_a_job_that_fails_too_often() {
+    let env = StreamEnvironment::new(single(config_with(
+        memory("rate-exceeded"),
+        RestartStrategy::failure_rate(3, Duration::from_secs(3600), Duration::from_millis(1)),
+    )));
+    let left = failing_after_healthy_runs(&env, u32::MAX, Duration::ZERO);
+    let job = env.start().unwrap();
+    let (metrics, controller) = (Arc::clone(job.metrics()), Arc::clone(job.controller()));
+    let error = job
+        .join()
+        .expect_err("the fourth failure within the hour ends the job");
+    assert!(chain(&error).contains("injected failure"), "{error}");
+    assert_eq!(metrics.restarts(), 3);
+    assert_eq!(u32::MAX - left.load(Ordering::SeqCst), 4);
+    assert_eq!(controller.status(), JobStatus::Failed);
+}
+
+/// ... while failures further apart than its interval never add up: at most
+/// one per `HEALTHY / 3`, and each comes `HEALTHY` after the previous one.
+#[test]
+fn failure_rate_keeps_a_job_whose_failures_are_spread_out() {
+    let env = StreamEnvironment::new(single(config_with(
+        memory("rate-spread"),
+        RestartStrategy::failure_rate(1, HEALTHY / 3, Duration::from_millis(1)),
+    )));
+    failing_after_healthy_runs(&env, 4, HEALTHY);
+    let report = env
+        .execute()
+        .expect("one failure per interval is tolerated");
+    assert_eq!(report.restarts, 4);
+}
+
+#[test]
+fn none_ends_the_job_at_its_first_failure() {
+    let env = StreamEnvironment::new(config_with(memory("none"), RestartStrategy::None));
+    failing_once_job(&env, || {});
+    let job = env.start().unwrap();
+    let metrics = Arc::clone(job.metrics());
+    let error = job.join().expect_err("no restarts");
+    assert!(chain(&error).contains("injected failure"), "{error}");
+    assert_eq!(metrics.restarts(), 0);
+}
+
+/// A cancel during the delay before a restart ends the job at once. With
+/// old code the supervisor slept through it: `join` gave up after the
+/// cancellation timeout with `CancelTimeout` naming the supervisor.
+#[test]
+fn a_cancel_ends_the_wait_for_a_restart() {
+    let env = StreamEnvironment::new(config_with(
+        memory("cancel-delay"),
+        RestartStrategy::fixed_delay(1, Duration::from_secs(3600)),
+    ));
+    failing_once_job(&env, || {});
+    let job = env.start().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while job.controller().status() != JobStatus::Restarting {
+        assert!(
+            Instant::now() < deadline && !job.is_finished(),
+            "the job never waited for a restart"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    job.cancel();
+    match job.join() {
+        Err(JobError::Cancelled) => {}
+        other => panic!("expected the cancel to end the job: {other:?}"),
+    }
 }

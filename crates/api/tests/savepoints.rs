@@ -19,9 +19,9 @@ use flowstate::runtime::{
     CheckpointingConfig, Guarantee, JobController, JobStatus, RestartStrategy, RestoreFrom,
 };
 use flowstate::{
-    ExecutionConfig, FnResult, JobError, KeyedContext, KeyedProcessFunction, KeyedStateBackend,
-    Sink, SinkWriter, StreamEnvironment, SubtaskInfo, UserError, ValueStateDescriptor,
-    ValueStateHandle,
+    Barrier, ExecutionConfig, FnResult, JobError, KeyedContext, KeyedProcessFunction,
+    KeyedStateBackend, Sink, SinkWriter, StreamEnvironment, SubtaskInfo, UserError,
+    ValueStateDescriptor, ValueStateHandle,
 };
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -47,7 +47,7 @@ fn config(
             storage: open_storage(checkpoints).unwrap(),
             settings: CoordinatorSettings {
                 // Only savepoints: no checkpoint completes on its own.
-                interval: Duration::from_secs(3600),
+                interval: Some(Duration::from_secs(3600)),
                 ..CoordinatorSettings::default()
             },
             guarantee: Guarantee::ExactlyOnce,
@@ -55,10 +55,7 @@ fn config(
             restore,
             allow_non_restored_state,
             allow_fallback_duplicates: false,
-            restart: RestartStrategy {
-                attempts: 0,
-                ..RestartStrategy::default()
-            },
+            restart: RestartStrategy::None,
             savepoint_dir,
         }),
         ..ExecutionConfig::with_parallelism(parallelism)
@@ -117,9 +114,9 @@ impl SinkWriter<u64> for GatedWriter {
         Ok(())
     }
 
-    fn prepare_commit(&mut self, checkpoint_id: u64) -> Result<Vec<OperatorListState>, UserError> {
+    fn prepare_commit(&mut self, barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
         if *self.0.armed.lock().unwrap() {
-            self.0.entered.send(checkpoint_id).unwrap();
+            self.0.entered.send(barrier.id).unwrap();
             self.0.release.lock().unwrap().recv().unwrap();
         }
         Ok(Vec::new())
@@ -254,7 +251,7 @@ fn savepoints_need_a_target_and_checkpointing() {
     let job = env.start().unwrap();
     match job.controller().trigger_savepoint(Some("/tmp/x"), false) {
         Err(ControlError::Invalid(message)) => {
-            assert!(message.contains("--checkpoint-interval"), "{message}")
+            assert!(message.contains("checkpoint coordinator"), "{message}")
         }
         other => panic!("expected an invalid request, got {other:?}"),
     }
@@ -501,4 +498,221 @@ fn a_failed_stop_with_savepoint_resumes_the_job() {
     }
     let total: u64 = last.values().sum();
     assert_eq!(total, RECORDS, "every record counted once");
+}
+
+// ---------------------------------------------------------------------------
+// Savepoints without periodic checkpoints (`--checkpoint-interval off`).
+
+/// [`config`] without periodic checkpoints: the coordinator takes savepoints
+/// only. Restarts are asked for, to show that such a job still never restarts.
+fn config_without_checkpoints(
+    parallelism: u32,
+    checkpoints: &std::path::Path,
+    savepoint_dir: Option<String>,
+    restore: RestoreFrom,
+) -> ExecutionConfig {
+    let mut config = config(
+        parallelism,
+        checkpoints.to_str().unwrap(),
+        savepoint_dir,
+        restore,
+        false,
+    );
+    let checkpointing = config.checkpointing.as_mut().unwrap();
+    checkpointing.settings.interval = None;
+    checkpointing.restart = RestartStrategy::fixed_delay(3, Duration::from_millis(10));
+    config
+}
+
+/// `numbers -> count (keyed) -> "key,count" lines -> file sink` into `out`,
+/// the source throttled to `rate` records per second if given.
+fn build_to_files(env: &StreamEnvironment, out: &std::path::Path, rate: Option<u64>) {
+    let mut source = SequenceSource::new(RECORDS, 16, |i| i).unwrap();
+    if let Some(rate) = rate {
+        source = source.with_rate(rate).unwrap();
+    }
+    env.from_source("numbers", source)
+        .uid("numbers")
+        .key_by(|v: &u64| v % KEYS)
+        .process(Count::default())
+        .uid("count")
+        .map(|(key, count)| format!("{key},{count}"))
+        .sink_to("files", flowstate::connectors::FileSink::new(out).unwrap());
+}
+
+/// The published lines of a file sink's directory as `key -> counts`, each
+/// key's counts in the order found; in-progress (hidden) files are skipped.
+fn published_counts(out: &std::path::Path) -> BTreeMap<u64, Vec<u64>> {
+    let mut counts: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for entry in std::fs::read_dir(out).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let (key, count) = line.split_once(',').unwrap();
+            counts
+                .entry(key.parse().unwrap())
+                .or_default()
+                .push(count.parse().unwrap());
+        }
+    }
+    counts
+}
+
+/// Panics unless every key of `counts` holds exactly the counts `1..=c` once
+/// each; returns how many lines there are in all.
+fn assert_each_count_once(counts: &BTreeMap<u64, Vec<u64>>) -> u64 {
+    let mut lines = 0;
+    for (key, found) in counts {
+        let mut sorted = found.clone();
+        sorted.sort_unstable();
+        let c = sorted.len() as u64;
+        assert_eq!(
+            sorted,
+            (1..=c).collect::<Vec<_>>(),
+            "key {key}: counts are not exactly 1..{c} once each"
+        );
+        lines += c;
+    }
+    lines
+}
+
+fn is_empty_dir(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_none())
+}
+
+/// A job without periodic checkpoints takes an intermediate savepoint (which
+/// publishes nothing) and a stop-with-savepoint (which publishes everything
+/// before its barrier, once); the stop's savepoint, restored at another
+/// parallelism by a job that again takes no checkpoints, finishes the input
+/// with every record counted and published exactly once. Neither run writes
+/// anything into the checkpoint storage: no job directory, no lease, no
+/// restore pointer.
+#[test]
+fn without_periodic_checkpoints_savepoints_stop_and_restore_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, sp, out) = (
+        dir.path().join("ck"),
+        dir.path().join("sp"),
+        dir.path().join("out"),
+    );
+    let env = StreamEnvironment::new(config_without_checkpoints(
+        2,
+        &ck,
+        Some(sp.display().to_string()),
+        RestoreFrom::Nothing,
+    ));
+    build_to_files(&env, &out, Some(20_000));
+    let job = env.start().unwrap();
+    let controller = Arc::clone(job.controller());
+    running(&controller);
+    wait_for("some records", || controller.metrics().records_in() > 1000);
+
+    let request = controller.trigger_savepoint(None, false).unwrap();
+    let intermediate = completed(&controller, &request);
+    assert!(
+        std::path::Path::new(&intermediate)
+            .join("_metadata")
+            .is_file()
+    );
+    assert!(
+        published_counts(&out).is_empty(),
+        "an intermediate savepoint published output"
+    );
+    let history = controller.checkpoint_history();
+    assert_eq!((history.completed, history.failed), (1, 0));
+    assert!(
+        history
+            .entries
+            .iter()
+            .all(|e| e.kind == flowstate::runtime::checkpoint::SnapshotKind::Savepoint),
+        "only savepoints are taken: {:?}",
+        history.entries
+    );
+
+    let request = controller.trigger_savepoint(None, true).unwrap();
+    let stopped = completed(&controller, &request);
+    let report = job.join().expect("a stopped job ends well");
+    assert_eq!(
+        report.stopped_with_savepoint.as_deref(),
+        Some(stopped.as_str())
+    );
+    assert_eq!(report.restarts, 0);
+    assert!(
+        report
+            .checkpoints
+            .iter()
+            .all(|c| c.kind == flowstate::runtime::checkpoint::SnapshotKind::Savepoint)
+    );
+    assert_eq!(controller.status(), JobStatus::Finished);
+    let first = published_counts(&out);
+    let published = assert_each_count_once(&first);
+    assert!(
+        published > 0,
+        "the stop published the output before its barrier"
+    );
+    assert!(is_empty_dir(&ck), "the checkpoint storage was written to");
+
+    // Restored at parallelism 3, again without checkpoints, into the same
+    // output directory.
+    let env = StreamEnvironment::new(config_without_checkpoints(
+        3,
+        &ck,
+        None,
+        RestoreFrom::Location(stopped),
+    ));
+    build_to_files(&env, &out, None);
+    let report = env.execute().expect("the restored job runs to its end");
+    assert_eq!(report.restarts, 0);
+    assert!(report.checkpoints.is_empty(), "{:?}", report.checkpoints);
+    let all = published_counts(&out);
+    assert_eq!(assert_each_count_once(&all), RECORDS, "every record once");
+    for key in 0..KEYS {
+        let expected = (0..RECORDS).filter(|i| i % KEYS == key).count();
+        assert_eq!(all.get(&key).map_or(0, Vec::len), expected, "key {key}");
+    }
+    assert!(is_empty_dir(&ck), "the checkpoint storage was written to");
+}
+
+/// Without periodic checkpoints there is no latest checkpoint to resume:
+/// refused before the job starts. And a failure is not restarted (there is no
+/// checkpoint to go back to), however many restarts are allowed.
+#[test]
+fn without_periodic_checkpoints_latest_is_refused_and_failures_do_not_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let env = StreamEnvironment::new(config_without_checkpoints(
+        1,
+        &ck,
+        None,
+        RestoreFrom::Latest,
+    ));
+    build(&env, false);
+    let error = env.execute().expect_err("latest needs checkpoints");
+    let message = error.to_string();
+    assert!(
+        message.contains("latest checkpoint needs periodic checkpoints"),
+        "{message}"
+    );
+
+    let env = StreamEnvironment::new(config_without_checkpoints(
+        1,
+        &ck,
+        None,
+        RestoreFrom::Nothing,
+    ));
+    env.from_source("numbers", SequenceSource::new(RECORDS, 4, |i| i).unwrap())
+        .map(|v: u64| {
+            assert!(v != RECORDS / 2, "boom at {v}");
+            v
+        })
+        .count();
+    let job = env.start().unwrap();
+    let metrics = Arc::clone(job.metrics());
+    let error = job.join().expect_err("the failure ends the job");
+    assert!(matches!(error, JobError::TaskFailed { .. }), "{error}");
+    assert_eq!(metrics.restarts(), 0, "no restart without checkpoints");
+    assert!(is_empty_dir(&ck), "the checkpoint storage was written to");
 }

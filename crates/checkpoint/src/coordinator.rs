@@ -12,6 +12,13 @@
 //! shared files (the user owns them), and a failed savepoint does not count
 //! towards the tolerated checkpoint failures.
 //!
+//! Periodic checkpoints are optional ([`CoordinatorSettings::interval`]
+//! `None`): such a coordinator takes savepoints on request and nothing else. It
+//! never triggers a checkpoint (periodic or final) and never reads, writes or
+//! deletes anything in the checkpoint storage, not even to adopt what earlier
+//! runs of the job left there: a job without checkpoints owns no directory in
+//! it (and holds no lease on one).
+//!
 //! It also owns the lifetime of shared native files (`<job>/shared/`, written
 //! by incremental checkpoints and referenced by later ones): it counts their
 //! references across the retained checkpoints and deletes a file only when no
@@ -40,8 +47,9 @@ pub const DEFAULT_TOLERABLE_FAILURES: u32 = 3;
 /// How checkpoints are taken.
 #[derive(Debug, Clone)]
 pub struct CoordinatorSettings {
-    /// Time between the start of consecutive checkpoints.
-    pub interval: Duration,
+    /// Time between the start of consecutive checkpoints; `None`: no
+    /// checkpoints at all, only savepoints on request (see the module docs).
+    pub interval: Option<Duration>,
     /// A checkpoint not complete after this long is aborted.
     pub timeout: Duration,
     /// Least time between the end of one checkpoint and the start of the next.
@@ -54,10 +62,18 @@ pub struct CoordinatorSettings {
     pub retain: usize,
 }
 
+impl CoordinatorSettings {
+    /// Whether checkpoints are taken (periodically, and the final one of a
+    /// bounded job); without, only savepoints are.
+    pub fn periodic(&self) -> bool {
+        self.interval.is_some()
+    }
+}
+
 impl Default for CoordinatorSettings {
     fn default() -> Self {
         Self {
-            interval: DEFAULT_INTERVAL,
+            interval: Some(DEFAULT_INTERVAL),
             timeout: DEFAULT_TIMEOUT,
             min_pause: Duration::ZERO,
             max_concurrent: 1,
@@ -176,6 +192,7 @@ impl Coordinator {
     /// including deleting shared files no retained checkpoint references; it
     /// must therefore happen while no upload of an earlier run of this job is
     /// still writing (the runtime joins its uploaders between attempts).
+    /// Without periodic checkpoints it adopts nothing and touches no storage.
     pub fn new(
         storage: SharedStorage,
         job_id: &str,
@@ -232,7 +249,11 @@ impl Coordinator {
             shared: SharedRegistry::default(),
             aborted_savepoints: VecDeque::new(),
         };
-        coordinator.adopt_existing(damaged);
+        // A coordinator that takes no checkpoints has nothing to adopt, and
+        // its job holds no lease on the directory: it must not delete there.
+        if coordinator.settings.periodic() {
+            coordinator.adopt_existing(damaged);
+        }
         coordinator
     }
 
@@ -459,14 +480,22 @@ impl Coordinator {
         self.pending.len()
     }
 
-    /// When the next periodic checkpoint is due (`None` if one must finish first).
+    /// Whether checkpoints are taken at all ([`CoordinatorSettings::periodic`]).
+    pub fn is_periodic(&self) -> bool {
+        self.settings.periodic()
+    }
+
+    /// When the next periodic checkpoint is due (`None` if one must finish
+    /// first, or if there are no periodic checkpoints).
     pub fn next_trigger_at(&self, now: Instant) -> Option<Instant> {
+        let interval = self.settings.interval?;
         if self.pending.len() >= self.settings.max_concurrent {
             return None;
         }
         let by_interval = self
             .last_trigger
-            .map_or(now, |t| t + self.settings.interval);
+            // An interval too long to add is one that never comes.
+            .map_or(Some(now), |t| t.checked_add(interval))?;
         let by_pause = self
             .last_finished
             .map_or(now, |t| t + self.settings.min_pause);
@@ -474,8 +503,13 @@ impl Coordinator {
     }
 
     /// Starts checkpoint n now, regardless of the interval (the final checkpoint
-    /// of a bounded job, or a savepoint). `None` while too many are in flight.
+    /// of a bounded job), into the checkpoint storage. `None` while too many
+    /// are in flight, and always without periodic checkpoints (nothing may be
+    /// written to the checkpoint storage then).
     pub fn trigger_now(&mut self, kind: SnapshotKind, now: Instant) -> Option<CoordinatorAction> {
+        if !self.settings.periodic() {
+            return None;
+        }
         self.start(kind, None, now)
     }
 

@@ -171,7 +171,7 @@ fn ack(id: CheckpointId, task: usize, snapshot: SubtaskSnapshot) -> TaskAck {
 
 fn settings(retain: usize, tolerable_failures: u32, max_concurrent: usize) -> CoordinatorSettings {
     CoordinatorSettings {
-        interval: INTERVAL,
+        interval: Some(INTERVAL),
         timeout: TIMEOUT,
         min_pause: Duration::ZERO,
         max_concurrent,
@@ -1467,4 +1467,75 @@ fn load_latest_follows_a_restore_pointer_until_the_job_has_a_checkpoint() {
         (first, "job-b")
     );
     assert_eq!(loaded.metadata.kind, SnapshotKind::Checkpoint);
+}
+
+/// Without periodic checkpoints (`--checkpoint-interval off`) the coordinator
+/// takes savepoints on request and nothing else: no tick ever triggers a
+/// checkpoint, nor does `trigger_now`, and the checkpoint storage is neither
+/// written nor cleaned (what an earlier run left there stays: this job holds
+/// no lease on it).
+#[test]
+fn without_periodic_checkpoints_only_savepoints_are_taken_and_checkpoint_storage_is_untouched() {
+    let inner = unique_memory();
+    // Left by an earlier run of the job: an incomplete checkpoint and a
+    // shared file no checkpoint references, both deleted by a periodic
+    // coordinator's adoption.
+    let leftovers = ["job-off/chk-5/count-0.keyed", "job-off/shared/x-0/5-y"];
+    for path in leftovers {
+        inner.put(path, b"left".to_vec()).unwrap();
+    }
+    let off = CoordinatorSettings {
+        interval: None,
+        ..settings(1, 3, 1)
+    };
+    assert!(!off.periodic());
+    let mut h = Harness::on(inner, "job-off", off, 2, Some(7));
+    assert!(!h.coordinator.is_periodic());
+
+    for _ in 0..3 {
+        let now = h.advance(Duration::from_secs(24 * 3600));
+        assert_eq!(h.coordinator.next_trigger_at(now), None);
+        assert!(h.coordinator.tick(now).is_empty());
+        assert_eq!(
+            h.coordinator.trigger_now(SnapshotKind::Checkpoint, now),
+            None
+        );
+    }
+
+    // A savepoint still works, with an id after the restored one.
+    let target = unique_memory();
+    let id = h.savepoint(&target);
+    assert_eq!(id, 8, "ids continue after the restored snapshot");
+    let now = h.advance(Duration::from_millis(1));
+    assert!(
+        h.coordinator.tick(now).is_empty(),
+        "nothing else starts while it is in flight"
+    );
+    assert!(h.ack_savepoint(&target, id, 0).is_empty());
+    assert_eq!(
+        h.ack_savepoint(&target, id, 1),
+        vec![CoordinatorAction::Complete { id }]
+    );
+    assert!(
+        target
+            .get(flowstate_checkpoint::layout::METADATA_FILE)
+            .is_ok()
+    );
+    // A second one, after it.
+    let second_target = unique_memory();
+    let second = h.savepoint(&second_target);
+    assert!(second > id);
+
+    assert_eq!(
+        h.recording.log(),
+        Vec::new(),
+        "nothing written to or deleted from checkpoint storage"
+    );
+    assert_eq!(
+        h.all_files(),
+        leftovers
+            .iter()
+            .map(|p| (*p).to_owned())
+            .collect::<BTreeSet<_>>()
+    );
 }

@@ -56,7 +56,7 @@ fn local_tempdir() -> tempfile::TempDir {
 
 fn settings(retain: usize) -> CoordinatorSettings {
     CoordinatorSettings {
-        interval: Duration::from_secs(1),
+        interval: Some(Duration::from_secs(1)),
         timeout: TIMEOUT,
         min_pause: Duration::ZERO,
         max_concurrent: 1,

@@ -26,6 +26,13 @@ pub struct KafkaCountArgs {
     /// instead of failing the job.
     #[arg(long)]
     skip_malformed: bool,
+    /// Commit the offsets of every completed checkpoint to this Kafka consumer
+    /// group, so that Kafka's tools (`kafka-consumer-groups.sh --describe`)
+    /// show the job's position and lag. Monitoring only: recovery uses the
+    /// offsets in the checkpoint, never the group's. Without checkpoints
+    /// nothing is committed.
+    #[arg(long)]
+    group_id: Option<String>,
     /// Write `key,count,sum` updates into part files in this directory.
     #[arg(long, conflicts_with = "output_table")]
     output: Option<PathBuf>,
@@ -88,6 +95,7 @@ pub fn build_kafka_count(env: &StreamEnvironment, args: &KafkaCountArgs) -> Resu
         topic: args.topic.clone(),
         records: args.records,
         skip_malformed: args.skip_malformed,
+        group_id: args.group_id.clone(),
         output,
     };
     let job = build(env, &params)?;

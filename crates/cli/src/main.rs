@@ -7,6 +7,7 @@
 mod kafka;
 mod progress;
 mod remote;
+mod restart;
 mod service;
 mod tools;
 
@@ -19,7 +20,7 @@ use clap::{Args, Parser, Subcommand};
 use std::time::Duration;
 
 use flowstate::runtime::checkpoint::{CoordinatorSettings, LeaseSettings, open_storage};
-use flowstate::runtime::{CheckpointingConfig, Guarantee, RestartStrategy, RestoreFrom};
+use flowstate::runtime::{CheckpointingConfig, Guarantee, RestoreFrom};
 use flowstate::{ExecutionConfig, StreamEnvironment};
 use flowstate_jobs::{keyed_count, wordcount};
 
@@ -118,7 +119,8 @@ pub(crate) struct RuntimeArgs {
     /// Number of key groups: the most instances state can be rescaled to.
     #[arg(long, default_value_t = flowstate::state::DEFAULT_MAX_PARALLELISM)]
     max_parallelism: u32,
-    /// Time between checkpoints (`500ms`, `1s`, `2m`), or `off`.
+    /// Time between checkpoints (`500ms`, `1s`, `2m`), or `off`: no checkpoints
+    /// and no restarts, but savepoints and --restore of a named one still work.
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     checkpoint_interval: Interval,
     /// Where checkpoints go: a path, `file:///path`, `s3://bucket/prefix` or
@@ -174,12 +176,8 @@ pub(crate) struct RuntimeArgs {
     rest: String,
     #[command(flatten)]
     api: service::RestArgs,
-    /// Restarts from the latest checkpoint after a failure, before giving up.
-    #[arg(long, default_value_t = 3)]
-    restart_attempts: u32,
-    /// Delay before the first restart; doubles with each further one (up to 10s).
-    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
-    restart_delay: Duration,
+    #[command(flatten)]
+    restart: restart::RestartArgs,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -299,6 +297,11 @@ const STOP_ANSWER_WAIT_MAX: Duration = Duration::from_secs(3);
 /// Where the HTTP API listens unless `--rest` says otherwise.
 const DEFAULT_REST: &str = "127.0.0.1:8081";
 
+/// The checkpoint storage of a job run with `--checkpoint-interval off` that
+/// restores nothing from `--checkpoint-dir`: such a job writes nothing to its
+/// checkpoint storage, so it gets one in memory rather than a directory.
+const UNUSED_CHECKPOINT_STORAGE: &str = "memory://flowstate-no-checkpoints";
+
 /// What `--restore X` names: a checkpoint relative to `--checkpoint-dir` (also
 /// given as a local path inside it), or a savepoint or checkpoint anywhere
 /// else (a local path or a URL).
@@ -359,58 +362,63 @@ impl RuntimeArgs {
             ..ExecutionConfig::with_parallelism(parallelism)
         };
         config.validate()?;
-        config.checkpointing = match self.checkpoint_interval {
-            Interval::Off => {
-                if self.restore.is_some() {
-                    bail!(
-                        "--restore needs checkpoints: it cannot be used with --checkpoint-interval off"
-                    );
-                }
-                None
-            }
-            Interval::Every(interval) => {
-                let dir = match &self.checkpoint_dir {
-                    Some(dir) => dir.clone(),
-                    None => std::env::temp_dir()
-                        .join("flowstate")
-                        .join("checkpoints")
-                        .join(job)
-                        .display()
-                        .to_string(),
-                };
-                let storage =
-                    open_storage(&dir).with_context(|| format!("--checkpoint-dir {dir}"))?;
-                Some(CheckpointingConfig {
-                    storage,
-                    settings: CoordinatorSettings {
-                        interval,
-                        timeout: self.checkpoint_timeout,
-                        min_pause: self.min_pause,
-                        max_concurrent: 1,
-                        tolerable_failures: self.tolerable_failures,
-                        retain: self.retain as usize,
-                    },
-                    guarantee: match self.mode {
-                        Mode::ExactlyOnce => Guarantee::ExactlyOnce,
-                        Mode::AtLeastOnce => Guarantee::AtLeastOnce,
-                    },
-                    job_id: None,
-                    restore: match self.restore.as_deref() {
-                        None => RestoreFrom::Nothing,
-                        Some(given) => restore_from(given, &dir)?,
-                    },
-                    allow_non_restored_state: self.allow_non_restored_state,
-                    allow_fallback_duplicates: self.allow_fallback_duplicates,
-                    savepoint_dir: self.savepoint_dir.clone(),
-                    restart: RestartStrategy {
-                        attempts: self.restart_attempts,
-                        delay: self.restart_delay,
-                        backoff_multiplier: 2.0,
-                        delay_max: Duration::from_secs(10),
-                    },
-                })
-            }
+        // `off` means no periodic (and no final) checkpoints, not no
+        // coordinator: savepoints, stop-with-savepoint and restores still work.
+        let interval = match self.checkpoint_interval {
+            Interval::Off => None,
+            Interval::Every(every) => Some(every),
         };
+        if interval.is_none() && self.restore.as_deref() == Some("latest") {
+            bail!(
+                "--restore latest resumes a job from its latest checkpoint, and a job run with \
+                 --checkpoint-interval off has none (it keeps no directory under \
+                 --checkpoint-dir): name the savepoint or checkpoint to restore (--restore DIR), \
+                 or give a --checkpoint-interval"
+            );
+        }
+        let dir = match &self.checkpoint_dir {
+            Some(dir) => dir.clone(),
+            None => std::env::temp_dir()
+                .join("flowstate")
+                .join("checkpoints")
+                .join(job)
+                .display()
+                .to_string(),
+        };
+        let restore = match self.restore.as_deref() {
+            None => RestoreFrom::Nothing,
+            Some(given) => restore_from(given, &dir)?,
+        };
+        // Without checkpoints nothing is ever written to the checkpoint
+        // storage, and opening a local directory creates it: it is opened only
+        // to read a checkpoint named relative to it.
+        let storage = if interval.is_some() || matches!(restore, RestoreFrom::Path(_)) {
+            open_storage(&dir).with_context(|| format!("--checkpoint-dir {dir}"))?
+        } else {
+            open_storage(UNUSED_CHECKPOINT_STORAGE)
+                .with_context(|| format!("opening {UNUSED_CHECKPOINT_STORAGE}"))?
+        };
+        config.checkpointing = Some(CheckpointingConfig {
+            storage,
+            settings: CoordinatorSettings {
+                interval,
+                timeout: self.checkpoint_timeout,
+                min_pause: self.min_pause,
+                max_concurrent: 1,
+                tolerable_failures: self.tolerable_failures,
+                retain: self.retain as usize,
+            },
+            guarantee: match self.mode {
+                Mode::ExactlyOnce => Guarantee::ExactlyOnce,
+                Mode::AtLeastOnce => Guarantee::AtLeastOnce,
+            },
+            job_id: None,
+            restore,
+            allow_non_restored_state: self.allow_non_restored_state,
+            allow_fallback_duplicates: self.allow_fallback_duplicates,
+            savepoint_dir: self.savepoint_dir.clone(),
+            restart: self.restart.strategy()?,
+        });
         Ok(config)
     }
 }

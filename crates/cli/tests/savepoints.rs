@@ -1580,3 +1580,180 @@ fn restore_latest_after_a_resumed_run_died_before_its_first_checkpoint() {
         "run 3 should resume from the savepoint {savepoint_name}: {run3}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Savepoints without periodic checkpoints.
+
+/// `--checkpoint-interval off` means no checkpoints, not no savepoints: a
+/// served keyed-count run (p2) takes a savepoint with `flowstate savepoint`
+/// into its `--savepoint-dir` (publishing nothing), then is stopped with
+/// `flowstate stop --savepoint` (publishing, once, what came before the
+/// barrier). Each savepoint, restored with `--checkpoint-interval off` at
+/// another parallelism (the intermediate one into a copy of the output
+/// directory as it was when it was taken), finishes with W's RESULT line and
+/// exactly-once output. No run creates its checkpoint directory.
+#[test]
+fn without_periodic_checkpoints_savepoints_stop_and_restore() {
+    const RECORDS: u64 = 2_000_000;
+    const KEYS: u64 = 1_000_000;
+    let _turn = one_at_a_time();
+    let started = Instant::now();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let (out, logs, target, ck) = (
+        root.join("out"),
+        root.join("logs"),
+        root.join("savepoints"),
+        root.join("ck"),
+    );
+    let expected = expected_keyed_count_result(RECORDS, KEYS);
+    let first = keyed_count(
+        RECORDS,
+        KEYS,
+        2,
+        &[
+            "--checkpoint-interval",
+            "off",
+            "--checkpoint-dir",
+            arg(&ck),
+            "--output",
+            arg(&out),
+            "--rate",
+            "300000",
+            "--savepoint-dir",
+            arg(&target),
+        ],
+    );
+    let mut job = start_served(root, &logs, "run-1", &first);
+    let records_in = job.wait_for_records(RECORDS / 4);
+
+    // No --target: the job's --savepoint-dir.
+    let savepoint = flowstate(root, &["savepoint", &job.job, "--rest", &job.addr]);
+    savepoint.assert_success();
+    let intermediate = completed_location(&savepoint);
+    assert_in_target(&intermediate, &target);
+    assert_keyed_files(&intermediate, "count-and-sum", 2);
+    assert!(
+        visible_entries(&out).is_empty(),
+        "an intermediate savepoint published output: {:?}",
+        visible_entries(&out)
+    );
+    // The output directory as the intermediate savepoint left it (with what
+    // was written after it, which a restore from it deletes).
+    let copy = root.join("out-intermediate");
+    copy_dir(&out, &copy);
+
+    let stop = flowstate(
+        root,
+        &[
+            "stop",
+            &job.job,
+            "--savepoint",
+            arg(&target),
+            "--rest",
+            &job.addr,
+        ],
+    );
+    stop.assert_success();
+    let stopped = completed_location(&stop);
+    assert_in_target(&stopped, &target);
+    let run1 = job.process.wait();
+    run1.assert_success();
+    let (records1, keys1, checksum1) = parse_result(run1.result_line());
+    assert!(
+        (records_in..RECORDS).contains(&records1),
+        "the stopped run processed {records1} records; {records_in} were in before the stop, \
+         and the throttled run cannot have finished"
+    );
+    let lines1 = visible_lines(&out);
+    assert_eq!(
+        lines1.len() as u64,
+        records1,
+        "stop-with-savepoint publishes every update before its barrier, once"
+    );
+    let committed = check_partial_output(&lines1, RECORDS, KEYS);
+    assert_eq!(committed.len() as u64, keys1, "keys of run 1");
+    assert_eq!(checksum_of(&committed), checksum1, "checksum of run 1");
+    assert!(
+        !ck.exists(),
+        "a run without checkpoints created its checkpoint directory"
+    );
+    eprintln!(
+        "[off] savepoint and stop after {records_in} records in; run 1: {} ({:.1}s)",
+        run1.result_line(),
+        started.elapsed().as_secs_f64()
+    );
+
+    for (savepoint, dir, parallelism) in [(&stopped, &out, 3u32), (&intermediate, &copy, 1)] {
+        let ck_restore = root.join(format!("ck-p{parallelism}"));
+        let args = keyed_count(
+            RECORDS,
+            KEYS,
+            parallelism,
+            &[
+                "--checkpoint-interval",
+                "off",
+                "--checkpoint-dir",
+                arg(&ck_restore),
+                "--output",
+                arg(dir),
+                "--restore",
+                arg(savepoint),
+                "--rest",
+                "off",
+            ],
+        );
+        let run = run_args(root, &args);
+        run.assert_success();
+        assert_eq!(
+            run.result_line(),
+            expected,
+            "restore at p{parallelism}: {run}"
+        );
+        check_keyed_count_output(&committed_lines(dir), RECORDS, KEYS);
+        assert!(
+            !ck_restore.exists(),
+            "a restored run without checkpoints created its checkpoint directory"
+        );
+        eprintln!(
+            "[off] {} restored at p{parallelism}: right ({:.1}s)",
+            savepoint.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// `--restore latest` resumes from the latest checkpoint, which a run with
+/// `--checkpoint-interval off` never has: refused, saying what to do instead.
+#[test]
+fn restore_latest_without_periodic_checkpoints_is_refused() {
+    let tmp = tempdir();
+    let root = tmp.path();
+    let ck = root.join("ck");
+    let args = keyed_count(
+        1_000,
+        10,
+        1,
+        &[
+            "--checkpoint-interval",
+            "off",
+            "--checkpoint-dir",
+            arg(&ck),
+            "--restore",
+            "latest",
+            "--rest",
+            "off",
+        ],
+    );
+    let run = run_args(root, &args);
+    run.assert_failure();
+    let error = run.single_error_line();
+    assert!(
+        error.contains("--restore latest") && error.contains("--restore DIR"),
+        "{run}"
+    );
+    assert!(
+        !ck.exists(),
+        "the refused run created its checkpoint directory"
+    );
+}

@@ -33,7 +33,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use flowstate_runtime::checkpoint::OperatorListState;
 use flowstate_runtime::{
-    Data, Sink, SinkWriter, Source, SourcePoll, SourceReader, SubtaskInfo, UserError,
+    Barrier, Data, Sink, SinkWriter, Source, SourcePoll, SourceReader, SubtaskInfo, UserError,
 };
 use flowstate_state::RedistributionMode;
 
@@ -536,7 +536,7 @@ impl SourceReader<String> for TextLinesReader {
         Ok(SourcePoll::Ready)
     }
 
-    fn snapshot(&mut self) -> Result<Vec<OperatorListState>, UserError> {
+    fn snapshot(&mut self, _barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
         if self.legacy {
             return list_state::encode(
                 FILE_POSITIONS_STATE,
@@ -870,10 +870,13 @@ impl<T: Data + Display> SinkWriter<T> for FileWriter {
         Ok(())
     }
 
-    fn prepare_commit(&mut self, checkpoint_id: u64) -> Result<Vec<OperatorListState>, UserError> {
+    fn prepare_commit(&mut self, barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
+        // Any kind of barrier closes the part: a savepoint must hold every
+        // record before its barrier. A savepoint's files stay pending until a
+        // later checkpoint (or the stop-with-savepoint itself) completes.
         self.close_part()?;
         for file in &mut self.pending {
-            file.checkpoint = file.checkpoint.min(checkpoint_id);
+            file.checkpoint = file.checkpoint.min(barrier.id);
         }
         list_state::encode(PENDING_STATE, RedistributionMode::Union, &self.pending)
     }
@@ -977,7 +980,7 @@ mod tests {
         let mut reader = source.create_reader(&info()).unwrap();
         let mut seen = Vec::new();
         reader.poll(&mut seen, 4, Instant::now()).unwrap();
-        let state = reader.snapshot().unwrap();
+        let state = reader.snapshot(Barrier::checkpoint(1)).unwrap();
         reader.poll(&mut seen, 4, Instant::now()).unwrap(); // read after the snapshot: replayed below
         let mut subtask = info();
         subtask.restored = Some(std::sync::Arc::new(flowstate_runtime::RestoredState {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowstate_runtime::checkpoint::OperatorListState;
-use flowstate_runtime::{Data, Source, SourcePoll, SourceReader, SubtaskInfo, UserError};
+use flowstate_runtime::{Barrier, Data, Source, SourcePoll, SourceReader, SubtaskInfo, UserError};
 use flowstate_state::RedistributionMode;
 
 use crate::{ConnectorError, list_state};
@@ -147,7 +147,7 @@ impl<T: Data> SourceReader<T> for SequenceReader<T> {
         Ok(SourcePoll::Ready)
     }
 
-    fn snapshot(&mut self) -> Result<Vec<OperatorListState>, UserError> {
+    fn snapshot(&mut self, _barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
         list_state::encode(SPLITS_STATE, RedistributionMode::Split, &self.splits)
     }
 }
@@ -193,7 +193,7 @@ mod tests {
             for _ in 0..3 {
                 reader.poll(&mut seen, 100, Instant::now()).unwrap();
             }
-            lists.extend(reader.snapshot().unwrap());
+            lists.extend(reader.snapshot(Barrier::checkpoint(1)).unwrap());
         }
         // Restore at parallelism 3: the split positions dealt out round-robin.
         let elements: Vec<Vec<u8>> = lists.into_iter().flat_map(|l| l.elements).collect();

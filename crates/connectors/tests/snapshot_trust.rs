@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use flowstate_connectors::{FileSink, TextLinesSource};
 use flowstate_runtime::checkpoint::OperatorListState;
 use flowstate_runtime::checkpoint::restore::deal_operator_lists;
-use flowstate_runtime::{RestoredState, Sink, Source, SourcePoll, SourceReader, SubtaskInfo};
+use flowstate_runtime::{
+    Barrier, RestoredState, Sink, Source, SourcePoll, SourceReader, SubtaskInfo,
+};
 use flowstate_state::RedistributionMode;
 use serde_json::json;
 
@@ -210,7 +212,7 @@ fn the_sinks_own_pending_files_still_restore() {
     let sink = FileSink::new(&out).unwrap();
     let mut writer = Sink::<u32>::create_writer(&sink, &subtask(0, 1, None)).unwrap();
     writer.write_batch(&mut vec![1, 2, 3]).unwrap();
-    let state = writer.prepare_commit(1).unwrap();
+    let state = writer.prepare_commit(Barrier::checkpoint(1)).unwrap();
     drop(writer);
     // A crash before the commit: the restore publishes what checkpoint 1 recorded.
     let again = FileSink::new(&out).unwrap();
@@ -245,7 +247,11 @@ fn run(
             .create_reader(&subtask(index, parallelism, lists))
             .map_err(|e| e.to_string())?;
         drain(reader.as_mut(), &mut out)?;
-        snapshots.push(reader.snapshot().map_err(|e| e.to_string())?);
+        snapshots.push(
+            reader
+                .snapshot(Barrier::checkpoint(1))
+                .map_err(|e| e.to_string())?,
+        );
     }
     Ok((out, snapshots))
 }
@@ -270,7 +276,7 @@ fn partial(
             }
         }
         out.extend(taken);
-        snapshots.push(reader.snapshot().unwrap());
+        snapshots.push(reader.snapshot(Barrier::checkpoint(1)).unwrap());
     }
     (out, snapshots)
 }

@@ -11,6 +11,10 @@
 //! the restored offsets are dropped (`reread_on_resume`): tansu 0.6 answers a
 //! fetch inside a record batch with nothing, which would otherwise stall or
 //! skip the rest of the batch.
+//!
+//! With a consumer group (`group_id`), the offsets of every completed
+//! checkpoint are committed to it, so Kafka's tools show the job's lag; they
+//! are never read back (recovery uses the checkpoint's offsets).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -54,6 +58,9 @@ pub struct KafkaCountParams {
     /// Skip (and count) records whose key or value is not a decimal number,
     /// instead of failing the job.
     pub skip_malformed: bool,
+    /// Commit the offsets of every completed checkpoint to this consumer
+    /// group (monitoring only); `None` commits nothing.
+    pub group_id: Option<String>,
     pub output: KafkaCountOutput,
 }
 
@@ -125,6 +132,9 @@ pub fn build(
     // stored offset dropped: correct on any broker, and needed on
     // tansu, which cannot start a fetch inside a record batch.
     .reread_on_resume(true);
+    if let Some(group) = &params.group_id {
+        source = source.group_id(group.clone())?;
+    }
     if let Some(records) = params.records {
         let partitions =
             topic_partitions(ClientSettings::new(params.brokers.clone()), &params.topic)?;

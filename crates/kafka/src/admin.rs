@@ -5,17 +5,67 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::client::ClientSettings;
 use crate::error::KafkaError;
 use crate::sink::{flush_checked, idempotent_producer, send_blocking};
 use crate::source::TopicPartition;
+
+/// The offsets consumer group `group` has committed for every partition of
+/// `topic` (the next offset to read; `None`: nothing committed), as lag tools
+/// see them. Blocks for at most `settings.request_timeout` per request: for
+/// tests and tools, never called by a running job.
+pub fn committed_offsets(
+    settings: impl Into<ClientSettings>,
+    group: &str,
+    topic: &str,
+) -> Result<BTreeMap<i32, Option<i64>>, KafkaError> {
+    let settings = &settings.into();
+    let failed = |reason: String| KafkaError::GroupOffsets {
+        brokers: settings.brokers.clone(),
+        group: group.to_owned(),
+        topic: topic.to_owned(),
+        reason,
+    };
+    let mut config = settings.base_config();
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("allow.auto.create.topics", "false");
+    settings.apply_overrides(&mut config);
+    let consumer: BaseConsumer = config.create().map_err(|e| KafkaError::Client {
+        brokers: settings.brokers.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut list = TopicPartitionList::new();
+    for partition in partitions_with(&consumer, settings, topic)? {
+        list.add_partition(topic, partition);
+    }
+    let committed = consumer
+        .committed_offsets(list, settings.request_timeout)
+        .map_err(|e| failed(e.to_string()))?;
+    let mut offsets = BTreeMap::new();
+    for element in committed.elements() {
+        if let Some(error) = element.error().err() {
+            return Err(failed(format!(
+                "partition {}: {error}",
+                element.partition()
+            )));
+        }
+        let offset = match element.offset() {
+            Offset::Offset(n) => Some(n),
+            _ => None,
+        };
+        offsets.insert(element.partition(), offset);
+    }
+    Ok(offsets)
+}
 
 /// The sorted partition ids of `topic`, or a clear error: unreachable brokers
 /// (bounded by `settings.request_timeout`) or a missing topic.
@@ -34,8 +84,8 @@ pub fn topic_partitions(
     partitions_with(&consumer, settings, topic)
 }
 
-pub(crate) fn partitions_with(
-    consumer: &BaseConsumer,
+pub(crate) fn partitions_with<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     settings: &ClientSettings,
     topic: &str,
 ) -> Result<Vec<i32>, KafkaError> {

@@ -76,6 +76,15 @@ pub enum KafkaError {
         failed: u64,
         first: String,
     },
+    #[error(
+        "cannot fetch the offsets committed to consumer group '{group}' for topic '{topic}' from brokers '{brokers}': {reason}"
+    )]
+    GroupOffsets {
+        brokers: String,
+        group: String,
+        topic: String,
+        reason: String,
+    },
     #[error("cannot create topic '{topic}' on brokers '{brokers}': {reason}")]
     CreateTopic {
         brokers: String,

@@ -15,10 +15,12 @@
 //!   brokers, topic, partition and offset concerned.
 //! - `client`: the librdkafka settings shared by every client (timeouts,
 //!   bootstrap servers, user overrides); no I/O of its own.
-//! - `source`: the source, its readers, the offsets' list state and the
-//!   partition-to-instance rule.
+//! - `source`: the source, its readers, the offsets' list state, the
+//!   partition-to-instance rule and the commits of completed checkpoints'
+//!   offsets to a consumer group (monitoring only).
 //! - `sink`: the sink and its writers.
-//! - `admin`: topic creation, partition lookup and the workload producer.
+//! - `admin`: topic creation, partition lookup, a consumer group's committed
+//!   offsets and the workload producer.
 
 mod admin;
 mod client;
@@ -27,12 +29,13 @@ pub mod sink;
 pub mod source;
 
 pub use admin::{
-    consume_all, create_topic, produce_workload, topic_partitions, workload_end_offsets,
+    committed_offsets, consume_all, create_topic, produce_workload, topic_partitions,
+    workload_end_offsets,
 };
 pub use client::ClientSettings;
 pub use error::KafkaError;
 pub use sink::{KafkaSink, Serializer};
 pub use source::{
-    Deserializer, ErrorPolicy, KafkaSource, OFFSETS_STATE, PartitionOffset, RawRecord, StartFrom,
-    StopAt, TopicPartition, partition_owner,
+    Deserializer, ErrorPolicy, GROUP_COMMITS_PENDING_MAX, KafkaSource, OFFSETS_STATE,
+    PartitionOffset, RawRecord, StartFrom, StopAt, TopicPartition, partition_owner,
 };

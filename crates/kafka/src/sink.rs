@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flowstate_runtime::checkpoint::OperatorListState;
-use flowstate_runtime::{Data, Sink, SinkWriter, SubtaskInfo, UserError};
+use flowstate_runtime::{Barrier, Data, Sink, SinkWriter, SubtaskInfo, UserError};
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -271,7 +271,7 @@ impl<T: Data> SinkWriter<T> for KafkaWriter<T> {
         Ok(())
     }
 
-    fn prepare_commit(&mut self, _checkpoint_id: u64) -> Result<Vec<OperatorListState>, UserError> {
+    fn prepare_commit(&mut self, _barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
         // Everything written before the barrier is acknowledged before the
         // barrier is: a completed checkpoint implies it is in the topic.
         flush_checked(

@@ -1,7 +1,8 @@
 //! The Kafka source. Owns partition assignment, the per-partition read
-//! positions and their operator list state; must not commit offsets to the
-//! broker for recovery (a checkpoint's list state is the only truth) and must
-//! never block a task (`poll` uses `BaseConsumer::poll(Duration::ZERO)`).
+//! positions and their operator list state; must not use offsets committed to
+//! the broker for recovery (a checkpoint's list state is the only truth) and
+//! must never block a task (`poll` uses `BaseConsumer::poll(Duration::ZERO)`,
+//! offset commits are asynchronous).
 //!
 //! - Assignment: every instance fetches the topics' partitions when its reader
 //!   is created and takes partition `p` of the `k`-th configured topic iff
@@ -27,20 +28,32 @@
 //!   records silently. tansu also answers a fetch inside its *last* batch with
 //!   nothing at all; [`KafkaSource::reread_on_resume`] avoids both by always
 //!   resuming from the start (for tests against tansu).
+//! - Consumer group offsets ([`KafkaSource::group_id`]): for monitoring only
+//!   (lag in `kafka-consumer-groups.sh` and similar tools). The positions of
+//!   each snapshot are remembered (`GroupCommits`, bounded) and committed to
+//!   the group when the runtime reports the snapshot complete
+//!   (`notify_checkpoint_complete`): a completed checkpoint or the savepoint
+//!   of a stop-with-savepoint, never an intermediate savepoint, never an
+//!   aborted snapshot, never ahead of the newest completed one. The commit is
+//!   asynchronous (`CommitMode::Async`); its result is logged by
+//!   `GroupContext` when the consumer is next polled (or closed, which waits
+//!   for outstanding commits). A failed commit is logged, never fatal: the
+//!   next completed checkpoint commits newer offsets anyway.
 //! - Per-partition state lives in one struct per partition (`PartitionState`),
 //!   so per-partition watermarks can be added beside the offset later (a new
 //!   field with a serde default keeps old checkpoints readable).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flowstate_runtime::checkpoint::OperatorListState;
-use flowstate_runtime::{Data, Source, SourcePoll, SourceReader, SubtaskInfo, UserError};
+use flowstate_runtime::{Barrier, Data, Source, SourcePoll, SourceReader, SubtaskInfo, UserError};
 use flowstate_state::RedistributionMode;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError as RdError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -60,6 +73,12 @@ pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_millis(5);
 const SKIP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// At most one warning about broker trouble per reader in this interval.
 const TRANSIENT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Snapshots whose positions wait for their completion, per reader. Only
+/// intermediate savepoints (never notified) and snapshots in flight are
+/// waiting, so a few suffice; beyond this the oldest is forgotten (a later
+/// completed checkpoint commits newer positions anyway).
+pub const GROUP_COMMITS_PENDING_MAX: usize = 16;
 
 /// One partition of one topic.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -160,6 +179,7 @@ pub struct KafkaSource<T> {
     stop: StopAt,
     idle_wait: Duration,
     reread_on_resume: bool,
+    group_id: Option<String>,
     skipped: Arc<AtomicU64>,
 }
 
@@ -204,6 +224,7 @@ impl<T: Data> KafkaSource<T> {
             stop: StopAt::Never,
             idle_wait: DEFAULT_IDLE_WAIT,
             reread_on_resume: false,
+            group_id: None,
             skipped: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -235,6 +256,26 @@ impl<T: Data> KafkaSource<T> {
         self
     }
 
+    /// Commit the positions of every completed checkpoint to consumer group
+    /// `group` (Kafka's `group.id`), so that the broker's tools show the job's
+    /// progress and lag. For monitoring only: recovery uses the offsets in the
+    /// checkpoint, never the group's. The group must not be used by other
+    /// consumers: the readers assign their partitions themselves and commit
+    /// outside any group generation. Without it nothing is committed.
+    pub fn group_id(mut self, group: impl Into<String>) -> Result<Self, KafkaError> {
+        let group = group.into();
+        if group.trim().is_empty() {
+            return Err(KafkaError::Config("the consumer group id is empty".into()));
+        }
+        self.group_id = Some(group);
+        Ok(self)
+    }
+
+    /// The consumer group offsets are committed to, if any.
+    pub fn committed_group(&self) -> Option<&str> {
+        self.group_id.as_deref()
+    }
+
     /// How long an idle reader waits before it is polled again.
     pub fn idle_wait(mut self, wait: Duration) -> Self {
         self.idle_wait = wait;
@@ -264,35 +305,46 @@ impl<T: Data> KafkaSource<T> {
         &self.topics
     }
 
-    fn consumer(&self, subtask: &SubtaskInfo) -> Result<BaseConsumer, KafkaError> {
+    fn consumer(&self, subtask: &SubtaskInfo) -> Result<BaseConsumer<GroupContext>, KafkaError> {
         let mut config = self.settings.base_config();
+        // Never used for recovery: without a configured group librdkafka
+        // still needs one to accept `assign`, and nothing is committed to it.
+        let group = match &self.group_id {
+            Some(group) => group.clone(),
+            None => format!("flowstate-{}-{}", subtask.job_id, subtask.uid),
+        };
         config
-            // Never used for recovery and never committed: librdkafka needs a
-            // group only to accept `assign`.
-            .set(
-                "group.id",
-                format!("flowstate-{}-{}", subtask.job_id, subtask.uid),
-            )
+            .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "error")
             .set("enable.partition.eof", "false")
             .set("allow.auto.create.topics", "false");
         self.settings.apply_overrides(&mut config);
-        config.create().map_err(|e| KafkaError::Client {
-            brokers: self.settings.brokers.clone(),
-            reason: e.to_string(),
-        })
+        let context = GroupContext {
+            operator: subtask.operator.clone(),
+            group,
+        };
+        config
+            .create_with_context(context)
+            .map_err(|e| KafkaError::Client {
+                brokers: self.settings.brokers.clone(),
+                reason: e.to_string(),
+            })
     }
 
     /// The partitions of `topic` (sorted), or a clear error.
-    fn partitions(&self, consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, KafkaError> {
+    fn partitions(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+        topic: &str,
+    ) -> Result<Vec<i32>, KafkaError> {
         crate::admin::partitions_with(consumer, &self.settings, topic)
     }
 
     fn high_watermark(
         &self,
-        consumer: &BaseConsumer,
+        consumer: &BaseConsumer<GroupContext>,
         tp: &TopicPartition,
     ) -> Result<i64, KafkaError> {
         consumer
@@ -424,7 +476,86 @@ impl<T: Data> Source<T> for KafkaSource<T> {
                 last_log: None,
             },
             last_transient_log: None,
+            commits: self.group_id.as_ref().map(|_| GroupCommits::default()),
         }))
+    }
+}
+
+/// The consumer's librdkafka callbacks: logs the outcome of offset commits
+/// (served on the reader's thread when the consumer is polled or closed).
+pub(crate) struct GroupContext {
+    operator: String,
+    group: String,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => tracing::debug!(
+                operator = %self.operator,
+                group = %self.group,
+                offsets = offsets.count(),
+                "committed a completed checkpoint's offsets to the consumer group"
+            ),
+            // Monitoring only: the next completed checkpoint commits again.
+            Err(error) => tracing::warn!(
+                operator = %self.operator,
+                group = %self.group,
+                "could not commit offsets to the consumer group (monitoring only; \
+                 recovery does not use them): {error}"
+            ),
+        }
+    }
+}
+
+/// The positions of snapshots waiting for their completion, oldest first,
+/// and the newest snapshot whose positions were committed.
+#[derive(Debug, Default)]
+struct GroupCommits {
+    pending: VecDeque<(u64, Vec<(TopicPartition, i64)>)>,
+    committed: Option<u64>,
+}
+
+impl GroupCommits {
+    /// Remembers snapshot `id`'s positions (partitions not read yet have none
+    /// to commit).
+    fn record(&mut self, id: u64, partitions: &[PartitionState]) {
+        let offsets = partitions
+            .iter()
+            .filter_map(|s| s.next.map(|next| (s.tp.clone(), next)))
+            .collect();
+        if self.pending.len() >= GROUP_COMMITS_PENDING_MAX {
+            self.pending.pop_front();
+        }
+        self.pending.push_back((id, offsets));
+    }
+
+    /// Snapshot `id` completed: the positions to commit, if it is newer than
+    /// what was committed and its positions are known. Forgets it and every
+    /// older one (subsumed).
+    fn complete(&mut self, id: u64) -> Option<Vec<(TopicPartition, i64)>> {
+        if self.committed.is_some_and(|c| c >= id) {
+            return None;
+        }
+        let mut found = None;
+        while self.pending.front().is_some_and(|(p, _)| *p <= id) {
+            if let Some((p, offsets)) = self.pending.pop_front()
+                && p == id
+            {
+                found = Some(offsets);
+            }
+        }
+        if found.is_some() {
+            self.committed = Some(id);
+        }
+        found
+    }
+
+    /// Snapshot `id` failed: its positions are never committed.
+    fn abort(&mut self, id: u64) {
+        self.pending.retain(|(p, _)| *p != id);
     }
 }
 
@@ -451,7 +582,7 @@ impl PartitionState {
 }
 
 struct KafkaReader<T> {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<GroupContext>,
     brokers: String,
     topics: String,
     operator: String,
@@ -464,6 +595,8 @@ struct KafkaReader<T> {
     idle_wait: Duration,
     skip_log: SkipLog,
     last_transient_log: Option<Instant>,
+    /// With a consumer group: positions to commit once their snapshot completed.
+    commits: Option<GroupCommits>,
 }
 
 /// Consumer errors after which reading cannot go on correctly; every other
@@ -648,7 +781,10 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
         }
     }
 
-    fn snapshot(&mut self) -> Result<Vec<OperatorListState>, UserError> {
+    fn snapshot(&mut self, barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
+        if let Some(commits) = &mut self.commits {
+            commits.record(barrier.id, &self.partitions);
+        }
         let elements = self
             .partitions
             .iter()
@@ -665,6 +801,43 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
             mode: RedistributionMode::Union,
             elements,
         }])
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
+        let Some(offsets) = self
+            .commits
+            .as_mut()
+            .and_then(|c| c.complete(checkpoint_id))
+        else {
+            return Ok(());
+        };
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::with_capacity(offsets.len());
+        for (tp, next) in &offsets {
+            // Kafka's committed offset is the next one to read, as ours.
+            list.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*next))
+                .map_err(|e| KafkaError::Config(e.to_string()))?;
+        }
+        // Asynchronous: librdkafka queues the request and returns; the result
+        // reaches `GroupContext::commit_callback`. Monitoring only, so a
+        // refusal to queue is logged, not fatal.
+        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
+            tracing::warn!(
+                operator = %self.operator,
+                checkpoint = checkpoint_id,
+                "could not queue the offset commit to the consumer group: {error}"
+            );
+        }
+        Ok(())
+    }
+
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
+        if let Some(commits) = &mut self.commits {
+            commits.abort(checkpoint_id);
+        }
+        Ok(())
     }
 }
 
@@ -714,6 +887,63 @@ mod tests {
         assert!(state(Some(5), Some(5)).done());
     }
 
+    fn positions(offsets: &[(i32, Option<i64>)]) -> Vec<PartitionState> {
+        offsets
+            .iter()
+            .map(|&(p, next)| PartitionState {
+                tp: TopicPartition::new("t", p),
+                next,
+                end: None,
+                contiguous: true,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_a_completed_snapshot_s_positions_are_committed_and_never_backwards() {
+        let mut commits = GroupCommits::default();
+        commits.record(1, &positions(&[(0, Some(5)), (1, None)]));
+        commits.record(2, &positions(&[(0, Some(7)), (1, Some(2))]));
+        commits.record(3, &positions(&[(0, Some(9)), (1, Some(4))]));
+        // 2 was aborted: never committed, even if a late completion came.
+        commits.abort(2);
+        assert_eq!(commits.complete(2), None);
+        // 3 completes: 1 (an unnotified savepoint, say) is subsumed.
+        assert_eq!(
+            commits.complete(3),
+            Some(vec![
+                (TopicPartition::new("t", 0), 9),
+                (TopicPartition::new("t", 1), 4)
+            ])
+        );
+        assert!(commits.pending.is_empty());
+        // Older or repeated completions commit nothing.
+        assert_eq!(commits.complete(1), None);
+        assert_eq!(commits.complete(3), None);
+        // A partition not read yet has nothing to commit.
+        commits.record(4, &positions(&[(0, Some(9)), (1, None)]));
+        assert_eq!(
+            commits.complete(4),
+            Some(vec![(TopicPartition::new("t", 0), 9)])
+        );
+    }
+
+    #[test]
+    fn waiting_positions_are_bounded() {
+        let mut commits = GroupCommits::default();
+        for id in 0..(GROUP_COMMITS_PENDING_MAX as u64 * 3) {
+            commits.record(id, &positions(&[(0, Some(id as i64))]));
+        }
+        assert_eq!(commits.pending.len(), GROUP_COMMITS_PENDING_MAX);
+        // The oldest were forgotten; the newest still commits.
+        assert_eq!(commits.complete(0), None);
+        let last = GROUP_COMMITS_PENDING_MAX as u64 * 3 - 1;
+        assert_eq!(
+            commits.complete(last),
+            Some(vec![(TopicPartition::new("t", 0), last as i64)])
+        );
+    }
+
     #[test]
     fn the_source_refuses_a_bad_configuration() {
         let parse = |_: &RawRecord<'_>| Ok(0u64);
@@ -721,5 +951,7 @@ mod tests {
         assert!(KafkaSource::new("b:9092", Vec::<String>::new(), parse).is_err());
         assert!(KafkaSource::new("b:9092", ["t", "t"], parse).is_err());
         assert!(KafkaSource::new("b:9092", [""], parse).is_err());
+        let source = KafkaSource::new("b:9092", ["t"], parse).unwrap();
+        assert!(source.group_id(" ").is_err());
     }
 }

@@ -8,6 +8,7 @@
 //! its reads by end offsets it knows, never by the broker's watermarks (tansu
 //! 0.6 reports them wrongly).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,11 +18,11 @@ use flowstate::runtime::{
     CheckpointingConfig, Guarantee, RestartStrategy, RestoreFrom, RestoredState,
 };
 use flowstate::{
-    ExecutionConfig, Source, SourcePoll, SourceReader, StreamEnvironment, SubtaskInfo,
+    Barrier, ExecutionConfig, Source, SourcePoll, SourceReader, StreamEnvironment, SubtaskInfo,
 };
 use flowstate_kafka::{
-    ErrorPolicy, KafkaSink, KafkaSource, RawRecord, StopAt, TopicPartition, create_topic,
-    produce_workload, workload_end_offsets,
+    ErrorPolicy, KafkaSink, KafkaSource, RawRecord, StopAt, TopicPartition, committed_offsets,
+    create_topic, produce_workload, workload_end_offsets,
 };
 
 /// Bound on every wait for records.
@@ -83,7 +84,7 @@ fn poll_until(
         }
         if started.elapsed() >= DEADLINE {
             let positions: Vec<String> = reader
-                .snapshot()
+                .snapshot(Barrier::checkpoint(1))
                 .map(|lists| {
                     lists
                         .iter()
@@ -109,7 +110,7 @@ fn checkpointed(parallelism: u32) -> ExecutionConfig {
         checkpointing: Some(CheckpointingConfig {
             storage: open_storage(&format!("memory://{}", unique("kafka-chk"))).expect("storage"),
             settings: CoordinatorSettings {
-                interval: Duration::from_millis(20),
+                interval: Some(Duration::from_millis(20)),
                 ..CoordinatorSettings::default()
             },
             guarantee: Guarantee::ExactlyOnce,
@@ -117,10 +118,7 @@ fn checkpointed(parallelism: u32) -> ExecutionConfig {
             restore: RestoreFrom::Nothing,
             allow_non_restored_state: false,
             allow_fallback_duplicates: false,
-            restart: RestartStrategy {
-                attempts: 0,
-                ..RestartStrategy::default()
-            },
+            restart: RestartStrategy::None,
             savepoint_dir: None,
         }),
         ..ExecutionConfig::with_parallelism(parallelism)
@@ -158,6 +156,70 @@ fn a_checkpointed_job_reads_every_record_once() {
 }
 
 #[test]
+fn the_consumer_group_holds_the_final_checkpoint_s_positions_after_a_run() {
+    let Some(brokers) = brokers() else { return };
+    let topic = unique("group");
+    let group = unique("flowstate-group");
+    let (partitions, records) = (3, 3_000u64);
+    create_topic(brokers.as_str(), &topic, partitions).expect("create topic");
+    let ends = produce_workload(brokers.as_str(), &topic, partitions, records, |i| (i, i))
+        .expect("produce");
+    let before = committed_offsets(brokers.as_str(), &group, &topic).expect("offset fetch");
+    assert!(
+        before.values().all(Option::is_none),
+        "a new group has no offsets: {before:?}"
+    );
+
+    let env = StreamEnvironment::new(checkpointed(2));
+    let source = KafkaSource::new(brokers.as_str(), [topic.as_str()], parse_u64)
+        .expect("source")
+        .group_id(group.as_str())
+        .expect("group id")
+        .stop_at(StopAt::EndOffsets(workload_end_offsets(
+            &topic, partitions, records,
+        )));
+    let collected = env.from_source("kafka", source).collect();
+    let report = env.execute().expect("job");
+    assert_eq!(collected.lock().expect("collected").len() as u64, records);
+    assert!(!report.checkpoints.is_empty());
+
+    // The job ends only after its final checkpoint completed (its positions
+    // are the end offsets) and closing a consumer waits for its outstanding
+    // commits: the group holds exactly the final checkpoint's positions.
+    let committed = committed_offsets(brokers.as_str(), &group, &topic).expect("offset fetch");
+    let expected: BTreeMap<i32, Option<i64>> = ends
+        .iter()
+        .enumerate()
+        .map(|(p, end)| (p as i32, Some(*end)))
+        .collect();
+    assert_eq!(committed, expected);
+}
+
+#[test]
+fn without_a_group_id_nothing_is_committed() {
+    let Some(brokers) = brokers() else { return };
+    let topic = unique("nogroup");
+    let (partitions, records) = (2, 200u64);
+    create_topic(brokers.as_str(), &topic, partitions).expect("create topic");
+    produce_workload(brokers.as_str(), &topic, partitions, records, |i| (i, i)).expect("produce");
+    let env = StreamEnvironment::new(checkpointed(1));
+    let source = KafkaSource::new(brokers.as_str(), [topic.as_str()], parse_u64)
+        .expect("source")
+        .stop_at(StopAt::EndOffsets(workload_end_offsets(
+            &topic, partitions, records,
+        )));
+    env.from_source("kafka", source).uid("src").collect();
+    let report = env.execute().expect("job");
+    // The group librdkafka needs for `assign` is named after the job and uid;
+    // without `group_id` nothing is committed to it.
+    let job = report.job_id.expect("a checkpointed job has an id");
+    let committed = committed_offsets(brokers.as_str(), &format!("flowstate-{job}-src"), &topic)
+        .expect("offset fetch");
+    assert_eq!(committed.len(), partitions as usize);
+    assert!(committed.values().all(Option::is_none), "{committed:?}");
+}
+
+#[test]
 fn positions_survive_a_rescale_from_2_to_3() {
     let Some(brokers) = brokers() else { return };
     let topic = unique("rescale");
@@ -181,7 +243,7 @@ fn positions_survive_a_rescale_from_2_to_3() {
             .expect("reader");
         let mut out = Vec::new();
         poll_until(reader.as_mut(), &mut out, 1_500, 100);
-        lists.extend(reader.snapshot().expect("snapshot"));
+        lists.extend(reader.snapshot(Barrier::checkpoint(1)).expect("snapshot"));
         seen.extend(out);
     }
     assert_eq!(seen.len(), 3_000);
@@ -223,7 +285,9 @@ fn topic_with(brokers: &str, name: &str, payloads: &[&str]) -> String {
     let mut writer = flowstate::Sink::create_writer(&sink, &subtask(0, 1, None)).expect("writer");
     let mut batch: Vec<String> = payloads.iter().map(|s| (*s).to_owned()).collect();
     writer.write_batch(&mut batch).expect("write");
-    writer.prepare_commit(1).expect("flush at the barrier");
+    writer
+        .prepare_commit(Barrier::checkpoint(1))
+        .expect("flush at the barrier");
     writer.finish().expect("finish");
     topic
 }
@@ -370,7 +434,7 @@ fn a_sink_without_a_broker_fails_at_the_barrier_in_bounded_time() {
     let mut writer = flowstate::Sink::create_writer(&sink, &subtask(0, 1, None)).expect("writer");
     writer.write_batch(&mut vec![1, 2, 3]).expect("enqueue");
     let started = Instant::now();
-    let error = match writer.prepare_commit(1) {
+    let error = match writer.prepare_commit(Barrier::checkpoint(1)) {
         Ok(_) => panic!("a barrier acknowledged without a broker"),
         Err(e) => e.to_string(),
     };
@@ -396,7 +460,9 @@ fn resuming_inside_a_record_batch_loses_nothing() {
     let mut writer = flowstate::Sink::create_writer(&sink, &subtask(0, 1, None)).expect("writer");
     for range in [0..10u64, 10..20] {
         writer.write_batch(&mut range.collect()).expect("write");
-        writer.prepare_commit(1).expect("flush");
+        writer
+            .prepare_commit(Barrier::checkpoint(1))
+            .expect("flush");
     }
     // Resume at offset 5 by fetching there (no re-read): a broker that answers
     // with the next batch must not make the reader skip 5..10.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flowstate_runtime::checkpoint::OperatorListState;
-use flowstate_runtime::{Data, Sink, SinkWriter, SubtaskInfo, UserError};
+use flowstate_runtime::{Barrier, Data, Sink, SinkWriter, SubtaskInfo, UserError};
 use flowstate_state::RedistributionMode;
 use postgres::config::Host;
 use postgres::error::SqlState;
@@ -74,6 +74,15 @@ pub type RowFn<T> = Arc<dyn Fn(&T) -> Vec<SqlValue> + Send + Sync>;
 ///
 /// Without checkpoints, [`SinkWriter::finish`] commits everything at the end of
 /// a bounded input.
+///
+/// An aborted checkpoint's prepared transaction is **kept** and committed with
+/// the next completed checkpoint ([`SinkWriter::abort`] only logs): the job
+/// does not rewind after an abort, so its rows come from records that will
+/// never be read again, and rolling it back would lose them. (After a
+/// failure, recovery rolls back what the restored checkpoint does not name:
+/// those rows are replayed.) Rolling back on abort would need every
+/// prepared row kept in memory to write it again, which the early writes
+/// (`buffer_rows`) exist to avoid.
 pub struct PostgresSink<T> {
     settings: Arc<Settings>,
     row: RowFn<T>,
@@ -693,15 +702,20 @@ impl<T: Data> SinkWriter<T> for PostgresWriter<T> {
         Ok(())
     }
 
-    fn prepare_commit(&mut self, checkpoint_id: u64) -> Result<Vec<OperatorListState>, UserError> {
+    fn prepare_commit(&mut self, barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
+        let checkpoint_id = barrier.id;
         if !self.rows.is_empty() && !self.may_write_early() {
-            // Upsert with transactions still prepared: their checkpoints ended
-            // without a commit notification (a savepoint, an aborted
-            // checkpoint; the coordinator starts a checkpoint only after the
-            // previous one ended). Their rows must be committed before rows of
-            // the same keys can be written. Upserts are idempotent, so if the
-            // checkpoint was aborted the replay after a restore writes the same
-            // values again: the table may run ahead, never count twice.
+            // Upsert with transactions still prepared: their snapshots ended
+            // without a commit (an intermediate savepoint, which is never
+            // notified, or an aborted checkpoint, whose transaction must not
+            // be rolled back: see `abort`; the coordinator starts a snapshot
+            // only after the previous one ended). They hold the row locks the
+            // rows of the same keys need, and only this thread could release
+            // them. So they are committed now, ahead of their checkpoint.
+            // Upserts are idempotent, so if a failure restores an older
+            // checkpoint the replay writes the same values again: the table
+            // may run ahead, never count twice. (Kept although aborts are
+            // notified now: an abort cannot release the locks safely.)
             self.commit_up_to(u64::MAX)?;
         }
         self.flush()?;
@@ -724,6 +738,21 @@ impl<T: Data> SinkWriter<T> for PostgresWriter<T> {
 
     fn commit(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
         self.commit_up_to(checkpoint_id)?;
+        Ok(())
+    }
+
+    /// Keeps the aborted checkpoint's prepared transaction: it holds rows of
+    /// records the job will not read again (it does not rewind after an
+    /// abort), so the next completed checkpoint, whose state names it too,
+    /// commits it. No I/O.
+    fn abort(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
+        if let Some(kept) = self.pending.iter().find(|p| p.checkpoint == checkpoint_id) {
+            tracing::debug!(
+                transaction = %kept.name,
+                "checkpoint {checkpoint_id} was aborted; its prepared transaction \
+                 is committed with the next completed checkpoint"
+            );
+        }
         Ok(())
     }
 }

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use flowstate::connectors::SequenceSource;
 use flowstate::runtime::checkpoint::{CoordinatorSettings, OperatorListState, open_storage};
+use flowstate::runtime::restart::ExponentialDelay;
 use flowstate::runtime::{CheckpointingConfig, Guarantee, RestartStrategy, RestoreFrom};
 use flowstate::{
-    ExecutionConfig, FnResult, KeyedContext, KeyedProcessFunction, KeyedStateBackend, Sink,
-    StreamEnvironment, SubtaskInfo, ValueStateDescriptor, ValueStateHandle,
+    Barrier, ExecutionConfig, FnResult, KeyedContext, KeyedProcessFunction, KeyedStateBackend,
+    Sink, StreamEnvironment, SubtaskInfo, ValueStateDescriptor, ValueStateHandle,
 };
 use flowstate_postgres::{Mode, PostgresSink, SqlValue};
 use postgres::{Client, NoTls};
@@ -146,7 +147,7 @@ fn upsert_round_trip_keeps_the_latest_row_per_key_and_publishes_on_commit() {
         .write_batch(&mut vec![(1, 1), (2, 1), (1, 2), (3, 1)])
         .unwrap();
     writer.write_batch(&mut vec![(1, 3), (2, 2)]).unwrap();
-    let state = writer.prepare_commit(1).unwrap();
+    let state = writer.prepare_commit(Barrier::checkpoint(1)).unwrap();
     assert_eq!(state[0].elements.len(), 1);
     assert_eq!(
         rows(&mut db, "pg_upsert_rt"),
@@ -162,8 +163,8 @@ fn upsert_round_trip_keeps_the_latest_row_per_key_and_publishes_on_commit() {
 
     // A later checkpoint overwrites; a checkpoint without rows prepares nothing.
     writer.write_batch(&mut vec![(3, 2), (4, 1)]).unwrap();
-    writer.prepare_commit(2).unwrap();
-    let empty = writer.prepare_commit(3).unwrap();
+    writer.prepare_commit(Barrier::checkpoint(2)).unwrap();
+    let empty = writer.prepare_commit(Barrier::checkpoint(3)).unwrap();
     assert_eq!(empty[0].elements.len(), 1, "checkpoint 2 still pending");
     writer.commit(3).unwrap();
     assert_eq!(
@@ -176,6 +177,35 @@ fn upsert_round_trip_keeps_the_latest_row_per_key_and_publishes_on_commit() {
     writer.write_batch(&mut vec![(5, 1)]).unwrap();
     writer.finish().unwrap();
     assert_eq!(rows(&mut db, "pg_upsert_rt").len(), 5);
+}
+
+#[test]
+fn an_aborted_checkpoint_s_transaction_is_kept_and_committed_with_the_next_one() {
+    let Some(url) = server_url("aborted_checkpoint") else {
+        return;
+    };
+    let mut db = client(&url);
+    fresh_table(&mut db, "pg_aborted", false);
+    let sink = sink(&url, "pg_aborted", Mode::Append);
+    let mut writer = sink
+        .create_writer(&subtask("job-x", "aborted", 0, 1, None))
+        .unwrap();
+    writer.write_batch(&mut vec![(1, 1), (2, 1)]).unwrap();
+    writer.prepare_commit(Barrier::checkpoint(1)).unwrap();
+    // Checkpoint 1 fails elsewhere. The job does not rewind: these rows'
+    // records are never read again, so the transaction must survive.
+    writer.abort(1).unwrap();
+    assert_eq!(
+        prepared(&mut db, "aborted"),
+        ["flowstate:job-x:aborted:0:1"]
+    );
+    assert_eq!(rows(&mut db, "pg_aborted"), []);
+    writer.write_batch(&mut vec![(3, 1)]).unwrap();
+    let state = writer.prepare_commit(Barrier::checkpoint(2)).unwrap();
+    assert_eq!(state[0].elements.len(), 2, "checkpoint 2 names both");
+    writer.commit(2).unwrap();
+    assert_eq!(rows(&mut db, "pg_aborted"), [(1, 1), (2, 1), (3, 1)]);
+    assert_eq!(prepared(&mut db, "aborted"), Vec::<String>::new());
 }
 
 #[test]
@@ -196,7 +226,7 @@ fn append_round_trip_writes_every_record_and_flushes_early_into_the_open_transac
         [],
         "early rows stay in the open transaction"
     );
-    writer.prepare_commit(1).unwrap();
+    writer.prepare_commit(Barrier::checkpoint(1)).unwrap();
     // Rows after the barrier go into a new transaction while 1 is prepared.
     writer
         .write_batch(&mut vec![(7, 7), (7, 8), (7, 9), (7, 10)])
@@ -227,13 +257,16 @@ fn a_restored_writer_commits_the_restored_transactions_and_rolls_back_later_ones
         .unwrap();
     w0.write_batch(&mut vec![(0, 1), (2, 1)]).unwrap();
     w1.write_batch(&mut vec![(1, 1)]).unwrap();
-    let checkpoint_1 = union(&[w0.prepare_commit(1).unwrap(), w1.prepare_commit(1).unwrap()]);
+    let checkpoint_1 = union(&[
+        w0.prepare_commit(Barrier::checkpoint(1)).unwrap(),
+        w1.prepare_commit(Barrier::checkpoint(1)).unwrap(),
+    ]);
     // Checkpoint 1 completes, but the process dies before the notification.
     // Checkpoint 2 is prepared and never completes.
     w0.write_batch(&mut vec![(0, 2)]).unwrap();
     w1.write_batch(&mut vec![(1, 2), (3, 1)]).unwrap();
-    w0.prepare_commit(2).unwrap();
-    w1.prepare_commit(2).unwrap();
+    w0.prepare_commit(Barrier::checkpoint(2)).unwrap();
+    w1.prepare_commit(Barrier::checkpoint(2)).unwrap();
     // Rows after the last barrier, in an open transaction, die with the process.
     w0.write_batch(&mut vec![(4, 1)]).unwrap();
     drop((w0, w1));
@@ -277,9 +310,9 @@ fn a_savepoint_restored_into_a_new_job_resolves_the_old_jobs_transactions() {
         .create_writer(&subtask("old-job", "savepoint", 0, 1, None))
         .unwrap();
     old.write_batch(&mut vec![(1, 1)]).unwrap();
-    let savepoint = old.prepare_commit(5).unwrap();
+    let savepoint = old.prepare_commit(Barrier::checkpoint(5)).unwrap();
     old.write_batch(&mut vec![(1, 2), (2, 1)]).unwrap();
-    old.prepare_commit(6).unwrap();
+    old.prepare_commit(Barrier::checkpoint(6)).unwrap();
     drop(old);
     // Another job's transaction on another table with the same uid is left alone.
     fresh_table(&mut db, "pg_savepoint_other", true);
@@ -288,7 +321,7 @@ fn a_savepoint_restored_into_a_new_job_resolves_the_old_jobs_transactions() {
         .create_writer(&subtask("other-job", "savepoint", 0, 1, None))
         .unwrap();
     other.write_batch(&mut vec![(9, 9)]).unwrap();
-    other.prepare_commit(1).unwrap();
+    other.prepare_commit(Barrier::checkpoint(1)).unwrap();
 
     let new = sink
         .create_writer(&subtask("new-job", "savepoint", 0, 1, Some(savepoint)))
@@ -319,7 +352,7 @@ fn commit_is_idempotent() {
         .create_writer(&subtask("job-i", "idempotent", 0, 1, None))
         .unwrap();
     writer.write_batch(&mut vec![(1, 1), (2, 2)]).unwrap();
-    let state = writer.prepare_commit(1).unwrap();
+    let state = writer.prepare_commit(Barrier::checkpoint(1)).unwrap();
     writer.commit(1).unwrap();
     writer.commit(1).unwrap();
     writer.commit(2).unwrap();
@@ -463,7 +496,7 @@ fn a_keyed_count_job_with_a_failure_ends_with_the_true_counts_and_nothing_prepar
         checkpointing: Some(CheckpointingConfig {
             storage: open_storage(dir.path().to_str().unwrap()).unwrap(),
             settings: CoordinatorSettings {
-                interval: Duration::from_millis(50),
+                interval: Some(Duration::from_millis(50)),
                 ..CoordinatorSettings::default()
             },
             guarantee: Guarantee::ExactlyOnce,
@@ -471,11 +504,11 @@ fn a_keyed_count_job_with_a_failure_ends_with_the_true_counts_and_nothing_prepar
             restore: RestoreFrom::Nothing,
             allow_non_restored_state: false,
             allow_fallback_duplicates: false,
-            restart: RestartStrategy {
-                attempts: 3,
-                delay: Duration::from_millis(20),
-                ..RestartStrategy::default()
-            },
+            restart: RestartStrategy::ExponentialDelay(ExponentialDelay {
+                max_attempts: 3,
+                initial_delay: Duration::from_millis(20),
+                ..ExponentialDelay::default()
+            }),
             savepoint_dir: None,
         }),
         ..ExecutionConfig::with_parallelism(2)

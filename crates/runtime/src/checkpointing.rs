@@ -223,7 +223,7 @@ pub(crate) fn upload_loop(
             });
         };
         // A savepoint's files go to its own directory, named relative to it.
-        let savepoint = match job.barrier.kind {
+        let savepoint = match job.barrier.kind.snapshot_kind() {
             SnapshotKind::Checkpoint => None,
             SnapshotKind::Savepoint => match savepoints.get(id) {
                 Some(target) => Some(target),
@@ -324,10 +324,12 @@ pub(crate) struct CoordinatorLoop {
 struct LoopState {
     /// The checkpoint taken after every source was exhausted; once it
     /// completes the sources end their output and no checkpoint is needed
-    /// any more.
+    /// any more. (Never without periodic checkpoints: the sources end their
+    /// output as soon as no savepoint is in flight.)
     final_checkpoint: Option<u64>,
     /// No snapshot is taken any more (the final checkpoint or a
-    /// stop-with-savepoint completed).
+    /// stop-with-savepoint completed, or the sources of a job without
+    /// checkpoints were told to end their output).
     final_done: bool,
     /// A savepoint waiting for the snapshot in flight to finish.
     queued: Option<SavepointOrder>,
@@ -403,7 +405,17 @@ impl CoordinatorLoop {
                     // Every source is exhausted: take the final checkpoint as soon as
                     // nothing is in flight (again, if an earlier final one failed).
                     actions.extend(self.coordinator.tick_timeouts(now));
-                    if state.final_checkpoint.is_none()
+                    if !self.coordinator.is_periodic() {
+                        // No checkpoints, so no final one: once no savepoint
+                        // is in flight the sources end their output, and sinks
+                        // publish at `finish`, as in a job without a coordinator.
+                        if self.coordinator.in_flight() == 0 {
+                            state.final_done = true;
+                            for task in self.tasks.iter().filter(|t| t.is_source) {
+                                task.send(TaskCommand::Finish);
+                            }
+                        }
+                    } else if state.final_checkpoint.is_none()
                         && self.coordinator.in_flight() == 0
                         && let Some(action) =
                             self.coordinator.trigger_now(SnapshotKind::Checkpoint, now)
@@ -445,7 +457,7 @@ impl CoordinatorLoop {
             CoordinatorAction::Trigger { id, kind } => {
                 let barrier = Barrier {
                     id: *id,
-                    kind: *kind,
+                    kind: (*kind).into(),
                 };
                 let savepoint = state.savepoints.get(id);
                 self.controller

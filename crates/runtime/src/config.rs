@@ -42,28 +42,21 @@ pub enum RestoreFrom {
     Location(String),
 }
 
-/// How often and how soon a failed job is restarted from its latest checkpoint.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RestartStrategy {
-    pub attempts: u32,
-    pub delay: std::time::Duration,
-    /// 1.0 for a fixed delay; above 1.0 for exponential backoff.
-    pub backoff_multiplier: f64,
-    pub delay_max: std::time::Duration,
-}
+/// How often and how soon a failed job is restarted from its latest checkpoint:
+/// defined, with its defaults, next to the policy that applies it.
+pub use crate::restart::RestartStrategy;
 
-impl Default for RestartStrategy {
-    fn default() -> Self {
-        Self {
-            attempts: 3,
-            delay: std::time::Duration::from_millis(100),
-            backoff_multiplier: 2.0,
-            delay_max: std::time::Duration::from_secs(10),
-        }
-    }
-}
-
-/// Checkpoint settings of a job.
+/// Checkpoint settings of a job: its coordinator, and so its savepoints and
+/// restores.
+///
+/// Without periodic checkpoints (`settings.interval` `None`) the job still
+/// takes savepoints (also stop-with-savepoint) and restores a snapshot named
+/// by `restore`, but writes nothing to `storage`: no checkpoint, no final
+/// checkpoint at the end of bounded input (sinks publish at `finish`), no
+/// restore pointer, no lease. Such a job is not restarted after a failure
+/// (there is no checkpoint to go back to, and replaying from its start would
+/// publish twice what its sinks already published), and cannot restore
+/// [`RestoreFrom::Latest`].
 #[derive(Clone)]
 pub struct CheckpointingConfig {
     pub storage: flowstate_checkpoint::storage::SharedStorage,
@@ -119,7 +112,8 @@ pub struct ExecutionConfig {
     pub workers: usize,
     /// Where keyed state lives.
     pub state_backend: StateBackendConfig,
-    /// Checkpoints, restore and restarts; `None` runs without fault tolerance.
+    /// Checkpoints, savepoints, restore and restarts; `None` runs without
+    /// any (no coordinator: savepoint requests are refused).
     pub checkpointing: Option<CheckpointingConfig>,
     /// Once the job was cancelled, how long `join` waits for it to stop
     /// before it returns [`crate::JobError::CancelTimeout`] naming the tasks
@@ -210,6 +204,25 @@ impl ExecutionConfig {
         }
         if let Err(e) = self.lease.validate() {
             return fail(e.to_string());
+        }
+        if let Some(c) = &self.checkpointing {
+            c.validate()?;
+            c.restart.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl CheckpointingConfig {
+    /// Refuses what cannot work with these settings.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        if !self.settings.periodic() && self.restore == RestoreFrom::Latest {
+            return Err(BuildError::Config(
+                "restoring the latest checkpoint needs periodic checkpoints: a job without \
+                 them keeps nothing in the checkpoint storage to resume from; restore a \
+                 savepoint or checkpoint by its location instead"
+                    .to_owned(),
+            ));
         }
         Ok(())
     }

@@ -1,4 +1,21 @@
 //! The source and sink traits: the boundary between the runtime and connectors.
+//!
+//! The checkpoint lifecycle a connector sees, all on the task's worker thread
+//! and in stream order (hooks must not block: they run between two steps of
+//! a task that may share its thread with others):
+//!
+//! - `SourceReader::snapshot(barrier)` / `SinkWriter::prepare_commit(barrier)`
+//!   in the synchronous part of snapshot `barrier.id`; `barrier.kind` says
+//!   whether it is a checkpoint, a savepoint or a stop-with-savepoint.
+//! - `notify_checkpoint_complete(n)` / `SinkWriter::commit(n)` once snapshot n
+//!   is complete everywhere and its completion is published (checkpoints and
+//!   stop-with-savepoints; never an intermediate savepoint). Notifications
+//!   may be skipped (a full inbox) but never come early or out of order in a
+//!   way that matters: n subsumes every older snapshot.
+//! - `notify_checkpoint_aborted(n)` / `SinkWriter::abort(n)` when snapshot n
+//!   failed (declined, timed out, subsumed, its metadata not written). The job
+//!   goes on and does not rewind: whatever was prepared for n must be carried
+//!   into a later snapshot, never dropped.
 
 use std::time::Instant;
 
@@ -6,6 +23,7 @@ use flowstate_checkpoint::OperatorListState;
 
 use crate::config::SubtaskInfo;
 use crate::error::UserError;
+use crate::message::Barrier;
 
 /// What a source reader did in one poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,10 +47,27 @@ pub trait SourceReader<T>: Send {
     fn poll(&mut self, out: &mut Vec<T>, max: usize, now: Instant)
     -> Result<SourcePoll, UserError>;
 
-    /// The reader's position for a checkpoint (operator state; given back through
-    /// `SubtaskInfo::restored` when the reader is created again).
-    fn snapshot(&mut self) -> Result<Vec<OperatorListState>, UserError> {
+    /// The reader's position for snapshot `barrier` (operator state; given
+    /// back through `SubtaskInfo::restored` when the reader is created again).
+    /// Taken in the same step as the barrier is emitted: nothing read falls
+    /// between them.
+    fn snapshot(&mut self, _barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
         Ok(Vec::new())
+    }
+
+    /// Snapshot `checkpoint_id` is complete everywhere: a checkpoint, or the
+    /// savepoint of a stop-with-savepoint (an intermediate savepoint gets no
+    /// notification). Never called before it completed; ids only grow. For
+    /// side effects that must not run ahead of a completed checkpoint (e.g.
+    /// committing offsets to a broker for monitoring). Must not block.
+    fn notify_checkpoint_complete(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {
+        Ok(())
+    }
+
+    /// Snapshot `checkpoint_id` failed; a later one will cover what it would
+    /// have. Must not block.
+    fn notify_checkpoint_aborted(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {
+        Ok(())
     }
 }
 
@@ -57,16 +92,27 @@ pub trait SinkWriter<T>: Send {
     /// Called once at the end of a bounded input: make everything written visible.
     fn finish(&mut self) -> Result<(), UserError>;
 
-    /// First phase of a two-phase commit, in the synchronous part of checkpoint
-    /// `checkpoint_id`: close what was written since the last checkpoint and return
+    /// First phase of a two-phase commit, in the synchronous part of snapshot
+    /// `barrier.id`: close what was written since the last barrier and return
     /// it as pending (operator state). Nothing becomes visible yet.
-    fn prepare_commit(&mut self, _checkpoint_id: u64) -> Result<Vec<OperatorListState>, UserError> {
+    /// `barrier.kind` tells a checkpoint from a savepoint, whose completion
+    /// is not notified unless it is a stop-with-savepoint.
+    fn prepare_commit(&mut self, _barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
         Ok(Vec::new())
     }
 
     /// Second phase: checkpoint `checkpoint_id` is complete; publish everything
     /// prepared up to it. Must be idempotent.
     fn commit(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {
+        Ok(())
+    }
+
+    /// Snapshot `checkpoint_id` was aborted. The job does not rewind, so what
+    /// was prepared for it holds records that will never be replayed (unless
+    /// the job fails and restores): keep it pending and publish it with the
+    /// next completed checkpoint, which covers it. Rolling it back is only
+    /// correct if its records are written again. Must not block.
+    fn abort(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {
         Ok(())
     }
 }

@@ -131,6 +131,8 @@ pub struct JobDescription {
     pub parallelism: u32,
     pub max_parallelism: u32,
     pub vertices: Vec<VertexInfo>,
+    /// The job has a checkpoint coordinator (periodic checkpoints or not), so
+    /// it can take savepoints.
     pub checkpointing: bool,
     pub savepoint_dir: Option<String>,
     /// Which targets a savepoint request may name.
@@ -293,8 +295,8 @@ impl JobController {
     ) -> Result<String, ControlError> {
         if !self.description.checkpointing {
             return Err(ControlError::Invalid(
-                "savepoints need the checkpoint coordinator: run the job with a \
-                 --checkpoint-interval (not `off`)"
+                "savepoints need the checkpoint coordinator, and this job runs without \
+                 checkpointing configuration"
                     .into(),
             ));
         }

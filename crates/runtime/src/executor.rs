@@ -26,16 +26,21 @@ use crate::channel::Signal;
 use crate::checkpointing::{CoordinatorEvent, CoordinatorLoop, SavepointTargets, upload_loop};
 use crate::config::{CheckpointingConfig, ExecutionConfig, Guarantee, RestoreFrom};
 use crate::control::{JobController, JobDescription, JobStatus};
-use crate::error::{BuildError, JobError, TaskError, error_chain, panic_message};
+use crate::error::{JobError, TaskError, error_chain, panic_message};
 use crate::graph::JobGraph;
 use crate::lease::{HeldLease, newer_than_restored};
 use crate::metrics::JobMetrics;
 use crate::plan::{PlanCheckpointing, PlannedTask, build_tasks};
+use crate::restart::{Decision, RestartPolicy, restartable};
 use crate::task::{Step, Task};
 
 /// Longest a worker parks without a wakeup before it looks at its tasks again.
 /// Wakeups come from channels; this only bounds the cost of a missed one.
 pub const IDLE_PARK_MAX: Duration = Duration::from_millis(50);
+
+/// Longest single wait of the supervisor's restart delay (it waits again
+/// until the delay has passed or the job is cancelled).
+const RESTART_WAIT_SLICE: Duration = Duration::from_secs(24 * 3600);
 
 /// Capacity of the queue from tasks and uploaders to the coordinator.
 pub const COORDINATOR_QUEUE_CAPACITY: usize = 4096;
@@ -158,6 +163,35 @@ struct Ending {
 }
 
 impl JobControl {
+    /// Sleeps `delay` (a restart's), or less if the job is cancelled
+    /// meanwhile: `cancel` notifies `changed` once it recorded the request.
+    /// True when cancelled.
+    fn sleep_unless_cancelled(&self, delay: Duration) -> bool {
+        // A delay too long to add to `now` is as good as forever.
+        let deadline = Instant::now().checked_add(delay);
+        let mut ending = self.ending.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if ending.cancel_requested.is_some() || self.cancelled.load(Ordering::SeqCst) {
+                return true;
+            }
+            // Waits in slices of at most a day: some platforms' timed waits
+            // cannot take any `Duration`, and the loop looks again anyway.
+            let left = match deadline {
+                Some(at) => at.saturating_duration_since(Instant::now()),
+                None => RESTART_WAIT_SLICE,
+            }
+            .min(RESTART_WAIT_SLICE);
+            if left.is_zero() {
+                return false;
+            }
+            ending = self
+                .changed
+                .wait_timeout(ending, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         let mut ending = self.ending.lock().unwrap_or_else(|e| e.into_inner());
@@ -622,6 +656,11 @@ fn supervise_attempts(
         if let Some(id) = &job_id {
             controller.set_job_id(id);
             tracing::info!(job_id = id.as_str(), "job {} starting", config.job_name);
+        }
+        // A job without checkpoints writes nothing to its directory in the
+        // checkpoint storage (its savepoints go to their own): it holds no
+        // lease there and leaves no restore pointer.
+        if let Some(id) = job_id.as_ref().filter(|_| c.settings.periodic()) {
             // One run per job: held before anything writes to the job's
             // directory (the restore pointer; a coordinator adopting and
             // deleting checkpoints), across restarts, until `supervise`
@@ -667,10 +706,12 @@ fn supervise_attempts(
         .as_ref()
         .is_some_and(|c| c.allow_non_restored_state);
     let restored_from = restored.as_ref().map(|r| r.id());
-    let mut restarts = 0u32;
-    let mut delay = checkpointing
+    let mut restarts = 0u64;
+    // Every restart decision (whether, and after how long) is the policy's;
+    // this loop only tells it when attempts start and fail, and sleeps.
+    let mut policy = checkpointing
         .as_ref()
-        .map_or(Duration::ZERO, |c| c.restart.delay);
+        .map(|c| RestartPolicy::new(c.restart.clone(), fastrand::u64(..)));
     loop {
         let attempt = checkpointing
             .as_ref()
@@ -681,6 +722,9 @@ fn supervise_attempts(
                 restored: restored.clone(),
                 allow_non_restored_state,
             });
+        if let Some(policy) = policy.as_mut() {
+            policy.on_running(Instant::now());
+        }
         let outcome = run_attempt(graph, config, metrics, control, controller, attempt);
         let failed_checkpoints = metrics.checkpoints().failed;
         match outcome.result {
@@ -692,7 +736,7 @@ fn supervise_attempts(
                     job_id,
                     checkpoints: outcome.checkpoints,
                     failed_checkpoints,
-                    restarts: u64::from(restarts),
+                    restarts,
                     restored_from,
                     stopped_with_savepoint: None,
                 });
@@ -702,27 +746,40 @@ fn supervise_attempts(
                 // restart from, goes through the restart strategy.
                 let mut error = error;
                 loop {
-                    let Some(c) = checkpointing
+                    // Without checkpoints there is nothing to restart from:
+                    // a replay from the start would publish twice what the
+                    // sinks published at `finish` or at a stop's savepoint.
+                    let Some((c, policy)) = checkpointing
                         .as_ref()
-                        .filter(|c| restartable(&error, restarts) && restarts < c.restart.attempts)
+                        .filter(|c| c.settings.periodic() && restartable(&error, restarts > 0))
+                        .zip(policy.as_mut())
                     else {
                         return Err(error);
                     };
                     if control.cancelled.load(Ordering::SeqCst) {
                         return Err(JobError::Cancelled);
                     }
+                    let cause = error_chain(&error);
+                    let delay = match policy.on_failure(Instant::now()) {
+                        Decision::RestartAfter(delay) => delay,
+                        Decision::GiveUp(reason) => {
+                            tracing::warn!(
+                                "job failed ({cause}); not restarted ({} restart strategy: {reason})",
+                                c.restart.name()
+                            );
+                            return Err(error);
+                        }
+                    };
                     restarts += 1;
                     metrics.record_restart();
-                    let cause = error_chain(&error);
                     controller.on_attempt_ended(JobStatus::Restarting, Some(cause.clone()));
                     tracing::warn!(
-                        "job failed ({cause}); restart {restarts} of {} in {delay:?}",
-                        c.restart.attempts
+                        "job failed ({cause}); {} in {delay:?}",
+                        policy.describe_restart()
                     );
-                    std::thread::sleep(delay);
-                    delay = delay
-                        .mul_f64(c.restart.backoff_multiplier.max(1.0))
-                        .min(c.restart.delay_max);
+                    if control.sleep_unless_cancelled(delay) {
+                        return Err(JobError::Cancelled);
+                    }
                     match load_latest_of(&c.storage, job_id.as_deref()) {
                         Ok(own) => {
                             if let Some(own) = &own {
@@ -738,21 +795,6 @@ fn supervise_attempts(
                 }
             }
         }
-    }
-}
-
-/// Whether a failure goes through the restart strategy. Creating an operator
-/// instance fails for a bad configuration (fail at once) or for a server that
-/// is down (retry): once the job has run, a failure to create one again is
-/// taken for the transient kind. Reading storage may fail for a while (a
-/// network, a server); a checkpoint that is damaged or of an unknown version
-/// stays so.
-fn restartable(error: &JobError, restarts: u32) -> bool {
-    match error {
-        JobError::TaskFailed { .. } | JobError::Checkpointing(_) => true,
-        JobError::Build(BuildError::Create { .. }) => restarts > 0,
-        JobError::Restore(flowstate_checkpoint::CheckpointError::Storage(_)) => true,
-        _ => false,
     }
 }
 

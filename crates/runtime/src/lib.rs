@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod operator;
 pub mod pipeline;
 pub mod plan;
+pub mod restart;
 pub mod task;
 
 pub use config::{
@@ -37,7 +38,7 @@ pub use error::{BuildError, JobError, TaskError, UserError};
 pub use executor::{DeterministicExecutor, JobReport, RunState, RunningJob, start_job};
 pub use flowstate_checkpoint as checkpoint;
 pub use graph::{JobGraph, KeyGroupFn, NodeId, Partitioning};
-pub use message::{Barrier, SnapshotKind};
+pub use message::{Barrier, BarrierKind, SnapshotKind};
 pub use metrics::{CheckpointProgress, JobMetrics};
 pub use operator::{Operator, StateSnapshot, TwoInputOperator};
 

@@ -4,12 +4,74 @@
 
 pub use flowstate_checkpoint::SnapshotKind;
 
+/// What a barrier's snapshot is for. It travels in band with the barrier, so
+/// every operator and sink it passes learns it in the synchronous part
+/// (`Operator::snapshot`, `SourceReader::snapshot`, `SinkWriter::prepare_commit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BarrierKind {
+    /// A periodic (or final) checkpoint: a recovery point; its completion is
+    /// notified and sinks publish what they prepared for it.
+    Checkpoint,
+    /// An intermediate savepoint: canonical state in its own directory; the job
+    /// goes on, and its completion is *not* notified (recovery goes back to
+    /// checkpoints, so its side effects wait for the next checkpoint).
+    Savepoint,
+    /// The savepoint of a stop-with-savepoint: the sources emit nothing after
+    /// it, and its completion is notified (sinks publish) before the job ends.
+    StopWithSavepoint,
+}
+
+impl BarrierKind {
+    /// The kind of snapshot (metadata, file layout) the barrier produces.
+    pub fn snapshot_kind(self) -> SnapshotKind {
+        match self {
+            BarrierKind::Checkpoint => SnapshotKind::Checkpoint,
+            BarrierKind::Savepoint | BarrierKind::StopWithSavepoint => SnapshotKind::Savepoint,
+        }
+    }
+
+    /// A savepoint's barrier (state must be in the canonical format).
+    pub fn is_savepoint(self) -> bool {
+        self.snapshot_kind() == SnapshotKind::Savepoint
+    }
+}
+
+impl From<SnapshotKind> for BarrierKind {
+    /// A coordinator's snapshot kind; a stop-with-savepoint is made one by the
+    /// source that suspends after it (`TaskCommand::TriggerAndSuspend`).
+    fn from(kind: SnapshotKind) -> Self {
+        match kind {
+            SnapshotKind::Checkpoint => BarrierKind::Checkpoint,
+            SnapshotKind::Savepoint => BarrierKind::Savepoint,
+        }
+    }
+}
+
 /// Checkpoint barrier `id`: everything before it in a channel belongs to
-/// checkpoint `id`, nothing after it does.
+/// checkpoint `id`, nothing after it does. Also what the snapshot hooks are
+/// given: the id and what the snapshot is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Barrier {
     pub id: u64,
-    pub kind: SnapshotKind,
+    pub kind: BarrierKind,
+}
+
+impl Barrier {
+    /// The barrier of checkpoint `id`.
+    pub fn checkpoint(id: u64) -> Self {
+        Self {
+            id,
+            kind: BarrierKind::Checkpoint,
+        }
+    }
+
+    /// The barrier of an intermediate savepoint `id`.
+    pub fn savepoint(id: u64) -> Self {
+        Self {
+            id,
+            kind: BarrierKind::Savepoint,
+        }
+    }
 }
 
 /// One element of a channel.

@@ -43,6 +43,12 @@ pub trait Operator<I, O>: Send {
     fn notify_checkpoint_complete(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {
         Ok(())
     }
+
+    /// Snapshot `checkpoint_id` was aborted (the job goes on; a later
+    /// checkpoint covers it). Must not block.
+    fn notify_checkpoint_aborted(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {
+        Ok(())
+    }
 }
 
 /// A two-input operator (the head of a task with two input gates).
@@ -58,6 +64,9 @@ pub trait TwoInputOperator<I1, I2, O>: Send {
         Ok(StateSnapshot::default())
     }
     fn notify_checkpoint_complete(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {
+        Ok(())
+    }
+    fn notify_checkpoint_aborted(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {
         Ok(())
     }
 }

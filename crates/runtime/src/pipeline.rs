@@ -40,6 +40,9 @@ pub trait Pipeline<T>: Send {
     fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError>;
     /// Checkpoint `checkpoint_id` is complete: let every operator know (sinks commit).
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError>;
+    /// Snapshot `checkpoint_id` was aborted: let every operator and sink know,
+    /// in chain order.
+    fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<(), TaskError>;
 }
 
 /// One operator instance's part of a task's checkpoint.
@@ -164,6 +167,14 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
         })?;
         self.next.notify_complete(checkpoint_id)
     }
+
+    fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
+        let operator = &mut self.operator;
+        guarded(&self.id.name, || {
+            operator.notify_checkpoint_aborted(checkpoint_id)
+        })?;
+        self.next.notify_aborted(checkpoint_id)
+    }
 }
 
 /// The end of a pipeline that writes into a sink.
@@ -212,7 +223,7 @@ impl<T: Send> Pipeline<T> for SinkStage<T> {
         parts: &mut Vec<OperatorPart>,
     ) -> Result<(), TaskError> {
         let writer = &mut self.writer;
-        let lists = guarded(&self.id.name, || writer.prepare_commit(barrier.id))?;
+        let lists = guarded(&self.id.name, || writer.prepare_commit(barrier))?;
         if !lists.is_empty() {
             parts.push(self.id.part(StateSnapshot { keyed: None, lists }));
         }
@@ -226,6 +237,11 @@ impl<T: Send> Pipeline<T> for SinkStage<T> {
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
         let writer = &mut self.writer;
         guarded(&self.id.name, || writer.commit(checkpoint_id))
+    }
+
+    fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
+        let writer = &mut self.writer;
+        guarded(&self.id.name, || writer.abort(checkpoint_id))
     }
 }
 
@@ -254,6 +270,9 @@ impl<T: Send> Pipeline<T> for Discard {
         Ok(())
     }
     fn notify_complete(&mut self, _checkpoint_id: u64) -> Result<(), TaskError> {
+        Ok(())
+    }
+    fn notify_aborted(&mut self, _checkpoint_id: u64) -> Result<(), TaskError> {
         Ok(())
     }
 }
@@ -320,6 +339,13 @@ impl<T: Clone + Send> Pipeline<T> for Tee<T> {
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
         for branch in &mut self.branches {
             branch.notify_complete(checkpoint_id)?;
+        }
+        Ok(())
+    }
+
+    fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
+        for branch in &mut self.branches {
+            branch.notify_aborted(checkpoint_id)?;
         }
         Ok(())
     }
@@ -503,6 +529,10 @@ impl<T: Send> Pipeline<T> for ExchangeOutput<T> {
     }
 
     fn notify_complete(&mut self, _checkpoint_id: u64) -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    fn notify_aborted(&mut self, _checkpoint_id: u64) -> Result<(), TaskError> {
         Ok(())
     }
 }

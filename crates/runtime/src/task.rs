@@ -10,6 +10,11 @@
 //! when the coordinator triggers n; other tasks take their snapshot when barrier
 //! n has arrived on every input ([`Aligner`]). The snapshot's synchronous part
 //! runs in the task's step; the frozen state goes to an upload thread.
+//!
+//! Lifecycle notifications (`Complete(n)`, `Abort(n)` in the task's inbox) are
+//! taken at the start of every step, before any input: the head (a source's
+//! reader, a two-input operator) hears them first, then every chained operator
+//! and the sink, on the task's worker thread.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +23,7 @@ use crate::channel::ChannelReceiver;
 use crate::checkpointing::{TaskCommand, TaskControl};
 use crate::connector::{SourcePoll, SourceReader};
 use crate::error::TaskError;
-use crate::message::{Barrier, Message};
+use crate::message::{Barrier, BarrierKind, Message};
 use crate::metrics::JobMetrics;
 use crate::operator::{StateSnapshot, TwoInputOperator};
 use crate::pipeline::{OperatorPart, Pipeline, StageIdentity, guarded};
@@ -90,12 +95,32 @@ enum AfterBarrier {
     Suspend,
 }
 
-/// Handles commands from the coordinator that every task understands.
-/// Returns the newest completed checkpoint id (`u64::MAX` for `Finish`).
+/// A command for the head of a task (a source's reader, a two-input
+/// operator), which the pipeline behind it does not cover.
+#[derive(Debug, Clone, Copy)]
+enum HeadCommand {
+    /// Sources only: take the position and emit this barrier.
+    Trigger(Barrier, AfterBarrier),
+    /// Sources only: a suspending savepoint failed; read on.
+    Resume,
+    /// Snapshot n is complete; the head hears it before the pipeline does.
+    Complete(u64),
+    /// Snapshot n was aborted; the head hears it before the pipeline does.
+    Aborted(u64),
+}
+
+/// Handles the commands from the coordinator: the lifecycle notifications go
+/// to the head (`head`) and then down the pipeline, in the order they were
+/// sent. Returns the newest completed checkpoint id (`u64::MAX` for `Finish`).
+///
+/// Completion and abort travel out of band: they carry no position in the
+/// stream, and a task hears of snapshot n only after it acknowledged n
+/// (complete) or at any time (abort), so they may be handled between any two
+/// steps.
 fn drain_commands<T>(
     control: Option<&TaskControl>,
     pipeline: &mut dyn Pipeline<T>,
-    mut on_trigger: impl FnMut(Option<(Barrier, AfterBarrier)>) -> Result<(), TaskError>,
+    mut head: impl FnMut(HeadCommand) -> Result<(), TaskError>,
 ) -> Result<Option<u64>, TaskError> {
     let Some(control) = control else {
         return Ok(None);
@@ -103,17 +128,28 @@ fn drain_commands<T>(
     let mut completed = None;
     while let Some(command) = control.next_command() {
         match command {
-            TaskCommand::Trigger(barrier) => on_trigger(Some((barrier, AfterBarrier::Continue)))?,
-            TaskCommand::TriggerAndSuspend(barrier) => {
-                on_trigger(Some((barrier, AfterBarrier::Suspend)))?
+            TaskCommand::Trigger(barrier) => {
+                head(HeadCommand::Trigger(barrier, AfterBarrier::Continue))?
             }
-            // `None`: resume after a suspension.
-            TaskCommand::Resume => on_trigger(None)?,
+            TaskCommand::TriggerAndSuspend(barrier) => {
+                // The barrier after which the sources stop: sinks and operators
+                // learn from its kind that it ends the job.
+                let barrier = Barrier {
+                    kind: BarrierKind::StopWithSavepoint,
+                    ..barrier
+                };
+                head(HeadCommand::Trigger(barrier, AfterBarrier::Suspend))?
+            }
+            TaskCommand::Resume => head(HeadCommand::Resume)?,
             TaskCommand::Complete(id) => {
+                head(HeadCommand::Complete(id))?;
                 pipeline.notify_complete(id)?;
                 completed = Some(completed.map_or(id, |c: u64| c.max(id)));
             }
-            TaskCommand::Abort(_) => {}
+            TaskCommand::Abort(id) => {
+                head(HeadCommand::Aborted(id))?;
+                pipeline.notify_aborted(id)?;
+            }
             TaskCommand::Finish => completed = Some(u64::MAX),
         }
     }
@@ -186,13 +222,18 @@ impl<T: Send> Task for SourceTask<T> {
         }
         let mut triggers: Vec<Barrier> = Vec::new();
         let mut suspend = self.suspended;
+        let (reader, name) = (&mut self.reader, &self.id.name);
         let completed = drain_commands(self.control.as_ref(), self.pipeline.as_mut(), |command| {
             match command {
-                Some((barrier, after)) => {
+                HeadCommand::Trigger(barrier, after) => {
                     triggers.push(barrier);
                     suspend |= after == AfterBarrier::Suspend;
                 }
-                None => suspend = false,
+                HeadCommand::Resume => suspend = false,
+                HeadCommand::Complete(id) => {
+                    guarded(name, || reader.notify_checkpoint_complete(id))?
+                }
+                HeadCommand::Aborted(id) => guarded(name, || reader.notify_checkpoint_aborted(id))?,
             }
             Ok(())
         })?;
@@ -205,7 +246,7 @@ impl<T: Send> Task for SourceTask<T> {
             // nothing is emitted between them.
             let started = Instant::now();
             let reader = &mut self.reader;
-            let lists = guarded(&self.id.name, || reader.snapshot())?;
+            let lists = guarded(&self.id.name, || reader.snapshot(barrier))?;
             let part = self.id.part(StateSnapshot { keyed: None, lists });
             checkpoint(
                 control,
@@ -462,6 +503,7 @@ impl<T: Send> Task for OneInputTask<T> {
         if self.phase != Phase::Running {
             return drain(&mut self.phase, self.pipeline.as_mut());
         }
+        // No head: the pipeline hears completions and aborts.
         drain_commands(self.control.as_ref(), self.pipeline.as_mut(), |_| Ok(()))?;
         if !self.pipeline.flush(false)? {
             return Ok(Step::Idle { wake_at: None });
@@ -636,15 +678,21 @@ impl<A: Send, B: Send, O: Send> Task for TwoInputTask<A, B, O> {
         if self.phase != Phase::Running {
             return drain(&mut self.phase, self.pipeline.as_mut());
         }
-        if let Some(control) = &self.control {
-            while let Some(command) = control.next_command() {
-                if let TaskCommand::Complete(id) = command {
-                    let operator = &mut self.operator;
-                    guarded(&self.id.name, || operator.notify_checkpoint_complete(id))?;
-                    self.pipeline.notify_complete(id)?;
+        let (operator, name) = (&mut self.operator, &self.id.name);
+        drain_commands(
+            self.control.as_ref(),
+            self.pipeline.as_mut(),
+            |command| match command {
+                HeadCommand::Complete(id) => {
+                    guarded(name, || operator.notify_checkpoint_complete(id))
                 }
-            }
-        }
+                HeadCommand::Aborted(id) => {
+                    guarded(name, || operator.notify_checkpoint_aborted(id))
+                }
+                // Sent to sources only.
+                HeadCommand::Trigger(..) | HeadCommand::Resume => Ok(()),
+            },
+        )?;
         if !self.pipeline.flush(false)? {
             return Ok(Step::Idle { wake_at: None });
         }

@@ -1,6 +1,8 @@
 //! Keyed state access through `KeyScope` on the heap backend, next to raw hash map
 //! baselines measured in the same run, and the synchronous snapshot step
-//! (`HeapTable::freeze`).
+//! (`HeapTable::freeze`); the durable encoding alone (`codec/`, what the serialising
+//! backend pays per access) and value access on the serialising backend over its
+//! in-memory store (`serialized/`, 100k keys).
 //!
 //! Run: `cargo bench -p flowstate-state --bench state_access` (add a filter such as
 //! `-- value/` to run a subset). Every benchmark works on state holding 1M `u64`
@@ -469,6 +471,137 @@ fn snapshot(c: &mut Criterion) {
     group.finish();
 }
 
+/// Keys of the serialising-backend benchmark (its in-memory store is an ordered
+/// map, slower to populate than the heap backend's tables).
+const SERIALIZED_KEYS: u64 = 100_000;
+
+/// The durable encoding alone (`flowstate_state::codec`): what the serialising
+/// backend pays on every access, per key and value, without the store.
+fn codec(c: &mut Criterion) {
+    use flowstate_state::codec::{decode_prefix, encode_into};
+    let mut group = c.benchmark_group("codec");
+    group.throughput(Throughput::Elements(OPS_PER_ITER as u64));
+    let mut ops = Ops::new();
+    let mut out = Vec::with_capacity(64);
+    group.bench_function("encode_u64_key_u64_pair_value", |b| {
+        b.iter_custom(|iters| {
+            timed("codec/encode_u64_key_u64_pair_value", iters, || {
+                for (key, _) in ops.next_chunk() {
+                    out.clear();
+                    encode_into(key, &mut out).expect("encode");
+                    encode_into(&(*key, key ^ 7), &mut out).expect("encode");
+                    black_box(&out);
+                }
+            })
+        })
+    });
+    let encoded: Vec<Vec<u8>> = (0..SEQUENCE as u64)
+        .map(|i| {
+            let mut bytes = Vec::new();
+            encode_into(&(i, i ^ 7), &mut bytes).expect("encode");
+            bytes
+        })
+        .collect();
+    let mut at = 0;
+    group.bench_function("decode_u64_pair_value", |b| {
+        b.iter_custom(|iters| {
+            timed("codec/decode_u64_pair_value", iters, || {
+                for _ in 0..OPS_PER_ITER {
+                    let value: ((u64, u64), usize) = decode_prefix(&encoded[at]).expect("decode");
+                    black_box(value);
+                    at = (at + 1) % SEQUENCE;
+                }
+            })
+        })
+    });
+    let words: Vec<String> = (0..4096u64)
+        .map(|i| format!("word-{}", splitmix64(i)))
+        .collect();
+    group.bench_function("encode_string_key_u64_value", |b| {
+        b.iter_custom(|iters| {
+            timed("codec/encode_string_key_u64_value", iters, || {
+                for (i, word) in words.iter().cycle().take(OPS_PER_ITER).enumerate() {
+                    out.clear();
+                    encode_into(word, &mut out).expect("encode");
+                    encode_into(&(i as u64), &mut out).expect("encode");
+                    black_box(&out);
+                }
+            })
+        })
+    });
+    let encoded_words: Vec<Vec<u8>> = words
+        .iter()
+        .map(|w| {
+            let mut bytes = Vec::new();
+            encode_into(w, &mut bytes).expect("encode");
+            bytes
+        })
+        .collect();
+    group.bench_function("decode_string_key", |b| {
+        b.iter_custom(|iters| {
+            timed("codec/decode_string_key", iters, || {
+                for bytes in encoded_words.iter().cycle().take(OPS_PER_ITER) {
+                    let word: (String, usize) = decode_prefix(bytes).expect("decode");
+                    black_box(word);
+                }
+            })
+        })
+    });
+    group.finish();
+}
+
+/// `get` then `set` of a `(u64, u64)` value on the serialising backend over
+/// its in-memory reference store: every access decodes and encodes.
+fn serialized_state(c: &mut Criterion) {
+    use flowstate_state::memory_store::MemoryStore;
+    use flowstate_state::serialized::SerializedKeyedStateBackend;
+    let mut group = c.benchmark_group("serialized");
+    group.throughput(Throughput::Elements(OPS_PER_ITER as u64));
+    let mut backend: Box<dyn KeyedStateBackend<u64>> = Box::new(SerializedKeyedStateBackend::new(
+        Box::new(MemoryStore::default()),
+        KeyGroupRange::new(0, MAX_PARALLELISM),
+        MAX_PARALLELISM,
+    ));
+    let handle = backend
+        .value_state(&ValueStateDescriptor::<(u64, u64)>::new("count-sum"))
+        .expect("declare");
+    for key in 0..SERIALIZED_KEYS {
+        let kg = key_group_of(&key, MAX_PARALLELISM);
+        KeyScope::new(backend.as_mut(), &key, kg)
+            .value(&handle)
+            .set((1, key))
+            .expect("populate");
+    }
+    let ops: Vec<(u64, KeyGroup)> = (0..SEQUENCE as u64)
+        .map(|i| {
+            let key = splitmix64(i) % SERIALIZED_KEYS;
+            (key, key_group_of(&key, MAX_PARALLELISM))
+        })
+        .collect();
+    let mut cursor = 0;
+    group.bench_function("value_get_set/100000", |b| {
+        b.iter_custom(|iters| {
+            timed("serialized/value_get_set", iters, || {
+                for (key, kg) in &ops[cursor..cursor + OPS_PER_ITER] {
+                    let mut scope = KeyScope::new(backend.as_mut(), key, *kg);
+                    let (count, sum) = scope
+                        .value(&handle)
+                        .get()
+                        .expect("get")
+                        .copied()
+                        .unwrap_or((0, 0));
+                    scope
+                        .value(&handle)
+                        .set((count + 1, sum.wrapping_add(*key)))
+                        .expect("set");
+                }
+                cursor = (cursor + OPS_PER_ITER) % SEQUENCE;
+            })
+        })
+    });
+    group.finish();
+}
+
 /// The baseline a benchmark is compared with in the summary.
 fn baseline_of(name: &str) -> Option<&'static str> {
     match name.split('/').next() {
@@ -506,7 +639,7 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = value_state, list_state, map_state, snapshot
+    targets = value_state, list_state, map_state, snapshot, codec, serialized_state
 }
 
 fn main() {

@@ -4,9 +4,9 @@
 //!
 //! Owns: parsing `std::any::type_name` output into a [`Shape`] (primitives,
 //! `String`, `Vec`, `VecDeque`, sets, `Option`, `Result`, `Box`, maps, fixed
-//! arrays and tuples of them), decoding bincode's standard configuration with
-//! fixed-width little-endian integers (the snapshot codec, see
-//! [`crate::snapshot`]) into a [`Value`], and the entry layout of each state
+//! arrays and tuples of them), decoding the durable encoding of entries
+//! ([`crate::codec`], whose serde `Deserializer` needs the Rust types) by its
+//! rules into a [`Value`], and the entry layout of each state
 //! kind ([`EntryLayout`]). A user struct cannot be decoded: its field layout is
 //! not recorded, and the error says so, naming the type.
 //!
@@ -14,7 +14,7 @@
 //! handed to it and never allocates more than the bytes it is given can hold
 //! (lengths are checked against the remaining bytes, nesting is bounded).
 //!
-//! bincode (serde, fixint, little endian) as used here: `bool` one byte 0/1;
+//! The encoding's rules as read here (see [`crate::codec`]): `bool` one byte 0/1;
 //! integers fixed width (`usize`/`isize` as 8 bytes, 128-bit ones as 16);
 //! floats their IEEE bits; `char` its UTF-8 bytes (no length); strings and
 //! sequences (`Vec`, sets, slices) a `u64` length then the bytes or elements;
@@ -665,14 +665,14 @@ impl<'a> Reader<'a> {
 // Entries of a state kind.
 
 /// How the entries of one state are laid out in a key-group payload
-/// (`u64 entries`, then per entry `bincode(K)` followed by):
+/// (`u64 entries`, then per entry `enc(K)` followed by):
 ///
 /// | kind | recorded types | after the key |
 /// |---|---|---|
-/// | value, reducing | `V` | `bincode(V)` |
-/// | aggregating | `(I, Acc, O)` | `bincode(Acc)` |
-/// | list | `V` | `u64 n`, then `n` × `bincode(V)` (a `Vec<V>`) |
-/// | map | `(UK, UV)` | `u64 n`, then `n` × `bincode(UK) bincode(UV)` (a map) |
+/// | value, reducing | `V` | `enc(V)` |
+/// | aggregating | `(I, Acc, O)` | `enc(Acc)` |
+/// | list | `V` | `u64 n`, then `n` × `enc(V)` (a `Vec<V>`) |
+/// | map | `(UK, UV)` | `u64 n`, then `n` × `enc(UK) enc(UV)` (a map) |
 #[derive(Debug, Clone)]
 pub struct EntryLayout {
     pub kind: StateKind,
@@ -853,7 +853,7 @@ impl EntryLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{codec, read_section};
+    use crate::snapshot::read_section;
     use crate::{
         AggregateFunction, AggregatingStateDescriptor, BackendSnapshot, KeyGroupRange, KeyScope,
         KeyedStateBackend, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
@@ -863,7 +863,7 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
 
     fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-        bincode::serde::encode_to_vec(value, codec()).unwrap()
+        crate::codec::encode_to_vec(value).unwrap()
     }
 
     /// Encodes `value` with the snapshot codec and decodes it by its type name.

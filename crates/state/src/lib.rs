@@ -6,7 +6,9 @@
 //! implements, the [`heap`] backend, the [`serialized`] backend over a byte-level
 //! store (RocksDB lives in its own crate), the description of [`native`]
 //! snapshots, the per-record scoped view of state
-//! ([`access::KeyScope`]) and non-keyed operator state ([`operator_state`]).
+//! ([`access::KeyScope`]), non-keyed operator state ([`operator_state`]) and
+//! the durable encoding of keys and values in checkpoints, savepoints and
+//! stores ([`codec`]).
 //!
 //! It must not touch: threads, channels, tasks or the runtime's scheduling. The
 //! runtime reaches state only through [`KeyedStateBackend`] and the handles in
@@ -14,6 +16,7 @@
 
 pub mod access;
 pub mod backend;
+pub mod codec;
 pub mod descriptor;
 pub mod dynamic;
 pub mod error;

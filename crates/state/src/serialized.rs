@@ -9,18 +9,18 @@
 //! Layout: one column per state (named `s:<state name>`), keys ordered
 //! bytewise. Every key starts with its key group as a big-endian `u16`, so the
 //! state of a key-group range is one contiguous scan and one range deletion.
-//! - value, reducing, aggregating: `kg ++ bincode(K)` → `bincode(V)`;
-//! - list: `kg ++ bincode(K)` → elements, each `u32 LE length ++ bincode(V)`, so
+//! - value, reducing, aggregating: `kg ++ enc(K)` → `enc(V)`;
+//! - list: `kg ++ enc(K)` → elements, each `u32 LE length ++ enc(V)`, so
 //!   that adding one is a blind append (a RocksDB merge) rather than a
 //!   read-modify-write;
-//! - map: `kg ++ u32 BE len(bincode(K)) ++ bincode(K) ++ bincode(UK)` →
-//!   `bincode(UV)`: one store entry per map entry, and the entries of one key
+//! - map: `kg ++ u32 BE len(enc(K)) ++ enc(K) ++ enc(UK)` →
+//!   `enc(UV)`: one store entry per map entry, and the entries of one key
 //!   are one prefix.
 //!
-//! bincode here is the canonical snapshot encoding (standard configuration,
-//! fixed-width little-endian integers). That is why a canonical key-group
-//! section can be produced from a store's bytes without knowing the Rust types
-//! ([`ColumnSnapshot`]): a canonical entry is `bincode(K) ++ bincode(S)`.
+//! `enc` is the durable encoding of snapshot entries ([`crate::codec`]). That
+//! is why a canonical key-group section can be produced from a store's bytes
+//! without knowing the Rust types ([`ColumnSnapshot`]): a canonical entry is
+//! `enc(K) ++ enc(S)`.
 //!
 //! Restored canonical sections of states no one declared yet wait in memory,
 //! and in the column `meta:unclaimed` (key `kg`, value: a key-group section),
@@ -37,7 +37,7 @@ use crate::descriptor::{StateKind, StateSignature};
 use crate::error::StateError;
 use crate::key_group::KeyGroupRange;
 use crate::native::{NativeRestore, NativeSnapshot};
-use crate::snapshot::{KeyedStateSnapshot, RestoredKeyedState, TableSnapshot, codec};
+use crate::snapshot::{KeyedStateSnapshot, RestoredKeyedState, TableSnapshot};
 use crate::table::{KeyedTable, ListTable, MapTable, ValueTable};
 use crate::{KeyGroup, StateKey, StateValue};
 
@@ -200,16 +200,14 @@ fn encode_into<T: serde::Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), StateError> {
-    bincode::serde::encode_into_std_write(value, out, codec())
-        .map(|_| ())
-        .map_err(|e| codec_error(state, "encode", e))
+    crate::codec::encode_into(value, out).map_err(|e| codec_error(state, "encode", e))
 }
 
 fn decode_prefix<T: serde::de::DeserializeOwned>(
     state: &str,
     bytes: &[u8],
 ) -> Result<(T, usize), StateError> {
-    bincode::serde::decode_from_slice(bytes, codec()).map_err(|e| codec_error(state, "decode", e))
+    crate::codec::decode_prefix(bytes).map_err(|e| codec_error(state, "decode", e))
 }
 
 fn decode_exact<T: serde::de::DeserializeOwned>(
@@ -305,7 +303,7 @@ impl ColumnTable {
         }
     }
 
-    /// Sets `self.key` to `kg ++ bincode(key)`.
+    /// Sets `self.key` to `kg ++ enc(key)`.
     fn set_key<K: serde::Serialize>(
         &mut self,
         key_group: KeyGroup,
@@ -317,7 +315,7 @@ impl ColumnTable {
         encode_into(&self.name, key, &mut self.key)
     }
 
-    /// Sets `self.key` to the map prefix `kg ++ len ++ bincode(key)`.
+    /// Sets `self.key` to the map prefix `kg ++ len ++ enc(key)`.
     fn set_map_prefix<K: serde::Serialize>(
         &mut self,
         key_group: KeyGroup,
@@ -359,7 +357,7 @@ impl ColumnTable {
     }
 
     /// Writes the entries of a restored canonical key-group payload in
-    /// batches. A canonical entry is `bincode(K) ++ bincode(S)`: `K` is decoded
+    /// batches. A canonical entry is `enc(K) ++ enc(S)`: `K` is decoded
     /// only to find where its bytes end (they are the store's key bytes as they
     /// are); `write` turns `S` into store entries.
     fn restore_entries<K, S>(
@@ -764,7 +762,7 @@ impl<K: StateKey, UK: StateKey, UV: StateValue> KeyedTable<K> for SerializedMapT
             key_group,
             payload,
             |name, key, entries, _, batch| {
-                // `key` is kg ++ bincode(K); the map layout puts K's length between.
+                // `key` is kg ++ enc(K); the map layout puts K's length between.
                 let key_bytes = &key[KEY_GROUP_PREFIX_BYTES..];
                 let len = u32::try_from(key_bytes.len())
                     .map_err(|_| codec_error(name, "encode", "a key larger than 4 GiB"))?;

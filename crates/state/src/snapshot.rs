@@ -10,28 +10,15 @@
 //! Key-group section layout (all integers little-endian):
 //! `u32 states`, then per state: `u16 name_len, name, u8 kind, u16 types_len,
 //! types, u64 payload_len, payload`; a payload is `u64 entries` followed by the
-//! entries, each `(key, value)` in bincode's standard configuration with
-//! fixed-width integers.
+//! entries, each the key then the value in the durable encoding
+//! ([`crate::codec`]).
 
 use crate::descriptor::{StateKind, StateSignature};
 use crate::error::StateError;
 use crate::key_group::{KeyGroup, KeyGroupRange};
 
-/// The bincode configuration of snapshot entries.
-pub(crate) fn codec() -> bincode::config::Configuration<
-    bincode::config::LittleEndian,
-    bincode::config::Fixint,
-    bincode::config::Limit<DECODE_BYTES_MAX>,
-> {
-    // The limit makes a damaged length field a decode error instead of an
-    // attempt to allocate what it claims. It does not change the encoding.
-    bincode::config::standard()
-        .with_fixed_int_encoding()
-        .with_limit::<DECODE_BYTES_MAX>()
-}
-
-/// Largest single key or value decoded (a limit on everything).
-pub const DECODE_BYTES_MAX: usize = 1 << 30;
+/// Largest single length decoded (see [`crate::codec`]).
+pub use crate::codec::DECODE_BYTES_MAX;
 
 /// A frozen table, serialisable one key group at a time from any thread.
 pub trait TableSnapshot: Send + Sync {
@@ -270,15 +257,15 @@ where
     K: serde::Serialize + 'e,
     S: serde::Serialize + 'e,
 {
+    let codec_error = |e: crate::codec::CodecError| StateError::Codec {
+        state: state.to_owned(),
+        action: "encode",
+        reason: e.to_string(),
+    };
     out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    for entry in entries {
-        bincode::serde::encode_into_std_write(entry, out, codec()).map_err(|e| {
-            StateError::Codec {
-                state: state.to_owned(),
-                action: "encode",
-                reason: e.to_string(),
-            }
-        })?;
+    for (key, value) in entries {
+        crate::codec::encode_into(key, out).map_err(codec_error)?;
+        crate::codec::encode_into(value, out).map_err(codec_error)?;
     }
     Ok(())
 }
@@ -306,9 +293,11 @@ where
     let count = u64::from_le_bytes(count);
     let mut at = 8;
     for _ in 0..count {
-        let ((key, value), used): ((K, S), usize) =
-            bincode::serde::decode_from_slice(&payload[at..], codec())
-                .map_err(|e| corrupt(e.to_string()))?;
+        let (key, used): (K, usize) =
+            crate::codec::decode_prefix(&payload[at..]).map_err(|e| corrupt(e.to_string()))?;
+        at += used;
+        let (value, used): (S, usize) =
+            crate::codec::decode_prefix(&payload[at..]).map_err(|e| corrupt(e.to_string()))?;
         at += used;
         f(key, value);
     }

@@ -33,7 +33,7 @@ use flowstate::runtime::checkpoint::{
     CheckpointMetadata, CheckpointStorage, CoordinatorSettings, OperatorListState, SharedStorage,
     StorageError, open_storage,
 };
-use flowstate::runtime::{CheckpointingConfig, Guarantee, RestartStrategy, RestoreFrom};
+use flowstate::runtime::{Barrier, CheckpointingConfig, Guarantee, RestartStrategy, RestoreFrom};
 use flowstate::state::StateBackendConfig;
 use flowstate::{
     ExecutionConfig, FnResult, JobReport, KeyedCoProcessFunction, KeyedContext,
@@ -838,8 +838,12 @@ impl SinkWriter<CountUpdate> for FaultyWriter {
         self.inner.finish()
     }
 
-    fn prepare_commit(&mut self, checkpoint_id: u64) -> Result<Vec<OperatorListState>, UserError> {
-        self.inner.prepare_commit(checkpoint_id)
+    fn prepare_commit(&mut self, barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
+        self.inner.prepare_commit(barrier)
+    }
+
+    fn abort(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
+        self.inner.abort(checkpoint_id)
     }
 
     fn commit(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
@@ -962,7 +966,7 @@ fn run_here(spec: &RunSpec) -> Result<RunOutcome, String> {
         checkpointing: Some(CheckpointingConfig {
             storage,
             settings: CoordinatorSettings {
-                interval: spec.interval,
+                interval: Some(spec.interval),
                 timeout: Duration::from_secs(10),
                 retain: spec.retain,
                 tolerable_failures: 100,
@@ -973,12 +977,7 @@ fn run_here(spec: &RunSpec) -> Result<RunOutcome, String> {
             restore: RestoreFrom::Nothing,
             allow_non_restored_state: false,
             allow_fallback_duplicates: false,
-            restart: RestartStrategy {
-                attempts: 10,
-                delay: Duration::from_millis(1),
-                backoff_multiplier: 1.0,
-                delay_max: Duration::from_millis(1),
-            },
+            restart: RestartStrategy::fixed_delay(10, Duration::from_millis(1)),
             savepoint_dir: None,
         }),
         ..ExecutionConfig::with_parallelism(spec.parallelism)
