@@ -19,6 +19,42 @@
 //! runs of the job left there: a job without checkpoints owns no directory in
 //! it (and holds no lease on one).
 //!
+//! It is driven only by events, each with the time it happened ([`Now`],
+//! given by the driver: the coordinator never reads a clock), and answers
+//! each with the [`CoordinatorAction`]s the driver must carry out:
+//!
+//! | event | may answer |
+//! |---|---|
+//! | [`Coordinator::tick`] (periodically, and after every other event) | `Trigger`, `Abort` (timeouts), `TriggerSavepoint`, `FinishSources`, `SavepointDropped`, `FailJob` |
+//! | [`Coordinator::on_ack`] | `Complete`, `Abort`, `FinishSources`, `TriggerSavepoint`, `Trigger` (the final checkpoint) |
+//! | [`Coordinator::on_decline`] | `Abort`, `ResumeSources`, `FailJob`, `TriggerSavepoint`, `Trigger` (the final checkpoint again) |
+//! | [`Coordinator::request_savepoint`] | `TriggerSavepoint` (at once when nothing is in flight, else later), `SavepointDropped` |
+//! | [`Coordinator::on_sources_exhausted`] | `Trigger` (the final checkpoint), `FinishSources` |
+//! | [`Coordinator::on_job_stopped`] | `SavepointDropped` |
+//!
+//! **The end of a bounded job** is decided here. Once the driver reports
+//! every source exhausted, periodic checkpoints stop; as soon as nothing is in
+//! flight (a savepoint in flight or queued goes first) the coordinator
+//! triggers one more checkpoint, the *final* one, and triggers it again if it
+//! fails (each failure counts towards the tolerated ones, as any other). When
+//! it — or any later checkpoint — completes, `Complete` (tasks notified, sinks
+//! commit) is followed by `FinishSources`: the sources end their output. A
+//! stop-with-savepoint ends the job the same way: `Complete` with the tasks
+//! notified, then `FinishSources`; if it fails, `ResumeSources`. Without
+//! periodic checkpoints there is no final checkpoint: `FinishSources` comes
+//! as soon as the sources are exhausted and no savepoint is in flight or
+//! queued. After `FinishSources` nothing more is triggered and savepoint
+//! requests are dropped.
+//!
+//! **Savepoint requests** are held here too: at most one waits
+//! ([`SAVEPOINTS_QUEUED_MAX`]) until nothing is in flight; the request, its
+//! target directory and whether it stops the job travel in
+//! `TriggerSavepoint` to the driver (which hands the target to the uploaders)
+//! and come back, as the request id, in the `Complete` or `Abort` of it.
+//!
+//! **History is bounded**: the figures of the last
+//! [`COMPLETED_STATS_MAX`] completed snapshots, and counters of all.
+//!
 //! It also owns the lifetime of shared native files (`<job>/shared/`, written
 //! by incremental checkpoints and referenced by later ones): it counts their
 //! references across the retained checkpoints and deletes a file only when no
@@ -26,6 +62,7 @@
 //! `shared_registry` module.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::layout::{
@@ -83,18 +120,119 @@ impl Default for CoordinatorSettings {
     }
 }
 
-/// What the runtime must do.
+/// The time of an event, given by the driver: the coordinator never reads a
+/// clock, so a test (or a simulation) drives it with invented times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time: intervals, pauses and timeouts are measured with it.
+    pub instant: Instant,
+    /// Wall-clock time (ms since the Unix epoch), only for what is recorded
+    /// (`created_unix_ms` of the metadata, `trigger_unix_ms` of the figures).
+    pub unix_ms: u64,
+}
+
+impl Now {
+    pub fn new(instant: Instant, unix_ms: u64) -> Self {
+        Self { instant, unix_ms }
+    }
+
+    /// The real time, for drivers (the coordinator itself never calls this).
+    pub fn system() -> Self {
+        Self::new(Instant::now(), unix_ms_now())
+    }
+}
+
+impl std::ops::Add<Duration> for Now {
+    type Output = Now;
+
+    /// Both clocks moved on by `by`.
+    fn add(self, by: Duration) -> Now {
+        Now {
+            instant: self.instant + by,
+            unix_ms: self
+                .unix_ms
+                .saturating_add(u64::try_from(by.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
+/// A savepoint someone asked for.
+#[derive(Clone)]
+pub struct SavepointRequest {
+    /// The requester's name for it, handed back in every action about it.
+    pub request: String,
+    /// Its own, empty directory: its files and `_metadata` go there, paths
+    /// relative to it.
+    pub target: SharedStorage,
+    /// Stop-with-savepoint: the sources emit nothing after its barrier, and
+    /// the job ends once it completed.
+    pub stop: bool,
+}
+
+impl std::fmt::Debug for SavepointRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SavepointRequest")
+            .field("request", &self.request)
+            .field("target", &self.target.describe())
+            .field("stop", &self.stop)
+            .finish()
+    }
+}
+
+/// Two requests are the same when they name the same storage object (a
+/// storage has no equality of its own).
+impl PartialEq for SavepointRequest {
+    fn eq(&self, other: &Self) -> bool {
+        self.request == other.request
+            && self.stop == other.stop
+            && Arc::ptr_eq(&self.target, &other.target)
+    }
+}
+
+impl Eq for SavepointRequest {}
+
+/// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CoordinatorAction {
-    /// Have every source record its position and inject barrier `id`.
+    /// Have every source record its position and inject barrier `id` (a
+    /// checkpoint: periodic, or the final one of a bounded job).
     Trigger {
         id: CheckpointId,
         kind: SnapshotKind,
     },
-    /// Checkpoint `id` is complete: notify every task (sinks commit).
-    Complete { id: CheckpointId },
-    /// Checkpoint `id` failed: tasks drop what they hold for it.
-    Abort { id: CheckpointId, reason: String },
+    /// Have every source record its position and inject the barrier of
+    /// savepoint `id`, whose files go to `savepoint.target` (the driver
+    /// hands it to the uploaders); with `savepoint.stop` the sources then
+    /// emit nothing more until `FinishSources` or `ResumeSources`.
+    TriggerSavepoint {
+        id: CheckpointId,
+        savepoint: SavepointRequest,
+    },
+    /// Snapshot `id` is complete, with these figures. With `notify_tasks`
+    /// (every checkpoint, and a stop-with-savepoint) every task hears of it
+    /// and sinks commit; an intermediate savepoint has no side effects.
+    /// `request`: the savepoint request it answers, if any.
+    Complete {
+        id: CheckpointId,
+        stats: CheckpointStats,
+        notify_tasks: bool,
+        request: Option<String>,
+    },
+    /// Snapshot `id` failed: tasks drop what they hold for it. `request`: the
+    /// savepoint request it answers, if any.
+    Abort {
+        id: CheckpointId,
+        reason: String,
+        request: Option<String>,
+    },
+    /// The sources end their output (the final checkpoint or a
+    /// stop-with-savepoint completed, or no checkpoints are taken); nothing
+    /// is triggered any more.
+    FinishSources,
+    /// A stop-with-savepoint failed: the suspended sources read on.
+    ResumeSources,
+    /// A savepoint request that will never be taken.
+    SavepointDropped { request: String, reason: String },
     /// Too many consecutive failures: fail the job.
     FailJob { reason: String },
 }
@@ -123,7 +261,7 @@ pub struct TaskStats {
 }
 
 /// Figures of a completed checkpoint.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointStats {
     pub id: CheckpointId,
     pub kind: SnapshotKind,
@@ -147,15 +285,42 @@ struct Pending {
     started: Instant,
     trigger_unix_ms: u64,
     acks: HashMap<usize, TaskAck>,
-    /// A savepoint's own storage (its directory); `None` for checkpoints.
-    target: Option<SharedStorage>,
+    /// A savepoint's request (its own storage, whether it stops the job);
+    /// `None` for checkpoints.
+    savepoint: Option<SavepointRequest>,
 }
+
+/// Where the job is on its way to the end of bounded input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Sources are reading; checkpoints are periodic.
+    Running,
+    /// Every source is exhausted: no periodic checkpoints; the final one is
+    /// in flight (`Some`) or still to be triggered.
+    Exhausted {
+        final_checkpoint: Option<CheckpointId>,
+    },
+    /// The sources were told to end their output: nothing is triggered any
+    /// more.
+    Finished,
+}
+
+/// Figures of completed snapshots kept for [`Coordinator::completed`]: a job
+/// runs for months, one checkpoint every few seconds; older ones are
+/// counted only ([`Coordinator::completed_count`]).
+pub const COMPLETED_STATS_MAX: usize = 256;
+
+/// Savepoint requests waiting for the snapshot in flight to finish: the
+/// `JobController` refuses a request while another is in progress, so one
+/// is all that can legitimately wait.
+pub const SAVEPOINTS_QUEUED_MAX: usize = 1;
 
 /// Savepoints aborted recently, remembered so that a late acknowledgement's
 /// files can still be removed from their directory (a limit on everything).
 const ABORTED_SAVEPOINTS_MAX: usize = 16;
 
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+/// For drivers and the rest of the runtime; the coordinator never calls it.
 pub fn unix_ms_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -176,11 +341,18 @@ pub struct Coordinator {
     last_trigger: Option<Instant>,
     last_finished: Option<Instant>,
     consecutive_failures: u32,
+    /// Figures of the last completed snapshots, oldest first; at most
+    /// [`COMPLETED_STATS_MAX`] of them are shown (up to twice as many are
+    /// held, so that trimming is amortised).
     completed: Vec<CheckpointStats>,
+    completed_count: u64,
     failed: u64,
     /// References to shared files of the retained checkpoints.
     shared: SharedRegistry,
     aborted_savepoints: VecDeque<(CheckpointId, SharedStorage)>,
+    /// Savepoint requests waiting for nothing to be in flight.
+    queued_savepoints: VecDeque<SavepointRequest>,
+    ending: Ending,
 }
 
 impl Coordinator {
@@ -193,6 +365,8 @@ impl Coordinator {
     /// must therefore happen while no upload of an earlier run of this job is
     /// still writing (the runtime joins its uploaders between attempts).
     /// Without periodic checkpoints it adopts nothing and touches no storage.
+    /// `now` is when it starts: the first checkpoint is due an interval later.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         storage: SharedStorage,
         job_id: &str,
@@ -201,6 +375,7 @@ impl Coordinator {
         parallelism: u32,
         max_parallelism: u32,
         restored: Option<CheckpointId>,
+        now: Now,
     ) -> Self {
         Self::after_restore(
             storage,
@@ -211,6 +386,7 @@ impl Coordinator {
             max_parallelism,
             restored,
             &BTreeSet::new(),
+            now,
         )
     }
 
@@ -230,6 +406,7 @@ impl Coordinator {
         max_parallelism: u32,
         restored: Option<CheckpointId>,
         damaged: &BTreeSet<CheckpointId>,
+        now: Now,
     ) -> Self {
         let mut coordinator = Self {
             storage,
@@ -241,13 +418,16 @@ impl Coordinator {
             next_id: restored.unwrap_or(0) + 1,
             pending: BTreeMap::new(),
             retained: restored.into_iter().collect(),
-            last_trigger: Some(Instant::now()),
+            last_trigger: Some(now.instant),
             last_finished: None,
             consecutive_failures: 0,
             completed: Vec::new(),
+            completed_count: 0,
             failed: 0,
             shared: SharedRegistry::default(),
             aborted_savepoints: VecDeque::new(),
+            queued_savepoints: VecDeque::new(),
+            ending: Ending::Running,
         };
         // A coordinator that takes no checkpoints has nothing to adopt, and
         // its job holds no lease on the directory: it must not delete there.
@@ -468,8 +648,32 @@ impl Coordinator {
         &self.job_id
     }
 
+    /// Figures of the last completed snapshots (at most
+    /// [`COMPLETED_STATS_MAX`]), oldest first.
     pub fn completed(&self) -> &[CheckpointStats] {
-        &self.completed
+        let shown = self.completed.len().min(COMPLETED_STATS_MAX);
+        &self.completed[self.completed.len() - shown..]
+    }
+
+    /// Snapshots completed over the coordinator's life.
+    pub fn completed_count(&self) -> u64 {
+        self.completed_count
+    }
+
+    /// Whether the sources were told to end their output (`FinishSources`).
+    pub fn sources_finished(&self) -> bool {
+        self.ending == Ending::Finished
+    }
+
+    /// Records the figures of a completed snapshot, forgetting the oldest
+    /// beyond the window.
+    fn record_completed(&mut self, stats: CheckpointStats) {
+        if self.completed.len() >= 2 * COMPLETED_STATS_MAX {
+            self.completed
+                .drain(..self.completed.len() - COMPLETED_STATS_MAX);
+        }
+        self.completed.push(stats);
+        self.completed_count += 1;
     }
 
     pub fn failed_count(&self) -> u64 {
@@ -486,10 +690,12 @@ impl Coordinator {
     }
 
     /// When the next periodic checkpoint is due (`None` if one must finish
-    /// first, or if there are no periodic checkpoints).
-    pub fn next_trigger_at(&self, now: Instant) -> Option<Instant> {
+    /// first, if there are no periodic checkpoints, or once every source is
+    /// exhausted).
+    pub fn next_trigger_at(&self, now: Now) -> Option<Instant> {
+        let now = now.instant;
         let interval = self.settings.interval?;
-        if self.pending.len() >= self.settings.max_concurrent {
+        if self.ending != Ending::Running || self.pending.len() >= self.settings.max_concurrent {
             return None;
         }
         let by_interval = self
@@ -506,70 +712,172 @@ impl Coordinator {
     /// of a bounded job), into the checkpoint storage. `None` while too many
     /// are in flight, and always without periodic checkpoints (nothing may be
     /// written to the checkpoint storage then).
-    pub fn trigger_now(&mut self, kind: SnapshotKind, now: Instant) -> Option<CoordinatorAction> {
+    pub fn trigger_now(&mut self, kind: SnapshotKind, now: Now) -> Option<CoordinatorAction> {
         if !self.settings.periodic() {
             return None;
         }
         self.start(kind, None, now)
     }
 
-    /// Starts a savepoint into `target` (an empty directory of its own: its
-    /// files and `_metadata` go there, paths relative to it). `None` while
-    /// too many snapshots are in flight.
-    pub fn trigger_savepoint(
+    /// Someone asked for a savepoint: it starts as soon as nothing is in
+    /// flight (at once if nothing is), after any request already waiting.
+    /// Dropped (`SavepointDropped`) once the sources finished, or when
+    /// [`SAVEPOINTS_QUEUED_MAX`] requests already wait.
+    pub fn request_savepoint(
         &mut self,
-        target: SharedStorage,
-        now: Instant,
-    ) -> Option<CoordinatorAction> {
-        self.start(SnapshotKind::Savepoint, Some(target), now)
+        savepoint: SavepointRequest,
+        now: Now,
+    ) -> Vec<CoordinatorAction> {
+        let refused = if self.ending == Ending::Finished {
+            Some("the job is finishing; no more snapshots are taken")
+        } else if self.queued_savepoints.len() >= SAVEPOINTS_QUEUED_MAX {
+            Some("another savepoint is waiting to be taken")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            return vec![CoordinatorAction::SavepointDropped {
+                request: savepoint.request,
+                reason: reason.into(),
+            }];
+        }
+        self.queued_savepoints.push_back(savepoint);
+        self.advance(now)
+    }
+
+    /// Every source of the job has read all its input (the driver counts
+    /// them). Periodic checkpoints stop; the final checkpoint follows as soon
+    /// as nothing is in flight, or, without checkpoints, the sources finish.
+    pub fn on_sources_exhausted(&mut self, now: Now) -> Vec<CoordinatorAction> {
+        if self.ending == Ending::Running {
+            self.ending = Ending::Exhausted {
+                final_checkpoint: None,
+            };
+        }
+        self.advance(now)
+    }
+
+    /// The job stopped (finished or failed; its tasks are gone): whatever is
+    /// in flight is aborted without notifying anyone (its files are
+    /// removed), and the requests still waiting are answered as dropped.
+    pub fn on_job_stopped(&mut self, now: Now) -> Vec<CoordinatorAction> {
+        self.abort_all("the job stopped", now);
+        self.drop_queued("the job stopped before the savepoint was taken")
+    }
+
+    fn drop_queued(&mut self, reason: &str) -> Vec<CoordinatorAction> {
+        self.queued_savepoints
+            .drain(..)
+            .map(|s| CoordinatorAction::SavepointDropped {
+                request: s.request,
+                reason: reason.to_owned(),
+            })
+            .collect()
+    }
+
+    /// The next step of the savepoint queue and of the end of bounded input,
+    /// after any event: a waiting savepoint starts as soon as nothing is in
+    /// flight; then, once the sources are exhausted, the final checkpoint
+    /// (or, without checkpoints, the end of the sources' output).
+    fn advance(&mut self, now: Now) -> Vec<CoordinatorAction> {
+        let mut actions = Vec::new();
+        if self.ending == Ending::Finished {
+            return actions;
+        }
+        if self.pending.is_empty()
+            && let Some(savepoint) = self.queued_savepoints.pop_front()
+        {
+            match self.start(SnapshotKind::Savepoint, Some(savepoint.clone()), now) {
+                Some(action) => actions.push(action),
+                // Only with `max_concurrent` 0: it waits (for ever).
+                None => self.queued_savepoints.push_front(savepoint),
+            }
+        }
+        let Ending::Exhausted { final_checkpoint } = self.ending else {
+            return actions;
+        };
+        if !self.pending.is_empty() || !self.queued_savepoints.is_empty() {
+            return actions;
+        }
+        if !self.settings.periodic() {
+            // No checkpoints, so no final one: the sources end their output,
+            // and sinks publish at `finish`, as in a job without a
+            // coordinator.
+            self.ending = Ending::Finished;
+            actions.push(CoordinatorAction::FinishSources);
+        } else if final_checkpoint.is_none()
+            && let Some(action) = self.trigger_now(SnapshotKind::Checkpoint, now)
+        {
+            if let CoordinatorAction::Trigger { id, .. } = action {
+                self.ending = Ending::Exhausted {
+                    final_checkpoint: Some(id),
+                };
+            }
+            actions.push(action);
+        }
+        actions
     }
 
     fn start(
         &mut self,
         kind: SnapshotKind,
-        target: Option<SharedStorage>,
-        now: Instant,
+        savepoint: Option<SavepointRequest>,
+        now: Now,
     ) -> Option<CoordinatorAction> {
         if self.pending.len() >= self.settings.max_concurrent {
             return None;
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.last_trigger = Some(now);
+        self.last_trigger = Some(now.instant);
+        let action = match &savepoint {
+            Some(savepoint) => CoordinatorAction::TriggerSavepoint {
+                id,
+                savepoint: savepoint.clone(),
+            },
+            None => CoordinatorAction::Trigger { id, kind },
+        };
         self.pending.insert(
             id,
             Pending {
                 kind,
-                started: now,
-                trigger_unix_ms: unix_ms_now(),
+                started: now.instant,
+                trigger_unix_ms: now.unix_ms,
                 acks: HashMap::new(),
-                target,
+                savepoint,
             },
         );
-        Some(CoordinatorAction::Trigger { id, kind })
+        Some(action)
     }
 
     /// Whether snapshot `id` is a savepoint still in flight.
     pub fn is_pending_savepoint(&self, id: CheckpointId) -> bool {
-        self.pending.get(&id).is_some_and(|p| p.target.is_some())
+        self.pending.get(&id).is_some_and(|p| p.savepoint.is_some())
     }
 
-    /// Periodic work: start a due checkpoint, abort timed-out ones.
-    pub fn tick(&mut self, now: Instant) -> Vec<CoordinatorAction> {
+    /// Periodic work, and the next step after any other event: abort
+    /// timed-out snapshots, start a waiting savepoint, a due periodic
+    /// checkpoint, or the final one.
+    pub fn tick(&mut self, now: Now) -> Vec<CoordinatorAction> {
         let mut actions = self.tick_timeouts(now);
-        if self.next_trigger_at(now).is_some_and(|at| at <= now) {
+        actions.extend(self.advance(now));
+        if self.ending == Ending::Running
+            && self
+                .next_trigger_at(now)
+                .is_some_and(|at| at <= now.instant)
+        {
             actions.extend(self.trigger_now(SnapshotKind::Checkpoint, now));
         }
         actions
     }
 
     /// Aborts checkpoints that ran out of time.
-    pub fn tick_timeouts(&mut self, now: Instant) -> Vec<CoordinatorAction> {
+    pub fn tick_timeouts(&mut self, now: Now) -> Vec<CoordinatorAction> {
         let mut actions = Vec::new();
         let expired: Vec<CheckpointId> = self
             .pending
             .iter()
-            .filter(|(_, p)| now.duration_since(p.started) >= self.settings.timeout)
+            .filter(|(_, p)| now.instant.duration_since(p.started) >= self.settings.timeout)
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
@@ -582,8 +890,16 @@ impl Coordinator {
         actions
     }
 
-    /// A task acknowledged; completes the checkpoint when it was the last.
-    pub fn on_ack(&mut self, ack: TaskAck, now: Instant) -> Vec<CoordinatorAction> {
+    /// A task acknowledged; completes the checkpoint when it was the last
+    /// (and then takes the next step: a waiting savepoint, the final
+    /// checkpoint, or the end of the sources' output).
+    pub fn on_ack(&mut self, ack: TaskAck, now: Now) -> Vec<CoordinatorAction> {
+        let mut actions = self.collect_ack(ack, now);
+        actions.extend(self.advance(now));
+        actions
+    }
+
+    fn collect_ack(&mut self, ack: TaskAck, now: Now) -> Vec<CoordinatorAction> {
         let Some(pending) = self.pending.get_mut(&ack.id) else {
             self.discard_late_ack(&ack);
             return Vec::new();
@@ -596,10 +912,10 @@ impl Coordinator {
         let Some(pending) = self.pending.remove(&id) else {
             return Vec::new();
         };
-        if pending.target.is_some() {
+        if pending.savepoint.is_some() {
             return self.complete_savepoint(id, pending, now);
         }
-        let (metadata, mut stats) = self.assemble(id, &pending);
+        let (metadata, mut stats) = self.assemble(id, &pending, now);
         let published = self
             .check_native_files(&metadata)
             .and_then(|()| self.publish(&metadata));
@@ -607,15 +923,29 @@ impl Coordinator {
             self.pending.insert(id, pending);
             return self.abort(id, reason, now);
         }
-        stats.duration = now.duration_since(pending.started);
-        self.completed.push(stats);
+        stats.duration = now.instant.duration_since(pending.started);
+        self.record_completed(stats.clone());
         self.consecutive_failures = 0;
-        self.last_finished = Some(now);
+        self.last_finished = Some(now.instant);
         // Registered before retention runs: a file this checkpoint shares with
         // one retention discards now must not reach zero references.
         self.shared.register(id, metadata.shared_paths());
         self.retained.push_back(id);
-        let mut actions = vec![CoordinatorAction::Complete { id }];
+        let mut actions = vec![CoordinatorAction::Complete {
+            id,
+            stats,
+            notify_tasks: true,
+            request: None,
+        }];
+        // The final checkpoint, or a later one, ends the sources' output: it
+        // holds everything they read.
+        if let Ending::Exhausted {
+            final_checkpoint: Some(last),
+        } = self.ending
+            && id >= last
+        {
+            actions.extend(self.finish_sources());
+        }
         // Older pending checkpoints can no longer matter.
         let older: Vec<CheckpointId> = self.pending.range(..id).map(|(id, _)| *id).collect();
         for old in older {
@@ -632,22 +962,48 @@ impl Coordinator {
         &mut self,
         id: CheckpointId,
         pending: Pending,
-        now: Instant,
+        now: Now,
     ) -> Vec<CoordinatorAction> {
-        let Some(target) = pending.target.clone() else {
+        let Some(savepoint) = pending.savepoint.clone() else {
             return Vec::new();
         };
-        let (metadata, mut stats) = self.assemble(id, &pending);
-        let published = check_self_contained(&metadata)
-            .and_then(|()| publish_to(target.as_ref(), crate::layout::METADATA_FILE, &metadata));
+        let (metadata, mut stats) = self.assemble(id, &pending, now);
+        let published = check_self_contained(&metadata).and_then(|()| {
+            publish_to(
+                savepoint.target.as_ref(),
+                crate::layout::METADATA_FILE,
+                &metadata,
+            )
+        });
         if let Err(reason) = published {
             self.pending.insert(id, pending);
             return self.abort(id, reason, now);
         }
-        stats.duration = now.duration_since(pending.started);
-        self.completed.push(stats);
-        self.last_finished = Some(now);
-        vec![CoordinatorAction::Complete { id }]
+        stats.duration = now.instant.duration_since(pending.started);
+        self.record_completed(stats.clone());
+        self.last_finished = Some(now.instant);
+        // An intermediate savepoint has no side effects: sinks commit its
+        // data with the next checkpoint (a recovery goes back to a
+        // checkpoint, never to a savepoint). A stop-with-savepoint commits,
+        // then ends the sources, which emitted nothing after its barrier.
+        let mut actions = vec![CoordinatorAction::Complete {
+            id,
+            stats,
+            notify_tasks: savepoint.stop,
+            request: Some(savepoint.request),
+        }];
+        if savepoint.stop {
+            actions.extend(self.finish_sources());
+        }
+        actions
+    }
+
+    /// The sources end their output; nothing is triggered any more.
+    fn finish_sources(&mut self) -> Vec<CoordinatorAction> {
+        self.ending = Ending::Finished;
+        let mut actions = vec![CoordinatorAction::FinishSources];
+        actions.extend(self.drop_queued("the job is finishing; no more snapshots are taken"));
+        actions
     }
 
     /// A late ack of an aborted checkpoint: its task wrote files after the
@@ -724,43 +1080,67 @@ impl Coordinator {
         Ok(())
     }
 
-    /// A task could not take its part of checkpoint `id`.
+    /// A task could not take its part of checkpoint `id` (then the next
+    /// step: a waiting savepoint, or the final checkpoint again).
     pub fn on_decline(
         &mut self,
         id: CheckpointId,
         reason: String,
-        now: Instant,
+        now: Now,
     ) -> Vec<CoordinatorAction> {
-        if self.pending.contains_key(&id) {
-            self.abort(id, reason, now)
-        } else {
-            Vec::new()
+        if !self.pending.contains_key(&id) {
+            return Vec::new();
         }
+        let mut actions = self.abort(id, reason, now);
+        actions.extend(self.advance(now));
+        actions
     }
 
-    fn abort(&mut self, id: CheckpointId, reason: String, now: Instant) -> Vec<CoordinatorAction> {
+    fn abort(&mut self, id: CheckpointId, reason: String, now: Now) -> Vec<CoordinatorAction> {
         let Some(pending) = self.pending.remove(&id) else {
             return Vec::new();
         };
-        if let Some(target) = pending.target {
+        if let Some(savepoint) = pending.savepoint {
             // The user's savepoint failed; periodic checkpoints are unaffected,
             // so it does not count towards the tolerated failures.
             tracing::warn!(savepoint = id, "savepoint failed: {reason}");
             self.failed += 1;
-            self.last_finished = Some(now);
-            if let Err(e) = target.delete_prefix("") {
+            self.last_finished = Some(now.instant);
+            if let Err(e) = savepoint.target.delete_prefix("") {
                 tracing::warn!(savepoint = id, "could not remove its files: {e}");
             }
             if self.aborted_savepoints.len() >= ABORTED_SAVEPOINTS_MAX {
                 self.aborted_savepoints.pop_front();
             }
-            self.aborted_savepoints.push_back((id, target));
-            return vec![CoordinatorAction::Abort { id, reason }];
+            self.aborted_savepoints
+                .push_back((id, Arc::clone(&savepoint.target)));
+            let abort = CoordinatorAction::Abort {
+                id,
+                reason,
+                request: Some(savepoint.request),
+            };
+            // The suspended sources read on; they hear it before the abort
+            // itself, as every task does.
+            return if savepoint.stop {
+                vec![CoordinatorAction::ResumeSources, abort]
+            } else {
+                vec![abort]
+            };
         }
         tracing::warn!(checkpoint = id, "checkpoint aborted: {reason}");
         self.failed += 1;
         self.consecutive_failures += 1;
-        self.last_finished = Some(now);
+        self.last_finished = Some(now.instant);
+        // A failed final checkpoint is taken again at the next step.
+        if self.ending
+            == (Ending::Exhausted {
+                final_checkpoint: Some(id),
+            })
+        {
+            self.ending = Ending::Exhausted {
+                final_checkpoint: None,
+            };
+        }
         if let Err(e) = self
             .storage
             .delete_prefix(&checkpoint_dir(&self.job_id, id))
@@ -774,6 +1154,7 @@ impl Coordinator {
         let mut actions = vec![CoordinatorAction::Abort {
             id,
             reason: reason.clone(),
+            request: None,
         }];
         if self.consecutive_failures > self.settings.tolerable_failures {
             actions.push(CoordinatorAction::FailJob {
@@ -792,6 +1173,7 @@ impl Coordinator {
         &self,
         id: CheckpointId,
         pending: &Pending,
+        now: Now,
     ) -> (CheckpointMetadata, CheckpointStats) {
         let mut operators: Vec<OperatorSnapshot> = Vec::new();
         let (mut bytes, mut sync_pause_max, mut alignment_max) =
@@ -832,7 +1214,7 @@ impl Coordinator {
             job_id: self.job_id.clone(),
             checkpoint_id: id,
             kind: pending.kind,
-            created_unix_ms: unix_ms_now(),
+            created_unix_ms: now.unix_ms,
             max_parallelism: self.max_parallelism,
             operators,
         };
@@ -860,7 +1242,7 @@ impl Coordinator {
     }
 
     /// The job stops: abort whatever is in flight (its files are removed).
-    pub fn abort_all(&mut self, reason: &str, now: Instant) {
+    pub fn abort_all(&mut self, reason: &str, now: Now) {
         let ids: Vec<CheckpointId> = self.pending.keys().copied().collect();
         for id in ids {
             self.abort(id, reason.to_owned(), now);

@@ -4,13 +4,14 @@
 //! Owns: the [`storage::CheckpointStorage`] trait and its implementations; the
 //! on-storage layout ([`layout`]); the sealed file format with checksums
 //! ([`format`](mod@format)); checkpoint metadata ([`metadata`]); keyed state files indexed by
-//! key group ([`keyed_file`]); a backend's native files, uploaded and fetched
+//! key group ([`keyed_file`]); the JSON codec of operator list state
+//! ([`list_state`]); a backend's native files, uploaded and fetched
 //! back ([`native_files`]); the coordinator's state machine ([`coordinator`]),
 //! including when files shared between checkpoints are deleted; finding and
 //! validating a checkpoint to restore ([`restore`]); the structural checks
-//! of metadata read from storage ([`validate`]); reading a snapshot offline
-//! for the state tools ([`inspect`]); one owner per job directory, the lease a
-//! running job holds on it ([`lease`]).
+//! of metadata read from storage ([`validate`]); one owner per job directory,
+//! the lease a running job holds on it ([`lease`]). Reading a snapshot offline
+//! for people (summary, verify, dump) is the `flowstate-tools` crate's.
 //!
 //! Must not touch: tasks, threads or channels. The runtime drives the coordinator
 //! with messages (trigger times, acknowledgements, declines) and carries out what
@@ -19,10 +20,10 @@
 
 pub mod coordinator;
 pub mod format;
-pub mod inspect;
 pub mod keyed_file;
 pub mod layout;
 pub mod lease;
+pub mod list_state;
 pub mod metadata;
 pub mod native_files;
 pub mod restore;
@@ -31,9 +32,11 @@ pub mod storage;
 pub mod validate;
 
 pub use coordinator::{
-    CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, TaskAck, TaskStats,
+    CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, Now, SavepointRequest,
+    TaskAck, TaskStats,
 };
 pub use lease::{Lease, LeaseError, LeaseOwner, LeaseSettings};
+pub use list_state::{ListStateError, decode_list, encode_list};
 pub use metadata::{
     CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, METADATA_BYTES_MAX,
     NativeFileRef, NativeStateHandle, OperatorListState, OperatorSnapshot, SnapshotKind,
@@ -41,7 +44,7 @@ pub use metadata::{
 };
 pub use native_files::{StorageFetcher, native_restore, upload_native};
 pub use storage::{
-    CheckpointStorage, ObjectStoreStorage, SharedStorage, StorageError, open_storage,
+    CheckpointStorage, Location, ObjectStoreStorage, SharedStorage, StorageError, open_storage,
 };
 
 use thiserror::Error;

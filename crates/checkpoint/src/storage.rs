@@ -12,6 +12,10 @@
 //! | `/abs/dir`, `rel/dir`, `file:///abs/dir` | a local directory (created if missing) |
 //! | `memory://`, `memory://NAME` | memory of this process, shared by name |
 //! | `s3://bucket`, `s3://bucket/prefix` | any S3-compatible server, configured from `AWS_*` |
+//!
+//! [`Location`] is the one place that decides whether such a value (or a
+//! `--restore` value, or a savepoint target) is a URL or a path on this
+//! machine; every other crate asks it rather than looking for `://` itself.
 
 pub mod no_follow;
 mod object;
@@ -90,6 +94,60 @@ pub trait CheckpointStorage: Send + Sync {
 /// Shared handle to a storage.
 pub type SharedStorage = Arc<dyn CheckpointStorage>;
 
+/// What a storage location names, by its form alone: a path on this machine,
+/// a `file://` URL (also a path on this machine), or a URL of another scheme.
+/// Nothing is opened or checked on disk.
+///
+/// A value is a URL only if it starts with a scheme (a letter, then letters,
+/// digits, `+`, `-` or `.`) and `://`: `/tmp/a://b` and `1x://y` are paths,
+/// as [`open_storage`] treats them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location<'a> {
+    /// A plain path, as given (relative or absolute).
+    Path(&'a str),
+    /// A `file://` URL: the path after `file://` and an optional `localhost`
+    /// host (RFC 8089), as given; an absolute path unless the URL is malformed.
+    FileUrl(&'a str),
+    /// Another scheme (`s3`, `memory`, or one this build does not know):
+    /// `rest` is everything after `scheme://`.
+    Url { scheme: &'a str, rest: &'a str },
+}
+
+impl<'a> Location<'a> {
+    pub fn parse(value: &'a str) -> Location<'a> {
+        if let Some(rest) = value.strip_prefix("file://") {
+            return Location::FileUrl(rest.strip_prefix("localhost").unwrap_or(rest));
+        }
+        match url_scheme(value) {
+            Some(scheme) => Location::Url {
+                scheme,
+                rest: &value[scheme.len() + "://".len()..],
+            },
+            None => Location::Path(value),
+        }
+    }
+
+    /// The path on this machine: a plain path or a `file://` URL's path;
+    /// `None` for any other URL.
+    pub fn local_path(self) -> Option<&'a str> {
+        match self {
+            Location::Path(path) | Location::FileUrl(path) => Some(path),
+            Location::Url { .. } => None,
+        }
+    }
+
+    /// A URL (of any scheme but `file`): not a path on this machine.
+    pub fn is_url(self) -> bool {
+        matches!(self, Location::Url { .. })
+    }
+
+    /// A plain path (not written as a URL): the form that a process may make
+    /// absolute against its working directory before handing it on.
+    pub fn is_plain_path(self) -> bool {
+        matches!(self, Location::Path(_))
+    }
+}
+
 /// What [`open_storage`] accepts, for error messages.
 const ACCEPTED: &str = "expected a directory path, file:///absolute/path, memory://, memory://NAME, s3://bucket or s3://bucket/prefix";
 
@@ -120,42 +178,39 @@ pub fn open_storage(url: &str) -> Result<SharedStorage, StorageError> {
     if url.trim().is_empty() {
         return Err(invalid(format!("it is empty; {ACCEPTED}")));
     }
-    if let Some(name) = url.strip_prefix("memory://") {
-        let name = name.trim_end_matches('/');
-        if name.contains('/') {
-            return Err(invalid(format!(
-                "a memory storage has a name, not a path; {ACCEPTED}"
-            )));
+    match Location::parse(url) {
+        Location::Url {
+            scheme: "memory",
+            rest: name,
+        } => {
+            let name = name.trim_end_matches('/');
+            if name.contains('/') {
+                return Err(invalid(format!(
+                    "a memory storage has a name, not a path; {ACCEPTED}"
+                )));
+            }
+            Ok(Arc::new(ObjectStoreStorage::memory(name)))
         }
-        return Ok(Arc::new(ObjectStoreStorage::memory(name)));
-    }
-    if let Some(rest) = url.strip_prefix("s3://") {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(invalid(format!("the bucket name is missing; {ACCEPTED}")));
+        Location::Url { scheme: "s3", rest } => {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(invalid(format!("the bucket name is missing; {ACCEPTED}")));
+            }
+            ObjectStoreStorage::s3(bucket, prefix)
+                .map(|s| Arc::new(s) as SharedStorage)
+                .map_err(|e| match e {
+                    StorageError::InvalidUrl { reason, .. } => invalid(reason),
+                    other => other,
+                })
         }
-        return ObjectStoreStorage::s3(bucket, prefix)
-            .map(|s| Arc::new(s) as SharedStorage)
-            .map_err(|e| match e {
-                StorageError::InvalidUrl { reason, .. } => invalid(reason),
-                other => other,
-            });
-    }
-    if let Some(rest) = url.strip_prefix("file://") {
-        let path = rest.strip_prefix("localhost").unwrap_or(rest);
-        if !path.starts_with('/') {
-            return Err(invalid(format!(
-                "a file:// URL needs an absolute path (file:///dir/of/checkpoints); {ACCEPTED}"
-            )));
-        }
-        return open_local(url, FsPath::new(path));
-    }
-    if let Some(scheme) = url_scheme(url) {
-        return Err(invalid(format!(
+        Location::Url { scheme, .. } => Err(invalid(format!(
             "unsupported scheme '{scheme}://'; {ACCEPTED}"
-        )));
+        ))),
+        Location::FileUrl(path) if !path.starts_with('/') => Err(invalid(format!(
+            "a file:// URL needs an absolute path (file:///dir/of/checkpoints); {ACCEPTED}"
+        ))),
+        Location::FileUrl(path) | Location::Path(path) => open_local(url, FsPath::new(path)),
     }
-    open_local(url, FsPath::new(url))
 }
 
 fn open_local(url: &str, path: &FsPath) -> Result<SharedStorage, StorageError> {
@@ -202,6 +257,59 @@ mod tests {
                 Ok(s) => panic!("{url:?}: accepted as {}", s.describe()),
             }
         }
+    }
+
+    #[test]
+    fn locations_are_paths_file_urls_or_urls() {
+        for (value, expected) in [
+            ("/abs/dir", Location::Path("/abs/dir")),
+            ("rel/dir", Location::Path("rel/dir")),
+            ("", Location::Path("")),
+            // Not a scheme: a path that happens to hold `://`.
+            ("/tmp/a://b", Location::Path("/tmp/a://b")),
+            ("1x://y", Location::Path("1x://y")),
+            ("file:///abs/dir", Location::FileUrl("/abs/dir")),
+            ("file://localhost/abs", Location::FileUrl("/abs")),
+            ("file://rel", Location::FileUrl("rel")),
+            (
+                "s3://bucket/prefix",
+                Location::Url {
+                    scheme: "s3",
+                    rest: "bucket/prefix",
+                },
+            ),
+            (
+                "memory://",
+                Location::Url {
+                    scheme: "memory",
+                    rest: "",
+                },
+            ),
+            (
+                "gs://b",
+                Location::Url {
+                    scheme: "gs",
+                    rest: "b",
+                },
+            ),
+        ] {
+            let location = Location::parse(value);
+            assert_eq!(location, expected, "{value:?}");
+            assert_eq!(location.is_url(), matches!(expected, Location::Url { .. }));
+            assert_eq!(
+                location.is_plain_path(),
+                matches!(expected, Location::Path(_))
+            );
+            assert_eq!(location.local_path().is_none(), location.is_url());
+        }
+    }
+
+    #[test]
+    fn a_path_holding_a_scheme_separator_opens_as_a_local_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = format!("{}/a://b", dir.path().display());
+        let storage = open_storage(&odd).unwrap();
+        assert!(storage.local_path("x").is_some(), "{}", storage.describe());
     }
 
     #[test]

@@ -18,10 +18,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flowstate_checkpoint::coordinator::{
-    Coordinator, CoordinatorAction, CoordinatorSettings, TaskAck,
+    COMPLETED_STATS_MAX, Coordinator, CoordinatorAction, CoordinatorSettings, Now,
+    SavepointRequest, TaskAck,
 };
 use flowstate_checkpoint::format::{KEYED_MAGIC, METADATA_MAGIC, seal};
 use flowstate_checkpoint::keyed_file::KEYED_FILE_VERSION;
@@ -189,7 +190,8 @@ struct Harness {
     job: String,
     tasks: usize,
     coordinator: Coordinator,
-    t0: Instant,
+    /// When the coordinator started; the test's clock runs from here.
+    t0: Now,
     clock: Duration,
     /// Files written per checkpoint, with their content.
     written: BTreeMap<CheckpointId, BTreeMap<String, Vec<u8>>>,
@@ -212,6 +214,9 @@ impl Harness {
             log: Mutex::new(Vec::new()),
         });
         let storage: SharedStorage = recording.clone();
+        // Real wall-clock time as the start, so that what this job records
+        // compares with other jobs' times; from there on, time is invented.
+        let t0 = Now::system();
         let coordinator = Coordinator::new(
             Arc::clone(&storage),
             job,
@@ -220,6 +225,7 @@ impl Harness {
             tasks as u32,
             MAX_PARALLELISM,
             restored,
+            t0,
         );
         Self {
             recording,
@@ -227,18 +233,17 @@ impl Harness {
             job: job.to_owned(),
             tasks,
             coordinator,
-            // Taken after the coordinator: its own start is not later than this.
-            t0: Instant::now(),
+            t0,
             clock: Duration::ZERO,
             written: BTreeMap::new(),
         }
     }
 
-    fn now(&self) -> Instant {
+    fn now(&self) -> Now {
         self.t0 + self.clock
     }
 
-    fn advance(&mut self, by: Duration) -> Instant {
+    fn advance(&mut self, by: Duration) -> Now {
         self.clock += by;
         self.now()
     }
@@ -288,9 +293,8 @@ impl Harness {
             if task + 1 < self.tasks {
                 assert!(actions.is_empty(), "ack {task} of {id}: {actions:?}");
             } else {
-                assert_eq!(
-                    actions.first(),
-                    Some(&CoordinatorAction::Complete { id }),
+                assert!(
+                    actions.first().is_some_and(|a| is_complete(a, id)),
                     "the last ack completes checkpoint {id}: {actions:?}"
                 );
             }
@@ -358,6 +362,18 @@ impl Harness {
     }
 }
 
+fn is_complete(action: &CoordinatorAction, of: CheckpointId) -> bool {
+    matches!(action, CoordinatorAction::Complete { id, .. } if *id == of)
+}
+
+/// Panics unless `actions` is exactly the completion of `id`.
+fn assert_only_complete(actions: &[CoordinatorAction], id: CheckpointId) {
+    assert!(
+        matches!(actions, [a] if is_complete(a, id)),
+        "expected only the completion of {id}: {actions:?}"
+    );
+}
+
 fn is_abort(action: &CoordinatorAction, of: CheckpointId) -> bool {
     matches!(action, CoordinatorAction::Abort { id, .. } if *id == of)
 }
@@ -408,7 +424,7 @@ fn metadata_is_written_last_with_put_if_absent_once_every_task_acked() {
 
     let now = h.advance(INTERVAL);
     let actions = h.coordinator.on_ack(ack(id, 1, snapshots[1].clone()), now);
-    assert_eq!(actions, vec![CoordinatorAction::Complete { id }]);
+    assert_only_complete(&actions, id);
     assert_eq!(h.coordinator.in_flight(), 0);
 
     // Written once, with put_if_absent, after every task file.
@@ -474,7 +490,7 @@ fn an_existing_metadata_is_never_overwritten() {
     assert!(h.upload_and_ack(id, 0).is_empty());
     let actions = h.upload_and_ack(id, 1);
     assert!(
-        !actions.contains(&CoordinatorAction::Complete { id }),
+        !actions.iter().any(|a| is_complete(a, id)),
         "completed although its metadata could not be written: {actions:?}"
     );
     assert!(actions.iter().any(|a| is_abort(a, id)), "{actions:?}");
@@ -550,7 +566,7 @@ fn triggers_respect_the_interval_and_one_in_flight() {
             .is_none()
     );
     let actions = h.upload_and_ack(id, 0);
-    assert_eq!(actions, vec![CoordinatorAction::Complete { id }]);
+    assert_only_complete(&actions, id);
     assert!(h.coordinator.next_trigger_at(h.now()).is_some());
 }
 
@@ -765,6 +781,7 @@ fn a_resumed_job_deletes_only_checkpoints_proved_damaged() {
         MAX_PARALLELISM,
         Some(1),
         &damaged,
+        Now::system(),
     );
     assert_eq!(
         s.get(&metadata_path("job-v", 3)).unwrap(),
@@ -884,7 +901,7 @@ fn a_subsumed_checkpoint_is_aborted_without_touching_the_newer_one() {
     let late_snapshot = h.upload(first, 1);
     assert!(h.upload_and_ack(second, 0).is_empty());
     let actions = h.upload_and_ack(second, 1);
-    assert_eq!(actions[0], CoordinatorAction::Complete { id: second });
+    assert!(is_complete(&actions[0], second), "{actions:?}");
     assert!(
         actions.iter().any(|a| is_abort(a, first)),
         "the older checkpoint is subsumed: {actions:?}"
@@ -1143,8 +1160,9 @@ fn a_loaded_checkpoint_deals_state_out_to_another_parallelism() {
         2,
         MAX_PARALLELISM,
         None,
+        Now::system(),
     );
-    let now = Instant::now();
+    let now = Now::system();
     let id = match coordinator.trigger_now(SnapshotKind::Checkpoint, now) {
         Some(CoordinatorAction::Trigger { id, .. }) => id,
         other => panic!("{other:?}"),
@@ -1260,14 +1278,30 @@ fn write_savepoint_file(
     snapshot
 }
 
+fn savepoint_request(target: &SharedStorage, stop: bool) -> SavepointRequest {
+    SavepointRequest {
+        request: format!("request {}", target.describe()),
+        target: Arc::clone(target),
+        stop,
+    }
+}
+
 impl Harness {
     fn savepoint(&mut self, target: &SharedStorage) -> CheckpointId {
+        self.request(target, false)
+    }
+
+    /// Requests a savepoint (`stop`: stop-with-savepoint) and expects it to
+    /// start at once; its request is named after the target.
+    fn request(&mut self, target: &SharedStorage, stop: bool) -> CheckpointId {
         let now = self.advance(Duration::from_millis(1));
-        match self.coordinator.trigger_savepoint(Arc::clone(target), now) {
-            Some(CoordinatorAction::Trigger {
-                id,
-                kind: SnapshotKind::Savepoint,
-            }) => id,
+        let request = savepoint_request(target, stop);
+        match self
+            .coordinator
+            .request_savepoint(request.clone(), now)
+            .as_slice()
+        {
+            [CoordinatorAction::TriggerSavepoint { id, savepoint }] if *savepoint == request => *id,
             other => panic!("expected a savepoint trigger, got {other:?}"),
         }
     }
@@ -1295,7 +1329,7 @@ fn a_savepoint_goes_to_its_own_directory_is_never_retained_and_can_be_moved() {
     assert!(h.coordinator.is_pending_savepoint(id));
     assert!(h.ack_savepoint(&target, id, 0).is_empty());
     let actions = h.ack_savepoint(&target, id, 1);
-    assert_eq!(actions, vec![CoordinatorAction::Complete { id }]);
+    assert_only_complete(&actions, id);
     assert!(!h.coordinator.is_pending_savepoint(id));
 
     // Nothing of it in checkpoint storage; the retained checkpoint is untouched.
@@ -1388,6 +1422,7 @@ fn a_savepoint_with_native_files_is_refused() {
             CoordinatorAction::Abort {
                 id: aborted,
                 reason,
+                request: Some(_),
             },
         ] => {
             assert_eq!(*aborted, id);
@@ -1413,17 +1448,12 @@ fn load_latest_follows_a_restore_pointer_until_the_job_has_a_checkpoint() {
     let mut a = Harness::on(Arc::clone(&storage), "job-a", settings(2, 3, 1), 1, None);
     a.complete_one();
     let savepoint = a.savepoint(&target);
-    assert_eq!(
-        a.ack_savepoint(&target, savepoint, 0),
-        vec![CoordinatorAction::Complete { id: savepoint }]
-    );
+    assert_only_complete(&a.ack_savepoint(&target, savepoint, 0), savepoint);
     let later = a.complete_one();
     assert_eq!(load_latest(&storage).unwrap().unwrap().id(), later);
 
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    // Written after job A's checkpoints, on the test's clock.
+    let now_ms = a.now().unix_ms;
     write_restore_pointer(
         storage.as_ref(),
         "job-b",
@@ -1512,10 +1542,7 @@ fn without_periodic_checkpoints_only_savepoints_are_taken_and_checkpoint_storage
         "nothing else starts while it is in flight"
     );
     assert!(h.ack_savepoint(&target, id, 0).is_empty());
-    assert_eq!(
-        h.ack_savepoint(&target, id, 1),
-        vec![CoordinatorAction::Complete { id }]
-    );
+    assert_only_complete(&h.ack_savepoint(&target, id, 1), id);
     assert!(
         target
             .get(flowstate_checkpoint::layout::METADATA_FILE)
@@ -1538,4 +1565,368 @@ fn without_periodic_checkpoints_only_savepoints_are_taken_and_checkpoint_storage
             .map(|p| (*p).to_owned())
             .collect::<BTreeSet<_>>()
     );
+}
+
+// ---------------------------------------------------------------------------
+// The end of a bounded job, the savepoint queue, figures and history: all
+// decided by the coordinator, driven here with invented time.
+
+fn is_trigger(action: &CoordinatorAction) -> Option<CheckpointId> {
+    match action {
+        CoordinatorAction::Trigger {
+            id,
+            kind: SnapshotKind::Checkpoint,
+        } => Some(*id),
+        _ => None,
+    }
+}
+
+impl Harness {
+    /// Every task acknowledges `id`; returns the last acknowledgement's actions.
+    fn ack_all(&mut self, id: CheckpointId) -> Vec<CoordinatorAction> {
+        let mut last = Vec::new();
+        for task in 0..self.tasks {
+            last = self.upload_and_ack(id, task);
+        }
+        last
+    }
+
+    fn exhausted(&mut self) -> Vec<CoordinatorAction> {
+        let now = self.advance(Duration::from_millis(1));
+        self.coordinator.on_sources_exhausted(now)
+    }
+}
+
+/// Once every source is exhausted, periodic checkpoints stop and the final
+/// checkpoint starts at once (nothing in flight); its completion notifies the
+/// tasks and then ends the sources' output; nothing is triggered afterwards.
+#[test]
+fn the_final_checkpoint_follows_exhaustion_and_then_the_sources_finish() {
+    let mut h = Harness::new("job-end", settings(1, 3, 1), 2);
+    h.complete_one();
+    let actions = h.exhausted();
+    let [action] = actions.as_slice() else {
+        panic!("expected the final checkpoint: {actions:?}");
+    };
+    let last = is_trigger(action).expect("a checkpoint trigger");
+    let now = h.advance(INTERVAL * 10);
+    assert!(
+        h.coordinator.tick(now).is_empty(),
+        "nothing else while the final checkpoint is in flight"
+    );
+    assert_eq!(h.coordinator.next_trigger_at(now), None);
+    let actions = h.ack_all(last);
+    match actions.as_slice() {
+        [
+            CoordinatorAction::Complete {
+                id,
+                notify_tasks: true,
+                request: None,
+                ..
+            },
+            CoordinatorAction::FinishSources,
+        ] => assert_eq!(*id, last),
+        other => panic!("expected Complete then FinishSources: {other:?}"),
+    }
+    assert!(h.coordinator.sources_finished());
+    h.assert_intact(last);
+    for _ in 0..3 {
+        let now = h.advance(INTERVAL * 10);
+        assert!(
+            h.coordinator.tick(now).is_empty(),
+            "triggered after the end"
+        );
+    }
+    // A savepoint asked for now is never taken.
+    let target = unique_memory();
+    let now = h.advance(Duration::from_millis(1));
+    match h
+        .coordinator
+        .request_savepoint(savepoint_request(&target, false), now)
+        .as_slice()
+    {
+        [CoordinatorAction::SavepointDropped { reason, .. }] => {
+            assert!(reason.contains("finishing"), "{reason}")
+        }
+        other => panic!("expected the request dropped: {other:?}"),
+    }
+}
+
+/// Exhaustion while a periodic checkpoint is in flight: the final one waits
+/// for it, and starts with the completion (not with a later tick).
+#[test]
+fn the_final_checkpoint_waits_for_the_checkpoint_in_flight() {
+    let mut h = Harness::new("job-end-wait", settings(1, 3, 1), 1);
+    let running = h.trigger();
+    assert!(h.exhausted().is_empty(), "{running} is still in flight");
+    let actions = h.upload_and_ack(running, 0);
+    assert!(is_complete(&actions[0], running), "{actions:?}");
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, CoordinatorAction::FinishSources)),
+        "a checkpoint triggered before exhaustion is not the final one: {actions:?}"
+    );
+    let last = actions
+        .iter()
+        .find_map(is_trigger)
+        .expect("the final checkpoint follows the completion");
+    assert!(last > running);
+    let actions = h.ack_all(last);
+    assert!(matches!(
+        actions.as_slice(),
+        [
+            CoordinatorAction::Complete { .. },
+            CoordinatorAction::FinishSources
+        ]
+    ));
+}
+
+/// Exhaustion while a savepoint is in flight: the final checkpoint waits for
+/// the savepoint, whose completion notifies no task and does not end the job.
+#[test]
+fn exhaustion_while_a_savepoint_is_in_flight_waits_for_it() {
+    let mut h = Harness::new("job-end-sp", settings(1, 3, 1), 1);
+    let target = unique_memory();
+    let savepoint = h.savepoint(&target);
+    assert!(h.exhausted().is_empty(), "the savepoint is in flight");
+    let actions = h.ack_savepoint(&target, savepoint, 0);
+    let last = match actions.as_slice() {
+        [
+            CoordinatorAction::Complete {
+                id,
+                notify_tasks: false,
+                request: Some(request),
+                ..
+            },
+            trigger,
+        ] => {
+            assert_eq!(*id, savepoint);
+            assert_eq!(*request, savepoint_request(&target, false).request);
+            is_trigger(trigger).expect("then the final checkpoint")
+        }
+        other => panic!("expected the savepoint, then the final checkpoint: {other:?}"),
+    };
+    let actions = h.ack_all(last);
+    assert!(matches!(
+        actions.as_slice(),
+        [
+            CoordinatorAction::Complete { .. },
+            CoordinatorAction::FinishSources
+        ]
+    ));
+}
+
+/// A savepoint requested while a checkpoint is in flight waits for it (one
+/// waits at most), and starts when it completes.
+#[test]
+fn a_savepoint_request_waits_for_the_snapshot_in_flight() {
+    let mut h = Harness::new("job-queue", settings(1, 3, 1), 1);
+    let running = h.trigger();
+    let target = unique_memory();
+    let now = h.advance(Duration::from_millis(1));
+    assert!(
+        h.coordinator
+            .request_savepoint(savepoint_request(&target, false), now)
+            .is_empty()
+    );
+    let other = unique_memory();
+    assert!(matches!(
+        h.coordinator
+            .request_savepoint(savepoint_request(&other, false), now)
+            .as_slice(),
+        [CoordinatorAction::SavepointDropped { .. }]
+    ));
+    let actions = h.upload_and_ack(running, 0);
+    assert!(is_complete(&actions[0], running), "{actions:?}");
+    assert!(
+        matches!(&actions[1..], [CoordinatorAction::TriggerSavepoint { savepoint, .. }]
+            if *savepoint == savepoint_request(&target, false)),
+        "{actions:?}"
+    );
+}
+
+/// Without periodic checkpoints there is no final checkpoint: exhaustion
+/// ends the sources' output at once, and nothing is written to checkpoint
+/// storage.
+#[test]
+fn without_checkpoints_exhaustion_finishes_the_sources_at_once() {
+    let off = CoordinatorSettings {
+        interval: None,
+        ..settings(1, 3, 1)
+    };
+    let mut h = Harness::new("job-off-end", off, 2);
+    assert_eq!(h.exhausted(), vec![CoordinatorAction::FinishSources]);
+    assert!(h.coordinator.sources_finished());
+    let now = h.advance(INTERVAL * 10);
+    assert!(h.coordinator.tick(now).is_empty());
+    assert_eq!(h.recording.log(), Vec::new());
+}
+
+/// Without periodic checkpoints, exhaustion while a stop-with-savepoint is
+/// in flight: the sources finish when it completes (once, not twice).
+#[test]
+fn without_checkpoints_exhaustion_waits_for_the_savepoint_in_flight() {
+    let off = CoordinatorSettings {
+        interval: None,
+        ..settings(1, 3, 1)
+    };
+    let mut h = Harness::new("job-off-sp", off, 1);
+    let target = unique_memory();
+    let id = h.savepoint(&target);
+    assert!(h.exhausted().is_empty(), "the savepoint is in flight");
+    let actions = h.ack_savepoint(&target, id, 0);
+    match actions.as_slice() {
+        [
+            CoordinatorAction::Complete {
+                notify_tasks: false,
+                ..
+            },
+            CoordinatorAction::FinishSources,
+        ] => {}
+        other => panic!("expected the savepoint, then the end: {other:?}"),
+    }
+}
+
+/// A failed final checkpoint is taken again (and counts as a failure);
+/// too many in a row fail the job, as for any checkpoint.
+#[test]
+fn a_failed_final_checkpoint_is_taken_again() {
+    let mut h = Harness::new("job-end-fail", settings(1, 1, 1), 1);
+    let actions = h.exhausted();
+    let first = is_trigger(&actions[0]).expect("the final checkpoint");
+    let actions = h.decline(first);
+    assert!(is_abort(&actions[0], first), "{actions:?}");
+    assert!(!has_fail_job(&actions));
+    let again = actions
+        .iter()
+        .find_map(is_trigger)
+        .expect("the final checkpoint again, at once");
+    assert!(again > first);
+    // A timeout too.
+    let now = h.advance(TIMEOUT);
+    let actions = h.coordinator.tick(now);
+    assert!(is_abort(&actions[0], again), "{actions:?}");
+    assert!(
+        has_fail_job(&actions),
+        "2 failures, 1 tolerated: {actions:?}"
+    );
+    let third = actions
+        .iter()
+        .find_map(is_trigger)
+        .expect("taken again until the job is failed");
+    assert!(!h.coordinator.sources_finished());
+    let actions = h.ack_all(third);
+    assert!(matches!(
+        actions.as_slice(),
+        [
+            CoordinatorAction::Complete { .. },
+            CoordinatorAction::FinishSources
+        ]
+    ));
+}
+
+/// Stop-with-savepoint: its completion notifies every task (sinks commit)
+/// and ends the sources' output; a failed one resumes them first.
+#[test]
+fn a_stop_with_savepoint_finishes_the_sources_and_a_failed_one_resumes_them() {
+    let mut h = Harness::new("job-stop", settings(1, 3, 1), 1);
+    let failing = unique_memory();
+    let id = h.request(&failing, true);
+    let actions = h.decline(id);
+    match actions.as_slice() {
+        [
+            CoordinatorAction::ResumeSources,
+            CoordinatorAction::Abort {
+                id: aborted,
+                request: Some(_),
+                ..
+            },
+        ] => assert_eq!(*aborted, id),
+        other => panic!("expected Resume, then the abort: {other:?}"),
+    }
+    assert!(!h.coordinator.sources_finished());
+
+    let target = unique_memory();
+    let id = h.request(&target, true);
+    let actions = h.ack_savepoint(&target, id, 0);
+    match actions.as_slice() {
+        [
+            CoordinatorAction::Complete {
+                id: done,
+                notify_tasks: true,
+                request: Some(_),
+                ..
+            },
+            CoordinatorAction::FinishSources,
+        ] => assert_eq!(*done, id),
+        other => panic!("expected Complete, then the end: {other:?}"),
+    }
+    assert!(h.coordinator.sources_finished());
+}
+
+/// `Complete` carries the figures of the checkpoint: the same as recorded,
+/// with its duration and trigger time on the given clocks.
+#[test]
+fn complete_carries_the_checkpoints_figures() {
+    let mut h = Harness::new("job-stats", settings(1, 3, 1), 2);
+    let id = h.trigger();
+    let triggered = h.now();
+    h.upload_and_ack(id, 0);
+    let actions = h.upload_and_ack(id, 1);
+    let CoordinatorAction::Complete { stats, .. } = &actions[0] else {
+        panic!("{actions:?}");
+    };
+    assert_eq!(stats.id, id);
+    assert_eq!(stats.kind, SnapshotKind::Checkpoint);
+    assert_eq!(stats.trigger_unix_ms, triggered.unix_ms);
+    assert_eq!(stats.duration, Duration::from_millis(2));
+    assert_eq!(stats.tasks.len(), 2);
+    assert_eq!(stats.sync_pause_max, Duration::from_micros(11));
+    assert_eq!(Some(stats), h.coordinator.completed().last());
+    let metadata =
+        flowstate_checkpoint::read_metadata(h.storage.as_ref(), &metadata_path(&h.job, id))
+            .unwrap();
+    assert_eq!(metadata.created_unix_ms, h.now().unix_ms);
+}
+
+/// The figures kept are bounded; the count is not.
+#[test]
+fn completed_history_is_bounded() {
+    let mut h = Harness::new("job-history", settings(1, 3, 1), 1);
+    let total = COMPLETED_STATS_MAX + 5;
+    let mut last = 0;
+    for _ in 0..total {
+        last = h.complete_one();
+    }
+    let kept = h.coordinator.completed();
+    assert_eq!(kept.len(), COMPLETED_STATS_MAX);
+    assert_eq!(kept.last().map(|s| s.id), Some(last));
+    assert_eq!(
+        kept.first().map(|s| s.id),
+        Some(last - COMPLETED_STATS_MAX as u64 + 1)
+    );
+    assert_eq!(h.coordinator.completed_count(), total as u64);
+}
+
+/// When a stop ends the job, a request still waiting is answered as dropped.
+#[test]
+fn a_waiting_request_is_dropped_when_the_job_stops() {
+    let mut h = Harness::new("job-stopped", settings(1, 3, 1), 1);
+    let running = h.trigger();
+    let target = unique_memory();
+    let now = h.advance(Duration::from_millis(1));
+    assert!(
+        h.coordinator
+            .request_savepoint(savepoint_request(&target, true), now)
+            .is_empty()
+    );
+    let now = h.advance(Duration::from_millis(1));
+    let actions = h.coordinator.on_job_stopped(now);
+    assert!(
+        matches!(actions.as_slice(), [CoordinatorAction::SavepointDropped { request, .. }]
+            if *request == savepoint_request(&target, true).request),
+        "{actions:?}"
+    );
+    h.assert_gone(running);
 }

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use std::time::Duration;
 
-use flowstate::runtime::checkpoint::{CoordinatorSettings, LeaseSettings, open_storage};
+use flowstate::runtime::checkpoint::{CoordinatorSettings, LeaseSettings, Location, open_storage};
 use flowstate::runtime::{CheckpointingConfig, Guarantee, RestoreFrom};
 use flowstate::{ExecutionConfig, StreamEnvironment};
 use flowstate_jobs::{keyed_count, wordcount};
@@ -309,11 +309,13 @@ fn restore_from(given: &str, checkpoint_dir: &str) -> Result<RestoreFrom> {
     if given == "latest" {
         return Ok(RestoreFrom::Latest);
     }
-    if given.contains("://") && !given.starts_with("file://") {
+    let Some(path) = Location::parse(given).local_path() else {
         return Ok(RestoreFrom::Location(given.to_owned()));
-    }
-    let local = |p: &str| p.strip_prefix("file://").unwrap_or(p).to_owned();
-    let (path, root) = (local(given), local(checkpoint_dir));
+    };
+    let root = Location::parse(checkpoint_dir)
+        .local_path()
+        .unwrap_or(checkpoint_dir);
+    let (path, root) = (path.to_owned(), root.to_owned());
     if !path.starts_with('/') {
         // A snapshot directory relative to the working directory, else a
         // checkpoint relative to --checkpoint-dir.
@@ -529,7 +531,7 @@ fn run_job(env: &StreamEnvironment, label: &str, runtime: &RuntimeArgs) -> Resul
         let bytes = job_report.checkpoints.last().map_or(0, |c| c.bytes);
         tracing::info!(
             job_id = job_id.as_str(),
-            completed = job_report.checkpoints.len(),
+            completed = job_report.completed_checkpoints,
             failed = job_report.failed_checkpoints,
             p50_ms = p50.as_secs_f64() * 1e3,
             max_ms = max.as_secs_f64() * 1e3,

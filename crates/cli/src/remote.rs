@@ -186,7 +186,7 @@ pub fn cancel(args: CancelArgs) -> Result<()> {
 /// `dir` made absolute against this process's current directory, unless it is a URL
 /// (`s3://...`): the job may run in another directory.
 fn absolute_target(dir: &str) -> Result<String> {
-    if dir.is_empty() || dir.contains("://") {
+    if dir.is_empty() || !flowstate::runtime::checkpoint::Location::parse(dir).is_plain_path() {
         return Ok(dir.to_owned());
     }
     let path = std::path::absolute(dir)

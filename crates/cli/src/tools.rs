@@ -1,8 +1,8 @@
 //! Offline tools over a checkpoint or savepoint directory: `inspect`,
-//! `state dump` and `verify`. They read snapshots through
-//! `flowstate::runtime::checkpoint` only (its `inspect` module does the
-//! reading; this module parses arguments and prints); nothing here runs a job
-//! or writes to a snapshot.
+//! `state dump` and `verify`. They read snapshots through `flowstate_tools`
+//! (its `inspect` module does the reading; this module parses arguments and
+//! prints) and open them with `flowstate::runtime::checkpoint`; nothing here
+//! runs a job or writes to a snapshot.
 //!
 //! `state dump` output, one record per row:
 //! - value, reducing and aggregating state (the accumulator): one row per key;
@@ -21,12 +21,13 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
-use flowstate::runtime::checkpoint::inspect::{
+use flowstate::runtime::checkpoint::Location;
+use flowstate::runtime::checkpoint::restore::{OpenedSnapshot, open_snapshot};
+use flowstate_tools::dynamic::{EntryLayout, Row};
+use flowstate_tools::inspect::{
     DumpSink, FileRole, SnapshotSummary, csv_header, csv_line, dump_state, json_line, summarize,
     verify as verify_snapshot,
 };
-use flowstate::runtime::checkpoint::restore::{OpenedSnapshot, open_snapshot};
-use flowstate::state::dynamic::{EntryLayout, Row};
 
 /// `flowstate inspect PATH`.
 #[derive(Args)]
@@ -78,11 +79,11 @@ pub struct VerifyArgs {
     pub path: String,
 }
 
-/// Opens the snapshot at `path`, refusing a local path that does not exist
-/// (opening local storage would create it).
+/// Opens the snapshot at `path`, refusing a local path (plain or `file://`)
+/// that does not exist (opening local storage would create it).
 fn open(path: &str) -> Result<OpenedSnapshot> {
-    let has_scheme = path.contains("://");
-    if !has_scheme && !std::path::Path::new(path).exists() {
+    let local = Location::parse(path).local_path();
+    if local.is_some_and(|local| !std::path::Path::new(local).exists()) {
         bail!("{path}: no such checkpoint or savepoint directory");
     }
     open_snapshot(path).with_context(|| format!("cannot open {path}"))

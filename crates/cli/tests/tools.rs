@@ -350,9 +350,13 @@ fn unknown_operator_and_state_list_the_available_ones() {
     );
 
     let missing = dir.path().join("missing");
+    // A `file://` URL names a local path too: refused the same way, not created.
+    let missing_url = format!("file://{}", missing.display());
     for args in [
         vec!["inspect", arg(&missing)],
         vec!["verify", arg(&missing)],
+        vec!["inspect", missing_url.as_str()],
+        vec!["verify", missing_url.as_str()],
     ] {
         let run = flowstate(dir.path(), &args);
         run.assert_failure();

@@ -28,12 +28,13 @@ use std::fmt::Display;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use flowstate_runtime::checkpoint::OperatorListState;
 use flowstate_runtime::{
-    Barrier, Data, Sink, SinkWriter, Source, SourcePoll, SourceReader, SubtaskInfo, UserError,
+    Barrier, Data, PreparedCommit, Sink, SinkWriter, Source, SourcePoll, SourceReader, SubtaskInfo,
+    UserError,
 };
 use flowstate_state::RedistributionMode;
 
@@ -765,14 +766,74 @@ struct InProgress {
     bytes: u64,
 }
 
+/// Whether a closed part file's data has reached the disk. The synchronous
+/// half of `prepare_commit` only closes a part (moves its handle here); the
+/// flush and fsync run later, on an upload thread, before the checkpoint that
+/// records the file is acknowledged.
+enum Durability {
+    /// Closed at a barrier: the buffer still holds its tail.
+    Buffered(BufWriter<File>),
+    /// Closed when it was full: written, not synced.
+    Written(File),
+    Synced,
+    /// A flush or fsync failed. Never retried: after a failed fsync Linux may
+    /// report a later one as successful although the data is lost, so every
+    /// checkpoint that records this file fails, and the job eventually
+    /// restarts from an older checkpoint, whose replay writes the records to
+    /// a new file.
+    Failed(String),
+}
+
+/// One closed part file's durability, shared by the writer and the deferred
+/// actions of the checkpoints that record it. The lock is held during the
+/// flush and fsync, so an action that finds the file being synced by an
+/// earlier checkpoint's action waits for it: no checkpoint is acknowledged
+/// before every file it records is on disk, whatever order the actions run in.
+/// The writer's own thread never takes it while a checkpoint is in flight
+/// (only `finish`, after the last checkpoint, does).
+struct PartSync {
+    path: PathBuf,
+    state: Mutex<Durability>,
+}
+
+impl PartSync {
+    fn ensure_synced(&self) -> Result<bool, ConnectorError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let synced = match std::mem::replace(&mut *state, Durability::Synced) {
+            Durability::Synced => return Ok(false),
+            Durability::Failed(reason) => {
+                let error =
+                    std::io::Error::other(format!("an earlier flush or fsync failed: {reason}"));
+                *state = Durability::Failed(reason);
+                return Err(write_error(&self.path, error));
+            }
+            Durability::Buffered(mut out) => out.flush().and_then(|()| out.get_ref().sync_all()),
+            Durability::Written(file) => file.sync_all(),
+        };
+        match synced {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                *state = Durability::Failed(e.to_string());
+                Err(write_error(&self.path, e))
+            }
+        }
+    }
+}
+
+/// A closed part file not yet published.
+struct Pending {
+    file: PendingFile,
+    sync: Arc<PartSync>,
+}
+
 struct FileWriter {
     dir: PathBuf,
     prefix: String,
     part_bytes_max: u64,
     next_part: u64,
     current: Option<InProgress>,
-    /// Closed, synced part files not yet published.
-    pending: Vec<PendingFile>,
+    /// Closed part files not yet published, oldest first.
+    pending: Vec<Pending>,
     line: String,
 }
 
@@ -781,6 +842,19 @@ fn write_error(path: &Path, source: std::io::Error) -> ConnectorError {
         path: path.display().to_string(),
         source,
     }
+}
+
+/// Makes `files` durable: flushes and fsyncs each one not yet synced, then
+/// the directory if any was (so their hidden names survive a crash too).
+fn sync_files(dir: &Path, files: &[Arc<PartSync>]) -> Result<(), ConnectorError> {
+    let mut any = false;
+    for file in files {
+        any |= file.ensure_synced()?;
+    }
+    if any {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 impl FileWriter {
@@ -804,33 +878,53 @@ impl FileWriter {
         }
     }
 
-    /// Flushes, syncs and closes the in-progress file; it becomes pending.
-    fn close_part(&mut self) -> Result<(), ConnectorError> {
-        if let Some(mut part) = self.current.take() {
+    /// Closes the in-progress file; it becomes pending, not yet synced. With
+    /// `full` (the part reached its size) its buffer is written now, like any
+    /// other write of this thread, so that a closed part holds no buffer; at a
+    /// barrier even that is left to the deferred action.
+    fn close_part(&mut self, full: bool) -> Result<(), ConnectorError> {
+        if let Some(part) = self.current.take() {
             let path = self.dir.join(&part.hidden);
-            part.out.flush().map_err(|e| write_error(&path, e))?;
-            part.out
-                .get_ref()
-                .sync_all()
-                .map_err(|e| write_error(&path, e))?;
-            self.pending.push(PendingFile {
-                hidden: part.hidden,
-                visible: part.visible,
-                checkpoint: u64::MAX,
+            let durability = if full {
+                let file = part
+                    .out
+                    .into_inner()
+                    .map_err(|e| write_error(&path, e.into_error()))?;
+                Durability::Written(file)
+            } else {
+                Durability::Buffered(part.out)
+            };
+            self.pending.push(Pending {
+                file: PendingFile {
+                    hidden: part.hidden,
+                    visible: part.visible,
+                    checkpoint: u64::MAX,
+                },
+                sync: Arc::new(PartSync {
+                    path,
+                    state: Mutex::new(durability),
+                }),
             });
         }
         Ok(())
     }
 
+    /// The durability handles of every pending file.
+    fn unpublished(&self) -> Vec<Arc<PartSync>> {
+        self.pending.iter().map(|p| Arc::clone(&p.sync)).collect()
+    }
+
     /// Publishes pending files recorded by checkpoints up to `checkpoint`.
+    /// They are synced: the checkpoint that recorded them completed, so its
+    /// deferred action (which syncs every file it records) succeeded.
     fn publish_up_to(&mut self, checkpoint: u64) -> Result<(), ConnectorError> {
-        let (ready, waiting): (Vec<PendingFile>, Vec<PendingFile>) = self
+        let (ready, waiting): (Vec<Pending>, Vec<Pending>) = self
             .pending
             .drain(..)
-            .partition(|p| p.checkpoint <= checkpoint);
+            .partition(|p| p.file.checkpoint <= checkpoint);
         self.pending = waiting;
-        for file in &ready {
-            publish(&self.dir, file)?;
+        for pending in &ready {
+            publish(&self.dir, &pending.file)?;
         }
         if !ready.is_empty() {
             sync_dir(&self.dir)?;
@@ -855,30 +949,56 @@ impl<T: Data + Display> SinkWriter<T> for FileWriter {
             self.line = line;
             written.map_err(|e| write_error(&self.dir.join(hidden), e))?;
             if full {
-                self.close_part()?;
+                self.close_part(true)?;
             }
         }
         Ok(())
     }
 
     fn finish(&mut self) -> Result<(), UserError> {
-        self.close_part()?;
-        for file in &mut self.pending {
-            file.checkpoint = 0;
+        // With checkpoints nothing is left (the final checkpoint published
+        // everything); without, this is the one sync and publish, here.
+        self.close_part(false)?;
+        sync_files(&self.dir, &self.unpublished())?;
+        for pending in &mut self.pending {
+            pending.file.checkpoint = 0;
         }
         self.publish_up_to(0)?;
         Ok(())
     }
 
     fn prepare_commit(&mut self, barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
+        let prepared = SinkWriter::<T>::prepare_commit_deferred(self, barrier)?;
+        if let Some(deferred) = prepared.deferred {
+            deferred()?;
+        }
+        Ok(prepared.state)
+    }
+
+    fn prepare_commit_deferred(&mut self, barrier: Barrier) -> Result<PreparedCommit, UserError> {
         // Any kind of barrier closes the part: a savepoint must hold every
         // record before its barrier. A savepoint's files stay pending until a
         // later checkpoint (or the stop-with-savepoint itself) completes.
-        self.close_part()?;
-        for file in &mut self.pending {
-            file.checkpoint = file.checkpoint.min(barrier.id);
+        self.close_part(false)?;
+        for pending in &mut self.pending {
+            pending.file.checkpoint = pending.file.checkpoint.min(barrier.id);
         }
-        list_state::encode(PENDING_STATE, RedistributionMode::Union, &self.pending)
+        let files: Vec<&PendingFile> = self.pending.iter().map(|p| &p.file).collect();
+        let state = list_state::encode(PENDING_STATE, RedistributionMode::Union, &files)?;
+        if self.pending.is_empty() {
+            return Ok(PreparedCommit::done(state));
+        }
+        // The flush and fsync of every file this snapshot records (those of
+        // an earlier snapshot whose action failed or never ran included) run
+        // on an upload thread; the next part file is opened by the next write.
+        let (dir, files) = (self.dir.clone(), self.unpublished());
+        Ok(PreparedCommit {
+            state,
+            deferred: Some(Box::new(move || {
+                sync_files(&dir, &files)?;
+                Ok(())
+            })),
+        })
     }
 
     fn commit(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
@@ -968,6 +1088,67 @@ mod tests {
             .map(|n| std::fs::read_to_string(dir.path().join(n)).unwrap())
             .collect();
         assert_eq!(text, "1\n22\n333\n4444\n55555\n");
+    }
+
+    fn hidden_contents(dir: &Path) -> Vec<String> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(HIDDEN_SUFFIX))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn sink_prepare_defers_the_flush_and_fsync_and_commits_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::new(dir.path()).unwrap();
+        let mut writer = Sink::<u32>::create_writer(&sink, &info()).unwrap();
+        writer.write_batch(&mut vec![1u32, 2, 3]).unwrap();
+        let prepared = writer
+            .prepare_commit_deferred(Barrier::checkpoint(1))
+            .unwrap();
+        assert_eq!(prepared.state[0].elements.len(), 1, "the file is pending");
+        // The synchronous half only closed the part: its data is still in the
+        // buffer the deferred action flushes and syncs.
+        assert_eq!(hidden_contents(dir.path()), [""]);
+        // The task goes on writing (into a new part) meanwhile.
+        writer.write_batch(&mut vec![4u32]).unwrap();
+        (prepared.deferred.expect("an fsync to defer"))().unwrap();
+        assert_eq!(hidden_contents(dir.path()), ["1\n2\n3\n", ""]);
+        writer.commit(1).unwrap();
+        let published: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(PART_PREFIX))
+            .collect();
+        assert_eq!(published.len(), 1);
+        let text = std::fs::read_to_string(dir.path().join(&published[0])).unwrap();
+        assert_eq!(text, "1\n2\n3\n");
+    }
+
+    #[test]
+    fn sink_action_syncs_the_files_of_an_earlier_action_that_never_ran() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::new(dir.path()).unwrap();
+        let mut writer = Sink::<u32>::create_writer(&sink, &info()).unwrap();
+        writer.write_batch(&mut vec![1u32]).unwrap();
+        let first = writer
+            .prepare_commit_deferred(Barrier::checkpoint(1))
+            .unwrap();
+        drop(first.deferred); // e.g. the upload queue was full: never run
+        writer.write_batch(&mut vec![2u32]).unwrap();
+        let second = writer
+            .prepare_commit_deferred(Barrier::checkpoint(2))
+            .unwrap();
+        assert_eq!(second.state[0].elements.len(), 2);
+        assert_eq!(hidden_contents(dir.path()), ["", ""]);
+        (second.deferred.unwrap())().unwrap();
+        assert_eq!(hidden_contents(dir.path()), ["1\n", "2\n"]);
     }
 
     #[test]

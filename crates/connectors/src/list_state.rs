@@ -1,7 +1,12 @@
 //! Connector positions and pending transactions as operator list state: one
 //! JSON element per split, file or pending file (small, readable in `_metadata`).
+//!
+//! The codec itself is `flowstate_checkpoint::list_state` (shared with the
+//! Kafka and PostgreSQL connectors); this module adds what the connectors of
+//! this crate need around it: the restored list of an instance, and errors as
+//! [`ConnectorError`] naming the operator.
 
-use flowstate_runtime::checkpoint::OperatorListState;
+use flowstate_runtime::checkpoint::{OperatorListState, decode_list, encode_list};
 use flowstate_runtime::{SubtaskInfo, UserError};
 use flowstate_state::RedistributionMode;
 use serde::Serialize;
@@ -10,20 +15,12 @@ use serde::de::DeserializeOwned;
 use crate::ConnectorError;
 
 /// The list state `name` holding `items`.
-pub(crate) fn encode<'a, T: Serialize + 'a>(
+pub(crate) fn encode<T: Serialize>(
     name: &str,
     mode: RedistributionMode,
-    items: impl IntoIterator<Item = &'a T>,
+    items: impl IntoIterator<Item = T>,
 ) -> Result<Vec<OperatorListState>, UserError> {
-    let elements = items
-        .into_iter()
-        .map(serde_json::to_vec)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(vec![OperatorListState {
-        name: name.into(),
-        mode,
-        elements,
-    }])
+    Ok(vec![encode_list(name, mode, items)?])
 }
 
 /// The restored elements of list state `name` for this instance, `None` if the
@@ -48,14 +45,11 @@ pub(crate) fn decode_with_mode<T: DeserializeOwned>(
     else {
         return Ok(None);
     };
-    list.elements
-        .iter()
-        .map(|e| serde_json::from_slice(e))
-        .collect::<Result<Vec<T>, _>>()
+    decode_list(name, &list.elements)
         .map(|elements| Some((list.mode, elements)))
         .map_err(|e| {
             ConnectorError::Config(format!(
-                "restored state '{name}' of operator '{}' is damaged: {e}",
+                "restored state of operator '{}' is damaged: {e}",
                 subtask.uid
             ))
         })

@@ -199,7 +199,7 @@ pub fn produce_workload(
         let _ = write!(key_text, "{key}");
         let _ = write!(value_text, "{value}");
         let partition = (i % partitions as u64) as i32;
-        let message = BaseRecord::to(topic)
+        let message = BaseRecord::with_opaque_to(topic, 0)
             .partition(partition)
             .key(key_text.as_bytes())
             .payload(value_text.as_bytes());

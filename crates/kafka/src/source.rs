@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use flowstate_runtime::checkpoint::OperatorListState;
+use flowstate_runtime::checkpoint::{OperatorListState, decode_list, encode_list};
 use flowstate_runtime::{Barrier, Data, Source, SourcePoll, SourceReader, SubtaskInfo, UserError};
 use flowstate_state::RedistributionMode;
 use rdkafka::client::ClientContext;
@@ -369,13 +369,13 @@ impl<T: Data> KafkaSource<T> {
         else {
             return Ok(None);
         };
+        let stored: Vec<PartitionOffset> =
+            decode_list(OFFSETS_STATE, elements).map_err(|e| KafkaError::State {
+                operator: subtask.operator.clone(),
+                reason: e.to_string(),
+            })?;
         let mut offsets = HashMap::new();
-        for element in elements {
-            let stored: PartitionOffset =
-                serde_json::from_slice(element).map_err(|e| KafkaError::State {
-                    operator: subtask.operator.clone(),
-                    reason: e.to_string(),
-                })?;
+        for stored in stored {
             let tp = TopicPartition::new(stored.topic, stored.partition);
             // Every partition has one owner, so it is stored once; should it
             // appear twice, the smaller position replays rather than skips.
@@ -785,22 +785,16 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
         if let Some(commits) = &mut self.commits {
             commits.record(barrier.id, &self.partitions);
         }
-        let elements = self
-            .partitions
-            .iter()
-            .map(|s| {
-                serde_json::to_vec(&PartitionOffset {
-                    topic: s.tp.topic.clone(),
-                    partition: s.tp.partition,
-                    next: s.next,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(vec![OperatorListState {
-            name: OFFSETS_STATE.into(),
-            mode: RedistributionMode::Union,
-            elements,
-        }])
+        let offsets = self.partitions.iter().map(|s| PartitionOffset {
+            topic: s.tp.topic.clone(),
+            partition: s.tp.partition,
+            next: s.next,
+        });
+        Ok(vec![encode_list(
+            OFFSETS_STATE,
+            RedistributionMode::Union,
+            offsets,
+        )?])
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), UserError> {

@@ -57,6 +57,14 @@ pub enum PostgresError {
         action: String,
         detail: String,
     },
+    /// An earlier deferred prepare of the writer failed (or never ran): its
+    /// transaction's rows are lost to this attempt, so no later checkpoint
+    /// may complete and the task fails, to restart from an older checkpoint.
+    #[error(
+        "table '{table}': an earlier PREPARE TRANSACTION of this writer failed or never ran \
+         ({detail}); restarting from the last completed checkpoint"
+    )]
+    PrepareFailed { table: String, detail: String },
     /// The sink's restored operator state cannot be decoded.
     #[error("restored '{state}' state of '{operator}' is damaged: {detail}")]
     DamagedState {

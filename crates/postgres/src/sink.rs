@@ -8,11 +8,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use flowstate_runtime::checkpoint::OperatorListState;
-use flowstate_runtime::{Barrier, Data, Sink, SinkWriter, SubtaskInfo, UserError};
+use flowstate_runtime::checkpoint::{OperatorListState, decode_list, encode_list};
+use flowstate_runtime::{Barrier, Data, PreparedCommit, Sink, SinkWriter, SubtaskInfo, UserError};
 use flowstate_state::RedistributionMode;
 use postgres::config::Host;
 use postgres::error::SqlState;
@@ -418,15 +418,11 @@ struct PendingTransaction {
 }
 
 fn encode_pending(pending: &[PendingTransaction]) -> Result<Vec<OperatorListState>, UserError> {
-    let elements = pending
-        .iter()
-        .map(serde_json::to_vec)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(vec![OperatorListState {
-        name: PENDING_STATE.into(),
-        mode: RedistributionMode::Union,
-        elements,
-    }])
+    Ok(vec![encode_list(
+        PENDING_STATE,
+        RedistributionMode::Union,
+        pending,
+    )?])
 }
 
 fn decode_pending(subtask: &SubtaskInfo) -> Result<Vec<PendingTransaction>, PostgresError> {
@@ -437,15 +433,11 @@ fn decode_pending(subtask: &SubtaskInfo) -> Result<Vec<PendingTransaction>, Post
     else {
         return Ok(Vec::new());
     };
-    elements
-        .iter()
-        .map(|e| serde_json::from_slice(e))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PostgresError::DamagedState {
-            state: PENDING_STATE.into(),
-            operator: subtask.operator.clone(),
-            detail: e.to_string(),
-        })
+    decode_list(PENDING_STATE, elements).map_err(|e| PostgresError::DamagedState {
+        state: PENDING_STATE.into(),
+        operator: subtask.operator.clone(),
+        detail: e.to_string(),
+    })
 }
 
 /// Commits prepared transaction `name`; one that does not exist was committed
@@ -529,7 +521,7 @@ impl<T: Data> Sink<T> for PostgresSink<T> {
             let restored = decode_pending(subtask)?;
             recover(&settings, &mut control, &table, subtask, &restored)?;
         }
-        let data = settings.connect()?;
+        let data = DataConnection::new(settings.connect()?);
         let key_indexes = match &settings.mode {
             Mode::Upsert { key_columns } => key_columns
                 .iter()
@@ -544,20 +536,286 @@ impl<T: Data> Sink<T> for PostgresSink<T> {
             job: subtask.job_id.clone(),
             uid: subtask.uid.clone(),
             subtask: subtask.index,
-            data,
+            data: Some(data),
             control,
-            full_statement: None,
             rows: Vec::new(),
             keys: HashMap::new(),
             key_indexes,
-            open: false,
             pending: Vec::new(),
+            turns: Arc::new(Turns::new()),
+            next_turn: 1,
             settings,
         }))
     }
 }
 
+/// A data connection and what belongs to it.
+struct DataConnection {
+    client: Client,
+    /// The `INSERT` of a full chunk of rows, prepared on `client` once.
+    full_statement: Option<Statement>,
+    /// `BEGIN` was sent and rows were written since.
+    open: bool,
+}
+
+impl DataConnection {
+    fn new(client: Client) -> Self {
+        Self {
+            client,
+            full_statement: None,
+            open: false,
+        }
+    }
+}
+
+/// Data connections kept for reuse by a writer and its deferred prepares:
+/// one for the epoch being written, one for the transaction being prepared.
+const DATA_CONNECTIONS: usize = 2;
+
+/// The order of a writer's deferred prepares, and the data connections they
+/// hand back. Prepare k runs only after prepare k - 1 finished (actions may
+/// run on different upload threads, in any order): a completed checkpoint
+/// then implies every transaction it names was prepared, so `commit` never
+/// finds one still missing (it would take it for committed and lose it), and
+/// an early `COMMIT PREPARED` finds its transaction prepared. Once one failed
+/// or was dropped unrun, the writer is *broken*: its rows are lost to this
+/// attempt, every later prepare fails (no later checkpoint completes) and the
+/// writer fails its task at its next call, so the job restarts from a
+/// checkpoint taken before them.
+struct Turns {
+    state: Mutex<TurnState>,
+    changed: Condvar,
+}
+
+struct TurnState {
+    /// The last prepare that finished.
+    done_through: u64,
+    broken: Option<String>,
+    /// Idle data connections (at most [`DATA_CONNECTIONS`]).
+    free: Vec<DataConnection>,
+}
+
+impl Turns {
+    /// The second connection is opened by the first prepare that needs it,
+    /// on its upload thread.
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(TurnState {
+                done_through: 0,
+                broken: None,
+                free: Vec::new(),
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TurnState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits (an upload thread, never a worker) until prepare `turn - 1`
+    /// finished; an error if the writer is broken.
+    fn wait_turn(&self, turn: u64) -> Result<(), String> {
+        let mut state = self.lock();
+        loop {
+            if let Some(reason) = &state.broken {
+                return Err(reason.clone());
+            }
+            if state.done_through + 1 >= turn {
+                return Ok(());
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Prepare `turn` finished: with its connection on success, with the
+    /// reason the writer is broken otherwise.
+    fn finish(&self, turn: u64, outcome: Result<Option<DataConnection>, String>) {
+        let mut state = self.lock();
+        state.done_through = state.done_through.max(turn);
+        match outcome {
+            Ok(Some(connection)) if state.free.len() < DATA_CONNECTIONS => {
+                state.free.push(connection)
+            }
+            Ok(_) => {}
+            Err(reason) => {
+                state.broken.get_or_insert(reason);
+            }
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    fn broken(&self) -> Option<String> {
+        self.lock().broken.clone()
+    }
+
+    /// An idle data connection, if one is free now (never waits).
+    fn take_free(&self) -> Option<DataConnection> {
+        self.lock().free.pop()
+    }
+}
+
+/// The deferred part of one prepare: what the synchronous half moved out of
+/// the writer. Dropped without running, it breaks the writer.
+struct DeferredPrepare {
+    turn: u64,
+    turns: Arc<Turns>,
+    settings: Arc<Settings>,
+    table_sql: String,
+    full_sql: String,
+    connection: Option<DataConnection>,
+    rows: Vec<Vec<SqlValue>>,
+    /// The upsert index of `rows`, only to be freed off the worker.
+    _keys: HashMap<Vec<SqlValue>, usize>,
+    /// Older prepared transactions to commit first (upsert; see
+    /// `prepare_commit_deferred`).
+    commit_first: Vec<String>,
+    /// The name to prepare the transaction under, if there is one.
+    name: Option<String>,
+    ran: bool,
+}
+
+impl DeferredPrepare {
+    fn run(mut self) -> Result<(), PostgresError> {
+        self.ran = true;
+        let broken = |detail: String| PostgresError::PrepareFailed {
+            table: self.settings.table.clone(),
+            detail,
+        };
+        if let Err(reason) = self.turns.wait_turn(self.turn) {
+            return Err(broken(reason));
+        }
+        let outcome = self.prepare();
+        match outcome {
+            Ok(connection) => {
+                self.turns.finish(self.turn, Ok(connection));
+                Ok(())
+            }
+            Err(e) => {
+                self.turns.finish(self.turn, Err(e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Returns the connection used, if one was needed.
+    fn prepare(&mut self) -> Result<Option<DataConnection>, PostgresError> {
+        let settings = Arc::clone(&self.settings);
+        if self.connection.is_none() && self.commit_first.is_empty() && self.rows.is_empty() {
+            // Only the turn: this snapshot names earlier transactions.
+            return Ok(None);
+        }
+        let mut connection = match self.connection.take() {
+            Some(c) => c,
+            None => match self.turns.take_free() {
+                Some(c) => c,
+                // Both are in use (one was dropped with a failed prepare, or
+                // the writer holds one for early writes): a new one.
+                None => DataConnection::new(settings.connect()?),
+            },
+        };
+        if !self.commit_first.is_empty() && connection.open {
+            // Cannot happen: no early writes while transactions are pending
+            // in upsert mode. `COMMIT PREPARED` needs no open transaction.
+            return Err(PostgresError::Statement {
+                endpoint: settings.endpoint.clone(),
+                table: settings.table.clone(),
+                action: "committing older prepared transactions early".into(),
+                detail: "the connection has an open transaction".into(),
+            });
+        }
+        for name in &self.commit_first {
+            commit_prepared(&settings, &mut connection.client, name)?;
+        }
+        let rows = std::mem::take(&mut self.rows);
+        write_rows(
+            &settings,
+            &self.table_sql,
+            &self.full_sql,
+            &mut connection,
+            rows,
+        )?;
+        if let Some(name) = &self.name
+            && connection.open
+        {
+            connection
+                .client
+                .batch_execute(&format!("PREPARE TRANSACTION {}", names::literal(name)))
+                .map_err(|e| {
+                    settings.statement_error(&format!("PREPARE TRANSACTION '{name}'"), &e)
+                })?;
+            connection.open = false;
+        }
+        Ok(Some(connection))
+    }
+}
+
+impl Drop for DeferredPrepare {
+    fn drop(&mut self) {
+        if !self.ran {
+            self.turns.finish(
+                self.turn,
+                Err("a deferred PREPARE TRANSACTION was dropped before it ran".into()),
+            );
+        }
+    }
+}
+
+/// Writes `rows` into `connection`'s open transaction (opening it).
+fn write_rows(
+    settings: &Settings,
+    table_sql: &str,
+    full_sql: &str,
+    connection: &mut DataConnection,
+    rows: Vec<Vec<SqlValue>>,
+) -> Result<(), PostgresError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if !connection.open {
+        connection
+            .client
+            .batch_execute("BEGIN")
+            .map_err(|e| settings.statement_error("BEGIN", &e))?;
+        connection.open = true;
+    }
+    let per_statement = settings.rows_per_statement();
+    for chunk in rows.chunks(per_statement) {
+        let params: Vec<&(dyn ToSql + Sync)> = chunk
+            .iter()
+            .flat_map(|row| row.iter().map(|v| v as &(dyn ToSql + Sync)))
+            .collect();
+        let result = if chunk.len() == per_statement {
+            let statement = match &connection.full_statement {
+                Some(s) => s.clone(),
+                None => {
+                    let s = connection
+                        .client
+                        .prepare(full_sql)
+                        .map_err(|e| settings.statement_error("preparing the INSERT", &e))?;
+                    connection.full_statement = Some(s.clone());
+                    s
+                }
+            };
+            connection.client.execute(&statement, &params)
+        } else {
+            let sql = settings.insert_sql(table_sql, chunk.len());
+            connection.client.execute(sql.as_str(), &params)
+        };
+        result.map_err(|e| settings.statement_error("INSERT", &e))?;
+    }
+    Ok(())
+}
+
 /// One instance of the sink; see [`PostgresSink`].
+///
+/// The first commit phase is split: the synchronous half (in the task's
+/// pause) only moves the buffered rows and the connection holding the open
+/// transaction into a [`DeferredPrepare`] and records the transaction's name
+/// as pending; the upload thread writes the rows and runs `PREPARE
+/// TRANSACTION` before the snapshot is acknowledged. Meanwhile the writer
+/// writes the next epoch on its other data connection.
 struct PostgresWriter<T> {
     settings: Arc<Settings>,
     table: ResolvedTable,
@@ -565,22 +823,23 @@ struct PostgresWriter<T> {
     job: String,
     uid: String,
     subtask: u32,
-    /// The connection with the open transaction.
-    data: Client,
+    /// The connection of the epoch being written, if it has one (it gets one
+    /// for early writes, when one is free).
+    data: Option<DataConnection>,
     /// The connection that commits and rolls back prepared transactions.
     control: Client,
-    /// The `INSERT` of a full chunk of rows, prepared on `data` once.
     full_sql: String,
-    full_statement: Option<Statement>,
     /// Rows since the last write into the open transaction.
     rows: Vec<Vec<SqlValue>>,
     /// Upsert mode: key values -> index in `rows` (the latest row per key wins).
     keys: HashMap<Vec<SqlValue>, usize>,
     key_indexes: Vec<usize>,
-    /// `BEGIN` was sent on `data` and rows were written since.
-    open: bool,
-    /// Prepared, not yet committed, oldest first.
+    /// Prepared (or being prepared by a deferred action), not yet committed,
+    /// oldest first.
     pending: Vec<PendingTransaction>,
+    turns: Arc<Turns>,
+    /// The turn of the next deferred prepare.
+    next_turn: u64,
 }
 
 impl<T> PostgresWriter<T> {
@@ -603,49 +862,44 @@ impl<T> PostgresWriter<T> {
         }
     }
 
-    /// Writes the buffered rows into the open transaction (opening it).
+    /// Fails once a deferred prepare failed or was dropped.
+    fn check_broken(&self) -> Result<(), PostgresError> {
+        match self.turns.broken() {
+            Some(detail) => Err(PostgresError::PrepareFailed {
+                table: self.settings.table.clone(),
+                detail,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the buffered rows into the open transaction (opening it), if
+    /// the epoch has a connection or one is free; otherwise they stay
+    /// buffered until the barrier.
     fn flush(&mut self) -> Result<(), PostgresError> {
         if self.rows.is_empty() {
             return Ok(());
         }
-        let settings = Arc::clone(&self.settings);
-        if !self.open {
-            self.data
-                .batch_execute("BEGIN")
-                .map_err(|e| settings.statement_error("BEGIN", &e))?;
-            self.open = true;
+        if self.data.is_none() {
+            self.data = self.turns.take_free();
         }
-        let per_statement = settings.rows_per_statement();
+        let Some(connection) = self.data.as_mut() else {
+            return Ok(());
+        };
         let rows = std::mem::take(&mut self.rows);
         self.keys.clear();
-        for chunk in rows.chunks(per_statement) {
-            let params: Vec<&(dyn ToSql + Sync)> = chunk
-                .iter()
-                .flat_map(|row| row.iter().map(|v| v as &(dyn ToSql + Sync)))
-                .collect();
-            let result = if chunk.len() == per_statement {
-                let statement = match &self.full_statement {
-                    Some(s) => s.clone(),
-                    None => {
-                        let s = self
-                            .data
-                            .prepare(&self.full_sql)
-                            .map_err(|e| settings.statement_error("preparing the INSERT", &e))?;
-                        self.full_statement = Some(s.clone());
-                        s
-                    }
-                };
-                self.data.execute(&statement, &params)
-            } else {
-                let sql = settings.insert_sql(&self.table.sql_name, chunk.len());
-                self.data.execute(sql.as_str(), &params)
-            };
-            result.map_err(|e| settings.statement_error("INSERT", &e))?;
-        }
-        Ok(())
+        write_rows(
+            &self.settings,
+            &self.table.sql_name,
+            &self.full_sql,
+            connection,
+            rows,
+        )
     }
 
     /// Commits the pending transactions of checkpoints up to `checkpoint`.
+    /// Every one of them was prepared: their checkpoints completed, so their
+    /// deferred prepares (and all earlier ones) finished.
     fn commit_up_to(&mut self, checkpoint: u64) -> Result<(), PostgresError> {
         while let Some(first) = self.pending.first() {
             if first.checkpoint > checkpoint {
@@ -660,7 +914,7 @@ impl<T> PostgresWriter<T> {
     /// May rows be written into the open transaction now? A prepared
     /// transaction holds its rows' locks until it is committed, so in upsert
     /// mode a write of the same key would wait for a commit that only this
-    /// writer's thread can issue.
+    /// writer could issue.
     fn may_write_early(&self) -> bool {
         !self.upsert() || self.pending.is_empty()
     }
@@ -668,6 +922,7 @@ impl<T> PostgresWriter<T> {
 
 impl<T: Data> SinkWriter<T> for PostgresWriter<T> {
     fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<(), UserError> {
+        self.check_broken()?;
         let width = self.settings.columns.len();
         for record in batch.drain(..) {
             let row = (self.row)(&record);
@@ -688,55 +943,106 @@ impl<T: Data> SinkWriter<T> for PostgresWriter<T> {
     }
 
     fn finish(&mut self) -> Result<(), UserError> {
-        // With checkpoints everything was committed by the final checkpoint;
-        // without, this is the one commit.
+        // With checkpoints everything was committed by the final checkpoint
+        // (whose deferred prepare, like every earlier one, finished); without,
+        // this is the one commit.
+        self.check_broken()?;
         self.commit_up_to(u64::MAX)?;
+        if !self.rows.is_empty() && self.data.is_none() {
+            let connection = match self.turns.take_free() {
+                Some(c) => c,
+                None => DataConnection::new(self.settings.connect()?),
+            };
+            self.data = Some(connection);
+        }
         self.flush()?;
-        if self.open {
+        if let Some(connection) = self.data.as_mut()
+            && connection.open
+        {
             let settings = Arc::clone(&self.settings);
-            self.data
+            connection
+                .client
                 .batch_execute("COMMIT")
                 .map_err(|e| settings.statement_error("COMMIT", &e))?;
-            self.open = false;
+            connection.open = false;
         }
         Ok(())
     }
 
     fn prepare_commit(&mut self, barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
+        let prepared = SinkWriter::<T>::prepare_commit_deferred(self, barrier)?;
+        if let Some(deferred) = prepared.deferred {
+            deferred()?;
+        }
+        Ok(prepared.state)
+    }
+
+    fn prepare_commit_deferred(&mut self, barrier: Barrier) -> Result<PreparedCommit, UserError> {
+        self.check_broken()?;
         let checkpoint_id = barrier.id;
-        if !self.rows.is_empty() && !self.may_write_early() {
+        let commit_first = if !self.rows.is_empty() && !self.may_write_early() {
             // Upsert with transactions still prepared: their snapshots ended
             // without a commit (an intermediate savepoint, which is never
             // notified, or an aborted checkpoint, whose transaction must not
             // be rolled back: see `abort`; the coordinator starts a snapshot
             // only after the previous one ended). They hold the row locks the
-            // rows of the same keys need, and only this thread could release
-            // them. So they are committed now, ahead of their checkpoint.
+            // rows of the same keys need, and only this writer could release
+            // them. So the deferred prepare commits them first, ahead of their
+            // checkpoint (after the earlier prepares, so they exist).
             // Upserts are idempotent, so if a failure restores an older
             // checkpoint the replay writes the same values again: the table
             // may run ahead, never count twice. (Kept although aborts are
-            // notified now: an abort cannot release the locks safely.)
-            self.commit_up_to(u64::MAX)?;
-        }
-        self.flush()?;
-        if self.open {
-            let name = names::transaction_name(&self.job, &self.uid, self.subtask, checkpoint_id);
-            let settings = Arc::clone(&self.settings);
-            self.data
-                .batch_execute(&format!("PREPARE TRANSACTION {}", names::literal(&name)))
-                .map_err(|e| {
-                    settings.statement_error(&format!("PREPARE TRANSACTION '{name}'"), &e)
-                })?;
-            self.open = false;
+            // notified now: an abort cannot release the locks safely.) They
+            // stay pending here; committing them again later finds nothing.
+            self.pending.iter().map(|p| p.name.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        let open = self.data.as_ref().is_some_and(|c| c.open);
+        let name = (open || !self.rows.is_empty())
+            .then(|| names::transaction_name(&self.job, &self.uid, self.subtask, checkpoint_id));
+        if let Some(name) = &name {
             self.pending.push(PendingTransaction {
-                name,
+                name: name.clone(),
                 checkpoint: checkpoint_id,
             });
         }
-        encode_pending(&self.pending)
+        let state = encode_pending(&self.pending)?;
+        if self.pending.is_empty() {
+            // Nothing prepared and nothing waiting to be: nothing to order.
+            return Ok(PreparedCommit::done(state));
+        }
+        // Even without a transaction of its own, a snapshot that names
+        // pending transactions waits for the earlier prepares (its turn).
+        let turn = self.next_turn;
+        self.next_turn += 1;
+        let deferred = DeferredPrepare {
+            turn,
+            turns: Arc::clone(&self.turns),
+            settings: Arc::clone(&self.settings),
+            table_sql: self.table.sql_name.clone(),
+            full_sql: self.full_sql.clone(),
+            connection: if name.is_some() {
+                self.data.take()
+            } else {
+                None
+            },
+            rows: std::mem::take(&mut self.rows),
+            // Freed on the upload thread: dropping a map of many keys takes
+            // milliseconds, which would count in the pause.
+            _keys: std::mem::take(&mut self.keys),
+            commit_first,
+            name,
+            ran: false,
+        };
+        Ok(PreparedCommit {
+            state,
+            deferred: Some(Box::new(move || deferred.run().map_err(UserError::from))),
+        })
     }
 
     fn commit(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
+        self.check_broken()?;
         self.commit_up_to(checkpoint_id)?;
         Ok(())
     }

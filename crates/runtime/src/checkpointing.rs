@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use flowstate_checkpoint::coordinator::TaskAck;
@@ -17,7 +17,8 @@ use flowstate_checkpoint::layout::{keyed_state_path, savepoint_keyed_path};
 use flowstate_checkpoint::native_files::upload_native;
 use flowstate_checkpoint::storage::SharedStorage;
 use flowstate_checkpoint::{
-    CheckpointStats, Coordinator, CoordinatorAction, SnapshotKind, SubtaskSnapshot,
+    CheckpointStats, Coordinator, CoordinatorAction, Now, SavepointRequest, SnapshotKind,
+    SubtaskSnapshot,
 };
 
 use flowstate_state::BackendSnapshot;
@@ -26,7 +27,7 @@ use crate::channel::Signal;
 use crate::control::{JobController, SavepointOrder};
 use crate::message::Barrier;
 use crate::metrics::JobMetrics;
-use crate::pipeline::OperatorPart;
+use crate::pipeline::{OperatorPart, guarded};
 
 /// Commands a task may find in its inbox at every step.
 #[derive(Debug, Clone, Copy)]
@@ -213,7 +214,7 @@ pub(crate) fn upload_loop(
     events: Sender<CoordinatorEvent>,
     savepoints: SavepointTargets,
 ) {
-    'jobs: for job in jobs {
+    'jobs: for mut job in jobs {
         let id = job.barrier.id;
         let decline = |reason: String| {
             let _ = events.send(CoordinatorEvent::Decline {
@@ -222,6 +223,27 @@ pub(crate) fn upload_loop(
                 reason,
             });
         };
+        // Sinks' deferred first-phase I/O (fsync, flush, PREPARE) first, and
+        // always, even for a snapshot declined below: what it makes durable
+        // is recorded as pending by this snapshot and by every later one. The
+        // acknowledgement, and so the completion and `commit`, come only
+        // after it succeeded; a failure declines the snapshot.
+        let mut failed = None;
+        for part in &mut job.parts {
+            if let Some(action) = part.deferred.take() {
+                let result = guarded(&part.name, action);
+                if let (Err(e), None) = (result, &failed) {
+                    failed = Some(format!(
+                        "preparing the commit (instance {}): {e}",
+                        part.subtask
+                    ));
+                }
+            }
+        }
+        if let Some(reason) = failed {
+            decline(reason);
+            continue 'jobs;
+        }
         // A savepoint's files go to its own directory, named relative to it.
         let savepoint = match job.barrier.kind.snapshot_kind() {
             SnapshotKind::Checkpoint => None,
@@ -277,6 +299,10 @@ pub(crate) fn upload_loop(
                 continue 'jobs;
             }
             let lists = part.snapshot.lists;
+            if keyed.is_none() && native.is_none() && lists.is_empty() {
+                // A sink that only had deferred work: no state to record.
+                continue;
+            }
             bytes += lists
                 .iter()
                 .flat_map(|l| &l.elements)
@@ -307,34 +333,23 @@ pub(crate) fn upload_loop(
     }
 }
 
-/// The coordinator's thread: triggers, collects, completes, notifies.
+/// The coordinator's thread: a thin driver. It turns what tasks, upload
+/// threads and the [`JobController`] send into the [`Coordinator`]'s events,
+/// each with the time it read, and carries out the actions the coordinator
+/// answers. It decides nothing: when to checkpoint, the savepoint queue, the
+/// final checkpoint of a bounded job and the end of the sources' output are
+/// all the coordinator's (see its module docs).
 pub(crate) struct CoordinatorLoop {
     pub coordinator: Coordinator,
     pub events: Receiver<CoordinatorEvent>,
     pub tasks: Vec<TaskHandle>,
     pub metrics: Arc<JobMetrics>,
     pub controller: Arc<JobController>,
+    /// Where the uploaders find a savepoint's directory: filled from
+    /// `TriggerSavepoint`, emptied when the savepoint completed or failed.
     pub savepoint_targets: SavepointTargets,
     /// Called when the job must fail (too many failed checkpoints).
     pub fail: Box<dyn Fn(String) + Send>,
-}
-
-/// The loop's own bookkeeping between events.
-#[derive(Default)]
-struct LoopState {
-    /// The checkpoint taken after every source was exhausted; once it
-    /// completes the sources end their output and no checkpoint is needed
-    /// any more. (Never without periodic checkpoints: the sources end their
-    /// output as soon as no savepoint is in flight.)
-    final_checkpoint: Option<u64>,
-    /// No snapshot is taken any more (the final checkpoint or a
-    /// stop-with-savepoint completed, or the sources of a job without
-    /// checkpoints were told to end their output).
-    final_done: bool,
-    /// A savepoint waiting for the snapshot in flight to finish.
-    queued: Option<SavepointOrder>,
-    /// Savepoints in flight: id -> (request id, stop).
-    savepoints: HashMap<u64, (String, bool)>,
 }
 
 /// How long the coordinator waits for events before it looks at the clock.
@@ -344,191 +359,124 @@ impl CoordinatorLoop {
     pub fn run(mut self) -> Vec<CheckpointStats> {
         let sources = self.tasks.iter().filter(|t| t.is_source).count();
         let mut exhausted: HashSet<usize> = HashSet::new();
-        let mut state = LoopState::default();
         loop {
-            let now = Instant::now();
+            let now = Now::system();
             let wait = self
                 .coordinator
                 .next_trigger_at(now)
-                .map_or(COORDINATOR_TICK_MAX, |at| at.saturating_duration_since(now))
+                .map_or(COORDINATOR_TICK_MAX, |at| {
+                    at.saturating_duration_since(now.instant)
+                })
                 .min(COORDINATOR_TICK_MAX);
-            let mut actions = Vec::new();
-            match self.events.recv_timeout(wait) {
-                Ok(CoordinatorEvent::Ack(ack)) => {
-                    actions = self.coordinator.on_ack(ack, Instant::now())
-                }
+            let event = self.events.recv_timeout(wait);
+            let now = Now::system();
+            let mut actions = match event {
+                Ok(CoordinatorEvent::Ack(ack)) => self.coordinator.on_ack(ack, now),
                 Ok(CoordinatorEvent::Decline { id, task, reason }) => {
-                    actions = self.coordinator.on_decline(
-                        id,
-                        format!("task {task} declined: {reason}"),
-                        Instant::now(),
-                    );
+                    self.coordinator
+                        .on_decline(id, format!("task {task} declined: {reason}"), now)
                 }
+                // Counted here, where the tasks are known; what follows is
+                // the coordinator's decision.
                 Ok(CoordinatorEvent::Exhausted { task }) => {
-                    exhausted.insert(task);
-                }
-                Ok(CoordinatorEvent::Savepoint(order)) => {
-                    if state.final_done || state.queued.is_some() {
-                        self.controller.on_request_dropped(
-                            &order.request_id,
-                            "the job is finishing; no more snapshots are taken",
-                        );
+                    if exhausted.insert(task) && exhausted.len() == sources {
+                        self.coordinator.on_sources_exhausted(now)
                     } else {
-                        state.queued = Some(order);
+                        Vec::new()
                     }
                 }
+                Ok(CoordinatorEvent::Savepoint(order)) => self.coordinator.request_savepoint(
+                    SavepointRequest {
+                        request: order.request_id,
+                        target: order.storage,
+                        stop: order.stop,
+                    },
+                    now,
+                ),
                 Ok(CoordinatorEvent::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-            let now = Instant::now();
-            if !state.final_done {
-                // A requested savepoint goes first, as soon as nothing is in flight.
-                if self.coordinator.in_flight() == 0
-                    && let Some(order) = state.queued.take()
-                {
-                    match self
-                        .coordinator
-                        .trigger_savepoint(Arc::clone(&order.storage), now)
-                    {
-                        Some(action) => {
-                            if let CoordinatorAction::Trigger { id, .. } = action {
-                                self.savepoint_targets
-                                    .insert(id, Arc::clone(&order.storage));
-                                state.savepoints.insert(id, (order.request_id, order.stop));
-                            }
-                            actions.push(action);
-                        }
-                        None => state.queued = Some(order),
-                    }
-                }
-                if sources > 0 && exhausted.len() == sources {
-                    // Every source is exhausted: take the final checkpoint as soon as
-                    // nothing is in flight (again, if an earlier final one failed).
-                    actions.extend(self.coordinator.tick_timeouts(now));
-                    if !self.coordinator.is_periodic() {
-                        // No checkpoints, so no final one: once no savepoint
-                        // is in flight the sources end their output, and sinks
-                        // publish at `finish`, as in a job without a coordinator.
-                        if self.coordinator.in_flight() == 0 {
-                            state.final_done = true;
-                            for task in self.tasks.iter().filter(|t| t.is_source) {
-                                task.send(TaskCommand::Finish);
-                            }
-                        }
-                    } else if state.final_checkpoint.is_none()
-                        && self.coordinator.in_flight() == 0
-                        && let Some(action) =
-                            self.coordinator.trigger_now(SnapshotKind::Checkpoint, now)
-                    {
-                        if let CoordinatorAction::Trigger { id, .. } = action {
-                            state.final_checkpoint = Some(id);
-                        }
-                        actions.push(action);
-                    }
-                } else {
-                    actions.extend(self.coordinator.tick(now));
-                }
-            } else {
-                actions.extend(self.coordinator.tick_timeouts(now));
-            }
+                Err(RecvTimeoutError::Timeout) => Vec::new(),
+            };
+            actions.extend(self.coordinator.tick(now));
             for action in actions {
-                if let CoordinatorAction::Abort { id, .. } = action
-                    && state.final_checkpoint == Some(id)
-                {
-                    state.final_checkpoint = None; // take the final checkpoint again
-                }
-                self.dispatch(&action, &mut state);
+                self.dispatch(action);
             }
         }
         // The job stopped (finished or failed): nothing in flight can complete.
-        self.coordinator
-            .abort_all("the job stopped", Instant::now());
-        if let Some(order) = state.queued.take() {
-            self.controller.on_request_dropped(
-                &order.request_id,
-                "the job stopped before the savepoint was taken",
-            );
+        for action in self.coordinator.on_job_stopped(Now::system()) {
+            self.dispatch(action);
         }
         self.coordinator.completed().to_vec()
     }
 
-    fn dispatch(&mut self, action: &CoordinatorAction, state: &mut LoopState) {
+    fn dispatch(&self, action: CoordinatorAction) {
         match action {
             CoordinatorAction::Trigger { id, kind } => {
+                self.controller.on_triggered(id, kind, None);
                 let barrier = Barrier {
-                    id: *id,
-                    kind: (*kind).into(),
+                    id,
+                    kind: kind.into(),
                 };
-                let savepoint = state.savepoints.get(id);
-                self.controller
-                    .on_triggered(*id, *kind, savepoint.map(|(r, _)| r.as_str()));
-                let command = match savepoint {
-                    Some((_, true)) => TaskCommand::TriggerAndSuspend(barrier),
-                    _ => TaskCommand::Trigger(barrier),
-                };
-                for task in self.tasks.iter().filter(|t| t.is_source) {
-                    task.send(command);
-                }
+                self.send_to_sources(TaskCommand::Trigger(barrier));
             }
-            CoordinatorAction::Complete { id } => {
-                let savepoint = state.savepoints.remove(id);
-                if let Some(stats) = self.coordinator.completed().last() {
-                    if savepoint.is_none() {
-                        self.metrics.record_checkpoint(stats);
-                    }
-                    self.controller
-                        .on_completed(stats, savepoint.as_ref().map(|(r, _)| r.as_str()));
+            CoordinatorAction::TriggerSavepoint { id, savepoint } => {
+                self.savepoint_targets.insert(id, savepoint.target);
+                self.controller
+                    .on_triggered(id, SnapshotKind::Savepoint, Some(&savepoint.request));
+                let barrier = Barrier {
+                    id,
+                    kind: SnapshotKind::Savepoint.into(),
+                };
+                self.send_to_sources(if savepoint.stop {
+                    TaskCommand::TriggerAndSuspend(barrier)
+                } else {
+                    TaskCommand::Trigger(barrier)
+                });
+            }
+            CoordinatorAction::Complete {
+                id,
+                stats,
+                notify_tasks,
+                request,
+            } => {
+                if request.is_some() {
+                    self.savepoint_targets.remove(id);
+                } else {
+                    self.metrics.record_checkpoint(&stats);
                 }
-                match savepoint {
-                    // An intermediate savepoint has no side effects: sinks
-                    // commit its data with the next checkpoint (a recovery
-                    // goes back to a checkpoint, never to a savepoint).
-                    Some((_, false)) => self.savepoint_targets.remove(*id),
-                    // Stop-with-savepoint: commit, then end the sources, which
-                    // emitted nothing after the barrier.
-                    Some((_, true)) => {
-                        self.savepoint_targets.remove(*id);
-                        for task in &self.tasks {
-                            task.send(TaskCommand::Complete(*id));
-                        }
-                        state.final_done = true;
-                        for task in self.tasks.iter().filter(|t| t.is_source) {
-                            task.send(TaskCommand::Finish);
-                        }
-                    }
-                    None => {
-                        for task in &self.tasks {
-                            task.send(TaskCommand::Complete(*id));
-                        }
-                        if state.final_checkpoint.is_some_and(|f| *id >= f) {
-                            state.final_done = true;
-                            for task in self.tasks.iter().filter(|t| t.is_source) {
-                                task.send(TaskCommand::Finish);
-                            }
-                        }
+                self.controller.on_completed(&stats, request.as_deref());
+                if notify_tasks {
+                    for task in &self.tasks {
+                        task.send(TaskCommand::Complete(id));
                     }
                 }
             }
-            CoordinatorAction::Abort { id, reason } => {
-                let savepoint = state.savepoints.remove(id);
-                self.controller
-                    .on_failed(*id, reason, savepoint.as_ref().map(|(r, _)| r.as_str()));
-                match savepoint {
-                    Some((_, stop)) => {
-                        self.savepoint_targets.remove(*id);
-                        if stop {
-                            for task in self.tasks.iter().filter(|t| t.is_source) {
-                                task.send(TaskCommand::Resume);
-                            }
-                        }
-                    }
-                    None => self.metrics.record_failed_checkpoint(),
+            CoordinatorAction::Abort {
+                id,
+                reason,
+                request,
+            } => {
+                self.controller.on_failed(id, &reason, request.as_deref());
+                if request.is_some() {
+                    self.savepoint_targets.remove(id);
+                } else {
+                    self.metrics.record_failed_checkpoint();
                 }
                 for task in &self.tasks {
-                    task.send(TaskCommand::Abort(*id));
+                    task.send(TaskCommand::Abort(id));
                 }
             }
-            CoordinatorAction::FailJob { reason } => (self.fail)(reason.clone()),
+            CoordinatorAction::FinishSources => self.send_to_sources(TaskCommand::Finish),
+            CoordinatorAction::ResumeSources => self.send_to_sources(TaskCommand::Resume),
+            CoordinatorAction::SavepointDropped { request, reason } => {
+                self.controller.on_request_dropped(&request, &reason)
+            }
+            CoordinatorAction::FailJob { reason } => (self.fail)(reason),
+        }
+    }
+
+    fn send_to_sources(&self, command: TaskCommand) {
+        for task in self.tasks.iter().filter(|t| t.is_source) {
+            task.send(command);
         }
     }
 }

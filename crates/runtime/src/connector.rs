@@ -4,9 +4,12 @@
 //! and in stream order (hooks must not block: they run between two steps of
 //! a task that may share its thread with others):
 //!
-//! - `SourceReader::snapshot(barrier)` / `SinkWriter::prepare_commit(barrier)`
+//! - `SourceReader::snapshot(barrier)` / `SinkWriter::prepare_commit_deferred(barrier)`
 //!   in the synchronous part of snapshot `barrier.id`; `barrier.kind` says
-//!   whether it is a checkpoint, a savepoint or a stop-with-savepoint.
+//!   whether it is a checkpoint, a savepoint or a stop-with-savepoint. A sink
+//!   may hand back a [`DeferredPrepare`]: the slow half of its first commit
+//!   phase (an fsync, a producer flush, a `PREPARE TRANSACTION`), which an
+//!   upload thread runs before the task acknowledges the snapshot.
 //! - `notify_checkpoint_complete(n)` / `SinkWriter::commit(n)` once snapshot n
 //!   is complete everywhere and its completion is published (checkpoints and
 //!   stop-with-savepoints; never an intermediate savepoint). Notifications
@@ -71,6 +74,50 @@ pub trait SourceReader<T>: Send {
     }
 }
 
+/// The slow half of a sink's first commit phase, handed back by
+/// [`SinkWriter::prepare_commit_deferred`]: it makes what the synchronous half
+/// closed durable (fsync a closed file, wait for a producer's deliveries,
+/// `PREPARE TRANSACTION`). The runtime runs it on an upload thread, off the
+/// task's worker, and acknowledges the snapshot only after it returned `Ok`;
+/// an error declines the snapshot. It may block (bounded), but it runs
+/// concurrently with the writer's later calls (`write_batch`, the next
+/// snapshot, `commit` of an older checkpoint), so whatever it shares with the
+/// writer must be synchronised, and the actions of consecutive snapshots may
+/// run on different upload threads, in either order or at once: an action
+/// must itself wait for what an earlier one must finish first. It may also be
+/// dropped without being run (the upload queue was full, the job stopped):
+/// the snapshot then fails, and a later action must still cover the work.
+pub type DeferredPrepare = Box<dyn FnOnce() -> Result<(), UserError> + Send>;
+
+/// What the synchronous half of a sink's first commit phase hands over.
+#[derive(Default)]
+pub struct PreparedCommit {
+    /// The writer's operator state for the snapshot (pending files,
+    /// transaction names), as [`SinkWriter::prepare_commit`] returns it.
+    pub state: Vec<OperatorListState>,
+    /// Work to run on an upload thread before the acknowledgement.
+    pub deferred: Option<DeferredPrepare>,
+}
+
+impl PreparedCommit {
+    /// Everything was done synchronously: only state.
+    pub fn done(state: Vec<OperatorListState>) -> Self {
+        Self {
+            state,
+            deferred: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for PreparedCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedCommit")
+            .field("state", &self.state.len())
+            .field("deferred", &self.deferred.is_some())
+            .finish()
+    }
+}
+
 /// A parallel sink: creates one writer per parallel instance.
 pub trait Sink<T>: Send + Sync + 'static {
     fn create_writer(&self, subtask: &SubtaskInfo) -> Result<Box<dyn SinkWriter<T>>, UserError>;
@@ -97,8 +144,26 @@ pub trait SinkWriter<T>: Send {
     /// it as pending (operator state). Nothing becomes visible yet.
     /// `barrier.kind` tells a checkpoint from a savepoint, whose completion
     /// is not notified unless it is a stop-with-savepoint.
+    ///
+    /// Does the whole first phase before it returns. The runtime calls
+    /// [`SinkWriter::prepare_commit_deferred`] instead, which by default calls
+    /// this; a sink whose first phase does I/O overrides that one and
+    /// implements this as "prepare, then run the deferred part here" (what a
+    /// direct caller, e.g. a test, expects).
     fn prepare_commit(&mut self, _barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
         Ok(Vec::new())
+    }
+
+    /// The first phase of a two-phase commit as the runtime runs it: the
+    /// synchronous half, in the synchronous part of snapshot `barrier.id`
+    /// (its time is the task's pause, so it must be brief: close the current
+    /// file or transaction buffer and return the pending state), and an
+    /// optional [`DeferredPrepare`] that makes it durable on an upload thread
+    /// before the snapshot is acknowledged. `commit(n)` still runs only after
+    /// checkpoint n completed, so after its deferred part succeeded.
+    /// Default: [`SinkWriter::prepare_commit`], nothing deferred.
+    fn prepare_commit_deferred(&mut self, barrier: Barrier) -> Result<PreparedCommit, UserError> {
+        self.prepare_commit(barrier).map(PreparedCommit::done)
     }
 
     /// Second phase: checkpoint `checkpoint_id` is complete; publish everything

@@ -179,12 +179,16 @@ pub struct JobController {
 /// `dir` joined with `name`; a relative local directory is made absolute
 /// against this process's working directory.
 fn join_location(dir: &str, name: &str) -> String {
-    if dir.starts_with("memory://") {
+    use flowstate_checkpoint::Location;
+    let location = Location::parse(dir);
+    if let Location::Url {
+        scheme: "memory", ..
+    } = location
+    {
         // A memory storage has a name, not a path.
         return format!("{}-{name}", dir.trim_end_matches('/'));
     }
-    let is_url = dir.contains("://");
-    let dir = if is_url || dir.starts_with('/') {
+    let dir = if !location.is_plain_path() || dir.starts_with('/') {
         dir.to_owned()
     } else {
         std::path::absolute(dir)
@@ -548,7 +552,8 @@ impl ControlState {
 /// Removes `dir` and the directories below it if they hold no file (a local
 /// savepoint directory whose files were deleted); leaves anything else alone.
 fn remove_empty_dirs(dir: &std::path::Path) {
-    if dir.as_os_str().to_string_lossy().contains("://") {
+    let location = dir.as_os_str().to_string_lossy();
+    if !flowstate_checkpoint::Location::parse(&location).is_plain_path() {
         return;
     }
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -701,27 +706,22 @@ fn parse_target(target: &str) -> Result<Place, SavepointTargetError> {
             })
             .collect()
     };
-    let local = target.strip_prefix("file://").unwrap_or(target);
-    if !local.contains("://") {
-        let Some(path) = local.strip_prefix('/') else {
-            return Err(SavepointTargetError::Relative(target.to_owned()));
-        };
-        return Ok(Place::Local(segments(path)?));
-    }
+    // What is a URL and what a local path is the storage's decision (it
+    // opens the target): a scheme is a plain name starting with a letter.
+    use flowstate_checkpoint::Location;
+    let (scheme, rest) = match Location::parse(target) {
+        Location::Url { scheme, rest } => (scheme, rest),
+        Location::Path(local) | Location::FileUrl(local) => {
+            let Some(path) = local.strip_prefix('/') else {
+                return Err(SavepointTargetError::Relative(target.to_owned()));
+            };
+            return Ok(Place::Local(segments(path)?));
+        }
+    };
     let bad_url = |reason: &str| SavepointTargetError::BadUrl {
         target: target.to_owned(),
         reason: reason.to_owned(),
     };
-    let (scheme, rest) = target
-        .split_once("://")
-        .ok_or_else(|| bad_url("no scheme"))?;
-    if scheme.is_empty()
-        || !scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-    {
-        return Err(bad_url("the scheme is not a plain name"));
-    }
     if rest.contains(['?', '#', '\\']) {
         return Err(bad_url("a query, fragment or backslash is not allowed"));
     }
@@ -740,13 +740,12 @@ fn parse_root(root: &str) -> Result<Place, SavepointTargetError> {
         root: root.to_owned(),
         reason,
     };
-    let local = root.strip_prefix("file://").unwrap_or(root);
     if root.trim().is_empty() {
         return Err(bad("it is empty".into()));
     }
-    if local.contains("://") {
+    let Some(local) = flowstate_checkpoint::Location::parse(root).local_path() else {
         return parse_target(root).map_err(|e| bad(e.to_string()));
-    }
+    };
     let absolute = std::path::absolute(local).map_err(|e| bad(e.to_string()))?;
     let mut segments: Vec<String> = Vec::new();
     for component in absolute.components() {
@@ -886,6 +885,7 @@ mod tests {
             "/srv/sp/",
             "/srv/sp/a/b",
             "file:///srv/sp/a",
+            "file://localhost/srv/sp/a",
             "/srv/extra/x",
             "s3://bucket/sp",
             "s3://bucket/sp/x",
@@ -915,6 +915,10 @@ mod tests {
             ("s3://bucket/sp/../x", false),
             ("s3://bucket/sp?x=1", false),
             ("://x", false),
+            // Not a scheme (it starts with a digit): a relative path, as the
+            // storage would open it.
+            ("1x://bucket/sp", false),
+            ("file://srv/sp", false),
         ] {
             let error = policy.check(refused, dir).unwrap_err();
             assert_eq!(error.is_forbidden(), forbidden, "{refused}: {error}");

@@ -55,8 +55,11 @@ pub struct JobReport {
     pub records_to_sinks: u64,
     /// The job's id in checkpoint storage (with checkpoints on).
     pub job_id: Option<String>,
-    /// Completed checkpoints of the last attempt.
+    /// Completed checkpoints of the last attempt: the newest ones only (the
+    /// coordinator keeps a bounded window); `completed_checkpoints` counts all.
     pub checkpoints: Vec<CheckpointStats>,
+    /// Checkpoints completed over the job's life (all attempts).
+    pub completed_checkpoints: u64,
     pub failed_checkpoints: u64,
     pub restarts: u64,
     /// The checkpoint the job started from, if any.
@@ -404,6 +407,7 @@ fn run_attempt(
             config.max_parallelism,
             c.restored.as_ref().map(|r| r.id()),
             &damaged,
+            flowstate_checkpoint::Now::system(),
         );
         let failing = Arc::clone(&shared);
         let looped = CoordinatorLoop {
@@ -527,7 +531,7 @@ fn record_restore_pointer(c: &CheckpointingConfig, job_id: &str, restored: &Load
         RestoreFrom::Nothing | RestoreFrom::Latest => return,
         RestoreFrom::Path(_) => (Some(restored.metadata_path.clone()), None),
         RestoreFrom::Location(location) => {
-            let location = if location.contains("://") {
+            let location = if !flowstate_checkpoint::Location::parse(location).is_plain_path() {
                 location.clone()
             } else {
                 std::path::absolute(location)
@@ -727,6 +731,7 @@ fn supervise_attempts(
         }
         let outcome = run_attempt(graph, config, metrics, control, controller, attempt);
         let failed_checkpoints = metrics.checkpoints().failed;
+        let completed_checkpoints = metrics.checkpoints().completed;
         match outcome.result {
             Ok(()) => {
                 return Ok(JobReport {
@@ -735,6 +740,7 @@ fn supervise_attempts(
                     records_to_sinks: metrics.records_to_sinks(),
                     job_id,
                     checkpoints: outcome.checkpoints,
+                    completed_checkpoints,
                     failed_checkpoints,
                     restarts,
                     restored_from,
@@ -1052,6 +1058,7 @@ impl DeterministicExecutor {
                 records_to_sinks: self.metrics.records_to_sinks(),
                 job_id: None,
                 checkpoints: Vec::new(),
+                completed_checkpoints: 0,
                 failed_checkpoints: 0,
                 restarts: 0,
                 restored_from: None,

@@ -32,7 +32,9 @@ pub use config::{
     CheckpointingConfig, ExecutionConfig, Guarantee, RestartStrategy, RestoreFrom, RestoredState,
     SubtaskInfo,
 };
-pub use connector::{Sink, SinkWriter, Source, SourcePoll, SourceReader};
+pub use connector::{
+    DeferredPrepare, PreparedCommit, Sink, SinkWriter, Source, SourcePoll, SourceReader,
+};
 pub use control::{JobController, JobStatus};
 pub use error::{BuildError, JobError, TaskError, UserError};
 pub use executor::{DeterministicExecutor, JobReport, RunState, RunningJob, start_job};

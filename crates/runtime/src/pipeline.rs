@@ -13,7 +13,7 @@ use std::sync::Arc;
 use flowstate_state::operator_index_for_key_group;
 
 use crate::channel::{ChannelSender, SendError};
-use crate::connector::SinkWriter;
+use crate::connector::{DeferredPrepare, SinkWriter};
 use crate::error::TaskError;
 use crate::graph::KeyGroupFn;
 use crate::message::{Barrier, Message};
@@ -51,6 +51,9 @@ pub struct OperatorPart {
     pub name: Arc<str>,
     pub subtask: u32,
     pub snapshot: StateSnapshot,
+    /// A sink's deferred first-phase work, run by the upload thread before
+    /// the acknowledgement (see [`crate::connector::DeferredPrepare`]).
+    pub deferred: Option<DeferredPrepare>,
 }
 
 /// Who an operator stage is, for errors and for checkpoints.
@@ -76,6 +79,7 @@ impl StageIdentity {
             name: Arc::clone(&self.name),
             subtask: self.subtask,
             snapshot,
+            deferred: None,
         }
     }
 }
@@ -222,10 +226,17 @@ impl<T: Send> Pipeline<T> for SinkStage<T> {
         barrier: Barrier,
         parts: &mut Vec<OperatorPart>,
     ) -> Result<(), TaskError> {
+        // Only the synchronous half runs here (it is part of the task's
+        // pause); the sink's I/O goes with the part to an upload thread.
         let writer = &mut self.writer;
-        let lists = guarded(&self.id.name, || writer.prepare_commit(barrier))?;
-        if !lists.is_empty() {
-            parts.push(self.id.part(StateSnapshot { keyed: None, lists }));
+        let prepared = guarded(&self.id.name, || writer.prepare_commit_deferred(barrier))?;
+        if !prepared.state.is_empty() || prepared.deferred.is_some() {
+            let mut part = self.id.part(StateSnapshot {
+                keyed: None,
+                lists: prepared.state,
+            });
+            part.deferred = prepared.deferred;
+            parts.push(part);
         }
         Ok(())
     }

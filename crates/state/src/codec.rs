@@ -31,7 +31,8 @@
 //! The format is not self-describing: decoding needs the Rust type, so
 //! `deserialize_any`, identifiers and ignored values are refused (typed
 //! errors), as bincode refused them. Offline tools that decode without the Rust
-//! type read these rules themselves ([`crate::dynamic`]).
+//! type read these rules themselves (`flowstate_tools::dynamic`, a crate of its
+//! own that depends on this one): a change here is a change there.
 //!
 //! Decoding never panics and never allocates more than the input can hold: a
 //! length is checked against [`DECODE_BYTES_MAX`] and the remaining bytes

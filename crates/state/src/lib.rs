@@ -18,7 +18,6 @@ pub mod access;
 pub mod backend;
 pub mod codec;
 pub mod descriptor;
-pub mod dynamic;
 pub mod error;
 pub mod heap;
 pub mod key_group;

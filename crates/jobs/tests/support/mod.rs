@@ -33,7 +33,9 @@ use flowstate::runtime::checkpoint::{
     CheckpointMetadata, CheckpointStorage, CoordinatorSettings, OperatorListState, SharedStorage,
     StorageError, open_storage,
 };
-use flowstate::runtime::{Barrier, CheckpointingConfig, Guarantee, RestartStrategy, RestoreFrom};
+use flowstate::runtime::{
+    Barrier, CheckpointingConfig, Guarantee, PreparedCommit, RestartStrategy, RestoreFrom,
+};
 use flowstate::state::StateBackendConfig;
 use flowstate::{
     ExecutionConfig, FnResult, JobReport, KeyedCoProcessFunction, KeyedContext,
@@ -840,6 +842,11 @@ impl SinkWriter<CountUpdate> for FaultyWriter {
 
     fn prepare_commit(&mut self, barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
         self.inner.prepare_commit(barrier)
+    }
+
+    // The runtime's path: the file sink's fsync runs on an upload thread.
+    fn prepare_commit_deferred(&mut self, barrier: Barrier) -> Result<PreparedCommit, UserError> {
+        self.inner.prepare_commit_deferred(barrier)
     }
 
     fn abort(&mut self, checkpoint_id: u64) -> Result<(), UserError> {

@@ -8,7 +8,8 @@
 //!
 //! Must not touch: the runtime, the coordinator, or anything that writes. These
 //! functions only read; they take a storage and the path of a `_metadata` in
-//! it (see [`crate::restore::open_snapshot`] for finding both from a path).
+//! it (see [`flowstate_checkpoint::restore::open_snapshot`] for finding both
+//! from a path).
 //! The dump holds at most one keyed file's bytes at a time, decodes key group by
 //! key group and hands rows to its sink as it goes.
 
@@ -18,14 +19,14 @@ use std::io::{Read, Seek, SeekFrom};
 use serde::Serialize;
 use thiserror::Error;
 
-use flowstate_state::dynamic::{DynamicError, EntryLayout, Row, Value};
+use flowstate_checkpoint::keyed_file::{read_verified, verify_file};
+use flowstate_checkpoint::metadata::{FileRef, KeyGroupEntry, KeyedStateHandle, SnapshotKind};
+use flowstate_checkpoint::storage::{CheckpointStorage, StorageError};
+use flowstate_checkpoint::{CheckpointError, CheckpointId};
 use flowstate_state::snapshot::{SectionState, read_section};
 use flowstate_state::{RedistributionMode, StateKind};
 
-use crate::keyed_file::{read_verified, verify_file};
-use crate::metadata::{FileRef, KeyGroupEntry, KeyedStateHandle, SnapshotKind};
-use crate::storage::{CheckpointStorage, StorageError};
-use crate::{CheckpointError, CheckpointId};
+use crate::dynamic::{DynamicError, EntryLayout, Row, Value};
 
 /// Errors of the offline tools.
 #[derive(Debug, Error)]
@@ -75,7 +76,7 @@ fn corrupt(path: &str, reason: impl Into<String>) -> CheckpointError {
     }
 }
 
-pub use crate::metadata::read_metadata;
+pub use flowstate_checkpoint::read_metadata;
 
 // ---------------------------------------------------------------------------
 // Summary.
@@ -770,12 +771,12 @@ pub fn csv_line(row: &Row<'_>, out: &mut String) -> Result<(), serde_json::Error
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keyed_file::write_keyed_file;
-    use crate::metadata::{
+    use flowstate_checkpoint::keyed_file::write_keyed_file;
+    use flowstate_checkpoint::metadata::{
         CheckpointMetadata, NativeFileRef, NativeStateHandle, OperatorListState, OperatorSnapshot,
         SubtaskSnapshot,
     };
-    use crate::storage::{SharedStorage, open_storage};
+    use flowstate_checkpoint::storage::{SharedStorage, open_storage};
     use flowstate_state::descriptor::StateSignature;
     use flowstate_state::{
         BackendSnapshot, KeyGroupRange, KeyScope, KeyedStateBackend, ListStateDescriptor,
@@ -1088,8 +1089,13 @@ mod tests {
         let storage = memory("old");
         let path = write_snapshot(storage.as_ref());
         let bytes = storage.get(&path).unwrap();
-        let (_, json) =
-            crate::format::unseal(crate::format::METADATA_MAGIC, 1, &path, &bytes).unwrap();
+        let (_, json) = flowstate_checkpoint::format::unseal(
+            flowstate_checkpoint::format::METADATA_MAGIC,
+            1,
+            &path,
+            &bytes,
+        )
+        .unwrap();
         let mut json: serde_json::Value = serde_json::from_slice(json).unwrap();
         let mut removed = 0;
         for subtask in json["operators"][1]["subtasks"].as_array_mut().unwrap() {
@@ -1100,8 +1106,8 @@ mod tests {
                 .is_some() as usize;
         }
         assert_eq!(removed, 2, "the key type is written");
-        let old = crate::format::seal(
-            crate::format::METADATA_MAGIC,
+        let old = flowstate_checkpoint::format::seal(
+            flowstate_checkpoint::format::METADATA_MAGIC,
             1,
             &serde_json::to_vec(&json).unwrap(),
         );

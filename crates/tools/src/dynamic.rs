@@ -5,7 +5,7 @@
 //! Owns: parsing `std::any::type_name` output into a [`Shape`] (primitives,
 //! `String`, `Vec`, `VecDeque`, sets, `Option`, `Result`, `Box`, maps, fixed
 //! arrays and tuples of them), decoding the durable encoding of entries
-//! ([`crate::codec`], whose serde `Deserializer` needs the Rust types) by its
+//! ([`flowstate_state::codec`], whose serde `Deserializer` needs the Rust types) by its
 //! rules into a [`Value`], and the entry layout of each state
 //! kind ([`EntryLayout`]). A user struct cannot be decoded: its field layout is
 //! not recorded, and the error says so, naming the type.
@@ -14,7 +14,7 @@
 //! handed to it and never allocates more than the bytes it is given can hold
 //! (lengths are checked against the remaining bytes, nesting is bounded).
 //!
-//! The encoding's rules as read here (see [`crate::codec`]): `bool` one byte 0/1;
+//! The encoding's rules as read here (see [`flowstate_state::codec`]): `bool` one byte 0/1;
 //! integers fixed width (`usize`/`isize` as 8 bytes, 128-bit ones as 16);
 //! floats their IEEE bits; `char` its UTF-8 bytes (no length); strings and
 //! sequences (`Vec`, sets, slices) a `u64` length then the bytes or elements;
@@ -26,7 +26,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::descriptor::StateKind;
+use flowstate_state::descriptor::StateKind;
 
 /// Deepest nesting of types accepted (`Vec<Vec<...>>`).
 pub const MAX_TYPE_DEPTH: usize = 32;
@@ -853,8 +853,8 @@ impl EntryLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::read_section;
-    use crate::{
+    use flowstate_state::snapshot::read_section;
+    use flowstate_state::{
         AggregateFunction, AggregatingStateDescriptor, BackendSnapshot, KeyGroupRange, KeyScope,
         KeyedStateBackend, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
         SnapshotRequest, ValueStateDescriptor, heap_backend, key_group_of,
@@ -863,7 +863,7 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
 
     fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-        crate::codec::encode_to_vec(value).unwrap()
+        flowstate_state::codec::encode_to_vec(value).unwrap()
     }
 
     /// Encodes `value` with the snapshot codec and decodes it by its type name.
@@ -957,7 +957,7 @@ mod tests {
             round_trip(&hash),
             Value::Map(vec![(Value::U64(3), Value::Bool(true))])
         );
-        let hashbrown: crate::heap::GroupMap<u8, u8> = [(1, 2)].into_iter().collect();
+        let hashbrown: flowstate_state::heap::GroupMap<u8, u8> = [(1, 2)].into_iter().collect();
         assert_eq!(
             round_trip(&hashbrown),
             Value::Map(vec![(Value::U64(1), Value::U64(2))])
