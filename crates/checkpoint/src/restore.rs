@@ -227,7 +227,9 @@ fn ordered_checkpoints(
 
 /// Everything `--restore latest` may resume from, newest first: jobs by their
 /// newest checkpoint or restore pointer; within a job its checkpoints by id,
-/// then its restore pointer (older than any checkpoint of the job).
+/// and its restore pointer after them (written when the job started from a
+/// snapshot) or before them (written when it stopped with a savepoint, newer
+/// than every checkpoint of the job).
 fn restore_candidates(
     storage: &dyn CheckpointStorage,
     job_id: Option<&str>,
@@ -270,7 +272,32 @@ fn restore_candidates(
         if job_id.is_some_and(|wanted| wanted != job) {
             continue;
         }
-        for (_, _, id, path) in checkpoints.iter().filter(|c| &c.1 == job) {
+        let own: Vec<_> = checkpoints.iter().filter(|c| &c.1 == job).collect();
+        let pointer = pointers.get(job).map(|(path, pointer)| {
+            (
+                job.clone(),
+                Candidate::Pointer {
+                    job: job.clone(),
+                    path: path.clone(),
+                    pointer: pointer.clone(),
+                },
+            )
+        });
+        // A pointer is written when a job starts from a snapshot (older than
+        // any checkpoint of the job) and when it stops with a savepoint (newer
+        // than all of them): it goes where its time puts it.
+        // A checkpoint whose metadata cannot be read (time 0) may be newer:
+        // the pointer then stays behind it, so that skipping it counts as a
+        // fallback.
+        let pointer_is_newest = pointers.get(job).is_some_and(|(_, p)| {
+            own.iter()
+                .all(|(created, _, _, _)| *created != 0 && p.created_unix_ms > *created)
+        });
+        let mut pointer = pointer;
+        if pointer_is_newest && let Some(p) = pointer.take() {
+            out.push(p);
+        }
+        for (_, _, id, path) in own {
             out.push((
                 job.clone(),
                 Candidate::Checkpoint {
@@ -279,15 +306,8 @@ fn restore_candidates(
                 },
             ));
         }
-        if let Some((path, pointer)) = pointers.get(job) {
-            out.push((
-                job.clone(),
-                Candidate::Pointer {
-                    job: job.clone(),
-                    path: path.clone(),
-                    pointer: pointer.clone(),
-                },
-            ));
+        if let Some(p) = pointer {
+            out.push(p);
         }
     }
     Ok(out)

@@ -1490,6 +1490,10 @@ fn load_latest_follows_a_restore_pointer_until_the_job_has_a_checkpoint() {
         1,
         Some(savepoint),
     );
+    // In a real run the job's checkpoints come after its pointer: B's clock
+    // starts behind A's (which ran ahead on virtual time), so catch it up.
+    let behind = (now_ms + 1000 + 1).saturating_sub(b.now().unix_ms);
+    b.advance(Duration::from_millis(behind));
     let first = b.complete_one();
     let loaded = load_latest(&storage).unwrap().unwrap();
     assert_eq!(
@@ -1497,6 +1501,27 @@ fn load_latest_follows_a_restore_pointer_until_the_job_has_a_checkpoint() {
         (first, "job-b")
     );
     assert_eq!(loaded.metadata.kind, SnapshotKind::Checkpoint);
+
+    // A pointer written after every checkpoint of the job (a stop with a
+    // savepoint) comes first: the stop published output beyond them.
+    let stopped_ms = b.advance(Duration::from_secs(1)).unix_ms;
+    write_restore_pointer(
+        storage.as_ref(),
+        "job-b",
+        &RestorePointer {
+            storage_path: None,
+            location: Some(location.display().to_string()),
+            checkpoint_id: savepoint,
+            created_unix_ms: stopped_ms,
+        },
+    )
+    .unwrap();
+    let loaded = load_latest(&storage).unwrap().unwrap();
+    assert_eq!(
+        (loaded.id(), loaded.continues_job.as_str()),
+        (savepoint, "job-b")
+    );
+    assert_eq!(loaded.metadata.kind, SnapshotKind::Savepoint);
 }
 
 /// Without periodic checkpoints (`--checkpoint-interval off`) the coordinator

@@ -546,6 +546,78 @@ fn stop_with_savepoint_then_resume_is_exactly_once_and_the_dump_matches() {
     );
 }
 
+/// A stop-with-savepoint commits output beyond the job's newest checkpoint.
+/// `--restore latest` afterwards must resume from the stop's savepoint, not
+/// from that checkpoint: before the fix it took the checkpoint and published
+/// the records between it and the stop a second time.
+#[test]
+fn restore_latest_after_a_stop_resumes_from_the_stop_s_savepoint() {
+    const RECORDS: u64 = 400_000;
+    const KEYS: u64 = 20_000;
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let (out, logs, target, ck) = (
+        root.join("out"),
+        root.join("logs"),
+        root.join("savepoints"),
+        root.join("ck"),
+    );
+    // Checkpoints far apart: the stop lands well after the newest one.
+    let common = [
+        "--checkpoint-interval",
+        "1s",
+        "--checkpoint-dir",
+        arg(&ck),
+        "--output",
+        arg(&out),
+    ];
+    let mut first = keyed_count(RECORDS, KEYS, 2, &common);
+    first.extend(strings(&[
+        "--rate",
+        "100000",
+        "--savepoint-dir",
+        arg(&target),
+    ]));
+    let mut job = start_served(root, &logs, "run-1", &first);
+    job.wait_for_records(RECORDS / 4);
+    let stop = flowstate(
+        root,
+        &[
+            "stop",
+            &job.job,
+            "--savepoint",
+            arg(&target),
+            "--rest",
+            &job.addr,
+        ],
+    );
+    stop.assert_success();
+    let savepoint = completed_location(&stop);
+    let run1 = job.process.wait();
+    run1.assert_success();
+
+    let mut second = keyed_count(RECORDS, KEYS, 2, &common);
+    second.extend(strings(&["--restore", "latest", "--rest", "off"]));
+    let run2 = run_args(root, &second);
+    run2.assert_success();
+    assert_eq!(
+        run2.result_line(),
+        expected_keyed_count_result(RECORDS, KEYS),
+        "{run2}"
+    );
+    check_keyed_count_output(&committed_lines(&out), RECORDS, KEYS);
+    let name = savepoint
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        run2.stderr.contains(&name),
+        "--restore latest did not say it resumed from the stop's savepoint {name}: {run2}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // A changed job.
 

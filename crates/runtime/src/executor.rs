@@ -508,6 +508,17 @@ fn supervise(
         Some(lost) => Err(lost),
         None => result,
     };
+    // Still holding the lease: a stop-with-savepoint committed output beyond
+    // the job's newest checkpoint, so the savepoint is now what `--restore
+    // latest` must resume from.
+    if let (Ok(report), Some(_), Some(c)) = (&result, &lease, &config.checkpointing)
+        && let (Some(job_id), Some(location)) = (
+            report.job_id.as_deref(),
+            controller.stopped_with_savepoint(),
+        )
+    {
+        record_stop_pointer(c, job_id, &location);
+    }
     drop(lease);
     let (status, failure) = match &result {
         Ok(_) => (JobStatus::Finished, None),
@@ -552,6 +563,43 @@ fn record_restore_pointer(c: &CheckpointingConfig, job_id: &str, restored: &Load
             "cannot record where job {job_id} was restored from ({e}); until its first \
              checkpoint, --restore latest will not find that snapshot"
         );
+    }
+}
+
+/// A job stopped with a savepoint published its sinks' output up to that
+/// savepoint, beyond its newest checkpoint: resuming the job from that
+/// checkpoint would publish the difference again. So the job's restore pointer
+/// now names the savepoint, and being newer than every checkpoint of the job,
+/// `--restore latest` takes it first. A failure to write it is logged (the
+/// savepoint itself is complete; the user can restore it by its path).
+fn record_stop_pointer(c: &CheckpointingConfig, job_id: &str, location: &str) {
+    let checkpoint_id = match open_snapshot(location).and_then(|opened| {
+        flowstate_checkpoint::read_metadata(opened.storage.as_ref(), &opened.metadata_path)
+    }) {
+        Ok(metadata) => metadata.checkpoint_id,
+        Err(e) => {
+            tracing::warn!(
+                "cannot read the stop's savepoint {location} back ({e}); --restore latest \
+                 will not resume from it: restore it by its path"
+            );
+            return;
+        }
+    };
+    let pointer = RestorePointer {
+        storage_path: None,
+        location: Some(location.to_owned()),
+        checkpoint_id,
+        created_unix_ms: unix_ms_now(),
+    };
+    match write_restore_pointer(c.storage.as_ref(), job_id, &pointer) {
+        Ok(()) => tracing::info!(
+            "job {job_id} stopped with savepoint {location}: --restore latest resumes from it"
+        ),
+        Err(e) => tracing::warn!(
+            "cannot record the stop's savepoint of job {job_id} ({e}); --restore latest \
+             would resume from an older checkpoint and publish output again: restore \
+             {location} by its path"
+        ),
     }
 }
 
