@@ -26,6 +26,7 @@ pub mod operator;
 pub mod pipeline;
 pub mod plan;
 pub mod restart;
+pub mod savepoint_target;
 pub mod task;
 
 pub use config::{
