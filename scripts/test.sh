@@ -42,3 +42,9 @@ exports=$(bash scripts/postgres-server.sh)
 eval "$exports"
 
 cargo test --workspace --all-features --locked "$@"
+
+# The whole-job simulation (crates/sim), 2,000 seeds: real checkpointed jobs on a
+# seeded scheduler with virtual time and injected faults, checked for exactly-once
+# output. Its last line reports how often each fault point fired. (The debug
+# binary, built by the tests above; a failing seed prints its replay command.)
+cargo run --locked --quiet -p flowstate-sim -- --seeds "${FLOWSTATE_SIM_SEEDS:-2000}"

@@ -35,6 +35,6 @@ pub use flowstate_state as state;
 pub use flowstate_state::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateHandle, BackendKind,
     KeyedStateBackend, ListStateDescriptor, ListStateHandle, MapStateDescriptor, MapStateHandle,
-    ReducingStateDescriptor, ReducingStateHandle, StateError, StateKey, StateValue,
-    ValueStateDescriptor, ValueStateHandle,
+    ReducingStateDescriptor, ReducingStateHandle, StateError, StateKey, StateType, StateValue,
+    ValueStateDescriptor, ValueStateHandle, state_type,
 };

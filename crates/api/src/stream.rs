@@ -20,7 +20,7 @@ use flowstate_runtime::{
 };
 use flowstate_state::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateHandle, KeyedStateBackend,
-    ReducingStateDescriptor, ReducingStateHandle, StateKey, StateValue, key_group_of,
+    ReducingStateDescriptor, ReducingStateHandle, StateKey, StateType, StateValue, key_group_of,
 };
 
 use crate::keyed::{
@@ -93,6 +93,12 @@ impl StreamEnvironment {
     fn take_graph(&self) -> JobGraph {
         self.inner.generation.set(self.inner.generation.get() + 1);
         self.inner.graph.replace(JobGraph::new())
+    }
+
+    /// The job graph built so far, for a driver of its own (the whole-job
+    /// simulation); the environment starts a new, empty graph.
+    pub fn take_job_graph(&self) -> JobGraph {
+        self.take_graph()
     }
 
     /// Starts the job on worker threads and returns at once.
@@ -354,10 +360,15 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
 
     /// Folds the records of each key with `function` and emits its result after
     /// every record.
-    pub fn aggregate<Acc: StateValue, O: Data>(
+    /// The input, accumulator and output types are recorded in snapshots by
+    /// their declared names ([`flowstate_state::StateType`]).
+    pub fn aggregate<Acc: StateValue, O: Data + StateType>(
         &self,
         function: impl AggregateFunction<T, Acc, O> + Clone,
-    ) -> DataStream<O> {
+    ) -> DataStream<O>
+    where
+        T: StateType,
+    {
         self.process(Aggregate {
             function,
             handle: None,
@@ -466,9 +477,9 @@ impl<F: Clone, I, Acc, O> Clone for Aggregate<F, I, Acc, O> {
 impl<K, I, Acc, O, F> KeyedProcessFunction<K, I, O> for Aggregate<F, I, Acc, O>
 where
     K: StateKey,
-    I: Send + 'static,
+    I: Send + StateType + 'static,
     Acc: StateValue,
-    O: Send + 'static,
+    O: Send + StateType + 'static,
     F: AggregateFunction<I, Acc, O> + Clone,
 {
     fn open(&mut self, state: &mut dyn KeyedStateBackend<K>) -> FnResult {

@@ -1,10 +1,13 @@
 //! The checkpoint coordinator's state machine.
 //!
 //! It decides when checkpoint n starts, collects one acknowledgement per task,
-//! writes `_metadata` last (create-if-absent) once all arrived, keeps the last
-//! `retain` completed checkpoints and deletes the rest, and aborts checkpoints
-//! that time out or that a task declines. It does no I/O with tasks: the runtime
-//! feeds it events and carries out the [`CoordinatorAction`]s it returns.
+//! has `_metadata` written last (create-if-absent) once all arrived, keeps the
+//! last `retain` completed checkpoints and has the rest deleted, and aborts
+//! checkpoints that time out or that a task declines. It does no I/O at all,
+//! neither with tasks nor with storage: it takes events and returns effects
+//! (send to tasks, write or delete in storage, notify observers), the
+//! [`CoordinatorAction`]s a driver carries out (the runtime's, or a test's).
+//! Time is given, never read.
 //!
 //! Savepoints go through the same state machine, with three differences: their
 //! files and `_metadata` go to their own storage (the savepoint directory, all
@@ -14,10 +17,10 @@
 //!
 //! Periodic checkpoints are optional ([`CoordinatorSettings::interval`]
 //! `None`): such a coordinator takes savepoints on request and nothing else. It
-//! never triggers a checkpoint (periodic or final) and never reads, writes or
-//! deletes anything in the checkpoint storage, not even to adopt what earlier
-//! runs of the job left there: a job without checkpoints owns no directory in
-//! it (and holds no lease on one).
+//! never triggers a checkpoint (periodic or final) and never has anything
+//! read, written or deleted in the checkpoint storage, not even to adopt what
+//! earlier runs of the job left there: a job without checkpoints owns no
+//! directory in it (and holds no lease on one).
 //!
 //! It is driven only by events, each with the time it happened ([`Now`],
 //! given by the driver: the coordinator never reads a clock), and answers
@@ -25,12 +28,49 @@
 //!
 //! | event | may answer |
 //! |---|---|
-//! | [`Coordinator::tick`] (periodically, and after every other event) | `Trigger`, `Abort` (timeouts), `TriggerSavepoint`, `FinishSources`, `SavepointDropped`, `FailJob` |
-//! | [`Coordinator::on_ack`] | `Complete`, `Abort`, `FinishSources`, `TriggerSavepoint`, `Trigger` (the final checkpoint) |
-//! | [`Coordinator::on_decline`] | `Abort`, `ResumeSources`, `FailJob`, `TriggerSavepoint`, `Trigger` (the final checkpoint again) |
+//! | [`Coordinator::tick`] (periodically, and after every other event) | `Trigger`, `Abort` (timeouts), `Delete`, `TriggerSavepoint`, `FinishSources`, `SavepointDropped`, `FailJob` |
+//! | [`Coordinator::on_ack`] | `WriteMetadata` (the last ack), `Abort` and `Delete` (refused files), `Delete` (a late ack's files) |
+//! | [`Coordinator::on_metadata_written`] | `Complete`, then `FinishSources`, `Abort` (subsumed), `Delete` (retention), `TriggerSavepoint`, `Trigger` (the final checkpoint); or `Delete`, `Abort`, `ResumeSources`, `FailJob` (the write failed) |
+//! | [`Coordinator::on_decline`] | `Delete`, `Abort`, `ResumeSources`, `FailJob`, `TriggerSavepoint`, `Trigger` (the final checkpoint again) |
 //! | [`Coordinator::request_savepoint`] | `TriggerSavepoint` (at once when nothing is in flight, else later), `SavepointDropped` |
 //! | [`Coordinator::on_sources_exhausted`] | `Trigger` (the final checkpoint), `FinishSources` |
-//! | [`Coordinator::on_job_stopped`] | `SavepointDropped` |
+//! | [`Coordinator::on_job_stopped`] | `Delete`, `SavepointDropped` |
+//!
+//! The first answer to any of them starts with the deletes adoption decided
+//! at construction (below).
+//!
+//! **Storage effects.** When the last task acknowledged, the coordinator
+//! checks what they wrote and answers `WriteMetadata` (the bytes of
+//! `_metadata`, its path, and the storage: the checkpoint storage, or a
+//! savepoint's own directory from its request). The snapshot is then
+//! *persisting*: still in flight (it counts for `max_concurrent` and its
+//! timeout runs), neither waiting for acks nor complete. The driver performs
+//! the write (create-if-absent) and reports the outcome with
+//! [`Coordinator::on_metadata_written`]: only a successful write completes
+//! the snapshot (`Complete`: tasks notified, sinks commit; then retention);
+//! a failed one aborts it like any failure (it counts towards the tolerated
+//! failures; a savepoint's does not). Every deletion is a `Delete` (a file,
+//! a prefix, or a completed checkpoint: metadata first, the rest only if
+//! that went); the driver logs a failed delete and carries on. The
+//! coordinator holds no storage handle: what earlier runs left is read by
+//! the driver before construction ([`ExistingCheckpoints`], read with
+//! [`ExistingCheckpoints::read`](crate::effects)) and given as facts; the
+//! deletes adoption decides come first in the answer to the first event.
+//!
+//! **Deletes: the rule for checkpoints whose metadata may exist.** The files
+//! of a checkpoint are deleted only if its `_metadata` certainly does not
+//! exist (never written: aborted while waiting for acks; or its write was
+//! reported failed), or if it exists and a newer checkpoint has completed
+//! (retention; a restore takes the newer one first). A checkpoint aborted
+//! while its write is outstanding (timeout, job stop, subsumed by a newer
+//! completion) is held *in doubt*, its shared files still registered: the
+//! write may have landed, and a restore would take it. Its files go only
+//! once the outcome is known: at once if the write failed; if it succeeded,
+//! once a newer checkpoint has completed (metadata first). If the outcome
+//! never comes (the job stopped), nothing of it is deleted: the next run
+//! adopts it as completed if its metadata is there, or deletes it as
+//! incomplete if not. An aborted savepoint in doubt loses its directory once
+//! the outcome is known (its requester was told it failed).
 //!
 //! **The end of a bounded job** is decided here. Once the driver reports
 //! every source exhausted, periodic checkpoints stop; as soon as nothing is in
@@ -65,15 +105,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::CheckpointId;
 use crate::layout::{
-    checkpoint_dir, metadata_path, parse_metadata_path, shared_dir, shared_file_checkpoint,
+    METADATA_FILE, checkpoint_dir, metadata_path, parse_metadata_path, shared_dir,
+    shared_file_checkpoint,
 };
-use crate::metadata::{
-    CheckpointMetadata, OperatorSnapshot, SnapshotKind, SubtaskSnapshot, read_metadata,
-};
+use crate::metadata::{CheckpointMetadata, OperatorSnapshot, SnapshotKind, SubtaskSnapshot};
 use crate::shared_registry::SharedRegistry;
-use crate::storage::{SharedStorage, StorageError};
-use crate::{CheckpointError, CheckpointId};
+use crate::storage::SharedStorage;
 
 /// Defaults of the checkpoint settings.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -167,6 +206,12 @@ pub struct SavepointRequest {
     /// Stop-with-savepoint: the sources emit nothing after its barrier, and
     /// the job ends once it completed.
     pub stop: bool,
+    /// Where the savepoint is, as `--restore` names it. A stop-with-savepoint
+    /// of a job with periodic checkpoints records it as the job's restore
+    /// pointer in the same step as its `_metadata`, before any sink commits:
+    /// the stop publishes output beyond the job's newest checkpoint, so from
+    /// then on `--restore latest` must resume from the savepoint.
+    pub location: Option<String>,
 }
 
 impl std::fmt::Debug for SavepointRequest {
@@ -175,6 +220,7 @@ impl std::fmt::Debug for SavepointRequest {
             .field("request", &self.request)
             .field("target", &self.target.describe())
             .field("stop", &self.stop)
+            .field("location", &self.location)
             .finish()
     }
 }
@@ -190,6 +236,112 @@ impl PartialEq for SavepointRequest {
 }
 
 impl Eq for SavepointRequest {}
+
+/// The restore pointer a stop-with-savepoint leaves for its job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopPointer {
+    pub job_id: String,
+    pub pointer: crate::restore::RestorePointer,
+}
+
+/// Which storage a storage effect goes to.
+#[derive(Clone)]
+pub enum Store {
+    /// The job's checkpoint storage, which the driver holds (paths relative
+    /// to its root).
+    Checkpoints,
+    /// A savepoint's own directory, from its request (paths relative to it).
+    Savepoint(SharedStorage),
+}
+
+impl Store {
+    /// The storage this names, `checkpoints` being the job's checkpoint
+    /// storage.
+    pub fn resolve<'a>(&'a self, checkpoints: &'a SharedStorage) -> &'a SharedStorage {
+        match self {
+            Store::Checkpoints => checkpoints,
+            Store::Savepoint(target) => target,
+        }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Store::Checkpoints => f.write_str("Checkpoints"),
+            Store::Savepoint(target) => f
+                .debug_tuple("Savepoint")
+                .field(&target.describe())
+                .finish(),
+        }
+    }
+}
+
+/// The same storage object (a storage has no equality of its own).
+impl PartialEq for Store {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Store::Checkpoints, Store::Checkpoints) => true,
+            (Store::Savepoint(a), Store::Savepoint(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Store {}
+
+/// What a `Delete` removes. What and when is the coordinator's decision; the
+/// driver deletes exactly this and logs a failure: a failed delete is never
+/// fatal (it leaves files behind, never a checkpoint that looks complete
+/// without its files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deletion {
+    /// One file (a shared file no retained checkpoint references).
+    File(String),
+    /// Every file under a prefix: the directory of a checkpoint whose
+    /// `_metadata` does not exist, or a failed savepoint's whole directory
+    /// (`""`).
+    Prefix(String),
+    /// A checkpoint whose `_metadata` exists: `metadata` first; only once
+    /// that is gone, everything under `dir`, then the `shared` files (which
+    /// no retained checkpoint references any more). If the metadata cannot
+    /// be deleted, the checkpoint still looks complete, so nothing it
+    /// references may go: the rest is skipped (the next start adopts it
+    /// again).
+    Checkpoint {
+        metadata: String,
+        dir: String,
+        shared: Vec<String>,
+    },
+}
+
+/// Per checkpoint id, the shared files its `_metadata` references, or why it
+/// could not be read.
+pub type References = BTreeMap<CheckpointId, Result<Vec<String>, String>>;
+
+/// What earlier runs of the job left in the checkpoint storage: the facts
+/// adoption needs, read by the driver before the coordinator is built
+/// (`ExistingCheckpoints::read` in [`crate::effects`]); the coordinator
+/// reads nothing itself. `Default`: nothing (an empty directory).
+#[derive(Debug, Clone)]
+pub struct ExistingCheckpoints {
+    /// Every path under `<job id>/`, or why listing failed (then nothing
+    /// shared is deleted in this run).
+    pub listing: Result<Vec<String>, String>,
+    /// The shared files referenced by each checkpoint of the job that has a
+    /// `_metadata` (and by the restored one, if it is the job's). A
+    /// checkpoint missing here has no `_metadata` under the job.
+    pub references: References,
+}
+
+impl Default for ExistingCheckpoints {
+    fn default() -> Self {
+        Self {
+            listing: Ok(Vec::new()),
+            references: BTreeMap::new(),
+        }
+    }
+}
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,6 +387,42 @@ pub enum CoordinatorAction {
     SavepointDropped { request: String, reason: String },
     /// Too many consecutive failures: fail the job.
     FailJob { reason: String },
+    /// Write `bytes` at `path` of `store`, create-if-absent (never over an
+    /// existing file): the `_metadata` of snapshot `id`, which makes it
+    /// exist. The driver reports the outcome with
+    /// [`Coordinator::on_metadata_written`]; until then the snapshot is in
+    /// flight, neither waiting for acknowledgements nor complete.
+    ///
+    /// `then_restore_pointer` (a stop-with-savepoint of a job with periodic
+    /// checkpoints): once the metadata is written, write this restore
+    /// pointer for the job in the checkpoint storage; the outcome reported is
+    /// that of both writes, so the stop completes (and sinks commit) only if
+    /// `--restore latest` will resume from the savepoint.
+    WriteMetadata {
+        id: CheckpointId,
+        store: Store,
+        path: String,
+        bytes: Vec<u8>,
+        then_restore_pointer: Option<StopPointer>,
+    },
+    /// Delete `what` in `store` (`id`: the checkpoint or savepoint it
+    /// belongs to; `None` for a shared file no checkpoint references). A
+    /// failure is logged, never fatal.
+    Delete {
+        id: Option<CheckpointId>,
+        store: Store,
+        what: Deletion,
+    },
+}
+
+impl CoordinatorAction {
+    /// `WriteMetadata` and `Delete`: what the driver carries out in storage.
+    pub fn is_storage_effect(&self) -> bool {
+        matches!(
+            self,
+            CoordinatorAction::WriteMetadata { .. } | CoordinatorAction::Delete { .. }
+        )
+    }
 }
 
 /// One task's acknowledgement: what its operators wrote for checkpoint `id`.
@@ -290,6 +478,24 @@ struct Pending {
     savepoint: Option<SavepointRequest>,
 }
 
+/// A snapshot every task acknowledged whose `_metadata` write is outstanding.
+struct Persisting {
+    pending: Pending,
+    /// Its figures (the duration is set when it completes).
+    stats: CheckpointStats,
+}
+
+/// An aborted snapshot whose `_metadata` write had been issued (it was
+/// aborted while persisting): the metadata may exist, and a restore would
+/// take it.
+struct InDoubt {
+    pending: Pending,
+    /// The write is known to have succeeded: a restorable checkpoint.
+    written: bool,
+    /// A newer checkpoint completed after it was aborted.
+    superseded: bool,
+}
+
 /// Where the job is on its way to the end of bounded input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
@@ -329,14 +535,20 @@ pub fn unix_ms_now() -> u64 {
 
 /// The coordinator of one job.
 pub struct Coordinator {
-    storage: SharedStorage,
     job_id: String,
     settings: CoordinatorSettings,
     tasks: usize,
     max_parallelism: u32,
     parallelism: u32,
     next_id: CheckpointId,
+    /// Snapshots waiting for acknowledgements.
     pending: BTreeMap<CheckpointId, Pending>,
+    /// Snapshots every task acknowledged whose `_metadata` write is
+    /// outstanding: in flight, neither waiting for acks nor complete.
+    persisting: BTreeMap<CheckpointId, Persisting>,
+    /// Aborted snapshots whose `_metadata` write had been issued: it may
+    /// exist (see "Deletes" in the module docs).
+    in_doubt: BTreeMap<CheckpointId, InDoubt>,
     retained: VecDeque<CheckpointId>,
     last_trigger: Option<Instant>,
     last_finished: Option<Instant>,
@@ -347,12 +559,15 @@ pub struct Coordinator {
     completed: Vec<CheckpointStats>,
     completed_count: u64,
     failed: u64,
-    /// References to shared files of the retained checkpoints.
+    /// References to shared files of the retained checkpoints (and of the
+    /// ones whose metadata is being written or may exist).
     shared: SharedRegistry,
     aborted_savepoints: VecDeque<(CheckpointId, SharedStorage)>,
     /// Savepoint requests waiting for nothing to be in flight.
     queued_savepoints: VecDeque<SavepointRequest>,
     ending: Ending,
+    /// What adoption decided to delete, answered with the first event.
+    startup: Vec<CoordinatorAction>,
 }
 
 impl Coordinator {
@@ -360,31 +575,34 @@ impl Coordinator {
     /// `last_id` (the restored checkpoint's, or 0), which stays retained until
     /// newer ones replace it.
     ///
-    /// Construction adopts what earlier runs of the job left in storage,
-    /// including deleting shared files no retained checkpoint references; it
-    /// must therefore happen while no upload of an earlier run of this job is
-    /// still writing (the runtime joins its uploaders between attempts).
-    /// Without periodic checkpoints it adopts nothing and touches no storage.
+    /// Construction adopts what earlier runs of the job left in storage, as
+    /// the driver read it ([`ExistingCheckpoints::read`]); what adoption
+    /// decides to delete (incomplete checkpoints, retention, shared files no
+    /// retained checkpoint references) comes first in the answer to the
+    /// first event. Those deletes must therefore run while no upload of an
+    /// earlier run of this job is still writing (the runtime joins its
+    /// uploaders between attempts). Without periodic checkpoints it adopts
+    /// nothing and deletes nothing: the driver need not read anything.
     /// `now` is when it starts: the first checkpoint is due an interval later.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        storage: SharedStorage,
         job_id: &str,
         settings: CoordinatorSettings,
         tasks: usize,
         parallelism: u32,
         max_parallelism: u32,
         restored: Option<CheckpointId>,
+        existing: ExistingCheckpoints,
         now: Now,
     ) -> Self {
         Self::after_restore(
-            storage,
             job_id,
             settings,
             tasks,
             parallelism,
             max_parallelism,
             restored,
+            existing,
             &BTreeSet::new(),
             now,
         )
@@ -398,18 +616,17 @@ impl Coordinator {
     /// kept.
     #[allow(clippy::too_many_arguments)]
     pub fn after_restore(
-        storage: SharedStorage,
         job_id: &str,
         settings: CoordinatorSettings,
         tasks: usize,
         parallelism: u32,
         max_parallelism: u32,
         restored: Option<CheckpointId>,
+        existing: ExistingCheckpoints,
         damaged: &BTreeSet<CheckpointId>,
         now: Now,
     ) -> Self {
         let mut coordinator = Self {
-            storage,
             job_id: job_id.to_owned(),
             settings,
             tasks,
@@ -417,6 +634,8 @@ impl Coordinator {
             parallelism,
             next_id: restored.unwrap_or(0) + 1,
             pending: BTreeMap::new(),
+            persisting: BTreeMap::new(),
+            in_doubt: BTreeMap::new(),
             retained: restored.into_iter().collect(),
             last_trigger: Some(now.instant),
             last_finished: None,
@@ -428,11 +647,12 @@ impl Coordinator {
             aborted_savepoints: VecDeque::new(),
             queued_savepoints: VecDeque::new(),
             ending: Ending::Running,
+            startup: Vec::new(),
         };
         // A coordinator that takes no checkpoints has nothing to adopt, and
         // its job holds no lease on the directory: it must not delete there.
         if coordinator.settings.periodic() {
-            coordinator.adopt_existing(damaged);
+            coordinator.startup = coordinator.adopt_existing(existing, damaged);
         }
         coordinator
     }
@@ -442,10 +662,17 @@ impl Coordinator {
     /// ones (and retention applies to them), directories of checkpoints that
     /// never completed are deleted, the shared files of the retained
     /// checkpoints are registered and every other shared file is deleted, and
-    /// ids continue after the highest seen.
-    fn adopt_existing(&mut self, damaged: &BTreeSet<CheckpointId>) {
-        let prefix = format!("{}/", self.job_id);
-        let paths = match self.storage.list(&prefix) {
+    /// ids continue after the highest seen. Returns the deletes.
+    fn adopt_existing(
+        &mut self,
+        existing: ExistingCheckpoints,
+        damaged: &BTreeSet<CheckpointId>,
+    ) -> Vec<CoordinatorAction> {
+        let ExistingCheckpoints {
+            listing,
+            references,
+        } = existing;
+        let paths = match listing {
             Ok(paths) => paths,
             Err(e) => {
                 tracing::warn!(
@@ -456,21 +683,17 @@ impl Coordinator {
                 // registered; what else exists is unknown, so nothing shared
                 // is deleted in this run.
                 self.shared.mark_blind();
-                self.register_retained();
-                return;
+                self.register_retained(&references);
+                return Vec::new();
             }
         };
+        let mut actions = Vec::new();
         let (seen, completed) = self.scan_checkpoints(&paths);
         for id in seen.difference(&completed) {
-            if let Err(e) = self
-                .storage
-                .delete_prefix(&checkpoint_dir(&self.job_id, *id))
-            {
-                tracing::warn!(
-                    checkpoint = id,
-                    "cannot remove an incomplete checkpoint: {e}"
-                );
-            }
+            actions.push(delete_in_checkpoints(
+                Some(*id),
+                Deletion::Prefix(checkpoint_dir(&self.job_id, *id)),
+            ));
         }
         // Shared file names carry the id of the checkpoint that wrote them: a
         // new checkpoint must never get the id (and so the paths) of one
@@ -482,11 +705,12 @@ impl Coordinator {
         if let Some(highest) = seen.iter().next_back().copied().max(highest_shared) {
             self.next_id = self.next_id.max(highest + 1);
         }
-        let kept = self.adopt_completed(completed, damaged);
-        self.register_retained();
-        self.register_kept(&kept);
-        self.enforce_retention();
-        self.collect_orphans(&paths);
+        let kept = self.adopt_completed(completed, damaged, &mut actions);
+        self.register_retained(&references);
+        self.register_kept(&kept, &references);
+        actions.extend(self.enforce_retention());
+        actions.extend(self.collect_orphans(&paths));
+        actions
     }
 
     /// `(every checkpoint id with a directory, the ids of completed ones)`.
@@ -532,6 +756,7 @@ impl Coordinator {
         &mut self,
         completed: BTreeSet<CheckpointId>,
         damaged: &BTreeSet<CheckpointId>,
+        actions: &mut Vec<CoordinatorAction>,
     ) -> Vec<CheckpointId> {
         let restored = self.retained.back().copied();
         let mut retained: Vec<CheckpointId> = Vec::new();
@@ -544,12 +769,10 @@ impl Coordinator {
                     checkpoint = id,
                     "deleting a checkpoint the restore found damaged"
                 );
-                if let Err(e) = self
-                    .storage
-                    .delete_prefix(&checkpoint_dir(&self.job_id, id))
-                {
-                    tracing::warn!(checkpoint = id, "cannot delete it: {e}");
-                }
+                actions.push(delete_in_checkpoints(
+                    Some(id),
+                    Deletion::Prefix(checkpoint_dir(&self.job_id, id)),
+                ));
             } else {
                 tracing::warn!(
                     checkpoint = id,
@@ -573,12 +796,11 @@ impl Coordinator {
     /// The shared files of checkpoints left in place are never deleted by
     /// this run: they are registered as referenced (unknown if unreadable,
     /// which stops all deletion of shared files).
-    fn register_kept(&mut self, kept: &[CheckpointId]) {
+    fn register_kept(&mut self, kept: &[CheckpointId], references: &References) {
         for &id in kept {
-            let path = metadata_path(&self.job_id, id);
-            match read_metadata(self.storage.as_ref(), &path) {
-                Ok(metadata) => self.shared.register(id, metadata.shared_paths()),
-                Err(_) => self.shared.mark_unknown(id),
+            match references.get(&id) {
+                Some(Ok(paths)) => self.shared.register(id, paths.iter().map(String::as_str)),
+                Some(Err(_)) | None => self.shared.mark_unknown(id),
             }
         }
     }
@@ -586,14 +808,12 @@ impl Coordinator {
     /// Registers the shared files of every retained checkpoint, from its
     /// metadata. A checkpoint without metadata under this job (one of another
     /// job this job was restored from) references none of this job's files.
-    fn register_retained(&mut self) {
+    fn register_retained(&mut self, references: &References) {
         for id in self.retained.clone() {
-            let path = metadata_path(&self.job_id, id);
-            let read = read_metadata(self.storage.as_ref(), &path);
-            match read {
-                Ok(metadata) => self.shared.register(id, metadata.shared_paths()),
-                Err(CheckpointError::Storage(StorageError::NotFound { .. })) => {}
-                Err(e) => {
+            match references.get(&id) {
+                Some(Ok(paths)) => self.shared.register(id, paths.iter().map(String::as_str)),
+                None => {}
+                Some(Err(e)) => {
                     tracing::warn!(
                         checkpoint = id,
                         "cannot read which shared files a retained checkpoint references \
@@ -609,24 +829,25 @@ impl Coordinator {
     /// references: what crashed runs and aborted checkpoints left behind.
     /// Runs before the first trigger, so no checkpoint of this run is
     /// uploading shared files yet.
-    fn collect_orphans(&self, paths: &[String]) {
+    fn collect_orphans(&self, paths: &[String]) -> Vec<CoordinatorAction> {
         if !self.shared.is_complete() {
             tracing::warn!(
                 job = self.job_id,
                 "not collecting unreferenced shared files: {}",
                 self.shared.incompleteness()
             );
-            return;
+            return Vec::new();
         }
-        for path in self.shared_files(paths) {
-            if !self.shared.is_registered(path) {
+        self.shared_files(paths)
+            .filter(|path| !self.shared.is_registered(path))
+            .map(|path| {
                 tracing::info!(
                     job = self.job_id,
                     "deleting unreferenced shared file {path}"
                 );
-                self.delete_logged(None, path);
-            }
-        }
+                delete_in_checkpoints(None, Deletion::File(path.to_owned()))
+            })
+            .collect()
     }
 
     /// The shared files among `paths`.
@@ -638,10 +859,15 @@ impl Coordinator {
             .map(String::as_str)
     }
 
-    fn delete_logged(&self, checkpoint: Option<CheckpointId>, path: &str) {
-        if let Err(e) = self.storage.delete(path) {
-            tracing::warn!(checkpoint, "cannot delete shared file {path}: {e}");
+    /// Every answer to an event starts with what adoption decided to delete,
+    /// the first time.
+    fn answer(&mut self, actions: Vec<CoordinatorAction>) -> Vec<CoordinatorAction> {
+        if self.startup.is_empty() {
+            return actions;
         }
+        let mut all = std::mem::take(&mut self.startup);
+        all.extend(actions);
+        all
     }
 
     pub fn job_id(&self) -> &str {
@@ -680,8 +906,21 @@ impl Coordinator {
         self.failed
     }
 
+    /// Snapshots in flight: waiting for acknowledgements, or for their
+    /// `_metadata` write.
     pub fn in_flight(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.persisting.len()
+    }
+
+    /// Snapshots whose `_metadata` write is outstanding.
+    pub fn persisting(&self) -> usize {
+        self.persisting.len()
+    }
+
+    /// Aborted checkpoints whose `_metadata` may exist, oldest first: their
+    /// files stay until the rule of "Deletes" (module docs) lets them go.
+    pub fn in_doubt(&self) -> Vec<CheckpointId> {
+        self.in_doubt.keys().copied().collect()
     }
 
     /// Whether checkpoints are taken at all ([`CoordinatorSettings::periodic`]).
@@ -695,7 +934,7 @@ impl Coordinator {
     pub fn next_trigger_at(&self, now: Now) -> Option<Instant> {
         let now = now.instant;
         let interval = self.settings.interval?;
-        if self.ending != Ending::Running || self.pending.len() >= self.settings.max_concurrent {
+        if self.ending != Ending::Running || self.in_flight() >= self.settings.max_concurrent {
             return None;
         }
         let by_interval = self
@@ -736,13 +975,14 @@ impl Coordinator {
             None
         };
         if let Some(reason) = refused {
-            return vec![CoordinatorAction::SavepointDropped {
+            return self.answer(vec![CoordinatorAction::SavepointDropped {
                 request: savepoint.request,
                 reason: reason.into(),
-            }];
+            }]);
         }
         self.queued_savepoints.push_back(savepoint);
-        self.advance(now)
+        let actions = self.advance(now);
+        self.answer(actions)
     }
 
     /// Every source of the job has read all its input (the driver counts
@@ -754,15 +994,18 @@ impl Coordinator {
                 final_checkpoint: None,
             };
         }
-        self.advance(now)
+        let actions = self.advance(now);
+        self.answer(actions)
     }
 
     /// The job stopped (finished or failed; its tasks are gone): whatever is
-    /// in flight is aborted without notifying anyone (its files are
-    /// removed), and the requests still waiting are answered as dropped.
+    /// in flight is aborted without notifying anyone (the answer holds only
+    /// the deletes of its files, and of no file whose `_metadata` may
+    /// exist), and the requests still waiting are answered as dropped.
     pub fn on_job_stopped(&mut self, now: Now) -> Vec<CoordinatorAction> {
-        self.abort_all("the job stopped", now);
-        self.drop_queued("the job stopped before the savepoint was taken")
+        let mut actions = self.abort_everything("the job stopped", now);
+        actions.extend(self.drop_queued("the job stopped before the savepoint was taken"));
+        self.answer(actions)
     }
 
     fn drop_queued(&mut self, reason: &str) -> Vec<CoordinatorAction> {
@@ -784,7 +1027,7 @@ impl Coordinator {
         if self.ending == Ending::Finished {
             return actions;
         }
-        if self.pending.is_empty()
+        if self.in_flight() == 0
             && let Some(savepoint) = self.queued_savepoints.pop_front()
         {
             match self.start(SnapshotKind::Savepoint, Some(savepoint.clone()), now) {
@@ -796,7 +1039,7 @@ impl Coordinator {
         let Ending::Exhausted { final_checkpoint } = self.ending else {
             return actions;
         };
-        if !self.pending.is_empty() || !self.queued_savepoints.is_empty() {
+        if self.in_flight() > 0 || !self.queued_savepoints.is_empty() {
             return actions;
         }
         if !self.settings.periodic() {
@@ -824,7 +1067,7 @@ impl Coordinator {
         savepoint: Option<SavepointRequest>,
         now: Now,
     ) -> Option<CoordinatorAction> {
-        if self.pending.len() >= self.settings.max_concurrent {
+        if self.in_flight() >= self.settings.max_concurrent {
             return None;
         }
         let id = self.next_id;
@@ -852,14 +1095,18 @@ impl Coordinator {
 
     /// Whether snapshot `id` is a savepoint still in flight.
     pub fn is_pending_savepoint(&self, id: CheckpointId) -> bool {
-        self.pending.get(&id).is_some_and(|p| p.savepoint.is_some())
+        let pending = self.pending.get(&id);
+        let persisting = self.persisting.get(&id).map(|p| &p.pending);
+        pending
+            .or(persisting)
+            .is_some_and(|p| p.savepoint.is_some())
     }
 
     /// Periodic work, and the next step after any other event: abort
     /// timed-out snapshots, start a waiting savepoint, a due periodic
     /// checkpoint, or the final one.
     pub fn tick(&mut self, now: Now) -> Vec<CoordinatorAction> {
-        let mut actions = self.tick_timeouts(now);
+        let mut actions = self.expire(now);
         actions.extend(self.advance(now));
         if self.ending == Ending::Running
             && self
@@ -868,41 +1115,56 @@ impl Coordinator {
         {
             actions.extend(self.trigger_now(SnapshotKind::Checkpoint, now));
         }
-        actions
+        self.answer(actions)
     }
 
-    /// Aborts checkpoints that ran out of time.
+    /// Aborts snapshots that ran out of time (waiting for acknowledgements,
+    /// or for their `_metadata` write).
     pub fn tick_timeouts(&mut self, now: Now) -> Vec<CoordinatorAction> {
-        let mut actions = Vec::new();
-        let expired: Vec<CheckpointId> = self
+        let actions = self.expire(now);
+        self.answer(actions)
+    }
+
+    fn expire(&mut self, now: Now) -> Vec<CoordinatorAction> {
+        let timeout = self.settings.timeout;
+        let expired = |started: Instant| now.instant.duration_since(started) >= timeout;
+        let mut ids: Vec<(CheckpointId, bool)> = self
             .pending
             .iter()
-            .filter(|(_, p)| now.instant.duration_since(p.started) >= self.settings.timeout)
-            .map(|(id, _)| *id)
+            .filter(|(_, p)| expired(p.started))
+            .map(|(id, _)| (*id, false))
+            .chain(
+                self.persisting
+                    .iter()
+                    .filter(|(_, p)| expired(p.pending.started))
+                    .map(|(id, _)| (*id, true)),
+            )
             .collect();
-        for id in expired {
-            actions.extend(self.abort(
-                id,
-                format!("not complete after {:?}", self.settings.timeout),
-                now,
-            ));
+        ids.sort_unstable();
+        let mut actions = Vec::new();
+        for (id, persisting) in ids {
+            let reason = if persisting {
+                format!("not complete after {timeout:?} (its metadata write is outstanding)")
+            } else {
+                format!("not complete after {timeout:?}")
+            };
+            actions.extend(self.abort(id, reason, now));
         }
         actions
     }
 
-    /// A task acknowledged; completes the checkpoint when it was the last
-    /// (and then takes the next step: a waiting savepoint, the final
-    /// checkpoint, or the end of the sources' output).
+    /// A task acknowledged. When it was the last, the snapshot's `_metadata`
+    /// is to be written (`WriteMetadata`); it completes only when the driver
+    /// reports the write ([`Coordinator::on_metadata_written`]).
     pub fn on_ack(&mut self, ack: TaskAck, now: Now) -> Vec<CoordinatorAction> {
         let mut actions = self.collect_ack(ack, now);
         actions.extend(self.advance(now));
-        actions
+        self.answer(actions)
     }
 
     fn collect_ack(&mut self, ack: TaskAck, now: Now) -> Vec<CoordinatorAction> {
         let Some(pending) = self.pending.get_mut(&ack.id) else {
-            self.discard_late_ack(&ack);
-            return Vec::new();
+            return self.discard_late_ack(&ack);
         };
         let id = ack.id;
         pending.acks.insert(ack.task, ack);
@@ -912,24 +1174,127 @@ impl Coordinator {
         let Some(pending) = self.pending.remove(&id) else {
             return Vec::new();
         };
-        if pending.savepoint.is_some() {
-            return self.complete_savepoint(id, pending, now);
+        self.persist(id, pending, now)
+    }
+
+    /// Every task acknowledged snapshot `id`: check what they wrote and have
+    /// its `_metadata` written, last and create-if-absent: a checkpoint's in
+    /// the checkpoint storage, a savepoint's into its own directory.
+    fn persist(&mut self, id: CheckpointId, pending: Pending, now: Now) -> Vec<CoordinatorAction> {
+        let (metadata, stats) = self.assemble(id, &pending, now);
+        let (store, path, checked) = match &pending.savepoint {
+            Some(savepoint) => (
+                Store::Savepoint(Arc::clone(&savepoint.target)),
+                METADATA_FILE.to_owned(),
+                check_self_contained(&metadata),
+            ),
+            None => (
+                Store::Checkpoints,
+                metadata_path(&self.job_id, id),
+                self.check_native_files(&metadata),
+            ),
+        };
+        let bytes = match checked.and_then(|()| encode_checked(&metadata)) {
+            Ok(bytes) => bytes,
+            Err(reason) => {
+                self.pending.insert(id, pending);
+                return self.abort(id, reason, now);
+            }
+        };
+        if pending.savepoint.is_none() {
+            // Registered from the moment its metadata may exist: retention of
+            // another checkpoint must not delete a file this one references
+            // (and a file it shares with one retention discards must not
+            // reach zero references).
+            self.shared.register(id, metadata.shared_paths());
         }
-        let (metadata, mut stats) = self.assemble(id, &pending, now);
-        let published = self
-            .check_native_files(&metadata)
-            .and_then(|()| self.publish(&metadata));
-        if let Err(reason) = published {
-            self.pending.insert(id, pending);
-            return self.abort(id, reason, now);
-        }
+        let then_restore_pointer = pending
+            .savepoint
+            .as_ref()
+            .filter(|s| s.stop && self.settings.periodic())
+            .and_then(|s| s.location.clone())
+            .map(|location| StopPointer {
+                job_id: self.job_id.clone(),
+                pointer: crate::restore::RestorePointer {
+                    storage_path: None,
+                    location: Some(location),
+                    checkpoint_id: id,
+                    created_unix_ms: now.unix_ms,
+                },
+            });
+        self.persisting.insert(id, Persisting { pending, stats });
+        vec![CoordinatorAction::WriteMetadata {
+            id,
+            store,
+            path,
+            bytes,
+            then_restore_pointer,
+        }]
+    }
+
+    /// The driver carried out the `WriteMetadata` of snapshot `id`. On
+    /// success the snapshot is complete (`Complete`, then what follows:
+    /// subsumed older snapshots aborted, retention, the end of the sources,
+    /// a waiting savepoint, the final checkpoint); on failure it is aborted
+    /// like any failed snapshot, and its files go. For a snapshot aborted
+    /// while its write was outstanding (timeout, job stop, subsumed), the
+    /// outcome decides what happens to its files (module docs, "Deletes").
+    pub fn on_metadata_written(
+        &mut self,
+        id: CheckpointId,
+        result: Result<(), String>,
+        now: Now,
+    ) -> Vec<CoordinatorAction> {
+        let mut actions = if let Some(persisting) = self.persisting.remove(&id) {
+            match result {
+                Ok(()) => self.complete(id, persisting, now),
+                Err(e) => self.abort_snapshot(
+                    id,
+                    persisting.pending,
+                    format!("writing metadata: {e}"),
+                    now,
+                    false,
+                    true,
+                ),
+            }
+        } else {
+            self.resolve_doubt(id, result.is_ok())
+        };
+        actions.extend(self.advance(now));
+        self.answer(actions)
+    }
+
+    /// Snapshot `id`'s `_metadata` is written: from now on it exists.
+    fn complete(
+        &mut self,
+        id: CheckpointId,
+        persisting: Persisting,
+        now: Now,
+    ) -> Vec<CoordinatorAction> {
+        let Persisting { pending, mut stats } = persisting;
         stats.duration = now.instant.duration_since(pending.started);
         self.record_completed(stats.clone());
-        self.consecutive_failures = 0;
         self.last_finished = Some(now.instant);
-        // Registered before retention runs: a file this checkpoint shares with
-        // one retention discards now must not reach zero references.
-        self.shared.register(id, metadata.shared_paths());
+        if let Some(savepoint) = pending.savepoint {
+            // Nothing is retained or registered: the savepoint belongs to
+            // the user from now on. An intermediate savepoint has no side
+            // effects: sinks commit its data with the next checkpoint (a
+            // recovery goes back to a checkpoint, never to a savepoint). A
+            // stop-with-savepoint commits, then ends the sources, which
+            // emitted nothing after its barrier.
+            let mut actions = vec![CoordinatorAction::Complete {
+                id,
+                stats,
+                notify_tasks: savepoint.stop,
+                request: Some(savepoint.request),
+            }];
+            if savepoint.stop {
+                actions.extend(self.finish_sources());
+            }
+            return actions;
+        }
+        self.consecutive_failures = 0;
+        // Its shared files were registered when its write was issued.
         self.retained.push_back(id);
         let mut actions = vec![CoordinatorAction::Complete {
             id,
@@ -946,55 +1311,23 @@ impl Coordinator {
         {
             actions.extend(self.finish_sources());
         }
-        // Older pending checkpoints can no longer matter.
-        let older: Vec<CheckpointId> = self.pending.range(..id).map(|(id, _)| *id).collect();
+        // Older snapshots in flight can no longer matter.
+        let older: Vec<CheckpointId> = self
+            .pending
+            .range(..id)
+            .map(|(id, _)| *id)
+            .chain(self.persisting.range(..id).map(|(id, _)| *id))
+            .collect();
         for old in older {
-            actions.extend(self.abort(old, format!("subsumed by checkpoint {id}"), now));
+            actions.extend(self.abort_counted(
+                old,
+                format!("subsumed by checkpoint {id}"),
+                now,
+                false,
+            ));
         }
-        self.enforce_retention();
-        actions
-    }
-
-    /// All acknowledgements of savepoint `id` arrived: write its `_metadata`
-    /// into its directory. Nothing is retained or registered: the savepoint
-    /// belongs to the user from now on.
-    fn complete_savepoint(
-        &mut self,
-        id: CheckpointId,
-        pending: Pending,
-        now: Now,
-    ) -> Vec<CoordinatorAction> {
-        let Some(savepoint) = pending.savepoint.clone() else {
-            return Vec::new();
-        };
-        let (metadata, mut stats) = self.assemble(id, &pending, now);
-        let published = check_self_contained(&metadata).and_then(|()| {
-            publish_to(
-                savepoint.target.as_ref(),
-                crate::layout::METADATA_FILE,
-                &metadata,
-            )
-        });
-        if let Err(reason) = published {
-            self.pending.insert(id, pending);
-            return self.abort(id, reason, now);
-        }
-        stats.duration = now.instant.duration_since(pending.started);
-        self.record_completed(stats.clone());
-        self.last_finished = Some(now.instant);
-        // An intermediate savepoint has no side effects: sinks commit its
-        // data with the next checkpoint (a recovery goes back to a
-        // checkpoint, never to a savepoint). A stop-with-savepoint commits,
-        // then ends the sources, which emitted nothing after its barrier.
-        let mut actions = vec![CoordinatorAction::Complete {
-            id,
-            stats,
-            notify_tasks: savepoint.stop,
-            request: Some(savepoint.request),
-        }];
-        if savepoint.stop {
-            actions.extend(self.finish_sources());
-        }
+        actions.extend(self.supersede_doubts(id));
+        actions.extend(self.enforce_retention());
         actions
     }
 
@@ -1007,30 +1340,28 @@ impl Coordinator {
     }
 
     /// A late ack of an aborted checkpoint: its task wrote files after the
-    /// abort removed the directory; remove them too.
-    fn discard_late_ack(&self, ack: &TaskAck) {
+    /// abort removed the directory; remove them too. Never the files of a
+    /// snapshot whose metadata is being written or may exist.
+    fn discard_late_ack(&self, ack: &TaskAck) -> Vec<CoordinatorAction> {
         if let Some((_, target)) = self.aborted_savepoints.iter().find(|(id, _)| *id == ack.id) {
-            if let Err(e) = target.delete_prefix("") {
-                tracing::warn!(
-                    savepoint = ack.id,
-                    "cannot remove files of an aborted savepoint: {e}"
-                );
-            }
-            return;
+            return vec![CoordinatorAction::Delete {
+                id: Some(ack.id),
+                store: Store::Savepoint(Arc::clone(target)),
+                what: Deletion::Prefix(String::new()),
+            }];
         }
-        if self.retained.contains(&ack.id) {
-            return;
-        }
-        if let Err(e) = self
-            .storage
-            .delete_prefix(&checkpoint_dir(&self.job_id, ack.id))
+        if self.retained.contains(&ack.id)
+            || self.persisting.contains_key(&ack.id)
+            || self.in_doubt.contains_key(&ack.id)
         {
-            tracing::warn!(
-                checkpoint = ack.id,
-                "cannot remove files of an aborted checkpoint: {e}"
-            );
+            return Vec::new();
         }
-        self.discard_shared(ack.id, std::iter::once(ack));
+        let mut actions = vec![delete_in_checkpoints(
+            Some(ack.id),
+            Deletion::Prefix(checkpoint_dir(&self.job_id, ack.id)),
+        )];
+        actions.extend(self.discard_shared(ack.id, std::iter::once(ack)));
+        actions
     }
 
     /// Deletes the shared files of acknowledgements of checkpoint `id`, which
@@ -1039,7 +1370,11 @@ impl Coordinator {
     /// checkpoint can reference those (a backend reuses files of completed
     /// checkpoints only), but an unregistered older one might be referenced
     /// by a checkpoint whose references are unknown.
-    fn discard_shared<'a>(&self, id: CheckpointId, acks: impl Iterator<Item = &'a TaskAck>) {
+    fn discard_shared<'a>(
+        &self,
+        id: CheckpointId,
+        acks: impl Iterator<Item = &'a TaskAck>,
+    ) -> Vec<CoordinatorAction> {
         let complete = self.shared.is_complete();
         let mut deleted = BTreeSet::new();
         for file in acks
@@ -1049,10 +1384,14 @@ impl Coordinator {
             .filter(|f| f.shared && (complete || f.uploaded_by == id))
         {
             let path = file.file.path.as_str();
-            if !self.shared.is_registered(path) && deleted.insert(path) {
-                self.delete_logged(Some(id), path);
+            if !self.shared.is_registered(path) {
+                deleted.insert(path);
             }
         }
+        deleted
+            .into_iter()
+            .map(|path| delete_in_checkpoints(Some(id), Deletion::File(path.to_owned())))
+            .collect()
     }
 
     /// Refuses native files that would not survive until this checkpoint is
@@ -1089,47 +1428,106 @@ impl Coordinator {
         now: Now,
     ) -> Vec<CoordinatorAction> {
         if !self.pending.contains_key(&id) {
-            return Vec::new();
+            return self.answer(Vec::new());
         }
         let mut actions = self.abort(id, reason, now);
         actions.extend(self.advance(now));
+        self.answer(actions)
+    }
+
+    /// Aborts snapshot `id` wherever it is in flight: waiting for
+    /// acknowledgements (its files go), or for its `_metadata` write (its
+    /// files stay: the metadata may exist).
+    fn abort(&mut self, id: CheckpointId, reason: String, now: Now) -> Vec<CoordinatorAction> {
+        self.abort_counted(id, reason, now, true)
+    }
+
+    /// Like [`Coordinator::abort`]; `counted`: whether it counts towards the
+    /// tolerated consecutive failures. A checkpoint subsumed by a newer
+    /// completed one is not a failure of checkpointing (as in Flink): with
+    /// `max_concurrent > 1` and no tolerated failure, counting it failed
+    /// healthy jobs whenever acknowledgements arrived out of order (found
+    /// by the whole-job simulation).
+    fn abort_counted(
+        &mut self,
+        id: CheckpointId,
+        reason: String,
+        now: Now,
+        counted: bool,
+    ) -> Vec<CoordinatorAction> {
+        let consecutive = self.consecutive_failures;
+        let actions = if let Some(pending) = self.pending.remove(&id) {
+            self.abort_snapshot(id, pending, reason, now, false, counted)
+        } else if let Some(persisting) = self.persisting.remove(&id) {
+            self.abort_snapshot(id, persisting.pending, reason, now, true, counted)
+        } else {
+            Vec::new()
+        };
+        if !counted {
+            debug_assert_eq!(self.consecutive_failures, consecutive);
+        }
         actions
     }
 
-    fn abort(&mut self, id: CheckpointId, reason: String, now: Now) -> Vec<CoordinatorAction> {
-        let Some(pending) = self.pending.remove(&id) else {
-            return Vec::new();
-        };
-        if let Some(savepoint) = pending.savepoint {
+    /// Snapshot `id` failed: the bookkeeping, `Abort` (and what a failed
+    /// final checkpoint or stop-with-savepoint entails), and its files:
+    /// deleted, unless its metadata `may_exist`, in which case it is held in
+    /// doubt until the outcome of the write is known.
+    fn abort_snapshot(
+        &mut self,
+        id: CheckpointId,
+        pending: Pending,
+        reason: String,
+        now: Now,
+        may_exist: bool,
+        counted: bool,
+    ) -> Vec<CoordinatorAction> {
+        let mut actions = Vec::new();
+        if let Some(savepoint) = pending.savepoint.clone() {
             // The user's savepoint failed; periodic checkpoints are unaffected,
             // so it does not count towards the tolerated failures.
             tracing::warn!(savepoint = id, "savepoint failed: {reason}");
             self.failed += 1;
             self.last_finished = Some(now.instant);
-            if let Err(e) = savepoint.target.delete_prefix("") {
-                tracing::warn!(savepoint = id, "could not remove its files: {e}");
+            if may_exist {
+                // Its directory goes once the outcome of the write is known.
+                self.in_doubt.insert(
+                    id,
+                    InDoubt {
+                        pending,
+                        written: false,
+                        superseded: false,
+                    },
+                );
+            } else {
+                actions.push(CoordinatorAction::Delete {
+                    id: Some(id),
+                    store: Store::Savepoint(Arc::clone(&savepoint.target)),
+                    what: Deletion::Prefix(String::new()),
+                });
+                if self.aborted_savepoints.len() >= ABORTED_SAVEPOINTS_MAX {
+                    self.aborted_savepoints.pop_front();
+                }
+                self.aborted_savepoints
+                    .push_back((id, Arc::clone(&savepoint.target)));
             }
-            if self.aborted_savepoints.len() >= ABORTED_SAVEPOINTS_MAX {
-                self.aborted_savepoints.pop_front();
+            // The suspended sources read on; they hear it before the abort
+            // itself, as every task does.
+            if savepoint.stop {
+                actions.push(CoordinatorAction::ResumeSources);
             }
-            self.aborted_savepoints
-                .push_back((id, Arc::clone(&savepoint.target)));
-            let abort = CoordinatorAction::Abort {
+            actions.push(CoordinatorAction::Abort {
                 id,
                 reason,
                 request: Some(savepoint.request),
-            };
-            // The suspended sources read on; they hear it before the abort
-            // itself, as every task does.
-            return if savepoint.stop {
-                vec![CoordinatorAction::ResumeSources, abort]
-            } else {
-                vec![abort]
-            };
+            });
+            return actions;
         }
         tracing::warn!(checkpoint = id, "checkpoint aborted: {reason}");
         self.failed += 1;
-        self.consecutive_failures += 1;
+        if counted {
+            self.consecutive_failures += 1;
+        }
         self.last_finished = Some(now.instant);
         // A failed final checkpoint is taken again at the next step.
         if self.ending
@@ -1141,28 +1539,105 @@ impl Coordinator {
                 final_checkpoint: None,
             };
         }
-        if let Err(e) = self
-            .storage
-            .delete_prefix(&checkpoint_dir(&self.job_id, id))
-        {
+        if may_exist {
             tracing::warn!(
                 checkpoint = id,
-                "could not remove files of aborted checkpoint: {e}"
+                "its metadata write is outstanding: its files stay until the write failed \
+                 or a newer checkpoint completed"
             );
+            self.in_doubt.insert(
+                id,
+                InDoubt {
+                    pending,
+                    written: false,
+                    superseded: false,
+                },
+            );
+        } else {
+            actions.extend(self.discard_failed(id, &pending));
         }
-        self.discard_shared(id, pending.acks.values());
-        let mut actions = vec![CoordinatorAction::Abort {
+        actions.push(CoordinatorAction::Abort {
             id,
             reason: reason.clone(),
             request: None,
-        }];
-        if self.consecutive_failures > self.settings.tolerable_failures {
+        });
+        if counted && self.consecutive_failures > self.settings.tolerable_failures {
             actions.push(CoordinatorAction::FailJob {
                 reason: format!(
                     "{} consecutive checkpoints failed (tolerated: {}); last: checkpoint {id}: {reason}",
                     self.consecutive_failures, self.settings.tolerable_failures
                 ),
             });
+        }
+        actions
+    }
+
+    /// Deletes the files of checkpoint `id`, whose `_metadata` certainly
+    /// does not exist (never written, or its write failed): its directory,
+    /// and its shared files no retained checkpoint references.
+    fn discard_failed(&mut self, id: CheckpointId, pending: &Pending) -> Vec<CoordinatorAction> {
+        // Registered if its write was issued.
+        self.shared.release(id);
+        let mut actions = vec![delete_in_checkpoints(
+            Some(id),
+            Deletion::Prefix(checkpoint_dir(&self.job_id, id)),
+        )];
+        actions.extend(self.discard_shared(id, pending.acks.values()));
+        actions
+    }
+
+    /// The outcome of the `_metadata` write of snapshot `id`, aborted while
+    /// the write was outstanding.
+    fn resolve_doubt(&mut self, id: CheckpointId, written: bool) -> Vec<CoordinatorAction> {
+        let Some(mut doubt) = self.in_doubt.remove(&id) else {
+            return Vec::new();
+        };
+        if let Some(savepoint) = &doubt.pending.savepoint {
+            // The requester was told it failed: its directory goes, whether
+            // or not the metadata got there.
+            return vec![CoordinatorAction::Delete {
+                id: Some(id),
+                store: Store::Savepoint(Arc::clone(&savepoint.target)),
+                what: Deletion::Prefix(String::new()),
+            }];
+        }
+        if !written {
+            return self.discard_failed(id, &doubt.pending);
+        }
+        if doubt.superseded {
+            return self.discard_completed(id);
+        }
+        tracing::warn!(
+            checkpoint = id,
+            "the metadata of an aborted checkpoint was written after all: it is a \
+             restorable checkpoint and stays until a newer one completed"
+        );
+        doubt.written = true;
+        self.in_doubt.insert(id, doubt);
+        Vec::new()
+    }
+
+    /// Checkpoint `id` completed: aborted checkpoints older than it whose
+    /// metadata may exist no longer matter to a restore (it takes `id`
+    /// first); their files go as soon as the outcome of the write is known.
+    fn supersede_doubts(&mut self, id: CheckpointId) -> Vec<CoordinatorAction> {
+        let older: Vec<CheckpointId> = self
+            .in_doubt
+            .range(..id)
+            .filter(|(_, d)| d.pending.savepoint.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut actions = Vec::new();
+        for old in older {
+            let Some(doubt) = self.in_doubt.get_mut(&old) else {
+                continue;
+            };
+            if doubt.written {
+                self.in_doubt.remove(&old);
+                actions.extend(self.discard_completed(old));
+            } else {
+                doubt.superseded = true;
+            }
         }
         actions
     }
@@ -1232,83 +1707,90 @@ impl Coordinator {
         (metadata, stats)
     }
 
-    /// Writes `_metadata`: from now on the checkpoint exists.
-    fn publish(&self, metadata: &CheckpointMetadata) -> Result<(), String> {
-        publish_to(
-            self.storage.as_ref(),
-            &metadata_path(&self.job_id, metadata.checkpoint_id),
-            metadata,
-        )
+    /// The job stops: abort whatever is in flight, without notifying anyone.
+    /// The answer holds only storage effects: the deletes of the files of
+    /// snapshots that were waiting for acknowledgements (those whose
+    /// metadata write was outstanding keep theirs).
+    pub fn abort_all(&mut self, reason: &str, now: Now) -> Vec<CoordinatorAction> {
+        let actions = self.abort_everything(reason, now);
+        self.answer(actions)
     }
 
-    /// The job stops: abort whatever is in flight (its files are removed).
-    pub fn abort_all(&mut self, reason: &str, now: Now) {
-        let ids: Vec<CheckpointId> = self.pending.keys().copied().collect();
+    fn abort_everything(&mut self, reason: &str, now: Now) -> Vec<CoordinatorAction> {
+        let ids: Vec<CheckpointId> = self
+            .pending
+            .keys()
+            .chain(self.persisting.keys())
+            .copied()
+            .collect();
+        let mut actions = Vec::new();
         for id in ids {
-            self.abort(id, reason.to_owned(), now);
+            actions.extend(
+                self.abort(id, reason.to_owned(), now)
+                    .into_iter()
+                    .filter(CoordinatorAction::is_storage_effect),
+            );
         }
+        actions
     }
 
-    fn enforce_retention(&mut self) {
+    fn enforce_retention(&mut self) -> Vec<CoordinatorAction> {
         let retain = self.settings.retain.max(1);
+        let mut actions = Vec::new();
         while self.retained.len() > retain {
             let Some(old) = self.retained.pop_front() else {
                 break;
             };
-            self.discard(old);
+            actions.extend(self.discard_completed(old));
         }
+        actions
     }
 
-    /// Deletes retained checkpoint `old`, then the shared files no retained
-    /// checkpoint references any more.
-    fn discard(&mut self, old: CheckpointId) {
+    /// Deletes checkpoint `old`, whose `_metadata` exists (retention, or an
+    /// aborted one whose metadata was written after all and that a newer
+    /// checkpoint superseded): metadata first, then its directory and the
+    /// shared files no retained checkpoint references any more.
+    fn discard_completed(&mut self, old: CheckpointId) -> Vec<CoordinatorAction> {
         let unreferenced = self.shared.release(old);
-        // Metadata first: a half-deleted checkpoint must never look complete.
-        if let Err(e) = self.storage.delete(&metadata_path(&self.job_id, old)) {
-            // It still looks complete, so its files stay; the next start
-            // adopts it again.
-            tracing::warn!(checkpoint = old, "could not delete old checkpoint: {e}");
-            return;
-        }
-        if let Err(e) = self
-            .storage
-            .delete_prefix(&checkpoint_dir(&self.job_id, old))
-        {
-            tracing::warn!(checkpoint = old, "could not delete old checkpoint: {e}");
-        }
-        if unreferenced.is_empty() {
-            return;
-        }
-        if !self.shared.is_complete() {
+        let shared = if !unreferenced.is_empty() && !self.shared.is_complete() {
             tracing::warn!(
                 checkpoint = old,
                 "keeping {} shared files it alone referenced: {}",
                 unreferenced.len(),
                 self.shared.incompleteness()
             );
-            return;
-        }
-        for path in &unreferenced {
-            self.delete_logged(Some(old), path);
-        }
+            Vec::new()
+        } else {
+            unreferenced
+        };
+        vec![delete_in_checkpoints(
+            Some(old),
+            Deletion::Checkpoint {
+                metadata: metadata_path(&self.job_id, old),
+                dir: checkpoint_dir(&self.job_id, old),
+                shared,
+            },
+        )]
     }
 }
 
-/// Writes `metadata` at `path` of `storage`, create-if-absent, after checking
-/// that it reads back identically (pair assertion).
-fn publish_to(
-    storage: &dyn crate::storage::CheckpointStorage,
-    path: &str,
-    metadata: &CheckpointMetadata,
-) -> Result<(), String> {
+/// A delete in the job's checkpoint storage.
+fn delete_in_checkpoints(id: Option<CheckpointId>, what: Deletion) -> CoordinatorAction {
+    CoordinatorAction::Delete {
+        id,
+        store: Store::Checkpoints,
+        what,
+    }
+}
+
+/// The encoded `metadata`, after checking that it reads back identically
+/// (pair assertion).
+fn encode_checked(metadata: &CheckpointMetadata) -> Result<Vec<u8>, String> {
     let encoded = metadata.encode().map_err(|e| e.to_string())?;
     match CheckpointMetadata::decode("(new metadata)", &encoded) {
-        Ok(decoded) if decoded == *metadata => {}
-        _ => return Err("metadata does not read back identically".into()),
+        Ok(decoded) if decoded == *metadata => Ok(encoded),
+        _ => Err("metadata does not read back identically".into()),
     }
-    storage
-        .put_if_absent(path, encoded)
-        .map_err(|e| format!("writing metadata: {e}"))
 }
 
 /// A savepoint holds only canonical files inside its own directory: no native

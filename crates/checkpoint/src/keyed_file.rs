@@ -9,8 +9,11 @@ use crate::format::{KEYED_MAGIC, begin_sealed, finish_sealed, unseal};
 use crate::metadata::{FileRef, KeyGroupEntry, KeyedStateHandle};
 use crate::storage::CheckpointStorage;
 
-/// Version of the keyed file format.
-pub const KEYED_FILE_VERSION: u32 = 1;
+/// Version of the keyed file format this build writes and the newest it
+/// reads. Version 2 records declared type names in its sections; version 1
+/// (`std::any::type_name` strings) is still read: its sections go through
+/// [`flowstate_state::snapshot::section_from_v1`].
+pub const KEYED_FILE_VERSION: u32 = 2;
 const HEADER_BYTES: u64 = 8;
 
 /// Serialises `snapshot` and writes it to `path`: the asynchronous part of a
@@ -125,6 +128,10 @@ pub fn sections(
     bytes: &[u8],
     wanted: KeyGroupRange,
 ) -> Result<RestoredKeyedState, CheckpointError> {
+    // Verified before (`verify_file`): the seal's version field.
+    let version = bytes.get(4..8).map_or(KEYED_FILE_VERSION, |v| {
+        u32::from_le_bytes([v[0], v[1], v[2], v[3]])
+    });
     let mut groups = Vec::new();
     for entry in handle
         .groups
@@ -135,7 +142,13 @@ pub fn sections(
         let end = start.and_then(|s| s.checked_add(usize::try_from(entry.length).ok()?));
         match (start, end) {
             (Some(start), Some(end)) if end <= bytes.len().saturating_sub(4) => {
-                groups.push((entry.key_group, bytes[start..end].to_vec()));
+                let section = &bytes[start..end];
+                let section = if version == 1 {
+                    flowstate_state::snapshot::section_from_v1(entry.key_group, section)?
+                } else {
+                    section.to_vec()
+                };
+                groups.push((entry.key_group, section));
             }
             _ => {
                 return Err(CheckpointError::Corrupt {
@@ -149,4 +162,117 @@ pub fn sections(
         groups,
         native: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::seal;
+    use flowstate_state::snapshot::read_section;
+    use flowstate_state::{
+        BackendSnapshot, KeyScope, KeyedStateBackend, SnapshotRequest, ValueStateDescriptor,
+        heap_backend,
+    };
+
+    /// The section of docs/savepoint-format.md, section 6: `count-sum`,
+    /// key 17 -> (3, 51), with the type names `types`.
+    fn section(types: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&9u16.to_le_bytes());
+        out.extend_from_slice(b"count-sum");
+        out.push(0);
+        out.extend_from_slice(&(types.len() as u16).to_le_bytes());
+        out.extend_from_slice(types.as_bytes());
+        out.extend_from_slice(&32u64.to_le_bytes());
+        for word in [1u64, 17, 3, 51] {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn version_2_files_record_declared_names() {
+        let mut backend: Box<dyn KeyedStateBackend<u64>> =
+            heap_backend(KeyGroupRange::new(0, 1), 1);
+        let state = backend
+            .value_state(&ValueStateDescriptor::<(u64, u64)>::new("count-sum"))
+            .unwrap();
+        KeyScope::new(backend.as_mut(), &17, 0)
+            .value(&state)
+            .set((3, 51))
+            .unwrap();
+        let BackendSnapshot::KeyGroups(snapshot) = backend
+            .snapshot(SnapshotRequest {
+                checkpoint_id: 1,
+                canonical: true,
+            })
+            .unwrap()
+        else {
+            panic!("heap snapshots are canonical")
+        };
+        let storage = crate::storage::open_storage(&format!(
+            "memory://keyed-file-golden-{}",
+            std::process::id()
+        ))
+        .unwrap();
+        let handle = write_keyed_file(storage.as_ref(), "job/chk-1/op-0.keyed", &snapshot).unwrap();
+        assert_eq!(handle.key_type, "u64");
+        let bytes = storage.get("job/chk-1/op-0.keyed").unwrap();
+        let mut expected = b"FSKS\x02\x00\x00\x00".to_vec();
+        expected.extend_from_slice(&section("tuple<u64,u64>"));
+        let crc = crc32c::crc32c(&expected);
+        expected.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(bytes, expected);
+        assert_eq!(handle.groups[0].offset, 8);
+        assert_eq!(handle.groups[0].length, expected.len() as u64 - 12);
+        // Read back as it is.
+        let restored =
+            read_keyed_file(storage.as_ref(), &handle, KeyGroupRange::new(0, 1)).unwrap();
+        assert_eq!(restored.groups, [(0, section("tuple<u64,u64>"))]);
+    }
+
+    #[test]
+    fn version_1_files_read_with_legacy_names() {
+        let storage =
+            crate::storage::open_storage(&format!("memory://keyed-file-v1-{}", std::process::id()))
+                .unwrap();
+        let v1 = seal(KEYED_MAGIC, 1, &section("(u64, u64)"));
+        let handle = KeyedStateHandle {
+            file: FileRef {
+                path: "job/chk-1/op-0.keyed".into(),
+                size: v1.len() as u64,
+                crc32c: u32::from_le_bytes(v1[v1.len() - 4..].try_into().unwrap()),
+            },
+            key_group_start: 0,
+            key_group_end: 1,
+            groups: vec![KeyGroupEntry {
+                key_group: 0,
+                offset: 8,
+                length: v1.len() as u64 - 12,
+                entries: 1,
+            }],
+            key_type: "~rust:u64".into(),
+        };
+        storage.put(&handle.file.path, v1).unwrap();
+        let restored =
+            read_keyed_file(storage.as_ref(), &handle, KeyGroupRange::new(0, 1)).unwrap();
+        assert_eq!(restored.groups, [(0, section("~rust:(u64, u64)"))]);
+        let states = read_section(0, &restored.groups[0].1).unwrap();
+        assert_eq!(states[0].types, "~rust:(u64, u64)");
+        // Which restores into the declaration with that Rust type name.
+        let mut backend: Box<dyn KeyedStateBackend<u64>> =
+            heap_backend(KeyGroupRange::new(0, 1), 1);
+        backend.restore(restored).unwrap();
+        let state = backend
+            .value_state(&ValueStateDescriptor::<(u64, u64)>::new("count-sum"))
+            .unwrap();
+        assert_eq!(
+            KeyScope::new(backend.as_mut(), &17, 0)
+                .value(&state)
+                .get()
+                .unwrap(),
+            Some(&(3, 51))
+        );
+    }
 }

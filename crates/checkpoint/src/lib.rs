@@ -7,18 +7,21 @@
 //! key group ([`keyed_file`]); the JSON codec of operator list state
 //! ([`list_state`]); a backend's native files, uploaded and fetched
 //! back ([`native_files`]); the coordinator's state machine ([`coordinator`]),
-//! including when files shared between checkpoints are deleted; finding and
+//! including when files shared between checkpoints are deleted, and how a
+//! driver carries out its storage effects ([`effects`]); finding and
 //! validating a checkpoint to restore ([`restore`]); the structural checks
 //! of metadata read from storage ([`validate`]); one owner per job directory,
-//! the lease a running job holds on it ([`lease`]). Reading a snapshot offline
+//! the lease a running job holds on it ([`lease`]); at-most-once read-ahead
+//! reservations of source positions ([`reservation`]). Reading a snapshot offline
 //! for people (summary, verify, dump) is the `flowstate-tools` crate's.
 //!
 //! Must not touch: tasks, threads or channels. The runtime drives the coordinator
-//! with messages (trigger times, acknowledgements, declines) and carries out what
-//! it answers (inject barrier n, notify completion); this crate never calls into
-//! the runtime.
+//! with messages (trigger times, acknowledgements, declines, outcomes of metadata
+//! writes) and carries out what it answers (inject barrier n, write `_metadata`,
+//! delete, notify completion); this crate never calls into the runtime.
 
 pub mod coordinator;
+pub mod effects;
 pub mod format;
 pub mod keyed_file;
 pub mod layout;
@@ -26,14 +29,15 @@ pub mod lease;
 pub mod list_state;
 pub mod metadata;
 pub mod native_files;
+pub mod reservation;
 pub mod restore;
 mod shared_registry;
 pub mod storage;
 pub mod validate;
 
 pub use coordinator::{
-    CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, Now, SavepointRequest,
-    TaskAck, TaskStats,
+    CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, Deletion,
+    ExistingCheckpoints, Now, SavepointRequest, StopPointer, Store, TaskAck, TaskStats,
 };
 pub use lease::{Lease, LeaseError, LeaseOwner, LeaseSettings};
 pub use list_state::{ListStateError, decode_list, encode_list};

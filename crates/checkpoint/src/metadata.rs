@@ -5,6 +5,10 @@
 //! The key type of a keyed file ([`KeyedStateHandle::key_type`]) was added the
 //! same way: optional, defaulting to empty (unknown).
 //!
+//! Version 2 changed the meaning of the type names (`key_type`, the `types` of
+//! native states) from `std::any::type_name` strings to declared names; the
+//! JSON structure is the same. Version 1 is still read ([`METADATA_VERSION`]).
+//!
 //! Native state ([`NativeStateHandle`]) was added to version 1 without a version
 //! bump: the field is optional and omitted when absent, so older metadata reads
 //! as before and metadata without native state is written byte for byte as
@@ -21,7 +25,13 @@ use crate::format::{METADATA_MAGIC, seal, unseal};
 use crate::{CheckpointError, CheckpointId};
 
 /// Version of the metadata format this build writes and the newest it reads.
-pub const METADATA_VERSION: u32 = 1;
+///
+/// Version 2 records declared type names ([`flowstate_state::StateType`]) in
+/// `key_type` and in the `types` of native states; version 1 recorded
+/// `std::any::type_name` strings. Both read: a version-1 file's names are
+/// turned into legacy names ([`flowstate_state::state_type::legacy`]) as it
+/// is decoded, so that everything after the decoder sees version-2 spelling.
+pub const METADATA_VERSION: u32 = 2;
 
 /// Largest `_metadata` file a reader accepts, checked before it is read. The
 /// metadata holds an index entry per key group and instance and the operator
@@ -92,8 +102,9 @@ pub struct KeyedStateHandle {
     pub key_group_start: KeyGroup,
     pub key_group_end: KeyGroup,
     pub groups: Vec<KeyGroupEntry>,
-    /// The Rust type name of the keys (`std::any::type_name`), for offline
-    /// tools that decode keys without the job's types. Empty (and omitted) in
+    /// The declared name of the key type ([`flowstate_state::StateType`]),
+    /// for offline tools that decode keys without the job's types (a legacy
+    /// name when read from version-1 metadata). Empty (and omitted) in
     /// metadata written before it was recorded.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key_type: String,
@@ -185,14 +196,36 @@ impl CheckpointMetadata {
                 ),
             });
         }
-        let (_, json) = unseal(METADATA_MAGIC, METADATA_VERSION, path, bytes)?;
-        let metadata: Self =
+        let (version, json) = unseal(METADATA_MAGIC, METADATA_VERSION, path, bytes)?;
+        let mut metadata: Self =
             serde_json::from_slice(json).map_err(|e| CheckpointError::Corrupt {
                 path: path.to_owned(),
                 reason: e.to_string(),
             })?;
         crate::validate::check_metadata(path, &metadata)?;
+        if version == 1 {
+            metadata.upgrade_v1_type_names();
+        }
         Ok(metadata)
+    }
+
+    /// The reader of version 1: its type names are `std::any::type_name`
+    /// strings, which become legacy names (they match only a declaration with
+    /// that Rust type name, as version 1 checked).
+    fn upgrade_v1_type_names(&mut self) {
+        use flowstate_state::state_type::legacy;
+        for subtask in self.operators.iter_mut().flat_map(|o| &mut o.subtasks) {
+            if let Some(keyed) = &mut subtask.keyed
+                && !keyed.key_type.is_empty()
+            {
+                keyed.key_type = legacy(&keyed.key_type);
+            }
+            if let Some(native) = &mut subtask.native {
+                for state in &mut native.states {
+                    state.types = legacy(&state.types);
+                }
+            }
+        }
     }
 
     /// Total bytes of the files this checkpoint references: its full size,
@@ -238,5 +271,190 @@ impl CheckpointMetadata {
 
     pub fn operator(&self, uid: &str) -> Option<&OperatorSnapshot> {
         self.operators.iter().find(|o| o.uid == uid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowstate_state::StateKind;
+
+    fn signature(name: &str, types: &str) -> StateSignature {
+        StateSignature {
+            name: name.into(),
+            kind: StateKind::Value,
+            types: types.into(),
+            rust_types: "",
+        }
+    }
+
+    /// A savepoint of one keyed instance (key type `String`) and one
+    /// checkpointed RocksDB instance with a `(u64, u64)` value state.
+    fn metadata(key_type: &str, native_types: &str) -> CheckpointMetadata {
+        CheckpointMetadata {
+            job_id: "job-1".into(),
+            checkpoint_id: 7,
+            kind: SnapshotKind::Checkpoint,
+            created_unix_ms: 1,
+            max_parallelism: 2,
+            operators: vec![OperatorSnapshot {
+                uid: "count".into(),
+                name: "Count".into(),
+                parallelism: 2,
+                subtasks: vec![
+                    SubtaskSnapshot {
+                        subtask: 0,
+                        keyed: Some(KeyedStateHandle {
+                            file: FileRef {
+                                path: "job-1/chk-7/count-0.keyed".into(),
+                                size: 20,
+                                crc32c: 9,
+                            },
+                            key_group_start: 0,
+                            key_group_end: 1,
+                            groups: vec![KeyGroupEntry {
+                                key_group: 0,
+                                offset: 8,
+                                length: 8,
+                                entries: 0,
+                            }],
+                            key_type: key_type.into(),
+                        }),
+                        native: None,
+                        lists: Vec::new(),
+                    },
+                    SubtaskSnapshot {
+                        subtask: 1,
+                        keyed: None,
+                        native: Some(NativeStateHandle {
+                            backend: "rocksdb".into(),
+                            key_group_start: 1,
+                            key_group_end: 2,
+                            states: vec![signature("s", native_types)],
+                            files: Vec::new(),
+                        }),
+                        lists: Vec::new(),
+                    },
+                ],
+            }],
+        }
+    }
+
+    /// The JSON payload of [`metadata`] (pretty-printed, as written).
+    fn json(key_type: &str, native_types: &str) -> String {
+        format!(
+            r#"{{
+  "job_id": "job-1",
+  "checkpoint_id": 7,
+  "kind": "checkpoint",
+  "created_unix_ms": 1,
+  "max_parallelism": 2,
+  "operators": [
+    {{
+      "uid": "count",
+      "name": "Count",
+      "parallelism": 2,
+      "subtasks": [
+        {{
+          "subtask": 0,
+          "keyed": {{
+            "file": {{
+              "path": "job-1/chk-7/count-0.keyed",
+              "size": 20,
+              "crc32c": 9
+            }},
+            "key_group_start": 0,
+            "key_group_end": 1,
+            "groups": [
+              {{
+                "key_group": 0,
+                "offset": 8,
+                "length": 8,
+                "entries": 0
+              }}
+            ],
+            "key_type": "{key_type}"
+          }},
+          "lists": []
+        }},
+        {{
+          "subtask": 1,
+          "keyed": null,
+          "native": {{
+            "backend": "rocksdb",
+            "key_group_start": 1,
+            "key_group_end": 2,
+            "states": [
+              {{
+                "name": "s",
+                "kind": "Value",
+                "types": "{native_types}"
+              }}
+            ],
+            "files": []
+          }},
+          "lists": []
+        }}
+      ]
+    }}
+  ]
+}}"#
+        )
+    }
+
+    #[test]
+    fn version_2_records_declared_names() {
+        let encoded = metadata("string", "tuple<u64,u64>").encode().unwrap();
+        // `FSMD`, version 2, the JSON, its CRC-32C.
+        assert_eq!(&encoded[..8], b"FSMD\x02\x00\x00\x00");
+        let payload = json("string", "tuple<u64,u64>");
+        assert_eq!(
+            std::str::from_utf8(&encoded[8..encoded.len() - 4]).unwrap(),
+            payload
+        );
+        let crc = crc32c::crc32c(&encoded[..encoded.len() - 4]);
+        assert_eq!(encoded[encoded.len() - 4..], crc.to_le_bytes());
+        assert_eq!(
+            CheckpointMetadata::decode("m", &encoded).unwrap(),
+            metadata("string", "tuple<u64,u64>")
+        );
+    }
+
+    #[test]
+    fn version_1_names_read_as_legacy_names() {
+        let v1 = seal(
+            METADATA_MAGIC,
+            1,
+            json("alloc::string::String", "(u64, u64)").as_bytes(),
+        );
+        let decoded = CheckpointMetadata::decode("m", &v1).unwrap();
+        assert_eq!(
+            decoded,
+            metadata("~rust:alloc::string::String", "~rust:(u64, u64)")
+        );
+        // Encoded again, it is version 2 and keeps the legacy names.
+        let again = CheckpointMetadata::decode("m", &decoded.encode().unwrap()).unwrap();
+        assert_eq!(again, decoded);
+        // An unknown key type stays unknown.
+        let v1 = seal(
+            METADATA_MAGIC,
+            1,
+            json("x", "u64")
+                .replace(",\n            \"key_type\": \"x\"", "")
+                .as_bytes(),
+        );
+        let decoded = CheckpointMetadata::decode("m", &v1).unwrap();
+        let keyed = decoded.operators[0].subtasks[0].keyed.as_ref().unwrap();
+        assert_eq!(keyed.key_type, "");
+        // Version 3 is not read.
+        let v3 = seal(METADATA_MAGIC, 3, json("u64", "u64").as_bytes());
+        assert!(matches!(
+            CheckpointMetadata::decode("m", &v3),
+            Err(CheckpointError::UnsupportedVersion {
+                found: 3,
+                supported: 2,
+                ..
+            })
+        ));
     }
 }

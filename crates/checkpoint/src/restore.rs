@@ -17,7 +17,7 @@ use crate::native_files::native_restore;
 use serde::{Deserialize, Serialize};
 
 use crate::format::{RESTORE_POINTER_MAGIC, seal, unseal};
-use crate::storage::{CheckpointStorage, SharedStorage, open_storage};
+use crate::storage::{CheckpointStorage, SharedStorage, StorageError, open_storage};
 use crate::{CheckpointError, CheckpointId};
 
 /// A snapshot found by its location: the storage its metadata's paths are
@@ -178,6 +178,14 @@ enum Candidate {
         path: String,
         pointer: RestorePointer,
     },
+    /// A restore pointer that is there but cannot be decoded: it may name
+    /// the newest snapshot of its job, so it comes first and, skipped as
+    /// damaged, makes what follows a fallback (refused where that would
+    /// publish output twice).
+    UnreadablePointer {
+        path: String,
+        reason: String,
+    },
 }
 
 /// Completed checkpoints under the storage root, newest first:
@@ -237,6 +245,7 @@ fn restore_candidates(
     let paths = storage.list("")?;
     let checkpoints = ordered_checkpoints(storage, &paths)?;
     let mut pointers: HashMap<String, (String, RestorePointer)> = HashMap::new();
+    let mut unreadable: HashMap<String, (String, String)> = HashMap::new();
     for path in &paths {
         let Some(job) = path
             .strip_suffix(RESTORE_POINTER_FILE)
@@ -253,7 +262,18 @@ fn restore_candidates(
             Ok(pointer) => {
                 pointers.insert(job.to_owned(), (path.clone(), pointer));
             }
-            Err(e) => tracing::warn!("ignoring restore pointer {path}: {e}"),
+            // Never passed over: a pointer that could not be read may name
+            // the job's newest snapshot (a stop's savepoint, whose output
+            // the sinks published), and restoring an older checkpoint
+            // instead would publish that output again (found by the
+            // whole-job simulation). A read that failed fails the restore
+            // (a restart tries again); a pointer that reads but does not
+            // decode is a damaged candidate, first of its job.
+            Err(e @ CheckpointError::Storage(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!("restore pointer {path} is damaged: {e}");
+                unreadable.insert(job.to_owned(), (path.clone(), e.to_string()));
+            }
         }
     }
     let mut newest: HashMap<String, u64> = HashMap::new();
@@ -265,6 +285,9 @@ fn restore_candidates(
         let n = newest.entry(job.clone()).or_insert(0);
         *n = (*n).max(pointer.created_unix_ms);
     }
+    for job in unreadable.keys() {
+        newest.entry(job.clone()).or_insert(0);
+    }
     let mut jobs: Vec<(&String, &u64)> = newest.iter().collect();
     jobs.sort_by(|a, b| b.1.cmp(a.1).then_with(|| b.0.cmp(a.0)));
     let mut out = Vec::new();
@@ -273,6 +296,15 @@ fn restore_candidates(
             continue;
         }
         let own: Vec<_> = checkpoints.iter().filter(|c| &c.1 == job).collect();
+        if let Some((path, reason)) = unreadable.get(job) {
+            out.push((
+                job.clone(),
+                Candidate::UnreadablePointer {
+                    path: path.clone(),
+                    reason: reason.clone(),
+                },
+            ));
+        }
         let pointer = pointers.get(job).map(|(path, pointer)| {
             (
                 job.clone(),
@@ -285,13 +317,23 @@ fn restore_candidates(
         });
         // A pointer is written when a job starts from a snapshot (older than
         // any checkpoint of the job) and when it stops with a savepoint (newer
-        // than all of them): it goes where its time puts it.
+        // than all of them). A stop's savepoint takes its id from the same
+        // sequence as the job's checkpoints, after all of them: an id above
+        // every checkpoint's puts the pointer first whatever the clocks say
+        // (a wall clock that stepped back between the last checkpoint and
+        // the stop made `latest` resume from that checkpoint and publish the
+        // stop's output twice; found by the whole-job simulation, whose
+        // clock is virtual). Otherwise it goes where its time puts it (a job
+        // restarted from an older checkpoint of its own).
         // A checkpoint whose metadata cannot be read (time 0) may be newer:
         // the pointer then stays behind it, so that skipping it counts as a
         // fallback.
         let pointer_is_newest = pointers.get(job).is_some_and(|(_, p)| {
-            own.iter()
-                .all(|(created, _, _, _)| *created != 0 && p.created_unix_ms > *created)
+            let newest_by_id = own.iter().all(|(_, _, id, _)| p.checkpoint_id > *id);
+            let newest_by_time = own
+                .iter()
+                .all(|(created, _, _, _)| *created != 0 && p.created_unix_ms > *created);
+            newest_by_id || newest_by_time
         });
         let mut pointer = pointer;
         if pointer_is_newest && let Some(p) = pointer.take() {
@@ -413,12 +455,26 @@ pub fn load_latest_of(
                 });
                 (loaded, path.clone(), pointer.checkpoint_id)
             }
+            Candidate::UnreadablePointer { path, reason } => (
+                Err(CheckpointError::Corrupt {
+                    path: path.clone(),
+                    reason: reason.clone(),
+                }),
+                path.clone(),
+                0,
+            ),
         };
         match loaded {
             Ok(mut loaded) => {
                 loaded.skipped = skipped;
                 return Ok(Some(loaded));
             }
+            // A read that failed says nothing about the snapshot: it may
+            // be fine, and falling back past it would replay (or, with
+            // committing sinks, be refused and stop the job). The load
+            // fails instead and is tried again (a restart; the user's next
+            // run). Found by the whole-job simulation.
+            Err(e @ CheckpointError::Storage(StorageError::Io { .. })) => return Err(e),
             Err(e) => {
                 tracing::warn!(
                     checkpoint = id,
@@ -430,7 +486,10 @@ pub fn load_latest_of(
                     path: shown,
                     reason: e.to_string(),
                     damaged: is_provably_damaged(&e),
-                    pointer: matches!(candidate, Candidate::Pointer { .. }),
+                    pointer: matches!(
+                        candidate,
+                        Candidate::Pointer { .. } | Candidate::UnreadablePointer { .. }
+                    ),
                 });
                 first_error.get_or_insert(e);
             }

@@ -1,21 +1,24 @@
 //! Reference counts of the shared native files (`<job>/shared/...`) of one
-//! job, across its *retained completed* checkpoints. Bookkeeping only: the
-//! coordinator asks it which files it may delete, and deletes them.
+//! job, across its *retained completed* checkpoints (and those whose
+//! `_metadata` is being written or may exist). Bookkeeping only: the
+//! coordinator asks it which files may go, and answers with the deletes.
 //!
 //! **Invariant** (kept by the coordinator with this registry): a shared file is
 //! deleted only when no retained checkpoint references it; and every shared
 //! file that no retained checkpoint references is deleted at the latest when
-//! the job next starts (`Coordinator::new` collects the orphans of crashed and
-//! aborted checkpoints). The one exception is deliberate: while a retained
+//! the job next starts (`Coordinator::new` has the orphans of crashed and
+//! aborted checkpoints collected). The one exception is deliberate: while a retained
 //! checkpoint's metadata cannot be read, its references are unknown and
 //! nothing shared is deleted at all (the registry is *incomplete*), because a
 //! file it might need must never go; what that leaves behind is collected at a
 //! later start at which every retained checkpoint's metadata reads.
 //!
 //! How the coordinator uses it:
-//! - a checkpoint that completes is registered (+1 per distinct path) before
-//!   retention runs, so a file it shares with the checkpoint retention is
-//!   about to discard never reaches zero;
+//! - a checkpoint is registered (+1 per distinct path) when its `_metadata`
+//!   write is issued, so before it completes and retention runs: a file it
+//!   shares with the checkpoint retention is about to discard never reaches
+//!   zero, even while its write is outstanding; it stays registered while it
+//!   is retained or its metadata may exist (an aborted checkpoint in doubt);
 //! - before a checkpoint completes, every shared file it references but did
 //!   not upload itself must be registered; otherwise retention has already
 //!   deleted it (a task reused a file it had not yet heard was discarded) and

@@ -21,12 +21,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowstate_checkpoint::coordinator::{
-    COMPLETED_STATS_MAX, Coordinator, CoordinatorAction, CoordinatorSettings, Now,
-    SavepointRequest, TaskAck,
+    COMPLETED_STATS_MAX, Coordinator, CoordinatorAction, CoordinatorSettings, Deletion,
+    ExistingCheckpoints, Now, SavepointRequest, Store, TaskAck,
 };
 use flowstate_checkpoint::format::{KEYED_MAGIC, METADATA_MAGIC, seal};
 use flowstate_checkpoint::keyed_file::KEYED_FILE_VERSION;
-use flowstate_checkpoint::layout::{keyed_state_path, metadata_path, savepoint_keyed_path};
+use flowstate_checkpoint::layout::{
+    checkpoint_dir, keyed_state_path, metadata_path, savepoint_keyed_path,
+};
 use flowstate_checkpoint::metadata::{
     CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, OperatorListState, SnapshotKind,
     SubtaskSnapshot,
@@ -37,6 +39,10 @@ use flowstate_checkpoint::restore::{
 use flowstate_checkpoint::storage::{CheckpointStorage, SharedStorage, StorageError, open_storage};
 use flowstate_checkpoint::{CheckpointError, CheckpointId};
 use flowstate_state::{KeyGroupRange, RedistributionMode};
+
+#[path = "support/driver.rs"]
+mod driver;
+use driver::drive;
 
 const MAX_PARALLELISM: u32 = 8;
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -217,17 +223,23 @@ impl Harness {
         // Real wall-clock time as the start, so that what this job records
         // compares with other jobs' times; from there on, time is invented.
         let t0 = Now::system();
+        // The driver reads what earlier runs left; without checkpoints, nothing.
+        let existing = if settings.periodic() {
+            ExistingCheckpoints::read(storage.as_ref(), job, restored)
+        } else {
+            ExistingCheckpoints::default()
+        };
         let coordinator = Coordinator::new(
-            Arc::clone(&storage),
             job,
             settings,
             tasks,
             tasks as u32,
             MAX_PARALLELISM,
             restored,
+            existing,
             t0,
         );
-        Self {
+        let mut h = Self {
             recording,
             storage,
             job: job.to_owned(),
@@ -236,7 +248,11 @@ impl Harness {
             t0,
             clock: Duration::ZERO,
             written: BTreeMap::new(),
-        }
+        };
+        // What adoption decided comes first in the first answer (too early
+        // for a trigger).
+        assert_eq!(h.tick(t0), Vec::new());
+        h
     }
 
     fn now(&self) -> Now {
@@ -248,10 +264,60 @@ impl Harness {
         self.now()
     }
 
+    /// Carries out the storage effects among `actions` (feeding metadata
+    /// writes back) and returns the rest.
+    fn drive(&mut self, actions: Vec<CoordinatorAction>, now: Now) -> Vec<CoordinatorAction> {
+        drive(&mut self.coordinator, &self.storage, actions, now)
+    }
+
+    fn tick(&mut self, now: Now) -> Vec<CoordinatorAction> {
+        let actions = self.coordinator.tick(now);
+        self.drive(actions, now)
+    }
+
+    fn tick_timeouts(&mut self, now: Now) -> Vec<CoordinatorAction> {
+        let actions = self.coordinator.tick_timeouts(now);
+        self.drive(actions, now)
+    }
+
+    fn on_ack(&mut self, ack: TaskAck, now: Now) -> Vec<CoordinatorAction> {
+        let actions = self.coordinator.on_ack(ack, now);
+        self.drive(actions, now)
+    }
+
+    fn on_decline(&mut self, id: CheckpointId, reason: String, now: Now) -> Vec<CoordinatorAction> {
+        let actions = self.coordinator.on_decline(id, reason, now);
+        self.drive(actions, now)
+    }
+
+    fn request_savepoint(
+        &mut self,
+        savepoint: SavepointRequest,
+        now: Now,
+    ) -> Vec<CoordinatorAction> {
+        let actions = self.coordinator.request_savepoint(savepoint, now);
+        self.drive(actions, now)
+    }
+
+    fn on_sources_exhausted(&mut self, now: Now) -> Vec<CoordinatorAction> {
+        let actions = self.coordinator.on_sources_exhausted(now);
+        self.drive(actions, now)
+    }
+
+    fn on_job_stopped(&mut self, now: Now) -> Vec<CoordinatorAction> {
+        let actions = self.coordinator.on_job_stopped(now);
+        self.drive(actions, now)
+    }
+
+    fn abort_all(&mut self, reason: &str, now: Now) -> Vec<CoordinatorAction> {
+        let actions = self.coordinator.abort_all(reason, now);
+        self.drive(actions, now)
+    }
+
     /// Lets an interval pass and expects the tick to trigger a checkpoint.
     fn trigger(&mut self) -> CheckpointId {
         let now = self.advance(INTERVAL);
-        let actions = self.coordinator.tick(now);
+        let actions = self.tick(now);
         match actions.as_slice() {
             [
                 CoordinatorAction::Trigger {
@@ -281,7 +347,7 @@ impl Harness {
     fn upload_and_ack(&mut self, id: CheckpointId, task: usize) -> Vec<CoordinatorAction> {
         let snapshot = self.upload(id, task);
         let now = self.advance(Duration::from_millis(1));
-        self.coordinator.on_ack(ack(id, task, snapshot), now)
+        self.on_ack(ack(id, task, snapshot), now)
     }
 
     /// Triggers a checkpoint and has every task acknowledge it; expects it to
@@ -304,7 +370,7 @@ impl Harness {
 
     fn decline(&mut self, id: CheckpointId) -> Vec<CoordinatorAction> {
         let now = self.advance(Duration::from_millis(1));
-        self.coordinator.on_decline(id, "test declines".into(), now)
+        self.on_decline(id, "test declines".into(), now)
     }
 
     fn all_files(&self) -> BTreeSet<String> {
@@ -399,22 +465,12 @@ fn metadata_is_written_last_with_put_if_absent_once_every_task_acked() {
 
     let snapshots: Vec<SubtaskSnapshot> = (0..3).map(|t| h.upload(id, t)).collect();
     let now = h.advance(Duration::from_millis(5));
+    assert!(h.on_ack(ack(id, 0, snapshots[0].clone()), now).is_empty());
     assert!(
-        h.coordinator
-            .on_ack(ack(id, 0, snapshots[0].clone()), now)
-            .is_empty()
-    );
-    assert!(
-        h.coordinator
-            .on_ack(ack(id, 0, snapshots[0].clone()), now)
-            .is_empty(),
+        h.on_ack(ack(id, 0, snapshots[0].clone()), now).is_empty(),
         "a repeated ack of task 0 must not count as another task"
     );
-    assert!(
-        h.coordinator
-            .on_ack(ack(id, 2, snapshots[2].clone()), now)
-            .is_empty()
-    );
+    assert!(h.on_ack(ack(id, 2, snapshots[2].clone()), now).is_empty());
     assert!(
         matches!(h.storage.get(&meta), Err(StorageError::NotFound { .. })),
         "_metadata must not exist before every task acknowledged"
@@ -423,7 +479,7 @@ fn metadata_is_written_last_with_put_if_absent_once_every_task_acked() {
     assert_eq!(h.coordinator.in_flight(), 1);
 
     let now = h.advance(INTERVAL);
-    let actions = h.coordinator.on_ack(ack(id, 1, snapshots[1].clone()), now);
+    let actions = h.on_ack(ack(id, 1, snapshots[1].clone()), now);
     assert_only_complete(&actions, id);
     assert_eq!(h.coordinator.in_flight(), 0);
 
@@ -521,7 +577,7 @@ fn checkpoint_ids_only_grow_and_continue_after_a_restore() {
     ids.push(timed_out);
     assert!(h.upload_and_ack(timed_out, 0).is_empty());
     let now = h.advance(TIMEOUT);
-    let actions = h.coordinator.tick_timeouts(now);
+    let actions = h.tick_timeouts(now);
     assert!(is_abort(&actions[0], timed_out), "{actions:?}");
 
     for _ in 0..3 {
@@ -552,11 +608,11 @@ fn checkpoint_ids_only_grow_and_continue_after_a_restore() {
 fn triggers_respect_the_interval_and_one_in_flight() {
     let mut h = Harness::new("job-a", settings(1, 3, 1), 1);
     let now = h.advance(INTERVAL / 2);
-    assert!(h.coordinator.tick(now).is_empty(), "triggered too early");
+    assert!(h.tick(now).is_empty(), "triggered too early");
     let id = h.trigger();
     let now = h.advance(INTERVAL * 5);
     assert!(
-        h.coordinator.tick(now).is_empty(),
+        h.tick(now).is_empty(),
         "a second checkpoint started while {id} is in flight"
     );
     assert_eq!(h.coordinator.next_trigger_at(now), None);
@@ -643,7 +699,7 @@ fn retention_never_deletes_a_file_of_a_retained_checkpoint() {
         let id = h.trigger();
         h.upload_and_ack(id, 0);
         let now = h.advance(Duration::from_millis(1));
-        h.coordinator.abort_all("job stops", now);
+        h.abort_all("job stops", now);
         h.assert_gone(id);
         for id in 3..=12 {
             h.assert_intact(id);
@@ -772,17 +828,25 @@ fn a_resumed_job_deletes_only_checkpoints_proved_damaged() {
         .map(|k| k.checkpoint_id)
         .collect();
 
-    let _resumed = Coordinator::after_restore(
-        Arc::clone(&s),
+    let now = Now::system();
+    let mut resumed = Coordinator::after_restore(
         "job-v",
         settings(3, 3, 1),
         2,
         2,
         MAX_PARALLELISM,
         Some(1),
+        ExistingCheckpoints::read(s.as_ref(), "job-v", Some(1)),
         &damaged,
-        Now::system(),
+        now,
     );
+    // What adoption decided comes with the first answer.
+    let actions = resumed.tick(now);
+    assert!(
+        actions.iter().all(CoordinatorAction::is_storage_effect),
+        "{actions:?}"
+    );
+    assert!(drive(&mut resumed, &s, actions, now).is_empty());
     assert_eq!(
         s.get(&metadata_path("job-v", 3)).unwrap(),
         newer,
@@ -868,11 +932,11 @@ fn a_timed_out_checkpoint_is_aborted_and_its_files_deleted() {
 
     let almost = h.advance(TIMEOUT - Duration::from_millis(10));
     assert!(
-        h.coordinator.tick_timeouts(almost).is_empty(),
+        h.tick_timeouts(almost).is_empty(),
         "aborted before the timeout"
     );
     let now = h.advance(Duration::from_millis(20));
-    let actions = h.coordinator.tick(now);
+    let actions = h.tick(now);
     assert!(
         actions.iter().any(|a| is_abort(a, id)),
         "not aborted after the timeout: {actions:?}"
@@ -910,12 +974,42 @@ fn a_subsumed_checkpoint_is_aborted_without_touching_the_newer_one() {
     h.assert_intact(second);
     // Its last ack arrives late: ignored.
     let now = h.advance(Duration::from_millis(1));
-    assert!(
-        h.coordinator
-            .on_ack(ack(first, 1, late_snapshot), now)
-            .is_empty()
-    );
+    assert!(h.on_ack(ack(first, 1, late_snapshot), now).is_empty());
     assert_eq!(h.completed_ids(), vec![second]);
+}
+
+/// A checkpoint subsumed by a newer completed one is no failure of
+/// checkpointing: with no failure tolerated and two in flight, acks arriving
+/// out of order must not fail the job (found by the whole-job simulation,
+/// seed 47).
+#[test]
+fn a_subsumed_checkpoint_does_not_count_as_a_failure() {
+    let mut h = Harness::new("job-sub", settings(1, 0, 2), 1);
+    let now = h.advance(INTERVAL);
+    let first = match h.coordinator.trigger_now(SnapshotKind::Checkpoint, now) {
+        Some(CoordinatorAction::Trigger { id, .. }) => id,
+        other => panic!("{other:?}"),
+    };
+    let second = match h.coordinator.trigger_now(SnapshotKind::Checkpoint, now) {
+        Some(CoordinatorAction::Trigger { id, .. }) => id,
+        other => panic!("{other:?}"),
+    };
+    let actions = h.upload_and_ack(second, 0);
+    assert!(is_complete(&actions[0], second), "{actions:?}");
+    assert!(actions.iter().any(|a| is_abort(a, first)), "{actions:?}");
+    assert!(
+        !has_fail_job(&actions),
+        "a subsumed checkpoint failed the job: {actions:?}"
+    );
+    // And the count is not carried to the next real failure: one failure,
+    // none tolerated, is what fails the job.
+    let now = h.advance(INTERVAL);
+    let third = match h.coordinator.trigger_now(SnapshotKind::Checkpoint, now) {
+        Some(CoordinatorAction::Trigger { id, .. }) => id,
+        other => panic!("{other:?}"),
+    };
+    let actions = h.coordinator.on_decline(third, "declined".into(), now);
+    assert!(has_fail_job(&actions), "{actions:?}");
 }
 
 /// More consecutive failures than tolerated fail the job; a completed
@@ -945,7 +1039,7 @@ fn exceeding_tolerable_failures_fails_the_job() {
     for n in 1..=3 {
         let id = h.trigger();
         let now = h.advance(TIMEOUT);
-        let actions = h.coordinator.tick_timeouts(now);
+        let actions = h.tick_timeouts(now);
         assert!(is_abort(&actions[0], id), "{actions:?}");
         assert_eq!(has_fail_job(&actions), n == 3, "{actions:?}");
     }
@@ -964,7 +1058,7 @@ fn a_late_ack_of_an_aborted_checkpoint_is_ignored() {
     let id = h.trigger();
     assert!(h.upload_and_ack(id, 0).is_empty());
     let now = h.advance(TIMEOUT);
-    assert!(is_abort(&h.coordinator.tick_timeouts(now)[0], id));
+    assert!(is_abort(&h.tick_timeouts(now)[0], id));
     for task in [1, 2, 0] {
         let actions = h.upload_and_ack(id, task);
         assert!(actions.is_empty(), "late ack of task {task}: {actions:?}");
@@ -987,7 +1081,7 @@ fn files_of_a_late_ack_of_an_aborted_checkpoint_are_removed() {
     let id = h.trigger();
     assert!(h.upload_and_ack(id, 0).is_empty());
     let now = h.advance(TIMEOUT);
-    assert!(is_abort(&h.coordinator.tick_timeouts(now)[0], id));
+    assert!(is_abort(&h.tick_timeouts(now)[0], id));
     // Task 1's uploader was still writing: its file lands after the abort.
     assert!(h.upload_and_ack(id, 1).is_empty());
     let kept = h.complete_one();
@@ -1153,13 +1247,13 @@ fn a_loaded_checkpoint_deals_state_out_to_another_parallelism() {
     let storage = unique_memory();
     let job = "job-scale";
     let mut coordinator = Coordinator::new(
-        Arc::clone(&storage),
         job,
         settings(1, 3, 1),
         2,
         2,
         MAX_PARALLELISM,
         None,
+        ExistingCheckpoints::default(),
         Now::system(),
     );
     let now = Now::system();
@@ -1195,6 +1289,7 @@ fn a_loaded_checkpoint_deals_state_out_to_another_parallelism() {
         a.operators
             .push((SOURCE_UID.into(), "Source".into(), source));
         let actions = coordinator.on_ack(a, now);
+        let actions = drive(&mut coordinator, &storage, actions, now);
         assert_eq!(actions.is_empty(), task == 0, "{actions:?}");
     }
     let loaded = load_latest(&storage).unwrap().unwrap();
@@ -1283,6 +1378,7 @@ fn savepoint_request(target: &SharedStorage, stop: bool) -> SavepointRequest {
         request: format!("request {}", target.describe()),
         target: Arc::clone(target),
         stop,
+        location: stop.then(|| target.describe()),
     }
 }
 
@@ -1296,11 +1392,7 @@ impl Harness {
     fn request(&mut self, target: &SharedStorage, stop: bool) -> CheckpointId {
         let now = self.advance(Duration::from_millis(1));
         let request = savepoint_request(target, stop);
-        match self
-            .coordinator
-            .request_savepoint(request.clone(), now)
-            .as_slice()
-        {
+        match self.request_savepoint(request.clone(), now).as_slice() {
             [CoordinatorAction::TriggerSavepoint { id, savepoint }] if *savepoint == request => *id,
             other => panic!("expected a savepoint trigger, got {other:?}"),
         }
@@ -1314,7 +1406,7 @@ impl Harness {
     ) -> Vec<CoordinatorAction> {
         let snapshot = write_savepoint_file(target.as_ref(), id, task, self.tasks as u32);
         let now = self.advance(Duration::from_millis(1));
-        self.coordinator.on_ack(ack(id, task, snapshot), now)
+        self.on_ack(ack(id, task, snapshot), now)
     }
 }
 
@@ -1416,7 +1508,7 @@ fn a_savepoint_with_native_files_is_refused() {
         }],
     });
     let now = h.advance(Duration::from_millis(1));
-    let actions = h.coordinator.on_ack(ack(id, 0, snapshot), now);
+    let actions = h.on_ack(ack(id, 0, snapshot), now);
     match actions.as_slice() {
         [
             CoordinatorAction::Abort {
@@ -1524,6 +1616,46 @@ fn load_latest_follows_a_restore_pointer_until_the_job_has_a_checkpoint() {
     assert_eq!(loaded.metadata.kind, SnapshotKind::Savepoint);
 }
 
+/// A stop-with-savepoint's pointer comes first even when the wall clock
+/// stepped back between the job's last checkpoint and the stop: the
+/// savepoint's id is above every checkpoint's (found by the whole-job
+/// simulation, where checkpoints carry virtual time).
+#[test]
+fn a_stop_pointer_comes_first_even_when_the_clock_stepped_back() {
+    use flowstate_checkpoint::restore::{RestorePointer, write_restore_pointer};
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("sp").join("savepoint-stop");
+    let target = open_storage(location.to_str().unwrap()).unwrap();
+    let storage = unique_memory();
+    let mut h = Harness::on(Arc::clone(&storage), "job-c", settings(2, 3, 1), 1, None);
+    h.complete_one();
+    let last = h.complete_one();
+    let savepoint = h.savepoint(&target);
+    assert!(savepoint > last);
+    assert_only_complete(&h.ack_savepoint(&target, savepoint, 0), savepoint);
+    let last_created = load(&storage, &format!("job-c/chk-{last}"))
+        .unwrap()
+        .metadata
+        .created_unix_ms;
+    write_restore_pointer(
+        storage.as_ref(),
+        "job-c",
+        &RestorePointer {
+            storage_path: None,
+            location: Some(location.display().to_string()),
+            checkpoint_id: savepoint,
+            // The clock stepped back by ten seconds before the stop.
+            created_unix_ms: last_created - 10_000,
+        },
+    )
+    .unwrap();
+    let loaded = load_latest(&storage).unwrap().unwrap();
+    assert_eq!(
+        (loaded.id(), loaded.metadata.kind),
+        (savepoint, SnapshotKind::Savepoint)
+    );
+}
+
 /// Without periodic checkpoints (`--checkpoint-interval off`) the coordinator
 /// takes savepoints on request and nothing else: no tick ever triggers a
 /// checkpoint, nor does `trigger_now`, and the checkpoint storage is neither
@@ -1550,7 +1682,7 @@ fn without_periodic_checkpoints_only_savepoints_are_taken_and_checkpoint_storage
     for _ in 0..3 {
         let now = h.advance(Duration::from_secs(24 * 3600));
         assert_eq!(h.coordinator.next_trigger_at(now), None);
-        assert!(h.coordinator.tick(now).is_empty());
+        assert!(h.tick(now).is_empty());
         assert_eq!(
             h.coordinator.trigger_now(SnapshotKind::Checkpoint, now),
             None
@@ -1563,7 +1695,7 @@ fn without_periodic_checkpoints_only_savepoints_are_taken_and_checkpoint_storage
     assert_eq!(id, 8, "ids continue after the restored snapshot");
     let now = h.advance(Duration::from_millis(1));
     assert!(
-        h.coordinator.tick(now).is_empty(),
+        h.tick(now).is_empty(),
         "nothing else starts while it is in flight"
     );
     assert!(h.ack_savepoint(&target, id, 0).is_empty());
@@ -1618,7 +1750,7 @@ impl Harness {
 
     fn exhausted(&mut self) -> Vec<CoordinatorAction> {
         let now = self.advance(Duration::from_millis(1));
-        self.coordinator.on_sources_exhausted(now)
+        self.on_sources_exhausted(now)
     }
 }
 
@@ -1636,7 +1768,7 @@ fn the_final_checkpoint_follows_exhaustion_and_then_the_sources_finish() {
     let last = is_trigger(action).expect("a checkpoint trigger");
     let now = h.advance(INTERVAL * 10);
     assert!(
-        h.coordinator.tick(now).is_empty(),
+        h.tick(now).is_empty(),
         "nothing else while the final checkpoint is in flight"
     );
     assert_eq!(h.coordinator.next_trigger_at(now), None);
@@ -1657,16 +1789,12 @@ fn the_final_checkpoint_follows_exhaustion_and_then_the_sources_finish() {
     h.assert_intact(last);
     for _ in 0..3 {
         let now = h.advance(INTERVAL * 10);
-        assert!(
-            h.coordinator.tick(now).is_empty(),
-            "triggered after the end"
-        );
+        assert!(h.tick(now).is_empty(), "triggered after the end");
     }
     // A savepoint asked for now is never taken.
     let target = unique_memory();
     let now = h.advance(Duration::from_millis(1));
     match h
-        .coordinator
         .request_savepoint(savepoint_request(&target, false), now)
         .as_slice()
     {
@@ -1751,14 +1879,12 @@ fn a_savepoint_request_waits_for_the_snapshot_in_flight() {
     let target = unique_memory();
     let now = h.advance(Duration::from_millis(1));
     assert!(
-        h.coordinator
-            .request_savepoint(savepoint_request(&target, false), now)
+        h.request_savepoint(savepoint_request(&target, false), now)
             .is_empty()
     );
     let other = unique_memory();
     assert!(matches!(
-        h.coordinator
-            .request_savepoint(savepoint_request(&other, false), now)
+        h.request_savepoint(savepoint_request(&other, false), now)
             .as_slice(),
         [CoordinatorAction::SavepointDropped { .. }]
     ));
@@ -1784,7 +1910,7 @@ fn without_checkpoints_exhaustion_finishes_the_sources_at_once() {
     assert_eq!(h.exhausted(), vec![CoordinatorAction::FinishSources]);
     assert!(h.coordinator.sources_finished());
     let now = h.advance(INTERVAL * 10);
-    assert!(h.coordinator.tick(now).is_empty());
+    assert!(h.tick(now).is_empty());
     assert_eq!(h.recording.log(), Vec::new());
 }
 
@@ -1830,7 +1956,7 @@ fn a_failed_final_checkpoint_is_taken_again() {
     assert!(again > first);
     // A timeout too.
     let now = h.advance(TIMEOUT);
-    let actions = h.coordinator.tick(now);
+    let actions = h.tick(now);
     assert!(is_abort(&actions[0], again), "{actions:?}");
     assert!(
         has_fail_job(&actions),
@@ -1942,16 +2068,647 @@ fn a_waiting_request_is_dropped_when_the_job_stops() {
     let target = unique_memory();
     let now = h.advance(Duration::from_millis(1));
     assert!(
-        h.coordinator
-            .request_savepoint(savepoint_request(&target, true), now)
+        h.request_savepoint(savepoint_request(&target, true), now)
             .is_empty()
     );
     let now = h.advance(Duration::from_millis(1));
-    let actions = h.coordinator.on_job_stopped(now);
+    let actions = h.on_job_stopped(now);
     assert!(
         matches!(actions.as_slice(), [CoordinatorAction::SavepointDropped { request, .. }]
             if *request == savepoint_request(&target, true).request),
         "{actions:?}"
     );
     h.assert_gone(running);
+}
+
+// ---------------------------------------------------------------------------
+// Storage effects (issue 12): the coordinator writes and deletes nothing
+// itself. These tests hold a metadata write back, fail it, or let it land
+// late, and look at what the coordinator answers, on invented time.
+
+/// A `WriteMetadata` held back by the test.
+struct HeldWrite {
+    id: CheckpointId,
+    store: Store,
+    path: String,
+    bytes: Vec<u8>,
+}
+
+impl Harness {
+    /// Every task uploads and acknowledges `id`, straight to the coordinator
+    /// (nothing is carried out); returns the answer to the last ack.
+    fn ack_all_raw(&mut self, id: CheckpointId) -> Vec<CoordinatorAction> {
+        let mut last = Vec::new();
+        for task in 0..self.tasks {
+            let snapshot = self.upload(id, task);
+            let now = self.advance(Duration::from_millis(1));
+            last = self.coordinator.on_ack(ack(id, task, snapshot), now);
+            if task + 1 < self.tasks {
+                assert!(last.is_empty(), "{last:?}");
+            }
+        }
+        last
+    }
+
+    /// Carries out a held write in `storage` and reports the outcome;
+    /// returns what the coordinator answers, not carried out.
+    fn land(&mut self, write: HeldWrite, target: &SharedStorage) -> Vec<CoordinatorAction> {
+        let result = target
+            .put_if_absent(&write.path, write.bytes)
+            .map_err(|e| e.to_string());
+        let now = self.advance(Duration::from_millis(1));
+        self.coordinator.on_metadata_written(write.id, result, now)
+    }
+
+    /// Reports a failed write of `id` (nothing was written); returns the answer.
+    fn fail_write(&mut self, id: CheckpointId) -> Vec<CoordinatorAction> {
+        let now = self.advance(Duration::from_millis(1));
+        self.coordinator
+            .on_metadata_written(id, Err("injected write failure".into()), now)
+    }
+}
+
+/// The answer must be exactly one metadata write; returns it.
+fn the_write(actions: Vec<CoordinatorAction>) -> HeldWrite {
+    match <[CoordinatorAction; 1]>::try_from(actions) {
+        Ok(
+            [
+                CoordinatorAction::WriteMetadata {
+                    id,
+                    store,
+                    path,
+                    bytes,
+                    ..
+                },
+            ],
+        ) => HeldWrite {
+            id,
+            store,
+            path,
+            bytes,
+        },
+        Err(other) => panic!("expected only a metadata write: {other:?}"),
+        Ok(other) => panic!("expected only a metadata write: {other:?}"),
+    }
+}
+
+fn deletes(actions: &[CoordinatorAction]) -> Vec<(Option<CheckpointId>, Deletion)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            CoordinatorAction::Delete { id, what, .. } => Some((*id, what.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn touches(deletion: &Deletion, id: CheckpointId) -> bool {
+    let dir = format!("/chk-{id}");
+    match deletion {
+        Deletion::File(p) | Deletion::Prefix(p) => p.contains(&dir),
+        Deletion::Checkpoint {
+            metadata, dir: d, ..
+        } => metadata.contains(&dir) || d.contains(&dir),
+    }
+}
+
+/// The last ack answers with the `_metadata` write, nothing else: the
+/// checkpoint is in flight (persisting) until the driver reports the write,
+/// and only then complete; nothing is triggered in between.
+#[test]
+fn a_checkpoint_completes_only_after_its_metadata_write_succeeded() {
+    let mut h = Harness::new("job-w1", settings(1, 3, 1), 2);
+    let id = h.trigger();
+    let write = the_write(h.ack_all_raw(id));
+    assert_eq!(write.id, id);
+    assert_eq!(write.store, Store::Checkpoints);
+    assert_eq!(write.path, metadata_path(&h.job, id));
+    assert!(
+        h.recording
+            .log()
+            .iter()
+            .all(|op| !matches!(op, Op::PutIfAbsent(_)))
+    );
+    assert!(
+        h.completed_ids().is_empty(),
+        "the coordinator wrote nothing itself"
+    );
+    assert_eq!(
+        (h.coordinator.in_flight(), h.coordinator.persisting()),
+        (1, 1)
+    );
+    assert!(h.coordinator.completed().is_empty());
+
+    // Time passes (less than the timeout): nothing completes, nothing starts.
+    let now = h.advance(INTERVAL * 3);
+    assert_eq!(h.coordinator.next_trigger_at(now), None);
+    assert!(h.coordinator.tick(now).is_empty());
+
+    let bytes = write.bytes.clone();
+    let storage = Arc::clone(&h.storage);
+    let actions = h.land(write, &storage);
+    assert_only_complete(&actions, id);
+    assert_eq!(h.coordinator.persisting(), 0);
+    assert_eq!(h.completed_ids(), vec![id]);
+    assert_eq!(h.storage.get(&metadata_path(&h.job, id)).unwrap(), bytes);
+    h.assert_intact(id);
+    let stats = &h.coordinator.completed()[0];
+    assert_eq!(stats.duration, Duration::from_millis(2 + 3000 + 1));
+}
+
+/// A failed metadata write aborts the checkpoint like any failure (counted,
+/// tolerated up to the limit): no `Complete` for it, its files go, and the
+/// checkpoint before it stays.
+#[test]
+fn a_failed_metadata_write_aborts_and_nothing_is_committed() {
+    let mut h = Harness::new("job-w2", settings(1, 0, 1), 2);
+    let kept = h.complete_one();
+    let id = h.trigger();
+    let write = the_write(h.ack_all_raw(id));
+    assert_eq!(write.id, id);
+    let actions = h.fail_write(id);
+    assert!(!actions.iter().any(|a| is_complete(a, id)), "{actions:?}");
+    assert!(
+        matches!(actions.iter().find(|a| is_abort(a, id)),
+            Some(CoordinatorAction::Abort { reason, .. }) if reason.contains("injected write failure")),
+        "{actions:?}"
+    );
+    assert!(has_fail_job(&actions), "0 failures tolerated: {actions:?}");
+    assert_eq!(
+        deletes(&actions),
+        vec![(Some(id), Deletion::Prefix(checkpoint_dir(&h.job, id)))],
+        "its directory, and nothing of {kept}"
+    );
+    let now = h.now();
+    assert!(h.drive(actions, now).iter().all(|a| !is_complete(a, id)));
+    h.assert_gone(id);
+    h.assert_intact(kept);
+    assert_eq!(h.completed_ids(), vec![kept]);
+    assert_eq!(h.coordinator.failed_count(), 1);
+    assert_eq!(h.coordinator.in_flight(), 0);
+    // A late report of the same write changes nothing.
+    assert!(h.fail_write(id).is_empty());
+}
+
+/// Retention deletes nothing while the newer checkpoint's write is
+/// outstanding (nor when it fails); they come with its completion, after
+/// `Complete`, metadata first.
+#[test]
+fn retention_deletes_come_only_after_the_newer_checkpoint_completed() {
+    let mut h = Harness::new("job-w3", settings(1, 3, 1), 1);
+    let old = h.complete_one();
+
+    // A newer one whose write fails: the old one stays, untouched.
+    let failing = h.trigger();
+    let _ = the_write(h.ack_all_raw(failing));
+    let actions = h.fail_write(failing);
+    assert!(
+        deletes(&actions).iter().all(|(_, d)| !touches(d, old)),
+        "{actions:?}"
+    );
+    let now = h.now();
+    h.drive(actions, now);
+    h.assert_intact(old);
+
+    // A newer one that completes: nothing of the old one before its write
+    // succeeded, then the old one goes.
+    let newer = h.trigger();
+    let write = the_write(h.ack_all_raw(newer));
+    h.assert_intact(old);
+    let storage = Arc::clone(&h.storage);
+    let actions = h.land(write, &storage);
+    let complete_at = actions.iter().position(|a| is_complete(a, newer)).unwrap();
+    let delete_at = actions
+        .iter()
+        .position(|a| matches!(a, CoordinatorAction::Delete { id: Some(i), .. } if *i == old))
+        .unwrap();
+    assert!(complete_at < delete_at, "{actions:?}");
+    assert_eq!(
+        deletes(&actions),
+        vec![(
+            Some(old),
+            Deletion::Checkpoint {
+                metadata: metadata_path(&h.job, old),
+                dir: checkpoint_dir(&h.job, old),
+                shared: Vec::new(),
+            }
+        )]
+    );
+    let now = h.now();
+    h.drive(actions, now);
+    h.assert_gone(old);
+    h.assert_intact(newer);
+    assert_eq!(h.completed_ids(), vec![newer]);
+}
+
+/// Two in flight: the newer one completes while the older one's write is
+/// outstanding. The older one is aborted (subsumed) but its files stay
+/// until the outcome of its write is known: it goes once the write landed
+/// (metadata first) or failed; it never completes.
+#[test]
+fn a_newer_checkpoint_completing_while_an_older_write_is_outstanding() {
+    for lands in [true, false] {
+        let mut h = Harness::new("job-w4", settings(1, 3, 2), 1);
+        let now = h.advance(INTERVAL);
+        let first = match h.coordinator.trigger_now(SnapshotKind::Checkpoint, now) {
+            Some(CoordinatorAction::Trigger { id, .. }) => id,
+            other => panic!("{other:?}"),
+        };
+        let second = match h.coordinator.trigger_now(SnapshotKind::Checkpoint, now) {
+            Some(CoordinatorAction::Trigger { id, .. }) => id,
+            other => panic!("{other:?}"),
+        };
+        let held = the_write(h.ack_all_raw(first));
+        let newer = the_write(h.ack_all_raw(second));
+        assert_eq!(h.coordinator.persisting(), 2);
+        let storage = Arc::clone(&h.storage);
+        let actions = h.land(newer, &storage);
+        assert!(is_complete(&actions[0], second), "{actions:?}");
+        assert!(
+            actions.iter().any(|a| is_abort(a, first)),
+            "subsumed: {actions:?}"
+        );
+        assert!(
+            deletes(&actions).iter().all(|(_, d)| !touches(d, first)),
+            "{first}'s write is outstanding: its files must stay: {actions:?}"
+        );
+        assert_eq!(h.coordinator.in_doubt(), vec![first]);
+        let now = h.now();
+        h.drive(actions, now);
+        assert_eq!(h.written[&first].len(), 1);
+        for path in h.written[&first].keys() {
+            assert!(h.storage.get(path).is_ok(), "{path} went too early");
+        }
+
+        let actions = if lands {
+            h.land(held, &storage)
+        } else {
+            h.fail_write(first)
+        };
+        assert!(
+            !actions.iter().any(|a| is_complete(a, first)),
+            "{actions:?}"
+        );
+        let expected = if lands {
+            Deletion::Checkpoint {
+                metadata: metadata_path(&h.job, first),
+                dir: checkpoint_dir(&h.job, first),
+                shared: Vec::new(),
+            }
+        } else {
+            Deletion::Prefix(checkpoint_dir(&h.job, first))
+        };
+        assert_eq!(deletes(&actions), vec![(Some(first), expected)]);
+        let now = h.now();
+        assert!(h.drive(actions, now).is_empty());
+        h.assert_gone(first);
+        h.assert_intact(second);
+        assert_eq!(h.completed_ids(), vec![second]);
+        assert!(h.coordinator.in_doubt().is_empty());
+        assert_eq!(
+            h.coordinator
+                .completed()
+                .iter()
+                .map(|s| s.id)
+                .collect::<Vec<_>>(),
+            vec![second]
+        );
+    }
+}
+
+/// A timeout while the write is outstanding aborts the checkpoint (and
+/// counts) but deletes nothing: the write may land. If it does, the
+/// checkpoint is restorable and stays until a newer one completed; if it
+/// fails, its files go at once.
+#[test]
+fn a_timeout_while_persisting_keeps_the_files_until_the_outcome_allows() {
+    // The write lands after the abort.
+    let mut h = Harness::new("job-w5", settings(1, 3, 1), 2);
+    let kept = h.complete_one();
+    let id = h.trigger();
+    let held = the_write(h.ack_all_raw(id));
+    let now = h.advance(TIMEOUT);
+    let actions = h.coordinator.tick_timeouts(now);
+    match actions.as_slice() {
+        [
+            CoordinatorAction::Abort {
+                id: aborted,
+                reason,
+                request: None,
+            },
+        ] => {
+            assert_eq!(*aborted, id);
+            assert!(reason.contains("metadata write is outstanding"), "{reason}");
+        }
+        other => panic!("expected only the abort, no delete: {other:?}"),
+    }
+    assert_eq!(h.coordinator.failed_count(), 1);
+    assert_eq!(h.coordinator.in_flight(), 0);
+    assert_eq!(h.coordinator.in_doubt(), vec![id]);
+    let storage = Arc::clone(&h.storage);
+    assert!(h.land(held, &storage).is_empty());
+    // A restore would take it: nothing of it may go.
+    assert_eq!(latest_id(&h.storage), Some(id));
+    h.assert_intact(id);
+    h.assert_intact(kept);
+    // Nor does the next trigger, nor its acks, delete it.
+    let next = h.trigger();
+    let write = the_write(h.ack_all_raw(next));
+    h.assert_intact(id);
+    let actions = h.land(write, &storage);
+    assert!(is_complete(&actions[0], next), "{actions:?}");
+    let deleted: Vec<Option<CheckpointId>> =
+        deletes(&actions).into_iter().map(|(i, _)| i).collect();
+    assert_eq!(deleted, vec![Some(id), Some(kept)], "{actions:?}");
+    let now = h.now();
+    h.drive(actions, now);
+    h.assert_gone(id);
+    h.assert_gone(kept);
+    assert_eq!(h.completed_ids(), vec![next]);
+
+    // The write fails after the abort: its files go then.
+    let mut h = Harness::new("job-w6", settings(1, 3, 1), 1);
+    let id = h.trigger();
+    let _held = the_write(h.ack_all_raw(id));
+    let now = h.advance(TIMEOUT);
+    assert!(deletes(&h.coordinator.tick_timeouts(now)).is_empty());
+    let actions = h.fail_write(id);
+    assert_eq!(
+        deletes(&actions),
+        vec![(Some(id), Deletion::Prefix(checkpoint_dir(&h.job, id)))]
+    );
+    let now = h.now();
+    assert!(h.drive(actions, now).is_empty());
+    h.assert_gone(id);
+    assert!(h.coordinator.in_doubt().is_empty());
+}
+
+/// The job stops while a write is outstanding: nothing of that checkpoint is
+/// deleted. The next run adopts it if its metadata got there, and removes it
+/// as incomplete if not.
+#[test]
+fn a_job_stop_while_persisting_leaves_the_checkpoint_to_the_next_run() {
+    for landed in [true, false] {
+        let inner = unique_memory();
+        let mut h = Harness::on(Arc::clone(&inner), "job-w7", settings(1, 3, 1), 1, None);
+        let kept = h.complete_one();
+        let id = h.trigger();
+        let held = the_write(h.ack_all_raw(id));
+        let now = h.advance(Duration::from_millis(1));
+        let actions = h.coordinator.on_job_stopped(now);
+        assert!(
+            actions.is_empty(),
+            "no abort to the tasks, no delete: {actions:?}"
+        );
+        if landed {
+            inner.put_if_absent(&held.path, held.bytes).unwrap();
+        }
+        // The next run restores the newest checkpoint, as the runtime does.
+        let restored = latest_id(&inner);
+        assert_eq!(restored, Some(if landed { id } else { kept }));
+        let mut next = Harness::on(inner, "job-w7", settings(1, 3, 1), 1, restored);
+        next.written = h.written.clone();
+        if landed {
+            // Adopted as completed: it is the newest, retention keeps it.
+            assert_eq!(next.completed_ids(), vec![id]);
+            next.assert_intact(id);
+        } else {
+            next.assert_gone(id);
+            next.assert_intact(kept);
+        }
+    }
+}
+
+/// A savepoint's `_metadata` goes to its own directory, never to the
+/// checkpoint storage; it completes with the write. A failed write aborts it
+/// and removes its directory.
+#[test]
+fn a_savepoints_metadata_goes_to_its_target() {
+    let mut h = Harness::new("job-w8", settings(1, 3, 1), 1);
+    let target = unique_memory();
+    let id = h.savepoint(&target);
+    let snapshot = write_savepoint_file(target.as_ref(), id, 0, 1);
+    let now = h.advance(Duration::from_millis(1));
+    let write = the_write(h.coordinator.on_ack(ack(id, 0, snapshot), now));
+    assert_eq!(write.store, Store::Savepoint(Arc::clone(&target)));
+    assert_eq!(write.path, flowstate_checkpoint::layout::METADATA_FILE);
+    assert!(
+        h.coordinator.is_pending_savepoint(id),
+        "in flight until written"
+    );
+    let actions = h.land(write, &target);
+    assert!(
+        matches!(actions.as_slice(), [CoordinatorAction::Complete { id: done, request: Some(_), .. }] if *done == id),
+        "{actions:?}"
+    );
+    let opened = load(&target, flowstate_checkpoint::layout::METADATA_FILE).unwrap();
+    assert_eq!(opened.id(), id);
+    assert_eq!(
+        h.recording.log(),
+        Vec::new(),
+        "nothing in checkpoint storage"
+    );
+
+    // A failed write: aborted, answered, its directory removed.
+    let failing = unique_memory();
+    let id = h.request(&failing, true);
+    let snapshot = write_savepoint_file(failing.as_ref(), id, 0, 1);
+    let now = h.advance(Duration::from_millis(1));
+    let _ = the_write(h.coordinator.on_ack(ack(id, 0, snapshot), now));
+    let actions = h.fail_write(id);
+    assert_eq!(
+        actions[0],
+        CoordinatorAction::Delete {
+            id: Some(id),
+            store: Store::Savepoint(Arc::clone(&failing)),
+            what: Deletion::Prefix(String::new()),
+        }
+    );
+    let now = h.now();
+    let rest = h.drive(actions, now);
+    assert!(
+        matches!(
+            rest.as_slice(),
+            [
+                CoordinatorAction::ResumeSources,
+                CoordinatorAction::Abort {
+                    request: Some(_),
+                    ..
+                }
+            ]
+        ),
+        "{rest:?}"
+    );
+    assert!(failing.list("").unwrap().is_empty());
+    assert!(!h.coordinator.sources_finished());
+}
+
+/// A stop-with-savepoint of a job with periodic checkpoints writes the job's
+/// restore pointer with its `_metadata`, before any sink may commit: if the
+/// pointer cannot be written, the stop fails (the sources read on, nothing
+/// commits), since `--restore latest` would otherwise resume from an older
+/// checkpoint and publish the stop's output again (found by the whole-job
+/// simulation). A savepoint that does not stop leaves no pointer.
+#[test]
+fn a_stop_with_savepoint_completes_only_once_its_restore_pointer_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = open_storage(dir.path().join("sp-stop").to_str().unwrap()).unwrap();
+    let mut h = Harness::new("job-p", settings(2, 3, 1), 1);
+    h.complete_one();
+
+    let plain = h.request(&target, false);
+    let snapshot = write_savepoint_file(target.as_ref(), plain, 0, 1);
+    let now = h.advance(Duration::from_millis(1));
+    match h
+        .coordinator
+        .on_ack(ack(plain, 0, snapshot), now)
+        .as_slice()
+    {
+        [
+            CoordinatorAction::WriteMetadata {
+                then_restore_pointer: None,
+                ..
+            },
+        ] => {}
+        other => panic!("a plain savepoint's write, without pointer: {other:?}"),
+    }
+    let now = h.advance(Duration::from_millis(1));
+    h.coordinator
+        .on_metadata_written(plain, Err("gone".into()), now);
+
+    let target = open_storage(dir.path().join("sp-stop-2").to_str().unwrap()).unwrap();
+    let stop = h.request(&target, true);
+    let snapshot = write_savepoint_file(target.as_ref(), stop, 0, 1);
+    let now = h.advance(Duration::from_millis(1));
+    match h.coordinator.on_ack(ack(stop, 0, snapshot), now).as_slice() {
+        [
+            CoordinatorAction::WriteMetadata {
+                then_restore_pointer: Some(pointer),
+                ..
+            },
+        ] => {
+            assert_eq!(pointer.job_id, "job-p");
+            assert_eq!(pointer.pointer.checkpoint_id, stop);
+            assert_eq!(pointer.pointer.location, Some(target.describe()));
+        }
+        other => panic!("a stop's write, with its pointer: {other:?}"),
+    }
+    let now = h.advance(Duration::from_millis(1));
+    let answer =
+        h.coordinator
+            .on_metadata_written(stop, Err("recording the pointer failed".into()), now);
+    assert!(
+        !answer.iter().any(|a| is_complete(a, stop)),
+        "nothing may commit: {answer:?}"
+    );
+    assert!(
+        answer
+            .iter()
+            .any(|a| matches!(a, CoordinatorAction::ResumeSources)),
+        "the sources read on: {answer:?}"
+    );
+}
+
+/// A restore pointer is never passed over: one that does not decode is a
+/// damaged candidate before the job's checkpoints (so restoring them is a
+/// fallback, which the runtime refuses where it would publish twice), and
+/// one whose read fails fails the load (found by the whole-job simulation:
+/// the pointer of a stop was silently ignored and `latest` resumed from an
+/// older checkpoint).
+#[test]
+fn a_restore_pointer_that_cannot_be_read_is_never_silently_passed_over() {
+    use flowstate_checkpoint::restore::{
+        RESTORE_POINTER_FILE, RestorePointer, write_restore_pointer,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("sp").join("savepoint-d");
+    let target = open_storage(location.to_str().unwrap()).unwrap();
+    let storage = unique_memory();
+    let mut h = Harness::on(Arc::clone(&storage), "job-d", settings(2, 3, 1), 1, None);
+    let last = h.complete_one();
+    let stop = h.savepoint(&target);
+    assert_only_complete(&h.ack_savepoint(&target, stop, 0), stop);
+    write_restore_pointer(
+        storage.as_ref(),
+        "job-d",
+        &RestorePointer {
+            storage_path: None,
+            location: Some(location.display().to_string()),
+            checkpoint_id: stop,
+            created_unix_ms: h.now().unix_ms,
+        },
+    )
+    .unwrap();
+    assert_eq!(load_latest(&storage).unwrap().unwrap().id(), stop);
+
+    let pointer = format!("job-d/{RESTORE_POINTER_FILE}");
+    flip_byte(storage.as_ref(), &pointer);
+    let fallback = load_latest(&storage).unwrap().unwrap();
+    assert_eq!(fallback.id(), last);
+    let skipped = fallback.skipped.first().expect("the pointer was skipped");
+    assert!(skipped.pointer && skipped.damaged, "{skipped:?}");
+    assert!(skipped.path.contains(RESTORE_POINTER_FILE), "{skipped:?}");
+
+    // A pointer whose read fails: the whole load fails (and is retried).
+    let failing: SharedStorage = Arc::new(FailingReads {
+        inner: Arc::clone(&storage),
+        path: pointer.clone(),
+    });
+    let err = load_latest(&failing).err().expect("the load must fail");
+    assert!(err.to_string().contains("injected"), "{err}");
+}
+
+/// A storage whose reads of one path fail.
+struct FailingReads {
+    inner: SharedStorage,
+    path: String,
+}
+
+impl CheckpointStorage for FailingReads {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.inner.put(path, bytes)
+    }
+    fn put_if_absent(&self, path: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.inner.put_if_absent(path, bytes)
+    }
+    fn get(&self, path: &str) -> Result<Vec<u8>, StorageError> {
+        if path == self.path {
+            return Err(StorageError::Io {
+                storage: self.describe(),
+                operation: "read",
+                path: path.into(),
+                reason: "injected read failure".into(),
+            });
+        }
+        self.inner.get(path)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, path: &str) -> Result<(), StorageError> {
+        self.inner.delete(path)
+    }
+}
+
+/// A checkpoint whose file cannot be read right now (an I/O error, not
+/// damage) fails the load instead of falling back to an older checkpoint:
+/// a fallback would replay, or with committing sinks be refused and stop
+/// the job over a passing error (found by the whole-job simulation).
+#[test]
+fn a_read_error_fails_the_load_instead_of_falling_back() {
+    let mut h = Harness::new("job-io", settings(2, 3, 1), 1);
+    h.complete_one();
+    let newest = h.complete_one();
+    let storage = Arc::clone(&h.storage);
+    let failing: SharedStorage = Arc::new(FailingReads {
+        inner: Arc::clone(&storage),
+        path: metadata_path("job-io", newest),
+    });
+    let err = load_latest(&failing).err().expect("no fallback");
+    assert!(err.to_string().contains("injected read failure"), "{err}");
+    // Readable again: the newest is restored.
+    assert_eq!(load_latest(&storage).unwrap().unwrap().id(), newest);
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flowstate_checkpoint::coordinator::{
-    Coordinator, CoordinatorAction, CoordinatorSettings, Now, TaskAck,
+    Coordinator, CoordinatorAction, CoordinatorSettings, ExistingCheckpoints, Now, TaskAck,
 };
 use flowstate_checkpoint::layout::{metadata_path, shared_dir, shared_file_path};
 use flowstate_checkpoint::metadata::{
@@ -31,6 +31,10 @@ use flowstate_state::{
     FileFetcher, KeyGroupRange, NativeFile, NativeRestore, NativeSnapshot, StoredFile,
     UploadReceipt,
 };
+
+#[path = "support/driver.rs"]
+mod driver;
+use driver::drive;
 
 const MAX_PARALLELISM: u32 = 8;
 const UID: &str = "native-op";
@@ -324,13 +328,13 @@ impl Job {
         let tmp = local_tempdir();
         let t0 = Now::system();
         let coordinator = Coordinator::new(
-            Arc::clone(&storage),
             &job,
             settings(retain),
             tasks,
             tasks as u32,
             MAX_PARALLELISM,
             None,
+            ExistingCheckpoints::read(storage.as_ref(), &job, None),
             t0,
         );
         let backends = (0..tasks)
@@ -383,6 +387,7 @@ impl Job {
     fn ack(&mut self, ack: TaskAck) -> Vec<CoordinatorAction> {
         let now = self.now();
         let actions = self.coordinator.on_ack(ack, now);
+        let actions = drive(&mut self.coordinator, &self.storage, actions, now);
         self.carry_out(&actions);
         actions
     }
@@ -418,6 +423,7 @@ impl Job {
     fn decline(&mut self, id: CheckpointId) {
         let now = self.now();
         let actions = self.coordinator.on_decline(id, "test declines".into(), now);
+        let actions = drive(&mut self.coordinator, &self.storage, actions, now);
         assert!(
             matches!(actions.first(), Some(CoordinatorAction::Abort { id: a, .. }) if *a == id),
             "{actions:?}"
@@ -465,6 +471,7 @@ impl Job {
         self.clock += TIMEOUT;
         let now = self.now();
         let actions = self.coordinator.tick_timeouts(now);
+        let actions = drive(&mut self.coordinator, &self.storage, actions, now);
         self.carry_out(&actions);
         assert!(self.ack(slow).is_empty(), "a late ack does nothing");
     }
@@ -481,16 +488,21 @@ impl Job {
         }
         self.restarts += 1;
         let restored = load_latest_of(&self.storage, Some(&self.job)).unwrap();
+        let restored_id = restored.as_ref().map(|r| r.id());
         self.coordinator = Coordinator::new(
-            Arc::clone(&self.storage),
             &self.job,
             settings(self.retain),
             self.tasks,
             self.tasks as u32,
             MAX_PARALLELISM,
-            restored.as_ref().map(|r| r.id()),
+            restored_id,
+            ExistingCheckpoints::read(self.storage.as_ref(), &self.job, restored_id),
             self.t0 + self.clock,
         );
+        // What adoption decided comes first in the first answer.
+        let now = self.t0 + self.clock;
+        let startup = self.coordinator.tick(now);
+        assert!(drive(&mut self.coordinator, &self.storage, startup, now).is_empty());
         for task in 0..self.tasks {
             let dir = self
                 .tmp
@@ -597,15 +609,19 @@ impl Hand {
     ) -> Self {
         let t0 = Now::system();
         let coordinator = Coordinator::new(
-            Arc::clone(&storage),
             job,
             settings(retain),
             tasks,
             tasks as u32,
             MAX_PARALLELISM,
             restored,
+            ExistingCheckpoints::read(storage.as_ref(), job, restored),
             t0,
         );
+        // What adoption decided comes first in the first answer.
+        let mut coordinator = coordinator;
+        let startup = coordinator.tick(t0);
+        assert!(drive(&mut coordinator, &storage, startup, t0).is_empty());
         Self {
             storage,
             job: job.into(),
@@ -663,7 +679,8 @@ impl Hand {
             files,
         };
         let now = self.now();
-        self.coordinator.on_ack(native_ack(id, 0, handle, 0), now)
+        let actions = self.coordinator.on_ack(native_ack(id, 0, handle, 0), now);
+        drive(&mut self.coordinator, &self.storage, actions, now)
     }
 
     fn exists(&self, file: &NativeFileRef) -> bool {
@@ -709,6 +726,7 @@ fn aborted_checkpoints_leave_no_unreferenced_shared_file() {
     let actions = two_tasks
         .coordinator
         .on_decline(two, "task 1 failed".into(), now);
+    let actions = drive(&mut two_tasks.coordinator, &two_tasks.storage, actions, now);
     assert!(matches!(actions[0], CoordinatorAction::Abort { id, .. } if id == two));
     assert!(
         two_tasks.exists(&a),
@@ -741,6 +759,7 @@ fn aborted_checkpoints_leave_no_unreferenced_shared_file() {
     two_tasks.clock += TIMEOUT;
     let now = two_tasks.now();
     let actions = two_tasks.coordinator.tick_timeouts(now);
+    let actions = drive(&mut two_tasks.coordinator, &two_tasks.storage, actions, now);
     assert!(matches!(actions[0], CoordinatorAction::Abort { id, .. } if id == three));
     assert!(!two_tasks.exists(&c));
 
@@ -753,7 +772,8 @@ fn aborted_checkpoints_leave_no_unreferenced_shared_file() {
             .is_empty()
     );
     let now = two_tasks.now();
-    two_tasks.coordinator.abort_all("job stops", now);
+    let actions = two_tasks.coordinator.abort_all("job stops", now);
+    assert!(drive(&mut two_tasks.coordinator, &two_tasks.storage, actions, now).is_empty());
     assert!(!two_tasks.exists(&d));
     assert_eq!(two_tasks.shared_files(), paths(&[&a]));
     assert_invariants(&two_tasks.storage, "job-abort", "after the aborts");
@@ -1084,13 +1104,13 @@ fn restore_checks_native_files_and_deals_them_out() {
     let storage = unique_memory();
     let job = "job-restore";
     let mut coordinator = Coordinator::new(
-        Arc::clone(&storage),
         job,
         settings(3),
         2,
         2,
         MAX_PARALLELISM,
         None,
+        ExistingCheckpoints::default(),
         Now::system(),
     );
     let mut handles = BTreeMap::new();
@@ -1114,7 +1134,8 @@ fn restore_checks_native_files_and_deals_them_out() {
             let (handle, bytes) =
                 upload_native(storage.as_ref(), job, UID, task as u32, &snapshot).unwrap();
             handles.insert((id, task), handle.clone());
-            coordinator.on_ack(native_ack(id, task, handle, bytes), now);
+            let actions = coordinator.on_ack(native_ack(id, task, handle, bytes), now);
+            drive(&mut coordinator, &storage, actions, now);
         }
     }
     assert_eq!(assert_invariants(&storage, job, "setup"), vec![1, 2]);

@@ -34,8 +34,15 @@ pub struct KafkaCountArgs {
     #[arg(long)]
     group_id: Option<String>,
     /// Write `key,count,sum` updates into part files in this directory.
-    #[arg(long, conflicts_with = "output_table")]
+    #[arg(long, conflicts_with_all = ["output_table", "output_topic"])]
     output: Option<PathBuf>,
+    /// Write `key,count,sum` updates (record key: the key) into this Kafka
+    /// topic on `--brokers` (created if missing, with the input topic's
+    /// partition count). At least once: after a restore the updates since
+    /// the restored checkpoint are written again; each key's last record
+    /// holds its final count and sum.
+    #[arg(long, conflicts_with = "output_table")]
+    output_topic: Option<String>,
     /// Upsert `(key, count, sum)` rows into this PostgreSQL table (created if
     /// missing; needs `--database` and `--features postgres`).
     #[arg(long, requires = "database")]
@@ -67,6 +74,7 @@ pub struct ProduceArgs {
 }
 
 #[derive(Args)]
+#[group(id = "how_many", required = true, args = ["records", "at_least"])]
 pub struct ConsumeArgs {
     /// Bootstrap servers (`host:port[,host:port...]`).
     #[arg(long)]
@@ -74,8 +82,13 @@ pub struct ConsumeArgs {
     #[arg(long)]
     topic: String,
     /// Read the N records `flowstate produce --records N` wrote.
+    #[arg(long, conflicts_with = "at_least")]
+    records: Option<u64>,
+    /// Read every partition from its start until at least N records were
+    /// read and the topic then stayed quiet for two seconds (any layout, e.g.
+    /// `kafka-count --output-topic`'s), and print how many there are.
     #[arg(long)]
-    records: u64,
+    at_least: Option<u64>,
 }
 
 /// The built job's final line, once it ended.
@@ -88,7 +101,10 @@ pub fn build_kafka_count(env: &StreamEnvironment, args: &KafkaCountArgs) -> Resu
         (Some(dir), _, _) => KafkaCountOutput::Files(dir.clone()),
         (None, Some(table), Some(url)) => table_output(url, table)?,
         (None, Some(_), None) => bail!("--output-table needs --database URL"),
-        (None, None, _) => KafkaCountOutput::Discard,
+        (None, None, _) => match &args.output_topic {
+            Some(topic) => KafkaCountOutput::Topic(topic.clone()),
+            None => KafkaCountOutput::Discard,
+        },
     };
     let params = KafkaCountParams {
         brokers: args.brokers.clone(),
@@ -176,9 +192,16 @@ pub fn produce(_args: ProduceArgs) -> Result<()> {
 /// broker's own consume rate, for benchmarks beside `kafka-count`.
 #[cfg(feature = "kafka")]
 pub fn consume(args: ConsumeArgs) -> Result<()> {
-    use flowstate_kafka::{consume_all, topic_partitions, workload_end_offsets};
+    use flowstate_kafka::{consume_all, read_topic, topic_partitions, workload_end_offsets};
+    let Some(records) = args.records else {
+        let quiet = std::time::Duration::from_secs(2);
+        let min = args.at_least.unwrap_or(0);
+        let read = read_topic(args.brokers.as_str(), &args.topic, min, quiet)?;
+        println!("CONSUMED records={}", read.len());
+        return Ok(());
+    };
     let partitions = topic_partitions(args.brokers.as_str(), &args.topic)?;
-    let ends = workload_end_offsets(&args.topic, partitions.len() as i32, args.records);
+    let ends = workload_end_offsets(&args.topic, partitions.len() as i32, records);
     let started = std::time::Instant::now();
     let read = consume_all(args.brokers.as_str(), &ends)?;
     let secs = started.elapsed().as_secs_f64();

@@ -77,7 +77,8 @@ enum Job {
     /// Running count of the words of text files.
     Wordcount(WordcountArgs),
     /// Workload W from a Kafka topic (see `flowstate produce`): (count, sum)
-    /// per key into files or a PostgreSQL table. Needs `--features kafka`.
+    /// per key into files, a PostgreSQL table or a Kafka topic. Needs
+    /// `--features kafka`.
     KafkaCount(kafka::KafkaCountArgs),
 }
 
@@ -136,7 +137,9 @@ pub(crate) struct RuntimeArgs {
     /// Consecutive failed checkpoints tolerated before the job fails.
     #[arg(long, default_value_t = 3)]
     tolerable_failures: u32,
-    /// Delivery guarantee of checkpoints.
+    /// Delivery guarantee: exactly-once, at-least-once, or at-most-once
+    /// (see docs/at-most-once.md). May differ from the run that wrote the
+    /// checkpoint --restore resumes.
     #[arg(long, value_enum, default_value_t = Mode::ExactlyOnce)]
     mode: Mode,
     /// Completed checkpoints kept.
@@ -266,10 +269,18 @@ impl StateArgs {
     }
 }
 
+// The names are the flag's values (`exactly-once`, ...).
+#[allow(clippy::enum_variant_names)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Mode {
+    /// Aligned barriers: every record affects state and committed output once.
     ExactlyOnce,
+    /// No alignment: after a failure records may be replayed (counted twice).
     AtLeastOnce,
+    /// No alignment and no rewind: sources emit only what a durable
+    /// reservation covers and resume after it; a record may be lost, never
+    /// counted twice.
+    AtMostOnce,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -413,6 +424,7 @@ impl RuntimeArgs {
             guarantee: match self.mode {
                 Mode::ExactlyOnce => Guarantee::ExactlyOnce,
                 Mode::AtLeastOnce => Guarantee::AtLeastOnce,
+                Mode::AtMostOnce => Guarantee::AtMostOnce,
             },
             job_id: None,
             restore,

@@ -2,7 +2,8 @@
 //! through the `flowstate` binary (issue 6): `flowstate produce` writes
 //! workload W into a topic, `flowstate run kafka-count` reads it back into the
 //! exactly-once file sink or a PostgreSQL table, SIGKILLed at seeded random
-//! moments and restored with `--restore latest`; a savepoint taken at one
+//! moments and restored with `--restore latest`; into a Kafka topic through
+//! the at-least-once Kafka sink (once, and under SIGKILL); a savepoint taken at one
 //! parallelism restored at another; and bad input (unreachable broker or
 //! database, missing topic) reported as one clear error line.
 //!
@@ -24,14 +25,14 @@
 
 mod support;
 
-#[cfg(feature = "postgres")]
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-#[cfg(feature = "postgres")]
+use flowstate_kafka::topic_partitions;
+
 use support::workload_values;
 use support::{
     Ending, Rng, Run, arg, check_keyed_count_output, committed_lines, crash_seed,
@@ -354,6 +355,184 @@ fn kafka_to_files_under_sigkill_is_exactly_once() {
     let expected = expected_keyed_count_result(RECORDS, KEYS);
     sigkill_until_done(NAME, root, &args, KILLS, KILL_HORIZON_MS, &expected);
     check_keyed_count_output(&committed_lines(&out), RECORDS, KEYS);
+}
+
+// ---------------------------------------------------------------------------
+// Into a Kafka topic (`--output-topic`, the at-least-once Kafka sink).
+
+/// The records of `topic` as `(partition, offset, key, line)`, read back with
+/// `read_committed` once the job ended: at least `min_records`, then until
+/// the topic is quiet for two seconds.
+fn topic_lines(brokers: &str, topic: &str, min_records: u64) -> Vec<(i32, i64, String, String)> {
+    let text = |what: &str, bytes: Option<Vec<u8>>| {
+        String::from_utf8(bytes.unwrap_or_else(|| panic!("a record without {what} in {topic}")))
+            .unwrap_or_else(|_| panic!("a record's {what} in {topic} is not UTF-8"))
+    };
+    flowstate_kafka::read_topic(brokers, topic, min_records, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("cannot read back {topic}: {e}"))
+        .into_iter()
+        .map(|r| {
+            (
+                r.partition,
+                r.offset,
+                text("key", r.key),
+                text("payload", r.payload),
+            )
+        })
+        .collect()
+}
+
+/// `(key, count, sum)` of a `key,count,sum` line.
+fn update(line: &str) -> (u64, u64, u64) {
+    let fields: Vec<u64> = line
+        .split(',')
+        .map(|f| f.parse().unwrap_or_else(|_| panic!("bad line {line:?}")))
+        .collect();
+    let [key, count, sum] = fields[..] else {
+        panic!("bad line {line:?}");
+    };
+    (key, count, sum)
+}
+
+/// Checks what holds of the topic however often the job was restored: every
+/// record's key is its line's key; all of a key's records are in one
+/// partition; every count 1..c of every key of W is there (nothing lost);
+/// and each key's last record (by offset) holds its final `(count, sum)`.
+/// Returns the number of records beyond one per update of W (duplicates).
+fn check_counts_topic(records: &[(i32, i64, String, String)], total: u64, keys: u64) -> u64 {
+    let truth = workload_values(total, keys);
+    // key -> (partition, counts seen, (offset, count, sum) of the last record)
+    let mut seen: BTreeMap<u64, (i32, BTreeSet<u64>, (i64, u64, u64))> = BTreeMap::new();
+    for (partition, offset, key_text, line) in records {
+        let (key, count, sum) = update(line);
+        assert_eq!(key_text, &key.to_string(), "record key vs line {line:?}");
+        let entry = seen
+            .entry(key)
+            .or_insert_with(|| (*partition, BTreeSet::new(), (-1, 0, 0)));
+        assert_eq!(
+            entry.0, *partition,
+            "key {key} in partitions {} and {partition}",
+            entry.0
+        );
+        entry.1.insert(count);
+        if *offset > entry.2.0 {
+            entry.2 = (*offset, count, sum);
+        }
+    }
+    assert_eq!(seen.len(), truth.len(), "distinct keys vs workload W");
+    for (key, values) in &truth {
+        let (_, counts, (_, last_count, last_sum)) = &seen[key];
+        let c = values.len() as u64;
+        assert!(
+            counts.iter().copied().eq(1..=c),
+            "key {key}: counts seen are not 1..{c}"
+        );
+        let sum = values.iter().fold(0u64, |a, &v| a.wrapping_add(v));
+        assert_eq!(
+            (*last_count, *last_sum),
+            (c, sum),
+            "key {key}: its last record is not its final (count, sum)"
+        );
+    }
+    records.len() as u64 - total
+}
+
+/// W into a Kafka topic in one run at parallelism 2 with checkpoints: one
+/// record per update, exactly the file sink's lines (no restore, so no
+/// duplicate), each key's in one partition, its last one final.
+#[test]
+fn kafka_to_kafka_writes_every_update_once_without_failures() {
+    const NAME: &str = "kafka-to-kafka";
+    const RECORDS: u64 = 200_000;
+    const KEYS: u64 = 20_000;
+    let Some(brokers) = kafka_brokers(NAME) else {
+        return;
+    };
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let (topic, output) = (unique("kafka_in"), unique("kafka_counts"));
+    produce(root, &brokers, &topic, RECORDS, KEYS, 4);
+    let run = run_args(
+        root,
+        &kafka_count(
+            &brokers,
+            &topic,
+            &[
+                "--records",
+                &RECORDS.to_string(),
+                "--checkpoint-interval",
+                "200ms",
+                "--checkpoint-dir",
+                arg(&root.join("ck")),
+                "--output-topic",
+                &output,
+                "--parallelism",
+                "2",
+                "--rest",
+                "off",
+            ],
+        ),
+    );
+    run.assert_success();
+    assert_eq!(
+        run.result_line(),
+        expected_keyed_count_result(RECORDS, KEYS),
+        "{run}"
+    );
+    let records = topic_lines(&brokers, &output, RECORDS);
+    let lines: Vec<String> = records.iter().map(|r| r.3.clone()).collect();
+    check_keyed_count_output(&lines, RECORDS, KEYS);
+    assert_eq!(check_counts_topic(&records, RECORDS, KEYS), 0);
+    assert_eq!(
+        topic_partitions(brokers.as_str(), &output).unwrap().len(),
+        4,
+        "the output topic gets the input topic's partition count"
+    );
+}
+
+/// The same SIGKILLed at seeded moments and restored (parallelism 2 and 3 in
+/// turn) until a run finishes. The Kafka sink is at-least-once (idempotent
+/// producer, no transactions), so the topic may hold updates twice; what
+/// must hold is that none is lost and each key's last record is its final
+/// `(count, sum)`.
+#[test]
+fn kafka_to_kafka_under_sigkill_is_at_least_once() {
+    const NAME: &str = "kafka-to-kafka-sigkill";
+    const RECORDS: u64 = 1_000_000;
+    const KEYS: u64 = 20_000;
+    let Some(brokers) = kafka_brokers(NAME) else {
+        return;
+    };
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let (topic, output) = (unique("kafka_in"), unique("kafka_counts"));
+    produce(root, &brokers, &topic, RECORDS, KEYS, 4);
+    let args = kafka_count(
+        &brokers,
+        &topic,
+        &[
+            "--records",
+            &RECORDS.to_string(),
+            "--checkpoint-interval",
+            "200ms",
+            "--checkpoint-dir",
+            arg(&root.join("ck")),
+            "--output-topic",
+            &output,
+            "--rest",
+            "off",
+        ],
+    );
+    let expected = expected_keyed_count_result(RECORDS, KEYS);
+    sigkill_until_done(NAME, root, &args, KILLS, KILL_HORIZON_MS, &expected);
+    let records = topic_lines(&brokers, &output, RECORDS);
+    let duplicates = check_counts_topic(&records, RECORDS, KEYS);
+    eprintln!(
+        "[{NAME}] {} records, {duplicates} written again after restores",
+        records.len()
+    );
 }
 
 // ---------------------------------------------------------------------------

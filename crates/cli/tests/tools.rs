@@ -146,7 +146,7 @@ fn inspect_shows_operators_key_groups_and_states() {
     assert_eq!(operator["parallelism"], 2);
     let state = &operator["states"][0];
     assert_eq!(state["kind"], "Value");
-    assert_eq!(state["types"], "(u64, u64)");
+    assert_eq!(state["types"], "tuple<u64,u64>");
     assert_eq!(state["key_type"], "u64");
     let ranges: Vec<(u64, u64)> = operator["subtasks"]
         .as_array()
@@ -174,7 +174,7 @@ fn inspect_shows_operators_key_groups_and_states() {
     for needle in [
         format!("operator {uid} "),
         "count-sum".to_owned(),
-        "(u64, u64)".to_owned(),
+        "tuple<u64,u64>".to_owned(),
         "key groups [0, 64)".to_owned(),
         "key groups [64, 128)".to_owned(),
         "128 key groups".to_owned(),

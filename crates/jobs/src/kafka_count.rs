@@ -1,7 +1,7 @@
 //! `kafka-count`: workload W read from a Kafka topic (written by
 //! [`produce_workload`]: key and value as decimal text), through the same keyed
 //! `(count, sum)` as `keyed-count`, into committed files, a PostgreSQL table
-//! (feature `postgres`), or nowhere. It shows the connectors end to end: the
+//! (feature `postgres`), a Kafka topic, or nowhere. It shows the connectors end to end: the
 //! partitions' offsets are the source's state, so a crash rewinds and replays.
 //!
 //! Bounded or not: with `records`, every partition is read up to the offset
@@ -22,13 +22,11 @@ use std::sync::{Arc, Mutex};
 use flowstate::StreamEnvironment;
 use flowstate::connectors::ConnectorError;
 use flowstate_kafka::{
-    ClientSettings, ErrorPolicy, KafkaSource, RawRecord, StopAt, topic_partitions,
+    ClientSettings, ErrorPolicy, KafkaSink, KafkaSource, RawRecord, StopAt, topic_partitions,
     workload_end_offsets,
 };
 
-use crate::keyed_count::CountAndSum;
-#[cfg(feature = "postgres")]
-use crate::keyed_count::CountUpdate;
+use crate::keyed_count::{CountAndSum, CountUpdate};
 use crate::workload::Checksum;
 
 pub use flowstate_kafka::{create_topic, produce_workload};
@@ -45,6 +43,13 @@ pub enum KafkaCountOutput {
     /// missing) through the exactly-once PostgreSQL sink.
     #[cfg(feature = "postgres")]
     Table { url: String, table: String },
+    /// Records with key `key` and payload `key,count,sum` (decimal text) into
+    /// `topic` on the input's brokers (created if missing, with as many
+    /// partitions as the input topic), through the at-least-once Kafka sink
+    /// (idempotent producer; a restore writes the updates after the restored
+    /// checkpoint again). A key's updates all go to one partition, in order,
+    /// so its last record there holds its final `(count, sum)`.
+    Topic(String),
 }
 
 /// Parameters of `kafka-count`.
@@ -180,8 +185,34 @@ pub fn build(
             create_counts_table(url, table, sink.endpoint())?;
             updates.sink_to("Sink: PostgreSQL", sink);
         }
+        KafkaCountOutput::Topic(topic) => {
+            create_output_topic(&params.brokers, &params.topic, topic)?;
+            let sink = KafkaSink::new(params.brokers.clone(), topic.clone(), |u: &CountUpdate| {
+                (
+                    Some(u.key.to_string().into_bytes()),
+                    u.to_string().into_bytes(),
+                )
+            })?;
+            updates.sink_to("Sink: Kafka", sink);
+        }
     }
     Ok(KafkaCountJob { totals, skipped })
+}
+
+/// Creates `output` with as many partitions as `input` unless it exists: the
+/// job owns its output topic's shape, like its output table's.
+fn create_output_topic(brokers: &str, input: &str, output: &str) -> Result<(), KafkaCountError> {
+    if output == input {
+        return Err(flowstate_kafka::KafkaError::Config(format!(
+            "the output topic '{output}' is the input topic"
+        ))
+        .into());
+    }
+    let partitions = topic_partitions(brokers, input)?.len() as i32;
+    match flowstate_kafka::create_topic(brokers, output, partitions) {
+        Ok(()) | Err(flowstate_kafka::KafkaError::TopicExists { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `CREATE TABLE IF NOT EXISTS table (key bigint primary key, count bigint,

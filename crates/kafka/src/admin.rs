@@ -305,6 +305,84 @@ pub fn consume_all(
     Ok(read)
 }
 
+/// One record read back by [`read_topic`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Reads every partition of `topic` from its start with a plain consumer
+/// (`isolation.level=read_committed`) until at least `min_records` were read
+/// and then no record came for `idle`; returns the records in the order read
+/// (offset order within each partition). For tests and benchmarks that check
+/// what a sink wrote after its job ended: the broker's watermarks are not
+/// relied on (tansu reports them wrongly). Fails if no record arrives for
+/// `settings.request_timeout` before `min_records` were read.
+pub fn read_topic(
+    settings: impl Into<ClientSettings>,
+    topic: &str,
+    min_records: u64,
+    idle: Duration,
+) -> Result<Vec<ReadRecord>, KafkaError> {
+    use rdkafka::message::Message;
+    let settings = &settings.into();
+    let fail = |reason: String| KafkaError::Consume {
+        brokers: settings.brokers.clone(),
+        topics: topic.to_owned(),
+        reason,
+    };
+    let mut config = settings.base_config();
+    config
+        .set("group.id", "flowstate-read-topic")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("allow.auto.create.topics", "false");
+    settings.apply_overrides(&mut config);
+    let consumer: BaseConsumer = config.create().map_err(|e| KafkaError::Client {
+        brokers: settings.brokers.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in partitions_with(&consumer, settings, topic)? {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .map_err(|e| KafkaError::Config(e.to_string()))?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|e| fail(e.to_string()))?;
+    let mut records = Vec::new();
+    let mut last_record = std::time::Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                records.push(ReadRecord {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                });
+                last_record = std::time::Instant::now();
+            }
+            Some(Err(e)) => return Err(fail(e.to_string())),
+            None if (records.len() as u64) >= min_records && last_record.elapsed() >= idle => {
+                return Ok(records);
+            }
+            None if last_record.elapsed() > settings.request_timeout => {
+                return Err(fail(format!(
+                    "no record for {:?} with {} of at least {min_records} read",
+                    settings.request_timeout,
+                    records.len()
+                )));
+            }
+            None => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

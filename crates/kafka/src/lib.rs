@@ -2,7 +2,8 @@
 //! replay on recovery, deterministic partition assignment that survives a
 //! rescale) and [`KafkaSink`] (at-least-once through the idempotent producer,
 //! flushed at every barrier), plus the admin and producer helpers that tests and
-//! built-in jobs use ([`create_topic`], [`topic_partitions`], [`produce_workload`]).
+//! built-in jobs use ([`create_topic`], [`topic_partitions`], [`produce_workload`],
+//! [`read_topic`]).
 //!
 //! Like `flowstate-connectors`, this crate implements the runtime's
 //! `Source`/`Sink` traits and nothing else: it knows nothing of the CLI, the API
@@ -29,8 +30,8 @@ pub mod sink;
 pub mod source;
 
 pub use admin::{
-    committed_offsets, consume_all, create_topic, produce_workload, topic_partitions,
-    workload_end_offsets,
+    ReadRecord, committed_offsets, consume_all, create_topic, produce_workload, read_topic,
+    topic_partitions, workload_end_offsets,
 };
 pub use client::ClientSettings;
 pub use error::KafkaError;

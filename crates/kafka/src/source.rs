@@ -785,6 +785,12 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
         if let Some(commits) = &mut self.commits {
             commits.record(barrier.id, &self.partitions);
         }
+        self.position()
+    }
+
+    /// The offsets alone: an at-most-once reservation is no checkpoint, so
+    /// nothing is recorded for the consumer group.
+    fn position(&mut self) -> Result<Vec<OperatorListState>, UserError> {
         let offsets = self.partitions.iter().map(|s| PartitionOffset {
             topic: s.tp.topic.clone(),
             partition: s.tp.partition,

@@ -7,6 +7,9 @@
 //! idle; the producer wakes it after sending. Wakeups go to the *worker* that runs
 //! the task (`std::thread::unpark`, which remembers a wakeup that arrives before
 //! the worker parks, so none is lost).
+//!
+//! Owns: [`channel`], its two ends and [`Signal`]. Must not touch: what the
+//! messages mean (tasks and pipelines decide) or the checkpoint control plane.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};

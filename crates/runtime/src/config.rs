@@ -1,4 +1,9 @@
 //! Execution settings: every limit is named here with its default.
+//!
+//! Owns: [`ExecutionConfig`], [`CheckpointingConfig`], [`SubtaskInfo`] and their
+//! validation. Must not touch: running jobs; it names the savepoint-target
+//! policy (`savepoint_target`) and the restart strategy (`restart`) but decides
+//! neither.
 
 use flowstate_state::{
     DEFAULT_MAX_PARALLELISM, KeyGroupRange, MAX_PARALLELISM_LIMIT, StateBackendConfig,
@@ -13,6 +18,10 @@ pub const DEFAULT_BATCH_SIZE: usize = 1024;
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 16;
 /// Largest accepted parallelism.
 pub const MAX_PARALLELISM_PER_OPERATOR: u32 = 1024;
+/// At-most-once: the most records a source task holds read ahead of what it
+/// emitted, waiting for the reservation of the position after them (see
+/// [`Guarantee::AtMostOnce`]), in batches of `batch_size`.
+pub const READ_AHEAD_BATCHES: usize = 64;
 /// How long a cancelled job may take to stop before [`crate::RunningJob::join`]
 /// gives up on it (like Flink's `task.cancellation.timeout`): a task blocked in
 /// user code or a system call never sees the cancel flag.
@@ -26,6 +35,13 @@ pub enum Guarantee {
     ExactlyOnce,
     /// Barriers are not aligned: lower latency, records may be replayed twice.
     AtLeastOnce,
+    /// Barriers are not aligned and sources never rewind: a source emits
+    /// records only once its position after them is durable (a read-ahead
+    /// reservation, see [`crate::reservation`]), and after a failure or a
+    /// crash resumes from there. State comes from the latest checkpoint, so
+    /// what happened between it and the failure is lost: an event may be
+    /// lost, never counted twice.
+    AtMostOnce,
 }
 
 /// What a job starts from.
@@ -123,7 +139,7 @@ pub struct ExecutionConfig {
     /// by default only `checkpointing.savepoint_dir` and what lies under it.
     /// Here rather than in [`CheckpointingConfig`] so that adding it broke no
     /// struct literal of that type.
-    pub savepoint_policy: crate::control::SavepointTargetPolicy,
+    pub savepoint_policy: crate::savepoint_target::SavepointTargetPolicy,
     /// How a job with checkpointing holds the lease of its directory in the
     /// checkpoint storage (one run per job id; see
     /// [`flowstate_checkpoint::lease`]): its TTL, renewal interval, and
@@ -145,7 +161,7 @@ impl Default for ExecutionConfig {
             state_backend: StateBackendConfig::Heap,
             checkpointing: None,
             cancellation_timeout: DEFAULT_CANCELLATION_TIMEOUT,
-            savepoint_policy: crate::control::SavepointTargetPolicy::default(),
+            savepoint_policy: crate::savepoint_target::SavepointTargetPolicy::default(),
             lease: flowstate_checkpoint::LeaseSettings::default(),
         }
     }

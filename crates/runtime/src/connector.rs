@@ -58,6 +58,18 @@ pub trait SourceReader<T>: Send {
         Ok(Vec::new())
     }
 
+    /// The reader's position now, in the list state `snapshot` gives (what a
+    /// restore hands back), for an at-most-once read-ahead reservation
+    /// (`Guarantee::AtMostOnce`): the position after every record polled so
+    /// far, durable before any of them is emitted. Taken between polls, at
+    /// no barrier, so it must not record anything per snapshot. Default:
+    /// `snapshot` with the barrier of checkpoint 0, an id no checkpoint has
+    /// (they start at 1); a reader whose `snapshot` has side effects
+    /// overrides this. Must not block.
+    fn position(&mut self) -> Result<Vec<OperatorListState>, UserError> {
+        self.snapshot(Barrier::checkpoint(0))
+    }
+
     /// Snapshot `checkpoint_id` is complete everywhere: a checkpoint, or the
     /// savepoint of a stop-with-savepoint (an intermediate savepoint gets no
     /// notification). Never called before it completed; ids only grow. For

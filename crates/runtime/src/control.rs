@@ -4,24 +4,24 @@
 //!
 //! Owns: the job's status, a bounded checkpoint history and the state of
 //! savepoint requests. It reaches the running job only by a message to the
-//! current attempt's coordinator loop ([`SavepointOrder`]) and by the cancel
-//! switch; the coordinator loop reports back through the `on_*` methods.
-//! Also owns the decision which savepoint targets a request may name
-//! ([`SavepointTargetPolicy`]), since requests come from outside the process.
-//! Must not touch: tasks, channels or storage of snapshots (beyond opening a
-//! savepoint's directory).
+//! current attempt's coordinator ([`CoordinatorEvent::Savepoint`] with a
+//! [`SavepointOrder`], through the `control_plane`) and by the cancel switch;
+//! the coordinator's driver reports back through the `on_*` methods. Which
+//! targets a request may name is decided by `savepoint_target`
+//! ([`SavepointTargetPolicy`], re-exported here).
+//! Must not touch: tasks, channels, the coordinator or its driver, upload
+//! threads, or storage of snapshots (beyond opening a savepoint's directory).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use flowstate_checkpoint::coordinator::{TaskStats, unix_ms_now};
 use flowstate_checkpoint::layout::savepoint_dir_name;
-use flowstate_checkpoint::storage::{SharedStorage, open_storage};
+use flowstate_checkpoint::storage::open_storage;
 use flowstate_checkpoint::{CheckpointId, CheckpointStats, SnapshotKind};
 
-use crate::checkpointing::CoordinatorEvent;
+use crate::control_plane::{CoordinatorEvent, CoordinatorSender, SavepointOrder};
 use crate::graph::VertexInfo;
 use crate::metrics::JobMetrics;
 pub use crate::savepoint_target::{SavepointTargetError, SavepointTargetPolicy};
@@ -116,15 +116,6 @@ pub enum SavepointState {
     Failed(String),
 }
 
-/// A savepoint for the coordinator loop to take.
-pub(crate) struct SavepointOrder {
-    pub request_id: String,
-    /// The savepoint's own (new, empty) directory.
-    pub storage: SharedStorage,
-    /// Stop-with-savepoint: sources end after it.
-    pub stop: bool,
-}
-
 /// Static facts about the job, known when it starts.
 #[derive(Debug, Clone, Default)]
 pub struct JobDescription {
@@ -158,8 +149,8 @@ struct ControlState {
     task_names: Vec<String>,
     requests: HashMap<String, SavepointRequest>,
     request_order: VecDeque<String>,
-    /// The current attempt's coordinator loop.
-    coordinator: Option<Sender<CoordinatorEvent>>,
+    /// The current attempt's coordinator queue.
+    coordinator: Option<CoordinatorSender>,
     /// Location of the savepoint a stop ended the job with.
     stopped_with: Option<String>,
     /// Someone asked about that stop's savepoint after it completed.
@@ -355,6 +346,7 @@ impl JobController {
             request_id: request_id.clone(),
             storage,
             stop,
+            location: location.clone(),
         };
         if coordinator
             .try_send(CoordinatorEvent::Savepoint(order))
@@ -415,11 +407,11 @@ impl JobController {
         self.lock().restored_from = Some(location);
     }
 
-    /// A new attempt runs, with these tasks and this coordinator loop.
+    /// A new attempt runs, with these tasks and this coordinator queue.
     pub(crate) fn on_attempt_started(
         &self,
         task_names: Vec<String>,
-        coordinator: Option<Sender<CoordinatorEvent>>,
+        coordinator: Option<CoordinatorSender>,
     ) {
         let mut state = self.lock();
         state.task_names = task_names;

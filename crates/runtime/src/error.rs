@@ -1,4 +1,7 @@
 //! Errors of building and running a job.
+//!
+//! Owns: the error types and turning a user error or panic into a
+//! [`TaskError`] (`guarded`). Must not touch: any other module of the runtime.
 
 use thiserror::Error;
 
@@ -31,6 +34,20 @@ impl TaskError {
             operator: operator.to_owned(),
             message: panic_message(payload.as_ref()),
         }
+    }
+}
+
+/// Runs `f` on behalf of operator `name`, turning an error or a panic into a
+/// [`TaskError`] that names the operator.
+#[inline]
+pub(crate) fn guarded<R>(
+    name: &str,
+    f: impl FnOnce() -> Result<R, UserError>,
+) -> Result<R, TaskError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(cause)) => Err(TaskError::operator(name, cause)),
+        Err(payload) => Err(TaskError::panic(name, payload)),
     }
 }
 

@@ -4,35 +4,40 @@
 //! A worker steps each of its tasks in turn; when none made progress it parks
 //! until a channel wakes it (or a source's `wake_at` passes). A task error or
 //! panic fails the attempt: the first failure is kept and every worker stops.
-//! With checkpoints on, a supervisor then restarts the job from its latest
-//! completed checkpoint (restart strategy); otherwise the job fails with a
-//! message naming the task and the operator. Cancel is bounded: a task blocked
-//! inside a step never sees the cancel flag, so once the cancellation timeout
-//! has passed `RunningJob::join` returns, naming the tasks still in a step.
+//! With checkpoints on, the supervisor (`supervisor`) then restarts the job from
+//! its latest completed checkpoint (restart strategy); otherwise the job fails
+//! with a message naming the task and the operator. Cancel is bounded: a task
+//! blocked inside a step never sees the cancel flag, so once the cancellation
+//! timeout has passed `RunningJob::join` returns, naming the tasks still in a
+//! step.
+//!
+//! Owns: one attempt ([`run_attempt`]: its plan, worker threads, and with
+//! checkpoints the upload threads and the coordinator's thread), the
+//! [`Cancellation`] across attempts, [`RunningJob`] and [`DeterministicExecutor`].
+//! Must not touch: what happens between attempts (restore, restarts, pointers:
+//! `supervisor`), the coordinator's decisions, or how snapshots are written.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use flowstate_checkpoint::coordinator::unix_ms_now;
-use flowstate_checkpoint::restore::{
-    LoadedCheckpoint, RestorePointer, load, load_latest_of, open_snapshot, write_restore_pointer,
-};
-use flowstate_checkpoint::{CheckpointStats, Coordinator};
+use flowstate_checkpoint::restore::LoadedCheckpoint;
+use flowstate_checkpoint::{CheckpointStats, Coordinator, ExistingCheckpoints};
 
 use crate::channel::Signal;
-use crate::checkpointing::{CoordinatorEvent, CoordinatorLoop, SavepointTargets, upload_loop};
-use crate::config::{CheckpointingConfig, ExecutionConfig, Guarantee, RestoreFrom};
-use crate::control::{JobController, JobDescription, JobStatus};
-use crate::error::{JobError, TaskError, error_chain, panic_message};
+use crate::config::{CheckpointingConfig, ExecutionConfig, Guarantee};
+use crate::control::JobController;
+use crate::control_plane::{CoordinatorEvent, SavepointTargets};
+use crate::coordinator_driver::CoordinatorDriver;
+use crate::error::{JobError, TaskError, panic_message};
 use crate::graph::JobGraph;
-use crate::lease::{HeldLease, newer_than_restored};
 use crate::metrics::JobMetrics;
 use crate::plan::{PlanCheckpointing, PlannedTask, build_tasks};
-use crate::restart::{Decision, RestartPolicy, restartable};
+use crate::reservation::AttemptReservations;
 use crate::task::{Step, Task};
+use crate::upload::upload_loop;
 
 /// Longest a worker parks without a wakeup before it looks at its tasks again.
 /// Wakeups come from channels; this only bounds the cost of a missed one.
@@ -148,9 +153,11 @@ impl Shared {
     }
 }
 
-/// Cancellation across attempts.
+/// The cancellation of a job, across its attempts: the switch that
+/// `RunningJob::cancel`, the controller's cancel and a lost lease turn, the
+/// attempt it stops, and what `RunningJob::join` waits on.
 #[derive(Default)]
-struct JobControl {
+pub(crate) struct Cancellation {
     cancelled: AtomicBool,
     current: Mutex<Option<Arc<Shared>>>,
     /// When cancel was first asked for, and whether the supervisor has ended:
@@ -165,11 +172,11 @@ struct Ending {
     supervisor_ended: bool,
 }
 
-impl JobControl {
+impl Cancellation {
     /// Sleeps `delay` (a restart's), or less if the job is cancelled
     /// meanwhile: `cancel` notifies `changed` once it recorded the request.
     /// True when cancelled.
-    fn sleep_unless_cancelled(&self, delay: Duration) -> bool {
+    pub(crate) fn sleep_unless_cancelled(&self, delay: Duration) -> bool {
         // A delay too long to add to `now` is as good as forever.
         let deadline = Instant::now().checked_add(delay);
         let mut ending = self.ending.lock().unwrap_or_else(|e| e.into_inner());
@@ -195,7 +202,20 @@ impl JobControl {
         }
     }
 
-    fn cancel(&self) {
+    /// Whether the job was cancelled.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// The supervisor ended, however it ended: `join` may return.
+    pub(crate) fn supervisor_ended(&self) {
+        let mut ending = self.ending.lock().unwrap_or_else(|e| e.into_inner());
+        ending.supervisor_ended = true;
+        drop(ending);
+        self.changed.notify_all();
+    }
+
+    pub(crate) fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         let mut ending = self.ending.lock().unwrap_or_else(|e| e.into_inner());
         ending.cancel_requested.get_or_insert_with(Instant::now);
@@ -215,13 +235,13 @@ impl JobControl {
 /// A job running on worker threads.
 pub struct RunningJob {
     metrics: Arc<JobMetrics>,
-    control: Arc<JobControl>,
+    control: Arc<Cancellation>,
     controller: Arc<JobController>,
     supervisor: JoinHandle<Result<JobReport, JobError>>,
     cancellation_timeout: Duration,
 }
 
-fn step_guarded(task: &mut dyn Task) -> Result<Step, JobError> {
+pub(crate) fn step_guarded(task: &mut dyn Task) -> Result<Step, JobError> {
     match catch_unwind(AssertUnwindSafe(|| task.step())) {
         Ok(Ok(step)) => Ok(step),
         Ok(Err(source)) => Err(JobError::TaskFailed {
@@ -290,7 +310,7 @@ fn worker_loop(
     }
 }
 
-fn spawn<T: Send + 'static>(
+pub(crate) fn spawn<T: Send + 'static>(
     name: String,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<JoinHandle<T>, JobError> {
@@ -301,27 +321,70 @@ fn spawn<T: Send + 'static>(
 }
 
 /// What one attempt needs to know about checkpoints.
-struct AttemptCheckpointing<'a> {
-    config: &'a CheckpointingConfig,
-    job_id: &'a str,
-    restored: Option<Arc<LoadedCheckpoint>>,
+pub(crate) struct AttemptCheckpointing<'a> {
+    pub config: &'a CheckpointingConfig,
+    pub job_id: &'a str,
+    pub restored: Option<Arc<LoadedCheckpoint>>,
     /// A restart of the job restores from its own checkpoints: every
     /// operator was there when they were taken.
-    allow_non_restored_state: bool,
+    pub allow_non_restored_state: bool,
+    /// At-most-once: the sources resume from the job's newest read-ahead
+    /// reservations (see [`crate::reservation`]).
+    pub resume_reservations: bool,
 }
 
-struct AttemptOutcome {
-    result: Result<(), JobError>,
-    checkpoints: Vec<CheckpointStats>,
+/// How one attempt ended.
+pub(crate) struct AttemptOutcome {
+    pub result: Result<(), JobError>,
+    pub checkpoints: Vec<CheckpointStats>,
+}
+
+/// The coordinator of one attempt: it continues the restored checkpoint's
+/// ids and adopts what earlier runs left in the job's directory (read here:
+/// the coordinator reads nothing). Shared by real and simulated attempts.
+pub(crate) fn attempt_coordinator(
+    c: &CheckpointingConfig,
+    job_id: &str,
+    restored: Option<&LoadedCheckpoint>,
+    tasks: usize,
+    config: &ExecutionConfig,
+    now: flowstate_checkpoint::Now,
+) -> Coordinator {
+    // Newer checkpoints of this job the restore proved damaged are deleted;
+    // ones it skipped for another reason are left alone.
+    let damaged: std::collections::BTreeSet<u64> = restored
+        .iter()
+        .flat_map(|r| &r.skipped)
+        .filter(|s| s.damaged && !s.pointer && s.job == job_id)
+        .map(|s| s.checkpoint_id)
+        .collect();
+    // A job without checkpoints owns no directory to read.
+    let restored_id = restored.map(|r| r.id());
+    let existing = if c.settings.periodic() {
+        ExistingCheckpoints::read(c.storage.as_ref(), job_id, restored_id)
+    } else {
+        ExistingCheckpoints::default()
+    };
+    Coordinator::after_restore(
+        job_id,
+        c.settings.clone(),
+        tasks,
+        config.parallelism,
+        config.max_parallelism,
+        restored_id,
+        existing,
+        &damaged,
+        now,
+    )
 }
 
 /// Runs the job once: workers, and with checkpoints the coordinator and the
 /// upload threads.
-fn run_attempt(
+pub(crate) fn run_attempt(
     graph: &JobGraph,
     config: &ExecutionConfig,
     metrics: &Arc<JobMetrics>,
-    control: &JobControl,
+    control: &Cancellation,
     controller: &Arc<JobController>,
     checkpointing: Option<AttemptCheckpointing<'_>>,
 ) -> AttemptOutcome {
@@ -336,6 +399,32 @@ fn run_attempt(
         return fail(JobError::Cancelled);
     }
 
+    // At-most-once: this attempt's read-ahead reservations, and the positions
+    // it resumes from. Another mode deletes what an at-most-once run left.
+    let reservations = match checkpointing
+        .as_ref()
+        .filter(|c| c.config.settings.periodic())
+    {
+        Some(c) if c.config.guarantee == Guarantee::AtMostOnce => {
+            match AttemptReservations::prepare(
+                Arc::clone(&c.config.storage),
+                c.job_id,
+                config.parallelism,
+                c.restored.as_ref().map(|r| r.id()),
+                c.resume_reservations,
+            ) {
+                Ok(r) => Some(r),
+                Err(e) => return fail(e),
+            }
+        }
+        Some(c) => match crate::reservation::clear(&c.config.storage, c.job_id) {
+            Ok(()) => None,
+            Err(e) => return fail(e),
+        },
+        None => None,
+    };
+    // Stops the reservation writer however the attempt ends.
+    let _writer = reservations.as_ref().map(|r| r.stop_guard());
     let (events_tx, events_rx) = crossbeam_channel::bounded(COORDINATOR_QUEUE_CAPACITY);
     let (uploads_tx, uploads_rx) = crossbeam_channel::bounded(UPLOAD_QUEUE_CAPACITY);
     let plan_checkpointing = checkpointing.as_ref().map(|c| PlanCheckpointing {
@@ -345,6 +434,7 @@ fn run_attempt(
         restored: c.restored.clone(),
         job_id: c.job_id.to_owned(),
         allow_non_restored_state: c.allow_non_restored_state,
+        reservations: reservations.clone(),
     });
     let planning = Instant::now();
     let planned = build_tasks(
@@ -368,6 +458,13 @@ fn run_attempt(
         Ok(planned) => planned,
         Err(e) => return fail(e.into()),
     };
+    // Every source instance's initial position is durable, and the epoch
+    // marked, before any task runs.
+    if let Some(r) = &reservations
+        && let Err(e) = r.begin()
+    {
+        return fail(e);
+    }
 
     let mut uploaders = Vec::new();
     let mut coordinator_thread = None;
@@ -389,37 +486,27 @@ fn run_attempt(
                 Err(e) => return fail(e),
             }
         }
-        // Newer checkpoints of this job the restore proved damaged are
-        // deleted; ones it skipped for another reason are left alone.
-        let damaged: std::collections::BTreeSet<u64> = c
-            .restored
-            .iter()
-            .flat_map(|r| &r.skipped)
-            .filter(|s| s.damaged && !s.pointer && s.job == c.job_id)
-            .map(|s| s.checkpoint_id)
-            .collect();
-        let coordinator = Coordinator::after_restore(
-            Arc::clone(&c.config.storage),
+        let coordinator = attempt_coordinator(
+            c.config,
             c.job_id,
-            c.config.settings.clone(),
+            c.restored.as_deref(),
             handles.len(),
-            config.parallelism,
-            config.max_parallelism,
-            c.restored.as_ref().map(|r| r.id()),
-            &damaged,
+            config,
             flowstate_checkpoint::Now::system(),
         );
         let failing = Arc::clone(&shared);
-        let looped = CoordinatorLoop {
+        let driver = CoordinatorDriver::new(
             coordinator,
-            events: events_rx,
-            tasks: handles,
-            metrics: Arc::clone(metrics),
-            controller: Arc::clone(controller),
+            Arc::clone(&c.config.storage),
+            handles,
+            Arc::clone(metrics),
+            Arc::clone(controller),
             savepoint_targets,
-            fail: Box::new(move |reason| failing.fail(JobError::Checkpointing(reason))),
-        };
-        match spawn("flowstate-coordinator".into(), move || looped.run()) {
+            Box::new(move |reason| failing.fail(JobError::Checkpointing(reason))),
+        );
+        match spawn("flowstate-coordinator".into(), move || {
+            driver.run(events_rx)
+        }) {
             Ok(handle) => coordinator_thread = Some(handle),
             Err(e) => return fail(e),
         }
@@ -484,434 +571,24 @@ fn run_attempt(
     }
 }
 
-fn generated_job_id() -> String {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    format!("job-{millis:x}-{:x}", std::process::id())
-}
-
-/// Runs attempts until one succeeds or the restart strategy gives up.
-fn supervise(
-    graph: JobGraph,
-    config: ExecutionConfig,
-    metrics: Arc<JobMetrics>,
-    control: Arc<JobControl>,
-    controller: Arc<JobController>,
-) -> Result<JobReport, JobError> {
-    let mut lease = None;
-    let result = supervise_attempts(&graph, &config, &metrics, &control, &controller, &mut lease);
-    // A job that lost its lease ends with that, whatever its attempt ended
-    // with (cancelled by the loss, or finished after it); the lease is
-    // released before the job's end is reported.
-    let result = match lease.as_ref().and_then(HeldLease::lost) {
-        Some(lost) => Err(lost),
-        None => result,
-    };
-    // Still holding the lease: a stop-with-savepoint committed output beyond
-    // the job's newest checkpoint, so the savepoint is now what `--restore
-    // latest` must resume from.
-    if let (Ok(report), Some(_), Some(c)) = (&result, &lease, &config.checkpointing)
-        && let (Some(job_id), Some(location)) = (
-            report.job_id.as_deref(),
-            controller.stopped_with_savepoint(),
-        )
-    {
-        record_stop_pointer(c, job_id, &location);
-    }
-    drop(lease);
-    let (status, failure) = match &result {
-        Ok(_) => (JobStatus::Finished, None),
-        Err(JobError::Cancelled) => (JobStatus::Cancelled, None),
-        Err(e) => (JobStatus::Failed, Some(e.to_string())),
-    };
-    controller.on_attempt_ended(status, failure);
-    result.map(|mut report| {
-        report.stopped_with_savepoint = controller.stopped_with_savepoint();
-        report
-    })
-}
-
-/// A job that starts from a snapshot that is not one of its own checkpoints
-/// records where it came from, so that `--restore latest` resumes from that
-/// snapshot until the job's first checkpoint exists (see
-/// [`flowstate_checkpoint::restore::RestorePointer`]). A failure to write it
-/// only narrows what `--restore latest` can find: logged, not fatal.
-fn record_restore_pointer(c: &CheckpointingConfig, job_id: &str, restored: &LoadedCheckpoint) {
-    let (storage_path, location) = match &c.restore {
-        RestoreFrom::Nothing | RestoreFrom::Latest => return,
-        RestoreFrom::Path(_) => (Some(restored.metadata_path.clone()), None),
-        RestoreFrom::Location(location) => {
-            let location = if !flowstate_checkpoint::Location::parse(location).is_plain_path() {
-                location.clone()
-            } else {
-                std::path::absolute(location)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| location.clone())
-            };
-            (None, Some(location))
-        }
-    };
-    let pointer = RestorePointer {
-        storage_path,
-        location,
-        checkpoint_id: restored.id(),
-        created_unix_ms: unix_ms_now(),
-    };
-    if let Err(e) = write_restore_pointer(c.storage.as_ref(), job_id, &pointer) {
-        tracing::warn!(
-            "cannot record where job {job_id} was restored from ({e}); until its first \
-             checkpoint, --restore latest will not find that snapshot"
-        );
-    }
-}
-
-/// A job stopped with a savepoint published its sinks' output up to that
-/// savepoint, beyond its newest checkpoint: resuming the job from that
-/// checkpoint would publish the difference again. So the job's restore pointer
-/// now names the savepoint, and being newer than every checkpoint of the job,
-/// `--restore latest` takes it first. A failure to write it is logged (the
-/// savepoint itself is complete; the user can restore it by its path).
-fn record_stop_pointer(c: &CheckpointingConfig, job_id: &str, location: &str) {
-    let checkpoint_id = match open_snapshot(location).and_then(|opened| {
-        flowstate_checkpoint::read_metadata(opened.storage.as_ref(), &opened.metadata_path)
-    }) {
-        Ok(metadata) => metadata.checkpoint_id,
-        Err(e) => {
-            tracing::warn!(
-                "cannot read the stop's savepoint {location} back ({e}); --restore latest \
-                 will not resume from it: restore it by its path"
-            );
-            return;
-        }
-    };
-    let pointer = RestorePointer {
-        storage_path: None,
-        location: Some(location.to_owned()),
-        checkpoint_id,
-        created_unix_ms: unix_ms_now(),
-    };
-    match write_restore_pointer(c.storage.as_ref(), job_id, &pointer) {
-        Ok(()) => tracing::info!(
-            "job {job_id} stopped with savepoint {location}: --restore latest resumes from it"
-        ),
-        Err(e) => tracing::warn!(
-            "cannot record the stop's savepoint of job {job_id} ({e}); --restore latest \
-             would resume from an older checkpoint and publish output again: restore \
-             {location} by its path"
-        ),
-    }
-}
-
-/// `--restore latest` (or a restart) fell back past newer snapshots that
-/// could not be loaded. Exactly-once output forbids it when the job has sinks
-/// that publish on checkpoint completion: what the skipped snapshots
-/// published would be published again. Unless the user accepted that, the
-/// job fails naming the damaged snapshot.
-fn check_fallback(
-    c: &CheckpointingConfig,
-    graph: &JobGraph,
-    loaded: &LoadedCheckpoint,
-) -> Result<(), JobError> {
-    let Some(newest) = loaded.skipped.first() else {
-        return Ok(());
-    };
-    let sinks = graph.committing_sinks();
-    if sinks.is_empty() {
-        return Ok(());
-    }
-    let refuse = c.guarantee == Guarantee::ExactlyOnce && !c.allow_fallback_duplicates;
-    if refuse {
-        return Err(JobError::FallbackRefused {
-            newest: newest.path.clone(),
-            reason: newest.reason.clone(),
-            fallback: loaded.metadata_path.clone(),
-            sinks: sinks.join(", "),
-        });
-    }
-    tracing::warn!(
-        "restoring {} although {} newer snapshot(s) could not be loaded (newest: {}): \
-         output that sink(s) {} published after it will be published again",
-        loaded.metadata_path,
-        loaded.skipped.len(),
-        newest.path,
-        sinks.join(", ")
-    );
-    Ok(())
-}
-
-/// Loads what `restore` names.
-fn load_restore(
-    c: &CheckpointingConfig,
-    graph: &JobGraph,
-) -> Result<Option<(Arc<LoadedCheckpoint>, String)>, JobError> {
-    Ok(match &c.restore {
-        RestoreFrom::Nothing => None,
-        RestoreFrom::Latest => match load_latest_of(&c.storage, None)? {
-            Some(l) => {
-                check_fallback(c, graph, &l)?;
-                let shown = format!("{} in {}", l.metadata_path, c.storage.describe());
-                Some((Arc::new(l), shown))
-            }
-            None => None,
-        },
-        RestoreFrom::Path(path) => {
-            let loaded = load(&c.storage, path)?;
-            let shown = format!("{} in {}", loaded.metadata_path, c.storage.describe());
-            Some((Arc::new(loaded), shown))
-        }
-        RestoreFrom::Location(location) => {
-            let opened = open_snapshot(location)?;
-            let loaded = load(&opened.storage, &opened.metadata_path)?;
-            Some((Arc::new(loaded), location.clone()))
-        }
-    })
-}
-
-fn supervise_attempts(
-    graph: &JobGraph,
-    config: &ExecutionConfig,
-    metrics: &Arc<JobMetrics>,
-    control: &Arc<JobControl>,
-    controller: &Arc<JobController>,
-    lease: &mut Option<HeldLease>,
-) -> Result<JobReport, JobError> {
-    let started = Instant::now();
-    let checkpointing = config.checkpointing.clone();
-    let mut restored: Option<Arc<LoadedCheckpoint>> = None;
-    let mut job_id = None;
-    if let Some(c) = &checkpointing {
-        let loading = Instant::now();
-        restored = match load_restore(c, graph)? {
-            Some((loaded, shown)) => {
-                controller.set_restored_from(shown);
-                Some(loaded)
-            }
-            None => None,
-        };
-        if let Some(r) = &restored {
-            tracing::info!(
-                checkpoint = r.id(),
-                bytes = r.metadata.state_bytes(),
-                ms = loading.elapsed().as_secs_f64() * 1e3,
-                "read and verified {}",
-                r.metadata_path
-            );
-        }
-        job_id = Some(match (&c.job_id, &restored, &c.restore) {
-            (Some(id), _, _) => id.clone(),
-            // Resuming after a crash continues the same job: its checkpoints, ids
-            // and retention carry on.
-            (None, Some(r), RestoreFrom::Latest) => r.continues_job.clone(),
-            _ => generated_job_id(),
-        });
-        if let Some(id) = &job_id {
-            controller.set_job_id(id);
-            tracing::info!(job_id = id.as_str(), "job {} starting", config.job_name);
-        }
-        // A job without checkpoints writes nothing to its directory in the
-        // checkpoint storage (its savepoints go to their own): it holds no
-        // lease there and leaves no restore pointer.
-        if let Some(id) = job_id.as_ref().filter(|_| c.settings.periodic()) {
-            // One run per job: held before anything writes to the job's
-            // directory (the restore pointer; a coordinator adopting and
-            // deleting checkpoints), across restarts, until `supervise`
-            // releases it. Losing it cancels the job.
-            let cancelling = Arc::clone(control);
-            *lease = Some(HeldLease::acquire(
-                &c.storage,
-                id,
-                &config.lease,
-                Box::new(move || cancelling.cancel()),
-            )?);
-            if c.restore == RestoreFrom::Latest
-                && let Some(r) = &restored
-                && let Some(newer) = newer_than_restored(&c.storage, id, r)?
-            {
-                tracing::info!(
-                    "checkpoint {newer} of job {id} completed while this run was starting: \
-                     reading the job's latest checkpoint again"
-                );
-                if let Some(l) = load_latest_of(&c.storage, Some(id))? {
-                    check_fallback(c, graph, &l)?;
-                    tracing::info!(checkpoint = l.id(), "read and verified {}", l.metadata_path);
-                    controller.set_restored_from(format!(
-                        "{} in {}",
-                        l.metadata_path,
-                        c.storage.describe()
-                    ));
-                    restored = Some(Arc::new(l));
-                }
-            }
-            if let Some(r) = &restored {
-                record_restore_pointer(c, id, r);
-            }
-        }
-    }
-    if job_id.is_none() {
-        // Without checkpoints the id names the job only for its controller.
-        let id = generated_job_id();
-        controller.set_job_id(&id);
-        tracing::info!(job_id = id.as_str(), "job {} starting", config.job_name);
-    }
-    let mut allow_non_restored_state = checkpointing
-        .as_ref()
-        .is_some_and(|c| c.allow_non_restored_state);
-    let restored_from = restored.as_ref().map(|r| r.id());
-    let mut restarts = 0u64;
-    // Every restart decision (whether, and after how long) is the policy's;
-    // this loop only tells it when attempts start and fail, and sleeps.
-    let mut policy = checkpointing
-        .as_ref()
-        .map(|c| RestartPolicy::new(c.restart.clone(), fastrand::u64(..)));
-    loop {
-        let attempt = checkpointing
-            .as_ref()
-            .zip(job_id.as_deref())
-            .map(|(c, id)| AttemptCheckpointing {
-                config: c,
-                job_id: id,
-                restored: restored.clone(),
-                allow_non_restored_state,
-            });
-        if let Some(policy) = policy.as_mut() {
-            policy.on_running(Instant::now());
-        }
-        let outcome = run_attempt(graph, config, metrics, control, controller, attempt);
-        let failed_checkpoints = metrics.checkpoints().failed;
-        let completed_checkpoints = metrics.checkpoints().completed;
-        match outcome.result {
-            Ok(()) => {
-                return Ok(JobReport {
-                    duration: started.elapsed(),
-                    records_in: metrics.records_in(),
-                    records_to_sinks: metrics.records_to_sinks(),
-                    job_id,
-                    checkpoints: outcome.checkpoints,
-                    completed_checkpoints,
-                    failed_checkpoints,
-                    restarts,
-                    restored_from,
-                    stopped_with_savepoint: None,
-                });
-            }
-            Err(error) => {
-                // A failed attempt, or a failed load of the checkpoint to
-                // restart from, goes through the restart strategy.
-                let mut error = error;
-                loop {
-                    // Without checkpoints there is nothing to restart from:
-                    // a replay from the start would publish twice what the
-                    // sinks published at `finish` or at a stop's savepoint.
-                    let Some((c, policy)) = checkpointing
-                        .as_ref()
-                        .filter(|c| c.settings.periodic() && restartable(&error, restarts > 0))
-                        .zip(policy.as_mut())
-                    else {
-                        return Err(error);
-                    };
-                    if control.cancelled.load(Ordering::SeqCst) {
-                        return Err(JobError::Cancelled);
-                    }
-                    let cause = error_chain(&error);
-                    let delay = match policy.on_failure(Instant::now()) {
-                        Decision::RestartAfter(delay) => delay,
-                        Decision::GiveUp(reason) => {
-                            tracing::warn!(
-                                "job failed ({cause}); not restarted ({} restart strategy: {reason})",
-                                c.restart.name()
-                            );
-                            return Err(error);
-                        }
-                    };
-                    restarts += 1;
-                    metrics.record_restart();
-                    controller.on_attempt_ended(JobStatus::Restarting, Some(cause.clone()));
-                    tracing::warn!(
-                        "job failed ({cause}); {} in {delay:?}",
-                        policy.describe_restart()
-                    );
-                    if control.sleep_unless_cancelled(delay) {
-                        return Err(JobError::Cancelled);
-                    }
-                    match load_latest_of(&c.storage, job_id.as_deref()) {
-                        Ok(own) => {
-                            if let Some(own) = &own {
-                                check_fallback(c, graph, own)?;
-                            }
-                            // The job's own checkpoints hold only operators it has.
-                            allow_non_restored_state |= own.is_some();
-                            restored = own.map(Arc::new).or(restored);
-                            break;
-                        }
-                        Err(e) => error = JobError::Restore(e),
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Plans `graph` and starts it on `config.workers` threads.
-pub fn start_job(graph: JobGraph, config: &ExecutionConfig) -> Result<RunningJob, JobError> {
-    config.validate()?;
-    let metrics = Arc::new(JobMetrics::default());
-    let control = Arc::new(JobControl::default());
-    let description = JobDescription {
-        name: config.job_name.clone(),
-        parallelism: config.parallelism,
-        max_parallelism: config.max_parallelism,
-        vertices: graph.describe(),
-        checkpointing: config.checkpointing.is_some(),
-        savepoint_dir: config
-            .checkpointing
-            .as_ref()
-            .and_then(|c| c.savepoint_dir.clone()),
-        savepoint_policy: config.savepoint_policy.clone(),
-    };
-    let cancelling = Arc::clone(&control);
-    let controller = Arc::new(JobController::new(
-        description,
-        Arc::clone(&metrics),
-        Box::new(move || cancelling.cancel()),
-    ));
-    let (config, supervisor_metrics, supervisor_control, supervisor_controller) = (
-        config.clone(),
-        Arc::clone(&metrics),
-        Arc::clone(&control),
-        Arc::clone(&controller),
-    );
-    let cancellation_timeout = config.cancellation_timeout;
-    let supervisor = spawn("flowstate-supervisor".into(), move || {
-        /// Tells `join` the supervisor ended, however it ended.
-        struct Ended(Arc<JobControl>);
-        impl Drop for Ended {
-            fn drop(&mut self) {
-                let mut ending = self.0.ending.lock().unwrap_or_else(|e| e.into_inner());
-                ending.supervisor_ended = true;
-                drop(ending);
-                self.0.changed.notify_all();
-            }
-        }
-        let _ended = Ended(Arc::clone(&supervisor_control));
-        supervise(
-            graph,
-            config,
-            supervisor_metrics,
-            supervisor_control,
-            supervisor_controller,
-        )
-    })?;
-    Ok(RunningJob {
-        metrics,
-        control,
-        controller,
-        supervisor,
-        cancellation_timeout,
-    })
-}
-
 impl RunningJob {
+    /// A job whose supervisor thread is `supervisor`.
+    pub(crate) fn new(
+        metrics: Arc<JobMetrics>,
+        control: Arc<Cancellation>,
+        controller: Arc<JobController>,
+        supervisor: JoinHandle<Result<JobReport, JobError>>,
+        cancellation_timeout: Duration,
+    ) -> Self {
+        Self {
+            metrics,
+            control,
+            controller,
+            supervisor,
+            cancellation_timeout,
+        }
+    }
+
     pub fn metrics(&self) -> &Arc<JobMetrics> {
         &self.metrics
     }

@@ -1,313 +1,29 @@
 //! The logical job graph: sources, operators, two-input operators and sinks, and
 //! the edges between them with their partitioning.
 //!
-//! Nodes are added through typed methods; internally each node keeps type-erased
-//! factories (`dyn Any` holding typed pipelines, channel ends and tasks) so that
-//! one graph can hold streams of many record types. The types are checked when a
-//! node is added, so the casts in [`crate::plan`] cannot fail.
+//! Owns: [`JobGraph`] and its typed builder methods, node names and uids, the
+//! edges with their [`Partitioning`], and what the graph shows people and tools
+//! ([`VertexInfo`]). Nodes are added through typed methods; each node keeps the
+//! physical node objects of `wiring` (type-erased factories of typed pipelines,
+//! channel ends and tasks) so that one graph can hold streams of many record
+//! types. The types are checked when a node is added, so the casts in the plan
+//! cannot fail. Must not touch: chaining, channels or tasks (that is `plan`,
+//! which reads the graph) nor how a node becomes a task (that is `wiring`).
 
 use std::any::{Any, TypeId, type_name};
-use std::marker::PhantomData;
 use std::sync::Arc;
 
-use flowstate_state::KeyGroup;
-
 use crate::Data;
-use crate::channel::{ChannelReceiver, ChannelSender, Signal, channel};
-use crate::checkpointing::TaskControl;
-use crate::config::SubtaskInfo;
 use crate::connector::{Sink, Source};
-use crate::error::{BuildError, UserError};
-use crate::metrics::JobMetrics;
-use crate::operator::{Operator, TwoInputOperator};
-use crate::pipeline::StageIdentity;
-use crate::pipeline::{Discard, ExchangeOutput, OperatorStage, Pipeline, Router, SinkStage, Tee};
-use crate::task::{OneInputTask, SourceTask, Task, TwoInputTask};
+pub use crate::partitioning::{KeyGroupFn, Partitioning};
+pub use crate::wiring::{OperatorFactory, TwoInputFactory};
+use crate::wiring::{
+    OperatorNode, Port, SourceNode, TwoInputNode, operator_node, port, sink_node, source_node,
+    two_input_node,
+};
 
 /// Index of a node in its graph.
 pub type NodeId = usize;
-
-/// Computes the key group of a record (for hash partitioning).
-pub type KeyGroupFn<T> = Arc<dyn Fn(&T) -> KeyGroup + Send + Sync>;
-
-/// Creates the operator instance of one subtask.
-pub type OperatorFactory<I, O> =
-    Box<dyn Fn(&SubtaskInfo) -> Result<Box<dyn Operator<I, O>>, UserError> + Send>;
-
-/// Creates the two-input operator instance of one subtask.
-pub type TwoInputFactory<A, B, O> =
-    Box<dyn Fn(&SubtaskInfo) -> Result<Box<dyn TwoInputOperator<A, B, O>>, UserError> + Send>;
-
-/// How records of an edge are distributed over the consumer's instances.
-pub enum Partitioning<T> {
-    /// Instance `i` feeds instance `i` (chained when possible).
-    Forward,
-    /// Whole batches round-robin over all consumer instances.
-    Rebalance,
-    /// Each record goes to the instance owning its key group.
-    Hash(KeyGroupFn<T>),
-}
-
-impl<T> Clone for Partitioning<T> {
-    fn clone(&self) -> Self {
-        match self {
-            Partitioning::Forward => Partitioning::Forward,
-            Partitioning::Rebalance => Partitioning::Rebalance,
-            Partitioning::Hash(f) => Partitioning::Hash(Arc::clone(f)),
-        }
-    }
-}
-
-/// A type-erased value whose concrete type the plan knows.
-pub(crate) type Erased = Box<dyn Any + Send>;
-
-pub(crate) fn cast<T: 'static>(erased: Erased) -> T {
-    match erased.downcast::<T>() {
-        Ok(value) => *value,
-        Err(_) => unreachable!(
-            "job graph types are checked when nodes are added: {}",
-            type_name::<T>()
-        ),
-    }
-}
-
-/// What the plan passes to node factories.
-pub(crate) struct BuildContext<'a> {
-    pub info: SubtaskInfo,
-    pub metrics: &'a Arc<JobMetrics>,
-    pub batch_size: usize,
-}
-
-impl BuildContext<'_> {
-    fn create_error(&self, cause: UserError) -> BuildError {
-        BuildError::Create {
-            operator: self.info.operator.clone(),
-            subtask: self.info.index,
-            cause: crate::error::error_chain(cause.as_ref()),
-        }
-    }
-}
-
-/// Operations on a stream type `T` that the plan needs without knowing `T`.
-pub(crate) trait Port: Send + Sync {
-    fn channel(
-        &self,
-        capacity: usize,
-        producer: Arc<Signal>,
-        consumer: Arc<Signal>,
-    ) -> (Erased, Erased);
-    fn exchange(
-        &self,
-        task: &str,
-        partitioning: &(dyn Any + Send + Sync),
-        senders: Vec<Erased>,
-        max_parallelism: u32,
-        batch_size: usize,
-    ) -> Erased;
-    fn tee(&self, branches: Vec<Erased>) -> Erased;
-    fn discard(&self) -> Erased;
-    fn one_input_task(
-        &self,
-        name: String,
-        receivers: Vec<Erased>,
-        pipeline: Erased,
-        control: Option<TaskControl>,
-    ) -> Box<dyn Task>;
-}
-
-struct TypedPort<T>(PhantomData<fn() -> T>);
-
-impl<T: Data> Port for TypedPort<T> {
-    fn channel(
-        &self,
-        capacity: usize,
-        producer: Arc<Signal>,
-        consumer: Arc<Signal>,
-    ) -> (Erased, Erased) {
-        let (tx, rx) = channel::<T>(capacity, producer, consumer);
-        (Box::new(tx), Box::new(rx))
-    }
-
-    fn exchange(
-        &self,
-        task: &str,
-        partitioning: &(dyn Any + Send + Sync),
-        senders: Vec<Erased>,
-        max_parallelism: u32,
-        batch_size: usize,
-    ) -> Erased {
-        let senders: Vec<ChannelSender<T>> = senders.into_iter().map(cast).collect();
-        let router = match partitioning.downcast_ref::<Partitioning<T>>() {
-            Some(Partitioning::Forward) => Router::Forward,
-            Some(Partitioning::Rebalance) => Router::Rebalance { next: 0 },
-            Some(Partitioning::Hash(f)) => Router::Hash {
-                key_group: Arc::clone(f),
-                max_parallelism,
-            },
-            None => unreachable!("edge partitioning has the edge's type"),
-        };
-        let pipeline: Box<dyn Pipeline<T>> =
-            Box::new(ExchangeOutput::new(task, router, senders, batch_size));
-        Box::new(pipeline)
-    }
-
-    fn tee(&self, branches: Vec<Erased>) -> Erased {
-        let branches: Vec<Box<dyn Pipeline<T>>> = branches.into_iter().map(cast).collect();
-        let pipeline: Box<dyn Pipeline<T>> = Box::new(Tee::new(branches));
-        Box::new(pipeline)
-    }
-
-    fn discard(&self) -> Erased {
-        let pipeline: Box<dyn Pipeline<T>> = Box::new(Discard);
-        Box::new(pipeline)
-    }
-
-    fn one_input_task(
-        &self,
-        name: String,
-        receivers: Vec<Erased>,
-        pipeline: Erased,
-        control: Option<TaskControl>,
-    ) -> Box<dyn Task> {
-        let receivers: Vec<ChannelReceiver<T>> = receivers.into_iter().map(cast).collect();
-        Box::new(OneInputTask::new(
-            name,
-            receivers,
-            cast::<Box<dyn Pipeline<T>>>(pipeline),
-            control,
-        ))
-    }
-}
-
-pub(crate) trait SourceNode: Send {
-    fn create_task(
-        &self,
-        name: String,
-        cx: &BuildContext<'_>,
-        pipeline: Erased,
-        control: Option<TaskControl>,
-    ) -> Result<Box<dyn Task>, BuildError>;
-}
-
-pub(crate) trait OperatorNode: Send {
-    /// The operator of one subtask, followed by `next`.
-    fn wrap(&self, cx: &BuildContext<'_>, next: Option<Erased>) -> Result<Erased, BuildError>;
-
-    /// A sink that publishes its output when a checkpoint completes.
-    fn commits_on_checkpoint(&self) -> bool {
-        false
-    }
-}
-
-pub(crate) trait TwoInputNode: Send {
-    fn create_task(
-        &self,
-        name: String,
-        cx: &BuildContext<'_>,
-        first: Vec<Erased>,
-        second: Vec<Erased>,
-        pipeline: Erased,
-        control: Option<TaskControl>,
-    ) -> Result<Box<dyn Task>, BuildError>;
-}
-
-struct SourceNodeImpl<T> {
-    source: Arc<dyn Source<T>>,
-}
-
-impl<T: Data> SourceNode for SourceNodeImpl<T> {
-    fn create_task(
-        &self,
-        name: String,
-        cx: &BuildContext<'_>,
-        pipeline: Erased,
-        control: Option<TaskControl>,
-    ) -> Result<Box<dyn Task>, BuildError> {
-        let reader = self
-            .source
-            .create_reader(&cx.info)
-            .map_err(|e| cx.create_error(e))?;
-        Ok(Box::new(SourceTask::new(
-            name,
-            StageIdentity::of(&cx.info),
-            reader,
-            cast::<Box<dyn Pipeline<T>>>(pipeline),
-            cx.batch_size,
-            Arc::clone(cx.metrics),
-            control,
-        )))
-    }
-}
-
-struct OperatorNodeImpl<I, O> {
-    factory: OperatorFactory<I, O>,
-}
-
-impl<I: Data, O: Data> OperatorNode for OperatorNodeImpl<I, O> {
-    fn wrap(&self, cx: &BuildContext<'_>, next: Option<Erased>) -> Result<Erased, BuildError> {
-        let operator = (self.factory)(&cx.info).map_err(|e| cx.create_error(e))?;
-        let next = match next {
-            Some(next) => cast::<Box<dyn Pipeline<O>>>(next),
-            None => Box::new(Discard),
-        };
-        let pipeline: Box<dyn Pipeline<I>> = Box::new(OperatorStage::new(
-            StageIdentity::of(&cx.info),
-            operator,
-            next,
-        ));
-        Ok(Box::new(pipeline))
-    }
-}
-
-struct SinkNodeImpl<T> {
-    sink: Arc<dyn Sink<T>>,
-}
-
-impl<T: Data> OperatorNode for SinkNodeImpl<T> {
-    fn commits_on_checkpoint(&self) -> bool {
-        self.sink.commits_on_checkpoint()
-    }
-
-    fn wrap(&self, cx: &BuildContext<'_>, _next: Option<Erased>) -> Result<Erased, BuildError> {
-        let writer = self
-            .sink
-            .create_writer(&cx.info)
-            .map_err(|e| cx.create_error(e))?;
-        let pipeline: Box<dyn Pipeline<T>> = Box::new(SinkStage::new(
-            StageIdentity::of(&cx.info),
-            writer,
-            Arc::clone(cx.metrics),
-        ));
-        Ok(Box::new(pipeline))
-    }
-}
-
-struct TwoInputNodeImpl<A, B, O> {
-    factory: TwoInputFactory<A, B, O>,
-}
-
-impl<A: Data, B: Data, O: Data> TwoInputNode for TwoInputNodeImpl<A, B, O> {
-    fn create_task(
-        &self,
-        name: String,
-        cx: &BuildContext<'_>,
-        first: Vec<Erased>,
-        second: Vec<Erased>,
-        pipeline: Erased,
-        control: Option<TaskControl>,
-    ) -> Result<Box<dyn Task>, BuildError> {
-        let operator = (self.factory)(&cx.info).map_err(|e| cx.create_error(e))?;
-        Ok(Box::new(TwoInputTask::new(
-            name,
-            StageIdentity::of(&cx.info),
-            first.into_iter().map(cast::<ChannelReceiver<A>>).collect(),
-            second.into_iter().map(cast::<ChannelReceiver<B>>).collect(),
-            operator,
-            cast::<Box<dyn Pipeline<O>>>(pipeline),
-            control,
-        )))
-    }
-}
 
 pub(crate) enum NodeKind {
     Source(Box<dyn SourceNode>),
@@ -434,8 +150,8 @@ impl JobGraph {
         self.nodes[node].name = name.to_owned();
     }
 
-    fn port<T: Data>() -> Option<(TypeId, Arc<dyn Port>)> {
-        Some((TypeId::of::<T>(), Arc::new(TypedPort::<T>(PhantomData))))
+    fn output_port<T: Data>() -> Option<(TypeId, Arc<dyn Port>)> {
+        Some((TypeId::of::<T>(), port::<T>()))
     }
 
     fn edge<T: Data>(&self, from: NodeId, side: usize, partitioning: Partitioning<T>) -> Edge {
@@ -476,9 +192,9 @@ impl JobGraph {
         self.push(Node {
             name: name.to_owned(),
             uid: None,
-            kind: NodeKind::Source(Box::new(SourceNodeImpl { source })),
+            kind: NodeKind::Source(source_node(source)),
             inputs: Vec::new(),
-            output: Self::port::<T>(),
+            output: Self::output_port::<T>(),
         })
     }
 
@@ -498,9 +214,9 @@ impl JobGraph {
         self.push(Node {
             name: name.to_owned(),
             uid: None,
-            kind: NodeKind::Operator(Box::new(OperatorNodeImpl { factory })),
+            kind: NodeKind::Operator(operator_node(factory)),
             inputs,
-            output: Self::port::<O>(),
+            output: Self::output_port::<O>(),
         })
     }
 
@@ -518,9 +234,9 @@ impl JobGraph {
         self.push(Node {
             name: name.to_owned(),
             uid: None,
-            kind: NodeKind::TwoInput(Box::new(TwoInputNodeImpl { factory })),
+            kind: NodeKind::TwoInput(two_input_node(factory)),
             inputs,
-            output: Self::port::<O>(),
+            output: Self::output_port::<O>(),
         })
     }
 
@@ -534,7 +250,7 @@ impl JobGraph {
         self.push(Node {
             name: name.to_owned(),
             uid: None,
-            kind: NodeKind::Operator(Box::new(SinkNodeImpl { sink })),
+            kind: NodeKind::Operator(sink_node(sink)),
             inputs,
             output: None,
         })

@@ -1,6 +1,9 @@
 //! What travels in a channel: batches of records and in-band control events, in
 //! one order. That order is the consistency argument of checkpoint barriers
 //! (Chandy–Lamport): no control event may overtake data sent before it.
+//!
+//! Owns: [`Message`] and [`Barrier`] with its kind. Must not touch: channels,
+//! tasks or the coordinator.
 
 pub use flowstate_checkpoint::SnapshotKind;
 

@@ -1,5 +1,7 @@
 //! Job-wide counters, updated once per batch (never per record) or once per
 //! checkpoint, and read by progress reporters.
+//!
+//! Owns: [`JobMetrics`] and its snapshots. Must not touch: anything it counts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,5 +1,8 @@
 //! The operator traits: what a chained step of a task does with a batch, and
 //! how it takes part in checkpoints.
+//!
+//! Owns: [`Operator`], [`TwoInputOperator`] and [`StateSnapshot`]. Must not
+//! touch: tasks, pipelines or how state is stored.
 
 use flowstate_checkpoint::OperatorListState;
 use flowstate_state::BackendSnapshot;

@@ -5,20 +5,26 @@
 //! stays *pending* in the pipeline; the task does not take new input while
 //! anything is pending, so a task holds at most the output of one input batch and
 //! a slow consumer slows its producers (backpressure) with bounded memory.
+//!
+//! Owns: the stages of a chain ([`OperatorStage`], [`SinkStage`], [`Tee`],
+//! [`Discard`]) and the end of a task ([`ExchangeOutput`] with its [`Router`]).
+//! Must not touch: the task's head, its inbox or the coordinator (that is
+//! `task` and `control_plane`), or how the chain was planned (`plan`).
 
 use std::collections::VecDeque;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use flowstate_state::operator_index_for_key_group;
 
 use crate::channel::{ChannelSender, SendError};
-use crate::connector::{DeferredPrepare, SinkWriter};
-use crate::error::TaskError;
-use crate::graph::KeyGroupFn;
+use crate::connector::SinkWriter;
+/// Re-exported: a pipeline's snapshot is made of them (see [`Pipeline::snapshot`]).
+pub use crate::control_plane::OperatorPart;
+use crate::error::{TaskError, guarded};
 use crate::message::{Barrier, Message};
 use crate::metrics::JobMetrics;
 use crate::operator::{Operator, StateSnapshot};
+use crate::partitioning::KeyGroupFn;
 
 /// The rest of a task from some operator on.
 pub trait Pipeline<T>: Send {
@@ -43,17 +49,6 @@ pub trait Pipeline<T>: Send {
     /// Snapshot `checkpoint_id` was aborted: let every operator and sink know,
     /// in chain order.
     fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<(), TaskError>;
-}
-
-/// One operator instance's part of a task's checkpoint.
-pub struct OperatorPart {
-    pub uid: Arc<str>,
-    pub name: Arc<str>,
-    pub subtask: u32,
-    pub snapshot: StateSnapshot,
-    /// A sink's deferred first-phase work, run by the upload thread before
-    /// the acknowledgement (see [`crate::connector::DeferredPrepare`]).
-    pub deferred: Option<DeferredPrepare>,
 }
 
 /// Who an operator stage is, for errors and for checkpoints.
@@ -81,20 +76,6 @@ impl StageIdentity {
             snapshot,
             deferred: None,
         }
-    }
-}
-
-/// Runs `f` on behalf of operator `name`, turning an error or a panic into a
-/// [`TaskError`] that names the operator.
-#[inline]
-pub(crate) fn guarded<R>(
-    name: &str,
-    f: impl FnOnce() -> Result<R, crate::error::UserError>,
-) -> Result<R, TaskError> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(cause)) => Err(TaskError::operator(name, cause)),
-        Err(payload) => Err(TaskError::panic(name, payload)),
     }
 }
 

@@ -6,6 +6,12 @@
 //! non-chained edge: one per (producer instance, consumer instance) pair, or only
 //! `i -> i` for forward edges. Subtask `i` of every node runs on worker
 //! `i % workers`.
+//!
+//! Owns: the physical plan of one attempt — which nodes chain, the channels,
+//! placement, each task's control plane (and the coordinator's handles), and
+//! each instance's restored state. It reads the logical graph (`graph`) and
+//! builds through its nodes (`wiring`). Must not touch: the coordinator, threads
+//! or the running of tasks (that is `executor`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,12 +20,13 @@ use crossbeam_channel::Sender;
 use flowstate_checkpoint::restore::LoadedCheckpoint;
 
 use crate::channel::Signal;
-use crate::checkpointing::{CoordinatorEvent, TaskControl, TaskHandle, UploadJob};
 use crate::config::{ExecutionConfig, RestoredState, SubtaskInfo};
+use crate::control_plane::{CoordinatorSender, TaskControlPlane, TaskHandle, UploadJob};
 use crate::error::BuildError;
-use crate::graph::{BuildContext, Erased, JobGraph, NodeId, NodeKind};
+use crate::graph::{JobGraph, NodeId, NodeKind};
 use crate::metrics::JobMetrics;
 use crate::task::Task;
+use crate::wiring::{BuildContext, Erased};
 
 /// A task and the worker it runs on.
 pub(crate) struct PlannedTask {
@@ -30,12 +37,15 @@ pub(crate) struct PlannedTask {
 /// What the plan needs when checkpoints are on.
 pub(crate) struct PlanCheckpointing {
     pub aligned: bool,
-    pub events: Sender<CoordinatorEvent>,
+    pub events: CoordinatorSender,
     pub uploads: Sender<UploadJob>,
     pub restored: Option<Arc<LoadedCheckpoint>>,
     pub job_id: String,
     /// State of operators the job no longer has may be dropped.
     pub allow_non_restored_state: bool,
+    /// At-most-once: the attempt's read-ahead reservations (and the source
+    /// positions it resumes from, which replace the checkpoint's).
+    pub reservations: Option<Arc<crate::reservation::AttemptReservations>>,
 }
 
 struct Planner<'g> {
@@ -84,18 +94,34 @@ impl Planner<'_> {
             let lists = loaded.operator_lists(&info.uid, index, self.config.parallelism);
             info.restored = Some(Arc::new(RestoredState { keyed, lists }));
         }
+        // At-most-once: a source resumes from its newest reservation, never
+        // from the older position of the checkpoint (which would emit again
+        // what was emitted after it).
+        if let Some(lists) = self
+            .checkpointing
+            .and_then(|c| c.reservations.as_ref())
+            .and_then(|r| r.operator_lists(&info.uid, index))
+        {
+            let keyed = info
+                .restored
+                .as_ref()
+                .map(|r| r.keyed.clone())
+                .unwrap_or_default();
+            info.restored = Some(Arc::new(RestoredState { keyed, lists }));
+        }
         Ok(BuildContext {
             info,
             metrics: self.metrics,
             batch_size: self.config.batch_size,
+            read_ahead: None,
         })
     }
 
     /// The control plane of the next task, if checkpoints are on.
-    fn control(&mut self, name: &str, index: u32, is_source: bool) -> Option<TaskControl> {
+    fn control(&mut self, name: &str, index: u32, is_source: bool) -> Option<TaskControlPlane> {
         let checkpointing = self.checkpointing?;
         let signal = Arc::clone(&self.signals[index as usize % self.signals.len()]);
-        let (control, handle) = TaskControl::pair(
+        let (control, handle) = TaskControlPlane::pair(
             name.to_owned(),
             self.handles.len(),
             checkpointing.aligned,
@@ -226,7 +252,13 @@ impl Planner<'_> {
             NodeKind::Source(source) => {
                 let pipeline = self.output_pipeline(head, index, &name)?;
                 let control = self.control(&name, index, true);
-                source.create_task(name, &self.context(head, index)?, pipeline, control)
+                let mut cx = self.context(head, index)?;
+                if let Some(reservations) = self.checkpointing.and_then(|c| c.reservations.as_ref())
+                {
+                    let signal = Arc::clone(&self.signals[index as usize % self.signals.len()]);
+                    cx.read_ahead = Some(reservations.register(&cx.info.uid, index, signal));
+                }
+                source.create_task(name, &cx, pipeline, control)
             }
             NodeKind::Operator(_) => {
                 let Some((_, port)) = &graph.nodes[node.inputs[0].from].output else {

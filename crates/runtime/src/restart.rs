@@ -8,7 +8,7 @@
 //! failures inside the measuring window).
 //!
 //! It must not touch: threads, sleeps or the clock. Time is given: the
-//! supervisor (`executor.rs`) passes the `Instant` an attempt started running
+//! supervisor (`supervisor.rs`) passes the `Instant` an attempt started running
 //! ([`RestartPolicy::on_running`]) and the `Instant` it failed
 //! ([`RestartPolicy::on_failure`]), then sleeps the delay it is told. So every
 //! decision can be unit-tested with invented instants, hours apart, in

@@ -15,18 +15,24 @@
 //! taken at the start of every step, before any input: the head (a source's
 //! reader, a two-input operator) hears them first, then every chained operator
 //! and the sink, on the task's worker thread.
+//!
+//! Owns: the task kinds ([`SourceTask`], [`OneInputTask`], [`TwoInputTask`]),
+//! input gates and barrier alignment, and the synchronous part of a snapshot.
+//! It talks to the coordinator only through its `control_plane` end. Must not
+//! touch: threads or scheduling (`executor`), snapshot storage (`upload`), or
+//! the graph and plan that built it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::channel::ChannelReceiver;
-use crate::checkpointing::{TaskCommand, TaskControl};
 use crate::connector::{SourcePoll, SourceReader};
-use crate::error::TaskError;
+use crate::control_plane::{OperatorPart, TaskCommand, TaskControlPlane};
+use crate::error::{TaskError, guarded};
 use crate::message::{Barrier, BarrierKind, Message};
 use crate::metrics::JobMetrics;
 use crate::operator::{StateSnapshot, TwoInputOperator};
-use crate::pipeline::{OperatorPart, Pipeline, StageIdentity, guarded};
+use crate::pipeline::{Pipeline, StageIdentity};
 
 /// What one step achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +79,7 @@ fn drain<T>(phase: &mut Phase, pipeline: &mut dyn Pipeline<T>) -> Result<Step, T
 /// `parts` holds what the task's head snapshotted since `started` (a source's
 /// position, a two-input operator's state): the pause counts from there.
 fn checkpoint<T>(
-    control: &TaskControl,
+    control: &TaskControlPlane,
     pipeline: &mut dyn Pipeline<T>,
     barrier: Barrier,
     started: Instant,
@@ -118,7 +124,7 @@ enum HeadCommand {
 /// (complete) or at any time (abort), so they may be handled between any two
 /// steps.
 fn drain_commands<T>(
-    control: Option<&TaskControl>,
+    control: Option<&TaskControlPlane>,
     pipeline: &mut dyn Pipeline<T>,
     mut head: impl FnMut(HeadCommand) -> Result<(), TaskError>,
 ) -> Result<Option<u64>, TaskError> {
@@ -166,7 +172,7 @@ pub struct SourceTask<T> {
     batch_size: usize,
     phase: Phase,
     metrics: Arc<JobMetrics>,
-    control: Option<TaskControl>,
+    control: Option<TaskControlPlane>,
     /// The reader has no more records; with checkpoints, the task ends its
     /// output only when the coordinator says so (`Finish`), after the checkpoint
     /// taken once every source was exhausted completed: so the last records are
@@ -176,6 +182,11 @@ pub struct SourceTask<T> {
     /// Stop-with-savepoint: the barrier is out and nothing may follow it
     /// until the coordinator says `Finish` or `Resume`.
     suspended: bool,
+    /// Barriers the coordinator asked for that are not out yet (they wait
+    /// for the records held read ahead to be emitted).
+    pending: Vec<(Barrier, AfterBarrier)>,
+    /// At-most-once: records polled ahead of what was emitted.
+    read_ahead: Option<ReadAhead<T>>,
 }
 
 impl<T: Send> SourceTask<T> {
@@ -186,7 +197,7 @@ impl<T: Send> SourceTask<T> {
         pipeline: Box<dyn Pipeline<T>>,
         batch_size: usize,
         metrics: Arc<JobMetrics>,
-        control: Option<TaskControl>,
+        control: Option<TaskControlPlane>,
     ) -> Self {
         Self {
             name,
@@ -201,7 +212,21 @@ impl<T: Send> SourceTask<T> {
             exhausted: false,
             exhaustion_reported: false,
             suspended: false,
+            pending: Vec::new(),
+            read_ahead: None,
         }
+    }
+
+    /// At-most-once: the reader's records wait until the position after
+    /// them is durable (see [`ReadAhead`]). Registers the reader's initial
+    /// position as the epoch's first reservation of this instance.
+    pub(crate) fn with_read_ahead(
+        mut self,
+        handle: crate::reservation::ReadAheadHandle,
+    ) -> Result<Self, crate::error::UserError> {
+        handle.set_initial(self.reader.position()?);
+        self.read_ahead = Some(ReadAhead::new(handle, self.batch_size));
+        Ok(self)
     }
 
     fn end(&mut self) -> Result<Step, TaskError> {
@@ -220,16 +245,18 @@ impl<T: Send> Task for SourceTask<T> {
         if self.phase != Phase::Running {
             return drain(&mut self.phase, self.pipeline.as_mut());
         }
-        let mut triggers: Vec<Barrier> = Vec::new();
         let mut suspend = self.suspended;
-        let (reader, name) = (&mut self.reader, &self.id.name);
+        let (reader, name, pending) = (&mut self.reader, &self.id.name, &mut self.pending);
         let completed = drain_commands(self.control.as_ref(), self.pipeline.as_mut(), |command| {
             match command {
-                HeadCommand::Trigger(barrier, after) => {
-                    triggers.push(barrier);
-                    suspend |= after == AfterBarrier::Suspend;
+                HeadCommand::Trigger(barrier, after) => pending.push((barrier, after)),
+                HeadCommand::Resume => {
+                    suspend = false;
+                    // A suspending barrier not out yet suspends nothing now.
+                    for (_, after) in pending.iter_mut() {
+                        *after = AfterBarrier::Continue;
+                    }
                 }
-                HeadCommand::Resume => suspend = false,
                 HeadCommand::Complete(id) => {
                     guarded(name, || reader.notify_checkpoint_complete(id))?
                 }
@@ -238,24 +265,30 @@ impl<T: Send> Task for SourceTask<T> {
             Ok(())
         })?;
         self.suspended = suspend;
-        for barrier in triggers {
-            let Some(control) = self.control.as_ref() else {
-                break;
-            };
-            // The reader's position and the barrier are taken in the same step:
-            // nothing is emitted between them.
-            let started = Instant::now();
-            let reader = &mut self.reader;
-            let lists = guarded(&self.id.name, || reader.snapshot(barrier))?;
-            let part = self.id.part(StateSnapshot { keyed: None, lists });
-            checkpoint(
-                control,
-                self.pipeline.as_mut(),
-                barrier,
-                started,
-                vec![part],
-                Duration::ZERO,
-            )?;
+        // A barrier goes out once everything read was emitted (at once unless
+        // records are held read ahead, at-most-once): the position it records
+        // is exactly what was emitted before it.
+        if !self.pending.is_empty() && self.read_ahead.as_ref().is_none_or(ReadAhead::is_empty) {
+            for (barrier, after) in std::mem::take(&mut self.pending) {
+                let Some(control) = self.control.as_ref() else {
+                    break;
+                };
+                // The reader's position and the barrier are taken in the same
+                // step: nothing is emitted between them.
+                let started = Instant::now();
+                let reader = &mut self.reader;
+                let lists = guarded(&self.id.name, || reader.snapshot(barrier))?;
+                let part = self.id.part(StateSnapshot { keyed: None, lists });
+                checkpoint(
+                    control,
+                    self.pipeline.as_mut(),
+                    barrier,
+                    started,
+                    vec![part],
+                    Duration::ZERO,
+                )?;
+                self.suspended |= after == AfterBarrier::Suspend;
+            }
         }
         if (self.exhausted || self.suspended) && completed == Some(u64::MAX) {
             return self.end();
@@ -274,6 +307,9 @@ impl<T: Send> Task for SourceTask<T> {
         if !self.pipeline.flush(false)? {
             return Ok(Step::Idle { wake_at: None });
         }
+        if self.read_ahead.is_some() {
+            return self.step_read_ahead();
+        }
         let (reader, buffer, max) = (&mut self.reader, &mut self.buffer, self.batch_size);
         let poll = guarded(&self.id.name, || reader.poll(buffer, max, Instant::now()))?;
         if !self.buffer.is_empty() {
@@ -286,16 +322,155 @@ impl<T: Send> Task for SourceTask<T> {
                 self.pipeline.flush(true)?;
                 Ok(Step::Idle { wake_at })
             }
-            SourcePoll::Finished => match &self.control {
-                Some(control) => {
-                    self.exhausted = true;
-                    self.exhaustion_reported = control.report_exhausted();
-                    self.pipeline.flush(true)?;
-                    Ok(Step::Progress)
-                }
-                None => self.end(),
-            },
+            SourcePoll::Finished => self.reader_finished(),
         }
+    }
+}
+
+impl<T: Send> SourceTask<T> {
+    /// The reader has no more records and everything it read was emitted.
+    fn reader_finished(&mut self) -> Result<Step, TaskError> {
+        match &self.control {
+            Some(control) => {
+                self.exhausted = true;
+                self.exhaustion_reported = control.report_exhausted();
+                self.pipeline.flush(true)?;
+                Ok(Step::Progress)
+            }
+            None => self.end(),
+        }
+    }
+
+    /// One at-most-once step (see [`ReadAhead`]): emit the oldest batch held
+    /// if its reservation is durable, poll one more batch unless enough is
+    /// held or a barrier waits, and ask for a reservation of what was read
+    /// if none is being written.
+    fn step_read_ahead(&mut self) -> Result<Step, TaskError> {
+        let Some(ahead) = self.read_ahead.as_mut() else {
+            return Ok(Step::Idle { wake_at: None });
+        };
+        if let Some(failure) = ahead.handle.failure() {
+            return Err(TaskError::Operator {
+                operator: self.id.name.to_string(),
+                cause: format!(
+                    "at-most-once: cannot write the read-ahead reservation of its position: \
+                     {failure}"
+                ),
+            });
+        }
+        let durable = ahead.handle.durable();
+        let mut progressed = false;
+        if ahead
+            .batches
+            .front()
+            .is_some_and(|(seq, _)| *seq <= durable)
+            && let Some((_, mut batch)) = ahead.batches.pop_front()
+        {
+            ahead.held -= batch.len();
+            self.metrics.add_records_in(batch.len());
+            self.pipeline.push(&mut batch)?;
+            batch.clear();
+            ahead.spare = Some(batch);
+            progressed = true;
+        }
+        if !ahead.reader_done && self.pending.is_empty() && ahead.held < ahead.max_held {
+            let mut batch = ahead
+                .spare
+                .take()
+                .unwrap_or_else(|| Vec::with_capacity(self.batch_size));
+            let (reader, max) = (&mut self.reader, self.batch_size);
+            let poll = guarded(&self.id.name, || {
+                reader.poll(&mut batch, max, Instant::now())
+            })?;
+            match poll {
+                SourcePoll::Ready => ahead.wake_at = None,
+                SourcePoll::Pending { wake_at } => ahead.wake_at = wake_at,
+                SourcePoll::Finished => ahead.reader_done = true,
+            }
+            if batch.is_empty() {
+                ahead.spare = Some(batch);
+            } else {
+                ahead.held += batch.len();
+                ahead.unreserved += batch.len();
+                ahead.batches.push_back((ahead.next_seq, batch));
+                progressed = true;
+            }
+        }
+        // One reservation in flight at a time; it covers everything read. It
+        // is asked for once half the read-ahead was read, or at once
+        // when nothing covered is left to emit (or a barrier waits, or the
+        // reader has nothing more now): few writes, and no stall while one
+        // is written.
+        let starving = ahead.batches.front().is_none_or(|(seq, _)| *seq > durable);
+        let due = starving
+            || ahead.unreserved >= ahead.max_held / 2
+            || ahead.reader_done
+            || ahead.wake_at.is_some()
+            || !self.pending.is_empty();
+        if ahead.unreserved > 0 && ahead.requested <= durable && due {
+            let reader = &mut self.reader;
+            let lists = guarded(&self.id.name, || reader.position())?;
+            ahead.handle.submit(ahead.next_seq, lists);
+            ahead.requested = ahead.next_seq;
+            ahead.next_seq += 1;
+            ahead.unreserved = 0;
+            progressed = true;
+        }
+        if ahead.reader_done && ahead.is_empty() {
+            return self.reader_finished();
+        }
+        if progressed {
+            return Ok(Step::Progress);
+        }
+        let wake_at = ahead.wake_at;
+        self.pipeline.flush(true)?;
+        // Woken by the reservation writer (or at the reader's `wake_at`).
+        Ok(Step::Idle { wake_at })
+    }
+}
+
+/// At-most-once read-ahead of a source task: batches polled but not yet
+/// emitted, each with the sequence number of the reservation that covers it
+/// (the reader's position after it). A batch is emitted only once that
+/// reservation is durable, so a restart (which resumes from the newest
+/// reservation) never emits it again.
+pub(crate) struct ReadAhead<T> {
+    handle: crate::reservation::ReadAheadHandle,
+    batches: std::collections::VecDeque<(u64, Vec<T>)>,
+    /// Records in `batches`.
+    held: usize,
+    /// At most this many records are held ([`crate::config::READ_AHEAD_BATCHES`]).
+    max_held: usize,
+    /// Records polled since the last reservation was asked for: they carry
+    /// `next_seq`.
+    unreserved: usize,
+    next_seq: u64,
+    /// The newest reservation asked for (0: none).
+    requested: u64,
+    reader_done: bool,
+    wake_at: Option<Instant>,
+    spare: Option<Vec<T>>,
+}
+
+impl<T> ReadAhead<T> {
+    pub(crate) fn new(handle: crate::reservation::ReadAheadHandle, batch_size: usize) -> Self {
+        Self {
+            handle,
+            batches: std::collections::VecDeque::new(),
+            held: 0,
+            max_held: batch_size.saturating_mul(crate::config::READ_AHEAD_BATCHES),
+            unreserved: 0,
+            next_seq: 1,
+            requested: 0,
+            reader_done: false,
+            wake_at: None,
+            spare: None,
+        }
+    }
+
+    /// Nothing is held: everything read was emitted.
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
     }
 }
 
@@ -470,7 +645,7 @@ pub struct OneInputTask<T> {
     aligner: Aligner,
     pipeline: Box<dyn Pipeline<T>>,
     phase: Phase,
-    control: Option<TaskControl>,
+    control: Option<TaskControlPlane>,
 }
 
 impl<T: Send> OneInputTask<T> {
@@ -478,7 +653,7 @@ impl<T: Send> OneInputTask<T> {
         name: String,
         channels: Vec<ChannelReceiver<T>>,
         pipeline: Box<dyn Pipeline<T>>,
-        control: Option<TaskControl>,
+        control: Option<TaskControlPlane>,
     ) -> Self {
         let gate = InputGate::new(&name, channels, 0);
         let aligned = control.as_ref().is_none_or(|c| c.aligned);
@@ -553,7 +728,7 @@ pub struct TwoInputTask<A, B, O> {
     output: Vec<O>,
     pipeline: Box<dyn Pipeline<O>>,
     phase: Phase,
-    control: Option<TaskControl>,
+    control: Option<TaskControlPlane>,
 }
 
 enum SideEvent {
@@ -570,7 +745,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
         second: Vec<ChannelReceiver<B>>,
         operator: Box<dyn TwoInputOperator<A, B, O>>,
         pipeline: Box<dyn Pipeline<O>>,
-        control: Option<TaskControl>,
+        control: Option<TaskControlPlane>,
     ) -> Self {
         let first = InputGate::new(&name, first, 0);
         let second = InputGate::new(&name, second, first.len());

@@ -19,7 +19,7 @@ use crate::error::StateError;
 use crate::heap::{GroupMap, HeapTable};
 use crate::serialized::{SerializedListTable, SerializedMapTable, SerializedValueTable};
 use crate::table::{ListTable, MapTable, ValueTable};
-use crate::{KeyGroup, StateKey, StateValue};
+use crate::{KeyGroup, StateKey, StateType, StateValue};
 
 fn value_table<K: StateKey, V: StateValue>(
     name: &str,
@@ -112,10 +112,15 @@ impl<K: StateKey> dyn KeyedStateBackend<K> + '_ {
     }
 
     /// Declares (or looks up) an aggregating state; the table holds accumulators.
-    pub fn aggregating_state<I: 'static, Acc: StateValue, O: 'static>(
+    pub fn aggregating_state<I, Acc, O>(
         &mut self,
         descriptor: &AggregatingStateDescriptor<I, Acc, O>,
-    ) -> Result<AggregatingStateHandle<I, Acc, O>, StateError> {
+    ) -> Result<AggregatingStateHandle<I, Acc, O>, StateError>
+    where
+        I: StateType + 'static,
+        Acc: StateValue,
+        O: StateType + 'static,
+    {
         let name = descriptor.name.as_str();
         let id = self.declare(
             StateSignature::new::<(I, Acc, O)>(name, StateKind::Aggregating),

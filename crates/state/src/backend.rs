@@ -244,6 +244,33 @@ pub(crate) struct Declarations<K> {
     waiting: HashMap<String, Vec<RestoredSection>>,
 }
 
+/// Checks a state's kind and recorded type names (read from a snapshot)
+/// against its declaration: a kind mismatch is an
+/// [`StateError::IncompatibleDeclaration`], a type mismatch a
+/// [`StateError::RestoredTypeMismatch`] naming both.
+pub(crate) fn check_restored(
+    signature: &StateSignature,
+    kind: crate::StateKind,
+    types: &str,
+) -> Result<(), StateError> {
+    if kind != signature.kind {
+        return Err(StateError::IncompatibleDeclaration {
+            name: signature.name.clone(),
+            existing: format!("{kind} state of {types} (in the snapshot)"),
+            requested: signature.to_string(),
+        });
+    }
+    if !signature.matches_recorded(types) {
+        return Err(StateError::RestoredTypeMismatch {
+            state: signature.name.clone(),
+            kind,
+            recorded: types.to_owned(),
+            requested: signature.types.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// At most this many states per operator instance (a limit on everything).
 pub const MAX_STATES_PER_OPERATOR: usize = 1024;
 /// Longest accepted state name, in bytes.
@@ -262,16 +289,7 @@ impl<K> Declarations<K> {
         slot: &mut TableSlot<K>,
         section: &RestoredSection,
     ) -> Result<(), StateError> {
-        if section.kind != signature.kind || section.types != signature.types {
-            return Err(StateError::IncompatibleDeclaration {
-                name: signature.name.clone(),
-                existing: format!(
-                    "{} state of {} (in the snapshot)",
-                    section.kind, section.types
-                ),
-                requested: signature.to_string(),
-            });
-        }
+        check_restored(signature, section.kind, &section.types)?;
         slot.table()
             .restore_key_group(section.key_group, &section.payload)
     }
@@ -324,11 +342,14 @@ impl<K> Declarations<K> {
     }
 
     /// The waiting sections as a snapshot of `range`, if any wait.
-    pub(crate) fn waiting_snapshot(&self, range: KeyGroupRange) -> Option<KeyedStateSnapshot> {
+    pub(crate) fn waiting_snapshot(&self, range: KeyGroupRange) -> Option<KeyedStateSnapshot>
+    where
+        K: crate::StateType,
+    {
         let states = self.waiting_states();
         (!states.is_empty()).then_some(KeyedStateSnapshot {
             range,
-            key_type: std::any::type_name::<K>().to_owned(),
+            key_type: crate::state_type_name::<K>(),
             states,
         })
     }
@@ -343,6 +364,7 @@ impl<K> Declarations<K> {
                     name: name.clone(),
                     kind: first.kind,
                     types: first.types.clone(),
+                    rust_types: "",
                 };
                 states.push((
                     signature,
@@ -375,6 +397,8 @@ impl<K> Declarations<K> {
             .position(|(s, _)| s.name == signature.name)
         {
             let existing = &self.entries[index].0;
+            // The Rust types too: one declared name given to two Rust types
+            // would hand out a handle of the wrong type.
             if *existing != signature {
                 return Err(StateError::IncompatibleDeclaration {
                     name: signature.name.clone(),
@@ -382,7 +406,21 @@ impl<K> Declarations<K> {
                     requested: signature.to_string(),
                 });
             }
+            if existing.rust_types != signature.rust_types {
+                return Err(StateError::IncompatibleDeclaration {
+                    name: signature.name.clone(),
+                    existing: format!("{existing} (Rust type {})", existing.rust_types),
+                    requested: format!("{signature} (Rust type {})", signature.rust_types),
+                });
+            }
             return Ok(StateId(index as u32));
+        }
+        if signature.types.is_empty() || signature.types.starts_with('~') {
+            return Err(StateError::InvalidTypeName {
+                state: signature.name,
+                type_name: signature.types,
+                reason: "a declared type name is not empty and does not start with '~' (that marks the Rust type names of version-1 snapshots)",
+            });
         }
         if self.entries.len() >= MAX_STATES_PER_OPERATOR {
             return Err(StateError::InvalidName {

@@ -9,6 +9,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use crate::backend::StateId;
+use crate::state_type::{LEGACY_PREFIX, StateType, state_type_name};
 
 /// The kind of a keyed state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -194,21 +195,54 @@ impl<I, Acc, O> Clone for AggregatingStateHandle<I, Acc, O> {
     }
 }
 
-/// What a declaration asks for: name, kind and the Rust types, so that a second
-/// declaration of the same name can be checked against the first.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What a declaration asks for: name, kind and the declared names of its types
+/// ([`StateType`]), so that a second declaration of the same name, and state
+/// restored from a snapshot, can be checked against it.
+///
+/// Equality compares `name`, `kind` and `types`: what a snapshot records.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StateSignature {
     pub name: String,
     pub kind: StateKind,
+    /// The declared type names (see the table in docs/savepoint-format.md,
+    /// section 5.1): `V`, or `tuple<UK,UV>` for a map, `tuple<I,Acc,O>` for an
+    /// aggregating state. A signature restored from a version-1 snapshot holds
+    /// a legacy name instead ([`crate::state_type::legacy`]).
     pub types: String,
+    /// `std::any::type_name` of the same Rust types, when this signature comes
+    /// from a declaration in this process (empty when it was read from a
+    /// snapshot): what a legacy name is compared with, and what tells apart two
+    /// declarations of one name with different Rust types. Never written.
+    #[serde(skip)]
+    pub rust_types: &'static str,
 }
 
+impl PartialEq for StateSignature {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.kind == other.kind && self.types == other.types
+    }
+}
+
+impl Eq for StateSignature {}
+
 impl StateSignature {
-    pub(crate) fn new<T: ?Sized>(name: &str, kind: StateKind) -> Self {
+    pub(crate) fn new<T: StateType + ?Sized>(name: &str, kind: StateKind) -> Self {
         Self {
             name: name.to_owned(),
             kind,
-            types: type_name::<T>().to_owned(),
+            types: state_type_name::<T>(),
+            rust_types: type_name::<T>(),
+        }
+    }
+
+    /// Whether type names recorded in a snapshot (`recorded`: a declared name,
+    /// or a legacy name from a version-1 snapshot) name this declaration's
+    /// types. A legacy name matches only the declaration's
+    /// `std::any::type_name`, as version 1 checked; nothing else is accepted.
+    pub fn matches_recorded(&self, recorded: &str) -> bool {
+        match recorded.strip_prefix(LEGACY_PREFIX) {
+            Some(rust) => !self.rust_types.is_empty() && rust == self.rust_types,
+            None => recorded == self.types,
         }
     }
 }

@@ -14,6 +14,27 @@ pub enum StateError {
         existing: String,
         requested: String,
     },
+    /// A state in a snapshot records other types than its declaration
+    /// names: restoring it would misread its bytes.
+    #[error(
+        "state '{state}': the snapshot holds {kind} state of type '{recorded}'; it cannot be restored as type '{requested}'"
+    )]
+    RestoredTypeMismatch {
+        state: String,
+        kind: crate::StateKind,
+        /// The type names the snapshot recorded (a declared name, or a
+        /// version-1 `std::any::type_name` behind the legacy prefix).
+        recorded: String,
+        /// The declared type names of the declaration.
+        requested: String,
+    },
+    /// A declared type name that snapshots cannot record unambiguously.
+    #[error("state '{state}': invalid declared type name '{type_name}': {reason}")]
+    InvalidTypeName {
+        state: String,
+        type_name: String,
+        reason: &'static str,
+    },
     /// A key was routed to an instance that does not own its key group: a routing bug
     /// or a state restored into the wrong range.
     #[error("key group {key_group} is outside the range {range} owned by this instance")]

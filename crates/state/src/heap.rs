@@ -448,7 +448,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
             .snapshot_with(&mut |_, slot| slot.table().snapshot())?;
         Ok(BackendSnapshot::KeyGroups(KeyedStateSnapshot {
             range: self.range,
-            key_type: std::any::type_name::<K>().to_owned(),
+            key_type: crate::state_type_name::<K>(),
             states,
         }))
     }
@@ -497,6 +497,7 @@ mod tests {
 
     #[derive(Debug, serde::Serialize, serde::Deserialize)]
     struct Counted(u64);
+    crate::state_type!(Counted => "test.Counted");
 
     impl Clone for Counted {
         fn clone(&self) -> Self {

@@ -26,6 +26,7 @@ pub mod native;
 pub mod operator_state;
 pub mod serialized;
 pub mod snapshot;
+pub mod state_type;
 pub mod table;
 
 pub use access::KeyScope;
@@ -50,6 +51,7 @@ pub use native::{
 pub use operator_state::{OperatorListHandle, OperatorStateStore, RedistributionMode};
 pub use serialized::{BackendInstance, KvStore, KvStoreFactory, SerializedKeyedStateBackend};
 pub use snapshot::{KeyedStateSnapshot, RestoredKeyedState, TableSnapshot};
+pub use state_type::{StateType, state_type_name};
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -58,9 +60,19 @@ use std::hash::Hash;
 ///
 /// The key's [`Hash`] implementation must be deterministic (it must not depend on a
 /// random seed or on addresses): it decides the key group, and the key group decides
-/// where the key's state lives after a restore or a rescale.
+/// where the key's state lives after a restore or a rescale. Its declared name
+/// ([`StateType`]) is recorded in snapshots.
 pub trait StateKey:
-    Hash + Eq + Clone + Debug + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static
+    Hash
+    + Eq
+    + Clone
+    + Debug
+    + Send
+    + Sync
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + StateType
+    + 'static
 {
 }
 impl<T> StateKey for T where
@@ -72,16 +84,18 @@ impl<T> StateKey for T where
         + Sync
         + serde::Serialize
         + serde::de::DeserializeOwned
+        + StateType
         + 'static
 {
 }
 
-/// A type usable as a value held in state.
+/// A type usable as a value held in state. Its declared name ([`StateType`])
+/// is recorded in snapshots and checked on restore.
 pub trait StateValue:
-    Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static
+    Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + StateType + 'static
 {
 }
 impl<T> StateValue for T where
-    T: Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static
+    T: Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + StateType + 'static
 {
 }

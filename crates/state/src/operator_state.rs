@@ -5,11 +5,12 @@
 //! [`RedistributionMode::Split`] deals the elements of all instances out among the
 //! new instances; [`RedistributionMode::Union`] gives every new instance all of them.
 
-use std::any::{Any, type_name};
+use std::any::{Any, TypeId};
 use std::marker::PhantomData;
 
 use crate::StateValue;
 use crate::error::StateError;
+use crate::state_type::state_type_name;
 
 /// How an operator list state is redistributed on rescale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -39,7 +40,11 @@ impl<V> Clone for OperatorListHandle<V> {
 struct OperatorList {
     name: String,
     mode: RedistributionMode,
-    type_name: &'static str,
+    /// The declared name of the element type ([`crate::StateType`]).
+    type_name: String,
+    /// The element's Rust type: one declared name given to two Rust types
+    /// must not hand out a handle of the wrong type.
+    type_id: TypeId,
     values: Box<dyn Any + Send>,
 }
 
@@ -60,10 +65,14 @@ impl OperatorStateStore {
         name: &str,
         mode: RedistributionMode,
     ) -> Result<OperatorListHandle<V>, StateError> {
-        let type_name = type_name::<V>();
+        let type_name = state_type_name::<V>();
+        let type_id = TypeId::of::<V>();
         if let Some(index) = self.lists.iter().position(|l| l.name == name) {
             let existing = &self.lists[index];
-            if existing.mode != mode || existing.type_name != type_name {
+            if existing.mode != mode
+                || existing.type_name != type_name
+                || existing.type_id != type_id
+            {
                 return Err(StateError::IncompatibleDeclaration {
                     name: name.to_owned(),
                     existing: format!("{:?} list of {}", existing.mode, existing.type_name),
@@ -79,6 +88,7 @@ impl OperatorStateStore {
             name: name.to_owned(),
             mode,
             type_name,
+            type_id,
             values: Box::new(Vec::<V>::new()),
         });
         Ok(OperatorListHandle {

@@ -967,6 +967,36 @@ pub struct SerializedKeyedStateBackend<K> {
     unclaimed_dirty: bool,
 }
 
+/// A value of the unclaimed column starts with this mark (a state count no
+/// section has) and the `u32` section version, then the section. Values
+/// without it were written by flowstate 0.1: version-1 sections.
+const UNCLAIMED_MARK: [u8; 4] = [0xff; 4];
+
+/// The version-2 section held by a value of the unclaimed column; sets
+/// `legacy` if the value was a version-1 section.
+fn unclaimed_section(
+    key_group: KeyGroup,
+    value: &[u8],
+    legacy: &mut bool,
+) -> Result<Vec<u8>, StateError> {
+    match value.strip_prefix(&UNCLAIMED_MARK[..]) {
+        Some(rest) => match rest.split_first_chunk::<4>() {
+            Some((version, section))
+                if u32::from_le_bytes(*version) == crate::snapshot::SECTION_VERSION =>
+            {
+                Ok(section.to_vec())
+            }
+            _ => Err(StateError::CorruptSnapshot(format!(
+                "key group {key_group}: unclaimed state of an unknown section version"
+            ))),
+        },
+        None => {
+            *legacy = true;
+            crate::snapshot::section_from_v1(key_group, value)
+        }
+    }
+}
+
 impl<K: StateKey> SerializedKeyedStateBackend<K> {
     pub fn new(store: Box<dyn KvStore>, range: KeyGroupRange, max_parallelism: u32) -> Self {
         Self {
@@ -1000,6 +1030,8 @@ impl<K: StateKey> SerializedKeyedStateBackend<K> {
             let mut section = Vec::new();
             for key_group in range.iter() {
                 section.clear();
+                section.extend_from_slice(&UNCLAIMED_MARK);
+                section.extend_from_slice(&crate::snapshot::SECTION_VERSION.to_le_bytes());
                 waiting.write_key_group(key_group, &mut section)?;
                 column.put(&key_group_prefix(key_group), &section)?;
             }
@@ -1039,14 +1071,8 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
         signature: StateSignature,
         create: &mut dyn FnMut(TableLayout) -> TableSlot<K>,
     ) -> Result<StateId, StateError> {
-        if let Some(restored) = self.native_states.iter().find(|s| s.name == signature.name)
-            && (restored.kind != signature.kind || restored.types != signature.types)
-        {
-            return Err(StateError::IncompatibleDeclaration {
-                name: signature.name.clone(),
-                existing: format!("{restored} (in the snapshot)"),
-                requested: signature.to_string(),
-            });
+        if let Some(restored) = self.native_states.iter().find(|s| s.name == signature.name) {
+            crate::backend::check_restored(&signature, restored.kind, &restored.types)?;
         }
         let range = self.range;
         let store = &mut self.store;
@@ -1100,7 +1126,7 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
                 }
                 Ok(BackendSnapshot::KeyGroups(KeyedStateSnapshot {
                     range: self.range,
-                    key_type: std::any::type_name::<K>().to_owned(),
+                    key_type: crate::state_type_name::<K>(),
                     states,
                 }))
             }
@@ -1124,15 +1150,18 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
             // Sections that waited for a declaration in the earlier run.
             let range = self.range;
             let mut groups = Vec::new();
+            let mut legacy = false;
             self.unclaimed_column()?.scan(
                 &key_group_prefix(range.start),
                 &key_group_prefix(range.end),
                 &mut |k, v| {
                     let key_group = u16::from_be_bytes([k[0], k[1]]) as u32;
-                    groups.push((key_group, v.to_vec()));
+                    groups.push((key_group, unclaimed_section(key_group, v, &mut legacy)?));
                     Ok(true)
                 },
             )?;
+            // Written again, in this build's layout, by the next snapshot.
+            self.unclaimed_dirty |= legacy;
             self.declarations.restore(
                 range,
                 RestoredKeyedState {
@@ -1172,5 +1201,48 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
 
     fn notify_checkpoint_aborted(&mut self, id: u64) {
         self.store.notify_aborted(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One state `s`, kind value, type names `types`, an empty payload.
+    fn section(types: &str) -> Vec<u8> {
+        let mut out = 1u32.to_le_bytes().to_vec();
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.push(b's');
+        out.push(0);
+        out.extend_from_slice(&(types.len() as u16).to_le_bytes());
+        out.extend_from_slice(types.as_bytes());
+        out.extend_from_slice(&8u64.to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn unclaimed_values_of_both_versions_read() {
+        // This build's values: the mark, version 2, the section.
+        let mut value = UNCLAIMED_MARK.to_vec();
+        value.extend_from_slice(&2u32.to_le_bytes());
+        value.extend_from_slice(&section("tuple<u64,u64>"));
+        let mut legacy = false;
+        assert_eq!(
+            unclaimed_section(3, &value, &mut legacy).unwrap(),
+            section("tuple<u64,u64>")
+        );
+        assert!(!legacy);
+        // flowstate 0.1's: a bare version-1 section, read with legacy names.
+        assert_eq!(
+            unclaimed_section(3, &section("(u64, u64)"), &mut legacy).unwrap(),
+            section("~rust:(u64, u64)")
+        );
+        assert!(legacy);
+        // An unknown version is refused.
+        let mut value = UNCLAIMED_MARK.to_vec();
+        value.extend_from_slice(&3u32.to_le_bytes());
+        value.extend_from_slice(&section("u64"));
+        assert!(unclaimed_section(3, &value, &mut legacy).is_err());
     }
 }

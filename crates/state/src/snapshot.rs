@@ -12,6 +12,13 @@
 //! types, u64 payload_len, payload`; a payload is `u64 entries` followed by the
 //! entries, each the key then the value in the durable encoding
 //! ([`crate::codec`]).
+//!
+//! Version 2 of the layout (keyed files `FSKS` version 2) records declared type
+//! names ([`crate::StateType`]) in `types`; version 1 recorded
+//! `std::any::type_name` strings. The bytes are otherwise the same. Sections
+//! handed to [`crate::KeyedStateBackend::restore`] are version 2: a reader of
+//! a version-1 file passes each section through [`section_from_v1`] first,
+//! which turns its names into legacy names ([`crate::state_type::legacy`]).
 
 use crate::descriptor::{StateKind, StateSignature};
 use crate::error::StateError;
@@ -30,9 +37,9 @@ pub trait TableSnapshot: Send + Sync {
 /// A consistent view of all keyed state of one operator instance.
 pub struct KeyedStateSnapshot {
     pub range: KeyGroupRange,
-    /// The key type's name (`std::any::type_name::<K>()`), recorded in the
-    /// checkpoint metadata so that offline tools can decode the keys. Sections
-    /// record only the value types.
+    /// The key type's declared name ([`crate::state_type_name`]), recorded in
+    /// the checkpoint metadata so that offline tools can decode the keys.
+    /// Sections record only the value types.
     pub key_type: String,
     pub states: Vec<(StateSignature, Box<dyn TableSnapshot>)>,
 }
@@ -69,13 +76,7 @@ impl KeyedStateSnapshot {
         let mut entries = 0;
         out.extend_from_slice(&(self.states.len() as u32).to_le_bytes());
         for (signature, table) in &self.states {
-            let name = signature.name.as_bytes();
-            let types = signature.types.as_bytes();
-            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            out.extend_from_slice(name);
-            out.push(kind_code(signature.kind));
-            out.extend_from_slice(&(types.len().min(u16::MAX as usize) as u16).to_le_bytes());
-            out.extend_from_slice(&types[..types.len().min(u16::MAX as usize)]);
+            write_state_header(out, &signature.name, signature.kind, &signature.types);
             let length_at = out.len();
             out.extend_from_slice(&0u64.to_le_bytes());
             entries += table.write_key_group(key_group, out)?;
@@ -84,6 +85,42 @@ impl KeyedStateSnapshot {
         }
         Ok(entries)
     }
+}
+
+/// The version of the key-group section layout this build writes: 2, with
+/// declared type names.
+pub const SECTION_VERSION: u32 = 2;
+
+/// Appends a state's `name_len, name, kind, types_len, types` (`types` cut at
+/// 65,535 bytes).
+fn write_state_header(out: &mut Vec<u8>, name: &str, kind: StateKind, types: &str) {
+    let name = name.as_bytes();
+    let types = types.as_bytes();
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(name);
+    out.push(kind_code(kind));
+    let types_len = types.len().min(u16::MAX as usize);
+    out.extend_from_slice(&(types_len as u16).to_le_bytes());
+    out.extend_from_slice(&types[..types_len]);
+}
+
+/// The reader of version-1 sections: rewrites a section of a version-1 keyed
+/// file (type names as `std::any::type_name` strings) as a version-2 section
+/// whose type names are the corresponding legacy names
+/// ([`crate::state_type::legacy`]); names and payloads are unchanged. A
+/// legacy name matches only a declaration with that `std::any::type_name`,
+/// which is what version 1 checked.
+pub fn section_from_v1(key_group: KeyGroup, bytes: &[u8]) -> Result<Vec<u8>, StateError> {
+    let states = read_section(key_group, bytes)?;
+    let mut out = Vec::with_capacity(bytes.len() + states.len() * 8);
+    out.extend_from_slice(&(states.len() as u32).to_le_bytes());
+    for state in &states {
+        let types = crate::state_type::legacy(&state.types);
+        write_state_header(&mut out, state.name, state.kind, &types);
+        out.extend_from_slice(&(state.payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(state.payload);
+    }
+    Ok(out)
 }
 
 /// One state's payload in one key group, as read back.
@@ -159,8 +196,10 @@ const MAX_SECTION_STATES: u32 = crate::backend::MAX_STATES_PER_OPERATOR as u32;
 pub struct SectionState<'a> {
     pub name: &'a str,
     pub kind: StateKind,
-    /// The recorded Rust type names (see [`StateSignature::types`]); lossy
-    /// if the writer cut a name longer than 65,535 bytes inside a character.
+    /// The recorded type names (see [`StateSignature::types`]): declared names
+    /// in a version-2 section, `std::any::type_name` strings in a version-1
+    /// one; lossy if the writer cut a name longer than 65,535 bytes inside a
+    /// character.
     pub types: std::borrow::Cow<'a, str>,
     /// `u64 entries`, then the entries.
     pub payload: &'a [u8],
@@ -419,6 +458,148 @@ mod tests {
         }
     }
 
+    /// Two user types with one encoding (a `u64`) but different declared names.
+    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    struct Clicks(u64);
+    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    struct Views(u64);
+    crate::state_type!(Clicks => "test.Clicks", Views => "test.Views");
+
+    #[test]
+    fn a_state_restores_only_under_its_declared_name() {
+        let m = 4;
+        let mut backend: Box<dyn KeyedStateBackend<u64>> =
+            heap_backend(KeyGroupRange::new(0, m), m);
+        let clicks = backend
+            .value_state(&ValueStateDescriptor::<Clicks>::new("per-user"))
+            .unwrap();
+        let list = backend
+            .list_state(&ListStateDescriptor::<Clicks>::new("history"))
+            .unwrap();
+        for key in 0..10u64 {
+            let mut scope = KeyScope::new(backend.as_mut(), &key, key_group_of(&key, m));
+            scope.value(&clicks).set(Clicks(key)).unwrap();
+            scope.list(&list).add(Clicks(key)).unwrap();
+        }
+        let snapshot = canonical(backend.as_mut());
+        assert_eq!(snapshot.key_type, "u64");
+        let sections = write_all(&snapshot);
+        let states = read_section(0, &sections[0].1).unwrap();
+        let recorded: Vec<(&str, &str)> =
+            states.iter().map(|s| (s.name, s.types.as_ref())).collect();
+        assert_eq!(
+            recorded,
+            [("per-user", "test.Clicks"), ("history", "test.Clicks")]
+        );
+
+        let restored = || {
+            let mut other: Box<dyn KeyedStateBackend<u64>> =
+                heap_backend(KeyGroupRange::new(0, m), m);
+            other
+                .restore(RestoredKeyedState {
+                    groups: sections.clone(),
+                    native: Vec::new(),
+                })
+                .unwrap();
+            other
+        };
+        // Same bytes, another declared name: refused, naming both.
+        let mut other = restored();
+        let err = other
+            .value_state(&ValueStateDescriptor::<Views>::new("per-user"))
+            .unwrap_err();
+        match &err {
+            StateError::RestoredTypeMismatch {
+                state,
+                kind,
+                recorded,
+                requested,
+            } => {
+                assert_eq!(
+                    (state.as_str(), *kind, recorded.as_str(), requested.as_str()),
+                    ("per-user", StateKind::Value, "test.Clicks", "test.Views")
+                );
+            }
+            other => panic!("expected RestoredTypeMismatch, got {other}"),
+        }
+        assert_eq!(
+            err.to_string(),
+            "state 'per-user': the snapshot holds value state of type 'test.Clicks'; it cannot be restored as type 'test.Views'"
+        );
+        let err = other
+            .list_state(&ListStateDescriptor::<Views>::new("history"))
+            .unwrap_err();
+        assert!(
+            matches!(&err, StateError::RestoredTypeMismatch { state, .. } if state == "history"),
+            "{err}"
+        );
+        // The declared name restores, under any Rust path of the type.
+        let value = other
+            .value_state(&ValueStateDescriptor::<Clicks>::new("per-user"))
+            .unwrap();
+        let key = 3u64;
+        let mut scope = KeyScope::new(other.as_mut(), &key, key_group_of(&key, m));
+        assert_eq!(scope.value(&value).get().unwrap().map(|c| c.0), Some(3));
+    }
+
+    #[test]
+    fn one_declared_name_for_two_rust_types_is_refused() {
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+        struct Imposter(u64);
+        crate::state_type!(Imposter => "test.Clicks");
+        let mut backend: Box<dyn KeyedStateBackend<u64>> =
+            heap_backend(KeyGroupRange::new(0, 1), 1);
+        backend
+            .value_state(&ValueStateDescriptor::<Clicks>::new("v"))
+            .unwrap();
+        let err = backend
+            .value_state(&ValueStateDescriptor::<Imposter>::new("v"))
+            .unwrap_err();
+        assert!(
+            matches!(&err, StateError::IncompatibleDeclaration { name, .. } if name == "v"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("Imposter"), "{err}");
+    }
+
+    #[test]
+    fn v1_sections_read_as_legacy_names() {
+        // A version-1 section: `(u64, u64)` in `std::any::type_name` spelling.
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&9u16.to_le_bytes());
+        v1.extend_from_slice(b"count-sum");
+        v1.push(0);
+        v1.extend_from_slice(&10u16.to_le_bytes());
+        v1.extend_from_slice(b"(u64, u64)");
+        v1.extend_from_slice(&8u64.to_le_bytes());
+        v1.extend_from_slice(&0u64.to_le_bytes());
+        let v2 = section_from_v1(5, &v1).unwrap();
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&1u32.to_le_bytes());
+        expected.extend_from_slice(&9u16.to_le_bytes());
+        expected.extend_from_slice(b"count-sum");
+        expected.push(0);
+        expected.extend_from_slice(&16u16.to_le_bytes());
+        expected.extend_from_slice(b"~rust:(u64, u64)");
+        expected.extend_from_slice(&8u64.to_le_bytes());
+        expected.extend_from_slice(&0u64.to_le_bytes());
+        assert_eq!(v2, expected);
+        // It matches the declaration whose Rust type name it is, and no other.
+        let signature = StateSignature::new::<(u64, u64)>("count-sum", StateKind::Value);
+        assert!(signature.matches_recorded("~rust:(u64, u64)"));
+        assert!(!signature.matches_recorded("(u64, u64)"));
+        assert!(signature.matches_recorded("tuple<u64,u64>"));
+        let other = StateSignature::new::<(u64, i64)>("count-sum", StateKind::Value);
+        assert!(!other.matches_recorded("~rust:(u64, u64)"));
+        // A signature read from a snapshot knows no Rust type: nothing legacy matches.
+        let read = StateSignature {
+            rust_types: "",
+            ..signature
+        };
+        assert!(!read.matches_recorded("~rust:"));
+    }
+
     #[test]
     fn restore_refuses_a_changed_type_and_damaged_bytes() {
         let m = 4;
@@ -447,8 +628,16 @@ mod tests {
             .err()
             .unwrap();
         assert!(
-            matches!(err, StateError::IncompatibleDeclaration { .. }),
+            matches!(
+                &err,
+                StateError::RestoredTypeMismatch { state, kind: StateKind::Value, recorded, requested }
+                    if state == "v" && recorded == "u64" && requested == "string"
+            ),
             "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "state 'v': the snapshot holds value state of type 'u64'; it cannot be restored as type 'string'"
         );
 
         let mut truncated = sections.clone();

@@ -12,10 +12,10 @@ use std::path::PathBuf;
 
 use flowstate_state::memory_store::MemoryStore;
 use flowstate_state::serialized::SerializedKeyedStateBackend;
-use flowstate_state::snapshot::read_section;
+use flowstate_state::snapshot::{read_section, section_from_v1};
 use flowstate_state::{
-    KeyGroup, KeyGroupRange, KeyScope, KeyedStateBackend, RestoredKeyedState, ValueStateDescriptor,
-    heap_backend, key_group_of,
+    KeyGroup, KeyGroupRange, KeyScope, KeyedStateBackend, RestoredKeyedState, StateError,
+    ValueStateDescriptor, heap_backend, key_group_of,
 };
 
 /// The savepoint's key groups, and its subtasks' ranges.
@@ -51,8 +51,14 @@ fn sections(subtask: usize, (start, end): (u32, u32)) -> Vec<(KeyGroup, Vec<u8>)
             at += 8 + u64::from_le_bytes(rest[at..at + 8].try_into().unwrap()) as usize;
         }
         let (section, tail) = rest.split_at(at);
-        read_section(group, section).unwrap();
-        out.push((group, section.to_vec()));
+        let states = read_section(group, section).unwrap();
+        assert!(
+            states.iter().all(|s| s.types == "(u64, u64)"),
+            "Rust type names"
+        );
+        // The reader of version-1 sections: the names become legacy names,
+        // which match the declaration's `std::any::type_name`.
+        out.push((group, section_from_v1(group, section).unwrap()));
         rest = tail;
     }
     assert!(rest.is_empty(), "{} bytes after the sections", rest.len());
@@ -122,4 +128,38 @@ fn v1_keyed_files_restore_into_both_backends_unchanged() {
     assert_eq!(expected.len() as u64, KEYS);
     assert_eq!(heap, expected);
     assert_eq!(serialized, expected);
+}
+
+#[test]
+fn v1_sections_match_only_the_same_rust_type() {
+    let range = KeyGroupRange::new(RANGES[0].0, RANGES[0].1);
+    let mut backend = heap_backend::<u64>(range, MAX_PARALLELISM);
+    backend
+        .restore(RestoredKeyedState {
+            groups: sections(0, RANGES[0]),
+            native: Vec::new(),
+        })
+        .unwrap();
+    // Same shape, other Rust type: version 1 refused it, so does this reader.
+    let err = backend
+        .value_state(&ValueStateDescriptor::<(i64, u64)>::new("count-sum"))
+        .unwrap_err();
+    match &err {
+        StateError::RestoredTypeMismatch {
+            state,
+            recorded,
+            requested,
+            ..
+        } => {
+            assert_eq!(state, "count-sum");
+            assert_eq!(recorded, "~rust:(u64, u64)");
+            assert_eq!(requested, "tuple<i64,u64>");
+        }
+        other => panic!("expected RestoredTypeMismatch, got {other}"),
+    }
+    assert!(err.to_string().contains("'~rust:(u64, u64)'"), "{err}");
+    // The refused declaration left the state waiting for a correct one.
+    backend
+        .value_state(&ValueStateDescriptor::<(u64, u64)>::new("count-sum"))
+        .unwrap();
 }

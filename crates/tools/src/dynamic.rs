@@ -2,7 +2,8 @@
 //! recorded type names: what offline tools (`flowstate state dump`) use to
 //! read a checkpoint or savepoint of a job they cannot link.
 //!
-//! Owns: parsing `std::any::type_name` output into a [`Shape`] (primitives,
+//! Owns: parsing recorded type names (declared names of format version 2,
+//! `std::any::type_name` output of version 1) into a [`Shape`] (primitives,
 //! `String`, `Vec`, `VecDeque`, sets, `Option`, `Result`, `Box`, maps, fixed
 //! arrays and tuples of them), decoding the durable encoding of entries
 //! ([`flowstate_state::codec`], whose serde `Deserializer` needs the Rust types) by its
@@ -95,9 +96,17 @@ pub enum Shape {
 }
 
 impl Shape {
-    /// Resolves a `std::any::type_name` string.
+    /// Resolves a recorded type name: a declared name
+    /// (`flowstate_state::StateType`, format version 2: `tuple<u64,string>`),
+    /// a `std::any::type_name` string (format version 1: `(u64,
+    /// alloc::string::String)`), or such a string behind the legacy prefix
+    /// (`flowstate_state::state_type::LEGACY_PREFIX`).
     pub fn parse(type_name: &str) -> Result<Shape, DynamicError> {
-        resolve(type_name.trim(), 0).map_err(|e| match e {
+        let trimmed = type_name.trim();
+        let text = trimmed
+            .strip_prefix(flowstate_state::state_type::LEGACY_PREFIX)
+            .unwrap_or(trimmed);
+        resolve(text, 0).map_err(|e| match e {
             // Name the whole type too when only a part of it is the problem.
             DynamicError::InvalidTypeName { reason, .. } => DynamicError::InvalidTypeName {
                 type_name: type_name.to_owned(),
@@ -221,10 +230,19 @@ pub fn split_top_level(text: &str) -> Result<Vec<&str>, DynamicError> {
     Ok(parts)
 }
 
-/// The elements of a tuple type name `(A, B, ..)`; `None` if `text` is not
-/// one tuple.
+/// The elements of a tuple type name: `(A, B, ..)` (`std::any::type_name`,
+/// also behind the legacy prefix) or `tuple<A,B,..>` (a declared name);
+/// `None` if `text` is not one tuple.
 pub fn tuple_elements(text: &str) -> Result<Option<Vec<&str>>, DynamicError> {
     let text = text.trim();
+    let text = text
+        .strip_prefix(flowstate_state::state_type::LEGACY_PREFIX)
+        .unwrap_or(text);
+    if let Some(inner) = text.strip_prefix("tuple")
+        && let Some(inner) = enclosed(inner, '<', '>')
+    {
+        return split_top_level(inner).map(Some);
+    }
     match enclosed(text, '(', ')') {
         Some(inner) => split_top_level(inner).map(Some),
         None => Ok(None),
@@ -356,6 +374,20 @@ fn resolve(text: &str, depth: usize) -> Result<Shape, DynamicError> {
         ("Result", 2) => Shape::Result(Box::new(arg(0)?), Box::new(arg(1)?)),
         ("Box", 1) => arg(0)?,
         ("HashMap" | "BTreeMap", 2..=4) => Shape::Map(Box::new(arg(0)?), Box::new(arg(1)?)),
+        // Declared names (format version 2, `flowstate_state::StateType`).
+        ("unit", 0) => Shape::Unit,
+        ("string", 0) => Shape::String,
+        ("list" | "set", 1) => Shape::Seq(Box::new(arg(0)?)),
+        ("option", 1) => Shape::Option(Box::new(arg(0)?)),
+        ("result", 2) => Shape::Result(Box::new(arg(0)?), Box::new(arg(1)?)),
+        ("map", 2) => Shape::Map(Box::new(arg(0)?), Box::new(arg(1)?)),
+        ("tuple", 1..) => Shape::Tuple((0..args.len()).map(arg).collect::<Result<_, _>>()?),
+        ("array", 2) => {
+            let len: usize = args[1]
+                .parse()
+                .map_err(|_| invalid(text, "the array length is not a number"))?;
+            Shape::Array(Box::new(arg(0)?), len)
+        }
         _ => return Err(unsupported(text)),
     };
     Ok(shape)
@@ -866,6 +898,42 @@ mod tests {
         flowstate_state::codec::encode_to_vec(value).unwrap()
     }
 
+    #[test]
+    fn declared_and_legacy_names_resolve_like_rust_type_names() {
+        use flowstate_state::state_type_name;
+        fn same<T: flowstate_state::StateType + ?Sized>() {
+            let declared = state_type_name::<T>();
+            assert_eq!(
+                Shape::parse(&declared).unwrap(),
+                Shape::parse(type_name::<T>()).unwrap(),
+                "{declared}"
+            );
+            let legacy = flowstate_state::state_type::legacy(type_name::<T>());
+            assert_eq!(
+                Shape::parse(&legacy).unwrap(),
+                Shape::parse(type_name::<T>()).unwrap(),
+                "{legacy}"
+            );
+        }
+        same::<u64>();
+        same::<()>();
+        same::<String>();
+        same::<(u64, u64)>();
+        same::<Vec<Option<(i32, String)>>>();
+        same::<BTreeMap<String, Vec<u8>>>();
+        same::<Result<u8, String>>();
+        same::<[u16; 3]>();
+        same::<Box<(char,)>>();
+        assert_eq!(
+            tuple_elements("tuple<string,map<u8,u8>>").unwrap(),
+            Some(vec!["string", "map<u8,u8>"])
+        );
+        assert_eq!(
+            tuple_elements("~rust:(u64, alloc::string::String)").unwrap(),
+            Some(vec!["u64", "alloc::string::String"])
+        );
+    }
+
     /// Encodes `value` with the snapshot codec and decodes it by its type name.
     fn round_trip<T: serde::Serialize>(value: &T) -> Value {
         let shape =
@@ -1173,7 +1241,7 @@ mod tests {
             BackendSnapshot::KeyGroups(snapshot) => snapshot,
             BackendSnapshot::Native(_) => panic!("heap snapshots are canonical"),
         };
-        assert_eq!(snapshot.key_type, type_name::<(u32, String)>());
+        assert_eq!(snapshot.key_type, "tuple<u32,string>");
 
         // Rows per state: (key number, rendered row).
         let mut rows: BTreeMap<&str, Vec<(u64, String)>> = BTreeMap::new();
@@ -1303,8 +1371,8 @@ mod tests {
         snapshot.write_key_group(group, &mut bytes).unwrap();
         let mut expected = vec![1, 0, 0, 0, 9, 0];
         expected.extend_from_slice(b"count-sum");
-        expected.extend_from_slice(&[0, 10, 0]);
-        expected.extend_from_slice(b"(u64, u64)");
+        expected.extend_from_slice(&[0, 14, 0]);
+        expected.extend_from_slice(b"tuple<u64,u64>");
         expected.extend_from_slice(&32u64.to_le_bytes());
         expected.extend_from_slice(&1u64.to_le_bytes());
         for word in [17u64, 3, 51] {

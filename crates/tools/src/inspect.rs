@@ -1000,14 +1000,9 @@ mod tests {
         assert_eq!(
             states,
             [
-                ("count-sum", StateKind::Value, "(u64, u64)", "u64"),
-                ("names", StateKind::List, "alloc::string::String", "u64"),
-                (
-                    "tags",
-                    StateKind::Map,
-                    "(alloc::string::String, core::option::Option<i32>)",
-                    "u64"
-                ),
+                ("count-sum", StateKind::Value, "tuple<u64,u64>", "u64"),
+                ("names", StateKind::List, "string", "u64"),
+                ("tags", StateKind::Map, "tuple<string,option<i32>>", "u64"),
             ]
         );
         let ranges: Vec<_> = counter.subtasks.iter().map(|s| s.key_groups).collect();
@@ -1091,7 +1086,7 @@ mod tests {
         let bytes = storage.get(&path).unwrap();
         let (_, json) = flowstate_checkpoint::format::unseal(
             flowstate_checkpoint::format::METADATA_MAGIC,
-            1,
+            flowstate_checkpoint::metadata::METADATA_VERSION,
             &path,
             &bytes,
         )
@@ -1142,6 +1137,7 @@ mod tests {
                 name: "count".into(),
                 kind: StateKind::Value,
                 types: "u64".into(),
+                rust_types: "",
             }],
             files: vec![NativeFileRef {
                 name: "000001.sst".into(),

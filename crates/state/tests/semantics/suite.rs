@@ -284,12 +284,18 @@ fn assert_same_sections(
     }
 }
 
-/// Asserts that `result` is an `IncompatibleDeclaration` of `name`.
+/// Asserts that `result` is an `IncompatibleDeclaration` of `name`, or (a
+/// restored state declared with the same kind and other types) a
+/// `RestoredTypeMismatch` of `name`.
 pub fn assert_incompatible<T>(result: Result<T, StateError>, name: &str) {
     match result {
         Err(StateError::IncompatibleDeclaration { name: n, .. }) => assert_eq!(
             n, name,
             "IncompatibleDeclaration names the state that was declared"
+        ),
+        Err(StateError::RestoredTypeMismatch { state: n, .. }) => assert_eq!(
+            n, name,
+            "RestoredTypeMismatch names the state that was declared"
         ),
         Err(other) => panic!("expected IncompatibleDeclaration for '{name}', got {other}"),
         Ok(_) => panic!("expected IncompatibleDeclaration for '{name}', got a handle"),
@@ -1908,7 +1914,10 @@ pub fn restoring_a_state_under_another_type_is_incompatible(harness: &Harness) {
     for (name, what, declare) in attempts {
         let mut restored = harness.restored::<String>(full, MAXP, &sections);
         match declare(restored.as_mut()) {
-            Err(StateError::IncompatibleDeclaration { name: n, .. }) => assert_eq!(
+            Err(
+                StateError::IncompatibleDeclaration { name: n, .. }
+                | StateError::RestoredTypeMismatch { state: n, .. },
+            ) => assert_eq!(
                 n, name,
                 "restored '{name}' declared as {what}: the error names the state"
             ),

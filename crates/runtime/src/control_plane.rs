@@ -1,0 +1,235 @@
+//! The checkpoint control plane's messages and its two ends: what the
+//! coordinator tells tasks ([`TaskCommand`]), what tasks, upload threads and the
+//! job controller tell the coordinator ([`CoordinatorEvent`], among them a
+//! [`SavepointOrder`]), a task's end ([`TaskControlPlane`]) and the
+//! coordinator's end of it ([`TaskHandle`]), and what a task hands to an upload
+//! thread ([`UploadJob`], made of [`OperatorPart`]s).
+//!
+//! Owns: these types, the bounded command inboxes and the map of savepoint
+//! directories in flight ([`SavepointTargets`]). Must not touch: what the
+//! coordinator decides, how snapshots are written (`upload`), how tasks run
+//! (`task`) or the job's control surface (`control`); all of them sit above
+//! this module and talk to each other only through it.
+//!
+//! Architecture invariant: the coordinator reaches tasks only through
+//! [`TaskCommand`] messages (and a wakeup of the task's worker); tasks reach the
+//! coordinator only through [`CoordinatorEvent`]s. Neither holds the other.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use flowstate_checkpoint::coordinator::TaskAck;
+use flowstate_checkpoint::storage::SharedStorage;
+
+use crate::channel::Signal;
+use crate::connector::DeferredPrepare;
+use crate::message::Barrier;
+use crate::operator::StateSnapshot;
+
+/// Commands a task may find in its inbox at every step.
+#[derive(Debug, Clone, Copy)]
+pub enum TaskCommand {
+    /// Sources only: record the position and emit this barrier.
+    Trigger(Barrier),
+    /// Sources only (stop-with-savepoint): like `Trigger`, then emit nothing
+    /// more until `Finish` (the savepoint completed: end the output) or
+    /// `Resume` (it failed: carry on).
+    TriggerAndSuspend(Barrier),
+    /// Sources only: a suspending savepoint failed; read on.
+    Resume,
+    /// Checkpoint n is complete (sinks commit).
+    Complete(u64),
+    /// Checkpoint n was aborted.
+    Abort(u64),
+    /// Sources only: the final checkpoint is complete; end the output.
+    Finish,
+}
+
+/// What tasks, upload threads and the job controller tell the coordinator.
+pub(crate) enum CoordinatorEvent {
+    Ack(TaskAck),
+    Decline {
+        id: u64,
+        task: usize,
+        reason: String,
+    },
+    /// A source's reader has no more records.
+    Exhausted {
+        task: usize,
+    },
+    /// Someone asked for a savepoint (through the job controller).
+    Savepoint(SavepointOrder),
+    /// The job is over; stop.
+    Stop,
+}
+
+/// Where [`CoordinatorEvent`]s are sent: the coordinator's queue.
+pub(crate) type CoordinatorSender = Sender<CoordinatorEvent>;
+
+/// A savepoint for the coordinator to take, ordered by the job controller.
+pub(crate) struct SavepointOrder {
+    pub request_id: String,
+    /// The savepoint's own (new, empty) directory.
+    pub storage: SharedStorage,
+    /// Stop-with-savepoint: sources end after it.
+    pub stop: bool,
+    /// Where it is, as `--restore` names it (what the job's restore pointer
+    /// records after a stop).
+    pub location: String,
+}
+
+/// The directories of the savepoints in flight, by id: the coordinator's
+/// driver adds one when it triggers a savepoint, upload threads write its
+/// files there, and it is removed when the savepoint completed or failed.
+#[derive(Clone, Default)]
+pub(crate) struct SavepointTargets(Arc<Mutex<HashMap<u64, SharedStorage>>>);
+
+impl SavepointTargets {
+    pub(crate) fn insert(&self, id: u64, storage: SharedStorage) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, storage);
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<SharedStorage> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    pub(crate) fn remove(&self, id: u64) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+}
+
+/// Capacity of every task's command inbox.
+pub const COMMAND_QUEUE_CAPACITY: usize = 64;
+
+/// A task's end of the control plane: its command inbox, and the queues to
+/// the coordinator and to the upload threads.
+pub struct TaskControlPlane {
+    pub(crate) task: usize,
+    /// Exactly-once: align barriers.
+    pub(crate) aligned: bool,
+    commands: Receiver<TaskCommand>,
+    events: CoordinatorSender,
+    uploads: Sender<UploadJob>,
+}
+
+/// The coordinator's end of one task's control plane.
+pub(crate) struct TaskHandle {
+    pub name: String,
+    pub commands: Sender<TaskCommand>,
+    pub signal: Arc<Signal>,
+    pub is_source: bool,
+}
+
+impl TaskHandle {
+    /// Puts `command` into the task's inbox and wakes its worker.
+    pub(crate) fn send(&self, command: TaskCommand) {
+        match self.commands.try_send(command) {
+            Ok(()) => self.signal.wake(),
+            // A finished task no longer listens; a full inbox means the task is
+            // stuck and the checkpoint will time out.
+            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!("a task's command inbox is full; dropped {command:?}")
+            }
+        }
+    }
+}
+
+impl TaskControlPlane {
+    pub(crate) fn pair(
+        name: String,
+        task: usize,
+        aligned: bool,
+        signal: Arc<Signal>,
+        is_source: bool,
+        events: CoordinatorSender,
+        uploads: Sender<UploadJob>,
+    ) -> (TaskControlPlane, TaskHandle) {
+        let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE_CAPACITY);
+        (
+            TaskControlPlane {
+                task,
+                aligned,
+                commands: rx,
+                events,
+                uploads,
+            },
+            TaskHandle {
+                name,
+                commands: tx,
+                signal,
+                is_source,
+            },
+        )
+    }
+
+    #[inline]
+    pub(crate) fn next_command(&self) -> Option<TaskCommand> {
+        self.commands.try_recv().ok()
+    }
+
+    /// Hands the synchronous part's result to an upload thread.
+    pub(crate) fn submit(
+        &self,
+        barrier: Barrier,
+        parts: Vec<OperatorPart>,
+        sync_pause: Duration,
+        alignment: Duration,
+    ) {
+        let job = UploadJob {
+            barrier,
+            task: self.task,
+            parts,
+            sync_pause,
+            alignment,
+        };
+        if let Err(e) = self.uploads.try_send(job) {
+            let reason = match e {
+                TrySendError::Full(_) => "the snapshot upload queue is full",
+                TrySendError::Disconnected(_) => "the snapshot uploaders have stopped",
+            };
+            let _ = self.events.try_send(CoordinatorEvent::Decline {
+                id: barrier.id,
+                task: self.task,
+                reason: reason.into(),
+            });
+        }
+    }
+
+    /// Tells the coordinator this source is exhausted; false if it must be retried.
+    pub(crate) fn report_exhausted(&self) -> bool {
+        self.events
+            .try_send(CoordinatorEvent::Exhausted { task: self.task })
+            .is_ok()
+    }
+}
+
+/// One operator instance's part of a task's checkpoint.
+pub struct OperatorPart {
+    pub uid: Arc<str>,
+    pub name: Arc<str>,
+    pub subtask: u32,
+    pub snapshot: StateSnapshot,
+    /// A sink's deferred first-phase work, run by the upload thread before
+    /// the acknowledgement (see [`crate::connector::DeferredPrepare`]).
+    pub deferred: Option<DeferredPrepare>,
+}
+
+/// The asynchronous part of one task's snapshot: what the task hands to an
+/// upload thread.
+pub(crate) struct UploadJob {
+    pub barrier: Barrier,
+    pub task: usize,
+    pub parts: Vec<OperatorPart>,
+    pub sync_pause: Duration,
+    pub alignment: Duration,
+}

@@ -1,0 +1,327 @@
+//! The physical side of graph nodes: what turns one node of the logical graph
+//! into typed pipelines, channel ends and tasks of one subtask, without the
+//! planner knowing the record types.
+//!
+//! Owns: the node traits the logical graph stores ([`Port`] for a stream
+//! type, [`SourceNode`], [`OperatorNode`], [`TwoInputNode`]) and their typed
+//! implementations, the [`BuildContext`] the plan passes to them, and the
+//! type erasure between them ([`Erased`], [`cast`]). The logical graph
+//! (`graph`) creates the nodes through [`source_node`], [`operator_node`],
+//! [`sink_node`], [`two_input_node`] and [`port`]; the plan (`plan`) calls
+//! them. Must not touch: the graph's structure, chaining or placement (it knows
+//! nothing of `graph` or `plan`), or checkpoint coordination beyond handing a
+//! task its [`TaskControlPlane`].
+
+use std::any::{Any, type_name};
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::Data;
+use crate::channel::{ChannelReceiver, ChannelSender, Signal, channel};
+use crate::config::SubtaskInfo;
+use crate::connector::{Sink, Source};
+use crate::control_plane::TaskControlPlane;
+use crate::error::{BuildError, UserError};
+use crate::metrics::JobMetrics;
+use crate::operator::{Operator, TwoInputOperator};
+use crate::partitioning::Partitioning;
+use crate::pipeline::StageIdentity;
+use crate::pipeline::{Discard, ExchangeOutput, OperatorStage, Pipeline, Router, SinkStage, Tee};
+use crate::task::{OneInputTask, SourceTask, Task, TwoInputTask};
+
+/// Creates the operator instance of one subtask.
+pub type OperatorFactory<I, O> =
+    Box<dyn Fn(&SubtaskInfo) -> Result<Box<dyn Operator<I, O>>, UserError> + Send>;
+
+/// Creates the two-input operator instance of one subtask.
+pub type TwoInputFactory<A, B, O> =
+    Box<dyn Fn(&SubtaskInfo) -> Result<Box<dyn TwoInputOperator<A, B, O>>, UserError> + Send>;
+
+/// A type-erased value whose concrete type the plan knows.
+pub(crate) type Erased = Box<dyn Any + Send>;
+
+pub(crate) fn cast<T: 'static>(erased: Erased) -> T {
+    match erased.downcast::<T>() {
+        Ok(value) => *value,
+        Err(_) => unreachable!(
+            "job graph types are checked when nodes are added: {}",
+            type_name::<T>()
+        ),
+    }
+}
+
+/// What the plan passes to node factories.
+pub(crate) struct BuildContext<'a> {
+    pub info: SubtaskInfo,
+    pub metrics: &'a Arc<JobMetrics>,
+    pub batch_size: usize,
+    /// At-most-once, sources only: where the instance reserves its positions.
+    pub read_ahead: Option<crate::reservation::ReadAheadHandle>,
+}
+
+impl BuildContext<'_> {
+    fn create_error(&self, cause: UserError) -> BuildError {
+        BuildError::Create {
+            operator: self.info.operator.clone(),
+            subtask: self.info.index,
+            cause: crate::error::error_chain(cause.as_ref()),
+        }
+    }
+}
+
+/// Operations on a stream type `T` that the plan needs without knowing `T`.
+pub(crate) trait Port: Send + Sync {
+    fn channel(
+        &self,
+        capacity: usize,
+        producer: Arc<Signal>,
+        consumer: Arc<Signal>,
+    ) -> (Erased, Erased);
+    fn exchange(
+        &self,
+        task: &str,
+        partitioning: &(dyn Any + Send + Sync),
+        senders: Vec<Erased>,
+        max_parallelism: u32,
+        batch_size: usize,
+    ) -> Erased;
+    fn tee(&self, branches: Vec<Erased>) -> Erased;
+    fn discard(&self) -> Erased;
+    fn one_input_task(
+        &self,
+        name: String,
+        receivers: Vec<Erased>,
+        pipeline: Erased,
+        control: Option<TaskControlPlane>,
+    ) -> Box<dyn Task>;
+}
+
+struct TypedPort<T>(PhantomData<fn() -> T>);
+
+impl<T: Data> Port for TypedPort<T> {
+    fn channel(
+        &self,
+        capacity: usize,
+        producer: Arc<Signal>,
+        consumer: Arc<Signal>,
+    ) -> (Erased, Erased) {
+        let (tx, rx) = channel::<T>(capacity, producer, consumer);
+        (Box::new(tx), Box::new(rx))
+    }
+
+    fn exchange(
+        &self,
+        task: &str,
+        partitioning: &(dyn Any + Send + Sync),
+        senders: Vec<Erased>,
+        max_parallelism: u32,
+        batch_size: usize,
+    ) -> Erased {
+        let senders: Vec<ChannelSender<T>> = senders.into_iter().map(cast).collect();
+        let router = match partitioning.downcast_ref::<Partitioning<T>>() {
+            Some(Partitioning::Forward) => Router::Forward,
+            Some(Partitioning::Rebalance) => Router::Rebalance { next: 0 },
+            Some(Partitioning::Hash(f)) => Router::Hash {
+                key_group: Arc::clone(f),
+                max_parallelism,
+            },
+            None => unreachable!("edge partitioning has the edge's type"),
+        };
+        let pipeline: Box<dyn Pipeline<T>> =
+            Box::new(ExchangeOutput::new(task, router, senders, batch_size));
+        Box::new(pipeline)
+    }
+
+    fn tee(&self, branches: Vec<Erased>) -> Erased {
+        let branches: Vec<Box<dyn Pipeline<T>>> = branches.into_iter().map(cast).collect();
+        let pipeline: Box<dyn Pipeline<T>> = Box::new(Tee::new(branches));
+        Box::new(pipeline)
+    }
+
+    fn discard(&self) -> Erased {
+        let pipeline: Box<dyn Pipeline<T>> = Box::new(Discard);
+        Box::new(pipeline)
+    }
+
+    fn one_input_task(
+        &self,
+        name: String,
+        receivers: Vec<Erased>,
+        pipeline: Erased,
+        control: Option<TaskControlPlane>,
+    ) -> Box<dyn Task> {
+        let receivers: Vec<ChannelReceiver<T>> = receivers.into_iter().map(cast).collect();
+        Box::new(OneInputTask::new(
+            name,
+            receivers,
+            cast::<Box<dyn Pipeline<T>>>(pipeline),
+            control,
+        ))
+    }
+}
+
+pub(crate) trait SourceNode: Send {
+    fn create_task(
+        &self,
+        name: String,
+        cx: &BuildContext<'_>,
+        pipeline: Erased,
+        control: Option<TaskControlPlane>,
+    ) -> Result<Box<dyn Task>, BuildError>;
+}
+
+pub(crate) trait OperatorNode: Send {
+    /// The operator of one subtask, followed by `next`.
+    fn wrap(&self, cx: &BuildContext<'_>, next: Option<Erased>) -> Result<Erased, BuildError>;
+
+    /// A sink that publishes its output when a checkpoint completes.
+    fn commits_on_checkpoint(&self) -> bool {
+        false
+    }
+}
+
+pub(crate) trait TwoInputNode: Send {
+    fn create_task(
+        &self,
+        name: String,
+        cx: &BuildContext<'_>,
+        first: Vec<Erased>,
+        second: Vec<Erased>,
+        pipeline: Erased,
+        control: Option<TaskControlPlane>,
+    ) -> Result<Box<dyn Task>, BuildError>;
+}
+
+struct SourceNodeImpl<T> {
+    source: Arc<dyn Source<T>>,
+}
+
+impl<T: Data> SourceNode for SourceNodeImpl<T> {
+    fn create_task(
+        &self,
+        name: String,
+        cx: &BuildContext<'_>,
+        pipeline: Erased,
+        control: Option<TaskControlPlane>,
+    ) -> Result<Box<dyn Task>, BuildError> {
+        let reader = self
+            .source
+            .create_reader(&cx.info)
+            .map_err(|e| cx.create_error(e))?;
+        let task = SourceTask::new(
+            name,
+            StageIdentity::of(&cx.info),
+            reader,
+            cast::<Box<dyn Pipeline<T>>>(pipeline),
+            cx.batch_size,
+            Arc::clone(cx.metrics),
+            control,
+        );
+        Ok(match cx.read_ahead.clone() {
+            Some(handle) => Box::new(
+                task.with_read_ahead(handle)
+                    .map_err(|e| cx.create_error(e))?,
+            ),
+            None => Box::new(task),
+        })
+    }
+}
+
+struct OperatorNodeImpl<I, O> {
+    factory: OperatorFactory<I, O>,
+}
+
+impl<I: Data, O: Data> OperatorNode for OperatorNodeImpl<I, O> {
+    fn wrap(&self, cx: &BuildContext<'_>, next: Option<Erased>) -> Result<Erased, BuildError> {
+        let operator = (self.factory)(&cx.info).map_err(|e| cx.create_error(e))?;
+        let next = match next {
+            Some(next) => cast::<Box<dyn Pipeline<O>>>(next),
+            None => Box::new(Discard),
+        };
+        let pipeline: Box<dyn Pipeline<I>> = Box::new(OperatorStage::new(
+            StageIdentity::of(&cx.info),
+            operator,
+            next,
+        ));
+        Ok(Box::new(pipeline))
+    }
+}
+
+struct SinkNodeImpl<T> {
+    sink: Arc<dyn Sink<T>>,
+}
+
+impl<T: Data> OperatorNode for SinkNodeImpl<T> {
+    fn commits_on_checkpoint(&self) -> bool {
+        self.sink.commits_on_checkpoint()
+    }
+
+    fn wrap(&self, cx: &BuildContext<'_>, _next: Option<Erased>) -> Result<Erased, BuildError> {
+        let writer = self
+            .sink
+            .create_writer(&cx.info)
+            .map_err(|e| cx.create_error(e))?;
+        let pipeline: Box<dyn Pipeline<T>> = Box::new(SinkStage::new(
+            StageIdentity::of(&cx.info),
+            writer,
+            Arc::clone(cx.metrics),
+        ));
+        Ok(Box::new(pipeline))
+    }
+}
+
+struct TwoInputNodeImpl<A, B, O> {
+    factory: TwoInputFactory<A, B, O>,
+}
+
+impl<A: Data, B: Data, O: Data> TwoInputNode for TwoInputNodeImpl<A, B, O> {
+    fn create_task(
+        &self,
+        name: String,
+        cx: &BuildContext<'_>,
+        first: Vec<Erased>,
+        second: Vec<Erased>,
+        pipeline: Erased,
+        control: Option<TaskControlPlane>,
+    ) -> Result<Box<dyn Task>, BuildError> {
+        let operator = (self.factory)(&cx.info).map_err(|e| cx.create_error(e))?;
+        Ok(Box::new(TwoInputTask::new(
+            name,
+            StageIdentity::of(&cx.info),
+            first.into_iter().map(cast::<ChannelReceiver<A>>).collect(),
+            second.into_iter().map(cast::<ChannelReceiver<B>>).collect(),
+            operator,
+            cast::<Box<dyn Pipeline<O>>>(pipeline),
+            control,
+        )))
+    }
+}
+
+/// The port of stream type `T`.
+pub(crate) fn port<T: Data>() -> Arc<dyn Port> {
+    Arc::new(TypedPort::<T>(PhantomData))
+}
+
+/// A source node reading `source`.
+pub(crate) fn source_node<T: Data>(source: Arc<dyn Source<T>>) -> Box<dyn SourceNode> {
+    Box::new(SourceNodeImpl { source })
+}
+
+/// A one-input operator node creating its instances with `factory`.
+pub(crate) fn operator_node<I: Data, O: Data>(
+    factory: OperatorFactory<I, O>,
+) -> Box<dyn OperatorNode> {
+    Box::new(OperatorNodeImpl { factory })
+}
+
+/// A sink node writing to `sink`.
+pub(crate) fn sink_node<T: Data>(sink: Arc<dyn Sink<T>>) -> Box<dyn OperatorNode> {
+    Box::new(SinkNodeImpl { sink })
+}
+
+/// A two-input operator node creating its instances with `factory`.
+pub(crate) fn two_input_node<A: Data, B: Data, O: Data>(
+    factory: TwoInputFactory<A, B, O>,
+) -> Box<dyn TwoInputNode> {
+    Box::new(TwoInputNodeImpl { factory })
+}
