@@ -147,6 +147,9 @@ pub struct ExecutionConfig {
     /// [`CheckpointingConfig`] so that adding it broke no struct literal of
     /// that type.
     pub lease: flowstate_checkpoint::LeaseSettings,
+    /// Processing time for every operator (TTL, processing-time timers):
+    /// the system clock unless a test or simulation gives its own.
+    pub clock: flowstate_state::SharedClock,
 }
 
 impl Default for ExecutionConfig {
@@ -163,6 +166,7 @@ impl Default for ExecutionConfig {
             cancellation_timeout: DEFAULT_CANCELLATION_TIMEOUT,
             savepoint_policy: crate::savepoint_target::SavepointTargetPolicy::default(),
             lease: flowstate_checkpoint::LeaseSettings::default(),
+            clock: flowstate_state::system_clock(),
         }
     }
 }
@@ -279,6 +283,8 @@ pub struct SubtaskInfo {
     pub job_id: String,
     /// State from the checkpoint the job restores, if any.
     pub restored: Option<std::sync::Arc<RestoredState>>,
+    /// Processing time (TTL, processing-time timers): the job's clock.
+    pub clock: flowstate_state::SharedClock,
 }
 
 impl SubtaskInfo {
@@ -293,6 +299,7 @@ impl SubtaskInfo {
             state_backend: StateBackendConfig::Heap,
             job_id: "local".to_owned(),
             restored: None,
+            clock: flowstate_state::system_clock(),
         }
     }
 

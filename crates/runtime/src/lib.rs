@@ -65,7 +65,7 @@ pub use error::{BuildError, JobError, TaskError, UserError};
 pub use executor::{DeterministicExecutor, JobReport, RunState, RunningJob};
 pub use flowstate_checkpoint as checkpoint;
 pub use graph::{JobGraph, NodeId};
-pub use message::{Barrier, BarrierKind, SnapshotKind};
+pub use message::{Barrier, BarrierKind, SnapshotKind, Watermark};
 pub use metrics::{CheckpointProgress, JobMetrics};
 pub use operator::{Operator, StateSnapshot, TwoInputOperator};
 pub use partitioning::{KeyGroupFn, Partitioning};

@@ -77,6 +77,25 @@ impl Barrier {
     }
 }
 
+/// Event time: everything with a timestamp at or before `self` has been seen
+/// (milliseconds since the Unix epoch, like record timestamps). Watermarks
+/// only grow along a channel; a task's watermark is the minimum over its input
+/// channels. [`Watermark::MAX`] ends event time (end of a bounded input):
+/// every pending event-time timer fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Watermark(pub i64);
+
+impl Watermark {
+    /// Nothing seen yet.
+    pub const MIN: Watermark = Watermark(i64::MIN);
+    /// The end of event time.
+    pub const MAX: Watermark = Watermark(i64::MAX);
+
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+}
+
 /// One element of a channel.
 #[derive(Debug)]
 pub enum Message<T> {

@@ -8,7 +8,7 @@ use flowstate_checkpoint::OperatorListState;
 use flowstate_state::BackendSnapshot;
 
 use crate::error::UserError;
-use crate::message::Barrier;
+use crate::message::{Barrier, Watermark};
 
 /// What one operator instance hands over in the synchronous part of a
 /// checkpoint. The keyed part is a frozen view, serialised later on an upload
@@ -33,6 +33,21 @@ pub trait Operator<I, O>: Send {
 
     /// Called once after the last batch of a bounded input; may emit final records.
     fn finish(&mut self, _output: &mut Vec<O>) -> Result<(), UserError> {
+        Ok(())
+    }
+
+    /// Event time advanced to `watermark` (the minimum over the task's
+    /// inputs): every record before it in the stream has been processed, and
+    /// no later one is older (unless late). The operator may emit records
+    /// (fired timers, windows) before the watermark travels on downstream,
+    /// which the runtime does after this returns. Called only when the
+    /// watermark grows; [`Watermark::MAX`] at the end of a bounded input,
+    /// before `finish`.
+    fn on_watermark(
+        &mut self,
+        _watermark: Watermark,
+        _output: &mut Vec<O>,
+    ) -> Result<(), UserError> {
         Ok(())
     }
 
@@ -61,6 +76,15 @@ pub trait TwoInputOperator<I1, I2, O>: Send {
     fn process_batch2(&mut self, input: &mut Vec<I2>, output: &mut Vec<O>)
     -> Result<(), UserError>;
     fn finish(&mut self, _output: &mut Vec<O>) -> Result<(), UserError> {
+        Ok(())
+    }
+    /// Event time advanced to `watermark`, the minimum over both inputs (see
+    /// [`Operator::on_watermark`]).
+    fn on_watermark(
+        &mut self,
+        _watermark: Watermark,
+        _output: &mut Vec<O>,
+    ) -> Result<(), UserError> {
         Ok(())
     }
     fn snapshot(&mut self, _barrier: Barrier) -> Result<StateSnapshot, UserError> {

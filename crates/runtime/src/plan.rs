@@ -84,6 +84,7 @@ impl Planner<'_> {
                 .checkpointing
                 .map_or_else(|| "local".to_owned(), |c| c.job_id.clone()),
             restored: None,
+            clock: std::sync::Arc::clone(&self.config.clock),
         };
         if let Some(loaded) = self.checkpointing.and_then(|c| c.restored.as_ref())
             && loaded.has_operator(&info.uid)

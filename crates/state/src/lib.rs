@@ -16,6 +16,7 @@
 
 pub mod access;
 pub mod backend;
+pub mod clock;
 pub mod codec;
 pub mod descriptor;
 pub mod error;
@@ -34,6 +35,7 @@ pub use backend::{
     BackendKind, BackendSnapshot, KeyedStateBackend, SnapshotRequest, StateBackendConfig, StateId,
     create_keyed_backend, heap_backend,
 };
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
 pub use descriptor::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateHandle, ListStateDescriptor,
     ListStateHandle, MapStateDescriptor, MapStateHandle, ReducingStateDescriptor,

@@ -1,0 +1,85 @@
+//! Processing time: the clock that state TTL and processing-time timers read.
+//!
+//! Owns: [`Clock`], the real [`SystemClock`] and the [`ManualClock`] tests and
+//! simulations set by hand. Must not touch: event time (watermarks are the
+//! runtime's), threads or scheduling.
+//!
+//! Every reader of processing time is given a clock (`Arc<dyn Clock>`) rather
+//! than reading the system's: a test moves a `ManualClock` and sees exactly
+//! the expiries and firings it expects, with no sleep.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// Milliseconds since the Unix epoch, as processing time.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now_ms(&self) -> i64;
+}
+
+/// The shared handle every component holds.
+pub type SharedClock = Arc<dyn Clock>;
+
+/// The system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    now_ms: AtomicI64,
+}
+
+impl ManualClock {
+    pub fn new(now_ms: i64) -> Arc<Self> {
+        Arc::new(Self {
+            now_ms: AtomicI64::new(now_ms),
+        })
+    }
+
+    pub fn set_ms(&self, now_ms: i64) {
+        self.now_ms.store(now_ms, Ordering::SeqCst);
+    }
+
+    pub fn advance_ms(&self, by_ms: i64) {
+        self.now_ms.fetch_add(by_ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.now_ms.load(Ordering::SeqCst)
+    }
+}
+
+/// The system clock as a shared handle: the default.
+pub fn system_clock() -> SharedClock {
+    Arc::new(SystemClock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manual_clock_moves_only_when_told() {
+        let clock = ManualClock::new(1_000);
+        assert_eq!(clock.now_ms(), 1_000);
+        clock.advance_ms(250);
+        assert_eq!(clock.now_ms(), 1_250);
+        clock.set_ms(7);
+        assert_eq!(clock.now_ms(), 7);
+    }
+
+    #[test]
+    fn the_system_clock_is_after_2020() {
+        assert!(SystemClock.now_ms() > 1_577_836_800_000);
+    }
+}
