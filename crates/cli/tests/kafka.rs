@@ -401,8 +401,10 @@ fn update(line: &str) -> (u64, u64, u64) {
 /// Returns the number of records beyond one per update of W (duplicates).
 fn check_counts_topic(records: &[(i32, i64, String, String)], total: u64, keys: u64) -> u64 {
     let truth = workload_values(total, keys);
-    // key -> (partition, counts seen, (offset, count, sum) of the last record)
-    let mut seen: BTreeMap<u64, (i32, BTreeSet<u64>, (i64, u64, u64))> = BTreeMap::new();
+    /// A key's partition, the counts seen, and `(offset, count, sum)` of its
+    /// last record.
+    type Seen = (i32, BTreeSet<u64>, (i64, u64, u64));
+    let mut seen: BTreeMap<u64, Seen> = BTreeMap::new();
     for (partition, offset, key_text, line) in records {
         let (key, count, sum) = update(line);
         assert_eq!(key_text, &key.to_string(), "record key vs line {line:?}");

@@ -869,3 +869,104 @@ pub fn check_wordcount_output(lines: &[String], expected: &BTreeMap<String, u64>
         "one output line per word occurrence"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Workload WT (event time), written from the brief.
+
+/// WT's parameters: `(records, keys, events per second, out-of-orderness ms, window ms)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Wt {
+    pub records: u64,
+    pub keys: u64,
+    pub events_per_second: u64,
+    pub out_of_orderness_ms: u64,
+    pub window_ms: u64,
+}
+
+impl Wt {
+    pub fn with_records(records: u64) -> Self {
+        Self {
+            records,
+            keys: 100_000,
+            events_per_second: 100_000,
+            out_of_orderness_ms: 2_000,
+            window_ms: 10_000,
+        }
+    }
+
+    /// Every `(key, window_start) -> (count, sum)`, per the brief.
+    pub fn windows(&self) -> BTreeMap<(u64, i64), (u64, u64)> {
+        let mut windows = BTreeMap::new();
+        for i in 0..self.records {
+            let key = splitmix64(i) % self.keys;
+            let ts = 1_700_000_000_000i64
+                + (i as i128 * 1000 / self.events_per_second as i128) as i64
+                - (splitmix64(i ^ 0xD1B5_4A32_D192_ED03) % (self.out_of_orderness_ms + 1)) as i64;
+            let w = self.window_ms as i64;
+            let start = ts - ts.rem_euclid(w);
+            let entry = windows.entry((key, start)).or_insert((0u64, 0u64));
+            entry.0 += 1;
+            entry.1 = entry.1.wrapping_add(i);
+        }
+        windows
+    }
+
+    /// The exact RESULT line `window-count` must print.
+    pub fn expected_result(&self) -> String {
+        let windows = self.windows();
+        let mut checksum = 0u64;
+        for (&(key, start), &(count, sum)) in &windows {
+            let mixed =
+                splitmix64(splitmix64(splitmix64(splitmix64(key) ^ start as u64) ^ count) ^ sum);
+            checksum = checksum.wrapping_add(mixed);
+        }
+        format!(
+            "RESULT records={} windows={} checksum={checksum:016x}",
+            self.records,
+            windows.len()
+        )
+    }
+}
+
+/// Checks `window-count` output lines `key,window_start_ms,count,sum`:
+/// every (key, window) of the workload exactly once, with its true count and
+/// sum; nothing else.
+pub fn check_window_count_output(lines: &[String], wt: &Wt) {
+    let expected = wt.windows();
+    let mut seen: BTreeMap<(u64, i64), (u64, u64)> = BTreeMap::new();
+    for line in lines {
+        let fields: Vec<&str> = line.split(',').collect();
+        assert_eq!(fields.len(), 4, "bad output line {line:?}");
+        let key: u64 = fields[0]
+            .parse()
+            .unwrap_or_else(|_| panic!("key in {line:?}"));
+        let start: i64 = fields[1]
+            .parse()
+            .unwrap_or_else(|_| panic!("start in {line:?}"));
+        let count: u64 = fields[2]
+            .parse()
+            .unwrap_or_else(|_| panic!("count in {line:?}"));
+        let sum: u64 = fields[3]
+            .parse()
+            .unwrap_or_else(|_| panic!("sum in {line:?}"));
+        if let Some(previous) = seen.insert((key, start), (count, sum)) {
+            panic!("window ({key}, {start}) output twice: {previous:?} and {line:?}");
+        }
+        match expected.get(&(key, start)) {
+            Some(&truth) => assert_eq!(
+                (count, sum),
+                truth,
+                "window ({key}, {start}): {line:?}, expected count,sum {truth:?}"
+            ),
+            None => panic!("window ({key}, {start}) has no record: {line:?}"),
+        }
+    }
+    if seen.len() != expected.len() {
+        let missing = expected.keys().find(|k| !seen.contains_key(k));
+        panic!(
+            "{} of {} windows in the output; first missing: {missing:?}",
+            seen.len(),
+            expected.len()
+        );
+    }
+}
