@@ -8,18 +8,19 @@
 use std::sync::Arc;
 
 use flowstate_runtime::{
-    Barrier, Operator, StateSnapshot, SubtaskInfo, TwoInputOperator, UserError,
+    Barrier, Operator, SideOutputs, StateSnapshot, SubtaskInfo, TwoInputOperator, UserError,
+    Watermark,
 };
 use flowstate_state::{
     BackendSnapshot, KeyScope, KeyedStateBackend, SnapshotRequest, StateKey, create_keyed_backend,
     key_group_of,
 };
 
+pub use crate::timers::{KeyedContext, TimeDomain};
+use crate::timers::{Timers, fire_timers};
+
 /// The result of a user function.
 pub type FnResult = Result<(), UserError>;
-
-/// The state of the current key, passed to keyed functions.
-pub type KeyedContext<'a, K> = KeyScope<'a, K>;
 
 /// A function over a keyed stream with access to keyed state.
 ///
@@ -33,6 +34,18 @@ pub trait KeyedProcessFunction<K: StateKey, I, O>: Clone + Send + 'static {
 
     /// Processes one record of the current key; results go to `out`.
     fn process(&mut self, record: I, ctx: &mut KeyedContext<'_, K>, out: &mut Vec<O>) -> FnResult;
+
+    /// A timer of the current key (`ctx`, with its state) registered for
+    /// `timestamp` in `domain` fired; it is gone before this is called.
+    fn on_timer(
+        &mut self,
+        _timestamp: i64,
+        _domain: TimeDomain,
+        _ctx: &mut KeyedContext<'_, K>,
+        _out: &mut Vec<O>,
+    ) -> FnResult {
+        Ok(())
+    }
 
     /// Called once at the end of a bounded input, with this instance's whole state.
     fn finish(&mut self, _state: &mut dyn KeyedStateBackend<K>, _out: &mut Vec<O>) -> FnResult {
@@ -58,6 +71,16 @@ pub trait KeyedCoProcessFunction<K: StateKey, A, B, O>: Clone + Send + 'static {
         ctx: &mut KeyedContext<'_, K>,
         out: &mut Vec<O>,
     ) -> FnResult;
+    /// A timer of the current key fired (see [`KeyedProcessFunction::on_timer`]).
+    fn on_timer(
+        &mut self,
+        _timestamp: i64,
+        _domain: TimeDomain,
+        _ctx: &mut KeyedContext<'_, K>,
+        _out: &mut Vec<O>,
+    ) -> FnResult {
+        Ok(())
+    }
     fn finish(&mut self, _state: &mut dyn KeyedStateBackend<K>, _out: &mut Vec<O>) -> FnResult {
         Ok(())
     }
@@ -98,6 +121,9 @@ fn snapshot_backend<K: StateKey>(
 pub(crate) struct KeyedProcessOperator<K: StateKey, I, F> {
     key_fn: KeyFn<I, K>,
     backend: Box<dyn KeyedStateBackend<K>>,
+    timers: Timers<K>,
+    /// The side outputs something consumes (declared by the runtime).
+    side: SideOutputs,
     function: F,
     max_parallelism: u32,
 }
@@ -113,9 +139,13 @@ impl<K: StateKey, I, F> KeyedProcessOperator<K, I, F> {
     {
         let mut backend = open_backend::<K>(subtask)?;
         function.open(backend.as_mut())?;
+        let mut timers = Timers::new(subtask.clock.clone(), subtask.max_parallelism);
+        timers.open(backend.as_mut())?;
         Ok(Self {
             key_fn,
             backend,
+            timers,
+            side: SideOutputs::new(),
             function,
             max_parallelism: subtask.max_parallelism,
         })
@@ -130,17 +160,43 @@ where
 {
     #[inline]
     fn process_batch(&mut self, input: &mut Vec<I>, output: &mut Vec<O>) -> FnResult {
+        self.fire_processing_timers(output)?;
         for record in input.drain(..) {
             let key = (self.key_fn)(&record);
             let key_group = key_group_of(&key, self.max_parallelism);
-            let mut ctx = KeyScope::new(self.backend.as_mut(), &key, key_group);
+            let scope = KeyScope::new(self.backend.as_mut(), &key, key_group);
+            let mut ctx = KeyedContext::new(scope, &mut self.timers, &mut self.side);
             self.function.process(record, &mut ctx, output)?;
         }
         Ok(())
     }
 
+    fn on_watermark(&mut self, watermark: Watermark, output: &mut Vec<O>) -> FnResult {
+        self.timers.advance_watermark(watermark.0);
+        let function = &mut self.function;
+        fire_timers(
+            &mut self.timers,
+            self.backend.as_mut(),
+            &mut self.side,
+            TimeDomain::EventTime,
+            watermark.0,
+            |time, ctx| function.on_timer(time, TimeDomain::EventTime, ctx, output),
+        )?;
+        self.fire_processing_timers(output)
+    }
+
+    /// Fires nothing: at the end of a bounded input the runtime has sent
+    /// `Watermark::MAX` (every event-time timer fired then), and at the end
+    /// of a stop-with-savepoint event time must *not* end: the savepoint
+    /// holds the pending timers and open windows, and whatever fired here
+    /// would be published by the sinks' `finish` and fire again after the
+    /// resume (found by the whole-job simulation).
     fn finish(&mut self, output: &mut Vec<O>) -> FnResult {
         self.function.finish(self.backend.as_mut(), output)
+    }
+
+    fn side_outputs(&mut self) -> Option<&mut SideOutputs> {
+        Some(&mut self.side)
     }
 
     fn snapshot(&mut self, barrier: Barrier) -> Result<StateSnapshot, UserError> {
@@ -153,11 +209,47 @@ where
     }
 }
 
+impl<K: StateKey, I, F> KeyedProcessOperator<K, I, F> {
+    /// Fires the processing-time timers the clock has passed (the clock is
+    /// read only when a timer is pending).
+    fn fire_processing_timers<O>(&mut self, output: &mut Vec<O>) -> FnResult
+    where
+        F: KeyedProcessFunction<K, I, O>,
+    {
+        let Some(next) = self.timers.next_time(TimeDomain::ProcessingTime) else {
+            return Ok(());
+        };
+        let now = self.timers.now();
+        if next > now {
+            return Ok(());
+        }
+        let function = &mut self.function;
+        fire_timers(
+            &mut self.timers,
+            self.backend.as_mut(),
+            &mut self.side,
+            TimeDomain::ProcessingTime,
+            now,
+            |time, ctx| function.on_timer(time, TimeDomain::ProcessingTime, ctx, output),
+        )
+    }
+
+    /// The instance's pending timers (tests).
+    #[cfg(test)]
+    pub(crate) fn pending_timers(&self, domain: TimeDomain) -> usize {
+        self.timers.pending(domain)
+    }
+}
+
 /// Runs a [`KeyedCoProcessFunction`].
 pub(crate) struct KeyedCoProcessOperator<K: StateKey, A, B, F> {
     first_key: KeyFn<A, K>,
     second_key: KeyFn<B, K>,
     backend: Box<dyn KeyedStateBackend<K>>,
+    timers: Timers<K>,
+    /// Never declared (two-input operators have no side outputs yet): what
+    /// the function emits there is dropped.
+    side: SideOutputs,
     function: F,
     max_parallelism: u32,
 }
@@ -174,10 +266,14 @@ impl<K: StateKey, A, B, F> KeyedCoProcessOperator<K, A, B, F> {
     {
         let mut backend = open_backend::<K>(subtask)?;
         function.open(backend.as_mut())?;
+        let mut timers = Timers::new(subtask.clock.clone(), subtask.max_parallelism);
+        timers.open(backend.as_mut())?;
         Ok(Self {
             first_key,
             second_key,
             backend,
+            timers,
+            side: SideOutputs::new(),
             function,
             max_parallelism: subtask.max_parallelism,
         })
@@ -192,25 +288,44 @@ where
     F: KeyedCoProcessFunction<K, A, B, O>,
 {
     fn process_batch1(&mut self, input: &mut Vec<A>, output: &mut Vec<O>) -> FnResult {
+        self.fire_processing_timers(output)?;
         for record in input.drain(..) {
             let key = (self.first_key)(&record);
             let key_group = key_group_of(&key, self.max_parallelism);
-            let mut ctx = KeyScope::new(self.backend.as_mut(), &key, key_group);
+            let scope = KeyScope::new(self.backend.as_mut(), &key, key_group);
+            let mut ctx = KeyedContext::new(scope, &mut self.timers, &mut self.side);
             self.function.process_first(record, &mut ctx, output)?;
         }
         Ok(())
     }
 
     fn process_batch2(&mut self, input: &mut Vec<B>, output: &mut Vec<O>) -> FnResult {
+        self.fire_processing_timers(output)?;
         for record in input.drain(..) {
             let key = (self.second_key)(&record);
             let key_group = key_group_of(&key, self.max_parallelism);
-            let mut ctx = KeyScope::new(self.backend.as_mut(), &key, key_group);
+            let scope = KeyScope::new(self.backend.as_mut(), &key, key_group);
+            let mut ctx = KeyedContext::new(scope, &mut self.timers, &mut self.side);
             self.function.process_second(record, &mut ctx, output)?;
         }
         Ok(())
     }
 
+    fn on_watermark(&mut self, watermark: Watermark, output: &mut Vec<O>) -> FnResult {
+        self.timers.advance_watermark(watermark.0);
+        let function = &mut self.function;
+        fire_timers(
+            &mut self.timers,
+            self.backend.as_mut(),
+            &mut self.side,
+            TimeDomain::EventTime,
+            watermark.0,
+            |time, ctx| function.on_timer(time, TimeDomain::EventTime, ctx, output),
+        )?;
+        self.fire_processing_timers(output)
+    }
+
+    /// Fires nothing (see the one-input operator's `finish`).
     fn finish(&mut self, output: &mut Vec<O>) -> FnResult {
         self.function.finish(self.backend.as_mut(), output)
     }
@@ -222,5 +337,29 @@ where
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
         self.backend.notify_checkpoint_complete(checkpoint_id);
         Ok(())
+    }
+}
+
+impl<K: StateKey, A, B, F> KeyedCoProcessOperator<K, A, B, F> {
+    fn fire_processing_timers<O>(&mut self, output: &mut Vec<O>) -> FnResult
+    where
+        F: KeyedCoProcessFunction<K, A, B, O>,
+    {
+        let Some(next) = self.timers.next_time(TimeDomain::ProcessingTime) else {
+            return Ok(());
+        };
+        let now = self.timers.now();
+        if next > now {
+            return Ok(());
+        }
+        let function = &mut self.function;
+        fire_timers(
+            &mut self.timers,
+            self.backend.as_mut(),
+            &mut self.side,
+            TimeDomain::ProcessingTime,
+            now,
+            |time, ctx| function.on_timer(time, TimeDomain::ProcessingTime, ctx, output),
+        )
     }
 }

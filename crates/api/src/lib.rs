@@ -16,20 +16,36 @@
 //!
 //! This crate owns the user-facing builder ([`StreamEnvironment`], [`DataStream`],
 //! [`KeyedStream`]) and the keyed operators that bind user functions to keyed
-//! state ([`keyed`]). It must not touch scheduling or channels (that is the
+//! state ([`keyed`]), their timers ([`timers`]), their side outputs
+//! ([`side_output`]) and windows built on both ([`window`]). It must not touch scheduling or channels (that is the
 //! runtime's) nor how state is stored (that is the state backend's).
 
 pub mod keyed;
+pub mod side_output;
 mod stream;
+#[cfg(test)]
+mod timer_tests;
+pub mod timers;
+pub mod window;
 
 pub use keyed::{FnResult, KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction};
+pub use side_output::OutputTag;
 pub use stream::{ConnectedKeyedStreams, DataStream, KeyedStream, StreamEnvironment};
+pub use timers::TimeDomain;
+pub use window::{
+    EventTimeSessionWindows, SlidingEventTimeWindows, SlidingProcessingTimeWindows, TimeWindow,
+    TumblingEventTimeWindows, TumblingProcessingTimeWindows, WindowAggregateFunction,
+    WindowAssigner, WindowedStream,
+};
 
 pub use flowstate_connectors as connectors;
 pub use flowstate_runtime as runtime;
 pub use flowstate_runtime::{
     Barrier, BarrierKind, Data, ExecutionConfig, JobError, JobReport, RunningJob, Sink, SinkWriter,
     Source, SourcePoll, SourceReader, SubtaskInfo, UserError,
+};
+pub use flowstate_runtime::{
+    BoundedOutOfOrderness, SplitWatermarks, Watermark, WatermarkGenerator, WatermarkStrategy,
 };
 pub use flowstate_state as state;
 pub use flowstate_state::{

@@ -16,7 +16,7 @@ use flowstate_connectors::{
 use flowstate_runtime::graph::{OperatorFactory, TwoInputFactory};
 use flowstate_runtime::{
     Data, DeterministicExecutor, ExecutionConfig, JobError, JobGraph, JobReport, NodeId, Operator,
-    Partitioning, RunningJob, Sink, Source, start_job,
+    OutputId, Partitioning, RunningJob, Sink, Source, start_job,
 };
 use flowstate_state::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateHandle, KeyedStateBackend,
@@ -27,6 +27,7 @@ use crate::keyed::{
     FnResult, KeyFn, KeyedCoProcessFunction, KeyedCoProcessOperator, KeyedContext,
     KeyedProcessFunction, KeyedProcessOperator,
 };
+use crate::side_output::OutputTag;
 
 struct EnvInner {
     graph: RefCell<JobGraph>,
@@ -58,9 +59,14 @@ impl StreamEnvironment {
     }
 
     fn stream<T>(&self, node: NodeId) -> DataStream<T> {
+        self.output_stream(OutputId::from(node))
+    }
+
+    fn output_stream<T>(&self, output: OutputId) -> DataStream<T> {
         DataStream {
             env: self.clone(),
-            node,
+            node: output.node,
+            port: output.port,
             generation: self.inner.generation.get(),
             _type: PhantomData,
         }
@@ -121,6 +127,9 @@ impl StreamEnvironment {
 pub struct DataStream<T> {
     env: StreamEnvironment,
     node: NodeId,
+    /// The node's output port this stream is (0: its main output; a side
+    /// output otherwise).
+    port: usize,
     generation: u64,
     _type: PhantomData<fn() -> T>,
 }
@@ -130,6 +139,7 @@ impl<T> Clone for DataStream<T> {
         Self {
             env: self.env.clone(),
             node: self.node,
+            port: self.port,
             generation: self.generation,
             _type: PhantomData,
         }
@@ -202,11 +212,36 @@ impl<T> DataStream<T> {
         );
         self.env.inner.graph.borrow_mut()
     }
+
+    /// The node output this stream is.
+    fn output(&self) -> OutputId {
+        OutputId {
+            node: self.node,
+            port: self.port,
+        }
+    }
 }
 
 impl<T: Data> DataStream<T> {
+    /// The side output `tag` of the operator that produced this stream (a
+    /// keyed process function's `ctx.output(&tag, ..)`, a window's late
+    /// records): a stream of its own, transformed, exchanged and sunk like
+    /// any other. Records emitted to a side output that is never asked for
+    /// are dropped. Panics if this stream is itself a side output, or its
+    /// operator cannot have side outputs (sources, two-input operators); the
+    /// job fails to build if the operator emits none (e.g. a `map`).
+    pub fn side_output<U: Data>(&self, tag: &OutputTag<U>) -> DataStream<U> {
+        assert_eq!(
+            self.port, 0,
+            "a side output has no side outputs of its own: ask the operator's main stream"
+        );
+        let output = self.graph().add_side_output::<U>(self.node, tag.name());
+        self.env.output_stream(output)
+    }
+
     /// Sets the stable id under which this operator's state is checkpointed
     /// (restore matches state by it). Without one, `<position>-<name>` is used.
+    /// On a side output, this is the id of the operator that emits it.
     pub fn uid(self, uid: &str) -> Self {
         self.graph().set_uid(self.node, uid);
         self
@@ -222,7 +257,7 @@ impl<T: Data> DataStream<T> {
     fn add<O: Data>(&self, name: &str, factory: OperatorFactory<T, O>) -> DataStream<O> {
         let node =
             self.graph()
-                .add_operator(name, vec![(self.node, Partitioning::Forward)], factory);
+                .add_operator(name, vec![(self.output(), Partitioning::Forward)], factory);
         self.env.stream(node)
     }
 
@@ -249,8 +284,8 @@ impl<T: Data> DataStream<T> {
         let node = self.graph().add_operator(
             "Union",
             vec![
-                (self.node, Partitioning::<T>::Forward),
-                (other.node, Partitioning::Forward),
+                (self.output(), Partitioning::<T>::Forward),
+                (other.output(), Partitioning::Forward),
             ],
             factory(|| Identity),
         );
@@ -261,10 +296,32 @@ impl<T: Data> DataStream<T> {
     pub fn rebalance(&self) -> DataStream<T> {
         let node = self.graph().add_operator(
             "Rebalance",
-            vec![(self.node, Partitioning::<T>::Rebalance)],
+            vec![(self.output(), Partitioning::<T>::Rebalance)],
             factory(|| Identity),
         );
         self.env.stream(node)
+    }
+
+    /// Event time for a stream whose source has none: records pass
+    /// unchanged, and the stream's watermarks are made from them by
+    /// `strategy` (one generator per parallel instance, asked after every
+    /// batch). Watermarks from upstream are dropped (only the end of input
+    /// goes through), as Flink's `assignTimestampsAndWatermarks`. Prefer a
+    /// source's own event time (e.g. `SequenceSource::with_event_time`): it
+    /// is generated per split, so records are not late merely because
+    /// splits are interleaved.
+    pub fn assign_timestamps_and_watermarks(
+        &self,
+        strategy: flowstate_runtime::WatermarkStrategy<T>,
+    ) -> DataStream<T> {
+        self.add(
+            "Timestamps/Watermarks",
+            Box::new(move |_| {
+                Ok(Box::new(flowstate_runtime::TimestampsAndWatermarks::new(
+                    strategy.clone(),
+                )) as Box<dyn Operator<T, T>>)
+            }),
+        )
     }
 
     /// Partitions the stream by key: all records of a key reach the same instance
@@ -282,7 +339,7 @@ impl<T: Data> DataStream<T> {
     /// Writes the stream to `sink`.
     pub fn sink_to(&self, name: &str, sink: impl Sink<T>) {
         self.graph()
-            .add_sink(name, (self.node, Partitioning::Forward), Arc::new(sink));
+            .add_sink(name, (self.output(), Partitioning::Forward), Arc::new(sink));
     }
 
     /// Collects every record in memory; read the vector after the job ended.
@@ -319,6 +376,15 @@ pub struct KeyedStream<K, T> {
     key_fn: KeyFn<T, K>,
 }
 
+impl<K, T> Clone for KeyedStream<K, T> {
+    fn clone(&self) -> Self {
+        Self {
+            stream: self.stream.clone(),
+            key_fn: Arc::clone(&self.key_fn),
+        }
+    }
+}
+
 impl<K: StateKey, T: Data> KeyedStream<K, T> {
     fn partitioning(&self) -> Partitioning<T> {
         let key_fn = Arc::clone(&self.key_fn);
@@ -339,7 +405,7 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
         let env = &self.stream.env;
         let node = self.stream.graph().add_operator(
             "KeyedProcess",
-            vec![(self.stream.node, self.partitioning())],
+            vec![(self.stream.output(), self.partitioning())],
             factory,
         );
         env.stream(node)
@@ -417,8 +483,8 @@ impl<K: StateKey, A: Data, B: Data> ConnectedKeyedStreams<K, A, B> {
         let env = &self.first.stream.env;
         let node = self.first.stream.graph().add_two_input(
             "KeyedCoProcess",
-            (self.first.stream.node, self.first.partitioning()),
-            (self.second.stream.node, self.second.partitioning()),
+            (self.first.stream.output(), self.first.partitioning()),
+            (self.second.stream.output(), self.second.partitioning()),
             factory,
         );
         env.stream(node)

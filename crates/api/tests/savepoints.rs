@@ -716,3 +716,35 @@ fn without_periodic_checkpoints_latest_is_refused_and_failures_do_not_restart() 
     assert_eq!(metrics.restarts(), 0, "no restart without checkpoints");
     assert!(is_empty_dir(&ck), "the checkpoint storage was written to");
 }
+
+// ---------------------------------------------------------------------------
+// Timers and open session windows across a savepoint, rescaled, on the other
+// backend (the scenario is shared with the jobs crate's RocksDB test).
+
+#[path = "common/timed_savepoint.rs"]
+mod timed_savepoint;
+
+fn memory_store() -> flowstate::state::StateBackendConfig {
+    flowstate::state::StateBackendConfig::Store(Arc::new(
+        flowstate::state::memory_store::MemoryStoreFactory,
+    ))
+}
+
+/// Heap at parallelism 2, stopped with a savepoint while sessions are open
+/// and timers pending; restored at parallelism 3 on the serialising backend.
+#[test]
+fn timers_and_open_sessions_restore_from_heap_at_2_to_a_store_at_3() {
+    timed_savepoint::stop_and_restore(
+        (flowstate::state::StateBackendConfig::Heap, 2),
+        (memory_store(), 3),
+    );
+}
+
+/// The other way: the serialising backend at 3, restored on the heap at 1.
+#[test]
+fn timers_and_open_sessions_restore_from_a_store_at_3_to_heap_at_1() {
+    timed_savepoint::stop_and_restore(
+        (memory_store(), 3),
+        (flowstate::state::StateBackendConfig::Heap, 1),
+    );
+}

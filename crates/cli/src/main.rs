@@ -22,7 +22,7 @@ use std::time::Duration;
 use flowstate::runtime::checkpoint::{CoordinatorSettings, LeaseSettings, Location, open_storage};
 use flowstate::runtime::{CheckpointingConfig, Guarantee, RestoreFrom};
 use flowstate::{ExecutionConfig, StreamEnvironment};
-use flowstate_jobs::{keyed_count, wordcount};
+use flowstate_jobs::{keyed_count, window_count, window_workload, wordcount};
 
 #[derive(Parser)]
 #[command(
@@ -76,6 +76,9 @@ enum Job {
     KeyedCount(KeyedCountArgs),
     /// Running count of the words of text files.
     Wordcount(WordcountArgs),
+    /// Workload WT (event time): (count, sum) per key in tumbling event-time
+    /// windows, emitted when the watermark passes each window's end.
+    WindowCount(WindowCountArgs),
     /// Workload W from a Kafka topic (see `flowstate produce`): (count, sum)
     /// per key into files, a PostgreSQL table or a Kafka topic. Needs
     /// `--features kafka`.
@@ -94,6 +97,34 @@ struct KeyedCountArgs {
     #[arg(long)]
     rate: Option<u64>,
     /// Write `key,count,sum` updates into part files in this directory.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Args)]
+struct WindowCountArgs {
+    /// Number of records N.
+    #[arg(long, default_value_t = 5_000_000)]
+    records: u64,
+    /// Number of distinct keys K.
+    #[arg(long, default_value_t = window_workload::DEFAULT_KEYS)]
+    keys: u64,
+    /// Events per second of event time R (how fast event time advances).
+    #[arg(long, default_value_t = window_workload::DEFAULT_EVENTS_PER_SECOND)]
+    events_per_second: u64,
+    /// Bound on disorder D (`2s`, `500ms`): the watermark trails the largest
+    /// timestamp by it, so no record is late.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    out_of_orderness: std::time::Duration,
+    /// Tumbling window size W (`10s`).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    window: std::time::Duration,
+    /// Throttle the source to this many records per second (processing time) in total.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Write `key,window_start_ms,count,sum` results into part files in this directory.
     #[arg(long)]
     output: Option<PathBuf>,
     #[command(flatten)]
@@ -577,6 +608,41 @@ fn run(cli: Cli) -> Result<()> {
             };
             let job = keyed_count::build(&env, &params)?;
             run_job(&env, "keyed-count", &args.runtime)?;
+            println!("{}", job.result_line());
+        }
+        Command::Run {
+            job: Job::WindowCount(args),
+        } => {
+            if args.keys == 0 {
+                bail!("--keys must be at least 1");
+            }
+            if args.events_per_second == 0 {
+                bail!("--events-per-second must be at least 1");
+            }
+            if args.rate == Some(0) {
+                bail!("--rate must be at least 1 record/s");
+            }
+            let window_ms = u64::try_from(args.window.as_millis()).unwrap_or(u64::MAX);
+            if window_ms == 0 {
+                bail!("--window must be at least 1ms");
+            }
+            let out_of_orderness_ms =
+                u64::try_from(args.out_of_orderness.as_millis()).unwrap_or(u64::MAX);
+            let env = StreamEnvironment::new(args.runtime.config("window-count")?);
+            let params = window_count::WindowCountParams {
+                workload: window_workload::WindowWorkload {
+                    records: args.records,
+                    keys: args.keys,
+                    events_per_second: args.events_per_second,
+                    out_of_orderness_ms,
+                    window_ms,
+                },
+                rate_per_s: args.rate,
+                output: args.output,
+                ..Default::default()
+            };
+            let job = window_count::build(&env, &params)?;
+            run_job(&env, "window-count", &args.runtime)?;
             println!("{}", job.result_line());
         }
         Command::Run {

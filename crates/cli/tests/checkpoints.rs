@@ -1134,3 +1134,50 @@ fn sigkill_and_restore_latest_from_s3() {
     let left = storage.list("").unwrap();
     assert!(left.is_empty(), "{url} not cleaned up: {left:?}");
 }
+
+/// `window-count` (event time, timers and window contents as keyed state)
+/// SIGKILLed at random moments and restarted with `--restore latest` at
+/// another parallelism (window state and timers redistributed by key group):
+/// every (key, window) exactly once in the committed output with its true
+/// count and sum, and the reference RESULT line.
+#[test]
+fn window_count_sigkill_and_rescale_is_exactly_once() {
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let (out, ck, logs) = (
+        tmp.path().join("out"),
+        tmp.path().join("ck"),
+        tmp.path().join("logs"),
+    );
+    let wt = support::Wt::with_records(600_000);
+    let expected = wt.expected_result();
+    let check = |run: &Run| {
+        run.assert_success();
+        assert_eq!(run.result_line(), expected, "{run}");
+    };
+    let test = CrashTest {
+        name: "window-count-p2-to-p3",
+        args: strings(&[
+            "run",
+            "window-count",
+            "--records",
+            "600000",
+            "--output",
+            arg(&out),
+            "--checkpoint-interval",
+            "200ms",
+            "--checkpoint-dir",
+            arg(&ck),
+            "--rate",
+            "200000",
+        ]),
+        first_parallelism: 2,
+        restart_parallelism: 3,
+        kills: 8,
+        check_result: &check,
+    };
+    let outcome = test.run(tmp.path(), &logs);
+    check(&outcome.last);
+    let lines = committed_lines(&out);
+    support::check_window_count_output(&lines, &wt);
+}

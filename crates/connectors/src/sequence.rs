@@ -4,12 +4,20 @@
 //! position (the next index); splits are dealt to the parallel instances
 //! (`split % parallelism == instance`), so positions stay meaningful when the
 //! parallelism changes. An optional rate throttles the total output.
+//!
+//! With event time ([`SequenceSource::with_event_time`]) every split has its
+//! own watermark generator, the reader's watermark is the minimum over its
+//! unfinished splits ([`SplitWatermarks`]), and the reader takes one batch
+//! from each of its splits in turn, so all of them advance together.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowstate_runtime::checkpoint::OperatorListState;
-use flowstate_runtime::{Barrier, Data, Source, SourcePoll, SourceReader, SubtaskInfo, UserError};
+use flowstate_runtime::{
+    Barrier, Data, Source, SourcePoll, SourceReader, SplitWatermarks, SubtaskInfo, UserError,
+    Watermark, WatermarkStrategy,
+};
 use flowstate_state::RedistributionMode;
 
 use crate::{ConnectorError, list_state};
@@ -34,6 +42,7 @@ pub struct SequenceSource<T> {
     splits: u32,
     rate_per_s: Option<u64>,
     make: Arc<dyn Fn(u64) -> T + Send + Sync>,
+    event_time: Option<WatermarkStrategy<T>>,
 }
 
 impl<T: Data> SequenceSource<T> {
@@ -52,7 +61,17 @@ impl<T: Data> SequenceSource<T> {
             splits,
             rate_per_s: None,
             make: Arc::new(make),
+            event_time: None,
         })
+    }
+
+    /// Records carry event time: `strategy` reads each generated record's
+    /// timestamp, and every split has its own generator; the reader reports
+    /// the minimum over its unfinished (and, with idleness, active) splits
+    /// and reads its splits in turn, a batch from each.
+    pub fn with_event_time(mut self, strategy: WatermarkStrategy<T>) -> Self {
+        self.event_time = Some(strategy);
+        self
     }
 
     /// Throttles all instances together to `rate_per_s` records per second.
@@ -93,8 +112,16 @@ impl<T: Data> Source<T> for SequenceSource<T> {
         let rate_per_s = self
             .rate_per_s
             .map(|r| (r / u64::from(subtask.parallelism)).max(1));
+        let event_time = self.event_time.as_ref().map(|strategy| {
+            let mut watermarks = SplitWatermarks::new(strategy.clone(), Arc::clone(&subtask.clock));
+            for split in splits.iter().filter(|s| s.next < s.end) {
+                watermarks.add_split(&split.split);
+            }
+            watermarks
+        });
         Ok(Box::new(SequenceReader {
             splits,
+            event_time,
             current: 0,
             make: Arc::clone(&self.make),
             rate_per_s,
@@ -106,6 +133,9 @@ impl<T: Data> Source<T> for SequenceSource<T> {
 
 struct SequenceReader<T> {
     splits: Vec<SplitPosition>,
+    /// Per-split watermarks, with event time.
+    event_time: Option<SplitWatermarks<u32, T>>,
+    /// The split read next (without event time: until it is finished).
     current: usize,
     make: Arc<dyn Fn(u64) -> T + Send + Sync>,
     rate_per_s: Option<u64>,
@@ -120,14 +150,14 @@ impl<T: Data> SourceReader<T> for SequenceReader<T> {
         max: usize,
         now: Instant,
     ) -> Result<SourcePoll, UserError> {
-        while self.current < self.splits.len()
-            && self.splits[self.current].next >= self.splits[self.current].end
-        {
-            self.current += 1;
-        }
-        let Some(split) = self.splits.get_mut(self.current) else {
+        let n = self.splits.len();
+        let Some(index) = (0..n)
+            .map(|k| (self.current + k) % n)
+            .find(|&i| self.splits[i].next < self.splits[i].end)
+        else {
             return Ok(SourcePoll::Finished);
         };
+        self.current = index;
         let mut budget = max as u64;
         if let Some(rate) = self.rate_per_s {
             let started = *self.started.get_or_insert(now);
@@ -139,12 +169,26 @@ impl<T: Data> SourceReader<T> for SequenceReader<T> {
             }
             budget = budget.min(allowed - self.emitted);
         }
+        let split = &mut self.splits[index];
         let end = split.end.min(split.next + budget);
         let make = &*self.make;
+        let first = out.len();
         out.extend((split.next..end).map(make));
         self.emitted += end - split.next;
         split.next = end;
+        if let Some(watermarks) = self.event_time.as_mut() {
+            watermarks.on_batch(&split.split, &out[first..]);
+            if split.next >= split.end {
+                watermarks.finish_split(&split.split);
+            }
+            // Each split in turn, so they advance together.
+            self.current = (index + 1) % n;
+        }
         Ok(SourcePoll::Ready)
+    }
+
+    fn watermark(&mut self) -> Option<Watermark> {
+        self.event_time.as_mut()?.current()
     }
 
     fn snapshot(&mut self, _barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
@@ -181,6 +225,52 @@ mod tests {
                 "parallelism {parallelism}"
             );
         }
+    }
+
+    /// Split 0 (indexes 0..500) is far ahead in event time of split 1
+    /// (500..1000). Per-split watermarks: the reader's watermark never passes
+    /// a timestamp it has still to emit, so no record of the split behind is
+    /// late; at the end the minimum is the last split's.
+    #[test]
+    fn per_split_watermark_never_makes_the_split_behind_late() {
+        let ts = |i: &u64| {
+            if *i < 500 {
+                1_000_000 + *i as i64
+            } else {
+                *i as i64
+            }
+        };
+        let strategy = WatermarkStrategy::bounded_out_of_orderness(0, ts);
+        let source = SequenceSource::new(1_000, 2, |i| i)
+            .unwrap()
+            .with_event_time(strategy);
+        let mut reader = source.create_reader(&info(0, 1)).unwrap();
+        let mut emitted = Vec::new();
+        let mut watermarks = Vec::new();
+        loop {
+            let mut batch = Vec::new();
+            let poll = reader.poll(&mut batch, 100, Instant::now()).unwrap();
+            emitted.extend(batch);
+            if let Some(w) = reader.watermark() {
+                let unread = (0..1_000u64).filter(|i| !emitted.contains(i));
+                for i in unread {
+                    assert!(ts(&i) > w.0, "record {i} (ts {}) late at {w:?}", ts(&i));
+                }
+                watermarks.push(w);
+            }
+            if poll == SourcePoll::Finished {
+                break;
+            }
+        }
+        assert_eq!(emitted.len(), 1_000);
+        // Both splits advanced in turn: the watermark grew while reading.
+        assert!(watermarks.len() >= 8, "{watermarks:?}");
+        assert!(watermarks.windows(2).all(|w| w[0] <= w[1]));
+        // Nothing until split 1 produced (it held the minimum back), then
+        // split 1's. A single generator would have been at 1_000_099 after
+        // split 0's first batch, and every record of split 1 late.
+        assert_eq!(watermarks.first(), Some(&Watermark(598)));
+        assert!(watermarks.iter().all(|w| w.0 < 1_000), "{watermarks:?}");
     }
 
     #[test]

@@ -1,12 +1,22 @@
-//! In-process fault injection for keyed-count (issue 3, acceptance):
+//! In-process fault injection for keyed-count (issue 3, acceptance) and for
+//! windows and timers (issue 13):
 //!
 //! - exactly-once: for at least 100 seeds per run, a failure is injected at a
 //!   random point (a random record in a random operator, during the
 //!   asynchronous upload, between completion and the commit notification); the
 //!   committed output must pass the brief's exactly-once check and equal the
-//!   failure-free result;
+//!   failure-free result. Two seeds in five run a timed shape instead of a
+//!   count (`RunSpec::from_seed`): keyed tumbling event-time windows
+//!   (`Topology::Windowed`) or session windows (`Topology::Session`) over an
+//!   event-time source; their check is that every window is published
+//!   exactly once with its true count and sum (sessions: and bounds),
+//!   recomputed from the record definition (`support::expected_windows`).
+//!   A record fault in their keyed stage lands in the window's aggregate
+//!   (before) or in the firing of the record's window (after: an event-time
+//!   timer firing);
 //! - at-least-once: under the same faults nothing is lost (duplicates allowed
-//!   and counted);
+//!   and counted); count shapes only (a window that saw a record twice is a
+//!   wrong window, not a duplicate line);
 //! - without faults the output equals the failure-free result and the job's
 //!   RESULT checksum equals `workload::reference_checksum`.
 //!
@@ -31,11 +41,14 @@ use flowstate::runtime::Guarantee;
 use flowstate_jobs::workload::reference_checksum;
 use support::{
     Backend, Fault, RunOutcome, RunSpec, Topology, check_checkpoints, check_exactly_once,
-    check_nothing_lost, checksum_of, expected_values, run, run_until_fired,
+    check_nothing_lost, check_windows_exactly_once, checksum_of, expected_values, expected_windows,
+    run, run_until_fired,
 };
 
 /// Seeds of the exactly-once runs, split over several tests so that the test
-/// harness runs them on parallel threads. 4 x 26 = 104 seeds.
+/// harness runs them on parallel threads. 6 x 26 = 156 seeds: 96 count runs
+/// and 60 timed ones (30 windowed, 30 sessions: every fault family five times
+/// on each).
 const EXACTLY_ONCE_SEEDS_PER_TEST: u64 = 26;
 /// Seeds of the at-least-once runs.
 const AT_LEAST_ONCE_SEEDS: u64 = 30;
@@ -48,11 +61,16 @@ fn seed_block(block: u64) -> Range<u64> {
 fn describe(outcome: &RunOutcome) -> String {
     let s = &outcome.spec;
     let left = outcome.leftovers();
+    let shape = match s.topology {
+        Topology::Windowed => format!("Windowed({} ms)", s.timed().window_ms),
+        Topology::Session => format!("Session(gap {} ms)", s.timed().gap_ms),
+        other => format!("{other:?}"),
+    };
     format!(
-        "seed {:>4} {:?} {:?} p={} n={} keys={} batch={} interval={:?} retain={} {:?} {:?}: fired at {}; restarts {}, completed {}, failed {} checkpoints; restored a checkpoint: {}; left in storage: {} metadata, {} shared files, {} orphaned files, {} missing files; {:.0?}",
+        "seed {:>4} {:?} {} p={} n={} keys={} batch={} interval={:?} retain={} {:?} {:?}: fired at {}; restarts {}, completed {}, failed {} checkpoints; restored a checkpoint: {}; left in storage: {} metadata, {} shared files, {} orphaned files, {} missing files; {:.0?}",
         s.seed,
         s.backend,
-        s.topology,
+        shape,
         s.parallelism,
         s.records,
         s.keys,
@@ -125,6 +143,10 @@ fn exactly_once_seed(seed: u64, backend: Backend) -> RunOutcome {
     let outcome = run_until_fired(&spec);
     let spec = &outcome.spec;
     assert_fault_took_effect(&outcome);
+    if spec.topology.is_timed() {
+        check_timed_output(&outcome);
+        return outcome;
+    }
     let expected = expected_values(spec.records, spec.keys);
     let state = check_exactly_once(seed, &outcome.lines, &expected, spec.records)
         .unwrap_or_else(|e| panic!("{e}\n{}", describe(&outcome)));
@@ -141,6 +163,19 @@ fn exactly_once_seed(seed: u64, backend: Backend) -> RunOutcome {
     assert_no_in_progress_files(&outcome);
     assert_checkpoints_sound(&outcome);
     outcome
+}
+
+/// The timed shapes' exactly-once check: every window once, with its true
+/// count and sum (sessions: and bounds), and the checkpoints sound.
+fn check_timed_output(outcome: &RunOutcome) -> usize {
+    let spec = &outcome.spec;
+    let w = spec.timed();
+    let expected = expected_windows(&w);
+    let windows = check_windows_exactly_once(spec.seed, &outcome.lines, &expected, w.session)
+        .unwrap_or_else(|e| panic!("{e}\n{}", describe(outcome)));
+    assert_no_in_progress_files(outcome);
+    assert_checkpoints_sound(outcome);
+    windows
 }
 
 fn exactly_once_seeds(seeds: Range<u64>, backend: Backend) {
@@ -174,6 +209,16 @@ fn exactly_once_under_injected_faults_seeds_52_to_77() {
 #[test]
 fn exactly_once_under_injected_faults_seeds_78_to_103() {
     exactly_once_seeds(seed_block(3), Backend::Heap);
+}
+
+#[test]
+fn exactly_once_under_injected_faults_seeds_104_to_129() {
+    exactly_once_seeds(seed_block(4), Backend::Heap);
+}
+
+#[test]
+fn exactly_once_under_injected_faults_seeds_130_to_155() {
+    exactly_once_seeds(seed_block(5), Backend::Heap);
 }
 
 /// Reruns the seed in `FAULT_SEED` (exactly-once; `FAULT_GUARANTEE=alo` for
@@ -280,6 +325,18 @@ fn without_faults(backend: Backend) {
         );
         println!("ok {}", describe(&outcome));
     }
+    for (seed, topology) in [(9_003, Topology::Windowed), (9_004, Topology::Session)] {
+        let mut spec = RunSpec::from_seed(seed, Guarantee::ExactlyOnce)
+            .with_topology(topology)
+            .on(backend);
+        spec.parallelism = 2;
+        spec.fault = Fault::None;
+        let outcome = run(&spec);
+        assert!(!outcome.fired, "seed {seed}");
+        assert_eq!(outcome.report.restarts, 0, "seed {seed}");
+        let windows = check_timed_output(&outcome);
+        println!("ok {}: {windows} windows", describe(&outcome));
+    }
 }
 
 /// The checkers themselves catch a lost, a repeated and a wrong line.
@@ -318,6 +375,106 @@ fn the_checkers_reject_damaged_output() {
     swapped[last] = format!("{key},{count},{}", sum + 1);
     assert!(check_exactly_once(1, &swapped, &expected, records).is_err());
     assert!(check_nothing_lost(1, &swapped, &expected, records).is_err());
+}
+
+/// The timed workload is what the timed shapes need (no record late within
+/// its split, sessions cut by the designed silences, several windows per key)
+/// and the window checker catches a lost, a repeated and a wrong window.
+#[test]
+fn the_window_checker_rejects_damaged_output() {
+    use support::{JITTER_MS, WindowLine};
+    for topology in [Topology::Windowed, Topology::Session] {
+        let spec = RunSpec::from_seed(18, Guarantee::ExactlyOnce).with_topology(topology);
+        let w = spec.timed();
+        // Within a split (the source's index ranges), no record is at or
+        // below the watermark of those before it (max - JITTER_MS - 1).
+        let bound = |s: u64| (u128::from(w.records) * u128::from(s) / u128::from(w.splits)) as u64;
+        for split in 0..w.splits {
+            let mut max = i64::MIN;
+            for i in bound(split)..bound(split + 1) {
+                let ts = w.timestamp(i);
+                assert!(
+                    ts > max.saturating_sub(JITTER_MS + 1),
+                    "record {i} would be late"
+                );
+                max = max.max(ts);
+            }
+        }
+        let expected = expected_windows(&w);
+        let keys: std::collections::BTreeSet<u64> = expected.keys().map(|(k, _)| *k).collect();
+        assert!(
+            expected.len() >= 3 * keys.len(),
+            "{topology:?}: {} windows over {} keys",
+            expected.len(),
+            keys.len()
+        );
+        let session = topology == Topology::Session;
+        if session {
+            // Every session ends in a round of its key's silence, or at the end.
+            let last_ts = (0..w.records).map(|i| w.timestamp(i)).max().unwrap();
+            let mut ended_by_silence = 0;
+            for ((key, _), window) in &expected {
+                let round = window.end / w.round_ms;
+                if !w.active(*key, round) || window.end > last_ts {
+                    ended_by_silence += 1;
+                }
+            }
+            assert!(
+                ended_by_silence * 10 >= expected.len() * 9,
+                "{ended_by_silence} of {} sessions end in a silence",
+                expected.len()
+            );
+        }
+        let lines: Vec<String> = expected
+            .iter()
+            .map(|(&(key, start), t)| {
+                WindowLine {
+                    key,
+                    start,
+                    end: t.end,
+                    count: t.count,
+                    sum: t.sum,
+                    session,
+                }
+                .to_string()
+            })
+            .collect();
+        check_windows_exactly_once(1, &lines, &expected, session).expect("intact output passes");
+        let mut lost = lines.clone();
+        lost.remove(lines.len() / 2);
+        assert!(check_windows_exactly_once(1, &lost, &expected, session).is_err());
+        let mut repeated = lines.clone();
+        repeated.push(lines[lines.len() / 3].clone());
+        assert!(check_windows_exactly_once(1, &repeated, &expected, session).is_err());
+        // One record counted in the wrong window: counts and sums move.
+        let mut moved = lines.clone();
+        let bump = |line: &str, by: i64| {
+            let mut parts: Vec<i64> = line.split(',').map(|p| p.parse().unwrap()).collect();
+            let n = parts.len();
+            parts[n - 2] += by;
+            parts[n - 1] += by * 7;
+            parts
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        moved[0] = bump(&lines[0], 1);
+        moved[1] = bump(&lines[1], -1);
+        assert!(check_windows_exactly_once(1, &moved, &expected, session).is_err());
+        if session {
+            // A session cut short.
+            let mut short = lines.clone();
+            let mut parts: Vec<i64> = lines[2].split(',').map(|p| p.parse().unwrap()).collect();
+            parts[2] -= 2;
+            short[2] = parts
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            assert!(check_windows_exactly_once(1, &short, &expected, session).is_err());
+        }
+    }
 }
 
 /// The upload faults see every task state file, and nothing else, as the
@@ -530,7 +687,8 @@ mod rocksdb {
     const INCREMENTAL: Backend = Backend::RocksDb { incremental: true };
     const FULL: Backend = Backend::RocksDb { incremental: false };
 
-    /// Seeds 0..52 (every fault family and topology, as on the heap).
+    /// Seeds 0..52 (every fault family and count topology, as on the heap;
+    /// windows on 18..24 and 48..52, sessions on 24..30).
     #[test]
     fn incremental_exactly_once_seeds_0_to_25() {
         exactly_once_seeds(seed_block(0), INCREMENTAL);
@@ -541,7 +699,8 @@ mod rocksdb {
         exactly_once_seeds(seed_block(1), INCREMENTAL);
     }
 
-    /// 13 seeds: every fault family at least twice.
+    /// 13 seeds: every fault family at least twice (windows on 52 and 53,
+    /// sessions on 54..60).
     #[test]
     fn full_exactly_once_seeds_52_to_64() {
         exactly_once_seeds(52..65, FULL);

@@ -17,8 +17,9 @@
 //! - `client`: the librdkafka settings shared by every client (timeouts,
 //!   bootstrap servers, user overrides); no I/O of its own.
 //! - `source`: the source, its readers, the offsets' list state, the
-//!   partition-to-instance rule and the commits of completed checkpoints'
-//!   offsets to a consumer group (monitoring only).
+//!   partition-to-instance rule, the per-partition watermarks (event time)
+//!   and the commits of completed checkpoints' offsets to a consumer group
+//!   (monitoring only).
 //! - `sink`: the sink and its writers.
 //! - `admin`: topic creation, partition lookup, a consumer group's committed
 //!   offsets and the workload producer.
@@ -37,6 +38,7 @@ pub use client::ClientSettings;
 pub use error::KafkaError;
 pub use sink::{KafkaSink, Serializer};
 pub use source::{
-    Deserializer, ErrorPolicy, GROUP_COMMITS_PENDING_MAX, KafkaSource, OFFSETS_STATE,
-    PartitionOffset, RawRecord, StartFrom, StopAt, TopicPartition, partition_owner,
+    Deserializer, ErrorPolicy, EventTimestamps, GROUP_COMMITS_PENDING_MAX, KafkaSource,
+    OFFSETS_STATE, PartitionOffset, RawRecord, StartFrom, StopAt, TopicPartition, kafka_timestamps,
+    partition_owner,
 };

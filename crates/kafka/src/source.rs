@@ -39,9 +39,20 @@
 //!   `GroupContext` when the consumer is next polled (or closed, which waits
 //!   for outstanding commits). A failed commit is logged, never fatal: the
 //!   next completed checkpoint commits newer offsets anyway.
-//! - Per-partition state lives in one struct per partition (`PartitionState`),
-//!   so per-partition watermarks can be added beside the offset later (a new
-//!   field with a serde default keeps old checkpoints readable).
+//! - Event time ([`KafkaSource::with_event_time`] with an assigner over the
+//!   deserialised record, or [`KafkaSource::with_kafka_timestamps`] with the
+//!   Kafka record's timestamp): one watermark generator per owned partition
+//!   (`SplitWatermarks`, keyed by the partition's index in the reader), fed a
+//!   run of consecutive records of one partition at a time; the reader's
+//!   watermark is the minimum over its partitions that have not reached a
+//!   bounded end and, with idleness, are not idle (on the job's clock,
+//!   `SubtaskInfo::clock`). A reader that owns no partition reports
+//!   [`Watermark::MAX`]: it will never emit a record. Watermarks are not
+//!   checkpointed: a reader created on restore or rescale starts a fresh
+//!   generator for each partition it owns, and records dropped while
+//!   re-reading up to a restored position feed none.
+//! - Per-partition state lives in one struct per partition (`PartitionState`);
+//!   a new stored field needs a serde default to keep old checkpoints readable.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -49,7 +60,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flowstate_runtime::checkpoint::{OperatorListState, decode_list, encode_list};
-use flowstate_runtime::{Barrier, Data, Source, SourcePoll, SourceReader, SubtaskInfo, UserError};
+use flowstate_runtime::{
+    Barrier, Data, Source, SourcePoll, SourceReader, SplitWatermarks, SubtaskInfo, UserError,
+    Watermark, WatermarkStrategy,
+};
 use flowstate_state::RedistributionMode;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -161,6 +175,34 @@ pub enum StopAt {
     HighWatermark,
 }
 
+/// Where the event time of a record comes from ([`KafkaSource::with_event_time`],
+/// [`KafkaSource::with_kafka_timestamps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventTimestamps {
+    /// The strategy's timestamp assigner, over the deserialised record.
+    Assigner,
+    /// The Kafka record's timestamp ([`RawRecord::timestamp_ms`]): the
+    /// producer's create time, or the broker's log-append time if the topic
+    /// has `message.timestamp.type=LogAppendTime`. The strategy's assigner is
+    /// not called.
+    Kafka,
+}
+
+/// A bounded out-of-orderness strategy (watermark = the largest timestamp
+/// seen − `max_delay_ms` − 1) for [`KafkaSource::with_kafka_timestamps`],
+/// which feeds it the Kafka record timestamps; add idleness with
+/// [`WatermarkStrategy::with_idleness`]. It has no timestamp assigner of its
+/// own: used anywhere else (`with_event_time`,
+/// `assign_timestamps_and_watermarks`), the first record fails the task.
+pub fn kafka_timestamps<T>(max_delay_ms: i64) -> WatermarkStrategy<T> {
+    WatermarkStrategy::bounded_out_of_orderness(max_delay_ms, |_: &T| {
+        panic!(
+            "a flowstate_kafka::kafka_timestamps strategy has no timestamp assigner: \
+             use it with KafkaSource::with_kafka_timestamps"
+        )
+    })
+}
+
 /// Instance owning partition `partition` of the `topic_index`-th configured
 /// topic at `parallelism`: `(topic_index + partition) % parallelism`.
 pub fn partition_owner(topic_index: usize, partition: i32, parallelism: u32) -> u32 {
@@ -181,6 +223,7 @@ pub struct KafkaSource<T> {
     reread_on_resume: bool,
     group_id: Option<String>,
     skipped: Arc<AtomicU64>,
+    event_time: Option<(WatermarkStrategy<T>, EventTimestamps)>,
 }
 
 impl<T: Data> KafkaSource<T> {
@@ -226,7 +269,43 @@ impl<T: Data> KafkaSource<T> {
             reread_on_resume: false,
             group_id: None,
             skipped: Arc::new(AtomicU64::new(0)),
+            event_time: None,
         })
+    }
+
+    /// Records carry event time, read by `strategy`'s timestamp assigner from
+    /// the deserialised record. Every partition a reader owns has its own
+    /// generator; the reader's watermark is the minimum over its partitions
+    /// that have not reached a bounded end ([`StopAt`]) and, with
+    /// [`WatermarkStrategy::with_idleness`], have produced a record within
+    /// the idleness on the job's clock. So a partition far ahead never makes
+    /// another's records late, and a partition without a record yet holds
+    /// the watermark back until it produces or, with idleness, is idle. To
+    /// use the Kafka record timestamp, copy [`RawRecord::timestamp_ms`] into
+    /// `T` in the deserializer (records carry no timestamp of their own, so
+    /// downstream event-time operators need it in `T` too), or see
+    /// [`KafkaSource::with_kafka_timestamps`].
+    pub fn with_event_time(mut self, strategy: WatermarkStrategy<T>) -> Self {
+        self.event_time = Some((strategy, EventTimestamps::Assigner));
+        self
+    }
+
+    /// As [`KafkaSource::with_event_time`], but a record's event time is its
+    /// Kafka timestamp ([`EventTimestamps::Kafka`]: the producer's create
+    /// time, or the broker's log-append time, as the topic is configured);
+    /// `strategy` gives the generator (e.g. [`kafka_timestamps`]`(ms)`, or a
+    /// user's generator, which sees the deserialised record with that
+    /// timestamp) and the idleness, and its assigner is never called. A
+    /// record without a timestamp (the pre-0.10 message format) is treated
+    /// as one the deserializer rejects ([`ErrorPolicy`]).
+    pub fn with_kafka_timestamps(mut self, strategy: WatermarkStrategy<T>) -> Self {
+        self.event_time = Some((strategy, EventTimestamps::Kafka));
+        self
+    }
+
+    /// The event-time strategy and where its timestamps come from, if any.
+    pub fn event_time(&self) -> Option<(&WatermarkStrategy<T>, EventTimestamps)> {
+        self.event_time.as_ref().map(|(s, from)| (s, *from))
     }
 
     pub fn on_error(mut self, policy: ErrorPolicy) -> Self {
@@ -458,6 +537,23 @@ impl<T: Data> Source<T> for KafkaSource<T> {
             partitions = ?partitions.iter().map(|s| (&s.tp.topic, s.tp.partition, s.next)).collect::<Vec<_>>(),
             "Kafka reader assigned"
         );
+        // Fresh generators for every partition owned now (restored or not):
+        // watermarks are not checkpointed. One that is already at its
+        // bounded end never holds the watermark back.
+        let event_time = self.event_time.as_ref().map(|(strategy, from)| {
+            let mut watermarks = SplitWatermarks::new(strategy.clone(), Arc::clone(&subtask.clock));
+            for (i, state) in partitions.iter().enumerate() {
+                if !state.done() {
+                    watermarks.add_split(&i);
+                }
+            }
+            EventTime {
+                watermarks,
+                from: *from,
+                run: None,
+                timestamps: Vec::new(),
+            }
+        });
         Ok(Box::new(KafkaReader {
             consumer,
             brokers: self.settings.brokers.clone(),
@@ -477,6 +573,7 @@ impl<T: Data> Source<T> for KafkaSource<T> {
             },
             last_transient_log: None,
             commits: self.group_id.as_ref().map(|_| GroupCommits::default()),
+            event_time,
         }))
     }
 }
@@ -597,6 +694,54 @@ struct KafkaReader<T> {
     last_transient_log: Option<Instant>,
     /// With a consumer group: positions to commit once their snapshot completed.
     commits: Option<GroupCommits>,
+    /// With event time: the per-partition watermarks.
+    event_time: Option<EventTime<T>>,
+}
+
+/// A reader's per-partition watermarks. Records of one poll arrive in runs
+/// per partition (a fetched batch at a time); each run is fed to its
+/// partition's generator in one call (one clock read per run, not per record).
+struct EventTime<T> {
+    /// Keyed by the partition's index in `KafkaReader::partitions`.
+    watermarks: SplitWatermarks<usize, T>,
+    from: EventTimestamps,
+    /// The current run: its partition and the index in `out` of its first record.
+    run: Option<(usize, usize)>,
+    /// With [`EventTimestamps::Kafka`]: the Kafka timestamps of the run's records.
+    timestamps: Vec<i64>,
+}
+
+impl<T> EventTime<T> {
+    /// The last record of `out` was read from partition `partition`, with
+    /// Kafka timestamp `timestamp` (used with [`EventTimestamps::Kafka`]).
+    fn read(&mut self, partition: usize, out: &[T], timestamp: i64) {
+        let last = out.len() - 1;
+        if self.run.is_some_and(|(p, _)| p != partition) {
+            self.flush(&out[..last]);
+        }
+        if self.run.is_none() {
+            self.run = Some((partition, last));
+        }
+        if self.from == EventTimestamps::Kafka {
+            self.timestamps.push(timestamp);
+        }
+    }
+
+    /// Feeds the current run (its records end at the end of `out`).
+    fn flush(&mut self, out: &[T]) {
+        let Some((partition, first)) = self.run.take() else {
+            return;
+        };
+        let records = &out[first..];
+        match self.from {
+            EventTimestamps::Assigner => self.watermarks.on_batch(&partition, records),
+            EventTimestamps::Kafka => {
+                self.watermarks
+                    .on_batch_with_timestamps(&partition, records, &self.timestamps);
+                self.timestamps.clear();
+            }
+        }
+    }
 }
 
 /// Consumer errors after which reading cannot go on correctly; every other
@@ -659,6 +804,11 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
     ) -> Result<SourcePoll, UserError> {
         if self.bounded && self.partitions.iter().all(PartitionState::done) {
             return Ok(SourcePoll::Finished);
+        }
+        if let Some(event_time) = &mut self.event_time {
+            // A run left by a poll that failed points into another `out`.
+            event_time.run = None;
+            event_time.timestamps.clear();
         }
         let mut progressed = false;
         for _ in 0..max.max(1) {
@@ -753,8 +903,21 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
                 payload: message.payload(),
                 timestamp_ms: message.timestamp().to_millis(),
             };
-            match (self.deserializer)(&record) {
-                Ok(value) => out.push(value),
+            let kafka_timestamp = match &self.event_time {
+                Some(e) if e.from == EventTimestamps::Kafka => {
+                    record.timestamp_ms.ok_or_else(|| {
+                        "the record has no timestamp (event time from Kafka timestamps)".to_owned()
+                    })
+                }
+                _ => Ok(0),
+            };
+            match kafka_timestamp.and_then(|ts| (self.deserializer)(&record).map(|v| (v, ts))) {
+                Ok((value, timestamp)) => {
+                    out.push(value);
+                    if let Some(event_time) = &mut self.event_time {
+                        event_time.read(i, out, timestamp);
+                    }
+                }
                 Err(reason) => match self.on_error {
                     ErrorPolicy::Fail => {
                         return Err(KafkaError::Deserialize {
@@ -769,6 +932,15 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
                 },
             }
             self.partitions[i].next = Some(offset + 1);
+            if let Some(event_time) = &mut self.event_time
+                && self.partitions[i].done()
+            {
+                // Its last record is fed with the run it belongs to.
+                event_time.watermarks.finish_split(&i);
+            }
+        }
+        if let Some(event_time) = &mut self.event_time {
+            event_time.flush(out);
         }
         if progressed {
             Ok(SourcePoll::Ready)
@@ -779,6 +951,17 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
                 wake_at: Some(now + self.idle_wait),
             })
         }
+    }
+
+    /// The minimum over the partitions that are neither at their bounded end
+    /// nor idle (see [`KafkaSource::with_event_time`]); [`Watermark::MAX`]
+    /// for a reader that owns no partition (it never emits a record).
+    fn watermark(&mut self) -> Option<Watermark> {
+        let event_time = self.event_time.as_mut()?;
+        if self.partitions.is_empty() {
+            return Some(Watermark::MAX);
+        }
+        event_time.watermarks.current()
     }
 
     fn snapshot(&mut self, barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
@@ -942,6 +1125,46 @@ mod tests {
             commits.complete(last),
             Some(vec![(TopicPartition::new("t", 0), last as i64)])
         );
+    }
+
+    /// Records of interleaved partitions are fed, run by run, to their own
+    /// partition's generator, with the assigner or the Kafka timestamps.
+    #[test]
+    fn interleaved_runs_feed_each_partition_s_generator() {
+        for from in [EventTimestamps::Assigner, EventTimestamps::Kafka] {
+            let strategy = WatermarkStrategy::monotonous(|r: &i64| *r);
+            let clock: flowstate_state::SharedClock = flowstate_state::ManualClock::new(0);
+            let mut event_time = EventTime {
+                watermarks: SplitWatermarks::new(strategy, clock),
+                from,
+                run: None,
+                timestamps: Vec::new(),
+            };
+            event_time.watermarks.add_split(&0);
+            event_time.watermarks.add_split(&1);
+            // Something from an earlier poll stays in `out`.
+            let mut out = vec![i64::MAX];
+            // (partition, record); the Kafka timestamp is record + 1.
+            for (partition, record) in [(0, 500), (0, 600), (1, 10), (1, 20), (0, 700), (1, 30)] {
+                out.push(record);
+                event_time.read(partition, &out, record + 1);
+            }
+            event_time.flush(&out);
+            let shift = i64::from(from == EventTimestamps::Kafka);
+            // Partition 1's newest is 30 (monotonous: minus one).
+            assert_eq!(
+                event_time.watermarks.current(),
+                Some(Watermark(29 + shift)),
+                "{from:?}"
+            );
+            event_time.watermarks.finish_split(&1);
+            assert_eq!(
+                event_time.watermarks.current(),
+                Some(Watermark(699 + shift)),
+                "{from:?}"
+            );
+            assert!(event_time.run.is_none() && event_time.timestamps.is_empty());
+        }
     }
 
     #[test]

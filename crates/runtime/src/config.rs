@@ -316,6 +316,7 @@ impl SubtaskInfo {
             subtask: self.index,
             range: self.key_group_range(),
             max_parallelism: self.max_parallelism,
+            clock: self.clock.clone(),
         }
     }
 }

@@ -26,7 +26,7 @@ use flowstate_checkpoint::OperatorListState;
 
 use crate::config::SubtaskInfo;
 use crate::error::UserError;
-use crate::message::Barrier;
+use crate::message::{Barrier, Watermark};
 
 /// What a source reader did in one poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +83,17 @@ pub trait SourceReader<T>: Send {
     /// have. Must not block.
     fn notify_checkpoint_aborted(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {
         Ok(())
+    }
+
+    /// The reader's event time now: no record it emits after this is older
+    /// (unless late). Asked after every poll; the task sends it downstream
+    /// (behind the records polled) when it grew, and sends
+    /// [`Watermark::MAX`] itself once the reader is finished. A reader of
+    /// several splits reports the minimum over its splits
+    /// ([`crate::watermark::SplitWatermarks`]). Default: none (no event
+    /// time; downstream sees only the final `MAX`). Must not block.
+    fn watermark(&mut self) -> Option<Watermark> {
+        None
     }
 }
 

@@ -1,8 +1,12 @@
 //! The logical job graph: sources, operators, two-input operators and sinks, and
 //! the edges between them with their partitioning.
 //!
+//! A node has *output ports*: its main output (port 0) and, for a one-input
+//! operator, named side outputs (ports 1..), each with a record type of its
+//! own. An edge starts at one port of its producer ([`OutputId`]).
+//!
 //! Owns: [`JobGraph`] and its typed builder methods, node names and uids, the
-//! edges with their [`Partitioning`], and what the graph shows people and tools
+//! output ports, the edges with their [`Partitioning`], and what the graph shows people and tools
 //! ([`VertexInfo`]). Nodes are added through typed methods; each node keeps the
 //! physical node objects of `wiring` (type-erased factories of typed pipelines,
 //! channel ends and tasks) so that one graph can hold streams of many record
@@ -25,6 +29,27 @@ use crate::wiring::{
 /// Index of a node in its graph.
 pub type NodeId = usize;
 
+/// The port of a node's main output.
+pub const MAIN_OUTPUT: usize = 0;
+
+/// One output of a node: its main output ([`MAIN_OUTPUT`]) or one of its side
+/// outputs (ports from 1, in the order they were declared). A `NodeId` is
+/// its main output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OutputId {
+    pub node: NodeId,
+    pub port: usize,
+}
+
+impl From<NodeId> for OutputId {
+    fn from(node: NodeId) -> Self {
+        Self {
+            node,
+            port: MAIN_OUTPUT,
+        }
+    }
+}
+
 pub(crate) enum NodeKind {
     Source(Box<dyn SourceNode>),
     /// A one-input operator or a sink (a sink has no output port).
@@ -34,6 +59,9 @@ pub(crate) enum NodeKind {
 
 pub(crate) struct Edge {
     pub from: NodeId,
+    /// The producer's output port the edge starts at ([`MAIN_OUTPUT`] or a
+    /// side output).
+    pub port: usize,
     /// 0 for the first (or only) input, 1 for the second input of a two-input node.
     pub side: usize,
     pub forward: bool,
@@ -51,6 +79,20 @@ pub(crate) struct Node {
     pub inputs: Vec<Edge>,
     /// The output stream type; `None` for sinks.
     pub output: Option<(TypeId, Arc<dyn Port>)>,
+    /// The side outputs (ports 1..): name, stream type. Only one-input
+    /// operators have them.
+    pub side_outputs: Vec<(String, TypeId, Arc<dyn Port>)>,
+}
+
+impl Node {
+    /// The stream type and port of output `port`.
+    pub(crate) fn port(&self, port: usize) -> Option<(TypeId, &Arc<dyn Port>)> {
+        if port == MAIN_OUTPUT {
+            self.output.as_ref().map(|(t, p)| (*t, p))
+        } else {
+            self.side_outputs.get(port - 1).map(|(_, t, p)| (*t, p))
+        }
+    }
 }
 
 /// One node of a job graph as shown to people and tools.
@@ -154,20 +196,55 @@ impl JobGraph {
         Some((TypeId::of::<T>(), port::<T>()))
     }
 
-    fn edge<T: Data>(&self, from: NodeId, side: usize, partitioning: Partitioning<T>) -> Edge {
+    /// Declares side output `name` of records `T` on one-input operator
+    /// `node` and returns it; declaring a name again returns the same port
+    /// (with the same type). Records the operator emits to a side output
+    /// that no edge starts at are dropped.
+    pub fn add_side_output<T: Data>(&mut self, node: NodeId, name: &str) -> OutputId {
+        let n = &mut self.nodes[node];
+        assert!(
+            matches!(n.kind, NodeKind::Operator(_)) && n.output.is_some(),
+            "'{}' cannot have side outputs: only one-input operators have them",
+            n.name
+        );
+        if let Some(index) = n.side_outputs.iter().position(|(s, _, _)| s == name) {
+            assert_eq!(
+                n.side_outputs[index].1,
+                TypeId::of::<T>(),
+                "side output '{name}' of '{}' was declared with another type than {}",
+                n.name,
+                type_name::<T>()
+            );
+            return OutputId {
+                node,
+                port: index + 1,
+            };
+        }
+        n.side_outputs
+            .push((name.to_owned(), TypeId::of::<T>(), port::<T>()));
+        OutputId {
+            node,
+            port: n.side_outputs.len(),
+        }
+    }
+
+    fn edge<T: Data>(&self, from: OutputId, side: usize, partitioning: Partitioning<T>) -> Edge {
         let produced = self
             .nodes
-            .get(from)
-            .and_then(|n| n.output.as_ref())
-            .map(|(t, _)| *t);
+            .get(from.node)
+            .and_then(|n| n.port(from.port))
+            .map(|(t, _)| t);
         assert_eq!(
             produced,
             Some(TypeId::of::<T>()),
-            "node {from} does not produce a stream of {}",
+            "output {} of node {} does not produce a stream of {}",
+            from.port,
+            from.node,
             type_name::<T>()
         );
         Edge {
-            from,
+            from: from.node,
+            port: from.port,
             side,
             forward: matches!(partitioning, Partitioning::Forward),
             ship_strategy: match partitioning {
@@ -195,6 +272,7 @@ impl JobGraph {
             kind: NodeKind::Source(source_node(source)),
             inputs: Vec::new(),
             output: Self::output_port::<T>(),
+            side_outputs: Vec::new(),
         })
     }
 
@@ -203,13 +281,13 @@ impl JobGraph {
     pub fn add_operator<I: Data, O: Data>(
         &mut self,
         name: &str,
-        inputs: Vec<(NodeId, Partitioning<I>)>,
+        inputs: Vec<(impl Into<OutputId>, Partitioning<I>)>,
         factory: OperatorFactory<I, O>,
     ) -> NodeId {
         assert!(!inputs.is_empty(), "operator '{name}' needs an input");
         let inputs = inputs
             .into_iter()
-            .map(|(from, p)| self.edge(from, 0, p))
+            .map(|(from, p)| self.edge(from.into(), 0, p))
             .collect();
         self.push(Node {
             name: name.to_owned(),
@@ -217,19 +295,20 @@ impl JobGraph {
             kind: NodeKind::Operator(operator_node(factory)),
             inputs,
             output: Self::output_port::<O>(),
+            side_outputs: Vec::new(),
         })
     }
 
     pub fn add_two_input<A: Data, B: Data, O: Data>(
         &mut self,
         name: &str,
-        first: (NodeId, Partitioning<A>),
-        second: (NodeId, Partitioning<B>),
+        first: (impl Into<OutputId>, Partitioning<A>),
+        second: (impl Into<OutputId>, Partitioning<B>),
         factory: TwoInputFactory<A, B, O>,
     ) -> NodeId {
         let inputs = vec![
-            self.edge(first.0, 0, first.1),
-            self.edge(second.0, 1, second.1),
+            self.edge(first.0.into(), 0, first.1),
+            self.edge(second.0.into(), 1, second.1),
         ];
         self.push(Node {
             name: name.to_owned(),
@@ -237,22 +316,24 @@ impl JobGraph {
             kind: NodeKind::TwoInput(two_input_node(factory)),
             inputs,
             output: Self::output_port::<O>(),
+            side_outputs: Vec::new(),
         })
     }
 
     pub fn add_sink<T: Data>(
         &mut self,
         name: &str,
-        input: (NodeId, Partitioning<T>),
+        input: (impl Into<OutputId>, Partitioning<T>),
         sink: Arc<dyn Sink<T>>,
     ) -> NodeId {
-        let inputs = vec![self.edge(input.0, 0, input.1)];
+        let inputs = vec![self.edge(input.0.into(), 0, input.1)];
         self.push(Node {
             name: name.to_owned(),
             uid: None,
             kind: NodeKind::Operator(sink_node(sink)),
             inputs,
             output: None,
+            side_outputs: Vec::new(),
         })
     }
 }

@@ -17,6 +17,7 @@
 //!
 //! 1. leaves: `error`, `message`, `channel`, `metrics`, `savepoint_target`,
 //!    `restart`, `config`, `operator`, `connector`, `partitioning`, `lease`;
+//!    `watermark` (strategies and generators, over `operator`);
 //! 2. `control_plane` (messages between tasks, upload threads, the controller and
 //!    the coordinator, and their ends);
 //! 3. `pipeline`, then `task` (what runs in a task); `upload` (the asynchronous
@@ -51,6 +52,7 @@ pub mod simulation;
 pub mod supervisor;
 pub mod task;
 mod upload;
+pub mod watermark;
 mod wiring;
 
 pub use config::{
@@ -64,12 +66,16 @@ pub use control::{JobController, JobStatus};
 pub use error::{BuildError, JobError, TaskError, UserError};
 pub use executor::{DeterministicExecutor, JobReport, RunState, RunningJob};
 pub use flowstate_checkpoint as checkpoint;
-pub use graph::{JobGraph, NodeId};
+pub use graph::{JobGraph, NodeId, OutputId};
 pub use message::{Barrier, BarrierKind, SnapshotKind, Watermark};
-pub use metrics::{CheckpointProgress, JobMetrics};
-pub use operator::{Operator, StateSnapshot, TwoInputOperator};
+pub use metrics::{CheckpointProgress, JobMetrics, WatermarkGauge};
+pub use operator::{Operator, SideOutputs, StateSnapshot, TwoInputOperator};
 pub use partitioning::{KeyGroupFn, Partitioning};
 pub use supervisor::start_job;
+pub use watermark::{
+    BoundedOutOfOrderness, SplitWatermarks, TimestampsAndWatermarks, WatermarkGenerator,
+    WatermarkStrategy,
+};
 
 /// A record type that can flow between operators.
 pub trait Data: Clone + Send + 'static {}

@@ -2,8 +2,11 @@
 //! one order. That order is the consistency argument of checkpoint barriers
 //! (Chandy–Lamport): no control event may overtake data sent before it.
 //!
-//! Owns: [`Message`] and [`Barrier`] with its kind. Must not touch: channels,
-//! tasks or the coordinator.
+//! Watermarks travel the same way: between batches, never ahead of the data
+//! sent before them.
+//!
+//! Owns: [`Message`], [`Barrier`] with its kind, and [`Watermark`]. Must not
+//! touch: channels, tasks or the coordinator.
 
 pub use flowstate_checkpoint::SnapshotKind;
 
@@ -103,6 +106,9 @@ pub enum Message<T> {
     Batch(Vec<T>),
     /// A checkpoint barrier.
     Barrier(Barrier),
+    /// Event time of the sender advanced: no record after it in this
+    /// channel is older (unless late). Watermarks only grow along a channel.
+    Watermark(Watermark),
     /// The sender will send nothing more.
     EndOfInput,
 }

@@ -3,9 +3,12 @@
 //!
 //! Owns: [`JobMetrics`] and its snapshots. Must not touch: anything it counts.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use flowstate_checkpoint::CheckpointStats;
+
+use crate::message::Watermark;
 
 /// Counters of a running job.
 #[derive(Debug, Default)]
@@ -18,6 +21,24 @@ pub struct JobMetrics {
     last_checkpoint_duration_us: AtomicU64,
     last_checkpoint_bytes: AtomicU64,
     restarts: AtomicU64,
+    /// Every task's current input watermark (a source task's: what it
+    /// emitted), by task name; registered when a task is built.
+    watermarks: Mutex<Vec<(String, WatermarkGauge)>>,
+}
+
+/// One task's current watermark, set once per watermark that grew (never
+/// per record).
+#[derive(Debug, Clone)]
+pub struct WatermarkGauge(Arc<AtomicI64>);
+
+impl WatermarkGauge {
+    pub fn set(&self, watermark: Watermark) {
+        self.0.store(watermark.0, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Watermark {
+        Watermark(self.0.load(Ordering::Relaxed))
+    }
 }
 
 /// The latest completed checkpoint, as the progress line shows it.
@@ -53,6 +74,37 @@ impl JobMetrics {
             last_duration_us: self.last_checkpoint_duration_us.load(Ordering::Relaxed),
             last_bytes: self.last_checkpoint_bytes.load(Ordering::Relaxed),
         }
+    }
+
+    /// The current input watermark of every task (a source task's: the
+    /// watermark it emitted), by task name, in the order the tasks were
+    /// built; [`Watermark::MIN`] before the first.
+    pub fn watermarks(&self) -> Vec<(String, Watermark)> {
+        let gauges = self.watermarks.lock().unwrap_or_else(|e| e.into_inner());
+        gauges.iter().map(|(n, g)| (n.clone(), g.get())).collect()
+    }
+
+    /// The current input watermark of the first task whose name starts
+    /// with `prefix` (task names are `<chain> (<i>/<p>)`).
+    pub fn watermark_of(&self, prefix: &str) -> Option<Watermark> {
+        let gauges = self.watermarks.lock().unwrap_or_else(|e| e.into_inner());
+        gauges
+            .iter()
+            .find(|(n, _)| n.starts_with(prefix))
+            .map(|(_, g)| g.get())
+    }
+
+    /// The gauge of task `task` (its watermark reset to `MIN`: a restarted
+    /// attempt starts from nothing).
+    pub(crate) fn register_watermark(&self, task: &str) -> WatermarkGauge {
+        let mut gauges = self.watermarks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, gauge)) = gauges.iter().find(|(n, _)| n == task) {
+            gauge.set(Watermark::MIN);
+            return gauge.clone();
+        }
+        let gauge = WatermarkGauge(Arc::new(AtomicI64::new(i64::MIN)));
+        gauges.push((task.to_owned(), gauge.clone()));
+        gauge
     }
 
     pub(crate) fn add_records_in(&self, n: usize) {

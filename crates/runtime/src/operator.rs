@@ -1,8 +1,12 @@
 //! The operator traits: what a chained step of a task does with a batch, and
 //! how it takes part in checkpoints.
 //!
-//! Owns: [`Operator`], [`TwoInputOperator`] and [`StateSnapshot`]. Must not
-//! touch: tasks, pipelines or how state is stored.
+//! Owns: [`Operator`], [`TwoInputOperator`], [`StateSnapshot`] and the
+//! buffers of an operator's side outputs ([`SideOutputs`]). Must not touch:
+//! tasks, pipelines or how state is stored.
+
+use std::any::{Any, type_name};
+use std::sync::Arc;
 
 use flowstate_checkpoint::OperatorListState;
 use flowstate_state::BackendSnapshot;
@@ -22,6 +26,70 @@ pub struct StateSnapshot {
 impl StateSnapshot {
     pub fn is_empty(&self) -> bool {
         self.keyed.is_none() && self.lists.is_empty()
+    }
+}
+
+/// The side outputs of one operator instance: a buffer of records per side
+/// output that something downstream consumes (a *port* of the operator other
+/// than its main output). The operator owns it and emits into it by name
+/// ([`SideOutputs::emit`]); the runtime declares the consumed ports when it
+/// builds the task ([`Operator::side_outputs`]) and takes the buffers' records
+/// once per call that may emit (a batch, a watermark, the end of input). A
+/// record for a side output that nothing consumes is dropped: it has no buffer.
+#[derive(Default)]
+pub struct SideOutputs {
+    ports: Vec<SideBuffer>,
+}
+
+struct SideBuffer {
+    name: Arc<str>,
+    /// A `Vec<T>` of the port's record type.
+    records: Box<dyn Any + Send>,
+}
+
+impl SideOutputs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Declares a consumed side output; `records` is an empty `Vec<T>` of its
+    /// record type. Its index is the number of ports declared before it.
+    pub(crate) fn declare(&mut self, name: &str, records: Box<dyn Any + Send>) {
+        self.ports.push(SideBuffer {
+            name: name.into(),
+            records,
+        });
+    }
+
+    /// Whether no side output is consumed (every `emit` drops its record).
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty()
+    }
+
+    /// Emits `value` to the side output `name`; dropped if nothing consumes
+    /// it. An error if the consumed side output of that name carries another
+    /// type.
+    #[inline]
+    pub fn emit<T: 'static>(&mut self, name: &str, value: T) -> Result<(), UserError> {
+        let Some(port) = self.ports.iter_mut().find(|p| &*p.name == name) else {
+            return Ok(());
+        };
+        match port.records.downcast_mut::<Vec<T>>() {
+            Some(records) => {
+                records.push(value);
+                Ok(())
+            }
+            None => Err(format!(
+                "side output '{name}' does not carry records of type {}",
+                type_name::<T>()
+            )
+            .into()),
+        }
+    }
+
+    /// The buffer of the `index`th declared port (a `Vec<T>`).
+    pub(crate) fn records(&mut self, index: usize) -> &mut (dyn Any + Send) {
+        self.ports[index].records.as_mut()
     }
 }
 
@@ -49,6 +117,35 @@ pub trait Operator<I, O>: Send {
         _output: &mut Vec<O>,
     ) -> Result<(), UserError> {
         Ok(())
+    }
+
+    /// Whether this operator makes the watermarks of its output itself (a
+    /// timestamp and watermark assigner) instead of passing on its input's:
+    /// the runtime then sends on [`Operator::output_watermark`] when it grew
+    /// and drops the input's watermarks, except [`Watermark::MAX`] (end of
+    /// input). Asked once, when the task is built. Default: no.
+    fn generates_watermarks(&self) -> bool {
+        false
+    }
+
+    /// For an operator that [generates watermarks](Operator::generates_watermarks):
+    /// its output's watermark now, asked after every batch it processed
+    /// (never per record). Default: none.
+    fn output_watermark(&mut self) -> Option<Watermark> {
+        None
+    }
+
+    /// The operator's side outputs, for an operator that emits records to
+    /// ports besides its main output (a keyed process function's
+    /// `ctx.output`, a window's late records). The runtime declares on it
+    /// the side outputs something consumes when the task is built, and after
+    /// every `process_batch`, `on_watermark` and `finish` sends what they
+    /// hold on, behind the main output of the same call. Asked only of an
+    /// operator whose side outputs are consumed (never per batch otherwise).
+    /// Default: none (declaring a consumed side output on such an operator
+    /// fails the build).
+    fn side_outputs(&mut self) -> Option<&mut SideOutputs> {
+        None
     }
 
     /// The synchronous part of the snapshot `barrier` starts (a checkpoint,

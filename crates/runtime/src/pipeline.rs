@@ -7,10 +7,13 @@
 //! a slow consumer slows its producers (backpressure) with bounded memory.
 //!
 //! Owns: the stages of a chain ([`OperatorStage`], [`SinkStage`], [`Tee`],
-//! [`Discard`]) and the end of a task ([`ExchangeOutput`] with its [`Router`]).
+//! [`Discard`]), the pipelines behind an operator's side outputs
+//! ([`SidePipeline`], [`SideOutputPipeline`]) and the end of a task
+//! ([`ExchangeOutput`] with its [`Router`]).
 //! Must not touch: the task's head, its inbox or the coordinator (that is
 //! `task` and `control_plane`), or how the chain was planned (`plan`).
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -21,9 +24,9 @@ use crate::connector::SinkWriter;
 /// Re-exported: a pipeline's snapshot is made of them (see [`Pipeline::snapshot`]).
 pub use crate::control_plane::OperatorPart;
 use crate::error::{TaskError, guarded};
-use crate::message::{Barrier, Message};
+use crate::message::{Barrier, Message, Watermark};
 use crate::metrics::JobMetrics;
-use crate::operator::{Operator, StateSnapshot};
+use crate::operator::{Operator, SideOutputs, StateSnapshot};
 use crate::partitioning::KeyGroupFn;
 
 /// The rest of a task from some operator on.
@@ -44,6 +47,12 @@ pub trait Pipeline<T>: Send {
     ) -> Result<(), TaskError>;
     /// Sends `barrier` downstream, behind everything sent before it.
     fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError>;
+    /// Event time advanced to `watermark` (it only grows): every operator in
+    /// chain order hears it (`Operator::on_watermark`), its output goes on
+    /// before the watermark does, and the watermark is sent downstream
+    /// behind everything sent before it (an exchange sends it to every
+    /// channel).
+    fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError>;
     /// Checkpoint `checkpoint_id` is complete: let every operator know (sinks commit).
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError>;
     /// Snapshot `checkpoint_id` was aborted: let every operator and sink know,
@@ -79,12 +88,97 @@ impl StageIdentity {
     }
 }
 
-/// One chained operator followed by the rest of the pipeline.
+/// The pipeline behind one side output of an operator, without its record
+/// type: what the operator emitted there arrives as the `Vec<T>` buffer of
+/// its [`SideOutputs`] port, taken once per call that may emit; everything
+/// else (barriers, watermarks, end of input, snapshots, notifications) goes
+/// to it exactly as to the operator's main output.
+pub trait SideOutputPipeline: Send {
+    /// An empty buffer of the side output's record type (a `Vec<T>`), to
+    /// declare on the operator's [`SideOutputs`].
+    fn new_buffer(&self) -> Box<dyn Any + Send>;
+    /// Sends on the records of `buffer` (a `Vec<T>`), leaving it empty.
+    fn push_buffer(&mut self, buffer: &mut (dyn Any + Send)) -> Result<(), TaskError>;
+    fn end_of_input(&mut self) -> Result<(), TaskError>;
+    fn flush(&mut self, partial: bool) -> Result<bool, TaskError>;
+    fn snapshot(
+        &mut self,
+        barrier: Barrier,
+        parts: &mut Vec<OperatorPart>,
+    ) -> Result<(), TaskError>;
+    fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError>;
+    fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError>;
+    fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError>;
+    fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<(), TaskError>;
+}
+
+/// The [`SideOutputPipeline`] of records `T`: the typed pipeline behind it.
+pub struct SidePipeline<T> {
+    next: Box<dyn Pipeline<T>>,
+}
+
+impl<T> SidePipeline<T> {
+    pub fn new(next: Box<dyn Pipeline<T>>) -> Self {
+        Self { next }
+    }
+}
+
+impl<T: Send + 'static> SideOutputPipeline for SidePipeline<T> {
+    fn new_buffer(&self) -> Box<dyn Any + Send> {
+        Box::new(Vec::<T>::new())
+    }
+    #[inline]
+    fn push_buffer(&mut self, buffer: &mut (dyn Any + Send)) -> Result<(), TaskError> {
+        let Some(records) = buffer.downcast_mut::<Vec<T>>() else {
+            unreachable!("a side output's buffer is made by its pipeline");
+        };
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.next.push(records)
+    }
+    fn end_of_input(&mut self) -> Result<(), TaskError> {
+        self.next.end_of_input()
+    }
+    fn flush(&mut self, partial: bool) -> Result<bool, TaskError> {
+        self.next.flush(partial)
+    }
+    fn snapshot(
+        &mut self,
+        barrier: Barrier,
+        parts: &mut Vec<OperatorPart>,
+    ) -> Result<(), TaskError> {
+        self.next.snapshot(barrier, parts)
+    }
+    fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError> {
+        self.next.barrier(barrier)
+    }
+    fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
+        self.next.watermark(watermark)
+    }
+    fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
+        self.next.notify_complete(checkpoint_id)
+    }
+    fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
+        self.next.notify_aborted(checkpoint_id)
+    }
+}
+
+/// One chained operator followed by the rest of the pipeline: its main
+/// output's, and one per consumed side output.
 pub struct OperatorStage<I, O> {
     id: StageIdentity,
     operator: Box<dyn Operator<I, O>>,
     output: Vec<O>,
     next: Box<dyn Pipeline<O>>,
+    /// The pipelines of the consumed side outputs, in the order of the
+    /// operator's [`SideOutputs`] ports; empty for almost every operator,
+    /// which then pays one branch per call for them.
+    sides: Vec<Box<dyn SideOutputPipeline>>,
+    /// The operator makes its output's watermarks (an assigner).
+    generates: bool,
+    /// The newest watermark a generating operator sent on.
+    emitted: Watermark,
 }
 
 impl<I, O> OperatorStage<I, O> {
@@ -93,12 +187,84 @@ impl<I, O> OperatorStage<I, O> {
         operator: Box<dyn Operator<I, O>>,
         next: Box<dyn Pipeline<O>>,
     ) -> Self {
+        let generates = operator.generates_watermarks();
         Self {
             id,
             operator,
             output: Vec::new(),
             next,
+            sides: Vec::new(),
+            generates,
+            emitted: Watermark::MIN,
         }
+    }
+
+    /// Adds the pipelines of the operator's consumed side outputs (named),
+    /// declaring their buffers on the operator's [`SideOutputs`]. An error
+    /// names an operator that has no side outputs.
+    pub fn with_side_outputs(
+        mut self,
+        sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
+    ) -> Result<Self, String> {
+        if sides.is_empty() {
+            return Ok(self);
+        }
+        let Some(outputs) = self.operator.side_outputs() else {
+            return Err(format!(
+                "operator '{}' emits no side outputs, but its side output '{}' is consumed",
+                self.id.name, sides[0].0
+            ));
+        };
+        for (name, side) in &sides {
+            outputs.declare(name, side.new_buffer());
+        }
+        self.sides = sides.into_iter().map(|(_, side)| side).collect();
+        Ok(self)
+    }
+
+    /// Sends on what the operator emitted to its side outputs (after its
+    /// main output of the same call).
+    #[inline]
+    fn push_sides(&mut self) -> Result<(), TaskError> {
+        if self.sides.is_empty() {
+            return Ok(());
+        }
+        let outputs: Option<&mut SideOutputs> = self.operator.side_outputs();
+        let Some(outputs) = outputs else {
+            return Ok(());
+        };
+        for (index, side) in self.sides.iter_mut().enumerate() {
+            side.push_buffer(outputs.records(index))?;
+        }
+        Ok(())
+    }
+
+    /// Sends `watermark` to the main output and every side output.
+    fn send_watermark(&mut self, watermark: Watermark) -> Result<(), TaskError>
+    where
+        O: Send,
+    {
+        self.next.watermark(watermark)?;
+        for side in &mut self.sides {
+            side.watermark(watermark)?;
+        }
+        Ok(())
+    }
+
+    /// A generating operator's watermark after a batch, sent on if it grew.
+    fn generated_watermark(&mut self) -> Result<(), TaskError>
+    where
+        O: Send,
+    {
+        let operator = &mut self.operator;
+        let watermark = guarded(&self.id.name, || Ok(operator.output_watermark()))?;
+        if let Some(w) = watermark
+            && w > self.emitted
+        {
+            self.emitted = w;
+            self.send_watermark(w)?;
+        }
+        Ok(())
     }
 }
 
@@ -111,6 +277,29 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
         if !self.output.is_empty() {
             self.next.push(&mut self.output)?;
         }
+        self.push_sides()?;
+        if self.generates {
+            self.generated_watermark()?;
+        }
+        Ok(())
+    }
+
+    fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
+        let (operator, output) = (&mut self.operator, &mut self.output);
+        guarded(&self.id.name, || operator.on_watermark(watermark, output))?;
+        if !self.output.is_empty() {
+            self.next.push(&mut self.output)?;
+        }
+        self.push_sides()?;
+        if !self.generates {
+            return self.send_watermark(watermark);
+        }
+        // An assigner replaces its input's watermarks; only the end of
+        // input goes through.
+        if watermark == Watermark::MAX && self.emitted < Watermark::MAX {
+            self.emitted = Watermark::MAX;
+            self.send_watermark(Watermark::MAX)?;
+        }
         Ok(())
     }
 
@@ -120,12 +309,21 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
         if !self.output.is_empty() {
             self.next.push(&mut self.output)?;
         }
-        self.next.end_of_input()
+        self.push_sides()?;
+        self.next.end_of_input()?;
+        for side in &mut self.sides {
+            side.end_of_input()?;
+        }
+        Ok(())
     }
 
     #[inline]
     fn flush(&mut self, partial: bool) -> Result<bool, TaskError> {
-        self.next.flush(partial)
+        let mut idle = self.next.flush(partial)?;
+        for side in &mut self.sides {
+            idle &= side.flush(partial)?;
+        }
+        Ok(idle)
     }
 
     fn snapshot(
@@ -138,11 +336,19 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
         if !snapshot.is_empty() {
             parts.push(self.id.part(snapshot));
         }
-        self.next.snapshot(barrier, parts)
+        self.next.snapshot(barrier, parts)?;
+        for side in &mut self.sides {
+            side.snapshot(barrier, parts)?;
+        }
+        Ok(())
     }
 
     fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError> {
-        self.next.barrier(barrier)
+        self.next.barrier(barrier)?;
+        for side in &mut self.sides {
+            side.barrier(barrier)?;
+        }
+        Ok(())
     }
 
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
@@ -150,7 +356,11 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
         guarded(&self.id.name, || {
             operator.notify_checkpoint_complete(checkpoint_id)
         })?;
-        self.next.notify_complete(checkpoint_id)
+        self.next.notify_complete(checkpoint_id)?;
+        for side in &mut self.sides {
+            side.notify_complete(checkpoint_id)?;
+        }
+        Ok(())
     }
 
     fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
@@ -158,7 +368,11 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
         guarded(&self.id.name, || {
             operator.notify_checkpoint_aborted(checkpoint_id)
         })?;
-        self.next.notify_aborted(checkpoint_id)
+        self.next.notify_aborted(checkpoint_id)?;
+        for side in &mut self.sides {
+            side.notify_aborted(checkpoint_id)?;
+        }
+        Ok(())
     }
 }
 
@@ -226,6 +440,10 @@ impl<T: Send> Pipeline<T> for SinkStage<T> {
         Ok(())
     }
 
+    fn watermark(&mut self, _watermark: Watermark) -> Result<(), TaskError> {
+        Ok(())
+    }
+
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
         let writer = &mut self.writer;
         guarded(&self.id.name, || writer.commit(checkpoint_id))
@@ -259,6 +477,9 @@ impl<T: Send> Pipeline<T> for Discard {
         Ok(())
     }
     fn barrier(&mut self, _barrier: Barrier) -> Result<(), TaskError> {
+        Ok(())
+    }
+    fn watermark(&mut self, _watermark: Watermark) -> Result<(), TaskError> {
         Ok(())
     }
     fn notify_complete(&mut self, _checkpoint_id: u64) -> Result<(), TaskError> {
@@ -328,6 +549,13 @@ impl<T: Clone + Send> Pipeline<T> for Tee<T> {
         Ok(())
     }
 
+    fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
+        for branch in &mut self.branches {
+            branch.watermark(watermark)?;
+        }
+        Ok(())
+    }
+
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
         for branch in &mut self.branches {
             branch.notify_complete(checkpoint_id)?;
@@ -360,6 +588,23 @@ struct Target<T> {
     sender: ChannelSender<T>,
     buffer: Vec<T>,
     pending: VecDeque<Message<T>>,
+    /// A watermark that arrived while `buffer` held records: it goes out
+    /// right behind them when the buffer is cut (so watermarks never split
+    /// batches, and never overtake the records before them). Only set while
+    /// `buffer` is not empty.
+    held: Option<Watermark>,
+}
+
+impl<T> Target<T> {
+    /// Queues `watermark` behind everything pending, replacing a watermark
+    /// still waiting at the end of the queue (it only grows).
+    fn queue_watermark(&mut self, watermark: Watermark) {
+        if let Some(Message::Watermark(last)) = self.pending.back_mut() {
+            *last = (*last).max(watermark);
+        } else {
+            self.pending.push_back(Message::Watermark(watermark));
+        }
+    }
 }
 
 /// The end of a pipeline that sends records to the tasks of one downstream edge.
@@ -387,6 +632,7 @@ impl<T: Send> ExchangeOutput<T> {
                 sender,
                 buffer: Vec::new(),
                 pending: VecDeque::new(),
+                held: None,
             })
             .collect();
         Self {
@@ -401,6 +647,9 @@ impl<T: Send> ExchangeOutput<T> {
     fn cut(target: &mut Target<T>, batch_size: usize) {
         let full = std::mem::replace(&mut target.buffer, Vec::with_capacity(batch_size));
         target.pending.push_back(Message::Batch(full));
+        if let Some(watermark) = target.held.take() {
+            target.queue_watermark(watermark);
+        }
     }
 
     fn send_pending(&mut self) -> Result<bool, TaskError> {
@@ -516,6 +765,19 @@ impl<T: Send> Pipeline<T> for ExchangeOutput<T> {
                 Self::cut(target, 0);
             }
             target.pending.push_back(Message::Barrier(barrier));
+        }
+        self.send_pending().map(drop)
+    }
+
+    fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
+        // To every channel, whatever the router: each consumer instance
+        // takes the minimum over its channels.
+        for target in &mut self.targets {
+            if target.buffer.is_empty() {
+                target.queue_watermark(watermark);
+            } else {
+                target.held = Some(watermark);
+            }
         }
         self.send_pending().map(drop)
     }

@@ -2,7 +2,9 @@
 //!
 //! Chaining rule: a one-input operator (or sink) whose single input edge is
 //! `Forward` runs in its producer's task, as the next stage of the producer's
-//! pipeline. Every other node heads a task of its own. Channels are created per
+//! pipeline (of the output port the edge starts at: an operator's side
+//! outputs are pipelines of their own behind its stage, each with its own
+//! chained stages and exchanges). Every other node heads a task of its own. Channels are created per
 //! non-chained edge: one per (producer instance, consumer instance) pair, or only
 //! `i -> i` for forward edges. Subtask `i` of every node runs on worker
 //! `i % workers`.
@@ -23,7 +25,7 @@ use crate::channel::Signal;
 use crate::config::{ExecutionConfig, RestoredState, SubtaskInfo};
 use crate::control_plane::{CoordinatorSender, TaskControlPlane, TaskHandle, UploadJob};
 use crate::error::BuildError;
-use crate::graph::{JobGraph, NodeId, NodeKind};
+use crate::graph::{JobGraph, MAIN_OUTPUT, NodeId, NodeKind};
 use crate::metrics::JobMetrics;
 use crate::task::Task;
 use crate::wiring::{BuildContext, Erased};
@@ -155,8 +157,8 @@ impl Planner<'_> {
                 continue;
             }
             for (edge_index, edge) in node.inputs.iter().enumerate() {
-                let Some((_, port)) = &self.graph.nodes[edge.from].output else {
-                    unreachable!("edges start at nodes with an output");
+                let Some((_, port)) = self.graph.nodes[edge.from].port(edge.port) else {
+                    unreachable!("edges start at outputs of their producer");
                 };
                 for producer in 0..p {
                     let targets: Vec<u32> = if edge.forward {
@@ -184,18 +186,30 @@ impl Planner<'_> {
         }
     }
 
-    /// The pipeline that follows `node` in subtask `index`.
+    /// Whether anything consumes output `port` of `node`.
+    fn consumed(&self, node: NodeId, port: usize) -> bool {
+        self.consumers[node]
+            .iter()
+            .any(|&(consumer, edge)| self.graph.nodes[consumer].inputs[edge].port == port)
+    }
+
+    /// The pipeline that follows output `port` of `node` in subtask `index`.
     fn output_pipeline(
         &mut self,
         node: NodeId,
+        port: usize,
         index: u32,
         task: &str,
     ) -> Result<Erased, BuildError> {
-        let Some((_, port)) = self.graph.nodes[node].output.clone() else {
+        let graph = self.graph;
+        let Some((_, port_type)) = graph.nodes[node].port(port) else {
             unreachable!("only nodes with an output have an output pipeline");
         };
         let mut branches = Vec::new();
         for (consumer, edge_index) in self.consumers[node].clone() {
+            if graph.nodes[consumer].inputs[edge_index].port != port {
+                continue;
+            }
             if self.chained(consumer) {
                 branches.push(self.stage(consumer, index, task)?);
             } else {
@@ -209,7 +223,7 @@ impl Planner<'_> {
                             self.graph.nodes[consumer].name
                         ))
                     })?;
-                branches.push(port.exchange(
+                branches.push(port_type.exchange(
                     task,
                     edge.partitioning.as_ref(),
                     senders,
@@ -219,21 +233,34 @@ impl Planner<'_> {
             }
         }
         Ok(match branches.len() {
-            0 => port.discard(),
-            1 => branches.pop().unwrap_or_else(|| port.discard()),
-            _ => port.tee(branches),
+            0 => port_type.discard(),
+            1 => branches.pop().unwrap_or_else(|| port_type.discard()),
+            _ => port_type.tee(branches),
         })
     }
 
-    /// The pipeline starting with one-input node `node` (an operator or a sink).
+    /// The pipeline starting with one-input node `node` (an operator or a
+    /// sink): its stage, followed by its main output's pipeline and by one
+    /// pipeline per side output that something consumes (side outputs
+    /// nothing consumes get none: the operator drops their records).
     fn stage(&mut self, node: NodeId, index: u32, task: &str) -> Result<Erased, BuildError> {
-        let next = match self.graph.nodes[node].output {
-            Some(_) => Some(self.output_pipeline(node, index, task)?),
+        let graph = self.graph;
+        let next = match graph.nodes[node].output {
+            Some(_) => Some(self.output_pipeline(node, MAIN_OUTPUT, index, task)?),
             None => None,
         };
+        let mut sides = Vec::new();
+        for (i, (name, _, port_type)) in graph.nodes[node].side_outputs.iter().enumerate() {
+            let port = i + 1;
+            if !self.consumed(node, port) {
+                continue;
+            }
+            let pipeline = self.output_pipeline(node, port, index, task)?;
+            sides.push((name.clone(), port_type.side_output(pipeline)));
+        }
         let cx = self.context(node, index)?;
-        match &self.graph.nodes[node].kind {
-            NodeKind::Operator(op) => op.wrap(&cx, next),
+        match &graph.nodes[node].kind {
+            NodeKind::Operator(op) => op.wrap(&cx, next, sides),
             _ => unreachable!("only one-input nodes are stages"),
         }
     }
@@ -251,7 +278,7 @@ impl Planner<'_> {
         let node = &graph.nodes[head];
         match &node.kind {
             NodeKind::Source(source) => {
-                let pipeline = self.output_pipeline(head, index, &name)?;
+                let pipeline = self.output_pipeline(head, MAIN_OUTPUT, index, &name)?;
                 let control = self.control(&name, index, true);
                 let mut cx = self.context(head, index)?;
                 if let Some(reservations) = self.checkpointing.and_then(|c| c.reservations.as_ref())
@@ -262,16 +289,17 @@ impl Planner<'_> {
                 source.create_task(name, &cx, pipeline, control)
             }
             NodeKind::Operator(_) => {
-                let Some((_, port)) = &graph.nodes[node.inputs[0].from].output else {
-                    unreachable!("edges start at nodes with an output");
+                let input = &node.inputs[0];
+                let Some((_, port)) = graph.nodes[input.from].port(input.port) else {
+                    unreachable!("edges start at outputs of their producer");
                 };
                 let pipeline = self.stage(head, index, &name)?;
                 let receivers = self.take_receivers(head, 0, index);
                 let control = self.control(&name, index, false);
-                Ok(port.one_input_task(name, receivers, pipeline, control))
+                Ok(port.one_input_task(name, receivers, pipeline, control, self.metrics))
             }
             NodeKind::TwoInput(two) => {
-                let pipeline = self.output_pipeline(head, index, &name)?;
+                let pipeline = self.output_pipeline(head, MAIN_OUTPUT, index, &name)?;
                 let first = self.take_receivers(head, 0, index);
                 let second = self.take_receivers(head, 1, index);
                 let control = self.control(&name, index, false);

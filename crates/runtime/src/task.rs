@@ -16,6 +16,13 @@
 //! reader, a two-input operator) hears them first, then every chained operator
 //! and the sink, on the task's worker thread.
 //!
+//! Watermarks: a source task sends its reader's watermark on when it grew
+//! (and [`Watermark::MAX`] once the reader is finished); other tasks keep
+//! the watermark of each input channel, and when the minimum over the open
+//! channels (of both gates, for two inputs) grows, every chained operator
+//! hears it in order and it travels on. Watermarks are in band: on a channel
+//! blocked for alignment they wait like data.
+//!
 //! Owns: the task kinds ([`SourceTask`], [`OneInputTask`], [`TwoInputTask`]),
 //! input gates and barrier alignment, and the synchronous part of a snapshot.
 //! It talks to the coordinator only through its `control_plane` end. Must not
@@ -29,8 +36,8 @@ use crate::channel::ChannelReceiver;
 use crate::connector::{SourcePoll, SourceReader};
 use crate::control_plane::{OperatorPart, TaskCommand, TaskControlPlane};
 use crate::error::{TaskError, guarded};
-use crate::message::{Barrier, BarrierKind, Message};
-use crate::metrics::JobMetrics;
+use crate::message::{Barrier, BarrierKind, Message, Watermark};
+use crate::metrics::{JobMetrics, WatermarkGauge};
 use crate::operator::{StateSnapshot, TwoInputOperator};
 use crate::pipeline::{Pipeline, StageIdentity};
 
@@ -187,6 +194,9 @@ pub struct SourceTask<T> {
     pending: Vec<(Barrier, AfterBarrier)>,
     /// At-most-once: records polled ahead of what was emitted.
     read_ahead: Option<ReadAhead<T>>,
+    /// The newest watermark sent downstream.
+    watermark: Watermark,
+    gauge: Option<WatermarkGauge>,
 }
 
 impl<T: Send> SourceTask<T> {
@@ -214,7 +224,33 @@ impl<T: Send> SourceTask<T> {
             suspended: false,
             pending: Vec::new(),
             read_ahead: None,
+            watermark: Watermark::MIN,
+            gauge: None,
         }
+    }
+
+    /// Reports the watermark the task sends in `gauge` (metrics).
+    pub fn with_watermark_gauge(mut self, gauge: WatermarkGauge) -> Self {
+        self.gauge = Some(gauge);
+        self
+    }
+
+    /// Sends `watermark` downstream if it grew, behind what was pushed.
+    fn emit_watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
+        if watermark > self.watermark {
+            self.watermark = watermark;
+            self.pipeline.watermark(watermark)?;
+            if let Some(gauge) = &self.gauge {
+                gauge.set(watermark);
+            }
+        }
+        Ok(())
+    }
+
+    /// The reader's watermark after a poll.
+    fn reader_watermark(&mut self) -> Result<Option<Watermark>, TaskError> {
+        let reader = &mut self.reader;
+        guarded(&self.id.name, || Ok(reader.watermark()))
     }
 
     /// At-most-once: the reader's records wait until the position after
@@ -316,6 +352,10 @@ impl<T: Send> Task for SourceTask<T> {
             self.metrics.add_records_in(self.buffer.len());
             self.pipeline.push(&mut self.buffer)?;
         }
+        // After the records it covers: a watermark never overtakes them.
+        if let Some(watermark) = self.reader_watermark()? {
+            self.emit_watermark(watermark)?;
+        }
         match poll {
             SourcePoll::Ready => Ok(Step::Progress),
             SourcePoll::Pending { wake_at } => {
@@ -329,7 +369,11 @@ impl<T: Send> Task for SourceTask<T> {
 
 impl<T: Send> SourceTask<T> {
     /// The reader has no more records and everything it read was emitted.
+    /// Event time ends (`Watermark::MAX`, so every event-time timer fires)
+    /// before the exhaustion is reported, hence before the final
+    /// checkpoint's barrier: what the timers emit is in that checkpoint.
     fn reader_finished(&mut self) -> Result<Step, TaskError> {
+        self.emit_watermark(Watermark::MAX)?;
         match &self.control {
             Some(control) => {
                 self.exhausted = true;
@@ -360,17 +404,19 @@ impl<T: Send> SourceTask<T> {
         }
         let durable = ahead.handle.durable();
         let mut progressed = false;
+        let mut emitted_watermark = None;
         if ahead
             .batches
             .front()
-            .is_some_and(|(seq, _)| *seq <= durable)
-            && let Some((_, mut batch)) = ahead.batches.pop_front()
+            .is_some_and(|(seq, _, _)| *seq <= durable)
+            && let Some((_, mut batch, watermark)) = ahead.batches.pop_front()
         {
             ahead.held -= batch.len();
             self.metrics.add_records_in(batch.len());
             self.pipeline.push(&mut batch)?;
             batch.clear();
             ahead.spare = Some(batch);
+            emitted_watermark = watermark;
             progressed = true;
         }
         if !ahead.reader_done && self.pending.is_empty() && ahead.held < ahead.max_held {
@@ -387,12 +433,20 @@ impl<T: Send> SourceTask<T> {
                 SourcePoll::Pending { wake_at } => ahead.wake_at = wake_at,
                 SourcePoll::Finished => ahead.reader_done = true,
             }
+            // The watermark after this poll goes out behind the records
+            // polled so far (held ones: with the last of them).
+            let reader = &mut self.reader;
+            let watermark = guarded(&self.id.name, || Ok(reader.watermark()))?;
             if batch.is_empty() {
                 ahead.spare = Some(batch);
+                match ahead.batches.back_mut() {
+                    Some((_, _, held)) => *held = watermark.max(*held),
+                    None => emitted_watermark = watermark.max(emitted_watermark),
+                }
             } else {
                 ahead.held += batch.len();
                 ahead.unreserved += batch.len();
-                ahead.batches.push_back((ahead.next_seq, batch));
+                ahead.batches.push_back((ahead.next_seq, batch, watermark));
                 progressed = true;
             }
         }
@@ -401,7 +455,10 @@ impl<T: Send> SourceTask<T> {
         // when nothing covered is left to emit (or a barrier waits, or the
         // reader has nothing more now): few writes, and no stall while one
         // is written.
-        let starving = ahead.batches.front().is_none_or(|(seq, _)| *seq > durable);
+        let starving = ahead
+            .batches
+            .front()
+            .is_none_or(|(seq, _, _)| *seq > durable);
         let due = starving
             || ahead.unreserved >= ahead.max_held / 2
             || ahead.reader_done
@@ -416,13 +473,17 @@ impl<T: Send> SourceTask<T> {
             ahead.unreserved = 0;
             progressed = true;
         }
-        if ahead.reader_done && ahead.is_empty() {
+        let reader_done = ahead.reader_done && ahead.is_empty();
+        let wake_at = ahead.wake_at;
+        if let Some(watermark) = emitted_watermark {
+            self.emit_watermark(watermark)?;
+        }
+        if reader_done {
             return self.reader_finished();
         }
         if progressed {
             return Ok(Step::Progress);
         }
-        let wake_at = ahead.wake_at;
         self.pipeline.flush(true)?;
         // Woken by the reservation writer (or at the reader's `wake_at`).
         Ok(Step::Idle { wake_at })
@@ -436,7 +497,8 @@ impl<T: Send> SourceTask<T> {
 /// reservation) never emits it again.
 pub(crate) struct ReadAhead<T> {
     handle: crate::reservation::ReadAheadHandle,
-    batches: std::collections::VecDeque<(u64, Vec<T>)>,
+    /// Each with the reader's watermark after it (sent behind it).
+    batches: std::collections::VecDeque<(u64, Vec<T>, Option<Watermark>)>,
     /// Records in `batches`.
     held: usize,
     /// At most this many records are held ([`crate::config::READ_AHEAD_BATCHES`]).
@@ -553,6 +615,12 @@ impl Aligner {
 }
 
 /// The channels into one input of a task.
+///
+/// It keeps the watermark of every channel (the newest it delivered) and
+/// yields [`GateEvent::Watermark`] when the minimum over the channels that
+/// have not ended changed (it only grows; an ended channel no longer holds it
+/// back). Watermarks are read in stream order like batches, so on a channel
+/// blocked for alignment they wait too.
 pub struct InputGate<T> {
     channels: Vec<ChannelReceiver<T>>,
     /// Index of this gate's first channel in the task's [`Aligner`].
@@ -561,6 +629,11 @@ pub struct InputGate<T> {
     open: usize,
     cursor: usize,
     task: String,
+    watermarks: Vec<Watermark>,
+    /// The minimum over the open channels as last yielded (`None`: none open).
+    reported: Option<Watermark>,
+    /// A change of the minimum not yielded yet (a barrier went first).
+    dirty: bool,
 }
 
 /// What an input gate yielded.
@@ -568,6 +641,9 @@ pub enum GateEvent<T> {
     Batch(Vec<T>),
     /// Barrier n arrived on every input of the task: time to snapshot.
     Barrier(Barrier, Duration),
+    /// The minimum watermark over the gate's open channels changed (grew,
+    /// or `None`: no channel is open any more).
+    Watermark(Option<Watermark>),
     /// Nothing available now.
     Empty,
     /// Every channel has ended.
@@ -584,7 +660,33 @@ impl<T> InputGate<T> {
             open: n,
             cursor: 0,
             task: task.to_owned(),
+            watermarks: vec![Watermark::MIN; n],
+            reported: (n > 0).then_some(Watermark::MIN),
+            dirty: false,
         }
+    }
+
+    /// The minimum watermark over the open channels, as last yielded
+    /// (`None` when none is open).
+    pub fn watermark(&self) -> Option<Watermark> {
+        self.reported
+    }
+
+    /// Recomputes the minimum; true if it changed since last yielded.
+    ///
+    /// An ended channel keeps its last watermark in the minimum. A channel
+    /// that ends with its input carried `Watermark::MAX` first (sources emit
+    /// it when their reader finishes), so it holds nothing back; one that
+    /// ends because the job stopped with a savepoint did not, and its
+    /// records after the savepoint are still to come (after the resume):
+    /// leaving it out let the other channels' watermarks fire windows
+    /// before all their records had arrived (found by the whole-job
+    /// simulation).
+    fn watermark_changed(&mut self) -> bool {
+        let min = self.watermarks.iter().copied().min();
+        let changed = min != self.reported;
+        self.reported = min;
+        changed
     }
 
     pub fn len(&self) -> usize {
@@ -597,36 +699,66 @@ impl<T> InputGate<T> {
 
     /// The next event of any unblocked channel, round-robin so none starves.
     pub fn poll(&mut self, aligner: &mut Aligner) -> Result<GateEvent<T>, TaskError> {
-        let n = self.channels.len();
-        for step in 0..n {
-            let i = (self.cursor + step) % n;
-            if self.ended[i] || aligner.is_blocked(self.offset + i) {
-                continue;
+        if self.dirty {
+            self.dirty = false;
+            if self.watermark_changed() {
+                return Ok(GateEvent::Watermark(self.reported));
             }
-            match self.channels[i].try_recv() {
-                Ok(Some(Message::Batch(batch))) => {
-                    self.cursor = (i + 1) % n;
-                    return Ok(GateEvent::Batch(batch));
+        }
+        let n = self.channels.len();
+        let start = self.cursor;
+        for step in 0..n {
+            let i = (start + step) % n;
+            // A control message that yields nothing (a barrier still
+            // aligning, a watermark that moves no minimum) is consumed and
+            // the same channel read on: the gate says `Empty` only when no
+            // unblocked channel has anything.
+            loop {
+                if self.ended[i] || aligner.is_blocked(self.offset + i) {
+                    break;
                 }
-                Ok(Some(Message::Barrier(barrier))) => {
-                    self.cursor = (i + 1) % n;
-                    if let Some((barrier, alignment)) = aligner.on_barrier(self.offset + i, barrier)
-                    {
-                        return Ok(GateEvent::Barrier(barrier, alignment));
+                match self.channels[i].try_recv() {
+                    Ok(Some(Message::Batch(batch))) => {
+                        self.cursor = (i + 1) % n;
+                        return Ok(GateEvent::Batch(batch));
                     }
-                }
-                Ok(Some(Message::EndOfInput)) => {
-                    self.ended[i] = true;
-                    self.open -= 1;
-                    if let Some((barrier, alignment)) = aligner.on_end(self.offset + i) {
-                        return Ok(GateEvent::Barrier(barrier, alignment));
+                    Ok(Some(Message::Barrier(barrier))) => {
+                        self.cursor = (i + 1) % n;
+                        if let Some((barrier, alignment)) =
+                            aligner.on_barrier(self.offset + i, barrier)
+                        {
+                            return Ok(GateEvent::Barrier(barrier, alignment));
+                        }
                     }
-                }
-                Ok(None) => {}
-                Err(_) => {
-                    return Err(TaskError::ChannelClosed {
-                        task: self.task.clone(),
-                    });
+                    Ok(Some(Message::Watermark(watermark))) => {
+                        self.cursor = (i + 1) % n;
+                        // Watermarks only grow: an older one is ignored.
+                        if watermark > self.watermarks[i] {
+                            self.watermarks[i] = watermark;
+                            if self.watermark_changed() {
+                                return Ok(GateEvent::Watermark(self.reported));
+                            }
+                        }
+                    }
+                    Ok(Some(Message::EndOfInput)) => {
+                        self.ended[i] = true;
+                        self.open -= 1;
+                        if let Some((barrier, alignment)) = aligner.on_end(self.offset + i) {
+                            // The channel no longer holds the watermark
+                            // back: said on the next poll.
+                            self.dirty = true;
+                            return Ok(GateEvent::Barrier(barrier, alignment));
+                        }
+                        if self.watermark_changed() {
+                            return Ok(GateEvent::Watermark(self.reported));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        return Err(TaskError::ChannelClosed {
+                            task: self.task.clone(),
+                        });
+                    }
                 }
             }
         }
@@ -646,6 +778,9 @@ pub struct OneInputTask<T> {
     pipeline: Box<dyn Pipeline<T>>,
     phase: Phase,
     control: Option<TaskControlPlane>,
+    /// The task's input watermark (the minimum over its open channels).
+    watermark: Watermark,
+    gauge: Option<WatermarkGauge>,
 }
 
 impl<T: Send> OneInputTask<T> {
@@ -665,7 +800,15 @@ impl<T: Send> OneInputTask<T> {
             pipeline,
             phase: Phase::Running,
             control,
+            watermark: Watermark::MIN,
+            gauge: None,
         }
+    }
+
+    /// Reports the task's input watermark in `gauge` (metrics).
+    pub fn with_watermark_gauge(mut self, gauge: WatermarkGauge) -> Self {
+        self.gauge = Some(gauge);
+        self
     }
 }
 
@@ -701,6 +844,18 @@ impl<T: Send> Task for OneInputTask<T> {
                 }
                 Ok(Step::Progress)
             }
+            GateEvent::Watermark(watermark) => {
+                if let Some(watermark) = watermark
+                    && watermark > self.watermark
+                {
+                    self.watermark = watermark;
+                    self.pipeline.watermark(watermark)?;
+                    if let Some(gauge) = &self.gauge {
+                        gauge.set(watermark);
+                    }
+                }
+                Ok(Step::Progress)
+            }
             GateEvent::Empty => {
                 self.pipeline.flush(true)?;
                 Ok(Step::Idle { wake_at: None })
@@ -729,12 +884,17 @@ pub struct TwoInputTask<A, B, O> {
     pipeline: Box<dyn Pipeline<O>>,
     phase: Phase,
     control: Option<TaskControlPlane>,
+    /// The task's input watermark: the minimum over the open channels of
+    /// both gates.
+    watermark: Watermark,
+    gauge: Option<WatermarkGauge>,
 }
 
 enum SideEvent {
     Nothing,
     Data,
     Barrier(Barrier, Duration),
+    Watermark,
 }
 
 impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
@@ -765,7 +925,39 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
             pipeline,
             phase: Phase::Running,
             control,
+            watermark: Watermark::MIN,
+            gauge: None,
         }
+    }
+
+    /// Reports the task's input watermark in `gauge` (metrics).
+    pub fn with_watermark_gauge(mut self, gauge: WatermarkGauge) -> Self {
+        self.gauge = Some(gauge);
+        self
+    }
+
+    /// A gate's minimum changed: if the minimum over both grew, the head
+    /// operator hears it, its output goes on, then the watermark.
+    fn advance_watermark(&mut self) -> Result<(), TaskError> {
+        let Some(watermark) = [self.first.watermark(), self.second.watermark()]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            return Ok(());
+        };
+        if watermark <= self.watermark {
+            return Ok(());
+        }
+        self.watermark = watermark;
+        let (operator, output) = (&mut self.operator, &mut self.output);
+        guarded(&self.id.name, || operator.on_watermark(watermark, output))?;
+        self.forward_output()?;
+        self.pipeline.watermark(watermark)?;
+        if let Some(gauge) = &self.gauge {
+            gauge.set(watermark);
+        }
+        Ok(())
     }
 
     fn forward_output(&mut self) -> Result<(), TaskError> {
@@ -790,6 +982,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
                     SideEvent::Data
                 }
                 GateEvent::Barrier(b, a) => SideEvent::Barrier(b, a),
+                GateEvent::Watermark(_) => SideEvent::Watermark,
                 GateEvent::Empty => SideEvent::Nothing,
                 GateEvent::Ended => {
                     self.second_ended = true;
@@ -808,6 +1001,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
                     SideEvent::Data
                 }
                 GateEvent::Barrier(b, a) => SideEvent::Barrier(b, a),
+                GateEvent::Watermark(_) => SideEvent::Watermark,
                 GateEvent::Empty => SideEvent::Nothing,
                 GateEvent::Ended => {
                     self.first_ended = true;
@@ -879,6 +1073,10 @@ impl<A: Send, B: Send, O: Send> Task for TwoInputTask<A, B, O> {
                 SideEvent::Data => return Ok(Step::Progress),
                 SideEvent::Barrier(barrier, alignment) => {
                     self.take_checkpoint(barrier, alignment)?;
+                    return Ok(Step::Progress);
+                }
+                SideEvent::Watermark => {
+                    self.advance_watermark()?;
                     return Ok(Step::Progress);
                 }
                 SideEvent::Nothing => {}

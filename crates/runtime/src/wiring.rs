@@ -26,7 +26,10 @@ use crate::metrics::JobMetrics;
 use crate::operator::{Operator, TwoInputOperator};
 use crate::partitioning::Partitioning;
 use crate::pipeline::StageIdentity;
-use crate::pipeline::{Discard, ExchangeOutput, OperatorStage, Pipeline, Router, SinkStage, Tee};
+use crate::pipeline::{
+    Discard, ExchangeOutput, OperatorStage, Pipeline, Router, SideOutputPipeline, SidePipeline,
+    SinkStage, Tee,
+};
 use crate::task::{OneInputTask, SourceTask, Task, TwoInputTask};
 
 /// Creates the operator instance of one subtask.
@@ -87,12 +90,16 @@ pub(crate) trait Port: Send + Sync {
     ) -> Erased;
     fn tee(&self, branches: Vec<Erased>) -> Erased;
     fn discard(&self) -> Erased;
+    /// The pipeline behind a side output of this type, from its typed
+    /// pipeline `next`.
+    fn side_output(&self, next: Erased) -> Box<dyn SideOutputPipeline>;
     fn one_input_task(
         &self,
         name: String,
         receivers: Vec<Erased>,
         pipeline: Erased,
         control: Option<TaskControlPlane>,
+        metrics: &JobMetrics,
     ) -> Box<dyn Task>;
 }
 
@@ -143,20 +150,29 @@ impl<T: Data> Port for TypedPort<T> {
         Box::new(pipeline)
     }
 
+    fn side_output(&self, next: Erased) -> Box<dyn SideOutputPipeline> {
+        Box::new(SidePipeline::new(cast::<Box<dyn Pipeline<T>>>(next)))
+    }
+
     fn one_input_task(
         &self,
         name: String,
         receivers: Vec<Erased>,
         pipeline: Erased,
         control: Option<TaskControlPlane>,
+        metrics: &JobMetrics,
     ) -> Box<dyn Task> {
         let receivers: Vec<ChannelReceiver<T>> = receivers.into_iter().map(cast).collect();
-        Box::new(OneInputTask::new(
-            name,
-            receivers,
-            cast::<Box<dyn Pipeline<T>>>(pipeline),
-            control,
-        ))
+        let gauge = metrics.register_watermark(&name);
+        Box::new(
+            OneInputTask::new(
+                name,
+                receivers,
+                cast::<Box<dyn Pipeline<T>>>(pipeline),
+                control,
+            )
+            .with_watermark_gauge(gauge),
+        )
     }
 }
 
@@ -171,8 +187,14 @@ pub(crate) trait SourceNode: Send {
 }
 
 pub(crate) trait OperatorNode: Send {
-    /// The operator of one subtask, followed by `next`.
-    fn wrap(&self, cx: &BuildContext<'_>, next: Option<Erased>) -> Result<Erased, BuildError>;
+    /// The operator of one subtask, followed by `next` (its main output)
+    /// and by the pipelines of its consumed side outputs (named).
+    fn wrap(
+        &self,
+        cx: &BuildContext<'_>,
+        next: Option<Erased>,
+        sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
+    ) -> Result<Erased, BuildError>;
 
     /// A sink that publishes its output when a checkpoint completes.
     fn commits_on_checkpoint(&self) -> bool {
@@ -208,6 +230,7 @@ impl<T: Data> SourceNode for SourceNodeImpl<T> {
             .source
             .create_reader(&cx.info)
             .map_err(|e| cx.create_error(e))?;
+        let gauge = cx.metrics.register_watermark(&name);
         let task = SourceTask::new(
             name,
             StageIdentity::of(&cx.info),
@@ -216,7 +239,8 @@ impl<T: Data> SourceNode for SourceNodeImpl<T> {
             cx.batch_size,
             Arc::clone(cx.metrics),
             control,
-        );
+        )
+        .with_watermark_gauge(gauge);
         Ok(match cx.read_ahead.clone() {
             Some(handle) => Box::new(
                 task.with_read_ahead(handle)
@@ -232,17 +256,21 @@ struct OperatorNodeImpl<I, O> {
 }
 
 impl<I: Data, O: Data> OperatorNode for OperatorNodeImpl<I, O> {
-    fn wrap(&self, cx: &BuildContext<'_>, next: Option<Erased>) -> Result<Erased, BuildError> {
+    fn wrap(
+        &self,
+        cx: &BuildContext<'_>,
+        next: Option<Erased>,
+        sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
+    ) -> Result<Erased, BuildError> {
         let operator = (self.factory)(&cx.info).map_err(|e| cx.create_error(e))?;
         let next = match next {
             Some(next) => cast::<Box<dyn Pipeline<O>>>(next),
             None => Box::new(Discard),
         };
-        let pipeline: Box<dyn Pipeline<I>> = Box::new(OperatorStage::new(
-            StageIdentity::of(&cx.info),
-            operator,
-            next,
-        ));
+        let stage = OperatorStage::new(StageIdentity::of(&cx.info), operator, next)
+            .with_side_outputs(sides)
+            .map_err(BuildError::Graph)?;
+        let pipeline: Box<dyn Pipeline<I>> = Box::new(stage);
         Ok(Box::new(pipeline))
     }
 }
@@ -256,7 +284,12 @@ impl<T: Data> OperatorNode for SinkNodeImpl<T> {
         self.sink.commits_on_checkpoint()
     }
 
-    fn wrap(&self, cx: &BuildContext<'_>, _next: Option<Erased>) -> Result<Erased, BuildError> {
+    fn wrap(
+        &self,
+        cx: &BuildContext<'_>,
+        _next: Option<Erased>,
+        _sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
+    ) -> Result<Erased, BuildError> {
         let writer = self
             .sink
             .create_writer(&cx.info)
@@ -285,15 +318,19 @@ impl<A: Data, B: Data, O: Data> TwoInputNode for TwoInputNodeImpl<A, B, O> {
         control: Option<TaskControlPlane>,
     ) -> Result<Box<dyn Task>, BuildError> {
         let operator = (self.factory)(&cx.info).map_err(|e| cx.create_error(e))?;
-        Ok(Box::new(TwoInputTask::new(
-            name,
-            StageIdentity::of(&cx.info),
-            first.into_iter().map(cast::<ChannelReceiver<A>>).collect(),
-            second.into_iter().map(cast::<ChannelReceiver<B>>).collect(),
-            operator,
-            cast::<Box<dyn Pipeline<O>>>(pipeline),
-            control,
-        )))
+        let gauge = cx.metrics.register_watermark(&name);
+        Ok(Box::new(
+            TwoInputTask::new(
+                name,
+                StageIdentity::of(&cx.info),
+                first.into_iter().map(cast::<ChannelReceiver<A>>).collect(),
+                second.into_iter().map(cast::<ChannelReceiver<B>>).collect(),
+                operator,
+                cast::<Box<dyn Pipeline<O>>>(pipeline),
+                control,
+            )
+            .with_watermark_gauge(gauge),
+        ))
     }
 }
 

@@ -30,11 +30,11 @@ use flowstate::runtime::simulation::{
 };
 use flowstate::runtime::{CheckpointingConfig, ExecutionConfig, Guarantee, JobError, RestoreFrom};
 
-use flowstate::state::StateBackendConfig;
 use flowstate::state::memory_store::MemoryStoreFactory;
+use flowstate::state::{ManualClock, StateBackendConfig};
 
 use crate::faults::{FaultPlan, FaultPoint};
-use crate::scenario::{Shape, Variant};
+use crate::scenario::{Shape, Variant, WindowShape};
 use crate::storage::SimStorage;
 use crate::trace::Fnv;
 
@@ -98,6 +98,10 @@ impl Setup {
                 records: rng.u64(200..3000),
                 keys: rng.u64(1..40),
                 splits: rng.u32(1..7),
+                window: rng.bool().then(|| WindowShape {
+                    window_ms: rng.u64(20..2000),
+                    disorder_ms: rng.u64(0..100),
+                }),
             },
             serialized_state: rng.bool(),
             parallelism: rng.u32(1..4),
@@ -124,15 +128,17 @@ pub fn run_seed(seed: u64, variant: Variant) -> SeedReport {
     let storage = Arc::new(SimStorage::new(Arc::clone(&plan)));
     let output = output_dir(seed);
     let mut trace = Fnv::default();
+    let start = Now::new(Instant::now(), 1_800_000_000_000);
     let mut run = Run {
         seed,
+        clock: ManualClock::new(start.unix_ms as i64),
         rng,
         plan: Arc::clone(&plan),
         storage: Arc::clone(&storage),
         output: output.clone(),
         variant,
         setup,
-        now: Now::new(Instant::now(), 1_800_000_000_000),
+        now: start,
         started: None,
         restarts: Vec::new(),
         steps: 0,
@@ -194,13 +200,17 @@ fn output_dir(seed: u64) -> PathBuf {
         None if shm.is_dir() => shm.to_path_buf(),
         None => std::env::temp_dir(),
     };
-    let dir = root.join(format!("flowstate-sim-{}-{seed}", std::process::id()));
+    // Unique per run: runs of one seed may overlap in a process (tests).
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = root.join(format!("flowstate-sim-{}-{seed}-{run}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
 
 struct Run {
     seed: u64,
+    clock: Arc<ManualClock>,
     rng: fastrand::Rng,
     plan: Arc<FaultPlan>,
     storage: Arc<SimStorage>,
@@ -253,11 +263,16 @@ impl Run {
                 restart: Default::default(),
                 // Savepoints go to this process's memory, a store per seed.
                 savepoint_dir: Some(format!(
-                    "memory://flowstate-sim-{}-{}",
-                    std::process::id(),
-                    self.seed
+                    "memory://{}",
+                    self.output.file_name().map_or_else(
+                        || format!("flowstate-sim-{}", self.seed),
+                        |n| { n.to_string_lossy().into_owned() }
+                    )
                 )),
             }),
+            // Processing time is virtual too (idleness, processing-time
+            // timers, TTL): the scheduler moves this clock with `now`.
+            clock: Arc::clone(&self.clock) as _,
             ..ExecutionConfig::default()
         }
     }
@@ -334,6 +349,7 @@ impl Run {
 
     fn advance(&mut self, by: Duration) -> Result<(), String> {
         self.now = self.now + by;
+        self.clock.set_ms(self.now.unix_ms as i64);
         let elapsed = self
             .now
             .instant

@@ -14,14 +14,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use flowstate::connectors::{FileSink, SequenceSource};
+use flowstate::runtime::WatermarkStrategy;
 use flowstate::runtime::{
     Barrier, PreparedCommit, Sink, SinkWriter, SubtaskInfo, UserError,
     checkpoint::OperatorListState,
 };
 use flowstate::{
     FnResult, KeyedContext, KeyedProcessFunction, KeyedStateBackend, StreamEnvironment,
-    ValueStateDescriptor, ValueStateHandle,
+    TumblingEventTimeWindows, ValueStateDescriptor, ValueStateHandle, WindowAggregateFunction,
 };
+use std::time::Duration;
 
 /// Which job to simulate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +52,26 @@ pub struct Shape {
     pub records: u64,
     pub keys: u64,
     pub splits: u32,
+    /// Event-time tumbling windows instead of a running count.
+    pub window: Option<WindowShape>,
+}
+
+/// The windowed job: record `id` has event time [`event_time`]; tumbling
+/// windows of `window_ms`; watermarks trail by `disorder_ms` (per split), so
+/// no record is late.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowShape {
+    pub window_ms: u64,
+    pub disorder_ms: u64,
+}
+
+/// The event time of record `id`: 10 ms apart, up to `disorder_ms` early.
+pub fn event_time(id: u64, disorder_ms: u64) -> i64 {
+    (id * 10) as i64 - (key_of(id ^ 0xD1B5_4A32_D192_ED03, disorder_ms + 1)) as i64
+}
+
+fn window_start(ts: i64, window_ms: u64) -> i64 {
+    ts - ts.rem_euclid(window_ms.max(1) as i64)
 }
 
 /// The key of record `id`.
@@ -91,6 +113,27 @@ impl KeyedProcessFunction<u64, u64, String> for CountPerKey {
     }
 }
 
+/// `(key, window_start, count, sum)` of a window's records (sum of ids).
+#[derive(Clone, Copy)]
+struct CountSum;
+
+impl WindowAggregateFunction<u64, (u64, u64), (u64, u64)> for CountSum {
+    fn create_accumulator(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    fn add(&self, accumulator: &mut (u64, u64), id: u64) {
+        accumulator.0 += 1;
+        accumulator.1 += id;
+    }
+    fn merge(&self, accumulator: &mut (u64, u64), other: (u64, u64)) {
+        accumulator.0 += other.0;
+        accumulator.1 += other.1;
+    }
+    fn result(&self, accumulator: &(u64, u64)) -> (u64, u64) {
+        *accumulator
+    }
+}
+
 /// Adds the job to `env`, writing into `output`.
 pub fn build(
     env: &StreamEnvironment,
@@ -100,6 +143,33 @@ pub fn build(
 ) -> anyhow::Result<()> {
     let keys = shape.keys;
     let source = SequenceSource::new(shape.records, shape.splits, |i| i)?;
+    // Small parts: files roll over within a checkpoint, too.
+    let sink = FileSink::new(output)?.with_part_bytes_max(256);
+    if let Some(window) = shape.window {
+        let disorder = window.disorder_ms;
+        let source = source.with_event_time(WatermarkStrategy::bounded_out_of_orderness(
+            disorder as i64,
+            move |id: &u64| event_time(*id, disorder),
+        ));
+        let lines = env
+            .from_source("Source: Sequence", source)
+            .uid("numbers")
+            .key_by(move |id: &u64| key_of(*id, keys))
+            .window_by(
+                TumblingEventTimeWindows::of(Duration::from_millis(window.window_ms)),
+                move |id: &u64| event_time(*id, disorder),
+            )
+            .aggregate_with(CountSum, |key, w, (count, sum)| {
+                format!("{key} {} {count} {sum}", w.start)
+            })
+            .name("Window")
+            .uid("window");
+        match variant {
+            Variant::Correct => lines.sink_to("Sink: Files", sink),
+            Variant::CommitBeforeComplete => lines.sink_to("Sink: Files", EarlyCommit(sink)),
+        }
+        return Ok(());
+    }
     let lines = env
         .from_source("Source: Sequence", source)
         .uid("numbers")
@@ -107,8 +177,6 @@ pub fn build(
         .process(CountPerKey { state: None })
         .name("Count per key")
         .uid("count");
-    // Small parts: files roll over within a checkpoint, too.
-    let sink = FileSink::new(output)?.with_part_bytes_max(256);
     match variant {
         Variant::Correct => lines.sink_to("Sink: Files", sink),
         Variant::CommitBeforeComplete => lines.sink_to("Sink: Files", EarlyCommit(sink)),
@@ -166,6 +234,15 @@ pub type Violation = String;
 /// `complete`: the job ended, so every record must be there (otherwise only
 /// safety is checked: nothing twice, nothing inconsistent).
 pub fn check(output: &Path, shape: Shape, complete: bool) -> Result<OutputDigest, Violation> {
+    let lines = read_output(output)?;
+    match shape.window {
+        Some(window) => check_windows(&lines, shape, window, complete),
+        None => check_counts(&lines, shape, complete),
+    }
+}
+
+/// Every line of the visible (published) files, with its file and number.
+fn read_output(output: &Path) -> Result<Vec<(String, usize, String)>, Violation> {
     let mut lines = Vec::new();
     let entries =
         std::fs::read_dir(output).map_err(|e| format!("reading {}: {e}", output.display()))?;
@@ -182,10 +259,82 @@ pub fn check(output: &Path, shape: Shape, complete: bool) -> Result<OutputDigest
             lines.push((name.clone(), number + 1, line.to_owned()));
         }
     }
+    Ok(lines)
+}
+
+/// The windowed job: every line is a whole window with its true count and
+/// sum (a window fires once, complete: no record is late), none twice; if
+/// the job finished, every window is there.
+fn check_windows(
+    lines: &[(String, usize, String)],
+    shape: Shape,
+    window: WindowShape,
+    complete: bool,
+) -> Result<OutputDigest, Violation> {
+    let mut expected: BTreeMap<(u64, i64), (u64, u64)> = BTreeMap::new();
+    for id in 0..shape.records {
+        let start = window_start(event_time(id, window.disorder_ms), window.window_ms);
+        let entry = expected
+            .entry((key_of(id, shape.keys), start))
+            .or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 += id;
+    }
+    let mut seen: BTreeMap<(u64, i64), (String, usize)> = BTreeMap::new();
+    let mut digest = crate::trace::Fnv::default();
+    for (file, number, line) in lines {
+        let at = || format!("{file} line {number} ('{line}')");
+        let fields: Vec<i64> = line
+            .split(' ')
+            .map(|f| f.parse::<i64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("{}: not four numbers", at()))?;
+        let [key, start, count, sum] = fields[..] else {
+            return Err(format!("{}: not four numbers", at()));
+        };
+        let (key, count, sum) = (key as u64, count as u64, sum as u64);
+        match expected.get(&(key, start)) {
+            None => return Err(format!("{}: no record falls in this window", at())),
+            Some(&truth) if truth != (count, sum) => {
+                return Err(format!("{}: the window holds (count, sum) {truth:?}", at()));
+            }
+            Some(_) => {}
+        }
+        if let Some((other, other_line)) = seen.insert((key, start), (file.clone(), *number)) {
+            return Err(format!(
+                "{}: window output twice (also {other} line {other_line})",
+                at()
+            ));
+        }
+    }
+    if complete && seen.len() != expected.len() {
+        let missing = expected.keys().find(|w| !seen.contains_key(w));
+        return Err(format!(
+            "{} of {} windows in the output; first missing: {missing:?}",
+            seen.len(),
+            expected.len()
+        ));
+    }
+    for (key, start) in seen.keys() {
+        digest.write_u64(*key);
+        digest.write_u64(*start as u64);
+    }
+    Ok(OutputDigest {
+        lines: seen.len() as u64,
+        hash: digest.finish(),
+    })
+}
+
+/// The running count: see [`check`].
+fn check_counts(
+    lines: &[(String, usize, String)],
+    shape: Shape,
+    complete: bool,
+) -> Result<OutputDigest, Violation> {
     let mut ids: BTreeMap<u64, (String, usize)> = BTreeMap::new();
     let mut counts: BTreeMap<u64, BTreeMap<u64, u64>> = BTreeMap::new();
     let mut digest = crate::trace::Fnv::default();
-    for (file, number, line) in &lines {
+    for (file, number, line) in lines {
         let at = || format!("{file} line {number} ('{line}')");
         let fields: Vec<u64> = line
             .split(' ')

@@ -116,6 +116,7 @@ fn the_checker_accepts_correct_output_and_rejects_each_kind_of_bad_output() {
         records: 50,
         keys: 4,
         splits: 2,
+        window: None,
     };
     let lines = correct_lines(shape);
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();

@@ -53,6 +53,7 @@ fn instance(range: KeyGroupRange) -> BackendInstance {
         subtask: 0,
         range,
         max_parallelism: MAXP,
+        clock: flowstate_state::system_clock(),
     }
 }
 

@@ -45,6 +45,7 @@ impl Fixture {
             subtask,
             range,
             max_parallelism: MAXP,
+            clock: flowstate_state::system_clock(),
         };
         create_keyed_backend::<u64>(&self.config, &instance).expect("open backend")
     }

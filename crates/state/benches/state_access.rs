@@ -602,6 +602,135 @@ fn serialized_state(c: &mut Criterion) {
     group.finish();
 }
 
+/// State TTL's cost per access: the same value-state operations as `value/modify`,
+/// `value/get` (heap, 1M keys) and `serialized/value_get_set` (100k keys) on a state
+/// declared with a TTL (system clock; no incremental cleanup), to compare with them.
+fn ttl_state(c: &mut Criterion) {
+    use flowstate_state::StateTtlConfig;
+    use flowstate_state::memory_store::MemoryStore;
+    use flowstate_state::serialized::SerializedKeyedStateBackend;
+    let mut group = c.benchmark_group("ttl");
+    group.throughput(Throughput::Elements(OPS_PER_ITER as u64));
+    let ttl = StateTtlConfig::new(Duration::from_secs(3600));
+    let mut ops = Ops::new();
+
+    let mut backend = heap_backend();
+    let handle = backend
+        .value_state(&ValueStateDescriptor::<(u64, u64)>::new("count-sum").with_ttl(ttl))
+        .expect("declare value state");
+    for k in 0..KEYS {
+        let kg = key_group_of(&k, MAX_PARALLELISM);
+        KeyScope::new(backend.as_mut(), &k, kg)
+            .value(&handle)
+            .set((0, 0))
+            .expect("populate");
+    }
+    group.bench_function("value_modify", |b| {
+        b.iter_custom(|iters| {
+            timed("ttl/value_modify", iters, || {
+                for (key, kg) in ops.next_chunk() {
+                    let mut scope = KeyScope::new(backend.as_mut(), key, *kg);
+                    let r = scope.value(&handle).modify(
+                        || (0, 0),
+                        |(count, sum)| {
+                            *count += 1;
+                            *sum = sum.wrapping_add(*key);
+                            *count
+                        },
+                    );
+                    black_box(r.expect("modify"));
+                }
+            })
+        })
+    });
+    group.bench_function("value_get", |b| {
+        b.iter_custom(|iters| {
+            timed("ttl/value_get", iters, || {
+                for (key, kg) in ops.next_chunk() {
+                    let mut scope = KeyScope::new(backend.as_mut(), key, *kg);
+                    black_box(scope.value(&handle).get().expect("get").map(|v| v.0));
+                }
+            })
+        })
+    });
+    drop(backend);
+
+    // The same reads with a clock that is an atomic load: what reading the system
+    // clock (a fenced `rdtsc` in the vDSO) costs on top.
+    let mut backend: Box<dyn KeyedStateBackend<u64>> = Box::new(
+        flowstate_state::HeapKeyedStateBackend::<u64>::new(
+            KeyGroupRange::new(0, MAX_PARALLELISM),
+            MAX_PARALLELISM,
+        )
+        .with_clock(flowstate_state::ManualClock::new(0)),
+    );
+    let handle = backend
+        .value_state(&ValueStateDescriptor::<(u64, u64)>::new("count-sum").with_ttl(ttl))
+        .expect("declare value state");
+    for k in 0..KEYS {
+        let kg = key_group_of(&k, MAX_PARALLELISM);
+        KeyScope::new(backend.as_mut(), &k, kg)
+            .value(&handle)
+            .set((0, 0))
+            .expect("populate");
+    }
+    group.bench_function("value_get_manual_clock", |b| {
+        b.iter_custom(|iters| {
+            timed("ttl/value_get_manual_clock", iters, || {
+                for (key, kg) in ops.next_chunk() {
+                    let mut scope = KeyScope::new(backend.as_mut(), key, *kg);
+                    black_box(scope.value(&handle).get().expect("get").map(|v| v.0));
+                }
+            })
+        })
+    });
+    drop(backend);
+
+    let mut backend: Box<dyn KeyedStateBackend<u64>> = Box::new(SerializedKeyedStateBackend::new(
+        Box::new(MemoryStore::default()),
+        KeyGroupRange::new(0, MAX_PARALLELISM),
+        MAX_PARALLELISM,
+    ));
+    let handle = backend
+        .value_state(&ValueStateDescriptor::<(u64, u64)>::new("count-sum").with_ttl(ttl))
+        .expect("declare");
+    for key in 0..SERIALIZED_KEYS {
+        let kg = key_group_of(&key, MAX_PARALLELISM);
+        KeyScope::new(backend.as_mut(), &key, kg)
+            .value(&handle)
+            .set((1, key))
+            .expect("populate");
+    }
+    let ops: Vec<(u64, KeyGroup)> = (0..SEQUENCE as u64)
+        .map(|i| {
+            let key = splitmix64(i) % SERIALIZED_KEYS;
+            (key, key_group_of(&key, MAX_PARALLELISM))
+        })
+        .collect();
+    let mut cursor = 0;
+    group.bench_function("serialized_value_get_set/100000", |b| {
+        b.iter_custom(|iters| {
+            timed("ttl/serialized_value_get_set", iters, || {
+                for (key, kg) in &ops[cursor..cursor + OPS_PER_ITER] {
+                    let mut scope = KeyScope::new(backend.as_mut(), key, *kg);
+                    let (count, sum) = scope
+                        .value(&handle)
+                        .get()
+                        .expect("get")
+                        .copied()
+                        .unwrap_or((0, 0));
+                    scope
+                        .value(&handle)
+                        .set((count + 1, sum.wrapping_add(*key)))
+                        .expect("set");
+                }
+                cursor = (cursor + OPS_PER_ITER) % SEQUENCE;
+            })
+        })
+    });
+    group.finish();
+}
+
 /// The baseline a benchmark is compared with in the summary.
 fn baseline_of(name: &str) -> Option<&'static str> {
     match name.split('/').next() {
@@ -609,6 +738,9 @@ fn baseline_of(name: &str) -> Option<&'static str> {
         Some("list") => Some("list/baseline_fxhashmap_push"),
         Some("map") if name.ends_with("get") => Some("map/baseline_fxhashmap_get"),
         Some("map") => Some("map/baseline_fxhashmap_put"),
+        Some("ttl") if name.starts_with("ttl/serialized") => Some("serialized/value_get_set"),
+        Some("ttl") if name.contains("get") => Some("value/get"),
+        Some("ttl") => Some("value/modify"),
         _ => None,
     }
 }
@@ -639,7 +771,7 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = value_state, list_state, map_state, snapshot, codec, serialized_state
+    targets = value_state, list_state, map_state, snapshot, codec, serialized_state, ttl_state
 }
 
 fn main() {

@@ -19,33 +19,67 @@ use crate::error::StateError;
 use crate::heap::{GroupMap, HeapTable};
 use crate::serialized::{SerializedListTable, SerializedMapTable, SerializedValueTable};
 use crate::table::{ListTable, MapTable, ValueTable};
+use crate::ttl::{StateTtlConfig, TtlListTable, TtlMapTable, TtlSettings, TtlValue, TtlValueTable};
 use crate::{KeyGroup, StateKey, StateType, StateValue};
 
-fn value_table<K: StateKey, V: StateValue>(
+fn plain_value_table<K: StateKey, V: StateValue>(
     name: &str,
     layout: TableLayout,
-) -> crate::backend::TableSlot<K> {
+) -> Box<dyn ValueTable<K, V>> {
     match layout {
-        TableLayout::Heap { range } => {
-            value_slot::<K, V>(Box::new(HeapTable::<K, V>::new(name, range)))
+        TableLayout::Heap { range } => Box::new(HeapTable::<K, V>::new(name, range)),
+        TableLayout::Serialized { range, column } => {
+            Box::new(SerializedValueTable::<K, V>::new(name, range, column))
         }
-        TableLayout::Serialized { range, column } => value_slot::<K, V>(Box::new(
-            SerializedValueTable::<K, V>::new(name, range, column),
-        )),
     }
 }
 
+/// The table of a value-like state (value, reducing, aggregating), with TTL
+/// over a table of `TtlValue<V>` if `ttl` is set.
+fn value_table<K: StateKey, V: StateValue>(
+    name: &str,
+    layout: TableLayout,
+    ttl: Option<&TtlSettings>,
+) -> crate::backend::TableSlot<K> {
+    let Some(ttl) = ttl else {
+        return value_slot::<K, V>(plain_value_table::<K, V>(name, layout));
+    };
+    let inner: Box<dyn ValueTable<K, TtlValue<V>>> = match layout {
+        TableLayout::Heap { range } => Box::new(HeapTable::<K, TtlValue<V>>::with_ttl(
+            name,
+            range,
+            ttl.clone(),
+        )),
+        TableLayout::Serialized { range, column } => Box::new(
+            SerializedValueTable::<K, TtlValue<V>>::new(name, range, column),
+        ),
+    };
+    value_slot::<K, V>(Box::new(TtlValueTable::new(inner, ttl.clone())))
+}
+
 impl<K: StateKey> dyn KeyedStateBackend<K> + '_ {
+    /// The TTL settings of a declaration with `config`.
+    fn ttl_settings(&self, config: Option<&StateTtlConfig>) -> Option<TtlSettings> {
+        config.map(|config| TtlSettings {
+            config: *config,
+            clock: self.clock(),
+        })
+    }
+
     /// Declares (or looks up) a value state.
     pub fn value_state<V: StateValue>(
         &mut self,
         descriptor: &ValueStateDescriptor<V>,
     ) -> Result<ValueStateHandle<V>, StateError> {
         let name = descriptor.name.as_str();
-        let id = self.declare(
-            StateSignature::new::<V>(name, StateKind::Value),
-            &mut |layout| value_table::<K, V>(name, layout),
-        )?;
+        let ttl = self.ttl_settings(descriptor.ttl.as_ref());
+        let signature = match ttl {
+            None => StateSignature::new::<V>(name, StateKind::Value),
+            Some(_) => StateSignature::new::<TtlValue<V>>(name, StateKind::Value),
+        };
+        let id = self.declare(signature, &mut |layout| {
+            value_table::<K, V>(name, layout, ttl.as_ref())
+        })?;
         Ok(ValueStateHandle::from_id(id))
     }
 
@@ -55,17 +89,33 @@ impl<K: StateKey> dyn KeyedStateBackend<K> + '_ {
         descriptor: &ListStateDescriptor<V>,
     ) -> Result<ListStateHandle<V>, StateError> {
         let name = descriptor.name.as_str();
-        let id = self.declare(
-            StateSignature::new::<V>(name, StateKind::List),
-            &mut |layout| match layout {
+        let ttl = self.ttl_settings(descriptor.ttl.as_ref());
+        let signature = match ttl {
+            None => StateSignature::new::<V>(name, StateKind::List),
+            Some(_) => StateSignature::new::<TtlValue<V>>(name, StateKind::List),
+        };
+        let id = self.declare(signature, &mut |layout| match &ttl {
+            None => list_slot::<K, V>(match layout {
                 TableLayout::Heap { range } => {
-                    list_slot::<K, V>(Box::new(HeapTable::<K, Vec<V>>::new(name, range)))
+                    Box::new(HeapTable::<K, Vec<V>>::new(name, range)) as Box<dyn ListTable<K, V>>
                 }
-                TableLayout::Serialized { range, column } => list_slot::<K, V>(Box::new(
-                    SerializedListTable::<K, V>::new(name, range, column),
-                )),
-            },
-        )?;
+                TableLayout::Serialized { range, column } => {
+                    Box::new(SerializedListTable::<K, V>::new(name, range, column))
+                }
+            }),
+            Some(ttl) => {
+                let inner: Box<dyn ListTable<K, TtlValue<V>>> =
+                    match layout {
+                        TableLayout::Heap { range } => Box::new(
+                            HeapTable::<K, Vec<TtlValue<V>>>::with_ttl(name, range, ttl.clone()),
+                        ),
+                        TableLayout::Serialized { range, column } => Box::new(
+                            SerializedListTable::<K, TtlValue<V>>::new(name, range, column),
+                        ),
+                    };
+                list_slot::<K, V>(Box::new(TtlListTable::new(inner, ttl.clone())))
+            }
+        })?;
         Ok(ListStateHandle::from_id(id))
     }
 
@@ -79,19 +129,37 @@ impl<K: StateKey> dyn KeyedStateBackend<K> + '_ {
         UV: StateValue,
     {
         let name = descriptor.name.as_str();
-        let id = self.declare(
-            StateSignature::new::<(UK, UV)>(name, StateKind::Map),
-            &mut |layout| match layout {
+        let ttl = self.ttl_settings(descriptor.ttl.as_ref());
+        let signature = match ttl {
+            None => StateSignature::new::<(UK, UV)>(name, StateKind::Map),
+            Some(_) => StateSignature::new::<(UK, TtlValue<UV>)>(name, StateKind::Map),
+        };
+        let id = self.declare(signature, &mut |layout| match &ttl {
+            None => map_slot::<K, UK, UV>(match layout {
                 TableLayout::Heap { range } => {
-                    map_slot::<K, UK, UV>(Box::new(HeapTable::<K, GroupMap<UK, UV>>::new(
-                        name, range,
-                    )))
+                    Box::new(HeapTable::<K, GroupMap<UK, UV>>::new(name, range))
+                        as Box<dyn MapTable<K, UK, UV>>
                 }
-                TableLayout::Serialized { range, column } => map_slot::<K, UK, UV>(Box::new(
-                    SerializedMapTable::<K, UK, UV>::new(name, range, column),
-                )),
-            },
-        )?;
+                TableLayout::Serialized { range, column } => {
+                    Box::new(SerializedMapTable::<K, UK, UV>::new(name, range, column))
+                }
+            }),
+            Some(ttl) => {
+                let inner: Box<dyn MapTable<K, UK, TtlValue<UV>>> =
+                    match layout {
+                        TableLayout::Heap { range } => Box::new(HeapTable::<
+                            K,
+                            GroupMap<UK, TtlValue<UV>>,
+                        >::with_ttl(
+                            name, range, ttl.clone()
+                        )),
+                        TableLayout::Serialized { range, column } => Box::new(
+                            SerializedMapTable::<K, UK, TtlValue<UV>>::new(name, range, column),
+                        ),
+                    };
+                map_slot::<K, UK, UV>(Box::new(TtlMapTable::new(inner, ttl.clone())))
+            }
+        })?;
         Ok(MapStateHandle::from_id(id))
     }
 
@@ -101,10 +169,14 @@ impl<K: StateKey> dyn KeyedStateBackend<K> + '_ {
         descriptor: &ReducingStateDescriptor<V>,
     ) -> Result<ReducingStateHandle<V>, StateError> {
         let name = descriptor.name.as_str();
-        let id = self.declare(
-            StateSignature::new::<V>(name, StateKind::Reducing),
-            &mut |layout| value_table::<K, V>(name, layout),
-        )?;
+        let ttl = self.ttl_settings(descriptor.ttl.as_ref());
+        let signature = match ttl {
+            None => StateSignature::new::<V>(name, StateKind::Reducing),
+            Some(_) => StateSignature::new::<TtlValue<V>>(name, StateKind::Reducing),
+        };
+        let id = self.declare(signature, &mut |layout| {
+            value_table::<K, V>(name, layout, ttl.as_ref())
+        })?;
         Ok(ReducingStateHandle {
             id,
             reduce: Arc::clone(&descriptor.reduce),
@@ -122,10 +194,14 @@ impl<K: StateKey> dyn KeyedStateBackend<K> + '_ {
         O: StateType + 'static,
     {
         let name = descriptor.name.as_str();
-        let id = self.declare(
-            StateSignature::new::<(I, Acc, O)>(name, StateKind::Aggregating),
-            &mut |layout| value_table::<K, Acc>(name, layout),
-        )?;
+        let ttl = self.ttl_settings(descriptor.ttl.as_ref());
+        let signature = match ttl {
+            None => StateSignature::new::<(I, Acc, O)>(name, StateKind::Aggregating),
+            Some(_) => StateSignature::new::<(I, TtlValue<Acc>, O)>(name, StateKind::Aggregating),
+        };
+        let id = self.declare(signature, &mut |layout| {
+            value_table::<K, Acc>(name, layout, ttl.as_ref())
+        })?;
         Ok(AggregatingStateHandle {
             id,
             function: Arc::clone(&descriptor.function),
@@ -178,6 +254,16 @@ impl<'a, K: StateKey> KeyScope<'a, K> {
     #[inline]
     pub fn key_group(&self) -> KeyGroup {
         self.key_group
+    }
+
+    /// Declares (or looks up) a value state while a key is bound: for state
+    /// declared lazily, on first use (the timer service's `_timers/*` states).
+    /// The handle still reaches only the bound key's entry through the scope.
+    pub fn declare_value_state<V: StateValue>(
+        &mut self,
+        descriptor: &ValueStateDescriptor<V>,
+    ) -> Result<ValueStateHandle<V>, StateError> {
+        self.backend.value_state(descriptor)
     }
 
     #[inline]

@@ -151,6 +151,10 @@ slot_constructor!(map_slot, MapTable<UK, UV>);
 /// `dyn KeyedStateBackend<K>` (see [`crate::access`]).
 pub trait KeyedStateBackend<K: StateKey>: Send {
     fn kind(&self) -> BackendKind;
+    /// Processing time, as state TTL reads it.
+    fn clock(&self) -> crate::clock::SharedClock {
+        crate::clock::system_clock()
+    }
     fn key_group_range(&self) -> KeyGroupRange;
     fn max_parallelism(&self) -> u32;
     /// Declares a state: returns the id of the existing table if `signature` was
@@ -210,15 +214,18 @@ pub fn create_keyed_backend<K: StateKey>(
     instance: &BackendInstance,
 ) -> Result<Box<dyn KeyedStateBackend<K>>, StateError> {
     Ok(match config {
-        StateBackendConfig::Heap => Box::new(HeapKeyedStateBackend::<K>::new(
-            instance.range,
-            instance.max_parallelism,
-        )),
-        StateBackendConfig::Store(factory) => Box::new(SerializedKeyedStateBackend::<K>::new(
-            factory.open(instance)?,
-            instance.range,
-            instance.max_parallelism,
-        )),
+        StateBackendConfig::Heap => Box::new(
+            HeapKeyedStateBackend::<K>::new(instance.range, instance.max_parallelism)
+                .with_clock(Arc::clone(&instance.clock)),
+        ),
+        StateBackendConfig::Store(factory) => Box::new(
+            SerializedKeyedStateBackend::<K>::new(
+                factory.open(instance)?,
+                instance.range,
+                instance.max_parallelism,
+            )
+            .with_clock(Arc::clone(&instance.clock)),
+        ),
     })
 }
 
@@ -261,6 +268,20 @@ pub(crate) fn check_restored(
         });
     }
     if !signature.matches_recorded(types) {
+        let (recorded_ttl, requested_ttl) = (
+            crate::ttl::is_ttl_type_name(types),
+            crate::ttl::is_ttl_type_name(&signature.types),
+        );
+        if recorded_ttl != requested_ttl {
+            let with = |ttl: bool| if ttl { "with TTL" } else { "without TTL" };
+            return Err(StateError::TtlMismatch {
+                state: signature.name.clone(),
+                recorded_ttl: with(recorded_ttl),
+                requested_ttl: with(requested_ttl),
+                recorded: types.to_owned(),
+                requested: signature.types.clone(),
+            });
+        }
         return Err(StateError::RestoredTypeMismatch {
             state: signature.name.clone(),
             kind,

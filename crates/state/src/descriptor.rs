@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::backend::StateId;
 use crate::state_type::{LEGACY_PREFIX, StateType, state_type_name};
+use crate::ttl::StateTtlConfig;
 
 /// The kind of a keyed state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -38,6 +39,7 @@ impl std::fmt::Display for StateKind {
 #[derive(Debug, Clone)]
 pub struct ValueStateDescriptor<V> {
     pub(crate) name: String,
+    pub(crate) ttl: Option<StateTtlConfig>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -45,6 +47,7 @@ impl<V> ValueStateDescriptor<V> {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
+            ttl: None,
             _value: PhantomData,
         }
     }
@@ -54,6 +57,7 @@ impl<V> ValueStateDescriptor<V> {
 #[derive(Debug, Clone)]
 pub struct ListStateDescriptor<V> {
     pub(crate) name: String,
+    pub(crate) ttl: Option<StateTtlConfig>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -61,6 +65,7 @@ impl<V> ListStateDescriptor<V> {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
+            ttl: None,
             _value: PhantomData,
         }
     }
@@ -70,6 +75,7 @@ impl<V> ListStateDescriptor<V> {
 #[derive(Debug, Clone)]
 pub struct MapStateDescriptor<UK, UV> {
     pub(crate) name: String,
+    pub(crate) ttl: Option<StateTtlConfig>,
     _value: PhantomData<fn() -> (UK, UV)>,
 }
 
@@ -77,6 +83,7 @@ impl<UK, UV> MapStateDescriptor<UK, UV> {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
+            ttl: None,
             _value: PhantomData,
         }
     }
@@ -88,6 +95,7 @@ pub type ReduceFn<V> = Arc<dyn Fn(V, V) -> V + Send + Sync>;
 /// Declares a `ReducingState<V>`: values added for a key are combined into one.
 pub struct ReducingStateDescriptor<V> {
     pub(crate) name: String,
+    pub(crate) ttl: Option<StateTtlConfig>,
     pub(crate) reduce: ReduceFn<V>,
 }
 
@@ -98,6 +106,7 @@ impl<V> ReducingStateDescriptor<V> {
     ) -> Self {
         Self {
             name: name.into(),
+            ttl: None,
             reduce: Arc::new(reduce),
         }
     }
@@ -114,6 +123,7 @@ pub trait AggregateFunction<I, Acc, O>: Send + Sync + 'static {
 /// Declares an `AggregatingState<I, O>` with accumulator `Acc`.
 pub struct AggregatingStateDescriptor<I, Acc, O> {
     pub(crate) name: String,
+    pub(crate) ttl: Option<StateTtlConfig>,
     pub(crate) function: Arc<dyn AggregateFunction<I, Acc, O>>,
 }
 
@@ -121,10 +131,41 @@ impl<I, Acc, O> AggregatingStateDescriptor<I, Acc, O> {
     pub fn new(name: impl Into<String>, function: impl AggregateFunction<I, Acc, O>) -> Self {
         Self {
             name: name.into(),
+            ttl: None,
             function: Arc::new(function),
         }
     }
 }
+
+macro_rules! with_ttl {
+    ($($desc:ident < $($p:ident),* >),+ $(,)?) => {
+        $(
+            impl<$($p),*> $desc<$($p),*> {
+                /// Gives the state a time-to-live in processing time (for list
+                /// and map state: per element, per entry). A TTL'd state stores
+                /// a timestamp with every value and records `ttl<...>` in its
+                /// type names: restoring it with TTL added or removed is
+                /// refused ([`crate::StateError::TtlMismatch`]).
+                pub fn with_ttl(mut self, ttl: StateTtlConfig) -> Self {
+                    self.ttl = Some(ttl);
+                    self
+                }
+
+                /// The state's TTL, if any.
+                pub fn ttl(&self) -> Option<&StateTtlConfig> {
+                    self.ttl.as_ref()
+                }
+            }
+        )+
+    };
+}
+with_ttl!(
+    ValueStateDescriptor<V>,
+    ListStateDescriptor<V>,
+    MapStateDescriptor<UK, UV>,
+    ReducingStateDescriptor<V>,
+    AggregatingStateDescriptor<I, Acc, O>,
+);
 
 /// A declared `ValueState<V>`.
 #[derive(Debug)]

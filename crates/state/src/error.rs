@@ -28,6 +28,20 @@ pub enum StateError {
         /// The declared type names of the declaration.
         requested: String,
     },
+    /// A state in a snapshot was stored with TTL and is declared without, or
+    /// the other way round: its bytes differ (every TTL'd value carries a
+    /// timestamp), and flowstate does not migrate them.
+    #[error(
+        "state '{state}': the snapshot holds it {recorded_ttl}, the declaration asks for it {requested_ttl} (recorded type '{recorded}', declared '{requested}'); TTL cannot be added to or removed from restored state: keep the declaration's TTL as it was, or give the state a new name"
+    )]
+    TtlMismatch {
+        state: String,
+        /// "with TTL" or "without TTL".
+        recorded_ttl: &'static str,
+        requested_ttl: &'static str,
+        recorded: String,
+        requested: String,
+    },
     /// A declared type name that snapshots cannot record unambiguously.
     #[error("state '{state}': invalid declared type name '{type_name}': {reason}")]
     InvalidTypeName {

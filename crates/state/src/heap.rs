@@ -23,6 +23,7 @@ use crate::key_group::KeyGroupRange;
 use crate::snapshot::{KeyedStateSnapshot, RestoredKeyedState};
 use crate::snapshot::{decode_entries, encode_entries};
 use crate::table::{KeyedTable, ListTable, MapTable, ValueTable};
+use crate::ttl::{Expiry, Pruned, TtlPrune, TtlSettings};
 use crate::{KeyGroup, StateKey, StateValue};
 
 /// The hash map of one key group. Fx hashing: keys are already spread by key group
@@ -83,12 +84,54 @@ pub struct HeapTable<K, S> {
     name: String,
     range: KeyGroupRange,
     groups: Vec<CowMap<K, S>>,
+    /// Set for a TTL'd state (`S` holds `TtlValue`s): how expiry prunes an `S`.
+    ttl: Option<HeapTtl<S>>,
+}
+
+/// Prunes one stored `S` of a TTL'd state.
+type PruneFn<S> = fn(&S, Expiry) -> Pruned<S>;
+
+/// The TTL bookkeeping of a heap table.
+struct HeapTtl<S> {
+    settings: TtlSettings,
+    prune: PruneFn<S>,
+    /// The key group (index) the incremental cleanup checks next.
+    cursor: usize,
+    /// Entries the incremental cleanup may still check: a key group is pruned
+    /// whole once the credit covers it.
+    credit: usize,
 }
 
 /// An immutable view of a [`HeapTable`] at the moment of [`HeapTable::freeze`].
 pub struct HeapTableView<K, S> {
     pub name: String,
     pub groups: Vec<(KeyGroup, Arc<GroupMap<K, S>>)>,
+    /// A TTL'd state with snapshot cleanup: expiry as of the freeze.
+    prune: Option<(Expiry, PruneFn<S>)>,
+}
+
+/// Applies `prune` to every entry of one key group, thawing it only if
+/// something expired.
+fn prune_group<K: Clone + Hash + Eq, S: Clone>(
+    group: &mut CowMap<K, S>,
+    prune: PruneFn<S>,
+    expiry: Expiry,
+) {
+    if group
+        .read()
+        .values()
+        .all(|s| matches!(prune(s, expiry), Pruned::Keep))
+    {
+        return;
+    }
+    group.write().retain(|_, s| match prune(s, expiry) {
+        Pruned::Keep => true,
+        Pruned::Drop => false,
+        Pruned::Replace(pruned) => {
+            *s = pruned;
+            true
+        }
+    });
 }
 
 impl<K: StateKey, S: Clone + Send + Sync + 'static> HeapTable<K, S> {
@@ -101,7 +144,24 @@ impl<K: StateKey, S: Clone + Send + Sync + 'static> HeapTable<K, S> {
             name: name.to_owned(),
             range,
             groups,
+            ttl: None,
         }
+    }
+
+    /// A table of a TTL'd state: `S` holds `TtlValue`s, pruned by `settings`
+    /// in snapshots (if configured), on restore and by the incremental cleanup.
+    pub fn with_ttl(name: &str, range: KeyGroupRange, settings: TtlSettings) -> Self
+    where
+        S: TtlPrune,
+    {
+        let mut table = Self::new(name, range);
+        table.ttl = Some(HeapTtl {
+            settings,
+            prune: S::prune,
+            cursor: 0,
+            credit: 0,
+        });
+        table
     }
 
     #[inline]
@@ -138,9 +198,17 @@ impl<K: StateKey, S: Clone + Send + Sync + 'static> HeapTable<K, S> {
             .enumerate()
             .map(|(i, group)| (start + i as KeyGroup, group.freeze()))
             .collect();
+        let prune = self.ttl.as_ref().and_then(|ttl| {
+            ttl.settings
+                .config
+                .cleanup
+                .in_snapshots
+                .then(|| (ttl.settings.expiry(), ttl.prune))
+        });
         HeapTableView {
             name: self.name.clone(),
             groups,
+            prune,
         }
     }
 
@@ -156,10 +224,36 @@ impl<K: StateKey, S: Clone + Send + Sync + 'static> HeapTable<K, S> {
 impl<K: StateKey, S: StateValue> crate::snapshot::TableSnapshot for HeapTableView<K, S> {
     fn write_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<u64, StateError> {
         match self.groups.iter().find(|(g, _)| *g == key_group) {
-            Some((_, map)) => {
-                encode_entries(&self.name, map.iter(), out)?;
-                Ok(map.len() as u64)
-            }
+            Some((_, map)) => match self.prune {
+                None => {
+                    encode_entries(&self.name, map.iter(), out)?;
+                    Ok(map.len() as u64)
+                }
+                Some((expiry, prune)) => {
+                    // Expired entries stay out of the snapshot.
+                    let codec_error = |e: crate::codec::CodecError| StateError::Codec {
+                        state: self.name.clone(),
+                        action: "encode",
+                        reason: e.to_string(),
+                    };
+                    let count_at = out.len();
+                    out.extend_from_slice(&0u64.to_le_bytes());
+                    let mut count = 0u64;
+                    for (key, value) in map.iter() {
+                        let pruned = prune(value, expiry);
+                        let value = match &pruned {
+                            Pruned::Keep => value,
+                            Pruned::Drop => continue,
+                            Pruned::Replace(pruned) => pruned,
+                        };
+                        crate::codec::encode_into(key, out).map_err(codec_error)?;
+                        crate::codec::encode_into(value, out).map_err(codec_error)?;
+                        count += 1;
+                    }
+                    out[count_at..count_at + 8].copy_from_slice(&count.to_le_bytes());
+                    Ok(count)
+                }
+            },
             None => {
                 encode_entries::<K, S>(&self.name, std::iter::empty(), out)?;
                 Ok(0)
@@ -190,15 +284,54 @@ impl<K: StateKey, S: StateValue> KeyedTable<K> for HeapTable<K, S> {
 
     fn restore_key_group(&mut self, key_group: KeyGroup, payload: &[u8]) -> Result<(), StateError> {
         let name = self.name.clone();
+        // A TTL'd state restores only what has not expired.
+        let prune = self
+            .ttl
+            .as_ref()
+            .map(|ttl| (ttl.settings.expiry(), ttl.prune));
         let map = self.write(key_group)?;
         if let Some(count) = payload.get(..8) {
             // Size the map once instead of growing it through every power of two.
             let count = u64::from_le_bytes(count.try_into().unwrap_or([0; 8]));
             map.reserve(usize::try_from(count).unwrap_or(0).min(payload.len() / 2));
         }
-        decode_entries::<K, S>(&name, payload, |key, value| {
-            map.insert(key, value);
+        decode_entries::<K, S>(&name, payload, |key, value| match prune {
+            None => {
+                map.insert(key, value);
+            }
+            Some((expiry, prune)) => match prune(&value, expiry) {
+                Pruned::Keep => {
+                    map.insert(key, value);
+                }
+                Pruned::Drop => {}
+                Pruned::Replace(pruned) => {
+                    map.insert(key, pruned);
+                }
+            },
         })
+    }
+
+    fn ttl_cleanup_step(&mut self, budget: usize, expiry: Expiry) -> Result<(), StateError> {
+        let Some(ttl) = self.ttl.as_mut() else {
+            return Ok(());
+        };
+        let groups = self.groups.len();
+        ttl.credit = ttl.credit.saturating_add(budget);
+        // A key group is checked whole once the credit covers it, so the cost
+        // per access is `budget` entries amortised (one key group at most at once).
+        for _ in 0..groups {
+            let group = &mut self.groups[ttl.cursor];
+            let len = group.read().len();
+            if len > ttl.credit {
+                return Ok(());
+            }
+            ttl.credit -= len;
+            prune_group(group, ttl.prune, expiry);
+            ttl.cursor = (ttl.cursor + 1) % groups;
+        }
+        // Went round every key group: no credit is saved for later.
+        ttl.credit = 0;
+        Ok(())
     }
 }
 
@@ -390,6 +523,7 @@ pub struct HeapKeyedStateBackend<K> {
     range: KeyGroupRange,
     max_parallelism: u32,
     declarations: Declarations<K>,
+    clock: crate::clock::SharedClock,
 }
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
@@ -402,13 +536,24 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             range,
             max_parallelism,
             declarations: Declarations::new(),
+            clock: crate::clock::system_clock(),
         }
+    }
+
+    /// Reads processing time (state TTL) from `clock`.
+    pub fn with_clock(mut self, clock: crate::clock::SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 }
 
 impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     fn kind(&self) -> BackendKind {
         BackendKind::Heap
+    }
+
+    fn clock(&self) -> crate::clock::SharedClock {
+        Arc::clone(&self.clock)
     }
 
     fn key_group_range(&self) -> KeyGroupRange {

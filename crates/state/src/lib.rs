@@ -29,6 +29,7 @@ pub mod serialized;
 pub mod snapshot;
 pub mod state_type;
 pub mod table;
+pub mod ttl;
 
 pub use access::KeyScope;
 pub use backend::{
@@ -54,6 +55,7 @@ pub use operator_state::{OperatorListHandle, OperatorStateStore, RedistributionM
 pub use serialized::{BackendInstance, KvStore, KvStoreFactory, SerializedKeyedStateBackend};
 pub use snapshot::{KeyedStateSnapshot, RestoredKeyedState, TableSnapshot};
 pub use state_type::{StateType, state_type_name};
+pub use ttl::{StateTtlConfig, TtlCleanup, TtlStateVisibility, TtlUpdateType, TtlValue};
 
 use std::fmt::Debug;
 use std::hash::Hash;

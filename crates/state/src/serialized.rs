@@ -39,6 +39,7 @@ use crate::key_group::KeyGroupRange;
 use crate::native::{NativeRestore, NativeSnapshot};
 use crate::snapshot::{KeyedStateSnapshot, RestoredKeyedState, TableSnapshot};
 use crate::table::{KeyedTable, ListTable, MapTable, ValueTable};
+use crate::ttl::Expiry;
 use crate::{KeyGroup, StateKey, StateValue};
 
 /// Bytes of the key-group prefix of every key.
@@ -178,6 +179,9 @@ pub struct BackendInstance {
     pub subtask: u32,
     pub range: KeyGroupRange,
     pub max_parallelism: u32,
+    /// Processing time, as state TTL reads it (the operator's clock; the
+    /// system clock by default).
+    pub clock: crate::clock::SharedClock,
 }
 
 /// Opens stores for operator instances (one per job run; holds shared
@@ -279,6 +283,18 @@ struct ColumnTable {
     column: Box<dyn KvColumn>,
     key: Vec<u8>,
     value: Vec<u8>,
+    /// Where the TTL incremental cleanup goes on (a store key; empty: the
+    /// start of the range).
+    ttl_cursor: Vec<u8>,
+}
+
+/// How TTL timestamps sit in a column's values.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TtlLayout {
+    /// The value starts with the timestamp (value-like states, map entries).
+    Value,
+    /// Every list frame starts with its element's timestamp.
+    ListFrames,
 }
 
 impl ColumnTable {
@@ -289,7 +305,73 @@ impl ColumnTable {
             column,
             key: Vec::with_capacity(64),
             value: Vec::with_capacity(256),
+            ttl_cursor: Vec::new(),
         }
+    }
+
+    /// TTL incremental cleanup: checks up to `budget` store entries from the
+    /// cursor on, deletes expired ones (rewrites lists of which only some
+    /// elements expired), and moves the cursor (back to the range start at
+    /// the end of the range).
+    fn ttl_step(
+        &mut self,
+        budget: usize,
+        expiry: Expiry,
+        layout: TtlLayout,
+    ) -> Result<(), StateError> {
+        let (start, end) = self.range_bounds();
+        if self.ttl_cursor.is_empty() {
+            self.ttl_cursor = start;
+        }
+        let name = self.name.as_str();
+        let mut visited = 0usize;
+        let mut last: Vec<u8> = Vec::new();
+        let mut deletes: Vec<Vec<u8>> = Vec::new();
+        let mut rewrites = KvBatch::default();
+        self.column.scan(&self.ttl_cursor, &end, &mut |k, v| {
+            visited += 1;
+            last.clear();
+            last.extend_from_slice(k);
+            match layout {
+                TtlLayout::Value => {
+                    if expiry.expired_bytes(name, v)? {
+                        deletes.push(k.to_vec());
+                    }
+                }
+                TtlLayout::ListFrames => {
+                    let (mut live, mut expired) = (Vec::new(), false);
+                    list_frames(name, v, |frame| {
+                        if expiry.expired_bytes(name, frame)? {
+                            expired = true;
+                        } else {
+                            live.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+                            live.extend_from_slice(frame);
+                        }
+                        Ok(())
+                    })?;
+                    if expired && live.is_empty() {
+                        deletes.push(k.to_vec());
+                    } else if expired {
+                        rewrites.put(k, &live);
+                    }
+                }
+            }
+            Ok(visited < budget)
+        })?;
+        for key in &deletes {
+            self.column.delete(key)?;
+        }
+        if !rewrites.is_empty() {
+            self.column.write_batch(&rewrites)?;
+        }
+        if visited < budget {
+            self.ttl_cursor.clear();
+        } else {
+            // The least key after the last one checked.
+            last.push(0);
+            self.ttl_cursor = last;
+        }
+        Ok(())
     }
 
     fn check(&self, key_group: KeyGroup) -> Result<(), StateError> {
@@ -494,6 +576,10 @@ impl<K: StateKey, V: StateValue> KeyedTable<K> for SerializedValueTable<K, V> {
                 Ok(())
             })
     }
+
+    fn ttl_cleanup_step(&mut self, budget: usize, expiry: Expiry) -> Result<(), StateError> {
+        self.table.ttl_step(budget, expiry, TtlLayout::Value)
+    }
 }
 
 impl<K: StateKey, V: StateValue> ValueTable<K, V> for SerializedValueTable<K, V> {
@@ -625,6 +711,10 @@ impl<K: StateKey, V: StateValue> KeyedTable<K> for SerializedListTable<K, V> {
                 Ok(())
             },
         )
+    }
+
+    fn ttl_cleanup_step(&mut self, budget: usize, expiry: Expiry) -> Result<(), StateError> {
+        self.table.ttl_step(budget, expiry, TtlLayout::ListFrames)
     }
 }
 
@@ -780,6 +870,10 @@ impl<K: StateKey, UK: StateKey, UV: StateValue> KeyedTable<K> for SerializedMapT
             },
         )
     }
+
+    fn ttl_cleanup_step(&mut self, budget: usize, expiry: Expiry) -> Result<(), StateError> {
+        self.table.ttl_step(budget, expiry, TtlLayout::Value)
+    }
 }
 
 impl<K: StateKey, UK: StateKey, UV: StateValue> MapTable<K, UK, UV>
@@ -859,6 +953,8 @@ pub struct ColumnSnapshot {
     column: String,
     state: String,
     kind: StateKind,
+    /// A TTL'd state with snapshot cleanup: entries expired by then stay out.
+    ttl: Option<Expiry>,
 }
 
 impl ColumnSnapshot {
@@ -868,6 +964,22 @@ impl ColumnSnapshot {
             column: column_name(&state.name),
             state: state.name.clone(),
             kind: state.kind,
+            ttl: None,
+        }
+    }
+
+    /// Leaves out entries (list elements, map entries) of a TTL'd state that
+    /// `expiry` finds expired. Every stored value (every list frame) of a
+    /// TTL'd state starts with its `i64 LE` timestamp.
+    pub fn with_ttl(mut self, expiry: Option<Expiry>) -> Self {
+        self.ttl = expiry;
+        self
+    }
+
+    fn expired(&self, bytes: &[u8]) -> Result<bool, StateError> {
+        match &self.ttl {
+            Some(expiry) => expiry.expired_bytes(&self.state, bytes),
+            None => Ok(false),
         }
     }
 }
@@ -883,6 +995,9 @@ impl TableSnapshot for ColumnSnapshot {
         match self.kind {
             StateKind::Value | StateKind::Reducing | StateKind::Aggregating => {
                 self.view.scan(&self.column, &start, &end, &mut |k, v| {
+                    if self.expired(v)? {
+                        return Ok(true);
+                    }
                     out.extend_from_slice(&k[KEY_GROUP_PREFIX_BYTES..]);
                     out.extend_from_slice(v);
                     count += 1;
@@ -892,8 +1007,10 @@ impl TableSnapshot for ColumnSnapshot {
             StateKind::List => {
                 self.view.scan(&self.column, &start, &end, &mut |k, v| {
                     let mut elements = 0u64;
-                    list_frames(state, v, |_| {
-                        elements += 1;
+                    list_frames(state, v, |frame| {
+                        if !self.expired(frame)? {
+                            elements += 1;
+                        }
                         Ok(())
                     })?;
                     if elements == 0 {
@@ -902,7 +1019,9 @@ impl TableSnapshot for ColumnSnapshot {
                     out.extend_from_slice(&k[KEY_GROUP_PREFIX_BYTES..]);
                     out.extend_from_slice(&elements.to_le_bytes());
                     list_frames(state, v, |frame| {
-                        out.extend_from_slice(frame);
+                        if !self.expired(frame)? {
+                            out.extend_from_slice(frame);
+                        }
                         Ok(())
                     })?;
                     count += 1;
@@ -916,6 +1035,9 @@ impl TableSnapshot for ColumnSnapshot {
                 let mut group_count_at = 0usize;
                 let mut group_entries = 0u64;
                 self.view.scan(&self.column, &start, &end, &mut |k, v| {
+                    if self.expired(v)? {
+                        return Ok(true);
+                    }
                     let (key, user_key) = split_map_key(state, k)?;
                     if count == 0 || key != current.as_slice() {
                         if count > 0 {
@@ -965,6 +1087,8 @@ pub struct SerializedKeyedStateBackend<K> {
     unclaimed: Option<Box<dyn KvColumn>>,
     /// The unclaimed column no longer matches what waits in memory.
     unclaimed_dirty: bool,
+    /// Processing time for state TTL.
+    clock: crate::clock::SharedClock,
 }
 
 /// A value of the unclaimed column starts with this mark (a state count no
@@ -1007,7 +1131,14 @@ impl<K: StateKey> SerializedKeyedStateBackend<K> {
             native_states: Vec::new(),
             unclaimed: None,
             unclaimed_dirty: false,
+            clock: crate::clock::system_clock(),
         }
+    }
+
+    /// Reads processing time (state TTL) from `clock`.
+    pub fn with_clock(mut self, clock: crate::clock::SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn unclaimed_column(&mut self) -> Result<&dyn KvColumn, StateError> {
@@ -1056,6 +1187,10 @@ impl<K: StateKey> SerializedKeyedStateBackend<K> {
 impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
     fn kind(&self) -> BackendKind {
         self.store.kind()
+    }
+
+    fn clock(&self) -> crate::clock::SharedClock {
+        Arc::clone(&self.clock)
     }
 
     fn key_group_range(&self) -> KeyGroupRange {
@@ -1112,8 +1247,15 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
         }
         match self.store.snapshot(request)? {
             StoreSnapshot::View(view) => {
-                let mut states = self.declarations.snapshot_with(&mut |signature, _| {
-                    Ok(Box::new(ColumnSnapshot::new(Arc::clone(&view), signature)))
+                let now_ms = self.clock.now_ms();
+                let mut states = self.declarations.snapshot_with(&mut |signature, slot| {
+                    let ttl = slot
+                        .table()
+                        .snapshot_ttl_ms()
+                        .map(|ttl_ms| Expiry { now_ms, ttl_ms });
+                    Ok(Box::new(
+                        ColumnSnapshot::new(Arc::clone(&view), signature).with_ttl(ttl),
+                    ))
                 })?;
                 // States restored natively and not declared (yet) are in the store
                 // too: they go into the snapshot as they are.

@@ -22,6 +22,23 @@ pub trait KeyedTable<K>: Send {
     fn snapshot(&mut self) -> Result<Box<dyn crate::snapshot::TableSnapshot>, StateError>;
     /// Loads the entries of one key group from a snapshot payload.
     fn restore_key_group(&mut self, key_group: KeyGroup, payload: &[u8]) -> Result<(), StateError>;
+    /// A TTL'd state whose canonical snapshots leave expired entries out: its
+    /// TTL in milliseconds (`None`: no TTL, or no snapshot cleanup). A
+    /// serialising backend filters the store's bytes by it.
+    fn snapshot_ttl_ms(&self) -> Option<i64> {
+        None
+    }
+    /// TTL incremental cleanup: checks up to `budget` further entries (from where
+    /// the last call stopped, going round the instance's key groups) and removes
+    /// the expired ones. Called only on tables of TTL'd states (which store
+    /// [`crate::ttl::TtlValue`]s); a no-op elsewhere.
+    fn ttl_cleanup_step(
+        &mut self,
+        _budget: usize,
+        _expiry: crate::ttl::Expiry,
+    ) -> Result<(), StateError> {
+        Ok(())
+    }
 }
 
 /// Storage of a `ValueState<V>`: at most one `V` per key.

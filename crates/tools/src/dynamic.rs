@@ -381,6 +381,9 @@ fn resolve(text: &str, depth: usize) -> Result<Shape, DynamicError> {
         ("option", 1) => Shape::Option(Box::new(arg(0)?)),
         ("result", 2) => Shape::Result(Box::new(arg(0)?), Box::new(arg(1)?)),
         ("map", 2) => Shape::Map(Box::new(arg(0)?), Box::new(arg(1)?)),
+        // A TTL'd value (`flowstate_state::TtlValue`): its last-access
+        // timestamp (ms), then the value.
+        ("ttl", 1) => Shape::Tuple(vec![Shape::I64, arg(0)?]),
         ("tuple", 1..) => Shape::Tuple((0..args.len()).map(arg).collect::<Result<_, _>>()?),
         ("array", 2) => {
             let len: usize = args[1]

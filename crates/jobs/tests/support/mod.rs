@@ -9,6 +9,13 @@
 //! SequenceSource(s) -> map (may fail) -> key_by -> CountAndSum (may fail) -> FileSink (may fail)
 //! ```
 //!
+//! or, for the timed shapes ([`Topology::Windowed`], [`Topology::Session`]),
+//! windows over event time ([`TimedWorkload`]):
+//!
+//! ```text
+//! SequenceSource (event time) -> map (may fail) -> key_by -> window (aggregate and firing may fail) -> FileSink (may fail)
+//! ```
+//!
 //! and its checkpoint storage is wrapped so that a task file write can fail or
 //! stall (the asynchronous upload) and so that the completion of a checkpoint
 //! (its `_metadata` written) can arm a failure that fires at the next hook,
@@ -17,8 +24,10 @@
 //! Every fault fires at most once per run, so the restarted attempt proceeds.
 //! Whether a run passes never depends on timing; only *where* a fault lands does.
 //!
-//! The checks ([`check_exactly_once`], [`check_nothing_lost`]) are independent of
-//! the crate under test: their own splitmix64 and their own expected state.
+//! The checks ([`check_exactly_once`], [`check_nothing_lost`],
+//! [`check_windows_exactly_once`] against [`expected_windows`]) are
+//! independent of the crate under test: their own splitmix64 and their own
+//! expected state.
 
 #![allow(dead_code)] // each test binary uses a part of the harness
 
@@ -34,16 +43,18 @@ use flowstate::runtime::checkpoint::{
     StorageError, open_storage,
 };
 use flowstate::runtime::{
-    Barrier, CheckpointingConfig, Guarantee, PreparedCommit, RestartStrategy, RestoreFrom,
+    Barrier, CheckpointingConfig, Data, Guarantee, PreparedCommit, RestartStrategy, RestoreFrom,
+    WatermarkStrategy,
 };
 use flowstate::state::StateBackendConfig;
 use flowstate::{
-    ExecutionConfig, FnResult, JobReport, KeyedCoProcessFunction, KeyedContext,
-    KeyedProcessFunction, KeyedStateBackend, Sink, SinkWriter, StreamEnvironment, SubtaskInfo,
-    UserError,
+    EventTimeSessionWindows, ExecutionConfig, FnResult, JobReport, KeyedCoProcessFunction,
+    KeyedContext, KeyedProcessFunction, KeyedStateBackend, Sink, SinkWriter, StreamEnvironment,
+    SubtaskInfo, TimeWindow, TumblingEventTimeWindows, UserError, WindowAggregateFunction,
 };
 use flowstate_jobs::keyed_count::{CountAndSum, CountUpdate};
 use flowstate_jobs::workload::Checksum;
+use std::fmt::Display;
 
 /// Every injected panic and error carries this text (the panic hook hides them).
 pub const INJECTED: &str = "injected fault";
@@ -119,6 +130,286 @@ pub fn checksum_of(state: &HashMap<u64, (u64, u64)>) -> u64 {
 }
 
 // ---------------------------------------------------------------------------
+// The timed shapes' workload and its reference windows.
+
+/// Event time advances by this much per position in a split.
+pub const TICK_MS: i64 = 2;
+/// Records are out of order within a split by less than this (even jitter
+/// `0..JITTER_MS`); the source's bounded out-of-orderness: no record is late.
+pub const JITTER_MS: i64 = 8;
+
+/// The records of the timed shapes, `(key, value = i)`, and their event time.
+///
+/// Every split of the source (the index ranges of `SequenceSource`: split `s`
+/// holds `[records * s / splits, records * (s + 1) / splits)`) covers the same
+/// span of event time: record `i` at position `p` of its split has the
+/// timestamp `p * TICK_MS + jitter(i)`. So the splits, read in turn, move the
+/// watermark (the minimum over splits) along the whole span and windows fire
+/// all through the run, not only at its end. Timestamps are even.
+///
+/// Tumbling windows: `key = mix(i) % keys`, windows of `span / windows` ms.
+///
+/// Sessions are made, per key: event time is cut into rounds of
+/// `round_ms`, and key `k` is silent in round `r` when
+/// `mix(mix(k ^ SALT) ^ r) % 3 == 0` (a third of the rounds). A record's key
+/// is `mix(i) % keys`, or, if that key is silent in the record's round, the
+/// next key (in key order) that is not. A silent round is longer than the gap
+/// (an odd number of ms, about five times a key's mean interval between
+/// records), so every key's sessions end where its silences start; within
+/// its active rounds a key may, rarely, also have a longer interval than the
+/// gap by chance. Since timestamps are even and the gap odd, no two records
+/// of a key are exactly a gap apart (whether windows that only touch merge
+/// would depend on when the watermark came).
+#[derive(Debug, Clone, Copy)]
+pub struct TimedWorkload {
+    pub records: u64,
+    pub splits: u64,
+    pub keys: u64,
+    pub session: bool,
+    /// Tumbling windows' size.
+    pub window_ms: i64,
+    /// Sessions' gap.
+    pub gap_ms: i64,
+    /// Sessions' rounds of activity and silence.
+    pub round_ms: i64,
+}
+
+const SILENCE_SALT: u64 = 0x5E55_10A5;
+const JITTER_SALT: u64 = 0x7E57_0001;
+
+impl TimedWorkload {
+    fn new(spec: &RunSpec) -> Self {
+        let splits = u64::from(spec.splits.max(1));
+        let positions = spec.records.div_ceil(splits).max(1) as i64;
+        let span = positions * TICK_MS;
+        let window_ms = (span / spec.windows.max(1) as i64).max(10);
+        // A key's mean interval: `splits` records per tick over two thirds of the keys.
+        let mean_interval = (TICK_MS * spec.keys as i64 * 3 / (2 * splits as i64)).max(1);
+        let gap_ms = (5 * mean_interval).max(11) | 1;
+        TimedWorkload {
+            records: spec.records,
+            splits,
+            keys: spec.keys,
+            session: spec.topology == Topology::Session,
+            window_ms,
+            gap_ms,
+            round_ms: 4 * gap_ms,
+        }
+    }
+
+    fn split_start(&self, split: u64) -> u64 {
+        (u128::from(self.records) * u128::from(split) / u128::from(self.splits)) as u64
+    }
+
+    /// Record `i`'s position in its split.
+    fn position(&self, i: u64) -> u64 {
+        let mut split =
+            (u128::from(i) * u128::from(self.splits) / u128::from(self.records.max(1))) as u64;
+        while split + 1 < self.splits && self.split_start(split + 1) <= i {
+            split += 1;
+        }
+        while split > 0 && self.split_start(split) > i {
+            split -= 1;
+        }
+        i - self.split_start(split)
+    }
+
+    /// Record `i`'s event time (ms).
+    pub fn timestamp(&self, i: u64) -> i64 {
+        let jitter = 2 * (mix(i ^ JITTER_SALT) % (JITTER_MS as u64 / 2)) as i64;
+        self.position(i) as i64 * TICK_MS + jitter
+    }
+
+    /// Whether key `k` has records in round `round` (sessions).
+    pub fn active(&self, key: u64, round: i64) -> bool {
+        !mix(mix(key ^ SILENCE_SALT) ^ round as u64).is_multiple_of(3)
+    }
+
+    /// Record `i`'s key.
+    pub fn key(&self, i: u64) -> u64 {
+        let first = mix(i) % self.keys;
+        if !self.session {
+            return first;
+        }
+        let round = self.timestamp(i) / self.round_ms;
+        (0..self.keys)
+            .map(|step| (first + step) % self.keys)
+            .find(|&key| self.active(key, round))
+            .unwrap_or(first)
+    }
+
+    /// Record `i` as the source emits it.
+    pub fn record(&self, i: u64) -> (u64, u64) {
+        (self.key(i), i)
+    }
+}
+
+/// A window's result as the checks expect it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowTotals {
+    pub end: i64,
+    pub count: u64,
+    pub sum: u64,
+}
+
+/// Every window of the timed workload, `(key, start) -> totals`, computed
+/// from the record definition alone: tumbling windows by `ts - ts mod size`;
+/// sessions by sorting each key's timestamps and cutting where two
+/// neighbours are more than the gap apart (`[first, last + gap)`).
+pub fn expected_windows(w: &TimedWorkload) -> BTreeMap<(u64, i64), WindowTotals> {
+    let mut windows: BTreeMap<(u64, i64), WindowTotals> = BTreeMap::new();
+    if !w.session {
+        for i in 0..w.records {
+            let (key, ts) = (w.key(i), w.timestamp(i));
+            let start = ts - ts.rem_euclid(w.window_ms);
+            let entry = windows.entry((key, start)).or_insert(WindowTotals {
+                end: start + w.window_ms,
+                count: 0,
+                sum: 0,
+            });
+            entry.count += 1;
+            entry.sum = entry.sum.wrapping_add(i);
+        }
+        return windows;
+    }
+    let mut by_key: HashMap<u64, Vec<(i64, u64)>> = HashMap::new();
+    for i in 0..w.records {
+        by_key
+            .entry(w.key(i))
+            .or_default()
+            .push((w.timestamp(i), i));
+    }
+    for (key, mut records) in by_key {
+        records.sort_unstable();
+        let mut open: Option<(i64, i64, u64, u64)> = None; // (start, last, count, sum)
+        for (ts, value) in records {
+            match &mut open {
+                Some((_, last, count, sum)) if ts - *last <= w.gap_ms => {
+                    assert_ne!(ts - *last, w.gap_ms, "two records of key {key} a gap apart");
+                    *last = ts;
+                    *count += 1;
+                    *sum = sum.wrapping_add(value);
+                }
+                _ => {
+                    if let Some((start, last, count, sum)) = open.take() {
+                        windows.insert(
+                            (key, start),
+                            WindowTotals {
+                                end: last + w.gap_ms,
+                                count,
+                                sum,
+                            },
+                        );
+                    }
+                    open = Some((ts, ts, 1, value));
+                }
+            }
+        }
+        if let Some((start, last, count, sum)) = open {
+            windows.insert(
+                (key, start),
+                WindowTotals {
+                    end: last + w.gap_ms,
+                    count,
+                    sum,
+                },
+            );
+        }
+    }
+    windows
+}
+
+/// The window of the timed workload that holds record `i`: `(key, start)`.
+pub fn window_of(w: &TimedWorkload, i: u64) -> (u64, i64) {
+    let (key, ts) = (w.key(i), w.timestamp(i));
+    if !w.session {
+        return (key, ts - ts.rem_euclid(w.window_ms));
+    }
+    let sessions = expected_windows(w);
+    let (&(_, start), _) = sessions
+        .range((key, i64::MIN)..=(key, ts))
+        .next_back()
+        .expect("every record is in a session");
+    (key, start)
+}
+
+/// Exactly once for the timed shapes: one line per expected window, none
+/// repeated, none extra, each with its window's true count and sum (and, for
+/// sessions, end). Returns the number of windows.
+pub fn check_windows_exactly_once(
+    seed: u64,
+    lines: &[String],
+    expected: &BTreeMap<(u64, i64), WindowTotals>,
+    session: bool,
+) -> Result<usize, String> {
+    let fields = if session { 5 } else { 4 };
+    let mut got: BTreeMap<(u64, i64), Vec<WindowTotals>> = BTreeMap::new();
+    for line in lines {
+        let parts: Vec<&str> = line.split(',').collect();
+        let malformed = || format!("seed {seed}: malformed output line {line:?}");
+        if parts.len() != fields {
+            return Err(malformed());
+        }
+        let int = |s: &str| s.parse::<i64>().map_err(|_| malformed());
+        let uint = |s: &str| s.parse::<u64>().map_err(|_| malformed());
+        let key = uint(parts[0])?;
+        let start = int(parts[1])?;
+        let (end, rest) = if session {
+            (int(parts[2])?, &parts[3..])
+        } else {
+            (
+                expected.get(&(key, start)).map_or(start, |w| w.end),
+                &parts[2..],
+            )
+        };
+        got.entry((key, start)).or_default().push(WindowTotals {
+            end,
+            count: uint(rest[0])?,
+            sum: uint(rest[1])?,
+        });
+    }
+    let mut problems = Vec::new();
+    if lines.len() != expected.len() {
+        problems.push(format!(
+            "{} output lines for {} windows ({:+})",
+            lines.len(),
+            expected.len(),
+            lines.len() as i64 - expected.len() as i64
+        ));
+    }
+    for ((key, start), want) in expected {
+        match got.remove(&(*key, *start)).as_deref() {
+            None => problems.push(format!(
+                "key {key}: window at {start} is missing ({want:?})"
+            )),
+            Some([only]) if only == want => {}
+            Some([only]) => problems.push(format!(
+                "key {key}: window at {start} is {only:?}, expected {want:?}"
+            )),
+            Some(many) => problems.push(format!(
+                "key {key}: window at {start} emitted {} times: {many:?}",
+                many.len()
+            )),
+        }
+    }
+    for ((key, start), extra) in got {
+        problems.push(format!(
+            "key {key}: unexpected window at {start}: {extra:?}"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(expected.len())
+    } else {
+        let shown = problems.len().min(12);
+        Err(format!(
+            "seed {seed}: exactly-once check of the windows failed ({} problems):\n  {}",
+            problems.len(),
+            problems[..shown].join("\n  ")
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Run specification.
 
 /// Which graph feeds the keyed operator.
@@ -132,6 +423,21 @@ pub enum Topology {
     /// Two sources, each with its map, keyed and connected into a two-input
     /// keyed operator (a `TwoInputTask` aligning both gates).
     Connect,
+    /// An event-time source (per-split watermarks, [`TimedWorkload`]), the
+    /// map, then keyed tumbling event-time windows counting and summing:
+    /// one line `key,window_start,count,sum` per key and window.
+    Windowed,
+    /// The same source with per-key sessions ([`TimedWorkload::key`]) into
+    /// event-time session windows: one line `key,start,end,count,sum` per
+    /// session.
+    Session,
+}
+
+impl Topology {
+    /// The shapes with event time, windows and timers.
+    pub fn is_timed(self) -> bool {
+        matches!(self, Topology::Windowed | Topology::Session)
+    }
 }
 
 /// Where an armed failure fires.
@@ -284,11 +590,18 @@ pub struct RunSpec {
     /// `UploadError` fails starts only after `delay` (a slow upload).
     pub slow_uploads: Option<(u64, Duration)>,
     pub backend: Backend,
+    /// Timed shapes: the tumbling windows the event-time span is cut into
+    /// (see [`TimedWorkload`]).
+    pub windows: u64,
 }
 
 impl RunSpec {
     /// The run of `seed` on the heap backend; `seed % 6` picks the fault
-    /// family so that a range of seeds covers every family evenly.
+    /// family so that a range of seeds covers every family evenly, and
+    /// `seed / 6 % 5` the shape: 3 is [`Topology::Windowed`], 4
+    /// [`Topology::Session`], the others one of the three count shapes drawn
+    /// at random. So every 30 consecutive seeds from a multiple of 30 run each
+    /// fault family once on each timed shape.
     pub fn from_seed(seed: u64, guarantee: Guarantee) -> Self {
         let mut rng = Rng::new(seed);
         let topology = rng.pick(&[Topology::Single, Topology::Union, Topology::Connect]);
@@ -325,7 +638,9 @@ impl RunSpec {
                 then: rng.pick(&hooks),
             },
         };
-        RunSpec {
+        // Drawn last: the count shapes' runs are what they were before.
+        let windows = rng.range(6, 20);
+        let spec = RunSpec {
             seed,
             topology,
             parallelism,
@@ -341,7 +656,28 @@ impl RunSpec {
             fault,
             slow_uploads: None,
             backend: Backend::Heap,
+            windows,
+        };
+        match seed / 6 % 5 {
+            3 => spec.with_topology(Topology::Windowed),
+            4 => spec.with_topology(Topology::Session),
+            _ => spec,
         }
+    }
+
+    /// The same run with another shape; sessions get few keys (10, 40 or
+    /// 100), so that every key has records often enough to form sessions.
+    pub fn with_topology(mut self, topology: Topology) -> Self {
+        self.topology = topology;
+        if topology == Topology::Session {
+            self.keys = [10, 40, 100][(self.seed / 30 % 3) as usize];
+        }
+        self
+    }
+
+    /// The records and event time of the timed shapes.
+    pub fn timed(&self) -> TimedWorkload {
+        TimedWorkload::new(self)
     }
 
     /// The same run on `backend`.
@@ -369,8 +705,13 @@ struct UploadProgress {
 pub struct Faults {
     fault: Fault,
     keys: u64,
-    /// The sink update a `Record { stage: Sink }` fault waits for.
+    /// The sink update a `Record { stage: Sink }` fault waits for (its
+    /// [`SinkTag::tag`]).
     sink_target: Option<(u64, u64)>,
+    /// Timed shapes: the window `(key, start)` whose firing a
+    /// `Record { stage: Process, after: true }` fault waits for (the window
+    /// of the record).
+    fire_target: Option<(u64, i64)>,
     /// A failure is due at the next hook (after completion, or while stalled).
     armed: AtomicBool,
     /// The one failure happened.
@@ -387,24 +728,44 @@ pub struct Faults {
 
 impl Faults {
     fn new(spec: &RunSpec) -> Self {
+        let timed = spec.topology.is_timed().then(|| spec.timed());
         let sink_target = match spec.fault {
             Fault::Record {
                 stage: Stage::Sink,
                 index,
                 ..
-            } => {
-                let key = w_record(index, spec.keys).0;
-                let count = (0..=index)
-                    .filter(|&i| w_record(i, spec.keys).0 == key)
-                    .count() as u64;
-                Some((key, count))
-            }
+            } => match &timed {
+                Some(w) => {
+                    let (key, start) = window_of(w, index);
+                    Some((key, start as u64))
+                }
+                None => {
+                    let key = w_record(index, spec.keys).0;
+                    let count = (0..=index)
+                        .filter(|&i| w_record(i, spec.keys).0 == key)
+                        .count() as u64;
+                    Some((key, count))
+                }
+            },
+            _ => None,
+        };
+        let fire_target = match (spec.fault, &timed) {
+            (
+                Fault::Record {
+                    stage: Stage::Process,
+                    index,
+                    after: true,
+                    ..
+                },
+                Some(w),
+            ) => Some(window_of(w, index)),
             _ => None,
         };
         Faults {
             fault: spec.fault,
             keys: spec.keys,
             sink_target,
+            fire_target,
             armed: AtomicBool::new(false),
             fired: AtomicBool::new(false),
             fired_at: Mutex::new(None),
@@ -505,8 +866,36 @@ impl Faults {
         Ok(())
     }
 
+    /// A window's aggregate adds record `index` (timed shapes). Panics: an
+    /// aggregate cannot return an error.
+    fn on_window_add(&self, index: u64) {
+        if let Fault::Record {
+            stage: Stage::Process,
+            index: at,
+            after: false,
+            ..
+        } = self.fault
+            && index == at
+        {
+            let _ = self.fail(format!("window aggregate adding record {index}"), true);
+        }
+        if let Err(e) = self.at_hook(Hook::Process, || {
+            format!("window aggregate at record {index}")
+        }) {
+            panic!("{e}");
+        }
+    }
+
+    /// A window `(key, start)` fires (an event-time timer; timed shapes).
+    /// Panics: the window's result function cannot return an error.
+    fn on_window_fire(&self, key: u64, start: i64) {
+        if self.fire_target == Some((key, start)) {
+            let _ = self.fail(format!("window {key},{start} firing"), true);
+        }
+    }
+
     /// A sink writer sees `batch`; `after` tells whether it was written.
-    fn on_sink_batch(&self, batch: &[CountUpdate], after: bool) -> FnResult {
+    fn on_sink_batch<T: SinkTag>(&self, batch: &[T], after: bool) -> FnResult {
         if let (
             Some((key, count)),
             Fault::Record {
@@ -516,7 +905,7 @@ impl Faults {
             },
         ) = (self.sink_target, self.fault)
             && after == fault_after
-            && batch.iter().any(|u| u.key == key && u.count == count)
+            && batch.iter().any(|u| u.tag() == (key, count))
         {
             self.fail(
                 format!(
@@ -799,31 +1188,100 @@ impl KeyedCoProcessFunction<u64, (u64, u64), (u64, u64), CountUpdate> for Faulty
     }
 }
 
+/// What identifies an output line to a sink fault: `(key, count)` of a count
+/// update, `(key, start)` of a window.
+pub trait SinkTag {
+    fn tag(&self) -> (u64, u64);
+}
+
+impl SinkTag for CountUpdate {
+    fn tag(&self) -> (u64, u64) {
+        (self.key, self.count)
+    }
+}
+
+/// A window's result (timed shapes): written as `key,start,count,sum`
+/// (tumbling) or `key,start,end,count,sum` (sessions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowLine {
+    pub key: u64,
+    pub start: i64,
+    pub end: i64,
+    pub count: u64,
+    pub sum: u64,
+    pub session: bool,
+}
+
+impl std::fmt::Display for WindowLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.session {
+            write!(
+                f,
+                "{},{},{},{},{}",
+                self.key, self.start, self.end, self.count, self.sum
+            )
+        } else {
+            write!(f, "{},{},{},{}", self.key, self.start, self.count, self.sum)
+        }
+    }
+}
+
+impl SinkTag for WindowLine {
+    fn tag(&self) -> (u64, u64) {
+        (self.key, self.start as u64)
+    }
+}
+
+/// `(count, sum)` of a window's records, with an injection point per record
+/// added (timed shapes).
+#[derive(Clone)]
+pub struct FaultyWindowSum {
+    faults: Arc<Faults>,
+}
+
+impl WindowAggregateFunction<(u64, u64), (u64, u64), (u64, u64)> for FaultyWindowSum {
+    fn create_accumulator(&self) -> (u64, u64) {
+        (0, 0)
+    }
+
+    fn add(&self, accumulator: &mut (u64, u64), input: (u64, u64)) {
+        self.faults.on_window_add(input.1);
+        accumulator.0 += 1;
+        accumulator.1 = accumulator.1.wrapping_add(input.1);
+    }
+
+    fn merge(&self, accumulator: &mut (u64, u64), other: (u64, u64)) {
+        accumulator.0 += other.0;
+        accumulator.1 = accumulator.1.wrapping_add(other.1);
+    }
+
+    fn result(&self, accumulator: &(u64, u64)) -> (u64, u64) {
+        *accumulator
+    }
+}
+
 /// The two-phase-commit `FileSink` with injection points.
 pub struct FaultySink {
     inner: FileSink,
     faults: Arc<Faults>,
 }
 
-impl Sink<CountUpdate> for FaultySink {
-    fn create_writer(
-        &self,
-        subtask: &SubtaskInfo,
-    ) -> Result<Box<dyn SinkWriter<CountUpdate>>, UserError> {
+impl<T: Data + Display + SinkTag> Sink<T> for FaultySink {
+    fn create_writer(&self, subtask: &SubtaskInfo) -> Result<Box<dyn SinkWriter<T>>, UserError> {
         Ok(Box::new(FaultyWriter {
-            inner: Sink::<CountUpdate>::create_writer(&self.inner, subtask)?,
+            inner: Sink::<T>::create_writer(&self.inner, subtask)?,
             faults: Arc::clone(&self.faults),
         }))
     }
 }
 
-struct FaultyWriter {
-    inner: Box<dyn SinkWriter<CountUpdate>>,
+struct FaultyWriter<T> {
+    inner: Box<dyn SinkWriter<T>>,
     faults: Arc<Faults>,
 }
 
-impl SinkWriter<CountUpdate> for FaultyWriter {
-    fn write_batch(&mut self, batch: &mut Vec<CountUpdate>) -> Result<(), UserError> {
+impl<T: Data + Clone + SinkTag> SinkWriter<T> for FaultyWriter<T> {
+    fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<(), UserError> {
         self.faults.on_sink_batch(batch, false)?;
         let copy = (self.faults.sink_target.is_some()
             && matches!(self.faults.fault, Fault::Record { after: true, .. }))
@@ -1016,34 +1474,39 @@ fn run_here(spec: &RunSpec) -> Result<RunOutcome, String> {
         Ok::<_, String>(env.from_source(name, source))
     };
     let low = spec.records / 2;
-    let updates = match spec.topology {
-        Topology::Single => source("Source: W", 0, spec.records)?
-            .map(faulty_map)
-            .key_by(|r: &(u64, u64)| r.0)
-            .process(count)
-            .name("Count and sum"),
-        Topology::Union => {
-            let a = source("Source: W low", 0, low)?;
-            let b = source("Source: W high", low, spec.records - low)?;
-            a.union(&b)
+    if spec.topology.is_timed() {
+        build_timed(&env, spec, faulty_map, sink, Arc::clone(&faults))?;
+    } else {
+        let updates = match spec.topology {
+            Topology::Single => source("Source: W", 0, spec.records)?
                 .map(faulty_map)
                 .key_by(|r: &(u64, u64)| r.0)
                 .process(count)
-                .name("Count and sum")
-        }
-        Topology::Connect => {
-            let a = source("Source: W low", 0, low)?
-                .map(faulty_map.clone())
-                .key_by(|r: &(u64, u64)| r.0);
-            let b = source("Source: W high", low, spec.records - low)?
-                .map(faulty_map)
-                .key_by(|r: &(u64, u64)| r.0);
-            a.connect(&b)
-                .process(FaultyCoCount(count))
-                .name("Count and sum")
-        }
-    };
-    updates.sink_to("Sink: Files", sink);
+                .name("Count and sum"),
+            Topology::Union => {
+                let a = source("Source: W low", 0, low)?;
+                let b = source("Source: W high", low, spec.records - low)?;
+                a.union(&b)
+                    .map(faulty_map)
+                    .key_by(|r: &(u64, u64)| r.0)
+                    .process(count)
+                    .name("Count and sum")
+            }
+            Topology::Connect => {
+                let a = source("Source: W low", 0, low)?
+                    .map(faulty_map.clone())
+                    .key_by(|r: &(u64, u64)| r.0);
+                let b = source("Source: W high", low, spec.records - low)?
+                    .map(faulty_map)
+                    .key_by(|r: &(u64, u64)| r.0);
+                a.connect(&b)
+                    .process(FaultyCoCount(count))
+                    .name("Count and sum")
+            }
+            Topology::Windowed | Topology::Session => unreachable!("built by build_timed"),
+        };
+        updates.sink_to("Sink: Files", sink);
+    }
     let report = env
         .execute()
         .map_err(|e| format!("seed {seed}: the job failed: {}", error_chain(&e)))?;
@@ -1077,6 +1540,66 @@ fn run_here(spec: &RunSpec) -> Result<RunOutcome, String> {
         restored_a_checkpoint: faults.metadata_reads.load(Ordering::SeqCst) > 0,
         elapsed: started.elapsed(),
     })
+}
+
+/// The timed shapes: an event-time source of [`TimedWorkload`] records (a
+/// watermark generator per split, out of order by less than [`JITTER_MS`]),
+/// the map, keyed windows (tumbling or sessions) counting and summing, and
+/// the file sink.
+fn build_timed(
+    env: &StreamEnvironment,
+    spec: &RunSpec,
+    faulty_map: impl Fn((u64, u64)) -> (u64, u64) + Clone + Send + Sync + 'static,
+    sink: FaultySink,
+    faults: Arc<Faults>,
+) -> Result<(), String> {
+    let seed = spec.seed;
+    let w = spec.timed();
+    let strategy = WatermarkStrategy::bounded_out_of_orderness(JITTER_MS, move |r: &(u64, u64)| {
+        w.timestamp(r.1)
+    });
+    let source = SequenceSource::new(spec.records, spec.splits, move |i| w.record(i))
+        .map_err(|e| format!("seed {seed}: {e}"))?
+        .with_event_time(strategy);
+    let keyed = env
+        .from_source("Source: WT", source)
+        .map(faulty_map)
+        .key_by(|r: &(u64, u64)| r.0);
+    let aggregate = FaultyWindowSum {
+        faults: Arc::clone(&faults),
+    };
+    let session = w.session;
+    let emit = move |key: &u64, window: &TimeWindow, (count, sum): (u64, u64)| {
+        faults.on_window_fire(*key, window.start);
+        WindowLine {
+            key: *key,
+            start: window.start,
+            end: window.end,
+            count,
+            sum,
+            session,
+        }
+    };
+    let timestamp = move |r: &(u64, u64)| w.timestamp(r.1);
+    let lines = if session {
+        keyed
+            .window_by(
+                EventTimeSessionWindows::with_gap(Duration::from_millis(w.gap_ms as u64)),
+                timestamp,
+            )
+            .aggregate_with(aggregate, emit)
+            .name("Session count and sum")
+    } else {
+        keyed
+            .window_by(
+                TumblingEventTimeWindows::of(Duration::from_millis(w.window_ms as u64)),
+                timestamp,
+            )
+            .aggregate_with(aggregate, emit)
+            .name("Window count and sum")
+    };
+    lines.sink_to("Sink: Files", sink);
+    Ok(())
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

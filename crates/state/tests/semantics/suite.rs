@@ -37,6 +37,7 @@ use flowstate_state::{
     SnapshotRequest, StateBackendConfig, StateError, StateKey, ValueStateDescriptor,
     ValueStateHandle, create_keyed_backend, key_group_of,
 };
+use flowstate_state::{Clock, ManualClock, StateTtlConfig, TtlUpdateType};
 
 /// Expands to one `#[test]` per case of the suite, each running the case on a
 /// fresh harness made by `$harness` (an expression of type [`Harness`];
@@ -85,6 +86,15 @@ macro_rules! semantics_suite {
             tuple_keys_stay_isolated,
             map_user_keys_that_are_prefixes_of_each_other_stay_isolated,
             zero_sized_and_empty_values_round_trip,
+            ttl_value_expires_and_is_refreshed_by_writes_not_reads,
+            ttl_refresh_on_read_keeps_read_state_alive,
+            ttl_expired_values_are_never_returned_by_any_state_kind,
+            ttl_list_elements_and_map_entries_expire_one_by_one,
+            ttl_full_snapshots_leave_expired_entries_out,
+            ttl_restored_state_never_shows_an_expired_value,
+            ttl_snapshots_restore_across_backends,
+            ttl_incremental_cleanup_removes_expired_entries,
+            ttl_added_or_removed_on_restore_is_refused,
         );
     };
 }
@@ -102,6 +112,8 @@ pub struct Harness {
     instances: AtomicU32,
     /// Kept alive as long as the harness (a store's temporary directory).
     guards: Vec<Box<dyn Any>>,
+    /// The processing time of every backend of the harness (state TTL).
+    pub clock: Arc<ManualClock>,
 }
 
 impl Harness {
@@ -110,6 +122,7 @@ impl Harness {
             config,
             instances: AtomicU32::new(0),
             guards: Vec::new(),
+            clock: ManualClock::new(TTL_EPOCH_MS),
         }
     }
 
@@ -150,6 +163,7 @@ impl Harness {
             subtask: 0,
             range,
             max_parallelism,
+            clock: self.clock.clone(),
         };
         create_keyed_backend::<K>(&self.config, &instance).unwrap_or_else(|e| {
             panic!(
@@ -2558,4 +2572,596 @@ pub fn zero_sized_and_empty_values_round_trip(harness: &Harness) {
         let rh = declare(restored.as_mut());
         check(restored.as_mut(), &rh, &format!("restored into {name}"));
     }
+}
+
+// ---------------------------------------------------------------------------
+// State TTL (processing time, the harness's manual clock)
+// ---------------------------------------------------------------------------
+
+/// Where every harness clock starts.
+pub const TTL_EPOCH_MS: i64 = 1_700_000_000_000;
+/// The TTL of the TTL cases.
+const TTL_MS: u64 = 100;
+
+fn ttl() -> StateTtlConfig {
+    StateTtlConfig::new(std::time::Duration::from_millis(TTL_MS))
+}
+
+/// The five kinds of state, all with `config` as TTL.
+struct TtlStates {
+    value: ValueStateHandle<u64>,
+    list: ListStateHandle<String>,
+    map: MapStateHandle<String, u64>,
+    sum: ReducingStateHandle<u64>,
+    avg: AggregatingStateHandle<u32, (u64, u64), f64>,
+}
+
+impl TtlStates {
+    fn declare(backend: &mut dyn KeyedStateBackend<String>, config: StateTtlConfig) -> Self {
+        Self {
+            value: backend
+                .value_state(&ValueStateDescriptor::new("t-value").with_ttl(config))
+                .unwrap(),
+            list: backend
+                .list_state(&ListStateDescriptor::new("t-list").with_ttl(config))
+                .unwrap(),
+            map: backend
+                .map_state(&MapStateDescriptor::new("t-map").with_ttl(config))
+                .unwrap(),
+            sum: backend
+                .reducing_state(
+                    &ReducingStateDescriptor::new("t-sum", |a, b| a + b).with_ttl(config),
+                )
+                .unwrap(),
+            avg: backend
+                .aggregating_state(
+                    &AggregatingStateDescriptor::new("t-avg", Average).with_ttl(config),
+                )
+                .unwrap(),
+        }
+    }
+
+    /// Writes every state of `key` once.
+    fn write(&self, backend: &mut dyn KeyedStateBackend<String>, key: &String, n: u64) {
+        let mut s = scope(backend, key);
+        s.value(&self.value).set(n).unwrap();
+        s.list(&self.list).add(format!("e{n}")).unwrap();
+        s.map(&self.map).put(format!("u{n}"), n).unwrap();
+        s.reducing(&self.sum).add(n).unwrap();
+        s.aggregating(&self.avg).add(n as u32).unwrap();
+    }
+
+    /// What `key` reads: value, list, map entries (sorted), sum, average.
+    #[allow(clippy::type_complexity)]
+    fn read(
+        &self,
+        backend: &mut dyn KeyedStateBackend<String>,
+        key: &String,
+    ) -> (
+        Option<u64>,
+        Vec<String>,
+        Vec<(String, u64)>,
+        Option<u64>,
+        Option<f64>,
+    ) {
+        let mut s = scope(backend, key);
+        let value = s.value(&self.value).get().unwrap().copied();
+        let list = s.list(&self.list).get().unwrap().to_vec();
+        let mut entries = Vec::new();
+        s.map(&self.map)
+            .for_each(|k, v| entries.push((k.clone(), *v)))
+            .unwrap();
+        entries.sort();
+        let sum = s.reducing(&self.sum).get().unwrap().copied();
+        let avg = s.aggregating(&self.avg).get().unwrap();
+        (value, list, entries, sum, avg)
+    }
+
+    fn assert_gone(
+        &self,
+        backend: &mut dyn KeyedStateBackend<String>,
+        key: &String,
+        context: &str,
+    ) {
+        assert_eq!(
+            self.read(backend, key),
+            (None, vec![], vec![], None, None),
+            "{context}: every state of {key:?} has expired"
+        );
+    }
+}
+
+pub fn ttl_value_expires_and_is_refreshed_by_writes_not_reads(h: &Harness) {
+    let mut backend = h.backend::<String>(all_groups(MAXP), MAXP);
+    let b = backend.as_mut();
+    let handle = b
+        .value_state(&ValueStateDescriptor::<u64>::new("v").with_ttl(ttl()))
+        .unwrap();
+    let key = "k".to_string();
+    let get = |b: &mut dyn KeyedStateBackend<String>| {
+        let mut s = scope(b, &key);
+        s.value(&handle).get().unwrap().copied()
+    };
+    scope(b, &key).value(&handle).set(1).unwrap();
+    h.clock.advance_ms(99);
+    assert_eq!(get(b), Some(1), "alive until last write + ttl");
+    // A write refreshes.
+    scope(b, &key).value(&handle).set(2).unwrap();
+    h.clock.advance_ms(99);
+    assert_eq!(
+        get(b),
+        Some(2),
+        "the write at +99 refreshed it (read at +198)"
+    );
+    // Reads do not (OnCreateAndWrite): the reads above did not refresh.
+    h.clock.advance_ms(1);
+    assert_eq!(get(b), None, "expired exactly ttl after the last write");
+    // An expired value is absent for update, remove and modify too.
+    let mut s = scope(b, &key);
+    let new = s.value(&handle).update(|old| {
+        assert_eq!(old, None, "update sees no expired value");
+        Some(10)
+    });
+    assert_eq!(new.unwrap().copied(), Some(10));
+    h.clock.advance_ms(TTL_MS as i64);
+    assert_eq!(
+        scope(b, &key).value(&handle).clear().unwrap(),
+        None,
+        "clear returns no expired value"
+    );
+    scope(b, &key).value(&handle).set(5).unwrap();
+    h.clock.advance_ms(TTL_MS as i64);
+    let seen = scope(b, &key)
+        .value(&handle)
+        .modify(
+            || 100,
+            |v| {
+                *v += 1;
+                *v
+            },
+        )
+        .unwrap();
+    assert_eq!(seen, 101, "modify of an expired value starts from init");
+    h.clock.advance_ms(TTL_MS as i64 - 1);
+    assert_eq!(get(b), Some(101), "modify refreshed it");
+    // Whole-state iteration skips expired values.
+    let other = "other".to_string();
+    scope(b, &other).value(&handle).set(7).unwrap();
+    h.clock.advance_ms(1);
+    let mut seen = Vec::new();
+    b.for_each_value(&handle, |k, v| seen.push((k.clone(), *v)))
+        .unwrap();
+    assert_eq!(
+        seen,
+        vec![(other.clone(), 7)],
+        "for_each_value skips the expired value"
+    );
+    assert_eq!(
+        b.signatures()
+            .iter()
+            .find(|s| s.name == "v")
+            .map(|s| s.types.clone()),
+        Some("ttl<u64>".to_string()),
+        "a TTL'd state records ttl<V> as its type"
+    );
+}
+
+pub fn ttl_refresh_on_read_keeps_read_state_alive(h: &Harness) {
+    let mut backend = h.backend::<String>(all_groups(MAXP), MAXP);
+    let b = backend.as_mut();
+    let config = ttl().update_type(TtlUpdateType::OnReadAndWrite);
+    let states = TtlStates::declare(b, config);
+    let key = "k".to_string();
+    states.write(b, &key, 4);
+    let alive = (
+        Some(4),
+        vec!["e4".to_string()],
+        vec![("u4".to_string(), 4)],
+        Some(4),
+        Some(4.0),
+    );
+    for round in 0..5 {
+        h.clock.advance_ms(TTL_MS as i64 - 1);
+        assert_eq!(
+            states.read(b, &key),
+            alive,
+            "round {round}: each read refreshed every state"
+        );
+    }
+    h.clock.advance_ms(TTL_MS as i64);
+    states.assert_gone(b, &key, "unread for a whole ttl");
+    // A map entry read by `get` (and `contains`) is refreshed; others are not.
+    let mut s = scope(b, &key);
+    s.map(&states.map).put("a".into(), 1).unwrap();
+    s.map(&states.map).put("b".into(), 2).unwrap();
+    h.clock.advance_ms(60);
+    assert_eq!(
+        scope(b, &key)
+            .map(&states.map)
+            .get(&"a".to_string())
+            .unwrap(),
+        Some(&1)
+    );
+    h.clock.advance_ms(60);
+    let mut s = scope(b, &key);
+    assert!(s.map(&states.map).contains(&"a".to_string()).unwrap());
+    assert!(
+        !s.map(&states.map).contains(&"b".to_string()).unwrap(),
+        "b was not read"
+    );
+}
+
+pub fn ttl_expired_values_are_never_returned_by_any_state_kind(h: &Harness) {
+    let mut backend = h.backend::<String>(all_groups(MAXP), MAXP);
+    let b = backend.as_mut();
+    let states = TtlStates::declare(b, ttl());
+    let keys = probe_keys();
+    for (i, key) in keys.iter().enumerate() {
+        states.write(b, key, i as u64 + 1);
+    }
+    h.clock.advance_ms(50);
+    // A read in the middle does not refresh (OnCreateAndWrite).
+    assert_eq!(states.read(b, &keys[0]).0, Some(1));
+    h.clock.advance_ms(50);
+    for key in &keys {
+        states.assert_gone(b, key, "ttl after the writes");
+        let mut s = scope(b, key);
+        assert_eq!(
+            s.map(&states.map).len().unwrap(),
+            0,
+            "map len counts no expired entry"
+        );
+        assert!(s.map(&states.map).is_empty().unwrap());
+        assert_eq!(s.map(&states.map).get(&"u1".to_string()).unwrap(), None);
+        assert_eq!(s.map(&states.map).remove(&"u1".to_string()).unwrap(), None);
+    }
+    // Adding to expired reducing/aggregating state starts afresh.
+    let key = &keys[0];
+    let mut s = scope(b, key);
+    assert_eq!(
+        s.reducing(&states.sum).add(10).unwrap().copied(),
+        Some(10),
+        "not 1 + 10"
+    );
+    assert_eq!(
+        s.aggregating(&states.avg).add(3).unwrap(),
+        3.0,
+        "not the average of 1 and 3"
+    );
+    s.list(&states.list).add("new".into()).unwrap();
+    assert_eq!(s.list(&states.list).get().unwrap(), ["new".to_string()]);
+}
+
+pub fn ttl_list_elements_and_map_entries_expire_one_by_one(h: &Harness) {
+    let mut backend = h.backend::<String>(all_groups(MAXP), MAXP);
+    let b = backend.as_mut();
+    let states = TtlStates::declare(b, ttl());
+    let key = "k".to_string();
+    let mut s = scope(b, &key);
+    s.list(&states.list).add("a".into()).unwrap();
+    s.map(&states.map).put("x".into(), 1).unwrap();
+    h.clock.advance_ms(60);
+    let mut s = scope(b, &key);
+    s.list(&states.list).add("b".into()).unwrap();
+    s.map(&states.map).put("y".into(), 2).unwrap();
+    h.clock.advance_ms(40);
+    let mut s = scope(b, &key);
+    assert_eq!(
+        s.list(&states.list).get().unwrap(),
+        ["b".to_string()],
+        "a expired, b did not"
+    );
+    assert_eq!(s.map(&states.map).len().unwrap(), 1);
+    assert_eq!(s.map(&states.map).get(&"x".to_string()).unwrap(), None);
+    assert_eq!(s.map(&states.map).get(&"y".to_string()).unwrap(), Some(&2));
+    // `update` replaces the list with fresh elements.
+    s.list(&states.list)
+        .update(vec!["c".into(), "d".into()])
+        .unwrap();
+    h.clock.advance_ms(99);
+    let mut s = scope(b, &key);
+    assert_eq!(
+        s.list(&states.list).get().unwrap(),
+        ["c".to_string(), "d".to_string()]
+    );
+    h.clock.advance_ms(1);
+    assert!(scope(b, &key).list(&states.list).get().unwrap().is_empty());
+}
+
+/// Entries of state `name` per key group of `sections`, summed.
+fn entries_of(sections: &[(KeyGroup, Vec<u8>)], name: &str) -> u64 {
+    sections
+        .iter()
+        .map(|(g, bytes)| {
+            flowstate_state::snapshot::read_section(*g, bytes)
+                .unwrap()
+                .iter()
+                .filter(|s| s.name == name)
+                .map(|s| s.entries().unwrap())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+pub fn ttl_full_snapshots_leave_expired_entries_out(h: &Harness) {
+    let mut backend = h.backend::<String>(all_groups(MAXP), MAXP);
+    let b = backend.as_mut();
+    let states = TtlStates::declare(b, ttl());
+    let keys = probe_keys();
+    let start = h.clock.now_ms();
+    states.write(b, &keys[0], 1);
+    states.write(b, &keys[1], 2);
+    h.clock.advance_ms(60);
+    states.write(b, &keys[2], 3);
+    // keys[1] gets a second list element and map entry, written later.
+    let mut s = scope(b, &keys[1]);
+    s.list(&states.list).add("late".into()).unwrap();
+    s.map(&states.map).put("late".into(), 9).unwrap();
+    h.clock.advance_ms(40);
+    let sections = sections_of(b, 1);
+    for name in ["t-value", "t-sum", "t-avg"] {
+        assert_eq!(
+            entries_of(&sections, name),
+            1,
+            "{name}: only keys[2] is live"
+        );
+    }
+    assert_eq!(
+        entries_of(&sections, "t-list"),
+        2,
+        "keys[1] and keys[2] have live elements"
+    );
+    assert_eq!(entries_of(&sections, "t-map"), 2);
+    // Turn the clock back to when everything was live: what the snapshot
+    // left out does not come back, so it was not in the snapshot.
+    h.clock.set_ms(start + 61);
+    let mut restored = h.restored::<String>(all_groups(MAXP), MAXP, &sections);
+    let r = restored.as_mut();
+    let states = TtlStates::declare(r, ttl());
+    assert_eq!(
+        states.read(r, &keys[0]),
+        (None, vec![], vec![], None, None),
+        "keys[0] was left out"
+    );
+    assert_eq!(
+        states.read(r, &keys[1]),
+        (
+            None,
+            vec!["late".to_string()],
+            vec![("late".to_string(), 9)],
+            None,
+            None
+        ),
+        "only the element and entry written late are in the snapshot"
+    );
+    assert_eq!(
+        states.read(r, &keys[2]),
+        (
+            Some(3),
+            vec!["e3".to_string()],
+            vec![("u3".to_string(), 3)],
+            Some(3),
+            Some(3.0)
+        )
+    );
+    // With snapshot cleanup off, expired entries are written (and stay hidden).
+    let mut backend = h.backend::<String>(all_groups(MAXP), MAXP);
+    let b = backend.as_mut();
+    let keep = TtlStates::declare(b, ttl().cleanup_in_snapshots(false));
+    keep.write(b, &keys[0], 1);
+    h.clock.advance_ms(TTL_MS as i64);
+    let sections = sections_of(b, 2);
+    assert_eq!(entries_of(&sections, "t-value"), 1, "no snapshot cleanup");
+}
+
+pub fn ttl_restored_state_never_shows_an_expired_value(h: &Harness) {
+    let mut backend = h.backend::<String>(all_groups(MAXP), MAXP);
+    let b = backend.as_mut();
+    let states = TtlStates::declare(b, ttl());
+    let keys = probe_keys();
+    for (i, key) in keys.iter().enumerate() {
+        states.write(b, key, i as u64 + 1);
+    }
+    h.clock.advance_ms(10);
+    let sections = sections_of(b, 1);
+    // Restored (whole and split), every state is live until ttl after the
+    // writes, and then gone: the timestamps came through the snapshot.
+    let half = MAXP / 2;
+    for range in [
+        all_groups(MAXP),
+        KeyGroupRange::new(0, half),
+        KeyGroupRange::new(half, MAXP),
+    ] {
+        let mut restored = h.restored::<String>(range, MAXP, &sections);
+        let r = restored.as_mut();
+        let states = TtlStates::declare(r, ttl());
+        let mine: Vec<&String> = keys
+            .iter()
+            .filter(|k| range.contains(key_group_of(*k, MAXP)))
+            .collect();
+        for key in &mine {
+            assert!(
+                states.read(r, key).0.is_some(),
+                "{range}: live after restore"
+            );
+        }
+    }
+    // Declared before the restore, and after it.
+    let mut early = h.backend::<String>(all_groups(MAXP), MAXP);
+    let early_states = TtlStates::declare(early.as_mut(), ttl());
+    restore_sections(early.as_mut(), &sections);
+    let mut late = h.restored::<String>(all_groups(MAXP), MAXP, &sections);
+    h.clock.advance_ms(89);
+    assert_eq!(
+        early_states.read(early.as_mut(), &keys[0]).0,
+        Some(1),
+        "still live at ttl - 1"
+    );
+    h.clock.advance_ms(1);
+    for key in &keys {
+        early_states.assert_gone(early.as_mut(), key, "restored, declared first");
+    }
+    let late_states = TtlStates::declare(late.as_mut(), ttl());
+    for key in &keys {
+        late_states.assert_gone(late.as_mut(), key, "restored, declared after");
+    }
+    // Restored after the values expired: nothing shows either.
+    let mut expired = h.restored::<String>(all_groups(MAXP), MAXP, &sections);
+    let states = TtlStates::declare(expired.as_mut(), ttl());
+    for key in &keys {
+        states.assert_gone(expired.as_mut(), key, "restored after expiry");
+    }
+}
+
+pub fn ttl_snapshots_restore_across_backends(h: &Harness) {
+    let heap = Harness::heap();
+    heap.clock.set_ms(h.clock.now_ms());
+    let keys = probe_keys();
+    for (from, to) in [(h, &heap), (&heap, h)] {
+        let mut backend = from.backend::<String>(all_groups(MAXP), MAXP);
+        let states = TtlStates::declare(backend.as_mut(), ttl());
+        for (i, key) in keys.iter().enumerate() {
+            states.write(backend.as_mut(), key, i as u64 + 1);
+        }
+        let sections = sections_of(backend.as_mut(), 1);
+        let mut restored = to.restored::<String>(all_groups(MAXP), MAXP, &sections);
+        let r = TtlStates::declare(restored.as_mut(), ttl());
+        for (i, key) in keys.iter().enumerate() {
+            let n = i as u64 + 1;
+            assert_eq!(
+                r.read(restored.as_mut(), key),
+                (
+                    Some(n),
+                    vec![format!("e{n}")],
+                    vec![(format!("u{n}"), n)],
+                    Some(n),
+                    Some(n as f64)
+                ),
+                "{} -> {}",
+                from.kind(),
+                to.kind()
+            );
+        }
+        // Both clocks move together.
+        h.clock.advance_ms(TTL_MS as i64);
+        heap.clock.advance_ms(TTL_MS as i64);
+        for key in &keys {
+            r.assert_gone(
+                restored.as_mut(),
+                key,
+                "expired after the cross-backend restore",
+            );
+        }
+    }
+}
+
+/// Keys with an entry in any key group, over every state.
+fn stored_keys(backend: &mut dyn KeyedStateBackend<String>) -> usize {
+    backend
+        .key_group_range()
+        .iter()
+        .map(|g| backend.key_count(g).unwrap())
+        .sum()
+}
+
+pub fn ttl_incremental_cleanup_removes_expired_entries(h: &Harness) {
+    let mut backend = h.backend::<String>(all_groups(MAXP), MAXP);
+    let b = backend.as_mut();
+    let config = ttl().cleanup_in_snapshots(false).cleanup_incrementally(3);
+    let states = TtlStates::declare(b, config);
+    let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        states.write(b, key, i as u64);
+    }
+    // Partly expired lists are trimmed, not dropped.
+    h.clock.advance_ms(50);
+    let mut s = scope(b, &keys[0]);
+    s.list(&states.list).add("young".into()).unwrap();
+    s.map(&states.map).put("young".into(), 1).unwrap();
+    assert_eq!(stored_keys(b), 5 * 40, "nothing expired yet");
+    h.clock.advance_ms(50);
+    // Reads of one key drive the cleanup of every state's other keys.
+    let probe = "probe".to_string();
+    for _ in 0..200 {
+        let mut s = scope(b, &probe);
+        s.value(&states.value).get().unwrap();
+        s.list(&states.list).get().unwrap();
+        s.map(&states.map).len().unwrap();
+        s.reducing(&states.sum).get().unwrap();
+        s.aggregating(&states.avg).get().unwrap();
+    }
+    assert_eq!(
+        stored_keys(b),
+        2,
+        "only keys[0]'s young list element and map entry are left"
+    );
+    let (_, list, map, _, _) = states.read(b, &keys[0]);
+    assert_eq!(list, ["young".to_string()]);
+    assert_eq!(map, [("young".to_string(), 1)]);
+    // Nothing is left to snapshot but those (snapshot cleanup is off here).
+    let sections = sections_of(b, 1);
+    assert_eq!(entries_of(&sections, "t-value"), 0);
+    assert_eq!(entries_of(&sections, "t-list"), 1);
+    assert_eq!(entries_of(&sections, "t-map"), 1);
+}
+
+pub fn ttl_added_or_removed_on_restore_is_refused(h: &Harness) {
+    let key = "k".to_string();
+    let mut plain = h.backend::<String>(all_groups(MAXP), MAXP);
+    let p = plain.as_mut();
+    let handle = p
+        .value_state(&ValueStateDescriptor::<u64>::new("v"))
+        .unwrap();
+    scope(p, &key).value(&handle).set(1).unwrap();
+    let plain_sections = sections_of(p, 1);
+    let mut with = h.backend::<String>(all_groups(MAXP), MAXP);
+    let w = with.as_mut();
+    let handle = w
+        .value_state(&ValueStateDescriptor::<u64>::new("v").with_ttl(ttl()))
+        .unwrap();
+    scope(w, &key).value(&handle).set(1).unwrap();
+    let ttl_sections = sections_of(w, 1);
+    // In one backend, the same name with and without TTL are two declarations.
+    assert_incompatible(w.value_state(&ValueStateDescriptor::<u64>::new("v")), "v");
+
+    let mut r = h.restored::<String>(all_groups(MAXP), MAXP, &plain_sections);
+    match r.value_state(&ValueStateDescriptor::<u64>::new("v").with_ttl(ttl())) {
+        Err(StateError::TtlMismatch {
+            state,
+            recorded_ttl,
+            requested_ttl,
+            ..
+        }) => {
+            assert_eq!(state, "v");
+            assert_eq!((recorded_ttl, requested_ttl), ("without TTL", "with TTL"));
+        }
+        other => panic!(
+            "expected TtlMismatch adding TTL, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    let mut r = h.restored::<String>(all_groups(MAXP), MAXP, &ttl_sections);
+    match r.value_state(&ValueStateDescriptor::<u64>::new("v")) {
+        Err(StateError::TtlMismatch {
+            state,
+            recorded_ttl,
+            requested_ttl,
+            ..
+        }) => {
+            assert_eq!(state, "v");
+            assert_eq!((recorded_ttl, requested_ttl), ("with TTL", "without TTL"));
+        }
+        other => panic!(
+            "expected TtlMismatch removing TTL, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    // The refused declaration kept the state: declared as it was, it reads.
+    let handle = r
+        .value_state(&ValueStateDescriptor::<u64>::new("v").with_ttl(ttl()))
+        .unwrap();
+    assert_eq!(
+        scope(r.as_mut(), &key).value(&handle).get().unwrap(),
+        Some(&1)
+    );
 }
