@@ -32,10 +32,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use flowstate_runtime::{Data, WatermarkStrategy};
+use flowstate_runtime::{Data, UserError, WatermarkStrategy};
 use flowstate_state::{
-    KeyedStateBackend, ListStateDescriptor, ListStateHandle, MapStateDescriptor, MapStateHandle,
-    StateKey, StateValue, ValueStateDescriptor, ValueStateHandle,
+    KeyedStateBackend, ListStateDescriptor, ListStateHandle, StateKey, StateValue,
+    ValueStateDescriptor, ValueStateHandle,
 };
 
 use crate::keyed::{FnResult, KeyedContext, KeyedProcessFunction, TimeDomain};
@@ -422,6 +422,19 @@ trait WindowContents<K: StateKey, T>: Clone + Send + 'static {
     type Out;
     fn open(&mut self, backend: &mut dyn KeyedStateBackend<K>) -> FnResult;
     fn add(&mut self, ctx: &mut KeyedContext<'_, K>, window: TimeWindow, record: T) -> FnResult;
+    /// Like `add`; says whether the window had no contents before, if that
+    /// is known without another lookup (`None`: unknown). Lets a
+    /// non-merging window skip its list of active windows and its timers for
+    /// every record but a window's first.
+    fn add_tracking_new(
+        &mut self,
+        ctx: &mut KeyedContext<'_, K>,
+        window: TimeWindow,
+        record: T,
+    ) -> Result<Option<bool>, UserError> {
+        self.add(ctx, window, record)?;
+        Ok(None)
+    }
     /// Moves the contents of `from` into `into`.
     fn merge(
         &mut self,
@@ -472,11 +485,14 @@ impl<T: Clone + Send + 'static> WindowAggregateFunction<T, Option<T>, T> for Red
 
 type EmitFn<K, O, R> = Arc<dyn Fn(&K, &TimeWindow, O) -> R + Send + Sync>;
 
-/// Accumulators by window, in map state.
+/// Accumulators by window: one value per key holding its open windows'
+/// accumulators (a key has few open windows: one or two for tumbling
+/// windows, size/slide for sliding ones), so a record costs one lookup of its
+/// key and an update in place, not a lookup of an inner map and a copy.
 struct Incremental<K, F, Acc, O, R> {
     agg: F,
     emit: EmitFn<K, O, R>,
-    handle: Option<MapStateHandle<(i64, i64), Acc>>,
+    handle: Option<ValueStateHandle<Vec<(WindowPair, Acc)>>>,
 }
 
 impl<K, F: Clone, Acc, O, R> Clone for Incremental<K, F, Acc, O, R> {
@@ -490,8 +506,8 @@ impl<K, F: Clone, Acc, O, R> Clone for Incremental<K, F, Acc, O, R> {
 }
 
 impl<K, F, Acc, O, R> Incremental<K, F, Acc, O, R> {
-    fn handle(&self) -> Result<&MapStateHandle<(i64, i64), Acc>, &'static str> {
-        self.handle.as_ref().ok_or("window state used before open")
+    fn handle(&self) -> Result<ValueStateHandle<Vec<(WindowPair, Acc)>>, &'static str> {
+        self.handle.clone().ok_or("window state used before open")
     }
 }
 
@@ -507,19 +523,39 @@ where
     type Out = R;
 
     fn open(&mut self, backend: &mut dyn KeyedStateBackend<K>) -> FnResult {
-        self.handle = Some(backend.map_state(&MapStateDescriptor::new(CONTENTS_STATE))?);
+        self.handle = Some(backend.value_state(&ValueStateDescriptor::new(CONTENTS_STATE))?);
         Ok(())
     }
 
     fn add(&mut self, ctx: &mut KeyedContext<'_, K>, window: TimeWindow, record: T) -> FnResult {
-        let handle = self.handle()?.clone();
-        let mut acc = match ctx.map(&handle).get(&window.pair())? {
-            Some(acc) => acc.clone(),
-            None => self.agg.create_accumulator(),
-        };
-        self.agg.add(&mut acc, record);
-        ctx.map(&handle).put(window.pair(), acc)?;
-        Ok(())
+        self.add_tracking_new(ctx, window, record).map(|_| ())
+    }
+
+    #[inline]
+    fn add_tracking_new(
+        &mut self,
+        ctx: &mut KeyedContext<'_, K>,
+        window: TimeWindow,
+        record: T,
+    ) -> Result<Option<bool>, UserError> {
+        let handle = self.handle()?;
+        let pair = window.pair();
+        let agg = &self.agg;
+        let new = ctx.value(&handle).modify(Vec::new, |windows| {
+            match windows.iter_mut().find(|(w, _)| *w == pair) {
+                Some((_, acc)) => {
+                    agg.add(acc, record);
+                    false
+                }
+                None => {
+                    let mut acc = agg.create_accumulator();
+                    agg.add(&mut acc, record);
+                    windows.push((pair, acc));
+                    true
+                }
+            }
+        })?;
+        Ok(Some(new))
     }
 
     fn merge(
@@ -528,19 +564,28 @@ where
         into: TimeWindow,
         from: &[TimeWindow],
     ) -> FnResult {
-        let handle = self.handle()?.clone();
-        let mut merged: Option<Acc> = ctx.map(&handle).remove(&into.pair())?;
-        for window in from {
-            if let Some(acc) = ctx.map(&handle).remove(&window.pair())? {
-                match &mut merged {
-                    Some(merged) => self.agg.merge(merged, acc),
-                    None => merged = Some(acc),
+        let handle = self.handle()?;
+        let agg = &self.agg;
+        let into = into.pair();
+        let from: Vec<WindowPair> = from.iter().map(TimeWindow::pair).collect();
+        ctx.value(&handle).modify(Vec::new, |windows| {
+            let mut merged: Option<Acc> = None;
+            let mut kept = Vec::with_capacity(windows.len());
+            for (w, acc) in windows.drain(..) {
+                if w == into || from.contains(&w) {
+                    match &mut merged {
+                        Some(merged) => agg.merge(merged, acc),
+                        None => merged = Some(acc),
+                    }
+                } else {
+                    kept.push((w, acc));
                 }
             }
-        }
-        if let Some(merged) = merged {
-            ctx.map(&handle).put(into.pair(), merged)?;
-        }
+            if let Some(merged) = merged {
+                kept.push((into, merged));
+            }
+            *windows = kept;
+        })?;
         Ok(())
     }
 
@@ -550,9 +595,14 @@ where
         window: TimeWindow,
         out: &mut Vec<R>,
     ) -> FnResult {
-        let handle = self.handle()?.clone();
-        let result = match ctx.map(&handle).get(&window.pair())? {
-            Some(acc) => self.agg.result(acc),
+        let handle = self.handle()?;
+        let pair = window.pair();
+        let result = match ctx
+            .value(&handle)
+            .get()?
+            .and_then(|windows| windows.iter().find(|(w, _)| *w == pair))
+        {
+            Some((_, acc)) => self.agg.result(acc),
             None => return Ok(()),
         };
         out.push((self.emit)(ctx.key(), &window, result));
@@ -560,8 +610,15 @@ where
     }
 
     fn clear(&mut self, ctx: &mut KeyedContext<'_, K>, window: TimeWindow) -> FnResult {
-        let handle = self.handle()?.clone();
-        ctx.map(&handle).remove(&window.pair())?;
+        let handle = self.handle()?;
+        let pair = window.pair();
+        let empty = ctx.value(&handle).modify(Vec::new, |windows| {
+            windows.retain(|(w, _)| *w != pair);
+            windows.is_empty()
+        })?;
+        if empty {
+            ctx.value(&handle).clear()?;
+        }
         Ok(())
     }
 }
@@ -713,6 +770,60 @@ impl<T, A: WindowAssigner, C> WindowFunction<T, A, C> {
         }
     }
 
+    /// `process` for windows that never merge (tumbling, sliding): a
+    /// record of a window that already has contents touches only them; the
+    /// list of active windows and the timers change only for a window's
+    /// first record.
+    fn process_fixed<K: StateKey>(
+        &mut self,
+        record: T,
+        assigned: &[TimeWindow],
+        windows_handle: &ValueStateHandle<Vec<(i64, i64)>>,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Vec<C::Out>,
+        watermark: i64,
+    ) -> FnResult
+    where
+        T: Clone,
+        C: WindowContents<K, T>,
+    {
+        let event_time = self.event_time();
+        let mut active: Option<Vec<(i64, i64)>> = None;
+        let mut record = Some(record);
+        for (i, window) in assigned.iter().enumerate() {
+            let value = if i + 1 == assigned.len() {
+                record.take()
+            } else {
+                record.clone()
+            }
+            .ok_or("a record is added once per window")?;
+            if self.contents.add_tracking_new(ctx, *window, value)? != Some(false) {
+                if active.is_none() {
+                    active = Some(
+                        ctx.value(windows_handle)
+                            .get()?
+                            .cloned()
+                            .unwrap_or_default(),
+                    );
+                }
+                if let Some(list) = active.as_mut()
+                    && insert_sorted(list, window.pair())
+                {
+                    self.register(ctx, window)?;
+                }
+            }
+            // Late, but within the allowed lateness: fire again at once.
+            if event_time && self.fire_time(window) <= watermark {
+                self.contents.emit(ctx, *window, out)?;
+            }
+        }
+        if let Some(list) = active {
+            ctx.value(windows_handle).set(list)?;
+        }
+        self.scratch = assigned.to_vec();
+        Ok(())
+    }
+
     fn register<K: StateKey>(
         &self,
         ctx: &mut KeyedContext<'_, K>,
@@ -801,6 +912,9 @@ where
                 ctx.output(tag, record)?;
             }
             return Ok(());
+        }
+        if !self.assigner.is_merging() {
+            return self.process_fixed(record, &assigned, &windows_handle, ctx, out, watermark);
         }
         let mut active: Vec<(i64, i64)> = ctx
             .value(&windows_handle)
