@@ -9,6 +9,7 @@
 #
 #   bash bench/window.sh            # N=5000000 RUNS=3
 #   N=20000000 RUNS=2 bash bench/window.sh
+#   FS=/tmp/flowstate-before bash bench/window.sh   # another binary (before/after)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-5000000}
@@ -19,7 +20,7 @@ if [ ! -x "$LIM" ]; then
   (cd "$ANCHORS/limit" && CARGO_TARGET_DIR=/tmp/anchors-limit/target cargo build --release -q) || exit 1
 fi
 cargo build --release --locked -q -p flowstate-cli || exit 1
-FS=target/release/flowstate
+FS=${FS:-target/release/flowstate}
 OUT=${OUT:-/tmp/bench-window-$(date +%H%M%S)}
 mkdir -p "$OUT"
 CK=$OUT/ck

@@ -185,6 +185,17 @@ where
         self.fire_processing_timers(output)
     }
 
+    /// The earliest pending processing-time timer: the runtime calls
+    /// `on_processing_time` when the clock passed it and the task has no
+    /// input (the idle hook).
+    fn next_processing_time(&self) -> Option<i64> {
+        self.timers.next_time(TimeDomain::ProcessingTime)
+    }
+
+    fn on_processing_time(&mut self, _now_ms: i64, output: &mut Vec<O>) -> FnResult {
+        self.fire_processing_timers(output)
+    }
+
     /// Fires nothing: at the end of a bounded input the runtime has sent
     /// `Watermark::MAX` (every event-time timer fired then), and at the end
     /// of a stop-with-savepoint event time must *not* end: the savepoint
@@ -211,7 +222,9 @@ where
 
 impl<K: StateKey, I, F> KeyedProcessOperator<K, I, F> {
     /// Fires the processing-time timers the clock has passed (the clock is
-    /// read only when a timer is pending).
+    /// read only when a timer is pending): before every batch, on every
+    /// watermark, and from the idle hook (`on_processing_time`, which reads
+    /// the clock again: never earlier than the runtime's reading).
     fn fire_processing_timers<O>(&mut self, output: &mut Vec<O>) -> FnResult
     where
         F: KeyedProcessFunction<K, I, O>,
@@ -322,6 +335,15 @@ where
             watermark.0,
             |time, ctx| function.on_timer(time, TimeDomain::EventTime, ctx, output),
         )?;
+        self.fire_processing_timers(output)
+    }
+
+    /// See the one-input operator's.
+    fn next_processing_time(&self) -> Option<i64> {
+        self.timers.next_time(TimeDomain::ProcessingTime)
+    }
+
+    fn on_processing_time(&mut self, _now_ms: i64, output: &mut Vec<O>) -> FnResult {
         self.fire_processing_timers(output)
     }
 

@@ -6,9 +6,10 @@
 //! when the operator opens. Checkpoints, savepoints, rescaling (by key group)
 //! and switching backends therefore carry timers with no machinery of their
 //! own. Beside the state, an operator keeps an in-memory index of every
-//! pending timer ordered by (time, key group, encoded key), rebuilt from the
-//! state when it opens; the index decides what fires, the state is what
-//! survives.
+//! pending timer grouped by time ([`TimerIndex`]), rebuilt from the state
+//! when it opens; the index decides what fires, the state is what survives.
+//! One time's keys fire in (key group, encoded key) order, sorted when they
+//! fire.
 //!
 //! Owns: [`TimeDomain`], [`KeyedContext`] and the operator-side timer
 //! bookkeeping. Must not touch: how state is stored, or when the runtime
@@ -18,7 +19,7 @@ use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
 
 use flowstate_runtime::{SideOutputs, UserError};
-use flowstate_state::codec::encode_to_vec;
+use flowstate_state::codec::encode_into;
 use flowstate_state::{
     KeyGroup, KeyScope, KeyedStateBackend, SharedClock, StateKey, ValueStateDescriptor,
     ValueStateHandle, key_group_of,
@@ -41,14 +42,112 @@ pub enum TimeDomain {
     ProcessingTime,
 }
 
-/// (time, key group, encoded key): fires in time order, then in key order
-/// (the order of a key's bytes in a store), whatever the backend.
-type IndexKey = (i64, KeyGroup, Vec<u8>);
+/// The keys with a timer at one time.
+type TimeKeys<K> = Vec<(KeyGroup, K)>;
+
+/// Every pending timer of one domain, grouped by time: a time's keys in a
+/// `Vec`, in no particular order until they fire, then sorted by (key group,
+/// encoded key) — the order of a key's bytes in a store, whatever the
+/// backend. Registering costs a lookup of the time (few distinct times are
+/// pending: windows of many keys end together) and a push, with no
+/// allocation per timer; deleting scans the time's keys. A (time, key) is in
+/// the index at most once: the key's timer state deduplicates.
+pub(crate) struct TimerIndex<K> {
+    by_time: BTreeMap<i64, TimeKeys<K>>,
+    len: usize,
+}
+
+impl<K: StateKey> TimerIndex<K> {
+    fn new() -> Self {
+        Self {
+            by_time: BTreeMap::new(),
+            len: 0,
+        }
+    }
+
+    /// Adds a timer the key's state did not hold yet.
+    fn insert(&mut self, time: i64, key_group: KeyGroup, key: K) {
+        self.by_time.entry(time).or_default().push((key_group, key));
+        self.len += 1;
+    }
+
+    /// Removes the timer (time, key), if indexed.
+    fn remove(&mut self, time: i64, key_group: KeyGroup, key: &K) {
+        let Some(keys) = self.by_time.get_mut(&time) else {
+            return;
+        };
+        if let Some(at) = keys
+            .iter()
+            .position(|(group, k)| *group == key_group && k == key)
+        {
+            keys.swap_remove(at);
+            self.len -= 1;
+            if keys.is_empty() {
+                self.by_time.remove(&time);
+            }
+        }
+    }
+
+    fn first_time(&self) -> Option<i64> {
+        self.by_time.first_key_value().map(|(time, _)| *time)
+    }
+
+    /// Takes the earliest time's keys if it is at or before `limit`, in
+    /// firing order.
+    fn take_due(&mut self, limit: i64) -> Result<Option<(i64, TimeKeys<K>)>, UserError> {
+        match self.by_time.first_key_value() {
+            Some((time, _)) if *time <= limit => {}
+            _ => return Ok(None),
+        }
+        let Some((time, mut keys)) = self.by_time.pop_first() else {
+            return Ok(None);
+        };
+        self.len -= keys.len();
+        sort_for_firing(&mut keys)?;
+        Ok(Some((time, keys)))
+    }
+
+    /// Puts back keys of `time` taken but not fired.
+    fn put_back(&mut self, time: i64, keys: impl Iterator<Item = (KeyGroup, K)>) {
+        let bucket = self.by_time.entry(time).or_default();
+        let before = bucket.len();
+        bucket.extend(keys);
+        self.len += bucket.len() - before;
+        if bucket.is_empty() {
+            self.by_time.remove(&time);
+        }
+    }
+}
+
+/// Sorts one time's keys by (key group, encoded key), encoding them once
+/// into one buffer.
+fn sort_for_firing<K: StateKey>(keys: &mut Vec<(KeyGroup, K)>) -> FnResult {
+    if keys.len() < 2 {
+        return Ok(());
+    }
+    let mut bytes = Vec::new();
+    let mut order = Vec::with_capacity(keys.len());
+    for (key_group, key) in keys.drain(..) {
+        let start = bytes.len();
+        encode_into(&key, &mut bytes)?;
+        order.push((key_group, start, bytes.len(), key));
+    }
+    order.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| bytes[a.1..a.2].cmp(&bytes[b.1..b.2]))
+    });
+    keys.extend(
+        order
+            .into_iter()
+            .map(|(key_group, _, _, key)| (key_group, key)),
+    );
+    Ok(())
+}
 
 struct DomainTimers<K> {
     state: &'static str,
     handle: Option<ValueStateHandle<Vec<i64>>>,
-    index: BTreeMap<IndexKey, K>,
+    index: TimerIndex<K>,
 }
 
 impl<K: StateKey> DomainTimers<K> {
@@ -56,7 +155,7 @@ impl<K: StateKey> DomainTimers<K> {
         Self {
             state,
             handle: None,
-            index: BTreeMap::new(),
+            index: TimerIndex::new(),
         }
     }
 }
@@ -69,10 +168,6 @@ pub(crate) struct Timers<K> {
     watermark: i64,
     clock: SharedClock,
     max_parallelism: u32,
-}
-
-fn index_key<K: StateKey>(time: i64, key: &K, key_group: KeyGroup) -> Result<IndexKey, UserError> {
-    Ok((time, key_group, encode_to_vec(key)?))
 }
 
 impl<K: StateKey> Timers<K> {
@@ -114,7 +209,7 @@ impl<K: StateKey> Timers<K> {
             })?;
             for (time, key) in pending {
                 let key_group = key_group_of(&key, max_parallelism);
-                timers.index.insert(index_key(time, &key, key_group)?, key);
+                timers.index.insert(time, key_group, key);
             }
             timers.handle = Some(handle);
         }
@@ -140,29 +235,16 @@ impl<K: StateKey> Timers<K> {
             TimeDomain::EventTime => &self.event,
             TimeDomain::ProcessingTime => &self.processing,
         };
-        timers
-            .index
-            .first_key_value()
-            .map(|((time, _, _), _)| *time)
+        timers.index.first_time()
     }
 
     /// Pending timers of `domain` (all keys).
     #[cfg(test)]
     pub(crate) fn pending(&self, domain: TimeDomain) -> usize {
         match domain {
-            TimeDomain::EventTime => self.event.index.len(),
-            TimeDomain::ProcessingTime => self.processing.index.len(),
+            TimeDomain::EventTime => self.event.index.len,
+            TimeDomain::ProcessingTime => self.processing.index.len,
         }
-    }
-
-    fn pop_due(&mut self, domain: TimeDomain, limit: i64) -> Option<(i64, KeyGroup, K)> {
-        let timers = self.domain(domain);
-        match timers.index.first_key_value() {
-            Some(((time, _, _), _)) if *time <= limit => {}
-            _ => return None,
-        }
-        let ((time, key_group, _), key) = timers.index.pop_first()?;
-        Some((time, key_group, key))
     }
 }
 
@@ -177,14 +259,23 @@ pub(crate) fn fire_timers<K: StateKey>(
     limit: i64,
     mut on_timer: impl FnMut(i64, &mut KeyedContext<'_, K>) -> FnResult,
 ) -> FnResult {
-    while let Some((time, key_group, key)) = timers.pop_due(domain, limit) {
-        let mut ctx = KeyedContext {
-            scope: KeyScope::new(&mut *backend, &key, key_group),
-            timers: &mut *timers,
-            side: &mut *side,
-        };
-        ctx.remove_from_state(domain, time)?;
-        on_timer(time, &mut ctx)?;
+    while let Some((time, keys)) = timers.domain(domain).index.take_due(limit)? {
+        let mut keys = keys.into_iter();
+        while let Some((key_group, key)) = keys.next() {
+            let mut ctx = KeyedContext {
+                scope: KeyScope::new(&mut *backend, &key, key_group),
+                timers: &mut *timers,
+                side: &mut *side,
+            };
+            ctx.remove_from_state(domain, time)?;
+            on_timer(time, &mut ctx)?;
+            // A timer registered meanwhile for an earlier time fires first.
+            let index = &mut timers.domain(domain).index;
+            if index.first_time().is_some_and(|first| first < time) {
+                index.put_back(time, keys.by_ref());
+                break;
+            }
+        }
     }
     Ok(())
 }
@@ -250,7 +341,7 @@ impl<'a, K: StateKey> KeyedContext<'a, K> {
 
     /// Calls `on_timer(timestamp, ProcessingTime, ..)` for the current key
     /// once the job's clock reaches `timestamp` (checked on every batch and
-    /// watermark, and at the end of the input).
+    /// watermark, and whenever the task has no input: the idle hook).
     pub fn register_processing_time_timer(&mut self, timestamp: i64) -> FnResult {
         self.register(TimeDomain::ProcessingTime, timestamp)
     }
@@ -296,16 +387,23 @@ impl<'a, K: StateKey> KeyedContext<'a, K> {
         })?;
         if inserted {
             let key = self.scope.key().clone();
-            let index_key = index_key(time, &key, self.scope.key_group())?;
-            self.timers.domain(domain).index.insert(index_key, key);
+            let key_group = self.scope.key_group();
+            self.timers
+                .domain(domain)
+                .index
+                .insert(time, key_group, key);
         }
         Ok(())
     }
 
     fn delete(&mut self, domain: TimeDomain, time: i64) -> FnResult {
         if self.remove_from_state(domain, time)? {
-            let index_key = index_key(time, self.scope.key(), self.scope.key_group())?;
-            self.timers.domain(domain).index.remove(&index_key);
+            let key_group = self.scope.key_group();
+            let key = self.scope.key();
+            self.timers
+                .domain(domain)
+                .index
+                .remove(time, key_group, key);
         }
         Ok(())
     }

@@ -9,11 +9,14 @@
 //! rescaled and moved between backends like any other state.
 //!
 //! State per key (reserved names):
-//! - `_window/windows`: value state, the key's active windows as a sorted
-//!   `Vec<(start, end)>`;
-//! - `_window/contents`: map state `(start, end) -> accumulator` (`reduce`,
+//! - `_window/contents`: value state, the key's open windows with their
+//!   accumulators, `Vec<((start, end), accumulator)>` (`reduce`,
 //!   `aggregate`), or `_window/elements`: list state of `((start, end),
-//!   record)` (`process`, which gets every element).
+//!   record)` (`process`, which gets every element);
+//! - `_window/windows`: value state, the key's active windows as a sorted
+//!   `Vec<(start, end)>` — for merging (session) windows and `process`
+//!   windows only: the contents of non-merging `reduce`/`aggregate` windows
+//!   list their windows themselves.
 //!
 //! Event time: a window `[start, end)` fires when the watermark reaches
 //! `end - 1` (its timer), keeps its state until `end - 1 + allowed lateness`
@@ -435,6 +438,24 @@ trait WindowContents<K: StateKey, T>: Clone + Send + 'static {
         self.add(ctx, window, record)?;
         Ok(None)
     }
+    /// Whether the contents list the key's open windows themselves: a
+    /// non-merging assigner then keeps no separate list of active windows
+    /// (no `_window/windows`), and its timers go to [`fire_listed`](Self::fire_listed).
+    fn lists_windows(&self) -> bool {
+        false
+    }
+    /// For contents that list their windows: emits, in window order, every
+    /// window whose fire time (`end - 1`) is `time`, and drops every window
+    /// whose clean-up time (`end - 1 + cleanup_delay`) is `time`.
+    fn fire_listed(
+        &mut self,
+        _ctx: &mut KeyedContext<'_, K>,
+        _time: i64,
+        _cleanup_delay: i64,
+        _out: &mut Vec<Self::Out>,
+    ) -> FnResult {
+        Err("these window contents do not list their windows".into())
+    }
     /// Moves the contents of `from` into `into`.
     fn merge(
         &mut self,
@@ -556,6 +577,54 @@ where
             }
         })?;
         Ok(Some(new))
+    }
+
+    fn lists_windows(&self) -> bool {
+        true
+    }
+
+    fn fire_listed(
+        &mut self,
+        ctx: &mut KeyedContext<'_, K>,
+        time: i64,
+        cleanup_delay: i64,
+        out: &mut Vec<R>,
+    ) -> FnResult {
+        let handle = self.handle()?;
+        let agg = &self.agg;
+        // One window fires at a time for tumbling and sliding windows (a
+        // window's end is its own); more only for an assigner of several
+        // sizes.
+        let mut first: Option<(TimeWindow, O)> = None;
+        let mut more: Vec<(TimeWindow, O)> = Vec::new();
+        ctx.value(&handle).update(|windows| {
+            let mut windows = windows?;
+            windows.retain(|(pair, acc)| {
+                let window = TimeWindow::from_pair(*pair);
+                let fire = window.max_timestamp();
+                if fire == time {
+                    let result = (window, agg.result(acc));
+                    match first {
+                        None => first = Some(result),
+                        Some(_) => more.push(result),
+                    }
+                }
+                fire.saturating_add(cleanup_delay) != time
+            });
+            (!windows.is_empty()).then_some(windows)
+        })?;
+        if more.is_empty() {
+            if let Some((window, result)) = first {
+                out.push((self.emit)(ctx.key(), &window, result));
+            }
+            return Ok(());
+        }
+        more.extend(first);
+        more.sort_unstable_by_key(|(window, _)| *window);
+        for (window, result) in more {
+            out.push((self.emit)(ctx.key(), &window, result));
+        }
+        Ok(())
     }
 
     fn merge(
@@ -772,13 +841,14 @@ impl<T, A: WindowAssigner, C> WindowFunction<T, A, C> {
 
     /// `process` for windows that never merge (tumbling, sliding): a
     /// record of a window that already has contents touches only them; the
-    /// list of active windows and the timers change only for a window's
-    /// first record.
+    /// list of active windows (`windows_handle`; `None` when the contents
+    /// list their windows) and the timers change only for a window's first
+    /// record.
     fn process_fixed<K: StateKey>(
         &mut self,
         record: T,
         assigned: &[TimeWindow],
-        windows_handle: &ValueStateHandle<Vec<(i64, i64)>>,
+        windows_handle: Option<&ValueStateHandle<Vec<(i64, i64)>>>,
         ctx: &mut KeyedContext<'_, K>,
         out: &mut Vec<C::Out>,
         watermark: i64,
@@ -797,7 +867,18 @@ impl<T, A: WindowAssigner, C> WindowFunction<T, A, C> {
                 record.clone()
             }
             .ok_or("a record is added once per window")?;
-            if self.contents.add_tracking_new(ctx, *window, value)? != Some(false) {
+            let new = self.contents.add_tracking_new(ctx, *window, value)?;
+            let Some(windows_handle) = windows_handle else {
+                // The contents are the list of active windows.
+                if new != Some(false) {
+                    self.register(ctx, window)?;
+                }
+                if event_time && self.fire_time(window) <= watermark {
+                    self.contents.emit(ctx, *window, out)?;
+                }
+                continue;
+            };
+            if new != Some(false) {
                 if active.is_none() {
                     active = Some(
                         ctx.value(windows_handle)
@@ -817,10 +898,9 @@ impl<T, A: WindowAssigner, C> WindowFunction<T, A, C> {
                 self.contents.emit(ctx, *window, out)?;
             }
         }
-        if let Some(list) = active {
+        if let (Some(list), Some(windows_handle)) = (active, windows_handle) {
             ctx.value(windows_handle).set(list)?;
         }
-        self.scratch = assigned.to_vec();
         Ok(())
     }
 
@@ -829,7 +909,13 @@ impl<T, A: WindowAssigner, C> WindowFunction<T, A, C> {
         ctx: &mut KeyedContext<'_, K>,
         window: &TimeWindow,
     ) -> FnResult {
-        for time in [self.fire_time(window), self.cleanup_time(window)] {
+        let (fire, cleanup) = (self.fire_time(window), self.cleanup_time(window));
+        let times = if fire == cleanup {
+            &[fire][..]
+        } else {
+            &[fire, cleanup][..]
+        };
+        for &time in times {
             match self.assigner.domain() {
                 TimeDomain::EventTime => ctx.register_event_time_timer(time)?,
                 TimeDomain::ProcessingTime => ctx.register_processing_time_timer(time)?,
@@ -879,7 +965,11 @@ where
     C: WindowContents<K, T>,
 {
     fn open(&mut self, state: &mut dyn KeyedStateBackend<K>) -> FnResult {
-        self.windows = Some(state.value_state(&ValueStateDescriptor::new(WINDOWS_STATE))?);
+        // Non-merging windows whose contents list their windows keep no
+        // separate list.
+        if self.assigner.is_merging() || !self.contents.lists_windows() {
+            self.windows = Some(state.value_state(&ValueStateDescriptor::new(WINDOWS_STATE))?);
+        }
         self.contents.open(state)
     }
 
@@ -889,10 +979,6 @@ where
         ctx: &mut KeyedContext<'_, K>,
         out: &mut Vec<C::Out>,
     ) -> FnResult {
-        let windows_handle = self
-            .windows
-            .clone()
-            .ok_or("window state used before open")?;
         let event_time = self.event_time();
         let timestamp = if event_time {
             (self.timestamp)(&record)
@@ -914,8 +1000,30 @@ where
             return Ok(());
         }
         if !self.assigner.is_merging() {
-            return self.process_fixed(record, &assigned, &windows_handle, ctx, out, watermark);
+            let windows_handle = if self.contents.lists_windows() {
+                None
+            } else {
+                Some(
+                    self.windows
+                        .clone()
+                        .ok_or("window state used before open")?,
+                )
+            };
+            let result = self.process_fixed(
+                record,
+                &assigned,
+                windows_handle.as_ref(),
+                ctx,
+                out,
+                watermark,
+            );
+            self.scratch = assigned;
+            return result;
         }
+        let windows_handle = self
+            .windows
+            .clone()
+            .ok_or("window state used before open")?;
         let mut active: Vec<(i64, i64)> = ctx
             .value(&windows_handle)
             .get()?
@@ -973,6 +1081,12 @@ where
     ) -> FnResult {
         if domain != self.assigner.domain() {
             return Ok(());
+        }
+        if !self.assigner.is_merging() && self.contents.lists_windows() {
+            let cleanup_delay = if self.event_time() { self.lateness } else { 0 };
+            return self
+                .contents
+                .fire_listed(ctx, timestamp, cleanup_delay, out);
         }
         let windows_handle = self
             .windows

@@ -181,6 +181,28 @@ fn tumbling_windows_give_the_exact_count_and_sum_per_key_and_window() {
     assert_eq!(h.dropped.load(Ordering::Relaxed), 0);
 }
 
+/// Non-merging `aggregate` windows keep no list of active windows: their
+/// contents list them (docs/savepoint-format.md, section 5.4).
+#[test]
+fn tumbling_aggregate_windows_store_only_their_contents_and_timers() {
+    let h = Harness::new(TumblingEventTimeWindows::of(Duration::from_millis(100)), 0);
+    let mut op = h.single();
+    feed(&mut op, &[(1, 10, 1), (1, 120, 2), (2, 50, 4)]);
+    let sections = savepoint_sections(op.as_mut());
+    let holds = |name: &str| {
+        sections
+            .iter()
+            .any(|(_, bytes)| bytes.windows(name.len()).any(|w| w == name.as_bytes()))
+    };
+    assert!(holds(CONTENTS_STATE) && holds(crate::timers::EVENT_TIMERS_STATE));
+    assert!(!holds(WINDOWS_STATE));
+    assert_eq!(
+        sorted(watermark(&mut op, 99)),
+        vec![(1, 0, 100, 1, 1), (2, 0, 100, 1, 4)]
+    );
+    assert_eq!(watermark(&mut op, i64::MAX), vec![(1, 100, 200, 1, 2)]);
+}
+
 #[test]
 fn a_window_fires_when_the_watermark_reaches_its_last_millisecond() {
     let h = Harness::new(

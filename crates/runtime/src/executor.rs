@@ -2,8 +2,9 @@
 //! reproducible tests.
 //!
 //! A worker steps each of its tasks in turn; when none made progress it parks
-//! until a channel wakes it (or a source's `wake_at` passes). A task error or
-//! panic fails the attempt: the first failure is kept and every worker stops.
+//! until a channel wakes it (or a `wake_at` passes: a throttled source, a
+//! processing-time timer). A task error or panic fails the attempt: the first
+//! failure is kept and every worker stops.
 //! With checkpoints on, the supervisor (`supervisor`) then restarts the job from
 //! its latest completed checkpoint (restart strategy); otherwise the job fails
 //! with a message naming the task and the operator. Cancel is bounded: a task
@@ -726,7 +727,10 @@ impl DeterministicExecutor {
     }
 
     /// Steps random runnable tasks (those not finished and not `paused`) until all
-    /// finished or none can progress.
+    /// finished or none can progress. A task waiting for an instant (a throttled
+    /// source, a processing-time timer on the system clock) is slept for once
+    /// nothing else can move; one waiting on a `ManualClock` makes the run
+    /// quiescent: move the clock and run again.
     pub fn run_until_quiescent(
         &mut self,
         paused: &dyn Fn(&str) -> bool,
@@ -735,6 +739,9 @@ impl DeterministicExecutor {
             .filter(|&i| !paused(self.tasks[i].name()))
             .collect();
         let mut idle = vec![false; self.tasks.len()];
+        // When each idle task wants to be stepped again at the latest (a
+        // throttled source, a processing-time timer on the system clock).
+        let mut wake_at: Vec<Option<Instant>> = vec![None; self.tasks.len()];
         loop {
             let candidates: Vec<usize> = runnable
                 .iter()
@@ -744,8 +751,17 @@ impl DeterministicExecutor {
             if self.finished.iter().all(|&f| f) {
                 return Ok(RunState::Finished);
             }
-            if candidates.is_empty() || candidates.iter().all(|&i| idle[i]) {
+            if candidates.is_empty() {
                 return Ok(RunState::Quiescent);
+            }
+            if candidates.iter().all(|&i| idle[i]) {
+                // Time is all that is left to wait for, if anything.
+                let Some(at) = candidates.iter().filter_map(|&i| wake_at[i]).min() else {
+                    return Ok(RunState::Quiescent);
+                };
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                idle.iter_mut().for_each(|f| *f = false);
+                continue;
             }
             let i = candidates[self.rng.usize(..candidates.len())];
             let step = step_guarded(self.tasks[i].as_mut())?;
@@ -761,14 +777,11 @@ impl DeterministicExecutor {
                     self.finished[i] = true;
                     idle.iter_mut().for_each(|f| *f = false);
                 }
-                Step::Idle { wake_at } => {
-                    if let Some(at) = wake_at {
-                        // A throttled source: time is the only thing it waits for.
-                        std::thread::sleep(at.saturating_duration_since(Instant::now()));
-                        idle.iter_mut().for_each(|f| *f = false);
-                    } else {
-                        idle[i] = true;
-                    }
+                Step::Idle { wake_at: at } => {
+                    // Waiting for time (`at`) or for a message: the others
+                    // run first; it sleeps only when nothing else can move.
+                    idle[i] = true;
+                    wake_at[i] = at;
                 }
             }
         }

@@ -119,6 +119,26 @@ pub trait Operator<I, O>: Send {
         Ok(())
     }
 
+    /// The earliest processing time (the job's clock, `SubtaskInfo::clock`,
+    /// in ms) at which the operator wants [`Operator::on_processing_time`]
+    /// (a keyed operator: its earliest processing-time timer). Asked only
+    /// when the task has no input to process (never per record or batch):
+    /// the task then fires what is due, or parks until then at most. Must be
+    /// cheap and must not fail. Default: never.
+    fn next_processing_time(&self) -> Option<i64> {
+        None
+    }
+
+    /// The job's clock reached `now_ms` >= [`Operator::next_processing_time`]
+    /// while the task had no input to process (the idle hook): the operator
+    /// fires what is due and may emit records, which travel on like the
+    /// output of a batch. Like a batch, a firing falls between two records
+    /// and before the next barrier: its state changes and output belong to
+    /// the next snapshot. Default: nothing.
+    fn on_processing_time(&mut self, _now_ms: i64, _output: &mut Vec<O>) -> Result<(), UserError> {
+        Ok(())
+    }
+
     /// Whether this operator makes the watermarks of its output itself (a
     /// timestamp and watermark assigner) instead of passing on its input's:
     /// the runtime then sends on [`Operator::output_watermark`] when it grew
@@ -182,6 +202,14 @@ pub trait TwoInputOperator<I1, I2, O>: Send {
         _watermark: Watermark,
         _output: &mut Vec<O>,
     ) -> Result<(), UserError> {
+        Ok(())
+    }
+    /// See [`Operator::next_processing_time`].
+    fn next_processing_time(&self) -> Option<i64> {
+        None
+    }
+    /// See [`Operator::on_processing_time`].
+    fn on_processing_time(&mut self, _now_ms: i64, _output: &mut Vec<O>) -> Result<(), UserError> {
         Ok(())
     }
     fn snapshot(&mut self, _barrier: Barrier) -> Result<StateSnapshot, UserError> {

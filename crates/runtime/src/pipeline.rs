@@ -53,6 +53,18 @@ pub trait Pipeline<T>: Send {
     /// behind everything sent before it (an exchange sends it to every
     /// channel).
     fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError>;
+    /// The earliest processing time any operator from here on wants to hear
+    /// about (`Operator::next_processing_time`, the minimum over the chain).
+    /// Asked by a task with no input to process, never per batch.
+    fn next_processing_time(&self) -> Option<i64> {
+        None
+    }
+    /// The idle hook: the job's clock reads `now_ms`; every operator whose
+    /// next processing time has come fires (`Operator::on_processing_time`),
+    /// in chain order, its output going on like a batch's.
+    fn processing_time(&mut self, _now_ms: i64) -> Result<(), TaskError> {
+        Ok(())
+    }
     /// Checkpoint `checkpoint_id` is complete: let every operator know (sinks commit).
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError>;
     /// Snapshot `checkpoint_id` was aborted: let every operator and sink know,
@@ -108,6 +120,8 @@ pub trait SideOutputPipeline: Send {
     ) -> Result<(), TaskError>;
     fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError>;
     fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError>;
+    fn next_processing_time(&self) -> Option<i64>;
+    fn processing_time(&mut self, now_ms: i64) -> Result<(), TaskError>;
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError>;
     fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<(), TaskError>;
 }
@@ -155,6 +169,12 @@ impl<T: Send + 'static> SideOutputPipeline for SidePipeline<T> {
     }
     fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
         self.next.watermark(watermark)
+    }
+    fn next_processing_time(&self) -> Option<i64> {
+        self.next.next_processing_time()
+    }
+    fn processing_time(&mut self, now_ms: i64) -> Result<(), TaskError> {
+        self.next.processing_time(now_ms)
     }
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
         self.next.notify_complete(checkpoint_id)
@@ -313,6 +333,39 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
         self.next.end_of_input()?;
         for side in &mut self.sides {
             side.end_of_input()?;
+        }
+        Ok(())
+    }
+
+    fn next_processing_time(&self) -> Option<i64> {
+        [
+            self.operator.next_processing_time(),
+            self.next.next_processing_time(),
+        ]
+        .into_iter()
+        .chain(self.sides.iter().map(|side| side.next_processing_time()))
+        .flatten()
+        .min()
+    }
+
+    fn processing_time(&mut self, now_ms: i64) -> Result<(), TaskError> {
+        if self
+            .operator
+            .next_processing_time()
+            .is_some_and(|due| due <= now_ms)
+        {
+            let (operator, output) = (&mut self.operator, &mut self.output);
+            guarded(&self.id.name, || {
+                operator.on_processing_time(now_ms, output)
+            })?;
+            if !self.output.is_empty() {
+                self.next.push(&mut self.output)?;
+            }
+            self.push_sides()?;
+        }
+        self.next.processing_time(now_ms)?;
+        for side in &mut self.sides {
+            side.processing_time(now_ms)?;
         }
         Ok(())
     }
@@ -552,6 +605,20 @@ impl<T: Clone + Send> Pipeline<T> for Tee<T> {
     fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
         for branch in &mut self.branches {
             branch.watermark(watermark)?;
+        }
+        Ok(())
+    }
+
+    fn next_processing_time(&self) -> Option<i64> {
+        self.branches
+            .iter()
+            .filter_map(|branch| branch.next_processing_time())
+            .min()
+    }
+
+    fn processing_time(&mut self, now_ms: i64) -> Result<(), TaskError> {
+        for branch in &mut self.branches {
+            branch.processing_time(now_ms)?;
         }
         Ok(())
     }

@@ -296,7 +296,14 @@ impl Planner<'_> {
                 let pipeline = self.stage(head, index, &name)?;
                 let receivers = self.take_receivers(head, 0, index);
                 let control = self.control(&name, index, false);
-                Ok(port.one_input_task(name, receivers, pipeline, control, self.metrics))
+                Ok(port.one_input_task(
+                    name,
+                    receivers,
+                    pipeline,
+                    control,
+                    self.metrics,
+                    Arc::clone(&self.config.clock),
+                ))
             }
             NodeKind::TwoInput(two) => {
                 let pipeline = self.output_pipeline(head, MAIN_OUTPUT, index, &name)?;

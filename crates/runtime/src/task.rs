@@ -23,6 +23,14 @@
 //! hears it in order and it travels on. Watermarks are in band: on a channel
 //! blocked for alignment they wait like data.
 //!
+//! Processing time (the idle hook): a task with no input to process (its
+//! gates empty, its source `Pending`) asks its operators when they next need
+//! processing time ([`Pipeline::next_processing_time`]) and reads the job's
+//! clock only if one does: what is due fires at once
+//! ([`Pipeline::processing_time`]) and its output goes on like a batch's;
+//! otherwise the step says when it will be due (`Step::Idle { wake_at }`).
+//! Nothing is asked per record or batch.
+//!
 //! Owns: the task kinds ([`SourceTask`], [`OneInputTask`], [`TwoInputTask`]),
 //! input gates and barrier alignment, and the synchronous part of a snapshot.
 //! It talks to the coordinator only through its `control_plane` end. Must not
@@ -31,6 +39,8 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use flowstate_state::SharedClock;
 
 use crate::channel::ChannelReceiver;
 use crate::connector::{SourcePoll, SourceReader};
@@ -78,6 +88,38 @@ fn drain<T>(phase: &mut Phase, pipeline: &mut dyn Pipeline<T>) -> Result<Step, T
                 Ok(Step::Idle { wake_at: None })
             }
         }
+    }
+}
+
+/// What the idle hook found (see [`idle_processing_time`]).
+enum ProcessingTime {
+    /// Something is due: fire everything due at this reading of the clock.
+    Due(i64),
+    /// Nothing is due: the instant the next timer is (`None`: none pending,
+    /// or a clock that cannot say, e.g. a `ManualClock`).
+    Later(Option<Instant>),
+}
+
+/// The idle hook's look at processing time, given the earliest time the
+/// task's operators want to hear about: the clock is read only if there is
+/// one.
+fn idle_processing_time(clock: &SharedClock, next: Option<i64>) -> ProcessingTime {
+    let Some(next) = next else {
+        return ProcessingTime::Later(None);
+    };
+    let now = clock.now_ms();
+    if next <= now {
+        ProcessingTime::Due(now)
+    } else {
+        ProcessingTime::Later(clock.instant_at(next))
+    }
+}
+
+/// The earlier of two wake-up instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -197,6 +239,8 @@ pub struct SourceTask<T> {
     /// The newest watermark sent downstream.
     watermark: Watermark,
     gauge: Option<WatermarkGauge>,
+    /// Processing time, for the idle hook (the job's clock).
+    clock: SharedClock,
 }
 
 impl<T: Send> SourceTask<T> {
@@ -226,6 +270,34 @@ impl<T: Send> SourceTask<T> {
             read_ahead: None,
             watermark: Watermark::MIN,
             gauge: None,
+            clock: flowstate_state::system_clock(),
+        }
+    }
+
+    /// Reads processing time from `clock` (the job's) for the idle hook;
+    /// default: the system clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The reader has nothing now (`wake_at`: when it wants to be polled
+    /// again): the idle hook fires the chain's due processing-time timers,
+    /// or the step parks until the earlier of the reader's and the next
+    /// timer's instant.
+    fn idle(&mut self, wake_at: Option<Instant>) -> Result<Step, TaskError> {
+        match idle_processing_time(&self.clock, self.pipeline.next_processing_time()) {
+            ProcessingTime::Due(now) => {
+                self.pipeline.processing_time(now)?;
+                self.pipeline.flush(true)?;
+                Ok(Step::Progress)
+            }
+            ProcessingTime::Later(at) => {
+                self.pipeline.flush(true)?;
+                Ok(Step::Idle {
+                    wake_at: earliest(wake_at, at),
+                })
+            }
         }
     }
 
@@ -358,10 +430,7 @@ impl<T: Send> Task for SourceTask<T> {
         }
         match poll {
             SourcePoll::Ready => Ok(Step::Progress),
-            SourcePoll::Pending { wake_at } => {
-                self.pipeline.flush(true)?;
-                Ok(Step::Idle { wake_at })
-            }
+            SourcePoll::Pending { wake_at } => self.idle(wake_at),
             SourcePoll::Finished => self.reader_finished(),
         }
     }
@@ -484,9 +553,9 @@ impl<T: Send> SourceTask<T> {
         if progressed {
             return Ok(Step::Progress);
         }
-        self.pipeline.flush(true)?;
-        // Woken by the reservation writer (or at the reader's `wake_at`).
-        Ok(Step::Idle { wake_at })
+        // Woken by the reservation writer (or at the reader's `wake_at`, or
+        // when a processing-time timer is due).
+        self.idle(wake_at)
     }
 }
 
@@ -781,6 +850,7 @@ pub struct OneInputTask<T> {
     /// The task's input watermark (the minimum over its open channels).
     watermark: Watermark,
     gauge: Option<WatermarkGauge>,
+    idle_timers: IdleTimers,
 }
 
 impl<T: Send> OneInputTask<T> {
@@ -802,6 +872,7 @@ impl<T: Send> OneInputTask<T> {
             control,
             watermark: Watermark::MIN,
             gauge: None,
+            idle_timers: IdleTimers::new(),
         }
     }
 
@@ -809,6 +880,70 @@ impl<T: Send> OneInputTask<T> {
     pub fn with_watermark_gauge(mut self, gauge: WatermarkGauge) -> Self {
         self.gauge = Some(gauge);
         self
+    }
+
+    /// Reads processing time from `clock` (the job's) for the idle hook;
+    /// default: the system clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.idle_timers.clock = clock;
+        self
+    }
+
+    /// The gate has nothing: the idle hook fires the chain's due
+    /// processing-time timers, or the step parks until the next is due.
+    fn idle(&mut self) -> Result<Step, TaskError> {
+        let next = if self.idle_timers.active(self.watermark) {
+            self.pipeline.next_processing_time()
+        } else {
+            None
+        };
+        match idle_processing_time(&self.idle_timers.clock, next) {
+            ProcessingTime::Due(now) => {
+                self.pipeline.processing_time(now)?;
+                self.pipeline.flush(true)?;
+                Ok(Step::Progress)
+            }
+            ProcessingTime::Later(wake_at) => {
+                self.pipeline.flush(true)?;
+                Ok(Step::Idle { wake_at })
+            }
+        }
+    }
+}
+
+/// The idle hook of a task reading channels: its clock, and whether the
+/// input is still going on.
+struct IdleTimers {
+    clock: SharedClock,
+    /// A stop-with-savepoint barrier passed and no input followed: the job
+    /// is ending, and a timer fired now would be published by the sinks'
+    /// `finish` and fire again after the resume (like an event-time timer
+    /// fired at `finish`). Input after it (the savepoint failed, the
+    /// sources resumed) or another barrier clears it.
+    stopping: bool,
+}
+
+impl IdleTimers {
+    fn new() -> Self {
+        Self {
+            clock: flowstate_state::system_clock(),
+            stopping: false,
+        }
+    }
+
+    /// Whether idle firing is on: not after the end of the input's event
+    /// time (`Watermark::MAX`, every source finished: as at `finish`,
+    /// timers not due then are dropped) nor at a stop-with-savepoint.
+    fn active(&self, watermark: Watermark) -> bool {
+        !self.stopping && watermark < Watermark::MAX
+    }
+
+    fn on_input(&mut self) {
+        self.stopping = false;
+    }
+
+    fn on_barrier(&mut self, barrier: Barrier) {
+        self.stopping = barrier.kind == BarrierKind::StopWithSavepoint;
     }
 }
 
@@ -828,10 +963,12 @@ impl<T: Send> Task for OneInputTask<T> {
         }
         match self.gate.poll(&mut self.aligner)? {
             GateEvent::Batch(mut batch) => {
+                self.idle_timers.on_input();
                 self.pipeline.push(&mut batch)?;
                 Ok(Step::Progress)
             }
             GateEvent::Barrier(barrier, alignment) => {
+                self.idle_timers.on_barrier(barrier);
                 if let Some(control) = &self.control {
                     checkpoint(
                         control,
@@ -845,6 +982,7 @@ impl<T: Send> Task for OneInputTask<T> {
                 Ok(Step::Progress)
             }
             GateEvent::Watermark(watermark) => {
+                self.idle_timers.on_input();
                 if let Some(watermark) = watermark
                     && watermark > self.watermark
                 {
@@ -856,10 +994,7 @@ impl<T: Send> Task for OneInputTask<T> {
                 }
                 Ok(Step::Progress)
             }
-            GateEvent::Empty => {
-                self.pipeline.flush(true)?;
-                Ok(Step::Idle { wake_at: None })
-            }
+            GateEvent::Empty => self.idle(),
             GateEvent::Ended => {
                 self.pipeline.end_of_input()?;
                 self.phase = Phase::Draining;
@@ -888,6 +1023,7 @@ pub struct TwoInputTask<A, B, O> {
     /// both gates.
     watermark: Watermark,
     gauge: Option<WatermarkGauge>,
+    idle_timers: IdleTimers,
 }
 
 enum SideEvent {
@@ -927,6 +1063,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
             control,
             watermark: Watermark::MIN,
             gauge: None,
+            idle_timers: IdleTimers::new(),
         }
     }
 
@@ -934,6 +1071,44 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
     pub fn with_watermark_gauge(mut self, gauge: WatermarkGauge) -> Self {
         self.gauge = Some(gauge);
         self
+    }
+
+    /// Reads processing time from `clock` (the job's) for the idle hook;
+    /// default: the system clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.idle_timers.clock = clock;
+        self
+    }
+
+    /// Neither gate has anything: the idle hook fires the head's and the
+    /// chain's due processing-time timers (the head first, its output
+    /// before the chain's), or the step parks until the next is due.
+    fn idle(&mut self) -> Result<Step, TaskError> {
+        let (head, next) = if self.idle_timers.active(self.watermark) {
+            (
+                self.operator.next_processing_time(),
+                self.pipeline.next_processing_time(),
+            )
+        } else {
+            (None, None)
+        };
+        let earliest_time = [head, next].into_iter().flatten().min();
+        match idle_processing_time(&self.idle_timers.clock, earliest_time) {
+            ProcessingTime::Due(now) => {
+                if head.is_some_and(|due| due <= now) {
+                    let (operator, output) = (&mut self.operator, &mut self.output);
+                    guarded(&self.id.name, || operator.on_processing_time(now, output))?;
+                    self.forward_output()?;
+                }
+                self.pipeline.processing_time(now)?;
+                self.pipeline.flush(true)?;
+                Ok(Step::Progress)
+            }
+            ProcessingTime::Later(wake_at) => {
+                self.pipeline.flush(true)?;
+                Ok(Step::Idle { wake_at })
+            }
+        }
     }
 
     /// A gate's minimum changed: if the minimum over both grew, the head
@@ -1070,12 +1245,17 @@ impl<A: Send, B: Send, O: Send> Task for TwoInputTask<A, B, O> {
         self.prefer_second = !self.prefer_second;
         for side in [first_side, !first_side] {
             match self.poll_side(side)? {
-                SideEvent::Data => return Ok(Step::Progress),
+                SideEvent::Data => {
+                    self.idle_timers.on_input();
+                    return Ok(Step::Progress);
+                }
                 SideEvent::Barrier(barrier, alignment) => {
+                    self.idle_timers.on_barrier(barrier);
                     self.take_checkpoint(barrier, alignment)?;
                     return Ok(Step::Progress);
                 }
                 SideEvent::Watermark => {
+                    self.idle_timers.on_input();
                     self.advance_watermark()?;
                     return Ok(Step::Progress);
                 }
@@ -1090,7 +1270,6 @@ impl<A: Send, B: Send, O: Send> Task for TwoInputTask<A, B, O> {
             self.phase = Phase::Draining;
             return Ok(Step::Progress);
         }
-        self.pipeline.flush(true)?;
-        Ok(Step::Idle { wake_at: None })
+        self.idle()
     }
 }

@@ -100,6 +100,7 @@ pub(crate) trait Port: Send + Sync {
         pipeline: Erased,
         control: Option<TaskControlPlane>,
         metrics: &JobMetrics,
+        clock: flowstate_state::SharedClock,
     ) -> Box<dyn Task>;
 }
 
@@ -161,6 +162,7 @@ impl<T: Data> Port for TypedPort<T> {
         pipeline: Erased,
         control: Option<TaskControlPlane>,
         metrics: &JobMetrics,
+        clock: flowstate_state::SharedClock,
     ) -> Box<dyn Task> {
         let receivers: Vec<ChannelReceiver<T>> = receivers.into_iter().map(cast).collect();
         let gauge = metrics.register_watermark(&name);
@@ -171,7 +173,8 @@ impl<T: Data> Port for TypedPort<T> {
                 cast::<Box<dyn Pipeline<T>>>(pipeline),
                 control,
             )
-            .with_watermark_gauge(gauge),
+            .with_watermark_gauge(gauge)
+            .with_clock(clock),
         )
     }
 }
@@ -240,7 +243,8 @@ impl<T: Data> SourceNode for SourceNodeImpl<T> {
             Arc::clone(cx.metrics),
             control,
         )
-        .with_watermark_gauge(gauge);
+        .with_watermark_gauge(gauge)
+        .with_clock(Arc::clone(&cx.info.clock));
         Ok(match cx.read_ahead.clone() {
             Some(handle) => Box::new(
                 task.with_read_ahead(handle)
@@ -329,7 +333,8 @@ impl<A: Data, B: Data, O: Data> TwoInputNode for TwoInputNodeImpl<A, B, O> {
                 cast::<Box<dyn Pipeline<O>>>(pipeline),
                 control,
             )
-            .with_watermark_gauge(gauge),
+            .with_watermark_gauge(gauge)
+            .with_clock(Arc::clone(&cx.info.clock)),
         ))
     }
 }

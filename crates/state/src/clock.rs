@@ -14,6 +14,17 @@ use std::sync::atomic::{AtomicI64, Ordering};
 /// Milliseconds since the Unix epoch, as processing time.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now_ms(&self) -> i64;
+
+    /// When, on the monotonic clock, this clock will read `at_ms`: how long
+    /// a worker with nothing else to do may park before a processing-time
+    /// timer at `at_ms` is due. `None` when the clock cannot say (the
+    /// default; a [`ManualClock`] moves only when told): the caller then
+    /// looks again whenever it runs anyway (a worker parks for a bounded
+    /// time; a deterministic run returns and is run again after the test
+    /// moved the clock).
+    fn instant_at(&self, _at_ms: i64) -> Option<std::time::Instant> {
+        None
+    }
 }
 
 /// The shared handle every component holds.
@@ -28,6 +39,13 @@ impl Clock for SystemClock {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// Now plus the difference between `at_ms` and the clock's reading (at
+    /// once if it passed; `None` if it is too far to represent).
+    fn instant_at(&self, at_ms: i64) -> Option<std::time::Instant> {
+        let wait = u64::try_from(at_ms.saturating_sub(self.now_ms())).unwrap_or(0);
+        std::time::Instant::now().checked_add(std::time::Duration::from_millis(wait))
     }
 }
 
@@ -76,6 +94,22 @@ mod tests {
         assert_eq!(clock.now_ms(), 1_250);
         clock.set_ms(7);
         assert_eq!(clock.now_ms(), 7);
+        assert_eq!(
+            clock.instant_at(1_000),
+            None,
+            "a manual clock has no instant"
+        );
+    }
+
+    #[test]
+    fn the_system_clock_maps_a_time_to_an_instant() {
+        let before = std::time::Instant::now();
+        let now = SystemClock.now_ms();
+        let at = SystemClock.instant_at(now + 5_000).expect("representable");
+        assert!(at >= before + std::time::Duration::from_millis(4_000));
+        assert!(at <= std::time::Instant::now() + std::time::Duration::from_millis(5_000));
+        // A time already passed is due at once.
+        assert!(SystemClock.instant_at(now - 60_000).expect("now") <= std::time::Instant::now());
     }
 
     #[test]
