@@ -12,6 +12,7 @@ use flowstate::{
     ValueStateDescriptor, ValueStateHandle,
 };
 
+use crate::totals::InstanceShares;
 use crate::workload::{Checksum, DEFAULT_KEYS, record};
 
 /// Parameters of `keyed-count`.
@@ -56,17 +57,15 @@ impl fmt::Display for CountUpdate {
 #[derive(Clone)]
 pub struct CountAndSum {
     state: Option<ValueStateHandle<(u64, u64)>>,
-    totals: Arc<Mutex<Checksum>>,
-    /// What each instance (by the first key group it owns) added to `totals`.
-    contributions: Arc<Mutex<std::collections::HashMap<u32, Checksum>>>,
+    /// The job's checksum, each instance's share once.
+    shares: InstanceShares<Checksum>,
 }
 
 impl CountAndSum {
     pub fn new(totals: Arc<Mutex<Checksum>>) -> Self {
         Self {
             state: None,
-            totals,
-            contributions: Arc::default(),
+            shares: InstanceShares::new(totals),
         }
     }
 }
@@ -108,17 +107,7 @@ impl KeyedProcessFunction<u64, (u64, u64), CountUpdate> for CountAndSum {
         state.for_each_value(handle, |key, &(count, sum)| local.add(*key, count, sum))?;
         // An instance may finish in an attempt that then fails and finish again
         // in the next: its key groups must count once, with the latest state.
-        let range = state.key_group_range().start;
-        let previous = self
-            .contributions
-            .lock()
-            .map_err(|_| "checksum lock poisoned")?
-            .insert(range, local);
-        let mut totals = self.totals.lock().map_err(|_| "checksum lock poisoned")?;
-        if let Some(previous) = previous {
-            totals.remove(&previous);
-        }
-        totals.merge(&local);
+        self.shares.replace(state.key_group_range().start, local)?;
         Ok(())
     }
 }

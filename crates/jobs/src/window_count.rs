@@ -22,6 +22,7 @@ use flowstate::{
     TumblingEventTimeWindows, ValueStateDescriptor, ValueStateHandle, WindowAggregateFunction,
 };
 
+use crate::totals::InstanceShares;
 use crate::window_workload::{TimedRecord, WindowChecksum, WindowWorkload, mix4};
 
 /// Parameters of `window-count`.
@@ -97,10 +98,8 @@ impl WindowAggregateFunction<TimedRecord, (u64, u64), (u64, u64)> for CountSum {
 struct ChecksumPerKey {
     /// `(windows, wrapping sum of mix4, records)` of the key's results.
     state: Option<ValueStateHandle<(u64, u64, u64)>>,
-    totals: Arc<Mutex<WindowChecksum>>,
-    /// What each instance (by its first key group) added to `totals`: an
-    /// instance finishing again after a restart replaces its share.
-    contributions: Arc<Mutex<std::collections::HashMap<u32, WindowChecksum>>>,
+    /// The job's checksum, each instance's share once.
+    shares: InstanceShares<WindowChecksum>,
 }
 
 impl KeyedProcessFunction<u64, WindowResult, WindowResult> for ChecksumPerKey {
@@ -141,19 +140,7 @@ impl KeyedProcessFunction<u64, WindowResult, WindowResult> for ChecksumPerKey {
             local.windows += windows;
             local.records += records;
         })?;
-        let range = state.key_group_range().start;
-        let previous = self
-            .contributions
-            .lock()
-            .map_err(|_| "checksum lock poisoned")?
-            .insert(range, local);
-        let mut totals = self.totals.lock().map_err(|_| "checksum lock poisoned")?;
-        if let Some(previous) = previous {
-            totals.value = totals.value.wrapping_sub(previous.value);
-            totals.windows -= previous.windows;
-            totals.records -= previous.records;
-        }
-        totals.merge(&local);
+        self.shares.replace(state.key_group_range().start, local)?;
         Ok(())
     }
 }
@@ -215,8 +202,7 @@ pub fn build(
         .key_by(|r: &WindowResult| r.key)
         .process(ChecksumPerKey {
             state: None,
-            totals: Arc::clone(&totals),
-            contributions: Arc::default(),
+            shares: InstanceShares::new(Arc::clone(&totals)),
         })
         .name("Checksum")
         .uid("window-checksum");

@@ -105,12 +105,27 @@ impl WindowChecksum {
         self.records += other.records;
     }
 
+    pub fn remove(&mut self, other: &WindowChecksum) {
+        self.value = self.value.wrapping_sub(other.value);
+        self.windows -= other.windows;
+        self.records -= other.records;
+    }
+
     /// The job's last line.
     pub fn result_line(&self) -> String {
         format!(
             "RESULT records={} windows={} checksum={:016x}",
             self.records, self.windows, self.value
         )
+    }
+}
+
+impl crate::totals::Share for WindowChecksum {
+    fn merge(&mut self, share: &Self) {
+        WindowChecksum::merge(self, share);
+    }
+    fn remove(&mut self, share: &Self) {
+        WindowChecksum::remove(self, share);
     }
 }
 

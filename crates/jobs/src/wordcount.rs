@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use flowstate::connectors::ConnectorError;
+
+use crate::totals::{InstanceShares, Share};
 use flowstate::{
     FnResult, KeyedContext, KeyedProcessFunction, KeyedStateBackend, StreamEnvironment,
     ValueStateDescriptor, ValueStateHandle,
@@ -38,6 +40,17 @@ impl fmt::Display for WordCount {
     }
 }
 
+impl Share for WordTotals {
+    fn merge(&mut self, share: &Self) {
+        self.words += share.words;
+        self.distinct += share.distinct;
+    }
+    fn remove(&mut self, share: &Self) {
+        self.words -= share.words;
+        self.distinct -= share.distinct;
+    }
+}
+
 /// Totals at the end of the job.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WordTotals {
@@ -48,10 +61,9 @@ pub struct WordTotals {
 #[derive(Clone)]
 struct CountWords {
     state: Option<ValueStateHandle<u64>>,
-    totals: Arc<Mutex<WordTotals>>,
-    /// What each instance (by the first key group it owns) added to `totals`:
-    /// an instance finishing again after a restart replaces its share.
-    contributions: Arc<Mutex<std::collections::HashMap<u32, WordTotals>>>,
+    /// The job's totals, each instance's share once (an instance finishing
+    /// again after a restart replaces its share).
+    shares: InstanceShares<WordTotals>,
 }
 
 impl KeyedProcessFunction<String, String, WordCount> for CountWords {
@@ -89,19 +101,7 @@ impl KeyedProcessFunction<String, String, WordCount> for CountWords {
             local.words += count;
             local.distinct += 1;
         })?;
-        let range = state.key_group_range().start;
-        let previous = self
-            .contributions
-            .lock()
-            .map_err(|_| "totals lock poisoned")?
-            .insert(range, local);
-        let mut totals = self.totals.lock().map_err(|_| "totals lock poisoned")?;
-        if let Some(previous) = previous {
-            totals.words -= previous.words;
-            totals.distinct -= previous.distinct;
-        }
-        totals.words += local.words;
-        totals.distinct += local.distinct;
+        self.shares.replace(state.key_group_range().start, local)?;
         Ok(())
     }
 }
@@ -140,8 +140,7 @@ pub fn build(
         .key_by(|word: &String| word.clone())
         .process(CountWords {
             state: None,
-            totals: Arc::clone(&totals),
-            contributions: Arc::default(),
+            shares: InstanceShares::new(Arc::clone(&totals)),
         })
         .name("Count words")
         .uid("count-words");

@@ -58,6 +58,15 @@ impl Checksum {
     }
 }
 
+impl crate::totals::Share for Checksum {
+    fn merge(&mut self, share: &Self) {
+        Checksum::merge(self, share);
+    }
+    fn remove(&mut self, share: &Self) {
+        Checksum::remove(self, share);
+    }
+}
+
 /// The checksum of W computed by a plain loop (the reference).
 pub fn reference_checksum(records: u64, keys: u64) -> Checksum {
     let mut state: rustc_hash::FxHashMap<u64, (u64, u64)> = Default::default();
