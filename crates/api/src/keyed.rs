@@ -260,8 +260,8 @@ pub(crate) struct KeyedCoProcessOperator<K: StateKey, A, B, F> {
     second_key: KeyFn<B, K>,
     backend: Box<dyn KeyedStateBackend<K>>,
     timers: Timers<K>,
-    /// Never declared (two-input operators have no side outputs yet): what
-    /// the function emits there is dropped.
+    /// What the function emits with `ctx.output`, for the consumed side
+    /// outputs the runtime declared (the rest is dropped).
     side: SideOutputs,
     function: F,
     max_parallelism: u32,
@@ -350,6 +350,10 @@ where
     /// Fires nothing (see the one-input operator's `finish`).
     fn finish(&mut self, output: &mut Vec<O>) -> FnResult {
         self.function.finish(self.backend.as_mut(), output)
+    }
+
+    fn side_outputs(&mut self) -> Option<&mut SideOutputs> {
+        Some(&mut self.side)
     }
 
     fn snapshot(&mut self, barrier: Barrier) -> Result<StateSnapshot, UserError> {

@@ -228,8 +228,8 @@ impl<T: Data> DataStream<T> {
     /// records): a stream of its own, transformed, exchanged and sunk like
     /// any other. Records emitted to a side output that is never asked for
     /// are dropped. Panics if this stream is itself a side output, or its
-    /// operator cannot have side outputs (sources, two-input operators); the
-    /// job fails to build if the operator emits none (e.g. a `map`).
+    /// operator cannot have side outputs (sources); the job fails to build
+    /// if the operator emits none (e.g. a `map`).
     pub fn side_output<U: Data>(&self, tag: &OutputTag<U>) -> DataStream<U> {
         assert_eq!(
             self.port, 0,

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -14,9 +15,9 @@ use flowstate::connectors::{FileSink, SequenceSource};
 use flowstate::runtime::checkpoint::{CoordinatorSettings, open_storage};
 use flowstate::runtime::{CheckpointingConfig, Guarantee, RestartStrategy, RestoreFrom};
 use flowstate::{
-    ExecutionConfig, FnResult, KeyedContext, KeyedProcessFunction, KeyedStateBackend, OutputTag,
-    StreamEnvironment, TumblingEventTimeWindows, ValueStateDescriptor, ValueStateHandle, Watermark,
-    WatermarkStrategy,
+    ExecutionConfig, FnResult, KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction,
+    KeyedStateBackend, OutputTag, StreamEnvironment, TumblingEventTimeWindows,
+    ValueStateDescriptor, ValueStateHandle, Watermark, WatermarkStrategy,
 };
 
 const KEYS: u64 = 10;
@@ -433,4 +434,151 @@ impl flowstate::WindowAggregateFunction<Event, u64, u64> for CountAgg {
     fn result(&self, acc: &u64) -> u64 {
         *acc
     }
+}
+
+fn late_payments_tag() -> OutputTag<(u64, u64, u64)> {
+    OutputTag::new("second")
+}
+
+/// A keyed co-process function: records of the first input are counted per
+/// key and go to the main output as `(key, count, record)`; records of the
+/// second input are counted apart and go to the side output `second`.
+#[derive(Clone, Default)]
+struct CoSplitter {
+    first: Option<ValueStateHandle<u64>>,
+    second: Option<ValueStateHandle<u64>>,
+}
+
+impl CoSplitter {
+    fn count(handle: &Option<ValueStateHandle<u64>>, ctx: &mut KeyedContext<'_, u64>) -> u64 {
+        let handle = handle.clone().expect("opened");
+        ctx.value(&handle)
+            .modify(
+                || 0,
+                |n| {
+                    *n += 1;
+                    *n
+                },
+            )
+            .expect("heap state")
+    }
+}
+
+impl KeyedCoProcessFunction<u64, u64, u64, (u64, u64, u64)> for CoSplitter {
+    fn open(&mut self, state: &mut dyn KeyedStateBackend<u64>) -> FnResult {
+        self.first = Some(state.value_state(&ValueStateDescriptor::new("first"))?);
+        self.second = Some(state.value_state(&ValueStateDescriptor::new("second"))?);
+        Ok(())
+    }
+
+    fn process_first(
+        &mut self,
+        x: u64,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Vec<(u64, u64, u64)>,
+    ) -> FnResult {
+        let n = Self::count(&self.first, ctx);
+        out.push((*ctx.key(), n, x));
+        Ok(())
+    }
+
+    fn process_second(
+        &mut self,
+        x: u64,
+        ctx: &mut KeyedContext<'_, u64>,
+        _out: &mut Vec<(u64, u64, u64)>,
+    ) -> FnResult {
+        let n = Self::count(&self.second, ctx);
+        let key = *ctx.key();
+        ctx.output(&late_payments_tag(), (key, n, x))
+    }
+}
+
+/// Two-input operators have side outputs too: a keyed co-process function's
+/// `ctx.output` reaches the side output's own branch (exchanged again), in
+/// plain and seeded runs, and both outputs stay exactly-once through the file
+/// sink across an injected failure and restore. Without side outputs on
+/// two-input operators, `side_output` panics while the graph is built (and
+/// `ctx.output` dropped the records).
+#[test]
+fn a_keyed_co_process_function_emits_to_a_side_output_exactly_once() {
+    const N: u64 = 6_000;
+    let firsts: BTreeSet<u64> = (0..N).collect();
+    let seconds: BTreeSet<u64> = (N..2 * N).collect();
+    let build = |env: &StreamEnvironment, fail: Option<Arc<AtomicBool>>| {
+        let first = env
+            .from_source("first", SequenceSource::new(N, 4, |i| i).unwrap())
+            .uid("first")
+            .map(move |x: u64| {
+                if x == N / 2
+                    && fail
+                        .as_ref()
+                        .is_some_and(|f| !f.swap(true, Ordering::SeqCst))
+                {
+                    panic!("injected failure at record {x}");
+                }
+                x
+            })
+            .key_by(|x: &u64| x % KEYS);
+        let second = env
+            .from_source("second", SequenceSource::new(N, 4, |i| N + i).unwrap())
+            .uid("second")
+            .key_by(|x: &u64| x % KEYS);
+        let main = first
+            .connect(&second)
+            .process(CoSplitter::default())
+            .uid("co-splitter");
+        let side = main
+            .side_output(&late_payments_tag())
+            .map(|(_, _, x): (u64, u64, u64)| (x % 3, x))
+            .key_by(|(key, _): &(u64, u64)| *key)
+            .process(Count::default())
+            .uid("side-count");
+        (main, side)
+    };
+    for (parallelism, seed) in [(2, None), (2, Some(3)), (3, Some(8)), (1, None)] {
+        let env = StreamEnvironment::new(ExecutionConfig {
+            batch_size: 5,
+            channel_capacity: 2,
+            ..ExecutionConfig::with_parallelism(parallelism)
+        });
+        let (main, side) = build(&env, None);
+        let (main, side) = (main.collect(), side.collect());
+        match seed {
+            None => drop(env.execute().expect("job succeeds")),
+            Some(seed) => drop(
+                env.deterministic(seed)
+                    .unwrap()
+                    .run()
+                    .expect("job succeeds"),
+            ),
+        }
+        let what = format!("parallelism {parallelism}, seed {seed:?}");
+        assert_exactly(
+            &format!("main, {what}"),
+            &main.lock().unwrap(),
+            &firsts,
+            |x| x % KEYS,
+        );
+        assert_exactly(
+            &format!("side, {what}"),
+            &side.lock().unwrap(),
+            &seconds,
+            |x| x % 3,
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (main_dir, side_dir) = (dir.path().join("main"), dir.path().join("side"));
+    let storage = format!("memory://co-side-outputs-eo-{}", std::process::id());
+    let env = StreamEnvironment::new(checkpointed(&storage, 2));
+    let (main, side) = build(&env, Some(Arc::new(AtomicBool::new(false))));
+    main.map(line)
+        .sink_to("main files", FileSink::new(&main_dir).unwrap());
+    side.map(line)
+        .sink_to("side files", FileSink::new(&side_dir).unwrap());
+    let report = env.execute().expect("job succeeds after its restart");
+    assert_eq!(report.restarts, 1, "the injected failure restarted the job");
+    assert_exactly("main files", &published(&main_dir), &firsts, |x| x % KEYS);
+    assert_exactly("side files", &published(&side_dir), &seconds, |x| x % 3);
 }

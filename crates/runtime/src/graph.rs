@@ -196,15 +196,15 @@ impl JobGraph {
         Some((TypeId::of::<T>(), port::<T>()))
     }
 
-    /// Declares side output `name` of records `T` on one-input operator
-    /// `node` and returns it; declaring a name again returns the same port
-    /// (with the same type). Records the operator emits to a side output
+    /// Declares side output `name` of records `T` on operator `node` (one-
+    /// or two-input) and returns it; declaring a name again returns the same
+    /// port (with the same type). Records the operator emits to a side output
     /// that no edge starts at are dropped.
     pub fn add_side_output<T: Data>(&mut self, node: NodeId, name: &str) -> OutputId {
         let n = &mut self.nodes[node];
         assert!(
-            matches!(n.kind, NodeKind::Operator(_)) && n.output.is_some(),
-            "'{}' cannot have side outputs: only one-input operators have them",
+            matches!(n.kind, NodeKind::Operator(_) | NodeKind::TwoInput(_)) && n.output.is_some(),
+            "'{}' cannot have side outputs: only operators (not sources or sinks) have them",
             n.name
         );
         if let Some(index) = n.side_outputs.iter().position(|(s, _, _)| s == name) {

@@ -212,6 +212,10 @@ pub trait TwoInputOperator<I1, I2, O>: Send {
     fn on_processing_time(&mut self, _now_ms: i64, _output: &mut Vec<O>) -> Result<(), UserError> {
         Ok(())
     }
+    /// See [`Operator::side_outputs`]: taken after every call that may emit.
+    fn side_outputs(&mut self) -> Option<&mut SideOutputs> {
+        None
+    }
     fn snapshot(&mut self, _barrier: Barrier) -> Result<StateSnapshot, UserError> {
         Ok(StateSnapshot::default())
     }

@@ -7,8 +7,8 @@
 //! a slow consumer slows its producers (backpressure) with bounded memory.
 //!
 //! Owns: the stages of a chain ([`OperatorStage`], [`SinkStage`], [`Tee`],
-//! [`Discard`]), the pipelines behind an operator's side outputs
-//! ([`SidePipeline`], [`SideOutputPipeline`]) and the end of a task
+//! [`Discard`]), an operator's output side ([`Fanout`]: its main output and
+//! the pipelines behind its side outputs, [`SidePipeline`], [`SideOutputPipeline`]) and the end of a task
 //! ([`ExchangeOutput`] with its [`Router`]).
 //! Must not touch: the task's head, its inbox or the coordinator (that is
 //! `task` and `control_plane`), or how the chain was planned (`plan`).
@@ -184,17 +184,175 @@ impl<T: Send + 'static> SideOutputPipeline for SidePipeline<T> {
     }
 }
 
+/// An operator's output side: the pipeline of its main output and one per
+/// consumed side output, in the order of the operator's [`SideOutputs`]
+/// ports. Everything but records (barriers, watermarks, end of input,
+/// snapshots, notifications, flushes, processing time) goes to all of them,
+/// the main output first. Used by a chained operator ([`OperatorStage`]) and
+/// by the head of a two-input task alike.
+pub struct Fanout<O> {
+    main: Box<dyn Pipeline<O>>,
+    /// Empty for almost every operator, which then pays one branch per call
+    /// for them.
+    sides: Vec<Box<dyn SideOutputPipeline>>,
+}
+
+impl<O> Fanout<O> {
+    /// Only a main output.
+    pub fn new(main: Box<dyn Pipeline<O>>) -> Self {
+        Self {
+            main,
+            sides: Vec::new(),
+        }
+    }
+
+    /// Adds the pipelines of an operator's consumed side outputs (named),
+    /// declaring their buffers on the operator's `outputs`. An error names an
+    /// operator (`operator`) that has no side outputs.
+    pub fn declare_side_outputs(
+        &mut self,
+        operator: &str,
+        outputs: Option<&mut SideOutputs>,
+        sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
+    ) -> Result<(), String> {
+        if sides.is_empty() {
+            return Ok(());
+        }
+        let Some(outputs) = outputs else {
+            return Err(format!(
+                "operator '{operator}' emits no side outputs, but its side output '{}' is consumed",
+                sides[0].0
+            ));
+        };
+        for (name, side) in &sides {
+            outputs.declare(name, side.new_buffer());
+        }
+        self.sides = sides.into_iter().map(|(_, side)| side).collect();
+        Ok(())
+    }
+
+    /// Whether side outputs are consumed (so the operator's buffers must be
+    /// taken after each call that may emit).
+    #[inline]
+    pub fn has_sides(&self) -> bool {
+        !self.sides.is_empty()
+    }
+
+    /// Sends on `output` (the main output of one call of the operator), then
+    /// what the same call emitted to its side outputs (`outputs`, the
+    /// operator's buffers; asked for only when a side output is consumed).
+    #[inline]
+    pub fn emit<'a>(
+        &mut self,
+        output: &mut Vec<O>,
+        outputs: impl FnOnce() -> Option<&'a mut SideOutputs>,
+    ) -> Result<(), TaskError> {
+        if !output.is_empty() {
+            self.main.push(output)?;
+        }
+        if self.sides.is_empty() {
+            return Ok(());
+        }
+        let Some(outputs) = outputs() else {
+            return Ok(());
+        };
+        for (index, side) in self.sides.iter_mut().enumerate() {
+            side.push_buffer(outputs.records(index))?;
+        }
+        Ok(())
+    }
+}
+
+impl<O: Send> Pipeline<O> for Fanout<O> {
+    #[inline]
+    fn push(&mut self, batch: &mut Vec<O>) -> Result<(), TaskError> {
+        self.main.push(batch)
+    }
+
+    fn end_of_input(&mut self) -> Result<(), TaskError> {
+        self.main.end_of_input()?;
+        for side in &mut self.sides {
+            side.end_of_input()?;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn flush(&mut self, partial: bool) -> Result<bool, TaskError> {
+        let mut idle = self.main.flush(partial)?;
+        for side in &mut self.sides {
+            idle &= side.flush(partial)?;
+        }
+        Ok(idle)
+    }
+
+    fn snapshot(
+        &mut self,
+        barrier: Barrier,
+        parts: &mut Vec<OperatorPart>,
+    ) -> Result<(), TaskError> {
+        self.main.snapshot(barrier, parts)?;
+        for side in &mut self.sides {
+            side.snapshot(barrier, parts)?;
+        }
+        Ok(())
+    }
+
+    fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError> {
+        self.main.barrier(barrier)?;
+        for side in &mut self.sides {
+            side.barrier(barrier)?;
+        }
+        Ok(())
+    }
+
+    fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
+        self.main.watermark(watermark)?;
+        for side in &mut self.sides {
+            side.watermark(watermark)?;
+        }
+        Ok(())
+    }
+
+    fn next_processing_time(&self) -> Option<i64> {
+        std::iter::once(self.main.next_processing_time())
+            .chain(self.sides.iter().map(|side| side.next_processing_time()))
+            .flatten()
+            .min()
+    }
+
+    fn processing_time(&mut self, now_ms: i64) -> Result<(), TaskError> {
+        self.main.processing_time(now_ms)?;
+        for side in &mut self.sides {
+            side.processing_time(now_ms)?;
+        }
+        Ok(())
+    }
+
+    fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
+        self.main.notify_complete(checkpoint_id)?;
+        for side in &mut self.sides {
+            side.notify_complete(checkpoint_id)?;
+        }
+        Ok(())
+    }
+
+    fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
+        self.main.notify_aborted(checkpoint_id)?;
+        for side in &mut self.sides {
+            side.notify_aborted(checkpoint_id)?;
+        }
+        Ok(())
+    }
+}
+
 /// One chained operator followed by the rest of the pipeline: its main
 /// output's, and one per consumed side output.
 pub struct OperatorStage<I, O> {
     id: StageIdentity,
     operator: Box<dyn Operator<I, O>>,
     output: Vec<O>,
-    next: Box<dyn Pipeline<O>>,
-    /// The pipelines of the consumed side outputs, in the order of the
-    /// operator's [`SideOutputs`] ports; empty for almost every operator,
-    /// which then pays one branch per call for them.
-    sides: Vec<Box<dyn SideOutputPipeline>>,
+    next: Fanout<O>,
     /// The operator makes its output's watermarks (an assigner).
     generates: bool,
     /// The newest watermark a generating operator sent on.
@@ -212,8 +370,7 @@ impl<I, O> OperatorStage<I, O> {
             id,
             operator,
             output: Vec::new(),
-            next,
-            sides: Vec::new(),
+            next: Fanout::new(next),
             generates,
             emitted: Watermark::MIN,
         }
@@ -226,49 +383,20 @@ impl<I, O> OperatorStage<I, O> {
         mut self,
         sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
     ) -> Result<Self, String> {
-        if sides.is_empty() {
-            return Ok(self);
-        }
-        let Some(outputs) = self.operator.side_outputs() else {
-            return Err(format!(
-                "operator '{}' emits no side outputs, but its side output '{}' is consumed",
-                self.id.name, sides[0].0
-            ));
-        };
-        for (name, side) in &sides {
-            outputs.declare(name, side.new_buffer());
-        }
-        self.sides = sides.into_iter().map(|(_, side)| side).collect();
+        self.next
+            .declare_side_outputs(&self.id.name, self.operator.side_outputs(), sides)?;
         Ok(self)
     }
 
-    /// Sends on what the operator emitted to its side outputs (after its
-    /// main output of the same call).
+    /// Sends on the main output of the operator's last call, then what it
+    /// emitted to its side outputs.
     #[inline]
-    fn push_sides(&mut self) -> Result<(), TaskError> {
-        if self.sides.is_empty() {
-            return Ok(());
-        }
-        let outputs: Option<&mut SideOutputs> = self.operator.side_outputs();
-        let Some(outputs) = outputs else {
-            return Ok(());
-        };
-        for (index, side) in self.sides.iter_mut().enumerate() {
-            side.push_buffer(outputs.records(index))?;
-        }
-        Ok(())
-    }
-
-    /// Sends `watermark` to the main output and every side output.
-    fn send_watermark(&mut self, watermark: Watermark) -> Result<(), TaskError>
+    fn emit(&mut self) -> Result<(), TaskError>
     where
         O: Send,
     {
-        self.next.watermark(watermark)?;
-        for side in &mut self.sides {
-            side.watermark(watermark)?;
-        }
-        Ok(())
+        let operator = &mut self.operator;
+        self.next.emit(&mut self.output, || operator.side_outputs())
     }
 
     /// A generating operator's watermark after a batch, sent on if it grew.
@@ -282,7 +410,7 @@ impl<I, O> OperatorStage<I, O> {
             && w > self.emitted
         {
             self.emitted = w;
-            self.send_watermark(w)?;
+            self.next.watermark(w)?;
         }
         Ok(())
     }
@@ -294,10 +422,7 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
         let (operator, output) = (&mut self.operator, &mut self.output);
         guarded(&self.id.name, || operator.process_batch(batch, output))?;
         batch.clear();
-        if !self.output.is_empty() {
-            self.next.push(&mut self.output)?;
-        }
-        self.push_sides()?;
+        self.emit()?;
         if self.generates {
             self.generated_watermark()?;
         }
@@ -307,18 +432,15 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
     fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
         let (operator, output) = (&mut self.operator, &mut self.output);
         guarded(&self.id.name, || operator.on_watermark(watermark, output))?;
-        if !self.output.is_empty() {
-            self.next.push(&mut self.output)?;
-        }
-        self.push_sides()?;
+        self.emit()?;
         if !self.generates {
-            return self.send_watermark(watermark);
+            return self.next.watermark(watermark);
         }
         // An assigner replaces its input's watermarks; only the end of
         // input goes through.
         if watermark == Watermark::MAX && self.emitted < Watermark::MAX {
             self.emitted = Watermark::MAX;
-            self.send_watermark(Watermark::MAX)?;
+            self.next.watermark(Watermark::MAX)?;
         }
         Ok(())
     }
@@ -326,15 +448,8 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
     fn end_of_input(&mut self) -> Result<(), TaskError> {
         let (operator, output) = (&mut self.operator, &mut self.output);
         guarded(&self.id.name, || operator.finish(output))?;
-        if !self.output.is_empty() {
-            self.next.push(&mut self.output)?;
-        }
-        self.push_sides()?;
-        self.next.end_of_input()?;
-        for side in &mut self.sides {
-            side.end_of_input()?;
-        }
-        Ok(())
+        self.emit()?;
+        self.next.end_of_input()
     }
 
     fn next_processing_time(&self) -> Option<i64> {
@@ -343,7 +458,6 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
             self.next.next_processing_time(),
         ]
         .into_iter()
-        .chain(self.sides.iter().map(|side| side.next_processing_time()))
         .flatten()
         .min()
     }
@@ -358,25 +472,14 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
             guarded(&self.id.name, || {
                 operator.on_processing_time(now_ms, output)
             })?;
-            if !self.output.is_empty() {
-                self.next.push(&mut self.output)?;
-            }
-            self.push_sides()?;
+            self.emit()?;
         }
-        self.next.processing_time(now_ms)?;
-        for side in &mut self.sides {
-            side.processing_time(now_ms)?;
-        }
-        Ok(())
+        self.next.processing_time(now_ms)
     }
 
     #[inline]
     fn flush(&mut self, partial: bool) -> Result<bool, TaskError> {
-        let mut idle = self.next.flush(partial)?;
-        for side in &mut self.sides {
-            idle &= side.flush(partial)?;
-        }
-        Ok(idle)
+        self.next.flush(partial)
     }
 
     fn snapshot(
@@ -389,19 +492,11 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
         if !snapshot.is_empty() {
             parts.push(self.id.part(snapshot));
         }
-        self.next.snapshot(barrier, parts)?;
-        for side in &mut self.sides {
-            side.snapshot(barrier, parts)?;
-        }
-        Ok(())
+        self.next.snapshot(barrier, parts)
     }
 
     fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError> {
-        self.next.barrier(barrier)?;
-        for side in &mut self.sides {
-            side.barrier(barrier)?;
-        }
-        Ok(())
+        self.next.barrier(barrier)
     }
 
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
@@ -409,11 +504,7 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
         guarded(&self.id.name, || {
             operator.notify_checkpoint_complete(checkpoint_id)
         })?;
-        self.next.notify_complete(checkpoint_id)?;
-        for side in &mut self.sides {
-            side.notify_complete(checkpoint_id)?;
-        }
-        Ok(())
+        self.next.notify_complete(checkpoint_id)
     }
 
     fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
@@ -421,11 +512,7 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
         guarded(&self.id.name, || {
             operator.notify_checkpoint_aborted(checkpoint_id)
         })?;
-        self.next.notify_aborted(checkpoint_id)?;
-        for side in &mut self.sides {
-            side.notify_aborted(checkpoint_id)?;
-        }
-        Ok(())
+        self.next.notify_aborted(checkpoint_id)
     }
 }
 

@@ -27,6 +27,7 @@ use crate::control_plane::{CoordinatorSender, TaskControlPlane, TaskHandle, Uplo
 use crate::error::BuildError;
 use crate::graph::{JobGraph, MAIN_OUTPUT, NodeId, NodeKind};
 use crate::metrics::JobMetrics;
+use crate::pipeline::SideOutputPipeline;
 use crate::task::Task;
 use crate::wiring::{BuildContext, Erased};
 
@@ -249,6 +250,24 @@ impl Planner<'_> {
             Some(_) => Some(self.output_pipeline(node, MAIN_OUTPUT, index, task)?),
             None => None,
         };
+        let sides = self.side_pipelines(node, index, task)?;
+        let cx = self.context(node, index)?;
+        match &graph.nodes[node].kind {
+            NodeKind::Operator(op) => op.wrap(&cx, next, sides),
+            _ => unreachable!("only one-input nodes are stages"),
+        }
+    }
+
+    /// The pipelines of the side outputs of `node` that something consumes,
+    /// named, in port order (side outputs nothing consumes get none: the
+    /// operator drops their records).
+    fn side_pipelines(
+        &mut self,
+        node: NodeId,
+        index: u32,
+        task: &str,
+    ) -> Result<Vec<(String, Box<dyn SideOutputPipeline>)>, BuildError> {
+        let graph = self.graph;
         let mut sides = Vec::new();
         for (i, (name, _, port_type)) in graph.nodes[node].side_outputs.iter().enumerate() {
             let port = i + 1;
@@ -258,11 +277,7 @@ impl Planner<'_> {
             let pipeline = self.output_pipeline(node, port, index, task)?;
             sides.push((name.clone(), port_type.side_output(pipeline)));
         }
-        let cx = self.context(node, index)?;
-        match &graph.nodes[node].kind {
-            NodeKind::Operator(op) => op.wrap(&cx, next, sides),
-            _ => unreachable!("only one-input nodes are stages"),
-        }
+        Ok(sides)
     }
 
     fn take_receivers(&mut self, node: NodeId, side: usize, index: u32) -> Vec<Erased> {
@@ -307,6 +322,7 @@ impl Planner<'_> {
             }
             NodeKind::TwoInput(two) => {
                 let pipeline = self.output_pipeline(head, MAIN_OUTPUT, index, &name)?;
+                let sides = self.side_pipelines(head, index, &name)?;
                 let first = self.take_receivers(head, 0, index);
                 let second = self.take_receivers(head, 1, index);
                 let control = self.control(&name, index, false);
@@ -316,6 +332,7 @@ impl Planner<'_> {
                     first,
                     second,
                     pipeline,
+                    sides,
                     control,
                 )
             }

@@ -49,7 +49,7 @@ use crate::error::{TaskError, guarded};
 use crate::message::{Barrier, BarrierKind, Message, Watermark};
 use crate::metrics::{JobMetrics, WatermarkGauge};
 use crate::operator::{StateSnapshot, TwoInputOperator};
-use crate::pipeline::{Pipeline, StageIdentity};
+use crate::pipeline::{Fanout, Pipeline, SideOutputPipeline, StageIdentity};
 
 /// What one step achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1016,7 +1016,8 @@ pub struct TwoInputTask<A, B, O> {
     prefer_second: bool,
     operator: Box<dyn TwoInputOperator<A, B, O>>,
     output: Vec<O>,
-    pipeline: Box<dyn Pipeline<O>>,
+    /// The head's main output and consumed side outputs.
+    pipeline: Fanout<O>,
     phase: Phase,
     control: Option<TaskControlPlane>,
     /// The task's input watermark: the minimum over the open channels of
@@ -1058,7 +1059,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
             prefer_second: false,
             operator,
             output: Vec::new(),
-            pipeline,
+            pipeline: Fanout::new(pipeline),
             phase: Phase::Running,
             control,
             watermark: Watermark::MIN,
@@ -1078,6 +1079,17 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.idle_timers.clock = clock;
         self
+    }
+
+    /// Adds the pipelines of the head's consumed side outputs (named),
+    /// declaring their buffers on it. An error names a head that has none.
+    pub fn with_side_outputs(
+        mut self,
+        sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
+    ) -> Result<Self, String> {
+        self.pipeline
+            .declare_side_outputs(&self.id.name, self.operator.side_outputs(), sides)?;
+        Ok(self)
     }
 
     /// Neither gate has anything: the idle hook fires the head's and the
@@ -1135,11 +1147,12 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
         Ok(())
     }
 
+    /// Sends on the head's main output of its last call, then what it
+    /// emitted to its side outputs.
     fn forward_output(&mut self) -> Result<(), TaskError> {
-        if !self.output.is_empty() {
-            self.pipeline.push(&mut self.output)?;
-        }
-        Ok(())
+        let operator = &mut self.operator;
+        self.pipeline
+            .emit(&mut self.output, || operator.side_outputs())
     }
 
     /// Polls one side.
@@ -1204,7 +1217,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
         };
         checkpoint(
             control,
-            self.pipeline.as_mut(),
+            &mut self.pipeline,
             barrier,
             started,
             parts,
@@ -1220,12 +1233,12 @@ impl<A: Send, B: Send, O: Send> Task for TwoInputTask<A, B, O> {
 
     fn step(&mut self) -> Result<Step, TaskError> {
         if self.phase != Phase::Running {
-            return drain(&mut self.phase, self.pipeline.as_mut());
+            return drain(&mut self.phase, &mut self.pipeline);
         }
         let (operator, name) = (&mut self.operator, &self.id.name);
         drain_commands(
             self.control.as_ref(),
-            self.pipeline.as_mut(),
+            &mut self.pipeline,
             |command| match command {
                 HeadCommand::Complete(id) => {
                     guarded(name, || operator.notify_checkpoint_complete(id))

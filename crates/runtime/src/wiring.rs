@@ -213,6 +213,7 @@ pub(crate) trait TwoInputNode: Send {
         first: Vec<Erased>,
         second: Vec<Erased>,
         pipeline: Erased,
+        sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
         control: Option<TaskControlPlane>,
     ) -> Result<Box<dyn Task>, BuildError>;
 }
@@ -319,6 +320,7 @@ impl<A: Data, B: Data, O: Data> TwoInputNode for TwoInputNodeImpl<A, B, O> {
         first: Vec<Erased>,
         second: Vec<Erased>,
         pipeline: Erased,
+        sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
         control: Option<TaskControlPlane>,
     ) -> Result<Box<dyn Task>, BuildError> {
         let operator = (self.factory)(&cx.info).map_err(|e| cx.create_error(e))?;
@@ -333,6 +335,8 @@ impl<A: Data, B: Data, O: Data> TwoInputNode for TwoInputNodeImpl<A, B, O> {
                 cast::<Box<dyn Pipeline<O>>>(pipeline),
                 control,
             )
+            .with_side_outputs(sides)
+            .map_err(BuildError::Graph)?
             .with_watermark_gauge(gauge)
             .with_clock(Arc::clone(&cx.info.clock)),
         ))
