@@ -184,6 +184,9 @@ impl<T: Send + 'static> SideOutputPipeline for SidePipeline<T> {
     }
 }
 
+/// The pipelines of an operator's consumed side outputs, each with its name.
+pub type NamedSidePipelines = Vec<(String, Box<dyn SideOutputPipeline>)>;
+
 /// An operator's output side: the pipeline of its main output and one per
 /// consumed side output, in the order of the operator's [`SideOutputs`]
 /// ports. Everything but records (barriers, watermarks, end of input,
@@ -213,7 +216,7 @@ impl<O> Fanout<O> {
         &mut self,
         operator: &str,
         outputs: Option<&mut SideOutputs>,
-        sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
+        sides: NamedSidePipelines,
     ) -> Result<(), String> {
         if sides.is_empty() {
             return Ok(());
@@ -379,10 +382,7 @@ impl<I, O> OperatorStage<I, O> {
     /// Adds the pipelines of the operator's consumed side outputs (named),
     /// declaring their buffers on the operator's [`SideOutputs`]. An error
     /// names an operator that has no side outputs.
-    pub fn with_side_outputs(
-        mut self,
-        sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
-    ) -> Result<Self, String> {
+    pub fn with_side_outputs(mut self, sides: NamedSidePipelines) -> Result<Self, String> {
         self.next
             .declare_side_outputs(&self.id.name, self.operator.side_outputs(), sides)?;
         Ok(self)

@@ -27,7 +27,7 @@ use crate::control_plane::{CoordinatorSender, TaskControlPlane, TaskHandle, Uplo
 use crate::error::BuildError;
 use crate::graph::{JobGraph, MAIN_OUTPUT, NodeId, NodeKind};
 use crate::metrics::JobMetrics;
-use crate::pipeline::SideOutputPipeline;
+use crate::pipeline::NamedSidePipelines;
 use crate::task::Task;
 use crate::wiring::{BuildContext, Erased};
 
@@ -266,7 +266,7 @@ impl Planner<'_> {
         node: NodeId,
         index: u32,
         task: &str,
-    ) -> Result<Vec<(String, Box<dyn SideOutputPipeline>)>, BuildError> {
+    ) -> Result<NamedSidePipelines, BuildError> {
         let graph = self.graph;
         let mut sides = Vec::new();
         for (i, (name, _, port_type)) in graph.nodes[node].side_outputs.iter().enumerate() {
@@ -331,8 +331,7 @@ impl Planner<'_> {
                     &self.context(head, index)?,
                     first,
                     second,
-                    pipeline,
-                    sides,
+                    (pipeline, sides),
                     control,
                 )
             }

@@ -49,7 +49,7 @@ use crate::error::{TaskError, guarded};
 use crate::message::{Barrier, BarrierKind, Message, Watermark};
 use crate::metrics::{JobMetrics, WatermarkGauge};
 use crate::operator::{StateSnapshot, TwoInputOperator};
-use crate::pipeline::{Fanout, Pipeline, SideOutputPipeline, StageIdentity};
+use crate::pipeline::{Fanout, NamedSidePipelines, Pipeline, StageIdentity};
 
 /// What one step achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1083,10 +1083,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
 
     /// Adds the pipelines of the head's consumed side outputs (named),
     /// declaring their buffers on it. An error names a head that has none.
-    pub fn with_side_outputs(
-        mut self,
-        sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
-    ) -> Result<Self, String> {
+    pub fn with_side_outputs(mut self, sides: NamedSidePipelines) -> Result<Self, String> {
         self.pipeline
             .declare_side_outputs(&self.id.name, self.operator.side_outputs(), sides)?;
         Ok(self)

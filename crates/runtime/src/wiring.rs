@@ -27,8 +27,8 @@ use crate::operator::{Operator, TwoInputOperator};
 use crate::partitioning::Partitioning;
 use crate::pipeline::StageIdentity;
 use crate::pipeline::{
-    Discard, ExchangeOutput, OperatorStage, Pipeline, Router, SideOutputPipeline, SidePipeline,
-    SinkStage, Tee,
+    Discard, ExchangeOutput, NamedSidePipelines, OperatorStage, Pipeline, Router,
+    SideOutputPipeline, SidePipeline, SinkStage, Tee,
 };
 use crate::task::{OneInputTask, SourceTask, Task, TwoInputTask};
 
@@ -196,7 +196,7 @@ pub(crate) trait OperatorNode: Send {
         &self,
         cx: &BuildContext<'_>,
         next: Option<Erased>,
-        sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
+        sides: NamedSidePipelines,
     ) -> Result<Erased, BuildError>;
 
     /// A sink that publishes its output when a checkpoint completes.
@@ -212,8 +212,7 @@ pub(crate) trait TwoInputNode: Send {
         cx: &BuildContext<'_>,
         first: Vec<Erased>,
         second: Vec<Erased>,
-        pipeline: Erased,
-        sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
+        outputs: (Erased, NamedSidePipelines),
         control: Option<TaskControlPlane>,
     ) -> Result<Box<dyn Task>, BuildError>;
 }
@@ -265,7 +264,7 @@ impl<I: Data, O: Data> OperatorNode for OperatorNodeImpl<I, O> {
         &self,
         cx: &BuildContext<'_>,
         next: Option<Erased>,
-        sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
+        sides: NamedSidePipelines,
     ) -> Result<Erased, BuildError> {
         let operator = (self.factory)(&cx.info).map_err(|e| cx.create_error(e))?;
         let next = match next {
@@ -293,7 +292,7 @@ impl<T: Data> OperatorNode for SinkNodeImpl<T> {
         &self,
         cx: &BuildContext<'_>,
         _next: Option<Erased>,
-        _sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
+        _sides: NamedSidePipelines,
     ) -> Result<Erased, BuildError> {
         let writer = self
             .sink
@@ -319,8 +318,7 @@ impl<A: Data, B: Data, O: Data> TwoInputNode for TwoInputNodeImpl<A, B, O> {
         cx: &BuildContext<'_>,
         first: Vec<Erased>,
         second: Vec<Erased>,
-        pipeline: Erased,
-        sides: Vec<(String, Box<dyn SideOutputPipeline>)>,
+        (pipeline, sides): (Erased, NamedSidePipelines),
         control: Option<TaskControlPlane>,
     ) -> Result<Box<dyn Task>, BuildError> {
         let operator = (self.factory)(&cx.info).map_err(|e| cx.create_error(e))?;
