@@ -110,7 +110,7 @@ fn an_unknown_key_or_a_bad_value_is_an_error_naming_the_key_and_the_file() {
     let cases = [
         ("paralelism = 2\n", "unknown key 'paralelism'"),
         ("parallelism = \"two\"\n", "'two'"),
-        ("checkpoint-interval = \"1x\"\n", "checkpoint-interval"),
+        ("min-pause = \"1x\"\n", "min-pause"),
         ("incremental = \"yes\"\n", "'incremental' is true or false"),
         ("mode = \"twice\"\n", "'twice'"),
         ("config = \"other.toml\"\n", "unknown key 'config'"),

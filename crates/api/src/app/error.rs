@@ -41,14 +41,14 @@ pub enum AppError {
     Build(BoxError),
     /// The job could not be started.
     #[error(transparent)]
-    Start(JobError),
+    Start(Box<JobError>),
     /// The job failed while running (`after`: what it had done).
     #[error("job {label} failed after {after}")]
     Failed {
         label: String,
         after: String,
         #[source]
-        source: JobError,
+        source: Box<JobError>,
     },
     /// The job was cancelled (not by a signal this process asked to cancel).
     #[error("job {label} was cancelled after {after}")]
@@ -61,11 +61,11 @@ pub enum AppError {
     FallbackRefused {
         label: String,
         after: String,
-        error: JobError,
+        error: Box<JobError>,
     },
     /// Another run holds the job's lease.
     #[error("job {label} did not start: {error} (--take-over-lease)")]
-    LeaseHeld { label: String, error: JobError },
+    LeaseHeld { label: String, error: Box<JobError> },
     /// Anything else from below, shown as it is.
     #[error(transparent)]
     Other(BoxError),

@@ -373,7 +373,7 @@ fn run_job(
     runtime: &RuntimeArgs,
     argv: &[OsString],
 ) -> Result<(), AppError> {
-    let job = env.start().map_err(AppError::Start)?;
+    let job = env.start().map_err(|e| AppError::Start(Box::new(e)))?;
     let server = match start_rest(&runtime.rest, &runtime.api, job.controller()) {
         Ok(server) => server,
         Err(e) => {
@@ -449,20 +449,20 @@ fn run_job(
             return Err(AppError::FallbackRefused {
                 label: label.to_owned(),
                 after,
-                error,
+                error: Box::new(error),
             });
         }
         Err(flowstate_runtime::JobError::Lease(e)) if e.can_take_over() => {
             return Err(AppError::LeaseHeld {
                 label: label.to_owned(),
-                error: flowstate_runtime::JobError::Lease(e),
+                error: Box::new(flowstate_runtime::JobError::Lease(e)),
             });
         }
         Err(source) => {
             return Err(AppError::Failed {
                 label: label.to_owned(),
                 after,
-                source,
+                source: Box::new(source),
             });
         }
         Ok(report) => report,
