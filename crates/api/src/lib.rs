@@ -20,6 +20,8 @@
 //! ([`side_output`]) and windows built on both ([`window`]). It must not touch scheduling or channels (that is the
 //! runtime's) nor how state is stored (that is the state backend's).
 
+#[cfg(feature = "app")]
+pub mod app;
 pub mod keyed;
 pub mod side_output;
 mod stream;
@@ -28,6 +30,8 @@ mod timer_tests;
 pub mod timers;
 pub mod window;
 
+#[cfg(feature = "app")]
+pub use app::App;
 pub use keyed::{FnResult, KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction};
 pub use side_output::OutputTag;
 pub use stream::{ConnectedKeyedStreams, DataStream, KeyedStream, StreamEnvironment};

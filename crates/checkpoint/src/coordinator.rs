@@ -86,6 +86,21 @@
 //! queued. After `FinishSources` nothing more is triggered and savepoint
 //! requests are dropped.
 //!
+//! **Stop-with-checkpoint** ([`Coordinator::request_stop_with_checkpoint`],
+//! a graceful shutdown) ends a running job at an ordinary checkpoint: once
+//! nothing is in flight (a savepoint waiting goes first) and no periodic
+//! checkpoint is triggered any more, it answers `TriggerStopWithCheckpoint`
+//! (the sources record their positions, emit the barrier and then emit
+//! nothing, like a stop-with-savepoint's; no end of input, no final
+//! watermark). The checkpoint goes into the checkpoint storage and is
+//! retained like any other, so a restore of the job's latest checkpoint
+//! resumes from it. Its completion is `Complete` (tasks notified, sinks
+//! commit) followed by `FinishSources`; a failed one is `ResumeSources`, its
+//! `Abort`, and the stop is tried again at the next step (each failure counts
+//! towards the tolerated ones). It is ignored without periodic checkpoints
+//! (nothing may be written to the checkpoint storage) and once the sources are
+//! exhausted (the final checkpoint ends the job anyway).
+//!
 //! **Savepoint requests** are held here too: at most one waits
 //! ([`SAVEPOINTS_QUEUED_MAX`]) until nothing is in flight; the request, its
 //! target directory and whether it stops the job travel in
@@ -360,6 +375,11 @@ pub enum CoordinatorAction {
         id: CheckpointId,
         savepoint: SavepointRequest,
     },
+    /// Have every source record its position, inject the barrier of
+    /// checkpoint `id` — an ordinary checkpoint, into the checkpoint storage
+    /// — and then emit nothing more until `FinishSources` (it completed) or
+    /// `ResumeSources` (it failed): a stop-with-checkpoint.
+    TriggerStopWithCheckpoint { id: CheckpointId },
     /// Snapshot `id` is complete, with these figures. With `notify_tasks`
     /// (every checkpoint, and a stop-with-savepoint) every task hears of it
     /// and sinks commit; an intermediate savepoint has no side effects.
@@ -381,7 +401,8 @@ pub enum CoordinatorAction {
     /// stop-with-savepoint completed, or no checkpoints are taken); nothing
     /// is triggered any more.
     FinishSources,
-    /// A stop-with-savepoint failed: the suspended sources read on.
+    /// A stop-with-savepoint or stop-with-checkpoint failed: the suspended
+    /// sources read on.
     ResumeSources,
     /// A savepoint request that will never be taken.
     SavepointDropped { request: String, reason: String },
@@ -476,6 +497,8 @@ struct Pending {
     /// A savepoint's request (its own storage, whether it stops the job);
     /// `None` for checkpoints.
     savepoint: Option<SavepointRequest>,
+    /// A checkpoint after which the sources stop (stop-with-checkpoint).
+    stop: bool,
 }
 
 /// A snapshot every task acknowledged whose `_metadata` write is outstanding.
@@ -565,6 +588,8 @@ pub struct Coordinator {
     aborted_savepoints: VecDeque<(CheckpointId, SharedStorage)>,
     /// Savepoint requests waiting for nothing to be in flight.
     queued_savepoints: VecDeque<SavepointRequest>,
+    /// A stop-with-checkpoint was asked for and has not completed yet.
+    stop_requested: bool,
     ending: Ending,
     /// What adoption decided to delete, answered with the first event.
     startup: Vec<CoordinatorAction>,
@@ -646,6 +671,7 @@ impl Coordinator {
             shared: SharedRegistry::default(),
             aborted_savepoints: VecDeque::new(),
             queued_savepoints: VecDeque::new(),
+            stop_requested: false,
             ending: Ending::Running,
             startup: Vec::new(),
         };
@@ -934,7 +960,10 @@ impl Coordinator {
     pub fn next_trigger_at(&self, now: Now) -> Option<Instant> {
         let now = now.instant;
         let interval = self.settings.interval?;
-        if self.ending != Ending::Running || self.in_flight() >= self.settings.max_concurrent {
+        if self.ending != Ending::Running
+            || self.stop_requested
+            || self.in_flight() >= self.settings.max_concurrent
+        {
             return None;
         }
         let by_interval = self
@@ -955,7 +984,26 @@ impl Coordinator {
         if !self.settings.periodic() {
             return None;
         }
-        self.start(kind, None, now)
+        self.start(kind, None, false, now)
+    }
+
+    /// Someone asked to stop the job at a checkpoint (a graceful shutdown):
+    /// periodic checkpoints stop, and as soon as nothing is in flight (and no
+    /// savepoint waits) the stop-with-checkpoint is triggered
+    /// (`TriggerStopWithCheckpoint`); see the module docs. Ignored without
+    /// periodic checkpoints and once the sources are exhausted or finished;
+    /// asking again changes nothing.
+    pub fn request_stop_with_checkpoint(&mut self, now: Now) -> Vec<CoordinatorAction> {
+        if self.settings.periodic() && self.ending == Ending::Running {
+            self.stop_requested = true;
+        }
+        let actions = self.advance(now);
+        self.answer(actions)
+    }
+
+    /// Whether a stop-with-checkpoint was asked for and has not completed.
+    pub fn is_stopping(&self) -> bool {
+        self.stop_requested
     }
 
     /// Someone asked for a savepoint: it starts as soon as nothing is in
@@ -1030,11 +1078,19 @@ impl Coordinator {
         if self.in_flight() == 0
             && let Some(savepoint) = self.queued_savepoints.pop_front()
         {
-            match self.start(SnapshotKind::Savepoint, Some(savepoint.clone()), now) {
+            match self.start(SnapshotKind::Savepoint, Some(savepoint.clone()), false, now) {
                 Some(action) => actions.push(action),
                 // Only with `max_concurrent` 0: it waits (for ever).
                 None => self.queued_savepoints.push_front(savepoint),
             }
+        }
+        if self.stop_requested
+            && self.ending == Ending::Running
+            && self.in_flight() == 0
+            && self.queued_savepoints.is_empty()
+            && let Some(action) = self.start(SnapshotKind::Checkpoint, None, true, now)
+        {
+            actions.push(action);
         }
         let Ending::Exhausted { final_checkpoint } = self.ending else {
             return actions;
@@ -1065,6 +1121,7 @@ impl Coordinator {
         &mut self,
         kind: SnapshotKind,
         savepoint: Option<SavepointRequest>,
+        stop: bool,
         now: Now,
     ) -> Option<CoordinatorAction> {
         if self.in_flight() >= self.settings.max_concurrent {
@@ -1078,6 +1135,7 @@ impl Coordinator {
                 id,
                 savepoint: savepoint.clone(),
             },
+            None if stop => CoordinatorAction::TriggerStopWithCheckpoint { id },
             None => CoordinatorAction::Trigger { id, kind },
         };
         self.pending.insert(
@@ -1088,6 +1146,7 @@ impl Coordinator {
                 trigger_unix_ms: now.unix_ms,
                 acks: HashMap::new(),
                 savepoint,
+                stop,
             },
         );
         Some(action)
@@ -1272,6 +1331,7 @@ impl Coordinator {
         now: Now,
     ) -> Vec<CoordinatorAction> {
         let Persisting { pending, mut stats } = persisting;
+        let stop = pending.stop;
         stats.duration = now.instant.duration_since(pending.started);
         self.record_completed(stats.clone());
         self.last_finished = Some(now.instant);
@@ -1303,12 +1363,14 @@ impl Coordinator {
             request: None,
         }];
         // The final checkpoint, or a later one, ends the sources' output: it
-        // holds everything they read.
-        if let Ending::Exhausted {
-            final_checkpoint: Some(last),
-        } = self.ending
-            && id >= last
-        {
+        // holds everything they read. So does a stop-with-checkpoint: the
+        // sources emitted nothing after its barrier.
+        let last_of_input = matches!(
+            self.ending,
+            Ending::Exhausted { final_checkpoint: Some(last) } if id >= last
+        );
+        if stop || last_of_input {
+            self.stop_requested = false;
             actions.extend(self.finish_sources());
         }
         // Older snapshots in flight can no longer matter.
@@ -1483,6 +1545,7 @@ impl Coordinator {
         counted: bool,
     ) -> Vec<CoordinatorAction> {
         let mut actions = Vec::new();
+        let stop = pending.stop;
         if let Some(savepoint) = pending.savepoint.clone() {
             // The user's savepoint failed; periodic checkpoints are unaffected,
             // so it does not count towards the tolerated failures.
@@ -1555,6 +1618,12 @@ impl Coordinator {
             );
         } else {
             actions.extend(self.discard_failed(id, &pending));
+        }
+        // A failed stop-with-checkpoint: the suspended sources read on (they
+        // hear it before the abort itself, as for a stop-with-savepoint), and
+        // the stop, still asked for, is tried again at the next step.
+        if stop {
+            actions.push(CoordinatorAction::ResumeSources);
         }
         actions.push(CoordinatorAction::Abort {
             id,

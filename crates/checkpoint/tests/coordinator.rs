@@ -2712,3 +2712,141 @@ fn a_read_error_fails_the_load_instead_of_falling_back() {
     // Readable again: the newest is restored.
     assert_eq!(load_latest(&storage).unwrap().unwrap().id(), newest);
 }
+
+// ---------------------------------------------------------------------------
+// Stop-with-checkpoint (graceful shutdown).
+
+impl Harness {
+    fn request_stop(&mut self) -> Vec<CoordinatorAction> {
+        let now = self.advance(Duration::from_millis(1));
+        let actions = self.coordinator.request_stop_with_checkpoint(now);
+        self.drive(actions, now)
+    }
+}
+
+/// A stop waits for the checkpoint in flight, triggers no periodic one, and
+/// then takes an ordinary checkpoint into the checkpoint storage whose
+/// completion notifies the tasks and ends the sources' output.
+#[test]
+fn a_stop_with_checkpoint_follows_the_checkpoint_in_flight_and_finishes_the_sources() {
+    let mut h = Harness::new("job-stop-chk", settings(1, 3, 1), 1);
+    let running = h.trigger();
+    assert_eq!(h.request_stop(), Vec::new(), "one is in flight");
+    assert!(h.coordinator.is_stopping());
+    // No periodic checkpoint any more, however long it waits.
+    let now = h.advance(INTERVAL * 3);
+    assert_eq!(h.tick(now), Vec::new());
+    let actions = h.upload_and_ack(running, 0);
+    let stop = match actions.as_slice() {
+        [
+            CoordinatorAction::Complete { id, .. },
+            CoordinatorAction::TriggerStopWithCheckpoint { id: stop },
+        ] if *id == running => *stop,
+        other => panic!("expected the completion, then the stop's trigger: {other:?}"),
+    };
+    assert!(stop > running);
+    let actions = h.upload_and_ack(stop, 0);
+    assert!(
+        matches!(
+            actions.as_slice(),
+            [
+                CoordinatorAction::Complete {
+                    id,
+                    notify_tasks: true,
+                    request: None,
+                    ..
+                },
+                CoordinatorAction::FinishSources,
+            ] if *id == stop
+        ),
+        "expected Complete (tasks notified), then the end: {actions:?}"
+    );
+    assert!(h.coordinator.sources_finished());
+    assert!(!h.coordinator.is_stopping());
+    // An ordinary checkpoint of the job, retained in its storage: what a
+    // restore of the job's latest checkpoint takes.
+    assert_eq!(h.completed_ids(), vec![stop]);
+    h.assert_intact(stop);
+    let now = h.advance(INTERVAL * 3);
+    assert_eq!(
+        h.tick(now),
+        Vec::new(),
+        "nothing is triggered after the stop"
+    );
+}
+
+/// A failed stop resumes the sources before its abort and is tried again.
+#[test]
+fn a_failed_stop_with_checkpoint_resumes_the_sources_and_is_tried_again() {
+    let mut h = Harness::new("job-stop-retry", settings(1, 3, 1), 1);
+    let first = match h.request_stop().as_slice() {
+        [CoordinatorAction::TriggerStopWithCheckpoint { id }] => *id,
+        other => panic!("expected the stop's trigger at once: {other:?}"),
+    };
+    let actions = h.decline(first);
+    let second = match actions.as_slice() {
+        [
+            CoordinatorAction::ResumeSources,
+            CoordinatorAction::Abort {
+                id, request: None, ..
+            },
+            CoordinatorAction::TriggerStopWithCheckpoint { id: again },
+        ] if *id == first => *again,
+        other => panic!("expected Resume, the abort, then the stop again: {other:?}"),
+    };
+    assert!(!h.coordinator.sources_finished());
+    let actions = h.upload_and_ack(second, 0);
+    assert!(
+        matches!(actions.last(), Some(CoordinatorAction::FinishSources)),
+        "{actions:?}"
+    );
+    assert_eq!(h.completed_ids(), vec![second]);
+}
+
+/// A waiting savepoint goes before the stop; asking twice stops once.
+#[test]
+fn a_waiting_savepoint_goes_before_the_stop_with_checkpoint() {
+    let mut h = Harness::new("job-stop-sp", settings(1, 3, 1), 1);
+    let running = h.trigger();
+    let target = unique_memory();
+    let now = h.advance(Duration::from_millis(1));
+    assert!(
+        h.request_savepoint(savepoint_request(&target, false), now)
+            .is_empty()
+    );
+    assert_eq!(h.request_stop(), Vec::new());
+    assert_eq!(h.request_stop(), Vec::new());
+    let actions = h.upload_and_ack(running, 0);
+    assert!(
+        matches!(
+            actions.as_slice(),
+            [
+                CoordinatorAction::Complete { .. },
+                CoordinatorAction::TriggerSavepoint { .. }
+            ]
+        ),
+        "the savepoint first: {actions:?}"
+    );
+}
+
+/// Without periodic checkpoints nothing may be written to the checkpoint
+/// storage: the request is ignored (the caller stops the job another way).
+/// Once the sources are exhausted the final checkpoint ends the job anyway.
+#[test]
+fn a_stop_with_checkpoint_is_ignored_without_checkpoints_or_after_the_input() {
+    let mut off = settings(1, 3, 1);
+    off.interval = None;
+    let mut h = Harness::new("job-stop-off", off, 1);
+    assert_eq!(h.request_stop(), Vec::new());
+    assert!(!h.coordinator.is_stopping());
+
+    let mut h = Harness::new("job-stop-exhausted", settings(1, 3, 1), 1);
+    let now = h.advance(Duration::from_millis(1));
+    let actions = h.on_sources_exhausted(now);
+    assert!(
+        matches!(actions.as_slice(), [CoordinatorAction::Trigger { .. }]),
+        "the final checkpoint: {actions:?}"
+    );
+    assert_eq!(h.request_stop(), Vec::new());
+    assert!(!h.coordinator.is_stopping());
+}

@@ -8,8 +8,6 @@ use anyhow::{Result, bail};
 use clap::Args;
 use flowstate::StreamEnvironment;
 
-use crate::RuntimeArgs;
-
 #[derive(Args)]
 pub struct KafkaCountArgs {
     /// Bootstrap servers (`host:port[,host:port...]`).
@@ -50,8 +48,6 @@ pub struct KafkaCountArgs {
     /// `postgres://user:password@host:port/database` for `--output-table`.
     #[arg(long)]
     database: Option<String>,
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
 }
 
 #[derive(Args)]

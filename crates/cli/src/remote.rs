@@ -29,7 +29,7 @@ pub struct RestAddr {
 impl RestAddr {
     /// A client of the API, sending the token if there is one.
     fn client(&self) -> Result<RestClient> {
-        let token = crate::service::token_from(self.rest_token.as_deref());
+        let token = flowstate::app::service::token_from(self.rest_token.as_deref());
         Ok(RestClient::new(&self.rest)?.with_token(token))
     }
 }
@@ -47,7 +47,7 @@ fn with_token_hint(error: ClientError) -> anyhow::Error {
     match error {
         ClientError::Api { status: 401, .. } => anyhow::Error::new(error).context(format!(
             "the HTTP API wants its token: pass --rest-token or set {}",
-            crate::service::TOKEN_ENV
+            flowstate::app::service::TOKEN_ENV
         )),
         error => error.into(),
     }

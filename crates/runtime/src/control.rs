@@ -1,6 +1,7 @@
 //! The control surface of a running job, for whatever drives it from outside
 //! (the HTTP API, tests): its status and graph, the history of its
-//! checkpoints, savepoints on request, stop-with-savepoint and cancel.
+//! checkpoints, savepoints on request, stop-with-savepoint,
+//! stop-with-checkpoint and cancel.
 //!
 //! Owns: the job's status, a bounded checkpoint history and the state of
 //! savepoint requests. It reaches the running job only by a message to the
@@ -126,6 +127,9 @@ pub struct JobDescription {
     /// The job has a checkpoint coordinator (periodic checkpoints or not), so
     /// it can take savepoints.
     pub checkpointing: bool,
+    /// The job takes periodic checkpoints into its checkpoint storage, so it
+    /// can stop at one ([`JobController::stop_with_checkpoint`]).
+    pub periodic_checkpoints: bool,
     pub savepoint_dir: Option<String>,
     /// Which targets a savepoint request may name.
     pub savepoint_policy: SavepointTargetPolicy,
@@ -155,6 +159,9 @@ struct ControlState {
     stopped_with: Option<String>,
     /// Someone asked about that stop's savepoint after it completed.
     stop_reported: bool,
+    /// A stop-with-checkpoint was asked for: every attempt's coordinator is
+    /// told (a restart in between does not forget it).
+    stop_with_checkpoint: bool,
 }
 
 /// A running job's control surface; shared (`Arc`) by the runtime and
@@ -379,6 +386,58 @@ impl JobController {
     }
 
     /// What became of savepoint request `request_id`.
+    /// Stops the job at a checkpoint (a graceful shutdown): the sources stop
+    /// emitting after the barrier of an ordinary checkpoint written to the
+    /// checkpoint storage (no end of input, no final watermark, as for a
+    /// stop-with-savepoint), sinks commit on its completion, and the job
+    /// then finishes; a restore of the job's latest checkpoint resumes from
+    /// it. The coordinator takes it as soon as nothing else is in flight,
+    /// tries again if it fails, and a restart before it completed asks the
+    /// next attempt's coordinator again.
+    ///
+    /// Refused at once when it cannot work: no coordinator or no periodic
+    /// checkpoints (`Invalid`, for ever), the job already terminal or
+    /// stopping with a savepoint, or not running yet (`Conflict`: try
+    /// again). Asking again while it stops changes nothing.
+    pub fn stop_with_checkpoint(&self) -> Result<(), ControlError> {
+        if !self.description.checkpointing || !self.description.periodic_checkpoints {
+            return Err(ControlError::Invalid(
+                "stop-with-checkpoint needs periodic checkpoints, and this job takes none".into(),
+            ));
+        }
+        let mut state = self.lock();
+        if state.stop_with_checkpoint {
+            return Ok(());
+        }
+        match state.status.unwrap_or(JobStatus::Created) {
+            JobStatus::Running | JobStatus::Restarting => {}
+            other => {
+                return Err(ControlError::Conflict(format!(
+                    "the job is {}; only a running job stops at a checkpoint",
+                    status_word(other)
+                )));
+            }
+        }
+        if let Some(coordinator) = &state.coordinator {
+            coordinator
+                .try_send(CoordinatorEvent::StopWithCheckpoint)
+                .map_err(|_| {
+                    ControlError::Conflict(
+                        "the checkpoint coordinator is busy or gone; try again".into(),
+                    )
+                })?;
+        }
+        // Between attempts (restarting) the next attempt is told when it starts.
+        state.stop_with_checkpoint = true;
+        state.status = Some(JobStatus::Stopping);
+        Ok(())
+    }
+
+    /// Whether a stop-with-checkpoint was asked for.
+    pub fn stopping_with_checkpoint(&self) -> bool {
+        self.lock().stop_with_checkpoint
+    }
+
     pub fn savepoint(&self, request_id: &str) -> Result<SavepointState, ControlError> {
         let mut state = self.lock();
         let request = state.requests.get(request_id).ok_or_else(|| {
@@ -415,6 +474,14 @@ impl JobController {
     ) {
         let mut state = self.lock();
         state.task_names = task_names;
+        if state.stop_with_checkpoint
+            && let Some(coordinator) = &coordinator
+            && coordinator
+                .try_send(CoordinatorEvent::StopWithCheckpoint)
+                .is_err()
+        {
+            tracing::warn!("could not ask the new attempt to stop at a checkpoint");
+        }
         state.coordinator = coordinator;
         if state.status != Some(JobStatus::Stopping) {
             state.status = Some(JobStatus::Running);

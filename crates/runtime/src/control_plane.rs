@@ -33,9 +33,11 @@ use crate::operator::StateSnapshot;
 pub enum TaskCommand {
     /// Sources only: record the position and emit this barrier.
     Trigger(Barrier),
-    /// Sources only (stop-with-savepoint): like `Trigger`, then emit nothing
-    /// more until `Finish` (the savepoint completed: end the output) or
-    /// `Resume` (it failed: carry on).
+    /// Sources only (stop-with-savepoint, stop-with-checkpoint): like
+    /// `Trigger`, then emit nothing more until `Finish` (the snapshot
+    /// completed: end the output) or `Resume` (it failed: carry on). The
+    /// source makes the barrier's kind `StopWithSavepoint` or
+    /// `StopWithCheckpoint`.
     TriggerAndSuspend(Barrier),
     /// Sources only: a suspending savepoint failed; read on.
     Resume,
@@ -61,6 +63,9 @@ pub(crate) enum CoordinatorEvent {
     },
     /// Someone asked for a savepoint (through the job controller).
     Savepoint(SavepointOrder),
+    /// Someone asked to stop the job at a checkpoint (through the job
+    /// controller).
+    StopWithCheckpoint,
     /// The job is over; stop.
     Stop,
 }

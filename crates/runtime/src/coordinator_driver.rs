@@ -122,6 +122,9 @@ impl CoordinatorDriver {
                 },
                 now,
             ),
+            CoordinatorEvent::StopWithCheckpoint => {
+                self.coordinator.request_stop_with_checkpoint(now)
+            }
             CoordinatorEvent::Stop => return Flow::Stop,
         };
         actions.extend(self.coordinator.tick(now));
@@ -193,6 +196,15 @@ impl CoordinatorDriver {
                     kind: kind.into(),
                 };
                 self.send_to_sources(TaskCommand::Trigger(barrier));
+            }
+            CoordinatorAction::TriggerStopWithCheckpoint { id } => {
+                self.controller
+                    .on_triggered(id, SnapshotKind::Checkpoint, None);
+                let barrier = Barrier {
+                    id,
+                    kind: SnapshotKind::Checkpoint.into(),
+                };
+                self.send_to_sources(TaskCommand::TriggerAndSuspend(barrier));
             }
             CoordinatorAction::TriggerSavepoint { id, savepoint } => {
                 self.savepoint_targets.insert(id, savepoint.target);

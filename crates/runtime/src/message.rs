@@ -25,13 +25,18 @@ pub enum BarrierKind {
     /// The savepoint of a stop-with-savepoint: the sources emit nothing after
     /// it, and its completion is notified (sinks publish) before the job ends.
     StopWithSavepoint,
+    /// The checkpoint of a stop-with-checkpoint (a graceful shutdown): an
+    /// ordinary checkpoint in the checkpoint storage, but the sources emit
+    /// nothing after it; its completion is notified (sinks publish) before
+    /// the job ends.
+    StopWithCheckpoint,
 }
 
 impl BarrierKind {
     /// The kind of snapshot (metadata, file layout) the barrier produces.
     pub fn snapshot_kind(self) -> SnapshotKind {
         match self {
-            BarrierKind::Checkpoint => SnapshotKind::Checkpoint,
+            BarrierKind::Checkpoint | BarrierKind::StopWithCheckpoint => SnapshotKind::Checkpoint,
             BarrierKind::Savepoint | BarrierKind::StopWithSavepoint => SnapshotKind::Savepoint,
         }
     }
@@ -39,6 +44,14 @@ impl BarrierKind {
     /// A savepoint's barrier (state must be in the canonical format).
     pub fn is_savepoint(self) -> bool {
         self.snapshot_kind() == SnapshotKind::Savepoint
+    }
+
+    /// A barrier after which the sources emit nothing (the job ends).
+    pub fn is_stop(self) -> bool {
+        matches!(
+            self,
+            BarrierKind::StopWithSavepoint | BarrierKind::StopWithCheckpoint
+        )
     }
 }
 

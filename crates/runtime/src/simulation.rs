@@ -169,6 +169,7 @@ impl SimulatedAttempt {
                 max_parallelism: config.max_parallelism,
                 vertices: graph.describe(),
                 checkpointing: true,
+                periodic_checkpoints: c.settings.periodic(),
                 savepoint_dir: c.savepoint_dir.clone(),
                 savepoint_policy: config.savepoint_policy.clone(),
             },
@@ -312,7 +313,9 @@ impl SimulatedAttempt {
             Some(CoordinatorEvent::Ack(ack)) => EventKind::Ack { id: ack.id },
             Some(CoordinatorEvent::Decline { id, .. }) => EventKind::Decline { id: *id },
             Some(CoordinatorEvent::Exhausted { .. }) => EventKind::Exhausted,
-            Some(CoordinatorEvent::Savepoint(_)) => EventKind::Savepoint,
+            Some(CoordinatorEvent::Savepoint(_) | CoordinatorEvent::StopWithCheckpoint) => {
+                EventKind::Savepoint
+            }
             Some(CoordinatorEvent::Stop) | None => EventKind::Stop,
         }
     }

@@ -368,6 +368,10 @@ pub fn start_job(graph: JobGraph, config: &ExecutionConfig) -> Result<RunningJob
         max_parallelism: config.max_parallelism,
         vertices: graph.describe(),
         checkpointing: config.checkpointing.is_some(),
+        periodic_checkpoints: config
+            .checkpointing
+            .as_ref()
+            .is_some_and(|c| c.settings.periodic()),
         savepoint_dir: config
             .checkpointing
             .as_ref()

@@ -189,10 +189,12 @@ fn drain_commands<T>(
             TaskCommand::TriggerAndSuspend(barrier) => {
                 // The barrier after which the sources stop: sinks and operators
                 // learn from its kind that it ends the job.
-                let barrier = Barrier {
-                    kind: BarrierKind::StopWithSavepoint,
-                    ..barrier
+                let kind = if barrier.kind.is_savepoint() {
+                    BarrierKind::StopWithSavepoint
+                } else {
+                    BarrierKind::StopWithCheckpoint
                 };
+                let barrier = Barrier { kind, ..barrier };
                 head(HeadCommand::Trigger(barrier, AfterBarrier::Suspend))?
             }
             TaskCommand::Resume => head(HeadCommand::Resume)?,
@@ -943,7 +945,7 @@ impl IdleTimers {
     }
 
     fn on_barrier(&mut self, barrier: Barrier) {
-        self.stopping = barrier.kind == BarrierKind::StopWithSavepoint;
+        self.stopping = barrier.kind.is_stop();
     }
 }
 

@@ -223,6 +223,17 @@ impl Drop for Process {
 /// Starts `flowstate ARGS` in `cwd`, its stdout and stderr going to
 /// `<logs>/<name>.out` and `.err`.
 pub fn start(cwd: &Path, logs: &Path, name: &str, args: &[String]) -> Process {
+    start_env(cwd, logs, name, args, &[])
+}
+
+/// [`start`] with environment variables `env` set.
+pub fn start_env(
+    cwd: &Path,
+    logs: &Path,
+    name: &str,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> Process {
     std::fs::create_dir_all(logs).unwrap();
     let stdout = logs.join(format!("{name}.out"));
     let stderr = logs.join(format!("{name}.err"));
@@ -231,6 +242,7 @@ pub fn start(cwd: &Path, logs: &Path, name: &str, args: &[String]) -> Process {
         .current_dir(cwd)
         .env_remove("FLOWSTATE_LOG")
         .env_remove("FLOWSTATE_REST_TOKEN")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(File::create(&stdout).unwrap())
         .stderr(File::create(&stderr).unwrap())
@@ -265,6 +277,16 @@ impl Process {
 
     pub fn stderr_so_far(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.stderr).unwrap_or_default()).into_owned()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("a pid fits in i32");
+        // SAFETY: kill(2) has no memory-safety preconditions; the child is
+        // not reaped yet (it is reaped only by `wait`/`ended`), so its pid
+        // cannot have been reused.
+        let result = unsafe { libc::kill(pid, signal) };
+        assert_eq!(result, 0, "kill({pid}, {signal}) failed");
     }
 
     /// The run's output if it has ended.

@@ -1,5 +1,6 @@
-//! The restart flags of `flowstate run` and the [`RestartStrategy`] they
-//! make (Flink's `restart-strategy.*` options, as flags).
+//! The restart flags of [`RunArgs`](super::RunArgs) (`flowstate run` and
+//! every [`App`](super::App)) and the [`RestartStrategy`] they make (Flink's
+//! `restart-strategy.*` options, as flags).
 //!
 //! It owns: parsing `--restart-strategy` and its parameters, their defaults
 //! per strategy, refusing a parameter the chosen strategy does not have, and
@@ -13,15 +14,24 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
-use flowstate::runtime::RestartStrategy;
-use flowstate::runtime::restart::{
+use flowstate_runtime::RestartStrategy;
+use flowstate_runtime::restart::{
     DEFAULT_BACKOFF_MULTIPLIER, DEFAULT_FAILURE_RATE_INTERVAL, DEFAULT_FAILURE_RATE_MAX_FAILURES,
     DEFAULT_JITTER_FACTOR, DEFAULT_RESET_BACKOFF_THRESHOLD, DEFAULT_RESTART_ATTEMPTS,
     DEFAULT_RESTART_DELAY, DEFAULT_RESTART_DELAY_MAX, ExponentialDelay, FailureRate, FixedDelay,
     RestartStrategyError,
 };
+
+use super::AppError;
+
+type Result<T, E = AppError> = std::result::Result<T, E>;
+
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err(AppError::Usage(format!($($arg)*)))
+    };
+}
 
 /// Flink's `restart-strategy.type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -194,9 +204,10 @@ mod tests {
         restart: RestartArgs,
     }
 
-    fn strategy(args: &[&str]) -> Result<RestartStrategy> {
-        let cli = Cli::try_parse_from(std::iter::once("flowstate").chain(args.iter().copied()))?;
-        cli.restart.strategy()
+    fn strategy(args: &[&str]) -> Result<RestartStrategy, String> {
+        let cli = Cli::try_parse_from(std::iter::once("flowstate").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cli.restart.strategy().map_err(|e| e.to_string())
     }
 
     fn ms(n: u64) -> Duration {

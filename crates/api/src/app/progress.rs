@@ -7,7 +7,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use flowstate::runtime::JobMetrics;
+use flowstate_runtime::JobMetrics;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// How often the terminal line is redrawn.

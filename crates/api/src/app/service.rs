@@ -1,24 +1,34 @@
 //! The HTTP API's view of the jobs this process runs: adapts the runtime's
-//! [`JobController`] to `flowstate_rest::JobService`. Owns the mapping of
+//! [`JobController`] to `flowstate_rest::JobService` (for `flowstate run`
+//! and every [`App`](super::App)). Owns the mapping of
 //! runtime types to the API's JSON shapes and of control errors to HTTP
 //! error kinds, and the `run` flags that say who may use the API and which
 //! savepoint targets it may name ([`RestArgs`]); nothing else.
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Result, bail};
 use clap::Args;
 
-use flowstate::runtime::SnapshotKind;
-use flowstate::runtime::control::{
-    CheckpointRecord, ControlError, JobController, JobStatus, SavepointState,
-    SavepointTargetPolicy, SnapshotStatus,
-};
 use flowstate_rest::{
     CheckpointCounts, CheckpointEntry, CheckpointHistory, JobDetails, JobService, JobState,
     JobSummary, RestError, SavepointStatus, ServeOptions, ServiceError, TaskCheckpointEntry,
     Vertex, VertexInput,
 };
+use flowstate_runtime::SnapshotKind;
+use flowstate_runtime::control::{
+    CheckpointRecord, ControlError, JobController, JobStatus, SavepointState,
+    SavepointTargetPolicy, SnapshotStatus,
+};
+
+use super::AppError;
+
+type Result<T, E = AppError> = std::result::Result<T, E>;
+
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err(AppError::Usage(format!($($arg)*)))
+    };
+}
 
 /// The environment variable that holds the API's bearer token when
 /// `--rest-token` is not given (for the job and for the client commands).
@@ -68,7 +78,8 @@ impl RestArgs {
             }
             return Ok(SavepointTargetPolicy::any());
         }
-        Ok(SavepointTargetPolicy::with_roots(&self.savepoint_root)?)
+        SavepointTargetPolicy::with_roots(&self.savepoint_root)
+            .map_err(|e| AppError::Other(Box::new(e)))
     }
 
     /// The server's options.
@@ -218,7 +229,7 @@ impl JobService for LocalJobs {
     fn details(&self, job: &str) -> Result<JobDetails, ServiceError> {
         let j = self.find(job)?;
         let d = j.description();
-        let now_ms = flowstate::runtime::checkpoint::coordinator::unix_ms_now();
+        let now_ms = flowstate_runtime::checkpoint::coordinator::unix_ms_now();
         Ok(JobDetails {
             id: job.to_owned(),
             name: d.name.clone(),

@@ -1,0 +1,398 @@
+//! The runtime flags of [`RunArgs`](super::RunArgs) — what `flowstate run`
+//! and every [`App`](super::App) accept besides the job's own flags — and
+//! the [`ExecutionConfig`] they make.
+//!
+//! Owns: the flags (`RuntimeArgs`, `StateArgs`; the restart and HTTP API
+//! flags are in `restart` and `service`), their parsers (`parse_size`,
+//! `parse_interval`), what `--restore X` names (`restore_from`) and the
+//! checks of flag combinations. Must not touch: running the job (`super`),
+//! signals (`shutdown`), the configuration file (`config_file`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use flowstate_runtime::checkpoint::{CoordinatorSettings, LeaseSettings, Location, open_storage};
+use flowstate_runtime::{CheckpointingConfig, ExecutionConfig, Guarantee, RestoreFrom};
+
+use super::error::AppError;
+use super::{restart, service};
+
+type Result<T, E = AppError> = std::result::Result<T, E>;
+
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err(AppError::Usage(format!($($arg)*)))
+    };
+}
+
+/// Where the HTTP API listens unless `--rest` says otherwise.
+pub const DEFAULT_REST: &str = "127.0.0.1:8081";
+
+/// The checkpoint storage of a job run with `--checkpoint-interval off` that
+/// restores nothing from `--checkpoint-dir`: such a job writes nothing to its
+/// checkpoint storage, so it gets one in memory rather than a directory.
+const UNUSED_CHECKPOINT_STORAGE: &str = "memory://flowstate-no-checkpoints";
+
+/// The runtime flags (see the module docs of [`flowstate::app`](super) for
+/// each one's configuration key).
+#[derive(Args)]
+pub struct RuntimeArgs {
+    /// Read flags from this TOML file (keys are the long flag names, e.g.
+    /// `parallelism = 2`, `checkpoint-interval = "1s"`); flags given on the
+    /// command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Parallel instances of every operator [default: number of CPUs].
+    #[arg(long)]
+    pub parallelism: Option<u32>,
+    /// Number of key groups: the most instances state can be rescaled to.
+    #[arg(long, default_value_t = flowstate_state::DEFAULT_MAX_PARALLELISM)]
+    pub max_parallelism: u32,
+    /// Time between checkpoints (`500ms`, `1s`, `2m`), or `off`: no checkpoints
+    /// and no restarts, but savepoints and --restore of a named one still work.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    pub checkpoint_interval: Interval,
+    /// Where checkpoints go: a path, `file:///path`, `s3://bucket/prefix` or
+    /// `memory://` [default: <temp dir>/flowstate/checkpoints/<job>].
+    #[arg(long)]
+    pub checkpoint_dir: Option<String>,
+    /// A checkpoint not complete after this long is aborted.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub checkpoint_timeout: Duration,
+    /// Least time between the end of a checkpoint and the start of the next.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub min_pause: Duration,
+    /// Consecutive failed checkpoints tolerated before the job fails.
+    #[arg(long, default_value_t = 3)]
+    pub tolerable_failures: u32,
+    /// Delivery guarantee: exactly-once, at-least-once, or at-most-once
+    /// (see docs/at-most-once.md). May differ from the run that wrote the
+    /// checkpoint --restore resumes.
+    #[arg(long, value_enum, default_value_t = Mode::ExactlyOnce)]
+    pub mode: Mode,
+    /// Completed checkpoints kept.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub retain: u32,
+    /// Start from `latest` (the newest completed checkpoint under
+    /// --checkpoint-dir; a fresh start if there is none), from a savepoint
+    /// directory (a path or URL), or from a checkpoint directory (anywhere, or
+    /// relative to --checkpoint-dir).
+    #[arg(long)]
+    pub restore: Option<String>,
+    /// With --restore: drop the state of operators this job no longer has
+    /// (otherwise the restore fails, naming them).
+    #[arg(long)]
+    pub allow_non_restored_state: bool,
+    /// With --restore latest: when the newest checkpoint cannot be restored,
+    /// fall back to an older one even though the job's exactly-once sinks
+    /// already published the newer one's output, which the replay then
+    /// publishes again (duplicates). Without it such a restore fails,
+    /// naming the damaged file.
+    #[arg(long)]
+    pub allow_fallback_duplicates: bool,
+    /// With --restore latest: take over the lease of the job's checkpoint
+    /// directory even though its owner looks alive. Only for a run you know
+    /// is dead where this one cannot tell (on another host, before its lease
+    /// lapses 30s after its last renewal): two live runs of one job destroy
+    /// each other's checkpoints and publish their output twice.
+    #[arg(long)]
+    pub take_over_lease: bool,
+    /// Where savepoints go when a request names no directory; requests may
+    /// also name it or a directory under it (see --savepoint-root).
+    #[arg(long)]
+    pub savepoint_dir: Option<String>,
+    /// What SIGTERM and SIGINT do: `checkpoint` (stop at a final checkpoint;
+    /// resume with --restore latest), `savepoint` (stop with a savepoint
+    /// into --savepoint-dir) or `cancel`. A second signal exits at once.
+    #[arg(long, value_enum, default_value_t = OnSignal::Checkpoint)]
+    pub on_signal: OnSignal,
+    /// After SIGTERM or SIGINT, exit non-zero if the job has not stopped
+    /// within this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Address of the job's HTTP API (`host:port`; port 0 picks a free one),
+    /// or `off`. Anything but loopback needs --rest-token.
+    #[arg(long, default_value = DEFAULT_REST)]
+    pub rest: String,
+    #[command(flatten)]
+    pub api: service::RestArgs,
+    #[command(flatten)]
+    pub restart: restart::RestartArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+/// The state backend flags.
+#[derive(Args)]
+pub struct StateArgs {
+    /// Where keyed state lives: `heap` (memory) or `rocksdb` (local disk; needs a
+    /// build with `--features rocksdb`).
+    #[arg(long, default_value = "heap")]
+    pub state_backend: flowstate_state::BackendKind,
+    /// Local directory of the rocksdb backend's databases
+    /// [default: <temp dir>/flowstate/state].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// rocksdb: checkpoints upload only the files that changed since the last one.
+    #[arg(long)]
+    pub incremental: bool,
+    /// rocksdb: block cache shared by all instances (`256MiB`, `1GiB`).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub rocksdb_block_cache: u64,
+    /// rocksdb: memtable size per state (`64MiB`).
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub rocksdb_write_buffer: u64,
+}
+
+/// `512`, `64KiB`, `256MiB`, `2GiB` (also `K`, `M`, `G`, all powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &text[digits.len()..];
+    let shift = match unit {
+        "" | "B" => 0,
+        "K" | "KiB" | "k" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => return Err(format!("unknown unit '{unit}' (use B, KiB, MiB or GiB)")),
+    };
+    let value: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 256MiB)"))?;
+    value
+        .checked_mul(1 << shift)
+        .filter(|&bytes| bytes > 0)
+        .ok_or_else(|| format!("'{text}' is not a size between 1 byte and 16 EiB"))
+}
+
+impl StateArgs {
+    fn backend(&self) -> Result<flowstate_state::StateBackendConfig> {
+        use flowstate_state::{BackendKind, StateBackendConfig};
+        match self.state_backend {
+            BackendKind::Heap => {
+                if self.incremental {
+                    bail!(
+                        "--incremental needs --state-backend rocksdb (heap checkpoints are always complete)"
+                    );
+                }
+                Ok(StateBackendConfig::Heap)
+            }
+            BackendKind::RocksDb => self.rocksdb(),
+        }
+    }
+
+    #[cfg(feature = "rocksdb")]
+    fn rocksdb(&self) -> Result<flowstate_state::StateBackendConfig> {
+        use flowstate_state_rocksdb::{RocksDbFactory, RocksDbOptions};
+        let dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("flowstate").join("state"));
+        let options = RocksDbOptions {
+            block_cache_bytes: self.rocksdb_block_cache,
+            write_buffer_bytes: self.rocksdb_write_buffer,
+            incremental: self.incremental,
+            ..RocksDbOptions::new(dir)
+        };
+        Ok(flowstate_state::StateBackendConfig::Store(
+            RocksDbFactory::new(options),
+        ))
+    }
+
+    #[cfg(not(feature = "rocksdb"))]
+    fn rocksdb(&self) -> Result<flowstate_state::StateBackendConfig> {
+        bail!(
+            "this flowstate was built without the rocksdb backend; build it with `cargo build --release -p flowstate-cli --features rocksdb` (needs libclang-dev)"
+        )
+    }
+}
+
+/// `--mode`. The names are the flag's values (`exactly-once`, ...).
+#[allow(clippy::enum_variant_names)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Aligned barriers: every record affects state and committed output once.
+    ExactlyOnce,
+    /// No alignment: after a failure records may be replayed (counted twice).
+    AtLeastOnce,
+    /// No alignment and no rewind: sources emit only what a durable
+    /// reservation covers and resume after it; a record may be lost, never
+    /// counted twice.
+    AtMostOnce,
+}
+
+/// `--on-signal`: what SIGTERM and SIGINT do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnSignal {
+    /// Stop at a final checkpoint (stop-with-checkpoint); `--restore latest`
+    /// resumes from it.
+    Checkpoint,
+    /// Stop with a savepoint into `--savepoint-dir` (stop-with-savepoint).
+    Savepoint,
+    /// Cancel the job (no snapshot; `--restore latest` resumes from the
+    /// latest completed checkpoint).
+    Cancel,
+}
+
+/// `--checkpoint-interval`.
+#[derive(Clone, Copy, Debug)]
+pub enum Interval {
+    Off,
+    Every(Duration),
+}
+
+/// `500ms`, `1s`, `2m` (at least 10ms), or `off`.
+pub fn parse_interval(text: &str) -> Result<Interval, String> {
+    if text == "off" {
+        return Ok(Interval::Off);
+    }
+    let every = humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (expected e.g. 500ms, 1s, or off)"))?;
+    if every < Duration::from_millis(10) {
+        return Err("the interval must be at least 10ms".into());
+    }
+    Ok(Interval::Every(every))
+}
+
+/// What `--restore X` names: a checkpoint relative to `--checkpoint-dir` (also
+/// given as a local path inside it), or a savepoint or checkpoint anywhere
+/// else (a local path or a URL).
+fn restore_from(given: &str, checkpoint_dir: &str) -> Result<RestoreFrom> {
+    if given == "latest" {
+        return Ok(RestoreFrom::Latest);
+    }
+    let Some(path) = Location::parse(given).local_path() else {
+        return Ok(RestoreFrom::Location(given.to_owned()));
+    };
+    let root = Location::parse(checkpoint_dir)
+        .local_path()
+        .unwrap_or(checkpoint_dir);
+    let (path, root) = (path.to_owned(), root.to_owned());
+    if !path.starts_with('/') {
+        // A snapshot directory relative to the working directory, else a
+        // checkpoint relative to --checkpoint-dir.
+        let here = std::path::Path::new(&path);
+        let is_snapshot =
+            here.join("_metadata").is_file() || (here.ends_with("_metadata") && here.is_file());
+        if is_snapshot {
+            let absolute = std::path::absolute(here).map_err(|e| AppError::Flag {
+                context: format!("--restore {given}"),
+                source: Box::new(e),
+            })?;
+            return Ok(RestoreFrom::Location(absolute.display().to_string()));
+        }
+        return Ok(RestoreFrom::Path(path));
+    }
+    let root = std::path::absolute(&root).unwrap_or_else(|_| PathBuf::from(&root));
+    match std::path::Path::new(&path).strip_prefix(&root) {
+        Ok(relative) => Ok(RestoreFrom::Path(relative.display().to_string())),
+        Err(_) => Ok(RestoreFrom::Location(path)),
+    }
+}
+
+impl RuntimeArgs {
+    /// Whether the job takes periodic checkpoints.
+    pub fn checkpoints(&self) -> bool {
+        matches!(self.checkpoint_interval, Interval::Every(_))
+    }
+
+    /// The execution configuration of job `job` the flags describe, checked.
+    pub fn config(&self, job: &str) -> Result<ExecutionConfig> {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        let parallelism = self
+            .parallelism
+            .unwrap_or_else(|| cpus.min(self.max_parallelism).max(1));
+        if self.allow_non_restored_state && self.restore.is_none() {
+            bail!("--allow-non-restored-state only applies with --restore");
+        }
+        if self.take_over_lease && self.restore.as_deref() != Some("latest") {
+            // Any other start is a new job id, whose lease nobody holds.
+            bail!("--take-over-lease only applies with --restore latest");
+        }
+        if self.on_signal == OnSignal::Savepoint && self.savepoint_dir.is_none() {
+            bail!("--on-signal savepoint needs --savepoint-dir (where the savepoint goes)");
+        }
+        self.api.check(&self.rest)?;
+        let mut config = ExecutionConfig {
+            job_name: job.to_owned(),
+            max_parallelism: self.max_parallelism,
+            state_backend: self.state.backend()?,
+            savepoint_policy: self.api.savepoint_policy()?,
+            lease: LeaseSettings {
+                take_over: self.take_over_lease,
+                ..LeaseSettings::default()
+            },
+            ..ExecutionConfig::with_parallelism(parallelism)
+        };
+        config
+            .validate()
+            .map_err(|e| AppError::Other(Box::new(e)))?;
+        // `off` means no periodic (and no final) checkpoints, not no
+        // coordinator: savepoints, stop-with-savepoint and restores still work.
+        let interval = match self.checkpoint_interval {
+            Interval::Off => None,
+            Interval::Every(every) => Some(every),
+        };
+        if interval.is_none() && self.restore.as_deref() == Some("latest") {
+            bail!(
+                "--restore latest resumes a job from its latest checkpoint, and a job run with \
+                 --checkpoint-interval off has none (it keeps no directory under \
+                 --checkpoint-dir): name the savepoint or checkpoint to restore (--restore DIR), \
+                 or give a --checkpoint-interval"
+            );
+        }
+        let dir = match &self.checkpoint_dir {
+            Some(dir) => dir.clone(),
+            None => std::env::temp_dir()
+                .join("flowstate")
+                .join("checkpoints")
+                .join(job)
+                .display()
+                .to_string(),
+        };
+        let restore = match self.restore.as_deref() {
+            None => RestoreFrom::Nothing,
+            Some(given) => restore_from(given, &dir)?,
+        };
+        // Without checkpoints nothing is ever written to the checkpoint
+        // storage, and opening a local directory creates it: it is opened only
+        // to read a checkpoint named relative to it.
+        let storage = if interval.is_some() || matches!(restore, RestoreFrom::Path(_)) {
+            open_storage(&dir).map_err(|e| AppError::Flag {
+                context: format!("--checkpoint-dir {dir}"),
+                source: Box::new(e),
+            })?
+        } else {
+            open_storage(UNUSED_CHECKPOINT_STORAGE).map_err(|e| AppError::Flag {
+                context: format!("opening {UNUSED_CHECKPOINT_STORAGE}"),
+                source: Box::new(e),
+            })?
+        };
+        config.checkpointing = Some(CheckpointingConfig {
+            storage,
+            settings: CoordinatorSettings {
+                interval,
+                timeout: self.checkpoint_timeout,
+                min_pause: self.min_pause,
+                max_concurrent: 1,
+                tolerable_failures: self.tolerable_failures,
+                retain: self.retain as usize,
+            },
+            guarantee: match self.mode {
+                Mode::ExactlyOnce => Guarantee::ExactlyOnce,
+                Mode::AtLeastOnce => Guarantee::AtLeastOnce,
+                Mode::AtMostOnce => Guarantee::AtMostOnce,
+            },
+            job_id: None,
+            restore,
+            allow_non_restored_state: self.allow_non_restored_state,
+            allow_fallback_duplicates: self.allow_fallback_duplicates,
+            savepoint_dir: self.savepoint_dir.clone(),
+            restart: self.restart.strategy()?,
+        });
+        Ok(config)
+    }
+}
