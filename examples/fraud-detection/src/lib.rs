@@ -29,12 +29,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowstate::connectors::ConnectorError;
-use flowstate::connectors::sequence::{DEFAULT_SPLITS, SequenceSource};
+use flowstate::connectors::sequence::SequenceSource;
 use flowstate::{
     FnResult, KeyedContext, KeyedProcessFunction, KeyedStateBackend, StreamEnvironment, TimeDomain,
     TumblingEventTimeWindows, ValueStateDescriptor, ValueStateHandle, WatermarkStrategy,
     WindowAggregateFunction,
 };
+
+/// Splits of the transaction source: at most this many source instances
+/// read (more parallelism still spreads the keyed rules). Few, so that the
+/// batch a reader takes from one split spans little event time (see
+/// [`interleaved`]).
+pub const SOURCE_SPLITS: u32 = 8;
 
 /// Event time of transaction 0 before disorder (ms since the Unix epoch).
 pub const T0_MS: i64 = 1_700_000_000_000;
@@ -151,6 +157,39 @@ impl Generator {
             amount_cents,
             timestamp_ms: T0_MS + advance - disorder,
         }
+    }
+}
+
+/// The transaction id that position `i` of the sequence source emits, for
+/// `n` transactions cut into `splits` splits.
+///
+/// The sequence source cuts its index range into contiguous splits, each read
+/// at its own pace with its own watermark, and an instance's watermark is the
+/// minimum over its splits. Were index and id the same, split 0 would hold the
+/// first minutes of event time and the last split the last ones, and the
+/// watermark would stay with the slowest until the end. So split `s` emits ids
+/// `s`, `s + splits`, `s + 2 * splits`, ... instead: every split walks the
+/// whole event-time range at the same pace, the watermark advances steadily,
+/// and alerts come out as the stream goes (a reader takes a batch of up to a
+/// thousand positions from one split at a time: with `splits` splits that
+/// spans `splits` thousand transactions of event time). A bijection of `0..n`.
+pub fn interleaved(i: u64, n: u64, splits: u64) -> u64 {
+    let start = |s: u64| (u128::from(n) * u128::from(s) / u128::from(splits)) as u64;
+    let mut s = (u128::from(i) * u128::from(splits) / u128::from(n.max(1))) as u64;
+    while s + 1 < splits && start(s + 1) <= i {
+        s += 1;
+    }
+    while s > 0 && start(s) > i {
+        s -= 1;
+    }
+    // Position k in split s; every split has q or q + 1 positions.
+    let (k, q) = (i - start(s), n / splits);
+    if k < q {
+        splits * k + s
+    } else {
+        // The last position of a long split: after all of the first q rows,
+        // in split order among the long splits.
+        splits * q + (start(s) - q * s)
     }
 }
 
@@ -488,8 +527,10 @@ pub fn build(env: &StreamEnvironment, params: &Params) -> Result<Job, ConnectorE
         millis(params.out_of_orderness),
         |t: &Transaction| t.timestamp_ms,
     );
-    let mut source = SequenceSource::new(params.transactions, DEFAULT_SPLITS, move |i| {
-        generator.transaction(i)
+    let n = params.transactions;
+    let splits = u64::from(SOURCE_SPLITS);
+    let mut source = SequenceSource::new(n, SOURCE_SPLITS, move |i| {
+        generator.transaction(interleaved(i, n, splits))
     })?
     .with_event_time(strategy);
     if let Some(rate) = params.rate {
@@ -547,4 +588,27 @@ pub fn build(env: &StreamEnvironment, params: &Params) -> Result<Job, ConnectorE
         }
     }
     Ok(Job { shares })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaving_is_a_bijection() {
+        for (n, splits) in [(0, 4), (3, 8), (10, 4), (128, 128), (1000, 128), (1001, 7)] {
+            let mut ids: Vec<u64> = (0..n).map(|i| interleaved(i, n, splits)).collect();
+            ids.sort_unstable();
+            assert_eq!(ids, (0..n).collect::<Vec<_>>(), "n={n} splits={splits}");
+        }
+    }
+
+    #[test]
+    fn every_split_starts_at_the_beginning() {
+        // Split s (starting at index n * s / splits) emits id s first.
+        let (n, splits) = (1000, 128);
+        for s in 0..splits {
+            assert_eq!(interleaved(n * s / splits, n, splits), s);
+        }
+    }
 }
