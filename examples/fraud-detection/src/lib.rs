@@ -108,7 +108,7 @@ impl Default for Params {
 pub fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D4_9BB1_3311_EB);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
 
@@ -298,6 +298,14 @@ impl Shares {
     }
 }
 
+/// The states of [`SmallThenLarge`]: pending transactions, last small one,
+/// transactions seen.
+type RuleHandles = (
+    ValueStateHandle<Vec<Transaction>>,
+    ValueStateHandle<Transaction>,
+    ValueStateHandle<u64>,
+);
+
 /// Rule "small-then-large", per card.
 #[derive(Clone)]
 struct SmallThenLarge {
@@ -314,16 +322,7 @@ struct SmallThenLarge {
 }
 
 impl SmallThenLarge {
-    fn handles(
-        &self,
-    ) -> Result<
-        (
-            ValueStateHandle<Vec<Transaction>>,
-            ValueStateHandle<Transaction>,
-            ValueStateHandle<u64>,
-        ),
-        &'static str,
-    > {
+    fn handles(&self) -> Result<RuleHandles, &'static str> {
         match (&self.pending, &self.last_small, &self.seen) {
             (Some(p), Some(l), Some(s)) => Ok((p.clone(), l.clone(), s.clone())),
             _ => Err("state used before open"),

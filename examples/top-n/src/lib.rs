@@ -81,7 +81,7 @@ impl Default for Params {
 pub fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D4_9BB1_3311_EB);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
 
@@ -177,6 +177,12 @@ impl Summary {
 #[derive(Clone, Default)]
 struct Shares(Arc<Mutex<HashMap<u32, Summary>>>);
 
+/// The states of [`TopN`]: the window's `(page, views)`, and what it emitted.
+type TopNHandles = (
+    ValueStateHandle<Vec<(u64, u64)>>,
+    ValueStateHandle<(u64, u64)>,
+);
+
 /// Ranks one window's pages (the key is the window's start).
 #[derive(Clone)]
 struct TopN {
@@ -189,15 +195,7 @@ struct TopN {
 }
 
 impl TopN {
-    fn handles(
-        &self,
-    ) -> Result<
-        (
-            ValueStateHandle<Vec<(u64, u64)>>,
-            ValueStateHandle<(u64, u64)>,
-        ),
-        &'static str,
-    > {
+    fn handles(&self) -> Result<TopNHandles, &'static str> {
         match (&self.counts, &self.emitted) {
             (Some(c), Some(e)) => Ok((c.clone(), e.clone())),
             _ => Err("state used before open"),
