@@ -381,11 +381,17 @@ pub fn build(env: &StreamEnvironment, params: &Params) -> Result<Job, BuildError
             records,
         )));
     }
-    let shares = Shares::default();
     let clicks = env
         .from_source("Source: Kafka clicks", source)
         .uid("kafka-clicks");
-    let sessions = sessionize(&clicks, params.gap, &shares);
+    sessions_to_output(&clicks, params)
+}
+
+/// The job after its source: sessions of `clicks` into the table, the files
+/// or nowhere.
+fn sessions_to_output(clicks: &DataStream<Click>, params: &Params) -> Result<Job, BuildError> {
+    let shares = Shares::default();
+    let sessions = sessionize(clicks, params.gap, &shares);
     match (&params.database, &params.output) {
         (Some(url), _) => {
             let sink = PostgresSink::new(
@@ -537,5 +543,83 @@ mod tests {
             job.result_line(),
             "RESULT clicks=100000 sessions=544 checksum=9cf8cdfa7008835d"
         );
+    }
+
+    /// The sessions through the two-phase-commit PostgreSQL sink, with
+    /// checkpoints, from the generated clicks (no Kafka needed): the table
+    /// holds every session once. Skipped without `FLOWSTATE_TEST_PG_URL`.
+    #[test]
+    fn sessions_into_postgres() {
+        let Ok(url) = std::env::var("FLOWSTATE_TEST_PG_URL") else {
+            if std::env::var("FLOWSTATE_REQUIRE_PG").as_deref() == Ok("1") {
+                panic!("FLOWSTATE_TEST_PG_URL is not set but FLOWSTATE_REQUIRE_PG=1");
+            }
+            eprintln!("[sessions_into_postgres] SKIPPED: FLOWSTATE_TEST_PG_URL is not set");
+            return;
+        };
+        let clicks = Clicks::default();
+        let n = 40_000;
+        let table = format!("sessions_unit_{}", std::process::id());
+        let mut config = ExecutionConfig::with_parallelism(2);
+        config.checkpointing = Some(flowstate::runtime::CheckpointingConfig {
+            storage: flowstate::runtime::checkpoint::open_storage(&format!(
+                "memory://sessionization-{}",
+                std::process::id()
+            ))
+            .unwrap(),
+            settings: flowstate::runtime::checkpoint::CoordinatorSettings {
+                interval: Some(Duration::from_millis(50)),
+                ..Default::default()
+            },
+            guarantee: flowstate::runtime::Guarantee::ExactlyOnce,
+            job_id: None,
+            restore: flowstate::runtime::RestoreFrom::Nothing,
+            allow_non_restored_state: false,
+            allow_fallback_duplicates: false,
+            savepoint_dir: None,
+            restart: Default::default(),
+        });
+        let env = StreamEnvironment::new(config);
+        let source = SequenceSource::new(n, 4, move |i| clicks.click(i))
+            .unwrap()
+            .with_event_time(WatermarkStrategy::monotonous(|c: &Click| c.timestamp_ms));
+        let params = Params {
+            brokers: String::new(),
+            topic: String::new(),
+            records: None,
+            gap: Duration::from_secs(30 * 60),
+            out_of_orderness: Duration::ZERO,
+            database: Some(url.clone()),
+            table: table.clone(),
+            output: None,
+        };
+        let job = sessions_to_output(&env.from_source("clicks", source), &params).unwrap();
+        env.execute().unwrap();
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let rows = client
+            .query(
+                &format!("SELECT user_id, session_start, last_click, clicks FROM {table}"),
+                &[],
+            )
+            .unwrap();
+        let mut sum = Summary::default();
+        for r in &rows {
+            let s = Session {
+                user: r.get::<_, i64>(0) as u64,
+                start_ms: r.get(1),
+                last_click_ms: r.get(2),
+                clicks: r.get::<_, i64>(3) as u64,
+            };
+            sum.sessions += 1;
+            sum.clicks += s.clicks;
+            sum.checksum = sum
+                .checksum
+                .wrapping_add(splitmix64(fnv1a64(s.to_string().as_bytes())));
+        }
+        assert_eq!(sum, job.summary());
+        assert_eq!(sum.clicks, n);
+        client
+            .batch_execute(&format!("DROP TABLE {table}"))
+            .unwrap();
     }
 }
