@@ -12,6 +12,15 @@ mod kafka;
 mod remote;
 mod tools;
 
+/// mimalloc instead of the system allocator: with a million keys whose state
+/// values are heap allocations, every checkpoint clones key groups (worker
+/// threads allocate) while the upload thread frees the previous copies, and
+/// glibc's malloc serialises those cross-thread frees on the workers' arenas
+/// (bench/RESULTS.md, "A million open windows").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
