@@ -40,6 +40,9 @@ pub use window::{
 
 pub use flowstate_connectors as connectors;
 pub use flowstate_runtime as runtime;
+pub use flowstate_runtime::checkpoint::{
+    JobParameter, JobParameters, ParameterDifference, ParameterError, ParameterMismatch,
+};
 pub use flowstate_runtime::{
     Barrier, BarrierKind, Data, ExecutionConfig, JobError, JobReport, RunningJob, Sink, SinkWriter,
     Source, SourcePoll, SourceReader, SubtaskInfo, UserError,

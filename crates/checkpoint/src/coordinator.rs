@@ -568,6 +568,8 @@ pub struct Coordinator {
     ending: Ending,
     /// What adoption decided to delete, answered with the first event.
     startup: Vec<CoordinatorAction>,
+    /// The job name and parameters every snapshot records ([`Self::with_job`]).
+    job: Option<crate::job::JobSection>,
 }
 
 impl Coordinator {
@@ -648,6 +650,7 @@ impl Coordinator {
             queued_savepoints: VecDeque::new(),
             ending: Ending::Running,
             startup: Vec::new(),
+            job: None,
         };
         // A coordinator that takes no checkpoints has nothing to adopt, and
         // its job holds no lease on the directory: it must not delete there.
@@ -868,6 +871,13 @@ impl Coordinator {
         let mut all = std::mem::take(&mut self.startup);
         all.extend(actions);
         all
+    }
+
+    /// Every snapshot this coordinator completes records `job` (its name
+    /// and parameters) in its metadata; without it, none is recorded.
+    pub fn with_job(mut self, job: crate::job::JobSection) -> Self {
+        self.job = Some(job);
+        self
     }
 
     pub fn job_id(&self) -> &str {
@@ -1692,6 +1702,7 @@ impl Coordinator {
             created_unix_ms: now.unix_ms,
             max_parallelism: self.max_parallelism,
             operators,
+            job: self.job.clone(),
         };
         let stats = CheckpointStats {
             id,
