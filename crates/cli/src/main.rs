@@ -186,6 +186,10 @@ pub(crate) struct RuntimeArgs {
     /// (otherwise the restore fails, naming them).
     #[arg(long)]
     allow_non_restored_state: bool,
+    /// With --restore: restore a snapshot taken with other job parameters
+    /// or another job (otherwise the restore fails, naming each difference).
+    #[arg(long)]
+    allow_parameter_change: bool,
     /// With --restore latest: when the newest checkpoint cannot be restored,
     /// fall back to an older one even though the job's exactly-once sinks
     /// already published the newer one's output, which the replay then
@@ -396,6 +400,7 @@ impl RuntimeArgs {
         self.api.check(&self.rest)?;
         let mut config = ExecutionConfig {
             job_name: job.to_owned(),
+            allow_parameter_change: self.allow_parameter_change,
             max_parallelism: self.max_parallelism,
             state_backend: self.state.backend()?,
             savepoint_policy: self.api.savepoint_policy()?,

@@ -22,7 +22,7 @@ use thiserror::Error;
 use flowstate_checkpoint::keyed_file::{read_verified, verify_file};
 use flowstate_checkpoint::metadata::{FileRef, KeyGroupEntry, KeyedStateHandle, SnapshotKind};
 use flowstate_checkpoint::storage::{CheckpointStorage, StorageError};
-use flowstate_checkpoint::{CheckpointError, CheckpointId};
+use flowstate_checkpoint::{CheckpointError, CheckpointId, JobSection};
 use flowstate_state::snapshot::{SectionState, read_section};
 use flowstate_state::{RedistributionMode, StateKind};
 
@@ -93,6 +93,9 @@ pub struct SnapshotSummary {
     /// Bytes of every file the snapshot references.
     pub state_bytes: u64,
     pub operators: Vec<OperatorSummary>,
+    /// The job name and parameters the snapshot records; `None` (JSON
+    /// `null`) for a snapshot written before they were recorded.
+    pub job: Option<JobSection>,
 }
 
 impl SnapshotSummary {
@@ -314,6 +317,7 @@ pub fn summarize(
         max_parallelism: metadata.max_parallelism,
         state_bytes: metadata.state_bytes(),
         operators,
+        job: metadata.job.clone(),
     })
 }
 
@@ -853,6 +857,7 @@ mod tests {
                     subtasks,
                 },
             ],
+            job: None,
         };
         let path = "job/chk-3/_metadata".to_owned();
         storage.put(&path, metadata.encode().unwrap()).unwrap();
@@ -1163,6 +1168,7 @@ mod tests {
                     lists: Vec::new(),
                 }],
             }],
+            job: None,
         };
         let path = "job/chk-1/_metadata";
         storage.put(path, metadata.encode().unwrap()).unwrap();
