@@ -40,6 +40,10 @@ pub use window::{
 
 pub use flowstate_connectors as connectors;
 pub use flowstate_runtime as runtime;
+pub use flowstate_runtime::CheckError;
+pub use flowstate_runtime::checkpoint::compatibility::{
+    CheckOptions, CompatibilityReport, OperatorCheck, Outcome, ParameterCheck, StateCheck,
+};
 pub use flowstate_runtime::checkpoint::{
     JobParameter, JobParameters, ParameterDifference, ParameterError, ParameterMismatch,
 };

@@ -13,7 +13,8 @@ use flowstate_connectors::{
     CollectSink, CollectionSource, ConnectorError, CountingSink, FileSink, StdoutSink,
     TextLinesSource,
 };
-use flowstate_runtime::checkpoint::JobParameters;
+use flowstate_runtime::CheckError;
+use flowstate_runtime::checkpoint::{CheckOptions, CompatibilityReport, JobParameters};
 use flowstate_runtime::graph::{OperatorFactory, TwoInputFactory};
 use flowstate_runtime::{
     Data, DeterministicExecutor, ExecutionConfig, JobError, JobGraph, JobReport, NodeId, Operator,
@@ -139,6 +140,25 @@ impl StreamEnvironment {
     /// simulation); the environment starts a new, empty graph.
     pub fn take_job_graph(&self) -> JobGraph {
         self.take_graph()
+    }
+
+    /// Would the savepoint or checkpoint at `location` restore into the job
+    /// built so far (with [`Self::run_config`]) under `options`? Runs
+    /// nothing and leaves the graph in place: each keyed operator is created
+    /// once, with nothing restored, so that its function declares its
+    /// states; sources and sinks are compared by uid and never opened (see
+    /// [`flowstate_runtime::compatibility`]).
+    pub fn check_snapshot(
+        &self,
+        location: &str,
+        options: CheckOptions,
+    ) -> Result<CompatibilityReport, CheckError> {
+        flowstate_runtime::check_snapshot(
+            location,
+            &self.inner.graph.borrow(),
+            &self.run_config(),
+            options,
+        )
     }
 
     /// Starts the job on worker threads and returns at once.

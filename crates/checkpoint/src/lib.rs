@@ -13,7 +13,8 @@
 //! of metadata read from storage ([`validate`]); one owner per job directory,
 //! the lease a running job holds on it ([`lease`]); at-most-once read-ahead
 //! reservations of source positions ([`reservation`]); the job name and
-//! parameters a snapshot records and their comparison on restore ([`job`]). Reading a snapshot offline
+//! parameters a snapshot records and their comparison on restore ([`job`]);
+//! whether a snapshot would restore into a job ([`compatibility`]). Reading a snapshot offline
 //! for people (summary, verify, dump) is the `flowstate-tools` crate's.
 //!
 //! Must not touch: tasks, threads or channels. The runtime drives the coordinator
@@ -21,6 +22,7 @@
 //! writes) and carries out what it answers (inject barrier n, write `_metadata`,
 //! delete, notify completion); this crate never calls into the runtime.
 
+pub mod compatibility;
 pub mod coordinator;
 pub mod effects;
 pub mod format;
@@ -37,6 +39,10 @@ mod shared_registry;
 pub mod storage;
 pub mod validate;
 
+pub use compatibility::{
+    CheckOptions, CompatibilityReport, DeclaredKeyedState, DeclaredOperator, JobUnderCheck,
+    OperatorRole, Outcome,
+};
 pub use coordinator::{
     CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, Deletion,
     ExistingCheckpoints, Now, SavepointRequest, StopPointer, Store, TaskAck, TaskStats,
