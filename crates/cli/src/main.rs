@@ -4,6 +4,7 @@
 //! `flowstate-jobs` and runs them on the embedded local cluster. Nothing below the
 //! CLI knows it exists.
 
+mod check;
 mod kafka;
 mod progress;
 mod remote;
@@ -61,6 +62,8 @@ enum Command {
     },
     /// Checks every file of a checkpoint or savepoint against its checksum.
     Verify(tools::VerifyArgs),
+    /// Would a savepoint restore into a built-in job? (0 yes, 1 no, 2 error)
+    CheckSavepoint(check::CheckSavepointArgs),
     /// Writes workload W into a Kafka topic (created if missing), for
     /// `kafka-count`. Needs `--features kafka`.
     Produce(kafka::ProduceArgs),
@@ -669,6 +672,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(args) => tools::inspect(args)?,
         Command::State { command } => tools::state(command)?,
         Command::Verify(args) => tools::verify(args)?,
+        Command::CheckSavepoint(args) => std::process::exit(check::check_savepoint(args)),
         Command::Produce(args) => kafka::produce(args)?,
         Command::Consume(args) => kafka::consume(args)?,
         Command::Run {
