@@ -7,13 +7,14 @@
 
 use std::sync::Arc;
 
+use flowstate_runtime::checkpoint::DeclaredKeyedState;
 use flowstate_runtime::{
     Barrier, Operator, SideOutputs, StateSnapshot, SubtaskInfo, TwoInputOperator, UserError,
     Watermark,
 };
 use flowstate_state::{
     BackendSnapshot, KeyScope, KeyedStateBackend, SnapshotRequest, StateKey, create_keyed_backend,
-    key_group_of,
+    key_group_of, state_type_name,
 };
 
 pub use crate::timers::{KeyedContext, TimeDomain};
@@ -210,6 +211,13 @@ where
         Some(&mut self.side)
     }
 
+    fn declared_keyed_state(&self) -> Option<DeclaredKeyedState> {
+        Some(DeclaredKeyedState {
+            key_type: state_type_name::<K>(),
+            states: self.backend.signatures(),
+        })
+    }
+
     fn snapshot(&mut self, barrier: Barrier) -> Result<StateSnapshot, UserError> {
         snapshot_backend(self.backend.as_mut(), barrier)
     }
@@ -354,6 +362,13 @@ where
 
     fn side_outputs(&mut self) -> Option<&mut SideOutputs> {
         Some(&mut self.side)
+    }
+
+    fn declared_keyed_state(&self) -> Option<DeclaredKeyedState> {
+        Some(DeclaredKeyedState {
+            key_type: state_type_name::<K>(),
+            states: self.backend.signatures(),
+        })
     }
 
     fn snapshot(&mut self, barrier: Barrier) -> Result<StateSnapshot, UserError> {

@@ -44,6 +44,13 @@ pub use window::{
 
 pub use flowstate_connectors as connectors;
 pub use flowstate_runtime as runtime;
+pub use flowstate_runtime::CheckError;
+pub use flowstate_runtime::checkpoint::compatibility::{
+    CheckOptions, CompatibilityReport, OperatorCheck, Outcome, ParameterCheck, StateCheck,
+};
+pub use flowstate_runtime::checkpoint::{
+    JobParameter, JobParameters, ParameterDifference, ParameterError, ParameterMismatch,
+};
 pub use flowstate_runtime::{
     Barrier, BarrierKind, Data, ExecutionConfig, JobError, JobReport, RunningJob, Sink, SinkWriter,
     Source, SourcePoll, SourceReader, SubtaskInfo, UserError,

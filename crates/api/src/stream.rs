@@ -13,6 +13,8 @@ use flowstate_connectors::{
     CollectSink, CollectionSource, ConnectorError, CountingSink, FileSink, StdoutSink,
     TextLinesSource,
 };
+use flowstate_runtime::CheckError;
+use flowstate_runtime::checkpoint::{CheckOptions, CompatibilityReport, JobParameters};
 use flowstate_runtime::graph::{OperatorFactory, TwoInputFactory};
 use flowstate_runtime::{
     Data, DeterministicExecutor, ExecutionConfig, JobError, JobGraph, JobReport, NodeId, Operator,
@@ -35,6 +37,9 @@ struct EnvInner {
     /// must not be wired into the next one.
     generation: std::cell::Cell<u64>,
     config: ExecutionConfig,
+    /// Set by the job's builder ([`StreamEnvironment::set_job_parameters`]);
+    /// replaces `config.job_parameters` when the job runs.
+    job_parameters: RefCell<Option<JobParameters>>,
 }
 
 /// Where a job is assembled and from which it is run.
@@ -50,12 +55,42 @@ impl StreamEnvironment {
                 graph: RefCell::new(JobGraph::new()),
                 generation: std::cell::Cell::new(0),
                 config,
+                job_parameters: RefCell::new(None),
             }),
         }
     }
 
+    /// The configuration the environment was created with (the job
+    /// parameters as given then; see [`Self::job_parameters`]).
     pub fn config(&self) -> &ExecutionConfig {
         &self.inner.config
+    }
+
+    /// Records `parameters` as the job's (replacing
+    /// `config().job_parameters`): a job builder says what its job was built
+    /// with, so that every snapshot records it and a restore with other
+    /// parameters fails naming them (see [`ExecutionConfig::job_parameters`]).
+    pub fn set_job_parameters(&self, parameters: JobParameters) {
+        *self.inner.job_parameters.borrow_mut() = Some(parameters);
+    }
+
+    /// The job's parameters: the last [`Self::set_job_parameters`], else
+    /// the configuration's.
+    pub fn job_parameters(&self) -> JobParameters {
+        self.inner
+            .job_parameters
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| self.inner.config.job_parameters.clone())
+    }
+
+    /// The configuration a run uses: [`Self::config`] with
+    /// [`Self::job_parameters`].
+    pub fn run_config(&self) -> ExecutionConfig {
+        ExecutionConfig {
+            job_parameters: self.job_parameters(),
+            ..self.inner.config.clone()
+        }
     }
 
     fn stream<T>(&self, node: NodeId) -> DataStream<T> {
@@ -107,9 +142,28 @@ impl StreamEnvironment {
         self.take_graph()
     }
 
+    /// Would the savepoint or checkpoint at `location` restore into the job
+    /// built so far (with [`Self::run_config`]) under `options`? Runs
+    /// nothing and leaves the graph in place: each keyed operator is created
+    /// once, with nothing restored, so that its function declares its
+    /// states; sources and sinks are compared by uid and never opened (see
+    /// [`flowstate_runtime::compatibility`]).
+    pub fn check_snapshot(
+        &self,
+        location: &str,
+        options: CheckOptions,
+    ) -> Result<CompatibilityReport, CheckError> {
+        flowstate_runtime::check_snapshot(
+            location,
+            &self.inner.graph.borrow(),
+            &self.run_config(),
+            options,
+        )
+    }
+
     /// Starts the job on worker threads and returns at once.
     pub fn start(&self) -> Result<RunningJob, JobError> {
-        start_job(self.take_graph(), &self.inner.config)
+        start_job(self.take_graph(), &self.run_config())
     }
 
     /// Runs the job to its end.
@@ -119,7 +173,7 @@ impl StreamEnvironment {
 
     /// A single-threaded executor whose task interleaving is fixed by `seed`.
     pub fn deterministic(&self, seed: u64) -> Result<DeterministicExecutor, JobError> {
-        DeterministicExecutor::new(self.take_graph(), &self.inner.config, seed)
+        DeterministicExecutor::new(self.take_graph(), &self.run_config(), seed)
     }
 }
 

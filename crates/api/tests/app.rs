@@ -156,3 +156,121 @@ fn a_failing_build_exits_1_with_one_error_line() {
         .collect();
     assert_eq!(errors, ["app-test: error: no cards today"], "{run}");
 }
+
+/// The one completed checkpoint under `dir` (`<job id>/chk-<n>`).
+fn only_checkpoint(dir: &Path) -> std::path::PathBuf {
+    let mut found = Vec::new();
+    for job in std::fs::read_dir(dir).unwrap() {
+        let job = job.unwrap().path();
+        if !job.is_dir() {
+            continue;
+        }
+        for chk in std::fs::read_dir(&job).unwrap() {
+            let chk = chk.unwrap().path();
+            if chk.join("_metadata").is_file() {
+                found.push(chk);
+            }
+        }
+    }
+    assert_eq!(found.len(), 1, "one completed checkpoint: {found:?}");
+    found.remove(0)
+}
+
+/// A user's program records its own flags as the job's parameters in every
+/// snapshot without writing a line for it; a restore with other values
+/// fails naming each one (unless --allow-parameter-change), and
+/// `--check-savepoint` compares a snapshot with the job the flags build,
+/// running nothing: exit 0 when a restore would succeed, 1 (naming the
+/// difference, as a table or JSON) when not, 2 when it cannot be read.
+#[test]
+fn the_jobs_flags_are_its_recorded_parameters_and_check_savepoint_compares_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("checkpoints");
+    let dir_arg = dir.to_str().unwrap();
+    let base = ["--checkpoint-dir", dir_arg, "--rest", "off"];
+    let with = |extra: &[&str]| -> Vec<String> {
+        extra
+            .iter()
+            .chain(base.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |extra: &[&str]| {
+        let args = with(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        app(tmp.path(), &args)
+    };
+    let first = run(&[
+        "--records",
+        "100",
+        "--offset",
+        "5",
+        "--checkpoint-interval",
+        "1s",
+    ]);
+    assert_eq!(first.code, Some(0), "{first}");
+    let chk = only_checkpoint(&dir);
+    let chk_arg = chk.to_str().unwrap();
+
+    let changed = run(&["--records", "100", "--offset", "6", "--restore", "latest"]);
+    assert_eq!(changed.code, Some(1), "{changed}");
+    assert!(
+        changed.stderr.contains("offset: 5 in the snapshot, 6 now"),
+        "{changed}"
+    );
+
+    let same = run(&[
+        "--records",
+        "100",
+        "--offset",
+        "5",
+        "--check-savepoint",
+        chk_arg,
+    ]);
+    assert_eq!(same.code, Some(0), "{same}");
+    assert!(same.stdout.contains("restored"), "{same}");
+
+    let differs = run(&[
+        "--records",
+        "100",
+        "--offset",
+        "6",
+        "--check-savepoint",
+        chk_arg,
+    ]);
+    assert_eq!(differs.code, Some(1), "{differs}");
+    assert!(differs.stdout.contains("offset"), "{differs}");
+    assert!(differs.stderr.contains("would not restore"), "{differs}");
+
+    let json = run(&[
+        "--records",
+        "100",
+        "--offset",
+        "6",
+        "--check-savepoint",
+        chk_arg,
+        "--check-json",
+    ]);
+    assert_eq!(json.code, Some(1), "{json}");
+    let report: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON report");
+    assert_eq!(
+        report["restorable"],
+        serde_json::Value::Bool(false),
+        "{json}"
+    );
+
+    let allowed = run(&[
+        "--records",
+        "100",
+        "--offset",
+        "6",
+        "--check-savepoint",
+        chk_arg,
+        "--allow-parameter-change",
+    ]);
+    assert_eq!(allowed.code, Some(0), "{allowed}");
+
+    let missing = tmp.path().join("nothing");
+    let unreadable = run(&["--check-savepoint", missing.to_str().unwrap()]);
+    assert_eq!(unreadable.code, Some(2), "{unreadable}");
+}

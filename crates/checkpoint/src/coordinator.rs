@@ -593,6 +593,8 @@ pub struct Coordinator {
     ending: Ending,
     /// What adoption decided to delete, answered with the first event.
     startup: Vec<CoordinatorAction>,
+    /// The job name and parameters every snapshot records ([`Self::with_job`]).
+    job: Option<crate::job::JobSection>,
 }
 
 impl Coordinator {
@@ -674,6 +676,7 @@ impl Coordinator {
             stop_requested: false,
             ending: Ending::Running,
             startup: Vec::new(),
+            job: None,
         };
         // A coordinator that takes no checkpoints has nothing to adopt, and
         // its job holds no lease on the directory: it must not delete there.
@@ -894,6 +897,13 @@ impl Coordinator {
         let mut all = std::mem::take(&mut self.startup);
         all.extend(actions);
         all
+    }
+
+    /// Every snapshot this coordinator completes records `job` (its name
+    /// and parameters) in its metadata; without it, none is recorded.
+    pub fn with_job(mut self, job: crate::job::JobSection) -> Self {
+        self.job = Some(job);
+        self
     }
 
     pub fn job_id(&self) -> &str {
@@ -1761,6 +1771,7 @@ impl Coordinator {
             created_unix_ms: now.unix_ms,
             max_parallelism: self.max_parallelism,
             operators,
+            job: self.job.clone(),
         };
         let stats = CheckpointStats {
             id,

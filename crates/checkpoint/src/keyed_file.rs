@@ -164,6 +164,98 @@ pub fn sections(
     })
 }
 
+/// Reads `len` bytes at `offset` of a stored file: a seek on local storage,
+/// the whole object otherwise. Checks nothing but the range (the caller
+/// parses what it reads with bounds checks, or verifies the whole file).
+pub fn read_range(
+    storage: &dyn CheckpointStorage,
+    path: &str,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>, CheckpointError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let outside = || corrupt(format!("bytes {offset}..+{len} lie outside the file"));
+    let len_usize = usize::try_from(len).map_err(|_| outside())?;
+    if let Some(local) = storage.local_path(path) {
+        let read = || -> std::io::Result<Vec<u8>> {
+            let mut file = std::fs::File::open(&local)?;
+            file.seek(SeekFrom::Start(offset))?;
+            let mut buffer = Vec::new();
+            file.take(len).read_to_end(&mut buffer)?;
+            Ok(buffer)
+        };
+        return match read() {
+            Ok(buffer) if buffer.len() == len_usize => Ok(buffer),
+            Ok(_) => Err(outside()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(corrupt("missing".into())),
+            Err(e) => Err(corrupt(format!("cannot read: {e}"))),
+        };
+    }
+    let bytes = storage.get(path)?;
+    let start = usize::try_from(offset).map_err(|_| outside())?;
+    let end = start.checked_add(len_usize).ok_or_else(outside)?;
+    bytes
+        .get(start..end)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(outside)
+}
+
+/// The states a keyed file holds (name, kind, recorded types), read from one
+/// of its key-group sections (every section lists the same states): the
+/// first with entries, else the first. A version-1 file's type names come
+/// back as legacy names. Does not verify the file's checksum (a restore and
+/// `verify` do); the section is parsed with every length checked.
+pub fn recorded_states(
+    storage: &dyn CheckpointStorage,
+    handle: &KeyedStateHandle,
+) -> Result<Vec<flowstate_state::descriptor::StateSignature>, CheckpointError> {
+    let path = &handle.file.path;
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: path.clone(),
+        reason,
+    };
+    let Some(group) = handle
+        .groups
+        .iter()
+        .find(|g| g.entries > 0)
+        .or_else(|| handle.groups.first())
+    else {
+        return Ok(Vec::new());
+    };
+    let header = read_range(storage, path, 0, HEADER_BYTES)?;
+    if header[..4] != KEYED_MAGIC {
+        return Err(corrupt("not a keyed state file (wrong magic)".into()));
+    }
+    let version = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if version == 0 || version > KEYED_FILE_VERSION {
+        return Err(CheckpointError::UnsupportedVersion {
+            path: path.clone(),
+            found: version,
+            supported: KEYED_FILE_VERSION,
+        });
+    }
+    let bytes = read_range(storage, path, group.offset, group.length)?;
+    let states = flowstate_state::snapshot::read_section(group.key_group, &bytes)
+        .map_err(|e| corrupt(e.to_string()))?;
+    Ok(states
+        .into_iter()
+        .map(|s| flowstate_state::descriptor::StateSignature {
+            name: s.name.to_owned(),
+            kind: s.kind,
+            types: if version == 1 {
+                flowstate_state::state_type::legacy(&s.types)
+            } else {
+                s.types.into_owned()
+            },
+            rust_types: "",
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

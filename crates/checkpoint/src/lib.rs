@@ -12,7 +12,9 @@
 //! validating a checkpoint to restore ([`restore`]); the structural checks
 //! of metadata read from storage ([`validate`]); one owner per job directory,
 //! the lease a running job holds on it ([`lease`]); at-most-once read-ahead
-//! reservations of source positions ([`reservation`]). Reading a snapshot offline
+//! reservations of source positions ([`reservation`]); the job name and
+//! parameters a snapshot records and their comparison on restore ([`job`]);
+//! whether a snapshot would restore into a job ([`compatibility`]). Reading a snapshot offline
 //! for people (summary, verify, dump) is the `flowstate-tools` crate's.
 //!
 //! Must not touch: tasks, threads or channels. The runtime drives the coordinator
@@ -20,9 +22,11 @@
 //! writes) and carries out what it answers (inject barrier n, write `_metadata`,
 //! delete, notify completion); this crate never calls into the runtime.
 
+pub mod compatibility;
 pub mod coordinator;
 pub mod effects;
 pub mod format;
+pub mod job;
 pub mod keyed_file;
 pub mod layout;
 pub mod lease;
@@ -35,9 +39,17 @@ mod shared_registry;
 pub mod storage;
 pub mod validate;
 
+pub use compatibility::{
+    CheckOptions, CompatibilityReport, DeclaredKeyedState, DeclaredOperator, JobUnderCheck,
+    OperatorRole, Outcome,
+};
 pub use coordinator::{
     CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, Deletion,
     ExistingCheckpoints, Now, SavepointRequest, StopPointer, Store, TaskAck, TaskStats,
+};
+pub use job::{
+    JobParameter, JobParameters, JobSection, ParameterDifference, ParameterError,
+    ParameterMismatch, compare_job,
 };
 pub use lease::{Lease, LeaseError, LeaseOwner, LeaseSettings};
 pub use list_state::{ListStateError, decode_list, encode_list};

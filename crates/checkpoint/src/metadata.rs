@@ -173,6 +173,11 @@ pub struct CheckpointMetadata {
     pub created_unix_ms: u64,
     pub max_parallelism: u32,
     pub operators: Vec<OperatorSnapshot>,
+    /// The job that wrote the snapshot: its name and parameters. Absent
+    /// (and omitted) in snapshots written before it was recorded: no
+    /// parameters recorded, nothing to compare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::job::JobSection>,
 }
 
 impl CheckpointMetadata {
@@ -337,6 +342,7 @@ mod tests {
                     },
                 ],
             }],
+            job: None,
         }
     }
 
@@ -455,6 +461,70 @@ mod tests {
                 supported: 2,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn the_job_section_follows_the_operators_and_is_read_back() {
+        let mut with_job = metadata("u64", "u64");
+        with_job.job = Some(crate::job::JobSection::new(
+            "keyed-count",
+            crate::job::JobParameters::new()
+                .with("records", 2000)
+                .and_then(|p| p.with_changeable("rate", 10))
+                .unwrap(),
+        ));
+        let encoded = with_job.encode().unwrap();
+        let payload = std::str::from_utf8(&encoded[8..encoded.len() - 4]).unwrap();
+        let expected = json("u64", "u64");
+        let expected = format!(
+            "{},\n  \"job\": {{\n    \"version\": 1,\n    \"name\": \"keyed-count\",\n    \"parameters\": [\n      {{\n        \"name\": \"records\",\n        \"value\": \"2000\"\n      }},\n      {{\n        \"name\": \"rate\",\n        \"value\": \"10\",\n        \"changeable\": true\n      }}\n    ]\n  }}\n}}",
+            expected.strip_suffix("\n}").unwrap()
+        );
+        assert_eq!(payload, expected);
+        assert_eq!(CheckpointMetadata::decode("m", &encoded).unwrap(), with_job);
+        // Without the section (every snapshot written before it): no job.
+        let without = CheckpointMetadata::decode("m", &metadata("u64", "u64").encode().unwrap());
+        assert_eq!(without.unwrap().job, None);
+    }
+
+    #[test]
+    fn an_unknown_or_damaged_job_section_is_refused() {
+        let base = json("u64", "u64");
+        let base = base.strip_suffix("\n}").unwrap();
+        let with = |section: &str| {
+            seal(
+                METADATA_MAGIC,
+                2,
+                format!("{base},\n  \"job\": {section}\n}}").as_bytes(),
+            )
+        };
+        let newer = with(r#"{"version": 2, "name": "j", "parameters": []}"#);
+        let err = CheckpointMetadata::decode("m", &newer).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CheckpointError::UnsupportedVersion {
+                    found: 2,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let duplicate = with(
+            r#"{"version": 1, "name": "j", "parameters": [{"name": "a", "value": "1"}, {"name": "a", "value": "2"}]}"#,
+        );
+        let err = CheckpointMetadata::decode("m", &duplicate).unwrap_err();
+        assert!(
+            matches!(&err, CheckpointError::Corrupt { reason, .. } if reason.contains("'a' is given twice")),
+            "{err}"
+        );
+        let bad_value =
+            with(r#"{"version": 1, "name": "j", "parameters": [{"name": "a", "value": 1}]}"#);
+        assert!(matches!(
+            CheckpointMetadata::decode("m", &bad_value),
+            Err(CheckpointError::Corrupt { .. })
         ));
     }
 }

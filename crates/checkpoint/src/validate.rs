@@ -14,7 +14,8 @@
 //! `[0, max_parallelism)`, are not reversed and, per operator, are disjoint
 //! and cover every key group when the operator has keyed state; subtask
 //! indices are unique and below the parallelism; a keyed file's key-group
-//! index is contiguous and lies inside the recorded file size.
+//! index is contiguous and lies inside the recorded file size; the `job`
+//! section (if any) has a known version and keeps the parameter limits.
 //!
 //! Must not touch: storage. It looks at the decoded metadata only.
 
@@ -45,6 +46,16 @@ pub fn check_metadata(path: &str, metadata: &CheckpointMetadata) -> Result<(), C
         reason,
     };
     check_job_id(&metadata.job_id).map_err(|e| invalid(format!("job_id: {e}")))?;
+    if let Some(job) = &metadata.job {
+        if job.version == 0 || job.version > crate::job::JOB_SECTION_VERSION {
+            return Err(CheckpointError::UnsupportedVersion {
+                path: format!("{path} (job section)"),
+                found: job.version,
+                supported: crate::job::JOB_SECTION_VERSION,
+            });
+        }
+        job.validate().map_err(|e| invalid(format!("job: {e}")))?;
+    }
     let max_parallelism = metadata.max_parallelism;
     if max_parallelism == 0 || max_parallelism > MAX_PARALLELISM_LIMIT {
         return Err(invalid(format!(

@@ -8,6 +8,7 @@
 //! file, HTTP API, progress, logs, signals and exit codes are the library's.
 //! Nothing below the CLI knows it exists.
 
+mod check;
 mod kafka;
 mod remote;
 mod tools;
@@ -27,7 +28,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use flowstate::app::{BoxError, ResultLine, RunArgs};
+use flowstate::app::{AppError, BoxError, ResultLine, RunArgs, RuntimeArgs};
 use flowstate_jobs::{keyed_count, window_count, window_workload, wordcount};
 
 #[derive(Parser)]
@@ -67,6 +68,9 @@ enum Command {
     },
     /// Checks every file of a checkpoint or savepoint against its checksum.
     Verify(tools::VerifyArgs),
+    /// Would a savepoint restore into a built-in job? Compares it with the job
+    /// the arguments build, running nothing (exit 0 yes, 1 no, 2 error).
+    CheckSavepoint(check::CheckSavepointArgs),
     /// Writes workload W into a Kafka topic (created if missing), for
     /// `kafka-count`. Needs `--features kafka`.
     Produce(kafka::ProduceArgs),
@@ -147,11 +151,10 @@ fn usage(message: &str) -> BoxError {
     message.into()
 }
 
-fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Run {
-            job: Job::KeyedCount(args),
-        } => flowstate::app::run("keyed-count", &args, |env, args| {
+/// Runs (or with `--check-savepoint`, checks) a built-in job.
+fn run_job(job: Job) -> Result<(), AppError> {
+    match job {
+        Job::KeyedCount(args) => flowstate::app::run("keyed-count", &args, |env, args| {
             if args.keys == 0 {
                 return Err(usage("--keys must be at least 1"));
             }
@@ -167,10 +170,8 @@ fn run(cli: Cli) -> Result<()> {
             };
             let job = keyed_count::build(env, &params)?;
             Ok(ResultLine(move || job.result_line()))
-        })?,
-        Command::Run {
-            job: Job::WindowCount(args),
-        } => flowstate::app::run("window-count", &args, |env, args| {
+        }),
+        Job::WindowCount(args) => flowstate::app::run("window-count", &args, |env, args| {
             if args.keys == 0 {
                 return Err(usage("--keys must be at least 1"));
             }
@@ -200,25 +201,40 @@ fn run(cli: Cli) -> Result<()> {
             };
             let job = window_count::build(env, &params)?;
             Ok(ResultLine(move || job.result_line()))
-        })?,
-        Command::Run {
-            job: Job::Wordcount(args),
-        } => flowstate::app::run("wordcount", &args, |env, args| {
+        }),
+        Job::Wordcount(args) => flowstate::app::run("wordcount", &args, |env, args| {
             let params = wordcount::WordcountParams {
                 input: args.input.clone(),
                 output: args.output.clone(),
             };
             let job = wordcount::build(env, &params)?;
             Ok(ResultLine(move || job.result_line()))
-        })?,
-        Command::Run {
-            job: Job::KafkaCount(args),
-        } => flowstate::app::run("kafka-count", &args, |env, args| {
+        }),
+        Job::KafkaCount(args) => flowstate::app::run("kafka-count", &args, |env, args| {
             let result = kafka::build_kafka_count(env, args)?;
             Ok(flowstate::app::TryResultLine(move || {
                 result().map_err(BoxError::from)
             }))
-        })?,
+        }),
+    }
+}
+
+impl Job {
+    /// The job's runtime flags.
+    fn runtime_mut(&mut self) -> &mut RuntimeArgs {
+        match self {
+            Job::KeyedCount(args) => &mut args.runtime,
+            Job::Wordcount(args) => &mut args.runtime,
+            Job::WindowCount(args) => &mut args.runtime,
+            Job::KafkaCount(args) => &mut args.runtime,
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { job } => run_job(job)?,
+        Command::CheckSavepoint(args) => check::check_savepoint(args)?,
         Command::List(args) => remote::list(args)?,
         Command::Savepoint(args) => remote::savepoint(args)?,
         Command::Stop(args) => remote::stop(args)?,
@@ -239,7 +255,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("flowstate: error: {error:#}");
-            ExitCode::FAILURE
+            match error.downcast_ref::<AppError>() {
+                Some(app) => ExitCode::from(app.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -123,6 +123,24 @@ fn render_summary(summary: &SnapshotSummary, out: &mut impl Write) -> io::Result
         summary.max_parallelism
     )?;
     writeln!(out, "  state size:       {} bytes", summary.state_bytes)?;
+    match &summary.job {
+        None => writeln!(
+            out,
+            "  job:              not recorded (no parameters recorded: an older snapshot)"
+        )?,
+        Some(job) => {
+            writeln!(out, "  job:              {}", job.name.escape_debug())?;
+            if job.parameters.is_empty() {
+                writeln!(out, "  parameters:       none")?;
+            } else {
+                writeln!(out, "  parameters:")?;
+                for p in &job.parameters {
+                    let note = if p.changeable { "  (changeable)" } else { "" };
+                    writeln!(out, "    {:<20} {}{note}", p.name, p.value.escape_debug())?;
+                }
+            }
+        }
+    }
     writeln!(out, "  operators:        {}", summary.operators.len())?;
     for operator in &summary.operators {
         writeln!(out)?;

@@ -188,6 +188,60 @@ fn inspect_shows_operators_key_groups_and_states() {
 }
 
 #[test]
+fn inspect_shows_the_job_name_and_parameters() {
+    let dir = tempdir();
+    let checkpoint = keyed_count_checkpoint(dir.path());
+    let summary = inspect_json(dir.path(), &checkpoint);
+    assert_eq!(summary["job"]["name"], "keyed-count");
+    let parameters: Vec<(String, String)> = summary["job"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        parameters[..2],
+        [
+            ("records".to_owned(), RECORDS.to_string()),
+            ("keys".to_owned(), KEYS.to_string())
+        ]
+    );
+    let run = flowstate(dir.path(), &["inspect", arg(&checkpoint)]);
+    run.assert_success();
+    for needle in [
+        "  job:              keyed-count\n".to_owned(),
+        format!("    records              {RECORDS}\n"),
+        format!("    keys                 {KEYS}\n"),
+    ] {
+        assert!(run.stdout.contains(&needle), "no {needle:?} in: {run}");
+    }
+}
+
+#[test]
+fn inspect_says_when_no_parameters_are_recorded() {
+    let dir = tempdir();
+    let savepoint = dir.path().join("v1-savepoint");
+    support::copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1-savepoint-keyed-count"),
+        &savepoint,
+    );
+    let summary = inspect_json(dir.path(), &savepoint);
+    assert!(summary["job"].is_null(), "{summary}");
+    let run = flowstate(dir.path(), &["inspect", arg(&savepoint)]);
+    run.assert_success();
+    assert!(
+        run.stdout
+            .contains("job:              not recorded (no parameters recorded"),
+        "{run}"
+    );
+}
+
+#[test]
 fn csv_dump_equals_the_final_state_of_workload_w() {
     let dir = tempdir();
     let checkpoint = keyed_count_checkpoint(dir.path());

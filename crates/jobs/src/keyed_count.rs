@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use flowstate::connectors::ConnectorError;
 use flowstate::connectors::sequence::{DEFAULT_SPLITS, SequenceSource};
 use flowstate::{
-    FnResult, KeyedContext, KeyedProcessFunction, KeyedStateBackend, StreamEnvironment,
-    ValueStateDescriptor, ValueStateHandle,
+    FnResult, JobParameters, KeyedContext, KeyedProcessFunction, KeyedStateBackend, ParameterError,
+    StreamEnvironment, ValueStateDescriptor, ValueStateHandle,
 };
 
 use crate::totals::InstanceShares;
@@ -25,6 +25,28 @@ pub struct KeyedCountParams {
     /// Where committed output files go; `None` counts and drops the updates.
     pub output: Option<PathBuf>,
     pub splits: u32,
+}
+
+impl KeyedCountParams {
+    /// The parameters every snapshot of the job records, named like the
+    /// CLI's flags. Compared on restore: `records`, `keys` (they define the
+    /// workload the state counts) and `splits` (the source's positions are
+    /// per split). Changeable: `rate` (a throttle) and `output` (where
+    /// committed results go; the state does not depend on it, and pending
+    /// files a snapshot lists are published where they were written).
+    pub fn job_parameters(&self) -> Result<JobParameters, ParameterError> {
+        let mut p = JobParameters::new()
+            .with("records", self.records)?
+            .with("keys", self.keys)?
+            .with("splits", self.splits)?;
+        if let Some(rate) = self.rate_per_s {
+            p.insert("rate", rate, true)?;
+        }
+        if let Some(output) = &self.output {
+            p.insert("output", output.display(), true)?;
+        }
+        Ok(p)
+    }
 }
 
 impl Default for KeyedCountParams {
@@ -140,6 +162,11 @@ pub fn build(
     if params.keys == 0 {
         return Err(ConnectorError::Config("--keys must be at least 1".into()));
     }
+    env.set_job_parameters(
+        params
+            .job_parameters()
+            .map_err(|e| ConnectorError::Config(e.to_string()))?,
+    );
     let keys = params.keys;
     let mut source = SequenceSource::new(params.records, params.splits, move |i| record(i, keys))?;
     if let Some(rate) = params.rate_per_s {

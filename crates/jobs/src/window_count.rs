@@ -14,12 +14,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flowstate::ParameterError;
 use flowstate::connectors::ConnectorError;
 use flowstate::connectors::sequence::{DEFAULT_SPLITS, SequenceSource};
 use flowstate::runtime::WatermarkStrategy;
 use flowstate::{
-    FnResult, KeyedContext, KeyedProcessFunction, KeyedStateBackend, StreamEnvironment,
-    TumblingEventTimeWindows, ValueStateDescriptor, ValueStateHandle, WindowAggregateFunction,
+    FnResult, JobParameters, KeyedContext, KeyedProcessFunction, KeyedStateBackend,
+    StreamEnvironment, TumblingEventTimeWindows, ValueStateDescriptor, ValueStateHandle,
+    WindowAggregateFunction,
 };
 
 use crate::totals::InstanceShares;
@@ -34,6 +36,34 @@ pub struct WindowCountParams {
     /// Where committed output files go; `None` counts and drops the results.
     pub output: Option<PathBuf>,
     pub splits: u32,
+}
+
+impl WindowCountParams {
+    /// The parameters every snapshot of the job records, named like the
+    /// CLI's flags. Compared on restore: `records`, `keys`,
+    /// `events-per-second`, `out-of-orderness` and `window` (in ms, e.g.
+    /// `10000ms`: they define the windows the state holds) and `splits`.
+    /// Changeable: `rate` and `output` (as for `keyed-count`).
+    pub fn job_parameters(&self) -> Result<JobParameters, ParameterError> {
+        let w = &self.workload;
+        let mut p = JobParameters::new()
+            .with("records", w.records)?
+            .with("keys", w.keys)?
+            .with("events-per-second", w.events_per_second)?
+            .with(
+                "out-of-orderness",
+                format_args!("{}ms", w.out_of_orderness_ms),
+            )?
+            .with("window", format_args!("{}ms", w.window_ms))?
+            .with("splits", self.splits)?;
+        if let Some(rate) = self.rate_per_s {
+            p.insert("rate", rate, true)?;
+        }
+        if let Some(output) = &self.output {
+            p.insert("output", output.display(), true)?;
+        }
+        Ok(p)
+    }
 }
 
 impl Default for WindowCountParams {
@@ -173,6 +203,11 @@ pub fn build(
                 .into(),
         ));
     }
+    env.set_job_parameters(
+        params
+            .job_parameters()
+            .map_err(|e| ConnectorError::Config(e.to_string()))?,
+    );
     let delay = i64::try_from(workload.out_of_orderness_ms).unwrap_or(i64::MAX);
     let strategy =
         WatermarkStrategy::bounded_out_of_orderness(delay, |r: &TimedRecord| r.timestamp_ms);

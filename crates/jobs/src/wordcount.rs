@@ -9,8 +9,8 @@ use flowstate::connectors::ConnectorError;
 
 use crate::totals::{InstanceShares, Share};
 use flowstate::{
-    FnResult, KeyedContext, KeyedProcessFunction, KeyedStateBackend, StreamEnvironment,
-    ValueStateDescriptor, ValueStateHandle,
+    FnResult, JobParameters, KeyedContext, KeyedProcessFunction, KeyedStateBackend, ParameterError,
+    StreamEnvironment, ValueStateDescriptor, ValueStateHandle,
 };
 
 /// Parameters of `wordcount`.
@@ -18,6 +18,20 @@ use flowstate::{
 pub struct WordcountParams {
     pub input: PathBuf,
     pub output: Option<PathBuf>,
+}
+
+impl WordcountParams {
+    /// The parameters every snapshot of the job records, named like the
+    /// CLI's flags. Compared on restore: `input` (canonical if it exists:
+    /// the source's positions are per file of it). Changeable: `output`.
+    pub fn job_parameters(&self) -> Result<JobParameters, ParameterError> {
+        let input = std::fs::canonicalize(&self.input).unwrap_or_else(|_| self.input.clone());
+        let mut p = JobParameters::new().with("input", input.display())?;
+        if let Some(output) = &self.output {
+            p.insert("output", output.display(), true)?;
+        }
+        Ok(p)
+    }
 }
 
 /// The words of a line: split on every non-alphanumeric character, lower-cased.
@@ -130,6 +144,11 @@ pub fn build(
     env: &StreamEnvironment,
     params: &WordcountParams,
 ) -> Result<WordcountJob, ConnectorError> {
+    env.set_job_parameters(
+        params
+            .job_parameters()
+            .map_err(|e| ConnectorError::Config(e.to_string()))?,
+    );
     let totals = Arc::new(Mutex::new(WordTotals::default()));
     let counts = env
         .read_text_lines(&params.input)?

@@ -114,7 +114,8 @@ impl std::fmt::Debug for CheckpointingConfig {
 /// How a job runs.
 #[derive(Debug, Clone)]
 pub struct ExecutionConfig {
-    /// The job's name, for people (the HTTP API, logs).
+    /// The job's name, for people (the HTTP API, logs). Recorded in every
+    /// snapshot with [`Self::job_parameters`]; a restore compares it.
     pub job_name: String,
     /// Parallel instances of every operator.
     pub parallelism: u32,
@@ -150,6 +151,18 @@ pub struct ExecutionConfig {
     /// Processing time for every operator (TTL, processing-time timers):
     /// the system clock unless a test or simulation gives its own.
     pub clock: flowstate_state::SharedClock,
+    /// The job's parameters (see
+    /// [`flowstate_checkpoint::job::JobParameters`]): recorded with the job
+    /// name in every checkpoint's and savepoint's metadata. Restoring a
+    /// snapshot that records other parameters (or another job name) fails
+    /// naming every difference, unless [`Self::allow_parameter_change`].
+    pub job_parameters: flowstate_checkpoint::JobParameters,
+    /// Restoring a snapshot taken with other job parameters or another job
+    /// name is intended: it proceeds (with a warning naming the
+    /// differences). Next to `allow_non_restored_state` in meaning; here
+    /// rather than in [`CheckpointingConfig`] so that adding it broke no
+    /// struct literal of that type.
+    pub allow_parameter_change: bool,
 }
 
 impl Default for ExecutionConfig {
@@ -167,6 +180,8 @@ impl Default for ExecutionConfig {
             savepoint_policy: crate::savepoint_target::SavepointTargetPolicy::default(),
             lease: flowstate_checkpoint::LeaseSettings::default(),
             clock: flowstate_state::system_clock(),
+            job_parameters: flowstate_checkpoint::JobParameters::new(),
+            allow_parameter_change: false,
         }
     }
 }
@@ -221,6 +236,12 @@ impl ExecutionConfig {
         }
         if self.cancellation_timeout.is_zero() {
             return fail("the cancellation timeout must be longer than zero".to_owned());
+        }
+        if let Err(e) = flowstate_checkpoint::job::check_job_name(&self.job_name) {
+            return fail(e.to_string());
+        }
+        if let Err(e) = self.job_parameters.validate() {
+            return fail(e.to_string());
         }
         if let Err(e) = self.lease.validate() {
             return fail(e.to_string());

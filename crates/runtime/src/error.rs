@@ -77,6 +77,9 @@ pub enum BuildError {
     Graph(String),
     #[error("cannot restore: {0}")]
     Restore(String),
+    /// The snapshot records other job parameters or another job name.
+    #[error("cannot restore: {0}")]
+    ParametersChanged(Box<flowstate_checkpoint::ParameterMismatch>),
 }
 
 /// A job did not complete.

@@ -377,6 +377,10 @@ pub(crate) fn attempt_coordinator(
         &damaged,
         now,
     )
+    .with_job(flowstate_checkpoint::JobSection::new(
+        &config.job_name,
+        config.job_parameters.clone(),
+    ))
 }
 
 /// Runs the job once: workers, and with checkpoints the coordinator and the

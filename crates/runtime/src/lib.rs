@@ -22,7 +22,8 @@
 //!    the coordinator, and their ends);
 //! 3. `pipeline`, then `task` (what runs in a task); `upload` (the asynchronous
 //!    part of snapshots);
-//! 4. `wiring` (physical nodes), then `graph` (the logical graph), then `plan`;
+//! 4. `wiring` (physical nodes), then `graph` (the logical graph), then `plan`
+//!    and `compatibility` (the dry declaration pass of a savepoint check);
 //! 5. `control` (the `JobController`), then `coordinator_driver`;
 //! 6. `executor` (workers, one attempt), then `supervisor` (attempts, restarts).
 //!
@@ -30,6 +31,7 @@
 //! `flowstate_state::KeyedStateBackend`), connector specifics, or the CLI.
 
 pub mod channel;
+pub mod compatibility;
 pub mod config;
 pub mod connector;
 pub mod control;
@@ -55,6 +57,7 @@ mod upload;
 pub mod watermark;
 mod wiring;
 
+pub use compatibility::{CheckError, check_snapshot, declare_job};
 pub use config::{
     CheckpointingConfig, ExecutionConfig, Guarantee, RestartStrategy, RestoreFrom, RestoredState,
     SubtaskInfo,

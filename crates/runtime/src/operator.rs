@@ -174,6 +174,13 @@ pub trait Operator<I, O>: Send {
         Ok(StateSnapshot::default())
     }
 
+    /// The keyed states this instance declared when it was created (a
+    /// compatibility check creates one instance with nothing restored and
+    /// reads them); `None` for an operator without keyed state.
+    fn declared_keyed_state(&self) -> Option<flowstate_checkpoint::DeclaredKeyedState> {
+        None
+    }
+
     /// Checkpoint `checkpoint_id` is complete everywhere.
     fn notify_checkpoint_complete(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {
         Ok(())
@@ -218,6 +225,13 @@ pub trait TwoInputOperator<I1, I2, O>: Send {
     }
     fn snapshot(&mut self, _barrier: Barrier) -> Result<StateSnapshot, UserError> {
         Ok(StateSnapshot::default())
+    }
+
+    /// The keyed states this instance declared when it was created (a
+    /// compatibility check creates one instance with nothing restored and
+    /// reads them); `None` for an operator without keyed state.
+    fn declared_keyed_state(&self) -> Option<flowstate_checkpoint::DeclaredKeyedState> {
+        None
     }
     fn notify_checkpoint_complete(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {
         Ok(())

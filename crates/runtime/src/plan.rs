@@ -391,6 +391,23 @@ pub(crate) fn build_tasks(
                 unknown.join(", ")
             );
         }
+        if let Some(recorded) = &loaded.metadata.job {
+            let differences = flowstate_checkpoint::compare_job(
+                recorded,
+                &config.job_name,
+                &config.job_parameters,
+            );
+            if !differences.is_empty() {
+                let mismatch = flowstate_checkpoint::ParameterMismatch {
+                    snapshot: loaded.metadata_path.clone(),
+                    differences,
+                };
+                if !config.allow_parameter_change {
+                    return Err(BuildError::ParametersChanged(Box::new(mismatch)));
+                }
+                tracing::warn!("restoring with changed job parameters, as allowed: {mismatch}");
+            }
+        }
         if loaded.metadata.max_parallelism != config.max_parallelism {
             return Err(BuildError::Restore(format!(
                 "{} was taken with max parallelism {}; this job has {} (key groups cannot change)",

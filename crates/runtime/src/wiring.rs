@@ -16,6 +16,8 @@ use std::any::{Any, type_name};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use flowstate_checkpoint::DeclaredKeyedState;
+
 use crate::Data;
 use crate::channel::{ChannelReceiver, ChannelSender, Signal, channel};
 use crate::config::SubtaskInfo;
@@ -203,6 +205,16 @@ pub(crate) trait OperatorNode: Send {
     fn commits_on_checkpoint(&self) -> bool {
         false
     }
+
+    /// The keyed states one instance declares when created for `info`
+    /// (nothing restored); a sink answers without creating a writer, so no
+    /// file or connection is opened.
+    fn declare(&self, info: &SubtaskInfo) -> Result<Option<DeclaredKeyedState>, UserError>;
+
+    /// A sink: compared by uid only.
+    fn is_sink(&self) -> bool {
+        false
+    }
 }
 
 pub(crate) trait TwoInputNode: Send {
@@ -215,6 +227,9 @@ pub(crate) trait TwoInputNode: Send {
         outputs: (Erased, NamedSidePipelines),
         control: Option<TaskControlPlane>,
     ) -> Result<Box<dyn Task>, BuildError>;
+
+    /// See [`OperatorNode::declare`].
+    fn declare(&self, info: &SubtaskInfo) -> Result<Option<DeclaredKeyedState>, UserError>;
 }
 
 struct SourceNodeImpl<T> {
@@ -260,6 +275,10 @@ struct OperatorNodeImpl<I, O> {
 }
 
 impl<I: Data, O: Data> OperatorNode for OperatorNodeImpl<I, O> {
+    fn declare(&self, info: &SubtaskInfo) -> Result<Option<DeclaredKeyedState>, UserError> {
+        Ok((self.factory)(info)?.declared_keyed_state())
+    }
+
     fn wrap(
         &self,
         cx: &BuildContext<'_>,
@@ -284,6 +303,15 @@ struct SinkNodeImpl<T> {
 }
 
 impl<T: Data> OperatorNode for SinkNodeImpl<T> {
+    /// Never creates a writer: a sink keeps operator state only.
+    fn declare(&self, _info: &SubtaskInfo) -> Result<Option<DeclaredKeyedState>, UserError> {
+        Ok(None)
+    }
+
+    fn is_sink(&self) -> bool {
+        true
+    }
+
     fn commits_on_checkpoint(&self) -> bool {
         self.sink.commits_on_checkpoint()
     }
@@ -312,6 +340,10 @@ struct TwoInputNodeImpl<A, B, O> {
 }
 
 impl<A: Data, B: Data, O: Data> TwoInputNode for TwoInputNodeImpl<A, B, O> {
+    fn declare(&self, info: &SubtaskInfo) -> Result<Option<DeclaredKeyedState>, UserError> {
+        Ok((self.factory)(info)?.declared_keyed_state())
+    }
+
     fn create_task(
         &self,
         name: String,

@@ -255,7 +255,7 @@ pub(crate) struct Declarations<K> {
 /// against its declaration: a kind mismatch is an
 /// [`StateError::IncompatibleDeclaration`], a type mismatch a
 /// [`StateError::RestoredTypeMismatch`] naming both.
-pub(crate) fn check_restored(
+pub fn check_restored(
     signature: &StateSignature,
     kind: crate::StateKind,
     types: &str,

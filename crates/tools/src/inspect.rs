@@ -14,7 +14,7 @@
 //! key group and hands rows to its sink as it goes.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 
 use serde::Serialize;
 use thiserror::Error;
@@ -22,7 +22,7 @@ use thiserror::Error;
 use flowstate_checkpoint::keyed_file::{read_verified, verify_file};
 use flowstate_checkpoint::metadata::{FileRef, KeyGroupEntry, KeyedStateHandle, SnapshotKind};
 use flowstate_checkpoint::storage::{CheckpointStorage, StorageError};
-use flowstate_checkpoint::{CheckpointError, CheckpointId};
+use flowstate_checkpoint::{CheckpointError, CheckpointId, JobSection};
 use flowstate_state::snapshot::{SectionState, read_section};
 use flowstate_state::{RedistributionMode, StateKind};
 
@@ -93,6 +93,9 @@ pub struct SnapshotSummary {
     /// Bytes of every file the snapshot references.
     pub state_bytes: u64,
     pub operators: Vec<OperatorSummary>,
+    /// The job name and parameters the snapshot records; `None` (JSON
+    /// `null`) for a snapshot written before they were recorded.
+    pub job: Option<JobSection>,
 }
 
 impl SnapshotSummary {
@@ -164,38 +167,15 @@ pub struct ListSummary {
     pub bytes: u64,
 }
 
-/// Reads `len` bytes at `offset` of a stored file: a seek on local storage,
-/// the whole object otherwise.
+/// Reads `len` bytes at `offset` of a stored file (the checkpoint crate's
+/// reader, which a compatibility check uses too).
 fn read_part(
     storage: &dyn CheckpointStorage,
     path: &str,
     offset: u64,
     len: u64,
 ) -> Result<Vec<u8>, CheckpointError> {
-    let outside = || corrupt(path, format!("bytes {offset}..+{len} lie outside the file"));
-    let len_usize = usize::try_from(len).map_err(|_| outside())?;
-    if let Some(local) = storage.local_path(path) {
-        let read = || -> std::io::Result<Vec<u8>> {
-            let mut file = std::fs::File::open(&local)?;
-            file.seek(SeekFrom::Start(offset))?;
-            let mut buffer = Vec::new();
-            file.take(len).read_to_end(&mut buffer)?;
-            Ok(buffer)
-        };
-        return match read() {
-            Ok(buffer) if buffer.len() == len_usize => Ok(buffer),
-            Ok(_) => Err(outside()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(corrupt(path, "missing")),
-            Err(e) => Err(corrupt(path, format!("cannot read: {e}"))),
-        };
-    }
-    let bytes = storage.get(path)?;
-    let start = usize::try_from(offset).map_err(|_| outside())?;
-    let end = start.checked_add(len_usize).ok_or_else(outside)?;
-    bytes
-        .get(start..end)
-        .map(<[u8]>::to_vec)
-        .ok_or_else(outside)
+    flowstate_checkpoint::keyed_file::read_range(storage, path, offset, len)
 }
 
 /// The section of the first key group with entries (else the first one).
@@ -314,6 +294,7 @@ pub fn summarize(
         max_parallelism: metadata.max_parallelism,
         state_bytes: metadata.state_bytes(),
         operators,
+        job: metadata.job.clone(),
     })
 }
 
@@ -853,6 +834,7 @@ mod tests {
                     subtasks,
                 },
             ],
+            job: None,
         };
         let path = "job/chk-3/_metadata".to_owned();
         storage.put(&path, metadata.encode().unwrap()).unwrap();
@@ -1163,6 +1145,7 @@ mod tests {
                     lists: Vec::new(),
                 }],
             }],
+            job: None,
         };
         let path = "job/chk-1/_metadata";
         storage.put(path, metadata.encode().unwrap()).unwrap();

@@ -66,9 +66,31 @@ pub enum AppError {
     /// Another run holds the job's lease.
     #[error("job {label} did not start: {error} (--take-over-lease)")]
     LeaseHeld { label: String, error: Box<JobError> },
+    /// `--check-savepoint`: the snapshot cannot be read or compared.
+    #[error("--check-savepoint {location}")]
+    Check {
+        location: String,
+        #[source]
+        source: BoxError,
+    },
+    /// `--check-savepoint`: the report (printed) says a restore would fail.
+    #[error("{location} would not restore into this job (see the report above)")]
+    NotRestorable { location: String },
     /// Anything else from below, shown as it is.
     #[error(transparent)]
     Other(BoxError),
+}
+
+impl AppError {
+    /// The process's exit status for this error: 2 for flags, configuration
+    /// and a snapshot `--check-savepoint` cannot read, 1 otherwise (a job
+    /// that failed, a snapshot that would not restore).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Usage(_) | AppError::ConfigFile { .. } | AppError::Check { .. } => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// `error` and its sources, `: `-separated (what `{:#}` of `anyhow` prints).

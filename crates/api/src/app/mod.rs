@@ -94,7 +94,7 @@ pub mod service;
 mod shutdown;
 
 use std::ffi::OsString;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -220,11 +220,15 @@ impl App {
             Err(e) => return e.report(&self.name),
         };
         init_logging();
-        match run_with_argv(&self.name, &args, &argv, build) {
+        let parameters = match job_parameters::<P>(&command, argv.clone()) {
+            Ok(parameters) => parameters,
+            Err(e) => return e.report(&self.name),
+        };
+        match run_with_argv(&self.name, &args, &argv, Some(parameters), build) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("{}: error: {}", self.name, error_chain(&error));
-                ExitCode::FAILURE
+                ExitCode::from(error.exit_code())
             }
         }
     }
@@ -255,6 +259,31 @@ impl ArgsError {
             }
         }
     }
+}
+
+/// The job's parameters as its flags give them (defaults included): every
+/// argument of `P`, by its id, values joined by `,`. Recorded in every
+/// snapshot and compared on restore (see [`crate::JobParameters`]); a build
+/// function may replace them (`env.set_job_parameters`), e.g. to mark one
+/// changeable.
+fn job_parameters<P: Args>(
+    command: &clap::Command,
+    argv: Vec<OsString>,
+) -> Result<crate::JobParameters, ArgsError> {
+    let m = matches(command, argv)?;
+    let own = P::augment_args(clap::Command::new("job"));
+    let mut parameters = crate::JobParameters::new();
+    for arg in own.get_arguments() {
+        let id = arg.get_id().as_str();
+        let Ok(Some(values)) = m.try_get_raw(id) else {
+            continue;
+        };
+        let value: Vec<String> = values.map(|v| v.to_string_lossy().into_owned()).collect();
+        parameters
+            .insert(id, value.join(","), false)
+            .map_err(|e| ArgsError::Config(AppError::Usage(format!("job parameter {id}: {e}"))))?;
+    }
+    Ok(parameters)
 }
 
 fn matches(command: &clap::Command, argv: Vec<OsString>) -> Result<clap::ArgMatches, ArgsError> {
@@ -313,13 +342,16 @@ where
     F: FnOnce(&StreamEnvironment, &P) -> Result<O, BoxError>,
 {
     let argv: Vec<OsString> = std::env::args_os().collect();
-    run_with_argv(label, args, &argv, build)
+    run_with_argv(label, args, &argv, None, build)
 }
 
+/// `parameters`: the job's, as its flags give them, recorded unless the
+/// build function sets its own.
 fn run_with_argv<P, O, F>(
     label: &str,
     args: &RunArgs<P>,
     argv: &[OsString],
+    parameters: Option<crate::JobParameters>,
     build: F,
 ) -> Result<(), AppError>
 where
@@ -327,13 +359,62 @@ where
     O: JobOutput,
     F: FnOnce(&StreamEnvironment, &P) -> Result<O, BoxError>,
 {
-    let env = StreamEnvironment::new(args.runtime.config(label)?);
+    let checking = args.runtime.check_savepoint.as_deref();
+    let mut config = match checking {
+        Some(_) => args.runtime.check_config(label),
+        None => args.runtime.config(label)?,
+    };
+    if let Some(parameters) = parameters {
+        config.job_parameters = parameters;
+    }
+    let env = StreamEnvironment::new(config);
+    if let Some(location) = checking {
+        build(&env, &args.job).map_err(AppError::Build)?;
+        return check_savepoint(&env, location, &args.runtime);
+    }
     let output = build(&env, &args.job).map_err(AppError::Build)?;
     run_job(&env, label, &args.runtime, argv)?;
     if let Some(line) = output.result_line().map_err(AppError::Build)? {
         println!("{line}");
     }
     Ok(())
+}
+
+/// `--check-savepoint`: compares the snapshot at `location` with the job
+/// built into `env` and prints the report (a table, or JSON); an error if a
+/// restore would fail.
+fn check_savepoint(
+    env: &StreamEnvironment,
+    location: &str,
+    runtime: &RuntimeArgs,
+) -> Result<(), AppError> {
+    let options = crate::CheckOptions {
+        allow_non_restored_state: runtime.allow_non_restored_state,
+        allow_parameter_change: runtime.allow_parameter_change,
+    };
+    let check_error = |source: BoxError| AppError::Check {
+        location: location.to_owned(),
+        source,
+    };
+    let report = env
+        .check_snapshot(location, options)
+        .map_err(|e| check_error(Box::new(e)))?;
+    let text = if runtime.check_json {
+        report.to_json().map_err(|e| check_error(Box::new(e)))? + "\n"
+    } else {
+        report.to_string()
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| AppError::Other(Box::new(e)))?;
+    if report.restorable {
+        Ok(())
+    } else {
+        Err(AppError::NotRestorable {
+            location: location.to_owned(),
+        })
+    }
 }
 
 /// Serves the HTTP API of `job` on `rest` (unless `off`). The default address

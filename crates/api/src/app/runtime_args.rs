@@ -84,6 +84,20 @@ pub struct RuntimeArgs {
     /// (otherwise the restore fails, naming them).
     #[arg(long)]
     pub allow_non_restored_state: bool,
+    /// With --restore: restore a snapshot taken with other job parameters
+    /// or by another job (otherwise the restore fails, naming each difference).
+    #[arg(long)]
+    pub allow_parameter_change: bool,
+    /// Run nothing: compare the savepoint or checkpoint at PATH with the job
+    /// these flags build, print per operator and state whether it would be
+    /// restored, new, dropped or incompatible, and exit 0 if a restore would
+    /// succeed (with --allow-non-restored-state, --allow-parameter-change,
+    /// --max-parallelism as given), 1 if not, 2 if PATH cannot be read.
+    #[arg(long, value_name = "PATH")]
+    pub check_savepoint: Option<String>,
+    /// With --check-savepoint: print the report as JSON.
+    #[arg(long)]
+    pub check_json: bool,
     /// With --restore latest: when the newest checkpoint cannot be restored,
     /// fall back to an older one even though the job's exactly-once sinks
     /// already published the newer one's output, which the replay then
@@ -297,6 +311,23 @@ impl RuntimeArgs {
         matches!(self.checkpoint_interval, Interval::Every(_))
     }
 
+    /// The configuration [`--check-savepoint`](Self::check_savepoint) builds
+    /// job `job` with: what a restore checks (key groups, the job's name,
+    /// whether a parameter change is allowed), and nothing that opens storage.
+    pub fn check_config(&self, job: &str) -> ExecutionConfig {
+        let parallelism = self
+            .parallelism
+            .unwrap_or(1)
+            .min(self.max_parallelism)
+            .max(1);
+        ExecutionConfig {
+            job_name: job.to_owned(),
+            max_parallelism: self.max_parallelism,
+            allow_parameter_change: self.allow_parameter_change,
+            ..ExecutionConfig::with_parallelism(parallelism)
+        }
+    }
+
     /// The execution configuration of job `job` the flags describe, checked.
     pub fn config(&self, job: &str) -> Result<ExecutionConfig> {
         let cpus = std::thread::available_parallelism()
@@ -318,6 +349,7 @@ impl RuntimeArgs {
         self.api.check(&self.rest)?;
         let mut config = ExecutionConfig {
             job_name: job.to_owned(),
+            allow_parameter_change: self.allow_parameter_change,
             max_parallelism: self.max_parallelism,
             state_backend: self.state.backend()?,
             savepoint_policy: self.api.savepoint_policy()?,
