@@ -447,6 +447,7 @@ pub struct ProduceParams {
     /// Kafka bootstrap servers (`host:port[,host:port...]`).
     #[arg(long)]
     pub brokers: String,
+    /// The topic written (created if missing).
     #[arg(long)]
     pub topic: String,
     /// Clicks written.
