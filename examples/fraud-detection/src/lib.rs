@@ -79,9 +79,9 @@ pub struct Params {
     /// More transactions than this of one card in one window raise an alert.
     #[arg(long, default_value_t = 20)]
     pub max_per_window: u64,
-    /// Where committed alert files go; `None` counts the alerts and drops
-    /// them. Set by the runner from the standard `--output` flag.
-    #[arg(skip)]
+    /// Write the alerts, exactly once, into part files in this directory
+    /// [default: count them and drop them].
+    #[arg(long)]
     pub output: Option<PathBuf>,
 }
 

@@ -1,13 +1,14 @@
-//! End-to-end tests of the `fraud-detection` binary: a normal run, and a run
+//! End-to-end tests of the `fraud-detection` binary: a normal run; a run
 //! SIGKILLed after a checkpoint completed and then resumed with `--restore
-//! latest` at another parallelism.
+//! latest` at another parallelism; a run stopped by SIGTERM (at a final
+//! checkpoint) and resumed with the command it printed.
 //!
 //! The expected alerts come from an independent checker: the generator and
 //! both rules written again here as a plain single-threaded loop over all
 //! transactions (sorted per card), sharing no code with the job. Pass or fail
-//! never depends on timing: the kill waits for a completed checkpoint and a
-//! published output file (polling the directories), and a run that ends
-//! before it is killed must be right all the same.
+//! never depends on timing: the kill and the signal wait for a completed
+//! checkpoint (polling the directories), and a run that ends before them must
+//! be right all the same.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -113,6 +114,9 @@ impl Workload {
             self.eps.to_string(),
             "--out-of-orderness".into(),
             format!("{}ms", self.disorder_ms),
+            // No HTTP API: nothing shared with other tests on this machine.
+            "--rest".into(),
+            "off".into(),
         ]
     }
 }
@@ -354,11 +358,132 @@ fn killed_after_a_checkpoint_and_restored_at_another_parallelism_is_exactly_once
         expected_result(w.transactions, &expected)
     );
     assert_exactly_once(&out, &expected);
-    let stderr = String::from_utf8_lossy(&output.stderr);
     if !ended_by_itself {
-        assert!(
-            !stderr.contains("restored_from=-"),
-            "the second run did not restore a checkpoint: {stderr}"
-        );
+        assert_restored(&output);
     }
+}
+
+/// The checkpoint the run restored, from its `checkpoints` log line
+/// (`restored_from=0`: none).
+fn restored_from(stderr: &str) -> Option<u64> {
+    let at = stderr.rfind("restored_from=")? + "restored_from=".len();
+    let digits: String = stderr[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+fn assert_restored(output: &Output) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        restored_from(&stderr).is_some_and(|id| id > 0),
+        "the run did not restore a checkpoint: {stderr}"
+    );
+}
+
+/// The arguments of the command the run printed to resume it
+/// (`flowstate: resume with: <program> <args...> --restore latest`).
+fn resume_args(stderr: &str) -> Vec<String> {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("flowstate: resume with: "))
+        .unwrap_or_else(|| panic!("no resume command: {stderr}"));
+    let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+    assert!(
+        line.ends_with(" --restore latest")
+            && words.iter().filter(|w| *w == "--restore").count() == 1,
+        "the resume command should end with one `--restore latest`: {line}"
+    );
+    assert_eq!(words[0], BIN, "{line}");
+    words[1..].to_vec()
+}
+
+#[test]
+fn sigterm_stops_at_a_checkpoint_exits_0_and_the_printed_resume_command_is_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ck, out) = (tmp.path().join("ck"), tmp.path().join("out"));
+    let (stdout_file, stderr_file) = (tmp.path().join("stdout"), tmp.path().join("stderr"));
+    let w = workload(200_000);
+    let expected = w.expected_alerts();
+    let mut first = w.args();
+    first.extend(args(&[
+        "--checkpoint-interval",
+        "200ms",
+        "--parallelism",
+        "2",
+        // At least 10 s: still running when a checkpoint completed.
+        "--rate",
+        "20000",
+    ]));
+    first.extend([
+        "--checkpoint-dir".into(),
+        path(&ck),
+        "--output".into(),
+        path(&out),
+    ]);
+    let mut child = Command::new(BIN)
+        .args(&first)
+        .stdout(std::fs::File::create(&stdout_file).unwrap())
+        .stderr(std::fs::File::create(&stderr_file).unwrap())
+        .spawn()
+        .expect("start fraud-detection");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut ended_by_itself = false;
+    // Mid-run: a checkpoint completed (the signal handlers are in place
+    // before the first one) and published a quarter of the alerts.
+    while !(has_completed_checkpoint(&ck) && published_lines(&out).len() >= expected.len() / 4) {
+        if child.try_wait().unwrap().is_some() {
+            ended_by_itself = true;
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint completed in 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !ended_by_itself {
+        let pid = child.id().to_string();
+        let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(kill.success(), "kill -TERM {pid}");
+    }
+    let status = child.wait().unwrap();
+    let stdout = std::fs::read_to_string(&stdout_file).unwrap();
+    let stderr = std::fs::read_to_string(&stderr_file).unwrap();
+    assert!(
+        status.success(),
+        "the first run: {status}\n{stdout}\n{stderr}"
+    );
+    if !stderr.contains("SIGTERM: stopping the job at a final checkpoint") {
+        // It ended before the signal came (a signal after the job's end is
+        // ignored): its own output must be whole.
+        eprintln!("the first run ended before SIGTERM; checking its output");
+        assert_eq!(
+            stdout.lines().last(),
+            Some(expected_result(w.transactions, &expected).as_str()),
+            "{stderr}"
+        );
+        assert_exactly_once(&out, &expected);
+        return;
+    }
+    eprintln!(
+        "stopped by SIGTERM, {} of {} alerts published; the first run printed {:?}",
+        published_lines(&out).len(),
+        expected.len(),
+        stdout.lines().last()
+    );
+    assert!(
+        stderr.contains("stopped on SIGTERM at a checkpoint"),
+        "{stderr}"
+    );
+
+    // The printed command resumes it from the final checkpoint, to the end.
+    let output = run(&resume_args(&stderr));
+    assert_eq!(
+        result_line(&output),
+        expected_result(w.transactions, &expected)
+    );
+    assert_exactly_once(&out, &expected);
+    assert_restored(&output);
 }

@@ -41,10 +41,10 @@ pub struct Params {
     /// Kafka bootstrap servers (`host:port[,host:port...]`).
     #[arg(long)]
     pub brokers: String,
-    /// The topic of click events (`sessionization produce` writes one).
+    /// The topic of click events (`sessionization-produce` writes one).
     #[arg(long)]
     pub topic: String,
-    /// Read the N clicks `produce --clicks N` wrote into the (then empty)
+    /// Read the N clicks `sessionization-produce --clicks N` wrote into the (then empty)
     /// topic, then end [default: read on forever].
     #[arg(long)]
     pub records: Option<u64>,
@@ -61,10 +61,9 @@ pub struct Params {
     /// The table of sessions (created if missing).
     #[arg(long, default_value = "sessions")]
     pub table: String,
-    /// Without `--database`: where committed session files go (else the
-    /// sessions are counted and dropped). Set by the runner from the
-    /// standard `--output` flag.
-    #[arg(skip)]
+    /// Without `--database`: write the sessions, exactly once, into part
+    /// files in this directory [default: count them and drop them].
+    #[arg(long, conflicts_with = "database")]
     pub output: Option<PathBuf>,
 }
 
@@ -442,12 +441,13 @@ fn create_table(url: &str, table: &str) -> Result<(), BuildError> {
         .map_err(fail)
 }
 
-/// Parameters of `sessionization produce`.
+/// Parameters of `sessionization-produce`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProduceParams {
     /// Kafka bootstrap servers (`host:port[,host:port...]`).
     #[arg(long)]
     pub brokers: String,
+    /// The topic written (created if missing).
     #[arg(long)]
     pub topic: String,
     /// Clicks written.

@@ -1,5 +1,5 @@
 //! End-to-end test of the `sessionization` binary against real servers:
-//! `sessionization produce` writes clicks into a fresh topic, the job reads
+//! `sessionization-produce` writes clicks into a fresh topic, the job reads
 //! them into a fresh PostgreSQL table, SIGKILLed once a checkpoint completed
 //! and resumed with `--restore latest` at another parallelism; the table must
 //! hold every session exactly once, as an independent single-threaded
@@ -17,6 +17,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sessionization");
+const PRODUCE: &str = env!("CARGO_BIN_EXE_sessionization-produce");
 
 /// The value of `var`, or `None` (skip, with a notice) unless `require` is 1.
 fn server(var: &str, require: &str, test: &str) -> Option<String> {
@@ -104,14 +105,14 @@ fn expected_result(clicks: u64, sessions: &[(u64, i64, i64, u64)]) -> String {
 
 // ---------------------------------------------------------------------------
 
-fn run(args: &[String]) -> Output {
-    let output = Command::new(BIN)
+fn run(bin: &str, args: &[String]) -> Output {
+    let output = Command::new(bin)
         .args(args)
         .output()
-        .expect("start sessionization");
+        .unwrap_or_else(|e| panic!("start {bin}: {e}"));
     assert!(
         output.status.success(),
-        "sessionization {args:?} failed: {}",
+        "{bin} {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     output
@@ -145,17 +146,19 @@ fn kafka_to_postgres_sessions_are_exactly_once_across_a_kill() {
     let tmp = tempfile::tempdir().unwrap();
     let ck = tmp.path().join("ck");
     let (topic, table) = (unique("clicks"), unique("sessions"));
-    let produced = run(&[
-        "produce".into(),
-        "--brokers".into(),
-        brokers.clone(),
-        "--topic".into(),
-        topic.clone(),
-        "--clicks".into(),
-        CLICKS.to_string(),
-        "--partitions".into(),
-        "4".into(),
-    ]);
+    let produced = run(
+        PRODUCE,
+        &[
+            "--brokers".into(),
+            brokers.clone(),
+            "--topic".into(),
+            topic.clone(),
+            "--clicks".into(),
+            CLICKS.to_string(),
+            "--partitions".into(),
+            "4".into(),
+        ],
+    );
     assert_eq!(
         String::from_utf8_lossy(&produced.stdout).trim(),
         format!("PRODUCED clicks={CLICKS} topic={topic}")
@@ -175,6 +178,8 @@ fn kafka_to_postgres_sessions_are_exactly_once_across_a_kill() {
         "200ms",
         "--checkpoint-dir",
         &ck.display().to_string(),
+        "--rest",
+        "off",
     ]
     .iter()
     .map(|s| (*s).to_owned())
@@ -214,7 +219,7 @@ fn kafka_to_postgres_sessions_are_exactly_once_across_a_kill() {
         "--restore".into(),
         "latest".into(),
     ]);
-    let output = run(&second);
+    let output = run(BIN, &second);
 
     let expected = expected_sessions(CLICKS);
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -54,9 +54,9 @@ pub struct Params {
     /// Pages ranked per window.
     #[arg(long, default_value_t = 3)]
     pub top: usize,
-    /// Where committed result files go; `None` counts the lines and drops
-    /// them. Set by the runner from the standard `--output` flag.
-    #[arg(skip)]
+    /// Write the rankings, exactly once, into part files in this directory
+    /// [default: count the lines and drop them].
+    #[arg(long)]
     pub output: Option<PathBuf>,
 }
 

@@ -71,6 +71,9 @@ impl Workload {
             self.pages.to_string(),
             "--events-per-second".into(),
             self.eps.to_string(),
+            // No HTTP API: nothing shared with other tests on this machine.
+            "--rest".into(),
+            "off".into(),
         ]
     }
 }
