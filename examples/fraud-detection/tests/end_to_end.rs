@@ -383,11 +383,11 @@ fn assert_restored(output: &Output) {
 }
 
 /// The arguments of the command the run printed to resume it
-/// (`flowstate: resume with: <program> <args...> --restore latest`).
+/// (`fraud-detection: resume with: <program> <args...> --restore latest`).
 fn resume_args(stderr: &str) -> Vec<String> {
     let line = stderr
         .lines()
-        .find_map(|l| l.strip_prefix("flowstate: resume with: "))
+        .find_map(|l| l.strip_prefix("fraud-detection: resume with: "))
         .unwrap_or_else(|| panic!("no resume command: {stderr}"));
     let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
     assert!(

@@ -112,6 +112,23 @@ pub use runtime_args::{
 };
 pub use shutdown::resume_command;
 
+/// The program's name in messages: the file name this process was started
+/// as (`flowstate`, or a user's own binary), read once.
+pub(crate) fn program_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::env::args_os()
+            .next()
+            .and_then(|arg0| {
+                std::path::Path::new(&arg0)
+                    .file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+            })
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "flowstate".to_owned())
+    })
+}
+
 /// How long a job stopped with a savepoint keeps its HTTP API up for the
 /// client to read the savepoint's location.
 const STOP_ANSWER_WAIT_MAX: Duration = Duration::from_secs(3);
@@ -511,7 +528,8 @@ fn run_job(
         {
             if let Some(stopped) = &stopped {
                 eprintln!(
-                    "flowstate: job {label} cancelled on {} after {after}",
+                    "{}: job {label} cancelled on {} after {after}",
+                    crate::app::program_name(),
                     stopped.signal
                 );
                 if runtime.checkpoints() {
@@ -591,14 +609,16 @@ fn run_job(
         match (&job_report.stopped_with_savepoint, stopped.action) {
             (Some(location), _) => {
                 eprintln!(
-                    "flowstate: job {label} stopped on {} with savepoint {location}",
+                    "{}: job {label} stopped on {} with savepoint {location}",
+                    crate::app::program_name(),
                     stopped.signal
                 );
                 print_resume(argv, location);
             }
             (None, _) if runtime.checkpoints() => {
                 eprintln!(
-                    "flowstate: job {label} stopped on {} at a checkpoint",
+                    "{}: job {label} stopped on {} at a checkpoint",
+                    crate::app::program_name(),
                     stopped.signal
                 );
                 print_resume(argv, "latest");
@@ -610,5 +630,9 @@ fn run_job(
 }
 
 fn print_resume(argv: &[OsString], restore: &str) {
-    eprintln!("flowstate: resume with: {}", resume_command(argv, restore));
+    eprintln!(
+        "{}: resume with: {}",
+        crate::app::program_name(),
+        resume_command(argv, restore)
+    );
 }

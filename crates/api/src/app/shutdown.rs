@@ -123,8 +123,9 @@ impl Shutdown {
                     }
                     if let Some(second) = signals.pending().next() {
                         eprintln!(
-                            "flowstate: {} again: exiting at once; `--restore latest` resumes \
+                            "{}: {} again: exiting at once; `--restore latest` resumes \
                              from the latest completed checkpoint",
+                            crate::app::program_name(),
                             name(second)
                         );
                         std::process::exit(128 + second);
@@ -137,8 +138,9 @@ impl Shutdown {
                             return;
                         }
                         eprintln!(
-                            "flowstate: error: the job did not stop within --shutdown-timeout {} \
+                            "{}: error: the job did not stop within --shutdown-timeout {} \
                              after {signal}; exiting",
+                            crate::app::program_name(),
                             humantime::format_duration(plan.timeout)
                         );
                         std::process::exit(1);
@@ -190,7 +192,10 @@ fn announce(signal: &str, plan: Plan, requested: Option<OnSignal>) {
         }
         (OnSignal::Cancel, _) => "cancelling the job".to_owned(),
     };
-    eprintln!("flowstate: {signal}: {what} (within {timeout}; a second signal exits at once)");
+    eprintln!(
+        "{}: {signal}: {what} (within {timeout}; a second signal exits at once)",
+        crate::app::program_name()
+    );
 }
 
 /// Asking the job to stop, again until it took the request.
@@ -241,7 +246,7 @@ impl Stopping {
 
     fn tell(&mut self, text: String) {
         if self.said.as_deref() != Some(text.as_str()) {
-            eprintln!("flowstate: {text}");
+            eprintln!("{}: {text}", crate::app::program_name());
             self.said = Some(text);
         }
     }
