@@ -30,6 +30,12 @@ mod timer_tests;
 pub mod timers;
 pub mod window;
 
+/// `docs/guide.md`, "Your first flowstate job": every Rust block in it is
+/// compiled (and the runnable ones run) by `cargo test -p flowstate --doc`.
+#[cfg(all(doctest, feature = "app"))]
+#[doc = include_str!("../../../docs/guide.md")]
+pub struct GuideDoctests;
+
 #[cfg(feature = "app")]
 pub use app::App;
 pub use keyed::{FnResult, KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction};
