@@ -116,9 +116,12 @@ impl Watermark {
 /// Whether a sender's watermark is to be waited for (Flink's
 /// `WatermarkStatus`). A channel is active until its sender says it is idle;
 /// an idle channel does not hold the receiver's watermark back until its
-/// sender says it is active again (or sends a watermark). Records do not
-/// change it: an idle task may still emit records (fired processing-time
-/// timers) without having anything to say about event time.
+/// sender says it is active again. Only this message changes it (a sender
+/// says `Active` before its first record or watermark after an `Idle`):
+/// an idle task may still emit records (fired processing-time timers), and
+/// an assigner behind it watermarks made from them, while its inputs have
+/// nothing to say about event time; had they made the channel active, the
+/// task would never say `Idle` again and hold its consumers back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WatermarkStatus {
     /// The sender has nothing to say for now (every split of a source idle,
@@ -139,9 +142,9 @@ pub enum Message<T> {
     /// Event time of the sender advanced: no record after it in this
     /// channel is older (unless late). Watermarks only grow along a channel.
     Watermark(Watermark),
-    /// The sender became idle or active again (see [`WatermarkStatus`]). A
-    /// watermark makes the channel active too. Not checkpointed: barriers
-    /// and alignment are the same whatever the status.
+    /// The sender became idle or active again (see [`WatermarkStatus`]).
+    /// Not checkpointed: barriers and alignment are the same whatever the
+    /// status.
     WatermarkStatus(WatermarkStatus),
     /// The sender will send nothing more.
     EndOfInput,

@@ -798,7 +798,7 @@ impl InputWatermark {
 ///
 /// It keeps the watermark and the [`WatermarkStatus`] of every channel (the
 /// newest watermark it delivered; idle from its sender's `Idle` until its
-/// `Active` or a watermark) and yields [`GateEvent::Watermark`] when the
+/// `Active`) and yields [`GateEvent::Watermark`] when the
 /// minimum over the channels that are not idle, or whether some channel is
 /// idle, changed. An ended channel keeps its last watermark and status.
 /// Watermarks and statuses are read in stream order like batches, so on a
@@ -932,11 +932,13 @@ impl<T> InputGate<T> {
                     }
                     Ok(Some(Message::Watermark(watermark))) => {
                         self.cursor = (i + 1) % n;
-                        // Watermarks only grow: an older one is ignored
-                        // (but makes an idle channel active again).
-                        let was_idle = std::mem::replace(&mut self.idle[i], false);
-                        if watermark > self.watermarks[i] || was_idle {
-                            self.watermarks[i] = self.watermarks[i].max(watermark);
+                        // Watermarks only grow: an older one is ignored.
+                        // One from an idle channel is kept, but the channel
+                        // stays idle until its sender says `Active` (an
+                        // assigner behind an idle task may still make
+                        // watermarks from records fired by timers).
+                        if watermark > self.watermarks[i] {
+                            self.watermarks[i] = watermark;
                             if self.watermark_changed() {
                                 return Ok(GateEvent::Watermark(self.reported));
                             }

@@ -745,6 +745,10 @@ fn an_idle_channel_is_left_out_of_the_minimum() {
         events(&out),
         vec![Ev::Wm(100), Ev::Wm(200), Ev::Idle, Ev::Data(vec![7])]
     );
+    // Nor does a watermark: it is kept, but not counted while idle.
+    send(&tx0, wm(250));
+    run(&mut task);
+    assert_eq!(events(&out).len(), 4);
     // Active again with a watermark: the task is active before it.
     send(&tx1, active());
     send(&tx1, wm(300));
@@ -755,6 +759,15 @@ fn an_idle_channel_is_left_out_of_the_minimum() {
         "{:?}",
         events(&out)
     );
+    // Channel 0 active again at the 250 it sent while idle: it holds the
+    // task (no watermark goes backwards) until it passes channel 1.
+    send(&tx0, active());
+    send(&tx1, wm(400));
+    run(&mut task);
+    assert_eq!(events(&out).len(), 6);
+    send(&tx0, wm(350));
+    run(&mut task);
+    assert_eq!(events(&out)[6..], [Ev::Wm(350)]);
 }
 
 /// A channel that becomes active again with a watermark below the task's
@@ -778,8 +791,9 @@ fn a_channel_active_again_below_the_task_watermark_does_not_lower_it() {
     send(&tx1, wm(500));
     run(&mut task);
     assert_eq!(watermarks(&out), vec![40, 500]);
-    // Channel 0 is back at 60 (a watermark alone makes it active): no
-    // watermark goes backwards, and none goes on until it passed 500.
+    // Channel 0 is back at 60: no watermark goes backwards, and none goes
+    // on until it passed 500.
+    send(&tx0, active());
     send(&tx0, wm(60));
     send(&tx1, wm(900));
     run(&mut task);
