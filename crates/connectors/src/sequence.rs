@@ -191,6 +191,12 @@ impl<T: Data> SourceReader<T> for SequenceReader<T> {
         self.event_time.as_mut()?.current()
     }
 
+    /// Every unfinished split idle (with the strategy's idleness): a
+    /// throttled reader whose splits wait their turn longer than that.
+    fn is_idle(&mut self) -> bool {
+        self.event_time.as_ref().is_some_and(|w| w.is_idle())
+    }
+
     fn snapshot(&mut self, _barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
         list_state::encode(SPLITS_STATE, RedistributionMode::Split, &self.splits)
     }

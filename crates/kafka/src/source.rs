@@ -46,7 +46,9 @@
 //!   run of consecutive records of one partition at a time; the reader's
 //!   watermark is the minimum over its partitions that have not reached a
 //!   bounded end and, with idleness, are not idle (on the job's clock,
-//!   `SubtaskInfo::clock`). A reader that owns no partition reports
+//!   `SubtaskInfo::clock`); when all of them are idle the reader is
+//!   (`SourceReader::is_idle`), and its task tells downstream not to wait
+//!   for it (`WatermarkStatus::Idle`). A reader that owns no partition reports
 //!   [`Watermark::MAX`]: it will never emit a record. Watermarks are not
 //!   checkpointed: a reader created on restore or rescale starts a fresh
 //!   generator for each partition it owns, and records dropped while
@@ -280,8 +282,10 @@ impl<T: Data> KafkaSource<T> {
     /// [`WatermarkStrategy::with_idleness`], have produced a record within
     /// the idleness on the job's clock. So a partition far ahead never makes
     /// another's records late, and a partition without a record yet holds
-    /// the watermark back until it produces or, with idleness, is idle. To
-    /// use the Kafka record timestamp, copy [`RawRecord::timestamp_ms`] into
+    /// the watermark back until it produces or, with idleness, is idle. When
+    /// every partition of a reader is idle, the reader is idle downstream
+    /// (`WatermarkStatus::Idle`): consumers leave it out of their minimum
+    /// until a partition produces again. To use the Kafka record timestamp, copy [`RawRecord::timestamp_ms`] into
     /// `T` in the deserializer (records carry no timestamp of their own, so
     /// downstream event-time operators need it in `T` too), or see
     /// [`KafkaSource::with_kafka_timestamps`].
@@ -962,6 +966,19 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
             return Some(Watermark::MAX);
         }
         event_time.watermarks.current()
+    }
+
+    /// Every partition not at its bounded end produced nothing for the
+    /// strategy's idleness (see [`KafkaSource::with_event_time`]): the task
+    /// tells downstream not to wait for this reader's watermark until one of
+    /// them produces again. A reader without partitions reports
+    /// [`Watermark::MAX`] instead (see [`SourceReader::watermark`]).
+    fn is_idle(&mut self) -> bool {
+        !self.partitions.is_empty()
+            && self
+                .event_time
+                .as_ref()
+                .is_some_and(|e| e.watermarks.is_idle())
     }
 
     fn snapshot(&mut self, barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {

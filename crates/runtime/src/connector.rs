@@ -95,6 +95,18 @@ pub trait SourceReader<T>: Send {
     fn watermark(&mut self) -> Option<Watermark> {
         None
     }
+
+    /// The reader has nothing to say about event time for now: every split
+    /// it reads has been idle for the strategy's idleness
+    /// ([`crate::watermark::SplitWatermarks::is_idle`]). Asked after every
+    /// poll that read nothing; the task then sends
+    /// [`crate::WatermarkStatus::Idle`] downstream once, so no consumer waits
+    /// for this instance's watermark, and `Active` before its next record or
+    /// watermark (when this turns false again). Default: never idle. Must
+    /// not block.
+    fn is_idle(&mut self) -> bool {
+        false
+    }
 }
 
 /// The slow half of a sink's first commit phase, handed back by

@@ -3,10 +3,11 @@
 //! (Chandy–Lamport): no control event may overtake data sent before it.
 //!
 //! Watermarks travel the same way: between batches, never ahead of the data
-//! sent before them.
+//! sent before them, and so does the sender's [`WatermarkStatus`] (idle or
+//! active), which says whether its watermark is to be waited for.
 //!
-//! Owns: [`Message`], [`Barrier`] with its kind, and [`Watermark`]. Must not
-//! touch: channels, tasks or the coordinator.
+//! Owns: [`Message`], [`Barrier`] with its kind, [`Watermark`] and
+//! [`WatermarkStatus`]. Must not touch: channels, tasks or the coordinator.
 
 pub use flowstate_checkpoint::SnapshotKind;
 
@@ -112,6 +113,25 @@ impl Watermark {
     }
 }
 
+/// Whether a sender's watermark is to be waited for (Flink's
+/// `WatermarkStatus`). A channel is active until its sender says it is idle;
+/// an idle channel does not hold the receiver's watermark back until its
+/// sender says it is active again. Only this message changes it (a sender
+/// says `Active` before its first record or watermark after an `Idle`):
+/// an idle task may still emit records (fired processing-time timers), and
+/// an assigner behind it watermarks made from them, while its inputs have
+/// nothing to say about event time; had they made the channel active, the
+/// task would never say `Idle` again and hold its consumers back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WatermarkStatus {
+    /// The sender has nothing to say for now (every split of a source idle,
+    /// every input of a task idle): do not wait for its watermark.
+    Idle,
+    /// The sender's watermark counts again (sent before the first record or
+    /// watermark after an `Idle`).
+    Active,
+}
+
 /// One element of a channel.
 #[derive(Debug)]
 pub enum Message<T> {
@@ -122,6 +142,10 @@ pub enum Message<T> {
     /// Event time of the sender advanced: no record after it in this
     /// channel is older (unless late). Watermarks only grow along a channel.
     Watermark(Watermark),
+    /// The sender became idle or active again (see [`WatermarkStatus`]).
+    /// Not checkpointed: barriers and alignment are the same whatever the
+    /// status.
+    WatermarkStatus(WatermarkStatus),
     /// The sender will send nothing more.
     EndOfInput,
 }

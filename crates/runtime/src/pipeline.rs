@@ -24,7 +24,7 @@ use crate::connector::SinkWriter;
 /// Re-exported: a pipeline's snapshot is made of them (see [`Pipeline::snapshot`]).
 pub use crate::control_plane::OperatorPart;
 use crate::error::{TaskError, guarded};
-use crate::message::{Barrier, Message, Watermark};
+use crate::message::{Barrier, Message, Watermark, WatermarkStatus};
 use crate::metrics::JobMetrics;
 use crate::operator::{Operator, SideOutputs, StateSnapshot};
 use crate::partitioning::KeyGroupFn;
@@ -53,6 +53,12 @@ pub trait Pipeline<T>: Send {
     /// behind everything sent before it (an exchange sends it to every
     /// channel).
     fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError>;
+    /// The task became idle (every split of its source, or every input
+    /// channel, idle) or active again: sent downstream behind everything
+    /// sent before it (an exchange sends it to every channel, side outputs
+    /// get it too), so consumers stop or start waiting for this task's
+    /// watermark. Operators do not hear it; it changes no watermark.
+    fn watermark_status(&mut self, status: WatermarkStatus) -> Result<(), TaskError>;
     /// The earliest processing time any operator from here on wants to hear
     /// about (`Operator::next_processing_time`, the minimum over the chain).
     /// Asked by a task with no input to process, never per batch.
@@ -120,6 +126,7 @@ pub trait SideOutputPipeline: Send {
     ) -> Result<(), TaskError>;
     fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError>;
     fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError>;
+    fn watermark_status(&mut self, status: WatermarkStatus) -> Result<(), TaskError>;
     fn next_processing_time(&self) -> Option<i64>;
     fn processing_time(&mut self, now_ms: i64) -> Result<(), TaskError>;
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError>;
@@ -169,6 +176,9 @@ impl<T: Send + 'static> SideOutputPipeline for SidePipeline<T> {
     }
     fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
         self.next.watermark(watermark)
+    }
+    fn watermark_status(&mut self, status: WatermarkStatus) -> Result<(), TaskError> {
+        self.next.watermark_status(status)
     }
     fn next_processing_time(&self) -> Option<i64> {
         self.next.next_processing_time()
@@ -317,6 +327,14 @@ impl<O: Send> Pipeline<O> for Fanout<O> {
         Ok(())
     }
 
+    fn watermark_status(&mut self, status: WatermarkStatus) -> Result<(), TaskError> {
+        self.main.watermark_status(status)?;
+        for side in &mut self.sides {
+            side.watermark_status(status)?;
+        }
+        Ok(())
+    }
+
     fn next_processing_time(&self) -> Option<i64> {
         std::iter::once(self.main.next_processing_time())
             .chain(self.sides.iter().map(|side| side.next_processing_time()))
@@ -443,6 +461,13 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
             self.next.watermark(Watermark::MAX)?;
         }
         Ok(())
+    }
+
+    /// Passed on unheard, also by an assigner (which replaces watermarks,
+    /// not the status): while its input is idle it has no records to make
+    /// watermarks from either.
+    fn watermark_status(&mut self, status: WatermarkStatus) -> Result<(), TaskError> {
+        self.next.watermark_status(status)
     }
 
     fn end_of_input(&mut self) -> Result<(), TaskError> {
@@ -584,6 +609,10 @@ impl<T: Send> Pipeline<T> for SinkStage<T> {
         Ok(())
     }
 
+    fn watermark_status(&mut self, _status: WatermarkStatus) -> Result<(), TaskError> {
+        Ok(())
+    }
+
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
         let writer = &mut self.writer;
         guarded(&self.id.name, || writer.commit(checkpoint_id))
@@ -620,6 +649,9 @@ impl<T: Send> Pipeline<T> for Discard {
         Ok(())
     }
     fn watermark(&mut self, _watermark: Watermark) -> Result<(), TaskError> {
+        Ok(())
+    }
+    fn watermark_status(&mut self, _status: WatermarkStatus) -> Result<(), TaskError> {
         Ok(())
     }
     fn notify_complete(&mut self, _checkpoint_id: u64) -> Result<(), TaskError> {
@@ -692,6 +724,13 @@ impl<T: Clone + Send> Pipeline<T> for Tee<T> {
     fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
         for branch in &mut self.branches {
             branch.watermark(watermark)?;
+        }
+        Ok(())
+    }
+
+    fn watermark_status(&mut self, status: WatermarkStatus) -> Result<(), TaskError> {
+        for branch in &mut self.branches {
+            branch.watermark_status(status)?;
         }
         Ok(())
     }
@@ -931,6 +970,23 @@ impl<T: Send> Pipeline<T> for ExchangeOutput<T> {
                 target.queue_watermark(watermark);
             } else {
                 target.held = Some(watermark);
+            }
+        }
+        self.send_pending().map(drop)
+    }
+
+    fn watermark_status(&mut self, status: WatermarkStatus) -> Result<(), TaskError> {
+        // To every channel, behind the records before it (a partly filled
+        // buffer is cut: a status changes rarely). A status still waiting
+        // at the end of a pending queue is replaced: only the newest counts.
+        for target in &mut self.targets {
+            if !target.buffer.is_empty() {
+                Self::cut(target, 0);
+            }
+            if let Some(Message::WatermarkStatus(last)) = target.pending.back_mut() {
+                *last = status;
+            } else {
+                target.pending.push_back(Message::WatermarkStatus(status));
             }
         }
         self.send_pending().map(drop)

@@ -23,6 +23,16 @@
 //! hears it in order and it travels on. Watermarks are in band: on a channel
 //! blocked for alignment they wait like data.
 //!
+//! Idleness ([`WatermarkStatus`]): a source task whose reader says it is
+//! idle (`SourceReader::is_idle`: every split idle for the strategy's
+//! idleness) sends `Idle` once, and `Active` before the next record or
+//! watermark. An input gate leaves its idle channels out of the minimum; a
+//! task all of whose channels are idle (or finished at `MAX`) sends `Idle`
+//! on, and `Active` when one of them is active again. A task's output
+//! watermark never goes backwards: a channel active again below it holds
+//! the task where it is until it catches up. Barriers and alignment ignore
+//! the status.
+//!
 //! Processing time (the idle hook): a task with no input to process (its
 //! gates empty, its source `Pending`) asks its operators when they next need
 //! processing time ([`Pipeline::next_processing_time`]) and reads the job's
@@ -46,7 +56,7 @@ use crate::channel::ChannelReceiver;
 use crate::connector::{SourcePoll, SourceReader};
 use crate::control_plane::{OperatorPart, TaskCommand, TaskControlPlane};
 use crate::error::{TaskError, guarded};
-use crate::message::{Barrier, BarrierKind, Message, Watermark};
+use crate::message::{Barrier, BarrierKind, Message, Watermark, WatermarkStatus};
 use crate::metrics::{JobMetrics, WatermarkGauge};
 use crate::operator::{StateSnapshot, TwoInputOperator};
 use crate::pipeline::{Fanout, NamedSidePipelines, Pipeline, StageIdentity};
@@ -121,6 +131,25 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// Sends the task's new status downstream if it changed (`idle`: the status
+/// last sent, initially active).
+fn announce<T>(
+    idle: &mut bool,
+    now_idle: bool,
+    pipeline: &mut dyn Pipeline<T>,
+) -> Result<(), TaskError> {
+    if *idle != now_idle {
+        *idle = now_idle;
+        let status = if now_idle {
+            WatermarkStatus::Idle
+        } else {
+            WatermarkStatus::Active
+        };
+        pipeline.watermark_status(status)?;
+    }
+    Ok(())
 }
 
 /// The synchronous part of a checkpoint, then the barrier downstream, then the
@@ -240,6 +269,8 @@ pub struct SourceTask<T> {
     read_ahead: Option<ReadAhead<T>>,
     /// The newest watermark sent downstream.
     watermark: Watermark,
+    /// The status last sent downstream is `Idle` (the reader was idle).
+    idle: bool,
     gauge: Option<WatermarkGauge>,
     /// Processing time, for the idle hook (the job's clock).
     clock: SharedClock,
@@ -271,6 +302,7 @@ impl<T: Send> SourceTask<T> {
             pending: Vec::new(),
             read_ahead: None,
             watermark: Watermark::MIN,
+            idle: false,
             gauge: None,
             clock: flowstate_state::system_clock(),
         }
@@ -309,9 +341,11 @@ impl<T: Send> SourceTask<T> {
         self
     }
 
-    /// Sends `watermark` downstream if it grew, behind what was pushed.
+    /// Sends `watermark` downstream if it grew, behind what was pushed
+    /// (after `Active` if the task said it was idle).
     fn emit_watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
         if watermark > self.watermark {
+            announce(&mut self.idle, false, self.pipeline.as_mut())?;
             self.watermark = watermark;
             self.pipeline.watermark(watermark)?;
             if let Some(gauge) = &self.gauge {
@@ -325,6 +359,16 @@ impl<T: Send> SourceTask<T> {
     fn reader_watermark(&mut self) -> Result<Option<Watermark>, TaskError> {
         let reader = &mut self.reader;
         guarded(&self.id.name, || Ok(reader.watermark()))
+    }
+
+    /// Whether the reader is idle after a poll that read nothing and did not
+    /// finish it (a poll that read records makes it active).
+    fn reader_idle(&mut self, read: bool, poll: SourcePoll) -> Result<bool, TaskError> {
+        if read || poll == SourcePoll::Finished {
+            return Ok(false);
+        }
+        let reader = &mut self.reader;
+        guarded(&self.id.name, || Ok(reader.is_idle()))
     }
 
     /// At-most-once: the reader's records wait until the position after
@@ -422,7 +466,10 @@ impl<T: Send> Task for SourceTask<T> {
         }
         let (reader, buffer, max) = (&mut self.reader, &mut self.buffer, self.batch_size);
         let poll = guarded(&self.id.name, || reader.poll(buffer, max, Instant::now()))?;
+        let idle = self.reader_idle(!self.buffer.is_empty(), poll)?;
         if !self.buffer.is_empty() {
+            // Active again before the records.
+            announce(&mut self.idle, false, self.pipeline.as_mut())?;
             self.metrics.add_records_in(self.buffer.len());
             self.pipeline.push(&mut self.buffer)?;
         }
@@ -430,6 +477,9 @@ impl<T: Send> Task for SourceTask<T> {
         if let Some(watermark) = self.reader_watermark()? {
             self.emit_watermark(watermark)?;
         }
+        // Idle once (every split idle), active again as soon as the reader
+        // no longer is (a split produced, or was added).
+        announce(&mut self.idle, idle, self.pipeline.as_mut())?;
         match poll {
             SourcePoll::Ready => Ok(Step::Progress),
             SourcePoll::Pending { wake_at } => self.idle(wake_at),
@@ -476,6 +526,8 @@ impl<T: Send> SourceTask<T> {
         let durable = ahead.handle.durable();
         let mut progressed = false;
         let mut emitted_watermark = None;
+        // The reader's idleness after a poll this step (`None`: no poll).
+        let mut reader_idle = None;
         if ahead
             .batches
             .front()
@@ -483,6 +535,7 @@ impl<T: Send> SourceTask<T> {
             && let Some((_, mut batch, watermark)) = ahead.batches.pop_front()
         {
             ahead.held -= batch.len();
+            announce(&mut self.idle, false, self.pipeline.as_mut())?;
             self.metrics.add_records_in(batch.len());
             self.pipeline.push(&mut batch)?;
             batch.clear();
@@ -508,6 +561,11 @@ impl<T: Send> SourceTask<T> {
             // polled so far (held ones: with the last of them).
             let reader = &mut self.reader;
             let watermark = guarded(&self.id.name, || Ok(reader.watermark()))?;
+            reader_idle = Some(
+                batch.is_empty()
+                    && poll != SourcePoll::Finished
+                    && guarded(&self.id.name, || Ok(reader.is_idle()))?,
+            );
             if batch.is_empty() {
                 ahead.spare = Some(batch);
                 match ahead.batches.back_mut() {
@@ -546,8 +604,14 @@ impl<T: Send> SourceTask<T> {
         }
         let reader_done = ahead.reader_done && ahead.is_empty();
         let wake_at = ahead.wake_at;
+        // Idle only once everything read was emitted; active as soon as the
+        // reader is (its records and watermark follow).
+        let now_idle = reader_idle.map(|idle| idle && ahead.is_empty());
         if let Some(watermark) = emitted_watermark {
             self.emit_watermark(watermark)?;
+        }
+        if let Some(now_idle) = now_idle {
+            announce(&mut self.idle, now_idle, self.pipeline.as_mut())?;
         }
         if reader_done {
             return self.reader_finished();
@@ -685,13 +749,60 @@ impl Aligner {
     }
 }
 
+/// What the channels of a task's inputs say about event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputWatermark {
+    /// The minimum watermark over the channels that are not idle (`None`:
+    /// every channel is idle, or there is none).
+    pub min: Option<Watermark>,
+    /// Some channel is idle.
+    pub any_idle: bool,
+}
+
+/// Where a task's event time stands, from its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputStatus {
+    /// At least one input channel is active; the minimum over them.
+    Active(Watermark),
+    /// Every channel is idle, or finished (`MAX`) while the others are idle.
+    Idle,
+}
+
+impl InputWatermark {
+    /// Both inputs of a two-input task together.
+    pub fn combine(self, other: InputWatermark) -> InputWatermark {
+        let min = match (self.min, other.min) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        InputWatermark {
+            min,
+            any_idle: self.any_idle || other.any_idle,
+        }
+    }
+
+    /// The task's status (`None`: it has no input channel). Channels that
+    /// finished (at `MAX`) count as idle when others are idle: their end
+    /// does not end the event time of an idle channel, whose records may
+    /// still come.
+    pub fn status(self) -> Option<InputStatus> {
+        match self.min {
+            Some(w) if !(self.any_idle && w == Watermark::MAX) => Some(InputStatus::Active(w)),
+            _ if self.any_idle => Some(InputStatus::Idle),
+            _ => None,
+        }
+    }
+}
+
 /// The channels into one input of a task.
 ///
-/// It keeps the watermark of every channel (the newest it delivered) and
-/// yields [`GateEvent::Watermark`] when the minimum over the channels that
-/// have not ended changed (it only grows; an ended channel no longer holds it
-/// back). Watermarks are read in stream order like batches, so on a channel
-/// blocked for alignment they wait too.
+/// It keeps the watermark and the [`WatermarkStatus`] of every channel (the
+/// newest watermark it delivered; idle from its sender's `Idle` until its
+/// `Active`) and yields [`GateEvent::Watermark`] when the
+/// minimum over the channels that are not idle, or whether some channel is
+/// idle, changed. An ended channel keeps its last watermark and status.
+/// Watermarks and statuses are read in stream order like batches, so on a
+/// channel blocked for alignment they wait too.
 pub struct InputGate<T> {
     channels: Vec<ChannelReceiver<T>>,
     /// Index of this gate's first channel in the task's [`Aligner`].
@@ -701,8 +812,10 @@ pub struct InputGate<T> {
     cursor: usize,
     task: String,
     watermarks: Vec<Watermark>,
-    /// The minimum over the open channels as last yielded (`None`: none open).
-    reported: Option<Watermark>,
+    /// The channel's sender said it is idle (and has not said otherwise).
+    idle: Vec<bool>,
+    /// What the channels said, as last yielded.
+    reported: InputWatermark,
     /// A change of the minimum not yielded yet (a barrier went first).
     dirty: bool,
 }
@@ -712,9 +825,9 @@ pub enum GateEvent<T> {
     Batch(Vec<T>),
     /// Barrier n arrived on every input of the task: time to snapshot.
     Barrier(Barrier, Duration),
-    /// The minimum watermark over the gate's open channels changed (grew,
-    /// or `None`: no channel is open any more).
-    Watermark(Option<Watermark>),
+    /// The minimum watermark over the gate's channels that are not idle
+    /// changed, or whether some channel is idle did.
+    Watermark(InputWatermark),
     /// Nothing available now.
     Empty,
     /// Every channel has ended.
@@ -732,14 +845,17 @@ impl<T> InputGate<T> {
             cursor: 0,
             task: task.to_owned(),
             watermarks: vec![Watermark::MIN; n],
-            reported: (n > 0).then_some(Watermark::MIN),
+            idle: vec![false; n],
+            reported: InputWatermark {
+                min: (n > 0).then_some(Watermark::MIN),
+                any_idle: false,
+            },
             dirty: false,
         }
     }
 
-    /// The minimum watermark over the open channels, as last yielded
-    /// (`None` when none is open).
-    pub fn watermark(&self) -> Option<Watermark> {
+    /// What the channels say about event time, as last yielded.
+    pub fn watermark(&self) -> InputWatermark {
         self.reported
     }
 
@@ -753,10 +869,23 @@ impl<T> InputGate<T> {
     /// leaving it out let the other channels' watermarks fire windows
     /// before all their records had arrived (found by the whole-job
     /// simulation).
+    ///
+    /// An idle channel is left out of the minimum, whatever its watermark:
+    /// its sender has nothing to say for now.
     fn watermark_changed(&mut self) -> bool {
-        let min = self.watermarks.iter().copied().min();
-        let changed = min != self.reported;
-        self.reported = min;
+        let min = self
+            .watermarks
+            .iter()
+            .zip(&self.idle)
+            .filter(|(_, idle)| !**idle)
+            .map(|(w, _)| *w)
+            .min();
+        let reported = InputWatermark {
+            min,
+            any_idle: self.idle.iter().any(|idle| *idle),
+        };
+        let changed = reported != self.reported;
+        self.reported = reported;
         changed
     }
 
@@ -804,11 +933,22 @@ impl<T> InputGate<T> {
                     Ok(Some(Message::Watermark(watermark))) => {
                         self.cursor = (i + 1) % n;
                         // Watermarks only grow: an older one is ignored.
+                        // One from an idle channel is kept, but the channel
+                        // stays idle until its sender says `Active` (an
+                        // assigner behind an idle task may still make
+                        // watermarks from records fired by timers).
                         if watermark > self.watermarks[i] {
                             self.watermarks[i] = watermark;
                             if self.watermark_changed() {
                                 return Ok(GateEvent::Watermark(self.reported));
                             }
+                        }
+                    }
+                    Ok(Some(Message::WatermarkStatus(status))) => {
+                        self.cursor = (i + 1) % n;
+                        self.idle[i] = status == WatermarkStatus::Idle;
+                        if self.watermark_changed() {
+                            return Ok(GateEvent::Watermark(self.reported));
                         }
                     }
                     Ok(Some(Message::EndOfInput)) => {
@@ -849,8 +989,11 @@ pub struct OneInputTask<T> {
     pipeline: Box<dyn Pipeline<T>>,
     phase: Phase,
     control: Option<TaskControlPlane>,
-    /// The task's input watermark (the minimum over its open channels).
+    /// The task's input watermark (the minimum over its channels that are
+    /// not idle; it never goes backwards).
     watermark: Watermark,
+    /// The status last sent downstream is `Idle` (every channel idle).
+    idle: bool,
     gauge: Option<WatermarkGauge>,
     idle_timers: IdleTimers,
 }
@@ -873,6 +1016,7 @@ impl<T: Send> OneInputTask<T> {
             phase: Phase::Running,
             control,
             watermark: Watermark::MIN,
+            idle: false,
             gauge: None,
             idle_timers: IdleTimers::new(),
         }
@@ -889,6 +1033,26 @@ impl<T: Send> OneInputTask<T> {
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.idle_timers.clock = clock;
         self
+    }
+
+    /// The gate's channels said something about event time: the task goes
+    /// idle, or active again, and its watermark grows (never backwards).
+    fn advance_watermark(&mut self, input: InputWatermark) -> Result<(), TaskError> {
+        match input.status() {
+            None => {}
+            Some(InputStatus::Idle) => announce(&mut self.idle, true, self.pipeline.as_mut())?,
+            Some(InputStatus::Active(watermark)) => {
+                announce(&mut self.idle, false, self.pipeline.as_mut())?;
+                if watermark > self.watermark {
+                    self.watermark = watermark;
+                    self.pipeline.watermark(watermark)?;
+                    if let Some(gauge) = &self.gauge {
+                        gauge.set(watermark);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The gate has nothing: the idle hook fires the chain's due
@@ -983,17 +1147,9 @@ impl<T: Send> Task for OneInputTask<T> {
                 }
                 Ok(Step::Progress)
             }
-            GateEvent::Watermark(watermark) => {
+            GateEvent::Watermark(input) => {
                 self.idle_timers.on_input();
-                if let Some(watermark) = watermark
-                    && watermark > self.watermark
-                {
-                    self.watermark = watermark;
-                    self.pipeline.watermark(watermark)?;
-                    if let Some(gauge) = &self.gauge {
-                        gauge.set(watermark);
-                    }
-                }
+                self.advance_watermark(input)?;
                 Ok(Step::Progress)
             }
             GateEvent::Empty => self.idle(),
@@ -1022,9 +1178,12 @@ pub struct TwoInputTask<A, B, O> {
     pipeline: Fanout<O>,
     phase: Phase,
     control: Option<TaskControlPlane>,
-    /// The task's input watermark: the minimum over the open channels of
-    /// both gates.
+    /// The task's input watermark: the minimum over the channels of both
+    /// gates that are not idle (it never goes backwards).
     watermark: Watermark,
+    /// The status last sent downstream is `Idle` (every channel of both
+    /// gates idle).
+    idle: bool,
     gauge: Option<WatermarkGauge>,
     idle_timers: IdleTimers,
 }
@@ -1065,6 +1224,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
             phase: Phase::Running,
             control,
             watermark: Watermark::MIN,
+            idle: false,
             gauge: None,
             idle_timers: IdleTimers::new(),
         }
@@ -1122,15 +1282,19 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
         }
     }
 
-    /// A gate's minimum changed: if the minimum over both grew, the head
-    /// operator hears it, its output goes on, then the watermark.
+    /// A gate's minimum or idleness changed: the task goes idle when every
+    /// channel of both gates is, active again when one is; if the minimum
+    /// over both (channels not idle) grew, the head operator hears it, its
+    /// output goes on, then the watermark.
     fn advance_watermark(&mut self) -> Result<(), TaskError> {
-        let Some(watermark) = [self.first.watermark(), self.second.watermark()]
-            .into_iter()
-            .flatten()
-            .min()
-        else {
-            return Ok(());
+        let input = self.first.watermark().combine(self.second.watermark());
+        let watermark = match input.status() {
+            None => return Ok(()),
+            Some(InputStatus::Idle) => return announce(&mut self.idle, true, &mut self.pipeline),
+            Some(InputStatus::Active(watermark)) => {
+                announce(&mut self.idle, false, &mut self.pipeline)?;
+                watermark
+            }
         };
         if watermark <= self.watermark {
             return Ok(());

@@ -9,6 +9,15 @@
 //! idleness timeout. Generators are asked for their watermark once per batch
 //! (after a source's poll, after an operator's batch), never per record.
 //!
+//! Idleness: with `with_idleness(ms)` a split that produced nothing for `ms`
+//! of processing time (the job's clock) no longer holds its reader's
+//! watermark back. When every split still open is idle (or the reader owns
+//! none), the reader is idle ([`SplitWatermarks::is_idle`]): its watermark
+//! stays where it was and its task sends `WatermarkStatus::Idle` downstream,
+//! where the channel is left out of every minimum until the reader produces
+//! again (`Active`, then records and watermarks as before). Without idleness
+//! nothing is ever idle, and a quiet split holds everything back.
+//!
 //! Owns: the strategy, the generators, the per-split combination and the
 //! assigner operator. Must not touch: channels, tasks or how a watermark
 //! travels (that is `pipeline` and `task`).
@@ -250,11 +259,17 @@ struct SplitState<S, T> {
 /// idle. So a split far ahead never makes another split's records late. A
 /// split without a watermark yet (nothing read) holds everything back, unless
 /// it is idle. When every split still open is idle, the watermark stays
-/// where it was (there is no idle stream status yet).
+/// where it was and the reader is idle ([`SplitWatermarks::is_idle`]): its
+/// task tells downstream not to wait for it (`WatermarkStatus::Idle`) until a
+/// split produces again.
 pub struct SplitWatermarks<S, T> {
     strategy: WatermarkStrategy<T>,
     clock: SharedClock,
     splits: Vec<SplitState<S, T>>,
+    /// Processing time of the reader's last record or split added (or of
+    /// its creation): a reader with no open split is idle after the
+    /// idleness from then.
+    last_active_ms: i64,
     /// The index of the last split looked up (readers feed a split a batch
     /// at a time).
     last: usize,
@@ -264,12 +279,15 @@ impl<S: PartialEq + Clone, T> SplitWatermarks<S, T> {
     /// `clock` is the job's processing-time clock (`SubtaskInfo::clock`),
     /// for idleness.
     pub fn new(strategy: WatermarkStrategy<T>, clock: SharedClock) -> Self {
-        Self {
+        let mut watermarks = Self {
             strategy,
             clock,
             splits: Vec::new(),
+            last_active_ms: 0,
             last: 0,
-        }
+        };
+        watermarks.last_active_ms = watermarks.now_ms();
+        watermarks
     }
 
     pub fn strategy(&self) -> &WatermarkStrategy<T> {
@@ -296,6 +314,7 @@ impl<S: PartialEq + Clone, T> SplitWatermarks<S, T> {
             Some(i) => i,
             None => {
                 let now = self.now_ms();
+                self.last_active_ms = now;
                 self.splits.push(SplitState {
                     split: split.clone(),
                     generator: self.strategy.create_generator(),
@@ -325,6 +344,7 @@ impl<S: PartialEq + Clone, T> SplitWatermarks<S, T> {
         let state = &mut self.splits[i];
         state.generator.on_batch(&self.strategy, records);
         state.last_active_ms = now;
+        self.last_active_ms = now;
     }
 
     /// `records` were read from `split` (added if unknown) with the event
@@ -342,6 +362,7 @@ impl<S: PartialEq + Clone, T> SplitWatermarks<S, T> {
             .generator
             .on_batch_with_timestamps(records, timestamps);
         state.last_active_ms = now;
+        self.last_active_ms = now;
     }
 
     /// `split` has no more records: it no longer holds the watermark back.
@@ -354,6 +375,26 @@ impl<S: PartialEq + Clone, T> SplitWatermarks<S, T> {
     pub fn remove_split(&mut self, split: &S) {
         self.splits.retain(|s| s.split != *split);
         self.last = 0;
+    }
+
+    /// With idleness (`WatermarkStrategy::with_idleness`): every split still
+    /// open has produced nothing for the idleness, and neither has the
+    /// reader (so a reader without any open split, e.g. one that owns no
+    /// split of an unbounded source, is idle once the idleness passed since
+    /// it was created, as Flink's source operator without splits). Then
+    /// [`SplitWatermarks::current`] says nothing and the reader's task sends
+    /// `WatermarkStatus::Idle`. Without idleness, never.
+    pub fn is_idle(&self) -> bool {
+        let Some(idleness) = self.strategy.idleness_ms else {
+            return false;
+        };
+        let now = self.clock.now_ms();
+        let idle_since = |last: i64| now.saturating_sub(last) >= idleness;
+        idle_since(self.last_active_ms)
+            && self
+                .splits
+                .iter()
+                .all(|s| s.finished || idle_since(s.last_active_ms))
     }
 
     /// The minimum over the splits that are neither finished nor idle;
@@ -380,8 +421,9 @@ impl<S: PartialEq + Clone, T> SplitWatermarks<S, T> {
 /// records on unchanged and makes its output's watermarks from them with its
 /// own generator, replacing whatever watermarks came from upstream (only the
 /// end of input, [`Watermark::MAX`], is passed on), as Flink's
-/// `TimestampsAndWatermarksOperator`. Idleness is not applied here (there is
-/// no idle stream status yet).
+/// `TimestampsAndWatermarksOperator`. Idleness is not applied here (the
+/// operator detects none itself); an idle status from upstream passes
+/// through it.
 pub struct TimestampsAndWatermarks<T> {
     strategy: WatermarkStrategy<T>,
     generator: Generator<T>,
@@ -459,6 +501,41 @@ mod tests {
             w.finish_split(&1);
             assert_eq!(w.current(), Some(Watermark(1_999)));
         }
+    }
+
+    #[test]
+    fn a_reader_is_idle_when_every_open_split_is() {
+        let clock = ManualClock::new(0);
+        let strategy = WatermarkStrategy::monotonous(|t: &i64| *t);
+        let mut w = SplitWatermarks::new(strategy.clone().with_idleness(100), clock.clone());
+        // No split at all: idle once the idleness passed since creation.
+        assert!(!w.is_idle());
+        clock.advance_ms(100);
+        assert!(w.is_idle());
+        w.add_split(&0u32);
+        w.add_split(&1u32);
+        assert!(!w.is_idle());
+        w.on_batch(&0, &[5]);
+        clock.advance_ms(60);
+        w.on_batch(&1, &[7]);
+        clock.advance_ms(40);
+        // Split 0 idle, split 1 not.
+        assert!(!w.is_idle());
+        assert_eq!(w.current(), Some(Watermark(6)));
+        clock.advance_ms(60);
+        assert!(w.is_idle());
+        assert_eq!(w.current(), None);
+        // A finished split does not keep it active.
+        w.on_batch(&1, &[9]);
+        w.finish_split(&1);
+        assert!(!w.is_idle());
+        clock.advance_ms(100);
+        assert!(w.is_idle());
+        // Without idleness, never.
+        let mut held = SplitWatermarks::new(strategy, clock.clone());
+        held.add_split(&0u32);
+        clock.advance_ms(1_000_000);
+        assert!(!held.is_idle());
     }
 
     #[test]

@@ -39,6 +39,12 @@ impl Pipeline<u64> for Recorder {
     fn watermark(&mut self, _watermark: Watermark) -> Result<(), TaskError> {
         Ok(())
     }
+    fn watermark_status(
+        &mut self,
+        _status: flowstate_runtime::WatermarkStatus,
+    ) -> Result<(), TaskError> {
+        Ok(())
+    }
     fn notify_complete(&mut self, _id: u64) -> Result<(), TaskError> {
         Ok(())
     }

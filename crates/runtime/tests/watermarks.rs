@@ -15,15 +15,24 @@ use flowstate_runtime::task::{OneInputTask, Step, Task, TwoInputTask};
 use flowstate_runtime::{
     Barrier, DeterministicExecutor, ExecutionConfig, JobGraph, Operator, Partitioning, Source,
     SourcePoll, SourceReader, SplitWatermarks, SubtaskInfo, TaskError, TimestampsAndWatermarks,
-    TwoInputOperator, UserError, Watermark, WatermarkStrategy,
+    TwoInputOperator, UserError, Watermark, WatermarkStatus, WatermarkStrategy,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Ev {
     Data(Vec<u64>),
     Wm(i64),
+    Idle,
+    Active,
     End,
     Finish,
+}
+
+fn status_event(status: WatermarkStatus) -> Ev {
+    match status {
+        WatermarkStatus::Idle => Ev::Idle,
+        WatermarkStatus::Active => Ev::Active,
+    }
 }
 
 type Log = Arc<Mutex<Vec<Ev>>>;
@@ -59,6 +68,10 @@ impl Pipeline<u64> for Recorder {
     }
     fn watermark(&mut self, watermark: Watermark) -> Result<(), TaskError> {
         self.0.lock().unwrap().push(Ev::Wm(watermark.0));
+        Ok(())
+    }
+    fn watermark_status(&mut self, status: WatermarkStatus) -> Result<(), TaskError> {
+        self.0.lock().unwrap().push(status_event(status));
         Ok(())
     }
     fn notify_complete(&mut self, _id: u64) -> Result<(), TaskError> {
@@ -188,6 +201,7 @@ fn drain(rx: &ChannelReceiver<u64>) -> Vec<Ev> {
         out.push(match m {
             Message::Batch(b) => Ev::Data(b),
             Message::Watermark(w) => Ev::Wm(w.0),
+            Message::WatermarkStatus(s) => status_event(s),
             Message::EndOfInput => Ev::End,
             Message::Barrier(_) => continue,
         });
@@ -681,4 +695,340 @@ fn an_idle_split_holds_back_only_without_idleness() {
         executor.run().unwrap();
         assert_eq!(executor.metrics().watermark_of("op"), Some(Watermark::MAX));
     }
+}
+
+// ---------------------------------------------------------------------------
+// Idleness: the in-band watermark status
+// ---------------------------------------------------------------------------
+
+fn idle() -> Message<u64> {
+    Message::WatermarkStatus(WatermarkStatus::Idle)
+}
+
+fn active() -> Message<u64> {
+    Message::WatermarkStatus(WatermarkStatus::Active)
+}
+
+/// An idle channel is left out of the minimum: the other channel's
+/// watermark goes on. When every channel is idle, the task says so
+/// downstream (once).
+#[test]
+fn an_idle_channel_is_left_out_of_the_minimum() {
+    let (tx0, rx0) = pair();
+    let (tx1, rx1) = pair();
+    let out = log();
+    let mut task = OneInputTask::new(
+        "t".into(),
+        vec![rx0, rx1],
+        Box::new(Recorder(out.clone())),
+        None,
+    );
+    send(&tx0, wm(100));
+    run(&mut task);
+    // Channel 1 has said nothing: held at MIN.
+    assert_eq!(events(&out), vec![]);
+    send(&tx1, idle());
+    run(&mut task);
+    assert_eq!(events(&out), vec![Ev::Wm(100)]);
+    send(&tx0, wm(200));
+    run(&mut task);
+    assert_eq!(events(&out), vec![Ev::Wm(100), Ev::Wm(200)]);
+    send(&tx0, idle());
+    send(&tx1, idle());
+    run(&mut task);
+    assert_eq!(events(&out), vec![Ev::Wm(100), Ev::Wm(200), Ev::Idle]);
+    // Records from an idle channel (a processing-time timer upstream)
+    // change no status.
+    send(&tx0, Message::Batch(vec![7]));
+    run(&mut task);
+    assert_eq!(
+        events(&out),
+        vec![Ev::Wm(100), Ev::Wm(200), Ev::Idle, Ev::Data(vec![7])]
+    );
+    // Nor does a watermark: it is kept, but not counted while idle.
+    send(&tx0, wm(250));
+    run(&mut task);
+    assert_eq!(events(&out).len(), 4);
+    // Active again with a watermark: the task is active before it.
+    send(&tx1, active());
+    send(&tx1, wm(300));
+    run(&mut task);
+    assert_eq!(
+        events(&out)[4..],
+        [Ev::Active, Ev::Wm(300)],
+        "{:?}",
+        events(&out)
+    );
+    // Channel 0 active again at the 250 it sent while idle: it holds the
+    // task (no watermark goes backwards) until it passes channel 1.
+    send(&tx0, active());
+    send(&tx1, wm(400));
+    run(&mut task);
+    assert_eq!(events(&out).len(), 6);
+    send(&tx0, wm(350));
+    run(&mut task);
+    assert_eq!(events(&out)[6..], [Ev::Wm(350)]);
+}
+
+/// A channel that becomes active again with a watermark below the task's
+/// does not lower it: the task stays where it is until the channel caught
+/// up, then goes on from the minimum again.
+#[test]
+fn a_channel_active_again_below_the_task_watermark_does_not_lower_it() {
+    let (tx0, rx0) = pair();
+    let (tx1, rx1) = pair();
+    let out = log();
+    let mut task = OneInputTask::new(
+        "t".into(),
+        vec![rx0, rx1],
+        Box::new(Recorder(out.clone())),
+        None,
+    );
+    send(&tx0, wm(50));
+    send(&tx1, wm(40));
+    run(&mut task);
+    send(&tx0, idle());
+    send(&tx1, wm(500));
+    run(&mut task);
+    assert_eq!(watermarks(&out), vec![40, 500]);
+    // Channel 0 is back at 60: no watermark goes backwards, and none goes
+    // on until it passed 500.
+    send(&tx0, active());
+    send(&tx0, wm(60));
+    send(&tx1, wm(900));
+    run(&mut task);
+    assert_eq!(watermarks(&out), vec![40, 500]);
+    send(&tx0, wm(700));
+    run(&mut task);
+    assert_eq!(watermarks(&out), vec![40, 500, 700]);
+    assert!(!events(&out).contains(&Ev::Idle), "{:?}", events(&out));
+}
+
+/// A channel that finished (`MAX`) while the other is idle does not end
+/// event time: the task is idle, and the idle channel's records may still
+/// come.
+#[test]
+fn a_finished_channel_beside_an_idle_one_does_not_end_event_time() {
+    let (tx0, rx0) = pair();
+    let (tx1, rx1) = pair();
+    let out = log();
+    let mut task = OneInputTask::new(
+        "t".into(),
+        vec![rx0, rx1],
+        Box::new(Recorder(out.clone())),
+        None,
+    );
+    send(&tx0, wm(100));
+    send(&tx1, wm(10));
+    send(&tx1, idle());
+    run(&mut task);
+    send(&tx0, wm(i64::MAX));
+    send(&tx0, Message::EndOfInput);
+    run(&mut task);
+    assert_eq!(events(&out), vec![Ev::Wm(10), Ev::Wm(100), Ev::Idle]);
+    send(&tx1, active());
+    send(&tx1, wm(i64::MAX));
+    send(&tx1, Message::EndOfInput);
+    run(&mut task);
+    assert_eq!(
+        events(&out)[3..],
+        [Ev::Active, Ev::Wm(i64::MAX), Ev::End],
+        "{:?}",
+        events(&out)
+    );
+}
+
+/// A task all of whose inputs are idle is idle downstream: the status goes
+/// through its exchange to every channel, and a second stage reading it and
+/// an active channel goes on with the active one's watermark.
+#[test]
+fn all_inputs_idle_propagates_through_an_exchange_to_a_second_stage() {
+    let (tx_in, rx_in) = pair();
+    let (tx_a, rx_a) = pair();
+    let (tx_b, rx_b) = pair();
+    let exchange = ExchangeOutput::new("first", Router::Rebalance { next: 0 }, vec![tx_a, tx_b], 4);
+    let mut first = OneInputTask::new("first".into(), vec![rx_in], Box::new(exchange), None);
+    let (tx_other, rx_other) = pair();
+    let out = log();
+    let mut second = OneInputTask::new(
+        "second".into(),
+        vec![rx_a, rx_other],
+        Box::new(Recorder(out.clone())),
+        None,
+    );
+    send(&tx_in, Message::Batch(vec![1]));
+    send(&tx_in, wm(100));
+    run(&mut first);
+    send(&tx_other, wm(500));
+    run(&mut second);
+    assert_eq!(events(&out), vec![Ev::Data(vec![1]), Ev::Wm(100)]);
+    // The first stage's only input goes idle: so does the first stage, on
+    // both channels of its exchange.
+    send(&tx_in, idle());
+    run(&mut first);
+    assert_eq!(drain(&rx_b), vec![Ev::Wm(100), Ev::Idle]);
+    run(&mut second);
+    assert_eq!(
+        events(&out),
+        vec![Ev::Data(vec![1]), Ev::Wm(100), Ev::Wm(500)]
+    );
+    // Active again: the status goes through before the records (routed to
+    // channel b).
+    send(&tx_in, active());
+    send(&tx_in, Message::Batch(vec![2, 3, 4, 5]));
+    run(&mut first);
+    assert_eq!(drain(&rx_b), vec![Ev::Active, Ev::Data(vec![2, 3, 4, 5])]);
+    // Channel a is active again at 100: the second stage stays at 500.
+    run(&mut second);
+    assert_eq!(
+        events(&out),
+        vec![Ev::Data(vec![1]), Ev::Wm(100), Ev::Wm(500)]
+    );
+}
+
+/// Two inputs: an idle side is left out of the minimum the head operator
+/// hears; both sides idle make the task idle; a side active again counts.
+#[test]
+fn two_input_minimum_leaves_an_idle_side_out() {
+    let (ta, ra) = pair();
+    let (tb, rb) = pair();
+    let heard = log();
+    let out = log();
+    let id = StageIdentity {
+        name: "two".into(),
+        uid: "two".into(),
+        subtask: 0,
+    };
+    let mut task = TwoInputTask::new(
+        "two".into(),
+        id,
+        vec![ra],
+        vec![rb],
+        Box::new(TwoRecorder(heard.clone())),
+        Box::new(Recorder(out.clone())),
+        None,
+    );
+    send(&ta, wm(100));
+    send(&tb, wm(40));
+    run(&mut task);
+    assert_eq!(watermarks(&heard), vec![40]);
+    send(&tb, idle());
+    run(&mut task);
+    assert_eq!(watermarks(&heard), vec![40, 100]);
+    send(&ta, wm(200));
+    run(&mut task);
+    assert_eq!(watermarks(&heard), vec![40, 100, 200]);
+    send(&ta, idle());
+    run(&mut task);
+    assert_eq!(events(&out).last(), Some(&Ev::Idle));
+    send(&tb, active());
+    send(&tb, wm(300));
+    run(&mut task);
+    assert_eq!(watermarks(&heard), vec![40, 100, 200, 300]);
+    let tail: Vec<Ev> = events(&out).into_iter().rev().take(4).collect();
+    assert_eq!(
+        tail,
+        vec![Ev::Wm(300), Ev::Data(vec![300]), Ev::Active, Ev::Idle]
+    );
+}
+
+/// One split fed by the test; never finishes.
+struct QueueReader {
+    queue: Arc<Mutex<Vec<u64>>>,
+    watermarks: SplitWatermarks<u32, u64>,
+}
+
+impl SourceReader<u64> for QueueReader {
+    fn poll(
+        &mut self,
+        out: &mut Vec<u64>,
+        _max: usize,
+        _now: Instant,
+    ) -> Result<SourcePoll, UserError> {
+        let mut queue = self.queue.lock().unwrap();
+        if queue.is_empty() {
+            return Ok(SourcePoll::Pending { wake_at: None });
+        }
+        let first = out.len();
+        out.append(&mut queue);
+        self.watermarks.on_batch(&0, &out[first..]);
+        Ok(SourcePoll::Ready)
+    }
+
+    fn watermark(&mut self) -> Option<Watermark> {
+        self.watermarks.current()
+    }
+
+    fn is_idle(&mut self) -> bool {
+        self.watermarks.is_idle()
+    }
+}
+
+fn source_task(
+    queue: &Arc<Mutex<Vec<u64>>>,
+    strategy: WatermarkStrategy<u64>,
+    clock: &Arc<flowstate_state::ManualClock>,
+    out: &Log,
+) -> flowstate_runtime::task::SourceTask<u64> {
+    let mut watermarks = SplitWatermarks::new(strategy, clock.clone());
+    watermarks.add_split(&0);
+    flowstate_runtime::task::SourceTask::new(
+        "src".into(),
+        StageIdentity {
+            name: "src".into(),
+            uid: "src".into(),
+            subtask: 0,
+        },
+        Box::new(QueueReader {
+            queue: Arc::clone(queue),
+            watermarks,
+        }),
+        Box::new(Recorder(out.clone())),
+        16,
+        Arc::new(flowstate_runtime::JobMetrics::default()),
+        None,
+    )
+}
+
+/// A source whose only split produced nothing for the idleness says it is
+/// idle, once; when the split produces again it is active before its
+/// records. Without idleness it never is.
+#[test]
+fn a_source_whose_splits_are_all_idle_says_so_once() {
+    let clock = flowstate_state::ManualClock::new(0);
+    let queue = Arc::new(Mutex::new(vec![10, 20]));
+    let out = log();
+    let strategy = WatermarkStrategy::monotonous(|v: &u64| *v as i64);
+    let mut task = source_task(&queue, strategy.clone().with_idleness(1_000), &clock, &out);
+    run(&mut task);
+    assert_eq!(events(&out), vec![Ev::Data(vec![10, 20]), Ev::Wm(19)]);
+    clock.advance_ms(999);
+    run(&mut task);
+    assert_eq!(events(&out).len(), 2);
+    clock.advance_ms(1);
+    run(&mut task);
+    run(&mut task);
+    assert_eq!(events(&out)[2..], [Ev::Idle]);
+    queue.lock().unwrap().push(30);
+    run(&mut task);
+    clock.advance_ms(5_000);
+    run(&mut task);
+    assert_eq!(
+        events(&out)[2..],
+        [
+            Ev::Idle,
+            Ev::Active,
+            Ev::Data(vec![30]),
+            Ev::Wm(29),
+            Ev::Idle
+        ]
+    );
+
+    let held = log();
+    let mut task = source_task(&queue, strategy, &clock, &held);
+    queue.lock().unwrap().push(40);
+    run(&mut task);
+    clock.advance_ms(1_000_000);
+    run(&mut task);
+    assert_eq!(events(&held), vec![Ev::Data(vec![40]), Ev::Wm(39)]);
 }
