@@ -444,7 +444,7 @@ pub fn compare(
     for o in &operators {
         match o.outcome {
             Outcome::Dropped if !options.allow_non_restored_state => problems.push(format!(
-                "operator '{}' ({}) is in the snapshot, not in the job: its state would be dropped (allow_non_restored_state)",
+                "operator '{}' ({}) is in the snapshot, not in the job: the restore fails unless dropping its state is allowed",
                 o.uid, o.name
             )),
             Outcome::Incompatible => {
@@ -457,7 +457,7 @@ pub fn compare(
     }
     if !parameters.differences.is_empty() && !options.allow_parameter_change {
         problems.push(format!(
-            "other job parameters: {} (allow_parameter_change)",
+            "other job parameters: {} (unless a parameter change is allowed)",
             parameters
                 .differences
                 .iter()
@@ -478,6 +478,21 @@ pub fn compare(
         restorable: problems.is_empty(),
         problems,
     }
+}
+
+/// `text` (names read from a snapshot) safe to print on a terminal: control
+/// characters escaped, everything else (quotes included) as it is.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 impl fmt::Display for CompatibilityReport {
@@ -541,7 +556,7 @@ impl fmt::Display for CompatibilityReport {
                     line.push_str(cell);
                 }
             }
-            writeln!(f, "{}", line.trim_end().escape_debug())?;
+            writeln!(f, "{}", printable(line.trim_end()))?;
         }
         writeln!(f)?;
         if !self.parameters.recorded {
@@ -556,13 +571,13 @@ impl fmt::Display for CompatibilityReport {
                 self.parameters
                     .recorded_job
                     .as_deref()
-                    .unwrap_or("")
-                    .escape_debug()
+                    .map(printable)
+                    .unwrap_or_default()
             )?;
         } else {
             writeln!(f, "job parameters: differ")?;
             for d in &self.parameters.differences {
-                writeln!(f, "  {}", d.to_string().escape_debug())?;
+                writeln!(f, "  {}", printable(&d.to_string()))?;
             }
         }
         writeln!(f)?;
@@ -571,7 +586,7 @@ impl fmt::Display for CompatibilityReport {
         } else {
             writeln!(f, "the restore would fail:")?;
             for p in &self.problems {
-                writeln!(f, "  {}", p.escape_debug())?;
+                writeln!(f, "  {}", printable(p))?;
             }
             Ok(())
         }

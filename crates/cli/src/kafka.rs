@@ -13,7 +13,7 @@ pub struct KafkaCountArgs {
     /// Bootstrap servers (`host:port[,host:port...]`).
     #[arg(long)]
     brokers: String,
-    /// The topic `flowstate produce` wrote workload W into.
+    /// The topic `flowstate produce` wrote the records into.
     #[arg(long)]
     topic: String,
     /// Read the N records `flowstate produce --records N` wrote, then end
@@ -57,7 +57,7 @@ pub struct ProduceArgs {
     brokers: String,
     #[arg(long)]
     topic: String,
-    /// Number of records N of workload W.
+    /// Number of records N (record i is (splitmix64(i) % keys, i)).
     #[arg(long, default_value_t = 5_000_000)]
     records: u64,
     /// Number of distinct keys K.
@@ -171,7 +171,7 @@ pub fn produce(args: ProduceArgs) -> Result<()> {
         records = args.records,
         secs,
         rate = (args.records as f64 / secs.max(1e-9)) as u64,
-        "produced workload W into {} ({} partitions; end offsets {ends:?})",
+        "produced keyed-count records into {} ({} partitions; end offsets {ends:?})",
         args.topic,
         args.partitions
     );

@@ -71,7 +71,8 @@ enum Command {
     /// Would a savepoint restore into a built-in job? Compares it with the job
     /// the arguments build, running nothing (exit 0 yes, 1 no, 2 error).
     CheckSavepoint(check::CheckSavepointArgs),
-    /// Writes workload W into a Kafka topic (created if missing), for
+    /// Writes keyed-count's generated records (`key,value` pairs) into a Kafka
+    /// topic (created if missing), for
     /// `kafka-count`. Needs `--features kafka`.
     Produce(kafka::ProduceArgs),
     /// Reads what `produce` wrote with a plain consumer and prints the rate
@@ -82,14 +83,15 @@ enum Command {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Job {
-    /// Workload W: (count, sum) per key over generated records.
+    /// (count, sum) per key over generated records: record i is
+    /// (splitmix64(i) % keys, i).
     KeyedCount(RunArgs<KeyedCountArgs>),
     /// Running count of the words of text files.
     Wordcount(RunArgs<WordcountArgs>),
-    /// Workload WT (event time): (count, sum) per key in tumbling event-time
+    /// keyed-count's records with event times: (count, sum) per key in tumbling event-time
     /// windows, emitted when the watermark passes each window's end.
     WindowCount(RunArgs<WindowCountArgs>),
-    /// Workload W from a Kafka topic (see `flowstate produce`): (count, sum)
+    /// keyed-count's records from a Kafka topic (see `flowstate produce`): (count, sum)
     /// per key into files, a PostgreSQL table or a Kafka topic. Needs
     /// `--features kafka`.
     KafkaCount(RunArgs<kafka::KafkaCountArgs>),

@@ -213,7 +213,7 @@ fn an_unreadable_snapshot_exits_2() {
     );
     assert_eq!(run.code, Some(2), "{run}");
     assert!(
-        run.stderr.contains("--check-savepoint") && run.stderr.contains("cannot read the snapshot"),
+        run.stderr.contains("cannot check") && run.stderr.contains("cannot read the snapshot"),
         "{run}"
     );
 }

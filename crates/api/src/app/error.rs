@@ -63,11 +63,14 @@ pub enum AppError {
         after: String,
         error: Box<JobError>,
     },
+    /// The snapshot to restore was taken with other job parameters.
+    #[error("job {label} did not start: {error} (--allow-parameter-change)")]
+    ParametersChanged { label: String, error: Box<JobError> },
     /// Another run holds the job's lease.
     #[error("job {label} did not start: {error} (--take-over-lease)")]
     LeaseHeld { label: String, error: Box<JobError> },
     /// `--check-savepoint`: the snapshot cannot be read or compared.
-    #[error("--check-savepoint {location}")]
+    #[error("cannot check {location}")]
     Check {
         location: String,
         #[source]

@@ -223,9 +223,12 @@ impl App {
         T: Into<OsString>,
     {
         let mut command = RunArgs::<P>::augment_args(clap::Command::new(self.name.clone()));
-        if let Some(about) = &self.about {
-            command = command.about(about.clone());
-        }
+        // Without one, no description: not `RunArgs`'s doc comment, which
+        // the derive would show.
+        command = match &self.about {
+            Some(about) => command.about(about.clone()),
+            None => command.about(None::<&'static str>),
+        };
         if let Some(version) = &self.version {
             command = command.version(version.clone());
         }
@@ -548,6 +551,16 @@ fn run_job(
             return Err(AppError::FallbackRefused {
                 label: label.to_owned(),
                 after,
+                error: Box::new(error),
+            });
+        }
+        Err(
+            error @ flowstate_runtime::JobError::Build(
+                flowstate_runtime::BuildError::ParametersChanged(_),
+            ),
+        ) => {
+            return Err(AppError::ParametersChanged {
+                label: label.to_owned(),
                 error: Box::new(error),
             });
         }
