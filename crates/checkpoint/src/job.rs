@@ -301,7 +301,7 @@ pub fn compare_job(
 /// A restore refused because the job is not the one the snapshot recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error(
-    "{snapshot} was taken with other job parameters: {}; restore it only if the change is intended (allow the parameter change)",
+    "{snapshot} was taken with other job parameters: {}; restore it only if the change is intended",
     list(.differences)
 )]
 pub struct ParameterMismatch {

@@ -12,6 +12,8 @@ use fraud_detection::{Params, build};
 
 fn main() -> ExitCode {
     App::new("fraud-detection")
+        // A throttle: a restore may run at another rate.
+        .changeable_parameters(["rate"])
         .about(
             "Fraud detection with keyed state and timers over generated card transactions; \
              alerts are written exactly once into --output.",

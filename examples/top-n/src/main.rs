@@ -12,6 +12,8 @@ use top_n::{Params, build};
 
 fn main() -> ExitCode {
     App::new("top-n")
+        // A throttle: a restore may run at another rate.
+        .changeable_parameters(["rate"])
         .about(
             "The top pages by views in sliding event-time windows over a user-written source; \
              the rankings are written exactly once into --output.",

@@ -178,6 +178,8 @@ pub struct App {
     name: String,
     about: Option<String>,
     version: Option<String>,
+    /// Job flags recorded in snapshots but not compared on restore.
+    changeable: Vec<String>,
 }
 
 impl App {
@@ -187,7 +189,20 @@ impl App {
             name: name.into(),
             about: None,
             version: None,
+            changeable: Vec::new(),
         }
+    }
+
+    /// Job flags (long names, e.g. `rate`) that may differ between a run and
+    /// the snapshot it restores: recorded, not compared. Every other flag of
+    /// the job's own is compared on restore (see [`crate::JobParameters`]);
+    /// runtime flags never are.
+    pub fn changeable_parameters<S: Into<String>>(
+        mut self,
+        names: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.changeable.extend(names.into_iter().map(Into::into));
+        self
     }
 
     /// The description `--help` shows.
@@ -240,7 +255,7 @@ impl App {
             Err(e) => return e.report(&self.name),
         };
         init_logging();
-        let parameters = match job_parameters::<P>(&command, argv.clone()) {
+        let parameters = match job_parameters::<P>(&command, argv.clone(), &self.changeable) {
             Ok(parameters) => parameters,
             Err(e) => return e.report(&self.name),
         };
@@ -282,13 +297,14 @@ impl ArgsError {
 }
 
 /// The job's parameters as its flags give them (defaults included): every
-/// argument of `P`, by its id, values joined by `,`. Recorded in every
-/// snapshot and compared on restore (see [`crate::JobParameters`]); a build
-/// function may replace them (`env.set_job_parameters`), e.g. to mark one
-/// changeable.
+/// argument of `P`, named by its long flag (else its id), values joined by
+/// `,`; those named in `changeable` are recorded but not compared. Recorded
+/// in every snapshot and compared on restore (see [`crate::JobParameters`]);
+/// a build function may replace them (`env.set_job_parameters`).
 fn job_parameters<P: Args>(
     command: &clap::Command,
     argv: Vec<OsString>,
+    changeable: &[String],
 ) -> Result<crate::JobParameters, ArgsError> {
     let m = matches(command, argv)?;
     let own = P::augment_args(clap::Command::new("job"));
@@ -298,10 +314,14 @@ fn job_parameters<P: Args>(
         let Ok(Some(values)) = m.try_get_raw(id) else {
             continue;
         };
+        let name = arg.get_long().unwrap_or(id);
         let value: Vec<String> = values.map(|v| v.to_string_lossy().into_owned()).collect();
+        let changes = changeable.iter().any(|c| c == name || c == id);
         parameters
-            .insert(id, value.join(","), false)
-            .map_err(|e| ArgsError::Config(AppError::Usage(format!("job parameter {id}: {e}"))))?;
+            .insert(name, value.join(","), changes)
+            .map_err(|e| {
+                ArgsError::Config(AppError::Usage(format!("job parameter {name}: {e}")))
+            })?;
     }
     Ok(parameters)
 }
