@@ -103,6 +103,13 @@ impl RestClient {
             .max_redirects(0)
             .timeout_global(Some(timeout))
             .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
+            // A fresh connection per call: a kept-alive one the server has
+            // just closed fails the next call with "peer disconnected" (seen in
+            // CI: `cancel` after an error answer), and a non-idempotent call
+            // cannot be retried blindly. The client makes a few calls, on
+            // loopback or a LAN: the connects cost nothing that matters.
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
             .build();
         Ok(RestClient {
             addr: addr.trim().to_owned(),
