@@ -248,17 +248,15 @@ impl App {
             command = command.version(version.clone());
         }
         let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
-        let args = match matches(&command, argv.clone())
-            .and_then(|m| RunArgs::<P>::from_arg_matches(&m).map_err(ArgsError::Clap))
-        {
-            Ok(args) => args,
+        let parsed = matches(&command, argv.clone()).and_then(|m| {
+            let args = RunArgs::<P>::from_arg_matches(&m).map_err(ArgsError::Clap)?;
+            Ok((args, job_parameters::<P>(&m, &self.changeable)?))
+        });
+        let (args, parameters) = match parsed {
+            Ok(parsed) => parsed,
             Err(e) => return e.report(&self.name),
         };
         init_logging();
-        let parameters = match job_parameters::<P>(&command, argv.clone(), &self.changeable) {
-            Ok(parameters) => parameters,
-            Err(e) => return e.report(&self.name),
-        };
         match run_with_argv(&self.name, &args, &argv, Some(parameters), build) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -302,11 +300,9 @@ impl ArgsError {
 /// in every snapshot and compared on restore (see [`crate::JobParameters`]);
 /// a build function may replace them (`env.set_job_parameters`).
 fn job_parameters<P: Args>(
-    command: &clap::Command,
-    argv: Vec<OsString>,
+    m: &clap::ArgMatches,
     changeable: &[String],
 ) -> Result<crate::JobParameters, ArgsError> {
-    let m = matches(command, argv)?;
     let own = P::augment_args(clap::Command::new("job"));
     let mut parameters = crate::JobParameters::new();
     for arg in own.get_arguments() {
