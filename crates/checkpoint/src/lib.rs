@@ -22,6 +22,7 @@
 //! writes) and carries out what it answers (inject barrier n, write `_metadata`,
 //! delete, notify completion); this crate never calls into the runtime.
 
+pub mod background;
 pub mod compatibility;
 pub mod coordinator;
 pub mod effects;

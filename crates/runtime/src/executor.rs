@@ -510,6 +510,7 @@ pub(crate) fn run_attempt(
             Box::new(move |reason| failing.fail(JobError::Checkpointing(reason))),
         );
         match spawn("flowstate-coordinator".into(), move || {
+            flowstate_checkpoint::background::mark_current_thread();
             driver.run(events_rx)
         }) {
             Ok(handle) => coordinator_thread = Some(handle),

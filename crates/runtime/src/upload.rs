@@ -149,6 +149,7 @@ pub(crate) fn upload_loop(
     events: CoordinatorSender,
     savepoints: SavepointTargets,
 ) {
+    flowstate_checkpoint::background::mark_current_thread();
     for job in jobs {
         match upload_snapshot(job, &storage, &job_id, &savepoints) {
             ack @ CoordinatorEvent::Ack(_) => {

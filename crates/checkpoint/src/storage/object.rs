@@ -440,6 +440,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("flowstate-storage")
+            .on_thread_start(crate::background::mark_current_thread)
             .enable_all()
             .build()
             .expect("cannot start the checkpoint storage runtime")
