@@ -528,11 +528,20 @@ fn metadata_is_written_last_with_put_if_absent_once_every_task_acked() {
     let stats = h.coordinator.completed();
     assert_eq!(stats.len(), 1);
     assert_eq!(stats[0].id, id);
+    // The keyed files and the list elements, as the tasks acknowledged them.
     assert_eq!(
         stats[0].bytes,
         snapshots
             .iter()
-            .map(|s| s.keyed.as_ref().unwrap().file.size)
+            .map(|s| {
+                let lists: u64 = s
+                    .lists
+                    .iter()
+                    .flat_map(|l| &l.elements)
+                    .map(|e| e.len() as u64)
+                    .sum();
+                s.keyed.as_ref().unwrap().file.size + lists
+            })
             .sum::<u64>()
     );
     assert_eq!(stats[0].sync_pause_max, Duration::from_micros(12));

@@ -61,7 +61,8 @@ fn supervise(
     let (status, failure) = match &result {
         Ok(_) => (JobStatus::Finished, None),
         Err(JobError::Cancelled) => (JobStatus::Cancelled, None),
-        Err(e) => (JobStatus::Failed, Some(e.to_string())),
+        // With its causes, as a restart's failure is recorded.
+        Err(e) => (JobStatus::Failed, Some(error_chain(e))),
     };
     controller.on_attempt_ended(status, failure);
     result.map(|mut report| {
