@@ -14,8 +14,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # that a newcomer and CI need only this one command: a local S3-compatible server
 # (s3s-fs, installed once into ~/.cache/flowstate-tools) for the checkpoint
 # storage tests, a Kafka-protocol broker (tansu) and a throwaway PostgreSQL
-# server for the connectors; tests that need one of them must then not be
-# skipped (FLOWSTATE_REQUIRE_S3/_KAFKA/_PG=1). All are stopped on exit.
+# server for the connectors, and Apache Flink's CLI (PyFlink) for the REST
+# compatibility test; tests that need one of them must then not be skipped
+# (FLOWSTATE_REQUIRE_S3/_KAFKA/_PG/_FLINK_CLI=1). All servers are stopped on exit.
 if ! command -v cargo >/dev/null 2>&1; then
     echo "scripts/test.sh: cargo not found; install Rust with rustup first" >&2
     exit 1
@@ -39,6 +40,12 @@ eval "$exports"
 # server binaries are there) for crates/postgres, whose tests then must not be
 # skipped (FLOWSTATE_REQUIRE_PG=1); stopped and deleted by the EXIT trap above.
 exports=$(bash scripts/postgres-server.sh)
+eval "$exports"
+
+# Apache Flink's command-line client (PyFlink's bin/flink, pip-installed once into
+# ~/.cache/flowstate-tools/flink-venv; needs Java 17) for the test that drives
+# flowstate jobs with it, which then must not be skipped (FLOWSTATE_REQUIRE_FLINK_CLI=1).
+exports=$(bash scripts/flink-cli.sh)
 eval "$exports"
 
 cargo test --workspace --all-features --locked "$@"

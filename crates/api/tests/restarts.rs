@@ -314,6 +314,16 @@ fn failure_rate_ends_a_job_that_fails_too_often() {
     assert_eq!(metrics.restarts(), 3);
     assert_eq!(u32::MAX - left.load(Ordering::SeqCst), 4);
     assert_eq!(controller.status(), JobStatus::Failed);
+    // Every failure is recorded, with its cause and time, for the HTTP API's
+    // exceptions: three restarts, then the one that ended the job.
+    let failures = controller.failures();
+    let restarted: Vec<bool> = failures.iter().map(|f| f.restarted).collect();
+    assert_eq!(restarted, [true, true, true, false], "{failures:?}");
+    for failure in &failures {
+        assert!(failure.message.contains("injected failure"), "{failure:?}");
+        assert!(failure.unix_ms >= controller.start_unix_ms(), "{failure:?}");
+    }
+    assert!(failures.windows(2).all(|w| w[0].unix_ms <= w[1].unix_ms));
 }
 
 /// ... while failures further apart than its interval never add up: at most

@@ -11,17 +11,41 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use flowstate_rest::{
-    CheckpointCounts, CheckpointHistory, JobDetails, JobService, JobState, JobSummary, RestServer,
-    SavepointStatus, ServeOptions, ServiceError, serve_with,
+    CheckpointingStatistics, JobDetails, JobOverview, JobService, JobState, Plan, RestServer,
+    SavepointStatus, SavepointTrigger, ServeOptions, ServiceError, serve_with, task_counts,
 };
 use support::{Run, flowstate, flowstate_env, tempdir};
 
 /// Completes a savepoint on the third status poll (so the CLI must poll), fails it
 /// for job `doomed`, never completes it for job `slow`; a stopped job reports
-/// `STOPPING` twice more before `FINISHED`.
+/// `RUNNING` twice more before `FINISHED`.
 #[derive(Default)]
 struct Fake {
     state: Mutex<FakeState>,
+}
+
+/// A job of the fake.
+#[derive(Clone)]
+struct JobSummary {
+    id: String,
+    name: String,
+    state: JobState,
+}
+
+fn overview(job: &JobSummary) -> JobOverview {
+    JobOverview {
+        jid: job.id.clone(),
+        name: job.name.clone(),
+        job_type: "STREAMING".into(),
+        scheduler_type: "Default".into(),
+        start_time: 0,
+        end_time: -1,
+        duration: 0,
+        last_modification: 0,
+        state: job.state,
+        tasks: task_counts("RUNNING", 2, true),
+        pending_operators: 0,
+    }
 }
 
 #[derive(Default)]
@@ -69,8 +93,14 @@ fn no_job(_job: &str) -> ServiceError {
 }
 
 impl JobService for Fake {
-    fn list(&self) -> Vec<JobSummary> {
-        self.state.lock().unwrap().jobs.clone()
+    fn jobs(&self) -> Vec<JobOverview> {
+        self.state
+            .lock()
+            .unwrap()
+            .jobs
+            .iter()
+            .map(overview)
+            .collect()
     }
 
     fn details(&self, job: &str) -> Result<JobDetails, ServiceError> {
@@ -84,7 +114,7 @@ impl JobService for Fake {
         match left {
             Some(0) => summary.state = JobState::Finished,
             Some(n) => {
-                summary.state = JobState::Stopping;
+                summary.state = JobState::Running;
                 state.stopping_polls.insert(job.to_owned(), n - 1);
             }
             None => {}
@@ -95,39 +125,40 @@ impl JobService for Fake {
             .find(|j| j.id == job)
             .ok_or_else(|| no_job(job))?;
         Ok(JobDetails {
-            id: summary.id.clone(),
+            jid: summary.id.clone(),
             name: summary.name.clone(),
+            is_stoppable: true,
             state: summary.state,
-            start_time_ms: 0,
-            duration_ms: 0,
-            parallelism: 1,
+            job_type: "STREAMING".into(),
+            scheduler_type: "Default".into(),
+            start_time: 0,
+            end_time: -1,
+            duration: 0,
             max_parallelism: 128,
-            restored_from: None,
-            records_in: 0,
-            records_to_sinks: 0,
-            restarts: 0,
+            now: 0,
+            timestamps: Default::default(),
             vertices: vec![],
+            status_counts: Default::default(),
+            plan: Plan {
+                jid: summary.id.clone(),
+                name: summary.name.clone(),
+                kind: "STREAMING".into(),
+                nodes: vec![],
+            },
+            pending_operators: 0,
         })
     }
 
-    fn checkpoints(&self, _job: &str) -> Result<CheckpointHistory, ServiceError> {
-        Ok(CheckpointHistory {
-            counts: CheckpointCounts {
-                in_progress: 0,
-                completed: 0,
-                failed: 0,
-            },
-            latest_completed: None,
-            history: vec![],
-        })
+    fn checkpoints(&self, _job: &str) -> Result<CheckpointingStatistics, ServiceError> {
+        Err(ServiceError::Unavailable("not in this fake".into()))
     }
 
     fn trigger_savepoint(
         &self,
         job: &str,
-        target: Option<String>,
-        stop: bool,
+        request: SavepointTrigger,
     ) -> Result<String, ServiceError> {
+        let (target, stop) = (request.target_directory, request.stop);
         let mut state = self.state.lock().unwrap();
         let summary = state
             .jobs
@@ -169,31 +200,20 @@ impl JobService for Fake {
             .ok_or(ServiceError::UnknownSavepointRequest)?;
         assert_eq!(owner, job);
         *polls += 1;
-        let in_progress = SavepointStatus {
-            status: SavepointStatus::IN_PROGRESS.into(),
-            location: None,
-            checkpoint_id: None,
-            failure: None,
-        };
         let answer = match job {
-            "slow" => in_progress,
-            _ if *polls < 3 => in_progress,
-            "doomed" => SavepointStatus {
-                status: SavepointStatus::FAILED.into(),
-                failure: Some("task count (1/2) failed: disk full".into()),
-                ..in_progress
+            "slow" => SavepointStatus::InProgress,
+            _ if *polls < 3 => SavepointStatus::InProgress,
+            "doomed" => SavepointStatus::Failed {
+                reason: "task count (1/2) failed: disk full".into(),
             },
-            _ => SavepointStatus {
-                status: SavepointStatus::COMPLETED.into(),
-                location: Some(format!(
+            _ => SavepointStatus::Completed {
+                location: format!(
                     "{}/savepoint-{job}-1",
                     target.as_deref().unwrap_or("/default")
-                )),
-                checkpoint_id: Some(1),
-                failure: None,
+                ),
             },
         };
-        if *stop && answer.status == SavepointStatus::COMPLETED {
+        if *stop && matches!(answer, SavepointStatus::Completed { .. }) {
             let job = job.to_owned();
             state.stopping_polls.insert(job, 2);
         }
@@ -207,7 +227,7 @@ impl JobService for Fake {
             .iter_mut()
             .find(|j| j.id == job)
             .ok_or_else(|| no_job(job))?;
-        summary.state = JobState::Cancelled;
+        summary.state = JobState::Canceled;
         Ok(())
     }
 }
@@ -340,7 +360,7 @@ fn stop_prints_the_savepoint_then_waits_for_the_job_to_end() {
         fake.triggers(),
         vec![("0badc0ffee".to_owned(), Some("/sp".to_owned()), true)]
     );
-    // It waited through the STOPPING answers until FINISHED.
+    // It waited through the RUNNING answers until FINISHED.
     let run = client(dir.path(), server.local_addr(), &["list"]);
     assert!(
         run.stdout.contains("0badc0ffee  FINISHED  keyed-count"),

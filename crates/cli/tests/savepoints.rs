@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use flowstate_rest::vertex_id;
 use serde_json::Value;
 use support::{
     Backend, Ending, Json, Rng, Run, Served, arg, check_keyed_count_output, check_wordcount_output,
@@ -526,7 +527,13 @@ fn stop_with_savepoint_then_resume_is_exactly_once_and_the_dump_matches() {
     second.extend(strings(&["--restore", arg(&savepoint), "--rate", "300000"]));
     let mut job2 = start_served(root, &logs, "run-2", &second);
     job2.wait_for_records(1);
-    let restored_from = job2.details().field("restored_from").clone();
+    let checkpoints = http(
+        &job2.addr,
+        "GET",
+        &format!("/jobs/{}/checkpoints", job2.job),
+        None,
+    );
+    let restored_from = checkpoints.json()["latest"]["restored"]["external_path"].clone();
     let savepoint_name = savepoint.file_name().unwrap().to_string_lossy();
     assert!(
         matches!(&restored_from, Value::String(from) if from.contains(savepoint_name.as_ref())),
@@ -907,6 +914,10 @@ fn the_http_api_of_a_running_job() {
     let listed = jobs.field("jobs").array();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].field("id").str(), id);
+    assert_eq!(listed[0].field("status").str(), "RUNNING");
+    let overview = http(&addr, "GET", "/v1/jobs/overview", None).json();
+    let listed = overview.field("jobs").array();
+    assert_eq!(listed[0].field("jid").str(), id);
     assert_eq!(listed[0].field("name").str(), "keyed-count");
     assert_eq!(listed[0].field("state").str(), "RUNNING");
     let list = flowstate(root, &["list", "--rest", &addr]);
@@ -924,24 +935,29 @@ fn the_http_api_of_a_running_job() {
 
     // GET /jobs/{id}.
     let details = job.details();
-    assert_eq!(details.field("id").str(), id);
+    assert_eq!(details.field("jid").str(), id);
     assert_eq!(details.field("state").str(), "RUNNING");
-    assert_eq!(details.field("parallelism").u64(), 2);
     let vertices = details.field("vertices").array();
-    let uids: Vec<&str> = vertices.iter().map(|v| v.field("uid").str()).collect();
+    let ids: Vec<&str> = vertices.iter().map(|v| v.field("id").str()).collect();
     for uid in ["w-generator", "count-and-sum"] {
-        assert!(uids.contains(&uid), "no vertex {uid}: {details:?}");
+        assert!(
+            ids.contains(&vertex_id(uid).as_str()),
+            "no vertex {uid}: {details:?}"
+        );
     }
     for vertex in vertices {
         assert_eq!(vertex.field("parallelism").u64(), 2, "{vertex:?}");
     }
-    let counter = vertices
+    let counter = details
+        .field("plan")
+        .field("nodes")
+        .array()
         .iter()
-        .find(|v| v.field("uid").str() == "count-and-sum")
+        .find(|v| v.field("id").str() == vertex_id("count-and-sum"))
         .unwrap();
     let inputs = counter.field("inputs").array();
     assert_eq!(inputs.len(), 1, "{counter:?}");
-    assert_eq!(inputs[0].field("from_uid").str(), "w-generator");
+    assert_eq!(inputs[0].field("id").str(), vertex_id("w-generator"));
 
     // Errors.
     for (method, path, body) in [
@@ -1018,7 +1034,7 @@ fn the_http_api_of_a_running_job() {
     );
     if answer.status == 202 {
         // Refused later: the request must end failed, with a reason.
-        let request = answer.json().field("request_id").str().to_owned();
+        let request = answer.json().field("request-id").str().to_owned();
         loop {
             let status = http(
                 &addr,
@@ -1028,13 +1044,14 @@ fn the_http_api_of_a_running_job() {
             );
             status.expect_status(200);
             let status = status.json();
-            match status.field("status").str() {
-                "in_progress" => std::thread::sleep(Duration::from_millis(20)),
-                "failed" => {
-                    assert!(!status.field("failure").str().is_empty(), "{status:?}");
+            match status["status"]["id"].as_str() {
+                Some("IN_PROGRESS") => std::thread::sleep(Duration::from_millis(20)),
+                Some("COMPLETED") => {
+                    let cause = &status["operation"]["failure-cause"]["stack-trace"];
+                    assert!(cause.as_str().is_some_and(|c| !c.is_empty()), "{status:?}");
                     break;
                 }
-                other => panic!("a savepoint under a regular file is {other}: {status:?}"),
+                other => panic!("a savepoint under a regular file is {other:?}: {status:?}"),
             }
         }
     } else {
@@ -1100,49 +1117,98 @@ fn the_http_api_of_a_running_job() {
         Some(&format!(r#"{{"target_directory": "{}"}}"#, arg(&target))),
     );
     trigger.expect_status(202);
-    let request = trigger.json().field("request_id").str().to_owned();
+    let request = trigger.json().field("request-id").str().to_owned();
     let status = loop {
         let answer = http(
             &addr,
             "GET",
-            &format!("/jobs/{id}/savepoints/{request}"),
+            &format!("/v1/jobs/{id}/savepoints/{request}"),
             None,
         );
         answer.expect_status(200);
         let status = answer.json();
-        match status.field("status").str() {
-            "in_progress" => std::thread::sleep(Duration::from_millis(20)),
-            "completed" => break status,
-            other => panic!("savepoint {other}: {status:?}"),
+        match status["status"]["id"].as_str() {
+            Some("IN_PROGRESS") => std::thread::sleep(Duration::from_millis(20)),
+            Some("COMPLETED") => break status,
+            other => panic!("savepoint {other:?}: {status:?}"),
         }
     };
-    let location = status.field("location").str();
-    let location = Path::new(location.strip_prefix("file://").unwrap_or(location));
-    assert_in_target(location, &target);
-    assert_eq!(status.field("failure"), &Value::Null, "{status:?}");
-    let savepoint_id = status.field("checkpoint_id").u64();
+    let operation = status.field("operation");
+    assert_eq!(operation["failure-cause"], Value::Null, "{status:?}");
+    let location = operation.field("location").str().to_owned();
+    assert_in_target(
+        Path::new(location.strip_prefix("file://").unwrap_or(&location)),
+        &target,
+    );
 
     let history = http(&addr, "GET", &format!("/jobs/{id}/checkpoints"), None);
     history.expect_status(200);
     let history = history.json();
     let entries = history.field("history").array();
+    // Most recent first.
+    let ids: Vec<u64> = entries.iter().map(|e| e.field("id").u64()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "history order {ids:?}");
     let entry = entries
         .iter()
-        .find(|e| e.field("id").u64() == savepoint_id)
-        .unwrap_or_else(|| panic!("savepoint {savepoint_id} not in the history: {history:?}"));
-    assert_eq!(entry.field("kind").str(), "savepoint", "{entry:?}");
-    assert_eq!(entry.field("status").str(), "completed", "{entry:?}");
-    assert!(entry.field("size_bytes").u64() > 0, "{entry:?}");
-    let tasks = entry.field("tasks").array();
-    // Two source instances and two chained count-and-sink instances.
-    assert_eq!(tasks.len(), 4, "per-task entries: {entry:?}");
-    for task in tasks {
-        assert!(!task.field("task").str().is_empty(), "{task:?}");
+        .find(|e| e["external_path"].as_str() == Some(location.as_str()))
+        .unwrap_or_else(|| panic!("savepoint {location} not in the history: {history:?}"));
+    assert_eq!(entry["is_savepoint"], true, "{entry:?}");
+    assert_eq!(
+        entry.field("checkpoint_type").str(),
+        "SAVEPOINT",
+        "{entry:?}"
+    );
+    assert_eq!(entry.field("status").str(), "COMPLETED", "{entry:?}");
+    let size = entry.field("checkpointed_size").u64();
+    assert!(size > 0, "{entry:?}");
+    assert!(entry.field("state_size").u64() >= size, "{entry:?}");
+    assert_eq!(
+        history["latest"]["savepoint"]["id"], entry["id"],
+        "{history:?}"
+    );
+    let savepoint_id = entry.field("id").u64();
+    // Per vertex: the source and the count (its chain's head) acknowledged by
+    // both instances; per subtask, the sub-millisecond pause in µs.
+    let details = http(
+        &addr,
+        "GET",
+        &format!("/jobs/{id}/checkpoints/details/{savepoint_id}"),
+        None,
+    )
+    .json();
+    for uid in ["w-generator", "count-and-sum"] {
+        let task = &details["tasks"][vertex_id(uid)];
+        assert_eq!(task["num_acknowledged_subtasks"], 2, "{uid}: {details:?}");
+    }
+    let subtasks = http(
+        &addr,
+        "GET",
+        &format!(
+            "/jobs/{id}/checkpoints/details/{savepoint_id}/subtasks/{}",
+            vertex_id("count-and-sum")
+        ),
+        None,
+    )
+    .json();
+    let subtasks = subtasks.field("subtasks").array();
+    assert_eq!(subtasks.len(), 2, "{subtasks:?}");
+    for subtask in subtasks {
+        assert_eq!(subtask.field("status").str(), "completed", "{subtask:?}");
+        assert!(subtask["sync_duration_us"].is_u64(), "{subtask:?}");
+        assert!(subtask["checkpoint"]["sync"].is_u64(), "{subtask:?}");
     }
     assert!(
         history.field("counts").field("completed").u64() >= 1,
         "{history:?}"
     );
+    let config = http(
+        &addr,
+        "GET",
+        &format!("/jobs/{id}/checkpoints/config"),
+        None,
+    )
+    .json();
+    assert_eq!(config.field("mode").str(), "exactly_once", "{config:?}");
 
     // Left alone, the job finishes right.
     assert_eq!(job.details().field("state").str(), "RUNNING");
@@ -1347,7 +1413,7 @@ fn try_savepoint(served: &Served, target: &Path, turn: usize) -> Option<String> 
     )
     .ok()?;
     match answer.status {
-        202 => Some(answer.json().field("request_id").str().to_owned()),
+        202 => Some(answer.json().field("request-id").str().to_owned()),
         409 | 503 => {
             answer.expect_error(answer.status);
             None
@@ -1450,15 +1516,18 @@ fn sigkill_with_savepoints_in_the_mix_is_exactly_once() {
                 };
                 answer.expect_status(200);
                 let status = answer.json();
-                match status.field("status").str() {
-                    "completed" => {
-                        let location = status.field("location").str();
+                match (
+                    status["status"]["id"].as_str(),
+                    status["operation"]["location"].as_str(),
+                ) {
+                    (Some("COMPLETED"), Some(location)) => {
                         completed_savepoints.push(PathBuf::from(
                             location.strip_prefix("file://").unwrap_or(location),
                         ));
                         false
                     }
-                    "failed" => false,
+                    // Completed with a failure cause.
+                    (Some("COMPLETED"), None) => false,
                     _ => true,
                 }
             });

@@ -1,22 +1,34 @@
-//! The HTTP API of a running flowstate job, shaped like Flink's REST API where it
-//! fits, and its blocking client.
+//! The HTTP API of a running flowstate job, Flink's REST API, and its blocking
+//! client.
 //!
 //! Owns the wire format (`model`), the server (`server`) and the client (`client`).
 //! **Architecture Invariant:** it knows nothing of the runtime: the process that runs
 //! jobs implements [`JobService`], and this crate only translates between HTTP and
 //! that trait. It must never depend on the runtime, checkpoint or state crates.
 //!
-//! Routes (JSON in and out; every error is `{"error": "...", "status": N}`):
+//! Apache Flink's REST API (2.x), so that tools written for it (Flink's own
+//! CLI, dashboards, operators) can drive a flowstate job. Every route is also
+//! served under `/v1` (Flink's client calls `/v1/...`). JSON in and out; every
+//! error is Flink's `{"errors": ["..."]}`. Durations and timestamps are integer
+//! ms, sizes bytes; job, vertex and request ids are 32 hex digits.
 //!
 //! | route | answer |
 //! | --- | --- |
-//! | `GET /jobs` | `{"jobs": [JobSummary]}` |
-//! | `GET /jobs/{id}` | [`JobDetails`] |
-//! | `GET /jobs/{id}/checkpoints` | [`CheckpointHistory`] |
-//! | `POST /jobs/{id}/savepoints` (optional [`SavepointRequest`]) | 202 [`TriggerResponse`] |
-//! | `GET /jobs/{id}/savepoints/{request_id}` | [`SavepointStatus`] |
-//! | `POST /jobs/{id}/stop` (optional [`SavepointRequest`]) | 202 [`TriggerResponse`] |
-//! | `POST /jobs/{id}/cancel`, `PATCH /jobs/{id}?mode=cancel` | 202 `{}` |
+//! | `GET /config` | [`DashboardConfig`] |
+//! | `GET /overview` | [`ClusterOverview`] |
+//! | `GET /jobs` | [`JobIdsWithStatus`] |
+//! | `GET /jobs/overview` | [`MultipleJobs`] (Flink's `MultipleJobsDetails`) |
+//! | `GET /jobs/{id}` | [`JobDetails`]: vertices with metrics, plan |
+//! | `GET /jobs/{id}/vertices/{vertex}/backpressure` | [`BackPressure`] |
+//! | `GET /jobs/{id}/checkpoints` | [`CheckpointingStatistics`] (history most recent first) |
+//! | `GET /jobs/{id}/checkpoints/config` | [`CheckpointConfig`] |
+//! | `GET /jobs/{id}/checkpoints/details/{checkpoint}` | [`CheckpointStatistics`] with per-vertex `tasks` |
+//! | `GET /jobs/{id}/checkpoints/details/{checkpoint}/subtasks/{vertex}` | [`TaskCheckpointDetails`] |
+//! | `GET /jobs/{id}/exceptions` | [`JobExceptions`]: restarts and their causes |
+//! | `POST /jobs/{id}/savepoints` (optional [`SavepointRequest`]: `target-directory`, `cancel-job`, `formatType`, `triggerId`) | 202 [`TriggerResponse`] (`request-id`) |
+//! | `GET /jobs/{id}/savepoints/{request_id}` | [`SavepointStatusBody`] |
+//! | `POST /jobs/{id}/stop` (optional [`StopRequest`]: `targetDirectory`, `drain`) | 202 [`TriggerResponse`] |
+//! | `PATCH /jobs/{id}?mode=cancel`, `POST /jobs/{id}/cancel` | 202 `{}` |
 //!
 //! Errors: 400 bad request or body, 401 missing or wrong bearer token, 403 a Host
 //! that is not this server's or a savepoint target that is not allowed, 404

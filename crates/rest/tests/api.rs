@@ -8,9 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flowstate_rest::{
-    CheckpointCounts, CheckpointEntry, CheckpointHistory, ClientError, JobDetails, JobService,
-    JobState, JobSummary, RestClient, RestError, RestServer, SavepointStatus, ServeOptions,
-    ServiceError, TaskCheckpointEntry, Vertex, VertexInput, check_exposure, serve, serve_with,
+    CheckpointCounts, CheckpointStatistics, CheckpointSummary, CheckpointingStatistics,
+    ClientError, IoMetrics, JobDetails, JobOverview, JobService, JobState, LatestCheckpoints, Plan,
+    RestClient, RestError, RestServer, SavepointStatus, SavepointTrigger, ServeOptions,
+    ServiceError, VertexDetails, check_exposure, checkpoint_status, serve, serve_with, task_counts,
+    vertex_id,
 };
 use serde_json::{Value, json};
 
@@ -20,6 +22,14 @@ use serde_json::{Value, json};
 #[derive(Default)]
 struct Fake {
     inner: Mutex<FakeState>,
+}
+
+/// A job of the fake.
+#[derive(Clone, Debug)]
+struct JobSummary {
+    id: String,
+    name: String,
+    state: JobState,
 }
 
 #[derive(Default)]
@@ -74,9 +84,9 @@ impl Fake {
             .savepoints
             .get_mut(request_id)
             .expect("no such request");
-        status.status = SavepointStatus::COMPLETED.into();
-        status.location = Some(location.into());
-        status.checkpoint_id = Some(7);
+        *status = SavepointStatus::Completed {
+            location: location.into(),
+        };
         let (job, stop) = (job.clone(), *stop);
         if stop {
             state.set_state(&job, JobState::Finished);
@@ -89,8 +99,9 @@ impl Fake {
             .savepoints
             .get_mut(request_id)
             .expect("no such request");
-        status.status = SavepointStatus::FAILED.into();
-        status.failure = Some(failure.into());
+        *status = SavepointStatus::Failed {
+            reason: failure.into(),
+        };
     }
 
     fn triggers(&self) -> Vec<(String, Option<String>, bool)> {
@@ -113,79 +124,120 @@ impl FakeState {
     }
 }
 
-fn details_of(summary: &JobSummary) -> JobDetails {
-    JobDetails {
-        id: summary.id.clone(),
+fn overview_of(summary: &JobSummary) -> JobOverview {
+    JobOverview {
+        jid: summary.id.clone(),
         name: summary.name.clone(),
+        job_type: "STREAMING".into(),
+        scheduler_type: "Default".into(),
+        start_time: 1_700_000_000_000,
+        end_time: -1,
+        duration: 5_000,
+        last_modification: 1_700_000_000_000,
         state: summary.state,
-        start_time_ms: 1_700_000_000_000,
-        duration_ms: 5_000,
-        parallelism: 2,
-        max_parallelism: 128,
-        restored_from: Some("/sp/savepoint-3".into()),
-        records_in: 1000,
-        records_to_sinks: 990,
-        restarts: 1,
-        vertices: vec![
-            Vertex {
-                uid: "source".into(),
-                name: "Source: generator".into(),
-                parallelism: 2,
-                inputs: vec![],
-            },
-            Vertex {
-                uid: "count".into(),
-                name: "count".into(),
-                parallelism: 2,
-                inputs: vec![VertexInput {
-                    from_uid: "source".into(),
-                    ship_strategy: "HASH".into(),
-                }],
-            },
-        ],
+        tasks: task_counts("RUNNING", 4, true),
+        pending_operators: 0,
     }
 }
 
-fn history() -> CheckpointHistory {
-    let entry = CheckpointEntry {
-        id: 4,
-        kind: "checkpoint".into(),
-        status: "completed".into(),
-        trigger_time_ms: 1_700_000_001_000,
-        duration_ms: Some(120),
-        size_bytes: 4096,
-        full_size_bytes: 8192,
-        alignment_ms_max: 1.5,
-        sync_pause_ms_max: 0.25,
-        failure: None,
-        tasks: vec![TaskCheckpointEntry {
-            task: "count (1/2)".into(),
-            sync_pause_us: 250,
-            alignment_us: 1500,
-            size_bytes: 2048,
-        }],
+fn details_of(summary: &JobSummary) -> JobDetails {
+    let vertex = |uid: &str, name: &str, records: u64| VertexDetails {
+        id: vertex_id(uid),
+        name: name.into(),
+        max_parallelism: 128,
+        parallelism: 2,
+        status: "RUNNING".into(),
+        start_time: 1_700_000_000_000,
+        end_time: -1,
+        duration: 5_000,
+        tasks: task_counts("RUNNING", 2, false),
+        metrics: IoMetrics {
+            write_records: records,
+            write_records_complete: true,
+            ..IoMetrics::default()
+        },
     };
-    let in_flight = CheckpointEntry {
+    JobDetails {
+        jid: summary.id.clone(),
+        name: summary.name.clone(),
+        is_stoppable: true,
+        state: summary.state,
+        job_type: "STREAMING".into(),
+        scheduler_type: "Default".into(),
+        start_time: 1_700_000_000_000,
+        end_time: -1,
+        duration: 5_000,
+        max_parallelism: 128,
+        now: 1_700_000_005_000,
+        timestamps: Default::default(),
+        vertices: vec![
+            vertex("source", "Source: generator", 1000),
+            vertex("count", "count", 0),
+        ],
+        status_counts: Default::default(),
+        plan: Plan {
+            jid: summary.id.clone(),
+            name: summary.name.clone(),
+            kind: "STREAMING".into(),
+            nodes: vec![],
+        },
+        pending_operators: 0,
+    }
+}
+
+fn history() -> CheckpointingStatistics {
+    let entry = CheckpointStatistics {
+        class_name: ".CompletedCheckpointStatistics".into(),
+        id: 4,
+        status: checkpoint_status::COMPLETED.into(),
+        is_savepoint: false,
+        savepoint_format: None,
+        trigger_timestamp: 1_700_000_001_000,
+        latest_ack_timestamp: 1_700_000_001_120,
+        checkpointed_size: 4096,
+        state_size: 8192,
+        end_to_end_duration: 120,
+        alignment_buffered: 0,
+        processed_data: 0,
+        persisted_data: 0,
+        num_subtasks: 2,
+        num_acknowledged_subtasks: 2,
+        checkpoint_type: "CHECKPOINT".into(),
+        tasks: Default::default(),
+        external_path: Some("file:///ck/a1b2c3/chk-4/".into()),
+        discarded: Some(false),
+        failure_timestamp: None,
+        failure_message: None,
+    };
+    let in_flight = CheckpointStatistics {
+        class_name: ".PendingCheckpointStatistics".into(),
         id: 5,
-        status: "in_progress".into(),
-        duration_ms: None,
-        tasks: vec![],
+        status: checkpoint_status::IN_PROGRESS.into(),
+        num_acknowledged_subtasks: 0,
+        external_path: None,
+        discarded: None,
         ..entry.clone()
     };
-    CheckpointHistory {
+    CheckpointingStatistics {
         counts: CheckpointCounts {
+            restored: 0,
+            total: 2,
             in_progress: 1,
             completed: 1,
             failed: 0,
         },
-        latest_completed: Some(entry.clone()),
+        summary: CheckpointSummary::default(),
+        latest: LatestCheckpoints {
+            completed: Some(entry.clone()),
+            ..LatestCheckpoints::default()
+        },
         history: vec![in_flight, entry],
     }
 }
 
 impl JobService for Fake {
-    fn list(&self) -> Vec<JobSummary> {
-        self.state().jobs.clone()
+    fn jobs(&self) -> Vec<JobOverview> {
+        self.state().jobs.iter().map(overview_of).collect()
     }
 
     fn details(&self, job: &str) -> Result<JobDetails, ServiceError> {
@@ -195,7 +247,7 @@ impl JobService for Fake {
         Ok(details_of(self.state().job(job)?))
     }
 
-    fn checkpoints(&self, job: &str) -> Result<CheckpointHistory, ServiceError> {
+    fn checkpoints(&self, job: &str) -> Result<CheckpointingStatistics, ServiceError> {
         self.state().job(job)?;
         Ok(history())
     }
@@ -203,9 +255,9 @@ impl JobService for Fake {
     fn trigger_savepoint(
         &self,
         job: &str,
-        target_directory: Option<String>,
-        stop: bool,
+        request: SavepointTrigger,
     ) -> Result<String, ServiceError> {
+        let (target_directory, stop) = (request.target_directory, request.stop);
         let mut state = self.state();
         let summary = state.job(job)?;
         if summary.state == JobState::Restarting {
@@ -225,33 +277,23 @@ impl JobService for Fake {
         let in_flight = state
             .savepoints
             .values()
-            .any(|(j, s, _)| j == job && s.status == SavepointStatus::IN_PROGRESS);
+            .any(|(j, s, _)| j == job && *s == SavepointStatus::InProgress);
         if in_flight {
             return Err(ServiceError::Conflict(format!(
                 "a savepoint of job '{job}' is already in progress"
             )));
         }
         state.next_request += 1;
-        let request_id = format!("req-{}", state.next_request);
+        let request_id = request
+            .request_id
+            .unwrap_or_else(|| format!("req-{}", state.next_request));
         state.savepoints.insert(
             request_id.clone(),
-            (
-                job.to_owned(),
-                SavepointStatus {
-                    status: SavepointStatus::IN_PROGRESS.into(),
-                    location: None,
-                    checkpoint_id: None,
-                    failure: None,
-                },
-                stop,
-            ),
+            (job.to_owned(), SavepointStatus::InProgress, stop),
         );
         state
             .triggers
             .push((job.to_owned(), target_directory, stop));
-        if stop {
-            state.set_state(job, JobState::Stopping);
-        }
         Ok(request_id)
     }
 
@@ -276,7 +318,7 @@ impl JobService for Fake {
                 "job '{job}' is already {current}"
             )));
         }
-        state.set_state(job, JobState::Cancelled);
+        state.set_state(job, JobState::Canceled);
         Ok(())
     }
 }
@@ -326,16 +368,11 @@ impl Raw {
         );
         let body = self.json();
         let object = body.as_object().expect("error body is an object");
-        assert_eq!(
-            object.len(),
-            2,
-            "error body has exactly error and status: {body}"
-        );
-        assert_eq!(body["status"], json!(status), "{body}");
-        let message = body["error"]
-            .as_str()
-            .expect("error is a string")
-            .to_owned();
+        // Flink's ErrorResponseBody: `{"errors": ["..."]}` and nothing else.
+        assert_eq!(object.len(), 1, "error body has exactly errors: {body}");
+        let errors = body["errors"].as_array().expect("errors is an array");
+        assert_eq!(errors.len(), 1, "{body}");
+        let message = errors[0].as_str().expect("an error is a string").to_owned();
         assert!(!message.is_empty(), "empty error message");
         message
     }
@@ -437,15 +474,47 @@ fn list_answers_the_jobs_in_json() {
     assert_eq!(
         answer.json(),
         json!({"jobs": [
-            {"id": JOB, "name": "keyed-count", "state": "RUNNING"},
-            {"id": OTHER, "name": "wordcount", "state": "RUNNING"},
-            {"id": RESTARTING, "name": "flaky", "state": "RESTARTING"},
+            {"id": JOB, "status": "RUNNING"},
+            {"id": OTHER, "status": "RUNNING"},
+            {"id": RESTARTING, "status": "RESTARTING"},
         ]})
+    );
+    // Flink's MultipleJobsDetails, every ExecutionState key and `total`.
+    let overview = get(server.local_addr(), "/v1/jobs/overview").json();
+    assert_eq!(
+        overview["jobs"][0],
+        json!({
+            "jid": JOB, "name": "keyed-count", "jobType": "STREAMING",
+            "schedulerType": "Default", "start-time": 1_700_000_000_000u64,
+            "end-time": -1, "duration": 5000, "last-modification": 1_700_000_000_000u64,
+            "state": "RUNNING", "pending-operators": 0,
+            "tasks": {"total": 4, "created": 0, "scheduled": 0, "deploying": 0,
+                      "running": 4, "finished": 0, "canceling": 0, "canceled": 0,
+                      "failed": 0, "reconciling": 0, "initializing": 0},
+        })
     );
     let jobs = client.list().unwrap();
     assert_eq!(jobs.len(), 3);
     assert_eq!(jobs[0].state, JobState::Running);
-    assert_eq!(jobs[2].id, RESTARTING);
+    assert_eq!(jobs[2].jid, RESTARTING);
+}
+
+#[test]
+fn overview_and_config_are_flinks() {
+    let (_fake, server, _client) = start();
+    let overview = get(server.local_addr(), "/overview").json();
+    assert_eq!(overview["taskmanagers"], 1);
+    assert_eq!(overview["slots-total"], 12);
+    assert_eq!(overview["jobs-running"], 3);
+    assert_eq!(overview["jobs-cancelled"], 0);
+    assert_eq!(overview["flink-version"], env!("CARGO_PKG_VERSION"));
+    let config = get(server.local_addr(), "/v1/config").json();
+    assert_eq!(config["refresh-interval"], 3000);
+    assert_eq!(config["timezone-name"], "UTC");
+    assert_eq!(
+        config["features"],
+        json!({"web-submit": false, "web-cancel": true, "web-rescale": false, "web-history": false})
+    );
 }
 
 #[test]
@@ -453,23 +522,47 @@ fn details_have_the_documented_shape() {
     let (_fake, server, client) = start();
     let answer = get(server.local_addr(), &format!("/jobs/{JOB}"));
     assert_eq!(answer.status, 200);
+    let body = answer.json();
+    for key in [
+        "jid",
+        "name",
+        "isStoppable",
+        "state",
+        "job-type",
+        "start-time",
+        "end-time",
+        "duration",
+        "maxParallelism",
+        "now",
+        "timestamps",
+        "vertices",
+        "status-counts",
+        "plan",
+    ] {
+        assert!(body.get(key).is_some(), "no {key} in {body}");
+    }
+    assert_eq!(body["vertices"][0]["id"], vertex_id("source"));
+    assert_eq!(body["vertices"][0]["metrics"]["write-records"], 1000);
     assert_eq!(
-        answer.json(),
-        json!({
-            "id": JOB, "name": "keyed-count", "state": "RUNNING",
-            "start_time_ms": 1_700_000_000_000u64, "duration_ms": 5000,
-            "parallelism": 2, "max_parallelism": 128,
-            "restored_from": "/sp/savepoint-3",
-            "records_in": 1000, "records_to_sinks": 990, "restarts": 1,
-            "vertices": [
-                {"uid": "source", "name": "Source: generator", "parallelism": 2, "inputs": []},
-                {"uid": "count", "name": "count", "parallelism": 2,
-                 "inputs": [{"from_uid": "source", "ship_strategy": "HASH"}]},
-            ],
-        })
+        body["vertices"][0]["metrics"]["write-records-complete"],
+        true
     );
     let details = client.details(JOB).unwrap();
-    assert_eq!(details, details_of(&client.list().unwrap()[0]));
+    let summary = JobSummary {
+        id: JOB.into(),
+        name: "keyed-count".into(),
+        state: JobState::Running,
+    };
+    assert_eq!(details, details_of(&summary));
+}
+
+#[test]
+fn vertex_ids_are_32_hex_digits_and_stable() {
+    let id = vertex_id("count-and-sum");
+    assert_eq!(id.len(), 32);
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(id, vertex_id("count-and-sum"));
+    assert_ne!(id, vertex_id("count-and-sun"));
 }
 
 #[test]
@@ -480,21 +573,39 @@ fn checkpoint_history_has_the_documented_shape() {
     let body = answer.json();
     assert_eq!(
         body["counts"],
-        json!({"in_progress": 1, "completed": 1, "failed": 0})
+        json!({"restored": 0, "total": 2, "in_progress": 1, "completed": 1, "failed": 0})
     );
     assert_eq!(
-        body["latest_completed"],
+        body["latest"]["completed"],
         json!({
-            "id": 4, "kind": "checkpoint", "status": "completed",
-            "trigger_time_ms": 1_700_000_001_000u64, "duration_ms": 120,
-            "size_bytes": 4096, "full_size_bytes": 8192,
-            "alignment_ms_max": 1.5, "sync_pause_ms_max": 0.25, "failure": null,
-            "tasks": [{"task": "count (1/2)", "sync_pause_us": 250, "alignment_us": 1500, "size_bytes": 2048}],
+            "className": ".CompletedCheckpointStatistics",
+            "id": 4, "status": "COMPLETED", "is_savepoint": false, "savepointFormat": null,
+            "trigger_timestamp": 1_700_000_001_000u64,
+            "latest_ack_timestamp": 1_700_000_001_120u64,
+            "checkpointed_size": 4096, "state_size": 8192, "end_to_end_duration": 120,
+            "alignment_buffered": 0, "processed_data": 0, "persisted_data": 0,
+            "num_subtasks": 2, "num_acknowledged_subtasks": 2,
+            "checkpoint_type": "CHECKPOINT", "tasks": {},
+            "external_path": "file:///ck/a1b2c3/chk-4/", "discarded": false,
         })
     );
-    assert_eq!(body["history"][0]["status"], "in_progress");
-    assert_eq!(body["history"][0]["duration_ms"], Value::Null);
+    assert_eq!(body["latest"]["savepoint"], Value::Null);
+    assert_eq!(body["latest"]["restored"], Value::Null);
+    assert_eq!(body["summary"]["state_size"]["p999"], 0.0);
+    assert_eq!(body["history"][0]["status"], "IN_PROGRESS");
+    assert_eq!(body["history"][0]["id"], 5);
     assert_eq!(client.checkpoints(JOB).unwrap(), history());
+    // The default details route answers the history's entry; an unknown one is 404.
+    let detail = get(
+        server.local_addr(),
+        &format!("/jobs/{JOB}/checkpoints/details/4"),
+    );
+    assert_eq!(detail.json()["id"], 4);
+    get(
+        server.local_addr(),
+        &format!("/jobs/{JOB}/checkpoints/details/99"),
+    )
+    .error(404);
 }
 
 #[test]
@@ -506,14 +617,14 @@ fn savepoint_lifecycle_with_one_in_flight_at_a_time() {
         addr,
         "POST",
         &format!("/jobs/{JOB}/savepoints"),
-        Some(r#"{"target_directory": "/tmp/sp"}"#),
+        Some(r#"{"target-directory": "/tmp/sp", "cancel-job": false}"#),
     );
     assert_eq!(answer.status, 202, "{}", answer.body);
-    let first = answer.json()["request_id"]
+    let first = answer.json()["request-id"]
         .as_str()
-        .expect("request_id")
+        .expect("request-id")
         .to_owned();
-    assert_eq!(answer.json(), json!({"request_id": first}));
+    assert_eq!(answer.json(), json!({"request-id": first}));
     assert_eq!(
         fake.triggers(),
         vec![(JOB.to_owned(), Some("/tmp/sp".to_owned()), false)]
@@ -523,7 +634,7 @@ fn savepoint_lifecycle_with_one_in_flight_at_a_time() {
     assert_eq!(status.status, 200);
     assert_eq!(
         status.json(),
-        json!({"status": "in_progress", "location": null, "checkpoint_id": null, "failure": null})
+        json!({"status": {"id": "IN_PROGRESS"}, "operation": null})
     );
 
     // A second one while the first is in flight: 409, in JSON, through both clients.
@@ -539,14 +650,16 @@ fn savepoint_lifecycle_with_one_in_flight_at_a_time() {
     let other = client.trigger_savepoint(OTHER, None).unwrap();
 
     fake.complete(&first, "/tmp/sp/savepoint-7");
+    assert_eq!(
+        get(addr, &format!("/v1/jobs/{JOB}/savepoints/{first}")).json(),
+        json!({"status": {"id": "COMPLETED"},
+               "operation": {"location": "/tmp/sp/savepoint-7", "failure-cause": null}})
+    );
     let done = client.savepoint_status(JOB, &first).unwrap();
     assert_eq!(
         done,
-        SavepointStatus {
-            status: "completed".into(),
-            location: Some("/tmp/sp/savepoint-7".into()),
-            checkpoint_id: Some(7),
-            failure: None,
+        SavepointStatus::Completed {
+            location: "/tmp/sp/savepoint-7".into()
         }
     );
 
@@ -554,9 +667,23 @@ fn savepoint_lifecycle_with_one_in_flight_at_a_time() {
     let second = client.trigger_savepoint(JOB, Some("/tmp/sp2")).unwrap();
     assert_ne!(second, first);
     fake.fail(&second, "disk full");
+    let body = get(addr, &format!("/jobs/{JOB}/savepoints/{second}")).json();
+    assert_eq!(body["status"]["id"], "COMPLETED");
+    assert_eq!(body["operation"]["location"], Value::Null);
+    assert!(
+        body["operation"]["failure-cause"]["stack-trace"]
+            .as_str()
+            .unwrap()
+            .contains("disk full"),
+        "{body}"
+    );
     let failed = client.savepoint_status(JOB, &second).unwrap();
-    assert_eq!(failed.status, "failed");
-    assert_eq!(failed.failure.as_deref(), Some("disk full"));
+    assert_eq!(
+        failed,
+        SavepointStatus::Failed {
+            reason: "disk full".into()
+        }
+    );
 
     // A request id of another job is not found under this one.
     let error = client.savepoint_status(JOB, &other).unwrap_err();
@@ -564,7 +691,7 @@ fn savepoint_lifecycle_with_one_in_flight_at_a_time() {
 }
 
 #[test]
-fn savepoint_body_may_be_absent_empty_or_flink_spelled() {
+fn savepoint_body_may_be_absent_empty_or_flowstate_spelled() {
     let (fake, server, _client) = start();
     let addr = server.local_addr();
     let path = format!("/jobs/{JOB}/savepoints");
@@ -572,22 +699,53 @@ fn savepoint_body_may_be_absent_empty_or_flink_spelled() {
     // No body at all (no Content-Length).
     let answer = request(addr, "POST", &path, None);
     assert_eq!(answer.status, 202, "{}", answer.body);
-    let id = answer.json()["request_id"].as_str().unwrap().to_owned();
+    let id = answer.json()["request-id"].as_str().unwrap().to_owned();
     fake.complete(&id, "x");
     // An empty body.
     let answer = request(addr, "POST", &path, Some(""));
     assert_eq!(answer.status, 202, "{}", answer.body);
-    fake.complete(answer.json()["request_id"].as_str().unwrap(), "x");
-    // Flink's spelling of the field.
-    let answer = request(addr, "POST", &path, Some(r#"{"target-directory":"/f"}"#));
+    fake.complete(answer.json()["request-id"].as_str().unwrap(), "x");
+    // flowstate's older spelling of the field.
+    let answer = request(addr, "POST", &path, Some(r#"{"target_directory":"/f"}"#));
     assert_eq!(answer.status, 202, "{}", answer.body);
+    fake.complete(answer.json()["request-id"].as_str().unwrap(), "x");
+    // Flink's client's own trigger id is the request id; its format must be canonical.
+    let trigger = "0123456789abcdef0123456789abcdef";
+    let answer = request(
+        addr,
+        "POST",
+        &path,
+        Some(&format!(
+            r#"{{"target-directory":"/g","cancel-job":false,"formatType":"CANONICAL","triggerId":"{trigger}"}}"#
+        )),
+    );
+    assert_eq!(answer.json(), json!({"request-id": trigger}));
+    let message = request(addr, "POST", &path, Some(r#"{"formatType":"NATIVE"}"#)).error(400);
+    assert!(message.contains("CANONICAL"), "{message}");
     assert_eq!(
         fake.triggers(),
         vec![
             (JOB.to_owned(), None, false),
             (JOB.to_owned(), None, false),
             (JOB.to_owned(), Some("/f".to_owned()), false),
+            (JOB.to_owned(), Some("/g".to_owned()), false),
         ]
+    );
+}
+
+#[test]
+fn cancel_job_true_stops_with_the_savepoint() {
+    let (fake, server, _client) = start();
+    let answer = request(
+        server.local_addr(),
+        "POST",
+        &format!("/jobs/{JOB}/savepoints"),
+        Some(r#"{"target-directory": "/sp", "cancel-job": true}"#),
+    );
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(
+        fake.triggers(),
+        vec![(JOB.to_owned(), Some("/sp".to_owned()), true)]
     );
 }
 
@@ -598,27 +756,24 @@ fn stop_triggers_a_stopping_savepoint_reported_on_the_savepoints_route() {
         server.local_addr(),
         "POST",
         &format!("/jobs/{JOB}/stop"),
-        Some(r#"{"target_directory": "/sp"}"#),
+        Some(r#"{"targetDirectory": "/sp", "drain": false}"#),
     );
     assert_eq!(answer.status, 202, "{}", answer.body);
-    let id = answer.json()["request_id"].as_str().unwrap().to_owned();
+    let id = answer.json()["request-id"].as_str().unwrap().to_owned();
     assert_eq!(
         fake.triggers(),
         vec![(JOB.to_owned(), Some("/sp".to_owned()), true)]
     );
-    assert_eq!(client.details(JOB).unwrap().state, JobState::Stopping);
     assert_eq!(
-        client.savepoint_status(JOB, &id).unwrap().status,
-        "in_progress"
+        client.savepoint_status(JOB, &id).unwrap(),
+        SavepointStatus::InProgress
     );
     fake.complete(&id, "/sp/savepoint-9");
     assert_eq!(
-        client
-            .savepoint_status(JOB, &id)
-            .unwrap()
-            .location
-            .as_deref(),
-        Some("/sp/savepoint-9")
+        client.savepoint_status(JOB, &id).unwrap(),
+        SavepointStatus::Completed {
+            location: "/sp/savepoint-9".into()
+        }
     );
     assert_eq!(client.details(JOB).unwrap().state, JobState::Finished);
 
@@ -626,8 +781,8 @@ fn stop_triggers_a_stopping_savepoint_reported_on_the_savepoints_route() {
     let id = client.stop_with_savepoint(OTHER, None).unwrap();
     assert_eq!(fake.triggers()[1], (OTHER.to_owned(), None, true));
     assert_eq!(
-        client.savepoint_status(OTHER, &id).unwrap().status,
-        "in_progress"
+        client.savepoint_status(OTHER, &id).unwrap(),
+        SavepointStatus::InProgress
     );
 }
 
@@ -638,14 +793,14 @@ fn cancel_by_post_and_by_flink_patch() {
     let answer = request(addr, "POST", &format!("/jobs/{JOB}/cancel"), None);
     assert_eq!(answer.status, 202, "{}", answer.body);
     assert_eq!(answer.json(), json!({}));
-    assert_eq!(client.details(JOB).unwrap().state, JobState::Cancelled);
+    assert_eq!(client.details(JOB).unwrap().state, JobState::Canceled);
     // Cancelling a cancelled job: the service's conflict.
     assert_eq!(client.cancel(JOB).unwrap_err().status(), Some(409));
 
     let answer = request(addr, "PATCH", &format!("/jobs/{OTHER}?mode=cancel"), None);
     assert_eq!(answer.status, 202, "{}", answer.body);
     assert_eq!(answer.json(), json!({}));
-    assert_eq!(client.details(OTHER).unwrap().state, JobState::Cancelled);
+    assert_eq!(client.details(OTHER).unwrap().state, JobState::Canceled);
 
     let message = request(addr, "PATCH", &format!("/jobs/{RESTARTING}"), None).error(400);
     assert!(message.contains("mode=cancel"), "{message}");
@@ -664,7 +819,7 @@ fn cancel_by_post_and_by_flink_patch() {
     client.cancel(RESTARTING).unwrap();
     assert_eq!(
         client.details(RESTARTING).unwrap().state,
-        JobState::Cancelled
+        JobState::Canceled
     );
 }
 
@@ -797,7 +952,8 @@ fn unknown_route_is_404_json() {
         "/",
         "/nope",
         "/jobs/x/y/z",
-        "/v1/jobs",
+        "/v2/jobs",
+        "/v1/nope",
         "/jobs/x/savepoints/y/z",
     ] {
         let message = get(addr, path).error(404);
@@ -901,7 +1057,7 @@ fn start_with(options: ServeOptions) -> (Arc<Fake>, RestServer) {
 }
 
 fn job_state(fake: &Fake, job: &str) -> JobState {
-    fake.list().iter().find(|j| j.id == job).unwrap().state
+    fake.jobs().iter().find(|j| j.jid == job).unwrap().state
 }
 
 /// What a browser can send cross-site without a CORS preflight (`text/plain`,
@@ -1109,11 +1265,11 @@ fn a_token_is_required_when_set_and_compared_exactly() {
     assert_eq!(client.list().unwrap().len(), 3);
     let id = client.trigger_savepoint(JOB, Some("/sp")).unwrap();
     assert_eq!(
-        client.savepoint_status(JOB, &id).unwrap().status,
-        "in_progress"
+        client.savepoint_status(JOB, &id).unwrap(),
+        SavepointStatus::InProgress
     );
     client.cancel(OTHER).unwrap();
-    assert_eq!(job_state(&fake, OTHER), JobState::Cancelled);
+    assert_eq!(job_state(&fake, OTHER), JobState::Canceled);
 
     // A token that cannot travel in a header is refused at start.
     for bad in ["", "has space", "tab\there", "é"] {
