@@ -14,8 +14,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # that a newcomer and CI need only this one command: a local S3-compatible server
 # (s3s-fs, installed once into ~/.cache/flowstate-tools) for the checkpoint
 # storage tests, a Kafka-protocol broker (tansu) and a throwaway PostgreSQL
-# server for the connectors; tests that need one of them must then not be
-# skipped (FLOWSTATE_REQUIRE_S3/_KAFKA/_PG=1). All are stopped on exit.
+# server for the connectors, and a headless Chromium for the web UI's test;
+# tests that need one of them must then not be skipped
+# (FLOWSTATE_REQUIRE_S3/_KAFKA/_PG/_BROWSER=1). The servers are stopped on exit.
 if ! command -v cargo >/dev/null 2>&1; then
     echo "scripts/test.sh: cargo not found; install Rust with rustup first" >&2
     exit 1
@@ -39,6 +40,13 @@ eval "$exports"
 # server binaries are there) for crates/postgres, whose tests then must not be
 # skipped (FLOWSTATE_REQUIRE_PG=1); stopped and deleted by the EXIT trap above.
 exports=$(bash scripts/postgres-server.sh)
+eval "$exports"
+
+# Debian's Chromium (apt-get, once) and playwright-core (npm ci of
+# crates/cli/tests/web_ui's lock file, once, into ~/.cache/flowstate-tools/web-ui)
+# for the web UI's browser test (crates/cli/tests/web_ui.rs), which then must not
+# be skipped (FLOWSTATE_REQUIRE_BROWSER=1).
+exports=$(bash scripts/browser.sh)
 eval "$exports"
 
 cargo test --workspace --all-features --locked "$@"

@@ -413,8 +413,15 @@
     updateActionButtons();
 
     const vertices = Array.isArray(job.vertices) ? job.vertices : [];
-    computeRates(job, vertices);
-    if (!state.ended) await fetchBackpressure(vertices);
+    if (state.ended) {
+      // Nothing flows any more: no rates, no backpressure (totals stay in the table).
+      state.samples = null;
+      state.rates = {};
+      state.backpressure = {};
+    } else {
+      computeRates(job, vertices);
+      await fetchBackpressure(vertices);
+    }
     renderGraph(job, vertices);
     renderVertexTable(vertices);
   }

@@ -1,12 +1,15 @@
 // A stand-in for a job's REST API, for working on the web UI without a job:
 //
-//   node crates/cli/tests/web_ui/fake-api.cjs [port]    # then open http://127.0.0.1:<port>/
+//   node crates/cli/tests/web_ui/fake-api.cjs [port] [token]   # then open http://127.0.0.1:<port>/
 //
 // Serves the UI files straight from crates/rest/ui (edit, reload) and invented
 // Flink-shaped answers (docs: /work/notes/rest-contract.md, Flink's REST API):
 // a three-operator job whose counters grow, checkpoints every second with one
 // failure, a restore source, two exceptions, savepoints that complete after a
-// second. Not used by the tests: the browser test runs against a real job.
+// second (a target directory containing "elsewhere" is refused with 403), and
+// with a token, 401 for API calls without it. Not used by the tests: the browser
+// test runs against a real job. (ui-test.cjs runs against it too, for work on the
+// script itself.)
 'use strict';
 
 const http = require('http');
@@ -16,6 +19,7 @@ const crypto = require('crypto');
 
 const UI = path.join(__dirname, '..', '..', '..', 'rest', 'ui');
 const port = Number(process.argv[2] || 8099);
+const token = process.argv[3] || '';
 const JID = crypto.randomBytes(16).toString('hex');
 const started = Date.now() - 95_000;
 let state = 'RUNNING';
@@ -85,9 +89,20 @@ function send(res, status, body, type) {
   res.end(typeof body === 'string' || Buffer.isBuffer(body) ? body : JSON.stringify(body));
 }
 
-function trigger(res, stop) {
+function trigger(req, res, stop) {
+  let body = '';
+  req.on('data', (c) => { body += c; });
+  req.on('end', () => {
+    let target = '';
+    try { const b = JSON.parse(body || '{}'); target = b['target-directory'] || b.targetDirectory || ''; } catch (e) { return send(res, 400, { errors: ['invalid request body'] }); }
+    if (target.includes('elsewhere')) return send(res, 403, { errors: [`savepoint target ${target} is not under --savepoint-dir or a --savepoint-root`] });
+    accept(res, stop, target);
+  });
+}
+
+function accept(res, stop, target) {
   const rid = crypto.randomBytes(16).toString('hex');
-  savepoints[rid] = { at: Date.now(), stop };
+  savepoints[rid] = { at: Date.now(), stop, target: target || '/tmp/savepoints' };
   send(res, 202, { 'request-id': rid });
 }
 
@@ -98,8 +113,11 @@ http.createServer((req, res) => {
   const types = { html: 'text/html', js: 'text/javascript', css: 'text/css', svg: 'image/svg+xml' };
   if (files[p]) {
     const f = files[p];
+    // The real server's policy (crates/rest/src/ui.rs), so that the page is tried under it.
+    if (p === '/') res.setHeader('Content-Security-Policy', "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
     return send(res, 200, fs.readFileSync(path.join(UI, f)), types[f.split('.').pop()]);
   }
+  if (token && req.headers.authorization !== `Bearer ${token}`) return send(res, 401, { errors: ['this HTTP API needs a bearer token (Authorization: Bearer <token>)'] });
   const J = `/jobs/${JID}`;
   if (p === '/config') return send(res, 200, { 'refresh-interval': 3000, 'timezone-name': 'UTC', 'timezone-offset': 0, 'flink-version': '0.1.0', 'flink-revision': 'fake', features: {} });
   if (p === '/jobs/overview') return send(res, 200, { jobs: [{ jid: JID, name: 'keyed-count', state, 'start-time': started, 'end-time': endTime, duration: Date.now() - started, 'last-modification': started, tasks: { running: 6 } }] });
@@ -122,14 +140,23 @@ http.createServer((req, res) => {
   if (p === `${J}/exceptions`) return send(res, 200, { exceptionHistory: { entries: [
     { exceptionName: 'flowstate::TaskFailure', stacktrace: 'task count (1/2) failed: injected fault\n  at step 8812', timestamp: started + 40_000, taskName: 'count (1/2)', location: 'local', endpoint: null, taskManagerId: 'local', failureLabels: {}, concurrentExceptions: [] },
   ], truncated: false } });
-  if (p === `${J}/savepoints` && req.method === 'POST') return trigger(res, false);
-  if (p === `${J}/stop` && req.method === 'POST') return trigger(res, true);
+  if (p === `${J}/savepoints` && req.method === 'POST') return trigger(req, res, false);
+  if (p === `${J}/stop` && req.method === 'POST') return trigger(req, res, true);
   const sp = p.match(/^\/jobs\/[0-9a-f]+\/savepoints\/([0-9a-f]+)$/);
   if (sp && savepoints[sp[1]]) {
     const s = savepoints[sp[1]];
     if (Date.now() - s.at < 1000) return send(res, 200, { status: { id: 'IN_PROGRESS' } });
     if (s.stop && state === 'RUNNING') { state = 'FINISHED'; endTime = Date.now(); }
-    return send(res, 200, { status: { id: 'COMPLETED' }, operation: { location: `file:///tmp/savepoints/savepoint-${sp[1].slice(0, 6)}` } });
+    const location = `file://${s.target}/savepoint-${sp[1].slice(0, 6)}`;
+    if (!s.listed) {
+      s.listed = true;
+      const id = nextCp++;
+      checkpoints.unshift({ className: '.CompletedCheckpointStatistics', id, status: 'COMPLETED', is_savepoint: true, savepointFormat: 'CANONICAL',
+        trigger_timestamp: s.at, latest_ack_timestamp: s.at + 900, checkpointed_size: 1200000, state_size: 1200000, end_to_end_duration: 900,
+        alignment_buffered: 0, processed_data: 0, persisted_data: 0, num_subtasks: 6, num_acknowledged_subtasks: 6, checkpoint_type: 'SAVEPOINT',
+        tasks: {}, external_path: location, discarded: false });
+    }
+    return send(res, 200, { status: { id: 'COMPLETED' }, operation: { location } });
   }
   send(res, 404, { errors: [`no route for ${req.method} ${p}`] });
 }).listen(port, '127.0.0.1', () => console.log(`fake flowstate API on http://127.0.0.1:${port}/`));
