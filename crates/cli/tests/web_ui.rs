@@ -130,7 +130,7 @@ fn the_web_ui_shows_a_live_job_and_takes_a_savepoint() {
     let stderr = std::fs::read_to_string(out.join("stderr")).unwrap_or_default();
     if let Ok(keep) = std::env::var("FLOWSTATE_WEB_UI_KEEP") {
         std::fs::create_dir_all(&keep).unwrap();
-        for name in ["web-ui.png", "web-ui-ended.png"] {
+        for name in ["web-ui.png", "web-ui-ended.png", "failure.png"] {
             let _ = std::fs::copy(out.join(name), Path::new(&keep).join(name));
         }
     }

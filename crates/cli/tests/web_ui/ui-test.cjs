@@ -128,6 +128,16 @@ async function main() {
     if (foreign.length) throw new Error(`the page asked other servers: ${foreign.join(', ')}`);
     if (seen.pageErrors.length) throw new Error(`script errors on the page: ${seen.pageErrors.join('\n')}`);
     process.stdout.write(JSON.stringify(seen) + '\n');
+  } catch (error) {
+    // What the page showed when the step failed, for the report.
+    const page = context.pages()[0];
+    if (page) {
+      await page.screenshot({ path: path.join(out, 'failure.png'), fullPage: true }).catch(() => {});
+      const shown = await page.evaluate(() => [...document.querySelectorAll('#conn-text, #banner, .error, #action-result')]
+        .filter((e) => e.textContent.trim() && !e.hidden).map((e) => `${e.id || e.className}: ${e.textContent.trim()}`)).catch(() => []);
+      error.message += `\nthe page showed:\n  ${shown.join('\n  ')}\n(screenshot: ${path.join(out, 'failure.png')})`;
+    }
+    throw error;
   } finally {
     await context.close();
   }
