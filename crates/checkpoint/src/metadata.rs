@@ -233,11 +233,20 @@ impl CheckpointMetadata {
         }
     }
 
-    /// Total bytes of the files this checkpoint references: its full size,
+    /// The full size of this checkpoint's state: the files it references,
     /// including shared files earlier checkpoints uploaded (each file once,
-    /// however many instances reference it).
+    /// however many instances reference it), plus the operator list state it
+    /// holds inline (counted as the upload threads count it in a task's
+    /// acknowledged bytes, so that a checkpoint's full size is never smaller
+    /// than what it wrote).
     pub fn state_bytes(&self) -> u64 {
         let subtasks = self.operators.iter().flat_map(|o| &o.subtasks);
+        let lists: u64 = subtasks
+            .clone()
+            .flat_map(|s| &s.lists)
+            .flat_map(|l| &l.elements)
+            .map(|e| e.len() as u64)
+            .sum();
         let keyed: u64 = subtasks
             .clone()
             .filter_map(|s| s.keyed.as_ref())
@@ -254,7 +263,7 @@ impl CheckpointMetadata {
                 }
             }
         }
-        keyed + private + shared.values().sum::<u64>()
+        keyed + lists + private + shared.values().sum::<u64>()
     }
 
     /// Every native file this checkpoint references, of every instance.

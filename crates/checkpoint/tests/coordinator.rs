@@ -165,7 +165,14 @@ fn write_task_file(
 }
 
 fn ack(id: CheckpointId, task: usize, snapshot: SubtaskSnapshot) -> TaskAck {
-    let bytes = snapshot.keyed.as_ref().map_or(0, |k| k.file.size);
+    // As the upload threads count them: the keyed file and the list elements.
+    let lists: u64 = snapshot
+        .lists
+        .iter()
+        .flat_map(|l| &l.elements)
+        .map(|e| e.len() as u64)
+        .sum();
+    let bytes = snapshot.keyed.as_ref().map_or(0, |k| k.file.size) + lists;
     TaskAck {
         id,
         task,
@@ -1351,6 +1358,29 @@ fn metadata_round_trips() {
     let again = CheckpointMetadata::decode("m", &decoded.encode().unwrap()).unwrap();
     assert_eq!(decoded, again);
     assert_eq!(decoded.state_bytes(), h.coordinator.completed()[0].bytes);
+}
+
+/// A checkpoint's full size counts everything its tasks wrote: with operator
+/// list state (held in the metadata, counted in the tasks' bytes) the full
+/// size is not smaller than the bytes written (issue 15: `full_size_bytes`
+/// was smaller than `size_bytes`, the list state missing from it).
+#[test]
+fn full_size_is_never_smaller_than_what_a_checkpoint_wrote() {
+    let mut h = Harness::new("job-full", settings(1, 3, 1), 2);
+    h.complete_one();
+    let stats = &h.coordinator.completed()[0];
+    let lists: u64 = (0..2)
+        .map(|task| format!("{}:{task}", stats.id).len() as u64)
+        .sum();
+    assert!(lists > 0);
+    assert!(
+        stats.full_bytes >= stats.bytes,
+        "full size {} smaller than the {} bytes written",
+        stats.full_bytes,
+        stats.bytes
+    );
+    // A full (not incremental) checkpoint wrote all of its state.
+    assert_eq!(stats.full_bytes, stats.bytes);
 }
 
 // ---------------------------------------------------------------------------

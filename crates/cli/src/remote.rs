@@ -107,7 +107,7 @@ pub struct CancelArgs {
 pub fn list(args: ListArgs) -> Result<()> {
     let client = args.rest.client()?;
     let jobs = client.list().map_err(with_token_hint)?;
-    let id_width = jobs.iter().map(|j| j.id.len()).max().unwrap_or(0).max(2);
+    let id_width = jobs.iter().map(|j| j.jid.len()).max().unwrap_or(0).max(2);
     let state_width = jobs
         .iter()
         .map(|j| j.state.as_str().len())
@@ -122,7 +122,7 @@ pub fn list(args: ListArgs) -> Result<()> {
     for job in &jobs {
         out.push_str(&format!(
             "{:id_width$}  {:state_width$}  {}\n",
-            job.id,
+            job.jid,
             job.state.as_str(),
             job.name
         ));
@@ -207,19 +207,12 @@ fn wait_for_savepoint(
     timeout: Duration,
 ) -> Result<String> {
     loop {
-        let status = client.savepoint_status(job, request_id)?;
-        match status.status.as_str() {
-            SavepointStatus::COMPLETED => {
-                return Ok(status
-                    .location
-                    .unwrap_or_else(|| "(no location reported)".to_owned()));
+        match client.savepoint_status(job, request_id)? {
+            SavepointStatus::Completed { location } => return Ok(location),
+            SavepointStatus::Failed { reason } => {
+                bail!("savepoint of job {job} failed: {reason}")
             }
-            SavepointStatus::FAILED => bail!(
-                "savepoint of job {job} failed: {}",
-                status.failure.as_deref().unwrap_or("no reason given")
-            ),
-            SavepointStatus::IN_PROGRESS => {}
-            other => bail!("savepoint of job {job} has an unknown status '{other}'"),
+            SavepointStatus::InProgress => {}
         }
         if started.elapsed() >= timeout {
             bail!(
@@ -244,7 +237,7 @@ fn wait_until_ended(
         let state = match client.details(job) {
             Ok(details) => details.state,
             Err(flowstate_rest::ClientError::Api { status: 404, .. }) => return Ok(()),
-            Err(flowstate_rest::ClientError::Api { .. }) => JobState::Stopping,
+            Err(flowstate_rest::ClientError::Api { .. }) => JobState::Running,
             // Not answering (or answering garbage while going down): the process ended.
             Err(_) => return Ok(()),
         };

@@ -14,8 +14,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::model::{
-    CheckpointHistory, ErrorBody, JobDetails, JobList, JobSummary, SavepointRequest,
-    SavepointStatus, TriggerResponse,
+    CheckpointingStatistics, ErrorBody, JobDetails, JobExceptions, JobOverview, MultipleJobs,
+    SavepointRequest, SavepointStatus, SavepointStatusBody, StopRequest, TriggerResponse,
 };
 
 /// The port assumed when an address names none.
@@ -35,7 +35,7 @@ pub enum ClientError {
     /// No complete answer within the call's timeout.
     #[error("the flowstate HTTP API at {addr} did not answer within {seconds:.1}s")]
     Timeout { addr: String, seconds: f64 },
-    /// The server answered with an error status; `message` is its `error` field.
+    /// The server answered with an error status; `message` is its `errors`, joined.
     #[error("{message} (HTTP {status})")]
     Api { status: u16, message: String },
     /// The server answered something that is not the expected document.
@@ -132,9 +132,9 @@ impl RestClient {
         &self.addr
     }
 
-    /// `GET /jobs`.
-    pub fn list(&self) -> Result<Vec<JobSummary>, ClientError> {
-        let list: JobList = self.get("/jobs")?;
+    /// `GET /jobs/overview`.
+    pub fn list(&self) -> Result<Vec<JobOverview>, ClientError> {
+        let list: MultipleJobs = self.get("/jobs/overview")?;
         Ok(list.jobs)
     }
 
@@ -144,8 +144,13 @@ impl RestClient {
     }
 
     /// `GET /jobs/{id}/checkpoints`.
-    pub fn checkpoints(&self, job: &str) -> Result<CheckpointHistory, ClientError> {
+    pub fn checkpoints(&self, job: &str) -> Result<CheckpointingStatistics, ClientError> {
         self.get(&format!("/jobs/{}/checkpoints", segment(job)))
+    }
+
+    /// `GET /jobs/{id}/exceptions`.
+    pub fn exceptions(&self, job: &str) -> Result<JobExceptions, ClientError> {
+        self.get(&format!("/jobs/{}/exceptions", segment(job)))
     }
 
     /// `POST /jobs/{id}/savepoints`: starts a savepoint; returns its request id.
@@ -156,6 +161,7 @@ impl RestClient {
     ) -> Result<String, ClientError> {
         let body = SavepointRequest {
             target_directory: target_directory.map(str::to_owned),
+            ..SavepointRequest::default()
         };
         let answer: TriggerResponse =
             self.post(&format!("/jobs/{}/savepoints", segment(job)), &body)?;
@@ -169,8 +175,9 @@ impl RestClient {
         job: &str,
         target_directory: Option<&str>,
     ) -> Result<String, ClientError> {
-        let body = SavepointRequest {
+        let body = StopRequest {
             target_directory: target_directory.map(str::to_owned),
+            ..StopRequest::default()
         };
         let answer: TriggerResponse = self.post(&format!("/jobs/{}/stop", segment(job)), &body)?;
         Ok(answer.request_id)
@@ -182,19 +189,25 @@ impl RestClient {
         job: &str,
         request_id: &str,
     ) -> Result<SavepointStatus, ClientError> {
-        self.get(&format!(
+        let body: SavepointStatusBody = self.get(&format!(
             "/jobs/{}/savepoints/{}",
             segment(job),
             segment(request_id)
-        ))
+        ))?;
+        body.status().ok_or_else(|| ClientError::Protocol {
+            addr: self.addr.clone(),
+            reason: format!("savepoint status '{}' without a result", body.status.id),
+        })
     }
 
-    /// `POST /jobs/{id}/cancel`.
+    /// `PATCH /jobs/{id}?mode=cancel`.
     pub fn cancel(&self, job: &str) -> Result<(), ClientError> {
-        let _: serde_json::Value = self.post(
-            &format!("/jobs/{}/cancel", segment(job)),
-            &serde_json::Map::new(),
-        )?;
+        let url = format!("{}/jobs/{}?mode=cancel", self.base, segment(job));
+        let mut request = self.agent.patch(&url);
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let _: serde_json::Value = self.read(request.send_json(serde_json::Map::new()))?;
         Ok(())
     }
 
@@ -238,12 +251,12 @@ impl RestClient {
             });
         }
         let message = match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => body.error,
-            Err(_) if text.trim().is_empty() => status
+            Ok(body) if !body.errors.is_empty() => body.errors.join("; "),
+            _ if text.trim().is_empty() => status
                 .canonical_reason()
                 .unwrap_or("request failed")
                 .to_owned(),
-            Err(_) => text.trim().chars().take(200).collect(),
+            _ => text.trim().chars().take(200).collect(),
         };
         Err(ClientError::Api {
             status: status.as_u16(),

@@ -9,7 +9,7 @@
 //! optional bearer token (required to serve beyond loopback), an idle timeout
 //! and a cap on open connections. It must not hold job state or decide anything
 //! about jobs: every answer comes from the service. Every answer it sends is
-//! JSON, errors included (`{"error": "...", "status": N}`), whoever produced
+//! JSON, errors included (Flink's `{"errors": ["..."]}`), whoever produced
 //! them (a handler, a rejected extractor, the router's 404/405, the guard).
 
 use std::net::{IpAddr, SocketAddr};
@@ -32,8 +32,12 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::{Semaphore, oneshot, watch};
 
+use serde::de::DeserializeOwned;
+
 use crate::model::{
-    ErrorBody, JobList, JobService, SavepointRequest, ServiceError, TriggerResponse,
+    DashboardConfig, ErrorBody, JobIdWithStatus, JobIdsWithStatus, JobService, MultipleJobs,
+    SavepointRequest, SavepointStatusBody, SavepointTrigger, ServiceError, StopRequest,
+    TriggerResponse,
 };
 
 /// The largest request body the API accepts (anything larger: 413).
@@ -474,23 +478,49 @@ async fn accept_loop(
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, permits.acquire_many(all)).await;
 }
 
-/// The routes, with their JSON error handling, behind the access rules. Public so
-/// that it can be mounted elsewhere or tested without a socket.
+/// The routes, with their JSON error handling, behind the access rules. Every
+/// route is served both at its path and under `/v1` (Flink's client calls
+/// `/v1/...`). Public so that it can be mounted elsewhere or tested without a
+/// socket.
 pub fn router(service: Arc<dyn JobService>, access: Access) -> Router {
     Router::new()
-        .route("/jobs", get(list_jobs))
-        .route("/jobs/{id}", get(job_details).patch(patch_job))
-        .route("/jobs/{id}/checkpoints", get(checkpoints))
-        .route("/jobs/{id}/savepoints", post(trigger_savepoint))
-        .route("/jobs/{id}/savepoints/{request_id}", get(savepoint_status))
-        .route("/jobs/{id}/stop", post(stop_with_savepoint))
-        .route("/jobs/{id}/cancel", post(cancel))
+        .merge(routes())
+        .nest("/v1", routes())
+        // The web UI: at the root only (`/`, `/assets/...`), not under `/v1`.
         .merge(crate::ui::routes())
         .fallback(no_route)
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(Arc::new(access), guard))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service)
+}
+
+fn routes() -> Router<Service> {
+    Router::new()
+        .route("/config", get(config))
+        .route("/overview", get(overview))
+        .route("/jobs", get(list_jobs))
+        .route("/jobs/overview", get(jobs_overview))
+        .route("/jobs/{id}", get(job_details).patch(patch_job))
+        .route(
+            "/jobs/{id}/vertices/{vertex}/backpressure",
+            get(backpressure),
+        )
+        .route("/jobs/{id}/checkpoints", get(checkpoints))
+        .route("/jobs/{id}/checkpoints/config", get(checkpoint_config))
+        .route(
+            "/jobs/{id}/checkpoints/details/{checkpoint}",
+            get(checkpoint_details),
+        )
+        .route(
+            "/jobs/{id}/checkpoints/details/{checkpoint}/subtasks/{vertex}",
+            get(checkpoint_subtasks),
+        )
+        .route("/jobs/{id}/exceptions", get(exceptions))
+        .route("/jobs/{id}/savepoints", post(trigger_savepoint))
+        .route("/jobs/{id}/savepoints/{request_id}", get(savepoint_status))
+        .route("/jobs/{id}/stop", post(stop_with_savepoint))
+        .route("/jobs/{id}/cancel", post(cancel))
 }
 
 /// An error answer.
@@ -519,9 +549,10 @@ impl ApiError {
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         let status = match &error {
-            ServiceError::UnknownJob | ServiceError::UnknownSavepointRequest => {
-                StatusCode::NOT_FOUND
-            }
+            ServiceError::UnknownJob
+            | ServiceError::UnknownSavepointRequest
+            | ServiceError::UnknownCheckpoint
+            | ServiceError::UnknownVertex => StatusCode::NOT_FOUND,
             ServiceError::Conflict(_) => StatusCode::CONFLICT,
             ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -556,8 +587,7 @@ impl IntoResponse for ApiError {
         let mut response = json(
             self.status,
             &ErrorBody {
-                error: self.message,
-                status: self.status.as_u16(),
+                errors: vec![self.message],
             },
         );
         if self.authenticate {
@@ -577,8 +607,7 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
         Err(error) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             serde_json::json!({
-                "error": format!("cannot serialise the answer: {error}"),
-                "status": 500,
+                "errors": [format!("cannot serialise the answer: {error}")],
             })
             .to_string()
             .into_bytes(),
@@ -609,27 +638,62 @@ where
 }
 
 /// The optional body of a savepoint or stop request: absent/empty/whitespace means
-/// all defaults; anything else must be a valid [`SavepointRequest`].
-fn savepoint_request(body: Result<Bytes, BytesRejection>) -> Result<SavepointRequest, ApiError> {
+/// all defaults; anything else must be a JSON object of type `T`.
+fn optional_body<T: DeserializeOwned + Default>(
+    body: Result<Bytes, BytesRejection>,
+    example: &str,
+) -> Result<T, ApiError> {
     let body = body?;
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(SavepointRequest::default());
+        return Ok(T::default());
     }
     let invalid =
         |error: serde_json::Error| ApiError::bad_request(format!("invalid request body: {error}"));
     let value: serde_json::Value = serde_json::from_slice(&body).map_err(invalid)?;
     // serde would also take a struct from an array (`["/dir"]`): only an object is a request.
     if !value.is_object() {
-        return Err(ApiError::bad_request(
-            "invalid request body: expected a JSON object like {\"target_directory\": \"/dir\"}",
-        ));
+        return Err(ApiError::bad_request(format!(
+            "invalid request body: expected a JSON object like {example}"
+        )));
     }
     serde_json::from_value(value).map_err(invalid)
 }
 
+/// flowstate's savepoints are canonical; `NATIVE` cannot be had.
+fn check_format(format: Option<&str>) -> Result<(), ApiError> {
+    match format {
+        None | Some("CANONICAL") | Some("DEFAULT") => Ok(()),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "savepoint format '{}' is not supported: flowstate writes CANONICAL savepoints",
+            other.chars().take(40).collect::<String>()
+        ))),
+    }
+}
+
+async fn config() -> Response {
+    json(StatusCode::OK, &DashboardConfig::default())
+}
+
+async fn overview(State(service): State<Service>) -> Result<Response, ApiError> {
+    let overview = call(move || Ok(service.overview())).await?;
+    Ok(json(StatusCode::OK, &overview))
+}
+
 async fn list_jobs(State(service): State<Service>) -> Result<Response, ApiError> {
-    let jobs = call(move || Ok(service.list())).await?;
-    Ok(json(StatusCode::OK, &JobList { jobs }))
+    let jobs = call(move || Ok(service.jobs())).await?;
+    let jobs = jobs
+        .into_iter()
+        .map(|j| JobIdWithStatus {
+            id: j.jid,
+            status: j.state,
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &JobIdsWithStatus { jobs }))
+}
+
+async fn jobs_overview(State(service): State<Service>) -> Result<Response, ApiError> {
+    let jobs = call(move || Ok(service.jobs())).await?;
+    Ok(json(StatusCode::OK, &MultipleJobs { jobs }))
 }
 
 async fn job_details(
@@ -641,6 +705,15 @@ async fn job_details(
     Ok(json(StatusCode::OK, &details))
 }
 
+async fn backpressure(
+    State(service): State<Service>,
+    ids: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((id, vertex)) = ids?;
+    let answer = call(move || service.backpressure(&id, &vertex)).await?;
+    Ok(json(StatusCode::OK, &answer))
+}
+
 async fn checkpoints(
     State(service): State<Service>,
     id: Result<Path<String>, PathRejection>,
@@ -650,33 +723,85 @@ async fn checkpoints(
     Ok(json(StatusCode::OK, &history))
 }
 
+async fn checkpoint_config(
+    State(service): State<Service>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = id?;
+    let answer = call(move || service.checkpoint_config(&id)).await?;
+    Ok(json(StatusCode::OK, &answer))
+}
+
+async fn checkpoint_details(
+    State(service): State<Service>,
+    ids: Result<Path<(String, u64)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((id, checkpoint)) = ids?;
+    let answer = call(move || service.checkpoint(&id, checkpoint)).await?;
+    Ok(json(StatusCode::OK, &answer))
+}
+
+async fn checkpoint_subtasks(
+    State(service): State<Service>,
+    ids: Result<Path<(String, u64, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((id, checkpoint, vertex)) = ids?;
+    let answer = call(move || service.checkpoint_subtasks(&id, checkpoint, &vertex)).await?;
+    Ok(json(StatusCode::OK, &answer))
+}
+
+async fn exceptions(
+    State(service): State<Service>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = id?;
+    let answer = call(move || service.exceptions(&id)).await?;
+    Ok(json(StatusCode::OK, &answer))
+}
+
 async fn trigger(
     service: Service,
     id: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
-    stop: bool,
+    request: SavepointTrigger,
 ) -> Result<Response, ApiError> {
     let Path(id) = id?;
-    let request = savepoint_request(body)?;
-    let request_id =
-        call(move || service.trigger_savepoint(&id, request.target_directory, stop)).await?;
+    let request_id = call(move || service.trigger_savepoint(&id, request)).await?;
     Ok(json(StatusCode::ACCEPTED, &TriggerResponse { request_id }))
 }
 
+/// Flink's `POST /jobs/{id}/savepoints`; `cancel-job: true` stops the job
+/// with the savepoint.
 async fn trigger_savepoint(
     State(service): State<Service>,
     id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    trigger(service, id, body, false).await
+    let request: SavepointRequest =
+        optional_body(body, r#"{"target-directory": "/dir", "cancel-job": false}"#)?;
+    check_format(request.format_type.as_deref())?;
+    let asked = SavepointTrigger {
+        target_directory: request.target_directory,
+        stop: request.cancel_job,
+        request_id: request.trigger_id,
+    };
+    trigger(service, id, asked).await
 }
 
+/// Flink's `POST /jobs/{id}/stop`: stop-with-savepoint.
 async fn stop_with_savepoint(
     State(service): State<Service>,
     id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    trigger(service, id, body, true).await
+    let request: StopRequest =
+        optional_body(body, r#"{"targetDirectory": "/dir", "drain": false}"#)?;
+    check_format(request.format_type.as_deref())?;
+    let asked = SavepointTrigger {
+        target_directory: request.target_directory,
+        stop: true,
+        request_id: request.trigger_id,
+    };
+    trigger(service, id, asked).await
 }
 
 async fn savepoint_status(
@@ -685,7 +810,7 @@ async fn savepoint_status(
 ) -> Result<Response, ApiError> {
     let Path((id, request_id)) = ids?;
     let status = call(move || service.savepoint_status(&id, &request_id)).await?;
-    Ok(json(StatusCode::OK, &status))
+    Ok(json(StatusCode::OK, &SavepointStatusBody::from(&status)))
 }
 
 async fn cancel_job(service: Service, id: String) -> Result<Response, ApiError> {
@@ -693,6 +818,7 @@ async fn cancel_job(service: Service, id: String) -> Result<Response, ApiError> 
     Ok(json(StatusCode::ACCEPTED, &serde_json::Map::new()))
 }
 
+/// flowstate's `POST /jobs/{id}/cancel` (as `PATCH /jobs/{id}?mode=cancel`).
 async fn cancel(
     State(service): State<Service>,
     id: Result<Path<String>, PathRejection>,

@@ -10,29 +10,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flowstate_rest::{
-    CheckpointHistory, JobDetails, JobService, JobSummary, RestServer, SavepointStatus,
-    ServeOptions, ServiceError, serve_with,
+    CheckpointingStatistics, JobDetails, JobOverview, JobService, RestServer, SavepointStatus,
+    SavepointTrigger, ServeOptions, ServiceError, serve_with,
 };
 
 /// A service with no jobs: the UI's routes never call it.
 struct NoJobs;
 
 impl JobService for NoJobs {
-    fn list(&self) -> Vec<JobSummary> {
+    fn jobs(&self) -> Vec<JobOverview> {
         Vec::new()
     }
     fn details(&self, _: &str) -> Result<JobDetails, ServiceError> {
         Err(ServiceError::UnknownJob)
     }
-    fn checkpoints(&self, _: &str) -> Result<CheckpointHistory, ServiceError> {
+    fn checkpoints(&self, _: &str) -> Result<CheckpointingStatistics, ServiceError> {
         Err(ServiceError::UnknownJob)
     }
-    fn trigger_savepoint(
-        &self,
-        _: &str,
-        _: Option<String>,
-        _: bool,
-    ) -> Result<String, ServiceError> {
+    fn trigger_savepoint(&self, _: &str, _: SavepointTrigger) -> Result<String, ServiceError> {
         Err(ServiceError::UnknownJob)
     }
     fn savepoint_status(&self, _: &str, _: &str) -> Result<SavepointStatus, ServiceError> {

@@ -31,6 +31,27 @@ pub use crate::savepoint_target::{SavepointTargetError, SavepointTargetPolicy};
 pub const HISTORY_ENTRIES_MAX: usize = 128;
 /// Savepoint requests whose outcome is remembered.
 pub const SAVEPOINT_REQUESTS_MAX: usize = 64;
+/// Failures (restarts and the final one) the controller remembers (the newest).
+pub const FAILURES_MAX: usize = 64;
+
+/// A new random id: 32 lower-case hex digits (128 bits from the operating
+/// system's random source), the shape of Flink's job and trigger ids. Should
+/// the operating system refuse, the bits come from `fastrand` (seeded from
+/// the process's own entropy): still unique in practice, and an id is not a
+/// secret.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    if let Err(e) = getrandom::fill(&mut bytes) {
+        tracing::warn!("the system random source failed ({e}); ids come from fastrand");
+        bytes = fastrand::u128(..).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `id` has the shape [`random_id`] gives: 32 lower-case hex digits.
+pub fn is_hex_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +114,9 @@ pub struct CheckpointRecord {
     pub sync_pause_max: Duration,
     /// `(task name, its part)`, for completed ones.
     pub tasks: Vec<(String, TaskStats)>,
+    /// Where a completed one is: a savepoint's directory, a checkpoint's
+    /// directory in the checkpoint storage (`<storage URL>/<job>/chk-<id>/`).
+    pub location: Option<String>,
 }
 
 /// The checkpoint history of a job, newest last.
@@ -102,6 +126,29 @@ pub struct CheckpointHistory {
     pub failed: u64,
     pub in_progress: u64,
     pub entries: Vec<CheckpointRecord>,
+}
+
+/// The snapshot a job started from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreRecord {
+    /// As shown to people: the snapshot's path (and storage).
+    pub location: String,
+    pub checkpoint_id: CheckpointId,
+    pub kind: SnapshotKind,
+    /// When it was loaded (ms since the Unix epoch).
+    pub unix_ms: u64,
+}
+
+/// One failure of the job: an attempt that failed (and was restarted, or
+/// was the last).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureRecord {
+    /// When the runtime saw it (ms since the Unix epoch).
+    pub unix_ms: u64,
+    /// The error with its causes (`a: b: c`).
+    pub message: String,
+    /// The job was restarted after it (else it ended the job).
+    pub restarted: bool,
 }
 
 /// What became of a savepoint request.
@@ -133,6 +180,21 @@ pub struct JobDescription {
     pub savepoint_dir: Option<String>,
     /// Which targets a savepoint request may name.
     pub savepoint_policy: SavepointTargetPolicy,
+    /// How the job checkpoints, for people and tools; `None` without a
+    /// checkpoint coordinator.
+    pub checkpoint_config: Option<CheckpointConfigView>,
+    /// The state backend's name (`heap`, `rocksdb`).
+    pub state_backend: String,
+}
+
+/// A job's checkpointing configuration as shown to people and tools.
+#[derive(Debug, Clone)]
+pub struct CheckpointConfigView {
+    pub settings: flowstate_checkpoint::CoordinatorSettings,
+    /// Barriers aligned (exactly-once) or not.
+    pub aligned: bool,
+    /// The checkpoint storage, as it describes itself.
+    pub storage: String,
 }
 
 struct SavepointRequest {
@@ -145,7 +207,11 @@ struct SavepointRequest {
 struct ControlState {
     status: Option<JobStatus>,
     failure: Option<String>,
-    restored_from: Option<String>,
+    restored_from: Option<RestoreRecord>,
+    /// Failures, oldest first; at most [`FAILURES_MAX`].
+    failures: VecDeque<FailureRecord>,
+    /// When the job reached a terminal status.
+    ended_unix_ms: Option<u64>,
     history: VecDeque<CheckpointRecord>,
     completed: u64,
     failed: u64,
@@ -249,12 +315,36 @@ impl JobController {
 
     /// The snapshot the job started from.
     pub fn restored_from(&self) -> Option<String> {
+        self.lock()
+            .restored_from
+            .as_ref()
+            .map(|r| r.location.clone())
+    }
+
+    /// The snapshot the job started from, with its id and kind.
+    pub fn restore(&self) -> Option<RestoreRecord> {
         self.lock().restored_from.clone()
+    }
+
+    /// The job's failures so far (restarts and the final one), oldest first;
+    /// the newest [`FAILURES_MAX`].
+    pub fn failures(&self) -> Vec<FailureRecord> {
+        self.lock().failures.iter().cloned().collect()
+    }
+
+    /// When the job ended (ms since the Unix epoch), once it has.
+    pub fn end_unix_ms(&self) -> Option<u64> {
+        self.lock().ended_unix_ms
     }
 
     /// The savepoint a stop ended the job with.
     pub fn stopped_with_savepoint(&self) -> Option<String> {
         self.lock().stopped_with.clone()
+    }
+
+    /// The current attempt's task names (`<chain> (<i>/<p>)`), by task index.
+    pub fn task_names(&self) -> Vec<String> {
+        self.lock().task_names.clone()
     }
 
     pub fn checkpoint_history(&self) -> CheckpointHistory {
@@ -296,6 +386,30 @@ impl JobController {
         target: Option<&str>,
         stop: bool,
     ) -> Result<String, ControlError> {
+        self.trigger_savepoint_as(target, stop, None)
+    }
+
+    /// [`Self::trigger_savepoint`] under the request id `request_id` when one
+    /// is given (a client's own trigger id, 32 lower-case hex digits): asking
+    /// again with the id of a request already made starts nothing and
+    /// answers that id (a retried request is not a second savepoint).
+    pub fn trigger_savepoint_as(
+        &self,
+        target: Option<&str>,
+        stop: bool,
+        request_id: Option<&str>,
+    ) -> Result<String, ControlError> {
+        if let Some(id) = request_id {
+            if !is_hex_id(id) {
+                return Err(ControlError::Invalid(format!(
+                    "the trigger id '{}' is not 32 lower-case hex digits",
+                    id.chars().take(64).collect::<String>()
+                )));
+            }
+            if self.lock().requests.contains_key(id) {
+                return Ok(id.to_owned());
+            }
+        }
         if !self.description.checkpointing {
             return Err(ControlError::Invalid(
                 "savepoints need the checkpoint coordinator, and this job runs without \
@@ -348,7 +462,7 @@ impl JobController {
                 "the job is between attempts; try again".into(),
             ));
         };
-        let request_id = format!("{:016x}", fastrand::u64(..));
+        let request_id = request_id.map_or_else(random_id, str::to_owned);
         let order = SavepointOrder {
             request_id: request_id.clone(),
             storage,
@@ -462,8 +576,18 @@ impl JobController {
         let _ = self.job_id.set(job_id.to_owned());
     }
 
-    pub(crate) fn set_restored_from(&self, location: String) {
-        self.lock().restored_from = Some(location);
+    pub(crate) fn set_restored_from(
+        &self,
+        location: String,
+        checkpoint_id: CheckpointId,
+        kind: SnapshotKind,
+    ) {
+        self.lock().restored_from = Some(RestoreRecord {
+            location,
+            checkpoint_id,
+            kind,
+            unix_ms: unix_ms_now(),
+        });
     }
 
     /// A new attempt runs, with these tasks and this coordinator queue.
@@ -505,6 +629,19 @@ impl JobController {
             }
         }
         state.status = Some(next);
+        if next.is_terminal() {
+            state.ended_unix_ms = Some(unix_ms_now());
+        }
+        if let Some(message) = &failure {
+            if state.failures.len() >= FAILURES_MAX {
+                state.failures.pop_front();
+            }
+            state.failures.push_back(FailureRecord {
+                unix_ms: unix_ms_now(),
+                message: message.clone(),
+                restarted: next == JobStatus::Restarting,
+            });
+        }
         if failure.is_some() {
             state.failure = failure;
         }
@@ -533,11 +670,23 @@ impl JobController {
             alignment_max: Duration::ZERO,
             sync_pause_max: Duration::ZERO,
             tasks: Vec::new(),
+            location: None,
         });
     }
 
     pub(crate) fn on_completed(&self, stats: &CheckpointStats, request: Option<&str>) {
+        let checkpoint_location = match (&self.description.checkpoint_config, self.job_id()) {
+            (Some(config), Some(job)) if stats.kind == SnapshotKind::Checkpoint => Some(format!(
+                "{}/{}",
+                config.storage.trim_end_matches('/'),
+                flowstate_checkpoint::layout::checkpoint_dir(job, stats.id)
+            )),
+            _ => None,
+        };
         let mut state = self.lock();
+        let savepoint_location = request
+            .and_then(|r| state.requests.get(r))
+            .map(|r| r.location.clone());
         state.completed += 1;
         let tasks = stats
             .tasks
@@ -560,6 +709,7 @@ impl JobController {
             record.alignment_max = stats.alignment_max;
             record.sync_pause_max = stats.sync_pause_max;
             record.tasks = tasks;
+            record.location = savepoint_location.or(checkpoint_location);
         }
         if let Some(request) = request.and_then(|r| state.requests.get_mut(r)) {
             request.state = SavepointState::Completed {

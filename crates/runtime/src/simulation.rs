@@ -172,6 +172,12 @@ impl SimulatedAttempt {
                 periodic_checkpoints: c.settings.periodic(),
                 savepoint_dir: c.savepoint_dir.clone(),
                 savepoint_policy: config.savepoint_policy.clone(),
+                checkpoint_config: Some(crate::control::CheckpointConfigView {
+                    settings: c.settings.clone(),
+                    aligned: c.guarantee == crate::config::Guarantee::ExactlyOnce,
+                    storage: c.storage.describe(),
+                }),
+                state_backend: config.state_backend.kind().to_string(),
             },
             Arc::clone(&metrics),
             Box::new(|| {}),

@@ -12,7 +12,7 @@
 //! `executor`), nor decide restarts itself (that is `restart`).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use flowstate_checkpoint::coordinator::unix_ms_now;
 use flowstate_checkpoint::restore::{
@@ -20,7 +20,7 @@ use flowstate_checkpoint::restore::{
 };
 
 use crate::config::{CheckpointingConfig, ExecutionConfig, Guarantee, RestoreFrom};
-use crate::control::{JobController, JobDescription, JobStatus};
+use crate::control::{CheckpointConfigView, JobController, JobDescription, JobStatus};
 use crate::error::{JobError, error_chain};
 use crate::executor::{
     AttemptCheckpointing, Cancellation, JobReport, RunningJob, run_attempt, spawn,
@@ -30,11 +30,11 @@ use crate::lease::{HeldLease, newer_than_restored};
 use crate::metrics::JobMetrics;
 use crate::restart::{Decision, RestartPolicy, restartable};
 
+/// A new job's id: 32 random hex digits (like Flink's JobID), so that jobs
+/// started at the same moment (in containers, all with pid 1) never share
+/// a directory in the checkpoint storage.
 pub(crate) fn generated_job_id() -> String {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    format!("job-{millis:x}-{:x}", std::process::id())
+    crate::control::random_id()
 }
 
 /// Runs attempts until one succeeds or the restart strategy gives up.
@@ -185,7 +185,7 @@ fn supervise_attempts(
         let loading = Instant::now();
         restored = match load_restore(c, graph)? {
             Some((loaded, shown)) => {
-                controller.set_restored_from(shown);
+                controller.set_restored_from(shown, loaded.id(), loaded.metadata.kind);
                 Some(loaded)
             }
             None => None,
@@ -236,11 +236,11 @@ fn supervise_attempts(
                 if let Some(l) = load_latest_of(&c.storage, Some(id))? {
                     check_fallback(c, graph, &l)?;
                     tracing::info!(checkpoint = l.id(), "read and verified {}", l.metadata_path);
-                    controller.set_restored_from(format!(
-                        "{} in {}",
-                        l.metadata_path,
-                        c.storage.describe()
-                    ));
+                    controller.set_restored_from(
+                        format!("{} in {}", l.metadata_path, c.storage.describe()),
+                        l.id(),
+                        l.metadata.kind,
+                    );
                     restored = Some(Arc::new(l));
                 }
             }
@@ -377,6 +377,12 @@ pub fn start_job(graph: JobGraph, config: &ExecutionConfig) -> Result<RunningJob
             .as_ref()
             .and_then(|c| c.savepoint_dir.clone()),
         savepoint_policy: config.savepoint_policy.clone(),
+        checkpoint_config: config.checkpointing.as_ref().map(|c| CheckpointConfigView {
+            settings: c.settings.clone(),
+            aligned: c.guarantee == crate::config::Guarantee::ExactlyOnce,
+            storage: c.storage.describe(),
+        }),
+        state_backend: config.state_backend.kind().to_string(),
     };
     let cancelling = Arc::clone(&control);
     let controller = Arc::new(JobController::new(

@@ -5,20 +5,30 @@
 //! error kinds, and the `run` flags that say who may use the API and which
 //! savepoint targets it may name ([`RestArgs`]); nothing else.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::Args;
 
 use flowstate_rest::{
-    CheckpointCounts, CheckpointEntry, CheckpointHistory, JobDetails, JobService, JobState,
-    JobSummary, RestError, SavepointStatus, ServeOptions, ServiceError, TaskCheckpointEntry,
-    Vertex, VertexInput,
+    AlignmentSummary, BackPressure, CheckpointConfig, CheckpointCounts, CheckpointDurationSummary,
+    CheckpointStatistics, CheckpointSummary, CheckpointingStatistics, EXECUTION_STATES,
+    ExceptionHistory, ExceptionInfo, Externalization, IoMetrics, JobDetails, JobExceptions,
+    JobOverview, JobService, JobState, LatestCheckpoints, Plan, PlanInput, PlanNode, RestError,
+    RestoredCheckpoint, SavepointStatus, SavepointTrigger, ServeOptions, ServiceError,
+    StatsSummary, SubtaskAlignment, SubtaskCheckpoint, SubtaskCheckpointDuration,
+    TaskCheckpointDetails, TaskCheckpointStatistics, TaskCheckpointSummary, VertexDetails,
+    checkpoint_status, task_counts, vertex_id,
 };
 use flowstate_runtime::SnapshotKind;
+use flowstate_runtime::checkpoint::coordinator::TaskStats;
 use flowstate_runtime::control::{
-    CheckpointRecord, ControlError, JobController, JobStatus, SavepointState,
+    CheckpointRecord, ControlError, JobController, JobDescription, JobStatus, SavepointState,
     SavepointTargetPolicy, SnapshotStatus,
 };
+use flowstate_runtime::graph::VertexInfo;
+use flowstate_runtime::metrics::JobMetrics;
 
 use super::AppError;
 
@@ -152,15 +162,29 @@ impl LocalJobs {
     }
 }
 
+/// The API's status of a job: Flink's. A job stopping with a savepoint is
+/// `RUNNING` (as in Flink, whose statuses have no "stopping").
 fn state_of(status: JobStatus) -> JobState {
     match status {
         JobStatus::Created => JobState::Created,
-        JobStatus::Running => JobState::Running,
+        JobStatus::Running | JobStatus::Stopping => JobState::Running,
         JobStatus::Restarting => JobState::Restarting,
-        JobStatus::Stopping => JobState::Stopping,
         JobStatus::Finished => JobState::Finished,
         JobStatus::Failed => JobState::Failed,
-        JobStatus::Cancelled => JobState::Cancelled,
+        JobStatus::Cancelled => JobState::Canceled,
+    }
+}
+
+/// The state of every task of a job in `state` (Flink's `ExecutionState`).
+fn task_state(state: JobState) -> &'static str {
+    match state {
+        JobState::Created | JobState::Initializing => "CREATED",
+        JobState::Restarting => "SCHEDULED",
+        JobState::Finished => "FINISHED",
+        JobState::Failed => "FAILED",
+        JobState::Canceled => "CANCELED",
+        JobState::Cancelling => "CANCELING",
+        _ => "RUNNING",
     }
 }
 
@@ -174,122 +198,640 @@ fn service_error(error: ControlError) -> ServiceError {
     }
 }
 
-fn ms(duration: std::time::Duration) -> f64 {
-    duration.as_secs_f64() * 1e3
+/// Whole milliseconds (rounded down; the API's durations are integers).
+fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn entry(record: &CheckpointRecord) -> CheckpointEntry {
-    let (status, failure) = match &record.status {
-        SnapshotStatus::InProgress => ("in_progress", None),
-        SnapshotStatus::Completed => ("completed", None),
-        SnapshotStatus::Failed(reason) => ("failed", Some(reason.clone())),
-    };
-    CheckpointEntry {
-        id: record.id,
-        kind: match record.kind {
-            SnapshotKind::Checkpoint => "checkpoint",
-            SnapshotKind::Savepoint => "savepoint",
-        }
-        .to_owned(),
-        status: status.to_owned(),
-        trigger_time_ms: record.trigger_unix_ms,
-        duration_ms: record.duration.map(|d| d.as_millis() as u64),
-        size_bytes: record.bytes,
-        full_size_bytes: record.full_bytes,
-        alignment_ms_max: ms(record.alignment_max),
-        sync_pause_ms_max: ms(record.sync_pause_max),
-        failure,
-        tasks: record
-            .tasks
+/// Whole microseconds.
+fn us(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn signed(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// The vertex metrics of vertex `index` of a job described by `d`, from what
+/// the runtime measures. **The one place runtime metrics become vertex
+/// metrics**: when the runtime counts per task (records in and out, busy,
+/// idle and backpressured time), this is what changes.
+///
+/// Today the runtime counts records job-wide only ([`JobMetrics`]): records
+/// the sources emitted and records handed to the sinks. They are the
+/// source's `write-records` when the job has exactly one source, and the
+/// sink's `read-records` when it has exactly one sink (`*-complete`: true);
+/// every other figure is not measured yet and is 0 with its `*-complete`
+/// flag false: bytes (flowstate's channels carry records, not bytes), the
+/// records of operators between source and sink, and the busy, idle and
+/// backpressured times.
+fn vertex_metrics(d: &JobDescription, index: usize, metrics: &JobMetrics) -> IoMetrics {
+    let is_source = |v: &VertexInfo| v.inputs.is_empty();
+    let is_sink = |v: &VertexInfo| {
+        !d.vertices
             .iter()
-            .map(|(name, t)| TaskCheckpointEntry {
-                task: name.clone(),
-                sync_pause_us: t.sync_pause.as_micros() as u64,
-                alignment_us: t.alignment.as_micros() as u64,
-                size_bytes: t.bytes,
+            .any(|other| other.inputs.iter().any(|(from, _)| *from == v.uid))
+    };
+    let sources = d.vertices.iter().filter(|v| is_source(v)).count();
+    let sinks = d.vertices.iter().filter(|v| is_sink(v)).count();
+    let mut io = IoMetrics::default();
+    let Some(vertex) = d.vertices.get(index) else {
+        return io;
+    };
+    if is_source(vertex) && sources == 1 {
+        io.write_records = metrics.records_in();
+        io.write_records_complete = true;
+    }
+    if is_sink(vertex) && !is_source(vertex) && sinks == 1 {
+        io.read_records = metrics.records_to_sinks();
+        io.read_records_complete = true;
+    }
+    io
+}
+
+/// `(chain, subtask index)` of a task name `<chain> (<i>/<p>)`, the chain
+/// being `head -> next -> ...` (operator names).
+fn parse_task_name(name: &str) -> Option<(&str, u32)> {
+    let (chain, rest) = name.rsplit_once(" (")?;
+    let (index, _) = rest.strip_suffix(')')?.split_once('/')?;
+    // Task names count subtasks from 1.
+    let index: u32 = index.parse().ok()?;
+    Some((chain, index.saturating_sub(1)))
+}
+
+/// The tasks of checkpoint `record` that ran vertex `vertex`: `(subtask, its
+/// stats, whether the vertex heads the task's chain)`. A chain's state and
+/// figures are its task's: they are counted at the head vertex only, so that
+/// a checkpoint's size is not counted once per chained operator.
+fn vertex_tasks<'a>(
+    record: &'a CheckpointRecord,
+    vertex: &VertexInfo,
+) -> Vec<(u32, &'a TaskStats, bool)> {
+    record
+        .tasks
+        .iter()
+        .filter_map(|(name, stats)| {
+            let (chain, subtask) = parse_task_name(name)?;
+            let mut operators = chain.split(" -> ");
+            let head = operators.next() == Some(vertex.name.as_str());
+            let member = head || chain.split(" -> ").any(|op| op == vertex.name);
+            member.then_some((subtask, stats, head))
+        })
+        .collect()
+}
+
+fn status_of(record: &CheckpointRecord) -> &'static str {
+    match record.status {
+        SnapshotStatus::InProgress => checkpoint_status::IN_PROGRESS,
+        SnapshotStatus::Completed => checkpoint_status::COMPLETED,
+        SnapshotStatus::Failed(_) => checkpoint_status::FAILED,
+    }
+}
+
+fn end_to_end(record: &CheckpointRecord, now_ms: u64) -> u64 {
+    match record.duration {
+        Some(duration) => ms(duration),
+        None => now_ms.saturating_sub(record.trigger_unix_ms),
+    }
+}
+
+/// One checkpoint as the API shows it; `tasks` per vertex only when
+/// `vertices` are given (the details route), `{}` in the history.
+fn checkpoint_statistics(
+    record: &CheckpointRecord,
+    parallelism: u32,
+    task_count: usize,
+    discarded: bool,
+    vertices: Option<&[VertexInfo]>,
+) -> CheckpointStatistics {
+    let now_ms = flowstate_runtime::checkpoint::coordinator::unix_ms_now();
+    let duration = end_to_end(record, now_ms);
+    let end_ms = record.trigger_unix_ms.saturating_add(duration);
+    let savepoint = record.kind == SnapshotKind::Savepoint;
+    let (class, failure) = match &record.status {
+        SnapshotStatus::InProgress => (".PendingCheckpointStatistics", None),
+        SnapshotStatus::Completed => (".CompletedCheckpointStatistics", None),
+        SnapshotStatus::Failed(reason) => (".FailedCheckpointStatistics", Some(reason.clone())),
+    };
+    let completed = record.status == SnapshotStatus::Completed;
+    // Acknowledgements are known per completed checkpoint (the history keeps
+    // no count while one is in flight).
+    let acknowledged = if completed { record.tasks.len() } else { 0 };
+    let tasks = vertices
+        .map(|vertices| {
+            vertices
+                .iter()
+                .filter_map(|v| {
+                    let acks = vertex_tasks(record, v);
+                    if acks.is_empty() && completed {
+                        return None;
+                    }
+                    let bytes: u64 = acks.iter().filter(|a| a.2).map(|a| a.1.bytes).sum();
+                    Some((
+                        vertex_id(&v.uid),
+                        TaskCheckpointStatistics {
+                            id: record.id,
+                            status: status_of(record).into(),
+                            latest_ack_timestamp: signed(end_ms),
+                            checkpointed_size: bytes,
+                            // The runtime reports full sizes job-wide only.
+                            state_size: bytes,
+                            end_to_end_duration: duration,
+                            alignment_buffered: 0,
+                            processed_data: 0,
+                            persisted_data: 0,
+                            num_subtasks: parallelism,
+                            num_acknowledged_subtasks: acks.len() as u32,
+                        },
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    CheckpointStatistics {
+        class_name: class.into(),
+        id: record.id,
+        status: status_of(record).into(),
+        is_savepoint: savepoint,
+        savepoint_format: savepoint.then(|| "CANONICAL".to_owned()),
+        trigger_timestamp: signed(record.trigger_unix_ms),
+        latest_ack_timestamp: signed(if completed {
+            end_ms
+        } else {
+            record.trigger_unix_ms
+        }),
+        checkpointed_size: record.bytes,
+        state_size: record.full_bytes,
+        end_to_end_duration: duration,
+        // flowstate aligns by pausing inputs: nothing is buffered, and only
+        // Flink's unaligned checkpoints persist in-flight data.
+        alignment_buffered: 0,
+        processed_data: 0,
+        persisted_data: 0,
+        num_subtasks: if completed {
+            record.tasks.len()
+        } else {
+            task_count
+        } as u32,
+        num_acknowledged_subtasks: acknowledged as u32,
+        checkpoint_type: if savepoint { "SAVEPOINT" } else { "CHECKPOINT" }.into(),
+        tasks,
+        external_path: completed.then(|| record.location.clone().unwrap_or_default()),
+        discarded: completed.then_some(discarded),
+        failure_timestamp: failure.as_ref().map(|_| signed(end_ms)),
+        failure_message: failure,
+    }
+}
+
+impl LocalJobs {
+    /// Checkpoint records of `job`, newest first, each with whether the
+    /// retention has deleted it since (checkpoints beyond the newest `retain`
+    /// completed ones; savepoints are never deleted by the job).
+    fn records(
+        &self,
+        j: &JobController,
+    ) -> (flowstate_runtime::control::CheckpointHistory, Vec<bool>) {
+        let history = j.checkpoint_history();
+        let retain = j
+            .description()
+            .checkpoint_config
+            .as_ref()
+            .map_or(usize::MAX, |c| c.settings.retain.max(1));
+        let mut kept = 0;
+        let discarded = history
+            .entries
+            .iter()
+            .rev()
+            .map(|r| {
+                if r.kind == SnapshotKind::Checkpoint && r.status == SnapshotStatus::Completed {
+                    kept += 1;
+                    kept > retain
+                } else {
+                    false
+                }
             })
-            .collect(),
+            .collect();
+        (history, discarded)
+    }
+
+    fn overview_of(&self, j: &JobController) -> Option<JobOverview> {
+        let d = j.description();
+        let state = state_of(j.status());
+        let start = j.start_unix_ms();
+        let end = j.end_unix_ms();
+        let now = flowstate_runtime::checkpoint::coordinator::unix_ms_now();
+        let tasks = d.vertices.len() as u32 * d.parallelism;
+        Some(JobOverview {
+            jid: j.job_id()?.to_owned(),
+            name: d.name.clone(),
+            job_type: "STREAMING".into(),
+            scheduler_type: "Default".into(),
+            start_time: signed(start),
+            end_time: end.map_or(-1, signed),
+            duration: signed(end.unwrap_or(now).saturating_sub(start)),
+            last_modification: signed(end.unwrap_or(start)),
+            state,
+            tasks: task_counts(task_state(state), tasks, true),
+            pending_operators: 0,
+        })
     }
 }
 
 impl JobService for LocalJobs {
-    fn list(&self) -> Vec<JobSummary> {
+    fn jobs(&self) -> Vec<JobOverview> {
         let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        jobs.iter()
-            .filter_map(|j| {
-                Some(JobSummary {
-                    id: j.job_id()?.to_owned(),
-                    name: j.description().name.clone(),
-                    state: state_of(j.status()),
-                })
-            })
-            .collect()
+        jobs.iter().filter_map(|j| self.overview_of(j)).collect()
     }
 
     fn details(&self, job: &str) -> Result<JobDetails, ServiceError> {
         let j = self.find(job)?;
         let d = j.description();
-        let now_ms = flowstate_runtime::checkpoint::coordinator::unix_ms_now();
-        Ok(JobDetails {
-            id: job.to_owned(),
+        let overview = self.overview_of(&j).ok_or(ServiceError::UnknownJob)?;
+        let now = flowstate_runtime::checkpoint::coordinator::unix_ms_now();
+        let status = task_state(overview.state);
+        let mut timestamps: BTreeMap<String, i64> = [
+            "INITIALIZING",
+            "CREATED",
+            "RUNNING",
+            "FAILING",
+            "FAILED",
+            "CANCELLING",
+            "CANCELED",
+            "FINISHED",
+            "RESTARTING",
+            "SUSPENDED",
+            "RECONCILING",
+        ]
+        .into_iter()
+        .map(|s| (s.to_owned(), 0))
+        .collect();
+        for s in ["INITIALIZING", "CREATED", "RUNNING"] {
+            timestamps.insert(s.into(), overview.start_time);
+        }
+        if overview.end_time >= 0 {
+            timestamps.insert(overview.state.as_str().into(), overview.end_time);
+        }
+        let vertices: Vec<VertexDetails> = d
+            .vertices
+            .iter()
+            .enumerate()
+            .map(|(index, v)| VertexDetails {
+                id: vertex_id(&v.uid),
+                name: v.name.clone(),
+                max_parallelism: i64::from(d.max_parallelism),
+                parallelism: d.parallelism,
+                status: status.into(),
+                start_time: overview.start_time,
+                end_time: overview.end_time,
+                duration: overview.duration,
+                tasks: task_counts(status, d.parallelism, false),
+                metrics: vertex_metrics(d, index, j.metrics()),
+            })
+            .collect();
+        let mut status_counts: BTreeMap<String, u32> = EXECUTION_STATES
+            .iter()
+            .map(|s| ((*s).to_owned(), 0))
+            .collect();
+        status_counts.insert(status.into(), vertices.len() as u32);
+        let plan = Plan {
+            jid: overview.jid.clone(),
             name: d.name.clone(),
-            state: state_of(j.status()),
-            start_time_ms: j.start_unix_ms(),
-            duration_ms: now_ms.saturating_sub(j.start_unix_ms()),
-            parallelism: d.parallelism,
-            max_parallelism: d.max_parallelism,
-            restored_from: j.restored_from(),
-            records_in: j.metrics().records_in(),
-            records_to_sinks: j.metrics().records_to_sinks(),
-            restarts: j.metrics().restarts(),
-            vertices: d
+            kind: "STREAMING".into(),
+            nodes: d
                 .vertices
                 .iter()
-                .map(|v| Vertex {
-                    uid: v.uid.clone(),
-                    name: v.name.clone(),
+                .map(|v| PlanNode {
+                    id: vertex_id(&v.uid),
                     parallelism: d.parallelism,
+                    operator: String::new(),
+                    operator_strategy: String::new(),
+                    description: v.name.clone(),
                     inputs: v
                         .inputs
                         .iter()
-                        .map(|(from, ship)| VertexInput {
-                            from_uid: from.clone(),
+                        .enumerate()
+                        .map(|(num, (from, ship))| PlanInput {
+                            num: num as u32,
+                            id: vertex_id(from),
                             ship_strategy: (*ship).to_owned(),
+                            exchange: "pipelined_bounded".into(),
                         })
                         .collect(),
+                    optimizer_properties: Default::default(),
                 })
                 .collect(),
+        };
+        Ok(JobDetails {
+            jid: overview.jid,
+            name: overview.name,
+            is_stoppable: d.checkpointing && !overview.state.is_terminal(),
+            state: overview.state,
+            job_type: "STREAMING".into(),
+            scheduler_type: "Default".into(),
+            start_time: overview.start_time,
+            end_time: overview.end_time,
+            duration: overview.duration,
+            max_parallelism: i64::from(d.max_parallelism),
+            now: signed(now),
+            timestamps,
+            vertices,
+            status_counts,
+            plan,
+            pending_operators: 0,
         })
     }
 
-    fn checkpoints(&self, job: &str) -> Result<CheckpointHistory, ServiceError> {
-        let history = self.find(job)?.checkpoint_history();
-        let history_entries: Vec<CheckpointEntry> = history.entries.iter().map(entry).collect();
-        let latest_completed = history
+    fn backpressure(&self, job: &str, vertex: &str) -> Result<BackPressure, ServiceError> {
+        let j = self.find(job)?;
+        if !j
+            .description()
+            .vertices
+            .iter()
+            .any(|v| vertex_id(&v.uid) == vertex)
+        {
+            return Err(ServiceError::UnknownVertex);
+        }
+        // The runtime measures no backpressure per task yet (the metrics
+        // work adds it): Flink's answer for "nothing sampled".
+        Ok(BackPressure::not_sampled())
+    }
+
+    fn checkpoints(&self, job: &str) -> Result<CheckpointingStatistics, ServiceError> {
+        let j = self.find(job)?;
+        let (history, discarded) = self.records(&j);
+        let parallelism = j.description().parallelism;
+        let task_count = j.task_names().len();
+        let newest_first: Vec<CheckpointStatistics> = history
             .entries
             .iter()
             .rev()
-            .find(|r| r.status == SnapshotStatus::Completed && r.kind == SnapshotKind::Checkpoint)
-            .map(entry);
-        Ok(CheckpointHistory {
+            .zip(&discarded)
+            .map(|(r, &gone)| checkpoint_statistics(r, parallelism, task_count, gone, None))
+            .collect();
+        let latest = |kind: SnapshotKind, status: &str| {
+            newest_first
+                .iter()
+                .find(|c| c.is_savepoint == (kind == SnapshotKind::Savepoint) && c.status == status)
+                .cloned()
+        };
+        let completed: Vec<&CheckpointStatistics> = newest_first
+            .iter()
+            .filter(|c| c.status == checkpoint_status::COMPLETED)
+            .collect();
+        let zeros = || StatsSummary::of(completed.iter().map(|_| 0));
+        let restored = j.restore().map(|r| RestoredCheckpoint {
+            id: r.checkpoint_id,
+            restore_timestamp: signed(r.unix_ms),
+            is_savepoint: r.kind == SnapshotKind::Savepoint,
+            external_path: r.location,
+        });
+        Ok(CheckpointingStatistics {
             counts: CheckpointCounts {
+                restored: u64::from(restored.is_some()),
+                total: history.completed + history.failed + history.in_progress,
                 in_progress: history.in_progress,
                 completed: history.completed,
                 failed: history.failed,
             },
-            latest_completed,
-            history: history_entries,
+            summary: CheckpointSummary {
+                checkpointed_size: StatsSummary::of(completed.iter().map(|c| c.checkpointed_size)),
+                state_size: StatsSummary::of(completed.iter().map(|c| c.state_size)),
+                end_to_end_duration: StatsSummary::of(
+                    completed.iter().map(|c| c.end_to_end_duration),
+                ),
+                alignment_buffered: zeros(),
+                processed_data: zeros(),
+                persisted_data: zeros(),
+            },
+            latest: LatestCheckpoints {
+                completed: latest(SnapshotKind::Checkpoint, checkpoint_status::COMPLETED),
+                savepoint: latest(SnapshotKind::Savepoint, checkpoint_status::COMPLETED),
+                failed: newest_first
+                    .iter()
+                    .find(|c| c.status == checkpoint_status::FAILED)
+                    .cloned(),
+                restored,
+            },
+            history: newest_first,
+        })
+    }
+
+    fn checkpoint(&self, job: &str, checkpoint: u64) -> Result<CheckpointStatistics, ServiceError> {
+        let j = self.find(job)?;
+        let (history, discarded) = self.records(&j);
+        let d = j.description();
+        history
+            .entries
+            .iter()
+            .rev()
+            .zip(&discarded)
+            .find(|(r, _)| r.id == checkpoint)
+            .map(|(r, &gone)| {
+                checkpoint_statistics(
+                    r,
+                    d.parallelism,
+                    j.task_names().len(),
+                    gone,
+                    Some(&d.vertices),
+                )
+            })
+            .ok_or(ServiceError::UnknownCheckpoint)
+    }
+
+    fn checkpoint_subtasks(
+        &self,
+        job: &str,
+        checkpoint: u64,
+        vertex: &str,
+    ) -> Result<TaskCheckpointDetails, ServiceError> {
+        let j = self.find(job)?;
+        let d = j.description();
+        let v = d
+            .vertices
+            .iter()
+            .find(|v| vertex_id(&v.uid) == vertex)
+            .ok_or(ServiceError::UnknownVertex)?;
+        let history = j.checkpoint_history();
+        let record = history
+            .entries
+            .iter()
+            .find(|r| r.id == checkpoint)
+            .ok_or(ServiceError::UnknownCheckpoint)?;
+        let now_ms = flowstate_runtime::checkpoint::coordinator::unix_ms_now();
+        let duration = end_to_end(record, now_ms);
+        let end_ms = record.trigger_unix_ms.saturating_add(duration);
+        let unaligned = d.checkpoint_config.as_ref().is_some_and(|c| !c.aligned);
+        let acks = vertex_tasks(record, v);
+        let subtasks: Vec<SubtaskCheckpoint> = (0..d.parallelism)
+            .map(|index| match acks.iter().find(|a| a.0 == index) {
+                // Per-task acknowledgement times are not recorded: a task's
+                // figures are the checkpoint's completion.
+                Some(&(_, stats, head)) => {
+                    let bytes = if head { stats.bytes } else { 0 };
+                    SubtaskCheckpoint {
+                        index,
+                        status: "completed".into(),
+                        ack_timestamp: Some(signed(end_ms)),
+                        end_to_end_duration: Some(duration),
+                        state_size: Some(bytes),
+                        checkpointed_size: Some(bytes),
+                        checkpoint: Some(SubtaskCheckpointDuration {
+                            sync: ms(stats.sync_pause),
+                            asynchronous: duration.saturating_sub(ms(stats.sync_pause)),
+                        }),
+                        alignment: Some(SubtaskAlignment {
+                            buffered: 0,
+                            processed: 0,
+                            persisted: 0,
+                            duration: ms(stats.alignment),
+                        }),
+                        start_delay: Some(0),
+                        unaligned_checkpoint: Some(unaligned),
+                        aborted: Some(false),
+                        sync_duration_us: Some(us(stats.sync_pause)),
+                        alignment_duration_us: Some(us(stats.alignment)),
+                    }
+                }
+                None => SubtaskCheckpoint {
+                    index,
+                    status: "pending_or_failed".into(),
+                    ack_timestamp: None,
+                    end_to_end_duration: None,
+                    state_size: None,
+                    checkpointed_size: None,
+                    checkpoint: None,
+                    alignment: None,
+                    start_delay: None,
+                    unaligned_checkpoint: None,
+                    aborted: None,
+                    sync_duration_us: None,
+                    alignment_duration_us: None,
+                },
+            })
+            .collect();
+        let done: Vec<&SubtaskCheckpoint> = subtasks
+            .iter()
+            .filter(|s| s.status == "completed")
+            .collect();
+        let summary_of = |f: &dyn Fn(&SubtaskCheckpoint) -> Option<u64>| {
+            StatsSummary::of(done.iter().filter_map(|s| f(s)))
+        };
+        let bytes = summary_of(&|s| s.checkpointed_size);
+        Ok(TaskCheckpointDetails {
+            task: TaskCheckpointStatistics {
+                id: record.id,
+                status: status_of(record).into(),
+                latest_ack_timestamp: signed(end_ms),
+                checkpointed_size: done.iter().filter_map(|s| s.checkpointed_size).sum(),
+                state_size: done.iter().filter_map(|s| s.state_size).sum(),
+                end_to_end_duration: duration,
+                alignment_buffered: 0,
+                processed_data: 0,
+                persisted_data: 0,
+                num_subtasks: d.parallelism,
+                num_acknowledged_subtasks: done.len() as u32,
+            },
+            summary: TaskCheckpointSummary {
+                checkpointed_size: bytes.clone(),
+                state_size: bytes,
+                end_to_end_duration: summary_of(&|s| s.end_to_end_duration),
+                checkpoint_duration: CheckpointDurationSummary {
+                    sync: summary_of(&|s| s.checkpoint.as_ref().map(|c| c.sync)),
+                    asynchronous: summary_of(&|s| s.checkpoint.as_ref().map(|c| c.asynchronous)),
+                },
+                alignment: AlignmentSummary {
+                    buffered: summary_of(&|s| s.alignment.as_ref().map(|a| a.buffered)),
+                    processed: summary_of(&|s| s.alignment.as_ref().map(|a| a.processed)),
+                    persisted: summary_of(&|s| s.alignment.as_ref().map(|a| a.persisted)),
+                    duration: summary_of(&|s| s.alignment.as_ref().map(|a| a.duration)),
+                },
+                start_delay: summary_of(&|s| s.start_delay),
+            },
+            subtasks,
+        })
+    }
+
+    fn checkpoint_config(&self, job: &str) -> Result<CheckpointConfig, ServiceError> {
+        let j = self.find(job)?;
+        let d = j.description();
+        let Some(c) = &d.checkpoint_config else {
+            return Err(ServiceError::Conflict(
+                "the job runs without checkpointing".into(),
+            ));
+        };
+        let settings = &c.settings;
+        Ok(CheckpointConfig {
+            mode: if c.aligned {
+                "exactly_once"
+            } else {
+                "at_least_once"
+            }
+            .into(),
+            // Flink's "no periodic checkpoints".
+            interval: settings.interval.map_or(i64::MAX as u64, ms),
+            timeout: ms(settings.timeout),
+            min_pause: ms(settings.min_pause),
+            max_concurrent: settings.max_concurrent as u64,
+            // Completed checkpoints stay in the storage (the newest
+            // `retain`), also when the job is cancelled.
+            externalization: Externalization {
+                enabled: true,
+                delete_on_cancellation: false,
+            },
+            state_backend: d.state_backend.clone(),
+            checkpoint_storage: c.storage.clone(),
+            unaligned_checkpoints: !c.aligned,
+            tolerable_failed_checkpoints: u64::from(settings.tolerable_failures),
+            aligned_checkpoint_timeout: 0,
+            checkpoints_after_tasks_finish: false,
+            state_changelog_enabled: false,
+            changelog_periodic_materialization_interval: 0,
+            changelog_storage: String::new(),
+        })
+    }
+
+    fn exceptions(&self, job: &str) -> Result<JobExceptions, ServiceError> {
+        let j = self.find(job)?;
+        let failures = j.failures();
+        let seen = j.metrics().restarts() + u64::from(j.status() == JobStatus::Failed);
+        let entries: Vec<ExceptionInfo> = failures
+            .iter()
+            .rev()
+            .map(|f| ExceptionInfo {
+                exception_name: if f.restarted {
+                    "flowstate.JobFailure (restarted)"
+                } else {
+                    "flowstate.JobFailure"
+                }
+                .into(),
+                stacktrace: f.message.clone(),
+                timestamp: signed(f.unix_ms),
+                task_name: None,
+                endpoint: None,
+                task_manager_id: None,
+                failure_labels: BTreeMap::new(),
+                concurrent_exceptions: Vec::new(),
+            })
+            .collect();
+        Ok(JobExceptions {
+            exception_history: ExceptionHistory {
+                truncated: seen > entries.len() as u64,
+                entries,
+            },
         })
     }
 
     fn trigger_savepoint(
         &self,
         job: &str,
-        target_directory: Option<String>,
-        stop: bool,
+        request: SavepointTrigger,
     ) -> Result<String, ServiceError> {
         self.find(job)?
-            .trigger_savepoint(target_directory.as_deref(), stop)
+            .trigger_savepoint_as(
+                request.target_directory.as_deref(),
+                request.stop,
+                request.request_id.as_deref(),
+            )
             .map_err(service_error)
     }
 
@@ -303,27 +845,9 @@ impl JobService for LocalJobs {
             .savepoint(request_id)
             .map_err(service_error)?;
         Ok(match state {
-            SavepointState::InProgress { checkpoint_id } => SavepointStatus {
-                status: "in_progress".into(),
-                location: None,
-                checkpoint_id,
-                failure: None,
-            },
-            SavepointState::Completed {
-                location,
-                checkpoint_id,
-            } => SavepointStatus {
-                status: "completed".into(),
-                location: Some(location),
-                checkpoint_id: Some(checkpoint_id),
-                failure: None,
-            },
-            SavepointState::Failed(reason) => SavepointStatus {
-                status: "failed".into(),
-                location: None,
-                checkpoint_id: None,
-                failure: Some(reason),
-            },
+            SavepointState::InProgress { .. } => SavepointStatus::InProgress,
+            SavepointState::Completed { location, .. } => SavepointStatus::Completed { location },
+            SavepointState::Failed(reason) => SavepointStatus::Failed { reason },
         })
     }
 

@@ -443,7 +443,16 @@ impl Served {
                 panic!("the job ended before {at_least} records were in: {run}");
             }
             let details = self.details();
-            let records = details.field("records_in").u64();
+            // Records in: the sources' `write-records` (the job-wide count).
+            let records: u64 = details
+                .field("vertices")
+                .array()
+                .iter()
+                .filter(|v| {
+                    v.field("metrics").field("write-records-complete") == &Value::Bool(true)
+                })
+                .map(|v| v.field("metrics").field("write-records").u64())
+                .sum();
             if records >= at_least && details.field("state").str() == "RUNNING" {
                 return records;
             }
@@ -485,19 +494,12 @@ impl Http {
             .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {}", self.request, self.body))
     }
 
-    /// An error answer: `status`, and a JSON body `{"error": "<non-empty>",
-    /// "status": status}`. Returns the message.
+    /// An error answer: `status`, and Flink's JSON body `{"errors":
+    /// ["<non-empty>"]}`. Returns the message.
     pub fn expect_error(&self, status: u16) -> String {
         self.expect_status(status);
         let body = self.json();
-        assert_eq!(
-            body.field("status").u64(),
-            u64::from(status),
-            "{}: {}",
-            self.request,
-            self.body
-        );
-        let message = body.field("error").str().to_owned();
+        let message = body.field("errors").array()[0].str().to_owned();
         assert!(
             !message.trim().is_empty(),
             "{}: empty error message",
