@@ -32,6 +32,8 @@
     lastOk: 0,
     failures: 0,
     actionBusy: false,
+    unreachable: false,   // the API stopped answering (the process may have exited)
+    endRequested: null,   // 'cancel' or 'stop' once the page asked for it
     timer: null,
   };
 
@@ -258,6 +260,7 @@
       await refresh();
       state.failures = 0;
       state.lastOk = Date.now();
+
       setConnection(true, `updated ${new Date().toLocaleTimeString([], { hour12: false })}`);
       document.body.dataset.polls = String(Number(document.body.dataset.polls || 0) + 1);
     } catch (error) {
@@ -270,11 +273,7 @@
       } else {
         const since = state.lastOk ? ` — showing data from ${fmtTime(state.lastOk)}` : '';
         setConnection(false, describe(error) + since);
-        if (error instanceof ApiError && error.status === 0 && state.job) {
-          banner(state.ended
-            ? 'The job has ended and its process no longer answers; this is its last known state.'
-            : 'The job\'s API does not answer; this is the last known state. Retrying…', 'warn');
-        }
+        if (error instanceof ApiError && error.status === 0 && state.job) markUnreachable();
       }
     }
     // Back off while the API fails (up to 30 s); an ended job changes no more, but
@@ -297,6 +296,11 @@
       }
     }
     const overview = await api('GET', '/jobs/overview');
+    if (state.unreachable) {
+      // It answers again: what follows re-renders from fresh data.
+      state.unreachable = false;
+      banner(null);
+    }
     const jobs = (overview && Array.isArray(overview.jobs)) ? overview.jobs : [];
     pickJob(jobs);
     if (!state.jid) {
@@ -366,6 +370,31 @@
     select.hidden = jobs.length < 2;
     if (!select.hidden) {
       replace(select, jobs.map((j) => h('option', { value: j.jid, selected: j.jid === jid ? 'selected' : null, text: `${j.name} (${j.state})` })));
+    }
+  }
+
+  /** The API went away: keep the last data, say it is stale, allow no actions. */
+  function markUnreachable() {
+    const first = !state.unreachable;
+    state.unreachable = true;
+    const status = String(state.job.state || '');
+    let text;
+    if (state.ended) text = `The job ended (${status}) and its process no longer answers; this is its last known state.`;
+    else if (state.endRequested) text = `The job's process no longer answers after the ${state.endRequested} request (it has most likely exited); this is its last known state.`;
+    else text = 'The job\'s API does not answer (has the process exited?); this is its last known state. Retrying…';
+    banner(text, state.ended || state.endRequested ? '' : 'warn');
+    const pillEl = $('job-state');
+    pillEl.textContent = `${status} · last known`;
+    pillEl.dataset.tone = '';
+    updateActionButtons();
+    if (first) {
+      // Rates of a process that is gone are not rates.
+      state.samples = null;
+      state.rates = {};
+      state.backpressure = {};
+      const vertices = Array.isArray(state.job.vertices) ? state.job.vertices : [];
+      renderGraph(state.job, vertices);
+      renderVertexTable(vertices);
     }
   }
 
@@ -618,7 +647,7 @@
       return;
     }
     replace(body, history.slice(0, TABLE_ROWS).map((c) => {
-      const savepoint = c.is_savepoint || c.checkpoint_type === 'SAVEPOINT' || c.checkpoint_type === 'SAVEPOINT';
+      const savepoint = c.is_savepoint || c.checkpoint_type === 'SAVEPOINT';
       const failedEntry = c.status === 'FAILED';
       return h('tr', { 'data-status': c.status, 'data-id': c.id },
         h('td', { class: 'num', text: c.id }),
@@ -626,8 +655,8 @@
         h('td', {}, savepoint ? pill('SAVEPOINT', 'sp') : h('span', { class: 'muted', text: 'checkpoint' })),
         h('td', { text: fmtTime(c.trigger_timestamp) }),
         h('td', { class: 'num', text: c.status === 'IN_PROGRESS' ? '…' : fmtDuration(c.end_to_end_duration) }),
-        h('td', { class: 'num', text: fmtBytes(c.checkpointed_size) }),
-        h('td', { class: 'num', text: fmtBytes(c.state_size) }),
+        h('td', { class: 'num', text: c.status === 'IN_PROGRESS' ? '…' : fmtBytes(c.checkpointed_size) }),
+        h('td', { class: 'num', text: c.status === 'IN_PROGRESS' ? '…' : fmtBytes(c.state_size) }),
         h('td', { class: 'num', text: `${c.num_acknowledged_subtasks ?? '—'}/${c.num_subtasks ?? '—'}` }),
         failedEntry
           ? h('td', { class: 'failure', text: c.failure_message || 'failed' })
@@ -758,11 +787,11 @@
   // ---------------------------------------------------------------- actions
 
   function updateActionButtons() {
-    const disabled = state.ended || state.actionBusy || !state.jid;
+    const disabled = state.ended || state.unreachable || state.actionBusy || !state.jid;
     for (const id of ['btn-savepoint', 'btn-stop', 'btn-cancel']) {
       const b = $(id);
       b.disabled = disabled;
-      b.title = state.ended ? 'the job has ended' : '';
+      b.title = state.ended ? 'the job has ended' : state.unreachable ? 'the job\'s API does not answer' : '';
     }
   }
 
@@ -808,6 +837,7 @@
     try {
       result('pending', `${what}: triggering…`);
       const answer = await api('POST', `/jobs/${enc(jid)}/${stop ? 'stop' : 'savepoints'}`, body);
+      if (stop) state.endRequested = 'stop';
       const rid = answer && answer['request-id'];
       if (!rid) throw new Error('the API answered without a request-id');
       for (;;) {
@@ -854,6 +884,7 @@
     try {
       result('pending', 'Cancelling…');
       await api('PATCH', `/jobs/${enc(state.jid)}?mode=cancel`, {});
+      state.endRequested = 'cancel';
       result('completed', 'Cancel requested: the job is being cancelled.');
     } catch (error) {
       result('failed', `Cancel failed: ${describe(error)}`);

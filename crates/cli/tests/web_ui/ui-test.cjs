@@ -121,8 +121,10 @@ async function main() {
       return s === 'CANCELED' || s === 'CANCELLED' || (!banner.hidden && /last known state/.test(banner.textContent));
     }, null, { timeout: STEP_MS });
     seen.ended = (await page.locator('#banner').textContent()).trim();
-    seen.buttonsDisabled = await page.locator('#btn-savepoint').isDisabled()
-      || (await page.locator('#conn-dot').getAttribute('data-state')) === 'error';
+    // Either way, no action is offered on a job that has ended or is gone.
+    for (const id of ['#btn-savepoint', '#btn-stop', '#btn-cancel']) {
+      if (!(await page.locator(id).isDisabled())) throw new Error(`${id} is enabled on an ended job`);
+    }
     await page.screenshot({ path: path.join(out, 'web-ui-ended.png'), fullPage: true });
 
     if (foreign.length) throw new Error(`the page asked other servers: ${foreign.join(', ')}`);
