@@ -14,9 +14,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # that a newcomer and CI need only this one command: a local S3-compatible server
 # (s3s-fs, installed once into ~/.cache/flowstate-tools) for the checkpoint
 # storage tests, a Kafka-protocol broker (tansu) and a throwaway PostgreSQL
-# server for the connectors, and Apache Flink's CLI (PyFlink) for the REST
-# compatibility test; tests that need one of them must then not be skipped
-# (FLOWSTATE_REQUIRE_S3/_KAFKA/_PG/_FLINK_CLI=1). All servers are stopped on exit.
+# server for the connectors, Apache Flink's CLI (PyFlink) for the REST
+# compatibility test and a headless Chromium for the web UI's test; tests that
+# need one of them must then not be skipped
+# (FLOWSTATE_REQUIRE_S3/_KAFKA/_PG/_FLINK_CLI/_BROWSER=1). All servers are stopped on exit.
 if ! command -v cargo >/dev/null 2>&1; then
     echo "scripts/test.sh: cargo not found; install Rust with rustup first" >&2
     exit 1
@@ -46,6 +47,13 @@ eval "$exports"
 # ~/.cache/flowstate-tools/flink-venv; needs Java 17) for the test that drives
 # flowstate jobs with it, which then must not be skipped (FLOWSTATE_REQUIRE_FLINK_CLI=1).
 exports=$(bash scripts/flink-cli.sh)
+eval "$exports"
+
+# Debian's Chromium (apt-get, once) and playwright-core (npm ci of
+# crates/cli/tests/web_ui's lock file, once, into ~/.cache/flowstate-tools/web-ui)
+# for the web UI's browser test (crates/cli/tests/web_ui.rs), which then must not
+# be skipped (FLOWSTATE_REQUIRE_BROWSER=1).
+exports=$(bash scripts/browser.sh)
 eval "$exports"
 
 cargo test --workspace --all-features --locked "$@"

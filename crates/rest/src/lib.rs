@@ -29,6 +29,7 @@
 //! | `GET /jobs/{id}/savepoints/{request_id}` | [`SavepointStatusBody`] |
 //! | `POST /jobs/{id}/stop` (optional [`StopRequest`]: `targetDirectory`, `drain`) | 202 [`TriggerResponse`] |
 //! | `PATCH /jobs/{id}?mode=cancel`, `POST /jobs/{id}/cancel` | 202 `{}` |
+//! | `GET /`, `GET /assets/{name}` | the web UI (`ui`): a page and its files, embedded |
 //!
 //! Errors: 400 bad request or body, 401 missing or wrong bearer token, 403 a Host
 //! that is not this server's or a savepoint target that is not allowed, 404
@@ -41,11 +42,15 @@
 //! loopback also `localhost`, `127.0.0.1`, `[::1]`, with the port) or an allowed
 //! host; an optional bearer token, required to serve beyond loopback; at most
 //! [`DEFAULT_MAX_CONNECTIONS`] connections, each closed after
-//! [`DEFAULT_IDLE_TIMEOUT`] without a request.
+//! [`DEFAULT_IDLE_TIMEOUT`] without a request. The web UI's static files are the
+//! one thing served without the token (the Host check still applies): a browser
+//! cannot attach a token to a page load, so the page asks for it and sends it with
+//! every API call it makes.
 
 pub mod client;
 pub mod model;
 pub mod server;
+mod ui;
 
 pub use client::{ClientError, RestClient};
 pub use model::*;

@@ -486,6 +486,8 @@ pub fn router(service: Arc<dyn JobService>, access: Access) -> Router {
     Router::new()
         .merge(routes())
         .nest("/v1", routes())
+        // The web UI: at the root only (`/`, `/assets/...`), not under `/v1`.
+        .merge(crate::ui::routes())
         .fallback(no_route)
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(Arc::new(access), guard))
@@ -902,7 +904,10 @@ fn admit(access: &Access, request: &Request) -> Result<(), ApiError> {
             format!("host '{quoted}' is not an address this HTTP API answers to"),
         ));
     }
-    if access.token.is_some() {
+    // The web UI's static files need no token (see `ui::is_public_asset`).
+    let public = matches!(*request.method(), Method::GET | Method::HEAD)
+        && crate::ui::is_public_asset(request.uri().path());
+    if access.token.is_some() && !public {
         let presented = request
             .headers()
             .get(header::AUTHORIZATION)
