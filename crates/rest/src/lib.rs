@@ -17,6 +17,7 @@
 //! | `GET /jobs/{id}/savepoints/{request_id}` | [`SavepointStatus`] |
 //! | `POST /jobs/{id}/stop` (optional [`SavepointRequest`]) | 202 [`TriggerResponse`] |
 //! | `POST /jobs/{id}/cancel`, `PATCH /jobs/{id}?mode=cancel` | 202 `{}` |
+//! | `GET /metrics` | every job's metrics, Prometheus text format 0.0.4 (`text/plain; version=0.0.4`) |
 //!
 //! Errors: 400 bad request or body, 401 missing or wrong bearer token, 403 a Host
 //! that is not this server's or a savepoint target that is not allowed, 404
@@ -32,6 +33,7 @@
 //! [`DEFAULT_IDLE_TIMEOUT`] without a request.
 
 pub mod client;
+mod metrics;
 pub mod model;
 pub mod server;
 

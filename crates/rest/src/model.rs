@@ -28,6 +28,12 @@ pub trait JobService: Send + Sync + 'static {
         request_id: &str,
     ) -> Result<SavepointStatus, ServiceError>;
     fn cancel(&self, job: &str) -> Result<(), ServiceError>;
+    /// `GET /metrics`: the metrics of every job, in the Prometheus text
+    /// exposition format 0.0.4 (the server sends it as it is). Default:
+    /// none.
+    fn prometheus_text(&self) -> String {
+        String::new()
+    }
 }
 
 /// Why a [`JobService`] call failed; each variant maps to one HTTP status.

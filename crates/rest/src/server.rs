@@ -485,6 +485,7 @@ pub fn router(service: Arc<dyn JobService>, access: Access) -> Router {
         .route("/jobs/{id}/savepoints/{request_id}", get(savepoint_status))
         .route("/jobs/{id}/stop", post(stop_with_savepoint))
         .route("/jobs/{id}/cancel", post(cancel))
+        .route("/metrics", get(crate::metrics::prometheus))
         .fallback(no_route)
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(Arc::new(access), guard))
@@ -494,7 +495,7 @@ pub fn router(service: Arc<dyn JobService>, access: Access) -> Router {
 
 /// An error answer.
 #[derive(Debug)]
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
     /// A 401: says `WWW-Authenticate: Bearer`.
@@ -593,7 +594,7 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
 
 /// Runs a service call on the blocking pool: the service takes locks, and a slow call
 /// must not stall the server's one runtime thread.
-async fn call<T, F>(f: F) -> Result<T, ApiError>
+pub(crate) async fn call<T, F>(f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, ServiceError> + Send + 'static,

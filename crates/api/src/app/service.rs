@@ -330,4 +330,9 @@ impl JobService for LocalJobs {
     fn cancel(&self, job: &str) -> Result<(), ServiceError> {
         self.find(job)?.cancel().map_err(service_error)
     }
+
+    fn prometheus_text(&self) -> String {
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        super::prometheus::render(&jobs)
+    }
 }
