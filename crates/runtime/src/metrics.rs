@@ -649,7 +649,8 @@ impl OperatorMetrics {
         value
     }
 
-    fn snapshot(&self) -> OperatorMetricsSnapshot {
+    /// The instance's metrics now.
+    pub fn snapshot(&self) -> OperatorMetricsSnapshot {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let commits = load(&self.commits);
         OperatorMetricsSnapshot {
