@@ -194,6 +194,12 @@ fn family(
     Ok(())
 }
 
+/// Milliseconds per second (kept to thousandths) as a share of the second,
+/// in one rounding (no float noise like 0.22182400000000003 in the text).
+fn ratio(ms_per_second: f64) -> f64 {
+    (ms_per_second * 1e3).round() / 1e6
+}
+
 fn usage(length: u64, capacity: u64) -> Option<f64> {
     (capacity > 0).then(|| length as f64 / capacity as f64)
 }
@@ -257,7 +263,7 @@ impl Collector for Scrape {
 
         // Per task.
         type TaskField = fn(&TaskMetricsSnapshot) -> Option<Value>;
-        let task_families: [(&str, &str, TaskField); 25] = [
+        let task_families: [(&str, &str, TaskField); 24] = [
             (
                 "flowstate_task_records_in",
                 "Records the task took in (a source task: records read).",
@@ -296,17 +302,17 @@ impl Collector for Scrape {
             (
                 "flowstate_task_busy_time_ratio",
                 "Share of the last sample interval the task was busy, 0 to 1 (Flink's busyTimeMsPerSecond / 1000).",
-                |t| Some(Value::Gauge(t.busy_ms_per_second / 1e3)),
+                |t| Some(Value::Gauge(ratio(t.busy_ms_per_second))),
             ),
             (
                 "flowstate_task_idle_time_ratio",
                 "Share of the last sample interval the task was idle, 0 to 1 (Flink's idleTimeMsPerSecond / 1000).",
-                |t| Some(Value::Gauge(t.idle_ms_per_second / 1e3)),
+                |t| Some(Value::Gauge(ratio(t.idle_ms_per_second))),
             ),
             (
                 "flowstate_task_backpressured_time_ratio",
                 "Share of the last sample interval the task was backpressured, 0 to 1 (Flink's backPressuredTimeMsPerSecond / 1000).",
-                |t| Some(Value::Gauge(t.backpressured_ms_per_second / 1e3)),
+                |t| Some(Value::Gauge(ratio(t.backpressured_ms_per_second))),
             ),
             (
                 "flowstate_task_input_queue_length",
@@ -390,11 +396,6 @@ impl Collector for Scrape {
                 "flowstate_task_last_checkpoint_size_bytes",
                 "Bytes the task wrote for its last checkpoint.",
                 |t| t.last_checkpoint.map(|c| Value::Gauge(c.bytes as f64)),
-            ),
-            (
-                "flowstate_task_up",
-                "1 for every task of the job's current or last attempt.",
-                |_| Some(Value::Gauge(1.0)),
             ),
         ];
         for (name, help, field) in task_families {
@@ -537,6 +538,12 @@ mod tests {
         assert_eq!(metric_name("kafka_consumer_lag"), "kafka_consumer_lag");
         assert_eq!(metric_name("Kafka-Lag.x"), "kafka_lag_x");
         assert_eq!(metric_name("9lives"), "_9lives");
+    }
+
+    #[test]
+    fn ratios_print_without_float_noise() {
+        assert_eq!(ratio(221.824).to_string(), "0.221824");
+        assert_eq!(ratio(1000.0), 1.0);
     }
 
     #[test]
