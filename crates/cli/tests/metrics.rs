@@ -170,7 +170,7 @@ fn a_running_keyed_count_serves_prometheus_metrics_that_grow() {
         s.name.starts_with("flowstate_task_") || s.name.starts_with("flowstate_operator_")
     }) {
         assert_eq!(
-            s.labels.get("job").map(String::as_str),
+            s.labels.get("job_name").map(String::as_str),
             Some("keyed-count"),
             "{s:?}"
         );

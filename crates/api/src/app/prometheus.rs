@@ -5,8 +5,9 @@
 //! by a custom `prometheus_client` collector; nothing of the library is on
 //! the data path (the runtime's counters are plain atomics).
 //!
-//! Series and their labels (every series has `job` (the job's name) and
-//! `job_id`):
+//! Series and their labels (every series has `job_name` and `job_id`, as
+//! Flink's Prometheus reporter: not `job`, which Prometheus sets on every
+//! scraped series itself and would rename ours to `exported_job`):
 //!
 //! - per task (`task`: `<chain> (<i>/<p>)`, `operator_uid`: its head
 //!   operator's uid, `subtask`): `flowstate_task_records_in_total`,
@@ -92,7 +93,7 @@ pub fn render(jobs: &[Arc<JobController>]) -> String {
             let metrics = job.metrics();
             JobScrape {
                 labels: vec![
-                    ("job".into(), job.description().name.clone()),
+                    ("job_name".into(), job.description().name.clone()),
                     ("job_id".into(), job.job_id().unwrap_or("").to_owned()),
                 ],
                 records_in: metrics.records_in(),
