@@ -56,6 +56,12 @@ eval "$exports"
 exports=$(bash scripts/browser.sh)
 eval "$exports"
 
+# promtool (Debian's `prometheus` package, installed once per machine) checks
+# the /metrics document of a running job (crates/cli/tests/metrics.rs), which
+# then must not skip its check (FLOWSTATE_REQUIRE_PROMTOOL=1).
+bash scripts/install-promtool.sh
+export FLOWSTATE_REQUIRE_PROMTOOL=1
+
 cargo test --workspace --all-features --locked "$@"
 
 # The whole-job simulation (crates/sim), 2,000 seeds: real checkpointed jobs on a

@@ -226,6 +226,10 @@ where
         self.backend.notify_checkpoint_complete(checkpoint_id);
         Ok(())
     }
+
+    fn state_stats(&mut self) -> Vec<flowstate_state::StateStats> {
+        self.backend.state_stats()
+    }
 }
 
 impl<K: StateKey, I, F> KeyedProcessOperator<K, I, F> {
@@ -378,6 +382,10 @@ where
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
         self.backend.notify_checkpoint_complete(checkpoint_id);
         Ok(())
+    }
+
+    fn state_stats(&mut self) -> Vec<flowstate_state::StateStats> {
+        self.backend.state_stats()
     }
 }
 

@@ -38,7 +38,7 @@ pub use client::ClientSettings;
 pub use error::KafkaError;
 pub use sink::{KafkaSink, Serializer};
 pub use source::{
-    Deserializer, ErrorPolicy, EventTimestamps, GROUP_COMMITS_PENDING_MAX, KafkaSource,
+    Deserializer, ErrorPolicy, EventTimestamps, GROUP_COMMITS_PENDING_MAX, KafkaSource, LAG_GAUGE,
     OFFSETS_STATE, PartitionOffset, RawRecord, StartFrom, StopAt, TopicPartition, kafka_timestamps,
     partition_owner,
 };

@@ -10,6 +10,12 @@
 //!   parallelism`. The rule depends only on the configuration and the partition,
 //!   so instances that fetch metadata separately agree, and a single topic's
 //!   partition `p` goes to instance `p % parallelism`.
+//! - Lag: per owned partition a gauge [`LAG_GAUGE`] (labels `topic`,
+//!   `partition`) through the runtime's metrics hook (`SubtaskInfo::metrics`):
+//!   the partition's high watermark as librdkafka's statistics report it
+//!   (`statistics.interval.ms`, from its own fetch responses: no request is
+//!   made for it) minus the next offset to read, updated once a second at the
+//!   start of a poll, never per record.
 //! - Positions: one [`PartitionOffset`] per owned partition (the next offset to
 //!   read; `None` before the first record of a partition that starts at the
 //!   earliest offset), snapshotted at the barrier as **Union** list state
@@ -89,6 +95,16 @@ pub const DEFAULT_IDLE_WAIT: Duration = Duration::from_millis(5);
 const SKIP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// At most one warning about broker trouble per reader in this interval.
 const TRANSIENT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How often librdkafka reports its statistics (the partitions' high
+/// watermarks) and the reader updates its lag gauges.
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
+/// The name of the lag gauge a reader registers per partition (exported as
+/// `flowstate_kafka_consumer_lag{topic,partition}`).
+pub const LAG_GAUGE: &str = "kafka_consumer_lag";
+
+/// The partitions' high watermarks as librdkafka's last statistics said
+/// (from its fetch responses: no request of its own), by topic and partition.
+type HighWatermarks = Arc<std::sync::Mutex<HashMap<(String, i32), i64>>>;
 
 /// Snapshots whose positions wait for their completion, per reader. Only
 /// intermediate savepoints (never notified) and snapshots in flight are
@@ -398,6 +414,11 @@ impl<T: Data> KafkaSource<T> {
         };
         config
             .set("group.id", &group)
+            // The statistics carry each partition's high watermark (lag).
+            .set(
+                "statistics.interval.ms",
+                LAG_INTERVAL.as_millis().to_string(),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "error")
@@ -407,6 +428,7 @@ impl<T: Data> KafkaSource<T> {
         let context = GroupContext {
             operator: subtask.operator.clone(),
             group,
+            high_watermarks: HighWatermarks::default(),
         };
         config
             .create_with_context(context)
@@ -558,7 +580,25 @@ impl<T: Data> Source<T> for KafkaSource<T> {
                 timestamps: Vec::new(),
             }
         });
+        let lag = partitions
+            .iter()
+            .map(|state| {
+                subtask.metrics.gauge(
+                    LAG_GAUGE,
+                    "Records of the Kafka partition after the reader's position (its high \
+                     watermark, as of librdkafka's last statistics, minus the next offset).",
+                    &[
+                        ("topic", &state.tp.topic),
+                        ("partition", &state.tp.partition.to_string()),
+                    ],
+                )
+            })
+            .collect();
+        let high_watermarks = Arc::clone(&consumer.context().high_watermarks);
         Ok(Box::new(KafkaReader {
+            lag,
+            high_watermarks,
+            lag_due: None,
             consumer,
             brokers: self.settings.brokers.clone(),
             topics: self.topics.join(","),
@@ -587,9 +627,26 @@ impl<T: Data> Source<T> for KafkaSource<T> {
 pub(crate) struct GroupContext {
     operator: String,
     group: String,
+    high_watermarks: HighWatermarks,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// Every [`LAG_INTERVAL`], on the reader's thread (served by its poll):
+    /// keeps the partitions' high watermarks for the lag gauges.
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        let mut high = self
+            .high_watermarks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (name, topic) in statistics.topics {
+            for (partition, p) in topic.partitions {
+                if partition >= 0 && p.hi_offset >= 0 {
+                    high.insert((name.clone(), partition), p.hi_offset);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
@@ -700,6 +757,11 @@ struct KafkaReader<T> {
     commits: Option<GroupCommits>,
     /// With event time: the per-partition watermarks.
     event_time: Option<EventTime<T>>,
+    /// Per partition (as `partitions`): its lag gauge.
+    lag: Vec<flowstate_runtime::metrics::Gauge>,
+    high_watermarks: HighWatermarks,
+    /// When the lag gauges are next updated.
+    lag_due: Option<Instant>,
 }
 
 /// A reader's per-partition watermarks. Records of one poll arrive in runs
@@ -799,6 +861,24 @@ impl SkipLog {
     }
 }
 
+impl<T> KafkaReader<T> {
+    /// Sets every partition's lag gauge: its high watermark (librdkafka's
+    /// last statistics) minus the next offset to read; left alone while
+    /// either is unknown. Once per [`LAG_INTERVAL`], never per record.
+    fn update_lag(&self) {
+        let high = self
+            .high_watermarks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (state, gauge) in self.partitions.iter().zip(&self.lag) {
+            let key = (state.tp.topic.clone(), state.tp.partition);
+            if let (Some(high), Some(next)) = (high.get(&key), state.next) {
+                gauge.set((high - next).max(0));
+            }
+        }
+    }
+}
+
 impl<T: Data> SourceReader<T> for KafkaReader<T> {
     fn poll(
         &mut self,
@@ -808,6 +888,10 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
     ) -> Result<SourcePoll, UserError> {
         if self.bounded && self.partitions.iter().all(PartitionState::done) {
             return Ok(SourcePoll::Finished);
+        }
+        if self.lag_due.is_none_or(|due| now >= due) {
+            self.lag_due = Some(now + LAG_INTERVAL);
+            self.update_lag();
         }
         if let Some(event_time) = &mut self.event_time {
             // A run left by a poll that failed points into another `out`.

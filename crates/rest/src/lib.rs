@@ -30,6 +30,7 @@
 //! | `POST /jobs/{id}/stop` (optional [`StopRequest`]: `targetDirectory`, `drain`) | 202 [`TriggerResponse`] |
 //! | `PATCH /jobs/{id}?mode=cancel`, `POST /jobs/{id}/cancel` | 202 `{}` |
 //! | `GET /`, `GET /assets/{name}` | the web UI (`ui`): a page and its files, embedded |
+//! | `GET /metrics` | every job's metrics, Prometheus text format 0.0.4 (`text/plain; version=0.0.4`) |
 //!
 //! Errors: 400 bad request or body, 401 missing or wrong bearer token, 403 a Host
 //! that is not this server's or a savepoint target that is not allowed, 404
@@ -48,6 +49,7 @@
 //! every API call it makes.
 
 pub mod client;
+mod metrics;
 pub mod model;
 pub mod server;
 mod ui;

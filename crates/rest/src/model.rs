@@ -90,6 +90,13 @@ pub trait JobService: Send + Sync + 'static {
         self.details(job)?;
         Ok(BackPressure::not_sampled())
     }
+
+    /// `GET /metrics`: the metrics of every job, in the Prometheus text
+    /// exposition format 0.0.4 (the server sends it as it is). Default:
+    /// none.
+    fn prometheus_text(&self) -> String {
+        String::new()
+    }
 }
 
 /// Why a [`JobService`] call failed; each variant maps to one HTTP status.

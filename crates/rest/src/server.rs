@@ -488,6 +488,8 @@ pub fn router(service: Arc<dyn JobService>, access: Access) -> Router {
         .nest("/v1", routes())
         // The web UI: at the root only (`/`, `/assets/...`), not under `/v1`.
         .merge(crate::ui::routes())
+        // Prometheus scrapes: at the root only.
+        .route("/metrics", get(crate::metrics::prometheus))
         .fallback(no_route)
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(Arc::new(access), guard))
@@ -525,7 +527,7 @@ fn routes() -> Router<Service> {
 
 /// An error answer.
 #[derive(Debug)]
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
     /// A 401: says `WWW-Authenticate: Bearer`.
@@ -623,7 +625,7 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
 
 /// Runs a service call on the blocking pool: the service takes locks, and a slow call
 /// must not stall the server's one runtime thread.
-async fn call<T, F>(f: F) -> Result<T, ApiError>
+pub(crate) async fn call<T, F>(f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, ServiceError> + Send + 'static,

@@ -115,12 +115,31 @@ impl<T> ChannelSender<T> {
         self.inner.len()
     }
 
+    /// Messages the channel holds at most.
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity().unwrap_or(0)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.inner.is_empty()
     }
 }
 
 impl<T> ChannelReceiver<T> {
+    /// Messages waiting in the channel (metrics: sampled, never per message).
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// Messages the channel holds at most.
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity().unwrap_or(0)
+    }
+
     /// The next message, `Ok(None)` if the channel is empty for now.
     #[inline]
     pub fn try_recv(&self) -> Result<Option<Message<T>>, Disconnected> {

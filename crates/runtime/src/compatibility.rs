@@ -54,6 +54,7 @@ pub fn declare_job(
             job_id: "compatibility-check".to_owned(),
             restored: None,
             clock: config.clock.clone(),
+            metrics: crate::metrics::OperatorMetrics::detached(&node.name),
         };
         let create_error = |e: crate::error::TaskError| BuildError::Create {
             operator: node.name.clone(),

@@ -306,6 +306,10 @@ pub struct SubtaskInfo {
     pub restored: Option<std::sync::Arc<RestoredState>>,
     /// Processing time (TTL, processing-time timers): the job's clock.
     pub clock: flowstate_state::SharedClock,
+    /// The instance's metrics: a connector registers its own gauges there
+    /// ([`crate::metrics::OperatorMetrics::gauge`], e.g. a Kafka source's
+    /// lag per partition).
+    pub metrics: std::sync::Arc<crate::metrics::OperatorMetrics>,
 }
 
 impl SubtaskInfo {
@@ -321,6 +325,7 @@ impl SubtaskInfo {
             job_id: "local".to_owned(),
             restored: None,
             clock: flowstate_state::system_clock(),
+            metrics: crate::metrics::OperatorMetrics::detached(operator),
         }
     }
 

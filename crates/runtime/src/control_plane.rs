@@ -26,6 +26,7 @@ use flowstate_checkpoint::storage::SharedStorage;
 use crate::channel::Signal;
 use crate::connector::DeferredPrepare;
 use crate::message::Barrier;
+use crate::metrics::TaskMetrics;
 use crate::operator::StateSnapshot;
 
 /// Commands a task may find in its inbox at every step.
@@ -124,6 +125,8 @@ pub struct TaskControlPlane {
     commands: Receiver<TaskCommand>,
     events: CoordinatorSender,
     uploads: Sender<UploadJob>,
+    /// The task's metrics: its upload records the checkpoint's figures.
+    metrics: Option<Arc<TaskMetrics>>,
 }
 
 /// The coordinator's end of one task's control plane.
@@ -167,6 +170,7 @@ impl TaskControlPlane {
                 commands: rx,
                 events,
                 uploads,
+                metrics: None,
             },
             TaskHandle {
                 name,
@@ -175,6 +179,12 @@ impl TaskControlPlane {
                 is_source,
             },
         )
+    }
+
+    /// The task's metrics, into which its uploads record each snapshot.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<TaskMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     #[inline]
@@ -196,6 +206,8 @@ impl TaskControlPlane {
             parts,
             sync_pause,
             alignment,
+            metrics: self.metrics.clone(),
+            submitted: std::time::Instant::now(),
         };
         if let Err(e) = self.uploads.try_send(job) {
             let reason = match e {
@@ -237,4 +249,9 @@ pub(crate) struct UploadJob {
     pub parts: Vec<OperatorPart>,
     pub sync_pause: Duration,
     pub alignment: Duration,
+    /// The task's metrics (the upload thread records the figures of an
+    /// acknowledged snapshot there).
+    pub metrics: Option<Arc<TaskMetrics>>,
+    /// When the task handed it over (the end of its synchronous part).
+    pub submitted: std::time::Instant,
 }

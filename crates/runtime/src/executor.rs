@@ -34,7 +34,7 @@ use crate::control_plane::{CoordinatorEvent, SavepointTargets};
 use crate::coordinator_driver::CoordinatorDriver;
 use crate::error::{JobError, TaskError, panic_message};
 use crate::graph::JobGraph;
-use crate::metrics::JobMetrics;
+use crate::metrics::{JobMetrics, SAMPLE_INTERVAL, StepClock, Waiting};
 use crate::plan::{PlanCheckpointing, PlannedTask, build_tasks};
 use crate::reservation::AttemptReservations;
 use crate::task::{Step, Task};
@@ -269,6 +269,14 @@ fn worker_loop(
     signal.bind_current();
     let mut finished = vec![false; tasks.len()];
     let mut remaining = tasks.len();
+    // Time accounting: one clock reading per step, the end of a step being
+    // the start of the next (see `StepClock`).
+    let mut now = Instant::now();
+    let mut clocks: Vec<Option<StepClock>> = tasks
+        .iter()
+        .map(|t| t.metrics().map(|m| StepClock::new(Arc::clone(m), now)))
+        .collect();
+    let mut next_sample = now + SAMPLE_INTERVAL;
     while remaining > 0 && !shared.cancelled.load(Ordering::Relaxed) {
         let mut progressed = false;
         let mut wake_at: Option<Instant> = None;
@@ -282,6 +290,16 @@ fn worker_loop(
             watch
                 .stepping
                 .store(WorkerWatch::BETWEEN_STEPS, Ordering::Relaxed);
+            let started = now;
+            now = Instant::now();
+            let waiting = match step {
+                Ok(Step::Idle { .. }) => Some(task.waiting().unwrap_or(Waiting::Input)),
+                Ok(Step::Progress) => task.waiting(),
+                _ => None,
+            };
+            if let Some(clock) = &mut clocks[i] {
+                clock.account(started, now, waiting);
+            }
             match step {
                 Ok(Step::Progress) => progressed = true,
                 Ok(Step::Idle { wake_at: Some(at) }) => {
@@ -292,12 +310,29 @@ fn worker_loop(
                     finished[i] = true;
                     remaining -= 1;
                     progressed = true;
+                    // Its last gauges, and its time up to its end.
+                    task.sample_metrics();
+                    if let Some(clock) = &mut clocks[i] {
+                        clock.sample(now);
+                    }
+                    clocks[i] = None;
                 }
                 Err(error) => {
                     shared.fail(error);
                     return;
                 }
             }
+        }
+        if now >= next_sample {
+            // About once a second: gauges that cost a look, and rates.
+            for (i, task) in tasks.iter_mut().enumerate() {
+                if let Some(clock) = &mut clocks[i] {
+                    task.sample_metrics();
+                    clock.sample(now);
+                }
+            }
+            now = Instant::now();
+            next_sample = now + SAMPLE_INTERVAL;
         }
         if !progressed {
             let park = match wake_at {
@@ -307,6 +342,14 @@ fn worker_loop(
                 None => IDLE_PARK_MAX,
             };
             std::thread::park_timeout(park);
+            // The park counts as what each task waits for, not as a step.
+            now = Instant::now();
+        }
+    }
+    for (task, clock) in tasks.iter_mut().zip(&mut clocks) {
+        if let Some(clock) = clock {
+            task.sample_metrics();
+            clock.sample(Instant::now());
         }
     }
 }

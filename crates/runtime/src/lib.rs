@@ -8,8 +8,10 @@
 //! coordinator ([`control_plane`]), the asynchronous part of snapshots (`upload`),
 //! the coordinator's driver (`coordinator_driver`), the executors that drive
 //! tasks on worker threads or on a seeded single-threaded scheduler
-//! ([`executor`]), the supervisor that restarts attempts ([`supervisor`]), and
-//! the job's control surface ([`control`]). The traits at its boundaries are
+//! ([`executor`]), the supervisor that restarts attempts ([`supervisor`]), the
+//! job's control surface ([`control`]), and the job's, tasks' and operators'
+//! metrics with their snapshots ([`metrics`]; no exposition format, no HTTP).
+//! The traits at its boundaries are
 //! [`operator::Operator`], [`connector::Source`] and [`connector::Sink`].
 //!
 //! The modules are layered; a module uses only modules below it (the test

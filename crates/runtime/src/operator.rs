@@ -191,6 +191,13 @@ pub trait Operator<I, O>: Send {
     fn notify_checkpoint_aborted(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {
         Ok(())
     }
+
+    /// The sizes of the instance's keyed states (metrics; the worker asks
+    /// about once per second, between batches): its backend's
+    /// `state_stats`. Default: none.
+    fn state_stats(&mut self) -> Vec<flowstate_state::StateStats> {
+        Vec::new()
+    }
 }
 
 /// A two-input operator (the head of a task with two input gates).
@@ -238,5 +245,9 @@ pub trait TwoInputOperator<I1, I2, O>: Send {
     }
     fn notify_checkpoint_aborted(&mut self, _checkpoint_id: u64) -> Result<(), UserError> {
         Ok(())
+    }
+    /// See [`Operator::state_stats`].
+    fn state_stats(&mut self) -> Vec<flowstate_state::StateStats> {
+        Vec::new()
     }
 }

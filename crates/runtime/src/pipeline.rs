@@ -25,7 +25,7 @@ use crate::connector::SinkWriter;
 pub use crate::control_plane::OperatorPart;
 use crate::error::{TaskError, guarded};
 use crate::message::{Barrier, Message, Watermark, WatermarkStatus};
-use crate::metrics::JobMetrics;
+use crate::metrics::{JobMetrics, OperatorMetrics, QueueSample, RecordCounter, TaskMetrics};
 use crate::operator::{Operator, SideOutputs, StateSnapshot};
 use crate::partitioning::KeyGroupFn;
 
@@ -76,6 +76,15 @@ pub trait Pipeline<T>: Send {
     /// Snapshot `checkpoint_id` was aborted: let every operator and sink know,
     /// in chain order.
     fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<(), TaskError>;
+    /// Metrics, about once per second (never per batch): every operator
+    /// samples its state sizes, every exchange adds its channels' fill to
+    /// `queues`.
+    fn sample(&mut self, _queues: &mut QueueSample) {}
+    /// Output is pending that a full channel did not take (as of the last
+    /// send): the task waits for room downstream. Asked once per step.
+    fn blocked(&self) -> bool {
+        false
+    }
 }
 
 /// Who an operator stage is, for errors and for checkpoints.
@@ -131,6 +140,13 @@ pub trait SideOutputPipeline: Send {
     fn processing_time(&mut self, now_ms: i64) -> Result<(), TaskError>;
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError>;
     fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<(), TaskError>;
+    /// See [`Pipeline::sample`].
+    fn sample(&mut self, _queues: &mut QueueSample) {}
+    /// Output is pending that a full channel did not take (as of the last
+    /// send): the task waits for room downstream. Asked once per step.
+    fn blocked(&self) -> bool {
+        false
+    }
 }
 
 /// The [`SideOutputPipeline`] of records `T`: the typed pipeline behind it.
@@ -191,6 +207,12 @@ impl<T: Send + 'static> SideOutputPipeline for SidePipeline<T> {
     }
     fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
         self.next.notify_aborted(checkpoint_id)
+    }
+    fn sample(&mut self, queues: &mut QueueSample) {
+        self.next.sample(queues)
+    }
+    fn blocked(&self) -> bool {
+        self.next.blocked()
     }
 }
 
@@ -365,6 +387,18 @@ impl<O: Send> Pipeline<O> for Fanout<O> {
         }
         Ok(())
     }
+
+    fn sample(&mut self, queues: &mut QueueSample) {
+        self.main.sample(queues);
+        for side in &mut self.sides {
+            side.sample(queues);
+        }
+    }
+
+    #[inline]
+    fn blocked(&self) -> bool {
+        self.main.blocked() || self.sides.iter().any(|side| side.blocked())
+    }
 }
 
 /// One chained operator followed by the rest of the pipeline: its main
@@ -378,6 +412,8 @@ pub struct OperatorStage<I, O> {
     generates: bool,
     /// The newest watermark a generating operator sent on.
     emitted: Watermark,
+    metrics: Arc<OperatorMetrics>,
+    counter: RecordCounter,
 }
 
 impl<I, O> OperatorStage<I, O> {
@@ -387,6 +423,7 @@ impl<I, O> OperatorStage<I, O> {
         next: Box<dyn Pipeline<O>>,
     ) -> Self {
         let generates = operator.generates_watermarks();
+        let metrics = OperatorMetrics::detached(&id.name);
         Self {
             id,
             operator,
@@ -394,7 +431,17 @@ impl<I, O> OperatorStage<I, O> {
             next: Fanout::new(next),
             generates,
             emitted: Watermark::MIN,
+            counter: RecordCounter::default(),
+            metrics,
         }
+    }
+
+    /// Counts into `metrics` (the instance's); default: counted, reported
+    /// nowhere.
+    pub fn with_metrics(mut self, metrics: Arc<OperatorMetrics>) -> Self {
+        self.counter = metrics.records();
+        self.metrics = metrics;
+        self
     }
 
     /// Adds the pipelines of the operator's consumed side outputs (named),
@@ -413,6 +460,9 @@ impl<I, O> OperatorStage<I, O> {
     where
         O: Send,
     {
+        // Once per call of the operator (a batch, a watermark, a timer).
+        self.counter.records_out += self.output.len() as u64;
+        self.metrics.publish(&self.counter);
         let operator = &mut self.operator;
         self.next.emit(&mut self.output, || operator.side_outputs())
     }
@@ -437,6 +487,7 @@ impl<I, O> OperatorStage<I, O> {
 impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
     #[inline]
     fn push(&mut self, batch: &mut Vec<I>) -> Result<(), TaskError> {
+        self.counter.records_in += batch.len() as u64;
         let (operator, output) = (&mut self.operator, &mut self.output);
         guarded(&self.id.name, || operator.process_batch(batch, output))?;
         batch.clear();
@@ -539,6 +590,16 @@ impl<I: Send, O: Send> Pipeline<I> for OperatorStage<I, O> {
         })?;
         self.next.notify_aborted(checkpoint_id)
     }
+
+    fn sample(&mut self, queues: &mut QueueSample) {
+        self.metrics.set_states(self.operator.state_stats());
+        self.next.sample(queues);
+    }
+
+    #[inline]
+    fn blocked(&self) -> bool {
+        self.next.blocked()
+    }
 }
 
 /// The end of a pipeline that writes into a sink.
@@ -546,6 +607,8 @@ pub struct SinkStage<T> {
     id: StageIdentity,
     writer: Box<dyn SinkWriter<T>>,
     metrics: Arc<JobMetrics>,
+    operator: Arc<OperatorMetrics>,
+    counter: RecordCounter,
 }
 
 impl<T> SinkStage<T> {
@@ -554,11 +617,22 @@ impl<T> SinkStage<T> {
         writer: Box<dyn SinkWriter<T>>,
         metrics: Arc<JobMetrics>,
     ) -> Self {
+        let operator = OperatorMetrics::detached(&id.name);
         Self {
             id,
             writer,
             metrics,
+            operator,
+            counter: RecordCounter::default(),
         }
+    }
+
+    /// Counts into `operator` (the sink instance's metrics); default:
+    /// counted, reported nowhere.
+    pub fn with_metrics(mut self, operator: Arc<OperatorMetrics>) -> Self {
+        self.counter = operator.records();
+        self.operator = operator;
+        self
     }
 }
 
@@ -566,6 +640,8 @@ impl<T: Send> Pipeline<T> for SinkStage<T> {
     #[inline]
     fn push(&mut self, batch: &mut Vec<T>) -> Result<(), TaskError> {
         self.metrics.add_records_to_sinks(batch.len());
+        self.counter.records_in += batch.len() as u64;
+        self.operator.publish(&self.counter);
         let writer = &mut self.writer;
         guarded(&self.id.name, || writer.write_batch(batch))?;
         batch.clear();
@@ -613,9 +689,15 @@ impl<T: Send> Pipeline<T> for SinkStage<T> {
         Ok(())
     }
 
+    /// Commits, timed (once per checkpoint): the sink's commit latency.
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
         let writer = &mut self.writer;
-        guarded(&self.id.name, || writer.commit(checkpoint_id))
+        let started = std::time::Instant::now();
+        let result = guarded(&self.id.name, || writer.commit(checkpoint_id));
+        if result.is_ok() {
+            self.operator.record_commit(started.elapsed());
+        }
+        result
     }
 
     fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
@@ -762,6 +844,16 @@ impl<T: Clone + Send> Pipeline<T> for Tee<T> {
         }
         Ok(())
     }
+
+    fn sample(&mut self, queues: &mut QueueSample) {
+        for branch in &mut self.branches {
+            branch.sample(queues);
+        }
+    }
+
+    fn blocked(&self) -> bool {
+        self.branches.iter().any(|branch| branch.blocked())
+    }
 }
 
 /// How an exchange picks the channel of each record.
@@ -806,6 +898,10 @@ pub struct ExchangeOutput<T> {
     router: Router<T>,
     targets: Vec<Target<T>>,
     batch_size: usize,
+    /// The task's metrics: records sent (added once per batch).
+    metrics: Option<Arc<TaskMetrics>>,
+    /// The last send left messages pending (a channel was full).
+    blocked: bool,
 }
 
 impl<T: Send> ExchangeOutput<T> {
@@ -833,7 +929,15 @@ impl<T: Send> ExchangeOutput<T> {
             router,
             targets,
             batch_size,
+            metrics: None,
+            blocked: false,
         }
+    }
+
+    /// Counts the records sent into the task's `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<TaskMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     #[inline]
@@ -864,6 +968,7 @@ impl<T: Send> ExchangeOutput<T> {
                 }
             }
         }
+        self.blocked = !all_sent;
         Ok(all_sent)
     }
 }
@@ -872,6 +977,9 @@ impl<T: Send> Pipeline<T> for ExchangeOutput<T> {
     #[inline]
     fn push(&mut self, batch: &mut Vec<T>) -> Result<(), TaskError> {
         let batch_size = self.batch_size;
+        if let Some(metrics) = &self.metrics {
+            metrics.add_records_out(batch.len());
+        }
         match &mut self.router {
             Router::Forward => {
                 let target = &mut self.targets[0];
@@ -998,5 +1106,17 @@ impl<T: Send> Pipeline<T> for ExchangeOutput<T> {
 
     fn notify_aborted(&mut self, _checkpoint_id: u64) -> Result<(), TaskError> {
         Ok(())
+    }
+
+    fn sample(&mut self, queues: &mut QueueSample) {
+        for target in &self.targets {
+            queues.output += target.sender.len() as u64;
+            queues.output_capacity += target.sender.capacity() as u64;
+        }
+    }
+
+    #[inline]
+    fn blocked(&self) -> bool {
+        self.blocked
     }
 }

@@ -26,7 +26,7 @@ use crate::config::{ExecutionConfig, RestoredState, SubtaskInfo};
 use crate::control_plane::{CoordinatorSender, TaskControlPlane, TaskHandle, UploadJob};
 use crate::error::BuildError;
 use crate::graph::{JobGraph, MAIN_OUTPUT, NodeId, NodeKind};
-use crate::metrics::JobMetrics;
+use crate::metrics::{JobMetrics, OperatorKind, TaskMetrics};
 use crate::pipeline::NamedSidePipelines;
 use crate::task::Task;
 use crate::wiring::{BuildContext, Erased};
@@ -64,6 +64,8 @@ struct Planner<'g> {
     senders: HashMap<(NodeId, usize, u32), Vec<Erased>>,
     /// Receivers of (consumer, side, consumer subtask).
     receivers: HashMap<(NodeId, usize, u32), Vec<Erased>>,
+    /// The metrics of the task being built.
+    task_metrics: Option<Arc<TaskMetrics>>,
 }
 
 impl Planner<'_> {
@@ -76,6 +78,19 @@ impl Planner<'_> {
 
     fn context(&self, node: NodeId, index: u32) -> Result<BuildContext<'_>, BuildError> {
         let uid = self.graph.uid(node);
+        let kind = match &self.graph.nodes[node].kind {
+            NodeKind::Source(_) => OperatorKind::Source,
+            NodeKind::Operator(op) if op.is_sink() => OperatorKind::Sink,
+            _ => OperatorKind::Operator,
+        };
+        let task = self
+            .task_metrics
+            .as_ref()
+            .map_or("", |t| t.name())
+            .to_owned();
+        let operator_metrics =
+            self.metrics
+                .register_operator(&uid, &self.graph.nodes[node].name, index, &task, kind);
         let mut info = SubtaskInfo {
             operator: self.graph.nodes[node].name.clone(),
             uid,
@@ -88,6 +103,7 @@ impl Planner<'_> {
                 .map_or_else(|| "local".to_owned(), |c| c.job_id.clone()),
             restored: None,
             clock: std::sync::Arc::clone(&self.config.clock),
+            metrics: operator_metrics,
         };
         if let Some(loaded) = self.checkpointing.and_then(|c| c.restored.as_ref())
             && loaded.has_operator(&info.uid)
@@ -116,6 +132,7 @@ impl Planner<'_> {
         Ok(BuildContext {
             info,
             metrics: self.metrics,
+            task: self.task_metrics.clone(),
             batch_size: self.config.batch_size,
             read_ahead: None,
         })
@@ -135,7 +152,10 @@ impl Planner<'_> {
             checkpointing.uploads.clone(),
         );
         self.handles.push(handle);
-        Some(control)
+        Some(match &self.task_metrics {
+            Some(metrics) => control.with_metrics(Arc::clone(metrics)),
+            None => control,
+        })
     }
 
     /// "a -> b -> c": the head and every node chained behind it.
@@ -230,6 +250,7 @@ impl Planner<'_> {
                     senders,
                     self.config.max_parallelism,
                     self.config.batch_size,
+                    self.task_metrics.clone(),
                 ));
             }
         }
@@ -291,6 +312,7 @@ impl Planner<'_> {
         let name = format!("{chain} ({}/{})", index + 1, self.config.parallelism);
         let graph = self.graph;
         let node = &graph.nodes[head];
+        self.task_metrics = Some(self.metrics.register_task(&name, &graph.uid(head), index));
         match &node.kind {
             NodeKind::Source(source) => {
                 let pipeline = self.output_pipeline(head, MAIN_OUTPUT, index, &name)?;
@@ -311,12 +333,16 @@ impl Planner<'_> {
                 let pipeline = self.stage(head, index, &name)?;
                 let receivers = self.take_receivers(head, 0, index);
                 let control = self.control(&name, index, false);
+                let metrics = self
+                    .task_metrics
+                    .clone()
+                    .unwrap_or_else(|| TaskMetrics::detached(&name));
                 Ok(port.one_input_task(
                     name,
                     receivers,
                     pipeline,
                     control,
-                    self.metrics,
+                    metrics,
                     Arc::clone(&self.config.clock),
                 ))
             }
@@ -431,6 +457,7 @@ pub(crate) fn build_tasks(
         consumers,
         senders: HashMap::new(),
         receivers: HashMap::new(),
+        task_metrics: None,
     };
     planner.create_channels(signals);
     let mut tasks = Vec::new();

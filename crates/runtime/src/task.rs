@@ -57,7 +57,9 @@ use crate::connector::{SourcePoll, SourceReader};
 use crate::control_plane::{OperatorPart, TaskCommand, TaskControlPlane};
 use crate::error::{TaskError, guarded};
 use crate::message::{Barrier, BarrierKind, Message, Watermark, WatermarkStatus};
-use crate::metrics::{JobMetrics, WatermarkGauge};
+use crate::metrics::{
+    JobMetrics, OperatorMetrics, QueueSample, RecordCounter, TaskMetrics, Waiting, WatermarkGauge,
+};
 use crate::operator::{StateSnapshot, TwoInputOperator};
 use crate::pipeline::{Fanout, NamedSidePipelines, Pipeline, StageIdentity};
 
@@ -76,6 +78,94 @@ pub enum Step {
 pub trait Task: Send {
     fn name(&self) -> &str;
     fn step(&mut self) -> Result<Step, TaskError>;
+    /// The task's metrics, whose time its worker accounts (`None`: none).
+    fn metrics(&self) -> Option<&Arc<TaskMetrics>> {
+        None
+    }
+    /// What the task waits for after its last step (asked once per step):
+    /// room downstream (backpressured: output is pending, or the step
+    /// found it so), input (idle: a step that said `Idle` for another
+    /// reason), or nothing (`None`: it is runnable).
+    fn waiting(&self) -> Option<Waiting> {
+        None
+    }
+    /// Samples the gauges that cost a look (queue fill, state sizes) into
+    /// the task's metrics: called by the worker about once per
+    /// [`crate::metrics::SAMPLE_INTERVAL`], between steps.
+    fn sample_metrics(&mut self) {}
+}
+
+/// A task's metrics as the task keeps them: its shared [`TaskMetrics`] and
+/// its own record counters, and what its last step waits for.
+struct TaskMeter {
+    shared: Arc<TaskMetrics>,
+    counter: RecordCounter,
+    /// What the last step waits for: `Input` unless it found its output
+    /// blocked; `None` after progress.
+    waiting: Option<Waiting>,
+}
+
+impl TaskMeter {
+    fn new(shared: Arc<TaskMetrics>) -> Self {
+        Self {
+            counter: shared.records(),
+            shared,
+            waiting: None,
+        }
+    }
+
+    /// What the task waits for after its step, `blocked`: its pipeline
+    /// holds output a full channel did not take.
+    #[inline]
+    fn waiting(&self, blocked: bool) -> Option<Waiting> {
+        if blocked {
+            Some(Waiting::Output)
+        } else {
+            self.waiting
+        }
+    }
+
+    /// `n` records came in (once per batch).
+    #[inline]
+    fn records_in(&mut self, n: usize) {
+        self.counter.records_in += n as u64;
+        self.shared.publish_records_in(&self.counter);
+    }
+
+    /// Publishes the queue fill: the inputs' (`input`) and what the
+    /// pipeline reports of its outputs.
+    fn sample<T>(&self, input: (u64, u64), pipeline: &mut dyn Pipeline<T>) {
+        let mut sample = QueueSample {
+            input: input.0,
+            input_capacity: input.1,
+            ..QueueSample::default()
+        };
+        pipeline.sample(&mut sample);
+        self.shared.set_queues(&sample);
+    }
+}
+
+/// An operator instance's counters at the head of a task (a source, a
+/// two-input operator): published once per batch.
+struct HeadMeter {
+    shared: Arc<OperatorMetrics>,
+    counter: RecordCounter,
+}
+
+impl HeadMeter {
+    fn new(shared: Arc<OperatorMetrics>) -> Self {
+        Self {
+            counter: shared.records(),
+            shared,
+        }
+    }
+
+    #[inline]
+    fn count(&mut self, records_in: usize, records_out: usize) {
+        self.counter.records_in += records_in as u64;
+        self.counter.records_out += records_out as u64;
+        self.shared.publish(&self.counter);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +177,11 @@ enum Phase {
 }
 
 /// Steps shared by every task after its input ended.
-fn drain<T>(phase: &mut Phase, pipeline: &mut dyn Pipeline<T>) -> Result<Step, TaskError> {
+fn drain<T>(
+    phase: &mut Phase,
+    pipeline: &mut dyn Pipeline<T>,
+    meter: &mut TaskMeter,
+) -> Result<Step, TaskError> {
     match phase {
         Phase::Done => Ok(Step::Finished),
         _ => {
@@ -95,6 +189,7 @@ fn drain<T>(phase: &mut Phase, pipeline: &mut dyn Pipeline<T>) -> Result<Step, T
                 *phase = Phase::Done;
                 Ok(Step::Finished)
             } else {
+                meter.waiting = Some(Waiting::Output);
                 Ok(Step::Idle { wake_at: None })
             }
         }
@@ -274,6 +369,9 @@ pub struct SourceTask<T> {
     gauge: Option<WatermarkGauge>,
     /// Processing time, for the idle hook (the job's clock).
     clock: SharedClock,
+    meter: TaskMeter,
+    /// The source's own counters (records read).
+    head: HeadMeter,
 }
 
 impl<T: Send> SourceTask<T> {
@@ -286,6 +384,7 @@ impl<T: Send> SourceTask<T> {
         metrics: Arc<JobMetrics>,
         control: Option<TaskControlPlane>,
     ) -> Self {
+        let name_for_metrics = name.clone();
         Self {
             name,
             id,
@@ -305,7 +404,27 @@ impl<T: Send> SourceTask<T> {
             idle: false,
             gauge: None,
             clock: flowstate_state::system_clock(),
+            meter: TaskMeter::new(TaskMetrics::detached(&name_for_metrics)),
+            head: HeadMeter::new(OperatorMetrics::detached(&name_for_metrics)),
         }
+    }
+
+    /// Counts into `task` (the task's metrics, its watermark gauge
+    /// included) and `head` (the source's); default: counted, reported
+    /// nowhere.
+    pub fn with_metrics(mut self, task: Arc<TaskMetrics>, head: Arc<OperatorMetrics>) -> Self {
+        self.gauge = Some(task.watermark_gauge().clone());
+        self.meter = TaskMeter::new(task);
+        self.head = HeadMeter::new(head);
+        self
+    }
+
+    /// `n` records were read and go on now.
+    #[inline]
+    fn count_read(&mut self, n: usize) {
+        self.metrics.add_records_in(n);
+        self.meter.records_in(n);
+        self.head.count(0, n);
     }
 
     /// Reads processing time from `clock` (the job's) for the idle hook;
@@ -395,9 +514,22 @@ impl<T: Send> Task for SourceTask<T> {
         &self.name
     }
 
+    fn metrics(&self) -> Option<&Arc<TaskMetrics>> {
+        Some(&self.meter.shared)
+    }
+
+    fn waiting(&self) -> Option<Waiting> {
+        self.meter.waiting(self.pipeline.blocked())
+    }
+
+    fn sample_metrics(&mut self) {
+        self.meter.sample((0, 0), self.pipeline.as_mut());
+    }
+
     fn step(&mut self) -> Result<Step, TaskError> {
+        self.meter.waiting = None;
         if self.phase != Phase::Running {
-            return drain(&mut self.phase, self.pipeline.as_mut());
+            return drain(&mut self.phase, self.pipeline.as_mut(), &mut self.meter);
         }
         let mut suspend = self.suspended;
         let (reader, name, pending) = (&mut self.reader, &self.id.name, &mut self.pending);
@@ -448,17 +580,22 @@ impl<T: Send> Task for SourceTask<T> {
             return self.end();
         }
         if self.suspended {
-            self.pipeline.flush(true)?;
+            if !self.pipeline.flush(true)? {
+                self.meter.waiting = Some(Waiting::Output);
+            }
             return Ok(Step::Idle { wake_at: None });
         }
         if self.exhausted && !self.exhaustion_reported {
             self.exhaustion_reported = self.control.as_ref().is_some_and(|c| c.report_exhausted());
         }
         if self.exhausted {
-            self.pipeline.flush(true)?;
+            if !self.pipeline.flush(true)? {
+                self.meter.waiting = Some(Waiting::Output);
+            }
             return Ok(Step::Idle { wake_at: None });
         }
         if !self.pipeline.flush(false)? {
+            self.meter.waiting = Some(Waiting::Output);
             return Ok(Step::Idle { wake_at: None });
         }
         if self.read_ahead.is_some() {
@@ -470,7 +607,7 @@ impl<T: Send> Task for SourceTask<T> {
         if !self.buffer.is_empty() {
             // Active again before the records.
             announce(&mut self.idle, false, self.pipeline.as_mut())?;
-            self.metrics.add_records_in(self.buffer.len());
+            self.count_read(self.buffer.len());
             self.pipeline.push(&mut self.buffer)?;
         }
         // After the records it covers: a watermark never overtakes them.
@@ -537,6 +674,8 @@ impl<T: Send> SourceTask<T> {
             ahead.held -= batch.len();
             announce(&mut self.idle, false, self.pipeline.as_mut())?;
             self.metrics.add_records_in(batch.len());
+            self.meter.records_in(batch.len());
+            self.head.count(0, batch.len());
             self.pipeline.push(&mut batch)?;
             batch.clear();
             ahead.spare = Some(batch);
@@ -897,6 +1036,14 @@ impl<T> InputGate<T> {
         self.channels.is_empty()
     }
 
+    /// Messages waiting in the gate's channels and their total capacity
+    /// (metrics: sampled, never per message).
+    pub fn queue(&self) -> (u64, u64) {
+        self.channels.iter().fold((0, 0), |(len, cap), c| {
+            (len + c.len() as u64, cap + c.capacity() as u64)
+        })
+    }
+
     /// The next event of any unblocked channel, round-robin so none starves.
     pub fn poll(&mut self, aligner: &mut Aligner) -> Result<GateEvent<T>, TaskError> {
         if self.dirty {
@@ -996,6 +1143,7 @@ pub struct OneInputTask<T> {
     idle: bool,
     gauge: Option<WatermarkGauge>,
     idle_timers: IdleTimers,
+    meter: TaskMeter,
 }
 
 impl<T: Send> OneInputTask<T> {
@@ -1008,7 +1156,9 @@ impl<T: Send> OneInputTask<T> {
         let gate = InputGate::new(&name, channels, 0);
         let aligned = control.as_ref().is_none_or(|c| c.aligned);
         let aligner = Aligner::new(gate.len(), aligned);
+        let meter = TaskMeter::new(TaskMetrics::detached(&name));
         Self {
+            meter,
             name,
             gate,
             aligner,
@@ -1025,6 +1175,14 @@ impl<T: Send> OneInputTask<T> {
     /// Reports the task's input watermark in `gauge` (metrics).
     pub fn with_watermark_gauge(mut self, gauge: WatermarkGauge) -> Self {
         self.gauge = Some(gauge);
+        self
+    }
+
+    /// Counts into `task` (the task's metrics, its watermark gauge
+    /// included); default: counted, reported nowhere.
+    pub fn with_metrics(mut self, task: Arc<TaskMetrics>) -> Self {
+        self.gauge = Some(task.watermark_gauge().clone());
+        self.meter = TaskMeter::new(task);
         self
     }
 
@@ -1118,17 +1276,32 @@ impl<T: Send> Task for OneInputTask<T> {
         &self.name
     }
 
+    fn metrics(&self) -> Option<&Arc<TaskMetrics>> {
+        Some(&self.meter.shared)
+    }
+
+    fn waiting(&self) -> Option<Waiting> {
+        self.meter.waiting(self.pipeline.blocked())
+    }
+
+    fn sample_metrics(&mut self) {
+        self.meter.sample(self.gate.queue(), self.pipeline.as_mut());
+    }
+
     fn step(&mut self) -> Result<Step, TaskError> {
+        self.meter.waiting = None;
         if self.phase != Phase::Running {
-            return drain(&mut self.phase, self.pipeline.as_mut());
+            return drain(&mut self.phase, self.pipeline.as_mut(), &mut self.meter);
         }
         // No head: the pipeline hears completions and aborts.
         drain_commands(self.control.as_ref(), self.pipeline.as_mut(), |_| Ok(()))?;
         if !self.pipeline.flush(false)? {
+            self.meter.waiting = Some(Waiting::Output);
             return Ok(Step::Idle { wake_at: None });
         }
         match self.gate.poll(&mut self.aligner)? {
             GateEvent::Batch(mut batch) => {
+                self.meter.records_in(batch.len());
                 self.idle_timers.on_input();
                 self.pipeline.push(&mut batch)?;
                 Ok(Step::Progress)
@@ -1186,6 +1359,8 @@ pub struct TwoInputTask<A, B, O> {
     idle: bool,
     gauge: Option<WatermarkGauge>,
     idle_timers: IdleTimers,
+    meter: TaskMeter,
+    head: HeadMeter,
 }
 
 enum SideEvent {
@@ -1209,7 +1384,11 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
         let second = InputGate::new(&name, second, first.len());
         let aligned = control.as_ref().is_none_or(|c| c.aligned);
         let aligner = Aligner::new(first.len() + second.len(), aligned);
+        let meter = TaskMeter::new(TaskMetrics::detached(&name));
+        let head = HeadMeter::new(OperatorMetrics::detached(&name));
         Self {
+            meter,
+            head,
             first,
             second,
             aligner,
@@ -1233,6 +1412,16 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
     /// Reports the task's input watermark in `gauge` (metrics).
     pub fn with_watermark_gauge(mut self, gauge: WatermarkGauge) -> Self {
         self.gauge = Some(gauge);
+        self
+    }
+
+    /// Counts into `task` (the task's metrics, its watermark gauge
+    /// included) and `head` (the two-input operator's); default: counted,
+    /// reported nowhere.
+    pub fn with_metrics(mut self, task: Arc<TaskMetrics>, head: Arc<OperatorMetrics>) -> Self {
+        self.gauge = Some(task.watermark_gauge().clone());
+        self.meter = TaskMeter::new(task);
+        self.head = HeadMeter::new(head);
         self
     }
 
@@ -1313,6 +1502,9 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
     /// Sends on the head's main output of its last call, then what it
     /// emitted to its side outputs.
     fn forward_output(&mut self) -> Result<(), TaskError> {
+        if !self.output.is_empty() {
+            self.head.count(0, self.output.len());
+        }
         let operator = &mut self.operator;
         self.pipeline
             .emit(&mut self.output, || operator.side_outputs())
@@ -1327,6 +1519,8 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
             }
             match self.second.poll(&mut self.aligner)? {
                 GateEvent::Batch(mut batch) => {
+                    self.meter.records_in(batch.len());
+                    self.head.count(batch.len(), 0);
                     guarded(&self.id.name, || {
                         operator.process_batch2(&mut batch, output)
                     })?;
@@ -1346,6 +1540,8 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
             }
             match self.first.poll(&mut self.aligner)? {
                 GateEvent::Batch(mut batch) => {
+                    self.meter.records_in(batch.len());
+                    self.head.count(batch.len(), 0);
                     guarded(&self.id.name, || {
                         operator.process_batch1(&mut batch, output)
                     })?;
@@ -1394,9 +1590,26 @@ impl<A: Send, B: Send, O: Send> Task for TwoInputTask<A, B, O> {
         &self.name
     }
 
+    fn metrics(&self) -> Option<&Arc<TaskMetrics>> {
+        Some(&self.meter.shared)
+    }
+
+    fn waiting(&self) -> Option<Waiting> {
+        self.meter.waiting(self.pipeline.blocked())
+    }
+
+    fn sample_metrics(&mut self) {
+        let (a, b) = (self.first.queue(), self.second.queue());
+        self.meter
+            .sample((a.0 + b.0, a.1 + b.1), &mut self.pipeline);
+        let operator = &mut self.operator;
+        self.head.shared.set_states(operator.state_stats());
+    }
+
     fn step(&mut self) -> Result<Step, TaskError> {
+        self.meter.waiting = None;
         if self.phase != Phase::Running {
-            return drain(&mut self.phase, &mut self.pipeline);
+            return drain(&mut self.phase, &mut self.pipeline, &mut self.meter);
         }
         let (operator, name) = (&mut self.operator, &self.id.name);
         drain_commands(
@@ -1414,6 +1627,7 @@ impl<A: Send, B: Send, O: Send> Task for TwoInputTask<A, B, O> {
             },
         )?;
         if !self.pipeline.flush(false)? {
+            self.meter.waiting = Some(Waiting::Output);
             return Ok(Step::Idle { wake_at: None });
         }
         // Alternate which side goes first so neither input starves the other.

@@ -151,8 +151,18 @@ pub(crate) fn upload_loop(
 ) {
     flowstate_checkpoint::background::mark_current_thread();
     for job in jobs {
+        let (metrics, submitted, sync_pause) = (job.metrics.clone(), job.submitted, job.sync_pause);
         match upload_snapshot(job, &storage, &job_id, &savepoints) {
             ack @ CoordinatorEvent::Ack(_) => {
+                if let (Some(metrics), CoordinatorEvent::Ack(a)) = (&metrics, &ack) {
+                    metrics.record_checkpoint(
+                        a.id,
+                        sync_pause + submitted.elapsed(),
+                        a.sync_pause,
+                        a.alignment,
+                        a.bytes,
+                    );
+                }
                 if events.send(ack).is_err() {
                     break;
                 }

@@ -24,7 +24,7 @@ use crate::config::SubtaskInfo;
 use crate::connector::{Sink, Source};
 use crate::control_plane::TaskControlPlane;
 use crate::error::{BuildError, UserError};
-use crate::metrics::JobMetrics;
+use crate::metrics::{JobMetrics, TaskMetrics};
 use crate::operator::{Operator, TwoInputOperator};
 use crate::partitioning::Partitioning;
 use crate::pipeline::StageIdentity;
@@ -59,12 +59,21 @@ pub(crate) fn cast<T: 'static>(erased: Erased) -> T {
 pub(crate) struct BuildContext<'a> {
     pub info: SubtaskInfo,
     pub metrics: &'a Arc<JobMetrics>,
+    /// The metrics of the task the node is built into.
+    pub task: Option<Arc<TaskMetrics>>,
     pub batch_size: usize,
     /// At-most-once, sources only: where the instance reserves its positions.
     pub read_ahead: Option<crate::reservation::ReadAheadHandle>,
 }
 
 impl BuildContext<'_> {
+    /// The metrics of the task being built (detached if the plan has none).
+    fn task_metrics(&self, name: &str) -> Arc<TaskMetrics> {
+        self.task
+            .clone()
+            .unwrap_or_else(|| TaskMetrics::detached(name))
+    }
+
     fn create_error(&self, cause: UserError) -> BuildError {
         BuildError::Create {
             operator: self.info.operator.clone(),
@@ -89,6 +98,7 @@ pub(crate) trait Port: Send + Sync {
         senders: Vec<Erased>,
         max_parallelism: u32,
         batch_size: usize,
+        metrics: Option<Arc<TaskMetrics>>,
     ) -> Erased;
     fn tee(&self, branches: Vec<Erased>) -> Erased;
     fn discard(&self) -> Erased;
@@ -101,7 +111,7 @@ pub(crate) trait Port: Send + Sync {
         receivers: Vec<Erased>,
         pipeline: Erased,
         control: Option<TaskControlPlane>,
-        metrics: &JobMetrics,
+        metrics: Arc<TaskMetrics>,
         clock: flowstate_state::SharedClock,
     ) -> Box<dyn Task>;
 }
@@ -126,6 +136,7 @@ impl<T: Data> Port for TypedPort<T> {
         senders: Vec<Erased>,
         max_parallelism: u32,
         batch_size: usize,
+        metrics: Option<Arc<TaskMetrics>>,
     ) -> Erased {
         let senders: Vec<ChannelSender<T>> = senders.into_iter().map(cast).collect();
         let router = match partitioning.downcast_ref::<Partitioning<T>>() {
@@ -137,8 +148,11 @@ impl<T: Data> Port for TypedPort<T> {
             },
             None => unreachable!("edge partitioning has the edge's type"),
         };
-        let pipeline: Box<dyn Pipeline<T>> =
-            Box::new(ExchangeOutput::new(task, router, senders, batch_size));
+        let mut exchange = ExchangeOutput::new(task, router, senders, batch_size);
+        if let Some(metrics) = metrics {
+            exchange = exchange.with_metrics(metrics);
+        }
+        let pipeline: Box<dyn Pipeline<T>> = Box::new(exchange);
         Box::new(pipeline)
     }
 
@@ -163,11 +177,10 @@ impl<T: Data> Port for TypedPort<T> {
         receivers: Vec<Erased>,
         pipeline: Erased,
         control: Option<TaskControlPlane>,
-        metrics: &JobMetrics,
+        metrics: Arc<TaskMetrics>,
         clock: flowstate_state::SharedClock,
     ) -> Box<dyn Task> {
         let receivers: Vec<ChannelReceiver<T>> = receivers.into_iter().map(cast).collect();
-        let gauge = metrics.register_watermark(&name);
         Box::new(
             OneInputTask::new(
                 name,
@@ -175,7 +188,7 @@ impl<T: Data> Port for TypedPort<T> {
                 cast::<Box<dyn Pipeline<T>>>(pipeline),
                 control,
             )
-            .with_watermark_gauge(gauge)
+            .with_metrics(metrics)
             .with_clock(clock),
         )
     }
@@ -248,7 +261,7 @@ impl<T: Data> SourceNode for SourceNodeImpl<T> {
             .source
             .create_reader(&cx.info)
             .map_err(|e| cx.create_error(e))?;
-        let gauge = cx.metrics.register_watermark(&name);
+        let task_metrics = cx.task_metrics(&name);
         let task = SourceTask::new(
             name,
             StageIdentity::of(&cx.info),
@@ -258,7 +271,7 @@ impl<T: Data> SourceNode for SourceNodeImpl<T> {
             Arc::clone(cx.metrics),
             control,
         )
-        .with_watermark_gauge(gauge)
+        .with_metrics(task_metrics, Arc::clone(&cx.info.metrics))
         .with_clock(Arc::clone(&cx.info.clock));
         Ok(match cx.read_ahead.clone() {
             Some(handle) => Box::new(
@@ -291,6 +304,7 @@ impl<I: Data, O: Data> OperatorNode for OperatorNodeImpl<I, O> {
             None => Box::new(Discard),
         };
         let stage = OperatorStage::new(StageIdentity::of(&cx.info), operator, next)
+            .with_metrics(Arc::clone(&cx.info.metrics))
             .with_side_outputs(sides)
             .map_err(BuildError::Graph)?;
         let pipeline: Box<dyn Pipeline<I>> = Box::new(stage);
@@ -326,11 +340,10 @@ impl<T: Data> OperatorNode for SinkNodeImpl<T> {
             .sink
             .create_writer(&cx.info)
             .map_err(|e| cx.create_error(e))?;
-        let pipeline: Box<dyn Pipeline<T>> = Box::new(SinkStage::new(
-            StageIdentity::of(&cx.info),
-            writer,
-            Arc::clone(cx.metrics),
-        ));
+        let pipeline: Box<dyn Pipeline<T>> = Box::new(
+            SinkStage::new(StageIdentity::of(&cx.info), writer, Arc::clone(cx.metrics))
+                .with_metrics(Arc::clone(&cx.info.metrics)),
+        );
         Ok(Box::new(pipeline))
     }
 }
@@ -354,7 +367,7 @@ impl<A: Data, B: Data, O: Data> TwoInputNode for TwoInputNodeImpl<A, B, O> {
         control: Option<TaskControlPlane>,
     ) -> Result<Box<dyn Task>, BuildError> {
         let operator = (self.factory)(&cx.info).map_err(|e| cx.create_error(e))?;
-        let gauge = cx.metrics.register_watermark(&name);
+        let task_metrics = cx.task_metrics(&name);
         Ok(Box::new(
             TwoInputTask::new(
                 name,
@@ -367,7 +380,7 @@ impl<A: Data, B: Data, O: Data> TwoInputNode for TwoInputNodeImpl<A, B, O> {
             )
             .with_side_outputs(sides)
             .map_err(BuildError::Graph)?
-            .with_watermark_gauge(gauge)
+            .with_metrics(task_metrics, Arc::clone(&cx.info.metrics))
             .with_clock(Arc::clone(&cx.info.clock)),
         ))
     }

@@ -438,6 +438,24 @@ impl KvStore for RocksDbStore {
         BackendKind::RocksDb
     }
 
+    /// RocksDB's own estimates (table properties and memtable counters kept
+    /// in memory; no read of the data): `rocksdb.estimate-num-keys`, and
+    /// `rocksdb.estimate-live-data-size` plus `rocksdb.cur-size-all-mem-tables`.
+    fn column_stats(&self, column: &str) -> Option<(u64, u64)> {
+        let db = self.db.db();
+        let cf = db.cf_handle(column)?;
+        let property = |name: &str| {
+            db.property_int_value_cf(&cf, name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        let entries = property("rocksdb.estimate-num-keys");
+        let bytes = property("rocksdb.estimate-live-data-size")
+            + property("rocksdb.cur-size-all-mem-tables");
+        Some((entries, bytes))
+    }
+
     fn open_column(&mut self, name: &str) -> Result<Box<dyn KvColumn>, StateError> {
         let db = self.db.db();
         if db.cf_handle(name).is_none() {

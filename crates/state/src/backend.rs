@@ -182,6 +182,27 @@ pub trait KeyedStateBackend<K: StateKey>: Send {
     fn notify_checkpoint_complete(&mut self, _id: u64) {}
     /// Checkpoint `id` was aborted.
     fn notify_checkpoint_aborted(&mut self, _id: u64) {}
+    /// The size of every declared state, as far as the backend can tell it
+    /// cheaply (metrics: sampled now and then, never per record). Default:
+    /// nothing known.
+    fn state_stats(&mut self) -> Vec<StateStats> {
+        Vec::new()
+    }
+}
+
+/// How big one state is, for metrics ([`KeyedStateBackend::state_stats`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateStats {
+    /// The state's declared name.
+    pub name: String,
+    /// Keys with an entry (exact on the heap; an estimate of the store's
+    /// entries when `estimated`).
+    pub entries: u64,
+    /// Bytes the state takes, when the backend knows (RocksDB: its
+    /// estimate of live data plus memtables); the heap backend does not.
+    pub bytes: Option<u64>,
+    /// The figures are the backend's estimates, not counts.
+    pub estimated: bool,
 }
 
 /// Which backend a job's keyed operators use.
@@ -468,6 +489,13 @@ impl<K> Declarations<K> {
 
     pub(crate) fn signatures(&self) -> Vec<StateSignature> {
         self.entries.iter().map(|(s, _)| s.clone()).collect()
+    }
+
+    /// Every declared state with its table, in declaration order.
+    pub(crate) fn tables_mut(
+        &mut self,
+    ) -> impl Iterator<Item = (&StateSignature, &mut TableSlot<K>)> {
+        self.entries.iter_mut().map(|(s, t)| (&*s, t))
     }
 
     /// Keys with an entry in `key_group`, summed over every declared state.

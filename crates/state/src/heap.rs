@@ -583,6 +583,26 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         self.declarations.signatures()
     }
 
+    fn state_stats(&mut self) -> Vec<crate::backend::StateStats> {
+        let range = self.range;
+        self.declarations
+            .tables_mut()
+            .map(|(signature, slot)| {
+                let table = slot.table();
+                let entries = range
+                    .iter()
+                    .map(|group| table.key_count(group).unwrap_or(0) as u64)
+                    .sum();
+                crate::backend::StateStats {
+                    name: signature.name.clone(),
+                    entries,
+                    bytes: None,
+                    estimated: false,
+                }
+            })
+            .collect()
+    }
+
     fn key_count(&mut self, key_group: KeyGroup) -> Result<usize, StateError> {
         self.declarations.key_count(key_group)
     }

@@ -34,7 +34,7 @@ pub mod ttl;
 pub use access::KeyScope;
 pub use backend::{
     BackendKind, BackendSnapshot, KeyedStateBackend, SnapshotRequest, StateBackendConfig, StateId,
-    create_keyed_backend, heap_backend,
+    StateStats, create_keyed_backend, heap_backend,
 };
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
 pub use descriptor::{

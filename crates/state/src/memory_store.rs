@@ -155,6 +155,14 @@ impl KvStore for MemoryStore {
         BackendKind::RocksDb
     }
 
+    /// Exact, by walking the column: this store is for tests and small state.
+    fn column_stats(&self, column: &str) -> Option<(u64, u64)> {
+        let columns = lock(&self.columns).ok()?;
+        let column = columns.get(column)?;
+        let bytes = column.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        Some((column.len() as u64, bytes))
+    }
+
     fn open_column(&mut self, name: &str) -> Result<Box<dyn KvColumn>, StateError> {
         lock(&self.columns)?.entry(name.to_owned()).or_default();
         Ok(Box::new(MemoryColumn {

@@ -164,6 +164,11 @@ pub trait KvStore: Send {
     /// Loads native snapshots of earlier instances (before any column is
     /// opened). Only key groups of this store's range are kept.
     fn restore_native(&mut self, restores: &[NativeRestore]) -> Result<(), StateError>;
+    /// The estimated entries and bytes of `column`, if the store can say
+    /// cheaply (metrics, sampled now and then; never a scan). Default: no.
+    fn column_stats(&self, _column: &str) -> Option<(u64, u64)> {
+        None
+    }
     /// Checkpoint `id` completed: its files may be referenced from now on.
     fn notify_complete(&mut self, _id: u64) {}
     /// Checkpoint `id` was aborted.
@@ -1187,6 +1192,22 @@ impl<K: StateKey> SerializedKeyedStateBackend<K> {
 impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
     fn kind(&self) -> BackendKind {
         self.store.kind()
+    }
+
+    fn state_stats(&mut self) -> Vec<crate::backend::StateStats> {
+        let store = &self.store;
+        self.declarations
+            .tables_mut()
+            .filter_map(|(signature, _)| {
+                let (entries, bytes) = store.column_stats(&column_name(&signature.name))?;
+                Some(crate::backend::StateStats {
+                    name: signature.name.clone(),
+                    entries,
+                    bytes: Some(bytes),
+                    estimated: true,
+                })
+            })
+            .collect()
     }
 
     fn clock(&self) -> crate::clock::SharedClock {

@@ -88,6 +88,7 @@
 mod config_file;
 mod error;
 mod progress;
+pub mod prometheus;
 pub mod restart;
 mod runtime_args;
 pub mod service;

@@ -17,9 +17,9 @@ use flowstate_rest::{
     ExceptionHistory, ExceptionInfo, Externalization, IoMetrics, JobDetails, JobExceptions,
     JobOverview, JobService, JobState, LatestCheckpoints, Plan, PlanInput, PlanNode, RestError,
     RestoredCheckpoint, SavepointStatus, SavepointTrigger, ServeOptions, ServiceError,
-    StatsSummary, SubtaskAlignment, SubtaskCheckpoint, SubtaskCheckpointDuration,
-    TaskCheckpointDetails, TaskCheckpointStatistics, TaskCheckpointSummary, VertexDetails,
-    checkpoint_status, task_counts, vertex_id,
+    StatsSummary, SubtaskAlignment, SubtaskBackPressure, SubtaskCheckpoint,
+    SubtaskCheckpointDuration, TaskCheckpointDetails, TaskCheckpointStatistics,
+    TaskCheckpointSummary, VertexDetails, checkpoint_status, task_counts, vertex_id,
 };
 use flowstate_runtime::SnapshotKind;
 use flowstate_runtime::checkpoint::coordinator::TaskStats;
@@ -28,7 +28,7 @@ use flowstate_runtime::control::{
     SavepointTargetPolicy, SnapshotStatus,
 };
 use flowstate_runtime::graph::VertexInfo;
-use flowstate_runtime::metrics::JobMetrics;
+use flowstate_runtime::metrics::{JobMetrics, TaskMetricsSnapshot};
 
 use super::AppError;
 
@@ -214,39 +214,55 @@ fn signed(ms: u64) -> i64 {
 
 /// The vertex metrics of vertex `index` of a job described by `d`, from what
 /// the runtime measures. **The one place runtime metrics become vertex
-/// metrics**: when the runtime counts per task (records in and out, busy,
-/// idle and backpressured time), this is what changes.
-///
-/// Today the runtime counts records job-wide only ([`JobMetrics`]): records
-/// the sources emitted and records handed to the sinks. They are the
-/// source's `write-records` when the job has exactly one source, and the
-/// sink's `read-records` when it has exactly one sink (`*-complete`: true);
-/// every other figure is not measured yet and is 0 with its `*-complete`
-/// flag false: bytes (flowstate's channels carry records, not bytes), the
-/// records of operators between source and sink, and the busy, idle and
-/// backpressured times.
+/// metrics.** Records in and out are the vertex's operator instances' own
+/// (summed over subtasks); busy, idle and backpressured time (ms, summed over
+/// subtasks) are those of the tasks that run the vertex (a chain's operators
+/// share their task's time, as in Flink, where a vertex is a chain). Bytes
+/// stay 0 with `*-complete` false: flowstate's local channels carry records,
+/// not bytes.
 fn vertex_metrics(d: &JobDescription, index: usize, metrics: &JobMetrics) -> IoMetrics {
-    let is_source = |v: &VertexInfo| v.inputs.is_empty();
-    let is_sink = |v: &VertexInfo| {
-        !d.vertices
-            .iter()
-            .any(|other| other.inputs.iter().any(|(from, _)| *from == v.uid))
-    };
-    let sources = d.vertices.iter().filter(|v| is_source(v)).count();
-    let sinks = d.vertices.iter().filter(|v| is_sink(v)).count();
     let mut io = IoMetrics::default();
     let Some(vertex) = d.vertices.get(index) else {
         return io;
     };
-    if is_source(vertex) && sources == 1 {
-        io.write_records = metrics.records_in();
-        io.write_records_complete = true;
+    for operator in metrics.operators().iter().filter(|o| o.uid == vertex.uid) {
+        io.read_records += operator.records_in;
+        io.write_records += operator.records_out;
     }
-    if is_sink(vertex) && !is_source(vertex) && sinks == 1 {
-        io.read_records = metrics.records_to_sinks();
-        io.read_records_complete = true;
+    io.read_records_complete = true;
+    io.write_records_complete = true;
+    for task in vertex_task_metrics(vertex, metrics) {
+        io.accumulated_busy_time += ms(task.busy);
+        io.accumulated_idle_time += ms(task.idle);
+        io.accumulated_backpressured_time += ms(task.backpressured);
     }
     io
+}
+
+/// The metrics of the tasks that run `vertex` (it heads their chain or is
+/// chained into it).
+fn vertex_task_metrics(vertex: &VertexInfo, metrics: &JobMetrics) -> Vec<TaskMetricsSnapshot> {
+    metrics
+        .tasks()
+        .into_iter()
+        .filter(|t| {
+            t.uid == vertex.uid
+                || parse_task_name(&t.task)
+                    .is_some_and(|(chain, _)| chain.split(" -> ").any(|op| op == vertex.name))
+        })
+        .collect()
+}
+
+/// Flink's backpressure level of a ratio of time backpressured: up to 10% is
+/// `ok`, up to 50% `low`, above `high`.
+fn backpressure_level(ratio: f64) -> &'static str {
+    if ratio <= 0.10 {
+        "ok"
+    } else if ratio <= 0.50 {
+        "low"
+    } else {
+        "high"
+    }
 }
 
 /// `(chain, subtask index)` of a task name `<chain> (<i>/<p>)`, the chain
@@ -543,17 +559,46 @@ impl JobService for LocalJobs {
 
     fn backpressure(&self, job: &str, vertex: &str) -> Result<BackPressure, ServiceError> {
         let j = self.find(job)?;
-        if !j
-            .description()
+        let description = j.description();
+        let Some(vertex) = description
             .vertices
             .iter()
-            .any(|v| vertex_id(&v.uid) == vertex)
-        {
+            .find(|v| vertex_id(&v.uid) == vertex)
+        else {
             return Err(ServiceError::UnknownVertex);
+        };
+        let tasks = vertex_task_metrics(vertex, j.metrics());
+        if tasks.is_empty() {
+            // Not running (yet): Flink's answer for "nothing sampled".
+            return Ok(BackPressure::not_sampled());
         }
-        // The runtime measures no backpressure per task yet (the metrics
-        // work adds it): Flink's answer for "nothing sampled".
-        Ok(BackPressure::not_sampled())
+        let subtasks: Vec<SubtaskBackPressure> = tasks
+            .iter()
+            .map(|t| {
+                let ratio = (t.backpressured_ms_per_second / 1000.0).clamp(0.0, 1.0);
+                let level = backpressure_level(ratio).to_owned();
+                SubtaskBackPressure {
+                    subtask: t.subtask,
+                    attempt_number: 0,
+                    backpressure_level_deprecated: level.clone(),
+                    backpressure_level: level,
+                    ratio,
+                    idle_ratio: (t.idle_ms_per_second / 1000.0).clamp(0.0, 1.0),
+                    busy_ratio: (t.busy_ms_per_second / 1000.0).clamp(0.0, 1.0),
+                }
+            })
+            .collect();
+        let worst = subtasks.iter().map(|s| s.ratio).fold(0.0, f64::max);
+        let level = backpressure_level(worst).to_owned();
+        Ok(BackPressure {
+            status: "ok".into(),
+            backpressure_level_deprecated: Some(level.clone()),
+            backpressure_level: Some(level),
+            end_timestamp: Some(signed(
+                flowstate_runtime::checkpoint::coordinator::unix_ms_now(),
+            )),
+            subtasks: Some(subtasks),
+        })
     }
 
     fn checkpoints(&self, job: &str) -> Result<CheckpointingStatistics, ServiceError> {
@@ -853,5 +898,10 @@ impl JobService for LocalJobs {
 
     fn cancel(&self, job: &str) -> Result<(), ServiceError> {
         self.find(job)?.cancel().map_err(service_error)
+    }
+
+    fn prometheus_text(&self) -> String {
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        super::prometheus::render(&jobs)
     }
 }

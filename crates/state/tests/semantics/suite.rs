@@ -66,6 +66,7 @@ macro_rules! semantics_suite {
             aggregating_state_add_get_clear,
             state_of_one_key_is_invisible_under_another_key,
             states_with_different_names_are_independent,
+            state_stats_report_each_declared_state,
             redeclaring_with_another_kind_or_type_is_incompatible,
             redeclaring_the_same_state_returns_a_handle_to_the_same_state,
             invalid_state_names_are_rejected,
@@ -1287,6 +1288,40 @@ pub fn states_with_different_names_are_independent(harness: &Harness) {
         Some(&3),
         "clearing 'a' leaves 'ab' alone"
     );
+}
+
+/// Metrics: every declared state's size. Exact where the backend counts
+/// (`estimated: false`), an estimate of the right order otherwise (RocksDB's
+/// `estimate-num-keys` over memtables and files).
+pub fn state_stats_report_each_declared_state(harness: &Harness) {
+    let mut backend = harness.backend::<u64>(all_groups(MAXP), MAXP);
+    let many = backend
+        .value_state(&ValueStateDescriptor::<u64>::new("many"))
+        .unwrap();
+    let _none = backend
+        .value_state(&ValueStateDescriptor::<u64>::new("none"))
+        .unwrap();
+    for key in 0..1000u64 {
+        scope(backend.as_mut(), &key).value(&many).set(key).unwrap();
+    }
+    let stats = backend.state_stats();
+    let mut names: Vec<&str> = stats.iter().map(|s| s.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["many", "none"], "{stats:?}");
+    for s in &stats {
+        let expected = if s.name == "many" { 1000 } else { 0 };
+        if s.estimated {
+            assert!(
+                s.entries >= expected / 2 && s.entries <= expected * 2,
+                "{s:?}: an estimate of {expected}"
+            );
+            if expected > 0 {
+                assert!(s.bytes.is_some_and(|b| b > 0), "{s:?}");
+            }
+        } else {
+            assert_eq!(s.entries, expected, "{s:?}");
+        }
+    }
 }
 
 pub fn redeclaring_with_another_kind_or_type_is_incompatible(harness: &Harness) {
