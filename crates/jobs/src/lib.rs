@@ -7,6 +7,7 @@
 #[cfg(feature = "kafka")]
 pub mod kafka_count;
 pub mod keyed_count;
+pub mod nexmark;
 pub mod totals;
 pub mod window_count;
 pub mod window_workload;
