@@ -332,7 +332,10 @@ impl KeyedProcessFunction<u64, Event, (u64, u64)> for Q4Winning {
 
 /// q4's second stage, keyed by category: the sum and number of winning
 /// prices; at the end of the input, `category,avg` (the final value of
-/// Flink's updating `AVG`).
+/// Flink's updating `AVG`). Emitted by an event-time timer at the end of
+/// time, which fires on the source's final `Watermark::MAX`, before the
+/// final checkpoint (so the rows are in it, and a restore of it does not
+/// emit them again, as `finish` would).
 #[derive(Clone, Default)]
 struct Q4Average {
     sum_count: Option<ValueStateHandle<(u64, u64)>>,
@@ -351,26 +354,35 @@ impl KeyedProcessFunction<u64, (u64, u64), Row> for Q4Average {
         _out: &mut Vec<Row>,
     ) -> FnResult {
         let handle = declared(&self.sum_count)?;
-        ctx.value(handle).modify(
+        let first = ctx.value(handle).modify(
             || (0, 0),
             |(sum, count)| {
                 *sum += price;
                 *count += 1;
+                *count == 1
             },
         )?;
+        if first {
+            ctx.register_event_time_timer(i64::MAX)?;
+        }
         Ok(())
     }
 
-    fn finish(&mut self, state: &mut dyn KeyedStateBackend<u64>, out: &mut Vec<Row>) -> FnResult {
+    fn on_timer(
+        &mut self,
+        _timestamp: i64,
+        _domain: TimeDomain,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Vec<Row>,
+    ) -> FnResult {
         let handle = declared(&self.sum_count)?;
-        state.for_each_value(handle, |category, &(sum, count)| {
-            if count > 0 {
-                out.push(Row::Q4 {
-                    category: *category,
-                    avg_final: sum / count,
-                });
-            }
-        })?;
+        let category = *ctx.key();
+        if let Some((sum, count)) = ctx.value(handle).clear()? {
+            out.push(Row::Q4 {
+                category,
+                avg_final: sum / count.max(1),
+            });
+        }
         Ok(())
     }
 }
