@@ -206,7 +206,13 @@ impl Rng {
 #[inline]
 pub fn last_base0_person_id(i: u64) -> u64 {
     let epoch = i / TOTAL_PROPORTION;
-    let offset = (i % TOTAL_PROPORTION).min(PERSON_PROPORTION - 1);
+    let offset = i % TOTAL_PROPORTION;
+    // An auction or a bid: the last person of this epoch.
+    let offset = if offset < PERSON_PROPORTION {
+        offset
+    } else {
+        PERSON_PROPORTION - 1
+    };
     epoch * PERSON_PROPORTION + offset
 }
 
@@ -437,7 +443,7 @@ mod tests {
         for i in 0..50_000 {
             if let Event::Bid(b) = g.event(i) {
                 n += 1;
-                if (b.auction - FIRST_AUCTION_ID) % HOT_BLOCK == 0 {
+                if (b.auction - FIRST_AUCTION_ID).is_multiple_of(HOT_BLOCK) {
                     hot_auction += 1;
                 }
                 if (b.bidder - FIRST_PERSON_ID) % HOT_BLOCK == 1 {

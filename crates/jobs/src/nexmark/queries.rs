@@ -580,16 +580,15 @@ impl KeyedProcessFunction<u64, Event, Row> for Q8NewUsers {
                     Event::Auction(a) => {
                         let start = window(a.date_time);
                         match person {
-                            Some((name, person_start)) => {
-                                if *person_start == start {
-                                    out.push(Row::Q8 {
-                                        id,
-                                        name: name.clone(),
-                                        start,
-                                    });
-                                    *emitted = true;
-                                }
+                            Some((name, person_start)) if *person_start == start => {
+                                out.push(Row::Q8 {
+                                    id,
+                                    name: name.clone(),
+                                    start,
+                                });
+                                *emitted = true;
                             }
+                            Some(_) => {}
                             None if !windows.contains(&start) => windows.push(start),
                             None => {}
                         }
