@@ -145,13 +145,13 @@ struct NexmarkArgs {
     /// Seed of the generated events' random choices.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Throttle the generator to this many events per second of processing
+    /// Throttle the source to this many events per second of processing
     /// time in total.
     #[arg(long)]
     throttle: Option<u64>,
     /// Read the events from this folder (person/, auction/, bid/ of JSON
     /// lines, as `flowstate nexmark generate` writes) instead of generating.
-    #[arg(long, conflicts_with_all = ["throttle"])]
+    #[arg(long)]
     input: Option<PathBuf>,
     /// With --input: bound on disorder within a file (`4s`, `0ms`).
     #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
@@ -288,6 +288,7 @@ fn run_job(job: Job) -> Result<(), AppError> {
                     dir: dir.clone(),
                     out_of_orderness_ms: i64::try_from(args.out_of_orderness.as_millis())
                         .unwrap_or(i64::MAX),
+                    throttle: args.throttle,
                 },
                 None => nexmark::Events::Generated {
                     events: args.events,

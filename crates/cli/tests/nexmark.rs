@@ -41,12 +41,27 @@ fn query_args(query: &str, out: &Path) -> Vec<String> {
     ])
 }
 
+/// The checkpoint a run restored, as its log names it (for the report only).
+fn restored_from(stderr: &str) -> String {
+    stderr
+        .find("/_metadata")
+        .and_then(|at| stderr[..at].rfind("chk-").map(|start| &stderr[start..at]))
+        .unwrap_or("nothing")
+        .to_owned()
+}
+
 fn sorted(mut lines: Vec<String>) -> Vec<String> {
     lines.sort();
     lines
 }
 
 fn sigkill_and_restore(query: &str) {
+    sigkill_and_restore_reading(query, None);
+}
+
+/// `query` over generated events, or over the files of `generate` (the same
+/// events) when `from_files`.
+fn sigkill_and_restore_reading(query: &str, from_files: Option<&str>) {
     let _turn = one_at_a_time();
     let tmp = tempdir();
     let (reference_out, out, ck, logs) = (
@@ -55,6 +70,30 @@ fn sigkill_and_restore(query: &str) {
         tmp.path().join("ck"),
         tmp.path().join("logs"),
     );
+    let events = tmp.path().join("events");
+    let query_args = |query: &str, out: &Path| {
+        let mut args = query_args(query, out);
+        if from_files.is_some() {
+            args.extend(strings(&["--input", arg(&events)]));
+        }
+        args
+    };
+    if from_files.is_some() {
+        flowstate(
+            tmp.path(),
+            &[
+                "nexmark",
+                "generate",
+                "--events",
+                EVENTS,
+                "--rate",
+                RATE,
+                "--output",
+                arg(&events),
+            ],
+        )
+        .assert_success();
+    }
     let mut args = query_args(query, &reference_out);
     args.extend(strings(&["--parallelism", "2"]));
     let reference = start(tmp.path(), &logs, "reference", &args).wait();
@@ -98,7 +137,10 @@ fn sigkill_and_restore(query: &str) {
                 assert_eq!(run.result_line(), expected, "{run}");
             }
         }
-        eprintln!("[{query}] run {attempt}: {ending:?} at {at:?}");
+        eprintln!(
+            "[{query}] run {attempt}: {ending:?} at {at:?}, restored {}",
+            restored_from(&run.stderr)
+        );
     }
     eprintln!("[{query}] {killed} of {KILLS} kills landed mid-run");
     assert_eq!(
@@ -118,6 +160,13 @@ fn q5_sigkill_and_restore_latest_gives_the_uninterrupted_result() {
 #[test]
 fn q4_sigkill_and_restore_latest_gives_the_uninterrupted_result() {
     sigkill_and_restore("q4");
+}
+
+/// q7 over the event files: the JSON-lines source's per-file positions and
+/// watermarks across kills and rescaling, and q7's window-end timers.
+#[test]
+fn q7_from_files_sigkill_and_restore_latest_gives_the_uninterrupted_result() {
+    sigkill_and_restore_reading("q7", Some("files"));
 }
 
 /// Session windows (merging windows, their timers).

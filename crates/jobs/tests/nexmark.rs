@@ -243,6 +243,7 @@ fn events_read_from_generated_files_give_the_same_results() {
         let files = Events::Files {
             dir: dir.path().to_path_buf(),
             out_of_orderness_ms: 4_000,
+            throttle: None,
         };
         for parallelism in [1, 3] {
             assert_eq!(

@@ -51,6 +51,7 @@ pub struct JsonLinesSource<T> {
     root: PathBuf,
     files: Arc<Vec<PathBuf>>,
     strategy: WatermarkStrategy<T>,
+    rate_per_s: Option<u64>,
     _records: PhantomData<fn() -> T>,
 }
 
@@ -103,8 +104,21 @@ impl<T: Data + DeserializeOwned> JsonLinesSource<T> {
             root,
             files: Arc::new(files),
             strategy,
+            rate_per_s: None,
             _records: PhantomData,
         })
+    }
+
+    /// Throttles all instances together to `rate_per_s` records per second
+    /// (each instance reads `rate_per_s / parallelism`).
+    pub fn with_rate(mut self, rate_per_s: u64) -> Result<Self, ConnectorError> {
+        if rate_per_s == 0 {
+            return Err(ConnectorError::Config(
+                "rate must be at least 1 record/s".into(),
+            ));
+        }
+        self.rate_per_s = Some(rate_per_s);
+        Ok(self)
     }
 
     /// The files this source reads (canonical paths, sorted).
@@ -243,6 +257,11 @@ impl<T: Data + DeserializeOwned> Source<T> for JsonLinesSource<T> {
             current: 0,
             watermarks,
             line_buf: Vec::new(),
+            rate_per_s: self
+                .rate_per_s
+                .map(|r| (r / u64::from(subtask.parallelism)).max(1)),
+            started: None,
+            emitted: 0,
             _records: PhantomData,
         }))
     }
@@ -257,6 +276,10 @@ struct JsonLinesReader<T> {
     current: usize,
     watermarks: SplitWatermarks<usize, T>,
     line_buf: Vec<u8>,
+    /// This instance's share of the throttle.
+    rate_per_s: Option<u64>,
+    started: Option<Instant>,
+    emitted: u64,
     _records: PhantomData<fn() -> T>,
 }
 
@@ -288,7 +311,7 @@ impl<T: Data + DeserializeOwned> SourceReader<T> for JsonLinesReader<T> {
         &mut self,
         out: &mut Vec<T>,
         max: usize,
-        _now: Instant,
+        now: Instant,
     ) -> Result<SourcePoll, UserError> {
         let n = self.files.len();
         let Some(index) = (0..n)
@@ -297,6 +320,17 @@ impl<T: Data + DeserializeOwned> SourceReader<T> for JsonLinesReader<T> {
         else {
             return Ok(SourcePoll::Finished);
         };
+        let mut max = max;
+        if let Some(rate) = self.rate_per_s {
+            let started = *self.started.get_or_insert(now);
+            let allowed = (now.duration_since(started).as_secs_f64() * rate as f64) as u64 + 1;
+            if allowed <= self.emitted {
+                let due =
+                    started + std::time::Duration::from_secs_f64(self.emitted as f64 / rate as f64);
+                return Ok(SourcePoll::Pending { wake_at: Some(due) });
+            }
+            max = max.min(usize::try_from(allowed - self.emitted).unwrap_or(usize::MAX));
+        }
         let position = &mut self.files[index];
         let reader = match &mut self.open[index] {
             Some(reader) => reader,
@@ -332,6 +366,7 @@ impl<T: Data + DeserializeOwned> SourceReader<T> for JsonLinesReader<T> {
             let record = serde_json::from_slice::<T>(line).map_err(|e| invalid(e.to_string()))?;
             out.push(record);
         }
+        self.emitted += (out.len() - first) as u64;
         self.watermarks.on_batch(&index, &out[first..]);
         if position.done {
             self.watermarks.finish_split(&index);
@@ -450,6 +485,38 @@ mod tests {
         }
         assert_eq!(seen.len(), 200);
         assert!(watermarks.len() >= 5, "{watermarks:?}");
+    }
+
+    /// The throttle is computed from the `now` each poll is given: no sleeping, no timing.
+    #[test]
+    fn the_throttle_lets_through_the_rate_times_the_time_since_the_first_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a", (0..100).map(|i| (i, i as u64)));
+        let source = JsonLinesSource::new(dir.path(), strategy())
+            .unwrap()
+            .with_rate(20)
+            .unwrap();
+        // Two instances: 10 records/s each; instance 0 has the only file.
+        let mut reader = source.create_reader(&info(0, 2)).unwrap();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        assert_eq!(reader.poll(&mut out, 50, t0).unwrap(), SourcePoll::Ready);
+        assert_eq!(out.len(), 1);
+        let due = match reader.poll(&mut out, 50, t0).unwrap() {
+            SourcePoll::Pending { wake_at: Some(due) } => due,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(due, t0 + std::time::Duration::from_millis(100));
+        reader
+            .poll(&mut out, 50, t0 + std::time::Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(out.len(), 11);
+        assert!(
+            JsonLinesSource::new(dir.path(), strategy())
+                .unwrap()
+                .with_rate(0)
+                .is_err()
+        );
     }
 
     #[test]

@@ -61,6 +61,10 @@ pub enum Events {
         dir: PathBuf,
         /// Bound on disorder within a file (ms).
         out_of_orderness_ms: i64,
+        /// Events per second of processing time in total (shared by the
+        /// three sources in proportion to their lines); `None`: as fast as
+        /// possible.
+        throttle: Option<u64>,
     },
 }
 
@@ -99,10 +103,14 @@ impl NexmarkParams {
             Events::Files {
                 dir,
                 out_of_orderness_ms,
+                throttle,
             } => {
                 p = p
                     .with("input", dir.display())?
                     .with("out-of-orderness", format_args!("{out_of_orderness_ms}ms"))?;
+                if let Some(throttle) = throttle {
+                    p.insert("throttle", throttle, true)?;
+                }
             }
         }
         if let Some(output) = &self.output {
@@ -222,22 +230,37 @@ fn source(
         Events::Files {
             dir,
             out_of_orderness_ms,
+            throttle,
         } => {
             let delay = *out_of_orderness_ms;
-            let mut total = 0;
-            let person = JsonLinesSource::<Person>::new(
+            let mut person = JsonLinesSource::<Person>::new(
                 dir.join("person"),
                 WatermarkStrategy::bounded_out_of_orderness(delay, |p: &Person| p.date_time),
             )?;
-            let auction = JsonLinesSource::<Auction>::new(
+            let mut auction = JsonLinesSource::<Auction>::new(
                 dir.join("auction"),
                 WatermarkStrategy::bounded_out_of_orderness(delay, |a: &Auction| a.date_time),
             )?;
-            let bid = JsonLinesSource::<Bid>::new(
+            let mut bid = JsonLinesSource::<Bid>::new(
                 dir.join("bid"),
                 WatermarkStrategy::bounded_out_of_orderness(delay, |b: &Bid| b.date_time),
             )?;
-            total += person.count_lines()? + auction.count_lines()? + bid.count_lines()?;
+            let counts = [
+                person.count_lines()?,
+                auction.count_lines()?,
+                bid.count_lines()?,
+            ];
+            let total: u64 = counts.iter().sum();
+            if let Some(throttle) = *throttle {
+                // Shared in proportion, so the three advance together.
+                let share = |n: u64| {
+                    ((u128::from(throttle) * u128::from(n)) / u128::from(total.max(1))).max(1)
+                        as u64
+                };
+                person = person.with_rate(share(counts[0]))?;
+                auction = auction.with_rate(share(counts[1]))?;
+                bid = bid.with_rate(share(counts[2]))?;
+            }
             let person = env
                 .from_source("Source: person files", person)
                 .uid("nexmark-person-files")
