@@ -1,4 +1,5 @@
-//! Nexmark: every query gives the same RESULT at parallelism 1, 2 and 3;
+//! Nexmark: every query gives the same RESULT at parallelism 1, 2 and 3 and
+//! on the serialising state backend;
 //! q0, q1, q2, q5 and q7 match a small independent reference computation
 //! (plain loops over the generated events, no engine); the committed output
 //! holds exactly the rows the checksum covers; events written as files and
@@ -9,6 +10,8 @@ use std::path::Path;
 
 use flowstate::StreamEnvironment;
 use flowstate::runtime::ExecutionConfig;
+use flowstate::state::StateBackendConfig;
+use flowstate::state::memory_store::MemoryStoreFactory;
 use flowstate_jobs::nexmark::generator::GeneratorConfig;
 use flowstate_jobs::nexmark::model::{Bid, Event};
 use flowstate_jobs::nexmark::queries::QUERIES;
@@ -35,7 +38,20 @@ fn generated() -> Events {
 }
 
 fn run(query: &str, events: Events, parallelism: u32, output: Option<&Path>) -> String {
-    let env = StreamEnvironment::new(ExecutionConfig::with_parallelism(parallelism));
+    run_on(query, events, parallelism, output, StateBackendConfig::Heap)
+}
+
+fn run_on(
+    query: &str,
+    events: Events,
+    parallelism: u32,
+    output: Option<&Path>,
+    backend: StateBackendConfig,
+) -> String {
+    let env = StreamEnvironment::new(ExecutionConfig {
+        state_backend: backend,
+        ..ExecutionConfig::with_parallelism(parallelism)
+    });
     let params = NexmarkParams {
         query: query.into(),
         events,
@@ -176,6 +192,13 @@ fn every_query_gives_the_same_result_at_parallelism_1_2_and_3() {
                 "{query} at parallelism {parallelism}"
             );
         }
+        // Every state value through its encoding (the serialising backend).
+        let store = StateBackendConfig::Store(std::sync::Arc::new(MemoryStoreFactory));
+        assert_eq!(
+            run_on(query, generated(), 2, None, store),
+            expected,
+            "{query} on the serialising backend"
+        );
         eprintln!("{expected}");
     }
 }
