@@ -216,9 +216,8 @@ pub fn last_base0_person_id(i: u64) -> u64 {
     epoch * PERSON_PROPORTION + offset
 }
 
-/// The last auction id (base 0) created at or before event `i` (wrapping
-/// below 0 before the first auction, as the reference's does not: callers
-/// only use it for auctions and bids, which come after one).
+/// The last auction id (base 0) created at or before event `i` (0 before
+/// the first auction: only auctions and bids use it, and they come after one).
 #[inline]
 pub fn last_base0_auction_id(i: u64) -> u64 {
     let epoch = i / TOTAL_PROPORTION;
