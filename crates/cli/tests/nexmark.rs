@@ -199,6 +199,20 @@ fn generated_files_give_the_same_result_as_generated_events() {
             .contains("400 people, 1200 auctions, 18400 bids"),
         "{wrote}"
     );
+    // Generating again into the same folder would mix two sets of part files.
+    let again = flowstate(
+        tmp.path(),
+        &[
+            "nexmark",
+            "generate",
+            "--events",
+            "10",
+            "--output",
+            arg(&events),
+        ],
+    );
+    again.assert_failure();
+    assert!(again.stderr.contains("is not empty"), "{again}");
     for query in ["q3", "q8", "q11"] {
         let generated = flowstate(
             tmp.path(),

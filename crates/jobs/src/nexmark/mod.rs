@@ -326,8 +326,9 @@ pub const GENERATED_LINES_PER_FILE: u64 = 1_000_000;
 
 /// Writes events `0..events` of `config` as JSON lines into `dir/person/`,
 /// `dir/auction/` and `dir/bid/` (part files `part-00000.json`, ... of at
-/// most [`GENERATED_LINES_PER_FILE`] events each, in event order). Returns
-/// the number of events of each type.
+/// most [`GENERATED_LINES_PER_FILE`] events each, in event order). Refuses
+/// a folder that already holds events. Returns the number of events of each
+/// type.
 pub fn generate(
     config: &GeneratorConfig,
     events: u64,
@@ -345,6 +346,14 @@ pub fn generate(
     let mut outs = Vec::new();
     for kind in ["person", "auction", "bid"] {
         let sub = dir.join(kind);
+        // Part files of an earlier, longer run would be read as events too.
+        let occupied = std::fs::read_dir(&sub).is_ok_and(|mut entries| entries.next().is_some());
+        if occupied {
+            return Err(config_error(format!(
+                "'{}' is not empty: write the events into a new folder",
+                sub.display()
+            )));
+        }
         std::fs::create_dir_all(&sub).map_err(write_error(&sub))?;
         outs.push(Out {
             dir: sub,
