@@ -29,7 +29,8 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use flowstate::app::{AppError, BoxError, ResultLine, RunArgs, RuntimeArgs};
-use flowstate_jobs::{keyed_count, window_count, window_workload, wordcount};
+use flowstate_jobs::nexmark::generator::{self as nexmark_generator, GeneratorConfig};
+use flowstate_jobs::{keyed_count, nexmark, window_count, window_workload, wordcount};
 
 #[derive(Parser)]
 #[command(
@@ -78,6 +79,35 @@ enum Command {
     /// Reads what `produce` wrote with a plain consumer and prints the rate
     /// (the broker's own, for benchmarks). Needs `--features kafka`.
     Consume(kafka::ConsumeArgs),
+    /// Nexmark's events, for other engines (docs/nexmark.md).
+    Nexmark {
+        #[command(subcommand)]
+        command: NexmarkCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NexmarkCommand {
+    /// Writes the generator's events as JSON lines into DIR/person/,
+    /// DIR/auction/ and DIR/bid/ (the events `run nexmark` generates with
+    /// the same --events, --rate and --seed).
+    Generate(NexmarkGenerateArgs),
+}
+
+#[derive(Args)]
+struct NexmarkGenerateArgs {
+    /// Number of events (people, auctions and bids together).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Events per second of event time (the reference's first event rate).
+    #[arg(long, default_value_t = nexmark_generator::DEFAULT_RATE)]
+    rate: u64,
+    /// Seed of the events' random choices.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The folder to write (created if missing).
+    #[arg(long)]
+    output: PathBuf,
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -95,6 +125,40 @@ enum Job {
     /// per key into files, a PostgreSQL table or a Kafka topic. Needs
     /// `--features kafka`.
     KafkaCount(RunArgs<kafka::KafkaCountArgs>),
+    /// A Nexmark query (q0 q1 q2 q3 q4 q5 q7 q8 q11) over generated events or
+    /// a folder of event files; ends with `RESULT query=.. events=..
+    /// results=.. checksum=..` (docs/nexmark.md).
+    Nexmark(RunArgs<NexmarkArgs>),
+}
+
+#[derive(Args)]
+struct NexmarkArgs {
+    /// The query: q0 q1 q2 q3 q4 q5 q7 q8 q11.
+    #[arg(long)]
+    query: String,
+    /// Number of generated events (people, auctions and bids together).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Events per second of event time (the reference's first event rate).
+    #[arg(long, default_value_t = nexmark_generator::DEFAULT_RATE)]
+    rate: u64,
+    /// Seed of the generated events' random choices.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Throttle the source to this many events per second of processing
+    /// time in total.
+    #[arg(long)]
+    throttle: Option<u64>,
+    /// Read the events from this folder (person/, auction/, bid/ of JSON
+    /// lines, as `flowstate nexmark generate` writes) instead of generating.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// With --input: bound on disorder within a file (`4s`, `0ms`).
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    out_of_orderness: std::time::Duration,
+    /// Write the result rows into part files in this directory.
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -212,6 +276,39 @@ fn run_job(job: Job) -> Result<(), AppError> {
             let job = wordcount::build(env, &params)?;
             Ok(ResultLine(move || job.result_line()))
         }),
+        Job::Nexmark(args) => flowstate::app::run("nexmark", &args, |env, args| {
+            if args.rate == 0 {
+                return Err(usage("--rate must be at least 1 event/s"));
+            }
+            if args.throttle == Some(0) {
+                return Err(usage("--throttle must be at least 1 event/s"));
+            }
+            let events = match &args.input {
+                Some(dir) => nexmark::Events::Files {
+                    dir: dir.clone(),
+                    out_of_orderness_ms: i64::try_from(args.out_of_orderness.as_millis())
+                        .unwrap_or(i64::MAX),
+                    throttle: args.throttle,
+                },
+                None => nexmark::Events::Generated {
+                    events: args.events,
+                    config: GeneratorConfig {
+                        rate: args.rate,
+                        seed: args.seed,
+                        ..GeneratorConfig::default()
+                    },
+                    splits: flowstate::connectors::sequence::DEFAULT_SPLITS,
+                    throttle: args.throttle,
+                },
+            };
+            let params = nexmark::NexmarkParams {
+                query: args.query.clone(),
+                events,
+                output: args.output.clone(),
+            };
+            let job = nexmark::build(env, &params)?;
+            Ok(ResultLine(move || job.result_line()))
+        }),
         Job::KafkaCount(args) => flowstate::app::run("kafka-count", &args, |env, args| {
             let result = kafka::build_kafka_count(env, args)?;
             Ok(flowstate::app::TryResultLine(move || {
@@ -229,6 +326,7 @@ impl Job {
             Job::Wordcount(args) => &mut args.runtime,
             Job::WindowCount(args) => &mut args.runtime,
             Job::KafkaCount(args) => &mut args.runtime,
+            Job::Nexmark(args) => &mut args.runtime,
         }
     }
 }
@@ -246,7 +344,31 @@ fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => tools::verify(args)?,
         Command::Produce(args) => kafka::produce(args)?,
         Command::Consume(args) => kafka::consume(args)?,
+        Command::Nexmark {
+            command: NexmarkCommand::Generate(args),
+        } => nexmark_generate(&args)?,
     }
+    Ok(())
+}
+
+/// `flowstate nexmark generate`.
+fn nexmark_generate(args: &NexmarkGenerateArgs) -> Result<()> {
+    if args.rate == 0 {
+        anyhow::bail!("--rate must be at least 1 event/s");
+    }
+    let config = GeneratorConfig {
+        rate: args.rate,
+        seed: args.seed,
+        ..GeneratorConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let [people, auctions, bids] = nexmark::generate(&config, args.events, &args.output)?;
+    println!(
+        "wrote {} events ({people} people, {auctions} auctions, {bids} bids) into {} in {:.1}s",
+        args.events,
+        args.output.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -77,4 +77,11 @@ pub enum ConnectorError {
         offset: u64,
         line: u64,
     },
+    /// A line of a JSON-lines input is not a record of the expected shape.
+    #[error("'{path}' line {line}: {message}")]
+    InvalidRecord {
+        path: String,
+        line: u64,
+        message: String,
+    },
 }

@@ -23,8 +23,11 @@
 //! synced, so a reader of the directory never sees a partial file. The names a
 //! restored snapshot asks it to rename must be plain names of its own pattern.
 
+mod json;
 mod sink;
 mod source;
+
+pub use json::{JSON_INPUT_STATE, JSON_POSITIONS_STATE, JsonLinesSource};
 
 pub use sink::{DEFAULT_PART_BYTES_MAX, FileSink, MAX_PART_NAME_BYTES, PENDING_STATE};
 pub use source::{FILE_POSITIONS_STATE, INPUT_STATE, MAX_LINE_BYTES, TextLinesSource};

@@ -1,0 +1,583 @@
+//! The JSON-lines source: records of a type `T` (serde), one JSON object per
+//! line, from a file or every visible regular file of a directory, with event
+//! time and a watermark per file.
+//!
+//! Every file is a split: the files (sorted by path) are dealt to the
+//! instances (`file % parallelism == instance`); a reader reads its files in
+//! turn, a batch from each, so they advance together in event time, and its
+//! watermark is the minimum over its unfinished files' watermarks (each
+//! file's own bounded-out-of-orderness generator): a file far ahead never
+//! makes another's records late. Blank lines are skipped; a line that is not
+//! UTF-8 or not a `T` fails the job with the file and line number.
+//!
+//! The snapshot records a position (byte offset, line, finished) for every
+//! file of the instance (`json-positions`, `Union`: every instance sees all
+//! of them, so a restore at another parallelism deals the files again and
+//! never reads a finished one twice) and the input's canonical path
+//! (`json-input`); a restore refuses another input or a position in a file
+//! that is no longer there or shorter. Files added since are read from the
+//! start.
+//!
+//! Owns reading and positions only; what the records mean is the job's.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use flowstate_runtime::checkpoint::OperatorListState;
+use flowstate_runtime::{
+    Barrier, Data, Source, SourcePoll, SourceReader, SplitWatermarks, SubtaskInfo, UserError,
+    Watermark, WatermarkStrategy,
+};
+use flowstate_state::RedistributionMode;
+use serde::de::DeserializeOwned;
+
+use super::source::MAX_LINE_BYTES;
+use crate::{ConnectorError, list_state};
+
+/// Name of the list state with one position per file.
+pub const JSON_POSITIONS_STATE: &str = "json-positions";
+/// Name of the list state recording the input (one element per instance).
+pub const JSON_INPUT_STATE: &str = "json-input";
+
+const READ_BUFFER_BYTES: usize = 1 << 16;
+
+/// Records of type `T` from JSON-lines files.
+pub struct JsonLinesSource<T> {
+    root: PathBuf,
+    files: Arc<Vec<PathBuf>>,
+    strategy: WatermarkStrategy<T>,
+    rate_per_s: Option<u64>,
+    _records: PhantomData<fn() -> T>,
+}
+
+fn read_error(path: &Path) -> impl FnOnce(std::io::Error) -> ConnectorError + '_ {
+    move |source| ConnectorError::Read {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl<T: Data + DeserializeOwned> JsonLinesSource<T> {
+    /// `path` is a regular file, or a directory whose visible regular files
+    /// are read; `strategy` gives each record's event time and each file's
+    /// watermark generator.
+    pub fn new(
+        path: impl AsRef<Path>,
+        strategy: WatermarkStrategy<T>,
+    ) -> Result<Self, ConnectorError> {
+        let path = path.as_ref();
+        let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => ConnectorError::MissingInput {
+                path: path.display().to_string(),
+            },
+            _ => ConnectorError::Read {
+                path: path.display().to_string(),
+                source,
+            },
+        })?;
+        let root = std::fs::canonicalize(path).map_err(read_error(path))?;
+        let files = if meta.is_dir() {
+            let mut files = Vec::new();
+            for entry in std::fs::read_dir(&root).map_err(read_error(path))? {
+                let entry = entry.map_err(read_error(path))?;
+                let hidden = entry.file_name().to_string_lossy().starts_with('.');
+                if !hidden && entry.file_type().is_ok_and(|t| t.is_file()) {
+                    files.push(root.join(entry.file_name()));
+                }
+            }
+            files.sort();
+            files
+        } else if meta.is_file() {
+            vec![root.clone()]
+        } else {
+            return Err(ConnectorError::NotRegular {
+                path: path.display().to_string(),
+                kind: "special file",
+            });
+        };
+        Ok(Self {
+            root,
+            files: Arc::new(files),
+            strategy,
+            rate_per_s: None,
+            _records: PhantomData,
+        })
+    }
+
+    /// Throttles all instances together to `rate_per_s` records per second
+    /// (each instance reads `rate_per_s / parallelism`).
+    pub fn with_rate(mut self, rate_per_s: u64) -> Result<Self, ConnectorError> {
+        if rate_per_s == 0 {
+            return Err(ConnectorError::Config(
+                "rate must be at least 1 record/s".into(),
+            ));
+        }
+        self.rate_per_s = Some(rate_per_s);
+        Ok(self)
+    }
+
+    /// The files this source reads (canonical paths, sorted).
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// The number of non-blank lines of all files (records, if every line
+    /// is one), read now.
+    pub fn count_lines(&self) -> Result<u64, ConnectorError> {
+        let mut total = 0;
+        for path in self.files.iter() {
+            let mut reader = BufReader::with_capacity(
+                READ_BUFFER_BYTES,
+                File::open(path).map_err(read_error(path))?,
+            );
+            let mut blank = true;
+            loop {
+                let buf = reader.fill_buf().map_err(read_error(path))?;
+                if buf.is_empty() {
+                    break;
+                }
+                for &b in buf {
+                    if b == b'\n' {
+                        if !blank {
+                            total += 1;
+                        }
+                        blank = true;
+                    } else if !b.is_ascii_whitespace() {
+                        blank = false;
+                    }
+                }
+                let n = buf.len();
+                reader.consume(n);
+            }
+            if !blank {
+                total += 1;
+            }
+        }
+        Ok(total)
+    }
+
+    fn restored_error(
+        subtask: &SubtaskInfo,
+        field: &'static str,
+        value: String,
+        problem: &str,
+    ) -> ConnectorError {
+        ConnectorError::RestoredState {
+            uid: subtask.uid.clone(),
+            state: JSON_POSITIONS_STATE.to_owned(),
+            field,
+            value,
+            problem: problem.to_owned(),
+        }
+    }
+
+    /// This instance's positions: its share of every file known (listed
+    /// now or recorded), recorded positions kept.
+    fn positions(&self, subtask: &SubtaskInfo) -> Result<Vec<FilePosition>, ConnectorError> {
+        let recorded = list_state::decode::<FilePosition>(subtask, JSON_POSITIONS_STATE)?;
+        let inputs = list_state::decode::<PathBuf>(subtask, JSON_INPUT_STATE)?;
+        if let Some(input) = inputs.iter().flatten().find(|i| **i != self.root) {
+            return Err(ConnectorError::InputChanged {
+                uid: subtask.uid.clone(),
+                state: JSON_INPUT_STATE.to_owned(),
+                recorded: input.display().to_string(),
+                current: self.root.display().to_string(),
+            });
+        }
+        let mut known: BTreeMap<PathBuf, FilePosition> = BTreeMap::new();
+        for position in recorded.into_iter().flatten() {
+            if !self.files.contains(&position.path) {
+                if position.done {
+                    // Finished, then removed: nothing is lost.
+                    continue;
+                }
+                return Err(Self::restored_error(
+                    subtask,
+                    "path",
+                    position.path.display().to_string(),
+                    "was being read but is no longer a file of the input",
+                ));
+            }
+            let path = position.path.clone();
+            if known.insert(path.clone(), position).is_some() {
+                return Err(Self::restored_error(
+                    subtask,
+                    "path",
+                    path.display().to_string(),
+                    "is recorded twice",
+                ));
+            }
+        }
+        Ok(self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j as u32 % subtask.parallelism == subtask.index)
+            .map(|(_, path)| {
+                known.remove(path).unwrap_or_else(|| FilePosition {
+                    path: path.clone(),
+                    offset: 0,
+                    line: 0,
+                    done: false,
+                })
+            })
+            .collect())
+    }
+}
+
+/// How far a file has been read: the byte offset after the last line read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct FilePosition {
+    path: PathBuf,
+    offset: u64,
+    line: u64,
+    done: bool,
+}
+
+impl<T: Data + DeserializeOwned> Source<T> for JsonLinesSource<T> {
+    fn create_reader(&self, subtask: &SubtaskInfo) -> Result<Box<dyn SourceReader<T>>, UserError> {
+        let files = self.positions(subtask)?;
+        let mut watermarks =
+            SplitWatermarks::new(self.strategy.clone(), Arc::clone(&subtask.clock));
+        for (i, file) in files.iter().enumerate() {
+            if !file.done {
+                watermarks.add_split(&i);
+            }
+        }
+        let open = files.iter().map(|_| None).collect();
+        Ok(Box::new(JsonLinesReader {
+            root: self.root.clone(),
+            files,
+            open,
+            current: 0,
+            watermarks,
+            line_buf: Vec::new(),
+            rate_per_s: self
+                .rate_per_s
+                .map(|r| (r / u64::from(subtask.parallelism)).max(1)),
+            started: None,
+            emitted: 0,
+            _records: PhantomData,
+        }))
+    }
+}
+
+struct JsonLinesReader<T> {
+    root: PathBuf,
+    files: Vec<FilePosition>,
+    /// The open handle of each file being read.
+    open: Vec<Option<BufReader<File>>>,
+    /// The file read next.
+    current: usize,
+    watermarks: SplitWatermarks<usize, T>,
+    line_buf: Vec<u8>,
+    /// This instance's share of the throttle.
+    rate_per_s: Option<u64>,
+    started: Option<Instant>,
+    emitted: u64,
+    _records: PhantomData<fn() -> T>,
+}
+
+fn open_at(position: &FilePosition) -> Result<BufReader<File>, ConnectorError> {
+    let path = &position.path;
+    let mut file = File::open(path).map_err(read_error(path))?;
+    let meta = file.metadata().map_err(read_error(path))?;
+    if !meta.is_file() {
+        return Err(ConnectorError::NotRegular {
+            path: path.display().to_string(),
+            kind: "special file",
+        });
+    }
+    if meta.len() < position.offset {
+        return Err(ConnectorError::FileShrunk {
+            path: path.display().to_string(),
+            size: meta.len(),
+            offset: position.offset,
+            line: position.line,
+        });
+    }
+    file.seek(SeekFrom::Start(position.offset))
+        .map_err(read_error(path))?;
+    Ok(BufReader::with_capacity(READ_BUFFER_BYTES, file))
+}
+
+impl<T: Data + DeserializeOwned> SourceReader<T> for JsonLinesReader<T> {
+    fn poll(
+        &mut self,
+        out: &mut Vec<T>,
+        max: usize,
+        now: Instant,
+    ) -> Result<SourcePoll, UserError> {
+        let n = self.files.len();
+        let Some(index) = (0..n)
+            .map(|k| (self.current + k) % n)
+            .find(|&i| !self.files[i].done)
+        else {
+            return Ok(SourcePoll::Finished);
+        };
+        let mut max = max;
+        if let Some(rate) = self.rate_per_s {
+            let started = *self.started.get_or_insert(now);
+            let allowed = (now.duration_since(started).as_secs_f64() * rate as f64) as u64 + 1;
+            if allowed <= self.emitted {
+                let due =
+                    started + std::time::Duration::from_secs_f64(self.emitted as f64 / rate as f64);
+                return Ok(SourcePoll::Pending { wake_at: Some(due) });
+            }
+            max = max.min(usize::try_from(allowed - self.emitted).unwrap_or(usize::MAX));
+        }
+        let position = &mut self.files[index];
+        let reader = match &mut self.open[index] {
+            Some(reader) => reader,
+            slot => slot.insert(open_at(position)?),
+        };
+        let first = out.len();
+        while out.len() - first < max {
+            self.line_buf.clear();
+            let read = reader
+                .by_ref()
+                .take(MAX_LINE_BYTES as u64 + 1)
+                .read_until(b'\n', &mut self.line_buf)
+                .map_err(read_error(&position.path))?;
+            if read == 0 {
+                position.done = true;
+                self.open[index] = None;
+                break;
+            }
+            position.offset += read as u64;
+            position.line += 1;
+            let invalid = |message: String| ConnectorError::InvalidRecord {
+                path: position.path.display().to_string(),
+                line: position.line,
+                message,
+            };
+            if self.line_buf.len() > MAX_LINE_BYTES {
+                return Err(invalid(format!("longer than {MAX_LINE_BYTES} bytes")).into());
+            }
+            let line = self.line_buf.trim_ascii();
+            if line.is_empty() {
+                continue;
+            }
+            let record = serde_json::from_slice::<T>(line).map_err(|e| invalid(e.to_string()))?;
+            out.push(record);
+        }
+        self.emitted += (out.len() - first) as u64;
+        self.watermarks.on_batch(&index, &out[first..]);
+        if position.done {
+            self.watermarks.finish_split(&index);
+        }
+        self.current = (index + 1) % n;
+        Ok(SourcePoll::Ready)
+    }
+
+    fn watermark(&mut self) -> Option<Watermark> {
+        self.watermarks.current()
+    }
+
+    fn is_idle(&mut self) -> bool {
+        self.watermarks.is_idle()
+    }
+
+    fn snapshot(&mut self, _barrier: Barrier) -> Result<Vec<OperatorListState>, UserError> {
+        let mut lists =
+            list_state::encode(JSON_POSITIONS_STATE, RedistributionMode::Union, &self.files)?;
+        lists.extend(list_state::encode(
+            JSON_INPUT_STATE,
+            RedistributionMode::Union,
+            [&self.root],
+        )?);
+        Ok(lists)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+    struct Reading {
+        at: i64,
+        value: u64,
+    }
+
+    fn strategy() -> WatermarkStrategy<Reading> {
+        WatermarkStrategy::bounded_out_of_orderness(0, |r: &Reading| r.at)
+    }
+
+    fn info(index: u32, parallelism: u32) -> SubtaskInfo {
+        SubtaskInfo::new("json", index, parallelism, 128)
+    }
+
+    fn drain(
+        reader: &mut dyn SourceReader<Reading>,
+        max: usize,
+    ) -> Result<Vec<Reading>, UserError> {
+        let mut out = Vec::new();
+        while reader.poll(&mut out, max, Instant::now())? != SourcePoll::Finished {}
+        Ok(out)
+    }
+
+    fn write(dir: &Path, name: &str, readings: impl IntoIterator<Item = (i64, u64)>) {
+        let text: String = readings
+            .into_iter()
+            .map(|(at, value)| format!("{{\"at\":{at},\"value\":{value}}}\n"))
+            .collect();
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn reads_every_record_once_at_any_parallelism_and_counts_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in 0..5 {
+            write(
+                dir.path(),
+                &format!("part-{f}"),
+                (0..37).map(|i| (i, f * 100 + i as u64)),
+            );
+        }
+        std::fs::write(dir.path().join(".hidden"), "not json").unwrap();
+        let source = JsonLinesSource::new(dir.path(), strategy()).unwrap();
+        assert_eq!(source.count_lines().unwrap(), 185);
+        for parallelism in [1, 2, 3] {
+            let mut all: Vec<u64> = Vec::new();
+            for index in 0..parallelism {
+                let mut reader = source.create_reader(&info(index, parallelism)).unwrap();
+                all.extend(drain(reader.as_mut(), 10).unwrap().iter().map(|r| r.value));
+            }
+            all.sort_unstable();
+            let expected: Vec<u64> = (0..5)
+                .flat_map(|f| (0..37).map(move |i| f * 100 + i))
+                .collect();
+            assert_eq!(all, expected, "parallelism {parallelism}");
+        }
+    }
+
+    /// File a is far ahead of file b: the watermark never passes a record
+    /// of b still to be read (per-file watermarks, the minimum over files).
+    #[test]
+    fn the_watermark_never_makes_the_file_behind_late() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a", (0..100).map(|i| (1_000_000 + i, 0)));
+        write(dir.path(), "b", (0..100).map(|i| (i, 1)));
+        let source = JsonLinesSource::new(dir.path(), strategy()).unwrap();
+        let mut reader = source.create_reader(&info(0, 1)).unwrap();
+        let mut seen = Vec::new();
+        let mut watermarks = Vec::new();
+        loop {
+            let poll = reader.poll(&mut seen, 10, Instant::now()).unwrap();
+            if let Some(w) = reader.watermark() {
+                let read_of_b = seen.iter().filter(|r| r.value == 1).count() as i64;
+                // b's next record has time `read_of_b`.
+                assert!(
+                    read_of_b == 100 || w.0 < read_of_b,
+                    "{w:?} after {read_of_b} of b"
+                );
+                watermarks.push(w.0);
+            }
+            if poll == SourcePoll::Finished {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 200);
+        assert!(watermarks.len() >= 5, "{watermarks:?}");
+    }
+
+    /// The throttle is computed from the `now` each poll is given: no sleeping, no timing.
+    #[test]
+    fn the_throttle_lets_through_the_rate_times_the_time_since_the_first_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a", (0..100).map(|i| (i, i as u64)));
+        let source = JsonLinesSource::new(dir.path(), strategy())
+            .unwrap()
+            .with_rate(20)
+            .unwrap();
+        // Two instances: 10 records/s each; instance 0 has the only file.
+        let mut reader = source.create_reader(&info(0, 2)).unwrap();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        assert_eq!(reader.poll(&mut out, 50, t0).unwrap(), SourcePoll::Ready);
+        assert_eq!(out.len(), 1);
+        let due = match reader.poll(&mut out, 50, t0).unwrap() {
+            SourcePoll::Pending { wake_at: Some(due) } => due,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(due, t0 + std::time::Duration::from_millis(100));
+        reader
+            .poll(&mut out, 50, t0 + std::time::Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(out.len(), 11);
+        assert!(
+            JsonLinesSource::new(dir.path(), strategy())
+                .unwrap()
+                .with_rate(0)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_bad_line_names_its_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("events.json"),
+            "{\"at\":1,\"value\":2}\n\n{\"at\":2,\"value\":\"x\"}\n",
+        )
+        .unwrap();
+        let source = JsonLinesSource::new(dir.path(), strategy()).unwrap();
+        let mut reader = source.create_reader(&info(0, 1)).unwrap();
+        let error = drain(reader.as_mut(), 100).unwrap_err().to_string();
+        assert!(
+            error.contains("events.json' line 3: invalid type"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn positions_survive_a_snapshot_and_a_rescale() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in 0..4 {
+            write(
+                dir.path(),
+                &format!("f{f}"),
+                (0..50).map(|i| (i, f * 1000 + i as u64)),
+            );
+        }
+        let source = JsonLinesSource::new(dir.path(), strategy()).unwrap();
+        let mut seen = Vec::new();
+        let mut lists: Vec<OperatorListState> = Vec::new();
+        for index in 0..2 {
+            let mut reader = source.create_reader(&info(index, 2)).unwrap();
+            for _ in 0..5 {
+                reader.poll(&mut seen, 7, Instant::now()).unwrap();
+            }
+            lists.extend(reader.snapshot(Barrier::checkpoint(1)).unwrap());
+        }
+        // Union: every instance of the restore sees every element.
+        let mut merged: BTreeMap<String, OperatorListState> = BTreeMap::new();
+        for list in lists {
+            merged
+                .entry(list.name.clone())
+                .and_modify(|m| m.elements.extend(list.elements.clone()))
+                .or_insert(list);
+        }
+        for index in 0..3 {
+            let mut subtask = info(index, 3);
+            subtask.restored = Some(Arc::new(flowstate_runtime::RestoredState {
+                keyed: Default::default(),
+                lists: merged.values().cloned().collect(),
+            }));
+            let mut reader = source.create_reader(&subtask).unwrap();
+            seen.extend(drain(reader.as_mut(), 7).unwrap());
+        }
+        let mut values: Vec<u64> = seen.iter().map(|r| r.value).collect();
+        values.sort_unstable();
+        let expected: Vec<u64> = (0..4)
+            .flat_map(|f| (0..50).map(move |i| f * 1000 + i))
+            .collect();
+        assert_eq!(values, expected);
+    }
+}
