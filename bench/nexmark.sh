@@ -12,6 +12,9 @@
 #   bash bench/nexmark.sh                      # N=1000000 RUNS=1, all queries
 #   N=2000000 RUNS=3 QUERIES="q0 q5" bash bench/nexmark.sh
 #   FLINK=1 bash bench/nexmark.sh              # also Flink SQL (installs PyFlink into /tmp/flink-venv)
+#   CHECK=1 bash bench/nexmark.sh              # and check Flink's rows against flowstate's RESULT:
+#       one more Flink run per query writing CSV (q2 q3 q5 q7 q8 q11; q0/q1 are slow to
+#       hash in Python, q4 is an updating query), checksummed by bench/nexmark_checksum.py
 set -uo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-1000000}
@@ -29,7 +32,7 @@ if [ ! -d "$EVENTS/bid" ]; then
   /usr/bin/time -f "TIME wall=%e user=%U sys=%S" "$FS" nexmark generate --events "$N" --output "$EVENTS" 2>&1 | tee "$OUT/generate.log"
 fi
 FLINK_OK=0
-if [ "${FLINK:-0}" = 1 ] || { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import pyflink" 2>/dev/null; }; then
+if [ "${FLINK:-0}" = 1 ] || [ "${CHECK:-0}" = 1 ] || { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import pyflink" 2>/dev/null; }; then
   FLINK_OK=1
 fi
 RUNTIME="--parallelism 2 --checkpoint-interval 1s --checkpoint-dir $CK --rest off"
@@ -59,6 +62,14 @@ for r in $(seq 1 "$RUNS"); do
       echo "$line" > "$OUT/flink-$q.$r.json"
       printf '%-4s %-14s r%d load=%-5s %s\n' "$q" flink-sql "$r" "$(cut -d' ' -f1 /proc/loadavg)" \
         "$(echo "$line" | grep -oE '"(events_per_s|cpu_us_per_event)": [0-9.]+' | tr -d '"' | tr '\n' ' ')" | tee -a "$OUT/summary.txt"
+      if [ "${CHECK:-0}" = 1 ] && [[ " q2 q3 q5 q7 q8 q11 " == *" $q "* ]]; then
+        rm -rf "$OUT/flink-rows-$q"
+        "$VENV/bin/python" "$ANCHORS/flink/nexmark.py" --data "$EVENTS" --query "$q" --sink "$OUT/flink-rows-$q" >/dev/null 2>"$OUT/flink-rows-$q.err"
+        theirs=$(python3 bench/nexmark_checksum.py "$OUT/flink-rows-$q")
+        ours=$(grep -oE 'results=[0-9]+ checksum=[0-9a-f]+' "$OUT/flowstate-files-$q.$r.log" | tail -1)
+        verdict=$([ "$theirs" = "$ours" ] && echo same || echo DIFFERENT)
+        printf '%-4s %-14s r%d flink rows: %s, flowstate: %s: %s\n' "$q" check "$r" "$theirs" "$ours" "$verdict" | tee -a "$OUT/summary.txt"
+      fi
     fi
   done
 done
