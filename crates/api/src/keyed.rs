@@ -49,6 +49,12 @@ pub trait KeyedProcessFunction<K: StateKey, I, O>: Clone + Send + 'static {
     }
 
     /// Called once at the end of a bounded input, with this instance's whole state.
+    ///
+    /// With checkpoints on, this runs after the job's final checkpoint, so what it
+    /// emits is not covered by one: a `--restore latest` of a job that had already
+    /// ended emits it again. For end-of-input results that must be exactly-once,
+    /// register an event-time timer at `i64::MAX` (the end of time): it fires
+    /// before the final checkpoint.
     fn finish(&mut self, _state: &mut dyn KeyedStateBackend<K>, _out: &mut Vec<O>) -> FnResult {
         Ok(())
     }
