@@ -443,14 +443,25 @@ impl Served {
                 panic!("the job ended before {at_least} records were in: {run}");
             }
             let details = self.details();
-            // Records in: the sources' `write-records` (the job-wide count).
+            // Records in: the sources' `write-records` (a source is a plan
+            // node without inputs).
+            let sources: Vec<&Value> = details
+                .field("plan")
+                .field("nodes")
+                .array()
+                .iter()
+                .filter(|n| {
+                    n.get("inputs")
+                        .and_then(Value::as_array)
+                        .is_none_or(Vec::is_empty)
+                })
+                .map(|n| n.field("id"))
+                .collect();
             let records: u64 = details
                 .field("vertices")
                 .array()
                 .iter()
-                .filter(|v| {
-                    v.field("metrics").field("write-records-complete") == &Value::Bool(true)
-                })
+                .filter(|v| sources.contains(&v.field("id")))
                 .map(|v| v.field("metrics").field("write-records").u64())
                 .sum();
             if records >= at_least && details.field("state").str() == "RUNNING" {
