@@ -11,7 +11,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -792,65 +792,116 @@ pub fn keyed_count_line(line: &str, keys: u64) -> (u64, u64, u64) {
     (key, count, sum)
 }
 
+/// Workload W's record values grouped by key in one flat table: the values of
+/// key k are `values[start[k]..start[k + 1]]`, ascending. Flat arrays rather
+/// than a map of vectors because the tests check millions of output lines in a
+/// debug build, where a million small allocations cost seconds.
+pub struct WorkloadByKey {
+    start: Vec<usize>,
+    values: Vec<u64>,
+}
+
+impl WorkloadByKey {
+    pub fn new(records: u64, keys: u64) -> Self {
+        let key_of = |i: u64| (splitmix64(i) % keys) as usize;
+        let mut start = vec![0usize; keys as usize + 1];
+        for i in 0..records {
+            start[key_of(i) + 1] += 1;
+        }
+        for k in 0..keys as usize {
+            start[k + 1] += start[k];
+        }
+        let mut next = start.clone();
+        let mut values = vec![0u64; records as usize];
+        for i in 0..records {
+            let slot = &mut next[key_of(i)];
+            values[*slot] = i;
+            *slot += 1;
+        }
+        Self { start, values }
+    }
+
+    /// Where key `key`'s values sit in the flat table (empty if out of range).
+    fn range(&self, key: u64) -> std::ops::Range<usize> {
+        let k = key as usize;
+        match (self.start.get(k), self.start.get(k + 1)) {
+            (Some(&from), Some(&to)) => from..to,
+            _ => 0..0,
+        }
+    }
+}
+
 /// The brief's exactly-once check of `keyed-count` output, made stronger: for
 /// every key, its lines carry counts exactly 1..c once each, the line with count
 /// c carries the final sum, and the values added between consecutive counts
 /// (sum(j) - sum(j-1), in whatever order the updates happened) are exactly the
 /// values of the records of that key, each once.
 pub fn check_keyed_count_output(lines: &[String], records: u64, keys: u64) {
-    let expected = workload_values(records, keys);
-    let mut by_key: HashMap<u64, BTreeMap<u64, u64>> = HashMap::new();
+    let expected = WorkloadByKey::new(records, keys);
+    // The sum of key k's line with count j sits at `expected.range(k).start + j - 1`.
+    let mut sums: Vec<Option<u64>> = vec![None; expected.values.len()];
     for line in lines {
         let parse = |s: &str| {
             s.parse::<u64>()
                 .unwrap_or_else(|_| panic!("bad output line {line:?}"))
         };
-        let fields: Vec<&str> = line.split(',').collect();
-        assert_eq!(fields.len(), 3, "bad output line {line:?}");
-        let (key, count, sum) = (parse(fields[0]), parse(fields[1]), parse(fields[2]));
+        let mut fields = line.split(',');
+        let (Some(key), Some(count), Some(sum), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            panic!("bad output line {line:?}");
+        };
+        let (key, count, sum) = (parse(key), parse(count), parse(sum));
         assert!(key < keys, "key out of range in {line:?}");
         assert!(count >= 1, "count 0 in {line:?}");
-        let previous = by_key.entry(key).or_default().insert(count, sum);
+        let range = expected.range(key);
         assert!(
-            previous.is_none(),
+            count as usize <= range.len(),
+            "key {key}: count {count} but W has {} records of the key ({line:?})",
+            range.len()
+        );
+        let slot = &mut sums[range.start + count as usize - 1];
+        assert!(
+            slot.is_none(),
             "key {key}: count {count} appears more than once"
         );
+        *slot = Some(sum);
     }
     assert_eq!(
         lines.len() as u64,
         records,
         "one output line per record expected"
     );
-    assert_eq!(
-        by_key.len(),
-        expected.len(),
-        "distinct keys in the output differ from workload W"
-    );
-    for (key, values) in &expected {
-        let updates = by_key
-            .get(key)
-            .unwrap_or_else(|| panic!("key {key} missing from the output"));
-        let c = values.len() as u64;
-        let counts: Vec<u64> = updates.keys().copied().collect();
-        assert_eq!(
-            counts,
-            (1..=c).collect::<Vec<u64>>(),
-            "key {key}: counts are not exactly 1..{c}"
+    let mut added = Vec::new();
+    for key in 0..keys {
+        let range = expected.range(key);
+        let values = &expected.values[range.clone()];
+        let updates = &sums[range];
+        if values.is_empty() {
+            continue;
+        }
+        assert!(
+            updates.iter().any(Option::is_some),
+            "key {key} missing from the output"
         );
-        let final_sum = values.iter().fold(0u64, |a, &v| a.wrapping_add(v));
-        assert_eq!(
-            updates[&c], final_sum,
-            "key {key}: the line with count {c} does not carry the final sum"
-        );
-        let mut added = Vec::with_capacity(values.len());
+        let c = values.len();
+        added.clear();
         let mut previous = 0u64;
-        for &sum in updates.values() {
+        for (j, sum) in updates.iter().enumerate() {
+            let sum = sum.unwrap_or_else(|| {
+                panic!("key {key}: counts are not exactly 1..{c} (count {} is missing)", j + 1)
+            });
             added.push(sum.wrapping_sub(previous));
             previous = sum;
         }
+        let final_sum = values.iter().fold(0u64, |a, &v| a.wrapping_add(v));
+        assert_eq!(
+            previous, final_sum,
+            "key {key}: the line with count {c} does not carry the final sum"
+        );
         added.sort_unstable();
         assert_eq!(
-            &added, values,
+            added, values,
             "key {key}: the values added by its updates are not its records' values"
         );
     }
