@@ -13,8 +13,8 @@ use flowstate_runtime::{
     Watermark,
 };
 use flowstate_state::{
-    BackendSnapshot, KeyScope, KeyedStateBackend, SnapshotRequest, StateKey, create_keyed_backend,
-    key_group_of, state_type_name,
+    BackendSnapshot, KeyGroup, KeyScope, KeyedStateBackend, SnapshotRequest, StateKey,
+    create_keyed_backend, key_group_of, state_type_name,
 };
 
 pub use crate::timers::{KeyedContext, TimeDomain};
@@ -124,6 +124,24 @@ fn snapshot_backend<K: StateKey>(
     })
 }
 
+/// Fills `keys` with each record's key group and key, then hands them to the
+/// backend as a prefetch hint: a batch's state lookups then overlap instead
+/// of each waiting on memory, and each key group is computed once.
+fn batch_keys<I, K: StateKey>(
+    records: &[I],
+    key_fn: &KeyFn<I, K>,
+    max_parallelism: u32,
+    backend: &mut dyn KeyedStateBackend<K>,
+    keys: &mut Vec<(KeyGroup, K)>,
+) {
+    keys.clear();
+    keys.extend(records.iter().map(|record| {
+        let key = key_fn(record);
+        (key_group_of(&key, max_parallelism), key)
+    }));
+    backend.prefetch(keys);
+}
+
 /// Runs a [`KeyedProcessFunction`].
 pub(crate) struct KeyedProcessOperator<K: StateKey, I, F> {
     key_fn: KeyFn<I, K>,
@@ -133,6 +151,9 @@ pub(crate) struct KeyedProcessOperator<K: StateKey, I, F> {
     side: SideOutputs,
     function: F,
     max_parallelism: u32,
+    /// Each record's key and key group, computed once per batch before any
+    /// state access (and handed to the backend as a prefetch hint).
+    keys: Vec<(KeyGroup, K)>,
 }
 
 impl<K: StateKey, I, F> KeyedProcessOperator<K, I, F> {
@@ -155,6 +176,7 @@ impl<K: StateKey, I, F> KeyedProcessOperator<K, I, F> {
             side: SideOutputs::new(),
             function,
             max_parallelism: subtask.max_parallelism,
+            keys: Vec::new(),
         })
     }
 }
@@ -168,9 +190,14 @@ where
     #[inline]
     fn process_batch(&mut self, input: &mut Vec<I>, output: &mut Vec<O>) -> FnResult {
         self.fire_processing_timers(output)?;
-        for record in input.drain(..) {
-            let key = (self.key_fn)(&record);
-            let key_group = key_group_of(&key, self.max_parallelism);
+        batch_keys(
+            input,
+            &self.key_fn,
+            self.max_parallelism,
+            self.backend.as_mut(),
+            &mut self.keys,
+        );
+        for (record, (key_group, key)) in input.drain(..).zip(self.keys.drain(..)) {
             let scope = KeyScope::new(self.backend.as_mut(), &key, key_group);
             let mut ctx = KeyedContext::new(scope, &mut self.timers, &mut self.side);
             self.function.process(record, &mut ctx, output)?;
@@ -283,6 +310,8 @@ pub(crate) struct KeyedCoProcessOperator<K: StateKey, A, B, F> {
     side: SideOutputs,
     function: F,
     max_parallelism: u32,
+    /// Keys and key groups of the batch in hand ([`batch_keys`]).
+    keys: Vec<(KeyGroup, K)>,
 }
 
 impl<K: StateKey, A, B, F> KeyedCoProcessOperator<K, A, B, F> {
@@ -307,6 +336,7 @@ impl<K: StateKey, A, B, F> KeyedCoProcessOperator<K, A, B, F> {
             side: SideOutputs::new(),
             function,
             max_parallelism: subtask.max_parallelism,
+            keys: Vec::new(),
         })
     }
 }
@@ -320,9 +350,14 @@ where
 {
     fn process_batch1(&mut self, input: &mut Vec<A>, output: &mut Vec<O>) -> FnResult {
         self.fire_processing_timers(output)?;
-        for record in input.drain(..) {
-            let key = (self.first_key)(&record);
-            let key_group = key_group_of(&key, self.max_parallelism);
+        batch_keys(
+            input,
+            &self.first_key,
+            self.max_parallelism,
+            self.backend.as_mut(),
+            &mut self.keys,
+        );
+        for (record, (key_group, key)) in input.drain(..).zip(self.keys.drain(..)) {
             let scope = KeyScope::new(self.backend.as_mut(), &key, key_group);
             let mut ctx = KeyedContext::new(scope, &mut self.timers, &mut self.side);
             self.function.process_first(record, &mut ctx, output)?;
@@ -332,9 +367,14 @@ where
 
     fn process_batch2(&mut self, input: &mut Vec<B>, output: &mut Vec<O>) -> FnResult {
         self.fire_processing_timers(output)?;
-        for record in input.drain(..) {
-            let key = (self.second_key)(&record);
-            let key_group = key_group_of(&key, self.max_parallelism);
+        batch_keys(
+            input,
+            &self.second_key,
+            self.max_parallelism,
+            self.backend.as_mut(),
+            &mut self.keys,
+        );
+        for (record, (key_group, key)) in input.drain(..).zip(self.keys.drain(..)) {
             let scope = KeyScope::new(self.backend.as_mut(), &key, key_group);
             let mut ctx = KeyedContext::new(scope, &mut self.timers, &mut self.side);
             self.function.process_second(record, &mut ctx, output)?;

@@ -165,6 +165,10 @@ pub trait KeyedStateBackend<K: StateKey>: Send {
         create: &mut dyn FnMut(TableLayout) -> TableSlot<K>,
     ) -> Result<StateId, StateError>;
     fn slot(&mut self, id: StateId) -> &mut TableSlot<K>;
+    /// A hint before a batch: the keys (with their key groups) about to be
+    /// accessed, in order. A backend may warm what the states accessed since
+    /// the last hint hold for them; nothing changes. Default: no-op.
+    fn prefetch(&mut self, _keys: &[(KeyGroup, K)]) {}
     /// Every declared state, in declaration order.
     fn signatures(&self) -> Vec<StateSignature>;
     /// Number of keys with an entry in `key_group`, summed over all states.
@@ -269,6 +273,8 @@ pub(crate) type SnapshotTableFn<'a, K> = dyn FnMut(&StateSignature, &mut TableSl
 /// their state to be declared.
 pub(crate) struct Declarations<K> {
     entries: Vec<(StateSignature, TableSlot<K>)>,
+    /// Per entry: accessed since the last [`Declarations::prefetch`].
+    touched: Vec<bool>,
     waiting: HashMap<String, Vec<RestoredSection>>,
 }
 
@@ -322,6 +328,7 @@ impl<K> Declarations<K> {
     pub(crate) fn new() -> Self {
         Self {
             entries: Vec::new(),
+            touched: Vec::new(),
             waiting: HashMap::new(),
         }
     }
@@ -480,11 +487,31 @@ impl<K> Declarations<K> {
             self.waiting.remove(&signature.name);
         }
         self.entries.push((signature, slot));
+        self.touched.push(false);
         Ok(StateId((self.entries.len() - 1) as u32))
     }
 
     pub(crate) fn slot(&mut self, id: StateId) -> &mut TableSlot<K> {
-        &mut self.entries[id.0 as usize].1
+        let index = id.0 as usize;
+        if let Some(touched) = self.touched.get_mut(index) {
+            *touched = true;
+        }
+        &mut self.entries[index].1
+    }
+
+    /// Passes `keys` to the tables of the states accessed since the last call
+    /// ([`KeyedStateBackend::prefetch`]): the states a batch touched are the
+    /// ones the next batch will most likely touch.
+    /// Returns how many tables it hinted.
+    pub(crate) fn prefetch(&mut self, keys: &[(KeyGroup, K)]) -> usize {
+        let mut hinted = 0;
+        for (index, touched) in self.touched.iter_mut().enumerate() {
+            if std::mem::take(touched) {
+                self.entries[index].1.table().prefetch(keys);
+                hinted += 1;
+            }
+        }
+        hinted
     }
 
     pub(crate) fn signatures(&self) -> Vec<StateSignature> {

@@ -267,6 +267,18 @@ impl<K: StateKey, S: StateValue> KeyedTable<K> for HeapTable<K, S> {
         &self.name
     }
 
+    /// Looks every key up and drops the result: a loop of independent loads
+    /// that the processor runs several at a time, leaving the entries in cache
+    /// for the accesses that follow.
+    fn prefetch(&mut self, keys: &[(KeyGroup, K)]) {
+        let start = self.range.start;
+        for (key_group, key) in keys {
+            if let Some(group) = self.groups.get(key_group.wrapping_sub(start) as usize) {
+                std::hint::black_box(group.read().get(key));
+            }
+        }
+    }
+
     fn key_count(&self, key_group: KeyGroup) -> Result<usize, StateError> {
         Ok(self.read(key_group).map(|m| m.len()).unwrap_or(0))
     }
@@ -579,6 +591,10 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         self.declarations.slot(id)
     }
 
+    fn prefetch(&mut self, keys: &[(KeyGroup, K)]) {
+        self.declarations.prefetch(keys);
+    }
+
     fn signatures(&self) -> Vec<StateSignature> {
         self.declarations.signatures()
     }
@@ -691,6 +707,65 @@ mod tests {
         assert_eq!(CLONES.with(|c| c.get()), 6, "key group 0 held 6 entries");
         assert_eq!(view.groups[0].1.len(), 6);
         assert_eq!(KeyedTable::key_count(&table, 0).unwrap(), 8);
+    }
+
+    /// The hint goes to the states accessed since the last hint (the ones the
+    /// next batch most likely touches), and changes no state.
+    #[test]
+    fn prefetch_hints_the_states_accessed_since_the_last_hint_and_changes_nothing() {
+        use crate::{KeyScope, ValueStateDescriptor};
+        let mut backend = HeapKeyedStateBackend::<u64>::new(KeyGroupRange::new(0, 4), 4);
+        let dyn_backend: &mut dyn KeyedStateBackend<u64> = &mut backend;
+        let a = dyn_backend
+            .value_state(&ValueStateDescriptor::<u64>::new("a"))
+            .unwrap();
+        let b = dyn_backend
+            .value_state(&ValueStateDescriptor::<u64>::new("b"))
+            .unwrap();
+        let put = |backend: &mut dyn KeyedStateBackend<u64>, key: u64, value: u64| {
+            let group = crate::key_group_of(&key, 4);
+            KeyScope::new(backend, &key, group)
+                .value(&a)
+                .set(value)
+                .unwrap();
+        };
+        for key in 0..8 {
+            put(dyn_backend, key, key * 10);
+        }
+        let keys: Vec<(KeyGroup, u64)> = (0..12).map(|k| (crate::key_group_of(&k, 4), k)).collect();
+        assert_eq!(
+            backend.declarations.prefetch(&keys),
+            1,
+            "only `a` was accessed"
+        );
+        assert_eq!(backend.declarations.prefetch(&keys), 0, "nothing since");
+        let dyn_backend: &mut dyn KeyedStateBackend<u64> = &mut backend;
+        put(dyn_backend, 1, 11);
+        KeyScope::new(dyn_backend, &2, crate::key_group_of(&2u64, 4))
+            .value(&b)
+            .set(2)
+            .unwrap();
+        dyn_backend.prefetch(&keys);
+        assert_eq!(
+            backend.declarations.prefetch(&keys),
+            0,
+            "the hint was taken"
+        );
+        let dyn_backend: &mut dyn KeyedStateBackend<u64> = &mut backend;
+        for key in 0..12u64 {
+            let group = crate::key_group_of(&key, 4);
+            let expected = match key {
+                1 => Some(11),
+                0..8 => Some(key * 10),
+                _ => None,
+            };
+            let got = KeyScope::new(dyn_backend, &key, group)
+                .value(&a)
+                .get()
+                .unwrap()
+                .copied();
+            assert_eq!(got, expected, "key {key}");
+        }
     }
 
     #[test]

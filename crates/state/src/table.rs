@@ -39,6 +39,11 @@ pub trait KeyedTable<K>: Send {
     ) -> Result<(), StateError> {
         Ok(())
     }
+    /// A hint: the entries of `keys` are about to be accessed, one by one.
+    /// A table in memory looks them all up now, in one tight loop, so that
+    /// the processor overlaps the cache misses that the per-record accesses
+    /// would otherwise take one at a time. Changes nothing; default: no-op.
+    fn prefetch(&mut self, _keys: &[(KeyGroup, K)]) {}
 }
 
 /// Storage of a `ValueState<V>`: at most one `V` per key.

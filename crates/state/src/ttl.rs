@@ -319,6 +319,9 @@ macro_rules! keyed_table_delegate {
         fn ttl_cleanup_step(&mut self, budget: usize, expiry: Expiry) -> Result<(), StateError> {
             self.inner.ttl_cleanup_step(budget, expiry)
         }
+        fn prefetch(&mut self, keys: &[(KeyGroup, K)]) {
+            self.inner.prefetch(keys)
+        }
     };
 }
 

@@ -889,7 +889,10 @@ pub fn check_keyed_count_output(lines: &[String], records: u64, keys: u64) {
         let mut previous = 0u64;
         for (j, sum) in updates.iter().enumerate() {
             let sum = sum.unwrap_or_else(|| {
-                panic!("key {key}: counts are not exactly 1..{c} (count {} is missing)", j + 1)
+                panic!(
+                    "key {key}: counts are not exactly 1..{c} (count {} is missing)",
+                    j + 1
+                )
             });
             added.push(sum.wrapping_sub(previous));
             previous = sum;
