@@ -30,7 +30,7 @@ use clap::{Args, Parser, Subcommand};
 
 use flowstate::app::{AppError, BoxError, ResultLine, RunArgs, RuntimeArgs};
 use flowstate_jobs::nexmark::generator::{self as nexmark_generator, GeneratorConfig};
-use flowstate_jobs::{keyed_count, nexmark, window_count, window_workload, wordcount};
+use flowstate_jobs::{keyed_count, latency, nexmark, window_count, window_workload, wordcount};
 
 #[derive(Parser)]
 #[command(
@@ -175,6 +175,11 @@ struct KeyedCountArgs {
     /// Write `key,count,sum` updates into part files in this directory.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Benchmark mode (bench/latency.sh): stamp every record when the source
+    /// makes it and end with `LATENCY ... p50_us=.. p99_us=.. max_us=..`, the
+    /// age of a sample of updates at the (counting) sink, instead of RESULT.
+    #[arg(long, conflicts_with = "output")]
+    measure_latency: bool,
 }
 
 #[derive(Args)]
@@ -234,8 +239,14 @@ fn run_job(job: Job) -> Result<(), AppError> {
                 output: args.output.clone(),
                 ..Default::default()
             };
-            let job = keyed_count::build(env, &params)?;
-            Ok(ResultLine(move || job.result_line()))
+            let line: Box<dyn FnOnce() -> String + Send> = if args.measure_latency {
+                let job = latency::build(env, &params)?;
+                Box::new(move || job.result_line())
+            } else {
+                let job = keyed_count::build(env, &params)?;
+                Box::new(move || job.result_line())
+            };
+            Ok(ResultLine(line))
         }),
         Job::WindowCount(args) => flowstate::app::run("window-count", &args, |env, args| {
             if args.keys == 0 {

@@ -8,6 +8,7 @@
 #[cfg(feature = "kafka")]
 pub mod kafka_count;
 pub mod keyed_count;
+pub mod latency;
 pub mod nexmark;
 pub mod totals;
 pub mod window_count;

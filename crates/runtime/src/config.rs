@@ -14,6 +14,11 @@ use crate::error::BuildError;
 /// Records per batch a task sends downstream (at most; partial batches are sent
 /// when a task runs out of input).
 pub const DEFAULT_BATCH_SIZE: usize = 1024;
+/// The longest a record waits in a partly filled outgoing batch while its task
+/// keeps getting input (like Flink's `execution.buffer-timeout`, 100 ms there):
+/// a task that runs out of input sends its partial batches at once; this bounds
+/// the wait of a source that trickles records without ever running dry.
+pub const BUFFER_TIMEOUT_MS: i64 = 5;
 /// Batches a channel holds before its producer must wait.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 16;
 /// Largest accepted parallelism.

@@ -872,6 +872,9 @@ pub enum Router<T> {
 struct Target<T> {
     sender: ChannelSender<T>,
     buffer: Vec<T>,
+    /// When (the task clock's ms) the first record went into `buffer`, as
+    /// seen at the end of that push; [`NOT_BUFFERING`] after a cut.
+    buffered_since_ms: i64,
     pending: VecDeque<Message<T>>,
     /// A watermark that arrived while `buffer` held records: it goes out
     /// right behind them when the buffer is cut (so watermarks never split
@@ -892,12 +895,27 @@ impl<T> Target<T> {
     }
 }
 
+/// `Target::buffered_since_ms` of a target whose partial batch has no age yet.
+const NOT_BUFFERING: i64 = i64::MIN;
+
+/// How an exchange cuts batches: at `size` records, or once the oldest
+/// record in a partial batch waited `timeout_ms` on `clock`
+/// ([`crate::config::BUFFER_TIMEOUT_MS`]).
+#[derive(Clone)]
+pub struct Batching {
+    pub size: usize,
+    pub timeout_ms: i64,
+    pub clock: flowstate_state::SharedClock,
+}
+
 /// The end of a pipeline that sends records to the tasks of one downstream edge.
 pub struct ExchangeOutput<T> {
     task: Arc<str>,
     router: Router<T>,
     targets: Vec<Target<T>>,
     batch_size: usize,
+    /// Cut partial batches older than `timeout_ms` (read once per push).
+    timeout: Option<(i64, flowstate_state::SharedClock)>,
     /// The task's metrics: records sent (added once per batch).
     metrics: Option<Arc<TaskMetrics>>,
     /// The last send left messages pending (a channel was full).
@@ -920,6 +938,7 @@ impl<T: Send> ExchangeOutput<T> {
             .map(|sender| Target {
                 sender,
                 buffer: Vec::new(),
+                buffered_since_ms: NOT_BUFFERING,
                 pending: VecDeque::new(),
                 held: None,
             })
@@ -929,8 +948,43 @@ impl<T: Send> ExchangeOutput<T> {
             router,
             targets,
             batch_size,
+            timeout: None,
             metrics: None,
             blocked: false,
+        }
+    }
+
+    /// Batches of `batching.size`, and partial batches cut once their oldest
+    /// record waited `batching.timeout_ms`.
+    pub fn with_batching(
+        task: &str,
+        router: Router<T>,
+        senders: Vec<ChannelSender<T>>,
+        batching: Batching,
+    ) -> Self {
+        let mut exchange = Self::new(task, router, senders, batching.size);
+        exchange.timeout = Some((batching.timeout_ms, batching.clock));
+        exchange
+    }
+
+    /// Cuts every partial batch whose first record waited `timeout_ms`, and
+    /// starts the wait of those that got their first record in this push.
+    /// Once per push (one clock read), not per record.
+    fn cut_stale(&mut self) {
+        let Some((timeout_ms, clock)) = &self.timeout else {
+            return;
+        };
+        let batch_size = self.batch_size;
+        let now_ms = clock.now_ms();
+        for target in &mut self.targets {
+            if target.buffer.is_empty() {
+                continue;
+            }
+            if target.buffered_since_ms == NOT_BUFFERING {
+                target.buffered_since_ms = now_ms;
+            } else if now_ms.saturating_sub(target.buffered_since_ms) >= *timeout_ms {
+                Self::cut(target, batch_size);
+            }
         }
     }
 
@@ -942,6 +996,7 @@ impl<T: Send> ExchangeOutput<T> {
 
     #[inline]
     fn cut(target: &mut Target<T>, batch_size: usize) {
+        target.buffered_since_ms = NOT_BUFFERING;
         let full = std::mem::replace(&mut target.buffer, Vec::with_capacity(batch_size));
         target.pending.push_back(Message::Batch(full));
         if let Some(watermark) = target.held.take() {
@@ -980,6 +1035,7 @@ impl<T: Send> Pipeline<T> for ExchangeOutput<T> {
         if let Some(metrics) = &self.metrics {
             metrics.add_records_out(batch.len());
         }
+
         match &mut self.router {
             Router::Forward => {
                 let target = &mut self.targets[0];
@@ -1028,6 +1084,7 @@ impl<T: Send> Pipeline<T> for ExchangeOutput<T> {
                 }
             }
         }
+        self.cut_stale();
         self.send_pending().map(drop)
     }
 

@@ -22,12 +22,12 @@ use crossbeam_channel::Sender;
 use flowstate_checkpoint::restore::LoadedCheckpoint;
 
 use crate::channel::Signal;
-use crate::config::{ExecutionConfig, RestoredState, SubtaskInfo};
+use crate::config::{BUFFER_TIMEOUT_MS, ExecutionConfig, RestoredState, SubtaskInfo};
 use crate::control_plane::{CoordinatorSender, TaskControlPlane, TaskHandle, UploadJob};
 use crate::error::BuildError;
 use crate::graph::{JobGraph, MAIN_OUTPUT, NodeId, NodeKind};
 use crate::metrics::{JobMetrics, OperatorKind, TaskMetrics};
-use crate::pipeline::NamedSidePipelines;
+use crate::pipeline::{Batching, NamedSidePipelines};
 use crate::task::Task;
 use crate::wiring::{BuildContext, Erased};
 
@@ -249,7 +249,11 @@ impl Planner<'_> {
                     edge.partitioning.as_ref(),
                     senders,
                     self.config.max_parallelism,
-                    self.config.batch_size,
+                    Batching {
+                        size: self.config.batch_size,
+                        timeout_ms: BUFFER_TIMEOUT_MS,
+                        clock: Arc::clone(&self.config.clock),
+                    },
                     self.task_metrics.clone(),
                 ));
             }

@@ -29,7 +29,7 @@ use crate::operator::{Operator, TwoInputOperator};
 use crate::partitioning::Partitioning;
 use crate::pipeline::StageIdentity;
 use crate::pipeline::{
-    Discard, ExchangeOutput, NamedSidePipelines, OperatorStage, Pipeline, Router,
+    Batching, Discard, ExchangeOutput, NamedSidePipelines, OperatorStage, Pipeline, Router,
     SideOutputPipeline, SidePipeline, SinkStage, Tee,
 };
 use crate::task::{OneInputTask, SourceTask, Task, TwoInputTask};
@@ -97,7 +97,7 @@ pub(crate) trait Port: Send + Sync {
         partitioning: &(dyn Any + Send + Sync),
         senders: Vec<Erased>,
         max_parallelism: u32,
-        batch_size: usize,
+        batching: Batching,
         metrics: Option<Arc<TaskMetrics>>,
     ) -> Erased;
     fn tee(&self, branches: Vec<Erased>) -> Erased;
@@ -135,7 +135,7 @@ impl<T: Data> Port for TypedPort<T> {
         partitioning: &(dyn Any + Send + Sync),
         senders: Vec<Erased>,
         max_parallelism: u32,
-        batch_size: usize,
+        batching: Batching,
         metrics: Option<Arc<TaskMetrics>>,
     ) -> Erased {
         let senders: Vec<ChannelSender<T>> = senders.into_iter().map(cast).collect();
@@ -148,7 +148,7 @@ impl<T: Data> Port for TypedPort<T> {
             },
             None => unreachable!("edge partitioning has the edge's type"),
         };
-        let mut exchange = ExchangeOutput::new(task, router, senders, batch_size);
+        let mut exchange = ExchangeOutput::with_batching(task, router, senders, batching);
         if let Some(metrics) = metrics {
             exchange = exchange.with_metrics(metrics);
         }

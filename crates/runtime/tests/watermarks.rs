@@ -236,6 +236,37 @@ fn an_exchange_broadcasts_watermarks_behind_the_data() {
     assert_eq!(drain(&rx0), vec![Ev::End]);
 }
 
+/// A partly filled batch goes out once its first record waited the buffer
+/// timeout, at the next push (the task keeps getting input, so the idle
+/// flush never comes); a full batch goes at once and starts no wait.
+#[test]
+fn an_exchange_sends_a_partial_batch_once_it_waited_the_buffer_timeout() {
+    use flowstate_runtime::pipeline::Batching;
+    let (tx0, rx0) = pair();
+    let clock = flowstate_state::ManualClock::new(1_000);
+    let batching = Batching {
+        size: 4,
+        timeout_ms: 5,
+        clock: clock.clone(),
+    };
+    let mut exchange = ExchangeOutput::with_batching("t", Router::Forward, vec![tx0], batching);
+    exchange.push(&mut vec![1]).unwrap(); // waits from 1000
+    clock.advance_ms(4);
+    exchange.push(&mut vec![2]).unwrap();
+    assert_eq!(drain(&rx0), vec![], "4 ms: still waiting for more");
+    clock.advance_ms(1);
+    exchange.push(&mut vec![3]).unwrap();
+    assert_eq!(drain(&rx0), vec![Ev::Data(vec![1, 2, 3])], "5 ms: cut");
+    exchange.push(&mut vec![4, 5, 6, 7]).unwrap(); // full: out at once
+    assert_eq!(drain(&rx0), vec![Ev::Data(vec![4, 5, 6, 7])]);
+    clock.advance_ms(100);
+    exchange.push(&mut vec![8]).unwrap(); // a new wait starts now, not at the last cut
+    assert_eq!(drain(&rx0), vec![]);
+    clock.advance_ms(5);
+    exchange.push(&mut vec![9]).unwrap();
+    assert_eq!(drain(&rx0), vec![Ev::Data(vec![8, 9])]);
+}
+
 /// Exactly-once alignment: a watermark behind a barrier on a blocked channel
 /// waits like data.
 #[test]
