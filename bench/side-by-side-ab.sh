@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# Side by side, interleaved: loop, timely 2 workers, flowstate base/new at p=2 with checkpoints off and every 1 s.
+# Side by side, interleaved: the anchors' FxHashMap loop and timely-dataflow with 2
+# workers (../shared/anchors/limit), and two flowstate binaries (before/after) at p=2
+# with checkpoints off and exactly-once every 1 s. Prints CPU ns per record
+# (user+sys over records), records/s, RSS, checksum and checkpoint figures.
+#   BASE=/tmp/flowstate-before NEW=target/release/flowstate N=50000000 RUNS=3 bash bench/side-by-side-ab.sh
 N=${N:-50000000}; RUNS=${RUNS:-3}
-LIM=/tmp/anchors-limit/target/release/limit-anchors
+BASE=${BASE:?set BASE to the flowstate binary before the change}
+NEW=${NEW:-target/release/flowstate}
+LIM=${LIM:-/tmp/anchors-limit/target/release/limit-anchors}
+if [ ! -x "$LIM" ]; then
+  (cd "$(dirname "$0")/../../shared/anchors/limit" && CARGO_TARGET_DIR=/tmp/anchors-limit/target cargo build --release -q) || exit 1
+fi
 declare -A CMDS=(
   [loop]="$LIM fx $N"
   [timely2]="$LIM timely $N 2"
-  [base-off]="/tmp/fs-base run keyed-count --records $N --parallelism 2 --checkpoint-interval off --rest off"
-  [new-off]="/tmp/fs-new2 run keyed-count --records $N --parallelism 2 --checkpoint-interval off --rest off"
-  [base-1s]="/tmp/fs-base run keyed-count --records $N --parallelism 2 --checkpoint-interval 1s --checkpoint-dir /tmp/ck-side --rest off"
-  [new-1s]="/tmp/fs-new2 run keyed-count --records $N --parallelism 2 --checkpoint-interval 1s --checkpoint-dir /tmp/ck-side --rest off"
+  [before-off]="$BASE run keyed-count --records $N --parallelism 2 --checkpoint-interval off --rest off"
+  [after-off]="$NEW run keyed-count --records $N --parallelism 2 --checkpoint-interval off --rest off"
+  [before-1s]="$BASE run keyed-count --records $N --parallelism 2 --checkpoint-interval 1s --checkpoint-dir /tmp/ck-side --rest off"
+  [after-1s]="$NEW run keyed-count --records $N --parallelism 2 --checkpoint-interval 1s --checkpoint-dir /tmp/ck-side --rest off"
 )
-ORDER=${ORDER:-loop timely2 base-off new-off base-1s new-1s}
+ORDER=${ORDER:-loop timely2 before-off after-off before-1s after-1s}
 for r in $(seq 1 $RUNS); do
   for c in $ORDER; do
     rm -rf /tmp/ck-side
