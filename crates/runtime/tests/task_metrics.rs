@@ -87,6 +87,20 @@ impl Operator<u64, u64> for Evens {
     }
 }
 
+/// Emits every number twice: behind a source, two full batches per poll.
+struct Twice;
+
+impl Operator<u64, u64> for Twice {
+    fn process_batch(
+        &mut self,
+        input: &mut Vec<u64>,
+        output: &mut Vec<u64>,
+    ) -> Result<(), UserError> {
+        output.extend(input.drain(..).flat_map(|n| [n, n]));
+        Ok(())
+    }
+}
+
 /// Drops what it gets, sleeping `pause` per batch (a slow consumer).
 struct Slow {
     pause: Duration,
@@ -215,12 +229,19 @@ fn records_in_and_out_are_exact_after_a_bounded_job() {
 fn a_task_blocked_on_a_full_output_channel_accrues_backpressured_time() {
     let mut graph = JobGraph::new();
     let source = graph.add_source("Source: Numbers", Arc::new(Numbers { count: None }));
-    // Each slow sink instance is fed by two sources, each as fast as it
-    // (every worker steps a source and a sink in turn): its channels fill
-    // up and the sources wait for room.
+    // Every worker steps a source task and a sink task in turn, one batch
+    // each per step; doubled, the sources make two batches per step where
+    // the sinks take one: the channels fill up and the sources wait for
+    // room, whatever the timing (sources and sinks alone would be matched
+    // one for one, and backpressure would come and go with the scheduler).
+    let doubled = graph.add_operator::<u64, u64>(
+        "Twice",
+        vec![(source, Partitioning::Forward)],
+        Box::new(|_| Ok(Box::new(Twice))),
+    );
     graph.add_sink(
         "Sink: Slow",
-        (source, Partitioning::Rebalance),
+        (doubled, Partitioning::Rebalance),
         Arc::new(Slow {
             pause: Duration::from_millis(5),
         }),
