@@ -181,13 +181,17 @@ pub fn verify_keyed_file(
     let mut at = 0u64;
     while at < size {
         let len = VERIFY_CHUNK_BYTES.min(size - at);
-        let chunk = storage.get_range(&file.path, at, len).map_err(|e| match e {
-            StorageError::NotFound { .. } => corrupt("missing".into()),
-            StorageError::Io { ref reason, .. } if reason.contains("outside the object") => {
-                corrupt(format!("shorter than the {size} bytes recorded (truncated?)"))
-            }
-            other => CheckpointError::Storage(other),
-        })?;
+        let chunk = storage
+            .get_range(&file.path, at, len)
+            .map_err(|e| match e {
+                StorageError::NotFound { .. } => corrupt("missing".into()),
+                StorageError::Io { ref reason, .. } if reason.contains("outside the object") => {
+                    corrupt(format!(
+                        "shorter than the {size} bytes recorded (truncated?)"
+                    ))
+                }
+                other => CheckpointError::Storage(other),
+            })?;
         let chunk_end = at + len;
         // The body's checksum.
         let body = &chunk[..(body_end.min(chunk_end).saturating_sub(at)) as usize];
@@ -303,7 +307,11 @@ pub struct KeyedFileSections {
 }
 
 impl KeyedFileSections {
-    pub fn new(storage: SharedStorage, file: Arc<VerifiedKeyedFile>, wanted: KeyGroupRange) -> Self {
+    pub fn new(
+        storage: SharedStorage,
+        file: Arc<VerifiedKeyedFile>,
+        wanted: KeyGroupRange,
+    ) -> Self {
         Self {
             storage,
             file,
@@ -376,7 +384,10 @@ pub fn read_keyed_file(
 
 /// Checks that storage holds `file` with its recorded size (so a file
 /// replaced by a larger one is never read whole).
-fn check_stored_size(storage: &dyn CheckpointStorage, file: &FileRef) -> Result<(), CheckpointError> {
+fn check_stored_size(
+    storage: &dyn CheckpointStorage,
+    file: &FileRef,
+) -> Result<(), CheckpointError> {
     match storage.size(&file.path)? {
         Some(size) if size == file.size => Ok(()),
         found => Err(CheckpointError::Corrupt {

@@ -93,7 +93,13 @@ pub trait CheckpointStorage: Send + Sync {
             .filter(|r| r.end <= bytes.len());
         match range {
             Some(range) => Ok(bytes[range].to_vec()),
-            None => Err(range_outside(&self.describe(), path, offset, len, bytes.len() as u64)),
+            None => Err(range_outside(
+                &self.describe(),
+                path,
+                offset,
+                len,
+                bytes.len() as u64,
+            )),
         }
     }
     /// The size of the object at `path`, `None` if there is none. The default

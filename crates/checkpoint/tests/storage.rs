@@ -177,7 +177,8 @@ fn conformance(storage: &dyn CheckpointStorage, race: CreateRace) {
 
     // put_streaming: pieces of any size make one object, published whole at
     // finish; small objects and objects of several parts alike.
-    let parts_big: Vec<u8> = (0..(2 * flowstate_checkpoint::storage::STREAM_PART_BYTES + 12_345) as u32)
+    let parts_big: Vec<u8> = (0..(2 * flowstate_checkpoint::storage::STREAM_PART_BYTES + 12_345)
+        as u32)
         .map(|i| (i.wrapping_mul(2_246_822_519) >> 24) as u8)
         .collect();
     for (path, content) in [

@@ -361,9 +361,9 @@ impl CheckpointStorage for ObjectStoreStorage {
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
         let location = self.location("get_range", path)?;
         self.check_local("get_range", path, Expect::RegularFile)?;
-        let end = offset.checked_add(len).ok_or_else(|| {
-            range_outside(&self.description, path, offset, len, u64::MAX)
-        })?;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| range_outside(&self.description, path, offset, len, u64::MAX))?;
         if len == 0 {
             return match self.size(path)? {
                 Some(size) if offset <= size => Ok(Vec::new()),
@@ -514,7 +514,8 @@ impl ObjectWriter for MultipartWriter<'_> {
     fn write(&mut self, mut bytes: &[u8]) -> Result<(), StorageError> {
         while !bytes.is_empty() {
             if self.buffer.capacity() == 0 {
-                self.buffer.reserve_exact(STREAM_PART_BYTES.min(bytes.len().max(64 << 10)));
+                self.buffer
+                    .reserve_exact(STREAM_PART_BYTES.min(bytes.len().max(64 << 10)));
             }
             let take = (STREAM_PART_BYTES - self.buffer.len()).min(bytes.len());
             self.buffer.extend_from_slice(&bytes[..take]);
