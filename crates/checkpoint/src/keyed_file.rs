@@ -579,6 +579,7 @@ pub fn recorded_states(
 mod tests {
     use super::*;
     use crate::format::seal;
+    use flowstate_state::SectionSource;
     use flowstate_state::snapshot::read_section;
     use flowstate_state::{
         BackendSnapshot, KeyScope, KeyedStateBackend, SnapshotRequest, ValueStateDescriptor,
@@ -684,6 +685,135 @@ mod tests {
                 .get()
                 .unwrap(),
             Some(&(3, 51))
+        );
+    }
+
+    /// A heap backend over `m` key groups holding `keys` value entries.
+    fn filled(m: u32, keys: u64) -> KeyedStateSnapshot {
+        let mut backend: Box<dyn KeyedStateBackend<u64>> =
+            heap_backend(KeyGroupRange::new(0, m), m);
+        let state = backend
+            .value_state(&ValueStateDescriptor::<(u64, String)>::new("v"))
+            .unwrap();
+        for key in 0..keys {
+            let g = flowstate_state::key_group_of(&key, m);
+            KeyScope::new(backend.as_mut(), &key, g)
+                .value(&state)
+                .set((key, "x".repeat(key as usize % 50)))
+                .unwrap();
+        }
+        match backend
+            .snapshot(SnapshotRequest {
+                checkpoint_id: 1,
+                canonical: true,
+            })
+            .unwrap()
+        {
+            BackendSnapshot::KeyGroups(snapshot) => snapshot,
+            BackendSnapshot::Native(_) => panic!("heap snapshots are canonical"),
+        }
+    }
+
+    fn storage(name: &str) -> crate::storage::SharedStorage {
+        crate::storage::open_storage(&format!(
+            "memory://keyed-file-{name}-{}",
+            std::process::id()
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_streamed_file_is_the_file_built_in_one_buffer() {
+        // Larger than a storage part, so the multipart path writes it.
+        let snapshot = filled(16, 400_000);
+        let storage = storage("same-bytes");
+        let handle = write_keyed_file(storage.as_ref(), "f.keyed", &snapshot).unwrap();
+        assert!(handle.file.size > 2 * crate::storage::STREAM_PART_BYTES as u64);
+        let mut whole = crate::format::begin_sealed(KEYED_MAGIC, KEYED_FILE_VERSION);
+        for g in snapshot.range.iter() {
+            let start = whole.len() as u64;
+            snapshot.write_key_group(g, &mut whole).unwrap();
+            let entry = &handle.groups[g as usize];
+            assert_eq!(
+                (entry.offset, entry.length),
+                (start, whole.len() as u64 - start)
+            );
+        }
+        crate::format::finish_sealed(&mut whole);
+        assert!(storage.get("f.keyed").unwrap() == whole, "other bytes");
+        assert_eq!(handle.file.size, whole.len() as u64);
+        // And reads back section by section.
+        let restored = read_keyed_file(storage.as_ref(), &handle, snapshot.range).unwrap();
+        for (g, section) in &restored.groups {
+            let entry = &handle.groups[*g as usize];
+            assert_eq!(
+                section[..],
+                whole[entry.offset as usize..(entry.offset + entry.length) as usize]
+            );
+        }
+    }
+
+    #[test]
+    fn every_damage_is_found_before_a_section_is_handed_over() {
+        let snapshot = filled(4, 40);
+        let storage = storage("damage");
+        let handle = write_keyed_file(storage.as_ref(), "f.keyed", &snapshot).unwrap();
+        let good = storage.get("f.keyed").unwrap();
+        // Every flipped byte and every truncation.
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            storage.put("f.keyed", bad).unwrap();
+            assert!(
+                verify_keyed_file(storage.as_ref(), &handle).is_err(),
+                "flip at {i}"
+            );
+        }
+        for len in [0, 3, 11, good.len() / 2, good.len() - 1] {
+            storage.put("f.keyed", good[..len].to_vec()).unwrap();
+            let err = verify_keyed_file(storage.as_ref(), &handle).unwrap_err();
+            assert!(
+                matches!(err, CheckpointError::Corrupt { .. }),
+                "{len}: {err}"
+            );
+        }
+        // An index that does not tile the file is refused, naming it.
+        storage.put("f.keyed", good.clone()).unwrap();
+        let mut shifted = handle.clone();
+        shifted.groups[1].offset += 1;
+        let err = verify_keyed_file(storage.as_ref(), &shifted).unwrap_err();
+        assert!(
+            err.to_string().contains("key group 1 starts at byte"),
+            "{err}"
+        );
+        let mut long = handle.clone();
+        long.groups[3].length = u64::MAX - 3;
+        let err = verify_keyed_file(storage.as_ref(), &long).unwrap_err();
+        assert!(err.to_string().contains("outside the file"), "{err}");
+
+        // Changed after it was verified (same size, trailer adjusted): the
+        // section read later is refused before anyone sees it.
+        let verified = Arc::new(verify_keyed_file(storage.as_ref(), &handle).unwrap());
+        let mut changed = good.clone();
+        let at = handle.groups[2].offset as usize + 20;
+        changed[at] ^= 1;
+        let body = changed.len() - 4;
+        let crc = crc32c::crc32c(&changed[..body]);
+        changed[body..].copy_from_slice(&crc.to_le_bytes());
+        storage.put("f.keyed", changed).unwrap();
+        let sections =
+            KeyedFileSections::new(Arc::clone(&storage), verified, KeyGroupRange::new(0, 4));
+        let mut handed = Vec::new();
+        let err = sections
+            .for_each_section(&mut |g, _| {
+                handed.push(g);
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(handed, [0, 1], "a damaged section was handed over");
+        assert!(
+            matches!(&err, StateError::CorruptSnapshot(m) if m.contains("key group 2")),
+            "{err}"
         );
     }
 }

@@ -1107,17 +1107,17 @@ const UNCLAIMED_MARK: [u8; 4] = [0xff; 4];
 
 /// The version-2 section held by a value of the unclaimed column; sets
 /// `legacy` if the value was a version-1 section.
-fn unclaimed_section(
+fn unclaimed_section<'a>(
     key_group: KeyGroup,
-    value: &[u8],
+    value: &'a [u8],
     legacy: &mut bool,
-) -> Result<Vec<u8>, StateError> {
+) -> Result<std::borrow::Cow<'a, [u8]>, StateError> {
     match value.strip_prefix(&UNCLAIMED_MARK[..]) {
         Some(rest) => match rest.split_first_chunk::<4>() {
             Some((version, section))
                 if u32::from_le_bytes(*version) == crate::snapshot::SECTION_VERSION =>
             {
-                Ok(section.to_vec())
+                Ok(std::borrow::Cow::Borrowed(section))
             }
             _ => Err(StateError::CorruptSnapshot(format!(
                 "key group {key_group}: unclaimed state of an unknown section version"
@@ -1125,7 +1125,7 @@ fn unclaimed_section(
         },
         None => {
             *legacy = true;
-            crate::snapshot::section_from_v1(key_group, value)
+            crate::snapshot::section_from_v1(key_group, value).map(std::borrow::Cow::Owned)
         }
     }
 }
