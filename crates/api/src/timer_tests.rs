@@ -86,6 +86,7 @@ pub(crate) fn subtask(
                     .cloned()
                     .collect(),
                 native: Vec::new(),
+                streams: Vec::new(),
             },
             lists: Vec::new(),
         })

@@ -1,13 +1,25 @@
 //! Keyed state files: one per operator instance and checkpoint, the key-group
 //! sections one after another, indexed by the handle in the metadata so a
 //! restore at another parallelism reads only the key groups it owns.
+//!
+//! Owns: writing a keyed file from a frozen snapshot ([`write_keyed_file`]),
+//! and reading one back ([`verify_keyed_file`], then [`KeyedFileSections`]).
+//! Both hold at most one key group's section (plus the storage's bounded
+//! part buffer) in memory, so state larger than memory snapshots and
+//! restores. The bytes are those of docs/savepoint-format.md, section 4.
+//! Must not touch: backends (it hands sections over through
+//! [`flowstate_state::SectionSource`]) or the metadata file.
 
-use flowstate_state::{KeyGroupRange, KeyedStateSnapshot, RestoredKeyedState};
+use std::sync::Arc;
+
+use flowstate_state::{
+    KeyGroupRange, KeyedStateSnapshot, RestoredKeyedState, SectionFn, SectionSource, StateError,
+};
 
 use crate::CheckpointError;
-use crate::format::{KEYED_MAGIC, begin_sealed, finish_sealed, unseal};
+use crate::format::{KEYED_MAGIC, unseal};
 use crate::metadata::{FileRef, KeyGroupEntry, KeyedStateHandle};
-use crate::storage::CheckpointStorage;
+use crate::storage::{CheckpointStorage, SharedStorage, StorageError};
 
 /// Version of the keyed file format this build writes and the newest it
 /// reads. Version 2 records declared type names in its sections; version 1
@@ -15,43 +27,55 @@ use crate::storage::CheckpointStorage;
 /// [`flowstate_state::snapshot::section_from_v1`].
 pub const KEYED_FILE_VERSION: u32 = 2;
 const HEADER_BYTES: u64 = 8;
+const TRAILER_BYTES: u64 = 4;
+/// Bytes read at a time while verifying a file.
+const VERIFY_CHUNK_BYTES: u64 = 4 << 20;
 
 /// Serialises `snapshot` and writes it to `path`: the asynchronous part of a
-/// keyed snapshot.
+/// keyed snapshot. Streams: one key group's section is built, checked and
+/// handed to storage ([`CheckpointStorage::put_streaming`]) before the next,
+/// so memory holds one section, not the file. The file is published whole
+/// at the end, or not at all if anything fails.
 pub fn write_keyed_file(
     storage: &dyn CheckpointStorage,
     path: &str,
     snapshot: &KeyedStateSnapshot,
 ) -> Result<KeyedStateHandle, CheckpointError> {
-    // The file is built in one buffer (header, sections, trailer): no copy of
-    // the state between serialising it and handing it to storage.
-    let mut sealed = begin_sealed(KEYED_MAGIC, KEYED_FILE_VERSION);
+    let mut writer = storage.put_streaming(path)?;
+    let mut header = Vec::with_capacity(HEADER_BYTES as usize);
+    header.extend_from_slice(&KEYED_MAGIC);
+    header.extend_from_slice(&KEYED_FILE_VERSION.to_le_bytes());
+    let mut crc = crc32c::crc32c(&header);
+    writer.write(&header)?;
+    let mut offset = HEADER_BYTES;
     let mut groups = Vec::with_capacity(snapshot.range.len());
-    for (index, key_group) in snapshot.range.iter().enumerate() {
-        let start = sealed.len();
-        let entries = snapshot.write_key_group(key_group, &mut sealed)?;
+    let mut section = Vec::new();
+    for key_group in snapshot.range.iter() {
+        section.clear();
+        let entries = snapshot.write_key_group(key_group, &mut section)?;
+        // Pair assertion: every section is one a reader accepts.
+        flowstate_state::snapshot::read_section(key_group, &section)?;
+        crc = crc32c::crc32c_append(crc, &section);
+        writer.write(&section)?;
         groups.push(KeyGroupEntry {
             key_group,
-            offset: start as u64,
-            length: (sealed.len() - start) as u64,
+            offset,
+            length: section.len() as u64,
             entries,
         });
-        if index == 0 {
-            // Key groups are about equally large: size the buffer once.
-            sealed.reserve((sealed.len() - HEADER_BYTES as usize) * snapshot.range.len() * 9 / 8);
+        offset += section.len() as u64;
+        if section.capacity() > (64 << 20) && section.capacity() > 4 * section.len() {
+            // One huge key group does not pin its buffer for the rest.
+            section = Vec::new();
         }
     }
-    finish_sealed(&mut sealed);
-    // Pair assertion: what goes to storage is exactly what a reader will accept.
-    unseal(KEYED_MAGIC, KEYED_FILE_VERSION, path, &sealed)?;
-    let crc32c = u32::from_le_bytes(sealed[sealed.len() - 4..].try_into().unwrap_or([0; 4]));
-    let size = sealed.len() as u64;
-    storage.put(path, sealed)?;
+    writer.write(&crc.to_le_bytes())?;
+    writer.finish()?;
     Ok(KeyedStateHandle {
         file: FileRef {
             path: path.to_owned(),
-            size,
-            crc32c,
+            size: offset + TRAILER_BYTES,
+            crc32c: crc,
         },
         key_group_start: snapshot.range.start,
         key_group_end: snapshot.range.end,
@@ -60,15 +84,323 @@ pub fn write_keyed_file(
     })
 }
 
-/// Reads a keyed state file, verifying size and checksum, and returns the
-/// sections of the key groups in `wanted`.
+/// A keyed state file read once and found whole: its size, checksum, format
+/// version and index hold. Remembers each section's CRC-32C so that reading
+/// a section again ([`VerifiedKeyedFile::read_section`]) checks it before
+/// anyone uses it: a file changed since, or a read gone wrong, is an error,
+/// never restored.
+#[derive(Debug, Clone)]
+pub struct VerifiedKeyedFile {
+    pub handle: KeyedStateHandle,
+    /// The file's format version (1 or 2).
+    pub version: u32,
+    /// CRC-32C of each section, in the order of `handle.groups`.
+    section_crcs: Vec<u32>,
+}
+
+/// Checks a keyed file's index against its recorded size: sections in
+/// key-group order covering the range, the first at byte 8, each where the
+/// previous ended, the last 4 bytes before the end. Nothing in the index is
+/// used as a size before this.
+fn check_index(handle: &KeyedStateHandle) -> Result<(), String> {
+    let range = handle.key_group_end.checked_sub(handle.key_group_start);
+    if range != Some(handle.groups.len() as u32) {
+        return Err(format!(
+            "the index lists {} key groups for the range {}..{}",
+            handle.groups.len(),
+            handle.key_group_start,
+            handle.key_group_end
+        ));
+    }
+    let mut at = HEADER_BYTES;
+    for (index, entry) in handle.groups.iter().enumerate() {
+        if entry.key_group != handle.key_group_start + index as u32 {
+            return Err(format!(
+                "the index lists key group {} where {} belongs",
+                entry.key_group,
+                handle.key_group_start + index as u32
+            ));
+        }
+        if entry.offset != at {
+            return Err(format!(
+                "key group {} starts at byte {}, the previous one ended at {at}",
+                entry.key_group, entry.offset
+            ));
+        }
+        at = at
+            .checked_add(entry.length)
+            .filter(|&end| end <= handle.file.size.saturating_sub(TRAILER_BYTES))
+            .ok_or_else(|| format!("key group {} lies outside the file", entry.key_group))?;
+    }
+    if at != handle.file.size.saturating_sub(TRAILER_BYTES) {
+        return Err(format!(
+            "the sections end at byte {at}, the file's trailer starts at {}",
+            handle.file.size.saturating_sub(TRAILER_BYTES)
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the keyed file `handle` names once, in chunks (bounded memory), and
+/// verifies it as [`verify_file`] does a whole file — size in storage,
+/// length, magic, checksum, version, the recorded checksum — and its index
+/// ([`check_index`]). Returns what a later read of its sections checks
+/// against.
+pub fn verify_keyed_file(
+    storage: &dyn CheckpointStorage,
+    handle: &KeyedStateHandle,
+) -> Result<VerifiedKeyedFile, CheckpointError> {
+    let file = &handle.file;
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: file.path.clone(),
+        reason,
+    };
+    check_stored_size(storage, file)?;
+    let size = file.size;
+    if size < HEADER_BYTES + TRAILER_BYTES {
+        return Err(corrupt(format!(
+            "only {size} bytes, shorter than any valid file (truncated?)"
+        )));
+    }
+    let index = check_index(handle);
+    // Section boundaries, when the index holds.
+    let bounds: Vec<(u64, u64)> = match &index {
+        Ok(()) => handle
+            .groups
+            .iter()
+            .map(|g| (g.offset, g.offset + g.length))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let body_end = size - TRAILER_BYTES;
+    let mut whole = 0u32;
+    let mut header = Vec::with_capacity(HEADER_BYTES as usize);
+    let mut trailer = Vec::with_capacity(TRAILER_BYTES as usize);
+    let mut section_crcs = vec![0u32; bounds.len()];
+    let mut section = 0usize;
+    let mut at = 0u64;
+    while at < size {
+        let len = VERIFY_CHUNK_BYTES.min(size - at);
+        let chunk = storage
+            .get_range(&file.path, at, len)
+            .map_err(|e| match e {
+                StorageError::NotFound { .. } => corrupt("missing".into()),
+                StorageError::Io { ref reason, .. } if reason.contains("outside the object") => {
+                    corrupt(format!(
+                        "shorter than the {size} bytes recorded (truncated?)"
+                    ))
+                }
+                other => CheckpointError::Storage(other),
+            })?;
+        let chunk_end = at + len;
+        // The body's checksum.
+        let body = &chunk[..(body_end.min(chunk_end).saturating_sub(at)) as usize];
+        whole = crc32c::crc32c_append(whole, body);
+        if at < HEADER_BYTES {
+            let n = (HEADER_BYTES - at).min(len) as usize;
+            header.extend_from_slice(&chunk[..n]);
+        }
+        if chunk_end > body_end {
+            let from = body_end.saturating_sub(at) as usize;
+            trailer.extend_from_slice(&chunk[from..]);
+        }
+        // Each section's checksum: the sections tile [8, body_end).
+        let mut pos = at.max(HEADER_BYTES);
+        while section < bounds.len() && pos < chunk_end.min(body_end) {
+            let (start, end) = bounds[section];
+            let piece_end = end.min(chunk_end);
+            let slice = &chunk[(pos - at) as usize..(piece_end - at) as usize];
+            section_crcs[section] = crc32c::crc32c_append(section_crcs[section], slice);
+            debug_assert!(pos >= start);
+            pos = piece_end;
+            if piece_end == end {
+                section += 1;
+            }
+        }
+        at = chunk_end;
+    }
+    if header[..4] != KEYED_MAGIC {
+        return Err(corrupt(format!(
+            "wrong magic {:02x?}, expected {:?}",
+            &header[..4],
+            String::from_utf8_lossy(&KEYED_MAGIC)
+        )));
+    }
+    let stored = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    if stored != whole {
+        return Err(corrupt(format!(
+            "checksum mismatch (stored {stored:08x}, computed {whole:08x}): truncated or modified"
+        )));
+    }
+    let version = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if version == 0 || version > KEYED_FILE_VERSION {
+        return Err(CheckpointError::UnsupportedVersion {
+            path: file.path.clone(),
+            found: version,
+            supported: KEYED_FILE_VERSION,
+        });
+    }
+    if stored != file.crc32c {
+        return Err(corrupt(format!(
+            "checksum {stored:08x}, the checkpoint recorded {:08x}",
+            file.crc32c
+        )));
+    }
+    index.map_err(corrupt)?;
+    Ok(VerifiedKeyedFile {
+        handle: handle.clone(),
+        version,
+        section_crcs,
+    })
+}
+
+impl VerifiedKeyedFile {
+    /// The section of `handle.groups[index]`, read from storage and checked
+    /// against the checksum the verification saw; a version-1 section comes
+    /// back in the version-2 layout (legacy type names).
+    pub fn read_section(
+        &self,
+        storage: &dyn CheckpointStorage,
+        index: usize,
+    ) -> Result<Vec<u8>, CheckpointError> {
+        let path = &self.handle.file.path;
+        let corrupt = |reason: String| CheckpointError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        let (Some(entry), Some(&expected)) =
+            (self.handle.groups.get(index), self.section_crcs.get(index))
+        else {
+            return Err(corrupt(format!("no section {index} in the index")));
+        };
+        let bytes = storage
+            .get_range(path, entry.offset, entry.length)
+            .map_err(|e| match e {
+                StorageError::NotFound { .. } => corrupt("missing".into()),
+                other => CheckpointError::Storage(other),
+            })?;
+        let crc = crc32c::crc32c(&bytes);
+        if crc != expected {
+            return Err(corrupt(format!(
+                "key group {}: checksum {crc:08x}, {expected:08x} when the file was verified (changed since?)",
+                entry.key_group
+            )));
+        }
+        if self.version == 1 {
+            Ok(flowstate_state::snapshot::section_from_v1(
+                entry.key_group,
+                &bytes,
+            )?)
+        } else {
+            Ok(bytes)
+        }
+    }
+}
+
+/// The sections of the key groups in `wanted` of a verified keyed file,
+/// read one at a time when a backend restores: a
+/// [`flowstate_state::SectionSource`].
+pub struct KeyedFileSections {
+    storage: SharedStorage,
+    file: Arc<VerifiedKeyedFile>,
+    wanted: KeyGroupRange,
+}
+
+impl KeyedFileSections {
+    pub fn new(
+        storage: SharedStorage,
+        file: Arc<VerifiedKeyedFile>,
+        wanted: KeyGroupRange,
+    ) -> Self {
+        Self {
+            storage,
+            file,
+            wanted,
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyedFileSections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedFileSections")
+            .field("file", &self.file.handle.file.path)
+            .field("wanted", &self.wanted)
+            .finish()
+    }
+}
+
+/// A checkpoint error met while restoring, as the backend reports it.
+fn state_error(path: &str, error: CheckpointError) -> StateError {
+    match error {
+        CheckpointError::Corrupt { .. } | CheckpointError::UnsupportedVersion { .. } => {
+            StateError::CorruptSnapshot(error.to_string())
+        }
+        other => StateError::Backend {
+            backend: "checkpoint storage",
+            action: format!("read '{path}'"),
+            reason: other.to_string(),
+        },
+    }
+}
+
+impl SectionSource for KeyedFileSections {
+    fn describe(&self) -> String {
+        self.file.handle.file.path.clone()
+    }
+
+    fn for_each_section(&self, f: &mut SectionFn<'_>) -> Result<(), StateError> {
+        let path = &self.file.handle.file.path;
+        for (index, entry) in self.file.handle.groups.iter().enumerate() {
+            if !self.wanted.contains(entry.key_group) {
+                continue;
+            }
+            let section = self
+                .file
+                .read_section(self.storage.as_ref(), index)
+                .map_err(|e| state_error(path, e))?;
+            f(entry.key_group, &section)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a keyed state file, verifying size, checksum and index, and returns
+/// the sections of the key groups in `wanted`, in memory (tests and tools; a
+/// restore streams them through [`KeyedFileSections`]).
 pub fn read_keyed_file(
     storage: &dyn CheckpointStorage,
     handle: &KeyedStateHandle,
     wanted: KeyGroupRange,
 ) -> Result<RestoredKeyedState, CheckpointError> {
-    let bytes = read_verified(storage, &handle.file)?;
-    sections(handle, &bytes, wanted)
+    let verified = verify_keyed_file(storage, handle)?;
+    let mut groups = Vec::new();
+    for (index, entry) in handle.groups.iter().enumerate() {
+        if wanted.contains(entry.key_group) {
+            groups.push((entry.key_group, verified.read_section(storage, index)?));
+        }
+    }
+    Ok(RestoredKeyedState::from_groups(groups))
+}
+
+/// Checks that storage holds `file` with its recorded size (so a file
+/// replaced by a larger one is never read whole).
+fn check_stored_size(
+    storage: &dyn CheckpointStorage,
+    file: &FileRef,
+) -> Result<(), CheckpointError> {
+    match storage.size(&file.path)? {
+        Some(size) if size == file.size => Ok(()),
+        found => Err(CheckpointError::Corrupt {
+            path: file.path.clone(),
+            reason: match found {
+                None => "missing".to_owned(),
+                Some(size) => format!(
+                    "{size} bytes, the checkpoint recorded {} (truncated?)",
+                    file.size
+                ),
+            },
+        }),
+    }
 }
 
 /// Reads the file `file` refers to, after checking that storage holds it
@@ -78,21 +410,7 @@ pub fn read_verified(
     storage: &dyn CheckpointStorage,
     file: &FileRef,
 ) -> Result<Vec<u8>, CheckpointError> {
-    match storage.size(&file.path)? {
-        Some(size) if size == file.size => {}
-        found => {
-            return Err(CheckpointError::Corrupt {
-                path: file.path.clone(),
-                reason: match found {
-                    None => "missing".to_owned(),
-                    Some(size) => format!(
-                        "{size} bytes, the checkpoint recorded {} (truncated?)",
-                        file.size
-                    ),
-                },
-            });
-        }
-    }
+    check_stored_size(storage, file)?;
     let bytes = storage.get(&file.path)?;
     verify_file(file, &bytes)?;
     Ok(bytes)
@@ -161,6 +479,7 @@ pub fn sections(
     Ok(RestoredKeyedState {
         groups,
         native: Vec::new(),
+        streams: Vec::new(),
     })
 }
 
@@ -260,6 +579,7 @@ pub fn recorded_states(
 mod tests {
     use super::*;
     use crate::format::seal;
+    use flowstate_state::SectionSource;
     use flowstate_state::snapshot::read_section;
     use flowstate_state::{
         BackendSnapshot, KeyScope, KeyedStateBackend, SnapshotRequest, ValueStateDescriptor,
@@ -365,6 +685,135 @@ mod tests {
                 .get()
                 .unwrap(),
             Some(&(3, 51))
+        );
+    }
+
+    /// A heap backend over `m` key groups holding `keys` value entries.
+    fn filled(m: u32, keys: u64) -> KeyedStateSnapshot {
+        let mut backend: Box<dyn KeyedStateBackend<u64>> =
+            heap_backend(KeyGroupRange::new(0, m), m);
+        let state = backend
+            .value_state(&ValueStateDescriptor::<(u64, String)>::new("v"))
+            .unwrap();
+        for key in 0..keys {
+            let g = flowstate_state::key_group_of(&key, m);
+            KeyScope::new(backend.as_mut(), &key, g)
+                .value(&state)
+                .set((key, "x".repeat(key as usize % 50)))
+                .unwrap();
+        }
+        match backend
+            .snapshot(SnapshotRequest {
+                checkpoint_id: 1,
+                canonical: true,
+            })
+            .unwrap()
+        {
+            BackendSnapshot::KeyGroups(snapshot) => snapshot,
+            BackendSnapshot::Native(_) => panic!("heap snapshots are canonical"),
+        }
+    }
+
+    fn storage(name: &str) -> crate::storage::SharedStorage {
+        crate::storage::open_storage(&format!(
+            "memory://keyed-file-{name}-{}",
+            std::process::id()
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_streamed_file_is_the_file_built_in_one_buffer() {
+        // Larger than a storage part, so the multipart path writes it.
+        let snapshot = filled(16, 400_000);
+        let storage = storage("same-bytes");
+        let handle = write_keyed_file(storage.as_ref(), "f.keyed", &snapshot).unwrap();
+        assert!(handle.file.size > 2 * crate::storage::STREAM_PART_BYTES as u64);
+        let mut whole = crate::format::begin_sealed(KEYED_MAGIC, KEYED_FILE_VERSION);
+        for g in snapshot.range.iter() {
+            let start = whole.len() as u64;
+            snapshot.write_key_group(g, &mut whole).unwrap();
+            let entry = &handle.groups[g as usize];
+            assert_eq!(
+                (entry.offset, entry.length),
+                (start, whole.len() as u64 - start)
+            );
+        }
+        crate::format::finish_sealed(&mut whole);
+        assert!(storage.get("f.keyed").unwrap() == whole, "other bytes");
+        assert_eq!(handle.file.size, whole.len() as u64);
+        // And reads back section by section.
+        let restored = read_keyed_file(storage.as_ref(), &handle, snapshot.range).unwrap();
+        for (g, section) in &restored.groups {
+            let entry = &handle.groups[*g as usize];
+            assert_eq!(
+                section[..],
+                whole[entry.offset as usize..(entry.offset + entry.length) as usize]
+            );
+        }
+    }
+
+    #[test]
+    fn every_damage_is_found_before_a_section_is_handed_over() {
+        let snapshot = filled(4, 40);
+        let storage = storage("damage");
+        let handle = write_keyed_file(storage.as_ref(), "f.keyed", &snapshot).unwrap();
+        let good = storage.get("f.keyed").unwrap();
+        // Every flipped byte and every truncation.
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            storage.put("f.keyed", bad).unwrap();
+            assert!(
+                verify_keyed_file(storage.as_ref(), &handle).is_err(),
+                "flip at {i}"
+            );
+        }
+        for len in [0, 3, 11, good.len() / 2, good.len() - 1] {
+            storage.put("f.keyed", good[..len].to_vec()).unwrap();
+            let err = verify_keyed_file(storage.as_ref(), &handle).unwrap_err();
+            assert!(
+                matches!(err, CheckpointError::Corrupt { .. }),
+                "{len}: {err}"
+            );
+        }
+        // An index that does not tile the file is refused, naming it.
+        storage.put("f.keyed", good.clone()).unwrap();
+        let mut shifted = handle.clone();
+        shifted.groups[1].offset += 1;
+        let err = verify_keyed_file(storage.as_ref(), &shifted).unwrap_err();
+        assert!(
+            err.to_string().contains("key group 1 starts at byte"),
+            "{err}"
+        );
+        let mut long = handle.clone();
+        long.groups[3].length = u64::MAX - 3;
+        let err = verify_keyed_file(storage.as_ref(), &long).unwrap_err();
+        assert!(err.to_string().contains("outside the file"), "{err}");
+
+        // Changed after it was verified (same size, trailer adjusted): the
+        // section read later is refused before anyone sees it.
+        let verified = Arc::new(verify_keyed_file(storage.as_ref(), &handle).unwrap());
+        let mut changed = good.clone();
+        let at = handle.groups[2].offset as usize + 20;
+        changed[at] ^= 1;
+        let body = changed.len() - 4;
+        let crc = crc32c::crc32c(&changed[..body]);
+        changed[body..].copy_from_slice(&crc.to_le_bytes());
+        storage.put("f.keyed", changed).unwrap();
+        let sections =
+            KeyedFileSections::new(Arc::clone(&storage), verified, KeyGroupRange::new(0, 4));
+        let mut handed = Vec::new();
+        let err = sections
+            .for_each_section(&mut |g, _| {
+                handed.push(g);
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(handed, [0, 1], "a damaged section was handed over");
+        assert!(
+            matches!(&err, StateError::CorruptSnapshot(m) if m.contains("key group 2")),
+            "{err}"
         );
     }
 }

@@ -1,7 +1,10 @@
 //! Finding and loading a checkpoint to restore, and dealing its state out to the
 //! instances of a (possibly rescaled) job.
 //!
-//! Loading reads and verifies every canonical keyed file eagerly. Native files
+//! Loading reads and verifies every canonical keyed file eagerly, in bounded
+//! memory (a chunk at a time), and keeps only what a later read of each
+//! section is checked against; a restore reads the sections again, one key
+//! group at a time ([`crate::keyed_file::KeyedFileSections`]). Native files
 //! (a backend's own, possibly large, files) are only checked to exist with
 //! their recorded size; the backend fetches them later through a
 //! [`crate::native_files::StorageFetcher`], which verifies their checksums.
@@ -10,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use flowstate_state::{KeyGroupRange, RedistributionMode, RestoredKeyedState};
 
-use crate::keyed_file::{read_verified, sections};
+use crate::keyed_file::{KeyedFileSections, VerifiedKeyedFile, verify_keyed_file};
 use crate::layout::{METADATA_FILE, parse_metadata_path};
 use crate::metadata::{CheckpointMetadata, OperatorListState, read_metadata};
 use crate::native_files::native_restore;
@@ -65,9 +68,9 @@ pub fn open_snapshot(location: &str) -> Result<OpenedSnapshot, CheckpointError> 
     })
 }
 
-/// A checkpoint read back and verified: its metadata, the bytes of every
-/// canonical file it references, and the storage its native files are
-/// fetched from.
+/// A checkpoint read back and verified: its metadata, what every canonical
+/// file it references was verified to hold (not its bytes), and the storage
+/// its files are read from.
 pub struct LoadedCheckpoint {
     pub metadata: CheckpointMetadata,
     pub metadata_path: String,
@@ -77,7 +80,7 @@ pub struct LoadedCheckpoint {
     /// Newer snapshots [`load_latest_of`] tried first and could not load,
     /// newest first (empty for [`load`]).
     pub skipped: Vec<SkippedSnapshot>,
-    files: HashMap<String, Vec<u8>>,
+    files: HashMap<String, std::sync::Arc<VerifiedKeyedFile>>,
     storage: SharedStorage,
 }
 
@@ -369,8 +372,8 @@ pub fn load(storage: &SharedStorage, path: &str) -> Result<LoadedCheckpoint, Che
     for operator in &metadata.operators {
         for subtask in &operator.subtasks {
             if let Some(keyed) = &subtask.keyed {
-                let bytes = read_verified(storage.as_ref(), &keyed.file)?;
-                files.insert(keyed.file.path.clone(), bytes);
+                let verified = verify_keyed_file(storage.as_ref(), keyed)?;
+                files.insert(keyed.file.path.clone(), std::sync::Arc::new(verified));
             }
         }
     }
@@ -564,7 +567,7 @@ impl LoadedCheckpoint {
                 .as_ref()
                 .filter(|h| overlaps(h.key_group_start, h.key_group_end))
             {
-                let bytes =
+                let verified =
                     self.files
                         .get(&handle.file.path)
                         .ok_or_else(|| CheckpointError::Corrupt {
@@ -572,8 +575,12 @@ impl LoadedCheckpoint {
                             reason: "not loaded".into(),
                         })?;
                 restored
-                    .groups
-                    .extend(sections(handle, bytes, range)?.groups);
+                    .streams
+                    .push(std::sync::Arc::new(KeyedFileSections::new(
+                        SharedStorage::clone(&self.storage),
+                        std::sync::Arc::clone(verified),
+                        range,
+                    )));
             }
             if let Some(handle) = subtask
                 .native

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-pub use object::ObjectStoreStorage;
+pub use object::{ObjectStoreStorage, STREAM_PART_BYTES};
 
 /// A storage operation failed.
 #[derive(Debug, Error)]
@@ -64,6 +64,44 @@ pub trait CheckpointStorage: Send + Sync {
     /// checkpoint.
     fn put_if_absent(&self, path: &str, bytes: Vec<u8>) -> Result<(), StorageError>;
     fn get(&self, path: &str) -> Result<Vec<u8>, StorageError>;
+    /// Starts writing the object at `path` piece by piece
+    /// ([`ObjectWriter::write`]), so that an object larger than memory can
+    /// be written in bounded memory. Like [`put`](Self::put) it replaces any
+    /// object of that path, and readers see the whole object or none: nothing
+    /// is published before [`ObjectWriter::finish`]; a writer dropped or
+    /// aborted before publishes nothing.
+    ///
+    /// The default collects the pieces and `put`s them at the end (bounded
+    /// by nothing): storages that can stream override it.
+    fn put_streaming<'a>(&'a self, path: &str) -> Result<Box<dyn ObjectWriter + 'a>, StorageError> {
+        Ok(Box::new(BufferedWriter {
+            storage: self,
+            path: path.to_owned(),
+            bytes: Vec::new(),
+        }))
+    }
+    /// `len` bytes of the object at `path` from byte `offset`. A range that
+    /// does not lie within the object is an error ([`StorageError::Io`]
+    /// naming the range), never a shorter answer. The default reads the
+    /// whole object; implementations read only the range.
+    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+        let bytes = self.get(path)?;
+        let range = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(len).ok())
+            .and_then(|(start, len)| Some(start..start.checked_add(len)?))
+            .filter(|r| r.end <= bytes.len());
+        match range {
+            Some(range) => Ok(bytes[range].to_vec()),
+            None => Err(range_outside(
+                &self.describe(),
+                path,
+                offset,
+                len,
+                bytes.len() as u64,
+            )),
+        }
+    }
     /// The size of the object at `path`, `None` if there is none. The default
     /// reads the whole object; implementations ask the store for its metadata.
     fn size(&self, path: &str) -> Result<Option<u64>, StorageError> {
@@ -93,6 +131,54 @@ pub trait CheckpointStorage: Send + Sync {
 
 /// Shared handle to a storage.
 pub type SharedStorage = Arc<dyn CheckpointStorage>;
+
+/// An object being written piece by piece ([`CheckpointStorage::put_streaming`]).
+pub trait ObjectWriter: Send {
+    /// Appends `bytes` to the object.
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError>;
+    /// Publishes the object: from now on readers see all of it.
+    fn finish(self: Box<Self>) -> Result<(), StorageError>;
+    /// Abandons the object: nothing is published, what was staged is removed
+    /// (best effort). Dropping an unfinished writer does the same.
+    fn abort(self: Box<Self>);
+}
+
+/// The error of a range outside an object of `size` bytes.
+pub(crate) fn range_outside(
+    storage: &str,
+    path: &str,
+    offset: u64,
+    len: u64,
+    size: u64,
+) -> StorageError {
+    StorageError::Io {
+        storage: storage.to_owned(),
+        operation: "get_range",
+        path: path.to_owned(),
+        reason: format!("bytes {offset}..+{len} lie outside the object of {size} bytes"),
+    }
+}
+
+/// [`CheckpointStorage::put_streaming`]'s default: the pieces collected,
+/// then one `put`.
+struct BufferedWriter<'a, S: ?Sized> {
+    storage: &'a S,
+    path: String,
+    bytes: Vec<u8>,
+}
+
+impl<S: CheckpointStorage + ?Sized> ObjectWriter for BufferedWriter<'_, S> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), StorageError> {
+        self.storage.put(&self.path, self.bytes)
+    }
+
+    fn abort(self: Box<Self>) {}
+}
 
 /// What a storage location names, by its form alone: a path on this machine,
 /// a `file://` URL (also a path on this machine), or a URL of another scheme.

@@ -1319,7 +1319,7 @@ fn a_loaded_checkpoint_deals_state_out_to_another_parallelism() {
         for index in 0..parallelism {
             let range = KeyGroupRange::for_operator(index, parallelism, MAX_PARALLELISM);
             let restored = loaded.keyed_state(KEYED_UID, range, job).unwrap();
-            for (g, bytes) in &restored.groups {
+            for (g, bytes) in &restored.collect_groups().unwrap() {
                 assert!(range.contains(*g), "group {g} outside {range}");
                 let owner = (0..2u32)
                     .find(|t| KeyGroupRange::for_operator(*t, 2, MAX_PARALLELISM).contains(*g))
@@ -1494,7 +1494,7 @@ fn a_savepoint_goes_to_its_own_directory_is_never_retained_and_can_be_moved() {
     for index in 0..3 {
         let range = KeyGroupRange::for_operator(index, 3, MAX_PARALLELISM);
         let keyed = loaded.keyed_state(KEYED_UID, range, "other-job").unwrap();
-        groups.extend(keyed.groups.iter().map(|(g, _)| *g));
+        groups.extend(keyed.collect_groups().unwrap().iter().map(|(g, _)| *g));
     }
     groups.sort_unstable();
     assert_eq!(groups, (0..MAX_PARALLELISM).collect::<Vec<_>>());

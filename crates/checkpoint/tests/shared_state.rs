@@ -514,7 +514,7 @@ impl Job {
                     let state = loaded
                         .keyed_state(UID, range_of(task, self.tasks), &self.job)
                         .unwrap();
-                    assert!(state.groups.is_empty());
+                    assert!(state.groups.is_empty() && state.streams.is_empty());
                     backend.restore(&state.native, loaded.id(), dir);
                 }
                 None => {

@@ -144,6 +144,102 @@ fn conformance(storage: &dyn CheckpointStorage, race: CreateRace) {
     );
     assert!(storage.list("no-such-job/").unwrap().is_empty(), "{name}");
 
+    // get_range: exactly the bytes asked for; a range beyond the end is an
+    // error, never a shorter answer.
+    assert_eq!(
+        storage.get_range("job/chk-1/big", 1000, 5000).unwrap(),
+        big[1000..6000],
+        "{name}"
+    );
+    assert_eq!(
+        storage
+            .get_range("job/chk-1/big", big.len() as u64 - 7, 7)
+            .unwrap(),
+        big[big.len() - 7..],
+        "{name}"
+    );
+    assert!(
+        storage
+            .get_range("job/chk-1/big", big.len() as u64 - 7, 8)
+            .is_err(),
+        "{name}: a range past the end"
+    );
+    assert!(
+        storage
+            .get_range("job/chk-1/big", big.len() as u64 + 1, 1)
+            .is_err(),
+        "{name}: a range after the end"
+    );
+    assert!(matches!(
+        storage.get_range("job/chk-1/missing", 0, 1),
+        Err(StorageError::NotFound { .. })
+    ));
+
+    // put_streaming: pieces of any size make one object, published whole at
+    // finish; small objects and objects of several parts alike.
+    let parts_big: Vec<u8> = (0..(2 * flowstate_checkpoint::storage::STREAM_PART_BYTES + 12_345)
+        as u32)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 24) as u8)
+        .collect();
+    for (path, content) in [
+        ("stream/small", b"a small streamed object".to_vec()),
+        ("stream/empty", Vec::new()),
+        ("stream/parts", parts_big.clone()),
+    ] {
+        let mut writer = storage.put_streaming(path).unwrap();
+        let mut rest = content.as_slice();
+        let mut piece = 1;
+        while !rest.is_empty() {
+            let n = piece.min(rest.len());
+            writer.write(&rest[..n]).unwrap();
+            rest = &rest[n..];
+            piece = piece * 7 + 3;
+        }
+        assert_eq!(
+            storage.size(path).unwrap(),
+            None,
+            "{name}: {path} visible before finish"
+        );
+        writer.finish().unwrap();
+        assert_eq!(storage.get(path).unwrap(), content, "{name}: {path}");
+    }
+    // It replaces an object, like put.
+    let mut writer = storage.put_streaming("stream/small").unwrap();
+    writer.write(b"replaced").unwrap();
+    writer.finish().unwrap();
+    assert_eq!(storage.get("stream/small").unwrap(), b"replaced");
+    // Aborted or dropped (small or of several parts): nothing is published and
+    // nothing is left behind.
+    for abort in [true, false] {
+        for size in [100, parts_big.len()] {
+            let mut writer = storage.put_streaming("stream/aborted").unwrap();
+            writer.write(&parts_big[..size]).unwrap();
+            if abort {
+                writer.abort();
+            } else {
+                drop(writer);
+            }
+            assert_eq!(storage.size("stream/aborted").unwrap(), None, "{name}");
+        }
+    }
+    // Local staging files are removed in the background when dropped: poll.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut listed = sorted(storage.list("stream").unwrap());
+        listed.retain(|p| !p.starts_with("stream/aborted#"));
+        let done = listed == ["stream/empty", "stream/parts", "stream/small"];
+        if done && storage.list("stream").unwrap().len() == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: left behind after aborts: {:?}",
+            storage.list("stream").unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    storage.delete_prefix("stream").unwrap();
+
     // delete: one object; a missing object is fine.
     storage.delete("job/chk-1/empty").unwrap();
     assert!(matches!(

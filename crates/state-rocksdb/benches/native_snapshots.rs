@@ -188,6 +188,7 @@ fn main() {
         .restore(RestoredKeyedState {
             groups: Vec::new(),
             native: vec![native_restore(Arc::clone(&storage), &handle, true)],
+            streams: Vec::new(),
         })
         .expect("restore");
     let restore_s = started.elapsed().as_secs_f64();

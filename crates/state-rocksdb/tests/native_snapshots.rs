@@ -89,6 +89,7 @@ impl Fixture {
             .restore(RestoredKeyedState {
                 groups: Vec::new(),
                 native,
+                streams: Vec::new(),
             })
             .expect("restore");
         backend
@@ -271,6 +272,7 @@ fn full_snapshots_are_canonical_and_restore_into_the_heap_backend() {
     heap.restore(RestoredKeyedState {
         groups,
         native: Vec::new(),
+        streams: Vec::new(),
     })
     .expect("restore");
     let state = read_values(heap.as_mut());
@@ -300,6 +302,7 @@ fn a_damaged_native_file_fails_the_restore_naming_it() {
         .restore(RestoredKeyedState {
             groups: Vec::new(),
             native: vec![native_restore(Arc::clone(&f.storage), &handle, true)],
+            streams: Vec::new(),
         })
         .expect_err("a flipped byte must be detected");
     assert!(err.to_string().contains(&sst.file.path), "{err}");

@@ -346,23 +346,23 @@ impl<K> Declarations<K> {
     pub(crate) fn restore(
         &mut self,
         range: KeyGroupRange,
-        restored: RestoredKeyedState,
+        restored: &RestoredKeyedState,
     ) -> Result<(), StateError> {
-        for (key_group, bytes) in restored.groups {
+        restored.for_each_section(&mut |key_group, bytes| {
             if !range.contains(key_group) {
                 return Err(StateError::KeyGroupOutOfRange {
                     key_group,
                     range: range.to_string(),
                 });
             }
-            for (name, section) in parse_section(key_group, &bytes)? {
+            for (name, section) in parse_section(key_group, bytes)? {
                 match self.entries.iter_mut().find(|(s, _)| s.name == name) {
                     Some((signature, slot)) => Self::load(signature, slot, &section)?,
                     None => self.waiting.entry(name).or_default().push(section),
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     pub(crate) fn unclaimed(&self) -> Vec<String> {
@@ -386,21 +386,17 @@ impl<K> Declarations<K> {
         Ok(states)
     }
 
-    pub(crate) fn waiting_len(&self) -> usize {
-        self.waiting.len()
+    /// The declared state `name` and its table.
+    pub(crate) fn find_mut(&mut self, name: &str) -> Option<(&StateSignature, &mut TableSlot<K>)> {
+        self.entries
+            .iter_mut()
+            .find(|(s, _)| s.name == name)
+            .map(|(s, t)| (&*s, t))
     }
 
-    /// The waiting sections as a snapshot of `range`, if any wait.
-    pub(crate) fn waiting_snapshot(&self, range: KeyGroupRange) -> Option<KeyedStateSnapshot>
-    where
-        K: crate::StateType,
-    {
-        let states = self.waiting_states();
-        (!states.is_empty()).then_some(KeyedStateSnapshot {
-            range,
-            key_type: crate::state_type_name::<K>(),
-            states,
-        })
+    /// Takes back the newest declaration (its restore failed).
+    pub(crate) fn undeclare_last(&mut self) {
+        self.entries.pop();
     }
 
     fn waiting_states(&self) -> Vec<StateSnapshotEntry> {

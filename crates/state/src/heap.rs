@@ -642,7 +642,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
                 native.backend, native.range, native.backend
             )));
         }
-        self.declarations.restore(self.range, restored)
+        self.declarations.restore(self.range, &restored)
     }
 
     fn unclaimed_restored_states(&self) -> Vec<String> {

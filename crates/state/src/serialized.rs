@@ -22,9 +22,12 @@
 //! without knowing the Rust types ([`ColumnSnapshot`]): a canonical entry is
 //! `enc(K) ++ enc(S)`.
 //!
-//! Restored canonical sections of states no one declared yet wait in memory,
-//! and in the column `meta:unclaimed` (key `kg`, value: a key-group section),
-//! so that native snapshots carry them too.
+//! Restored canonical sections of states no one declared yet wait in the
+//! column `meta:unclaimed` (key `kg`, value: a key-group section of those
+//! states), not in memory, so that a restore of state larger than memory
+//! works and native snapshots carry them too. A restore writes them one key
+//! group at a time; a declaration loads its state's part from there, one key
+//! group at a time, then removes it.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -1089,9 +1092,10 @@ pub struct SerializedKeyedStateBackend<K> {
     declarations: Declarations<K>,
     /// States restored natively: their data is in the store already.
     native_states: Vec<StateSignature>,
+    /// Restored states no declaration has claimed yet: their sections wait
+    /// in the unclaimed column (never in memory), one value per key group.
+    waiting: Vec<StateSignature>,
     unclaimed: Option<Box<dyn KvColumn>>,
-    /// The unclaimed column no longer matches what waits in memory.
-    unclaimed_dirty: bool,
     /// Processing time for state TTL.
     clock: crate::clock::SharedClock,
 }
@@ -1103,17 +1107,17 @@ const UNCLAIMED_MARK: [u8; 4] = [0xff; 4];
 
 /// The version-2 section held by a value of the unclaimed column; sets
 /// `legacy` if the value was a version-1 section.
-fn unclaimed_section(
+fn unclaimed_section<'a>(
     key_group: KeyGroup,
-    value: &[u8],
+    value: &'a [u8],
     legacy: &mut bool,
-) -> Result<Vec<u8>, StateError> {
+) -> Result<std::borrow::Cow<'a, [u8]>, StateError> {
     match value.strip_prefix(&UNCLAIMED_MARK[..]) {
         Some(rest) => match rest.split_first_chunk::<4>() {
             Some((version, section))
                 if u32::from_le_bytes(*version) == crate::snapshot::SECTION_VERSION =>
             {
-                Ok(section.to_vec())
+                Ok(std::borrow::Cow::Borrowed(section))
             }
             _ => Err(StateError::CorruptSnapshot(format!(
                 "key group {key_group}: unclaimed state of an unknown section version"
@@ -1121,9 +1125,17 @@ fn unclaimed_section(
         },
         None => {
             *legacy = true;
-            crate::snapshot::section_from_v1(key_group, value)
+            crate::snapshot::section_from_v1(key_group, value).map(std::borrow::Cow::Owned)
         }
     }
+}
+
+/// A value of the unclaimed column holding `states` (this build's layout).
+fn unclaimed_value(states: &[crate::snapshot::SectionState<'_>]) -> Vec<u8> {
+    let mut value = UNCLAIMED_MARK.to_vec();
+    value.extend_from_slice(&crate::snapshot::SECTION_VERSION.to_le_bytes());
+    crate::snapshot::write_section(states, &mut value);
+    value
 }
 
 impl<K: StateKey> SerializedKeyedStateBackend<K> {
@@ -1134,8 +1146,8 @@ impl<K: StateKey> SerializedKeyedStateBackend<K> {
             store,
             declarations: Declarations::new(),
             native_states: Vec::new(),
+            waiting: Vec::new(),
             unclaimed: None,
-            unclaimed_dirty: false,
             clock: crate::clock::system_clock(),
         }
     }
@@ -1146,38 +1158,170 @@ impl<K: StateKey> SerializedKeyedStateBackend<K> {
         self
     }
 
-    fn unclaimed_column(&mut self) -> Result<&dyn KvColumn, StateError> {
+    fn open_unclaimed(&mut self) -> Result<(), StateError> {
         if self.unclaimed.is_none() {
             self.unclaimed = Some(self.store.open_column(UNCLAIMED_COLUMN)?);
         }
+        Ok(())
+    }
+
+    fn unclaimed_column(&mut self) -> Result<&dyn KvColumn, StateError> {
+        self.open_unclaimed()?;
         match &self.unclaimed {
             Some(column) => Ok(column.as_ref()),
             None => unreachable!("opened above"),
         }
     }
 
-    /// Rewrites the unclaimed column from what waits in memory.
-    fn persist_unclaimed(&mut self) -> Result<(), StateError> {
+    /// Notes that `state` waits in the unclaimed column.
+    fn note_waiting(&mut self, state: &crate::snapshot::SectionState<'_>) {
+        if !self.waiting.iter().any(|s| s.name == state.name) {
+            self.waiting.push(StateSignature {
+                name: state.name.to_owned(),
+                kind: state.kind,
+                types: state.types.clone().into_owned(),
+                rust_types: "",
+            });
+        }
+    }
+
+    /// Learns the states whose sections wait in the unclaimed column (after
+    /// a native restore: they waited for a declaration in the earlier run),
+    /// and rewrites values of flowstate 0.1 (version-1 sections) in this
+    /// build's layout. One value in memory at a time.
+    fn adopt_unclaimed(&mut self) -> Result<(), StateError> {
         let range = self.range;
-        let waiting = self.declarations.waiting_snapshot(range);
-        let column = self.unclaimed_column()?;
-        column.delete_range(&key_group_prefix(range.start), &key_group_prefix(range.end))?;
-        if let Some(waiting) = waiting {
-            let mut section = Vec::new();
-            for key_group in range.iter() {
-                section.clear();
-                section.extend_from_slice(&UNCLAIMED_MARK);
-                section.extend_from_slice(&crate::snapshot::SECTION_VERSION.to_le_bytes());
-                waiting.write_key_group(key_group, &mut section)?;
-                column.put(&key_group_prefix(key_group), &section)?;
+        let mut found: Vec<(String, StateKind, String)> = Vec::new();
+        let mut legacy_groups = Vec::new();
+        self.unclaimed_column()?.scan(
+            &key_group_prefix(range.start),
+            &key_group_prefix(range.end),
+            &mut |k, v| {
+                let key_group = u16::from_be_bytes([k[0], k[1]]) as u32;
+                let mut legacy = false;
+                let section = unclaimed_section(key_group, v, &mut legacy)?;
+                for state in crate::snapshot::read_section(key_group, &section)? {
+                    if !found.iter().any(|(name, _, _)| name == state.name) {
+                        found.push((state.name.to_owned(), state.kind, state.types.into_owned()));
+                    }
+                }
+                if legacy {
+                    legacy_groups.push(key_group);
+                }
+                Ok(true)
+            },
+        )?;
+        for (name, kind, types) in found {
+            if !self.waiting.iter().any(|s| s.name == name) {
+                self.waiting.push(StateSignature {
+                    name,
+                    kind,
+                    types,
+                    rust_types: "",
+                });
             }
         }
-        self.unclaimed_dirty = false;
+        let column = self.unclaimed_column()?;
+        let mut value = Vec::new();
+        for key_group in legacy_groups {
+            let key = key_group_prefix(key_group);
+            if column.get(&key, &mut value)? {
+                let section = unclaimed_section(key_group, &value, &mut false)?;
+                let states = crate::snapshot::read_section(key_group, &section)?;
+                column.put(&key, &unclaimed_value(&states))?;
+            }
+        }
         Ok(())
     }
 
-    /// Every state the store holds data of: declared, restored natively, and
-    /// waiting (in the unclaimed column).
+    /// Restores one canonical key-group section: declared states into their
+    /// columns (in write batches), the others into the unclaimed column.
+    fn restore_section(&mut self, key_group: KeyGroup, bytes: &[u8]) -> Result<(), StateError> {
+        if !self.range.contains(key_group) {
+            return Err(StateError::KeyGroupOutOfRange {
+                key_group,
+                range: self.range.to_string(),
+            });
+        }
+        let states = crate::snapshot::read_section(key_group, bytes)?;
+        let mut rest = Vec::new();
+        for state in states {
+            match self.declarations.find_mut(state.name) {
+                Some((signature, slot)) => {
+                    crate::backend::check_restored(signature, state.kind, &state.types)?;
+                    slot.table().restore_key_group(key_group, state.payload)?;
+                }
+                None => rest.push(state),
+            }
+        }
+        if rest.is_empty() {
+            return Ok(());
+        }
+        for state in &rest {
+            self.note_waiting(state);
+        }
+        let column = self.unclaimed_column()?;
+        let key = key_group_prefix(key_group);
+        let mut existing = Vec::new();
+        let section;
+        if column.get(&key, &mut existing)? {
+            // Waiting already (another snapshot's part of this key group):
+            // keep what this section does not replace.
+            section = unclaimed_section(key_group, &existing, &mut false)?;
+            for state in crate::snapshot::read_section(key_group, &section)? {
+                if !rest.iter().any(|s| s.name == state.name) {
+                    rest.push(state);
+                }
+            }
+        }
+        column.put(&key, &unclaimed_value(&rest))
+    }
+
+    /// Loads the waiting sections of `name` into its freshly declared table,
+    /// then removes them from the unclaimed column (only once all loaded).
+    /// One key group's section in memory at a time.
+    fn load_waiting(&mut self, name: &str) -> Result<(), StateError> {
+        self.open_unclaimed()?;
+        let Some(column) = &self.unclaimed else {
+            unreachable!("opened above")
+        };
+        let Some((signature, slot)) = self.declarations.find_mut(name) else {
+            return Ok(());
+        };
+        let mut value = Vec::new();
+        let mut holding = Vec::new();
+        for key_group in self.range.iter() {
+            if !column.get(&key_group_prefix(key_group), &mut value)? {
+                continue;
+            }
+            let section = unclaimed_section(key_group, &value, &mut false)?;
+            for state in crate::snapshot::read_section(key_group, &section)? {
+                if state.name == name {
+                    crate::backend::check_restored(signature, state.kind, &state.types)?;
+                    slot.table().restore_key_group(key_group, state.payload)?;
+                    holding.push(key_group);
+                }
+            }
+        }
+        for key_group in holding {
+            let key = key_group_prefix(key_group);
+            if !column.get(&key, &mut value)? {
+                continue;
+            }
+            let section = unclaimed_section(key_group, &value, &mut false)?;
+            let mut states = crate::snapshot::read_section(key_group, &section)?;
+            states.retain(|s| s.name != name);
+            if states.is_empty() {
+                column.delete(&key)?;
+            } else {
+                column.put(&key, &unclaimed_value(&states))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every state the store holds data of in its own columns: declared and
+    /// restored natively.
     fn stored_states(&self) -> Vec<StateSignature> {
         let mut states = self.declarations.signatures();
         for state in &self.native_states {
@@ -1230,9 +1374,16 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
         if let Some(restored) = self.native_states.iter().find(|s| s.name == signature.name) {
             crate::backend::check_restored(&signature, restored.kind, &restored.types)?;
         }
+        // Refused before anything changes: the sections wait for a correct
+        // declaration.
+        let waiting = self.waiting.iter().position(|s| s.name == signature.name);
+        if let Some(index) = waiting {
+            let w = &self.waiting[index];
+            crate::backend::check_restored(&signature, w.kind, &w.types)?;
+        }
+        let name = signature.name.clone();
         let range = self.range;
         let store = &mut self.store;
-        let waiting_before = self.declarations.waiting_len();
         let id = self.declarations.declare(
             signature,
             &mut |name| {
@@ -1243,8 +1394,17 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
             },
             create,
         )?;
-        if self.declarations.waiting_len() != waiting_before {
-            self.unclaimed_dirty = true;
+        if let Some(index) = waiting {
+            if let Err(e) = self.load_waiting(&name) {
+                // Nothing of the state stays: the declaration is taken back
+                // and its sections keep waiting.
+                if let Some((_, slot)) = self.declarations.find_mut(&name) {
+                    let _ = slot.table().clear();
+                }
+                self.declarations.undeclare_last();
+                return Err(e);
+            }
+            self.waiting.remove(index);
         }
         Ok(id)
     }
@@ -1263,8 +1423,9 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
     }
 
     fn snapshot(&mut self, request: SnapshotRequest) -> Result<BackendSnapshot, StateError> {
-        if self.unclaimed_dirty {
-            self.persist_unclaimed()?;
+        if !self.waiting.is_empty() {
+            // The column exists before the store's snapshot is taken.
+            self.open_unclaimed()?;
         }
         match self.store.snapshot(request)? {
             StoreSnapshot::View(view) => {
@@ -1287,6 +1448,18 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
                         states.push((state.clone(), Box::new(table)));
                     }
                 }
+                // Restored state nobody declared (yet) is carried into the
+                // next snapshot unchanged, so that a job that declares it
+                // lazily does not lose it.
+                let mut waiting = self.waiting.clone();
+                waiting.sort_by(|a, b| a.name.cmp(&b.name));
+                for state in waiting {
+                    let table = UnclaimedSnapshot {
+                        view: Arc::clone(&view),
+                        state: state.name.clone(),
+                    };
+                    states.push((state, Box::new(table)));
+                }
                 Ok(BackendSnapshot::KeyGroups(KeyedStateSnapshot {
                     range: self.range,
                     key_type: crate::state_type_name::<K>(),
@@ -1294,6 +1467,7 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
                 }))
             }
             StoreSnapshot::Native(mut native) => {
+                // Waiting states travel in the unclaimed column.
                 native.states = self.stored_states();
                 Ok(BackendSnapshot::Native(native))
             }
@@ -1310,46 +1484,17 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
                     }
                 }
             }
-            // Sections that waited for a declaration in the earlier run.
-            let range = self.range;
-            let mut groups = Vec::new();
-            let mut legacy = false;
-            self.unclaimed_column()?.scan(
-                &key_group_prefix(range.start),
-                &key_group_prefix(range.end),
-                &mut |k, v| {
-                    let key_group = u16::from_be_bytes([k[0], k[1]]) as u32;
-                    groups.push((key_group, unclaimed_section(key_group, v, &mut legacy)?));
-                    Ok(true)
-                },
-            )?;
-            // Written again, in this build's layout, by the next snapshot.
-            self.unclaimed_dirty |= legacy;
-            self.declarations.restore(
-                range,
-                RestoredKeyedState {
-                    groups,
-                    native: Vec::new(),
-                },
-            )?;
+            self.adopt_unclaimed()?;
         }
-        if !restored.groups.is_empty() {
-            self.declarations.restore(
-                self.range,
-                RestoredKeyedState {
-                    groups: restored.groups,
-                    native: Vec::new(),
-                },
-            )?;
-            self.unclaimed_dirty = true;
-        }
-        Ok(())
+        // Canonical sections, one key group at a time (read from storage as
+        // they are needed: never the whole state in memory).
+        restored.for_each_section(&mut |key_group, bytes| self.restore_section(key_group, bytes))
     }
 
     fn unclaimed_restored_states(&self) -> Vec<String> {
         let declared = self.declarations.signatures();
         let mut names = self.declarations.unclaimed();
-        for state in &self.native_states {
+        for state in self.native_states.iter().chain(&self.waiting) {
             if !declared.iter().any(|s| s.name == state.name) && !names.contains(&state.name) {
                 names.push(state.name.clone());
             }
@@ -1364,6 +1509,41 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
 
     fn notify_checkpoint_aborted(&mut self, id: u64) {
         self.store.notify_aborted(id);
+    }
+}
+
+/// A waiting state of a store view, written as it was restored: its payload
+/// in each key group's value of the unclaimed column.
+struct UnclaimedSnapshot {
+    view: Arc<dyn KvView>,
+    state: String,
+}
+
+impl TableSnapshot for UnclaimedSnapshot {
+    fn write_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<u64, StateError> {
+        let mut entries = None;
+        self.view.scan(
+            UNCLAIMED_COLUMN,
+            &key_group_prefix(key_group),
+            &key_group_prefix(key_group + 1),
+            &mut |_, v| {
+                let section = unclaimed_section(key_group, v, &mut false)?;
+                for state in crate::snapshot::read_section(key_group, &section)? {
+                    if state.name == self.state {
+                        out.extend_from_slice(state.payload);
+                        entries = Some(state.entries().unwrap_or(0));
+                    }
+                }
+                Ok(false)
+            },
+        )?;
+        Ok(match entries {
+            Some(entries) => entries,
+            None => {
+                out.extend_from_slice(&0u64.to_le_bytes());
+                0
+            }
+        })
     }
 }
 

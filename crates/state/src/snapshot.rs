@@ -123,6 +123,18 @@ pub fn section_from_v1(key_group: KeyGroup, bytes: &[u8]) -> Result<Vec<u8>, Sta
     Ok(out)
 }
 
+/// Writes a key-group section holding `states` (the layout of
+/// [`KeyedStateSnapshot::write_key_group`]): how a backend keeps restored
+/// sections of some states only.
+pub fn write_section(states: &[SectionState<'_>], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(states.len() as u32).to_le_bytes());
+    for state in states {
+        write_state_header(out, state.name, state.kind, &state.types);
+        out.extend_from_slice(&(state.payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(state.payload);
+    }
+}
+
 /// One state's payload in one key group, as read back.
 #[derive(Debug, Clone)]
 pub struct RestoredSection {
@@ -132,18 +144,69 @@ pub struct RestoredSection {
     pub payload: Vec<u8>,
 }
 
+/// Key-group sections read one at a time, in bounded memory (a keyed state
+/// file in checkpoint storage): what a restore of state larger than memory
+/// reads from. Implemented by the checkpoint crate; state knows nothing of
+/// storage.
+pub trait SectionSource: Send + Sync + std::fmt::Debug {
+    /// What is read (a file's path), for messages.
+    fn describe(&self) -> String;
+    /// Calls `f` with each key group's section (the version-2 layout, as
+    /// [`KeyedStateSnapshot::write_key_group`] writes it), in key-group order,
+    /// each verified before it is handed over; stops at the first error.
+    /// Holds one section at a time.
+    fn for_each_section(&self, f: &mut SectionFn<'_>) -> Result<(), StateError>;
+}
+
+/// What [`SectionSource::for_each_section`] calls: `(key group, section)`.
+pub type SectionFn<'a> = dyn FnMut(KeyGroup, &[u8]) -> Result<(), StateError> + 'a;
+
 /// Keyed state to restore: key-group sections written by
-/// [`KeyedStateSnapshot::write_key_group`], for key groups of the new owner,
-/// and native snapshots of earlier instances whose ranges overlap it.
+/// [`KeyedStateSnapshot::write_key_group`], for key groups of the new owner
+/// (in memory, `groups`, or read one at a time from `streams`), and native
+/// snapshots of earlier instances whose ranges overlap it.
 #[derive(Debug, Default, Clone)]
 pub struct RestoredKeyedState {
     pub groups: Vec<(KeyGroup, Vec<u8>)>,
     pub native: Vec<crate::native::NativeRestore>,
+    /// Sources of sections, each read when the backend restores (the
+    /// sections of key groups of the new owner only).
+    pub streams: Vec<std::sync::Arc<dyn SectionSource>>,
 }
 
 impl RestoredKeyedState {
+    /// Sections held in memory only.
+    pub fn from_groups(groups: Vec<(KeyGroup, Vec<u8>)>) -> Self {
+        Self {
+            groups,
+            ..Self::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.groups.is_empty() && self.native.is_empty()
+        self.groups.is_empty() && self.native.is_empty() && self.streams.is_empty()
+    }
+
+    /// Calls `f` with every section: those in memory, then those of each
+    /// stream, one at a time.
+    pub fn for_each_section(&self, f: &mut SectionFn<'_>) -> Result<(), StateError> {
+        for (key_group, bytes) in &self.groups {
+            f(*key_group, bytes)?;
+        }
+        for stream in &self.streams {
+            stream.for_each_section(f)?;
+        }
+        Ok(())
+    }
+
+    /// Every section, in memory (tests and tools; a restore streams them).
+    pub fn collect_groups(&self) -> Result<Vec<(KeyGroup, Vec<u8>)>, StateError> {
+        let mut groups = Vec::new();
+        self.for_each_section(&mut |key_group, bytes| {
+            groups.push((key_group, bytes.to_vec()));
+            Ok(())
+        })?;
+        Ok(groups)
     }
 }
 
@@ -430,6 +493,7 @@ mod tests {
                 .restore(RestoredKeyedState {
                     groups,
                     native: Vec::new(),
+                    streams: Vec::new(),
                 })
                 .unwrap();
             assert_eq!(restored.unclaimed_restored_states(), ["l", "m", "v"]);
@@ -499,6 +563,7 @@ mod tests {
                 .restore(RestoredKeyedState {
                     groups: sections.clone(),
                     native: Vec::new(),
+                    streams: Vec::new(),
                 })
                 .unwrap();
             other
@@ -621,6 +686,7 @@ mod tests {
             .restore(RestoredKeyedState {
                 groups: sections.clone(),
                 native: Vec::new(),
+                streams: Vec::new(),
             })
             .unwrap();
         let err = other
@@ -649,6 +715,7 @@ mod tests {
                 .restore(RestoredKeyedState {
                     groups: truncated,
                     native: Vec::new(),
+                    streams: Vec::new(),
                 })
                 .is_err()
         );

@@ -86,6 +86,7 @@ fn restored_values(
         .restore(RestoredKeyedState {
             groups,
             native: Vec::new(),
+            streams: Vec::new(),
         })
         .unwrap();
     let handle = backend
@@ -138,6 +139,7 @@ fn v1_sections_match_only_the_same_rust_type() {
         .restore(RestoredKeyedState {
             groups: sections(0, RANGES[0]),
             native: Vec::new(),
+            streams: Vec::new(),
         })
         .unwrap();
     // Same shape, other Rust type: version 1 refused it, so does this reader.

@@ -11,10 +11,17 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
+use object_store::{
+    MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+};
 
 use super::no_follow::{self, Expect, Refusal};
-use super::{CheckpointStorage, StorageError};
+use super::{CheckpointStorage, ObjectWriter, StorageError, range_outside};
+
+/// Size of the parts of a streamed object ([`CheckpointStorage::put_streaming`]):
+/// what a writer holds at most besides its caller's piece. S3 wants at least
+/// 5 MiB per part but the last.
+pub const STREAM_PART_BYTES: usize = 8 << 20;
 
 /// A [`CheckpointStorage`] over any [`ObjectStore`], with every path placed
 /// under a fixed prefix.
@@ -335,6 +342,48 @@ impl CheckpointStorage for ObjectStoreStorage {
         self.put_with("put_if_absent", path, bytes, PutMode::Create)
     }
 
+    /// Objects of at most [`STREAM_PART_BYTES`] are one `put`; larger ones
+    /// a multipart upload (S3: parts of that size; a local directory: a
+    /// staging file renamed into place at the end; memory: the parts joined
+    /// at the end), one part in flight at a time.
+    fn put_streaming<'a>(&'a self, path: &str) -> Result<Box<dyn ObjectWriter + 'a>, StorageError> {
+        self.location("put", path)?;
+        self.check_local("put", path, Expect::ParentsOnly)?;
+        Ok(Box::new(MultipartWriter {
+            storage: self,
+            path: path.to_owned(),
+            upload: None,
+            buffer: Vec::new(),
+        }))
+    }
+
+    /// A ranged `GET` (a seek and read for local directories).
+    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+        let location = self.location("get_range", path)?;
+        self.check_local("get_range", path, Expect::RegularFile)?;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| range_outside(&self.description, path, offset, len, u64::MAX))?;
+        if len == 0 {
+            return match self.size(path)? {
+                Some(size) if offset <= size => Ok(Vec::new()),
+                Some(size) => Err(range_outside(&self.description, path, offset, len, size)),
+                None => Err(StorageError::NotFound {
+                    storage: self.description.clone(),
+                    path: path.to_owned(),
+                }),
+            };
+        }
+        let store = self.store.clone();
+        let bytes = block_on(async move { store.get_range(&location, offset..end).await })
+            .map_err(|e| self.error("get_range", path, e))?;
+        if bytes.len() as u64 != len {
+            let size = self.size(path)?.unwrap_or(0);
+            return Err(range_outside(&self.description, path, offset, len, size));
+        }
+        Ok(Vec::from(bytes))
+    }
+
     fn get(&self, path: &str) -> Result<Vec<u8>, StorageError> {
         let location = self.location("get", path)?;
         self.check_local("get", path, Expect::RegularFile)?;
@@ -430,6 +479,86 @@ impl CheckpointStorage for ObjectStoreStorage {
             Ok(())
         })
         .map_err(|e| self.error("delete_prefix", prefix, e))
+    }
+}
+
+/// [`ObjectStoreStorage::put_streaming`]'s writer: a buffer of at most
+/// [`STREAM_PART_BYTES`]; the multipart upload starts when it first fills.
+struct MultipartWriter<'a> {
+    storage: &'a ObjectStoreStorage,
+    path: String,
+    upload: Option<Box<dyn MultipartUpload>>,
+    buffer: Vec<u8>,
+}
+
+impl MultipartWriter<'_> {
+    /// Uploads the buffer as the next part (starting the upload first).
+    fn send_part(&mut self) -> Result<(), StorageError> {
+        let storage = self.storage;
+        let upload = match &mut self.upload {
+            Some(upload) => upload,
+            None => {
+                let location = storage.location("put", &self.path)?;
+                let store = storage.store.clone();
+                let upload = block_on(async move { store.put_multipart(&location).await })
+                    .map_err(|e| storage.error("put", &self.path, e))?;
+                self.upload.insert(upload)
+            }
+        };
+        let part = upload.put_part(PutPayload::from(std::mem::take(&mut self.buffer)));
+        block_on(part).map_err(|e| storage.error("put", &self.path, e))
+    }
+}
+
+impl ObjectWriter for MultipartWriter<'_> {
+    fn write(&mut self, mut bytes: &[u8]) -> Result<(), StorageError> {
+        while !bytes.is_empty() {
+            if self.buffer.capacity() == 0 {
+                self.buffer
+                    .reserve_exact(STREAM_PART_BYTES.min(bytes.len().max(64 << 10)));
+            }
+            let take = (STREAM_PART_BYTES - self.buffer.len()).min(bytes.len());
+            self.buffer.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.buffer.len() == STREAM_PART_BYTES {
+                self.send_part()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), StorageError> {
+        if self.upload.is_none() {
+            // Small: one put, as `put` would have done.
+            let bytes = std::mem::take(&mut self.buffer);
+            return self.storage.put(&self.path, bytes);
+        }
+        if !self.buffer.is_empty() {
+            self.send_part()?;
+        }
+        let Some(mut upload) = self.upload.take() else {
+            unreachable!("checked above")
+        };
+        let storage = self.storage;
+        block_on(async move { upload.complete().await })
+            .map(drop)
+            .map_err(|e| storage.error("put", &self.path, e))
+    }
+
+    fn abort(self: Box<Self>) {
+        // Dropping aborts.
+    }
+}
+
+impl Drop for MultipartWriter<'_> {
+    fn drop(&mut self) {
+        if let Some(mut upload) = self.upload.take() {
+            // Best effort, not waited for: S3 drops the parts, a local
+            // directory its staging file.
+            drop(runtime().spawn(async move {
+                let _ = upload.abort().await;
+            }));
+        }
     }
 }
 

@@ -267,6 +267,7 @@ fn restore_sections<K: StateKey>(
         .restore(RestoredKeyedState {
             groups,
             native: Vec::new(),
+            streams: Vec::new(),
         })
         .unwrap_or_else(|e| panic!("restoring {range} failed: {e}"));
 }
@@ -2027,6 +2028,7 @@ pub fn restoring_key_groups_outside_the_range_is_an_error(harness: &Harness) {
     let result = half.restore(RestoredKeyedState {
         groups: sections,
         native: Vec::new(),
+        streams: Vec::new(),
     });
     match result {
         Err(StateError::KeyGroupOutOfRange { key_group, .. }) => assert!(
@@ -2058,6 +2060,7 @@ pub fn damaged_snapshot_bytes_are_errors(harness: &Harness) {
     let result = restored.restore(RestoredKeyedState {
         groups: truncated,
         native: Vec::new(),
+        streams: Vec::new(),
     });
     assert!(
         matches!(result, Err(StateError::CorruptSnapshot(_))),
@@ -2080,6 +2083,7 @@ pub fn damaged_snapshot_bytes_are_errors(harness: &Harness) {
         .restore(RestoredKeyedState {
             groups: inflated,
             native: Vec::new(),
+            streams: Vec::new(),
         })
         .expect("the section structure is intact");
     let result = restored.value_state(&ValueStateDescriptor::<u64>::new("v"));
@@ -2180,6 +2184,7 @@ pub fn damaged_length_in_a_snapshot_is_an_error_not_an_abort(harness: &Harness) 
         .restore(RestoredKeyedState {
             groups: sections,
             native: Vec::new(),
+            streams: Vec::new(),
         })
         .expect("the section structure is intact");
     let result = restored.value_state(&ValueStateDescriptor::<String>::new("v"));
