@@ -397,6 +397,7 @@ impl<K> Declarations<K> {
     /// Takes back the newest declaration (its restore failed).
     pub(crate) fn undeclare_last(&mut self) {
         self.entries.pop();
+        self.touched.truncate(self.entries.len());
     }
 
     fn waiting_states(&self) -> Vec<StateSnapshotEntry> {
