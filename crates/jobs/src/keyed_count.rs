@@ -154,11 +154,14 @@ impl KeyedCountJob {
     }
 }
 
-/// Adds `keyed-count` to `env`.
-pub fn build(
+/// The source of W's records as `make` builds them (throttled to the
+/// parameters' rate), after checking the parameters and recording them on
+/// `env`: what every variant of the job starts with.
+pub(crate) fn workload_source<T: flowstate::Data>(
     env: &StreamEnvironment,
     params: &KeyedCountParams,
-) -> Result<KeyedCountJob, ConnectorError> {
+    make: impl Fn(u64) -> T + Send + Sync + 'static,
+) -> Result<SequenceSource<T>, ConnectorError> {
     if params.keys == 0 {
         return Err(ConnectorError::Config("--keys must be at least 1".into()));
     }
@@ -167,11 +170,20 @@ pub fn build(
             .job_parameters()
             .map_err(|e| ConnectorError::Config(e.to_string()))?,
     );
-    let keys = params.keys;
-    let mut source = SequenceSource::new(params.records, params.splits, move |i| record(i, keys))?;
+    let mut source = SequenceSource::new(params.records, params.splits, make)?;
     if let Some(rate) = params.rate_per_s {
         source = source.with_rate(rate)?;
     }
+    Ok(source)
+}
+
+/// Adds `keyed-count` to `env`.
+pub fn build(
+    env: &StreamEnvironment,
+    params: &KeyedCountParams,
+) -> Result<KeyedCountJob, ConnectorError> {
+    let keys = params.keys;
+    let source = workload_source(env, params, move |i| record(i, keys))?;
     let totals = Arc::new(Mutex::new(Checksum::default()));
     let updates = env
         .from_source("Source: W generator", source)

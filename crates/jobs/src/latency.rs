@@ -13,12 +13,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use flowstate::connectors::ConnectorError;
-use flowstate::connectors::sequence::SequenceSource;
 use flowstate::{
     FnResult, KeyedContext, KeyedProcessFunction, KeyedStateBackend, StreamEnvironment,
 };
 
-use crate::keyed_count::{CountAndSum, CountUpdate, KeyedCountParams};
+use crate::keyed_count::{CountAndSum, CountUpdate, KeyedCountParams, workload_source};
 use crate::workload::{Checksum, record};
 
 /// One update in this many (by key) is measured: a uniform sample whose
@@ -111,22 +110,9 @@ pub fn build(
     env: &StreamEnvironment,
     params: &KeyedCountParams,
 ) -> Result<LatencyJob, ConnectorError> {
-    if params.keys == 0 {
-        return Err(ConnectorError::Config("--keys must be at least 1".into()));
-    }
-    env.set_job_parameters(
-        params
-            .job_parameters()
-            .map_err(|e| ConnectorError::Config(e.to_string()))?,
-    );
     epoch();
     let keys = params.keys;
-    let mut source = SequenceSource::new(params.records, params.splits, move |i| {
-        (record(i, keys).0, now_ns())
-    })?;
-    if let Some(rate) = params.rate_per_s {
-        source = source.with_rate(rate)?;
-    }
+    let source = workload_source(env, params, move |i| (record(i, keys).0, now_ns()))?;
     let samples = Arc::new(Mutex::new(Vec::new()));
     let sink_samples = Arc::clone(&samples);
     env.from_source("Source: W generator (stamped)", source)
