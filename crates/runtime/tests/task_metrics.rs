@@ -87,20 +87,6 @@ impl Operator<u64, u64> for Evens {
     }
 }
 
-/// Emits every number twice: behind a source, two full batches per poll.
-struct Twice;
-
-impl Operator<u64, u64> for Twice {
-    fn process_batch(
-        &mut self,
-        input: &mut Vec<u64>,
-        output: &mut Vec<u64>,
-    ) -> Result<(), UserError> {
-        output.extend(input.drain(..).flat_map(|n| [n, n]));
-        Ok(())
-    }
-}
-
 /// Drops what it gets, sleeping `pause` per batch (a slow consumer).
 struct Slow {
     pause: Duration,
@@ -135,9 +121,11 @@ fn find<'a>(tasks: &'a [TaskMetricsSnapshot], prefix: &str) -> Option<&'a TaskMe
     tasks.iter().find(|t| t.task.starts_with(prefix))
 }
 
-/// Polls `metrics` until `done` holds of its tasks, for at most a minute.
+/// Polls `metrics` until `done` holds of its tasks, for at most three minutes.
+/// (How soon a threaded job's tasks accrue a given backpressured time depends
+/// on the scheduler: 2-50 s has been seen on a 2-core machine.)
 fn wait_for(metrics: &JobMetrics, what: &str, done: impl Fn(&[TaskMetricsSnapshot]) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let tasks = metrics.tasks();
         if done(&tasks) {
@@ -145,7 +133,7 @@ fn wait_for(metrics: &JobMetrics, what: &str, done: impl Fn(&[TaskMetricsSnapsho
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: not within a minute: {tasks:#?}"
+            "{what}: not within three minutes: {tasks:#?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -229,19 +217,12 @@ fn records_in_and_out_are_exact_after_a_bounded_job() {
 fn a_task_blocked_on_a_full_output_channel_accrues_backpressured_time() {
     let mut graph = JobGraph::new();
     let source = graph.add_source("Source: Numbers", Arc::new(Numbers { count: None }));
-    // Every worker steps a source task and a sink task in turn, one batch
-    // each per step; doubled, the sources make two batches per step where
-    // the sinks take one: the channels fill up and the sources wait for
-    // room, whatever the timing (sources and sinks alone would be matched
-    // one for one, and backpressure would come and go with the scheduler).
-    let doubled = graph.add_operator::<u64, u64>(
-        "Twice",
-        vec![(source, Partitioning::Forward)],
-        Box::new(|_| Ok(Box::new(Twice))),
-    );
+    // Each slow sink instance is fed by two sources, each as fast as it
+    // (every worker steps a source and a sink in turn): its channels fill
+    // up and the sources wait for room.
     graph.add_sink(
         "Sink: Slow",
-        (doubled, Partitioning::Rebalance),
+        (source, Partitioning::Rebalance),
         Arc::new(Slow {
             pause: Duration::from_millis(5),
         }),
