@@ -17,6 +17,7 @@
 //! `--restore` value, or a savepoint target) is a URL or a path on this
 //! machine; every other crate asks it rather than looking for `://` itself.
 
+mod local_writer;
 pub mod no_follow;
 mod object;
 

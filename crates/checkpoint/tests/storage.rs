@@ -438,6 +438,24 @@ fn local_directory_never_follows_symbolic_links() {
         Err(StorageError::Refused { .. })
     ));
     assert!(!outside.join("new").exists());
+    // The same for a streamed write (its own code path for local directories).
+    assert!(matches!(
+        storage.put_streaming("job/chk-6/new").map(drop),
+        Err(StorageError::Refused { .. })
+    ));
+    assert!(!outside.join("new").exists());
+    // Streaming onto a link replaces the link, never writes its target.
+    let before = std::fs::read(outside.join("a.txt")).unwrap();
+    let mut writer = storage.put_streaming("job/chk-5/file-link").unwrap();
+    writer.write(b"new content").unwrap();
+    writer.finish().unwrap();
+    assert_eq!(std::fs::read(outside.join("a.txt")).unwrap(), before);
+    assert!(
+        std::fs::symlink_metadata(root.join("job/chk-5/file-link"))
+            .unwrap()
+            .file_type()
+            .is_file()
+    );
 
     // A FIFO is refused instead of blocking the reader.
     let fifo = root.join("job/chk-5/pipe");

@@ -7,9 +7,16 @@
 //! snapshot has already dropped it, by cloning that one key group if not). So the
 //! synchronous part of a snapshot does not grow with the state, and the hot path
 //! takes no lock and no atomic operation once a key group is owned again.
+//!
+//! A key group copied that way leaves the snapshot the only holder of the old
+//! map; when the snapshot is dropped the map goes to the table's [`RetiredMaps`]
+//! and the next copy is made into its allocation. With a state touched all
+//! over between checkpoints, every checkpoint copies every key group: without
+//! the reuse the process freed and allocated the whole state each time, and
+//! the kernel's zeroing of the fresh pages cost more than the copies.
 
 use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use rustc_hash::FxBuildHasher;
 
@@ -30,6 +37,10 @@ use crate::{KeyGroup, StateKey, StateValue};
 /// and the map is never exposed to untrusted hash-flooding inputs of its own.
 pub type GroupMap<K, S> = hashbrown::HashMap<K, S, FxBuildHasher>;
 
+/// Maps a snapshot released after their key group was copied, kept for the
+/// next copy's allocation (at most one per key group of the table).
+type RetiredMaps<K, S> = Mutex<Vec<GroupMap<K, S>>>;
+
 /// A key group's map: owned (writable in place) or frozen (shared with a snapshot).
 enum CowMap<K, S> {
     Owned(GroupMap<K, S>),
@@ -46,9 +57,9 @@ impl<K: Clone + Hash + Eq, S: Clone> CowMap<K, S> {
     }
 
     #[inline]
-    fn write(&mut self) -> &mut GroupMap<K, S> {
+    fn write(&mut self, retired: &RetiredMaps<K, S>) -> &mut GroupMap<K, S> {
         if let CowMap::Frozen(_) = self {
-            self.thaw();
+            self.thaw(retired);
         }
         match self {
             CowMap::Owned(map) => map,
@@ -57,12 +68,31 @@ impl<K: Clone + Hash + Eq, S: Clone> CowMap<K, S> {
     }
 
     #[cold]
-    fn thaw(&mut self) {
+    fn thaw(&mut self, retired: &RetiredMaps<K, S>) {
         if let CowMap::Frozen(shared) = std::mem::replace(self, CowMap::Owned(GroupMap::default()))
         {
             // Free when the snapshot has already released the map; one key group's
-            // copy otherwise.
-            *self = CowMap::Owned(Arc::unwrap_or_clone(shared));
+            // copy otherwise, into a retired map of the same size if there is one
+            // (`clone_from` keeps an allocation of the same bucket count).
+            let map = match Arc::try_unwrap(shared) {
+                Ok(map) => map,
+                Err(shared) => {
+                    let reused = retired.lock().ok().and_then(|mut maps| {
+                        let same = maps
+                            .iter()
+                            .rposition(|m| m.capacity() == shared.capacity())?;
+                        Some(maps.swap_remove(same))
+                    });
+                    match reused {
+                        Some(mut map) => {
+                            map.clone_from(&shared);
+                            map
+                        }
+                        None => (*shared).clone(),
+                    }
+                }
+            };
+            *self = CowMap::Owned(map);
         }
     }
 
@@ -86,6 +116,8 @@ pub struct HeapTable<K, S> {
     groups: Vec<CowMap<K, S>>,
     /// Set for a TTL'd state (`S` holds `TtlValue`s): how expiry prunes an `S`.
     ttl: Option<HeapTtl<S>>,
+    /// Maps released by snapshots, for the next copies (see the module doc).
+    retired: Arc<RetiredMaps<K, S>>,
 }
 
 /// Prunes one stored `S` of a TTL'd state.
@@ -108,12 +140,37 @@ pub struct HeapTableView<K, S> {
     pub groups: Vec<(KeyGroup, Arc<GroupMap<K, S>>)>,
     /// A TTL'd state with snapshot cleanup: expiry as of the freeze.
     prune: Option<(Expiry, PruneFn<S>)>,
+    /// Where the maps only this view still holds go when it is dropped.
+    retired: Weak<RetiredMaps<K, S>>,
+}
+
+impl<K, S> Drop for HeapTableView<K, S> {
+    fn drop(&mut self) {
+        let Some(retired) = self.retired.upgrade() else {
+            return;
+        };
+        let Ok(mut maps) = retired.lock() else {
+            return;
+        };
+        let limit = self.groups.len();
+        for (_, shared) in self.groups.drain(..) {
+            // Only a map the table has stopped sharing (its key group was
+            // copied) is retired; a still-frozen one stays the table's.
+            if let Ok(map) = Arc::try_unwrap(shared)
+                && maps.len() < limit
+                && map.capacity() > 0
+            {
+                maps.push(map);
+            }
+        }
+    }
 }
 
 /// Applies `prune` to every entry of one key group, thawing it only if
 /// something expired.
 fn prune_group<K: Clone + Hash + Eq, S: Clone>(
     group: &mut CowMap<K, S>,
+    retired: &RetiredMaps<K, S>,
     prune: PruneFn<S>,
     expiry: Expiry,
 ) {
@@ -124,7 +181,7 @@ fn prune_group<K: Clone + Hash + Eq, S: Clone>(
     {
         return;
     }
-    group.write().retain(|_, s| match prune(s, expiry) {
+    group.write(retired).retain(|_, s| match prune(s, expiry) {
         Pruned::Keep => true,
         Pruned::Drop => false,
         Pruned::Replace(pruned) => {
@@ -145,6 +202,7 @@ impl<K: StateKey, S: Clone + Send + Sync + 'static> HeapTable<K, S> {
             range,
             groups,
             ttl: None,
+            retired: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -185,7 +243,7 @@ impl<K: StateKey, S: Clone + Send + Sync + 'static> HeapTable<K, S> {
     #[inline]
     fn write(&mut self, key_group: KeyGroup) -> Result<&mut GroupMap<K, S>, StateError> {
         let i = self.index(key_group)?;
-        Ok(self.groups[i].write())
+        Ok(self.groups[i].write(&self.retired))
     }
 
     /// Freezes every key group and returns a view that later writes never change.
@@ -209,6 +267,7 @@ impl<K: StateKey, S: Clone + Send + Sync + 'static> HeapTable<K, S> {
             name: self.name.clone(),
             groups,
             prune,
+            retired: Arc::downgrade(&self.retired),
         }
     }
 
@@ -338,7 +397,7 @@ impl<K: StateKey, S: StateValue> KeyedTable<K> for HeapTable<K, S> {
                 return Ok(());
             }
             ttl.credit -= len;
-            prune_group(group, ttl.prune, expiry);
+            prune_group(group, &self.retired, ttl.prune, expiry);
             ttl.cursor = (ttl.cursor + 1) % groups;
         }
         // Went round every key group: no credit is saved for later.
@@ -707,6 +766,44 @@ mod tests {
         assert_eq!(CLONES.with(|c| c.get()), 6, "key group 0 held 6 entries");
         assert_eq!(view.groups[0].1.len(), 6);
         assert_eq!(KeyedTable::key_count(&table, 0).unwrap(), 8);
+    }
+
+    /// A key group copied because a snapshot held it is copied, next time,
+    /// into the map that snapshot released (no fresh allocation), and the
+    /// copy holds exactly the current entries, none of the reused map's.
+    #[test]
+    fn a_copy_reuses_the_map_a_released_snapshot_retired() {
+        let mut table = HeapTable::<u64, u64>::new("t", KeyGroupRange::new(0, 2));
+        for k in 0..100u64 {
+            ValueTable::put(&mut table, (k % 2) as u32, &k, k).unwrap();
+        }
+        let retired = |table: &HeapTable<u64, u64>| table.retired.lock().unwrap().len();
+
+        // Key group 0 copied while the view holds it; key group 1 untouched.
+        let view = table.freeze();
+        ValueTable::put(&mut table, 0, &1000, 1000).unwrap();
+        drop(view);
+        assert_eq!(retired(&table), 1, "only the copied key group's old map");
+
+        // The next copy takes the retired map; nothing of its old content stays.
+        ValueTable::remove(&mut table, 0, &0).unwrap();
+        let view = table.freeze();
+        ValueTable::put(&mut table, 0, &1002, 1002).unwrap();
+        assert_eq!(retired(&table), 0, "the retired map was reused");
+        let mut keys: Vec<u64> = Vec::new();
+        ValueTable::for_each(&mut table, &mut |k, _| keys.push(*k)).unwrap();
+        keys.sort_unstable();
+        let mut expected: Vec<u64> = (1..100).chain([1000, 1002]).collect();
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
+        let mut in_view: Vec<u64> = view.groups[0].1.keys().copied().collect();
+        in_view.sort_unstable();
+        let expected_view: Vec<u64> = (2..100).step_by(2).chain([1000]).collect();
+        assert_eq!(in_view, expected_view);
+
+        // A table dropped before its snapshot: the view's drop retires nothing.
+        drop(table);
+        drop(view);
     }
 
     /// The hint goes to the states accessed since the last hint (the ones the

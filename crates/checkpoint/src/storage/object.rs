@@ -342,13 +342,21 @@ impl CheckpointStorage for ObjectStoreStorage {
         self.put_with("put_if_absent", path, bytes, PutMode::Create)
     }
 
-    /// Objects of at most [`STREAM_PART_BYTES`] are one `put`; larger ones
-    /// a multipart upload (S3: parts of that size; a local directory: a
-    /// staging file renamed into place at the end; memory: the parts joined
-    /// at the end), one part in flight at a time.
+    /// A local directory: straight into a staging file renamed into place at
+    /// the end ([`super::local_writer`]). Elsewhere objects of at most
+    /// [`STREAM_PART_BYTES`] are one `put`; larger ones a multipart upload
+    /// (S3: parts of that size; memory: the parts joined at the end), one
+    /// part in flight at a time.
     fn put_streaming<'a>(&'a self, path: &str) -> Result<Box<dyn ObjectWriter + 'a>, StorageError> {
         self.location("put", path)?;
         self.check_local("put", path, Expect::ParentsOnly)?;
+        if let Some(root) = &self.local_root {
+            return Ok(Box::new(super::local_writer::LocalFileWriter::create(
+                root,
+                path,
+                &self.description,
+            )?));
+        }
         Ok(Box::new(MultipartWriter {
             storage: self,
             path: path.to_owned(),
