@@ -62,10 +62,32 @@ eval "$exports"
 bash scripts/install-promtool.sh
 export FLOWSTATE_REQUIRE_PROMTOOL=1
 
-cargo test --workspace --all-features --locked "$@"
-
 # The whole-job simulation (crates/sim), 2,000 seeds: real checkpointed jobs on a
 # seeded scheduler with virtual time and injected faults, checked for exactly-once
-# output. Its last line reports how often each fault point fired. (The debug
-# binary, built by the tests above; a failing seed prints its replay command.)
-cargo run --locked --quiet -p flowstate-sim -- --seeds "${FLOWSTATE_SIM_SEEDS:-2000}"
+# output. Its last line reports how often each fault point fired; a failing seed
+# prints its replay command. It is single-threaded and runs beside the test suite
+# (whose longest tests wait on throttled child processes), its output kept until
+# the suite is done.
+# (Every binary of the workspace, built with the suite's features: the suite
+# needs them too, so nothing is built twice.)
+sim_bin=$(cargo build --workspace --all-features --bins --locked --quiet --message-format=json |
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "flowstate-sim":
+        print(m["executable"])')
+sim_log=$(mktemp)
+"$sim_bin" --seeds "${FLOWSTATE_SIM_SEEDS:-2000}" >"$sim_log" 2>&1 &
+sim_pid=$!
+trap 'kill "$sim_pid" 2>/dev/null || true; rm -f "$sim_log"; kill "$S3_SERVER_PID" 2>/dev/null || true; kill "${KAFKA_SERVER_PID:-}" 2>/dev/null || true; [[ -z "${PG_SERVER_DIR:-}" ]] || bash scripts/postgres-server.sh stop "$PG_SERVER_DIR" || true' EXIT
+
+cargo test --workspace --all-features --locked "$@"
+
+echo "==> simulation ($sim_bin --seeds ${FLOWSTATE_SIM_SEEDS:-2000}):"
+sim_status=0
+wait "$sim_pid" || sim_status=$?
+cat "$sim_log"
+if [ "$sim_status" -ne 0 ]; then
+    echo "scripts/test.sh: the simulation failed (exit $sim_status)" >&2
+    exit "$sim_status"
+fi
