@@ -40,6 +40,7 @@ pub mod control;
 pub mod control_plane;
 mod coordinator_driver;
 pub mod error;
+pub mod exchange;
 pub mod executor;
 pub mod graph;
 mod lease;

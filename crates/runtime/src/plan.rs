@@ -25,9 +25,10 @@ use crate::channel::Signal;
 use crate::config::{BUFFER_TIMEOUT_MS, ExecutionConfig, RestoredState, SubtaskInfo};
 use crate::control_plane::{CoordinatorSender, TaskControlPlane, TaskHandle, UploadJob};
 use crate::error::BuildError;
+use crate::exchange::Batching;
 use crate::graph::{JobGraph, MAIN_OUTPUT, NodeId, NodeKind};
 use crate::metrics::{JobMetrics, OperatorKind, TaskMetrics};
-use crate::pipeline::{Batching, NamedSidePipelines};
+use crate::pipeline::NamedSidePipelines;
 use crate::task::Task;
 use crate::wiring::{BuildContext, Erased};
 

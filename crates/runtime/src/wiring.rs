@@ -24,13 +24,14 @@ use crate::config::SubtaskInfo;
 use crate::connector::{Sink, Source};
 use crate::control_plane::TaskControlPlane;
 use crate::error::{BuildError, UserError};
+use crate::exchange::{Batching, ExchangeOutput, Router};
 use crate::metrics::{JobMetrics, TaskMetrics};
 use crate::operator::{Operator, TwoInputOperator};
 use crate::partitioning::Partitioning;
 use crate::pipeline::StageIdentity;
 use crate::pipeline::{
-    Batching, Discard, ExchangeOutput, NamedSidePipelines, OperatorStage, Pipeline, Router,
-    SideOutputPipeline, SidePipeline, SinkStage, Tee,
+    Discard, NamedSidePipelines, OperatorStage, Pipeline, SideOutputPipeline, SidePipeline,
+    SinkStage, Tee,
 };
 use crate::task::{OneInputTask, SourceTask, Task, TwoInputTask};
 

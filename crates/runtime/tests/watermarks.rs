@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use flowstate_runtime::channel::{ChannelReceiver, ChannelSender, Signal, channel};
 use flowstate_runtime::checkpoint::OperatorListState;
+use flowstate_runtime::exchange::{ExchangeOutput, Router};
 use flowstate_runtime::executor::RunState;
 use flowstate_runtime::message::Message;
-use flowstate_runtime::pipeline::{ExchangeOutput, OperatorPart, Pipeline, Router, StageIdentity};
+use flowstate_runtime::pipeline::{OperatorPart, Pipeline, StageIdentity};
 use flowstate_runtime::task::{OneInputTask, Step, Task, TwoInputTask};
 use flowstate_runtime::{
     Barrier, DeterministicExecutor, ExecutionConfig, JobGraph, Operator, Partitioning, Source,
@@ -241,7 +242,7 @@ fn an_exchange_broadcasts_watermarks_behind_the_data() {
 /// flush never comes); a full batch goes at once and starts no wait.
 #[test]
 fn an_exchange_sends_a_partial_batch_once_it_waited_the_buffer_timeout() {
-    use flowstate_runtime::pipeline::Batching;
+    use flowstate_runtime::exchange::Batching;
     let (tx0, rx0) = pair();
     let clock = flowstate_state::ManualClock::new(1_000);
     let batching = Batching {
