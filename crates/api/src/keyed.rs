@@ -108,52 +108,143 @@ fn open_backend<K: StateKey>(
     Ok(backend)
 }
 
-/// The keyed part of a checkpoint: the backend's frozen view (or native files).
-fn snapshot_backend<K: StateKey>(
-    backend: &mut dyn KeyedStateBackend<K>,
-    barrier: Barrier,
-) -> Result<StateSnapshot, UserError> {
-    // A savepoint must be readable by any backend: canonical format.
-    let snapshot: BackendSnapshot = backend.snapshot(SnapshotRequest {
-        checkpoint_id: barrier.id,
-        canonical: barrier.kind.is_savepoint(),
-    })?;
-    Ok(StateSnapshot {
-        keyed: Some(snapshot),
-        lists: Vec::new(),
-    })
+/// What every keyed operator holds besides its function and key selectors:
+/// the instance's backend, its timers, the side outputs, and the scratch
+/// list of a batch's keys. Owns the per-batch loop (keys and key groups
+/// computed once, handed to the backend as a prefetch hint, then one
+/// [`KeyedContext`] per record), timer firing, and the operator's checkpoint
+/// hooks, so that one- and two-input operators differ only in their function.
+pub(crate) struct KeyedCore<K: StateKey> {
+    backend: Box<dyn KeyedStateBackend<K>>,
+    timers: Timers<K>,
+    /// What the function emits with `ctx.output`, for the consumed side
+    /// outputs the runtime declared (the rest is dropped).
+    side: SideOutputs,
+    max_parallelism: u32,
+    /// Each record's key and key group, computed once per batch before any
+    /// state access (and handed to the backend as a prefetch hint).
+    keys: Vec<(KeyGroup, K)>,
 }
 
-/// Fills `keys` with each record's key group and key, then hands them to the
-/// backend as a prefetch hint: a batch's state lookups then overlap instead
-/// of each waiting on memory, and each key group is computed once.
-fn batch_keys<I, K: StateKey>(
-    records: &[I],
-    key_fn: &KeyFn<I, K>,
-    max_parallelism: u32,
-    backend: &mut dyn KeyedStateBackend<K>,
-    keys: &mut Vec<(KeyGroup, K)>,
-) {
-    keys.clear();
-    keys.extend(records.iter().map(|record| {
-        let key = key_fn(record);
-        (key_group_of(&key, max_parallelism), key)
-    }));
-    backend.prefetch(keys);
+impl<K: StateKey> KeyedCore<K> {
+    /// Opens the instance's backend (restored key groups loaded), lets the
+    /// function declare its states (`open`), then the timers theirs.
+    fn open(
+        subtask: &SubtaskInfo,
+        open: impl FnOnce(&mut dyn KeyedStateBackend<K>) -> FnResult,
+    ) -> Result<Self, UserError> {
+        let mut backend = open_backend::<K>(subtask)?;
+        open(backend.as_mut())?;
+        let mut timers = Timers::new(subtask.clock.clone(), subtask.max_parallelism);
+        timers.open(backend.as_mut())?;
+        Ok(Self {
+            backend,
+            timers,
+            side: SideOutputs::new(),
+            max_parallelism: subtask.max_parallelism,
+            keys: Vec::new(),
+        })
+    }
+
+    /// Calls `process` on every record of `input` (drained) with the
+    /// record's key in scope.
+    #[inline]
+    fn process_batch<I>(
+        &mut self,
+        input: &mut Vec<I>,
+        key_fn: &KeyFn<I, K>,
+        mut process: impl FnMut(I, &mut KeyedContext<'_, K>) -> FnResult,
+    ) -> FnResult {
+        self.keys.clear();
+        let max_parallelism = self.max_parallelism;
+        self.keys.extend(input.iter().map(|record| {
+            let key = key_fn(record);
+            (key_group_of(&key, max_parallelism), key)
+        }));
+        // A batch's state lookups then overlap instead of each waiting on memory.
+        self.backend.prefetch(&self.keys);
+        for (record, (key_group, key)) in input.drain(..).zip(self.keys.drain(..)) {
+            let scope = KeyScope::new(self.backend.as_mut(), &key, key_group);
+            let mut ctx = KeyedContext::new(scope, &mut self.timers, &mut self.side);
+            process(record, &mut ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Fires the processing-time timers the clock has passed (the clock is
+    /// read only when a timer is pending): before every batch, on every
+    /// watermark, and from the idle hook (`on_processing_time`, which reads
+    /// the clock again: never earlier than the runtime's reading).
+    fn fire_processing_timers(
+        &mut self,
+        on_timer: impl FnMut(i64, &mut KeyedContext<'_, K>) -> FnResult,
+    ) -> FnResult {
+        let Some(next) = self.timers.next_time(TimeDomain::ProcessingTime) else {
+            return Ok(());
+        };
+        let now = self.timers.now();
+        if next > now {
+            return Ok(());
+        }
+        fire_timers(
+            &mut self.timers,
+            self.backend.as_mut(),
+            &mut self.side,
+            TimeDomain::ProcessingTime,
+            now,
+            on_timer,
+        )
+    }
+
+    /// Event time reached `watermark`: its due timers fire, then the due
+    /// processing-time ones. `on_timer` gets the timer's time and domain.
+    fn on_watermark(
+        &mut self,
+        watermark: Watermark,
+        mut on_timer: impl FnMut(i64, TimeDomain, &mut KeyedContext<'_, K>) -> FnResult,
+    ) -> FnResult {
+        self.timers.advance_watermark(watermark.0);
+        fire_timers(
+            &mut self.timers,
+            self.backend.as_mut(),
+            &mut self.side,
+            TimeDomain::EventTime,
+            watermark.0,
+            |time, ctx| on_timer(time, TimeDomain::EventTime, ctx),
+        )?;
+        self.fire_processing_timers(|time, ctx| on_timer(time, TimeDomain::ProcessingTime, ctx))
+    }
+
+    fn next_processing_time(&self) -> Option<i64> {
+        self.timers.next_time(TimeDomain::ProcessingTime)
+    }
+
+    fn declared_keyed_state(&self) -> Option<DeclaredKeyedState> {
+        Some(DeclaredKeyedState {
+            key_type: state_type_name::<K>(),
+            states: self.backend.signatures(),
+        })
+    }
+
+    /// The keyed part of a checkpoint: the backend's frozen view (or native
+    /// files); a savepoint in the canonical format any backend reads.
+    fn snapshot(&mut self, barrier: Barrier) -> Result<StateSnapshot, UserError> {
+        let snapshot: BackendSnapshot = self.backend.snapshot(SnapshotRequest {
+            checkpoint_id: barrier.id,
+            canonical: barrier.kind.is_savepoint(),
+        })?;
+        Ok(StateSnapshot {
+            keyed: Some(snapshot),
+            lists: Vec::new(),
+        })
+    }
 }
 
 /// Runs a [`KeyedProcessFunction`].
 pub(crate) struct KeyedProcessOperator<K: StateKey, I, F> {
     key_fn: KeyFn<I, K>,
-    backend: Box<dyn KeyedStateBackend<K>>,
-    timers: Timers<K>,
-    /// The side outputs something consumes (declared by the runtime).
-    side: SideOutputs,
+    core: KeyedCore<K>,
     function: F,
-    max_parallelism: u32,
-    /// Each record's key and key group, computed once per batch before any
-    /// state access (and handed to the backend as a prefetch hint).
-    keys: Vec<(KeyGroup, K)>,
 }
 
 impl<K: StateKey, I, F> KeyedProcessOperator<K, I, F> {
@@ -165,19 +256,18 @@ impl<K: StateKey, I, F> KeyedProcessOperator<K, I, F> {
     where
         F: KeyedProcessFunction<K, I, O>,
     {
-        let mut backend = open_backend::<K>(subtask)?;
-        function.open(backend.as_mut())?;
-        let mut timers = Timers::new(subtask.clock.clone(), subtask.max_parallelism);
-        timers.open(backend.as_mut())?;
+        let core = KeyedCore::open(subtask, |backend| function.open(backend))?;
         Ok(Self {
             key_fn,
-            backend,
-            timers,
-            side: SideOutputs::new(),
+            core,
             function,
-            max_parallelism: subtask.max_parallelism,
-            keys: Vec::new(),
         })
+    }
+
+    /// The instance's pending timers (tests).
+    #[cfg(test)]
+    pub(crate) fn pending_timers(&self, domain: TimeDomain) -> usize {
+        self.core.timers.pending(domain)
     }
 }
 
@@ -189,45 +279,34 @@ where
 {
     #[inline]
     fn process_batch(&mut self, input: &mut Vec<I>, output: &mut Vec<O>) -> FnResult {
-        self.fire_processing_timers(output)?;
-        batch_keys(
-            input,
-            &self.key_fn,
-            self.max_parallelism,
-            self.backend.as_mut(),
-            &mut self.keys,
-        );
-        for (record, (key_group, key)) in input.drain(..).zip(self.keys.drain(..)) {
-            let scope = KeyScope::new(self.backend.as_mut(), &key, key_group);
-            let mut ctx = KeyedContext::new(scope, &mut self.timers, &mut self.side);
-            self.function.process(record, &mut ctx, output)?;
-        }
-        Ok(())
+        let function = &mut self.function;
+        self.core.fire_processing_timers(|time, ctx| {
+            function.on_timer(time, TimeDomain::ProcessingTime, ctx, output)
+        })?;
+        self.core.process_batch(input, &self.key_fn, |record, ctx| {
+            function.process(record, ctx, output)
+        })
     }
 
     fn on_watermark(&mut self, watermark: Watermark, output: &mut Vec<O>) -> FnResult {
-        self.timers.advance_watermark(watermark.0);
         let function = &mut self.function;
-        fire_timers(
-            &mut self.timers,
-            self.backend.as_mut(),
-            &mut self.side,
-            TimeDomain::EventTime,
-            watermark.0,
-            |time, ctx| function.on_timer(time, TimeDomain::EventTime, ctx, output),
-        )?;
-        self.fire_processing_timers(output)
+        self.core.on_watermark(watermark, |time, domain, ctx| {
+            function.on_timer(time, domain, ctx, output)
+        })
     }
 
     /// The earliest pending processing-time timer: the runtime calls
     /// `on_processing_time` when the clock passed it and the task has no
     /// input (the idle hook).
     fn next_processing_time(&self) -> Option<i64> {
-        self.timers.next_time(TimeDomain::ProcessingTime)
+        self.core.next_processing_time()
     }
 
     fn on_processing_time(&mut self, _now_ms: i64, output: &mut Vec<O>) -> FnResult {
-        self.fire_processing_timers(output)
+        let function = &mut self.function;
+        self.core.fire_processing_timers(|time, ctx| {
+            function.on_timer(time, TimeDomain::ProcessingTime, ctx, output)
+        })
     }
 
     /// Fires nothing: at the end of a bounded input the runtime has sent
@@ -237,81 +316,37 @@ where
     /// would be published by the sinks' `finish` and fire again after the
     /// resume (found by the whole-job simulation).
     fn finish(&mut self, output: &mut Vec<O>) -> FnResult {
-        self.function.finish(self.backend.as_mut(), output)
+        self.function.finish(self.core.backend.as_mut(), output)
     }
 
     fn side_outputs(&mut self) -> Option<&mut SideOutputs> {
-        Some(&mut self.side)
+        Some(&mut self.core.side)
     }
 
     fn declared_keyed_state(&self) -> Option<DeclaredKeyedState> {
-        Some(DeclaredKeyedState {
-            key_type: state_type_name::<K>(),
-            states: self.backend.signatures(),
-        })
+        self.core.declared_keyed_state()
     }
 
     fn snapshot(&mut self, barrier: Barrier) -> Result<StateSnapshot, UserError> {
-        snapshot_backend(self.backend.as_mut(), barrier)
+        self.core.snapshot(barrier)
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
-        self.backend.notify_checkpoint_complete(checkpoint_id);
+        self.core.backend.notify_checkpoint_complete(checkpoint_id);
         Ok(())
     }
 
     fn state_stats(&mut self) -> Vec<flowstate_state::StateStats> {
-        self.backend.state_stats()
+        self.core.backend.state_stats()
     }
 }
 
-impl<K: StateKey, I, F> KeyedProcessOperator<K, I, F> {
-    /// Fires the processing-time timers the clock has passed (the clock is
-    /// read only when a timer is pending): before every batch, on every
-    /// watermark, and from the idle hook (`on_processing_time`, which reads
-    /// the clock again: never earlier than the runtime's reading).
-    fn fire_processing_timers<O>(&mut self, output: &mut Vec<O>) -> FnResult
-    where
-        F: KeyedProcessFunction<K, I, O>,
-    {
-        let Some(next) = self.timers.next_time(TimeDomain::ProcessingTime) else {
-            return Ok(());
-        };
-        let now = self.timers.now();
-        if next > now {
-            return Ok(());
-        }
-        let function = &mut self.function;
-        fire_timers(
-            &mut self.timers,
-            self.backend.as_mut(),
-            &mut self.side,
-            TimeDomain::ProcessingTime,
-            now,
-            |time, ctx| function.on_timer(time, TimeDomain::ProcessingTime, ctx, output),
-        )
-    }
-
-    /// The instance's pending timers (tests).
-    #[cfg(test)]
-    pub(crate) fn pending_timers(&self, domain: TimeDomain) -> usize {
-        self.timers.pending(domain)
-    }
-}
-
-/// Runs a [`KeyedCoProcessFunction`].
+/// Runs a [`KeyedCoProcessFunction`]: two inputs, one keyed state.
 pub(crate) struct KeyedCoProcessOperator<K: StateKey, A, B, F> {
     first_key: KeyFn<A, K>,
     second_key: KeyFn<B, K>,
-    backend: Box<dyn KeyedStateBackend<K>>,
-    timers: Timers<K>,
-    /// What the function emits with `ctx.output`, for the consumed side
-    /// outputs the runtime declared (the rest is dropped).
-    side: SideOutputs,
+    core: KeyedCore<K>,
     function: F,
-    max_parallelism: u32,
-    /// Keys and key groups of the batch in hand ([`batch_keys`]).
-    keys: Vec<(KeyGroup, K)>,
 }
 
 impl<K: StateKey, A, B, F> KeyedCoProcessOperator<K, A, B, F> {
@@ -324,19 +359,12 @@ impl<K: StateKey, A, B, F> KeyedCoProcessOperator<K, A, B, F> {
     where
         F: KeyedCoProcessFunction<K, A, B, O>,
     {
-        let mut backend = open_backend::<K>(subtask)?;
-        function.open(backend.as_mut())?;
-        let mut timers = Timers::new(subtask.clock.clone(), subtask.max_parallelism);
-        timers.open(backend.as_mut())?;
+        let core = KeyedCore::open(subtask, |backend| function.open(backend))?;
         Ok(Self {
             first_key,
             second_key,
-            backend,
-            timers,
-            side: SideOutputs::new(),
+            core,
             function,
-            max_parallelism: subtask.max_parallelism,
-            keys: Vec::new(),
         })
     }
 }
@@ -349,112 +377,69 @@ where
     F: KeyedCoProcessFunction<K, A, B, O>,
 {
     fn process_batch1(&mut self, input: &mut Vec<A>, output: &mut Vec<O>) -> FnResult {
-        self.fire_processing_timers(output)?;
-        batch_keys(
-            input,
-            &self.first_key,
-            self.max_parallelism,
-            self.backend.as_mut(),
-            &mut self.keys,
-        );
-        for (record, (key_group, key)) in input.drain(..).zip(self.keys.drain(..)) {
-            let scope = KeyScope::new(self.backend.as_mut(), &key, key_group);
-            let mut ctx = KeyedContext::new(scope, &mut self.timers, &mut self.side);
-            self.function.process_first(record, &mut ctx, output)?;
-        }
-        Ok(())
+        let function = &mut self.function;
+        self.core.fire_processing_timers(|time, ctx| {
+            function.on_timer(time, TimeDomain::ProcessingTime, ctx, output)
+        })?;
+        self.core
+            .process_batch(input, &self.first_key, |record, ctx| {
+                function.process_first(record, ctx, output)
+            })
     }
 
     fn process_batch2(&mut self, input: &mut Vec<B>, output: &mut Vec<O>) -> FnResult {
-        self.fire_processing_timers(output)?;
-        batch_keys(
-            input,
-            &self.second_key,
-            self.max_parallelism,
-            self.backend.as_mut(),
-            &mut self.keys,
-        );
-        for (record, (key_group, key)) in input.drain(..).zip(self.keys.drain(..)) {
-            let scope = KeyScope::new(self.backend.as_mut(), &key, key_group);
-            let mut ctx = KeyedContext::new(scope, &mut self.timers, &mut self.side);
-            self.function.process_second(record, &mut ctx, output)?;
-        }
-        Ok(())
+        let function = &mut self.function;
+        self.core.fire_processing_timers(|time, ctx| {
+            function.on_timer(time, TimeDomain::ProcessingTime, ctx, output)
+        })?;
+        self.core
+            .process_batch(input, &self.second_key, |record, ctx| {
+                function.process_second(record, ctx, output)
+            })
     }
 
     fn on_watermark(&mut self, watermark: Watermark, output: &mut Vec<O>) -> FnResult {
-        self.timers.advance_watermark(watermark.0);
         let function = &mut self.function;
-        fire_timers(
-            &mut self.timers,
-            self.backend.as_mut(),
-            &mut self.side,
-            TimeDomain::EventTime,
-            watermark.0,
-            |time, ctx| function.on_timer(time, TimeDomain::EventTime, ctx, output),
-        )?;
-        self.fire_processing_timers(output)
+        self.core.on_watermark(watermark, |time, domain, ctx| {
+            function.on_timer(time, domain, ctx, output)
+        })
     }
 
     /// See the one-input operator's.
     fn next_processing_time(&self) -> Option<i64> {
-        self.timers.next_time(TimeDomain::ProcessingTime)
+        self.core.next_processing_time()
     }
 
     fn on_processing_time(&mut self, _now_ms: i64, output: &mut Vec<O>) -> FnResult {
-        self.fire_processing_timers(output)
+        let function = &mut self.function;
+        self.core.fire_processing_timers(|time, ctx| {
+            function.on_timer(time, TimeDomain::ProcessingTime, ctx, output)
+        })
     }
 
     /// Fires nothing (see the one-input operator's `finish`).
     fn finish(&mut self, output: &mut Vec<O>) -> FnResult {
-        self.function.finish(self.backend.as_mut(), output)
+        self.function.finish(self.core.backend.as_mut(), output)
     }
 
     fn side_outputs(&mut self) -> Option<&mut SideOutputs> {
-        Some(&mut self.side)
+        Some(&mut self.core.side)
     }
 
     fn declared_keyed_state(&self) -> Option<DeclaredKeyedState> {
-        Some(DeclaredKeyedState {
-            key_type: state_type_name::<K>(),
-            states: self.backend.signatures(),
-        })
+        self.core.declared_keyed_state()
     }
 
     fn snapshot(&mut self, barrier: Barrier) -> Result<StateSnapshot, UserError> {
-        snapshot_backend(self.backend.as_mut(), barrier)
+        self.core.snapshot(barrier)
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
-        self.backend.notify_checkpoint_complete(checkpoint_id);
+        self.core.backend.notify_checkpoint_complete(checkpoint_id);
         Ok(())
     }
 
     fn state_stats(&mut self) -> Vec<flowstate_state::StateStats> {
-        self.backend.state_stats()
-    }
-}
-
-impl<K: StateKey, A, B, F> KeyedCoProcessOperator<K, A, B, F> {
-    fn fire_processing_timers<O>(&mut self, output: &mut Vec<O>) -> FnResult
-    where
-        F: KeyedCoProcessFunction<K, A, B, O>,
-    {
-        let Some(next) = self.timers.next_time(TimeDomain::ProcessingTime) else {
-            return Ok(());
-        };
-        let now = self.timers.now();
-        if next > now {
-            return Ok(());
-        }
-        let function = &mut self.function;
-        fire_timers(
-            &mut self.timers,
-            self.backend.as_mut(),
-            &mut self.side,
-            TimeDomain::ProcessingTime,
-            now,
-            |time, ctx| function.on_timer(time, TimeDomain::ProcessingTime, ctx, output),
-        )
+        self.core.backend.state_stats()
     }
 }
