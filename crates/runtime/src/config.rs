@@ -128,6 +128,12 @@ pub struct ExecutionConfig {
     pub max_parallelism: u32,
     /// Records per batch between tasks.
     pub batch_size: usize,
+    /// How long a partial batch may wait for more records before it is sent
+    /// ([`BUFFER_TIMEOUT_MS`]), on `clock`. `None`: it waits for a full
+    /// batch, a barrier, a watermark or the end of the task's input (the
+    /// deterministic executor on a wall clock, whose runs must not depend
+    /// on how fast the machine is).
+    pub buffer_timeout_ms: Option<i64>,
     /// Batches per channel.
     pub channel_capacity: usize,
     /// Worker threads; subtask `i` of every operator runs on worker `i % workers`.
@@ -177,6 +183,7 @@ impl Default for ExecutionConfig {
             parallelism: 1,
             max_parallelism: DEFAULT_MAX_PARALLELISM,
             batch_size: DEFAULT_BATCH_SIZE,
+            buffer_timeout_ms: Some(BUFFER_TIMEOUT_MS),
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             workers: 1,
             state_backend: StateBackendConfig::Heap,

@@ -68,7 +68,8 @@ const NOT_BUFFERING: i64 = i64::MIN;
 #[derive(Clone)]
 pub struct Batching {
     pub size: usize,
-    pub timeout_ms: i64,
+    /// `None`: no timeout (see [`crate::ExecutionConfig::buffer_timeout_ms`]).
+    pub timeout_ms: Option<i64>,
     pub clock: flowstate_state::SharedClock,
 }
 
@@ -127,7 +128,7 @@ impl<T: Send> ExchangeOutput<T> {
         batching: Batching,
     ) -> Self {
         let mut exchange = Self::new(task, router, senders, batching.size);
-        exchange.timeout = Some((batching.timeout_ms, batching.clock));
+        exchange.timeout = batching.timeout_ms.map(|ms| (ms, batching.clock));
         exchange
     }
 

@@ -752,6 +752,11 @@ impl DeterministicExecutor {
         let config = ExecutionConfig {
             workers: 1,
             checkpointing: None,
+            // Batches cut by real time would make the run depend on the
+            // machine's speed; a clock moved by the caller keeps the timeout.
+            buffer_timeout_ms: config
+                .buffer_timeout_ms
+                .filter(|_| !config.clock.is_wall_clock()),
             ..config.clone()
         };
         let (planned, _) = build_tasks(&graph, &config, &[Arc::clone(&signal)], &metrics, None)?;

@@ -22,7 +22,7 @@ use crossbeam_channel::Sender;
 use flowstate_checkpoint::restore::LoadedCheckpoint;
 
 use crate::channel::Signal;
-use crate::config::{BUFFER_TIMEOUT_MS, ExecutionConfig, RestoredState, SubtaskInfo};
+use crate::config::{ExecutionConfig, RestoredState, SubtaskInfo};
 use crate::control_plane::{CoordinatorSender, TaskControlPlane, TaskHandle, UploadJob};
 use crate::error::BuildError;
 use crate::exchange::Batching;
@@ -252,7 +252,7 @@ impl Planner<'_> {
                     self.config.max_parallelism,
                     Batching {
                         size: self.config.batch_size,
-                        timeout_ms: BUFFER_TIMEOUT_MS,
+                        timeout_ms: self.config.buffer_timeout_ms,
                         clock: Arc::clone(&self.config.clock),
                     },
                     self.task_metrics.clone(),

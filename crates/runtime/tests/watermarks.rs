@@ -247,7 +247,7 @@ fn an_exchange_sends_a_partial_batch_once_it_waited_the_buffer_timeout() {
     let clock = flowstate_state::ManualClock::new(1_000);
     let batching = Batching {
         size: 4,
-        timeout_ms: 5,
+        timeout_ms: Some(5),
         clock: clock.clone(),
     };
     let mut exchange = ExchangeOutput::with_batching("t", Router::Forward, vec![tx0], batching);
@@ -266,6 +266,92 @@ fn an_exchange_sends_a_partial_batch_once_it_waited_the_buffer_timeout() {
     clock.advance_ms(5);
     exchange.push(&mut vec![9]).unwrap();
     assert_eq!(drain(&rx0), vec![Ev::Data(vec![8, 9])]);
+}
+
+/// A source that takes `pause` of real time per record (one record per poll).
+struct Dawdling {
+    count: u64,
+    pause: std::time::Duration,
+}
+
+struct DawdlingReader {
+    next: u64,
+    count: u64,
+    pause: std::time::Duration,
+}
+
+impl Source<u64> for Dawdling {
+    fn create_reader(&self, _: &SubtaskInfo) -> Result<Box<dyn SourceReader<u64>>, UserError> {
+        Ok(Box::new(DawdlingReader {
+            next: 0,
+            count: self.count,
+            pause: self.pause,
+        }))
+    }
+}
+
+impl SourceReader<u64> for DawdlingReader {
+    fn poll(&mut self, out: &mut Vec<u64>, _: usize, _: Instant) -> Result<SourcePoll, UserError> {
+        if self.next == self.count {
+            return Ok(SourcePoll::Finished);
+        }
+        std::thread::sleep(self.pause);
+        out.push(self.next);
+        self.next += 1;
+        Ok(SourcePoll::Ready)
+    }
+}
+
+/// The sizes of the batches a sink was handed.
+struct BatchSizes(Arc<Mutex<Vec<usize>>>);
+
+impl flowstate_runtime::Sink<u64> for BatchSizes {
+    fn create_writer(
+        &self,
+        _: &SubtaskInfo,
+    ) -> Result<Box<dyn flowstate_runtime::SinkWriter<u64>>, UserError> {
+        Ok(Box::new(BatchSizes(Arc::clone(&self.0))))
+    }
+}
+
+impl flowstate_runtime::SinkWriter<u64> for BatchSizes {
+    fn write_batch(&mut self, batch: &mut Vec<u64>) -> Result<(), UserError> {
+        self.0.lock().unwrap().push(batch.len());
+        batch.clear();
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), UserError> {
+        Ok(())
+    }
+}
+
+/// A deterministic run on the system clock must not depend on the machine's
+/// speed: the buffer timeout is off there, so a slow source's records still
+/// travel in one batch (each record took longer than the timeout; with the
+/// timeout on, each went alone, and a seed's output order changed from run
+/// to run: `same_seed_gives_identical_results` failed one run in six).
+#[test]
+fn the_deterministic_executor_on_the_system_clock_cuts_no_batch_by_time() {
+    let mut graph = JobGraph::new();
+    let source = graph.add_source(
+        "Source: Dawdling",
+        Arc::new(Dawdling {
+            count: 5,
+            pause: std::time::Duration::from_millis(
+                2 * flowstate_runtime::config::BUFFER_TIMEOUT_MS as u64,
+            ),
+        }),
+    );
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    graph.add_sink(
+        "Sink: Sizes",
+        (source, Partitioning::Rebalance),
+        Arc::new(BatchSizes(Arc::clone(&sizes))),
+    );
+    let mut executor = DeterministicExecutor::new(graph, &ExecutionConfig::default(), 7).unwrap();
+    executor.run().unwrap();
+    assert_eq!(*sizes.lock().unwrap(), vec![5]);
 }
 
 /// Exactly-once alignment: a watermark behind a barrier on a blocked channel

@@ -25,6 +25,13 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn instant_at(&self, _at_ms: i64) -> Option<std::time::Instant> {
         None
     }
+
+    /// Whether the clock moves by itself with real time (the system's),
+    /// rather than only when told: what reads it then depends on how fast
+    /// the machine runs, which a deterministic run must not.
+    fn is_wall_clock(&self) -> bool {
+        false
+    }
 }
 
 /// The shared handle every component holds.
@@ -46,6 +53,10 @@ impl Clock for SystemClock {
     fn instant_at(&self, at_ms: i64) -> Option<std::time::Instant> {
         let wait = u64::try_from(at_ms.saturating_sub(self.now_ms())).unwrap_or(0);
         std::time::Instant::now().checked_add(std::time::Duration::from_millis(wait))
+    }
+
+    fn is_wall_clock(&self) -> bool {
+        true
     }
 }
 
