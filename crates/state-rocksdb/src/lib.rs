@@ -21,6 +21,7 @@
 //! Heavy to build (RocksDB's C++), which is why it is a crate of its own behind
 //! the `rocksdb` feature of the crates that use it.
 
+mod cache;
 mod store;
 
 use std::path::PathBuf;
@@ -36,6 +37,9 @@ pub use store::RocksDbStore;
 pub const DEFAULT_BLOCK_CACHE_BYTES: u64 = 256 << 20;
 /// Default memtable size of one state (column family).
 pub const DEFAULT_WRITE_BUFFER_BYTES: u64 = 64 << 20;
+/// Default size of the write-back cache of one value-like state of one
+/// instance (keys, values and 64 bytes per entry).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
 /// Settings of the RocksDB backend.
 #[derive(Debug, Clone)]
@@ -49,6 +53,13 @@ pub struct RocksDbOptions {
     pub write_buffer_bytes: u64,
     /// Checkpoints upload only SST files that no earlier checkpoint stored.
     pub incremental: bool,
+    /// Bytes of each value-like state (value, reducing, aggregating, without
+    /// TTL) that an instance keeps in its write-back cache: hot keys are read
+    /// and written in memory and reach RocksDB once per snapshot (or when the
+    /// cache is full). Counted as keys, values and 64 bytes per entry; a
+    /// snapshot in flight may hold as much again until it is written. 0 turns
+    /// the cache off.
+    pub cache_bytes: u64,
 }
 
 impl RocksDbOptions {
@@ -58,6 +69,7 @@ impl RocksDbOptions {
             block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
             write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
             incremental: false,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }

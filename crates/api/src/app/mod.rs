@@ -66,7 +66,7 @@
 //! | `restart-strategy` | `"exponential-delay"` (default), `"fixed-delay"`, `"failure-rate"`, `"none"` |
 //! | `restart-attempts`, `restart-delay`, `restart-delay-max`, `restart-backoff-multiplier`, `restart-reset-after`, `restart-jitter-factor`, `restart-failure-rate-max`, `restart-failure-rate-interval` | the strategy's parameters |
 //! | `state-backend` | `"heap"` (default) or `"rocksdb"` |
-//! | `state-dir`, `incremental`, `rocksdb-block-cache`, `rocksdb-write-buffer` | rocksdb settings |
+//! | `state-dir`, `incremental`, `rocksdb-block-cache`, `rocksdb-write-buffer`, `rocksdb-cache` | rocksdb settings |
 //!
 //! (`docs/configuration.md` describes each one.)
 //!
