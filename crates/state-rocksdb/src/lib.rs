@@ -8,14 +8,19 @@
 //! snapshots. The typed tables, declarations and the canonical format live in
 //! `flowstate-state`; the upload of files lives in `flowstate-checkpoint`.
 //!
-//! Snapshots (the synchronous part, on the task's thread): flush the
-//! memtables and take a RocksDB checkpoint (hard links of the immutable SST
-//! files) into a local directory. Then either
-//! - incremental (`RocksDbOptions::incremental`): hand over the files as a
-//!   native snapshot; SST files that an earlier *completed* checkpoint already
-//!   stored are referenced, not uploaded again; or
-//! - full (and every savepoint): open the checkpoint directory read-only on the
-//!   upload thread and write the canonical key-group format from it.
+//! Value-like states go through a write-back cache ([`cache`]): hot keys are
+//! read and written in memory and reach RocksDB in write batches.
+//!
+//! Snapshots (the synchronous part, on the task's thread): freeze the caches
+//! (constant time). Then either
+//! - incremental (`RocksDbOptions::incremental`): a native snapshot whose
+//!   files the upload thread makes (it writes the frozen entries, flushes the
+//!   memtables and takes a RocksDB checkpoint: hard links of the immutable SST
+//!   files); SST files that an earlier *completed* checkpoint already stored
+//!   are referenced, not uploaded again; or
+//! - full (and every savepoint): a RocksDB snapshot (a sequence number) read
+//!   on the upload thread, overlaid with the frozen entries not yet written,
+//!   in the canonical key-group format.
 //!
 //! It must not touch: checkpoint storage, threads or channels of the runtime.
 //! Heavy to build (RocksDB's C++), which is why it is a crate of its own behind
