@@ -9,8 +9,9 @@
 //!
 //! How it works:
 //! - Every cached column has an *active* map: the entries read or written
-//!   since the last snapshot, dirty or clean, at most `capacity` bytes of
-//!   them (keys, values and a fixed overhead per entry).
+//!   since the last snapshot, dirty or clean. The active map and the frozen
+//!   layers together hold at most `capacity` bytes (keys, values and a fixed
+//!   overhead per entry); the oldest layers go first, once written.
 //!   Reads look in the active map, then in the column's *frozen layers*
 //!   (newest first), then in RocksDB. Writes only go to the active map.
 //! - The synchronous part of a snapshot moves each active map, as it is,
@@ -120,9 +121,6 @@ pub(crate) struct Layer {
 struct Epoch {
     seq: u64,
     layers: Vec<(Arc<Cf>, Arc<Layer>)>,
-    /// Layers written before, which the columns no longer read: freed with
-    /// the epoch (on the thread that writes it), not in the synchronous part.
-    _retired: Vec<Arc<Layer>>,
 }
 
 struct Epochs {
@@ -158,15 +156,11 @@ impl Shared {
     }
 
     /// Records the frozen layers of one snapshot; returns its epoch.
-    fn freeze(&self, layers: Vec<(Arc<Cf>, Arc<Layer>)>, retired: Vec<Arc<Layer>>) -> u64 {
+    fn freeze(&self, layers: Vec<(Arc<Cf>, Arc<Layer>)>) -> u64 {
         let mut epochs = lock(&self.epochs);
         let seq = epochs.next_seq;
         epochs.next_seq += 1;
-        epochs.pending.push_back(Arc::new(Epoch {
-            seq,
-            layers,
-            _retired: retired,
-        }));
+        epochs.pending.push_back(Arc::new(Epoch { seq, layers }));
         seq
     }
 
@@ -285,8 +279,12 @@ pub(crate) struct ColumnCache {
     active: FxHashMap<Box<[u8]>, Slot>,
     /// What the active map's entries cost, as counted against the capacity.
     bytes: usize,
-    /// Frozen layers that may not be in the database yet, oldest first.
-    frozen: Vec<Arc<Layer>>,
+    /// Frozen layers, oldest first, with what each costs. Written ones stay
+    /// as a read cache (their values are the database's, or older than the
+    /// active map's) until the capacity needs their room.
+    frozen: VecDeque<(Arc<Layer>, usize)>,
+    /// What the frozen layers cost together.
+    frozen_bytes: usize,
 }
 
 impl ColumnCache {
@@ -294,46 +292,38 @@ impl ColumnCache {
         Arc::new(Mutex::new(Self {
             active: FxHashMap::default(),
             bytes: 0,
-            frozen: Vec::new(),
+            frozen: VecDeque::new(),
+            frozen_bytes: 0,
         }))
     }
 
     /// `(entries, bytes)` held in memory: the active map and the frozen
     /// layers not written yet (entries may also be in the database).
     pub(crate) fn held(&self) -> (u64, u64) {
-        let mut entries = self.active.len() as u64;
-        let mut bytes = self.bytes as u64;
-        for layer in self
+        let entries = self
             .frozen
             .iter()
-            .filter(|l| !l.applied.load(Ordering::Acquire))
-        {
-            entries = entries.max(layer.entries.len() as u64);
-            bytes += (layer.entries.len() * ENTRY_OVERHEAD_BYTES) as u64;
-        }
-        (entries, bytes)
+            .map(|(layer, _)| layer.entries.len())
+            .fold(self.active.len(), usize::max);
+        (entries as u64, (self.bytes + self.frozen_bytes) as u64)
     }
 
-    /// Freezes the active map (kept, read-only, for reads until written);
-    /// moves layers already written to `retired`.
-    fn freeze(&mut self, retired: &mut Vec<Arc<Layer>>) -> Option<Arc<Layer>> {
-        let (written, kept) = std::mem::take(&mut self.frozen)
-            .into_iter()
-            .partition(|l| l.applied.load(Ordering::Acquire));
-        self.frozen = kept;
-        retired.extend::<Vec<_>>(written);
+    /// Freezes the active map (kept, read-only, for reads). Frees nothing:
+    /// layers are dropped when the capacity needs their room, not here.
+    fn freeze(&mut self) -> Option<Arc<Layer>> {
         if self.active.is_empty() {
             return None;
         }
         let capacity = self.active.len();
         let fresh = FxHashMap::with_capacity_and_hasher(capacity, Default::default());
         let entries = std::mem::replace(&mut self.active, fresh);
-        self.bytes = 0;
         let layer = Arc::new(Layer {
             entries,
             applied: AtomicBool::new(false),
         });
-        self.frozen.push(Arc::clone(&layer));
+        self.frozen.push_back((Arc::clone(&layer), self.bytes));
+        self.frozen_bytes += self.bytes;
+        self.bytes = 0;
         Some(layer)
     }
 }
@@ -372,13 +362,12 @@ impl Drop for CaptureToken {
 /// the epoch.
 pub(crate) fn freeze_all(shared: &Shared, columns: &[(Arc<Cf>, Arc<Mutex<ColumnCache>>)]) -> u64 {
     let mut layers = Vec::new();
-    let mut retired = Vec::new();
     for (cf, cache) in columns {
-        if let Some(layer) = lock(cache).freeze(&mut retired) {
+        if let Some(layer) = lock(cache).freeze() {
             layers.push((Arc::clone(cf), layer));
         }
     }
-    shared.freeze(layers, retired)
+    shared.freeze(layers)
 }
 
 /// A cached column.
@@ -393,15 +382,42 @@ pub(crate) struct CachedColumn {
 }
 
 impl CachedColumn {
-    /// Makes room for an entry of `bytes`: when full, writes the dirty
-    /// entries and starts empty.
+    /// Makes room for an entry of `bytes`: drops the oldest frozen layers
+    /// (once written: waiting for the capture in flight, if any); with none
+    /// left, writes the active map's dirty entries and starts empty.
     fn make_room(&self, cache: &mut ColumnCache, bytes: usize) -> Result<(), StateError> {
-        if cache.bytes + bytes <= self.capacity {
-            return Ok(());
+        while cache.bytes + cache.frozen_bytes + bytes > self.capacity {
+            match cache.frozen.front() {
+                Some((layer, _)) if layer.applied.load(Ordering::Acquire) => {
+                    if let Some((_, freed)) = cache.frozen.pop_front() {
+                        cache.frozen_bytes -= freed;
+                    }
+                }
+                Some(_) => {
+                    // Writes every pending epoch (waiting for a capture in
+                    // flight): the oldest layer is written afterwards.
+                    self.shared.settle()?;
+                    if cache
+                        .frozen
+                        .front()
+                        .is_some_and(|(layer, _)| !layer.applied.load(Ordering::Acquire))
+                    {
+                        return Err(StateError::Backend {
+                            backend: crate::store::BACKEND,
+                            action: format!("write back {}", self.cf.name),
+                            reason: "a frozen layer belongs to no pending epoch".into(),
+                        });
+                    }
+                }
+                None => {
+                    self.write_back(cache)?;
+                    cache.active.clear();
+                    cache.bytes = 0;
+                    // Even an entry larger than the capacity goes in.
+                    return Ok(());
+                }
+            }
         }
-        self.write_back(cache)?;
-        cache.active.clear();
-        cache.bytes = 0;
         Ok(())
     }
 
@@ -419,6 +435,7 @@ impl CachedColumn {
     fn write_back(&self, cache: &mut ColumnCache) -> Result<(), StateError> {
         self.shared.settle()?;
         cache.frozen.clear();
+        cache.frozen_bytes = 0;
         write_dirty(&self.cf, cache.active.iter())?;
         for slot in cache.active.values_mut() {
             slot.dirty = false;
@@ -463,7 +480,7 @@ impl KvColumn for CachedColumn {
                 .frozen
                 .iter()
                 .rev()
-                .find_map(|layer| layer.entries.get(key)),
+                .find_map(|(layer, _)| layer.entries.get(key)),
         };
         if let Some(slot) = cached {
             return Ok(match &slot.value {
