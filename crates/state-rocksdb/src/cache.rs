@@ -8,18 +8,20 @@
 //! another thread (the uploader).
 //!
 //! How it works:
-//! - Every cached column has an *active* map: the entries read or written
-//!   since the last snapshot, dirty or clean. The active map and the frozen
-//!   layers together hold at most `capacity` bytes (keys, values and a fixed
-//!   overhead per entry); the oldest layers go first, once written.
-//!   Reads look in the active map, then in the column's *frozen layers*
-//!   (newest first), then in RocksDB. Writes only go to the active map.
-//! - The synchronous part of a snapshot moves each active map, as it is,
-//!   into a frozen layer (an `O(1)` swap) and records the layers of all
-//!   columns as one *epoch*. Epochs are written to RocksDB strictly in order
-//!   ([`Shared::apply_through`], one write batch per 8 MiB), by the snapshot's
+//! - Every cached column has a *read cache* (`main`: the current value of
+//!   each key it holds, cleared when it reaches `capacity` bytes counted as
+//!   keys, values and a fixed overhead per entry) and a *dirty map*: the
+//!   writes since the last snapshot (at most `capacity` bytes too; beyond,
+//!   they are written to RocksDB at once). Reads look in the read cache, then
+//!   in the dirty map and the column's *frozen layers* (newest first), then in
+//!   RocksDB. Writes go to the read cache and the dirty map only.
+//! - The synchronous part of a snapshot moves each dirty map, as it is, into
+//!   a frozen layer (an `O(1)` swap) and records the layers of all columns as
+//!   one *epoch*. Epochs are written to RocksDB strictly in order, sorted, in
+//!   batches of 8 MiB ([`Shared::apply_through`]), by the snapshot's
 //!   asynchronous part or by the task when it must write to the database
-//!   itself.
+//!   itself. Layers already written are freed with a later epoch, never in
+//!   the synchronous part.
 //! - A native snapshot's asynchronous part writes the epochs up to its own,
 //!   then takes the RocksDB checkpoint. It is consistent because nothing else
 //!   reaches the database meanwhile: while such a capture is outstanding, the
@@ -30,9 +32,8 @@
 //!   happens later.
 //! - The task writes to the database directly only after every earlier epoch
 //!   is written (so a newer value is never overwritten by an older one): when
-//!   the active map is full (it then writes its dirty entries and starts
-//!   empty), and before scans, range deletions and batches (rare: restore,
-//!   `clear`, `for_each`, key counts).
+//!   the dirty map is full, and before scans, range deletions and batches
+//!   (rare: restore, `clear`, `for_each`, key counts).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -110,7 +111,7 @@ struct Slot {
     dirty: bool,
 }
 
-/// A frozen active map: read-only from the moment it is frozen.
+/// A frozen dirty map: read-only from the moment it is frozen.
 pub(crate) struct Layer {
     entries: FxHashMap<Box<[u8]>, Slot>,
     /// Its dirty entries are in the database.
@@ -121,6 +122,9 @@ pub(crate) struct Layer {
 struct Epoch {
     seq: u64,
     layers: Vec<(Arc<Cf>, Arc<Layer>)>,
+    /// Layers written before, which the columns no longer read: freed with
+    /// the epoch (on the thread that writes it), not in the synchronous part.
+    _retired: Vec<Arc<Layer>>,
 }
 
 struct Epochs {
@@ -156,11 +160,15 @@ impl Shared {
     }
 
     /// Records the frozen layers of one snapshot; returns its epoch.
-    fn freeze(&self, layers: Vec<(Arc<Cf>, Arc<Layer>)>) -> u64 {
+    fn freeze(&self, layers: Vec<(Arc<Cf>, Arc<Layer>)>, retired: Vec<Arc<Layer>>) -> u64 {
         let mut epochs = lock(&self.epochs);
         let seq = epochs.next_seq;
         epochs.next_seq += 1;
-        epochs.pending.push_back(Arc::new(Epoch { seq, layers }));
+        epochs.pending.push_back(Arc::new(Epoch {
+            seq,
+            layers,
+            _retired: retired,
+        }));
         seq
     }
 
@@ -276,54 +284,55 @@ fn write_dirty<'a>(
 
 /// The task's side of one cached column.
 pub(crate) struct ColumnCache {
-    active: FxHashMap<Box<[u8]>, Slot>,
-    /// What the active map's entries cost, as counted against the capacity.
-    bytes: usize,
-    /// Frozen layers, oldest first, with what each costs. Written ones stay
-    /// as a read cache (their values are the database's, or older than the
-    /// active map's) until the capacity needs their room.
-    frozen: VecDeque<(Arc<Layer>, usize)>,
-    /// What the frozen layers cost together.
-    frozen_bytes: usize,
+    /// The current value of every key cached (`None`: deleted): the read
+    /// cache. Cleared when full.
+    main: FxHashMap<Box<[u8]>, Option<Box<[u8]>>>,
+    main_bytes: usize,
+    /// The writes since the last snapshot (every slot dirty).
+    dirty: FxHashMap<Box<[u8]>, Slot>,
+    dirty_bytes: usize,
+    /// Frozen dirty maps that may not be in the database yet, oldest first.
+    frozen: Vec<Arc<Layer>>,
 }
 
 impl ColumnCache {
     pub(crate) fn new() -> Arc<Mutex<Self>> {
         Arc::new(Mutex::new(Self {
-            active: FxHashMap::default(),
-            bytes: 0,
-            frozen: VecDeque::new(),
-            frozen_bytes: 0,
+            main: FxHashMap::default(),
+            main_bytes: 0,
+            dirty: FxHashMap::default(),
+            dirty_bytes: 0,
+            frozen: Vec::new(),
         }))
     }
 
-    /// `(entries, bytes)` held in memory: the active map and the frozen
-    /// layers not written yet (entries may also be in the database).
+    /// `(entries, bytes)` held in memory (entries may also be in the database).
     pub(crate) fn held(&self) -> (u64, u64) {
-        let entries = self
-            .frozen
-            .iter()
-            .map(|(layer, _)| layer.entries.len())
-            .fold(self.active.len(), usize::max);
-        (entries as u64, (self.bytes + self.frozen_bytes) as u64)
+        let entries = self.main.len().max(self.dirty.len());
+        (entries as u64, (self.main_bytes + self.dirty_bytes) as u64)
     }
 
-    /// Freezes the active map (kept, read-only, for reads). Frees nothing:
-    /// layers are dropped when the capacity needs their room, not here.
-    fn freeze(&mut self) -> Option<Arc<Layer>> {
-        if self.active.is_empty() {
+    /// Freezes the writes since the last snapshot (an `O(1)` swap); layers
+    /// written since go to `retired` (freed with the epoch, by whoever
+    /// writes it, not in the synchronous part).
+    fn freeze(&mut self, retired: &mut Vec<Arc<Layer>>) -> Option<Arc<Layer>> {
+        let (written, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.frozen)
+            .into_iter()
+            .partition(|l| l.applied.load(Ordering::Acquire));
+        self.frozen = kept;
+        retired.extend(written);
+        if self.dirty.is_empty() {
             return None;
         }
-        let capacity = self.active.len();
+        let capacity = self.dirty.len();
         let fresh = FxHashMap::with_capacity_and_hasher(capacity, Default::default());
-        let entries = std::mem::replace(&mut self.active, fresh);
+        let entries = std::mem::replace(&mut self.dirty, fresh);
+        self.dirty_bytes = 0;
         let layer = Arc::new(Layer {
             entries,
             applied: AtomicBool::new(false),
         });
-        self.frozen.push_back((Arc::clone(&layer), self.bytes));
-        self.frozen_bytes += self.bytes;
-        self.bytes = 0;
+        self.frozen.push(Arc::clone(&layer));
         Some(layer)
     }
 }
@@ -362,12 +371,13 @@ impl Drop for CaptureToken {
 /// the epoch.
 pub(crate) fn freeze_all(shared: &Shared, columns: &[(Arc<Cf>, Arc<Mutex<ColumnCache>>)]) -> u64 {
     let mut layers = Vec::new();
+    let mut retired = Vec::new();
     for (cf, cache) in columns {
-        if let Some(layer) = lock(cache).freeze() {
+        if let Some(layer) = lock(cache).freeze(&mut retired) {
             layers.push((Arc::clone(cf), layer));
         }
     }
-    shared.freeze(layers)
+    shared.freeze(layers, retired)
 }
 
 /// A cached column.
@@ -377,113 +387,110 @@ pub(crate) struct CachedColumn {
     pub(crate) shared: Arc<Shared>,
     pub(crate) read: ReadOptions,
     pub(crate) write: WriteOptions,
-    /// At most this many bytes in the active map (see [`ENTRY_OVERHEAD_BYTES`]).
+    /// At most this many bytes in the read cache, and as many in the dirty
+    /// map (see [`ENTRY_OVERHEAD_BYTES`]).
     pub(crate) capacity: usize,
 }
 
 impl CachedColumn {
-    /// Makes room for an entry of `bytes`: drops the oldest frozen layers
-    /// (once written: waiting for the capture in flight, if any); with none
-    /// left, writes the active map's dirty entries and starts empty.
-    fn make_room(&self, cache: &mut ColumnCache, bytes: usize) -> Result<(), StateError> {
-        while cache.bytes + cache.frozen_bytes + bytes > self.capacity {
-            match cache.frozen.front() {
-                Some((layer, _)) if layer.applied.load(Ordering::Acquire) => {
-                    if let Some((_, freed)) = cache.frozen.pop_front() {
-                        cache.frozen_bytes -= freed;
-                    }
-                }
-                Some(_) => {
-                    // Writes every pending epoch (waiting for a capture in
-                    // flight): the oldest layer is written afterwards.
-                    self.shared.settle()?;
-                    if cache
-                        .frozen
-                        .front()
-                        .is_some_and(|(layer, _)| !layer.applied.load(Ordering::Acquire))
-                    {
-                        return Err(StateError::Backend {
-                            backend: crate::store::BACKEND,
-                            action: format!("write back {}", self.cf.name),
-                            reason: "a frozen layer belongs to no pending epoch".into(),
-                        });
-                    }
-                }
-                None => {
-                    self.write_back(cache)?;
-                    cache.active.clear();
-                    cache.bytes = 0;
-                    // Even an entry larger than the capacity goes in.
-                    return Ok(());
+    /// Caches `value` as the current value of `key` in the read cache
+    /// (cleared first when full).
+    fn remember(&self, cache: &mut ColumnCache, key: &[u8], value: Option<&[u8]>) {
+        if let Some(old) = cache.main.get_mut(key) {
+            match (old, value) {
+                (Some(old), Some(new)) if old.len() == new.len() => old.copy_from_slice(new),
+                (old, new) => {
+                    let was = old.as_deref().map_or(0, <[u8]>::len);
+                    *old = new.map(Box::from);
+                    cache.main_bytes =
+                        (cache.main_bytes + new.map_or(0, <[u8]>::len)).saturating_sub(was);
                 }
             }
+            return;
         }
-        Ok(())
-    }
-
-    /// Caches `key` (absent from the active map) with `slot`.
-    fn insert(&self, cache: &mut ColumnCache, key: &[u8], slot: Slot) -> Result<(), StateError> {
-        let bytes = entry_bytes(key, slot.value.as_deref());
-        self.make_room(cache, bytes)?;
-        cache.bytes += bytes;
-        cache.active.insert(Box::from(key), slot);
-        Ok(())
+        let bytes = entry_bytes(key, value);
+        if cache.main_bytes + bytes > self.capacity {
+            cache.main.clear();
+            cache.main_bytes = 0;
+        }
+        cache.main_bytes += bytes;
+        cache.main.insert(Box::from(key), value.map(Box::from));
     }
 
     /// Brings the database up to date for this column: every epoch and the
-    /// active map's dirty entries written (they stay cached, clean).
+    /// writes since the last snapshot written (the read cache stays: it
+    /// holds the database's values now).
     fn write_back(&self, cache: &mut ColumnCache) -> Result<(), StateError> {
         self.shared.settle()?;
         cache.frozen.clear();
-        cache.frozen_bytes = 0;
-        write_dirty(&self.cf, cache.active.iter())?;
-        for slot in cache.active.values_mut() {
-            slot.dirty = false;
-        }
+        write_dirty(&self.cf, cache.dirty.iter())?;
+        cache.dirty.clear();
+        cache.dirty_bytes = 0;
         Ok(())
     }
 
     fn set(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError> {
         let mut cache = lock(&self.cache);
         let cache = &mut *cache;
-        if let Some(slot) = cache.active.get_mut(key) {
+        self.remember(cache, key, value);
+        if let Some(slot) = cache.dirty.get_mut(key) {
             match (&mut slot.value, value) {
                 (Some(old), Some(new)) if old.len() == new.len() => old.copy_from_slice(new),
                 (old, new) => {
                     let was = old.as_deref().map_or(0, <[u8]>::len);
                     *old = new.map(Box::from);
-                    cache.bytes = (cache.bytes + new.map_or(0, <[u8]>::len)).saturating_sub(was);
+                    cache.dirty_bytes =
+                        (cache.dirty_bytes + new.map_or(0, <[u8]>::len)).saturating_sub(was);
                 }
             }
-            slot.dirty = true;
             return Ok(());
         }
-        self.insert(
-            cache,
-            key,
+        let bytes = entry_bytes(key, value);
+        if cache.dirty_bytes + bytes > self.capacity {
+            // Too many writes between two snapshots: write them now.
+            self.write_back(cache)?;
+        }
+        cache.dirty_bytes += bytes;
+        cache.dirty.insert(
+            Box::from(key),
             Slot {
                 value: value.map(Box::from),
                 dirty: true,
             },
-        )
+        );
+        Ok(())
+    }
+
+    /// Forgets `key` in the read cache.
+    fn forget(cache: &mut ColumnCache, key: &[u8]) {
+        if let Some(value) = cache.main.remove(key) {
+            cache.main_bytes = cache
+                .main_bytes
+                .saturating_sub(entry_bytes(key, value.as_deref()));
+        }
     }
 }
 
 impl KvColumn for CachedColumn {
     fn get(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
         let mut cache = lock(&self.cache);
-        let cached = match cache.active.get(key) {
-            Some(slot) => Some(slot),
-            // Not copied into the active map: a write that follows puts it
-            // there, and until the layer is written reads find it here.
+        let cached = match cache.main.get(key) {
+            Some(value) => Some(value.as_deref()),
+            // Evicted from the read cache but not written yet.
             None => cache
-                .frozen
-                .iter()
-                .rev()
-                .find_map(|(layer, _)| layer.entries.get(key)),
+                .dirty
+                .get(key)
+                .or_else(|| {
+                    cache
+                        .frozen
+                        .iter()
+                        .rev()
+                        .find_map(|layer| layer.entries.get(key))
+                })
+                .map(|slot| slot.value.as_deref()),
         };
-        if let Some(slot) = cached {
-            return Ok(match &slot.value {
+        if let Some(value) = cached {
+            return Ok(match value {
                 Some(value) => {
                     out.clear();
                     out.extend_from_slice(value);
@@ -497,18 +504,17 @@ impl KvColumn for CachedColumn {
             .db()
             .get_pinned_cf_opt(self.cf.handle(), key, &self.read)
             .map_err(failed(format!("read {}", self.cf.name)))?;
-        let Some(value) = read else {
-            return Ok(false);
+        let found = match read {
+            Some(value) => {
+                out.clear();
+                out.extend_from_slice(&value);
+                true
+            }
+            None => false,
         };
-        out.clear();
-        out.extend_from_slice(&value);
-        drop(value);
-        let slot = Slot {
-            value: Some(Box::from(out.as_slice())),
-            dirty: false,
-        };
-        self.insert(&mut cache, key, slot)?;
-        Ok(true)
+        let value = found.then_some(out.as_slice());
+        self.remember(&mut cache, key, value);
+        Ok(found)
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
@@ -521,14 +527,10 @@ impl KvColumn for CachedColumn {
 
     fn append(&self, key: &[u8], bytes: &[u8]) -> Result<(), StateError> {
         // Not used by value-like states; correct anyway: write back, then
-        // merge in the database and forget the cached entry.
+        // merge in the database and forget the cached value.
         let mut cache = lock(&self.cache);
         self.write_back(&mut cache)?;
-        if let Some(slot) = cache.active.remove(key) {
-            cache.bytes = cache
-                .bytes
-                .saturating_sub(entry_bytes(key, slot.value.as_deref()));
-        }
+        Self::forget(&mut cache, key);
         self.cf
             .db()
             .merge_cf_opt(self.cf.handle(), key, bytes, &self.write)
@@ -539,14 +541,14 @@ impl KvColumn for CachedColumn {
         let mut cache = lock(&self.cache);
         self.write_back(&mut cache)?;
         let mut freed = 0;
-        cache.active.retain(|k, slot| {
+        cache.main.retain(|k, value| {
             let keep = k.as_ref() < start || k.as_ref() >= end;
             if !keep {
-                freed += entry_bytes(k, slot.value.as_deref());
+                freed += entry_bytes(k, value.as_deref());
             }
             keep
         });
-        cache.bytes = cache.bytes.saturating_sub(freed);
+        cache.main_bytes = cache.main_bytes.saturating_sub(freed);
         self.cf
             .db()
             .delete_range_cf_opt(self.cf.handle(), start, end, &self.write)
@@ -566,11 +568,7 @@ impl KvColumn for CachedColumn {
         self.write_back(&mut cache)?;
         let mut write = WriteBatch::default();
         for (k, v) in batch.iter() {
-            if let Some(slot) = cache.active.remove(k) {
-                cache.bytes = cache
-                    .bytes
-                    .saturating_sub(entry_bytes(k, slot.value.as_deref()));
-            }
+            Self::forget(&mut cache, k);
             write.put_cf(self.cf.handle(), k, v);
         }
         self.cf

@@ -158,8 +158,8 @@ pub struct StateArgs {
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub rocksdb_write_buffer: u64,
     /// rocksdb: write-back cache of each value-like state per instance
-    /// (`64MiB`; `0` turns it off): hot keys are read and written in memory
-    /// and reach RocksDB once per checkpoint.
+    /// (`64MiB` of reads and as much of writes; `0` turns it off): hot keys
+    /// are read and written in memory and reach RocksDB once per checkpoint.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub rocksdb_cache: u64,
 }
