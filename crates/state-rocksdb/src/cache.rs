@@ -677,10 +677,10 @@ impl KvView for SnapshotView {
         let db = self.db.db();
         let Some(cf) = db.cf_handle(column) else {
             for (k, v) in dirty {
-                if let Some(v) = v {
-                    if !f(k, v)? {
-                        return Ok(());
-                    }
+                if let Some(v) = v
+                    && !f(k, v)?
+                {
+                    return Ok(());
                 }
             }
             return Ok(());
