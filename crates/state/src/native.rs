@@ -3,9 +3,9 @@
 //!
 //! This module only describes files; it never reads or writes checkpoint
 //! storage. The synchronous part of a snapshot produces a [`NativeSnapshot`]
-//! (local files, some of them already stored by an earlier checkpoint); the
-//! checkpoint side uploads what is new and fills the snapshot's
-//! [`UploadReceipt`]. A restore gets a [`NativeRestore`]: stored files plus a
+//! (local files, some of them already stored by an earlier checkpoint, or a
+//! [`PrepareFiles`] that makes them in the asynchronous part); the checkpoint
+//! side uploads what is new and fills the snapshot's [`UploadReceipt`]. A restore gets a [`NativeRestore`]: stored files plus a
 //! [`FileFetcher`] that copies one of them, verified, to a local path.
 //!
 //! Architecture invariant: a file listed as reusable ([`NativeFile::stored`]) is
