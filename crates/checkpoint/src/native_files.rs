@@ -59,9 +59,11 @@ pub fn upload_native(
         subtask,
         checkpoint_id: snapshot.checkpoint_id,
     };
-    let mut files = Vec::with_capacity(snapshot.files.len());
+    // A deferred snapshot makes its local files now, on this thread.
+    let local = snapshot.resolved_files().map_err(CheckpointError::State)?;
+    let mut files = Vec::with_capacity(local.len());
     let mut uploaded_bytes = 0;
-    for file in &snapshot.files {
+    for file in local.iter() {
         let result = match &file.stored {
             Some(stored) => reference(&target, file, stored),
             None => upload(&target, file),

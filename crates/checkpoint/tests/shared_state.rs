@@ -190,6 +190,7 @@ impl FakeBackend {
             self.complete(heard);
         }
         NativeSnapshot {
+            prepare: None,
             backend: "fake".into(),
             range: range_of(self.task, self.parallelism),
             checkpoint_id: id,
@@ -926,6 +927,7 @@ fn write(dir: &Path, name: &str, content: &[u8]) -> NativeFile {
 
 fn snapshot_of(id: CheckpointId, files: Vec<NativeFile>) -> NativeSnapshot {
     NativeSnapshot {
+        prepare: None,
         backend: "fake".into(),
         range: KeyGroupRange::new(0, MAX_PARALLELISM),
         checkpoint_id: id,

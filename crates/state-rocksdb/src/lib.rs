@@ -8,19 +8,25 @@
 //! snapshots. The typed tables, declarations and the canonical format live in
 //! `flowstate-state`; the upload of files lives in `flowstate-checkpoint`.
 //!
-//! Snapshots (the synchronous part, on the task's thread): flush the
-//! memtables and take a RocksDB checkpoint (hard links of the immutable SST
-//! files) into a local directory. Then either
-//! - incremental (`RocksDbOptions::incremental`): hand over the files as a
-//!   native snapshot; SST files that an earlier *completed* checkpoint already
-//!   stored are referenced, not uploaded again; or
-//! - full (and every savepoint): open the checkpoint directory read-only on the
-//!   upload thread and write the canonical key-group format from it.
+//! Value-like states go through a write-back cache ([`cache`]): hot keys are
+//! read and written in memory and reach RocksDB in write batches.
+//!
+//! Snapshots (the synchronous part, on the task's thread): freeze the caches
+//! (constant time). Then either
+//! - incremental (`RocksDbOptions::incremental`): a native snapshot whose
+//!   files the upload thread makes (it writes the frozen entries, flushes the
+//!   memtables and takes a RocksDB checkpoint: hard links of the immutable SST
+//!   files); SST files that an earlier *completed* checkpoint already stored
+//!   are referenced, not uploaded again; or
+//! - full (and every savepoint): a RocksDB snapshot (a sequence number) read
+//!   on the upload thread, overlaid with the frozen entries not yet written,
+//!   in the canonical key-group format.
 //!
 //! It must not touch: checkpoint storage, threads or channels of the runtime.
 //! Heavy to build (RocksDB's C++), which is why it is a crate of its own behind
 //! the `rocksdb` feature of the crates that use it.
 
+mod cache;
 mod store;
 
 use std::path::PathBuf;
@@ -36,6 +42,9 @@ pub use store::RocksDbStore;
 pub const DEFAULT_BLOCK_CACHE_BYTES: u64 = 256 << 20;
 /// Default memtable size of one state (column family).
 pub const DEFAULT_WRITE_BUFFER_BYTES: u64 = 64 << 20;
+/// Default size of the write-back cache of one value-like state of one
+/// instance (keys, values and 64 bytes per entry).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
 /// Settings of the RocksDB backend.
 #[derive(Debug, Clone)]
@@ -49,6 +58,13 @@ pub struct RocksDbOptions {
     pub write_buffer_bytes: u64,
     /// Checkpoints upload only SST files that no earlier checkpoint stored.
     pub incremental: bool,
+    /// Bytes of each value-like state (value, reducing, aggregating, without
+    /// TTL) that an instance keeps in its write-back cache: hot keys are read
+    /// and written in memory and reach RocksDB once per snapshot (or when the
+    /// cache is full). Counted as keys, values and 64 bytes per entry; a
+    /// snapshot in flight may hold as much again until it is written. 0 turns
+    /// the cache off.
+    pub cache_bytes: u64,
 }
 
 impl RocksDbOptions {
@@ -58,6 +74,7 @@ impl RocksDbOptions {
             block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
             write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
             incremental: false,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }

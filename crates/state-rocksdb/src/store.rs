@@ -3,31 +3,35 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use flowstate_state::native::{
     NativeFile, NativeRestore, NativeSnapshot, StoredFile, UploadReceipt,
 };
 use flowstate_state::serialized::{
-    KvBatch, KvColumn, KvStore, KvView, ScanFn, StoreSnapshot, key_group_prefix,
+    KvBatch, KvColumn, KvStore, ScanFn, StoreSnapshot, key_group_prefix,
 };
-use flowstate_state::{BackendKind, KeyGroupRange, SnapshotRequest, StateError};
+use flowstate_state::{BackendKind, KeyGroupRange, PrepareFiles, SnapshotRequest, StateError};
+
+use crate::cache::{CachedColumn, CaptureToken, Cf, ColumnCache, Shared, SnapshotView, lock};
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, MergeOperands, Options,
     ReadOptions, WriteBatch, WriteOptions,
 };
 
-type Db = rocksdb::DBWithThreadMode<rocksdb::MultiThreaded>;
+pub(crate) type Db = rocksdb::DBWithThreadMode<rocksdb::MultiThreaded>;
 
-const BACKEND: &str = "rocksdb";
+pub(crate) const BACKEND: &str = "rocksdb";
 /// The end of every key: key groups are below 32768, so first bytes are < 0x80.
 const END_OF_KEYS: &[u8] = &[0xFF];
 /// Flush a rebuild batch at this many bytes (a limit on memory while restoring).
 const REBUILD_BATCH_BYTES_MAX: usize = 8 << 20;
 
 /// Maps a RocksDB or I/O error of `action` to the backend's error.
-fn failed<E: std::fmt::Display>(action: impl std::fmt::Display) -> impl FnOnce(E) -> StateError {
+pub(crate) fn failed<E: std::fmt::Display>(
+    action: impl std::fmt::Display,
+) -> impl FnOnce(E) -> StateError {
     move |e| StateError::Backend {
         backend: BACKEND,
         action: action.to_string(),
@@ -45,13 +49,13 @@ fn append_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) 
 }
 
 /// A database and the directory it lives in; closing removes the directory.
-struct OpenDb {
+pub(crate) struct OpenDb {
     db: Option<Db>,
     dir: PathBuf,
 }
 
 impl OpenDb {
-    fn db(&self) -> &Db {
+    pub(crate) fn db(&self) -> &Db {
         match &self.db {
             Some(db) => db,
             None => unreachable!("the database is taken only when dropped"),
@@ -87,7 +91,8 @@ impl Drop for DirGuard {
 /// Files of a checkpoint in flight: reused ones are known now, new ones when
 /// the uploader has put them.
 struct Pending {
-    reused: Vec<(String, StoredFile)>,
+    /// Filled when the files are listed (in the asynchronous part).
+    reused: Arc<Mutex<Vec<(String, StoredFile)>>>,
     receipt: Arc<UploadReceipt>,
 }
 
@@ -104,6 +109,16 @@ pub struct RocksDbStore {
     confirmed: HashMap<String, StoredFile>,
     pending: BTreeMap<u64, Pending>,
     nonce: AtomicU64,
+    /// Epochs of the write-back cache, shared with columns and snapshots.
+    shared: Arc<Shared>,
+    /// The cached (value-like) columns, by name.
+    cached: Vec<(Arc<Cf>, Arc<Mutex<ColumnCache>>)>,
+    /// Bytes each cached column keeps in memory (0: no cache).
+    cache_bytes: usize,
+    /// A column of another kind (list, map) is open: its writes go straight
+    /// to the database, so native snapshots are captured in the synchronous
+    /// part.
+    uncached: bool,
 }
 
 impl RocksDbStore {
@@ -151,6 +166,10 @@ impl RocksDbStore {
             confirmed: HashMap::new(),
             pending: BTreeMap::new(),
             nonce: AtomicU64::new(0),
+            shared: Shared::new(),
+            cached: Vec::new(),
+            cache_bytes: options.cache_bytes as usize,
+            uncached: false,
         })
     }
 
@@ -276,7 +295,7 @@ impl RocksDbStore {
     }
 }
 
-fn unlogged() -> WriteOptions {
+pub(crate) fn unlogged() -> WriteOptions {
     // State is made durable by checkpoints, not by RocksDB's log.
     let mut write = WriteOptions::default();
     write.disable_wal(true);
@@ -287,92 +306,92 @@ fn overlap(a: KeyGroupRange, b: KeyGroupRange) -> u32 {
     a.end.min(b.end).saturating_sub(a.start.max(b.start))
 }
 
-/// One column family.
+/// One column family without a cache (list and map states, the unclaimed
+/// column): every access goes to the database.
 struct RocksColumn {
-    db: Arc<OpenDb>,
-    name: String,
+    cf: Cf,
+    shared: Arc<Shared>,
+    read: ReadOptions,
     write: WriteOptions,
 }
 
 impl RocksColumn {
-    fn with_cf<T>(
-        &self,
-        f: impl FnOnce(&Db, &Arc<rocksdb::BoundColumnFamily<'_>>) -> Result<T, StateError>,
-    ) -> Result<T, StateError> {
-        let db = self.db.db();
-        match db.cf_handle(&self.name) {
-            Some(cf) => f(db, &cf),
-            None => Err(StateError::Backend {
-                backend: BACKEND,
-                action: format!("use column family {}", self.name),
-                reason: "it does not exist".into(),
-            }),
+    /// Before a write: a native capture in flight must not see it.
+    fn before_write(&self) -> Result<(), StateError> {
+        if self.shared.capturing() {
+            self.shared.settle()?;
         }
+        Ok(())
     }
 }
 
 impl KvColumn for RocksColumn {
     fn get(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
-        self.with_cf(|db, cf| {
-            match db
-                .get_pinned_cf_opt(cf, key, &ReadOptions::default())
-                .map_err(failed(format!("read {}", self.name)))?
-            {
-                Some(value) => {
-                    out.clear();
-                    out.extend_from_slice(&value);
-                    Ok(true)
-                }
-                None => Ok(false),
+        match self
+            .cf
+            .db()
+            .get_pinned_cf_opt(self.cf.handle(), key, &self.read)
+            .map_err(failed(format!("read {}", self.cf.name)))?
+        {
+            Some(value) => {
+                out.clear();
+                out.extend_from_slice(&value);
+                Ok(true)
             }
-        })
+            None => Ok(false),
+        }
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
-        self.with_cf(|db, cf| {
-            db.put_cf_opt(cf, key, value, &self.write)
-                .map_err(failed(format!("write {}", self.name)))
-        })
+        self.before_write()?;
+        self.cf
+            .db()
+            .put_cf_opt(self.cf.handle(), key, value, &self.write)
+            .map_err(failed(format!("write {}", self.cf.name)))
     }
 
     fn append(&self, key: &[u8], bytes: &[u8]) -> Result<(), StateError> {
-        self.with_cf(|db, cf| {
-            db.merge_cf_opt(cf, key, bytes, &self.write)
-                .map_err(failed(format!("append to {}", self.name)))
-        })
+        self.before_write()?;
+        self.cf
+            .db()
+            .merge_cf_opt(self.cf.handle(), key, bytes, &self.write)
+            .map_err(failed(format!("append to {}", self.cf.name)))
     }
 
     fn delete(&self, key: &[u8]) -> Result<(), StateError> {
-        self.with_cf(|db, cf| {
-            db.delete_cf_opt(cf, key, &self.write)
-                .map_err(failed(format!("delete from {}", self.name)))
-        })
+        self.before_write()?;
+        self.cf
+            .db()
+            .delete_cf_opt(self.cf.handle(), key, &self.write)
+            .map_err(failed(format!("delete from {}", self.cf.name)))
     }
 
     fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StateError> {
-        self.with_cf(|db, cf| {
-            db.delete_range_cf_opt(cf, start, end, &self.write)
-                .map_err(failed(format!("delete a range of {}", self.name)))
-        })
+        self.before_write()?;
+        self.cf
+            .db()
+            .delete_range_cf_opt(self.cf.handle(), start, end, &self.write)
+            .map_err(failed(format!("delete a range of {}", self.cf.name)))
     }
 
     fn scan(&self, start: &[u8], end: &[u8], f: &mut ScanFn<'_>) -> Result<(), StateError> {
-        self.with_cf(|db, cf| scan_db(db, cf, &self.name, start, end, f))
+        scan_db(self.cf.db(), self.cf.handle(), &self.cf.name, start, end, f)
     }
 
     fn write_batch(&self, batch: &KvBatch) -> Result<(), StateError> {
-        self.with_cf(|db, cf| {
-            let mut write = WriteBatch::default();
-            for (k, v) in batch.iter() {
-                write.put_cf(cf, k, v);
-            }
-            db.write_opt(write, &self.write)
-                .map_err(failed(format!("write a batch to {}", self.name)))
-        })
+        self.before_write()?;
+        let mut write = WriteBatch::default();
+        for (k, v) in batch.iter() {
+            write.put_cf(self.cf.handle(), k, v);
+        }
+        self.cf
+            .db()
+            .write_opt(write, &self.write)
+            .map_err(failed(format!("write a batch to {}", self.cf.name)))
     }
 }
 
-fn scan_db(
+pub(crate) fn scan_db(
     db: &Db,
     cf: &Arc<rocksdb::BoundColumnFamily<'_>>,
     name: &str,
@@ -393,108 +412,57 @@ fn scan_db(
     iter.status().map_err(failed(format!("scan {name}")))
 }
 
-/// A RocksDB checkpoint directory opened read-only on first use (on the
-/// upload thread, not the task's).
-struct CheckpointView {
-    dir: Arc<DirGuard>,
-    db_options: Options,
-    cf_options: Options,
-    db: OnceLock<Result<Db, String>>,
-}
-
-impl CheckpointView {
-    fn db(&self) -> Result<&Db, StateError> {
-        let opened = self.db.get_or_init(|| {
-            let dir = &self.dir.0;
-            let columns = Db::list_cf(&self.db_options, dir).map_err(|e| e.to_string())?;
-            let descriptors = columns
-                .iter()
-                .map(|name| ColumnFamilyDescriptor::new(name, self.cf_options.clone()));
-            Db::open_cf_descriptors_read_only(&self.db_options, dir, descriptors, false)
-                .map_err(|e| e.to_string())
-        });
-        opened.as_ref().map_err(|reason| StateError::Backend {
-            backend: BACKEND,
-            action: format!("open snapshot {}", self.dir.0.display()),
-            reason: reason.clone(),
-        })
-    }
-}
-
-impl KvView for CheckpointView {
-    fn scan(
-        &self,
-        column: &str,
-        start: &[u8],
-        end: &[u8],
-        f: &mut ScanFn<'_>,
-    ) -> Result<(), StateError> {
-        let db = self.db()?;
-        match db.cf_handle(column) {
-            Some(cf) => scan_db(db, &cf, column, start, end, f),
-            None => Ok(()),
-        }
-    }
-}
-
-impl KvStore for RocksDbStore {
-    fn kind(&self) -> BackendKind {
-        BackendKind::RocksDb
-    }
-
-    /// RocksDB's own estimates (table properties and memtable counters kept
-    /// in memory; no read of the data): `rocksdb.estimate-num-keys`, and
-    /// `rocksdb.estimate-live-data-size` plus `rocksdb.cur-size-all-mem-tables`.
-    fn column_stats(&self, column: &str) -> Option<(u64, u64)> {
-        let db = self.db.db();
-        let cf = db.cf_handle(column)?;
-        let property = |name: &str| {
-            db.property_int_value_cf(&cf, name)
-                .ok()
-                .flatten()
-                .unwrap_or(0)
-        };
-        let entries = property("rocksdb.estimate-num-keys");
-        let bytes = property("rocksdb.estimate-live-data-size")
-            + property("rocksdb.cur-size-all-mem-tables");
-        Some((entries, bytes))
-    }
-
-    fn open_column(&mut self, name: &str) -> Result<Box<dyn KvColumn>, StateError> {
+impl RocksDbStore {
+    fn create_column(&mut self, name: &str) -> Result<(), StateError> {
         let db = self.db.db();
         if db.cf_handle(name).is_none() {
             db.create_cf(name, &self.cf_options)
                 .map_err(failed(format!("create column family {name}")))?;
         }
-        Ok(Box::new(RocksColumn {
-            db: Arc::clone(&self.db),
-            name: name.to_owned(),
-            write: unlogged(),
-        }))
+        Ok(())
     }
+}
 
-    fn snapshot(&mut self, request: SnapshotRequest) -> Result<StoreSnapshot, StateError> {
-        let id = request.checkpoint_id;
-        let dir = self.dir.join(format!("chk-{id}-{}", self.next_nonce()));
-        // Flushes every memtable (the log is off), then hard-links the files.
-        Checkpoint::new(self.db.db())
-            .and_then(|c| c.create_checkpoint(&dir))
-            .map_err(failed(format!("take checkpoint {id}")))?;
-        let guard = Arc::new(DirGuard(dir));
-        if request.canonical || !self.incremental {
-            return Ok(StoreSnapshot::View(Arc::new(CheckpointView {
-                dir: guard,
-                db_options: self.db_options.clone(),
-                cf_options: self.cf_options.clone(),
-                db: OnceLock::new(),
-            })));
+/// The asynchronous part of a native snapshot: writes the frozen epochs up
+/// to its own into the database, takes the RocksDB checkpoint (a flush, then
+/// hard links) and lists its files. Consistent because nothing else writes
+/// to the database while it is outstanding (see [`crate::cache`]).
+struct NativeCapture {
+    token: CaptureToken,
+    shared: Arc<Shared>,
+    db: Arc<OpenDb>,
+    seq: u64,
+    id: u64,
+    dir: Arc<DirGuard>,
+    /// The files of the last completed checkpoint when the snapshot began.
+    confirmed: HashMap<String, StoredFile>,
+    reused: Arc<Mutex<Vec<(String, StoredFile)>>>,
+}
+
+impl NativeCapture {
+    fn capture(&self) -> Result<Vec<NativeFile>, StateError> {
+        let id = self.id;
+        {
+            let held = self.shared.apply_lock();
+            self.shared.apply_through(&held, self.seq)?;
+            if self.shared.applied_upto() > self.seq {
+                return Err(StateError::Backend {
+                    backend: BACKEND,
+                    action: format!("take checkpoint {id}"),
+                    reason: "a later snapshot was written to the database first".into(),
+                });
+            }
+            // Flushes every memtable (the log is off), then hard-links the files.
+            Checkpoint::new(self.db.db())
+                .and_then(|c| c.create_checkpoint(&self.dir.0))
+                .map_err(failed(format!("take checkpoint {id}")))?;
         }
         let mut files = Vec::new();
         let mut reused = Vec::new();
-        let entries =
-            std::fs::read_dir(&guard.0).map_err(failed(format!("list {}", guard.0.display())))?;
+        let dir = &self.dir.0;
+        let entries = std::fs::read_dir(dir).map_err(failed(format!("list {}", dir.display())))?;
         for entry in entries {
-            let entry = entry.map_err(failed(format!("list {}", guard.0.display())))?;
+            let entry = entry.map_err(failed(format!("list {}", dir.display())))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let size = entry
                 .metadata()
@@ -517,6 +485,116 @@ impl KvStore for RocksDbStore {
             });
         }
         files.sort_by(|a, b| a.name.cmp(&b.name));
+        *lock(&self.reused) = reused;
+        Ok(files)
+    }
+}
+
+impl PrepareFiles for NativeCapture {
+    fn files(&self) -> Result<Vec<NativeFile>, StateError> {
+        let files = self.capture();
+        self.token.finish();
+        files
+    }
+}
+
+impl KvStore for RocksDbStore {
+    fn kind(&self) -> BackendKind {
+        BackendKind::RocksDb
+    }
+
+    /// RocksDB's own estimates (table properties and memtable counters kept
+    /// in memory; no read of the data): `rocksdb.estimate-num-keys`, and
+    /// `rocksdb.estimate-live-data-size` plus `rocksdb.cur-size-all-mem-tables`;
+    /// for a cached column at least the entries the cache holds, plus its bytes.
+    fn column_stats(&self, column: &str) -> Option<(u64, u64)> {
+        let db = self.db.db();
+        let cf = db.cf_handle(column)?;
+        let property = |name: &str| {
+            db.property_int_value_cf(&cf, name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        let mut entries = property("rocksdb.estimate-num-keys");
+        let mut bytes = property("rocksdb.estimate-live-data-size")
+            + property("rocksdb.cur-size-all-mem-tables");
+        // The write-back cache: entries there may be in the database too.
+        if let Some((_, cache)) = self.cached.iter().find(|(cf, _)| cf.name == column) {
+            let (held, held_bytes) = lock(cache).held();
+            entries = entries.max(held);
+            bytes += held_bytes;
+        }
+        Some((entries, bytes))
+    }
+
+    fn open_column(&mut self, name: &str) -> Result<Box<dyn KvColumn>, StateError> {
+        if self.cached.iter().any(|(cf, _)| cf.name == name) {
+            return self.open_value_column(name);
+        }
+        self.create_column(name)?;
+        if !name.starts_with("meta:") {
+            self.uncached = true;
+        }
+        Ok(Box::new(RocksColumn {
+            cf: Cf::new(&self.db, name)?,
+            shared: Arc::clone(&self.shared),
+            read: ReadOptions::default(),
+            write: unlogged(),
+        }))
+    }
+
+    fn open_value_column(&mut self, name: &str) -> Result<Box<dyn KvColumn>, StateError> {
+        if self.cache_bytes == 0 {
+            return self.open_column(name);
+        }
+        self.create_column(name)?;
+        let (cf, cache) = match self.cached.iter().find(|(cf, _)| cf.name == name) {
+            Some((cf, cache)) => (Arc::clone(cf), Arc::clone(cache)),
+            None => {
+                let entry = (Arc::new(Cf::new(&self.db, name)?), ColumnCache::new());
+                self.cached
+                    .push((Arc::clone(&entry.0), Arc::clone(&entry.1)));
+                entry
+            }
+        };
+        Ok(Box::new(CachedColumn {
+            cf,
+            cache,
+            shared: Arc::clone(&self.shared),
+            read: ReadOptions::default(),
+            write: unlogged(),
+            capacity: self.cache_bytes,
+        }))
+    }
+
+    /// The synchronous part: freezes the cached columns (constant time per
+    /// column) and pins the database (a RocksDB snapshot) for a canonical
+    /// view. A native snapshot's files are made in the asynchronous part
+    /// ([`NativeCapture`]), or here if a column without cache is open.
+    fn snapshot(&mut self, request: SnapshotRequest) -> Result<StoreSnapshot, StateError> {
+        let id = request.checkpoint_id;
+        let seq = crate::cache::freeze_all(&self.shared, &self.cached);
+        if request.canonical || !self.incremental {
+            return Ok(StoreSnapshot::View(Arc::new(SnapshotView::new(
+                &self.shared,
+                &self.db,
+                seq,
+            ))));
+        }
+        let dir = self.dir.join(format!("chk-{id}-{}", self.next_nonce()));
+        let guard = Arc::new(DirGuard(dir));
+        let reused = Arc::new(Mutex::new(Vec::new()));
+        let capture = NativeCapture {
+            token: CaptureToken::new(&self.shared),
+            shared: Arc::clone(&self.shared),
+            db: Arc::clone(&self.db),
+            seq,
+            id,
+            dir: Arc::clone(&guard),
+            confirmed: self.confirmed.clone(),
+            reused: Arc::clone(&reused),
+        };
         let receipt = Arc::new(UploadReceipt::default());
         self.pending.insert(
             id,
@@ -525,12 +603,18 @@ impl KvStore for RocksDbStore {
                 receipt: Arc::clone(&receipt),
             },
         );
+        let (files, prepare) = if self.uncached {
+            (capture.files()?, None)
+        } else {
+            (Vec::new(), Some(Box::new(capture) as Box<dyn PrepareFiles>))
+        };
         Ok(StoreSnapshot::Native(NativeSnapshot {
             backend: BACKEND.to_owned(),
             range: self.range,
             checkpoint_id: id,
             states: Vec::new(),
             files,
+            prepare,
             receipt,
             guard: Box::new(guard),
         }))
@@ -603,7 +687,8 @@ impl KvStore for RocksDbStore {
 
     fn notify_complete(&mut self, id: u64) {
         if let Some(done) = self.pending.remove(&id) {
-            let mut confirmed: HashMap<String, StoredFile> = done.reused.into_iter().collect();
+            let reused = std::mem::take(&mut *crate::cache::lock(&done.reused));
+            let mut confirmed: HashMap<String, StoredFile> = reused.into_iter().collect();
             confirmed.extend(done.receipt.take());
             self.confirmed = confirmed;
         }

@@ -66,6 +66,7 @@ fn backend(dir: &std::path::Path, name: &str) -> Box<dyn KeyedStateBackend<u64>>
     let options = RocksDbOptions {
         block_cache_bytes: 8 << 20,
         write_buffer_bytes: 8 << 20,
+        cache_bytes: 8 << 20,
         ..RocksDbOptions::new(dir.join(name))
     };
     let instance = BackendInstance {

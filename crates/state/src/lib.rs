@@ -49,7 +49,7 @@ pub use key_group::{
     key_group_of, operator_index_for_key_group, stable_hash,
 };
 pub use native::{
-    FileFetcher, NativeFile, NativeRestore, NativeSnapshot, StoredFile, UploadReceipt,
+    FileFetcher, NativeFile, NativeRestore, NativeSnapshot, PrepareFiles, StoredFile, UploadReceipt,
 };
 pub use operator_state::{OperatorListHandle, OperatorStateStore, RedistributionMode};
 pub use serialized::{BackendInstance, KvStore, KvStoreFactory, SerializedKeyedStateBackend};

@@ -3,9 +3,9 @@
 //!
 //! This module only describes files; it never reads or writes checkpoint
 //! storage. The synchronous part of a snapshot produces a [`NativeSnapshot`]
-//! (local files, some of them already stored by an earlier checkpoint); the
-//! checkpoint side uploads what is new and fills the snapshot's
-//! [`UploadReceipt`]. A restore gets a [`NativeRestore`]: stored files plus a
+//! (local files, some of them already stored by an earlier checkpoint, or a
+//! [`PrepareFiles`] that makes them in the asynchronous part); the checkpoint
+//! side uploads what is new and fills the snapshot's [`UploadReceipt`]. A restore gets a [`NativeRestore`]: stored files plus a
 //! [`FileFetcher`] that copies one of them, verified, to a local path.
 //!
 //! Architecture invariant: a file listed as reusable ([`NativeFile::stored`]) is
@@ -76,11 +76,35 @@ pub struct NativeSnapshot {
     pub checkpoint_id: u64,
     /// Every state the files hold.
     pub states: Vec<StateSignature>,
+    /// The files, if the synchronous part listed them; see [`Self::prepare`].
     pub files: Vec<NativeFile>,
+    /// Set by a backend whose synchronous part only froze its state: the
+    /// asynchronous part (the uploader, [`NativeSnapshot::resolved_files`])
+    /// makes and lists the files, and `files` is empty.
+    pub prepare: Option<Box<dyn PrepareFiles>>,
     pub receipt: Arc<UploadReceipt>,
     /// Keeps the local snapshot directory alive until the upload is done; dropping
     /// it removes the directory.
     pub guard: Box<dyn Any + Send + Sync>,
+}
+
+/// The deferred part of a native snapshot: makes the local files of the
+/// state frozen by the synchronous part. Called at most once, on the
+/// uploader's thread; dropping it uncalled tells the backend the snapshot was
+/// abandoned.
+pub trait PrepareFiles: Send + Sync {
+    fn files(&self) -> Result<Vec<NativeFile>, StateError>;
+}
+
+impl NativeSnapshot {
+    /// The snapshot's files: those the synchronous part listed, or the ones
+    /// its deferred part makes now (an error fails the checkpoint).
+    pub fn resolved_files(&self) -> Result<std::borrow::Cow<'_, [NativeFile]>, StateError> {
+        match &self.prepare {
+            Some(prepare) => Ok(std::borrow::Cow::Owned(prepare.files()?)),
+            None => Ok(std::borrow::Cow::Borrowed(&self.files)),
+        }
+    }
 }
 
 impl std::fmt::Debug for NativeSnapshot {
@@ -90,6 +114,7 @@ impl std::fmt::Debug for NativeSnapshot {
             .field("range", &self.range)
             .field("checkpoint_id", &self.checkpoint_id)
             .field("files", &self.files.len())
+            .field("deferred", &self.prepare.is_some())
             .finish()
     }
 }

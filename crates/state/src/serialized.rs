@@ -162,6 +162,14 @@ pub trait KvStore: Send {
     fn kind(&self) -> BackendKind;
     /// Opens the column `name`, creating it if it does not exist.
     fn open_column(&mut self, name: &str) -> Result<Box<dyn KvColumn>, StateError>;
+    /// Opens the column of a value-like state (value, reducing, aggregating;
+    /// no TTL): values are only ever read and replaced whole, point by point,
+    /// so a store may keep hot entries in memory and write them back later
+    /// (it must still snapshot exactly the writes before the snapshot).
+    /// Default: [`Self::open_column`].
+    fn open_value_column(&mut self, name: &str) -> Result<Box<dyn KvColumn>, StateError> {
+        self.open_column(name)
+    }
     /// The synchronous part of a snapshot.
     fn snapshot(&mut self, request: SnapshotRequest) -> Result<StoreSnapshot, StateError>;
     /// Loads native snapshots of earlier instances (before any column is
@@ -1384,13 +1392,19 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
         let name = signature.name.clone();
         let range = self.range;
         let store = &mut self.store;
+        let point_values = matches!(
+            signature.kind,
+            StateKind::Value | StateKind::Reducing | StateKind::Aggregating
+        ) && !crate::ttl::is_ttl_type_name(&signature.types);
         let id = self.declarations.declare(
             signature,
             &mut |name| {
-                Ok(TableLayout::Serialized {
-                    range,
-                    column: store.open_column(&column_name(name))?,
-                })
+                let column = if point_values {
+                    store.open_value_column(&column_name(name))?
+                } else {
+                    store.open_column(&column_name(name))?
+                };
+                Ok(TableLayout::Serialized { range, column })
             },
             create,
         )?;

@@ -66,7 +66,7 @@
 //! | `restart-strategy` | `"exponential-delay"` (default), `"fixed-delay"`, `"failure-rate"`, `"none"` |
 //! | `restart-attempts`, `restart-delay`, `restart-delay-max`, `restart-backoff-multiplier`, `restart-reset-after`, `restart-jitter-factor`, `restart-failure-rate-max`, `restart-failure-rate-interval` | the strategy's parameters |
 //! | `state-backend` | `"heap"` (default) or `"rocksdb"` |
-//! | `state-dir`, `incremental`, `rocksdb-block-cache`, `rocksdb-write-buffer` | rocksdb settings |
+//! | `state-dir`, `incremental`, `rocksdb-block-cache`, `rocksdb-write-buffer`, `rocksdb-cache` | rocksdb settings |
 //!
 //! (`docs/configuration.md` describes each one.)
 //!
@@ -616,12 +616,15 @@ fn run_job(
             .copied()
             .unwrap_or_default();
         let max = durations.last().copied().unwrap_or_default();
-        let pause_max = job_report
+        // Per checkpoint, the longest synchronous pause of any task.
+        let mut pauses: Vec<Duration> = job_report
             .checkpoints
             .iter()
             .map(|c| c.sync_pause_max)
-            .max()
-            .unwrap_or_default();
+            .collect();
+        pauses.sort();
+        let pause_p50 = pauses.get(pauses.len() / 2).copied().unwrap_or_default();
+        let pause_max = pauses.last().copied().unwrap_or_default();
         let bytes = job_report.checkpoints.last().map_or(0, |c| c.bytes);
         tracing::info!(
             job_id = job_id.as_str(),
@@ -630,6 +633,7 @@ fn run_job(
             p50_ms = p50.as_secs_f64() * 1e3,
             max_ms = max.as_secs_f64() * 1e3,
             last_bytes = bytes,
+            sync_pause_p50_us = pause_p50.as_micros() as u64,
             sync_pause_max_us = pause_max.as_micros() as u64,
             restored_from = job_report.restored_from.unwrap_or(0),
             "checkpoints"

@@ -157,6 +157,11 @@ pub struct StateArgs {
     /// rocksdb: memtable size per state (`64MiB`).
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub rocksdb_write_buffer: u64,
+    /// rocksdb: write-back cache of each value-like state per instance
+    /// (`64MiB` of reads and as much of writes; `0` turns it off): hot keys
+    /// are read and written in memory and reach RocksDB once per checkpoint.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub rocksdb_cache: u64,
 }
 
 /// `512`, `64KiB`, `256MiB`, `2GiB` (also `K`, `M`, `G`, all powers of 1024).
@@ -206,6 +211,7 @@ impl StateArgs {
         let options = RocksDbOptions {
             block_cache_bytes: self.rocksdb_block_cache,
             write_buffer_bytes: self.rocksdb_write_buffer,
+            cache_bytes: self.rocksdb_cache,
             incremental: self.incremental,
             ..RocksDbOptions::new(dir)
         };

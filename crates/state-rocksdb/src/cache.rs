@@ -1,0 +1,729 @@
+//! The write-back cache of value-like columns and the frozen layers that let
+//! the synchronous part of a snapshot take constant time.
+//!
+//! Owns: the in-memory entries of value-like states (value, reducing,
+//! aggregating, without TTL) between their writes and RocksDB, and the order
+//! in which they reach the database. It must not touch checkpoint storage or
+//! the runtime's threads; it only knows that snapshots are finished on
+//! another thread (the uploader).
+//!
+//! How it works:
+//! - Every cached column has a *read cache* (`main`: the current value of
+//!   each key it holds, cleared when it reaches `capacity` bytes counted as
+//!   keys, values and a fixed overhead per entry) and a *dirty map*: the
+//!   writes since the last snapshot (at most `capacity` bytes too; beyond,
+//!   they are written to RocksDB at once). Reads look in the read cache, then
+//!   in the dirty map and the column's *frozen layers* (newest first), then in
+//!   RocksDB. Writes go to the read cache and the dirty map only.
+//! - The synchronous part of a snapshot moves each dirty map, as it is, into
+//!   a frozen layer (an `O(1)` swap) and records the layers of all columns as
+//!   one *epoch*. Epochs are written to RocksDB strictly in order, sorted, in
+//!   batches of 8 MiB ([`Shared::apply_through`]), by the snapshot's
+//!   asynchronous part or by the task when it must write to the database
+//!   itself. Layers already written are freed with a later epoch, never in
+//!   the synchronous part.
+//! - A native snapshot's asynchronous part writes the epochs up to its own,
+//!   then takes the RocksDB checkpoint. It is consistent because nothing else
+//!   reaches the database meanwhile: while such a capture is outstanding, the
+//!   task waits before any direct write ([`Shared::settle`]), and nothing
+//!   applies a later epoch. A canonical view instead reads a RocksDB snapshot
+//!   (sequence number) taken in the synchronous part, overlaid with the dirty
+//!   entries of the epochs not yet written, so it stays consistent whatever
+//!   happens later.
+//! - The task writes to the database directly only after every earlier epoch
+//!   is written (so a newer value is never overwritten by an older one): when
+//!   the dirty map is full, and before scans, range deletions and batches
+//!   (rare: restore, `clear`, `for_each`, key counts).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use flowstate_state::StateError;
+use flowstate_state::serialized::{KvBatch, KvColumn, KvView, ScanFn};
+use rocksdb::{BoundColumnFamily, ReadOptions, WriteBatch, WriteOptions};
+
+use crate::store::{Db, OpenDb, failed, scan_db};
+
+/// What one cached entry costs besides its key and value bytes (the map's
+/// slot, two boxes, allocator rounding), as the cache counts it.
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// Write epochs and spills in batches of at most this many bytes.
+const APPLY_BATCH_BYTES_MAX: usize = 8 << 20;
+/// How long the task waits for outstanding native captures before a direct
+/// write, before it gives up with an error (the task then fails and restarts
+/// from its last checkpoint: nothing is lost, nothing is written twice).
+const SETTLE_WAIT_MAX: Duration = Duration::from_secs(120);
+
+/// Locks `m`; a poisoned lock still holds consistent data here (every
+/// critical section either completes its change or leaves it undone).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A column family handle resolved once, kept with the database it lives in.
+pub(crate) struct Cf {
+    // Declared before `db`: dropped before it.
+    handle: Arc<BoundColumnFamily<'static>>,
+    db: Arc<OpenDb>,
+    pub(crate) name: String,
+}
+
+impl Cf {
+    pub(crate) fn new(db: &Arc<OpenDb>, name: &str) -> Result<Self, StateError> {
+        let handle = db.db().cf_handle(name).ok_or_else(|| StateError::Backend {
+            backend: crate::store::BACKEND,
+            action: format!("use column family {name}"),
+            reason: "it does not exist".into(),
+        })?;
+        // SAFETY: the handle points at a column family of `db`, which lives as
+        // long as the database is open (column families are never dropped
+        // here). `Cf` keeps the database open through its own `Arc` and drops
+        // the handle first, so the handle never outlives what it points at.
+        let handle = unsafe {
+            std::mem::transmute::<Arc<BoundColumnFamily<'_>>, Arc<BoundColumnFamily<'static>>>(
+                handle,
+            )
+        };
+        Ok(Self {
+            handle,
+            db: Arc::clone(db),
+            name: name.to_owned(),
+        })
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        self.db.db()
+    }
+
+    pub(crate) fn handle(&self) -> &Arc<BoundColumnFamily<'static>> {
+        &self.handle
+    }
+}
+
+/// One cached entry: its value (`None`: deleted) and whether RocksDB lacks it.
+#[derive(Clone)]
+struct Slot {
+    value: Option<Box<[u8]>>,
+    dirty: bool,
+}
+
+/// A frozen dirty map: read-only from the moment it is frozen.
+pub(crate) struct Layer {
+    entries: FxHashMap<Box<[u8]>, Slot>,
+    /// Its dirty entries are in the database.
+    applied: AtomicBool,
+}
+
+/// The layers of every cached column at one snapshot.
+struct Epoch {
+    seq: u64,
+    layers: Vec<(Arc<Cf>, Arc<Layer>)>,
+    /// Layers written before, which the columns no longer read: freed with
+    /// the epoch (on the thread that writes it), not in the synchronous part.
+    _retired: Vec<Arc<Layer>>,
+}
+
+struct Epochs {
+    /// Frozen epochs not yet written to the database, oldest first.
+    pending: VecDeque<Arc<Epoch>>,
+    next_seq: u64,
+    /// The last epoch written to the database.
+    applied_upto: u64,
+    /// Native captures handed out and neither done nor dropped.
+    captures: usize,
+}
+
+/// What a store, its cached columns and its snapshots share.
+pub(crate) struct Shared {
+    epochs: Mutex<Epochs>,
+    changed: Condvar,
+    /// Held while epochs are written (and across a native capture).
+    apply: Mutex<()>,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            epochs: Mutex::new(Epochs {
+                pending: VecDeque::new(),
+                next_seq: 1,
+                applied_upto: 0,
+                captures: 0,
+            }),
+            changed: Condvar::new(),
+            apply: Mutex::new(()),
+        })
+    }
+
+    /// Records the frozen layers of one snapshot; returns its epoch.
+    fn freeze(&self, layers: Vec<(Arc<Cf>, Arc<Layer>)>, retired: Vec<Arc<Layer>>) -> u64 {
+        let mut epochs = lock(&self.epochs);
+        let seq = epochs.next_seq;
+        epochs.next_seq += 1;
+        epochs.pending.push_back(Arc::new(Epoch {
+            seq,
+            layers,
+            _retired: retired,
+        }));
+        seq
+    }
+
+    pub(crate) fn apply_lock(&self) -> MutexGuard<'_, ()> {
+        lock(&self.apply)
+    }
+
+    /// Writes every pending epoch up to `seq`, oldest first. The caller holds
+    /// the apply lock (`_held`).
+    pub(crate) fn apply_through(
+        &self,
+        _held: &MutexGuard<'_, ()>,
+        seq: u64,
+    ) -> Result<(), StateError> {
+        loop {
+            let next = {
+                let epochs = lock(&self.epochs);
+                match epochs.pending.front() {
+                    Some(epoch) if epoch.seq <= seq => Arc::clone(epoch),
+                    _ => return Ok(()),
+                }
+            };
+            for (cf, layer) in &next.layers {
+                write_dirty(cf, layer.entries.iter())?;
+                layer.applied.store(true, Ordering::Release);
+            }
+            let mut epochs = lock(&self.epochs);
+            epochs.pending.pop_front();
+            epochs.applied_upto = next.seq;
+            self.changed.notify_all();
+        }
+    }
+
+    /// The last epoch written to the database.
+    pub(crate) fn applied_upto(&self) -> u64 {
+        lock(&self.epochs).applied_upto
+    }
+
+    /// Before the task writes to the database itself: waits until no native
+    /// capture is outstanding, then writes every pending epoch.
+    pub(crate) fn settle(&self) -> Result<(), StateError> {
+        let deadline = Instant::now() + SETTLE_WAIT_MAX;
+        let mut epochs = lock(&self.epochs);
+        while epochs.captures > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(StateError::Backend {
+                    backend: crate::store::BACKEND,
+                    action: "write state".into(),
+                    reason: format!(
+                        "a checkpoint's local part did not finish within {} s",
+                        SETTLE_WAIT_MAX.as_secs()
+                    ),
+                });
+            }
+            epochs = self
+                .changed
+                .wait_timeout(epochs, deadline - now)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        let pending = !epochs.pending.is_empty();
+        drop(epochs);
+        if pending {
+            let held = self.apply_lock();
+            self.apply_through(&held, u64::MAX)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a native capture is outstanding (direct writes must wait).
+    pub(crate) fn capturing(&self) -> bool {
+        lock(&self.epochs).captures > 0
+    }
+}
+
+fn entry_bytes(key: &[u8], value: Option<&[u8]>) -> usize {
+    key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD_BYTES
+}
+
+/// Writes the dirty entries of `entries` to `cf` in batches, in key order
+/// (RocksDB's memtable inserts sorted keys much faster: each insert starts
+/// where the last one ended).
+fn write_dirty<'a>(
+    cf: &Cf,
+    entries: impl Iterator<Item = (&'a Box<[u8]>, &'a Slot)>,
+) -> Result<(), StateError> {
+    let mut dirty: Vec<(&[u8], Option<&[u8]>)> = entries
+        .filter(|(_, slot)| slot.dirty)
+        .map(|(key, slot)| (key.as_ref(), slot.value.as_deref()))
+        .collect();
+    dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let write = crate::store::unlogged();
+    let mut batch = WriteBatch::default();
+    for (key, value) in dirty {
+        match value {
+            Some(value) => batch.put_cf(cf.handle(), key, value),
+            None => batch.delete_cf(cf.handle(), key),
+        }
+        if batch.size_in_bytes() >= APPLY_BATCH_BYTES_MAX {
+            cf.db()
+                .write_opt(std::mem::take(&mut batch), &write)
+                .map_err(failed(format!("write back {}", cf.name)))?;
+        }
+    }
+    if !batch.is_empty() {
+        cf.db()
+            .write_opt(batch, &write)
+            .map_err(failed(format!("write back {}", cf.name)))?;
+    }
+    Ok(())
+}
+
+/// The task's side of one cached column.
+pub(crate) struct ColumnCache {
+    /// The current value of every key cached (`None`: deleted): the read
+    /// cache. Cleared when full.
+    main: FxHashMap<Box<[u8]>, Option<Box<[u8]>>>,
+    main_bytes: usize,
+    /// The writes since the last snapshot (every slot dirty).
+    dirty: FxHashMap<Box<[u8]>, Slot>,
+    dirty_bytes: usize,
+    /// Frozen dirty maps that may not be in the database yet, oldest first.
+    frozen: Vec<Arc<Layer>>,
+}
+
+impl ColumnCache {
+    pub(crate) fn new() -> Arc<Mutex<Self>> {
+        Arc::new(Mutex::new(Self {
+            main: FxHashMap::default(),
+            main_bytes: 0,
+            dirty: FxHashMap::default(),
+            dirty_bytes: 0,
+            frozen: Vec::new(),
+        }))
+    }
+
+    /// `(entries, bytes)` held in memory (entries may also be in the database).
+    pub(crate) fn held(&self) -> (u64, u64) {
+        let entries = self.main.len().max(self.dirty.len());
+        (entries as u64, (self.main_bytes + self.dirty_bytes) as u64)
+    }
+
+    /// Freezes the writes since the last snapshot (an `O(1)` swap); layers
+    /// written since go to `retired` (freed with the epoch, by whoever
+    /// writes it, not in the synchronous part).
+    fn freeze(&mut self, retired: &mut Vec<Arc<Layer>>) -> Option<Arc<Layer>> {
+        let (written, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.frozen)
+            .into_iter()
+            .partition(|l| l.applied.load(Ordering::Acquire));
+        self.frozen = kept;
+        retired.extend(written);
+        if self.dirty.is_empty() {
+            return None;
+        }
+        let capacity = self.dirty.len();
+        let fresh = FxHashMap::with_capacity_and_hasher(capacity, Default::default());
+        let entries = std::mem::replace(&mut self.dirty, fresh);
+        self.dirty_bytes = 0;
+        let layer = Arc::new(Layer {
+            entries,
+            applied: AtomicBool::new(false),
+        });
+        self.frozen.push(Arc::clone(&layer));
+        Some(layer)
+    }
+}
+
+/// A native capture handed out: counted until it is done or dropped.
+pub(crate) struct CaptureToken {
+    shared: Arc<Shared>,
+    done: AtomicBool,
+}
+
+impl CaptureToken {
+    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
+        lock(&shared.epochs).captures += 1;
+        Self {
+            shared: Arc::clone(shared),
+            done: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn finish(&self) {
+        if !self.done.swap(true, Ordering::AcqRel) {
+            let mut epochs = lock(&self.shared.epochs);
+            epochs.captures -= 1;
+            self.shared.changed.notify_all();
+        }
+    }
+}
+
+impl Drop for CaptureToken {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Freezes every cached column (the synchronous part of a snapshot); returns
+/// the epoch.
+pub(crate) fn freeze_all(shared: &Shared, columns: &[(Arc<Cf>, Arc<Mutex<ColumnCache>>)]) -> u64 {
+    let mut layers = Vec::new();
+    let mut retired = Vec::new();
+    for (cf, cache) in columns {
+        if let Some(layer) = lock(cache).freeze(&mut retired) {
+            layers.push((Arc::clone(cf), layer));
+        }
+    }
+    shared.freeze(layers, retired)
+}
+
+/// A cached column.
+pub(crate) struct CachedColumn {
+    pub(crate) cf: Arc<Cf>,
+    pub(crate) cache: Arc<Mutex<ColumnCache>>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) read: ReadOptions,
+    pub(crate) write: WriteOptions,
+    /// At most this many bytes in the read cache, and as many in the dirty
+    /// map (see [`ENTRY_OVERHEAD_BYTES`]).
+    pub(crate) capacity: usize,
+}
+
+impl CachedColumn {
+    /// Caches `value` as the current value of `key` in the read cache
+    /// (cleared first when full).
+    fn remember(&self, cache: &mut ColumnCache, key: &[u8], value: Option<&[u8]>) {
+        if let Some(old) = cache.main.get_mut(key) {
+            match (old, value) {
+                (Some(old), Some(new)) if old.len() == new.len() => old.copy_from_slice(new),
+                (old, new) => {
+                    let was = old.as_deref().map_or(0, <[u8]>::len);
+                    *old = new.map(Box::from);
+                    cache.main_bytes =
+                        (cache.main_bytes + new.map_or(0, <[u8]>::len)).saturating_sub(was);
+                }
+            }
+            return;
+        }
+        let bytes = entry_bytes(key, value);
+        if cache.main_bytes + bytes > self.capacity {
+            cache.main.clear();
+            cache.main_bytes = 0;
+        }
+        cache.main_bytes += bytes;
+        cache.main.insert(Box::from(key), value.map(Box::from));
+    }
+
+    /// Brings the database up to date for this column: every epoch and the
+    /// writes since the last snapshot written (the read cache stays: it
+    /// holds the database's values now).
+    fn write_back(&self, cache: &mut ColumnCache) -> Result<(), StateError> {
+        self.shared.settle()?;
+        cache.frozen.clear();
+        write_dirty(&self.cf, cache.dirty.iter())?;
+        cache.dirty.clear();
+        cache.dirty_bytes = 0;
+        Ok(())
+    }
+
+    fn set(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError> {
+        let mut cache = lock(&self.cache);
+        let cache = &mut *cache;
+        self.remember(cache, key, value);
+        if let Some(slot) = cache.dirty.get_mut(key) {
+            match (&mut slot.value, value) {
+                (Some(old), Some(new)) if old.len() == new.len() => old.copy_from_slice(new),
+                (old, new) => {
+                    let was = old.as_deref().map_or(0, <[u8]>::len);
+                    *old = new.map(Box::from);
+                    cache.dirty_bytes =
+                        (cache.dirty_bytes + new.map_or(0, <[u8]>::len)).saturating_sub(was);
+                }
+            }
+            return Ok(());
+        }
+        let bytes = entry_bytes(key, value);
+        if cache.dirty_bytes + bytes > self.capacity {
+            // Too many writes between two snapshots: write them now.
+            self.write_back(cache)?;
+        }
+        cache.dirty_bytes += bytes;
+        cache.dirty.insert(
+            Box::from(key),
+            Slot {
+                value: value.map(Box::from),
+                dirty: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Forgets `key` in the read cache.
+    fn forget(cache: &mut ColumnCache, key: &[u8]) {
+        if let Some(value) = cache.main.remove(key) {
+            cache.main_bytes = cache
+                .main_bytes
+                .saturating_sub(entry_bytes(key, value.as_deref()));
+        }
+    }
+}
+
+impl KvColumn for CachedColumn {
+    fn get(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
+        let mut cache = lock(&self.cache);
+        let cached = match cache.main.get(key) {
+            Some(value) => Some(value.as_deref()),
+            // Evicted from the read cache but not written yet.
+            None => cache
+                .dirty
+                .get(key)
+                .or_else(|| {
+                    cache
+                        .frozen
+                        .iter()
+                        .rev()
+                        .find_map(|layer| layer.entries.get(key))
+                })
+                .map(|slot| slot.value.as_deref()),
+        };
+        if let Some(value) = cached {
+            return Ok(match value {
+                Some(value) => {
+                    out.clear();
+                    out.extend_from_slice(value);
+                    true
+                }
+                None => false,
+            });
+        }
+        let read = self
+            .cf
+            .db()
+            .get_pinned_cf_opt(self.cf.handle(), key, &self.read)
+            .map_err(failed(format!("read {}", self.cf.name)))?;
+        let found = match read {
+            Some(value) => {
+                out.clear();
+                out.extend_from_slice(&value);
+                true
+            }
+            None => false,
+        };
+        let value = found.then_some(out.as_slice());
+        self.remember(&mut cache, key, value);
+        Ok(found)
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        self.set(key, Some(value))
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<(), StateError> {
+        self.set(key, None)
+    }
+
+    fn append(&self, key: &[u8], bytes: &[u8]) -> Result<(), StateError> {
+        // Not used by value-like states; correct anyway: write back, then
+        // merge in the database and forget the cached value.
+        let mut cache = lock(&self.cache);
+        self.write_back(&mut cache)?;
+        Self::forget(&mut cache, key);
+        self.cf
+            .db()
+            .merge_cf_opt(self.cf.handle(), key, bytes, &self.write)
+            .map_err(failed(format!("append to {}", self.cf.name)))
+    }
+
+    fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StateError> {
+        let mut cache = lock(&self.cache);
+        self.write_back(&mut cache)?;
+        let mut freed = 0;
+        cache.main.retain(|k, value| {
+            let keep = k.as_ref() < start || k.as_ref() >= end;
+            if !keep {
+                freed += entry_bytes(k, value.as_deref());
+            }
+            keep
+        });
+        cache.main_bytes = cache.main_bytes.saturating_sub(freed);
+        self.cf
+            .db()
+            .delete_range_cf_opt(self.cf.handle(), start, end, &self.write)
+            .map_err(failed(format!("delete a range of {}", self.cf.name)))
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8], f: &mut ScanFn<'_>) -> Result<(), StateError> {
+        {
+            let mut cache = lock(&self.cache);
+            self.write_back(&mut cache)?;
+        }
+        scan_db(self.cf.db(), self.cf.handle(), &self.cf.name, start, end, f)
+    }
+
+    fn write_batch(&self, batch: &KvBatch) -> Result<(), StateError> {
+        let mut cache = lock(&self.cache);
+        self.write_back(&mut cache)?;
+        let mut write = WriteBatch::default();
+        for (k, v) in batch.iter() {
+            Self::forget(&mut cache, k);
+            write.put_cf(self.cf.handle(), k, v);
+        }
+        self.cf
+            .db()
+            .write_opt(write, &self.write)
+            .map_err(failed(format!("write a batch to {}", self.cf.name)))
+    }
+}
+
+/// A canonical snapshot's view: the database as of the synchronous part (a
+/// RocksDB snapshot) overlaid with the dirty entries of the epochs that were
+/// not written to it yet.
+pub(crate) struct SnapshotView {
+    // Declared before `db`: released before the database can close.
+    snapshot: rocksdb::SnapshotWithThreadMode<'static, Db>,
+    /// `(column, layer)` of every epoch not yet written, oldest first.
+    layers: Vec<(String, Arc<Layer>)>,
+    overlay: OnceLock<HashMap<String, Overlay>>,
+    seq: u64,
+    shared: Arc<Shared>,
+    db: Arc<OpenDb>,
+}
+
+/// Dirty entries of one column, in key order (`None`: deleted).
+type Overlay = BTreeMap<Box<[u8]>, Option<Box<[u8]>>>;
+
+impl SnapshotView {
+    /// The synchronous part: freezes nothing itself (see [`freeze_all`]),
+    /// pins the database and the epochs up to `seq` not written yet.
+    pub(crate) fn new(shared: &Arc<Shared>, db: &Arc<OpenDb>, seq: u64) -> Self {
+        let epochs = lock(&shared.epochs);
+        let layers = epochs
+            .pending
+            .iter()
+            .filter(|e| e.seq <= seq)
+            .flat_map(|e| e.layers.iter())
+            .map(|(cf, layer)| (cf.name.clone(), Arc::clone(layer)))
+            .collect();
+        // Taken while no epoch can leave `pending` unseen: an epoch written
+        // meanwhile is in both, with the same values.
+        let snapshot = db.db().snapshot();
+        drop(epochs);
+        // SAFETY: the snapshot refers to `db`'s database, which `SnapshotView`
+        // keeps open (its `db` field) and which is released after the
+        // snapshot (field order).
+        let snapshot = unsafe {
+            std::mem::transmute::<
+                rocksdb::SnapshotWithThreadMode<'_, Db>,
+                rocksdb::SnapshotWithThreadMode<'static, Db>,
+            >(snapshot)
+        };
+        Self {
+            snapshot,
+            layers,
+            overlay: OnceLock::new(),
+            seq,
+            shared: Arc::clone(shared),
+            db: Arc::clone(db),
+        }
+    }
+
+    fn overlay(&self) -> Result<&HashMap<String, Overlay>, StateError> {
+        if let Some(overlay) = self.overlay.get() {
+            return Ok(overlay);
+        }
+        let mut overlay: HashMap<String, Overlay> = HashMap::new();
+        for (column, layer) in &self.layers {
+            let entries = overlay.entry(column.clone()).or_default();
+            for (key, slot) in layer.entries.iter().filter(|(_, s)| s.dirty) {
+                entries.insert(key.clone(), slot.value.clone());
+            }
+        }
+        let overlay = self.overlay.get_or_init(|| overlay);
+        // Off the task's thread: write the epochs this view pinned, unless a
+        // native capture needs the database as it is.
+        if !self.shared.capturing() {
+            let held = self.shared.apply_lock();
+            if !self.shared.capturing() {
+                self.shared.apply_through(&held, self.seq)?;
+            }
+        }
+        Ok(overlay)
+    }
+}
+
+impl KvView for SnapshotView {
+    fn scan(
+        &self,
+        column: &str,
+        start: &[u8],
+        end: &[u8],
+        f: &mut ScanFn<'_>,
+    ) -> Result<(), StateError> {
+        let overlay = self.overlay()?;
+        let mut dirty = overlay
+            .get(column)
+            .map(|o| {
+                o.range::<[u8], _>((
+                    std::ops::Bound::Included(start),
+                    std::ops::Bound::Excluded(end),
+                ))
+            })
+            .into_iter()
+            .flatten()
+            .peekable();
+        let db = self.db.db();
+        let Some(cf) = db.cf_handle(column) else {
+            for (k, v) in dirty {
+                if let Some(v) = v
+                    && !f(k, v)?
+                {
+                    return Ok(());
+                }
+            }
+            return Ok(());
+        };
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(end.to_vec());
+        read.set_snapshot(&self.snapshot);
+        read.fill_cache(false);
+        let mut iter = db.raw_iterator_cf_opt(&cf, read);
+        iter.seek(start);
+        loop {
+            let stored = iter.key();
+            let next_dirty = dirty.peek().map(|(k, _)| k.as_ref());
+            let go_on = match (stored, next_dirty) {
+                (None, None) => break,
+                (Some(k), Some(d)) if k < d => {
+                    let v = iter.value().unwrap_or_default();
+                    let go_on = f(k, v)?;
+                    iter.next();
+                    go_on
+                }
+                (Some(k), None) => {
+                    let v = iter.value().unwrap_or_default();
+                    let go_on = f(k, v)?;
+                    iter.next();
+                    go_on
+                }
+                (stored, Some(d)) => {
+                    if stored == Some(d) {
+                        // The overlay's entry replaces the stored one.
+                        iter.next();
+                    }
+                    match dirty.next() {
+                        Some((k, Some(v))) => f(k, v)?,
+                        _ => true,
+                    }
+                }
+            };
+            if !go_on {
+                return Ok(());
+            }
+        }
+        iter.status()
+            .map_err(failed(format!("scan {column} of a snapshot")))
+    }
+}
