@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,14 +44,39 @@ pub const JSON_POSITIONS_STATE: &str = "json-positions";
 /// Name of the list state recording the input (one element per instance).
 pub const JSON_INPUT_STATE: &str = "json-input";
 
-const READ_BUFFER_BYTES: usize = 1 << 16;
+/// Read buffer of one open input file (lines are cut from it in place).
+const READ_BUFFER_BYTES: usize = 1 << 18;
 
-/// Records of type `T` from JSON-lines files.
-pub struct JsonLinesSource<T> {
+/// Turns one line (surrounding ASCII whitespace trimmed, never blank) into a
+/// record, or says why it is not one (the source adds file and line).
+///
+/// A decoder of a [`JsonLinesSource`] must accept exactly the lines that
+/// `serde_json` accepts as a `T` and give the same record, except that it may
+/// leave out what its reader never looks at (e.g. a field the job does not
+/// read, left empty): the format contract is JSON lines either way. It is
+/// called per record, statically (the source is generic over it).
+pub trait LineDecoder<T>: Clone + Send + Sync + 'static {
+    fn decode(&self, line: &[u8]) -> Result<T, String>;
+}
+
+/// The default decoder: `serde_json` into `T`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SerdeJson;
+
+impl<T: DeserializeOwned> LineDecoder<T> for SerdeJson {
+    #[inline]
+    fn decode(&self, line: &[u8]) -> Result<T, String> {
+        serde_json::from_slice(line).map_err(|e| e.to_string())
+    }
+}
+
+/// Records of type `T` from JSON-lines files, decoded by `D`.
+pub struct JsonLinesSource<T, D = SerdeJson> {
     root: PathBuf,
     files: Arc<Vec<PathBuf>>,
     strategy: WatermarkStrategy<T>,
     rate_per_s: Option<u64>,
+    decoder: D,
     _records: PhantomData<fn() -> T>,
 }
 
@@ -65,10 +90,21 @@ fn read_error(path: &Path) -> impl FnOnce(std::io::Error) -> ConnectorError + '_
 impl<T: Data + DeserializeOwned> JsonLinesSource<T> {
     /// `path` is a regular file, or a directory whose visible regular files
     /// are read; `strategy` gives each record's event time and each file's
-    /// watermark generator.
+    /// watermark generator. Lines are decoded by `serde_json`.
     pub fn new(
         path: impl AsRef<Path>,
         strategy: WatermarkStrategy<T>,
+    ) -> Result<Self, ConnectorError> {
+        Self::with_decoder(path, strategy, SerdeJson)
+    }
+}
+
+impl<T: Data, D: LineDecoder<T>> JsonLinesSource<T, D> {
+    /// [`JsonLinesSource::new`] with lines decoded by `decoder`.
+    pub fn with_decoder(
+        path: impl AsRef<Path>,
+        strategy: WatermarkStrategy<T>,
+        decoder: D,
     ) -> Result<Self, ConnectorError> {
         let path = path.as_ref();
         let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
@@ -105,6 +141,7 @@ impl<T: Data + DeserializeOwned> JsonLinesSource<T> {
             files: Arc::new(files),
             strategy,
             rate_per_s: None,
+            decoder,
             _records: PhantomData,
         })
     }
@@ -130,31 +167,29 @@ impl<T: Data + DeserializeOwned> JsonLinesSource<T> {
     /// is one), read now.
     pub fn count_lines(&self) -> Result<u64, ConnectorError> {
         let mut total = 0;
+        let mut buf = vec![0u8; READ_BUFFER_BYTES];
         for path in self.files.iter() {
-            let mut reader = BufReader::with_capacity(
-                READ_BUFFER_BYTES,
-                File::open(path).map_err(read_error(path))?,
-            );
-            let mut blank = true;
+            let mut file = File::open(path).map_err(read_error(path))?;
+            // Whether the line read so far (in earlier reads) has a
+            // non-whitespace byte.
+            let mut filled = false;
             loop {
-                let buf = reader.fill_buf().map_err(read_error(path))?;
-                if buf.is_empty() {
+                let n = read_some(&mut file, &mut buf).map_err(read_error(path))?;
+                if n == 0 {
                     break;
                 }
-                for &b in buf {
-                    if b == b'\n' {
-                        if !blank {
-                            total += 1;
-                        }
-                        blank = true;
-                    } else if !b.is_ascii_whitespace() {
-                        blank = false;
+                let mut start = 0;
+                for end in memchr::memchr_iter(b'\n', &buf[..n]) {
+                    // Most lines start with a non-blank byte: one look.
+                    if filled || !is_blank(&buf[start..end]) {
+                        total += 1;
                     }
+                    filled = false;
+                    start = end + 1;
                 }
-                let n = buf.len();
-                reader.consume(n);
+                filled = filled || !is_blank(&buf[start..n]);
             }
-            if !blank {
+            if filled {
                 total += 1;
             }
         }
@@ -230,6 +265,22 @@ impl<T: Data + DeserializeOwned> JsonLinesSource<T> {
     }
 }
 
+/// Whether `bytes` are all ASCII whitespace (as `trim_ascii` trims).
+#[inline]
+fn is_blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
+}
+
+/// `read`, retried when interrupted.
+fn read_some(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match file.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
 /// How far a file has been read: the byte offset after the last line read.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct FilePosition {
@@ -239,7 +290,7 @@ struct FilePosition {
     done: bool,
 }
 
-impl<T: Data + DeserializeOwned> Source<T> for JsonLinesSource<T> {
+impl<T: Data, D: LineDecoder<T>> Source<T> for JsonLinesSource<T, D> {
     fn create_reader(&self, subtask: &SubtaskInfo) -> Result<Box<dyn SourceReader<T>>, UserError> {
         let files = self.positions(subtask)?;
         let mut watermarks =
@@ -256,7 +307,7 @@ impl<T: Data + DeserializeOwned> Source<T> for JsonLinesSource<T> {
             open,
             current: 0,
             watermarks,
-            line_buf: Vec::new(),
+            decoder: self.decoder.clone(),
             rate_per_s: self
                 .rate_per_s
                 .map(|r| (r / u64::from(subtask.parallelism)).max(1)),
@@ -267,15 +318,15 @@ impl<T: Data + DeserializeOwned> Source<T> for JsonLinesSource<T> {
     }
 }
 
-struct JsonLinesReader<T> {
+struct JsonLinesReader<T, D> {
     root: PathBuf,
     files: Vec<FilePosition>,
     /// The open handle of each file being read.
-    open: Vec<Option<BufReader<File>>>,
+    open: Vec<Option<LineReader>>,
     /// The file read next.
     current: usize,
     watermarks: SplitWatermarks<usize, T>,
-    line_buf: Vec<u8>,
+    decoder: D,
     /// This instance's share of the throttle.
     rate_per_s: Option<u64>,
     started: Option<Instant>,
@@ -283,7 +334,7 @@ struct JsonLinesReader<T> {
     _records: PhantomData<fn() -> T>,
 }
 
-fn open_at(position: &FilePosition) -> Result<BufReader<File>, ConnectorError> {
+fn open_at(position: &FilePosition) -> Result<LineReader, ConnectorError> {
     let path = &position.path;
     let mut file = File::open(path).map_err(read_error(path))?;
     let meta = file.metadata().map_err(read_error(path))?;
@@ -303,10 +354,89 @@ fn open_at(position: &FilePosition) -> Result<BufReader<File>, ConnectorError> {
     }
     file.seek(SeekFrom::Start(position.offset))
         .map_err(read_error(path))?;
-    Ok(BufReader::with_capacity(READ_BUFFER_BYTES, file))
+    Ok(LineReader {
+        file,
+        buf: vec![0; READ_BUFFER_BYTES],
+        start: 0,
+        end: 0,
+        eof: false,
+    })
 }
 
-impl<T: Data + DeserializeOwned> SourceReader<T> for JsonLinesReader<T> {
+/// An open file cut into lines in its own buffer: a line is handed out as a
+/// slice of the buffer (no copy, no allocation), found with `memchr`.
+struct LineReader {
+    file: File,
+    buf: Vec<u8>,
+    /// `buf[start..end]` is read but not yet handed out.
+    start: usize,
+    end: usize,
+    eof: bool,
+}
+
+/// The next line of a [`LineReader`].
+enum NextLine {
+    /// `buf[start..start + len]` (without its line break), and the bytes it
+    /// takes in the file (with it).
+    Line {
+        start: usize,
+        len: usize,
+        bytes: u64,
+    },
+    /// A line longer than [`MAX_LINE_BYTES`].
+    TooLong,
+    End,
+}
+
+impl LineReader {
+    fn next_line(&mut self) -> std::io::Result<NextLine> {
+        loop {
+            let pending = &self.buf[self.start..self.end];
+            if let Some(at) = memchr::memchr(b'\n', pending) {
+                let start = self.start;
+                self.start += at + 1;
+                return Ok(if at > MAX_LINE_BYTES {
+                    NextLine::TooLong
+                } else {
+                    NextLine::Line {
+                        start,
+                        len: at,
+                        bytes: at as u64 + 1,
+                    }
+                });
+            }
+            if pending.len() > MAX_LINE_BYTES {
+                return Ok(NextLine::TooLong);
+            }
+            if self.eof {
+                if pending.is_empty() {
+                    return Ok(NextLine::End);
+                }
+                // The last line, without a line break.
+                let (start, len) = (self.start, pending.len());
+                self.start = self.end;
+                return Ok(NextLine::Line {
+                    start,
+                    len,
+                    bytes: len as u64,
+                });
+            }
+            // Keep the partial line, make room after it, read more.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.end == self.buf.len() {
+                let grown = (self.buf.len() * 2).min(MAX_LINE_BYTES + 2);
+                self.buf.resize(grown.max(self.end + 1), 0);
+            }
+            let n = read_some(&mut self.file, &mut self.buf[self.end..])?;
+            self.end += n;
+            self.eof = n == 0;
+        }
+    }
+}
+
+impl<T: Data, D: LineDecoder<T>> SourceReader<T> for JsonLinesReader<T, D> {
     fn poll(
         &mut self,
         out: &mut Vec<T>,
@@ -338,32 +468,39 @@ impl<T: Data + DeserializeOwned> SourceReader<T> for JsonLinesReader<T> {
         };
         let first = out.len();
         while out.len() - first < max {
-            self.line_buf.clear();
-            let read = reader
-                .by_ref()
-                .take(MAX_LINE_BYTES as u64 + 1)
-                .read_until(b'\n', &mut self.line_buf)
-                .map_err(read_error(&position.path))?;
-            if read == 0 {
-                position.done = true;
-                self.open[index] = None;
-                break;
-            }
-            position.offset += read as u64;
-            position.line += 1;
-            let invalid = |message: String| ConnectorError::InvalidRecord {
+            let next = reader.next_line().map_err(read_error(&position.path))?;
+            let invalid = |line: u64, message: String| ConnectorError::InvalidRecord {
                 path: position.path.display().to_string(),
-                line: position.line,
+                line,
                 message,
             };
-            if self.line_buf.len() > MAX_LINE_BYTES {
-                return Err(invalid(format!("longer than {MAX_LINE_BYTES} bytes")).into());
-            }
-            let line = self.line_buf.trim_ascii();
+            let (start, len) = match next {
+                NextLine::End => {
+                    position.done = true;
+                    self.open[index] = None;
+                    break;
+                }
+                NextLine::TooLong => {
+                    return Err(invalid(
+                        position.line + 1,
+                        format!("longer than {MAX_LINE_BYTES} bytes"),
+                    )
+                    .into());
+                }
+                NextLine::Line { start, len, bytes } => {
+                    position.offset += bytes;
+                    position.line += 1;
+                    (start, len)
+                }
+            };
+            let line = reader.buf[start..start + len].trim_ascii();
             if line.is_empty() {
                 continue;
             }
-            let record = serde_json::from_slice::<T>(line).map_err(|e| invalid(e.to_string()))?;
+            let record = self
+                .decoder
+                .decode(line)
+                .map_err(|e| invalid(position.line, e))?;
             out.push(record);
         }
         self.emitted += (out.len() - first) as u64;
