@@ -135,7 +135,8 @@ impl<'a> Scan<'a> {
     }
 
     /// The string whose opening quote is at `i`; `None` at an escape, a
-    /// control or non-ASCII byte, or the end.
+    /// control or non-ASCII byte, or the end. Eight bytes at a time (keys
+    /// and most values are short: no call per string).
     #[inline]
     fn string(&mut self) -> Option<&'a [u8]> {
         if self.s.get(self.i) != Some(&b'"') {
@@ -143,35 +144,31 @@ impl<'a> Scan<'a> {
         }
         let start = self.i + 1;
         let mut i = start;
-        loop {
-            if let Some(chunk) = self.s.get(i..i + 8) {
-                let mut word = [0u8; 8];
-                word.copy_from_slice(chunk);
-                let word = u64::from_le_bytes(word);
-                let special =
-                    equal(word, b'"') | equal(word, b'\\') | below(word, 0x20) | (word & HIGHS);
-                if special == 0 {
-                    i += 8;
-                    continue;
-                }
+        while let Some(chunk) = self.s.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            let word = u64::from_le_bytes(word);
+            let special =
+                equal(word, b'"') | equal(word, b'\\') | below(word, 0x20) | (word & HIGHS);
+            if special != 0 {
+                // The lowest flagged byte is exact.
                 i += (special.trailing_zeros() / 8) as usize;
-            } else {
-                while self
-                    .s
-                    .get(i)
-                    .is_some_and(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\')
-                {
-                    i += 1;
-                }
+                break;
             }
-            return match self.s.get(i) {
-                Some(b'"') => {
-                    self.i = i + 1;
-                    Some(&self.s[start..i])
-                }
-                _ => None,
-            };
+            i += 8;
         }
+        while self
+            .s
+            .get(i)
+            .is_some_and(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\')
+        {
+            i += 1;
+        }
+        if self.s.get(i) != Some(&b'"') {
+            return None;
+        }
+        self.i = i + 1;
+        Some(&self.s[start..i])
     }
 
     /// An integer at `i`: `-`? then `0` or a non-zero digit and digits, in
@@ -384,5 +381,179 @@ impl LineDecoder<Bid> for EventDecoder {
         k.keep(Fields::BID_URL, &mut b.url);
         k.keep(Fields::BID_EXTRA, &mut b.extra);
         Ok(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nexmark::generator::GeneratorConfig;
+    use crate::nexmark::model::Event;
+
+    fn decode<T>(line: &str, fields: Fields) -> Result<T, String>
+    where
+        EventDecoder: LineDecoder<T>,
+    {
+        EventDecoder { fields }.decode(line.as_bytes())
+    }
+
+    /// What serde makes of `line`, with the text not in `fields` left empty.
+    fn expected<T: DeserializeOwned>(
+        line: &str,
+        fields: Fields,
+        clear: fn(&mut T, Fields),
+    ) -> Result<T, String> {
+        let mut value: T = serde(line.as_bytes())?;
+        clear(&mut value, fields);
+        Ok(value)
+    }
+
+    fn clear_person(p: &mut Person, k: Fields) {
+        k.keep(Fields::PERSON_NAME, &mut p.name);
+        k.keep(Fields::PERSON_EMAIL_ADDRESS, &mut p.email_address);
+        k.keep(Fields::PERSON_CREDIT_CARD, &mut p.credit_card);
+        k.keep(Fields::PERSON_CITY, &mut p.city);
+        k.keep(Fields::PERSON_STATE, &mut p.state);
+        k.keep(Fields::PERSON_EXTRA, &mut p.extra);
+    }
+
+    fn clear_auction(a: &mut Auction, k: Fields) {
+        k.keep(Fields::AUCTION_ITEM_NAME, &mut a.item_name);
+        k.keep(Fields::AUCTION_DESCRIPTION, &mut a.description);
+        k.keep(Fields::AUCTION_EXTRA, &mut a.extra);
+    }
+
+    fn clear_bid(b: &mut Bid, k: Fields) {
+        k.keep(Fields::BID_CHANNEL, &mut b.channel);
+        k.keep(Fields::BID_URL, &mut b.url);
+        k.keep(Fields::BID_EXTRA, &mut b.extra);
+    }
+
+    #[test]
+    fn generated_lines_take_the_fast_path_and_decode_like_serde() {
+        let config = GeneratorConfig::default();
+        let projections = [
+            Fields::ALL,
+            Fields::NONE,
+            Fields::BID_EXTRA,
+            Fields::PERSON_NAME.with(Fields::PERSON_STATE),
+        ];
+        for i in 0..2_000 {
+            let event = config.event(i);
+            let line = event.to_json().unwrap();
+            for fields in projections {
+                match &event {
+                    Event::Person(p) => {
+                        assert!(fast_person(line.as_bytes(), fields).is_some(), "{line}");
+                        let mut want = p.clone();
+                        clear_person(&mut want, fields);
+                        assert_eq!(decode::<Person>(&line, fields), Ok(want));
+                    }
+                    Event::Auction(a) => {
+                        assert!(fast_auction(line.as_bytes(), fields).is_some(), "{line}");
+                        let mut want = a.clone();
+                        clear_auction(&mut want, fields);
+                        assert_eq!(decode::<Auction>(&line, fields), Ok(want));
+                    }
+                    Event::Bid(b) => {
+                        assert!(fast_bid(line.as_bytes(), fields).is_some(), "{line}");
+                        let mut want = b.clone();
+                        clear_bid(&mut want, fields);
+                        assert_eq!(decode::<Bid>(&line, fields), Ok(want));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn what_the_fast_path_cannot_decide_is_serdes() {
+        let bid = r#"{"auction":1000,"bidder":1001,"price":42,"channel":"Google","url":"https://x/y?z=1","dateTime":1700000000000,"extra":"abc"}"#;
+        let variants = [
+            bid.to_owned(),
+            // Field order does not matter.
+            r#"{"extra":"abc","dateTime":-5,"url":"u","channel":"c","price":0,"bidder":1,"auction":2}"#.to_owned(),
+            bid.replace(',', ", "),
+            bid.replace(':', " : "),
+            bid.replace("abc", r#"a\"b\\c\n"#),
+            bid.replace("abc", r"\u00e9t\u00e9"),
+            bid.replace("abc", "été"),
+            bid.replace("abc", "tab\there"),
+            bid.replace("abc", "\u{7f}"),
+            bid.replace("abc", ""),
+            bid.replace("\"price\":42", "\"price\":42.0"),
+            bid.replace("\"price\":42", "\"price\":4e1"),
+            bid.replace("\"price\":42", "\"price\":-42"),
+            bid.replace("\"price\":42", "\"price\":-0"),
+            bid.replace("\"price\":42", "\"price\":042"),
+            bid.replace("\"price\":42", "\"price\":18446744073709551615"),
+            bid.replace("\"price\":42", "\"price\":18446744073709551616"),
+            bid.replace("\"price\":42", "\"price\":\"42\""),
+            bid.replace("\"price\":42", "\"price\":null"),
+            bid.replace("1700000000000", "-9223372036854775808"),
+            bid.replace("1700000000000", "9223372036854775808"),
+            bid.replace("1700000000000", "-"),
+            bid.replace("\"price\":42,", ""),
+            bid.replace("\"price\":42,", "\"price\":42,\"price\":43,"),
+            bid.replace("\"price\":42,", "\"price\":42,\"other\":[1,{\"a\":2}],"),
+            bid.replace("\"channel\":\"Google\"", "\"channel\":7"),
+            format!("{bid} x"),
+            format!("{bid}}}"),
+            bid.replace(",\"extra\"", ",,\"extra\""),
+            bid.replace("}", ",}"),
+            bid[..bid.len() - 1].to_owned(),
+            bid[..40].to_owned(),
+            "{}".to_owned(),
+            "{".to_owned(),
+            "[1,2]".to_owned(),
+            "nonsense".to_owned(),
+        ];
+        for line in &variants {
+            for fields in [Fields::ALL, Fields::NONE, Fields::BID_URL] {
+                assert_eq!(
+                    decode::<Bid>(line, fields),
+                    expected(line, fields, clear_bid),
+                    "{line}"
+                );
+            }
+        }
+        // The fast path took the plain ones.
+        assert!(fast_bid(variants[0].as_bytes(), Fields::ALL).is_some());
+        assert!(fast_bid(variants[1].as_bytes(), Fields::ALL).is_some());
+        // And the others decode through serde where serde can.
+        assert_eq!(
+            decode::<Bid>(&variants[6], Fields::ALL).unwrap().extra,
+            "été"
+        );
+        assert!(decode::<Bid>(&variants[16], Fields::ALL).is_err());
+
+        let person = r#"{"id":1000,"name":"Peter Jones","emailAddress":"p@j.com","creditCard":"1234 5678","city":"Bend","state":"OR","dateTime":1700000000000,"extra":"x"}"#;
+        let auction = r#"{"id":1000,"itemName":"it","description":"d","initialBid":1,"reserve":2,"dateTime":3,"expires":4,"seller":1000,"category":10,"extra":"e"}"#;
+        for fields in [Fields::ALL, Fields::NONE, Fields::PERSON_CITY] {
+            for line in [
+                person.to_owned(),
+                person.replace("Bend", "B\\u00e9nd"),
+                person.replace("\"id\":1000,", ""),
+            ] {
+                assert_eq!(
+                    decode::<Person>(&line, fields),
+                    expected(&line, fields, clear_person),
+                    "{line}"
+                );
+            }
+            for line in [
+                auction.to_owned(),
+                auction.replace("\"expires\":4", "\"expires\":-4"),
+                auction.replace("\"seller\":1000", "\"seller\":-1"),
+            ] {
+                assert_eq!(
+                    decode::<Auction>(&line, fields),
+                    expected(&line, fields, clear_auction),
+                    "{line}"
+                );
+            }
+        }
+        assert!(fast_person(person.as_bytes(), Fields::ALL).is_some());
+        assert!(fast_auction(auction.as_bytes(), Fields::ALL).is_some());
     }
 }
