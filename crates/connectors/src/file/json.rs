@@ -673,6 +673,115 @@ mod tests {
         );
     }
 
+    /// Lines longer than the read buffer, lines cut by its end, CRLF, blank
+    /// and whitespace-only lines (also across the buffer's end) and a last
+    /// line without a break: every record once, counted alike, offsets
+    /// right (a restore from a snapshot mid-file reads the rest).
+    #[test]
+    fn lines_across_the_read_buffer_are_read_and_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::new();
+        let mut expected = Vec::new();
+        for i in 0..3_000u64 {
+            // Pad some records past the buffer (and one to several buffers).
+            let pad = match i % 500 {
+                7 => READ_BUFFER_BYTES + 3,
+                250 if i == 250 => 3 * READ_BUFFER_BYTES,
+                _ => (i as usize * 37) % 300,
+            };
+            text.push_str(&format!(
+                "{{\"at\":{i},\"value\":{i},\"pad\":\"{}\"}}",
+                "x".repeat(pad)
+            ));
+            text.push_str(if i % 3 == 0 { "\r\n" } else { "\n" });
+            if i % 400 == 0 {
+                text.push_str("\n   \t\n");
+            }
+            if i == 1_000 {
+                text.push_str(&" ".repeat(READ_BUFFER_BYTES + 10));
+                text.push('\n');
+            }
+            expected.push(i);
+        }
+        text.push_str("{\"at\":3000,\"value\":3000}");
+        expected.push(3_000);
+        std::fs::write(dir.path().join("f"), &text).unwrap();
+        let source = JsonLinesSource::new(dir.path(), strategy()).unwrap();
+        assert_eq!(source.count_lines().unwrap(), expected.len() as u64);
+        let mut reader = source.create_reader(&info(0, 1)).unwrap();
+        let values: Vec<u64> = drain(reader.as_mut(), 64)
+            .unwrap()
+            .iter()
+            .map(|r| r.value)
+            .collect();
+        assert_eq!(values, expected);
+        // Stop after 1 234 records, snapshot, restore: the rest, once.
+        let mut reader = source.create_reader(&info(0, 1)).unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < 1_234 {
+            let left = 1_234 - seen.len();
+            reader.poll(&mut seen, left, Instant::now()).unwrap();
+        }
+        let lists = reader.snapshot(Barrier::checkpoint(1)).unwrap();
+        let mut subtask = info(0, 1);
+        subtask.restored = Some(Arc::new(flowstate_runtime::RestoredState {
+            keyed: Default::default(),
+            lists,
+        }));
+        let mut restored = source.create_reader(&subtask).unwrap();
+        seen.extend(drain(restored.as_mut(), 100).unwrap());
+        let values: Vec<u64> = seen.iter().map(|r| r.value).collect();
+        assert_eq!(values, expected);
+    }
+
+    #[test]
+    fn count_lines_skips_blank_lines_wherever_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), "\n \n1\n\t2 \n\n  3").unwrap();
+        std::fs::write(dir.path().join("b"), "x\r\n\r\n").unwrap();
+        std::fs::write(dir.path().join("c"), "").unwrap();
+        std::fs::write(dir.path().join("d"), "   ").unwrap();
+        let source = JsonLinesSource::new(dir.path(), strategy()).unwrap();
+        assert_eq!(source.count_lines().unwrap(), 4);
+    }
+
+    /// A decoder of its own: called with the trimmed line; its error is
+    /// reported with file and line.
+    #[test]
+    fn a_custom_decoder_gets_each_trimmed_line() {
+        #[derive(Clone)]
+        struct Digits;
+        impl LineDecoder<Reading> for Digits {
+            fn decode(&self, line: &[u8]) -> Result<Reading, String> {
+                let text = std::str::from_utf8(line).map_err(|e| e.to_string())?;
+                let value = text
+                    .parse()
+                    .map_err(|_| format!("not a number: '{text}'"))?;
+                Ok(Reading { at: 0, value })
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("n.txt"), " 1\n22 \r\n\n333\nx4\n").unwrap();
+        let source = JsonLinesSource::with_decoder(dir.path(), strategy(), Digits).unwrap();
+        let mut reader = source.create_reader(&info(0, 1)).unwrap();
+        let mut out = Vec::new();
+        let error = loop {
+            match reader.poll(&mut out, 10, Instant::now()) {
+                Ok(SourcePoll::Finished) => panic!("read past a bad line"),
+                Ok(_) => {}
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert_eq!(
+            out.iter().map(|r| r.value).collect::<Vec<_>>(),
+            [1, 22, 333]
+        );
+        assert!(
+            error.ends_with("n.txt' line 5: not a number: 'x4'"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn positions_survive_a_snapshot_and_a_rescale() {
         let dir = tempfile::tempdir().unwrap();
