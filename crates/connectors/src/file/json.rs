@@ -77,6 +77,7 @@ pub struct JsonLinesSource<T, D = SerdeJson> {
     strategy: WatermarkStrategy<T>,
     rate_per_s: Option<u64>,
     decoder: D,
+    records_read: RecordsRead,
     _records: PhantomData<fn() -> T>,
 }
 
@@ -136,9 +137,14 @@ impl<T: Data, D: LineDecoder<T>> JsonLinesSource<T, D> {
                 kind: "special file",
             });
         };
+        let files = Arc::new(files);
         Ok(Self {
             root,
-            files: Arc::new(files),
+            records_read: RecordsRead {
+                files: Arc::clone(&files),
+                finished: Default::default(),
+            },
+            files,
             strategy,
             rate_per_s: None,
             decoder,
@@ -161,6 +167,11 @@ impl<T: Data, D: LineDecoder<T>> JsonLinesSource<T, D> {
     /// The files this source reads (canonical paths, sorted).
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    /// The records its readers read, per file, shared with them.
+    pub fn records_read(&self) -> RecordsRead {
+        self.records_read.clone()
     }
 
     /// The number of non-blank lines of all files (records, if every line
@@ -259,6 +270,7 @@ impl<T: Data, D: LineDecoder<T>> JsonLinesSource<T, D> {
                     offset: 0,
                     line: 0,
                     done: false,
+                    records: Some(0),
                 })
             })
             .collect())
@@ -288,6 +300,40 @@ struct FilePosition {
     offset: u64,
     line: u64,
     done: bool,
+    /// Records read from the file so far (its non-blank lines before
+    /// `offset`); `None` when restored from a snapshot of a version that
+    /// did not record it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    records: Option<u64>,
+}
+
+/// The number of records read from each file of a [`JsonLinesSource`], as
+/// its readers report them when a file is finished (including files
+/// finished before a restore): after a run that read everything, the
+/// number of records in the input without reading it again.
+#[derive(Debug, Clone, Default)]
+pub struct RecordsRead {
+    files: Arc<Vec<PathBuf>>,
+    finished: Arc<std::sync::Mutex<BTreeMap<PathBuf, Option<u64>>>>,
+}
+
+impl RecordsRead {
+    fn finished(&self, position: &FilePosition) {
+        if let Ok(mut finished) = self.finished.lock() {
+            finished.insert(position.path.clone(), position.records);
+        }
+    }
+
+    /// The records of all files, if every file of the source was finished
+    /// and its count is known (`None` otherwise: e.g. a file not read to
+    /// its end, or one finished under a snapshot without counts).
+    pub fn total(&self) -> Option<u64> {
+        let finished = self.finished.lock().ok()?;
+        self.files
+            .iter()
+            .map(|f| finished.get(f).copied().flatten())
+            .sum()
+    }
 }
 
 impl<T: Data, D: LineDecoder<T>> Source<T> for JsonLinesSource<T, D> {
@@ -296,7 +342,9 @@ impl<T: Data, D: LineDecoder<T>> Source<T> for JsonLinesSource<T, D> {
         let mut watermarks =
             SplitWatermarks::new(self.strategy.clone(), Arc::clone(&subtask.clock));
         for (i, file) in files.iter().enumerate() {
-            if !file.done {
+            if file.done {
+                self.records_read.finished(file);
+            } else {
                 watermarks.add_split(&i);
             }
         }
@@ -308,6 +356,7 @@ impl<T: Data, D: LineDecoder<T>> Source<T> for JsonLinesSource<T, D> {
             current: 0,
             watermarks,
             decoder: self.decoder.clone(),
+            records_read: self.records_read.clone(),
             rate_per_s: self
                 .rate_per_s
                 .map(|r| (r / u64::from(subtask.parallelism)).max(1)),
@@ -327,6 +376,7 @@ struct JsonLinesReader<T, D> {
     current: usize,
     watermarks: SplitWatermarks<usize, T>,
     decoder: D,
+    records_read: RecordsRead,
     /// This instance's share of the throttle.
     rate_per_s: Option<u64>,
     started: Option<Instant>,
@@ -503,10 +553,15 @@ impl<T: Data, D: LineDecoder<T>> SourceReader<T> for JsonLinesReader<T, D> {
                 .map_err(|e| invalid(position.line, e))?;
             out.push(record);
         }
-        self.emitted += (out.len() - first) as u64;
+        let read = (out.len() - first) as u64;
+        self.emitted += read;
+        if let Some(records) = position.records.as_mut() {
+            *records += read;
+        }
         self.watermarks.on_batch(&index, &out[first..]);
         if position.done {
             self.watermarks.finish_split(&index);
+            self.records_read.finished(position);
         }
         self.current = (index + 1) % n;
         Ok(SourcePoll::Ready)
@@ -732,6 +787,79 @@ mod tests {
         seen.extend(drain(restored.as_mut(), 100).unwrap());
         let values: Vec<u64> = seen.iter().map(|r| r.value).collect();
         assert_eq!(values, expected);
+    }
+
+    /// The records read per file add up to the records of the input once
+    /// every file is finished, across a snapshot and a rescale; a position
+    /// restored without a count (an earlier version's) leaves it unknown.
+    #[test]
+    fn records_read_counts_every_record_once_across_a_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in 0..4u64 {
+            let mut text = String::new();
+            for i in 0..(20 + f * 7) {
+                text.push_str(&format!("{{\"at\":{i},\"value\":{i}}}\n"));
+                if i % 5 == 0 {
+                    text.push_str(" \n");
+                }
+            }
+            std::fs::write(dir.path().join(format!("f{f}")), text).unwrap();
+        }
+        let source = JsonLinesSource::new(dir.path(), strategy()).unwrap();
+        let lines = source.count_lines().unwrap();
+        assert_eq!(lines, 20 + 27 + 34 + 41);
+        let read = source.records_read();
+        let mut lists: Vec<OperatorListState> = Vec::new();
+        for index in 0..2 {
+            let mut reader = source.create_reader(&info(index, 2)).unwrap();
+            for _ in 0..9 {
+                reader.poll(&mut Vec::new(), 7, Instant::now()).unwrap();
+            }
+            lists.extend(reader.snapshot(Barrier::checkpoint(1)).unwrap());
+        }
+        assert_eq!(read.total(), None, "not every file is finished");
+        let mut merged: BTreeMap<String, OperatorListState> = BTreeMap::new();
+        for list in lists {
+            merged
+                .entry(list.name.clone())
+                .and_modify(|m| m.elements.extend(list.elements.clone()))
+                .or_insert(list);
+        }
+        let restore = |lists: Vec<OperatorListState>| {
+            // A new source (a new process): nothing reported yet.
+            let source = JsonLinesSource::new(dir.path(), strategy()).unwrap();
+            let read = source.records_read();
+            for index in 0..3 {
+                let mut subtask = info(index, 3);
+                subtask.restored = Some(Arc::new(flowstate_runtime::RestoredState {
+                    keyed: Default::default(),
+                    lists: lists.clone(),
+                }));
+                let mut reader = source.create_reader(&subtask).unwrap();
+                drain(reader.as_mut(), 5).unwrap();
+            }
+            read.total()
+        };
+        let lists: Vec<OperatorListState> = merged.values().cloned().collect();
+        assert_eq!(restore(lists.clone()), Some(lines));
+        // The same snapshot as an earlier version wrote it: no counts.
+        let old: Vec<OperatorListState> = lists
+            .into_iter()
+            .map(|mut list| {
+                if list.name == JSON_POSITIONS_STATE {
+                    let positions: Vec<FilePosition> =
+                        flowstate_runtime::checkpoint::decode_list(&list.name, &list.elements)
+                            .unwrap();
+                    let old = positions
+                        .into_iter()
+                        .map(|p| FilePosition { records: None, ..p });
+                    list = flowstate_runtime::checkpoint::encode_list(&list.name, list.mode, old)
+                        .unwrap();
+                }
+                list
+            })
+            .collect();
+        assert_eq!(restore(old), None);
     }
 
     #[test]

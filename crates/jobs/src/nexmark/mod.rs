@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use flowstate::connectors::ConnectorError;
-use flowstate::connectors::file::JsonLinesSource;
+use flowstate::connectors::file::{JsonLinesSource, RecordsRead};
 use flowstate::connectors::sequence::{DEFAULT_SPLITS, SequenceSource};
 use flowstate::runtime::WatermarkStrategy;
 use flowstate::{
@@ -192,11 +192,55 @@ impl<R: flowstate::Data> KeyedProcessFunction<u64, (u64, R), R> for ChecksumPerK
     }
 }
 
+/// How many events a job reads.
+#[derive(Debug, Clone)]
+pub enum EventCount {
+    /// Known when the job was built (generated, or files counted up front
+    /// for a throttle).
+    Known(u64),
+    /// Events read from the files of `dir`: the records the three sources
+    /// counted as they read them, or, if a count is missing (e.g. a file
+    /// finished under a snapshot of an earlier version), the non-blank
+    /// lines of the files, counted when asked.
+    Files {
+        dir: PathBuf,
+        read: [RecordsRead; 3],
+    },
+}
+
+impl EventCount {
+    /// The number of events (counting the files' lines if it must; 0 if
+    /// they cannot be read).
+    pub fn get(&self) -> u64 {
+        match self {
+            EventCount::Known(n) => *n,
+            EventCount::Files { dir, read } => read
+                .iter()
+                .map(RecordsRead::total)
+                .sum::<Option<u64>>()
+                .or_else(|| count_event_lines(dir).ok().map(|c| c.iter().sum()))
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// The non-blank lines of `dir/person`, `dir/auction` and `dir/bid`.
+fn count_event_lines(dir: &Path) -> Result<[u64; 3], ConnectorError> {
+    let count = |kind: &str| {
+        JsonLinesSource::<serde_json::Value>::new(
+            dir.join(kind),
+            WatermarkStrategy::bounded_out_of_orderness(0, |_: &serde_json::Value| 0),
+        )?
+        .count_lines()
+    };
+    Ok([count("person")?, count("auction")?, count("bid")?])
+}
+
 /// What a built `nexmark` job reports once it ends.
 pub struct NexmarkJob {
     pub query: String,
-    /// Events the job reads (generated, or lines in the input files).
-    pub events: u64,
+    /// Events the job reads (generated, or records in the input files).
+    pub events: EventCount,
     pub totals: Arc<Mutex<RowChecksum>>,
 }
 
@@ -208,7 +252,7 @@ impl NexmarkJob {
     /// `RESULT query=qN events=N results=R checksum=...`, the job's final line.
     pub fn result_line(&self) -> String {
         let c = self.checksum();
-        result_line(&self.query, self.events, &c)
+        result_line(&self.query, self.events.get(), &c)
     }
 }
 
@@ -230,7 +274,7 @@ fn source(
     env: &StreamEnvironment,
     events: &Events,
     fields: Fields,
-) -> Result<(DataStream<Event>, u64), ConnectorError> {
+) -> Result<(DataStream<Event>, EventCount), ConnectorError> {
     match events {
         Events::Generated {
             events,
@@ -253,7 +297,7 @@ fn source(
             let stream = env
                 .from_source("Source: Nexmark generator", source)
                 .uid("nexmark-generator");
-            Ok((stream, *events))
+            Ok((stream, EventCount::Known(*events)))
         }
         Events::Files {
             dir,
@@ -277,22 +321,35 @@ fn source(
                 WatermarkStrategy::bounded_out_of_orderness(delay, |b: &Bid| b.date_time),
                 decoder,
             )?;
-            let counts = [
-                person.count_lines()?,
-                auction.count_lines()?,
-                bid.count_lines()?,
-            ];
-            let total: u64 = counts.iter().sum();
-            if let Some(throttle) = *throttle {
-                // Shared in proportion, so the three advance together.
-                let share = |n: u64| {
-                    ((u128::from(throttle) * u128::from(n)) / u128::from(total.max(1))).max(1)
-                        as u64
-                };
-                person = person.with_rate(share(counts[0]))?;
-                auction = auction.with_rate(share(counts[1]))?;
-                bid = bid.with_rate(share(counts[2]))?;
-            }
+            // Counted as they are read, unless a throttle needs the counts
+            // now (the files are not read twice for the RESULT line).
+            let count = match *throttle {
+                None => EventCount::Files {
+                    dir: dir.clone(),
+                    read: [
+                        person.records_read(),
+                        auction.records_read(),
+                        bid.records_read(),
+                    ],
+                },
+                Some(throttle) => {
+                    let counts = [
+                        person.count_lines()?,
+                        auction.count_lines()?,
+                        bid.count_lines()?,
+                    ];
+                    let total: u64 = counts.iter().sum();
+                    // Shared in proportion, so the three advance together.
+                    let share = |n: u64| {
+                        ((u128::from(throttle) * u128::from(n)) / u128::from(total.max(1))).max(1)
+                            as u64
+                    };
+                    person = person.with_rate(share(counts[0]))?;
+                    auction = auction.with_rate(share(counts[1]))?;
+                    bid = bid.with_rate(share(counts[2]))?;
+                    EventCount::Known(total)
+                }
+            };
             let person = env
                 .from_source("Source: person files", person)
                 .uid("nexmark-person-files")
@@ -305,7 +362,7 @@ fn source(
                 .from_source("Source: bid files", bid)
                 .uid("nexmark-bid-files")
                 .map(Event::Bid);
-            Ok((person.union(&auction).union(&bid), total))
+            Ok((person.union(&auction).union(&bid), count))
         }
     }
 }
