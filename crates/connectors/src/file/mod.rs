@@ -27,7 +27,9 @@ mod json;
 mod sink;
 mod source;
 
-pub use json::{JSON_INPUT_STATE, JSON_POSITIONS_STATE, JsonLinesSource};
+pub use json::{
+    JSON_INPUT_STATE, JSON_POSITIONS_STATE, JsonLinesSource, LineDecoder, RecordsRead, SerdeJson,
+};
 
 pub use sink::{DEFAULT_PART_BYTES_MAX, FileSink, MAX_PART_NAME_BYTES, PENDING_STATE};
 pub use source::{FILE_POSITIONS_STATE, INPUT_STATE, MAX_LINE_BYTES, TextLinesSource};

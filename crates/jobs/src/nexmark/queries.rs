@@ -14,6 +14,7 @@ use flowstate::{
     ValueStateHandle, WindowAggregateFunction,
 };
 
+use crate::nexmark::json::Fields;
 use crate::nexmark::model::{Bid, Event};
 use crate::nexmark::rows::Row;
 
@@ -34,6 +35,20 @@ pub const Q5_SLIDE_MS: i64 = 2_000;
 pub const WINDOW_MS: i64 = 10_000;
 /// q11's session gap.
 pub const Q11_GAP_MS: i64 = 10_000;
+
+/// The text fields of the events `query` reads (the others may be left
+/// empty by the source); everything for a query this module does not know.
+pub fn fields(query: &str) -> Fields {
+    match query {
+        "q0" | "q1" | "q7" => Fields::BID_EXTRA,
+        "q2" | "q4" | "q5" | "q11" => Fields::NONE,
+        "q3" => Fields::PERSON_NAME
+            .with(Fields::PERSON_CITY)
+            .with(Fields::PERSON_STATE),
+        "q8" => Fields::PERSON_NAME,
+        _ => Fields::ALL,
+    }
+}
 
 /// `query`'s rows over `events`; `None` for a query this module does not know.
 pub fn build(query: &str, events: &DataStream<Event>) -> Option<DataStream<Row>> {

@@ -120,12 +120,48 @@ const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 /// FNV-1a over the bytes written to it.
 struct Fnv1a(u64);
 
+impl Fnv1a {
+    #[inline]
+    fn bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(FNV_PRIME);
+        }
+    }
+
+    /// `n` in decimal, as `Display` writes it.
+    #[inline]
+    fn unsigned(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.bytes(&digits[at..]);
+    }
+
+    #[inline]
+    fn signed(&mut self, n: i64) {
+        if n < 0 {
+            self.bytes(b"-");
+        }
+        self.unsigned(n.unsigned_abs());
+    }
+
+    #[inline]
+    fn comma(&mut self) {
+        self.bytes(b",");
+    }
+}
+
 impl fmt::Write for Fnv1a {
     #[inline]
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        for &b in s.as_bytes() {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(FNV_PRIME);
-        }
+        self.bytes(s.as_bytes());
         Ok(())
     }
 }
@@ -138,12 +174,74 @@ pub fn line_hash(line: &str) -> u64 {
     splitmix64(h.0)
 }
 
-/// [`line_hash`] of a row's canonical line, without building the line.
-pub fn row_hash(row: &impl fmt::Display) -> u64 {
+/// [`line_hash`] of a row's canonical line (its `Display`), without
+/// building the line: the same bytes fed to the hash directly.
+pub fn row_hash(row: &Row) -> u64 {
     let mut h = Fnv1a(FNV_OFFSET);
-    // Writing into a hasher cannot fail; a Display impl that fails would
-    // hash a prefix, the same one every time.
-    let _ = write!(h, "{row}");
+    match row {
+        Row::Q0 {
+            auction,
+            bidder,
+            price,
+            date_time,
+            extra,
+        } => {
+            h.unsigned(*auction);
+            h.comma();
+            h.unsigned(*bidder);
+            h.comma();
+            h.unsigned(*price);
+            h.comma();
+            h.signed(*date_time);
+            h.comma();
+            h.bytes(extra.as_bytes());
+        }
+        Row::Q1 {
+            auction,
+            bidder,
+            price_milli,
+            date_time,
+            extra,
+        } => {
+            h.unsigned(*auction);
+            h.comma();
+            h.unsigned(*bidder);
+            h.comma();
+            h.unsigned(price_milli / 1000);
+            let milli = price_milli % 1000;
+            h.bytes(&[
+                b'.',
+                b'0' + (milli / 100) as u8,
+                b'0' + (milli / 10 % 10) as u8,
+                b'0' + (milli % 10) as u8,
+            ]);
+            h.comma();
+            h.signed(*date_time);
+            h.comma();
+            h.bytes(extra.as_bytes());
+        }
+        Row::Q7 {
+            auction,
+            price,
+            bidder,
+            date_time,
+            extra,
+        } => {
+            h.unsigned(*auction);
+            h.comma();
+            h.unsigned(*price);
+            h.comma();
+            h.unsigned(*bidder);
+            h.comma();
+            h.signed(*date_time);
+            h.comma();
+            h.bytes(extra.as_bytes());
+        }
+        // Few rows: through `Display`. Writing into a hasher cannot fail.
+        other => {
+            let _ = write!(h, "{other}");
+        }
+    }
     splitmix64(h.0)
 }
 
@@ -193,6 +291,69 @@ mod tests {
         };
         assert_eq!(row.to_string(), "1000,1001,1120.472,1700000000000,abc");
         assert_eq!(row_hash(&row), line_hash(&row.to_string()));
+        // Every row kind, with edge values (zero, negative and extreme
+        // numbers, prices with leading zeros in the thousandths, empty text).
+        let text = ["", "abc", "a b,c"];
+        let numbers = [0u64, 7, 10, 999, 1000, 1001, 123_456_789, u64::MAX];
+        let times = [0i64, -1, -10_000, 1_700_000_000_000, i64::MIN, i64::MAX];
+        let mut rows = Vec::new();
+        for (i, &n) in numbers.iter().enumerate() {
+            let t = times[i % times.len()];
+            let s = text[i % text.len()].to_owned();
+            let m = numbers[(i + 3) % numbers.len()];
+            rows.extend([
+                Row::Q0 {
+                    auction: n,
+                    bidder: m,
+                    price: n,
+                    date_time: t,
+                    extra: s.clone(),
+                },
+                Row::Q1 {
+                    auction: m,
+                    bidder: n,
+                    price_milli: n,
+                    date_time: t,
+                    extra: s.clone(),
+                },
+                Row::Q2 {
+                    auction: n,
+                    price: m,
+                },
+                Row::Q3 {
+                    name: s.clone(),
+                    city: s.clone(),
+                    state: s.clone(),
+                    id: n,
+                },
+                Row::Q4 {
+                    category: n,
+                    avg_final: m,
+                },
+                Row::Q5 { auction: n, num: m },
+                Row::Q7 {
+                    auction: n,
+                    price: m,
+                    bidder: n,
+                    date_time: t,
+                    extra: s.clone(),
+                },
+                Row::Q8 {
+                    id: n,
+                    name: s.clone(),
+                    start: t,
+                },
+                Row::Q11 {
+                    bidder: n,
+                    bid_count: m,
+                    start: t,
+                    end: t,
+                },
+            ]);
+        }
+        for row in &rows {
+            assert_eq!(row_hash(row), line_hash(&row.to_string()), "{row}");
+        }
         // FNV-1a's published value for "a", then splitmix64.
         assert_eq!(line_hash("a"), splitmix64(0xaf63_dc4c_8601_ec8c));
     }
