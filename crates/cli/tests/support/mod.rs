@@ -18,7 +18,7 @@ use std::net::TcpStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -153,12 +153,40 @@ pub fn tempdir() -> tempfile::TempDir {
 }
 
 /// The tests that spawn multi-threaded processes (throttled, acted on while
-/// they run, killed at chosen moments) take turns: one at a time keeps a small
-/// machine responsive and the kill moments meaningful. The lock is per test
-/// binary.
-pub fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static MACHINE: Mutex<()> = Mutex::new(());
-    MACHINE.lock().unwrap_or_else(|e| e.into_inner())
+/// they run, killed at chosen moments) take turns: at most `TURNS_MAX` at a
+/// time per test binary, which keeps a small machine responsive and the kill
+/// moments meaningful while a throttled child waits.
+pub fn one_at_a_time() -> Turn {
+    let mut running = TURNS.running.lock().unwrap_or_else(|e| e.into_inner());
+    while *running >= TURNS_MAX {
+        running = TURNS.freed.wait(running).unwrap_or_else(|e| e.into_inner());
+    }
+    *running += 1;
+    Turn
+}
+
+/// Tests of one binary that may run their processes at once.
+const TURNS_MAX: usize = 2;
+
+struct Turns {
+    running: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+static TURNS: Turns = Turns {
+    running: Mutex::new(0),
+    freed: std::sync::Condvar::new(),
+};
+
+/// A test's turn ([`one_at_a_time`]), given back when dropped.
+pub struct Turn;
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut running = TURNS.running.lock().unwrap_or_else(|e| e.into_inner());
+        *running = running.saturating_sub(1);
+        TURNS.freed.notify_one();
+    }
 }
 
 /// Copies a directory tree, hidden (in-progress) files included.
