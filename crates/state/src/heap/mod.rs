@@ -10,12 +10,12 @@
 //! costs one encoding of each group whoever does it, memory holds at most the
 //! encoded bytes besides the state (never a second copy of the maps), and the
 //! hot path takes no lock and no atomic operation once a key group is owned
-//! again. (Before, a write to a frozen group copied it: with W's state touched
-//! all over between checkpoints, every checkpoint copied the whole state, and
-//! the kernel's zeroing of the copies' fresh pages cost more than the copies.)
+//! again (the hand-over lives in [`frozen`]). (Before, a write to a frozen
+//! group copied it: with W's state touched all over between checkpoints, every
+//! checkpoint copied the whole state, and the kernel's zeroing of the copies'
+//! fresh pages cost more than the copies.)
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rustc_hash::FxBuildHasher;
 
@@ -36,174 +36,10 @@ use crate::{KeyGroup, StateKey, StateValue};
 /// and the map is never exposed to untrusted hash-flooding inputs of its own.
 pub type GroupMap<K, S> = hashbrown::HashMap<K, S, FxBuildHasher>;
 
-/// A key group's map: owned (writable in place) or frozen (shared with a
-/// snapshot's [`FrozenGroup`], read through the `Arc`).
-enum CowMap<K, S> {
-    Owned(GroupMap<K, S>),
-    Frozen(Arc<GroupMap<K, S>>, Arc<FrozenGroup<K, S>>),
-}
+mod frozen;
 
-impl<K: StateKey, S: StateValue> CowMap<K, S> {
-    #[inline]
-    fn read(&self) -> &GroupMap<K, S> {
-        match self {
-            CowMap::Owned(map) => map,
-            CowMap::Frozen(map, _) => map,
-        }
-    }
-
-    #[inline]
-    fn write(&mut self) -> &mut GroupMap<K, S> {
-        if let CowMap::Frozen(..) = self {
-            self.thaw();
-        }
-        match self {
-            CowMap::Owned(map) => map,
-            CowMap::Frozen(..) => unreachable!("thawed just above"),
-        }
-    }
-
-    #[cold]
-    fn thaw(&mut self) {
-        if let CowMap::Frozen(map, group) =
-            std::mem::replace(self, CowMap::Owned(GroupMap::default()))
-        {
-            let map = match Arc::try_unwrap(map) {
-                // The snapshot is done with it.
-                Ok(map) => map,
-                Err(map) => group.hand_over(map),
-            };
-            *self = CowMap::Owned(map);
-        }
-    }
-
-    fn freeze(&mut self, encoder: &Arc<GroupEncoder<S>>) -> Arc<FrozenGroup<K, S>> {
-        let map = match std::mem::replace(self, CowMap::Owned(GroupMap::default())) {
-            CowMap::Owned(map) => Arc::new(map),
-            // Not written since an earlier snapshot, which may still hold it:
-            // this snapshot gets a group of its own over the same map.
-            CowMap::Frozen(map, _) => map,
-        };
-        let group = Arc::new(FrozenGroup {
-            state: Mutex::new(Frozen::Map(Arc::clone(&map))),
-            encoder: Arc::clone(encoder),
-        });
-        *self = CowMap::Frozen(map, Arc::clone(&group));
-        group
-    }
-}
-
-/// One key group as a snapshot holds it: the frozen map until someone
-/// serialises it, then the section's bytes (the snapshot may be written more
-/// than once, so what it holds stays until it is dropped).
-pub struct FrozenGroup<K, S> {
-    state: Mutex<Frozen<K, S>>,
-    encoder: Arc<GroupEncoder<S>>,
-}
-
-enum Frozen<K, S> {
-    Map(Arc<GroupMap<K, S>>),
-    Encoded { bytes: Vec<u8>, entries: u64 },
-}
-
-impl<K: StateKey, S: StateValue> FrozenGroup<K, S> {
-    /// The table's first write to the group since the snapshot, while the
-    /// snapshot still holds it: serialises the group for the snapshot (if
-    /// its writer has not begun to) and takes the map back, copying it only
-    /// if the writer is reading it right now (or an older snapshot still
-    /// holds it).
-    fn hand_over(&self, map: Arc<GroupMap<K, S>>) -> GroupMap<K, S> {
-        // Poisoned: every change below is one assignment, the state is whole.
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let encoded = match &*state {
-            Frozen::Map(held) if Arc::ptr_eq(held, &map) => {
-                // Sized from the last group's bytes per entry: one allocation,
-                // not a doubling series, per group.
-                let per_entry = self.encoder.bytes_per_entry.load(Ordering::Relaxed);
-                let mut bytes = Vec::with_capacity(8 + held.len().saturating_mul(per_entry));
-                // An encoding error is left to the writer, which fails the
-                // snapshot naming it; the table then copies the group.
-                self.encoder
-                    .encode(held, &mut bytes)
-                    .ok()
-                    .map(|entries| Frozen::Encoded { bytes, entries })
-            }
-            _ => None,
-        };
-        if let Some(encoded) = encoded {
-            *state = encoded;
-        }
-        drop(state);
-        Arc::unwrap_or_clone(map)
-    }
-
-    /// Appends the group's section payload to `out`; returns its entries.
-    fn write(&self, out: &mut Vec<u8>) -> Result<u64, StateError> {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match &*state {
-            Frozen::Encoded { bytes, entries } => {
-                out.extend_from_slice(bytes);
-                Ok(*entries)
-            }
-            Frozen::Map(map) => {
-                // Encoded outside the lock: the table's write to this group
-                // meanwhile copies it instead of waiting.
-                let map = Arc::clone(map);
-                drop(state);
-                self.encoder.encode(&map, out)
-            }
-        }
-    }
-}
-
-/// How a snapshot encodes a key group of one state: the state's name (for
-/// errors) and, for a TTL'd state with snapshot cleanup, the expiry as of
-/// the freeze.
-pub struct GroupEncoder<S> {
-    name: String,
-    prune: Option<(Expiry, PruneFn<S>)>,
-    /// Bytes per entry of the last group encoded (a sizing hint).
-    bytes_per_entry: AtomicUsize,
-}
-
-impl<S: StateValue> GroupEncoder<S> {
-    fn encode<K: StateKey>(
-        &self,
-        map: &GroupMap<K, S>,
-        out: &mut Vec<u8>,
-    ) -> Result<u64, StateError> {
-        let Some((expiry, prune)) = self.prune else {
-            let start = out.len();
-            encode_entries(&self.name, map.iter(), out)?;
-            if let Some(per_entry) = (out.len() - start - 8).checked_div(map.len()) {
-                self.bytes_per_entry.store(per_entry, Ordering::Relaxed);
-            }
-            return Ok(map.len() as u64);
-        };
-        // Expired entries stay out of the snapshot.
-        let codec_error = |e: crate::codec::CodecError| StateError::Codec {
-            state: self.name.clone(),
-            action: "encode",
-            reason: e.to_string(),
-        };
-        let count_at = out.len();
-        out.extend_from_slice(&0u64.to_le_bytes());
-        let mut count = 0u64;
-        for (key, value) in map.iter() {
-            let pruned = prune(value, expiry);
-            let value = match &pruned {
-                Pruned::Keep => value,
-                Pruned::Drop => continue,
-                Pruned::Replace(pruned) => pruned,
-            };
-            crate::codec::encode_into(key, out).map_err(codec_error)?;
-            crate::codec::encode_into(value, out).map_err(codec_error)?;
-            count += 1;
-        }
-        out[count_at..count_at + 8].copy_from_slice(&count.to_le_bytes());
-        Ok(count)
-    }
-}
+pub use frozen::FrozenGroup;
+use frozen::{CowMap, GroupEncoder};
 
 /// One declared state of the heap backend: a map per key group from key to `S`
 /// (`V` for value state, `Vec<V>` for lists, a map for map state).
@@ -324,11 +160,7 @@ impl<K: StateKey, S: StateValue> HeapTable<K, S> {
                 .in_snapshots
                 .then(|| (ttl.settings.expiry(), ttl.prune))
         });
-        let encoder = Arc::new(GroupEncoder {
-            name: self.name.clone(),
-            prune,
-            bytes_per_entry: AtomicUsize::new(0),
-        });
+        let encoder = Arc::new(GroupEncoder::new(self.name.clone(), prune));
         let start = self.range.start;
         let groups = self
             .groups
