@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use flowstate_runtime::checkpoint::DeclaredKeyedState;
 use flowstate_runtime::{
-    Barrier, Operator, SideOutputs, StateSnapshot, SubtaskInfo, TwoInputOperator, UserError,
-    Watermark,
+    Barrier, KeyGroupFn, Operator, SideOutputs, StateSnapshot, SubtaskInfo, TwoInputOperator,
+    UserError, Watermark,
 };
 use flowstate_state::{
     BackendSnapshot, KeyGroup, KeyScope, KeyedStateBackend, SnapshotRequest, StateKey,
@@ -93,7 +93,58 @@ pub trait KeyedCoProcessFunction<K: StateKey, A, B, O>: Clone + Send + 'static {
     }
 }
 
-pub(crate) type KeyFn<T, K> = Arc<dyn Fn(&T) -> K + Send + Sync>;
+/// A keyed stream's key selector, in the two forms the data path needs, both
+/// built around the user's concrete key function so that the loops over a
+/// batch's records make no dynamic call per record: the operator's
+/// (`(key group, key)` of every record) and the exchange's (key groups only).
+pub(crate) struct KeySelector<T, K> {
+    keys: Arc<KeysFn<T, K>>,
+    key_groups: Arc<dyn Fn(u32) -> KeyGroupFn<T> + Send + Sync>,
+}
+
+/// Appends `(key group, key)` of every record of a batch, given the max parallelism.
+type KeysFn<T, K> = dyn Fn(&[T], u32, &mut Vec<(KeyGroup, K)>) + Send + Sync;
+
+impl<T, K> Clone for KeySelector<T, K> {
+    fn clone(&self) -> Self {
+        Self {
+            keys: Arc::clone(&self.keys),
+            key_groups: Arc::clone(&self.key_groups),
+        }
+    }
+}
+
+impl<T: 'static, K: StateKey> KeySelector<T, K> {
+    pub(crate) fn new(key: impl Fn(&T) -> K + Send + Sync + 'static) -> Self {
+        let key = Arc::new(key);
+        let for_groups = Arc::clone(&key);
+        Self {
+            keys: Arc::new(
+                move |records: &[T], max_parallelism, out: &mut Vec<(KeyGroup, K)>| {
+                    out.extend(records.iter().map(|record| {
+                        let key = key(record);
+                        (key_group_of(&key, max_parallelism), key)
+                    }))
+                },
+            ),
+            key_groups: Arc::new(move |max_parallelism| {
+                let key = Arc::clone(&for_groups);
+                KeyGroupFn::new(move |record: &T| key_group_of(&key(record), max_parallelism))
+            }),
+        }
+    }
+
+    /// The exchange's form: the key groups of a batch's records.
+    pub(crate) fn key_group_fn(&self, max_parallelism: u32) -> KeyGroupFn<T> {
+        (self.key_groups)(max_parallelism)
+    }
+
+    /// Appends `(key group, key)` of every record of `records` to `out`.
+    #[inline]
+    fn keys(&self, records: &[T], max_parallelism: u32, out: &mut Vec<(KeyGroup, K)>) {
+        (self.keys)(records, max_parallelism, out)
+    }
+}
 
 /// The instance's backend, with the restored key groups loaded (they are
 /// decoded when the function declares its states in `open`).
@@ -152,15 +203,14 @@ impl<K: StateKey> KeyedCore<K> {
     fn process_batch<I>(
         &mut self,
         input: &mut Vec<I>,
-        key_fn: &KeyFn<I, K>,
+        key_selector: &KeySelector<I, K>,
         mut process: impl FnMut(I, &mut KeyedContext<'_, K>) -> FnResult,
-    ) -> FnResult {
+    ) -> FnResult
+    where
+        I: 'static,
+    {
         self.keys.clear();
-        let max_parallelism = self.max_parallelism;
-        self.keys.extend(input.iter().map(|record| {
-            let key = key_fn(record);
-            (key_group_of(&key, max_parallelism), key)
-        }));
+        key_selector.keys(input, self.max_parallelism, &mut self.keys);
         // A batch's state lookups then overlap instead of each waiting on memory.
         self.backend.prefetch(&self.keys);
         for (record, (key_group, key)) in input.drain(..).zip(self.keys.drain(..)) {
@@ -242,7 +292,7 @@ impl<K: StateKey> KeyedCore<K> {
 
 /// Runs a [`KeyedProcessFunction`].
 pub(crate) struct KeyedProcessOperator<K: StateKey, I, F> {
-    key_fn: KeyFn<I, K>,
+    key_fn: KeySelector<I, K>,
     core: KeyedCore<K>,
     function: F,
 }
@@ -250,7 +300,7 @@ pub(crate) struct KeyedProcessOperator<K: StateKey, I, F> {
 impl<K: StateKey, I, F> KeyedProcessOperator<K, I, F> {
     pub(crate) fn create<O>(
         subtask: &SubtaskInfo,
-        key_fn: KeyFn<I, K>,
+        key_fn: KeySelector<I, K>,
         mut function: F,
     ) -> Result<Self, UserError>
     where
@@ -343,8 +393,8 @@ where
 
 /// Runs a [`KeyedCoProcessFunction`]: two inputs, one keyed state.
 pub(crate) struct KeyedCoProcessOperator<K: StateKey, A, B, F> {
-    first_key: KeyFn<A, K>,
-    second_key: KeyFn<B, K>,
+    first_key: KeySelector<A, K>,
+    second_key: KeySelector<B, K>,
     core: KeyedCore<K>,
     function: F,
 }
@@ -352,8 +402,8 @@ pub(crate) struct KeyedCoProcessOperator<K: StateKey, A, B, F> {
 impl<K: StateKey, A, B, F> KeyedCoProcessOperator<K, A, B, F> {
     pub(crate) fn create<O>(
         subtask: &SubtaskInfo,
-        first_key: KeyFn<A, K>,
-        second_key: KeyFn<B, K>,
+        first_key: KeySelector<A, K>,
+        second_key: KeySelector<B, K>,
         mut function: F,
     ) -> Result<Self, UserError>
     where

@@ -22,11 +22,11 @@ use flowstate_runtime::{
 };
 use flowstate_state::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateHandle, KeyedStateBackend,
-    ReducingStateDescriptor, ReducingStateHandle, StateKey, StateType, StateValue, key_group_of,
+    ReducingStateDescriptor, ReducingStateHandle, StateKey, StateType, StateValue,
 };
 
 use crate::keyed::{
-    FnResult, KeyFn, KeyedCoProcessFunction, KeyedCoProcessOperator, KeyedContext,
+    FnResult, KeySelector, KeyedCoProcessFunction, KeyedCoProcessOperator, KeyedContext,
     KeyedProcessFunction, KeyedProcessOperator,
 };
 use crate::side_output::OutputTag;
@@ -386,7 +386,7 @@ impl<T: Data> DataStream<T> {
     ) -> KeyedStream<K, T> {
         KeyedStream {
             stream: self.clone(),
-            key_fn: Arc::new(key),
+            key_fn: KeySelector::new(key),
         }
     }
 
@@ -427,33 +427,30 @@ impl<T: Data + Display> DataStream<T> {
 /// A stream partitioned by a key of type `K`.
 pub struct KeyedStream<K, T> {
     stream: DataStream<T>,
-    key_fn: KeyFn<T, K>,
+    key_fn: KeySelector<T, K>,
 }
 
 impl<K, T> Clone for KeyedStream<K, T> {
     fn clone(&self) -> Self {
         Self {
             stream: self.stream.clone(),
-            key_fn: Arc::clone(&self.key_fn),
+            key_fn: self.key_fn.clone(),
         }
     }
 }
 
 impl<K: StateKey, T: Data> KeyedStream<K, T> {
     fn partitioning(&self) -> Partitioning<T> {
-        let key_fn = Arc::clone(&self.key_fn);
         let max_parallelism = self.stream.env.config().max_parallelism;
-        Partitioning::Hash(Arc::new(move |record: &T| {
-            key_group_of(&key_fn(record), max_parallelism)
-        }))
+        Partitioning::Hash(self.key_fn.key_group_fn(max_parallelism))
     }
 
     /// Runs `function` on every record with the state of the record's key.
     pub fn process<O: Data>(&self, function: impl KeyedProcessFunction<K, T, O>) -> DataStream<O> {
-        let key_fn = Arc::clone(&self.key_fn);
+        let key_fn = self.key_fn.clone();
         let factory: OperatorFactory<T, O> = Box::new(move |subtask| {
             let operator =
-                KeyedProcessOperator::create::<O>(subtask, Arc::clone(&key_fn), function.clone())?;
+                KeyedProcessOperator::create::<O>(subtask, key_fn.clone(), function.clone())?;
             Ok(Box::new(operator) as Box<dyn Operator<T, O>>)
         });
         let env = &self.stream.env;
@@ -502,11 +499,11 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
         ConnectedKeyedStreams {
             first: KeyedStream {
                 stream: self.stream.clone(),
-                key_fn: Arc::clone(&self.key_fn),
+                key_fn: self.key_fn.clone(),
             },
             second: KeyedStream {
                 stream: other.stream.clone(),
-                key_fn: Arc::clone(&other.key_fn),
+                key_fn: other.key_fn.clone(),
             },
         }
     }
@@ -523,13 +520,13 @@ impl<K: StateKey, A: Data, B: Data> ConnectedKeyedStreams<K, A, B> {
         &self,
         function: impl KeyedCoProcessFunction<K, A, B, O>,
     ) -> DataStream<O> {
-        let first_key = Arc::clone(&self.first.key_fn);
-        let second_key = Arc::clone(&self.second.key_fn);
+        let first_key = self.first.key_fn.clone();
+        let second_key = self.second.key_fn.clone();
         let factory: TwoInputFactory<A, B, O> = Box::new(move |subtask| {
             let operator = KeyedCoProcessOperator::create::<O>(
                 subtask,
-                Arc::clone(&first_key),
-                Arc::clone(&second_key),
+                first_key.clone(),
+                second_key.clone(),
                 function.clone(),
             )?;
             Ok(Box::new(operator) as Box<dyn flowstate_runtime::TwoInputOperator<A, B, O>>)

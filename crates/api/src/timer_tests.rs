@@ -11,7 +11,9 @@ use flowstate_state::{
     key_group_of,
 };
 
-use crate::keyed::{FnResult, KeyedContext, KeyedProcessFunction, KeyedProcessOperator};
+use crate::keyed::{
+    FnResult, KeySelector, KeyedContext, KeyedProcessFunction, KeyedProcessOperator,
+};
 use crate::timers::TimeDomain;
 
 pub(crate) const MAX_PARALLELISM: u32 = 128;
@@ -118,8 +120,12 @@ pub(crate) fn memory_store() -> StateBackendConfig {
 }
 
 fn probe(subtask: &SubtaskInfo, chain: Vec<i64>) -> KeyedProcessOperator<u64, (u64, Cmd), Probe> {
-    KeyedProcessOperator::create::<Fired>(subtask, Arc::new(|r: &(u64, Cmd)| r.0), Probe { chain })
-        .expect("operator opens")
+    KeyedProcessOperator::create::<Fired>(
+        subtask,
+        KeySelector::new(|r: &(u64, Cmd)| r.0),
+        Probe { chain },
+    )
+    .expect("operator opens")
 }
 
 fn single(clock: &Arc<ManualClock>) -> KeyedProcessOperator<u64, (u64, Cmd), Probe> {

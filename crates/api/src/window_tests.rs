@@ -10,7 +10,7 @@ use flowstate_runtime::{Operator, Watermark};
 use flowstate_state::{ManualClock, StateBackendConfig};
 
 use super::*;
-use crate::keyed::KeyedProcessOperator;
+use crate::keyed::{KeySelector, KeyedProcessOperator};
 use crate::timer_tests::{memory_store, savepoint_sections, subtask};
 
 /// `(key, timestamp, value)`.
@@ -94,7 +94,7 @@ impl<A: WindowAssigner> Harness<A> {
         let subtask = subtask(index, parallelism, backend, self.clock.clone(), restored);
         KeyedProcessOperator::create::<Out>(
             &subtask,
-            Arc::new(|r: &Rec| r.0),
+            KeySelector::new(|r: &Rec| r.0),
             window_function(self.assigner.clone(), self.lateness, &self.dropped),
         )
         .expect("operator opens")
@@ -450,7 +450,7 @@ fn a_process_window_gets_every_element() {
         let subtask = subtask(0, 1, backend, ManualClock::new(0), None);
         let mut op = KeyedProcessOperator::create::<(u64, i64, Vec<i64>)>(
             &subtask,
-            Arc::new(|r: &Rec| r.0),
+            KeySelector::new(|r: &Rec| r.0),
             function.clone(),
         )
         .expect("opens");

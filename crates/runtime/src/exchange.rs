@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use flowstate_state::operator_index_for_key_group;
+use flowstate_state::{KeyGroup, operator_index_for_key_group};
 
 use crate::channel::{ChannelSender, SendError};
 use crate::error::TaskError;
@@ -30,6 +30,8 @@ pub enum Router<T> {
     Hash {
         key_group: KeyGroupFn<T>,
         max_parallelism: u32,
+        /// The key groups of the batch being routed (scratch, reused).
+        groups: Vec<KeyGroup>,
     },
 }
 
@@ -235,11 +237,13 @@ impl<T: Send> Pipeline<T> for ExchangeOutput<T> {
             Router::Hash {
                 key_group,
                 max_parallelism,
+                groups,
             } => {
                 let parallelism = self.targets.len() as u32;
                 let max_parallelism = *max_parallelism;
-                for record in batch.drain(..) {
-                    let group = key_group(&record);
+                groups.clear();
+                key_group.key_groups(batch, groups);
+                for (record, &group) in batch.drain(..).zip(groups.iter()) {
                     let index = operator_index_for_key_group(group, parallelism, max_parallelism);
                     let target = &mut self.targets[index as usize];
                     target.buffer.push(record);

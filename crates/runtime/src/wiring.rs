@@ -144,8 +144,9 @@ impl<T: Data> Port for TypedPort<T> {
             Some(Partitioning::Forward) => Router::Forward,
             Some(Partitioning::Rebalance) => Router::Rebalance { next: 0 },
             Some(Partitioning::Hash(f)) => Router::Hash {
-                key_group: Arc::clone(f),
+                key_group: f.clone(),
                 max_parallelism,
+                groups: Vec::new(),
             },
             None => unreachable!("edge partitioning has the edge's type"),
         };

@@ -666,7 +666,7 @@ fn event_time_through_a_job_ends_with_max_before_finish() {
             vec![(a, Partitioning::Rebalance)],
             checker(&rebalanced, ts),
         );
-        let key: flowstate_runtime::KeyGroupFn<u64> = Arc::new(|v: &u64| (*v % 128) as _);
+        let key = flowstate_runtime::KeyGroupFn::new(|v: &u64| (*v % 128) as _);
         graph.add_operator(
             "hashed",
             vec![(b, Partitioning::Hash(key))],

@@ -100,7 +100,14 @@ pub fn stable_hash<K: Hash + ?Sized>(key: &K) -> u64 {
 #[inline]
 pub fn key_group_for_hash(hash: u64, max_parallelism: u32) -> KeyGroup {
     debug_assert!(max_parallelism > 0);
-    (hash % u64::from(max_parallelism)) as KeyGroup
+    // The same value as `%`; a mask instead of a 64-bit division (the default
+    // max parallelism, 128, is a power of two): this runs two or three times
+    // per record.
+    if max_parallelism.is_power_of_two() {
+        (hash & u64::from(max_parallelism - 1)) as KeyGroup
+    } else {
+        (hash % u64::from(max_parallelism)) as KeyGroup
+    }
 }
 
 /// The key group of a key.
@@ -117,7 +124,13 @@ pub fn operator_index_for_key_group(
     max_parallelism: u32,
 ) -> u32 {
     debug_assert!(key_group < max_parallelism && parallelism <= max_parallelism);
-    ((u64::from(key_group) * u64::from(parallelism)) / u64::from(max_parallelism)) as u32
+    let scaled = u64::from(key_group) * u64::from(parallelism);
+    // The same value as the division, by a shift where it can be (see above).
+    if max_parallelism.is_power_of_two() {
+        (scaled >> max_parallelism.trailing_zeros()) as u32
+    } else {
+        (scaled / u64::from(max_parallelism)) as u32
+    }
 }
 
 /// A contiguous, half-open range of key groups `[start, end)`.
@@ -212,6 +225,33 @@ mod tests {
         assert_eq!(stable_hash(&0u64), 0);
         assert_eq!(stable_hash(&1u64), 0x9ca066f1a4ab2eea);
         assert_eq!(stable_hash("flowstate"), 0x39b2036780cff28c);
+    }
+
+    #[test]
+    fn the_power_of_two_shortcuts_give_the_divisions_values() {
+        for max_parallelism in [1u32, 2, 3, 7, 64, 96, 128, 1000, 1 << 15] {
+            for i in 0..10_000u64 {
+                let hash = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i << 61);
+                assert_eq!(
+                    u64::from(key_group_for_hash(hash, max_parallelism)),
+                    hash % u64::from(max_parallelism)
+                );
+            }
+            for parallelism in 1..=max_parallelism.min(40) {
+                for key_group in 0..max_parallelism {
+                    let by_division = (u64::from(key_group) * u64::from(parallelism))
+                        / u64::from(max_parallelism);
+                    assert_eq!(
+                        u64::from(operator_index_for_key_group(
+                            key_group,
+                            parallelism,
+                            max_parallelism
+                        )),
+                        by_division
+                    );
+                }
+            }
+        }
     }
 
     #[test]
