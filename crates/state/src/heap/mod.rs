@@ -126,25 +126,34 @@ impl<K: StateKey, S: StateValue> HeapTable<K, S> {
         table
     }
 
-    #[inline]
+    /// The index of `key_group`'s map in `groups` (one comparison: a key group
+    /// below the range wraps around to a large index).
+    #[inline(always)]
     fn index(&self, key_group: KeyGroup) -> Result<usize, StateError> {
-        if self.range.contains(key_group) {
-            Ok((key_group - self.range.start) as usize)
+        let index = key_group.wrapping_sub(self.range.start) as usize;
+        if index < self.groups.len() {
+            Ok(index)
         } else {
-            Err(StateError::KeyGroupOutOfRange {
-                key_group,
-                range: self.range.to_string(),
-            })
+            Err(self.out_of_range(key_group))
         }
     }
 
-    #[inline]
+    #[cold]
+    #[inline(never)]
+    fn out_of_range(&self, key_group: KeyGroup) -> StateError {
+        StateError::KeyGroupOutOfRange {
+            key_group,
+            range: self.range.to_string(),
+        }
+    }
+
+    #[inline(always)]
     fn read(&self, key_group: KeyGroup) -> Result<&GroupMap<K, S>, StateError> {
         let i = self.index(key_group)?;
         Ok(self.groups[i].read())
     }
 
-    #[inline]
+    #[inline(always)]
     fn write(&mut self, key_group: KeyGroup) -> Result<&mut GroupMap<K, S>, StateError> {
         let i = self.index(key_group)?;
         Ok(self.groups[i].write())
