@@ -379,7 +379,7 @@ impl<'s, K, V> ValueState<'s, K, V> {
     }
 }
 
-impl<K, V> ValueState<'_, K, V> {
+impl<K: StateKey, V: StateValue> ValueState<'_, K, V> {
     /// Changes the value in place (starting from `init()` if there is none) and
     /// returns what `f` returns. One lookup; the fastest read-modify-write.
     #[inline]
@@ -388,6 +388,9 @@ impl<K, V> ValueState<'_, K, V> {
         init: impl FnOnce() -> V,
         f: impl FnOnce(&mut V) -> R,
     ) -> Result<R, StateError> {
+        if let Some(heap) = self.table.as_heap() {
+            return heap.modify_in_place(self.key_group, self.key, init, f);
+        }
         let (mut init, mut f, mut result) = (Some(init), Some(f), None);
         self.table.modify(
             self.key_group,

@@ -70,6 +70,14 @@ pub trait ValueTable<K, V>: KeyedTable<K> {
     ) -> Result<(), StateError>;
     /// Calls `f` for every key and value of the table, key group by key group.
     fn for_each(&mut self, f: &mut dyn FnMut(&K, &V)) -> Result<(), StateError>;
+    /// This table as the heap backend's, for [`crate::ValueState::modify`]'s
+    /// inlined read-modify-write (the user's closures called directly, not
+    /// through `modify`'s dynamic ones: the hot path of an aggregation).
+    /// `None` for every other table, which `modify` serves.
+    #[inline]
+    fn as_heap(&mut self) -> Option<&mut crate::heap::HeapTable<K, V>> {
+        None
+    }
 }
 
 /// Storage of a `ListState<V>`: an ordered list of `V` per key.

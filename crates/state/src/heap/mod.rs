@@ -159,6 +159,29 @@ impl<K: StateKey, S: StateValue> HeapTable<K, S> {
         Ok(self.groups[i].write())
     }
 
+    /// Changes the value of `key` in place (inserting `init()` first if there is
+    /// none) and returns what `f` returns: generic, so that the value state's
+    /// hot path inlines the user's closures ([`ValueTable::as_heap`]).
+    #[inline(always)]
+    pub(crate) fn modify_in_place<R>(
+        &mut self,
+        key_group: KeyGroup,
+        key: &K,
+        init: impl FnOnce() -> S,
+        f: impl FnOnce(&mut S) -> R,
+    ) -> Result<R, StateError> {
+        let map = self.write(key_group)?;
+        Ok(match map.get_mut(key) {
+            Some(value) => f(value),
+            None => {
+                let mut value = init();
+                let result = f(&mut value);
+                map.insert(key.clone(), value);
+                result
+            }
+        })
+    }
+
     /// Freezes every key group and returns a view that later writes never change.
     /// O(number of key groups), independent of the number of keys.
     pub fn freeze(&mut self) -> HeapTableView<K, S> {
@@ -336,16 +359,12 @@ impl<K: StateKey, V: StateValue> ValueTable<K, V> for HeapTable<K, V> {
         init: &mut dyn FnMut() -> V,
         f: &mut dyn FnMut(&mut V),
     ) -> Result<(), StateError> {
-        let map = self.write(key_group)?;
-        match map.get_mut(key) {
-            Some(value) => f(value),
-            None => {
-                let mut value = init();
-                f(&mut value);
-                map.insert(key.clone(), value);
-            }
-        }
-        Ok(())
+        self.modify_in_place(key_group, key, init, f)
+    }
+
+    #[inline]
+    fn as_heap(&mut self) -> Option<&mut HeapTable<K, V>> {
+        Some(self)
     }
 
     fn for_each(&mut self, f: &mut dyn FnMut(&K, &V)) -> Result<(), StateError> {
