@@ -8,14 +8,16 @@
 //! another thread (the uploader).
 //!
 //! How it works:
-//! - Every cached column has a *read cache* (`main`: the current value of
-//!   each key it holds, cleared when it reaches `capacity` bytes counted as
-//!   keys, values and a fixed overhead per entry) and a *dirty map*: the
-//!   writes since the last snapshot (at most `capacity` bytes too; beyond,
-//!   they are written to RocksDB at once). Reads look in the read cache, then
-//!   in the dirty map and the column's *frozen layers* (newest first), then in
-//!   RocksDB. Writes go to the read cache and the dirty map only.
-//! - The synchronous part of a snapshot moves each dirty map, as it is, into
+//! - Every cached column has one map from key to current value (keys and
+//!   values up to 22 bytes inline: one probe, no pointer to follow) and a
+//!   *log*: the writes since the last snapshot, each key once with its latest
+//!   value (an entry knows its place in the log). The map and the log each
+//!   hold at most `capacity` bytes (counted as keys, values and a fixed
+//!   overhead per entry); a full log is written to RocksDB at once.
+//!   Entries whose last write is in the database are *clean*; when the map is
+//!   full the clean ones are evicted, so a key the map lacks has its current
+//!   value in RocksDB and a miss reads only RocksDB.
+//! - The synchronous part of a snapshot moves each log, as it is, into
 //!   a frozen layer (an `O(1)` swap) and records the layers of all columns as
 //!   one *epoch*. Epochs are written to RocksDB strictly in order, sorted, in
 //!   batches of 8 MiB ([`Shared::apply_through`]), by the snapshot's
@@ -104,17 +106,97 @@ impl Cf {
     }
 }
 
-/// One cached entry: its value (`None`: deleted) and whether RocksDB lacks it.
+/// Keys and values up to this many bytes live inside the map's slots (no
+/// allocation, no pointer to follow on a probe); longer ones are boxed.
+const INLINE_BYTES: usize = 22;
+
+/// A byte string, inline up to [`INLINE_BYTES`] (24 bytes in all).
 #[derive(Clone)]
-struct Slot {
-    value: Option<Box<[u8]>>,
-    dirty: bool,
+pub(crate) enum Bytes {
+    Inline { len: u8, buf: [u8; INLINE_BYTES] },
+    Heap(Box<[u8]>),
 }
 
-/// A frozen dirty map: read-only from the moment it is frozen.
+impl Bytes {
+    fn new(bytes: &[u8]) -> Self {
+        if bytes.len() <= INLINE_BYTES {
+            let mut buf = [0; INLINE_BYTES];
+            buf[..bytes.len()].copy_from_slice(bytes);
+            Self::Inline {
+                len: bytes.len() as u8,
+                buf,
+            }
+        } else {
+            Self::Heap(Box::from(bytes))
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, buf } => &buf[..*len as usize],
+            Self::Heap(bytes) => bytes,
+        }
+    }
+
+    /// Overwrites the bytes, in place if they keep their length.
+    fn set(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Inline { len, buf } if *len as usize == bytes.len() => {
+                buf[..bytes.len()].copy_from_slice(bytes)
+            }
+            Self::Heap(old) if old.len() == bytes.len() => old.copy_from_slice(bytes),
+            _ => *self = Self::new(bytes),
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Bytes {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::hash::Hash for Bytes {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `[u8]` hashes: lookups by `&[u8]` find it.
+        self.as_slice().hash(state)
+    }
+}
+
+impl PartialEq for Bytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Bytes {}
+
+/// Sets `slot` to `value` (`None`: deleted), in place where it can.
+fn set_value(slot: &mut Option<Bytes>, value: Option<&[u8]>) {
+    match (slot.as_mut(), value) {
+        (Some(old), Some(new)) => old.set(new),
+        (_, new) => *slot = new.map(Bytes::new),
+    }
+}
+
+/// One entry of a column's map: the key's current value (`None`: deleted)
+/// and the generation of its last write (see [`ColumnCache`]).
+struct Entry {
+    value: Option<Bytes>,
+    /// 0: read from the database, never written here.
+    generation: u64,
+    /// Where the entry's write sits in the log, if `generation` is the
+    /// current one.
+    log: u32,
+}
+
+/// A frozen log: the writes of one generation of one column (each key once,
+/// with its last value; `None`: deleted). Read-only from the moment it is
+/// frozen.
 pub(crate) struct Layer {
-    entries: FxHashMap<Box<[u8]>, Slot>,
-    /// Its dirty entries are in the database.
+    entries: Vec<(Bytes, Option<Bytes>)>,
+    generation: u64,
+    /// Its entries are in the database.
     applied: AtomicBool,
 }
 
@@ -192,7 +274,7 @@ impl Shared {
                 }
             };
             for (cf, layer) in &next.layers {
-                write_dirty(cf, layer.entries.iter())?;
+                write_dirty(cf, &layer.entries)?;
                 layer.applied.store(true, Ordering::Release);
             }
             let mut epochs = lock(&self.epochs);
@@ -249,16 +331,13 @@ fn entry_bytes(key: &[u8], value: Option<&[u8]>) -> usize {
     key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD_BYTES
 }
 
-/// Writes the dirty entries of `entries` to `cf` in batches, in key order
-/// (RocksDB's memtable inserts sorted keys much faster: each insert starts
-/// where the last one ended).
-fn write_dirty<'a>(
-    cf: &Cf,
-    entries: impl Iterator<Item = (&'a Box<[u8]>, &'a Slot)>,
-) -> Result<(), StateError> {
+/// Writes `entries` to `cf` in batches, in key order (RocksDB's memtable
+/// inserts sorted keys much faster: each insert starts where the last one
+/// ended).
+fn write_dirty(cf: &Cf, entries: &[(Bytes, Option<Bytes>)]) -> Result<(), StateError> {
     let mut dirty: Vec<(&[u8], Option<&[u8]>)> = entries
-        .filter(|(_, slot)| slot.dirty)
-        .map(|(key, slot)| (key.as_ref(), slot.value.as_deref()))
+        .iter()
+        .map(|(key, value)| (key.as_slice(), value.as_ref().map(Bytes::as_slice)))
         .collect();
     dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let write = crate::store::unlogged();
@@ -282,34 +361,58 @@ fn write_dirty<'a>(
     Ok(())
 }
 
-/// The task's side of one cached column.
+/// The task's side of one cached column: one map of current values (one
+/// probe per access) and the log of this generation's writes.
+///
+/// Every write belongs to a *generation*: the current one until the next
+/// snapshot freezes the log (or a spill writes it), then the next. An entry
+/// whose generation is the current one has its write in `log` (at
+/// `Entry::log`); one of an older generation not yet in the database has it in
+/// a frozen layer; any other entry is *clean* (the database holds its value)
+/// and may be evicted. So a key the map lacks has its current value in the
+/// database: a miss never looks at the layers.
 pub(crate) struct ColumnCache {
-    /// The current value of every key cached (`None`: deleted): the read
-    /// cache. Cleared when full.
-    main: FxHashMap<Box<[u8]>, Option<Box<[u8]>>>,
-    main_bytes: usize,
-    /// The writes since the last snapshot (every slot dirty).
-    dirty: FxHashMap<Box<[u8]>, Slot>,
-    dirty_bytes: usize,
-    /// Frozen dirty maps that may not be in the database yet, oldest first.
+    map: FxHashMap<Bytes, Entry>,
+    map_bytes: usize,
+    /// This generation's writes, each key once with its latest value.
+    log: Vec<(Bytes, Option<Bytes>)>,
+    log_bytes: usize,
+    generation: u64,
+    /// Frozen logs that may not be in the database yet, oldest first.
     frozen: Vec<Arc<Layer>>,
 }
 
 impl ColumnCache {
     pub(crate) fn new() -> Arc<Mutex<Self>> {
         Arc::new(Mutex::new(Self {
-            main: FxHashMap::default(),
-            main_bytes: 0,
-            dirty: FxHashMap::default(),
-            dirty_bytes: 0,
+            map: FxHashMap::default(),
+            map_bytes: 0,
+            log: Vec::new(),
+            log_bytes: 0,
+            generation: 1,
             frozen: Vec::new(),
         }))
     }
 
     /// `(entries, bytes)` held in memory (entries may also be in the database).
     pub(crate) fn held(&self) -> (u64, u64) {
-        let entries = self.main.len().max(self.dirty.len());
-        (entries as u64, (self.main_bytes + self.dirty_bytes) as u64)
+        (
+            self.map.len() as u64,
+            (self.map_bytes + self.log_bytes) as u64,
+        )
+    }
+
+    /// Entries of this generation or later are clean: their last write is
+    /// in the database.
+    fn clean_upto(&self) -> u64 {
+        match self
+            .frozen
+            .iter()
+            .find(|l| !l.applied.load(Ordering::Acquire))
+        {
+            Some(layer) => layer.generation - 1,
+            None => self.generation - 1,
+        }
     }
 
     /// Freezes the writes since the last snapshot (an `O(1)` swap); layers
@@ -321,17 +424,18 @@ impl ColumnCache {
             .partition(|l| l.applied.load(Ordering::Acquire));
         self.frozen = kept;
         retired.extend(written);
-        if self.dirty.is_empty() {
+        if self.log.is_empty() {
             return None;
         }
-        let capacity = self.dirty.len();
-        let fresh = FxHashMap::with_capacity_and_hasher(capacity, Default::default());
-        let entries = std::mem::replace(&mut self.dirty, fresh);
-        self.dirty_bytes = 0;
+        let capacity = self.log.len();
+        let entries = std::mem::replace(&mut self.log, Vec::with_capacity(capacity));
+        self.log_bytes = 0;
         let layer = Arc::new(Layer {
             entries,
+            generation: self.generation,
             applied: AtomicBool::new(false),
         });
+        self.generation += 1;
         self.frozen.push(Arc::clone(&layer));
         Some(layer)
     }
@@ -393,80 +497,89 @@ pub(crate) struct CachedColumn {
 }
 
 impl CachedColumn {
-    /// Caches `value` as the current value of `key` in the read cache
-    /// (cleared first when full).
-    fn remember(&self, cache: &mut ColumnCache, key: &[u8], value: Option<&[u8]>) {
-        if let Some(old) = cache.main.get_mut(key) {
-            match (old, value) {
-                (Some(old), Some(new)) if old.len() == new.len() => old.copy_from_slice(new),
-                (old, new) => {
-                    let was = old.as_deref().map_or(0, <[u8]>::len);
-                    *old = new.map(Box::from);
-                    cache.main_bytes =
-                        (cache.main_bytes + new.map_or(0, <[u8]>::len)).saturating_sub(was);
-                }
+    /// Makes room for an entry of `bytes` in the map: when full, evicts
+    /// every clean entry; if that frees too little (most entries are
+    /// writes not yet in the database), writes everything and evicts all.
+    fn make_room(&self, cache: &mut ColumnCache, bytes: usize) -> Result<(), StateError> {
+        let budget = self.capacity;
+        if cache.map_bytes + bytes <= budget {
+            return Ok(());
+        }
+        let clean = cache.clean_upto();
+        let mut kept = 0;
+        cache.map.retain(|key, entry| {
+            let keep = entry.generation > clean;
+            if keep {
+                kept += entry_bytes(key.as_slice(), entry.value.as_ref().map(Bytes::as_slice));
             }
-            return;
+            keep
+        });
+        cache.map_bytes = kept;
+        if cache.map_bytes + bytes > budget / 2 {
+            self.write_back(cache)?;
+            cache.map.clear();
+            cache.map_bytes = 0;
         }
-        let bytes = entry_bytes(key, value);
-        if cache.main_bytes + bytes > self.capacity {
-            cache.main.clear();
-            cache.main_bytes = 0;
-        }
-        cache.main_bytes += bytes;
-        cache.main.insert(Box::from(key), value.map(Box::from));
+        Ok(())
     }
 
     /// Brings the database up to date for this column: every epoch and the
-    /// writes since the last snapshot written (the read cache stays: it
-    /// holds the database's values now).
+    /// writes since the last snapshot written, after which every entry is
+    /// clean (the map stays: it holds the database's values now).
     fn write_back(&self, cache: &mut ColumnCache) -> Result<(), StateError> {
         self.shared.settle()?;
         cache.frozen.clear();
-        write_dirty(&self.cf, cache.dirty.iter())?;
-        cache.dirty.clear();
-        cache.dirty_bytes = 0;
+        write_dirty(&self.cf, &cache.log)?;
+        cache.log.clear();
+        cache.log_bytes = 0;
+        cache.generation += 1;
         Ok(())
     }
 
     fn set(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError> {
-        let mut cache = lock(&self.cache);
-        let cache = &mut *cache;
-        self.remember(cache, key, value);
-        if let Some(slot) = cache.dirty.get_mut(key) {
-            match (&mut slot.value, value) {
-                (Some(old), Some(new)) if old.len() == new.len() => old.copy_from_slice(new),
-                (old, new) => {
-                    let was = old.as_deref().map_or(0, <[u8]>::len);
-                    *old = new.map(Box::from);
-                    cache.dirty_bytes =
-                        (cache.dirty_bytes + new.map_or(0, <[u8]>::len)).saturating_sub(was);
+        let mut guard = lock(&self.cache);
+        let cache = &mut *guard;
+        let generation = cache.generation;
+        let bytes = entry_bytes(key, value);
+        if let Some(entry) = cache.map.get_mut(key) {
+            let was = entry.value.as_ref().map_or(0, |v| v.as_slice().len());
+            cache.map_bytes = (cache.map_bytes + value.map_or(0, <[u8]>::len)).saturating_sub(was);
+            set_value(&mut entry.value, value);
+            if entry.generation == generation {
+                if let Some((_, logged)) = cache.log.get_mut(entry.log as usize) {
+                    set_value(logged, value);
+                    return Ok(());
                 }
             }
-            return Ok(());
+            entry.generation = generation;
+            entry.log = cache.log.len() as u32;
+        } else {
+            self.make_room(cache, bytes)?;
+            cache.map_bytes += bytes;
+            cache.map.insert(
+                Bytes::new(key),
+                Entry {
+                    value: value.map(Bytes::new),
+                    generation: cache.generation,
+                    log: cache.log.len() as u32,
+                },
+            );
         }
-        let bytes = entry_bytes(key, value);
-        if cache.dirty_bytes + bytes > self.capacity {
+        cache.log.push((Bytes::new(key), value.map(Bytes::new)));
+        cache.log_bytes += bytes;
+        if cache.log_bytes > self.capacity || cache.log.len() >= u32::MAX as usize {
             // Too many writes between two snapshots: write them now.
             self.write_back(cache)?;
         }
-        cache.dirty_bytes += bytes;
-        cache.dirty.insert(
-            Box::from(key),
-            Slot {
-                value: value.map(Box::from),
-                dirty: true,
-            },
-        );
         Ok(())
     }
 
-    /// Forgets `key` in the read cache.
+    /// Forgets `key` (clean: after a write back).
     fn forget(cache: &mut ColumnCache, key: &[u8]) {
-        if let Some(value) = cache.main.remove(key) {
-            cache.main_bytes = cache
-                .main_bytes
-                .saturating_sub(entry_bytes(key, value.as_deref()));
+        if let Some(entry) = cache.map.remove(key) {
+            cache.map_bytes = cache
+                .map_bytes
+                .saturating_sub(entry_bytes(key, entry.value.as_ref().map(Bytes::as_slice)));
         }
     }
 }
@@ -474,31 +587,17 @@ impl CachedColumn {
 impl KvColumn for CachedColumn {
     fn get(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
         let mut cache = lock(&self.cache);
-        let cached = match cache.main.get(key) {
-            Some(value) => Some(value.as_deref()),
-            // Evicted from the read cache but not written yet.
-            None => cache
-                .dirty
-                .get(key)
-                .or_else(|| {
-                    cache
-                        .frozen
-                        .iter()
-                        .rev()
-                        .find_map(|layer| layer.entries.get(key))
-                })
-                .map(|slot| slot.value.as_deref()),
-        };
-        if let Some(value) = cached {
-            return Ok(match value {
+        if let Some(entry) = cache.map.get(key) {
+            return Ok(match &entry.value {
                 Some(value) => {
                     out.clear();
-                    out.extend_from_slice(value);
+                    out.extend_from_slice(value.as_slice());
                     true
                 }
                 None => false,
             });
         }
+        // Not in the map: the database holds the current value.
         let read = self
             .cf
             .db()
@@ -513,7 +612,17 @@ impl KvColumn for CachedColumn {
             None => false,
         };
         let value = found.then_some(out.as_slice());
-        self.remember(&mut cache, key, value);
+        let bytes = entry_bytes(key, value);
+        self.make_room(&mut cache, bytes)?;
+        cache.map_bytes += bytes;
+        cache.map.insert(
+            Bytes::new(key),
+            Entry {
+                value: value.map(Bytes::new),
+                generation: 0,
+                log: 0,
+            },
+        );
         Ok(found)
     }
 
@@ -541,14 +650,14 @@ impl KvColumn for CachedColumn {
         let mut cache = lock(&self.cache);
         self.write_back(&mut cache)?;
         let mut freed = 0;
-        cache.main.retain(|k, value| {
-            let keep = k.as_ref() < start || k.as_ref() >= end;
+        cache.map.retain(|k, entry| {
+            let keep = k.as_slice() < start || k.as_slice() >= end;
             if !keep {
-                freed += entry_bytes(k, value.as_deref());
+                freed += entry_bytes(k.as_slice(), entry.value.as_ref().map(Bytes::as_slice));
             }
             keep
         });
-        cache.main_bytes = cache.main_bytes.saturating_sub(freed);
+        cache.map_bytes = cache.map_bytes.saturating_sub(freed);
         self.cf
             .db()
             .delete_range_cf_opt(self.cf.handle(), start, end, &self.write)
@@ -637,8 +746,11 @@ impl SnapshotView {
         let mut overlay: HashMap<String, Overlay> = HashMap::new();
         for (column, layer) in &self.layers {
             let entries = overlay.entry(column.clone()).or_default();
-            for (key, slot) in layer.entries.iter().filter(|(_, s)| s.dirty) {
-                entries.insert(key.clone(), slot.value.clone());
+            for (key, value) in &layer.entries {
+                entries.insert(
+                    Box::from(key.as_slice()),
+                    value.as_ref().map(|v| Box::from(v.as_slice())),
+                );
             }
         }
         let overlay = self.overlay.get_or_init(|| overlay);
