@@ -672,6 +672,63 @@ impl KvColumn for CachedColumn {
         scan_db(self.cf.db(), self.cf.handle(), &self.cf.name, start, end, f)
     }
 
+    /// Looks every key up in one loop (the processor overlaps the misses,
+    /// and the accesses that follow find the slots in its cache), then
+    /// reads the keys the map lacks from RocksDB in one `multi_get` and
+    /// keeps them as clean entries while there is room. A hint: an error
+    /// of RocksDB is left to the accesses, which report it.
+    fn prefetch(&self, keys: &[u8], ends: &[usize]) {
+        let mut guard = lock(&self.cache);
+        let cache = &mut *guard;
+        let generation = cache.generation;
+        let mut missing: Vec<&[u8]> = Vec::new();
+        let mut start = 0;
+        for &end in ends {
+            let Some(key) = keys.get(start..end) else {
+                return;
+            };
+            start = end;
+            match cache.map.get(key) {
+                Some(entry) => {
+                    if entry.generation == generation {
+                        std::hint::black_box(cache.log.get(entry.log as usize).map(|e| &e.1));
+                    }
+                }
+                None => missing.push(key),
+            }
+        }
+        if missing.is_empty() {
+            return;
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        let read = self.cf.db().batched_multi_get_cf_opt(
+            self.cf.handle(),
+            missing.iter().copied(),
+            true,
+            &self.read,
+        );
+        for (key, value) in missing.into_iter().zip(read) {
+            let Ok(value) = value else {
+                return;
+            };
+            let value = value.as_deref();
+            let bytes = entry_bytes(key, value);
+            if cache.map_bytes + bytes > self.capacity {
+                return;
+            }
+            cache.map_bytes += bytes;
+            cache.map.insert(
+                Bytes::new(key),
+                Entry {
+                    value: value.map(Bytes::new),
+                    generation: 0,
+                    log: 0,
+                },
+            );
+        }
+    }
+
     fn write_batch(&self, batch: &KvBatch) -> Result<(), StateError> {
         let mut cache = lock(&self.cache);
         self.write_back(&mut cache)?;
