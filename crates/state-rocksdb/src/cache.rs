@@ -11,12 +11,14 @@
 //! - Every cached column has one map from key to current value (keys and
 //!   values up to 22 bytes inline: one probe, no pointer to follow) and a
 //!   *log*: the writes since the last snapshot, each key once with its latest
-//!   value (an entry knows its place in the log). The map and the log each
-//!   hold at most `capacity` bytes (counted as keys, values and a fixed
-//!   overhead per entry); a full log is written to RocksDB at once.
+//!   value (an entry knows its place in the log). The log holds at most
+//!   `capacity` bytes (counted as keys, values and a fixed overhead per
+//!   entry; a full log is written to RocksDB at once), the map `capacity`
+//!   bytes of clean entries besides those of the logs not yet written.
 //!   Entries whose last write is in the database are *clean*; when the map is
-//!   full the clean ones are evicted, so a key the map lacks has its current
-//!   value in RocksDB and a miss reads only RocksDB.
+//!   full the clean ones are evicted (never waiting for a snapshot in
+//!   flight), so a key the map lacks has its current value in RocksDB and a
+//!   miss reads only RocksDB.
 //! - The synchronous part of a snapshot moves each log, as it is, into
 //!   a frozen layer (an `O(1)` swap) and records the layers of all columns as
 //!   one *epoch*. Epochs are written to RocksDB strictly in order, sorted, in
@@ -423,6 +425,8 @@ fn write_dirty(cf: &Cf, entries: &[(Bytes, Option<Bytes>)]) -> Result<(), StateE
 pub(crate) struct ColumnCache {
     map: FxHashMap<Bytes, Entry>,
     map_bytes: usize,
+    /// Evict when the map would exceed this (or the capacity, if more).
+    evict_at: usize,
     /// This generation's writes, each key once with its latest value.
     log: Log,
     spare: Arc<Spare>,
@@ -437,6 +441,7 @@ impl ColumnCache {
         Arc::new(Mutex::new(Self {
             map: FxHashMap::default(),
             map_bytes: 0,
+            evict_at: 0,
             log: Vec::new(),
             spare: Arc::default(),
             log_bytes: 0,
@@ -550,12 +555,13 @@ pub(crate) struct CachedColumn {
 
 impl CachedColumn {
     /// Makes room for an entry of `bytes` in the map: when full, evicts
-    /// every clean entry; if that frees too little (most entries are
-    /// writes not yet in the database), writes everything and evicts all.
-    fn make_room(&self, cache: &mut ColumnCache, bytes: usize) -> Result<(), StateError> {
-        let budget = self.capacity;
-        if cache.map_bytes + bytes <= budget {
-            return Ok(());
+    /// every clean entry. Never writes nor waits: entries not in the
+    /// database yet stay (they are bounded by the logs), and the next
+    /// eviction comes after at least half the budget again (amortised
+    /// constant time per entry).
+    fn make_room(&self, cache: &mut ColumnCache, bytes: usize) {
+        if cache.map_bytes + bytes <= cache.evict_at.max(self.capacity) {
+            return;
         }
         let clean = cache.clean_upto();
         let mut kept = 0;
@@ -567,12 +573,7 @@ impl CachedColumn {
             keep
         });
         cache.map_bytes = kept;
-        if cache.map_bytes + bytes > budget / 2 {
-            self.write_back(cache)?;
-            cache.map.clear();
-            cache.map_bytes = 0;
-        }
-        Ok(())
+        cache.evict_at = kept + self.capacity / 2;
     }
 
     /// Brings the database up to date for this column: every epoch and the
@@ -606,7 +607,7 @@ impl CachedColumn {
             entry.generation = generation;
             entry.log = cache.log.len() as u32;
         } else {
-            self.make_room(cache, bytes)?;
+            self.make_room(cache, bytes);
             cache.map_bytes += bytes;
             cache.map.insert(
                 Bytes::new(key),
@@ -665,7 +666,7 @@ impl KvColumn for CachedColumn {
         };
         let value = found.then_some(out.as_slice());
         let bytes = entry_bytes(key, value);
-        self.make_room(&mut cache, bytes)?;
+        self.make_room(&mut cache, bytes);
         cache.map_bytes += bytes;
         cache.map.insert(
             Bytes::new(key),
