@@ -598,11 +598,11 @@ impl CachedColumn {
             let was = entry.value.as_ref().map_or(0, |v| v.as_slice().len());
             cache.map_bytes = (cache.map_bytes + value.map_or(0, <[u8]>::len)).saturating_sub(was);
             set_value(&mut entry.value, value);
-            if entry.generation == generation {
-                if let Some((_, logged)) = cache.log.get_mut(entry.log as usize) {
-                    set_value(logged, value);
-                    return Ok(());
-                }
+            if entry.generation == generation
+                && let Some((_, logged)) = cache.log.get_mut(entry.log as usize)
+            {
+                set_value(logged, value);
+                return Ok(());
             }
             entry.generation = generation;
             entry.log = cache.log.len() as u32;
