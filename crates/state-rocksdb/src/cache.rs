@@ -36,7 +36,7 @@
 //!   happens later.
 //! - The task writes to the database directly only after every earlier epoch
 //!   is written (so a newer value is never overwritten by an older one): when
-//!   the dirty map is full, and before scans, range deletions and batches
+//!   the log is full, and before scans, range deletions and batches
 //!   (rare: restore, `clear`, `for_each`, key counts).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -548,8 +548,8 @@ pub(crate) struct CachedColumn {
     pub(crate) shared: Arc<Shared>,
     pub(crate) read: ReadOptions,
     pub(crate) write: WriteOptions,
-    /// At most this many bytes in the read cache, and as many in the dirty
-    /// map (see [`ENTRY_OVERHEAD_BYTES`]).
+    /// At most this many bytes of clean entries in the map, and as many in the
+    /// log (see [`ENTRY_OVERHEAD_BYTES`]).
     pub(crate) capacity: usize,
 }
 
