@@ -7,12 +7,14 @@
 RUNS=$1; N=$2; shift 2
 BASE=${BASE:?set BASE to the flowstate binary before the change}
 NEW=${NEW:-target/release/flowstate}
+# SCRATCH: where the runs keep state and checkpoints (removed after each run).
+SCRATCH=${SCRATCH:-/tmp/rk}
 for r in $(seq 1 $RUNS); do
   for b in base new; do
     bin=$BASE; [ $b = new ] && bin=$NEW
-    rm -rf /tmp/rk-state /tmp/rk-ck
+    rm -rf $SCRATCH-state $SCRATCH-ck
     load=$(cut -d' ' -f1 /proc/loadavg)
-    out=$( { /usr/bin/time -f "TIME %e %U %S %M" $bin run keyed-count --records $N --parallelism 2 --rest off --state-backend rocksdb --state-dir /tmp/rk-state --checkpoint-dir /tmp/rk-ck "$@" 2>&1; } 2>&1 )
+    out=$( { /usr/bin/time -f "TIME %e %U %S %M" $bin run keyed-count --records $N --parallelism 2 --rest off --state-backend rocksdb --state-dir $SCRATCH-state --checkpoint-dir $SCRATCH-ck "$@" 2>&1; } 2>&1 )
     rate=$(echo "$out" | grep -oE 'rate=[0-9]+' | tail -1 | cut -d= -f2)
     read wall user sys rss <<< "$(echo "$out" | grep TIME | awk '{print $2, $3, $4, $5}')"
     cpu=$(echo "$user + $sys" | bc)
@@ -21,4 +23,4 @@ for r in $(seq 1 $RUNS); do
     echo "$b r$r load=$load rate=$rate cpu_s=$cpu us_per_rec=$us rss_mb=$((rss/1024)) $ck $(echo "$out" | grep -oE 'checksum=[0-9a-f]+' | tail -1)"
   done
 done
-rm -rf /tmp/rk-state /tmp/rk-ck
+rm -rf $SCRATCH-state $SCRATCH-ck

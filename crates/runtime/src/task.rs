@@ -261,6 +261,11 @@ fn checkpoint<T>(
 ) -> Result<(), TaskError> {
     pipeline.snapshot(barrier, &mut parts)?;
     let sync_pause = started.elapsed();
+    tracing::debug!(
+        checkpoint = barrier.id,
+        sync_pause_us = sync_pause.as_micros() as u64,
+        "synchronous part done"
+    );
     pipeline.barrier(barrier)?;
     control.submit(barrier, parts, sync_pause, alignment);
     Ok(())

@@ -8,14 +8,18 @@
 //! another thread (the uploader).
 //!
 //! How it works:
-//! - Every cached column has a *read cache* (`main`: the current value of
-//!   each key it holds, cleared when it reaches `capacity` bytes counted as
-//!   keys, values and a fixed overhead per entry) and a *dirty map*: the
-//!   writes since the last snapshot (at most `capacity` bytes too; beyond,
-//!   they are written to RocksDB at once). Reads look in the read cache, then
-//!   in the dirty map and the column's *frozen layers* (newest first), then in
-//!   RocksDB. Writes go to the read cache and the dirty map only.
-//! - The synchronous part of a snapshot moves each dirty map, as it is, into
+//! - Every cached column has one map from key to current value (keys and
+//!   values up to 22 bytes inline: one probe, no pointer to follow) and a
+//!   *log*: the writes since the last snapshot, each key once with its latest
+//!   value (an entry knows its place in the log). The log holds at most
+//!   `capacity` bytes (counted as keys, values and a fixed overhead per
+//!   entry; a full log is written to RocksDB at once), the map `capacity`
+//!   bytes of clean entries besides those of the logs not yet written.
+//!   Entries whose last write is in the database are *clean*; when the map is
+//!   full the clean ones are evicted (never waiting for a snapshot in
+//!   flight), so a key the map lacks has its current value in RocksDB and a
+//!   miss reads only RocksDB.
+//! - The synchronous part of a snapshot moves each log, as it is, into
 //!   a frozen layer (an `O(1)` swap) and records the layers of all columns as
 //!   one *epoch*. Epochs are written to RocksDB strictly in order, sorted, in
 //!   batches of 8 MiB ([`Shared::apply_through`]), by the snapshot's
@@ -32,7 +36,7 @@
 //!   happens later.
 //! - The task writes to the database directly only after every earlier epoch
 //!   is written (so a newer value is never overwritten by an older one): when
-//!   the dirty map is full, and before scans, range deletions and batches
+//!   the log is full, and before scans, range deletions and batches
 //!   (rare: restore, `clear`, `for_each`, key counts).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -104,18 +108,130 @@ impl Cf {
     }
 }
 
-/// One cached entry: its value (`None`: deleted) and whether RocksDB lacks it.
+/// Keys and values up to this many bytes live inside the map's slots (no
+/// allocation, no pointer to follow on a probe); longer ones are boxed.
+const INLINE_BYTES: usize = 22;
+
+/// A byte string, inline up to [`INLINE_BYTES`] (24 bytes in all).
 #[derive(Clone)]
-struct Slot {
-    value: Option<Box<[u8]>>,
-    dirty: bool,
+pub(crate) enum Bytes {
+    Inline { len: u8, buf: [u8; INLINE_BYTES] },
+    Heap(Box<[u8]>),
 }
 
-/// A frozen dirty map: read-only from the moment it is frozen.
+impl Bytes {
+    fn new(bytes: &[u8]) -> Self {
+        if bytes.len() <= INLINE_BYTES {
+            let mut buf = [0; INLINE_BYTES];
+            buf[..bytes.len()].copy_from_slice(bytes);
+            Self::Inline {
+                len: bytes.len() as u8,
+                buf,
+            }
+        } else {
+            Self::Heap(Box::from(bytes))
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, buf } => &buf[..*len as usize],
+            Self::Heap(bytes) => bytes,
+        }
+    }
+
+    /// Overwrites the bytes, in place if they keep their length.
+    fn set(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Inline { len, buf } if *len as usize == bytes.len() => {
+                buf[..bytes.len()].copy_from_slice(bytes)
+            }
+            Self::Heap(old) if old.len() == bytes.len() => old.copy_from_slice(bytes),
+            _ => *self = Self::new(bytes),
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Bytes {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::hash::Hash for Bytes {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `[u8]` hashes: lookups by `&[u8]` find it.
+        self.as_slice().hash(state)
+    }
+}
+
+impl PartialEq for Bytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Bytes {}
+
+/// Sets `slot` to `value` (`None`: deleted), in place where it can.
+fn set_value(slot: &mut Option<Bytes>, value: Option<&[u8]>) {
+    match (slot.as_mut(), value) {
+        (Some(old), Some(new)) => old.set(new),
+        (_, new) => *slot = new.map(Bytes::new),
+    }
+}
+
+/// One entry of a column's map: the key's current value (`None`: deleted)
+/// and the generation of its last write (see [`ColumnCache`]).
+struct Entry {
+    value: Option<Bytes>,
+    /// 0: read from the database, never written here.
+    generation: u64,
+    /// Where the entry's write sits in the log, if `generation` is the
+    /// current one.
+    log: u32,
+}
+
+/// A frozen log: the writes of one generation of one column (each key once,
+/// with its last value; `None`: deleted). Read-only from the moment it is
+/// frozen.
 pub(crate) struct Layer {
-    entries: FxHashMap<Box<[u8]>, Slot>,
-    /// Its dirty entries are in the database.
+    entries: Vec<(Bytes, Option<Bytes>)>,
+    generation: u64,
+    /// Its entries are in the database.
     applied: AtomicBool,
+    /// Where its emptied log goes when it is dropped.
+    spare: Arc<Spare>,
+}
+
+/// A log written in the database is emptied and kept for a later
+/// generation: a fresh one of the same size would take its pages from the
+/// kernel again (zeroed), about as much work per second as the writes.
+type Log = Vec<(Bytes, Option<Bytes>)>;
+
+/// Emptied logs of one column (at most [`SPARE_LOGS_MAX`]).
+#[derive(Default)]
+pub(crate) struct Spare(Mutex<Vec<Log>>);
+
+const SPARE_LOGS_MAX: usize = 2;
+
+impl Spare {
+    fn take(&self, capacity: usize) -> Log {
+        lock(&self.0)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(capacity))
+    }
+}
+
+impl Drop for Layer {
+    fn drop(&mut self) {
+        let mut log = std::mem::take(&mut self.entries);
+        log.clear();
+        let mut spare = lock(&self.spare.0);
+        if spare.len() < SPARE_LOGS_MAX {
+            spare.push(log);
+        }
+    }
 }
 
 /// The layers of every cached column at one snapshot.
@@ -192,7 +308,7 @@ impl Shared {
                 }
             };
             for (cf, layer) in &next.layers {
-                write_dirty(cf, layer.entries.iter())?;
+                write_dirty(cf, &layer.entries)?;
                 layer.applied.store(true, Ordering::Release);
             }
             let mut epochs = lock(&self.epochs);
@@ -249,18 +365,32 @@ fn entry_bytes(key: &[u8], value: Option<&[u8]>) -> usize {
     key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD_BYTES
 }
 
-/// Writes the dirty entries of `entries` to `cf` in batches, in key order
-/// (RocksDB's memtable inserts sorted keys much faster: each insert starts
-/// where the last one ended).
-fn write_dirty<'a>(
-    cf: &Cf,
-    entries: impl Iterator<Item = (&'a Box<[u8]>, &'a Slot)>,
-) -> Result<(), StateError> {
-    let mut dirty: Vec<(&[u8], Option<&[u8]>)> = entries
-        .filter(|(_, slot)| slot.dirty)
-        .map(|(key, slot)| (key.as_ref(), slot.value.as_deref()))
+/// Writes `entries` to `cf` in batches, in key order (RocksDB's memtable
+/// inserts sorted keys much faster: each insert starts where the last one
+/// ended).
+fn write_dirty(cf: &Cf, entries: &[(Bytes, Option<Bytes>)]) -> Result<(), StateError> {
+    let dirty: Vec<(&[u8], Option<&[u8]>)> = entries
+        .iter()
+        .map(|(key, value)| (key.as_slice(), value.as_ref().map(Bytes::as_slice)))
         .collect();
-    dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    // Compares the first 8 bytes as one integer (keys start with their key
+    // group, then the key): most comparisons end there.
+    let head = |key: &[u8]| {
+        let mut bytes = [0u8; 8];
+        let n = key.len().min(8);
+        bytes[..n].copy_from_slice(&key[..n]);
+        u64::from_be_bytes(bytes)
+    };
+    let mut order: Vec<(u64, u32)> = dirty
+        .iter()
+        .enumerate()
+        .map(|(i, (key, _))| (head(key), i as u32))
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| dirty[a.1 as usize].0.cmp(dirty[b.1 as usize].0))
+    });
+    let dirty = order.into_iter().map(|(_, i)| dirty[i as usize]);
     let write = crate::store::unlogged();
     let mut batch = WriteBatch::default();
     for (key, value) in dirty {
@@ -282,34 +412,63 @@ fn write_dirty<'a>(
     Ok(())
 }
 
-/// The task's side of one cached column.
+/// The task's side of one cached column: one map of current values (one
+/// probe per access) and the log of this generation's writes.
+///
+/// Every write belongs to a *generation*: the current one until the next
+/// snapshot freezes the log (or a spill writes it), then the next. An entry
+/// whose generation is the current one has its write in `log` (at
+/// `Entry::log`); one of an older generation not yet in the database has it in
+/// a frozen layer; any other entry is *clean* (the database holds its value)
+/// and may be evicted. So a key the map lacks has its current value in the
+/// database: a miss never looks at the layers.
 pub(crate) struct ColumnCache {
-    /// The current value of every key cached (`None`: deleted): the read
-    /// cache. Cleared when full.
-    main: FxHashMap<Box<[u8]>, Option<Box<[u8]>>>,
-    main_bytes: usize,
-    /// The writes since the last snapshot (every slot dirty).
-    dirty: FxHashMap<Box<[u8]>, Slot>,
-    dirty_bytes: usize,
-    /// Frozen dirty maps that may not be in the database yet, oldest first.
+    map: FxHashMap<Bytes, Entry>,
+    map_bytes: usize,
+    /// Evict when the map would exceed this (or the capacity, if more).
+    evict_at: usize,
+    /// This generation's writes, each key once with its latest value.
+    log: Log,
+    spare: Arc<Spare>,
+    log_bytes: usize,
+    generation: u64,
+    /// Frozen logs that may not be in the database yet, oldest first.
     frozen: Vec<Arc<Layer>>,
 }
 
 impl ColumnCache {
     pub(crate) fn new() -> Arc<Mutex<Self>> {
         Arc::new(Mutex::new(Self {
-            main: FxHashMap::default(),
-            main_bytes: 0,
-            dirty: FxHashMap::default(),
-            dirty_bytes: 0,
+            map: FxHashMap::default(),
+            map_bytes: 0,
+            evict_at: 0,
+            log: Vec::new(),
+            spare: Arc::default(),
+            log_bytes: 0,
+            generation: 1,
             frozen: Vec::new(),
         }))
     }
 
     /// `(entries, bytes)` held in memory (entries may also be in the database).
     pub(crate) fn held(&self) -> (u64, u64) {
-        let entries = self.main.len().max(self.dirty.len());
-        (entries as u64, (self.main_bytes + self.dirty_bytes) as u64)
+        (
+            self.map.len() as u64,
+            (self.map_bytes + self.log_bytes) as u64,
+        )
+    }
+
+    /// Entries of this generation or later are clean: their last write is
+    /// in the database.
+    fn clean_upto(&self) -> u64 {
+        match self
+            .frozen
+            .iter()
+            .find(|l| !l.applied.load(Ordering::Acquire))
+        {
+            Some(layer) => layer.generation - 1,
+            None => self.generation - 1,
+        }
     }
 
     /// Freezes the writes since the last snapshot (an `O(1)` swap); layers
@@ -321,17 +480,19 @@ impl ColumnCache {
             .partition(|l| l.applied.load(Ordering::Acquire));
         self.frozen = kept;
         retired.extend(written);
-        if self.dirty.is_empty() {
+        if self.log.is_empty() {
             return None;
         }
-        let capacity = self.dirty.len();
-        let fresh = FxHashMap::with_capacity_and_hasher(capacity, Default::default());
-        let entries = std::mem::replace(&mut self.dirty, fresh);
-        self.dirty_bytes = 0;
+        let fresh = self.spare.take(self.log.len());
+        let entries = std::mem::replace(&mut self.log, fresh);
+        self.log_bytes = 0;
         let layer = Arc::new(Layer {
             entries,
+            generation: self.generation,
             applied: AtomicBool::new(false),
+            spare: Arc::clone(&self.spare),
         });
+        self.generation += 1;
         self.frozen.push(Arc::clone(&layer));
         Some(layer)
     }
@@ -387,86 +548,91 @@ pub(crate) struct CachedColumn {
     pub(crate) shared: Arc<Shared>,
     pub(crate) read: ReadOptions,
     pub(crate) write: WriteOptions,
-    /// At most this many bytes in the read cache, and as many in the dirty
-    /// map (see [`ENTRY_OVERHEAD_BYTES`]).
+    /// At most this many bytes of clean entries in the map, and as many in the
+    /// log (see [`ENTRY_OVERHEAD_BYTES`]).
     pub(crate) capacity: usize,
 }
 
 impl CachedColumn {
-    /// Caches `value` as the current value of `key` in the read cache
-    /// (cleared first when full).
-    fn remember(&self, cache: &mut ColumnCache, key: &[u8], value: Option<&[u8]>) {
-        if let Some(old) = cache.main.get_mut(key) {
-            match (old, value) {
-                (Some(old), Some(new)) if old.len() == new.len() => old.copy_from_slice(new),
-                (old, new) => {
-                    let was = old.as_deref().map_or(0, <[u8]>::len);
-                    *old = new.map(Box::from);
-                    cache.main_bytes =
-                        (cache.main_bytes + new.map_or(0, <[u8]>::len)).saturating_sub(was);
-                }
-            }
+    /// Makes room for an entry of `bytes` in the map: when full, evicts
+    /// every clean entry. Never writes nor waits: entries not in the
+    /// database yet stay (they are bounded by the logs), and the next
+    /// eviction comes after at least half the budget again (amortised
+    /// constant time per entry).
+    fn make_room(&self, cache: &mut ColumnCache, bytes: usize) {
+        if cache.map_bytes + bytes <= cache.evict_at.max(self.capacity) {
             return;
         }
-        let bytes = entry_bytes(key, value);
-        if cache.main_bytes + bytes > self.capacity {
-            cache.main.clear();
-            cache.main_bytes = 0;
-        }
-        cache.main_bytes += bytes;
-        cache.main.insert(Box::from(key), value.map(Box::from));
+        let clean = cache.clean_upto();
+        let mut kept = 0;
+        cache.map.retain(|key, entry| {
+            let keep = entry.generation > clean;
+            if keep {
+                kept += entry_bytes(key.as_slice(), entry.value.as_ref().map(Bytes::as_slice));
+            }
+            keep
+        });
+        cache.map_bytes = kept;
+        cache.evict_at = kept + self.capacity / 2;
     }
 
     /// Brings the database up to date for this column: every epoch and the
-    /// writes since the last snapshot written (the read cache stays: it
-    /// holds the database's values now).
+    /// writes since the last snapshot written, after which every entry is
+    /// clean (the map stays: it holds the database's values now).
     fn write_back(&self, cache: &mut ColumnCache) -> Result<(), StateError> {
         self.shared.settle()?;
         cache.frozen.clear();
-        write_dirty(&self.cf, cache.dirty.iter())?;
-        cache.dirty.clear();
-        cache.dirty_bytes = 0;
+        write_dirty(&self.cf, &cache.log)?;
+        cache.log.clear();
+        cache.log_bytes = 0;
+        cache.generation += 1;
         Ok(())
     }
 
     fn set(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError> {
-        let mut cache = lock(&self.cache);
-        let cache = &mut *cache;
-        self.remember(cache, key, value);
-        if let Some(slot) = cache.dirty.get_mut(key) {
-            match (&mut slot.value, value) {
-                (Some(old), Some(new)) if old.len() == new.len() => old.copy_from_slice(new),
-                (old, new) => {
-                    let was = old.as_deref().map_or(0, <[u8]>::len);
-                    *old = new.map(Box::from);
-                    cache.dirty_bytes =
-                        (cache.dirty_bytes + new.map_or(0, <[u8]>::len)).saturating_sub(was);
-                }
-            }
-            return Ok(());
-        }
+        let mut guard = lock(&self.cache);
+        let cache = &mut *guard;
+        let generation = cache.generation;
         let bytes = entry_bytes(key, value);
-        if cache.dirty_bytes + bytes > self.capacity {
+        if let Some(entry) = cache.map.get_mut(key) {
+            let was = entry.value.as_ref().map_or(0, |v| v.as_slice().len());
+            cache.map_bytes = (cache.map_bytes + value.map_or(0, <[u8]>::len)).saturating_sub(was);
+            set_value(&mut entry.value, value);
+            if entry.generation == generation
+                && let Some((_, logged)) = cache.log.get_mut(entry.log as usize)
+            {
+                set_value(logged, value);
+                return Ok(());
+            }
+            entry.generation = generation;
+            entry.log = cache.log.len() as u32;
+        } else {
+            self.make_room(cache, bytes);
+            cache.map_bytes += bytes;
+            cache.map.insert(
+                Bytes::new(key),
+                Entry {
+                    value: value.map(Bytes::new),
+                    generation: cache.generation,
+                    log: cache.log.len() as u32,
+                },
+            );
+        }
+        cache.log.push((Bytes::new(key), value.map(Bytes::new)));
+        cache.log_bytes += bytes;
+        if cache.log_bytes > self.capacity || cache.log.len() >= u32::MAX as usize {
             // Too many writes between two snapshots: write them now.
             self.write_back(cache)?;
         }
-        cache.dirty_bytes += bytes;
-        cache.dirty.insert(
-            Box::from(key),
-            Slot {
-                value: value.map(Box::from),
-                dirty: true,
-            },
-        );
         Ok(())
     }
 
-    /// Forgets `key` in the read cache.
+    /// Forgets `key` (clean: after a write back).
     fn forget(cache: &mut ColumnCache, key: &[u8]) {
-        if let Some(value) = cache.main.remove(key) {
-            cache.main_bytes = cache
-                .main_bytes
-                .saturating_sub(entry_bytes(key, value.as_deref()));
+        if let Some(entry) = cache.map.remove(key) {
+            cache.map_bytes = cache
+                .map_bytes
+                .saturating_sub(entry_bytes(key, entry.value.as_ref().map(Bytes::as_slice)));
         }
     }
 }
@@ -474,31 +640,17 @@ impl CachedColumn {
 impl KvColumn for CachedColumn {
     fn get(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
         let mut cache = lock(&self.cache);
-        let cached = match cache.main.get(key) {
-            Some(value) => Some(value.as_deref()),
-            // Evicted from the read cache but not written yet.
-            None => cache
-                .dirty
-                .get(key)
-                .or_else(|| {
-                    cache
-                        .frozen
-                        .iter()
-                        .rev()
-                        .find_map(|layer| layer.entries.get(key))
-                })
-                .map(|slot| slot.value.as_deref()),
-        };
-        if let Some(value) = cached {
-            return Ok(match value {
+        if let Some(entry) = cache.map.get(key) {
+            return Ok(match &entry.value {
                 Some(value) => {
                     out.clear();
-                    out.extend_from_slice(value);
+                    out.extend_from_slice(value.as_slice());
                     true
                 }
                 None => false,
             });
         }
+        // Not in the map: the database holds the current value.
         let read = self
             .cf
             .db()
@@ -513,7 +665,17 @@ impl KvColumn for CachedColumn {
             None => false,
         };
         let value = found.then_some(out.as_slice());
-        self.remember(&mut cache, key, value);
+        let bytes = entry_bytes(key, value);
+        self.make_room(&mut cache, bytes);
+        cache.map_bytes += bytes;
+        cache.map.insert(
+            Bytes::new(key),
+            Entry {
+                value: value.map(Bytes::new),
+                generation: 0,
+                log: 0,
+            },
+        );
         Ok(found)
     }
 
@@ -541,14 +703,14 @@ impl KvColumn for CachedColumn {
         let mut cache = lock(&self.cache);
         self.write_back(&mut cache)?;
         let mut freed = 0;
-        cache.main.retain(|k, value| {
-            let keep = k.as_ref() < start || k.as_ref() >= end;
+        cache.map.retain(|k, entry| {
+            let keep = k.as_slice() < start || k.as_slice() >= end;
             if !keep {
-                freed += entry_bytes(k, value.as_deref());
+                freed += entry_bytes(k.as_slice(), entry.value.as_ref().map(Bytes::as_slice));
             }
             keep
         });
-        cache.main_bytes = cache.main_bytes.saturating_sub(freed);
+        cache.map_bytes = cache.map_bytes.saturating_sub(freed);
         self.cf
             .db()
             .delete_range_cf_opt(self.cf.handle(), start, end, &self.write)
@@ -561,6 +723,66 @@ impl KvColumn for CachedColumn {
             self.write_back(&mut cache)?;
         }
         scan_db(self.cf.db(), self.cf.handle(), &self.cf.name, start, end, f)
+    }
+
+    /// Looks every key up in one loop (the processor overlaps the misses,
+    /// and the accesses that follow find the slots in its cache), then
+    /// reads the keys the map lacks from RocksDB in one `multi_get` and
+    /// keeps them as clean entries while there is room. A hint: an error
+    /// of RocksDB is left to the accesses, which report it.
+    fn prefetch(&self, keys: &[u8], ends: &[usize]) {
+        let mut guard = lock(&self.cache);
+        let cache = &mut *guard;
+        let generation = cache.generation;
+        let mut missing: Vec<&[u8]> = Vec::new();
+        let mut start = 0;
+        for &end in ends {
+            let Some(key) = keys.get(start..end) else {
+                return;
+            };
+            start = end;
+            match cache.map.get(key) {
+                Some(entry) => {
+                    if entry.generation == generation {
+                        // Reads the slot: the write that follows finds it in cache.
+                        std::hint::black_box(
+                            cache.log.get(entry.log as usize).map(|e| e.1.is_some()),
+                        );
+                    }
+                }
+                None => missing.push(key),
+            }
+        }
+        if missing.is_empty() {
+            return;
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        let read = self.cf.db().batched_multi_get_cf_opt(
+            self.cf.handle(),
+            missing.iter().copied(),
+            true,
+            &self.read,
+        );
+        for (key, value) in missing.into_iter().zip(read) {
+            let Ok(value) = value else {
+                return;
+            };
+            let value = value.as_deref();
+            let bytes = entry_bytes(key, value);
+            if cache.map_bytes + bytes > self.capacity {
+                return;
+            }
+            cache.map_bytes += bytes;
+            cache.map.insert(
+                Bytes::new(key),
+                Entry {
+                    value: value.map(Bytes::new),
+                    generation: 0,
+                    log: 0,
+                },
+            );
+        }
     }
 
     fn write_batch(&self, batch: &KvBatch) -> Result<(), StateError> {
@@ -637,8 +859,11 @@ impl SnapshotView {
         let mut overlay: HashMap<String, Overlay> = HashMap::new();
         for (column, layer) in &self.layers {
             let entries = overlay.entry(column.clone()).or_default();
-            for (key, slot) in layer.entries.iter().filter(|(_, s)| s.dirty) {
-                entries.insert(key.clone(), slot.value.clone());
+            for (key, value) in &layer.entries {
+                entries.insert(
+                    Box::from(key.as_slice()),
+                    value.as_ref().map(|v| Box::from(v.as_slice())),
+                );
             }
         }
         let overlay = self.overlay.get_or_init(|| overlay);

@@ -134,6 +134,10 @@ pub trait KvColumn: Send {
     /// Calls `f` on the entries in `[start, end)`, in key order.
     fn scan(&self, start: &[u8], end: &[u8], f: &mut ScanFn<'_>) -> Result<(), StateError>;
     fn write_batch(&self, batch: &KvBatch) -> Result<(), StateError>;
+    /// A hint: the keys `keys[ends[i-1]..ends[i]]` (`ends` ascending, the
+    /// first key from 0) are about to be read and written. A column may load
+    /// them now, all at once. Changes no value; default: no-op.
+    fn prefetch(&self, _keys: &[u8], _ends: &[usize]) {}
 }
 
 /// A consistent, read-only view of a whole store, read on another thread (the
@@ -538,6 +542,9 @@ fn not_snapshotted_per_table(name: &str) -> StateError {
 pub struct SerializedValueTable<K, V> {
     table: ColumnTable,
     current: Option<V>,
+    /// The encoded keys of a prefetch hint, end to end, and where each ends.
+    hint: Vec<u8>,
+    hint_ends: Vec<usize>,
     _key: PhantomData<fn(K)>,
 }
 
@@ -546,6 +553,8 @@ impl<K: StateKey, V: StateValue> SerializedValueTable<K, V> {
         Self {
             table: ColumnTable::new(name, range, column),
             current: None,
+            hint: Vec::new(),
+            hint_ends: Vec::new(),
             _key: PhantomData,
         }
     }
@@ -595,6 +604,26 @@ impl<K: StateKey, V: StateValue> KeyedTable<K> for SerializedValueTable<K, V> {
 
     fn ttl_cleanup_step(&mut self, budget: usize, expiry: Expiry) -> Result<(), StateError> {
         self.table.ttl_step(budget, expiry, TtlLayout::Value)
+    }
+
+    /// Encodes the keys (those of the range that encode; the rest are left
+    /// to the accesses, which report them) and hands them to the column.
+    fn prefetch(&mut self, keys: &[(KeyGroup, K)]) {
+        self.hint.clear();
+        self.hint_ends.clear();
+        for (key_group, key) in keys {
+            if !self.table.range.contains(*key_group) {
+                continue;
+            }
+            let start = self.hint.len();
+            self.hint.extend_from_slice(&key_group_prefix(*key_group));
+            if crate::codec::encode_into(key, &mut self.hint).is_err() {
+                self.hint.truncate(start);
+                continue;
+            }
+            self.hint_ends.push(self.hint.len());
+        }
+        self.table.column.prefetch(&self.hint, &self.hint_ends);
     }
 }
 
@@ -1426,6 +1455,10 @@ impl<K: StateKey> KeyedStateBackend<K> for SerializedKeyedStateBackend<K> {
     #[inline]
     fn slot(&mut self, id: StateId) -> &mut TableSlot<K> {
         self.declarations.slot(id)
+    }
+
+    fn prefetch(&mut self, keys: &[(KeyGroup, K)]) {
+        self.declarations.prefetch(keys);
     }
 
     fn signatures(&self) -> Vec<StateSignature> {
