@@ -70,7 +70,18 @@ struct HeapTtl<S> {
 pub struct HeapTableView<K, S> {
     pub name: String,
     pub groups: Vec<(KeyGroup, Arc<FrozenGroup<K, S>>)>,
+    /// Shared with every group: the budget on encoded bytes not taken yet.
+    encoder: Arc<GroupEncoder<S>>,
 }
+
+/// The least budget on a view's encoded bytes that its writer has not taken
+/// yet: a small state never waits for its writer.
+pub const PENDING_BUDGET_MIN: usize = 16 << 20;
+
+/// The budget on a view's encoded bytes not taken yet, as a fraction of its
+/// table's hash tables (`1 / PENDING_BUDGET_DIVISOR`): what a snapshot may add
+/// to the memory of the state while its writer runs behind the table's writes.
+pub const PENDING_BUDGET_DIVISOR: usize = 4;
 
 /// Applies `prune` to every entry of one key group, thawing it only if
 /// something expired.
@@ -153,6 +164,13 @@ impl<K: StateKey, S: StateValue> HeapTable<K, S> {
     /// Freezes every key group and returns a view that later writes never change.
     /// O(number of key groups), independent of the number of keys.
     pub fn freeze(&mut self) -> HeapTableView<K, S> {
+        self.freeze_with_budget(None)
+    }
+
+    /// [`Self::freeze`] with a budget on the view's encoded bytes not taken
+    /// yet: `None` for the default (`PENDING_BUDGET_MIN` or a
+    /// `PENDING_BUDGET_DIVISOR`th of the hash tables, whichever is larger).
+    pub(crate) fn freeze_with_budget(&mut self, budget: Option<usize>) -> HeapTableView<K, S> {
         let prune = self.ttl.as_ref().and_then(|ttl| {
             ttl.settings
                 .config
@@ -160,7 +178,16 @@ impl<K: StateKey, S: StateValue> HeapTable<K, S> {
                 .in_snapshots
                 .then(|| (ttl.settings.expiry(), ttl.prune))
         });
-        let encoder = Arc::new(GroupEncoder::new(self.name.clone(), prune));
+        // The hash tables' own bytes (what a `Vec` or `String` in `S` holds
+        // besides is not counted: the budget errs on the small side).
+        let table_bytes: usize = self
+            .groups
+            .iter()
+            .map(|group| group.read().allocation_size())
+            .sum();
+        let budget =
+            budget.unwrap_or_else(|| PENDING_BUDGET_MIN.max(table_bytes / PENDING_BUDGET_DIVISOR));
+        let encoder = Arc::new(GroupEncoder::new(self.name.clone(), prune, budget));
         let start = self.range.start;
         let groups = self
             .groups
@@ -171,6 +198,7 @@ impl<K: StateKey, S: StateValue> HeapTable<K, S> {
         HeapTableView {
             name: self.name.clone(),
             groups,
+            encoder,
         }
     }
 
@@ -183,15 +211,45 @@ impl<K: StateKey, S: StateValue> HeapTable<K, S> {
     }
 }
 
+impl<K, S> HeapTableView<K, S> {
+    /// The encoded bytes the view holds that its writer has not taken: (now,
+    /// the most ever held, the budget).
+    pub fn pending_bytes(&self) -> (usize, usize, usize) {
+        self.encoder.pending.figures()
+    }
+
+    fn group(&self, key_group: KeyGroup) -> Option<&Arc<FrozenGroup<K, S>>> {
+        // The groups are the range's, in order.
+        let first = self.groups.first()?.0;
+        let (g, group) = self.groups.get(key_group.checked_sub(first)? as usize)?;
+        (*g == key_group).then_some(group)
+    }
+}
+
 impl<K: StateKey, S: StateValue> crate::snapshot::TableSnapshot for HeapTableView<K, S> {
     fn write_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<u64, StateError> {
-        match self.groups.iter().find(|(g, _)| *g == key_group) {
-            Some((_, group)) => group.write(out),
+        match self.group(key_group) {
+            Some(group) => group.write(out),
             None => {
                 encode_entries::<K, S>(&self.name, std::iter::empty(), out)?;
                 Ok(0)
             }
         }
+    }
+
+    fn take_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<u64, StateError> {
+        match self.group(key_group) {
+            Some(group) => group.take(out),
+            None => self.write_key_group(key_group, out),
+        }
+    }
+
+    fn begin_write(&self) {
+        self.encoder.pending.begin_write();
+    }
+
+    fn end_write(&self) {
+        self.encoder.pending.end_write();
     }
 }
 
@@ -677,6 +735,141 @@ mod tests {
         assert_eq!(keys(view_entries(&older, 1)), vec![1, 3, 5, 7, 9]);
         assert_eq!(keys(view_entries(&newer, 1)), vec![1, 3, 5, 7, 9]);
         assert_eq!(KeyedTable::key_count(&table, 1).unwrap(), 6);
+    }
+
+    /// A table of `groups` key groups with `per_group` entries each (key
+    /// `k` in group `k % groups`, value `k`).
+    fn filled_table(groups: u32, per_group: u64) -> HeapTable<u64, u64> {
+        let mut table = HeapTable::<u64, u64>::new("t", KeyGroupRange::new(0, groups));
+        for k in 0..groups as u64 * per_group {
+            ValueTable::put(&mut table, (k % groups as u64) as u32, &k, k).unwrap();
+        }
+        table
+    }
+
+    /// The memory bound of a snapshot: while a writer is at work, the
+    /// table's writes to groups the view still holds wait for it rather than
+    /// encode more than the budget (plus the one group being encoded); the
+    /// view still writes every group as of the freeze and the table has
+    /// every write. The writer starts taking only once the table waits or
+    /// is done with all its writes, so without the budget the table would
+    /// encode every group first (the peak would be all of them).
+    #[test]
+    fn encoded_bytes_not_taken_stay_within_the_budget_while_a_writer_is_at_work() {
+        use crate::snapshot::TableSnapshot;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        const GROUPS: u32 = 32;
+        const PER_GROUP: u64 = 1000;
+        // One group's payload: the count, then 16 bytes per entry.
+        let group_bytes = 8 + 16 * PER_GROUP as usize;
+        let budget = 4 * group_bytes;
+        let mut table = filled_table(GROUPS, PER_GROUP);
+        let view = Arc::new(table.freeze_with_budget(Some(budget)));
+        let table_done = Arc::new(AtomicBool::new(false));
+        view.begin_write();
+        let writer = {
+            let (view, table_done) = (Arc::clone(&view), Arc::clone(&table_done));
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+                while view.encoder.pending.waiting() == 0 && !table_done.load(Ordering::Acquire) {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the table neither waited nor finished"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                let mut taken = Vec::new();
+                for g in 0..GROUPS {
+                    let mut bytes = Vec::new();
+                    view.take_key_group(g, &mut bytes).unwrap();
+                    taken.push(bytes);
+                }
+                view.end_write();
+                taken
+            })
+        };
+        // The groups the writer reaches last, first.
+        for g in (0..GROUPS).rev() {
+            ValueTable::put(&mut table, g, &(1_000_000 + g as u64), 1).unwrap();
+        }
+        table_done.store(true, Ordering::Release);
+        let taken = writer.join().unwrap();
+        let (now, peak, _) = view.pending_bytes();
+        assert_eq!(now, 0, "every encoded group was taken");
+        // Under the budget, then one group more (the first group's buffer
+        // grows by doubling, later ones are sized from its bytes per entry).
+        assert!(
+            peak < budget + group_bytes.next_power_of_two(),
+            "{peak} bytes held against a budget of {budget}"
+        );
+        for (g, bytes) in taken.iter().enumerate() {
+            let mut keys = Vec::new();
+            decode_entries::<u64, u64>("t", bytes, |k, v| {
+                assert_eq!(k, v, "as of the freeze");
+                keys.push(k);
+            })
+            .unwrap();
+            keys.sort_unstable();
+            let expected: Vec<u64> = (0..PER_GROUP)
+                .map(|i| i * GROUPS as u64 + g as u64)
+                .collect();
+            assert_eq!(keys, expected, "group {g}");
+            assert_eq!(
+                KeyedTable::key_count(&table, g as u32).unwrap(),
+                PER_GROUP as usize + 1
+            );
+        }
+        // Taken once: writing a group again is an error, not other bytes.
+        assert!(view.take_key_group(0, &mut Vec::new()).is_err());
+        assert!(view.write_key_group(0, &mut Vec::new()).is_err());
+    }
+
+    /// With no writer at work (not begun, or done), a write over budget
+    /// encodes the group and goes on: nothing waits for a writer that may
+    /// never come (a queued snapshot, a single thread doing both).
+    #[test]
+    fn with_no_writer_at_work_a_write_over_budget_does_not_wait() {
+        use crate::snapshot::TableSnapshot;
+        let mut table = filled_table(8, 100);
+        let view = table.freeze_with_budget(Some(1));
+        for g in 0..8 {
+            ValueTable::put(&mut table, g, &1_000_000, 1).unwrap();
+        }
+        let (_, peak, _) = view.pending_bytes();
+        assert!(peak >= 8 * (8 + 16 * 100), "all encoded: {peak}");
+        // A writer that came and went.
+        let view = table.freeze_with_budget(Some(1));
+        view.begin_write();
+        view.end_write();
+        for g in 0..8 {
+            ValueTable::put(&mut table, g, &1_000_001, 1).unwrap();
+        }
+        assert_eq!(view_entries(&view, 3).len(), 101);
+    }
+
+    /// A group the writer has taken is handed back to the table without
+    /// being encoded again or copied, and its bytes are freed at once.
+    #[test]
+    fn a_group_taken_by_the_writer_costs_the_table_nothing() {
+        use crate::snapshot::TableSnapshot;
+        let mut table = HeapTable::<u64, Counted>::new("t", KeyGroupRange::new(0, 2));
+        for k in 0..10u64 {
+            ValueTable::put(&mut table, (k % 2) as u32, &k, Counted(k)).unwrap();
+        }
+        CLONES.with(|c| c.set(0));
+        let view = table.freeze();
+        view.begin_write();
+        let mut bytes = Vec::new();
+        view.take_key_group(0, &mut bytes).unwrap();
+        ValueTable::put(&mut table, 0, &100, Counted(100)).unwrap();
+        assert_eq!(view.pending_bytes().1, 0, "nothing encoded for the view");
+        // Group 1, encoded by the table's write, then taken: freed.
+        ValueTable::put(&mut table, 1, &101, Counted(101)).unwrap();
+        assert!(view.pending_bytes().0 > 0);
+        view.take_key_group(1, &mut bytes).unwrap();
+        view.end_write();
+        assert_eq!(view.pending_bytes().0, 0);
+        assert_eq!(CLONES.with(|c| c.get()), 0, "no entry copied");
     }
 
     /// The hint goes to the states accessed since the last hint (the ones the
