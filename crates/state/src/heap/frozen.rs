@@ -84,6 +84,7 @@ impl<K: StateKey, S: StateValue> CowMap<K, S> {
         let group = Arc::new(FrozenGroup {
             state: Mutex::new(Frozen::Map(Arc::clone(&map))),
             taken: AtomicBool::new(false),
+            taking: AtomicBool::new(false),
             encoder: Arc::clone(encoder),
         });
         *self = CowMap::Frozen(map, Arc::clone(&group));
@@ -99,6 +100,9 @@ pub struct FrozenGroup<K, S> {
     /// Set once the writer has taken the group ([`FrozenGroup::take`]): a
     /// hand-over waiting for room stops waiting, there is nothing to encode.
     taken: AtomicBool,
+    /// Set while the writer takes the group: a hand-over then waits for it
+    /// (one group's encoding) rather than encode it too and copy the map.
+    taking: AtomicBool,
     encoder: Arc<GroupEncoder<S>>,
 }
 
@@ -120,9 +124,12 @@ impl<K: StateKey, S: StateValue> FrozenGroup<K, S> {
     /// holds it).
     fn hand_over(&self, map: Arc<GroupMap<K, S>>) -> GroupMap<K, S> {
         if self.needs(&map) {
-            // Over budget with a writer at work: wait until it has taken
-            // enough, or this group (then there is nothing to encode).
-            self.encoder.pending.wait_for_room(&self.taken);
+            // The writer taking this very group, or over budget with a
+            // writer at work: wait until it has taken this group (then there
+            // is nothing to encode and the map comes back uncopied) or, over
+            // budget, enough others.
+            let taking = self.taking.load(Ordering::Acquire);
+            self.encoder.pending.wait_for_room(&self.taken, taking);
         }
         // Poisoned: every change below is one assignment, the state is whole.
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -131,7 +138,10 @@ impl<K: StateKey, S: StateValue> FrozenGroup<K, S> {
                 // Sized from the last group's bytes per entry: one allocation,
                 // not a doubling series, per group.
                 let per_entry = self.encoder.bytes_per_entry.load(Ordering::Relaxed);
-                let mut bytes = Vec::with_capacity(8 + held.len().saturating_mul(per_entry));
+                let mut bytes = self
+                    .encoder
+                    .pool
+                    .get(8 + held.len().saturating_mul(per_entry));
                 // An encoding error is left to the writer, which fails the
                 // snapshot naming it; the table then copies the group.
                 self.encoder
@@ -182,18 +192,25 @@ impl<K: StateKey, S: StateValue> FrozenGroup<K, S> {
     /// writer's way, which writes each group once. Writing the group again
     /// is an error.
     pub(super) fn take(&self, out: &mut Vec<u8>) -> Result<u64, StateError> {
+        self.taking.store(true, Ordering::Release);
         let written = self.write(out);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let held = std::mem::replace(&mut *state, Frozen::Taken);
         self.taken.store(true, Ordering::Release);
         drop(state);
-        let released = match &held {
-            Frozen::Encoded { bytes, .. } => bytes.capacity(),
-            _ => 0,
+        let released = match held {
+            Frozen::Encoded { bytes, .. } => {
+                let released = bytes.capacity();
+                self.encoder.pool.put(bytes);
+                released
+            }
+            // Let go of the map before waking a hand-over waiting over this
+            // group: it then takes the map back without copying.
+            held => {
+                drop(held);
+                0
+            }
         };
-        // Let go of the map before waking a hand-over waiting over this
-        // group: it then takes the map back without copying.
-        drop(held);
         self.encoder.pending.sub(released);
         written
     }
@@ -265,11 +282,14 @@ impl Pending {
         self.room.notify_all();
     }
 
-    /// Returns once the bytes held are under the budget, no writer is at
-    /// work, or `taken` is set.
-    fn wait_for_room(&self, taken: &AtomicBool) {
+    /// Returns once `taken` is set or, unless `until_taken`, once the bytes
+    /// held are under the budget or no writer is at work. (`until_taken`:
+    /// the writer is taking the group, and sets `taken` when done.)
+    fn wait_for_room(&self, taken: &AtomicBool, until_taken: bool) {
         let mut state = self.lock();
-        while state.bytes >= self.budget && state.writers > 0 && !taken.load(Ordering::Acquire) {
+        while (until_taken || (state.bytes >= self.budget && state.writers > 0))
+            && !taken.load(Ordering::Acquire)
+        {
             state.waiting += 1;
             state = self.room.wait(state).unwrap_or_else(|e| e.into_inner());
             state.waiting -= 1;
@@ -299,6 +319,8 @@ pub(super) struct GroupEncoder<S> {
     bytes_per_entry: AtomicUsize,
     /// The view's encoded bytes not taken yet, against its budget.
     pub(super) pending: Pending,
+    /// The table's buffers for encoded groups (they outlive the view).
+    pool: Arc<BufferPool>,
 }
 
 impl<S> GroupEncoder<S> {
@@ -306,13 +328,96 @@ impl<S> GroupEncoder<S> {
         name: String,
         prune: Option<(Expiry, PruneFn<S>)>,
         pending_budget: usize,
+        pool: Arc<BufferPool>,
     ) -> Self {
         Self {
             name,
             prune,
             bytes_per_entry: AtomicUsize::new(0),
             pending: Pending::new(pending_budget),
+            pool,
         }
+    }
+}
+
+/// A table's buffers of encoded groups that writers have taken, for the
+/// next hand-overs: a checkpoint's encoded bytes go into the last one's
+/// buffers instead of fresh allocations. Fresh ones cost a page fault and
+/// the kernel's zeroing per page, and freed ones (by the writer's thread)
+/// were kept by the allocator for a while: at 10M keys, +55 MB of peak RSS
+/// (bench/RESULTS.md). Holds at most its limit (the pending budget), so a
+/// checkpoint's buffers, pooled or held, stay within the budget plus one
+/// group: a hand-over allocates only when the pool is empty.
+#[derive(Default)]
+pub(super) struct BufferPool {
+    state: Mutex<PoolState>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    buffers: Vec<Vec<u8>>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl BufferPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // Poisoned: every change leaves the state whole.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps at most `limit` bytes from now on.
+    pub(super) fn set_limit(&self, limit: usize) {
+        let mut state = self.lock();
+        state.limit = limit;
+        while state.bytes > limit {
+            let Some(buffer) = state.buffers.pop() else {
+                break;
+            };
+            state.bytes -= buffer.capacity();
+        }
+    }
+
+    /// An empty buffer for about `capacity` bytes: a pooled one that holds
+    /// them if there is one, else the last pooled one or a new one sized with
+    /// 1/16 to spare (groups differ a little in size, and a buffer short of a
+    /// few bytes would double while encoding).
+    fn get(&self, capacity: usize) -> Vec<u8> {
+        let capacity = capacity.saturating_add(capacity / 16);
+        let buffer = {
+            let mut state = self.lock();
+            let fits = state.buffers.iter().position(|b| b.capacity() >= capacity);
+            let buffer = match fits {
+                Some(at) => Some(state.buffers.swap_remove(at)),
+                None => state.buffers.pop(),
+            };
+            if let Some(buffer) = &buffer {
+                state.bytes -= buffer.capacity();
+            }
+            buffer
+        };
+        match buffer {
+            Some(mut buffer) => {
+                buffer.reserve_exact(capacity);
+                buffer
+            }
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    fn put(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        let mut state = self.lock();
+        if state.bytes + buffer.capacity() <= state.limit {
+            state.bytes += buffer.capacity();
+            state.buffers.push(buffer);
+        }
+    }
+
+    /// Bytes pooled now.
+    #[cfg(test)]
+    pub(super) fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 }
 

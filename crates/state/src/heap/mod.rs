@@ -39,7 +39,7 @@ pub type GroupMap<K, S> = hashbrown::HashMap<K, S, FxBuildHasher>;
 mod frozen;
 
 pub use frozen::FrozenGroup;
-use frozen::{CowMap, GroupEncoder};
+use frozen::{BufferPool, CowMap, GroupEncoder};
 
 /// One declared state of the heap backend: a map per key group from key to `S`
 /// (`V` for value state, `Vec<V>` for lists, a map for map state).
@@ -49,6 +49,8 @@ pub struct HeapTable<K, S> {
     groups: Vec<CowMap<K, S>>,
     /// Set for a TTL'd state (`S` holds `TtlValue`s): how expiry prunes an `S`.
     ttl: Option<HeapTtl<S>>,
+    /// Buffers for encoded groups, reused from one snapshot to the next.
+    buffers: Arc<BufferPool>,
 }
 
 /// Prunes one stored `S` of a TTL'd state.
@@ -76,7 +78,7 @@ pub struct HeapTableView<K, S> {
 
 /// The least budget on a view's encoded bytes that its writer has not taken
 /// yet: a small state never waits for its writer.
-pub const PENDING_BUDGET_MIN: usize = 16 << 20;
+pub const PENDING_BUDGET_MIN: usize = 4 << 20;
 
 /// The budget on a view's encoded bytes not taken yet, as a fraction of its
 /// table's hash tables (`1 / PENDING_BUDGET_DIVISOR`): what a snapshot may add
@@ -118,6 +120,7 @@ impl<K: StateKey, S: StateValue> HeapTable<K, S> {
             range,
             groups,
             ttl: None,
+            buffers: Arc::default(),
         }
     }
 
@@ -187,7 +190,13 @@ impl<K: StateKey, S: StateValue> HeapTable<K, S> {
             .sum();
         let budget =
             budget.unwrap_or_else(|| PENDING_BUDGET_MIN.max(table_bytes / PENDING_BUDGET_DIVISOR));
-        let encoder = Arc::new(GroupEncoder::new(self.name.clone(), prune, budget));
+        self.buffers.set_limit(budget);
+        let encoder = Arc::new(GroupEncoder::new(
+            self.name.clone(),
+            prune,
+            budget,
+            Arc::clone(&self.buffers),
+        ));
         let start = self.range.start;
         let groups = self
             .groups
@@ -870,6 +879,39 @@ mod tests {
         view.end_write();
         assert_eq!(view.pending_bytes().0, 0);
         assert_eq!(CLONES.with(|c| c.get()), 0, "no entry copied");
+    }
+
+    /// The buffers a writer took serve the next snapshot's hand-overs
+    /// instead of fresh allocations, and the pool keeps no more than the
+    /// budget.
+    #[test]
+    fn the_buffers_of_taken_groups_serve_the_next_snapshot_within_the_budget() {
+        use crate::snapshot::TableSnapshot;
+        let mut table = filled_table(2, 100);
+        let view = table.freeze();
+        view.begin_write();
+        ValueTable::put(&mut table, 0, &1_000_000, 1).unwrap();
+        let (held, _, _) = view.pending_bytes();
+        view.take_key_group(0, &mut Vec::new()).unwrap();
+        view.end_write();
+        drop(view);
+        assert_eq!(
+            table.buffers.bytes(),
+            held,
+            "the taken group's buffer is pooled"
+        );
+
+        let view = table.freeze();
+        ValueTable::put(&mut table, 0, &1_000_001, 1).unwrap();
+        assert_eq!(table.buffers.bytes(), 0, "the hand-over took it back");
+        assert_eq!(view_entries(&view, 0).len(), 101, "as of the freeze");
+        view.begin_write();
+        view.take_key_group(0, &mut Vec::new()).unwrap();
+        view.end_write();
+        assert!(table.buffers.bytes() > 0);
+        // A smaller budget trims what is pooled.
+        let _view = table.freeze_with_budget(Some(1));
+        assert_eq!(table.buffers.bytes(), 0);
     }
 
     /// The hint goes to the states accessed since the last hint (the ones the
