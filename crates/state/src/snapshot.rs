@@ -108,7 +108,7 @@ impl KeyedStateSnapshot {
     fn write_section_with(
         &self,
         out: &mut Vec<u8>,
-        payload: &mut dyn FnMut(&dyn TableSnapshot, &mut Vec<u8>) -> Result<u64, StateError>,
+        payload: &mut PayloadFn<'_>,
     ) -> Result<u64, StateError> {
         let mut entries = 0;
         out.extend_from_slice(&(self.states.len() as u32).to_le_bytes());
@@ -123,6 +123,9 @@ impl KeyedStateSnapshot {
         Ok(entries)
     }
 }
+
+/// Writes one table's payload of a key group (see `write_section_with`).
+type PayloadFn<'a> = dyn FnMut(&dyn TableSnapshot, &mut Vec<u8>) -> Result<u64, StateError> + 'a;
 
 /// The writer of a [`KeyedStateSnapshot`] that writes each key group once
 /// ([`KeyedStateSnapshot::writer`]): between its creation and its drop the

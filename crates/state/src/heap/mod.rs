@@ -78,12 +78,12 @@ pub struct HeapTableView<K, S> {
 
 /// The least budget on a view's encoded bytes that its writer has not taken
 /// yet: a small state never waits for its writer.
-pub const PENDING_BUDGET_MIN: usize = 4 << 20;
+pub const PENDING_BUDGET_MIN: usize = 2 << 20;
 
 /// The budget on a view's encoded bytes not taken yet, as a fraction of its
 /// table's hash tables (`1 / PENDING_BUDGET_DIVISOR`): what a snapshot may add
 /// to the memory of the state while its writer runs behind the table's writes.
-pub const PENDING_BUDGET_DIVISOR: usize = 4;
+pub const PENDING_BUDGET_DIVISOR: usize = 8;
 
 /// Applies `prune` to every entry of one key group, thawing it only if
 /// something expired.
