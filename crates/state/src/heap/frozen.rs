@@ -282,12 +282,15 @@ impl Pending {
         self.room.notify_all();
     }
 
-    /// Returns once `taken` is set or, unless `until_taken`, once the bytes
-    /// held are under the budget or no writer is at work. (`until_taken`:
-    /// the writer is taking the group, and sets `taken` when done.)
+    /// Returns once `taken` is set, no writer is at work, or (unless
+    /// `until_taken`: the writer is taking the group, and sets `taken` when
+    /// done) the bytes held are under the budget. A writer that fails or
+    /// unwinds ends its work (`SnapshotWriter`'s drop), so nothing waits
+    /// for a group it will never take.
     fn wait_for_room(&self, taken: &AtomicBool, until_taken: bool) {
         let mut state = self.lock();
-        while (until_taken || (state.bytes >= self.budget && state.writers > 0))
+        while state.writers > 0
+            && (until_taken || state.bytes >= self.budget)
             && !taken.load(Ordering::Acquire)
         {
             state.waiting += 1;
