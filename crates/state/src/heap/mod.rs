@@ -7,10 +7,12 @@
 //! snapshot's writer (the upload thread), or the table's next write to it, which
 //! encodes the group's section for the snapshot and takes its map back without
 //! copying it. So the synchronous part does not grow with the state, a snapshot
-//! costs one encoding of each group whoever does it, memory holds at most the
-//! encoded bytes besides the state (never a second copy of the maps), and the
-//! hot path takes no lock and no atomic operation once a key group is owned
-//! again (the hand-over lives in [`frozen`]). (Before, a write to a frozen
+//! costs one encoding of each group whoever does it, memory holds at most a
+//! budget of encoded bytes besides the state (never a second copy of the
+//! maps: the writer frees each group as it writes it, and a table over budget
+//! waits for it), and the hot path takes no lock and no atomic operation once
+//! a key group is owned again (the hand-over and the budget live in
+//! [`frozen`]). (Before, a write to a frozen
 //! group copied it: with W's state touched all over between checkpoints, every
 //! checkpoint copied the whole state, and the kernel's zeroing of the copies'
 //! fresh pages cost more than the copies.)
