@@ -50,9 +50,12 @@ pub fn write_keyed_file(
     let mut offset = HEADER_BYTES;
     let mut groups = Vec::with_capacity(snapshot.range.len());
     let mut section = Vec::new();
+    // Each group written once: the snapshot frees what it held of a group as
+    // soon as it is written (and a heap table over budget waits for this).
+    let sections = snapshot.writer();
     for key_group in snapshot.range.iter() {
         section.clear();
-        let entries = snapshot.write_key_group(key_group, &mut section)?;
+        let entries = sections.take_key_group(key_group, &mut section)?;
         // Pair assertion: every section is one a reader accepts.
         flowstate_state::snapshot::read_section(key_group, &section)?;
         crc = crc32c::crc32c_append(crc, &section);
@@ -727,19 +730,21 @@ mod tests {
         // Larger than a storage part, so the multipart path writes it.
         let snapshot = filled(16, 400_000);
         let storage = storage("same-bytes");
-        let handle = write_keyed_file(storage.as_ref(), "f.keyed", &snapshot).unwrap();
-        assert!(handle.file.size > 2 * crate::storage::STREAM_PART_BYTES as u64);
+        // Built first: the streaming writer takes each group once.
         let mut whole = crate::format::begin_sealed(KEYED_MAGIC, KEYED_FILE_VERSION);
+        let mut spans = Vec::new();
         for g in snapshot.range.iter() {
             let start = whole.len() as u64;
             snapshot.write_key_group(g, &mut whole).unwrap();
-            let entry = &handle.groups[g as usize];
-            assert_eq!(
-                (entry.offset, entry.length),
-                (start, whole.len() as u64 - start)
-            );
+            spans.push((start, whole.len() as u64 - start));
         }
         crate::format::finish_sealed(&mut whole);
+        let handle = write_keyed_file(storage.as_ref(), "f.keyed", &snapshot).unwrap();
+        assert!(handle.file.size > 2 * crate::storage::STREAM_PART_BYTES as u64);
+        for g in snapshot.range.iter() {
+            let entry = &handle.groups[g as usize];
+            assert_eq!((entry.offset, entry.length), spans[g as usize]);
+        }
         assert!(storage.get("f.keyed").unwrap() == whole, "other bytes");
         assert_eq!(handle.file.size, whole.len() as u64);
         // And reads back section by section.

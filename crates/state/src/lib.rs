@@ -54,7 +54,7 @@ pub use native::{
 pub use operator_state::{OperatorListHandle, OperatorStateStore, RedistributionMode};
 pub use serialized::{BackendInstance, KvStore, KvStoreFactory, SerializedKeyedStateBackend};
 pub use snapshot::{
-    KeyedStateSnapshot, RestoredKeyedState, SectionFn, SectionSource, TableSnapshot,
+    KeyedStateSnapshot, RestoredKeyedState, SectionFn, SectionSource, SnapshotWriter, TableSnapshot,
 };
 pub use state_type::{StateType, state_type_name};
 pub use ttl::{StateTtlConfig, TtlCleanup, TtlStateVisibility, TtlUpdateType, TtlValue};

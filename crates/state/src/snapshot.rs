@@ -32,6 +32,24 @@ pub trait TableSnapshot: Send + Sync {
     /// Appends the payload of `key_group` (entry count, then entries) to `out`;
     /// returns the entry count.
     fn write_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<u64, StateError>;
+
+    /// Like [`Self::write_key_group`], for a writer that writes each key group
+    /// once: the snapshot may then let go of what it holds of the group
+    /// (the heap backend frees its encoded bytes or hands its map back), and
+    /// writing the group again may fail. Called between [`Self::begin_write`]
+    /// and [`Self::end_write`] ([`KeyedStateSnapshot::writer`]).
+    fn take_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<u64, StateError> {
+        self.write_key_group(key_group, out)
+    }
+
+    /// A writer begins to take key groups. While one is at work, the heap
+    /// backend's table may wait for it to take groups before encoding more
+    /// of them itself (a budget on the bytes held, see `heap/frozen.rs`); the
+    /// writer must therefore never wait for the table's owner.
+    fn begin_write(&self) {}
+
+    /// The writer of [`Self::begin_write`] is done (or gave up).
+    fn end_write(&self) {}
 }
 
 /// A consistent view of all keyed state of one operator instance.
@@ -73,17 +91,69 @@ impl KeyedStateSnapshot {
         key_group: KeyGroup,
         out: &mut Vec<u8>,
     ) -> Result<u64, StateError> {
+        self.write_section_with(out, &mut |table, out| table.write_key_group(key_group, out))
+    }
+
+    /// The writer that writes each key group once, releasing what the
+    /// snapshot holds of it as it goes: how checkpoint storage writes a
+    /// snapshot (the snapshot's memory shrinks as the file grows).
+    pub fn writer(&self) -> SnapshotWriter<'_> {
+        for (_, table) in &self.states {
+            table.begin_write();
+        }
+        SnapshotWriter { snapshot: self }
+    }
+
+    /// A section's states, each payload written by `payload`.
+    fn write_section_with(
+        &self,
+        out: &mut Vec<u8>,
+        payload: &mut PayloadFn<'_>,
+    ) -> Result<u64, StateError> {
         let mut entries = 0;
         out.extend_from_slice(&(self.states.len() as u32).to_le_bytes());
         for (signature, table) in &self.states {
             write_state_header(out, &signature.name, signature.kind, &signature.types);
             let length_at = out.len();
             out.extend_from_slice(&0u64.to_le_bytes());
-            entries += table.write_key_group(key_group, out)?;
+            entries += payload(table.as_ref(), out)?;
             let payload_len = (out.len() - length_at - 8) as u64;
             out[length_at..length_at + 8].copy_from_slice(&payload_len.to_le_bytes());
         }
         Ok(entries)
+    }
+}
+
+/// Writes one table's payload of a key group (see `write_section_with`).
+type PayloadFn<'a> = dyn FnMut(&dyn TableSnapshot, &mut Vec<u8>) -> Result<u64, StateError> + 'a;
+
+/// The writer of a [`KeyedStateSnapshot`] that writes each key group once
+/// ([`KeyedStateSnapshot::writer`]): between its creation and its drop the
+/// heap backend's tables may wait for it (see [`TableSnapshot::begin_write`]),
+/// so the thread holding it must not write to the snapshotted state.
+pub struct SnapshotWriter<'a> {
+    snapshot: &'a KeyedStateSnapshot,
+}
+
+impl SnapshotWriter<'_> {
+    /// Appends the section of `key_group` to `out` (the bytes of
+    /// [`KeyedStateSnapshot::write_key_group`]) and lets the snapshot release
+    /// what it holds of the group; returns the entries over all states.
+    pub fn take_key_group(
+        &self,
+        key_group: KeyGroup,
+        out: &mut Vec<u8>,
+    ) -> Result<u64, StateError> {
+        self.snapshot
+            .write_section_with(out, &mut |table, out| table.take_key_group(key_group, out))
+    }
+}
+
+impl Drop for SnapshotWriter<'_> {
+    fn drop(&mut self) {
+        for (_, table) in &self.snapshot.states {
+            table.end_write();
+        }
     }
 }
 

@@ -7,10 +7,12 @@
 //! snapshot's writer (the upload thread), or the table's next write to it, which
 //! encodes the group's section for the snapshot and takes its map back without
 //! copying it. So the synchronous part does not grow with the state, a snapshot
-//! costs one encoding of each group whoever does it, memory holds at most the
-//! encoded bytes besides the state (never a second copy of the maps), and the
-//! hot path takes no lock and no atomic operation once a key group is owned
-//! again (the hand-over lives in [`frozen`]). (Before, a write to a frozen
+//! costs one encoding of each group whoever does it, memory holds at most a
+//! budget of encoded bytes besides the state (never a second copy of the
+//! maps: the writer frees each group as it writes it, and a table over budget
+//! waits for it), and the hot path takes no lock and no atomic operation once
+//! a key group is owned again (the hand-over and the budget live in
+//! [`frozen`]). (Before, a write to a frozen
 //! group copied it: with W's state touched all over between checkpoints, every
 //! checkpoint copied the whole state, and the kernel's zeroing of the copies'
 //! fresh pages cost more than the copies.)
@@ -39,7 +41,7 @@ pub type GroupMap<K, S> = hashbrown::HashMap<K, S, FxBuildHasher>;
 mod frozen;
 
 pub use frozen::FrozenGroup;
-use frozen::{CowMap, GroupEncoder};
+use frozen::{BufferPool, CowMap, GroupEncoder};
 
 /// One declared state of the heap backend: a map per key group from key to `S`
 /// (`V` for value state, `Vec<V>` for lists, a map for map state).
@@ -49,6 +51,8 @@ pub struct HeapTable<K, S> {
     groups: Vec<CowMap<K, S>>,
     /// Set for a TTL'd state (`S` holds `TtlValue`s): how expiry prunes an `S`.
     ttl: Option<HeapTtl<S>>,
+    /// Buffers for encoded groups, reused from one snapshot to the next.
+    buffers: Arc<BufferPool>,
 }
 
 /// Prunes one stored `S` of a TTL'd state.
@@ -70,7 +74,18 @@ struct HeapTtl<S> {
 pub struct HeapTableView<K, S> {
     pub name: String,
     pub groups: Vec<(KeyGroup, Arc<FrozenGroup<K, S>>)>,
+    /// Shared with every group: the budget on encoded bytes not taken yet.
+    encoder: Arc<GroupEncoder<S>>,
 }
+
+/// The least budget on a view's encoded bytes that its writer has not taken
+/// yet: a small state never waits for its writer.
+pub const PENDING_BUDGET_MIN: usize = 2 << 20;
+
+/// The budget on a view's encoded bytes not taken yet, as a fraction of its
+/// table's hash tables (`1 / PENDING_BUDGET_DIVISOR`): what a snapshot may add
+/// to the memory of the state while its writer runs behind the table's writes.
+pub const PENDING_BUDGET_DIVISOR: usize = 8;
 
 /// Applies `prune` to every entry of one key group, thawing it only if
 /// something expired.
@@ -107,6 +122,7 @@ impl<K: StateKey, S: StateValue> HeapTable<K, S> {
             range,
             groups,
             ttl: None,
+            buffers: Arc::default(),
         }
     }
 
@@ -185,6 +201,13 @@ impl<K: StateKey, S: StateValue> HeapTable<K, S> {
     /// Freezes every key group and returns a view that later writes never change.
     /// O(number of key groups), independent of the number of keys.
     pub fn freeze(&mut self) -> HeapTableView<K, S> {
+        self.freeze_with_budget(None)
+    }
+
+    /// [`Self::freeze`] with a budget on the view's encoded bytes not taken
+    /// yet: `None` for the default (`PENDING_BUDGET_MIN` or a
+    /// `PENDING_BUDGET_DIVISOR`th of the hash tables, whichever is larger).
+    pub(crate) fn freeze_with_budget(&mut self, budget: Option<usize>) -> HeapTableView<K, S> {
         let prune = self.ttl.as_ref().and_then(|ttl| {
             ttl.settings
                 .config
@@ -192,7 +215,22 @@ impl<K: StateKey, S: StateValue> HeapTable<K, S> {
                 .in_snapshots
                 .then(|| (ttl.settings.expiry(), ttl.prune))
         });
-        let encoder = Arc::new(GroupEncoder::new(self.name.clone(), prune));
+        // The hash tables' own bytes (what a `Vec` or `String` in `S` holds
+        // besides is not counted: the budget errs on the small side).
+        let table_bytes: usize = self
+            .groups
+            .iter()
+            .map(|group| group.read().allocation_size())
+            .sum();
+        let budget =
+            budget.unwrap_or_else(|| PENDING_BUDGET_MIN.max(table_bytes / PENDING_BUDGET_DIVISOR));
+        self.buffers.set_limit(budget);
+        let encoder = Arc::new(GroupEncoder::new(
+            self.name.clone(),
+            prune,
+            budget,
+            Arc::clone(&self.buffers),
+        ));
         let start = self.range.start;
         let groups = self
             .groups
@@ -203,6 +241,7 @@ impl<K: StateKey, S: StateValue> HeapTable<K, S> {
         HeapTableView {
             name: self.name.clone(),
             groups,
+            encoder,
         }
     }
 
@@ -215,15 +254,45 @@ impl<K: StateKey, S: StateValue> HeapTable<K, S> {
     }
 }
 
+impl<K, S> HeapTableView<K, S> {
+    /// The encoded bytes the view holds that its writer has not taken: (now,
+    /// the most ever held, the budget).
+    pub fn pending_bytes(&self) -> (usize, usize, usize) {
+        self.encoder.pending.figures()
+    }
+
+    fn group(&self, key_group: KeyGroup) -> Option<&Arc<FrozenGroup<K, S>>> {
+        // The groups are the range's, in order.
+        let first = self.groups.first()?.0;
+        let (g, group) = self.groups.get(key_group.checked_sub(first)? as usize)?;
+        (*g == key_group).then_some(group)
+    }
+}
+
 impl<K: StateKey, S: StateValue> crate::snapshot::TableSnapshot for HeapTableView<K, S> {
     fn write_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<u64, StateError> {
-        match self.groups.iter().find(|(g, _)| *g == key_group) {
-            Some((_, group)) => group.write(out),
+        match self.group(key_group) {
+            Some(group) => group.write(out),
             None => {
                 encode_entries::<K, S>(&self.name, std::iter::empty(), out)?;
                 Ok(0)
             }
         }
+    }
+
+    fn take_key_group(&self, key_group: KeyGroup, out: &mut Vec<u8>) -> Result<u64, StateError> {
+        match self.group(key_group) {
+            Some(group) => group.take(out),
+            None => self.write_key_group(key_group, out),
+        }
+    }
+
+    fn begin_write(&self) {
+        self.encoder.pending.begin_write();
+    }
+
+    fn end_write(&self) {
+        self.encoder.pending.end_write();
     }
 }
 
@@ -705,6 +774,174 @@ mod tests {
         assert_eq!(keys(view_entries(&older, 1)), vec![1, 3, 5, 7, 9]);
         assert_eq!(keys(view_entries(&newer, 1)), vec![1, 3, 5, 7, 9]);
         assert_eq!(KeyedTable::key_count(&table, 1).unwrap(), 6);
+    }
+
+    /// A table of `groups` key groups with `per_group` entries each (key
+    /// `k` in group `k % groups`, value `k`).
+    fn filled_table(groups: u32, per_group: u64) -> HeapTable<u64, u64> {
+        let mut table = HeapTable::<u64, u64>::new("t", KeyGroupRange::new(0, groups));
+        for k in 0..groups as u64 * per_group {
+            ValueTable::put(&mut table, (k % groups as u64) as u32, &k, k).unwrap();
+        }
+        table
+    }
+
+    /// The memory bound of a snapshot: while a writer is at work, the
+    /// table's writes to groups the view still holds wait for it rather than
+    /// encode more than the budget (plus the one group being encoded); the
+    /// view still writes every group as of the freeze and the table has
+    /// every write. The writer starts taking only once the table waits or
+    /// is done with all its writes, so without the budget the table would
+    /// encode every group first (the peak would be all of them).
+    #[test]
+    fn encoded_bytes_not_taken_stay_within_the_budget_while_a_writer_is_at_work() {
+        use crate::snapshot::TableSnapshot;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        const GROUPS: u32 = 32;
+        const PER_GROUP: u64 = 1000;
+        // One group's payload: the count, then 16 bytes per entry.
+        let group_bytes = 8 + 16 * PER_GROUP as usize;
+        let budget = 4 * group_bytes;
+        let mut table = filled_table(GROUPS, PER_GROUP);
+        let view = Arc::new(table.freeze_with_budget(Some(budget)));
+        let table_done = Arc::new(AtomicBool::new(false));
+        view.begin_write();
+        let writer = {
+            let (view, table_done) = (Arc::clone(&view), Arc::clone(&table_done));
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+                while view.encoder.pending.waiting() == 0 && !table_done.load(Ordering::Acquire) {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the table neither waited nor finished"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                let mut taken = Vec::new();
+                for g in 0..GROUPS {
+                    let mut bytes = Vec::new();
+                    view.take_key_group(g, &mut bytes).unwrap();
+                    taken.push(bytes);
+                }
+                view.end_write();
+                taken
+            })
+        };
+        // The groups the writer reaches last, first.
+        for g in (0..GROUPS).rev() {
+            ValueTable::put(&mut table, g, &(1_000_000 + g as u64), 1).unwrap();
+        }
+        table_done.store(true, Ordering::Release);
+        let taken = writer.join().unwrap();
+        let (now, peak, _) = view.pending_bytes();
+        assert_eq!(now, 0, "every encoded group was taken");
+        // Under the budget, then one group more (the first group's buffer
+        // grows by doubling, later ones are sized from its bytes per entry).
+        assert!(
+            peak < budget + group_bytes.next_power_of_two(),
+            "{peak} bytes held against a budget of {budget}"
+        );
+        for (g, bytes) in taken.iter().enumerate() {
+            let mut keys = Vec::new();
+            decode_entries::<u64, u64>("t", bytes, |k, v| {
+                assert_eq!(k, v, "as of the freeze");
+                keys.push(k);
+            })
+            .unwrap();
+            keys.sort_unstable();
+            let expected: Vec<u64> = (0..PER_GROUP)
+                .map(|i| i * GROUPS as u64 + g as u64)
+                .collect();
+            assert_eq!(keys, expected, "group {g}");
+            assert_eq!(
+                KeyedTable::key_count(&table, g as u32).unwrap(),
+                PER_GROUP as usize + 1
+            );
+        }
+        // Taken once: writing a group again is an error, not other bytes.
+        assert!(view.take_key_group(0, &mut Vec::new()).is_err());
+        assert!(view.write_key_group(0, &mut Vec::new()).is_err());
+    }
+
+    /// With no writer at work (not begun, or done), a write over budget
+    /// encodes the group and goes on: nothing waits for a writer that may
+    /// never come (a queued snapshot, a single thread doing both).
+    #[test]
+    fn with_no_writer_at_work_a_write_over_budget_does_not_wait() {
+        use crate::snapshot::TableSnapshot;
+        let mut table = filled_table(8, 100);
+        let view = table.freeze_with_budget(Some(1));
+        for g in 0..8 {
+            ValueTable::put(&mut table, g, &1_000_000, 1).unwrap();
+        }
+        let (_, peak, _) = view.pending_bytes();
+        assert!(peak >= 8 * (8 + 16 * 100), "all encoded: {peak}");
+        // A writer that came and went.
+        let view = table.freeze_with_budget(Some(1));
+        view.begin_write();
+        view.end_write();
+        for g in 0..8 {
+            ValueTable::put(&mut table, g, &1_000_001, 1).unwrap();
+        }
+        assert_eq!(view_entries(&view, 3).len(), 101);
+    }
+
+    /// A group the writer has taken is handed back to the table without
+    /// being encoded again or copied, and its bytes are freed at once.
+    #[test]
+    fn a_group_taken_by_the_writer_costs_the_table_nothing() {
+        use crate::snapshot::TableSnapshot;
+        let mut table = HeapTable::<u64, Counted>::new("t", KeyGroupRange::new(0, 2));
+        for k in 0..10u64 {
+            ValueTable::put(&mut table, (k % 2) as u32, &k, Counted(k)).unwrap();
+        }
+        CLONES.with(|c| c.set(0));
+        let view = table.freeze();
+        view.begin_write();
+        let mut bytes = Vec::new();
+        view.take_key_group(0, &mut bytes).unwrap();
+        ValueTable::put(&mut table, 0, &100, Counted(100)).unwrap();
+        assert_eq!(view.pending_bytes().1, 0, "nothing encoded for the view");
+        // Group 1, encoded by the table's write, then taken: freed.
+        ValueTable::put(&mut table, 1, &101, Counted(101)).unwrap();
+        assert!(view.pending_bytes().0 > 0);
+        view.take_key_group(1, &mut bytes).unwrap();
+        view.end_write();
+        assert_eq!(view.pending_bytes().0, 0);
+        assert_eq!(CLONES.with(|c| c.get()), 0, "no entry copied");
+    }
+
+    /// The buffers a writer took serve the next snapshot's hand-overs
+    /// instead of fresh allocations, and the pool keeps no more than the
+    /// budget.
+    #[test]
+    fn the_buffers_of_taken_groups_serve_the_next_snapshot_within_the_budget() {
+        use crate::snapshot::TableSnapshot;
+        let mut table = filled_table(2, 100);
+        let view = table.freeze();
+        view.begin_write();
+        ValueTable::put(&mut table, 0, &1_000_000, 1).unwrap();
+        let (held, _, _) = view.pending_bytes();
+        view.take_key_group(0, &mut Vec::new()).unwrap();
+        view.end_write();
+        drop(view);
+        assert_eq!(
+            table.buffers.bytes(),
+            held,
+            "the taken group's buffer is pooled"
+        );
+
+        let view = table.freeze();
+        ValueTable::put(&mut table, 0, &1_000_001, 1).unwrap();
+        assert_eq!(table.buffers.bytes(), 0, "the hand-over took it back");
+        assert_eq!(view_entries(&view, 0).len(), 101, "as of the freeze");
+        view.begin_write();
+        view.take_key_group(0, &mut Vec::new()).unwrap();
+        view.end_write();
+        assert!(table.buffers.bytes() > 0);
+        // A smaller budget trims what is pooled.
+        let _view = table.freeze_with_budget(Some(1));
+        assert_eq!(table.buffers.bytes(), 0);
     }
 
     /// The hint goes to the states accessed since the last hint (the ones the
