@@ -13,7 +13,7 @@ use flowstate::{
 };
 
 use crate::totals::InstanceShares;
-use crate::workload::{Checksum, DEFAULT_KEYS, record};
+use crate::workload::{Checksum, DEFAULT_KEYS, Workload};
 
 /// Parameters of `keyed-count`.
 #[derive(Debug, Clone)]
@@ -160,17 +160,17 @@ impl KeyedCountJob {
 pub(crate) fn workload_source<T: flowstate::Data>(
     env: &StreamEnvironment,
     params: &KeyedCountParams,
-    make: impl Fn(u64) -> T + Send + Sync + 'static,
+    make: impl Fn(Workload, u64) -> T + Send + Sync + 'static,
 ) -> Result<SequenceSource<T>, ConnectorError> {
-    if params.keys == 0 {
-        return Err(ConnectorError::Config("--keys must be at least 1".into()));
-    }
+    let workload = Workload::new(params.keys)
+        .ok_or_else(|| ConnectorError::Config("the key count must be at least 1".into()))?;
     env.set_job_parameters(
         params
             .job_parameters()
             .map_err(|e| ConnectorError::Config(e.to_string()))?,
     );
-    let mut source = SequenceSource::new(params.records, params.splits, make)?;
+    let mut source =
+        SequenceSource::new(params.records, params.splits, move |i| make(workload, i))?;
     if let Some(rate) = params.rate_per_s {
         source = source.with_rate(rate)?;
     }
@@ -182,8 +182,7 @@ pub fn build(
     env: &StreamEnvironment,
     params: &KeyedCountParams,
 ) -> Result<KeyedCountJob, ConnectorError> {
-    let keys = params.keys;
-    let source = workload_source(env, params, move |i| record(i, keys))?;
+    let source = workload_source(env, params, |workload, i| workload.record(i))?;
     let totals = Arc::new(Mutex::new(Checksum::default()));
     let updates = env
         .from_source("Source: W generator", source)

@@ -18,7 +18,7 @@ use flowstate::{
 };
 
 use crate::keyed_count::{CountAndSum, CountUpdate, KeyedCountParams, workload_source};
-use crate::workload::{Checksum, record};
+use crate::workload::Checksum;
 
 /// One update in this many (by key) is measured: a uniform sample whose
 /// bookkeeping stays off the per-record path.
@@ -111,8 +111,7 @@ pub fn build(
     params: &KeyedCountParams,
 ) -> Result<LatencyJob, ConnectorError> {
     epoch();
-    let keys = params.keys;
-    let source = workload_source(env, params, move |i| (record(i, keys).0, now_ns()))?;
+    let source = workload_source(env, params, |workload, i| (workload.record(i).0, now_ns()))?;
     let samples = Arc::new(Mutex::new(Vec::new()));
     let sink_samples = Arc::clone(&samples);
     env.from_source("Source: W generator (stamped)", source)
