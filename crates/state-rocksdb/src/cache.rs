@@ -450,6 +450,20 @@ impl ColumnCache {
         }))
     }
 
+    /// Caches what the database holds for `key` (`None`: nothing): a clean
+    /// entry, evictable at once; `bytes` is its [`entry_bytes`].
+    fn insert_clean(&mut self, key: &[u8], value: Option<&[u8]>, bytes: usize) {
+        self.map_bytes += bytes;
+        self.map.insert(
+            Bytes::new(key),
+            Entry {
+                value: value.map(Bytes::new),
+                generation: 0,
+                log: 0,
+            },
+        );
+    }
+
     /// `(entries, bytes)` held in memory (entries may also be in the database).
     pub(crate) fn held(&self) -> (u64, u64) {
         (
@@ -667,15 +681,7 @@ impl KvColumn for CachedColumn {
         let value = found.then_some(out.as_slice());
         let bytes = entry_bytes(key, value);
         self.make_room(&mut cache, bytes);
-        cache.map_bytes += bytes;
-        cache.map.insert(
-            Bytes::new(key),
-            Entry {
-                value: value.map(Bytes::new),
-                generation: 0,
-                log: 0,
-            },
-        );
+        cache.insert_clean(key, value, bytes);
         Ok(found)
     }
 
@@ -773,15 +779,7 @@ impl KvColumn for CachedColumn {
             if cache.map_bytes + bytes > self.capacity {
                 return;
             }
-            cache.map_bytes += bytes;
-            cache.map.insert(
-                Bytes::new(key),
-                Entry {
-                    value: value.map(Bytes::new),
-                    generation: 0,
-                    log: 0,
-                },
-            );
+            cache.insert_clean(key, value, bytes);
         }
     }
 
