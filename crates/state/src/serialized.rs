@@ -219,6 +219,16 @@ fn codec_error(state: &str, action: &'static str, e: impl std::fmt::Display) -> 
     }
 }
 
+/// Appends the store key of a value-like state's entry: `kg ++ enc(key)`.
+fn append_value_key<K: serde::Serialize>(
+    out: &mut Vec<u8>,
+    key_group: KeyGroup,
+    key: &K,
+) -> Result<(), crate::codec::CodecError> {
+    out.extend_from_slice(&key_group_prefix(key_group));
+    crate::codec::encode_into(key, out)
+}
+
 fn encode_into<T: serde::Serialize + ?Sized>(
     state: &str,
     value: &T,
@@ -413,8 +423,8 @@ impl ColumnTable {
     ) -> Result<(), StateError> {
         self.check(key_group)?;
         self.key.clear();
-        self.key.extend_from_slice(&key_group_prefix(key_group));
-        encode_into(&self.name, key, &mut self.key)
+        append_value_key(&mut self.key, key_group, key)
+            .map_err(|e| codec_error(&self.name, "encode", e))
     }
 
     /// Sets `self.key` to the map prefix `kg ++ len ++ enc(key)`.
@@ -616,8 +626,7 @@ impl<K: StateKey, V: StateValue> KeyedTable<K> for SerializedValueTable<K, V> {
                 continue;
             }
             let start = self.hint.len();
-            self.hint.extend_from_slice(&key_group_prefix(*key_group));
-            if crate::codec::encode_into(key, &mut self.hint).is_err() {
+            if append_value_key(&mut self.hint, *key_group, key).is_err() {
                 self.hint.truncate(start);
                 continue;
             }

@@ -142,16 +142,19 @@ impl<K: StateKey, S: StateValue> HeapTable<K, S> {
         table
     }
 
-    /// The index of `key_group`'s map in `groups` (one comparison: a key group
-    /// below the range wraps around to a large index).
+    /// The index of `key_group`'s map in `groups`, or the error naming the range.
     #[inline(always)]
     fn index(&self, key_group: KeyGroup) -> Result<usize, StateError> {
+        self.position(key_group)
+            .ok_or_else(|| self.out_of_range(key_group))
+    }
+
+    /// `key_group`'s map in `groups`, if the range holds it (one comparison:
+    /// a key group below the range wraps around to a large index).
+    #[inline(always)]
+    fn position(&self, key_group: KeyGroup) -> Option<usize> {
         let index = key_group.wrapping_sub(self.range.start) as usize;
-        if index < self.groups.len() {
-            Ok(index)
-        } else {
-            Err(self.out_of_range(key_group))
-        }
+        (index < self.groups.len()).then_some(index)
     }
 
     #[cold]
@@ -305,10 +308,9 @@ impl<K: StateKey, S: StateValue> KeyedTable<K> for HeapTable<K, S> {
     /// that the processor runs several at a time, leaving the entries in cache
     /// for the accesses that follow.
     fn prefetch(&mut self, keys: &[(KeyGroup, K)]) {
-        let start = self.range.start;
         for (key_group, key) in keys {
-            if let Some(group) = self.groups.get(key_group.wrapping_sub(start) as usize) {
-                std::hint::black_box(group.read().get(key));
+            if let Some(index) = self.position(*key_group) {
+                std::hint::black_box(self.groups[index].read().get(key));
             }
         }
     }
