@@ -19,11 +19,14 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
 use crate::message::Message;
 
-/// Wakes one worker thread. Unbound signals (the deterministic scheduler) do
-/// nothing.
-#[derive(Debug, Default)]
+/// Wakes one worker thread, or the network side of remote channels (a
+/// callback). Unbound signals (the deterministic scheduler) do nothing.
+#[derive(Default)]
 pub struct Signal {
     thread: OnceLock<Thread>,
+    /// Called by every wake of a signal that wakes no thread: how a channel
+    /// end wakes the network task that serves its other end (`remote`).
+    callback: Option<Box<dyn Fn() + Send + Sync>>,
     /// Set by every wake; the deterministic executor reads it to know that a
     /// step made another task runnable even when the step itself said idle.
     woken: AtomicBool,
@@ -32,6 +35,15 @@ pub struct Signal {
 impl Signal {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A signal that calls `wake` on every wake (the network side of remote
+    /// channels: it must not block and should be cheap).
+    pub fn with_callback(wake: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self {
+            callback: Some(Box::new(wake)),
+            ..Self::default()
+        })
     }
 
     /// Makes this signal wake the calling thread.
@@ -43,13 +55,25 @@ impl Signal {
     pub fn wake(&self) {
         match self.thread.get() {
             Some(thread) => thread.unpark(),
-            None => self.woken.store(true, Ordering::Relaxed),
+            None => match &self.callback {
+                Some(wake) => wake(),
+                None => self.woken.store(true, Ordering::Relaxed),
+            },
         }
     }
 
     /// Whether a wake happened since the last call (unbound signals only).
     pub fn take_woken(&self) -> bool {
         self.woken.swap(false, Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signal")
+            .field("thread", &self.thread.get().map(|t| t.id()))
+            .field("callback", &self.callback.is_some())
+            .finish()
     }
 }
 

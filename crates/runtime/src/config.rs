@@ -174,6 +174,11 @@ pub struct ExecutionConfig {
     /// rather than in [`CheckpointingConfig`] so that adding it broke no
     /// struct literal of that type.
     pub allow_parameter_change: bool,
+    /// The job spans processes (or a test sends its exchanges through a
+    /// transport): which subtasks run here, and the transport of the
+    /// channels that cross. `None`: every subtask runs in this process on
+    /// local channels.
+    pub network: Option<crate::remote::NetworkPlacement>,
 }
 
 impl Default for ExecutionConfig {
@@ -194,6 +199,7 @@ impl Default for ExecutionConfig {
             clock: flowstate_state::system_clock(),
             job_parameters: flowstate_checkpoint::JobParameters::new(),
             allow_parameter_change: false,
+            network: None,
         }
     }
 }

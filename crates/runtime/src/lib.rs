@@ -17,9 +17,11 @@
 //! The modules are layered; a module uses only modules below it (the test
 //! `tests/module_layering.rs` fails on any cycle):
 //!
-//! 1. leaves: `error`, `message`, `channel`, `metrics`, `savepoint_target`,
-//!    `restart`, `config`, `operator`, `connector`, `partitioning`, `lease`;
-//!    `watermark` (strategies and generators, over `operator`);
+//! 1. leaves: `error`, `message`, `wire` (messages as bytes), `channel`,
+//!    `remote` (channels through a transport, over `channel` and `wire`),
+//!    `metrics`, `savepoint_target`, `restart`, `config`, `operator`,
+//!    `connector`, `partitioning`, `lease`; `watermark` (strategies and
+//!    generators, over `operator`);
 //! 2. `control_plane` (messages between tasks, upload threads, the controller and
 //!    the coordinator, and their ends);
 //! 3. `pipeline`, then `task` (what runs in a task); `upload` (the asynchronous
@@ -50,6 +52,7 @@ pub mod operator;
 pub mod partitioning;
 pub mod pipeline;
 pub mod plan;
+pub mod remote;
 pub mod reservation;
 pub mod restart;
 pub mod savepoint_target;
@@ -58,6 +61,7 @@ pub mod supervisor;
 pub mod task;
 mod upload;
 pub mod watermark;
+pub mod wire;
 mod wiring;
 
 pub use compatibility::{CheckError, check_snapshot, declare_job};
@@ -77,11 +81,13 @@ pub use message::{Barrier, BarrierKind, SnapshotKind, Watermark, WatermarkStatus
 pub use metrics::{CheckpointProgress, JobMetrics, WatermarkGauge};
 pub use operator::{Operator, SideOutputs, StateSnapshot, TwoInputOperator};
 pub use partitioning::{KeyGroupFn, Partitioning};
+pub use remote::{NetworkPlacement, Transport};
 pub use supervisor::start_job;
 pub use watermark::{
     BoundedOutOfOrderness, SplitWatermarks, TimestampsAndWatermarks, WatermarkGenerator,
     WatermarkStrategy,
 };
+pub use wire::{Wire, WireCodec};
 
 /// A record type that can flow between operators.
 pub trait Data: Clone + Send + 'static {}

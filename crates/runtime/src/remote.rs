@@ -1,0 +1,311 @@
+//! Channels whose producer and consumer run in different processes, as the
+//! runtime sees them: a local channel at each end, and a [`Transport`] that
+//! moves the messages between the two as bytes.
+//!
+//! A remote channel is two bounded local channels and the network between
+//! them. The producer task sends into an ordinary [`ChannelSender`] (the
+//! *outbound* channel); the transport takes its messages through an
+//! [`OutboundChannel`] (encoded by `wire`) and sends them to the consumer's
+//! process, where an [`InboundChannel`] decodes them into the consumer task's
+//! ordinary [`ChannelReceiver`]. Tasks, the input gate, the aligner and the
+//! exchange do not know that a channel is remote: backpressure is a full
+//! outbound channel, exactly as locally, because the transport takes a message
+//! from it only against *credit*, the free slots the consumer's side has
+//! announced ([`InboundChannel::free_slots`]), so nothing it sends ever waits
+//! on the receiving side and one slow channel never blocks a connection.
+//!
+//! Owns: [`ChannelId`], the transport's view of the two ends
+//! ([`OutboundChannel`], [`InboundChannel`], made by [`outbound`] and
+//! [`inbound`]), the [`Transport`] trait and [`NetworkPlacement`] (which
+//! subtasks run where). Must not touch: sockets, frames, credit accounting
+//! (the transport's, in `flowstate-network`), or planning (`plan` decides
+//! which channels are remote).
+
+use std::sync::Arc;
+
+use crate::channel::{ChannelReceiver, ChannelSender, SendError, Signal, channel};
+use crate::wire::{WireCodec, WireError};
+
+/// One channel of one attempt, named the same in every process (every
+/// process builds the same plan): the consumer node and its input edge, and
+/// the producer and consumer subtasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId {
+    /// The attempt the channel belongs to (messages of an older attempt are
+    /// dropped by the transport).
+    pub attempt: u32,
+    /// The consuming node (its index in the job graph).
+    pub node: u32,
+    /// The index of the edge among the consuming node's inputs.
+    pub edge: u32,
+    pub producer: u32,
+    pub consumer: u32,
+}
+
+impl std::fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "attempt {} node {} edge {} subtask {} -> {}",
+            self.attempt, self.node, self.edge, self.producer, self.consumer
+        )
+    }
+}
+
+/// What the transport found when it asked an outbound channel for a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outgoing {
+    /// Nothing waiting.
+    Empty,
+    /// One message's payload was appended.
+    Message,
+    /// The producer is gone and everything it sent has been taken.
+    Closed,
+}
+
+/// The producer's end of a remote channel, as the transport sees it.
+pub trait OutboundChannel: Send {
+    /// Takes the next message the producer sent, if any, and appends its
+    /// payload (docs/wire-format.md) to `out`. The transport calls it only
+    /// with credit for one message.
+    fn next_message(&mut self, out: &mut Vec<u8>) -> Result<Outgoing, WireError>;
+}
+
+/// Why an inbound message was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliverError {
+    /// The bytes are not a message of the channel's type.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The sender sent more than the credit it was given.
+    #[error("a message beyond the credit given (the consumer's inbox is full)")]
+    NoCredit,
+    /// The consumer task is gone (it ended or failed).
+    #[error("the consumer is gone")]
+    ConsumerGone,
+}
+
+/// The consumer's end of a remote channel, as the transport sees it.
+pub trait InboundChannel: Send {
+    /// Decodes one message payload and hands it to the consumer task.
+    fn deliver(&mut self, payload: &[u8]) -> Result<(), DeliverError>;
+    /// Messages the consumer's inbox has room for now (the transport
+    /// announces these as credit, less what it announced and has not yet
+    /// received).
+    fn free_slots(&self) -> usize;
+    /// Messages the consumer's inbox holds at most.
+    fn capacity(&self) -> usize;
+}
+
+/// A local channel of `capacity` messages whose consumer is the transport:
+/// the producer task's sender, and the transport's end.
+pub fn outbound<T: Send + 'static>(
+    codec: WireCodec<T>,
+    capacity: usize,
+    producer: Arc<Signal>,
+    transport: Arc<Signal>,
+) -> (ChannelSender<T>, Box<dyn OutboundChannel>) {
+    let (tx, rx) = channel(capacity, producer, transport);
+    (tx, Box::new(OutboundEnd { rx, codec }))
+}
+
+/// A local channel of `capacity` messages whose producer is the transport:
+/// the transport's end, and the consumer task's receiver.
+pub fn inbound<T: Send + 'static>(
+    codec: WireCodec<T>,
+    capacity: usize,
+    transport: Arc<Signal>,
+    consumer: Arc<Signal>,
+) -> (Box<dyn InboundChannel>, ChannelReceiver<T>) {
+    let (tx, rx) = channel(capacity, transport, consumer);
+    (Box::new(InboundEnd { tx, codec }), rx)
+}
+
+struct OutboundEnd<T> {
+    rx: ChannelReceiver<T>,
+    codec: WireCodec<T>,
+}
+
+impl<T: Send> OutboundChannel for OutboundEnd<T> {
+    fn next_message(&mut self, out: &mut Vec<u8>) -> Result<Outgoing, WireError> {
+        match self.rx.try_recv() {
+            Ok(Some(message)) => {
+                self.codec.encode_message(&message, out)?;
+                Ok(Outgoing::Message)
+            }
+            Ok(None) => Ok(Outgoing::Empty),
+            Err(_) => Ok(Outgoing::Closed),
+        }
+    }
+}
+
+struct InboundEnd<T> {
+    tx: ChannelSender<T>,
+    codec: WireCodec<T>,
+}
+
+impl<T: Send> InboundChannel for InboundEnd<T> {
+    fn deliver(&mut self, payload: &[u8]) -> Result<(), DeliverError> {
+        let message = self.codec.decode_message(payload)?;
+        match self.tx.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(SendError::Full(_)) => Err(DeliverError::NoCredit),
+            Err(SendError::Disconnected) => Err(DeliverError::ConsumerGone),
+        }
+    }
+
+    fn free_slots(&self) -> usize {
+        self.tx.capacity().saturating_sub(self.tx.len())
+    }
+
+    fn capacity(&self) -> usize {
+        self.tx.capacity()
+    }
+}
+
+/// Why the transport refused a channel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error("no process {0} in the cluster")]
+    UnknownProcess(u32),
+    #[error("channel {0} is registered twice")]
+    Duplicate(ChannelId),
+    #[error("the network is down: {0}")]
+    Down(String),
+}
+
+/// Moves the messages of remote channels between processes. One per
+/// process; channels are registered per attempt by the plan, and dropped by
+/// [`Transport::end_attempt`].
+///
+/// A transport must: send a channel's messages in the order the producer sent
+/// them; take a message from an [`OutboundChannel`] only against credit the
+/// consumer's side announced; deliver messages of a registered inbound channel
+/// only to it; close a channel's consumer end (drop it: the consumer task sees
+/// its sender gone) when the producer end is closed, the connection is lost or
+/// bytes arrive that do not decode; close a producer end when its consumer end
+/// is gone; never panic on what it reads.
+pub trait Transport: Send + Sync {
+    /// The signal the local channel of `id` wakes the transport with (when the
+    /// producer sent a message, or the consumer took one and freed a slot).
+    fn signal(&self, id: ChannelId) -> Arc<Signal>;
+    /// The producer's end of channel `id`, whose consumer runs in process
+    /// `consumer_process`.
+    fn register_outbound(
+        &self,
+        id: ChannelId,
+        consumer_process: u32,
+        channel: Box<dyn OutboundChannel>,
+    ) -> Result<(), TransportError>;
+    /// The consumer's end of channel `id`, whose producer runs in process
+    /// `producer_process`.
+    fn register_inbound(
+        &self,
+        id: ChannelId,
+        producer_process: u32,
+        channel: Box<dyn InboundChannel>,
+    ) -> Result<(), TransportError>;
+    /// Drops every channel of `attempt` (its tasks are gone).
+    fn end_attempt(&self, attempt: u32);
+}
+
+/// Where the subtasks of a job run when it spans processes, and the
+/// transport between them.
+#[derive(Clone)]
+pub struct NetworkPlacement {
+    pub transport: Arc<dyn Transport>,
+    /// The process this plan is built in.
+    pub process: u32,
+    /// The process of each subtask index: subtask `i` of every operator runs
+    /// in process `subtask_process[i]` (slot sharing: a pipeline instance
+    /// stays in one process, so forward edges never cross processes).
+    pub subtask_process: Vec<u32>,
+    /// Every channel of a hash or rebalance edge goes through the transport,
+    /// also between subtasks of one process (tests and measurements of the
+    /// network path in one process).
+    pub all_exchanges_remote: bool,
+}
+
+impl NetworkPlacement {
+    /// One process, every exchange through `transport` (to itself).
+    pub fn loopback(transport: Arc<dyn Transport>, parallelism: u32) -> Self {
+        Self {
+            transport,
+            process: 0,
+            subtask_process: vec![0; parallelism as usize],
+            all_exchanges_remote: true,
+        }
+    }
+
+    /// The process subtask `index` runs in.
+    pub fn process_of(&self, index: u32) -> u32 {
+        self.subtask_process
+            .get(index as usize)
+            .copied()
+            .unwrap_or(self.process)
+    }
+
+    /// Whether subtask `index` runs in this process.
+    pub fn is_local(&self, index: u32) -> bool {
+        self.process_of(index) == self.process
+    }
+
+    /// Whether the channel from `producer` to `consumer` of a non-forward
+    /// edge goes through the transport.
+    pub fn is_remote(&self, producer: u32, consumer: u32) -> bool {
+        self.all_exchanges_remote || self.process_of(producer) != self.process_of(consumer)
+    }
+}
+
+impl std::fmt::Debug for NetworkPlacement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkPlacement")
+            .field("process", &self.process)
+            .field("subtask_process", &self.subtask_process)
+            .field("all_exchanges_remote", &self.all_exchanges_remote)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    #[test]
+    fn messages_cross_an_outbound_and_an_inbound_end_in_order() {
+        let codec = WireCodec::<(String, u64)>::new();
+        let (tx, mut out_end) = outbound(codec, 2, Signal::new(), Signal::new());
+        let (mut in_end, rx) = inbound(codec, 2, Signal::new(), Signal::new());
+        assert_eq!(in_end.free_slots(), 2);
+        let mut bytes = Vec::new();
+        assert_eq!(out_end.next_message(&mut bytes), Ok(Outgoing::Empty));
+        assert!(tx.try_send(Message::Batch(vec![("k".into(), 1)])).is_ok());
+        assert!(tx.try_send(Message::EndOfInput).is_ok());
+        assert!(matches!(
+            tx.try_send(Message::EndOfInput),
+            Err(SendError::Full(_))
+        ));
+        for _ in 0..2 {
+            bytes.clear();
+            assert_eq!(out_end.next_message(&mut bytes), Ok(Outgoing::Message));
+            in_end.deliver(&bytes).unwrap();
+        }
+        assert_eq!(in_end.free_slots(), 0);
+        assert_eq!(in_end.deliver(&[4]), Err(DeliverError::NoCredit));
+        drop(tx);
+        assert_eq!(out_end.next_message(&mut bytes), Ok(Outgoing::Closed));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Some(Message::Batch(b))) if b == vec![("k".to_owned(), 1)]
+        ));
+        assert!(matches!(rx.try_recv(), Ok(Some(Message::EndOfInput))));
+        assert_eq!(in_end.free_slots(), 2);
+        assert!(matches!(
+            in_end.deliver(&[9]),
+            Err(DeliverError::Wire(WireError::UnknownKind(9)))
+        ));
+        drop(rx);
+        assert_eq!(in_end.deliver(&[4]), Err(DeliverError::ConsumerGone));
+    }
+}
