@@ -77,8 +77,11 @@ pub enum WireError {
 /// where the type is known to be [`Wire`].
 pub struct WireCodec<T> {
     encode: fn(&T, &mut Vec<u8>) -> Result<(), CodecError>,
-    decode: fn(&[u8]) -> Result<(T, usize), CodecError>,
+    decode: DecodeRecord<T>,
 }
+
+/// Decodes one record from the front of the bytes: the record and the bytes used.
+type DecodeRecord<T> = fn(&[u8]) -> Result<(T, usize), CodecError>;
 
 impl<T> Clone for WireCodec<T> {
     fn clone(&self) -> Self {
