@@ -172,6 +172,12 @@ pub enum TransportError {
     Duplicate(ChannelId),
     #[error("the network is down: {0}")]
     Down(String),
+    /// Bytes from another process that are not what the protocol allows
+    /// (a frame that does not parse, a message that does not decode).
+    #[error("a damaged message on channel {channel}: {cause}")]
+    Corrupt { channel: ChannelId, cause: String },
+    #[error("the connection with process {process} was lost: {cause}")]
+    ConnectionLost { process: u32, cause: String },
 }
 
 /// Moves the messages of remote channels between processes. One per
@@ -186,9 +192,10 @@ pub enum TransportError {
 /// bytes arrive that do not decode; close a producer end when its consumer end
 /// is gone; never panic on what it reads.
 pub trait Transport: Send + Sync {
-    /// The signal the local channel of `id` wakes the transport with (when the
-    /// producer sent a message, or the consumer took one and freed a slot).
-    fn signal(&self, id: ChannelId) -> Arc<Signal>;
+    /// The signal the local channel of `id`, whose other end runs in process
+    /// `peer`, wakes the transport with (when the producer sent a message, or
+    /// the consumer took one and freed a slot).
+    fn signal(&self, id: ChannelId, peer: u32) -> Result<Arc<Signal>, TransportError>;
     /// The producer's end of channel `id`, whose consumer runs in process
     /// `consumer_process`.
     fn register_outbound(
@@ -207,6 +214,10 @@ pub trait Transport: Send + Sync {
     ) -> Result<(), TransportError>;
     /// Drops every channel of `attempt` (its tasks are gone).
     fn end_attempt(&self, attempt: u32);
+    /// The first error that closed a channel of `attempt` (bytes that do not
+    /// decode, a lost connection), if any: the attempt's failure names it
+    /// rather than the closed channel it caused.
+    fn failure(&self, attempt: u32) -> Option<TransportError>;
 }
 
 /// Where the subtasks of a job run when it spans processes, and the
