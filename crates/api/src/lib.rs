@@ -59,7 +59,7 @@ pub use flowstate_runtime::checkpoint::{
 };
 pub use flowstate_runtime::{
     Barrier, BarrierKind, Data, ExecutionConfig, JobError, JobReport, RunningJob, Sink, SinkWriter,
-    Source, SourcePoll, SourceReader, SubtaskInfo, UserError,
+    Source, SourcePoll, SourceReader, SubtaskInfo, UserError, Wire,
 };
 pub use flowstate_runtime::{
     BoundedOutOfOrderness, SplitWatermarks, Watermark, WatermarkGenerator, WatermarkStrategy,

@@ -18,7 +18,7 @@ use flowstate_runtime::checkpoint::{CheckOptions, CompatibilityReport, JobParame
 use flowstate_runtime::graph::{OperatorFactory, TwoInputFactory};
 use flowstate_runtime::{
     Data, DeterministicExecutor, ExecutionConfig, JobError, JobGraph, JobReport, NodeId, Operator,
-    OutputId, Partitioning, RunningJob, Sink, Source, start_job,
+    OutputId, Partitioning, RunningJob, Sink, Source, Wire, WireCodec, start_job,
 };
 use flowstate_state::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateHandle, KeyedStateBackend,
@@ -346,11 +346,16 @@ impl<T: Data> DataStream<T> {
         self.env.stream(node)
     }
 
-    /// Redistributes whole batches round-robin over the next operator's instances.
-    pub fn rebalance(&self) -> DataStream<T> {
+    /// Redistributes whole batches round-robin over the next operator's
+    /// instances. Its channels may cross processes: the records must be
+    /// [`Wire`] (serde's `Serialize` and `Deserialize`, derived).
+    pub fn rebalance(&self) -> DataStream<T>
+    where
+        T: Wire,
+    {
         let node = self.graph().add_operator(
             "Rebalance",
-            vec![(self.output(), Partitioning::<T>::Rebalance)],
+            vec![(self.output(), Partitioning::<T>::rebalance())],
             factory(|| Identity),
         );
         self.env.stream(node)
@@ -379,14 +384,20 @@ impl<T: Data> DataStream<T> {
     }
 
     /// Partitions the stream by key: all records of a key reach the same instance
-    /// of the next (keyed) operator.
+    /// of the next (keyed) operator. Its channels may cross processes: the
+    /// records must be [`Wire`] (serde's `Serialize` and `Deserialize`,
+    /// derived).
     pub fn key_by<K: StateKey>(
         &self,
         key: impl Fn(&T) -> K + Send + Sync + 'static,
-    ) -> KeyedStream<K, T> {
+    ) -> KeyedStream<K, T>
+    where
+        T: Wire,
+    {
         KeyedStream {
             stream: self.clone(),
             key_fn: KeySelector::new(key),
+            wire: WireCodec::new(),
         }
     }
 
@@ -428,6 +439,9 @@ impl<T: Data + Display> DataStream<T> {
 pub struct KeyedStream<K, T> {
     stream: DataStream<T>,
     key_fn: KeySelector<T, K>,
+    /// The records' codec: the channels of the edge into a keyed operator
+    /// may cross processes.
+    wire: WireCodec<T>,
 }
 
 impl<K, T> Clone for KeyedStream<K, T> {
@@ -435,6 +449,7 @@ impl<K, T> Clone for KeyedStream<K, T> {
         Self {
             stream: self.stream.clone(),
             key_fn: self.key_fn.clone(),
+            wire: self.wire,
         }
     }
 }
@@ -442,7 +457,7 @@ impl<K, T> Clone for KeyedStream<K, T> {
 impl<K: StateKey, T: Data> KeyedStream<K, T> {
     fn partitioning(&self) -> Partitioning<T> {
         let max_parallelism = self.stream.env.config().max_parallelism;
-        Partitioning::Hash(self.key_fn.key_group_fn(max_parallelism))
+        Partitioning::Hash(self.key_fn.key_group_fn(max_parallelism), self.wire)
     }
 
     /// Runs `function` on every record with the state of the record's key.
@@ -497,14 +512,8 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
     /// operator sharing the key's state.
     pub fn connect<B: Data>(&self, other: &KeyedStream<K, B>) -> ConnectedKeyedStreams<K, T, B> {
         ConnectedKeyedStreams {
-            first: KeyedStream {
-                stream: self.stream.clone(),
-                key_fn: self.key_fn.clone(),
-            },
-            second: KeyedStream {
-                stream: other.stream.clone(),
-                key_fn: other.key_fn.clone(),
-            },
+            first: self.clone(),
+            second: other.clone(),
         }
     }
 }

@@ -78,7 +78,7 @@ impl Default for WindowCountParams {
 }
 
 /// One window's result, written as `key,window_start_ms,count,sum`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WindowResult {
     pub key: u64,
     pub window_start_ms: i64,

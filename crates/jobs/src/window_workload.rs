@@ -42,7 +42,7 @@ impl Default for WindowWorkload {
 }
 
 /// One record of WT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TimedRecord {
     pub key: u64,
     pub value: u64,

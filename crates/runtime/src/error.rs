@@ -80,6 +80,9 @@ pub enum BuildError {
     /// The snapshot records other job parameters or another job name.
     #[error("cannot restore: {0}")]
     ParametersChanged(Box<flowstate_checkpoint::ParameterMismatch>),
+    /// A channel could not be set up through the transport.
+    #[error("cannot set up a channel between processes: {0}")]
+    Network(#[from] crate::remote::TransportError),
 }
 
 /// A job did not complete.
@@ -95,6 +98,10 @@ pub enum JobError {
     },
     #[error("job was cancelled")]
     Cancelled,
+    /// A channel between processes failed (bytes that do not decode, a
+    /// lost connection): the attempt's tasks saw only their channel close.
+    #[error("the network between processes failed: {0}")]
+    Network(crate::remote::TransportError),
     /// The job was cancelled but did not stop within the cancellation
     /// timeout: some task is blocked where it cannot see the cancel flag.
     #[error(

@@ -32,7 +32,7 @@ use crate::config::{CheckpointingConfig, ExecutionConfig, Guarantee};
 use crate::control::JobController;
 use crate::control_plane::{CoordinatorEvent, SavepointTargets};
 use crate::coordinator_driver::CoordinatorDriver;
-use crate::error::{JobError, TaskError, panic_message};
+use crate::error::{BuildError, JobError, TaskError, panic_message};
 use crate::graph::JobGraph;
 use crate::metrics::{JobMetrics, SAMPLE_INTERVAL, StepClock, Waiting};
 use crate::plan::{PlanCheckpointing, PlannedTask, build_tasks};
@@ -435,6 +435,45 @@ pub(crate) fn run_attempt(
     control: &Cancellation,
     controller: &Arc<JobController>,
     checkpointing: Option<AttemptCheckpointing<'_>>,
+    attempt: u32,
+) -> AttemptOutcome {
+    let outcome = run_attempt_tasks(
+        graph,
+        config,
+        metrics,
+        control,
+        controller,
+        checkpointing,
+        attempt,
+    );
+    // Channels through a transport: its first failure explains the closed
+    // channel a task failed on, and the attempt's channels go with it.
+    match &config.network {
+        Some(network) => {
+            let failure = network.transport.failure(attempt);
+            network.transport.end_attempt(attempt);
+            let result = match (outcome.result, failure) {
+                (Err(JobError::Cancelled), _) => Err(JobError::Cancelled),
+                (_, Some(failure)) => Err(JobError::Network(failure)),
+                (result, None) => result,
+            };
+            AttemptOutcome {
+                result,
+                checkpoints: outcome.checkpoints,
+            }
+        }
+        None => outcome,
+    }
+}
+
+fn run_attempt_tasks(
+    graph: &JobGraph,
+    config: &ExecutionConfig,
+    metrics: &Arc<JobMetrics>,
+    control: &Cancellation,
+    controller: &Arc<JobController>,
+    checkpointing: Option<AttemptCheckpointing<'_>>,
+    attempt: u32,
 ) -> AttemptOutcome {
     let fail = |e: JobError| AttemptOutcome {
         result: Err(e),
@@ -491,6 +530,7 @@ pub(crate) fn run_attempt(
         &signals,
         metrics,
         plan_checkpointing.as_ref(),
+        attempt,
     );
     if let Some(r) = checkpointing.as_ref().and_then(|c| c.restored.as_ref()) {
         tracing::info!(
@@ -759,7 +799,14 @@ impl DeterministicExecutor {
                 .filter(|_| !config.clock.is_wall_clock()),
             ..config.clone()
         };
-        let (planned, _) = build_tasks(&graph, &config, &[Arc::clone(&signal)], &metrics, None)?;
+        if config.network.is_some() {
+            return Err(BuildError::Config(
+                "the deterministic executor runs every subtask in one process, without a transport"
+                    .into(),
+            )
+            .into());
+        }
+        let (planned, _) = build_tasks(&graph, &config, &[Arc::clone(&signal)], &metrics, None, 0)?;
         let tasks: Vec<Box<dyn Task>> = planned.into_iter().map(|p| p.task).collect();
         Ok(Self {
             signal,

@@ -249,8 +249,8 @@ impl JobGraph {
             forward: matches!(partitioning, Partitioning::Forward),
             ship_strategy: match partitioning {
                 Partitioning::Forward => "FORWARD",
-                Partitioning::Rebalance => "REBALANCE",
-                Partitioning::Hash(_) => "HASH",
+                Partitioning::Rebalance(_) => "REBALANCE",
+                Partitioning::Hash(..) => "HASH",
             },
             partitioning: Box::new(partitioning),
         }

@@ -29,6 +29,7 @@ use crate::exchange::Batching;
 use crate::graph::{JobGraph, MAIN_OUTPUT, NodeId, NodeKind};
 use crate::metrics::{JobMetrics, OperatorKind, TaskMetrics};
 use crate::pipeline::NamedSidePipelines;
+use crate::remote::ChannelId;
 use crate::task::Task;
 use crate::wiring::{BuildContext, Erased};
 
@@ -67,6 +68,14 @@ struct Planner<'g> {
     receivers: HashMap<(NodeId, usize, u32), Vec<Erased>>,
     /// The metrics of the task being built.
     task_metrics: Option<Arc<TaskMetrics>>,
+    /// The attempt the plan is built for (it names remote channels).
+    attempt: u32,
+}
+
+/// A graph index as a channel id's field (a graph holds at most
+/// `graph::MAX_NODES` nodes, and a node as many inputs).
+fn node_u32(index: usize) -> u32 {
+    u32::try_from(index).unwrap_or(u32::MAX)
 }
 
 impl Planner<'_> {
@@ -171,9 +180,11 @@ impl Planner<'_> {
         name
     }
 
-    fn create_channels(&mut self, signals: &[Arc<Signal>]) {
+    fn create_channels(&mut self, signals: &[Arc<Signal>]) -> Result<(), BuildError> {
         let p = self.config.parallelism;
         let workers = signals.len();
+        let network = self.config.network.as_ref();
+        let local = |index: u32| network.is_none_or(|n| n.is_local(index));
         for (consumer, node) in self.graph.nodes.iter().enumerate() {
             if self.chained(consumer) {
                 continue;
@@ -190,22 +201,80 @@ impl Planner<'_> {
                     };
                     let mut senders = Vec::with_capacity(targets.len());
                     for target in targets {
-                        let (tx, rx) = port.channel(
-                            self.config.channel_capacity,
-                            Arc::clone(&signals[producer as usize % workers]),
-                            Arc::clone(&signals[target as usize % workers]),
-                        );
-                        senders.push(tx);
-                        self.receivers
-                            .entry((consumer, edge.side, target))
-                            .or_default()
-                            .push(rx);
+                        let (producer_here, consumer_here) = (local(producer), local(target));
+                        let producer_signal = &signals[producer as usize % workers];
+                        let consumer_signal = &signals[target as usize % workers];
+                        let remote =
+                            network.filter(|n| !edge.forward && n.is_remote(producer, target));
+                        let Some(network) = remote else {
+                            if producer_here && consumer_here {
+                                let (tx, rx) = port.channel(
+                                    self.config.channel_capacity,
+                                    Arc::clone(producer_signal),
+                                    Arc::clone(consumer_signal),
+                                );
+                                senders.push(tx);
+                                self.receivers
+                                    .entry((consumer, edge.side, target))
+                                    .or_default()
+                                    .push(rx);
+                            }
+                            continue;
+                        };
+                        // A channel through the transport: this process
+                        // builds the end(s) whose subtask runs here.
+                        let id = ChannelId {
+                            attempt: self.attempt,
+                            node: node_u32(consumer),
+                            edge: node_u32(edge_index),
+                            producer,
+                            consumer: target,
+                        };
+                        let transport = &network.transport;
+                        let unsupported = || {
+                            BuildError::Graph(format!(
+                                "the channels into '{}' cannot cross processes",
+                                node.name
+                            ))
+                        };
+                        if producer_here {
+                            let peer = network.process_of(target);
+                            let (tx, end) = port
+                                .outbound(
+                                    edge.partitioning.as_ref(),
+                                    self.config.channel_capacity,
+                                    Arc::clone(producer_signal),
+                                    transport.signal(id, peer)?,
+                                )
+                                .ok_or_else(unsupported)?;
+                            transport.register_outbound(id, peer, end)?;
+                            senders.push(tx);
+                        }
+                        if consumer_here {
+                            let peer = network.process_of(producer);
+                            let (end, rx) = port
+                                .inbound(
+                                    edge.partitioning.as_ref(),
+                                    self.config.channel_capacity,
+                                    transport.signal(id, peer)?,
+                                    Arc::clone(consumer_signal),
+                                )
+                                .ok_or_else(unsupported)?;
+                            transport.register_inbound(id, peer, end)?;
+                            self.receivers
+                                .entry((consumer, edge.side, target))
+                                .or_default()
+                                .push(rx);
+                        }
                     }
-                    self.senders
-                        .insert((consumer, edge_index, producer), senders);
+                    if local(producer) {
+                        self.senders
+                            .insert((consumer, edge_index, producer), senders);
+                    }
                 }
             }
         }
+        Ok(())
     }
 
     /// Whether anything consumes output `port` of `node`.
@@ -379,6 +448,7 @@ pub(crate) fn build_tasks(
     signals: &[Arc<Signal>],
     metrics: &Arc<JobMetrics>,
     checkpointing: Option<&PlanCheckpointing>,
+    attempt: u32,
 ) -> Result<(Vec<PlannedTask>, Vec<TaskHandle>), BuildError> {
     config.validate()?;
     if graph.nodes.is_empty() {
@@ -463,14 +533,18 @@ pub(crate) fn build_tasks(
         senders: HashMap::new(),
         receivers: HashMap::new(),
         task_metrics: None,
+        attempt,
     };
-    planner.create_channels(signals);
+    planner.create_channels(signals)?;
     let mut tasks = Vec::new();
     for head in 0..graph.nodes.len() {
         if planner.chained(head) {
             continue;
         }
         for index in 0..config.parallelism {
+            if config.network.as_ref().is_some_and(|n| !n.is_local(index)) {
+                continue;
+            }
             let task = planner.task(head, index)?;
             tasks.push(PlannedTask {
                 worker: index as usize % signals.len(),

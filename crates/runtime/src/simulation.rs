@@ -158,6 +158,7 @@ impl SimulatedAttempt {
             &[Arc::clone(&signal)],
             &metrics,
             Some(&plan),
+            0,
         )?;
         drop(plan);
         let coordinator =

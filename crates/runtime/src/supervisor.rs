@@ -283,7 +283,16 @@ fn supervise_attempts(
         if let Some(policy) = policy.as_mut() {
             policy.on_running(Instant::now());
         }
-        let outcome = run_attempt(graph, config, metrics, control, controller, attempt);
+        let attempt_number = u32::try_from(restarts).unwrap_or(u32::MAX);
+        let outcome = run_attempt(
+            graph,
+            config,
+            metrics,
+            control,
+            controller,
+            attempt,
+            attempt_number,
+        );
         let failed_checkpoints = metrics.checkpoints().failed;
         let completed_checkpoints = metrics.checkpoints().completed;
         match outcome.result {

@@ -33,6 +33,7 @@ use crate::pipeline::{
     Discard, NamedSidePipelines, OperatorStage, Pipeline, SideOutputPipeline, SidePipeline,
     SinkStage, Tee,
 };
+use crate::remote::{InboundChannel, OutboundChannel};
 use crate::task::{OneInputTask, SourceTask, Task, TwoInputTask};
 
 /// Creates the operator instance of one subtask.
@@ -92,6 +93,25 @@ pub(crate) trait Port: Send + Sync {
         producer: Arc<Signal>,
         consumer: Arc<Signal>,
     ) -> (Erased, Erased);
+    /// A channel whose consumer runs in another process (or behind the
+    /// transport): the producer's sender and the transport's end. `None` for
+    /// a forward edge (its records have no codec; they never cross).
+    fn outbound(
+        &self,
+        partitioning: &(dyn Any + Send + Sync),
+        capacity: usize,
+        producer: Arc<Signal>,
+        transport: Arc<Signal>,
+    ) -> Option<(Erased, Box<dyn OutboundChannel>)>;
+    /// A channel whose producer runs in another process: the transport's
+    /// end and the consumer's receiver. `None` for a forward edge.
+    fn inbound(
+        &self,
+        partitioning: &(dyn Any + Send + Sync),
+        capacity: usize,
+        transport: Arc<Signal>,
+        consumer: Arc<Signal>,
+    ) -> Option<(Box<dyn InboundChannel>, Erased)>;
     fn exchange(
         &self,
         task: &str,
@@ -130,6 +150,30 @@ impl<T: Data> Port for TypedPort<T> {
         (Box::new(tx), Box::new(rx))
     }
 
+    fn outbound(
+        &self,
+        partitioning: &(dyn Any + Send + Sync),
+        capacity: usize,
+        producer: Arc<Signal>,
+        transport: Arc<Signal>,
+    ) -> Option<(Erased, Box<dyn OutboundChannel>)> {
+        let wire = partitioning.downcast_ref::<Partitioning<T>>()?.wire()?;
+        let (tx, end) = crate::remote::outbound::<T>(wire, capacity, producer, transport);
+        Some((Box::new(tx), end))
+    }
+
+    fn inbound(
+        &self,
+        partitioning: &(dyn Any + Send + Sync),
+        capacity: usize,
+        transport: Arc<Signal>,
+        consumer: Arc<Signal>,
+    ) -> Option<(Box<dyn InboundChannel>, Erased)> {
+        let wire = partitioning.downcast_ref::<Partitioning<T>>()?.wire()?;
+        let (end, rx) = crate::remote::inbound::<T>(wire, capacity, transport, consumer);
+        Some((end, Box::new(rx)))
+    }
+
     fn exchange(
         &self,
         task: &str,
@@ -142,8 +186,8 @@ impl<T: Data> Port for TypedPort<T> {
         let senders: Vec<ChannelSender<T>> = senders.into_iter().map(cast).collect();
         let router = match partitioning.downcast_ref::<Partitioning<T>>() {
             Some(Partitioning::Forward) => Router::Forward,
-            Some(Partitioning::Rebalance) => Router::Rebalance { next: 0 },
-            Some(Partitioning::Hash(f)) => Router::Hash {
+            Some(Partitioning::Rebalance(_)) => Router::Rebalance { next: 0 },
+            Some(Partitioning::Hash(f, _)) => Router::Hash {
                 key_group: f.clone(),
                 max_parallelism,
                 groups: Vec::new(),

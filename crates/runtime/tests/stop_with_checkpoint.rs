@@ -137,7 +137,7 @@ fn graph(log: &Shared) -> JobGraph {
     let source = graph.add_source("Source: Counter", Arc::new(Counter(Arc::clone(log))));
     graph.add_sink(
         "Sink: Recorder",
-        (source, Partitioning::Rebalance),
+        (source, Partitioning::rebalance()),
         Arc::new(Recorder(Arc::clone(log))),
     );
     graph

@@ -168,7 +168,7 @@ fn records_in_and_out_are_exact_after_a_bounded_job() {
     );
     graph.add_sink(
         "Sink: Drop",
-        (evens, Partitioning::Rebalance),
+        (evens, Partitioning::rebalance()),
         Arc::new(Slow {
             pause: Duration::ZERO,
             only_last: false,
@@ -244,7 +244,7 @@ fn a_task_blocked_on_a_full_output_channel_accrues_backpressured_time() {
     let source = graph.add_source("Source: Numbers", Arc::new(FirstOnly));
     graph.add_sink(
         "Sink: Slow",
-        (source, Partitioning::Rebalance),
+        (source, Partitioning::rebalance()),
         Arc::new(Slow {
             pause: Duration::from_millis(5),
             only_last: true,
@@ -298,7 +298,7 @@ fn a_task_waiting_for_input_accrues_idle_time_and_no_backpressure() {
     let source = graph.add_source("Source: Silent", Arc::new(Silent));
     graph.add_sink(
         "Sink: Slow",
-        (source, Partitioning::Rebalance),
+        (source, Partitioning::rebalance()),
         Arc::new(Slow {
             pause: Duration::ZERO,
             only_last: false,
@@ -333,7 +333,7 @@ fn the_deterministic_executor_counts_records_too() {
     let source = graph.add_source("Source: Numbers", Arc::new(Numbers { count: Some(10) }));
     graph.add_sink(
         "Sink: Drop",
-        (source, Partitioning::Rebalance),
+        (source, Partitioning::rebalance()),
         Arc::new(Slow {
             pause: Duration::ZERO,
             only_last: false,

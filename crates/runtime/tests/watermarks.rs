@@ -346,7 +346,7 @@ fn the_deterministic_executor_on_the_system_clock_cuts_no_batch_by_time() {
     let sizes = Arc::new(Mutex::new(Vec::new()));
     graph.add_sink(
         "Sink: Sizes",
-        (source, Partitioning::Rebalance),
+        (source, Partitioning::rebalance()),
         Arc::new(BatchSizes(Arc::clone(&sizes))),
     );
     let mut executor = DeterministicExecutor::new(graph, &ExecutionConfig::default(), 7).unwrap();
@@ -663,13 +663,13 @@ fn event_time_through_a_job_ends_with_max_before_finish() {
         );
         let b = graph.add_operator(
             "rebalanced",
-            vec![(a, Partitioning::Rebalance)],
+            vec![(a, Partitioning::rebalance())],
             checker(&rebalanced, ts),
         );
         let key = flowstate_runtime::KeyGroupFn::new(|v: &u64| (*v % 128) as _);
         graph.add_operator(
             "hashed",
-            vec![(b, Partitioning::Hash(key))],
+            vec![(b, Partitioning::hash(key))],
             checker(&hashed, ts),
         );
         let mut executor = DeterministicExecutor::new(graph, &config(3), seed).unwrap();
@@ -705,7 +705,7 @@ fn a_source_without_event_time_ends_with_max() {
     let src = graph.add_source("src", Arc::new(source(50, 1, None)));
     graph.add_operator(
         "op",
-        vec![(src, Partitioning::Rebalance)],
+        vec![(src, Partitioning::rebalance())],
         checker(&logs, |_| i64::MAX),
     );
     DeterministicExecutor::new(graph, &config(2), 7)
@@ -741,7 +741,7 @@ fn an_assigner_replaces_upstream_watermarks() {
     );
     graph.add_operator(
         "op",
-        vec![(assign, Partitioning::Rebalance)],
+        vec![(assign, Partitioning::rebalance())],
         checker(&logs, ts),
     );
     DeterministicExecutor::new(graph, &config(2), 3)
@@ -786,7 +786,7 @@ fn an_idle_split_holds_back_only_without_idleness() {
         );
         graph.add_operator(
             "op",
-            vec![(src, Partitioning::Rebalance)],
+            vec![(src, Partitioning::rebalance())],
             checker(&logs, |v| v as i64),
         );
         let config = ExecutionConfig {

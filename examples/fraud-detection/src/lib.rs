@@ -194,7 +194,7 @@ pub fn interleaved(i: u64, n: u64, splits: u64) -> u64 {
 }
 
 /// An alert, written as one line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Alert {
     /// `small-then-large,<card>,<small id>,<small cents>,<large id>,<large cents>,<large time ms>`
     SmallThenLarge {

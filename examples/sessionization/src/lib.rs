@@ -84,7 +84,7 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 /// One click.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Click {
     pub user: u64,
     /// Event time, ms since the Unix epoch.
@@ -130,7 +130,7 @@ impl Clicks {
 }
 
 /// One user session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Session {
     pub user: u64,
     /// Time of its first click.

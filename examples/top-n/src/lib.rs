@@ -93,7 +93,7 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 /// One page view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PageView {
     pub id: u64,
     pub page: u64,
@@ -127,7 +127,7 @@ impl Views {
 }
 
 /// A page's views in one window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WindowCount {
     pub window_start_ms: i64,
     pub window_end_ms: i64,

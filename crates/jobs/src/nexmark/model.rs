@@ -55,7 +55,7 @@ pub struct Bid {
 }
 
 /// One Nexmark event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     Person(Person),
     Auction(Auction),

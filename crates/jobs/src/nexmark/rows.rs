@@ -10,7 +10,7 @@ use std::fmt::{self, Write as _};
 use crate::workload::splitmix64;
 
 /// One result row of a query.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Row {
     /// q0: `auction,bidder,price,dateTime,extra`.
     Q0 {
