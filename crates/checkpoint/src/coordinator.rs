@@ -447,7 +447,8 @@ impl CoordinatorAction {
 }
 
 /// One task's acknowledgement: what its operators wrote for checkpoint `id`.
-#[derive(Debug, Clone)]
+/// Serde: it travels from a task manager to the job manager.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TaskAck {
     pub id: CheckpointId,
     pub task: usize,

@@ -30,7 +30,7 @@ use crate::metrics::TaskMetrics;
 use crate::operator::StateSnapshot;
 
 /// Commands a task may find in its inbox at every step.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TaskCommand {
     /// Sources only: record the position and emit this barrier.
     Trigger(Barrier),
@@ -132,22 +132,90 @@ pub struct TaskControlPlane {
 /// The coordinator's end of one task's control plane.
 pub(crate) struct TaskHandle {
     pub name: String,
-    pub commands: Sender<TaskCommand>,
-    pub signal: Arc<Signal>,
     pub is_source: bool,
+    pub route: CommandRoute,
 }
 
+/// How a command reaches a task.
+pub(crate) enum CommandRoute {
+    /// The task runs in this process: its inbox, and its worker's signal.
+    Local {
+        commands: Sender<TaskCommand>,
+        signal: Arc<Signal>,
+    },
+    /// The task runs in another process: the control connection to it
+    /// (it must not block).
+    Remote(RemoteCommands),
+}
+
+/// Sends a command to a task in another process.
+pub type RemoteCommands = Arc<dyn Fn(TaskCommand) + Send + Sync>;
+
 impl TaskHandle {
+    /// The handle of a task that runs in another process.
+    pub(crate) fn remote(name: String, is_source: bool, send: RemoteCommands) -> Self {
+        Self {
+            name,
+            is_source,
+            route: CommandRoute::Remote(send),
+        }
+    }
+
     /// Puts `command` into the task's inbox and wakes its worker.
     pub(crate) fn send(&self, command: TaskCommand) {
-        match self.commands.try_send(command) {
-            Ok(()) => self.signal.wake(),
-            // A finished task no longer listens; a full inbox means the task is
-            // stuck and the checkpoint will time out.
-            Err(TrySendError::Disconnected(_)) => {}
-            Err(TrySendError::Full(_)) => {
-                tracing::warn!("a task's command inbox is full; dropped {command:?}")
+        match &self.route {
+            CommandRoute::Local { commands, signal } => match commands.try_send(command) {
+                Ok(()) => signal.wake(),
+                // A finished task no longer listens; a full inbox means the task is
+                // stuck and the checkpoint will time out.
+                Err(TrySendError::Disconnected(_)) => {}
+                Err(TrySendError::Full(_)) => {
+                    tracing::warn!("a task's command inbox is full; dropped {command:?}")
+                }
+            },
+            CommandRoute::Remote(send) => send(command),
+        }
+    }
+}
+
+/// What a task tells the coordinator, in the form that crosses processes
+/// (a task manager's tasks to the job manager's coordinator).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum TaskEvent {
+    Ack(TaskAck),
+    Decline { id: u64, task: usize, reason: String },
+    Exhausted { task: usize },
+}
+
+impl TaskEvent {
+    /// The task the event is about (its index in the plan).
+    pub fn task(&self) -> usize {
+        match self {
+            TaskEvent::Ack(ack) => ack.task,
+            TaskEvent::Decline { task, .. } | TaskEvent::Exhausted { task } => *task,
+        }
+    }
+
+    pub(crate) fn into_coordinator_event(self) -> CoordinatorEvent {
+        match self {
+            TaskEvent::Ack(ack) => CoordinatorEvent::Ack(ack),
+            TaskEvent::Decline { id, task, reason } => CoordinatorEvent::Decline { id, task, reason },
+            TaskEvent::Exhausted { task } => CoordinatorEvent::Exhausted { task },
+        }
+    }
+
+    /// The event of a task, `None` for the events only the job manager's own
+    /// controller sends.
+    pub(crate) fn from_coordinator_event(event: CoordinatorEvent) -> Option<Self> {
+        match event {
+            CoordinatorEvent::Ack(ack) => Some(TaskEvent::Ack(ack)),
+            CoordinatorEvent::Decline { id, task, reason } => {
+                Some(TaskEvent::Decline { id, task, reason })
             }
+            CoordinatorEvent::Exhausted { task } => Some(TaskEvent::Exhausted { task }),
+            CoordinatorEvent::Savepoint(_)
+            | CoordinatorEvent::StopWithCheckpoint
+            | CoordinatorEvent::Stop => None,
         }
     }
 }
@@ -174,9 +242,11 @@ impl TaskControlPlane {
             },
             TaskHandle {
                 name,
-                commands: tx,
-                signal,
                 is_source,
+                route: CommandRoute::Local {
+                    commands: tx,
+                    signal,
+                },
             },
         )
     }

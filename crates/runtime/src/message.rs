@@ -14,7 +14,7 @@ pub use flowstate_checkpoint::SnapshotKind;
 /// What a barrier's snapshot is for. It travels in band with the barrier, so
 /// every operator and sink it passes learns it in the synchronous part
 /// (`Operator::snapshot`, `SourceReader::snapshot`, `SinkWriter::prepare_commit`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum BarrierKind {
     /// A periodic (or final) checkpoint: a recovery point; its completion is
     /// notified and sinks publish what they prepared for it.
@@ -70,7 +70,7 @@ impl From<SnapshotKind> for BarrierKind {
 /// Checkpoint barrier `id`: everything before it in a channel belongs to
 /// checkpoint `id`, nothing after it does. Also what the snapshot hooks are
 /// given: the id and what the snapshot is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Barrier {
     pub id: u64,
     pub kind: BarrierKind,

@@ -1,0 +1,12 @@
+//! One job across processes: a job manager (the checkpoint coordinator, the
+//! HTTP API, scheduling and failover) and task managers (processes that run
+//! the subtasks), as in Flink. Every process builds the same job graph from
+//! the same program and arguments; the job manager checks it by the plan's
+//! fingerprint at registration and assigns the subtasks.
+//!
+//! Owns: the control-plane protocol between the job manager and the task
+//! managers ([`protocol`]). Must not touch: the data plane (channels between
+//! task managers are `flowstate-network`'s), how tasks run (the runtime's),
+//! or command-line flags.
+
+pub mod protocol;
