@@ -616,6 +616,11 @@ impl LoadedCheckpoint {
     }
 
     /// Whether the checkpoint holds state of operator `uid`.
+    /// The storage its files are read from.
+    pub fn storage(&self) -> &SharedStorage {
+        &self.storage
+    }
+
     pub fn has_operator(&self, uid: &str) -> bool {
         self.metadata.operator(uid).is_some()
     }

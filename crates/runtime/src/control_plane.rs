@@ -183,8 +183,14 @@ impl TaskHandle {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum TaskEvent {
     Ack(TaskAck),
-    Decline { id: u64, task: usize, reason: String },
-    Exhausted { task: usize },
+    Decline {
+        id: u64,
+        task: usize,
+        reason: String,
+    },
+    Exhausted {
+        task: usize,
+    },
 }
 
 impl TaskEvent {
@@ -199,7 +205,9 @@ impl TaskEvent {
     pub(crate) fn into_coordinator_event(self) -> CoordinatorEvent {
         match self {
             TaskEvent::Ack(ack) => CoordinatorEvent::Ack(ack),
-            TaskEvent::Decline { id, task, reason } => CoordinatorEvent::Decline { id, task, reason },
+            TaskEvent::Decline { id, task, reason } => {
+                CoordinatorEvent::Decline { id, task, reason }
+            }
             TaskEvent::Exhausted { task } => CoordinatorEvent::Exhausted { task },
         }
     }

@@ -102,6 +102,16 @@ pub enum JobError {
     /// lost connection): the attempt's tasks saw only their channel close.
     #[error("the network between processes failed: {0}")]
     Network(crate::remote::TransportError),
+    /// The attempt could not be deployed on the task managers.
+    #[error("cannot deploy the attempt on the task managers: {0}")]
+    Deploy(String),
+    /// A task manager's part of the attempt failed.
+    #[error("task manager {process} failed: {cause}")]
+    TaskManager { process: u32, cause: String },
+    /// A task manager's control connection was lost (it died, hangs, or the
+    /// network failed).
+    #[error("task manager {process} was lost: {cause}")]
+    TaskManagerLost { process: u32, cause: String },
     /// The job was cancelled but did not stop within the cancellation
     /// timeout: some task is blocked where it cannot see the cancel flag.
     #[error(

@@ -18,6 +18,7 @@
 //! Must not touch: what happens between attempts (restore, restarts, pointers:
 //! `supervisor`), the coordinator's decisions, or how snapshots are written.
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -30,7 +31,9 @@ use flowstate_checkpoint::{CheckpointStats, Coordinator, ExistingCheckpoints};
 use crate::channel::Signal;
 use crate::config::{CheckpointingConfig, ExecutionConfig, Guarantee};
 use crate::control::JobController;
-use crate::control_plane::{CoordinatorEvent, SavepointTargets};
+use crate::control_plane::{
+    CoordinatorEvent, SavepointTargets, TaskCommand, TaskEvent, TaskHandle,
+};
 use crate::coordinator_driver::CoordinatorDriver;
 use crate::error::{BuildError, JobError, TaskError, panic_message};
 use crate::graph::JobGraph;
@@ -98,7 +101,7 @@ impl Drop for WorkerEnded {
 }
 
 /// One attempt's failure flag and worker wakeups.
-struct Shared {
+pub(crate) struct Shared {
     cancelled: AtomicBool,
     failure: Mutex<Option<JobError>>,
     signals: Vec<Arc<Signal>>,
@@ -134,7 +137,7 @@ impl Shared {
         running
     }
 
-    fn fail(&self, error: JobError) {
+    pub(crate) fn fail(&self, error: JobError) {
         let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         if failure.is_none() {
             *failure = Some(error);
@@ -144,6 +147,14 @@ impl Shared {
         for signal in &self.signals {
             signal.wake();
         }
+    }
+
+    /// The attempt's failure, taken, if it failed or was cancelled.
+    pub(crate) fn failure_or_cancel(&self) -> Option<JobError> {
+        if !self.cancelled.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(self.take_failure().unwrap_or(JobError::Cancelled))
     }
 
     fn take_failure(&self) -> Option<JobError> {
@@ -214,6 +225,14 @@ impl Cancellation {
         ending.supervisor_ended = true;
         drop(ending);
         self.changed.notify_all();
+    }
+
+    /// The failure flag of a new attempt (what `cancel` fails from now on),
+    /// waking `signals` when it is set.
+    pub(crate) fn begin_attempt(&self, signals: Vec<Arc<Signal>>) -> Arc<Shared> {
+        let shared = Arc::new(Shared::new(signals));
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&shared));
+        shared
     }
 
     pub(crate) fn cancel(&self) {
@@ -445,6 +464,7 @@ pub(crate) fn run_attempt(
         controller,
         checkpointing,
         attempt,
+        CoordinatorSite::Here,
     );
     // Channels through a transport: its first failure explains the closed
     // channel a task failed on, and the attempt's channels go with it.
@@ -466,7 +486,52 @@ pub(crate) fn run_attempt(
     }
 }
 
-fn run_attempt_tasks(
+/// Where the coordinator of an attempt runs.
+pub(crate) enum CoordinatorSite<'a> {
+    /// In this process: a driver thread over every task's handle.
+    Here,
+    /// In the job manager (this is a task manager's part of the attempt):
+    /// the tasks' events go up through `uplink`, and `started` is given the
+    /// part's control once its tasks are built.
+    Elsewhere {
+        uplink: TaskEventSink,
+        started: &'a (dyn Fn(PartControl) + Sync),
+    },
+}
+
+/// Where a task manager sends its tasks' events (the control connection to
+/// the job manager; it must not block).
+pub type TaskEventSink = Arc<dyn Fn(TaskEvent) + Send + Sync>;
+
+/// A task manager's hold on its running part of an attempt: the commands the
+/// job manager sends its tasks, and cancellation.
+#[derive(Clone)]
+pub struct PartControl {
+    handles: Arc<HashMap<usize, TaskHandle>>,
+    shared: Arc<Shared>,
+}
+
+impl PartControl {
+    /// Delivers `command` to task `task` (its number in the plan); false if
+    /// no task of that number runs here.
+    pub fn command(&self, task: usize, command: TaskCommand) -> bool {
+        match self.handles.get(&task) {
+            Some(handle) => {
+                handle.send(command);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Cancels the part (another part of the attempt failed, or the job ends).
+    pub fn cancel(&self) {
+        self.shared.fail(JobError::Cancelled);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_attempt_tasks(
     graph: &JobGraph,
     config: &ExecutionConfig,
     metrics: &Arc<JobMetrics>,
@@ -474,23 +539,25 @@ fn run_attempt_tasks(
     controller: &Arc<JobController>,
     checkpointing: Option<AttemptCheckpointing<'_>>,
     attempt: u32,
+    site: CoordinatorSite<'_>,
 ) -> AttemptOutcome {
+    let remote_coordinator = matches!(site, CoordinatorSite::Elsewhere { .. });
     let fail = |e: JobError| AttemptOutcome {
         result: Err(e),
         checkpoints: Vec::new(),
     };
     let signals: Vec<Arc<Signal>> = (0..config.workers).map(|_| Signal::new()).collect();
-    let shared = Arc::new(Shared::new(signals.clone()));
-    *control.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&shared));
-    if control.cancelled.load(Ordering::SeqCst) {
+    let shared = control.begin_attempt(signals.clone());
+    if control.is_cancelled() {
         return fail(JobError::Cancelled);
     }
 
     // At-most-once: this attempt's read-ahead reservations, and the positions
     // it resumes from. Another mode deletes what an at-most-once run left.
+    // (The job manager owns reservations: a task manager's part has none.)
     let reservations = match checkpointing
         .as_ref()
-        .filter(|c| c.config.settings.periodic())
+        .filter(|c| c.config.settings.periodic() && !remote_coordinator)
     {
         Some(c) if c.config.guarantee == Guarantee::AtMostOnce => {
             match AttemptReservations::prepare(
@@ -542,7 +609,7 @@ fn run_attempt_tasks(
     }
     drop(plan_checkpointing);
     drop(uploads_tx);
-    let (planned, handles) = match planned {
+    let (planned, numbered_handles) = match planned {
         Ok(planned) => planned,
         Err(e) => return fail(e.into()),
     };
@@ -556,7 +623,12 @@ fn run_attempt_tasks(
 
     let mut uploaders = Vec::new();
     let mut coordinator_thread = None;
-    let task_names: Vec<String> = handles.iter().map(|h| h.name.clone()).collect();
+    let mut task_names: Vec<String> = Vec::new();
+    let mut handles = Vec::new();
+    for (number, handle) in numbered_handles {
+        task_names.push(handle.name.clone());
+        handles.push((number, handle));
+    }
     if let Some(c) = &checkpointing {
         let savepoint_targets = SavepointTargets::default();
         for index in 0..config.workers.max(1) {
@@ -574,31 +646,63 @@ fn run_attempt_tasks(
                 Err(e) => return fail(e),
             }
         }
-        let coordinator = attempt_coordinator(
-            c.config,
-            c.job_id,
-            c.restored.as_deref(),
-            handles.len(),
-            config,
-            flowstate_checkpoint::Now::system(),
-        );
-        let failing = Arc::clone(&shared);
-        let driver = CoordinatorDriver::new(
-            coordinator,
-            Arc::clone(&c.config.storage),
-            handles,
-            Arc::clone(metrics),
-            Arc::clone(controller),
-            savepoint_targets,
-            Box::new(move |reason| failing.fail(JobError::Checkpointing(reason))),
-        );
-        match spawn("flowstate-coordinator".into(), move || {
-            flowstate_checkpoint::background::mark_current_thread();
-            driver.run(events_rx)
-        }) {
-            Ok(handle) => coordinator_thread = Some(handle),
-            Err(e) => return fail(e),
+        match &site {
+            CoordinatorSite::Here => {
+                // Every task is built here: numbers are positions.
+                debug_assert!(handles.iter().enumerate().all(|(i, (n, _))| i == *n));
+                let handles: Vec<TaskHandle> = handles.drain(..).map(|(_, h)| h).collect();
+                let coordinator = attempt_coordinator(
+                    c.config,
+                    c.job_id,
+                    c.restored.as_deref(),
+                    handles.len(),
+                    config,
+                    flowstate_checkpoint::Now::system(),
+                );
+                let failing = Arc::clone(&shared);
+                let driver = CoordinatorDriver::new(
+                    coordinator,
+                    Arc::clone(&c.config.storage),
+                    handles,
+                    Arc::clone(metrics),
+                    Arc::clone(controller),
+                    savepoint_targets,
+                    Box::new(move |reason| failing.fail(JobError::Checkpointing(reason))),
+                );
+                match spawn("flowstate-coordinator".into(), move || {
+                    flowstate_checkpoint::background::mark_current_thread();
+                    driver.run(events_rx)
+                }) {
+                    Ok(handle) => coordinator_thread = Some(handle),
+                    Err(e) => return fail(e),
+                }
+            }
+            CoordinatorSite::Elsewhere { uplink, .. } => {
+                // The tasks' and uploaders' events go up to the job
+                // manager's coordinator, in order; `Stop` ends the forwarder.
+                let uplink = Arc::clone(uplink);
+                match spawn("flowstate-uplink".into(), move || {
+                    while let Ok(event) = events_rx.recv() {
+                        if matches!(event, CoordinatorEvent::Stop) {
+                            break;
+                        }
+                        if let Some(event) = TaskEvent::from_coordinator_event(event) {
+                            uplink(event);
+                        }
+                    }
+                    Vec::new()
+                }) {
+                    Ok(handle) => coordinator_thread = Some(handle),
+                    Err(e) => return fail(e),
+                }
+            }
         }
+    }
+    if let CoordinatorSite::Elsewhere { started, .. } = &site {
+        started(PartControl {
+            handles: Arc::new(handles.drain(..).collect()),
+            shared: Arc::clone(&shared),
+        });
     }
     drop(uploads_rx);
     controller.on_attempt_started(

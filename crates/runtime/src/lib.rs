@@ -29,7 +29,9 @@
 //! 4. `wiring` (physical nodes), then `graph` (the logical graph), then `plan`
 //!    and `compatibility` (the dry declaration pass of a savepoint check);
 //! 5. `control` (the `JobController`), then `coordinator_driver`;
-//! 6. `executor` (workers, one attempt), then `supervisor` (attempts, restarts).
+//! 6. `executor` (workers, one attempt), then `distributed` (an attempt
+//!    whose tasks run in other processes: the job manager's and a task
+//!    manager's side), then `supervisor` (attempts, restarts).
 //!
 //! It must not touch: how state is stored (operators reach state only through
 //! `flowstate_state::KeyedStateBackend`), connector specifics, or the CLI.
@@ -41,6 +43,7 @@ pub mod connector;
 pub mod control;
 pub mod control_plane;
 mod coordinator_driver;
+pub mod distributed;
 pub mod error;
 pub mod exchange;
 pub mod executor;
@@ -82,7 +85,7 @@ pub use metrics::{CheckpointProgress, JobMetrics, WatermarkGauge};
 pub use operator::{Operator, SideOutputs, StateSnapshot, TwoInputOperator};
 pub use partitioning::{KeyGroupFn, Partitioning};
 pub use remote::{NetworkPlacement, Transport};
-pub use supervisor::start_job;
+pub use supervisor::{start_job, start_job_on_cluster};
 pub use watermark::{
     BoundedOutOfOrderness, SplitWatermarks, TimestampsAndWatermarks, WatermarkGenerator,
     WatermarkStrategy,

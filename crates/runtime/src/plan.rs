@@ -59,7 +59,11 @@ struct Planner<'g> {
     metrics: &'g Arc<JobMetrics>,
     checkpointing: Option<&'g PlanCheckpointing>,
     signals: &'g [Arc<Signal>],
-    handles: Vec<TaskHandle>,
+    /// The control planes' handles of the tasks built, with their numbers.
+    handles: Vec<(usize, TaskHandle)>,
+    /// The number of the task being built: its index among every task of
+    /// the plan, in every process (tasks of other processes count too).
+    task_number: usize,
     /// Consumers of each node: (consumer, index of the edge in the consumer's inputs).
     consumers: Vec<Vec<(NodeId, usize)>>,
     /// Senders of (consumer, edge index, producer subtask), one per consumer subtask.
@@ -80,10 +84,7 @@ fn node_u32(index: usize) -> u32 {
 
 impl Planner<'_> {
     fn chained(&self, node: NodeId) -> bool {
-        let node = &self.graph.nodes[node];
-        matches!(node.kind, NodeKind::Operator(_))
-            && node.inputs.len() == 1
-            && node.inputs[0].forward
+        is_chained(self.graph, node)
     }
 
     fn context(&self, node: NodeId, index: u32) -> Result<BuildContext<'_>, BuildError> {
@@ -154,30 +155,18 @@ impl Planner<'_> {
         let signal = Arc::clone(&self.signals[index as usize % self.signals.len()]);
         let (control, handle) = TaskControlPlane::pair(
             name.to_owned(),
-            self.handles.len(),
+            self.task_number,
             checkpointing.aligned,
             signal,
             is_source,
             checkpointing.events.clone(),
             checkpointing.uploads.clone(),
         );
-        self.handles.push(handle);
+        self.handles.push((self.task_number, handle));
         Some(match &self.task_metrics {
             Some(metrics) => control.with_metrics(Arc::clone(metrics)),
             None => control,
         })
-    }
-
-    /// "a -> b -> c": the head and every node chained behind it.
-    fn chain_name(&self, head: NodeId) -> String {
-        let mut name = self.graph.nodes[head].name.clone();
-        for &(consumer, _) in &self.consumers[head] {
-            if self.chained(consumer) {
-                name.push_str(" -> ");
-                name.push_str(&self.chain_name(consumer));
-            }
-        }
-        name
     }
 
     fn create_channels(&mut self, signals: &[Arc<Signal>]) -> Result<(), BuildError> {
@@ -382,8 +371,8 @@ impl Planner<'_> {
     }
 
     fn task(&mut self, head: NodeId, index: u32) -> Result<Box<dyn Task>, BuildError> {
-        let chain = self.chain_name(head);
-        let name = format!("{chain} ({}/{})", index + 1, self.config.parallelism);
+        let chain = chain_name(self.graph, &self.consumers, head);
+        let name = task_name(&chain, index, self.config.parallelism);
         let graph = self.graph;
         let node = &graph.nodes[head];
         self.task_metrics = Some(self.metrics.register_task(&name, &graph.uid(head), index));
@@ -439,9 +428,11 @@ impl Planner<'_> {
     }
 }
 
-/// Builds every task of `graph`; `signals` has one entry per worker. With
-/// checkpoints on, also returns the coordinator's handle of every task (indexed
-/// like the tasks' acknowledgements).
+/// Builds every task of `graph` that runs in this process (all of them
+/// without a [`crate::NetworkPlacement`]); `signals` has one entry per
+/// worker. With checkpoints on, also returns the coordinator's handle of
+/// every task built, with its number (its index among all the plan's tasks,
+/// as [`task_list`] lists them: the tasks' acknowledgements name it).
 pub(crate) fn build_tasks(
     graph: &JobGraph,
     config: &ExecutionConfig,
@@ -449,7 +440,7 @@ pub(crate) fn build_tasks(
     metrics: &Arc<JobMetrics>,
     checkpointing: Option<&PlanCheckpointing>,
     attempt: u32,
-) -> Result<(Vec<PlannedTask>, Vec<TaskHandle>), BuildError> {
+) -> Result<(Vec<PlannedTask>, Vec<(usize, TaskHandle)>), BuildError> {
     config.validate()?;
     if graph.nodes.is_empty() {
         return Err(BuildError::Graph("the job has no operators".into()));
@@ -516,24 +507,20 @@ pub(crate) fn build_tasks(
             )));
         }
     }
-    let mut consumers = vec![Vec::new(); graph.nodes.len()];
-    for (id, node) in graph.nodes.iter().enumerate() {
-        for (edge_index, edge) in node.inputs.iter().enumerate() {
-            consumers[edge.from].push((id, edge_index));
-        }
-    }
+    let consumers = consumers_of(graph);
     let mut planner = Planner {
         graph,
         config,
         metrics,
         checkpointing,
         signals,
-        handles: Vec::new(),
         consumers,
         senders: HashMap::new(),
         receivers: HashMap::new(),
         task_metrics: None,
         attempt,
+        task_number: 0,
+        handles: Vec::new(),
     };
     planner.create_channels(signals)?;
     let mut tasks = Vec::new();
@@ -543,9 +530,11 @@ pub(crate) fn build_tasks(
         }
         for index in 0..config.parallelism {
             if config.network.as_ref().is_some_and(|n| !n.is_local(index)) {
+                planner.task_number += 1;
                 continue;
             }
             let task = planner.task(head, index)?;
+            planner.task_number += 1;
             tasks.push(PlannedTask {
                 worker: index as usize % signals.len(),
                 task,
@@ -553,4 +542,66 @@ pub(crate) fn build_tasks(
         }
     }
     Ok((tasks, planner.handles))
+}
+
+/// A task of the plan as the coordinator sees it from afar: its name and
+/// whether it is a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTaskInfo {
+    pub name: String,
+    pub is_source: bool,
+}
+
+/// Every task of the plan, in task-number order (the order [`build_tasks`]
+/// numbers them in, whichever process builds them), without building any.
+pub(crate) fn task_list(graph: &JobGraph, config: &ExecutionConfig) -> Vec<PlannedTaskInfo> {
+    let consumers = consumers_of(graph);
+    let mut tasks = Vec::new();
+    for head in 0..graph.nodes.len() {
+        if is_chained(graph, head) {
+            continue;
+        }
+        let chain = chain_name(graph, &consumers, head);
+        for index in 0..config.parallelism {
+            tasks.push(PlannedTaskInfo {
+                name: task_name(&chain, index, config.parallelism),
+                is_source: matches!(graph.nodes[head].kind, NodeKind::Source(_)),
+            });
+        }
+    }
+    tasks
+}
+
+/// Whether `node` runs in its producer's task (see the module's chaining rule).
+fn is_chained(graph: &JobGraph, node: NodeId) -> bool {
+    let node = &graph.nodes[node];
+    matches!(node.kind, NodeKind::Operator(_)) && node.inputs.len() == 1 && node.inputs[0].forward
+}
+
+/// Consumers of each node: (consumer, index of the edge in the consumer's inputs).
+fn consumers_of(graph: &JobGraph) -> Vec<Vec<(NodeId, usize)>> {
+    let mut consumers = vec![Vec::new(); graph.nodes.len()];
+    for (id, node) in graph.nodes.iter().enumerate() {
+        for (edge_index, edge) in node.inputs.iter().enumerate() {
+            consumers[edge.from].push((id, edge_index));
+        }
+    }
+    consumers
+}
+
+/// "a -> b -> c": the head and every node chained behind it.
+fn chain_name(graph: &JobGraph, consumers: &[Vec<(NodeId, usize)>], head: NodeId) -> String {
+    let mut name = graph.nodes[head].name.clone();
+    for &(consumer, _) in &consumers[head] {
+        if is_chained(graph, consumer) {
+            name.push_str(" -> ");
+            name.push_str(&chain_name(graph, consumers, consumer));
+        }
+    }
+    name
+}
+
+/// "a -> b (2/4)": the task of subtask `index` of a chain.
+fn task_name(chain: &str, index: u32, parallelism: u32) -> String {
+    format!("{chain} ({}/{parallelism})", index + 1)
 }

@@ -160,6 +160,7 @@ impl SimulatedAttempt {
             Some(&plan),
             0,
         )?;
+        let handles: Vec<_> = handles.into_iter().map(|(_, handle)| handle).collect();
         drop(plan);
         let coordinator =
             attempt_coordinator(c, job_id, restored.as_deref(), handles.len(), &config, now);

@@ -21,6 +21,7 @@ use flowstate_checkpoint::restore::{
 
 use crate::config::{CheckpointingConfig, ExecutionConfig, Guarantee, RestoreFrom};
 use crate::control::{CheckpointConfigView, JobController, JobDescription, JobStatus};
+use crate::distributed::{Cluster, run_cluster_attempt};
 use crate::error::{JobError, error_chain};
 use crate::executor::{
     AttemptCheckpointing, Cancellation, JobReport, RunningJob, run_attempt, spawn,
@@ -44,9 +45,18 @@ fn supervise(
     metrics: Arc<JobMetrics>,
     control: Arc<Cancellation>,
     controller: Arc<JobController>,
+    cluster: Option<Arc<dyn Cluster>>,
 ) -> Result<JobReport, JobError> {
     let mut lease = None;
-    let result = supervise_attempts(&graph, &config, &metrics, &control, &controller, &mut lease);
+    let result = supervise_attempts(
+        &graph,
+        &config,
+        &metrics,
+        &control,
+        &controller,
+        &mut lease,
+        cluster.as_ref(),
+    );
     // A job that lost its lease ends with that, whatever its attempt ended
     // with (cancelled by the loss, or finished after it); the lease is
     // released before the job's end is reported.
@@ -177,6 +187,7 @@ fn supervise_attempts(
     control: &Arc<Cancellation>,
     controller: &Arc<JobController>,
     lease: &mut Option<HeldLease>,
+    cluster: Option<&Arc<dyn Cluster>>,
 ) -> Result<JobReport, JobError> {
     let started = Instant::now();
     let checkpointing = config.checkpointing.clone();
@@ -284,15 +295,27 @@ fn supervise_attempts(
             policy.on_running(Instant::now());
         }
         let attempt_number = u32::try_from(restarts).unwrap_or(u32::MAX);
-        let outcome = run_attempt(
-            graph,
-            config,
-            metrics,
-            control,
-            controller,
-            attempt,
-            attempt_number,
-        );
+        let outcome = match cluster {
+            Some(cluster) => run_cluster_attempt(
+                graph,
+                config,
+                metrics,
+                control,
+                controller,
+                attempt,
+                attempt_number,
+                cluster,
+            ),
+            None => run_attempt(
+                graph,
+                config,
+                metrics,
+                control,
+                controller,
+                attempt,
+                attempt_number,
+            ),
+        };
         let failed_checkpoints = metrics.checkpoints().failed;
         let completed_checkpoints = metrics.checkpoints().completed;
         match outcome.result {
@@ -369,10 +392,34 @@ fn supervise_attempts(
 
 /// Plans `graph` and starts it on `config.workers` threads.
 pub fn start_job(graph: JobGraph, config: &ExecutionConfig) -> Result<RunningJob, JobError> {
-    config.validate()?;
-    let metrics = Arc::new(JobMetrics::default());
-    let control = Arc::new(Cancellation::default());
-    let description = JobDescription {
+    start(graph, config, None)
+}
+
+/// Starts `graph` with its tasks on `cluster` (this process is the job
+/// manager: the coordinator, the HTTP API's view of the job and the restart
+/// loop run here, the tasks in the cluster's task managers).
+pub fn start_job_on_cluster(
+    graph: JobGraph,
+    config: &ExecutionConfig,
+    cluster: Arc<dyn Cluster>,
+) -> Result<RunningJob, JobError> {
+    if config
+        .checkpointing
+        .as_ref()
+        .is_some_and(|c| c.guarantee == Guarantee::AtMostOnce && c.settings.periodic())
+    {
+        return Err(JobError::Build(crate::error::BuildError::Config(
+            "at-most-once is not supported across processes (its read-ahead reservations \
+             are written by the job's single process); use at-least-once or exactly-once"
+                .into(),
+        )));
+    }
+    start(graph, config, Some(cluster))
+}
+
+/// What the HTTP API shows of a job before it runs.
+pub(crate) fn job_description(graph: &JobGraph, config: &ExecutionConfig) -> JobDescription {
+    JobDescription {
         name: config.job_name.clone(),
         parallelism: config.parallelism,
         max_parallelism: config.max_parallelism,
@@ -393,7 +440,18 @@ pub fn start_job(graph: JobGraph, config: &ExecutionConfig) -> Result<RunningJob
             storage: c.storage.describe(),
         }),
         state_backend: config.state_backend.kind().to_string(),
-    };
+    }
+}
+
+fn start(
+    graph: JobGraph,
+    config: &ExecutionConfig,
+    cluster: Option<Arc<dyn Cluster>>,
+) -> Result<RunningJob, JobError> {
+    config.validate()?;
+    let metrics = Arc::new(JobMetrics::default());
+    let control = Arc::new(Cancellation::default());
+    let description = job_description(&graph, config);
     let cancelling = Arc::clone(&control);
     let controller = Arc::new(JobController::new(
         description,
@@ -422,6 +480,7 @@ pub fn start_job(graph: JobGraph, config: &ExecutionConfig) -> Result<RunningJob
             supervisor_metrics,
             supervisor_control,
             supervisor_controller,
+            cluster,
         )
     })?;
     Ok(RunningJob::new(
