@@ -790,3 +790,34 @@ pub fn status_word(status: JobStatus) -> &'static str {
         JobStatus::Cancelled => "cancelled",
     }
 }
+
+impl JobDescription {
+    /// What the HTTP API shows of `graph` run with `config`, before it runs.
+    pub(crate) fn of(
+        graph: &crate::graph::JobGraph,
+        config: &crate::config::ExecutionConfig,
+    ) -> Self {
+        JobDescription {
+            name: config.job_name.clone(),
+            parallelism: config.parallelism,
+            max_parallelism: config.max_parallelism,
+            vertices: graph.describe(),
+            checkpointing: config.checkpointing.is_some(),
+            periodic_checkpoints: config
+                .checkpointing
+                .as_ref()
+                .is_some_and(|c| c.settings.periodic()),
+            savepoint_dir: config
+                .checkpointing
+                .as_ref()
+                .and_then(|c| c.savepoint_dir.clone()),
+            savepoint_policy: config.savepoint_policy.clone(),
+            checkpoint_config: config.checkpointing.as_ref().map(|c| CheckpointConfigView {
+                settings: c.settings.clone(),
+                aligned: c.guarantee == crate::config::Guarantee::ExactlyOnce,
+                storage: c.storage.describe(),
+            }),
+            state_backend: config.state_backend.kind().to_string(),
+        }
+    }
+}

@@ -255,13 +255,10 @@ fn follow_attempt(
             break;
         }
         match cluster.next_event(EVENT_WAIT) {
-            Some(ClusterEvent::Task { attempt: a, event }) if a == attempt => {
-                if failure.is_none() {
-                    // Blocks while the coordinator's queue is full: the
-                    // control connections wait (bounded) rather than drop
-                    // an acknowledgement.
-                    let _ = events.send(event.into_coordinator_event());
-                }
+            // Blocks while the coordinator's queue is full: the control
+            // connections wait (bounded) rather than drop an acknowledgement.
+            Some(ClusterEvent::Task { attempt: a, event }) if a == attempt && failure.is_none() => {
+                let _ = events.send(event.into_coordinator_event());
             }
             Some(ClusterEvent::PartEnded {
                 attempt: a,
@@ -320,7 +317,7 @@ pub fn run_task_manager_part(
     let metrics = Arc::new(JobMetrics::default());
     let control = Cancellation::default();
     let controller = Arc::new(JobController::new(
-        crate::supervisor::job_description(graph, config),
+        crate::control::JobDescription::of(graph, config),
         Arc::clone(&metrics),
         Box::new(|| {}),
     ));

@@ -33,6 +33,9 @@ use crate::remote::ChannelId;
 use crate::task::Task;
 use crate::wiring::{BuildContext, Erased};
 
+/// A task's control-plane handle, with the task's number in the plan.
+pub(crate) type NumberedHandle = (usize, TaskHandle);
+
 /// A task and the worker it runs on.
 pub(crate) struct PlannedTask {
     pub worker: usize,
@@ -440,7 +443,7 @@ pub(crate) fn build_tasks(
     metrics: &Arc<JobMetrics>,
     checkpointing: Option<&PlanCheckpointing>,
     attempt: u32,
-) -> Result<(Vec<PlannedTask>, Vec<(usize, TaskHandle)>), BuildError> {
+) -> Result<(Vec<PlannedTask>, Vec<NumberedHandle>), BuildError> {
     config.validate()?;
     if graph.nodes.is_empty() {
         return Err(BuildError::Graph("the job has no operators".into()));

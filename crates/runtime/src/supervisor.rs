@@ -20,7 +20,7 @@ use flowstate_checkpoint::restore::{
 };
 
 use crate::config::{CheckpointingConfig, ExecutionConfig, Guarantee, RestoreFrom};
-use crate::control::{CheckpointConfigView, JobController, JobDescription, JobStatus};
+use crate::control::{JobController, JobDescription, JobStatus};
 use crate::distributed::{Cluster, run_cluster_attempt};
 use crate::error::{JobError, error_chain};
 use crate::executor::{
@@ -417,32 +417,6 @@ pub fn start_job_on_cluster(
     start(graph, config, Some(cluster))
 }
 
-/// What the HTTP API shows of a job before it runs.
-pub(crate) fn job_description(graph: &JobGraph, config: &ExecutionConfig) -> JobDescription {
-    JobDescription {
-        name: config.job_name.clone(),
-        parallelism: config.parallelism,
-        max_parallelism: config.max_parallelism,
-        vertices: graph.describe(),
-        checkpointing: config.checkpointing.is_some(),
-        periodic_checkpoints: config
-            .checkpointing
-            .as_ref()
-            .is_some_and(|c| c.settings.periodic()),
-        savepoint_dir: config
-            .checkpointing
-            .as_ref()
-            .and_then(|c| c.savepoint_dir.clone()),
-        savepoint_policy: config.savepoint_policy.clone(),
-        checkpoint_config: config.checkpointing.as_ref().map(|c| CheckpointConfigView {
-            settings: c.settings.clone(),
-            aligned: c.guarantee == crate::config::Guarantee::ExactlyOnce,
-            storage: c.storage.describe(),
-        }),
-        state_backend: config.state_backend.kind().to_string(),
-    }
-}
-
 fn start(
     graph: JobGraph,
     config: &ExecutionConfig,
@@ -451,7 +425,7 @@ fn start(
     config.validate()?;
     let metrics = Arc::new(JobMetrics::default());
     let control = Arc::new(Cancellation::default());
-    let description = job_description(&graph, config);
+    let description = JobDescription::of(&graph, config);
     let cancelling = Arc::clone(&control);
     let controller = Arc::new(JobController::new(
         description,
