@@ -166,6 +166,28 @@ impl StreamEnvironment {
         start_job(self.take_graph(), &self.run_config())
     }
 
+    /// Starts the job with its tasks on `cluster` (this process is the job
+    /// manager) and returns at once.
+    pub fn start_on_cluster(
+        &self,
+        cluster: std::sync::Arc<dyn flowstate_runtime::distributed::Cluster>,
+    ) -> Result<RunningJob, JobError> {
+        flowstate_runtime::start_job_on_cluster(self.take_graph(), &self.run_config(), cluster)
+    }
+
+    /// The fingerprint of the job's plan (`JobGraph::fingerprint`): equal in
+    /// every process that built the same job with the same arguments.
+    pub fn fingerprint(&self) -> String {
+        self.inner.graph.borrow().fingerprint(&self.run_config())
+    }
+
+    /// Hands the job's graph and configuration to `run` (a task manager runs
+    /// its parts with them); the environment's job counts as started.
+    pub fn run_with_graph<R>(&self, run: impl FnOnce(&JobGraph, &ExecutionConfig) -> R) -> R {
+        let config = self.run_config();
+        run(&self.take_graph(), &config)
+    }
+
     /// Runs the job to its end.
     pub fn execute(&self) -> Result<JobReport, JobError> {
         self.start()?.join()

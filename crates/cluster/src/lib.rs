@@ -5,8 +5,15 @@
 //! fingerprint at registration and assigns the subtasks.
 //!
 //! Owns: the control-plane protocol between the job manager and the task
-//! managers ([`protocol`]). Must not touch: the data plane (channels between
+//! managers ([`protocol`]) and its transport ([`rpc`]), the job manager's
+//! side ([`jobmanager`]: admission, placement, the runtime's `Cluster`), a
+//! task manager ([`taskmanager`]) and the local cluster of `--processes N`
+//! ([`local`]). Must not touch: the data plane (channels between
 //! task managers are `flowstate-network`'s), how tasks run (the runtime's),
 //! or command-line flags.
 
+pub mod jobmanager;
+pub mod local;
 pub mod protocol;
+pub mod rpc;
+pub mod taskmanager;

@@ -169,6 +169,48 @@ impl JobGraph {
             .collect()
     }
 
+    /// The fingerprint of the plan `config` makes of this graph: 16 hex
+    /// digits over every node's uid, name and kind, every edge (producer,
+    /// port, input side, ship strategy) and side output, the parallelism,
+    /// the max parallelism and the job's name and parameters. Every process
+    /// of a job builds its graph from the same program and arguments; equal
+    /// fingerprints say they did (a task manager whose fingerprint is not the
+    /// job manager's is refused). FNV-1a 64: stable across builds and
+    /// machines, not a defence against a forger.
+    pub fn fingerprint(&self, config: &crate::config::ExecutionConfig) -> String {
+        use std::fmt::Write as _;
+        let mut text = format!(
+            "job={:?} parallelism={} max_parallelism={} parameters={:?}\n",
+            config.job_name, config.parallelism, config.max_parallelism, config.job_parameters
+        );
+        for (id, node) in self.nodes.iter().enumerate() {
+            let kind = match &node.kind {
+                NodeKind::Source(_) => "source",
+                NodeKind::Operator(_) if node.output.is_none() => "sink",
+                NodeKind::Operator(_) => "operator",
+                NodeKind::TwoInput(_) => "two-input",
+            };
+            let _ = write!(text, "{id} {kind} uid={:?} name={:?}", self.uid(id), node.name);
+            for edge in &node.inputs {
+                let _ = write!(
+                    text,
+                    " in({}:{} side {} {})",
+                    edge.from, edge.port, edge.side, edge.ship_strategy
+                );
+            }
+            for (name, _, _) in &node.side_outputs {
+                let _ = write!(text, " side-output {name:?}");
+            }
+            text.push('\n');
+        }
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in text.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{hash:016x}")
+    }
+
     /// Uids of the sinks that publish output when a checkpoint completes
     /// (two-phase commit): a restore from an older checkpoint than the
     /// newest completed one would publish that output again.

@@ -85,6 +85,7 @@
 //! of the job (`service`), progress and the signal handling. Must not touch:
 //! what a job computes (the build function's), the runtime's decisions.
 
+mod cluster;
 mod config_file;
 mod error;
 mod progress;
@@ -106,6 +107,7 @@ pub use clap::Args as JobArgs;
 use clap::{Args, FromArgMatches, Parser};
 
 use crate::StreamEnvironment;
+pub use cluster::ClusterArgs;
 pub use config_file::with_config_file;
 pub use error::{AppError, BoxError, error_chain};
 pub use runtime_args::{
@@ -410,9 +412,24 @@ where
         return check_savepoint(&env, location, &args.runtime);
     }
     let output = build(&env, &args.job).map_err(AppError::Build)?;
-    run_job(&env, label, &args.runtime, argv)?;
-    if let Some(line) = output.result_line().map_err(AppError::Build)? {
-        println!("{line}");
+    let role = args.runtime.cluster.role();
+    if let cluster::Role::TaskManager(options) = &role {
+        cluster::task_manager(&env, options)?;
+        // This process ran only its part of the job: its result is partial.
+        if let Some(line) = output.result_line().map_err(AppError::Build)? {
+            tracing::info!("this task manager's part of the result: {line}");
+        }
+        return Ok(());
+    }
+    let single = matches!(role, cluster::Role::Single);
+    run_job(&env, label, &args.runtime, argv, role)?;
+    match output.result_line().map_err(AppError::Build)? {
+        Some(line) if single => println!("{line}"),
+        Some(_) => tracing::info!(
+            "the job ran on task managers: its result line is theirs, each for its part \
+             (in their logs); its output is in its sinks"
+        ),
+        None => {}
     }
     Ok(())
 }
@@ -490,8 +507,24 @@ fn run_job(
     label: &str,
     runtime: &RuntimeArgs,
     argv: &[OsString],
+    role: cluster::Role,
 ) -> Result<(), AppError> {
-    let job = env.start().map_err(|e| AppError::Start(Box::new(e)))?;
+    let (job, cluster) = match role {
+        cluster::Role::JobManager {
+            listen,
+            task_managers,
+            local,
+        } => {
+            let (job, guard) = cluster::job_manager(env, listen, task_managers, local, argv)?;
+            (job, Some(guard))
+        }
+        cluster::Role::Single | cluster::Role::TaskManager(_) => (
+            env.start().map_err(|e| AppError::Start(Box::new(e)))?,
+            None,
+        ),
+    };
+    // The task managers are told the job is over however it ended.
+    let _cluster = cluster.map(cluster::FinishOnDrop);
     let server = match start_rest(&runtime.rest, &runtime.api, job.controller()) {
         Ok(server) => server,
         Err(e) => {

@@ -135,6 +135,8 @@ pub struct RuntimeArgs {
     pub restart: restart::RestartArgs,
     #[command(flatten)]
     pub state: StateArgs,
+    #[command(flatten)]
+    pub cluster: super::cluster::ClusterArgs,
 }
 
 /// The state backend flags.

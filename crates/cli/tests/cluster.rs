@@ -1,0 +1,223 @@
+//! One job across processes (`--processes N`): the job manager in the
+//! command's process, N task managers as its children. The results are
+//! checked independently: every committed output line of keyed-count against
+//! the workload's definition (`support::check_keyed_count_output`), and the
+//! task managers' partial RESULT lines summed against the reference.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// The task managers' partial results (`... part of the result: RESULT
+/// records=R keys=K checksum=C`), summed: keyed-count's checksum is a
+/// wrapping sum over keys, and every key is in one task manager's part.
+fn summed_parts(stderr: &str) -> (String, usize) {
+    let (mut records, mut keys, mut checksum, mut parts) = (0u64, 0u64, 0u64, 0usize);
+    for line in stderr.lines() {
+        let Some(result) = line.split("part of the result: ").nth(1) else {
+            continue;
+        };
+        parts += 1;
+        for field in result.split_whitespace() {
+            if let Some(v) = field.strip_prefix("records=") {
+                records += v.parse::<u64>().unwrap();
+            } else if let Some(v) = field.strip_prefix("keys=") {
+                keys += v.parse::<u64>().unwrap();
+            } else if let Some(v) = field.strip_prefix("checksum=") {
+                checksum = checksum.wrapping_add(u64::from_str_radix(v, 16).unwrap());
+            }
+        }
+    }
+    (
+        format!("RESULT records={records} keys={keys} checksum={checksum:016x}"),
+        parts,
+    )
+}
+
+/// The newest completed checkpoint's id under `ck` (any job).
+fn newest_checkpoint(ck: &Path) -> Option<u64> {
+    let mut newest = None;
+    for job in std::fs::read_dir(ck).ok()?.flatten() {
+        for chk in std::fs::read_dir(job.path()).into_iter().flatten().flatten() {
+            let name = chk.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_prefix("chk-").and_then(|n| n.parse::<u64>().ok())
+                && chk.path().join("_metadata").exists()
+            {
+                newest = newest.max(Some(id));
+            }
+        }
+    }
+    newest
+}
+
+fn cluster_args(out: &Path, ck: &Path, records: u64, keys: u64, extra: &[&str]) -> Vec<String> {
+    let mut args = strings(&[
+        "run",
+        "keyed-count",
+        "--records",
+        &records.to_string(),
+        "--keys",
+        &keys.to_string(),
+        "--output",
+        arg(out),
+        "--checkpoint-interval",
+        "100ms",
+        "--checkpoint-dir",
+        arg(ck),
+        "--parallelism",
+        "3",
+        "--processes",
+        "3",
+        "--rest",
+        "off",
+    ]);
+    args.extend(strings(extra));
+    args
+}
+
+#[test]
+fn keyed_count_on_three_processes_gives_the_reference_result() {
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let (out, ck) = (tmp.path().join("out"), tmp.path().join("ck"));
+    let (records, keys) = (200_000, 5_000);
+    let run = run_args(tmp.path(), &cluster_args(&out, &ck, records, keys, &[]));
+    run.assert_success();
+    assert!(
+        run.stderr.contains("task manager 2 registered"),
+        "three task managers registered: {run}"
+    );
+    let (summed, parts) = summed_parts(&run.stderr);
+    assert_eq!(parts, 3, "one partial result per task manager: {run}");
+    assert_eq!(summed, expected_keyed_count_result(records, keys), "{run}");
+    let lines = committed_lines(&out);
+    assert_eq!(lines.len() as u64, records, "committed output lines");
+    check_keyed_count_output(&lines, records, keys);
+}
+
+#[test]
+fn a_task_manager_that_built_another_plan_is_refused() {
+    // A task manager started by hand with other job flags than its job
+    // manager's: refused at registration, naming both fingerprints.
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let logs = tmp.path().join("logs");
+    let jm = start(
+        tmp.path(),
+        &logs,
+        "jm",
+        &strings(&[
+            "run",
+            "keyed-count",
+            "--records",
+            "1000",
+            "--parallelism",
+            "1",
+            "--task-managers",
+            "1",
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--checkpoint-interval",
+            "off",
+            "--rest",
+            "off",
+        ]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let address = loop {
+        let stderr = jm.stderr_so_far();
+        if let Some(a) = after(&stderr, "task managers on ", char::is_whitespace) {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "the job manager never listened: {stderr}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let tm = run_args(
+        tmp.path(),
+        &strings(&[
+            "run",
+            "keyed-count",
+            "--records",
+            "2000",
+            "--parallelism",
+            "1",
+            "--jobmanager",
+            &address,
+            "--checkpoint-interval",
+            "off",
+        ]),
+    );
+    tm.assert_failure();
+    assert!(
+        tm.single_error_line().contains("built plan"),
+        "names the plans: {tm}"
+    );
+    drop(jm);
+}
+
+/// The test: `--processes 3`, one worker SIGKILLed mid-run and then
+/// another; the job recovers each time from its latest checkpoint and its
+/// committed output is exactly-once.
+#[test]
+fn sigkill_of_one_worker_and_then_another_recovers_exactly_once() {
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let (out, ck, logs) = (
+        tmp.path().join("out"),
+        tmp.path().join("ck"),
+        tmp.path().join("logs"),
+    );
+    let (records, keys) = (600_000, 20_000);
+    let jm = start(
+        tmp.path(),
+        &logs,
+        "jm",
+        &cluster_args(&out, &ck, records, keys, &["--rate", "100000"]),
+    );
+    // The pid of task manager `index`'s current process (the last started).
+    let pid_of = |stderr: &str, index: u32| -> Option<i32> {
+        let marker = format!("started task manager {index} (pid ");
+        let (at, _) = stderr.match_indices(&marker).last()?;
+        after(&stderr[at..], &marker, |c| c == ')')?.parse().ok()
+    };
+    let deployments = |stderr: &str| stderr.matches("deployed on task managers").count();
+    let wait_for = |what: &str, done: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let stderr = jm.stderr_so_far();
+            if done(&stderr) {
+                return stderr;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {stderr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for victim in [1u32, 2] {
+        let stderr = wait_for("deployed", &|s| deployments(s) > 0);
+        let attempts = deployments(&stderr);
+        // A checkpoint of this attempt completed: the kill has something
+        // to recover from.
+        let before = newest_checkpoint(&ck).unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while newest_checkpoint(&ck).unwrap_or(0) <= before {
+            assert!(Instant::now() < deadline, "no checkpoint completed: {}", jm.stderr_so_far());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let pid = pid_of(&jm.stderr_so_far(), victim).expect("the victim's pid is logged");
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        wait_for("a redeployment", &|s| deployments(s) > attempts);
+    }
+    let run = jm.wait();
+    run.assert_success();
+    assert!(
+        run.stderr.matches("job failed (").count() >= 2,
+        "two attempts failed and restarted: {run}"
+    );
+    let lines = committed_lines(&out);
+    assert_eq!(lines.len() as u64, records, "committed output lines: {run}");
+    check_keyed_count_output(&lines, records, keys);
+}

@@ -1,0 +1,299 @@
+//! The job manager's side of a cluster: the task managers it admitted, the
+//! placement of each attempt's subtasks on them, and the runtime's
+//! [`Cluster`] over their control connections.
+//!
+//! Admission: a task manager is admitted when it speaks this protocol
+//! version, built the same plan (equal fingerprints) and asks for a free
+//! process index below the cluster's size (or none: it gets the lowest free
+//! one). An index is free again once its connection is lost, so a restarted
+//! task manager takes its old place.
+//!
+//! Placement: subtask `i` of every operator runs in process `i % N` (slot
+//! sharing: a pipeline instance stays in one process, so forward edges never
+//! cross processes).
+//!
+//! Owns: [`JobManagerCluster`]. Must not touch: the coordinator (the
+//! runtime's, given this cluster), processes (`local`), the wire (`rpc`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use flowstate_runtime::control_plane::TaskCommand;
+use flowstate_runtime::distributed::{AttemptDeployment, Cluster, ClusterEvent};
+
+use crate::protocol::{
+    Deployment, PROTOCOL_VERSION, Registration, ToJobManager, ToTaskManager,
+};
+use crate::rpc::{ControlError, ControlServer, ControlSettings, ServerEvent};
+
+/// Why the job manager could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum JobManagerError {
+    #[error("cannot listen for task managers: {0}")]
+    Control(#[from] ControlError),
+    #[error("a cluster of {0} task managers: it needs at least 1")]
+    NoTaskManagers(u32),
+}
+
+/// What the job manager knows of its task managers.
+#[derive(Default)]
+struct Registry {
+    /// Admitted and not lost: process index → data address.
+    connected: BTreeMap<u32, Option<String>>,
+}
+
+/// The task managers of one job, as the runtime's [`Cluster`].
+pub struct JobManagerCluster {
+    server: ControlServer,
+    events: Receiver<ServerEvent>,
+    registry: Arc<Mutex<Registry>>,
+    task_managers: u32,
+    parallelism: u32,
+    /// Longest `deploy` waits for every task manager to be registered.
+    registration_timeout: Duration,
+}
+
+impl JobManagerCluster {
+    /// Listens on `listen` for `task_managers` task managers that built the
+    /// plan `plan` (its fingerprint) of a job of `parallelism`.
+    pub fn start(
+        listen: SocketAddr,
+        task_managers: u32,
+        parallelism: u32,
+        plan: String,
+        settings: ControlSettings,
+        registration_timeout: Duration,
+    ) -> Result<Self, JobManagerError> {
+        if task_managers == 0 {
+            return Err(JobManagerError::NoTaskManagers(task_managers));
+        }
+        let registry = Arc::new(Mutex::new(Registry::default()));
+        let admitting = Arc::clone(&registry);
+        let (server, events) = ControlServer::bind(listen, settings, move |r: &Registration| {
+            admit(&admitting, r, &plan, task_managers)
+        })?;
+        Ok(Self {
+            server,
+            events,
+            registry,
+            task_managers,
+            parallelism,
+            registration_timeout,
+        })
+    }
+
+    /// Where task managers connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Tells every connected task manager that the job is over.
+    pub fn shutdown(&self) {
+        let connected: Vec<u32> = self.lock().connected.keys().copied().collect();
+        for process in connected {
+            let _ = self.server.send(process, ToTaskManager::Shutdown);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes one event of the control server (waiting at most `timeout`),
+    /// keeps the registry current, and returns what the runtime must hear.
+    fn pump(&self, timeout: Duration) -> Option<ClusterEvent> {
+        let event = self.events.recv_timeout(timeout).ok()?;
+        match event {
+            ServerEvent::Registered {
+                process,
+                registration,
+            } => {
+                tracing::info!(
+                    process,
+                    data = registration.data_address.as_str(),
+                    workers = registration.workers,
+                    "task manager {process} registered"
+                );
+                self.lock()
+                    .connected
+                    .insert(process, Some(registration.data_address));
+                None
+            }
+            ServerEvent::Message { process, message } => match message {
+                ToJobManager::Task { attempt, event } => {
+                    Some(ClusterEvent::Task { attempt, event })
+                }
+                ToJobManager::PartEnded { attempt, failure } => Some(ClusterEvent::PartEnded {
+                    attempt,
+                    process,
+                    failure,
+                }),
+            },
+            ServerEvent::Lost { process, cause } => {
+                tracing::warn!("task manager {process} lost: {cause}");
+                self.lock().connected.remove(&process);
+                Some(ClusterEvent::Lost { process, cause })
+            }
+        }
+    }
+}
+
+/// The admission decision (see the module docs).
+fn admit(
+    registry: &Mutex<Registry>,
+    registration: &Registration,
+    plan: &str,
+    task_managers: u32,
+) -> Result<u32, String> {
+    if registration.protocol_version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} (the job manager speaks {PROTOCOL_VERSION})",
+            registration.protocol_version
+        ));
+    }
+    if registration.plan != plan {
+        return Err(format!(
+            "the task manager built plan {} but the job manager's is {plan}: run the same \
+             program with the same job arguments and parallelism",
+            registration.plan
+        ));
+    }
+    let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
+    let process = match registration.process {
+        Some(p) if p >= task_managers => {
+            return Err(format!(
+                "process index {p}, but the cluster has {task_managers} task managers"
+            ));
+        }
+        Some(p) if registry.connected.contains_key(&p) => {
+            return Err(format!("process index {p} is taken by a connected task manager"));
+        }
+        Some(p) => p,
+        None => (0..task_managers)
+            .find(|p| !registry.connected.contains_key(p))
+            .ok_or_else(|| format!("the cluster's {task_managers} task managers are all here"))?,
+    };
+    // Reserved now, so that two registrations never get one index; the
+    // data address comes with the `Registered` event.
+    registry.connected.insert(process, None);
+    Ok(process)
+}
+
+impl Cluster for JobManagerCluster {
+    fn deploy(&self, deployment: &AttemptDeployment) -> Result<Vec<u32>, String> {
+        let deadline = Instant::now() + self.registration_timeout;
+        // Waits for every task manager (a restarted one registers again).
+        loop {
+            let ready = {
+                let registry = self.lock();
+                (0..self.task_managers).all(|p| matches!(registry.connected.get(&p), Some(Some(_))))
+            };
+            if ready {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let registry = self.lock();
+                let missing: Vec<u32> = (0..self.task_managers)
+                    .filter(|p| !matches!(registry.connected.get(p), Some(Some(_))))
+                    .collect();
+                return Err(format!(
+                    "task managers {missing:?} did not register within {:?}",
+                    self.registration_timeout
+                ));
+            }
+            // Events of older attempts are dropped here: the attempt they
+            // belonged to is over.
+            let _ = self.pump(Duration::from_millis(50));
+        }
+        let processes: Vec<u32> = (0..self.task_managers).collect();
+        let subtask_process: Vec<u32> = (0..self.parallelism)
+            .map(|i| i % self.task_managers)
+            .collect();
+        let data_addresses: Vec<(u32, String)> = {
+            let registry = self.lock();
+            processes
+                .iter()
+                .filter_map(|p| {
+                    registry
+                        .connected
+                        .get(p)
+                        .and_then(|a| a.clone())
+                        .map(|a| (*p, a))
+                })
+                .collect()
+        };
+        let message = Deployment {
+            attempt: deployment.attempt,
+            job_id: deployment.job_id.clone(),
+            subtask_process,
+            data_addresses,
+            restore: deployment.restore.clone(),
+        };
+        // Only processes that run a subtask take part.
+        let used: HashSet<u32> = message.subtask_process.iter().copied().collect();
+        let mut parts = Vec::new();
+        for process in processes.into_iter().filter(|p| used.contains(p)) {
+            self.server
+                .send(process, ToTaskManager::Deploy(message.clone()))
+                .map_err(|e| format!("task manager {process}: {e}"))?;
+            parts.push(process);
+        }
+        tracing::info!(
+            attempt = deployment.attempt,
+            "attempt {} deployed on task managers {parts:?}",
+            deployment.attempt
+        );
+        Ok(parts)
+    }
+
+    fn command(&self, attempt: u32, task: usize, command: TaskCommand) {
+        let Some(subtask) = self.subtask_of(task) else {
+            return;
+        };
+        let process = subtask % self.task_managers;
+        let task = u32::try_from(task).unwrap_or(u32::MAX);
+        if let Err(e) = self.server.send(
+            process,
+            ToTaskManager::Command {
+                attempt,
+                task,
+                command,
+            },
+        ) {
+            // The connection's loss is reported as its own event.
+            tracing::debug!("command {command:?} to task manager {process}: {e}");
+        }
+    }
+
+    fn cancel(&self, attempt: u32) {
+        let connected: Vec<u32> = self.lock().connected.keys().copied().collect();
+        for process in connected {
+            let _ = self.server.send(process, ToTaskManager::Cancel { attempt });
+        }
+    }
+
+    fn next_event(&self, timeout: Duration) -> Option<ClusterEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            if let Some(event) = self.pump(left) {
+                return Some(event);
+            }
+        }
+    }
+}
+
+impl JobManagerCluster {
+    /// The subtask index of task `task`: tasks are numbered chain by chain,
+    /// `parallelism` per chain (`flowstate_runtime::plan`'s order).
+    fn subtask_of(&self, task: usize) -> Option<u32> {
+        let parallelism = usize::try_from(self.parallelism).ok().filter(|&p| p > 0)?;
+        u32::try_from(task % parallelism).ok()
+    }
+}
