@@ -10,3 +10,4 @@
 //! or command-line flags.
 
 pub mod protocol;
+pub mod rpc;
