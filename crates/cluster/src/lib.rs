@@ -5,7 +5,8 @@
 //! fingerprint at registration and assigns the subtasks.
 //!
 //! Owns: the control-plane protocol between the job manager and the task
-//! managers ([`protocol`]). Must not touch: the data plane (channels between
+//! managers ([`protocol`]) and the connection that carries it ([`rpc`]).
+//! Must not touch: the data plane (channels between
 //! task managers are `flowstate-network`'s), how tasks run (the runtime's),
 //! or command-line flags.
 

@@ -648,3 +648,40 @@ fn heartbeats_keep_an_idle_connection_alive() {
         ClientEvent::Message(ToTaskManager::Shutdown)
     ));
 }
+
+#[test]
+fn a_frame_over_the_size_limit_loses_the_connection() {
+    let settings = ControlSettings {
+        message_bytes_max: 64 << 10,
+        ..calm()
+    };
+    let (server, events) =
+        ControlServer::bind(any_port(), settings.clone(), admit_plan_p()).unwrap();
+
+    // Job manager → task manager.
+    let (_a, a_events) = connect(&server, registration(None, "p"), settings.clone());
+    let a = expect_registered(&events);
+    let deployment = Deployment {
+        attempt: 0,
+        job_id: "j".into(),
+        subtask_process: vec![0],
+        data_addresses: vec![],
+        restore: Some("x".repeat(100 << 10)),
+    };
+    server.send(a, ToTaskManager::Deploy(deployment)).unwrap();
+    assert!(!expect_client_lost(&a_events).is_empty());
+    assert_eq!(expect_lost(&events).0, a);
+
+    // Task manager → job manager.
+    let (b_client, b_events) = connect(&server, registration(None, "p"), settings);
+    let b = expect_registered(&events);
+    b_client
+        .send(ToJobManager::PartEnded {
+            attempt: 0,
+            failure: Some("y".repeat(100 << 10)),
+        })
+        .unwrap();
+    let (process, cause) = expect_lost(&events);
+    assert_eq!(process, b, "{cause}");
+    assert!(!expect_client_lost(&b_events).is_empty());
+}

@@ -32,3 +32,55 @@ pub enum JmFrame {
     /// heartbeat interval.
     Heartbeat,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::PROTOCOL_VERSION;
+
+    /// The frames as docs/control-plane.md shows them.
+    #[test]
+    fn frames_are_the_documented_json() {
+        let register = TmFrame::Register(Registration {
+            protocol_version: PROTOCOL_VERSION,
+            process: None,
+            plan: "…".into(),
+            data_address: "host:port".into(),
+            workers: 4,
+        });
+        let cases = [
+            (
+                serde_json::to_string(&register).unwrap(),
+                r#"{"Register":{"protocol_version":1,"process":null,"plan":"…","data_address":"host:port","workers":4}}"#,
+            ),
+            (
+                serde_json::to_string(&TmFrame::Message(ToJobManager::PartEnded {
+                    attempt: 0,
+                    failure: None,
+                }))
+                .unwrap(),
+                r#"{"Message":{"PartEnded":{"attempt":0,"failure":null}}}"#,
+            ),
+            (
+                serde_json::to_string(&TmFrame::Heartbeat).unwrap(),
+                r#""Heartbeat""#,
+            ),
+            (
+                serde_json::to_string(&JmFrame::Message(ToTaskManager::Accepted { process: 0 }))
+                    .unwrap(),
+                r#"{"Message":{"Accepted":{"process":0}}}"#,
+            ),
+            (
+                serde_json::to_string(&JmFrame::Message(ToTaskManager::Shutdown)).unwrap(),
+                r#"{"Message":"Shutdown"}"#,
+            ),
+            (
+                serde_json::to_string(&JmFrame::Heartbeat).unwrap(),
+                r#""Heartbeat""#,
+            ),
+        ];
+        for (got, documented) in cases {
+            assert_eq!(got, documented);
+        }
+    }
+}
