@@ -36,6 +36,10 @@ pub enum ServerEvent {
     Lost { process: u32, cause: String },
 }
 
+/// Concurrent streams one HTTP/2 connection may open (a task manager opens
+/// one; the rest is headroom, not a use).
+const STREAMS_PER_CONNECTION_MAX: u32 = 4;
+
 type Admit = dyn Fn(&Registration) -> Result<u32, String> + Send + Sync;
 
 /// The job manager's control server: see the module and [`super`] docs.
@@ -114,8 +118,10 @@ impl ControlServer {
         let keepalive_timeout = shared.settings.heartbeat_timeout;
         runtime.spawn(async move {
             // HTTP/2 pings close connections whose peer is gone (the
-            // heartbeats end the stream; this frees the socket too).
+            // heartbeats end the stream; this frees the socket too). A task
+            // manager needs one stream per connection: a few at most.
             let served = tonic::transport::Server::builder()
+                .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
                 .http2_keepalive_interval(Some(keepalive))
                 .http2_keepalive_timeout(Some(keepalive_timeout))
                 .serve_with_incoming(service, incoming)
