@@ -28,7 +28,7 @@ fn config(network: bool, checkpoints: bool, restart: RestartStrategy) -> Executi
     config.batch_size = 64;
     config.channel_capacity = 2;
     if network {
-        let transport = TcpTransport::bind(0, "127.0.0.1:0".parse().unwrap())
+        let transport = TcpTransport::bind(0, "127.0.0.1:0".parse().unwrap(), [])
             .expect("a loopback transport");
         config.network = Some(NetworkPlacement::loopback(Arc::new(transport), PARALLELISM));
     }

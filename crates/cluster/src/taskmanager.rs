@@ -72,8 +72,11 @@ pub fn run_task_manager(
     config: &ExecutionConfig,
     options: &TaskManagerOptions,
 ) -> Result<(), TaskManagerError> {
-    let transport = TcpTransport::bind(options.data_listen)
+    // The process index comes with the registration, which needs the data
+    // address first: bound as the index asked for, set once admitted.
+    let transport = TcpTransport::bind(options.process.unwrap_or(0), options.data_listen, [])
         .map_err(|e| TaskManagerError::Network(e.to_string()))?;
+    let transport = Arc::new(transport);
     let registration = Registration {
         protocol_version: PROTOCOL_VERSION,
         process: options.process,
