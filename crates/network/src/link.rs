@@ -504,3 +504,169 @@ impl LinkState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    use flowstate_runtime::WireCodec;
+    use flowstate_runtime::channel::Signal;
+    use flowstate_runtime::message::Message;
+    use flowstate_runtime::remote::{inbound, outbound};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Ctx {
+        ended: Vec<u32>,
+        failures: RefCell<BTreeMap<u32, TransportError>>,
+    }
+
+    impl Context for Ctx {
+        fn is_ended(&self, attempt: u32) -> bool {
+            self.ended.contains(&attempt)
+        }
+        fn fail(&self, attempt: u32, error: TransportError) {
+            self.failures.borrow_mut().entry(attempt).or_insert(error);
+        }
+        fn max_frame_len(&self) -> usize {
+            1000
+        }
+        fn max_pending_credit(&self) -> usize {
+            2
+        }
+    }
+
+    fn id(attempt: u32, consumer: u32) -> ChannelId {
+        ChannelId {
+            attempt,
+            node: 1,
+            edge: 0,
+            producer: 0,
+            consumer,
+        }
+    }
+
+    fn credit(channel: ChannelId, count: u32) -> Frame<'static> {
+        Frame::Credit { channel, count }
+    }
+
+    #[test]
+    fn credit_for_unregistered_channels_is_kept_bounded_and_dropped_for_ended_attempts() {
+        let ctx = Ctx {
+            ended: vec![9],
+            ..Ctx::default()
+        };
+        let mut st = LinkState::default();
+        let mut woken = Vec::new();
+        st.on_frame(Dir::Out, 1, credit(id(1, 0), 2), &mut woken, &ctx)
+            .unwrap();
+        st.on_frame(Dir::Out, 1, credit(id(1, 0), 3), &mut woken, &ctx)
+            .unwrap();
+        st.on_frame(Dir::Out, 1, credit(id(1, 1), 1), &mut woken, &ctx)
+            .unwrap();
+        // An ended attempt's credit is dropped, and takes no room.
+        st.on_frame(Dir::Out, 1, credit(id(9, 0), 1), &mut woken, &ctx)
+            .unwrap();
+        assert_eq!(st.pending.len(), 2);
+        assert_eq!(st.pending[&id(1, 0)].credit, 5);
+        // A third channel: over the bound, the connection must end.
+        assert!(matches!(
+            st.on_frame(Dir::Out, 1, credit(id(1, 2), 1), &mut woken, &ctx),
+            Err(Loss::Protocol(_))
+        ));
+        assert!(woken.is_empty());
+        assert!(!st.end_attempt(1));
+        assert!(st.pending.is_empty());
+    }
+
+    #[test]
+    fn frames_in_the_wrong_direction_and_credit_overflow_end_the_connection() {
+        let ctx = Ctx::default();
+        let mut st = LinkState::default();
+        let mut woken = Vec::new();
+        assert!(matches!(
+            st.on_frame(Dir::In, 1, credit(id(1, 0), 1), &mut woken, &ctx),
+            Err(Loss::Protocol(_))
+        ));
+        let message = Frame::Message {
+            channel: id(1, 0),
+            payload: &[4],
+        };
+        assert!(matches!(
+            st.on_frame(Dir::Out, 1, message, &mut woken, &ctx),
+            Err(Loss::Protocol(_))
+        ));
+        let (_tx, end) = outbound::<u64>(WireCodec::new(), 1, Signal::new(), Signal::new());
+        st.out.insert(
+            id(1, 0),
+            OutSlot {
+                ch: end,
+                credit: u32::MAX,
+                generation: 1,
+            },
+        );
+        assert!(matches!(
+            st.on_frame(Dir::Out, 1, credit(id(1, 0), 1), &mut woken, &ctx),
+            Err(Loss::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn credit_is_free_slots_less_what_is_outstanding() {
+        let ctx = Ctx::default();
+        let mut st = LinkState::default();
+        let (end, rx) = inbound::<u64>(WireCodec::new(), 3, Signal::new(), Signal::new());
+        let ch = id(1, 0);
+        st.inb.insert(
+            ch,
+            InSlot {
+                ch: end,
+                announced: 0,
+                generation: 0,
+            },
+        );
+        assert_eq!(st.attach(7), vec![ch]);
+        let ready: HashSet<ChannelId> = [ch].into();
+        let mut w = FrameWriter::default();
+        st.fill(Dir::In, 7, &ready, false, &mut w, &ctx);
+        let mut expected = FrameWriter::default();
+        expected.credit(ch, 3);
+        assert_eq!(w.buf, expected.buf);
+        // Nothing new: no frame.
+        w.clear();
+        st.fill(Dir::In, 7, &ready, true, &mut w, &ctx);
+        assert!(w.is_empty());
+        // Two messages use two credits; the consumer takes one: one more.
+        let mut woken = Vec::new();
+        for _ in 0..2 {
+            let frame = Frame::Message {
+                channel: ch,
+                payload: &[4],
+            };
+            st.on_frame(Dir::In, 7, frame, &mut woken, &ctx).unwrap();
+        }
+        assert!(matches!(rx.try_recv(), Ok(Some(Message::EndOfInput))));
+        st.fill(Dir::In, 7, &ready, false, &mut w, &ctx);
+        let mut expected = FrameWriter::default();
+        expected.credit(ch, 1);
+        assert_eq!(w.buf, expected.buf);
+        // A connection that is not the channel's is ignored.
+        w.clear();
+        assert!(rx.try_recv().unwrap().is_some());
+        st.fill(Dir::In, 8, &ready, true, &mut w, &ctx);
+        assert!(w.is_empty());
+        // The connection is lost: the channel closes, the failure first.
+        st.drop_generation(7, &Loss::Io("reset".into()), 5, &ctx);
+        assert!(st.inb.is_empty());
+        assert!(rx.try_recv().is_err());
+        assert_eq!(
+            ctx.failures.borrow().get(&1),
+            Some(&TransportError::ConnectionLost {
+                process: 5,
+                cause: "reset".into()
+            })
+        );
+    }
+}
