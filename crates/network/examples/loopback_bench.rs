@@ -4,9 +4,10 @@
 //! runtime encodes, frames, writes, reads and decodes in between.
 //!
 //! `cargo run --release -p flowstate-network --example loopback_bench --
-//! [records] [batch] [capacity] [network threads] [local]`
+//! [records] [batch] [capacity] [network threads] [local|pair]`
 //! (defaults 50000000 1024 16 1; `local`: the same through a plain local
-//! channel, no transport, for comparison).
+//! channel, no transport, for comparison; `pair`: two transports, process 0
+//! to process 1, each with its own runtime, as two processes would be).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,11 +96,14 @@ fn main() {
     let batch = arg(2, 1024).max(1);
     let capacity = arg(3, 16).max(1) as usize;
     let threads = arg(4, 1).max(1) as usize;
-    let local = std::env::args().nth(5).as_deref() == Some("local");
+    let mode = std::env::args().nth(5).unwrap_or_default();
+    let local = mode == "local";
+    let pair = mode == "pair";
 
     let producer_signal = Signal::new();
     let consumer_signal = Signal::new();
     let mut transport = None;
+    let mut consumer_transport = None;
     let (tx, rx) = if local {
         channel(capacity, producer_signal.clone(), consumer_signal.clone())
     } else {
@@ -108,6 +112,20 @@ fn main() {
             .bind()
             .expect("bind");
         t.set_peer(0, t.local_addr());
+        let c = if pair {
+            let c = TcpTransport::builder(1, "127.0.0.1:0".parse().unwrap())
+                .worker_threads(threads)
+                .bind()
+                .expect("bind");
+            t.set_peer(1, c.local_addr());
+            Some(c)
+        } else {
+            None
+        };
+        let (consumer_t, consumer_process) = match &c {
+            Some(c) => (c, 1),
+            None => (&t, 0),
+        };
         let id = ChannelId {
             attempt: 1,
             node: 1,
@@ -119,18 +137,19 @@ fn main() {
         let (in_end, rx) = inbound(
             codec,
             capacity,
-            t.signal(id, 0).unwrap(),
+            consumer_t.signal(id, 0).unwrap(),
             consumer_signal.clone(),
         );
-        t.register_inbound(id, 0, in_end).unwrap();
+        consumer_t.register_inbound(id, 0, in_end).unwrap();
         let (tx, out_end) = outbound(
             codec,
             capacity,
             producer_signal.clone(),
-            t.signal(id, 0).unwrap(),
+            t.signal(id, consumer_process).unwrap(),
         );
-        t.register_outbound(id, 0, out_end).unwrap();
+        t.register_outbound(id, consumer_process, out_end).unwrap();
         transport = Some(t);
+        consumer_transport = c;
         (tx, rx)
     };
 
@@ -150,10 +169,17 @@ fn main() {
     println!(
         "mode={} records={records} batch={batch} capacity={capacity} threads={threads} \
          secs={secs:.3} records/s={:.0} MB/s={:.1} cpu_s={cpu:.2} records/cpu-s={:.0} checksum={sum:x}",
-        if local { "local" } else { "tcp-loopback" },
+        if local {
+            "local"
+        } else if pair {
+            "tcp-pair"
+        } else {
+            "tcp-loopback"
+        },
         records as f64 / secs,
         payload_mb / secs,
         records as f64 / cpu.max(1e-9),
     );
     drop(transport);
+    drop(consumer_transport);
 }
