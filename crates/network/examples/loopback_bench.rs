@@ -111,7 +111,6 @@ fn main() {
             .worker_threads(threads)
             .bind()
             .expect("bind");
-        t.set_peer(0, t.local_addr());
         let c = if pair {
             let c = TcpTransport::builder(1, "127.0.0.1:0".parse().unwrap())
                 .worker_threads(threads)

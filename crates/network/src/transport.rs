@@ -132,10 +132,20 @@ impl TcpTransportBuilder {
                 addr: listen,
                 source,
             })?;
+        // A process is its own peer at its listener unless told otherwise.
+        let mut peers = self.peers.clone();
+        let mut own = local_addr;
+        if own.ip().is_unspecified() {
+            own.set_ip(match own {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        peers.entry(self.process).or_insert(own);
         let shared = Arc::new(Shared {
             process: self.process,
             handle: runtime.handle().clone(),
-            peers: Mutex::new(self.peers.clone()),
+            peers: Mutex::new(peers),
             links: Mutex::new(HashMap::new()),
             ended: Mutex::new(BTreeSet::new()),
             failures: Mutex::new(BTreeMap::new()),
@@ -328,6 +338,8 @@ impl TcpTransport {
 
     /// The transport of process `process` listening on `listen`, with
     /// default settings and `peers` (more with [`TcpTransport::set_peer`]).
+    /// The process itself is a peer at its own listener unless `peers` says
+    /// otherwise (channels to itself cross a real TCP connection).
     pub fn bind(
         process: u32,
         listen: SocketAddr,
