@@ -501,3 +501,55 @@ fn registrations_are_checked() {
         Err(TransportError::UnknownProcess(42))
     );
 }
+
+#[test]
+fn a_message_over_the_frame_limit_fails_its_channel_on_the_producer_side() {
+    let t1 = TcpTransport::bind(1, localhost(), []).unwrap();
+    let t0 = TcpTransport::builder(0, localhost())
+        .max_frame_len(100)
+        .peer(1, t1.local_addr())
+        .bind()
+        .unwrap();
+    let (tx, rx) = channel(&t0, &t1, id(1, 0, 0), 2, 2);
+    send(&tx, batch(0, 1));
+    assert!(same(&recv(&rx), &batch(0, 1)));
+    // 20 records of about 18 bytes: over 100.
+    send(&tx, batch(0, 20));
+    send_until_disconnected(&tx);
+    // The consumer is told the producer is gone.
+    recv_disconnected(&rx);
+    match t0.failure(1) {
+        Some(TransportError::Corrupt { channel, cause }) => {
+            assert_eq!(channel, id(1, 0, 0));
+            assert!(cause.contains("frames hold at most 100"), "{cause}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_handshake_of_another_version_is_refused_with_ours() {
+    let t = loopback();
+    let mut raw = Raw::connect(t.local_addr());
+    raw.write(
+        &Hello {
+            version: VERSION + 1,
+            from: 7,
+            to: 0,
+            token: 0,
+        }
+        .encode(),
+    );
+    let mut reply = [0; REPLY_LEN];
+    raw.stream.read_exact(&mut reply).unwrap();
+    assert_eq!(
+        Reply::decode(&reply).unwrap(),
+        Reply {
+            version: VERSION,
+            status: 1,
+            process: 0
+        }
+    );
+    assert!(raw.closed_by_peer());
+    still_works(&t);
+}
