@@ -22,15 +22,20 @@ const RECORDS: u64 = 60_000;
 const KEYS: u64 = 97;
 const PARALLELISM: u32 = 3;
 
-fn config(network: bool, checkpoints: bool, restart: RestartStrategy) -> ExecutionConfig {
+fn config(
+    network: Option<&Arc<TcpTransport>>,
+    checkpoints: bool,
+    restart: RestartStrategy,
+) -> ExecutionConfig {
     let mut config = ExecutionConfig::with_parallelism(PARALLELISM);
     // Small batches and channels: many messages, and credit runs out.
     config.batch_size = 64;
     config.channel_capacity = 2;
-    if network {
-        let transport = TcpTransport::bind(0, "127.0.0.1:0".parse().unwrap(), [])
-            .expect("a loopback transport");
-        config.network = Some(NetworkPlacement::loopback(Arc::new(transport), PARALLELISM));
+    if let Some(transport) = network {
+        config.network = Some(NetworkPlacement::loopback(
+            Arc::clone(transport) as Arc<dyn flowstate::runtime::Transport>,
+            PARALLELISM,
+        ));
     }
     if checkpoints {
         config.checkpointing = Some(CheckpointingConfig {
@@ -78,6 +83,21 @@ fn counts(config: ExecutionConfig, fail_once: Option<Arc<AtomicBool>>) -> (Vec<(
     (records, report.completed_checkpoints)
 }
 
+fn transport() -> Arc<TcpTransport> {
+    Arc::new(TcpTransport::bind(0, "127.0.0.1:0".parse().unwrap(), []).expect("a transport"))
+}
+
+/// Every record crossed the transport twice (the rebalance and the hash
+/// edge), in batches of at most 64: at least this many messages each way.
+fn assert_crossed(transport: &TcpTransport) {
+    let stats = transport.stats();
+    let batches_min = 2 * RECORDS / 64;
+    assert!(stats.messages_sent >= batches_min, "{stats:?}");
+    assert_eq!(stats.messages_sent, stats.messages_received, "{stats:?}");
+    // Each record's two u64 fields, at least.
+    assert!(stats.bytes_received >= 2 * RECORDS * 16, "{stats:?}");
+}
+
 fn expected() -> Vec<(u64, u64)> {
     let mut expected = Vec::new();
     for key in 0..KEYS {
@@ -91,17 +111,21 @@ fn expected() -> Vec<(u64, u64)> {
 #[test]
 fn results_through_the_transport_equal_local_ones() {
     let none = RestartStrategy::fixed_delay(0, Duration::ZERO);
-    let (local, _) = counts(config(false, false, none.clone()), None);
+    let (local, _) = counts(config(None, false, none.clone()), None);
     assert_eq!(local, expected());
-    let (remote, _) = counts(config(true, false, none), None);
+    let transport = transport();
+    let (remote, _) = counts(config(Some(&transport), false, none), None);
     assert_eq!(remote, expected());
+    assert_crossed(&transport);
 }
 
 #[test]
 fn aligned_checkpoints_complete_through_the_transport() {
     let none = RestartStrategy::fixed_delay(0, Duration::ZERO);
-    let (records, completed) = counts(config(true, true, none), None);
+    let transport = transport();
+    let (records, completed) = counts(config(Some(&transport), true, none), None);
     assert_eq!(records, expected());
+    assert_crossed(&transport);
     // At least the final checkpoint of the bounded job: its barriers
     // crossed every remote channel and were aligned.
     assert!(completed >= 1, "{completed} checkpoints completed");
@@ -114,7 +138,12 @@ fn a_restarted_attempt_gets_new_channels_and_stays_exactly_once() {
     // per key, which a restart from the latest checkpoint must get right.
     let restart = RestartStrategy::fixed_delay(3, Duration::from_millis(1));
     let failed = Arc::new(AtomicBool::new(false));
-    let (records, _) = counts(config(true, true, restart), Some(Arc::clone(&failed)));
+    let transport = transport();
+    let (records, _) = counts(
+        config(Some(&transport), true, restart),
+        Some(Arc::clone(&failed)),
+    );
+    assert!(transport.stats().messages_sent > 0);
     assert!(failed.load(Ordering::SeqCst), "the failure was injected");
     let mut last = std::collections::BTreeMap::new();
     for (key, count) in records {

@@ -41,9 +41,15 @@ fn summed_parts(stderr: &str) -> (String, usize) {
 fn newest_checkpoint(ck: &Path) -> Option<u64> {
     let mut newest = None;
     for job in std::fs::read_dir(ck).ok()?.flatten() {
-        for chk in std::fs::read_dir(job.path()).into_iter().flatten().flatten() {
+        for chk in std::fs::read_dir(job.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = chk.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name.strip_prefix("chk-").and_then(|n| n.parse::<u64>().ok())
+            if let Some(id) = name
+                .strip_prefix("chk-")
+                .and_then(|n| n.parse::<u64>().ok())
                 && chk.path().join("_metadata").exists()
             {
                 newest = newest.max(Some(id));
@@ -132,7 +138,10 @@ fn a_task_manager_that_built_another_plan_is_refused() {
         if let Some(a) = after(&stderr, "task managers on ", char::is_whitespace) {
             break a;
         }
-        assert!(Instant::now() < deadline, "the job manager never listened: {stderr}");
+        assert!(
+            Instant::now() < deadline,
+            "the job manager never listened: {stderr}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let tm = run_args(
@@ -203,7 +212,11 @@ fn sigkill_of_one_worker_and_then_another_recovers_exactly_once() {
         let before = newest_checkpoint(&ck).unwrap_or(0);
         let deadline = Instant::now() + Duration::from_secs(120);
         while newest_checkpoint(&ck).unwrap_or(0) <= before {
-            assert!(Instant::now() < deadline, "no checkpoint completed: {}", jm.stderr_so_far());
+            assert!(
+                Instant::now() < deadline,
+                "no checkpoint completed: {}",
+                jm.stderr_so_far()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let pid = pid_of(&jm.stderr_so_far(), victim).expect("the victim's pid is logged");

@@ -24,9 +24,7 @@ use crossbeam_channel::Receiver;
 use flowstate_runtime::control_plane::TaskCommand;
 use flowstate_runtime::distributed::{AttemptDeployment, Cluster, ClusterEvent};
 
-use crate::protocol::{
-    Deployment, PROTOCOL_VERSION, Registration, ToJobManager, ToTaskManager,
-};
+use crate::protocol::{Deployment, PROTOCOL_VERSION, Registration, ToJobManager, ToTaskManager};
 use crate::rpc::{ControlError, ControlServer, ControlSettings, ServerEvent};
 
 /// Why the job manager could not start.
@@ -169,7 +167,9 @@ fn admit(
             ));
         }
         Some(p) if registry.connected.contains_key(&p) => {
-            return Err(format!("process index {p} is taken by a connected task manager"));
+            return Err(format!(
+                "process index {p} is taken by a connected task manager"
+            ));
         }
         Some(p) => p,
         None => (0..task_managers)

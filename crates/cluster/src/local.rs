@@ -166,7 +166,9 @@ fn monitor(command: &ChildCommand, children: &Mutex<Vec<Option<Child>>>, stoppin
             };
             let Some(status) = ended else { continue };
             let index = u32::try_from(index).unwrap_or(u32::MAX);
-            tracing::warn!("task manager {index} of the local cluster ended ({status}); restarting it");
+            tracing::warn!(
+                "task manager {index} of the local cluster ended ({status}); restarting it"
+            );
             *slot = match command.spawn(index) {
                 Ok(child) => Some(child),
                 Err(e) => {

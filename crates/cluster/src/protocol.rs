@@ -10,6 +10,7 @@
 //! [`Deployment`]. Must not touch: how they are sent.
 
 use flowstate_runtime::control_plane::{TaskCommand, TaskEvent};
+use flowstate_runtime::distributed::RestoreRef;
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a task manager of another version is
@@ -46,9 +47,9 @@ pub struct Deployment {
     pub subtask_process: Vec<u32>,
     /// `(process, data address)` of every process of the attempt.
     pub data_addresses: Vec<(u32, String)>,
-    /// The metadata location of the checkpoint or savepoint to restore
-    /// (as the job manager loaded it); `None`: start empty.
-    pub restore: Option<String>,
+    /// The checkpoint or savepoint to restore (as the job manager loaded
+    /// it); `None`: start empty.
+    pub restore: Option<RestoreRef>,
 }
 
 /// The job manager to a task manager.

@@ -109,13 +109,7 @@ pub fn run_task_manager(
             .map_err(|e| TaskManagerError::Network(e.to_string()))?
     };
     let result = run_parts(
-        graph,
-        config,
-        process,
-        &transport,
-        &client,
-        &parts,
-        &orders_rx,
+        graph, config, process, &transport, &client, &parts, &orders_rx,
     );
     drop(orders_rx);
     drop(client);
@@ -240,10 +234,13 @@ fn dispatch(events: Receiver<ClientEvent>, orders: Sender<Order>, parts: Arc<Mut
                 let _ = orders.send(Order::End(None));
                 return;
             }
-            ClientEvent::Message(ToTaskManager::Accepted { .. } | ToTaskManager::Refused { .. }) => {}
+            ClientEvent::Message(
+                ToTaskManager::Accepted { .. } | ToTaskManager::Refused { .. },
+            ) => {}
             ClientEvent::Lost { cause } => {
                 // Without its job manager a part cannot checkpoint or finish.
-                if let Some((_, control)) = &parts.lock().unwrap_or_else(|e| e.into_inner()).running {
+                if let Some((_, control)) = &parts.lock().unwrap_or_else(|e| e.into_inner()).running
+                {
                     control.cancel();
                 }
                 let _ = orders.send(Order::End(Some(cause)));

@@ -15,6 +15,7 @@ use flowstate_cluster::rpc::{
     ClientEvent, ControlClient, ControlError, ControlServer, ControlSettings, ServerEvent,
 };
 use flowstate_runtime::control_plane::TaskEvent;
+use flowstate_runtime::distributed::RestoreRef;
 use flowstate_state::RedistributionMode;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -216,7 +217,9 @@ fn two_task_managers_exchange_messages_in_order() {
                     job_id: format!("job-{process}"),
                     subtask_process: vec![0, 1, process],
                     data_addresses: vec![(0, "a:1".into()), (1, "b:2".into())],
-                    restore: Some("x".repeat(100_000)),
+                    restore: Some(RestoreRef::JobStorage {
+                        metadata_path: "x".repeat(100_000),
+                    }),
                 })
             } else {
                 ToTaskManager::Cancel { attempt }
@@ -234,7 +237,12 @@ fn two_task_managers_exchange_messages_in_order() {
                 ClientEvent::Message(ToTaskManager::Deploy(deployment)) => {
                     assert_eq!(attempt, N / 2);
                     assert_eq!(deployment.job_id, format!("job-{process}"));
-                    assert_eq!(deployment.restore.map(|r| r.len()), Some(100_000));
+                    assert_eq!(
+                        deployment.restore,
+                        Some(RestoreRef::JobStorage {
+                            metadata_path: "x".repeat(100_000)
+                        })
+                    );
                 }
                 other => panic!("unexpected {other:?}"),
             }
@@ -666,7 +674,9 @@ fn a_frame_over_the_size_limit_loses_the_connection() {
         job_id: "j".into(),
         subtask_process: vec![0],
         data_addresses: vec![],
-        restore: Some("x".repeat(100 << 10)),
+        restore: Some(RestoreRef::JobStorage {
+            metadata_path: "x".repeat(100 << 10),
+        }),
     };
     server.send(a, ToTaskManager::Deploy(deployment)).unwrap();
     assert!(!expect_client_lost(&a_events).is_empty());

@@ -23,4 +23,4 @@ pub use frame::{
     DEFAULT_MAX_FRAME_LEN, Frame, FrameError, FrameKind, FrameWriter, HEADER_LEN, HELLO_LEN, Hello,
     LENGTH_LEN, MAGIC, REPLY_LEN, Reply, Status, VERSION, frame_codec,
 };
-pub use transport::{NetworkError, TcpTransport, TcpTransportBuilder};
+pub use transport::{NetworkError, NetworkStats, TcpTransport, TcpTransportBuilder};

@@ -112,6 +112,9 @@ pub(crate) trait Context {
     fn fail(&self, attempt: u32, error: TransportError);
     fn max_frame_len(&self) -> usize;
     fn max_pending_credit(&self) -> usize;
+    /// A message of `bytes` (its frame) was written / read.
+    fn count_sent(&self, _bytes: usize) {}
+    fn count_received(&self, _bytes: usize) {}
 }
 
 pub(crate) struct Link {
@@ -293,6 +296,7 @@ impl LinkState {
                     });
                 }
                 slot.announced -= 1;
+                ctx.count_received(payload.len());
                 match slot.ch.deliver(payload) {
                     Ok(()) => Ok(()),
                     Err(DeliverError::ConsumerGone) => {
@@ -459,7 +463,10 @@ impl LinkState {
             let start = w.begin(FrameKind::Message, id);
             match slot.ch.next_message(&mut w.buf) {
                 Ok(Outgoing::Message) => match w.finish(start, ctx.max_frame_len()) {
-                    Ok(()) => slot.credit -= 1,
+                    Ok(()) => {
+                        slot.credit -= 1;
+                        ctx.count_sent(w.len() - start);
+                    }
                     Err(len) => {
                         ctx.fail(
                             id.attempt,

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -143,7 +143,7 @@ impl TcpTransportBuilder {
         }
         peers.entry(self.process).or_insert(own);
         let shared = Arc::new(Shared {
-            process: self.process,
+            process: AtomicU32::new(self.process),
             handle: runtime.handle().clone(),
             peers: Mutex::new(peers),
             links: Mutex::new(HashMap::new()),
@@ -151,12 +151,14 @@ impl TcpTransportBuilder {
             failures: Mutex::new(BTreeMap::new()),
             next_generation: AtomicU64::new(1),
             accepted: AtomicUsize::new(0),
+            sent: Counters::default(),
+            received: Counters::default(),
             settings: self,
         });
         runtime.spawn(accept_loop(shared.clone(), listener));
         tracing::debug!(
             "process {}: transport listening on {local_addr}",
-            shared.process
+            shared.process()
         );
         Ok(TcpTransport {
             shared,
@@ -170,7 +172,9 @@ impl TcpTransportBuilder {
 const REMEMBERED_ATTEMPTS: usize = 4096;
 
 struct Shared {
-    process: u32,
+    /// This process's index: set at bind, or later when a task manager
+    /// learns it at registration ([`TcpTransport::set_process`]).
+    process: AtomicU32,
     settings: TcpTransportBuilder,
     handle: Handle,
     peers: Mutex<HashMap<u32, SocketAddr>>,
@@ -180,6 +184,26 @@ struct Shared {
     next_generation: AtomicU64,
     /// Accepted connections alive (bounded by `max_connections`).
     accepted: AtomicUsize,
+    sent: Counters,
+    received: Counters,
+}
+
+/// Messages and their bytes, counted since the transport started.
+#[derive(Default)]
+struct Counters {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// What a transport has moved since it started: channel messages (batches,
+/// barriers, watermarks, ends of input) and their bytes (sent: whole frames;
+/// received: message payloads).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetworkStats {
+    pub messages_sent: u64,
+    pub bytes_sent: u64,
+    pub messages_received: u64,
+    pub bytes_received: u64,
 }
 
 impl Context for Shared {
@@ -192,7 +216,7 @@ impl Context for Shared {
         if failures.contains_key(&attempt) {
             return;
         }
-        tracing::warn!("process {}: attempt {attempt}: {error}", self.process);
+        tracing::warn!("process {}: attempt {attempt}: {error}", self.process());
         failures.insert(attempt, error);
         while failures.len() > REMEMBERED_ATTEMPTS {
             failures.pop_first();
@@ -203,12 +227,28 @@ impl Context for Shared {
         self.settings.max_frame_len
     }
 
+    fn count_sent(&self, bytes: usize) {
+        self.sent.messages.fetch_add(1, Ordering::Relaxed);
+        self.sent.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn count_received(&self, bytes: usize) {
+        self.received.messages.fetch_add(1, Ordering::Relaxed);
+        self.received
+            .bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
     fn max_pending_credit(&self) -> usize {
         self.settings.max_pending_credit
     }
 }
 
 impl Shared {
+    fn process(&self) -> u32 {
+        self.process.load(Ordering::Relaxed)
+    }
+
     fn link(&self, dir: Dir, peer: u32) -> Result<Arc<Link>, TransportError> {
         let mut links = lock(&self.links);
         if let Some(link) = links.get(&(dir, peer)) {
@@ -259,7 +299,7 @@ impl Shared {
         drop(state);
         tracing::debug!(
             "process {}: connection {generation} {:?} process {} up",
-            self.process,
+            self.process(),
             link.dir,
             link.peer
         );
@@ -277,7 +317,7 @@ impl Shared {
         state.conn = None;
         tracing::debug!(
             "process {}: connection {generation} {:?} process {} ended: {loss:?}",
-            self.process,
+            self.process(),
             link.dir,
             link.peer
         );
@@ -293,7 +333,7 @@ impl Shared {
         }
         tracing::warn!(
             "process {}: cannot connect to process {}: {cause}",
-            self.process,
+            self.process(),
             link.peer
         );
         state.drop_generation(0, &Loss::Io(cause), link.peer, self);
@@ -310,7 +350,7 @@ pub struct TcpTransport {
 impl std::fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TcpTransport")
-            .field("process", &self.shared.process)
+            .field("process", &self.shared.process())
             .field("local_addr", &self.local_addr)
             .finish()
     }
@@ -356,7 +396,45 @@ impl TcpTransport {
     }
 
     pub fn process(&self) -> u32 {
-        self.shared.process
+        self.shared.process()
+    }
+
+    /// What this transport has moved since it started.
+    pub fn stats(&self) -> NetworkStats {
+        let (sent, received) = (&self.shared.sent, &self.shared.received);
+        NetworkStats {
+            messages_sent: sent.messages.load(Ordering::Relaxed),
+            bytes_sent: sent.bytes.load(Ordering::Relaxed),
+            messages_received: received.messages.load(Ordering::Relaxed),
+            bytes_received: received.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// This transport is process `process` from now on (a task manager learns
+    /// its index when the job manager admits it, after binding): connections
+    /// made from now on say so, and the process is its own peer under it.
+    /// Call it before registering channels.
+    pub fn set_process(&self, process: u32) {
+        let old = self.shared.process.swap(process, Ordering::SeqCst);
+        let mut peers = lock(&self.shared.peers);
+        if let Some(own) = peers.get(&old).copied()
+            && own == self.own_addr()
+        {
+            peers.remove(&old);
+            peers.insert(process, own);
+        }
+    }
+
+    /// The address this process reaches its own listener at.
+    fn own_addr(&self) -> SocketAddr {
+        let mut own = self.local_addr;
+        if own.ip().is_unspecified() {
+            own.set_ip(match own {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        own
     }
 
     /// Process `process` listens on `addr` (learned at registration); used by
@@ -529,7 +607,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                     shared.accepted.fetch_sub(1, Ordering::Relaxed);
                     tracing::warn!(
                         "process {}: refused a connection from {addr}: {} connections open",
-                        shared.process,
+                        shared.process(),
                         shared.settings.max_connections
                     );
                     continue;
@@ -539,7 +617,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             }
             Err(e) => {
                 // Out of descriptors and the like: wait rather than spin.
-                tracing::warn!("process {}: accept failed: {e}", shared.process);
+                tracing::warn!("process {}: accept failed: {e}", shared.process());
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -560,12 +638,12 @@ async fn accept(shared: Arc<Shared>, mut stream: TcpStream, addr: SocketAddr, gu
         Ok(Err(e)) => {
             tracing::debug!(
                 "process {}: a connection from {addr} closed in its handshake: {e}",
-                shared.process
+                shared.process()
             );
             return;
         }
         Err(_) => {
-            tracing::warn!("process {}: no handshake from {addr}", shared.process);
+            tracing::warn!("process {}: no handshake from {addr}", shared.process());
             return;
         }
     }
@@ -574,14 +652,14 @@ async fn accept(shared: Arc<Shared>, mut stream: TcpStream, addr: SocketAddr, gu
         Err(e) => {
             tracing::warn!(
                 "process {}: refused a connection from {addr}: {e}",
-                shared.process
+                shared.process()
             );
             return;
         }
     };
     let status = if hello.version != VERSION {
         Status::Version
-    } else if hello.to != shared.process {
+    } else if hello.to != shared.process() {
         Status::WrongProcess
     } else if hello.token != shared.settings.token {
         Status::WrongToken
@@ -591,12 +669,12 @@ async fn accept(shared: Arc<Shared>, mut stream: TcpStream, addr: SocketAddr, gu
     let reply = Reply {
         version: VERSION,
         status: status as u8,
-        process: shared.process,
+        process: shared.process(),
     };
     if status != Status::Accepted {
         tracing::warn!(
             "process {}: refused a connection from {addr} (process {}, version {}): {status:?}",
-            shared.process,
+            shared.process(),
             hello.from,
             hello.version
         );
@@ -608,7 +686,7 @@ async fn accept(shared: Arc<Shared>, mut stream: TcpStream, addr: SocketAddr, gu
         Err(e) => {
             tracing::warn!(
                 "process {}: refused a connection from {addr}: {e}",
-                shared.process
+                shared.process()
             );
             return;
         }
@@ -616,7 +694,7 @@ async fn accept(shared: Arc<Shared>, mut stream: TcpStream, addr: SocketAddr, gu
     if let Err(e) = stream.write_all(&reply.encode()).await {
         tracing::debug!(
             "process {}: a connection from {addr} closed in its handshake: {e}",
-            shared.process
+            shared.process()
         );
         return;
     }
@@ -639,7 +717,7 @@ async fn dial(shared: Arc<Shared>, link: Arc<Link>) {
                 Err(e) => {
                     tracing::debug!(
                         "process {}: connect to {addr}: {e}; retrying",
-                        shared.process
+                        shared.process()
                     );
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -649,7 +727,7 @@ async fn dial(shared: Arc<Shared>, link: Arc<Link>) {
         let _ = stream.set_nodelay(true);
         let hello = Hello {
             version: VERSION,
-            from: shared.process,
+            from: shared.process(),
             to: peer,
             token: shared.settings.token,
         };

@@ -190,7 +190,12 @@ impl JobGraph {
                 NodeKind::Operator(_) => "operator",
                 NodeKind::TwoInput(_) => "two-input",
             };
-            let _ = write!(text, "{id} {kind} uid={:?} name={:?}", self.uid(id), node.name);
+            let _ = write!(
+                text,
+                "{id} {kind} uid={:?} name={:?}",
+                self.uid(id),
+                node.name
+            );
             for edge in &node.inputs {
                 let _ = write!(
                     text,

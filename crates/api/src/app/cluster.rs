@@ -106,7 +106,9 @@ impl ClusterArgs {
                 local: true,
             },
             (None, Some(n)) => Role::JobManager {
-                listen: self.cluster_listen.unwrap_or_else(|| address(CLUSTER_LISTEN)),
+                listen: self
+                    .cluster_listen
+                    .unwrap_or_else(|| address(CLUSTER_LISTEN)),
                 task_managers: n,
                 local: false,
             },

@@ -518,10 +518,9 @@ fn run_job(
             let (job, guard) = cluster::job_manager(env, listen, task_managers, local, argv)?;
             (job, Some(guard))
         }
-        cluster::Role::Single | cluster::Role::TaskManager(_) => (
-            env.start().map_err(|e| AppError::Start(Box::new(e)))?,
-            None,
-        ),
+        cluster::Role::Single | cluster::Role::TaskManager(_) => {
+            (env.start().map_err(|e| AppError::Start(Box::new(e)))?, None)
+        }
     };
     // The task managers are told the job is over however it ended.
     let _cluster = cluster.map(cluster::FinishOnDrop);
