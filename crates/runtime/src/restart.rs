@@ -410,6 +410,13 @@ fn jittered(delay: Duration, factor: f64, rng: &mut fastrand::Rng) -> Duration {
 pub fn restartable(error: &JobError, has_run: bool) -> bool {
     match error {
         JobError::TaskFailed { .. } | JobError::Checkpointing(_) => true,
+        // Across processes: a lost task manager or connection, a failed part,
+        // task managers late to register are all failures of a running
+        // cluster, which the next attempt may not meet.
+        JobError::Network(_)
+        | JobError::TaskManager { .. }
+        | JobError::TaskManagerLost { .. }
+        | JobError::Deploy(_) => true,
         JobError::Build(BuildError::Create { .. }) => has_run,
         JobError::Restore(flowstate_checkpoint::CheckpointError::Storage(_)) => true,
         _ => false,
@@ -423,6 +430,24 @@ mod tests {
     const SECOND: Duration = Duration::from_secs(1);
     const MINUTE: Duration = Duration::from_secs(60);
     const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn failures_of_a_cluster_restart() {
+        let lost = JobError::TaskManagerLost {
+            process: 1,
+            cause: "connection reset".into(),
+        };
+        let failed = JobError::TaskManager {
+            process: 0,
+            cause: "a channel closed".into(),
+        };
+        let network = JobError::Network(crate::remote::TransportError::Down("reset".into()));
+        let late = JobError::Deploy("task managers [2] did not register".into());
+        for error in [lost, failed, network, late] {
+            assert!(restartable(&error, true), "{error}");
+        }
+        assert!(!restartable(&JobError::Cancelled, true));
+    }
 
     /// A clock the test moves by hand.
     struct Clock(Instant);
