@@ -17,6 +17,10 @@ pub enum TaskError {
     Panic { operator: String, message: String },
     #[error("a channel into '{task}' closed before the end of its input")]
     ChannelClosed { task: String },
+    /// A channel out of the task lost its consumer (its task ended or failed,
+    /// or, across processes, its connection was lost).
+    #[error("a channel out of '{task}' closed: its consumer is gone")]
+    OutputClosed { task: String },
 }
 
 impl TaskError {

@@ -183,7 +183,7 @@ impl<T: Send> ExchangeOutput<T> {
                         break;
                     }
                     Err(SendError::Disconnected) => {
-                        return Err(TaskError::ChannelClosed {
+                        return Err(TaskError::OutputClosed {
                             task: self.task.to_string(),
                         });
                     }

@@ -153,12 +153,42 @@ fn sync_dir(dir: &Path) -> Result<(), ConnectorError> {
         .map_err(|e| write_error(dir, e))
 }
 
-/// After a restore: publish what the restored checkpoint committed, delete
-/// in-progress files it does not know.
-fn recover(dir: &Path, restored: Vec<PendingFile>) -> Result<(), ConnectorError> {
+/// The subtask index a part file's visible name was written by
+/// (`part-<run>-<generation>-<index>-<part>`), if it has that shape.
+fn writer_index(visible: &str) -> Option<u32> {
+    let mut fields = visible.rsplit('-');
+    let _part = fields.next()?;
+    fields.next()?.parse().ok()
+}
+
+/// Whether subtask `index` of `parallelism` looks after files written by
+/// subtask `writer`: its own, and instance 0 those of indices the job no
+/// longer has (a rescale) or of no known shape.
+fn looks_after(index: u32, parallelism: u32, writer: Option<u32>) -> bool {
+    match writer {
+        Some(w) if w < parallelism => w == index,
+        _ => index == 0,
+    }
+}
+
+/// At the start of subtask `index` of `parallelism`, before it writes:
+/// publishes the files the restored checkpoint committed and deletes the
+/// in-progress files no checkpoint knows (of a failed attempt or a killed
+/// run, whose records the replay writes again), each only among the files
+/// it looks after ([`looks_after`]). So the instances of one attempt, which
+/// may run in several processes and start at different moments, never touch
+/// each other's files.
+fn recover(
+    dir: &Path,
+    restored: Vec<PendingFile>,
+    index: u32,
+    parallelism: u32,
+) -> Result<(), ConnectorError> {
     let mut known = std::collections::HashSet::new();
     for file in restored {
-        publish(dir, &file)?;
+        if looks_after(index, parallelism, writer_index(&file.visible)) {
+            publish(dir, &file)?;
+        }
         known.insert(file.hidden);
     }
     let entries = std::fs::read_dir(dir).map_err(|source| ConnectorError::Read {
@@ -167,10 +197,14 @@ fn recover(dir: &Path, restored: Vec<PendingFile>) -> Result<(), ConnectorError>
     })?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let in_progress = name
+        let Some(visible) = name
             .strip_prefix(HIDDEN_PREFIX)
-            .is_some_and(|n| n.starts_with(PART_PREFIX) && n.ends_with(HIDDEN_SUFFIX));
-        if in_progress && !known.contains(&name) {
+            .and_then(|n| n.strip_suffix(HIDDEN_SUFFIX))
+            .filter(|n| n.starts_with(PART_PREFIX))
+        else {
+            continue;
+        };
+        if !known.contains(&name) && looks_after(index, parallelism, writer_index(visible)) {
             std::fs::remove_file(entry.path()).map_err(|e| write_error(&entry.path(), e))?;
         }
     }
@@ -187,21 +221,16 @@ impl<T: Data + Display> Sink<T> for FileSink {
         let generation = self
             .writers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if subtask.index == 0 {
-            // Writers are all created before any of them writes, so instance 0
-            // cleans up first: it publishes the pending files of a restored
-            // checkpoint (every instance receives all of them: union state) and
-            // deletes every in-progress file no checkpoint knows: files of a
-            // failed attempt or of a killed run, whose records the replay writes
-            // again. An output directory belongs to one job.
-            let restored =
-                list_state::decode::<PendingFile>(subtask, PENDING_STATE)?.unwrap_or_default();
-            // Every name is checked before the first rename.
-            for file in &restored {
-                check_restored(subtask, file)?;
-            }
-            recover(&self.dir, restored)?;
+        // Every instance receives every pending file of a restored
+        // checkpoint (union state) and recovers those it looks after. An
+        // output directory belongs to one job.
+        let restored =
+            list_state::decode::<PendingFile>(subtask, PENDING_STATE)?.unwrap_or_default();
+        // Every name is checked before the first rename.
+        for file in &restored {
+            check_restored(subtask, file)?;
         }
+        recover(&self.dir, restored, subtask.index, subtask.parallelism)?;
         Ok(Box::new(FileWriter {
             dir: self.dir.clone(),
             prefix: format!("{PART_PREFIX}{}-{generation}-{}", self.run, subtask.index),
@@ -459,5 +488,53 @@ impl<T: Data + Display> SinkWriter<T> for FileWriter {
     fn commit(&mut self, checkpoint_id: u64) -> Result<(), UserError> {
         self.publish_up_to(checkpoint_id)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(dir: &Path, name: &str) {
+        std::fs::write(dir.join(name), b"x\n").unwrap();
+    }
+
+    #[test]
+    fn a_part_file_names_its_writer() {
+        assert_eq!(writer_index("part-0001a2b3c4d5e-00001b5a-1-2-0"), Some(2));
+        assert_eq!(writer_index("part-x"), None);
+        assert!(looks_after(2, 3, Some(2)));
+        assert!(!looks_after(0, 3, Some(2)));
+        // After a rescale from 4 to 2, instance 0 looks after index 3's files.
+        assert!(looks_after(0, 2, Some(3)));
+        assert!(!looks_after(1, 2, Some(3)));
+        assert!(looks_after(0, 2, None));
+    }
+
+    /// Instances of one attempt may start at different moments (in several
+    /// processes): one's recovery must not delete another's files, which it
+    /// may already be writing (the bug: instance 0 deleted every in-progress
+    /// file of the directory).
+    #[test]
+    fn recovery_touches_only_the_files_an_instance_looks_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = ".part-0001a2b3c4d5e-00001b5a-0-1-0.inprogress";
+        let stale_own = ".part-0001a2b3c4d5e-00001b5a-0-0-3.inprogress";
+        let stale_gone = ".part-0001a2b3c4d5e-00001b5a-0-7-0.inprogress";
+        let pending = PendingFile {
+            hidden: ".part-0001a2b3c4d5e-00001b5a-0-1-1.inprogress".into(),
+            visible: "part-0001a2b3c4d5e-00001b5a-0-1-1".into(),
+            checkpoint: 4,
+        };
+        for name in [theirs, stale_own, stale_gone, pending.hidden.as_str()] {
+            touch(dir.path(), name);
+        }
+        recover(dir.path(), vec![pending.clone()], 0, 2).unwrap();
+        let exists = |name: &str| dir.path().join(name).exists();
+        assert!(exists(theirs), "instance 1's file stays");
+        assert!(!exists(stale_own) && !exists(stale_gone));
+        assert!(exists(&pending.hidden), "instance 1 publishes its own");
+        recover(dir.path(), vec![pending.clone()], 1, 2).unwrap();
+        assert!(!exists(theirs) && exists(&pending.visible));
     }
 }
