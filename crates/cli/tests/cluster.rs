@@ -12,29 +12,38 @@ use std::time::{Duration, Instant};
 use support::*;
 
 /// The task managers' partial results (`... part of the result: RESULT
-/// records=R keys=K checksum=C`), summed: keyed-count's checksum is a
-/// wrapping sum over keys, and every key is in one task manager's part.
+/// name=value ...`), summed field by field (`checksum` as a wrapping sum of
+/// hex): the built-in jobs' checksums are wrapping sums over keys (windows),
+/// and every key is in one task manager's part.
 fn summed_parts(stderr: &str) -> (String, usize) {
-    let (mut records, mut keys, mut checksum, mut parts) = (0u64, 0u64, 0u64, 0usize);
+    let mut fields: Vec<(String, u64)> = Vec::new();
+    let mut parts = 0;
     for line in stderr.lines() {
-        let Some(result) = line.split("part of the result: ").nth(1) else {
+        let Some(result) = line.split("part of the result: RESULT ").nth(1) else {
             continue;
         };
         parts += 1;
         for field in result.split_whitespace() {
-            if let Some(v) = field.strip_prefix("records=") {
-                records += v.parse::<u64>().unwrap();
-            } else if let Some(v) = field.strip_prefix("keys=") {
-                keys += v.parse::<u64>().unwrap();
-            } else if let Some(v) = field.strip_prefix("checksum=") {
-                checksum = checksum.wrapping_add(u64::from_str_radix(v, 16).unwrap());
+            let (name, value) = field.split_once('=').expect("name=value");
+            let value = if name == "checksum" {
+                u64::from_str_radix(value, 16).unwrap()
+            } else {
+                value.parse::<u64>().unwrap()
+            };
+            match fields.iter_mut().find(|(n, _)| n == name) {
+                Some((_, sum)) => *sum = sum.wrapping_add(value),
+                None => fields.push((name.to_owned(), value)),
             }
         }
     }
-    (
-        format!("RESULT records={records} keys={keys} checksum={checksum:016x}"),
-        parts,
-    )
+    let text: Vec<String> = fields
+        .iter()
+        .map(|(name, value)| match name.as_str() {
+            "checksum" => format!("{name}={value:016x}"),
+            _ => format!("{name}={value}"),
+        })
+        .collect();
+    (format!("RESULT {}", text.join(" ")), parts)
 }
 
 /// The newest completed checkpoint's id under `ck` (any job).
@@ -102,6 +111,42 @@ fn keyed_count_on_three_processes_gives_the_reference_result() {
     let lines = committed_lines(&out);
     assert_eq!(lines.len() as u64, records, "committed output lines");
     check_keyed_count_output(&lines, records, keys);
+}
+
+/// window-count (event time, timers, window contents as keyed state) on 3
+/// processes: every (key, window) once with its true count and sum.
+#[test]
+fn window_count_on_three_processes_gives_the_reference_result() {
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let (out, ck) = (tmp.path().join("out"), tmp.path().join("ck"));
+    let wt = support::Wt::with_records(300_000);
+    let run = run_args(
+        tmp.path(),
+        &strings(&[
+            "run",
+            "window-count",
+            "--records",
+            "300000",
+            "--output",
+            arg(&out),
+            "--checkpoint-interval",
+            "100ms",
+            "--checkpoint-dir",
+            arg(&ck),
+            "--parallelism",
+            "3",
+            "--processes",
+            "3",
+            "--rest",
+            "off",
+        ]),
+    );
+    run.assert_success();
+    let (summed, parts) = summed_parts(&run.stderr);
+    assert_eq!(parts, 3, "one partial result per task manager: {run}");
+    assert_eq!(summed, wt.expected_result(), "{run}");
+    support::check_window_count_output(&committed_lines(&out), &wt);
 }
 
 #[test]

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use flowstate_network::TcpTransport;
+use flowstate_runtime::control_plane::TaskCommand;
 use flowstate_runtime::distributed::{AttemptDeployment, run_task_manager_part};
 use flowstate_runtime::executor::PartControl;
 use flowstate_runtime::{ExecutionConfig, JobGraph, NetworkPlacement};
@@ -57,11 +58,83 @@ enum Order {
     End(Option<String>),
 }
 
-/// The running part and the cancellations that came before their part.
-#[derive(Default)]
-struct Parts {
-    running: Option<(u32, PartControl)>,
+/// The running part, and what came for a part before it started: its
+/// cancellation, and its commands (a checkpoint trigger that arrives while
+/// the part still builds and restores must not be lost: the coordinator
+/// would wait for that checkpoint until it times out).
+struct Parts<C = PartControl> {
+    running: Option<(u32, C)>,
     cancelled: HashSet<u32>,
+    early: Vec<(u32, u32, TaskCommand)>,
+}
+
+impl<C> Default for Parts<C> {
+    fn default() -> Self {
+        Self {
+            running: None,
+            cancelled: HashSet::new(),
+            early: Vec::new(),
+        }
+    }
+}
+
+/// What the dispatcher does to a running part (a trait so that the
+/// bookkeeping of early commands is tested without a running job).
+trait RunningPart {
+    fn command(&self, task: usize, command: TaskCommand);
+    fn cancel(&self);
+}
+
+impl RunningPart for PartControl {
+    fn command(&self, task: usize, command: TaskCommand) {
+        PartControl::command(self, task, command);
+    }
+
+    fn cancel(&self) {
+        PartControl::cancel(self);
+    }
+}
+
+/// Commands kept for parts that have not started, at most.
+const EARLY_COMMANDS_MAX: usize = 4096;
+
+impl<C: RunningPart> Parts<C> {
+    /// Delivers `command` to task `task` of `attempt` if its part runs, keeps
+    /// it for the part's start otherwise.
+    fn command(&mut self, attempt: u32, task: u32, command: TaskCommand) {
+        match &self.running {
+            Some((a, control)) if *a == attempt => {
+                control.command(task as usize, command);
+            }
+            _ => {
+                // Commands of older attempts are worthless: drop them first.
+                self.early.retain(|(a, _, _)| *a >= attempt);
+                if self.early.len() < EARLY_COMMANDS_MAX {
+                    self.early.push((attempt, task, command));
+                } else {
+                    tracing::warn!(
+                        "dropped {command:?} for attempt {attempt}: too many early commands"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Part `attempt` started: it gets what came before it.
+    fn start(&mut self, attempt: u32, control: C) {
+        if self.cancelled.remove(&attempt) {
+            control.cancel();
+        }
+        let (mine, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.early)
+            .into_iter()
+            .filter(|(a, _, _)| *a >= attempt)
+            .partition(|(a, _, _)| *a == attempt);
+        for (_, task, command) in mine {
+            control.command(task as usize, command);
+        }
+        self.early = later;
+        self.running = Some((attempt, control));
+    }
 }
 
 /// Registers with the job manager and runs the parts of attempts it deploys
@@ -164,11 +237,10 @@ fn run_parts(
             let _ = uplink_client.send(ToJobManager::Task { attempt, event });
         });
         let started = |control: PartControl| {
-            let mut parts = parts.lock().unwrap_or_else(|e| e.into_inner());
-            if parts.cancelled.remove(&attempt) {
-                control.cancel();
-            }
-            parts.running = Some((attempt, control));
+            parts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .start(attempt, control);
         };
         let result = run_task_manager_part(
             graph,
@@ -215,11 +287,10 @@ fn dispatch(events: Receiver<ClientEvent>, orders: Sender<Order>, parts: Arc<Mut
                 attempt,
                 task,
                 command,
-            }) => {
-                if let Some(control) = running(attempt) {
-                    control.command(task as usize, command);
-                }
-            }
+            }) => parts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .command(attempt, task, command),
             ClientEvent::Message(ToTaskManager::Cancel { attempt }) => match running(attempt) {
                 Some(control) => control.cancel(),
                 None => {
@@ -247,5 +318,60 @@ fn dispatch(events: Receiver<ClientEvent>, orders: Sender<Order>, parts: Arc<Mut
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use flowstate_runtime::Barrier;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorded {
+        commands: Mutex<Vec<(usize, TaskCommand)>>,
+        cancelled: std::sync::atomic::AtomicBool,
+    }
+
+    impl RunningPart for Arc<Recorded> {
+        fn command(&self, task: usize, command: TaskCommand) {
+            self.commands.lock().unwrap().push((task, command));
+        }
+        fn cancel(&self) {
+            self.cancelled
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// The bug: a checkpoint trigger that reached a task manager while its
+    /// part was still building and restoring was dropped, and the job hung
+    /// until the checkpoint timed out.
+    #[test]
+    fn commands_that_come_before_their_part_are_delivered_when_it_starts() {
+        let mut parts = Parts::<Arc<Recorded>>::default();
+        let trigger = TaskCommand::Trigger(Barrier::checkpoint(3));
+        parts.command(1, 0, TaskCommand::Complete(1)); // an older attempt's
+        parts.command(2, 4, trigger);
+        let part = Arc::new(Recorded::default());
+        parts.start(2, Arc::clone(&part));
+        assert_eq!(*part.commands.lock().unwrap(), vec![(4, trigger)]);
+        assert!(parts.early.is_empty(), "the older attempt's is dropped");
+        // Once running, commands go straight to it; a later attempt's wait.
+        parts.command(2, 5, TaskCommand::Complete(3));
+        parts.command(3, 1, TaskCommand::Abort(9));
+        assert_eq!(part.commands.lock().unwrap().len(), 2);
+        assert_eq!(parts.early, vec![(3, 1, TaskCommand::Abort(9))]);
+        assert!(!part.cancelled.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_cancellation_before_its_part_starts_cancels_it_at_start() {
+        let mut parts = Parts::<Arc<Recorded>>::default();
+        parts.cancelled.insert(7);
+        let part = Arc::new(Recorded::default());
+        parts.start(7, Arc::clone(&part));
+        assert!(part.cancelled.load(std::sync::atomic::Ordering::SeqCst));
     }
 }
