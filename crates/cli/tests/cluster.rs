@@ -279,3 +279,136 @@ fn sigkill_of_one_worker_and_then_another_recovers_exactly_once() {
     assert_eq!(lines.len() as u64, records, "committed output lines: {run}");
     check_keyed_count_output(&lines, records, keys);
 }
+
+/// The checkpoint storage of a test: the local S3 server's
+/// (`FLOWSTATE_TEST_S3_URL`, under a prefix of the test's own) when there is
+/// one, else a directory (a failure if `FLOWSTATE_REQUIRE_S3=1`).
+fn checkpoint_storage(tmp: &Path, test: &str) -> String {
+    match std::env::var("FLOWSTATE_TEST_S3_URL") {
+        Ok(url) if !url.trim().is_empty() => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            format!("{}/{test}-{stamp}", url.trim_end_matches('/'))
+        }
+        _ => {
+            assert!(
+                std::env::var("FLOWSTATE_REQUIRE_S3").map_or(true, |v| v != "1"),
+                "FLOWSTATE_REQUIRE_S3=1 but FLOWSTATE_TEST_S3_URL is not set"
+            );
+            eprintln!("!!! {test}: FLOWSTATE_TEST_S3_URL is not set: checkpoints in a directory");
+            tmp.join("ck").display().to_string()
+        }
+    }
+}
+
+/// A savepoint of a job on 2 task managers (SIGTERM with `--on-signal
+/// savepoint`) restored on 3, at parallelism 3 (key groups redistributed),
+/// with checkpoints on the local S3 server: the output of both runs
+/// together is exactly-once and complete.
+#[test]
+fn a_savepoint_on_two_processes_restores_on_three() {
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let (out, sp, logs) = (
+        tmp.path().join("out"),
+        tmp.path().join("sp"),
+        tmp.path().join("logs"),
+    );
+    let ck = checkpoint_storage(tmp.path(), "cluster-savepoint");
+    let (records, keys) = (400_000u64, 10_000u64);
+    let args = |processes: &str, extra: &[&str]| {
+        let mut args = strings(&[
+            "run",
+            "keyed-count",
+            "--records",
+            &records.to_string(),
+            "--keys",
+            &keys.to_string(),
+            "--output",
+            arg(&out),
+            "--checkpoint-interval",
+            "100ms",
+            "--checkpoint-dir",
+            &ck,
+            "--parallelism",
+            processes,
+            "--processes",
+            processes,
+            "--rest",
+            "off",
+        ]);
+        args.extend(strings(extra));
+        args
+    };
+    let first = start(
+        tmp.path(),
+        &logs,
+        "first",
+        &args(
+            "2",
+            &[
+                "--rate",
+                "100000",
+                "--on-signal",
+                "savepoint",
+                "--savepoint-dir",
+                arg(&sp),
+            ],
+        ),
+    );
+    // Running, with a checkpoint done: then the stop.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !first.stderr_so_far().contains("deployed on task managers")
+        || !first.stderr_so_far().contains("part of attempt") && committed(&out) == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never ran: {}",
+            first.stderr_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.signal(libc::SIGTERM);
+    let stopped = first.wait();
+    stopped.assert_success();
+    let location = stopped
+        .stderr
+        .lines()
+        .find_map(|l| l.split("with savepoint ").nth(1))
+        .unwrap_or_else(|| panic!("no savepoint: {stopped}"))
+        .trim()
+        .to_owned();
+    assert!(
+        Path::new(&location).join("_metadata").is_file(),
+        "{stopped}"
+    );
+    let before = committed(&out);
+    assert!(
+        (before as u64) < records,
+        "the first run stopped before the end ({before} lines): {stopped}"
+    );
+    let resumed = run_args(tmp.path(), &args("3", &["--restore", &location]));
+    resumed.assert_success();
+    assert!(
+        resumed.stderr.contains("task manager 2 registered"),
+        "{resumed}"
+    );
+    let lines = committed_lines(&out);
+    assert_eq!(lines.len() as u64, records, "committed output lines");
+    check_keyed_count_output(&lines, records, keys);
+}
+
+/// Committed output lines so far (files not starting with a dot).
+fn committed(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|text| text.lines().count())
+        .sum()
+}

@@ -268,6 +268,20 @@ impl Cluster for JobManagerCluster {
         }
     }
 
+    fn savepoint_target(&self, attempt: u32, id: u64, location: &str) {
+        let connected: Vec<u32> = self.lock().connected.keys().copied().collect();
+        for process in connected {
+            let message = ToTaskManager::SavepointTarget {
+                attempt,
+                id,
+                location: location.to_owned(),
+            };
+            if let Err(e) = self.server.send(process, message) {
+                tracing::debug!("savepoint {id}'s target to task manager {process}: {e}");
+            }
+        }
+    }
+
     fn cancel(&self, attempt: u32) {
         let connected: Vec<u32> = self.lock().connected.keys().copied().collect();
         for process in connected {

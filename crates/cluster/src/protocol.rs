@@ -68,6 +68,13 @@ pub enum ToTaskManager {
         task: u32,
         command: TaskCommand,
     },
+    /// Savepoint `id` of `attempt` goes to `location` (as `--restore` names
+    /// it): sent before the savepoint's barrier is triggered.
+    SavepointTarget {
+        attempt: u32,
+        id: u64,
+        location: String,
+    },
     /// Cancel this process's part of `attempt` (another part failed).
     Cancel { attempt: u32 },
     /// The job is over: end the process.

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use flowstate_network::TcpTransport;
+use flowstate_runtime::checkpoint::storage::SharedStorage;
 use flowstate_runtime::control_plane::TaskCommand;
 use flowstate_runtime::distributed::{AttemptDeployment, run_task_manager_part};
 use flowstate_runtime::executor::PartControl;
@@ -65,7 +66,37 @@ enum Order {
 struct Parts<C = PartControl> {
     running: Option<(u32, C)>,
     cancelled: HashSet<u32>,
-    early: Vec<(u32, u32, TaskCommand)>,
+    early: Vec<(u32, Early)>,
+}
+
+/// What came for a part before it started, in the order it came.
+#[derive(Clone)]
+enum Early {
+    Command(u32, TaskCommand),
+    SavepointTarget(u64, SharedStorage),
+}
+
+impl std::fmt::Debug for Early {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Early::Command(task, command) => write!(f, "Command({task}, {command:?})"),
+            Early::SavepointTarget(id, storage) => {
+                write!(f, "SavepointTarget({id}, {})", storage.describe())
+            }
+        }
+    }
+}
+
+impl PartialEq for Early {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Early::Command(a, x), Early::Command(b, y)) => a == b && x == y,
+            (Early::SavepointTarget(a, x), Early::SavepointTarget(b, y)) => {
+                a == b && Arc::ptr_eq(x, y)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl<C> Default for Parts<C> {
@@ -78,16 +109,28 @@ impl<C> Default for Parts<C> {
     }
 }
 
+fn apply<C: RunningPart>(control: &C, early: Early) {
+    match early {
+        Early::Command(task, command) => control.command(task as usize, command),
+        Early::SavepointTarget(id, storage) => control.savepoint_target(id, storage),
+    }
+}
+
 /// What the dispatcher does to a running part (a trait so that the
 /// bookkeeping of early commands is tested without a running job).
 trait RunningPart {
     fn command(&self, task: usize, command: TaskCommand);
+    fn savepoint_target(&self, id: u64, storage: SharedStorage);
     fn cancel(&self);
 }
 
 impl RunningPart for PartControl {
     fn command(&self, task: usize, command: TaskCommand) {
         PartControl::command(self, task, command);
+    }
+
+    fn savepoint_target(&self, id: u64, storage: SharedStorage) {
+        PartControl::savepoint_target(self, id, storage);
     }
 
     fn cancel(&self) {
@@ -99,25 +142,27 @@ impl RunningPart for PartControl {
 const EARLY_COMMANDS_MAX: usize = 4096;
 
 impl<C: RunningPart> Parts<C> {
-    /// Delivers `command` to task `task` of `attempt` if its part runs, keeps
-    /// it for the part's start otherwise.
-    fn command(&mut self, attempt: u32, task: u32, command: TaskCommand) {
+    /// Delivers `early` to part `attempt` if it runs, keeps it for the part's
+    /// start otherwise.
+    fn deliver(&mut self, attempt: u32, early: Early) {
         match &self.running {
-            Some((a, control)) if *a == attempt => {
-                control.command(task as usize, command);
-            }
+            Some((a, control)) if *a == attempt => apply(control, early),
             _ => {
-                // Commands of older attempts are worthless: drop them first.
-                self.early.retain(|(a, _, _)| *a >= attempt);
+                // What came for older attempts is worthless: dropped first.
+                self.early.retain(|(a, _)| *a >= attempt);
                 if self.early.len() < EARLY_COMMANDS_MAX {
-                    self.early.push((attempt, task, command));
+                    self.early.push((attempt, early));
                 } else {
                     tracing::warn!(
-                        "dropped {command:?} for attempt {attempt}: too many early commands"
+                        "dropped {early:?} for attempt {attempt}: too many early commands"
                     );
                 }
             }
         }
+    }
+
+    fn command(&mut self, attempt: u32, task: u32, command: TaskCommand) {
+        self.deliver(attempt, Early::Command(task, command));
     }
 
     /// Part `attempt` started: it gets what came before it.
@@ -127,10 +172,10 @@ impl<C: RunningPart> Parts<C> {
         }
         let (mine, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.early)
             .into_iter()
-            .filter(|(a, _, _)| *a >= attempt)
-            .partition(|(a, _, _)| *a == attempt);
-        for (_, task, command) in mine {
-            control.command(task as usize, command);
+            .filter(|(a, _)| *a >= attempt)
+            .partition(|(a, _)| *a == attempt);
+        for (_, early) in mine {
+            apply(&control, early);
         }
         self.early = later;
         self.running = Some((attempt, control));
@@ -291,6 +336,19 @@ fn dispatch(events: Receiver<ClientEvent>, orders: Sender<Order>, parts: Arc<Mut
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .command(attempt, task, command),
+            ClientEvent::Message(ToTaskManager::SavepointTarget {
+                attempt,
+                id,
+                location,
+            }) => match flowstate_runtime::checkpoint::open_storage(&location) {
+                Ok(storage) => parts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .deliver(attempt, Early::SavepointTarget(id, storage)),
+                // The uploaders find no target and decline the savepoint,
+                // which fails with their reason.
+                Err(e) => tracing::warn!("savepoint {id}'s location {location:?}: {e}"),
+            },
             ClientEvent::Message(ToTaskManager::Cancel { attempt }) => match running(attempt) {
                 Some(control) => control.cancel(),
                 None => {
@@ -332,12 +390,16 @@ mod tests {
     #[derive(Default)]
     struct Recorded {
         commands: Mutex<Vec<(usize, TaskCommand)>>,
+        targets: Mutex<Vec<u64>>,
         cancelled: std::sync::atomic::AtomicBool,
     }
 
     impl RunningPart for Arc<Recorded> {
         fn command(&self, task: usize, command: TaskCommand) {
             self.commands.lock().unwrap().push((task, command));
+        }
+        fn savepoint_target(&self, id: u64, _storage: SharedStorage) {
+            self.targets.lock().unwrap().push(id);
         }
         fn cancel(&self) {
             self.cancelled
@@ -353,16 +415,22 @@ mod tests {
         let mut parts = Parts::<Arc<Recorded>>::default();
         let trigger = TaskCommand::Trigger(Barrier::checkpoint(3));
         parts.command(1, 0, TaskCommand::Complete(1)); // an older attempt's
+        let storage = flowstate_runtime::checkpoint::open_storage("memory://early").unwrap();
+        parts.deliver(2, Early::SavepointTarget(3, storage));
         parts.command(2, 4, trigger);
         let part = Arc::new(Recorded::default());
         parts.start(2, Arc::clone(&part));
         assert_eq!(*part.commands.lock().unwrap(), vec![(4, trigger)]);
+        assert_eq!(*part.targets.lock().unwrap(), vec![3]);
         assert!(parts.early.is_empty(), "the older attempt's is dropped");
         // Once running, commands go straight to it; a later attempt's wait.
         parts.command(2, 5, TaskCommand::Complete(3));
         parts.command(3, 1, TaskCommand::Abort(9));
         assert_eq!(part.commands.lock().unwrap().len(), 2);
-        assert_eq!(parts.early, vec![(3, 1, TaskCommand::Abort(9))]);
+        assert_eq!(
+            parts.early,
+            vec![(3, Early::Command(1, TaskCommand::Abort(9)))]
+        );
         assert!(!part.cancelled.load(std::sync::atomic::Ordering::SeqCst));
     }
 

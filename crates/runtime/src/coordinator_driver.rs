@@ -68,7 +68,13 @@ pub(crate) struct CoordinatorDriver {
     exhausted: HashSet<usize>,
     /// How many of the tasks are sources.
     sources: usize,
+    /// Tasks in other processes: tells their uploaders where savepoint `id`
+    /// goes (its location), before its barrier is triggered.
+    remote_savepoints: Option<RemoteSavepoints>,
 }
+
+/// Announces savepoint `id`'s location to the processes that run tasks.
+pub(crate) type RemoteSavepoints = Box<dyn Fn(u64, &str) + Send>;
 
 impl CoordinatorDriver {
     pub(crate) fn new(
@@ -91,7 +97,15 @@ impl CoordinatorDriver {
             fail,
             exhausted: HashSet::new(),
             sources,
+            remote_savepoints: None,
         }
+    }
+
+    /// The tasks run in other processes: `announce` tells them where each
+    /// savepoint goes.
+    pub(crate) fn with_remote_savepoints(mut self, announce: RemoteSavepoints) -> Self {
+        self.remote_savepoints = Some(announce);
+        self
     }
 
     /// Hands one event to the coordinator, ticks it, and carries out what
@@ -207,6 +221,12 @@ impl CoordinatorDriver {
                 self.send_to_sources(TaskCommand::TriggerAndSuspend(barrier));
             }
             CoordinatorAction::TriggerSavepoint { id, savepoint } => {
+                // Ahead of the barrier, on the same control connections.
+                if let (Some(announce), Some(location)) =
+                    (&self.remote_savepoints, &savepoint.location)
+                {
+                    announce(id, location);
+                }
                 self.savepoint_targets.insert(id, savepoint.target);
                 self.controller
                     .on_triggered(id, SnapshotKind::Savepoint, Some(&savepoint.request));

@@ -108,6 +108,9 @@ pub trait Cluster: Send + Sync {
     fn deploy(&self, deployment: &AttemptDeployment) -> Result<Vec<u32>, String>;
     /// Sends `command` to task `task` (its number in the plan) of `attempt`.
     fn command(&self, attempt: u32, task: usize, command: TaskCommand);
+    /// Tells every part of `attempt` that savepoint `id` goes to `location`
+    /// (sent before its barrier's trigger, in order with it).
+    fn savepoint_target(&self, attempt: u32, id: u64, location: &str);
     /// Cancels every part of `attempt`.
     fn cancel(&self, attempt: u32);
     /// The next event, waiting at most `timeout`.
@@ -162,6 +165,7 @@ pub(crate) fn run_cluster_attempt(
             flowstate_checkpoint::Now::system(),
         );
         let failing = Arc::clone(&shared);
+        let announcing = Arc::clone(cluster);
         let driver = CoordinatorDriver::new(
             coordinator,
             Arc::clone(&c.config.storage),
@@ -170,7 +174,10 @@ pub(crate) fn run_cluster_attempt(
             Arc::clone(controller),
             SavepointTargets::default(),
             Box::new(move |reason| failing.fail(JobError::Checkpointing(reason))),
-        );
+        )
+        .with_remote_savepoints(Box::new(move |id, location| {
+            announcing.savepoint_target(attempt, id, location)
+        }));
         match spawn("flowstate-coordinator".into(), move || {
             flowstate_checkpoint::background::mark_current_thread();
             driver.run(events_rx)
@@ -208,21 +215,22 @@ pub(crate) fn run_cluster_attempt(
 }
 
 /// How the job manager names the snapshot an attempt restores to its task
-/// managers: a checkpoint of the job's storage by its path there, anything
-/// else by the location the job was told to restore from.
+/// managers: a checkpoint of the job's storage by its path there; anything
+/// else (a savepoint the job started from, named by `--restore` or found
+/// through the job's restore pointer) by its storage's URL (a storage's
+/// description is its URL: `file:///dir`, `s3://bucket/prefix`) and path.
 fn restore_ref(c: &AttemptCheckpointing<'_>, restored: &LoadedCheckpoint) -> RestoreRef {
     if Arc::ptr_eq(restored.storage(), &c.config.storage) {
         return RestoreRef::JobStorage {
             metadata_path: restored.metadata_path.clone(),
         };
     }
-    match &c.config.restore {
-        crate::config::RestoreFrom::Path(location) => RestoreRef::Location {
-            location: location.clone(),
-        },
-        _ => RestoreRef::JobStorage {
-            metadata_path: restored.metadata_path.clone(),
-        },
+    RestoreRef::Location {
+        location: format!(
+            "{}/{}",
+            restored.storage().describe().trim_end_matches('/'),
+            restored.metadata_path
+        ),
     }
 }
 

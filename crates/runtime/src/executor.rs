@@ -509,6 +509,8 @@ pub type TaskEventSink = Arc<dyn Fn(TaskEvent) + Send + Sync>;
 pub struct PartControl {
     handles: Arc<HashMap<usize, TaskHandle>>,
     shared: Arc<Shared>,
+    /// Where this part's uploaders find savepoints' directories.
+    savepoint_targets: SavepointTargets,
 }
 
 impl PartControl {
@@ -522,6 +524,12 @@ impl PartControl {
             }
             None => false,
         }
+    }
+
+    /// Savepoint `id`'s files go to `storage` (the job manager said so ahead
+    /// of its barrier).
+    pub fn savepoint_target(&self, id: u64, storage: flowstate_checkpoint::storage::SharedStorage) {
+        self.savepoint_targets.insert(id, storage);
     }
 
     /// Cancels the part (another part of the attempt failed, or the job ends).
@@ -629,8 +637,8 @@ pub(crate) fn run_attempt_tasks(
         task_names.push(handle.name.clone());
         handles.push((number, handle));
     }
+    let savepoint_targets = SavepointTargets::default();
     if let Some(c) = &checkpointing {
-        let savepoint_targets = SavepointTargets::default();
         for index in 0..config.workers.max(1) {
             let (jobs, storage, job_id, events, targets) = (
                 uploads_rx.clone(),
@@ -666,7 +674,7 @@ pub(crate) fn run_attempt_tasks(
                     handles,
                     Arc::clone(metrics),
                     Arc::clone(controller),
-                    savepoint_targets,
+                    savepoint_targets.clone(),
                     Box::new(move |reason| failing.fail(JobError::Checkpointing(reason))),
                 );
                 match spawn("flowstate-coordinator".into(), move || {
@@ -702,6 +710,7 @@ pub(crate) fn run_attempt_tasks(
         started(PartControl {
             handles: Arc::new(handles.drain(..).collect()),
             shared: Arc::clone(&shared),
+            savepoint_targets,
         });
     }
     drop(uploads_rx);
