@@ -108,6 +108,12 @@ fn keyed_count_on_three_processes_gives_the_reference_result() {
     let (summed, parts) = summed_parts(&run.stderr);
     assert_eq!(parts, 3, "one partial result per task manager: {run}");
     assert_eq!(summed, expected_keyed_count_result(records, keys), "{run}");
+    // The job manager counts what its task managers reported.
+    assert!(
+        run.stderr
+            .contains(&format!("records_in={records} records_to_sinks={records}")),
+        "{run}"
+    );
     let lines = committed_lines(&out);
     assert_eq!(lines.len() as u64, records, "committed output lines");
     check_keyed_count_output(&lines, records, keys);

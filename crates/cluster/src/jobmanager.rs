@@ -124,6 +124,16 @@ impl JobManagerCluster {
                 ToJobManager::Task { attempt, event } => {
                     Some(ClusterEvent::Task { attempt, event })
                 }
+                ToJobManager::Progress {
+                    attempt,
+                    records_in,
+                    records_to_sinks,
+                } => Some(ClusterEvent::Progress {
+                    attempt,
+                    process,
+                    records_in,
+                    records_to_sinks,
+                }),
                 ToJobManager::PartEnded { attempt, failure } => Some(ClusterEvent::PartEnded {
                     attempt,
                     process,

@@ -87,6 +87,14 @@ pub enum ToJobManager {
     /// A task of `attempt` acknowledged or declined a checkpoint, or a
     /// source's input ended.
     Task { attempt: u32, event: TaskEvent },
+    /// This process's part of `attempt` has counted this many records read
+    /// by its sources and handed to its sinks since it started (sent every
+    /// second while it runs, and once more when it ends).
+    Progress {
+        attempt: u32,
+        records_in: u64,
+        records_to_sinks: u64,
+    },
     /// This process's part of `attempt` ended: `failure` is `None` when
     /// every task finished, else why it failed.
     PartEnded {

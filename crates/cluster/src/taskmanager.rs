@@ -226,13 +226,49 @@ pub fn run_task_manager(
             .spawn(move || dispatch(events, orders_tx, parts))
             .map_err(|e| TaskManagerError::Network(e.to_string()))?
     };
+    let reporting = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reporter = {
+        let (parts, client) = (Arc::clone(&parts), Arc::clone(&client));
+        let reporting = Arc::clone(&reporting);
+        std::thread::Builder::new()
+            .name("flowstate-tm-progress".into())
+            .spawn(move || {
+                while reporting.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(PROGRESS_INTERVAL);
+                    report_progress(&parts, &client);
+                }
+            })
+            .map_err(|e| TaskManagerError::Network(e.to_string()))?
+    };
     let result = run_parts(
         graph, config, process, &transport, &client, &parts, &orders_rx,
     );
+    reporting.store(false, std::sync::atomic::Ordering::SeqCst);
+    let _ = reporter.join();
     drop(orders_rx);
     drop(client);
     let _ = dispatcher.join();
     result
+}
+
+/// How often a task manager reports its running part's record counts.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Sends the running part's record counts to the job manager.
+fn report_progress(parts: &Mutex<Parts>, client: &ControlClient) {
+    let counts = parts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .running
+        .as_ref()
+        .map(|(attempt, control)| (*attempt, control.records()));
+    if let Some((attempt, (records_in, records_to_sinks))) = counts {
+        let _ = client.send(ToJobManager::Progress {
+            attempt,
+            records_in,
+            records_to_sinks,
+        });
+    }
 }
 
 /// The attempts' thread: runs each deployed part to its end and reports it.
@@ -298,6 +334,8 @@ fn run_parts(
             uplink,
             &started,
         );
+        // The last counts, then the end.
+        report_progress(parts, client);
         parts.lock().unwrap_or_else(|e| e.into_inner()).running = None;
         let failure = result
             .err()

@@ -97,6 +97,14 @@ pub enum ClusterEvent {
     /// The control connection of process `process` was lost (the process
     /// died, hangs, or the network failed).
     Lost { process: u32, cause: String },
+    /// Process `process`'s part of `attempt` has counted this many records
+    /// read by its sources and handed to its sinks (since the part started).
+    Progress {
+        attempt: u32,
+        process: u32,
+        records_in: u64,
+        records_to_sinks: u64,
+    },
 }
 
 /// The processes that run a job's tasks, as the job manager uses them.
@@ -201,7 +209,7 @@ pub(crate) fn run_cluster_attempt(
         restore,
     };
     let result = match cluster.deploy(&deployment) {
-        Ok(parts) => follow_attempt(attempt, &parts, cluster, &shared, &events_tx),
+        Ok(parts) => follow_attempt(attempt, &parts, cluster, &shared, &events_tx, metrics),
         Err(cause) => Err(JobError::Deploy(cause)),
     };
     let _ = events_tx.send(crate::control_plane::CoordinatorEvent::Stop);
@@ -242,8 +250,12 @@ fn follow_attempt(
     cluster: &Arc<dyn Cluster>,
     shared: &Arc<crate::executor::Shared>,
     events: &crossbeam_channel::Sender<crate::control_plane::CoordinatorEvent>,
+    metrics: &JobMetrics,
 ) -> Result<(), JobError> {
     let mut running: HashSet<u32> = parts.iter().copied().collect();
+    // The parts' counts so far: their reports are totals, the job's metrics
+    // grow by the difference.
+    let mut counted: std::collections::HashMap<u32, (u64, u64)> = Default::default();
     let mut failure: Option<JobError> = None;
     let mut cancelled_at: Option<Instant> = None;
     while !running.is_empty() {
@@ -279,6 +291,17 @@ fn follow_attempt(
                 {
                     failure = Some(JobError::TaskManager { process, cause });
                 }
+            }
+            Some(ClusterEvent::Progress {
+                attempt: a,
+                process,
+                records_in,
+                records_to_sinks,
+            }) if a == attempt => {
+                let last = counted.entry(process).or_default();
+                metrics.add_records_in(records_in.saturating_sub(last.0) as usize);
+                metrics.add_records_to_sinks(records_to_sinks.saturating_sub(last.1) as usize);
+                *last = (last.0.max(records_in), last.1.max(records_to_sinks));
             }
             Some(ClusterEvent::Lost { process, cause }) if running.contains(&process) => {
                 running.remove(&process);

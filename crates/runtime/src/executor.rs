@@ -511,6 +511,7 @@ pub struct PartControl {
     shared: Arc<Shared>,
     /// Where this part's uploaders find savepoints' directories.
     savepoint_targets: SavepointTargets,
+    metrics: Arc<JobMetrics>,
 }
 
 impl PartControl {
@@ -524,6 +525,12 @@ impl PartControl {
             }
             None => false,
         }
+    }
+
+    /// `(records read by the part's sources, records handed to its sinks)`
+    /// since it started.
+    pub fn records(&self) -> (u64, u64) {
+        (self.metrics.records_in(), self.metrics.records_to_sinks())
     }
 
     /// Savepoint `id`'s files go to `storage` (the job manager said so ahead
@@ -711,6 +718,7 @@ pub(crate) fn run_attempt_tasks(
             handles: Arc::new(handles.drain(..).collect()),
             shared: Arc::clone(&shared),
             savepoint_targets,
+            metrics: Arc::clone(metrics),
         });
     }
     drop(uploads_rx);
