@@ -201,6 +201,7 @@ fn two_task_managers_exchange_messages_in_order() {
                         assert_eq!(json(&event), json(&ack));
                         acks[p] = true;
                     }
+                    other @ ToJobManager::Progress { .. } => panic!("not sent: {other:?}"),
                 }
             }
             other => panic!("unexpected {other:?}"),
