@@ -336,6 +336,15 @@ fn run_parts(
         );
         // The last counts, then the end.
         report_progress(parts, client);
+        let network = transport.stats();
+        tracing::info!(
+            attempt,
+            messages_sent = network.messages_sent,
+            bytes_sent = network.bytes_sent,
+            messages_received = network.messages_received,
+            bytes_received = network.bytes_received,
+            "data plane of task manager {process} since it started"
+        );
         parts.lock().unwrap_or_else(|e| e.into_inner()).running = None;
         let failure = result
             .err()
