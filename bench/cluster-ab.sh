@@ -20,7 +20,13 @@ for r in $(seq 1 $RUNS); do
     rate=$(echo "$N / $wall" | bc)
     ns=$(echo "scale=1; $cpu * 1000000000 / $N" | bc)
     ck=$(echo "$out" | grep ' checkpoints ' | tail -1 | grep -oE '(completed|failed)=[0-9]+' | tr '\n' ' ')
-    echo "$mode r$r load=$load wall_s=$wall rate=$rate cpu_s=$cpu ns_per_rec=$ns $ck"
+    # The task managers' data planes (cluster runs): messages and bytes sent, summed.
+    net=$(echo "$out" | grep 'data plane of task manager' | awk '{for(i=1;i<=NF;i++){if($i~/^messages_sent=/){split($i,a,"=");m+=a[2]} if($i~/^bytes_sent=/){split($i,b,"=");by+=b[2]}}} END {if (m>0) printf "net_msgs=%d net_mb=%.0f", m, by/1e6}')
+    if [ -n "$net" ]; then
+      msgs=$(echo "$net" | grep -oE 'net_msgs=[0-9]+' | cut -d= -f2); mb=$(echo "$net" | grep -oE 'net_mb=[0-9]+' | cut -d= -f2)
+      net="$net net_msgs_per_s=$(echo "$msgs / $wall" | bc) net_mb_per_s=$(echo "$mb / $wall" | bc)"
+    fi
+    echo "$mode r$r load=$load wall_s=$wall rate=$rate cpu_s=$cpu ns_per_rec=$ns $ck $net"
   done
 done
 rm -rf $SCRATCH-ck
