@@ -74,14 +74,16 @@ pub enum WireError {
 }
 
 /// How records of one type become bytes and back: two functions captured
-/// where the type is known to be [`Wire`].
+/// where the type is known to be [`Wire`], each over a whole batch (one
+/// indirect call per batch, the per-record loop compiled for the type).
 pub struct WireCodec<T> {
-    encode: fn(&T, &mut Vec<u8>) -> Result<(), CodecError>,
-    decode: DecodeRecord<T>,
+    encode: fn(&[T], &mut Vec<u8>) -> Result<(), CodecError>,
+    decode: DecodeRecords<T>,
 }
 
-/// Decodes one record from the front of the bytes: the record and the bytes used.
-type DecodeRecord<T> = fn(&[u8]) -> Result<(T, usize), CodecError>;
+/// Decodes `count` records from the front of the bytes into the vector:
+/// the bytes used, or the index of the record that did not decode and why.
+type DecodeRecords<T> = fn(&[u8], u32, &mut Vec<T>) -> Result<usize, (u32, CodecError)>;
 
 impl<T> Clone for WireCodec<T> {
     fn clone(&self) -> Self {
@@ -93,8 +95,17 @@ impl<T> Copy for WireCodec<T> {}
 impl<T: Wire> WireCodec<T> {
     pub fn new() -> Self {
         Self {
-            encode: |record, out| codec::encode_into(record, out),
-            decode: |bytes| codec::decode_prefix(bytes),
+            encode: |records, out| records.iter().try_for_each(|r| codec::encode_into(r, out)),
+            decode: |bytes, count, records| {
+                let mut used = 0;
+                for index in 0..count {
+                    let (record, n) =
+                        codec::decode_prefix(&bytes[used..]).map_err(|e| (index, e))?;
+                    used += n;
+                    records.push(record);
+                }
+                Ok(used)
+            },
         }
     }
 }
@@ -118,9 +129,7 @@ impl<T> WireCodec<T> {
                     ))?;
                 out.push(kind::BATCH);
                 out.extend_from_slice(&count.to_le_bytes());
-                for record in records {
-                    (self.encode)(record, out).map_err(WireError::Encode)?;
-                }
+                (self.encode)(records, out).map_err(WireError::Encode)?;
             }
             Message::Barrier(barrier) => {
                 out.push(kind::BARRIER);
@@ -160,16 +169,15 @@ impl<T> WireCodec<T> {
                 // Never reserve more than the bytes could hold (one byte per
                 // record at the least for any type that is not zero-sized).
                 let mut records = Vec::with_capacity((count as usize).min(rest.len().max(1)));
-                for index in 0..count {
-                    let (record, used) =
-                        (self.decode)(rest).map_err(|source| WireError::Record {
+                let used =
+                    (self.decode)(rest, count, &mut records).map_err(|(index, source)| {
+                        WireError::Record {
                             index,
                             count,
                             source,
-                        })?;
-                    rest = &rest[used..];
-                    records.push(record);
-                }
+                        }
+                    })?;
+                rest = &rest[used..];
                 Message::Batch(records)
             }
             kind::BARRIER => {
