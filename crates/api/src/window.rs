@@ -52,8 +52,11 @@ pub const CONTENTS_STATE: &str = "_window/contents";
 /// The reserved state of `process` windows: `(window, element)` pairs.
 pub const ELEMENTS_STATE: &str = "_window/elements";
 
-/// A half-open interval of time `[start, end)` in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A half-open interval of time `[start, end)` in milliseconds. Serde: a
+/// record that carries one may cross processes (`Wire`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct TimeWindow {
     pub start: i64,
     pub end: i64,
