@@ -422,8 +422,36 @@ pub fn load_latest(storage: &SharedStorage) -> Result<Option<LoadedCheckpoint>, 
     load_latest_of(storage, None)
 }
 
-/// [`load_latest`] restricted to the checkpoints of job `job_id` (all jobs if `None`).
+/// How often [`load_latest_of`] lists the candidates again when the one it
+/// was loading vanished meanwhile.
+const RELIST_MAX: usize = 3;
+
+/// [`load_latest_of`] restricted to the checkpoints of job `job_id` (all jobs if `None`).
+///
+/// A candidate whose `_metadata` no longer exists when it is read was
+/// deleted after it was listed: a live run of the job completed a newer
+/// checkpoint and dropped it (`retain`). That says nothing about the job's
+/// state, so the candidates are listed again (at most [`RELIST_MAX`] times)
+/// rather than falling back past it or failing with a missing file.
 pub fn load_latest_of(
+    storage: &SharedStorage,
+    job_id: Option<&str>,
+) -> Result<Option<LoadedCheckpoint>, CheckpointError> {
+    let mut round = 0;
+    loop {
+        match load_latest_once(storage, job_id) {
+            Err(CheckpointError::Storage(StorageError::NotFound { path, .. }))
+                if round < RELIST_MAX && path.ends_with(METADATA_FILE) =>
+            {
+                tracing::info!("{path} was deleted while it was being read: listing again");
+                round += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn load_latest_once(
     storage: &SharedStorage,
     job_id: Option<&str>,
 ) -> Result<Option<LoadedCheckpoint>, CheckpointError> {
@@ -478,6 +506,16 @@ pub fn load_latest_of(
             // fails instead and is tried again (a restart; the user's next
             // run). Found by the whole-job simulation.
             Err(e @ CheckpointError::Storage(StorageError::Io { .. })) => return Err(e),
+            // Listed, then gone: deleted by a live run (see `load_latest_of`).
+            Err(CheckpointError::Storage(StorageError::NotFound { storage, path }))
+                if matches!(candidate, Candidate::Checkpoint { .. })
+                    && path.ends_with(METADATA_FILE) =>
+            {
+                return Err(CheckpointError::Storage(StorageError::NotFound {
+                    storage,
+                    path,
+                }));
+            }
             Err(e) => {
                 tracing::warn!(
                     checkpoint = id,

@@ -2889,3 +2889,73 @@ fn a_stop_with_checkpoint_is_ignored_without_checkpoints_or_after_the_input() {
     assert_eq!(h.request_stop(), Vec::new());
     assert!(!h.coordinator.is_stopping());
 }
+
+/// A storage whose first listing does not show the newest checkpoint yet and
+/// where the older one's `_metadata` is gone once listed: what a
+/// restore sees while a live run of the job completes a checkpoint and drops
+/// the previous one (`retain 1`).
+struct RaceStorage {
+    inner: SharedStorage,
+    hidden_once: std::sync::Mutex<Option<String>>,
+    /// Deleted (by the live run) after the first listing.
+    gone: String,
+}
+
+impl CheckpointStorage for RaceStorage {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.inner.put(path, bytes)
+    }
+    fn put_if_absent(&self, path: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.inner.put_if_absent(path, bytes)
+    }
+    fn get(&self, path: &str) -> Result<Vec<u8>, StorageError> {
+        if path == self.gone {
+            return Err(StorageError::NotFound {
+                storage: self.describe(),
+                path: path.to_owned(),
+            });
+        }
+        self.inner.get(path)
+    }
+    fn size(&self, path: &str) -> Result<Option<u64>, StorageError> {
+        self.inner.size(path)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut listed = self.inner.list(prefix)?;
+        if let Some(hidden) = self.hidden_once.lock().unwrap().take() {
+            listed.retain(|p| !p.starts_with(&hidden));
+        }
+        Ok(listed)
+    }
+    fn delete(&self, path: &str) -> Result<(), StorageError> {
+        self.inner.delete(path)
+    }
+    fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
+        self.inner.delete_prefix(prefix)
+    }
+}
+
+/// The bug: `--restore latest` beside a live run of the job failed with
+/// "'<job>/chk-2/_metadata' does not exist" (the run had just dropped it)
+/// instead of restoring the newer checkpoint (and then being refused by the
+/// live run's lease). A vanished `_metadata` is listed again, not skipped.
+#[test]
+fn load_latest_lists_again_when_the_newest_vanished_while_it_was_read() {
+    let mut h = Harness::new("job-r", settings(5, 3, 1), 2);
+    h.complete_one();
+    h.complete_one();
+    assert_eq!(h.completed_ids(), vec![1, 2]);
+    let racing: SharedStorage = Arc::new(RaceStorage {
+        inner: Arc::clone(&h.storage),
+        hidden_once: std::sync::Mutex::new(Some("job-r/chk-2".into())),
+        gone: metadata_path("job-r", 1),
+    });
+    let loaded = load_latest_of(&racing, Some("job-r"))
+        .expect("restores")
+        .expect("a checkpoint");
+    assert_eq!(loaded.id(), 2);
+    assert!(loaded.skipped.is_empty(), "{:?}", loaded.skipped);
+}
