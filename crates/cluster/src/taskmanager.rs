@@ -34,6 +34,10 @@ pub struct TaskManagerOptions {
     pub process: Option<u32>,
     /// Where the data plane listens (port 0: any free port).
     pub data_listen: SocketAddr,
+    /// The data address registered with the job manager, which the other
+    /// task managers dial (`host:port`), when it is not the bound one:
+    /// behind NAT, a Kubernetes service, a proxy. `None`: the bound address.
+    pub data_advertise: Option<String>,
     pub control: ControlSettings,
     /// Longest the task manager tries to reach its job manager at start.
     pub connect_timeout: Duration,
@@ -81,7 +85,10 @@ pub fn run_task_manager(
         protocol_version: PROTOCOL_VERSION,
         process: options.process,
         plan: graph.fingerprint(config),
-        data_address: transport.local_addr().to_string(),
+        data_address: options
+            .data_advertise
+            .clone()
+            .unwrap_or_else(|| transport.local_addr().to_string()),
         workers: u32::try_from(config.workers).unwrap_or(u32::MAX),
     };
     let (client, events) = ControlClient::connect(
@@ -92,12 +99,21 @@ pub fn run_task_manager(
     )?;
     let process = client.process();
     transport.set_process(process);
-    tracing::info!(
-        process,
-        data = %transport.local_addr(),
-        "task manager {process} registered with {}",
-        options.jobmanager
-    );
+    match &options.data_advertise {
+        Some(advertised) => tracing::info!(
+            process,
+            data = %transport.local_addr(),
+            "task manager {process} registered with {} (data plane on {}, advertised as {advertised})",
+            options.jobmanager,
+            transport.local_addr()
+        ),
+        None => tracing::info!(
+            process,
+            data = %transport.local_addr(),
+            "task manager {process} registered with {}",
+            options.jobmanager
+        ),
+    }
     let client = Arc::new(client);
     let parts = Arc::new(Mutex::new(Parts::default()));
     let (orders_tx, orders_rx) = crossbeam_channel::bounded(16);
@@ -140,7 +156,7 @@ fn run_parts(
         };
         let attempt = deployment.attempt;
         for (peer, address) in &deployment.data_addresses {
-            match address.parse::<SocketAddr>() {
+            match resolve(address) {
                 Ok(address) => transport.set_peer(*peer, address),
                 Err(e) => {
                     let failure = format!("task manager {peer}'s data address {address:?}: {e}");
@@ -191,6 +207,18 @@ fn run_parts(
         }
         let _ = client.send(ToJobManager::PartEnded { attempt, failure });
     }
+}
+
+/// A task manager's data address as registered: `ip:port`, or `host:port`
+/// (an advertised name, `--data-advertise`) resolved here, at deployment.
+fn resolve(address: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = address.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(address)
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| "the name resolves to no address".to_owned())
 }
 
 /// The dispatcher: the control connection's messages, handed on.
