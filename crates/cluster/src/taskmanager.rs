@@ -24,6 +24,7 @@ use flowstate_runtime::{ExecutionConfig, JobGraph, NetworkPlacement};
 
 use crate::protocol::{Deployment, PROTOCOL_VERSION, Registration, ToJobManager, ToTaskManager};
 use crate::rpc::{ClientEvent, ControlClient, ControlError, ControlSettings};
+use flowstate_runtime::control_plane::TaskCommand;
 
 /// How a task manager finds its job manager and serves its data plane.
 #[derive(Debug, Clone)]
@@ -61,12 +62,24 @@ enum Order {
     End(Option<String>),
 }
 
-/// The running part and the cancellations that came before their part.
+/// The running part, and the cancellations and commands that came before
+/// their part started.
 #[derive(Default)]
 struct Parts {
     running: Option<(u32, PartControl)>,
     cancelled: HashSet<u32>,
+    /// Commands (checkpoint triggers) for an attempt whose part has not
+    /// started yet: the job manager may trigger a checkpoint before a slow
+    /// task manager's part runs, and a trigger dropped here is a checkpoint
+    /// that never completes (nor the job, whose end waits for its final
+    /// checkpoint) until the checkpoint timeout. Bounded by
+    /// [`EARLY_COMMANDS_MAX`]; those of other attempts are dropped when a
+    /// part starts.
+    early: Vec<(u32, u32, TaskCommand)>,
 }
+
+/// Commands kept for a part that has not started, at most.
+const EARLY_COMMANDS_MAX: usize = 4096;
 
 /// Registers with the job manager and runs the parts of attempts it deploys
 /// here, until it says the job is over. `graph` and `config` are what this
@@ -184,6 +197,13 @@ fn run_parts(
             if parts.cancelled.remove(&attempt) {
                 control.cancel();
             }
+            // In the order they came, before any later one (which finds the
+            // part running only once this lock is released).
+            for (a, task, command) in std::mem::take(&mut parts.early) {
+                if a == attempt {
+                    control.command(task as usize, command);
+                }
+            }
             parts.running = Some((attempt, control));
         };
         let result = run_task_manager_part(
@@ -223,14 +243,20 @@ fn resolve(address: &str) -> Result<SocketAddr, String> {
 
 /// The dispatcher: the control connection's messages, handed on.
 fn dispatch(events: Receiver<ClientEvent>, orders: Sender<Order>, parts: Arc<Mutex<Parts>>) {
-    let running = |attempt: u32| {
-        parts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    let lock = || parts.lock().unwrap_or_else(|e| e.into_inner());
+    // The part of `attempt` if it runs; otherwise `keep` is applied to the
+    // parts under the same lock (no part can start in between).
+    let running_or = |attempt: u32, keep: &mut dyn FnMut(&mut Parts)| {
+        let mut parts = lock();
+        let control = parts
             .running
             .as_ref()
             .filter(|(a, _)| *a == attempt)
-            .map(|(_, control)| control.clone())
+            .map(|(_, control)| control.clone());
+        if control.is_none() {
+            keep(&mut parts);
+        }
+        control
     };
     for event in events.iter() {
         match event {
@@ -244,20 +270,26 @@ fn dispatch(events: Receiver<ClientEvent>, orders: Sender<Order>, parts: Arc<Mut
                 task,
                 command,
             }) => {
-                if let Some(control) = running(attempt) {
+                let mut command = Some(command);
+                let control = running_or(attempt, &mut |parts| {
+                    if parts.early.len() < EARLY_COMMANDS_MAX
+                        && let Some(command) = command.take()
+                    {
+                        parts.early.push((attempt, task, command));
+                    }
+                });
+                if let (Some(control), Some(command)) = (control, command) {
                     control.command(task as usize, command);
                 }
             }
-            ClientEvent::Message(ToTaskManager::Cancel { attempt }) => match running(attempt) {
-                Some(control) => control.cancel(),
-                None => {
-                    parts
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .cancelled
-                        .insert(attempt);
+            ClientEvent::Message(ToTaskManager::Cancel { attempt }) => {
+                let control = running_or(attempt, &mut |parts| {
+                    parts.cancelled.insert(attempt);
+                });
+                if let Some(control) = control {
+                    control.cancel();
                 }
-            },
+            }
             ClientEvent::Message(ToTaskManager::Shutdown) => {
                 let _ = orders.send(Order::End(None));
                 return;
