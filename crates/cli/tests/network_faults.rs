@@ -353,8 +353,9 @@ fn fault_between_task_managers_fails_over(fault: Fault) {
     let proxy = Proxy::start();
     let proxy_addr = proxy.addr.to_string();
 
-    // Task manager 0 dials task manager 1 at the proxy (and task manager 1
-    // itself, for its channels to itself).
+    // Task manager 0 dials task manager 1 at the proxy (the address task
+    // manager 1 registers); task manager 1 dials task manager 0 directly.
+    // Network debug logs: connections up and lost, in a failure's output.
     let debug = [("FLOWSTATE_LOG", "info,flowstate_network=debug")];
     let tm0 = start_env(
         tmp.path(),
