@@ -36,6 +36,10 @@ pub struct TaskManagerOptions {
     pub process: Option<u32>,
     /// Where the data plane listens (port 0: any free port).
     pub data_listen: SocketAddr,
+    /// The data address registered with the job manager, which the other
+    /// task managers dial (`host:port`), when it is not the bound one:
+    /// behind NAT, a Kubernetes service, a proxy. `None`: the bound address.
+    pub data_advertise: Option<String>,
     pub control: ControlSettings,
     /// Longest the task manager tries to reach its job manager at start.
     pub connect_timeout: Duration,
@@ -165,6 +169,17 @@ impl<C: RunningPart> Parts<C> {
         self.deliver(attempt, Early::Command(task, command));
     }
 
+    /// Cancels part `attempt`, now if it runs or as it starts; checked and
+    /// remembered under one lock, so that no part starts in between.
+    fn cancel(&mut self, attempt: u32) {
+        match &self.running {
+            Some((a, control)) if *a == attempt => control.cancel(),
+            _ => {
+                self.cancelled.insert(attempt);
+            }
+        }
+    }
+
     /// Part `attempt` started: it gets what came before it.
     fn start(&mut self, attempt: u32, control: C) {
         if self.cancelled.remove(&attempt) {
@@ -199,7 +214,10 @@ pub fn run_task_manager(
         protocol_version: PROTOCOL_VERSION,
         process: options.process,
         plan: graph.fingerprint(config),
-        data_address: transport.local_addr().to_string(),
+        data_address: options
+            .data_advertise
+            .clone()
+            .unwrap_or_else(|| transport.local_addr().to_string()),
         workers: u32::try_from(config.workers).unwrap_or(u32::MAX),
     };
     let (client, events) = ControlClient::connect(
@@ -210,12 +228,21 @@ pub fn run_task_manager(
     )?;
     let process = client.process();
     transport.set_process(process);
-    tracing::info!(
-        process,
-        data = %transport.local_addr(),
-        "task manager {process} registered with {}",
-        options.jobmanager
-    );
+    match &options.data_advertise {
+        Some(advertised) => tracing::info!(
+            process,
+            data = %transport.local_addr(),
+            "task manager {process} registered with {} (data plane on {}, advertised as {advertised})",
+            options.jobmanager,
+            transport.local_addr()
+        ),
+        None => tracing::info!(
+            process,
+            data = %transport.local_addr(),
+            "task manager {process} registered with {}",
+            options.jobmanager
+        ),
+    }
     let client = Arc::new(client);
     let parts = Arc::new(Mutex::new(Parts::default()));
     let (orders_tx, orders_rx) = crossbeam_channel::bounded(16);
@@ -294,7 +321,7 @@ fn run_parts(
         };
         let attempt = deployment.attempt;
         for (peer, address) in &deployment.data_addresses {
-            match address.parse::<SocketAddr>() {
+            match resolve(address) {
                 Ok(address) => transport.set_peer(*peer, address),
                 Err(e) => {
                     let failure = format!("task manager {peer}'s data address {address:?}: {e}");
@@ -357,17 +384,20 @@ fn run_parts(
     }
 }
 
+/// A task manager's data address as registered: `ip:port`, or `host:port`
+/// (an advertised name, `--data-advertise`) resolved here, at deployment.
+fn resolve(address: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = address.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(address)
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| "the name resolves to no address".to_owned())
+}
+
 /// The dispatcher: the control connection's messages, handed on.
 fn dispatch(events: Receiver<ClientEvent>, orders: Sender<Order>, parts: Arc<Mutex<Parts>>) {
-    let running = |attempt: u32| {
-        parts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .running
-            .as_ref()
-            .filter(|(a, _)| *a == attempt)
-            .map(|(_, control)| control.clone())
-    };
     for event in events.iter() {
         match event {
             ClientEvent::Message(ToTaskManager::Deploy(deployment)) => {
@@ -396,16 +426,10 @@ fn dispatch(events: Receiver<ClientEvent>, orders: Sender<Order>, parts: Arc<Mut
                 // which fails with their reason.
                 Err(e) => tracing::warn!("savepoint {id}'s location {location:?}: {e}"),
             },
-            ClientEvent::Message(ToTaskManager::Cancel { attempt }) => match running(attempt) {
-                Some(control) => control.cancel(),
-                None => {
-                    parts
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .cancelled
-                        .insert(attempt);
-                }
-            },
+            ClientEvent::Message(ToTaskManager::Cancel { attempt }) => parts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .cancel(attempt),
             ClientEvent::Message(ToTaskManager::Shutdown) => {
                 let _ = orders.send(Order::End(None));
                 return;
@@ -484,9 +508,18 @@ mod tests {
     #[test]
     fn a_cancellation_before_its_part_starts_cancels_it_at_start() {
         let mut parts = Parts::<Arc<Recorded>>::default();
-        parts.cancelled.insert(7);
+        parts.cancel(7);
         let part = Arc::new(Recorded::default());
         parts.start(7, Arc::clone(&part));
         assert!(part.cancelled.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(parts.cancelled.is_empty());
+        // A running part is cancelled at once; another attempt's is kept.
+        let running = Arc::new(Recorded::default());
+        parts.start(8, Arc::clone(&running));
+        parts.cancel(9);
+        assert!(!running.cancelled.load(std::sync::atomic::Ordering::SeqCst));
+        parts.cancel(8);
+        assert!(running.cancelled.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(parts.cancelled, HashSet::from([9]));
     }
 }

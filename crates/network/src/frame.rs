@@ -1,7 +1,7 @@
 //! The bytes of the transport protocol (docs/wire-format.md §2): the
 //! handshake a connection opens with and the frames that follow it.
 //!
-//! Owns: the handshake ([`Hello`], [`Reply`]), the frame header and the three
+//! Owns: the handshake ([`Hello`], [`Reply`]), the frame header and the four
 //! frame kinds ([`Frame`], [`FrameKind`]), how frames are written
 //! ([`FrameWriter`]) and parsed ([`Frame::parse`], after
 //! [`frame_codec`] cut them), and the limits on what is read. Must not touch:
@@ -18,8 +18,10 @@ use tokio_util::codec::LengthDelimitedCodec;
 
 /// The first bytes a dialer sends, and an acceptor answers with.
 pub const MAGIC: [u8; 4] = *b"FLWS";
-/// The protocol version this crate speaks.
-pub const VERSION: u16 = 1;
+/// The protocol version this crate speaks. 2: heartbeat frames (version 1
+/// had none; a version-1 peer would take one for damaged bytes, so the
+/// handshake refuses it instead).
+pub const VERSION: u16 = 2;
 /// Bytes of a [`Hello`].
 pub const HELLO_LEN: usize = 24;
 /// Bytes of a [`Reply`].
@@ -45,7 +47,21 @@ pub enum FrameKind {
     /// Producer to consumer: the producer is gone and everything it sent came
     /// before. Consumer to producer: the consumer is gone.
     Close = 2,
+    /// Either way, no channel (its id is all zeros) and no payload: the
+    /// sender is alive. Sent when a side has written nothing else for the
+    /// heartbeat interval; a side that reads nothing at all for the
+    /// heartbeat timeout declares the connection lost.
+    Heartbeat = 3,
 }
+
+/// The channel id of a heartbeat frame: all zeros.
+pub const HEARTBEAT_CHANNEL: ChannelId = ChannelId {
+    attempt: 0,
+    node: 0,
+    edge: 0,
+    producer: 0,
+    consumer: 0,
+};
 
 /// One parsed frame; a message's payload borrows from the read buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +77,7 @@ pub enum Frame<'a> {
     Close {
         channel: ChannelId,
     },
+    Heartbeat,
 }
 
 /// Why bytes are not a frame or a handshake.
@@ -76,17 +93,22 @@ pub enum FrameError {
     ZeroCredit,
     #[error("a close frame with {0} payload bytes (it holds none)")]
     CloseLen(usize),
+    #[error("a heartbeat frame with {0} payload bytes (it holds none)")]
+    HeartbeatLen(usize),
+    #[error("a heartbeat frame for channel {0} (its channel id is all zeros)")]
+    HeartbeatChannel(ChannelId),
     #[error("not a flowstate connection (magic {0:02x?})")]
     Magic([u8; 4]),
 }
 
 impl<'a> Frame<'a> {
-    /// The channel the frame belongs to.
-    pub fn channel(&self) -> ChannelId {
+    /// The channel the frame belongs to (none for a heartbeat).
+    pub fn channel(&self) -> Option<ChannelId> {
         match *self {
             Frame::Message { channel, .. }
             | Frame::Credit { channel, .. }
-            | Frame::Close { channel } => channel,
+            | Frame::Close { channel } => Some(channel),
+            Frame::Heartbeat => None,
         }
     }
 
@@ -124,6 +146,15 @@ impl<'a> Frame<'a> {
                     Ok(Frame::Close { channel })
                 } else {
                     Err(FrameError::CloseLen(payload.len()))
+                }
+            }
+            k if k == FrameKind::Heartbeat as u8 => {
+                if !payload.is_empty() {
+                    Err(FrameError::HeartbeatLen(payload.len()))
+                } else if channel != HEARTBEAT_CHANNEL {
+                    Err(FrameError::HeartbeatChannel(channel))
+                } else {
+                    Ok(Frame::Heartbeat)
                 }
             }
             other => Err(FrameError::UnknownKind(other)),
@@ -209,7 +240,13 @@ impl FrameWriter {
         self.patch(start);
     }
 
-    /// Writes the length of a small frame (credit, close) begun at `start`.
+    /// Appends a whole heartbeat frame.
+    pub fn heartbeat(&mut self) {
+        let start = self.begin(FrameKind::Heartbeat, HEARTBEAT_CHANNEL);
+        self.patch(start);
+    }
+
+    /// Writes the length of a small frame (credit, close, heartbeat) begun at `start`.
     fn patch(&mut self, start: usize) {
         let len = (self.buf.len() - start - LENGTH_LEN) as u32;
         self.buf[start..start + LENGTH_LEN].copy_from_slice(&len.to_le_bytes());
@@ -348,7 +385,7 @@ mod tests {
         assert_eq!(
             bytes,
             [
-                b'F', b'L', b'W', b'S', 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8
+                b'F', b'L', b'W', b'S', 2, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8
             ]
         );
         assert_eq!(Hello::decode(&bytes), Ok(hello));
@@ -358,7 +395,7 @@ mod tests {
             process: 2,
         };
         let bytes = reply.encode();
-        assert_eq!(bytes, [b'F', b'L', b'W', b'S', 1, 0, 3, 0, 2, 0, 0, 0]);
+        assert_eq!(bytes, [b'F', b'L', b'W', b'S', 2, 0, 3, 0, 2, 0, 0, 0]);
         assert_eq!(Reply::decode(&bytes), Ok(reply));
         let mut bad = hello.encode();
         bad[0] = b'G';
@@ -376,6 +413,7 @@ mod tests {
         w.finish(start, DEFAULT_MAX_FRAME_LEN).unwrap();
         w.credit(ID, 5);
         w.close(ID);
+        w.heartbeat();
         let expected = [
             vec![22, 0, 0, 0, 0],
             ID_BYTES.to_vec(),
@@ -385,6 +423,8 @@ mod tests {
             vec![5, 0, 0, 0],
             vec![21, 0, 0, 0, 2],
             ID_BYTES.to_vec(),
+            vec![21, 0, 0, 0, 3],
+            vec![0; 20],
         ]
         .concat();
         assert_eq!(w.buf, expected);
@@ -410,6 +450,7 @@ mod tests {
                     count: 5
                 },
                 Frame::Close { channel: ID },
+                Frame::Heartbeat,
             ]
         );
     }
@@ -426,6 +467,13 @@ mod tests {
         assert_eq!(Frame::parse(&bytes), Err(FrameError::ZeroCredit));
         bytes[0] = FrameKind::Close as u8;
         assert_eq!(Frame::parse(&bytes), Err(FrameError::CloseLen(4)));
+        bytes[0] = FrameKind::Heartbeat as u8;
+        assert_eq!(Frame::parse(&bytes), Err(FrameError::HeartbeatLen(4)));
+        bytes.truncate(HEADER_LEN);
+        assert_eq!(Frame::parse(&bytes), Err(FrameError::HeartbeatChannel(ID)));
+        let mut heartbeat = vec![FrameKind::Heartbeat as u8];
+        heartbeat.extend_from_slice(&[0; 20]);
+        assert_eq!(Frame::parse(&heartbeat), Ok(Frame::Heartbeat));
     }
 
     #[test]

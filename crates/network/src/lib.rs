@@ -11,6 +11,12 @@
 //! connection for the other channels, and backpressure crosses the network as
 //! a full outbound channel (`SendError::Full`), exactly as locally.
 //!
+//! Liveness: each side of a connection sends a heartbeat frame when it has
+//! written nothing for the heartbeat interval, and declares the connection
+//! lost when it has read nothing for the heartbeat timeout, so a connection
+//! that stalls (packets stop, the socket stays open) closes its channels and
+//! fails their attempts as a dropped one does.
+//!
 //! Owns: sockets, the handshake and frames, credit accounting, connections
 //! and their failures. Must not touch: the runtime's plan (which channels are
 //! remote), tasks, or the bytes of a message payload.
@@ -20,7 +26,8 @@ mod link;
 mod transport;
 
 pub use frame::{
-    DEFAULT_MAX_FRAME_LEN, Frame, FrameError, FrameKind, FrameWriter, HEADER_LEN, HELLO_LEN, Hello,
-    LENGTH_LEN, MAGIC, REPLY_LEN, Reply, Status, VERSION, frame_codec,
+    DEFAULT_MAX_FRAME_LEN, Frame, FrameError, FrameKind, FrameWriter, HEADER_LEN,
+    HEARTBEAT_CHANNEL, HELLO_LEN, Hello, LENGTH_LEN, MAGIC, REPLY_LEN, Reply, Status, VERSION,
+    frame_codec,
 };
 pub use transport::{NetworkError, NetworkStats, TcpTransport, TcpTransportBuilder};

@@ -361,6 +361,8 @@ impl LinkState {
                     Ok(())
                 })
             }
+            // The peer is alive: reading it was the point (`read_loop`).
+            (_, Frame::Heartbeat) => Ok(()),
             (Dir::In, Frame::Credit { channel, .. }) => Err(Loss::Protocol(format!(
                 "a credit frame from the producing side (channel {channel})"
             ))),

@@ -7,7 +7,11 @@
 //! message and close frames one way, credit and close frames back. Each
 //! connection is one task whose reader and writer run side by side; the
 //! writer is woken through the channels' signals ([`Link::wake`]) and
-//! batches every frame that is ready into one `write`.
+//! batches every frame that is ready into one `write`. The writer sends a
+//! heartbeat frame after `heartbeat_interval` without writing; the reader
+//! declares the connection lost after `heartbeat_timeout` without reading a
+//! byte (a peer that died without a FIN, a proxy or network that stopped
+//! forwarding), which closes its channels as any lost connection does.
 //!
 //! Owns: the runtime and its tasks (listener, dialers, connections), the
 //! handshake, the peers' addresses, the links, ended attempts and recorded
@@ -48,6 +52,13 @@ pub enum NetworkError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "a heartbeat timeout of {timeout:?} is not longer than the heartbeat interval {interval:?}"
+    )]
+    Heartbeat {
+        interval: Duration,
+        timeout: Duration,
+    },
 }
 
 /// Settings of a [`TcpTransport`]; [`TcpTransport::builder`].
@@ -62,6 +73,8 @@ pub struct TcpTransportBuilder {
     connect_timeout: Duration,
     handshake_timeout: Duration,
     sweep_interval: Duration,
+    heartbeat_interval: Duration,
+    heartbeat_timeout: Duration,
     max_channels_per_link: usize,
     max_pending_credit: usize,
     max_links: usize,
@@ -110,8 +123,33 @@ impl TcpTransportBuilder {
         self
     }
 
+    /// How long a side of a connection may write nothing before it sends a
+    /// heartbeat frame (default 1 s; at least 1 ms).
+    pub fn heartbeat_interval(mut self, d: Duration) -> Self {
+        self.heartbeat_interval = d.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a side of a connection may read nothing (no frame, not even
+    /// a heartbeat) before it declares the connection lost (default 5 s;
+    /// must be longer than the heartbeat interval, or [`bind`] refuses):
+    /// its channels close and their attempts fail with
+    /// `TransportError::ConnectionLost`, as when the connection drops.
+    ///
+    /// [`bind`]: TcpTransportBuilder::bind
+    pub fn heartbeat_timeout(mut self, d: Duration) -> Self {
+        self.heartbeat_timeout = d;
+        self
+    }
+
     /// Binds the listener and starts the runtime.
     pub fn bind(self) -> Result<TcpTransport, NetworkError> {
+        if self.heartbeat_timeout <= self.heartbeat_interval {
+            return Err(NetworkError::Heartbeat {
+                interval: self.heartbeat_interval,
+                timeout: self.heartbeat_timeout,
+            });
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(self.worker_threads)
             .thread_name(format!("flowstate-net-{}", self.process))
@@ -369,6 +407,8 @@ impl TcpTransport {
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             sweep_interval: Duration::from_millis(100),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(5),
             max_channels_per_link: 1 << 16,
             max_pending_credit: 1 << 16,
             max_links: 4096,
@@ -849,10 +889,18 @@ async fn read_loop(shared: &Shared, link: &Link, generation: u64, mut rd: OwnedR
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
-        match rd.read_buf(&mut buf).await {
-            Ok(0) => return Loss::Io("the connection was closed".into()),
-            Ok(_) => {}
-            Err(e) => return Loss::Io(e.to_string()),
+        let timeout = shared.settings.heartbeat_timeout;
+        match tokio::time::timeout(timeout, rd.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => return Loss::Io("the connection was closed".into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Loss::Io(e.to_string()),
+            Err(_) => {
+                return Loss::Io(format!(
+                    "nothing read from process {} for {timeout:?}, not even a heartbeat \
+                     (heartbeat timeout): the connection stalled",
+                    link.peer
+                ));
+            }
         }
     }
 }
@@ -862,6 +910,8 @@ async fn write_loop(shared: &Shared, link: &Link, generation: u64, mut wr: Owned
     let mut sweep = tokio::time::interval(shared.settings.sweep_interval);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut all = true;
+    let interval = shared.settings.heartbeat_interval;
+    let mut last_write = tokio::time::Instant::now();
     loop {
         let again = {
             let ready: HashSet<ChannelId> = link.take_ready();
@@ -872,11 +922,16 @@ async fn write_loop(shared: &Shared, link: &Link, generation: u64, mut wr: Owned
             state.fill(link.dir, generation, &ready, all, &mut w, shared)
         };
         all = false;
+        if w.is_empty() && last_write.elapsed() >= interval {
+            // Nothing else written for a while: tell the peer we are alive.
+            w.heartbeat();
+        }
         if !w.is_empty() {
             if let Err(e) = wr.write_all(&w.buf).await {
                 return Loss::Io(e.to_string());
             }
             w.clear();
+            last_write = tokio::time::Instant::now();
         }
         if !again.is_empty() {
             for id in again {
@@ -887,6 +942,7 @@ async fn write_loop(shared: &Shared, link: &Link, generation: u64, mut wr: Owned
         tokio::select! {
             _ = link.notify.notified() => {}
             _ = sweep.tick() => all = true,
+            _ = tokio::time::sleep_until(last_write + interval) => {}
         }
     }
 }

@@ -64,6 +64,12 @@ pub struct ClusterArgs {
     /// listens [default: 127.0.0.1:0].
     #[arg(long, value_name = "ADDR")]
     pub data_listen: Option<SocketAddr>,
+    /// The data address a task manager registers, which the other task
+    /// managers dial, when it is not where `--data-listen` binds: behind
+    /// NAT, a Kubernetes service, a proxy (a name is resolved by each peer
+    /// when the job is deployed) [default: the bound address].
+    #[arg(long, value_name = "HOST:PORT", value_parser = host_port)]
+    pub data_advertise: Option<String>,
     /// The process index a task manager asks for (a local cluster gives each
     /// child its own).
     #[arg(long, hide = true)]
@@ -81,6 +87,18 @@ pub(super) enum Role {
     TaskManager(TaskManagerOptions),
 }
 
+/// `HOST:PORT` (a name or an address, `[v6]:port` too; port not 0).
+fn host_port(text: &str) -> Result<String, String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("{text:?}: the port must be 1 to 65535")),
+        Ok(_) if host.is_empty() => Err(format!("{text:?}: no host")),
+        Ok(_) => Ok(text.to_owned()),
+    }
+}
+
 fn address(text: &str) -> SocketAddr {
     text.parse()
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -93,6 +111,7 @@ impl ClusterArgs {
                 jobmanager: jobmanager.clone(),
                 process: self.process_index,
                 data_listen: self.data_listen.unwrap_or_else(|| address(DATA_LISTEN)),
+                data_advertise: self.data_advertise.clone(),
                 control: ControlSettings::default(),
                 connect_timeout: REGISTRATION_TIMEOUT,
             });

@@ -204,8 +204,20 @@ impl Raw {
         self.stream.write_all(bytes).unwrap();
     }
 
-    /// The next frame, its length field included.
+    /// The next frame that is not a heartbeat, its length field included
+    /// (heartbeats come whenever the transport has written nothing for its
+    /// heartbeat interval: a loaded machine may slip one in anywhere).
     pub fn read_frame(&mut self) -> Vec<u8> {
+        loop {
+            let frame = self.read_any_frame();
+            if frame != heartbeat_frame() {
+                return frame;
+            }
+        }
+    }
+
+    /// The next frame, heartbeats included, its length field included.
+    pub fn read_any_frame(&mut self) -> Vec<u8> {
         let mut len = [0; 4];
         self.stream.read_exact(&mut len).unwrap();
         let mut frame = vec![0; u32::from_le_bytes(len) as usize];
@@ -240,6 +252,14 @@ pub fn frame(kind: u8, id: ChannelId, payload: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&word.to_le_bytes());
     }
     out.extend_from_slice(payload);
+    out
+}
+
+/// The bytes of a heartbeat frame (docs/wire-format.md §2): kind 3, a zero
+/// channel id, no payload.
+pub fn heartbeat_frame() -> Vec<u8> {
+    let mut out = vec![21, 0, 0, 0, 3];
+    out.extend_from_slice(&[0; 20]);
     out
 }
 
