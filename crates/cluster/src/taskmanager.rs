@@ -72,6 +72,17 @@ pub fn run_task_manager(
     config: &ExecutionConfig,
     options: &TaskManagerOptions,
 ) -> Result<(), TaskManagerError> {
+    run_task_manager_registered(graph, config, options, &|_| {})
+}
+
+/// [`run_task_manager`], telling `registered` the process index the job
+/// manager gave (a task manager that registers again asks for it).
+pub fn run_task_manager_registered(
+    graph: &JobGraph,
+    config: &ExecutionConfig,
+    options: &TaskManagerOptions,
+    registered: &dyn Fn(u32),
+) -> Result<(), TaskManagerError> {
     // The process index comes with the registration, which needs the data
     // address first: bound as the index asked for, set once admitted.
     let transport = TcpTransport::bind(options.process.unwrap_or(0), options.data_listen, [])
@@ -92,6 +103,7 @@ pub fn run_task_manager(
     )?;
     let process = client.process();
     transport.set_process(process);
+    registered(process);
     tracing::info!(
         process,
         data = %transport.local_addr(),
