@@ -379,6 +379,18 @@ pub fn wait_for_leader(
     }
 }
 
+/// Whether the job's leader recorded that the job ended (the `finished`
+/// key names the job of the `job` key).
+pub fn job_ended(etcd: &Etcd, settings: &HaSettings) -> bool {
+    match (
+        etcd.get(&settings.key("job")),
+        etcd.get(&settings.key("finished")),
+    ) {
+        (Ok(Some(job)), Ok(Some(finished))) => job.value == finished.value,
+        _ => false,
+    }
+}
+
 /// A task manager of a job with a standby job manager: registers with the
 /// leader published in etcd, and when its control connection is lost (its
 /// part was cancelled) looks for the leader again, at most `wait` each time,
@@ -408,6 +420,11 @@ pub fn run_task_manager_ha(
         };
         match run_task_manager_registered(graph, config, &options, &registered) {
             Ok(()) => return Ok(()),
+            Err(TaskManagerError::JobManagerLost(_)) if job_ended(&etcd, settings) => {
+                // The leader ended the job and went before its word reached us.
+                tracing::info!("the job ended (recorded in etcd)");
+                return Ok(());
+            }
             Err(TaskManagerError::JobManagerLost(cause)) => {
                 tracing::warn!(
                     "the job manager at {address} was lost ({cause}); looking for the \

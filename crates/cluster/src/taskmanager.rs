@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use flowstate_network::TcpTransport;
+use flowstate_runtime::control_plane::TaskCommand;
 use flowstate_runtime::distributed::{AttemptDeployment, run_task_manager_part};
 use flowstate_runtime::executor::PartControl;
 use flowstate_runtime::{ExecutionConfig, JobGraph, NetworkPlacement};
@@ -62,7 +63,13 @@ enum Order {
 struct Parts {
     running: Option<(u32, PartControl)>,
     cancelled: HashSet<u32>,
+    /// Commands that came before their part started (attempt, task,
+    /// command): given to it when it starts, in order.
+    early: Vec<(u32, u32, TaskCommand)>,
 }
+
+/// Most commands kept for a part not started yet.
+const EARLY_COMMANDS_MAX: usize = 4096;
 
 /// Registers with the job manager and runs the parts of attempts it deploys
 /// here, until it says the job is over. `graph` and `config` are what this
@@ -180,6 +187,11 @@ fn run_parts(
             if parts.cancelled.remove(&attempt) {
                 control.cancel();
             }
+            for (a, task, command) in std::mem::take(&mut parts.early) {
+                if a == attempt {
+                    control.command(task as usize, command);
+                }
+            }
             parts.running = Some((attempt, control));
         };
         let result = run_task_manager_part(
@@ -228,8 +240,19 @@ fn dispatch(events: Receiver<ClientEvent>, orders: Sender<Order>, parts: Arc<Mut
                 task,
                 command,
             }) => {
-                if let Some(control) = running(attempt) {
-                    control.command(task as usize, command);
+                let mut parts = parts.lock().unwrap_or_else(|e| e.into_inner());
+                match parts.running.as_ref() {
+                    Some((a, control)) if *a == attempt => {
+                        control.command(task as usize, command);
+                    }
+                    // A command of an older attempt.
+                    Some((a, _)) if *a > attempt => {}
+                    // The part is being built: it gets the command when it starts.
+                    _ => {
+                        if parts.early.len() < EARLY_COMMANDS_MAX {
+                            parts.early.push((attempt, task, command));
+                        }
+                    }
                 }
             }
             ClientEvent::Message(ToTaskManager::Cancel { attempt }) => match running(attempt) {
