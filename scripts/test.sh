@@ -14,10 +14,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # that a newcomer and CI need only this one command: a local S3-compatible server
 # (s3s-fs, installed once into ~/.cache/flowstate-tools) for the checkpoint
 # storage tests, a Kafka-protocol broker (tansu) and a throwaway PostgreSQL
-# server for the connectors, Apache Flink's CLI (PyFlink) for the REST
+# server for the connectors, an etcd server for job manager election, Apache Flink's CLI (PyFlink) for the REST
 # compatibility test and a headless Chromium for the web UI's test; tests that
 # need one of them must then not be skipped
-# (FLOWSTATE_REQUIRE_S3/_KAFKA/_PG/_FLINK_CLI/_BROWSER=1). All servers are stopped on exit.
+# (FLOWSTATE_REQUIRE_S3/_KAFKA/_PG/_FLINK_CLI/_BROWSER/_ETCD=1). All servers are stopped on exit.
 if ! command -v cargo >/dev/null 2>&1; then
     echo "scripts/test.sh: cargo not found; install Rust with rustup first" >&2
     exit 1
@@ -30,7 +30,7 @@ eval "$(bash scripts/rocksdb-lib.sh)"
 
 exports=$(bash scripts/s3-server.sh)
 eval "$exports"
-trap 'kill "$S3_SERVER_PID" 2>/dev/null || true; kill "${KAFKA_SERVER_PID:-}" 2>/dev/null || true; [[ -z "${PG_SERVER_DIR:-}" ]] || bash scripts/postgres-server.sh stop "$PG_SERVER_DIR" || true' EXIT
+trap 'kill "$S3_SERVER_PID" 2>/dev/null || true; kill "${KAFKA_SERVER_PID:-}" 2>/dev/null || true; kill "${ETCD_SERVER_PID:-}" 2>/dev/null || true; [[ -z "${PG_SERVER_DIR:-}" ]] || bash scripts/postgres-server.sh stop "$PG_SERVER_DIR" || true' EXIT
 
 # A Kafka-protocol broker (tansu, installed once into ~/.cache/flowstate-tools/tansu)
 # for crates/kafka, whose tests then must not be skipped (FLOWSTATE_REQUIRE_KAFKA=1).
@@ -56,6 +56,13 @@ eval "$exports"
 exports=$(bash scripts/browser.sh)
 eval "$exports"
 
+# A throwaway etcd server (Debian's etcd-server, installed with apt-get when no
+# etcd is on the PATH) for the election of job managers (crates/cluster's leader
+# tests, crates/cli/tests/standby.rs), which then must not be skipped
+# (FLOWSTATE_REQUIRE_ETCD=1); stopped by the EXIT trap.
+exports=$(bash scripts/etcd-server.sh)
+eval "$exports"
+
 # promtool (Debian's `prometheus` package, installed once per machine) checks
 # the /metrics document of a running job (crates/cli/tests/metrics.rs), which
 # then must not skip its check (FLOWSTATE_REQUIRE_PROMTOOL=1).
@@ -79,7 +86,7 @@ for line in sys.stdin:
 sim_log=$(mktemp)
 "$sim_bin" --seeds "${FLOWSTATE_SIM_SEEDS:-2000}" >"$sim_log" 2>&1 &
 sim_pid=$!
-trap 'kill "$sim_pid" 2>/dev/null || true; rm -f "$sim_log"; kill "$S3_SERVER_PID" 2>/dev/null || true; kill "${KAFKA_SERVER_PID:-}" 2>/dev/null || true; [[ -z "${PG_SERVER_DIR:-}" ]] || bash scripts/postgres-server.sh stop "$PG_SERVER_DIR" || true' EXIT
+trap 'kill "$sim_pid" 2>/dev/null || true; rm -f "$sim_log"; kill "$S3_SERVER_PID" 2>/dev/null || true; kill "${KAFKA_SERVER_PID:-}" 2>/dev/null || true; kill "${ETCD_SERVER_PID:-}" 2>/dev/null || true; [[ -z "${PG_SERVER_DIR:-}" ]] || bash scripts/postgres-server.sh stop "$PG_SERVER_DIR" || true' EXIT
 
 cargo test --workspace --all-features --locked "$@"
 

@@ -175,6 +175,18 @@ impl StreamEnvironment {
         flowstate_runtime::start_job_on_cluster(self.take_graph(), &self.run_config(), cluster)
     }
 
+    /// [`Self::start_on_cluster`] with the configuration as `adjust` leaves
+    /// it (an elected job manager resumes the job it took over).
+    pub fn start_on_cluster_with(
+        &self,
+        cluster: std::sync::Arc<dyn flowstate_runtime::distributed::Cluster>,
+        adjust: impl FnOnce(&mut ExecutionConfig),
+    ) -> Result<RunningJob, JobError> {
+        let mut config = self.run_config();
+        adjust(&mut config);
+        flowstate_runtime::start_job_on_cluster(self.take_graph(), &config, cluster)
+    }
+
     /// The fingerprint of the job's plan (`JobGraph::fingerprint`): equal in
     /// every process that built the same job with the same arguments.
     pub fn fingerprint(&self) -> String {

@@ -36,11 +36,20 @@ pub enum JobManagerError {
     NoTaskManagers(u32),
 }
 
+/// Most commands held for an attempt not deployed yet.
+const HELD_COMMANDS_MAX: usize = 4096;
+
 /// What the job manager knows of its task managers.
 #[derive(Default)]
 struct Registry {
     /// Admitted and not lost: process index → data address.
     connected: BTreeMap<u32, Option<String>>,
+    /// The attempt last deployed.
+    deployed: Option<u32>,
+    /// Commands for an attempt the runtime's coordinator gave before its
+    /// deployment was sent (a checkpoint triggered while `deploy` waited for
+    /// task managers to register): sent right after the deployment, in order.
+    held: Vec<(u32, u32, u32, TaskCommand)>,
 }
 
 /// The task managers of one job, as the runtime's [`Cluster`].
@@ -245,12 +254,22 @@ impl Cluster for JobManagerCluster {
         // Only processes that run a subtask take part.
         let used: HashSet<u32> = message.subtask_process.iter().copied().collect();
         let mut parts = Vec::new();
+        let mut registry = self.lock();
         for process in processes.into_iter().filter(|p| used.contains(p)) {
             self.server
                 .send(process, ToTaskManager::Deploy(message.clone()))
                 .map_err(|e| format!("task manager {process}: {e}"))?;
             parts.push(process);
         }
+        // Under the lock: a command given meanwhile waits for these.
+        registry.deployed = Some(deployment.attempt);
+        let held = std::mem::take(&mut registry.held);
+        for (attempt, process, task, command) in held {
+            if attempt == deployment.attempt {
+                self.send_command(process, attempt, task, command);
+            }
+        }
+        drop(registry);
         tracing::info!(
             attempt = deployment.attempt,
             "attempt {} deployed on task managers {parts:?}",
@@ -265,17 +284,15 @@ impl Cluster for JobManagerCluster {
         };
         let process = subtask % self.task_managers;
         let task = u32::try_from(task).unwrap_or(u32::MAX);
-        if let Err(e) = self.server.send(
-            process,
-            ToTaskManager::Command {
-                attempt,
-                task,
-                command,
-            },
-        ) {
-            // The connection's loss is reported as its own event.
-            tracing::debug!("command {command:?} to task manager {process}: {e}");
+        let mut registry = self.lock();
+        if registry.deployed.is_none_or(|d| d < attempt) {
+            if registry.held.len() < HELD_COMMANDS_MAX {
+                registry.held.push((attempt, process, task, command));
+            }
+            return;
         }
+        self.send_command(process, attempt, task, command);
+        drop(registry);
     }
 
     fn savepoint_target(&self, attempt: u32, id: u64, location: &str) {
@@ -314,6 +331,20 @@ impl Cluster for JobManagerCluster {
 }
 
 impl JobManagerCluster {
+    fn send_command(&self, process: u32, attempt: u32, task: u32, command: TaskCommand) {
+        if let Err(e) = self.server.send(
+            process,
+            ToTaskManager::Command {
+                attempt,
+                task,
+                command,
+            },
+        ) {
+            // The connection's loss is reported as its own event.
+            tracing::debug!("command {command:?} to task manager {process}: {e}");
+        }
+    }
+
     /// The subtask index of task `task`: tasks are numbered chain by chain,
     /// `parallelism` per chain (`flowstate_runtime::plan`'s order).
     fn subtask_of(&self, task: usize) -> Option<u32> {

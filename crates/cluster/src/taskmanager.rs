@@ -151,6 +151,8 @@ impl<C: RunningPart> Parts<C> {
     fn deliver(&mut self, attempt: u32, early: Early) {
         match &self.running {
             Some((a, control)) if *a == attempt => apply(control, early),
+            // An older attempt's: worthless.
+            Some((a, _)) if *a > attempt => {}
             _ => {
                 // What came for older attempts is worthless: dropped first.
                 self.early.retain(|(a, _)| *a >= attempt);
@@ -205,6 +207,17 @@ pub fn run_task_manager(
     config: &ExecutionConfig,
     options: &TaskManagerOptions,
 ) -> Result<(), TaskManagerError> {
+    run_task_manager_registered(graph, config, options, &|_| {})
+}
+
+/// [`run_task_manager`], telling `registered` the process index the job
+/// manager gave (a task manager that registers again asks for it).
+pub fn run_task_manager_registered(
+    graph: &JobGraph,
+    config: &ExecutionConfig,
+    options: &TaskManagerOptions,
+    registered: &dyn Fn(u32),
+) -> Result<(), TaskManagerError> {
     // The process index comes with the registration, which needs the data
     // address first: bound as the index asked for, set once admitted.
     let transport = TcpTransport::bind(options.process.unwrap_or(0), options.data_listen, [])
@@ -228,6 +241,7 @@ pub fn run_task_manager(
     )?;
     let process = client.process();
     transport.set_process(process);
+    registered(process);
     match &options.data_advertise {
         Some(advertised) => tracing::info!(
             process,

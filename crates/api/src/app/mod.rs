@@ -413,8 +413,14 @@ where
     }
     let output = build(&env, &args.job).map_err(AppError::Build)?;
     let role = args.runtime.cluster.role();
-    if let cluster::Role::TaskManager(options) = &role {
-        cluster::task_manager(&env, options)?;
+    if let cluster::Role::TaskManager(_) | cluster::Role::HaTaskManager(..) = &role {
+        match &role {
+            cluster::Role::HaTaskManager(options, ha) => {
+                cluster::ha_task_manager(&env, options, ha)?
+            }
+            cluster::Role::TaskManager(options) => cluster::task_manager(&env, options)?,
+            _ => {}
+        }
         // This process ran only its part of the job: its result is partial.
         if let Some(line) = output.result_line().map_err(AppError::Build)? {
             tracing::info!("this task manager's part of the result: {line}");
@@ -514,11 +520,17 @@ fn run_job(
             listen,
             task_managers,
             local,
+            ha,
         } => {
-            let (job, guard) = cluster::job_manager(env, listen, task_managers, local, argv)?;
-            (job, Some(guard))
+            match cluster::job_manager(env, listen, task_managers, local, argv, ha.as_ref())? {
+                Some((job, guard)) => (job, Some(guard)),
+                // A standby whose job ended (its leader ran it).
+                None => return Ok(()),
+            }
         }
-        cluster::Role::Single | cluster::Role::TaskManager(_) => {
+        cluster::Role::Single
+        | cluster::Role::TaskManager(_)
+        | cluster::Role::HaTaskManager(..) => {
             (env.start().map_err(|e| AppError::Start(Box::new(e)))?, None)
         }
     };
