@@ -15,7 +15,7 @@
 //! Owns: [`JobManagerCluster`]. Must not touch: the coordinator (the
 //! runtime's, given this cluster), processes (`local`), the wire (`rpc`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,10 +46,12 @@ struct Registry {
     connected: BTreeMap<u32, Option<String>>,
     /// The attempt last deployed.
     deployed: Option<u32>,
-    /// Commands for an attempt the runtime's coordinator gave before its
-    /// deployment was sent (a checkpoint triggered while `deploy` waited for
-    /// task managers to register): sent right after the deployment, in order.
-    held: Vec<(u32, u32, u32, TaskCommand)>,
+    /// Messages for an attempt the runtime's coordinator gave before its
+    /// deployment was sent (a checkpoint triggered, a savepoint's target
+    /// announced while `deploy` waited for task managers to register): sent
+    /// right after the deployment, in order, to one process or (`None`) to
+    /// every process of the attempt.
+    held: Vec<(u32, Option<u32>, ToTaskManager)>,
 }
 
 /// The task managers of one job, as the runtime's [`Cluster`].
@@ -97,12 +99,33 @@ impl JobManagerCluster {
         self.server.local_addr()
     }
 
-    /// Tells every connected task manager that the job is over.
-    pub fn shutdown(&self) {
+    /// Tells every connected task manager that the job is over, then waits
+    /// at most `wait` until each has closed its connection; returns those
+    /// that did not. Why wait: a job manager that exits before its
+    /// `Shutdown` left the socket leaves task managers that see their job
+    /// manager lost and fail (exit 1) instead of ending with the job.
+    pub fn shutdown(&self, wait: Duration) -> Vec<u32> {
         let connected: Vec<u32> = self.lock().connected.keys().copied().collect();
+        let mut waiting = BTreeSet::new();
         for process in connected {
-            let _ = self.server.send(process, ToTaskManager::Shutdown);
+            if self.server.send(process, ToTaskManager::Shutdown).is_ok() {
+                waiting.insert(process);
+            }
         }
+        let deadline = Instant::now() + wait;
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(ServerEvent::Lost { process, .. }) => {
+                    tracing::debug!("task manager {process} left");
+                    self.lock().connected.remove(&process);
+                    waiting.remove(&process);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        waiting.into_iter().collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -264,9 +287,12 @@ impl Cluster for JobManagerCluster {
         // Under the lock: a command given meanwhile waits for these.
         registry.deployed = Some(deployment.attempt);
         let held = std::mem::take(&mut registry.held);
-        for (attempt, process, task, command) in held {
-            if attempt == deployment.attempt {
-                self.send_command(process, attempt, task, command);
+        for (attempt, to, message) in held {
+            if attempt != deployment.attempt {
+                continue;
+            }
+            for process in parts.iter().copied().filter(|p| to.is_none_or(|t| t == *p)) {
+                self.send(process, message.clone());
             }
         }
         drop(registry);
@@ -284,29 +310,21 @@ impl Cluster for JobManagerCluster {
         };
         let process = subtask % self.task_managers;
         let task = u32::try_from(task).unwrap_or(u32::MAX);
-        let mut registry = self.lock();
-        if registry.deployed.is_none_or(|d| d < attempt) {
-            if registry.held.len() < HELD_COMMANDS_MAX {
-                registry.held.push((attempt, process, task, command));
-            }
-            return;
-        }
-        self.send_command(process, attempt, task, command);
-        drop(registry);
+        let message = ToTaskManager::Command {
+            attempt,
+            task,
+            command,
+        };
+        self.send_or_hold(attempt, Some(process), message);
     }
 
     fn savepoint_target(&self, attempt: u32, id: u64, location: &str) {
-        let connected: Vec<u32> = self.lock().connected.keys().copied().collect();
-        for process in connected {
-            let message = ToTaskManager::SavepointTarget {
-                attempt,
-                id,
-                location: location.to_owned(),
-            };
-            if let Err(e) = self.server.send(process, message) {
-                tracing::debug!("savepoint {id}'s target to task manager {process}: {e}");
-            }
-        }
+        let message = ToTaskManager::SavepointTarget {
+            attempt,
+            id,
+            location: location.to_owned(),
+        };
+        self.send_or_hold(attempt, None, message);
     }
 
     fn cancel(&self, attempt: u32) {
@@ -331,17 +349,32 @@ impl Cluster for JobManagerCluster {
 }
 
 impl JobManagerCluster {
-    fn send_command(&self, process: u32, attempt: u32, task: u32, command: TaskCommand) {
-        if let Err(e) = self.server.send(
-            process,
-            ToTaskManager::Command {
-                attempt,
-                task,
-                command,
-            },
-        ) {
+    /// Sends `message` of `attempt` to process `to` (`None`: every
+    /// connected one), or holds it until `attempt` is deployed. Under the
+    /// registry's lock, so that a deployment cannot pass it.
+    fn send_or_hold(&self, attempt: u32, to: Option<u32>, message: ToTaskManager) {
+        let mut registry = self.lock();
+        if registry.deployed.is_none_or(|d| d < attempt) {
+            if registry.held.len() < HELD_COMMANDS_MAX {
+                registry.held.push((attempt, to, message));
+            } else {
+                tracing::warn!("dropped {message:?} for attempt {attempt}: too many held");
+            }
+            return;
+        }
+        let processes: Vec<u32> = match to {
+            Some(process) => vec![process],
+            None => registry.connected.keys().copied().collect(),
+        };
+        for process in processes {
+            self.send(process, message.clone());
+        }
+    }
+
+    fn send(&self, process: u32, message: ToTaskManager) {
+        if let Err(e) = self.server.send(process, message) {
             // The connection's loss is reported as its own event.
-            tracing::debug!("command {command:?} to task manager {process}: {e}");
+            tracing::debug!("a message to task manager {process}: {e}");
         }
     }
 

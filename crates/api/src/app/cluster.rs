@@ -41,6 +41,9 @@ const DATA_LISTEN: &str = "127.0.0.1:0";
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the job manager waits for its children to exit after the job.
 const CHILDREN_EXIT_WAIT: Duration = Duration::from_secs(10);
+/// How long the job manager waits for its task managers to leave once told
+/// the job is over.
+const TASK_MANAGERS_LEAVE_WAIT: Duration = Duration::from_secs(10);
 /// The exit code of a job manager that lost its leadership (`--ha-etcd`).
 const LEADERSHIP_LOST_EXIT: i32 = 1;
 
@@ -77,9 +80,11 @@ pub struct ClusterArgs {
     /// when the job is deployed) [default: the bound address].
     #[arg(long, value_name = "HOST:PORT", value_parser = host_port)]
     pub data_advertise: Option<String>,
-    /// The process index a task manager asks for (a local cluster gives each
-    /// child its own).
-    #[arg(long, hide = true)]
+    /// The process index (0 to N-1) a task manager asks for: a replaced
+    /// task manager takes its predecessor's place (a StatefulSet passes its
+    /// pod's ordinal; a local cluster gives each child its own)
+    /// [default: the lowest free index].
+    #[arg(long, value_name = "INDEX")]
     pub process_index: Option<u32>,
     /// High availability through the etcd at URL (`http://HOST:PORT`): a job
     /// manager (`--task-managers N`) campaigns to lead the job and, until it
@@ -273,7 +278,13 @@ impl Drop for FinishOnDrop {
         // Before the task managers go: a standby must not take over a job
         // that ended in order.
         self.0.record_end();
-        self.0.cluster.shutdown();
+        let stayed = self.0.cluster.shutdown(TASK_MANAGERS_LEAVE_WAIT);
+        if !stayed.is_empty() {
+            tracing::warn!(
+                "task managers {stayed:?} did not close their connections within \
+                 {TASK_MANAGERS_LEAVE_WAIT:?} of the end of the job"
+            );
+        }
         if let Some(local) = self.0.local.take() {
             local.shutdown(CHILDREN_EXIT_WAIT);
         }
