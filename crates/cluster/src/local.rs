@@ -149,8 +149,11 @@ impl Drop for LocalCluster {
     }
 }
 
-/// Restarts children that end while the cluster runs.
+/// Restarts children that fail while the cluster runs. A child that exits
+/// successfully is not restarted: a task manager does so only when its job
+/// manager told it the job is over.
 fn monitor(command: &ChildCommand, children: &Mutex<Vec<Option<Child>>>, stopping: &AtomicBool) {
+    let mut done = std::collections::HashSet::new();
     while !stopping.load(Ordering::SeqCst) {
         std::thread::sleep(MONITOR_INTERVAL);
         let mut children = children.lock().unwrap_or_else(|e| e.into_inner());
@@ -158,7 +161,15 @@ fn monitor(command: &ChildCommand, children: &Mutex<Vec<Option<Child>>>, stoppin
             if stopping.load(Ordering::SeqCst) {
                 return;
             }
+            if done.contains(&index) {
+                continue;
+            }
             let ended = match slot.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) if status.success() => {
+                    tracing::info!("task manager {index} of the local cluster ended");
+                    done.insert(index);
+                    continue;
+                }
                 Some(Ok(Some(status))) => Some(status.to_string()),
                 Some(Ok(None)) => None,
                 Some(Err(e)) => Some(e.to_string()),
@@ -177,5 +188,65 @@ fn monitor(command: &ChildCommand, children: &Mutex<Vec<Option<Child>>>, stoppin
                 }
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bounds every wait; never reached when the behaviour is right.
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    /// Children run `sh -c SCRIPT`, which appends a line to `log` per start.
+    fn cluster(script: &str, log: &std::path::Path) -> LocalCluster {
+        let script = format!("echo started >> '{}'; {script}", log.display());
+        let command = ChildCommand {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into(), "sh".into()],
+        };
+        LocalCluster::start(command, 1).expect("started")
+    }
+
+    fn starts(log: &std::path::Path) -> usize {
+        std::fs::read_to_string(log).map_or(0, |s| s.lines().count())
+    }
+
+    fn wait_for_starts(log: &std::path::Path, n: usize) {
+        let deadline = Instant::now() + DEADLINE;
+        while starts(log) < n {
+            assert!(Instant::now() < deadline, "{n} starts within {DEADLINE:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_failed_child_is_restarted() {
+        let dir = std::env::temp_dir().join(format!("flowstate-local-{}-f", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("starts");
+        let local = cluster("exit 3", &log);
+        wait_for_starts(&log, 3);
+        local.shutdown(Duration::ZERO);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The bug: a task manager that ended with its job (told by the job
+    /// manager) was restarted, and the new one held the job manager's exit
+    /// for its whole grace period.
+    #[test]
+    fn a_child_that_ends_successfully_is_not_restarted() {
+        let dir = std::env::temp_dir().join(format!("flowstate-local-{}-s", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("starts");
+        let local = cluster("exit 0", &log);
+        wait_for_starts(&log, 1);
+        // Several rounds of the monitor.
+        std::thread::sleep(MONITOR_INTERVAL * 5);
+        assert_eq!(starts(&log), 1, "restarted after a successful exit");
+        local.shutdown(Duration::ZERO);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

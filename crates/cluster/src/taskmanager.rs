@@ -267,15 +267,17 @@ pub fn run_task_manager_registered(
             .spawn(move || dispatch(events, orders_tx, parts))
             .map_err(|e| TaskManagerError::Network(e.to_string()))?
     };
-    let reporting = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // Dropping `stop` ends the reporter at once (not after its interval:
+    // the job manager waits for this process to leave at the end of a job).
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     let reporter = {
         let (parts, client) = (Arc::clone(&parts), Arc::clone(&client));
-        let reporting = Arc::clone(&reporting);
         std::thread::Builder::new()
             .name("flowstate-tm-progress".into())
             .spawn(move || {
-                while reporting.load(std::sync::atomic::Ordering::SeqCst) {
-                    std::thread::sleep(PROGRESS_INTERVAL);
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(PROGRESS_INTERVAL)
+                {
                     report_progress(&parts, &client);
                 }
             })
@@ -284,7 +286,7 @@ pub fn run_task_manager_registered(
     let result = run_parts(
         graph, config, process, &transport, &client, &parts, &orders_rx,
     );
-    reporting.store(false, std::sync::atomic::Ordering::SeqCst);
+    drop(stop);
     let _ = reporter.join();
     drop(orders_rx);
     drop(client);
