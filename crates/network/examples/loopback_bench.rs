@@ -136,7 +136,7 @@ fn main() {
         let (in_end, rx) = inbound(
             codec,
             capacity,
-            consumer_t.signal(id, 0).unwrap(),
+            consumer_t.inbound_signal(id, 0, capacity).unwrap(),
             consumer_signal.clone(),
         );
         consumer_t.register_inbound(id, 0, in_end).unwrap();
@@ -144,7 +144,7 @@ fn main() {
             codec,
             capacity,
             producer_signal.clone(),
-            t.signal(id, consumer_process).unwrap(),
+            t.outbound_signal(id, consumer_process).unwrap(),
         );
         t.register_outbound(id, consumer_process, out_end).unwrap();
         transport = Some(t);

@@ -503,16 +503,40 @@ impl Drop for TcpTransport {
     }
 }
 
+/// How many messages an inbound channel of `capacity` takes per credit
+/// announcement: a quarter of it (at most half, so a producer that spent all
+/// its credit always gets more), at least 1. Fewer wakes of the writer and
+/// credit frames than one per message, as TCP delays window updates.
+fn credit_batch(capacity: usize) -> usize {
+    (capacity / 4).clamp(1, 64)
+}
+
 impl Transport for TcpTransport {
-    fn signal(&self, id: ChannelId, peer: u32) -> Result<Arc<Signal>, TransportError> {
-        // The signal cannot tell whether it serves the outbound or the inbound
-        // end of `id` (both exist when a process is its own peer): it wakes
-        // both links with `peer`; a link without the channel ignores it.
-        let out = self.shared.link(Dir::Out, peer)?;
-        let inb = self.shared.link(Dir::In, peer)?;
+    fn outbound_signal(
+        &self,
+        id: ChannelId,
+        consumer_process: u32,
+    ) -> Result<Arc<Signal>, TransportError> {
+        let out = self.shared.link(Dir::Out, consumer_process)?;
+        Ok(Signal::with_callback(move || out.wake(id)))
+    }
+
+    fn inbound_signal(
+        &self,
+        id: ChannelId,
+        producer_process: u32,
+        capacity: usize,
+    ) -> Result<Arc<Signal>, TransportError> {
+        let inb = self.shared.link(Dir::In, producer_process)?;
+        // Credit in batches: one wake (and one credit frame) per `every`
+        // messages taken, not per message. A producer without credit has
+        // `capacity` messages outstanding, whose taking wakes at least once.
+        let every = credit_batch(capacity);
+        let taken = AtomicUsize::new(0);
         Ok(Signal::with_callback(move || {
-            out.wake(id);
-            inb.wake(id);
+            if (taken.fetch_add(1, Ordering::Relaxed) + 1) % every == 0 {
+                inb.wake(id);
+            }
         }))
     }
 
@@ -944,5 +968,22 @@ async fn write_loop(shared: &Shared, link: &Link, generation: u64, mut wr: Owned
             _ = sweep.tick() => all = true,
             _ = tokio::time::sleep_until(last_write + interval) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::credit_batch;
+
+    #[test]
+    fn credit_batches_leave_a_producer_without_credit_able_to_get_more() {
+        for capacity in 1..=1024 {
+            let every = credit_batch(capacity);
+            assert!(every >= 1);
+            // The `capacity` messages outstanding of a producer with no
+            // credit left wake the writer at least once when taken.
+            assert!(every <= capacity.div_ceil(2).max(1), "capacity {capacity}");
+        }
+        assert_eq!(credit_batch(16), 4);
     }
 }

@@ -236,7 +236,7 @@ impl Planner<'_> {
                                     edge.partitioning.as_ref(),
                                     self.config.channel_capacity,
                                     Arc::clone(producer_signal),
-                                    transport.signal(id, peer)?,
+                                    transport.outbound_signal(id, peer)?,
                                 )
                                 .ok_or_else(unsupported)?;
                             transport.register_outbound(id, peer, end)?;
@@ -248,7 +248,11 @@ impl Planner<'_> {
                                 .inbound(
                                     edge.partitioning.as_ref(),
                                     self.config.channel_capacity,
-                                    transport.signal(id, peer)?,
+                                    transport.inbound_signal(
+                                        id,
+                                        peer,
+                                        self.config.channel_capacity,
+                                    )?,
                                     Arc::clone(consumer_signal),
                                 )
                                 .ok_or_else(unsupported)?;

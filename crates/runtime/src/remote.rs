@@ -192,10 +192,24 @@ pub enum TransportError {
 /// bytes arrive that do not decode; close a producer end when its consumer end
 /// is gone; never panic on what it reads.
 pub trait Transport: Send + Sync {
-    /// The signal the local channel of `id`, whose other end runs in process
-    /// `peer`, wakes the transport with (when the producer sent a message, or
-    /// the consumer took one and freed a slot).
-    fn signal(&self, id: ChannelId, peer: u32) -> Result<Arc<Signal>, TransportError>;
+    /// The signal the producer of outbound channel `id` (consumer in process
+    /// `consumer_process`) wakes the transport with when it sent a message.
+    fn outbound_signal(
+        &self,
+        id: ChannelId,
+        consumer_process: u32,
+    ) -> Result<Arc<Signal>, TransportError>;
+    /// The signal the consumer of inbound channel `id` (of `capacity`
+    /// messages; producer in process `producer_process`) wakes the transport
+    /// with when it took a message and freed a slot. The transport may act on
+    /// every n-th wake only (credit in batches), n at most `capacity`/2, so
+    /// that a producer with no credit always gets more.
+    fn inbound_signal(
+        &self,
+        id: ChannelId,
+        producer_process: u32,
+        capacity: usize,
+    ) -> Result<Arc<Signal>, TransportError>;
     /// The producer's end of channel `id`, whose consumer runs in process
     /// `consumer_process`.
     fn register_outbound(

@@ -58,7 +58,9 @@ pub fn inbound_end(
     let (end, rx) = inbound(
         WireCodec::new(),
         capacity,
-        consumer.signal(id, producer_process).unwrap(),
+        consumer
+            .inbound_signal(id, producer_process, capacity)
+            .unwrap(),
         Signal::new(),
     );
     consumer
@@ -78,7 +80,7 @@ pub fn outbound_end(
         WireCodec::new(),
         capacity,
         Signal::new(),
-        producer.signal(id, consumer_process).unwrap(),
+        producer.outbound_signal(id, consumer_process).unwrap(),
     );
     producer
         .register_outbound(id, consumer_process, end)
