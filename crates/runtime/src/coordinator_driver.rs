@@ -71,6 +71,9 @@ pub(crate) struct CoordinatorDriver {
     /// Tasks in other processes: tells their uploaders where savepoint `id`
     /// goes (its location), before its barrier is triggered.
     remote_savepoints: Option<RemoteSavepoints>,
+    /// A checkpoint of this attempt completed (the first is logged: every
+    /// task runs again after a restart; the failover benchmark reads it).
+    completed_one: bool,
 }
 
 /// Announces savepoint `id`'s location to the processes that run tasks.
@@ -98,6 +101,7 @@ impl CoordinatorDriver {
             exhausted: HashSet::new(),
             sources,
             remote_savepoints: None,
+            completed_one: false,
         }
     }
 
@@ -250,6 +254,13 @@ impl CoordinatorDriver {
                     self.savepoint_targets.remove(id);
                 } else {
                     self.metrics.record_checkpoint(&stats);
+                    if !self.completed_one {
+                        self.completed_one = true;
+                        tracing::info!(
+                            checkpoint = id,
+                            "checkpoint {id} completed, the first of this attempt: every task runs"
+                        );
+                    }
                 }
                 self.controller.on_completed(&stats, request.as_deref());
                 if notify_tasks {
