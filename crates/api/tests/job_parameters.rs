@@ -185,3 +185,39 @@ fn the_same_parameters_restore_whatever_the_changeable_ones_are() {
         parameters(100, 77)
     );
 }
+
+/// `latest` for a given job id (an elected job manager resuming the job it
+/// took over) reads that job's checkpoints only. The bug: it read the newest
+/// of any job in the storage, so a job that failed over before its first
+/// checkpoint was restored from another job's state (here the other job's
+/// parameters differ, so that restore fails, which shows it happened).
+#[test]
+fn latest_of_a_given_job_never_restores_another_jobs_checkpoint() {
+    let storage = "memory://job-parameters-latest-of-job";
+    run(
+        config(storage, "counting", RestoreFrom::Nothing),
+        Some(parameters(5_000_000, 10)),
+    )
+    .unwrap();
+    let mut resuming = config(storage, "counting", RestoreFrom::Latest);
+    if let Some(c) = resuming.checkpointing.as_mut() {
+        c.job_id = Some("resumed-job".into());
+    }
+    run(resuming.clone(), Some(parameters(2000, 10)))
+        .expect("a fresh start: the job has no checkpoint of its own");
+    let own = load_latest_of(&open_storage(storage).unwrap(), Some("resumed-job"))
+        .unwrap()
+        .expect("the resumed job checkpointed");
+    assert_eq!(
+        own.metadata.job.as_ref().map(|j| j.parameters.clone()),
+        Some(parameters(2000, 10))
+    );
+    // Its own checkpoint is restored the next time.
+    let error = run(resuming, Some(parameters(3000, 10))).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("records: 2000 in the snapshot, 3000 now"),
+        "{error}"
+    );
+}

@@ -304,7 +304,7 @@ impl Leader {
         let job = etcd.get(&settings.key("job"))?;
         let finished = etcd.get(&settings.key("finished"))?;
         Ok(match (job, finished) {
-            (Some(job), Some(finished)) if finished.value == job.value => {
+            (Some(job), Some(finished)) if ended(&job, &finished) => {
                 if finished.mod_revision > self.candidate.since_revision {
                     Standing::Finished(job.value)
                 } else {
@@ -386,9 +386,17 @@ pub fn job_ended(etcd: &Etcd, settings: &HaSettings) -> bool {
         etcd.get(&settings.key("job")),
         etcd.get(&settings.key("finished")),
     ) {
-        (Ok(Some(job)), Ok(Some(finished))) => job.value == finished.value,
+        (Ok(Some(job)), Ok(Some(finished))) => ended(&job, &finished),
         _ => false,
     }
+}
+
+/// Whether the `finished` key records the end of the run the `job` key
+/// names: the same job, recorded after the job was last published. A job
+/// continued with the same id (`--restore latest` after a stop) publishes
+/// `job` again: it runs, though an older `finished` names the same id.
+fn ended(job: &crate::etcd::KeyValue, finished: &crate::etcd::KeyValue) -> bool {
+    finished.value == job.value && finished.mod_revision > job.mod_revision
 }
 
 /// A task manager of a job with a standby job manager: registers with the

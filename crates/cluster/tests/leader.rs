@@ -175,5 +175,22 @@ fn the_job_keys_say_what_a_successor_runs() {
     let (d, _t, _l) = campaign(&settings, "d:1");
     let d = d.recv_timeout(DEADLINE).expect("D wins");
     assert_eq!(d.standing().expect("keys"), Standing::New);
+    // The bug: D continues the same job (`--restore latest` keeps its id)
+    // and publishes it again; task managers and a successor took the old
+    // `finished` of that id for the end of this run.
+    let etcd = Etcd::new(&settings.etcd, Duration::from_secs(5)).expect("a client");
+    assert!(flowstate_cluster::leader::job_ended(&etcd, &settings));
+    d.publish_job("job-1").expect("publish again");
+    assert!(
+        !flowstate_cluster::leader::job_ended(&etcd, &settings),
+        "the continued run has not ended"
+    );
+    let (e, _t, _l) = campaign(&settings, "e:1");
     d.resign();
+    let e = e.recv_timeout(DEADLINE).expect("E wins once D resigned");
+    assert_eq!(
+        e.standing().expect("keys"),
+        Standing::Resume("job-1".into())
+    );
+    e.resign();
 }

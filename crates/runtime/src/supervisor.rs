@@ -159,7 +159,9 @@ fn load_restore(
 ) -> Result<Option<(Arc<LoadedCheckpoint>, String)>, JobError> {
     Ok(match &c.restore {
         RestoreFrom::Nothing => None,
-        RestoreFrom::Latest => match load_latest_of(&c.storage, None)? {
+        // With a job id (a job resumed by an elected job manager): that
+        // job's newest, never another job's in the same storage.
+        RestoreFrom::Latest => match load_latest_of(&c.storage, c.job_id.as_deref())? {
             Some(l) => {
                 check_fallback(c, graph, &l)?;
                 let shown = format!("{} in {}", l.metadata_path, c.storage.describe());
