@@ -194,3 +194,72 @@ fn the_job_keys_say_what_a_successor_runs() {
     );
     e.resign();
 }
+
+/// A TCP proxy to `target` on loopback until `cut` is set: then it closes
+/// every connection and accepts none (etcd unreachable for its client).
+fn proxy(target: &str, cut: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::Ordering;
+    let target = target.trim_start_matches("http://").to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let address = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        let mut pairs: Vec<(TcpStream, TcpStream)> = Vec::new();
+        while !cut.load(Ordering::SeqCst) {
+            if let Ok((client, _)) = listener.accept() {
+                let Ok(server) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 << 10];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                pairs.push((client, server));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for (client, server) in pairs {
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            let _ = server.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    format!("http://{address}")
+}
+
+/// A leader cut off from etcd gives up on its own, before its lease can
+/// expire in etcd (it counts the lease's life from its last keep-alive
+/// sent): it is told while its leader key still exists, so no standby can
+/// have been elected yet.
+#[test]
+fn a_leader_cut_off_from_etcd_gives_up_before_its_lease_expires() {
+    let Some(url) = etcd_url("a_leader_cut_off_from_etcd") else {
+        return;
+    };
+    let direct = settings(&url, "cut-off");
+    let mut through_proxy = direct.clone();
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    through_proxy.etcd = proxy(&url, std::sync::Arc::clone(&cut));
+    // A long TTL: the leader's own count, not etcd's expiry, must end it.
+    through_proxy.ttl = Duration::from_secs(10);
+    let (a, _thread, lost) = campaign(&through_proxy, "10.0.0.1:6123");
+    let a = a.recv_timeout(DEADLINE).expect("the candidate wins");
+    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    let cause = lost.recv_timeout(DEADLINE).expect("the leader is told");
+    assert!(cause.contains("not renewed"), "{cause}");
+    assert_eq!(
+        leader_address(&direct).as_deref(),
+        Some("10.0.0.1:6123"),
+        "the lease expired in etcd before the leader gave up"
+    );
+    a.abandon();
+}
