@@ -20,7 +20,7 @@ CHECKPOINTS_BEFORE_KILL=${CHECKPOINTS_BEFORE_KILL:-3}
 WAIT_S=${WAIT_S:-120}
 
 epoch() { date -u -d "$1" +%s.%N; }
-ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b - a) * 1000 }'; }
+ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { d = (b - a) * 1000; if (d < 0) d = 0; printf "%.0f", d }'; }
 # wait_for PATTERN COUNT: until the log has COUNT lines matching PATTERN; prints the last one.
 wait_for() {
   local deadline=$(( $(date +%s) + WAIT_S ))
