@@ -46,28 +46,6 @@ fn summed_parts(stderr: &str) -> (String, usize) {
     (format!("RESULT {}", text.join(" ")), parts)
 }
 
-/// The newest completed checkpoint's id under `ck` (any job).
-fn newest_checkpoint(ck: &Path) -> Option<u64> {
-    let mut newest = None;
-    for job in std::fs::read_dir(ck).ok()?.flatten() {
-        for chk in std::fs::read_dir(job.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = chk.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name
-                .strip_prefix("chk-")
-                .and_then(|n| n.parse::<u64>().ok())
-                && chk.path().join("_metadata").exists()
-            {
-                newest = newest.max(Some(id));
-            }
-        }
-    }
-    newest
-}
-
 fn cluster_args(out: &Path, ck: &Path, records: u64, keys: u64, extra: &[&str]) -> Vec<String> {
     let mut args = strings(&[
         "run",

@@ -13,7 +13,6 @@ mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -237,42 +236,6 @@ fn pump(state: &ProxyState, pipe: &Pipe, upward: bool) {
 // ---------------------------------------------------------------------------
 // The cluster.
 
-/// The newest completed checkpoint's id under `ck` (any job).
-fn newest_checkpoint(ck: &Path) -> Option<u64> {
-    let mut newest = None;
-    for job in std::fs::read_dir(ck).ok()?.flatten() {
-        for chk in std::fs::read_dir(job.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = chk.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name
-                .strip_prefix("chk-")
-                .and_then(|n| n.parse::<u64>().ok())
-                && chk.path().join("_metadata").exists()
-            {
-                newest = newest.max(Some(id));
-            }
-        }
-    }
-    newest
-}
-
-/// Polls `done` on `process`'s stderr until it answers, failing the test
-/// after [`PHASE`].
-fn wait_for<T>(process: &Process, what: &str, done: impl Fn(&str) -> Option<T>) -> T {
-    let deadline = Instant::now() + PHASE;
-    loop {
-        let stderr = process.stderr_so_far();
-        if let Some(value) = done(&stderr) {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "never {what}: {stderr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits until every process ended by itself, within [`PHASE`]; their runs.
 fn ended<const N: usize>(mut processes: [Process; N]) -> [Run; N] {
     let deadline = Instant::now() + PHASE;
@@ -474,4 +437,10 @@ fn a_dropped_connection_between_task_managers_fails_over_exactly_once() {
 #[test]
 fn a_stalled_connection_between_task_managers_fails_over_exactly_once() {
     fault_between_task_managers_fails_over(Fault::Stall);
+}
+
+/// Polls `done` on `process`'s stderr until it answers, failing the test
+/// after [`PHASE`].
+fn wait_for<T>(process: &Process, what: &str, done: impl Fn(&str) -> Option<T>) -> T {
+    wait_for_stderr(process, what, PHASE, done)
 }

@@ -13,7 +13,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -35,36 +34,6 @@ fn etcd_url(test: &str) -> Option<String> {
             );
             None
         }
-    }
-}
-
-/// A completed checkpoint exists under `ck` (any job).
-fn a_checkpoint_completed(ck: &Path) -> bool {
-    let Ok(jobs) = std::fs::read_dir(ck) else {
-        return false;
-    };
-    jobs.flatten().any(|job| {
-        std::fs::read_dir(job.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|chk| {
-                chk.file_name().to_string_lossy().starts_with("chk-")
-                    && chk.path().join("_metadata").exists()
-            })
-    })
-}
-
-/// Waits until `process`'s stderr satisfies `done` (generous deadline).
-fn wait_for(process: &Process, what: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let stderr = process.stderr_so_far();
-        if done(&stderr) {
-            return stderr;
-        }
-        assert!(Instant::now() < deadline, "never {what}: {stderr}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -139,7 +108,7 @@ fn sigkill_of_the_leading_job_manager_lets_the_standby_finish_the_job_exactly_on
         .collect();
     wait_for(&a, "deployed", |s| s.contains("deployed on task managers"));
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !a_checkpoint_completed(&ck) {
+    while newest_checkpoint(&ck).is_none() {
         assert!(
             Instant::now() < deadline,
             "no checkpoint completed: {}",
@@ -182,4 +151,11 @@ fn sigkill_of_the_leading_job_manager_lets_the_standby_finish_the_job_exactly_on
         "committed output lines: {b_run}"
     );
     check_keyed_count_output(&lines, records, keys);
+}
+
+/// Waits until `process`'s stderr satisfies `done` (generous deadline).
+fn wait_for(process: &Process, what: &str, done: impl Fn(&str) -> bool) -> String {
+    wait_for_stderr(process, what, Duration::from_secs(120), |stderr| {
+        done(stderr).then(|| stderr.to_owned())
+    })
 }

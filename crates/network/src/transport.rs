@@ -534,7 +534,7 @@ impl Transport for TcpTransport {
         let every = credit_batch(capacity);
         let taken = AtomicUsize::new(0);
         Ok(Signal::with_callback(move || {
-            if (taken.fetch_add(1, Ordering::Relaxed) + 1) % every == 0 {
+            if (taken.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(every) {
                 inb.wake(id);
             }
         }))

@@ -1087,3 +1087,45 @@ pub fn check_window_count_output(lines: &[String], wt: &Wt) {
         );
     }
 }
+
+/// The newest completed checkpoint's id under checkpoint directory `ck`
+/// (any job): a `chk-N` directory with its `_metadata`.
+pub fn newest_checkpoint(ck: &Path) -> Option<u64> {
+    let mut newest = None;
+    for job in std::fs::read_dir(ck).ok()?.flatten() {
+        for chk in std::fs::read_dir(job.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = chk.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name
+                .strip_prefix("chk-")
+                .and_then(|n| n.parse::<u64>().ok())
+                && chk.path().join("_metadata").exists()
+            {
+                newest = newest.max(Some(id));
+            }
+        }
+    }
+    newest
+}
+
+/// Polls `done` on `process`'s stderr so far until it answers, failing the
+/// test after `within` (a bound on a wait, never reached when all is well).
+pub fn wait_for_stderr<T>(
+    process: &Process,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&str) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let stderr = process.stderr_so_far();
+        if let Some(value) = done(&stderr) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {stderr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
