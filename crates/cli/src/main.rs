@@ -52,6 +52,19 @@ enum Command {
         #[command(subcommand)]
         job: Job,
     },
+    /// Be the job manager of a job whose task managers are started separately
+    /// (as Flink's `jobmanager`): `run JOB`, where `--task-managers N` is
+    /// required. Every process runs the same job with the same job flags.
+    Jobmanager {
+        #[command(subcommand)]
+        job: Job,
+    },
+    /// Be a task manager of a job (as Flink's `taskmanager`): `run JOB`,
+    /// where `--jobmanager HOST:PORT` (or `--ha-etcd URL`) is required.
+    Taskmanager {
+        #[command(subcommand)]
+        job: Job,
+    },
     /// Lists the jobs of a running flowstate (through its HTTP API).
     List(remote::ListArgs),
     /// Takes a savepoint of a running job.
@@ -331,6 +344,17 @@ fn run_job(job: Job) -> Result<(), AppError> {
 
 impl Job {
     /// The job's runtime flags.
+    /// The job's cluster flags.
+    fn cluster(&self) -> &flowstate::app::ClusterArgs {
+        match self {
+            Job::KeyedCount(args) => &args.runtime.cluster,
+            Job::Wordcount(args) => &args.runtime.cluster,
+            Job::WindowCount(args) => &args.runtime.cluster,
+            Job::KafkaCount(args) => &args.runtime.cluster,
+            Job::Nexmark(args) => &args.runtime.cluster,
+        }
+    }
+
     fn runtime_mut(&mut self) -> &mut RuntimeArgs {
         match self {
             Job::KeyedCount(args) => &mut args.runtime,
@@ -345,6 +369,29 @@ impl Job {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { job } => run_job(job)?,
+        Command::Jobmanager { job } => {
+            if job.cluster().task_managers.is_none() {
+                return Err(AppError::Usage(
+                    "jobmanager: give --task-managers N (the task managers it waits for); \
+                     `run JOB --processes N` starts them itself"
+                        .into(),
+                )
+                .into());
+            }
+            run_job(job)?
+        }
+        Command::Taskmanager { job } => {
+            let cluster = job.cluster();
+            if cluster.jobmanager.is_none() && cluster.ha_etcd.is_none() {
+                return Err(AppError::Usage(
+                    "taskmanager: give --jobmanager HOST:PORT (or --ha-etcd URL to find it in \
+                     etcd)"
+                        .into(),
+                )
+                .into());
+            }
+            run_job(job)?
+        }
         Command::CheckSavepoint(args) => check::check_savepoint(args)?,
         Command::List(args) => remote::list(args)?,
         Command::Savepoint(args) => remote::savepoint(args)?,

@@ -396,3 +396,27 @@ fn committed(dir: &Path) -> usize {
         .map(|text| text.lines().count())
         .sum()
 }
+
+/// `jobmanager JOB` and `taskmanager JOB` (Flink's shape) insist on their
+/// role's flag, naming it, with the usage exit code; run nothing otherwise.
+#[test]
+fn jobmanager_and_taskmanager_name_the_flag_their_role_needs() {
+    let tmp = tempdir();
+    let run = flowstate(
+        tmp.path(),
+        &["jobmanager", "keyed-count", "--records", "10"],
+    );
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stderr.contains("--task-managers N"), "{run}");
+    let run = flowstate(
+        tmp.path(),
+        &["taskmanager", "keyed-count", "--records", "10"],
+    );
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stderr.contains("--jobmanager HOST:PORT"), "{run}");
+    assert!(
+        flowstate(tmp.path(), &["jobmanager", "--help"])
+            .stdout
+            .contains("keyed-count")
+    );
+}

@@ -92,11 +92,19 @@ fn sigkill_of_the_leading_job_manager_lets_the_standby_finish_the_job_exactly_on
         "--ha-id",
         &ha_id,
     ]);
+    // Flink's shape: `jobmanager JOB ...` and `taskmanager JOB ...` (`run`
+    // with a role that must be given).
+    let role = |role: &str| {
+        let mut args = job.clone();
+        args[0] = role.to_owned();
+        args
+    };
     let job_manager = [
-        job.clone(),
+        role("jobmanager"),
         strings(&["--task-managers", "2", "--cluster-listen", "127.0.0.1:0"]),
     ]
     .concat();
+    let task_manager = role("taskmanager");
     let a = start(tmp.path(), &logs, "jm-a", &job_manager);
     wait_for(&a, "elected", |s| s.contains("elected leader of job"));
     let b = start(tmp.path(), &logs, "jm-b", &job_manager);
@@ -104,7 +112,7 @@ fn sigkill_of_the_leading_job_manager_lets_the_standby_finish_the_job_exactly_on
         s.contains("standby: the job manager at")
     });
     let tms: Vec<Process> = (0..2)
-        .map(|i| start(tmp.path(), &logs, &format!("tm-{i}"), &job))
+        .map(|i| start(tmp.path(), &logs, &format!("tm-{i}"), &task_manager))
         .collect();
     wait_for(&a, "deployed", |s| s.contains("deployed on task managers"));
     let deadline = Instant::now() + Duration::from_secs(120);
