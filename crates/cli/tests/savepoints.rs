@@ -1901,3 +1901,71 @@ fn restore_latest_without_periodic_checkpoints_is_refused() {
         "the refused run created its checkpoint directory"
     );
 }
+
+/// The bug: an at-least-once job was reported as running Flink's unaligned
+/// checkpoints (`unaligned_checkpoints: true`, and per subtask), which
+/// persist in-flight data; flowstate's at-least-once does not align and
+/// persists nothing in flight. The mode says at-least-once; nothing is
+/// unaligned.
+#[test]
+fn an_at_least_once_job_is_reported_as_such_and_not_as_unaligned() {
+    let tmp = tempdir();
+    let root = tmp.path();
+    let args = strings(&[
+        "run",
+        "keyed-count",
+        "--records",
+        "100000000",
+        "--rate",
+        "20000",
+        "--mode",
+        "at-least-once",
+        "--checkpoint-interval",
+        "100ms",
+        "--checkpoint-dir",
+        arg(&root.join("ck")),
+    ]);
+    let mut job = start_served(root, &root.join("logs"), "run", &args);
+    let (addr, id) = (job.addr.clone(), job.job.clone());
+    let config = http(
+        &addr,
+        "GET",
+        &format!("/jobs/{id}/checkpoints/config"),
+        None,
+    )
+    .json();
+    assert_eq!(config.field("mode").str(), "at_least_once", "{config:?}");
+    assert_eq!(config["unaligned_checkpoints"], false, "{config:?}");
+    // A completed checkpoint's subtasks.
+    job.wait_for_records(1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (checkpoint, vertex) = loop {
+        let history = http(&addr, "GET", &format!("/jobs/{id}/checkpoints"), None).json();
+        let vertex = job.details()["vertices"][0]["id"]
+            .as_str()
+            .map(str::to_owned);
+        if let (Some(checkpoint), Some(vertex)) =
+            (history["latest"]["completed"]["id"].as_u64(), vertex)
+        {
+            break (checkpoint, vertex);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint: {history:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let subtasks = http(
+        &addr,
+        "GET",
+        &format!("/jobs/{id}/checkpoints/details/{checkpoint}/subtasks/{vertex}"),
+        None,
+    )
+    .json();
+    let subtasks = subtasks.field("subtasks").array();
+    assert!(!subtasks.is_empty());
+    for subtask in subtasks {
+        assert_eq!(subtask["unaligned_checkpoint"], false, "{subtask:?}");
+    }
+    job.process.kill();
+}

@@ -191,8 +191,9 @@ pub struct JobDescription {
 #[derive(Debug, Clone)]
 pub struct CheckpointConfigView {
     pub settings: flowstate_checkpoint::CoordinatorSettings,
-    /// Barriers aligned (exactly-once) or not.
-    pub aligned: bool,
+    /// Exactly-once (barriers aligned) or at-least-once (barriers tracked,
+    /// inputs never paused). Neither is Flink's unaligned checkpoint.
+    pub exactly_once: bool,
     /// The checkpoint storage, as it describes itself.
     pub storage: String,
 }
@@ -814,7 +815,7 @@ impl JobDescription {
             savepoint_policy: config.savepoint_policy.clone(),
             checkpoint_config: config.checkpointing.as_ref().map(|c| CheckpointConfigView {
                 settings: c.settings.clone(),
-                aligned: c.guarantee == crate::config::Guarantee::ExactlyOnce,
+                exactly_once: c.guarantee == crate::config::Guarantee::ExactlyOnce,
                 storage: c.storage.describe(),
             }),
             state_backend: config.state_backend.kind().to_string(),

@@ -176,7 +176,7 @@ impl SimulatedAttempt {
                 savepoint_policy: config.savepoint_policy.clone(),
                 checkpoint_config: Some(crate::control::CheckpointConfigView {
                     settings: c.settings.clone(),
-                    aligned: c.guarantee == crate::config::Guarantee::ExactlyOnce,
+                    exactly_once: c.guarantee == crate::config::Guarantee::ExactlyOnce,
                     storage: c.storage.describe(),
                 }),
                 state_backend: config.state_backend.kind().to_string(),

@@ -705,7 +705,6 @@ impl JobService for LocalJobs {
         let now_ms = flowstate_runtime::checkpoint::coordinator::unix_ms_now();
         let duration = end_to_end(record, now_ms);
         let end_ms = record.trigger_unix_ms.saturating_add(duration);
-        let unaligned = d.checkpoint_config.as_ref().is_some_and(|c| !c.aligned);
         let acks = vertex_tasks(record, v);
         let subtasks: Vec<SubtaskCheckpoint> = (0..d.parallelism)
             .map(|index| match acks.iter().find(|a| a.0 == index) {
@@ -731,7 +730,9 @@ impl JobService for LocalJobs {
                             duration: ms(stats.alignment),
                         }),
                         start_delay: Some(0),
-                        unaligned_checkpoint: Some(unaligned),
+                        // Not yet (issue 18): at-least-once does not
+                        // align, but persists no in-flight data either.
+                        unaligned_checkpoint: Some(false),
                         aborted: Some(false),
                         sync_duration_us: Some(us(stats.sync_pause)),
                         alignment_duration_us: Some(us(stats.alignment)),
@@ -806,7 +807,7 @@ impl JobService for LocalJobs {
         };
         let settings = &c.settings;
         Ok(CheckpointConfig {
-            mode: if c.aligned {
+            mode: if c.exactly_once {
                 "exactly_once"
             } else {
                 "at_least_once"
@@ -825,7 +826,10 @@ impl JobService for LocalJobs {
             },
             state_backend: d.state_backend.clone(),
             checkpoint_storage: c.storage.clone(),
-            unaligned_checkpoints: !c.aligned,
+            // Flink's unaligned checkpoints (barriers overtake in-flight
+            // data, which is persisted) are not built yet; at-least-once
+            // is not one of them (as in Flink, where it is a mode).
+            unaligned_checkpoints: false,
             tolerable_failed_checkpoints: u64::from(settings.tolerable_failures),
             aligned_checkpoint_timeout: 0,
             checkpoints_after_tasks_finish: false,
