@@ -188,6 +188,12 @@ struct KeyedCountArgs {
     /// Write `key,count,sum` updates into part files in this directory.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Slow the sink to this many records per second in total: it blocks as
+    /// a slow synchronous sink does, and the job runs under backpressure
+    /// (bench/unaligned.sh).
+    #[arg(long, value_name = "RECORDS_PER_S", conflicts_with = "measure_latency",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    sink_rate: Option<u64>,
     /// Benchmark mode (bench/latency.sh): stamp every record when the source
     /// makes it and end with `LATENCY ... p50_us=.. p99_us=.. max_us=..`, the
     /// age of a sample of updates at the (counting) sink, instead of RESULT.
@@ -250,6 +256,7 @@ fn run_job(job: Job) -> Result<(), AppError> {
                 keys: args.keys,
                 rate_per_s: args.rate,
                 output: args.output.clone(),
+                sink_rate_per_s: args.sink_rate,
                 ..Default::default()
             };
             let line: Box<dyn FnOnce() -> String + Send> = if args.measure_latency {

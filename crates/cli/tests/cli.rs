@@ -145,6 +145,53 @@ fn keyed_count_with_rate_gives_the_right_checksum() {
     assert_eq!(run.result_line(), expected_keyed_count_result(2_000, 100));
 }
 
+/// `--sink-rate` slows the sink (the job runs under backpressure, with
+/// checkpoints every 100 ms) but changes neither the result nor the
+/// exactly-once output; it takes at least as long as the rate says.
+#[test]
+fn keyed_count_with_a_slow_sink_gives_the_right_output() {
+    let tmp = tempdir();
+    let out = tmp.path().join("out");
+    let started = std::time::Instant::now();
+    let run = flowstate(
+        tmp.path(),
+        &[
+            "run",
+            "keyed-count",
+            "--records",
+            "20000",
+            "--keys",
+            "100",
+            "--sink-rate",
+            "40000",
+            "--parallelism",
+            "2",
+            "--output",
+            arg(&out),
+            "--checkpoint-interval",
+            "100ms",
+            "--checkpoint-dir",
+            arg(&tmp.path().join("ck")),
+        ],
+    );
+    let took = started.elapsed();
+    run.assert_success();
+    assert_eq!(run.result_line(), expected_keyed_count_result(20_000, 100));
+    check_keyed_count_output(&committed_lines(&out), 20_000, 100);
+    // 10,000 records per instance at 20,000/s, less one batch each that
+    // goes at once: a lower bound, whatever the machine's speed.
+    assert!(
+        took >= std::time::Duration::from_millis(400),
+        "the sink was not slowed: {took:?}"
+    );
+    let run = flowstate(
+        tmp.path(),
+        &["run", "keyed-count", "--records", "10", "--sink-rate", "0"],
+    );
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stderr.contains("--sink-rate"), "{run}");
+}
+
 /// Without `--output` no file is created and RESULT is still printed.
 #[test]
 fn keyed_count_without_output_creates_no_files() {

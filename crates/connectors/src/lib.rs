@@ -8,11 +8,13 @@ pub mod file;
 mod list_state;
 pub mod sequence;
 pub mod sinks;
+pub mod throttle;
 
 pub use collection::CollectionSource;
 pub use file::{FileSink, TextLinesSource};
 pub use sequence::SequenceSource;
 pub use sinks::{CollectSink, CountingSink, StdoutSink};
+pub use throttle::ThrottledSink;
 
 use thiserror::Error;
 

@@ -5,8 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use flowstate::connectors::ConnectorError;
 use flowstate::connectors::sequence::{DEFAULT_SPLITS, SequenceSource};
+use flowstate::connectors::{ConnectorError, CountingSink, FileSink, ThrottledSink};
 use flowstate::{
     FnResult, JobParameters, KeyedContext, KeyedProcessFunction, KeyedStateBackend, ParameterError,
     StreamEnvironment, ValueStateDescriptor, ValueStateHandle,
@@ -25,6 +25,10 @@ pub struct KeyedCountParams {
     /// Where committed output files go; `None` counts and drops the updates.
     pub output: Option<PathBuf>,
     pub splits: u32,
+    /// The sink writes at most this many records per second in total,
+    /// blocking as a slow synchronous sink does (backpressure); `None`: as
+    /// fast as it can.
+    pub sink_rate_per_s: Option<u64>,
 }
 
 impl KeyedCountParams {
@@ -45,6 +49,9 @@ impl KeyedCountParams {
         if let Some(output) = &self.output {
             p.insert("output", output.display(), true)?;
         }
+        if let Some(rate) = self.sink_rate_per_s {
+            p.insert("sink-rate", rate, true)?;
+        }
         Ok(p)
     }
 }
@@ -57,6 +64,7 @@ impl Default for KeyedCountParams {
             rate_per_s: None,
             output: None,
             splits: DEFAULT_SPLITS,
+            sink_rate_per_s: None,
         }
     }
 }
@@ -191,11 +199,19 @@ pub fn build(
         .process(CountAndSum::new(Arc::clone(&totals)))
         .name("Count and sum")
         .uid("count-and-sum");
-    match &params.output {
-        Some(dir) => updates.write_lines(dir)?,
-        None => {
+    match (&params.output, params.sink_rate_per_s) {
+        (Some(dir), None) => updates.write_lines(dir)?,
+        (Some(dir), Some(rate)) => updates.sink_to(
+            "Sink: Files",
+            ThrottledSink::new(FileSink::new(dir)?, rate)?,
+        ),
+        (None, None) => {
             updates.count();
         }
+        (None, Some(rate)) => updates.sink_to(
+            "Sink: Count",
+            ThrottledSink::new(CountingSink::new().0, rate)?,
+        ),
     }
     Ok(KeyedCountJob { totals })
 }
