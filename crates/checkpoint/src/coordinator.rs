@@ -135,6 +135,36 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_RETAIN: usize = 1;
 pub const DEFAULT_TOLERABLE_FAILURES: u32 = 3;
 
+/// How the barriers of one checkpoint meet at a task with several input
+/// channels (issue 18, docs/unaligned-checkpoints-design.md). Decided by the
+/// coordinator per trigger and carried by the barrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum BarrierAlignment {
+    /// The task waits for the barrier on every channel before its snapshot:
+    /// nothing in flight belongs to the checkpoint.
+    #[default]
+    Aligned,
+    /// The barrier overtakes the records in flight, which are stored with
+    /// the snapshot as channel state.
+    Unaligned,
+    /// Aligned until `deadline_unix_ms` (wall clock), unaligned from then on
+    /// (Flink's aligned-checkpoint timeout).
+    AlignedUntil { deadline_unix_ms: u64 },
+}
+
+/// Which checkpoints may be unaligned. Savepoints, stops and the final
+/// checkpoint of a bounded job are always aligned: canonical, and nothing in
+/// flight that a resume would replay after the sinks published it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlignmentPolicy {
+    #[default]
+    Aligned,
+    /// Periodic checkpoints start aligned and become unaligned once
+    /// `aligned_timeout` has passed since their trigger (zero: unaligned
+    /// from the start).
+    Unaligned { aligned_timeout: Duration },
+}
+
 /// How checkpoints are taken.
 #[derive(Debug, Clone)]
 pub struct CoordinatorSettings {
@@ -151,6 +181,8 @@ pub struct CoordinatorSettings {
     pub tolerable_failures: u32,
     /// Completed checkpoints kept.
     pub retain: usize,
+    /// Which checkpoints may be unaligned.
+    pub alignment: AlignmentPolicy,
 }
 
 impl CoordinatorSettings {
@@ -170,6 +202,7 @@ impl Default for CoordinatorSettings {
             max_concurrent: 1,
             tolerable_failures: DEFAULT_TOLERABLE_FAILURES,
             retain: DEFAULT_RETAIN,
+            alignment: AlignmentPolicy::Aligned,
         }
     }
 }
@@ -366,6 +399,8 @@ pub enum CoordinatorAction {
     Trigger {
         id: CheckpointId,
         kind: SnapshotKind,
+        /// How its barriers align (the policy's, for a periodic checkpoint).
+        alignment: BarrierAlignment,
     },
     /// Have every source record its position and inject the barrier of
     /// savepoint `id`, whose files go to `savepoint.target` (the driver
@@ -1128,6 +1163,26 @@ impl Coordinator {
         actions
     }
 
+    /// How a checkpoint triggered at `now` aligns: by the policy, except the
+    /// final checkpoint of a bounded job (aligned: after it the sinks'
+    /// `finish` publishes what a resume from it would replay).
+    fn alignment_of_checkpoint(&self, now: Now) -> BarrierAlignment {
+        if matches!(self.ending, Ending::Exhausted { .. }) {
+            return BarrierAlignment::Aligned;
+        }
+        match self.settings.alignment {
+            AlignmentPolicy::Aligned => BarrierAlignment::Aligned,
+            AlignmentPolicy::Unaligned { aligned_timeout } if aligned_timeout.is_zero() => {
+                BarrierAlignment::Unaligned
+            }
+            AlignmentPolicy::Unaligned { aligned_timeout } => BarrierAlignment::AlignedUntil {
+                deadline_unix_ms: now
+                    .unix_ms
+                    .saturating_add(u64::try_from(aligned_timeout.as_millis()).unwrap_or(u64::MAX)),
+            },
+        }
+    }
+
     fn start(
         &mut self,
         kind: SnapshotKind,
@@ -1147,7 +1202,11 @@ impl Coordinator {
                 savepoint: savepoint.clone(),
             },
             None if stop => CoordinatorAction::TriggerStopWithCheckpoint { id },
-            None => CoordinatorAction::Trigger { id, kind },
+            None => CoordinatorAction::Trigger {
+                id,
+                kind,
+                alignment: self.alignment_of_checkpoint(now),
+            },
         };
         self.pending.insert(
             id,

@@ -45,8 +45,9 @@ pub use compatibility::{
     OperatorRole, Outcome,
 };
 pub use coordinator::{
-    CheckpointStats, Coordinator, CoordinatorAction, CoordinatorSettings, Deletion,
-    ExistingCheckpoints, Now, SavepointRequest, StopPointer, Store, TaskAck, TaskStats,
+    AlignmentPolicy, BarrierAlignment, CheckpointStats, Coordinator, CoordinatorAction,
+    CoordinatorSettings, Deletion, ExistingCheckpoints, Now, SavepointRequest, StopPointer, Store,
+    TaskAck, TaskStats,
 };
 pub use job::{
     JobParameter, JobParameters, JobSection, ParameterDifference, ParameterError,

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowstate_checkpoint::coordinator::{
-    COMPLETED_STATS_MAX, Coordinator, CoordinatorAction, CoordinatorSettings, Deletion,
-    ExistingCheckpoints, Now, SavepointRequest, Store, TaskAck,
+    AlignmentPolicy, BarrierAlignment, COMPLETED_STATS_MAX, Coordinator, CoordinatorAction,
+    CoordinatorSettings, Deletion, ExistingCheckpoints, Now, SavepointRequest, Store, TaskAck,
 };
 use flowstate_checkpoint::format::{KEYED_MAGIC, METADATA_MAGIC, seal};
 use flowstate_checkpoint::keyed_file::KEYED_FILE_VERSION;
@@ -191,6 +191,7 @@ fn settings(retain: usize, tolerable_failures: u32, max_concurrent: usize) -> Co
         max_concurrent,
         tolerable_failures,
         retain,
+        alignment: AlignmentPolicy::Aligned,
     }
 }
 
@@ -330,6 +331,7 @@ impl Harness {
                 CoordinatorAction::Trigger {
                     id,
                     kind: SnapshotKind::Checkpoint,
+                    ..
                 },
             ] => *id,
             other => panic!("expected one Trigger, got {other:?}"),
@@ -1772,6 +1774,7 @@ fn is_trigger(action: &CoordinatorAction) -> Option<CheckpointId> {
         CoordinatorAction::Trigger {
             id,
             kind: SnapshotKind::Checkpoint,
+            ..
         } => Some(*id),
         _ => None,
     }
@@ -2958,4 +2961,56 @@ fn load_latest_lists_again_when_the_newest_vanished_while_it_was_read() {
         .expect("a checkpoint");
     assert_eq!(loaded.id(), 2);
     assert!(loaded.skipped.is_empty(), "{:?}", loaded.skipped);
+}
+
+/// The alignment of a trigger's barriers (issue 18): the policy's for a
+/// periodic checkpoint (unaligned, or aligned until trigger time plus the
+/// aligned timeout), always aligned for the final checkpoint of a bounded
+/// job (savepoints and stops carry no alignment: aligned by construction).
+#[test]
+fn periodic_checkpoints_align_by_the_policy_and_the_final_one_is_aligned() {
+    fn alignment(action: &CoordinatorAction) -> BarrierAlignment {
+        match action {
+            CoordinatorAction::Trigger { alignment, .. } => *alignment,
+            other => panic!("expected a Trigger, got {other:?}"),
+        }
+    }
+    let trigger = |h: &mut Harness| {
+        let now = h.advance(INTERVAL);
+        let actions = h.tick(now);
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        (now, actions[0].clone())
+    };
+    // The default: aligned.
+    let mut h = Harness::new("align-default", settings(1, 3, 1), 1);
+    let (_, action) = trigger(&mut h);
+    assert_eq!(alignment(&action), BarrierAlignment::Aligned);
+    // Unaligned from the start.
+    let mut unaligned = settings(1, 3, 1);
+    unaligned.alignment = AlignmentPolicy::Unaligned {
+        aligned_timeout: Duration::ZERO,
+    };
+    let mut h = Harness::new("align-unaligned", unaligned, 1);
+    let (_, action) = trigger(&mut h);
+    assert_eq!(alignment(&action), BarrierAlignment::Unaligned);
+    // Aligned until trigger time + 250 ms; the final checkpoint aligned.
+    let mut timeout = settings(1, 3, 1);
+    timeout.alignment = AlignmentPolicy::Unaligned {
+        aligned_timeout: Duration::from_millis(250),
+    };
+    let mut h = Harness::new("align-timeout", timeout, 1);
+    let (now, action) = trigger(&mut h);
+    assert_eq!(
+        alignment(&action),
+        BarrierAlignment::AlignedUntil {
+            deadline_unix_ms: now.unix_ms + 250
+        }
+    );
+    let id = is_trigger(&action).expect("a checkpoint");
+    h.ack_all(id);
+    let actions = h.exhausted();
+    let [last] = actions.as_slice() else {
+        panic!("expected the final checkpoint: {actions:?}");
+    };
+    assert_eq!(alignment(last), BarrierAlignment::Aligned);
 }

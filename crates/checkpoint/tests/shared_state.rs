@@ -66,6 +66,7 @@ fn settings(retain: usize) -> CoordinatorSettings {
         max_concurrent: 1,
         tolerable_failures: u32::MAX,
         retain,
+        ..CoordinatorSettings::default()
     }
 }
 

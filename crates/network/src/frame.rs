@@ -20,8 +20,10 @@ use tokio_util::codec::LengthDelimitedCodec;
 pub const MAGIC: [u8; 4] = *b"FLWS";
 /// The protocol version this crate speaks. 2: heartbeat frames (version 1
 /// had none; a version-1 peer would take one for damaged bytes, so the
-/// handshake refuses it instead).
-pub const VERSION: u16 = 2;
+/// handshake refuses it instead). 3: a barrier message carries its
+/// alignment (docs/wire-format.md §1), which a version-2 peer would read
+/// as trailing bytes.
+pub const VERSION: u16 = 3;
 /// Bytes of a [`Hello`].
 pub const HELLO_LEN: usize = 24;
 /// Bytes of a [`Reply`].
@@ -385,7 +387,7 @@ mod tests {
         assert_eq!(
             bytes,
             [
-                b'F', b'L', b'W', b'S', 2, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8
+                b'F', b'L', b'W', b'S', 3, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8
             ]
         );
         assert_eq!(Hello::decode(&bytes), Ok(hello));
@@ -395,7 +397,7 @@ mod tests {
             process: 2,
         };
         let bytes = reply.encode();
-        assert_eq!(bytes, [b'F', b'L', b'W', b'S', 2, 0, 3, 0, 2, 0, 0, 0]);
+        assert_eq!(bytes, [b'F', b'L', b'W', b'S', 3, 0, 3, 0, 2, 0, 0, 0]);
         assert_eq!(Reply::decode(&bytes), Ok(reply));
         let mut bad = hello.encode();
         bad[0] = b'G';

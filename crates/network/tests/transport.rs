@@ -7,7 +7,9 @@ mod common;
 use common::*;
 use flowstate_network::{Hello, REPLY_LEN, Reply, TcpTransport, VERSION};
 use flowstate_runtime::channel::{ChannelReceiver, ChannelSender, SendError};
-use flowstate_runtime::message::{Barrier, BarrierKind, Message, Watermark, WatermarkStatus};
+use flowstate_runtime::message::{
+    Barrier, BarrierAlignment, BarrierKind, Message, Watermark, WatermarkStatus,
+};
 use flowstate_runtime::remote::{Transport, TransportError};
 use std::io::Read;
 
@@ -17,9 +19,18 @@ fn script(n: u64) -> Vec<Message<Rec>> {
     for i in 0..120u64 {
         messages.push(batch(n * 1_000_000 + i * 10, 1 + i % 7));
         if i % 40 == 39 {
+            // Every alignment crosses the wire.
+            let alignment = match i / 40 {
+                0 => BarrierAlignment::Aligned,
+                1 => BarrierAlignment::Unaligned,
+                _ => BarrierAlignment::AlignedUntil {
+                    deadline_unix_ms: i,
+                },
+            };
             messages.push(Message::Barrier(Barrier {
                 id: i,
                 kind: BarrierKind::Checkpoint,
+                alignment,
             }));
         }
         if i % 10 == 0 {

@@ -34,7 +34,7 @@ use flowstate_checkpoint::{
 
 use crate::control::JobController;
 use crate::control_plane::{CoordinatorEvent, SavepointTargets, TaskCommand, TaskHandle};
-use crate::message::Barrier;
+use crate::message::{Barrier, BarrierAlignment};
 use crate::metrics::JobMetrics;
 
 /// Longest the coordinator's thread waits for an event before it ticks: a
@@ -207,11 +207,16 @@ impl CoordinatorDriver {
     /// (the outcome of a metadata write is reported with it).
     fn dispatch(&mut self, action: CoordinatorAction, now: Now) {
         match action {
-            CoordinatorAction::Trigger { id, kind } => {
+            CoordinatorAction::Trigger {
+                id,
+                kind,
+                alignment,
+            } => {
                 self.controller.on_triggered(id, kind, None);
                 let barrier = Barrier {
                     id,
                     kind: kind.into(),
+                    alignment,
                 };
                 self.send_to_sources(TaskCommand::Trigger(barrier));
             }
@@ -221,6 +226,7 @@ impl CoordinatorDriver {
                 let barrier = Barrier {
                     id,
                     kind: SnapshotKind::Checkpoint.into(),
+                    alignment: BarrierAlignment::Aligned,
                 };
                 self.send_to_sources(TaskCommand::TriggerAndSuspend(barrier));
             }
@@ -237,6 +243,7 @@ impl CoordinatorDriver {
                 let barrier = Barrier {
                     id,
                     kind: SnapshotKind::Savepoint.into(),
+                    alignment: BarrierAlignment::Aligned,
                 };
                 self.send_to_sources(if savepoint.stop {
                     TaskCommand::TriggerAndSuspend(barrier)

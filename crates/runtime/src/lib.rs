@@ -80,7 +80,9 @@ pub use error::{BuildError, JobError, TaskError, UserError};
 pub use executor::{DeterministicExecutor, JobReport, RunState, RunningJob};
 pub use flowstate_checkpoint as checkpoint;
 pub use graph::{JobGraph, NodeId, OutputId};
-pub use message::{Barrier, BarrierKind, SnapshotKind, Watermark, WatermarkStatus};
+pub use message::{
+    Barrier, BarrierAlignment, BarrierKind, SnapshotKind, Watermark, WatermarkStatus,
+};
 pub use metrics::{CheckpointProgress, JobMetrics, WatermarkGauge};
 pub use operator::{Operator, SideOutputs, StateSnapshot, TwoInputOperator};
 pub use partitioning::{KeyGroupFn, Partitioning};

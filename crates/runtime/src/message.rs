@@ -9,7 +9,7 @@
 //! Owns: [`Message`], [`Barrier`] with its kind, [`Watermark`] and
 //! [`WatermarkStatus`]. Must not touch: channels, tasks or the coordinator.
 
-pub use flowstate_checkpoint::SnapshotKind;
+pub use flowstate_checkpoint::{BarrierAlignment, SnapshotKind};
 
 /// What a barrier's snapshot is for. It travels in band with the barrier, so
 /// every operator and sink it passes learns it in the synchronous part
@@ -74,6 +74,11 @@ impl From<SnapshotKind> for BarrierKind {
 pub struct Barrier {
     pub id: u64,
     pub kind: BarrierKind,
+    /// How the barriers of this checkpoint meet at a task with several
+    /// input channels (the coordinator's decision; only `Aligned` is acted
+    /// on yet, issue 18).
+    #[serde(default)]
+    pub alignment: BarrierAlignment,
 }
 
 impl Barrier {
@@ -82,7 +87,13 @@ impl Barrier {
         Self {
             id,
             kind: BarrierKind::Checkpoint,
+            alignment: BarrierAlignment::Aligned,
         }
+    }
+
+    /// This barrier, aligned as `alignment` says.
+    pub fn with_alignment(self, alignment: BarrierAlignment) -> Self {
+        Self { alignment, ..self }
     }
 
     /// The barrier of an intermediate savepoint `id`.
@@ -90,6 +101,7 @@ impl Barrier {
         Self {
             id,
             kind: BarrierKind::Savepoint,
+            alignment: BarrierAlignment::Aligned,
         }
     }
 }

@@ -25,7 +25,7 @@ use flowstate_state::codec::{self, CodecError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::message::{Barrier, BarrierKind, Message, Watermark, WatermarkStatus};
+use crate::message::{Barrier, BarrierAlignment, BarrierKind, Message, Watermark, WatermarkStatus};
 
 /// A record type that can cross a process boundary: serde's derives are
 /// enough. Implemented for every such type.
@@ -55,6 +55,8 @@ pub enum WireError {
     UnknownKind(u8),
     #[error("unknown barrier kind {0}")]
     UnknownBarrierKind(u8),
+    #[error("unknown barrier alignment {0}")]
+    UnknownAlignment(u8),
     #[error("unknown watermark status {0}")]
     UnknownWatermarkStatus(u8),
     #[error("a batch of {0} records (a batch holds 1 to {BATCH_RECORDS_MAX})")]
@@ -140,6 +142,14 @@ impl<T> WireCodec<T> {
                     BarrierKind::StopWithSavepoint => 2,
                     BarrierKind::StopWithCheckpoint => 3,
                 });
+                match barrier.alignment {
+                    BarrierAlignment::Aligned => out.push(0),
+                    BarrierAlignment::Unaligned => out.push(1),
+                    BarrierAlignment::AlignedUntil { deadline_unix_ms } => {
+                        out.push(2);
+                        out.extend_from_slice(&deadline_unix_ms.to_le_bytes());
+                    }
+                }
             }
             Message::Watermark(watermark) => {
                 out.push(kind::WATERMARK);
@@ -190,7 +200,20 @@ impl<T> WireCodec<T> {
                     3 => BarrierKind::StopWithCheckpoint,
                     other => return Err(WireError::UnknownBarrierKind(other)),
                 };
-                Message::Barrier(Barrier { id, kind })
+                let [a] = take::<1>(&mut rest)?;
+                let alignment = match a {
+                    0 => BarrierAlignment::Aligned,
+                    1 => BarrierAlignment::Unaligned,
+                    2 => BarrierAlignment::AlignedUntil {
+                        deadline_unix_ms: u64::from_le_bytes(take(&mut rest)?),
+                    },
+                    other => return Err(WireError::UnknownAlignment(other)),
+                };
+                Message::Barrier(Barrier {
+                    id,
+                    kind,
+                    alignment,
+                })
             }
             kind::WATERMARK => Message::Watermark(Watermark(i64::from_le_bytes(take(&mut rest)?))),
             kind::WATERMARK_STATUS => {
@@ -254,13 +277,28 @@ mod tests {
         assert_eq!(
             roundtrip::<u8>(Message::Barrier(Barrier {
                 id: 258,
-                kind: BarrierKind::StopWithCheckpoint
+                kind: BarrierKind::StopWithCheckpoint,
+                alignment: BarrierAlignment::Aligned,
             })),
-            [1, 2, 1, 0, 0, 0, 0, 0, 0, 3]
+            [1, 2, 1, 0, 0, 0, 0, 0, 0, 3, 0]
         );
         assert_eq!(
             roundtrip::<u8>(Message::Barrier(Barrier::savepoint(1))),
-            [1, 1, 0, 0, 0, 0, 0, 0, 0, 1]
+            [1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0]
+        );
+        assert_eq!(
+            roundtrip::<u8>(Message::Barrier(
+                Barrier::checkpoint(7).with_alignment(BarrierAlignment::Unaligned)
+            )),
+            [1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+        );
+        assert_eq!(
+            roundtrip::<u8>(Message::Barrier(Barrier::checkpoint(7).with_alignment(
+                BarrierAlignment::AlignedUntil {
+                    deadline_unix_ms: 0x0102
+                }
+            ))),
+            [1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 1, 0, 0, 0, 0, 0, 0]
         );
         assert_eq!(
             roundtrip::<u8>(Message::Watermark(Watermark(-2))),
@@ -304,8 +342,21 @@ mod tests {
             WireError::TrailingBytes(1)
         );
         assert_eq!(
-            decode(&[1, 1, 0, 0, 0, 0, 0, 0, 0, 4]),
+            decode(&[1, 1, 0, 0, 0, 0, 0, 0, 0, 4, 0]),
             WireError::UnknownBarrierKind(4)
+        );
+        assert_eq!(
+            decode(&[1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 3]),
+            WireError::UnknownAlignment(3)
+        );
+        // A barrier of protocol version 2 (no alignment byte).
+        assert_eq!(
+            decode(&[1, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+            WireError::Truncated { needed: 1 }
+        );
+        assert_eq!(
+            decode(&[1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1]),
+            WireError::Truncated { needed: 7 }
         );
         assert_eq!(decode(&[3, 2]), WireError::UnknownWatermarkStatus(2));
         assert_eq!(decode(&[4, 0]), WireError::TrailingBytes(1));

@@ -114,6 +114,8 @@ impl Setup {
                 max_concurrent: rng.usize(1..3),
                 tolerable_failures: rng.u32(0..4),
                 retain: rng.usize(1..4),
+                // Unaligned checkpoints join the draws with issue 18's step 5.
+                alignment: flowstate_runtime::checkpoint::AlignmentPolicy::Aligned,
             },
             budget: rng.u32(0..9),
         }

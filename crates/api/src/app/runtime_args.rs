@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use flowstate_runtime::checkpoint::{CoordinatorSettings, LeaseSettings, Location, open_storage};
+use flowstate_runtime::checkpoint::{
+    AlignmentPolicy, CoordinatorSettings, LeaseSettings, Location, open_storage,
+};
 use flowstate_runtime::{CheckpointingConfig, ExecutionConfig, Guarantee, RestoreFrom};
 
 use super::error::AppError;
@@ -420,6 +422,8 @@ impl RuntimeArgs {
                 max_concurrent: 1,
                 tolerable_failures: self.tolerable_failures,
                 retain: self.retain as usize,
+                // Unaligned checkpoints are not offered yet (issue 18).
+                alignment: AlignmentPolicy::Aligned,
             },
             guarantee: match self.mode {
                 Mode::ExactlyOnce => Guarantee::ExactlyOnce,
