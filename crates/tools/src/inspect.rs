@@ -812,6 +812,7 @@ mod tests {
                     mode: RedistributionMode::Split,
                     elements: vec![b"abc".to_vec(), b"de".to_vec()],
                 }],
+                channels: None,
             });
         }
         let metadata = CheckpointMetadata {
@@ -1143,6 +1144,7 @@ mod tests {
                     keyed: None,
                     native: Some(native),
                     lists: Vec::new(),
+                    channels: None,
                 }],
             }],
             job: None,
