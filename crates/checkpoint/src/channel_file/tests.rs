@@ -107,6 +107,34 @@ fn the_documented_example_is_byte_for_byte() {
     );
 }
 
+#[test]
+fn the_documented_example_is_the_one_in_the_docs() {
+    // docs/savepoint-format.md section 10 shows the example's bytes; they
+    // are the bytes written above (but for the CRC, shown as `xx`).
+    let doc = include_str!("../../../../docs/savepoint-format.md");
+    let section = doc
+        .split("## 10. Channel state files")
+        .nth(1)
+        .expect("section 10");
+    let start = section.find("46 53 43 53  01").expect("the example");
+    let mut shown = Vec::new();
+    for line in section[start..].lines() {
+        if line.starts_with("```") {
+            break;
+        }
+        for token in line.split_whitespace() {
+            match u8::from_str_radix(token, 16) {
+                Ok(byte) if token.len() == 2 => shown.push(byte),
+                _ => break,
+            }
+        }
+    }
+    let storage = memory("golden-doc");
+    write_channel_state_file(storage.as_ref(), EXAMPLE_PATH, &example()).unwrap();
+    let bytes = storage.get(EXAMPLE_PATH).unwrap();
+    assert_eq!(shown, bytes[..bytes.len() - 4]);
+}
+
 /// Two inputs: a hash edge with three key groups, a rebalance edge.
 fn two_inputs() -> ChannelStateContents {
     ChannelStateContents {
