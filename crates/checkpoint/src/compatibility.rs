@@ -637,6 +637,7 @@ mod tests {
                 }),
                 native: None,
                 lists: Vec::new(),
+                channels: None,
             }],
         }
     }

@@ -11,6 +11,9 @@ use crate::CheckpointError;
 pub const METADATA_MAGIC: [u8; 4] = *b"FSMD";
 /// Magic of a keyed state file.
 pub const KEYED_MAGIC: [u8; 4] = *b"FSKS";
+/// Magic of a channel state file (the in-flight records of an unaligned
+/// checkpoint, [`crate::channel_file`]).
+pub const CHANNEL_STATE_MAGIC: [u8; 4] = *b"FSCS";
 /// Magic of a job's restore pointer (`<job>/_restored_from`).
 pub const RESTORE_POINTER_MAGIC: [u8; 4] = *b"FSRP";
 

@@ -387,7 +387,7 @@ pub fn read_keyed_file(
 
 /// Checks that storage holds `file` with its recorded size (so a file
 /// replaced by a larger one is never read whole).
-fn check_stored_size(
+pub(crate) fn check_stored_size(
     storage: &dyn CheckpointStorage,
     file: &FileRef,
 ) -> Result<(), CheckpointError> {

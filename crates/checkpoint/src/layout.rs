@@ -44,6 +44,13 @@ pub fn keyed_state_path(job_id: &str, id: CheckpointId, uid: &str, subtask: u32)
     format!("{job_id}/chk-{id}/{}-{subtask}.keyed", sanitize(uid))
 }
 
+/// The channel state file of one task instance (the in-flight records of an
+/// unaligned checkpoint), named after the task's head operator:
+/// `<job-id>/chk-<n>/<sanitized uid>-<subtask>.channels`.
+pub fn channel_state_path(job_id: &str, id: CheckpointId, uid: &str, subtask: u32) -> String {
+    format!("{job_id}/chk-{id}/{}-{subtask}.channels", sanitize(uid))
+}
+
 /// Escapes `text` as one path segment, injectively: ASCII letters, digits,
 /// `-`, `_` and `.` stay, every other byte becomes `~` and two hex digits (so
 /// does `~` itself). Unlike [`sanitize`], two different texts never give the
@@ -161,6 +168,18 @@ mod tests {
             parse_metadata_path(&native_private_path("job", 3, "op", 0, METADATA_FILE)),
             None,
             "a native file named like metadata is not metadata"
+        );
+    }
+
+    #[test]
+    fn channel_state_paths() {
+        assert_eq!(
+            channel_state_path("job-1", 7, "count-and-sum", 0),
+            "job-1/chk-7/count-and-sum-0.channels"
+        );
+        assert_eq!(
+            channel_state_path("j", 3, "a/b", 2),
+            "j/chk-3/a_b-2.channels"
         );
     }
 

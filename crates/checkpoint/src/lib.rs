@@ -4,7 +4,8 @@
 //! Owns: the [`storage::CheckpointStorage`] trait and its implementations; the
 //! on-storage layout ([`layout`]); the sealed file format with checksums
 //! ([`format`](mod@format)); checkpoint metadata ([`metadata`]); keyed state files indexed by
-//! key group ([`keyed_file`]); the JSON codec of operator list state
+//! key group ([`keyed_file`]); channel state files, the in-flight records of
+//! an unaligned checkpoint ([`channel_file`]); the JSON codec of operator list state
 //! ([`list_state`]); a backend's native files, uploaded and fetched
 //! back ([`native_files`]); the coordinator's state machine ([`coordinator`]),
 //! including when files shared between checkpoints are deleted, and how a
@@ -23,6 +24,7 @@
 //! delete, notify completion); this crate never calls into the runtime.
 
 pub mod background;
+pub mod channel_file;
 pub mod compatibility;
 pub mod coordinator;
 pub mod effects;
@@ -56,9 +58,9 @@ pub use job::{
 pub use lease::{Lease, LeaseError, LeaseOwner, LeaseSettings};
 pub use list_state::{ListStateError, decode_list, encode_list};
 pub use metadata::{
-    CheckpointMetadata, FileRef, KeyGroupEntry, KeyedStateHandle, METADATA_BYTES_MAX,
-    NativeFileRef, NativeStateHandle, OperatorListState, OperatorSnapshot, SnapshotKind,
-    SubtaskSnapshot, read_metadata,
+    ChannelInputState, ChannelSection, ChannelStateHandle, CheckpointMetadata, EdgePartitioning,
+    FileRef, KeyGroupEntry, KeyedStateHandle, METADATA_BYTES_MAX, NativeFileRef, NativeStateHandle,
+    OperatorListState, OperatorSnapshot, SnapshotKind, SubtaskSnapshot, read_metadata,
 };
 pub use native_files::{StorageFetcher, native_restore, upload_native};
 pub use storage::{

@@ -9,6 +9,11 @@
 //! native states) from `std::any::type_name` strings to declared names; the
 //! JSON structure is the same. Version 1 is still read ([`METADATA_VERSION`]).
 //!
+//! Version 3 adds channel state ([`ChannelStateHandle`], the in-flight records
+//! of an unaligned checkpoint, docs/savepoint-format.md section 10). Metadata
+//! without it is still written as version 2, byte for byte; a file sealed
+//! below 3 that carries `channels` is refused.
+//!
 //! Native state ([`NativeStateHandle`]) was added to version 1 without a version
 //! bump: the field is optional and omitted when absent, so older metadata reads
 //! as before and metadata without native state is written byte for byte as
@@ -31,7 +36,17 @@ use crate::{CheckpointError, CheckpointId};
 /// `std::any::type_name` strings. Both read: a version-1 file's names are
 /// turned into legacy names ([`flowstate_state::state_type::legacy`]) as it
 /// is decoded, so that everything after the decoder sees version-2 spelling.
-pub const METADATA_VERSION: u32 = 2;
+///
+/// Version 3 adds channel state ([`SubtaskSnapshot::channels`], the in-flight
+/// records of an unaligned checkpoint). It is written only when some instance
+/// has channel state; everything else is written as version 2, byte for byte
+/// ([`METADATA_VERSION_WITHOUT_CHANNELS`]). A version-2 reader would ignore
+/// the member and restore without those records; the version makes it refuse.
+pub const METADATA_VERSION: u32 = 3;
+
+/// The version of metadata without channel state (every savepoint and every
+/// aligned checkpoint).
+pub const METADATA_VERSION_WITHOUT_CHANNELS: u32 = 2;
 
 /// Largest `_metadata` file a reader accepts, checked before it is read. The
 /// metadata holds an index entry per key group and instance and the operator
@@ -153,6 +168,63 @@ pub struct SubtaskSnapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub native: Option<NativeStateHandle>,
     pub lists: Vec<OperatorListState>,
+    /// The in-flight records of an unaligned checkpoint that the instance's
+    /// task took out of its input channels after its snapshot and before the
+    /// barrier (on the task's head operator; checkpoints only). Version 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<ChannelStateHandle>,
+}
+
+/// How the records of an input edge were distributed over its consumers,
+/// which decides how channel state is dealt out on restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EdgePartitioning {
+    /// By key group: sections are per key group and go to the instance
+    /// owning it.
+    Hash,
+    /// Round robin: one section per edge, old instance `c` goes to new
+    /// instance `c % q`.
+    Rebalance,
+}
+
+/// Where one section of a channel state file lies: the records of one key
+/// group (hash edge) or of the whole edge (rebalance) as framed batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelSection {
+    /// Hash edges: the key group of every record in the section; absent for
+    /// rebalance edges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_group: Option<KeyGroup>,
+    pub offset: u64,
+    pub length: u64,
+    /// Framed batches in the section (at least 1).
+    pub batches: u64,
+    /// Records in all its batches (at least `batches`).
+    pub records: u64,
+}
+
+/// The channel state of one input edge of a task instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelInputState {
+    /// The edge's index among the head node's inputs (`ChannelId::edge`).
+    pub edge: u32,
+    /// The producing node's uid.
+    pub from_uid: String,
+    pub partitioning: EdgePartitioning,
+    /// `std::any::type_name` of the record type.
+    pub record_type: String,
+    pub sections: Vec<ChannelSection>,
+}
+
+/// The channel state file of one task instance and its index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelStateHandle {
+    pub file: FileRef,
+    /// The instance's key-group range `[start, end)` when it recorded.
+    pub key_group_start: KeyGroup,
+    pub key_group_end: KeyGroup,
+    pub inputs: Vec<ChannelInputState>,
 }
 
 /// Every instance of one operator.
@@ -185,7 +257,12 @@ impl CheckpointMetadata {
     pub fn encode(&self) -> Result<Vec<u8>, CheckpointError> {
         let json =
             serde_json::to_vec_pretty(self).map_err(|e| CheckpointError::Invalid(e.to_string()))?;
-        Ok(seal(METADATA_MAGIC, METADATA_VERSION, &json))
+        let version = if self.has_channel_state() {
+            METADATA_VERSION
+        } else {
+            METADATA_VERSION_WITHOUT_CHANNELS
+        };
+        Ok(seal(METADATA_MAGIC, version, &json))
     }
 
     /// Reads metadata, refusing damaged files, unknown versions and a
@@ -207,6 +284,21 @@ impl CheckpointMetadata {
                 path: path.to_owned(),
                 reason: e.to_string(),
             })?;
+        if version < METADATA_VERSION && metadata.has_channel_state() {
+            let (uid, subtask) = metadata
+                .operators
+                .iter()
+                .flat_map(|o| o.subtasks.iter().map(move |s| (o, s)))
+                .find(|(_, s)| s.channels.is_some())
+                .map_or((String::new(), 0), |(o, s)| (o.uid.clone(), s.subtask));
+            return Err(CheckpointError::Corrupt {
+                path: path.to_owned(),
+                reason: format!(
+                    "operator '{uid}': subtask {subtask}: channels: channel state in version-{version} \
+                     metadata (only version {METADATA_VERSION} records it)"
+                ),
+            });
+        }
         crate::validate::check_metadata(path, &metadata)?;
         if version == 1 {
             metadata.upgrade_v1_type_names();
@@ -233,6 +325,15 @@ impl CheckpointMetadata {
         }
     }
 
+    /// Whether any instance recorded channel state (the metadata is then
+    /// written as version 3).
+    pub fn has_channel_state(&self) -> bool {
+        self.operators
+            .iter()
+            .flat_map(|o| &o.subtasks)
+            .any(|s| s.channels.is_some())
+    }
+
     /// The full size of this checkpoint's state: the files it references,
     /// including shared files earlier checkpoints uploaded (each file once,
     /// however many instances reference it), plus the operator list state it
@@ -252,6 +353,11 @@ impl CheckpointMetadata {
             .filter_map(|s| s.keyed.as_ref())
             .map(|k| k.file.size)
             .sum();
+        let channels: u64 = subtasks
+            .clone()
+            .filter_map(|s| s.channels.as_ref())
+            .map(|c| c.file.size)
+            .sum();
         let mut private = 0;
         let mut shared = BTreeMap::new();
         for native in subtasks.filter_map(|s| s.native.as_ref()) {
@@ -263,7 +369,7 @@ impl CheckpointMetadata {
                 }
             }
         }
-        keyed + lists + private + shared.values().sum::<u64>()
+        keyed + channels + lists + private + shared.values().sum::<u64>()
     }
 
     /// Every native file this checkpoint references, of every instance.
@@ -336,6 +442,7 @@ mod tests {
                         }),
                         native: None,
                         lists: Vec::new(),
+                        channels: None,
                     },
                     SubtaskSnapshot {
                         subtask: 1,
@@ -348,6 +455,7 @@ mod tests {
                             files: Vec::new(),
                         }),
                         lists: Vec::new(),
+                        channels: None,
                     },
                 ],
             }],
@@ -461,13 +569,13 @@ mod tests {
         let decoded = CheckpointMetadata::decode("m", &v1).unwrap();
         let keyed = decoded.operators[0].subtasks[0].keyed.as_ref().unwrap();
         assert_eq!(keyed.key_type, "");
-        // Version 3 is not read.
-        let v3 = seal(METADATA_MAGIC, 3, json("u64", "u64").as_bytes());
+        // Version 4 is not read.
+        let v4 = seal(METADATA_MAGIC, 4, json("u64", "u64").as_bytes());
         assert!(matches!(
-            CheckpointMetadata::decode("m", &v3),
+            CheckpointMetadata::decode("m", &v4),
             Err(CheckpointError::UnsupportedVersion {
-                found: 3,
-                supported: 2,
+                found: 4,
+                supported: 3,
                 ..
             })
         ));

@@ -8,14 +8,18 @@
 //! (a backend's own, possibly large, files) are only checked to exist with
 //! their recorded size; the backend fetches them later through a
 //! [`crate::native_files::StorageFetcher`], which verifies their checksums.
+//! Channel state files (unaligned checkpoints) are verified at load like
+//! keyed files, and their sections read again, checked, when an instance
+//! asks for them ([`LoadedCheckpoint::channel_state`]).
 
 use std::collections::{HashMap, HashSet};
 
 use flowstate_state::{KeyGroupRange, RedistributionMode, RestoredKeyedState};
 
+use crate::channel_file::{ChannelSectionBytes, VerifiedChannelFile, verify_channel_file};
 use crate::keyed_file::{KeyedFileSections, VerifiedKeyedFile, verify_keyed_file};
 use crate::layout::{METADATA_FILE, parse_metadata_path};
-use crate::metadata::{CheckpointMetadata, OperatorListState, read_metadata};
+use crate::metadata::{CheckpointMetadata, EdgePartitioning, OperatorListState, read_metadata};
 use crate::native_files::native_restore;
 use serde::{Deserialize, Serialize};
 
@@ -81,7 +85,28 @@ pub struct LoadedCheckpoint {
     /// newest first (empty for [`load`]).
     pub skipped: Vec<SkippedSnapshot>,
     files: HashMap<String, std::sync::Arc<VerifiedKeyedFile>>,
+    channel_files: HashMap<String, std::sync::Arc<VerifiedChannelFile>>,
     storage: SharedStorage,
+}
+
+/// The channel state one new instance takes for one input edge of its head
+/// operator ([`LoadedCheckpoint::channel_state`]): verified sections, still
+/// encoded, in the order to replay them (old subtask, then key group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredChannelInput {
+    pub edge: u32,
+    pub from_uid: String,
+    pub partitioning: EdgePartitioning,
+    pub record_type: String,
+    pub sections: Vec<RestoredChannelSection>,
+}
+
+/// One section of a [`RestoredChannelInput`] and the old instance that
+/// recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredChannelSection {
+    pub old_subtask: u32,
+    pub section: ChannelSectionBytes,
 }
 
 /// A snapshot that `--restore latest` tried and could not load, so that it
@@ -369,11 +394,16 @@ pub fn load(storage: &SharedStorage, path: &str) -> Result<LoadedCheckpoint, Che
     };
     let metadata = read_metadata(storage.as_ref(), &metadata_path)?;
     let mut files = HashMap::new();
+    let mut channel_files = HashMap::new();
     for operator in &metadata.operators {
         for subtask in &operator.subtasks {
             if let Some(keyed) = &subtask.keyed {
                 let verified = verify_keyed_file(storage.as_ref(), keyed)?;
                 files.insert(keyed.file.path.clone(), std::sync::Arc::new(verified));
+            }
+            if let Some(channels) = &subtask.channels {
+                let verified = verify_channel_file(storage.as_ref(), channels)?;
+                channel_files.insert(channels.file.path.clone(), std::sync::Arc::new(verified));
             }
         }
     }
@@ -384,6 +414,7 @@ pub fn load(storage: &SharedStorage, path: &str) -> Result<LoadedCheckpoint, Che
         metadata_path,
         skipped: Vec::new(),
         files,
+        channel_files,
         storage: SharedStorage::clone(storage),
     })
 }
@@ -629,6 +660,80 @@ impl LoadedCheckpoint {
                 restored
                     .native
                     .push(native_restore(storage, handle, reusable));
+            }
+        }
+        Ok(restored)
+    }
+
+    /// The channel state (in-flight records of an unaligned checkpoint) that
+    /// new instance `index` of `parallelism`, owning the key groups `range`,
+    /// takes for input `edge` of head operator `uid`; `None` if no old
+    /// instance recorded any for that edge.
+    ///
+    /// - hash edge: the sections whose key group lies in `range`, from every
+    ///   old instance (each key group's records go to the instance owning it,
+    ///   whatever the old parallelism);
+    /// - rebalance edge: the whole section of old instance `c` goes to new
+    ///   instance `c % parallelism` (each old channel's order kept).
+    ///
+    /// Sections come in old subtask order, then key group order. Each is
+    /// read again and checked against the checksum seen when the checkpoint
+    /// was loaded; its batches stay encoded (decoding needs the record type).
+    pub fn channel_state(
+        &self,
+        uid: &str,
+        edge: u32,
+        index: u32,
+        parallelism: u32,
+        range: KeyGroupRange,
+    ) -> Result<Option<RestoredChannelInput>, CheckpointError> {
+        let Some(operator) = self.metadata.operator(uid) else {
+            return Ok(None);
+        };
+        let mut subtasks: Vec<_> = operator
+            .subtasks
+            .iter()
+            .filter_map(|s| s.channels.as_ref().map(|c| (s.subtask, c)))
+            .collect();
+        subtasks.sort_by_key(|(subtask, _)| *subtask);
+        let mut restored: Option<RestoredChannelInput> = None;
+        for (old_subtask, handle) in subtasks {
+            let Some((input_index, input)) = handle
+                .inputs
+                .iter()
+                .enumerate()
+                .find(|(_, i)| i.edge == edge)
+            else {
+                continue;
+            };
+            let verified = self.channel_files.get(&handle.file.path).ok_or_else(|| {
+                CheckpointError::Corrupt {
+                    path: handle.file.path.clone(),
+                    reason: "not loaded".into(),
+                }
+            })?;
+            let restored = restored.get_or_insert_with(|| RestoredChannelInput {
+                edge,
+                from_uid: input.from_uid.clone(),
+                partitioning: input.partitioning,
+                record_type: input.record_type.clone(),
+                sections: Vec::new(),
+            });
+            for (section_index, section) in input.sections.iter().enumerate() {
+                let wanted = match input.partitioning {
+                    EdgePartitioning::Hash => section.key_group.is_some_and(|g| range.contains(g)),
+                    EdgePartitioning::Rebalance => old_subtask % parallelism.max(1) == index,
+                };
+                if wanted {
+                    restored.sections.push(RestoredChannelSection {
+                        old_subtask,
+                        section: verified.read_section(
+                            self.storage.as_ref(),
+                            input_index,
+                            section_index,
+                        )?,
+                    });
+                }
             }
         }
         Ok(restored)

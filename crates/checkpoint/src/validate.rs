@@ -15,16 +15,21 @@
 //! and cover every key group when the operator has keyed state; subtask
 //! indices are unique and below the parallelism; a keyed file's key-group
 //! index is contiguous and lies inside the recorded file size; the `job`
-//! section (if any) has a known version and keeps the parameter limits.
+//! section (if any) has a known version and keeps the parameter limits;
+//! channel state (if any) is in a checkpoint, in its directory, with the
+//! instance's key-group range and an index that tiles its file.
 //!
 //! Must not touch: storage. It looks at the decoded metadata only.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use flowstate_state::{KeyGroup, MAX_PARALLELISM_LIMIT};
 
 use crate::CheckpointError;
-use crate::metadata::{CheckpointMetadata, FileRef, KeyedStateHandle, SnapshotKind};
+use crate::metadata::{
+    ChannelStateHandle, CheckpointMetadata, EdgePartitioning, FileRef, KeyedStateHandle,
+    SnapshotKind,
+};
 
 /// Longest job id, uid, state name, list name or backend name, in bytes.
 pub const NAME_BYTES_MAX: usize = 512;
@@ -87,6 +92,7 @@ pub fn check_metadata(path: &str, metadata: &CheckpointMetadata) -> Result<(), C
         }
         let mut subtasks = HashSet::new();
         let mut ranges: Vec<(KeyGroup, KeyGroup, u32)> = Vec::new();
+        let mut edges: HashMap<u32, (&str, EdgePartitioning, &str)> = HashMap::new();
         for subtask in &operator.subtasks {
             let index = subtask.subtask;
             let at = |what: String| at(format!("subtask {index}: {what}"));
@@ -148,6 +154,10 @@ pub fn check_metadata(path: &str, metadata: &CheckpointMetadata) -> Result<(), C
                         .map_err(|e| at(format!("native file '{}': {e}", file.name)))?;
                 }
             }
+            if let Some(channels) = &subtask.channels {
+                check_channels(metadata, parallelism, index, channels, &mut edges)
+                    .map_err(|e| at(format!("channels: {e}")))?;
+            }
             for list in &subtask.lists {
                 check_name(&list.name)
                     .map_err(|e| at(format!("operator list state {:?}: {e}", list.name)))?;
@@ -156,6 +166,89 @@ pub fn check_metadata(path: &str, metadata: &CheckpointMetadata) -> Result<(), C
         check_coverage(&mut ranges, max_parallelism).map_err(at)?;
     }
     Ok(())
+}
+
+/// The key-group range instance `index` of `parallelism` owns
+/// ([`flowstate_state::KeyGroupRange::for_operator`], without its assertion:
+/// the numbers come from a file).
+fn owned_range(index: u32, parallelism: u32, max_parallelism: u32) -> (KeyGroup, KeyGroup) {
+    let (m, p, i) = (
+        u64::from(max_parallelism),
+        u64::from(parallelism.max(1)),
+        u64::from(index),
+    );
+    let start = (i * m).div_ceil(p).min(m);
+    let end = ((i + 1) * m).div_ceil(p).min(m);
+    (start as KeyGroup, end as KeyGroup)
+}
+
+/// The channel state of instance `index` (docs/savepoint-format.md,
+/// section 10): only in checkpoints, in the checkpoint's own directory, with
+/// the instance's key-group range, plain names, an index that tiles the
+/// file ([`crate::channel_file`]), and every edge the same (producer,
+/// partitioning, record type) in every instance of the operator (`edges`).
+fn check_channels<'a>(
+    metadata: &CheckpointMetadata,
+    parallelism: u32,
+    index: u32,
+    channels: &'a ChannelStateHandle,
+    edges: &mut HashMap<u32, (&'a str, EdgePartitioning, &'a str)>,
+) -> Result<(), String> {
+    if metadata.kind == SnapshotKind::Savepoint {
+        return Err("a savepoint holds channel state (savepoints are always aligned)".into());
+    }
+    check_file(&metadata.kind, &metadata.job_id, &channels.file)
+        .map_err(|e| format!("file: {e}"))?;
+    let dir = crate::layout::checkpoint_dir(&metadata.job_id, metadata.checkpoint_id);
+    if !channels.file.path.starts_with(&dir) {
+        return Err(format!(
+            "file: '{}' lies outside the checkpoint's directory '{dir}'",
+            channels.file.path
+        ));
+    }
+    let expected = owned_range(index, parallelism, metadata.max_parallelism);
+    let found = (channels.key_group_start, channels.key_group_end);
+    if found != expected {
+        return Err(format!(
+            "key_group_start..key_group_end {}..{} is not the range {}..{} of subtask {index} of \
+             {parallelism}",
+            found.0, found.1, expected.0, expected.1
+        ));
+    }
+    for input in &channels.inputs {
+        let edge = input.edge;
+        check_name(&input.from_uid)
+            .map_err(|e| format!("inputs (edge {edge}): from_uid {:?}: {e}", input.from_uid))?;
+        if input.record_type.is_empty()
+            || input.record_type.len() > NAME_BYTES_MAX * 8
+            || input.record_type.chars().any(char::is_control)
+        {
+            return Err(format!(
+                "inputs (edge {edge}): record_type of {} bytes (1 to {}, no control characters)",
+                input.record_type.len(),
+                NAME_BYTES_MAX * 8
+            ));
+        }
+        let this = (
+            input.from_uid.as_str(),
+            input.partitioning,
+            input.record_type.as_str(),
+        );
+        match edges.get(&edge) {
+            Some(seen) if *seen != this => {
+                return Err(format!(
+                    "inputs (edge {edge}): from_uid, partitioning or record_type differ from \
+                     another subtask's ({:?} / {:?} / {:?})",
+                    seen.0, seen.1, seen.2
+                ));
+            }
+            Some(_) => {}
+            None => {
+                edges.insert(edge, this);
+            }
+        }
+    }
+    crate::channel_file::check_index(channels)
 }
 
 /// Key-group ranges of one operator: disjoint, and together every key group

@@ -161,6 +161,7 @@ fn write_task_file(
             mode: RedistributionMode::Split,
             elements: vec![format!("{id}:{task}").into_bytes()],
         }],
+        channels: None,
     }
 }
 
@@ -1302,6 +1303,7 @@ fn a_loaded_checkpoint_deals_state_out_to_another_parallelism() {
                     elements: vec![format!("union-{task}").into_bytes()],
                 },
             ],
+            channels: None,
         };
         let mut a = ack(id, task, keyed);
         a.operators

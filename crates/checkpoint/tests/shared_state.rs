@@ -86,6 +86,7 @@ fn native_ack(id: CheckpointId, task: usize, handle: NativeStateHandle, bytes: u
                 keyed: None,
                 native: Some(handle),
                 lists: Vec::new(),
+                channels: None,
             },
         )],
         bytes,

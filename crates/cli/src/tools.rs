@@ -185,7 +185,16 @@ fn render_summary(summary: &SnapshotSummary, out: &mut impl Write) -> io::Result
                     native.backend, native.files, native.shared_files, native.bytes
                 ));
             }
-            if subtask.key_groups.is_none() && subtask.lists.is_empty() {
+            if let Some(channels) = &subtask.channels {
+                line.push_str(&format!(
+                    ", channel state {} ({} bytes)",
+                    channels.path, channels.size
+                ));
+            }
+            if subtask.key_groups.is_none()
+                && subtask.lists.is_empty()
+                && subtask.channels.is_none()
+            {
                 line.push_str(" no state");
             }
             writeln!(out, "{line}")?;
@@ -194,6 +203,20 @@ fn render_summary(summary: &SnapshotSummary, out: &mut impl Write) -> io::Result
                     out,
                     "    list state {}: {:?}, {} elements, {} bytes",
                     list.name, list.mode, list.elements, list.bytes
+                )?;
+            }
+            for input in subtask.channels.iter().flat_map(|c| &c.inputs) {
+                writeln!(
+                    out,
+                    "    in-flight input {} from {} ({:?}, {}): {} sections, {} batches, {} records, {} bytes",
+                    input.edge,
+                    input.from_uid,
+                    input.partitioning,
+                    input.record_type,
+                    input.sections,
+                    input.batches,
+                    input.records,
+                    input.bytes
                 )?;
             }
             if let Some(problem) = &subtask.problem {
@@ -329,6 +352,9 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
             let role = match &file.role {
                 FileRole::Metadata => "metadata".to_owned(),
                 FileRole::Keyed { uid, subtask } => format!("keyed state of {uid} #{subtask}"),
+                FileRole::Channels { uid, subtask } => {
+                    format!("channel state of {uid} #{subtask}")
+                }
                 FileRole::Native {
                     uid,
                     subtask,

@@ -142,6 +142,7 @@ fn big_ack(task: usize) -> TaskEvent {
                     mode: RedistributionMode::Union,
                     elements,
                 }],
+                channels: None,
             },
         )],
         bytes: 2000 * 1024,

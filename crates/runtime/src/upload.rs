@@ -126,6 +126,7 @@ pub(crate) fn upload_snapshot(
                 keyed,
                 native,
                 lists,
+                channels: None,
             },
         ));
     }

@@ -169,6 +169,7 @@ fn child(dir: &std::path::Path) {
                     keyed: Some(handle),
                     native: None,
                     lists: Vec::new(),
+                    channels: None,
                 }],
             }],
             job: None,

@@ -19,8 +19,11 @@ use std::io::Read;
 use serde::Serialize;
 use thiserror::Error;
 
+use flowstate_checkpoint::channel_file::verify_channel_file;
 use flowstate_checkpoint::keyed_file::{read_verified, verify_file};
-use flowstate_checkpoint::metadata::{FileRef, KeyGroupEntry, KeyedStateHandle, SnapshotKind};
+use flowstate_checkpoint::metadata::{
+    ChannelStateHandle, EdgePartitioning, FileRef, KeyGroupEntry, KeyedStateHandle, SnapshotKind,
+};
 use flowstate_checkpoint::storage::{CheckpointStorage, StorageError};
 use flowstate_checkpoint::{CheckpointError, CheckpointId, JobSection};
 use flowstate_state::snapshot::{SectionState, read_section};
@@ -137,6 +140,10 @@ pub struct SubtaskSummary {
     pub keyed_file: Option<KeyedFileSummary>,
     pub native: Option<NativeSummary>,
     pub lists: Vec<ListSummary>,
+    /// Its channel state (the in-flight records of an unaligned checkpoint),
+    /// from the metadata; absent if it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<ChannelStateSummary>,
     /// Why the states of its keyed file could not be read (damaged file).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -148,6 +155,48 @@ pub struct KeyedFileSummary {
     pub size: u64,
     /// Entries (keys) over all states and key groups, from the metadata.
     pub entries: u64,
+}
+
+/// The channel state file of one task instance.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelStateSummary {
+    pub path: String,
+    pub size: u64,
+    pub inputs: Vec<ChannelInputSummary>,
+}
+
+/// The recorded in-flight records of one input edge.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelInputSummary {
+    pub edge: u32,
+    pub from_uid: String,
+    pub partitioning: EdgePartitioning,
+    pub record_type: String,
+    pub sections: usize,
+    pub batches: u64,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+fn channel_summary(handle: &ChannelStateHandle) -> ChannelStateSummary {
+    ChannelStateSummary {
+        path: handle.file.path.clone(),
+        size: handle.file.size,
+        inputs: handle
+            .inputs
+            .iter()
+            .map(|input| ChannelInputSummary {
+                edge: input.edge,
+                from_uid: input.from_uid.clone(),
+                partitioning: input.partitioning,
+                record_type: input.record_type.clone(),
+                sections: input.sections.len(),
+                batches: input.sections.iter().map(|s| s.batches).sum(),
+                records: input.sections.iter().map(|s| s.records).sum(),
+                bytes: input.sections.iter().map(|s| s.length).sum(),
+            })
+            .collect(),
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -274,6 +323,7 @@ pub fn summarize(
                 keyed_file,
                 native,
                 lists,
+                channels: subtask.channels.as_ref().map(channel_summary),
                 problem,
             });
         }
@@ -315,6 +365,11 @@ pub enum FileRole {
         subtask: u32,
         name: String,
         shared: bool,
+    },
+    /// The channel state file of a task instance (unaligned checkpoints).
+    Channels {
+        uid: String,
+        subtask: u32,
     },
 }
 
@@ -464,7 +519,9 @@ fn problem_of(path: &str, error: CheckpointError) -> String {
 
 /// Checks every file the snapshot references: the metadata (an error if it
 /// is damaged: nothing else can be checked then), every keyed file (size,
-/// seal, checksum, key-group index, each section's structure) and every
+/// seal, checksum, key-group index, each section's structure), every channel
+/// state file (size, seal, checksum, index, every framed batch; in bounded
+/// memory) and every
 /// native file (size and CRC-32C; a shared file once). Keyed files are read
 /// one at a time.
 pub fn verify(
@@ -490,6 +547,21 @@ pub fn verify(
                 files.push(FileCheck {
                     path: path.to_owned(),
                     role: FileRole::Keyed {
+                        uid: operator.uid.clone(),
+                        subtask: subtask.subtask,
+                    },
+                    size: handle.file.size,
+                    problem,
+                });
+            }
+            if let Some(handle) = &subtask.channels {
+                let path = handle.file.path.as_str();
+                let problem = verify_channel_file(storage, handle)
+                    .err()
+                    .map(|e| problem_of(path, e));
+                files.push(FileCheck {
+                    path: path.to_owned(),
+                    role: FileRole::Channels {
                         uid: operator.uid.clone(),
                         subtask: subtask.subtask,
                     },
@@ -812,6 +884,7 @@ mod tests {
                     mode: RedistributionMode::Split,
                     elements: vec![b"abc".to_vec(), b"de".to_vec()],
                 }],
+                channels: None,
             });
         }
         let metadata = CheckpointMetadata {
@@ -1045,6 +1118,82 @@ mod tests {
     }
 
     #[test]
+    fn channel_state_is_summarized_and_verified() {
+        use flowstate_checkpoint::channel_file::{
+            ChannelStateContents, InputContents, SectionContents, frame_batch,
+            write_channel_state_file,
+        };
+        let storage = memory("channels");
+        let path = write_snapshot(storage.as_ref());
+        let mut metadata = read_metadata(storage.as_ref(), &path).unwrap();
+        // Instance 1 of `counter` (key groups 4..M) recorded two batches of
+        // key group 5 from `source`.
+        let mut framed = Vec::new();
+        for records in [&[(7u64, 100u64)][..], &[(7, 101), (7, 102)]] {
+            let mut payload = vec![0];
+            payload.extend_from_slice(&(records.len() as u32).to_le_bytes());
+            for record in records {
+                flowstate_state::codec::encode_into(record, &mut payload).unwrap();
+            }
+            frame_batch(&payload, &mut framed).unwrap();
+        }
+        let contents = ChannelStateContents {
+            key_group_start: 4,
+            key_group_end: M,
+            inputs: vec![InputContents {
+                edge: 0,
+                from_uid: "source".into(),
+                partitioning: EdgePartitioning::Hash,
+                record_type: "(u64, u64)".into(),
+                sections: vec![SectionContents {
+                    key_group: Some(5),
+                    framed,
+                }],
+            }],
+        };
+        let channels = "job/chk-3/counter-1.channels";
+        let handle = write_channel_state_file(storage.as_ref(), channels, &contents).unwrap();
+        metadata.operators[1].subtasks[1].channels = Some(handle);
+        storage.put(&path, metadata.encode().unwrap()).unwrap();
+
+        let summary = summarize(storage.as_ref(), &path).unwrap();
+        let counter = &summary.operators[1];
+        assert!(counter.subtasks[0].channels.is_none());
+        let summarized = counter.subtasks[1].channels.as_ref().unwrap();
+        assert_eq!(summarized.path, channels);
+        assert_eq!(summarized.inputs.len(), 1);
+        let input = &summarized.inputs[0];
+        assert_eq!(
+            (input.sections, input.batches, input.records, input.bytes),
+            (1, 2, 3, 2 * 9 + 3 * 16)
+        );
+        let json = summary.to_json().unwrap();
+        assert!(json.contains("\"partitioning\": \"hash\""), "{json}");
+
+        let report = verify(storage.as_ref(), &path).unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(report.files.len(), 4);
+        assert!(report.files.iter().any(|f| f.path == channels
+            && f.role
+                == FileRole::Channels {
+                    uid: "counter".into(),
+                    subtask: 1
+                }));
+        // A damaged channel file is reported, naming what is wrong.
+        let mut bytes = storage.get(channels).unwrap();
+        bytes[13] ^= 1;
+        storage.put(channels, bytes).unwrap();
+        let report = verify(storage.as_ref(), &path).unwrap();
+        let damaged: Vec<_> = report.damaged().collect();
+        assert_eq!(damaged.len(), 1, "{damaged:?}");
+        assert_eq!(damaged[0].path, channels);
+        assert!(
+            damaged[0].problem.as_deref().unwrap().contains("checksum"),
+            "{damaged:?}"
+        );
+    }
+
+    #[test]
     fn a_valid_seal_with_a_lying_index_is_damaged() {
         let storage = memory("index");
         let path = write_snapshot(storage.as_ref());
@@ -1143,6 +1292,7 @@ mod tests {
                     keyed: None,
                     native: Some(native),
                     lists: Vec::new(),
+                    channels: None,
                 }],
             }],
             job: None,
