@@ -468,6 +468,7 @@ pub(crate) fn build_tasks(
     if let Some(c) = checkpointing
         && let Some(loaded) = c.restored.as_ref()
     {
+        refuse_channel_state(&loaded.metadata, &loaded.metadata_path)?;
         let uids: Vec<String> = (0..graph.nodes.len()).map(|n| graph.uid(n)).collect();
         let unknown: Vec<String> = loaded
             .metadata
@@ -611,4 +612,87 @@ fn chain_name(graph: &JobGraph, consumers: &[Vec<(NodeId, usize)>], head: NodeId
 /// "a -> b (2/4)": the task of subtask `index` of a chain.
 fn task_name(chain: &str, index: u32, parallelism: u32) -> String {
     format!("{chain} ({}/{parallelism})", index + 1)
+}
+
+/// In-flight records stored by an unaligned checkpoint (metadata version 3)
+/// are not replayed yet (issue 18): a checkpoint that holds any is refused,
+/// never restored without them (its records would be lost).
+fn refuse_channel_state(
+    metadata: &flowstate_checkpoint::CheckpointMetadata,
+    path: &str,
+) -> Result<(), BuildError> {
+    let holders: Vec<String> = metadata
+        .operators
+        .iter()
+        .flat_map(|o| {
+            o.subtasks
+                .iter()
+                .filter(|s| s.channels.is_some())
+                .map(move |s| format!("'{}' subtask {}", o.uid, s.subtask))
+        })
+        .collect();
+    if holders.is_empty() {
+        return Ok(());
+    }
+    Err(BuildError::Restore(format!(
+        "{path} holds in-flight records of an unaligned checkpoint ({}), which this flowstate \
+         cannot replay yet: restore a savepoint or an aligned checkpoint",
+        holders.join(", ")
+    )))
+}
+
+#[cfg(test)]
+mod channel_state_tests {
+    use flowstate_checkpoint::{
+        ChannelStateHandle, CheckpointMetadata, FileRef, OperatorSnapshot, SnapshotKind,
+        SubtaskSnapshot,
+    };
+
+    use super::refuse_channel_state;
+
+    fn metadata(channels: Option<ChannelStateHandle>) -> CheckpointMetadata {
+        CheckpointMetadata {
+            job_id: "job".into(),
+            checkpoint_id: 7,
+            kind: SnapshotKind::Checkpoint,
+            created_unix_ms: 0,
+            max_parallelism: 128,
+            operators: vec![OperatorSnapshot {
+                uid: "count".into(),
+                name: "Count".into(),
+                parallelism: 2,
+                subtasks: vec![
+                    SubtaskSnapshot::default(),
+                    SubtaskSnapshot {
+                        subtask: 1,
+                        channels,
+                        ..SubtaskSnapshot::default()
+                    },
+                ],
+            }],
+            job: None,
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_with_channel_state_is_refused_naming_who_holds_it() {
+        assert!(refuse_channel_state(&metadata(None), "job/chk-7/_metadata").is_ok());
+        let channels = ChannelStateHandle {
+            file: FileRef {
+                path: "job/chk-7/count-1.channels".into(),
+                size: 53,
+                crc32c: 0,
+            },
+            key_group_start: 64,
+            key_group_end: 128,
+            inputs: Vec::new(),
+        };
+        let error = refuse_channel_state(&metadata(Some(channels)), "job/chk-7/_metadata")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("job/chk-7/_metadata") && error.contains("'count' subtask 1"),
+            "{error}"
+        );
+    }
 }
