@@ -13,6 +13,7 @@
 //! (the election's, [`crate::leader`]). Nothing read from the server is
 //! trusted: an answer that does not parse is an error, never a panic.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -46,15 +47,26 @@ pub struct KeyValue {
     pub lease: i64,
 }
 
-/// A client of one etcd endpoint.
+/// Endpoints of one etcd cluster a client takes at most (the members of a
+/// cluster: 3 or 5, seldom more).
+pub const ENDPOINTS_MAX: usize = 16;
+
+/// A client of an etcd cluster through one or more of its members'
+/// endpoints: a call goes to the endpoint that answered last and, when that
+/// one cannot be reached, to the next (each call is safe to repeat: keep-alive,
+/// revoke and reads are idempotent, the writes are compare-and-set
+/// transactions, and a lease granted twice expires unused).
 pub struct Etcd {
-    url: String,
+    /// The endpoints, `http://HOST:PORT` each, as given.
+    urls: Vec<String>,
+    /// The endpoint that answered last.
+    current: AtomicUsize,
     agent: ureq::Agent,
 }
 
 impl std::fmt::Debug for Etcd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Etcd").field("url", &self.url).finish()
+        f.debug_struct("Etcd").field("urls", &self.urls).finish()
     }
 }
 
@@ -74,12 +86,25 @@ fn b64(text: &str) -> String {
 }
 
 impl Etcd {
-    /// A client of the etcd at `url` (`http://HOST:PORT`); each call gives
-    /// up after `timeout`.
+    /// A client of the etcd at `url`: `http://HOST:PORT`, or several such
+    /// endpoints of one cluster separated by commas. Each attempt of a call
+    /// on one endpoint gives up after `timeout`.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, EtcdError> {
-        let url = url.trim_end_matches('/').to_owned();
-        if !url.starts_with("http://") || url.len() <= "http://".len() {
-            return Err(EtcdError::Url(url));
+        let urls: Vec<String> = url
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .collect();
+        if urls.len() > ENDPOINTS_MAX {
+            return Err(EtcdError::Url(format!(
+                "{url} ({} endpoints, at most {ENDPOINTS_MAX})",
+                urls.len()
+            )));
+        }
+        if let Some(bad) = urls
+            .iter()
+            .find(|u| !u.starts_with("http://") || u.len() <= "http://".len())
+        {
+            return Err(EtcdError::Url(bad.clone()));
         }
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -88,25 +113,51 @@ impl Etcd {
             .timeout_global(Some(timeout))
             .build();
         Ok(Self {
-            url,
+            urls,
+            current: AtomicUsize::new(0),
             agent: ureq::Agent::new_with_config(config),
         })
     }
 
+    /// The endpoint that answered last (the first one before any call).
     pub fn url(&self) -> &str {
-        &self.url
+        &self.urls[self.current.load(Ordering::Relaxed) % self.urls.len()]
     }
 
+    /// `path` with `body`, on the endpoint that answered last, then on the
+    /// others in turn while none can be reached. An answer, even an error,
+    /// is final.
     fn call(&self, path: &'static str, body: &Value) -> Result<Value, EtcdError> {
+        let first = self.current.load(Ordering::Relaxed);
+        let mut unreachable = Vec::new();
+        for i in 0..self.urls.len() {
+            let index = (first + i) % self.urls.len();
+            let url = &self.urls[index];
+            match self.agent.post(&format!("{url}{path}")).send_json(body) {
+                Ok(response) => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return self.answered(url, path, response);
+                }
+                Err(e) => unreachable.push(format!("{url}: {e}")),
+            }
+        }
+        Err(EtcdError::Call {
+            url: self.urls.join(","),
+            message: format!("{path}: no endpoint answered ({})", unreachable.join("; ")),
+        })
+    }
+
+    /// What an endpoint answered: its JSON, or the error it reported.
+    fn answered(
+        &self,
+        url: &str,
+        path: &'static str,
+        mut response: ureq::http::Response<ureq::Body>,
+    ) -> Result<Value, EtcdError> {
         let call_error = |message: String| EtcdError::Call {
-            url: self.url.clone(),
+            url: url.to_owned(),
             message: format!("{path}: {message}"),
         };
-        let mut response = self
-            .agent
-            .post(&format!("{}{path}", self.url))
-            .send_json(body)
-            .map_err(|e| call_error(e.to_string()))?;
         let status = response.status();
         let text = response
             .body_mut()
@@ -128,7 +179,7 @@ impl Etcd {
 
     fn answer(&self, path: &'static str, message: impl Into<String>) -> EtcdError {
         EtcdError::Answer {
-            url: self.url.clone(),
+            url: self.url().to_owned(),
             path,
             message: message.into(),
         }
@@ -281,6 +332,22 @@ mod tests {
         assert!(Etcd::new("http://127.0.0.1:2379/", Duration::from_secs(1)).is_ok());
         assert!(matches!(
             Etcd::new("127.0.0.1:2379", Duration::from_secs(1)),
+            Err(EtcdError::Url(_))
+        ));
+        let cluster = Etcd::new(
+            "http://10.0.0.1:2379, http://10.0.0.2:2379/,http://10.0.0.3:2379",
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(cluster.urls.len(), 3);
+        assert_eq!(cluster.url(), "http://10.0.0.1:2379");
+        assert!(matches!(
+            Etcd::new("http://10.0.0.1:2379,10.0.0.2:2379", Duration::from_secs(1)),
+            Err(EtcdError::Url(u)) if u == "10.0.0.2:2379"
+        ));
+        let many = vec!["http://h:1"; ENDPOINTS_MAX + 1].join(",");
+        assert!(matches!(
+            Etcd::new(&many, Duration::from_secs(1)),
             Err(EtcdError::Url(_))
         ));
     }

@@ -263,3 +263,29 @@ fn a_leader_cut_off_from_etcd_gives_up_before_its_lease_expires() {
     );
     a.abandon();
 }
+
+/// Several endpoints of one etcd cluster (`--ha-etcd URL,URL,...`): a member
+/// that cannot be reached is passed over, the election and the job's keys
+/// work through the one that answers.
+#[test]
+fn an_unreachable_endpoint_is_passed_over() {
+    let Some(url) = etcd_url("an_unreachable_endpoint_is_passed_over") else {
+        return;
+    };
+    // Port 1 on loopback: nothing listens there, connections are refused.
+    let mut settings = settings(&url, "endpoints");
+    settings.etcd = format!("http://127.0.0.1:1,{url}");
+    let (a, _thread, lost) = campaign(&settings, "10.0.0.9:6123");
+    let a = a.recv_timeout(DEADLINE).expect("the candidate wins");
+    a.publish_job("job-9").expect("publish");
+    assert_eq!(
+        a.standing().expect("keys"),
+        Standing::Resume("job-9".into())
+    );
+    // Its lease is kept alive through the second endpoint: still the leader
+    // after several TTLs.
+    std::thread::sleep(settings.ttl * 2);
+    assert!(lost.try_recv().is_err(), "the lease was lost");
+    assert_eq!(leader_address(&settings).as_deref(), Some("10.0.0.9:6123"));
+    a.resign();
+}

@@ -86,7 +86,8 @@ pub struct ClusterArgs {
     /// [default: the lowest free index].
     #[arg(long, value_name = "INDEX")]
     pub process_index: Option<u32>,
-    /// High availability through the etcd at URL (`http://HOST:PORT`): a job
+    /// High availability through the etcd at URL (`http://HOST:PORT`, or
+    /// several members' endpoints separated by commas): a job
     /// manager (`--task-managers N`) campaigns to lead the job and, until it
     /// wins, stands by; the winner resumes the job from its latest
     /// checkpoint. A task manager (instead of `--jobmanager`) finds the
