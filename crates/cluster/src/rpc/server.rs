@@ -309,7 +309,9 @@ async fn session(
     .await;
 
     let cause = run(&shared, process, &mut inbound, &mut closed).await;
-    tracing::info!("task manager {process} lost: {cause}");
+    // Also the normal end of a job (the task manager left when told to):
+    // the job manager says when a loss matters.
+    tracing::info!("control connection of task manager {process} ended: {cause}");
     let _ = stop.send(Stop::Now(Some(cause.clone())));
     drop(inbound);
     let _ = deliver(&shared.events, ServerEvent::Lost { process, cause }, None).await;
