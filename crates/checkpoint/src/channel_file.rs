@@ -15,7 +15,7 @@
 use flowstate_state::KeyGroup;
 
 use crate::CheckpointError;
-use crate::format::CHANNEL_STATE_MAGIC;
+use crate::format::{CHANNEL_STATE_MAGIC, check_streamed_seal};
 use crate::keyed_file::check_stored_size;
 use crate::metadata::{
     ChannelInputState, ChannelSection, ChannelStateHandle, EdgePartitioning, FileRef,
@@ -521,36 +521,14 @@ pub fn verify_channel_file(
         }
         at = chunk_end;
     }
-    if header.len() != HEADER_BYTES as usize || trailer.len() != TRAILER_BYTES as usize {
-        return Err(corrupt("header or trailer missing (truncated?)".into()));
-    }
-    if header[..4] != CHANNEL_STATE_MAGIC {
-        return Err(corrupt(format!(
-            "wrong magic {:02x?}, expected {:?}",
-            &header[..4],
-            String::from_utf8_lossy(&CHANNEL_STATE_MAGIC)
-        )));
-    }
-    let stored = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
-    if stored != whole {
-        return Err(corrupt(format!(
-            "checksum mismatch (stored {stored:08x}, computed {whole:08x}): truncated or modified"
-        )));
-    }
-    let version = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if version == 0 || version > CHANNEL_FILE_VERSION {
-        return Err(CheckpointError::UnsupportedVersion {
-            path: file.path.clone(),
-            found: version,
-            supported: CHANNEL_FILE_VERSION,
-        });
-    }
-    if stored != file.crc32c {
-        return Err(corrupt(format!(
-            "file.crc32c: checksum {stored:08x}, the checkpoint recorded {:08x}",
-            file.crc32c
-        )));
-    }
+    check_streamed_seal(
+        CHANNEL_STATE_MAGIC,
+        CHANNEL_FILE_VERSION,
+        file,
+        &header,
+        &trailer,
+        whole,
+    )?;
     index.map_err(corrupt)?;
     let mut section_crcs: Vec<Vec<u32>> = handle
         .inputs

@@ -92,6 +92,59 @@ pub fn unseal<'a>(
     Ok((version, &body[HEADER_BYTES..]))
 }
 
+/// The seal of a file read in pieces (keyed and channel state files, which
+/// are streamed): `header` and `trailer` as read, `whole` the CRC-32C of
+/// every byte before the trailer. Checks the magic, the checksum against the
+/// trailer and against the one the checkpoint recorded (`file.crc32c`), and
+/// the version (at most `max_version`); returns the version.
+pub fn check_streamed_seal(
+    magic: [u8; 4],
+    max_version: u32,
+    file: &crate::metadata::FileRef,
+    header: &[u8],
+    trailer: &[u8],
+    whole: u32,
+) -> Result<u32, CheckpointError> {
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: file.path.clone(),
+        reason,
+    };
+    let (Ok(header), Ok(trailer)) = (
+        <[u8; HEADER_BYTES]>::try_from(header),
+        <[u8; TRAILER_BYTES]>::try_from(trailer),
+    ) else {
+        return Err(corrupt("header or trailer missing (truncated?)".into()));
+    };
+    if header[..4] != magic {
+        return Err(corrupt(format!(
+            "wrong magic {:02x?}, expected {:?}",
+            &header[..4],
+            String::from_utf8_lossy(&magic)
+        )));
+    }
+    let stored = u32::from_le_bytes(trailer);
+    if stored != whole {
+        return Err(corrupt(format!(
+            "checksum mismatch (stored {stored:08x}, computed {whole:08x}): truncated or modified"
+        )));
+    }
+    let version = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if version == 0 || version > max_version {
+        return Err(CheckpointError::UnsupportedVersion {
+            path: file.path.clone(),
+            found: version,
+            supported: max_version,
+        });
+    }
+    if stored != file.crc32c {
+        return Err(corrupt(format!(
+            "file.crc32c: checksum {stored:08x}, the checkpoint recorded {:08x}",
+            file.crc32c
+        )));
+    }
+    Ok(version)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use flowstate_state::{
 };
 
 use crate::CheckpointError;
-use crate::format::{KEYED_MAGIC, unseal};
+use crate::format::{KEYED_MAGIC, check_streamed_seal, unseal};
 use crate::metadata::{FileRef, KeyGroupEntry, KeyedStateHandle};
 use crate::storage::{CheckpointStorage, SharedStorage, StorageError};
 
@@ -222,33 +222,14 @@ pub fn verify_keyed_file(
         }
         at = chunk_end;
     }
-    if header[..4] != KEYED_MAGIC {
-        return Err(corrupt(format!(
-            "wrong magic {:02x?}, expected {:?}",
-            &header[..4],
-            String::from_utf8_lossy(&KEYED_MAGIC)
-        )));
-    }
-    let stored = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
-    if stored != whole {
-        return Err(corrupt(format!(
-            "checksum mismatch (stored {stored:08x}, computed {whole:08x}): truncated or modified"
-        )));
-    }
-    let version = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if version == 0 || version > KEYED_FILE_VERSION {
-        return Err(CheckpointError::UnsupportedVersion {
-            path: file.path.clone(),
-            found: version,
-            supported: KEYED_FILE_VERSION,
-        });
-    }
-    if stored != file.crc32c {
-        return Err(corrupt(format!(
-            "checksum {stored:08x}, the checkpoint recorded {:08x}",
-            file.crc32c
-        )));
-    }
+    let version = check_streamed_seal(
+        KEYED_MAGIC,
+        KEYED_FILE_VERSION,
+        file,
+        &header,
+        &trailer,
+        whole,
+    )?;
     index.map_err(corrupt)?;
     Ok(VerifiedKeyedFile {
         handle: handle.clone(),
