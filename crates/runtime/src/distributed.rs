@@ -26,11 +26,10 @@ use flowstate_checkpoint::restore::{LoadedCheckpoint, load, open_snapshot};
 use crate::config::ExecutionConfig;
 use crate::control::JobController;
 use crate::control_plane::{SavepointTargets, TaskCommand, TaskEvent, TaskHandle};
-use crate::coordinator_driver::CoordinatorDriver;
 use crate::error::JobError;
 use crate::executor::{
-    AttemptCheckpointing, AttemptOutcome, Cancellation, CoordinatorSite, PartControl,
-    TaskEventSink, attempt_coordinator, run_attempt_tasks, spawn,
+    AttemptCheckpointing, AttemptOutcome, Cancellation, CoordinatorParts, CoordinatorSite,
+    PartControl, TaskEventSink, run_attempt_tasks, spawn_coordinator,
 };
 use crate::graph::JobGraph;
 use crate::metrics::JobMetrics;
@@ -164,32 +163,18 @@ pub(crate) fn run_cluster_attempt(
                 )
             })
             .collect();
-        let coordinator = attempt_coordinator(
-            c.config,
-            c.job_id,
-            c.restored.as_deref(),
-            handles.len(),
-            config,
-            flowstate_checkpoint::Now::system(),
-        );
-        let failing = Arc::clone(&shared);
         let announcing = Arc::clone(cluster);
-        let driver = CoordinatorDriver::new(
-            coordinator,
-            Arc::clone(&c.config.storage),
+        let parts = CoordinatorParts {
             handles,
-            Arc::clone(metrics),
-            Arc::clone(controller),
-            SavepointTargets::default(),
-            Box::new(move |reason| failing.fail(JobError::Checkpointing(reason))),
-        )
-        .with_remote_savepoints(Box::new(move |id, location| {
-            announcing.savepoint_target(attempt, id, location)
-        }));
-        match spawn("flowstate-coordinator".into(), move || {
-            flowstate_checkpoint::background::mark_current_thread();
-            driver.run(events_rx)
-        }) {
+            metrics,
+            controller,
+            savepoint_targets: SavepointTargets::default(),
+            shared: &shared,
+            remote_savepoints: Some(Box::new(move |id, location| {
+                announcing.savepoint_target(attempt, id, location)
+            })),
+        };
+        match spawn_coordinator(c, config, parts, events_rx) {
             Ok(handle) => coordinator_thread = Some(handle),
             Err(e) => return fail(e),
         }

@@ -34,7 +34,7 @@ use crate::control::JobController;
 use crate::control_plane::{
     CoordinatorEvent, SavepointTargets, TaskCommand, TaskEvent, TaskHandle,
 };
-use crate::coordinator_driver::CoordinatorDriver;
+use crate::coordinator_driver::{CoordinatorDriver, RemoteSavepoints};
 use crate::error::{BuildError, JobError, TaskError, panic_message};
 use crate::graph::JobGraph;
 use crate::metrics::{JobMetrics, SAMPLE_INTERVAL, StepClock, Waiting};
@@ -383,6 +383,56 @@ pub(crate) fn spawn<T: Send + 'static>(
         .map_err(JobError::Spawn)
 }
 
+/// What an attempt's coordinator is given besides the checkpointing
+/// configuration.
+pub(crate) struct CoordinatorParts<'a> {
+    /// Every task of the attempt, by task number.
+    pub handles: Vec<TaskHandle>,
+    pub metrics: &'a Arc<JobMetrics>,
+    pub controller: &'a Arc<JobController>,
+    pub savepoint_targets: SavepointTargets,
+    /// The attempt, failed when checkpoints fail too often.
+    pub shared: &'a Arc<Shared>,
+    /// Tasks in other processes: how they learn where a savepoint goes.
+    pub remote_savepoints: Option<RemoteSavepoints>,
+}
+
+/// Starts the attempt's checkpoint coordinator (restored as `c` says) on a
+/// thread of its own, reading `events`; it returns the checkpoints' figures.
+/// One place for a job in one process and a job manager's attempt.
+pub(crate) fn spawn_coordinator(
+    c: &AttemptCheckpointing<'_>,
+    config: &ExecutionConfig,
+    parts: CoordinatorParts<'_>,
+    events: crossbeam_channel::Receiver<CoordinatorEvent>,
+) -> Result<JoinHandle<Vec<CheckpointStats>>, JobError> {
+    let coordinator = attempt_coordinator(
+        c.config,
+        c.job_id,
+        c.restored.as_deref(),
+        parts.handles.len(),
+        config,
+        flowstate_checkpoint::Now::system(),
+    );
+    let failing = Arc::clone(parts.shared);
+    let mut driver = CoordinatorDriver::new(
+        coordinator,
+        Arc::clone(&c.config.storage),
+        parts.handles,
+        Arc::clone(parts.metrics),
+        Arc::clone(parts.controller),
+        parts.savepoint_targets,
+        Box::new(move |reason| failing.fail(JobError::Checkpointing(reason))),
+    );
+    if let Some(announce) = parts.remote_savepoints {
+        driver = driver.with_remote_savepoints(announce);
+    }
+    spawn("flowstate-coordinator".into(), move || {
+        flowstate_checkpoint::background::mark_current_thread();
+        driver.run(events)
+    })
+}
+
 /// What one attempt needs to know about checkpoints.
 pub(crate) struct AttemptCheckpointing<'a> {
     pub config: &'a CheckpointingConfig,
@@ -666,28 +716,15 @@ pub(crate) fn run_attempt_tasks(
                 // Every task is built here: numbers are positions.
                 debug_assert!(handles.iter().enumerate().all(|(i, (n, _))| i == *n));
                 let handles: Vec<TaskHandle> = handles.drain(..).map(|(_, h)| h).collect();
-                let coordinator = attempt_coordinator(
-                    c.config,
-                    c.job_id,
-                    c.restored.as_deref(),
-                    handles.len(),
-                    config,
-                    flowstate_checkpoint::Now::system(),
-                );
-                let failing = Arc::clone(&shared);
-                let driver = CoordinatorDriver::new(
-                    coordinator,
-                    Arc::clone(&c.config.storage),
+                let site = CoordinatorParts {
                     handles,
-                    Arc::clone(metrics),
-                    Arc::clone(controller),
-                    savepoint_targets.clone(),
-                    Box::new(move |reason| failing.fail(JobError::Checkpointing(reason))),
-                );
-                match spawn("flowstate-coordinator".into(), move || {
-                    flowstate_checkpoint::background::mark_current_thread();
-                    driver.run(events_rx)
-                }) {
+                    metrics,
+                    controller,
+                    savepoint_targets: savepoint_targets.clone(),
+                    shared: &shared,
+                    remote_savepoints: None,
+                };
+                match spawn_coordinator(c, config, site, events_rx) {
                     Ok(handle) => coordinator_thread = Some(handle),
                     Err(e) => return fail(e),
                 }
