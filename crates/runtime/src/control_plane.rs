@@ -52,16 +52,9 @@ pub enum TaskCommand {
 
 /// What tasks, upload threads and the job controller tell the coordinator.
 pub(crate) enum CoordinatorEvent {
-    Ack(TaskAck),
-    Decline {
-        id: u64,
-        task: usize,
-        reason: String,
-    },
-    /// A source's reader has no more records.
-    Exhausted {
-        task: usize,
-    },
+    /// A task's (or its upload thread's): the same whether the task runs in
+    /// this process or in a task manager.
+    Task(TaskEvent),
     /// Someone asked for a savepoint (through the job controller).
     Savepoint(SavepointOrder),
     /// Someone asked to stop the job at a checkpoint (through the job
@@ -201,31 +194,6 @@ impl TaskEvent {
             TaskEvent::Decline { task, .. } | TaskEvent::Exhausted { task } => *task,
         }
     }
-
-    pub(crate) fn into_coordinator_event(self) -> CoordinatorEvent {
-        match self {
-            TaskEvent::Ack(ack) => CoordinatorEvent::Ack(ack),
-            TaskEvent::Decline { id, task, reason } => {
-                CoordinatorEvent::Decline { id, task, reason }
-            }
-            TaskEvent::Exhausted { task } => CoordinatorEvent::Exhausted { task },
-        }
-    }
-
-    /// The event of a task, `None` for the events only the job manager's own
-    /// controller sends.
-    pub(crate) fn from_coordinator_event(event: CoordinatorEvent) -> Option<Self> {
-        match event {
-            CoordinatorEvent::Ack(ack) => Some(TaskEvent::Ack(ack)),
-            CoordinatorEvent::Decline { id, task, reason } => {
-                Some(TaskEvent::Decline { id, task, reason })
-            }
-            CoordinatorEvent::Exhausted { task } => Some(TaskEvent::Exhausted { task }),
-            CoordinatorEvent::Savepoint(_)
-            | CoordinatorEvent::StopWithCheckpoint
-            | CoordinatorEvent::Stop => None,
-        }
-    }
 }
 
 impl TaskControlPlane {
@@ -292,18 +260,22 @@ impl TaskControlPlane {
                 TrySendError::Full(_) => "the snapshot upload queue is full",
                 TrySendError::Disconnected(_) => "the snapshot uploaders have stopped",
             };
-            let _ = self.events.try_send(CoordinatorEvent::Decline {
-                id: barrier.id,
-                task: self.task,
-                reason: reason.into(),
-            });
+            let _ = self
+                .events
+                .try_send(CoordinatorEvent::Task(TaskEvent::Decline {
+                    id: barrier.id,
+                    task: self.task,
+                    reason: reason.into(),
+                }));
         }
     }
 
     /// Tells the coordinator this source is exhausted; false if it must be retried.
     pub(crate) fn report_exhausted(&self) -> bool {
         self.events
-            .try_send(CoordinatorEvent::Exhausted { task: self.task })
+            .try_send(CoordinatorEvent::Task(TaskEvent::Exhausted {
+                task: self.task,
+            }))
             .is_ok()
     }
 }

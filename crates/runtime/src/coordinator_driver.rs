@@ -33,7 +33,9 @@ use flowstate_checkpoint::{
 };
 
 use crate::control::JobController;
-use crate::control_plane::{CoordinatorEvent, SavepointTargets, TaskCommand, TaskHandle};
+use crate::control_plane::{
+    CoordinatorEvent, SavepointTargets, TaskCommand, TaskEvent, TaskHandle,
+};
 use crate::message::{Barrier, BarrierAlignment};
 use crate::metrics::JobMetrics;
 
@@ -117,14 +119,13 @@ impl CoordinatorDriver {
     /// is done then).
     pub(crate) fn on_event(&mut self, event: CoordinatorEvent, now: Now) -> Flow {
         let mut actions = match event {
-            CoordinatorEvent::Ack(ack) => self.coordinator.on_ack(ack, now),
-            CoordinatorEvent::Decline { id, task, reason } => {
-                self.coordinator
-                    .on_decline(id, format!("task {task} declined: {reason}"), now)
-            }
+            CoordinatorEvent::Task(TaskEvent::Ack(ack)) => self.coordinator.on_ack(ack, now),
+            CoordinatorEvent::Task(TaskEvent::Decline { id, task, reason }) => self
+                .coordinator
+                .on_decline(id, format!("task {task} declined: {reason}"), now),
             // Counted here, where the tasks are known; what follows is
             // the coordinator's decision.
-            CoordinatorEvent::Exhausted { task } => {
+            CoordinatorEvent::Task(TaskEvent::Exhausted { task }) => {
                 if self.exhausted.insert(task) && self.exhausted.len() == self.sources {
                     self.coordinator.on_sources_exhausted(now)
                 } else {

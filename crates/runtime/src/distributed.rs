@@ -25,7 +25,9 @@ use flowstate_checkpoint::restore::{LoadedCheckpoint, load, open_snapshot};
 
 use crate::config::ExecutionConfig;
 use crate::control::JobController;
-use crate::control_plane::{SavepointTargets, TaskCommand, TaskEvent, TaskHandle};
+use crate::control_plane::{
+    CoordinatorEvent, SavepointTargets, TaskCommand, TaskEvent, TaskHandle,
+};
 use crate::error::JobError;
 use crate::executor::{
     AttemptCheckpointing, AttemptOutcome, Cancellation, CoordinatorParts, CoordinatorSite,
@@ -263,7 +265,7 @@ fn follow_attempt(
             // Blocks while the coordinator's queue is full: the control
             // connections wait (bounded) rather than drop an acknowledgement.
             Some(ClusterEvent::Task { attempt: a, event }) if a == attempt && failure.is_none() => {
-                let _ = events.send(event.into_coordinator_event());
+                let _ = events.send(CoordinatorEvent::Task(event));
             }
             Some(ClusterEvent::PartEnded {
                 attempt: a,

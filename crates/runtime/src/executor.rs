@@ -738,7 +738,7 @@ pub(crate) fn run_attempt_tasks(
                         if matches!(event, CoordinatorEvent::Stop) {
                             break;
                         }
-                        if let Some(event) = TaskEvent::from_coordinator_event(event) {
+                        if let CoordinatorEvent::Task(event) = event {
                             uplink(event);
                         }
                     }

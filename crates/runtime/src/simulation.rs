@@ -26,7 +26,7 @@ use flowstate_checkpoint::storage::SharedStorage;
 use crate::channel::Signal;
 use crate::config::{ExecutionConfig, Guarantee};
 use crate::control::{JobController, JobDescription};
-use crate::control_plane::{CoordinatorEvent, SavepointTargets, UploadJob};
+use crate::control_plane::{CoordinatorEvent, SavepointTargets, TaskEvent, UploadJob};
 use crate::coordinator_driver::{CoordinatorDriver, Flow};
 use crate::error::JobError;
 use crate::executor::{
@@ -306,7 +306,7 @@ impl SimulatedAttempt {
             &self.job_id,
             &self.savepoint_targets,
         );
-        self.events.push_back(event);
+        self.events.push_back(CoordinatorEvent::Task(event));
     }
 
     /// Upload `index` hangs: it runs no earlier than `until`.
@@ -318,9 +318,11 @@ impl SimulatedAttempt {
 
     pub fn event_kind(&self, index: usize) -> EventKind {
         match self.events.get(index) {
-            Some(CoordinatorEvent::Ack(ack)) => EventKind::Ack { id: ack.id },
-            Some(CoordinatorEvent::Decline { id, .. }) => EventKind::Decline { id: *id },
-            Some(CoordinatorEvent::Exhausted { .. }) => EventKind::Exhausted,
+            Some(CoordinatorEvent::Task(TaskEvent::Ack(ack))) => EventKind::Ack { id: ack.id },
+            Some(CoordinatorEvent::Task(TaskEvent::Decline { id, .. })) => {
+                EventKind::Decline { id: *id }
+            }
+            Some(CoordinatorEvent::Task(TaskEvent::Exhausted { .. })) => EventKind::Exhausted,
             Some(CoordinatorEvent::Savepoint(_) | CoordinatorEvent::StopWithCheckpoint) => {
                 EventKind::Savepoint
             }

@@ -19,7 +19,9 @@ use flowstate_checkpoint::native_files::upload_native;
 use flowstate_checkpoint::storage::SharedStorage;
 use flowstate_state::BackendSnapshot;
 
-use crate::control_plane::{CoordinatorEvent, CoordinatorSender, SavepointTargets, UploadJob};
+use crate::control_plane::{
+    CoordinatorEvent, CoordinatorSender, SavepointTargets, TaskEvent, UploadJob,
+};
 use crate::error::guarded;
 
 /// Does the asynchronous part of one task's snapshot: runs the sinks'
@@ -32,9 +34,9 @@ pub(crate) fn upload_snapshot(
     storage: &SharedStorage,
     job_id: &str,
     savepoints: &SavepointTargets,
-) -> CoordinatorEvent {
+) -> TaskEvent {
     let id = job.barrier.id;
-    let decline = |reason: String| CoordinatorEvent::Decline {
+    let decline = |reason: String| TaskEvent::Decline {
         id,
         task: job.task,
         reason,
@@ -130,7 +132,7 @@ pub(crate) fn upload_snapshot(
             },
         ));
     }
-    CoordinatorEvent::Ack(TaskAck {
+    TaskEvent::Ack(TaskAck {
         id,
         task: job.task,
         operators,
@@ -153,24 +155,19 @@ pub(crate) fn upload_loop(
     flowstate_checkpoint::background::mark_current_thread();
     for job in jobs {
         let (metrics, submitted, sync_pause) = (job.metrics.clone(), job.submitted, job.sync_pause);
-        match upload_snapshot(job, &storage, &job_id, &savepoints) {
-            ack @ CoordinatorEvent::Ack(_) => {
-                if let (Some(metrics), CoordinatorEvent::Ack(a)) = (&metrics, &ack) {
-                    metrics.record_checkpoint(
-                        a.id,
-                        sync_pause + submitted.elapsed(),
-                        a.sync_pause,
-                        a.alignment,
-                        a.bytes,
-                    );
-                }
-                if events.send(ack).is_err() {
-                    break;
-                }
-            }
-            other => {
-                let _ = events.send(other);
-            }
+        let event = upload_snapshot(job, &storage, &job_id, &savepoints);
+        if let (Some(metrics), TaskEvent::Ack(a)) = (&metrics, &event) {
+            metrics.record_checkpoint(
+                a.id,
+                sync_pause + submitted.elapsed(),
+                a.sync_pause,
+                a.alignment,
+                a.bytes,
+            );
+        }
+        let ack = matches!(event, TaskEvent::Ack(_));
+        if events.send(CoordinatorEvent::Task(event)).is_err() && ack {
+            break;
         }
     }
 }
