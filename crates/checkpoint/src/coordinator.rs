@@ -161,9 +161,17 @@ pub enum AlignmentPolicy {
     Aligned,
     /// Periodic checkpoints start aligned and become unaligned once
     /// `aligned_timeout` has passed since their trigger (zero: unaligned
-    /// from the start).
-    Unaligned { aligned_timeout: Duration },
+    /// from the start). A task whose recorded in-flight data of one
+    /// checkpoint exceeds `inflight_bytes_max` declines it.
+    Unaligned {
+        aligned_timeout: Duration,
+        inflight_bytes_max: u64,
+    },
 }
+
+/// Encoded in-flight data a task records for one unaligned checkpoint at
+/// most, unless configured otherwise (128 MiB).
+pub const DEFAULT_UNALIGNED_INFLIGHT_BYTES_MAX: u64 = 128 << 20;
 
 /// How checkpoints are taken.
 #[derive(Debug, Clone)]
@@ -492,8 +500,17 @@ pub struct TaskAck {
     pub bytes: u64,
     /// Synchronous part of the task's snapshot.
     pub sync_pause: Duration,
-    /// Time from the first to the last barrier at an aligning input.
+    /// Time from the first to the last barrier at an aligning input
+    /// (unaligned: from the first sighting of the barrier to the end of the
+    /// recording).
     pub alignment: Duration,
+    /// The task took its snapshot unaligned (its in-flight records are
+    /// channel state).
+    #[serde(default)]
+    pub unaligned: bool,
+    /// Bytes of channel state the task wrote (also counted in `bytes`).
+    #[serde(default)]
+    pub persisted_bytes: u64,
 }
 
 /// One task's part of a completed checkpoint.
@@ -503,6 +520,9 @@ pub struct TaskStats {
     pub sync_pause: Duration,
     pub alignment: Duration,
     pub bytes: u64,
+    pub unaligned: bool,
+    /// Bytes of in-flight records persisted as channel state.
+    pub persisted_bytes: u64,
 }
 
 /// Figures of a completed checkpoint.
@@ -521,6 +541,10 @@ pub struct CheckpointStats {
     pub full_bytes: u64,
     pub sync_pause_max: Duration,
     pub alignment_max: Duration,
+    /// Some task took its snapshot unaligned.
+    pub unaligned: bool,
+    /// Bytes of in-flight records persisted as channel state, over all tasks.
+    pub persisted_bytes: u64,
     /// Every task's part, by task index.
     pub tasks: Vec<TaskStats>,
 }
@@ -1172,10 +1196,12 @@ impl Coordinator {
         }
         match self.settings.alignment {
             AlignmentPolicy::Aligned => BarrierAlignment::Aligned,
-            AlignmentPolicy::Unaligned { aligned_timeout } if aligned_timeout.is_zero() => {
-                BarrierAlignment::Unaligned
-            }
-            AlignmentPolicy::Unaligned { aligned_timeout } => BarrierAlignment::AlignedUntil {
+            AlignmentPolicy::Unaligned {
+                aligned_timeout, ..
+            } if aligned_timeout.is_zero() => BarrierAlignment::Unaligned,
+            AlignmentPolicy::Unaligned {
+                aligned_timeout, ..
+            } => BarrierAlignment::AlignedUntil {
                 deadline_unix_ms: now
                     .unix_ms
                     .saturating_add(u64::try_from(aligned_timeout.as_millis()).unwrap_or(u64::MAX)),
@@ -1801,6 +1827,8 @@ impl Coordinator {
                 sync_pause: ack.sync_pause,
                 alignment: ack.alignment,
                 bytes: ack.bytes,
+                unaligned: ack.unaligned,
+                persisted_bytes: ack.persisted_bytes,
             });
             bytes += ack.bytes;
             sync_pause_max = sync_pause_max.max(ack.sync_pause);
@@ -1842,6 +1870,8 @@ impl Coordinator {
             full_bytes: metadata.state_bytes(),
             sync_pause_max,
             alignment_max,
+            unaligned: tasks.iter().any(|t| t.unaligned),
+            persisted_bytes: tasks.iter().map(|t| t.persisted_bytes).sum(),
             tasks,
         };
         (metadata, stats)

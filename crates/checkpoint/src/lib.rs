@@ -48,8 +48,8 @@ pub use compatibility::{
 };
 pub use coordinator::{
     AlignmentPolicy, BarrierAlignment, CheckpointStats, Coordinator, CoordinatorAction,
-    CoordinatorSettings, Deletion, ExistingCheckpoints, Now, SavepointRequest, StopPointer, Store,
-    TaskAck, TaskStats,
+    CoordinatorSettings, DEFAULT_UNALIGNED_INFLIGHT_BYTES_MAX, Deletion, ExistingCheckpoints, Now,
+    SavepointRequest, StopPointer, Store, TaskAck, TaskStats,
 };
 pub use job::{
     JobParameter, JobParameters, JobSection, ParameterDifference, ParameterError,

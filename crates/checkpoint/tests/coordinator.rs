@@ -181,6 +181,8 @@ fn ack(id: CheckpointId, task: usize, snapshot: SubtaskSnapshot) -> TaskAck {
         bytes,
         sync_pause: Duration::from_micros(10 + task as u64),
         alignment: Duration::ZERO,
+        unaligned: false,
+        persisted_bytes: 0,
     }
 }
 
@@ -2991,6 +2993,7 @@ fn periodic_checkpoints_align_by_the_policy_and_the_final_one_is_aligned() {
     let mut unaligned = settings(1, 3, 1);
     unaligned.alignment = AlignmentPolicy::Unaligned {
         aligned_timeout: Duration::ZERO,
+        inflight_bytes_max: 1 << 20,
     };
     let mut h = Harness::new("align-unaligned", unaligned, 1);
     let (_, action) = trigger(&mut h);
@@ -2999,6 +3002,7 @@ fn periodic_checkpoints_align_by_the_policy_and_the_final_one_is_aligned() {
     let mut timeout = settings(1, 3, 1);
     timeout.alignment = AlignmentPolicy::Unaligned {
         aligned_timeout: Duration::from_millis(250),
+        inflight_bytes_max: 1 << 20,
     };
     let mut h = Harness::new("align-timeout", timeout, 1);
     let (now, action) = trigger(&mut h);

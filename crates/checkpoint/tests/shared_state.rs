@@ -92,6 +92,8 @@ fn native_ack(id: CheckpointId, task: usize, handle: NativeStateHandle, bytes: u
         bytes,
         sync_pause: Duration::ZERO,
         alignment: Duration::ZERO,
+        unaligned: false,
+        persisted_bytes: 0,
     }
 }
 

@@ -148,6 +148,8 @@ fn big_ack(task: usize) -> TaskEvent {
         bytes: 2000 * 1024,
         sync_pause: Duration::from_millis(3),
         alignment: Duration::from_millis(5),
+        unaligned: false,
+        persisted_bytes: 0,
     })
 }
 

@@ -139,6 +139,8 @@ pub(crate) fn upload_snapshot(
         bytes,
         sync_pause: job.sync_pause,
         alignment: job.alignment,
+        unaligned: false,
+        persisted_bytes: 0,
     })
 }
 
