@@ -8,16 +8,63 @@
 //! the task (`std::thread::unpark`, which remembers a wakeup that arrives before
 //! the worker parks, so none is lost).
 //!
-//! Owns: [`channel`], its two ends and [`Signal`]. Must not touch: what the
-//! messages mean (tasks and pipelines decide) or the checkpoint control plane.
+//! A consumer that may take unaligned snapshots also has a notice board,
+//! [`BarrierAnnouncements`], shared by the senders of all its channels: a
+//! producer forwarding an unaligned barrier posts it there ahead of the
+//! data queued in front of the barrier, so the consumer learns of it at
+//! once instead of after the backlog.
+//!
+//! Owns: [`channel`], its two ends, [`Signal`] and [`BarrierAnnouncements`].
+//! Must not touch: what the messages mean (tasks and pipelines decide) or the
+//! checkpoint control plane.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
-use crate::message::Message;
+use crate::message::{Barrier, Message};
+
+/// A consuming task's notice board of unaligned barriers on their way in
+/// its channels (the newest only). A notice is a hint, never a position:
+/// the in-band barrier still marks the cut in every channel, so a notice
+/// that is late, or replaced by a newer one, changes only when the consumer
+/// starts its snapshot, never what the snapshot holds.
+#[derive(Debug, Default)]
+pub struct BarrierAnnouncements {
+    /// The id of the newest barrier posted (0: none): read without the lock
+    /// once per step by the consumer.
+    newest: AtomicU64,
+    posted: Mutex<Option<Barrier>>,
+}
+
+impl BarrierAnnouncements {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Posts `barrier` unless a barrier as new was posted already (every
+    /// producer of the consumer posts the same barrier; the first counts).
+    pub fn post(&self, barrier: Barrier) {
+        let mut posted = self.posted.lock().unwrap_or_else(|e| e.into_inner());
+        if barrier.id > self.newest.load(Ordering::Relaxed) {
+            *posted = Some(barrier);
+            self.newest.store(barrier.id, Ordering::Release);
+        }
+    }
+
+    /// The posted barrier if it is newer than checkpoint `after` (taken: a
+    /// barrier is handed out once).
+    #[inline]
+    pub fn take_newer_than(&self, after: u64) -> Option<Barrier> {
+        if self.newest.load(Ordering::Acquire) <= after {
+            return None;
+        }
+        let mut posted = self.posted.lock().unwrap_or_else(|e| e.into_inner());
+        posted.take().filter(|b| b.id > after)
+    }
+}
 
 /// Wakes one worker thread, or the network side of remote channels (a
 /// callback). Unbound signals (the deterministic scheduler) do nothing.
@@ -81,6 +128,8 @@ impl std::fmt::Debug for Signal {
 pub struct ChannelSender<T> {
     inner: Sender<Message<T>>,
     consumer: Arc<Signal>,
+    /// The consumer's notice board, if it may take unaligned snapshots.
+    announcements: Option<Arc<BarrierAnnouncements>>,
 }
 
 /// Receiving end of a channel.
@@ -108,11 +157,23 @@ pub fn channel<T>(
     producer: Arc<Signal>,
     consumer: Arc<Signal>,
 ) -> (ChannelSender<T>, ChannelReceiver<T>) {
+    channel_with_announcements(capacity, producer, consumer, None)
+}
+
+/// A [`channel`] whose sender posts unaligned barriers on the consumer's
+/// notice board `announcements` (see [`ChannelSender::announce`]).
+pub fn channel_with_announcements<T>(
+    capacity: usize,
+    producer: Arc<Signal>,
+    consumer: Arc<Signal>,
+    announcements: Option<Arc<BarrierAnnouncements>>,
+) -> (ChannelSender<T>, ChannelReceiver<T>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
     (
         ChannelSender {
             inner: tx,
             consumer,
+            announcements,
         },
         ChannelReceiver {
             inner: rx,
@@ -132,6 +193,18 @@ impl<T> ChannelSender<T> {
             Err(TrySendError::Full(message)) => Err(SendError::Full(message)),
             Err(TrySendError::Disconnected(_)) => Err(SendError::Disconnected),
         }
+    }
+
+    /// Tells the consumer, ahead of the data queued in front of it, that
+    /// `barrier` is on its way, and wakes it. False if the consumer has no
+    /// notice board (it aligns in band, or the channel crosses processes).
+    pub fn announce(&self, barrier: Barrier) -> bool {
+        let Some(board) = &self.announcements else {
+            return false;
+        };
+        board.post(barrier);
+        self.consumer.wake();
+        true
     }
 
     /// Messages waiting in the channel.
@@ -175,5 +248,48 @@ impl<T> ChannelReceiver<T> {
             Err(TryRecvError::Empty) => Ok(None),
             Err(TryRecvError::Disconnected) => Err(Disconnected),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowstate_checkpoint::BarrierAlignment;
+
+    fn unaligned(id: u64) -> Barrier {
+        Barrier::checkpoint(id).with_alignment(BarrierAlignment::Unaligned)
+    }
+
+    #[test]
+    fn a_board_hands_out_the_newest_barrier_once() {
+        let board = BarrierAnnouncements::new();
+        assert_eq!(board.take_newer_than(0), None);
+        board.post(unaligned(3));
+        board.post(unaligned(3)); // a second producer's notice of the same barrier
+        board.post(unaligned(2)); // older: ignored
+        assert_eq!(board.take_newer_than(0), Some(unaligned(3)));
+        assert_eq!(board.take_newer_than(0), None);
+        board.post(unaligned(3));
+        assert_eq!(board.take_newer_than(0), None, "3 was handed out already");
+        board.post(unaligned(4));
+        assert_eq!(board.take_newer_than(4), None, "the consumer is past 4");
+    }
+
+    #[test]
+    fn announce_wakes_the_consumer_only_with_a_board() {
+        let consumer = Signal::new();
+        let (tx, _rx) = channel::<u32>(2, Signal::new(), Arc::clone(&consumer));
+        assert!(!tx.announce(unaligned(1)));
+        assert!(!consumer.take_woken());
+        let board = BarrierAnnouncements::new();
+        let (tx, _rx) = channel_with_announcements::<u32>(
+            2,
+            Signal::new(),
+            Arc::clone(&consumer),
+            Some(Arc::clone(&board)),
+        );
+        assert!(tx.announce(unaligned(1)));
+        assert!(consumer.take_woken());
+        assert_eq!(board.take_newer_than(0), Some(unaligned(1)));
     }
 }

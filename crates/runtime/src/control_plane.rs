@@ -246,12 +246,31 @@ impl TaskControlPlane {
         sync_pause: Duration,
         alignment: Duration,
     ) {
-        let job = UploadJob {
+        self.submit_job(Submission {
             barrier,
-            task: self.task,
             parts,
             sync_pause,
             alignment,
+            unaligned: false,
+            channels: None,
+            decline: None,
+        });
+    }
+
+    /// Hands a snapshot to an upload thread: also one taken unaligned (with
+    /// its channel state), and one the task declines (`decline`), whose
+    /// sinks' deferred work must still run.
+    pub(crate) fn submit_job(&self, submission: Submission) {
+        let id = submission.barrier.id;
+        let job = UploadJob {
+            barrier: submission.barrier,
+            task: self.task,
+            parts: submission.parts,
+            sync_pause: submission.sync_pause,
+            alignment: submission.alignment,
+            unaligned: submission.unaligned,
+            channels: submission.channels,
+            decline: submission.decline,
             metrics: self.metrics.clone(),
             submitted: std::time::Instant::now(),
         };
@@ -263,7 +282,7 @@ impl TaskControlPlane {
             let _ = self
                 .events
                 .try_send(CoordinatorEvent::Task(TaskEvent::Decline {
-                    id: barrier.id,
+                    id,
                     task: self.task,
                     reason: reason.into(),
                 }));
@@ -291,6 +310,26 @@ pub struct OperatorPart {
     pub deferred: Option<DeferredPrepare>,
 }
 
+/// What a task hands over for one snapshot.
+pub(crate) struct Submission {
+    pub barrier: Barrier,
+    pub parts: Vec<OperatorPart>,
+    pub sync_pause: Duration,
+    pub alignment: Duration,
+    pub unaligned: bool,
+    pub channels: Option<ChannelStatePart>,
+    pub decline: Option<String>,
+}
+
+/// The in-flight records a task recorded for an unaligned checkpoint,
+/// indexed under its head operator.
+pub(crate) struct ChannelStatePart {
+    pub uid: Arc<str>,
+    pub name: Arc<str>,
+    pub subtask: u32,
+    pub contents: flowstate_checkpoint::channel_file::ChannelStateContents,
+}
+
 /// The asynchronous part of one task's snapshot: what the task hands to an
 /// upload thread.
 pub(crate) struct UploadJob {
@@ -299,6 +338,12 @@ pub(crate) struct UploadJob {
     pub parts: Vec<OperatorPart>,
     pub sync_pause: Duration,
     pub alignment: Duration,
+    /// The task took the snapshot unaligned.
+    pub unaligned: bool,
+    /// Channel state to write with the snapshot.
+    pub channels: Option<ChannelStatePart>,
+    /// The task declines the snapshot (after its sinks' deferred work ran).
+    pub decline: Option<String>,
     /// The task's metrics (the upload thread records the figures of an
     /// acknowledged snapshot there).
     pub metrics: Option<Arc<TaskMetrics>>,

@@ -17,6 +17,9 @@ pub enum TaskError {
     Panic { operator: String, message: String },
     #[error("a channel into '{task}' closed before the end of its input")]
     ChannelClosed { task: String },
+    /// Recording in-flight records of an unaligned checkpoint failed.
+    #[error("'{task}' could not record its in-flight records: {reason}")]
+    ChannelState { task: String, reason: String },
     /// A channel out of the task lost its consumer (its task ended or failed,
     /// or, across processes, its connection was lost).
     #[error("a channel out of '{task}' closed: its consumer is gone")]

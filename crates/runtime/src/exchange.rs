@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use flowstate_checkpoint::BarrierAlignment;
 use flowstate_state::{KeyGroup, operator_index_for_key_group};
 
 use crate::channel::{ChannelSender, SendError};
@@ -287,6 +288,14 @@ impl<T: Send> Pipeline<T> for ExchangeOutput<T> {
     }
 
     fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError> {
+        // An unaligned barrier is announced to every consumer before it is
+        // queued: the consumer may snapshot and read ahead at once instead
+        // of after what is queued in front of the barrier.
+        if barrier.alignment != BarrierAlignment::Aligned {
+            for target in &self.targets {
+                target.sender.announce(barrier);
+            }
+        }
         for target in &mut self.targets {
             if !target.buffer.is_empty() {
                 Self::cut(target, 0);

@@ -648,6 +648,7 @@ pub(crate) fn run_attempt_tasks(
     let (uploads_tx, uploads_rx) = crossbeam_channel::bounded(UPLOAD_QUEUE_CAPACITY);
     let plan_checkpointing = checkpointing.as_ref().map(|c| PlanCheckpointing {
         aligned: c.config.guarantee == Guarantee::ExactlyOnce,
+        alignment: c.config.settings.alignment,
         events: events_tx.clone(),
         uploads: uploads_tx.clone(),
         restored: c.restored.clone(),

@@ -36,7 +36,9 @@
 //! It must not touch: how state is stored (operators reach state only through
 //! `flowstate_state::KeyedStateBackend`), connector specifics, or the CLI.
 
+pub(crate) mod alignment;
 pub mod channel;
+pub mod channel_state;
 pub mod compatibility;
 pub mod config;
 pub mod connector;
@@ -48,6 +50,7 @@ pub mod error;
 pub mod exchange;
 pub mod executor;
 pub mod graph;
+pub(crate) mod input_gate;
 mod lease;
 pub mod message;
 pub mod metrics;

@@ -19,9 +19,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
+use flowstate_checkpoint::AlignmentPolicy;
 use flowstate_checkpoint::restore::LoadedCheckpoint;
 
-use crate::channel::Signal;
+use crate::channel::{BarrierAnnouncements, Signal};
 use crate::config::{ExecutionConfig, RestoredState, SubtaskInfo};
 use crate::control_plane::{CoordinatorSender, TaskControlPlane, TaskHandle, UploadJob};
 use crate::error::BuildError;
@@ -31,7 +32,8 @@ use crate::metrics::{JobMetrics, OperatorKind, TaskMetrics};
 use crate::pipeline::NamedSidePipelines;
 use crate::remote::ChannelId;
 use crate::task::Task;
-use crate::wiring::{BuildContext, Erased};
+use crate::task::UnalignedInput;
+use crate::wiring::{BuildContext, Erased, GateInput};
 
 /// A task's control-plane handle, with the task's number in the plan.
 pub(crate) type NumberedHandle = (usize, TaskHandle);
@@ -44,7 +46,10 @@ pub(crate) struct PlannedTask {
 
 /// What the plan needs when checkpoints are on.
 pub(crate) struct PlanCheckpointing {
+    /// Exactly-once: tasks align barriers (or record, unaligned).
     pub aligned: bool,
+    /// Whether checkpoints may be unaligned (with exactly-once only).
+    pub alignment: AlignmentPolicy,
     pub events: CoordinatorSender,
     pub uploads: Sender<UploadJob>,
     pub restored: Option<Arc<LoadedCheckpoint>>,
@@ -73,6 +78,9 @@ struct Planner<'g> {
     senders: HashMap<(NodeId, usize, u32), Vec<Erased>>,
     /// Receivers of (consumer, side, consumer subtask).
     receivers: HashMap<(NodeId, usize, u32), Vec<Erased>>,
+    /// Notice boards of unaligned barriers, per (consumer, consumer subtask)
+    /// that may take unaligned snapshots.
+    boards: HashMap<(NodeId, u32), Arc<BarrierAnnouncements>>,
     /// The metrics of the task being built.
     task_metrics: Option<Arc<TaskMetrics>>,
     /// The attempt the plan is built for (it names remote channels).
@@ -85,9 +93,87 @@ fn node_u32(index: usize) -> u32 {
     u32::try_from(index).unwrap_or(u32::MAX)
 }
 
-impl Planner<'_> {
+impl<'g> Planner<'g> {
     fn chained(&self, node: NodeId) -> bool {
         is_chained(self.graph, node)
+    }
+
+    /// The in-flight limit if the tasks headed by `node` may take unaligned
+    /// snapshots: checkpoints are exactly-once and may be unaligned, and
+    /// every input of the node can be recorded (`None`: they align).
+    fn inflight_bytes_max(&self, node: NodeId) -> Option<u64> {
+        let checkpointing = self.checkpointing?;
+        let AlignmentPolicy::Unaligned {
+            inflight_bytes_max, ..
+        } = checkpointing.alignment
+        else {
+            return None;
+        };
+        let sides = match self.graph.nodes[node].kind {
+            NodeKind::Source(_) => return None,
+            NodeKind::Operator(_) => 1,
+            NodeKind::TwoInput(_) => 2,
+        };
+        let recordable = (0..sides).all(|side| recorded_edge(self.graph, node, side).is_some());
+        (checkpointing.aligned && !self.chained(node) && recordable).then_some(inflight_bytes_max)
+    }
+
+    /// How side `side` of `node`'s task reads its edge: what it records and
+    /// what it replays of a restored checkpoint (`None`: nothing to do).
+    fn gate_input(
+        &self,
+        node: NodeId,
+        side: usize,
+        index: u32,
+    ) -> Result<Option<GateInput<'g>>, BuildError> {
+        let Some(edge_index) = recorded_edge(self.graph, node, side) else {
+            return Ok(None);
+        };
+        let graph = self.graph;
+        let edge = &graph.nodes[node].inputs[edge_index];
+        let head_uid = graph.uid(node);
+        let range = flowstate_state::KeyGroupRange::for_operator(
+            index,
+            self.config.parallelism,
+            self.config.max_parallelism,
+        );
+        let edge_u32 = node_u32(edge_index);
+        let recovered = match self.checkpointing.and_then(|c| c.restored.as_ref()) {
+            Some(loaded) => loaded
+                .channel_state(&head_uid, edge_u32, index, self.config.parallelism, range)
+                .map_err(|e| BuildError::Restore(e.to_string()))?,
+            None => None,
+        };
+        Ok(Some(GateInput {
+            edge: edge_u32,
+            from_uid: graph.uid(edge.from),
+            partitioning: edge.partitioning.as_ref(),
+            batch_size: self.config.batch_size,
+            recovered,
+        }))
+    }
+
+    /// The unaligned side of the task of `node`'s subtask `index`, if it
+    /// may take unaligned snapshots.
+    fn unaligned_input(&mut self, node: NodeId, index: u32) -> Option<UnalignedInput> {
+        let inflight_bytes_max = self.inflight_bytes_max(node)?;
+        let board = Arc::clone(
+            self.boards
+                .entry((node, index))
+                .or_default(),
+        );
+        let graph = self.graph;
+        let owner = crate::pipeline::StageIdentity {
+            name: graph.nodes[node].name.as_str().into(),
+            uid: graph.uid(node).into(),
+            subtask: index,
+        };
+        let range = flowstate_state::KeyGroupRange::for_operator(
+            index,
+            self.config.parallelism,
+            self.config.max_parallelism,
+        );
+        Some(UnalignedInput::new(board, owner, range, inflight_bytes_max))
     }
 
     fn context(&self, node: NodeId, index: u32) -> Result<BuildContext<'_>, BuildError> {
@@ -200,10 +286,18 @@ impl Planner<'_> {
                             network.filter(|n| !edge.forward && n.is_remote(producer, target));
                         let Some(network) = remote else {
                             if producer_here && consumer_here {
+                                let board = self.inflight_bytes_max(consumer).map(|_| {
+                                    Arc::clone(
+                                        self.boards
+                                            .entry((consumer, target))
+                                            .or_default(),
+                                    )
+                                });
                                 let (tx, rx) = port.channel(
                                     self.config.channel_capacity,
                                     Arc::clone(producer_signal),
                                     Arc::clone(consumer_signal),
+                                    board,
                                 );
                                 senders.push(tx);
                                 self.receivers
@@ -407,14 +501,17 @@ impl Planner<'_> {
                     .task_metrics
                     .clone()
                     .unwrap_or_else(|| TaskMetrics::detached(&name));
-                Ok(port.one_input_task(
+                let input = self.gate_input(head, 0, index)?;
+                let unaligned = self.unaligned_input(head, index);
+                port.one_input_task(
                     name,
                     receivers,
                     pipeline,
                     control,
                     metrics,
                     Arc::clone(&self.config.clock),
-                ))
+                    (input, unaligned),
+                )
             }
             NodeKind::TwoInput(two) => {
                 let pipeline = self.output_pipeline(head, MAIN_OUTPUT, index, &name)?;
@@ -422,6 +519,11 @@ impl Planner<'_> {
                 let first = self.take_receivers(head, 0, index);
                 let second = self.take_receivers(head, 1, index);
                 let control = self.control(&name, index, false);
+                let inputs = (
+                    self.gate_input(head, 0, index)?,
+                    self.gate_input(head, 1, index)?,
+                );
+                let unaligned = self.unaligned_input(head, index);
                 two.create_task(
                     name,
                     &self.context(head, index)?,
@@ -429,6 +531,7 @@ impl Planner<'_> {
                     second,
                     (pipeline, sides),
                     control,
+                    (inputs, unaligned),
                 )
             }
         }
@@ -468,7 +571,24 @@ pub(crate) fn build_tasks(
     if let Some(c) = checkpointing
         && let Some(loaded) = c.restored.as_ref()
     {
-        refuse_channel_state(&loaded.metadata, &loaded.metadata_path)?;
+        check_channel_state(&loaded.metadata, &loaded.metadata_path, |uid, edge| {
+            let node = (0..graph.nodes.len()).find(|&n| graph.uid(n) == uid);
+            match node {
+                None => Err("the job has no such operator".to_owned()),
+                Some(n) if is_chained(graph, n) => {
+                    Err("the operator now reads its input in its producer's task".to_owned())
+                }
+                Some(n) => match graph.nodes[n].inputs.get(edge as usize) {
+                    None => Err(format!("the operator has no input edge {edge}")),
+                    Some(e) if recorded_edge(graph, n, e.side) != Some(edge as usize) => {
+                        Err(format!(
+                            "its input edge {edge} is no longer a hash or rebalance edge of its own"
+                        ))
+                    }
+                    Some(_) => Ok(()),
+                },
+            }
+        })?;
         let uids: Vec<String> = (0..graph.nodes.len()).map(|n| graph.uid(n)).collect();
         let unknown: Vec<String> = loaded
             .metadata
@@ -525,6 +645,7 @@ pub(crate) fn build_tasks(
         consumers,
         senders: HashMap::new(),
         receivers: HashMap::new(),
+        boards: HashMap::new(),
         task_metrics: None,
         attempt,
         task_number: 0,
@@ -614,31 +735,51 @@ fn task_name(chain: &str, index: u32, parallelism: u32) -> String {
     format!("{chain} ({}/{parallelism})", index + 1)
 }
 
-/// In-flight records stored by an unaligned checkpoint (metadata version 3)
-/// are not replayed yet (issue 18): a checkpoint that holds any is refused,
-/// never restored without them (its records would be lost).
-fn refuse_channel_state(
+/// The index of the edge that side `side` of `node` reads, if a task can
+/// record it and replay it: the side has exactly one input edge, and it is a
+/// hash or rebalance edge (forward edges, which only `union` leaves
+/// unchained, have no record codec).
+fn recorded_edge(graph: &JobGraph, node: NodeId, side: usize) -> Option<usize> {
+    let mut edges = graph.nodes[node]
+        .inputs
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.side == side);
+    match (edges.next(), edges.next()) {
+        (Some((index, edge)), None) if !edge.forward => Some(index),
+        _ => None,
+    }
+}
+
+/// In-flight records of an unaligned checkpoint (metadata version 3) must
+/// be replayed into the input they were recorded from: a checkpoint whose
+/// channel state names an operator or input edge the job cannot replay it
+/// into (`replayable` says why not) is refused, whatever
+/// `--allow-non-restored-state` says: dropping them loses records. The
+/// remedy is a savepoint, which is always aligned.
+fn check_channel_state(
     metadata: &flowstate_checkpoint::CheckpointMetadata,
     path: &str,
+    replayable: impl Fn(&str, u32) -> Result<(), String>,
 ) -> Result<(), BuildError> {
-    let holders: Vec<String> = metadata
-        .operators
-        .iter()
-        .flat_map(|o| {
-            o.subtasks
-                .iter()
-                .filter(|s| s.channels.is_some())
-                .map(move |s| format!("'{}' subtask {}", o.uid, s.subtask))
-        })
-        .collect();
-    if holders.is_empty() {
-        return Ok(());
+    for operator in &metadata.operators {
+        for subtask in &operator.subtasks {
+            let Some(channels) = &subtask.channels else {
+                continue;
+            };
+            for input in &channels.inputs {
+                if let Err(why) = replayable(&operator.uid, input.edge) {
+                    return Err(BuildError::Restore(format!(
+                        "{path} holds in-flight records of an unaligned checkpoint for \
+                         '{}' subtask {} (input edge {}), which this job cannot replay: {why}; \
+                         restore a savepoint (always aligned) or the same job",
+                        operator.uid, subtask.subtask, input.edge
+                    )));
+                }
+            }
+        }
     }
-    Err(BuildError::Restore(format!(
-        "{path} holds in-flight records of an unaligned checkpoint ({}), which this flowstate \
-         cannot replay yet: restore a savepoint or an aligned checkpoint",
-        holders.join(", ")
-    )))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -648,7 +789,7 @@ mod channel_state_tests {
         SubtaskSnapshot,
     };
 
-    use super::refuse_channel_state;
+    use super::check_channel_state;
 
     fn metadata(channels: Option<ChannelStateHandle>) -> CheckpointMetadata {
         CheckpointMetadata {
@@ -675,8 +816,9 @@ mod channel_state_tests {
     }
 
     #[test]
-    fn a_checkpoint_with_channel_state_is_refused_naming_who_holds_it() {
-        assert!(refuse_channel_state(&metadata(None), "job/chk-7/_metadata").is_ok());
+    fn channel_state_the_job_cannot_replay_is_refused_naming_who_holds_it() {
+        let never = |_: &str, _: u32| Err("no such input".to_owned());
+        assert!(check_channel_state(&metadata(None), "job/chk-7/_metadata", never).is_ok());
         let channels = ChannelStateHandle {
             file: FileRef {
                 path: "job/chk-7/count-1.channels".into(),
@@ -685,14 +827,29 @@ mod channel_state_tests {
             },
             key_group_start: 64,
             key_group_end: 128,
-            inputs: Vec::new(),
+            inputs: vec![flowstate_checkpoint::ChannelInputState {
+                edge: 0,
+                from_uid: "source".into(),
+                partitioning: flowstate_checkpoint::EdgePartitioning::Hash,
+                record_type: "u64".into(),
+                sections: Vec::new(),
+            }],
         };
-        let error = refuse_channel_state(&metadata(Some(channels)), "job/chk-7/_metadata")
+        let with_state = metadata(Some(channels));
+        let error = check_channel_state(&with_state, "job/chk-7/_metadata", never)
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("job/chk-7/_metadata") && error.contains("'count' subtask 1"),
+            error.contains("job/chk-7/_metadata")
+                && error.contains("'count' subtask 1")
+                && error.contains("no such input"),
             "{error}"
         );
+        let edge_0 = |uid: &str, edge: u32| {
+            (uid == "count" && edge == 0)
+                .then_some(())
+                .ok_or_else(|| "no".to_owned())
+        };
+        assert!(check_channel_state(&with_state, "job/chk-7/_metadata", edge_0).is_ok());
     }
 }

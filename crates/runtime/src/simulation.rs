@@ -144,6 +144,7 @@ impl SimulatedAttempt {
         let allow_non_restored_state = c.allow_non_restored_state || restored.is_some();
         let plan = PlanCheckpointing {
             aligned: c.guarantee == Guarantee::ExactlyOnce,
+            alignment: c.settings.alignment,
             events: events_tx.clone(),
             uploads: uploads_tx,
             restored: restored.clone(),

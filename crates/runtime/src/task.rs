@@ -8,8 +8,16 @@
 //!
 //! Checkpoints: a source task records its reader's position and emits barrier n
 //! when the coordinator triggers n; other tasks take their snapshot when barrier
-//! n has arrived on every input ([`Aligner`]). The snapshot's synchronous part
-//! runs in the task's step; the frozen state goes to an upload thread.
+//! n has arrived on every input, or, unaligned, at its first sighting, and
+//! then record their input until barrier n arrived everywhere
+//! ([`crate::alignment`]). The snapshot's synchronous part runs in the task's
+//! step; the frozen state (and, unaligned, the recorded in-flight records,
+//! once complete) goes to an upload thread.
+//!
+//! Unaligned checkpoints change the order of a step: notices of barriers on
+//! the task's board, the aligned-until deadline and reading ahead on recorded
+//! channels come before the task looks at its own pending output, so a
+//! backpressured task still snapshots, forwards the barrier and records.
 //!
 //! Lifecycle notifications (`Complete(n)`, `Abort(n)` in the task's inbox) are
 //! taken at the start of every step, before any input: the head (a source's
@@ -50,13 +58,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flowstate_state::SharedClock;
+use flowstate_checkpoint::channel_file::{ChannelStateContents, InputContents};
+use flowstate_state::{KeyGroupRange, SharedClock};
 
-use crate::channel::ChannelReceiver;
+use crate::alignment::{BarrierTracker, InputMode, TrackerEvent};
+use crate::channel::{BarrierAnnouncements, ChannelReceiver};
 use crate::connector::{SourcePoll, SourceReader};
-use crate::control_plane::{OperatorPart, TaskCommand, TaskControlPlane};
+use crate::control_plane::{
+    ChannelStatePart, OperatorPart, Submission, TaskCommand, TaskControlPlane,
+};
 use crate::error::{TaskError, guarded};
-use crate::message::{Barrier, BarrierKind, Message, Watermark, WatermarkStatus};
+use crate::input_gate::{GateEvent, InputGate, InputStatus, InputWatermark};
+use crate::message::{Barrier, BarrierKind, Watermark, WatermarkStatus};
 use crate::metrics::{
     JobMetrics, OperatorMetrics, QueueSample, RecordCounter, TaskMetrics, Waiting, WatermarkGauge,
 };
@@ -256,9 +269,22 @@ fn checkpoint<T>(
     pipeline: &mut dyn Pipeline<T>,
     barrier: Barrier,
     started: Instant,
-    mut parts: Vec<OperatorPart>,
+    parts: Vec<OperatorPart>,
     alignment: Duration,
 ) -> Result<(), TaskError> {
+    let (parts, sync_pause) = snapshot_and_forward(pipeline, barrier, started, parts)?;
+    control.submit(barrier, parts, sync_pause, alignment);
+    Ok(())
+}
+
+/// The synchronous part of a checkpoint and the barrier downstream: the
+/// parts to upload and the pause.
+fn snapshot_and_forward<T>(
+    pipeline: &mut dyn Pipeline<T>,
+    barrier: Barrier,
+    started: Instant,
+    mut parts: Vec<OperatorPart>,
+) -> Result<(Vec<OperatorPart>, Duration), TaskError> {
     pipeline.snapshot(barrier, &mut parts)?;
     let sync_pause = started.elapsed();
     tracing::debug!(
@@ -267,8 +293,152 @@ fn checkpoint<T>(
         "synchronous part done"
     );
     pipeline.barrier(barrier)?;
-    control.submit(barrier, parts, sync_pause, alignment);
-    Ok(())
+    Ok((parts, sync_pause))
+}
+
+/// Messages a recorded channel gives up to reading ahead per step: a step
+/// stays bounded, and the channel's producer refills it meanwhile.
+const READ_AHEAD_PER_STEP: usize = 64;
+
+/// A task's part in unaligned checkpoints: the notice board its producers
+/// post barriers on, and the snapshot it holds while its gates record.
+pub(crate) struct UnalignedInput {
+    board: Arc<BarrierAnnouncements>,
+    /// The head operator: channel state is indexed under it.
+    owner: StageIdentity,
+    /// The instance's key groups (for the channel state's validation).
+    key_groups: KeyGroupRange,
+    inflight_bytes_max: u64,
+    held: Option<HeldSnapshot>,
+}
+
+/// A snapshot taken unaligned, submitted once the recording is complete.
+struct HeldSnapshot {
+    barrier: Barrier,
+    parts: Vec<OperatorPart>,
+    sync_pause: Duration,
+}
+
+impl UnalignedInput {
+    pub(crate) fn new(
+        board: Arc<BarrierAnnouncements>,
+        owner: StageIdentity,
+        key_groups: KeyGroupRange,
+        inflight_bytes_max: u64,
+    ) -> Self {
+        Self {
+            board,
+            owner,
+            key_groups,
+            inflight_bytes_max,
+            held: None,
+        }
+    }
+
+    /// Holds `held` until its recording is complete; one held before it
+    /// was abandoned upstream and is declined.
+    fn hold(&mut self, control: &TaskControlPlane, held: HeldSnapshot) {
+        let id = held.barrier.id;
+        if let Some(old) = self.held.replace(held) {
+            decline_held(control, old, format!("superseded by checkpoint {id}"));
+        }
+    }
+
+    /// Declines the held snapshot, if any (its sinks' deferred work still
+    /// runs on the upload thread).
+    fn decline(&mut self, control: &TaskControlPlane, reason: String) {
+        if let Some(held) = self.held.take() {
+            decline_held(control, held, reason);
+        }
+    }
+
+    /// The recording of `barrier` is complete: the held snapshot goes to an
+    /// upload thread with what the gates recorded.
+    fn complete(
+        &mut self,
+        control: &TaskControlPlane,
+        barrier: Barrier,
+        alignment: Duration,
+        inputs: Vec<InputContents>,
+    ) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        if held.barrier.id != barrier.id {
+            decline_held(
+                control,
+                held,
+                format!("superseded by checkpoint {}", barrier.id),
+            );
+            return;
+        }
+        let channels = (!inputs.is_empty()).then(|| ChannelStatePart {
+            uid: Arc::clone(&self.owner.uid),
+            name: Arc::clone(&self.owner.name),
+            subtask: self.owner.subtask,
+            contents: ChannelStateContents {
+                key_group_start: self.key_groups.start,
+                key_group_end: self.key_groups.end,
+                inputs,
+            },
+        });
+        control.submit_job(Submission {
+            barrier: held.barrier,
+            parts: held.parts,
+            sync_pause: held.sync_pause,
+            alignment,
+            unaligned: true,
+            channels,
+            decline: None,
+        });
+    }
+
+    fn over_limit(&self, bytes: u64) -> bool {
+        bytes > self.inflight_bytes_max
+    }
+
+    fn limit_reason(&self, id: u64, bytes: u64) -> String {
+        format!(
+            "the in-flight records of checkpoint {id} reached {bytes} bytes, over the limit of {} \
+             bytes per task",
+            self.inflight_bytes_max
+        )
+    }
+}
+
+fn decline_held(control: &TaskControlPlane, held: HeldSnapshot, reason: String) {
+    control.submit_job(Submission {
+        barrier: held.barrier,
+        parts: held.parts,
+        sync_pause: held.sync_pause,
+        alignment: Duration::ZERO,
+        unaligned: true,
+        channels: None,
+        decline: Some(reason),
+    });
+}
+
+/// The input mode of a task reading channels under `control`.
+fn input_mode(control: Option<&TaskControlPlane>) -> InputMode {
+    if control.is_none_or(|c| c.aligned) {
+        InputMode::Aligned
+    } else {
+        InputMode::NonBlocking
+    }
+}
+
+/// The instant a deadline in ms since the epoch falls at, on `clock`.
+fn deadline_instant(clock: &SharedClock, tracker: &BarrierTracker) -> Option<Instant> {
+    let deadline = tracker.deadline_unix_ms()?;
+    clock.instant_at(i64::try_from(deadline).unwrap_or(i64::MAX))
+}
+
+/// The tracker's answer to the clock (an aligned-until deadline), read
+/// only while such an alignment is open.
+fn check_deadline(clock: &SharedClock, tracker: &mut BarrierTracker) -> Option<TrackerEvent> {
+    tracker.deadline_unix_ms()?;
+    let now = u64::try_from(clock.now_ms()).unwrap_or(0);
+    tracker.on_clock(now)
 }
 
 /// What a source does about a barrier it is told to inject.
@@ -815,329 +985,13 @@ impl<T> ReadAhead<T> {
     }
 }
 
-/// Barrier alignment over all input channels of a task (of one or two gates).
-///
-/// Exactly-once: a channel that delivered barrier n is blocked until barrier n
-/// arrived on every open channel, so no record after the barrier is processed
-/// before the snapshot. At-least-once: nothing is blocked; the snapshot is taken
-/// when the last barrier arrives (records after the barrier on fast channels are
-/// then in the snapshot and are replayed again after a restore).
-pub struct Aligner {
-    aligned: bool,
-    blocked: Vec<bool>,
-    got: Vec<bool>,
-    ended: Vec<bool>,
-    current: Option<Barrier>,
-    started: Option<Instant>,
-}
-
-impl Aligner {
-    pub fn new(channels: usize, aligned: bool) -> Self {
-        Self {
-            aligned,
-            blocked: vec![false; channels],
-            got: vec![false; channels],
-            ended: vec![false; channels],
-            current: None,
-            started: None,
-        }
-    }
-
-    #[inline]
-    fn is_blocked(&self, channel: usize) -> bool {
-        self.blocked[channel]
-    }
-
-    fn reset(&mut self) {
-        self.blocked.iter_mut().for_each(|b| *b = false);
-        self.got.iter_mut().for_each(|g| *g = false);
-        self.current = None;
-        self.started = None;
-    }
-
-    fn complete(&mut self) -> Option<(Barrier, Duration)> {
-        let barrier = self.current?;
-        let done = (0..self.got.len()).all(|i| self.got[i] || self.ended[i]);
-        if !done {
-            return None;
-        }
-        let alignment = self.started.map_or(Duration::ZERO, |s| s.elapsed());
-        self.reset();
-        Some((barrier, alignment))
-    }
-
-    /// Barrier `barrier` arrived on `channel`; returns it (with the alignment
-    /// time) once it arrived everywhere.
-    fn on_barrier(&mut self, channel: usize, barrier: Barrier) -> Option<(Barrier, Duration)> {
-        match self.current {
-            Some(current) if barrier.id < current.id => return None, // stale: its checkpoint was abandoned
-            Some(current) if barrier.id > current.id => self.reset(), // current one was aborted upstream
-            _ => {}
-        }
-        if self.current.is_none() {
-            self.current = Some(barrier);
-            self.started = Some(Instant::now());
-        }
-        self.got[channel] = true;
-        if self.aligned {
-            self.blocked[channel] = true;
-        }
-        self.complete()
-    }
-
-    /// `channel` ended; it no longer takes part in alignment.
-    fn on_end(&mut self, channel: usize) -> Option<(Barrier, Duration)> {
-        self.ended[channel] = true;
-        self.blocked[channel] = false;
-        self.complete()
-    }
-}
-
-/// What the channels of a task's inputs say about event time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InputWatermark {
-    /// The minimum watermark over the channels that are not idle (`None`:
-    /// every channel is idle, or there is none).
-    pub min: Option<Watermark>,
-    /// Some channel is idle.
-    pub any_idle: bool,
-}
-
-/// Where a task's event time stands, from its inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InputStatus {
-    /// At least one input channel is active; the minimum over them.
-    Active(Watermark),
-    /// Every channel is idle, or finished (`MAX`) while the others are idle.
-    Idle,
-}
-
-impl InputWatermark {
-    /// Both inputs of a two-input task together.
-    pub fn combine(self, other: InputWatermark) -> InputWatermark {
-        let min = match (self.min, other.min) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        InputWatermark {
-            min,
-            any_idle: self.any_idle || other.any_idle,
-        }
-    }
-
-    /// The task's status (`None`: it has no input channel). Channels that
-    /// finished (at `MAX`) count as idle when others are idle: their end
-    /// does not end the event time of an idle channel, whose records may
-    /// still come.
-    pub fn status(self) -> Option<InputStatus> {
-        match self.min {
-            Some(w) if !(self.any_idle && w == Watermark::MAX) => Some(InputStatus::Active(w)),
-            _ if self.any_idle => Some(InputStatus::Idle),
-            _ => None,
-        }
-    }
-}
-
-/// The channels into one input of a task.
-///
-/// It keeps the watermark and the [`WatermarkStatus`] of every channel (the
-/// newest watermark it delivered; idle from its sender's `Idle` until its
-/// `Active`) and yields [`GateEvent::Watermark`] when the
-/// minimum over the channels that are not idle, or whether some channel is
-/// idle, changed. An ended channel keeps its last watermark and status.
-/// Watermarks and statuses are read in stream order like batches, so on a
-/// channel blocked for alignment they wait too.
-pub struct InputGate<T> {
-    channels: Vec<ChannelReceiver<T>>,
-    /// Index of this gate's first channel in the task's [`Aligner`].
-    offset: usize,
-    ended: Vec<bool>,
-    open: usize,
-    cursor: usize,
-    task: String,
-    watermarks: Vec<Watermark>,
-    /// The channel's sender said it is idle (and has not said otherwise).
-    idle: Vec<bool>,
-    /// What the channels said, as last yielded.
-    reported: InputWatermark,
-    /// A change of the minimum not yielded yet (a barrier went first).
-    dirty: bool,
-}
-
-/// What an input gate yielded.
-pub enum GateEvent<T> {
-    Batch(Vec<T>),
-    /// Barrier n arrived on every input of the task: time to snapshot.
-    Barrier(Barrier, Duration),
-    /// The minimum watermark over the gate's channels that are not idle
-    /// changed, or whether some channel is idle did.
-    Watermark(InputWatermark),
-    /// Nothing available now.
-    Empty,
-    /// Every channel has ended.
-    Ended,
-}
-
-impl<T> InputGate<T> {
-    pub fn new(task: &str, channels: Vec<ChannelReceiver<T>>, offset: usize) -> Self {
-        let n = channels.len();
-        Self {
-            channels,
-            offset,
-            ended: vec![false; n],
-            open: n,
-            cursor: 0,
-            task: task.to_owned(),
-            watermarks: vec![Watermark::MIN; n],
-            idle: vec![false; n],
-            reported: InputWatermark {
-                min: (n > 0).then_some(Watermark::MIN),
-                any_idle: false,
-            },
-            dirty: false,
-        }
-    }
-
-    /// What the channels say about event time, as last yielded.
-    pub fn watermark(&self) -> InputWatermark {
-        self.reported
-    }
-
-    /// Recomputes the minimum; true if it changed since last yielded.
-    ///
-    /// An ended channel keeps its last watermark in the minimum. A channel
-    /// that ends with its input carried `Watermark::MAX` first (sources emit
-    /// it when their reader finishes), so it holds nothing back; one that
-    /// ends because the job stopped with a savepoint did not, and its
-    /// records after the savepoint are still to come (after the resume):
-    /// leaving it out let the other channels' watermarks fire windows
-    /// before all their records had arrived (found by the whole-job
-    /// simulation).
-    ///
-    /// An idle channel is left out of the minimum, whatever its watermark:
-    /// its sender has nothing to say for now.
-    fn watermark_changed(&mut self) -> bool {
-        let min = self
-            .watermarks
-            .iter()
-            .zip(&self.idle)
-            .filter(|(_, idle)| !**idle)
-            .map(|(w, _)| *w)
-            .min();
-        let reported = InputWatermark {
-            min,
-            any_idle: self.idle.iter().any(|idle| *idle),
-        };
-        let changed = reported != self.reported;
-        self.reported = reported;
-        changed
-    }
-
-    pub fn len(&self) -> usize {
-        self.channels.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.channels.is_empty()
-    }
-
-    /// Messages waiting in the gate's channels and their total capacity
-    /// (metrics: sampled, never per message).
-    pub fn queue(&self) -> (u64, u64) {
-        self.channels.iter().fold((0, 0), |(len, cap), c| {
-            (len + c.len() as u64, cap + c.capacity() as u64)
-        })
-    }
-
-    /// The next event of any unblocked channel, round-robin so none starves.
-    pub fn poll(&mut self, aligner: &mut Aligner) -> Result<GateEvent<T>, TaskError> {
-        if self.dirty {
-            self.dirty = false;
-            if self.watermark_changed() {
-                return Ok(GateEvent::Watermark(self.reported));
-            }
-        }
-        let n = self.channels.len();
-        let start = self.cursor;
-        for step in 0..n {
-            let i = (start + step) % n;
-            // A control message that yields nothing (a barrier still
-            // aligning, a watermark that moves no minimum) is consumed and
-            // the same channel read on: the gate says `Empty` only when no
-            // unblocked channel has anything.
-            loop {
-                if self.ended[i] || aligner.is_blocked(self.offset + i) {
-                    break;
-                }
-                match self.channels[i].try_recv() {
-                    Ok(Some(Message::Batch(batch))) => {
-                        self.cursor = (i + 1) % n;
-                        return Ok(GateEvent::Batch(batch));
-                    }
-                    Ok(Some(Message::Barrier(barrier))) => {
-                        self.cursor = (i + 1) % n;
-                        if let Some((barrier, alignment)) =
-                            aligner.on_barrier(self.offset + i, barrier)
-                        {
-                            return Ok(GateEvent::Barrier(barrier, alignment));
-                        }
-                    }
-                    Ok(Some(Message::Watermark(watermark))) => {
-                        self.cursor = (i + 1) % n;
-                        // Watermarks only grow: an older one is ignored.
-                        // One from an idle channel is kept, but the channel
-                        // stays idle until its sender says `Active` (an
-                        // assigner behind an idle task may still make
-                        // watermarks from records fired by timers).
-                        if watermark > self.watermarks[i] {
-                            self.watermarks[i] = watermark;
-                            if self.watermark_changed() {
-                                return Ok(GateEvent::Watermark(self.reported));
-                            }
-                        }
-                    }
-                    Ok(Some(Message::WatermarkStatus(status))) => {
-                        self.cursor = (i + 1) % n;
-                        self.idle[i] = status == WatermarkStatus::Idle;
-                        if self.watermark_changed() {
-                            return Ok(GateEvent::Watermark(self.reported));
-                        }
-                    }
-                    Ok(Some(Message::EndOfInput)) => {
-                        self.ended[i] = true;
-                        self.open -= 1;
-                        if let Some((barrier, alignment)) = aligner.on_end(self.offset + i) {
-                            // The channel no longer holds the watermark
-                            // back: said on the next poll.
-                            self.dirty = true;
-                            return Ok(GateEvent::Barrier(barrier, alignment));
-                        }
-                        if self.watermark_changed() {
-                            return Ok(GateEvent::Watermark(self.reported));
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(_) => {
-                        return Err(TaskError::ChannelClosed {
-                            task: self.task.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        Ok(if self.open == 0 {
-            GateEvent::Ended
-        } else {
-            GateEvent::Empty
-        })
-    }
-}
-
 /// A task reading one input (from one or more upstream tasks).
 pub struct OneInputTask<T> {
     name: String,
     gate: InputGate<T>,
-    aligner: Aligner,
+    tracker: BarrierTracker,
+    /// Unaligned checkpoints: the task's board and held snapshot.
+    unaligned: Option<UnalignedInput>,
     pipeline: Box<dyn Pipeline<T>>,
     phase: Phase,
     control: Option<TaskControlPlane>,
@@ -1159,14 +1013,14 @@ impl<T: Send> OneInputTask<T> {
         control: Option<TaskControlPlane>,
     ) -> Self {
         let gate = InputGate::new(&name, channels, 0);
-        let aligned = control.as_ref().is_none_or(|c| c.aligned);
-        let aligner = Aligner::new(gate.len(), aligned);
+        let tracker = BarrierTracker::new(gate.len(), input_mode(control.as_ref()));
         let meter = TaskMeter::new(TaskMetrics::detached(&name));
         Self {
             meter,
             name,
             gate,
-            aligner,
+            tracker,
+            unaligned: None,
             pipeline,
             phase: Phase::Running,
             control,
@@ -1180,6 +1034,27 @@ impl<T: Send> OneInputTask<T> {
     /// Reports the task's input watermark in `gauge` (metrics).
     pub fn with_watermark_gauge(mut self, gauge: WatermarkGauge) -> Self {
         self.gauge = Some(gauge);
+        self
+    }
+
+    /// Replays `batches` (restored channel state) before any channel.
+    pub(crate) fn with_recovered(mut self, batches: Vec<Vec<T>>) -> Self {
+        self.gate = self.gate.with_recovered(batches);
+        self
+    }
+
+    /// Takes unaligned snapshots when a barrier says so, recording with
+    /// `recorder`; only for an exactly-once task.
+    pub(crate) fn with_unaligned(
+        mut self,
+        recorder: crate::channel_state::ChannelRecorder<T>,
+        unaligned: UnalignedInput,
+    ) -> Self {
+        if self.tracker.mode() == InputMode::Aligned {
+            self.gate = self.gate.with_recorder(recorder);
+            self.tracker = BarrierTracker::new(self.gate.len(), InputMode::MayUnalign);
+            self.unaligned = Some(unaligned);
+        }
         self
     }
 
@@ -1234,9 +1109,114 @@ impl<T: Send> OneInputTask<T> {
             }
             ProcessingTime::Later(wake_at) => {
                 self.pipeline.flush(true)?;
-                Ok(Step::Idle { wake_at })
+                let deadline = deadline_instant(&self.idle_timers.clock, &self.tracker);
+                Ok(Step::Idle {
+                    wake_at: earliest(wake_at, deadline),
+                })
             }
         }
+    }
+
+    /// A checkpoint event of the tracker: snapshot and forward, then submit
+    /// (aligned) or hold while the gate records (unaligned).
+    fn on_checkpoint(&mut self, event: TrackerEvent) -> Result<(), TaskError> {
+        let Some(control) = &self.control else {
+            return Ok(());
+        };
+        match event {
+            TrackerEvent::Aligned { barrier, alignment } => {
+                self.idle_timers.on_barrier(barrier);
+                if let Some(unaligned) = &mut self.unaligned {
+                    self.gate.clear_recorded();
+                    unaligned.decline(control, format!("superseded by checkpoint {}", barrier.id));
+                }
+                checkpoint(
+                    control,
+                    self.pipeline.as_mut(),
+                    barrier,
+                    Instant::now(),
+                    Vec::new(),
+                    alignment,
+                )
+            }
+            TrackerEvent::Unaligned { barrier } => {
+                self.idle_timers.on_barrier(barrier);
+                self.gate.start_recording()?;
+                let (parts, sync_pause) = snapshot_and_forward(
+                    self.pipeline.as_mut(),
+                    barrier,
+                    Instant::now(),
+                    Vec::new(),
+                )?;
+                if let Some(unaligned) = &mut self.unaligned {
+                    unaligned.hold(
+                        control,
+                        HeldSnapshot {
+                            barrier,
+                            parts,
+                            sync_pause,
+                        },
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Unaligned checkpoints, ahead of output and input: the notice board,
+    /// the aligned-until deadline, reading ahead on recorded channels, and
+    /// the submission once every channel delivered its barrier. True if
+    /// reading ahead left messages for the next step.
+    fn step_unaligned(&mut self, aborted: &[u64]) -> Result<bool, TaskError> {
+        if self.unaligned.is_none() {
+            return Ok(false);
+        }
+        for &id in aborted {
+            if self.tracker.abandon(id) {
+                self.gate.clear_recorded();
+                if let (Some(u), Some(control)) = (&mut self.unaligned, &self.control) {
+                    u.decline(control, format!("checkpoint {id} was aborted"));
+                }
+            }
+        }
+        let handled = self.tracker.handled();
+        let notice = (self.unaligned.as_ref()).and_then(|u| u.board.take_newer_than(handled));
+        if let Some(barrier) = notice
+            && let Some(event) = self.tracker.on_announcement(barrier)
+        {
+            self.on_checkpoint(event)?;
+        }
+        if let Some(event) = check_deadline(&self.idle_timers.clock, &mut self.tracker) {
+            self.on_checkpoint(event)?;
+        }
+        let mut more = false;
+        if self.tracker.is_recording() {
+            more = self.gate.drain(&mut self.tracker, READ_AHEAD_PER_STEP)?;
+        }
+        self.finish_recording()?;
+        Ok(more)
+    }
+
+    /// Declines the checkpoint being recorded if it is over the in-flight
+    /// limit; submits it once every channel is done.
+    fn finish_recording(&mut self) -> Result<(), TaskError> {
+        let (Some(unaligned), Some(control)) = (&mut self.unaligned, &self.control) else {
+            return Ok(());
+        };
+        if let Some(id) = self.tracker.recording_id() {
+            let bytes = self.gate.recorded_bytes();
+            if unaligned.over_limit(bytes) {
+                self.tracker.abandon(id);
+                self.gate.clear_recorded();
+                unaligned.decline(control, unaligned.limit_reason(id, bytes));
+                return Ok(());
+            }
+        }
+        if let Some((barrier, alignment)) = self.tracker.input_done() {
+            let inputs: Vec<InputContents> = self.gate.take_recorded()?.into_iter().collect();
+            unaligned.complete(control, barrier, alignment, inputs);
+        }
+        Ok(())
     }
 }
 
@@ -1299,44 +1279,47 @@ impl<T: Send> Task for OneInputTask<T> {
             return drain(&mut self.phase, self.pipeline.as_mut(), &mut self.meter);
         }
         // No head: the pipeline hears completions and aborts.
-        drain_commands(self.control.as_ref(), self.pipeline.as_mut(), |_| Ok(()))?;
+        let mut aborted = Vec::new();
+        drain_commands(self.control.as_ref(), self.pipeline.as_mut(), |command| {
+            if let HeadCommand::Aborted(id) = command {
+                aborted.push(id);
+            }
+            Ok(())
+        })?;
+        let reading_ahead = self.step_unaligned(&aborted)?;
         if !self.pipeline.flush(false)? {
             self.meter.waiting = Some(Waiting::Output);
-            return Ok(Step::Idle { wake_at: None });
+            if reading_ahead {
+                return Ok(Step::Progress);
+            }
+            let wake_at = deadline_instant(&self.idle_timers.clock, &self.tracker);
+            return Ok(Step::Idle { wake_at });
         }
-        match self.gate.poll(&mut self.aligner)? {
+        let step = match self.gate.poll(&mut self.tracker)? {
             GateEvent::Batch(mut batch) => {
                 self.meter.records_in(batch.len());
                 self.idle_timers.on_input();
                 self.pipeline.push(&mut batch)?;
-                Ok(Step::Progress)
+                Step::Progress
             }
-            GateEvent::Barrier(barrier, alignment) => {
-                self.idle_timers.on_barrier(barrier);
-                if let Some(control) = &self.control {
-                    checkpoint(
-                        control,
-                        self.pipeline.as_mut(),
-                        barrier,
-                        Instant::now(),
-                        Vec::new(),
-                        alignment,
-                    )?;
-                }
-                Ok(Step::Progress)
+            GateEvent::Checkpoint(event) => {
+                self.on_checkpoint(event)?;
+                Step::Progress
             }
             GateEvent::Watermark(input) => {
                 self.idle_timers.on_input();
                 self.advance_watermark(input)?;
-                Ok(Step::Progress)
+                Step::Progress
             }
-            GateEvent::Empty => self.idle(),
+            GateEvent::Empty => self.idle()?,
             GateEvent::Ended => {
                 self.pipeline.end_of_input()?;
                 self.phase = Phase::Draining;
-                Ok(Step::Progress)
+                Step::Progress
             }
-        }
+        };
+        self.finish_recording()?;
+        Ok(step)
     }
 }
 
@@ -1346,7 +1329,9 @@ pub struct TwoInputTask<A, B, O> {
     id: StageIdentity,
     first: InputGate<A>,
     second: InputGate<B>,
-    aligner: Aligner,
+    tracker: BarrierTracker,
+    /// Unaligned checkpoints: the task's board and held snapshot.
+    unaligned: Option<UnalignedInput>,
     first_ended: bool,
     second_ended: bool,
     prefer_second: bool,
@@ -1371,7 +1356,7 @@ pub struct TwoInputTask<A, B, O> {
 enum SideEvent {
     Nothing,
     Data,
-    Barrier(Barrier, Duration),
+    Checkpoint(TrackerEvent),
     Watermark,
 }
 
@@ -1387,8 +1372,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
     ) -> Self {
         let first = InputGate::new(&name, first, 0);
         let second = InputGate::new(&name, second, first.len());
-        let aligned = control.as_ref().is_none_or(|c| c.aligned);
-        let aligner = Aligner::new(first.len() + second.len(), aligned);
+        let tracker = BarrierTracker::new(first.len() + second.len(), input_mode(control.as_ref()));
         let meter = TaskMeter::new(TaskMetrics::detached(&name));
         let head = HeadMeter::new(OperatorMetrics::detached(&name));
         Self {
@@ -1396,7 +1380,8 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
             head,
             first,
             second,
-            aligner,
+            tracker,
+            unaligned: None,
             name,
             id,
             first_ended: false,
@@ -1471,7 +1456,10 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
             }
             ProcessingTime::Later(wake_at) => {
                 self.pipeline.flush(true)?;
-                Ok(Step::Idle { wake_at })
+                let deadline = deadline_instant(&self.idle_timers.clock, &self.tracker);
+                Ok(Step::Idle {
+                    wake_at: earliest(wake_at, deadline),
+                })
             }
         }
     }
@@ -1522,7 +1510,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
             if self.second_ended {
                 return Ok(SideEvent::Nothing);
             }
-            match self.second.poll(&mut self.aligner)? {
+            match self.second.poll(&mut self.tracker)? {
                 GateEvent::Batch(mut batch) => {
                     self.meter.records_in(batch.len());
                     self.head.count(batch.len(), 0);
@@ -1531,7 +1519,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
                     })?;
                     SideEvent::Data
                 }
-                GateEvent::Barrier(b, a) => SideEvent::Barrier(b, a),
+                GateEvent::Checkpoint(event) => SideEvent::Checkpoint(event),
                 GateEvent::Watermark(_) => SideEvent::Watermark,
                 GateEvent::Empty => SideEvent::Nothing,
                 GateEvent::Ended => {
@@ -1543,7 +1531,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
             if self.first_ended {
                 return Ok(SideEvent::Nothing);
             }
-            match self.first.poll(&mut self.aligner)? {
+            match self.first.poll(&mut self.tracker)? {
                 GateEvent::Batch(mut batch) => {
                     self.meter.records_in(batch.len());
                     self.head.count(batch.len(), 0);
@@ -1552,7 +1540,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
                     })?;
                     SideEvent::Data
                 }
-                GateEvent::Barrier(b, a) => SideEvent::Barrier(b, a),
+                GateEvent::Checkpoint(event) => SideEvent::Checkpoint(event),
                 GateEvent::Watermark(_) => SideEvent::Watermark,
                 GateEvent::Empty => SideEvent::Nothing,
                 GateEvent::Ended => {
@@ -1567,10 +1555,29 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
         Ok(event)
     }
 
-    fn take_checkpoint(&mut self, barrier: Barrier, alignment: Duration) -> Result<(), TaskError> {
+    /// A checkpoint event of the tracker: the head's snapshot, the chain's,
+    /// the barrier downstream, then submit (aligned) or hold while the gates
+    /// record (unaligned).
+    fn on_checkpoint(&mut self, event: TrackerEvent) -> Result<(), TaskError> {
         let Some(control) = &self.control else {
             return Ok(());
         };
+        let (barrier, alignment) = match event {
+            TrackerEvent::Aligned { barrier, alignment } => {
+                if let Some(unaligned) = &mut self.unaligned {
+                    self.first.clear_recorded();
+                    self.second.clear_recorded();
+                    unaligned.decline(control, format!("superseded by checkpoint {}", barrier.id));
+                }
+                (barrier, Some(alignment))
+            }
+            TrackerEvent::Unaligned { barrier } => {
+                self.first.start_recording()?;
+                self.second.start_recording()?;
+                (barrier, None)
+            }
+        };
+        self.idle_timers.on_barrier(barrier);
         let started = Instant::now();
         let operator = &mut self.operator;
         let snapshot = guarded(&self.id.name, || operator.snapshot(barrier))?;
@@ -1579,14 +1586,105 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
         } else {
             vec![self.id.part(snapshot)]
         };
-        checkpoint(
-            control,
-            &mut self.pipeline,
-            barrier,
-            started,
-            parts,
-            alignment,
-        )
+        let (parts, sync_pause) =
+            snapshot_and_forward(&mut self.pipeline, barrier, started, parts)?;
+        match (alignment, &mut self.unaligned) {
+            (Some(alignment), _) => control.submit(barrier, parts, sync_pause, alignment),
+            (None, Some(unaligned)) => unaligned.hold(
+                control,
+                HeldSnapshot {
+                    barrier,
+                    parts,
+                    sync_pause,
+                },
+            ),
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    /// Takes unaligned snapshots when a barrier says so, recording each
+    /// input with its recorder; only for an exactly-once task.
+    pub(crate) fn with_unaligned(
+        mut self,
+        recorders: (
+            crate::channel_state::ChannelRecorder<A>,
+            crate::channel_state::ChannelRecorder<B>,
+        ),
+        unaligned: UnalignedInput,
+    ) -> Self {
+        if self.tracker.mode() == InputMode::Aligned {
+            self.first = self.first.with_recorder(recorders.0);
+            self.second = self.second.with_recorder(recorders.1);
+            let channels = self.first.len() + self.second.len();
+            self.tracker = BarrierTracker::new(channels, InputMode::MayUnalign);
+            self.unaligned = Some(unaligned);
+        }
+        self
+    }
+
+    /// Replays restored channel state before any channel of each input.
+    pub(crate) fn with_recovered(mut self, first: Vec<Vec<A>>, second: Vec<Vec<B>>) -> Self {
+        self.first = self.first.with_recovered(first);
+        self.second = self.second.with_recovered(second);
+        self
+    }
+
+    /// See [`OneInputTask::step_unaligned`].
+    fn step_unaligned(&mut self, aborted: &[u64]) -> Result<bool, TaskError> {
+        if self.unaligned.is_none() {
+            return Ok(false);
+        }
+        for &id in aborted {
+            if self.tracker.abandon(id) {
+                self.first.clear_recorded();
+                self.second.clear_recorded();
+                if let (Some(u), Some(control)) = (&mut self.unaligned, &self.control) {
+                    u.decline(control, format!("checkpoint {id} was aborted"));
+                }
+            }
+        }
+        let handled = self.tracker.handled();
+        let notice = (self.unaligned.as_ref()).and_then(|u| u.board.take_newer_than(handled));
+        if let Some(barrier) = notice
+            && let Some(event) = self.tracker.on_announcement(barrier)
+        {
+            self.on_checkpoint(event)?;
+        }
+        if let Some(event) = check_deadline(&self.idle_timers.clock, &mut self.tracker) {
+            self.on_checkpoint(event)?;
+        }
+        let mut more = false;
+        if self.tracker.is_recording() {
+            more |= self.first.drain(&mut self.tracker, READ_AHEAD_PER_STEP)?;
+            more |= self.second.drain(&mut self.tracker, READ_AHEAD_PER_STEP)?;
+        }
+        self.finish_recording()?;
+        Ok(more)
+    }
+
+    /// See [`OneInputTask::finish_recording`].
+    fn finish_recording(&mut self) -> Result<(), TaskError> {
+        let (Some(unaligned), Some(control)) = (&mut self.unaligned, &self.control) else {
+            return Ok(());
+        };
+        if let Some(id) = self.tracker.recording_id() {
+            let bytes = self.first.recorded_bytes() + self.second.recorded_bytes();
+            if unaligned.over_limit(bytes) {
+                self.tracker.abandon(id);
+                self.first.clear_recorded();
+                self.second.clear_recorded();
+                unaligned.decline(control, unaligned.limit_reason(id, bytes));
+                return Ok(());
+            }
+        }
+        if let Some((barrier, alignment)) = self.tracker.input_done() {
+            let mut inputs: Vec<InputContents> = Vec::with_capacity(2);
+            inputs.extend(self.first.take_recorded()?);
+            inputs.extend(self.second.take_recorded()?);
+            unaligned.complete(control, barrier, alignment, inputs);
+        }
+        Ok(())
     }
 }
 
@@ -1617,6 +1715,7 @@ impl<A: Send, B: Send, O: Send> Task for TwoInputTask<A, B, O> {
             return drain(&mut self.phase, &mut self.pipeline, &mut self.meter);
         }
         let (operator, name) = (&mut self.operator, &self.id.name);
+        let mut aborted = Vec::new();
         drain_commands(
             self.control.as_ref(),
             &mut self.pipeline,
@@ -1625,16 +1724,32 @@ impl<A: Send, B: Send, O: Send> Task for TwoInputTask<A, B, O> {
                     guarded(name, || operator.notify_checkpoint_complete(id))
                 }
                 HeadCommand::Aborted(id) => {
+                    aborted.push(id);
                     guarded(name, || operator.notify_checkpoint_aborted(id))
                 }
                 // Sent to sources only.
                 HeadCommand::Trigger(..) | HeadCommand::Resume => Ok(()),
             },
         )?;
+        let reading_ahead = self.step_unaligned(&aborted)?;
         if !self.pipeline.flush(false)? {
             self.meter.waiting = Some(Waiting::Output);
-            return Ok(Step::Idle { wake_at: None });
+            if reading_ahead {
+                return Ok(Step::Progress);
+            }
+            let wake_at = deadline_instant(&self.idle_timers.clock, &self.tracker);
+            return Ok(Step::Idle { wake_at });
         }
+        let step = self.step_input()?;
+        self.finish_recording()?;
+        Ok(step)
+    }
+}
+
+impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
+    /// Polls both sides (alternating which goes first) and acts on what
+    /// one yields; the idle hook if neither has anything.
+    fn step_input(&mut self) -> Result<Step, TaskError> {
         // Alternate which side goes first so neither input starves the other.
         let first_side = self.prefer_second;
         self.prefer_second = !self.prefer_second;
@@ -1644,9 +1759,8 @@ impl<A: Send, B: Send, O: Send> Task for TwoInputTask<A, B, O> {
                     self.idle_timers.on_input();
                     return Ok(Step::Progress);
                 }
-                SideEvent::Barrier(barrier, alignment) => {
-                    self.idle_timers.on_barrier(barrier);
-                    self.take_checkpoint(barrier, alignment)?;
+                SideEvent::Checkpoint(event) => {
+                    self.on_checkpoint(event)?;
                     return Ok(Step::Progress);
                 }
                 SideEvent::Watermark => {

@@ -12,9 +12,10 @@
 use crossbeam_channel::Receiver;
 use flowstate_checkpoint::SnapshotKind;
 use flowstate_checkpoint::SubtaskSnapshot;
+use flowstate_checkpoint::channel_file::write_channel_state_file;
 use flowstate_checkpoint::coordinator::TaskAck;
 use flowstate_checkpoint::keyed_file::write_keyed_file;
-use flowstate_checkpoint::layout::{keyed_state_path, savepoint_keyed_path};
+use flowstate_checkpoint::layout::{channel_state_path, keyed_state_path, savepoint_keyed_path};
 use flowstate_checkpoint::native_files::upload_native;
 use flowstate_checkpoint::storage::SharedStorage;
 use flowstate_state::BackendSnapshot;
@@ -58,7 +59,7 @@ pub(crate) fn upload_snapshot(
             }
         }
     }
-    if let Some(reason) = failed {
+    if let Some(reason) = failed.or(job.decline.take()) {
         return decline(reason);
     }
     // A savepoint's files go to its own directory, named relative to it.
@@ -132,6 +133,44 @@ pub(crate) fn upload_snapshot(
             },
         ));
     }
+    // In-flight records: one file per task instance, indexed under its head
+    // operator (an entry of its own if the head keeps no other state).
+    // Never in a savepoint: those are aligned, so nothing was recorded.
+    let mut persisted_bytes = 0;
+    if let Some(channels) = job.channels {
+        if savepoint.is_some() {
+            return decline("channel state in a savepoint (savepoints are aligned)".into());
+        }
+        let path = channel_state_path(job_id, id, &channels.uid, channels.subtask);
+        let handle = match write_channel_state_file(storage.as_ref(), &path, &channels.contents) {
+            Ok(handle) => handle,
+            Err(e) => {
+                return decline(format!(
+                    "writing channel state of '{}' ({}): {e}",
+                    channels.name, channels.subtask
+                ));
+            }
+        };
+        persisted_bytes = handle.file.size;
+        bytes += persisted_bytes;
+        match operators
+            .iter_mut()
+            .find(|(uid, _, s)| **uid == *channels.uid && s.subtask == channels.subtask)
+        {
+            Some((_, _, snapshot)) => snapshot.channels = Some(handle),
+            None => operators.push((
+                channels.uid.to_string(),
+                channels.name.to_string(),
+                SubtaskSnapshot {
+                    subtask: channels.subtask,
+                    keyed: None,
+                    native: None,
+                    lists: Vec::new(),
+                    channels: Some(handle),
+                },
+            )),
+        }
+    }
     TaskEvent::Ack(TaskAck {
         id,
         task: job.task,
@@ -139,8 +178,8 @@ pub(crate) fn upload_snapshot(
         bytes,
         sync_pause: job.sync_pause,
         alignment: job.alignment,
-        unaligned: false,
-        persisted_bytes: 0,
+        unaligned: job.unaligned,
+        persisted_bytes,
     })
 }
 

@@ -119,6 +119,12 @@ impl<T: Wire> Default for WireCodec<T> {
 }
 
 impl<T> WireCodec<T> {
+    /// Appends the encoding of every record of `records` (the records of a
+    /// batch message, without its header).
+    pub(crate) fn encode_records(&self, records: &[T], out: &mut Vec<u8>) -> Result<(), WireError> {
+        (self.encode)(records, out).map_err(WireError::Encode)
+    }
+
     /// Appends the payload of `message` to `out` (docs/wire-format.md).
     pub fn encode_message(&self, message: &Message<T>, out: &mut Vec<u8>) -> Result<(), WireError> {
         match message {

@@ -19,7 +19,13 @@ use std::sync::Arc;
 use flowstate_checkpoint::DeclaredKeyedState;
 
 use crate::Data;
-use crate::channel::{ChannelReceiver, ChannelSender, Signal, channel};
+use flowstate_checkpoint::EdgePartitioning;
+use flowstate_checkpoint::restore::RestoredChannelInput;
+
+use crate::channel::{
+    BarrierAnnouncements, ChannelReceiver, ChannelSender, Signal, channel_with_announcements,
+};
+use crate::channel_state::{ChannelRecorder, RecordedEdge, recovered_batches};
 use crate::config::SubtaskInfo;
 use crate::connector::{Sink, Source};
 use crate::control_plane::TaskControlPlane;
@@ -34,7 +40,7 @@ use crate::pipeline::{
     SinkStage, Tee,
 };
 use crate::remote::{InboundChannel, OutboundChannel};
-use crate::task::{OneInputTask, SourceTask, Task, TwoInputTask};
+use crate::task::{OneInputTask, SourceTask, Task, TwoInputTask, UnalignedInput};
 
 /// Creates the operator instance of one subtask.
 pub type OperatorFactory<I, O> =
@@ -85,13 +91,73 @@ impl BuildContext<'_> {
     }
 }
 
+/// What the plan knows about the edge one input gate of a task reads (a
+/// hash or rebalance edge of its own), for recording and replaying its
+/// in-flight records.
+pub(crate) struct GateInput<'a> {
+    /// The edge's index among the head node's inputs.
+    pub edge: u32,
+    pub from_uid: String,
+    /// The edge's `Partitioning<T>`.
+    pub partitioning: &'a (dyn Any + Send + Sync),
+    pub batch_size: usize,
+    /// Restored channel state of this instance, to replay first.
+    pub recovered: Option<RestoredChannelInput>,
+}
+
+/// A gate's input and the task's unaligned side, as the plan hands them
+/// to a node factory.
+pub(crate) type GateSetup<'a> = (Option<GateInput<'a>>, Option<UnalignedInput>);
+
+/// Both gates' inputs of a two-input task and its unaligned side.
+pub(crate) type TwoGateSetup<'a> = (
+    (Option<GateInput<'a>>, Option<GateInput<'a>>),
+    Option<UnalignedInput>,
+);
+
+/// The typed parts of a gate's input: the recorder (if `unaligned`) and the
+/// decoded batches to replay.
+type TypedGate<T> = (Option<ChannelRecorder<T>>, Vec<Vec<T>>);
+
+fn typed_gate<T: Data>(
+    input: Option<GateInput<'_>>,
+    record: bool,
+) -> Result<TypedGate<T>, BuildError> {
+    let Some(input) = input else {
+        return Ok((None, Vec::new()));
+    };
+    let (key_groups, codec, partitioning) = match input.partitioning.downcast_ref() {
+        Some(Partitioning::<T>::Hash(f, codec)) => {
+            (Some(f.clone()), *codec, EdgePartitioning::Hash)
+        }
+        Some(Partitioning::<T>::Rebalance(codec)) => (None, *codec, EdgePartitioning::Rebalance),
+        _ => return Ok((None, Vec::new())),
+    };
+    let edge = RecordedEdge {
+        edge: input.edge,
+        from_uid: input.from_uid,
+        partitioning,
+        record_type: type_name::<T>().to_owned(),
+    };
+    let recovered = match &input.recovered {
+        Some(restored) => recovered_batches(restored, &edge, codec)
+            .map_err(|e| BuildError::Restore(e.to_string()))?,
+        None => Vec::new(),
+    };
+    let recorder = record.then(|| ChannelRecorder::new(edge, codec, key_groups, input.batch_size));
+    Ok((recorder, recovered))
+}
+
 /// Operations on a stream type `T` that the plan needs without knowing `T`.
 pub(crate) trait Port: Send + Sync {
+    /// A local channel; `announcements`: the consumer's notice board, if it
+    /// may take unaligned snapshots.
     fn channel(
         &self,
         capacity: usize,
         producer: Arc<Signal>,
         consumer: Arc<Signal>,
+        announcements: Option<Arc<BarrierAnnouncements>>,
     ) -> (Erased, Erased);
     /// A channel whose consumer runs in another process (or behind the
     /// transport): the producer's sender and the transport's end. `None` for
@@ -126,6 +192,7 @@ pub(crate) trait Port: Send + Sync {
     /// The pipeline behind a side output of this type, from its typed
     /// pipeline `next`.
     fn side_output(&self, next: Erased) -> Box<dyn SideOutputPipeline>;
+    #[allow(clippy::too_many_arguments)]
     fn one_input_task(
         &self,
         name: String,
@@ -134,7 +201,8 @@ pub(crate) trait Port: Send + Sync {
         control: Option<TaskControlPlane>,
         metrics: Arc<TaskMetrics>,
         clock: flowstate_state::SharedClock,
-    ) -> Box<dyn Task>;
+        gate: GateSetup<'_>,
+    ) -> Result<Box<dyn Task>, BuildError>;
 }
 
 struct TypedPort<T>(PhantomData<fn() -> T>);
@@ -145,8 +213,9 @@ impl<T: Data> Port for TypedPort<T> {
         capacity: usize,
         producer: Arc<Signal>,
         consumer: Arc<Signal>,
+        announcements: Option<Arc<BarrierAnnouncements>>,
     ) -> (Erased, Erased) {
-        let (tx, rx) = channel::<T>(capacity, producer, consumer);
+        let (tx, rx) = channel_with_announcements::<T>(capacity, producer, consumer, announcements);
         (Box::new(tx), Box::new(rx))
     }
 
@@ -225,18 +294,23 @@ impl<T: Data> Port for TypedPort<T> {
         control: Option<TaskControlPlane>,
         metrics: Arc<TaskMetrics>,
         clock: flowstate_state::SharedClock,
-    ) -> Box<dyn Task> {
+        (input, unaligned): GateSetup<'_>,
+    ) -> Result<Box<dyn Task>, BuildError> {
         let receivers: Vec<ChannelReceiver<T>> = receivers.into_iter().map(cast).collect();
-        Box::new(
-            OneInputTask::new(
-                name,
-                receivers,
-                cast::<Box<dyn Pipeline<T>>>(pipeline),
-                control,
-            )
-            .with_metrics(metrics)
-            .with_clock(clock),
+        let (recorder, recovered) = typed_gate::<T>(input, unaligned.is_some())?;
+        let mut task = OneInputTask::new(
+            name,
+            receivers,
+            cast::<Box<dyn Pipeline<T>>>(pipeline),
+            control,
         )
+        .with_metrics(metrics)
+        .with_clock(clock)
+        .with_recovered(recovered);
+        if let (Some(recorder), Some(unaligned)) = (recorder, unaligned) {
+            task = task.with_unaligned(recorder, unaligned);
+        }
+        Ok(Box::new(task))
     }
 }
 
@@ -277,6 +351,7 @@ pub(crate) trait OperatorNode: Send {
 }
 
 pub(crate) trait TwoInputNode: Send {
+    #[allow(clippy::too_many_arguments)]
     fn create_task(
         &self,
         name: String,
@@ -285,6 +360,7 @@ pub(crate) trait TwoInputNode: Send {
         second: Vec<Erased>,
         outputs: (Erased, NamedSidePipelines),
         control: Option<TaskControlPlane>,
+        gates: TwoGateSetup<'_>,
     ) -> Result<Box<dyn Task>, BuildError>;
 
     /// See [`OperatorNode::declare`].
@@ -411,24 +487,33 @@ impl<A: Data, B: Data, O: Data> TwoInputNode for TwoInputNodeImpl<A, B, O> {
         second: Vec<Erased>,
         (pipeline, sides): (Erased, NamedSidePipelines),
         control: Option<TaskControlPlane>,
+        ((first_input, second_input), unaligned): TwoGateSetup<'_>,
     ) -> Result<Box<dyn Task>, BuildError> {
         let operator = (self.factory)(&cx.info).map_err(|e| cx.create_error(e))?;
         let task_metrics = cx.task_metrics(&name);
-        Ok(Box::new(
-            TwoInputTask::new(
-                name,
-                StageIdentity::of(&cx.info),
-                first.into_iter().map(cast::<ChannelReceiver<A>>).collect(),
-                second.into_iter().map(cast::<ChannelReceiver<B>>).collect(),
-                operator,
-                cast::<Box<dyn Pipeline<O>>>(pipeline),
-                control,
-            )
-            .with_side_outputs(sides)
-            .map_err(BuildError::Graph)?
-            .with_metrics(task_metrics, Arc::clone(&cx.info.metrics))
-            .with_clock(Arc::clone(&cx.info.clock)),
-        ))
+        let record = unaligned.is_some();
+        let (first_recorder, first_recovered) = typed_gate::<A>(first_input, record)?;
+        let (second_recorder, second_recovered) = typed_gate::<B>(second_input, record)?;
+        let task = TwoInputTask::new(
+            name,
+            StageIdentity::of(&cx.info),
+            first.into_iter().map(cast::<ChannelReceiver<A>>).collect(),
+            second.into_iter().map(cast::<ChannelReceiver<B>>).collect(),
+            operator,
+            cast::<Box<dyn Pipeline<O>>>(pipeline),
+            control,
+        )
+        .with_side_outputs(sides)
+        .map_err(BuildError::Graph)?
+        .with_metrics(task_metrics, Arc::clone(&cx.info.metrics))
+        .with_clock(Arc::clone(&cx.info.clock))
+        .with_recovered(first_recovered, second_recovered);
+        Ok(match (first_recorder, second_recorder, unaligned) {
+            (Some(first), Some(second), Some(unaligned)) => {
+                Box::new(task.with_unaligned((first, second), unaligned))
+            }
+            _ => Box::new(task),
+        })
     }
 }
 
