@@ -49,6 +49,9 @@
 //! | `min-pause` | between checkpoints, default `"0s"` |
 //! | `tolerable-failures` | consecutive failed checkpoints, default 3 |
 //! | `mode` | `"exactly-once"` (default), `"at-least-once"`, `"at-most-once"` |
+//! | `checkpointing` | `"aligned"` (default) or `"unaligned"` (needs exactly-once) |
+//! | `aligned-checkpoint-timeout` | unaligned: start aligned for this long, default `"0s"` |
+//! | `unaligned-max-inflight` | unaligned: in-flight bytes per task and checkpoint, default `"128MiB"` |
 //! | `retain` | completed checkpoints kept, default 1 |
 //! | `restore` | `"latest"`, or a savepoint or checkpoint directory |
 //! | `allow-non-restored-state` | `true`/`false` |
@@ -111,7 +114,8 @@ pub use cluster::ClusterArgs;
 pub use config_file::with_config_file;
 pub use error::{AppError, BoxError, error_chain};
 pub use runtime_args::{
-    DEFAULT_REST, Interval, Mode, OnSignal, RuntimeArgs, StateArgs, parse_interval, parse_size,
+    Checkpointing, DEFAULT_REST, Interval, Mode, OnSignal, RuntimeArgs, StateArgs,
+    parse_inflight_size, parse_interval, parse_size,
 };
 pub use shutdown::resume_command;
 
