@@ -674,6 +674,11 @@ fn run_job(
         let pause_p50 = pauses.get(pauses.len() / 2).copied().unwrap_or_default();
         let pause_max = pauses.last().copied().unwrap_or_default();
         let bytes = job_report.checkpoints.last().map_or(0, |c| c.bytes);
+        // Over the job's life, like `completed`; absent (`None` records
+        // nothing) unless some checkpoint was unaligned.
+        let progress = controller.metrics().checkpoints();
+        let unaligned = (progress.unaligned > 0).then_some(progress.unaligned);
+        let in_flight_persisted_bytes = unaligned.map(|_| progress.persisted_bytes_total);
         tracing::info!(
             job_id = job_id.as_str(),
             completed = job_report.completed_checkpoints,
@@ -684,6 +689,8 @@ fn run_job(
             sync_pause_p50_us = pause_p50.as_micros() as u64,
             sync_pause_max_us = pause_max.as_micros() as u64,
             restored_from = job_report.restored_from.unwrap_or(0),
+            unaligned,
+            in_flight_persisted_bytes,
             "checkpoints"
         );
     }
