@@ -113,6 +113,12 @@ fn an_unknown_key_or_a_bad_value_is_an_error_naming_the_key_and_the_file() {
         ("min-pause = \"1x\"\n", "min-pause"),
         ("incremental = \"yes\"\n", "'incremental' is true or false"),
         ("mode = \"twice\"\n", "'twice'"),
+        ("checkpointing = \"sometimes\"\n", "'sometimes'"),
+        (
+            "unaligned-max-inflight = \"2GiB\"\n",
+            "between 1MiB and 1GiB",
+        ),
+        ("aligned-checkpoint-timeout = \"soon\"\n", "soon"),
         ("config = \"other.toml\"\n", "unknown key 'config'"),
         ("parallelism = [\n", "job.toml"),
     ];
@@ -142,6 +148,38 @@ fn an_unknown_key_or_a_bad_value_is_an_error_naming_the_key_and_the_file() {
     let run = app(tmp.path(), &["--config", "missing.toml"]);
     assert_eq!(run.code, Some(2), "{run}");
     assert!(run.stderr.contains("missing.toml"), "{run}");
+}
+
+/// The unaligned checkpoint keys are flags like any other: the checks of
+/// flag combinations see them (exit 2, one error line naming the flags).
+#[test]
+fn unaligned_checkpoint_keys_are_checked_with_the_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "checkpointing = \"unaligned\"\nmode = \"at-least-once\"\n",
+            "--checkpointing unaligned needs --mode exactly-once, not at-least-once",
+        ),
+        (
+            "aligned-checkpoint-timeout = \"1s\"\n",
+            "--aligned-checkpoint-timeout only applies with --checkpointing unaligned",
+        ),
+    ];
+    for (text, expected) in cases {
+        let file = tmp.path().join("job.toml");
+        std::fs::write(&file, text).unwrap();
+        let run = app(
+            tmp.path(),
+            &with_quiet(&["--config", file.to_str().unwrap()]),
+        );
+        assert_eq!(run.code, Some(2), "{text}: {run}");
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.starts_with("app-test: error: ") && l.contains(expected)),
+            "{text}: {run}"
+        );
+    }
 }
 
 #[test]

@@ -686,7 +686,8 @@ pub struct CheckpointStatistics {
     pub persisted_data: u64,
     pub num_subtasks: u32,
     pub num_acknowledged_subtasks: u32,
-    /// `CHECKPOINT` or `SAVEPOINT`.
+    /// `CHECKPOINT`, `UNALIGNED_CHECKPOINT` (some task's barrier overtook
+    /// in-flight records, which `persisted_data` counts) or `SAVEPOINT`.
     pub checkpoint_type: String,
     /// Per vertex id (filled by the details route; `{}` in the history).
     pub tasks: BTreeMap<String, TaskCheckpointStatistics>,

@@ -643,20 +643,27 @@
     renderCheckpointCharts(history.slice(0, CHART_ENTRIES).reverse());
     const body = $('checkpoint-table').tBodies[0];
     if (!history.length) {
-      replace(body, h('tr', {}, h('td', { colspan: 9, class: 'muted', text: 'No checkpoints yet.' })));
+      replace(body, h('tr', {}, h('td', { colspan: 10, class: 'muted', text: 'No checkpoints yet.' })));
       return;
     }
     replace(body, history.slice(0, TABLE_ROWS).map((c) => {
       const savepoint = c.is_savepoint || c.checkpoint_type === 'SAVEPOINT';
+      const unaligned = c.checkpoint_type === 'UNALIGNED_CHECKPOINT';
       const failedEntry = c.status === 'FAILED';
-      return h('tr', { 'data-status': c.status, 'data-id': c.id },
+      // Savepoints are always aligned; a checkpoint is unaligned once it
+      // completed with some task's barrier overtaking in-flight records.
+      const type = savepoint ? pill('SAVEPOINT', 'sp')
+        : unaligned ? pill('unaligned', 'info')
+        : h('span', { class: 'muted', text: 'aligned' });
+      return h('tr', { 'data-status': c.status, 'data-id': c.id, 'data-type': c.checkpoint_type || '' },
         h('td', { class: 'num', text: c.id }),
         h('td', {}, pill(c.status)),
-        h('td', {}, savepoint ? pill('SAVEPOINT', 'sp') : h('span', { class: 'muted', text: 'checkpoint' })),
+        h('td', {}, type),
         h('td', { text: fmtTime(c.trigger_timestamp) }),
         h('td', { class: 'num', text: c.status === 'IN_PROGRESS' ? '…' : fmtDuration(c.end_to_end_duration) }),
         h('td', { class: 'num', text: c.status === 'IN_PROGRESS' ? '…' : fmtBytes(c.checkpointed_size) }),
         h('td', { class: 'num', text: c.status === 'IN_PROGRESS' ? '…' : fmtBytes(c.state_size) }),
+        h('td', { class: 'num', 'data-field': 'persisted', text: c.status === 'COMPLETED' && unaligned ? fmtBytes(c.persisted_data) : '—' }),
         h('td', { class: 'num', text: `${c.num_acknowledged_subtasks ?? '—'}/${c.num_subtasks ?? '—'}` }),
         failedEntry
           ? h('td', { class: 'failure', text: c.failure_message || 'failed' })
@@ -759,11 +766,12 @@
       row('max concurrent', c.max_concurrent);
       row('tolerable failures', c.tolerable_failed_checkpoints);
       row('unaligned', c.unaligned_checkpoints === undefined ? null : String(c.unaligned_checkpoints));
+      if (c.unaligned_checkpoints) row('aligned timeout', fmtDuration(num(c.aligned_checkpoint_timeout)));
       if (c.externalization) row('retained on cancel', c.externalization.enabled ? (c.externalization.delete_on_cancellation ? 'no (deleted)' : 'yes') : 'not retained');
       row('state backend', c.state_backend);
       row('checkpoint storage', c.checkpoint_storage);
       for (const [k, v] of Object.entries(c)) {
-        if (['mode', 'interval', 'timeout', 'min_pause', 'max_concurrent', 'tolerable_failed_checkpoints', 'unaligned_checkpoints', 'externalization', 'state_backend', 'checkpoint_storage'].includes(k)) continue;
+        if (['mode', 'interval', 'timeout', 'min_pause', 'max_concurrent', 'tolerable_failed_checkpoints', 'unaligned_checkpoints', 'aligned_checkpoint_timeout', 'externalization', 'state_backend', 'checkpoint_storage'].includes(k)) continue;
         if (v !== null && typeof v !== 'object') row(k.replace(/_/g, ' '), String(v));
       }
     }

@@ -112,6 +112,11 @@ pub struct CheckpointRecord {
     pub full_bytes: u64,
     pub alignment_max: Duration,
     pub sync_pause_max: Duration,
+    /// Some task took its snapshot unaligned (set once it completed).
+    pub unaligned: bool,
+    /// Bytes of in-flight records the tasks persisted as channel state
+    /// (also counted in `bytes`).
+    pub persisted_bytes: u64,
     /// `(task name, its part)`, for completed ones.
     pub tasks: Vec<(String, TaskStats)>,
     /// Where a completed one is: a savepoint's directory, a checkpoint's
@@ -670,6 +675,8 @@ impl JobController {
             full_bytes: 0,
             alignment_max: Duration::ZERO,
             sync_pause_max: Duration::ZERO,
+            unaligned: false,
+            persisted_bytes: 0,
             tasks: Vec::new(),
             location: None,
         });
@@ -709,6 +716,8 @@ impl JobController {
             record.full_bytes = stats.full_bytes;
             record.alignment_max = stats.alignment_max;
             record.sync_pause_max = stats.sync_pause_max;
+            record.unaligned = stats.unaligned;
+            record.persisted_bytes = stats.persisted_bytes;
             record.tasks = tasks;
             record.location = savepoint_location.or(checkpoint_location);
         }
@@ -820,5 +829,67 @@ impl JobDescription {
             }),
             state_backend: config.state_backend.kind().to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(task: usize, unaligned: bool, persisted_bytes: u64) -> TaskStats {
+        TaskStats {
+            task,
+            sync_pause: Duration::from_micros(40),
+            alignment: Duration::from_millis(3),
+            bytes: 1000 + persisted_bytes,
+            unaligned,
+            persisted_bytes,
+        }
+    }
+
+    /// The history keeps what `CheckpointStats` says of channel state: the
+    /// checkpoint's flag and bytes, and each task's own.
+    #[test]
+    fn a_completed_record_carries_its_alignment_and_persisted_bytes() {
+        let controller = JobController::new(
+            JobDescription::default(),
+            Arc::new(JobMetrics::default()),
+            Box::new(|| {}),
+        );
+        controller.on_attempt_started(vec!["count (1/2)".into(), "count (2/2)".into()], None);
+        controller.on_triggered(7, SnapshotKind::Checkpoint, None);
+        let pending = controller.checkpoint_history().entries;
+        assert_eq!(
+            (pending[0].unaligned, pending[0].persisted_bytes),
+            (false, 0)
+        );
+        let tasks = vec![task(0, true, 4096), task(1, false, 0)];
+        controller.on_completed(
+            &CheckpointStats {
+                id: 7,
+                kind: SnapshotKind::Checkpoint,
+                trigger_unix_ms: unix_ms_now(),
+                duration: Duration::from_millis(12),
+                bytes: 6096,
+                full_bytes: 6096,
+                sync_pause_max: Duration::from_micros(40),
+                alignment_max: Duration::from_millis(3),
+                unaligned: true,
+                persisted_bytes: 4096,
+                tasks: tasks.clone(),
+            },
+            None,
+        );
+        let history = controller.checkpoint_history();
+        let record = &history.entries[0];
+        assert_eq!(record.status, SnapshotStatus::Completed);
+        assert_eq!((record.unaligned, record.persisted_bytes), (true, 4096));
+        assert_eq!(
+            record.tasks,
+            vec![
+                ("count (1/2)".to_owned(), tasks[0]),
+                ("count (2/2)".to_owned(), tasks[1])
+            ]
+        );
     }
 }

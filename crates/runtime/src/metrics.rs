@@ -16,7 +16,7 @@
 //! touch: anything it counts (tasks, channels, operators update it), or any
 //! exposition format.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,12 @@ pub struct JobMetrics {
     last_checkpoint_id: AtomicU64,
     last_checkpoint_duration_us: AtomicU64,
     last_checkpoint_bytes: AtomicU64,
+    /// Completed checkpoints some task took unaligned.
+    checkpoints_unaligned: AtomicU64,
+    last_checkpoint_unaligned: AtomicBool,
+    last_checkpoint_persisted_bytes: AtomicU64,
+    /// In-flight bytes persisted by all completed checkpoints.
+    checkpoint_persisted_bytes_total: AtomicU64,
     restarts: AtomicU64,
     /// Every task's current input watermark (a source task's: what it
     /// emitted), by task name; registered when a task is built.
@@ -61,7 +67,8 @@ impl WatermarkGauge {
     }
 }
 
-/// The latest completed checkpoint, as the progress line shows it.
+/// The job's completed checkpoints and the latest one, as the progress line
+/// shows them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CheckpointProgress {
     pub completed: u64,
@@ -69,6 +76,14 @@ pub struct CheckpointProgress {
     pub last_id: u64,
     pub last_duration_us: u64,
     pub last_bytes: u64,
+    /// Completed checkpoints some task took unaligned.
+    pub unaligned: u64,
+    /// The latest completed checkpoint was unaligned.
+    pub last_unaligned: bool,
+    /// Bytes of in-flight records the latest completed checkpoint persisted.
+    pub last_persisted_bytes: u64,
+    /// Bytes of in-flight records all completed checkpoints persisted.
+    pub persisted_bytes_total: u64,
 }
 
 impl JobMetrics {
@@ -93,6 +108,12 @@ impl JobMetrics {
             last_id: self.last_checkpoint_id.load(Ordering::Relaxed),
             last_duration_us: self.last_checkpoint_duration_us.load(Ordering::Relaxed),
             last_bytes: self.last_checkpoint_bytes.load(Ordering::Relaxed),
+            unaligned: self.checkpoints_unaligned.load(Ordering::Relaxed),
+            last_unaligned: self.last_checkpoint_unaligned.load(Ordering::Relaxed),
+            last_persisted_bytes: self.last_checkpoint_persisted_bytes.load(Ordering::Relaxed),
+            persisted_bytes_total: self
+                .checkpoint_persisted_bytes_total
+                .load(Ordering::Relaxed),
         }
     }
 
@@ -192,6 +213,15 @@ impl JobMetrics {
             .store(stats.duration.as_micros() as u64, Ordering::Relaxed);
         self.last_checkpoint_bytes
             .store(stats.bytes, Ordering::Relaxed);
+        self.last_checkpoint_unaligned
+            .store(stats.unaligned, Ordering::Relaxed);
+        self.last_checkpoint_persisted_bytes
+            .store(stats.persisted_bytes, Ordering::Relaxed);
+        self.checkpoint_persisted_bytes_total
+            .fetch_add(stats.persisted_bytes, Ordering::Relaxed);
+        if stats.unaligned {
+            self.checkpoints_unaligned.fetch_add(1, Ordering::Relaxed);
+        }
         self.checkpoints_completed.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -258,6 +288,10 @@ pub struct TaskMetrics {
     last_sync_pause_ns: AtomicU64,
     last_alignment_ns: AtomicU64,
     last_checkpoint_bytes: AtomicU64,
+    last_checkpoint_unaligned: AtomicBool,
+    last_checkpoint_persisted_bytes: AtomicU64,
+    /// In-flight bytes persisted by every snapshot the task acknowledged.
+    checkpoint_persisted_bytes_total: AtomicU64,
 }
 
 impl TaskMetrics {
@@ -287,6 +321,9 @@ impl TaskMetrics {
             last_sync_pause_ns: AtomicU64::new(0),
             last_alignment_ns: AtomicU64::new(0),
             last_checkpoint_bytes: AtomicU64::new(0),
+            last_checkpoint_unaligned: AtomicBool::new(false),
+            last_checkpoint_persisted_bytes: AtomicU64::new(0),
+            checkpoint_persisted_bytes_total: AtomicU64::new(0),
         }
     }
 
@@ -360,6 +397,23 @@ impl TaskMetrics {
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The channel state of the snapshot the task just acknowledged (beside
+    /// [`record_checkpoint`](Self::record_checkpoint), by the upload thread):
+    /// whether it was taken unaligned, and the bytes of in-flight records it
+    /// persisted (0 when aligned).
+    #[allow(
+        dead_code,
+        reason = "the upload thread calls it once tasks record channel state (issue 18)"
+    )]
+    pub(crate) fn record_channel_state(&self, unaligned: bool, persisted_bytes: u64) {
+        self.last_checkpoint_unaligned
+            .store(unaligned, Ordering::Relaxed);
+        self.last_checkpoint_persisted_bytes
+            .store(persisted_bytes, Ordering::Relaxed);
+        self.checkpoint_persisted_bytes_total
+            .fetch_add(persisted_bytes, Ordering::Relaxed);
+    }
+
     fn snapshot(&self, now_unix_ms: i64) -> TaskMetricsSnapshot {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let rate = |a: &AtomicU64| load(a) as f64 / 1000.0;
@@ -389,12 +443,15 @@ impl TaskMetrics {
                 .filter(|w| *w < i64::MAX)
                 .map(|w| now_unix_ms.saturating_sub(w)),
             checkpoints_acknowledged: checkpoints,
+            checkpoint_persisted_bytes_total: load(&self.checkpoint_persisted_bytes_total),
             last_checkpoint: (checkpoints > 0).then(|| TaskCheckpointMetrics {
                 id: load(&self.last_checkpoint_id),
                 duration: Duration::from_nanos(load(&self.last_checkpoint_ns)),
                 sync_pause: Duration::from_nanos(load(&self.last_sync_pause_ns)),
                 alignment: Duration::from_nanos(load(&self.last_alignment_ns)),
                 bytes: load(&self.last_checkpoint_bytes),
+                unaligned: self.last_checkpoint_unaligned.load(Ordering::Relaxed),
+                persisted_bytes: load(&self.last_checkpoint_persisted_bytes),
             }),
         }
     }
@@ -742,6 +799,8 @@ pub struct TaskMetricsSnapshot {
     pub watermark_lag_ms: Option<i64>,
     /// Checkpoints (and savepoints) this task acknowledged.
     pub checkpoints_acknowledged: u64,
+    /// Bytes of in-flight records those snapshots persisted.
+    pub checkpoint_persisted_bytes_total: u64,
     pub last_checkpoint: Option<TaskCheckpointMetrics>,
 }
 
@@ -754,6 +813,10 @@ pub struct TaskCheckpointMetrics {
     pub sync_pause: Duration,
     pub alignment: Duration,
     pub bytes: u64,
+    /// Taken unaligned: its in-flight records are channel state.
+    pub unaligned: bool,
+    /// Bytes of in-flight records it persisted (also counted in `bytes`).
+    pub persisted_bytes: u64,
 }
 
 /// One operator instance's metrics at one moment.
@@ -790,4 +853,88 @@ pub struct GaugeSnapshot {
     pub help: String,
     pub labels: Vec<(String, String)>,
     pub value: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use flowstate_checkpoint::SnapshotKind;
+    use flowstate_checkpoint::coordinator::TaskStats;
+
+    use super::*;
+
+    #[test]
+    fn a_tasks_channel_state_is_its_last_checkpoints_and_adds_up() {
+        let job = JobMetrics::default();
+        let task = job.register_task("count (1/1)", "count", 0);
+        let ms = Duration::from_millis;
+        task.record_checkpoint(1, ms(5), ms(1), ms(2), 5000);
+        task.record_channel_state(true, 3000);
+        task.record_checkpoint(2, ms(5), ms(1), ms(2), 1000);
+        task.record_channel_state(false, 0);
+        task.record_checkpoint(3, ms(5), ms(1), ms(2), 2500);
+        task.record_channel_state(true, 1500);
+        let snapshot = &job.tasks()[0];
+        let last = snapshot.last_checkpoint.expect("acknowledged");
+        assert_eq!(
+            (last.id, last.unaligned, last.persisted_bytes, last.bytes),
+            (3, true, 1500, 2500)
+        );
+        assert_eq!(snapshot.checkpoint_persisted_bytes_total, 4500);
+        task.record_checkpoint(4, ms(5), ms(1), ms(2), 900);
+        task.record_channel_state(false, 0);
+        let last = job.tasks()[0].last_checkpoint.expect("acknowledged");
+        assert_eq!((last.unaligned, last.persisted_bytes), (false, 0));
+    }
+
+    #[test]
+    fn the_jobs_unaligned_checkpoints_are_counted() {
+        let job = JobMetrics::default();
+        let stats = |id, unaligned, persisted_bytes| CheckpointStats {
+            id,
+            kind: SnapshotKind::Checkpoint,
+            trigger_unix_ms: 0,
+            duration: Duration::from_millis(10),
+            bytes: 100 + persisted_bytes,
+            full_bytes: 100 + persisted_bytes,
+            sync_pause_max: Duration::ZERO,
+            alignment_max: Duration::ZERO,
+            unaligned,
+            persisted_bytes,
+            tasks: vec![TaskStats {
+                task: 0,
+                sync_pause: Duration::ZERO,
+                alignment: Duration::ZERO,
+                bytes: 100 + persisted_bytes,
+                unaligned,
+                persisted_bytes,
+            }],
+        };
+        job.record_checkpoint(&stats(1, true, 700));
+        job.record_checkpoint(&stats(2, true, 300));
+        let progress = job.checkpoints();
+        assert_eq!(
+            (
+                progress.completed,
+                progress.unaligned,
+                progress.last_unaligned,
+                progress.last_persisted_bytes,
+                progress.persisted_bytes_total
+            ),
+            (2, 2, true, 300, 1000)
+        );
+        job.record_checkpoint(&stats(3, false, 0));
+        let progress = job.checkpoints();
+        assert_eq!(
+            (
+                progress.completed,
+                progress.unaligned,
+                progress.last_unaligned,
+                progress.last_persisted_bytes,
+                progress.persisted_bytes_total
+            ),
+            (3, 2, false, 0, 1000)
+        );
+    }
 }

@@ -49,6 +49,9 @@
 //! | `min-pause` | between checkpoints, default `"0s"` |
 //! | `tolerable-failures` | consecutive failed checkpoints, default 3 |
 //! | `mode` | `"exactly-once"` (default), `"at-least-once"`, `"at-most-once"` |
+//! | `checkpointing` | `"aligned"` (default) or `"unaligned"` (needs exactly-once) |
+//! | `aligned-checkpoint-timeout` | unaligned: start aligned for this long, default `"0s"` |
+//! | `unaligned-max-inflight` | unaligned: in-flight bytes per task and checkpoint, default `"128MiB"` |
 //! | `retain` | completed checkpoints kept, default 1 |
 //! | `restore` | `"latest"`, or a savepoint or checkpoint directory |
 //! | `allow-non-restored-state` | `true`/`false` |
@@ -111,7 +114,8 @@ pub use cluster::ClusterArgs;
 pub use config_file::with_config_file;
 pub use error::{AppError, BoxError, error_chain};
 pub use runtime_args::{
-    DEFAULT_REST, Interval, Mode, OnSignal, RuntimeArgs, StateArgs, parse_interval, parse_size,
+    Checkpointing, DEFAULT_REST, Interval, Mode, OnSignal, RuntimeArgs, StateArgs,
+    parse_inflight_size, parse_interval, parse_size,
 };
 pub use shutdown::resume_command;
 
@@ -670,6 +674,11 @@ fn run_job(
         let pause_p50 = pauses.get(pauses.len() / 2).copied().unwrap_or_default();
         let pause_max = pauses.last().copied().unwrap_or_default();
         let bytes = job_report.checkpoints.last().map_or(0, |c| c.bytes);
+        // Over the job's life, like `completed`; absent (`None` records
+        // nothing) unless some checkpoint was unaligned.
+        let progress = controller.metrics().checkpoints();
+        let unaligned = (progress.unaligned > 0).then_some(progress.unaligned);
+        let in_flight_persisted_bytes = unaligned.map(|_| progress.persisted_bytes_total);
         tracing::info!(
             job_id = job_id.as_str(),
             completed = job_report.completed_checkpoints,
@@ -680,6 +689,8 @@ fn run_job(
             sync_pause_p50_us = pause_p50.as_micros() as u64,
             sync_pause_max_us = pause_max.as_micros() as u64,
             restored_from = job_report.restored_from.unwrap_or(0),
+            unaligned,
+            in_flight_persisted_bytes,
             "checkpoints"
         );
     }

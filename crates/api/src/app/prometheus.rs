@@ -22,7 +22,10 @@
 //!   `_watermark_lag_seconds`, `_checkpoints_acknowledged_total` and the
 //!   last acknowledged checkpoint's `_last_checkpoint_id`,
 //!   `_last_checkpoint_duration_seconds`, `_last_checkpoint_sync_pause_seconds`,
-//!   `_last_checkpoint_alignment_seconds`, `_last_checkpoint_size_bytes`;
+//!   `_last_checkpoint_alignment_seconds`, `_last_checkpoint_size_bytes`,
+//!   `_last_checkpoint_persisted_bytes` and `_last_checkpoint_unaligned`
+//!   (0 or 1), and `_checkpoint_persisted_bytes_total` (in-flight records
+//!   persisted by unaligned checkpoints);
 //! - per operator instance (`task`, `operator_uid`, `operator_name`,
 //!   `subtask`, `kind`: source, operator or sink):
 //!   `flowstate_operator_records_in_total`, `_records_out_total`; per state
@@ -35,8 +38,9 @@
 //! - per job: `flowstate_job_records_in_total`,
 //!   `flowstate_job_records_to_sinks_total`, `flowstate_job_restarts_total`,
 //!   `flowstate_job_checkpoints_completed_total`, `_failed_total`,
-//!   `flowstate_job_last_checkpoint_duration_seconds`,
-//!   `flowstate_job_last_checkpoint_size_bytes`.
+//!   `_unaligned_total`, `flowstate_job_last_checkpoint_duration_seconds`,
+//!   `flowstate_job_last_checkpoint_size_bytes`, `_persisted_bytes`,
+//!   `_unaligned` (0 or 1).
 //!
 //! Owns: the metric names, help texts and labels of the exposition. Must not
 //! touch: the runtime's counters (it only reads snapshots) or HTTP (the
@@ -210,7 +214,7 @@ impl Collector for Scrape {
         let e = &mut encoder;
         // Per job.
         type JobField = fn(&JobScrape) -> Option<Value>;
-        let job_families: [(&str, &str, JobField); 7] = [
+        let job_families: [(&str, &str, JobField); 10] = [
             (
                 "flowstate_job_records_in",
                 "Records emitted by all sources (replays after a restart included).",
@@ -237,6 +241,11 @@ impl Collector for Scrape {
                 |j| Some(Value::Count(j.checkpoints.failed)),
             ),
             (
+                "flowstate_job_checkpoints_unaligned",
+                "Completed checkpoints in which some task's barrier overtook in-flight records (unaligned).",
+                |j| Some(Value::Count(j.checkpoints.unaligned)),
+            ),
+            (
                 "flowstate_job_last_checkpoint_duration_seconds",
                 "Duration of the latest completed checkpoint, trigger to completion.",
                 |j| {
@@ -252,6 +261,23 @@ impl Collector for Scrape {
                         .then_some(Value::Gauge(j.checkpoints.last_bytes as f64))
                 },
             ),
+            (
+                "flowstate_job_last_checkpoint_persisted_bytes",
+                "Bytes of in-flight records the latest completed checkpoint persisted (0 unless unaligned).",
+                |j| {
+                    (j.checkpoints.completed > 0)
+                        .then_some(Value::Gauge(j.checkpoints.last_persisted_bytes as f64))
+                },
+            ),
+            (
+                "flowstate_job_last_checkpoint_unaligned",
+                "1 if the latest completed checkpoint was unaligned, else 0.",
+                |j| {
+                    (j.checkpoints.completed > 0).then_some(Value::Gauge(f64::from(u8::from(
+                        j.checkpoints.last_unaligned,
+                    ))))
+                },
+            ),
         ];
         for (name, help, field) in job_families {
             let series = self
@@ -264,7 +290,7 @@ impl Collector for Scrape {
 
         // Per task.
         type TaskField = fn(&TaskMetricsSnapshot) -> Option<Value>;
-        let task_families: [(&str, &str, TaskField); 24] = [
+        let task_families: [(&str, &str, TaskField); 27] = [
             (
                 "flowstate_task_records_in",
                 "Records the task took in (a source task: records read).",
@@ -397,6 +423,27 @@ impl Collector for Scrape {
                 "flowstate_task_last_checkpoint_size_bytes",
                 "Bytes the task wrote for its last checkpoint.",
                 |t| t.last_checkpoint.map(|c| Value::Gauge(c.bytes as f64)),
+            ),
+            (
+                "flowstate_task_last_checkpoint_persisted_bytes",
+                "Bytes of in-flight records the task persisted for its last checkpoint (0 unless unaligned).",
+                |t| {
+                    t.last_checkpoint
+                        .map(|c| Value::Gauge(c.persisted_bytes as f64))
+                },
+            ),
+            (
+                "flowstate_task_last_checkpoint_unaligned",
+                "1 if the task took its last checkpoint unaligned, else 0.",
+                |t| {
+                    t.last_checkpoint
+                        .map(|c| Value::Gauge(f64::from(u8::from(c.unaligned))))
+                },
+            ),
+            (
+                "flowstate_task_checkpoint_persisted_bytes",
+                "Bytes of in-flight records the task persisted for all its unaligned checkpoints.",
+                |t| Some(Value::Count(t.checkpoint_persisted_bytes_total)),
             ),
         ];
         for (name, help, field) in task_families {
@@ -550,5 +597,137 @@ mod tests {
     #[test]
     fn an_empty_scrape_is_an_empty_document() {
         assert_eq!(encode(Scrape { jobs: Vec::new() }), "");
+    }
+
+    /// A job whose latest checkpoint was unaligned at one of its tasks.
+    fn unaligned_scrape() -> Scrape {
+        use flowstate_runtime::metrics::TaskCheckpointMetrics;
+        use std::time::Duration;
+        let task = |subtask: u32, unaligned: bool, persisted_bytes: u64| TaskMetricsSnapshot {
+            task: format!("count ({}/2)", subtask + 1),
+            uid: "count".into(),
+            subtask,
+            records_in: 10,
+            records_out: 10,
+            records_in_per_second: 0.0,
+            records_out_per_second: 0.0,
+            busy: Duration::ZERO,
+            idle: Duration::ZERO,
+            backpressured: Duration::ZERO,
+            busy_ms_per_second: 0.0,
+            idle_ms_per_second: 0.0,
+            backpressured_ms_per_second: 0.0,
+            input_queue_length: 0,
+            input_queue_capacity: 16,
+            output_queue_length: 0,
+            output_queue_capacity: 16,
+            watermark: None,
+            watermark_lag_ms: None,
+            checkpoints_acknowledged: 3,
+            checkpoint_persisted_bytes_total: persisted_bytes * 2,
+            last_checkpoint: Some(TaskCheckpointMetrics {
+                id: 3,
+                duration: Duration::from_millis(4),
+                sync_pause: Duration::from_micros(100),
+                alignment: Duration::from_millis(1),
+                bytes: 1000 + persisted_bytes,
+                unaligned,
+                persisted_bytes,
+            }),
+        };
+        Scrape {
+            jobs: vec![JobScrape {
+                labels: vec![
+                    ("job_name".into(), "keyed-count".into()),
+                    ("job_id".into(), "0123".into()),
+                ],
+                records_in: 20,
+                records_to_sinks: 20,
+                restarts: 0,
+                checkpoints: CheckpointProgress {
+                    completed: 3,
+                    failed: 0,
+                    last_id: 3,
+                    last_duration_us: 4000,
+                    last_bytes: 5096,
+                    unaligned: 2,
+                    last_unaligned: true,
+                    last_persisted_bytes: 4096,
+                    persisted_bytes_total: 8192,
+                },
+                tasks: vec![task(0, true, 4096), task(1, false, 0)],
+                operators: Vec::new(),
+            }],
+        }
+    }
+
+    /// The value of sample `series` (name and labels as encoded) in `text`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn unaligned_checkpoints_have_their_series() {
+        let text = encode(unaligned_scrape());
+        let job = "job_name=\"keyed-count\",job_id=\"0123\"";
+        let task = |subtask: u32| {
+            format!(
+                "{job},task=\"count ({}/2)\",operator_uid=\"count\",subtask=\"{subtask}\"",
+                subtask + 1
+            )
+        };
+        for (series, value) in [
+            (
+                format!("flowstate_job_checkpoints_unaligned_total{{{job}}}"),
+                2.0,
+            ),
+            (
+                format!("flowstate_job_last_checkpoint_persisted_bytes{{{job}}}"),
+                4096.0,
+            ),
+            (
+                format!("flowstate_job_last_checkpoint_unaligned{{{job}}}"),
+                1.0,
+            ),
+            (
+                format!(
+                    "flowstate_task_last_checkpoint_persisted_bytes{{{}}}",
+                    task(0)
+                ),
+                4096.0,
+            ),
+            (
+                format!("flowstate_task_last_checkpoint_unaligned{{{}}}", task(0)),
+                1.0,
+            ),
+            (
+                format!(
+                    "flowstate_task_checkpoint_persisted_bytes_total{{{}}}",
+                    task(0)
+                ),
+                8192.0,
+            ),
+            (
+                format!(
+                    "flowstate_task_last_checkpoint_persisted_bytes{{{}}}",
+                    task(1)
+                ),
+                0.0,
+            ),
+            (
+                format!("flowstate_task_last_checkpoint_unaligned{{{}}}", task(1)),
+                0.0,
+            ),
+            (
+                format!(
+                    "flowstate_task_checkpoint_persisted_bytes_total{{{}}}",
+                    task(1)
+                ),
+                0.0,
+            ),
+        ] {
+            assert_eq!(sample(&text, &series), Some(value), "{series} in:\n{text}");
+        }
     }
 }

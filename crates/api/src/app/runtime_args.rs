@@ -4,8 +4,9 @@
 //!
 //! Owns: the flags (`RuntimeArgs`, `StateArgs`; the restart and HTTP API
 //! flags are in `restart` and `service`), their parsers (`parse_size`,
-//! `parse_interval`), what `--restore X` names (`restore_from`) and the
-//! checks of flag combinations. Must not touch: running the job (`super`),
+//! `parse_interval`, `parse_inflight_size`), what `--restore X` names
+//! (`restore_from`), the checkpoints' alignment policy (`alignment_policy`)
+//! and the checks of flag combinations. Must not touch: running the job (`super`),
 //! signals (`shutdown`), the configuration file (`config_file`).
 
 use std::path::PathBuf;
@@ -13,7 +14,8 @@ use std::time::Duration;
 
 use clap::Args;
 use flowstate_runtime::checkpoint::{
-    AlignmentPolicy, CoordinatorSettings, LeaseSettings, Location, open_storage,
+    AlignmentPolicy, CoordinatorSettings, DEFAULT_UNALIGNED_INFLIGHT_BYTES_MAX, LeaseSettings,
+    Location, open_storage,
 };
 use flowstate_runtime::{CheckpointingConfig, ExecutionConfig, Guarantee, RestoreFrom};
 
@@ -73,6 +75,24 @@ pub struct RuntimeArgs {
     /// checkpoint --restore resumes.
     #[arg(long, value_enum, default_value_t = Mode::ExactlyOnce)]
     pub mode: Mode,
+    /// How a checkpoint's barriers meet at a task with several inputs:
+    /// `aligned` (the task waits for the barrier on every input) or
+    /// `unaligned` (the barrier overtakes the records in flight, which are
+    /// stored with the checkpoint, so checkpoints complete under
+    /// backpressure). Unaligned needs --mode exactly-once; savepoints are
+    /// always aligned.
+    #[arg(long, value_enum, default_value_t = Checkpointing::Aligned)]
+    pub checkpointing: Checkpointing,
+    /// With --checkpointing unaligned: a checkpoint starts aligned and
+    /// becomes unaligned once this long has passed since its trigger; `0s`:
+    /// it starts unaligned [default: 0s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub aligned_checkpoint_timeout: Option<Duration>,
+    /// With --checkpointing unaligned: in-flight records a task stores for
+    /// one checkpoint at most (`1MiB` to `1GiB`); a task that would store
+    /// more declines the checkpoint [default: 128MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_inflight_size)]
+    pub unaligned_max_inflight: Option<u64>,
     /// Completed checkpoints kept.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub retain: u32,
@@ -189,6 +209,21 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{text}' is not a size between 1 byte and 16 EiB"))
 }
 
+/// The sizes `--unaligned-max-inflight` accepts.
+const INFLIGHT_BYTES_MIN: u64 = 1 << 20;
+const INFLIGHT_BYTES_MAX: u64 = 1 << 30;
+
+/// A size (as [`parse_size`]) from 1MiB to 1GiB: below, a task would decline
+/// unaligned checkpoints under any real backlog; above, one checkpoint's
+/// in-flight records per task would outgrow what a restore holds in memory.
+pub fn parse_inflight_size(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if !(INFLIGHT_BYTES_MIN..=INFLIGHT_BYTES_MAX).contains(&bytes) {
+        return Err(format!("'{text}' is not between 1MiB and 1GiB"));
+    }
+    Ok(bytes)
+}
+
 impl StateArgs {
     fn backend(&self) -> Result<flowstate_state::StateBackendConfig> {
         use flowstate_state::{BackendKind, StateBackendConfig};
@@ -244,6 +279,16 @@ pub enum Mode {
     /// reservation covers and resume after it; a record may be lost, never
     /// counted twice.
     AtMostOnce,
+}
+
+/// `--checkpointing`: how the barriers of a periodic checkpoint meet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Checkpointing {
+    /// A task waits for the barrier on every input before its snapshot.
+    Aligned,
+    /// The barrier overtakes the records in flight, which the checkpoint
+    /// stores (Flink's unaligned checkpoints).
+    Unaligned,
 }
 
 /// `--on-signal`: what SIGTERM and SIGINT do.
@@ -321,6 +366,51 @@ impl RuntimeArgs {
         matches!(self.checkpoint_interval, Interval::Every(_))
     }
 
+    /// Which checkpoints may be unaligned (`--checkpointing` and its two
+    /// parameters), checked against `--mode`.
+    pub fn alignment_policy(&self) -> Result<AlignmentPolicy> {
+        if self.checkpointing == Checkpointing::Aligned {
+            for (given, flag) in [
+                (
+                    self.aligned_checkpoint_timeout.is_some(),
+                    "--aligned-checkpoint-timeout",
+                ),
+                (
+                    self.unaligned_max_inflight.is_some(),
+                    "--unaligned-max-inflight",
+                ),
+            ] {
+                if given {
+                    bail!(
+                        "{flag} only applies with --checkpointing unaligned (checkpoints are aligned)"
+                    );
+                }
+            }
+            return Ok(AlignmentPolicy::Aligned);
+        }
+        match self.mode {
+            Mode::ExactlyOnce => {}
+            Mode::AtLeastOnce => bail!(
+                "--checkpointing unaligned needs --mode exactly-once, not at-least-once: an \
+                 at-least-once task does not align barriers (it takes its snapshot at the \
+                 first barrier and keeps reading its other inputs), so there is no alignment \
+                 for a barrier to overtake and no in-flight records to store"
+            ),
+            Mode::AtMostOnce => bail!(
+                "--checkpointing unaligned needs --mode exactly-once, not at-most-once: \
+                 at-most-once checkpoints are at-least-once checkpoints (barriers are not \
+                 aligned, see docs/at-most-once.md), so there is no alignment for a barrier \
+                 to overtake and no in-flight records to store"
+            ),
+        }
+        Ok(AlignmentPolicy::Unaligned {
+            aligned_timeout: self.aligned_checkpoint_timeout.unwrap_or(Duration::ZERO),
+            inflight_bytes_max: self
+                .unaligned_max_inflight
+                .unwrap_or(DEFAULT_UNALIGNED_INFLIGHT_BYTES_MAX),
+        })
+    }
+
     /// The configuration [`--check-savepoint`](Self::check_savepoint) builds
     /// job `job` with: what a restore checks (key groups, the job's name,
     /// whether a parameter change is allowed), and nothing that opens storage.
@@ -357,6 +447,7 @@ impl RuntimeArgs {
             bail!("--on-signal savepoint needs --savepoint-dir (where the savepoint goes)");
         }
         self.api.check(&self.rest)?;
+        let alignment = self.alignment_policy()?;
         let mut config = ExecutionConfig {
             job_name: job.to_owned(),
             allow_parameter_change: self.allow_parameter_change,
@@ -422,8 +513,7 @@ impl RuntimeArgs {
                 max_concurrent: 1,
                 tolerable_failures: self.tolerable_failures,
                 retain: self.retain as usize,
-                // Unaligned checkpoints are not offered yet (issue 18).
-                alignment: AlignmentPolicy::Aligned,
+                alignment,
             },
             guarantee: match self.mode {
                 Mode::ExactlyOnce => Guarantee::ExactlyOnce,
@@ -438,5 +528,182 @@ impl RuntimeArgs {
             restart: self.restart.strategy()?,
         });
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<RuntimeArgs, String> {
+        Cli::try_parse_from(std::iter::once("flowstate").chain(args.iter().copied()))
+            .map(|cli| cli.runtime)
+            .map_err(|e| e.to_string())
+    }
+
+    fn policy(args: &[&str]) -> Result<AlignmentPolicy, String> {
+        parse(args)?.alignment_policy().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn checkpoints_are_aligned_unless_asked() {
+        assert_eq!(policy(&[]).unwrap(), AlignmentPolicy::Aligned);
+        assert_eq!(
+            policy(&["--checkpointing", "aligned"]).unwrap(),
+            AlignmentPolicy::Aligned
+        );
+    }
+
+    #[test]
+    fn unaligned_takes_its_defaults_and_its_flags() {
+        assert_eq!(
+            policy(&["--checkpointing", "unaligned"]).unwrap(),
+            AlignmentPolicy::Unaligned {
+                aligned_timeout: Duration::ZERO,
+                inflight_bytes_max: DEFAULT_UNALIGNED_INFLIGHT_BYTES_MAX,
+            }
+        );
+        assert_eq!(
+            policy(&[
+                "--checkpointing",
+                "unaligned",
+                "--aligned-checkpoint-timeout",
+                "2s",
+                "--unaligned-max-inflight",
+                "16MiB",
+                "--mode",
+                "exactly-once",
+            ])
+            .unwrap(),
+            AlignmentPolicy::Unaligned {
+                aligned_timeout: Duration::from_secs(2),
+                inflight_bytes_max: 16 << 20,
+            }
+        );
+    }
+
+    /// The policy reaches the coordinator's settings.
+    #[test]
+    fn the_configuration_carries_the_policy() {
+        let args = parse(&[
+            "--checkpointing",
+            "unaligned",
+            "--aligned-checkpoint-timeout",
+            "500ms",
+            "--checkpoint-dir",
+            "memory://runtime-args-test",
+            "--rest",
+            "off",
+        ])
+        .unwrap();
+        let config = args.config("runtime-args-test").unwrap();
+        let checkpointing = config.checkpointing.expect("checkpointing");
+        assert_eq!(
+            checkpointing.settings.alignment,
+            AlignmentPolicy::Unaligned {
+                aligned_timeout: Duration::from_millis(500),
+                inflight_bytes_max: DEFAULT_UNALIGNED_INFLIGHT_BYTES_MAX,
+            }
+        );
+        assert_eq!(checkpointing.settings.max_concurrent, 1);
+    }
+
+    #[test]
+    fn the_in_flight_limit_is_between_1mib_and_1gib() {
+        assert_eq!(parse_inflight_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_inflight_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_inflight_size("1048576"), Ok(1 << 20));
+        for text in ["1023KiB", "1048575", "2GiB", "1025MiB"] {
+            let error = parse_inflight_size(text).expect_err(text);
+            assert!(error.contains("between 1MiB and 1GiB"), "{text}: {error}");
+        }
+        assert!(parse_inflight_size("lots").is_err());
+        let error = parse(&[
+            "--checkpointing",
+            "unaligned",
+            "--unaligned-max-inflight",
+            "4GiB",
+        ])
+        .err()
+        .expect("4GiB is refused");
+        assert!(
+            error.contains("--unaligned-max-inflight") && error.contains("between 1MiB and 1GiB"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unaligned_is_refused_outside_exactly_once_saying_why() {
+        for (mode, why) in [
+            ("at-least-once", "does not align barriers"),
+            ("at-most-once", "at-most-once checkpoints are at-least-once"),
+        ] {
+            let error = policy(&["--checkpointing", "unaligned", "--mode", mode]).expect_err(mode);
+            assert!(
+                error.contains("--checkpointing unaligned needs --mode exactly-once")
+                    && error.contains(&format!("not {mode}"))
+                    && error.contains(why),
+                "{mode}: {error}"
+            );
+        }
+        // Aligned checkpoints go with every mode.
+        for mode in ["at-least-once", "at-most-once"] {
+            assert_eq!(policy(&["--mode", mode]).unwrap(), AlignmentPolicy::Aligned);
+        }
+    }
+
+    #[test]
+    fn the_unaligned_parameters_without_unaligned_are_refused() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--aligned-checkpoint-timeout", "1s"],
+                "--aligned-checkpoint-timeout",
+            ),
+            (
+                &["--aligned-checkpoint-timeout", "0s"],
+                "--aligned-checkpoint-timeout",
+            ),
+            (
+                &["--unaligned-max-inflight", "64MiB"],
+                "--unaligned-max-inflight",
+            ),
+            (
+                &[
+                    "--checkpointing",
+                    "aligned",
+                    "--unaligned-max-inflight",
+                    "64MiB",
+                ],
+                "--unaligned-max-inflight",
+            ),
+        ];
+        for (args, flag) in cases {
+            let error = policy(args).expect_err(&args.join(" "));
+            assert!(
+                error.contains(flag)
+                    && error.contains("only applies with --checkpointing unaligned"),
+                "{args:?}: {error}"
+            );
+        }
+        // The refusal also stops `config` (before any storage is opened).
+        let args = parse(&["--aligned-checkpoint-timeout", "1s", "--rest", "off"]).unwrap();
+        assert!(matches!(
+            args.config("runtime-args-test"),
+            Err(AppError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_the_parser() {
+        assert!(parse(&["--checkpointing", "sometimes"]).is_err());
+        assert!(parse(&["--aligned-checkpoint-timeout", "soon"]).is_err());
     }
 }

@@ -22,10 +22,11 @@ use flowstate_rest::{
     TaskCheckpointSummary, VertexDetails, checkpoint_status, task_counts, vertex_id,
 };
 use flowstate_runtime::SnapshotKind;
+use flowstate_runtime::checkpoint::AlignmentPolicy;
 use flowstate_runtime::checkpoint::coordinator::TaskStats;
 use flowstate_runtime::control::{
-    CheckpointRecord, ControlError, JobController, JobDescription, JobStatus, SavepointState,
-    SavepointTargetPolicy, SnapshotStatus,
+    CheckpointConfigView, CheckpointRecord, ControlError, JobController, JobDescription, JobStatus,
+    SavepointState, SavepointTargetPolicy, SnapshotStatus,
 };
 use flowstate_runtime::graph::VertexInfo;
 use flowstate_runtime::metrics::{JobMetrics, TaskMetricsSnapshot};
@@ -304,6 +305,18 @@ fn status_of(record: &CheckpointRecord) -> &'static str {
     }
 }
 
+/// Flink's `checkpoint_type`: `UNALIGNED_CHECKPOINT` when some task took
+/// its snapshot unaligned (savepoints never are).
+fn checkpoint_type(record: &CheckpointRecord) -> &'static str {
+    if record.kind == SnapshotKind::Savepoint {
+        "SAVEPOINT"
+    } else if record.unaligned {
+        "UNALIGNED_CHECKPOINT"
+    } else {
+        "CHECKPOINT"
+    }
+}
+
 fn end_to_end(record: &CheckpointRecord, now_ms: u64) -> u64 {
     match record.duration {
         Some(duration) => ms(duration),
@@ -342,7 +355,9 @@ fn checkpoint_statistics(
                     if acks.is_empty() && completed {
                         return None;
                     }
-                    let bytes: u64 = acks.iter().filter(|a| a.2).map(|a| a.1.bytes).sum();
+                    let heads = || acks.iter().filter(|a| a.2).map(|a| a.1);
+                    let bytes: u64 = heads().map(|t| t.bytes).sum();
+                    let persisted: u64 = heads().map(|t| t.persisted_bytes).sum();
                     Some((
                         vertex_id(&v.uid),
                         TaskCheckpointStatistics {
@@ -355,7 +370,7 @@ fn checkpoint_statistics(
                             end_to_end_duration: duration,
                             alignment_buffered: 0,
                             processed_data: 0,
-                            persisted_data: 0,
+                            persisted_data: persisted,
                             num_subtasks: parallelism,
                             num_acknowledged_subtasks: acks.len() as u32,
                         },
@@ -379,23 +394,128 @@ fn checkpoint_statistics(
         checkpointed_size: record.bytes,
         state_size: record.full_bytes,
         end_to_end_duration: duration,
-        // flowstate aligns by pausing inputs: nothing is buffered, and only
-        // Flink's unaligned checkpoints persist in-flight data.
+        // flowstate aligns by pausing inputs: nothing is buffered; an
+        // unaligned checkpoint persists the in-flight records its barriers
+        // overtook.
         alignment_buffered: 0,
         processed_data: 0,
-        persisted_data: 0,
+        persisted_data: record.persisted_bytes,
         num_subtasks: if completed {
             record.tasks.len()
         } else {
             task_count
         } as u32,
         num_acknowledged_subtasks: acknowledged as u32,
-        checkpoint_type: if savepoint { "SAVEPOINT" } else { "CHECKPOINT" }.into(),
+        checkpoint_type: checkpoint_type(record).into(),
         tasks,
         external_path: completed.then(|| record.location.clone().unwrap_or_default()),
         discarded: completed.then_some(discarded),
         failure_timestamp: failure.as_ref().map(|_| signed(end_ms)),
         failure_message: failure,
+    }
+}
+
+/// Subtask `index` of a vertex in one checkpoint: `ack` is its task's part
+/// and whether the vertex heads the task's chain (`None`: not acknowledged);
+/// `end_ms` and `duration` are the checkpoint's.
+fn subtask_checkpoint(
+    index: u32,
+    ack: Option<(&TaskStats, bool)>,
+    end_ms: u64,
+    duration: u64,
+) -> SubtaskCheckpoint {
+    let Some((stats, head)) = ack else {
+        return SubtaskCheckpoint {
+            index,
+            status: "pending_or_failed".into(),
+            ack_timestamp: None,
+            end_to_end_duration: None,
+            state_size: None,
+            checkpointed_size: None,
+            checkpoint: None,
+            alignment: None,
+            start_delay: None,
+            unaligned_checkpoint: None,
+            aborted: None,
+            sync_duration_us: None,
+            alignment_duration_us: None,
+        };
+    };
+    // A task's bytes, channel state included, are counted at the head of its
+    // chain only (see `vertex_tasks`).
+    let (bytes, persisted) = if head {
+        (stats.bytes, stats.persisted_bytes)
+    } else {
+        (0, 0)
+    };
+    // Per-task acknowledgement times are not recorded: a task's figures are
+    // the checkpoint's completion.
+    SubtaskCheckpoint {
+        index,
+        status: "completed".into(),
+        ack_timestamp: Some(signed(end_ms)),
+        end_to_end_duration: Some(duration),
+        state_size: Some(bytes),
+        checkpointed_size: Some(bytes),
+        checkpoint: Some(SubtaskCheckpointDuration {
+            sync: ms(stats.sync_pause),
+            asynchronous: duration.saturating_sub(ms(stats.sync_pause)),
+        }),
+        alignment: Some(SubtaskAlignment {
+            buffered: 0,
+            processed: 0,
+            persisted,
+            duration: ms(stats.alignment),
+        }),
+        start_delay: Some(0),
+        // The task's own: with an aligned timeout, one task of a checkpoint
+        // may switch to unaligned while another completed aligned.
+        unaligned_checkpoint: Some(stats.unaligned),
+        aborted: Some(false),
+        sync_duration_us: Some(us(stats.sync_pause)),
+        alignment_duration_us: Some(us(stats.alignment)),
+    }
+}
+
+/// `GET /jobs/{id}/checkpoints/config` of a job with checkpointing `c` and
+/// state backend `state_backend`.
+fn checkpoint_config_of(state_backend: &str, c: &CheckpointConfigView) -> CheckpointConfig {
+    let settings = &c.settings;
+    // At-least-once is not Flink's unaligned checkpoints (there it is a mode
+    // too); only the policy makes checkpoints unaligned.
+    let (unaligned, aligned_timeout) = match settings.alignment {
+        AlignmentPolicy::Aligned => (false, Duration::ZERO),
+        AlignmentPolicy::Unaligned {
+            aligned_timeout, ..
+        } => (true, aligned_timeout),
+    };
+    CheckpointConfig {
+        mode: if c.exactly_once {
+            "exactly_once"
+        } else {
+            "at_least_once"
+        }
+        .into(),
+        // Flink's "no periodic checkpoints".
+        interval: settings.interval.map_or(i64::MAX as u64, ms),
+        timeout: ms(settings.timeout),
+        min_pause: ms(settings.min_pause),
+        max_concurrent: settings.max_concurrent as u64,
+        // Completed checkpoints stay in the storage (the newest
+        // `retain`), also when the job is cancelled.
+        externalization: Externalization {
+            enabled: true,
+            delete_on_cancellation: false,
+        },
+        state_backend: state_backend.to_owned(),
+        checkpoint_storage: c.storage.clone(),
+        unaligned_checkpoints: unaligned,
+        tolerable_failed_checkpoints: u64::from(settings.tolerable_failures),
+        aligned_checkpoint_timeout: ms(aligned_timeout),
+        checkpoints_after_tasks_finish: false,
+        state_changelog_enabled: false,
+        changelog_periodic_materialization_interval: 0,
+        changelog_storage: String::new(),
     }
 }
 
@@ -646,7 +766,7 @@ impl JobService for LocalJobs {
                 ),
                 alignment_buffered: zeros(),
                 processed_data: zeros(),
-                persisted_data: zeros(),
+                persisted_data: StatsSummary::of(completed.iter().map(|c| c.persisted_data)),
             },
             latest: LatestCheckpoints {
                 completed: latest(SnapshotKind::Checkpoint, checkpoint_status::COMPLETED),
@@ -707,52 +827,12 @@ impl JobService for LocalJobs {
         let end_ms = record.trigger_unix_ms.saturating_add(duration);
         let acks = vertex_tasks(record, v);
         let subtasks: Vec<SubtaskCheckpoint> = (0..d.parallelism)
-            .map(|index| match acks.iter().find(|a| a.0 == index) {
-                // Per-task acknowledgement times are not recorded: a task's
-                // figures are the checkpoint's completion.
-                Some(&(_, stats, head)) => {
-                    let bytes = if head { stats.bytes } else { 0 };
-                    SubtaskCheckpoint {
-                        index,
-                        status: "completed".into(),
-                        ack_timestamp: Some(signed(end_ms)),
-                        end_to_end_duration: Some(duration),
-                        state_size: Some(bytes),
-                        checkpointed_size: Some(bytes),
-                        checkpoint: Some(SubtaskCheckpointDuration {
-                            sync: ms(stats.sync_pause),
-                            asynchronous: duration.saturating_sub(ms(stats.sync_pause)),
-                        }),
-                        alignment: Some(SubtaskAlignment {
-                            buffered: 0,
-                            processed: 0,
-                            persisted: 0,
-                            duration: ms(stats.alignment),
-                        }),
-                        start_delay: Some(0),
-                        // Not yet (issue 18): at-least-once does not
-                        // align, but persists no in-flight data either.
-                        unaligned_checkpoint: Some(false),
-                        aborted: Some(false),
-                        sync_duration_us: Some(us(stats.sync_pause)),
-                        alignment_duration_us: Some(us(stats.alignment)),
-                    }
-                }
-                None => SubtaskCheckpoint {
-                    index,
-                    status: "pending_or_failed".into(),
-                    ack_timestamp: None,
-                    end_to_end_duration: None,
-                    state_size: None,
-                    checkpointed_size: None,
-                    checkpoint: None,
-                    alignment: None,
-                    start_delay: None,
-                    unaligned_checkpoint: None,
-                    aborted: None,
-                    sync_duration_us: None,
-                    alignment_duration_us: None,
-                },
+            .map(|index| {
+                let ack = acks
+                    .iter()
+                    .find(|a| a.0 == index)
+                    .map(|&(_, stats, head)| (stats, head));
+                subtask_checkpoint(index, ack, end_ms, duration)
             })
             .collect();
         let done: Vec<&SubtaskCheckpoint> = subtasks
@@ -773,7 +853,10 @@ impl JobService for LocalJobs {
                 end_to_end_duration: duration,
                 alignment_buffered: 0,
                 processed_data: 0,
-                persisted_data: 0,
+                persisted_data: done
+                    .iter()
+                    .filter_map(|s| s.alignment.as_ref().map(|a| a.persisted))
+                    .sum(),
                 num_subtasks: d.parallelism,
                 num_acknowledged_subtasks: done.len() as u32,
             },
@@ -805,38 +888,7 @@ impl JobService for LocalJobs {
                 "the job runs without checkpointing".into(),
             ));
         };
-        let settings = &c.settings;
-        Ok(CheckpointConfig {
-            mode: if c.exactly_once {
-                "exactly_once"
-            } else {
-                "at_least_once"
-            }
-            .into(),
-            // Flink's "no periodic checkpoints".
-            interval: settings.interval.map_or(i64::MAX as u64, ms),
-            timeout: ms(settings.timeout),
-            min_pause: ms(settings.min_pause),
-            max_concurrent: settings.max_concurrent as u64,
-            // Completed checkpoints stay in the storage (the newest
-            // `retain`), also when the job is cancelled.
-            externalization: Externalization {
-                enabled: true,
-                delete_on_cancellation: false,
-            },
-            state_backend: d.state_backend.clone(),
-            checkpoint_storage: c.storage.clone(),
-            // Flink's unaligned checkpoints (barriers overtake in-flight
-            // data, which is persisted) are not built yet; at-least-once
-            // is not one of them (as in Flink, where it is a mode).
-            unaligned_checkpoints: false,
-            tolerable_failed_checkpoints: u64::from(settings.tolerable_failures),
-            aligned_checkpoint_timeout: 0,
-            checkpoints_after_tasks_finish: false,
-            state_changelog_enabled: false,
-            changelog_periodic_materialization_interval: 0,
-            changelog_storage: String::new(),
-        })
+        Ok(checkpoint_config_of(&d.state_backend, c))
     }
 
     fn exceptions(&self, job: &str) -> Result<JobExceptions, ServiceError> {
@@ -907,5 +959,160 @@ impl JobService for LocalJobs {
     fn prometheus_text(&self) -> String {
         let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
         super::prometheus::render(&jobs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flowstate_runtime::checkpoint::CoordinatorSettings;
+
+    use super::*;
+
+    /// `Source: numbers` → `count` chained with `Sink: out`, parallelism 2.
+    fn vertices() -> Vec<VertexInfo> {
+        let vertex = |uid: &str, name: &str| VertexInfo {
+            uid: uid.into(),
+            name: name.into(),
+            inputs: Vec::new(),
+        };
+        vec![
+            vertex("numbers", "Source: numbers"),
+            vertex("count", "count"),
+            vertex("out", "Sink: out"),
+        ]
+    }
+
+    fn task(task: usize, unaligned: bool, persisted_bytes: u64) -> TaskStats {
+        TaskStats {
+            task,
+            sync_pause: Duration::from_micros(300),
+            alignment: Duration::from_millis(2),
+            bytes: 1000 + persisted_bytes,
+            unaligned,
+            persisted_bytes,
+        }
+    }
+
+    /// A completed checkpoint in which the `count` tasks persisted `persisted`
+    /// bytes of in-flight records each, unaligned if any is non-zero.
+    fn record(kind: SnapshotKind, persisted: [u64; 2]) -> CheckpointRecord {
+        let tasks = vec![
+            ("Source: numbers (1/2)".to_owned(), task(0, false, 0)),
+            ("Source: numbers (2/2)".to_owned(), task(1, false, 0)),
+            (
+                "count -> Sink: out (1/2)".to_owned(),
+                task(2, persisted[0] > 0, persisted[0]),
+            ),
+            (
+                "count -> Sink: out (2/2)".to_owned(),
+                task(3, persisted[1] > 0, persisted[1]),
+            ),
+        ];
+        CheckpointRecord {
+            id: 5,
+            kind,
+            status: SnapshotStatus::Completed,
+            trigger_unix_ms: 1_700_000_000_000,
+            duration: Some(Duration::from_millis(40)),
+            bytes: tasks.iter().map(|t| t.1.bytes).sum(),
+            full_bytes: tasks.iter().map(|t| t.1.bytes).sum(),
+            alignment_max: Duration::from_millis(2),
+            sync_pause_max: Duration::from_micros(300),
+            unaligned: tasks.iter().any(|t| t.1.unaligned),
+            persisted_bytes: tasks.iter().map(|t| t.1.persisted_bytes).sum(),
+            tasks,
+            location: Some("memory://ck/job/chk-5".into()),
+        }
+    }
+
+    fn statistics(record: &CheckpointRecord) -> CheckpointStatistics {
+        checkpoint_statistics(record, 2, 4, false, Some(&vertices()))
+    }
+
+    #[test]
+    fn an_unaligned_checkpoint_is_reported_as_such_with_its_persisted_bytes() {
+        let record = record(SnapshotKind::Checkpoint, [3000, 0]);
+        let stats = statistics(&record);
+        assert_eq!(stats.checkpoint_type, "UNALIGNED_CHECKPOINT");
+        assert_eq!(stats.persisted_data, 3000);
+        assert_eq!(stats.checkpointed_size, 7000);
+        let persisted = |uid: &str| stats.tasks[&vertex_id(uid)].persisted_data;
+        // Counted at the head of the chain, like the task's bytes.
+        assert_eq!(
+            (persisted("numbers"), persisted("count"), persisted("out")),
+            (0, 3000, 0)
+        );
+        // The history shows the same type and bytes (no per-vertex figures).
+        let history = checkpoint_statistics(&record, 2, 4, false, None);
+        assert_eq!(
+            (history.checkpoint_type.as_str(), history.persisted_data),
+            ("UNALIGNED_CHECKPOINT", 3000)
+        );
+    }
+
+    #[test]
+    fn aligned_checkpoints_and_savepoints_keep_their_types() {
+        let aligned = statistics(&record(SnapshotKind::Checkpoint, [0, 0]));
+        assert_eq!(
+            (aligned.checkpoint_type.as_str(), aligned.persisted_data),
+            ("CHECKPOINT", 0)
+        );
+        let savepoint = statistics(&record(SnapshotKind::Savepoint, [0, 0]));
+        assert_eq!(savepoint.checkpoint_type, "SAVEPOINT");
+    }
+
+    /// Each subtask says whether its own task went unaligned; the persisted
+    /// bytes are the head vertex's, as its size is.
+    #[test]
+    fn a_subtask_reports_its_own_task_flag_and_persisted_bytes() {
+        let unaligned = task(2, true, 3000);
+        let aligned = task(3, false, 0);
+        let head = subtask_checkpoint(0, Some((&unaligned, true)), 0, 40);
+        assert_eq!(head.unaligned_checkpoint, Some(true));
+        assert_eq!(head.alignment.as_ref().map(|a| a.persisted), Some(3000));
+        assert_eq!(head.checkpointed_size, Some(4000));
+        let chained = subtask_checkpoint(0, Some((&unaligned, false)), 0, 40);
+        assert_eq!(chained.unaligned_checkpoint, Some(true));
+        assert_eq!(chained.alignment.as_ref().map(|a| a.persisted), Some(0));
+        let other = subtask_checkpoint(1, Some((&aligned, true)), 0, 40);
+        assert_eq!(other.unaligned_checkpoint, Some(false));
+        assert_eq!(other.alignment.as_ref().map(|a| a.persisted), Some(0));
+        let pending = subtask_checkpoint(1, None, 0, 40);
+        assert_eq!(
+            (pending.status.as_str(), pending.unaligned_checkpoint),
+            ("pending_or_failed", None)
+        );
+    }
+
+    #[test]
+    fn the_config_route_reports_the_alignment_policy() {
+        let view = |alignment, exactly_once| CheckpointConfigView {
+            settings: CoordinatorSettings {
+                alignment,
+                ..CoordinatorSettings::default()
+            },
+            exactly_once,
+            storage: "memory://ck".into(),
+        };
+        let unaligned = checkpoint_config_of(
+            "heap",
+            &view(
+                AlignmentPolicy::Unaligned {
+                    aligned_timeout: Duration::from_millis(1500),
+                    inflight_bytes_max: 1 << 20,
+                },
+                true,
+            ),
+        );
+        assert!(unaligned.unaligned_checkpoints);
+        assert_eq!(unaligned.aligned_checkpoint_timeout, 1500);
+        assert_eq!(unaligned.mode, "exactly_once");
+        let aligned = checkpoint_config_of("heap", &view(AlignmentPolicy::Aligned, true));
+        assert!(!aligned.unaligned_checkpoints);
+        assert_eq!(aligned.aligned_checkpoint_timeout, 0);
+        // At-least-once does not align, and is still not unaligned.
+        let at_least_once = checkpoint_config_of("heap", &view(AlignmentPolicy::Aligned, false));
+        assert_eq!(at_least_once.mode, "at_least_once");
+        assert!(!at_least_once.unaligned_checkpoints);
     }
 }

@@ -39,13 +39,18 @@ function tick() {
   const now = Date.now();
   const id = nextCp++;
   const failed = id % 17 === 0;
+  // Now and then a checkpoint under backpressure: unaligned, with in-flight records.
+  const unaligned = !failed && id % 5 === 0;
+  // Counted in checkpointed_size too, as the job reports it.
+  const persisted = unaligned ? 100000 + Math.round(Math.random() * 900000) : 0;
   checkpoints.unshift({
     className: failed ? '.FailedCheckpointStatistics' : '.CompletedCheckpointStatistics',
     id, status: failed ? 'FAILED' : 'COMPLETED', is_savepoint: false, savepointFormat: null,
     trigger_timestamp: now - 40, latest_ack_timestamp: now,
-    checkpointed_size: 20000 + Math.round(Math.random() * 30000), state_size: 900000 + id * 5000,
-    end_to_end_duration: 15 + Math.round(Math.random() * 60), alignment_buffered: 0, processed_data: 0, persisted_data: 0,
-    num_subtasks: 6, num_acknowledged_subtasks: failed ? 4 : 6, checkpoint_type: 'CHECKPOINT', tasks: {},
+    checkpointed_size: 20000 + Math.round(Math.random() * 30000) + persisted, state_size: 900000 + id * 5000 + persisted,
+    end_to_end_duration: 15 + Math.round(Math.random() * 60), alignment_buffered: 0, processed_data: 0,
+    persisted_data: persisted,
+    num_subtasks: 6, num_acknowledged_subtasks: failed ? 4 : 6, checkpoint_type: unaligned ? 'UNALIGNED_CHECKPOINT' : 'CHECKPOINT', tasks: {},
     external_path: failed ? null : `file:///tmp/flowstate/checkpoints/${JID}/chk-${id}`, discarded: false,
     ...(failed ? { failure_timestamp: now, failure_message: 'checkpoint 17 expired before completing' } : {}),
   });
@@ -136,7 +141,7 @@ http.createServer((req, res) => {
         restored: { id: 39, restore_timestamp: started, is_savepoint: true, external_path: 'file:///var/lib/flowstate/savepoints/savepoint-39-1a2b3c' } },
       history: checkpoints });
   }
-  if (p === `${J}/checkpoints/config`) return send(res, 200, { mode: 'exactly_once', interval: 1000, timeout: 600000, min_pause: 0, max_concurrent: 1, externalization: { enabled: true, delete_on_cancellation: false }, state_backend: 'heap', checkpoint_storage: 'file:///tmp/flowstate/checkpoints', unaligned_checkpoints: false, tolerable_failed_checkpoints: 3 });
+  if (p === `${J}/checkpoints/config`) return send(res, 200, { mode: 'exactly_once', interval: 1000, timeout: 600000, min_pause: 0, max_concurrent: 1, externalization: { enabled: true, delete_on_cancellation: false }, state_backend: 'heap', checkpoint_storage: 'file:///tmp/flowstate/checkpoints', unaligned_checkpoints: true, aligned_checkpoint_timeout: 0, tolerable_failed_checkpoints: 3 });
   if (p === `${J}/exceptions`) return send(res, 200, { exceptionHistory: { entries: [
     { exceptionName: 'flowstate::TaskFailure', stacktrace: 'task count (1/2) failed: injected fault\n  at step 8812', timestamp: started + 40_000, taskName: 'count (1/2)', location: 'local', endpoint: null, taskManagerId: 'local', failureLabels: {}, concurrentExceptions: [] },
   ], truncated: false } });
