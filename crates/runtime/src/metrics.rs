@@ -401,10 +401,6 @@ impl TaskMetrics {
     /// [`record_checkpoint`](Self::record_checkpoint), by the upload thread):
     /// whether it was taken unaligned, and the bytes of in-flight records it
     /// persisted (0 when aligned).
-    #[allow(
-        dead_code,
-        reason = "the upload thread calls it once tasks record channel state (issue 18)"
-    )]
     pub(crate) fn record_channel_state(&self, unaligned: bool, persisted_bytes: u64) {
         self.last_checkpoint_unaligned
             .store(unaligned, Ordering::Relaxed);

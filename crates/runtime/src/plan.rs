@@ -157,11 +157,7 @@ impl<'g> Planner<'g> {
     /// may take unaligned snapshots.
     fn unaligned_input(&mut self, node: NodeId, index: u32) -> Option<UnalignedInput> {
         let inflight_bytes_max = self.inflight_bytes_max(node)?;
-        let board = Arc::clone(
-            self.boards
-                .entry((node, index))
-                .or_default(),
-        );
+        let board = Arc::clone(self.boards.entry((node, index)).or_default());
         let graph = self.graph;
         let owner = crate::pipeline::StageIdentity {
             name: graph.nodes[node].name.as_str().into(),
@@ -287,11 +283,7 @@ impl<'g> Planner<'g> {
                         let Some(network) = remote else {
                             if producer_here && consumer_here {
                                 let board = self.inflight_bytes_max(consumer).map(|_| {
-                                    Arc::clone(
-                                        self.boards
-                                            .entry((consumer, target))
-                                            .or_default(),
-                                    )
+                                    Arc::clone(self.boards.entry((consumer, target)).or_default())
                                 });
                                 let (tx, rx) = port.channel(
                                     self.config.channel_capacity,

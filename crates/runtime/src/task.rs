@@ -364,6 +364,12 @@ impl UnalignedInput {
         let Some(held) = self.held.take() else {
             return;
         };
+        tracing::debug!(
+            checkpoint = barrier.id,
+            alignment_us = alignment.as_micros() as u64,
+            inputs = inputs.len(),
+            "in-flight records recorded"
+        );
         if held.barrier.id != barrier.id {
             decline_held(
                 control,

@@ -205,6 +205,7 @@ pub(crate) fn upload_loop(
                 a.alignment,
                 a.bytes,
             );
+            metrics.record_channel_state(a.unaligned, a.persisted_bytes);
         }
         let ack = matches!(event, TaskEvent::Ack(_));
         if events.send(CoordinatorEvent::Task(event)).is_err() && ack {
