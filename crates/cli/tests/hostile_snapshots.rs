@@ -352,3 +352,141 @@ fn an_oversized_metadata_is_refused_before_it_is_read() {
         "{run}"
     );
 }
+
+/// keyed-count of 200,000 records whose sink is throttled to a fifth of the
+/// source's rate, with unaligned checkpoints.
+fn unaligned_args(ck: &Path, output: &Path, extra: &[&str]) -> Vec<String> {
+    let mut all = vec![
+        "--checkpointing",
+        "unaligned",
+        "--sink-rate",
+        "20000",
+        "--rate",
+        "100000",
+    ];
+    all.extend_from_slice(extra);
+    let mut run_args = args(ck, Some(output), &all);
+    // More records than the others: the run must outlast a few checkpoints.
+    let records = run_args.iter().position(|a| a == "--records").unwrap() + 1;
+    run_args[records] = "200000".into();
+    run_args
+}
+
+/// A checkpoint directory whose newest completed checkpoint holds in-flight
+/// records of an unaligned checkpoint (`.channels` files): keyed-count with a
+/// throttled sink and unaligned checkpoints, SIGKILLed once such a
+/// checkpoint completed. Returns the directory, the job and that checkpoint.
+fn unaligned_checkpoint(root: &Path, output: &Path) -> (PathBuf, String, u64) {
+    let ck = root.join("ck-unaligned");
+    let run_args = unaligned_args(&ck, output, &[]);
+    let process = support::start(root, &root.join("logs"), "unaligned", &run_args);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if ck.exists() {
+            let (job, ids) = checkpoints(&ck);
+            if let Some(&id) = ids.iter().rev().find(|&&id| {
+                std::fs::read_dir(ck.join(&job).join(format!("chk-{id}")))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".channels"))
+            }) {
+                process.signal(9);
+                let _ = process.wait();
+                return (ck, job, id);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no unaligned checkpoint with channel state in 120 s: {}",
+            process.stderr_so_far()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Issue 18: channel state is checked like keyed state before anything of
+/// it is replayed. A flipped byte in a `.channels` file, a truncated one,
+/// and metadata naming an input edge the job does not have are refused by
+/// `--restore`, naming the file or the edge, never a panic; the intact
+/// checkpoint restores and finishes with the reference result.
+#[test]
+fn damaged_or_crafted_channel_state_is_refused() {
+    let tmp = tempdir();
+    let output = tmp.path().join("out");
+    let (original_ck, job, id) = unaligned_checkpoint(tmp.path(), &output);
+    let dir = |ck: &Path| ck.join(&job).join(format!("chk-{id}"));
+    let channels_file = |ck: &Path| {
+        std::fs::read_dir(dir(ck))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(".channels"))
+            .expect("a channel state file")
+    };
+    type Damage<'a> = Box<dyn Fn(&Path) + 'a>;
+    let cases: Vec<(&str, Damage<'_>, &str)> = vec![
+        (
+            "flipped byte",
+            Box::new(|ck: &Path| flip_byte(&channels_file(ck))),
+            ".channels",
+        ),
+        (
+            "truncated",
+            Box::new(|ck: &Path| {
+                let path = channels_file(ck);
+                let bytes = std::fs::read(&path).unwrap();
+                std::fs::write(&path, &bytes[..bytes.len() - 9]).unwrap();
+            }),
+            ".channels",
+        ),
+        (
+            "an edge the job does not have",
+            Box::new(|ck: &Path| {
+                let path = dir(ck).join("_metadata");
+                let mut m =
+                    CheckpointMetadata::decode("m", &std::fs::read(&path).unwrap()).unwrap();
+                for operator in &mut m.operators {
+                    for subtask in &mut operator.subtasks {
+                        if let Some(channels) = &mut subtask.channels {
+                            for input in &mut channels.inputs {
+                                input.edge = 7;
+                            }
+                        }
+                    }
+                }
+                std::fs::write(&path, m.encode().unwrap()).unwrap();
+            }),
+            "input edge 7",
+        ),
+    ];
+    for (what, damage, needle) in cases {
+        let ck = tmp.path().join(format!("ck-{}", what.replace(' ', "-")));
+        copy_dir(&original_ck, &ck);
+        damage(&ck);
+        let restore = run_args(
+            tmp.path(),
+            &unaligned_args(&ck, &output, &["--restore", arg(&dir(&ck))]),
+        );
+        restore.assert_failure();
+        let message = restore.single_error_line();
+        assert!(
+            message.contains(needle),
+            "{what}: restore's error lacks {needle:?}: {restore}"
+        );
+    }
+    // The intact one replays its in-flight records and finishes exactly.
+    let restore = run_args(
+        tmp.path(),
+        &unaligned_args(
+            &original_ck,
+            &output,
+            &["--restore", arg(&dir(&original_ck))],
+        ),
+    );
+    restore.assert_success();
+    assert_eq!(
+        restore.result_line(),
+        expected_keyed_count_result(200_000, KEYS)
+    );
+}

@@ -283,6 +283,29 @@ impl CheckpointingConfig {
                     .to_owned(),
             ));
         }
+        if let flowstate_checkpoint::AlignmentPolicy::Unaligned {
+            inflight_bytes_max, ..
+        } = self.settings.alignment
+        {
+            // Overtaking without recording would lose records, and recording
+            // without alignment gains nothing: Flink's rule too.
+            if self.guarantee != Guarantee::ExactlyOnce {
+                return Err(BuildError::Config(format!(
+                    "unaligned checkpoints need exactly-once, not {:?}",
+                    self.guarantee
+                )));
+            }
+            if self.settings.max_concurrent > 1 {
+                return Err(BuildError::Config(
+                    "unaligned checkpoints allow one checkpoint in flight at a time".to_owned(),
+                ));
+            }
+            if inflight_bytes_max == 0 {
+                return Err(BuildError::Config(
+                    "the in-flight limit of unaligned checkpoints must be above zero".to_owned(),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -362,5 +385,70 @@ impl SubtaskInfo {
             max_parallelism: self.max_parallelism,
             clock: self.clock.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use flowstate_checkpoint::{AlignmentPolicy, CoordinatorSettings};
+
+    use super::*;
+
+    fn checkpointing(guarantee: Guarantee, alignment: AlignmentPolicy) -> CheckpointingConfig {
+        CheckpointingConfig {
+            storage: flowstate_checkpoint::open_storage("memory://").expect("memory storage"),
+            settings: CoordinatorSettings {
+                interval: Some(Duration::from_secs(1)),
+                alignment,
+                ..CoordinatorSettings::default()
+            },
+            guarantee,
+            job_id: None,
+            restore: RestoreFrom::Nothing,
+            allow_non_restored_state: false,
+            allow_fallback_duplicates: false,
+            restart: RestartStrategy::default(),
+            savepoint_dir: None,
+        }
+    }
+
+    #[test]
+    fn unaligned_checkpoints_need_exactly_once_one_in_flight_and_a_limit() {
+        let unaligned = AlignmentPolicy::Unaligned {
+            aligned_timeout: Duration::ZERO,
+            inflight_bytes_max: 1 << 20,
+        };
+        assert!(
+            checkpointing(Guarantee::ExactlyOnce, unaligned)
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            checkpointing(Guarantee::AtLeastOnce, AlignmentPolicy::Aligned)
+                .validate()
+                .is_ok()
+        );
+        for guarantee in [Guarantee::AtLeastOnce, Guarantee::AtMostOnce] {
+            let e = checkpointing(guarantee, unaligned).validate().unwrap_err();
+            assert!(e.to_string().contains("exactly-once"), "{e}");
+        }
+        let mut two = checkpointing(Guarantee::ExactlyOnce, unaligned);
+        two.settings.max_concurrent = 2;
+        assert!(
+            two.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("one checkpoint")
+        );
+        let zero = AlignmentPolicy::Unaligned {
+            aligned_timeout: Duration::ZERO,
+            inflight_bytes_max: 0,
+        };
+        let e = checkpointing(Guarantee::ExactlyOnce, zero)
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("limit"), "{e}");
     }
 }
