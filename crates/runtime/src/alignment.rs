@@ -205,8 +205,15 @@ impl BarrierTracker {
     }
 
     /// A producer announced `barrier` (it is on its way in some channel).
+    /// A notice never supersedes the barrier in flight: that one may still
+    /// be on its way too (a savepoint triggered beside a checkpoint); only
+    /// an in-band barrier proves the older one abandoned.
     pub(crate) fn on_announcement(&mut self, barrier: Barrier) -> Option<TrackerEvent> {
-        if self.mode != InputMode::MayUnalign || !self.sight(barrier) || self.recording {
+        if self.mode != InputMode::MayUnalign
+            || self.current.is_some_and(|c| c.id != barrier.id)
+            || !self.sight(barrier)
+            || self.recording
+        {
             return None;
         }
         match barrier.alignment {
@@ -384,6 +391,24 @@ mod tests {
             Some(TrackerEvent::Aligned { .. })
         ));
         assert_eq!(t.on_clock(5_000), None);
+    }
+
+    #[test]
+    fn a_notice_does_not_supersede_an_alignment_in_progress() {
+        let mut t = BarrierTracker::new(2, InputMode::MayUnalign);
+        let savepoint = Barrier {
+            kind: crate::message::BarrierKind::Savepoint,
+            ..aligned(1)
+        };
+        assert_eq!(t.on_barrier(0, savepoint), None);
+        assert_eq!(t.on_announcement(unaligned(2)), None);
+        assert!(t.is_blocked(0), "the savepoint still aligns");
+        assert!(matches!(
+            t.on_barrier(1, savepoint),
+            Some(TrackerEvent::Aligned { barrier, .. }) if barrier.id == 1
+        ));
+        // Checkpoint 2 then starts at its first in-band barrier.
+        assert_eq!(snapshot_at(t.on_barrier(1, unaligned(2))), unaligned(2));
     }
 
     #[test]
