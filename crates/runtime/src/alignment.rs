@@ -54,6 +54,15 @@ pub(crate) enum TrackerEvent {
     Unaligned { barrier: Barrier },
 }
 
+impl TrackerEvent {
+    /// The barrier the event is about.
+    pub(crate) fn barrier(&self) -> Barrier {
+        match *self {
+            TrackerEvent::Aligned { barrier, .. } | TrackerEvent::Unaligned { barrier } => barrier,
+        }
+    }
+}
+
 /// The task's side of the checkpoint in flight (one at a time; a newer
 /// barrier supersedes an older one, whose checkpoint was abandoned).
 #[derive(Debug)]

@@ -1126,12 +1126,12 @@ impl<T: Send> OneInputTask<T> {
     /// A checkpoint event of the tracker: snapshot and forward, then submit
     /// (aligned) or hold while the gate records (unaligned).
     fn on_checkpoint(&mut self, event: TrackerEvent) -> Result<(), TaskError> {
+        self.idle_timers.on_barrier(event.barrier());
         let Some(control) = &self.control else {
             return Ok(());
         };
         match event {
             TrackerEvent::Aligned { barrier, alignment } => {
-                self.idle_timers.on_barrier(barrier);
                 if let Some(unaligned) = &mut self.unaligned {
                     self.gate.clear_recorded();
                     unaligned.decline(control, format!("superseded by checkpoint {}", barrier.id));
@@ -1146,7 +1146,6 @@ impl<T: Send> OneInputTask<T> {
                 )
             }
             TrackerEvent::Unaligned { barrier } => {
-                self.idle_timers.on_barrier(barrier);
                 self.gate.start_recording()?;
                 let (parts, sync_pause) = snapshot_and_forward(
                     self.pipeline.as_mut(),
@@ -1565,6 +1564,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
     /// the barrier downstream, then submit (aligned) or hold while the gates
     /// record (unaligned).
     fn on_checkpoint(&mut self, event: TrackerEvent) -> Result<(), TaskError> {
+        self.idle_timers.on_barrier(event.barrier());
         let Some(control) = &self.control else {
             return Ok(());
         };
@@ -1583,7 +1583,6 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
                 (barrier, None)
             }
         };
-        self.idle_timers.on_barrier(barrier);
         let started = Instant::now();
         let operator = &mut self.operator;
         let snapshot = guarded(&self.id.name, || operator.snapshot(barrier))?;
