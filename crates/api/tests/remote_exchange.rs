@@ -3,15 +3,18 @@
 //! TCP connection to the process itself (`NetworkPlacement::loopback`), with
 //! its records encoded by their `Wire` codec and credit-based flow control.
 //! The results must be those of local channels, with exactly-once
-//! checkpoints (barriers cross in band and are aligned), and after a
-//! restart (the next attempt's channels are new ones).
+//! checkpoints (barriers cross in band and are aligned, or are unaligned
+//! and announced ahead of the data by announce frames), and after a restart
+//! (the next attempt's channels are new ones).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use flowstate::connectors::SequenceSource;
-use flowstate::runtime::checkpoint::{CoordinatorSettings, open_storage};
+use flowstate::runtime::checkpoint::{
+    AlignmentPolicy, CoordinatorSettings, DEFAULT_UNALIGNED_INFLIGHT_BYTES_MAX, open_storage,
+};
 use flowstate::runtime::{
     CheckpointingConfig, Guarantee, NetworkPlacement, RestartStrategy, RestoreFrom,
 };
@@ -59,7 +62,25 @@ fn config(
 /// Running counts per key through a hash edge and a rebalance edge:
 /// `(key, count)` after every record, sorted (each key's counts are 1..n
 /// whatever the order its records arrive in).
+/// `config` with unaligned checkpoints from the start.
+fn unaligned(mut config: ExecutionConfig) -> ExecutionConfig {
+    let checkpointing = config.checkpointing.as_mut().expect("checkpoints");
+    checkpointing.settings.alignment = AlignmentPolicy::Unaligned {
+        aligned_timeout: Duration::ZERO,
+        inflight_bytes_max: DEFAULT_UNALIGNED_INFLIGHT_BYTES_MAX,
+    };
+    config
+}
+
 fn counts(config: ExecutionConfig, fail_once: Option<Arc<AtomicBool>>) -> (Vec<(u64, u64)>, u64) {
+    let (records, report) = counts_report(config, fail_once);
+    (records, report.completed_checkpoints)
+}
+
+fn counts_report(
+    config: ExecutionConfig,
+    fail_once: Option<Arc<AtomicBool>>,
+) -> (Vec<(u64, u64)>, flowstate::runtime::JobReport) {
     let env = StreamEnvironment::new(config);
     let source = SequenceSource::new(RECORDS, PARALLELISM, |i| (i % KEYS, 1u64)).unwrap();
     let out = env
@@ -80,7 +101,7 @@ fn counts(config: ExecutionConfig, fail_once: Option<Arc<AtomicBool>>) -> (Vec<(
     let report = env.execute().expect("the job finishes");
     let mut records = out.lock().unwrap().clone();
     records.sort_unstable();
-    (records, report.completed_checkpoints)
+    (records, report)
 }
 
 fn transport() -> Arc<TcpTransport> {
@@ -144,6 +165,50 @@ fn a_restarted_attempt_gets_new_channels_and_stays_exactly_once() {
         Some(Arc::clone(&failed)),
     );
     assert!(transport.stats().messages_sent > 0);
+    assert!(failed.load(Ordering::SeqCst), "the failure was injected");
+    let mut last = std::collections::BTreeMap::new();
+    for (key, count) in records {
+        let entry = last.entry(key).or_insert(0);
+        *entry = (*entry).max(count);
+    }
+    let mut want = std::collections::BTreeMap::new();
+    for (key, count) in expected() {
+        want.insert(key, count);
+    }
+    assert_eq!(last, want, "each key's final count");
+}
+
+#[test]
+fn unaligned_checkpoints_complete_through_the_transport() {
+    let none = RestartStrategy::fixed_delay(0, Duration::ZERO);
+    let transport = transport();
+    let (records, report) = counts_report(unaligned(config(Some(&transport), true, none)), None);
+    assert_eq!(records, expected());
+    assert_crossed(&transport);
+    assert!(report.completed_checkpoints >= 1);
+    // Every periodic checkpoint is unaligned from its trigger: each
+    // completed one was taken unaligned by some task.
+    let unaligned = report.checkpoints.iter().filter(|c| c.unaligned).count();
+    assert!(unaligned >= 1, "{:?}", report.checkpoints);
+    // Announcements are hints: whether one crossed before its barrier
+    // depends on timing, but none arrives that was not sent.
+    let stats = transport.stats();
+    eprintln!("{unaligned} unaligned checkpoints; {stats:?}");
+    assert!(
+        stats.announcements_received <= stats.announcements_sent,
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn unaligned_checkpoints_through_the_transport_restore_exactly_once() {
+    let restart = RestartStrategy::fixed_delay(3, Duration::from_millis(1));
+    let failed = Arc::new(AtomicBool::new(false));
+    let transport = transport();
+    let (records, _) = counts(
+        unaligned(config(Some(&transport), true, restart)),
+        Some(Arc::clone(&failed)),
+    );
     assert!(failed.load(Ordering::SeqCst), "the failure was injected");
     let mut last = std::collections::BTreeMap::new();
     for (key, count) in records {

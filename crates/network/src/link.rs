@@ -115,6 +115,9 @@ pub(crate) trait Context {
     /// A message of `bytes` (its frame) was written / read.
     fn count_sent(&self, _bytes: usize) {}
     fn count_received(&self, _bytes: usize) {}
+    /// An announce frame was written / read.
+    fn count_announcement_sent(&self) {}
+    fn count_announcement_received(&self) {}
 }
 
 pub(crate) struct Link {
@@ -326,7 +329,7 @@ impl LinkState {
                     );
                     return Ok(());
                 };
-                ctx.count_received(payload.len());
+                ctx.count_announcement_received();
                 match slot.ch.announce(payload) {
                     Ok(()) => Ok(()),
                     Err(DeliverError::ConsumerGone) => {
@@ -581,7 +584,7 @@ fn write_announcement(slot: &mut OutSlot, id: ChannelId, w: &mut FrameWriter, ct
     // A barrier is a few bytes, within any frame limit a transport accepts;
     // a frame over it is dropped (a notice is a hint, the barrier follows).
     if w.finish(start, ctx.max_frame_len()).is_ok() {
-        ctx.count_sent(w.len() - start);
+        ctx.count_announcement_sent();
     }
 }
 

@@ -261,6 +261,10 @@ fn an_announcement_crosses_without_credit_ahead_of_the_backlog() {
     }
     assert!(same(&recv(&rx), &Message::Barrier(barrier)));
     assert_eq!(board.take_newer_than(0), None);
+    // One announce frame each way, counted apart from the messages.
+    assert_eq!(t0.stats().announcements_sent, 1);
+    assert_eq!(t1.stats().announcements_received, 1);
+    assert_eq!(t0.stats().messages_sent, sent as u64 + 1);
     assert_eq!(t0.failure(1), None);
     assert_eq!(t1.failure(1), None);
 }
