@@ -16,7 +16,7 @@ use flowstate::runtime::checkpoint::{
     AlignmentPolicy, CoordinatorSettings, DEFAULT_UNALIGNED_INFLIGHT_BYTES_MAX, open_storage,
 };
 use flowstate::runtime::{
-    CheckpointingConfig, Guarantee, NetworkPlacement, RestartStrategy, RestoreFrom,
+    CheckpointingConfig, Guarantee, NetworkPlacement, RestartStrategy, RestoreFrom, remote,
 };
 use flowstate::{ExecutionConfig, StreamEnvironment};
 use flowstate_network::TcpTransport;
@@ -220,4 +220,130 @@ fn unaligned_checkpoints_through_the_transport_restore_exactly_once() {
         want.insert(key, count);
     }
     assert_eq!(last, want, "each key's final count");
+}
+
+/// A transport that never sends announcements: every outbound channel's
+/// notices stay on its board, so consumers learn of unaligned barriers only
+/// in band, as before step 7 of issue 18. For the measurement below.
+struct WithoutAnnouncements(Arc<TcpTransport>);
+
+struct Unannounced(Box<dyn remote::OutboundChannel>);
+
+impl remote::OutboundChannel for Unannounced {
+    fn next_message(
+        &mut self,
+        out: &mut Vec<u8>,
+    ) -> Result<remote::Outgoing, flowstate::runtime::wire::WireError> {
+        self.0.next_message(out)
+    }
+}
+
+impl remote::Transport for WithoutAnnouncements {
+    fn outbound_signal(
+        &self,
+        id: remote::ChannelId,
+        consumer_process: u32,
+    ) -> Result<Arc<flowstate::runtime::channel::Signal>, remote::TransportError> {
+        self.0.outbound_signal(id, consumer_process)
+    }
+    fn inbound_signal(
+        &self,
+        id: remote::ChannelId,
+        producer_process: u32,
+        capacity: usize,
+    ) -> Result<Arc<flowstate::runtime::channel::Signal>, remote::TransportError> {
+        self.0.inbound_signal(id, producer_process, capacity)
+    }
+    fn register_outbound(
+        &self,
+        id: remote::ChannelId,
+        consumer_process: u32,
+        channel: Box<dyn remote::OutboundChannel>,
+    ) -> Result<(), remote::TransportError> {
+        self.0
+            .register_outbound(id, consumer_process, Box::new(Unannounced(channel)))
+    }
+    fn register_inbound(
+        &self,
+        id: remote::ChannelId,
+        producer_process: u32,
+        channel: Box<dyn remote::InboundChannel>,
+    ) -> Result<(), remote::TransportError> {
+        self.0.register_inbound(id, producer_process, channel)
+    }
+    fn end_attempt(&self, attempt: u32) {
+        self.0.end_attempt(attempt)
+    }
+    fn failure(&self, attempt: u32) -> Option<remote::TransportError> {
+        self.0.failure(attempt)
+    }
+}
+
+/// The median duration of unaligned checkpoints of a job whose every
+/// exchange channel goes through `transport` (loopback), whose source runs
+/// at 40k records/s and whose consumer is slower (a sleep of 0.1 ms per
+/// record), so the channels are full: 3 queues of 8 batches of 256 records.
+fn unaligned_checkpoint_p50(transport: Arc<dyn remote::Transport>) -> (Duration, usize) {
+    const N: u64 = 100_000;
+    let mut config = ExecutionConfig::with_parallelism(2);
+    config.batch_size = 256;
+    config.channel_capacity = 8;
+    config.network = Some(NetworkPlacement::loopback(transport, 2));
+    config.checkpointing = Some(CheckpointingConfig {
+        storage: open_storage("memory://remote-exchange-p50").unwrap(),
+        settings: CoordinatorSettings {
+            interval: Some(Duration::from_millis(200)),
+            ..CoordinatorSettings::default()
+        },
+        guarantee: Guarantee::ExactlyOnce,
+        job_id: None,
+        restore: RestoreFrom::Nothing,
+        allow_non_restored_state: false,
+        allow_fallback_duplicates: false,
+        restart: RestartStrategy::fixed_delay(0, Duration::ZERO),
+        savepoint_dir: None,
+    });
+    let env = StreamEnvironment::new(unaligned(config));
+    let source = SequenceSource::new(N, 2, |i| (i % KEYS, 1u64))
+        .and_then(|s| s.with_rate(40_000))
+        .unwrap();
+    let out = env
+        .from_source("numbers", source)
+        .key_by(|r: &(u64, u64)| r.0)
+        .reduce(|a, b| {
+            std::thread::sleep(Duration::from_micros(100));
+            (a.0, a.1 + b.1)
+        })
+        .collect();
+    let report = env.execute().expect("the job finishes");
+    assert_eq!(out.lock().unwrap().len() as u64, N);
+    let mut durations: Vec<Duration> = report
+        .checkpoints
+        .iter()
+        .filter(|c| c.unaligned)
+        .map(|c| c.duration)
+        .collect();
+    durations.sort();
+    (
+        durations
+            .get(durations.len() / 2)
+            .copied()
+            .unwrap_or_default(),
+        durations.len(),
+    )
+}
+
+/// A measurement, not a test (it prints durations and asserts nothing about
+/// them): `cargo test -p flowstate --test remote_exchange -- --ignored
+/// --nocapture`. With every channel through the transport, a consumer has no
+/// local producer whose notice would start its unaligned snapshot early.
+#[test]
+#[ignore]
+fn measure_unaligned_checkpoints_with_and_without_announcements() {
+    let (without, n0) = unaligned_checkpoint_p50(Arc::new(WithoutAnnouncements(transport())));
+    let (with, n1) = unaligned_checkpoint_p50(transport());
+    eprintln!(
+        "unaligned checkpoints through the loopback transport, p50: without announce \
+         frames {without:?} ({n0} checkpoints), with {with:?} ({n1} checkpoints)"
+    );
 }
