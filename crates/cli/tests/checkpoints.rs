@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use flowstate::runtime::checkpoint::{SharedStorage, open_storage};
 use support::{
     Backend, Ending, Rng, Run, arg, check_keyed_count_output, committed_lines, copy_dir,
-    crash_seed, expected_keyed_count_result, keyed_count_line, one_at_a_time, run_args, start,
-    strings, tempdir, workload_values,
+    crash_seed, expected_keyed_count_result, keyed_count_line, newest_has_channel_state,
+    one_at_a_time, run_args, start, strings, tempdir, workload_values,
 };
 
 /// The brief's reference: `keyed-count --records 2000000` with 1M keys.
@@ -70,41 +70,6 @@ struct CrashOutcome {
     /// Restores whose newest checkpoint held channel state (`.channels`
     /// files), if `channel_state_in` was given.
     restored_channel_state: usize,
-}
-
-/// Whether the newest completed checkpoint under `ck` (the one `--restore
-/// latest` takes) holds in-flight records of an unaligned checkpoint.
-fn newest_has_channel_state(ck: &Path) -> bool {
-    let Ok(jobs) = std::fs::read_dir(ck) else {
-        return false;
-    };
-    let mut newest: Option<(u64, std::path::PathBuf)> = None;
-    for job in jobs.flatten() {
-        for chk in std::fs::read_dir(job.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = chk.file_name().to_string_lossy().into_owned();
-            let Some(id) = name
-                .strip_prefix("chk-")
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if chk.path().join("_metadata").exists() && newest.as_ref().is_none_or(|(n, _)| id > *n)
-            {
-                newest = Some((id, chk.path()));
-            }
-        }
-    }
-    newest.is_some_and(|(_, dir)| {
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|f| f.file_name().to_string_lossy().ends_with(".channels"))
-    })
 }
 
 impl CrashTest<'_> {

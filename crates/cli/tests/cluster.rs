@@ -264,6 +264,107 @@ fn sigkill_of_one_worker_and_then_another_recovers_exactly_once() {
     check_keyed_count_output(&lines, records, keys);
 }
 
+/// Unaligned checkpoints across processes (issue 18, step 7: notices of
+/// unaligned barriers cross as announce frames, ahead of the data and
+/// without credit): keyed-count on two task managers, every hash edge
+/// crossing between them, its sink throttled so that the channels are full;
+/// once a checkpoint holding in-flight records (`.channels`) completed,
+/// task manager 1 is SIGKILLed; the job restores it and ends, and its
+/// committed output is exactly-once by the independent check. The job's
+/// final report says its checkpoints were unaligned and persisted in-flight
+/// bytes.
+#[test]
+fn unaligned_checkpoints_across_processes_survive_sigkill_exactly_once() {
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let (out, ck, logs) = (
+        tmp.path().join("out"),
+        tmp.path().join("ck"),
+        tmp.path().join("logs"),
+    );
+    let (records, keys) = (400_000u64, 10_000u64);
+    let args = strings(&[
+        "run",
+        "keyed-count",
+        "--records",
+        &records.to_string(),
+        "--keys",
+        &keys.to_string(),
+        "--output",
+        arg(&out),
+        "--checkpoint-interval",
+        "200ms",
+        "--checkpoint-dir",
+        arg(&ck),
+        "--parallelism",
+        "2",
+        "--processes",
+        "2",
+        "--rest",
+        "off",
+        "--rate",
+        "200000",
+        "--sink-rate",
+        "40000",
+        "--checkpointing",
+        "unaligned",
+    ]);
+    let jm = start(tmp.path(), &logs, "jm", &args);
+    let deployments = |stderr: &str| stderr.matches("deployed on task managers").count();
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "never {what}: {}",
+                jm.stderr_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("deployed", &|| deployments(&jm.stderr_so_far()) > 0);
+    // An unaligned checkpoint with in-flight records completed: the kill
+    // lands while they complete, and the restore replays channel state.
+    wait_for("a checkpoint with channel state", &|| {
+        newest_has_channel_state(&ck)
+    });
+    let stderr = jm.stderr_so_far();
+    let marker = "started task manager 1 (pid ";
+    let (at, _) = stderr
+        .match_indices(marker)
+        .last()
+        .expect("task manager 1's pid is logged");
+    let pid: i32 = after(&stderr[at..], marker, |c| c == ')')
+        .and_then(|p| p.parse().ok())
+        .expect("a pid");
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    wait_for("a redeployment", &|| deployments(&jm.stderr_so_far()) > 1);
+    let run = jm.wait();
+    run.assert_success();
+    assert!(
+        run.stderr.contains("job failed ("),
+        "the attempt with the killed task manager failed and restarted: {run}"
+    );
+    let lines = committed_lines(&out);
+    assert_eq!(lines.len() as u64, records, "committed output lines: {run}");
+    check_keyed_count_output(&lines, records, keys);
+    // The final report: unaligned checkpoints that persisted in-flight bytes.
+    let report = run
+        .stderr
+        .lines()
+        .rfind(|l| l.contains(" checkpoints job_id="))
+        .unwrap_or_else(|| panic!("no checkpoint report: {run}"));
+    let report = format!("{report}\n");
+    let field = |name: &str| -> u64 {
+        after(&report, &format!(" {name}="), |c: char| !c.is_ascii_digit())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+    };
+    assert!(field("unaligned") > 0, "{report}");
+    assert!(field("in_flight_persisted_bytes") > 0, "{report}");
+}
+
 /// The checkpoint storage of a test: the local S3 server's
 /// (`FLOWSTATE_TEST_S3_URL`, under a prefix of the test's own) when there is
 /// one, else a directory (a failure if `FLOWSTATE_REQUIRE_S3=1`).

@@ -1,12 +1,12 @@
 //! The bytes of the transport protocol (docs/wire-format.md §2): the
 //! handshake a connection opens with and the frames that follow it.
 //!
-//! Owns: the handshake ([`Hello`], [`Reply`]), the frame header and the four
+//! Owns: the handshake ([`Hello`], [`Reply`]), the frame header and the five
 //! frame kinds ([`Frame`], [`FrameKind`]), how frames are written
 //! ([`FrameWriter`]) and parsed ([`Frame::parse`], after
 //! [`frame_codec`] cut them), and the limits on what is read. Must not touch:
-//! the message payload inside a message frame (`flowstate_runtime::wire`
-//! owns it; it is carried here as opaque bytes), sockets, or credit
+//! the payload of a message or announce frame (`flowstate_runtime::wire`
+//! owns them; they are carried here as opaque bytes), sockets, or credit
 //! accounting (`link`).
 //!
 //! Nothing parsed is trusted: a short frame, an unknown kind, a credit frame
@@ -22,7 +22,8 @@ pub const MAGIC: [u8; 4] = *b"FLWS";
 /// had none; a version-1 peer would take one for damaged bytes, so the
 /// handshake refuses it instead). 3: a barrier message carries its
 /// alignment (docs/wire-format.md §1), which a version-2 peer would read
-/// as trailing bytes.
+/// as trailing bytes, and announce frames (kind 4), which it would take for
+/// an unknown kind.
 pub const VERSION: u16 = 3;
 /// Bytes of a [`Hello`].
 pub const HELLO_LEN: usize = 24;
@@ -54,6 +55,12 @@ pub enum FrameKind {
     /// heartbeat interval; a side that reads nothing at all for the
     /// heartbeat timeout declares the connection lost.
     Heartbeat = 3,
+    /// Producer to consumer, outside credit and ahead of the channel's
+    /// messages: a barrier that does not align is on its way in the channel
+    /// (payload: the barrier, `flowstate_runtime::wire::encode_announcement`),
+    /// so the consumer may snapshot before the messages queued in front of
+    /// it arrive.
+    Announce = 4,
 }
 
 /// The channel id of a heartbeat frame: all zeros.
@@ -80,6 +87,10 @@ pub enum Frame<'a> {
         channel: ChannelId,
     },
     Heartbeat,
+    Announce {
+        channel: ChannelId,
+        payload: &'a [u8],
+    },
 }
 
 /// Why bytes are not a frame or a handshake.
@@ -109,7 +120,8 @@ impl<'a> Frame<'a> {
         match *self {
             Frame::Message { channel, .. }
             | Frame::Credit { channel, .. }
-            | Frame::Close { channel } => Some(channel),
+            | Frame::Close { channel }
+            | Frame::Announce { channel, .. } => Some(channel),
             Frame::Heartbeat => None,
         }
     }
@@ -159,6 +171,7 @@ impl<'a> Frame<'a> {
                     Ok(Frame::Heartbeat)
                 }
             }
+            k if k == FrameKind::Announce as u8 => Ok(Frame::Announce { channel, payload }),
             other => Err(FrameError::UnknownKind(other)),
         }
     }
@@ -416,6 +429,10 @@ mod tests {
         w.credit(ID, 5);
         w.close(ID);
         w.heartbeat();
+        // Checkpoint 7, unaligned (wire.rs `encode_announcement`).
+        let start = w.begin(FrameKind::Announce, ID);
+        w.buf.extend_from_slice(&[7, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        w.finish(start, DEFAULT_MAX_FRAME_LEN).unwrap();
         let expected = [
             vec![22, 0, 0, 0, 0],
             ID_BYTES.to_vec(),
@@ -427,6 +444,9 @@ mod tests {
             ID_BYTES.to_vec(),
             vec![21, 0, 0, 0, 3],
             vec![0; 20],
+            vec![31, 0, 0, 0, 4],
+            ID_BYTES.to_vec(),
+            vec![7, 0, 0, 0, 0, 0, 0, 0, 0, 1],
         ]
         .concat();
         assert_eq!(w.buf, expected);
@@ -453,6 +473,10 @@ mod tests {
                 },
                 Frame::Close { channel: ID },
                 Frame::Heartbeat,
+                Frame::Announce {
+                    channel: ID,
+                    payload: &[7, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+                },
             ]
         );
     }
@@ -463,6 +487,8 @@ mod tests {
         let mut bytes = vec![9];
         bytes.extend_from_slice(&ID_BYTES);
         assert_eq!(Frame::parse(&bytes), Err(FrameError::UnknownKind(9)));
+        bytes[0] = 5;
+        assert_eq!(Frame::parse(&bytes), Err(FrameError::UnknownKind(5)));
         bytes[0] = FrameKind::Credit as u8;
         assert_eq!(Frame::parse(&bytes), Err(FrameError::CreditLen(0)));
         bytes.extend_from_slice(&[0, 0, 0, 0]);

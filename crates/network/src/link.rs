@@ -115,6 +115,9 @@ pub(crate) trait Context {
     /// A message of `bytes` (its frame) was written / read.
     fn count_sent(&self, _bytes: usize) {}
     fn count_received(&self, _bytes: usize) {}
+    /// An announce frame was written / read.
+    fn count_announcement_sent(&self) {}
+    fn count_announcement_received(&self) {}
 }
 
 pub(crate) struct Link {
@@ -313,6 +316,36 @@ impl LinkState {
                     }
                 }
             }
+            (Dir::In, Frame::Announce { channel, payload }) => {
+                // Outside credit: a notice takes no slot of the inbox (the
+                // consumer's board holds the newest barrier only).
+                let Some(slot) = self
+                    .inb
+                    .get_mut(&channel)
+                    .filter(|s| s.generation == generation)
+                else {
+                    tracing::trace!(
+                        "dropped an announcement for channel {channel}: not registered"
+                    );
+                    return Ok(());
+                };
+                ctx.count_announcement_received();
+                match slot.ch.announce(payload) {
+                    Ok(()) => Ok(()),
+                    Err(DeliverError::ConsumerGone) => {
+                        self.inb.remove(&channel);
+                        self.control.push(channel);
+                        woken.push(channel);
+                        Ok(())
+                    }
+                    Err(e @ (DeliverError::Wire(_) | DeliverError::NoCredit)) => {
+                        Err(Loss::Corrupt {
+                            channel,
+                            cause: format!("an announcement: {e}"),
+                        })
+                    }
+                }
+            }
             (Dir::In, Frame::Close { channel }) => {
                 // Everything sent before it was delivered: the consumer reads
                 // it, then sees its sender gone.
@@ -369,6 +402,9 @@ impl LinkState {
             (Dir::Out, Frame::Message { channel, .. }) => Err(Loss::Protocol(format!(
                 "a message frame from the consuming side (channel {channel})"
             ))),
+            (Dir::Out, Frame::Announce { channel, .. }) => Err(Loss::Protocol(format!(
+                "an announce frame from the consuming side (channel {channel})"
+            ))),
         }
     }
 
@@ -394,8 +430,9 @@ impl LinkState {
     }
 
     /// Appends to `w` the frames the channels in `ready` (every channel if
-    /// `all`) have to send on connection `generation`: messages against
-    /// credit and close frames (`Out`), credit and close frames (`In`).
+    /// `all`) have to send on connection `generation`: announcements of every
+    /// channel first (without credit), then messages against credit and
+    /// close frames (`Out`); credit and close frames (`In`).
     /// Returns the channels to look at again (the buffer filled up).
     pub(crate) fn fill(
         &mut self,
@@ -418,6 +455,12 @@ impl LinkState {
         } else {
             ready.iter().copied().collect()
         };
+        if dir == Dir::Out {
+            // Ahead of every message in this write, whatever the credit.
+            for id in &ids {
+                self.send_announcement(*id, generation, w, ctx);
+            }
+        }
         for id in ids {
             match dir {
                 Dir::Out => {
@@ -444,7 +487,22 @@ impl LinkState {
         again
     }
 
-    /// Takes messages of outbound channel `id` against its credit.
+    /// Sends the newest barrier outbound channel `id` announced and has not
+    /// sent, if any, as an announce frame: not counted against credit.
+    fn send_announcement(
+        &mut self,
+        id: ChannelId,
+        generation: u64,
+        w: &mut FrameWriter,
+        ctx: &dyn Context,
+    ) {
+        if let Some(slot) = self.out.get_mut(&id).filter(|s| s.generation == generation) {
+            write_announcement(slot, id, w, ctx);
+        }
+    }
+
+    /// Takes messages of outbound channel `id` against its credit; before
+    /// each, a barrier announced meanwhile (it may precede the message).
     fn send_messages(
         &mut self,
         id: ChannelId,
@@ -462,6 +520,7 @@ impl LinkState {
                 again.push(id);
                 break;
             }
+            write_announcement(slot, id, w, ctx);
             let start = w.begin(FrameKind::Message, id);
             match slot.ch.next_message(&mut w.buf) {
                 Ok(Outgoing::Message) => match w.finish(start, ctx.max_frame_len()) {
@@ -511,6 +570,21 @@ impl LinkState {
             self.out.remove(&id);
             w.close(id);
         }
+    }
+}
+
+/// Appends the announce frame of the barrier `slot`'s producer announced
+/// and has not sent, if any.
+fn write_announcement(slot: &mut OutSlot, id: ChannelId, w: &mut FrameWriter, ctx: &dyn Context) {
+    let start = w.begin(FrameKind::Announce, id);
+    if !slot.ch.next_announcement(&mut w.buf) {
+        w.abandon(start);
+        return;
+    }
+    // A barrier is a few bytes, within any frame limit a transport accepts;
+    // a frame over it is dropped (a notice is a hint, the barrier follows).
+    if w.finish(start, ctx.max_frame_len()).is_ok() {
+        ctx.count_announcement_sent();
     }
 }
 
@@ -620,6 +694,118 @@ mod tests {
             st.on_frame(Dir::Out, 1, credit(id(1, 0), 1), &mut woken, &ctx),
             Err(Loss::Corrupt { .. })
         ));
+    }
+
+    /// The frames in `bytes` (a writer's buffer): kind and payload.
+    fn frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+            let frame = Frame::parse(&rest[4..4 + len]).unwrap();
+            let payload = match frame {
+                Frame::Message { payload, .. } | Frame::Announce { payload, .. } => payload,
+                _ => &[],
+            };
+            out.push((rest[4], payload.to_vec()));
+            rest = &rest[4 + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn an_announcement_is_sent_without_credit_ahead_of_the_messages() {
+        use flowstate_runtime::channel::BarrierAnnouncements;
+        use flowstate_runtime::message::{Barrier, BarrierAlignment};
+        use flowstate_runtime::remote::{inbound_with_announcements, outbound_with_announcements};
+        let ctx = Ctx::default();
+        let unaligned = |id| Barrier::checkpoint(id).with_alignment(BarrierAlignment::Unaligned);
+        let ch = id(1, 0);
+        let ready: HashSet<ChannelId> = [ch].into();
+
+        // Producer side: no credit, one batch queued, then barrier 3 is
+        // announced and queued behind it.
+        let mut out = LinkState::default();
+        let (tx, end) = outbound_with_announcements::<u64>(
+            WireCodec::new(),
+            4,
+            Signal::new(),
+            Signal::new(),
+            true,
+        );
+        out.out.insert(
+            ch,
+            OutSlot {
+                ch: end,
+                credit: 0,
+                generation: 1,
+            },
+        );
+        assert!(tx.try_send(Message::Batch(vec![1])).is_ok());
+        assert!(tx.announce(unaligned(3)));
+        assert!(tx.try_send(Message::Barrier(unaligned(3))).is_ok());
+        let mut w = FrameWriter::default();
+        out.fill(Dir::Out, 1, &ready, false, &mut w, &ctx);
+        let announce = vec![3, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        assert_eq!(
+            frames(&w.buf),
+            [(FrameKind::Announce as u8, announce.clone())]
+        );
+        // Once: a second look sends nothing (still no credit).
+        w.clear();
+        out.fill(Dir::Out, 1, &ready, true, &mut w, &ctx);
+        assert!(w.is_empty());
+        // Credit: the messages follow, the notice is not repeated.
+        let mut woken = Vec::new();
+        out.on_frame(Dir::Out, 1, credit(ch, 5), &mut woken, &ctx)
+            .unwrap();
+        out.fill(Dir::Out, 1, &ready, false, &mut w, &ctx);
+        let kinds: Vec<u8> = frames(&w.buf).iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, [FrameKind::Message as u8; 2]);
+
+        // Consumer side: no credit announced, the inbox full; the notice is
+        // posted on the consumer's board and wakes it.
+        let mut inb = LinkState::default();
+        let board = BarrierAnnouncements::new();
+        let consumer = Signal::new();
+        let (end, rx) = inbound_with_announcements::<u64>(
+            WireCodec::new(),
+            1,
+            Signal::new(),
+            consumer.clone(),
+            Some(board.clone()),
+        );
+        inb.inb.insert(
+            ch,
+            InSlot {
+                ch: end,
+                announced: 0,
+                generation: 1,
+            },
+        );
+        let frame = Frame::Announce {
+            channel: ch,
+            payload: &announce,
+        };
+        inb.on_frame(Dir::In, 1, frame, &mut woken, &ctx).unwrap();
+        assert!(consumer.take_woken());
+        assert_eq!(board.take_newer_than(0), Some(unaligned(3)));
+        assert!(rx.is_empty());
+        // Damaged: the channel's bytes are corrupt. Wrong way: a protocol error.
+        let damaged = Frame::Announce {
+            channel: ch,
+            payload: &[3, 0],
+        };
+        assert!(matches!(
+            inb.on_frame(Dir::In, 1, damaged, &mut woken, &ctx),
+            Err(Loss::Corrupt { channel, .. }) if channel == ch
+        ));
+        assert!(matches!(
+            out.on_frame(Dir::Out, 1, frame, &mut woken, &ctx),
+            Err(Loss::Protocol(_))
+        ));
+        // For a channel not registered (or of another connection): dropped.
+        inb.on_frame(Dir::In, 2, frame, &mut woken, &ctx).unwrap();
     }
 
     #[test]

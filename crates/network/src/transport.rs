@@ -231,6 +231,7 @@ struct Shared {
 struct Counters {
     messages: AtomicU64,
     bytes: AtomicU64,
+    announcements: AtomicU64,
 }
 
 /// What a transport has moved since it started: channel messages (batches,
@@ -242,6 +243,10 @@ pub struct NetworkStats {
     pub bytes_sent: u64,
     pub messages_received: u64,
     pub bytes_received: u64,
+    /// Announce frames (notices of unaligned barriers, outside credit):
+    /// not counted as messages or in the bytes above.
+    pub announcements_sent: u64,
+    pub announcements_received: u64,
 }
 
 impl Context for Shared {
@@ -275,6 +280,14 @@ impl Context for Shared {
         self.received
             .bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn count_announcement_sent(&self) {
+        self.sent.announcements.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_announcement_received(&self) {
+        self.received.announcements.fetch_add(1, Ordering::Relaxed);
     }
 
     fn max_pending_credit(&self) -> usize {
@@ -447,6 +460,8 @@ impl TcpTransport {
             bytes_sent: sent.bytes.load(Ordering::Relaxed),
             messages_received: received.messages.load(Ordering::Relaxed),
             bytes_received: received.bytes.load(Ordering::Relaxed),
+            announcements_sent: sent.announcements.load(Ordering::Relaxed),
+            announcements_received: received.announcements.load(Ordering::Relaxed),
         }
     }
 

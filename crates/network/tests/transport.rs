@@ -6,11 +6,16 @@ mod common;
 
 use common::*;
 use flowstate_network::{Hello, REPLY_LEN, Reply, TcpTransport, VERSION};
-use flowstate_runtime::channel::{ChannelReceiver, ChannelSender, SendError};
+use flowstate_runtime::WireCodec;
+use flowstate_runtime::channel::{
+    BarrierAnnouncements, ChannelReceiver, ChannelSender, SendError, Signal,
+};
 use flowstate_runtime::message::{
     Barrier, BarrierAlignment, BarrierKind, Message, Watermark, WatermarkStatus,
 };
-use flowstate_runtime::remote::{Transport, TransportError};
+use flowstate_runtime::remote::{
+    Transport, TransportError, inbound_with_announcements, outbound_with_announcements,
+};
 use std::io::Read;
 
 /// What every producer of the order test sends, `n` the channel's number.
@@ -200,6 +205,66 @@ fn a_consumer_that_takes_nothing_backpressures_its_producer_and_only_it() {
     for i in k..sent {
         assert!(same(&recv(&rx), &batch(i as u64, 1)));
     }
+    assert_eq!(t0.failure(1), None);
+    assert_eq!(t1.failure(1), None);
+}
+
+#[test]
+fn an_announcement_crosses_without_credit_ahead_of_the_backlog() {
+    let (t0, t1) = pair();
+    let ch = id(1, 0, 0);
+    let (out_cap, in_cap) = (3, 5);
+    let board = BarrierAnnouncements::new();
+    let consumer = Signal::new();
+    let (end, rx) = inbound_with_announcements(
+        WireCodec::<Rec>::new(),
+        in_cap,
+        t1.inbound_signal(ch, 0, in_cap).unwrap(),
+        consumer.clone(),
+        Some(board.clone()),
+    );
+    t1.register_inbound(ch, 0, end).unwrap();
+    let (tx, end) = outbound_with_announcements(
+        WireCodec::new(),
+        out_cap,
+        Signal::new(),
+        t0.outbound_signal(ch, 1).unwrap(),
+        true,
+    );
+    t0.register_outbound(ch, 1, end).unwrap();
+    // The consumer takes nothing: its inbox fills, the credit is spent, the
+    // outbound channel fills behind it.
+    let mut sent = 0;
+    fill(&tx, out_cap + in_cap, &mut sent);
+    eventually("the consumer's inbox full", || {
+        (rx.len() == in_cap).then_some(())
+    });
+    consumer.take_woken();
+
+    // The producer announces barrier 9 (it would queue it next): the notice
+    // reaches the consumer's board with no credit given and nothing taken.
+    let barrier = Barrier::checkpoint(9).with_alignment(BarrierAlignment::Unaligned);
+    assert!(tx.announce(barrier));
+    assert_eq!(
+        eventually("the announcement", || board.take_newer_than(0)),
+        barrier
+    );
+    assert!(consumer.take_woken(), "the consumer is woken by the notice");
+    assert_eq!(rx.len(), in_cap);
+    assert!(matches!(tx.try_send(batch(0, 1)), Err(SendError::Full(_))));
+
+    // The backlog, then the barrier in band; no late notice follows it.
+    assert!(same(&recv(&rx), &batch(0, 1)));
+    send(&tx, Message::Barrier(barrier));
+    for i in 1..sent {
+        assert!(same(&recv(&rx), &batch(i as u64, 1)));
+    }
+    assert!(same(&recv(&rx), &Message::Barrier(barrier)));
+    assert_eq!(board.take_newer_than(0), None);
+    // One announce frame each way, counted apart from the messages.
+    assert_eq!(t0.stats().announcements_sent, 1);
+    assert_eq!(t1.stats().announcements_received, 1);
+    assert_eq!(t0.stats().messages_sent, sent as u64 + 1);
     assert_eq!(t0.failure(1), None);
     assert_eq!(t1.failure(1), None);
 }
@@ -463,6 +528,41 @@ fn a_message_that_does_not_decode_fails_its_channel() {
         }
         other => panic!("{other:?}"),
     }
+    still_works(&t);
+}
+
+#[test]
+fn an_announcement_that_does_not_decode_fails_its_channel() {
+    let t = loopback();
+    let (mut raw, rx) = raw_producer(&t, 1, 2);
+    let ch = id(1, 0, 0);
+    raw.write(&frame(0, ch, &payload(&batch(0, 2))));
+    // An announcement needs no credit: more of them than credit are fine.
+    for _ in 0..3 {
+        raw.write(&frame(4, ch, &[7, 0, 0, 0, 0, 0, 0, 0, 0, 1]));
+    }
+    // An aligned barrier is never announced.
+    raw.write(&frame(4, ch, &[8, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+    assert!(raw.closed_by_peer());
+    assert!(same(&recv(&rx), &batch(0, 2)));
+    recv_disconnected(&rx);
+    match t.failure(1) {
+        Some(TransportError::Corrupt { channel, cause }) => {
+            assert_eq!(channel, ch);
+            assert!(cause.contains("an announcement"), "{cause}");
+            assert!(cause.contains("aligned barrier"), "{cause}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Truncated bytes too.
+    let (mut raw, rx) = raw_producer(&t, 2, 2);
+    raw.write(&frame(4, id(2, 0, 0), &[7, 0, 0]));
+    assert!(raw.closed_by_peer());
+    recv_disconnected(&rx);
+    assert!(matches!(
+        t.failure(2),
+        Some(TransportError::Corrupt { cause, .. }) if cause.contains("too early")
+    ));
     still_works(&t);
 }
 

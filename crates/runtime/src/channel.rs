@@ -64,6 +64,18 @@ impl BarrierAnnouncements {
         let mut posted = self.posted.lock().unwrap_or_else(|e| e.into_inner());
         posted.take().filter(|b| b.id > after)
     }
+
+    /// Drops the posted barrier if it is not newer than checkpoint `upto`
+    /// (its in-band barrier has gone by: the notice would only be late).
+    pub fn withdraw_up_to(&self, upto: u64) {
+        if self.newest.load(Ordering::Acquire) > upto {
+            return;
+        }
+        let mut posted = self.posted.lock().unwrap_or_else(|e| e.into_inner());
+        if posted.is_some_and(|b| b.id <= upto) {
+            *posted = None;
+        }
+    }
 }
 
 /// Wakes one worker thread, or the network side of remote channels (a
@@ -197,7 +209,10 @@ impl<T> ChannelSender<T> {
 
     /// Tells the consumer, ahead of the data queued in front of it, that
     /// `barrier` is on its way, and wakes it. False if the consumer has no
-    /// notice board (it aligns in band, or the channel crosses processes).
+    /// notice board (it aligns in band). The sender of a channel whose
+    /// consumer is the transport (`remote::outbound_with_announcements`)
+    /// posts on the transport's board for the channel and wakes the
+    /// transport, which sends the notice ahead of the channel's messages.
     pub fn announce(&self, barrier: Barrier) -> bool {
         let Some(board) = &self.announcements else {
             return false;
@@ -273,6 +288,13 @@ mod tests {
         assert_eq!(board.take_newer_than(0), None, "3 was handed out already");
         board.post(unaligned(4));
         assert_eq!(board.take_newer_than(4), None, "the consumer is past 4");
+        board.post(unaligned(5));
+        board.withdraw_up_to(4);
+        board.withdraw_up_to(5);
+        assert_eq!(board.take_newer_than(0), None, "5 was withdrawn");
+        board.post(unaligned(6));
+        board.withdraw_up_to(5);
+        assert_eq!(board.take_newer_than(0), Some(unaligned(6)), "6 is newer");
     }
 
     #[test]

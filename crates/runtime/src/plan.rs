@@ -280,9 +280,13 @@ impl<'g> Planner<'g> {
                         let consumer_signal = &signals[target as usize % workers];
                         let remote =
                             network.filter(|n| !edge.forward && n.is_remote(producer, target));
+                        // The consumer may take unaligned snapshots: its
+                        // producers announce barriers on its notice board
+                        // (through the transport for a remote channel).
+                        let unaligned = self.inflight_bytes_max(consumer).is_some();
                         let Some(network) = remote else {
                             if producer_here && consumer_here {
-                                let board = self.inflight_bytes_max(consumer).map(|_| {
+                                let board = unaligned.then(|| {
                                     Arc::clone(self.boards.entry((consumer, target)).or_default())
                                 });
                                 let (tx, rx) = port.channel(
@@ -323,6 +327,7 @@ impl<'g> Planner<'g> {
                                     self.config.channel_capacity,
                                     Arc::clone(producer_signal),
                                     transport.outbound_signal(id, peer)?,
+                                    unaligned,
                                 )
                                 .ok_or_else(unsupported)?;
                             transport.register_outbound(id, peer, end)?;
@@ -330,6 +335,9 @@ impl<'g> Planner<'g> {
                         }
                         if consumer_here {
                             let peer = network.process_of(producer);
+                            let board = unaligned.then(|| {
+                                Arc::clone(self.boards.entry((consumer, target)).or_default())
+                            });
                             let (end, rx) = port
                                 .inbound(
                                     edge.partitioning.as_ref(),
@@ -340,6 +348,7 @@ impl<'g> Planner<'g> {
                                         self.config.channel_capacity,
                                     )?,
                                     Arc::clone(consumer_signal),
+                                    board,
                                 )
                                 .ok_or_else(unsupported)?;
                             transport.register_inbound(id, peer, end)?;

@@ -14,6 +14,13 @@
 //! announced ([`InboundChannel::free_slots`]), so nothing it sends ever waits
 //! on the receiving side and one slow channel never blocks a connection.
 //!
+//! Notices of unaligned barriers (the local channels' `BarrierAnnouncements`)
+//! cross too, ahead of the data and without credit: the producer posts on the
+//! outbound channel's own board ([`outbound_with_announcements`]), the
+//! transport sends it first ([`OutboundChannel::next_announcement`]), and the
+//! consumer's side posts it on the consumer task's board
+//! ([`InboundChannel::announce`], [`inbound_with_announcements`]).
+//!
 //! Owns: [`ChannelId`], the transport's view of the two ends
 //! ([`OutboundChannel`], [`InboundChannel`], made by [`outbound`] and
 //! [`inbound`]), the [`Transport`] trait and [`NetworkPlacement`] (which
@@ -23,8 +30,12 @@
 
 use std::sync::Arc;
 
-use crate::channel::{ChannelReceiver, ChannelSender, SendError, Signal, channel};
-use crate::wire::{WireCodec, WireError};
+use crate::channel::{
+    BarrierAnnouncements, ChannelReceiver, ChannelSender, SendError, Signal,
+    channel_with_announcements,
+};
+use crate::message::Message;
+use crate::wire::{self, WireCodec, WireError};
 
 /// One channel of one attempt, named the same in every process (every
 /// process builds the same plan): the consumer node and its input edge, and
@@ -69,6 +80,14 @@ pub trait OutboundChannel: Send {
     /// payload (docs/wire-format.md) to `out`. The transport calls it only
     /// with credit for one message.
     fn next_message(&mut self, out: &mut Vec<u8>) -> Result<Outgoing, WireError>;
+    /// Takes the newest barrier the producer announced and has not been
+    /// sent (or overtaken by its in-band barrier), if any, and appends it as
+    /// an announce frame's payload (docs/wire-format.md §2.2) to `out`. The
+    /// transport asks before it sends messages, and without credit: a notice
+    /// is a hint of one barrier, never a message the consumer must hold.
+    fn next_announcement(&mut self, _out: &mut Vec<u8>) -> bool {
+        false
+    }
 }
 
 /// Why an inbound message was not delivered.
@@ -89,6 +108,10 @@ pub enum DeliverError {
 pub trait InboundChannel: Send {
     /// Decodes one message payload and hands it to the consumer task.
     fn deliver(&mut self, payload: &[u8]) -> Result<(), DeliverError>;
+    /// Decodes the payload of an announce frame and posts the barrier on the
+    /// consumer task's notice board, waking it (nothing if the consumer
+    /// aligns in band). Needs no credit: the board holds one barrier.
+    fn announce(&mut self, payload: &[u8]) -> Result<(), DeliverError>;
     /// Messages the consumer's inbox has room for now (the transport
     /// announces these as credit, less what it announced and has not yet
     /// received).
@@ -105,8 +128,24 @@ pub fn outbound<T: Send + 'static>(
     producer: Arc<Signal>,
     transport: Arc<Signal>,
 ) -> (ChannelSender<T>, Box<dyn OutboundChannel>) {
-    let (tx, rx) = channel(capacity, producer, transport);
-    (tx, Box::new(OutboundEnd { rx, codec }))
+    outbound_with_announcements(codec, capacity, producer, transport, false)
+}
+
+/// An [`outbound`] channel whose consumer may take unaligned snapshots
+/// (`announcing`): the producer's [`ChannelSender::announce`] posts on a
+/// board of the channel's own and wakes the transport, which sends the
+/// notice ahead of the channel's messages
+/// ([`OutboundChannel::next_announcement`]).
+pub fn outbound_with_announcements<T: Send + 'static>(
+    codec: WireCodec<T>,
+    capacity: usize,
+    producer: Arc<Signal>,
+    transport: Arc<Signal>,
+    announcing: bool,
+) -> (ChannelSender<T>, Box<dyn OutboundChannel>) {
+    let board = announcing.then(BarrierAnnouncements::new);
+    let (tx, rx) = channel_with_announcements(capacity, producer, transport, board.clone());
+    (tx, Box::new(OutboundEnd { rx, codec, board }))
 }
 
 /// A local channel of `capacity` messages whose producer is the transport:
@@ -117,25 +156,54 @@ pub fn inbound<T: Send + 'static>(
     transport: Arc<Signal>,
     consumer: Arc<Signal>,
 ) -> (Box<dyn InboundChannel>, ChannelReceiver<T>) {
-    let (tx, rx) = channel(capacity, transport, consumer);
+    inbound_with_announcements(codec, capacity, transport, consumer, None)
+}
+
+/// An [`inbound`] channel whose consumer task may take unaligned snapshots:
+/// announce frames for it are posted on `announcements`, the consumer's
+/// notice board (shared with its other channels).
+pub fn inbound_with_announcements<T: Send + 'static>(
+    codec: WireCodec<T>,
+    capacity: usize,
+    transport: Arc<Signal>,
+    consumer: Arc<Signal>,
+    announcements: Option<Arc<BarrierAnnouncements>>,
+) -> (Box<dyn InboundChannel>, ChannelReceiver<T>) {
+    let (tx, rx) = channel_with_announcements(capacity, transport, consumer, announcements);
     (Box::new(InboundEnd { tx, codec }), rx)
 }
 
 struct OutboundEnd<T> {
     rx: ChannelReceiver<T>,
     codec: WireCodec<T>,
+    /// Where the producer posts the barriers it announces (`None`: the
+    /// consumer aligns in band).
+    board: Option<Arc<BarrierAnnouncements>>,
 }
 
 impl<T: Send> OutboundChannel for OutboundEnd<T> {
     fn next_message(&mut self, out: &mut Vec<u8>) -> Result<Outgoing, WireError> {
         match self.rx.try_recv() {
             Ok(Some(message)) => {
+                if let (Message::Barrier(barrier), Some(board)) = (&message, &self.board) {
+                    // Its notice, if not sent yet, would now follow it.
+                    board.withdraw_up_to(barrier.id);
+                }
                 self.codec.encode_message(&message, out)?;
                 Ok(Outgoing::Message)
             }
             Ok(None) => Ok(Outgoing::Empty),
             Err(_) => Ok(Outgoing::Closed),
         }
+    }
+
+    fn next_announcement(&mut self, out: &mut Vec<u8>) -> bool {
+        let Some(barrier) = self.board.as_ref().and_then(|b| b.take_newer_than(0)) else {
+            return false;
+        };
+        // Producers announce only barriers that do not align; an aligned
+        // one is dropped rather than sent as a notice.
+        wire::encode_announcement(&barrier, out).is_ok()
     }
 }
 
@@ -152,6 +220,12 @@ impl<T: Send> InboundChannel for InboundEnd<T> {
             Err(SendError::Full(_)) => Err(DeliverError::NoCredit),
             Err(SendError::Disconnected) => Err(DeliverError::ConsumerGone),
         }
+    }
+
+    fn announce(&mut self, payload: &[u8]) -> Result<(), DeliverError> {
+        let barrier = wire::decode_announcement(payload)?;
+        self.tx.announce(barrier);
+        Ok(())
     }
 
     fn free_slots(&self) -> usize {
@@ -186,7 +260,9 @@ pub enum TransportError {
 ///
 /// A transport must: send a channel's messages in the order the producer sent
 /// them; take a message from an [`OutboundChannel`] only against credit the
-/// consumer's side announced; deliver messages of a registered inbound channel
+/// consumer's side announced; send a channel's announcements without credit,
+/// ahead of the messages it sends with them, and hand them to
+/// [`InboundChannel::announce`]; deliver messages of a registered inbound channel
 /// only to it; close a channel's consumer end (drop it: the consumer task sees
 /// its sender gone) when the producer end is closed, the connection is lost or
 /// bytes arrive that do not decode; close a producer end when its consumer end
@@ -332,5 +408,65 @@ mod tests {
         ));
         drop(rx);
         assert_eq!(in_end.deliver(&[4]), Err(DeliverError::ConsumerGone));
+    }
+
+    #[test]
+    fn an_announcement_crosses_ahead_of_the_messages_without_a_slot() {
+        use crate::message::{Barrier, BarrierAlignment};
+        let unaligned = |id| Barrier::checkpoint(id).with_alignment(BarrierAlignment::Unaligned);
+        let codec = WireCodec::<u64>::new();
+        let transport = Signal::new();
+        let (tx, mut out_end) =
+            outbound_with_announcements(codec, 1, Signal::new(), Arc::clone(&transport), true);
+        let board = BarrierAnnouncements::new();
+        let consumer = Signal::new();
+        let (mut in_end, rx) = inbound_with_announcements(
+            codec,
+            1,
+            Signal::new(),
+            Arc::clone(&consumer),
+            Some(Arc::clone(&board)),
+        );
+        let mut bytes = Vec::new();
+        assert!(!out_end.next_announcement(&mut bytes));
+        // The channel is full; the producer announces barrier 3 (it wakes the
+        // transport) and keeps the barrier pending.
+        assert!(tx.try_send(Message::Batch(vec![1])).is_ok());
+        assert!(transport.take_woken());
+        assert!(tx.announce(unaligned(3)));
+        assert!(transport.take_woken());
+        assert!(out_end.next_announcement(&mut bytes));
+        assert!(!out_end.next_announcement(&mut Vec::new()), "sent once");
+        assert_eq!(bytes, [3, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        // The consumer's inbox is full too: the notice needs no slot.
+        let mut message = Vec::new();
+        assert_eq!(out_end.next_message(&mut message), Ok(Outgoing::Message));
+        in_end.deliver(&message).unwrap();
+        assert_eq!(in_end.free_slots(), 0);
+        in_end.announce(&bytes).unwrap();
+        assert!(consumer.take_woken());
+        assert_eq!(board.take_newer_than(0), Some(unaligned(3)));
+        assert!(matches!(rx.try_recv(), Ok(Some(Message::Batch(_)))));
+        // A notice whose barrier is taken before the notice is not sent.
+        assert!(tx.announce(unaligned(4)));
+        assert!(tx.try_send(Message::Barrier(unaligned(4))).is_ok());
+        message.clear();
+        assert_eq!(out_end.next_message(&mut message), Ok(Outgoing::Message));
+        assert!(!out_end.next_announcement(&mut bytes));
+        // Damaged or aligned notices are refused.
+        assert_eq!(
+            in_end.announce(&[3, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(DeliverError::Wire(WireError::AlignedAnnouncement))
+        );
+        assert_eq!(
+            in_end.announce(&[3]),
+            Err(DeliverError::Wire(WireError::Truncated { needed: 7 }))
+        );
+        // Without boards: nothing is announced, a notice is ignored.
+        let (tx, mut out_end) = outbound(codec, 1, Signal::new(), Signal::new());
+        assert!(!tx.announce(unaligned(5)));
+        assert!(!out_end.next_announcement(&mut bytes));
+        let (mut in_end, _rx) = inbound(codec, 1, Signal::new(), Signal::new());
+        assert_eq!(in_end.announce(&[5, 0, 0, 0, 0, 0, 0, 0, 0, 1]), Ok(()));
     }
 }

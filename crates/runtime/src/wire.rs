@@ -57,6 +57,10 @@ pub enum WireError {
     UnknownBarrierKind(u8),
     #[error("unknown barrier alignment {0}")]
     UnknownAlignment(u8),
+    #[error(
+        "an announcement of an aligned barrier (only barriers that do not align are announced)"
+    )]
+    AlignedAnnouncement,
     #[error("unknown watermark status {0}")]
     UnknownWatermarkStatus(u8),
     #[error("a batch of {0} records (a batch holds 1 to {BATCH_RECORDS_MAX})")]
@@ -141,21 +145,7 @@ impl<T> WireCodec<T> {
             }
             Message::Barrier(barrier) => {
                 out.push(kind::BARRIER);
-                out.extend_from_slice(&barrier.id.to_le_bytes());
-                out.push(match barrier.kind {
-                    BarrierKind::Checkpoint => 0,
-                    BarrierKind::Savepoint => 1,
-                    BarrierKind::StopWithSavepoint => 2,
-                    BarrierKind::StopWithCheckpoint => 3,
-                });
-                match barrier.alignment {
-                    BarrierAlignment::Aligned => out.push(0),
-                    BarrierAlignment::Unaligned => out.push(1),
-                    BarrierAlignment::AlignedUntil { deadline_unix_ms } => {
-                        out.push(2);
-                        out.extend_from_slice(&deadline_unix_ms.to_le_bytes());
-                    }
-                }
+                encode_barrier(barrier, out);
             }
             Message::Watermark(watermark) => {
                 out.push(kind::WATERMARK);
@@ -196,31 +186,7 @@ impl<T> WireCodec<T> {
                 rest = &rest[used..];
                 Message::Batch(records)
             }
-            kind::BARRIER => {
-                let id = u64::from_le_bytes(take(&mut rest)?);
-                let [k] = take::<1>(&mut rest)?;
-                let kind = match k {
-                    0 => BarrierKind::Checkpoint,
-                    1 => BarrierKind::Savepoint,
-                    2 => BarrierKind::StopWithSavepoint,
-                    3 => BarrierKind::StopWithCheckpoint,
-                    other => return Err(WireError::UnknownBarrierKind(other)),
-                };
-                let [a] = take::<1>(&mut rest)?;
-                let alignment = match a {
-                    0 => BarrierAlignment::Aligned,
-                    1 => BarrierAlignment::Unaligned,
-                    2 => BarrierAlignment::AlignedUntil {
-                        deadline_unix_ms: u64::from_le_bytes(take(&mut rest)?),
-                    },
-                    other => return Err(WireError::UnknownAlignment(other)),
-                };
-                Message::Barrier(Barrier {
-                    id,
-                    kind,
-                    alignment,
-                })
-            }
+            kind::BARRIER => Message::Barrier(decode_barrier(&mut rest)?),
             kind::WATERMARK => Message::Watermark(Watermark(i64::from_le_bytes(take(&mut rest)?))),
             kind::WATERMARK_STATUS => {
                 let [s] = take::<1>(&mut rest)?;
@@ -249,6 +215,79 @@ fn take<const N: usize>(rest: &mut &[u8]) -> Result<[u8; N], WireError> {
     };
     *rest = tail;
     Ok(*head)
+}
+
+/// Appends `barrier` as a barrier message carries it after its kind byte
+/// (docs/wire-format.md §1): `u64` id, `u8` barrier kind, `u8` alignment,
+/// and for aligned-until its `u64` deadline.
+fn encode_barrier(barrier: &Barrier, out: &mut Vec<u8>) {
+    out.extend_from_slice(&barrier.id.to_le_bytes());
+    out.push(match barrier.kind {
+        BarrierKind::Checkpoint => 0,
+        BarrierKind::Savepoint => 1,
+        BarrierKind::StopWithSavepoint => 2,
+        BarrierKind::StopWithCheckpoint => 3,
+    });
+    match barrier.alignment {
+        BarrierAlignment::Aligned => out.push(0),
+        BarrierAlignment::Unaligned => out.push(1),
+        BarrierAlignment::AlignedUntil { deadline_unix_ms } => {
+            out.push(2);
+            out.extend_from_slice(&deadline_unix_ms.to_le_bytes());
+        }
+    }
+}
+
+/// The barrier at the front of `rest` (as [`encode_barrier`] writes it).
+fn decode_barrier(rest: &mut &[u8]) -> Result<Barrier, WireError> {
+    let id = u64::from_le_bytes(take(rest)?);
+    let [k] = take::<1>(rest)?;
+    let kind = match k {
+        0 => BarrierKind::Checkpoint,
+        1 => BarrierKind::Savepoint,
+        2 => BarrierKind::StopWithSavepoint,
+        3 => BarrierKind::StopWithCheckpoint,
+        other => return Err(WireError::UnknownBarrierKind(other)),
+    };
+    let [a] = take::<1>(rest)?;
+    let alignment = match a {
+        0 => BarrierAlignment::Aligned,
+        1 => BarrierAlignment::Unaligned,
+        2 => BarrierAlignment::AlignedUntil {
+            deadline_unix_ms: u64::from_le_bytes(take(rest)?),
+        },
+        other => return Err(WireError::UnknownAlignment(other)),
+    };
+    Ok(Barrier {
+        id,
+        kind,
+        alignment,
+    })
+}
+
+/// Appends the payload of an announce frame (docs/wire-format.md §2.2):
+/// the barrier as a barrier message encodes it, without the message's kind
+/// byte. Only barriers that do not align are announced.
+pub fn encode_announcement(barrier: &Barrier, out: &mut Vec<u8>) -> Result<(), WireError> {
+    if barrier.alignment == BarrierAlignment::Aligned {
+        return Err(WireError::AlignedAnnouncement);
+    }
+    encode_barrier(barrier, out);
+    Ok(())
+}
+
+/// The barrier an announce frame's `payload` announces; every byte must
+/// belong to it, and an aligned barrier is an error (nobody announces one).
+pub fn decode_announcement(payload: &[u8]) -> Result<Barrier, WireError> {
+    let mut rest = payload;
+    let barrier = decode_barrier(&mut rest)?;
+    if barrier.alignment == BarrierAlignment::Aligned {
+        return Err(WireError::AlignedAnnouncement);
+    }
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes(rest.len()));
+    }
+    Ok(barrier)
 }
 
 #[cfg(test)]
@@ -367,6 +406,70 @@ mod tests {
         assert_eq!(decode(&[3, 2]), WireError::UnknownWatermarkStatus(2));
         assert_eq!(decode(&[4, 0]), WireError::TrailingBytes(1));
         assert_eq!(decode(&[2, 1]), WireError::Truncated { needed: 7 });
+    }
+
+    /// docs/wire-format.md §2.2 shows these bytes (the payload of an
+    /// announce frame): changing them is a protocol change.
+    #[test]
+    fn announcements_have_the_documented_bytes() {
+        let announce = |barrier: Barrier| {
+            let mut out = Vec::new();
+            encode_announcement(&barrier, &mut out).unwrap();
+            assert_eq!(decode_announcement(&out), Ok(barrier));
+            out
+        };
+        assert_eq!(
+            announce(Barrier::checkpoint(7).with_alignment(BarrierAlignment::Unaligned)),
+            [7, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+        );
+        assert_eq!(
+            announce(
+                Barrier::checkpoint(258).with_alignment(BarrierAlignment::AlignedUntil {
+                    deadline_unix_ms: 0x0102
+                })
+            ),
+            [2, 1, 0, 0, 0, 0, 0, 0, 0, 2, 2, 1, 0, 0, 0, 0, 0, 0]
+        );
+        let mut out = Vec::new();
+        assert_eq!(
+            encode_announcement(&Barrier::checkpoint(7), &mut out),
+            Err(WireError::AlignedAnnouncement)
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn damaged_announcements_are_typed_errors() {
+        assert_eq!(
+            decode_announcement(&[]),
+            Err(WireError::Truncated { needed: 8 })
+        );
+        assert_eq!(
+            decode_announcement(&[7, 0, 0, 0, 0, 0, 0, 0]),
+            Err(WireError::Truncated { needed: 1 })
+        );
+        assert_eq!(
+            decode_announcement(&[7, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(WireError::AlignedAnnouncement)
+        );
+        assert_eq!(
+            decode_announcement(&[7, 0, 0, 0, 0, 0, 0, 0, 4, 1]),
+            Err(WireError::UnknownBarrierKind(4))
+        );
+        assert_eq!(
+            decode_announcement(&[7, 0, 0, 0, 0, 0, 0, 0, 0, 3]),
+            Err(WireError::UnknownAlignment(3))
+        );
+        assert_eq!(
+            decode_announcement(&[7, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1]),
+            Err(WireError::Truncated { needed: 7 })
+        );
+        assert_eq!(
+            decode_announcement(&[7, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]),
+            Err(WireError::TrailingBytes(1))
+        );
+        // A barrier message's payload (with its kind byte) is not one.
+        assert!(decode_announcement(&[1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 1]).is_err());
     }
 
     #[test]

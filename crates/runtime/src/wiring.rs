@@ -162,21 +162,27 @@ pub(crate) trait Port: Send + Sync {
     /// A channel whose consumer runs in another process (or behind the
     /// transport): the producer's sender and the transport's end. `None` for
     /// a forward edge (its records have no codec; they never cross).
+    /// `announcing`: the consumer may take unaligned snapshots (the sender
+    /// announces unaligned barriers through the transport).
     fn outbound(
         &self,
         partitioning: &(dyn Any + Send + Sync),
         capacity: usize,
         producer: Arc<Signal>,
         transport: Arc<Signal>,
+        announcing: bool,
     ) -> Option<(Erased, Box<dyn OutboundChannel>)>;
     /// A channel whose producer runs in another process: the transport's
     /// end and the consumer's receiver. `None` for a forward edge.
+    /// `announcements`: the consumer's notice board, if it may take
+    /// unaligned snapshots (announce frames are posted there).
     fn inbound(
         &self,
         partitioning: &(dyn Any + Send + Sync),
         capacity: usize,
         transport: Arc<Signal>,
         consumer: Arc<Signal>,
+        announcements: Option<Arc<BarrierAnnouncements>>,
     ) -> Option<(Box<dyn InboundChannel>, Erased)>;
     fn exchange(
         &self,
@@ -225,9 +231,12 @@ impl<T: Data> Port for TypedPort<T> {
         capacity: usize,
         producer: Arc<Signal>,
         transport: Arc<Signal>,
+        announcing: bool,
     ) -> Option<(Erased, Box<dyn OutboundChannel>)> {
         let wire = partitioning.downcast_ref::<Partitioning<T>>()?.wire()?;
-        let (tx, end) = crate::remote::outbound::<T>(wire, capacity, producer, transport);
+        let (tx, end) = crate::remote::outbound_with_announcements::<T>(
+            wire, capacity, producer, transport, announcing,
+        );
         Some((Box::new(tx), end))
     }
 
@@ -237,9 +246,16 @@ impl<T: Data> Port for TypedPort<T> {
         capacity: usize,
         transport: Arc<Signal>,
         consumer: Arc<Signal>,
+        announcements: Option<Arc<BarrierAnnouncements>>,
     ) -> Option<(Box<dyn InboundChannel>, Erased)> {
         let wire = partitioning.downcast_ref::<Partitioning<T>>()?.wire()?;
-        let (end, rx) = crate::remote::inbound::<T>(wire, capacity, transport, consumer);
+        let (end, rx) = crate::remote::inbound_with_announcements::<T>(
+            wire,
+            capacity,
+            transport,
+            consumer,
+            announcements,
+        );
         Some((end, Box::new(rx)))
     }
 

@@ -1111,6 +1111,41 @@ pub fn newest_checkpoint(ck: &Path) -> Option<u64> {
     newest
 }
 
+/// Whether the newest completed checkpoint under `ck` (the one `--restore
+/// latest` takes) holds in-flight records of an unaligned checkpoint.
+pub fn newest_has_channel_state(ck: &Path) -> bool {
+    let Ok(jobs) = std::fs::read_dir(ck) else {
+        return false;
+    };
+    let mut newest: Option<(u64, std::path::PathBuf)> = None;
+    for job in jobs.flatten() {
+        for chk in std::fs::read_dir(job.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = chk.file_name().to_string_lossy().into_owned();
+            let Some(id) = name
+                .strip_prefix("chk-")
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if chk.path().join("_metadata").exists() && newest.as_ref().is_none_or(|(n, _)| id > *n)
+            {
+                newest = Some((id, chk.path()));
+            }
+        }
+    }
+    newest.is_some_and(|(_, dir)| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|f| f.file_name().to_string_lossy().ends_with(".channels"))
+    })
+}
+
 /// Polls `done` on `process`'s stderr so far until it answers, failing the
 /// test after `within` (a bound on a wait, never reached when all is well).
 pub fn wait_for_stderr<T>(
