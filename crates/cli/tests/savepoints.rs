@@ -1969,3 +1969,114 @@ fn an_at_least_once_job_is_reported_as_such_and_not_as_unaligned() {
     }
     job.process.kill();
 }
+
+/// Issue 18: savepoints stay aligned in a job whose checkpoints are
+/// unaligned. keyed-count under backpressure (a throttled sink) with
+/// unaligned checkpoints every 200 ms; once one of them holds in-flight
+/// records, `flowstate savepoint`: the savepoint holds no channel state (no
+/// `.channels` file, no `channels` in its `_metadata`), so it is canonical
+/// and portable; the job is cancelled and the savepoint resumes it at
+/// parallelism 3, unthrottled, with the reference result and exactly-once
+/// output.
+#[test]
+fn a_savepoint_of_a_job_with_unaligned_checkpoints_is_aligned() {
+    const RECORDS: u64 = 200_000;
+    const KEYS: u64 = 10_000;
+    let _turn = one_at_a_time();
+    let tmp = tempdir();
+    let root = tmp.path();
+    let (out, logs, target, ck) = (
+        root.join("out"),
+        root.join("logs"),
+        root.join("savepoints"),
+        root.join("ck"),
+    );
+    let args = keyed_count(
+        RECORDS,
+        KEYS,
+        2,
+        &[
+            "--checkpoint-interval",
+            "200ms",
+            "--checkpoint-dir",
+            arg(&ck),
+            "--output",
+            arg(&out),
+            "--rate",
+            "100000",
+            "--sink-rate",
+            "20000",
+            "--checkpointing",
+            "unaligned",
+            "--savepoint-dir",
+            arg(&target),
+        ],
+    );
+    let job = start_served(root, &logs, "run-1", &args);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !support::newest_has_channel_state(&ck) {
+        assert!(
+            Instant::now() < deadline,
+            "no unaligned checkpoint with channel state in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let savepoint = job.savepoint(root, &target);
+    let files: Vec<String> = walk(&savepoint);
+    assert!(
+        !files.iter().any(|f| f.ends_with(".channels")),
+        "channel state in a savepoint: {files:?}"
+    );
+    let metadata = flowstate::runtime::checkpoint::CheckpointMetadata::decode(
+        "_metadata",
+        &std::fs::read(savepoint.join("_metadata")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        metadata
+            .operators
+            .iter()
+            .all(|o| o.subtasks.iter().all(|s| s.channels.is_none())),
+        "channels in a savepoint's metadata"
+    );
+    job.cancel(root);
+
+    let args = keyed_count(
+        RECORDS,
+        KEYS,
+        3,
+        &[
+            "--checkpoint-dir",
+            arg(&root.join("ck-resumed")),
+            "--output",
+            arg(&out),
+            "--restore",
+            arg(&savepoint),
+            "--rest",
+            "off",
+        ],
+    );
+    let run = run_args(root, &args);
+    run.assert_success();
+    assert_eq!(
+        run.result_line(),
+        expected_keyed_count_result(RECORDS, KEYS),
+        "{run}"
+    );
+    check_keyed_count_output(&committed_lines(&out), RECORDS, KEYS);
+}
+
+/// Every file under `dir`, relative to it.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            files.extend(walk(&path).into_iter().map(|f| format!("{name}/{f}")));
+        } else {
+            files.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    files
+}
