@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use flowstate::runtime::checkpoint::AlignmentPolicy;
 use flowstate_sim::scenario::Variant;
 use flowstate_sim::{Ending, SeedReport, run_seed, summary_line};
 
@@ -38,16 +39,31 @@ fn describe(report: &SeedReport) -> String {
         .map(|(p, n)| format!("{}={n}", p.name()))
         .collect();
     format!(
-        "seed={} {ending} backend={} attempts={} steps={} checkpoints={} faults=[{}]",
+        "seed={} {ending} backend={} alignment={} attempts={} steps={} checkpoints={} \
+         unaligned={} persisted_bytes={} declined={} faults=[{}]",
         report.seed,
         if report.serialized_state {
             "serialized"
         } else {
             "heap"
         },
+        match report.alignment {
+            AlignmentPolicy::Aligned => "aligned".to_owned(),
+            AlignmentPolicy::Unaligned {
+                aligned_timeout,
+                inflight_bytes_max,
+            } if aligned_timeout.is_zero() => format!("unaligned(max {inflight_bytes_max} B)"),
+            AlignmentPolicy::Unaligned {
+                aligned_timeout,
+                inflight_bytes_max,
+            } => format!("aligned-until-{aligned_timeout:?}(max {inflight_bytes_max} B)"),
+        },
         report.attempts,
         report.steps,
         report.checkpoints,
+        report.unaligned_checkpoints,
+        report.persisted_bytes,
+        report.declines,
         fired.join(",")
     )
 }
