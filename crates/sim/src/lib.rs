@@ -185,7 +185,10 @@ pub fn run_seed(seed: u64, variant: Variant) -> SeedReport {
     let mut rng = fastrand::Rng::with_seed(seed);
     let setup = Setup::draw(&mut rng);
     let plan = Arc::new(FaultPlan::new(seed, setup.budget));
-    let storage = Arc::new(SimStorage::new(Arc::clone(&plan)));
+    let storage = Arc::new(match variant {
+        Variant::DropChannelState => SimStorage::dropping_channel_state(Arc::clone(&plan)),
+        _ => SimStorage::new(Arc::clone(&plan)),
+    });
     let output = output_dir(seed);
     let mut trace = Fnv::default();
     let start = Now::new(Instant::now(), 1_800_000_000_000);

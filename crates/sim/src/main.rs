@@ -23,7 +23,8 @@ struct Args {
     /// With `--seed`: prints the trace hash (identical on every run).
     #[arg(long, requires = "seed")]
     trace: bool,
-    /// `correct`, or the deliberately broken `commit-before-complete`.
+    /// `correct`, or the deliberately broken `commit-before-complete` or
+    /// `drop-channel-state`.
     #[arg(long, default_value = "correct")]
     variant: String,
 }
@@ -72,7 +73,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let Some(variant) = Variant::parse(&args.variant) else {
         eprintln!(
-            "error: unknown variant '{}' (correct, commit-before-complete)",
+            "error: unknown variant '{}' (correct, commit-before-complete, drop-channel-state)",
             args.variant
         );
         return ExitCode::from(2);
@@ -80,6 +81,7 @@ fn main() -> ExitCode {
     let variant_flag = match variant {
         Variant::Correct => String::new(),
         Variant::CommitBeforeComplete => " --variant commit-before-complete".into(),
+        Variant::DropChannelState => " --variant drop-channel-state".into(),
     };
     let seeds: Vec<u64> = match args.seed {
         Some(seed) => vec![seed],

@@ -85,6 +85,21 @@ fn committing_before_the_checkpoint_completes_is_caught_within_a_few_hundred_see
     );
 }
 
+#[test]
+fn dropping_channel_state_is_caught_within_a_few_hundred_seeds() {
+    let caught = (0..300).find_map(|seed| {
+        let report = run_seed(seed, Variant::DropChannelState);
+        report.violation.map(|v| (seed, v))
+    });
+    let (seed, violation) = caught.expect("losing the channel state went unnoticed for 300 seeds");
+    assert!(
+        ["lost", "missing", "the window holds"]
+            .iter()
+            .any(|s| violation.contains(s)),
+        "seed {seed} caught it, but not as records lost: {violation}"
+    );
+}
+
 fn trace_of(seed: u64) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_flowstate-sim"))
         .args(["--seed", &seed.to_string(), "--trace"])
