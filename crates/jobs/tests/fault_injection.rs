@@ -329,8 +329,9 @@ fn exactly_once_unaligned_seeds_78_to_103() {
 }
 
 /// Reruns the seed in `FAULT_SEED` (exactly-once; `FAULT_GUARANTEE=alo` for
-/// at-least-once) on the backend in `FAULT_BACKEND` (`heap`, the default;
-/// `rocksdb`: incremental; `rocksdb-full`), printing what happened.
+/// at-least-once, `FAULT_ALIGNMENT=unaligned` for the unaligned runs) on the
+/// backend in `FAULT_BACKEND` (`heap`, the default; `rocksdb`: incremental;
+/// `rocksdb-full`), printing what happened.
 #[test]
 fn one_seed() {
     let Some(seed) = std::env::var("FAULT_SEED")
@@ -343,6 +344,14 @@ fn one_seed() {
     if std::env::var("FAULT_GUARANTEE").is_ok_and(|g| g == "alo") {
         let (outcome, _) = at_least_once_seed(seed, backend);
         println!("ok {}", describe(&outcome));
+    } else if std::env::var("FAULT_ALIGNMENT").is_ok_and(|a| a == "unaligned") {
+        let outcome = exactly_once_run(RunSpec::from_seed_unaligned(seed).on(backend));
+        println!(
+            "ok {:?} sink rate {:?}: {}",
+            outcome.spec.alignment,
+            outcome.spec.sink_rate,
+            describe(&outcome)
+        );
     } else {
         let outcome = exactly_once_seed(seed, backend);
         println!("ok {}", describe(&outcome));
