@@ -6,6 +6,7 @@
 #   bash scripts/simulate.sh --seeds N [--start-seed S]   # last line: SIMULATION seeds=N failures=F ...
 #   bash scripts/simulate.sh --seed S --trace             # prints TRACE <hash>, the same on every run
 #   bash scripts/simulate.sh ... --variant commit-before-complete   # the deliberately broken sink
+#   bash scripts/simulate.sh ... --variant drop-channel-state       # unaligned checkpoints' channel state lost
 #
 # A failing seed prints the command that replays it. Release build: a seed
 # takes milliseconds.

@@ -14,6 +14,12 @@
 //!   A record fault in their keyed stage lands in the window's aggregate
 //!   (before) or in the firing of the record's window (after: an event-time
 //!   timer firing);
+//! - exactly-once with unaligned checkpoints (issue 18): the first 104 of
+//!   those seeds again with `AlignmentPolicy::Unaligned` (from the start, or
+//!   aligned until 1 to 5 ms) and mostly a throttled sink, so that channels
+//!   hold data at the barrier; the same checks, and each block must have
+//!   completed unaligned checkpoints with persisted in-flight records and a
+//!   restore that read channel state;
 //! - at-least-once: under the same faults nothing is lost (duplicates allowed
 //!   and counted); count shapes only (a window that saw a record twice is a
 //!   wrong window, not a duplicate line);
@@ -139,7 +145,12 @@ fn assert_checkpoints_sound(outcome: &RunOutcome) {
 /// One exactly-once run: the fault fired, the committed output is exactly
 /// once and equals the failure-free result.
 fn exactly_once_seed(seed: u64, backend: Backend) -> RunOutcome {
-    let spec = RunSpec::from_seed(seed, Guarantee::ExactlyOnce).on(backend);
+    exactly_once_run(RunSpec::from_seed(seed, Guarantee::ExactlyOnce).on(backend))
+}
+
+/// [`exactly_once_seed`] of `spec`.
+fn exactly_once_run(spec: RunSpec) -> RunOutcome {
+    let seed = spec.seed;
     let outcome = run_until_fired(&spec);
     let spec = &outcome.spec;
     assert_fault_took_effect(&outcome);
@@ -221,9 +232,106 @@ fn exactly_once_under_injected_faults_seeds_130_to_155() {
     exactly_once_seeds(seed_block(5), Backend::Heap);
 }
 
+/// Seeds of the unaligned exactly-once runs: the first 4 x 26 seeds of the
+/// aligned runs, with unaligned checkpoints (from the start for seeds 0..29
+/// and 60..89, aligned until 1..5 ms for the others) and mostly a throttled
+/// sink ([`RunSpec::from_seed_unaligned`]): every fault family on every
+/// shape (`Union`: a task that stays aligned inside an unaligned job,
+/// `Connect`: two recording gates) in both modes.
+fn unaligned_seed_block(block: u64) -> Range<u64> {
+    seed_block(block)
+}
+
+/// What the unaligned runs of a block recorded.
+#[derive(Debug, Default)]
+struct UnalignedFigures {
+    /// Completed checkpoints the runs' reports list (the last attempt's).
+    completed: usize,
+    /// Those that were unaligned and persisted in-flight records.
+    unaligned_with_bytes: usize,
+    persisted_bytes: u64,
+    /// Channel state files written / read back by a restore.
+    channel_files_written: u64,
+    channel_files_read: u64,
+}
+
+/// Every seed of `seeds` with unaligned checkpoints passes the exactly-once
+/// checks, and the block recorded channel state: some completed checkpoints
+/// were unaligned with persisted bytes, files holding them were written and
+/// a restore read one back, so the block cannot pass by never recording (or
+/// never replaying).
+fn exactly_once_unaligned_seeds(seeds: Range<u64>, backend: Backend) -> UnalignedFigures {
+    let started = Instant::now();
+    let count = seeds.end - seeds.start;
+    let mut figures = UnalignedFigures::default();
+    for seed in seeds.clone() {
+        let outcome = exactly_once_run(RunSpec::from_seed_unaligned(seed).on(backend));
+        let unaligned: Vec<_> = outcome
+            .report
+            .checkpoints
+            .iter()
+            .filter(|c| c.unaligned && c.persisted_bytes > 0)
+            .collect();
+        figures.completed += outcome.report.checkpoints.len();
+        figures.unaligned_with_bytes += unaligned.len();
+        figures.persisted_bytes += unaligned.iter().map(|c| c.persisted_bytes).sum::<u64>();
+        figures.channel_files_written += outcome.channel_files_written;
+        figures.channel_files_read += outcome.channel_files_read;
+        println!(
+            "ok {:?} sink rate {:?}: {} of {} listed checkpoints unaligned with in-flight bytes, {} channel files written ({} bytes), {} read; {}",
+            outcome.spec.alignment,
+            outcome.spec.sink_rate,
+            unaligned.len(),
+            outcome.report.checkpoints.len(),
+            outcome.channel_files_written,
+            outcome.channel_bytes_written,
+            outcome.channel_files_read,
+            describe(&outcome)
+        );
+    }
+    println!(
+        "exactly-once unaligned on {backend:?}: {count} seeds passed in {:.1?}: {figures:?}",
+        started.elapsed()
+    );
+    assert!(
+        figures.unaligned_with_bytes > 0 && figures.persisted_bytes > 0,
+        "seeds {seeds:?}: no completed checkpoint was unaligned with persisted in-flight records: {figures:?}"
+    );
+    assert!(
+        figures.channel_files_written > 0,
+        "seeds {seeds:?}: no channel state file was written: {figures:?}"
+    );
+    assert!(
+        figures.channel_files_read > 0,
+        "seeds {seeds:?}: no restore read channel state: {figures:?}"
+    );
+    figures
+}
+
+#[test]
+fn exactly_once_unaligned_seeds_0_to_25() {
+    exactly_once_unaligned_seeds(unaligned_seed_block(0), Backend::Heap);
+}
+
+#[test]
+fn exactly_once_unaligned_seeds_26_to_51() {
+    exactly_once_unaligned_seeds(unaligned_seed_block(1), Backend::Heap);
+}
+
+#[test]
+fn exactly_once_unaligned_seeds_52_to_77() {
+    exactly_once_unaligned_seeds(unaligned_seed_block(2), Backend::Heap);
+}
+
+#[test]
+fn exactly_once_unaligned_seeds_78_to_103() {
+    exactly_once_unaligned_seeds(unaligned_seed_block(3), Backend::Heap);
+}
+
 /// Reruns the seed in `FAULT_SEED` (exactly-once; `FAULT_GUARANTEE=alo` for
-/// at-least-once) on the backend in `FAULT_BACKEND` (`heap`, the default;
-/// `rocksdb`: incremental; `rocksdb-full`), printing what happened.
+/// at-least-once, `FAULT_ALIGNMENT=unaligned` for the unaligned runs) on the
+/// backend in `FAULT_BACKEND` (`heap`, the default; `rocksdb`: incremental;
+/// `rocksdb-full`), printing what happened.
 #[test]
 fn one_seed() {
     let Some(seed) = std::env::var("FAULT_SEED")
@@ -236,6 +344,14 @@ fn one_seed() {
     if std::env::var("FAULT_GUARANTEE").is_ok_and(|g| g == "alo") {
         let (outcome, _) = at_least_once_seed(seed, backend);
         println!("ok {}", describe(&outcome));
+    } else if std::env::var("FAULT_ALIGNMENT").is_ok_and(|a| a == "unaligned") {
+        let outcome = exactly_once_run(RunSpec::from_seed_unaligned(seed).on(backend));
+        println!(
+            "ok {:?} sink rate {:?}: {}",
+            outcome.spec.alignment,
+            outcome.spec.sink_rate,
+            describe(&outcome)
+        );
     } else {
         let outcome = exactly_once_seed(seed, backend);
         println!("ok {}", describe(&outcome));
@@ -483,7 +599,7 @@ fn the_window_checker_rejects_damaged_output() {
 #[test]
 fn upload_faults_recognise_task_state_files() {
     use flowstate::runtime::checkpoint::layout::{
-        keyed_state_path, metadata_path, native_private_path, shared_file_path,
+        channel_state_path, keyed_state_path, metadata_path, native_private_path, shared_file_path,
     };
     use support::StateWrite;
     let job = "job-1f-2a";
@@ -512,6 +628,20 @@ fn upload_faults_recognise_task_state_files() {
     let other = StateWrite::of(&native_private_path(job, 7, "count-and-sum", 1, "CURRENT"))
         .expect("a private native file");
     assert_ne!(other.upload, private.upload, "another instance");
+    // An unaligned checkpoint's channel state file: an upload of its own,
+    // written whole, so that upload errors and stalls land on it too.
+    let channels =
+        StateWrite::of(&channel_state_path(job, 7, "Count and sum", 2)).expect("channel state");
+    assert_eq!(
+        (channels.checkpoint, channels.private, channels.whole),
+        (7, true, true)
+    );
+    assert_ne!(
+        channels.upload, keyed.upload,
+        "the keyed file is another upload"
+    );
+    let next = StateWrite::of(&channel_state_path(job, 8, "Count and sum", 2)).expect("channels");
+    assert_ne!(channels.upload, next.upload, "another checkpoint");
     assert!(StateWrite::of(&metadata_path(job, 7)).is_none());
 }
 

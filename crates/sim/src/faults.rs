@@ -37,10 +37,14 @@ pub enum FaultPoint {
     /// A user stops the job with a savepoint, then runs it again with
     /// `--restore latest`.
     StopWithSavepoint,
+    /// For a stretch of scheduler steps the keyed tasks are picked rarely:
+    /// their input channels fill, producers back up and barriers queue
+    /// behind data (the situation unaligned checkpoints exist for).
+    SlowConsumer,
 }
 
 impl FaultPoint {
-    pub const ALL: [FaultPoint; 11] = [
+    pub const ALL: [FaultPoint; 12] = [
         FaultPoint::TaskFailure,
         FaultPoint::ProcessCrash,
         FaultPoint::CrashAfterMetadata,
@@ -52,6 +56,7 @@ impl FaultPoint {
         FaultPoint::Rescale,
         FaultPoint::Savepoint,
         FaultPoint::StopWithSavepoint,
+        FaultPoint::SlowConsumer,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +72,7 @@ impl FaultPoint {
             FaultPoint::Rescale => "rescale",
             FaultPoint::Savepoint => "savepoint",
             FaultPoint::StopWithSavepoint => "stop_with_savepoint",
+            FaultPoint::SlowConsumer => "slow_consumer",
         }
     }
 
@@ -86,6 +92,7 @@ impl FaultPoint {
             FaultPoint::Rescale => 300_000,
             FaultPoint::Savepoint => 300,
             FaultPoint::StopWithSavepoint => 300,
+            FaultPoint::SlowConsumer => 1_000,
         }
     }
 }

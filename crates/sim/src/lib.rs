@@ -5,7 +5,10 @@
 //! virtual time, and the faults (task failures, process crashes, a crash
 //! right after a checkpoint's metadata was written, storage writes that fail
 //! or tear, reads that fail, uploads that hang past the timeout, lost
-//! acknowledgements, restarts at another parallelism). The job is real (see
+//! acknowledgements, restarts at another parallelism, a slow keyed consumer
+//! that backs the channels up) and the checkpoint alignment (aligned,
+//! unaligned, aligned until a timeout of virtual time; sometimes an
+//! in-flight limit small enough to decline). The job is real (see
 //! [`scenario`]); the runtime runs it through
 //! [`flowstate_runtime::simulation`] on this one thread. After every run an
 //! independent checker reads the published output.
@@ -24,7 +27,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowstate::StreamEnvironment;
-use flowstate::runtime::checkpoint::{CoordinatorSettings, Now};
+use flowstate::runtime::checkpoint::{
+    AlignmentPolicy, CoordinatorSettings, DEFAULT_UNALIGNED_INFLIGHT_BYTES_MAX, Now,
+};
+use flowstate::runtime::control::SnapshotStatus;
 use flowstate::runtime::simulation::{
     Actor, EventKind, Restart, SimulatedAttempt, load_for_restart,
 };
@@ -37,6 +43,12 @@ use crate::faults::{FaultPlan, FaultPoint};
 use crate::scenario::{Shape, Variant, WindowShape};
 use crate::storage::SimStorage;
 use crate::trace::Fnv;
+
+/// The stretch of a slow consumer, in scheduler steps
+/// ([`FaultPoint::SlowConsumer`]), and the chance (1 in this) that a keyed
+/// task is picked in it at all.
+const SLOW_CONSUMER_STEPS: std::ops::Range<u64> = 200..3_000;
+const SLOW_CONSUMER_PICK: u32 = 16;
 
 /// Scheduler steps one seed may take before it counts as stuck.
 pub const STEPS_MAX: u64 = 2_000_000;
@@ -75,6 +87,18 @@ pub struct SeedReport {
     pub restarts: Vec<String>,
     /// Keyed state on the serialising backend (else the heap backend).
     pub serialized_state: bool,
+    /// The seed's checkpoint alignment (see [`Setup::draw`]).
+    pub alignment: AlignmentPolicy,
+    /// Completed checkpoints that were unaligned, and the in-flight bytes
+    /// they persisted (from the checkpoint history of every attempt).
+    pub unaligned_checkpoints: u64,
+    pub persisted_bytes: u64,
+    /// Snapshots tasks declined (any reason; with unaligned checkpoints
+    /// mostly the in-flight limit).
+    pub declines: u64,
+    /// Scheduler picks in a slow-consumer stretch that passed over a
+    /// runnable keyed task.
+    pub keyed_passed_over: u64,
 }
 
 /// One seed's job shape and settings, drawn from the seed.
@@ -93,7 +117,7 @@ struct Setup {
 impl Setup {
     fn draw(rng: &mut fastrand::Rng) -> Setup {
         let interval = Duration::from_micros(rng.u64(200..5_000));
-        Setup {
+        let mut setup = Setup {
             shape: Shape {
                 records: rng.u64(200..3000),
                 keys: rng.u64(1..40),
@@ -114,11 +138,45 @@ impl Setup {
                 max_concurrent: rng.usize(1..3),
                 tolerable_failures: rng.u32(0..4),
                 retain: rng.usize(1..4),
-                // Unaligned checkpoints join the draws with issue 18's step 5.
-                alignment: flowstate_runtime::checkpoint::AlignmentPolicy::Aligned,
+                // Drawn last, below.
+                alignment: AlignmentPolicy::Aligned,
             },
             budget: rng.u32(0..9),
+        };
+        // Drawn last. Aligned, unaligned from the start, or aligned until
+        // 0.1 to 5 ms of virtual time; a small in-flight limit in a quarter of
+        // the unaligned seeds, so that tasks decline (and the job goes on).
+        let alignment = match rng.u32(0..3) {
+            0 => AlignmentPolicy::Aligned,
+            mode => {
+                let aligned_timeout = if mode == 1 {
+                    Duration::ZERO
+                } else {
+                    Duration::from_micros(rng.u64(100..=5_000))
+                };
+                let inflight_bytes_max = if rng.u32(0..4) == 0 {
+                    // Far below the CLI's minimum (1 MiB): it may decline
+                    // every unaligned checkpoint, and with a few tolerable
+                    // failures the job would then fail over for ever (as
+                    // Flink's would): configuration, not a fault. Declines
+                    // are tolerated here, so such a job still ends.
+                    setup.settings.tolerable_failures = u32::MAX;
+                    rng.u64(64..4_096)
+                } else {
+                    DEFAULT_UNALIGNED_INFLIGHT_BYTES_MAX
+                };
+                AlignmentPolicy::Unaligned {
+                    aligned_timeout,
+                    inflight_bytes_max,
+                }
+            }
+        };
+        if alignment != AlignmentPolicy::Aligned {
+            // Unaligned checkpoints are one at a time.
+            setup.settings.max_concurrent = 1;
         }
+        setup.settings.alignment = alignment;
+        setup
     }
 }
 
@@ -127,7 +185,10 @@ pub fn run_seed(seed: u64, variant: Variant) -> SeedReport {
     let mut rng = fastrand::Rng::with_seed(seed);
     let setup = Setup::draw(&mut rng);
     let plan = Arc::new(FaultPlan::new(seed, setup.budget));
-    let storage = Arc::new(SimStorage::new(Arc::clone(&plan)));
+    let storage = Arc::new(match variant {
+        Variant::DropChannelState => SimStorage::dropping_channel_state(Arc::clone(&plan)),
+        _ => SimStorage::new(Arc::clone(&plan)),
+    });
     let output = output_dir(seed);
     let mut trace = Fnv::default();
     let start = Now::new(Instant::now(), 1_800_000_000_000);
@@ -146,6 +207,11 @@ pub fn run_seed(seed: u64, variant: Variant) -> SeedReport {
         steps: 0,
         attempts: 0,
         checkpoints: 0,
+        unaligned_checkpoints: 0,
+        persisted_bytes: 0,
+        declines: 0,
+        slow_until: 0,
+        keyed_passed_over: 0,
     };
     let result = run.run(&mut trace);
     plan.disarm();
@@ -188,6 +254,11 @@ pub fn run_seed(seed: u64, variant: Variant) -> SeedReport {
         attempts: run.attempts,
         steps: run.steps,
         checkpoints: run.checkpoints,
+        alignment: run.setup.settings.alignment,
+        unaligned_checkpoints: run.unaligned_checkpoints,
+        persisted_bytes: run.persisted_bytes,
+        declines: run.declines,
+        keyed_passed_over: run.keyed_passed_over,
         restarts: run.restarts,
         serialized_state: run.setup.serialized_state,
     }
@@ -225,6 +296,12 @@ struct Run {
     steps: u64,
     attempts: u32,
     checkpoints: u64,
+    unaligned_checkpoints: u64,
+    persisted_bytes: u64,
+    declines: u64,
+    /// Keyed tasks are picked rarely until this step (a slow consumer).
+    slow_until: u64,
+    keyed_passed_over: u64,
 }
 
 /// Why an attempt ended.
@@ -293,8 +370,10 @@ impl Run {
             trace.write_u64(u64::from(parallelism));
             let config = self.config(parallelism);
             let env = StreamEnvironment::new(config.clone());
-            scenario::build(&env, self.setup.shape, &self.output, self.variant)
-                .map_err(|e| format!("building the job: {e:#}"))?;
+            let built = distinct_sink_run(|| {
+                scenario::build(&env, self.setup.shape, &self.output, self.variant)
+            });
+            built.map_err(|e| format!("building the job: {e:#}"))?;
             let graph = env.take_job_graph();
             let started = load_for_restart(&config, &graph, JOB_ID, restart).and_then(|restored| {
                 trace.write_u64(restored.as_ref().map_or(0, |r| r.id()));
@@ -331,7 +410,16 @@ impl Run {
                     continue;
                 }
             };
-            match self.drive(attempt, trace)? {
+            let controller = Arc::clone(attempt.controller());
+            let end = self.drive(attempt, trace);
+            // Coverage: the attempt's completed unaligned checkpoints.
+            for record in controller.checkpoint_history().entries {
+                if record.status == SnapshotStatus::Completed && record.unaligned {
+                    self.unaligned_checkpoints += 1;
+                    self.persisted_bytes += record.persisted_bytes;
+                }
+            }
+            match end? {
                 AttemptEnd::Finished => return Ok(Ending::Finished),
                 AttemptEnd::Failed(reason) => {
                     self.restarts.push(reason);
@@ -423,7 +511,28 @@ impl Run {
                 trace.write_u64(0x7);
                 continue;
             }
-            let actor = actors[self.rng.usize(..actors.len())];
+            if self.steps >= self.slow_until && self.plan.fires(FaultPoint::SlowConsumer) {
+                self.slow_until = self.steps + self.rng.u64(SLOW_CONSUMER_STEPS);
+                trace.write_u64(0x510c);
+            }
+            let slow = self.steps < self.slow_until && self.rng.u32(..SLOW_CONSUMER_PICK) != 0;
+            let fast: Vec<Actor> = if slow {
+                actors
+                    .iter()
+                    .copied()
+                    .filter(|a| !matches!(a, Actor::Task(t) if is_keyed(attempt.task_name(*t))))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if !fast.is_empty() && fast.len() < actors.len() {
+                self.keyed_passed_over += 1;
+            }
+            let actor = if fast.is_empty() {
+                actors[self.rng.usize(..actors.len())]
+            } else {
+                fast[self.rng.usize(..fast.len())]
+            };
             match actor {
                 Actor::Task(task) => {
                     trace.write_u64(0x100 + task as u64);
@@ -450,6 +559,7 @@ impl Run {
                         attempt.lose_event(index);
                         trace.write_u64(0x10e);
                     } else {
+                        self.declines += u64::from(matches!(kind, EventKind::Decline { .. }));
                         attempt.deliver_event(index, self.now);
                     }
                 }
@@ -459,6 +569,40 @@ impl Run {
             attempt.tick(self.now);
         }
     }
+}
+
+/// A task that runs the keyed operator (the count or the window, see
+/// [`scenario::build`]): the consumer of the exchange.
+fn is_keyed(task_name: &str) -> bool {
+    task_name.contains("Count per key") || task_name.contains("Window")
+}
+
+/// Runs `build` in a wall-clock millisecond after the one the previous
+/// `build` in this process ended in. The file sink names its files after its
+/// run, the wall-clock millisecond and the process id it was created at
+/// (`FileSink::new`); each attempt builds the job, and so its sink, again,
+/// in the same process, where a real restart after a crash is a new process
+/// at a later time. Two attempts within one millisecond would reuse each
+/// other's file names (a published file overwritten: output lost, or
+/// output twice), which made seeds fail at random depending on real time.
+/// Nothing of the run depends on the time this waits (at most 1 ms).
+fn distinct_sink_run<R>(build: impl FnOnce() -> R) -> R {
+    use std::sync::Mutex;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static LAST: Mutex<u128> = Mutex::new(0);
+    let unix_ms = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    };
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    while unix_ms() <= *last {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let built = build();
+    // The sink read the clock inside `build`: at most now.
+    *last = unix_ms();
+    built
 }
 
 /// A summary line over many seeds.
@@ -481,9 +625,18 @@ pub fn summary_line(reports: &[SeedReport]) -> String {
     let checkpoints: u64 = reports.iter().map(|r| r.checkpoints).sum();
     let attempts: u64 = reports.iter().map(|r| u64::from(r.attempts)).sum();
     let serialized = reports.iter().filter(|r| r.serialized_state).count();
+    let unaligned_seeds = reports
+        .iter()
+        .filter(|r| r.alignment != AlignmentPolicy::Aligned)
+        .count();
+    let unaligned: u64 = reports.iter().map(|r| r.unaligned_checkpoints).sum();
+    let persisted: u64 = reports.iter().map(|r| r.persisted_bytes).sum();
+    let declines: u64 = reports.iter().map(|r| r.declines).sum();
     format!(
         "SIMULATION seeds={} failures={failures} stopped_safely={stopped} attempts={attempts} \
-         checkpoints={checkpoints} heap_backend={} serialized_backend={serialized} {}",
+         checkpoints={checkpoints} heap_backend={} serialized_backend={serialized} \
+         unaligned_seeds={unaligned_seeds} unaligned={unaligned} persisted_bytes={persisted} \
+         declined={declines} {}",
         reports.len(),
         reports.len() - serialized,
         faults.join(" ")

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use flowstate::runtime::checkpoint::AlignmentPolicy;
 use flowstate_sim::scenario::Variant;
 use flowstate_sim::{Ending, SeedReport, run_seed, summary_line};
 
@@ -22,7 +23,8 @@ struct Args {
     /// With `--seed`: prints the trace hash (identical on every run).
     #[arg(long, requires = "seed")]
     trace: bool,
-    /// `correct`, or the deliberately broken `commit-before-complete`.
+    /// `correct`, or the deliberately broken `commit-before-complete` or
+    /// `drop-channel-state`.
     #[arg(long, default_value = "correct")]
     variant: String,
 }
@@ -38,16 +40,31 @@ fn describe(report: &SeedReport) -> String {
         .map(|(p, n)| format!("{}={n}", p.name()))
         .collect();
     format!(
-        "seed={} {ending} backend={} attempts={} steps={} checkpoints={} faults=[{}]",
+        "seed={} {ending} backend={} alignment={} attempts={} steps={} checkpoints={} \
+         unaligned={} persisted_bytes={} declined={} faults=[{}]",
         report.seed,
         if report.serialized_state {
             "serialized"
         } else {
             "heap"
         },
+        match report.alignment {
+            AlignmentPolicy::Aligned => "aligned".to_owned(),
+            AlignmentPolicy::Unaligned {
+                aligned_timeout,
+                inflight_bytes_max,
+            } if aligned_timeout.is_zero() => format!("unaligned(max {inflight_bytes_max} B)"),
+            AlignmentPolicy::Unaligned {
+                aligned_timeout,
+                inflight_bytes_max,
+            } => format!("aligned-until-{aligned_timeout:?}(max {inflight_bytes_max} B)"),
+        },
         report.attempts,
         report.steps,
         report.checkpoints,
+        report.unaligned_checkpoints,
+        report.persisted_bytes,
+        report.declines,
         fired.join(",")
     )
 }
@@ -56,7 +73,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let Some(variant) = Variant::parse(&args.variant) else {
         eprintln!(
-            "error: unknown variant '{}' (correct, commit-before-complete)",
+            "error: unknown variant '{}' (correct, commit-before-complete, drop-channel-state)",
             args.variant
         );
         return ExitCode::from(2);
@@ -64,6 +81,7 @@ fn main() -> ExitCode {
     let variant_flag = match variant {
         Variant::Correct => String::new(),
         Variant::CommitBeforeComplete => " --variant commit-before-complete".into(),
+        Variant::DropChannelState => " --variant drop-channel-state".into(),
     };
     let seeds: Vec<u64> = match args.seed {
         Some(seed) => vec![seed],

@@ -34,6 +34,12 @@ pub enum Variant {
     /// commit phase, before the checkpoint is complete. The simulation must
     /// catch this (duplicates after a restore).
     CommitBeforeComplete,
+    /// Deliberately broken: the channel state of unaligned checkpoints is
+    /// lost (their metadata is stored without it, see
+    /// [`crate::storage::SimStorage::dropping_channel_state`]), so a
+    /// restore replays none of the in-flight records. The simulation must
+    /// catch this (records missing after a restore).
+    DropChannelState,
 }
 
 impl Variant {
@@ -41,6 +47,7 @@ impl Variant {
         match name {
             "correct" => Some(Variant::Correct),
             "commit-before-complete" => Some(Variant::CommitBeforeComplete),
+            "drop-channel-state" => Some(Variant::DropChannelState),
             _ => None,
         }
     }
@@ -165,7 +172,7 @@ pub fn build(
             .name("Window")
             .uid("window");
         match variant {
-            Variant::Correct => lines.sink_to("Sink: Files", sink),
+            Variant::Correct | Variant::DropChannelState => lines.sink_to("Sink: Files", sink),
             Variant::CommitBeforeComplete => lines.sink_to("Sink: Files", EarlyCommit(sink)),
         }
         return Ok(());
@@ -178,7 +185,7 @@ pub fn build(
         .name("Count per key")
         .uid("count");
     match variant {
-        Variant::Correct => lines.sink_to("Sink: Files", sink),
+        Variant::Correct | Variant::DropChannelState => lines.sink_to("Sink: Files", sink),
         Variant::CommitBeforeComplete => lines.sink_to("Sink: Files", EarlyCommit(sink)),
     }
     Ok(())

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use flowstate_checkpoint::CheckpointMetadata;
 use flowstate_checkpoint::storage::{CheckpointStorage, StorageError};
 
 use crate::faults::{FaultPlan, StorageFault};
@@ -16,6 +17,9 @@ use crate::faults::{FaultPlan, StorageFault};
 pub struct SimStorage {
     files: Mutex<BTreeMap<String, Vec<u8>>>,
     faults: Arc<FaultPlan>,
+    /// The broken variant `drop-channel-state`: every checkpoint's metadata
+    /// is stored without its channel state (see [`SimStorage::dropping_channel_state`]).
+    drop_channel_state: bool,
 }
 
 const DESCRIPTION: &str = "sim://checkpoints";
@@ -25,7 +29,37 @@ impl SimStorage {
         Self {
             files: Mutex::new(BTreeMap::new()),
             faults,
+            drop_channel_state: false,
         }
+    }
+
+    /// A store that loses the channel state of unaligned checkpoints: each
+    /// `_metadata` is stored as if no instance had recorded in-flight
+    /// records (version 2, no `channels`), so a restore replays none of
+    /// them. The `.channels` files stay (orphans); what the simulation must
+    /// notice is the records lost.
+    pub fn dropping_channel_state(faults: Arc<FaultPlan>) -> Self {
+        Self {
+            drop_channel_state: true,
+            ..Self::new(faults)
+        }
+    }
+
+    /// `bytes` of `path` as the store keeps them.
+    fn kept(&self, path: &str, bytes: Vec<u8>) -> Vec<u8> {
+        if !self.drop_channel_state || !path.ends_with("/_metadata") {
+            return bytes;
+        }
+        let Ok(mut metadata) = CheckpointMetadata::decode(path, &bytes) else {
+            return bytes;
+        };
+        if !metadata.has_channel_state() {
+            return bytes;
+        }
+        for subtask in metadata.operators.iter_mut().flat_map(|o| &mut o.subtasks) {
+            subtask.channels = None;
+        }
+        metadata.encode().unwrap_or(bytes)
     }
 
     fn files(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
@@ -64,6 +98,7 @@ impl SimStorage {
         path: &str,
         bytes: Vec<u8>,
     ) -> Result<(), StorageError> {
+        let bytes = self.kept(path, bytes);
         match self.faults.storage_write(path) {
             StorageFault::None => {
                 self.files().insert(path.to_owned(), bytes);

@@ -4,6 +4,7 @@
 
 use std::process::Command;
 
+use flowstate::runtime::checkpoint::AlignmentPolicy;
 use flowstate_sim::faults::FaultPoint;
 use flowstate_sim::scenario::{Shape, Variant, check, key_of};
 use flowstate_sim::{Ending, run_seed, summary_line};
@@ -41,6 +42,34 @@ fn the_correct_job_passes_every_seed_and_every_fault_point_fires() {
     );
     let restored = reports.iter().filter(|r| r.attempts > 1).count();
     assert!(restored > 10, "seeds must restart and restore: {summary}");
+    // Unaligned checkpoints happen and record in-flight records (the suite
+    // cannot pass by never recording), and the in-flight limit declines.
+    let unaligned: u64 = reports.iter().map(|r| r.unaligned_checkpoints).sum();
+    let persisted: u64 = reports.iter().map(|r| r.persisted_bytes).sum();
+    let declined: u64 = reports.iter().map(|r| r.declines).sum();
+    assert!(
+        unaligned > 0 && persisted > 0,
+        "no unaligned checkpoint persisted in-flight records: {summary}"
+    );
+    assert!(declined > 0, "no snapshot was declined: {summary}");
+    // Aligned-until checkpoints switch in virtual time: some seeds with a
+    // timeout completed unaligned checkpoints.
+    let switched = reports
+        .iter()
+        .filter(|r| {
+            matches!(r.alignment, AlignmentPolicy::Unaligned { aligned_timeout, .. } if !aligned_timeout.is_zero())
+                && r.unaligned_checkpoints > 0
+        })
+        .count();
+    assert!(
+        switched > 0,
+        "no aligned-until checkpoint became unaligned: {summary}"
+    );
+    let passed_over: u64 = reports.iter().map(|r| r.keyed_passed_over).sum();
+    assert!(
+        passed_over > 0,
+        "a slow consumer never held a keyed task back: {summary}"
+    );
 }
 
 #[test]
@@ -53,6 +82,21 @@ fn committing_before_the_checkpoint_completes_is_caught_within_a_few_hundred_see
     assert!(
         violation.contains("twice"),
         "seed {seed} caught it, but not as a duplicate: {violation}"
+    );
+}
+
+#[test]
+fn dropping_channel_state_is_caught_within_a_few_hundred_seeds() {
+    let caught = (0..300).find_map(|seed| {
+        let report = run_seed(seed, Variant::DropChannelState);
+        report.violation.map(|v| (seed, v))
+    });
+    let (seed, violation) = caught.expect("losing the channel state went unnoticed for 300 seeds");
+    assert!(
+        ["lost", "missing", "the window holds"]
+            .iter()
+            .any(|s| violation.contains(s)),
+        "seed {seed} caught it, but not as records lost: {violation}"
     );
 }
 

@@ -36,11 +36,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
-use flowstate::connectors::{FileSink, SequenceSource};
+use flowstate::connectors::{FileSink, SequenceSource, ThrottledSink};
 use flowstate::runtime::checkpoint::layout::parse_metadata_path;
 use flowstate::runtime::checkpoint::{
-    CheckpointMetadata, CheckpointStorage, CoordinatorSettings, OperatorListState, SharedStorage,
-    StorageError, open_storage,
+    AlignmentPolicy, CheckpointMetadata, CheckpointStorage, CoordinatorSettings,
+    DEFAULT_UNALIGNED_INFLIGHT_BYTES_MAX, OperatorListState, SharedStorage, StorageError,
+    open_storage,
 };
 use flowstate::runtime::{
     Barrier, CheckpointingConfig, Data, Guarantee, PreparedCommit, RestartStrategy, RestoreFrom,
@@ -48,9 +49,10 @@ use flowstate::runtime::{
 };
 use flowstate::state::StateBackendConfig;
 use flowstate::{
-    EventTimeSessionWindows, ExecutionConfig, FnResult, JobReport, KeyedCoProcessFunction,
-    KeyedContext, KeyedProcessFunction, KeyedStateBackend, Sink, SinkWriter, StreamEnvironment,
-    SubtaskInfo, TimeWindow, TumblingEventTimeWindows, UserError, WindowAggregateFunction,
+    DataStream, EventTimeSessionWindows, ExecutionConfig, FnResult, JobReport,
+    KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction, KeyedStateBackend, Sink,
+    SinkWriter, StreamEnvironment, SubtaskInfo, TimeWindow, TumblingEventTimeWindows, UserError,
+    WindowAggregateFunction,
 };
 use flowstate_jobs::keyed_count::{CountAndSum, CountUpdate};
 use flowstate_jobs::workload::Checksum;
@@ -593,6 +595,13 @@ pub struct RunSpec {
     /// Timed shapes: the tumbling windows the event-time span is cut into
     /// (see [`TimedWorkload`]).
     pub windows: u64,
+    /// How periodic checkpoints align (exactly-once only; see
+    /// [`RunSpec::from_seed_unaligned`]).
+    pub alignment: AlignmentPolicy,
+    /// The sink writes at most this many records per second in total (a
+    /// [`ThrottledSink`] around the file sink): backpressure, so that
+    /// channels hold data when a barrier comes.
+    pub sink_rate: Option<u64>,
 }
 
 impl RunSpec {
@@ -603,6 +612,20 @@ impl RunSpec {
     /// at random. So every 30 consecutive seeds from a multiple of 30 run each
     /// fault family once on each timed shape.
     pub fn from_seed(seed: u64, guarantee: Guarantee) -> Self {
+        Self::draw(seed, guarantee, false)
+    }
+
+    /// The exactly-once run of `seed` as [`RunSpec::from_seed`] draws it, but
+    /// with unaligned checkpoints: unaligned from the start or aligned until a
+    /// timeout of 1 to 5 ms (by `seed / 30`), and a throttled sink
+    /// (two seeds in three; 30,000 to 90,000 records/s) so that channels back
+    /// up. Drawn after everything else, so the rest of the run is the
+    /// aligned seed's.
+    pub fn from_seed_unaligned(seed: u64) -> Self {
+        Self::draw(seed, Guarantee::ExactlyOnce, true)
+    }
+
+    fn draw(seed: u64, guarantee: Guarantee, unaligned: bool) -> Self {
         let mut rng = Rng::new(seed);
         let topology = rng.pick(&[Topology::Single, Topology::Union, Topology::Connect]);
         let parallelism = rng.range(1, 3) as u32;
@@ -640,6 +663,22 @@ impl RunSpec {
         };
         // Drawn last: the count shapes' runs are what they were before.
         let windows = rng.range(6, 20);
+        // Drawn last: every other draw is the aligned seed's.
+        // Unaligned from the start when `seed / 30` is even, aligned until 1
+        // to 5 ms otherwise: 60 consecutive seeds from a multiple of 60 run
+        // every fault family on each timed shape in both modes.
+        let timeout_ms = rng.range(1, 5) * (seed / 30 % 2);
+        let aligned_timeout = Duration::from_millis(timeout_ms);
+        let sink_rate = (rng.range(0, 2) > 0).then(|| rng.range(30_000, 90_000));
+        let (alignment, sink_rate) = if unaligned {
+            let policy = AlignmentPolicy::Unaligned {
+                aligned_timeout,
+                inflight_bytes_max: DEFAULT_UNALIGNED_INFLIGHT_BYTES_MAX,
+            };
+            (policy, sink_rate)
+        } else {
+            (AlignmentPolicy::Aligned, None)
+        };
         let spec = RunSpec {
             seed,
             topology,
@@ -657,6 +696,8 @@ impl RunSpec {
             slow_uploads: None,
             backend: Backend::Heap,
             windows,
+            alignment,
+            sink_rate,
         };
         match seed / 6 % 5 {
             3 => spec.with_topology(Topology::Windowed),
@@ -724,6 +765,11 @@ pub struct Faults {
     metadata_puts: AtomicU64,
     /// `_metadata` files read: a restart restored a checkpoint.
     metadata_reads: AtomicU64,
+    /// Channel state files written (unaligned checkpoints), and their bytes.
+    channel_files_written: AtomicU64,
+    channel_bytes_written: AtomicU64,
+    /// Channel state files read: a restore replayed in-flight records.
+    channel_files_read: AtomicU64,
 }
 
 impl Faults {
@@ -773,6 +819,9 @@ impl Faults {
             uploads: Mutex::new(HashMap::new()),
             metadata_puts: AtomicU64::new(0),
             metadata_reads: AtomicU64::new(0),
+            channel_files_written: AtomicU64::new(0),
+            channel_bytes_written: AtomicU64::new(0),
+            channel_files_read: AtomicU64::new(0),
         }
     }
 
@@ -1024,16 +1073,32 @@ impl FaultyStorage {
     }
 }
 
+impl FaultyStorage {
+    /// Counts a channel state file that was written.
+    fn after_write(&self, path: &str, len: u64) {
+        if path.ends_with(".channels") {
+            self.faults
+                .channel_files_written
+                .fetch_add(1, Ordering::SeqCst);
+            self.faults
+                .channel_bytes_written
+                .fetch_add(len, Ordering::SeqCst);
+        }
+    }
+}
+
 /// A write of task state, told from its path (see the checkpoint layout).
 ///
 /// One *upload* is what one operator instance writes for one checkpoint: a
 /// keyed state file (`<job>/chk-<n>/<uid>-<subtask>.keyed`, heap and full
 /// RocksDB checkpoints), or the native files of an incremental RocksDB
 /// checkpoint: shared SST files (`<job>/shared/<instance>/<n>-<name>`) and
-/// private ones (`<job>/chk-<n>/<instance>/<name>`).
+/// private ones (`<job>/chk-<n>/<instance>/<name>`). A task's channel state
+/// file of an unaligned checkpoint (`<job>/chk-<n>/<uid>-<subtask>.channels`)
+/// is an upload of its own, written whole like a keyed file.
 ///
 /// Upload faults count uploads in the order of their first write and land on
-/// one write of the upload: the keyed file itself; for native files, the first
+/// one write of the upload: the keyed or channel state file itself; for native files, the first
 /// private file that is not the upload's first write. RocksDB's files are
 /// uploaded in name order: the WAL (`000004.log`, private), then the new SST
 /// files (shared), then `CURRENT`, `MANIFEST-*`, `OPTIONS-*` (private), so the
@@ -1055,12 +1120,14 @@ impl StateWrite {
         let segments: Vec<&str> = path.split('/').collect();
         let checkpoint_of = |segment: &str| segment.strip_prefix("chk-")?.parse::<u64>().ok();
         match segments.as_slice() {
-            [.., chk, file] if file.ends_with(".keyed") => Some(StateWrite {
-                checkpoint: checkpoint_of(chk)?,
-                upload: format!("{chk}/{file}"),
-                private: true,
-                whole: true,
-            }),
+            [.., chk, file] if file.ends_with(".keyed") || file.ends_with(".channels") => {
+                Some(StateWrite {
+                    checkpoint: checkpoint_of(chk)?,
+                    upload: format!("{chk}/{file}"),
+                    private: true,
+                    whole: true,
+                })
+            }
             [.., chk, instance, _] if checkpoint_of(chk).is_some() => Some(StateWrite {
                 checkpoint: checkpoint_of(chk)?,
                 upload: format!("{chk}/{instance}"),
@@ -1088,12 +1155,17 @@ impl CheckpointStorage for FaultyStorage {
 
     fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
         self.before_write(path, "put")?;
-        self.inner.put(path, bytes)
+        let len = bytes.len() as u64;
+        self.inner.put(path, bytes)?;
+        self.after_write(path, len);
+        Ok(())
     }
 
     fn put_if_absent(&self, path: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
         self.before_write(path, "put_if_absent")?;
+        let len = bytes.len() as u64;
         self.inner.put_if_absent(path, bytes)?;
+        self.after_write(path, len);
         if path.ends_with("/_metadata") {
             self.faults.on_metadata_published();
         }
@@ -1103,6 +1175,11 @@ impl CheckpointStorage for FaultyStorage {
     fn get(&self, path: &str) -> Result<Vec<u8>, StorageError> {
         if path.ends_with("/_metadata") {
             self.faults.metadata_reads.fetch_add(1, Ordering::SeqCst);
+        }
+        if path.ends_with(".channels") {
+            self.faults
+                .channel_files_read
+                .fetch_add(1, Ordering::SeqCst);
         }
         self.inner.get(path)
     }
@@ -1341,6 +1418,12 @@ pub struct RunOutcome {
     /// A restart restored a checkpoint (false: every restart started from
     /// nothing, or there was none).
     pub restored_a_checkpoint: bool,
+    /// Channel state files written (by completed checkpoints or not) and
+    /// their bytes.
+    pub channel_files_written: u64,
+    pub channel_bytes_written: u64,
+    /// Channel state files a restore read.
+    pub channel_files_read: u64,
     pub elapsed: Duration,
 }
 
@@ -1435,6 +1518,7 @@ fn run_here(spec: &RunSpec) -> Result<RunOutcome, String> {
                 timeout: Duration::from_secs(10),
                 retain: spec.retain,
                 tolerable_failures: 100,
+                alignment: spec.alignment,
                 ..Default::default()
             },
             guarantee: spec.guarantee,
@@ -1505,7 +1589,7 @@ fn run_here(spec: &RunSpec) -> Result<RunOutcome, String> {
             }
             Topology::Windowed | Topology::Session => unreachable!("built by build_timed"),
         };
-        updates.sink_to("Sink: Files", sink);
+        sink_to(&updates, sink, spec.sink_rate)?;
     }
     let report = env
         .execute()
@@ -1538,6 +1622,9 @@ fn run_here(spec: &RunSpec) -> Result<RunOutcome, String> {
         storage_objects,
         retained,
         restored_a_checkpoint: faults.metadata_reads.load(Ordering::SeqCst) > 0,
+        channel_files_written: faults.channel_files_written.load(Ordering::SeqCst),
+        channel_bytes_written: faults.channel_bytes_written.load(Ordering::SeqCst),
+        channel_files_read: faults.channel_files_read.load(Ordering::SeqCst),
         elapsed: started.elapsed(),
     })
 }
@@ -1598,7 +1685,22 @@ fn build_timed(
             .aggregate_with(aggregate, emit)
             .name("Window count and sum")
     };
-    lines.sink_to("Sink: Files", sink);
+    sink_to(&lines, sink, spec.sink_rate)
+}
+
+/// Ends `stream` in the file sink, throttled to `rate` records/s if given.
+fn sink_to<T: Data + Clone + Display + SinkTag>(
+    stream: &DataStream<T>,
+    sink: FaultySink,
+    rate: Option<u64>,
+) -> Result<(), String> {
+    match rate {
+        Some(rate) => stream.sink_to(
+            "Sink: Files",
+            ThrottledSink::new(sink, rate).map_err(|e| e.to_string())?,
+        ),
+        None => stream.sink_to("Sink: Files", sink),
+    }
     Ok(())
 }
 
@@ -1872,6 +1974,9 @@ impl RunOutcome {
             for subtask in subtasks {
                 if let Some(keyed) = &subtask.keyed {
                     referenced.insert(&keyed.file.path);
+                }
+                if let Some(channels) = &subtask.channels {
+                    referenced.insert(&channels.file.path);
                 }
             }
             referenced.extend(metadata.native_files().map(|f| f.file.path.as_str()));
