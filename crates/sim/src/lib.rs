@@ -370,10 +370,11 @@ impl Run {
             trace.write_u64(u64::from(parallelism));
             let config = self.config(parallelism);
             let env = StreamEnvironment::new(config.clone());
-            let built = distinct_sink_run(|| {
-                scenario::build(&env, self.setup.shape, &self.output, self.variant)
-            });
-            built.map_err(|e| format!("building the job: {e:#}"))?;
+            // Each attempt builds its file sink again in this process: the
+            // sink's run names differ per sink created (`FileSink::new`), so
+            // an attempt never reuses a published file's name.
+            scenario::build(&env, self.setup.shape, &self.output, self.variant)
+                .map_err(|e| format!("building the job: {e:#}"))?;
             let graph = env.take_job_graph();
             let started = load_for_restart(&config, &graph, JOB_ID, restart).and_then(|restored| {
                 trace.write_u64(restored.as_ref().map_or(0, |r| r.id()));
@@ -575,34 +576,6 @@ impl Run {
 /// [`scenario::build`]): the consumer of the exchange.
 fn is_keyed(task_name: &str) -> bool {
     task_name.contains("Count per key") || task_name.contains("Window")
-}
-
-/// Runs `build` in a wall-clock millisecond after the one the previous
-/// `build` in this process ended in. The file sink names its files after its
-/// run, the wall-clock millisecond and the process id it was created at
-/// (`FileSink::new`); each attempt builds the job, and so its sink, again,
-/// in the same process, where a real restart after a crash is a new process
-/// at a later time. Two attempts within one millisecond would reuse each
-/// other's file names (a published file overwritten: output lost, or
-/// output twice), which made seeds fail at random depending on real time.
-/// Nothing of the run depends on the time this waits (at most 1 ms).
-fn distinct_sink_run<R>(build: impl FnOnce() -> R) -> R {
-    use std::sync::Mutex;
-    use std::time::{SystemTime, UNIX_EPOCH};
-    static LAST: Mutex<u128> = Mutex::new(0);
-    let unix_ms = || {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis())
-    };
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    while unix_ms() <= *last {
-        std::thread::sleep(Duration::from_micros(100));
-    }
-    let built = build();
-    // The sink read the clock inside `build`: at most now.
-    *last = unix_ms();
-    built
 }
 
 /// A summary line over many seeds.

@@ -50,9 +50,15 @@ impl FileSink {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
+        // Sinks created in one process within one millisecond (a job built
+        // again for each attempt, as the simulation does) must not share a
+        // run: the second would reuse the first one's file names and
+        // overwrite what it published.
+        static SINKS_CREATED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let sink = SINKS_CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Self {
             dir,
-            run: format!("{millis:013x}-{:08x}", std::process::id()),
+            run: format!("{millis:013x}-{:08x}-{sink:x}", std::process::id()),
             part_bytes_max: DEFAULT_PART_BYTES_MAX,
             writers: std::sync::atomic::AtomicU64::new(0),
         })
