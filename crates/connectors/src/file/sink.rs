@@ -505,6 +505,21 @@ mod tests {
         std::fs::write(dir.join(name), b"x\n").unwrap();
     }
 
+    /// A job built again for every attempt in one process (the simulation)
+    /// created sinks within one millisecond that shared their run, so the
+    /// second attempt's writer 0 reused the first one's published names.
+    #[test]
+    fn sinks_created_at_once_in_one_process_have_distinct_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs: Vec<String> = (0..8)
+            .map(|_| FileSink::new(dir.path()).unwrap().run)
+            .collect();
+        for (i, run) in runs.iter().enumerate() {
+            assert!(!runs[..i].contains(run), "run {run} twice: {runs:?}");
+            assert!(is_part_name(&format!("{PART_PREFIX}{run}-0-0-0")), "{run}");
+        }
+    }
+
     #[test]
     fn a_part_file_names_its_writer() {
         assert_eq!(writer_index("part-0001a2b3c4d5e-00001b5a-1-2-0"), Some(2));
