@@ -75,8 +75,7 @@ pub struct Barrier {
     pub id: u64,
     pub kind: BarrierKind,
     /// How the barriers of this checkpoint meet at a task with several
-    /// input channels (the coordinator's decision; only `Aligned` is acted
-    /// on yet, issue 18).
+    /// input channels (the coordinator's decision; see `crate::alignment`).
     #[serde(default)]
     pub alignment: BarrierAlignment,
 }
