@@ -381,21 +381,9 @@ fn unaligned_checkpoint(root: &Path, output: &Path) -> (PathBuf, String, u64) {
     let run_args = unaligned_args(&ck, output, &[]);
     let process = support::start(root, &root.join("logs"), "unaligned", &run_args);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        if ck.exists() {
-            let (job, ids) = checkpoints(&ck);
-            if let Some(&id) = ids.iter().rev().find(|&&id| {
-                std::fs::read_dir(ck.join(&job).join(format!("chk-{id}")))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".channels"))
-            }) {
-                process.signal(9);
-                let _ = process.wait();
-                return (ck, job, id);
-            }
-        }
+    // The checkpoint directory appears before its job's directory does: ask
+    // only for what `--restore latest` would take.
+    while !support::newest_has_channel_state(&ck) {
         assert!(
             std::time::Instant::now() < deadline,
             "no unaligned checkpoint with channel state in 120 s: {}",
@@ -403,6 +391,21 @@ fn unaligned_checkpoint(root: &Path, output: &Path) -> (PathBuf, String, u64) {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    process.signal(9);
+    let _ = process.wait();
+    let (job, ids) = checkpoints(&ck);
+    let id = *ids
+        .iter()
+        .rev()
+        .find(|&&id| {
+            std::fs::read_dir(ck.join(&job).join(format!("chk-{id}")))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".channels"))
+        })
+        .expect("the checkpoint with channel state is retained");
+    (ck, job, id)
 }
 
 /// Issue 18: channel state is checked like keyed state before anything of
