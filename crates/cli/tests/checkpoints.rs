@@ -133,7 +133,15 @@ impl CrashTest<'_> {
                 8..=16 => rng.between(600, 2500),
                 _ => rng.between(2500, 12_000),
             };
-            let (ending, run) = process.kill_at(Duration::from_millis(at));
+            let started = process.started;
+            let (ending, run) = match self.channel_state_in {
+                // The first kill waits for a completed checkpoint holding
+                // in-flight records, so that at least one restore replays
+                // channel state whatever the machine's speed.
+                Some(ck) if attempt == 0 => kill_once_channel_state_exists(process, ck),
+                _ => process.kill_at(Duration::from_millis(at)),
+            };
+            let at = started.elapsed().as_millis();
             match ending {
                 Ending::Killed => killed_mid_run += 1,
                 Ending::ByItself => {
@@ -153,6 +161,24 @@ impl CrashTest<'_> {
         }
         unreachable!("the last attempt returns")
     }
+}
+
+/// SIGKILLs `process` once the newest completed checkpoint under `ck` holds
+/// channel state (unless the run ended before).
+fn kill_once_channel_state_exists(mut process: support::Process, ck: &Path) -> (Ending, Run) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !newest_has_channel_state(ck) {
+        if let Some(run) = process.ended() {
+            return (Ending::ByItself, run);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint with channel state in 120 s: {}",
+            process.stderr_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    process.kill()
 }
 
 /// `run keyed-count` with the brief's crash-test settings.
