@@ -153,106 +153,6 @@ impl<T> InputGate<T> {
         self
     }
 
-    /// Bytes recorded for the checkpoint in flight.
-    pub fn recorded_bytes(&self) -> u64 {
-        self.recorder.as_ref().map_or(0, |r| r.bytes())
-    }
-
-    /// The task took an unaligned snapshot: everything the gate holds and
-    /// has not processed (recovered batches, batches read ahead for an
-    /// older checkpoint) precedes the barrier in its channel, so it is
-    /// channel state of the new checkpoint too.
-    pub fn start_recording(&mut self) -> Result<(), TaskError> {
-        let Some(recorder) = &mut self.recorder else {
-            return Ok(());
-        };
-        recorder.clear();
-        for batch in &self.recovered {
-            recorder
-                .record(batch)
-                .map_err(|e| record_error(&self.task, e))?;
-        }
-        for queue in &self.drained {
-            for message in queue {
-                if let Message::Batch(batch) = message {
-                    recorder
-                        .record(batch)
-                        .map_err(|e| record_error(&self.task, e))?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// What was recorded for the checkpoint in flight (`None`: nothing).
-    pub fn take_recorded(&mut self) -> Result<Option<InputContents>, TaskError> {
-        match &mut self.recorder {
-            Some(recorder) => recorder.take().map_err(|e| record_error(&self.task, e)),
-            None => Ok(None),
-        }
-    }
-
-    /// Drops what was recorded (the checkpoint was abandoned).
-    pub fn clear_recorded(&mut self) {
-        if let Some(recorder) = &mut self.recorder {
-            recorder.clear();
-        }
-    }
-
-    /// Reads ahead of processing on every recorded channel, at most
-    /// `budget` messages each, until its in-band barrier: batches are
-    /// recorded and queued, watermarks and statuses queued, the barrier
-    /// taken (the channel is then done). True if a channel still has
-    /// messages beyond the budget.
-    pub fn drain(
-        &mut self,
-        tracker: &mut BarrierTracker,
-        budget: usize,
-    ) -> Result<bool, TaskError> {
-        let mut more = false;
-        for i in 0..self.channels.len() {
-            let mut taken = 0;
-            while tracker.records(self.offset + i) {
-                if taken == budget {
-                    more = true;
-                    break;
-                }
-                let message = match self.channels[i].try_recv() {
-                    Ok(Some(message)) => message,
-                    Ok(None) => break,
-                    Err(_) => {
-                        return Err(TaskError::ChannelClosed {
-                            task: self.task.clone(),
-                        });
-                    }
-                };
-                taken += 1;
-                match message {
-                    Message::Batch(batch) => {
-                        if let Some(recorder) = &mut self.recorder {
-                            recorder
-                                .record(&batch)
-                                .map_err(|e| record_error(&self.task, e))?;
-                        }
-                        self.drained[i].push_back(Message::Batch(batch));
-                    }
-                    // The barrier of the recording: the channel is done
-                    // (its first sighting was earlier, so no event).
-                    Message::Barrier(barrier) if tracker.is_current(barrier.id) => {
-                        tracker.on_barrier(self.offset + i, barrier);
-                    }
-                    Message::EndOfInput => {
-                        tracker.on_end(self.offset + i);
-                        self.drained[i].push_back(Message::EndOfInput);
-                    }
-                    // Stale barriers, watermarks, statuses: in order, for `poll`.
-                    other => self.drained[i].push_back(other),
-                }
-            }
-        }
-        Ok(more)
-    }
-
     /// What the channels say about event time, as last yielded.
     pub fn watermark(&self) -> InputWatermark {
         self.reported
@@ -395,6 +295,146 @@ impl<T> InputGate<T> {
         } else {
             GateEvent::Empty
         })
+    }
+}
+
+/// What a task's unaligned side asks of its input: one gate, or both gates
+/// of a two-input task (`(&mut first, &mut second)`).
+pub(crate) trait RecordedInput {
+    /// The task took an unaligned snapshot: starts recording afresh.
+    fn start_recording(&mut self) -> Result<(), TaskError>;
+    /// Reads ahead on recorded channels (see [`InputGate`]'s impl); true if
+    /// a channel still has messages beyond `budget`.
+    fn drain(&mut self, tracker: &mut BarrierTracker, budget: usize) -> Result<bool, TaskError>;
+    /// Bytes recorded for the checkpoint in flight.
+    fn recorded_bytes(&self) -> u64;
+    /// Drops what was recorded (the checkpoint was abandoned).
+    fn clear_recorded(&mut self);
+    /// Appends what was recorded, one entry per input that recorded
+    /// anything, and starts afresh.
+    fn take_recorded(&mut self, inputs: &mut Vec<InputContents>) -> Result<(), TaskError>;
+}
+
+impl<T> RecordedInput for InputGate<T> {
+    /// Bytes recorded for the checkpoint in flight.
+    fn recorded_bytes(&self) -> u64 {
+        self.recorder.as_ref().map_or(0, |r| r.bytes())
+    }
+
+    /// The task took an unaligned snapshot: everything the gate holds and
+    /// has not processed (recovered batches, batches read ahead for an
+    /// older checkpoint) precedes the barrier in its channel, so it is
+    /// channel state of the new checkpoint too.
+    fn start_recording(&mut self) -> Result<(), TaskError> {
+        let Some(recorder) = &mut self.recorder else {
+            return Ok(());
+        };
+        recorder.clear();
+        for batch in &self.recovered {
+            recorder
+                .record(batch)
+                .map_err(|e| record_error(&self.task, e))?;
+        }
+        for queue in &self.drained {
+            for message in queue {
+                if let Message::Batch(batch) = message {
+                    recorder
+                        .record(batch)
+                        .map_err(|e| record_error(&self.task, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn take_recorded(&mut self, inputs: &mut Vec<InputContents>) -> Result<(), TaskError> {
+        if let Some(recorder) = &mut self.recorder {
+            inputs.extend(recorder.take().map_err(|e| record_error(&self.task, e))?);
+        }
+        Ok(())
+    }
+
+    /// Drops what was recorded (the checkpoint was abandoned).
+    fn clear_recorded(&mut self) {
+        if let Some(recorder) = &mut self.recorder {
+            recorder.clear();
+        }
+    }
+
+    /// Reads ahead of processing on every recorded channel, at most
+    /// `budget` messages each, until its in-band barrier: batches are
+    /// recorded and queued, watermarks and statuses queued, the barrier
+    /// taken (the channel is then done). True if a channel still has
+    /// messages beyond the budget.
+    fn drain(&mut self, tracker: &mut BarrierTracker, budget: usize) -> Result<bool, TaskError> {
+        let mut more = false;
+        for i in 0..self.channels.len() {
+            let mut taken = 0;
+            while tracker.records(self.offset + i) {
+                if taken == budget {
+                    more = true;
+                    break;
+                }
+                let message = match self.channels[i].try_recv() {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(_) => {
+                        return Err(TaskError::ChannelClosed {
+                            task: self.task.clone(),
+                        });
+                    }
+                };
+                taken += 1;
+                match message {
+                    Message::Batch(batch) => {
+                        if let Some(recorder) = &mut self.recorder {
+                            recorder
+                                .record(&batch)
+                                .map_err(|e| record_error(&self.task, e))?;
+                        }
+                        self.drained[i].push_back(Message::Batch(batch));
+                    }
+                    // The barrier of the recording: the channel is done
+                    // (its first sighting was earlier, so no event).
+                    Message::Barrier(barrier) if tracker.is_current(barrier.id) => {
+                        tracker.on_barrier(self.offset + i, barrier);
+                    }
+                    Message::EndOfInput => {
+                        tracker.on_end(self.offset + i);
+                        self.drained[i].push_back(Message::EndOfInput);
+                    }
+                    // Stale barriers, watermarks, statuses: in order, for `poll`.
+                    other => self.drained[i].push_back(other),
+                }
+            }
+        }
+        Ok(more)
+    }
+}
+
+impl<A: RecordedInput, B: RecordedInput> RecordedInput for (&mut A, &mut B) {
+    fn start_recording(&mut self) -> Result<(), TaskError> {
+        self.0.start_recording()?;
+        self.1.start_recording()
+    }
+
+    fn drain(&mut self, tracker: &mut BarrierTracker, budget: usize) -> Result<bool, TaskError> {
+        let first = self.0.drain(tracker, budget)?;
+        Ok(self.1.drain(tracker, budget)? || first)
+    }
+
+    fn recorded_bytes(&self) -> u64 {
+        self.0.recorded_bytes() + self.1.recorded_bytes()
+    }
+
+    fn clear_recorded(&mut self) {
+        self.0.clear_recorded();
+        self.1.clear_recorded();
+    }
+
+    fn take_recorded(&mut self, inputs: &mut Vec<InputContents>) -> Result<(), TaskError> {
+        self.0.take_recorded(inputs)?;
+        self.1.take_recorded(inputs)
     }
 }
 

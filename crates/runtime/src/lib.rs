@@ -65,6 +65,7 @@ pub mod savepoint_target;
 pub mod simulation;
 pub mod supervisor;
 pub mod task;
+mod unaligned;
 mod upload;
 pub mod watermark;
 pub mod wire;

@@ -32,7 +32,7 @@ use crate::metrics::{JobMetrics, OperatorKind, TaskMetrics};
 use crate::pipeline::NamedSidePipelines;
 use crate::remote::ChannelId;
 use crate::task::Task;
-use crate::task::UnalignedInput;
+use crate::unaligned::UnalignedInput;
 use crate::wiring::{BuildContext, Erased, GateInput};
 
 /// A task's control-plane handle, with the task's number in the plan.

@@ -58,23 +58,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flowstate_checkpoint::channel_file::{ChannelStateContents, InputContents};
-use flowstate_state::{KeyGroupRange, SharedClock};
+use flowstate_state::SharedClock;
 
 use crate::alignment::{BarrierTracker, InputMode, TrackerEvent};
-use crate::channel::{BarrierAnnouncements, ChannelReceiver};
+use crate::channel::ChannelReceiver;
 use crate::connector::{SourcePoll, SourceReader};
-use crate::control_plane::{
-    ChannelStatePart, OperatorPart, Submission, TaskCommand, TaskControlPlane,
-};
+use crate::control_plane::{OperatorPart, TaskCommand, TaskControlPlane};
 use crate::error::{TaskError, guarded};
-use crate::input_gate::{GateEvent, InputGate, InputStatus, InputWatermark};
+use crate::input_gate::{GateEvent, InputGate, InputStatus, InputWatermark, RecordedInput};
 use crate::message::{Barrier, BarrierKind, Watermark, WatermarkStatus};
 use crate::metrics::{
     JobMetrics, OperatorMetrics, QueueSample, RecordCounter, TaskMetrics, Waiting, WatermarkGauge,
 };
 use crate::operator::{StateSnapshot, TwoInputOperator};
 use crate::pipeline::{Fanout, NamedSidePipelines, Pipeline, StageIdentity};
+use crate::unaligned::{UnalignedInput, deadline_instant};
 
 /// What one step achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,134 +294,6 @@ fn snapshot_and_forward<T>(
     Ok((parts, sync_pause))
 }
 
-/// Messages a recorded channel gives up to reading ahead per step: a step
-/// stays bounded, and the channel's producer refills it meanwhile.
-const READ_AHEAD_PER_STEP: usize = 64;
-
-/// A task's part in unaligned checkpoints: the notice board its producers
-/// post barriers on, and the snapshot it holds while its gates record.
-pub(crate) struct UnalignedInput {
-    board: Arc<BarrierAnnouncements>,
-    /// The head operator: channel state is indexed under it.
-    owner: StageIdentity,
-    /// The instance's key groups (for the channel state's validation).
-    key_groups: KeyGroupRange,
-    inflight_bytes_max: u64,
-    held: Option<HeldSnapshot>,
-}
-
-/// A snapshot taken unaligned, submitted once the recording is complete.
-struct HeldSnapshot {
-    barrier: Barrier,
-    parts: Vec<OperatorPart>,
-    sync_pause: Duration,
-}
-
-impl UnalignedInput {
-    pub(crate) fn new(
-        board: Arc<BarrierAnnouncements>,
-        owner: StageIdentity,
-        key_groups: KeyGroupRange,
-        inflight_bytes_max: u64,
-    ) -> Self {
-        Self {
-            board,
-            owner,
-            key_groups,
-            inflight_bytes_max,
-            held: None,
-        }
-    }
-
-    /// Holds `held` until its recording is complete; one held before it
-    /// was abandoned upstream and is declined.
-    fn hold(&mut self, control: &TaskControlPlane, held: HeldSnapshot) {
-        let id = held.barrier.id;
-        if let Some(old) = self.held.replace(held) {
-            decline_held(control, old, format!("superseded by checkpoint {id}"));
-        }
-    }
-
-    /// Declines the held snapshot, if any (its sinks' deferred work still
-    /// runs on the upload thread).
-    fn decline(&mut self, control: &TaskControlPlane, reason: String) {
-        if let Some(held) = self.held.take() {
-            decline_held(control, held, reason);
-        }
-    }
-
-    /// The recording of `barrier` is complete: the held snapshot goes to an
-    /// upload thread with what the gates recorded.
-    fn complete(
-        &mut self,
-        control: &TaskControlPlane,
-        barrier: Barrier,
-        alignment: Duration,
-        inputs: Vec<InputContents>,
-    ) {
-        let Some(held) = self.held.take() else {
-            return;
-        };
-        tracing::debug!(
-            checkpoint = barrier.id,
-            alignment_us = alignment.as_micros() as u64,
-            inputs = inputs.len(),
-            "in-flight records recorded"
-        );
-        if held.barrier.id != barrier.id {
-            decline_held(
-                control,
-                held,
-                format!("superseded by checkpoint {}", barrier.id),
-            );
-            return;
-        }
-        let channels = (!inputs.is_empty()).then(|| ChannelStatePart {
-            uid: Arc::clone(&self.owner.uid),
-            name: Arc::clone(&self.owner.name),
-            subtask: self.owner.subtask,
-            contents: ChannelStateContents {
-                key_group_start: self.key_groups.start,
-                key_group_end: self.key_groups.end,
-                inputs,
-            },
-        });
-        control.submit_job(Submission {
-            barrier: held.barrier,
-            parts: held.parts,
-            sync_pause: held.sync_pause,
-            alignment,
-            unaligned: true,
-            channels,
-            decline: None,
-        });
-    }
-
-    fn over_limit(&self, bytes: u64) -> bool {
-        bytes > self.inflight_bytes_max
-    }
-
-    fn limit_reason(&self, id: u64, bytes: u64) -> String {
-        format!(
-            "the in-flight records of checkpoint {id} reached {bytes} bytes, over the limit of {} \
-             bytes per task",
-            self.inflight_bytes_max
-        )
-    }
-}
-
-fn decline_held(control: &TaskControlPlane, held: HeldSnapshot, reason: String) {
-    control.submit_job(Submission {
-        barrier: held.barrier,
-        parts: held.parts,
-        sync_pause: held.sync_pause,
-        alignment: Duration::ZERO,
-        unaligned: true,
-        channels: None,
-        decline: Some(reason),
-    });
-}
-
 /// The input mode of a task reading channels under `control`.
 fn input_mode(control: Option<&TaskControlPlane>) -> InputMode {
     if control.is_none_or(|c| c.aligned) {
@@ -431,20 +301,6 @@ fn input_mode(control: Option<&TaskControlPlane>) -> InputMode {
     } else {
         InputMode::NonBlocking
     }
-}
-
-/// The instant a deadline in ms since the epoch falls at, on `clock`.
-fn deadline_instant(clock: &SharedClock, tracker: &BarrierTracker) -> Option<Instant> {
-    let deadline = tracker.deadline_unix_ms()?;
-    clock.instant_at(i64::try_from(deadline).unwrap_or(i64::MAX))
-}
-
-/// The tracker's answer to the clock (an aligned-until deadline), read
-/// only while such an alignment is open.
-fn check_deadline(clock: &SharedClock, tracker: &mut BarrierTracker) -> Option<TrackerEvent> {
-    tracker.deadline_unix_ms()?;
-    let now = u64::try_from(clock.now_ms()).unwrap_or(0);
-    tracker.on_clock(now)
 }
 
 /// What a source does about a barrier it is told to inject.
@@ -1133,8 +989,7 @@ impl<T: Send> OneInputTask<T> {
         match event {
             TrackerEvent::Aligned { barrier, alignment } => {
                 if let Some(unaligned) = &mut self.unaligned {
-                    self.gate.clear_recorded();
-                    unaligned.decline(control, format!("superseded by checkpoint {}", barrier.id));
+                    unaligned.supersede(control, &mut self.gate, barrier.id);
                 }
                 checkpoint(
                     control,
@@ -1154,74 +1009,40 @@ impl<T: Send> OneInputTask<T> {
                     Vec::new(),
                 )?;
                 if let Some(unaligned) = &mut self.unaligned {
-                    unaligned.hold(
-                        control,
-                        HeldSnapshot {
-                            barrier,
-                            parts,
-                            sync_pause,
-                        },
-                    );
+                    unaligned.hold(control, barrier, parts, sync_pause);
                 }
                 Ok(())
             }
         }
     }
 
-    /// Unaligned checkpoints, ahead of output and input: the notice board,
-    /// the aligned-until deadline, reading ahead on recorded channels, and
-    /// the submission once every channel delivered its barrier. True if
-    /// reading ahead left messages for the next step.
+    /// Unaligned checkpoints, ahead of output and input: aborts, the
+    /// notice board and the aligned-until deadline, reading ahead on
+    /// recorded channels, and the submission once every channel delivered
+    /// its barrier. True if reading ahead left messages for the next step.
     fn step_unaligned(&mut self, aborted: &[u64]) -> Result<bool, TaskError> {
-        if self.unaligned.is_none() {
+        let (Some(unaligned), Some(control)) = (&mut self.unaligned, &self.control) else {
             return Ok(false);
-        }
-        for &id in aborted {
-            if self.tracker.abandon(id) {
-                self.gate.clear_recorded();
-                if let (Some(u), Some(control)) = (&mut self.unaligned, &self.control) {
-                    u.decline(control, format!("checkpoint {id} was aborted"));
-                }
-            }
-        }
-        let handled = self.tracker.handled();
-        let notice = (self.unaligned.as_ref()).and_then(|u| u.board.take_newer_than(handled));
-        if let Some(barrier) = notice
-            && let Some(event) = self.tracker.on_announcement(barrier)
-        {
+        };
+        unaligned.on_aborted(control, &mut self.tracker, &mut self.gate, aborted);
+        if let Some(event) = unaligned.next_event(&mut self.tracker, &self.idle_timers.clock) {
             self.on_checkpoint(event)?;
         }
-        if let Some(event) = check_deadline(&self.idle_timers.clock, &mut self.tracker) {
-            self.on_checkpoint(event)?;
-        }
-        let mut more = false;
-        if self.tracker.is_recording() {
-            more = self.gate.drain(&mut self.tracker, READ_AHEAD_PER_STEP)?;
-        }
-        self.finish_recording()?;
-        Ok(more)
+        let (Some(unaligned), Some(control)) = (&mut self.unaligned, &self.control) else {
+            return Ok(false);
+        };
+        unaligned.read_ahead(control, &mut self.tracker, &mut self.gate)
     }
 
-    /// Declines the checkpoint being recorded if it is over the in-flight
-    /// limit; submits it once every channel is done.
+    /// After input: the in-flight limit, and the submission once every
+    /// channel delivered its barrier (see [`UnalignedInput::finish`]).
     fn finish_recording(&mut self) -> Result<(), TaskError> {
-        let (Some(unaligned), Some(control)) = (&mut self.unaligned, &self.control) else {
-            return Ok(());
-        };
-        if let Some(id) = self.tracker.recording_id() {
-            let bytes = self.gate.recorded_bytes();
-            if unaligned.over_limit(bytes) {
-                self.tracker.abandon(id);
-                self.gate.clear_recorded();
-                unaligned.decline(control, unaligned.limit_reason(id, bytes));
-                return Ok(());
+        match (&mut self.unaligned, &self.control) {
+            (Some(unaligned), Some(control)) => {
+                unaligned.finish(control, &mut self.tracker, &mut self.gate)
             }
+            _ => Ok(()),
         }
-        if let Some((barrier, alignment)) = self.tracker.input_done() {
-            let inputs: Vec<InputContents> = self.gate.take_recorded()?.into_iter().collect();
-            unaligned.complete(control, barrier, alignment, inputs);
-        }
-        Ok(())
     }
 }
 
@@ -1571,15 +1392,16 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
         let (barrier, alignment) = match event {
             TrackerEvent::Aligned { barrier, alignment } => {
                 if let Some(unaligned) = &mut self.unaligned {
-                    self.first.clear_recorded();
-                    self.second.clear_recorded();
-                    unaligned.decline(control, format!("superseded by checkpoint {}", barrier.id));
+                    unaligned.supersede(
+                        control,
+                        &mut (&mut self.first, &mut self.second),
+                        barrier.id,
+                    );
                 }
                 (barrier, Some(alignment))
             }
             TrackerEvent::Unaligned { barrier } => {
-                self.first.start_recording()?;
-                self.second.start_recording()?;
+                (&mut self.first, &mut self.second).start_recording()?;
                 (barrier, None)
             }
         };
@@ -1595,14 +1417,7 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
             snapshot_and_forward(&mut self.pipeline, barrier, started, parts)?;
         match (alignment, &mut self.unaligned) {
             (Some(alignment), _) => control.submit(barrier, parts, sync_pause, alignment),
-            (None, Some(unaligned)) => unaligned.hold(
-                control,
-                HeldSnapshot {
-                    barrier,
-                    parts,
-                    sync_pause,
-                },
-            ),
+            (None, Some(unaligned)) => unaligned.hold(control, barrier, parts, sync_pause),
             (None, None) => {}
         }
         Ok(())
@@ -1637,59 +1452,30 @@ impl<A: Send, B: Send, O: Send> TwoInputTask<A, B, O> {
 
     /// See [`OneInputTask::step_unaligned`].
     fn step_unaligned(&mut self, aborted: &[u64]) -> Result<bool, TaskError> {
-        if self.unaligned.is_none() {
+        let (Some(unaligned), Some(control)) = (&mut self.unaligned, &self.control) else {
             return Ok(false);
-        }
-        for &id in aborted {
-            if self.tracker.abandon(id) {
-                self.first.clear_recorded();
-                self.second.clear_recorded();
-                if let (Some(u), Some(control)) = (&mut self.unaligned, &self.control) {
-                    u.decline(control, format!("checkpoint {id} was aborted"));
-                }
-            }
-        }
-        let handled = self.tracker.handled();
-        let notice = (self.unaligned.as_ref()).and_then(|u| u.board.take_newer_than(handled));
-        if let Some(barrier) = notice
-            && let Some(event) = self.tracker.on_announcement(barrier)
-        {
+        };
+        let mut input = (&mut self.first, &mut self.second);
+        unaligned.on_aborted(control, &mut self.tracker, &mut input, aborted);
+        if let Some(event) = unaligned.next_event(&mut self.tracker, &self.idle_timers.clock) {
             self.on_checkpoint(event)?;
         }
-        if let Some(event) = check_deadline(&self.idle_timers.clock, &mut self.tracker) {
-            self.on_checkpoint(event)?;
-        }
-        let mut more = false;
-        if self.tracker.is_recording() {
-            more |= self.first.drain(&mut self.tracker, READ_AHEAD_PER_STEP)?;
-            more |= self.second.drain(&mut self.tracker, READ_AHEAD_PER_STEP)?;
-        }
-        self.finish_recording()?;
-        Ok(more)
+        let (Some(unaligned), Some(control)) = (&mut self.unaligned, &self.control) else {
+            return Ok(false);
+        };
+        let mut input = (&mut self.first, &mut self.second);
+        unaligned.read_ahead(control, &mut self.tracker, &mut input)
     }
 
     /// See [`OneInputTask::finish_recording`].
     fn finish_recording(&mut self) -> Result<(), TaskError> {
-        let (Some(unaligned), Some(control)) = (&mut self.unaligned, &self.control) else {
-            return Ok(());
-        };
-        if let Some(id) = self.tracker.recording_id() {
-            let bytes = self.first.recorded_bytes() + self.second.recorded_bytes();
-            if unaligned.over_limit(bytes) {
-                self.tracker.abandon(id);
-                self.first.clear_recorded();
-                self.second.clear_recorded();
-                unaligned.decline(control, unaligned.limit_reason(id, bytes));
-                return Ok(());
+        match (&mut self.unaligned, &self.control) {
+            (Some(unaligned), Some(control)) => {
+                let mut input = (&mut self.first, &mut self.second);
+                unaligned.finish(control, &mut self.tracker, &mut input)
             }
+            _ => Ok(()),
         }
-        if let Some((barrier, alignment)) = self.tracker.input_done() {
-            let mut inputs: Vec<InputContents> = Vec::with_capacity(2);
-            inputs.extend(self.first.take_recorded()?);
-            inputs.extend(self.second.take_recorded()?);
-            unaligned.complete(control, barrier, alignment, inputs);
-        }
-        Ok(())
     }
 }
 

@@ -40,7 +40,8 @@ use crate::pipeline::{
     SinkStage, Tee,
 };
 use crate::remote::{InboundChannel, OutboundChannel};
-use crate::task::{OneInputTask, SourceTask, Task, TwoInputTask, UnalignedInput};
+use crate::task::{OneInputTask, SourceTask, Task, TwoInputTask};
+use crate::unaligned::UnalignedInput;
 
 /// Creates the operator instance of one subtask.
 pub type OperatorFactory<I, O> =
