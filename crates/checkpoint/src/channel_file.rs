@@ -15,7 +15,7 @@
 use flowstate_state::KeyGroup;
 
 use crate::CheckpointError;
-use crate::format::{CHANNEL_STATE_MAGIC, check_streamed_seal};
+use crate::format::{CHANNEL_STATE_MAGIC, check_streamed_seal, read_verify_chunk};
 use crate::keyed_file::check_stored_size;
 use crate::metadata::{
     ChannelInputState, ChannelSection, ChannelStateHandle, EdgePartitioning, FileRef,
@@ -478,17 +478,7 @@ pub fn verify_channel_file(
     let mut at = 0u64;
     while at < size {
         let len = VERIFY_CHUNK_BYTES.min(size - at);
-        let chunk = storage
-            .get_range(&file.path, at, len)
-            .map_err(|e| match e {
-                StorageError::NotFound { .. } => corrupt("missing".into()),
-                StorageError::Io { ref reason, .. } if reason.contains("outside the object") => {
-                    corrupt(format!(
-                        "shorter than the {size} bytes recorded (truncated?)"
-                    ))
-                }
-                other => CheckpointError::Storage(other),
-            })?;
+        let chunk = read_verify_chunk(storage, &file.path, at, len, size, corrupt)?;
         if chunk.len() as u64 != len {
             return Err(corrupt(format!(
                 "a read of {len} bytes at {at} returned {} (changed while read?)",

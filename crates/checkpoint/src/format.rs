@@ -92,6 +92,27 @@ pub fn unseal<'a>(
     Ok((version, &body[HEADER_BYTES..]))
 }
 
+/// Reads `len` bytes at `at` of a streamed file of `size` bytes (recorded)
+/// while verifying it: a missing object and a read past its end are damage
+/// (`corrupt` names the file), any other storage error is the storage's.
+pub fn read_verify_chunk(
+    storage: &dyn crate::storage::CheckpointStorage,
+    path: &str,
+    at: u64,
+    len: u64,
+    size: u64,
+    corrupt: impl Fn(String) -> CheckpointError,
+) -> Result<Vec<u8>, CheckpointError> {
+    use crate::storage::StorageError;
+    storage.get_range(path, at, len).map_err(|e| match e {
+        StorageError::NotFound { .. } => corrupt("missing".into()),
+        StorageError::Io { ref reason, .. } if reason.contains("outside the object") => corrupt(
+            format!("shorter than the {size} bytes recorded (truncated?)"),
+        ),
+        other => CheckpointError::Storage(other),
+    })
+}
+
 /// The seal of a file read in pieces (keyed and channel state files, which
 /// are streamed): `header` and `trailer` as read, `whole` the CRC-32C of
 /// every byte before the trailer. Checks the magic, the checksum against the

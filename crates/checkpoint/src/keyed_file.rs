@@ -17,7 +17,7 @@ use flowstate_state::{
 };
 
 use crate::CheckpointError;
-use crate::format::{KEYED_MAGIC, check_streamed_seal, unseal};
+use crate::format::{KEYED_MAGIC, check_streamed_seal, read_verify_chunk, unseal};
 use crate::metadata::{FileRef, KeyGroupEntry, KeyedStateHandle};
 use crate::storage::{CheckpointStorage, SharedStorage, StorageError};
 
@@ -184,17 +184,7 @@ pub fn verify_keyed_file(
     let mut at = 0u64;
     while at < size {
         let len = VERIFY_CHUNK_BYTES.min(size - at);
-        let chunk = storage
-            .get_range(&file.path, at, len)
-            .map_err(|e| match e {
-                StorageError::NotFound { .. } => corrupt("missing".into()),
-                StorageError::Io { ref reason, .. } if reason.contains("outside the object") => {
-                    corrupt(format!(
-                        "shorter than the {size} bytes recorded (truncated?)"
-                    ))
-                }
-                other => CheckpointError::Storage(other),
-            })?;
+        let chunk = read_verify_chunk(storage, &file.path, at, len, size, corrupt)?;
         let chunk_end = at + len;
         // The body's checksum.
         let body = &chunk[..(body_end.min(chunk_end).saturating_sub(at)) as usize];
